@@ -1,0 +1,1 @@
+"""Generated protobuf and gRPC modules land here at install time (see setup.py)."""

@@ -1,0 +1,1 @@
+"""radixfair distiller: prune, distill and quantize jobs."""

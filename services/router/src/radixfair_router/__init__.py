@@ -1,0 +1,1 @@
+"""radixfair router: routes requests across workers."""

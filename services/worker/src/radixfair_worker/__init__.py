@@ -1,0 +1,1 @@
+"""radixfair worker: the serving engine of one model replica."""

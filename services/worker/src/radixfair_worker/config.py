@@ -1,0 +1,116 @@
+"""Worker configuration: frozen dataclasses built once at start-up and passed down."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from radixfair.tracing import TracingConfig
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The Llama architecture numbers, read from a Hugging Face config.json."""
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    max_position_embeddings: int
+    rms_norm_eps: float
+    rope_theta: float
+    tie_word_embeddings: bool
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+
+    @classmethod
+    def from_hf_config(cls, path: Path) -> ModelConfig:
+        raw = json.loads(path.read_text())
+        rope = raw.get("rope_parameters") or {}
+        heads = int(raw["num_attention_heads"])
+        eos = raw.get("eos_token_id")
+        return cls(
+            vocab_size=int(raw["vocab_size"]),
+            hidden_size=int(raw["hidden_size"]),
+            intermediate_size=int(raw["intermediate_size"]),
+            num_hidden_layers=int(raw["num_hidden_layers"]),
+            num_attention_heads=heads,
+            num_key_value_heads=int(raw.get("num_key_value_heads", heads)),
+            head_dim=int(raw.get("head_dim") or raw["hidden_size"] // heads),
+            max_position_embeddings=int(raw.get("max_position_embeddings", 2048)),
+            rms_norm_eps=float(raw.get("rms_norm_eps", 1e-5)),
+            rope_theta=float(rope.get("rope_theta", raw.get("rope_theta", 10000.0))),
+            tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
+            bos_token_id=raw.get("bos_token_id"),
+            eos_token_id=eos[0] if isinstance(eos, list) else eos,
+        )
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """Which local policy orders the waiting queue, and its parameters."""
+
+    # One of: fcfs, lpm, vtc, dlpm.
+    policy: str = "dlpm"
+    # DLPM quantum Q, in weighted tokens of service.
+    quantum: float = 1024.0
+    # Service weights: input tokens computed, and output tokens generated.
+    input_token_weight: float = 1.0
+    output_token_weight: float = 2.0
+    # Fraction of w_in charged for a prompt token served from cache (paper: 0).
+    cached_token_weight: float = 0.0
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Batching and memory limits of the engine loop."""
+
+    # Tokens per KV page; the radix cache shares whole pages only.
+    page_size: int = 16
+    # KV pages in the pool; with page_size this bounds cached + running tokens.
+    num_pages: int = 2048
+    # Most requests in the running batch.
+    max_running_requests: int = 64
+    # Most tokens one forward step computes (decode tokens + prefill chunks).
+    # A longer prompt is prefilled in chunks of at most this many tokens.
+    max_batched_tokens: int = 512
+    # Waiting requests beyond this are refused with RESOURCE_EXHAUSTED.
+    max_waiting_requests: int = 256
+    # Largest prompt + max_tokens accepted; 0 means the model's context length.
+    max_context_tokens: int = 0
+    # torch device and dtype of weights and KV cache.
+    device: str = "cpu"
+    dtype: str = "float32"
+    # Kernel backend: "torch" (reference, runs anywhere) or "triton" (GPU).
+    backend: str = "torch"
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Everything a worker process needs; see deploy/config/ for examples."""
+
+    # Served model: a directory with config.json, model.safetensors and
+    # tokenizer files, or "smollm2-135m-instruct" for the packaged checkpoint.
+    model: str = "smollm2-135m-instruct"
+    # Name that routers and callers use for this model; empty means the
+    # model directory's name.
+    model_name: str = ""
+    # Where converted checkpoints are cached.
+    cache_dir: Path = Path("~/.cache/radixfair/models")
+    worker_id: str = ""
+    host: str = "127.0.0.1"
+    port: int = 50061
+    # Address this worker advertises to the router; empty means host:port.
+    advertise_address: str = ""
+    # Router to register with and heartbeat to; empty means static listing.
+    router_address: str = ""
+    heartbeat_seconds: float = 2.0
+    # Prometheus /metrics port; 0 disables it.
+    metrics_port: int = 0
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    tracing: TracingConfig = field(default_factory=lambda: TracingConfig(service_name="radixfair-worker"))

@@ -1,0 +1,1 @@
+"""The Llama decoder, its weights loader and the kernel backend seam."""

@@ -1,0 +1,101 @@
+"""The seam between the Llama module and the kernels that run it.
+
+The model calls only these operations for everything that is not a matrix
+product; the matrix products stay ``torch.nn.functional.linear`` (cuBLAS on
+the GPU, oneDNN/MKL on the CPU). ``TorchBackend`` is the reference and runs
+anywhere; a GPU backend made of Triton kernels implements the same protocol.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+
+@dataclass
+class ForwardBatch:
+    """One engine step: B sequences, T new tokens in total, packed ragged.
+
+    Sequence b's new tokens are rows ``query_start_loc[b]:query_start_loc[b+1]``
+    of every [T, ...] tensor. Its context after this step is ``seq_lens[b]``
+    tokens, the new ones last, stored in pages ``page_table[b, :]``.
+    """
+
+    input_ids: torch.Tensor  # [T] int64
+    positions: torch.Tensor  # [T] int64, position of each new token in its sequence
+    query_start_loc: torch.Tensor  # [B + 1] int32, cumulative new-token counts
+    seq_lens: torch.Tensor  # [B] int32, context length including the new tokens
+    page_table: torch.Tensor  # [B, max_pages] int32, padded with 0
+    slot_mapping: torch.Tensor  # [T] int64, page * page_size + offset of each new token's K/V
+    logits_indices: torch.Tensor  # [S] int64, rows of T whose next-token logits are needed
+    max_query_len: int
+    max_seq_len: int
+    # Host copies, so the torch backend's per-sequence loop needs no device sync.
+    query_lens_host: list[int]
+    seq_lens_host: list[int]
+
+    @property
+    def num_sequences(self) -> int:
+        return len(self.seq_lens_host)
+
+    @property
+    def is_decode_only(self) -> bool:
+        return self.max_query_len == 1
+
+
+class KernelBackend(Protocol):
+    name: str
+
+    def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        """x [T, H] -> x / rms(x) * weight, reduced in fp32, output in x.dtype."""
+        ...
+
+    def add_rms_norm(
+        self, x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns (rms_norm(x + residual), x + residual); both [T, H] in x.dtype."""
+        ...
+
+    def apply_rope(
+        self, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_sin: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotates q [T, Hq, D] and k [T, Hkv, D] (Llama's rotate-half layout).
+
+        ``cos_sin`` is [max_positions, D] fp32: cos in the first D/2 columns,
+        sin in the last D/2. May work in place; returns the rotated tensors.
+        """
+        ...
+
+    def silu_and_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
+        """gate_up [T, 2I] (gate first) -> silu(gate) * up, [T, I]."""
+        ...
+
+    def write_kv(
+        self,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        slot_mapping: torch.Tensor,
+    ) -> None:
+        """Stores k, v [T, Hkv, D] into caches [num_pages, page_size, Hkv, D] at the flat slots."""
+        ...
+
+    def attention(
+        self,
+        q: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        batch: ForwardBatch,
+        scale: float,
+    ) -> torch.Tensor:
+        """Causal GQA attention of the new tokens over each sequence's paged context.
+
+        q [T, Hq, D]; caches [num_pages, page_size, Hkv, D] already hold this
+        step's K/V. Query i of sequence b sits at position
+        ``seq_lens[b] - query_len[b] + i`` and sees keys 0..that position.
+        Returns [T, Hq, D].
+        """
+        ...

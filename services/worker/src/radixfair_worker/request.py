@@ -1,0 +1,90 @@
+"""A generation request as the engine tracks it, from arrival to finish."""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class RequestStatus(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+class FinishReason(enum.Enum):
+    STOP = "stop"
+    LENGTH = "length"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Validated sampling parameters of one request (see SamplingParams in the proto)."""
+
+    max_tokens: int
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop_token_ids: tuple[int, ...] = ()
+    stop_strings: tuple[str, ...] = ()
+    ignore_eos: bool = False
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass(eq=False)
+class Request:
+    """Engine-side state of one request.
+
+    ``fill_ids`` (prompt plus tokens generated so far) is what must be in the
+    KV cache before the next token can be sampled. After a preemption the
+    whole of it is recomputed, minus whatever the radix cache still holds.
+    """
+
+    request_id: str
+    client_id: str
+    prompt_ids: list[int]
+    sampling: SamplingConfig
+    weight: float = 1.0
+    arrival_time: float = field(default_factory=time.monotonic)
+    output_ids: list[int] = field(default_factory=list)
+    status: RequestStatus = RequestStatus.WAITING
+    finish_reason: FinishReason | None = None
+    # Prompt tokens served from the prefix cache at first admission.
+    num_cached_tokens: int = 0
+    # Leading tokens of fill_ids whose K/V are in this request's pages.
+    num_computed_tokens: int = 0
+    # KV page ids backing fill_ids, in order.
+    page_table: list[int] = field(default_factory=list)
+    # Radix-tree node this request holds a lock on (owned by RadixCache).
+    locked_node: Any = None
+    # Leading tokens of fill_ids that have been inserted into the radix tree.
+    num_inserted_tokens: int = 0
+    times_admitted: int = 0
+    preemptions: int = 0
+    admitted_time: float | None = None
+    first_token_time: float | None = None
+    finished_time: float | None = None
+
+    @property
+    def fill_ids(self) -> list[int]:
+        return self.prompt_ids + self.output_ids
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_ids) + len(self.output_ids)
+
+    @property
+    def in_prefill(self) -> bool:
+        """True while some tokens of fill_ids still need their K/V computed."""
+        return self.num_computed_tokens < self.num_tokens
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status is RequestStatus.FINISHED

@@ -1,0 +1,1 @@
+"""Local scheduling policies behind one interface (see base.SchedulingPolicy)."""
