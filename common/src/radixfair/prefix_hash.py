@@ -13,21 +13,24 @@ import hashlib
 import struct
 from collections.abc import Iterator, Sequence
 
-_SEED = 0x9E3779B97F4A7C15
+# The hash "before" the first page: any fixed value shared by both sides.
+ROOT_HASH = 0x9E3779B97F4A7C15
+
+
+def chain_hash(previous: int, page: Sequence[int]) -> int:
+    """Hash of one page given the hash of everything before it."""
+    digest = hashlib.blake2b(struct.pack(f"<Q{len(page)}i", previous, *page), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
 
 
 def iter_page_hashes(token_ids: Sequence[int], page_size: int) -> Iterator[int]:
     """Yield the chained hash of each full page of ``token_ids``, in order."""
     if page_size <= 0:
         raise ValueError("page_size must be positive")
-    previous = _SEED
+    previous = ROOT_HASH
     full = len(token_ids) - len(token_ids) % page_size
     for start in range(0, full, page_size):
-        page = token_ids[start : start + page_size]
-        digest = hashlib.blake2b(
-            struct.pack(f"<Q{len(page)}i", previous, *page), digest_size=8
-        ).digest()
-        previous = int.from_bytes(digest, "little")
+        previous = chain_hash(previous, token_ids[start : start + page_size])
         yield previous
 
 

@@ -71,6 +71,8 @@ class Request:
     admitted_time: float | None = None
     first_token_time: float | None = None
     finished_time: float | None = None
+    # Generated text with any stop string cut off, set when the request finishes.
+    final_text: str = ""
 
     @property
     def fill_ids(self) -> list[int]:
@@ -81,9 +83,9 @@ class Request:
         return len(self.prompt_ids) + len(self.output_ids)
 
     @property
-    def in_prefill(self) -> bool:
-        """True while some tokens of fill_ids still need their K/V computed."""
-        return self.num_computed_tokens < self.num_tokens
+    def tokens_to_compute(self) -> int:
+        """Tokens of fill_ids whose K/V are still missing: 1 while decoding, more in prefill."""
+        return self.num_tokens - self.num_computed_tokens
 
     @property
     def is_finished(self) -> bool:

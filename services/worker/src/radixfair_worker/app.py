@@ -1,0 +1,92 @@
+"""Starts a worker: loads the model, runs the engine loop, serves gRPC until stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+from pathlib import Path
+
+import grpc
+from opentelemetry.sdk.trace.export import SpanExporter
+from prometheus_client import CollectorRegistry
+
+from radixfair.grpc_health import add_health_and_reflection, set_serving
+from radixfair.metrics import serve_metrics
+from radixfair.tracing import build_tracer
+from radixfair.v1 import router_pb2, router_pb2_grpc, worker_pb2_grpc
+
+from radixfair_worker.config import WorkerConfig
+from radixfair_worker.engine_builder import build_engine
+from radixfair_worker.engine_loop import EngineLoop
+from radixfair_worker.model_store import resolve_model_dir
+from radixfair_worker.server import SERVICE_NAME, WorkerServicer
+from radixfair_worker.worker_metrics import WorkerMetrics
+
+log = logging.getLogger(__name__)
+
+
+async def serve(
+    config: WorkerConfig, span_exporter: SpanExporter | None = None, ready: asyncio.Event | None = None
+) -> None:
+    """Runs until SIGINT/SIGTERM (or task cancellation)."""
+    model_dir = resolve_model_dir(config.model, Path(config.cache_dir))
+    stack = await asyncio.to_thread(build_engine, config.engine, model_dir)
+    model_name = config.model_name or model_dir.name
+    worker_id = config.worker_id or f"{socket.gethostname()}:{config.port}"
+    tracer, provider = build_tracer(config.tracing, span_exporter)
+    registry = CollectorRegistry()
+    metrics = WorkerMetrics(registry)
+    serve_metrics(registry, config.metrics_port)
+
+    loop = EngineLoop(stack.engine, asyncio.get_running_loop())
+    loop.start()
+    server = grpc.aio.server()
+    servicer = WorkerServicer(loop, stack.encoder, worker_id, model_name, tracer, metrics)
+    worker_pb2_grpc.add_WorkerServiceServicer_to_server(servicer, server)
+    health = add_health_and_reflection(server, [SERVICE_NAME])
+    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    await server.start()
+    await set_serving(health, [SERVICE_NAME], True)
+    log.info("worker %s serving %s on %s:%d", worker_id, model_name, config.host, port)
+
+    heartbeat = None
+    if config.router_address:
+        address = config.advertise_address or f"{config.host}:{port}"
+        heartbeat = asyncio.create_task(_register_forever(config, worker_id, address, model_name))
+    if ready is not None:
+        ready.set()
+    try:
+        await _wait_for_signal()
+    finally:
+        await set_serving(health, [SERVICE_NAME], False)
+        if heartbeat is not None:
+            heartbeat.cancel()
+        await server.stop(grace=5)
+        loop.stop()
+        provider.shutdown()
+
+
+async def _register_forever(config: WorkerConfig, worker_id: str, address: str, model: str) -> None:
+    """Heartbeats to the router; a router that is down is retried, never fatal."""
+    async with grpc.aio.insecure_channel(config.router_address) as channel:
+        stub = router_pb2_grpc.RouterServiceStub(channel)
+        request = router_pb2.RegisterWorkerRequest(worker_id=worker_id, address=address, model=model)
+        while True:
+            try:
+                await stub.RegisterWorker(request, timeout=config.heartbeat_seconds)
+            except grpc.aio.AioRpcError as error:
+                log.warning("router %s did not take registration: %s", config.router_address, error.code())
+            await asyncio.sleep(config.heartbeat_seconds)
+
+
+async def _wait_for_signal() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # not the main thread (tests)
+            pass
+    await stop.wait()

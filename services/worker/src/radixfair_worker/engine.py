@@ -1,0 +1,355 @@
+"""The continuous-batching engine loop.
+
+Each ``step`` builds one batch: a token for every decoding request, the next
+prefill chunk of every request still prefilling, and then as many waiting
+requests as the scheduling policy admits into the remaining token budget.
+New requests therefore join the running batch at every step, and a long
+prompt is prefilled over several steps while the others keep decoding. When
+pages run out, the newest running request is preempted: its pages return to
+the pool (what it computed stays in the radix cache) and it waits to be
+recomputed.
+
+The engine is single-threaded; ``submit`` and ``abort`` are the only calls
+that may come from other threads, and they only enqueue.
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from radixfair.errors import InvalidRequestError, QueueFullError
+from radixfair.tokenization import IncrementalDetokenizer
+
+from radixfair_worker.config import EngineConfig
+from radixfair_worker.model_runner import ModelRunner, ScheduledChunk
+from radixfair_worker.page_allocator import PageAllocator
+from radixfair_worker.radix_cache import RadixCache
+from radixfair_worker.request import FinishReason, Request, RequestStatus
+from radixfair_worker.sampler import Sampler
+from radixfair_worker.scheduler.base import SchedulingPolicy
+from radixfair_worker.text_stream import TextStream
+
+
+@dataclass
+class StepOutput:
+    """What one step produced for one request."""
+
+    request: Request
+    new_token_ids: list[int]
+    text_delta: str
+    finished: bool
+
+
+@dataclass
+class ClientStats:
+    requests: int = 0
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class LoadSnapshot:
+    queue_length: int
+    running_requests: int
+    running_tokens: int
+    free_pages: int
+    total_pages: int
+    cached_pages: int
+    cache_hit_rate: float
+    client_stats: dict[str, ClientStats] = field(default_factory=dict)
+
+
+class Engine:
+    def __init__(
+        self,
+        config: EngineConfig,
+        runner: ModelRunner,
+        policy: SchedulingPolicy,
+        eos_token_ids: frozenset[int],
+        max_context_tokens: int,
+        detokenizer_factory: Callable[[], IncrementalDetokenizer] | None = None,
+    ) -> None:
+        if config.max_running_requests > config.max_batched_tokens:
+            raise ValueError("max_running_requests must not exceed max_batched_tokens")
+        self.config = config
+        self.runner = runner
+        self.policy = policy
+        self.page_size = runner.page_size
+        self.allocator = PageAllocator(runner.num_pages)
+        self.cache = RadixCache(self.allocator, self.page_size)
+        self.sampler = Sampler()
+        self.max_context_tokens = max_context_tokens
+        self._eos_token_ids = eos_token_ids
+        self._detokenizer_factory = detokenizer_factory
+        self.waiting: list[Request] = []
+        self.running: list[Request] = []
+        self._inbox: queue.SimpleQueue[Request] = queue.SimpleQueue()
+        self._aborts: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._streams: dict[str, TextStream] = {}
+        self.client_stats: dict[str, ClientStats] = {}
+        self.steps = 0
+
+    # -- calls from any thread ---------------------------------------------
+
+    def submit(self, request: Request) -> None:
+        """Queues a request; raises QueueFullError or InvalidRequestError at once."""
+        self.validate(request)
+        if len(self.waiting) + self._inbox.qsize() >= self.config.max_waiting_requests:
+            raise QueueFullError(
+                f"waiting queue is full ({self.config.max_waiting_requests} requests); retry later"
+            )
+        self._inbox.put(request)
+
+    def abort(self, request_id: str) -> None:
+        self._aborts.put(request_id)
+
+    def validate(self, request: Request) -> None:
+        prompt_len = len(request.prompt_ids)
+        if prompt_len == 0:
+            raise InvalidRequestError("prompt is empty")
+        if prompt_len >= self.max_context_tokens:
+            raise InvalidRequestError(
+                f"prompt has {prompt_len} tokens; the context window holds {self.max_context_tokens}"
+            )
+        pages_needed = -(-(prompt_len + 1) // self.page_size)
+        if pages_needed > self.allocator.num_pages:
+            raise InvalidRequestError(
+                f"prompt needs {pages_needed} KV pages; this worker has {self.allocator.num_pages}"
+            )
+
+    # -- the loop ------------------------------------------------------------
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running or not self._inbox.empty() or not self._aborts.empty())
+
+    def step(self) -> list[StepOutput]:
+        outputs = self._take_inbox()
+        budget = _StepBudget(self, self.config.max_batched_tokens)
+        chunks = self._schedule_decodes(budget)
+        chunks += self._schedule_prefills(budget)
+        if self.waiting and budget.tokens_left > 0 and len(self.running) < self.config.max_running_requests:
+            for request in self.policy.pick_next(list(self.waiting), self.cache, budget):
+                chunks.append(budget.chunks_admitted[request.request_id])
+        if not chunks:
+            return outputs
+        logits = self.runner.forward(chunks)
+        sampled = [c for c in chunks if c.completes_fill]
+        tokens = self.sampler.sample(
+            logits, [c.request.request_id for c in sampled], [c.request.sampling for c in sampled]
+        )
+        next_token = dict(zip((c.request.request_id for c in sampled), tokens))
+        for chunk in chunks:
+            request = chunk.request
+            request.num_computed_tokens += chunk.length
+            self._cache_computed_pages(request)
+            if request.request_id in next_token:
+                outputs.append(self._append_token(request, next_token[request.request_id]))
+        self.steps += 1
+        return outputs
+
+    # -- scheduling ----------------------------------------------------------
+
+    def _schedule_decodes(self, budget: _StepBudget) -> list[ScheduledChunk]:
+        chunks = []
+        for request in list(self.running):
+            if request.status is not RequestStatus.RUNNING or request.tokens_to_compute != 1:
+                continue
+            if not self._ensure_pages(request, request.num_tokens):
+                continue
+            chunks.append(ScheduledChunk(request, request.num_computed_tokens, 1))
+            budget.tokens_left -= 1
+        return chunks
+
+    def _schedule_prefills(self, budget: _StepBudget) -> list[ScheduledChunk]:
+        chunks = []
+        for request in self.running:
+            if request.tokens_to_compute <= 1 or budget.tokens_left <= 0:
+                continue
+            length = min(budget.tokens_left, request.tokens_to_compute)
+            chunks.append(ScheduledChunk(request, request.num_computed_tokens, length))
+            budget.tokens_left -= length
+        return chunks
+
+    def _ensure_pages(self, request: Request, num_tokens: int) -> bool:
+        """Grows the page table to hold ``num_tokens``, preempting the newest others if needed.
+
+        Returns False when ``request`` itself had to be preempted.
+        """
+        missing = -(-num_tokens // self.page_size) - len(request.page_table)
+        while missing > 0:
+            if self._reserve_pages(missing):
+                request.page_table.extend(self.allocator.allocate(missing))
+                return True
+            victim = self.running[-1]
+            self._preempt(victim)
+            if victim is request:
+                return False
+        return True
+
+    def _reserve_pages(self, count: int) -> bool:
+        """True when ``count`` pages are free, evicting unlocked cache leaves if needed."""
+        shortfall = count - self.allocator.num_free
+        if shortfall > 0:
+            self.cache.evict(shortfall)
+        return self.allocator.num_free >= count
+
+    def admit(self, request: Request, tokens_left: int) -> ScheduledChunk | None:
+        """Moves a waiting request into the batch with its cached prefix; None if it does not fit."""
+        fill = request.fill_ids
+        # Match all but the last token: its logits are needed, so it is always computed.
+        match = self.cache.match_prefix(fill[:-1])
+        self.cache.lock(match.node)
+        needed = -(-len(fill) // self.page_size) - len(match.pages)
+        if not self._reserve_pages(needed):
+            self.cache.unlock(match.node)
+            return None
+        self.allocator.incref(match.pages)
+        request.page_table = match.pages + self.allocator.allocate(needed)
+        request.locked_node = match.node
+        request.num_computed_tokens = request.num_inserted_tokens = match.num_tokens
+        if request.times_admitted == 0:
+            request.num_cached_tokens = match.num_tokens
+            stats = self.client_stats.setdefault(request.client_id, ClientStats())
+            stats.requests += 1
+            stats.prompt_tokens += len(request.prompt_ids)
+            stats.cached_tokens += match.num_tokens
+            request.admitted_time = time.monotonic()
+        request.times_admitted += 1
+        request.status = RequestStatus.RUNNING
+        self.waiting.remove(request)
+        self.running.append(request)
+        return ScheduledChunk(request, match.num_tokens, min(tokens_left, len(fill) - match.num_tokens))
+
+    # -- after the forward pass ----------------------------------------------
+
+    def _append_token(self, request: Request, token: int) -> StepOutput:
+        if request.first_token_time is None:
+            request.first_token_time = time.monotonic()
+        request.output_ids.append(token)
+        self.policy.on_output_tokens(request, 1)
+        self.client_stats[request.client_id].completion_tokens += 1
+        sampling = request.sampling
+        stream = self._streams.get(request.request_id)
+        is_stop_token = token in sampling.stop_token_ids or (
+            not sampling.ignore_eos and token in self._eos_token_ids
+        )
+        delta, hit_stop_string = "", False
+        if stream is not None and not is_stop_token:
+            delta, hit_stop_string = stream.push([token])
+        reason = None
+        if is_stop_token or hit_stop_string:
+            reason = FinishReason.STOP
+        elif len(request.output_ids) >= sampling.max_tokens or request.num_tokens >= self.max_context_tokens:
+            reason = FinishReason.LENGTH
+        if reason is not None:
+            if stream is not None and reason is FinishReason.LENGTH:
+                delta += stream.flush()
+            self._finish(request, reason)
+        return StepOutput(request, [token], delta, finished=reason is not None)
+
+    def _cache_computed_pages(self, request: Request) -> None:
+        """Inserts the request's newly completed full pages into the radix tree."""
+        full = request.num_computed_tokens - request.num_computed_tokens % self.page_size
+        if full <= request.num_inserted_tokens:
+            return
+        match = self.cache.insert(request.fill_ids[:full], request.page_table[: full // self.page_size])
+        for index, page in enumerate(match.pages):
+            if request.page_table[index] != page:
+                # Another request cached the same tokens first: use its page, free ours.
+                self.allocator.incref([page])
+                self.allocator.decref([request.page_table[index]])
+                request.page_table[index] = page
+        self.cache.lock(match.node)
+        self.cache.unlock(request.locked_node)
+        request.locked_node = match.node
+        request.num_inserted_tokens = full
+
+    def _release(self, request: Request) -> None:
+        self._cache_computed_pages(request)
+        self.cache.unlock(request.locked_node)
+        self.allocator.decref(request.page_table)
+        request.page_table = []
+        request.locked_node = None
+        self.running.remove(request)
+
+    def _finish(self, request: Request, reason: FinishReason) -> None:
+        if request.status is RequestStatus.RUNNING:
+            self._release(request)
+        elif request in self.waiting:
+            self.waiting.remove(request)
+        request.status = RequestStatus.FINISHED
+        request.finish_reason = reason
+        request.finished_time = time.monotonic()
+        self.policy.on_finished(request)
+        self.sampler.forget(request.request_id)
+        stream = self._streams.pop(request.request_id, None)
+        if stream is not None and stream.final_text is None:
+            stream.final_text = stream.text
+        request.final_text = stream.text if stream is not None else ""
+
+    def _preempt(self, request: Request) -> None:
+        self._release(request)
+        request.num_computed_tokens = request.num_inserted_tokens = 0
+        request.status = RequestStatus.WAITING
+        request.preemptions += 1
+        self.waiting.insert(0, request)
+        self.policy.on_arrival(request)
+
+    def _take_inbox(self) -> list[StepOutput]:
+        while not self._inbox.empty():
+            request = self._inbox.get()
+            if self._detokenizer_factory is not None:
+                self._streams[request.request_id] = TextStream(
+                    self._detokenizer_factory(), request.sampling.stop_strings
+                )
+            self.waiting.append(request)
+            self.policy.on_arrival(request)
+        outputs = []
+        while not self._aborts.empty():
+            request_id = self._aborts.get()
+            for request in (*self.running, *self.waiting):
+                if request.request_id == request_id:
+                    self._finish(request, FinishReason.CANCELLED)
+                    outputs.append(StepOutput(request, [], "", finished=True))
+                    break
+        return outputs
+
+    # -- reporting -----------------------------------------------------------
+
+    def load_snapshot(self) -> LoadSnapshot:
+        prompt = sum(s.prompt_tokens for s in self.client_stats.values())
+        cached = sum(s.cached_tokens for s in self.client_stats.values())
+        return LoadSnapshot(
+            queue_length=len(self.waiting),
+            running_requests=len(self.running),
+            running_tokens=sum(r.num_tokens for r in self.running),
+            free_pages=self.allocator.num_free,
+            total_pages=self.allocator.num_pages,
+            cached_pages=self.cache.cached_pages,
+            cache_hit_rate=cached / prompt if prompt else 0.0,
+            client_stats={k: ClientStats(**vars(v)) for k, v in self.client_stats.items()},
+        )
+
+
+class _StepBudget:
+    """The AdmissionBudget a policy admits through during one step."""
+
+    def __init__(self, engine: Engine, tokens_left: int) -> None:
+        self._engine = engine
+        self.tokens_left = tokens_left
+        self.chunks_admitted: dict[str, ScheduledChunk] = {}
+
+    def try_admit(self, request: Request) -> bool:
+        engine = self._engine
+        if self.tokens_left <= 0 or len(engine.running) >= engine.config.max_running_requests:
+            return False
+        chunk = engine.admit(request, self.tokens_left)
+        if chunk is None:
+            return False
+        self.tokens_left -= chunk.length
+        self.chunks_admitted[request.request_id] = chunk
+        return True

@@ -1,0 +1,58 @@
+"""Assembles an Engine from a config and a model directory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from radixfair.tokenization import PromptEncoder
+
+from radixfair_worker.config import EngineConfig, ModelConfig
+from radixfair_worker.engine import Engine
+from radixfair_worker.model.backend import KernelBackend
+from radixfair_worker.model.llama import KVCache
+from radixfair_worker.model.loader import load_model
+from radixfair_worker.model.torch_backend import TorchBackend
+from radixfair_worker.model_runner import ModelRunner
+from radixfair_worker.scheduler.registry import build_policy
+
+
+@dataclass
+class ServingStack:
+    """An engine and the tokenizer of the model it serves."""
+
+    engine: Engine
+    encoder: PromptEncoder
+    model_config: ModelConfig
+    model_dir: Path
+
+
+def build_backend(name: str) -> KernelBackend:
+    if name == "torch":
+        return TorchBackend()
+    if name == "triton":
+        from radixfair_worker.model.triton_backend import TritonBackend
+
+        return TritonBackend()
+    raise ValueError(f"unknown kernel backend {name!r}; use 'torch' or 'triton'")
+
+
+def build_engine(config: EngineConfig, model_dir: Path) -> ServingStack:
+    dtype = getattr(torch, config.dtype)
+    model = load_model(model_dir, build_backend(config.backend), dtype, config.device)
+    model_config = model.config
+    kv_cache = KVCache(model_config, config.num_pages, config.page_size, dtype, torch.device(config.device))
+    encoder = PromptEncoder(model_dir)
+    eos = {t for t in (model_config.eos_token_id, encoder.eos_token_id) if t is not None}
+    max_context = config.max_context_tokens or model_config.max_position_embeddings
+    engine = Engine(
+        config,
+        ModelRunner(model, kv_cache),
+        build_policy(config.scheduler),
+        eos_token_ids=frozenset(eos),
+        max_context_tokens=min(max_context, model_config.max_position_embeddings),
+        detokenizer_factory=encoder.new_detokenizer,
+    )
+    return ServingStack(engine=engine, encoder=encoder, model_config=model_config, model_dir=model_dir)

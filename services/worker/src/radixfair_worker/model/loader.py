@@ -1,0 +1,50 @@
+"""Loads a Llama checkpoint (Hugging Face safetensors layout) into LlamaModel."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from radixfair_worker.config import ModelConfig
+from radixfair_worker.model.backend import KernelBackend
+from radixfair_worker.model.llama import LlamaModel, rope_table
+
+_NORMS = ("input_layernorm", "post_attention_layernorm")
+_FUSED = {
+    "self_attn.qkv_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+    "mlp.gate_up_proj": ("mlp.gate_proj", "mlp.up_proj"),
+}
+
+
+def load_model(model_dir: Path, backend: KernelBackend, dtype: torch.dtype, device: str) -> LlamaModel:
+    config = ModelConfig.from_hf_config(model_dir / "config.json")
+    state: dict[str, torch.Tensor] = {}
+    for path in sorted(model_dir.glob("*.safetensors")):
+        state.update(load_file(str(path)))
+    with torch.device("meta"):
+        model = LlamaModel(config, backend)
+    model.load_state_dict(to_module_state(state, config), strict=True, assign=True)
+    model.cos_sin = rope_table(config)  # built on "meta" above; the real table replaces it
+    model = model.to(device=device, dtype=dtype).eval()
+    # RoPE angles stay fp32 whatever the weights' dtype.
+    model.cos_sin = rope_table(config).to(device)
+    return model
+
+
+def to_module_state(state: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
+    """Maps HF names onto this module's: strips "model.", fuses q/k/v and gate/up."""
+    renamed: dict[str, torch.Tensor] = {}
+    for name, tensor in state.items():
+        key = name.removeprefix("model.")
+        if key == "lm_head.weight" and config.tie_word_embeddings:
+            continue
+        if key == "norm.weight" or any(key.endswith(f"{norm}.weight") for norm in _NORMS):
+            key = key.removesuffix(".weight")
+        renamed[key] = tensor
+    for layer in range(config.num_hidden_layers):
+        for fused, parts in _FUSED.items():
+            names = [f"layers.{layer}.{part}.weight" for part in parts]
+            renamed[f"layers.{layer}.{fused}.weight"] = torch.cat([renamed.pop(n) for n in names], dim=0)
+    return renamed

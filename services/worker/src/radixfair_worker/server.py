@@ -1,0 +1,199 @@
+"""gRPC adapter of the worker: validates, translates, and calls into the engine loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import grpc
+from opentelemetry import trace
+from opentelemetry.trace import Tracer
+
+from radixfair.errors import RadixfairError
+from radixfair.tracing import extract_context
+from radixfair.v1 import generation_pb2, worker_pb2, worker_pb2_grpc
+
+from radixfair_worker.engine import StepOutput
+from radixfair_worker.engine_loop import EngineFailure, EngineLoop
+from radixfair_worker.request import FinishReason, Request
+from radixfair_worker.request_builder import build_request
+from radixfair.tokenization import PromptEncoder
+from radixfair_worker.worker_metrics import WorkerMetrics
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = worker_pb2.DESCRIPTOR.services_by_name["WorkerService"].full_name
+_FINISH = {
+    FinishReason.STOP: generation_pb2.FINISH_REASON_STOP,
+    FinishReason.LENGTH: generation_pb2.FINISH_REASON_LENGTH,
+    FinishReason.CANCELLED: generation_pb2.FINISH_REASON_CANCELLED,
+}
+
+
+class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
+    def __init__(
+        self,
+        engine_loop: EngineLoop,
+        encoder: PromptEncoder,
+        worker_id: str,
+        model_name: str,
+        tracer: Tracer,
+        metrics: WorkerMetrics,
+    ) -> None:
+        self._loop = engine_loop
+        self._encoder = encoder
+        self._worker_id = worker_id
+        self._model_name = model_name
+        self._tracer = tracer
+        self._metrics = metrics
+
+    async def Generate(self, request, context: grpc.aio.ServicerContext):  # noqa: N802 (gRPC name)
+        parent = extract_context(context.invocation_metadata())
+        with self._tracer.start_as_current_span(
+            "worker.generate", context=parent, kind=trace.SpanKind.SERVER
+        ) as span:
+            try:
+                engine_request = build_request(
+                    request, self._encoder, self._model_name, self._loop.engine.max_context_tokens
+                )
+                outputs = self._loop.submit(engine_request)
+            except RadixfairError as error:
+                span.set_status(trace.Status(trace.StatusCode.ERROR, str(error)))
+                await context.abort(error.code, str(error))
+            _set_request_attributes(span, engine_request, self._model_name)
+            try:
+                async for message in self._stream(engine_request, outputs, context):
+                    yield message
+            except asyncio.CancelledError:
+                self._loop.abort(engine_request.request_id)
+                raise
+            finally:
+                if not engine_request.is_finished:
+                    self._loop.abort(engine_request.request_id)
+            _record_phases(self._tracer, engine_request)
+            span.set_attribute("gen_ai.usage.input_tokens", len(engine_request.prompt_ids))
+            span.set_attribute("gen_ai.usage.output_tokens", len(engine_request.output_ids))
+            span.set_attribute("radixfair.cached_tokens", engine_request.num_cached_tokens)
+            finish = engine_request.finish_reason.value if engine_request.finish_reason else "unknown"
+            span.set_attribute("gen_ai.response.finish_reasons", [finish])
+
+    async def _stream(self, request: Request, outputs, context):
+        last_token_time: float | None = None
+        while True:
+            output = await outputs.get()
+            if isinstance(output, EngineFailure):
+                await context.abort(grpc.StatusCode.INTERNAL, output.message)
+            assert isinstance(output, StepOutput)
+            now = time.monotonic()
+            if output.new_token_ids:
+                if last_token_time is None:
+                    self._metrics.ttft.observe(now - request.arrival_time)
+                else:
+                    self._metrics.inter_token.observe(now - last_token_time)
+                last_token_time = now
+                yield worker_pb2.GenerateResponse(
+                    delta=generation_pb2.TokenDelta(token_ids=output.new_token_ids, text=output.text_delta)
+                )
+            if output.finished:
+                self._record_finish(request)
+                yield worker_pb2.GenerateResponse(result=self._result(request))
+                return
+
+    def _result(self, request: Request) -> generation_pb2.GenerationResult:
+        end = request.finished_time or time.monotonic()
+        first = request.first_token_time or end
+        admitted = request.admitted_time or end
+        return generation_pb2.GenerationResult(
+            finish_reason=_FINISH.get(request.finish_reason, generation_pb2.FINISH_REASON_UNSPECIFIED),
+            usage=generation_pb2.Usage(
+                prompt_tokens=len(request.prompt_ids),
+                cached_tokens=request.num_cached_tokens,
+                completion_tokens=len(request.output_ids),
+            ),
+            timings=generation_pb2.Timings(
+                queue_ms=(admitted - request.arrival_time) * 1e3,
+                time_to_first_token_ms=(first - request.arrival_time) * 1e3,
+                total_ms=(end - request.arrival_time) * 1e3,
+                preemptions=request.preemptions,
+            ),
+            worker_id=self._worker_id,
+            text=request.final_text,
+        )
+
+    def _record_finish(self, request: Request) -> None:
+        client = request.client_id
+        reason = request.finish_reason.value if request.finish_reason else "unknown"
+        self._metrics.requests.labels(client, reason).inc()
+        self._metrics.tokens.labels(client, "prompt").inc(len(request.prompt_ids))
+        self._metrics.tokens.labels(client, "cached").inc(request.num_cached_tokens)
+        self._metrics.tokens.labels(client, "completion").inc(len(request.output_ids))
+
+    async def GetLoadReport(self, request, context):  # noqa: N802
+        return worker_pb2.GetLoadReportResponse(report=self.load_report())
+
+    async def WatchLoadReport(self, request, context):  # noqa: N802
+        if request.interval_ms < 0:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "interval_ms must be >= 0")
+        interval = (request.interval_ms or 500) / 1000
+        while True:
+            yield worker_pb2.WatchLoadReportResponse(report=self.load_report())
+            await asyncio.sleep(interval)
+
+    def load_report(self) -> worker_pb2.LoadReport:
+        state = self._loop.state
+        snapshot = state.snapshot
+        self._metrics.queue_depth.set(snapshot.queue_length)
+        self._metrics.running.set(snapshot.running_requests)
+        self._metrics.free_pages.set(snapshot.free_pages)
+        self._metrics.cache_hit_rate.set(snapshot.cache_hit_rate)
+        for client, service in state.client_service.items():
+            self._metrics.client_service.labels(client).set(service)
+        return worker_pb2.LoadReport(
+            worker_id=self._worker_id,
+            model=self._model_name,
+            queue_length=snapshot.queue_length,
+            running_requests=snapshot.running_requests,
+            running_tokens=snapshot.running_tokens,
+            free_pages=snapshot.free_pages,
+            total_pages=snapshot.total_pages,
+            page_size=self._loop.engine.page_size,
+            cached_prefix_hashes=state.digest,
+            cache_hit_rate=snapshot.cache_hit_rate,
+            client_service=state.client_service,
+        )
+
+
+def _set_request_attributes(span: trace.Span, request: Request, model_name: str) -> None:
+    sampling = request.sampling
+    span.set_attribute("gen_ai.operation.name", "text_completion")
+    span.set_attribute("gen_ai.system", "radixfair")
+    span.set_attribute("gen_ai.request.model", model_name)
+    span.set_attribute("gen_ai.request.max_tokens", sampling.max_tokens)
+    span.set_attribute("gen_ai.request.temperature", sampling.temperature)
+    span.set_attribute("gen_ai.request.top_p", sampling.top_p)
+    span.set_attribute("radixfair.client_id", request.client_id)
+    span.set_attribute("radixfair.request_id", request.request_id)
+
+
+def _record_phases(tracer: Tracer, request: Request) -> None:
+    """Queue, prefill and decode as child spans, from the engine's timestamps."""
+    to_ns = _monotonic_to_epoch_ns()
+    end = request.finished_time or time.monotonic()
+    admitted = request.admitted_time or end
+    first = request.first_token_time or end
+    for name, start, stop in (
+        ("worker.queue", request.arrival_time, admitted),
+        ("worker.prefill", admitted, first),
+        ("worker.decode", first, end),
+    ):
+        span = tracer.start_span(name, start_time=to_ns(start))
+        if name == "worker.prefill":
+            span.set_attribute("radixfair.cached_tokens", request.num_cached_tokens)
+            span.set_attribute("radixfair.computed_prompt_tokens", len(request.prompt_ids) - request.num_cached_tokens)
+        span.end(end_time=to_ns(stop))
+
+
+def _monotonic_to_epoch_ns():
+    offset = time.time() - time.monotonic()
+    return lambda t: int((t + offset) * 1e9)
