@@ -54,7 +54,7 @@ class ModelConfig:
 class SchedulerConfig:
     """Which local policy orders the waiting queue, and its parameters."""
 
-    # One of: fcfs, lpm, vtc, dlpm.
+    # One of: fcfs, lpm, lpm_aging, vtc, dlpm (see scheduler.registry).
     policy: str = "dlpm"
     # DLPM quantum Q, in weighted tokens of service.
     quantum: float = 1024.0
@@ -63,6 +63,8 @@ class SchedulerConfig:
     output_token_weight: float = 2.0
     # Fraction of w_in charged for a prompt token served from cache (paper: 0).
     cached_token_weight: float = 0.0
+    # lpm_aging: priority gained per second of waiting, in prefix-match tokens.
+    lpm_aging_rate: float = 100.0
 
 
 @dataclass(frozen=True)

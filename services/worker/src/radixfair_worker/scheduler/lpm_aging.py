@@ -1,0 +1,34 @@
+"""LPM with aging: a baseline that trades some cache locality for freedom from starvation."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+from radixfair_worker.config import SchedulerConfig
+from radixfair_worker.request import Request
+from radixfair_worker.scheduler.base import PrefixMatcher
+from radixfair_worker.scheduler.ordered import OrderedPolicy
+from radixfair_worker.scheduler.queue_order import prefix_match_order
+
+
+class LPMAgingPolicy(OrderedPolicy):
+    """Orders by ``match_length + lpm_aging_rate · seconds waited``, highest first.
+
+    The wait term grows without bound, so every request eventually outranks
+    any cached prefix (at most the context length): no request waits longer
+    than about ``context / lpm_aging_rate`` seconds behind hot-prefix traffic.
+    It bounds waiting time, not service: it is not a fair-share policy.
+    ``clock`` must be the clock ``Request.arrival_time`` comes from.
+    """
+
+    name = "lpm_aging"
+
+    def __init__(self, config: SchedulerConfig, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(config)
+        self._rate = config.lpm_aging_rate
+        self._clock = clock
+
+    def order(self, waiting: Sequence[Request], cache: PrefixMatcher) -> list[Request]:
+        now = self._clock()
+        return prefix_match_order(waiting, cache, bonus=lambda r: self._rate * max(0.0, now - r.arrival_time))

@@ -1,0 +1,52 @@
+"""Policies that admit the waiting queue in one fixed order: FCFS, LPM and LPM-with-aging."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from radixfair_worker.config import SchedulerConfig
+from radixfair_worker.request import Request
+from radixfair_worker.scheduler.base import AdmissionBudget, PrefixMatcher
+from radixfair_worker.scheduler.service_meter import ServiceMeter
+
+
+class OrderedPolicy:
+    """Admits waiting requests in ``order``'s order until the budget refuses one.
+
+    Stopping at the first refusal (rather than looking for a smaller request
+    that still fits) keeps the order a strict priority: otherwise a long
+    prompt could be overtaken forever by short ones. It also spares the
+    engine admission attempts that would evict cache pages for nothing.
+    Subclasses supply ``order``; they keep no fairness state.
+    """
+
+    name = "ordered"
+
+    def __init__(self, config: SchedulerConfig) -> None:
+        self._meter = ServiceMeter(config)
+
+    def order(self, waiting: Sequence[Request], cache: PrefixMatcher) -> list[Request]:
+        raise NotImplementedError
+
+    def on_arrival(self, request: Request) -> None:
+        pass
+
+    def pick_next(
+        self, waiting: Sequence[Request], cache: PrefixMatcher, budget: AdmissionBudget
+    ) -> list[Request]:
+        admitted = []
+        for request in self.order(waiting, cache):
+            if not budget.try_admit(request):
+                break
+            self._meter.charge_admission(request)
+            admitted.append(request)
+        return admitted
+
+    def on_output_tokens(self, request: Request, count: int) -> None:
+        self._meter.charge_output(request, count)
+
+    def on_finished(self, request: Request) -> None:
+        pass
+
+    def client_service(self) -> dict[str, float]:
+        return self._meter.client_service()
