@@ -10,7 +10,6 @@ from pathlib import Path
 import yaml
 
 from radixfair.config_loading import load_config
-
 from radixfair_worker.app import serve
 from radixfair_worker.config import WorkerConfig
 
@@ -19,7 +18,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="radixfair-worker", description=__doc__)
     parser.add_argument("--config", type=Path, help="YAML file (see deploy/config/worker.yaml)")
     parser.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override a config field, e.g. --set port=50062 --set engine.scheduler.policy=lpm",
     )
     args = parser.parse_args(argv)

@@ -13,10 +13,10 @@ from opentelemetry.sdk.trace.export import SpanExporter
 from prometheus_client import CollectorRegistry
 
 from radixfair.grpc_health import add_health_and_reflection, set_serving
+from radixfair.malformed_requests import MalformedRequestInterceptor
 from radixfair.metrics import serve_metrics
 from radixfair.tracing import build_tracer
 from radixfair.v1 import router_pb2, router_pb2_grpc, worker_pb2_grpc
-
 from radixfair_worker.config import WorkerConfig
 from radixfair_worker.engine_builder import build_engine
 from radixfair_worker.engine_loop import EngineLoop
@@ -42,7 +42,7 @@ async def serve(
 
     loop = EngineLoop(stack.engine, asyncio.get_running_loop())
     loop.start()
-    server = grpc.aio.server()
+    server = grpc.aio.server(interceptors=[MalformedRequestInterceptor()])
     servicer = WorkerServicer(loop, stack.encoder, worker_id, model_name, tracer, metrics)
     worker_pb2_grpc.add_WorkerServiceServicer_to_server(servicer, server)
     health = add_health_and_reflection(server, [SERVICE_NAME])

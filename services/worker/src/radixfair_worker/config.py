@@ -91,6 +91,14 @@ class EngineConfig:
     backend: str = "torch"
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
+    def __post_init__(self) -> None:
+        for name in ("page_size", "num_pages", "max_running_requests", "max_batched_tokens"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"engine.{name} must be positive")
+        if self.max_running_requests > self.max_batched_tokens:
+            # Every running request decodes one token per step inside the token budget.
+            raise ValueError("engine.max_running_requests must not exceed engine.max_batched_tokens")
+
 
 @dataclass(frozen=True)
 class WorkerConfig:

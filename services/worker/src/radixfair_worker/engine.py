@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 
 from radixfair.errors import InvalidRequestError, QueueFullError
 from radixfair.tokenization import IncrementalDetokenizer
-
 from radixfair_worker.config import EngineConfig
 from radixfair_worker.model_runner import ModelRunner, ScheduledChunk
 from radixfair_worker.page_allocator import PageAllocator
@@ -73,8 +72,6 @@ class Engine:
         max_context_tokens: int,
         detokenizer_factory: Callable[[], IncrementalDetokenizer] | None = None,
     ) -> None:
-        if config.max_running_requests > config.max_batched_tokens:
-            raise ValueError("max_running_requests must not exceed max_batched_tokens")
         self.config = config
         self.runner = runner
         self.policy = policy
@@ -92,6 +89,8 @@ class Engine:
         self._streams: dict[str, TextStream] = {}
         self.client_stats: dict[str, ClientStats] = {}
         self.steps = 0
+        # Tokens whose K/V the model computed (prefill chunks and decode inputs).
+        self.computed_tokens = 0
 
     # -- calls from any thread ---------------------------------------------
 
@@ -137,6 +136,7 @@ class Engine:
         if not chunks:
             return outputs
         logits = self.runner.forward(chunks)
+        self.computed_tokens += sum(c.length for c in chunks)
         sampled = [c for c in chunks if c.completes_fill]
         tokens = self.sampler.sample(
             logits, [c.request.request_id for c in sampled], [c.request.sampling for c in sampled]

@@ -8,7 +8,6 @@ from pathlib import Path
 import torch
 
 from radixfair.tokenization import PromptEncoder
-
 from radixfair_worker.config import EngineConfig, ModelConfig
 from radixfair_worker.engine import Engine
 from radixfair_worker.model.backend import KernelBackend

@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from radixfair.prefix_hash import ROOT_HASH, chain_hash
-
 from radixfair_worker.page_allocator import PageAllocator
 
 
@@ -173,7 +172,9 @@ class RadixCache:
     def evict(self, num_pages: int) -> int:
         """Frees at least ``num_pages`` pages from unlocked leaves, LRU first; returns pages freed."""
         order = itertools.count()
-        heap = [(n.last_access, next(order), n) for n in self._iter_nodes() if n.is_leaf and n.lock_count == 0]
+        heap = [
+            (n.last_access, next(order), n) for n in self._iter_nodes() if n.is_leaf and n.lock_count == 0
+        ]
         heapq.heapify(heap)
         freed = 0
         while heap and freed < num_pages:

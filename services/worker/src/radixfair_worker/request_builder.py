@@ -12,7 +12,6 @@ import uuid
 from radixfair.errors import InvalidRequestError
 from radixfair.tokenization import ChatTurn, PromptEncoder
 from radixfair.v1 import generation_pb2, worker_pb2
-
 from radixfair_worker.request import Request, SamplingConfig
 
 # Without an explicit max_tokens a request may not run away with the worker.
@@ -53,7 +52,9 @@ def encode_prompt(prompt: generation_pb2.Prompt, encoder: PromptEncoder) -> list
         ids = list(prompt.token_ids.ids)
         bad = [t for t in ids if not 0 <= t < encoder.vocab_size]
         if bad:
-            raise InvalidRequestError(f"token ids out of vocabulary range [0, {encoder.vocab_size}): {bad[:5]}")
+            raise InvalidRequestError(
+                f"token ids out of vocabulary range [0, {encoder.vocab_size}): {bad[:5]}"
+            )
     else:
         raise InvalidRequestError("prompt is missing: set text, chat or token_ids")
     if not ids:

@@ -18,7 +18,9 @@ class Sampler:
     def __init__(self) -> None:
         self._generators: dict[str, torch.Generator] = {}
 
-    def sample(self, logits: torch.Tensor, request_ids: list[str], configs: list[SamplingConfig]) -> list[int]:
+    def sample(
+        self, logits: torch.Tensor, request_ids: list[str], configs: list[SamplingConfig]
+    ) -> list[int]:
         """logits [S, vocab] fp32 -> one token id per row."""
         tokens = logits.argmax(dim=-1).tolist()
         for row, (request_id, config) in enumerate(zip(request_ids, configs)):

@@ -11,14 +11,13 @@ from opentelemetry import trace
 from opentelemetry.trace import Tracer
 
 from radixfair.errors import RadixfairError
+from radixfair.tokenization import PromptEncoder
 from radixfair.tracing import extract_context
 from radixfair.v1 import generation_pb2, worker_pb2, worker_pb2_grpc
-
 from radixfair_worker.engine import StepOutput
 from radixfair_worker.engine_loop import EngineFailure, EngineLoop
 from radixfair_worker.request import FinishReason, Request
 from radixfair_worker.request_builder import build_request
-from radixfair.tokenization import PromptEncoder
 from radixfair_worker.worker_metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
@@ -190,7 +189,9 @@ def _record_phases(tracer: Tracer, request: Request) -> None:
         span = tracer.start_span(name, start_time=to_ns(start))
         if name == "worker.prefill":
             span.set_attribute("radixfair.cached_tokens", request.num_cached_tokens)
-            span.set_attribute("radixfair.computed_prompt_tokens", len(request.prompt_ids) - request.num_cached_tokens)
+            span.set_attribute(
+                "radixfair.computed_prompt_tokens", len(request.prompt_ids) - request.num_cached_tokens
+            )
         span.end(end_time=to_ns(stop))
 
 

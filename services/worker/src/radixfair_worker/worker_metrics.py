@@ -20,20 +20,28 @@ class WorkerMetrics:
             registry=registry,
         )
         self.ttft = Histogram(
-            "radixfair_worker_time_to_first_token_seconds", "Arrival to first token",
-            buckets=LATENCY_BUCKETS, registry=registry,
+            "radixfair_worker_time_to_first_token_seconds",
+            "Arrival to first token",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
         )
         self.inter_token = Histogram(
-            "radixfair_worker_inter_token_latency_seconds", "Gap between streamed tokens",
-            buckets=LATENCY_BUCKETS, registry=registry,
+            "radixfair_worker_inter_token_latency_seconds",
+            "Gap between streamed tokens",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
         )
         self.queue_depth = Gauge("radixfair_worker_queue_depth", "Waiting requests", registry=registry)
         self.running = Gauge("radixfair_worker_running_requests", "Requests in the batch", registry=registry)
         self.free_pages = Gauge("radixfair_worker_free_kv_pages", "Free KV pages", registry=registry)
         self.cache_hit_rate = Gauge(
-            "radixfair_worker_cache_hit_rate", "Prompt tokens served from cache / prompt tokens",
+            "radixfair_worker_cache_hit_rate",
+            "Prompt tokens served from cache / prompt tokens",
             registry=registry,
         )
         self.client_service = Gauge(
-            "radixfair_worker_client_service", "Weighted tokens served per client", ["client"], registry=registry
+            "radixfair_worker_client_service",
+            "Weighted tokens served per client",
+            ["client"],
+            registry=registry,
         )

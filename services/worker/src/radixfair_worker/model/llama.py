@@ -95,7 +95,9 @@ class LlamaModel(nn.Module):
         self.layers = nn.ModuleList(LlamaDecoderLayer(config) for _ in range(config.num_hidden_layers))
         self.norm = nn.Parameter(torch.ones(config.hidden_size))
         self.lm_head = (
-            None if config.tie_word_embeddings else nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+            None
+            if config.tie_word_embeddings
+            else nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         )
         self.register_buffer("cos_sin", rope_table(config), persistent=False)
 
@@ -110,7 +112,9 @@ class LlamaModel(nn.Module):
                 normed = backend.rms_norm(hidden, layer.input_layernorm, layer.eps)
             else:
                 normed, residual = backend.add_rms_norm(hidden, residual, layer.input_layernorm, layer.eps)
-            hidden = layer.self_attn(normed, batch, kv_cache.k[index], kv_cache.v[index], self.cos_sin, backend)
+            hidden = layer.self_attn(
+                normed, batch, kv_cache.k[index], kv_cache.v[index], self.cos_sin, backend
+            )
             normed, residual = backend.add_rms_norm(
                 hidden, residual, layer.post_attention_layernorm, layer.eps
             )

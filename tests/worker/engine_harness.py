@@ -1,0 +1,29 @@
+"""Builds real engines for tests and runs them to completion."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from radixfair_worker.config import EngineConfig, SchedulerConfig
+from radixfair_worker.engine import Engine
+from radixfair_worker.engine_builder import ServingStack, build_engine
+from radixfair_worker.request import Request, SamplingConfig
+
+
+def make_stack(model_dir: Path, policy: str = "fcfs", **engine: object) -> ServingStack:
+    settings = {"num_pages": 256, "page_size": 16, "max_batched_tokens": 256, **engine}
+    return build_engine(EngineConfig(scheduler=SchedulerConfig(policy=policy), **settings), model_dir)
+
+
+def greedy(prompt: list[int], max_tokens: int, request_id: str, client: str = "client-a", **kw) -> Request:
+    return Request(request_id, client, prompt, SamplingConfig(max_tokens=max_tokens, **kw))
+
+
+def run_to_completion(engine: Engine, requests: list[Request], max_steps: int = 10_000) -> None:
+    for request in requests:
+        engine.submit(request)
+    for _ in range(max_steps):
+        if not engine.has_work():
+            return
+        engine.step()
+    raise AssertionError(f"engine still busy after {max_steps} steps")
