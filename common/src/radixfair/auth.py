@@ -1,0 +1,115 @@
+"""API keys: who is calling, and with what fair-share weight.
+
+The key in ``authorization: Bearer <key>`` is the only thing that decides a
+caller's client id, so a caller cannot claim another tenant's identity. Keys
+are compared by their SHA-256 digest with a constant-time compare; the
+configuration may hold either the key itself or its digest
+(``sha256:<hex>``), so a deployed config need not contain secrets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from radixfair.errors import UnauthenticatedError
+
+AUTHORIZATION_HEADER = "authorization"
+_BEARER = "bearer "
+_DIGEST_PREFIX = "sha256:"
+
+
+@dataclass(frozen=True)
+class ApiKeyConfig:
+    """One key: the secret (or ``sha256:<hex>`` of it), its client id and weight."""
+
+    key: str
+    client_id: str
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    api_keys: tuple[ApiKeyConfig, ...] = ()
+
+
+@dataclass(frozen=True)
+class Principal:
+    """An authenticated caller."""
+
+    client_id: str
+    weight: float
+
+
+def key_digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class ApiKeyAuthenticator:
+    """Maps bearer keys to principals; built once from an AuthConfig."""
+
+    def __init__(self, config: AuthConfig) -> None:
+        self._by_digest: dict[str, Principal] = {}
+        self._weights: dict[str, float] = {}
+        for entry in config.api_keys:
+            if not entry.key or not entry.client_id:
+                raise ValueError("every api key needs a non-empty key and client_id")
+            if not math.isfinite(entry.weight) or entry.weight <= 0:
+                raise ValueError(f"client {entry.client_id!r}: weight must be a positive number")
+            digest = _stored_digest(entry.key)
+            if digest in self._by_digest:
+                raise ValueError(f"api key for client {entry.client_id!r} is listed twice")
+            known = self._weights.get(entry.client_id)
+            if known is not None and known != entry.weight:
+                raise ValueError(f"client {entry.client_id!r} has keys with different weights")
+            self._by_digest[digest] = Principal(entry.client_id, entry.weight)
+            self._weights[entry.client_id] = entry.weight
+
+    def client_weights(self) -> dict[str, float]:
+        return dict(self._weights)
+
+    def authenticate_key(self, key: str) -> Principal:
+        digest = key_digest(key)
+        for stored, principal in self._by_digest.items():
+            # Constant-time compare of digests: no early exit that leaks a prefix.
+            if hmac.compare_digest(stored, digest):
+                return principal
+        raise UnauthenticatedError("invalid API key")
+
+    def authenticate_metadata(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> Principal:
+        """The principal of a call's ``authorization: Bearer <key>`` metadata."""
+        values = [v for k, v in (metadata or ()) if k.lower() == AUTHORIZATION_HEADER]
+        if not values:
+            raise UnauthenticatedError("missing 'authorization: Bearer <api key>' metadata")
+        if len(values) > 1:
+            raise UnauthenticatedError("more than one authorization header")
+        value = values[0].decode() if isinstance(values[0], bytes) else values[0]
+        if not value.lower().startswith(_BEARER) or not value[len(_BEARER) :].strip():
+            raise UnauthenticatedError("authorization metadata must be 'Bearer <api key>'")
+        return self.authenticate_key(value[len(_BEARER) :].strip())
+
+
+def bearer_metadata(api_key: str) -> list[tuple[str, str]]:
+    return [(AUTHORIZATION_HEADER, f"Bearer {api_key}")]
+
+
+def _stored_digest(key: str) -> str:
+    if key.startswith(_DIGEST_PREFIX):
+        digest = key[len(_DIGEST_PREFIX) :].lower()
+        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            raise ValueError("a 'sha256:' key must be followed by 64 hex digits")
+        return digest
+    return key_digest(key)
+
+
+def parse_api_keys(entries: Sequence[dict[str, object]]) -> AuthConfig:
+    """AuthConfig from plain mappings (CLI flags, tests)."""
+    return AuthConfig(
+        api_keys=tuple(
+            ApiKeyConfig(str(e["key"]), str(e["client_id"]), float(e.get("weight", 1.0)))  # type: ignore[arg-type]
+            for e in entries
+        )
+    )

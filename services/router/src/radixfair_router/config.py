@@ -1,0 +1,125 @@
+"""Router configuration: frozen dataclasses built once at start-up and passed down."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from radixfair.auth import AuthConfig
+from radixfair.tracing import TracingConfig
+
+POLICIES = ("round_robin", "least_load", "cache_aware", "global_vtc", "d2lpm")
+
+
+@dataclass(frozen=True)
+class CostConfig:
+    """Weights of service, as in VTC and DLPM: input tokens computed, output tokens generated."""
+
+    input_token_weight: float = 1.0
+    output_token_weight: float = 2.0
+    # Fraction of input_token_weight charged for a prompt token served from cache (paper: 0).
+    cached_token_weight: float = 0.0
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    # One of POLICIES.
+    name: str = "d2lpm"
+    # D2LPM quantum Q per (client, worker), in weighted tokens of service.
+    quantum: float = 4096.0
+    # Load balance thresholds (cache_aware and d2lpm): the system counts as
+    # imbalanced when max_load - min_load > balance_abs_threshold and
+    # max_load > balance_rel_threshold * min_load. d2lpm treats a worker whose
+    # load exceeds min_load + balance_abs_threshold as over the threshold.
+    balance_abs_threshold: int = 8
+    balance_rel_threshold: float = 1.5
+    # cache_aware: below this fraction of the prompt matched, pick the worker
+    # with the smallest approximate cache instead of the longest match.
+    cache_threshold: float = 0.3
+    # Output tokens are charged to the ledger in batches of this many, so a
+    # long stream is charged while it runs, not only when it ends.
+    output_charge_batch_tokens: int = 16
+
+
+@dataclass(frozen=True)
+class ApproxTreeConfig:
+    # Bound on tokens held by the router's approximate radix tree.
+    max_tokens: int = 1_000_000
+    # A worker's report overrides the tree for a prefix the router routed
+    # more than this long before the report was taken.
+    report_grace_s: float = 2.0
+
+
+@dataclass(frozen=True)
+class StaticWorker:
+    worker_id: str
+    address: str
+    model: str = ""
+
+
+@dataclass(frozen=True)
+class RegistryConfig:
+    workers: tuple[StaticWorker, ...] = ()
+    # A registered worker that does not heartbeat within this leaves rotation.
+    heartbeat_ttl_s: float = 6.0
+    health_check_interval_s: float = 0.5
+    health_check_timeout_s: float = 1.0
+    # Consecutive failed checks before a worker leaves rotation.
+    unhealthy_after_failures: int = 2
+    load_report_interval_s: float = 0.5
+
+
+@dataclass(frozen=True)
+class LedgerConfig:
+    # "redis" (shared by all router replicas) or "memory" (in-process, one
+    # router only; chosen explicitly, never as a fallback).
+    store: str = "redis"
+    redis_url: str = ""
+    key_prefix: str = "radixfair"
+    # Per-operation socket timeout; a slower Redis counts as down.
+    redis_timeout_s: float = 0.5
+    # While degraded, how often to try Redis again.
+    reconnect_interval_s: float = 0.5
+
+
+@dataclass(frozen=True)
+class ForwardConfig:
+    # Attempts on different workers when one fails before its first token.
+    max_attempts: int = 3
+    # A stream that sends nothing for this long is failed, so no call hangs.
+    stream_idle_timeout_s: float = 120.0
+    # With no healthy worker, how long a request waits for one to appear.
+    wait_for_worker_s: float = 2.0
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    """Everything a router process needs."""
+
+    host: str = "127.0.0.1"
+    port: int = 50051
+    # Directory with tokenizer.json and tokenizer_config.json of the served
+    # model, so the router's tree is over the same tokens the workers cache.
+    tokenizer_dir: Path = Path("")
+    # Model name callers use; empty accepts any.
+    model_name: str = ""
+    router_id: str = ""
+    metrics_port: int = 0
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    costs: CostConfig = field(default_factory=CostConfig)
+    tree: ApproxTreeConfig = field(default_factory=ApproxTreeConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
+    ledger: LedgerConfig = field(default_factory=LedgerConfig)
+    forward: ForwardConfig = field(default_factory=ForwardConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    tracing: TracingConfig = field(default_factory=lambda: TracingConfig(service_name="radixfair-router"))
+
+    def __post_init__(self) -> None:
+        if self.policy.name not in POLICIES:
+            raise ValueError(f"unknown routing policy {self.policy.name!r}; use one of {list(POLICIES)}")
+        if self.ledger.store not in ("redis", "memory"):
+            raise ValueError(f"ledger.store must be 'redis' or 'memory', not {self.ledger.store!r}")
+        if self.ledger.store == "redis" and not self.ledger.redis_url:
+            raise ValueError("ledger.store is 'redis' but ledger.redis_url is empty")
+        if self.policy.quantum <= 0:
+            raise ValueError("policy.quantum must be positive")

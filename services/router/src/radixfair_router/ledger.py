@@ -1,0 +1,219 @@
+"""Per-client fairness state shared by router replicas through Redis.
+
+``Ledger`` is what the router talks to. With the "redis" store every change
+is one Lua script (ledger_scripts.py), so replicas share one consistent
+ledger. When Redis stops answering, the ledger logs that it is degraded and
+carries on with a journaled local store, so no request fails for it; a
+background task keeps trying Redis and, when it answers again, replays the
+journal as increments (reconcile) before switching back. The "memory" store
+is the local store alone, for a single router, and only when configured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from radixfair_router import ledger_scripts
+from radixfair_router.config import LedgerConfig
+from radixfair_router.ledger_state import (
+    Admission,
+    AdmitCandidate,
+    Charge,
+    ClientLedger,
+    JournalEntry,
+    LocalLedgerStore,
+)
+
+log = logging.getLogger(__name__)
+
+# Failures that mean "Redis is not there", as opposed to a bug in a script.
+_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError, asyncio.TimeoutError)
+
+
+class RedisLedgerStore:
+    """The ledger in Redis; every method is one atomic script call (or a read)."""
+
+    def __init__(self, client: aioredis.Redis, key_prefix: str, quantum: float) -> None:
+        self._redis = client
+        self._prefix = key_prefix
+        self._quantum = quantum
+        self._admit = client.register_script(ledger_scripts.ADMIT)
+        self._charge = client.register_script(ledger_scripts.CHARGE)
+        self._apply = client.register_script(ledger_scripts.APPLY)
+
+    def _keys(self, client_id: str) -> list[str]:
+        p = self._prefix
+        return [f"{p}:client:{client_id}", f"{p}:deficit:{client_id}", f"{p}:vtc:active", f"{p}:clients"]
+
+    async def ping(self) -> None:
+        await self._redis.ping()
+
+    async def admit(
+        self, client_id: str, weight: float, mode: str, candidates: Sequence[AdmitCandidate], fallback: str
+    ) -> Admission:
+        args: list[str | float | int] = [client_id, weight, self._quantum, mode, fallback, len(candidates)]
+        for c in candidates:
+            args += [c.worker_id, 1 if c.eligible else 0, c.cost]
+        chosen, q_after, refills, vtc, cost = await self._admit(keys=self._keys(client_id), args=args)
+        return Admission(_text(chosen), float(q_after), int(refills), float(vtc), float(cost))
+
+    async def charge(self, charge: Charge) -> float:
+        args = [
+            charge.client_id, charge.weight, self._quantum, charge.worker_id, charge.service,
+            charge.prompt_tokens, charge.cached_tokens, charge.completion_tokens, 1 if charge.finished else 0,
+        ]  # fmt: skip
+        return float(await self._charge(keys=self._keys(charge.client_id), args=args))
+
+    async def apply(self, client_id: str, entry: JournalEntry) -> None:
+        args: list[str | float | int] = [client_id, entry.weight, self._quantum, len(entry.counters)]
+        for name, delta in entry.counters.items():
+            args += [name, delta]
+        args.append(len(entry.deficits))
+        for worker_id, delta in entry.deficits.items():
+            args += [worker_id, delta]
+        await self._apply(keys=self._keys(client_id), args=args)
+
+    async def snapshot(self) -> list[ClientLedger]:
+        client_ids = sorted(_text(c) for c in await self._redis.smembers(f"{self._prefix}:clients"))
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for client_id in client_ids:
+                keys = self._keys(client_id)
+                pipe.hgetall(keys[0])
+                pipe.hgetall(keys[1])
+            raw = await pipe.execute()
+        return [
+            _record(client_id, raw[2 * i], raw[2 * i + 1]) for i, client_id in enumerate(client_ids)
+        ]
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+
+class Ledger:
+    """The router's ledger: Redis when reachable, journaled local state when not."""
+
+    def __init__(self, config: LedgerConfig, quantum: float) -> None:
+        self._config = config
+        self._redis: RedisLedgerStore | None = None
+        if config.store == "redis":
+            client = aioredis.Redis.from_url(
+                config.redis_url,
+                socket_timeout=config.redis_timeout_s,
+                socket_connect_timeout=config.redis_timeout_s,
+                retry_on_timeout=False,
+            )
+            self._redis = RedisLedgerStore(client, config.key_prefix, quantum)
+        self._local = LocalLedgerStore(quantum, journal=self._redis is not None)
+        self._degraded = False
+        self._reconnect_task: asyncio.Task[None] | None = None
+
+    @property
+    def shared(self) -> bool:
+        """True when the state lives in Redis and Redis is reachable now."""
+        return self._redis is not None and not self._degraded
+
+    async def admit(
+        self, client_id: str, weight: float, mode: str, candidates: Sequence[AdmitCandidate], fallback: str
+    ) -> Admission:
+        if self.shared:
+            assert self._redis is not None
+            try:
+                return await self._redis.admit(client_id, weight, mode, candidates, fallback)
+            except _UNREACHABLE as error:
+                self._enter_degraded(error)
+        return self._local.admit(client_id, weight, mode, candidates, fallback)
+
+    async def charge(self, charge: Charge) -> float:
+        if self.shared:
+            assert self._redis is not None
+            try:
+                return await self._redis.charge(charge)
+            except _UNREACHABLE as error:
+                self._enter_degraded(error)
+        return self._local.charge(charge)
+
+    async def snapshot(self) -> list[ClientLedger]:
+        """Every client's record: Redis' when shared, this router's local view when degraded."""
+        if self.shared:
+            assert self._redis is not None
+            try:
+                return await self._redis.snapshot()
+            except _UNREACHABLE as error:
+                self._enter_degraded(error)
+        return self._local.snapshot()
+
+    async def close(self) -> None:
+        if self._reconnect_task is not None:
+            self._reconnect_task.cancel()
+            await asyncio.gather(self._reconnect_task, return_exceptions=True)
+        if self._redis is not None:
+            await self._redis.close()
+
+    def _enter_degraded(self, error: BaseException) -> None:
+        if self._degraded:
+            return
+        self._degraded = True
+        log.warning(
+            "shared state store unreachable (%s: %s); routing on local state until it returns",
+            type(error).__name__, error,
+        )  # fmt: skip
+        self._reconnect_task = asyncio.get_running_loop().create_task(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        assert self._redis is not None
+        while True:
+            await asyncio.sleep(self._config.reconnect_interval_s)
+            try:
+                await self._redis.ping()
+                replayed = await self._replay_journal()
+            except _UNREACHABLE:
+                continue
+            # No await between the journal running dry and this flip, so no
+            # local change can slip in unreplayed.
+            self._degraded = False
+            self._local.clear()
+            log.warning("shared state store is back; reconciled %d client(s) from local state", replayed)
+            return
+
+    async def _replay_journal(self) -> int:
+        assert self._redis is not None
+        replayed = 0
+        while True:
+            journal = self._local.take_journal()
+            if not journal:
+                return replayed
+            pending = dict(journal)
+            try:
+                for client_id, entry in journal.items():
+                    await self._redis.apply(client_id, entry)
+                    del pending[client_id]
+                    replayed += 1
+            except _UNREACHABLE:
+                self._local.restore_journal(pending)
+                raise
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _record(client_id: str, fields: dict[bytes, bytes], deficits: dict[bytes, bytes]) -> ClientLedger:
+    get = {_text(k): float(v) for k, v in fields.items()}
+    return ClientLedger(
+        client_id=client_id,
+        weight=get.get("weight", 1.0),
+        service=get.get("service", 0.0),
+        vtc=get.get("vtc", 0.0),
+        requests=round(get.get("requests", 0.0)),
+        prompt_tokens=round(get.get("prompt_tokens", 0.0)),
+        cached_tokens=round(get.get("cached_tokens", 0.0)),
+        completion_tokens=round(get.get("completion_tokens", 0.0)),
+        inflight=round(get.get("inflight", 0.0)),
+        deficits={_text(k): float(v) for k, v in deficits.items()},
+    )

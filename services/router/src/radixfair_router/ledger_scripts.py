@@ -1,0 +1,125 @@
+"""Lua scripts of the Redis ledger: each read-modify-write is one atomic step.
+
+Redis runs a script without interleaving any other command, so two router
+replicas charging or refilling the same client never lose an update. The
+rules mirror ``LocalLedgerStore`` exactly (see ledger_state.py).
+
+Keys of one client (KEYS in every script):
+  1. <prefix>:client:<id>   hash: weight and the counters in CLIENT_COUNTERS
+  2. <prefix>:deficit:<id>  hash: worker id -> q[i][w]
+  3. <prefix>:vtc:active    sorted set: clients with requests in flight, by VTC counter
+  4. <prefix>:clients       set of every client id seen
+Numbers go back to Python as strings: Redis would truncate Lua floats to integers.
+"""
+
+# ARGV: client, weight, quantum, mode ("d2lpm" | "fixed"), fallback worker,
+# n, then n triples (worker, eligible 0/1, cost) in preference order.
+# Returns {chosen worker, q after, refill rounds, vtc after, cost charged}.
+ADMIT = """
+local cid, weight, quantum = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local mode, fallback, n = ARGV[4], ARGV[5], tonumber(ARGV[6])
+local credit = quantum * weight
+redis.call('SADD', KEYS[4], cid)
+redis.call('HSET', KEYS[1], 'weight', ARGV[2])
+local inflight = tonumber(redis.call('HGET', KEYS[1], 'inflight') or '0')
+local vtc = tonumber(redis.call('HGET', KEYS[1], 'vtc') or '0')
+if inflight <= 0 then
+  -- VTC lift: a client coming back from idle starts at the lowest active counter.
+  local lowest = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+  if lowest[2] ~= nil and tonumber(lowest[2]) > vtc then vtc = tonumber(lowest[2]) end
+end
+inflight = inflight + 1
+local workers, eligible, costs, q = {}, {}, {}, {}
+for i = 1, n do
+  local base = 6 + (i - 1) * 3
+  workers[i] = ARGV[base + 1]
+  eligible[i] = ARGV[base + 2] == '1'
+  costs[workers[i]] = tonumber(ARGV[base + 3])
+  redis.call('HSETNX', KEYS[2], workers[i], credit)
+  q[i] = tonumber(redis.call('HGET', KEYS[2], workers[i]))
+end
+local refills = 0
+local chosen = fallback
+if mode == 'd2lpm' then
+  local function none_positive()
+    for i = 1, n do if q[i] > 0 then return false end end
+    return true
+  end
+  while refills < 1000 and none_positive() do
+    refills = refills + 1
+    for i = 1, n do if q[i] <= 0 then q[i] = q[i] + credit end end
+  end
+  for i = 1, n do
+    if eligible[i] and q[i] > 0 then chosen = workers[i]; break end
+  end
+end
+local cost = costs[chosen] or 0
+local q_after = 0
+for i = 1, n do
+  if workers[i] == chosen then
+    q[i] = q[i] - cost
+    if q[i] > credit then q[i] = credit end
+    q_after = q[i]
+  end
+  redis.call('HSET', KEYS[2], workers[i], tostring(q[i]))
+end
+vtc = vtc + cost / weight
+redis.call('HSET', KEYS[1], 'vtc', tostring(vtc), 'inflight', tostring(inflight))
+redis.call('HINCRBYFLOAT', KEYS[1], 'requests', 1)
+redis.call('HINCRBYFLOAT', KEYS[1], 'service', cost)
+redis.call('ZADD', KEYS[3], vtc, cid)
+return {chosen, tostring(q_after), refills, tostring(vtc), tostring(cost)}
+"""
+
+# ARGV: client, weight, quantum, worker, service, prompt, cached, completion, finished 0/1.
+# Returns q[i][w] after the charge.
+CHARGE = """
+local cid, weight, quantum, worker = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local service = tonumber(ARGV[5])
+local credit = quantum * weight
+redis.call('SADD', KEYS[4], cid)
+redis.call('HSET', KEYS[1], 'weight', ARGV[2])
+redis.call('HSETNX', KEYS[2], worker, credit)
+local q = tonumber(redis.call('HGET', KEYS[2], worker)) - service
+-- A refund may not lift a deficit above one quantum, so no client banks credit.
+if q > credit then q = credit end
+redis.call('HSET', KEYS[2], worker, tostring(q))
+redis.call('HINCRBYFLOAT', KEYS[1], 'service', service)
+local vtc = tonumber(redis.call('HINCRBYFLOAT', KEYS[1], 'vtc', service / weight))
+redis.call('HINCRBYFLOAT', KEYS[1], 'prompt_tokens', ARGV[6])
+redis.call('HINCRBYFLOAT', KEYS[1], 'cached_tokens', ARGV[7])
+redis.call('HINCRBYFLOAT', KEYS[1], 'completion_tokens', ARGV[8])
+local inflight = tonumber(redis.call('HGET', KEYS[1], 'inflight') or '0')
+if ARGV[9] == '1' then
+  inflight = tonumber(redis.call('HINCRBYFLOAT', KEYS[1], 'inflight', -1))
+end
+if inflight > 0 then redis.call('ZADD', KEYS[3], vtc, cid) else redis.call('ZREM', KEYS[3], cid) end
+return tostring(q)
+"""
+
+# Replays a degraded router's journal for one client.
+# ARGV: client, weight, quantum, n counters, then (name, delta) pairs,
+# then m deficits, then (worker, delta) pairs.
+APPLY = """
+local cid, weight, quantum = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local credit = quantum * weight
+redis.call('SADD', KEYS[4], cid)
+redis.call('HSET', KEYS[1], 'weight', ARGV[2])
+local n = tonumber(ARGV[4])
+for i = 1, n do
+  redis.call('HINCRBYFLOAT', KEYS[1], ARGV[4 + 2 * i - 1], ARGV[4 + 2 * i])
+end
+local base = 5 + 2 * n
+local m = tonumber(ARGV[base])
+for i = 1, m do
+  local worker, delta = ARGV[base + 2 * i - 1], tonumber(ARGV[base + 2 * i])
+  redis.call('HSETNX', KEYS[2], worker, credit)
+  local q = tonumber(redis.call('HGET', KEYS[2], worker)) + delta
+  if q > credit then q = credit end
+  redis.call('HSET', KEYS[2], worker, tostring(q))
+end
+local inflight = tonumber(redis.call('HGET', KEYS[1], 'inflight') or '0')
+local vtc = tonumber(redis.call('HGET', KEYS[1], 'vtc') or '0')
+if inflight > 0 then redis.call('ZADD', KEYS[3], vtc, cid) else redis.call('ZREM', KEYS[3], cid) end
+return 1
+"""

@@ -1,0 +1,227 @@
+"""The ledger's records and its in-process store.
+
+Per client: weighted service received, a VTC virtual counter, token counts,
+requests, and requests in flight. Per (client, worker): the D2LPM deficit
+``q[i][w]``. ``LocalLedgerStore`` holds exactly the state that the Redis
+scripts in ``ledger_scripts`` hold, with the same rules, so the router
+behaves the same on either, and a degraded router's local changes can be
+replayed into Redis as plain increments (its journal).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+# Refill rounds are bounded so a pathological quantum cannot spin forever;
+# with Q at least one request's cost, one round is almost always enough.
+MAX_REFILL_ROUNDS = 1000
+
+CLIENT_COUNTERS = ("requests", "prompt_tokens", "cached_tokens", "completion_tokens", "service", "vtc", "inflight")
+
+
+@dataclass(frozen=True)
+class AdmitCandidate:
+    """A worker the request may go to, in the policy's order of preference."""
+
+    worker_id: str
+    # D2LPM: long enough match and load under the threshold; only eligible
+    # workers with a positive deficit are picked before the fallback.
+    eligible: bool
+    # Estimated input cost of the request on this worker (uncached tokens).
+    cost: float
+
+
+@dataclass(frozen=True)
+class Admission:
+    worker_id: str
+    # q[i][w] of the chosen worker after the charge.
+    deficit: float
+    # Refill rounds this admission needed before some candidate had credit.
+    refills: int
+    vtc: float
+    charged: float
+
+
+@dataclass(frozen=True)
+class Charge:
+    """Service and tokens to book against a client and the worker that served them."""
+
+    client_id: str
+    weight: float
+    worker_id: str
+    service: float
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+    # The request has ended: it no longer counts as in flight.
+    finished: bool = False
+
+
+@dataclass(frozen=True)
+class ClientLedger:
+    client_id: str
+    weight: float
+    service: float
+    vtc: float
+    requests: int
+    prompt_tokens: int
+    cached_tokens: int
+    completion_tokens: int
+    inflight: int
+    deficits: dict[str, float]
+
+
+@dataclass
+class _ClientState:
+    weight: float = 1.0
+    counters: dict[str, float] = field(default_factory=lambda: dict.fromkeys(CLIENT_COUNTERS, 0.0))
+    deficits: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class JournalEntry:
+    """Increments applied locally to one client, to be replayed into Redis."""
+
+    weight: float
+    counters: dict[str, float] = field(default_factory=dict)
+    deficits: dict[str, float] = field(default_factory=dict)
+
+
+class LocalLedgerStore:
+    """In-process ledger with the Redis scripts' semantics.
+
+    With ``journal=True`` every change is also recorded as increments per
+    client, which is how a degraded router's state reaches Redis again.
+    """
+
+    def __init__(self, quantum: float, journal: bool = False) -> None:
+        self._quantum = quantum
+        self._clients: dict[str, _ClientState] = {}
+        self._journal: dict[str, JournalEntry] | None = {} if journal else None
+
+    def take_journal(self) -> dict[str, JournalEntry]:
+        entries, self._journal = self._journal or {}, {}
+        return entries
+
+    def restore_journal(self, entries: dict[str, JournalEntry]) -> None:
+        """Puts back entries that could not be replayed; increments commute, so order is free."""
+        assert self._journal is not None
+        for client_id, entry in entries.items():
+            mine = self._journal.setdefault(client_id, JournalEntry(entry.weight))
+            for name, delta in entry.counters.items():
+                mine.counters[name] = mine.counters.get(name, 0.0) + delta
+            for worker_id, delta in entry.deficits.items():
+                mine.deficits[worker_id] = mine.deficits.get(worker_id, 0.0) + delta
+
+    def clear(self) -> None:
+        self._clients.clear()
+
+    def admit(
+        self,
+        client_id: str,
+        weight: float,
+        mode: str,
+        candidates: Sequence[AdmitCandidate],
+        fallback: str,
+    ) -> Admission:
+        state = self._client(client_id, weight)
+        credit = self._quantum * weight
+        # inflight is never clamped: while degraded, a request admitted in Redis
+        # may finish here and drive the local count below zero; the journal's
+        # increments then still add up to the truth once replayed.
+        if state.counters["inflight"] <= 0:
+            self._lift_vtc(client_id, state)
+        self._incr(client_id, state, "inflight", 1)
+        self._incr(client_id, state, "requests", 1)
+        for c in candidates:
+            self._deficit(client_id, state, c.worker_id)
+        refills = 0
+        if mode == "d2lpm":
+            while refills < MAX_REFILL_ROUNDS and all(state.deficits[c.worker_id] <= 0 for c in candidates):
+                refills += 1
+                for c in candidates:
+                    if state.deficits[c.worker_id] <= 0:
+                        self._incr_deficit(client_id, state, c.worker_id, credit)
+            chosen = next(
+                (c.worker_id for c in candidates if c.eligible and state.deficits[c.worker_id] > 0), fallback
+            )
+        else:
+            chosen = fallback
+        cost = next((c.cost for c in candidates if c.worker_id == chosen), 0.0)
+        self._book_service(client_id, state, chosen, cost)
+        return Admission(chosen, state.deficits[chosen], refills, state.counters["vtc"], cost)
+
+    def charge(self, charge: Charge) -> float:
+        state = self._client(charge.client_id, charge.weight)
+        self._deficit(charge.client_id, state, charge.worker_id)
+        self._book_service(charge.client_id, state, charge.worker_id, charge.service)
+        for name in ("prompt_tokens", "cached_tokens", "completion_tokens"):
+            self._incr(charge.client_id, state, name, getattr(charge, name))
+        if charge.finished:
+            self._incr(charge.client_id, state, "inflight", -1)
+        return state.deficits[charge.worker_id]
+
+    def snapshot(self) -> list[ClientLedger]:
+        return [_to_record(cid, s) for cid, s in sorted(self._clients.items())]
+
+    def _book_service(self, client_id: str, state: _ClientState, worker_id: str, amount: float) -> None:
+        if not amount:
+            return
+        self._incr(client_id, state, "service", amount)
+        self._incr(client_id, state, "vtc", amount / state.weight)
+        self._incr_deficit(client_id, state, worker_id, -amount)
+        # A refund (negative charge) may not lift a deficit above one quantum:
+        # deficits never exceed Q * weight, so an idle client cannot bank credit.
+        credit = self._quantum * state.weight
+        if state.deficits[worker_id] > credit:
+            self._incr_deficit(client_id, state, worker_id, credit - state.deficits[worker_id])
+
+    def _lift_vtc(self, client_id: str, state: _ClientState) -> None:
+        """VTC's lift: a client returning from idle starts at the lowest active counter."""
+        active = [s.counters["vtc"] for s in self._clients.values() if s.counters["inflight"] > 0]
+        if active and min(active) > state.counters["vtc"]:
+            self._incr(client_id, state, "vtc", min(active) - state.counters["vtc"])
+
+    def _client(self, client_id: str, weight: float) -> _ClientState:
+        state = self._clients.get(client_id)
+        if state is None:
+            state = self._clients[client_id] = _ClientState(weight=weight)
+        state.weight = weight
+        if self._journal is not None:
+            self._journal.setdefault(client_id, JournalEntry(weight)).weight = weight
+        return state
+
+    def _deficit(self, client_id: str, state: _ClientState, worker_id: str) -> None:
+        # A (client, worker) pair starts with one quantum of credit, as in Redis.
+        state.deficits.setdefault(worker_id, self._quantum * state.weight)
+
+    def _incr(self, client_id: str, state: _ClientState, name: str, delta: float) -> None:
+        if not delta:
+            return
+        state.counters[name] += delta
+        if self._journal is not None:
+            entry = self._journal[client_id]
+            entry.counters[name] = entry.counters.get(name, 0.0) + delta
+
+    def _incr_deficit(self, client_id: str, state: _ClientState, worker_id: str, delta: float) -> None:
+        state.deficits[worker_id] += delta
+        if self._journal is not None:
+            entry = self._journal[client_id]
+            entry.deficits[worker_id] = entry.deficits.get(worker_id, 0.0) + delta
+
+
+def _to_record(client_id: str, state: _ClientState) -> ClientLedger:
+    c = state.counters
+    return ClientLedger(
+        client_id=client_id,
+        weight=state.weight,
+        service=c["service"],
+        vtc=c["vtc"],
+        requests=int(c["requests"]),
+        prompt_tokens=int(c["prompt_tokens"]),
+        cached_tokens=int(c["cached_tokens"]),
+        completion_tokens=int(c["completion_tokens"]),
+        inflight=int(c["inflight"]),
+        deficits=dict(state.deficits),
+    )
