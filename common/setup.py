@@ -16,8 +16,8 @@ OUT_DIR = HERE / "src"
 
 
 def generate_stubs() -> None:
-    from grpc_tools import protoc
     import grpc_tools
+    from grpc_tools import protoc
 
     proto_root = next((p for p in PROTO_ROOT_CANDIDATES if p.is_dir()), None)
     if proto_root is None:

@@ -107,7 +107,8 @@ def print_table(tallies: dict[str, ClientTally], wall_s: float) -> None:
         hit = 100 * t.cached_tokens / t.prompt_tokens if t.prompt_tokens else 0.0
         print(
             f"{client:<14} {t.requests:>4} {t.prompt_tokens:>7} {t.cached_tokens:>7} {hit:>6.1f} "
-            f"{t.completion_tokens:>7} {statistics.median(t.ttft_ms):>12.0f} {statistics.median(t.total_ms):>13.0f}"
+            f"{t.completion_tokens:>7} {statistics.median(t.ttft_ms):>12.0f} "
+            f"{statistics.median(t.total_ms):>13.0f}"
         )
     out = sum(t.completion_tokens for t in tallies.values())
     print(f"\n{out} output tokens in {wall_s:.1f} s ({out / wall_s:.1f} tokens/s), scheduler: DLPM")

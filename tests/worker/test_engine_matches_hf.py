@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, GenerationConfig
+from transformers import AutoModelForCausalLM
 from worker.engine_harness import greedy, make_stack, run_to_completion
 
 from radixfair.tokenization import ChatTurn

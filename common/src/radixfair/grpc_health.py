@@ -7,7 +7,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 
-def add_health_and_reflection(server: grpc.aio.Server, service_full_names: list[str]) -> health.aio.HealthServicer:
+def add_health_and_reflection(
+    server: grpc.aio.Server, service_full_names: list[str]
+) -> health.aio.HealthServicer:
     """Registers health (every named service plus the empty overall name) and reflection."""
     servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
@@ -16,9 +18,9 @@ def add_health_and_reflection(server: grpc.aio.Server, service_full_names: list[
     return servicer
 
 
-async def set_serving(servicer: health.aio.HealthServicer, service_full_names: list[str], serving: bool) -> None:
-    status = (
-        health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-    )
+async def set_serving(
+    servicer: health.aio.HealthServicer, service_full_names: list[str], serving: bool
+) -> None:
+    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
     for name in ["", *service_full_names]:
         await servicer.set(name, status)

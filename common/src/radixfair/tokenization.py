@@ -38,9 +38,7 @@ class PromptEncoder:
         self._tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         config = json.loads((model_dir / "tokenizer_config.json").read_text())
         template_file = model_dir / "chat_template.jinja"
-        template_text = (
-            template_file.read_text() if template_file.exists() else config.get("chat_template")
-        )
+        template_text = template_file.read_text() if template_file.exists() else config.get("chat_template")
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
         env.globals["raise_exception"] = _raise_template_error
         self._template = env.from_string(template_text) if template_text else None
