@@ -1,0 +1,42 @@
+"""build_policy builds each named policy and refuses unknown names and unusable parameters."""
+
+from __future__ import annotations
+
+import pytest
+
+from radixfair_worker.config import SchedulerConfig
+from radixfair_worker.scheduler.registry import build_policy
+
+
+@pytest.mark.parametrize("name", ["fcfs", "lpm", "lpm_aging", "vtc", "dlpm"])
+def test_build_policy_builds_each_named_policy(name):
+    policy = build_policy(SchedulerConfig(policy=name))
+
+    assert policy.name == name
+    assert policy.client_service() == {}
+
+
+def test_build_policy_gives_fresh_state_each_time():
+    first = build_policy(SchedulerConfig(policy="dlpm"))
+    second = build_policy(SchedulerConfig(policy="dlpm"))
+
+    assert first is not second
+
+
+def test_build_policy_names_the_choices_for_an_unknown_policy():
+    with pytest.raises(ValueError, match=r"unknown scheduling policy 'wfq'.*fcfs, lpm, lpm_aging, vtc, dlpm"):
+        build_policy(SchedulerConfig(policy="wfq"))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"quantum": 0.0}, "quantum"),
+        ({"cached_token_weight": 1.5}, "cached_token_weight"),
+        ({"output_token_weight": -1.0}, "output_token_weight"),
+        ({"lpm_aging_rate": -1.0}, "lpm_aging_rate"),
+    ],
+)
+def test_build_policy_refuses_unusable_parameters(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        build_policy(SchedulerConfig(policy="dlpm", **overrides))
