@@ -19,6 +19,7 @@ class ServiceProcess:
     process: subprocess.Popen
     address: str
     log_path: Path
+    metrics_url: str = ""
 
     def stop(self) -> None:
         if self.process.poll() is None:

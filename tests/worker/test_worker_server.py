@@ -19,21 +19,19 @@ def worker(tiny_model_dir, tmp_path_factory):
     from support.ports import free_port
     from support.processes import start_service
 
-    port = free_port()
-    args = [
-        "--set",
-        f"model={tiny_model_dir}",
-        "--set",
-        f"port={port}",
-        "--set",
-        "worker_id=w-test",
-        "--set",
-        "engine.page_size=8",
-        "--set",
-        "engine.max_context_tokens=512",
-    ]
+    port, metrics_port = free_port(), free_port()
+    settings = {
+        "model": tiny_model_dir,
+        "port": port,
+        "worker_id": "w-test",
+        "metrics_port": metrics_port,
+        "engine.page_size": 8,
+        "engine.max_context_tokens": 512,
+    }
+    args = [arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")]
     log = tmp_path_factory.mktemp("worker") / "worker.log"
     service = start_service("radixfair_worker", args, f"127.0.0.1:{port}", log)
+    service.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
     yield service
     service.stop()
 
@@ -232,3 +230,22 @@ def test_full_queue_gets_resource_exhausted(tiny_model_dir, start_worker):
     assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes
     assert set(codes) == {grpc.StatusCode.RESOURCE_EXHAUSTED}
     assert completed and all(n == 60 for n in completed)
+
+
+def test_prometheus_metrics_count_requests_tokens_and_latency(worker, stub):
+    import urllib.request
+
+    collect(stub, text_request("metrics please", client="dave", max_tokens=5, ignore_eos=True))
+    stub.GetLoadReport(worker_pb2.GetLoadReportRequest())
+    body = urllib.request.urlopen(worker.metrics_url, timeout=5).read().decode()
+    samples = {}
+    for line in body.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    assert samples['radixfair_worker_requests_total{client="dave",finish_reason="length"}'] == 1
+    assert samples['radixfair_worker_tokens_total{client="dave",kind="completion"}'] == 5
+    assert samples["radixfair_worker_time_to_first_token_seconds_count"] >= 1
+    assert samples["radixfair_worker_inter_token_latency_seconds_count"] >= 4
+    assert samples['radixfair_worker_client_service{client="dave"}'] > 0
+    assert "radixfair_worker_cache_hit_rate" in samples and "radixfair_worker_queue_depth" in samples
