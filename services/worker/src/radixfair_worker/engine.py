@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from radixfair.errors import InvalidRequestError, QueueFullError
 from radixfair.tokenization import IncrementalDetokenizer
 from radixfair_worker.config import EngineConfig
-from radixfair_worker.model_runner import ModelRunner, ScheduledChunk
+from radixfair_worker.model_runner import ScheduledChunk, StepRunner
 from radixfair_worker.page_allocator import PageAllocator
 from radixfair_worker.radix_cache import RadixCache
 from radixfair_worker.request import FinishReason, Request, RequestStatus
@@ -66,12 +66,16 @@ class Engine:
     def __init__(
         self,
         config: EngineConfig,
-        runner: ModelRunner,
+        runner: StepRunner,
         policy: SchedulingPolicy,
         eos_token_ids: frozenset[int],
         max_context_tokens: int,
         detokenizer_factory: Callable[[], IncrementalDetokenizer] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``runner`` is anything with ``page_size``, ``num_pages`` and ``forward(chunks) -> logits``:
+        the model runner, or a simulator's cost model. ``clock`` stamps request timings (a simulator
+        passes its virtual clock)."""
         self.config = config
         self.runner = runner
         self.policy = policy
@@ -82,6 +86,7 @@ class Engine:
         self.max_context_tokens = max_context_tokens
         self._eos_token_ids = eos_token_ids
         self._detokenizer_factory = detokenizer_factory
+        self._clock = clock
         self.waiting: list[Request] = []
         self.running: list[Request] = []
         self._inbox: queue.SimpleQueue[Request] = queue.SimpleQueue()
@@ -217,7 +222,7 @@ class Engine:
             stats.requests += 1
             stats.prompt_tokens += len(request.prompt_ids)
             stats.cached_tokens += match.num_tokens
-            request.admitted_time = time.monotonic()
+            request.admitted_time = self._clock()
         request.times_admitted += 1
         request.status = RequestStatus.RUNNING
         self.waiting.remove(request)
@@ -228,7 +233,7 @@ class Engine:
 
     def _append_token(self, request: Request, token: int) -> StepOutput:
         if request.first_token_time is None:
-            request.first_token_time = time.monotonic()
+            request.first_token_time = self._clock()
         request.output_ids.append(token)
         self.policy.on_output_tokens(request, 1)
         self.client_stats[request.client_id].completion_tokens += 1
@@ -283,7 +288,7 @@ class Engine:
             self.waiting.remove(request)
         request.status = RequestStatus.FINISHED
         request.finish_reason = reason
-        request.finished_time = time.monotonic()
+        request.finished_time = self._clock()
         self.policy.on_finished(request)
         self.sampler.forget(request.request_id)
         stream = self._streams.pop(request.request_id, None)

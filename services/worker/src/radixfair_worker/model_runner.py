@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -23,6 +24,19 @@ class ScheduledChunk:
     def completes_fill(self) -> bool:
         """True when this chunk reaches the end of fill_ids, so a next token is sampled."""
         return self.start + self.length == self.request.num_tokens
+
+
+class StepRunner(Protocol):
+    """What the engine needs from whatever computes a step: the model, or a simulator's cost model."""
+
+    page_size: int
+
+    @property
+    def num_pages(self) -> int: ...
+
+    def forward(self, chunks: list[ScheduledChunk]) -> torch.Tensor:
+        """Logits [S, vocab], one row per chunk that completes its fill, in chunk order."""
+        ...
 
 
 class ModelRunner:
