@@ -36,7 +36,9 @@ def store(request: pytest.FixtureRequest, redis_url: str) -> str:
 def test_d2lpm_admit_picks_the_first_eligible_worker_with_credit_and_charges_it(store: str, redis_url: str):
     async def scenario():
         ledger = make_ledger(store, redis_url)
-        admission = await ledger.admit("a", 1.0, "d2lpm", candidates(("w1", True, 30), ("w2", True, 50)), "w2")
+        admission = await ledger.admit(
+            "a", 1.0, "d2lpm", candidates(("w1", True, 30), ("w2", True, 50)), "w2"
+        )
         record = await client_record(ledger, "a")
         await ledger.close()
         return admission, record
@@ -134,7 +136,9 @@ def test_token_counts_accumulate_per_client(store: str, redis_url: str):
     async def scenario():
         ledger = make_ledger(store, redis_url)
         await ledger.admit("a", 1.0, "fixed", candidates(("w1", True, 8)), "w1")
-        await ledger.charge(Charge("a", 1.0, "w1", 20, prompt_tokens=10, cached_tokens=2, completion_tokens=10))
+        await ledger.charge(
+            Charge("a", 1.0, "w1", 20, prompt_tokens=10, cached_tokens=2, completion_tokens=10)
+        )
         await ledger.charge(Charge("a", 1.0, "w1", 10, completion_tokens=5, finished=True))
         record = await client_record(ledger, "a")
         await ledger.close()
@@ -182,6 +186,7 @@ def test_concurrent_ledgers_on_one_redis_lose_no_update(redis_url: str):
 def test_ledger_degrades_to_local_state_and_reconciles_when_redis_returns(caplog: pytest.LogCaptureFixture):
     server = RedisServer().start()
     try:
+
         async def scenario():
             ledger = make_ledger("redis", server.url, reconnect_interval_s=0.05, redis_timeout_s=0.2)
             one = candidates(("w1", True, 10))

@@ -207,4 +207,3 @@ def _common_length(key: tuple[int, ...], tokens: Sequence[int], start: int) -> i
 
 def _last_access(node: _Node) -> float:
     return max(node.workers.values(), default=0.0)
-

@@ -60,13 +60,18 @@ class RedisLedgerStore:
         args: list[str | float | int] = [client_id, weight, self._quantum, mode, fallback, len(candidates)]
         for c in candidates:
             args += [c.worker_id, 1 if c.eligible else 0, c.cost]
-        chosen, q_after, refills, vtc, cost = await self._admit(keys=self._keys(client_id), args=args)
-        return Admission(_text(chosen), float(q_after), int(refills), float(vtc), float(cost))
+        chosen, q_after, refills, vtc, cost, by_fallback = await self._admit(
+            keys=self._keys(client_id), args=args
+        )
+        return Admission(
+            _text(chosen), float(q_after), int(refills), float(vtc), float(cost), by_fallback == 1
+        )
 
     async def charge(self, charge: Charge) -> float:
         args = [
             charge.client_id, charge.weight, self._quantum, charge.worker_id, charge.service,
             charge.prompt_tokens, charge.cached_tokens, charge.completion_tokens, 1 if charge.finished else 0,
+            charge.requests,
         ]  # fmt: skip
         return float(await self._charge(keys=self._keys(charge.client_id), args=args))
 
@@ -87,9 +92,7 @@ class RedisLedgerStore:
                 pipe.hgetall(keys[0])
                 pipe.hgetall(keys[1])
             raw = await pipe.execute()
-        return [
-            _record(client_id, raw[2 * i], raw[2 * i + 1]) for i, client_id in enumerate(client_ids)
-        ]
+        return [_record(client_id, raw[2 * i], raw[2 * i + 1]) for i, client_id in enumerate(client_ids)]
 
     async def close(self) -> None:
         await self._redis.aclose()

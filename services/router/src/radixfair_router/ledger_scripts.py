@@ -14,7 +14,8 @@ Numbers go back to Python as strings: Redis would truncate Lua floats to integer
 
 # ARGV: client, weight, quantum, mode ("d2lpm" | "fixed"), fallback worker,
 # n, then n triples (worker, eligible 0/1, cost) in preference order.
-# Returns {chosen worker, q after, refill rounds, vtc after, cost charged}.
+# Returns {chosen worker, q after, refill rounds, vtc after, cost charged,
+# 1 if the fallback was taken because no eligible worker had credit}.
 ADMIT = """
 local cid, weight, quantum = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local mode, fallback, n = ARGV[4], ARGV[5], tonumber(ARGV[6])
@@ -40,6 +41,7 @@ for i = 1, n do
 end
 local refills = 0
 local chosen = fallback
+local by_fallback = 1
 if mode == 'd2lpm' then
   local function none_positive()
     for i = 1, n do if q[i] > 0 then return false end end
@@ -50,7 +52,7 @@ if mode == 'd2lpm' then
     for i = 1, n do if q[i] <= 0 then q[i] = q[i] + credit end end
   end
   for i = 1, n do
-    if eligible[i] and q[i] > 0 then chosen = workers[i]; break end
+    if eligible[i] and q[i] > 0 then chosen = workers[i]; by_fallback = 0; break end
   end
 end
 local cost = costs[chosen] or 0
@@ -68,10 +70,11 @@ redis.call('HSET', KEYS[1], 'vtc', tostring(vtc), 'inflight', tostring(inflight)
 redis.call('HINCRBYFLOAT', KEYS[1], 'requests', 1)
 redis.call('HINCRBYFLOAT', KEYS[1], 'service', cost)
 redis.call('ZADD', KEYS[3], vtc, cid)
-return {chosen, tostring(q_after), refills, tostring(vtc), tostring(cost)}
+return {chosen, tostring(q_after), refills, tostring(vtc), tostring(cost), by_fallback}
 """
 
-# ARGV: client, weight, quantum, worker, service, prompt, cached, completion, finished 0/1.
+# ARGV: client, weight, quantum, worker, service, prompt, cached, completion, finished 0/1,
+# requests delta.
 # Returns q[i][w] after the charge.
 CHARGE = """
 local cid, weight, quantum, worker = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
@@ -89,6 +92,7 @@ local vtc = tonumber(redis.call('HINCRBYFLOAT', KEYS[1], 'vtc', service / weight
 redis.call('HINCRBYFLOAT', KEYS[1], 'prompt_tokens', ARGV[6])
 redis.call('HINCRBYFLOAT', KEYS[1], 'cached_tokens', ARGV[7])
 redis.call('HINCRBYFLOAT', KEYS[1], 'completion_tokens', ARGV[8])
+redis.call('HINCRBYFLOAT', KEYS[1], 'requests', ARGV[10])
 local inflight = tonumber(redis.call('HGET', KEYS[1], 'inflight') or '0')
 if ARGV[9] == '1' then
   inflight = tonumber(redis.call('HINCRBYFLOAT', KEYS[1], 'inflight', -1))

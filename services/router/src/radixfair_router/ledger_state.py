@@ -17,7 +17,15 @@ from dataclasses import dataclass, field
 # with Q at least one request's cost, one round is almost always enough.
 MAX_REFILL_ROUNDS = 1000
 
-CLIENT_COUNTERS = ("requests", "prompt_tokens", "cached_tokens", "completion_tokens", "service", "vtc", "inflight")
+CLIENT_COUNTERS = (
+    "requests",
+    "prompt_tokens",
+    "cached_tokens",
+    "completion_tokens",
+    "service",
+    "vtc",
+    "inflight",
+)
 
 
 @dataclass(frozen=True)
@@ -41,6 +49,8 @@ class Admission:
     refills: int
     vtc: float
     charged: float
+    # D2LPM: no eligible worker had credit, so the fallback worker was taken.
+    by_fallback: bool = False
 
 
 @dataclass(frozen=True)
@@ -56,6 +66,8 @@ class Charge:
     completion_tokens: int = 0
     # The request has ended: it no longer counts as in flight.
     finished: bool = False
+    # -1 takes back an admission that no worker served (the router retries it elsewhere).
+    requests: int = 0
 
 
 @dataclass(frozen=True)
@@ -143,20 +155,21 @@ class LocalLedgerStore:
                 for c in candidates:
                     if state.deficits[c.worker_id] <= 0:
                         self._incr_deficit(client_id, state, c.worker_id, credit)
-            chosen = next(
-                (c.worker_id for c in candidates if c.eligible and state.deficits[c.worker_id] > 0), fallback
-            )
+            preferred = (c.worker_id for c in candidates if c.eligible and state.deficits[c.worker_id] > 0)
+            chosen = next(preferred, None)
         else:
-            chosen = fallback
+            chosen = None
+        by_fallback = chosen is None
+        chosen = fallback if chosen is None else chosen
         cost = next((c.cost for c in candidates if c.worker_id == chosen), 0.0)
         self._book_service(client_id, state, chosen, cost)
-        return Admission(chosen, state.deficits[chosen], refills, state.counters["vtc"], cost)
+        return Admission(chosen, state.deficits[chosen], refills, state.counters["vtc"], cost, by_fallback)
 
     def charge(self, charge: Charge) -> float:
         state = self._client(charge.client_id, charge.weight)
         self._deficit(charge.client_id, state, charge.worker_id)
         self._book_service(charge.client_id, state, charge.worker_id, charge.service)
-        for name in ("prompt_tokens", "cached_tokens", "completion_tokens"):
+        for name in ("prompt_tokens", "cached_tokens", "completion_tokens", "requests"):
             self._incr(charge.client_id, state, name, getattr(charge, name))
         if charge.finished:
             self._incr(charge.client_id, state, "inflight", -1)

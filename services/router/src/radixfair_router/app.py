@@ -1,0 +1,98 @@
+"""Assembles a router from its config and serves it until stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+
+import grpc
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SpanExporter
+from prometheus_client import CollectorRegistry
+
+from radixfair.auth import ApiKeyAuthenticator
+from radixfair.grpc_health import add_health_and_reflection, set_serving
+from radixfair.metrics import serve_metrics
+from radixfair.tokenization import PromptEncoder
+from radixfair.tracing import build_tracer
+from radixfair.v1 import router_pb2_grpc, worker_pb2
+from radixfair_router.cache_view import CacheView
+from radixfair_router.config import RouterConfig
+from radixfair_router.ledger import Ledger
+from radixfair_router.policies import build_policy
+from radixfair_router.request_router import RequestRouter
+from radixfair_router.router_metrics import RouterMetrics
+from radixfair_router.server import SERVICE_NAME, RouterServicer
+from radixfair_router.worker_registry import WorkerRegistry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunningRouter:
+    """A started router; ``port`` is the bound port (useful when the config asked for 0)."""
+
+    port: int
+    server: grpc.aio.Server
+    registry: WorkerRegistry
+    ledger: Ledger
+    router: RequestRouter
+    cache_view: CacheView
+    metrics: RouterMetrics
+    provider: TracerProvider
+
+    async def stop(self, grace_s: float = 2.0) -> None:
+        await self.server.stop(grace=grace_s)
+        await self.router.drain()
+        await self.registry.stop()
+        await self.ledger.close()
+        self.provider.shutdown()
+
+
+async def start_router(config: RouterConfig, span_exporter: SpanExporter | None = None) -> RunningRouter:
+    encoder = PromptEncoder(config.tokenizer_dir)
+    authenticator = ApiKeyAuthenticator(config.auth)
+    tracer, provider = build_tracer(config.tracing, span_exporter)
+    metrics = RouterMetrics(CollectorRegistry())
+    metrics.quantum.set(config.policy.quantum)
+    serve_metrics(metrics.registry, config.metrics_port)
+
+    cache_view = CacheView(config.tree)
+
+    def on_report(worker_id: str, report: worker_pb2.LoadReport) -> None:
+        cache_view.update_report(worker_id, report.page_size, report.cached_prefix_hashes)
+        metrics.queue_depth.labels(worker_id).set(report.queue_length)
+        metrics.worker_cache_hit_rate.labels(worker_id).set(report.cache_hit_rate)
+
+    registry = WorkerRegistry(config.registry, on_report=on_report, on_removed=cache_view.remove_worker)
+    ledger = Ledger(config.ledger, config.policy.quantum)
+    policy = build_policy(config.policy, config.costs, ledger)
+    router = RequestRouter(config, registry, cache_view, policy, ledger, tracer, metrics)
+
+    server = grpc.aio.server()
+    servicer = RouterServicer(
+        router, registry, ledger, authenticator, encoder, config.model_name, tracer, metrics
+    )
+    router_pb2_grpc.add_RouterServiceServicer_to_server(servicer, server)
+    health = add_health_and_reflection(server, [SERVICE_NAME])
+    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    registry.start()
+    await server.start()
+    await set_serving(health, [SERVICE_NAME], True)
+    log.info("router serving on %s:%d with policy %s", config.host, port, policy.name)
+    return RunningRouter(port, server, registry, ledger, router, cache_view, metrics, provider)
+
+
+async def serve(config: RouterConfig) -> None:
+    """Runs until SIGINT/SIGTERM."""
+    running = await start_router(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await running.stop()

@@ -1,0 +1,87 @@
+"""Estimated prefix match per worker: the router's tree, corrected by the workers' reports.
+
+The tree knows what the router sent where, which is fresh but blind to
+evictions and to other router replicas. A worker's LoadReport lists chained
+hashes of the page-aligned prefixes it holds (radixfair.prefix_hash), which
+is the truth as of the report. For each worker:
+
+- report newer than the router's last route of this prefix there (plus a
+  grace period for the report to catch up) and shorter than the tree's
+  match: the worker evicted it; believe the report and prune the tree;
+- report longer than the tree (another replica routed it, or the tree
+  evicted it first): believe the report and teach the tree;
+- otherwise the tree stands (it saw a route the report has not caught up with).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from radixfair.prefix_hash import matched_prefix_tokens
+from radixfair_router.approx_tree import ApproxRadixTree
+from radixfair_router.config import ApproxTreeConfig
+
+
+@dataclass(frozen=True)
+class ReportDigest:
+    page_size: int
+    hashes: frozenset[int]
+    # monotonic time the report arrived
+    received_at: float
+
+
+class CacheView:
+    """Per-worker prefix match estimates for prompts; one per router."""
+
+    def __init__(self, config: ApproxTreeConfig) -> None:
+        self._config = config
+        self._tree = ApproxRadixTree(config.max_tokens)
+        self._reports: dict[str, ReportDigest] = {}
+
+    @property
+    def tree(self) -> ApproxRadixTree:
+        return self._tree
+
+    def update_report(
+        self, worker_id: str, page_size: int, hashes: Iterable[int], received_at: float | None = None
+    ) -> None:
+        if page_size <= 0:
+            return
+        at = time.monotonic() if received_at is None else received_at
+        self._reports[worker_id] = ReportDigest(page_size, frozenset(hashes), at)
+
+    def remove_worker(self, worker_id: str) -> None:
+        self._reports.pop(worker_id, None)
+        self._tree.remove_worker(worker_id)
+
+    def record_routed(self, tokens: Sequence[int], worker_id: str) -> None:
+        self._tree.insert(tokens, worker_id)
+
+    def estimate(self, tokens: Sequence[int], worker_ids: Iterable[str]) -> dict[str, int]:
+        """Leading tokens of ``tokens`` each worker is estimated to hold."""
+        from_tree = self._tree.match(tokens)
+        estimates: dict[str, int] = {}
+        for worker_id in worker_ids:
+            tree = from_tree.get(worker_id)
+            tree_tokens = tree.tokens if tree else 0
+            report = self._reports.get(worker_id)
+            if report is None:
+                estimates[worker_id] = tree_tokens
+                continue
+            reported = matched_prefix_tokens(tokens, report.page_size, report.hashes)
+            # The report only sees whole pages; a tree match inside the last page is not contradicted.
+            tree_pages = tree_tokens - tree_tokens % report.page_size
+            stale_tree = (
+                tree is not None and report.received_at > tree.last_access + self._config.report_grace_s
+            )
+            if reported < tree_pages and stale_tree:
+                self._tree.forget(tokens, worker_id, reported)
+                estimates[worker_id] = reported
+            elif reported > tree_tokens:
+                self._tree.insert(tokens[:reported], worker_id, now=report.received_at)
+                estimates[worker_id] = reported
+            else:
+                estimates[worker_id] = tree_tokens
+        return estimates

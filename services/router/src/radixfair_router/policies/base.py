@@ -1,0 +1,99 @@
+"""The one interface every routing policy implements, and what it sees.
+
+A policy gets the request and a snapshot of the candidate workers (load,
+estimated prefix match, approximate cache size) and returns a decision.
+Every policy admits the request into the ledger, so per-client service,
+VTC counters and D2LPM deficits stay complete whichever policy runs, and a
+deployment can switch policies without losing fairness state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from radixfair_router.config import CostConfig
+from radixfair_router.ledger import Ledger
+from radixfair_router.ledger_state import AdmitCandidate
+
+
+@dataclass(frozen=True)
+class WorkerState:
+    """One candidate worker as the router sees it at routing time."""
+
+    worker_id: str
+    # Requests queued or running there, by the router's best estimate.
+    load: int
+    # Leading prompt tokens this worker is estimated to hold in its cache.
+    prefix_match: int
+    # Tokens the router's approximate tree attributes to this worker.
+    cache_size: int = 0
+
+
+@dataclass(frozen=True)
+class RoutingRequest:
+    client_id: str
+    weight: float
+    prompt_tokens: int
+
+
+@dataclass(frozen=True)
+class RoutingDecision:
+    worker_id: str
+    policy: str
+    # Why this worker: "longest_match", "next_best_match", "least_load",
+    # "round_robin", "smallest_cache", "balance".
+    reason: str
+    prefix_match: int
+    # Input cost charged to the ledger at routing (corrected when usage is known).
+    charged: float
+    deficit: float
+    refills: int = 0
+
+
+class RoutingPolicy(Protocol):
+    name: str
+
+    async def route(self, request: RoutingRequest, workers: Sequence[WorkerState]) -> RoutingDecision:
+        """Picks one of ``workers`` (never empty) and admits the request into the ledger."""
+        ...
+
+
+def input_cost(prompt_tokens: int, prefix_match: int, costs: CostConfig) -> float:
+    """DLPM's admission charge: uncached prompt tokens at w_in, cached ones at the cached fraction."""
+    cached = min(prefix_match, prompt_tokens)
+    uncached = prompt_tokens - cached
+    return costs.input_token_weight * (uncached + costs.cached_token_weight * cached)
+
+
+def least_loaded(workers: Sequence[WorkerState]) -> WorkerState:
+    return min(workers, key=lambda w: (w.load, w.worker_id))
+
+
+def is_imbalanced(loads: Sequence[int], abs_threshold: int, rel_threshold: float) -> bool:
+    """The SGLang router's test: far apart both in absolute and in relative terms."""
+    high, low = max(loads), min(loads)
+    return high - low > abs_threshold and high > rel_threshold * low
+
+
+async def admit_fixed(
+    ledger: Ledger,
+    costs: CostConfig,
+    request: RoutingRequest,
+    worker: WorkerState,
+    policy: str,
+    reason: str,
+) -> RoutingDecision:
+    """Books a request the policy already placed: its input cost on the chosen worker."""
+    cost = input_cost(request.prompt_tokens, worker.prefix_match, costs)
+    candidate = [AdmitCandidate(worker.worker_id, True, cost)]
+    admission = await ledger.admit(request.client_id, request.weight, "fixed", candidate, worker.worker_id)
+    return RoutingDecision(
+        worker_id=worker.worker_id,
+        policy=policy,
+        reason=reason,
+        prefix_match=worker.prefix_match,
+        charged=admission.charged,
+        deficit=admission.deficit,
+    )

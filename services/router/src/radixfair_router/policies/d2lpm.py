@@ -1,0 +1,104 @@
+"""D2LPM: Double Deficit Longest Prefix Match, the router half of locality-aware fairness.
+
+Per (client i, worker w) the ledger keeps a deficit ``q[i][w]``; per worker
+the router knows a load and an estimated prefix match for this prompt.
+
+1. Candidates are the healthy workers, ordered by longest prefix match
+   (ties: lower load, then id). A worker is *eligible* when its load is under
+   the balance threshold: not (load - min_load > balance_abs_threshold and
+   load > balance_rel_threshold * min_load).
+2. Refill: if no candidate has ``q[i][w] > 0``, every candidate with
+   ``q[i][w] <= 0`` gets ``+= Q * weight_i``, repeated until one has credit
+   (DLPM's "a pass admits nothing: refill and repeat", per (client, worker)).
+3. The request goes to the first eligible candidate with ``q[i][w] > 0`` in
+   match order: the longest match if it has credit and room, else the next
+   best. If none qualifies, it goes to the least-loaded worker.
+4. The chosen ``q[i][w]`` is charged the request's cost: at routing, the
+   uncached prompt tokens times w_in (cached ones at the configured fraction,
+   default 0); then output tokens at w_out as they stream; and when the
+   worker's usage arrives, the input charge is corrected to the tokens the
+   worker actually computed.
+
+Steps 1-3 run as one Lua script, so replicas sharing Redis never both spend
+the same credit. A client with a hot prefix therefore stays on its worker
+for about Q of service, then spreads to the next-best workers, while each
+worker's local DLPM keeps fairness among the clients it holds.
+
+Where this reading is ours (the paper states D2LPM at the level of the
+digest in ../shared/reference/dlpm.md; we could not check its text line by
+line here):
+- The refill set is the client's *candidate* workers (healthy, serving the
+  model), not all workers ever seen, so a dead worker's stale deficit does
+  not block refills.
+- New (client, worker) pairs start with one quantum of credit, and a refund
+  (actual cost below the estimate) never lifts a deficit above Q * weight, so
+  an idle client cannot bank credit (the digest's idle cap, applied always).
+- The least-loaded fallback is charged too, so a client that only ever
+  lands on fallbacks still spends and refills like any other.
+- Load is requests queued plus running, as the worker reports and as the
+  router itself has dispatched since the last report.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from radixfair_router.config import CostConfig, PolicyConfig
+from radixfair_router.ledger import Ledger
+from radixfair_router.ledger_state import AdmitCandidate
+from radixfair_router.policies.base import (
+    RoutingDecision,
+    RoutingRequest,
+    WorkerState,
+    input_cost,
+    least_loaded,
+)
+
+
+class D2lpmPolicy:
+    name = "d2lpm"
+
+    def __init__(self, ledger: Ledger, costs: CostConfig, config: PolicyConfig) -> None:
+        self._ledger = ledger
+        self._costs = costs
+        self._config = config
+
+    def rank(self, workers: Sequence[WorkerState]) -> list[AdmitCandidate]:
+        """Candidates in match order, each marked eligible (load under the threshold) or not."""
+        min_load = min(w.load for w in workers)
+        ordered = sorted(workers, key=lambda w: (-w.prefix_match, w.load, w.worker_id))
+        return [AdmitCandidate(w.worker_id, self._under_threshold(w.load, min_load), 0.0) for w in ordered]
+
+    def _under_threshold(self, load: int, min_load: int) -> bool:
+        cfg = self._config
+        return not (
+            load - min_load > cfg.balance_abs_threshold and load > cfg.balance_rel_threshold * min_load
+        )
+
+    async def route(self, request: RoutingRequest, workers: Sequence[WorkerState]) -> RoutingDecision:
+        by_id = {w.worker_id: w for w in workers}
+        ranked = [
+            AdmitCandidate(
+                c.worker_id,
+                c.eligible,
+                input_cost(request.prompt_tokens, by_id[c.worker_id].prefix_match, self._costs),
+            )
+            for c in self.rank(workers)
+        ]
+        fallback = least_loaded(workers).worker_id
+        admission = await self._ledger.admit(request.client_id, request.weight, "d2lpm", ranked, fallback)
+        if admission.by_fallback:
+            reason = "least_load"
+        elif admission.worker_id == ranked[0].worker_id:
+            reason = "longest_match"
+        else:
+            reason = "next_best_match"
+        return RoutingDecision(
+            worker_id=admission.worker_id,
+            policy=self.name,
+            reason=reason,
+            prefix_match=by_id[admission.worker_id].prefix_match,
+            charged=admission.charged,
+            deficit=admission.deficit,
+            refills=admission.refills,
+        )

@@ -1,0 +1,24 @@
+"""Round-robin: each request to the next worker in turn, blind to cache and load."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from radixfair_router.config import CostConfig
+from radixfair_router.ledger import Ledger
+from radixfair_router.policies.base import RoutingDecision, RoutingRequest, WorkerState, admit_fixed
+
+
+class RoundRobinPolicy:
+    name = "round_robin"
+
+    def __init__(self, ledger: Ledger, costs: CostConfig) -> None:
+        self._ledger = ledger
+        self._costs = costs
+        self._turn = 0
+
+    async def route(self, request: RoutingRequest, workers: Sequence[WorkerState]) -> RoutingDecision:
+        ordered = sorted(workers, key=lambda w: w.worker_id)
+        worker = ordered[self._turn % len(ordered)]
+        self._turn += 1
+        return await admit_fixed(self._ledger, self._costs, request, worker, self.name, "round_robin")

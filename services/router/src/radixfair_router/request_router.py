@@ -1,0 +1,384 @@
+"""Routes one validated request to a worker, streams its output back, and books its service.
+
+The flow of one request:
+1. estimate each healthy worker's prefix match (CacheView) and load (registry);
+2. the policy picks a worker and admits the request into the ledger;
+3. forward to that worker with the trace context in the call metadata;
+4. stream deltas back, charging output tokens in batches; on the result,
+   correct the input charge to the tokens the worker actually computed.
+A worker that fails before its first token is taken out of rotation (if it
+is unreachable), its admission is refunded, and the request goes to another
+worker. After tokens have flowed, the caller gets UNAVAILABLE: a stream
+cannot be resumed elsewhere without repeating text. Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Span, Tracer
+
+from radixfair.auth import Principal
+from radixfair.errors import NoWorkerAvailableError, RadixfairError, WorkerFailedError
+from radixfair.tracing import inject_metadata
+from radixfair.v1 import generation_pb2, router_pb2, worker_pb2
+from radixfair_router.cache_view import CacheView
+from radixfair_router.config import RouterConfig
+from radixfair_router.ledger import Ledger
+from radixfair_router.ledger_state import Charge
+from radixfair_router.policies import RoutingDecision, RoutingPolicy, RoutingRequest, WorkerState
+from radixfair_router.policies.base import input_cost
+from radixfair_router.request_validation import ValidatedRequest
+from radixfair_router.router_metrics import RouterMetrics
+from radixfair_router.worker_registry import WorkerEndpoint, WorkerRegistry
+
+log = logging.getLogger(__name__)
+
+# Worker statuses that say "not this worker, not now": the request may go elsewhere.
+_RETRYABLE = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+    }
+)
+# Of those, the ones that mean the worker itself is in trouble.
+_WORKER_BROKEN = _RETRYABLE - {grpc.StatusCode.RESOURCE_EXHAUSTED}
+
+
+class PassThroughError(RadixfairError):
+    """A worker's verdict on the request itself (e.g. INVALID_ARGUMENT), returned to the caller as is."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class _RetryableError(Exception):
+    code: grpc.StatusCode
+    message: str
+    worker_broken: bool
+
+
+@dataclass
+class _StreamBook:
+    """What one forwarded stream has delivered and booked so far."""
+
+    tokens_sent: int = 0
+    uncharged_tokens: int = 0
+    first_token_at: float | None = None
+    last_token_at: float | None = None
+    result: generation_pb2.GenerationResult | None = None
+
+
+class RequestRouter:
+    def __init__(
+        self,
+        config: RouterConfig,
+        registry: WorkerRegistry,
+        cache_view: CacheView,
+        policy: RoutingPolicy,
+        ledger: Ledger,
+        tracer: Tracer,
+        metrics: RouterMetrics,
+    ) -> None:
+        self._config = config
+        self._registry = registry
+        self._cache_view = cache_view
+        self._policy = policy
+        self._ledger = ledger
+        self._tracer = tracer
+        self._metrics = metrics
+        self._settling: set[asyncio.Task[None]] = set()
+
+    @property
+    def policy_name(self) -> str:
+        return self._policy.name
+
+    async def generate(
+        self, request: ValidatedRequest, principal: Principal, parent: Span
+    ) -> AsyncIterator[router_pb2.RouterServiceGenerateResponse]:
+        arrival = time.monotonic()
+        excluded: set[str] = set()
+        last_failure: _RetryableError | None = None
+        for attempt in range(self._config.forward.max_attempts):
+            endpoint, decision = await self._route(request, principal, parent, excluded, last_failure)
+            if attempt:
+                self._metrics.retries.inc()
+            book = _StreamBook()
+            try:
+                async for message in self._forward(
+                    endpoint, decision, request, principal, parent, book, arrival
+                ):
+                    yield message
+                self._metrics.requests.labels(principal.client_id, "ok").inc()
+                return
+            except _RetryableError as failure:
+                last_failure = failure
+                excluded.add(endpoint.worker_id)
+                if failure.worker_broken:
+                    self._registry.mark_failed(endpoint.worker_id, f"{failure.code.name}: {failure.message}")
+                log.warning(
+                    "request %s: worker %s failed before the first token (%s: %s); trying another",
+                    request.request_id, endpoint.worker_id, failure.code.name, failure.message,
+                )  # fmt: skip
+        self._metrics.requests.labels(principal.client_id, "failed").inc()
+        raise _exhausted(self._config.forward.max_attempts, last_failure)
+
+    async def _route(
+        self,
+        request: ValidatedRequest,
+        principal: Principal,
+        parent: Span,
+        excluded: set[str],
+        last_failure: _RetryableError | None,
+    ) -> tuple[WorkerEndpoint, RoutingDecision]:
+        healthy = await self._registry.wait_for_healthy(request.model, self._config.forward.wait_for_worker_s)
+        workers = [w for w in healthy if w.worker_id not in excluded]
+        if not workers:
+            if last_failure is not None:
+                raise _exhausted(len(excluded), last_failure)
+            model = f" for model {request.model!r}" if request.model else ""
+            raise NoWorkerAvailableError(f"no healthy worker{model} is available; try again shortly")
+        matches = self._cache_view.estimate(request.token_ids, [w.worker_id for w in workers])
+        states = [
+            WorkerState(
+                w.worker_id, w.load, matches[w.worker_id], self._cache_view.tree.worker_tokens(w.worker_id)
+            )
+            for w in workers
+        ]
+        routing_request = RoutingRequest(principal.client_id, principal.weight, len(request.token_ids))
+        span = self._tracer.start_span("router.route", context=trace.set_span_in_context(parent))
+        try:
+            decision = await self._policy.route(routing_request, states)
+            _set_decision_attributes(span, decision, len(request.token_ids))
+        finally:
+            span.end()
+        self._cache_view.record_routed(request.token_ids, decision.worker_id)
+        self._metrics.decisions.labels(decision.policy, decision.reason, decision.worker_id).inc()
+        if decision.refills:
+            self._metrics.refills.labels(principal.client_id).inc(decision.refills)
+        self._metrics.client_service.labels(principal.client_id).inc(max(decision.charged, 0.0))
+        endpoint = next(w for w in workers if w.worker_id == decision.worker_id)
+        return endpoint, decision
+
+    async def _forward(
+        self,
+        endpoint: WorkerEndpoint,
+        decision: RoutingDecision,
+        request: ValidatedRequest,
+        principal: Principal,
+        parent: Span,
+        book: _StreamBook,
+        arrival: float,
+    ) -> AsyncIterator[router_pb2.RouterServiceGenerateResponse]:
+        span = self._tracer.start_span(
+            "router.forward", context=trace.set_span_in_context(parent), kind=trace.SpanKind.CLIENT
+        )
+        span.set_attribute("server.address", endpoint.address)
+        span.set_attribute("radixfair.worker_id", endpoint.worker_id)
+        token = otel_context.attach(trace.set_span_in_context(span))
+        try:
+            metadata = inject_metadata([])
+        finally:
+            otel_context.detach(token)
+        call = endpoint.stub.Generate(_worker_request(request, principal), metadata=metadata)
+        endpoint.inflight += 1
+        endpoint.dispatched_since_report += 1
+        self._metrics.inflight.labels(endpoint.worker_id).set(endpoint.inflight)
+        outcome = "incomplete"
+        try:
+            async for message in self._relay(call, endpoint, book, arrival):
+                if message.HasField("delta") and book.uncharged_tokens >= self._batch_tokens():
+                    await self._charge_output(decision, principal, book)
+                yield message
+            outcome = "ok"
+        except _RetryableError as failure:
+            outcome = "retry"
+            span.set_status(trace.Status(trace.StatusCode.ERROR, failure.message))
+            raise
+        except RadixfairError as error:
+            outcome = "error"
+            span.set_status(trace.Status(trace.StatusCode.ERROR, str(error)))
+            raise
+        finally:
+            if not call.done():
+                call.cancel()  # the caller went away or the stream failed: stop the worker's work
+            endpoint.inflight -= 1
+            self._metrics.inflight.labels(endpoint.worker_id).set(endpoint.inflight)
+            _set_usage_attributes(span, book)
+            span.end()
+            # Settled in its own task: a cancelled caller must not cancel the booking.
+            self._settle_later(decision, request, principal, book, outcome)
+
+    async def _relay(
+        self, call: grpc.aio.UnaryStreamCall, endpoint: WorkerEndpoint, book: _StreamBook, arrival: float
+    ) -> AsyncIterator[router_pb2.RouterServiceGenerateResponse]:
+        idle = self._config.forward.stream_idle_timeout_s
+        while True:
+            try:
+                message = await asyncio.wait_for(call.read(), idle)
+            except TimeoutError:
+                self._fail(endpoint, book, grpc.StatusCode.DEADLINE_EXCEEDED, f"no output for {idle:.0f}s")
+            except grpc.aio.AioRpcError as error:
+                if error.code() in _RETRYABLE:
+                    self._fail(endpoint, book, error.code(), error.details() or "")
+                raise PassThroughError(error.code(), error.details() or error.code().name) from error
+            if message is grpc.aio.EOF:
+                self._fail(endpoint, book, grpc.StatusCode.UNAVAILABLE, "stream ended without a result")
+            if message.HasField("delta"):
+                now = time.monotonic()
+                count = len(message.delta.token_ids)
+                if count:
+                    if book.first_token_at is None:
+                        book.first_token_at = now
+                        self._metrics.ttft.observe(now - arrival)
+                    else:
+                        self._metrics.inter_token.observe(now - (book.last_token_at or now))
+                    book.last_token_at = now
+                book.tokens_sent += count
+                book.uncharged_tokens += count
+                yield router_pb2.RouterServiceGenerateResponse(delta=message.delta)
+            elif message.HasField("result"):
+                book.result = message.result
+                yield router_pb2.RouterServiceGenerateResponse(result=message.result)
+                return
+
+    def _fail(self, endpoint: WorkerEndpoint, book: _StreamBook, code: grpc.StatusCode, message: str) -> None:
+        if book.tokens_sent == 0 and book.result is None:
+            raise _RetryableError(code, message, worker_broken=code in _WORKER_BROKEN)
+        raise WorkerFailedError(
+            f"worker {endpoint.worker_id} failed after {book.tokens_sent} token(s) were streamed "
+            f"({code.name}: {message}); the stream cannot be resumed, retry the request"
+        )
+
+    def _batch_tokens(self) -> int:
+        return max(1, self._config.policy.output_charge_batch_tokens)
+
+    async def _charge_output(
+        self, decision: RoutingDecision, principal: Principal, book: _StreamBook
+    ) -> None:
+        tokens, book.uncharged_tokens = book.uncharged_tokens, 0
+        service = self._config.costs.output_token_weight * tokens
+        await self._ledger.charge(
+            Charge(
+                principal.client_id, principal.weight, decision.worker_id, service, completion_tokens=tokens
+            )
+        )
+        self._metrics.client_service.labels(principal.client_id).inc(service)
+
+    def _settle_later(
+        self,
+        decision: RoutingDecision,
+        request: ValidatedRequest,
+        principal: Principal,
+        book: _StreamBook,
+        outcome: str,
+    ) -> None:
+        task = asyncio.get_running_loop().create_task(
+            self._settle(decision, request, principal, book, outcome)
+        )
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def _settle(
+        self,
+        decision: RoutingDecision,
+        request: ValidatedRequest,
+        principal: Principal,
+        book: _StreamBook,
+        outcome: str,
+    ) -> None:
+        """Final booking of one forwarded stream: remaining output, input correction, tokens."""
+        costs = self._config.costs
+        client = principal.client_id
+        if outcome == "retry":
+            # Nobody served it: take the admission back; the next attempt admits again.
+            charge = Charge(
+                client, principal.weight, decision.worker_id, -decision.charged, finished=True, requests=-1
+            )
+        else:
+            service = costs.output_token_weight * book.uncharged_tokens
+            prompt, cached = len(request.token_ids), 0
+            if book.result is not None:
+                prompt = book.result.usage.prompt_tokens or prompt
+                cached = book.result.usage.cached_tokens
+                service += input_cost(prompt, cached, costs) - decision.charged
+            charge = Charge(
+                client,
+                principal.weight,
+                decision.worker_id,
+                service,
+                prompt_tokens=prompt,
+                cached_tokens=cached,
+                completion_tokens=book.uncharged_tokens,
+                finished=True,
+            )
+            self._metrics.tokens.labels(client, "prompt").inc(prompt)
+            self._metrics.tokens.labels(client, "cached").inc(cached)
+            self._metrics.tokens.labels(client, "completion").inc(book.tokens_sent)
+            if outcome != "ok":
+                self._metrics.requests.labels(
+                    client, "cancelled" if outcome == "incomplete" else "failed"
+                ).inc()
+        book.uncharged_tokens = 0
+        try:
+            await self._ledger.charge(charge)
+        except Exception:  # a booking bug must be seen, but must not take the router down
+            log.exception("could not book the service of request %s", request.request_id)
+        self._metrics.client_service.labels(client).inc(max(charge.service, 0.0))
+
+    async def drain(self) -> None:
+        """Waits for pending bookings (shutdown, tests)."""
+        if self._settling:
+            await asyncio.gather(*list(self._settling), return_exceptions=True)
+
+
+def _worker_request(request: ValidatedRequest, principal: Principal) -> worker_pb2.GenerateRequest:
+    return worker_pb2.GenerateRequest(
+        request_id=request.request_id,
+        client_id=principal.client_id,
+        client_weight=principal.weight,
+        prompt=generation_pb2.Prompt(token_ids=generation_pb2.TokenIds(ids=request.token_ids)),
+        sampling=request.sampling,
+        model=request.model,
+    )
+
+
+def _exhausted(attempts: int, failure: _RetryableError | None) -> RadixfairError:
+    last = f" (last: {failure.code.name}: {failure.message})" if failure else ""
+    if failure is not None and failure.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return PassThroughError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED, f"every worker tried ({attempts}) is at capacity{last}"
+        )
+    return NoWorkerAvailableError(f"no worker could serve the request after {attempts} attempt(s){last}")
+
+
+def _set_decision_attributes(span: Span, decision: RoutingDecision, prompt_tokens: int) -> None:
+    span.set_attribute("radixfair.routing.policy", decision.policy)
+    span.set_attribute("radixfair.routing.reason", decision.reason)
+    span.set_attribute("radixfair.routing.worker_id", decision.worker_id)
+    span.set_attribute("radixfair.routing.prefix_match_tokens", decision.prefix_match)
+    span.set_attribute("radixfair.routing.prompt_tokens", prompt_tokens)
+    span.set_attribute("radixfair.routing.deficit", decision.deficit)
+    span.set_attribute("radixfair.routing.refills", decision.refills)
+    span.set_attribute("radixfair.routing.charged", decision.charged)
+
+
+def _set_usage_attributes(span: Span, book: _StreamBook) -> None:
+    span.set_attribute("gen_ai.usage.output_tokens", book.tokens_sent)
+    if book.result is not None:
+        span.set_attribute("gen_ai.usage.input_tokens", book.result.usage.prompt_tokens)
+        span.set_attribute("radixfair.cached_tokens", book.result.usage.cached_tokens)
+        span.set_attribute("radixfair.worker_id", book.result.worker_id)

@@ -1,0 +1,82 @@
+"""Prometheus metrics of one router, on its own registry."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from radixfair.metrics import LATENCY_BUCKETS
+
+
+class RouterMetrics:
+    """Requests, tokens, latency, queue depth, cache hits and per-client service."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.requests = Counter(
+            "radixfair_router_requests",
+            "Requests by client and outcome",
+            ["client", "outcome"],
+            registry=registry,
+        )
+        self.tokens = Counter(
+            "radixfair_router_tokens",
+            "Tokens by client and kind (prompt, cached, completion)",
+            ["client", "kind"],
+            registry=registry,
+        )
+        self.ttft = Histogram(
+            "radixfair_router_time_to_first_token_seconds",
+            "From arrival at the router to the first token sent back",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.inter_token = Histogram(
+            "radixfair_router_inter_token_seconds",
+            "Between consecutive token deltas of one stream",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.decisions = Counter(
+            "radixfair_router_routing_decisions",
+            "Routing decisions by policy, reason and worker",
+            ["policy", "reason", "worker"],
+            registry=registry,
+        )
+        self.retries = Counter(
+            "radixfair_router_retries",
+            "Requests moved to another worker before their first token",
+            registry=registry,
+        )
+        self.refills = Counter(
+            "radixfair_router_d2lpm_refills", "D2LPM refill rounds by client", ["client"], registry=registry
+        )
+        self.client_service = Counter(
+            "radixfair_router_client_service",
+            "Weighted tokens of service booked by this router, by client",
+            ["client"],
+            registry=registry,
+        )
+        self.queue_depth = Gauge(
+            "radixfair_router_worker_queue_depth",
+            "Waiting requests reported by each worker",
+            ["worker"],
+            registry=registry,
+        )
+        self.inflight = Gauge(
+            "radixfair_router_worker_inflight",
+            "This router's requests on each worker",
+            ["worker"],
+            registry=registry,
+        )
+        self.worker_cache_hit_rate = Gauge(
+            "radixfair_router_worker_cache_hit_rate",
+            "Prompt cache hit rate reported by each worker",
+            ["worker"],
+            registry=registry,
+        )
+        self.quantum = Gauge("radixfair_router_d2lpm_quantum", "D2LPM quantum Q", registry=registry)
+        self.shared_state = Gauge(
+            "radixfair_router_shared_state_connected",
+            "1 while the Redis ledger is reachable",
+            registry=registry,
+        )
