@@ -89,6 +89,9 @@ class EngineConfig:
     dtype: str = "float32"
     # Kernel backend: "torch" (reference, runs anywhere) or "triton" (GPU).
     backend: str = "torch"
+    # On CUDA, replay decode steps of up to this many requests as captured
+    # graphs; 0 disables graphs.
+    cuda_graph_max_batch: int = 128
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
     def __post_init__(self) -> None:

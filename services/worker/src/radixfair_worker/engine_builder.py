@@ -42,16 +42,34 @@ def build_engine(config: EngineConfig, model_dir: Path) -> ServingStack:
     dtype = getattr(torch, config.dtype)
     model = load_model(model_dir, build_backend(config.backend), dtype, config.device)
     model_config = model.config
-    kv_cache = KVCache(model_config, config.num_pages, config.page_size, dtype, torch.device(config.device))
+    device = torch.device(config.device)
+    use_graphs = device.type == "cuda" and config.cuda_graph_max_batch > 0
+    # One page beyond the allocator's: padded graph rows write their K/V there.
+    kv_pages = config.num_pages + (1 if use_graphs else 0)
+    kv_cache = KVCache(model_config, kv_pages, config.page_size, dtype, device)
     encoder = PromptEncoder(model_dir)
     eos = {t for t in (model_config.eos_token_id, encoder.eos_token_id) if t is not None}
-    max_context = config.max_context_tokens or model_config.max_position_embeddings
+    max_context = min(
+        config.max_context_tokens or model_config.max_position_embeddings,
+        model_config.max_position_embeddings,
+    )
+    graphs = None
+    if use_graphs:
+        from radixfair_worker.cuda_graph_runner import DecodeGraphRunner, capture_sizes
+
+        graphs = DecodeGraphRunner(
+            model,
+            kv_cache,
+            scratch_page=config.num_pages,
+            max_pages_per_seq=-(-max_context // config.page_size),
+            batch_sizes=capture_sizes(min(config.cuda_graph_max_batch, config.max_running_requests)),
+        )
     engine = Engine(
         config,
-        ModelRunner(model, kv_cache),
+        ModelRunner(model, kv_cache, config.num_pages, graphs),
         build_policy(config.scheduler),
         eos_token_ids=frozenset(eos),
-        max_context_tokens=min(max_context, model_config.max_position_embeddings),
+        max_context_tokens=max_context,
         detokenizer_factory=encoder.new_detokenizer,
     )
     return ServingStack(engine=engine, encoder=encoder, model_config=model_config, model_dir=model_dir)

@@ -39,21 +39,42 @@ class StepRunner(Protocol):
         ...
 
 
-class ModelRunner:
-    """Owns the model and its KV pages; runs one forward pass per engine step."""
+class DecodeReplayer(Protocol):
+    def supports(self, chunks: list[ScheduledChunk]) -> bool: ...
 
-    def __init__(self, model: LlamaModel, kv_cache: KVCache) -> None:
+    def forward(self, chunks: list[ScheduledChunk]) -> torch.Tensor: ...
+
+
+class ModelRunner:
+    """Owns the model and its KV pages; runs one forward pass per engine step.
+
+    ``num_pages`` is what requests may use; the KV cache may hold more (a
+    scratch page for padded graph rows). Decode steps go to ``decode_graphs``
+    when given (CUDA graphs on the GPU), everything else runs eagerly.
+    """
+
+    def __init__(
+        self,
+        model: LlamaModel,
+        kv_cache: KVCache,
+        num_pages: int,
+        decode_graphs: DecodeReplayer | None = None,
+    ) -> None:
         self.model = model
         self.kv_cache = kv_cache
         self.device = kv_cache.k.device
         self.page_size = kv_cache.page_size
+        self._num_pages = num_pages
+        self.decode_graphs = decode_graphs
 
     @property
     def num_pages(self) -> int:
-        return self.kv_cache.k.shape[1]
+        return self._num_pages
 
     def forward(self, chunks: list[ScheduledChunk]) -> torch.Tensor:
         """Returns logits [S, vocab] fp32, one row per chunk that completes its fill, in order."""
+        if self.decode_graphs is not None and self.decode_graphs.supports(chunks):
+            return self.decode_graphs.forward(chunks)
         batch = self.build_batch(chunks)
         return self.model(batch, self.kv_cache)
 
@@ -71,7 +92,7 @@ class ModelRunner:
             request = chunk.request
             end = chunk.start + chunk.length
             table = request.page_table
-            input_ids.extend(request.fill_ids[chunk.start : end])
+            input_ids.extend(request.token_slice(chunk.start, end))
             span = range(chunk.start, end)
             positions.extend(span)
             slots.extend(table[pos // page_size] * page_size + pos % page_size for pos in span)

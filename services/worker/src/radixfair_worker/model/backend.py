@@ -68,6 +68,23 @@ class KernelBackend(Protocol):
         """
         ...
 
+    def rope_and_write_kv(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        positions: torch.Tensor,
+        cos_sin: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        slot_mapping: torch.Tensor,
+    ) -> torch.Tensor:
+        """apply_rope then write_kv in one pass: returns rotated q; the caches get rotated k and v.
+
+        Only the cache copy of k is used afterwards, so k itself may be left unrotated.
+        """
+        ...
+
     def silu_and_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
         """gate_up [T, 2I] (gate first) -> silu(gate) * up, [T, I]."""
         ...

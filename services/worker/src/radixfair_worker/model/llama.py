@@ -58,8 +58,7 @@ class LlamaAttention(nn.Module):
         q = q.view(tokens, self.num_heads, self.head_dim)
         k = k.view(tokens, self.num_kv_heads, self.head_dim)
         v = v.view(tokens, self.num_kv_heads, self.head_dim)
-        q, k = backend.apply_rope(q, k, batch.positions, cos_sin)
-        backend.write_kv(k, v, k_cache, v_cache, batch.slot_mapping)
+        q = backend.rope_and_write_kv(q, k, v, batch.positions, cos_sin, k_cache, v_cache, batch.slot_mapping)
         out = backend.attention(q, k_cache, v_cache, batch, self.scale)
         return self.o_proj(out.reshape(tokens, self.num_heads * self.head_dim))
 

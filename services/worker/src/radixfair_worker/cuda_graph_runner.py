@@ -1,0 +1,144 @@
+"""Decode steps replayed as captured CUDA graphs.
+
+A decode step of a small model is dozens of short kernels; launched one by
+one from Python, the launch overhead outweighs the work. Each supported batch
+size is captured once into a CUDA graph over static input buffers, and a
+decode step of n sequences copies its inputs into those buffers and replays
+the graph of the smallest captured size >= n. Padding rows have context
+length 0 (the attention kernel writes zeros for them) and store their K/V
+into a scratch page that no request owns.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+
+import torch
+
+from radixfair_worker.model.backend import ForwardBatch
+from radixfair_worker.model.llama import KVCache, LlamaModel
+from radixfair_worker.model_runner import ScheduledChunk
+
+
+@dataclass
+class _Captured:
+    graph: torch.cuda.CUDAGraph
+    logits: torch.Tensor
+
+
+class DecodeGraphRunner:
+    """Captures ``model``'s decode forward for each of ``batch_sizes`` and replays it."""
+
+    def __init__(
+        self,
+        model: LlamaModel,
+        kv_cache: KVCache,
+        scratch_page: int,
+        max_pages_per_seq: int,
+        batch_sizes: tuple[int, ...],
+    ) -> None:
+        self.model = model
+        self.kv_cache = kv_cache
+        self.page_size = kv_cache.page_size
+        self.batch_sizes = sorted(batch_sizes)
+        self.max_batch = self.batch_sizes[-1]
+        self.scratch_slot = scratch_page * self.page_size
+        self.max_pages = max_pages_per_seq
+        device = kv_cache.k.device
+        biggest = self.max_batch
+        self._input_ids = torch.zeros(biggest, dtype=torch.int64, device=device)
+        self._positions = torch.zeros(biggest, dtype=torch.int64, device=device)
+        self._seq_lens = torch.zeros(biggest, dtype=torch.int32, device=device)
+        self._slots = torch.full((biggest,), self.scratch_slot, dtype=torch.int64, device=device)
+        self._page_table = torch.zeros((biggest, max_pages_per_seq), dtype=torch.int32, device=device)
+        self._query_start = torch.arange(biggest + 1, dtype=torch.int32, device=device)
+        self._logits_indices = torch.arange(biggest, dtype=torch.int64, device=device)
+        # Pinned host staging, filled with numpy and copied up in one transfer per buffer.
+        self._host = {
+            name: torch.zeros(buffer.shape, dtype=buffer.dtype, pin_memory=True)
+            for name, buffer in self._device_buffers().items()
+        }
+        self._np = {name: tensor.numpy() for name, tensor in self._host.items()}
+        self._graphs: dict[int, _Captured] = {}
+        self._capture_all()
+
+    def supports(self, chunks: list[ScheduledChunk]) -> bool:
+        return len(chunks) <= self.max_batch and all(c.length == 1 for c in chunks)
+
+    def forward(self, chunks: list[ScheduledChunk]) -> torch.Tensor:
+        """Logits [n, vocab] for n decode chunks."""
+        count = len(chunks)
+        size = self.batch_sizes[bisect.bisect_left(self.batch_sizes, count)]
+        self._stage(chunks, size)
+        for name, buffer in self._device_buffers().items():
+            buffer[:size].copy_(self._host[name][:size], non_blocking=True)
+        captured = self._graphs[size]
+        captured.graph.replay()
+        return captured.logits[:count]
+
+    def _stage(self, chunks: list[ScheduledChunk], size: int) -> None:
+        ids, positions, seq_lens = self._np["input_ids"], self._np["positions"], self._np["seq_lens"]
+        slots, table = self._np["slots"], self._np["page_table"]
+        page_size = self.page_size
+        for row, chunk in enumerate(chunks):
+            request = chunk.request
+            position = chunk.start
+            ids[row] = request.output_ids[-1] if request.output_ids else request.prompt_ids[-1]
+            positions[row] = position
+            seq_lens[row] = position + 1
+            pages = request.page_table
+            slots[row] = pages[position // page_size] * page_size + position % page_size
+            table[row, : len(pages)] = pages
+        count = len(chunks)
+        seq_lens[count:size] = 0
+        slots[count:size] = self.scratch_slot
+        positions[count:size] = 0
+
+    def _device_buffers(self) -> dict[str, torch.Tensor]:
+        return {
+            "input_ids": self._input_ids,
+            "positions": self._positions,
+            "seq_lens": self._seq_lens,
+            "slots": self._slots,
+            "page_table": self._page_table,
+        }
+
+    def _batch(self, size: int) -> ForwardBatch:
+        max_seq_len = self.max_pages * self.page_size
+        return ForwardBatch(
+            input_ids=self._input_ids[:size],
+            positions=self._positions[:size],
+            query_start_loc=self._query_start[: size + 1],
+            seq_lens=self._seq_lens[:size],
+            page_table=self._page_table[:size],
+            slot_mapping=self._slots[:size],
+            logits_indices=self._logits_indices[:size],
+            max_query_len=1,
+            max_seq_len=max_seq_len,
+            query_lens_host=[1] * size,
+            seq_lens_host=[max_seq_len] * size,
+        )
+
+    def _capture_all(self) -> None:
+        pool = torch.cuda.graph_pool_handle()
+        stream = torch.cuda.Stream()
+        # Largest first, so smaller graphs reuse the largest one's memory pool.
+        for size in reversed(self.batch_sizes):
+            batch = self._batch(size)
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for _ in range(2):  # compile and autotune outside the capture
+                    self.model(batch, self.kv_cache)
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool):
+                logits = self.model(batch, self.kv_cache)
+            self._graphs[size] = _Captured(graph, logits)
+        torch.cuda.synchronize()
+
+
+def capture_sizes(limit: int) -> tuple[int, ...]:
+    """Batch sizes worth a graph: every size to 8, then steps that keep padding under ~25%."""
+    sizes = [1, 2, 4, 8, 12, 16, 24, 32, 40, 48, 64, 80, 96, 112, 128, 160, 192, 224, 256]
+    return tuple(s for s in sizes if s <= limit) or (1,)
