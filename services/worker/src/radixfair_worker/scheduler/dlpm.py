@@ -22,22 +22,22 @@ a waiting request at every instant, and weights do not change.
       and reaches every waiting client, so A and B get the same number k.
       Hence ``s_i(t2) - s_i(t1) = k·Q + (q_i(t1) - q_i(t2)) / weight_i``.
   (b) ``q_i <= Q · weight_i`` always (rules 4, 5).
-  (c) ``q_i > -D_i``: from the last instant q_i was positive, client i is
-      admitted nothing more, so the charges since are at most one admission
-      (``<= w_in · L``) plus the outputs of its requests running then (each
-      ``<= M`` tokens). With ``R_i`` of them at most,
-      ``D_i = w_in · L + w_out · M · R_i``.
+  (c) ``q_i > -D_i``: take the last instant q_i was positive. From then on
+      client i is admitted nothing, so the charges since are at most one
+      admission (``<= w_in · L_i``, as cached_token_weight <= 1) plus the
+      outputs of its requests running then: at most R_i requests of at most
+      M_i tokens each. Refills only add. So ``D_i = w_in · L_i + w_out · M_i · R_i``.
 Therefore, for any such interval,
 
     |Δs_A - Δs_B| < 2·Q + D_A / weight_A + D_B / weight_B
 
-where L is the longest prompt, M the largest max_tokens and R_i the most
-requests of client i running at once (at most max_running_requests). With
-one running request per client and unit weights this is 2·(Q + U), U being
-the largest single-request cost, as the digest's "Q plus the largest
-single-request cost" says; more running requests widen the debt a client
-can run up between admissions. tests/worker/test_scheduler_dlpm_fairness.py
-checks it.
+where L_i is client i's longest prompt, M_i its largest max_tokens and R_i
+the most of its requests running at once (at most max_running_requests).
+With one running request per client and unit weights this is 2·(Q + U), U
+being the largest single-request cost: the digest's "Q plus the largest
+single-request cost". Several running requests widen it, because a client
+keeps paying for their outputs after its deficit is spent.
+tests/worker/test_scheduler_dlpm_fairness.py checks it through the engine.
 """
 
 from __future__ import annotations
