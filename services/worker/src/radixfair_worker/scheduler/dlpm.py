@@ -1,7 +1,8 @@
 """Deficit Longest Prefix Match (Cao et al., arXiv 2501.14312), one worker.
 
 Rules (see /work/shared/reference/dlpm.md):
-  1. Order the waiting queue by longest prefix match, ties by arrival.
+  1. Order the waiting queue by longest prefix match, ties by arrival (arrival
+     order beyond ``LPM_MAX_SORTED_QUEUE`` waiting requests, as LPM does).
   2. Walk it; admit a request only if its client's deficit ``q_i > 0`` and
      ``budget.try_admit`` accepts it. Requests of spent clients are skipped,
      and the walk goes on. The first budget refusal ends admission for this
