@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from radixfair.auth import ApiKeyAuthenticator
 from radixfair.grpc_health import add_health_and_reflection, set_serving
+from radixfair.malformed_requests import MalformedRequestInterceptor
 from radixfair.metrics import serve_metrics
 from radixfair.tokenization import PromptEncoder
 from radixfair.tracing import build_tracer
@@ -71,7 +72,7 @@ async def start_router(config: RouterConfig, span_exporter: SpanExporter | None 
     policy = build_policy(config.policy, config.costs, ledger)
     router = RequestRouter(config, registry, cache_view, policy, ledger, tracer, metrics)
 
-    server = grpc.aio.server()
+    server = grpc.aio.server(interceptors=[MalformedRequestInterceptor()])
     servicer = RouterServicer(
         router, registry, ledger, authenticator, encoder, config.model_name, tracer, metrics
     )

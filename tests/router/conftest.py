@@ -1,0 +1,42 @@
+"""Worker processes shared by the router tests of one module (starting one costs seconds)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from support.processes import ServiceProcess
+from support.router_stack import start_worker_process
+
+
+def start_workers(model_dir: Path, log_dir: Path, count: int, **overrides: object) -> list[ServiceProcess]:
+    """Starts ``count`` workers in parallel (each waits for its own health check)."""
+    with ThreadPoolExecutor(count) as pool:
+        return list(pool.map(lambda _: start_worker_process(model_dir, log_dir, **overrides), range(count)))
+
+
+@pytest.fixture(scope="module")
+def two_workers(
+    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[list[ServiceProcess]]:
+    workers = start_workers(tiny_model_dir, tmp_path_factory.mktemp("workers"), 2)
+    yield workers
+    for worker in workers:
+        worker.stop()
+
+
+@pytest.fixture
+def spawn_workers(tiny_model_dir: Path, tmp_path: Path) -> Iterator[Callable[..., list[ServiceProcess]]]:
+    """Workers owned by one test (for tests that kill them)."""
+    started: list[ServiceProcess] = []
+
+    def spawn(count: int, **overrides: object) -> list[ServiceProcess]:
+        workers = start_workers(tiny_model_dir, tmp_path, count, **overrides)
+        started.extend(workers)
+        return workers
+
+    yield spawn
+    for worker in started:
+        worker.stop()
