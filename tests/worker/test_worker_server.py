@@ -249,3 +249,6 @@ def test_prometheus_metrics_count_requests_tokens_and_latency(worker, stub):
     assert samples["radixfair_worker_inter_token_latency_seconds_count"] >= 4
     assert samples['radixfair_worker_client_service{client="dave"}'] > 0
     assert "radixfair_worker_cache_hit_rate" in samples and "radixfair_worker_queue_depth" in samples
+    # The default policy is DLPM: its deficits and quantum are exported.
+    assert 'radixfair_worker_dlpm_deficit{client="dave"}' in samples
+    assert samples["radixfair_worker_dlpm_quantum"] == 1024

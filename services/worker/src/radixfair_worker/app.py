@@ -38,6 +38,7 @@ async def serve(
     tracer, provider = build_tracer(config.tracing, span_exporter)
     registry = CollectorRegistry()
     metrics = WorkerMetrics(registry)
+    metrics.quantum.set(config.engine.scheduler.quantum)
     serve_metrics(registry, config.metrics_port)
 
     loop = EngineLoop(stack.engine, asyncio.get_running_loop())

@@ -113,6 +113,8 @@ class Engine:
 
     def validate(self, request: Request) -> None:
         prompt_len = len(request.prompt_ids)
+        if not request.weight > 0:
+            raise InvalidRequestError(f"client weight must be > 0, got {request.weight}")
         if prompt_len == 0:
             raise InvalidRequestError("prompt is empty")
         if prompt_len >= self.max_context_tokens:

@@ -36,6 +36,10 @@ class PublishedState:
     snapshot: LoadSnapshot
     digest: list[int]
     client_service: dict[str, float]
+    # Fairness state of the policies that keep some (DLPM deficits, VTC counters).
+    deficits: dict[str, float]
+    virtual_counters: dict[str, float]
+    refills: int
 
 
 class EngineLoop:
@@ -117,8 +121,12 @@ class EngineLoop:
             self._digest_time = now
         else:
             digest = previous.digest
+        policy = self.engine.policy
         return PublishedState(
             snapshot=self.engine.load_snapshot(),
             digest=digest,
-            client_service=self.engine.policy.client_service(),
+            client_service=policy.client_service(),
+            deficits=policy.deficits() if hasattr(policy, "deficits") else {},
+            virtual_counters=policy.counters() if hasattr(policy, "counters") else {},
+            refills=getattr(policy, "refill_count", 0),
         )

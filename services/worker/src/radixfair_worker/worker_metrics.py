@@ -39,6 +39,18 @@ class WorkerMetrics:
             "Prompt tokens served from cache / prompt tokens",
             registry=registry,
         )
+        self.deficit = Gauge(
+            "radixfair_worker_dlpm_deficit", "DLPM deficit per client", ["client"], registry=registry
+        )
+        self.quantum = Gauge("radixfair_worker_dlpm_quantum", "DLPM quantum Q", registry=registry)
+        self.refills = Gauge(
+            "radixfair_worker_dlpm_refills",
+            "DLPM refills so far; many per admission mean Q is small",
+            registry=registry,
+        )
+        self.virtual_counter = Gauge(
+            "radixfair_worker_vtc_counter", "VTC virtual counter per client", ["client"], registry=registry
+        )
         self.client_service = Gauge(
             "radixfair_worker_client_service",
             "Weighted tokens served per client",
