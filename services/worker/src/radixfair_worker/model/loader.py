@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 from radixfair_worker.config import ModelConfig
 from radixfair_worker.model.backend import KernelBackend
 from radixfair_worker.model.llama import LlamaModel, rope_table
+from radixfair_worker.model.quantized_linear import prepare_quantized_model, read_scheme
 
 _NORMS = ("input_layernorm", "post_attention_layernorm")
 _FUSED = {
@@ -25,7 +26,12 @@ def load_model(model_dir: Path, backend: KernelBackend, dtype: torch.dtype, devi
         state.update(load_file(str(path)))
     with torch.device("meta"):
         model = LlamaModel(config, backend)
-    model.load_state_dict(to_module_state(state, config), strict=True, assign=True)
+    scheme = read_scheme(model_dir / "config.json")
+    if scheme is None:
+        module_state = to_module_state(state, config)
+    else:
+        module_state = prepare_quantized_model(model, state, config, scheme, to_module_state)
+    model.load_state_dict(module_state, strict=True, assign=True)
     model.cos_sin = rope_table(config)  # built on "meta" above; the real table replaces it
     model = model.to(device=device, dtype=dtype).eval()
     # RoPE angles stay fp32 whatever the weights' dtype.

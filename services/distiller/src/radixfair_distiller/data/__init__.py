@@ -1,0 +1,1 @@
+"""Offline data: standard-library docstrings as text, the shipped prompt set and teacher responses."""

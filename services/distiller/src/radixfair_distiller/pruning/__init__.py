@@ -1,0 +1,1 @@
+"""Structured pruning of a Llama teacher into a smaller dense Llama (depth, width, both)."""

@@ -1,0 +1,36 @@
+"""Writes a weight-only quantized copy of a model directory (int8 or fp8, per output channel).
+
+The format is the worker's (radixfair_worker.model.quantized_linear), so the
+worker loads the result with no other change.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from radixfair_distiller.model_dir import WEIGHTS_FILE, write_model_dir
+from radixfair_worker.model.quantized_linear import CONFIG_KEY, SCALE_SUFFIX, is_quantizable, quantize_weight
+
+
+def quantized_state(state: dict[str, torch.Tensor], scheme: str) -> dict[str, torch.Tensor]:
+    """Every projection and embedding quantized, with its ``_scale``; norms as they were."""
+    out: dict[str, torch.Tensor] = {}
+    for name, tensor in state.items():
+        if is_quantizable(name, tensor):
+            out[name], out[name + SCALE_SUFFIX] = quantize_weight(tensor, scheme)
+        else:
+            out[name] = tensor.contiguous()
+    return out
+
+
+def quantize_model_dir(source: Path, target: Path, scheme: str) -> Path:
+    config = json.loads((source / "config.json").read_text())
+    if CONFIG_KEY in config:
+        raise ValueError(f"{source} is already quantized ({config[CONFIG_KEY]})")
+    state = quantized_state(load_file(str(source / WEIGHTS_FILE)), scheme)
+    config[CONFIG_KEY] = {"scheme": scheme, "granularity": "per_output_channel"}
+    return write_model_dir(target, state, config, tokenizer_source=source)

@@ -1,0 +1,103 @@
+"""Weight-only quantization: error bounds, the format on disk, and the worker running it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from worker.engine_harness import greedy, make_stack, run_to_completion
+
+from radixfair_distiller.model_dir import content_hash, load_llama, weights_bytes
+from radixfair_distiller.quantize import quantize_model_dir
+from radixfair_worker.model.quantized_linear import (
+    QuantizedLinear,
+    dequantize_weight,
+    quantize_weight,
+)
+
+
+def random_matrix(rows: int = 96, cols: int = 80, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    # Rows of very different magnitude: per-channel scales must follow each row.
+    return torch.randn(rows, cols, generator=generator) * torch.logspace(-3, 1, rows)[:, None]
+
+
+def test_int8_error_is_at_most_half_a_step_of_each_rows_scale():
+    weight = random_matrix()
+    q, scale = quantize_weight(weight, "int8")
+    assert q.dtype == torch.int8 and scale.shape == (weight.shape[0],)
+    error = (dequantize_weight(q, scale) - weight).abs()
+    assert (error <= scale[:, None] / 2 * (1 + 1e-5)).all()
+    # The largest magnitude of each row lands exactly on +-127 (symmetric, no clipping).
+    assert (q.abs().amax(dim=1) == 127).all()
+
+
+def test_fp8_relative_error_is_within_e4m3_rounding():
+    weight = random_matrix(seed=1)
+    q, scale = quantize_weight(weight, "fp8")
+    assert q.dtype == torch.float8_e4m3fn
+    error = (dequantize_weight(q, scale) - weight).abs()
+    # 3 mantissa bits: half an ulp is 2^-4 relative for normals; subnormal steps are 2^-9 * scale.
+    bound = torch.maximum(weight.abs() * 2**-4, scale[:, None] * 2**-10)
+    assert (error <= bound * (1 + 1e-5)).all()
+
+
+@pytest.mark.parametrize("scheme", ["int8", "fp8"])
+def test_all_zero_rows_dequantize_to_zero(scheme):
+    weight = random_matrix()
+    weight[3] = 0
+    q, scale = quantize_weight(weight, scheme)
+    assert torch.equal(dequantize_weight(q, scale)[3], torch.zeros(weight.shape[1]))
+
+
+@pytest.mark.parametrize("scheme", ["int8", "fp8"])
+def test_quantized_linear_equals_a_linear_layer_with_the_dequantized_weight(scheme):
+    weight = random_matrix(seed=2)
+    q, scale = quantize_weight(weight, scheme)
+    layer = QuantizedLinear(weight.shape[1], weight.shape[0], scheme)
+    layer.weight.copy_(q.view(layer.weight.dtype))
+    layer.weight_scale.copy_(scale)
+    layer = layer.to(torch.float32)  # as the loader does; must not touch the codes
+    x = torch.randn(5, weight.shape[1])
+    torch.testing.assert_close(layer(x), F.linear(x, dequantize_weight(q, scale)), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("scheme", ["int8", "fp8"])
+def test_quantized_directory_holds_codes_and_scales_and_is_smaller(tiny_model_dir, tmp_path, scheme):
+    target = quantize_model_dir(tiny_model_dir, tmp_path / scheme, scheme)
+    state = load_file(str(target / "model.safetensors"))
+    config = json.loads((target / "config.json").read_text())
+    assert config["radixfair_quantization"]["scheme"] == scheme
+    assert state["model.layers.0.mlp.down_proj.weight"].element_size() == 1
+    assert state["model.layers.0.mlp.down_proj.weight_scale"].dtype == torch.float32
+    assert state["model.norm.weight"].dtype == torch.float32
+    assert weights_bytes(target) < 0.3 * weights_bytes(tiny_model_dir)
+    assert content_hash(target) != content_hash(tiny_model_dir)
+
+
+@pytest.mark.parametrize("scheme", ["int8", "fp8"])
+def test_worker_engine_on_a_quantized_checkpoint_generates_what_the_dequantized_model_does(
+    tiny_model_dir, tmp_path, scheme
+):
+    target = quantize_model_dir(tiny_model_dir, tmp_path / scheme, scheme)
+    stack = make_stack(target)
+    assert any(isinstance(m, QuantizedLinear) for m in stack.engine.runner.model.modules())
+    prompt = stack.encoder.encode_text("The library documents every public function")
+    request = greedy(prompt, 12, "q", ignore_eos=True)
+    run_to_completion(stack.engine, [request])
+
+    reference = load_llama(target)
+    with torch.no_grad():
+        out = reference.generate(
+            torch.tensor([prompt]),
+            attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+            max_new_tokens=12,
+            min_new_tokens=12,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=0,
+        )
+    assert request.output_ids == out[0, len(prompt) :].tolist()
