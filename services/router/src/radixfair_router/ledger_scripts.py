@@ -96,6 +96,8 @@ redis.call('HINCRBYFLOAT', KEYS[1], 'requests', ARGV[10])
 local inflight = tonumber(redis.call('HGET', KEYS[1], 'inflight') or '0')
 if ARGV[9] == '1' then
   inflight = tonumber(redis.call('HINCRBYFLOAT', KEYS[1], 'inflight', -1))
+  -- Below zero only when Redis lost the admission (restarted empty): not a real count.
+  if inflight < 0 then inflight = 0; redis.call('HSET', KEYS[1], 'inflight', 0) end
 end
 if inflight > 0 then redis.call('ZADD', KEYS[3], vtc, cid) else redis.call('ZREM', KEYS[3], cid) end
 return tostring(q)
@@ -123,6 +125,7 @@ for i = 1, m do
   redis.call('HSET', KEYS[2], worker, tostring(q))
 end
 local inflight = tonumber(redis.call('HGET', KEYS[1], 'inflight') or '0')
+if inflight < 0 then inflight = 0; redis.call('HSET', KEYS[1], 'inflight', 0) end
 local vtc = tonumber(redis.call('HGET', KEYS[1], 'vtc') or '0')
 if inflight > 0 then redis.call('ZADD', KEYS[3], vtc, cid) else redis.call('ZREM', KEYS[3], cid) end
 return 1
