@@ -1,4 +1,5 @@
-"""Worker processes shared by the router tests of one module (starting one costs seconds)."""
+"""Worker processes for the router tests: two shared by the session (starting one costs seconds),
+and per-test ones for tests that kill them. Tests on the shared ones use prefixes no other test uses."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ def start_workers(model_dir: Path, log_dir: Path, count: int, **overrides: objec
         return list(pool.map(lambda _: start_worker_process(model_dir, log_dir, **overrides), range(count)))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def two_workers(
     tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[list[ServiceProcess]]:
