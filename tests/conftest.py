@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 from hypothesis import settings
+from support.models import make_tiny_model_dir, real_model_dir
+from support.ports import free_port
+from support.processes import ServiceProcess, start_service
 
 # Tests check behaviour, never time: a shared 2-core CI box must not fail a
 # property test because one example ran slowly.
 settings.register_profile("radixfair", deadline=None)
 settings.load_profile("radixfair")
-from support.models import make_tiny_model_dir, real_model_dir
-from support.ports import free_port
-from support.processes import ServiceProcess, start_service
 
 MODEL_CACHE = Path(os.environ.get("RADIXFAIR_TEST_MODEL_CACHE", "~/.cache/radixfair/models")).expanduser()
 

@@ -211,7 +211,9 @@ def test_dlpm_keeps_the_hot_prefix_flood_within_the_bound(tiny_model_dir):
 def test_the_random_workloads_expose_an_unfair_policy(tiny_model_dir):
     # The property test is only as good as its workloads: the same strategy
     # must produce cases where a policy that ignores fairness breaks the bound.
-    budget = settings(max_examples=40, derandomize=True, database=None, phases=[Phase.generate], deadline=None)
+    budget = settings(
+        max_examples=40, derandomize=True, database=None, phases=[Phase.generate], deadline=None
+    )
 
     def lpm_breaks_the_bound(workload: Workload) -> bool:
         return any(p.gap > p.bound for p in run_and_measure(workload, tiny_model_dir, "lpm"))
