@@ -1,0 +1,107 @@
+"""The router's decision path in virtual time: its real CacheView, policies and in-process ledger.
+
+Per request, as ``request_router.RequestRouter`` does it: estimate every
+worker's prefix match from the approximate tree corrected by the workers'
+cache reports, build ``WorkerState``s, let the policy ``route`` (which admits
+into the ledger), record the route in the tree, and later charge output
+tokens in batches and settle the input charge to what the worker actually
+computed. Only the gRPC forwarding is left out. The ledger is the router's
+``LocalLedgerStore`` through ``Ledger(store="memory")``, whose coroutines
+never suspend, so they are driven to completion synchronously here.
+
+Load is the router's count of its requests in flight on each worker
+(queued plus running), the same measure the router keeps per endpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Coroutine, Sequence
+from typing import Any, TypeVar
+
+from radixfair_router.cache_view import CacheView
+from radixfair_router.config import ApproxTreeConfig, CostConfig, LedgerConfig, PolicyConfig
+from radixfair_router.ledger import Ledger
+from radixfair_router.ledger_state import Charge
+from radixfair_router.policies import RoutingDecision, RoutingRequest, WorkerState, build_policy
+from radixfair_router.policies.base import input_cost
+
+T = TypeVar("T")
+
+
+def run_sync(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Runs a coroutine that never awaits anything pending (the in-process ledger's)."""
+    try:
+        coroutine.send(None)
+    except StopIteration as done:
+        return done.value
+    coroutine.close()
+    raise RuntimeError("the coroutine suspended; only the in-process ledger can be driven synchronously")
+
+
+class SimRouter:
+    def __init__(
+        self,
+        policy: PolicyConfig,
+        costs: CostConfig,
+        worker_ids: Sequence[str],
+        tree: ApproxTreeConfig | None = None,
+        charge_batch_tokens: int | None = None,
+    ) -> None:
+        self.worker_ids = list(worker_ids)
+        self.ledger = Ledger(LedgerConfig(store="memory"), policy.quantum)
+        self.policy = build_policy(policy, costs, self.ledger)
+        self.cache_view = CacheView(tree or ApproxTreeConfig())
+        self.costs = costs
+        self.inflight = dict.fromkeys(self.worker_ids, 0)
+        self._batch = max(1, charge_batch_tokens or policy.output_charge_batch_tokens)
+        self._decisions: dict[str, RoutingDecision] = {}
+        self._uncharged: dict[str, int] = {}
+        self.reasons: dict[str, int] = {}
+
+    def route(self, client_id: str, weight: float, token_ids: list[int], now: float, request_id: str) -> str:
+        matches = self.cache_view.estimate(token_ids, self.worker_ids)
+        tree = self.cache_view.tree
+        states = [
+            WorkerState(w, self.inflight[w], matches[w], tree.worker_tokens(w)) for w in self.worker_ids
+        ]
+        decision = run_sync(self.policy.route(RoutingRequest(client_id, weight, len(token_ids)), states))
+        tree.insert(token_ids, decision.worker_id, now=now)
+        self.inflight[decision.worker_id] += 1
+        self._decisions[request_id] = decision
+        self._uncharged[request_id] = 0
+        self.reasons[decision.reason] = self.reasons.get(decision.reason, 0) + 1
+        return decision.worker_id
+
+    def report(self, worker_id: str, page_size: int, hashes: list[int], now: float) -> None:
+        self.cache_view.update_report(worker_id, page_size, hashes, received_at=now)
+
+    def output(self, request_id: str, client_id: str, weight: float, tokens: int) -> None:
+        pending = self._uncharged[request_id] + tokens
+        if pending >= self._batch:
+            decision = self._decisions[request_id]
+            service = self.costs.output_token_weight * pending
+            run_sync(
+                self.ledger.charge(
+                    Charge(client_id, weight, decision.worker_id, service, completion_tokens=pending)
+                )
+            )
+            pending = 0
+        self._uncharged[request_id] = pending
+
+    def finished(self, request_id: str, client_id: str, weight: float, prompt: int, cached: int) -> None:
+        decision = self._decisions.pop(request_id)
+        pending = self._uncharged.pop(request_id)
+        service = self.costs.output_token_weight * pending + input_cost(prompt, cached, self.costs)
+        service -= decision.charged
+        charge = Charge(
+            client_id,
+            weight,
+            decision.worker_id,
+            service,
+            prompt_tokens=prompt,
+            cached_tokens=cached,
+            completion_tokens=pending,
+            finished=True,
+        )
+        run_sync(self.ledger.charge(charge))
+        self.inflight[decision.worker_id] -= 1
