@@ -1,0 +1,552 @@
+"""Per-kernel speed at SmolLM2-135M shapes: ours against torch eager, torch.compile and Liger-Kernel.
+
+Shapes: hidden 576, intermediate 1536, 9 query heads, 3 KV heads, head 64, bf16,
+pages of 16 tokens; 4,096 and 65,536 tokens for the token-parallel kernels, and
+a decode batch of 128 sequences over 1,024-token contexts for decode attention.
+
+Each implementation first runs once and is compared with the torch eager output
+(relative error, ``kernels.accuracy``). Time is ``triton.testing.do_bench``'s
+median with the L2 flushed before every call (launch included, as an eager
+engine pays it), and, as a second column, the median of CUDA-graph replays
+(``do_bench_cudagraph``: GPU time alone, as a captured decode step pays it).
+Achieved bandwidth counts the fewest bytes the operation must move (each input
+read once, each output written once) over the do_bench time, and is compared
+with a measured device-to-device copy (bytes read plus bytes written).
+
+    python3 bench/kernels_bench.py [--out DIR] [--sweep]
+
+``--sweep`` also times our kernels over their block-size options and prints
+the best; the defaults in the kernel modules come from such a sweep.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import triton
+import triton.testing
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT / "services" / "worker" / "src"), str(ROOT)]
+
+from bench.report import environment, markdown_table  # noqa: E402
+from radixfair_worker.kernels import decode_attention, extend_attention, rms_norm, rope, swiglu  # noqa: E402
+from radixfair_worker.kernels import write_kv as write_kv_module  # noqa: E402
+from radixfair_worker.kernels.accuracy import relative_error  # noqa: E402
+from radixfair_worker.kernels.paged_fixtures import random_paged_context  # noqa: E402
+from radixfair_worker.model.backend import ForwardBatch  # noqa: E402
+from radixfair_worker.model.torch_backend import TorchBackend  # noqa: E402
+
+HIDDEN, INTER, HEADS, KV_HEADS, HEAD_DIM, PAGE = 576, 1536, 9, 3, 64, 16
+EPS = 1e-5
+DTYPE = torch.bfloat16
+BF16 = 2
+DEVICE = "cuda"
+TORCH = TorchBackend()
+
+
+@dataclass
+class Case:
+    """One operation at one size, with its implementations (each a no-argument callable)."""
+
+    kernel: str
+    size: str
+    bytes: int
+    flops: float = 0.0
+    impls: dict[str, Callable[[], object]] = field(default_factory=dict)
+    # Reduces an implementation's return value to the tensor that is compared with eager's.
+    output: Callable[[object], torch.Tensor] = lambda result: result  # type: ignore[assignment,return-value]
+
+
+def try_liger(name: str) -> object | None:
+    try:
+        if name == "rms_norm":
+            from liger_kernel.ops.rms_norm import LigerRMSNormFunction
+
+            return LigerRMSNormFunction
+        if name == "add_rms_norm":
+            from liger_kernel.ops.fused_add_rms_norm import LigerFusedAddRMSNormFunction
+
+            return LigerFusedAddRMSNormFunction
+        if name == "rope":
+            from liger_kernel.ops.rope import LigerRopeFunction
+
+            return LigerRopeFunction
+        if name == "swiglu":
+            from liger_kernel.ops.swiglu import LigerFusedGateUpSiLUMulFunction
+
+            return LigerFusedGateUpSiLUMulFunction
+    except ImportError as error:
+        print(f"liger-kernel {name} unavailable: {error}")
+    return None
+
+
+def compiled(fn: Callable[..., object]) -> Callable[..., object]:
+    return torch.compile(fn, dynamic=False, fullgraph=False)
+
+
+def norm_cases(tokens: int) -> list[Case]:
+    weight = torch.randn(HIDDEN, dtype=DTYPE, device=DEVICE)
+    x = torch.randn(tokens, HIDDEN, dtype=DTYPE, device=DEVICE)
+    residual = torch.randn_like(x)
+    size = f"T={tokens}"
+    plain = Case("rms_norm", size, 2 * tokens * HIDDEN * BF16)
+    plain.impls["ours"] = lambda: rms_norm.rms_norm(x, weight, EPS)
+    plain.impls["torch eager"] = lambda: TORCH.rms_norm(x, weight, EPS)
+    norm_compiled = compiled(TORCH.rms_norm)
+    plain.impls["torch.compile"] = lambda: norm_compiled(x, weight, EPS)
+    liger = try_liger("rms_norm")
+    if liger is not None:
+        plain.impls["liger"] = lambda: liger.apply(x, weight, EPS, 0.0, "llama", False)  # type: ignore[attr-defined]
+
+    fused = Case("add_rms_norm", size, 4 * tokens * HIDDEN * BF16, output=lambda result: result[0])  # type: ignore[index]
+    fused.impls["ours"] = lambda: rms_norm.add_rms_norm(x, residual, weight, EPS)
+    fused.impls["torch eager"] = lambda: TORCH.add_rms_norm(x, residual, weight, EPS)
+    add_compiled = compiled(TORCH.add_rms_norm)
+    fused.impls["torch.compile"] = lambda: add_compiled(x, residual, weight, EPS)
+    liger_add = try_liger("add_rms_norm")
+    if liger_add is not None:
+        fused.impls["liger"] = lambda: liger_add.apply(x, residual, weight, EPS, 0.0, "llama", False)  # type: ignore[attr-defined]
+    return [plain, fused]
+
+
+def rope_table(positions: int = 8192) -> torch.Tensor:
+    inv_freq = 1.0 / 100000.0 ** (torch.arange(0, HEAD_DIM, 2, device=DEVICE).float() / HEAD_DIM)
+    freqs = torch.outer(torch.arange(positions, device=DEVICE).float(), inv_freq)
+    return torch.cat([freqs.cos(), freqs.sin()], dim=-1)
+
+
+def qkv_views(tokens: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    qkv = torch.randn(tokens, (HEADS + 2 * KV_HEADS) * HEAD_DIM, dtype=DTYPE, device=DEVICE)
+    q, k, v = qkv.split([HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM], dim=-1)
+    return (
+        q.view(tokens, HEADS, HEAD_DIM),
+        k.view(tokens, KV_HEADS, HEAD_DIM),
+        v.view(tokens, KV_HEADS, HEAD_DIM),
+    )
+
+
+def rope_cases(tokens: int) -> list[Case]:
+    table = rope_table()
+    positions = torch.randint(0, table.shape[0], (tokens,), device=DEVICE)
+    return [rope_in_place_case(tokens, table, positions), rope_write_kv_case(tokens, table, positions)]
+
+
+def rope_in_place_case(tokens: int, table: torch.Tensor, positions: torch.Tensor) -> Case:
+    qk_bytes = tokens * (HEADS + KV_HEADS) * HEAD_DIM * BF16 * 2
+    table_bytes = tokens * HEAD_DIM * 4
+    case = Case(
+        "rope (q, k in place)", f"T={tokens}", qk_bytes + table_bytes, output=lambda result: result[0]
+    )  # type: ignore[index]
+    q, k, _ = qkv_views(tokens)
+    # Each implementation rotates its own copy: in-place kernels change their inputs.
+    q_ours, k_ours = q.clone(), k.clone()
+    case.impls["ours"] = lambda: rope.apply_rope(q_ours, k_ours, positions, table)
+    case.impls["torch eager"] = lambda: TORCH.apply_rope(q, k, positions, table)
+    rope_compiled = compiled(TORCH.apply_rope)
+    case.impls["torch.compile"] = lambda: rope_compiled(q, k, positions, table)
+    liger = try_liger("rope")
+    if liger is not None:
+        # Liger takes Hugging Face's layout: [1, H, T, D] views of [1, T, H, D] storage, and
+        # per-token cos/sin [1, T, D] in the activations' dtype, gathered beforehand.
+        q_hf = q.clone().unsqueeze(0).transpose(1, 2)
+        k_hf = k.clone().unsqueeze(0).transpose(1, 2)
+        half = table[positions]
+        cos = torch.cat([half[:, : HEAD_DIM // 2]] * 2, dim=-1).to(DTYPE).unsqueeze(0)
+        sin = torch.cat([half[:, HEAD_DIM // 2 :]] * 2, dim=-1).to(DTYPE).unsqueeze(0)
+
+        def liger_rope() -> tuple[torch.Tensor, torch.Tensor]:
+            q_out, k_out = liger.apply(q_hf, k_hf, cos, sin)  # type: ignore[attr-defined]
+            return q_out.transpose(1, 2)[0], k_out.transpose(1, 2)[0]
+
+        case.impls["liger"] = liger_rope
+    return case
+
+
+def rope_write_kv_case(tokens: int, table: torch.Tensor, positions: torch.Tensor) -> Case:
+    kv_bytes = tokens * KV_HEADS * HEAD_DIM * BF16 * 4  # read k, v; write both to the cache
+    total = tokens * HEADS * HEAD_DIM * BF16 * 2 + kv_bytes + tokens * HEAD_DIM * 4 + tokens * 16
+    case = Case("rope + K/V page write", f"T={tokens}", total, output=lambda result: result)
+    q, k, v = qkv_views(tokens)
+    num_pages = tokens // PAGE + 1
+    slots = torch.randperm(num_pages * PAGE, device=DEVICE)[:tokens]
+    caches = {
+        name: torch.randn(2, num_pages, PAGE, KV_HEADS, HEAD_DIM, dtype=DTYPE, device=DEVICE)
+        for name in "abc"
+    }
+    q_fused = q.clone()
+    case.impls["ours"] = lambda: rope.rope_and_write_kv(
+        q_fused, k, v, positions, table, caches["a"][0], caches["a"][1], slots
+    )
+
+    def eager_rope_kv(cache: torch.Tensor) -> torch.Tensor:
+        q_rot, k_rot = TORCH.apply_rope(q, k, positions, table)
+        TORCH.write_kv(k_rot, v, cache[0], cache[1], slots)
+        return q_rot
+
+    case.impls["torch eager"] = lambda: eager_rope_kv(caches["b"])
+    eager_compiled = compiled(eager_rope_kv)
+    case.impls["torch.compile"] = lambda: eager_compiled(caches["c"])
+    q_two, k_two = q.clone(), k.clone()
+
+    def ours_unfused() -> torch.Tensor:
+        rope.apply_rope(q_two, k_two, positions, table)
+        write_kv_module.write_kv(k_two, v, caches["a"][0], caches["a"][1], slots)
+        return q_two
+
+    case.impls["ours unfused (2 launches)"] = ours_unfused
+    return case
+
+
+def write_kv_case(tokens: int) -> Case:
+    _, k, v = qkv_views(tokens)
+    num_pages = tokens // PAGE + 1
+    slots = torch.randperm(num_pages * PAGE, device=DEVICE)[:tokens]
+    caches = [
+        torch.randn(2, num_pages, PAGE, KV_HEADS, HEAD_DIM, dtype=DTYPE, device=DEVICE) for _ in range(3)
+    ]
+    case = Case("write_kv", f"T={tokens}", tokens * KV_HEADS * HEAD_DIM * BF16 * 4 + tokens * 8)
+    # Each implementation fills its own cache and returns it; the written K rows are compared.
+    case.output = lambda cache: cache[0].view(-1, KV_HEADS, HEAD_DIM)[slots]  # type: ignore[index]
+    write_compiled = compiled(TORCH.write_kv)
+    for (name, write), cache in zip(
+        [
+            ("ours", write_kv_module.write_kv),
+            ("torch eager", TORCH.write_kv),
+            ("torch.compile", write_compiled),
+        ],
+        caches,
+    ):
+        case.impls[name] = lambda write=write, cache=cache: (write(k, v, cache[0], cache[1], slots), cache)[1]
+    return case
+
+
+def swiglu_case(tokens: int) -> Case:
+    gate_up = torch.randn(tokens, 2 * INTER, dtype=DTYPE, device=DEVICE)
+    case = Case("swiglu (fused gate_up)", f"T={tokens}", tokens * INTER * BF16 * 3)
+    case.impls["ours"] = lambda: swiglu.silu_and_mul(gate_up)
+    case.impls["torch eager"] = lambda: TORCH.silu_and_mul(gate_up)
+    silu_compiled = compiled(TORCH.silu_and_mul)
+    case.impls["torch.compile"] = lambda: silu_compiled(gate_up)
+    liger = try_liger("swiglu")
+    if liger is not None:
+        case.impls["liger"] = lambda: liger.apply(gate_up)  # type: ignore[attr-defined]
+    return case
+
+
+def decode_case(batch: int = 128, context: int = 1024) -> Case:
+    ctx = random_paged_context([context] * batch, [1] * batch, KV_HEADS, HEAD_DIM, PAGE, DTYPE, DEVICE)
+    q = torch.randn(batch, HEADS, HEAD_DIM, dtype=DTYPE, device=DEVICE)
+    scale = HEAD_DIM**-0.5
+    kv_bytes = batch * context * KV_HEADS * HEAD_DIM * BF16 * 2
+    total = kv_bytes + batch * HEADS * HEAD_DIM * BF16 * 2 + ctx.page_table.numel() * 4
+    flops = 4.0 * batch * HEADS * context * HEAD_DIM
+    case = Case("decode attention", f"B={batch} ctx={context}", total, flops)
+    sms = torch.cuda.get_device_properties().multi_processor_count
+    auto = decode_attention.choose_num_splits(batch, KV_HEADS, context, sms)
+    case.impls[f"ours (splits={auto}, auto)"] = lambda: decode_attention.paged_decode_attention(
+        q, ctx.k_cache, ctx.v_cache, ctx.page_table, ctx.seq_lens, scale, num_splits=auto
+    )
+    pages = context // PAGE
+
+    def gather_sdpa() -> torch.Tensor:
+        # The careful plain-torch way: gather each sequence's pages, then one batched SDPA.
+        table = ctx.page_table[:, :pages].long()
+        keys = ctx.k_cache[table].view(batch, context, KV_HEADS, HEAD_DIM).transpose(1, 2)
+        values = ctx.v_cache[table].view(batch, context, KV_HEADS, HEAD_DIM).transpose(1, 2)
+        out = torch.nn.functional.scaled_dot_product_attention(
+            q.unsqueeze(2), keys, values, scale=scale, enable_gqa=True
+        )
+        return out.squeeze(2)
+
+    case.impls["torch eager (gather + SDPA)"] = gather_sdpa
+    gather_compiled = compiled(gather_sdpa)
+    case.impls["torch.compile (gather + SDPA)"] = lambda: gather_compiled()
+    fb = forward_batch(ctx, [1] * batch, [context] * batch)
+    case.impls["torch backend (per-sequence loop)"] = lambda: TORCH.attention(
+        q, ctx.k_cache, ctx.v_cache, fb, scale
+    )
+    return case
+
+
+def forward_batch(ctx, query_lens: list[int], seq_lens: list[int]) -> ForwardBatch:  # type: ignore[no-untyped-def]
+    return ForwardBatch(
+        input_ids=torch.zeros(sum(query_lens), dtype=torch.int64, device=DEVICE),
+        positions=ctx.positions,
+        query_start_loc=ctx.query_start_loc,
+        seq_lens=ctx.seq_lens,
+        page_table=ctx.page_table,
+        slot_mapping=ctx.slot_mapping,
+        logits_indices=ctx.query_start_loc[1:].long() - 1,
+        max_query_len=max(query_lens),
+        max_seq_len=max(seq_lens),
+        query_lens_host=query_lens,
+        seq_lens_host=seq_lens,
+    )
+
+
+def extend_case(seqs: int, prefix: int, new: int) -> Case:
+    seq_lens, query_lens = [prefix + new] * seqs, [new] * seqs
+    ctx = random_paged_context(seq_lens, query_lens, KV_HEADS, HEAD_DIM, PAGE, DTYPE, DEVICE)
+    q = torch.randn(seqs * new, HEADS, HEAD_DIM, dtype=DTYPE, device=DEVICE)
+    scale = HEAD_DIM**-0.5
+    visible = seqs * (new * prefix + new * (new + 1) / 2)  # (query, key) pairs under the causal mask
+    flops = 4.0 * HEADS * HEAD_DIM * visible
+    total = (q.numel() * 2 + seqs * (prefix + new) * KV_HEADS * HEAD_DIM * 2) * BF16
+    case = Case("extend attention", f"{seqs}x({prefix} cached + {new} new)", total, flops)
+    case.impls["ours"] = lambda: extend_attention.extend_attention(
+        q, ctx.k_cache, ctx.v_cache, ctx.query_start_loc, ctx.seq_lens, ctx.page_table, new, scale
+    )
+    fb = forward_batch(ctx, query_lens, seq_lens)
+    case.impls["torch backend (per-sequence SDPA)"] = lambda: TORCH.attention(
+        q, ctx.k_cache, ctx.v_cache, fb, scale
+    )
+    return case
+
+
+def copy_bandwidth() -> float:
+    """Device-to-device copy of 1 GiB, bytes read plus written, in TB/s."""
+    src = torch.randn(512 * 2**20, dtype=DTYPE, device=DEVICE)
+    dst = torch.empty_like(src)
+    ms = triton.testing.do_bench(lambda: dst.copy_(src), warmup=50, rep=300, return_mode="median")
+    return 2 * src.numel() * BF16 / (ms * 1e-3) / 1e12
+
+
+def time_impl(fn: Callable[[], object]) -> tuple[float, float | None]:
+    """(do_bench median us, CUDA-graph replay median us or None if it cannot be captured)."""
+    ms = triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
+    try:
+        graph_ms = triton.testing.do_bench_cudagraph(fn, rep=50, return_mode="median")
+    except Exception as error:  # some baselines (host syncs in the loop) cannot be captured
+        print(f"    graph capture failed: {type(error).__name__}: {str(error)[:120]}")
+        graph_ms = None
+        torch.cuda.synchronize()
+    return ms * 1e3, (graph_ms * 1e3 if graph_ms is not None else None)
+
+
+def run_case(case: Case, copy_tbs: float) -> list[dict[str, object]]:
+    rows = []
+    reference = None
+    results: dict[str, torch.Tensor] = {}
+    for name, fn in case.impls.items():
+        try:
+            results[name] = case.output(fn()).detach().clone()
+        except Exception as error:
+            print(f"  {case.kernel} {case.size} {name}: failed: {error!r}"[:300])
+    if "torch eager" in results:
+        reference = results["torch eager"]
+    elif results:
+        reference = next((v for k, v in results.items() if k.startswith("torch")), None)
+    for name, fn in case.impls.items():
+        if name not in results:
+            rows.append({"kernel": case.kernel, "size": case.size, "impl": name, "note": "failed"})
+            continue
+        us, graph_us = time_impl(fn)
+        tbs = case.bytes / (us * 1e-6) / 1e12
+        row: dict[str, object] = {
+            "kernel": case.kernel,
+            "size": case.size,
+            "impl": name,
+            "us": us,
+            "graph_us": graph_us,
+            "TB/s": tbs,
+            "% copy": 100 * tbs / copy_tbs,
+            "graph % copy": (100 * case.bytes / (graph_us * 1e-6) / 1e12 / copy_tbs) if graph_us else None,
+            "rel err vs torch": relative_error(results[name], reference) if reference is not None else None,
+            "bytes": case.bytes,
+        }
+        if case.flops:
+            row["TFLOP/s"] = case.flops / (us * 1e-6) / 1e12
+        rows.append(row)
+        print(
+            f"  {case.kernel:24s} {case.size:24s} {name:36s} {us:9.1f} us"
+            f"  graph {graph_us or float('nan'):9.1f} us"
+            f"  {tbs:5.2f} TB/s  {row['% copy']:5.1f}% copy  err {row['rel err vs torch']}"
+        )
+    return rows
+
+
+def sweep(
+    copy_tbs: float, tokens: int = 65536, batch: int = 128, context: int = 1024
+) -> list[dict[str, object]]:
+    """Times our kernels over their block-size options at 64k tokens and decode at B=128."""
+    rows: list[dict[str, object]] = []
+
+    def record(kernel: str, config: str, fn: Callable[[], object], nbytes: int) -> None:
+        try:
+            fn()
+            us = triton.testing.do_bench(fn, warmup=10, rep=40, return_mode="median") * 1e3
+        except Exception as error:
+            print(f"  sweep {kernel} {config}: {error!r}"[:200])
+            return
+        tbs = nbytes / (us * 1e-6) / 1e12
+        rows.append({"kernel": kernel, "config": config, "us": us, "% copy": 100 * tbs / copy_tbs})
+
+    x = torch.randn(tokens, HIDDEN, dtype=DTYPE, device=DEVICE)
+    residual = torch.randn_like(x)
+    weight = torch.randn(HIDDEN, dtype=DTYPE, device=DEVICE)
+    for block_m in (1, 2, 4, 8, 16):
+        for warps in (1, 2, 4, 8):
+            if block_m * 1024 // (warps * 32) > 256:  # more than 256 elements a thread: spills
+                continue
+            config = f"block_m={block_m} warps={warps}"
+            record(
+                "rms_norm",
+                config,
+                lambda b=block_m, w=warps: rms_norm.rms_norm(x, weight, EPS, block_m=b, num_warps=w),
+                2 * x.numel() * BF16,
+            )
+            record(
+                "add_rms_norm",
+                config,
+                lambda b=block_m, w=warps: rms_norm.add_rms_norm(
+                    x, residual, weight, EPS, block_m=b, num_warps=w
+                ),
+                4 * x.numel() * BF16,
+            )
+    gate_up = torch.randn(tokens, 2 * INTER, dtype=DTYPE, device=DEVICE)
+    for block_m in (2, 4, 8, 16):
+        for block_n in (256, 512, 1024):
+            for warps in (4, 8):
+                record(
+                    "swiglu",
+                    f"block_m={block_m} block_n={block_n} warps={warps}",
+                    lambda b=block_m, n=block_n, w=warps: swiglu.silu_and_mul(
+                        gate_up, block_m=b, block_n=n, num_warps=w
+                    ),
+                    tokens * INTER * BF16 * 3,
+                )
+    table = rope_table()
+    positions = torch.randint(0, table.shape[0], (tokens,), device=DEVICE)
+    q, k, v = qkv_views(tokens)
+    num_pages = tokens // PAGE + 1
+    slots = torch.randperm(num_pages * PAGE, device=DEVICE)[:tokens]
+    cache = torch.randn(2, num_pages, PAGE, KV_HEADS, HEAD_DIM, dtype=DTYPE, device=DEVICE)
+    fused_bytes = tokens * (HEADS * 2 + KV_HEADS * 4) * HEAD_DIM * BF16 + tokens * (HEAD_DIM * 4 + 16)
+    for block_r in (16, 32, 64, 128):
+        for warps in (1, 2, 4, 8):
+            record(
+                "rope+write_kv",
+                f"block_r={block_r} warps={warps}",
+                lambda b=block_r, w=warps: rope.rope_and_write_kv(
+                    q, k, v, positions, table, cache[0], cache[1], slots, block_r=b, num_warps=w
+                ),
+                fused_bytes,
+            )
+    ctx = random_paged_context([context] * batch, [1] * batch, KV_HEADS, HEAD_DIM, PAGE, DTYPE, DEVICE)
+    q_dec = torch.randn(batch, HEADS, HEAD_DIM, dtype=DTYPE, device=DEVICE)
+    kv_bytes = batch * context * KV_HEADS * HEAD_DIM * BF16 * 2
+    decode_configs = [(s, n, 4, st) for s in (1, 2, 4) for n in (32, 64, 128) for st in (2, 3)]
+    decode_configs += [(s, 64, w, 2) for s in (1, 2) for w in (2, 8)]
+    for splits, block_n, warps, stages in decode_configs:
+
+        def launch(s: int = splits, n: int = block_n, w: int = warps, st: int = stages) -> torch.Tensor:
+            return decode_attention.paged_decode_attention(
+                q_dec, ctx.k_cache, ctx.v_cache, ctx.page_table, ctx.seq_lens, 0.125,
+                num_splits=s, block_n=n, num_warps=w, num_stages=st,
+            )  # fmt: skip
+
+        config = f"splits={splits} block_n={block_n} warps={warps} stages={stages}"
+        record(f"decode B={batch} ctx={context}", config, launch, kv_bytes)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--sweep", action="store_true")
+    parser.add_argument("--skip-main", action="store_true", help="only the sweep")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    torch._dynamo.config.cache_size_limit = 64
+    copy_tbs = copy_bandwidth()
+    props = torch.cuda.get_device_properties()
+    print(f"{props.name}: {props.multi_processor_count} SMs, copy bandwidth {copy_tbs:.2f} TB/s")
+    rows: list[dict[str, object]] = []
+    sweep_rows: list[dict[str, object]] = []
+    with torch.inference_mode():
+        if not args.skip_main:
+            builders: list[Callable[[], list[Case]]] = []
+            for tokens in (4096, 65536):
+                builders += [
+                    lambda t=tokens: norm_cases(t),
+                    lambda t=tokens: rope_cases(t),
+                    lambda t=tokens: [write_kv_case(t)],
+                    lambda t=tokens: [swiglu_case(t)],
+                ]
+            builders += [
+                lambda: [decode_case()],
+                lambda: [extend_case(8, 512, 512)],
+                lambda: [extend_case(64, 0, 1024)],
+            ]
+            for build in builders:
+                for case in build():
+                    rows += run_case(case, copy_tbs)
+                torch.cuda.empty_cache()
+            write(args.out, rows, sweep_rows, copy_tbs, props)  # kept even if the sweep runs out of time
+        if args.sweep:
+            sweep_rows = sweep(copy_tbs)
+            write(args.out, rows, sweep_rows, copy_tbs, props)
+
+
+def write(
+    out: Path,
+    rows: list[dict[str, object]],
+    sweep_rows: list[dict[str, object]],
+    copy_tbs: float,
+    props: object,
+) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    env = environment(("torch", "triton", "liger-kernel"))
+    meta = {
+        **env,
+        "gpu": {"name": props.name, "sms": props.multi_processor_count},  # type: ignore[attr-defined]
+        "copy_TBps": copy_tbs,
+        "dtype": "bfloat16",
+        "rows": rows,
+        "sweep": sweep_rows,
+    }
+    (out / "kernels.json").write_text(json.dumps(meta, indent=2, default=str))
+    columns = [
+        "kernel",
+        "size",
+        "impl",
+        "us",
+        "graph_us",
+        "TB/s",
+        "% copy",
+        "graph % copy",
+        "rel err vs torch",
+    ]
+    lines = [
+        "# kernels",
+        "",
+        f"{env['date']} · {props.name} ({props.multi_processor_count} SMs) · "  # type: ignore[attr-defined]
+        + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v)
+        + f" · bf16 · measured copy bandwidth {copy_tbs:.2f} TB/s",
+        "",
+        "`us`: triton.testing.do_bench median, L2 flushed, launch included. `graph_us`: CUDA-graph replay "
+        "median. `% copy`: fewest bytes the op must move over `us`, against the copy bandwidth.",
+        "",
+        markdown_table(rows, columns),
+    ]
+    if sweep_rows:
+        best: dict[str, dict[str, object]] = {}
+        for row in sweep_rows:
+            kernel = str(row["kernel"])
+            if kernel not in best or float(row["us"]) < float(best[kernel]["us"]):  # type: ignore[arg-type]
+                best[kernel] = row
+        lines += ["", "## Best block sizes (sweep at 65,536 tokens; decode at B=128, ctx 1,024)", ""]
+        lines.append(markdown_table(list(best.values()), ["kernel", "config", "us", "% copy"]))
+    (out / "kernels.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
