@@ -1,0 +1,207 @@
+"""`radixfair`: run the local stack and talk to a router.
+
+    radixfair up [--workers 2] [--model DIR|smollm2-135m-instruct] [--policy d2lpm]
+    radixfair generate --api-key KEY "Tell me a joke" [--chat] [--max-tokens 64]
+    radixfair status --api-key KEY
+
+`up` starts Redis, a router and N workers and keeps serving until Ctrl-C.
+With no --api-key it makes three demo tenants (alice, bob, carol with weight
+2) and prints their keys; --ready-file writes the stack's addresses and keys
+as JSON once everything is healthy, for scripts that drive it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+
+from radixfair.auth import ApiKeyConfig
+from radixfair.client import ClientConfig, RouterClient
+from radixfair.local_stack import PACKAGED_MODEL, LocalStack, LocalStackConfig
+from radixfair.tokenization import ChatTurn
+
+DEMO_KEYS = (
+    ApiKeyConfig("demo-key-alice", "alice", 1.0),
+    ApiKeyConfig("demo-key-bob", "bob", 1.0),
+    ApiKeyConfig("demo-key-carol", "carol", 2.0),
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.run(args))
+    except grpc.aio.AioRpcError as error:
+        print(f"error: {error.code().name}: {error.details()}", file=sys.stderr)
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="radixfair", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    up = commands.add_parser("up", help="launch Redis, a router and N workers locally and keep serving")
+    up.add_argument("--workers", type=int, default=2)
+    up.add_argument("--model", default=PACKAGED_MODEL, help="model directory or the packaged model name")
+    up.add_argument("--cache-dir", type=Path, default=Path("~/.cache/radixfair/models"))
+    up.add_argument(
+        "--policy", default="d2lpm", help="round_robin, least_load, cache_aware, global_vtc, d2lpm"
+    )
+    up.add_argument("--quantum", type=float, default=4096.0, help="D2LPM quantum Q")
+    up.add_argument("--port", type=int, default=50051, help="router port")
+    up.add_argument("--redis-url", default="", help="use this Redis instead of starting one")
+    up.add_argument(
+        "--api-key", action="append", default=[], metavar="CLIENT=KEY[:WEIGHT]", help="a tenant (repeatable)"
+    )
+    up.add_argument(
+        "--router-set", action="append", default=[], metavar="KEY=VALUE", help="router config field"
+    )
+    up.add_argument(
+        "--worker-set", action="append", default=[], metavar="KEY=VALUE", help="worker config field"
+    )
+    up.add_argument(
+        "--run-dir", type=Path, default=None, help="logs and generated configs (default: a temp dir)"
+    )
+    up.add_argument("--ready-file", type=Path, default=None, help="write addresses and keys here when ready")
+    up.set_defaults(run=_up)
+
+    for name, helptext, run in (
+        ("generate", "stream one completion through the router", _generate),
+        ("status", "the router's policy, workers and per-client service", _status),
+    ):
+        sub = commands.add_parser(name, help=helptext)
+        sub.add_argument("--router", default="127.0.0.1:50051", help="router host:port")
+        sub.add_argument("--api-key", required=True)
+        sub.set_defaults(run=run)
+        if name == "generate":
+            sub.add_argument("prompt")
+            sub.add_argument("--chat", action="store_true", help="send the prompt as one user chat turn")
+            sub.add_argument("--max-tokens", type=int, default=64)
+            sub.add_argument("--temperature", type=float, default=0.0)
+            sub.add_argument("--seed", type=int, default=None)
+    return parser
+
+
+def _up(args: argparse.Namespace) -> int:
+    keys = tuple(_parse_key(spec) for spec in args.api_key) or DEMO_KEYS
+    run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix="radixfair-up-"))
+    config = LocalStackConfig(
+        run_dir=run_dir,
+        model=args.model,
+        cache_dir=args.cache_dir,
+        workers=args.workers,
+        router_port=args.port,
+        policy=args.policy,
+        quantum=args.quantum,
+        redis_url=args.redis_url,
+        api_keys=keys,
+        router_settings=_parse_settings(args.router_set),
+        worker_settings=_parse_settings(args.worker_set),
+    )
+    stack = LocalStack(config)
+    stopping = {"now": False}
+
+    def request_stop(*_: object) -> None:
+        stopping["now"] = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    stack.start()
+    try:
+        description = stack.describe()
+        print(json.dumps(description, indent=2), flush=True)
+        if args.ready_file is not None:
+            args.ready_file.write_text(json.dumps(description))
+        print(f"serving on {stack.address}; Ctrl-C stops everything", flush=True)
+        while not stopping["now"]:
+            exited = stack.first_exited()
+            if exited is not None:
+                print(
+                    f"{exited.name} exited ({exited.process.returncode}); see {exited.log_path}",
+                    file=sys.stderr,
+                )
+                return 1
+            time.sleep(0.5)
+        return 0
+    finally:
+        stack.stop()
+
+
+def _generate(args: argparse.Namespace) -> int:
+    async def run() -> int:
+        prompt = [ChatTurn("user", args.prompt)] if args.chat else args.prompt
+        async with RouterClient(ClientConfig(args.router, args.api_key)) as client:
+            async for message in client.stream(
+                prompt, max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed
+            ):
+                if message.HasField("delta"):
+                    print(message.delta.text, end="", flush=True)
+                else:
+                    result = message.result
+                    usage = result.usage
+                    print(
+                        f"\n[worker {result.worker_id}: {usage.prompt_tokens} prompt tokens "
+                        f"({usage.cached_tokens} cached), {usage.completion_tokens} generated, "
+                        f"TTFT {result.timings.time_to_first_token_ms:.0f} ms]",
+                        file=sys.stderr,
+                    )
+        return 0
+
+    return asyncio.run(run())
+
+
+def _status(args: argparse.Namespace) -> int:
+    async def run() -> int:
+        async with RouterClient(ClientConfig(args.router, args.api_key)) as client:
+            status = await client.status()
+        shared = "connected" if status.shared_state_connected else "DOWN"
+        print(f"policy: {status.policy}   shared state: {shared}")
+        print(f"{'worker':<16} {'address':<22} {'healthy':<8} {'queue':>5} {'running':>7} {'hit rate':>8}")
+        for w in status.workers:
+            r = w.last_report
+            print(
+                f"{w.worker_id:<16} {w.address:<22} {'yes' if w.healthy else 'NO':<8} "
+                f"{r.queue_length:>5} {r.running_requests:>7} {r.cache_hit_rate:>8.2f}"
+            )
+        print(f"{'client':<16} {'weight':>6} {'requests':>8} {'service':>12}")
+        for c in status.clients:
+            print(f"{c.client_id:<16} {c.weight:>6g} {c.requests:>8} {c.service:>12.1f}")
+        return 0
+
+    return asyncio.run(run())
+
+
+def _parse_key(spec: str) -> ApiKeyConfig:
+    client, sep, rest = spec.partition("=")
+    if not sep or not client or not rest:
+        raise SystemExit(f"--api-key wants CLIENT=KEY[:WEIGHT], got {spec!r}")
+    key, _, weight = rest.partition(":")
+    return ApiKeyConfig(key, client, float(weight) if weight else 1.0)
+
+
+def _parse_settings(items: list[str]) -> dict[str, object]:
+    import yaml
+
+    settings: dict[str, object] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"settings are KEY=VALUE, got {item!r}")
+        settings[key] = yaml.safe_load(value)
+    return settings
+
+
+if __name__ == "__main__":
+    sys.exit(main())
