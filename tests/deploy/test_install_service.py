@@ -1,0 +1,139 @@
+"""scripts/install_service.sh, run exactly as the router image's build stage runs it.
+
+The README set-up installs everything editable (`install_service.sh --editable
+dev`); the images install one service, non-editable, into a fresh virtualenv.
+This builds that fresh router environment once, then checks what the image
+promises: no torch, the generated stubs, and an entry point that serves
+grpc.health.v1 from the same config file and env compose gives a router.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from deploy_support import ENV_EXAMPLE, REPO
+from support.ports import free_port
+
+INSTALL = REPO / "scripts" / "install_service.sh"
+HEALTH_CHECK = REPO / "deploy" / "docker" / "grpc_health_check.py"
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("RADIXFAIR_", "VIRTUAL_ENV", "PYTHONPATH"))
+    }
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="module")
+def router_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh virtualenv with `install_service.sh router`, the router Dockerfile's RUN step."""
+    venv = tmp_path_factory.mktemp("router-image") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    result = subprocess.run(
+        ["bash", str(INSTALL), "router"],
+        env=_clean_env(PYTHON=str(venv / "bin" / "python"), PIP_DISABLE_PIP_VERSION_CHECK="1"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return venv
+
+
+def _python(venv: Path, code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(venv / "bin" / "python"), "-c", code], capture_output=True, text=True, env=_clean_env(), cwd=venv
+    )
+
+
+def test_router_install_holds_no_torch(router_venv: Path) -> None:
+    assert _python(router_venv, "import radixfair_router.app, radixfair.v1.router_pb2_grpc").returncode == 0
+    missing = _python(router_venv, "import torch")
+    assert missing.returncode != 0 and "No module named 'torch'" in missing.stderr
+
+
+def test_router_install_is_a_regular_install_not_a_link_to_the_source(router_venv: Path) -> None:
+    result = _python(
+        router_venv,
+        "import radixfair, radixfair_router; print(radixfair.__file__); print(radixfair_router.__file__)",
+    )
+
+    for path in result.stdout.split():
+        assert str(router_venv) in path, path
+
+
+@pytest.fixture
+def router_process(
+    router_venv: Path, smollm2_dir: Path, redis_url: str, tmp_path: Path
+) -> Iterator[tuple[subprocess.Popen[bytes], str, Path]]:
+    """`radixfair-router --config deploy/config/router.yaml` with the env a router container gets."""
+    port = free_port()
+    keys = next(
+        line.split("=", 1)[1]
+        for line in ENV_EXAMPLE.read_text().splitlines()
+        if line.startswith("RADIXFAIR_AUTH__API_KEYS=")
+    )
+    env = _clean_env(
+        RADIXFAIR_AUTH__API_KEYS=keys,
+        RADIXFAIR_ROUTER_ID="router-1",
+        # Loopback stand-ins for what compose provides: free ports, this machine's Redis and model.
+        RADIXFAIR_HOST="127.0.0.1",
+        RADIXFAIR_PORT=str(port),
+        RADIXFAIR_METRICS_PORT=str(free_port()),
+        RADIXFAIR_TOKENIZER_DIR=str(smollm2_dir),
+        RADIXFAIR_LEDGER__REDIS_URL=redis_url,
+    )
+    log = tmp_path / "router.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [
+                str(router_venv / "bin" / "radixfair-router"),
+                "--config",
+                str(REPO / "deploy" / "config" / "router.yaml"),
+            ],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    yield process, f"127.0.0.1:{port}", log
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+
+
+def test_router_entry_point_serves_health_with_the_compose_config(
+    router_venv: Path, router_process: tuple[subprocess.Popen[bytes], str, Path]
+) -> None:
+    process, address, log = router_process
+    command = [str(router_venv / "bin" / "python"), str(HEALTH_CHECK), address, "--timeout", "1"]
+    deadline = time.monotonic() + 60
+    result = subprocess.run(command, capture_output=True, text=True, env=_clean_env())
+    while result.returncode != 0 and time.monotonic() < deadline:
+        assert process.poll() is None, log.read_text()[-4000:]
+        time.sleep(0.5)
+        result = subprocess.run(command, capture_output=True, text=True, env=_clean_env())
+
+    assert result.returncode == 0, log.read_text()[-4000:]
+    assert "SERVING" in result.stdout
+
+
+def test_unknown_component_is_refused_with_the_list_of_components() -> None:
+    result = subprocess.run(
+        ["bash", str(INSTALL), "gateway"], capture_output=True, text=True, env=_clean_env()
+    )
+
+    assert result.returncode == 2
+    assert "unknown component 'gateway'" in result.stderr and "router" in result.stderr

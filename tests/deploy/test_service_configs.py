@@ -1,0 +1,221 @@
+"""What the containers will read is a config the services accept.
+
+Each service builds its config from one YAML file plus RADIXFAIR_* variables
+(radixfair.config_loading), and rejects unknown fields. These tests load the
+exact file and environment that compose and the chart give each container
+through the services' own config classes, so a typo, a renamed field or a
+stray RADIXFAIR_* variable fails here rather than in a crash-looping pod.
+"""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from deploy_support import (
+    ENV_EXAMPLE,
+    REPO,
+    Rendered,
+    compose_config,
+    pod_template,
+    production_values,
+    render_chart,
+)
+
+from radixfair.config_loading import load_config
+from radixfair_router.config import RouterConfig
+from radixfair_worker.config import WorkerConfig
+
+CONFIG_DIR = REPO / "deploy" / "config"
+
+
+def test_example_configs_load_as_the_services_read_them() -> None:
+    worker = load_config(WorkerConfig, CONFIG_DIR / "worker.yaml", env={})
+    router = load_config(RouterConfig, CONFIG_DIR / "router.yaml", env={})
+
+    assert (worker.host, worker.port, worker.metrics_port) == ("0.0.0.0", 50061, 9461)
+    assert (router.host, router.port, router.metrics_port) == ("0.0.0.0", 50051, 9451)
+    assert router.tokenizer_dir == Path(worker.cache_dir) / worker.model
+
+
+def test_distiller_example_config_loads() -> None:
+    config_module = pytest.importorskip(
+        "radixfair_distiller.config", reason="the distiller has no config module yet"
+    )
+    config_class = next(
+        getattr(config_module, name)
+        for name in dir(config_module)
+        if name.endswith("Config") and name.startswith("Distiller")
+    )
+
+    config = load_config(config_class, CONFIG_DIR / "distiller.yaml", env={})
+
+    assert config.port == 50071
+
+
+# ---- docker compose ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def compose_services(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    env_file = tmp_path_factory.mktemp("compose-configs") / ".env"
+    env_file.write_text(ENV_EXAMPLE.read_text())
+    return compose_config(env_file, ("cpu", "gpu"))["services"]
+
+
+def _compose_env(service: dict[str, Any]) -> dict[str, str]:
+    return {key: str(value) for key, value in (service.get("environment") or {}).items()}
+
+
+def _compose_config_file(service: dict[str, Any], target: str) -> Path:
+    mount = next(v for v in service["volumes"] if v.split(":")[1] == target)
+    return Path(mount.split(":")[0])
+
+
+@pytest.mark.parametrize("name", ["worker-1", "worker-2", "worker-cpu-1", "worker-cpu-2", "model-init"])
+def test_compose_workers_config_loads(compose_services: dict[str, Any], name: str) -> None:
+    service = compose_services[name]
+
+    config = load_config(
+        WorkerConfig, _compose_config_file(service, "/etc/radixfair/worker.yaml"), env=_compose_env(service)
+    )
+
+    if name != "model-init":
+        assert config.tracing.exporter == "otlp"
+        assert config.worker_id in ("worker-1", "worker-2")
+
+
+@pytest.mark.parametrize("name", ["router-1", "router-2"])
+def test_compose_routers_config_loads_with_the_keys_from_the_env_file(
+    compose_services: dict[str, Any], name: str
+) -> None:
+    service = compose_services[name]
+
+    config = load_config(
+        RouterConfig, _compose_config_file(service, "/etc/radixfair/router.yaml"), env=_compose_env(service)
+    )
+
+    assert {key.client_id for key in config.auth.api_keys} == {"alice", "bob"}
+    assert config.ledger.redis_url == "redis://redis:6379/0"
+    assert config.router_id == name
+
+
+def test_compose_routers_list_the_workers_by_the_ids_they_report(compose_services: dict[str, Any]) -> None:
+    router = load_config(RouterConfig, CONFIG_DIR / "router.yaml", env={})
+    worker_port = load_config(WorkerConfig, CONFIG_DIR / "worker.yaml", env={}).port
+    ids = {_compose_env(compose_services[n])["RADIXFAIR_WORKER_ID"] for n in ("worker-1", "worker-2")}
+
+    assert {w.worker_id for w in router.registry.workers} == ids
+    assert {w.address for w in router.registry.workers} == {f"{i}:{worker_port}" for i in ids}
+
+
+# ---- Helm -------------------------------------------------------------------------------------
+
+
+def _container(rendered: Rendered, kind: str, name: str) -> dict[str, Any]:
+    template = pod_template(rendered.named(kind, name))
+    assert template is not None
+    return template["spec"]["containers"][0]
+
+
+def _pod_env(
+    rendered: Rendered, container: dict[str, Any], secrets: dict[str, dict[str, str]]
+) -> dict[str, str]:
+    """The RADIXFAIR_* environment the container gets, with Secret references resolved."""
+    env: dict[str, str] = {}
+    for entry in container["env"]:
+        if not entry["name"].startswith("RADIXFAIR_"):
+            continue
+        if "value" in entry:
+            env[entry["name"]] = entry["value"].replace("$(POD_NAME)", "radixfair-worker-0")
+        else:
+            ref = entry["valueFrom"]["secretKeyRef"]
+            env[entry["name"]] = secrets[ref["name"]][ref["key"]]
+    return env
+
+
+def _secrets(
+    rendered: Rendered, existing: dict[str, dict[str, str]] | None = None
+) -> dict[str, dict[str, str]]:
+    secrets = dict(existing or {})
+    for secret in rendered.of_kind("Secret"):
+        secrets[secret["metadata"]["name"]] = {
+            k: base64.b64decode(v).decode() for k, v in secret["data"].items()
+        }
+    return secrets
+
+
+# The Secrets values-production.yaml expects an operator to create, as its header says.
+EXISTING_SECRETS = {
+    "radixfair-api-keys": {
+        "RADIXFAIR_AUTH__API_KEYS": '[{key: "sha256:' + "ab" * 32 + '", client_id: acme, weight: 2}]'
+    },
+    "radixfair-redis": {"redis-url": "rediss://:pw@redis.example.internal:6380/0"},
+}
+VALUE_SETS = {
+    "default": {"auth": {"apiKeys": [{"key": "k", "client_id": "alice", "weight": 1.5}]}},
+    "production": production_values(),
+}
+
+
+@pytest.mark.parametrize("values_name", sorted(VALUE_SETS))
+def test_chart_router_config_loads(values_name: str) -> None:
+    rendered = render_chart(VALUE_SETS[values_name])
+    config_map = rendered.named("ConfigMap", "radixfair-config")["data"]
+    router = _container(rendered, "Deployment", "radixfair-router")
+
+    config = _load(
+        RouterConfig,
+        config_map["router.yaml"],
+        _pod_env(rendered, router, _secrets(rendered, EXISTING_SECRETS)),
+    )
+
+    assert config.port == next(p["containerPort"] for p in router["ports"] if p["name"] == "grpc")
+    assert config.metrics_port == next(p["containerPort"] for p in router["ports"] if p["name"] == "metrics")
+    assert config.auth.api_keys and config.ledger.redis_url
+    assert str(config.tokenizer_dir).startswith("/models/")
+    assert config.policy.name == VALUE_SETS[values_name].get("router", {}).get("config", {}).get(
+        "policy", {}
+    ).get("name", "d2lpm")
+
+
+@pytest.mark.parametrize("values_name", sorted(VALUE_SETS))
+def test_chart_worker_config_loads_and_matches_the_router_list(values_name: str) -> None:
+    rendered = render_chart(VALUE_SETS[values_name])
+    config_map = rendered.named("ConfigMap", "radixfair-config")["data"]
+    worker = _container(rendered, "StatefulSet", "radixfair-worker")
+
+    config = _load(WorkerConfig, config_map["worker.yaml"], _pod_env(rendered, worker, {}))
+
+    router = yaml.safe_load(config_map["router.yaml"])
+    listed = router["registry"]["workers"][0]
+    assert listed["worker_id"] == config.worker_id == "radixfair-worker-0"
+    assert listed["address"].endswith(f":{config.port}")
+    assert config.port == next(p["containerPort"] for p in worker["ports"] if p["name"] == "grpc")
+    if values_name == "production":
+        assert (config.engine.dtype, config.engine.backend, config.model) == (
+            "bfloat16",
+            "triton",
+            "/models/SmolLM2-1.7B-Instruct",
+        )
+
+
+def test_chart_service_links_cannot_leak_into_the_config() -> None:
+    # What Kubernetes would inject for the router Service of a release named "radixfair" if
+    # service links were on: the config loader rejects it, which is why the chart turns them off.
+    with pytest.raises(ValueError, match="unknown field"):
+        load_config(
+            RouterConfig, CONFIG_DIR / "router.yaml", env={"RADIXFAIR_ROUTER_SERVICE_HOST": "10.0.0.1"}
+        )
+
+
+def _load(cls: type, text: str, env: dict[str, str]) -> Any:
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as file:
+        file.write(text)
+        file.flush()
+        return load_config(cls, Path(file.name), env=env)
