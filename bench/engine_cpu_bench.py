@@ -51,14 +51,9 @@ def run_engine(model_dir: Path, prompts: list[list[int]], system: list[int], sha
         scheduler=SchedulerConfig(policy="dlpm"),
     )
     engine = build_engine(config, model_dir).engine
-    warm = [
-        Request(
-            "warm",
-            "bench",
-            (system if shared else prompts[0][:SHARED_TOKENS]) + [5, 6],
-            SamplingConfig(max_tokens=2, ignore_eos=True),
-        )
-    ]
+    # The warm-up request also loads weights into caches; for "distinct" it shares nothing.
+    warm_prompt = system + [5, 6] if shared else list(range(500, 500 + SHARED_TOKENS + 2))
+    warm = [Request("warm", "bench", warm_prompt, SamplingConfig(max_tokens=2, ignore_eos=True))]
     _drain(engine, warm)
     requests = [
         Request(f"r{i}", "bench", p, SamplingConfig(max_tokens=new_tokens, ignore_eos=True))
