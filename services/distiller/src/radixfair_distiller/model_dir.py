@@ -36,22 +36,29 @@ _VOLATILE_CONFIG_KEYS = ("_name_or_path", "transformers_version", "_commit_hash"
 def load_llama(model_dir: Path, device: torch.device | str = "cpu") -> LlamaForCausalLM:
     """The checkpoint as an fp32 LlamaForCausalLM in eval mode (quantized ones dequantized)."""
     raw = json.loads((model_dir / "config.json").read_text())
-    raw.pop(CONFIG_KEY, None)
-    config = LlamaConfig(**raw)
-    state = load_file(str(model_dir / WEIGHTS_FILE))
-    state = dequantized_state(state)
+    state = dequantized_state(load_file(str(model_dir / WEIGHTS_FILE)))
+    try:
+        return llama_from_state(state, raw, device)
+    except ValueError as error:
+        raise ValueError(f"{model_dir}: {error}") from error
+
+
+def llama_from_state(
+    state: dict[str, torch.Tensor], config: dict, device: torch.device | str = "cpu"
+) -> LlamaForCausalLM:
+    """An fp32 eval-mode LlamaForCausalLM holding ``state`` (HF names), shaped by a config.json dict."""
+    raw = {k: v for k, v in config.items() if k != CONFIG_KEY}
+    llama_config = LlamaConfig(**raw)
     with torch.device("meta"):
-        model = LlamaForCausalLM(config)
+        model = LlamaForCausalLM(llama_config)
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
-    allowed_missing = {"lm_head.weight"} if config.tie_word_embeddings else set()
+    allowed_missing = {"lm_head.weight"} if llama_config.tie_word_embeddings else set()
     if set(missing) - allowed_missing or unexpected:
-        raise ValueError(
-            f"{model_dir}: checkpoint does not fit its config: missing {missing}, unexpected {unexpected}"
-        )
-    if config.tie_word_embeddings:
+        raise ValueError(f"checkpoint does not fit its config: missing {missing}, unexpected {unexpected}")
+    if llama_config.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
     # Rotary frequencies are a buffer built at construction; rebuild it off "meta".
-    model.model.rotary_emb = type(model.model.rotary_emb)(config=config)
+    model.model.rotary_emb = type(model.model.rotary_emb)(config=llama_config)
     return model.to(device=device, dtype=torch.float32).eval()
 
 

@@ -1,0 +1,47 @@
+"""Distiller configuration: a frozen dataclass built once at start-up and passed down."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class DistillerConfig:
+    """Everything a distiller process needs; see deploy/config/ for an example file."""
+
+    host: str = "127.0.0.1"
+    port: int = 50071
+    # Jobs (recipes, events, checkpoints), artifacts and the data cache live here.
+    work_dir: Path = Path("~/.cache/radixfair/distiller")
+    # Where the packaged teacher checkpoint is converted and cached (shared with the workers).
+    model_cache_dir: Path = Path("~/.cache/radixfair/models")
+    # "auto" trains on the GPU when one is present; or "cpu", "cuda", "cuda:1".
+    device: str = "auto"
+    # Intra-op CPU threads for torch; 0 keeps torch's default.
+    torch_threads: int = 0
+
+    def __post_init__(self) -> None:
+        if self.torch_threads < 0:
+            raise ValueError("torch_threads must be >= 0")
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.work_dir.expanduser() / "jobs"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.work_dir.expanduser() / "artifacts"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.work_dir.expanduser() / "cache"
+
+
+def resolve_device(name: str):
+    """The torch device for ``name`` ("auto": CUDA when available, else CPU)."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)

@@ -1,0 +1,116 @@
+"""The shipped chat prompt set and the teacher's own answers to it.
+
+The prompts (prompts/chat_prompts.jsonl) were written for this project. The
+answers are the teacher's greedy generations, made once per (teacher,
+prompt set, length) and cached as JSON lines. Generation appends each batch
+to the cache file as it finishes, so a distiller stopped mid-way resumes
+with the prompts not yet answered.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from transformers import LlamaForCausalLM
+
+from radixfair.tokenization import ChatTurn, PromptEncoder
+from radixfair_distiller.data.splits import split_of
+from radixfair_distiller.generation import generate
+
+# Prompts answered per generation batch (and per append to the cache file).
+_BATCH = 8
+
+
+@dataclass(frozen=True)
+class ChatPrompt:
+    id: str
+    prompt: str
+
+    @property
+    def split(self) -> str:
+        return split_of(f"chat::{self.id}")
+
+
+@dataclass(frozen=True)
+class ChatExample:
+    """A prompt rendered with the chat template, and the teacher's answer, as token ids."""
+
+    id: str
+    split: str
+    prompt_ids: tuple[int, ...]
+    response_ids: tuple[int, ...]
+
+
+def shipped_prompts(limit: int = 0) -> list[ChatPrompt]:
+    """The prompt set, in file order; ``limit`` keeps the first that many (0 = all)."""
+    text = resources.files("radixfair_distiller.prompts").joinpath("chat_prompts.jsonl").read_text()
+    prompts = [ChatPrompt(**json.loads(line)) for line in text.splitlines() if line.strip()]
+    return prompts[:limit] if limit else prompts
+
+
+def prompt_set_hash(prompts: list[ChatPrompt]) -> str:
+    digest = hashlib.sha256()
+    for prompt in prompts:
+        digest.update(f"{prompt.id}\t{prompt.prompt}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def teacher_examples(
+    teacher: LlamaForCausalLM,
+    teacher_hash: str,
+    encoder: PromptEncoder,
+    prompts: list[ChatPrompt],
+    max_new_tokens: int,
+    cache_dir: Path,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> list[ChatExample]:
+    """Every prompt with the teacher's greedy answer, read from the cache where already made."""
+    cache = (
+        cache_dir
+        / f"teacher-{teacher_hash[:16]}-prompts-{prompt_set_hash(prompts)}-new{max_new_tokens}.jsonl"
+    )
+    answers = _read_answers(cache)
+    todo = [p for p in prompts if p.id not in answers]
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    if cache.exists() and not cache.read_bytes().endswith(b"\n") and cache.stat().st_size:
+        with cache.open("a") as handle:
+            handle.write("\n")  # end a line a crash cut short, so the next record starts clean
+    for start in range(0, len(todo), _BATCH):
+        batch = todo[start : start + _BATCH]
+        prompt_ids = [encoder.encode_chat([ChatTurn("user", p.prompt)]) for p in batch]
+        outputs = generate(
+            teacher, prompt_ids, max_new_tokens, encoder.eos_token_id, pad_token_id=encoder.eos_token_id or 0
+        )
+        with cache.open("a") as handle:
+            for prompt, output in zip(batch, outputs):
+                answers[prompt.id] = output
+                handle.write(json.dumps({"id": prompt.id, "response_ids": output}) + "\n")
+        if on_progress is not None:
+            on_progress(len(prompts) - len(todo) + start + len(batch), len(prompts))
+    return [
+        ChatExample(
+            id=p.id,
+            split=p.split,
+            prompt_ids=tuple(encoder.encode_chat([ChatTurn("user", p.prompt)])),
+            response_ids=tuple(answers[p.id]),
+        )
+        for p in prompts
+    ]
+
+
+def _read_answers(cache: Path) -> dict[str, list[int]]:
+    answers: dict[str, list[int]] = {}
+    if not cache.exists():
+        return answers
+    for line in cache.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a crash: that prompt is answered again
+        answers[record["id"]] = record["response_ids"]
+    return answers

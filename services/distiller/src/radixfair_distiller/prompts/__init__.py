@@ -1,0 +1,1 @@
+"""The shipped chat prompt set (chat_prompts.jsonl), written for this project."""

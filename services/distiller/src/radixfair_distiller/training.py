@@ -1,0 +1,193 @@
+"""The distillation loop: offline (teacher-written data) and on-policy (student-written, teacher-scored).
+
+Each step's batch, its on-policy choice and its sampling are pure functions
+of (seed, step), and the learning rate is a pure function of step, so a job
+resumed from a checkpoint at step k continues exactly as an uninterrupted
+one would (bitwise, on the same machine and thread count).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import LlamaForCausalLM
+
+from radixfair_distiller.checkpoint import Progress, has_checkpoint, load_checkpoint, save_checkpoint
+from radixfair_distiller.data.batches import TokenBatch, chat_row, step_rng, training_batch
+from radixfair_distiller.data.bundle import DataBundle
+from radixfair_distiller.data.splits import TRAIN
+from radixfair_distiller.generation import generate
+from radixfair_distiller.losses import DistillLossConfig, fused_linear_distill_loss
+from radixfair_distiller.recipe import DistillSpec
+
+
+class JobCancelledError(Exception):
+    """Raised between steps when the job's cancel flag is set."""
+
+
+@dataclass(frozen=True)
+class StepReport:
+    step: int  # steps done
+    total_steps: int
+    loss: float
+    eta_seconds: float
+    on_policy: bool
+
+
+@dataclass(frozen=True)
+class TrainingHooks:
+    on_step: Callable[[StepReport], None]
+    on_checkpoint: Callable[[int], None]
+    on_resume: Callable[[int], None]
+    should_stop: Callable[[], bool]
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    """Where the run keeps its state and what it trains on."""
+
+    spec: DistillSpec
+    seed: int
+    seq_len: int
+    checkpoint_dir: Path
+    tokenizer_source: Path
+    device: torch.device
+
+
+def distill(
+    student: LlamaForCausalLM,
+    teacher: LlamaForCausalLM | None,
+    bundle: DataBundle,
+    run: TrainingRun,
+    hooks: TrainingHooks,
+) -> tuple[LlamaForCausalLM, list[float]]:
+    """Trains ``student`` (or the checkpointed one, when there is a checkpoint); returns it and the losses."""
+    spec = run.spec
+    progress = Progress(step=0, losses=[])
+    if has_checkpoint(run.checkpoint_dir):
+        student, optimizer_state, progress = load_checkpoint(run.checkpoint_dir, run.device)
+        optimizer = _optimizer(student, spec)
+        optimizer.load_state_dict(optimizer_state)
+        hooks.on_resume(progress.step)
+    else:
+        student = student.to(run.device)
+        optimizer = _optimizer(student, spec)
+    loss_config = _loss_config(spec)
+    losses = list(progress.losses)
+    student.train()
+    started, first_step = time.monotonic(), progress.step
+    for step in range(progress.step, spec.steps):
+        if hooks.should_stop():
+            raise JobCancelledError(f"cancelled at step {step}")
+        on_policy = step_rng(run.seed, step, "policy").random() < spec.on_policy.fraction
+        if on_policy:
+            batch = on_policy_batch(student, bundle, run, step)
+        else:
+            batch = training_batch(bundle, run.seq_len, spec.batch_size, spec.chat_fraction, run.seed, step)
+        # On-policy labels are the student's own samples: learning them as hard labels would
+        # reinforce its mistakes, so those steps are pure distillation.
+        config = loss_config if not on_policy else _without_hard_labels(loss_config)
+        loss = train_step(student, teacher, optimizer, batch.to(run.device), config, spec, step)
+        losses.append(loss)
+        done = step + 1
+        elapsed = time.monotonic() - started
+        eta = elapsed / (done - first_step) * (spec.steps - done)
+        hooks.on_step(StepReport(done, spec.steps, loss, eta, on_policy))
+        if done % spec.checkpoint_every == 0 and done < spec.steps:
+            save_checkpoint(
+                run.checkpoint_dir, student, optimizer, Progress(done, losses), run.tokenizer_source
+            )
+            hooks.on_checkpoint(done)
+    student.eval()
+    return student, losses
+
+
+def train_step(
+    student: LlamaForCausalLM,
+    teacher: LlamaForCausalLM | None,
+    optimizer: torch.optim.Optimizer,
+    batch: TokenBatch,
+    loss_config: DistillLossConfig,
+    spec: DistillSpec,
+    step: int,
+) -> float:
+    for group in optimizer.param_groups:
+        group["lr"] = learning_rate(spec, step)
+    hidden = student.model(input_ids=batch.input_ids, use_cache=False).last_hidden_state
+    hidden = hidden.reshape(-1, hidden.shape[-1])
+    teacher_hidden = teacher_head = None
+    if loss_config.uses_teacher:
+        assert teacher is not None
+        with torch.no_grad():
+            teacher_hidden = teacher.model(input_ids=batch.input_ids, use_cache=False).last_hidden_state
+            teacher_hidden = teacher_hidden.reshape(-1, teacher_hidden.shape[-1])
+            teacher_head = teacher.lm_head.weight
+    loss = fused_linear_distill_loss(
+        hidden, student.lm_head.weight, teacher_hidden, teacher_head, batch.labels.reshape(-1), loss_config
+    )
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if spec.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(student.parameters(), spec.grad_clip)
+    optimizer.step()
+    return float(loss.detach())
+
+
+def on_policy_batch(student: LlamaForCausalLM, bundle: DataBundle, run: TrainingRun, step: int) -> TokenBatch:
+    """Training prompts answered by the student itself (sampled); the teacher scores them in the loss."""
+    spec = run.spec
+    rng = step_rng(run.seed, step, "on-policy")
+    prompts = [list(rng.choice(bundle.chat[TRAIN]).prompt_ids) for _ in range(spec.batch_size)]
+    generator = torch.Generator().manual_seed(_seed_int(run.seed, step))
+    answers = generate(
+        student,
+        prompts,
+        spec.on_policy.max_new_tokens,
+        bundle.eos_token_id,
+        bundle.pad_token_id,
+        temperature=spec.on_policy.temperature,
+        generator=generator,
+        batch_size=spec.batch_size,
+    )
+    rows = [
+        chat_row((tuple(p), tuple(a)), run.seq_len, bundle.pad_token_id) for p, a in zip(prompts, answers)
+    ]
+    return TokenBatch(torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows]))
+
+
+def learning_rate(spec: DistillSpec, step: int) -> float:
+    """Linear warm-up, then cosine decay to a tenth of the peak at the last step."""
+    if step < spec.warmup_steps:
+        return spec.learning_rate * (step + 1) / spec.warmup_steps
+    span = max(spec.steps - spec.warmup_steps, 1)
+    progress = (step - spec.warmup_steps) / span
+    return spec.learning_rate * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+def _optimizer(student: LlamaForCausalLM, spec: DistillSpec) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(student.parameters(), lr=spec.learning_rate, weight_decay=spec.weight_decay)
+
+
+def _loss_config(spec: DistillSpec) -> DistillLossConfig:
+    loss = spec.loss
+    return DistillLossConfig(
+        kind=loss.kind,
+        beta=loss.beta,
+        temperature=loss.temperature,
+        hard_label_weight=loss.hard_label_weight,
+        chunk_tokens=loss.chunk_tokens,
+    )
+
+
+def _without_hard_labels(config: DistillLossConfig) -> DistillLossConfig:
+    return DistillLossConfig(config.kind, config.beta, config.temperature, 0.0, config.chunk_tokens)
+
+
+def _seed_int(seed: int, step: int) -> int:
+    return int.from_bytes(hashlib.sha256(f"sample:{seed}:{step}".encode()).digest()[:8], "big") >> 1
