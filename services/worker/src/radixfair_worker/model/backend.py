@@ -8,8 +8,8 @@ anywhere; a GPU backend made of Triton kernels implements the same protocol.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import torch
 
@@ -35,6 +35,8 @@ class ForwardBatch:
     # Host copies, so the torch backend's per-sequence loop needs no device sync.
     query_lens_host: list[int]
     seq_lens_host: list[int]
+    # Per-batch precomputations a backend derives once and reuses in every layer.
+    backend_cache: dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_sequences(self) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -69,39 +71,64 @@ class TorchBackend:
         batch: ForwardBatch,
         scale: float,
     ) -> torch.Tensor:
-        page_size = k_cache.shape[1]
-        out = torch.empty_like(q)
-        start = 0
-        for b, (query_len, seq_len) in enumerate(zip(batch.query_lens_host, batch.seq_lens_host)):
-            num_pages = -(-seq_len // page_size)
-            pages = batch.page_table[b, :num_pages].long()
-            keys = k_cache[pages].flatten(0, 1)[:seq_len]  # [S, Hkv, D]
-            values = v_cache[pages].flatten(0, 1)[:seq_len]
-            queries = q[start : start + query_len]
-            out[start : start + query_len] = _causal_gqa(queries, keys, values, scale)
-            start += query_len
-        return out
+        plan = batch.backend_cache.get("torch_attention")
+        if plan is None:
+            plan = batch.backend_cache["torch_attention"] = _AttentionPlan.build(
+                batch, k_cache.shape[1], q.device
+            )
+        slots_k = k_cache.view(-1, *k_cache.shape[2:])
+        slots_v = v_cache.view(-1, *v_cache.shape[2:])
+        keys = slots_k[plan.key_slots].transpose(1, 2)  # [B, Hkv, S, D]
+        values = slots_v[plan.key_slots].transpose(1, 2)
+        queries = q.new_zeros((plan.batch, plan.max_query, *q.shape[1:]))
+        queries[plan.query_rows, plan.query_cols] = q
+        out = F.scaled_dot_product_attention(
+            queries.transpose(1, 2),
+            keys,
+            values,
+            attn_mask=plan.mask,
+            scale=scale,
+            enable_gqa=q.shape[1] != k_cache.shape[2],
+        )
+        return out.transpose(1, 2)[plan.query_rows, plan.query_cols]
+
+
+@dataclass(frozen=True)
+class _AttentionPlan:
+    """Gather indices and mask that turn a ragged paged batch into one padded SDPA call.
+
+    Sequence b's context is padded to the batch's longest (S) and its new
+    tokens to the longest query (L); the mask is causal within each sequence
+    and hides the padding. Built once per forward pass, used by every layer.
+    """
+
+    batch: int
+    max_query: int
+    key_slots: torch.Tensor  # [B, S] flat cache slots (padding points at slot 0)
+    query_rows: torch.Tensor  # [T] sequence of each new token
+    query_cols: torch.Tensor  # [T] index of each new token within its sequence's queries
+    mask: torch.Tensor  # [B, 1, L, S] bool, True where attention is allowed
+
+    @classmethod
+    def build(cls, batch: ForwardBatch, page_size: int, device: torch.device) -> _AttentionPlan:
+        seq_lens = torch.tensor(batch.seq_lens_host, device=device)
+        query_lens = torch.tensor(batch.query_lens_host, device=device)
+        count, longest, max_query = len(batch.seq_lens_host), batch.max_seq_len, batch.max_query_len
+        positions = torch.arange(longest, device=device)
+        pages = batch.page_table.long()[:, positions // page_size]
+        key_slots = pages * page_size + positions % page_size
+        valid = positions[None, :] < seq_lens[:, None]
+        key_slots = torch.where(valid, key_slots, torch.zeros_like(key_slots))
+        query_rows = torch.repeat_interleave(torch.arange(count, device=device), query_lens)
+        starts = torch.cumsum(query_lens, 0) - query_lens
+        query_cols = torch.arange(len(query_rows), device=device) - starts[query_rows]
+        # Query i of sequence b sits at position seq_len - query_len + i.
+        query_pos = (seq_lens - query_lens)[:, None] + torch.arange(max_query, device=device)[None, :]
+        mask = (positions[None, None, :] <= query_pos[:, :, None]) & valid[:, None, :]
+        return cls(count, max_query, key_slots, query_rows, query_cols, mask[:, None])
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     x1, x2 = x.chunk(2, dim=-1)
     rotated = torch.cat([-x2, x1], dim=-1)
     return (x.float() * cos + rotated.float() * sin).to(x.dtype)
-
-
-def _causal_gqa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-    """q [L, Hq, D] are the last L positions of a context k, v [S, Hkv, D]."""
-    query_len, context_len = q.shape[0], k.shape[0]
-    # Query i sits at position context_len - query_len + i.
-    rows = torch.arange(query_len, device=q.device).unsqueeze(1) + (context_len - query_len)
-    cols = torch.arange(context_len, device=q.device).unsqueeze(0)
-    mask = cols <= rows
-    out = F.scaled_dot_product_attention(
-        q.transpose(0, 1),
-        k.transpose(0, 1),
-        v.transpose(0, 1),
-        attn_mask=mask,
-        scale=scale,
-        enable_gqa=q.shape[1] != k.shape[1],
-    )
-    return out.transpose(0, 1)
