@@ -212,3 +212,56 @@ def test_ledger_degrades_to_local_state_and_reconciles_when_redis_returns(caplog
     assert (record.requests, record.completion_tokens, record.inflight) == (1, 3, 0)
     assert record.service == pytest.approx(16)
     assert "routing on local state" in caplog.text and "reconciled 1 client" in caplog.text
+
+
+def test_a_call_that_timed_out_but_ran_is_not_booked_twice(redis_url: str):
+    import threading
+
+    import redis
+
+    async def scenario():
+        ledger = make_ledger("redis", redis_url, reconnect_interval_s=0.05, redis_timeout_s=0.2)
+        await ledger.admit("a", 1.0, "fixed", candidates(("w1", True, 0)), "w1")
+        # Redis stalls for 0.6 s: the charge times out here, yet Redis runs it after the stall.
+        stall = threading.Thread(
+            target=lambda: redis.Redis.from_url(redis_url).execute_command("DEBUG", "SLEEP", "0.6")
+        )
+        stall.start()
+        await asyncio.sleep(0.05)
+        await ledger.charge(Charge("a", 1.0, "w1", 10, completion_tokens=5, finished=True))
+        degraded = not ledger.shared
+        stall.join()
+        deadline = time.monotonic() + 10
+        while not ledger.shared and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        record = await client_record(ledger, "a")
+        await ledger.close()
+        return degraded, record
+
+    degraded, record = asyncio.run(scenario())
+    assert degraded
+    assert (record.completion_tokens, record.inflight, record.requests) == (5, 0, 1)
+    assert record.service == pytest.approx(10)
+
+
+def test_repeating_a_script_call_with_the_same_op_id_changes_nothing(redis_url: str):
+    import redis.asyncio as aioredis
+
+    from radixfair_router.ledger import RedisLedgerStore
+
+    async def scenario():
+        store = RedisLedgerStore(aioredis.Redis.from_url(redis_url), "t", quantum=Q)
+        one = candidates(("w1", True, 30))
+        first = await store.admit("a", 1.0, "fixed", one, "w1", op_id="admit-1")
+        again = await store.admit("a", 1.0, "fixed", one, "w1", op_id="admit-1")
+        charge = Charge("a", 1.0, "w1", 10, completion_tokens=5, finished=True)
+        q1 = await store.charge(charge, op_id="charge-1")
+        q2 = await store.charge(charge, op_id="charge-1")
+        [record] = await store.snapshot()
+        await store.close()
+        return first, again, q1, q2, record
+
+    first, again, q1, q2, record = asyncio.run(scenario())
+    assert first == again and q1 == q2 == pytest.approx(Q - 40)
+    assert (record.requests, record.completion_tokens, record.inflight) == (1, 5, 0)
+    assert record.service == pytest.approx(40)

@@ -135,7 +135,7 @@ def test_redis_restart_loses_no_request_and_the_ledger_is_reconciled(
         redis.stop()
     assert all(o.result.usage.completion_tokens == 3 for o in served)
     assert not status_during.shared_state_connected and status_after.shared_state_connected
-    assert "routing on local state" in caplog.text and "reconciled 1 client" in caplog.text
+    assert "routing on local state" in caplog.text and "reconciled 1 client(s)" in caplog.text
     alice = ledger["alice"]
     # With an append-only file Redis kept the request before the outage; without
     # one it came back empty. Either way the outage's requests were replayed.

@@ -6,7 +6,7 @@ import asyncio
 import itertools
 
 import pytest
-from support.router_stack import CLIENTS, client_for, router_config, running_router, worker_id
+from support.router_stack import CLIENTS, client_for, router_config, running_router, wait_until, worker_id
 
 from radixfair_router.config import CostConfig
 
@@ -42,6 +42,8 @@ def test_two_routers_on_one_redis_keep_one_ledger_whose_totals_match_the_tokens_
             calls = [one(cid, n, p) for cid, prompts in workload.items() for n, p in enumerate(prompts)]
             outputs = await asyncio.gather(*calls)
             await asyncio.gather(first.router.drain(), second.router.drain())
+            # A Redis hiccup under load would have been reconciled by now; wait for it if so.
+            await wait_until(lambda: first.ledger.shared and second.ledger.shared, "both ledgers shared")
             # Either router reads the same ledger.
             return outputs, await first.ledger.snapshot(), await second.ledger.snapshot()
 

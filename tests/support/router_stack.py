@@ -65,7 +65,7 @@ def router_config(
             workers=tuple(StaticWorker(worker_id(w), w.address) for w in workers),
             health_check_interval_s=0.2,
         ),
-        ledger=replace(ledger, reconnect_interval_s=0.1, redis_timeout_s=0.3),
+        ledger=replace(ledger, reconnect_interval_s=0.1, redis_timeout_s=1.0),
         forward=ForwardConfig(stream_idle_timeout_s=30.0, wait_for_worker_s=3.0),
         auth=AuthConfig(tuple(ApiKeyConfig(key, cid, weight) for cid, (key, weight) in CLIENTS.items())),
     )

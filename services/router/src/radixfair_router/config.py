@@ -36,6 +36,9 @@ class PolicyConfig:
     # cache_aware: below this fraction of the prompt matched, pick the worker
     # with the smallest approximate cache instead of the longest match.
     cache_threshold: float = 0.3
+    # global_vtc: requests in flight per healthy worker from this router;
+    # beyond that they wait and are released in VTC order. 0 disables the gate.
+    vtc_slots_per_worker: int = 4
     # Output tokens are charged to the ledger in batches of this many, so a
     # long stream is charged while it runs, not only when it ends.
     output_charge_batch_tokens: int = 16

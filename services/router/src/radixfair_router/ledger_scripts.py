@@ -9,14 +9,32 @@ Keys of one client (KEYS in every script):
   2. <prefix>:deficit:<id>  hash: worker id -> q[i][w]
   3. <prefix>:vtc:active    sorted set: clients with requests in flight, by VTC counter
   4. <prefix>:clients       set of every client id seen
+  5. <prefix>:op:<id>       this call's result, kept an hour: a call repeated
+                            with the same id (after a timeout left it unknown
+                            whether Redis ran it) returns that result and
+                            changes nothing, so no charge is booked twice.
 Numbers go back to Python as strings: Redis would truncate Lua floats to integers.
 """
+
+_ONCE = """
+local done = redis.call('GET', KEYS[5])
+if done then return cjson.decode(done) end
+"""
+
+
+def _once(body: str, result: str) -> str:
+    """Wraps a script so a repeat with the same op key is a no-op returning the first result."""
+    return (
+        _ONCE + body + f"local result = {result}\n"
+        "redis.call('SET', KEYS[5], cjson.encode(result), 'EX', 3600)\nreturn result\n"
+    )
+
 
 # ARGV: client, weight, quantum, mode ("d2lpm" | "fixed"), fallback worker,
 # n, then n triples (worker, eligible 0/1, cost) in preference order.
 # Returns {chosen worker, q after, refill rounds, vtc after, cost charged,
 # 1 if the fallback was taken because no eligible worker had credit}.
-ADMIT = """
+_ADMIT = """
 local cid, weight, quantum = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local mode, fallback, n = ARGV[4], ARGV[5], tonumber(ARGV[6])
 local credit = quantum * weight
@@ -70,13 +88,13 @@ redis.call('HSET', KEYS[1], 'vtc', tostring(vtc), 'inflight', tostring(inflight)
 redis.call('HINCRBYFLOAT', KEYS[1], 'requests', 1)
 redis.call('HINCRBYFLOAT', KEYS[1], 'service', cost)
 redis.call('ZADD', KEYS[3], vtc, cid)
-return {chosen, tostring(q_after), refills, tostring(vtc), tostring(cost), by_fallback}
 """
+ADMIT = _once(_ADMIT, "{chosen, tostring(q_after), refills, tostring(vtc), tostring(cost), by_fallback}")
 
 # ARGV: client, weight, quantum, worker, service, prompt, cached, completion, finished 0/1,
 # requests delta.
 # Returns q[i][w] after the charge.
-CHARGE = """
+_CHARGE = """
 local cid, weight, quantum, worker = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local service = tonumber(ARGV[5])
 local credit = quantum * weight
@@ -100,13 +118,13 @@ if ARGV[9] == '1' then
   if inflight < 0 then inflight = 0; redis.call('HSET', KEYS[1], 'inflight', 0) end
 end
 if inflight > 0 then redis.call('ZADD', KEYS[3], vtc, cid) else redis.call('ZREM', KEYS[3], cid) end
-return tostring(q)
 """
+CHARGE = _once(_CHARGE, "tostring(q)")
 
 # Replays a degraded router's journal for one client.
 # ARGV: client, weight, quantum, n counters, then (name, delta) pairs,
 # then m deficits, then (worker, delta) pairs.
-APPLY = """
+_APPLY = """
 local cid, weight, quantum = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local credit = quantum * weight
 redis.call('SADD', KEYS[4], cid)
@@ -128,5 +146,5 @@ local inflight = tonumber(redis.call('HGET', KEYS[1], 'inflight') or '0')
 if inflight < 0 then inflight = 0; redis.call('HSET', KEYS[1], 'inflight', 0) end
 local vtc = tonumber(redis.call('HGET', KEYS[1], 'vtc') or '0')
 if inflight > 0 then redis.call('ZADD', KEYS[3], vtc, cid) else redis.call('ZREM', KEYS[3], cid) end
-return 1
 """
+APPLY = _once(_APPLY, "1")

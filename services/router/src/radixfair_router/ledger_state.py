@@ -10,6 +10,7 @@ replayed into Redis as plain increments (its journal).
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -98,6 +99,8 @@ class JournalEntry:
     weight: float
     counters: dict[str, float] = field(default_factory=dict)
     deficits: dict[str, float] = field(default_factory=dict)
+    # Makes the replay idempotent (see ledger_scripts).
+    op_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
 class LocalLedgerStore:
@@ -111,25 +114,32 @@ class LocalLedgerStore:
         self._quantum = quantum
         self._clients: dict[str, _ClientState] = {}
         self._journal: dict[str, JournalEntry] | None = {} if journal else None
+        self._recording = True
 
     def take_journal(self) -> dict[str, JournalEntry]:
         entries, self._journal = self._journal or {}, {}
         return entries
 
-    def restore_journal(self, entries: dict[str, JournalEntry]) -> None:
-        """Puts back entries that could not be replayed; increments commute, so order is free."""
-        assert self._journal is not None
-        for client_id, entry in entries.items():
-            mine = self._journal.setdefault(client_id, JournalEntry(entry.weight))
-            for name, delta in entry.counters.items():
-                mine.counters[name] = mine.counters.get(name, 0.0) + delta
-            for worker_id, delta in entry.deficits.items():
-                mine.deficits[worker_id] = mine.deficits.get(worker_id, 0.0) + delta
-
     def clear(self) -> None:
         self._clients.clear()
 
     def admit(
+        self,
+        client_id: str,
+        weight: float,
+        mode: str,
+        candidates: Sequence[AdmitCandidate],
+        fallback: str,
+        journal: bool = True,
+    ) -> Admission:
+        """``journal=False``: a local copy of a Redis call that will be repeated, not replayed."""
+        self._recording = journal
+        try:
+            return self._admit(client_id, weight, mode, candidates, fallback)
+        finally:
+            self._recording = True
+
+    def _admit(
         self,
         client_id: str,
         weight: float,
@@ -165,7 +175,14 @@ class LocalLedgerStore:
         self._book_service(client_id, state, chosen, cost)
         return Admission(chosen, state.deficits[chosen], refills, state.counters["vtc"], cost, by_fallback)
 
-    def charge(self, charge: Charge) -> float:
+    def charge(self, charge: Charge, journal: bool = True) -> float:
+        self._recording = journal
+        try:
+            return self._charge(charge)
+        finally:
+            self._recording = True
+
+    def _charge(self, charge: Charge) -> float:
         state = self._client(charge.client_id, charge.weight)
         self._deficit(charge.client_id, state, charge.worker_id)
         self._book_service(charge.client_id, state, charge.worker_id, charge.service)
@@ -177,6 +194,16 @@ class LocalLedgerStore:
 
     def snapshot(self) -> list[ClientLedger]:
         return [_to_record(cid, s) for cid, s in sorted(self._clients.items())]
+
+    def vtc_priorities(self, client_ids: Sequence[str]) -> dict[str, float]:
+        active = [s.counters["vtc"] for s in self._clients.values() if s.counters["inflight"] > 0]
+        floor = min(active) if active else None
+        out = {}
+        for client_id in client_ids:
+            state = self._clients.get(client_id)
+            vtc, inflight = (state.counters["vtc"], state.counters["inflight"]) if state else (0.0, 0.0)
+            out[client_id] = lifted_counter(vtc, inflight, floor)
+        return out
 
     def _book_service(self, client_id: str, state: _ClientState, worker_id: str, amount: float) -> None:
         if not amount:
@@ -201,7 +228,7 @@ class LocalLedgerStore:
         if state is None:
             state = self._clients[client_id] = _ClientState(weight=weight)
         state.weight = weight
-        if self._journal is not None:
+        if self._journal is not None and self._recording:
             self._journal.setdefault(client_id, JournalEntry(weight)).weight = weight
         return state
 
@@ -213,15 +240,22 @@ class LocalLedgerStore:
         if not delta:
             return
         state.counters[name] += delta
-        if self._journal is not None:
+        if self._journal is not None and self._recording:
             entry = self._journal[client_id]
             entry.counters[name] = entry.counters.get(name, 0.0) + delta
 
     def _incr_deficit(self, client_id: str, state: _ClientState, worker_id: str, delta: float) -> None:
         state.deficits[worker_id] += delta
-        if self._journal is not None:
+        if self._journal is not None and self._recording:
             entry = self._journal[client_id]
             entry.deficits[worker_id] = entry.deficits.get(worker_id, 0.0) + delta
+
+
+def lifted_counter(vtc: float, inflight: float, lowest_active: float | None) -> float:
+    """A client's VTC counter as VTC orders it: an idle client is lifted to the lowest active one."""
+    if inflight > 0 or lowest_active is None:
+        return vtc
+    return max(vtc, lowest_active)
 
 
 def _to_record(client_id: str, state: _ClientState) -> ClientLedger:

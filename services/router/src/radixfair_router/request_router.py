@@ -29,6 +29,7 @@ from radixfair.auth import Principal
 from radixfair.errors import NoWorkerAvailableError, RadixfairError, WorkerFailedError
 from radixfair.tracing import inject_metadata
 from radixfair.v1 import generation_pb2, router_pb2, worker_pb2
+from radixfair_router.admission_gate import VtcAdmissionGate
 from radixfair_router.cache_view import CacheView
 from radixfair_router.config import RouterConfig
 from radixfair_router.ledger import Ledger
@@ -101,6 +102,11 @@ class RequestRouter:
         self._tracer = tracer
         self._metrics = metrics
         self._settling: set[asyncio.Task[None]] = set()
+        self._gate: VtcAdmissionGate | None = None
+        slots = config.policy.vtc_slots_per_worker
+        if policy.name == "global_vtc" and slots > 0:
+            self._gate = VtcAdmissionGate(ledger, lambda: slots * len(registry.healthy()))
+            metrics.queue_depth_router.set_function(lambda: self._gate.waiting if self._gate else 0)
 
     @property
     def policy_name(self) -> str:
@@ -110,6 +116,19 @@ class RequestRouter:
         self, request: ValidatedRequest, principal: Principal, parent: Span
     ) -> AsyncIterator[router_pb2.RouterServiceGenerateResponse]:
         arrival = time.monotonic()
+        if self._gate is None:
+            async for message in self._generate(request, principal, parent, arrival):
+                yield message
+            return
+        span = self._tracer.start_span("router.queue", context=trace.set_span_in_context(parent))
+        async with self._gate.slot(principal.client_id):
+            span.end()
+            async for message in self._generate(request, principal, parent, arrival):
+                yield message
+
+    async def _generate(
+        self, request: ValidatedRequest, principal: Principal, parent: Span, arrival: float
+    ) -> AsyncIterator[router_pb2.RouterServiceGenerateResponse]:
         excluded: set[str] = set()
         last_failure: _RetryableError | None = None
         for attempt in range(self._config.forward.max_attempts):

@@ -62,6 +62,9 @@ class RouterMetrics:
             ["worker"],
             registry=registry,
         )
+        self.queue_depth_router = Gauge(
+            "radixfair_router_queue_depth", "Requests held at this router's admission gate", registry=registry
+        )
         self.inflight = Gauge(
             "radixfair_router_worker_inflight",
             "This router's requests on each worker",

@@ -4,9 +4,10 @@ The counters live in the ledger (Redis), grow with every token of service
 divided by the client's weight, and a client returning from idle is lifted
 to the lowest active counter (VTC's rule). The worker choice itself is
 least-load and blind to the cache, as in the paper's VTC baseline. Which
-waiting request goes first is VTC's order when the router holds requests
-back (see admission_gate.py); without a gate it dispatches at once and the
-counters only record the service.
+waiting request goes first is VTC's order: the router holds requests back
+once every worker has ``vtc_slots_per_worker`` of them in flight, and each
+freed slot goes to the lowest counter (admission_gate.py). With the gate
+off (0 slots) it dispatches at once and the counters only record service.
 """
 
 from __future__ import annotations
