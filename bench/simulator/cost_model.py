@@ -86,6 +86,8 @@ def _nnls(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         active &= coef > 0
 
 
-def relative_errors(model: StepCostModel, shapes: Sequence[StepShape], seconds: Sequence[float]) -> np.ndarray:
+def relative_errors(
+    model: StepCostModel, shapes: Sequence[StepShape], seconds: Sequence[float]
+) -> np.ndarray:
     predicted = np.array([model.step_seconds(s.starts, s.lengths) for s in shapes])
     return (predicted - np.asarray(seconds)) / np.asarray(seconds)

@@ -60,7 +60,9 @@ class SimWorker:
         self.index = index
         self.worker_id = f"w{index:03d}"
         self.clock = VirtualClock()
-        self.runner = SimulatedRunner(config.engine.page_size, config.engine.num_pages, config.cost, self.clock)
+        self.runner = SimulatedRunner(
+            config.engine.page_size, config.engine.num_pages, config.cost, self.clock
+        )
         policy = ObservedPolicy(_local_policy(config.engine, self.clock), recorder, self.clock)
         self.engine = Engine(
             config.engine, self.runner, policy, frozenset(), config.max_context_tokens, clock=self.clock
@@ -135,7 +137,14 @@ class Simulation:
         makespan = max((f.finished for f in self.recorder.finished), default=0.0)
         self.recorder.close(makespan)
         return SimResult(
-            self.config, self.trace, self.recorder, self.workers, self.router, makespan, self.steps, self.rejected
+            self.config,
+            self.trace,
+            self.recorder,
+            self.workers,
+            self.router,
+            makespan,
+            self.steps,
+            self.rejected,
         )
 
     # -- events --------------------------------------------------------------
@@ -178,7 +187,9 @@ class Simulation:
         for out in outputs:
             request = out.request
             if self.router is not None and out.new_token_ids:
-                self.router.output(request.request_id, request.client_id, request.weight, len(out.new_token_ids))
+                self.router.output(
+                    request.request_id, request.client_id, request.weight, len(out.new_token_ids)
+                )
             if out.finished:
                 self._finished(worker, request, end)
         self.recorder.sample()

@@ -69,7 +69,12 @@ def _single(
 ) -> TraceRequest:
     prompt = (*head, _question(spec, rng, request_id))
     return TraceRequest(
-        request_id, spec.client_id, spec.weight, round(arrival, 6), prompt, max(1, spec.output_len.sample(rng))
+        request_id,
+        spec.client_id,
+        spec.weight,
+        round(arrival, 6),
+        prompt,
+        max(1, spec.output_len.sample(rng)),
     )
 
 

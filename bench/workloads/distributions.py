@@ -103,7 +103,9 @@ class LogNormal:
     high: int
 
     def sample(self, rng: np.random.Generator) -> int:
-        return int(np.clip(round(self.median * np.exp(self.sigma * rng.standard_normal())), self.low, self.high))
+        return int(
+            np.clip(round(self.median * np.exp(self.sigma * rng.standard_normal())), self.low, self.high)
+        )
 
 
 LengthDistribution = Constant | Uniform | LogNormal

@@ -57,7 +57,9 @@ def describe(value: Any) -> Any:
 def main(argv: list[str] | None = None) -> None:
     from bench.workloads.patterns import PATTERNS, build_pattern
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("pattern", choices=sorted(PATTERNS))
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", type=Path, required=True)

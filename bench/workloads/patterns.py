@@ -149,7 +149,9 @@ def mixed(num_clients: int = 9, rate: float = 1.5, duration_s: float = 60.0) -> 
     for i in range(num_clients):
         kind = i % 3
         if kind == 0:
-            spec = ClientSpec(f"doc{i:02d}", Bursty(rate), Uniform(16, 64), Uniform(16, 64), shared_prefix_len=1024)
+            spec = ClientSpec(
+                f"doc{i:02d}", Bursty(rate), Uniform(16, 64), Uniform(16, 64), shared_prefix_len=1024
+            )
         elif kind == 1:
             spec = ClientSpec(f"uniq{i:02d}", Bursty(rate), LogNormal(384, 0.6, 32, 1536), Uniform(16, 64))
         else:

@@ -24,7 +24,7 @@ from typing import IO, Any
 
 @dataclass(frozen=True)
 class Segment:
-    """``length`` tokens: ``kind`` "text" (pseudo-random from ``key``) or "answer" (request ``key``'s output)."""
+    """``length`` tokens: "text" (pseudo-random from ``key``) or "answer" (request ``key``'s output)."""
 
     kind: str
     key: str
