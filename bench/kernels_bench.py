@@ -240,37 +240,58 @@ def swiglu_case(tokens: int) -> Case:
     return case
 
 
-def decode_case(batch: int = 128, context: int = 1024) -> Case:
-    ctx = random_paged_context([context] * batch, [1] * batch, KV_HEADS, HEAD_DIM, PAGE, DTYPE, DEVICE)
-    q = torch.randn(batch, HEADS, HEAD_DIM, dtype=DTYPE, device=DEVICE)
+def decode_case(batch: int = 128, context: int = 1024, rotate: int = 4) -> Case:
+    """``rotate`` independent contexts, used in turn, so that even CUDA-graph replays (which do
+    not flush the L2) read their K/V from DRAM: 4 x 101 MB against a 50 MB L2."""
+    contexts = [
+        random_paged_context([context] * batch, [1] * batch, KV_HEADS, HEAD_DIM, PAGE, DTYPE, DEVICE)
+        for _ in range(rotate)
+    ]
+    queries = [torch.randn(batch, HEADS, HEAD_DIM, dtype=DTYPE, device=DEVICE) for _ in range(rotate)]
     scale = HEAD_DIM**-0.5
     kv_bytes = batch * context * KV_HEADS * HEAD_DIM * BF16 * 2
-    total = kv_bytes + batch * HEADS * HEAD_DIM * BF16 * 2 + ctx.page_table.numel() * 4
+    total = kv_bytes + batch * HEADS * HEAD_DIM * BF16 * 2 + contexts[0].page_table.numel() * 4
     flops = 4.0 * batch * HEADS * context * HEAD_DIM
     case = Case("decode attention", f"B={batch} ctx={context}", total, flops)
     sms = torch.cuda.get_device_properties().multi_processor_count
     auto = decode_attention.choose_num_splits(batch, KV_HEADS, context, sms)
-    case.impls[f"ours (splits={auto}, auto)"] = lambda: decode_attention.paged_decode_attention(
-        q, ctx.k_cache, ctx.v_cache, ctx.page_table, ctx.seq_lens, scale, num_splits=auto
-    )
     pages = context // PAGE
 
-    def gather_sdpa() -> torch.Tensor:
+    def rotating(step: Callable[[int], torch.Tensor]) -> Callable[[], torch.Tensor]:
+        calls = [0]  # each implementation starts at context 0, so first outputs compare
+
+        def run() -> torch.Tensor:
+            calls[0] += 1
+            return step((calls[0] - 1) % rotate)
+
+        return run
+
+    def ours(i: int, splits: int = auto) -> torch.Tensor:
+        ctx = contexts[i]
+        return decode_attention.paged_decode_attention(
+            queries[i], ctx.k_cache, ctx.v_cache, ctx.page_table, ctx.seq_lens, scale, num_splits=splits
+        )
+
+    def gather_sdpa(i: int) -> torch.Tensor:
         # The careful plain-torch way: gather each sequence's pages, then one batched SDPA.
+        ctx = contexts[i]
         table = ctx.page_table[:, :pages].long()
         keys = ctx.k_cache[table].view(batch, context, KV_HEADS, HEAD_DIM).transpose(1, 2)
         values = ctx.v_cache[table].view(batch, context, KV_HEADS, HEAD_DIM).transpose(1, 2)
         out = torch.nn.functional.scaled_dot_product_attention(
-            q.unsqueeze(2), keys, values, scale=scale, enable_gqa=True
+            queries[i].unsqueeze(2), keys, values, scale=scale, enable_gqa=True
         )
         return out.squeeze(2)
 
-    case.impls["torch eager (gather + SDPA)"] = gather_sdpa
+    batches = [forward_batch(ctx, [1] * batch, [context] * batch) for ctx in contexts]
+    case.impls[f"ours (splits={auto}, auto)"] = rotating(ours)
+    other = 2 if auto == 1 else 1
+    case.impls[f"ours (splits={other})"] = rotating(lambda i: ours(i, other))
+    case.impls["torch eager (gather + SDPA)"] = rotating(gather_sdpa)
     gather_compiled = compiled(gather_sdpa)
-    case.impls["torch.compile (gather + SDPA)"] = lambda: gather_compiled()
-    fb = forward_batch(ctx, [1] * batch, [context] * batch)
-    case.impls["torch backend (per-sequence loop)"] = lambda: TORCH.attention(
-        q, ctx.k_cache, ctx.v_cache, fb, scale
+    case.impls["torch.compile (gather + SDPA)"] = rotating(lambda i: gather_compiled(i))
+    case.impls["torch backend (per-sequence loop)"] = rotating(
+        lambda i: TORCH.attention(queries[i], contexts[i].k_cache, contexts[i].v_cache, batches[i], scale)
     )
     return case
 
@@ -318,16 +339,18 @@ def copy_bandwidth() -> float:
     return 2 * src.numel() * BF16 / (ms * 1e-3) / 1e12
 
 
-def time_impl(fn: Callable[[], object]) -> tuple[float, float | None]:
-    """(do_bench median us, CUDA-graph replay median us or None if it cannot be captured)."""
+def time_impl(fn: Callable[[], object]) -> tuple[float, float, float | None]:
+    """(do_bench median us, a second do_bench median us (the run-to-run spread), CUDA-graph
+    replay median us or None if it cannot be captured)."""
     ms = triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
+    again = triton.testing.do_bench(fn, warmup=5, rep=100, return_mode="median")
     try:
         graph_ms = triton.testing.do_bench_cudagraph(fn, rep=50, return_mode="median")
     except Exception as error:  # some baselines (host syncs in the loop) cannot be captured
         print(f"    graph capture failed: {type(error).__name__}: {str(error)[:120]}")
         graph_ms = None
         torch.cuda.synchronize()
-    return ms * 1e3, (graph_ms * 1e3 if graph_ms is not None else None)
+    return ms * 1e3, again * 1e3, (graph_ms * 1e3 if graph_ms is not None else None)
 
 
 def run_case(case: Case, copy_tbs: float) -> list[dict[str, object]]:
@@ -347,13 +370,14 @@ def run_case(case: Case, copy_tbs: float) -> list[dict[str, object]]:
         if name not in results:
             rows.append({"kernel": case.kernel, "size": case.size, "impl": name, "note": "failed"})
             continue
-        us, graph_us = time_impl(fn)
+        us, us_again, graph_us = time_impl(fn)
         tbs = case.bytes / (us * 1e-6) / 1e12
         row: dict[str, object] = {
             "kernel": case.kernel,
             "size": case.size,
             "impl": name,
             "us": us,
+            "us (2nd)": us_again,
             "graph_us": graph_us,
             "TB/s": tbs,
             "% copy": 100 * tbs / copy_tbs,
@@ -372,48 +396,39 @@ def run_case(case: Case, copy_tbs: float) -> list[dict[str, object]]:
     return rows
 
 
-def sweep(
-    copy_tbs: float, tokens: int = 65536, batch: int = 128, context: int = 1024
-) -> list[dict[str, object]]:
-    """Times our kernels over their block-size options at 64k tokens and decode at B=128."""
+def sweep(copy_tbs: float, tokens: int = 65536) -> list[dict[str, object]]:
+    """Block-size options for the kernels whose first sweep (run 1, notes/kernels.md) left
+    a question: swiglu's row-streaming version at 64k tokens, decode attention timed as the
+    engine runs it (CUDA-graph replay, K/V rotated so it comes from DRAM), extend attention."""
     rows: list[dict[str, object]] = []
 
-    def record(kernel: str, config: str, fn: Callable[[], object], nbytes: int) -> None:
+    def record(kernel: str, config: str, fn: Callable[[], object], nbytes: int, flops: float = 0.0) -> None:
         try:
             fn()
-            us = triton.testing.do_bench(fn, warmup=10, rep=40, return_mode="median") * 1e3
+            if kernel.startswith("decode"):
+                us = triton.testing.do_bench_cudagraph(fn, rep=40, return_mode="median") * 1e3
+            else:
+                us = triton.testing.do_bench(fn, warmup=10, rep=40, return_mode="median") * 1e3
         except Exception as error:
             print(f"  sweep {kernel} {config}: {error!r}"[:200])
+            torch.cuda.synchronize()
             return
         tbs = nbytes / (us * 1e-6) / 1e12
-        rows.append({"kernel": kernel, "config": config, "us": us, "% copy": 100 * tbs / copy_tbs})
+        row: dict[str, object] = {
+            "kernel": kernel,
+            "config": config,
+            "us": us,
+            "% copy": 100 * tbs / copy_tbs,
+        }
+        if flops:
+            row["TFLOP/s"] = flops / (us * 1e-6) / 1e12
+        rows.append(row)
+        print(f"  sweep {kernel:28s} {config:48s} {us:8.1f} us {row['% copy']:5.1f}%")
 
-    x = torch.randn(tokens, HIDDEN, dtype=DTYPE, device=DEVICE)
-    residual = torch.randn_like(x)
-    weight = torch.randn(HIDDEN, dtype=DTYPE, device=DEVICE)
-    for block_m in (1, 2, 4, 8, 16):
-        for warps in (1, 2, 4, 8):
-            if block_m * 1024 // (warps * 32) > 256:  # more than 256 elements a thread: spills
-                continue
-            config = f"block_m={block_m} warps={warps}"
-            record(
-                "rms_norm",
-                config,
-                lambda b=block_m, w=warps: rms_norm.rms_norm(x, weight, EPS, block_m=b, num_warps=w),
-                2 * x.numel() * BF16,
-            )
-            record(
-                "add_rms_norm",
-                config,
-                lambda b=block_m, w=warps: rms_norm.add_rms_norm(
-                    x, residual, weight, EPS, block_m=b, num_warps=w
-                ),
-                4 * x.numel() * BF16,
-            )
     gate_up = torch.randn(tokens, 2 * INTER, dtype=DTYPE, device=DEVICE)
-    for block_m in (2, 4, 8, 16):
-        for block_n in (256, 512, 1024):
-            for warps in (4, 8):
+    for block_m in (1, 2, 4, 8):
+        for block_n in (256, 512):
+            for warps in (2, 4, 8):
                 record(
                     "swiglu",
                     f"block_m={block_m} block_n={block_n} warps={warps}",
@@ -422,38 +437,53 @@ def sweep(
                     ),
                     tokens * INTER * BF16 * 3,
                 )
-    table = rope_table()
-    positions = torch.randint(0, table.shape[0], (tokens,), device=DEVICE)
-    q, k, v = qkv_views(tokens)
-    num_pages = tokens // PAGE + 1
-    slots = torch.randperm(num_pages * PAGE, device=DEVICE)[:tokens]
-    cache = torch.randn(2, num_pages, PAGE, KV_HEADS, HEAD_DIM, dtype=DTYPE, device=DEVICE)
-    fused_bytes = tokens * (HEADS * 2 + KV_HEADS * 4) * HEAD_DIM * BF16 + tokens * (HEAD_DIM * 4 + 16)
-    for block_r in (16, 32, 64, 128):
-        for warps in (1, 2, 4, 8):
-            record(
-                "rope+write_kv",
-                f"block_r={block_r} warps={warps}",
-                lambda b=block_r, w=warps: rope.rope_and_write_kv(
-                    q, k, v, positions, table, cache[0], cache[1], slots, block_r=b, num_warps=w
-                ),
-                fused_bytes,
-            )
-    ctx = random_paged_context([context] * batch, [1] * batch, KV_HEADS, HEAD_DIM, PAGE, DTYPE, DEVICE)
+    batch, context, rotate = 128, 1024, 4
+    contexts = [
+        random_paged_context([context] * batch, [1] * batch, KV_HEADS, HEAD_DIM, PAGE, DTYPE, DEVICE)
+        for _ in range(rotate)
+    ]
     q_dec = torch.randn(batch, HEADS, HEAD_DIM, dtype=DTYPE, device=DEVICE)
     kv_bytes = batch * context * KV_HEADS * HEAD_DIM * BF16 * 2
-    decode_configs = [(s, n, 4, st) for s in (1, 2, 4) for n in (32, 64, 128) for st in (2, 3)]
-    decode_configs += [(s, 64, w, 2) for s in (1, 2) for w in (2, 8)]
-    for splits, block_n, warps, stages in decode_configs:
+    for splits in (1, 2, 4):
+        for block_n in (64, 128):
+            for warps in (4, 8):
+                for stages in (2, 3):
+                    calls = [0]
 
-        def launch(s: int = splits, n: int = block_n, w: int = warps, st: int = stages) -> torch.Tensor:
-            return decode_attention.paged_decode_attention(
-                q_dec, ctx.k_cache, ctx.v_cache, ctx.page_table, ctx.seq_lens, 0.125,
-                num_splits=s, block_n=n, num_warps=w, num_stages=st,
-            )  # fmt: skip
+                    def launch(
+                        s: int = splits,
+                        n: int = block_n,
+                        w: int = warps,
+                        st: int = stages,
+                        c: list[int] = calls,
+                    ) -> torch.Tensor:
+                        c[0] += 1
+                        ctx = contexts[c[0] % rotate]
+                        return decode_attention.paged_decode_attention(
+                            q_dec, ctx.k_cache, ctx.v_cache, ctx.page_table, ctx.seq_lens, 0.125,
+                            num_splits=s, block_n=n, num_warps=w, num_stages=st,
+                        )  # fmt: skip
 
-        config = f"splits={splits} block_n={block_n} warps={warps} stages={stages}"
-        record(f"decode B={batch} ctx={context}", config, launch, kv_bytes)
+                    config = f"splits={splits} block_n={block_n} warps={warps} stages={stages}"
+                    record(f"decode B={batch} ctx={context} (graph)", config, launch, kv_bytes)
+    seqs, new = 64, 1024
+    ctx = random_paged_context([new] * seqs, [new] * seqs, KV_HEADS, HEAD_DIM, PAGE, DTYPE, DEVICE)
+    q = torch.randn(seqs * new, HEADS, HEAD_DIM, dtype=DTYPE, device=DEVICE)
+    flops = 4.0 * HEADS * HEAD_DIM * seqs * new * (new + 1) / 2
+    for block_m, block_n in ((64, 64), (128, 64), (64, 128), (128, 128)):
+        for warps in (4, 8):
+            for stages in (2, 3):
+
+                def extend(
+                    m: int = block_m, n: int = block_n, w: int = warps, st: int = stages
+                ) -> torch.Tensor:
+                    return extend_attention.extend_attention(
+                        q, ctx.k_cache, ctx.v_cache, ctx.query_start_loc, ctx.seq_lens, ctx.page_table, new,
+                        0.125, block_m=m, block_n=n, num_warps=w, num_stages=st,
+                    )  # fmt: skip
+
+                config = f"block_m={block_m} block_n={block_n} warps={warps} stages={stages}"
+                record(f"extend {seqs}x{new} new", config, extend, q.numel() * 2 * BF16, flops)
     return rows
 
 
@@ -542,8 +572,8 @@ def write(
             kernel = str(row["kernel"])
             if kernel not in best or float(row["us"]) < float(best[kernel]["us"]):  # type: ignore[arg-type]
                 best[kernel] = row
-        lines += ["", "## Best block sizes (sweep at 65,536 tokens; decode at B=128, ctx 1,024)", ""]
-        lines.append(markdown_table(list(best.values()), ["kernel", "config", "us", "% copy"]))
+        lines += ["", "## Best block sizes (sweep; swiglu at 65,536 tokens)", ""]
+        lines.append(markdown_table(list(best.values()), ["kernel", "config", "us", "% copy", "TFLOP/s"]))
     (out / "kernels.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

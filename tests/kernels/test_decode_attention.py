@@ -68,7 +68,7 @@ def test_more_splits_than_tiles_leaves_the_empty_splits_out() -> None:
     assert error < TOLERANCE[torch.float32]
 
 
-def test_split_choice_fills_the_gpu_but_keeps_two_tiles_per_split() -> None:
-    assert choose_num_splits(batch=1, num_kv_heads=3, max_seq_len=1024, num_sms=132) == 8
+def test_split_choice_fills_the_gpu_but_keeps_two_128_key_tiles_per_split() -> None:
+    assert choose_num_splits(batch=1, num_kv_heads=3, max_seq_len=1024, num_sms=132) == 4
     assert choose_num_splits(batch=128, num_kv_heads=3, max_seq_len=1024, num_sms=132) == 1
     assert choose_num_splits(batch=1, num_kv_heads=3, max_seq_len=100, num_sms=132) == 1

@@ -28,6 +28,8 @@ import triton.language as tl
 from radixfair_worker.kernels._launch import check_last_dim_contiguous, interpreted, output_buffer
 
 _LOG2E = 1.4426950408889634
+# Keys per tile; 128 was fastest at B=128, ctx 1,024 on the H100 (bench/results/kernels.md sweep).
+DEFAULT_BLOCK_N = 128
 
 
 @triton.jit
@@ -66,8 +68,10 @@ def _decode_kernel(
     UPCAST_DOT: tl.constexpr,
     IEEE_DOT: tl.constexpr,
 ):
-    seq = tl.program_id(0)
-    kv_head = tl.program_id(1)
+    # KV heads are the fastest grid axis: the programs reading one sequence's pages run side
+    # by side, so each page's 128-byte head rows are fetched from DRAM together.
+    kv_head = tl.program_id(0)
+    seq = tl.program_id(1)
     split = tl.program_id(2)
     seq_len = tl.load(seq_lens_ptr + seq)
     # Split ranges are whole BLOCK_N tiles, so only the last tile of a sequence is partial.
@@ -154,7 +158,7 @@ def paged_decode_attention(
     scale: float,
     out: torch.Tensor | None = None,
     num_splits: int = 1,
-    block_n: int = 64,
+    block_n: int = DEFAULT_BLOCK_N,
     num_warps: int = 4,
     num_stages: int = 2,
 ) -> torch.Tensor:
@@ -173,7 +177,7 @@ def paged_decode_attention(
         partial_lse = torch.empty((batch, num_heads, num_splits), dtype=torch.float32, device=q.device)
     else:
         partial_out = partial_lse = out  # unused
-    _decode_kernel[(batch, num_kv_heads, num_splits)](
+    _decode_kernel[(num_kv_heads, batch, num_splits)](
         q,
         k_cache,
         v_cache,
@@ -237,7 +241,7 @@ def _check(
 
 
 def choose_num_splits(
-    batch: int, num_kv_heads: int, max_seq_len: int, num_sms: int, block_n: int = 64
+    batch: int, num_kv_heads: int, max_seq_len: int, num_sms: int, block_n: int = DEFAULT_BLOCK_N
 ) -> int:
     """Enough splits that the grid covers the SMs about twice, never below one tile per split."""
     programs = max(1, batch * num_kv_heads)

@@ -7,8 +7,8 @@ Shapes and dtypes:
 
 Rounding follows ``F.silu(gate) * up`` in torch: silu is computed in fp32 and
 rounded to the activation dtype, then multiplied by up and rounded again.
-The tile is [BLOCK_M rows, BLOCK_N columns]; SmolLM2's I = 1536 is three
-512-wide blocks, so no lanes are masked at the model's shape.
+Each program walks BLOCK_M whole rows in BLOCK_N-wide chunks; SmolLM2's I = 1536
+is three 512-wide chunks, so no lanes are masked at the model's shape.
 """
 
 from __future__ import annotations
@@ -26,33 +26,37 @@ def _silu_and_mul_kernel(
     gate_up_ptr,
     out_ptr,
     n_rows,
-    n_cols,
     in_stride,
     out_stride,
+    N_COLS: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
+    # A program streams BLOCK_M whole rows, chunk by chunk: consecutive programs read
+    # consecutive memory (a 2D grid over column blocks touched each 6 KB row in three
+    # separate passes and ran 2-4% slower at 65,536 tokens).
     rows = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
-    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask = (rows < n_rows)[:, None] & (cols < n_cols)[None, :]
-    gate_ptrs = gate_up_ptr + rows[:, None] * in_stride + cols[None, :]
-    gate = tl.load(gate_ptrs, mask=mask, other=0.0).to(tl.float32)
-    up = tl.load(gate_ptrs + n_cols, mask=mask, other=0.0)
-    activated = (gate / (1.0 + tl.exp(-gate))).to(up.dtype)
-    out = activated.to(tl.float32) * up.to(tl.float32)
-    tl.store(
-        out_ptr + rows[:, None] * out_stride + cols[None, :], out.to(out_ptr.dtype.element_ty), mask=mask
-    )
+    row_mask = (rows < n_rows)[:, None]
+    for chunk in tl.static_range((N_COLS + BLOCK_N - 1) // BLOCK_N):
+        cols = chunk * BLOCK_N + tl.arange(0, BLOCK_N)
+        mask = row_mask & (cols < N_COLS)[None, :]
+        gate_ptrs = gate_up_ptr + rows[:, None] * in_stride + cols[None, :]
+        gate = tl.load(gate_ptrs, mask=mask, other=0.0).to(tl.float32)
+        up = tl.load(gate_ptrs + N_COLS, mask=mask, other=0.0)
+        activated = (gate / (1.0 + tl.exp(-gate))).to(up.dtype)
+        out = activated.to(tl.float32) * up.to(tl.float32)
+        out_ptrs = out_ptr + rows[:, None] * out_stride + cols[None, :]
+        tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 def silu_and_mul(
     gate_up: torch.Tensor,
     out: torch.Tensor | None = None,
-    block_m: int = 8,
+    block_m: int = 2,
     block_n: int = 512,
     num_warps: int = 4,
 ) -> torch.Tensor:
-    """gate_up [T, 2I] -> silu(gate) * up, [T, I]."""
+    """gate_up [T, 2I] -> silu(gate) * up, [T, I]. I is compiled in: one specialisation per model."""
     if gate_up.dim() != 2 or gate_up.shape[1] % 2:
         raise ValueError(f"silu_and_mul wants gate_up [T, 2I], got {tuple(gate_up.shape)}")
     check_last_dim_contiguous("gate_up", gate_up)
@@ -61,14 +65,13 @@ def silu_and_mul(
     if n_rows == 0:
         return out
     block_n = min(block_n, triton.next_power_of_2(n_cols))
-    grid = (triton.cdiv(n_rows, block_m), triton.cdiv(n_cols, block_n))
-    _silu_and_mul_kernel[grid](
+    _silu_and_mul_kernel[(triton.cdiv(n_rows, block_m),)](
         gate_up,
         out,
         n_rows,
-        n_cols,
         gate_up.stride(0),
         out.stride(0),
+        N_COLS=n_cols,
         BLOCK_M=block_m,
         BLOCK_N=block_n,
         num_warps=num_warps,
