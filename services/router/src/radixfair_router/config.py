@@ -80,7 +80,7 @@ class LedgerConfig:
     redis_url: str = ""
     key_prefix: str = "radixfair"
     # Per-operation socket timeout; a slower Redis counts as down.
-    redis_timeout_s: float = 0.5
+    redis_timeout_s: float = 1.0
     # While degraded, how often to try Redis again.
     reconnect_interval_s: float = 0.5
 

@@ -197,10 +197,17 @@ class Ledger:
         return self._local.vtc_priorities(client_ids)
 
     async def close(self) -> None:
+        """Stops reconnecting; a degraded ledger first tries once to hand its state to Redis."""
         if self._reconnect_task is not None:
             self._reconnect_task.cancel()
             await asyncio.gather(self._reconnect_task, return_exceptions=True)
         if self._redis is not None:
+            if self._degraded:
+                try:
+                    await self._repeat_uncertain()
+                    await self._replay_journal()
+                except _UNREACHABLE as error:
+                    log.error("shutting down degraded; local ledger changes not saved to Redis: %s", error)
             await self._redis.close()
 
     def _enter_degraded(self, error: BaseException) -> None:
