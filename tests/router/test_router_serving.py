@@ -7,6 +7,7 @@ import itertools
 
 import grpc
 import pytest
+from prometheus_client import generate_latest
 from support.router_stack import client_for, router_config, running_router, wait_until, worker_id
 
 from radixfair.prefix_hash import page_hashes
@@ -54,9 +55,13 @@ def test_generate_streams_deltas_then_a_result_and_books_exactly_what_was_served
             async with client_for(running, "alice") as client:
                 messages = [m async for m in client.stream(fresh_prefix(20), max_tokens=6, ignore_eos=True)]
             await running.router.drain()
-            return messages, await running.ledger.snapshot()
+            return (
+                messages,
+                await running.ledger.snapshot(),
+                generate_latest(running.metrics.registry).decode(),
+            )
 
-    messages, ledger = asyncio.run(scenario())
+    messages, ledger, metrics = asyncio.run(scenario())
     deltas, result = messages[:-1], messages[-1].result
     assert deltas and all(m.HasField("delta") for m in deltas)
     assert sum(len(m.delta.token_ids) for m in deltas) == result.usage.completion_tokens == 6
@@ -66,6 +71,12 @@ def test_generate_streams_deltas_then_a_result_and_books_exactly_what_was_served
     # w_in * computed prompt tokens + w_out * output tokens
     expected = 1.0 * (20 - result.usage.cached_tokens) + 2.0 * 6
     assert alice.service == pytest.approx(expected)
+    # Prometheus sees the same request: outcome, tokens, latency histograms, per-client service.
+    assert 'radixfair_router_requests_total{client="alice",outcome="ok"} 1.0' in metrics
+    assert 'radixfair_router_tokens_total{client="alice",kind="completion"} 6.0' in metrics
+    assert "radixfair_router_time_to_first_token_seconds_count 1.0" in metrics
+    assert "radixfair_router_inter_token_seconds_count" in metrics
+    assert f'radixfair_router_client_service_total{{client="alice"}} {expected}' in metrics
 
 
 def test_chat_and_text_prompts_are_tokenized_by_the_router(two_workers, tiny_model_dir):
