@@ -31,6 +31,10 @@ async def serve(
     config: WorkerConfig, span_exporter: SpanExporter | None = None, ready: asyncio.Event | None = None
 ) -> None:
     """Runs until SIGINT/SIGTERM (or task cancellation)."""
+    if config.torch_threads:
+        import torch
+
+        torch.set_num_threads(config.torch_threads)
     model_dir = resolve_model_dir(config.model, Path(config.cache_dir))
     stack = await asyncio.to_thread(build_engine, config.engine, model_dir)
     model_name = config.model_name or model_dir.name

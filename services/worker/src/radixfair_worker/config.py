@@ -125,5 +125,8 @@ class WorkerConfig:
     heartbeat_seconds: float = 2.0
     # Prometheus /metrics port; 0 disables it.
     metrics_port: int = 0
+    # CPU threads for torch's intra-op pool; 0 keeps torch's default (one per core).
+    # On a machine shared with other busy processes, fewer threads avoid spinning.
+    torch_threads: int = 0
     engine: EngineConfig = field(default_factory=EngineConfig)
     tracing: TracingConfig = field(default_factory=lambda: TracingConfig(service_name="radixfair-worker"))
