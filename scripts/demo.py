@@ -1,8 +1,9 @@
-"""The README's main job: serve the real SmolLM2-135M-Instruct and drive a multi-client workload.
+"""The README's main job: the whole local stack with the real SmolLM2-135M-Instruct.
 
-Starts a worker process on this machine, streams chat completions for
-several clients whose requests share per-client system prompts, and prints
-per-client tokens, cache hits and latency.
+Starts Redis, a router (D²LPM) and two workers, drives a short multi-client
+workload whose requests share per-client system prompts through the router
+with the Python client, and prints a per-client table of service, latency and
+cache hits, plus the routing policy used.
 """
 
 from __future__ import annotations
@@ -11,16 +12,16 @@ import argparse
 import asyncio
 import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
-
-from radixfair.v1 import generation_pb2, worker_pb2, worker_pb2_grpc
+from radixfair.auth import ApiKeyConfig
+from radixfair.client import RouterClient
+from radixfair.local_stack import LocalStack, LocalStackConfig
+from radixfair.tokenization import ChatTurn
 
 CLIENTS = {
     "acme-support": (
@@ -41,6 +42,7 @@ QUESTIONS = [
     "What should I do first today?",
     "Can you give me a quick example?",
 ]
+WEIGHTS = {"acme-support": 1.0, "globex-tutor": 1.0, "initech-ops": 2.0}
 
 
 @dataclass
@@ -51,67 +53,68 @@ class ClientTally:
     completion_tokens: int = 0
     ttft_ms: list[float] = field(default_factory=list)
     total_ms: list[float] = field(default_factory=list)
+    workers: Counter = field(default_factory=Counter)
 
 
-async def one_request(stub, client: str, system: str, question: str, tally: ClientTally, max_tokens: int):
-    chat = generation_pb2.ChatPrompt(
-        messages=[
-            generation_pb2.ChatMessage(role="system", content=system),
-            generation_pb2.ChatMessage(role="user", content=question),
-        ]
-    )
-    request = worker_pb2.GenerateRequest(
-        client_id=client,
-        prompt=generation_pb2.Prompt(chat=chat),
-        sampling=generation_pb2.SamplingParams(max_tokens=max_tokens, temperature=0.0),
-    )
-    text = []
-    async for message in stub.Generate(request, timeout=600):
-        if message.HasField("delta"):
-            text.append(message.delta.text)
-        else:
-            result = message.result
+async def one_request(
+    client: RouterClient, name: str, system: str, question: str, tally: ClientTally, max_tokens: int
+) -> None:
+    turns = [ChatTurn("system", system), ChatTurn("user", question)]
+    output = await client.generate(turns, max_tokens=max_tokens, temperature=0.0)
+    result = output.result
     tally.requests += 1
     tally.prompt_tokens += result.usage.prompt_tokens
     tally.cached_tokens += result.usage.cached_tokens
     tally.completion_tokens += result.usage.completion_tokens
     tally.ttft_ms.append(result.timings.time_to_first_token_ms)
     tally.total_ms.append(result.timings.total_ms)
-    print(f"[{client}] {question!r} -> {''.join(text)[:90]!r}", flush=True)
+    tally.workers[result.worker_id] += 1
+    print(f"[{name} @ {result.worker_id}] {question!r} -> {output.text[:80]!r}", flush=True)
 
 
-async def drive(address: str, rounds: int, max_tokens: int) -> dict[str, ClientTally]:
-    tallies = {client: ClientTally() for client in CLIENTS}
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = worker_pb2_grpc.WorkerServiceStub(channel)
+async def drive(address: str, keys: dict[str, str], rounds: int, max_tokens: int):
+    tallies = {name: ClientTally() for name in CLIENTS}
+    clients = {name: RouterClient.connect(address, keys[name]) for name in CLIENTS}
+    try:
         for round_index in range(rounds):
             question = QUESTIONS[round_index % len(QUESTIONS)]
             await asyncio.gather(
                 *(
-                    one_request(stub, client, system, question, tallies[client], max_tokens)
-                    for client, system in CLIENTS.items()
+                    one_request(clients[name], name, system, question, tallies[name], max_tokens)
+                    for name, system in CLIENTS.items()
                 )
             )
-    return tallies
+        status = await clients[next(iter(CLIENTS))].status()
+    finally:
+        for client in clients.values():
+            await client.close()
+    return tallies, status
 
 
-def print_table(tallies: dict[str, ClientTally], wall_s: float) -> None:
+def print_table(tallies: dict[str, ClientTally], status, wall_s: float) -> None:
+    service = {c.client_id: c.service for c in status.clients}
     print()
     header = (
-        f"{'client':<14} {'reqs':>4} {'prompt':>7} {'cached':>7} {'hit %':>6} {'output':>7} "
-        f"{'p50 TTFT ms':>12} {'p50 total ms':>13}"
+        f"{'client':<14} {'weight':>6} {'reqs':>4} {'service':>8} {'prompt':>7} {'cached':>7} {'hit %':>6} "
+        f"{'output':>7} {'p50 TTFT ms':>12} {'p50 total ms':>13}  workers"
     )
     print(header)
     print("-" * len(header))
-    for client, t in tallies.items():
+    for name, t in tallies.items():
         hit = 100 * t.cached_tokens / t.prompt_tokens if t.prompt_tokens else 0.0
+        workers = ", ".join(f"{w}×{n}" for w, n in sorted(t.workers.items()))
         print(
-            f"{client:<14} {t.requests:>4} {t.prompt_tokens:>7} {t.cached_tokens:>7} {hit:>6.1f} "
-            f"{t.completion_tokens:>7} {statistics.median(t.ttft_ms):>12.0f} "
-            f"{statistics.median(t.total_ms):>13.0f}"
+            f"{name:<14} {WEIGHTS[name]:>6.1f} {t.requests:>4} {service.get(name, 0.0):>8.0f} "
+            f"{t.prompt_tokens:>7} {t.cached_tokens:>7} {hit:>6.1f} {t.completion_tokens:>7} "
+            f"{statistics.median(t.ttft_ms):>12.0f} {statistics.median(t.total_ms):>13.0f}  {workers}"
         )
     out = sum(t.completion_tokens for t in tallies.values())
-    print(f"\n{out} output tokens in {wall_s:.1f} s ({out / wall_s:.1f} tokens/s), scheduler: DLPM")
+    healthy = sum(w.healthy for w in status.workers)
+    print(
+        f"\nrouting policy: {status.policy} · {healthy} healthy workers · shared state in Redis: "
+        f"{'yes' if status.shared_state_connected else 'NO (degraded)'}"
+    )
+    print(f"{out} output tokens in {wall_s:.1f} s ({out / wall_s:.1f} tokens/s)")
 
 
 def free_port() -> int:
@@ -123,51 +126,31 @@ def free_port() -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--max-tokens", type=int, default=48)
+    parser.add_argument("--max-tokens", type=int, default=40)
+    parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
-    port = free_port()
-    log = Path(tempfile.gettempdir()) / f"radixfair-demo-worker-{port}.log"
-    print(f"starting a worker with SmolLM2-135M-Instruct on 127.0.0.1:{port} (log: {log})", flush=True)
-    with log.open("wb") as log_file:
-        worker = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "radixfair_worker",
-                "--set",
-                f"port={port}",
-                "--set",
-                "worker_id=demo-worker",
-            ],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
+    keys = {name: f"demo-key-{name}" for name in CLIENTS}
+    run_dir = Path(tempfile.mkdtemp(prefix="radixfair-demo-"))
+    config = LocalStackConfig(
+        run_dir=run_dir,
+        workers=args.workers,
+        router_port=free_port(),
+        policy="d2lpm",
+        api_keys=tuple(ApiKeyConfig(keys[n], n, WEIGHTS[n]) for n in CLIENTS),
+    )
+    print(
+        f"starting Redis, a D²LPM router and {args.workers} workers with SmolLM2-135M-Instruct "
+        f"(logs in {run_dir}) ...",
+        flush=True,
+    )
+    stack = LocalStack(config)
+    stack.start()
     try:
-        wait_until_serving(f"127.0.0.1:{port}", worker, log)
         start = time.monotonic()
-        tallies = asyncio.run(drive(f"127.0.0.1:{port}", args.rounds, args.max_tokens))
-        print_table(tallies, time.monotonic() - start)
+        tallies, status = asyncio.run(drive(stack.address, keys, args.rounds, args.max_tokens))
+        print_table(tallies, status, time.monotonic() - start)
     finally:
-        worker.terminate()
-        worker.wait(timeout=30)
-
-
-def wait_until_serving(address: str, process: subprocess.Popen, log: Path, timeout: float = 300) -> None:
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"worker exited early:\n{log.read_text()[-3000:]}")
-        try:
-            with grpc.insecure_channel(address) as channel:
-                reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-        except grpc.RpcError:
-            pass
-        time.sleep(0.5)
-    raise SystemExit(f"worker did not start within {timeout}s")
+        stack.stop()
 
 
 if __name__ == "__main__":
