@@ -67,8 +67,9 @@ def chat_row(
         prompt, response = example
     tokens = list(prompt) + list(response)
     targets = [IGNORE_INDEX] * (len(prompt) - 1) + list(response)
-    # Keep the end: the response is what is learned. Keep at least one prompt token as context.
-    tokens, targets = tokens[-(seq_len + 1) :], targets[-seq_len:]
+    # Too long: cut the end of the answer, never the start of the prompt, so every learned
+    # position sees the same context it has at evaluation and at serving time.
+    tokens, targets = tokens[: seq_len + 1], targets[:seq_len]
     inputs = tokens[:-1]
     pad = seq_len - len(inputs)
     inputs = inputs + [pad_token_id] * pad

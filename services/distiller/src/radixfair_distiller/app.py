@@ -1,0 +1,56 @@
+"""Starts a distiller: resumes unfinished jobs, serves gRPC until stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import grpc
+
+from radixfair.grpc_health import add_health_and_reflection, set_serving
+from radixfair.malformed_requests import MalformedRequestInterceptor
+from radixfair.v1 import distiller_pb2_grpc
+from radixfair_distiller.config import DistillerConfig
+from radixfair_distiller.runner import JobRunner
+from radixfair_distiller.server import SERVICE_NAME, DistillerServicer
+
+log = logging.getLogger(__name__)
+
+
+async def serve(config: DistillerConfig, ready: asyncio.Event | None = None) -> None:
+    """Runs until SIGINT/SIGTERM (or task cancellation); a running job is left resumable."""
+    runner = JobRunner(config)
+    runner.start()
+    server = grpc.aio.server(interceptors=[MalformedRequestInterceptor()])
+    distiller_pb2_grpc.add_DistillerServiceServicer_to_server(DistillerServicer(runner), server)
+    health = add_health_and_reflection(server, [SERVICE_NAME])
+    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    await server.start()
+    await set_serving(health, [SERVICE_NAME], True)
+    log.info(
+        "distiller serving on %s:%d (device %s, work dir %s)",
+        config.host,
+        port,
+        runner.device,
+        config.work_dir,
+    )
+    if ready is not None:
+        ready.set()
+    try:
+        await _wait_for_signal()
+    finally:
+        await set_serving(health, [SERVICE_NAME], False)
+        await server.stop(grace=2)
+        await asyncio.to_thread(runner.stop)
+
+
+async def _wait_for_signal() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # not the main thread (tests)
+            pass
+    await stop.wait()

@@ -1,0 +1,103 @@
+"""Recipe validation: every bad recipe is an INVALID_ARGUMENT error that names its problem."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from radixfair_distiller.recipe import RecipeError, parse_recipe, resolve_recipe
+
+
+def recipe_text(teacher, extra: str = "") -> str:
+    return f"name: student-a\nteacher: {teacher}\n{extra}"
+
+
+def test_a_full_recipe_parses_into_frozen_specs(tiny_model_dir, tmp_path):
+    text = recipe_text(
+        tiny_model_dir,
+        """
+seed: 7
+prune:
+  depth: {keep_layers: 1, importance: ablation_kl}
+  width: {intermediate_size: 96, num_attention_heads: 2, num_key_value_heads: 1}
+distill:
+  steps: 10
+  learning_rate: 3e-4
+  loss: {kind: jsd, beta: 0.3, temperature: 2, hard_label_weight: 0.1}
+  on_policy: {fraction: 0.5}
+quantize: [int8, fp8]
+""",
+    )
+    resolved = resolve_recipe(text, tmp_path)
+    recipe = resolved.recipe
+    assert recipe.seed == 7 and recipe.prune.depth.importance == "ablation_kl"
+    assert recipe.distill.learning_rate == pytest.approx(3e-4)  # YAML 1.1 would read "3e-4" as a string
+    assert recipe.distill.loss.temperature == 2.0 and recipe.quantize == ("int8", "fp8")
+    assert resolved.teacher_config.num_hidden_layers == 2
+    assert resolved.text == text
+
+
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        ("distill: {steps: 10, stepz: 3}", "unknown field(s) ['stepz']"),
+        ("colour: blue", "unknown field(s) ['colour']"),
+        ("distill: {loss: {kind: kl}}", "recipe.distill.loss: kind must be one of"),
+        ("distill: {loss: {kind: jsd, beta: 1.5}}", "beta must be in (0, 1)"),
+        ("distill: {steps: 0}", "recipe.distill: steps must be >= 1"),
+        ("distill: {steps: ten}", "recipe.distill.steps: expected int"),
+        ("quantize: [int4]", "unknown scheme 'int4'"),
+        (
+            "distill: {loss: {hard_label_weight: 1.0}, on_policy: {fraction: 0.5}}",
+            "on_policy needs the teacher",
+        ),
+        ("evaluate: {max_new_tokens: 100}", "evaluate.max_new_tokens must not exceed"),
+        ("prune: {width: {intermediate_size: 0}}", "recipe.prune.width: intermediate_size must be >= 1"),
+    ],
+)
+def test_bad_fields_and_values_are_named(tiny_model_dir, extra, named):
+    with pytest.raises(RecipeError) as caught:
+        parse_recipe(recipe_text(tiny_model_dir, extra))
+    assert named in str(caught.value)
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        ("prune: {depth: {keep_layers: 3}}", "keep_layers: 3 layers asked, the teacher has 2"),
+        ("prune: {width: {intermediate_size: 161}}", "intermediate_size: 161 asked, the teacher has 160"),
+        (
+            "prune: {width: {num_attention_heads: 3}}",
+            "num_attention_heads 3 is not a multiple of num_key_value_heads 2",
+        ),
+        ("prune: {width: {num_key_value_heads: 4}}", "num_key_value_heads: 4 asked, the teacher has 2"),
+        (
+            "prune: {width: {num_attention_heads: 4, num_key_value_heads: 1}}",
+            "4 query heads per KV group asked",
+        ),
+    ],
+)
+def test_impossible_student_shapes_are_named(tiny_model_dir, tmp_path, extra, named):
+    with pytest.raises(RecipeError, match=named.replace("(", r"\(").replace(")", r"\)")):
+        resolve_recipe(recipe_text(tiny_model_dir, extra), tmp_path)
+
+
+def test_a_missing_teacher_is_named(tmp_path):
+    with pytest.raises(RecipeError, match=r"recipe.teacher: teacher '/nonexistent/teacher' not found"):
+        resolve_recipe(recipe_text("/nonexistent/teacher"), tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("teacher: x", "missing required field 'name'"),
+        ("name: a", "missing required field 'teacher'"),
+        ("- a list", "top level must be a mapping"),
+        ("name: [unclosed", "not valid YAML"),
+        ("name: ../escape\nteacher: x", "name '../escape' must match"),
+    ],
+)
+def test_malformed_recipes_are_named(text, named):
+    with pytest.raises(RecipeError, match=named.replace("[", r"\[").replace("(", r"\(")):
+        parse_recipe(text)
