@@ -58,11 +58,31 @@ def build(cls: type[T], data: Mapping[str, Any], where: str = "config") -> T:
     unknown = set(data) - set(fields)
     if unknown:
         raise ConfigError(f"{where}: unknown field(s) {sorted(unknown)}; known: {sorted(fields)}")
-    kwargs = {name: _coerce(hints[name], value, f"{where}.{name}") for name, value in data.items()}
+    kwargs = {
+        name: _coerce(hints[name], _with_defaults(fields[name], value), f"{where}.{name}")
+        for name, value in data.items()
+    }
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as error:
         raise ConfigError(f"{where}: {error}") from error
+
+
+def _with_defaults(spec: dataclasses.Field, value: Any) -> Any:
+    """A partial mapping for a nested dataclass field keeps the field's default for the rest."""
+    if not isinstance(value, Mapping):
+        return value
+    if spec.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        default = spec.default_factory()  # type: ignore[misc]
+    elif spec.default is not dataclasses.MISSING:
+        default = spec.default
+    else:
+        return value
+    if not dataclasses.is_dataclass(default):
+        return value
+    base = {f.name: getattr(default, f.name) for f in dataclasses.fields(default)}
+    merged = {k: v for k, v in base.items() if not dataclasses.is_dataclass(v)}
+    return {**merged, **value}
 
 
 def as_dict(config: Any) -> dict[str, Any]:
