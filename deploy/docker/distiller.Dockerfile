@@ -27,8 +27,8 @@ FROM ${PYTHON_IMAGE} AS distiller
 RUN groupadd --system --gid 10001 radixfair \
     && useradd --system --uid 10001 --gid radixfair --home-dir /home/radixfair --create-home \
        --shell /usr/sbin/nologin radixfair \
-    && mkdir -p /models /artifacts \
-    && chown radixfair:radixfair /models /artifacts
+    && mkdir -p /models /distiller \
+    && chown radixfair:radixfair /models /distiller
 COPY --from=build /opt/venv /opt/venv
 COPY constraints.txt deploy/docker/grpc_health_check.py deploy/docker/prepare_model.py /opt/radixfair/
 ENV PATH=/opt/venv/bin:$PATH \
@@ -38,7 +38,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     HF_HUB_OFFLINE=1
 USER 10001:10001
 WORKDIR /home/radixfair
-# gRPC DistillerService.
+# gRPC DistillerService. One-off jobs run `python -m radixfair_distiller.cli ... distill RECIPE` instead.
 EXPOSE 50071
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "/opt/radixfair/grpc_health_check.py", "127.0.0.1:50071"]

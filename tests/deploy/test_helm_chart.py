@@ -441,7 +441,8 @@ def test_production_runs_each_recipe_as_a_job_or_a_cron_job(production: Rendered
     for pod in (job[0]["spec"]["template"], cron["spec"]["jobTemplate"]["spec"]["template"]):
         recipe = pod["metadata"]["labels"]["radixfair.dev/recipe"]
         container = pod["spec"]["containers"][0]
-        assert f"/etc/radixfair/recipes/{recipe}.yaml" in container["args"]
+        assert container["command"] == ["python", "-m", "radixfair_distiller.cli"]
+        assert container["args"][-2:] == ["distill", f"/etc/radixfair/recipes/{recipe}.yaml"]
         mount = next(
             m for m in container["volumeMounts"] if m["mountPath"] == f"/etc/radixfair/recipes/{recipe}.yaml"
         )

@@ -26,6 +26,7 @@ from deploy_support import (
 )
 
 from radixfair.config_loading import load_config
+from radixfair_distiller.config import DistillerConfig
 from radixfair_router.config import RouterConfig
 from radixfair_worker.config import WorkerConfig
 
@@ -42,18 +43,12 @@ def test_example_configs_load_as_the_services_read_them() -> None:
 
 
 def test_distiller_example_config_loads() -> None:
-    config_module = pytest.importorskip(
-        "radixfair_distiller.config", reason="the distiller has no config module yet"
-    )
-    config_class = next(
-        getattr(config_module, name)
-        for name in dir(config_module)
-        if name.endswith("Config") and name.startswith("Distiller")
-    )
+    config = load_config(DistillerConfig, CONFIG_DIR / "distiller.yaml", env={})
 
-    config = load_config(config_class, CONFIG_DIR / "distiller.yaml", env={})
-
-    assert config.port == 50071
+    assert (config.host, config.port) == ("0.0.0.0", 50071)
+    worker = load_config(WorkerConfig, CONFIG_DIR / "worker.yaml", env={})
+    # The teacher is found where the workers' prepare-model step put the model.
+    assert config.model_cache_dir == worker.cache_dir
 
 
 # ---- docker compose ---------------------------------------------------------------------------
@@ -101,6 +96,16 @@ def test_compose_routers_config_loads_with_the_keys_from_the_env_file(
     assert {key.client_id for key in config.auth.api_keys} == {"alice", "bob"}
     assert config.ledger.redis_url == "redis://redis:6379/0"
     assert config.router_id == name
+
+
+def test_compose_distiller_config_loads(compose_services: dict[str, Any]) -> None:
+    service = compose_services["distiller"]
+    config_file = _compose_config_file(service, "/etc/radixfair/distiller.yaml")
+
+    config = load_config(DistillerConfig, config_file, env=_compose_env(service))
+
+    mounts = {v.split(":")[1]: v for v in service["volumes"]}
+    assert str(config.work_dir) in mounts and str(config.model_cache_dir) in mounts
 
 
 def test_compose_routers_list_the_workers_by_the_ids_they_report(compose_services: dict[str, Any]) -> None:
@@ -219,3 +224,16 @@ def _load(cls: type, text: str, env: dict[str, str]) -> Any:
         file.write(text)
         file.flush()
         return load_config(cls, Path(file.name), env=env)
+
+
+def test_chart_distiller_jobs_config_loads_with_their_environment() -> None:
+    rendered = render_chart(production_values())
+    config_map = rendered.named("ConfigMap", "radixfair-config")["data"]
+    job = rendered.of_kind("Job")[0]
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+
+    config = _load(DistillerConfig, config_map["distiller.yaml"], _pod_env(rendered, container, {}))
+
+    assert config.device == "cuda"
+    assert str(config.work_dir) in mounts and str(config.model_cache_dir) in mounts

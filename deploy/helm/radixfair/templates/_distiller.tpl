@@ -15,11 +15,14 @@ spec:
     - name: distiller
       image: {{ include "radixfair.image" (dict "ctx" $ctx "repository" $ctx.Values.distiller.image.repository "variant" .variant) }}
       imagePullPolicy: {{ $ctx.Values.image.pullPolicy }}
+      command:
+        {{- toYaml $ctx.Values.distiller.jobCommand | nindent 8 }}
       args:
         {{- toYaml .args | nindent 8 }}
+      # The distiller reads no tracing settings: only a writable HOME.
       env:
-        {{- include "radixfair.podNameEnv" $ctx | nindent 8 }}
-        {{- include "radixfair.commonEnv" $ctx | nindent 8 }}
+        - name: HOME
+          value: /tmp
       securityContext:
         {{- toYaml $ctx.Values.securityContext | nindent 8 }}
       resources:
@@ -45,8 +48,8 @@ spec:
         - name: models
           mountPath: /models
           readOnly: true
-        - name: artifacts
-          mountPath: /artifacts
+        - name: work
+          mountPath: /distiller
         - name: tmp
           mountPath: /tmp
   volumes:
@@ -54,10 +57,10 @@ spec:
       configMap:
         name: {{ $fullname }}-config
     {{- include "radixfair.modelVolume" $ctx | nindent 4 }}
-    - name: artifacts
-      {{- if $ctx.Values.distiller.artifacts.existingClaim }}
+    - name: work
+      {{- if $ctx.Values.distiller.work.existingClaim }}
       persistentVolumeClaim:
-        claimName: {{ $ctx.Values.distiller.artifacts.existingClaim }}
+        claimName: {{ $ctx.Values.distiller.work.existingClaim }}
       {{- else }}
       emptyDir: {}
       {{- end }}
