@@ -252,3 +252,16 @@ def test_prometheus_metrics_count_requests_tokens_and_latency(worker, stub):
     # The default policy is DLPM: its deficits and quantum are exported.
     assert 'radixfair_worker_dlpm_deficit{client="dave"}' in samples
     assert samples["radixfair_worker_dlpm_quantum"] == 1024
+
+
+def test_watch_load_report_pushes_reports_at_the_interval(stub):
+    stream = stub.WatchLoadReport(worker_pb2.WatchLoadReportRequest(interval_ms=100), timeout=10)
+    reports = [next(stream).report for _ in range(3)]
+    stream.cancel()
+    assert all(r.worker_id == "w-test" and r.total_pages > 0 for r in reports)
+
+
+def test_watch_load_report_rejects_a_negative_interval(stub):
+    with pytest.raises(grpc.RpcError) as caught:
+        next(stub.WatchLoadReport(worker_pb2.WatchLoadReportRequest(interval_ms=-5), timeout=10))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
