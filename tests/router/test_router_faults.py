@@ -10,6 +10,7 @@ import grpc
 import pytest
 from support.router_stack import client_for, router_config, running_router, wait_until, worker_id
 
+from radixfair.auth import bearer_metadata
 from radixfair.redis_launcher import RedisLaunchConfig, RedisServer
 from radixfair.v1 import router_pb2, router_pb2_grpc
 from radixfair_router.config import RegistryConfig
@@ -145,28 +146,40 @@ def test_redis_restart_loses_no_request_and_the_ledger_is_reconciled(
     assert alice.prompt_tokens == sum(o.result.usage.prompt_tokens for o in expected)
 
 
-def test_registered_workers_join_rotation_and_leave_when_heartbeats_stop(spawn_workers, tiny_model_dir):
+def test_workers_register_with_the_shared_token_and_leave_when_heartbeats_stop(spawn_workers, tiny_model_dir):
     async def scenario():
         config = router_config(tiny_model_dir, [])
-        config = replace(config, registry=RegistryConfig(heartbeat_ttl_s=1.5, health_check_interval_s=0.2))
+        registry = RegistryConfig(
+            heartbeat_ttl_s=1.5, health_check_interval_s=0.2, registration_token="join-secret"
+        )
+        config = replace(config, registry=registry)
         async with running_router(config, healthy_workers=0) as running:
             address = f"127.0.0.1:{running.port}"
             async with grpc.aio.insecure_channel(address) as channel:
                 stub = router_pb2_grpc.RouterServiceStub(channel)
+                good = router_pb2.RegisterWorkerRequest(worker_id="x", address="127.0.0.1:1")
+                refused = []
+                for metadata in (None, bearer_metadata("wrong-secret")):
+                    with pytest.raises(grpc.aio.AioRpcError) as caught:
+                        await stub.RegisterWorker(good, metadata=metadata)
+                    refused.append(caught.value)
                 with pytest.raises(grpc.aio.AioRpcError) as bad:
                     await stub.RegisterWorker(
-                        router_pb2.RegisterWorkerRequest(worker_id="x", address="nowhere")
+                        router_pb2.RegisterWorkerRequest(worker_id="x", address="nowhere"),
+                        metadata=bearer_metadata("join-secret"),
                     )
+            assert not running.registry.all()
             [worker] = await asyncio.to_thread(
-                spawn_workers, 1, router_address=address, heartbeat_seconds=0.3
+                spawn_workers, 1, router_address=address, heartbeat_seconds=0.3, router_token="join-secret"
             )
             await wait_until(lambda: len(running.registry.healthy()) == 1, "worker registered")
             async with client_for(running, "bob") as client:
                 served = await client.generate("hello", max_tokens=2, ignore_eos=True)
             worker.kill()
             await wait_until(lambda: not running.registry.all(), "registration expired", timeout_s=6)
-            return bad.value, served, worker_id(worker)
+            return refused, bad.value, served, worker_id(worker)
 
-    bad, served, wid = asyncio.run(scenario())
+    refused, bad, served, wid = asyncio.run(scenario())
+    assert [e.code() for e in refused] == [grpc.StatusCode.UNAUTHENTICATED] * 2
     assert bad.code() == grpc.StatusCode.INVALID_ARGUMENT and "host:port" in bad.details()
     assert served.result.worker_id == wid

@@ -81,15 +81,26 @@ class ApiKeyAuthenticator:
 
     def authenticate_metadata(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> Principal:
         """The principal of a call's ``authorization: Bearer <key>`` metadata."""
-        values = [v for k, v in (metadata or ()) if k.lower() == AUTHORIZATION_HEADER]
-        if not values:
-            raise UnauthenticatedError("missing 'authorization: Bearer <api key>' metadata")
-        if len(values) > 1:
-            raise UnauthenticatedError("more than one authorization header")
-        value = values[0].decode() if isinstance(values[0], bytes) else values[0]
-        if not value.lower().startswith(_BEARER) or not value[len(_BEARER) :].strip():
-            raise UnauthenticatedError("authorization metadata must be 'Bearer <api key>'")
-        return self.authenticate_key(value[len(_BEARER) :].strip())
+        return self.authenticate_key(bearer_token(metadata))
+
+
+def bearer_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
+    """The secret of a call's single ``authorization: Bearer <secret>`` metadata entry."""
+    values = [v for k, v in (metadata or ()) if k.lower() == AUTHORIZATION_HEADER]
+    if not values:
+        raise UnauthenticatedError("missing 'authorization: Bearer <api key>' metadata")
+    if len(values) > 1:
+        raise UnauthenticatedError("more than one authorization header")
+    value = values[0].decode() if isinstance(values[0], bytes) else values[0]
+    if not value.lower().startswith(_BEARER) or not value[len(_BEARER) :].strip():
+        raise UnauthenticatedError("authorization metadata must be 'Bearer <api key>'")
+    return value[len(_BEARER) :].strip()
+
+
+def check_shared_token(metadata: Iterable[tuple[str, str | bytes]] | None, expected: str) -> None:
+    """Raises UnauthenticatedError unless the call carries ``Bearer <expected>``; "" accepts any call."""
+    if expected and not hmac.compare_digest(bearer_token(metadata).encode(), expected.encode()):
+        raise UnauthenticatedError("invalid worker registration token")
 
 
 def bearer_metadata(api_key: str) -> list[tuple[str, str]]:

@@ -74,7 +74,15 @@ async def start_router(config: RouterConfig, span_exporter: SpanExporter | None 
 
     server = grpc.aio.server(interceptors=[MalformedRequestInterceptor()])
     servicer = RouterServicer(
-        router, registry, ledger, authenticator, encoder, config.model_name, tracer, metrics
+        router,
+        registry,
+        ledger,
+        authenticator,
+        encoder,
+        config.model_name,
+        tracer,
+        metrics,
+        registration_token=config.registry.registration_token,
     )
     router_pb2_grpc.add_RouterServiceServicer_to_server(servicer, server)
     health = add_health_and_reflection(server, [SERVICE_NAME])

@@ -65,6 +65,9 @@ class RegistryConfig:
     workers: tuple[StaticWorker, ...] = ()
     # A registered worker that does not heartbeat within this leaves rotation.
     heartbeat_ttl_s: float = 6.0
+    # Workers must send "authorization: Bearer <token>" with RegisterWorker; empty
+    # accepts any caller, which is only safe where only workers reach the router's port.
+    registration_token: str = ""
     health_check_interval_s: float = 0.5
     health_check_timeout_s: float = 1.0
     # Consecutive failed checks before a worker leaves rotation.

@@ -14,7 +14,7 @@ import grpc
 from opentelemetry import trace
 from opentelemetry.trace import Tracer
 
-from radixfair.auth import ApiKeyAuthenticator
+from radixfair.auth import ApiKeyAuthenticator, check_shared_token
 from radixfair.errors import InvalidRequestError, RadixfairError
 from radixfair.tokenization import PromptEncoder
 from radixfair.tracing import extract_context
@@ -41,6 +41,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         model_name: str,
         tracer: Tracer,
         metrics: RouterMetrics,
+        registration_token: str = "",
     ) -> None:
         self._router = router
         self._registry = registry
@@ -50,6 +51,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self._model_name = model_name
         self._tracer = tracer
         self._metrics = metrics
+        self._registration_token = registration_token
 
     async def Generate(self, request, context: grpc.aio.ServicerContext):
         parent = extract_context(context.invocation_metadata())
@@ -80,6 +82,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
 
     async def RegisterWorker(self, request, context: grpc.aio.ServicerContext):
         try:
+            check_shared_token(context.invocation_metadata(), self._registration_token)
             if not request.worker_id.strip() or not request.address.strip():
                 raise InvalidRequestError("worker_id and address are required")
             if ":" not in request.address:

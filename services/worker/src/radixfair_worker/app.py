@@ -12,6 +12,7 @@ import grpc
 from opentelemetry.sdk.trace.export import SpanExporter
 from prometheus_client import CollectorRegistry
 
+from radixfair.auth import bearer_metadata
 from radixfair.grpc_health import add_health_and_reflection, set_serving
 from radixfair.malformed_requests import MalformedRequestInterceptor
 from radixfair.metrics import serve_metrics
@@ -78,9 +79,10 @@ async def _register_forever(config: WorkerConfig, worker_id: str, address: str, 
     async with grpc.aio.insecure_channel(config.router_address) as channel:
         stub = router_pb2_grpc.RouterServiceStub(channel)
         request = router_pb2.RegisterWorkerRequest(worker_id=worker_id, address=address, model=model)
+        metadata = bearer_metadata(config.router_token) if config.router_token else None
         while True:
             try:
-                await stub.RegisterWorker(request, timeout=config.heartbeat_seconds)
+                await stub.RegisterWorker(request, timeout=config.heartbeat_seconds, metadata=metadata)
             except grpc.aio.AioRpcError as error:
                 log.warning("router %s did not take registration: %s", config.router_address, error.code())
             await asyncio.sleep(config.heartbeat_seconds)

@@ -123,6 +123,9 @@ class WorkerConfig:
     # Router to register with and heartbeat to; empty means static listing.
     router_address: str = ""
     heartbeat_seconds: float = 2.0
+    # Sent as "authorization: Bearer <token>" when registering; must match the
+    # router's registry.registration_token.
+    router_token: str = ""
     # Prometheus /metrics port; 0 disables it.
     metrics_port: int = 0
     # CPU threads for torch's intra-op pool; 0 keeps torch's default (one per core).
