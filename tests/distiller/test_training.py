@@ -1,4 +1,4 @@
-"""The distillation loop: it learns, it resumes exactly, and on-policy steps learn the student's own answers."""
+"""The distillation loop: it learns, it resumes exactly, and on-policy steps learn the student's answers."""
 
 from __future__ import annotations
 

@@ -1,0 +1,50 @@
+"""`python -m radixfair_distiller.cli`: a recipe run with a progress bar and the evaluation table."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def run_cli(*args: str, work_dir) -> subprocess.CompletedProcess:
+    settings = ["--set", f"work_dir={work_dir}", "--set", "device=cpu", "--set", "torch_threads=1"]
+    return subprocess.run(
+        [sys.executable, "-m", "radixfair_distiller.cli", *settings, *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_distill_shows_progress_and_prints_the_evaluation_table(tiny_model_dir, tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        f"""
+name: cli-student
+teacher: {tiny_model_dir}
+prune: {{depth: {{keep_layers: 1}}, calibration_sequences: 2}}
+distill: {{steps: 3, batch_size: 2, checkpoint_every: 2}}
+data: {{seq_len: 48, text_max_files: 10, chat_prompts: 30, response_max_new_tokens: 6}}
+evaluate: {{text_sequences: 2, chat_prompts: 2, max_new_tokens: 4, decode_tokens: 4}}
+"""
+    )
+    done = run_cli("distill", str(recipe), work_dir=tmp_path / "work")
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    assert "distill [" in out and "] 3/3 loss " in out
+    assert "[running] prune: measuring importance on calibration data" in out
+    table = out[out.index("| model |") :].splitlines()
+    assert "perplexity" in table[0] and "top-1 agreement" in table[0] and "decode tok/s" in table[0]
+    assert table[2].startswith(f"| {tiny_model_dir} (teacher) |")
+    assert table[3].startswith("| cli-student |")
+
+    listing = run_cli("list", work_dir=tmp_path / "work")
+    assert listing.returncode == 0 and "| cli-student |" in listing.stdout
+
+
+def test_a_bad_recipe_exits_with_the_problem_named(tiny_model_dir, tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"name: bad\nteacher: {tiny_model_dir}\nprune: {{depth: {{keep_layers: 7}}}}\n")
+    done = run_cli("distill", str(recipe), work_dir=tmp_path / "work")
+    assert done.returncode == 2
+    assert "keep_layers: 7 layers asked, the teacher has 2" in done.stderr
