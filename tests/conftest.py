@@ -17,7 +17,8 @@ from support.processes import ServiceProcess, start_service
 settings.register_profile("radixfair", deadline=None)
 settings.load_profile("radixfair")
 
-MODEL_CACHE = Path(os.environ.get("RADIXFAIR_TEST_MODEL_CACHE", "~/.cache/radixfair/models")).expanduser()
+# Not a RADIXFAIR_* name: services started by tests would read that prefix as config.
+MODEL_CACHE = Path(os.environ.get("MODEL_CACHE_FOR_TESTS", "~/.cache/radixfair/models")).expanduser()
 
 
 @pytest.fixture(scope="session")
