@@ -487,11 +487,52 @@ def sweep(copy_tbs: float, tokens: int = 65536) -> list[dict[str, object]]:
     return rows
 
 
+def norm_ab(copy_tbs: float, tokens: int = 65536, rounds: int = 3) -> list[dict[str, object]]:
+    """add_rms_norm at 64k tokens, GPU time only (graph replays), ours in several block sizes
+    against Liger and torch.compile, interleaved over ``rounds`` rounds: is the ~1% gap to
+    Liger in run 2 larger than the spread between rounds?"""
+    x = torch.randn(tokens, HIDDEN, dtype=DTYPE, device=DEVICE)
+    residual = torch.randn_like(x)
+    weight = torch.randn(HIDDEN, dtype=DTYPE, device=DEVICE)
+    impls: dict[str, Callable[[], object]] = {}
+    for block_m, warps in ((1, 2), (2, 2), (4, 4), (8, 4), (16, 4)):
+        impls[f"ours block_m={block_m} warps={warps}"] = lambda b=block_m, w=warps: rms_norm.add_rms_norm(
+            x, residual, weight, EPS, block_m=b, num_warps=w
+        )
+    liger = try_liger("add_rms_norm")
+    if liger is not None:
+        impls["liger"] = lambda: liger.apply(x, residual, weight, EPS, 0.0, "llama", False)  # type: ignore[attr-defined]
+    add_compiled = compiled(TORCH.add_rms_norm)
+    impls["torch.compile"] = lambda: add_compiled(x, residual, weight, EPS)
+    times: dict[str, list[float]] = {name: [] for name in impls}
+    for _ in range(rounds):
+        for name, fn in impls.items():
+            fn()
+            times[name].append(triton.testing.do_bench_cudagraph(fn, rep=60, return_mode="median") * 1e3)
+    rows = []
+    for name, values in times.items():
+        best = min(values)
+        rows.append(
+            {
+                "impl": name,
+                "graph_us per round": ", ".join(f"{v:.1f}" for v in values),
+                "best us": best,
+                "% copy": 100 * 4 * x.numel() * BF16 / (best * 1e-6) / 1e12 / copy_tbs,
+            }
+        )
+        print(f"  norm a/b {name:32s} {rows[-1]['graph_us per round']}")
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--sweep", action="store_true")
     parser.add_argument("--skip-main", action="store_true", help="only the sweep")
+    parser.add_argument("--commit", default=None, help="the checkout's commit (the device copy has no .git)")
+    parser.add_argument(
+        "--norm-ab", action="store_true", help="add_rms_norm against Liger, interleaved rounds"
+    )
     args = parser.parse_args()
     torch.manual_seed(0)
     torch._dynamo.config.cache_size_limit = 64
@@ -519,10 +560,15 @@ def main() -> None:
                 for case in build():
                     rows += run_case(case, copy_tbs)
                 torch.cuda.empty_cache()
-            write(args.out, rows, sweep_rows, copy_tbs, props)  # kept even if the sweep runs out of time
+            write(
+                args.out, rows, sweep_rows, copy_tbs, props, commit=args.commit
+            )  # kept even if the sweep runs out of time
         if args.sweep:
             sweep_rows = sweep(copy_tbs)
-            write(args.out, rows, sweep_rows, copy_tbs, props)
+            write(args.out, rows, sweep_rows, copy_tbs, props, commit=args.commit)
+        if args.norm_ab:
+            ab_rows = norm_ab(copy_tbs)
+            write(args.out, rows, sweep_rows, copy_tbs, props, ab_rows, commit=args.commit)
 
 
 def write(
@@ -531,9 +577,12 @@ def write(
     sweep_rows: list[dict[str, object]],
     copy_tbs: float,
     props: object,
+    ab_rows: list[dict[str, object]] | None = None,
+    commit: str | None = None,
 ) -> None:
     out.mkdir(parents=True, exist_ok=True)
     env = environment(("torch", "triton", "liger-kernel"))
+    env["git_commit"] = commit or env["git_commit"]
     meta = {
         **env,
         "gpu": {"name": props.name, "sms": props.multi_processor_count},  # type: ignore[attr-defined]
@@ -541,6 +590,7 @@ def write(
         "dtype": "bfloat16",
         "rows": rows,
         "sweep": sweep_rows,
+        "add_rms_norm_ab": ab_rows or [],
     }
     (out / "kernels.json").write_text(json.dumps(meta, indent=2, default=str))
     columns = [
@@ -559,7 +609,7 @@ def write(
         "",
         f"{env['date']} · {props.name} ({props.multi_processor_count} SMs) · "  # type: ignore[attr-defined]
         + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v)
-        + f" · bf16 · measured copy bandwidth {copy_tbs:.2f} TB/s",
+        + f" · bf16 · measured copy bandwidth {copy_tbs:.2f} TB/s · commit {env['git_commit']}",
         "",
         "`us`: triton.testing.do_bench median, L2 flushed, launch included. `graph_us`: CUDA-graph replay "
         "median. `% copy`: fewest bytes the op must move over `us`, against the copy bandwidth.",
@@ -574,6 +624,9 @@ def write(
                 best[kernel] = row
         lines += ["", "## Best block sizes (sweep; swiglu at 65,536 tokens)", ""]
         lines.append(markdown_table(list(best.values()), ["kernel", "config", "us", "% copy", "TFLOP/s"]))
+    if ab_rows:
+        lines += ["", "## add_rms_norm at 65,536 tokens, GPU time, interleaved rounds", ""]
+        lines.append(markdown_table(ab_rows, ["impl", "graph_us per round", "best us", "% copy"]))
     (out / "kernels.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
