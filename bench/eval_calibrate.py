@@ -1,30 +1,39 @@
 """Calibrates the simulator's step cost model on the real engine, and measures its error on a real replay.
 
-1. Shapes: the real engine with the real SmolLM2-135M runs a few scenarios
-   (single prefills of several lengths, decode batches of 1 to 16, long
-   contexts, prefills behind a cached prefix); every step's wall time (the
-   whole ``Engine.step``, scheduling included) and batch shape are recorded,
-   and the cost model is fitted to them.
+1. Shapes: the real engine runs a few scenarios (single prefills of several
+   lengths, decode batches of several sizes, long contexts, prefills behind
+   a cached prefix); every step's wall time (the whole ``Engine.step``,
+   scheduling included) and batch shape are recorded, and the cost model is
+   fitted to them.
 2. Replay: a small saved trace is replayed on the real engine in real time
    (requests submitted at their arrival times) and simulated with the fitted
    model. The report compares per-step time predictions, makespan, and
    per-request TTFT and end-to-end latency, real against simulated.
 
-    .venv/bin/python bench/eval_calibrate.py [--device cpu] [--trace TRACE.jsonl]
+On CPU the engine runs the real SmolLM2-135M (fp32, torch backend). On the
+GPU machine the checkpoint does not travel, so it runs random weights in
+SmolLM2-135M's architecture (bf16, Triton kernels, CUDA graphs): step time
+depends on shapes, not on weight values.
+
+    .venv/bin/python bench/eval_calibrate.py --device cpu
+    PYTHONPATH=common/src:services/worker/src python3 bench/eval_calibrate.py --device cuda
 
 Writes bench/results/eval_cost_model_<device>.json (the fitted model) and
-bench/results/eval_calibration_<device>.{json,md}.
+bench/results/eval_calibration_<device>.{json,md} (errors and raw samples).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.report import RESULTS_DIR, markdown_table, write_results  # noqa: E402
@@ -34,34 +43,99 @@ from bench.simulator.timed_runner import ShapeRecordingRunner  # noqa: E402
 from bench.workloads import build_pattern, generate_trace, load_trace, prompt_token_ids, save_trace  # noqa: E402
 from bench.workloads.trace import Trace  # noqa: E402
 from radixfair_worker.config import EngineConfig, SchedulerConfig  # noqa: E402
-from radixfair_worker.engine_builder import build_engine  # noqa: E402
+from radixfair_worker.engine import Engine  # noqa: E402
+from radixfair_worker.engine_builder import build_backend  # noqa: E402
+from radixfair_worker.model.llama import KVCache  # noqa: E402
+from radixfair_worker.model.loader import load_model  # noqa: E402
+from radixfair_worker.model_runner import ModelRunner  # noqa: E402
 from radixfair_worker.model_store import PACKAGED_MODEL, resolve_model_dir  # noqa: E402
 from radixfair_worker.request import Request, SamplingConfig  # noqa: E402
+from radixfair_worker.scheduler.registry import build_policy  # noqa: E402
 
-TRACE = RESULTS_DIR / "eval_traces" / "calibration.jsonl"
+TRACES = RESULTS_DIR / "eval_traces"
+MAX_CONTEXT = 4096
+
+# SmolLM2-135M's architecture, for random weights on the GPU machine.
+SMOLLM2_135M = {
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "vocab_size": 49152,
+    "hidden_size": 576,
+    "intermediate_size": 1536,
+    "num_hidden_layers": 30,
+    "num_attention_heads": 9,
+    "num_key_value_heads": 3,
+    "head_dim": 64,
+    "max_position_embeddings": MAX_CONTEXT,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 100000.0,
+    "tie_word_embeddings": True,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+}
+
+# Per device: engine limits, the shape scenarios and the replay trace's load.
+SETTINGS = {
+    "cpu": {
+        "engine": {"max_batched_tokens": 512, "max_running_requests": 16, "num_pages": 1024},
+        "prefills": (64, 256, 512, 1024),
+        "batches": (1, 4, 8, 16),
+        "trace": {"num_clients": 4, "rate": 0.08, "duration_s": 60.0, "doc_tokens": 256},
+    },
+    "cuda": {
+        "engine": {"max_batched_tokens": 2048, "max_running_requests": 128, "num_pages": 8192},
+        "prefills": (64, 256, 1024, 2048, 4000),
+        "batches": (1, 8, 32, 64, 128),
+        "trace": {"num_clients": 8, "rate": 6.0, "duration_s": 20.0, "doc_tokens": 1024},
+    },
+}
 
 
 def engine_config(device: str) -> EngineConfig:
     return EngineConfig(
-        num_pages=1024,
         page_size=16,
-        max_batched_tokens=512,
-        max_running_requests=16,
-        max_waiting_requests=10_000,
+        max_waiting_requests=100_000,
         device=device,
         backend="triton" if device == "cuda" else "torch",
         dtype="bfloat16" if device == "cuda" else "float32",
         scheduler=SchedulerConfig(policy="dlpm"),
+        **SETTINGS[device]["engine"],
     )
 
 
-def build(config: EngineConfig):
-    stack = build_engine(
-        config, resolve_model_dir(PACKAGED_MODEL, Path("~/.cache/radixfair/models").expanduser())
-    )
-    engine = stack.engine
-    recorder = ShapeRecordingRunner(engine.runner)
-    engine.runner = recorder
+def random_model_dir(target: Path) -> Path:
+    from safetensors.torch import save_file
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(**SMOLLM2_135M))
+    state = {k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    target.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(target / "model.safetensors"), metadata={"format": "pt"})
+    (target / "config.json").write_text(json.dumps(SMOLLM2_135M))
+    return target
+
+
+def build(config: EngineConfig, model_dir: Path) -> tuple[Engine, ShapeRecordingRunner]:
+    """build_engine's assembly minus the tokenizer: token ids in, token ids out."""
+    dtype = getattr(torch, config.dtype)
+    model = load_model(model_dir, build_backend(config.backend), dtype, config.device)
+    device = torch.device(config.device)
+    use_graphs = device.type == "cuda" and config.cuda_graph_max_batch > 0
+    kv = KVCache(model.config, config.num_pages + (1 if use_graphs else 0), config.page_size, dtype, device)
+    graphs = None
+    if use_graphs:
+        from radixfair_worker.cuda_graph_runner import DecodeGraphRunner, capture_sizes
+
+        graphs = DecodeGraphRunner(
+            model,
+            kv,
+            scratch_page=config.num_pages,
+            max_pages_per_seq=-(-MAX_CONTEXT // config.page_size),
+            batch_sizes=capture_sizes(min(config.cuda_graph_max_batch, config.max_running_requests)),
+        )
+    recorder = ShapeRecordingRunner(ModelRunner(model, kv, config.num_pages, graphs))
+    engine = Engine(config, recorder, build_policy(config.scheduler), frozenset(), MAX_CONTEXT)
     return engine, recorder
 
 
@@ -69,44 +143,51 @@ def _rand(seed: int, n: int) -> list[int]:
     return np.random.default_rng(seed).integers(1000, 40000, size=n).tolist()
 
 
-def scenarios() -> list[list[Request]]:
+def scenarios(device: str) -> list[list[Request]]:
     """Batches submitted together; each runs to completion before the next."""
 
     def req(name: str, prompt: list[int], out: int) -> Request:
         return Request(name, "cal", prompt, SamplingConfig(max_tokens=out, ignore_eos=True))
 
-    out = []
-    for n in (64, 256, 512, 1024):
-        out.append([req(f"p{n}", _rand(n, n), 3)])
-    for batch in (1, 4, 8, 16):
+    settings = SETTINGS[device]
+    out = [[req(f"p{n}", _rand(n, n), 3)] for n in settings["prefills"]]
+    for batch in settings["batches"]:
         out.append([req(f"d{batch}-{i}", _rand(100 * batch + i, 200), 10) for i in range(batch)])
-    out.append([req(f"long-{i}", _rand(900 + i, 1500), 6) for i in range(4)])
+    long_prompt = min(4 * settings["prefills"][2], MAX_CONTEXT - 64)
+    out.append([req(f"long-{i}", _rand(900 + i, long_prompt), 6) for i in range(4)])
     shared = _rand(7, 512)
     out.append([req("warm", shared + _rand(8, 16), 2)])
     out.append([req(f"hit-{i}", shared + _rand(10 + i, 128), 4) for i in range(4)])
     return out
 
 
-def measure_shapes(engine, recorder, repeats: int) -> tuple[list[StepShape], list[float]]:
+def _timed_step(engine: Engine, recorder: ShapeRecordingRunner, sync) -> tuple[StepShape, float] | None:
+    recorder.last_shape = None
+    start = time.perf_counter()
+    engine.step()
+    sync()
+    if recorder.last_shape is None:
+        return None
+    return recorder.last_shape, time.perf_counter() - start
+
+
+def measure_shapes(engine, recorder, device: str, repeats: int, sync) -> tuple[list[StepShape], list[float]]:
     shapes, seconds = [], []
     for rep in range(repeats):
-        for batch in scenarios():
+        for batch in scenarios(device):
             for request in batch:
                 request.request_id += f"#{rep}"
                 engine.submit(request)
             while engine.has_work():
-                recorder.last_shape = None
-                start = time.perf_counter()
-                engine.step()
-                elapsed = time.perf_counter() - start
-                if recorder.last_shape is not None:
-                    shapes.append(recorder.last_shape)
-                    seconds.append(elapsed)
+                sample = _timed_step(engine, recorder, sync)
+                if sample is not None:
+                    shapes.append(sample[0])
+                    seconds.append(sample[1])
         engine.cache.evict(engine.allocator.num_pages)
     return shapes, seconds
 
 
-def replay_real(engine, recorder, trace: Trace) -> tuple[dict[str, dict[str, float]], list, list, float]:
+def replay_real(engine, recorder, trace: Trace, sync):
     """Submits each request at its arrival time (wall clock) and steps the engine until all finish."""
     pending = sorted(trace.requests, key=lambda r: r.arrival_s)
     requests: dict[str, Request] = {}
@@ -131,75 +212,73 @@ def replay_real(engine, recorder, trace: Trace) -> tuple[dict[str, dict[str, flo
         if not engine.has_work():
             time.sleep(max(0.0, pending[index].arrival_s - (time.monotonic() - t0)))
             continue
-        recorder.last_shape = None
-        start = time.perf_counter()
-        engine.step()
-        if recorder.last_shape is not None:
-            shapes.append(recorder.last_shape)
-            seconds.append(time.perf_counter() - start)
-    out = {
-        rid: {
-            "ttft": r.first_token_time - r.arrival_time,
-            "e2e": r.finished_time - r.arrival_time,
-            "finish": r.finished_time - t0,
-        }
+        sample = _timed_step(engine, recorder, sync)
+        if sample is not None:
+            shapes.append(sample[0])
+            seconds.append(sample[1])
+    real = {
+        rid: {"ttft": r.first_token_time - r.arrival_time, "e2e": r.finished_time - r.arrival_time}
         for rid, r in requests.items()
     }
-    return out, shapes, seconds, max(v["finish"] for v in out.values())
+    makespan = max(r.finished_time for r in requests.values()) - t0
+    return real, shapes, seconds, makespan
 
 
-def calibration_trace() -> Trace:
-    spec = build_pattern(
-        "shared_prefix",
-        {
-            "num_clients": 4,
-            "rate": 0.25,
-            "duration_s": 40.0,
-            "doc_tokens": 384,
-            "output_low": 16,
-            "output_high": 48,
-        },
-    )
-    return generate_trace(replace(spec, name="calibration"), seed=11)
+def calibration_trace(device: str) -> Trace:
+    params = {"output_low": 16, "output_high": 48, **SETTINGS[device]["trace"]}
+    spec = build_pattern("shared_prefix", params)
+    return generate_trace(replace(spec, name=f"calibration_{device}"), seed=11)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--trace", type=Path, default=TRACE)
+    parser.add_argument("--device", default="cpu", choices=sorted(SETTINGS))
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--random-weights", action="store_true", help="default on cuda")
     args = parser.parse_args()
-    if not args.trace.exists():
-        save_trace(calibration_trace(), args.trace)
-    trace = load_trace(args.trace)
-    config = engine_config(args.device)
-    engine, recorder = build(config)
-    shapes, seconds = measure_shapes(engine, recorder, args.repeats)
-    model = fit(shapes, seconds, source=f"eval_calibrate on {args.device}, {len(shapes)} steps")
-    fit_err = np.abs(relative_errors(model, shapes, seconds))
-    model.save(RESULTS_DIR / f"eval_cost_model_{args.device}.json")
-    print(f"fit: {model} median |err| {np.median(fit_err):.1%}", file=sys.stderr)
-
-    engine, recorder = build(config)  # a cold cache, as the simulation starts
-    real, replay_shapes, replay_seconds, real_makespan = replay_real(engine, recorder, trace)
+    device = args.device
+    trace_path = TRACES / f"calibration_{device}.jsonl"
+    if not trace_path.exists():
+        save_trace(calibration_trace(device), trace_path)
+    trace = load_trace(trace_path)
+    config = engine_config(device)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    with tempfile.TemporaryDirectory() as scratch:
+        if args.random_weights or device == "cuda":
+            model_dir = random_model_dir(Path(scratch) / "model")
+        else:
+            model_dir = resolve_model_dir(PACKAGED_MODEL, Path("~/.cache/radixfair/models").expanduser())
+        engine, recorder = build(config, model_dir)
+        measure_shapes(engine, recorder, device, 1, sync)  # warm-up: allocator, kernels' compilation
+        shapes, seconds = measure_shapes(engine, recorder, device, args.repeats, sync)
+        model = fit(shapes, seconds, source=f"eval_calibrate on {device}, {len(shapes)} steps")
+        fit_err = np.abs(relative_errors(model, shapes, seconds))
+        print(f"fit: {model}; median |error| {np.median(fit_err):.1%}", file=sys.stderr)
+        engine, recorder = build(config, model_dir)  # a cold cache, as the simulation starts
+        measure_shapes(engine, recorder, device, 1, sync)
+        engine.cache.evict(engine.allocator.num_pages)
+        real, replay_shapes, replay_seconds, real_makespan = replay_real(engine, recorder, trace, sync)
+    model.save(RESULTS_DIR / f"eval_cost_model_{device}.json")
     step_err = relative_errors(model, replay_shapes, replay_seconds)
-    sim = simulate(SimConfig(config, model, max_context_tokens=engine.max_context_tokens), trace)
+    sim = simulate(SimConfig(config, model, max_context_tokens=MAX_CONTEXT), trace)
     simulated = {f.request_id: f for f in sim.recorder.finished}
-    ttft_real = np.array([real[r]["ttft"] for r in real])
-    ttft_sim = np.array([simulated[r].first_token - simulated[r].arrival for r in real])
-    e2e_real = np.array([real[r]["e2e"] for r in real])
-    e2e_sim = np.array([simulated[r].finished - simulated[r].arrival for r in real])
+    ids = sorted(real)
+    replay = np.array(replay_seconds)
     rows = [
-        _row(
-            "step time (held-out replay steps)",
-            np.array(replay_seconds),
-            np.array(replay_seconds) * (1 + step_err),
-        ),
+        _row("step time (replay steps, held out)", replay, replay * (1 + step_err)),
         _row("makespan", np.array([real_makespan]), np.array([sim.makespan])),
-        _row("TTFT per request", ttft_real, ttft_sim),
-        _row("end-to-end latency per request", e2e_real, e2e_sim),
+        _row(
+            "TTFT per request",
+            np.array([real[r]["ttft"] for r in ids]),
+            np.array([simulated[r].first_token - simulated[r].arrival for r in ids]),
+        ),
+        _row(
+            "end-to-end latency per request",
+            np.array([real[r]["e2e"] for r in ids]),
+            np.array([simulated[r].finished - simulated[r].arrival for r in ids]),
+        ),
     ]
     columns = [
         "quantity",
@@ -213,14 +292,20 @@ def main() -> None:
     notes = (
         f"Cost model fitted on {len(shapes)} steps of the shape scenarios "
         f"(median |error| on them {np.median(fit_err):.1%}): {model}.\n\n"
-        f"Replay: trace `{args.trace.name}` ({len(trace.requests)} requests, {len(trace.clients)} clients), "
+        f"Replay: trace `{trace_path.name}` ({len(trace.requests)} requests, {len(trace.clients)} clients), "
         "real engine in real time vs the simulator with the fitted model. Error = (sim - real) / real."
     )
+    raw = {
+        "fit_samples": [[list(s.starts), list(s.lengths), t] for s, t in zip(shapes, seconds)],
+        "replay_samples": [
+            [list(s.starts), list(s.lengths), t] for s, t in zip(replay_shapes, replay_seconds)
+        ],
+    }
     write_results(
-        f"eval_calibration_{args.device}",
+        f"eval_calibration_{device}",
         rows,
         columns,
-        {"cost_model": model.__dict__, "fit_median_abs_error": float(np.median(fit_err))},
+        {"cost_model": model.__dict__, "fit_median_abs_error": float(np.median(fit_err)), **raw},
         notes,
     )
     print(markdown_table(rows, columns))

@@ -9,10 +9,12 @@ Definitions (docs/evaluation.md repeats them):
   weight-normalised service difference within a stretch where both had a
   request waiting (see recorder.PairGaps), against DLPM's bound from
   scheduler/dlpm.py: 2·Q + D_A/w_A + D_B/w_B, D_i = w_in·L_i + w_out·M_i·R_i.
-- Jain's index: per time bin, over the clients backlogged for at least 90% of
-  the bin, of their weight-normalised service in the bin; averaged over bins
-  with two or more such clients (a bin where every backlogged client got the
-  same service per weight scores 1).
+- Jain's index: the run is cut into ``windows`` (10) equal windows; in each,
+  over the clients backlogged for at least 90% of the window, of their
+  weight-normalised service in it; averaged over windows with two or more
+  such clients, weighted by their count (a window where every backlogged
+  client got the same service per weight scores 1). Windows much shorter
+  than a scheduling round would score round-robin as unfair, hence 10.
 - hit rate: cached prompt tokens / prompt tokens, over finished requests.
 - load imbalance: max / mean over workers of busy time.
 """
@@ -55,18 +57,20 @@ def per_client_latency(result: SimResult) -> dict[str, dict[str, float]]:
     }
 
 
-def binned_jain(result: SimResult, backlog_fraction: float = 0.9) -> float:
+def windowed_jain(result: SimResult, windows: int = 10, backlog_fraction: float = 0.9) -> float:
     rec = result.recorder
     clients = sorted(rec.weights)
     bins = int(result.makespan / rec.service.bin_s) + 1
-    service = rec.service.matrix(clients, bins)
-    backlog = rec.backlog_time.matrix(clients, bins)
-    weights = np.array([rec.weights[c] for c in clients])[:, None]
+    per = max(1, bins // windows)
+    usable = (bins // per) * per  # whole windows only
+    service = rec.service.matrix(clients, bins)[:, :usable].reshape(len(clients), -1, per).sum(axis=2)
+    backlog = rec.backlog_time.matrix(clients, bins)[:, :usable].reshape(len(clients), -1, per).sum(axis=2)
+    weights = np.array([rec.weights[c] for c in clients])
     scores, counts = [], []
-    for b in range(bins - 1):  # the last bin is partial
-        mask = backlog[:, b] >= backlog_fraction * rec.service.bin_s
+    for w in range(service.shape[1]):
+        mask = backlog[:, w] >= backlog_fraction * per * rec.service.bin_s
         if mask.sum() >= 2:
-            scores.append(jain(service[mask, b] / weights[mask, 0]))
+            scores.append(jain(service[mask, w] / weights[mask]))
             counts.append(int(mask.sum()))
     return float(np.average(scores, weights=counts)) if scores else float("nan")
 
@@ -132,7 +136,7 @@ def summarize(result: SimResult) -> dict[str, Any]:
         "e2e_p99": percentile([f.finished - f.arrival for f in finished], 99),
         "worst_client_e2e_p99": max((v["e2e_p99"] for v in latency.values()), default=float("nan")),
         "worst_client_ttft_p99": max((v["ttft_p99"] for v in latency.values()), default=float("nan")),
-        "jain": binned_jain(result),
+        "jain": windowed_jain(result),
         "service_gap": gap["gap"],
         "gap_bound": gap["bound"],
         "gap_over_bound": gap["gap_over_bound"],

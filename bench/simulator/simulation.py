@@ -19,10 +19,10 @@ import itertools
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from bench.simulator.cost_model import StepCostModel
 from bench.simulator.recorder import ObservedPolicy, Recorder
-from bench.simulator.sim_router import SimRouter
 from bench.simulator.sim_runner import SimulatedRunner, VirtualClock
 from bench.workloads.tokens import prompt_token_ids
 from bench.workloads.trace import Trace, TraceRequest
@@ -35,6 +35,9 @@ from radixfair_worker.request import Request, SamplingConfig
 from radixfair_worker.scheduler.base import SchedulingPolicy
 from radixfair_worker.scheduler.lpm_aging import LPMAgingPolicy
 from radixfair_worker.scheduler.registry import build_policy
+
+if TYPE_CHECKING:
+    from bench.simulator.sim_router import SimRouter
 
 _RELEASE, _STEP, _REPORT = 0, 1, 2
 
@@ -100,8 +103,10 @@ class Simulation:
             tracked = _default_tracked(trace, config.tracked_clients)
         self.recorder = Recorder(config.engine.scheduler, config.bin_s, tracked)
         self.workers = [SimWorker(i, config, self.recorder) for i in range(config.num_workers)]
-        self.router = None
+        self.router: SimRouter | None = None
         if config.num_workers > 1:
+            from bench.simulator.sim_router import SimRouter  # the router's ledger needs redis-py
+
             if config.routing is None:
                 raise ValueError("several workers need a routing policy")
             s = config.engine.scheduler

@@ -81,7 +81,10 @@ def heavy_client(
     doc_tokens: int = 1024,
     output_low: int = 16,
     output_high: int = 64,
+    num_heavy: int = 1,
 ) -> WorkloadSpec:
+    """``num_heavy`` clients at ``heavy_factor`` x ``rate`` next to ``num_light`` clients at ``rate``."""
+
     def client(name: str, client_rate: float) -> ClientSpec:
         return ClientSpec(
             name,
@@ -91,10 +94,13 @@ def heavy_client(
             shared_prefix_len=doc_tokens,
         )
 
-    clients = (client("heavy", rate * heavy_factor),) + tuple(
-        client(f"light{i:02d}", rate) for i in range(num_light)
+    heavy = tuple(
+        client("heavy" if num_heavy == 1 else f"heavy{i:03d}", rate * heavy_factor) for i in range(num_heavy)
     )
-    return WorkloadSpec("heavy_client", duration_s, clients)
+    light = tuple(
+        client(f"light{i:05d}" if num_light > 99 else f"light{i:02d}", rate) for i in range(num_light)
+    )
+    return WorkloadSpec("heavy_client", duration_s, heavy + light)
 
 
 def multi_turn(

@@ -1,0 +1,147 @@
+"""N workers behind the router: round-robin, least-load, cache-aware, global VTC and D2LPM, simulated.
+
+The workload is the heavy-client pattern scaled with N: N/8 heavy clients
+each offering about two workers' worth of requests, next to
+``--clients-per-worker`` x N light clients, each with its own document;
+together ``--load`` of the cluster's capacity (a worker's capacity is
+piloted as in eval_single_worker.py). Every routing policy replays the same
+saved trace through the router's real policy, cache view and in-process
+ledger, in front of real engines (see bench/simulator/).
+
+    .venv/bin/python bench/eval_multi_worker.py --cost cpu --workers 8 16 32 64 128 256
+
+Writes bench/results/eval_multi_worker_<cost>.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.eval_runs import (  # noqa: E402
+    LOCAL_FOR_ROUTING,
+    ROUTING_POLICIES,
+    cost_model,
+    run,
+    run_record,
+    saved_trace,
+)
+from bench.eval_single_worker import capacity  # noqa: E402
+from bench.report import write_results  # noqa: E402
+from bench.workloads import build_pattern  # noqa: E402
+from bench.workloads.trace import Trace  # noqa: E402
+
+HEAVY_WORKERS = 2.0  # a heavy client offers this many workers' capacity
+
+
+def cluster_trace(
+    workers: int, cost_name: str, load: float, per_worker: int, clients_per_worker: int
+) -> tuple[Trace, Path]:
+    served, _ = capacity("heavy_client", cost_model(cost_name))
+    heavy = max(1, workers // 8)
+    light = clients_per_worker * workers
+    total = load * workers * served
+    light_rate = (total - heavy * HEAVY_WORKERS * served) / light
+    duration = per_worker / (load * served)
+    spec = build_pattern(
+        "heavy_client",
+        {
+            "num_light": light,
+            "num_heavy": heavy,
+            "rate": light_rate,
+            "heavy_factor": HEAVY_WORKERS * served / light_rate,
+            "duration_s": duration,
+            "doc_tokens": 2048,
+        },
+    )
+    return saved_trace(f"multi_heavy_{workers}w_{clients_per_worker}cpw_{cost_name}", spec)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--cost", default="cpu")
+    parser.add_argument("--workers", nargs="*", type=int, default=[8, 16, 32, 64, 128, 256])
+    parser.add_argument("--policies", nargs="*", default=list(ROUTING_POLICIES))
+    parser.add_argument("--load", type=float, default=0.8)
+    parser.add_argument("--requests-per-worker", type=int, default=100)
+    parser.add_argument("--clients-per-worker", type=int, default=10)
+    parser.add_argument("--quantum", type=float, default=8192.0, help="local DLPM quantum")
+    parser.add_argument("--router-quantum", type=float, default=8192.0)
+    parser.add_argument("--name", default="")
+    args = parser.parse_args()
+    cost = cost_model(args.cost)
+    records = []
+    for workers in args.workers:
+        trace, path = cluster_trace(
+            workers, args.cost, args.load, args.requests_per_worker, args.clients_per_worker
+        )
+        for routing in args.policies:
+            local = LOCAL_FOR_ROUTING[routing]
+            result, wall = run(
+                trace,
+                cost,
+                local,
+                quantum=args.quantum,
+                workers=workers,
+                routing=routing,
+                router_quantum=args.router_quantum,
+            )
+            record = run_record(result, wall, workers=workers, routing=routing, local=local, trace=path.name)
+            light = [v["e2e_p99"] for c, v in record["clients"].items() if c.startswith("light")]
+            heavy = [v["e2e_p99"] for c, v in record["clients"].items() if c.startswith("heavy")]
+            record["worst_light_e2e_p99"] = max(light)
+            record["worst_heavy_e2e_p99"] = max(heavy)
+            record["light_e2e_p99_median"] = float(np.median(light))
+            record["clients_total"] = len(trace.clients)
+            record["requests_total"] = len(trace.requests)
+            if workers > 32:
+                record.pop("clients")  # thousands of clients: keep the file small
+            records.append(record)
+            print(
+                f"{workers:4d}w {routing:12s} thr={record['throughput_tok_s']:10.1f} "
+                f"hit={record['hit_rate']:.2f} worst_p99={record['worst_client_e2e_p99']:8.2f}s "
+                f"light_p99={record['worst_light_e2e_p99']:8.2f}s imb={record['load_imbalance']:.2f} "
+                f"wall={wall:6.1f}s",
+                file=sys.stderr,
+            )
+    columns = [
+        "workers",
+        "routing",
+        "local",
+        "clients_total",
+        "requests_total",
+        "throughput_tok_s",
+        "hit_rate",
+        "worst_client_e2e_p99",
+        "worst_light_e2e_p99",
+        "worst_heavy_e2e_p99",
+        "ttft_p99",
+        "jain",
+        "load_imbalance",
+        "sim_wall_s",
+    ]
+    notes = (
+        f"Simulated cluster (real Engine per worker, the router's real policies, cache view and "
+        f"in-process ledger; cost model `{args.cost}`). Heavy-client pattern: N/8 heavy clients at "
+        f"{HEAVY_WORKERS:g} workers' capacity each, {args.clients_per_worker} light clients per worker, "
+        f"offered load {args.load} of the cluster, ~{args.requests_per_worker} requests per worker. "
+        f"Local DLPM quantum {args.quantum:g}, router quantum {args.router_quantum:g}. "
+        "Latencies in seconds of virtual time; load_imbalance = max/mean busy time over workers."
+    )
+    write_results(
+        f"eval_multi_worker_{args.cost}{args.name}",
+        records,
+        columns,
+        {"cost": args.cost, "cost_model": cost.__dict__, "args": vars(args)},
+        notes,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""Shared pieces of the evaluation scripts: cost models, engine settings, running one simulated configuration.
+
+A *run* is one saved trace simulated under one configuration (local policy,
+and with several workers a routing policy). ``run_record`` turns the result
+into a JSON-able record with the summary metrics, per-client latency and the
+service-over-time series the figures need, so figures can be redrawn from
+the records or re-simulated from the traces.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.report import RESULTS_DIR  # noqa: E402
+from bench.simulator.cost_model import StepCostModel  # noqa: E402
+from bench.simulator.metrics import per_client_latency, summarize  # noqa: E402
+from bench.simulator.simulation import SimConfig, SimResult, simulate  # noqa: E402
+from bench.workloads import generate_trace, load_trace, save_trace  # noqa: E402
+from bench.workloads.generate import WorkloadSpec  # noqa: E402
+from bench.workloads.trace import Trace  # noqa: E402
+from radixfair_router.config import PolicyConfig  # noqa: E402
+from radixfair_worker.config import EngineConfig, SchedulerConfig  # noqa: E402
+
+TRACES = RESULTS_DIR / "eval_traces"
+LOCAL_POLICIES = ("fcfs", "lpm", "lpm_aging", "vtc", "dlpm")
+ROUTING_POLICIES = ("round_robin", "least_load", "cache_aware", "global_vtc", "d2lpm")
+# The local scheduler each routing baseline runs with: SGLang-style workers (LPM) behind the
+# cache-blind and cache-aware routers, VTC behind global VTC, DLPM behind D2LPM.
+LOCAL_FOR_ROUTING = {
+    "round_robin": "lpm",
+    "least_load": "lpm",
+    "cache_aware": "lpm",
+    "global_vtc": "vtc",
+    "d2lpm": "dlpm",
+}
+
+
+def cost_model(name: str) -> StepCostModel:
+    return StepCostModel.load(RESULTS_DIR / f"eval_cost_model_{name}.json")
+
+
+def engine_config(policy: str, quantum: float, num_pages: int, lpm_aging_rate: float) -> EngineConfig:
+    """One worker: 32 running requests, 2048-token steps, ``num_pages`` x 16 tokens of KV."""
+    return EngineConfig(
+        page_size=16,
+        num_pages=num_pages,
+        max_running_requests=32,
+        max_batched_tokens=2048,
+        max_waiting_requests=10**7,
+        scheduler=SchedulerConfig(policy=policy, quantum=quantum, lpm_aging_rate=lpm_aging_rate),
+    )
+
+
+def saved_trace(name: str, spec: WorkloadSpec, seed: int = 1) -> tuple[Trace, Path]:
+    """The trace saved under ``name``, generated from ``spec`` the first time."""
+    path = TRACES / f"{name}.jsonl.gz"
+    if not path.exists():
+        save_trace(replace(generate_trace(spec, seed)), path)
+    return load_trace(path), path
+
+
+def run(
+    trace: Trace,
+    cost: StepCostModel,
+    policy: str,
+    *,
+    quantum: float = 8192.0,
+    num_pages: int = 768,
+    workers: int = 1,
+    routing: str | None = None,
+    router_quantum: float = 8192.0,
+    lpm_aging_rate: float = 100.0,
+    bin_s: float | None = None,
+) -> tuple[SimResult, float]:
+    """Simulates ``trace``; returns the result and the wall-clock seconds the simulation took."""
+    duration = max(r.arrival_s for r in trace.requests)
+    config = SimConfig(
+        engine_config(policy, quantum, num_pages, lpm_aging_rate),
+        cost,
+        num_workers=workers,
+        routing=PolicyConfig(name=routing, quantum=router_quantum) if routing else None,
+        bin_s=bin_s or max(duration / 100, 1e-3),
+    )
+    start = time.perf_counter()
+    result = simulate(config, trace)
+    return result, time.perf_counter() - start
+
+
+def run_record(result: SimResult, wall_s: float, **labels: Any) -> dict[str, Any]:
+    rec = result.recorder
+    clients = rec.tracked or sorted(rec.weights)[:16]
+    bins = int(result.makespan / rec.service.bin_s) + 1
+    series = np.cumsum(rec.service.matrix(clients, bins), axis=1)
+    record: dict[str, Any] = {
+        **labels,
+        **summarize(result),
+        "sim_wall_s": wall_s,
+        "clients": per_client_latency(result),
+        "service_series": {
+            "bin_s": rec.service.bin_s,
+            "clients": clients,
+            "weights": [rec.weights.get(c, 1.0) for c in clients],
+            "cumulative": np.round(series, 1).tolist(),
+        },
+    }
+    return record
