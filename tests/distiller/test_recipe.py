@@ -101,3 +101,18 @@ def test_a_missing_teacher_is_named(tmp_path):
 def test_malformed_recipes_are_named(text, named):
     with pytest.raises(RecipeError, match=named.replace("[", r"\[").replace("(", r"\(")):
         parse_recipe(text)
+
+
+def test_the_shipped_example_recipes_fit_the_packaged_teacher(smollm2_dir):
+    from pathlib import Path
+
+    from radixfair_distiller.recipe import check_shapes
+    from radixfair_worker.config import ModelConfig
+
+    recipes = sorted((Path(__file__).resolve().parents[2] / "services/distiller/recipes").glob("*.yaml"))
+    assert len(recipes) >= 4
+    teacher = ModelConfig.from_hf_config(smollm2_dir / "config.json")
+    for path in recipes:
+        recipe = parse_recipe(path.read_text())
+        assert recipe.teacher == "smollm2-135m-instruct", path
+        check_shapes(recipe, teacher)
