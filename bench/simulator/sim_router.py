@@ -11,13 +11,22 @@ never suspend, so they are driven to completion synchronously here.
 
 Load is the router's count of its requests in flight on each worker
 (queued plus running), the same measure the router keeps per endpoint.
+
+Global VTC holds requests back in the router's ``VtcAdmissionGate`` (at most
+``vtc_slots_per_worker`` per worker in flight, freed slots going to the
+lowest VTC counter). The gate is asyncio code, so the simulator runs it on
+an event loop of its own: a held request is a task waiting in the real gate,
+and the loop is pumped after every simulator event (``pump``) until the
+gate's hand-offs have settled.
 """
 
 from __future__ import annotations
 
-from collections.abc import Coroutine, Sequence
+import asyncio
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
+from radixfair_router.admission_gate import VtcAdmissionGate
 from radixfair_router.cache_view import CacheView
 from radixfair_router.config import ApproxTreeConfig, CostConfig, LedgerConfig, PolicyConfig
 from radixfair_router.ledger import Ledger
@@ -57,6 +66,56 @@ class SimRouter:
         self._decisions: dict[str, RoutingDecision] = {}
         self._uncharged: dict[str, int] = {}
         self.reasons: dict[str, int] = {}
+        # Most requests in flight on all workers at once (the gate's limit shows here).
+        self.max_inflight = 0
+        self.gate: VtcAdmissionGate | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._done: dict[str, asyncio.Event] = {}
+        slots = policy.vtc_slots_per_worker
+        if policy.name == "global_vtc" and slots > 0:
+            self._loop = asyncio.new_event_loop()
+            self.gate = VtcAdmissionGate(self.ledger, lambda: slots * len(self.worker_ids))
+
+    # -- the admission gate (global VTC) -------------------------------------
+
+    def hold(self, request_id: str, client_id: str, dispatch: Callable[[], None]) -> None:
+        """Queues the request in the gate; ``dispatch`` runs when the gate lets it go."""
+        assert self._loop is not None and self.gate is not None
+        gate = self.gate
+        done = self._done[request_id] = asyncio.Event()
+
+        async def held() -> None:
+            async with gate.slot(client_id):
+                dispatch()
+                await done.wait()
+
+        self._loop.create_task(held())
+        self.pump()
+
+    def release(self, request_id: str) -> None:
+        """The request finished: its slot goes back to the gate."""
+        done = self._done.pop(request_id, None)
+        if done is not None:
+            done.set()
+            self.pump()
+
+    def pump(self, rounds: int = 6) -> None:
+        """Runs the loop until the gate's hand-offs (a few task hops each) have happened."""
+        if self._loop is None:
+            return
+
+        async def settle() -> None:
+            for _ in range(rounds):
+                await asyncio.sleep(0)
+
+        self._loop.run_until_complete(settle())
+
+    def close(self) -> None:
+        if self._loop is not None:
+            for task in asyncio.all_tasks(self._loop):
+                task.cancel()
+            self._loop.run_until_complete(asyncio.sleep(0))
+            self._loop.close()
 
     def route(self, client_id: str, weight: float, token_ids: list[int], now: float, request_id: str) -> str:
         matches = self.cache_view.estimate(token_ids, self.worker_ids)
@@ -67,6 +126,7 @@ class SimRouter:
         decision = run_sync(self.policy.route(RoutingRequest(client_id, weight, len(token_ids)), states))
         tree.insert(token_ids, decision.worker_id, now=now)
         self.inflight[decision.worker_id] += 1
+        self.max_inflight = max(self.max_inflight, sum(self.inflight.values()))
         self._decisions[request_id] = decision
         self._uncharged[request_id] = 0
         self.reasons[decision.reason] = self.reasons.get(decision.reason, 0) + 1

@@ -118,6 +118,7 @@ class Simulation:
         self._worker_of: dict[str, SimWorker] = {}
         self.steps = 0
         self.rejected: list[str] = []
+        self._now = 0.0
 
     def run(self) -> SimResult:
         for request in self.trace.requests:
@@ -127,15 +128,20 @@ class Simulation:
                 self._dependents[request.after].append(request)
         if self.router is not None:
             self._push(self.config.report_interval_s, _REPORT, None)
-        now = 0.0
         while self._heap:
             now, _, kind, payload = heapq.heappop(self._heap)
+            self._now = now
             if kind == _RELEASE:
                 self._release(payload, now)  # type: ignore[arg-type]
             elif kind == _STEP:
                 self._step(payload, now)  # type: ignore[arg-type]
             elif self._busy():
                 self._report(now)
+        if self.router is not None:
+            held = self.router.gate.waiting if self.router.gate is not None else 0
+            self.router.close()
+            if held:
+                raise RuntimeError(f"simulation ended with {held} requests held in the router's gate")
         stuck = [w.worker_id for w in self.workers if w.engine.has_work()]
         if stuck:
             raise RuntimeError(f"simulation ended with work left on {stuck}")
@@ -165,16 +171,27 @@ class Simulation:
             arrival_time=now,
         )
         if self.router is None:
-            worker = self.workers[0]
+            self._submit(spec, request, self.workers[0], now)
+        elif self.router.gate is not None:
+            self.router.hold(spec.request_id, spec.client_id, lambda: self._dispatch(spec, request))
         else:
-            worker_id = self.router.route(spec.client_id, spec.weight, tokens, now, spec.request_id)
-            worker = self.workers[int(worker_id[1:])]
+            self._dispatch(spec, request)
+
+    def _dispatch(self, spec: TraceRequest, request: Request) -> None:
+        assert self.router is not None
+        now = self._now
+        worker_id = self.router.route(spec.client_id, spec.weight, request.prompt_ids, now, spec.request_id)
+        self._submit(spec, request, self.workers[int(worker_id[1:])], now)
+
+    def _submit(self, spec: TraceRequest, request: Request, worker: SimWorker, now: float) -> None:
+        tokens = request.prompt_ids
         try:
             worker.engine.submit(request)
         except InvalidRequestError:
             self.rejected.append(spec.request_id)
             if self.router is not None:
                 self.router.finished(spec.request_id, spec.client_id, spec.weight, len(tokens), 0)
+                self.router.release(spec.request_id)
             self._release_dependents(spec.request_id, now)
             return
         worker.requests += 1
@@ -221,6 +238,7 @@ class Simulation:
                 len(request.prompt_ids),
                 request.num_cached_tokens,
             )
+            self.router.release(request.request_id)
         self._release_dependents(request.request_id, now)
 
     def _release_dependents(self, request_id: str, now: float) -> None:
