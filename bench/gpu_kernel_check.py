@@ -232,28 +232,36 @@ def check_extend(dtype: torch.dtype, sizes: Sizes) -> None:
 
 
 def check_model(dtype: torch.dtype, sizes: Sizes) -> None:
-    """Greedy prefill + decode of a random-weight SmolLM2-135M on both backends."""
+    """Teacher-forced decode of a random-weight SmolLM2-135M against the fp32 torch backend.
+
+    Triton fp32 must choose every token the fp32 torch backend chose; in bf16 the yardstick is
+    the torch backend's own bf16, and Triton bf16 may trail it by at most 2 points.
+    """
+    if dtype != torch.bfloat16:
+        return  # one pass covers both dtypes
     try:
-        from bench.model_greedy import greedy_tokens
+        from bench.model_greedy import argmax_agreement
     except ImportError as error:  # the model's own imports need the worker's dependencies
-        ROWS.append({"kernel": "model greedy", "dtype": str(dtype), "case": f"skipped: {error}", "ok": True})
+        ROWS.append({"kernel": "model argmax", "dtype": "", "case": f"skipped: {error}", "ok": True})
         return
-    torch_tokens, triton_tokens, logit_error = greedy_tokens(dtype, sizes.model_steps, sizes.model_layers)
-    same = sum(a == b for a, b in zip(torch_tokens, triton_tokens))
-    agreement = same / len(torch_tokens)
-    case = f"{len(torch_tokens)} teacher-forced steps, argmax agreement {agreement:.3f}"
-    case += f", prefill logits err {logit_error:.2e}"
-    needed = 1.0 if dtype == torch.float32 else 0.95
-    ROWS.append(
-        {
-            "kernel": "model argmax vs torch backend",
-            "dtype": str(dtype).removeprefix("torch."),
-            "case": case,
-            "rel_error": 1.0 - agreement,
-            "tolerance": 1.0 - needed,
-            "ok": agreement >= needed,
-        }
-    )
+    rows = argmax_agreement(sizes.model_steps, sizes.model_layers)
+    yardstick = next(r.agreement for r in rows if r.backend == "torch")
+    for row in rows:
+        needed = 1.0 if row.dtype == "float32" else yardstick - 0.02
+        case = f"{row.backend} {row.dtype}: argmax agreement {row.agreement:.3f} with torch fp32"
+        case += f", prefill logits err {row.prefill_logits_error:.2e}"
+        if row.backend == "torch":
+            case += " (yardstick)"
+        ROWS.append(
+            {
+                "kernel": "model argmax vs torch fp32",
+                "dtype": row.dtype,
+                "case": case,
+                "rel_error": 1.0 - row.agreement,
+                "tolerance": 1.0 - needed,
+                "ok": row.agreement >= needed or row.backend == "torch",
+            }
+        )
 
 
 def main() -> int:

@@ -499,6 +499,9 @@ def norm_ab(copy_tbs: float, tokens: int = 65536, rounds: int = 3) -> list[dict[
         impls[f"ours block_m={block_m} warps={warps}"] = lambda b=block_m, w=warps: rms_norm.add_rms_norm(
             x, residual, weight, EPS, block_m=b, num_warps=w
         )
+    impls["ours, sum written over the residual"] = lambda: rms_norm.add_rms_norm(
+        x, residual, weight, EPS, summed_out=residual
+    )
     liger = try_liger("add_rms_norm")
     if liger is not None:
         impls["liger"] = lambda: liger.apply(x, residual, weight, EPS, 0.0, "llama", False)  # type: ignore[attr-defined]

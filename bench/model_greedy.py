@@ -90,30 +90,56 @@ def _run(
     return chosen, first_logits
 
 
-def greedy_tokens(
-    dtype: torch.dtype, steps: int, layers: int = 30, seed: int = 0
-) -> tuple[list[int], list[int], float]:
-    """(torch backend's greedy tokens, Triton backend's choices fed the same tokens, prefill logits error).
+@dataclasses.dataclass(frozen=True)
+class Agreement:
+    """Share of teacher-forced decode steps whose argmax equals the fp32 torch backend's token."""
 
-    The torch backend decodes greedily; the Triton backend is fed the torch backend's tokens and its
-    own argmax is recorded at every step, so the two lists compare step by step.
+    backend: str
+    dtype: str
+    agreement: float
+    prefill_logits_error: float  # relative to the fp32 torch backend's prefill logits
+
+
+def argmax_agreement(steps: int, layers: int = 30, seed: int = 0) -> list[Agreement]:
+    """The fp32 torch backend decodes greedily; every other (backend, dtype) is fed its tokens.
+
+    Rows: Triton fp32 (must agree everywhere), torch bf16 (the yardstick: what bf16 alone
+    costs) and Triton bf16 (should cost no more than torch bf16). Same weights for all.
     """
     torch.manual_seed(seed)
     config = dataclasses.replace(SMOLLM2_135M, num_hidden_layers=layers)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = LlamaModel(config, TorchBackend()).to(device=device, dtype=dtype).eval()
+    model = LlamaModel(config, TorchBackend()).to(device=device, dtype=torch.float32).eval()
     # A wider initialisation than training's 0.02 (as bench/gpu_engine_bench.py uses) makes the
     # next-token logits peaked, so the comparison tests arithmetic rather than near-ties.
     with torch.no_grad():
         for parameter in model.parameters():
             if parameter.dim() > 1:
                 parameter.normal_(0.0, 0.08)
-    model.cos_sin = rope_table(config).to(device)  # RoPE angles stay fp32, as the loader keeps them
+    model.cos_sin = rope_table(config).to(device)
     generator = torch.Generator().manual_seed(seed + 1)
     lengths = (5, 17, 64, 128, 1, 33, 200, 16)
     prompts = [torch.randint(0, config.vocab_size, (n,), generator=generator).tolist() for n in lengths]
-    torch_steps, torch_logits = _run(model, TorchBackend(), prompts, steps, dtype)
-    triton_steps, triton_logits = _run(model, TritonBackend(), prompts, steps, dtype, forced=torch_steps)
-    error = ((triton_logits.double() - torch_logits.double()).norm() / torch_logits.double().norm()).item()
-    flatten = lambda rows: [token for row in rows for token in row]  # noqa: E731
-    return flatten(torch_steps), flatten(triton_steps), error
+    reference, reference_logits = _run(model, TorchBackend(), prompts, steps, torch.float32)
+    rows = []
+    for backend, dtype in (
+        (TritonBackend(), torch.float32),
+        (TorchBackend(), torch.bfloat16),
+        (TritonBackend(), torch.bfloat16),
+    ):
+        model = model.to(dtype=dtype)
+        model.cos_sin = rope_table(config).to(device)  # RoPE angles stay fp32, as the loader keeps them
+        chosen, logits = _run(model, backend, prompts, steps, dtype, forced=reference)
+        pairs = [(a, b) for row_a, row_b in zip(reference, chosen) for a, b in zip(row_a, row_b)]
+        error = (
+            (logits.double() - reference_logits.double()).norm() / reference_logits.double().norm()
+        ).item()
+        rows.append(
+            Agreement(
+                backend.name,
+                str(dtype).removeprefix("torch."),
+                sum(a == b for a, b in pairs) / len(pairs),
+                error,
+            )
+        )
+    return rows
