@@ -102,9 +102,7 @@ def run_pipeline(
         teacher,
         teacher_hash,
         paths.cache_dir,
-        on_progress=lambda done, total: report.event(
-            stage="data", step=done, total_steps=total, message="teacher answers"
-        ),
+        on_progress=lambda done, total: _data_progress(report, done, total),
     )
     report.check()
     _prune_stage(resolved, paths, teacher, bundle, report)
@@ -127,6 +125,11 @@ def run_pipeline(
             _write_json(paths.evaluation(scheme), evaluation.as_metrics())
     report.check()
     return _publish(job_id, resolved, teacher_hash, teacher_metrics, paths, artifacts, variants, report)
+
+
+def _data_progress(report: StageReporter, done: int, total: int) -> None:
+    report.event(stage="data", step=done, total_steps=total, message="teacher answers")
+    report.check()  # answers so far are cached; a cancel or shutdown need not wait for the rest
 
 
 def artifact_name(recipe_name: str, scheme: str) -> str:
