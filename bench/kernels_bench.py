@@ -536,7 +536,11 @@ def main() -> None:
     parser.add_argument(
         "--norm-ab", action="store_true", help="add_rms_norm against Liger, interleaved rounds"
     )
+    parser.add_argument("--render", type=Path, default=None, help="rewrite kernels.md from this kernels.json")
     args = parser.parse_args()
+    if args.render:
+        (args.render.parent / "kernels.md").write_text(render_markdown(json.loads(args.render.read_text())))
+        return
     torch.manual_seed(0)
     torch._dynamo.config.cache_size_limit = 64
     copy_tbs = copy_bandwidth()
@@ -596,29 +600,96 @@ def write(
         "add_rms_norm_ab": ab_rows or [],
     }
     (out / "kernels.json").write_text(json.dumps(meta, indent=2, default=str))
-    columns = [
-        "kernel",
-        "size",
-        "impl",
-        "us",
-        "graph_us",
-        "TB/s",
-        "% copy",
-        "graph % copy",
-        "rel err vs torch",
-    ]
+    markdown = render_markdown(meta)
+    (out / "kernels.md").write_text(markdown)
+    print(markdown)
+
+
+# The issue's targets at 65,536 tokens: >= 80% of copy bandwidth and no slower than Liger.
+ELEMENTWISE_TARGETS = {
+    "rms_norm": "rms_norm",
+    "add_rms_norm": "add_rms_norm",
+    "rope (q, k in place)": "rope (q, k in place)",
+    "rope + K/V page write": None,  # Liger has no fused K/V page write
+    "write_kv": None,
+    "swiglu (fused gate_up)": "swiglu (fused gate_up)",
+}
+
+
+def targets(meta: dict) -> list[dict[str, object]]:  # type: ignore[type-arg]
+    """One verdict row per target, from the measured rows alone."""
+    by_key = {(r["kernel"], r["size"], r["impl"]): r for r in meta["rows"] if "us" in r}
+    verdicts: list[dict[str, object]] = []
+    for kernel in ELEMENTWISE_TARGETS:
+        ours = by_key.get((kernel, "T=65536", "ours"))
+        if ours is None:
+            continue
+        liger = by_key.get((kernel, "T=65536", "liger"))
+        row: dict[str, object] = {
+            "target": f"{kernel} at 65,536 tokens",
+            "ours us (graph)": f"{ours['us']:.1f} ({ours['graph_us']:.1f})",
+            "ours % copy": ours["% copy"],
+            "liger us (graph)": f"{liger['us']:.1f} ({liger['graph_us']:.1f})" if liger else "n/a",
+        }
+        fast_enough = float(ours["% copy"]) >= 80  # type: ignore[arg-type]
+        if liger:
+            # Liger's do_bench time swings with its Python launch path; GPU time decides the tie.
+            behind = 100 * (float(ours["graph_us"]) / float(liger["graph_us"]) - 1)  # type: ignore[arg-type]
+            row["vs liger (GPU time)"] = f"{behind:+.1f}%"
+            if not fast_enough or behind > 0.5:
+                row["met"] = f"no: {behind:+.1f}% vs Liger" if fast_enough else "no: under 80% of copy"
+            elif behind > 0:
+                row["met"] = f"tie: {behind:+.1f}%, inside the ~0.5% run-to-run spread"
+            else:
+                row["met"] = "yes"
+        else:
+            row["met"] = "yes" if fast_enough else "no"
+        verdicts.append(row)
+    decode = next(
+        (r for r in meta["rows"] if r["kernel"] == "decode attention" and "auto" in str(r["impl"])), None
+    )
+    if decode is not None:
+        verdicts.append(
+            {
+                "target": "decode attention >= 70% of copy on its K/V",
+                "ours us (graph)": f"{decode['us']:.1f} ({decode['graph_us']:.1f})",
+                "ours % copy": decode["graph % copy"],
+                "liger us (graph)": "n/a",
+                "met": "yes (GPU time, cold K/V)" if float(decode["graph % copy"]) >= 70 else "no",  # type: ignore[arg-type]
+            }
+        )
+    return verdicts
+
+
+def render_markdown(meta: dict) -> str:  # type: ignore[type-arg]
+    columns = ["kernel", "size", "impl", "us", "us (2nd)", "graph_us", "TB/s", "% copy", "graph % copy"]
+    columns.append("rel err vs torch")
+    gpu = meta["gpu"]
     lines = [
         "# kernels",
         "",
-        f"{env['date']} · {props.name} ({props.multi_processor_count} SMs) · "  # type: ignore[attr-defined]
-        + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v)
-        + f" · bf16 · measured copy bandwidth {copy_tbs:.2f} TB/s · commit {env['git_commit']}",
+        f"{meta['date']} · {gpu['name']} ({gpu['sms']} SMs) · "
+        + ", ".join(f"{k} {v}" for k, v in meta["versions"].items() if v)
+        + f" · bf16 · measured copy bandwidth {meta['copy_TBps']:.2f} TB/s · commit {meta['git_commit']}",
         "",
-        "`us`: triton.testing.do_bench median, L2 flushed, launch included. `graph_us`: CUDA-graph replay "
-        "median. `% copy`: fewest bytes the op must move over `us`, against the copy bandwidth.",
+        "`us`: triton.testing.do_bench median, L2 flushed, launch included; `us (2nd)`: the same timed "
+        "again (run-to-run spread). `graph_us`: CUDA-graph replay median (GPU time only; decode rotates four "
+        "K/V sets so replays read DRAM). `% copy`: fewest bytes the op must move over `us`, against the copy "
+        "bandwidth. Shapes: SmolLM2-135M (hidden 576, intermediate 1536, 9 heads, 3 KV heads, head 64, "
+        "pages of 16).",
         "",
-        markdown_table(rows, columns),
+        "## Targets",
+        "",
+        markdown_table(
+            targets(meta),
+            ["target", "ours us (graph)", "ours % copy", "liger us (graph)", "vs liger (GPU time)", "met"],
+        ),
+        "",
+        "## All measurements",
+        "",
+        markdown_table(meta["rows"], columns),
     ]
+    sweep_rows = meta.get("sweep") or []
     if sweep_rows:
         best: dict[str, dict[str, object]] = {}
         for row in sweep_rows:
@@ -627,11 +698,11 @@ def write(
                 best[kernel] = row
         lines += ["", "## Best block sizes (sweep; swiglu at 65,536 tokens)", ""]
         lines.append(markdown_table(list(best.values()), ["kernel", "config", "us", "% copy", "TFLOP/s"]))
+    ab_rows = meta.get("add_rms_norm_ab") or []
     if ab_rows:
         lines += ["", "## add_rms_norm at 65,536 tokens, GPU time, interleaved rounds", ""]
         lines.append(markdown_table(ab_rows, ["impl", "graph_us per round", "best us", "% copy"]))
-    (out / "kernels.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
