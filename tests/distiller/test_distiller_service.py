@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -10,6 +12,7 @@ from support.ports import free_port
 from support.processes import start_service
 
 from radixfair.v1 import distiller_pb2, distiller_pb2_grpc, generation_pb2, worker_pb2, worker_pb2_grpc
+from radixfair_distiller.model_dir import content_hash
 
 SUCCEEDED = distiller_pb2.JOB_STATE_SUCCEEDED
 CANCELLED = distiller_pb2.JOB_STATE_CANCELLED
@@ -192,7 +195,10 @@ def test_a_killed_distiller_resumes_the_job_and_the_worker_serves_the_result(
     for key in ("perplexity", "kl_to_teacher", "top1_agreement", "exact_match", "decode_tokens_per_second"):
         assert key in quantized.metrics
     assert quantized.metrics["decode_tokens_per_second"] > 0
-    assert student.content_hash != quantized.content_hash
+    assert student.content_hash != quantized.content_hash and len(student.content_hash) == 64
+    assert student.job_id == quantized.job_id == job_id
+    assert content_hash(Path(quantized.path)) == quantized.content_hash
+    assert quantized.recipe_yaml == tiny_recipe(tiny_model_dir)
 
     worker = start_worker(quantized.path)
     with grpc.insecure_channel(worker.address) as channel:
