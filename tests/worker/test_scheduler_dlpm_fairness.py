@@ -212,7 +212,7 @@ def test_the_random_workloads_expose_an_unfair_policy(tiny_model_dir):
     # The property test is only as good as its workloads: the same strategy
     # must produce cases where a policy that ignores fairness breaks the bound.
     budget = settings(
-        max_examples=40, derandomize=True, database=None, phases=[Phase.generate], deadline=None
+        max_examples=150, derandomize=True, database=None, phases=[Phase.generate], deadline=None
     )
 
     def lpm_breaks_the_bound(workload: Workload) -> bool:

@@ -70,7 +70,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             finally:
                 if not engine_request.is_finished:
                     self._loop.abort(engine_request.request_id)
-            _record_phases(self._tracer, engine_request)
+            _record_phases(self._tracer, engine_request, span)
             span.set_attribute("gen_ai.usage.input_tokens", len(engine_request.prompt_ids))
             span.set_attribute("gen_ai.usage.output_tokens", len(engine_request.output_ids))
             span.set_attribute("radixfair.cached_tokens", engine_request.num_cached_tokens)
@@ -180,8 +180,13 @@ def _set_request_attributes(span: trace.Span, request: Request, model_name: str)
     span.set_attribute("radixfair.request_id", request.request_id)
 
 
-def _record_phases(tracer: Tracer, request: Request) -> None:
-    """Queue, prefill and decode as child spans, from the engine's timestamps."""
+def _record_phases(tracer: Tracer, request: Request, parent: trace.Span) -> None:
+    """Queue, prefill and decode as child spans, from the engine's timestamps.
+
+    The parent is passed explicitly: an async generator's steps may run in
+    different contexts, so the "current span" is not reliable here.
+    """
+    parent_context = trace.set_span_in_context(parent)
     to_ns = _monotonic_to_epoch_ns()
     end = request.finished_time or time.monotonic()
     admitted = request.admitted_time or end
@@ -191,7 +196,7 @@ def _record_phases(tracer: Tracer, request: Request) -> None:
         ("worker.prefill", admitted, first),
         ("worker.decode", first, end),
     ):
-        span = tracer.start_span(name, start_time=to_ns(start))
+        span = tracer.start_span(name, context=parent_context, start_time=to_ns(start))
         if name == "worker.prefill":
             span.set_attribute("radixfair.cached_tokens", request.num_cached_tokens)
             span.set_attribute(
