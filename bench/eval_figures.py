@@ -93,7 +93,12 @@ def service_over_time(records: list[dict[str, Any]], pattern: str, out: Path) ->
 
 
 def throughput_vs_fairness(records: list[dict[str, Any]], out: Path) -> None:
-    patterns = list(dict.fromkeys(r["pattern"] for r in records))
+    # Patterns where no two clients were ever backlogged together have no Jain index: left out.
+    patterns = [
+        p
+        for p in dict.fromkeys(r["pattern"] for r in records)
+        if any(r["pattern"] == p and r["jain"] == r["jain"] for r in records)
+    ]
     fig, axes = plt.subplots(1, len(patterns), figsize=(3.0 * len(patterns), 3.2), squeeze=False)
     for ax, pattern in zip(axes[0], patterns):
         for record in (r for r in records if r["pattern"] == pattern):
@@ -188,6 +193,7 @@ def quantum_sweep(records: list[dict[str, Any]], out: Path) -> None:
     twin.plot(q, [r["service_gap"] for r in runs], marker="s", color="tab:red", label="service gap")
     twin.plot(q, [r["gap_bound"] for r in runs], ls="--", color="tab:red", label="bound")
     twin.set_ylabel("max service gap (weighted tokens)", color="tab:red")
+    twin.set_yscale("log")
     twin.legend(fontsize=7, loc="center right")
     ax.set_title(f"DLPM quantum sweep, {runs[0]['pattern']}", fontsize=10)
     _save(fig, out)

@@ -58,7 +58,8 @@ def cluster_trace(
             "doc_tokens": 2048,
         },
     )
-    return saved_trace(f"multi_heavy_{workers}w_{clients_per_worker}cpw_{cost_name}", spec)
+    name = f"multi_heavy_{workers}w_{clients_per_worker}cpw_load{load:g}_{per_worker}rpw_{cost_name}"
+    return saved_trace(name, spec)
 
 
 def main() -> None:

@@ -76,11 +76,21 @@ class StepCostModel:
         return cls(**json.loads(path.read_text()))
 
 
-def fit(shapes: Sequence[StepShape], seconds: Sequence[float], source: str = "") -> StepCostModel:
-    """Non-negative least squares on relative error, so short decode steps weigh as much as long prefills."""
+def fit(
+    shapes: Sequence[StepShape],
+    seconds: Sequence[float],
+    source: str = "",
+    weights: Sequence[float] | None = None,
+) -> StepCostModel:
+    """Non-negative least squares on relative error, so short decode steps weigh as much as long prefills.
+
+    ``weights`` (per sample) let two sample sets of very different sizes count equally.
+    """
     x = np.array([s.features() for s in shapes], dtype=np.float64)
     y = np.asarray(seconds, dtype=np.float64)
     scale = 1.0 / y
+    if weights is not None:
+        scale = scale * np.sqrt(np.asarray(weights, dtype=np.float64))
     coef = _nnls(x * scale[:, None], y * scale)
     return StepCostModel(*coef.tolist(), source=source)
 
