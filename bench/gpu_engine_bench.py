@@ -1,9 +1,12 @@
 """GPU engine: correctness of the Triton backend and end-to-end decode throughput.
 
 Runs on the lent GPU with random weights in the SmolLM2-135M configuration
-(the real checkpoint does not travel). Weights are drawn with a larger
-initializer range than training uses so that next-token logits are peaked:
-greedy comparisons then test the arithmetic, not near-ties.
+(the real checkpoint does not travel). Layer matrices keep the usual 0.02
+initialisation, so the 30 layers stay well-conditioned (a larger range makes
+the random network chaotic: any rounding, torch's own bf16 included, then
+changes ~40% of greedy choices); the tied embedding is scaled to std 0.5 so
+next-token logits are peaked and greedy comparisons test the arithmetic, not
+near-ties.
 
 1. Correctness: greedy tokens of the Triton backend against the torch
    backend on a fixed prompt set, in fp32 (must be identical) and in bf16
@@ -55,8 +58,9 @@ SMOLLM2_135M = {
     "tie_word_embeddings": True,
     "bos_token_id": 1,
     "eos_token_id": 2,
-    "initializer_range": 0.08,
+    "initializer_range": 0.02,
 }
+EMBEDDING_STD = 0.5
 
 
 def make_random_model(target: Path) -> Path:
@@ -65,6 +69,9 @@ def make_random_model(target: Path) -> Path:
 
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(**SMOLLM2_135M))
+    with torch.no_grad():
+        embedding = model.get_input_embeddings().weight
+        embedding.mul_(EMBEDDING_STD / embedding.std())
     state = {k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
     target.mkdir(parents=True, exist_ok=True)
     save_file(state, str(target / "model.safetensors"), metadata={"format": "pt"})
