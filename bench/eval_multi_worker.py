@@ -39,16 +39,21 @@ HEAVY_WORKERS = 2.0  # a heavy client offers this many workers' capacity
 
 
 def cluster_trace(
-    workers: int, cost_name: str, load: float, per_worker: int, clients_per_worker: int
+    workers: int,
+    cost_name: str,
+    load: float,
+    per_worker: int,
+    clients_per_worker: int,
+    pattern: str = "heavy_client",
 ) -> tuple[Trace, Path]:
-    served, _ = capacity("heavy_client", cost_model(cost_name))
+    served, _ = capacity(pattern, cost_model(cost_name))
     heavy = max(1, workers // 8)
     light = clients_per_worker * workers
     total = load * workers * served
     light_rate = (total - heavy * HEAVY_WORKERS * served) / light
     duration = per_worker / (load * served)
     spec = build_pattern(
-        "heavy_client",
+        pattern,
         {
             "num_light": light,
             "num_heavy": heavy,
@@ -58,7 +63,8 @@ def cluster_trace(
             "doc_tokens": 2048,
         },
     )
-    name = f"multi_heavy_{workers}w_{clients_per_worker}cpw_load{load:g}_{per_worker}rpw_{cost_name}"
+    prefix = "multi_heavy" if pattern == "heavy_client" else f"multi_{pattern}"
+    name = f"{prefix}_{workers}w_{clients_per_worker}cpw_load{load:g}_{per_worker}rpw_{cost_name}"
     return saved_trace(name, spec)
 
 
@@ -75,12 +81,13 @@ def main() -> None:
     parser.add_argument("--quantum", type=float, default=8192.0, help="local DLPM quantum")
     parser.add_argument("--router-quantum", type=float, default=8192.0)
     parser.add_argument("--name", default="")
+    parser.add_argument("--pattern", default="heavy_client", choices=["heavy_client", "hot_prefix"])
     args = parser.parse_args()
     cost = cost_model(args.cost)
     records = []
     for workers in args.workers:
         trace, path = cluster_trace(
-            workers, args.cost, args.load, args.requests_per_worker, args.clients_per_worker
+            workers, args.cost, args.load, args.requests_per_worker, args.clients_per_worker, args.pattern
         )
         for routing in args.policies:
             local = LOCAL_FOR_ROUTING[routing]

@@ -8,6 +8,7 @@ applies overrides to the defaults.
 - shared_prefix_unequal: the same with request rates 1x, 2x, 4x, ... by client.
 - no_sharing: unique prompts only.
 - heavy_client: one client floods (``heavy_factor`` x the rate) next to light ones.
+- hot_prefix: a client floods questions on a hot document next to light clients without sharing.
 - multi_turn: conversations that grow their own prefix, turn by turn.
 - join_leave: clients that join and leave at staggered times (on/off bursts inside).
 - mixed: documents, unique prompts and conversations side by side, bursty arrivals.
@@ -101,6 +102,41 @@ def heavy_client(
         client(f"light{i:05d}" if num_light > 99 else f"light{i:02d}", rate) for i in range(num_light)
     )
     return WorkloadSpec("heavy_client", duration_s, heavy + light)
+
+
+def hot_prefix(
+    num_light: int = 7,
+    rate: float = 1.0,
+    heavy_factor: float = 10.0,
+    duration_s: float = 60.0,
+    doc_tokens: int = 2048,
+    num_heavy: int = 1,
+) -> WorkloadSpec:
+    """Heavy clients flooding questions on a hot document; light clients with unique, uncached prompts.
+
+    The case that starves under LPM: every heavy request matches ``doc_tokens`` of cache and every
+    light one matches nothing, so LPM admits light requests only when no heavy request waits.
+    """
+    heavy = tuple(
+        ClientSpec(
+            "heavy" if num_heavy == 1 else f"heavy{i:03d}",
+            Poisson(rate * heavy_factor),
+            Uniform(16, 64),
+            Uniform(16, 64),
+            shared_prefix_len=doc_tokens,
+        )
+        for i in range(num_heavy)
+    )
+    light = tuple(
+        ClientSpec(
+            f"light{i:05d}" if num_light > 99 else f"light{i:02d}",
+            Poisson(rate),
+            Uniform(256, 768),
+            Uniform(16, 64),
+        )
+        for i in range(num_light)
+    )
+    return WorkloadSpec("hot_prefix", duration_s, heavy + light)
 
 
 def multi_turn(
@@ -201,6 +237,7 @@ PATTERNS: dict[str, Callable[..., WorkloadSpec]] = {
     "shared_prefix_unequal": shared_prefix_unequal,
     "no_sharing": no_sharing,
     "heavy_client": heavy_client,
+    "hot_prefix": hot_prefix,
     "multi_turn": multi_turn,
     "join_leave": join_leave,
     "mixed": mixed,
