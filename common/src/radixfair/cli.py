@@ -75,6 +75,18 @@ def _parser() -> argparse.ArgumentParser:
         "--run-dir", type=Path, default=None, help="logs and generated configs (default: a temp dir)"
     )
     up.add_argument("--ready-file", type=Path, default=None, help="write addresses and keys here when ready")
+    up.add_argument(
+        "--router-config",
+        type=Path,
+        default=None,
+        help="base router config file (e.g. deploy/config/router.yaml); policy and tuning come from it",
+    )
+    up.add_argument(
+        "--worker-config",
+        type=Path,
+        default=None,
+        help="base worker config file (e.g. deploy/config/worker.yaml)",
+    )
     up.set_defaults(run=_up)
 
     for name, helptext, run in (
@@ -109,6 +121,8 @@ def _up(args: argparse.Namespace) -> int:
         api_keys=keys,
         router_settings=_parse_settings(args.router_set),
         worker_settings=_parse_settings(args.worker_set),
+        router_config_file=args.router_config,
+        worker_config_file=args.worker_config,
     )
     stack = LocalStack(config)
     stopping = {"now": False}

@@ -50,6 +50,10 @@ class LocalStackConfig:
     # Extra settings, dotted keys as in `--set`: router and worker configs.
     router_settings: dict[str, object] = field(default_factory=dict)
     worker_settings: dict[str, object] = field(default_factory=dict)
+    # Base config files, e.g. deploy/config/router.yaml and worker.yaml: the same files the
+    # containers read. The launcher then only sets what it owns (addresses, Redis, keys).
+    router_config_file: Path | None = None
+    worker_config_file: Path | None = None
     startup_timeout_s: float = 900.0
 
 
@@ -142,9 +146,17 @@ class LocalStack:
                 ]
             },
         }
-        path = cfg.run_dir / "router.yaml"
-        path.write_text(yaml.safe_dump(router_config))
-        self._spawn("router", "radixfair_router", ["--config", str(path), *_set_args(cfg.router_settings)])
+        if cfg.router_config_file is not None:
+            # The file decides policy and tuning; the launcher's own fields win as flags.
+            del router_config["policy"]
+            # Workers started here register themselves; nothing else is scraped on fixed ports.
+            router_config.update({"registry": {"workers": []}, "metrics_port": 0})
+            args = ["--config", str(cfg.router_config_file), *_set_args(_flatten(router_config))]
+        else:
+            path = cfg.run_dir / "router.yaml"
+            path.write_text(yaml.safe_dump(router_config))
+            args = ["--config", str(path)]
+        self._spawn("router", "radixfair_router", [*args, *_set_args(cfg.router_settings)])
 
     def _start_worker(self, index: int, port: int) -> None:
         cfg = self._config
@@ -154,9 +166,12 @@ class LocalStack:
             "port": port,
             "worker_id": f"worker-{index}",
             "router_address": self.address,
+            # N workers on one host cannot share a fixed metrics port.
+            "metrics_port": 0,
             **cfg.worker_settings,
         }
-        self._spawn(f"worker-{index}", "radixfair_worker", _set_args(settings))
+        base = ["--config", str(cfg.worker_config_file)] if cfg.worker_config_file is not None else []
+        self._spawn(f"worker-{index}", "radixfair_worker", [*base, *_set_args(settings)])
 
     def _spawn(self, name: str, module: str, args: list[str]) -> None:
         log_path = self._config.run_dir / f"{name}.log"
@@ -203,6 +218,17 @@ class LocalStack:
                     pass
             time.sleep(0.3)
         raise TimeoutError(f"workers did not all register with the router; logs in {self._config.run_dir}")
+
+
+def _flatten(settings: dict[str, object], prefix: str = "") -> dict[str, object]:
+    """{"ledger": {"redis_url": u}} -> {"ledger.redis_url": u}; lists stay whole."""
+    flat: dict[str, object] = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def _set_args(settings: dict[str, object]) -> list[str]:
