@@ -64,18 +64,13 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             try:
                 async for message in self._stream(engine_request, outputs, context):
                     yield message
-            except asyncio.CancelledError:
-                self._loop.abort(engine_request.request_id)
-                raise
             finally:
-                if not engine_request.is_finished:
+                # Runs also when the caller hangs up right after the result (the generator is
+                # then closed at its last yield), so the trace is complete either way.
+                if engine_request.is_finished:
+                    _record_outcome(self._tracer, span, engine_request)
+                else:
                     self._loop.abort(engine_request.request_id)
-            _record_phases(self._tracer, engine_request, span)
-            span.set_attribute("gen_ai.usage.input_tokens", len(engine_request.prompt_ids))
-            span.set_attribute("gen_ai.usage.output_tokens", len(engine_request.output_ids))
-            span.set_attribute("radixfair.cached_tokens", engine_request.num_cached_tokens)
-            finish = engine_request.finish_reason.value if engine_request.finish_reason else "unknown"
-            span.set_attribute("gen_ai.response.finish_reasons", [finish])
 
     async def _stream(self, request: Request, outputs, context):
         last_token_time: float | None = None
@@ -178,6 +173,15 @@ def _set_request_attributes(span: trace.Span, request: Request, model_name: str)
     span.set_attribute("gen_ai.request.top_p", sampling.top_p)
     span.set_attribute("radixfair.client_id", request.client_id)
     span.set_attribute("radixfair.request_id", request.request_id)
+
+
+def _record_outcome(tracer: Tracer, span: trace.Span, request: Request) -> None:
+    _record_phases(tracer, request, span)
+    span.set_attribute("gen_ai.usage.input_tokens", len(request.prompt_ids))
+    span.set_attribute("gen_ai.usage.output_tokens", len(request.output_ids))
+    span.set_attribute("radixfair.cached_tokens", request.num_cached_tokens)
+    finish = request.finish_reason.value if request.finish_reason else "unknown"
+    span.set_attribute("gen_ai.response.finish_reasons", [finish])
 
 
 def _record_phases(tracer: Tracer, request: Request, parent: trace.Span) -> None:
