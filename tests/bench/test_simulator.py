@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from collections import Counter
 
-import pytest
-
 from bench.simulator.cost_model import StepCostModel
 from bench.simulator.metrics import summarize
 from bench.simulator.simulation import SimConfig, simulate
@@ -178,12 +176,6 @@ def test_global_vtc_holds_requests_in_the_routers_gate_to_its_slots():
     assert ungated.router.max_inflight == 22
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="router bug: a client waiting in the VTC gate has no request in flight, so vtc_priorities "
-    "lifts it to the lowest active counter at every hand-off; it ties with the flooding client and "
-    "loses on arrival order, so the gate serves FCFS (see docs/evaluation.md)",
-)
 def test_global_vtc_gate_releases_the_newly_arrived_light_client_before_the_flood():
     finished = {f.request_id: f for f in gated("global_vtc").recorder.finished}
     heavy_done = sorted(f.finished for rid, f in finished.items() if rid.startswith("h"))

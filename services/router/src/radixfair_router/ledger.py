@@ -106,13 +106,13 @@ class RedisLedgerStore:
             raw = await pipe.execute()
         return [_record(client_id, raw[2 * i], raw[2 * i + 1]) for i, client_id in enumerate(client_ids)]
 
-    async def vtc_priorities(self, client_ids: Sequence[str]) -> dict[str, float]:
+    async def vtc_priorities(self, client_ids: Sequence[str], lift: bool = True) -> dict[str, float]:
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.zrange(f"{self._prefix}:vtc:active", 0, 0, withscores=True)
             for client_id in client_ids:
                 pipe.hmget(self._keys(client_id)[0], "vtc", "inflight")
             lowest, *rows = await pipe.execute()
-        floor = float(lowest[0][1]) if lowest else None
+        floor = float(lowest[0][1]) if lowest and lift else None
         return {
             client_id: lifted_counter(float(vtc or 0), float(inflight or 0), floor)
             for client_id, (vtc, inflight) in zip(client_ids, rows)
@@ -186,15 +186,15 @@ class Ledger:
                 self._enter_degraded(error)
         return self._local.snapshot()
 
-    async def vtc_priorities(self, client_ids: Sequence[str]) -> dict[str, float]:
-        """Each client's (lifted) VTC counter: lower goes first."""
+    async def vtc_priorities(self, client_ids: Sequence[str], lift: bool = True) -> dict[str, float]:
+        """Each client's VTC counter, lower goes first; ``lift`` raises idle clients to the lowest active."""
         if self.shared:
             assert self._redis is not None
             try:
-                return await self._redis.vtc_priorities(client_ids)
+                return await self._redis.vtc_priorities(client_ids, lift)
             except _UNREACHABLE as error:
                 self._enter_degraded(error)
-        return self._local.vtc_priorities(client_ids)
+        return self._local.vtc_priorities(client_ids, lift)
 
     async def close(self) -> None:
         """Stops reconnecting; a degraded ledger first tries once to hand its state to Redis."""

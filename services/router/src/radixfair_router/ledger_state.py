@@ -195,9 +195,9 @@ class LocalLedgerStore:
     def snapshot(self) -> list[ClientLedger]:
         return [_to_record(cid, s) for cid, s in sorted(self._clients.items())]
 
-    def vtc_priorities(self, client_ids: Sequence[str]) -> dict[str, float]:
+    def vtc_priorities(self, client_ids: Sequence[str], lift: bool = True) -> dict[str, float]:
         active = [s.counters["vtc"] for s in self._clients.values() if s.counters["inflight"] > 0]
-        floor = min(active) if active else None
+        floor = min(active) if active and lift else None
         out = {}
         for client_id in client_ids:
             state = self._clients.get(client_id)
