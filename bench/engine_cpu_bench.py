@@ -94,7 +94,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch intra-op threads for both sides (0: torch's default); use 1 on a machine others share",
+    )
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     from transformers import AutoModelForCausalLM
 
     model_dir = resolve_model_dir(PACKAGED_MODEL, Path("~/.cache/radixfair/models"))
@@ -131,11 +139,15 @@ def main() -> None:
         f"Prompts of {PROMPT_TOKENS} tokens ({SHARED_TOKENS}-token shared system prompt when 'shared', "
         f"cached by one earlier request), {args.new_tokens} new tokens each, fp32, torch backend, DLPM "
         "scheduler. tok/s counts output tokens over the wall time of the whole batch. speedup = HF "
-        "time / engine time. Other processes may share this machine: see load_average in the JSON."
+        "time / engine time. Both sides use the same torch thread count (torch_threads in the JSON); "
+        "other processes may share this machine: see load_average in the JSON."
     )
-    write_results(
-        "engine_cpu", rows, columns, {"prompt_tokens": PROMPT_TOKENS, "new_tokens": args.new_tokens}, notes
-    )
+    meta = {
+        "prompt_tokens": PROMPT_TOKENS,
+        "new_tokens": args.new_tokens,
+        "torch_threads": torch.get_num_threads(),
+    }
+    write_results("engine_cpu", rows, columns, meta, notes)
     print(markdown_table(rows, columns))
 
 
