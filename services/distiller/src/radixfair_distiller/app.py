@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 
 import grpc
 
 from radixfair.grpc_health import add_health_and_reflection, set_serving
 from radixfair.malformed_requests import MalformedRequestInterceptor
+from radixfair.service_process import wait_for_shutdown_signal
 from radixfair.v1 import distiller_pb2_grpc
 from radixfair_distiller.config import DistillerConfig
 from radixfair_distiller.runner import JobRunner
@@ -38,19 +38,8 @@ async def serve(config: DistillerConfig, ready: asyncio.Event | None = None) -> 
     if ready is not None:
         ready.set()
     try:
-        await _wait_for_signal()
+        await wait_for_shutdown_signal()
     finally:
         await set_serving(health, [SERVICE_NAME], False)
         await server.stop(grace=2)
         await asyncio.to_thread(runner.stop)
-
-
-async def _wait_for_signal() -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError):  # not the main thread (tests)
-            pass
-    await stop.wait()

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import signal
 from dataclasses import dataclass
 
 import grpc
@@ -16,6 +14,7 @@ from radixfair.auth import ApiKeyAuthenticator
 from radixfair.grpc_health import add_health_and_reflection, set_serving
 from radixfair.malformed_requests import MalformedRequestInterceptor
 from radixfair.metrics import serve_metrics
+from radixfair.service_process import wait_for_shutdown_signal
 from radixfair.tokenization import PromptEncoder
 from radixfair.tracing import build_tracer
 from radixfair.v1 import router_pb2_grpc, worker_pb2
@@ -97,11 +96,7 @@ async def start_router(config: RouterConfig, span_exporter: SpanExporter | None 
 async def serve(config: RouterConfig) -> None:
     """Runs until SIGINT/SIGTERM."""
     running = await start_router(config)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
+        await wait_for_shutdown_signal()
     finally:
         await running.stop()

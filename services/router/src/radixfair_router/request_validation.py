@@ -8,14 +8,12 @@ means a malformed request costs no routing, no ledger charge and no hop.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from radixfair.errors import InvalidRequestError
-from radixfair.tokenization import ChatTurn, PromptEncoder
+from radixfair.request_checks import check_sampling, encode_prompt
+from radixfair.tokenization import PromptEncoder
 from radixfair.v1 import generation_pb2, router_pb2
-
-MAX_STOP_STRINGS = 16
 
 
 @dataclass(frozen=True)
@@ -38,38 +36,3 @@ def validate_request(
         sampling=message.sampling,
         model=message.model or model_name,
     )
-
-
-def encode_prompt(prompt: generation_pb2.Prompt, encoder: PromptEncoder) -> list[int]:
-    kind = prompt.WhichOneof("kind")
-    if kind == "text":
-        ids = encoder.encode_text(prompt.text)
-    elif kind == "chat":
-        if not prompt.chat.messages:
-            raise InvalidRequestError("chat prompt has no messages")
-        ids = encoder.encode_chat([ChatTurn(m.role, m.content) for m in prompt.chat.messages])
-    elif kind == "token_ids":
-        ids = list(prompt.token_ids.ids)
-        bad = [t for t in ids if not 0 <= t < encoder.vocab_size]
-        if bad:
-            raise InvalidRequestError(
-                f"token ids out of vocabulary range [0, {encoder.vocab_size}): {bad[:5]}"
-            )
-    else:
-        raise InvalidRequestError("prompt is missing: set text, chat or token_ids")
-    if not ids:
-        raise InvalidRequestError("prompt is empty")
-    return ids
-
-
-def check_sampling(params: generation_pb2.SamplingParams) -> None:
-    if params.HasField("max_tokens") and params.max_tokens <= 0:
-        raise InvalidRequestError(f"max_tokens must be > 0, got {params.max_tokens}")
-    if not math.isfinite(params.temperature) or params.temperature < 0:
-        raise InvalidRequestError(f"temperature must be >= 0, got {params.temperature}")
-    if params.top_k < 0:
-        raise InvalidRequestError(f"top_k must be >= 0, got {params.top_k}")
-    if params.HasField("top_p") and not (0.0 < params.top_p <= 1.0):
-        raise InvalidRequestError(f"top_p must be in (0, 1], got {params.top_p}")
-    if len(params.stop) > MAX_STOP_STRINGS or any(not s for s in params.stop):
-        raise InvalidRequestError(f"stop takes at most {MAX_STOP_STRINGS} non-empty strings")

@@ -2,35 +2,15 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import logging
-from pathlib import Path
 
-import yaml
-
-from radixfair.config_loading import load_config
+from radixfair.service_process import config_from_command_line
 from radixfair_worker.app import serve
 from radixfair_worker.config import WorkerConfig
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="radixfair-worker", description=__doc__)
-    parser.add_argument("--config", type=Path, help="YAML file (see deploy/config/worker.yaml)")
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config field, e.g. --set port=50062 --set engine.scheduler.policy=lpm",
-    )
-    args = parser.parse_args(argv)
-    overrides = {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        overrides[key] = yaml.safe_load(value)
-    config = load_config(WorkerConfig, args.config, overrides=overrides)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = config_from_command_line(WorkerConfig, "radixfair-worker", "deploy/config/worker.yaml", argv)
     asyncio.run(serve(config))
 
 

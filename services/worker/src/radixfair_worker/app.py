@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import socket
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from radixfair.auth import bearer_metadata
 from radixfair.grpc_health import add_health_and_reflection, set_serving
 from radixfair.malformed_requests import MalformedRequestInterceptor
 from radixfair.metrics import serve_metrics
+from radixfair.service_process import wait_for_shutdown_signal
 from radixfair.tracing import build_tracer
 from radixfair.v1 import router_pb2, router_pb2_grpc, worker_pb2_grpc
 from radixfair_worker.config import WorkerConfig
@@ -64,7 +64,7 @@ async def serve(
     if ready is not None:
         ready.set()
     try:
-        await _wait_for_signal()
+        await wait_for_shutdown_signal()
     finally:
         await set_serving(health, [SERVICE_NAME], False)
         if heartbeat is not None:
@@ -86,14 +86,3 @@ async def _register_forever(config: WorkerConfig, worker_id: str, address: str, 
             except grpc.aio.AioRpcError as error:
                 log.warning("router %s did not take registration: %s", config.router_address, error.code())
             await asyncio.sleep(config.heartbeat_seconds)
-
-
-async def _wait_for_signal() -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError):  # not the main thread (tests)
-            pass
-    await stop.wait()

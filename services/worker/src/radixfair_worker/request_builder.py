@@ -10,13 +10,13 @@ import math
 import uuid
 
 from radixfair.errors import InvalidRequestError
-from radixfair.tokenization import ChatTurn, PromptEncoder
+from radixfair.request_checks import check_sampling, encode_prompt
+from radixfair.tokenization import PromptEncoder
 from radixfair.v1 import generation_pb2, worker_pb2
 from radixfair_worker.request import Request, SamplingConfig
 
 # Without an explicit max_tokens a request may not run away with the worker.
 DEFAULT_MAX_TOKENS = 256
-MAX_STOP_STRINGS = 16
 
 
 def build_request(
@@ -40,41 +40,10 @@ def build_request(
     )
 
 
-def encode_prompt(prompt: generation_pb2.Prompt, encoder: PromptEncoder) -> list[int]:
-    kind = prompt.WhichOneof("kind")
-    if kind == "text":
-        ids = encoder.encode_text(prompt.text)
-    elif kind == "chat":
-        if not prompt.chat.messages:
-            raise InvalidRequestError("chat prompt has no messages")
-        ids = encoder.encode_chat([ChatTurn(m.role, m.content) for m in prompt.chat.messages])
-    elif kind == "token_ids":
-        ids = list(prompt.token_ids.ids)
-        bad = [t for t in ids if not 0 <= t < encoder.vocab_size]
-        if bad:
-            raise InvalidRequestError(
-                f"token ids out of vocabulary range [0, {encoder.vocab_size}): {bad[:5]}"
-            )
-    else:
-        raise InvalidRequestError("prompt is missing: set text, chat or token_ids")
-    if not ids:
-        raise InvalidRequestError("prompt is empty")
-    return ids
-
-
 def build_sampling(params: generation_pb2.SamplingParams, room: int) -> SamplingConfig:
+    check_sampling(params)
     max_tokens = params.max_tokens if params.HasField("max_tokens") else DEFAULT_MAX_TOKENS
-    if max_tokens <= 0:
-        raise InvalidRequestError(f"max_tokens must be > 0, got {max_tokens}")
-    if not math.isfinite(params.temperature) or params.temperature < 0:
-        raise InvalidRequestError(f"temperature must be >= 0, got {params.temperature}")
-    if params.top_k < 0:
-        raise InvalidRequestError(f"top_k must be >= 0, got {params.top_k}")
     top_p = params.top_p if params.HasField("top_p") else 1.0
-    if not (0.0 < top_p <= 1.0):
-        raise InvalidRequestError(f"top_p must be in (0, 1], got {top_p}")
-    if len(params.stop) > MAX_STOP_STRINGS or any(not s for s in params.stop):
-        raise InvalidRequestError(f"stop takes at most {MAX_STOP_STRINGS} non-empty strings")
     return SamplingConfig(
         max_tokens=max(1, min(max_tokens, room)),
         temperature=params.temperature,
