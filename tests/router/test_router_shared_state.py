@@ -77,7 +77,10 @@ def test_d2lpm_keeps_a_hot_client_local_under_a_large_quantum_and_spreads_it_und
     prompts = hot_prompts(10)
 
     async def scenario():
-        config = router_config(tiny_model_dir, two_workers, redis_url, policy="d2lpm", quantum=quantum)
+        # A balance threshold above the burst, so only the quantum decides whether the client spreads.
+        config = router_config(
+            tiny_model_dir, two_workers, redis_url, policy="d2lpm", quantum=quantum, balance_abs_threshold=64
+        )
         async with running_router(config) as running:
             async with client_for(running, "alice") as client:
                 first = await client.generate(prompts[0], max_tokens=2, ignore_eos=True)
