@@ -99,8 +99,12 @@ def throughput_vs_fairness(records: list[dict[str, Any]], out: Path) -> None:
         for p in dict.fromkeys(r["pattern"] for r in records)
         if any(r["pattern"] == p and r["jain"] == r["jain"] for r in records)
     ]
-    fig, axes = plt.subplots(1, len(patterns), figsize=(3.0 * len(patterns), 3.2), squeeze=False)
-    for ax, pattern in zip(axes[0], patterns):
+    cols = min(4, len(patterns))
+    rows = -(-len(patterns) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.0 * rows), squeeze=False)
+    for ax in axes.flat[len(patterns) :]:
+        ax.set_visible(False)
+    for ax, pattern in zip(axes.flat, patterns):
         for record in (r for r in records if r["pattern"] == pattern):
             policy = record["policy"]
             ax.scatter(
@@ -111,7 +115,11 @@ def throughput_vs_fairness(records: list[dict[str, Any]], out: Path) -> None:
         ax.set_ylim(bottom=0)
     axes[0][0].set_ylabel("throughput (tokens/s)")
     axes[0][0].legend(fontsize=7)
-    fig.suptitle("Throughput against fairness, one worker", fontsize=10)
+    fig.suptitle(
+        "Throughput against fairness, one worker (a policy under which no two clients were ever "
+        "backlogged together has no Jain index and no point)",
+        fontsize=9,
+    )
     _save(fig, out)
 
 
