@@ -38,6 +38,16 @@ def page_hashes(token_ids: Sequence[int], page_size: int) -> list[int]:
     return list(iter_page_hashes(token_ids, page_size))
 
 
+def matched_pages(hashes: Sequence[int], cached_hashes: set[int] | frozenset[int]) -> int:
+    """How many leading pages, given a prompt's chained page hashes, a holder of ``cached_hashes`` has."""
+    count = 0
+    for page_hash in hashes:
+        if page_hash not in cached_hashes:
+            break
+        count += 1
+    return count
+
+
 def matched_prefix_tokens(
     token_ids: Sequence[int], page_size: int, cached_hashes: set[int] | frozenset[int]
 ) -> int:

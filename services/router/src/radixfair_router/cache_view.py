@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from radixfair.prefix_hash import matched_prefix_tokens
+from radixfair.prefix_hash import matched_pages, page_hashes
 from radixfair_router.approx_tree import ApproxRadixTree
 from radixfair_router.config import ApproxTreeConfig
 
@@ -63,6 +63,8 @@ class CacheView:
         """Leading tokens of ``tokens`` each worker is estimated to hold."""
         from_tree = self._tree.match(tokens)
         estimates: dict[str, int] = {}
+        # Workers usually share one page size: hash the prompt once per size, not once per worker.
+        hashes_by_page_size: dict[int, list[int]] = {}
         for worker_id in worker_ids:
             tree = from_tree.get(worker_id)
             tree_tokens = tree.tokens if tree else 0
@@ -70,7 +72,10 @@ class CacheView:
             if report is None:
                 estimates[worker_id] = tree_tokens
                 continue
-            reported = matched_prefix_tokens(tokens, report.page_size, report.hashes)
+            hashes = hashes_by_page_size.get(report.page_size)
+            if hashes is None:
+                hashes = hashes_by_page_size[report.page_size] = page_hashes(tokens, report.page_size)
+            reported = matched_pages(hashes, report.hashes) * report.page_size
             # The report only sees whole pages; a tree match inside the last page is not contradicted.
             tree_pages = tree_tokens - tree_tokens % report.page_size
             stale_tree = (
