@@ -25,7 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.eval_runs import (  # noqa: E402
     LOCAL_FOR_ROUTING,
     ROUTING_POLICIES,
+    ROUTING_VARIANTS,
     cost_model,
+    routing_settings,
     run,
     run_record,
     saved_trace,
@@ -45,12 +47,13 @@ def cluster_trace(
     per_worker: int,
     clients_per_worker: int,
     pattern: str = "heavy_client",
+    heavy_workers: float = HEAVY_WORKERS,
 ) -> tuple[Trace, Path]:
     served, _ = capacity(pattern, cost_model(cost_name))
     heavy = max(1, workers // 8)
     light = clients_per_worker * workers
     total = load * workers * served
-    light_rate = (total - heavy * HEAVY_WORKERS * served) / light
+    light_rate = (total - heavy * heavy_workers * served) / light
     duration = per_worker / (load * served)
     spec = build_pattern(
         pattern,
@@ -58,13 +61,15 @@ def cluster_trace(
             "num_light": light,
             "num_heavy": heavy,
             "rate": light_rate,
-            "heavy_factor": HEAVY_WORKERS * served / light_rate,
+            "heavy_factor": heavy_workers * served / light_rate,
             "duration_s": duration,
             "doc_tokens": 2048,
         },
     )
     prefix = "multi_heavy" if pattern == "heavy_client" else f"multi_{pattern}"
     name = f"{prefix}_{workers}w_{clients_per_worker}cpw_load{load:g}_{per_worker}rpw_{cost_name}"
+    if heavy_workers != HEAVY_WORKERS:
+        name += f"_heavy{heavy_workers:g}"
     return saved_trace(name, spec)
 
 
@@ -74,12 +79,17 @@ def main() -> None:
     )
     parser.add_argument("--cost", default="cpu")
     parser.add_argument("--workers", nargs="*", type=int, default=[8, 16, 32, 64, 128, 256])
-    parser.add_argument("--policies", nargs="*", default=list(ROUTING_POLICIES))
+    parser.add_argument(
+        "--policies", nargs="*", default=list(ROUTING_POLICIES), choices=[*ROUTING_POLICIES, *ROUTING_VARIANTS]
+    )
     parser.add_argument("--load", type=float, default=0.8)
     parser.add_argument("--requests-per-worker", type=int, default=100)
     parser.add_argument("--clients-per-worker", type=int, default=10)
     parser.add_argument("--quantum", type=float, default=8192.0, help="local DLPM quantum")
     parser.add_argument("--router-quantum", type=float, default=8192.0)
+    parser.add_argument(
+        "--heavy-workers", type=float, default=HEAVY_WORKERS, help="a heavy client's offer, in workers"
+    )
     parser.add_argument("--name", default="")
     parser.add_argument("--pattern", default="heavy_client", choices=["heavy_client", "hot_prefix"])
     args = parser.parse_args()
@@ -87,18 +97,26 @@ def main() -> None:
     records = []
     for workers in args.workers:
         trace, path = cluster_trace(
-            workers, args.cost, args.load, args.requests_per_worker, args.clients_per_worker, args.pattern
+            workers,
+            args.cost,
+            args.load,
+            args.requests_per_worker,
+            args.clients_per_worker,
+            args.pattern,
+            args.heavy_workers,
         )
         for routing in args.policies:
             local = LOCAL_FOR_ROUTING[routing]
+            policy, overrides = routing_settings(routing)
             result, wall = run(
                 trace,
                 cost,
                 local,
                 quantum=args.quantum,
                 workers=workers,
-                routing=routing,
+                routing=policy,
                 router_quantum=args.router_quantum,
+                routing_overrides=overrides,
             )
             record = run_record(result, wall, workers=workers, routing=routing, local=local, trace=path.name)
             light = [v["e2e_p99"] for c, v in record["clients"].items() if c.startswith("light")]
@@ -137,7 +155,7 @@ def main() -> None:
     notes = (
         f"Simulated cluster (real Engine per worker, the router's real policies, cache view and "
         f"in-process ledger; cost model `{args.cost}`). Heavy-client pattern: N/8 heavy clients at "
-        f"{HEAVY_WORKERS:g} workers' capacity each, {args.clients_per_worker} light clients per worker, "
+        f"{args.heavy_workers:g} workers' capacity each, {args.clients_per_worker} light clients per worker, "
         f"offered load {args.load} of the cluster, ~{args.requests_per_worker} requests per worker. "
         f"Local DLPM quantum {args.quantum:g}, router quantum {args.router_quantum:g}. "
         "Latencies in seconds of virtual time; load_imbalance = max/mean busy time over workers."

@@ -39,7 +39,29 @@ LOCAL_FOR_ROUTING = {
     "cache_aware": "lpm",
     "global_vtc": "vtc",
     "d2lpm": "dlpm",
+    "cache_aware_sglang": "lpm",
+    "d2lpm_reset": "dlpm_reset",
 }
+# Local policy labels that are a policy with other SchedulerConfig settings: DLPM that forgives
+# an idle client's debt (idle_deficit "reset") instead of keeping it.
+LOCAL_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "dlpm_reset": ("dlpm", {"idle_deficit": "reset"}),
+}
+# Routing labels that are a router policy with other PolicyConfig settings. Our cache_aware
+# defaults to balance thresholds 8 / 1.5; the SGLang router ships 64 / 1.5 (cache threshold
+# 0.3), so its own default behaviour runs beside ours as the baseline the issue names.
+ROUTING_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "cache_aware_sglang": (
+        "cache_aware",
+        {"balance_abs_threshold": 64, "balance_rel_threshold": 1.5, "cache_threshold": 0.3},
+    ),
+    "d2lpm_reset": ("d2lpm", {}),
+}
+
+
+def routing_settings(label: str) -> tuple[str, dict[str, Any]]:
+    """The router policy name and PolicyConfig overrides behind a routing label."""
+    return ROUTING_VARIANTS.get(label, (label, {}))
 
 
 def cost_model(name: str) -> StepCostModel:
@@ -47,14 +69,19 @@ def cost_model(name: str) -> StepCostModel:
 
 
 def engine_config(policy: str, quantum: float, num_pages: int, lpm_aging_rate: float) -> EngineConfig:
-    """One worker: 32 running requests, 2048-token steps, ``num_pages`` x 16 tokens of KV."""
+    """One worker: 32 running requests, 2048-token steps, ``num_pages`` x 16 tokens of KV.
+
+    ``policy`` is a local policy name or a label of LOCAL_VARIANTS."""
+    policy, settings = LOCAL_VARIANTS.get(policy, (policy, {}))
     return EngineConfig(
         page_size=16,
         num_pages=num_pages,
         max_running_requests=32,
         max_batched_tokens=2048,
         max_waiting_requests=10**7,
-        scheduler=SchedulerConfig(policy=policy, quantum=quantum, lpm_aging_rate=lpm_aging_rate),
+        scheduler=SchedulerConfig(
+            policy=policy, quantum=quantum, lpm_aging_rate=lpm_aging_rate, **settings
+        ),
     )
 
 
@@ -78,14 +105,17 @@ def run(
     router_quantum: float = 8192.0,
     lpm_aging_rate: float = 100.0,
     bin_s: float | None = None,
+    routing_overrides: dict[str, Any] | None = None,
 ) -> tuple[SimResult, float]:
-    """Simulates ``trace``; returns the result and the wall-clock seconds the simulation took."""
+    """Simulates ``trace``; returns the result and the wall-clock seconds the simulation took.
+
+    ``routing_overrides`` sets other PolicyConfig fields of the router (balance thresholds, say)."""
     duration = max(r.arrival_s for r in trace.requests)
     config = SimConfig(
         engine_config(policy, quantum, num_pages, lpm_aging_rate),
         cost,
         num_workers=workers,
-        routing=PolicyConfig(name=routing, quantum=router_quantum) if routing else None,
+        routing=PolicyConfig(name=routing, quantum=router_quantum, **(routing_overrides or {})) if routing else None,
         bin_s=bin_s or max(duration / 100, 1e-3),
     )
     start = time.perf_counter()

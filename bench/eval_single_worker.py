@@ -19,7 +19,14 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.eval_runs import LOCAL_POLICIES, cost_model, run, run_record, saved_trace  # noqa: E402
+from bench.eval_runs import (  # noqa: E402
+    LOCAL_POLICIES,
+    LOCAL_VARIANTS,
+    cost_model,
+    run,
+    run_record,
+    saved_trace,
+)
 from bench.report import write_results  # noqa: E402
 from bench.simulator.cost_model import StepCostModel  # noqa: E402
 from bench.workloads import build_pattern  # noqa: E402
@@ -92,7 +99,9 @@ def main() -> None:
     )
     parser.add_argument("--cost", default="cpu")
     parser.add_argument("--patterns", nargs="*", default=list(PATTERNS))
-    parser.add_argument("--policies", nargs="*", default=list(LOCAL_POLICIES))
+    parser.add_argument(
+        "--policies", nargs="*", default=list(LOCAL_POLICIES), choices=[*LOCAL_POLICIES, *LOCAL_VARIANTS]
+    )
     parser.add_argument("--load", type=float, default=1.3)
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--quantum", type=float, default=8192.0)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 from scheduler_harness import CountingBudget, cache_holding, finish, preempt, request
 
 from radixfair_worker.config import SchedulerConfig
 from radixfair_worker.scheduler.dlpm import DLPMPolicy
+from radixfair_worker.scheduler.registry import build_policy
 
 DOC = list(range(100, 116))  # 16 tokens = 4 pages of 4
 Q = 10.0
@@ -169,6 +171,27 @@ def test_dlpm_caps_an_idle_client_at_one_quantum_of_its_weight():
     policy.on_finished(light)
 
     assert policy.deficits()["a"] == Q
+
+
+def test_dlpm_reset_forgives_an_idle_clients_debt_but_not_a_backlogged_ones():
+    cache = cache_holding()
+    policy = DLPMPolicy(config(idle_deficit="reset"))
+    (first,) = arrive(policy, request("first", "a", [1] * 25, arrival=0.0))
+    policy.pick_next([first], cache, CountingBudget(cache, limit=1))
+    (second,) = arrive(policy, request("second", "a", [2] * 3, arrival=1.0))
+    finish(first)
+    policy.on_finished(first)
+    assert policy.deficits()["a"] == Q - 25  # second still waits: not idle, the debt stands
+
+    finish(second)  # cancelled before admission: now nothing waits or runs
+    policy.on_finished(second)
+
+    assert policy.deficits()["a"] == Q
+
+
+def test_dlpm_rejects_an_unknown_idle_rule():
+    with pytest.raises(ValueError, match="idle_deficit"):
+        build_policy(config(idle_deficit="forget"))
 
 
 def test_dlpm_keeps_an_idle_client_in_debt():

@@ -55,6 +55,7 @@ class Workload:
     cached_token_weight: float
     max_running: int
     num_pages: int
+    idle_deficit: str = "cap"
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,7 @@ def run_and_measure(workload: Workload, model_dir: Path, policy: str) -> list[Pa
         input_token_weight=W_IN,
         output_token_weight=W_OUT,
         cached_token_weight=workload.cached_token_weight,
+        idle_deficit=workload.idle_deficit,
     )
     config = EngineConfig(
         page_size=PAGE,
@@ -169,6 +171,8 @@ def workloads(draw) -> Workload:
         max_running=draw(st.integers(1, 3)),
         # 12 pages of 8 tokens is tight for three long requests: the engine preempts.
         num_pages=draw(st.sampled_from([12, 64])),
+        # The late client goes idle between its arrivals, so both idle rules are exercised.
+        idle_deficit=draw(st.sampled_from(["cap", "reset"])),
     )
 
 

@@ -65,6 +65,11 @@ class SchedulerConfig:
     cached_token_weight: float = 0.0
     # lpm_aging: priority gained per second of waiting, in prefix-match tokens.
     lpm_aging_rate: float = 100.0
+    # dlpm: a client going idle keeps its debt and is capped at Q ("cap"), or
+    # starts over at Q like a new client ("reset"). Either keeps the bound
+    # between continuously backlogged clients; "reset" stops a light client
+    # from waiting a refill round for output tokens of its previous request.
+    idle_deficit: str = "cap"
 
 
 @dataclass(frozen=True)

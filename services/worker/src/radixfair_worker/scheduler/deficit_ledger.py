@@ -10,15 +10,17 @@ class DeficitLedger:
 
     A client seen for the first time starts at its quantum, as if it had just
     been refilled. The ledger keeps ``q_i <= Q · weight_i`` at all times: a
-    refill only reaches clients at ``q_i <= 0``, and ``cap`` (called when a
+    refill only reaches clients at ``q_i <= 0``, and ``on_idle`` (called when a
     client goes idle) clips back to the quantum, which matters when a
-    client's weight has dropped since its last refill.
+    client's weight has dropped since its last refill. With ``forgive_debt``
+    an idle client is set back to its quantum, debt included, as if new.
     """
 
-    def __init__(self, quantum: float) -> None:
+    def __init__(self, quantum: float, forgive_debt: bool = False) -> None:
         if quantum <= 0:
             raise ValueError("the DLPM quantum must be > 0")
         self.quantum = quantum
+        self._forgive_debt = forgive_debt
         self._deficits: dict[str, float] = {}
         self._weights: dict[str, float] = {}
         self.refills = 0
@@ -42,9 +44,10 @@ class DeficitLedger:
                 self._deficits[client] += self.quantum * self._weights[client]
         self.refills += 1
 
-    def cap(self, client: str) -> None:
+    def on_idle(self, client: str) -> None:
         """An idle client keeps at most one quantum, so idling banks no credit."""
-        self._deficits[client] = min(self._deficits[client], self.quantum * self._weights[client])
+        quantum = self.quantum * self._weights[client]
+        self._deficits[client] = quantum if self._forgive_debt else min(self._deficits[client], quantum)
 
     def deficits(self) -> dict[str, float]:
         return dict(self._deficits)

@@ -14,7 +14,9 @@ Rules (see /work/shared/reference/dlpm.md):
      still wait, every waiting client (all then have ``q_i <= 0``) gets
      ``q_i += Q · weight_i``; then walk again.
   5. A client that goes idle (nothing waiting, nothing running) is capped at
-     ``Q · weight_i``. New clients start there.
+     ``Q · weight_i``, keeping any debt; with ``idle_deficit: reset`` it is set
+     to ``Q · weight_i``, debt forgiven. New clients start there. The bound
+     below is about continuously backlogged clients, so it holds either way.
 
 Fairness bound. Let ``C_i`` be client i's cumulative charge (rule 3) and
 ``s_i = C_i / weight_i``. Take an interval in which clients A and B both have
@@ -62,7 +64,7 @@ class DLPMPolicy:
     def __init__(self, config: SchedulerConfig) -> None:
         self._meter = ServiceMeter(config)
         self._activity = ClientActivity()
-        self._ledger = DeficitLedger(config.quantum)
+        self._ledger = DeficitLedger(config.quantum, forgive_debt=config.idle_deficit == "reset")
 
     @property
     def quantum(self) -> float:
@@ -102,7 +104,7 @@ class DLPMPolicy:
     def on_finished(self, request: Request) -> None:
         self._activity.finished(request)
         if self._activity.is_idle(request.client_id):
-            self._ledger.cap(request.client_id)
+            self._ledger.on_idle(request.client_id)
 
     def client_service(self) -> dict[str, float]:
         return self._meter.client_service()

@@ -28,6 +28,8 @@ def validate_scheduler_config(config: SchedulerConfig) -> None:
         raise ValueError("quantum must be > 0")
     if config.lpm_aging_rate < 0:
         raise ValueError("lpm_aging_rate must be >= 0")
+    if config.idle_deficit not in ("cap", "reset"):
+        raise ValueError(f"idle_deficit must be 'cap' or 'reset', got {config.idle_deficit!r}")
 
 
 class ServiceMeter:
