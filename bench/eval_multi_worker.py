@@ -80,7 +80,10 @@ def main() -> None:
     parser.add_argument("--cost", default="cpu")
     parser.add_argument("--workers", nargs="*", type=int, default=[8, 16, 32, 64, 128, 256])
     parser.add_argument(
-        "--policies", nargs="*", default=list(ROUTING_POLICIES), choices=[*ROUTING_POLICIES, *ROUTING_VARIANTS]
+        "--policies",
+        nargs="*",
+        default=list(ROUTING_POLICIES),
+        choices=[*ROUTING_POLICIES, *ROUTING_VARIANTS],
     )
     parser.add_argument("--load", type=float, default=0.8)
     parser.add_argument("--requests-per-worker", type=int, default=100)

@@ -79,9 +79,7 @@ def engine_config(policy: str, quantum: float, num_pages: int, lpm_aging_rate: f
         max_running_requests=32,
         max_batched_tokens=2048,
         max_waiting_requests=10**7,
-        scheduler=SchedulerConfig(
-            policy=policy, quantum=quantum, lpm_aging_rate=lpm_aging_rate, **settings
-        ),
+        scheduler=SchedulerConfig(policy=policy, quantum=quantum, lpm_aging_rate=lpm_aging_rate, **settings),
     )
 
 
@@ -115,7 +113,9 @@ def run(
         engine_config(policy, quantum, num_pages, lpm_aging_rate),
         cost,
         num_workers=workers,
-        routing=PolicyConfig(name=routing, quantum=router_quantum, **(routing_overrides or {})) if routing else None,
+        routing=PolicyConfig(name=routing, quantum=router_quantum, **(routing_overrides or {}))
+        if routing
+        else None,
         bin_s=bin_s or max(duration / 100, 1e-3),
     )
     start = time.perf_counter()
