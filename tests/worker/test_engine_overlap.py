@@ -49,7 +49,7 @@ def drive(
     aborts: dict[int, list[str]] | None = None,
     max_steps: int = 2_000,
 ) -> None:
-    """Submits requests (and aborts) at the given step numbers, steps until idle, checks the tree each step."""
+    """Submits requests (and aborts) at the given step numbers and steps until idle, checking the tree."""
     aborts = aborts or {}
     last = max([*arrivals, *aborts])
     for step in range(max_steps):
@@ -154,6 +154,30 @@ def test_mixed_staggered_batch_is_identical_with_and_without_overlap(tiny_model_
         assert_no_page_leaks(engine)
 
 
+def test_token_computed_after_a_stop_is_discarded_and_never_cached(tiny_model_dir):
+    prompt = [100, 200, 300, 400, 500]
+    reference = reference_tokens(tiny_model_dir, prompt, 20)
+    # A stop whose token fills a page: the next step (already launched with overlap) computes
+    # that token's K/V, which completes the page; it must not reach the cache.
+    stop_index = next(k for k in (2, 10, 18) if reference.output_ids.index(reference.output_ids[k]) == k)
+    stop_at = reference.output_ids[stop_index]
+
+    def run(overlap: bool) -> tuple[Request, Request]:
+        engine = make_stack(tiny_model_dir, page_size=8, overlap_schedule=overlap).engine
+        stopped = greedy(prompt, 20, "stopped", ignore_eos=True, stop_token_ids=(stop_at,))
+        drive(engine, {0: [stopped]})
+        follow_up = greedy(stopped.fill_ids + [42], 2, "follow-up", ignore_eos=True)
+        drive(engine, {0: [follow_up]})
+        assert_no_page_leaks(engine)
+        return stopped, follow_up
+
+    sync_stopped, sync_follow_up = run(overlap=False)
+    stopped, follow_up = run(overlap=True)
+    assert stopped.output_ids == sync_stopped.output_ids == reference.output_ids[: stop_index + 1]
+    assert len(stopped.fill_ids) % 8 == 0
+    assert follow_up.num_cached_tokens == sync_follow_up.num_cached_tokens == len(stopped.fill_ids) - 8
+
+
 def test_abort_mid_flight_keeps_only_known_tokens_and_frees_pages(tiny_model_dir):
     reference = reference_tokens(tiny_model_dir, list(range(100, 150)), 40)
     engine = make_stack(tiny_model_dir, num_pages=32, page_size=8, overlap_schedule=True).engine
@@ -195,6 +219,8 @@ def test_seeded_sampling_joining_overlapped_greedy_batch_is_reproducible(tiny_mo
         return [r.output_ids for r in (seeded, *greedy_ones)]
 
     baseline = run(overlap=False, others=0)
+    # The seeded request really sampled (a greedy fallback would pass the comparisons below).
+    assert baseline[0] != reference_tokens(tiny_model_dir, [5, 6, 7, 8], 8).output_ids
     assert run(overlap=True, others=0) == baseline
     assert run(overlap=True, others=2) == baseline
 

@@ -16,8 +16,8 @@ bookkeeping (append, stop checks, detokenize, finish, cache pages) while
 the device computes n, and returns n-1's outputs. Until its id is known a
 sampled token is a placeholder in ``output_ids`` and the next step takes its
 input id from the previous step's sampled tensor on the device. Whatever
-needs every token known (preemption, aborts, rows sampled with a CPU
-generator) first finishes the step in flight.
+needs every token known (preemption, aborts) first finishes the step in
+flight; a batch with rows sampled by CPU generators is read back at once.
 
 The engine is single-threaded; ``submit`` and ``abort`` are the only calls
 that may come from other threads, and they only enqueue.
@@ -164,10 +164,9 @@ class Engine:
         overlap = self.overlap and not self.sampler.needs_host(
             [c.request.sampling for c in chunks if c.completes_fill]
         )
-        if chunks and not overlap:
-            # This batch is sampled on the host: its inputs must all be known ids.
-            self._drain()
-            chunks = [c for c in chunks if c.request.status is RequestStatus.RUNNING]
+        # A batch with rows drawn from CPU generators is sampled on the host and read at once.
+        # Its own rows' inputs are known (their previous step was read at once too); its
+        # greedy rows take placeholder inputs from the step in flight as usual.
         if chunks:
             launched = self._launch(chunks, overlap)
             self._drain()
