@@ -88,9 +88,13 @@ class DecodeGraphRunner:
             buffer[:size].copy_(staging[name].tensor[:size], non_blocking=True)
         if carry is not None:
             self._gather_carried(size, carry, staging["gather_source"])
+        return self._replay(size)[:count]
+
+    def _replay(self, size: int) -> torch.Tensor:
+        """Runs the captured graph of batch ``size`` over the static buffers; its logits [size, vocab]."""
         captured = self._graphs[size]
         captured.graph.replay()
-        return captured.logits[:count]
+        return captured.logits
 
     def _gather_carried(self, size: int, carry: CarriedTokens, source: _Staged) -> None:
         """Overwrites the placeholder input ids with the previous step's tokens, on the device."""
@@ -118,6 +122,9 @@ class DecodeGraphRunner:
             slots[row] = pages[position // page_size] * page_size + position % page_size
             table[row, : len(pages)] = pages
         count = len(chunks)
+        # A padding row may hold a stale placeholder (-1) from an earlier carried step; the
+        # embedding lookup would fault on it.
+        ids[count:size] = 0
         seq_lens[count:size] = 0
         slots[count:size] = self.scratch_slot
         positions[count:size] = 0
@@ -126,7 +133,7 @@ class DecodeGraphRunner:
         buffers = {**self._device_buffers(), "gather_source": self._gather_source}
         staging = {}
         for name, buffer in buffers.items():
-            tensor = torch.zeros(buffer.shape, dtype=buffer.dtype, pin_memory=True)
+            tensor = torch.zeros(buffer.shape, dtype=buffer.dtype, pin_memory=buffer.is_cuda)
             staging[name] = _Staged(tensor, tensor.numpy())
         return staging
 
