@@ -43,6 +43,8 @@ class SampledTokens:
         """Starts a non-blocking copy of device ids [S] into pinned memory; ``wait`` finishes it."""
         if tokens.device.type != "cuda":
             return cls(tokens, tokens)
+        if tokens.numel() == 0:  # a step of prefill chunks only: nothing to wait for
+            return cls(tokens, [])
         host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
         host.copy_(tokens, non_blocking=True)
         ready = torch.cuda.Event()
