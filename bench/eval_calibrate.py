@@ -99,6 +99,9 @@ def engine_config(device: str) -> EngineConfig:
         backend="triton" if device == "cuda" else "torch",
         dtype="bfloat16" if device == "cuda" else "float32",
         scheduler=SchedulerConfig(policy="dlpm"),
+        # The cost model prices synchronous steps (the simulator runs no overlap), and each step is
+        # timed by itself; with overlap a step would also carry the previous one's bookkeeping.
+        overlap_schedule=False,
         **SETTINGS[device]["engine"],
     )
 

@@ -11,10 +11,13 @@ near-ties.
 1. Correctness: greedy tokens of the Triton backend against the torch
    backend on a fixed prompt set, in fp32 (must be identical) and in bf16
    (share of prompts whose first 32 tokens are identical; target >= 95%).
+   Also: the engine with overlap scheduling against the same engine without
+   it (bf16 greedy tokens must be identical).
 2. Throughput: the engine (bf16, Triton kernels, CUDA graphs) decoding
    batches of 1, 32 and 128 requests with 128-token prompts and 128 new
-   tokens, against HF transformers ``generate`` and a plain-PyTorch decoder
-   (torch ops, static KV cache, SDPA) captured in a CUDA graph.
+   tokens, with overlap scheduling on and off side by side, against HF
+   transformers ``generate`` and a plain-PyTorch decoder (torch ops, static
+   KV cache, SDPA) captured in a CUDA graph.
 
     PYTHONPATH=common/src:services/worker/src python3 bench/gpu_engine_bench.py
 """
@@ -79,7 +82,9 @@ def make_random_model(target: Path) -> Path:
     return target
 
 
-def make_engine(model_dir: Path, backend: str, dtype: str, graphs: int, max_running: int = 128) -> Engine:
+def make_engine(
+    model_dir: Path, backend: str, dtype: str, graphs: int, max_running: int = 128, overlap: bool = True
+) -> Engine:
     config = EngineConfig(
         num_pages=4096,
         page_size=16,
@@ -89,6 +94,7 @@ def make_engine(model_dir: Path, backend: str, dtype: str, graphs: int, max_runn
         dtype=dtype,
         backend=backend,
         cuda_graph_max_batch=graphs,
+        overlap_schedule=overlap,
         scheduler=SchedulerConfig(policy="fcfs"),
     )
     torch_dtype = getattr(torch, dtype)
@@ -127,6 +133,9 @@ def check_correctness(model_dir: Path) -> dict[str, object]:
     reference32 = greedy_outputs(make_engine(model_dir, "torch", "float32", 0), prompt_set, 32)
     triton32 = greedy_outputs(make_engine(model_dir, "triton", "float32", 128), prompt_set, 32)
     triton16 = greedy_outputs(make_engine(model_dir, "triton", "bfloat16", 128), prompt_set, 32)
+    triton16_sync = greedy_outputs(
+        make_engine(model_dir, "triton", "bfloat16", 128, overlap=False), prompt_set, 32
+    )
     fp32_same = sum(a == b for a, b in zip(reference32, triton32))
     bf16_same = sum(a == b for a, b in zip(reference32, triton16))
     return {
@@ -134,6 +143,8 @@ def check_correctness(model_dir: Path) -> dict[str, object]:
         "fp32_identical": fp32_same,
         "bf16_identical_first32": bf16_same,
         "bf16_agreement": bf16_same / len(prompt_set),
+        # Overlap scheduling must not change a single token (must equal "prompts").
+        "overlap_vs_sync_identical": sum(a == b for a, b in zip(triton16, triton16_sync)),
     }
 
 
@@ -149,16 +160,16 @@ def engine_throughput(engine: Engine, batch: int, prompt_len: int, new_tokens: i
     while any(r.tokens_to_compute > 1 for r in requests):
         engine.step()
     torch.cuda.synchronize()
+    # Counted at launch: with overlap, output_ids already holds the launched step's placeholders.
     already = sum(len(r.output_ids) for r in requests)
+    launched = engine.steps
     start = time.perf_counter()
-    steps = 0
     while engine.has_work():
         engine.step()
-        steps += 1
     torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
     decoded = sum(len(r.output_ids) for r in requests) - already
-    return {"tok_per_s": decoded / elapsed, "ms_per_step": 1e3 * elapsed / steps}
+    return {"tok_per_s": decoded / elapsed, "ms_per_step": 1e3 * elapsed / (engine.steps - launched)}
 
 
 def hf_throughput(model_dir: Path, batch: int, prompt_len: int, new_tokens: int) -> dict[str, float]:
@@ -191,10 +202,12 @@ def main() -> None:
 
     rows = []
     engine = make_engine(model_dir, "triton", "bfloat16", 128)
+    sync_engine = make_engine(model_dir, "triton", "bfloat16", 128, overlap=False)
     torch_engine = make_engine(model_dir, "torch", "bfloat16", 0)
     plain = PlainDecoder(ModelConfig.from_hf_config(model_dir / "config.json"), model_dir, max_batch=128)
     for batch in args.batches:
         ours = engine_throughput(engine, batch, args.prompt_len, args.new_tokens)
+        sync = engine_throughput(sync_engine, batch, args.prompt_len, args.new_tokens)
         eager = engine_throughput(torch_engine, batch, args.prompt_len, args.new_tokens)
         graph_peer = plain.throughput(batch, args.prompt_len, args.new_tokens)
         hf = hf_throughput(model_dir, batch, args.prompt_len, args.new_tokens)
@@ -202,6 +215,9 @@ def main() -> None:
             "batch": batch,
             "radixfair_tok_s": ours["tok_per_s"],
             "radixfair_ms_step": ours["ms_per_step"],
+            "no_overlap_tok_s": sync["tok_per_s"],
+            "no_overlap_ms_step": sync["ms_per_step"],
+            "overlap_gain": ours["tok_per_s"] / sync["tok_per_s"],
             "torch_backend_eager_tok_s": eager["tok_per_s"],
             "plain_cudagraph_tok_s": graph_peer["tok_per_s"],
             "plain_cudagraph_ms_step": graph_peer["ms_per_step"],
@@ -214,7 +230,9 @@ def main() -> None:
     notes = (
         f"Random-weight SmolLM2-135M config, bf16, {args.prompt_len}-token prompts, {args.new_tokens} new "
         "tokens, decode phase only (after every request's first token). radixfair = engine with Triton "
-        "kernels and CUDA-graph decode; torch_backend_eager = same engine, torch reference ops, no graphs; "
+        "kernels, CUDA-graph decode and overlap scheduling; no_overlap = the same engine with "
+        "overlap_schedule=false (host bookkeeping between steps); torch_backend_eager = same engine, "
+        "torch reference ops, no graphs; "
         "plain_cudagraph = bench/plain_torch_decoder.py; hf_generate = transformers generate (whole call "
         f"incl. prefill). Correctness: {json.dumps(correctness)}."
     )

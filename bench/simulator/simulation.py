@@ -60,6 +60,10 @@ class SimConfig:
 
 class SimWorker:
     def __init__(self, index: int, config: SimConfig, recorder: Recorder) -> None:
+        if config.engine.overlap_enabled:
+            # SimulatedRunner picks tokens from len(output_ids), which overlap's placeholders shift,
+            # and the cost model prices synchronous steps.
+            raise ValueError("the simulator runs synchronous steps: set engine.overlap_schedule to false")
         self.index = index
         self.worker_id = f"w{index:03d}"
         self.clock = VirtualClock()

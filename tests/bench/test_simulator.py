@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pytest
+
 from bench.simulator.cost_model import StepCostModel
 from bench.simulator.metrics import summarize
 from bench.simulator.simulation import SimConfig, simulate
@@ -180,3 +182,9 @@ def test_global_vtc_gate_releases_the_newly_arrived_light_client_before_the_floo
     finished = {f.request_id: f for f in gated("global_vtc").recorder.finished}
     heavy_done = sorted(f.finished for rid, f in finished.items() if rid.startswith("h"))
     assert max(finished["l0"].finished, finished["l1"].finished) <= heavy_done[4]
+
+
+def test_the_simulator_refuses_overlap_scheduling_which_its_cost_model_does_not_price():
+    config = SimConfig(engine=engine("fcfs", overlap_schedule=True), cost=COST)
+    with pytest.raises(ValueError, match="overlap_schedule"):
+        simulate(config, starvation_trace())

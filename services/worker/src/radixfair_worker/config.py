@@ -97,6 +97,10 @@ class EngineConfig:
     # On CUDA, replay decode steps of up to this many requests as captured
     # graphs; 0 disables graphs.
     cuda_graph_max_batch: int = 128
+    # Overlap the host's per-step work (scheduling, staging, bookkeeping, detokenizing) with
+    # the device's forward pass by running the bookkeeping one step behind: true, false, or
+    # "auto" (on for cuda, off elsewhere: on the CPU nothing runs concurrently to hide).
+    overlap_schedule: bool | str = "auto"
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
     def __post_init__(self) -> None:
@@ -106,6 +110,17 @@ class EngineConfig:
         if self.max_running_requests > self.max_batched_tokens:
             # Every running request decodes one token per step inside the token budget.
             raise ValueError("engine.max_running_requests must not exceed engine.max_batched_tokens")
+        if not isinstance(self.overlap_schedule, bool) and self.overlap_schedule != "auto":
+            raise ValueError(
+                f"engine.overlap_schedule must be true, false or 'auto', got {self.overlap_schedule!r}"
+            )
+
+    @property
+    def overlap_enabled(self) -> bool:
+        """Whether the engine runs its bookkeeping one step behind the device."""
+        if self.overlap_schedule == "auto":
+            return self.device.startswith("cuda")
+        return bool(self.overlap_schedule)
 
 
 @dataclass(frozen=True)

@@ -14,11 +14,20 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from radixfair_worker.model.backend import ForwardBatch
 from radixfair_worker.model.llama import KVCache, LlamaModel
-from radixfair_worker.model_runner import ScheduledChunk
+from radixfair_worker.model_runner import CarriedTokens, ScheduledChunk, gather_carried
+
+
+@dataclass(frozen=True)
+class _Staged:
+    """A pinned host buffer and its numpy view (numpy writes skip torch's per-element overhead)."""
+
+    tensor: torch.Tensor
+    array: np.ndarray
 
 
 @dataclass
@@ -54,32 +63,54 @@ class DecodeGraphRunner:
         self._page_table = torch.zeros((biggest, max_pages_per_seq), dtype=torch.int32, device=device)
         self._query_start = torch.arange(biggest + 1, dtype=torch.int32, device=device)
         self._logits_indices = torch.arange(biggest, dtype=torch.int64, device=device)
-        # Pinned host staging, filled with numpy and copied up in one transfer per buffer.
-        self._host = {
-            name: torch.zeros(buffer.shape, dtype=buffer.dtype, pin_memory=True)
-            for name, buffer in self._device_buffers().items()
-        }
-        self._np = {name: tensor.numpy() for name, tensor in self._host.items()}
+        # Where a row's input id comes from when the previous step's token is carried (not graphed).
+        self._gather_source = torch.zeros(biggest, dtype=torch.int64, device=device)
+        # Pinned host staging, filled with numpy and copied up in one transfer per buffer. Two
+        # sets, used in turn: with overlap scheduling the host stages step n+1 while step n's
+        # non-blocking copies may not have run yet; by the time it stages n+2 the engine has
+        # waited for step n, so two sets are enough.
+        self._staging = [self._new_staging(), self._new_staging()]
+        self._turn = 0
         self._graphs: dict[int, _Captured] = {}
         self._capture_all()
 
     def supports(self, chunks: list[ScheduledChunk]) -> bool:
         return len(chunks) <= self.max_batch and all(c.length == 1 for c in chunks)
 
-    def forward(self, chunks: list[ScheduledChunk]) -> torch.Tensor:
-        """Logits [n, vocab] for n decode chunks."""
+    def forward(self, chunks: list[ScheduledChunk], carry: CarriedTokens | None = None) -> torch.Tensor:
+        """Logits [n, vocab] for n decode chunks; ``carry`` supplies inputs the host does not know yet."""
         count = len(chunks)
         size = self.batch_sizes[bisect.bisect_left(self.batch_sizes, count)]
-        self._stage(chunks, size)
+        staging = self._staging[self._turn]
+        self._turn ^= 1
+        self._stage(chunks, size, staging)
         for name, buffer in self._device_buffers().items():
-            buffer[:size].copy_(self._host[name][:size], non_blocking=True)
+            buffer[:size].copy_(staging[name].tensor[:size], non_blocking=True)
+        if carry is not None:
+            self._gather_carried(size, carry, staging["gather_source"])
+        return self._replay(size)[:count]
+
+    def _replay(self, size: int) -> torch.Tensor:
+        """Runs the captured graph of batch ``size`` over the static buffers; its logits [size, vocab]."""
         captured = self._graphs[size]
         captured.graph.replay()
-        return captured.logits[:count]
+        return captured.logits
 
-    def _stage(self, chunks: list[ScheduledChunk], size: int) -> None:
-        ids, positions, seq_lens = self._np["input_ids"], self._np["positions"], self._np["seq_lens"]
-        slots, table = self._np["slots"], self._np["page_table"]
+    def _gather_carried(self, size: int, carry: CarriedTokens, source: _Staged) -> None:
+        """Overwrites the placeholder input ids with the previous step's tokens, on the device."""
+        rows = source.array
+        rows[:size] = np.arange(size)
+        for row, carried_row in enumerate(carry.rows):
+            if carried_row >= 0:
+                rows[row] = size + carried_row
+        device_source = self._gather_source[:size]
+        device_source.copy_(source.tensor[:size], non_blocking=True)
+        ids = self._input_ids[:size]
+        ids.copy_(gather_carried(ids, carry.tokens, device_source))
+
+    def _stage(self, chunks: list[ScheduledChunk], size: int, staging: dict[str, _Staged]) -> None:
+        ids, positions, seq_lens = (staging[n].array for n in ("input_ids", "positions", "seq_lens"))
+        slots, table = staging["slots"].array, staging["page_table"].array
         page_size = self.page_size
         for row, chunk in enumerate(chunks):
             request = chunk.request
@@ -91,9 +122,20 @@ class DecodeGraphRunner:
             slots[row] = pages[position // page_size] * page_size + position % page_size
             table[row, : len(pages)] = pages
         count = len(chunks)
+        # A padding row may hold a stale placeholder (-1) from an earlier carried step; the
+        # embedding lookup would fault on it.
+        ids[count:size] = 0
         seq_lens[count:size] = 0
         slots[count:size] = self.scratch_slot
         positions[count:size] = 0
+
+    def _new_staging(self) -> dict[str, _Staged]:
+        buffers = {**self._device_buffers(), "gather_source": self._gather_source}
+        staging = {}
+        for name, buffer in buffers.items():
+            tensor = torch.zeros(buffer.shape, dtype=buffer.dtype, pin_memory=buffer.is_cuda)
+            staging[name] = _Staged(tensor, tensor.numpy())
+        return staging
 
     def _device_buffers(self) -> dict[str, torch.Tensor]:
         return {

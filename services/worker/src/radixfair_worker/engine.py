@@ -9,6 +9,16 @@ pages run out, the newest running request is preempted: its pages return to
 the pool (what it computed stays in the radix cache) and it waits to be
 recomputed.
 
+With overlap scheduling (``EngineConfig.overlap_schedule``) the host runs
+one step behind the device: ``step`` launches batch n (forward and argmax,
+no host sync), then waits for batch n-1's sampled ids and does its
+bookkeeping (append, stop checks, detokenize, finish, cache pages) while
+the device computes n, and returns n-1's outputs. Until its id is known a
+sampled token is a placeholder in ``output_ids`` and the next step takes its
+input id from the previous step's sampled tensor on the device. Whatever
+needs every token known (preemption, aborts) first finishes the step in
+flight; a batch with rows sampled by CPU generators is read back at once.
+
 The engine is single-threaded; ``submit`` and ``abort`` are the only calls
 that may come from other threads, and they only enqueue.
 """
@@ -23,10 +33,11 @@ from dataclasses import dataclass, field
 from radixfair.errors import InvalidRequestError, QueueFullError
 from radixfair.tokenization import IncrementalDetokenizer
 from radixfair_worker.config import EngineConfig
+from radixfair_worker.inflight import InFlightStep, SampledTokens
 from radixfair_worker.model_runner import ScheduledChunk, StepRunner
 from radixfair_worker.page_allocator import PageAllocator
 from radixfair_worker.radix_cache import RadixCache
-from radixfair_worker.request import FinishReason, Request, RequestStatus
+from radixfair_worker.request import PLACEHOLDER_TOKEN, FinishReason, Request, RequestStatus
 from radixfair_worker.sampler import Sampler
 from radixfair_worker.scheduler.base import SchedulingPolicy
 from radixfair_worker.text_stream import TextStream
@@ -96,6 +107,11 @@ class Engine:
         self.steps = 0
         # Tokens whose K/V the model computed (prefill chunks and decode inputs).
         self.computed_tokens = 0
+        self.overlap = config.overlap_enabled
+        # The launched step whose sampled ids are not read yet (overlap only), and the outputs
+        # of steps finished during the current ``step`` call.
+        self._in_flight: InFlightStep | None = None
+        self._outputs: list[StepOutput] = []
 
     # -- calls from any thread ---------------------------------------------
 
@@ -130,33 +146,85 @@ class Engine:
     # -- the loop ------------------------------------------------------------
 
     def has_work(self) -> bool:
-        return bool(self.waiting or self.running or not self._inbox.empty() or not self._aborts.empty())
+        return bool(
+            self._in_flight is not None
+            or self.waiting
+            or self.running
+            or not self._inbox.empty()
+            or not self._aborts.empty()
+        )
 
     def step(self) -> list[StepOutput]:
-        outputs = self._take_inbox()
+        """Schedules and launches one batch; returns the outputs of the steps finished meanwhile.
+
+        Without overlap that is this step's batch; with overlap, the previous one.
+        """
+        self._take_inbox()
+        chunks = self._schedule()
+        overlap = self.overlap and not self.sampler.needs_host(
+            [c.request.sampling for c in chunks if c.completes_fill]
+        )
+        # A batch with rows drawn from CPU generators is sampled on the host and read at once.
+        # Its own rows' inputs are known (their previous step was read at once too); its
+        # greedy rows take placeholder inputs from the step in flight as usual.
+        if chunks:
+            launched = self._launch(chunks, overlap)
+            self._drain()
+            self._in_flight = launched
+            if not overlap:
+                self._drain()
+        else:
+            self._drain()
+        outputs, self._outputs = self._outputs, []
+        return outputs
+
+    def _launch(self, chunks: list[ScheduledChunk], on_device: bool) -> InFlightStep:
+        """Runs the forward and the sampling of ``chunks``; with ``on_device`` nothing waits for them."""
+        sampled = [c for c in chunks if c.completes_fill]
+        carry = self._in_flight.carry_for(chunks) if self._in_flight is not None else None
+        # Only overlap passes ``carry``, so runners without overlap support keep their signature.
+        logits = self.runner.forward(chunks) if carry is None else self.runner.forward(chunks, carry)
+        if on_device:
+            tokens = SampledTokens.copy_to_host(self.sampler.greedy_on_device(logits))
+        else:
+            ids, configs = [c.request.request_id for c in sampled], [c.request.sampling for c in sampled]
+            tokens = SampledTokens.known(self.sampler.sample(logits, ids, configs))
+        self.computed_tokens += sum(c.length for c in chunks)
+        for chunk in chunks:
+            chunk.request.num_computed_tokens += chunk.length
+        for chunk in sampled:
+            chunk.request.output_ids.append(PLACEHOLDER_TOKEN)
+            chunk.request.pending_tokens += 1
+        for chunk in chunks:
+            # Pages this step completes whose ids are known: their K/V is written before any
+            # later step reads them (same stream), so the next admission can share them now.
+            self._cache_computed_pages(chunk.request)
+        self.steps += 1
+        return InFlightStep(chunks, sampled, tokens)
+
+    def _drain(self) -> None:
+        """Finishes the step in flight, if any: reads its ids and does their bookkeeping."""
+        step, self._in_flight = self._in_flight, None
+        if step is None:
+            return
+        tokens = step.tokens.wait()
+        for row, chunk in enumerate(step.sampled):
+            request = chunk.request
+            # A request that stopped on its previous token was still in this batch; its
+            # extra token was discarded when it finished.
+            if request.status is RequestStatus.RUNNING:
+                self._outputs.append(self._append_token(request, tokens[row]))
+                self._cache_computed_pages(request)
+
+    def _schedule(self) -> list[ScheduledChunk]:
         budget = _StepBudget(self, self.config.max_batched_tokens)
         chunks = self._schedule_decodes(budget)
         chunks += self._schedule_prefills(budget)
         if self.waiting and budget.tokens_left > 0 and len(self.running) < self.config.max_running_requests:
             for request in self.policy.pick_next(list(self.waiting), self.cache, budget):
                 chunks.append(budget.chunks_admitted[request.request_id])
-        if not chunks:
-            return outputs
-        logits = self.runner.forward(chunks)
-        self.computed_tokens += sum(c.length for c in chunks)
-        sampled = [c for c in chunks if c.completes_fill]
-        tokens = self.sampler.sample(
-            logits, [c.request.request_id for c in sampled], [c.request.sampling for c in sampled]
-        )
-        next_token = dict(zip((c.request.request_id for c in sampled), tokens))
-        for chunk in chunks:
-            request = chunk.request
-            request.num_computed_tokens += chunk.length
-            self._cache_computed_pages(request)
-            if request.request_id in next_token:
-                outputs.append(self._append_token(request, next_token[request.request_id]))
-        self.steps += 1
-        return outputs
+        # A drain for a preemption may have finished requests scheduled earlier in this step.
+        return [c for c in chunks if c.request.status is RequestStatus.RUNNING]
 
     # -- scheduling ----------------------------------------------------------
 
@@ -164,6 +232,9 @@ class Engine:
         chunks = []
         for request in list(self.running):
             if request.status is not RequestStatus.RUNNING or request.tokens_to_compute != 1:
+                continue
+            if self._length_reached(request, len(request.output_ids)):
+                # Its last token (a placeholder until the step in flight is read) is its final one.
                 continue
             if not self._ensure_pages(request, request.num_tokens):
                 continue
@@ -191,6 +262,13 @@ class Engine:
             if self._reserve_pages(missing):
                 request.page_table.extend(self.allocator.allocate(missing))
                 return True
+            if self._in_flight is not None:
+                # Preemption recomputes fill_ids, so every id must be known; finishing the
+                # step in flight may also free enough pages.
+                self._drain()
+                if request.status is not RequestStatus.RUNNING:
+                    return False
+                continue
             victim = self.running[-1]
             self._preempt(victim)
             if victim is request:
@@ -207,6 +285,7 @@ class Engine:
     def admit(self, request: Request, tokens_left: int) -> ScheduledChunk | None:
         """Moves a waiting request into the batch with its cached prefix; None if it does not fit."""
         fill = request.fill_ids
+        assert not request.pending_tokens, "a waiting request has only known tokens"
         # Match all but the last token: its logits are needed, so it is always computed.
         match = self.cache.match_prefix(fill[:-1])
         self.cache.lock(match.node)
@@ -234,9 +313,12 @@ class Engine:
     # -- after the forward pass ----------------------------------------------
 
     def _append_token(self, request: Request, token: int) -> StepOutput:
+        """Resolves the request's oldest placeholder to ``token`` and checks whether it stops there."""
+        index = len(request.output_ids) - request.pending_tokens
+        request.output_ids[index] = token
+        request.pending_tokens -= 1
         if request.first_token_time is None:
             request.first_token_time = self._clock()
-        request.output_ids.append(token)
         self.policy.on_output_tokens(request, 1)
         self.client_stats[request.client_id].completion_tokens += 1
         sampling = request.sampling
@@ -250,7 +332,7 @@ class Engine:
         reason = None
         if is_stop_token or hit_stop_string:
             reason = FinishReason.STOP
-        elif len(request.output_ids) >= sampling.max_tokens or request.num_tokens >= self.max_context_tokens:
+        elif self._length_reached(request, index + 1):
             reason = FinishReason.LENGTH
         if reason is not None:
             if stream is not None and reason is FinishReason.LENGTH:
@@ -258,9 +340,17 @@ class Engine:
             self._finish(request, reason)
         return StepOutput(request, [token], delta, finished=reason is not None)
 
+    def _length_reached(self, request: Request, num_output: int) -> bool:
+        """True when ``num_output`` generated tokens reach max_tokens or the context window."""
+        return (
+            num_output >= request.sampling.max_tokens
+            or len(request.prompt_ids) + num_output >= self.max_context_tokens
+        )
+
     def _cache_computed_pages(self, request: Request) -> None:
-        """Inserts the request's newly completed full pages into the radix tree."""
-        full = request.num_computed_tokens - request.num_computed_tokens % self.page_size
+        """Inserts the request's newly completed full pages of known ids into the radix tree."""
+        computed = min(request.num_computed_tokens, request.num_known_tokens)
+        full = computed - computed % self.page_size
         if full <= request.num_inserted_tokens:
             return
         match = self.cache.insert(request.fill_ids[:full], request.page_table[: full // self.page_size])
@@ -284,6 +374,12 @@ class Engine:
         self.running.remove(request)
 
     def _finish(self, request: Request, reason: FinishReason) -> None:
+        if request.pending_tokens:
+            # Stopped while its next token was already launched (overlap): drop that token and
+            # count its K/V as never computed, exactly as if the step had not run for it.
+            del request.output_ids[-request.pending_tokens :]
+            request.pending_tokens = 0
+            request.num_computed_tokens = min(request.num_computed_tokens, request.num_tokens - 1)
         if request.status is RequestStatus.RUNNING:
             self._release(request)
         elif request in self.waiting:
@@ -306,7 +402,7 @@ class Engine:
         self.waiting.insert(0, request)
         self.policy.on_arrival(request)
 
-    def _take_inbox(self) -> list[StepOutput]:
+    def _take_inbox(self) -> None:
         while not self._inbox.empty():
             request = self._inbox.get()
             if self._detokenizer_factory is not None:
@@ -315,15 +411,16 @@ class Engine:
                 )
             self.waiting.append(request)
             self.policy.on_arrival(request)
-        outputs = []
+        if not self._aborts.empty():
+            # A cancelled request leaves with its known tokens only.
+            self._drain()
         while not self._aborts.empty():
             request_id = self._aborts.get()
             for request in (*self.running, *self.waiting):
                 if request.request_id == request_id:
                     self._finish(request, FinishReason.CANCELLED)
-                    outputs.append(StepOutput(request, [], "", finished=True))
+                    self._outputs.append(StepOutput(request, [], "", finished=True))
                     break
-        return outputs
 
     # -- reporting -----------------------------------------------------------
 

@@ -26,15 +26,43 @@ class ScheduledChunk:
         return self.start + self.length == self.request.num_tokens
 
 
+@dataclass(frozen=True)
+class CarriedTokens:
+    """Input ids that only the device knows yet: the previous step's sampled tokens.
+
+    With overlap scheduling a decode chunk's input is often the token the
+    still-running previous step sampled; the host has a placeholder there.
+    ``tokens`` [S_prev] int64 on the model's device is that step's sampled
+    ids; ``rows[i]`` is the row of ``tokens`` that is the last input id of
+    chunk ``i`` (a placeholder is only ever a request's newest token), or -1
+    where the chunk's ids are all known.
+    """
+
+    tokens: torch.Tensor
+    rows: tuple[int, ...]
+
+
+def gather_carried(input_ids: torch.Tensor, carried: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    """One device gather: ``source[j]`` is j for a known id, or len(input_ids) + r for ``carried[r]``.
+
+    input_ids [T] int64 (placeholders where carried), carried [S_prev] int64, source [T] int64.
+    """
+    return torch.cat((input_ids, carried)).index_select(0, source)
+
+
 class StepRunner(Protocol):
-    """What the engine needs from whatever computes a step: the model, or a simulator's cost model."""
+    """What the engine needs from whatever computes a step: the model, or a simulator's cost model.
+
+    ``carry`` is only passed with overlap scheduling on; runners used without it
+    (the simulator's) never see one.
+    """
 
     page_size: int
 
     @property
     def num_pages(self) -> int: ...
 
-    def forward(self, chunks: list[ScheduledChunk]) -> torch.Tensor:
+    def forward(self, chunks: list[ScheduledChunk], carry: CarriedTokens | None = None) -> torch.Tensor:
         """Logits [S, vocab], one row per chunk that completes its fill, in chunk order."""
         ...
 
@@ -42,7 +70,7 @@ class StepRunner(Protocol):
 class DecodeReplayer(Protocol):
     def supports(self, chunks: list[ScheduledChunk]) -> bool: ...
 
-    def forward(self, chunks: list[ScheduledChunk]) -> torch.Tensor: ...
+    def forward(self, chunks: list[ScheduledChunk], carry: CarriedTokens | None = None) -> torch.Tensor: ...
 
 
 class ModelRunner:
@@ -71,14 +99,14 @@ class ModelRunner:
     def num_pages(self) -> int:
         return self._num_pages
 
-    def forward(self, chunks: list[ScheduledChunk]) -> torch.Tensor:
+    def forward(self, chunks: list[ScheduledChunk], carry: CarriedTokens | None = None) -> torch.Tensor:
         """Returns logits [S, vocab] fp32, one row per chunk that completes its fill, in order."""
         if self.decode_graphs is not None and self.decode_graphs.supports(chunks):
-            return self.decode_graphs.forward(chunks)
-        batch = self.build_batch(chunks)
+            return self.decode_graphs.forward(chunks, carry)
+        batch = self.build_batch(chunks, carry)
         return self.model(batch, self.kv_cache)
 
-    def build_batch(self, chunks: list[ScheduledChunk]) -> ForwardBatch:
+    def build_batch(self, chunks: list[ScheduledChunk], carry: CarriedTokens | None = None) -> ForwardBatch:
         page_size = self.page_size
         input_ids: list[int] = []
         positions: list[int] = []
@@ -101,18 +129,35 @@ class ModelRunner:
             page_table[row, : len(table)] = torch.tensor(table, dtype=torch.int32)
             if chunk.completes_fill:
                 logits_indices.append(query_start[-1] - 1)
-        device = self.device
         query_lens = [c.length for c in chunks]
+        ids = self._upload(torch.tensor(input_ids, dtype=torch.int64))
+        if carry is not None:
+            source = torch.arange(len(input_ids), dtype=torch.int64)
+            for row, carried_row in enumerate(carry.rows):
+                if carried_row >= 0:
+                    source[query_start[row + 1] - 1] = len(input_ids) + carried_row
+            ids = gather_carried(ids, carry.tokens, self._upload(source))
         return ForwardBatch(
-            input_ids=torch.tensor(input_ids, dtype=torch.int64, device=device),
-            positions=torch.tensor(positions, dtype=torch.int64, device=device),
-            query_start_loc=torch.tensor(query_start, dtype=torch.int32, device=device),
-            seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=device),
-            page_table=page_table.to(device),
-            slot_mapping=torch.tensor(slots, dtype=torch.int64, device=device),
-            logits_indices=torch.tensor(logits_indices, dtype=torch.int64, device=device),
+            input_ids=ids,
+            positions=self._upload(torch.tensor(positions, dtype=torch.int64)),
+            query_start_loc=self._upload(torch.tensor(query_start, dtype=torch.int32)),
+            seq_lens=self._upload(torch.tensor(seq_lens, dtype=torch.int32)),
+            page_table=self._upload(page_table),
+            slot_mapping=self._upload(torch.tensor(slots, dtype=torch.int64)),
+            logits_indices=self._upload(torch.tensor(logits_indices, dtype=torch.int64)),
             max_query_len=max(query_lens),
             max_seq_len=max(seq_lens),
             query_lens_host=query_lens,
             seq_lens_host=seq_lens,
         )
+
+    def _upload(self, host: torch.Tensor) -> torch.Tensor:
+        """Host tensor to the model's device without waiting for the device to go idle.
+
+        A plain copy from pageable memory synchronises the stream, which would make the host
+        wait for the step still running there; a pinned, non-blocking copy does not (the
+        caching host allocator keeps the pinned block alive until the copy has run).
+        """
+        if self.device.type != "cuda":
+            return host
+        return host.pin_memory().to(self.device, non_blocking=True)

@@ -7,6 +7,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+# Stands in output_ids for a token that was sampled on the device and not yet copied back
+# (overlap scheduling). Never a valid id, so an embedding lookup of it fails loudly.
+PLACEHOLDER_TOKEN = -1
+
 
 class RequestStatus(enum.Enum):
     WAITING = "waiting"
@@ -45,6 +49,11 @@ class Request:
     ``fill_ids`` (prompt plus tokens generated so far) is what must be in the
     KV cache before the next token can be sampled. After a preemption the
     whole of it is recomputed, minus whatever the radix cache still holds.
+
+    With overlap scheduling the last ``pending_tokens`` entries of
+    ``output_ids`` are PLACEHOLDER_TOKEN: sampled on the device, not yet
+    known on the host. They count everywhere a token counts (lengths, what
+    is left to compute), so scheduling runs one step ahead of the host.
     """
 
     request_id: str
@@ -66,6 +75,8 @@ class Request:
     locked_node: Any = None
     # Leading tokens of fill_ids that have been inserted into the radix tree.
     num_inserted_tokens: int = 0
+    # Trailing placeholders in output_ids (0, 1, or 2 while a step is both launched and resolving).
+    pending_tokens: int = 0
     times_admitted: int = 0
     preemptions: int = 0
     admitted_time: float | None = None
@@ -90,6 +101,11 @@ class Request:
     @property
     def num_tokens(self) -> int:
         return len(self.prompt_ids) + len(self.output_ids)
+
+    @property
+    def num_known_tokens(self) -> int:
+        """Leading tokens of fill_ids whose ids the host knows (all but the placeholders)."""
+        return self.num_tokens - self.pending_tokens
 
     @property
     def tokens_to_compute(self) -> int:

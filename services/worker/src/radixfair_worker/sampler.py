@@ -28,6 +28,16 @@ class Sampler:
                 tokens[row] = self._sample_row(logits[row], self._generator(request_id, config), config)
         return tokens
 
+    @staticmethod
+    def needs_host(configs: list[SamplingConfig]) -> bool:
+        """True when a row draws from its request's CPU generator, so the host must see its logits."""
+        return any(not config.greedy for config in configs)
+
+    @staticmethod
+    def greedy_on_device(logits: torch.Tensor) -> torch.Tensor:
+        """logits [S, vocab] -> [S] int64 argmax ids, left on the logits' device (no host sync)."""
+        return logits.argmax(dim=-1)
+
     def forget(self, request_id: str) -> None:
         self._generators.pop(request_id, None)
 

@@ -1,0 +1,90 @@
+"""The host side of DecodeGraphRunner on the CPU: staging, padding rows and the carried-token gather.
+
+CUDA graphs cannot be captured here, so capture is skipped and each replay
+runs the model eagerly over the runner's static buffers. Everything the host
+does per decode step is the production code: staging into alternating
+buffer sets, padding rows, copying up, and overwriting placeholder input ids
+from the previous step's sampled tokens (overlap scheduling). What the CPU
+cannot show is the double buffering itself: here every copy is synchronous.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+from worker.engine_harness import greedy, make_stack
+
+from radixfair_worker.config import EngineConfig, SchedulerConfig
+from radixfair_worker.cuda_graph_runner import DecodeGraphRunner
+from radixfair_worker.engine import Engine
+from radixfair_worker.model.llama import KVCache
+from radixfair_worker.model.loader import load_model
+from radixfair_worker.model.torch_backend import TorchBackend
+from radixfair_worker.model_runner import ModelRunner
+from radixfair_worker.request import Request
+from radixfair_worker.scheduler.registry import build_policy
+
+NUM_PAGES, PAGE_SIZE, MAX_CONTEXT = 128, 8, 1024
+
+
+class EagerReplayRunner(DecodeGraphRunner):
+    """A DecodeGraphRunner whose "replay" is an eager forward over the same static buffers."""
+
+    replays = 0
+
+    def _capture_all(self) -> None:
+        pass
+
+    def _replay(self, size: int) -> torch.Tensor:
+        self.replays += 1
+        # The torch backend sizes attention from host lengths; the Triton kernels read the device ones.
+        lengths = self._seq_lens[:size].tolist()
+        batch = dataclasses.replace(self._batch(size), seq_lens_host=lengths, max_seq_len=max(lengths))
+        return self.model(batch, self.kv_cache)
+
+
+def graph_engine(model_dir: Path, overlap: bool) -> tuple[Engine, EagerReplayRunner]:
+    config = EngineConfig(
+        num_pages=NUM_PAGES,
+        page_size=PAGE_SIZE,
+        max_batched_tokens=256,
+        overlap_schedule=overlap,
+        scheduler=SchedulerConfig(policy="fcfs"),
+    )
+    model = load_model(model_dir, TorchBackend(), torch.float32, "cpu")
+    # One page beyond the allocator's for padding rows, as engine_builder does.
+    kv_cache = KVCache(model.config, NUM_PAGES + 1, PAGE_SIZE, torch.float32, torch.device("cpu"))
+    graphs = EagerReplayRunner(model, kv_cache, NUM_PAGES, MAX_CONTEXT // PAGE_SIZE, (1, 2, 4, 8))
+    runner = ModelRunner(model, kv_cache, NUM_PAGES, graphs)
+    return Engine(config, runner, build_policy(config.scheduler), frozenset(), MAX_CONTEXT), graphs
+
+
+def staggered_requests() -> list[Request]:
+    # Different lengths, so the decode batch shrinks and grows: rows that carried a
+    # placeholder become padding rows of a later, smaller batch.
+    return [greedy([10 + i] * (5 + 3 * i), 6 + 2 * i, f"r{i}", ignore_eos=True) for i in range(6)]
+
+
+def run(engine: Engine, requests: list[Request]) -> list[list[int]]:
+    for request in requests[:4]:
+        engine.submit(request)
+    for step in range(500):
+        if step == 5:
+            for request in requests[4:]:
+                engine.submit(request)
+        elif step > 5 and not engine.has_work():
+            return [r.output_ids for r in requests]
+        engine.step()
+    raise AssertionError("engine still busy after 500 steps")
+
+
+def test_graph_runner_decode_steps_match_eager_engine_with_and_without_overlap(tiny_model_dir):
+    expected = run(
+        make_stack(tiny_model_dir, num_pages=NUM_PAGES, page_size=PAGE_SIZE).engine, staggered_requests()
+    )
+    for overlap in (False, True):
+        engine, graphs = graph_engine(tiny_model_dir, overlap)
+        assert run(engine, staggered_requests()) == expected, f"overlap={overlap}"
+        assert graphs.replays > 10
