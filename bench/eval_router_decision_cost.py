@@ -8,7 +8,9 @@ record the route in the tree. State is warmed first: every client has a
 document routed to one or two workers, every worker has reported a digest
 of the hashes it holds (the worker's limit, 4096), and every client has
 ledger records on its workers. Then requests of random clients are timed
-one by one.
+one by one. Each client has one request at a time: before its next one is
+timed, the previous one finishes (untimed), so every timed decision takes
+the path of a client returning from idle, VTC's lift included.
 
     .venv/bin/python bench/eval_router_decision_cost.py [--clients 10000] [--workers 64]
 
@@ -34,6 +36,7 @@ from radixfair.redis_launcher import RedisServer  # noqa: E402
 from radixfair_router.cache_view import CacheView  # noqa: E402
 from radixfair_router.config import ApproxTreeConfig, CostConfig, LedgerConfig, PolicyConfig  # noqa: E402
 from radixfair_router.ledger import Ledger  # noqa: E402
+from radixfair_router.ledger_state import Charge  # noqa: E402
 from radixfair_router.policies import RoutingRequest, WorkerState, build_policy  # noqa: E402
 
 PAGE = 16
@@ -75,7 +78,17 @@ async def measure(scenario: Scenario, policy_name: str, ledger: Ledger, decision
         view.update_report(worker_id, PAGE, hashes)
     loads = {w: int(scenario.rng.integers(0, 16)) for w in scenario.worker_ids}
 
+    in_flight: dict[int, str] = {}
+
+    async def finish_previous(client: int) -> None:
+        worker = in_flight.pop(client, None)
+        if worker is not None:
+            weight = 2.0 if client % 10 == 0 else 1.0
+            done = Charge(scenario.clients[client], weight, worker, 64.0, completion_tokens=32, finished=True)
+            await ledger.charge(done)
+
     async def decide(client: int) -> tuple[float, float]:
+        await finish_previous(client)
         tokens = scenario.prompt(client)
         start = time.perf_counter()
         matches = view.estimate(tokens, scenario.worker_ids)
@@ -87,6 +100,7 @@ async def measure(scenario: Scenario, policy_name: str, ledger: Ledger, decision
         decision = await policy.route(request, states)
         view.record_routed(tokens, decision.worker_id)
         end = time.perf_counter()
+        in_flight[client] = decision.worker_id
         return end - start, estimated - start
 
     for client in range(len(scenario.clients)):  # every client gets ledger state

@@ -132,6 +132,25 @@ def test_vtc_lifts_a_client_returning_from_idle_to_the_lowest_active_counter(sto
     assert late.vtc == pytest.approx(500)  # lifted to busy's counter, not 0
 
 
+def test_vtc_lift_follows_the_lowest_client_still_in_flight(store: str, redis_url: str):
+    async def scenario():
+        ledger = make_ledger(store, redis_url)
+        one = candidates(("w1", True, 0))
+        for client, service in (("low", 100), ("mid", 300), ("high", 700)):
+            await ledger.admit(client, 1.0, "fixed", one, "w1")
+            await ledger.charge(Charge(client, 1.0, "w1", service=service))
+        await ledger.charge(Charge("low", 1.0, "w1", service=0, finished=True))  # low goes idle
+        # Each was lifted to low's 100 on arrival: low 100, mid 400, high 800. Then mid passes high.
+        await ledger.charge(Charge("mid", 1.0, "w1", service=500))  # mid: 900
+        await ledger.admit("late", 1.0, "fixed", one, "w1")
+        late = await client_record(ledger, "late")
+        await ledger.close()
+        return late
+
+    late = asyncio.run(scenario())
+    assert late.vtc == pytest.approx(800)  # high is now the lowest in flight; idle low does not count
+
+
 def test_token_counts_accumulate_per_client(store: str, redis_url: str):
     async def scenario():
         ledger = make_ledger(store, redis_url)

@@ -10,9 +10,11 @@ replayed into Redis as plain increments (its journal).
 
 from __future__ import annotations
 
+import heapq
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 # Refill rounds are bounded so a pathological quantum cannot spin forever;
 # with Q at least one request's cost, one round is almost always enough.
@@ -29,9 +31,12 @@ CLIENT_COUNTERS = (
 )
 
 
-@dataclass(frozen=True)
-class AdmitCandidate:
-    """A worker the request may go to, in the policy's order of preference."""
+class AdmitCandidate(NamedTuple):
+    """A worker the request may go to, in the policy's order of preference.
+
+    A NamedTuple, not a frozen dataclass: the router builds one per worker per
+    request, and a frozen dataclass costs about 2.5x as much to create.
+    """
 
     worker_id: str
     # D2LPM: long enough match and load under the threshold; only eligible
@@ -103,6 +108,46 @@ class JournalEntry:
     op_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
+class LowestActiveCounter:
+    """The lowest VTC counter among clients with requests in flight, as Redis's sorted set gives it.
+
+    VTC's lift reads it on every admission of a client returning from idle, so
+    it must not scan every client (10,000 and more). A heap with lazy deletion:
+    every change pushes the client's new counter, and stale entries (older
+    counters, clients gone idle) are dropped when they reach the top.
+    """
+
+    def __init__(self) -> None:
+        self._current: dict[str, float] = {}
+        self._heap: list[tuple[float, str]] = []
+
+    def update(self, client_id: str, vtc: float, active: bool) -> None:
+        if not active:
+            self._current.pop(client_id, None)
+            return
+        if self._current.get(client_id) == vtc:
+            return
+        self._current[client_id] = vtc
+        heapq.heappush(self._heap, (vtc, client_id))
+        if len(self._heap) > 4 * len(self._current) + 64:
+            # Stale entries outnumber live ones: rebuild, so memory stays proportional to clients.
+            self._heap = [(v, c) for c, v in self._current.items()]
+            heapq.heapify(self._heap)
+
+    def lowest(self) -> float | None:
+        heap = self._heap
+        while heap:
+            vtc, client_id = heap[0]
+            if self._current.get(client_id) == vtc:
+                return vtc
+            heapq.heappop(heap)
+        return None
+
+    def clear(self) -> None:
+        self._current.clear()
+        self._heap.clear()
+
+
 class LocalLedgerStore:
     """In-process ledger with the Redis scripts' semantics.
 
@@ -115,6 +160,7 @@ class LocalLedgerStore:
         self._clients: dict[str, _ClientState] = {}
         self._journal: dict[str, JournalEntry] | None = {} if journal else None
         self._recording = True
+        self._lowest_active = LowestActiveCounter()
 
     def take_journal(self) -> dict[str, JournalEntry]:
         entries, self._journal = self._journal or {}, {}
@@ -122,6 +168,7 @@ class LocalLedgerStore:
 
     def clear(self) -> None:
         self._clients.clear()
+        self._lowest_active.clear()
 
     def admit(
         self,
@@ -156,19 +203,20 @@ class LocalLedgerStore:
             self._lift_vtc(client_id, state)
         self._incr(client_id, state, "inflight", 1)
         self._incr(client_id, state, "requests", 1)
+        deficits = state.deficits
         for c in candidates:
-            self._deficit(client_id, state, c.worker_id)
+            if c.worker_id not in deficits:
+                # A (client, worker) pair starts with one quantum of credit, as in Redis.
+                deficits[c.worker_id] = credit
         refills = 0
+        chosen = None
         if mode == "d2lpm":
-            while refills < MAX_REFILL_ROUNDS and all(state.deficits[c.worker_id] <= 0 for c in candidates):
+            while refills < MAX_REFILL_ROUNDS and not any(deficits[c.worker_id] > 0 for c in candidates):
                 refills += 1
                 for c in candidates:
-                    if state.deficits[c.worker_id] <= 0:
+                    if deficits[c.worker_id] <= 0:
                         self._incr_deficit(client_id, state, c.worker_id, credit)
-            preferred = (c.worker_id for c in candidates if c.eligible and state.deficits[c.worker_id] > 0)
-            chosen = next(preferred, None)
-        else:
-            chosen = None
+            chosen = next((c.worker_id for c in candidates if c.eligible and deficits[c.worker_id] > 0), None)
         by_fallback = chosen is None
         chosen = fallback if chosen is None else chosen
         cost = next((c.cost for c in candidates if c.worker_id == chosen), 0.0)
@@ -196,8 +244,7 @@ class LocalLedgerStore:
         return [_to_record(cid, s) for cid, s in sorted(self._clients.items())]
 
     def vtc_priorities(self, client_ids: Sequence[str], lift: bool = True) -> dict[str, float]:
-        active = [s.counters["vtc"] for s in self._clients.values() if s.counters["inflight"] > 0]
-        floor = min(active) if active and lift else None
+        floor = self._lowest_active.lowest() if lift else None
         out = {}
         for client_id in client_ids:
             state = self._clients.get(client_id)
@@ -219,9 +266,9 @@ class LocalLedgerStore:
 
     def _lift_vtc(self, client_id: str, state: _ClientState) -> None:
         """VTC's lift: a client returning from idle starts at the lowest active counter."""
-        active = [s.counters["vtc"] for s in self._clients.values() if s.counters["inflight"] > 0]
-        if active and min(active) > state.counters["vtc"]:
-            self._incr(client_id, state, "vtc", min(active) - state.counters["vtc"])
+        lowest = self._lowest_active.lowest()
+        if lowest is not None and lowest > state.counters["vtc"]:
+            self._incr(client_id, state, "vtc", lowest - state.counters["vtc"])
 
     def _client(self, client_id: str, weight: float) -> _ClientState:
         state = self._clients.get(client_id)
@@ -240,6 +287,9 @@ class LocalLedgerStore:
         if not delta:
             return
         state.counters[name] += delta
+        if name in ("vtc", "inflight"):
+            counters = state.counters
+            self._lowest_active.update(client_id, counters["vtc"], counters["inflight"] > 0)
         if self._journal is not None and self._recording:
             entry = self._journal[client_id]
             entry.counters[name] = entry.counters.get(name, 0.0) + delta

@@ -11,16 +11,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from radixfair_router.config import CostConfig
 from radixfair_router.ledger import Ledger
 from radixfair_router.ledger_state import AdmitCandidate
 
 
-@dataclass(frozen=True)
-class WorkerState:
-    """One candidate worker as the router sees it at routing time."""
+class WorkerState(NamedTuple):
+    """One candidate worker as the router sees it at routing time.
+
+    A NamedTuple for the same reason as AdmitCandidate: one per worker per request.
+    """
 
     worker_id: str
     # Requests queued or running there, by the router's best estimate.

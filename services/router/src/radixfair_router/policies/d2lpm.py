@@ -63,28 +63,28 @@ class D2lpmPolicy:
         self._costs = costs
         self._config = config
 
-    def rank(self, workers: Sequence[WorkerState]) -> list[AdmitCandidate]:
-        """Candidates in match order, each marked eligible (load under the threshold) or not."""
-        min_load = min(w.load for w in workers)
-        ordered = sorted(workers, key=lambda w: (-w.prefix_match, w.load, w.worker_id))
-        return [AdmitCandidate(w.worker_id, self._under_threshold(w.load, min_load), 0.0) for w in ordered]
+    def rank(self, request: RoutingRequest, workers: Sequence[WorkerState]) -> list[AdmitCandidate]:
+        """Candidates in match order, each marked eligible (load under the threshold) with its cost.
 
-    def _under_threshold(self, load: int, min_load: int) -> bool:
+        One pass per worker (this runs for every worker on every request, so it is the
+        policy's share of the router's decision time).
+        """
         cfg = self._config
-        return not (
-            load - min_load > cfg.balance_abs_threshold and load > cfg.balance_rel_threshold * min_load
-        )
+        min_load = min(w.load for w in workers)
+        abs_limit, rel_limit = min_load + cfg.balance_abs_threshold, cfg.balance_rel_threshold * min_load
+        ordered = sorted(workers, key=lambda w: (-w.prefix_match, w.load, w.worker_id))
+        return [
+            AdmitCandidate(
+                w.worker_id,
+                not (w.load > abs_limit and w.load > rel_limit),
+                input_cost(request.prompt_tokens, w.prefix_match, self._costs),
+            )
+            for w in ordered
+        ]
 
     async def route(self, request: RoutingRequest, workers: Sequence[WorkerState]) -> RoutingDecision:
         by_id = {w.worker_id: w for w in workers}
-        ranked = [
-            AdmitCandidate(
-                c.worker_id,
-                c.eligible,
-                input_cost(request.prompt_tokens, by_id[c.worker_id].prefix_match, self._costs),
-            )
-            for c in self.rank(workers)
-        ]
+        ranked = self.rank(request, workers)
         fallback = least_loaded(workers).worker_id
         admission = await self._ledger.admit(request.client_id, request.weight, "d2lpm", ranked, fallback)
         if admission.by_fallback:
