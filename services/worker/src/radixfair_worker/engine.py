@@ -28,11 +28,11 @@ from __future__ import annotations
 import queue
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from radixfair.errors import InvalidRequestError, QueueFullError
 from radixfair.tokenization import IncrementalDetokenizer
 from radixfair_worker.config import EngineConfig
+from radixfair_worker.engine_outputs import ClientStats, LoadSnapshot, StepOutput
 from radixfair_worker.inflight import InFlightStep, SampledTokens
 from radixfair_worker.model_runner import ScheduledChunk, StepRunner
 from radixfair_worker.page_allocator import PageAllocator
@@ -41,36 +41,6 @@ from radixfair_worker.request import PLACEHOLDER_TOKEN, FinishReason, Request, R
 from radixfair_worker.sampler import Sampler
 from radixfair_worker.scheduler.base import SchedulingPolicy
 from radixfair_worker.text_stream import TextStream
-
-
-@dataclass
-class StepOutput:
-    """What one step produced for one request."""
-
-    request: Request
-    new_token_ids: list[int]
-    text_delta: str
-    finished: bool
-
-
-@dataclass
-class ClientStats:
-    requests: int = 0
-    prompt_tokens: int = 0
-    cached_tokens: int = 0
-    completion_tokens: int = 0
-
-
-@dataclass(frozen=True)
-class LoadSnapshot:
-    queue_length: int
-    running_requests: int
-    running_tokens: int
-    free_pages: int
-    total_pages: int
-    cached_pages: int
-    cache_hit_rate: float
-    client_stats: dict[str, ClientStats] = field(default_factory=dict)
 
 
 class Engine:

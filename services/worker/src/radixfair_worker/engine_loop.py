@@ -14,7 +14,8 @@ import threading
 import time
 from dataclasses import dataclass
 
-from radixfair_worker.engine import Engine, LoadSnapshot, StepOutput
+from radixfair_worker.engine import Engine
+from radixfair_worker.engine_outputs import LoadSnapshot, StepOutput
 from radixfair_worker.request import Request
 
 log = logging.getLogger(__name__)

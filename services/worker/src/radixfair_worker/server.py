@@ -14,8 +14,8 @@ from radixfair.errors import RadixfairError
 from radixfair.tokenization import PromptEncoder
 from radixfair.tracing import extract_context
 from radixfair.v1 import generation_pb2, worker_pb2, worker_pb2_grpc
-from radixfair_worker.engine import StepOutput
 from radixfair_worker.engine_loop import EngineFailure, EngineLoop
+from radixfair_worker.engine_outputs import StepOutput
 from radixfair_worker.request import FinishReason, Request
 from radixfair_worker.request_builder import build_request
 from radixfair_worker.worker_metrics import WorkerMetrics
