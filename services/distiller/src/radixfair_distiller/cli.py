@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry
 
 from radixfair.config_loading import load_config
 from radixfair.distill_client import ProgressBar, evaluation_table, list_remote, submit_and_watch
-from radixfair.errors import RadixfairError
+from radixfair.errors import InvalidRequestError, RadixfairError
 from radixfair.metrics import serve_metrics
 from radixfair_distiller.config import DistillerConfig
 
@@ -53,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(DistillerConfig, args.config, overrides=overrides)
         if args.command == "list":
             return list_remote(args.server, sys.stdout) if args.server else _list(config, sys.stdout)
+        if not args.recipe.is_file():
+            raise InvalidRequestError(f"no recipe file {args.recipe}")
         text = args.recipe.read_text()
         if args.server:
             return asyncio.run(submit_and_watch(args.server, text, sys.stdout, sys.stderr))
@@ -81,7 +83,7 @@ def _distill_distributed(config: DistillerConfig, recipe_text: str, placement: T
     spec = parse_recipe(recipe_text).distill
     if spec is not None and spec.batch_size % placement.world_size:
         # Every rank reaches this before any collective, so all of them exit cleanly.
-        raise RadixfairError(
+        raise InvalidRequestError(
             f"distill.batch_size {spec.batch_size} is not a multiple of the {placement.world_size} ranks"
         )
     dist = start_distributed(
