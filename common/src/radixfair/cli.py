@@ -3,11 +3,17 @@
     radixfair up [--workers 2] [--model DIR|smollm2-135m-instruct] [--policy d2lpm]
     radixfair generate --api-key KEY "Tell me a joke" [--chat] [--max-tokens 64]
     radixfair status --api-key KEY
+    radixfair distill RECIPE [--server HOST:PORT] [--config distiller.yaml] [--set KEY=VALUE]
 
 `up` starts Redis, a router and N workers and keeps serving until Ctrl-C.
 With no --api-key it makes three demo tenants (alice, bob, carol with weight
 2) and prints their keys; --ready-file writes the stack's addresses and keys
 as JSON once everything is healthy, for scripts that drive it.
+
+`distill` runs a distillation recipe with a progress bar and prints the
+evaluation table: in this process through the distiller package (which
+brings torch; under torchrun on several GPUs too), or, with --server, on a
+running distiller over gRPC, which needs nothing but this package.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import grpc
 
 from radixfair.auth import ApiKeyConfig
 from radixfair.client import ClientConfig, RouterClient
+from radixfair.distill_client import submit_and_watch
 from radixfair.local_stack import PACKAGED_MODEL, LocalStack, LocalStackConfig
 from radixfair.tokenization import ChatTurn
 
@@ -88,6 +95,17 @@ def _parser() -> argparse.ArgumentParser:
         help="base worker config file (e.g. deploy/config/worker.yaml)",
     )
     up.set_defaults(run=_up)
+
+    distill = commands.add_parser(
+        "distill", help="run a distillation recipe here, or on a distiller with --server HOST:PORT"
+    )
+    distill.add_argument("recipe", type=Path, help="recipe YAML (services/distiller/recipes/)")
+    distill.add_argument("--server", default="", help="submit to the distiller at HOST:PORT and watch it")
+    distill.add_argument("--config", type=Path, default=None, help="distiller config YAML (in-process run)")
+    distill.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="distiller config field (in-process)"
+    )
+    distill.set_defaults(run=_distill)
 
     for name, helptext, run in (
         ("generate", "stream one completion through the router", _generate),
@@ -195,6 +213,30 @@ def _status(args: argparse.Namespace) -> int:
         return 0
 
     return asyncio.run(run())
+
+
+def _distill(args: argparse.Namespace) -> int:
+    if not args.recipe.is_file():
+        print(f"error: no recipe file {args.recipe}", file=sys.stderr)
+        return 2
+    if args.server:
+        return asyncio.run(submit_and_watch(args.server, args.recipe.read_text(), sys.stdout, sys.stderr))
+    # Imported here, and only for an in-process run: the distiller brings torch, this package must not.
+    try:
+        from radixfair_distiller import cli as distiller_cli
+    except ModuleNotFoundError as error:
+        if error.name != "radixfair_distiller":
+            raise
+        print(
+            "error: running a recipe in this process needs the radixfair-distiller package "
+            "(pip install services/distiller, which brings torch); or submit it to a running "
+            "distiller with --server HOST:PORT",
+            file=sys.stderr,
+        )
+        return 2
+    config = ["--config", str(args.config)] if args.config else []
+    settings = [arg for item in args.set for arg in ("--set", item)]
+    return distiller_cli.main([*config, *settings, "distill", str(args.recipe)])
 
 
 def _parse_key(spec: str) -> ApiKeyConfig:

@@ -6,12 +6,15 @@ import asyncio
 import logging
 
 import grpc
+from prometheus_client import CollectorRegistry
 
 from radixfair.grpc_health import add_health_and_reflection, set_serving
 from radixfair.malformed_requests import MalformedRequestInterceptor
+from radixfair.metrics import serve_metrics
 from radixfair.service_process import wait_for_shutdown_signal
 from radixfair.v1 import distiller_pb2_grpc
 from radixfair_distiller.config import DistillerConfig
+from radixfair_distiller.distiller_metrics import DistillerMetrics
 from radixfair_distiller.runner import JobRunner
 from radixfair_distiller.server import SERVICE_NAME, DistillerServicer
 
@@ -20,7 +23,9 @@ log = logging.getLogger(__name__)
 
 async def serve(config: DistillerConfig, ready: asyncio.Event | None = None) -> None:
     """Runs until SIGINT/SIGTERM (or task cancellation); a running job is left resumable."""
-    runner = JobRunner(config)
+    metrics = DistillerMetrics(CollectorRegistry())
+    serve_metrics(metrics.registry, config.metrics_port)
+    runner = JobRunner(config, metrics)
     runner.start()
     server = grpc.aio.server(interceptors=[MalformedRequestInterceptor()])
     distiller_pb2_grpc.add_DistillerServiceServicer_to_server(DistillerServicer(runner), server)

@@ -4,28 +4,39 @@ By default the job runs in this process (and, when interrupted, resumes the
 next time the same recipe is run with the same work dir). With
 ``--server HOST:PORT`` it is submitted to a running distiller and watched
 over gRPC instead. ``list`` prints the artifacts made so far.
+
+On several GPUs, launch it with torchrun; each process trains on its own GPU
+and rank 0 does the rest (see distributed.py):
+
+    torchrun --nproc_per_node 4 -m radixfair_distiller.cli --config distiller.yaml distill RECIPE
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import yaml
+from prometheus_client import CollectorRegistry
 
 from radixfair.config_loading import load_config
-from radixfair.errors import RadixfairError
+from radixfair.distill_client import ProgressBar, evaluation_table, list_remote, submit_and_watch
+from radixfair.errors import InvalidRequestError, RadixfairError
+from radixfair.metrics import serve_metrics
 from radixfair_distiller.config import DistillerConfig
-from radixfair_distiller.report import evaluation_table
 
-_BAR_WIDTH = 30
+if TYPE_CHECKING:
+    from radixfair_distiller.distributed import DistributedContext, TorchrunEnv
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="radixfair-distill", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="radixfair-distill", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", type=Path, help="distiller config YAML (work_dir, device, ...)")
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field"
@@ -38,26 +49,73 @@ def main(argv: list[str] | None = None) -> int:
     listing.add_argument("--server", help="ask the distiller at HOST:PORT")
     args = parser.parse_args(argv)
     overrides = {key: yaml.safe_load(value) for key, _, value in (s.partition("=") for s in args.set)}
-    config = load_config(DistillerConfig, args.config, overrides=overrides)
     try:
-        if args.command == "distill":
-            text = args.recipe.read_text()
-            if args.server:
-                return asyncio.run(_distill_remote(args.server, text, sys.stdout))
-            return asyncio.run(distill_here(config, text, sys.stdout))
-        return _list(config, args.server, sys.stdout)
+        config = load_config(DistillerConfig, args.config, overrides=overrides)
+        if args.command == "list":
+            return list_remote(args.server, sys.stdout) if args.server else _list(config, sys.stdout)
+        if not args.recipe.is_file():
+            raise InvalidRequestError(f"no recipe file {args.recipe}")
+        text = args.recipe.read_text()
+        if args.server:
+            return asyncio.run(submit_and_watch(args.server, text, sys.stdout, sys.stderr))
+        import torch
+
+        from radixfair_distiller.distributed import TorchrunEnv
+
+        if config.torch_threads:
+            torch.set_num_threads(config.torch_threads)
+        # torchrun's placement is read here, at the edge, and passed down.
+        placement = TorchrunEnv.from_env(os.environ)
+        if placement is not None:
+            return _distill_distributed(config, text, placement)
+        return asyncio.run(distill_here(config, text, sys.stdout))
     except RadixfairError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
 
-async def distill_here(config: DistillerConfig, recipe_text: str, out: TextIO) -> int:
-    """Runs the recipe in this process; re-attaches to an unfinished job of the same name."""
+def _distill_distributed(config: DistillerConfig, recipe_text: str, placement: TorchrunEnv) -> int:
+    """One rank of a torchrun job: rank 0 runs the job and reports; the others follow it into training."""
+    from radixfair_distiller.distributed import start_distributed, stop_distributed
+    from radixfair_distiller.follower import follow_main
+    from radixfair_distiller.recipe import parse_recipe
+
+    spec = parse_recipe(recipe_text).distill
+    if spec is not None and spec.batch_size % placement.world_size:
+        # Every rank reaches this before any collective, so all of them exit cleanly.
+        raise InvalidRequestError(
+            f"distill.batch_size {spec.batch_size} is not a multiple of the {placement.world_size} ranks"
+        )
+    dist = start_distributed(
+        placement, config.device, config.distributed_step_timeout_s, config.distributed_wait_timeout_s
+    )
+    try:
+        if not dist.is_main:
+            follow_main(config, dist)
+            return 0
+        try:
+            return asyncio.run(distill_here(config, recipe_text, sys.stdout, dist))
+        finally:
+            dist.broadcast(None)  # no more jobs: the other ranks exit
+    finally:
+        stop_distributed()
+
+
+async def distill_here(
+    config: DistillerConfig, recipe_text: str, out: TextIO, dist: DistributedContext | None = None
+) -> int:
+    """Runs the recipe in this process; re-attaches to an unfinished job of the same name.
+
+    Serves /metrics on ``config.metrics_port`` (when set) while it runs.
+    """
+    from radixfair_distiller.distiller_metrics import DistillerMetrics
     from radixfair_distiller.recipe import parse_recipe
     from radixfair_distiller.runner import JobRunner
 
     name = parse_recipe(recipe_text).name
-    runner = JobRunner(config)
+    metrics = DistillerMetrics(CollectorRegistry())
+    serve_metrics(metrics.registry, config.metrics_port)
+    runner = JobRunner(config, metrics, dist)
     runner.start()
     try:
         unfinished = [r for r in runner.store.all() if r.name == name and not r.state.is_terminal]
@@ -94,59 +152,7 @@ async def distill_here(config: DistillerConfig, recipe_text: str, out: TextIO) -
         await asyncio.to_thread(runner.stop)
 
 
-async def _distill_remote(address: str, recipe_text: str, out: TextIO) -> int:
-    import grpc
-
-    from radixfair.v1 import distiller_pb2, distiller_pb2_grpc
-
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = distiller_pb2_grpc.DistillerServiceStub(channel)
-        try:
-            job_id = (await stub.SubmitJob(distiller_pb2.SubmitJobRequest(recipe_yaml=recipe_text))).job_id
-        except grpc.aio.AioRpcError as error:
-            print(f"error: {error.code().name}: {error.details()}", file=sys.stderr)
-            return 2
-        print(f"job {job_id}", file=out)
-        bar = ProgressBar(out)
-        last = None
-        async for message in stub.WatchJob(distiller_pb2.WatchJobRequest(job_id=job_id)):
-            event = message.event
-            state = distiller_pb2.JobState.Name(event.state).removeprefix("JOB_STATE_").lower()
-            bar.show(
-                state,
-                event.stage,
-                event.step,
-                event.total_steps,
-                event.loss,
-                event.eta_seconds,
-                event.message,
-            )
-            last = (state, event)
-        bar.close()
-        if last is None or last[0] != "succeeded":
-            print(
-                f"job ended {last[0] if last else 'without events'}: {last[1].message if last else ''}",
-                file=out,
-            )
-            return 1
-        rows = [(a.name, dict(a.metrics)) for a in last[1].artifacts]
-        print(evaluation_table(rows), file=out)
-        return 0
-
-
-def _list(config: DistillerConfig, server: str | None, out: TextIO) -> int:
-    if server:
-        import grpc
-
-        from radixfair.v1 import distiller_pb2, distiller_pb2_grpc
-
-        with grpc.insecure_channel(server) as channel:
-            reply = distiller_pb2_grpc.DistillerServiceStub(channel).ListArtifacts(
-                distiller_pb2.ListArtifactsRequest()
-            )
-        rows = [(a.name, dict(a.metrics)) for a in reply.artifacts]
-        print(evaluation_table(rows), file=out)
-        return 0
+def _list(config: DistillerConfig, out: TextIO) -> int:
     from radixfair_distiller.artifacts import ArtifactStore
 
     print(_table(ArtifactStore(config.artifacts_dir).all()), file=out)
@@ -159,47 +165,6 @@ def _table(artifacts) -> str:
         rows.append((f"{artifacts[0].manifest.teacher} (teacher)", artifacts[0].manifest.teacher_evaluation))
     rows.extend((a.manifest.name, a.manifest.evaluation) for a in artifacts)
     return evaluation_table(rows)
-
-
-class ProgressBar:
-    """A one-line bar for the distill stage (redrawn in place on a terminal), a line per other event."""
-
-    def __init__(self, out: TextIO) -> None:
-        self._out = out
-        self._live = out.isatty()
-        self._open = False
-
-    def show(
-        self, state: str, stage: str, step: int, total: int, loss: float, eta: float, message: str
-    ) -> None:
-        if stage == "distill" and total and not message.startswith(("resumed", "checkpoint")):
-            filled = int(_BAR_WIDTH * step / total)
-            line = (
-                f"distill [{'#' * filled}{'.' * (_BAR_WIDTH - filled)}] {step}/{total} "
-                f"loss {loss:.4f} eta {_clock(eta)}{' ' + message if message else ''}"
-            )
-            if self._live:
-                self._out.write("\r" + line)
-                self._open = True
-            else:
-                self._out.write(line + "\n")
-            self._out.flush()
-            return
-        self.close()
-        where = f"{stage}: " if stage else ""
-        counter = f" {step}/{total}" if total else ""
-        self._out.write(f"[{state}] {where}{message}{counter}\n")
-        self._out.flush()
-
-    def close(self) -> None:
-        if self._open:
-            self._out.write("\n")
-            self._open = False
-
-
-def _clock(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ class DistillerConfig:
 
     host: str = "127.0.0.1"
     port: int = 50071
+    # Prometheus /metrics (jobs by state, stage, step, loss, tokens/s); 0 disables it.
+    metrics_port: int = 0
     # Jobs (recipes, events, checkpoints), artifacts and the data cache live here.
     work_dir: Path = Path("~/.cache/radixfair/distiller")
     # Where the packaged teacher checkpoint is converted and cached (shared with the workers).
@@ -20,10 +22,17 @@ class DistillerConfig:
     device: str = "auto"
     # Intra-op CPU threads for torch; 0 keeps torch's default.
     torch_threads: int = 0
+    # Under torchrun: a training step that waits longer than this on another rank fails the run
+    # (a hung or dead rank), and how long the other ranks wait for rank 0 to prepare data, prune
+    # and evaluate alone.
+    distributed_step_timeout_s: float = 600.0
+    distributed_wait_timeout_s: float = 6 * 3600.0
 
     def __post_init__(self) -> None:
         if self.torch_threads < 0:
             raise ValueError("torch_threads must be >= 0")
+        if self.distributed_step_timeout_s <= 0 or self.distributed_wait_timeout_s <= 0:
+            raise ValueError("distributed timeouts must be > 0")
 
     @property
     def jobs_dir(self) -> Path:

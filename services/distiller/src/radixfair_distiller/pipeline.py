@@ -12,6 +12,11 @@ Layout of a job directory:
     stages/student-int8/ ... quantized copies
     stages/eval-<variant>.json
     checkpoint/              the latest training checkpoint (while training)
+
+Under torchrun, rank 0 runs this pipeline; when it reaches training it
+tells the other ranks which job to train (``TrainJob``) and they join it
+through ``train_on_follower`` with the data and initial student that rank 0
+has written. Only rank 0 writes events, checkpoints and artifacts.
 """
 
 from __future__ import annotations
@@ -30,12 +35,19 @@ from radixfair.tokenization import PromptEncoder
 from radixfair_distiller.artifacts import ArtifactStore, Manifest, describe
 from radixfair_distiller.data.batches import calibration_batches
 from radixfair_distiller.data.bundle import DataBundle, prepare_data
+from radixfair_distiller.distributed import DistributedContext
 from radixfair_distiller.evaluation import evaluate_model_dir
 from radixfair_distiller.model_dir import content_hash, is_model_dir, load_llama, save_llama, staging_dir
 from radixfair_distiller.pruning import prune
 from radixfair_distiller.quantize import quantize_model_dir
 from radixfair_distiller.recipe import ResolvedRecipe
-from radixfair_distiller.training import StepReport, TrainingHooks, TrainingRun, distill
+from radixfair_distiller.training import (
+    JobCancelledError,
+    StepReport,
+    TrainingHooks,
+    TrainingRun,
+    distill,
+)
 
 BASE_VARIANT = "none"
 
@@ -51,6 +63,15 @@ class StageReporter:
     event: Callable[..., None]  # event(stage=..., message=..., step=..., ...)
     should_stop: Callable[[], bool]
     check: Callable[[], None]  # raises JobCancelledError or JobInterruptedError
+    # Every finished training step (metrics); the step's event goes through ``event`` as well.
+    training_step: Callable[[StepReport], None] = lambda step: None
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """Rank 0 to the other ranks: train job ``job_id`` with me now."""
+
+    job_id: str
 
 
 @dataclass(frozen=True)
@@ -87,8 +108,12 @@ def run_pipeline(
     artifacts: ArtifactStore,
     device: torch.device,
     report: StageReporter,
+    dist: DistributedContext | None = None,
 ) -> list[str]:
-    """Runs (or finishes) the job; returns the names of the artifacts it published."""
+    """Runs (or finishes) the job; returns the names of the artifacts it published.
+
+    Under torchrun this runs on rank 0 only; ``dist`` brings the other ranks into the training.
+    """
     recipe = resolved.recipe
     teacher_dir = resolved.teacher_dir
     teacher_hash = _cached_content_hash(teacher_dir, paths.cache_dir)
@@ -107,7 +132,7 @@ def run_pipeline(
     report.check()
     _prune_stage(resolved, paths, teacher, bundle, report)
     report.check()
-    _distill_stage(resolved, paths, teacher, bundle, device, report)
+    _distill_stage(job_id, resolved, paths, teacher, bundle, device, report, dist)
     variants = [BASE_VARIANT, *recipe.quantize]
     for scheme in recipe.quantize:
         report.check()
@@ -155,7 +180,7 @@ def _prune_stage(resolved, paths: JobPaths, teacher, bundle: DataBundle, report:
     report.event(stage="prune", message=f"student shape {prune_report.config}")
 
 
-def _distill_stage(resolved, paths: JobPaths, teacher, bundle, device, report: StageReporter) -> None:
+def _distill_stage(job_id, resolved, paths: JobPaths, teacher, bundle, device, report, dist) -> None:
     recipe = resolved.recipe
     if is_model_dir(paths.student):
         report.event(stage="distill", message="student already trained; reused")
@@ -166,8 +191,6 @@ def _distill_stage(resolved, paths: JobPaths, teacher, bundle, device, report: S
             shutil.copytree(paths.initial, staging, dirs_exist_ok=True)
         return
     spec = recipe.distill
-    needs_teacher = spec.loss.hard_label_weight < 1.0
-    run = TrainingRun(spec, recipe.seed, recipe.data.seq_len, paths.checkpoint, resolved.teacher_dir, device)
     hooks = TrainingHooks(
         on_step=lambda r: _step_event(report, r),
         on_checkpoint=lambda step: report.event(
@@ -181,8 +204,15 @@ def _distill_stage(resolved, paths: JobPaths, teacher, bundle, device, report: S
         ),
         should_stop=report.should_stop,
     )
+    if dist is not None:
+        report.event(stage="distill", message=f"training on {dist.world_size} ranks")
+        dist.broadcast(TrainJob(job_id))
     student, losses = distill(
-        load_llama(paths.initial, device), teacher if needs_teacher else None, bundle, run, hooks
+        load_llama(paths.initial, device),
+        teacher if _needs_teacher(resolved) else None,
+        bundle,
+        _training_run(resolved, paths, device, dist),
+        hooks,
     )
     report.check()  # a stop requested during the last step: keep the checkpoint, do not finish
     details = _read_json(paths.details())
@@ -192,7 +222,53 @@ def _distill_stage(resolved, paths: JobPaths, teacher, bundle, device, report: S
     shutil.rmtree(paths.checkpoint, ignore_errors=True)
 
 
+def train_on_follower(resolved: ResolvedRecipe, paths: JobPaths, dist: DistributedContext) -> None:
+    """A rank other than 0 joins the training of a job whose data and initial student rank 0 prepared.
+
+    It reads the data from the cache rank 0 filled and writes nothing; a cancel or a shutdown on
+    rank 0 stops it at the same step.
+    """
+    teacher = load_llama(resolved.teacher_dir, dist.device)
+    bundle = prepare_data(
+        resolved.recipe.data,
+        PromptEncoder(resolved.teacher_dir),
+        teacher,
+        _cached_content_hash(resolved.teacher_dir, paths.cache_dir),
+        paths.cache_dir,
+    )
+    quiet = TrainingHooks(
+        on_step=lambda r: None,
+        on_checkpoint=lambda s: None,
+        on_resume=lambda s: None,
+        should_stop=lambda: False,
+    )
+    try:
+        distill(
+            load_llama(paths.initial, dist.device),
+            teacher if _needs_teacher(resolved) else None,
+            bundle,
+            _training_run(resolved, paths, dist.device, dist),
+            quiet,
+        )
+    except JobCancelledError:
+        pass  # rank 0 stopped the job (cancel or shutdown); it stays resumable there
+
+
+def _needs_teacher(resolved: ResolvedRecipe) -> bool:
+    spec = resolved.recipe.distill
+    return spec is not None and spec.loss.hard_label_weight < 1.0
+
+
+def _training_run(resolved: ResolvedRecipe, paths: JobPaths, device, dist) -> TrainingRun:
+    recipe = resolved.recipe
+    assert recipe.distill is not None
+    return TrainingRun(
+        recipe.distill, recipe.seed, recipe.data.seq_len, paths.checkpoint, resolved.teacher_dir, device, dist
+    )
+
+
 def _step_event(report: StageReporter, step: StepReport) -> None:
+    report.training_step(step)
     report.event(
         stage="distill",
         step=step.step,

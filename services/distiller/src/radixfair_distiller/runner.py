@@ -18,6 +18,8 @@ import torch
 from radixfair.errors import NotFoundError
 from radixfair_distiller.artifacts import ArtifactStore
 from radixfair_distiller.config import DistillerConfig, resolve_device
+from radixfair_distiller.distiller_metrics import DistillerMetrics
+from radixfair_distiller.distributed import DistributedContext
 from radixfair_distiller.events import EventLog, JobState
 from radixfair_distiller.job_store import JobRecord, JobStore
 from radixfair_distiller.pipeline import (
@@ -45,11 +47,22 @@ class _Control:
 
 
 class JobRunner:
-    def __init__(self, config: DistillerConfig) -> None:
+    """The job queue of one distiller; under torchrun it runs on rank 0 and trains on every rank."""
+
+    def __init__(
+        self,
+        config: DistillerConfig,
+        metrics: DistillerMetrics | None = None,
+        dist: DistributedContext | None = None,
+    ) -> None:
         self.config = config
         self.store = JobStore(config.jobs_dir)
         self.artifacts = ArtifactStore(config.artifacts_dir)
-        self.device: torch.device = resolve_device(config.device)
+        self.device: torch.device = dist.device if dist is not None else resolve_device(config.device)
+        self._dist = dist
+        self._metrics = metrics
+        if metrics is not None:
+            metrics.watch_jobs(self.store)
         self._queue: queue.Queue = queue.Queue()
         self._controls: dict[str, _Control] = {}
         # Guards _controls and every state transition (queued -> running/cancelled).
@@ -132,18 +145,28 @@ class JobRunner:
                 control.log.append(
                     JobState.RUNNING, message="resumed after a restart" if resumed else "started"
                 )
-            self._run(record, control)
+            try:
+                self._run(record, control)
+            finally:
+                if self._metrics is not None:
+                    self._metrics.job_ended()
 
     def _run(self, record: JobRecord, control: _Control) -> None:
+        metrics = self._metrics
+        if metrics is not None:
+            metrics.job_started()
         reporter = StageReporter(
-            event=lambda **fields: control.log.append(JobState.RUNNING, **fields),
+            event=lambda **fields: self._event(control, **fields),
             should_stop=lambda: control.cancel.is_set() or self._stopping.is_set(),
             check=lambda: self._check(control),
+            training_step=metrics.training_step if metrics is not None else lambda step: None,
         )
         paths = JobPaths(self.store.job_dir(record.job_id), self.config.cache_dir)
         try:
             resolved = resolve_recipe(self.store.recipe_text(record.job_id), self.config.model_cache_dir)
-            names = run_pipeline(record.job_id, resolved, paths, self.artifacts, self.device, reporter)
+            names = run_pipeline(
+                record.job_id, resolved, paths, self.artifacts, self.device, reporter, self._dist
+            )
         except JobInterruptedError:
             control.log.append(JobState.RUNNING, message="interrupted by shutdown; resumes on restart")
             return
@@ -161,6 +184,11 @@ class JobRunner:
         with self._lock:
             self.store.update(record, state=JobState.SUCCEEDED)
             control.log.append(JobState.SUCCEEDED, message="done", artifacts=tuple(names))
+
+    def _event(self, control: _Control, **fields: object) -> None:
+        control.log.append(JobState.RUNNING, **fields)
+        if self._metrics is not None and fields.get("stage"):
+            self._metrics.stage_changed(str(fields["stage"]))
 
     def _check(self, control: _Control) -> None:
         if control.cancel.is_set():

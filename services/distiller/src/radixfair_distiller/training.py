@@ -4,6 +4,11 @@ Each step's batch, its on-policy choice and its sampling are pure functions
 of (seed, step), and the learning rate is a pure function of step, so a job
 resumed from a checkpoint at step k continues exactly as an uninterrupted
 one would (bitwise, on the same machine and thread count).
+
+Under torchrun (``run.dist``) every rank draws the same global batch, trains
+on its own slice of it inside DistributedDataParallel, and weights its slice's
+mean loss so that the averaged gradient is the whole batch's: the result is
+the single-process run's, up to floating-point summation order.
 """
 
 from __future__ import annotations
@@ -16,12 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from transformers import LlamaForCausalLM
 
 from radixfair_distiller.checkpoint import Progress, has_checkpoint, load_checkpoint, save_checkpoint
 from radixfair_distiller.data.batches import TokenBatch, chat_row, step_rng, training_batch
 from radixfair_distiller.data.bundle import DataBundle
 from radixfair_distiller.data.splits import TRAIN
+from radixfair_distiller.distributed import DistributedContext
 from radixfair_distiller.generation import generate
 from radixfair_distiller.losses import DistillLossConfig, fused_linear_distill_loss
 from radixfair_distiller.recipe import DistillSpec
@@ -38,6 +45,8 @@ class StepReport:
     loss: float
     eta_seconds: float
     on_policy: bool
+    tokens: int = 0  # token positions in the step's global batch
+    seconds: float = 0.0  # wall time of the step
 
 
 @dataclass(frozen=True)
@@ -58,6 +67,8 @@ class TrainingRun:
     checkpoint_dir: Path
     tokenizer_source: Path
     device: torch.device
+    # Set when the job runs under torchrun; rank 0 alone writes checkpoints.
+    dist: DistributedContext | None = None
 
 
 def distill(
@@ -69,6 +80,13 @@ def distill(
 ) -> tuple[LlamaForCausalLM, list[float]]:
     """Trains ``student`` (or the checkpointed one, when there is a checkpoint); returns it and the losses."""
     spec = run.spec
+    dist = run.dist
+    if dist is not None and spec.batch_size % dist.world_size:
+        raise ValueError(
+            f"distill.batch_size {spec.batch_size} is not a multiple of the {dist.world_size} ranks"
+        )
+    if dist is not None and run.device.type == "cuda":
+        torch.cuda.set_device(run.device)  # the current device is per thread; this may be a new one
     progress = Progress(step=0, losses=[])
     if has_checkpoint(run.checkpoint_dir):
         student, optimizer_state, progress = load_checkpoint(run.checkpoint_dir, run.device)
@@ -78,49 +96,109 @@ def distill(
     else:
         student = student.to(run.device)
         optimizer = _optimizer(student, spec)
+    if dist is not None:
+        starts = dist.gather(progress.step)
+        if len(set(starts)) != 1:
+            raise RuntimeError(f"ranks would resume from different steps {starts}: is work_dir shared?")
+    model = _training_module(student, run)
     loss_config = _loss_config(spec)
     losses = list(progress.losses)
     student.train()
     started, first_step = time.monotonic(), progress.step
     for step in range(progress.step, spec.steps):
-        if hooks.should_stop():
+        stop = hooks.should_stop()
+        if dist is not None:
+            stop = dist.any(stop)  # every rank stops before the same step, or none does
+        if stop:
             raise JobCancelledError(f"cancelled at step {step}")
+        step_started = time.monotonic()
         on_policy = step_rng(run.seed, step, "policy").random() < spec.on_policy.fraction
         if on_policy:
+            # Every rank samples the whole batch (a function of seed and step) and keeps its slice,
+            # so the samples do not depend on the number of ranks.
             batch = on_policy_batch(student, bundle, run, step)
         else:
             batch = training_batch(bundle, run.seq_len, spec.batch_size, spec.chat_fraction, run.seed, step)
         # On-policy labels are the student's own samples: learning them as hard labels would
         # reinforce its mistakes, so those steps are pure distillation.
         config = loss_config if not on_policy else _without_hard_labels(loss_config)
-        loss = train_step(student, teacher, optimizer, batch.to(run.device), config, spec, step)
+        loss = train_step(model, teacher, optimizer, batch.to(run.device), config, spec, step, dist)
         losses.append(loss)
         done = step + 1
-        elapsed = time.monotonic() - started
-        eta = elapsed / (done - first_step) * (spec.steps - done)
-        hooks.on_step(StepReport(done, spec.steps, loss, eta, on_policy))
+        now = time.monotonic()
+        eta = (now - started) / (done - first_step) * (spec.steps - done)
+        tokens = batch.input_ids.numel()
+        hooks.on_step(StepReport(done, spec.steps, loss, eta, on_policy, tokens, now - step_started))
         if done % spec.checkpoint_every == 0 and done < spec.steps:
-            save_checkpoint(
-                run.checkpoint_dir, student, optimizer, Progress(done, losses), run.tokenizer_source
-            )
+            if dist is None or dist.is_main:
+                save_checkpoint(
+                    run.checkpoint_dir, student, optimizer, Progress(done, losses), run.tokenizer_source
+                )
             hooks.on_checkpoint(done)
     student.eval()
     return student, losses
 
 
+class StudentLoss(torch.nn.Module):
+    """The student's forward pass and the fused LM-head loss as one module.
+
+    DistributedDataParallel synchronises the gradients of what runs inside
+    its forward, and the loss uses the LM head outside the student's own
+    forward, so both live here. Inputs: input_ids and labels [B, S] int64,
+    teacher hidden [B*S, Dt] and head [V, Dt] (or None); returns a scalar.
+    """
+
+    def __init__(self, student: LlamaForCausalLM) -> None:
+        super().__init__()
+        self.student = student
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        labels: torch.Tensor,
+        teacher_hidden: torch.Tensor | None,
+        teacher_head: torch.Tensor | None,
+        config: DistillLossConfig,
+    ) -> torch.Tensor:
+        hidden = self.student.model(input_ids=input_ids, use_cache=False).last_hidden_state
+        hidden = hidden.reshape(-1, hidden.shape[-1])
+        return fused_linear_distill_loss(
+            hidden, self.student.lm_head.weight, teacher_hidden, teacher_head, labels.reshape(-1), config
+        )
+
+
+def _training_module(student: LlamaForCausalLM, run: TrainingRun) -> torch.nn.Module:
+    module = StudentLoss(student)
+    if run.dist is None:
+        return module
+    # Construction broadcasts rank 0's weights, so the ranks start equal even if their loads differed.
+    return DistributedDataParallel(
+        module, device_ids=[run.device.index] if run.device.type == "cuda" else None
+    )
+
+
 def train_step(
-    student: LlamaForCausalLM,
+    model: torch.nn.Module,
     teacher: LlamaForCausalLM | None,
     optimizer: torch.optim.Optimizer,
     batch: TokenBatch,
     loss_config: DistillLossConfig,
     spec: DistillSpec,
     step: int,
+    dist: DistributedContext | None = None,
 ) -> float:
+    """One optimizer step on the global ``batch`` (this rank's slice of it under torchrun); its mean loss."""
     for group in optimizer.param_groups:
         group["lr"] = learning_rate(spec, step)
-    hidden = student.model(input_ids=batch.input_ids, use_cache=False).last_hidden_state
-    hidden = hidden.reshape(-1, hidden.shape[-1])
+    weight = 1.0
+    if dist is not None:
+        shard = dist.shard(batch)
+        # The loss is a mean over this slice's learned tokens and DDP averages over ranks; weighting
+        # by ranks x slice tokens / batch tokens makes the averaged gradient the whole batch's mean.
+        counted = int((shard.labels != loss_config.ignore_index).sum())
+        total = int((batch.labels != loss_config.ignore_index).sum())
+        weight = dist.world_size * counted / total if total else 0.0
+        batch = shard
     teacher_hidden = teacher_head = None
     if loss_config.uses_teacher:
         assert teacher is not None
@@ -128,15 +206,16 @@ def train_step(
             teacher_hidden = teacher.model(input_ids=batch.input_ids, use_cache=False).last_hidden_state
             teacher_hidden = teacher_hidden.reshape(-1, teacher_hidden.shape[-1])
             teacher_head = teacher.lm_head.weight
-    loss = fused_linear_distill_loss(
-        hidden, student.lm_head.weight, teacher_hidden, teacher_head, batch.labels.reshape(-1), loss_config
-    )
+    loss = model(batch.input_ids, batch.labels, teacher_hidden, teacher_head, loss_config) * weight
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if spec.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(student.parameters(), spec.grad_clip)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
     optimizer.step()
-    return float(loss.detach())
+    loss = loss.detach()
+    if dist is not None:
+        loss = dist.sum(loss) / dist.world_size
+    return float(loss)
 
 
 def on_policy_batch(student: LlamaForCausalLM, bundle: DataBundle, run: TrainingRun, step: int) -> TokenBatch:

@@ -1,0 +1,184 @@
+"""Training under torchrun: 2 CPU processes on gloo train the student a single process trains.
+
+Every run goes through the real CLI entry: `python -m torch.distributed.run
+--nproc_per_node 2 -m radixfair_distiller.cli distill RECIPE` (what torchrun
+does) and `python -m radixfair_distiller.cli distill RECIPE`. Each launch
+runs in its own process group with a deadline, and the ranks' collectives
+time out after a minute, so a hung rank fails the test instead of hanging it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from radixfair_distiller.config import DistillerConfig
+from radixfair_distiller.runner import JobRunner
+
+DEADLINE_S = 300
+STEPS = 6
+
+
+def recipe_text(teacher: Path) -> str:
+    # batch 4 over 2 ranks: 2 rows each; on-policy steps and the JSD + hard-label mix both run.
+    return f"""
+name: ddp-student
+teacher: {teacher}
+seed: 7
+prune: {{depth: {{keep_layers: 1}}, calibration_sequences: 2}}
+distill:
+  steps: {STEPS}
+  batch_size: 4
+  learning_rate: 0.002
+  warmup_steps: 1
+  checkpoint_every: 2
+  loss: {{kind: jsd, beta: 0.3, hard_label_weight: 0.2}}
+  on_policy: {{fraction: 0.4, max_new_tokens: 4}}
+data: {{seq_len: 80, text_max_files: 10, chat_prompts: 30, response_max_new_tokens: 6}}
+evaluate: {{text_sequences: 1, chat_prompts: 1, max_new_tokens: 2, decode_tokens: 2}}
+"""
+
+
+def settings(work_dir: Path) -> dict[str, object]:
+    return {
+        "work_dir": work_dir,
+        "device": "cpu",
+        "torch_threads": 1,
+        "distributed_step_timeout_s": 60,
+        "distributed_wait_timeout_s": 120,
+    }
+
+
+def cli_args(work_dir: Path, recipe: Path) -> list[str]:
+    flags = [arg for key, value in settings(work_dir).items() for arg in ("--set", f"{key}={value}")]
+    return ["-m", "radixfair_distiller.cli", *flags, "distill", str(recipe)]
+
+
+def launch(args: list[str]) -> subprocess.Popen:
+    # A session of its own: on the deadline the launcher and every rank it started are killed together.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+
+
+def finish(process: subprocess.Popen) -> str:
+    try:
+        output, _ = process.communicate(timeout=DEADLINE_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
+        pytest.fail(f"run did not finish in {DEADLINE_S}s:\n{output[-4000:]}")
+    assert process.returncode == 0, output[-4000:]
+    return output
+
+
+def torchrun(work_dir: Path, recipe: Path) -> subprocess.Popen:
+    return launch(
+        ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *cli_args(work_dir, recipe)]
+    )
+
+
+def student_weights(work_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(work_dir / "artifacts" / "ddp-student" / "model.safetensors"))
+
+
+def job_events(work_dir: Path) -> list[dict]:
+    (job_dir,) = (work_dir / "jobs").iterdir()
+    return [json.loads(line) for line in (job_dir / "events.jsonl").read_text().splitlines()]
+
+
+def assert_same_weights(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> None:
+    assert got.keys() == want.keys()
+    for name, tensor in want.items():
+        # Two ranks sum the gradient in another order than one process: equal up to fp32 rounding.
+        torch.testing.assert_close(got[name], tensor, rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.fixture(scope="module")
+def recipe(tiny_model_dir, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("recipe") / "ddp.yaml"
+    path.write_text(recipe_text(tiny_model_dir))
+    return path
+
+
+@pytest.fixture(scope="module")
+def runs(recipe, tmp_path_factory) -> dict[str, Path]:
+    """The same recipe run by one process and by torchrun with 2 processes (side by side)."""
+    single, double = tmp_path_factory.mktemp("single"), tmp_path_factory.mktemp("torchrun")
+    processes = {single: launch(cli_args(single, recipe)), double: torchrun(double, recipe)}
+    outputs = {work_dir: finish(process) for work_dir, process in processes.items()}
+    (double / "output.txt").write_text(outputs[double])
+    return {"single": single, "torchrun": double}
+
+
+def test_two_gloo_ranks_train_the_weights_one_process_trains(runs):
+    assert_same_weights(student_weights(runs["torchrun"]), student_weights(runs["single"]))
+    losses = {
+        name: json.loads((work / "artifacts" / "ddp-student" / "manifest.json").read_text())["details"][
+            "training"
+        ]["losses"]
+        for name, work in runs.items()
+    }
+    assert losses["torchrun"] == pytest.approx(losses["single"], rel=1e-4, abs=1e-5)
+
+
+def test_only_rank_0_writes_the_job_events_and_the_artifact(runs):
+    work_dir = runs["torchrun"]
+    assert sorted(p.name for p in (work_dir / "artifacts").iterdir()) == ["ddp-student"]
+    assert (work_dir / "artifacts" / "ddp-student" / "manifest.json").exists()
+    events = job_events(work_dir)
+    assert [e["sequence"] for e in events] == list(range(len(events)))
+    assert "training on 2 ranks" in [e["message"] for e in events]
+    training = [e for e in events if e["total_steps"] and e["message"] in ("", "on-policy")]
+    assert [e["step"] for e in training] == list(range(1, STEPS + 1))
+    assert "on-policy" in [e["message"] for e in training] and all(e["loss"] > 0 for e in training)
+    assert events[-1]["state"] == "succeeded"
+    output = (work_dir / "output.txt").read_text()
+    # One progress bar and one evaluation table: rank 1 printed none.
+    assert output.count("| model |") == 1 and output.count(f"] {STEPS}/{STEPS} loss ") == 1
+
+
+def test_a_torchrun_job_resumes_every_rank_from_the_single_process_checkpoint(
+    runs, recipe, tiny_model_dir, tmp_path
+):
+    work_dir = tmp_path / "work"
+    interrupt_after_first_checkpoint(work_dir, recipe.read_text())
+    output = finish(torchrun(work_dir, recipe))
+    assert "resuming job" in output
+    events = job_events(work_dir)
+    resumed = [e["step"] for e in events if e["message"].startswith("resumed from checkpoint")]
+    assert len(resumed) == 1 and 2 <= resumed[0] < STEPS
+    assert_same_weights(student_weights(work_dir), student_weights(runs["single"]))
+
+
+def interrupt_after_first_checkpoint(work_dir: Path, text: str) -> None:
+    """Runs the job in this process and shuts the runner down at its first checkpoint (resumable)."""
+    config = DistillerConfig(**{k: v for k, v in settings(work_dir).items() if k != "torch_threads"})
+    runner = JobRunner(config)
+    runner.start()
+    try:
+        job_id = runner.submit(text).job_id
+        log = runner.events(job_id)
+        deadline = time.monotonic() + DEADLINE_S
+        while not any(e.message == "checkpoint" for e in log.since(0)):
+            assert log.last is None or not log.last.state.is_terminal, log.last
+            assert time.monotonic() < deadline, "no checkpoint"
+            time.sleep(0.05)
+    finally:
+        runner.stop(timeout=120)
+    assert not runner.get(job_id).state.is_terminal
