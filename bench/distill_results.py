@@ -227,6 +227,8 @@ def check_targets(rows: dict[str, dict]) -> list[dict]:
     def add(target: str, value: str, ok: bool) -> None:
         checks.append({"target": target, "measured": value, "met": "yes" if ok else "NO"})
 
+    if "depth-kd" not in rows:
+        return checks
     kd = rows["depth-kd"]
     ratio = kd["top1_agreement"] / teacher["top1_agreement"]
     add(
@@ -234,9 +236,11 @@ def check_targets(rows: dict[str, dict]) -> list[dict]:
     )
     ppl = kd["perplexity"] / teacher["perplexity"]
     add("depth-kd perplexity <= 1.3x the teacher's", f"{ppl:.2f}x", ppl <= 1.3)
-    for name in ("teacher", "depth-kd", "width-kd"):
+    for name in [n for n in ("teacher", "depth-kd", "width-kd") if n in rows]:
         change = rows[f"{name}-int8"]["perplexity"] / rows[name]["perplexity"] - 1
         add(f"{name}: int8 changes perplexity by < 2%", f"{change:+.2%}", abs(change) < 0.02)
+    if "depth-hard" not in rows:
+        return checks
     hard = rows["depth-hard"]
     beats = kd["top1_agreement"] > hard["top1_agreement"] and kd["kl_to_teacher"] < hard["kl_to_teacher"]
     add(
@@ -263,6 +267,9 @@ async def main_async(args) -> None:
     teacher_dir = resolve_model_dir(args.teacher, args.model_cache_dir.expanduser())
     teacher_config = json.loads((teacher_dir / "config.json").read_text())
     texts = recipes(args.prefix or args.budget, args.teacher, teacher_config, budget, args.seed)
+    if args.only:
+        # The teacher row stays: every target is relative to it.
+        texts = {key: text for key, text in texts.items() if key == "teacher" or key in args.only}
     if args.print_recipes:
         for key, text in texts.items():
             print(f"# ---- {key}\n{text}")
@@ -301,9 +308,9 @@ async def main_async(args) -> None:
 
 
 def write(args, budget: Budget, texts: dict, rows: list[dict], checks: list[dict]) -> None:
-    from radixfair_distiller.report import evaluation_table
+    from radixfair.distill_client import evaluation_table
 
-    name = "distill_results" if args.budget != "smoke" else "distill_results_smoke"
+    name = ("distill_results" if args.budget != "smoke" else "distill_results_smoke") + args.name
     table = evaluation_table([(r["model"], r) for r in rows])
     minutes = sum({r["model"].removesuffix("-int8"): r["job_minutes"] for r in rows}.values())
     notes = "\n".join(
@@ -367,6 +374,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--prefix", default="", help="artifact name prefix (default: the budget name)")
     parser.add_argument("--print-recipes", action="store_true", help="print the recipes and exit")
+    parser.add_argument(
+        "--only", nargs="*", default=[], choices=["depth-kd", "width-kd", "depth-hard"], help="rows to run"
+    )
+    parser.add_argument("--name", default="", help="suffix of the results file name")
     for field in Budget.__dataclass_fields__.values():
         kind = float if field.type in ("float", float) else int
         parser.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name, type=kind, default=None)
