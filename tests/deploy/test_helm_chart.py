@@ -450,6 +450,25 @@ def test_production_runs_each_recipe_as_a_job_or_a_cron_job(production: Rendered
         assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
 
 
+def test_a_multi_gpu_recipe_job_runs_the_distiller_under_torchrun() -> None:
+    values = production_values()
+    values["distiller"]["gpu"]["count"] = 4
+    job = render_chart(values).of_kind("Job")[0]
+    container = job["spec"]["template"]["spec"]["containers"][0]
+
+    assert container["command"] == [
+        "python",
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=4",
+        "-m",
+        "radixfair_distiller.cli",
+    ]
+    assert container["args"][-2] == "distill"
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 4
+
+
 def test_a_recipe_job_keeps_its_name_until_the_recipe_changes() -> None:
     values = production_values()
     first = render_chart(values).of_kind("Job")[0]["metadata"]["name"]

@@ -16,7 +16,15 @@ spec:
       image: {{ include "radixfair.image" (dict "ctx" $ctx "repository" $ctx.Values.distiller.image.repository "variant" .variant) }}
       imagePullPolicy: {{ $ctx.Values.image.pullPolicy }}
       command:
+        {{- if gt .gpus 1 }}
+        {{- $launcher := list }}
+        {{- range $part := $ctx.Values.distiller.distributedCommand }}
+        {{- $launcher = append $launcher (replace "{gpus}" (toString $.gpus) $part) }}
+        {{- end }}
+        {{- toYaml $launcher | nindent 8 }}
+        {{- else }}
         {{- toYaml $ctx.Values.distiller.jobCommand | nindent 8 }}
+        {{- end }}
       args:
         {{- toYaml .args | nindent 8 }}
       # The distiller reads no tracing settings: only a writable HOME.
