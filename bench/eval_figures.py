@@ -26,7 +26,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.eval_runs import TRACES, cost_model, run, run_record  # noqa: E402
+from bench.eval_runs import TRACES, cost_model, routing_settings, run, run_record  # noqa: E402
 from bench.report import RESULTS_DIR  # noqa: E402
 from bench.workloads import load_trace  # noqa: E402
 
@@ -41,6 +41,9 @@ POLICY_COLORS = {
     "cache_aware": "tab:orange",
     "global_vtc": "tab:blue",
     "d2lpm": "tab:green",
+    "cache_aware_sglang": "tab:red",
+    "d2lpm_reset": "tab:olive",
+    "dlpm_reset": "tab:olive",
 }
 
 
@@ -60,14 +63,16 @@ def rerun(records: list[dict[str, Any]], cost: str, meta: dict[str, Any]) -> lis
             if k in record
         }
         if "routing" in record:
+            policy, overrides = routing_settings(record["routing"])
             result, wall = run(
                 trace,
                 model,
                 record["local"],
                 quantum=meta["quantum"],
                 workers=record["workers"],
-                routing=record["routing"],
+                routing=policy,
                 router_quantum=meta["router_quantum"],
+                routing_overrides=overrides,
             )
         else:
             result, wall = run(trace, model, record["policy"], quantum=record.get("quantum", meta["quantum"]))

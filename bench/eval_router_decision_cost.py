@@ -10,7 +10,8 @@ of the hashes it holds (the worker's limit, 4096), and every client has
 ledger records on its workers. Then requests of random clients are timed
 one by one. Each client has one request at a time: before its next one is
 timed, the previous one finishes (untimed), so every timed decision takes
-the path of a client returning from idle, VTC's lift included.
+the path of a client returning from idle, VTC's lift included. The garbage
+collector runs with the router process's settings (radixfair_router/gc_tuning.py).
 
     .venv/bin/python bench/eval_router_decision_cost.py [--clients 10000] [--workers 64]
 
@@ -35,6 +36,7 @@ from radixfair.prefix_hash import page_hashes  # noqa: E402
 from radixfair.redis_launcher import RedisServer  # noqa: E402
 from radixfair_router.cache_view import CacheView  # noqa: E402
 from radixfair_router.config import ApproxTreeConfig, CostConfig, LedgerConfig, PolicyConfig  # noqa: E402
+from radixfair_router.gc_tuning import tune_for_routing  # noqa: E402
 from radixfair_router.ledger import Ledger  # noqa: E402
 from radixfair_router.ledger_state import Charge  # noqa: E402
 from radixfair_router.policies import RoutingRequest, WorkerState, build_policy  # noqa: E402
@@ -105,6 +107,7 @@ async def measure(scenario: Scenario, policy_name: str, ledger: Ledger, decision
 
     for client in range(len(scenario.clients)):  # every client gets ledger state
         await decide(client)
+    tune_for_routing()  # as the router process does once it serves
     totals, estimates = [], []
     for client in scenario.rng.integers(0, len(scenario.clients), size=decisions):
         total, estimate = await decide(int(client))

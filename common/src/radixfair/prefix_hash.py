@@ -24,13 +24,21 @@ def chain_hash(previous: int, page: Sequence[int]) -> int:
 
 
 def iter_page_hashes(token_ids: Sequence[int], page_size: int) -> Iterator[int]:
-    """Yield the chained hash of each full page of ``token_ids``, in order."""
+    """Yield the chained hash of each full page of ``token_ids``, in order.
+
+    The same bytes as ``chain_hash`` page by page, but the tokens are packed once: the router
+    hashes every prompt on its decision path.
+    """
     if page_size <= 0:
         raise ValueError("page_size must be positive")
     previous = ROOT_HASH
     full = len(token_ids) - len(token_ids) % page_size
-    for start in range(0, full, page_size):
-        previous = chain_hash(previous, token_ids[start : start + page_size])
+    packed = struct.pack(f"<{full}i", *token_ids[:full])
+    page_bytes = 4 * page_size
+    for start in range(0, 4 * full, page_bytes):
+        header = previous.to_bytes(8, "little")
+        digest = hashlib.blake2b(header + packed[start : start + page_bytes], digest_size=8).digest()
+        previous = int.from_bytes(digest, "little")
         yield previous
 
 

@@ -20,6 +20,7 @@ from radixfair.tracing import build_tracer
 from radixfair.v1 import router_pb2_grpc, worker_pb2
 from radixfair_router.cache_view import CacheView
 from radixfair_router.config import RouterConfig
+from radixfair_router.gc_tuning import tune_for_routing
 from radixfair_router.ledger import Ledger
 from radixfair_router.policies import build_policy
 from radixfair_router.request_router import RequestRouter
@@ -96,6 +97,8 @@ async def start_router(config: RouterConfig, span_exporter: SpanExporter | None 
 async def serve(config: RouterConfig) -> None:
     """Runs until SIGINT/SIGTERM."""
     running = await start_router(config)
+    # Process-wide, so here and not in start_router, which tests also call in their own process.
+    tune_for_routing()
     try:
         await wait_for_shutdown_signal()
     finally:

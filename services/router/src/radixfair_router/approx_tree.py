@@ -199,6 +199,9 @@ class ApproxRadixTree:
 
 def _common_length(key: tuple[int, ...], tokens: Sequence[int], start: int) -> int:
     limit = min(len(key), len(tokens) - start)
+    # Usually the whole edge matches: one C-level comparison instead of a Python loop per token.
+    if key[:limit] == tuple(tokens[start : start + limit]):
+        return limit
     i = 0
     while i < limit and key[i] == tokens[start + i]:
         i += 1

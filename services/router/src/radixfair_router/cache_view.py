@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from radixfair.prefix_hash import matched_pages, page_hashes
-from radixfair_router.approx_tree import ApproxRadixTree
+from radixfair_router.approx_tree import ApproxRadixTree, WorkerMatch
 from radixfair_router.config import ApproxTreeConfig
 
 
@@ -62,31 +62,44 @@ class CacheView:
     def estimate(self, tokens: Sequence[int], worker_ids: Iterable[str]) -> dict[str, int]:
         """Leading tokens of ``tokens`` each worker is estimated to hold."""
         from_tree = self._tree.match(tokens)
-        estimates: dict[str, int] = {}
+        estimates = dict.fromkeys(worker_ids, 0)
         # Workers usually share one page size: hash the prompt once per size, not once per worker.
         hashes_by_page_size: dict[int, list[int]] = {}
-        for worker_id in worker_ids:
-            tree = from_tree.get(worker_id)
-            tree_tokens = tree.tokens if tree else 0
+        # Most workers hold nothing of a given prompt. Only those the tree names, those with no
+        # report (the tree is all there is) and those whose report has the first page go through
+        # the rules below; every other estimate stays 0 after one set lookup.
+        for worker_id in estimates:
             report = self._reports.get(worker_id)
             if report is None:
-                estimates[worker_id] = tree_tokens
+                tree = from_tree.get(worker_id)
+                estimates[worker_id] = tree.tokens if tree else 0
                 continue
             hashes = hashes_by_page_size.get(report.page_size)
             if hashes is None:
                 hashes = hashes_by_page_size[report.page_size] = page_hashes(tokens, report.page_size)
-            reported = matched_pages(hashes, report.hashes) * report.page_size
-            # The report only sees whole pages; a tree match inside the last page is not contradicted.
-            tree_pages = tree_tokens - tree_tokens % report.page_size
-            stale_tree = (
-                tree is not None and report.received_at > tree.last_access + self._config.report_grace_s
-            )
-            if reported < tree_pages and stale_tree:
-                self._tree.forget(tokens, worker_id, reported)
-                estimates[worker_id] = reported
-            elif reported > tree_tokens:
-                self._tree.insert(tokens[:reported], worker_id, now=report.received_at)
-                estimates[worker_id] = reported
-            else:
-                estimates[worker_id] = tree_tokens
+            if worker_id in from_tree or (hashes and hashes[0] in report.hashes):
+                estimates[worker_id] = self._reconcile(tokens, worker_id, report, hashes, from_tree)
         return estimates
+
+    def _reconcile(
+        self,
+        tokens: Sequence[int],
+        worker_id: str,
+        report: ReportDigest,
+        hashes: list[int],
+        from_tree: dict[str, WorkerMatch],
+    ) -> int:
+        """One worker's estimate where its report and the router's tree may disagree (module doc)."""
+        tree = from_tree.get(worker_id)
+        tree_tokens = tree.tokens if tree else 0
+        reported = matched_pages(hashes, report.hashes) * report.page_size
+        # The report only sees whole pages; a tree match inside the last page is not contradicted.
+        tree_pages = tree_tokens - tree_tokens % report.page_size
+        stale_tree = tree is not None and report.received_at > tree.last_access + self._config.report_grace_s
+        if reported < tree_pages and stale_tree:
+            self._tree.forget(tokens, worker_id, reported)
+            return reported
+        if reported > tree_tokens:
+            self._tree.insert(tokens[:reported], worker_id, now=report.received_at)
+            return reported
+        return tree_tokens

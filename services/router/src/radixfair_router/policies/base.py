@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import NamedTuple, Protocol
 
 from radixfair_router.config import CostConfig
@@ -69,8 +70,12 @@ def input_cost(prompt_tokens: int, prefix_match: int, costs: CostConfig) -> floa
     return costs.input_token_weight * (uncached + costs.cached_token_weight * cached)
 
 
+# Lower load first, then worker id: least_loaded's order, as a C-level sort key.
+LOAD_THEN_ID = attrgetter("load", "worker_id")
+
+
 def least_loaded(workers: Sequence[WorkerState]) -> WorkerState:
-    return min(workers, key=lambda w: (w.load, w.worker_id))
+    return min(workers, key=LOAD_THEN_ID)
 
 
 def is_imbalanced(loads: Sequence[int], abs_threshold: int, rel_threshold: float) -> bool:

@@ -47,6 +47,7 @@ from radixfair_router.config import CostConfig, PolicyConfig
 from radixfair_router.ledger import Ledger
 from radixfair_router.ledger_state import AdmitCandidate
 from radixfair_router.policies.base import (
+    LOAD_THEN_ID,
     RoutingDecision,
     RoutingRequest,
     WorkerState,
@@ -64,26 +65,36 @@ class D2lpmPolicy:
         self._config = config
 
     def rank(self, request: RoutingRequest, workers: Sequence[WorkerState]) -> list[AdmitCandidate]:
-        """Candidates in match order, each marked eligible (load under the threshold) with its cost.
+        """Candidates in match order (ties: lower load, then id), each marked eligible (load under
+        the threshold) with its input cost.
 
-        One pass per worker (this runs for every worker on every request, so it is the
-        policy's share of the router's decision time).
+        This runs for every worker on every request. Most workers match nothing of a prompt, so
+        they share one cost and are ordered by a C-level key; only the few with a match pay for
+        the full one.
         """
-        cfg = self._config
+        cfg, costs, prompt = self._config, self._costs, request.prompt_tokens
         min_load = min(w.load for w in workers)
         abs_limit, rel_limit = min_load + cfg.balance_abs_threshold, cfg.balance_rel_threshold * min_load
-        ordered = sorted(workers, key=lambda w: (-w.prefix_match, w.load, w.worker_id))
-        return [
+        matched = sorted(
+            (w for w in workers if w.prefix_match), key=lambda w: (-w.prefix_match, w.load, w.worker_id)
+        )
+        unmatched = sorted((w for w in workers if not w.prefix_match), key=LOAD_THEN_ID)
+        ranked = [
             AdmitCandidate(
                 w.worker_id,
                 not (w.load > abs_limit and w.load > rel_limit),
-                input_cost(request.prompt_tokens, w.prefix_match, self._costs),
+                input_cost(prompt, w.prefix_match, costs),
             )
-            for w in ordered
+            for w in matched
         ]
+        cold_cost = input_cost(prompt, 0, costs)
+        ranked += [
+            AdmitCandidate(w.worker_id, not (w.load > abs_limit and w.load > rel_limit), cold_cost)
+            for w in unmatched
+        ]
+        return ranked
 
     async def route(self, request: RoutingRequest, workers: Sequence[WorkerState]) -> RoutingDecision:
-        by_id = {w.worker_id: w for w in workers}
         ranked = self.rank(request, workers)
         fallback = least_loaded(workers).worker_id
         admission = await self._ledger.admit(request.client_id, request.weight, "d2lpm", ranked, fallback)
@@ -97,7 +108,7 @@ class D2lpmPolicy:
             worker_id=admission.worker_id,
             policy=self.name,
             reason=reason,
-            prefix_match=by_id[admission.worker_id].prefix_match,
+            prefix_match=next(w.prefix_match for w in workers if w.worker_id == admission.worker_id),
             charged=admission.charged,
             deficit=admission.deficit,
             refills=admission.refills,
