@@ -9,7 +9,7 @@ Nothing here needs torch.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TextIO
+from typing import Protocol, TextIO
 
 import grpc
 
@@ -57,15 +57,7 @@ async def submit_and_watch(address: str, recipe_text: str, out: TextIO, err: Tex
         async for message in stub.WatchJob(distiller_pb2.WatchJobRequest(job_id=job_id)):
             event = message.event
             state = distiller_pb2.JobState.Name(event.state).removeprefix("JOB_STATE_").lower()
-            bar.show(
-                state,
-                event.stage,
-                event.step,
-                event.total_steps,
-                event.loss,
-                event.eta_seconds,
-                event.message,
-            )
+            bar.show_event(state, event)
             last = (state, event)
         bar.close()
         if last is None or last[0] != "succeeded":
@@ -87,6 +79,17 @@ def list_remote(address: str, out: TextIO) -> int:
         )
     print(evaluation_table([(a.name, dict(a.metrics)) for a in reply.artifacts]), file=out)
     return 0
+
+
+class JobProgress(Protocol):
+    """The fields of a job progress event that the bar shows."""
+
+    stage: str
+    step: int
+    total_steps: int
+    loss: float
+    eta_seconds: float
+    message: str
 
 
 class ProgressBar:
@@ -118,6 +121,11 @@ class ProgressBar:
         counter = f" {step}/{total}" if total else ""
         self._out.write(f"[{state}] {where}{message}{counter}\n")
         self._out.flush()
+
+    def show_event(self, state: str, event: JobProgress) -> None:
+        """Shows a progress event: the service's protobuf one or the runner's own, same fields."""
+        stage, message = event.stage, event.message
+        self.show(state, stage, event.step, event.total_steps, event.loss, event.eta_seconds, message)
 
     def close(self) -> None:
         if self._open:

@@ -128,15 +128,7 @@ async def distill_here(
         bar = ProgressBar(out)
         last = None
         async for event in runner.events(job_id).follow():
-            bar.show(
-                event.state.value,
-                event.stage,
-                event.step,
-                event.total_steps,
-                event.loss,
-                event.eta_seconds,
-                event.message,
-            )
+            bar.show_event(event.state.value, event)
             last = event
         bar.close()
         if last is None or last.state.value != "succeeded":
