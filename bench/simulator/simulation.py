@@ -32,8 +32,6 @@ from radixfair_worker.config import EngineConfig
 from radixfair_worker.engine import Engine
 from radixfair_worker.engine_loop import DIGEST_LIMIT
 from radixfair_worker.request import Request, SamplingConfig
-from radixfair_worker.scheduler.base import SchedulingPolicy
-from radixfair_worker.scheduler.lpm_aging import LPMAgingPolicy
 from radixfair_worker.scheduler.registry import build_policy
 
 if TYPE_CHECKING:
@@ -70,7 +68,7 @@ class SimWorker:
         self.runner = SimulatedRunner(
             config.engine.page_size, config.engine.num_pages, config.cost, self.clock
         )
-        policy = ObservedPolicy(_local_policy(config.engine, self.clock), recorder, self.clock)
+        policy = ObservedPolicy(build_policy(config.engine.scheduler, clock=self.clock), recorder, self.clock)
         self.engine = Engine(
             config.engine, self.runner, policy, frozenset(), config.max_context_tokens, clock=self.clock
         )
@@ -78,13 +76,6 @@ class SimWorker:
         self.free_at = 0.0
         self.stepped_since_report = False
         self.requests = 0
-
-
-def _local_policy(engine: EngineConfig, clock: VirtualClock) -> SchedulingPolicy:
-    if engine.scheduler.policy == "lpm_aging":
-        # The registry builds it on the wall clock; the simulator's requests arrive in virtual time.
-        return LPMAgingPolicy(engine.scheduler, clock=clock)
-    return build_policy(engine.scheduler)
 
 
 @dataclass

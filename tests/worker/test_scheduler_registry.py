@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from scheduler_harness import CountingBudget, cache_holding, request
 
 from radixfair_worker.config import SchedulerConfig
 from radixfair_worker.scheduler.registry import build_policy
@@ -14,6 +15,23 @@ def test_build_policy_builds_each_named_policy(name):
 
     assert policy.name == name
     assert policy.client_service() == {}
+
+
+def test_build_policy_hands_its_clock_to_the_aging_policy():
+    doc = list(range(100, 116))
+    cache = cache_holding(doc)
+    old_cold = request("old-cold", "a", [1, 2, 3], arrival=0.0)
+    new_hot = request("new-hot", "b", doc + [1], arrival=990.0)
+
+    def order_at(now: float) -> list[str]:
+        policy = build_policy(SchedulerConfig(policy="lpm_aging", lpm_aging_rate=1.0), clock=lambda: now)
+        for r in (old_cold, new_hot):
+            policy.on_arrival(r)
+        return [r.request_id for r in policy.pick_next([old_cold, new_hot], cache, CountingBudget(cache, 2))]
+
+    # 16 cached tokens outrank 10 s of waiting; 1000 s of waiting outranks them.
+    assert order_at(10.0) == ["new-hot", "old-cold"]
+    assert order_at(1000.0) == ["old-cold", "new-hot"]
 
 
 def test_build_policy_gives_fresh_state_each_time():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from radixfair_worker.config import SchedulerConfig
@@ -22,10 +23,16 @@ POLICIES: dict[str, Callable[[SchedulerConfig], SchedulingPolicy]] = {
 }
 
 
-def build_policy(config: SchedulerConfig) -> SchedulingPolicy:
-    """A fresh policy for ``config.policy``; ValueError for an unknown name or bad parameters."""
+def build_policy(config: SchedulerConfig, clock: Callable[[], float] = time.monotonic) -> SchedulingPolicy:
+    """A fresh policy for ``config.policy``; ValueError for an unknown name or bad parameters.
+
+    ``clock`` is the one request arrival times come from (a simulator passes its virtual clock);
+    only policies that weigh waiting time read it.
+    """
     factory = POLICIES.get(config.policy)
     if factory is None:
         raise ValueError(f"unknown scheduling policy {config.policy!r}; choose one of {', '.join(POLICIES)}")
     validate_scheduler_config(config)
+    if factory is LPMAgingPolicy:
+        return LPMAgingPolicy(config, clock=clock)
     return factory(config)
