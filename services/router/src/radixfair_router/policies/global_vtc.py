@@ -12,26 +12,10 @@ off (0 slots) it dispatches at once and the counters only record service.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-from radixfair_router.config import CostConfig
-from radixfair_router.ledger import Ledger
-from radixfair_router.policies.base import (
-    RoutingDecision,
-    RoutingRequest,
-    WorkerState,
-    admit_fixed,
-    least_loaded,
-)
+from radixfair_router.policies.least_load import LeastLoadPolicy
 
 
-class GlobalVtcPolicy:
+class GlobalVtcPolicy(LeastLoadPolicy):
+    """Least-load placement; the VTC order lives in the ledger's counters and the admission gate."""
+
     name = "global_vtc"
-
-    def __init__(self, ledger: Ledger, costs: CostConfig) -> None:
-        self._ledger = ledger
-        self._costs = costs
-
-    async def route(self, request: RoutingRequest, workers: Sequence[WorkerState]) -> RoutingDecision:
-        worker = least_loaded(workers)
-        return await admit_fixed(self._ledger, self._costs, request, worker, self.name, "least_load")
