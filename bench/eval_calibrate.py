@@ -40,6 +40,7 @@ from bench.report import RESULTS_DIR, markdown_table, write_results  # noqa: E40
 from bench.simulator.cost_model import StepShape, fit, relative_errors  # noqa: E402
 from bench.simulator.simulation import SimConfig, simulate  # noqa: E402
 from bench.simulator.timed_runner import ShapeRecordingRunner  # noqa: E402
+from bench.smollm2_shape import SMOLLM2_135M_HF_CONFIG  # noqa: E402
 from bench.workloads import build_pattern, generate_trace, load_trace, prompt_token_ids, save_trace  # noqa: E402
 from bench.workloads.trace import Trace  # noqa: E402
 from radixfair_worker.config import EngineConfig, SchedulerConfig  # noqa: E402
@@ -56,23 +57,7 @@ TRACES = RESULTS_DIR / "eval_traces"
 MAX_CONTEXT = 4096
 
 # SmolLM2-135M's architecture, for random weights on the GPU machine.
-SMOLLM2_135M = {
-    "architectures": ["LlamaForCausalLM"],
-    "model_type": "llama",
-    "vocab_size": 49152,
-    "hidden_size": 576,
-    "intermediate_size": 1536,
-    "num_hidden_layers": 30,
-    "num_attention_heads": 9,
-    "num_key_value_heads": 3,
-    "head_dim": 64,
-    "max_position_embeddings": MAX_CONTEXT,
-    "rms_norm_eps": 1e-5,
-    "rope_theta": 100000.0,
-    "tie_word_embeddings": True,
-    "bos_token_id": 1,
-    "eos_token_id": 2,
-}
+SMOLLM2_135M = {**SMOLLM2_135M_HF_CONFIG, "max_position_embeddings": MAX_CONTEXT}
 
 # Per device: engine limits, the shape scenarios and the replay trace's load.
 SETTINGS = {

@@ -36,6 +36,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.plain_torch_decoder import PlainDecoder  # noqa: E402
 from bench.report import markdown_table, write_results  # noqa: E402
+from bench.smollm2_shape import SMOLLM2_135M_HF_CONFIG  # noqa: E402
 from radixfair_worker.config import EngineConfig, ModelConfig, SchedulerConfig  # noqa: E402
 from radixfair_worker.engine import Engine  # noqa: E402
 from radixfair_worker.engine_builder import build_backend  # noqa: E402
@@ -45,24 +46,7 @@ from radixfair_worker.model_runner import ModelRunner  # noqa: E402
 from radixfair_worker.request import Request, SamplingConfig  # noqa: E402
 from radixfair_worker.scheduler.registry import build_policy  # noqa: E402
 
-SMOLLM2_135M = {
-    "architectures": ["LlamaForCausalLM"],
-    "model_type": "llama",
-    "vocab_size": 49152,
-    "hidden_size": 576,
-    "intermediate_size": 1536,
-    "num_hidden_layers": 30,
-    "num_attention_heads": 9,
-    "num_key_value_heads": 3,
-    "head_dim": 64,
-    "max_position_embeddings": 2048,
-    "rms_norm_eps": 1e-5,
-    "rope_theta": 100000.0,
-    "tie_word_embeddings": True,
-    "bos_token_id": 1,
-    "eos_token_id": 2,
-    "initializer_range": 0.02,
-}
+SMOLLM2_135M = SMOLLM2_135M_HF_CONFIG
 EMBEDDING_STD = 0.5
 
 
