@@ -48,14 +48,20 @@ if inflight <= 0 then
   if lowest[2] ~= nil and tonumber(lowest[2]) > vtc then vtc = tonumber(lowest[2]) end
 end
 inflight = inflight + 1
-local workers, eligible, costs, q = {}, {}, {}, {}
+local workers, eligible, costs, q, dirty = {}, {}, {}, {}, {}
 for i = 1, n do
   local base = 6 + (i - 1) * 3
   workers[i] = ARGV[base + 1]
   eligible[i] = ARGV[base + 2] == '1'
   costs[workers[i]] = tonumber(ARGV[base + 3])
-  redis.call('HSETNX', KEYS[2], workers[i], credit)
-  q[i] = tonumber(redis.call('HGET', KEYS[2], workers[i]))
+end
+-- One read and one write of the deficit hash, not one call per worker: an admit carries
+-- every candidate, and Redis runs all routers' scripts one at a time.
+if n > 0 then
+  local stored = redis.call('HMGET', KEYS[2], unpack(workers))
+  for i = 1, n do
+    if stored[i] then q[i] = tonumber(stored[i]) else q[i] = credit; dirty[i] = true end
+  end
 end
 local refills = 0
 local chosen = fallback
@@ -67,7 +73,7 @@ if mode == 'd2lpm' then
   end
   while refills < 1000 and none_positive() do
     refills = refills + 1
-    for i = 1, n do if q[i] <= 0 then q[i] = q[i] + credit end end
+    for i = 1, n do if q[i] <= 0 then q[i] = q[i] + credit; dirty[i] = true end end
   end
   for i = 1, n do
     if eligible[i] and q[i] > 0 then chosen = workers[i]; by_fallback = 0; break end
@@ -75,14 +81,20 @@ if mode == 'd2lpm' then
 end
 local cost = costs[chosen] or 0
 local q_after = 0
+local updates = {}
 for i = 1, n do
   if workers[i] == chosen then
     q[i] = q[i] - cost
     if q[i] > credit then q[i] = credit end
     q_after = q[i]
+    dirty[i] = true
   end
-  redis.call('HSET', KEYS[2], workers[i], tostring(q[i]))
+  if dirty[i] then
+    updates[#updates + 1] = workers[i]
+    updates[#updates + 1] = tostring(q[i])
+  end
 end
+if #updates > 0 then redis.call('HSET', KEYS[2], unpack(updates)) end
 vtc = vtc + cost / weight
 redis.call('HSET', KEYS[1], 'vtc', tostring(vtc), 'inflight', tostring(inflight))
 redis.call('HINCRBYFLOAT', KEYS[1], 'requests', 1)
