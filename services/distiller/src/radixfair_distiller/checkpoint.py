@@ -44,7 +44,8 @@ def save_checkpoint(
     tokenizer_source: Path,
 ) -> None:
     with staging_dir(target) as staging:
-        save_file(llama_state(student), str(staging / WEIGHTS_FILE), metadata={"format": "pt"})
+        # In the training dtype: a resumed run continues from exactly the weights it stopped at.
+        save_file(llama_state(student, student.dtype), str(staging / WEIGHTS_FILE), metadata={"format": "pt"})
         (staging / "config.json").write_text(
             json.dumps(llama_config_dict(student.config), indent=2, sort_keys=True)
         )
@@ -57,9 +58,11 @@ def has_checkpoint(path: Path) -> bool:
     return is_model_dir(path) and (path / _PROGRESS_FILE).exists() and (path / _OPTIMIZER_FILE).exists()
 
 
-def load_checkpoint(path: Path, device: torch.device | str) -> tuple[LlamaForCausalLM, dict, Progress]:
-    """(student, optimizer state dict, progress) as saved."""
-    student = load_llama(path, device)
+def load_checkpoint(
+    path: Path, device: torch.device | str, dtype: torch.dtype
+) -> tuple[LlamaForCausalLM, dict, Progress]:
+    """(student in ``dtype``, optimizer state dict, progress) as saved."""
+    student = load_llama(path, device, dtype)
     optimizer_state = torch.load(path / _OPTIMIZER_FILE, map_location=device, weights_only=True)
     progress = Progress(**json.loads((path / _PROGRESS_FILE).read_text()))
     return student, optimizer_state, progress

@@ -33,20 +33,25 @@ WEIGHTS_FILE = "model.safetensors"
 _VOLATILE_CONFIG_KEYS = ("_name_or_path", "transformers_version", "_commit_hash")
 
 
-def load_llama(model_dir: Path, device: torch.device | str = "cpu") -> LlamaForCausalLM:
-    """The checkpoint as an fp32 LlamaForCausalLM in eval mode (quantized ones dequantized)."""
+def load_llama(
+    model_dir: Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> LlamaForCausalLM:
+    """The checkpoint as a ``dtype`` LlamaForCausalLM in eval mode (quantized ones dequantized)."""
     raw = json.loads((model_dir / "config.json").read_text())
     state = dequantized_state(load_file(str(model_dir / WEIGHTS_FILE)))
     try:
-        return llama_from_state(state, raw, device)
+        return llama_from_state(state, raw, device, dtype)
     except ValueError as error:
         raise ValueError(f"{model_dir}: {error}") from error
 
 
 def llama_from_state(
-    state: dict[str, torch.Tensor], config: dict, device: torch.device | str = "cpu"
+    state: dict[str, torch.Tensor],
+    config: dict,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
 ) -> LlamaForCausalLM:
-    """An fp32 eval-mode LlamaForCausalLM holding ``state`` (HF names), shaped by a config.json dict."""
+    """A ``dtype`` eval-mode LlamaForCausalLM holding ``state`` (HF names), shaped by a config.json dict."""
     raw = {k: v for k, v in config.items() if k != CONFIG_KEY}
     llama_config = LlamaConfig(**raw)
     with torch.device("meta"):
@@ -59,7 +64,7 @@ def llama_from_state(
         model.lm_head.weight = model.model.embed_tokens.weight
     # Rotary frequencies are a buffer built at construction; rebuild it off "meta".
     model.model.rotary_emb = type(model.model.rotary_emb)(config=llama_config)
-    return model.to(device=device, dtype=torch.float32).eval()
+    return model.to(device=device, dtype=dtype).eval()
 
 
 def dequantized_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -73,9 +78,9 @@ def dequantized_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     return out
 
 
-def llama_state(model: LlamaForCausalLM) -> dict[str, torch.Tensor]:
-    """Weights to save: contiguous CPU fp32 copies, without the tied LM head."""
-    state = {name: t.detach().to("cpu", torch.float32).contiguous() for name, t in model.state_dict().items()}
+def llama_state(model: LlamaForCausalLM, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """Weights to save: contiguous CPU copies in ``dtype`` (default fp32), without the tied LM head."""
+    state = {name: t.detach().to("cpu", dtype).contiguous() for name, t in model.state_dict().items()}
     if model.config.tie_word_embeddings:
         state.pop("lm_head.weight", None)
     return state

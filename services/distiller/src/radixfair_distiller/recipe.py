@@ -110,6 +110,9 @@ class OnPolicySpec:
         _require(self.temperature > 0.0, "temperature must be > 0")
 
 
+TRAINING_PRECISIONS = ("float32", "float64")
+
+
 @dataclass(frozen=True)
 class DistillSpec:
     steps: int = 100
@@ -125,9 +128,17 @@ class DistillSpec:
     checkpoint_every: int = 50
     loss: LossSpec = field(default_factory=LossSpec)
     on_policy: OnPolicySpec = field(default_factory=OnPolicySpec)
+    # Parameter, gradient and optimizer-state dtype of the student (and of the teacher's scoring)
+    # during training. float64 makes runs that sum in another order (N ranks against one process)
+    # agree to ~1e-16 relative, so they can be compared tightly; published weights stay float32.
+    precision: str = "float32"
 
     def __post_init__(self) -> None:
         _require(self.steps >= 1, "steps must be >= 1")
+        _require(
+            self.precision in TRAINING_PRECISIONS,
+            f"precision must be one of {', '.join(TRAINING_PRECISIONS)}, not {self.precision!r}",
+        )
         _require(self.batch_size >= 1, "batch_size must be >= 1")
         _require(self.learning_rate > 0.0, "learning_rate must be > 0")
         _require(0 <= self.warmup_steps <= self.steps, "warmup_steps must be in [0, steps]")

@@ -13,6 +13,7 @@ the single-process run's, up to floating-point summation order.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 import time
@@ -88,13 +89,17 @@ def distill(
     if dist is not None and run.device.type == "cuda":
         torch.cuda.set_device(run.device)  # the current device is per thread; this may be a new one
     progress = Progress(step=0, losses=[])
+    dtype = getattr(torch, spec.precision)
+    if teacher is not None and teacher.dtype != dtype:
+        # A copy: the caller's teacher keeps its dtype for evaluation after training.
+        teacher = copy.deepcopy(teacher).to(dtype)
     if has_checkpoint(run.checkpoint_dir):
-        student, optimizer_state, progress = load_checkpoint(run.checkpoint_dir, run.device)
+        student, optimizer_state, progress = load_checkpoint(run.checkpoint_dir, run.device, dtype)
         optimizer = _optimizer(student, spec)
         optimizer.load_state_dict(optimizer_state)
         hooks.on_resume(progress.step)
     else:
-        student = student.to(run.device)
+        student = student.to(run.device, dtype)
         optimizer = _optimizer(student, spec)
     if dist is not None:
         starts = dist.gather(progress.step)
