@@ -46,6 +46,7 @@ quantize: [int8, fp8]
         ("distill: {loss: {kind: jsd, beta: 1.5}}", "beta must be in (0, 1)"),
         ("distill: {steps: 0}", "recipe.distill: steps must be >= 1"),
         ("distill: {steps: ten}", "recipe.distill.steps: expected int"),
+        ("distill: {precision: bf16}", "recipe.distill: precision must be one of float32, float64"),
         ("quantize: [int4]", "unknown scheme 'int4'"),
         (
             "distill: {loss: {hard_label_weight: 1.0}, on_policy: {fraction: 0.5}}",
