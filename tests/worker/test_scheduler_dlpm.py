@@ -14,7 +14,15 @@ Q = 10.0
 
 
 def config(**overrides) -> SchedulerConfig:
-    settings = {"policy": "dlpm", "quantum": Q, "input_token_weight": 1.0, "output_token_weight": 2.0}
+    # "cap" starts every new client at one quantum, which these mechanics tests count on;
+    # the default "lift" rule has its own tests in test_scheduler_dlpm_idle.py.
+    settings = {
+        "policy": "dlpm",
+        "quantum": Q,
+        "input_token_weight": 1.0,
+        "output_token_weight": 2.0,
+        "idle_deficit": "cap",
+    }
     return SchedulerConfig(**{**settings, **overrides})
 
 

@@ -56,6 +56,7 @@ class Workload:
     max_running: int
     num_pages: int
     idle_deficit: str = "cap"
+    max_overtakes: int = 8
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,7 @@ def run_and_measure(workload: Workload, model_dir: Path, policy: str) -> list[Pa
         output_token_weight=W_OUT,
         cached_token_weight=workload.cached_token_weight,
         idle_deficit=workload.idle_deficit,
+        max_overtakes=workload.max_overtakes,
     )
     config = EngineConfig(
         page_size=PAGE,
@@ -171,8 +173,10 @@ def workloads(draw) -> Workload:
         max_running=draw(st.integers(1, 3)),
         # 12 pages of 8 tokens is tight for three long requests: the engine preempts.
         num_pages=draw(st.sampled_from([12, 64])),
-        # The late client goes idle between its arrivals, so both idle rules are exercised.
-        idle_deficit=draw(st.sampled_from(["cap", "reset"])),
+        # The late client goes idle between its arrivals, so every idle rule is exercised.
+        idle_deficit=draw(st.sampled_from(["lift", "cap", "reset"])),
+        # The per-request wait rule picks which of a client's requests fills its place.
+        max_overtakes=draw(st.sampled_from([0, 2, 8])),
     )
 
 

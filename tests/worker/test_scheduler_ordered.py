@@ -8,7 +8,6 @@ from radixfair_worker.config import SchedulerConfig
 from radixfair_worker.scheduler.fcfs import FCFSPolicy
 from radixfair_worker.scheduler.lpm import LPMPolicy
 from radixfair_worker.scheduler.lpm_aging import LPMAgingPolicy
-from radixfair_worker.scheduler.queue_order import LPM_MAX_SORTED_QUEUE
 
 DOC = list(range(100, 116))  # 16 tokens = 4 pages
 SYSTEM = list(range(200, 208))  # 8 tokens = 2 pages
@@ -68,17 +67,18 @@ def test_lpm_admits_longest_cached_prefix_first_ties_by_arrival():
     assert [r.request_id for r in admitted] == ["doc", "system-early", "system-late", "cold"]
 
 
-def test_lpm_falls_back_to_arrival_order_on_a_very_long_queue():
+def test_lpm_keeps_prefix_order_on_a_queue_of_500():
+    # Until 2026-11, above 128 waiting requests LPM fell back to arrival order and admitted cold0 here.
     cache = cache_holding(DOC)
     policy = LPMPolicy(SchedulerConfig(policy="lpm"))
-    cold = [request(f"cold{i}", "a", [i + 1, 1], arrival=float(i)) for i in range(LPM_MAX_SORTED_QUEUE)]
-    hot = request("hot", "b", DOC + [1], arrival=1e6)
-    queue = arrive(policy, [hot, *cold])
-    budget = CountingBudget(cache, limit=1)
+    cold = [request(f"cold{i}", "a", [i + 1, 1, 2, 3, 4], arrival=float(i)) for i in range(490)]
+    hot = [request(f"hot{i}", "b", DOC + [i, 7], arrival=1e6 + i) for i in range(10)]
+    queue = arrive(policy, [*hot, *cold])
+    budget = CountingBudget(cache, limit=10)
 
     admitted = policy.pick_next(queue, cache, budget)
 
-    assert [r.request_id for r in admitted] == ["cold0"]
+    assert [r.request_id for r in admitted] == [f"hot{i}" for i in range(10)]
 
 
 def test_lpm_aging_lets_a_long_wait_outrank_a_cached_prefix():

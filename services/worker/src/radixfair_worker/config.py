@@ -65,11 +65,15 @@ class SchedulerConfig:
     cached_token_weight: float = 0.0
     # lpm_aging: priority gained per second of waiting, in prefix-match tokens.
     lpm_aging_rate: float = 100.0
-    # dlpm: a client going idle keeps its debt and is capped at Q ("cap"), or
-    # starts over at Q like a new client ("reset"). Either keeps the bound
-    # between continuously backlogged clients; "reset" stops a light client
-    # from waiting a refill round for output tokens of its previous request.
-    idle_deficit: str = "cap"
+    # dlpm: what a client that was idle starts with when it is backlogged again
+    # (scheduler.deficit_ledger): "lift" (VTC's lift in deficit terms: the refills
+    # it missed, but no more credit than the most underserved active client),
+    # "cap" (its debt, capped at Q) or "reset" (Q, debt forgiven). Each keeps the
+    # bound between continuously backlogged clients.
+    idle_deficit: str = "lift"
+    # dlpm: a waiting request passed over this many times by requests of its own
+    # client goes before them (the per-request wait bound in scheduler.dlpm).
+    max_overtakes: int = 8
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,22 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from radixfair_worker.request import Request
+from radixfair_worker.scheduler.waiting_tree import CacheNode
 
 
 class PrefixMatcher(Protocol):
+    """The radix cache as policies read it (never change it).
+
+    ``root`` and ``page_size`` let a policy walk the tree once for many
+    waiting requests that share a prefix (see ``waiting_tree``), rather than
+    calling ``match_length`` once per request.
+    """
+
+    page_size: int
+
+    @property
+    def root(self) -> CacheNode: ...
+
     def match_length(self, token_ids: Sequence[int]) -> int:
         """Leading tokens of ``token_ids`` the radix cache holds now (page-aligned)."""
         ...

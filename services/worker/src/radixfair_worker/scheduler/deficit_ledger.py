@@ -1,28 +1,53 @@
-"""Per-client deficits of DLPM: charge, refill, and the idle cap."""
+"""Per-client deficits of DLPM: charge, refill, and what an idle or returning client keeps."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
+IDLE_RULES = ("lift", "cap", "reset")
+
 
 class DeficitLedger:
     """Deficit ``q_i`` per client, in weighted tokens; the quantum is ``Q · weight_i``.
 
-    A client seen for the first time starts at its quantum, as if it had just
-    been refilled. The ledger keeps ``q_i <= Q · weight_i`` at all times: a
-    refill only reaches clients at ``q_i <= 0``, and ``on_idle`` (called when a
-    client goes idle) clips back to the quantum, which matters when a
-    client's weight has dropped since its last refill. With ``forgive_debt``
-    an idle client is set back to its quantum, debt included, as if new.
+    The ledger keeps ``q_i <= Q · weight_i`` at all times: a refill only
+    reaches clients at ``q_i <= 0``, and ``on_idle`` (called when a client
+    goes idle) clips back to the quantum, which matters when a client's
+    weight has dropped since its last refill. What a client that becomes
+    backlogged again starts with is the idle rule:
+
+    - ``cap``: its deficit as it went idle, capped at the quantum, debt kept.
+      Refills it missed while idle are not given, so a client that left in
+      debt waits behind every credited client of a round that is long over.
+    - ``reset``: one quantum, debt forgiven, as if new. A client can shed
+      debt by idling between requests.
+    - ``lift`` (the default; VTC's rule in deficit terms): the refills it
+      missed while idle are applied as they would have been had it waited
+      (each only while ``q_i <= 0``), and the result is lowered to the most
+      credit any backlogged client has, weight-normalised:
+      ``q_i <= weight_i · max_j q_j / weight_j``. VTC lifts a returning
+      client's counter to the smallest active counter; a deficit is a
+      counter seen from the current round, so the largest normalised deficit
+      is that smallest counter. The client is served as soon as the most
+      underserved active client would be, and never before it: idling banks
+      nothing. New clients start the same way, from one quantum.
+
+    Every rule keeps ``q_i <= Q · weight_i``, and applies only when a client
+    becomes backlogged, so DLPM's bound between continuously backlogged
+    clients (``dlpm`` module docstring) holds under each.
     """
 
-    def __init__(self, quantum: float, forgive_debt: bool = False) -> None:
+    def __init__(self, quantum: float, idle_rule: str = "lift") -> None:
         if quantum <= 0:
             raise ValueError("the DLPM quantum must be > 0")
+        if idle_rule not in IDLE_RULES:
+            raise ValueError(f"idle_deficit must be one of {', '.join(IDLE_RULES)}, got {idle_rule!r}")
         self.quantum = quantum
-        self._forgive_debt = forgive_debt
+        self._idle_rule = idle_rule
         self._deficits: dict[str, float] = {}
         self._weights: dict[str, float] = {}
+        # Clients idle now, with the refill count when they went idle.
+        self._idle_since: dict[str, int] = {}
         self.refills = 0
 
     def set_weight(self, client: str, weight: float) -> None:
@@ -47,7 +72,22 @@ class DeficitLedger:
     def on_idle(self, client: str) -> None:
         """An idle client keeps at most one quantum, so idling banks no credit."""
         quantum = self.quantum * self._weights[client]
-        self._deficits[client] = quantum if self._forgive_debt else min(self._deficits[client], quantum)
+        forgive = self._idle_rule == "reset"
+        self._deficits[client] = quantum if forgive else min(self._deficits[client], quantum)
+        self._idle_since[client] = self.refills
+
+    def on_backlogged(self, client: str, others_backlogged: Iterable[str], is_new: bool) -> None:
+        """``client`` (after ``set_weight``) has its first waiting request after being idle or unseen."""
+        idle_since = self._idle_since.pop(client, None)
+        if self._idle_rule != "lift" or (idle_since is None and not is_new):
+            return
+        weight, q = self._weights[client], self._deficits[client]
+        step = self.quantum * weight
+        missed = 0 if idle_since is None else self.refills - idle_since
+        if q <= 0 and missed:
+            q += step * min(missed, int(-q // step) + 1)
+        others = [self._deficits[c] / self._weights[c] for c in others_backlogged if c != client]
+        self._deficits[client] = min(q, weight * max(others)) if others else q
 
     def deficits(self) -> dict[str, float]:
         return dict(self._deficits)

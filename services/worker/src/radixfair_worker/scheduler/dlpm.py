@@ -1,12 +1,18 @@
 """Deficit Longest Prefix Match (Cao et al., arXiv 2501.14312), one worker.
 
 Rules (see /work/shared/reference/dlpm.md):
-  1. Order the waiting queue by longest prefix match, ties by arrival (arrival
-     order beyond ``LPM_MAX_SORTED_QUEUE`` waiting requests, as LPM does).
-  2. Walk it; admit a request only if its client's deficit ``q_i > 0`` and
-     ``budget.try_admit`` accepts it. Requests of spent clients are skipped,
+  1. Order the waiting queue by longest prefix match, ties by arrival, at any
+     queue depth (``PrefixMatchQueue``: no fallback to arrival order).
+  2. Walk it; at a request of client i, admit only if ``q_i > 0`` and
+     ``budget.try_admit`` accepts. Requests of spent clients are skipped,
      and the walk goes on. The first budget refusal ends admission for this
      step: the batch is full, and the walk order is the priority.
+     Within a client (ours; the paper has no such rule): the request that
+     fills client i's place is its longest-waiting request once that one has
+     been passed over ``max_overtakes`` (K) times, else the request the walk
+     is at. Only *which* of i's requests goes in changes, never *whether* i
+     is admitted at that point, so rules 3-5 and the bound below are
+     untouched.
   3. At admission, ``q_i -= w_in · computed + cached_token_weight · w_in ·
      cached`` prompt tokens; per generated token, ``q_i -= w_out``. A request
      re-admitted after preemption is not charged its input again.
@@ -14,9 +20,9 @@ Rules (see /work/shared/reference/dlpm.md):
      still wait, every waiting client (all then have ``q_i <= 0``) gets
      ``q_i += Q · weight_i``; then walk again.
   5. A client that goes idle (nothing waiting, nothing running) is capped at
-     ``Q · weight_i``, keeping any debt; with ``idle_deficit: reset`` it is set
-     to ``Q · weight_i``, debt forgiven. New clients start there. The bound
-     below is about continuously backlogged clients, so it holds either way.
+     ``Q · weight_i``. What it starts with when it is backlogged again is
+     ``idle_deficit`` (``DeficitLedger``): by default VTC's lift, in deficit
+     terms. Every rule keeps ``q_i <= Q · weight_i``.
 
 Fairness bound. Let ``C_i`` be client i's cumulative charge (rule 3) and
 ``s_i = C_i / weight_i``. Take an interval in which clients A and B both have
@@ -41,18 +47,41 @@ being the largest single-request cost: the digest's "Q plus the largest
 single-request cost". Several running requests widen it, because a client
 keeps paying for their outputs after its deficit is spent.
 tests/worker/test_scheduler_dlpm_fairness.py checks it through the engine.
+
+Per-request wait bound. The fairness bound is between clients; alone, it lets
+LPM order starve one request of a client behind that client's own cache-hot
+requests for ever (SGLang #31954). With rule 2's K:
+  (d) A waiting request r is overtaken by at most K requests of its own client
+      that joined the queue after it. Each admission of another request of
+      its client passes r over once; after K, r is due, and from then on the
+      client's place goes to its due request that joined first, which is r or
+      one that joined before r. (A budget refusal of a due request ends the
+      step, so nothing overtakes it either.)
+  (e) So r is admitted within ``K + A_r`` admissions of its client, A_r being
+      the client's requests waiting ahead of r when r joined.
+  (f) In time: while r waits, client i is admitted at most ``n = K + A_r``
+      requests, so ``Δs_i <= (n + R_i) · U_i / weight_i`` with ``U_i = w_in ·
+      L_i + w_out · M_i``, and by the bound above every other continuously
+      backlogged client j receives less than
+      ``Δs_j < (n + R_i) · U_i / weight_i + 2·Q + D_i / weight_i + D_j / weight_j``.
+      The wait of r is bounded by the time the engine takes to serve that.
+K trades locality for the wait: K = 0 is arrival order inside each client, a
+large K is plain DLPM. A forced admission costs its own prefill, which it
+would pay whenever it ran; only how long the hot prefix must stay cached
+meanwhile changes. tests/worker/test_scheduler_dlpm_wait.py checks (d).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from radixfair_worker.config import SchedulerConfig
 from radixfair_worker.request import Request
 from radixfair_worker.scheduler.base import AdmissionBudget, PrefixMatcher
 from radixfair_worker.scheduler.client_activity import ClientActivity
 from radixfair_worker.scheduler.deficit_ledger import DeficitLedger
-from radixfair_worker.scheduler.queue_order import prefix_match_order
+from radixfair_worker.scheduler.overtake_limit import OvertakeLimit
+from radixfair_worker.scheduler.queue_order import PrefixMatchQueue
 from radixfair_worker.scheduler.service_meter import ServiceMeter
 
 
@@ -64,7 +93,9 @@ class DLPMPolicy:
     def __init__(self, config: SchedulerConfig) -> None:
         self._meter = ServiceMeter(config)
         self._activity = ClientActivity()
-        self._ledger = DeficitLedger(config.quantum, forgive_debt=config.idle_deficit == "reset")
+        self._ledger = DeficitLedger(config.quantum, idle_rule=config.idle_deficit)
+        self._overtakes = OvertakeLimit(config.max_overtakes)
+        self._queue = PrefixMatchQueue()
 
     @property
     def quantum(self) -> float:
@@ -79,23 +110,28 @@ class DLPMPolicy:
         return self._ledger.deficits()
 
     def on_arrival(self, request: Request) -> None:
-        self._ledger.set_weight(request.client_id, request.weight)
+        client = request.client_id
+        is_new = client not in self._ledger.deficits()
+        self._ledger.set_weight(client, request.weight)
+        if not self._activity.has_waiting(client):
+            self._ledger.on_backlogged(client, self._activity.waiting_clients(), is_new)
         self._activity.arrived(request)
+        self._overtakes.joined(request)
 
     def pick_next(
         self, waiting: Sequence[Request], cache: PrefixMatcher, budget: AdmissionBudget
     ) -> list[Request]:
-        remaining = prefix_match_order(waiting, cache)
+        order = _Replay(request for _, request in self._queue.ordered(waiting, cache))
+        waiting_now = set(waiting)
         admitted: list[Request] = []
-        while remaining:
-            passed, budget_full = self._walk(remaining, budget)
+        while True:
+            passed, budget_full, spent = self._walk(order, waiting_now, budget)
             admitted += passed
-            if budget_full:
+            if budget_full or not spent:
                 break
-            taken = {r.request_id for r in passed}
-            remaining = [r for r in remaining if r.request_id not in taken]
-            if not passed and remaining:
-                self._ledger.refill({r.client_id for r in remaining})
+            if not passed:
+                self._ledger.refill(spent)
+        self._queue.admitted(admitted)
         return admitted
 
     def on_output_tokens(self, request: Request, count: int) -> None:
@@ -103,22 +139,53 @@ class DLPMPolicy:
 
     def on_finished(self, request: Request) -> None:
         self._activity.finished(request)
+        self._overtakes.left(request)
         if self._activity.is_idle(request.client_id):
             self._ledger.on_idle(request.client_id)
 
     def client_service(self) -> dict[str, float]:
         return self._meter.client_service()
 
-    def _walk(self, order: Sequence[Request], budget: AdmissionBudget) -> tuple[list[Request], bool]:
-        """One pass over ``order``; returns those admitted and whether the budget refused one."""
-        admitted = []
+    def _walk(
+        self, order: Iterable[Request], waiting: set[Request], budget: AdmissionBudget
+    ) -> tuple[list[Request], bool, set[str]]:
+        """One pass over the requests still in ``waiting``.
+
+        Returns those admitted (and drops them from ``waiting``), whether the
+        budget refused one, and the clients skipped for want of credit.
+        """
+        admitted, spent = [], set()
         for request in order:
             client = request.client_id
-            if not self._ledger.has_credit(client):
-                continue
-            if not budget.try_admit(request):
-                return admitted, True
-            self._activity.admitted(request)
-            self._ledger.charge(client, self._meter.charge_admission(request))
-            admitted.append(request)
-        return admitted, False
+            while request in waiting:
+                if not self._ledger.has_credit(client):
+                    spent.add(client)
+                    break
+                chosen = self._overtakes.due(client, waiting) or request
+                if not budget.try_admit(chosen):
+                    return admitted, True, spent
+                waiting.discard(chosen)
+                self._activity.admitted(chosen)
+                self._overtakes.admitted(chosen)
+                self._ledger.charge(client, self._meter.charge_admission(chosen))
+                admitted.append(chosen)
+        return admitted, False, spent
+
+
+class _Replay:
+    """An iterable over a one-shot iterator, which it consumes only as far as any pass has gone."""
+
+    def __init__(self, source: Iterator[Request]) -> None:
+        self._source = source
+        self._seen: list[Request] = []
+
+    def __iter__(self) -> Iterator[Request]:
+        i = 0
+        while True:
+            if i == len(self._seen):
+                following = next(self._source, None)
+                if following is None:
+                    return
+                self._seen.append(following)
+            yield self._seen[i]
+            i += 1

@@ -2,23 +2,32 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
+from radixfair_worker.config import SchedulerConfig
 from radixfair_worker.request import Request
 from radixfair_worker.scheduler.base import PrefixMatcher
 from radixfair_worker.scheduler.ordered import OrderedPolicy
-from radixfair_worker.scheduler.queue_order import prefix_match_order
+from radixfair_worker.scheduler.queue_order import PrefixMatchQueue
 
 
 class LPMPolicy(OrderedPolicy):
     """Admits the waiting requests with the longest cached prefix first, ties by arrival.
 
     Maximises cache reuse, and so throughput, with no regard for fairness: a
-    client whose requests share a hot prefix can starve everyone else. Falls
-    back to arrival order on very long queues (``LPM_MAX_SORTED_QUEUE``).
+    client whose requests share a hot prefix can starve everyone else. The
+    order holds at any queue depth (``PrefixMatchQueue``); there is no
+    fallback to arrival order on long queues.
     """
 
     name = "lpm"
 
-    def order(self, waiting: Sequence[Request], cache: PrefixMatcher) -> list[Request]:
-        return prefix_match_order(waiting, cache)
+    def __init__(self, config: SchedulerConfig) -> None:
+        super().__init__(config)
+        self._queue = PrefixMatchQueue()
+
+    def order(self, waiting: Sequence[Request], cache: PrefixMatcher) -> Iterator[Request]:
+        return (request for _, request in self._queue.ordered(waiting, cache))
+
+    def admitted(self, requests: list[Request]) -> None:
+        self._queue.admitted(requests)

@@ -9,7 +9,7 @@ from radixfair_worker.config import SchedulerConfig
 from radixfair_worker.request import Request
 from radixfair_worker.scheduler.base import PrefixMatcher
 from radixfair_worker.scheduler.ordered import OrderedPolicy
-from radixfair_worker.scheduler.queue_order import prefix_match_order
+from radixfair_worker.scheduler.queue_order import PrefixMatchQueue
 
 
 class LPMAgingPolicy(OrderedPolicy):
@@ -28,7 +28,17 @@ class LPMAgingPolicy(OrderedPolicy):
         super().__init__(config)
         self._rate = config.lpm_aging_rate
         self._clock = clock
+        self._queue = PrefixMatchQueue()
 
     def order(self, waiting: Sequence[Request], cache: PrefixMatcher) -> list[Request]:
         now = self._clock()
-        return prefix_match_order(waiting, cache, bonus=lambda r: self._rate * max(0.0, now - r.arrival_time))
+        # The wait term reorders every match level, so this order lists the whole queue.
+        ranked = [
+            (match + self._rate * max(0.0, now - r.arrival_time), r)
+            for match, r in self._queue.ordered(waiting, cache)
+        ]
+        ranked.sort(key=lambda pair: (-pair[0], pair[1].arrival_time))
+        return [request for _, request in ranked]
+
+    def admitted(self, requests: list[Request]) -> None:
+        self._queue.admitted(requests)

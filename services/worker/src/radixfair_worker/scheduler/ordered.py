@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from radixfair_worker.config import SchedulerConfig
 from radixfair_worker.request import Request
@@ -25,8 +25,11 @@ class OrderedPolicy:
     def __init__(self, config: SchedulerConfig) -> None:
         self._meter = ServiceMeter(config)
 
-    def order(self, waiting: Sequence[Request], cache: PrefixMatcher) -> list[Request]:
+    def order(self, waiting: Sequence[Request], cache: PrefixMatcher) -> Iterable[Request]:
         raise NotImplementedError
+
+    def admitted(self, requests: list[Request]) -> None:
+        """Called once per step with the requests just admitted, for subclasses that track the queue."""
 
     def on_arrival(self, request: Request) -> None:
         pass
@@ -40,6 +43,7 @@ class OrderedPolicy:
                 break
             self._meter.charge_admission(request)
             admitted.append(request)
+        self.admitted(admitted)
         return admitted
 
     def on_output_tokens(self, request: Request, count: int) -> None:

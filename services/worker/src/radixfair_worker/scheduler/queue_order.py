@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from radixfair_worker.request import Request
 from radixfair_worker.scheduler.base import PrefixMatcher
-
-# Above this many waiting requests, prefix-match ordering falls back to arrival
-# order: every match is a walk down the radix tree, and on a very long queue the
-# walks cost more than the cache hits they find (SGLang makes the same trade).
-LPM_MAX_SORTED_QUEUE = 128
+from radixfair_worker.scheduler.waiting_tree import WaitingTree, prefix_order
 
 
 def arrival_order(waiting: Sequence[Request]) -> list[Request]:
@@ -18,18 +14,38 @@ def arrival_order(waiting: Sequence[Request]) -> list[Request]:
     return sorted(waiting, key=lambda r: r.arrival_time)
 
 
-def prefix_match_order(
-    waiting: Sequence[Request],
-    cache: PrefixMatcher,
-    bonus: Callable[[Request], float] | None = None,
-    max_sorted: int = LPM_MAX_SORTED_QUEUE,
-) -> list[Request]:
-    """Longest cached prefix of ``fill_ids`` first, ties by arrival.
+class PrefixMatchQueue:
+    """The waiting queue in longest-prefix-match order, ties by arrival, at any depth.
 
-    ``bonus`` adds to a request's match length (in tokens) before sorting;
-    LPM-with-aging uses it for the wait-time term.
+    Keeps a ``WaitingTree`` in step with the ``waiting`` list it is handed
+    each step (a set difference: requests that joined are added, those that
+    left are dropped), so it needs no callbacks and cannot drift from the
+    engine's queue. A policy tells it which requests it admitted, because an
+    admitted request can be preempted and back in the queue, with more
+    ``fill_ids``, before the next step's difference would notice it left.
     """
-    if len(waiting) > max_sorted:
-        return arrival_order(waiting)
-    priority = {r.request_id: cache.match_length(r.fill_ids) + (bonus(r) if bonus else 0.0) for r in waiting}
-    return sorted(waiting, key=lambda r: (-priority[r.request_id], r.arrival_time))
+
+    def __init__(self) -> None:
+        self._tree: WaitingTree | None = None
+
+    def ordered(self, waiting: Sequence[Request], cache: PrefixMatcher) -> Iterator[tuple[int, Request]]:
+        """``(cached prefix length, request)`` pairs, longest first; lazy, so stopping early is cheap."""
+        tree = self._sync(waiting, cache.page_size)
+        return prefix_order(tree.groups(cache.root), tree.joined)
+
+    def admitted(self, requests: Iterable[Request]) -> None:
+        if self._tree is not None:
+            for request in requests:
+                self._tree.discard(request)
+
+    def _sync(self, waiting: Sequence[Request], page_size: int) -> WaitingTree:
+        if self._tree is None or self._tree.page_size != page_size:
+            self._tree = WaitingTree(page_size)
+        tree, current = self._tree, set(waiting)
+        if current != tree.requests():
+            for gone in [r for r in tree.requests() if r not in current]:
+                tree.discard(gone)
+            for request in waiting:
+                if request not in tree:
+                    tree.add(request)
+        return tree

@@ -16,6 +16,7 @@ from collections import defaultdict
 
 from radixfair_worker.config import SchedulerConfig
 from radixfair_worker.request import Request
+from radixfair_worker.scheduler.deficit_ledger import IDLE_RULES
 
 
 def validate_scheduler_config(config: SchedulerConfig) -> None:
@@ -28,8 +29,10 @@ def validate_scheduler_config(config: SchedulerConfig) -> None:
         raise ValueError("quantum must be > 0")
     if config.lpm_aging_rate < 0:
         raise ValueError("lpm_aging_rate must be >= 0")
-    if config.idle_deficit not in ("cap", "reset"):
-        raise ValueError(f"idle_deficit must be 'cap' or 'reset', got {config.idle_deficit!r}")
+    if config.idle_deficit not in IDLE_RULES:
+        raise ValueError(f"idle_deficit must be one of {', '.join(IDLE_RULES)}, got {config.idle_deficit!r}")
+    if config.max_overtakes < 0:
+        raise ValueError("max_overtakes must be >= 0")
 
 
 class ServiceMeter:
