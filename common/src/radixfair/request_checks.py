@@ -8,12 +8,18 @@ and the same messages.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 from radixfair.errors import InvalidRequestError
 from radixfair.tokenization import ChatTurn, PromptEncoder
 from radixfair.v1 import generation_pb2
 
 MAX_STOP_STRINGS = 16
+# Longest stop string: text that could be its prefix is held back from the stream, and
+# every generated token is searched for it.
+MAX_STOP_STRING_CHARS = 512
+# Every generated token is compared with these.
+MAX_STOP_TOKEN_IDS = 256
 
 
 def encode_prompt(prompt: generation_pb2.Prompt, encoder: PromptEncoder) -> list[int]:
@@ -39,14 +45,38 @@ def encode_prompt(prompt: generation_pb2.Prompt, encoder: PromptEncoder) -> list
     return ids
 
 
-def check_sampling(params: generation_pb2.SamplingParams) -> None:
+def check_sampling(params: generation_pb2.SamplingParams, vocab_size: int | None = None) -> None:
+    """InvalidRequestError unless every sampling field is in its documented range.
+
+    Every value that passes is one the engine samples correctly: any finite temperature > 0
+    (a vanishing one acts as greedy, a huge one as uniform), any top_k (one beyond the
+    vocabulary keeps all), any top_p in (0, 1], any uint64 seed. NaN and infinities never
+    pass. ``vocab_size``, where known, also bounds ``stop_token_ids``.
+    """
     if params.HasField("max_tokens") and params.max_tokens <= 0:
         raise InvalidRequestError(f"max_tokens must be > 0, got {params.max_tokens}")
     if not math.isfinite(params.temperature) or params.temperature < 0:
-        raise InvalidRequestError(f"temperature must be >= 0, got {params.temperature}")
+        raise InvalidRequestError(f"temperature must be a finite number >= 0, got {params.temperature}")
     if params.top_k < 0:
         raise InvalidRequestError(f"top_k must be >= 0, got {params.top_k}")
+    # Written so that NaN fails too.
     if params.HasField("top_p") and not (0.0 < params.top_p <= 1.0):
         raise InvalidRequestError(f"top_p must be in (0, 1], got {params.top_p}")
+    _check_stop_token_ids(params.stop_token_ids, vocab_size)
     if len(params.stop) > MAX_STOP_STRINGS or any(not s for s in params.stop):
         raise InvalidRequestError(f"stop takes at most {MAX_STOP_STRINGS} non-empty strings")
+    longest = max((len(s) for s in params.stop), default=0)
+    if longest > MAX_STOP_STRING_CHARS:
+        raise InvalidRequestError(
+            f"stop strings have at most {MAX_STOP_STRING_CHARS} characters, got one of {longest}"
+        )
+
+
+def _check_stop_token_ids(ids: Sequence[int], vocab_size: int | None) -> None:
+    if len(ids) > MAX_STOP_TOKEN_IDS:
+        raise InvalidRequestError(f"stop_token_ids takes at most {MAX_STOP_TOKEN_IDS} ids, got {len(ids)}")
+    upper = vocab_size if vocab_size is not None else 2**31
+    bad = [t for t in ids if not 0 <= t < upper]
+    if bad:
+        where = f"[0, {vocab_size})" if vocab_size is not None else ">= 0"
+        raise InvalidRequestError(f"stop_token_ids must be token ids {where}, got {bad[:5]}")

@@ -19,17 +19,24 @@ input id from the previous step's sampled tensor on the device. Whatever
 needs every token known (preemption, aborts) first finishes the step in
 flight; a batch with rows sampled by CPU generators is read back at once.
 
+A failure that belongs to one request (its row could not be sampled, its
+tokens could not be detokenized) fails that request alone: it is finished
+with FinishReason.ERROR, its pages are freed, its StepOutput carries the
+error, and the rest of the batch carries on. Only a failure of the batch
+itself (the forward pass) escapes ``step``.
+
 The engine is single-threaded; ``submit`` and ``abort`` are the only calls
 that may come from other threads, and they only enqueue.
 """
 
 from __future__ import annotations
 
+import logging
 import queue
 import time
 from collections.abc import Callable
 
-from radixfair.errors import InvalidRequestError, QueueFullError
+from radixfair.errors import InvalidRequestError, QueueFullError, RadixfairError
 from radixfair.tokenization import IncrementalDetokenizer
 from radixfair_worker.config import EngineConfig
 from radixfair_worker.engine_outputs import ClientStats, LoadSnapshot, StepOutput
@@ -41,6 +48,8 @@ from radixfair_worker.request import PLACEHOLDER_TOKEN, FinishReason, Request, R
 from radixfair_worker.sampler import Sampler
 from radixfair_worker.scheduler.base import SchedulingPolicy
 from radixfair_worker.text_stream import TextStream
+
+log = logging.getLogger(__name__)
 
 
 class Engine:
@@ -154,11 +163,13 @@ class Engine:
         carry = self._in_flight.carry_for(chunks) if self._in_flight is not None else None
         # Only overlap passes ``carry``, so runners without overlap support keep their signature.
         logits = self.runner.forward(chunks) if carry is None else self.runner.forward(chunks, carry)
+        failures: dict[int, str] = {}
         if on_device:
             tokens = SampledTokens.copy_to_host(self.sampler.greedy_on_device(logits))
         else:
             ids, configs = [c.request.request_id for c in sampled], [c.request.sampling for c in sampled]
-            tokens = SampledTokens.known(self.sampler.sample(logits, ids, configs))
+            rows = self.sampler.sample(logits, ids, configs)
+            tokens, failures = SampledTokens.known(rows.tokens), rows.failures
         self.computed_tokens += sum(c.length for c in chunks)
         for chunk in chunks:
             chunk.request.num_computed_tokens += chunk.length
@@ -169,6 +180,9 @@ class Engine:
             # Pages this step completes whose ids are known: their K/V is written before any
             # later step reads them (same stream), so the next admission can share them now.
             self._cache_computed_pages(chunk.request)
+        for row, message in failures.items():
+            # After the bookkeeping above, so finishing drops its placeholder like any other.
+            self._outputs.append(self._fail(sampled[row].request, message))
         self.steps += 1
         return InFlightStep(chunks, sampled, tokens)
 
@@ -298,16 +312,17 @@ class Engine:
         )
         delta, hit_stop_string = "", False
         if stream is not None and not is_stop_token:
-            delta, hit_stop_string = stream.push([token])
+            try:
+                delta, hit_stop_string = stream.push([token])
+            except Exception as error:  # this request's text alone is broken; the batch goes on
+                return self._fail(request, f"detokenizing token {token} failed: {error!r}")
         reason = None
         if is_stop_token or hit_stop_string:
             reason = FinishReason.STOP
         elif self._length_reached(request, index + 1):
             reason = FinishReason.LENGTH
         if reason is not None:
-            if stream is not None and reason is FinishReason.LENGTH:
-                delta += stream.flush()
-            self._finish(request, reason)
+            delta += self._finish(request, reason)
         return StepOutput(request, [token], delta, finished=reason is not None)
 
     def _length_reached(self, request: Request, num_output: int) -> bool:
@@ -343,7 +358,12 @@ class Engine:
         request.locked_node = None
         self.running.remove(request)
 
-    def _finish(self, request: Request, reason: FinishReason) -> None:
+    def _finish(self, request: Request, reason: FinishReason) -> str:
+        """Ends the request and frees its pages; returns the text its stream still owes.
+
+        Whatever the reason, text held back as a possible stop-string prefix is flushed here,
+        so the concatenated deltas always equal ``request.final_text``.
+        """
         if request.pending_tokens:
             # Stopped while its next token was already launched (overlap): drop that token and
             # count its K/V as never computed, exactly as if the step had not run for it.
@@ -360,9 +380,17 @@ class Engine:
         self.policy.on_finished(request)
         self.sampler.forget(request.request_id)
         stream = self._streams.pop(request.request_id, None)
-        if stream is not None and stream.final_text is None:
-            stream.final_text = stream.text
-        request.final_text = stream.text if stream is not None else ""
+        if stream is None:
+            return ""
+        tail = stream.finish()
+        request.final_text = stream.text
+        return tail
+
+    def _fail(self, request: Request, message: str) -> StepOutput:
+        """Finishes ``request`` alone after a failure that is its own; returns the output that says so."""
+        log.error("request %s failed inside a step: %s", request.request_id, message)
+        self._finish(request, FinishReason.ERROR)
+        return StepOutput(request, [], "", finished=True, error=RadixfairError(message))
 
     def _preempt(self, request: Request) -> None:
         self._release(request)
@@ -388,8 +416,8 @@ class Engine:
             request_id = self._aborts.get()
             for request in (*self.running, *self.waiting):
                 if request.request_id == request_id:
-                    self._finish(request, FinishReason.CANCELLED)
-                    self._outputs.append(StepOutput(request, [], "", finished=True))
+                    tail = self._finish(request, FinishReason.CANCELLED)
+                    self._outputs.append(StepOutput(request, [], tail, finished=True))
                     break
 
     # -- reporting -----------------------------------------------------------

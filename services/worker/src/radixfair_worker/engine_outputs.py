@@ -4,17 +4,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from radixfair.errors import RadixfairError
 from radixfair_worker.request import Request
 
 
 @dataclass
 class StepOutput:
-    """What one step produced for one request."""
+    """What one step produced for one request.
+
+    ``error`` is set (with ``finished``) when the step failed for this request alone: the engine
+    has already aborted it and freed its pages, the rest of the batch carried on, and its stream
+    should end with ``error.code`` and ``str(error)`` instead of a result.
+    """
 
     request: Request
     new_token_ids: list[int]
     text_delta: str
     finished: bool
+    error: RadixfairError | None = None
 
 
 @dataclass

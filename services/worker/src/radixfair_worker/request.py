@@ -22,6 +22,9 @@ class FinishReason(enum.Enum):
     STOP = "stop"
     LENGTH = "length"
     CANCELLED = "cancelled"
+    # A failure inside a step that belongs to this request alone (its sampling or detokenizing);
+    # the StepOutput that finishes it carries the error.
+    ERROR = "error"
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ def build_request(
     if not math.isfinite(weight) or weight <= 0:
         raise InvalidRequestError("client_weight must be a positive number")
     prompt_ids = encode_prompt(message.prompt, encoder)
-    sampling = build_sampling(message.sampling, max_context - len(prompt_ids))
+    sampling = build_sampling(message.sampling, max_context - len(prompt_ids), encoder.vocab_size)
     return Request(
         request_id=message.request_id or uuid.uuid4().hex,
         client_id=message.client_id,
@@ -40,8 +40,14 @@ def build_request(
     )
 
 
-def build_sampling(params: generation_pb2.SamplingParams, room: int) -> SamplingConfig:
-    check_sampling(params)
+def build_sampling(
+    params: generation_pb2.SamplingParams, room: int, vocab_size: int | None = None
+) -> SamplingConfig:
+    """The engine's SamplingConfig; InvalidRequestError for any field out of its range.
+
+    ``room`` is what the context window leaves after the prompt; max_tokens is clipped to it.
+    """
+    check_sampling(params, vocab_size)
     max_tokens = params.max_tokens if params.HasField("max_tokens") else DEFAULT_MAX_TOKENS
     top_p = params.top_p if params.HasField("top_p") else 1.0
     return SamplingConfig(

@@ -10,7 +10,9 @@ class TextStream:
 
     Text that could still turn out to be the start of a stop string is held
     back until the next token decides it, so a stop string never leaks into
-    the stream.
+    the stream. Invariant: once ``finish`` has run, the concatenation of
+    every delta returned by ``push`` and ``finish`` equals ``final_text``,
+    whatever ended the generation.
     """
 
     def __init__(self, detokenizer: IncrementalDetokenizer, stop_strings: tuple[str, ...]) -> None:
@@ -21,22 +23,31 @@ class TextStream:
         self.final_text: str | None = None
 
     def push(self, token_ids: list[int]) -> tuple[str, bool]:
-        """Adds tokens; returns (text delta, whether a stop string was reached)."""
+        """Adds tokens; returns (text delta, whether a stop string was reached).
+
+        When a stop string is reached the stream is finished: ``final_text`` is the text before it
+        and the delta brings the stream up to exactly that.
+        """
         self._detokenizer.push(token_ids)
         text = self._detokenizer.text
-        for stop in self._stops:
-            # Search from where the stop string could first overlap new text.
-            at = text.find(stop, max(0, self._emitted - len(stop)))
-            if at >= 0:
-                self.final_text = text[:at]
-                return self._emit_upto(at), True
+        # Every stop string that could newly appear starts at or after what was emitted (the
+        # holdback covers it), so searching from there finds it; the earliest one wins.
+        starts = [text.find(stop, max(0, self._emitted - len(stop))) for stop in self._stops]
+        found = [at for at in starts if at >= 0]
+        if found:
+            self.final_text = text[: min(found)]
+            return self.finish(), True
         return self._emit_upto(len(text) - self._holdback), False
 
-    def flush(self) -> str:
-        """The held-back remainder, once generation has ended for another reason."""
-        text = self._detokenizer.text
-        self.final_text = text
-        return self._emit_upto(len(text))
+    def finish(self) -> str:
+        """Ends the stream and returns what it still owes: the held-back tail of ``final_text``.
+
+        Called for every finish (stop token, EOS, length, cancel); text held back as a possible
+        stop-string prefix is real output once no further token can complete the stop string.
+        """
+        if self.final_text is None:
+            self.final_text = self._detokenizer.text
+        return self._emit_upto(len(self.final_text))
 
     @property
     def text(self) -> str:
