@@ -10,6 +10,10 @@ With no --api-key it makes three demo tenants (alice, bob, carol with weight
 2) and prints their keys; --ready-file writes the stack's addresses and keys
 as JSON once everything is healthy, for scripts that drive it.
 
+A child that exits while `up` serves is restarted with backoff (logged on
+stderr); Ctrl-C stops everything. Mistakes (an unknown policy, a taken port,
+a bad --set) end in one line, before anything starts where they can be seen.
+
 `distill` runs a distillation recipe with a progress bar and prints the
 evaluation table: in this process through the distiller package (which
 brings torch; under torchrun on several GPUs too), or, with --server, on a
@@ -22,6 +26,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 import tempfile
@@ -32,8 +37,11 @@ import grpc
 
 from radixfair.auth import ApiKeyConfig
 from radixfair.client import ClientConfig, RouterClient
+from radixfair.config_loading import ConfigError
 from radixfair.distill_client import submit_and_watch
-from radixfair.local_stack import PACKAGED_MODEL, LocalStack, LocalStackConfig
+from radixfair.local_stack import PACKAGED_MODEL, LocalStack, LocalStackConfig, StackStartError
+from radixfair.redis_launcher import RedisLaunchError
+from radixfair.service_process import INTERRUPTED_EXIT, USAGE_EXIT, HelpFormatter, parse_settings
 from radixfair.tokenization import ChatTurn
 
 DEMO_KEYS = (
@@ -43,28 +51,53 @@ DEMO_KEYS = (
 )
 
 
+# 128 + SIGPIPE: how a shell reports a command whose reader went away (`radixfair status | head`).
+BROKEN_PIPE_EXIT = 141
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Runs one command; every expected failure is one line on stderr, never a traceback."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        return int(args.run(args))
+        status = int(args.run(args))
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at interpreter exit
+        return status
     except grpc.aio.AioRpcError as error:
-        print(f"error: {error.code().name}: {error.details()}", file=sys.stderr)
-        return 1
+        return _fail(f"{error.code().name}: {error.details()}", 1)
+    except (StackStartError, ConfigError, RedisLaunchError) as error:
+        return _fail(str(error), USAGE_EXIT)
+    except KeyboardInterrupt:
+        return _fail("interrupted", INTERRUPTED_EXIT, newline=True)
+    except BrokenPipeError:
+        # The reader closed early. Point stdout at /dev/null so the interpreter's final flush
+        # does not fail again on the way out, and leave quietly, as `head`'s writers do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return BROKEN_PIPE_EXIT
+
+
+def _fail(message: str, status: int, newline: bool = False) -> int:
+    print(f"{chr(10) if newline else ''}radixfair: error: {' '.join(message.split())}", file=sys.stderr)
+    return status
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="radixfair", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
-    )
+    parser = argparse.ArgumentParser(prog="radixfair", description=__doc__, formatter_class=HelpFormatter)
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    up = commands.add_parser("up", help="launch Redis, a router and N workers locally and keep serving")
-    up.add_argument("--workers", type=int, default=2)
+    def add_command(name: str, helptext: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=helptext, description=helptext, formatter_class=HelpFormatter)
+
+    up = add_command("up", "launch Redis, a router and N workers locally and keep serving")
+    up.add_argument("--workers", type=int, default=2, help="worker processes")
     up.add_argument("--model", default=PACKAGED_MODEL, help="model directory or the packaged model name")
-    up.add_argument("--cache-dir", type=Path, default=Path("~/.cache/radixfair/models"))
     up.add_argument(
-        "--policy", default="d2lpm", help="round_robin, least_load, cache_aware, global_vtc, d2lpm"
+        "--cache-dir", type=Path, default=Path("~/.cache/radixfair/models"), help="converted model cache"
+    )
+    up.add_argument(
+        "--policy",
+        default="d2lpm",
+        help="routing policy: round_robin, least_load, cache_aware, global_vtc, d2lpm",
     )
     up.add_argument("--quantum", type=float, default=4096.0, help="D2LPM quantum Q")
     up.add_argument("--port", type=int, default=50051, help="router port")
@@ -96,8 +129,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     up.set_defaults(run=_up)
 
-    distill = commands.add_parser(
-        "distill", help="run a distillation recipe here, or on a distiller with --server HOST:PORT"
+    distill = add_command(
+        "distill", "run a distillation recipe here, or on a distiller with --server HOST:PORT"
     )
     distill.add_argument("recipe", type=Path, help="recipe YAML (services/distiller/recipes/)")
     distill.add_argument("--server", default="", help="submit to the distiller at HOST:PORT and watch it")
@@ -111,16 +144,16 @@ def _parser() -> argparse.ArgumentParser:
         ("generate", "stream one completion through the router", _generate),
         ("status", "the router's policy, workers and per-client service", _status),
     ):
-        sub = commands.add_parser(name, help=helptext)
+        sub = add_command(name, helptext)
         sub.add_argument("--router", default="127.0.0.1:50051", help="router host:port")
-        sub.add_argument("--api-key", required=True)
+        sub.add_argument("--api-key", required=True, help="a tenant's API key")
         sub.set_defaults(run=run)
         if name == "generate":
-            sub.add_argument("prompt")
+            sub.add_argument("prompt", help="the prompt text")
             sub.add_argument("--chat", action="store_true", help="send the prompt as one user chat turn")
-            sub.add_argument("--max-tokens", type=int, default=64)
-            sub.add_argument("--temperature", type=float, default=0.0)
-            sub.add_argument("--seed", type=int, default=None)
+            sub.add_argument("--max-tokens", type=int, default=64, help="most tokens to generate")
+            sub.add_argument("--temperature", type=float, default=0.0, help="0 samples greedily")
+            sub.add_argument("--seed", type=int, default=None, help="sampling seed")
     return parser
 
 
@@ -137,12 +170,14 @@ def _up(args: argparse.Namespace) -> int:
         quantum=args.quantum,
         redis_url=args.redis_url,
         api_keys=keys,
-        router_settings=_parse_settings(args.router_set),
-        worker_settings=_parse_settings(args.worker_set),
+        router_settings=parse_settings(args.router_set),
+        worker_settings=parse_settings(args.worker_set),
         router_config_file=args.router_config,
         worker_config_file=args.worker_config,
     )
     stack = LocalStack(config)
+    # Ctrl-C while starting raises KeyboardInterrupt: start() stops what it started, main() says so.
+    stack.start()
     stopping = {"now": False}
 
     def request_stop(*_: object) -> None:
@@ -150,7 +185,6 @@ def _up(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    stack.start()
     try:
         description = stack.describe()
         print(json.dumps(description, indent=2), flush=True)
@@ -158,13 +192,7 @@ def _up(args: argparse.Namespace) -> int:
             args.ready_file.write_text(json.dumps(description))
         print(f"serving on {stack.address}; Ctrl-C stops everything", flush=True)
         while not stopping["now"]:
-            exited = stack.first_exited()
-            if exited is not None:
-                print(
-                    f"{exited.name} exited ({exited.process.returncode}); see {exited.log_path}",
-                    file=sys.stderr,
-                )
-                return 1
+            stack.supervise()
             time.sleep(0.5)
         return 0
     finally:
@@ -241,22 +269,13 @@ def _distill(args: argparse.Namespace) -> int:
 
 def _parse_key(spec: str) -> ApiKeyConfig:
     client, sep, rest = spec.partition("=")
-    if not sep or not client or not rest:
-        raise SystemExit(f"--api-key wants CLIENT=KEY[:WEIGHT], got {spec!r}")
     key, _, weight = rest.partition(":")
-    return ApiKeyConfig(key, client, float(weight) if weight else 1.0)
-
-
-def _parse_settings(items: list[str]) -> dict[str, object]:
-    import yaml
-
-    settings: dict[str, object] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"settings are KEY=VALUE, got {item!r}")
-        settings[key] = yaml.safe_load(value)
-    return settings
+    try:
+        if not sep or not client or not key:
+            raise ValueError
+        return ApiKeyConfig(key, client, float(weight) if weight else 1.0)
+    except ValueError:
+        raise ConfigError(f"--api-key wants CLIENT=KEY[:WEIGHT] (WEIGHT a number), got {spec!r}") from None
 
 
 if __name__ == "__main__":

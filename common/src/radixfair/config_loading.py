@@ -10,11 +10,12 @@ RADIXFAIR_SCHEDULER__QUANTUM=512.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import os
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -49,15 +50,25 @@ def load_config(
     return build(cls, data, where=str(path or "config"))
 
 
+def unknown_choice(kind: str, value: object, choices: Iterable[str]) -> str:
+    """``unknown policy 'd2lmp'; did you mean 'd2lpm'? (choose from: ...)``: one line for a bad name."""
+    options = list(choices)
+    close = difflib.get_close_matches(str(value), options, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown {kind} {value!r}{hint} (choose from: {', '.join(options)})"
+
+
 def build(cls: type[T], data: Mapping[str, Any], where: str = "config") -> T:
     """Constructs dataclass ``cls`` from nested mappings, rejecting unknown keys."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = set(data) - set(fields)
+    unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(f"{where}: unknown field(s) {sorted(unknown)}; known: {sorted(fields)}")
+        close = difflib.get_close_matches(unknown[0], list(fields), n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"{where}: unknown field(s) {unknown}{hint}; known: {sorted(fields)}")
     kwargs = {
         name: _coerce(hints[name], _with_defaults(fields[name], value), f"{where}.{name}")
         for name, value in data.items()
@@ -118,6 +129,8 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
 
 def _set_path(data: dict[str, Any], path: list[str], value: Any) -> None:
     node = data
-    for part in path[:-1]:
+    for depth, part in enumerate(path[:-1]):
         node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{'.'.join(path)}: {'.'.join(path[: depth + 1])} is a value, not a section")
     node[path[-1]] = value

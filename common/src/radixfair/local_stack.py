@@ -7,6 +7,13 @@ the router, with the model directory as its tokenizer; then the workers,
 which register with the router and heartbeat. Ready means the router's
 health check says SERVING and its status lists every worker healthy.
 Stopping goes in reverse and never leaves a child behind.
+
+Before anything starts, the configuration is checked as the children will
+read it (policy names, config fields, the router's port), so a mistake is one
+line at once rather than a child's traceback later. A child that exits while
+the stack starts is such a mistake (StackStartError, with the child's own last
+line); once serving, a child that exits is restarted with backoff by
+``supervise()``, as a process manager would.
 """
 
 from __future__ import annotations
@@ -26,7 +33,10 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from radixfair.auth import ApiKeyConfig, bearer_metadata
+from radixfair.config_loading import ConfigError, load_config, unknown_choice
+from radixfair.listening import ListenError, ensure_port_free
 from radixfair.redis_launcher import RedisLaunchConfig, RedisServer, free_loopback_port
+from radixfair.supervisor import RestartPolicy, Supervisor
 from radixfair.v1 import router_pb2, router_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -55,13 +65,68 @@ class LocalStackConfig:
     router_config_file: Path | None = None
     worker_config_file: Path | None = None
     startup_timeout_s: float = 900.0
+    restart: RestartPolicy = field(default_factory=RestartPolicy)
+
+
+class StackStartError(RuntimeError):
+    """The stack could not start; the message is one line naming the child and its own error."""
 
 
 @dataclass
 class _Child:
+    """A service child process; restartable with the same command (same port, same id)."""
+
     name: str
-    process: subprocess.Popen[bytes]
+    command: list[str]
     log_path: Path
+    process: subprocess.Popen[bytes] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.restart()
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def exit_reason(self) -> str:
+        return f"exited with {self.process.returncode} (log {self.log_path})"
+
+    def restart(self) -> None:
+        with self.log_path.open("ab") as log_file:
+            self.process = subprocess.Popen(
+                self.command,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                # Its own process group: a terminal's Ctrl-C reaches `up`, which stops the children in
+                # order, rather than every child at once (which the supervisor would see as crashes).
+                start_new_session=True,
+            )
+        log.info("started %s (pid %d), log %s", self.name, self.process.pid, self.log_path)
+
+    def last_line(self) -> str:
+        """The child's last log line: its own one-line error when it refused to start."""
+        try:
+            lines = self.log_path.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return lines[-1].strip() if lines else ""
+
+
+@dataclass
+class _RedisChild:
+    name: str
+    server: RedisServer
+
+    def alive(self) -> bool:
+        return self.server.running
+
+    def exit_reason(self) -> str:
+        return "exited"
+
+    def restart(self) -> None:
+        # Same port and data directory (append-only file): the router reconnects to the same ledger.
+        self.server.restart()
+        log.info("started redis-server on %s", self.server.url)
 
 
 class LocalStack:
@@ -71,11 +136,26 @@ class LocalStack:
         self._config = config
         self._redis: RedisServer | None = None
         self._children: list[_Child] = []
+        self._supervisor = Supervisor(config.restart)
         self.address = f"127.0.0.1:{config.router_port}"
         self.redis_url = config.redis_url
 
+    def check(self) -> None:
+        """Raises StackStartError for a configuration the children would refuse; starts nothing."""
+        try:
+            ensure_port_free("127.0.0.1", self._config.router_port, "the router")
+            # Placeholders for what exists only once started: the model directory and Redis.
+            placeholder_redis = self.redis_url or "redis://127.0.0.1:6379/0"
+            _check_router_config(self._router_config_args(Path("model"), placeholder_redis))
+            _check_worker_config(self._config.worker_config_file, self._worker_settings(0, 0))
+        except (ConfigError, ListenError, OSError) as error:
+            raise StackStartError(str(error)) from None
+        except ModuleNotFoundError as error:
+            raise StackStartError(f"radixfair up needs the {error.name} package installed") from None
+
     def start(self) -> None:
         cfg = self._config
+        self.check()
         cfg.run_dir.mkdir(parents=True, exist_ok=True)
         try:
             if not self.redis_url:
@@ -98,6 +178,14 @@ class LocalStack:
         except BaseException:
             self.stop()
             raise
+        if self._redis is not None:
+            self._supervisor.watch(_RedisChild("redis", self._redis))
+        for child in self._children:
+            self._supervisor.watch(child)
+
+    def supervise(self) -> None:
+        """Restarts any child that has exited (after its backoff); call it periodically once started."""
+        self._supervisor.check()
 
     def describe(self) -> dict[str, object]:
         return {
@@ -114,6 +202,7 @@ class LocalStack:
         return next((c for c in self._children if c.process.poll() is not None), None)
 
     def stop(self) -> None:
+        self._supervisor.forget()
         for child in reversed(self._children):
             if child.process.poll() is None:
                 child.process.send_signal(signal.SIGTERM)
@@ -133,13 +222,17 @@ class LocalStack:
         return candidate if candidate.is_dir() else None
 
     def _start_router(self, model_dir: Path) -> None:
+        self._spawn("router", "radixfair_router", self._router_config_args(model_dir, self.redis_url))
+
+    def _router_config_args(self, model_dir: Path, redis_url: str) -> list[str]:
+        """The router's command-line arguments: a config file, or the base file plus --set flags."""
         cfg = self._config
         router_config = {
             "host": "127.0.0.1",
             "port": cfg.router_port,
             "tokenizer_dir": str(model_dir),
             "policy": {"name": cfg.policy, "quantum": cfg.quantum},
-            "ledger": {"store": "redis", "redis_url": self.redis_url},
+            "ledger": {"store": "redis", "redis_url": redis_url},
             "auth": {
                 "api_keys": [
                     {"key": k.key, "client_id": k.client_id, "weight": k.weight} for k in cfg.api_keys
@@ -153,14 +246,21 @@ class LocalStack:
             router_config.update({"registry": {"workers": []}, "metrics_port": 0})
             args = ["--config", str(cfg.router_config_file), *_set_args(_flatten(router_config))]
         else:
+            cfg.run_dir.mkdir(parents=True, exist_ok=True)
             path = cfg.run_dir / "router.yaml"
             path.write_text(yaml.safe_dump(router_config))
             args = ["--config", str(path)]
-        self._spawn("router", "radixfair_router", [*args, *_set_args(cfg.router_settings)])
+        return [*args, *_set_args(cfg.router_settings)]
 
     def _start_worker(self, index: int, port: int) -> None:
         cfg = self._config
-        settings: dict[str, object] = {
+        base = ["--config", str(cfg.worker_config_file)] if cfg.worker_config_file is not None else []
+        args = [*base, *_set_args(self._worker_settings(index, port))]
+        self._spawn(f"worker-{index}", "radixfair_worker", args)
+
+    def _worker_settings(self, index: int, port: int) -> dict[str, object]:
+        cfg = self._config
+        return {
             "model": cfg.model,
             "cache_dir": str(cfg.cache_dir),
             "port": port,
@@ -170,32 +270,20 @@ class LocalStack:
             "metrics_port": 0,
             **cfg.worker_settings,
         }
-        base = ["--config", str(cfg.worker_config_file)] if cfg.worker_config_file is not None else []
-        self._spawn(f"worker-{index}", "radixfair_worker", [*base, *_set_args(settings)])
 
     def _spawn(self, name: str, module: str, args: list[str]) -> None:
         log_path = self._config.run_dir / f"{name}.log"
-        with log_path.open("ab") as log_file:
-            process = subprocess.Popen(
-                [sys.executable, "-m", module, *args],
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-        self._children.append(_Child(name, process, log_path))
-        log.info("started %s (pid %d), log %s", name, process.pid, log_path)
+        self._children.append(_Child(name, [sys.executable, "-m", module, *args], log_path))
 
     def _wait_for_health(self, child: _Child, address: str) -> None:
         deadline = time.monotonic() + self._config.startup_timeout_s
         while time.monotonic() < deadline:
             if child.process.poll() is not None:
-                raise RuntimeError(
-                    f"{child.name} exited with {child.process.returncode}; see {child.log_path}"
-                )
+                raise _start_failure(child)
             if _is_serving(address):
                 return
             time.sleep(0.2)
-        raise TimeoutError(f"{child.name} not serving on {address}; see {child.log_path}")
+        raise StackStartError(f"{child.name} not serving on {address} in time; see {child.log_path}")
 
     def _wait_for_workers(self) -> None:
         deadline = time.monotonic() + self._config.startup_timeout_s
@@ -203,9 +291,7 @@ class LocalStack:
         while time.monotonic() < deadline:
             exited = self.first_exited()
             if exited is not None:
-                raise RuntimeError(
-                    f"{exited.name} exited with {exited.process.returncode}; see {exited.log_path}"
-                )
+                raise _start_failure(exited)
             with grpc.insecure_channel(self.address) as channel:
                 stub = router_pb2_grpc.RouterServiceStub(channel)
                 try:
@@ -217,7 +303,54 @@ class LocalStack:
                 except grpc.RpcError:
                     pass
             time.sleep(0.3)
-        raise TimeoutError(f"workers did not all register with the router; logs in {self._config.run_dir}")
+        raise StackStartError(f"workers did not all register with the router; logs in {self._config.run_dir}")
+
+
+def _start_failure(child: _Child) -> StackStartError:
+    return StackStartError(
+        f"{child.name} exited with {child.process.returncode} while starting: "
+        f"{child.last_line() or 'no output'} (log {child.log_path})"
+    )
+
+
+def _check_router_config(args: list[str]) -> None:
+    """Loads the router's config from ``args`` as radixfair-router will; ConfigError if it would refuse it."""
+    # Imported here: this package must not depend on a service's at import time, and the
+    # router package is torch-free, so `up` can check its config in this process.
+    from radixfair_router.config import POLICIES, RouterConfig
+
+    path, overrides = _read_config_args(args)
+    name = overrides.get("policy.name")
+    if name is None and path is not None:
+        loaded = yaml.safe_load(path.read_text()) or {}
+        name = (loaded.get("policy") or {}).get("name") if isinstance(loaded, dict) else None
+    if name is not None and name not in POLICIES:
+        raise ConfigError(unknown_choice("routing policy", name, POLICIES))
+    load_config(RouterConfig, path, overrides=overrides)
+
+
+def _check_worker_config(path: Path | None, settings: dict[str, object]) -> None:
+    """Loads a worker's config as radixfair-worker will, and builds its scheduling policy (torch-free)."""
+    from radixfair_worker.config import WorkerConfig
+    from radixfair_worker.scheduler.registry import POLICIES, build_policy
+
+    scheduler = load_config(WorkerConfig, path, overrides=settings).engine.scheduler
+    if scheduler.policy not in POLICIES:
+        raise ConfigError(unknown_choice("scheduling policy", scheduler.policy, POLICIES))
+    try:
+        build_policy(scheduler)
+    except ValueError as error:
+        raise ConfigError(f"worker engine.scheduler: {error}") from None
+
+
+def _read_config_args(args: list[str]) -> tuple[Path | None, dict[str, object]]:
+    path = Path(args[args.index("--config") + 1]) if "--config" in args else None
+    overrides: dict[str, object] = {}
+    for flag, value in zip(args, args[1:], strict=False):
+        if flag == "--set":
+            key, _, text = value.partition("=")
+            overrides[key] = yaml.safe_load(text)
+    return path, overrides
 
 
 def _flatten(settings: dict[str, object], prefix: str = "") -> dict[str, object]:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
+import sys
 
-from radixfair.service_process import config_from_command_line
+from radixfair.service_process import config_from_command_line, run_service
 from radixfair_distiller.app import serve
 from radixfair_distiller.config import DistillerConfig
 
@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> None:
         import torch
 
         torch.set_num_threads(config.torch_threads)
-    asyncio.run(serve(config))
+    sys.exit(run_service("radixfair-distiller", serve, config))
 
 
 if __name__ == "__main__":

@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import grpc
 from prometheus_client import CollectorRegistry
 
 from radixfair.grpc_health import add_health_and_reflection, set_serving
+from radixfair.listening import bind_grpc_port, build_grpc_server
 from radixfair.malformed_requests import MalformedRequestInterceptor
 from radixfair.metrics import serve_metrics
 from radixfair.service_process import wait_for_shutdown_signal
@@ -27,10 +27,10 @@ async def serve(config: DistillerConfig, ready: asyncio.Event | None = None) -> 
     serve_metrics(metrics.registry, config.metrics_port)
     runner = JobRunner(config, metrics)
     runner.start()
-    server = grpc.aio.server(interceptors=[MalformedRequestInterceptor()])
+    server = build_grpc_server([MalformedRequestInterceptor()])
     distiller_pb2_grpc.add_DistillerServiceServicer_to_server(DistillerServicer(runner), server)
     health = add_health_and_reflection(server, [SERVICE_NAME])
-    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    port = bind_grpc_port(server, config.host, config.port)
     await server.start()
     await set_serving(health, [SERVICE_NAME], True)
     log.info(

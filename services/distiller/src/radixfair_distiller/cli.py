@@ -20,37 +20,40 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-import yaml
 from prometheus_client import CollectorRegistry
 
-from radixfair.config_loading import load_config
+from radixfair.config_loading import ConfigError, load_config
 from radixfair.distill_client import ProgressBar, evaluation_table, list_remote, submit_and_watch
 from radixfair.errors import InvalidRequestError, RadixfairError
+from radixfair.listening import ListenError
 from radixfair.metrics import serve_metrics
+from radixfair.service_process import INTERRUPTED_EXIT, HelpFormatter, parse_settings
 from radixfair_distiller.config import DistillerConfig
 
 if TYPE_CHECKING:
     from radixfair_distiller.distributed import DistributedContext, TorchrunEnv
 
 
+PROG = "python -m radixfair_distiller.cli"
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="radixfair-distill", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    # The installed ways in are `radixfair distill` (which calls this) and this module under
+    # python -m or torchrun; there is no radixfair-distill command, so usage names the module.
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--config", type=Path, help="distiller config YAML (work_dir, device, ...)")
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field"
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    distill = commands.add_parser("distill", help="run a recipe")
-    distill.add_argument("recipe", type=Path)
+    distill = commands.add_parser("distill", help="run a recipe", formatter_class=HelpFormatter)
+    distill.add_argument("recipe", type=Path, help="recipe YAML (services/distiller/recipes/)")
     distill.add_argument("--server", help="submit to the distiller at HOST:PORT instead of running here")
-    listing = commands.add_parser("list", help="list artifacts")
+    listing = commands.add_parser("list", help="list artifacts", formatter_class=HelpFormatter)
     listing.add_argument("--server", help="ask the distiller at HOST:PORT")
     args = parser.parse_args(argv)
-    overrides = {key: yaml.safe_load(value) for key, _, value in (s.partition("=") for s in args.set)}
     try:
-        config = load_config(DistillerConfig, args.config, overrides=overrides)
+        config = load_config(DistillerConfig, args.config, overrides=parse_settings(args.set))
         if args.command == "list":
             return list_remote(args.server, sys.stdout) if args.server else _list(config, sys.stdout)
         if not args.recipe.is_file():
@@ -69,9 +72,13 @@ def main(argv: list[str] | None = None) -> int:
         if placement is not None:
             return _distill_distributed(config, text, placement)
         return asyncio.run(distill_here(config, text, sys.stdout))
-    except RadixfairError as error:
+    except (RadixfairError, ConfigError, ListenError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # The job's checkpoints stay in the work dir; the same recipe resumes it.
+        print("\ninterrupted; run the same recipe again to resume", file=sys.stderr)
+        return INTERRUPTED_EXIT
 
 
 def _distill_distributed(config: DistillerConfig, recipe_text: str, placement: TorchrunEnv) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 
@@ -12,6 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from radixfair.auth import ApiKeyAuthenticator
 from radixfair.grpc_health import add_health_and_reflection, set_serving
+from radixfair.listening import bind_grpc_port, build_grpc_server
 from radixfair.malformed_requests import MalformedRequestInterceptor
 from radixfair.metrics import serve_metrics
 from radixfair.service_process import wait_for_shutdown_signal
@@ -72,7 +74,7 @@ async def start_router(config: RouterConfig, span_exporter: SpanExporter | None 
     policy = build_policy(config.policy, config.costs, ledger)
     router = RequestRouter(config, registry, cache_view, policy, ledger, tracer, metrics)
 
-    server = grpc.aio.server(interceptors=[MalformedRequestInterceptor()])
+    server = build_grpc_server([MalformedRequestInterceptor()])
     servicer = RouterServicer(
         router,
         registry,
@@ -86,7 +88,7 @@ async def start_router(config: RouterConfig, span_exporter: SpanExporter | None 
     )
     router_pb2_grpc.add_RouterServiceServicer_to_server(servicer, server)
     health = add_health_and_reflection(server, [SERVICE_NAME])
-    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    port = bind_grpc_port(server, config.host, config.port)
     registry.start()
     await server.start()
     await set_serving(health, [SERVICE_NAME], True)
@@ -94,9 +96,11 @@ async def start_router(config: RouterConfig, span_exporter: SpanExporter | None 
     return RunningRouter(port, server, registry, ledger, router, cache_view, metrics, provider)
 
 
-async def serve(config: RouterConfig) -> None:
-    """Runs until SIGINT/SIGTERM."""
+async def serve(config: RouterConfig, ready: asyncio.Event | None = None) -> None:
+    """Runs until SIGINT/SIGTERM; sets ``ready`` once serving."""
     running = await start_router(config)
+    if ready is not None:
+        ready.set()
     # Process-wide, so here and not in start_router, which tests also call in their own process.
     tune_for_routing()
     try:

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
+import sys
 
-from radixfair.service_process import config_from_command_line
+from radixfair.service_process import config_from_command_line, run_service
 from radixfair_worker.app import serve
 from radixfair_worker.config import WorkerConfig
 
 
 def main(argv: list[str] | None = None) -> None:
     config = config_from_command_line(WorkerConfig, "radixfair-worker", "deploy/config/worker.yaml", argv)
-    asyncio.run(serve(config))
+    sys.exit(run_service("radixfair-worker", serve, config))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from radixfair.auth import bearer_metadata
 from radixfair.grpc_health import add_health_and_reflection, set_serving
+from radixfair.listening import bind_grpc_port, build_grpc_server
 from radixfair.malformed_requests import MalformedRequestInterceptor
 from radixfair.metrics import serve_metrics
 from radixfair.service_process import wait_for_shutdown_signal
@@ -48,11 +49,11 @@ async def serve(
 
     loop = EngineLoop(stack.engine, asyncio.get_running_loop())
     loop.start()
-    server = grpc.aio.server(interceptors=[MalformedRequestInterceptor()])
+    server = build_grpc_server([MalformedRequestInterceptor()])
     servicer = WorkerServicer(loop, stack.encoder, worker_id, model_name, tracer, metrics)
     worker_pb2_grpc.add_WorkerServiceServicer_to_server(servicer, server)
     health = add_health_and_reflection(server, [SERVICE_NAME])
-    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    port = bind_grpc_port(server, config.host, config.port)
     await server.start()
     await set_serving(health, [SERVICE_NAME], True)
     log.info("worker %s serving %s on %s:%d", worker_id, model_name, config.host, port)
