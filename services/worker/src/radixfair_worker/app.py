@@ -1,4 +1,4 @@
-"""Starts a worker: loads the model, runs the engine loop, serves gRPC until stopped."""
+"""Starts a worker: the engine in its own process, and the gRPC serving front in this one."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import socket
 from pathlib import Path
 
 import grpc
+from grpc_health.v1.health import HealthServicer
 from opentelemetry.sdk.trace.export import SpanExporter
 from prometheus_client import CollectorRegistry
 
@@ -17,11 +18,12 @@ from radixfair.listening import bind_grpc_port, build_grpc_server
 from radixfair.malformed_requests import MalformedRequestInterceptor
 from radixfair.metrics import serve_metrics
 from radixfair.service_process import wait_for_shutdown_signal
+from radixfair.tokenization import PromptEncoder
 from radixfair.tracing import build_tracer
 from radixfair.v1 import router_pb2, router_pb2_grpc, worker_pb2_grpc
 from radixfair_worker.config import WorkerConfig
-from radixfair_worker.engine_builder import build_engine
-from radixfair_worker.engine_loop import EngineLoop
+from radixfair_worker.engine_client import EngineClient
+from radixfair_worker.engine_protocol import EngineSpec
 from radixfair_worker.model_store import resolve_model_dir
 from radixfair_worker.server import SERVICE_NAME, WorkerServicer
 from radixfair_worker.worker_metrics import WorkerMetrics
@@ -33,12 +35,7 @@ async def serve(
     config: WorkerConfig, span_exporter: SpanExporter | None = None, ready: asyncio.Event | None = None
 ) -> None:
     """Runs until SIGINT/SIGTERM (or task cancellation)."""
-    if config.torch_threads:
-        import torch
-
-        torch.set_num_threads(config.torch_threads)
-    model_dir = resolve_model_dir(config.model, Path(config.cache_dir))
-    stack = await asyncio.to_thread(build_engine, config.engine, model_dir)
+    model_dir = await asyncio.to_thread(resolve_model_dir, config.model, Path(config.cache_dir))
     model_name = config.model_name or model_dir.name
     worker_id = config.worker_id or f"{socket.gethostname()}:{config.port}"
     tracer, provider = build_tracer(config.tracing, span_exporter)
@@ -47,10 +44,26 @@ async def serve(
     metrics.quantum.set(config.engine.scheduler.quantum)
     serve_metrics(registry, config.metrics_port)
 
-    loop = EngineLoop(stack.engine, asyncio.get_running_loop())
-    loop.start()
+    engine = EngineClient(EngineSpec(config.engine, model_dir, config.torch_threads), metrics)
+    try:
+        encoder, _ = await asyncio.gather(asyncio.to_thread(PromptEncoder, model_dir), engine.start())
+        servicer = WorkerServicer(engine, encoder, worker_id, model_name, tracer, metrics)
+        await _serve_grpc(config, servicer, engine, worker_id, model_name, ready)
+    finally:
+        # Also when start-up failed half way: the engine process never outlives the worker.
+        await engine.stop()
+        provider.shutdown()
+
+
+async def _serve_grpc(
+    config: WorkerConfig,
+    servicer: WorkerServicer,
+    engine: EngineClient,
+    worker_id: str,
+    model_name: str,
+    ready: asyncio.Event | None,
+) -> None:
     server = build_grpc_server([MalformedRequestInterceptor()])
-    servicer = WorkerServicer(loop, stack.encoder, worker_id, model_name, tracer, metrics)
     worker_pb2_grpc.add_WorkerServiceServicer_to_server(servicer, server)
     health = add_health_and_reflection(server, [SERVICE_NAME])
     port = bind_grpc_port(server, config.host, config.port)
@@ -58,6 +71,8 @@ async def serve(
     await set_serving(health, [SERVICE_NAME], True)
     log.info("worker %s serving %s on %s:%d", worker_id, model_name, config.host, port)
 
+    # A worker that lost its engine keeps answering, with NOT_SERVING and UNAVAILABLE.
+    engine_watch = asyncio.create_task(_not_serving_when_lost(engine, health))
     heartbeat = None
     if config.router_address:
         address = config.advertise_address or f"{config.host}:{port}"
@@ -68,11 +83,15 @@ async def serve(
         await wait_for_shutdown_signal()
     finally:
         await set_serving(health, [SERVICE_NAME], False)
+        engine_watch.cancel()
         if heartbeat is not None:
             heartbeat.cancel()
         await server.stop(grace=5)
-        loop.stop()
-        provider.shutdown()
+
+
+async def _not_serving_when_lost(engine: EngineClient, health: HealthServicer) -> None:
+    await engine.lost.wait()
+    await set_serving(health, [SERVICE_NAME], False)
 
 
 async def _register_forever(config: WorkerConfig, worker_id: str, address: str, model: str) -> None:

@@ -1,22 +1,44 @@
-"""Runs the engine on its own thread and hands each request's outputs to asyncio.
+"""The engine loop, run in the engine process: steps the engine and ships each step as one batch.
 
-The gRPC handlers live on the asyncio event loop; the engine's compute loop
-is plain synchronous code on one thread. Outputs cross over through
-``loop.call_soon_threadsafe`` into one asyncio.Queue per request, and a
-snapshot of load and cache contents is published after steps for reports.
+The serving front (gRPC, asyncio) lives in another process, so the loop never
+waits on the gRPC layer or on the GIL the front holds. Two helper threads do
+the pipe I/O: one receives commands (submit and abort only enqueue into the
+engine, which is built for that), one sends batches, so a step only appends
+its batch to a local queue. When the front reads more slowly than the engine
+steps, the sender coalesces the batches waiting for it into one message.
+
+A lost front (its pipe closed) stops the loop, so the engine process never
+outlives the worker.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import queue
+import signal
 import threading
 import time
-from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING
 
-from radixfair_worker.engine import Engine
-from radixfair_worker.engine_outputs import LoadSnapshot, StepOutput
-from radixfair_worker.request import Request
+from radixfair.errors import RadixfairError
+from radixfair_worker.engine_protocol import (
+    STOP,
+    AbortRequest,
+    EngineReady,
+    EngineSpec,
+    EngineStartFailed,
+    PublishedState,
+    ReportState,
+    RequestOutcome,
+    RequestUpdate,
+    StepBatch,
+    SubmitRequest,
+)
+
+if TYPE_CHECKING:
+    from radixfair_worker.engine import Engine
+    from radixfair_worker.engine_outputs import StepOutput
 
 log = logging.getLogger(__name__)
 
@@ -25,109 +47,156 @@ DIGEST_INTERVAL_S = 0.25
 DIGEST_LIMIT = 4096
 
 
-@dataclass(frozen=True)
-class EngineFailure:
-    """Delivered instead of a StepOutput when a step raised."""
+def run_engine_process(spec: EngineSpec, commands: Connection, outputs: Connection) -> None:
+    """Entry point of the engine process (multiprocessing, spawn context)."""
+    # Ctrl-C reaches the whole process group; the front decides when the engine stops.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        # Imported here: the front imports this module for the entry point and never needs torch.
+        import torch
 
-    message: str
+        from radixfair_worker.engine_builder import build_engine
 
-
-@dataclass(frozen=True)
-class PublishedState:
-    snapshot: LoadSnapshot
-    digest: list[int]
-    client_service: dict[str, float]
-    # Fairness state of the policies that keep some (DLPM deficits, VTC counters).
-    deficits: dict[str, float]
-    virtual_counters: dict[str, float]
-    refills: int
+        if spec.torch_threads:
+            torch.set_num_threads(spec.torch_threads)
+        engine = build_engine(spec.engine, spec.model_dir).engine
+    except Exception as error:
+        log.exception("engine failed to start")
+        outputs.send(EngineStartFailed(f"{type(error).__name__}: {error}"))
+        return
+    outputs.send(EngineReady(page_size=engine.page_size, max_context_tokens=engine.max_context_tokens))
+    EngineLoop(engine, commands, outputs).run()
 
 
 class EngineLoop:
-    def __init__(self, engine: Engine, loop: asyncio.AbstractEventLoop) -> None:
+    """Steps ``engine`` while it has work; commands in and batches out go through the two pipes."""
+
+    def __init__(self, engine: Engine, commands: Connection, outputs: Connection) -> None:
         self.engine = engine
-        self._loop = loop
-        self._queues: dict[str, asyncio.Queue[StepOutput | EngineFailure]] = {}
+        self._commands = commands
+        self._outputs = outputs
+        self._outbox: queue.SimpleQueue[StepBatch | None] = queue.SimpleQueue()
         self._wake = threading.Event()
         self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="engine-loop", daemon=True)
-        self._digest_time = 0.0
-        self.state = self._publish(force_digest=True)
+        self._state_wanted = threading.Event()
+        self._digest: list[int] = []
+        self._digest_time = float("-inf")
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self._wake.set()
-        self._thread.join(timeout=10)
-
-    def submit(self, request: Request) -> asyncio.Queue[StepOutput | EngineFailure]:
-        """Queues the request (raising its validation errors here) and returns its output queue."""
-        outputs: asyncio.Queue[StepOutput | EngineFailure] = asyncio.Queue()
-        self._queues[request.request_id] = outputs
+    def run(self) -> None:
+        receiver = threading.Thread(target=self._receive, name="engine-commands", daemon=True)
+        sender = threading.Thread(target=self._send, name="engine-batches", daemon=True)
+        receiver.start()
+        sender.start()
         try:
-            self.engine.submit(request)
-        except Exception:
-            del self._queues[request.request_id]
-            raise
-        self._wake.set()
-        return outputs
+            self._loop()
+        finally:
+            self._outbox.put(None)
+            sender.join(timeout=10)
 
-    def abort(self, request_id: str) -> None:
-        self._queues.pop(request_id, None)
-        self.engine.abort(request_id)
-        self._wake.set()
-
-    def _run(self) -> None:
+    def _loop(self) -> None:
+        engine = self.engine
         while not self._stopping.is_set():
-            if not self.engine.has_work():
+            if not engine.has_work():
+                if self._state_wanted.is_set():
+                    self._outbox.put(StepBatch(state=self._take_state()))
                 self._wake.wait(timeout=DIGEST_INTERVAL_S)
                 self._wake.clear()
-                self.state = self._publish(force_digest=False)
                 continue
             try:
-                outputs = self.engine.step()
+                updates = [_update(output) for output in engine.step()]
             except Exception as error:  # a failed step must not kill the worker
                 log.exception("engine step failed")
-                self._fail_all(f"engine step failed: {error}")
-                continue
-            self._loop.call_soon_threadsafe(self._deliver, outputs)
-            self.state = self._publish(force_digest=False)
+                updates = self._fail_all(RadixfairError(f"engine step failed: {error}"))
+            state = self._take_state() if self._state_wanted.is_set() else None
+            if updates or state is not None:
+                self._outbox.put(StepBatch(updates, state))
 
-    def _deliver(self, outputs: list[StepOutput]) -> None:
-        for output in outputs:
-            queue = self._queues.get(output.request.request_id)
-            if queue is not None:
-                queue.put_nowait(output)
-                if output.finished:
-                    del self._queues[output.request.request_id]
+    def _fail_all(self, error: RadixfairError) -> list[RequestUpdate]:
+        """Ends every request the engine holds with ``error`` (their aborts free the pages)."""
+        ids = [request.request_id for request in (*self.engine.running, *self.engine.waiting)]
+        for request_id in ids:
+            self.engine.abort(request_id)
+        return [RequestUpdate(request_id, [], "", error) for request_id in ids]
 
-    def _fail_all(self, message: str) -> None:
-        for request in (*self.engine.running, *self.engine.waiting):
-            self.engine.abort(request.request_id)
-
-        def deliver() -> None:
-            for queue in self._queues.values():
-                queue.put_nowait(EngineFailure(message))
-            self._queues.clear()
-
-        self._loop.call_soon_threadsafe(deliver)
-
-    def _publish(self, force_digest: bool) -> PublishedState:
+    def _take_state(self) -> PublishedState:
+        self._state_wanted.clear()
+        engine = self.engine
         now = time.monotonic()
-        previous = getattr(self, "state", None)
-        if force_digest or previous is None or now - self._digest_time >= DIGEST_INTERVAL_S:
-            digest = self.engine.cache.digest(DIGEST_LIMIT)
+        if now - self._digest_time >= DIGEST_INTERVAL_S:
+            self._digest = engine.cache.digest(DIGEST_LIMIT)
             self._digest_time = now
-        else:
-            digest = previous.digest
-        policy = self.engine.policy
+        policy = engine.policy
         return PublishedState(
-            snapshot=self.engine.load_snapshot(),
-            digest=digest,
+            snapshot=engine.load_snapshot(),
+            digest=self._digest,
             client_service=policy.client_service(),
             deficits=policy.deficits() if hasattr(policy, "deficits") else {},
             virtual_counters=policy.counters() if hasattr(policy, "counters") else {},
             refills=getattr(policy, "refill_count", 0),
         )
+
+    # -- the pipe threads ------------------------------------------------------
+
+    def _receive(self) -> None:
+        while True:
+            try:
+                command = self._commands.recv()
+            except (EOFError, OSError):  # the front is gone
+                command = STOP
+            if command is STOP:
+                self._stopping.set()
+                self._wake.set()
+                return
+            if isinstance(command, SubmitRequest):
+                self._submit(command)
+            elif isinstance(command, AbortRequest):
+                self.engine.abort(command.request_id)
+            elif isinstance(command, ReportState):
+                self._state_wanted.set()
+            self._wake.set()
+
+    def _submit(self, command: SubmitRequest) -> None:
+        request = command.request
+        try:
+            self.engine.submit(request)
+        except Exception as error:
+            refusal = error if isinstance(error, RadixfairError) else RadixfairError(str(error))
+            self._outbox.put(StepBatch([RequestUpdate(request.request_id, [], "", refusal)]))
+
+    def _send(self) -> None:
+        while True:
+            batch = self._outbox.get()
+            if batch is None:
+                return
+            # Batches that piled up while the pipe was busy leave as one message.
+            while True:
+                try:
+                    later = self._outbox.get_nowait()
+                except queue.Empty:
+                    break
+                if later is None:
+                    self._send_one(batch)
+                    return
+                batch.merge(later)
+            if not self._send_one(batch):
+                return
+
+    def _send_one(self, batch: StepBatch) -> bool:
+        try:
+            self._outputs.send(batch)
+            return True
+        except OSError:  # the front is gone
+            self._stopping.set()
+            self._wake.set()
+            return False
+
+
+def _update(output: StepOutput) -> RequestUpdate:
+    """The front's part of a step output: no Request object crosses the pipe."""
+    end: RequestOutcome | RadixfairError | None = None
+    if output.error is not None:  # this request alone failed inside the step
+        end = output.error
+    elif output.finished:
+        end = RequestOutcome.of(output.request)
+    return RequestUpdate(output.request.request_id, output.new_token_ids, output.text_delta, end)

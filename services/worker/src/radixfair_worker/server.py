@@ -1,4 +1,4 @@
-"""gRPC adapter of the worker: validates, translates, and calls into the engine loop."""
+"""gRPC adapter of the worker: validates, translates, and calls into the engine process."""
 
 from __future__ import annotations
 
@@ -14,10 +14,11 @@ from radixfair.errors import RadixfairError
 from radixfair.tokenization import PromptEncoder
 from radixfair.tracing import extract_context
 from radixfair.v1 import generation_pb2, worker_pb2, worker_pb2_grpc
-from radixfair_worker.engine_loop import EngineFailure, EngineLoop
-from radixfair_worker.engine_outputs import StepOutput
+from radixfair_worker.engine_client import EngineClient
+from radixfair_worker.engine_protocol import PublishedState, RequestOutcome
 from radixfair_worker.request import FinishReason, Request
 from radixfair_worker.request_builder import build_request
+from radixfair_worker.request_stream import RequestStream
 from radixfair_worker.worker_metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
@@ -31,16 +32,18 @@ _FINISH = {
 
 
 class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
+    """Validates and translates; the engine runs in its own process behind ``engine``."""
+
     def __init__(
         self,
-        engine_loop: EngineLoop,
+        engine: EngineClient,
         encoder: PromptEncoder,
         worker_id: str,
         model_name: str,
         tracer: Tracer,
         metrics: WorkerMetrics,
     ) -> None:
-        self._loop = engine_loop
+        self._engine = engine
         self._encoder = encoder
         self._worker_id = worker_id
         self._model_name = model_name
@@ -54,88 +57,89 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         ) as span:
             try:
                 engine_request = build_request(
-                    request, self._encoder, self._model_name, self._loop.engine.max_context_tokens
+                    request, self._encoder, self._model_name, self._engine.max_context_tokens
                 )
-                outputs = self._loop.submit(engine_request)
+                # From here on the request is known by the worker's own id only.
+                stream = self._engine.submit(engine_request)
             except RadixfairError as error:
                 span.set_status(trace.Status(trace.StatusCode.ERROR, str(error)))
                 await context.abort(error.code, str(error))
-            _set_request_attributes(span, engine_request, self._model_name)
+            _set_request_attributes(span, engine_request, request.request_id, self._model_name)
             try:
-                async for message in self._stream(engine_request, outputs, context):
+                async for message in self._stream(engine_request, stream, span, context):
                     yield message
             finally:
                 # Runs also when the caller hangs up right after the result (the generator is
                 # then closed at its last yield), so the trace is complete either way.
-                if engine_request.is_finished:
-                    _record_outcome(self._tracer, span, engine_request)
-                else:
-                    self._loop.abort(engine_request.request_id)
+                if stream.outcome is not None:
+                    _record_outcome(self._tracer, span, engine_request, stream.outcome)
+                elif not stream.ended:
+                    self._engine.abort(stream.request_id)
 
-    async def _stream(self, request: Request, outputs, context):
-        last_token_time: float | None = None
+    async def _stream(self, request: Request, stream: RequestStream, span: trace.Span, context):
         while True:
-            output = await outputs.get()
-            if isinstance(output, EngineFailure):
-                await context.abort(grpc.StatusCode.INTERNAL, output.message)
-            assert isinstance(output, StepOutput)
-            now = time.monotonic()
-            if output.new_token_ids:
-                if last_token_time is None:
-                    self._metrics.ttft.observe(now - request.arrival_time)
-                else:
-                    self._metrics.inter_token.observe(now - last_token_time)
-                last_token_time = now
+            # Everything since the last take: several steps' tokens when this consumer lags.
+            chunk = await stream.take()
+            if chunk.token_ids:
                 yield worker_pb2.GenerateResponse(
-                    delta=generation_pb2.TokenDelta(token_ids=output.new_token_ids, text=output.text_delta)
+                    delta=generation_pb2.TokenDelta(token_ids=chunk.token_ids, text=chunk.text)
                 )
-            if output.finished:
-                self._record_finish(request)
-                yield worker_pb2.GenerateResponse(result=self._result(request))
+            if isinstance(chunk.end, RadixfairError):
+                span.set_status(trace.Status(trace.StatusCode.ERROR, str(chunk.end)))
+                await context.abort(chunk.end.code, str(chunk.end))
+            if isinstance(chunk.end, RequestOutcome):
+                self._record_finish(request, chunk.end)
+                yield worker_pb2.GenerateResponse(result=self._result(request, chunk.end))
                 return
 
-    def _result(self, request: Request) -> generation_pb2.GenerationResult:
-        end = request.finished_time or time.monotonic()
-        first = request.first_token_time or end
-        admitted = request.admitted_time or end
+    def _result(self, request: Request, outcome: RequestOutcome) -> generation_pb2.GenerationResult:
+        end = outcome.finished_time or time.monotonic()
+        first = outcome.first_token_time or end
+        admitted = outcome.admitted_time or end
         return generation_pb2.GenerationResult(
-            finish_reason=_FINISH.get(request.finish_reason, generation_pb2.FINISH_REASON_UNSPECIFIED),
+            finish_reason=_FINISH.get(outcome.finish_reason, generation_pb2.FINISH_REASON_UNSPECIFIED),
             usage=generation_pb2.Usage(
                 prompt_tokens=len(request.prompt_ids),
-                cached_tokens=request.num_cached_tokens,
-                completion_tokens=len(request.output_ids),
+                cached_tokens=outcome.cached_tokens,
+                completion_tokens=outcome.completion_tokens,
             ),
             timings=generation_pb2.Timings(
                 queue_ms=(admitted - request.arrival_time) * 1e3,
                 time_to_first_token_ms=(first - request.arrival_time) * 1e3,
                 total_ms=(end - request.arrival_time) * 1e3,
-                preemptions=request.preemptions,
+                preemptions=outcome.preemptions,
             ),
             worker_id=self._worker_id,
-            text=request.final_text,
+            text=outcome.text,
         )
 
-    def _record_finish(self, request: Request) -> None:
+    def _record_finish(self, request: Request, outcome: RequestOutcome) -> None:
         client = request.client_id
-        reason = request.finish_reason.value if request.finish_reason else "unknown"
+        reason = outcome.finish_reason.value if outcome.finish_reason else "unknown"
         self._metrics.requests.labels(client, reason).inc()
         self._metrics.tokens.labels(client, "prompt").inc(len(request.prompt_ids))
-        self._metrics.tokens.labels(client, "cached").inc(request.num_cached_tokens)
-        self._metrics.tokens.labels(client, "completion").inc(len(request.output_ids))
+        self._metrics.tokens.labels(client, "cached").inc(outcome.cached_tokens)
+        self._metrics.tokens.labels(client, "completion").inc(outcome.completion_tokens)
 
     async def GetLoadReport(self, request, context):  # noqa: N802
-        return worker_pb2.GetLoadReportResponse(report=self.load_report())
+        return worker_pb2.GetLoadReportResponse(report=await self._load_report(context))
 
     async def WatchLoadReport(self, request, context):  # noqa: N802
         if request.interval_ms < 0:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "interval_ms must be >= 0")
         interval = (request.interval_ms or 500) / 1000
         while True:
-            yield worker_pb2.WatchLoadReportResponse(report=self.load_report())
+            yield worker_pb2.WatchLoadReportResponse(report=await self._load_report(context))
             await asyncio.sleep(interval)
 
-    def load_report(self) -> worker_pb2.LoadReport:
-        state = self._loop.state
+    async def _load_report(self, context: grpc.aio.ServicerContext) -> worker_pb2.LoadReport:
+        try:
+            state = await self._engine.current_state()
+        except RadixfairError as error:
+            await context.abort(error.code, str(error))
+        return self.load_report(state)
+
+    def load_report(self, state: PublishedState) -> worker_pb2.LoadReport:
         snapshot = state.snapshot
         self._metrics.queue_depth.set(snapshot.queue_length)
         self._metrics.running.set(snapshot.running_requests)
@@ -156,14 +160,14 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             running_tokens=snapshot.running_tokens,
             free_pages=snapshot.free_pages,
             total_pages=snapshot.total_pages,
-            page_size=self._loop.engine.page_size,
+            page_size=self._engine.page_size,
             cached_prefix_hashes=state.digest,
             cache_hit_rate=snapshot.cache_hit_rate,
             client_service=state.client_service,
         )
 
 
-def _set_request_attributes(span: trace.Span, request: Request, model_name: str) -> None:
+def _set_request_attributes(span: trace.Span, request: Request, caller_id: str, model_name: str) -> None:
     sampling = request.sampling
     span.set_attribute("gen_ai.operation.name", "text_completion")
     span.set_attribute("gen_ai.system", "radixfair")
@@ -172,19 +176,22 @@ def _set_request_attributes(span: trace.Span, request: Request, model_name: str)
     span.set_attribute("gen_ai.request.temperature", sampling.temperature)
     span.set_attribute("gen_ai.request.top_p", sampling.top_p)
     span.set_attribute("radixfair.client_id", request.client_id)
-    span.set_attribute("radixfair.request_id", request.request_id)
+    # The caller's id is only a label (two callers may pick the same one); the worker's own id
+    # is what every structure inside the worker is keyed by.
+    span.set_attribute("radixfair.request_id", caller_id)
+    span.set_attribute("radixfair.worker_request_id", request.request_id)
 
 
-def _record_outcome(tracer: Tracer, span: trace.Span, request: Request) -> None:
-    _record_phases(tracer, request, span)
+def _record_outcome(tracer: Tracer, span: trace.Span, request: Request, outcome: RequestOutcome) -> None:
+    _record_phases(tracer, request, outcome, span)
     span.set_attribute("gen_ai.usage.input_tokens", len(request.prompt_ids))
-    span.set_attribute("gen_ai.usage.output_tokens", len(request.output_ids))
-    span.set_attribute("radixfair.cached_tokens", request.num_cached_tokens)
-    finish = request.finish_reason.value if request.finish_reason else "unknown"
+    span.set_attribute("gen_ai.usage.output_tokens", outcome.completion_tokens)
+    span.set_attribute("radixfair.cached_tokens", outcome.cached_tokens)
+    finish = outcome.finish_reason.value if outcome.finish_reason else "unknown"
     span.set_attribute("gen_ai.response.finish_reasons", [finish])
 
 
-def _record_phases(tracer: Tracer, request: Request, parent: trace.Span) -> None:
+def _record_phases(tracer: Tracer, request: Request, outcome: RequestOutcome, parent: trace.Span) -> None:
     """Queue, prefill and decode as child spans, from the engine's timestamps.
 
     The parent is passed explicitly: an async generator's steps may run in
@@ -192,9 +199,9 @@ def _record_phases(tracer: Tracer, request: Request, parent: trace.Span) -> None
     """
     parent_context = trace.set_span_in_context(parent)
     to_ns = _monotonic_to_epoch_ns()
-    end = request.finished_time or time.monotonic()
-    admitted = request.admitted_time or end
-    first = request.first_token_time or end
+    end = outcome.finished_time or time.monotonic()
+    admitted = outcome.admitted_time or end
+    first = outcome.first_token_time or end
     for name, start, stop in (
         ("worker.queue", request.arrival_time, admitted),
         ("worker.prefill", admitted, first),
@@ -202,9 +209,9 @@ def _record_phases(tracer: Tracer, request: Request, parent: trace.Span) -> None
     ):
         span = tracer.start_span(name, context=parent_context, start_time=to_ns(start))
         if name == "worker.prefill":
-            span.set_attribute("radixfair.cached_tokens", request.num_cached_tokens)
+            span.set_attribute("radixfair.cached_tokens", outcome.cached_tokens)
             span.set_attribute(
-                "radixfair.computed_prompt_tokens", len(request.prompt_ids) - request.num_cached_tokens
+                "radixfair.computed_prompt_tokens", len(request.prompt_ids) - outcome.cached_tokens
             )
         span.end(end_time=to_ns(stop))
 

@@ -1,0 +1,198 @@
+"""The worker's serving path on a real worker process: its own request ids, and its engine process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from radixfair.v1 import generation_pb2, worker_pb2, worker_pb2_grpc
+
+
+@pytest.fixture(scope="module")
+def worker(tiny_model_dir, tmp_path_factory):
+    from support.ports import free_port
+    from support.processes import start_service
+
+    port = free_port()
+    settings = {
+        "model": tiny_model_dir,
+        "port": port,
+        "engine.page_size": 8,
+        "engine.max_context_tokens": 512,
+    }
+    args = [arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")]
+    log = tmp_path_factory.mktemp("worker") / "worker.log"
+    service = start_service("radixfair_worker", args, f"127.0.0.1:{port}", log)
+    yield service
+    service.stop()
+
+
+def token_request(
+    prompt: list[int], max_tokens: int, client: str, request_id: str = "", **sampling
+) -> worker_pb2.GenerateRequest:
+    return worker_pb2.GenerateRequest(
+        request_id=request_id,
+        client_id=client,
+        prompt=generation_pb2.Prompt(token_ids=generation_pb2.TokenIds(ids=prompt)),
+        sampling=generation_pb2.SamplingParams(max_tokens=max_tokens, ignore_eos=True, **sampling),
+    )
+
+
+def collect(address: str, request: worker_pb2.GenerateRequest) -> tuple[list[int], str, object]:
+    """Token ids and text of the stream, and its result; one channel per call (one client each)."""
+    ids, text, result = [], "", None
+    with grpc.insecure_channel(address) as channel:
+        for message in worker_pb2_grpc.WorkerServiceStub(channel).Generate(request, timeout=120):
+            if message.HasField("delta"):
+                ids += message.delta.token_ids
+                text += message.delta.text
+            else:
+                result = message.result
+    return ids, text, result
+
+
+def load_report(address: str) -> worker_pb2.LoadReport:
+    with grpc.insecure_channel(address) as channel:
+        stub = worker_pb2_grpc.WorkerServiceStub(channel)
+        return stub.GetLoadReport(worker_pb2.GetLoadReportRequest(), timeout=30).report
+
+
+def run_together(calls) -> list:
+    """Runs the calls on threads released at the same moment; returns their results in order."""
+    barrier = threading.Barrier(len(calls))
+    results: list = [None] * len(calls)
+
+    def run(index: int) -> None:
+        barrier.wait()
+        try:
+            results[index] = calls[index]()
+        except grpc.RpcError as error:
+            results[index] = error
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=180)
+    assert not any(thread.is_alive() for thread in threads), "a stream hung"
+    return results
+
+
+@pytest.mark.parametrize("copies", [2, 3])
+def test_requests_sharing_a_caller_request_id_each_get_their_own_output(worker, copies):
+    # Different prompt lengths and token budgets, and seeded sampling: a request that saw another's
+    # tokens, or shared its random generator, ends with the wrong ids, count or length.
+    requests = [
+        token_request(
+            [2000 + 100 * copies + 10 * i + j for j in range(12 + 5 * i)],
+            6 + 4 * i,
+            client=f"tenant-{i}",
+            request_id="same-id",
+            temperature=1.0,
+            seed=7,
+        )
+        for i in range(copies)
+    ]
+    alone = [collect(worker.address, request) for request in requests]
+    baseline = load_report(worker.address)
+
+    together = run_together([lambda r=r: collect(worker.address, r) for r in requests])
+
+    for request, (ids, text, result), (solo_ids, _, _) in zip(requests, together, alone):
+        assert ids == solo_ids
+        assert len(ids) == result.usage.completion_tokens == request.sampling.max_tokens
+        assert result.usage.prompt_tokens == len(request.prompt.token_ids.ids)
+        assert text == result.text
+    after = load_report(worker.address)
+    assert after.running_requests == 0 and after.queue_length == 0 and after.running_tokens == 0
+    # The same prompts and outputs as the solo runs: the cache holds the same pages, nothing leaked.
+    assert after.free_pages == baseline.free_pages
+
+
+def test_cancelling_one_of_two_requests_with_the_same_caller_id_leaves_the_other_running(worker):
+    long_one = token_request([3100 + j for j in range(20)], 300, client="canceller", request_id="dup")
+    other = token_request([3300 + j for j in range(16)], 24, client="keeper", request_id="dup")
+    with grpc.insecure_channel(worker.address) as first, grpc.insecure_channel(worker.address) as second:
+        cancelled = worker_pb2_grpc.WorkerServiceStub(first).Generate(long_one, timeout=120)
+        next(cancelled)
+        kept = worker_pb2_grpc.WorkerServiceStub(second).Generate(other, timeout=120)
+        messages = [next(kept)]  # both are running now
+        cancelled.cancel()
+        messages += list(kept)
+    ids = [t for m in messages if m.HasField("delta") for t in m.delta.token_ids]
+    result = messages[-1].result
+    assert len(ids) == result.usage.completion_tokens == 24
+    assert result.finish_reason == generation_pb2.FINISH_REASON_LENGTH
+    assert "".join(m.delta.text for m in messages if m.HasField("delta")) == result.text
+
+
+def engine_pid(worker_pid: int) -> int:
+    """The worker's engine process: its child started by multiprocessing's spawn."""
+    children = []
+    for task in Path(f"/proc/{worker_pid}/task").iterdir():  # any thread may have started it
+        children += map(int, (task / "children").read_text().split())
+    for child in children:
+        if "spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes().decode(errors="replace"):
+            return child
+    raise AssertionError(f"worker {worker_pid} has no engine process among {children}")
+
+
+def is_gone(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    return "State:\tZ" in status  # exited; only its parent's reaping is left
+
+
+def wait_for(condition, what: str, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def health_status(address: str) -> int:
+    with grpc.insecure_channel(address) as channel:
+        request = health_pb2.HealthCheckRequest(service="radixfair.v1.WorkerService")
+        return health_pb2_grpc.HealthStub(channel).Check(request, timeout=5).status
+
+
+def test_a_worker_that_loses_its_engine_fails_streams_with_unavailable_and_reports_not_serving(
+    tiny_model_dir, start_worker
+):
+    service = start_worker(tiny_model_dir)
+    with grpc.insecure_channel(service.address) as channel:
+        stub = worker_pb2_grpc.WorkerServiceStub(channel)
+        call = stub.Generate(token_request([4000 + j for j in range(16)], 400, client="victim"), timeout=120)
+        next(call)
+        os.kill(engine_pid(service.process.pid), signal.SIGKILL)
+        with pytest.raises(grpc.RpcError) as caught:
+            for _ in call:
+                pass
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        wait_for(
+            lambda: health_status(service.address) == health_pb2.HealthCheckResponse.NOT_SERVING,
+            "NOT_SERVING",
+        )
+        with pytest.raises(grpc.RpcError) as refused:
+            list(stub.Generate(token_request([5, 6, 7], 2, client="late"), timeout=30))
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        with pytest.raises(grpc.RpcError) as no_report:
+            stub.GetLoadReport(worker_pb2.GetLoadReportRequest(), timeout=30)
+        assert no_report.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert service.process.poll() is None  # the front keeps answering
+
+
+def test_the_engine_process_does_not_outlive_a_killed_worker(tiny_model_dir, start_worker):
+    service = start_worker(tiny_model_dir)
+    engine = engine_pid(service.process.pid)
+    service.kill()
+    wait_for(lambda: is_gone(engine), "the engine process to exit")
