@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import uuid
+from collections import defaultdict
 
 import grpc
 import pytest
@@ -91,8 +92,8 @@ def bystander_alone(stack) -> list[int]:
 
 
 def run_collecting(engine: Engine, requests: list[Request]) -> dict[str, list]:
-    """Runs the requests to completion; returns every StepOutput, by request id."""
-    outputs: dict[str, list] = {r.request_id: [] for r in requests}
+    """Runs the engine until idle; returns every StepOutput, by request id."""
+    outputs: dict[str, list] = defaultdict(list)
     for request in requests:
         engine.submit(request)
     for _ in range(1_000):
@@ -175,6 +176,27 @@ def test_a_request_that_fails_inside_a_step_fails_alone_and_frees_its_pages(stac
     assert broken.finish_reason is FinishReason.ERROR
     assert bystander.output_ids == bystander_alone and bystander.finish_reason is FinishReason.LENGTH
     assert_no_pages_held(stack.engine)
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_a_request_whose_forward_pass_fails_fails_alone(tiny_model_dir, overlap):
+    engine = make_stack(tiny_model_dir, num_pages=64, page_size=4, overlap_schedule=overlap).engine
+    decoding = greedy(BYSTANDER_PROMPT, 12, uuid.uuid4().hex, client="bystander", ignore_eos=True)
+    alone = greedy(BYSTANDER_PROMPT, 12, uuid.uuid4().hex, client="bystander", ignore_eos=True)
+    run_to_completion(engine, [alone])
+    engine.submit(decoding)
+    for _ in range(3):
+        engine.step()
+    # An id beyond the model's embedding: the edge rejects it, a caller of the engine can still pass it.
+    beyond = Request(uuid.uuid4().hex, "broken", [5, 60_000, 6], SamplingConfig(max_tokens=4))
+
+    outputs = run_collecting(engine, [beyond])
+
+    [failure] = outputs[beyond.request_id]
+    assert failure.error is not None and "forward pass failed" in str(failure.error)
+    assert beyond.finish_reason is FinishReason.ERROR
+    assert decoding.output_ids == alone.output_ids and decoding.finish_reason is FinishReason.LENGTH
+    assert_no_pages_held(engine)
 
 
 def test_sampler_fails_only_the_rows_it_cannot_sample():

@@ -157,12 +157,19 @@ class Engine:
         outputs, self._outputs = self._outputs, []
         return outputs
 
-    def _launch(self, chunks: list[ScheduledChunk], on_device: bool) -> InFlightStep:
-        """Runs the forward and the sampling of ``chunks``; with ``on_device`` nothing waits for them."""
+    def _launch(self, chunks: list[ScheduledChunk], on_device: bool) -> InFlightStep | None:
+        """Runs the forward and the sampling of ``chunks``; with ``on_device`` nothing waits for them.
+
+        None when the forward failed and nothing of this step counts (see _isolate_forward_failure).
+        """
         sampled = [c for c in chunks if c.completes_fill]
         carry = self._in_flight.carry_for(chunks) if self._in_flight is not None else None
-        # Only overlap passes ``carry``, so runners without overlap support keep their signature.
-        logits = self.runner.forward(chunks) if carry is None else self.runner.forward(chunks, carry)
+        try:
+            # Only overlap passes ``carry``, so runners without overlap support keep their signature.
+            logits = self.runner.forward(chunks) if carry is None else self.runner.forward(chunks, carry)
+        except Exception as error:
+            self._isolate_forward_failure(chunks, error)
+            return None
         failures: dict[int, str] = {}
         if on_device:
             tokens = SampledTokens.copy_to_host(self.sampler.greedy_on_device(logits))
@@ -185,6 +192,27 @@ class Engine:
             self._outputs.append(self._fail(sampled[row].request, message))
         self.steps += 1
         return InFlightStep(chunks, sampled, tokens)
+
+    def _isolate_forward_failure(self, chunks: list[ScheduledChunk], error: Exception) -> None:
+        """Fails the requests whose chunk fails a forward pass on its own; re-raises if none does.
+
+        Nothing of the failed pass was counted, so the others are simply computed again next step
+        (what it wrote to their pages lies beyond their computed tokens, and is overwritten).
+        A failure no single request reproduces belongs to the batch, and escapes ``step``.
+        """
+        log.warning("forward pass of %d chunks failed (%r); trying each alone", len(chunks), error)
+        self._drain()  # every input id is then known, so a chunk runs alone without carried tokens
+        culprits = 0
+        for chunk in chunks:
+            if chunk.request.status is not RequestStatus.RUNNING:
+                continue
+            try:
+                self.runner.forward([chunk])
+            except Exception as alone:
+                culprits += 1
+                self._outputs.append(self._fail(chunk.request, f"forward pass failed: {alone!r}"))
+        if not culprits:
+            raise error
 
     def _drain(self) -> None:
         """Finishes the step in flight, if any: reads its ids and does their bookkeeping."""
