@@ -13,9 +13,12 @@ with UNAVAILABLE and ``lost`` is set, so the server reports NOT_SERVING.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import multiprocessing
+import queue
+import threading
 import time
 from multiprocessing.connection import Connection
 
@@ -51,6 +54,10 @@ class EngineClient:
         self._state_waiters: list[asyncio.Future[PublishedState]] = []
         self._process: multiprocessing.process.BaseProcess | None = None
         self._commands: Connection | None = None
+        # Commands are pickled and written by a thread, so a slow or frozen engine process (a full
+        # pipe) never stalls the event loop, and long prompts are not pickled on it.
+        self._outbox: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._sender: threading.Thread | None = None
         self._outputs: Connection | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.page_size = 0
@@ -92,23 +99,23 @@ class EngineClient:
         self.max_context_tokens = ready.max_context_tokens
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(self._outputs.fileno(), self._on_readable)
+        self._sender = threading.Thread(target=self._send_commands, name="engine-commands", daemon=True)
+        self._sender.start()
         log.info("engine process %d ready", self._process.pid)
 
     async def stop(self) -> None:
         if self._process is None:
             return
-        if not self.lost.is_set():
-            self._forget_pipe()
-            try:
-                self._send(STOP)
-            except EngineStoppedError:
-                pass  # it is gone already
+        self._forget_pipe()
+        self._outbox.put(STOP)  # ends the sender too; harmless when the engine is gone already
         await asyncio.to_thread(self._process.join, 10)
         if self._process.is_alive():
             log.warning("engine process did not stop; terminating it")
             self._process.terminate()
             await asyncio.to_thread(self._process.join, 5)
         self._lose(EngineStoppedError("the worker is shutting down"))
+        if self._sender is not None:
+            await asyncio.to_thread(self._sender.join, 5)
         for connection in (self._commands, self._outputs):
             if connection is not None:
                 connection.close()
@@ -126,23 +133,20 @@ class EngineClient:
         request.request_id = f"r{next(self._ids)}"
         stream = RequestStream(request.request_id, request.arrival_time)
         self._streams[request.request_id] = stream
-        self._send(SubmitRequest(request))
+        self._outbox.put(SubmitRequest(request))
         return stream
 
     def abort(self, request_id: str) -> None:
         """Cancels the request with this worker-internal id; its pages return to the pool."""
         if self._streams.pop(request_id, None) is not None and not self.lost.is_set():
-            try:
-                self._send(AbortRequest(request_id))
-            except EngineStoppedError:
-                pass  # the engine and the request are gone together
+            self._outbox.put(AbortRequest(request_id))
 
     async def current_state(self) -> PublishedState:
         """Load and cache state as of the engine's next step (or now, when it is idle)."""
         self._check_running()
         waiter: asyncio.Future[PublishedState] = asyncio.get_running_loop().create_future()
         if not self._state_waiters:
-            self._send(ReportState())
+            self._outbox.put(ReportState())
         self._state_waiters.append(waiter)
         return await waiter
 
@@ -191,13 +195,21 @@ class EngineClient:
         if self.lost.is_set() or self._commands is None:
             raise EngineStoppedError("the worker's engine process is not running")
 
-    def _send(self, command: object) -> None:
-        assert self._commands is not None
-        try:
-            self._commands.send(command)
-        except OSError:
-            self._lose(EngineStoppedError("the worker's engine process exited"))
-            raise EngineStoppedError("the worker's engine process exited") from None
+    def _send_commands(self) -> None:
+        """The sender thread: writes queued commands to the engine until STOP or a broken pipe."""
+        assert self._commands is not None and self._loop is not None
+        loop = self._loop
+        while True:
+            command = self._outbox.get()
+            try:
+                self._commands.send(command)
+            except OSError:  # the engine process is gone; the output pipe's EOF says so too
+                error = EngineStoppedError("the worker's engine process exited")
+                with contextlib.suppress(RuntimeError):  # the event loop has closed meanwhile
+                    loop.call_soon_threadsafe(self._lose, error)
+                return
+            if command is STOP:
+                return
 
     def _forget_pipe(self) -> None:
         if self._loop is not None and self._outputs is not None:
