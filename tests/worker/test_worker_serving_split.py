@@ -196,3 +196,20 @@ def test_the_engine_process_does_not_outlive_a_killed_worker(tiny_model_dir, sta
     engine = engine_pid(service.process.pid)
     service.kill()
     wait_for(lambda: is_gone(engine), "the engine process to exit")
+
+
+def test_a_long_text_prompt_is_tokenized_off_the_event_loop_and_judged_like_any_other(worker):
+    huge = worker_pb2.GenerateRequest(
+        client_id="verbose", prompt=generation_pb2.Prompt(text="many words here " * 20000)
+    )
+    fits = worker_pb2.GenerateRequest(
+        client_id="verbose",
+        prompt=generation_pb2.Prompt(text="long enough to go off the loop " + " " * 20000 + "end"),
+        sampling=generation_pb2.SamplingParams(max_tokens=3, ignore_eos=True),
+    )
+    with pytest.raises(grpc.RpcError) as caught:
+        collect(worker.address, huge)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "context" in caught.value.details()
+    ids, text, result = collect(worker.address, fits)
+    assert len(ids) == result.usage.completion_tokens == 3 and text == result.text

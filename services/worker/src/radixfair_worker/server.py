@@ -30,6 +30,9 @@ _FINISH = {
     FinishReason.CANCELLED: generation_pb2.FINISH_REASON_CANCELLED,
 }
 
+# Text prompts longer than this are tokenized on a thread, not on the event loop every stream shares.
+OFF_LOOP_PROMPT_CHARS = 16384
+
 
 class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
     """Validates and translates; the engine runs in its own process behind ``engine``."""
@@ -56,9 +59,12 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             "worker.generate", context=parent, kind=trace.SpanKind.SERVER
         ) as span:
             try:
-                engine_request = build_request(
-                    request, self._encoder, self._model_name, self._engine.max_context_tokens
-                )
+                build = (request, self._encoder, self._model_name, self._engine.max_context_tokens)
+                if _prompt_chars(request.prompt) > OFF_LOOP_PROMPT_CHARS:
+                    # The tokenizer releases the GIL: a long text is encoded while others stream.
+                    engine_request = await asyncio.to_thread(build_request, *build)
+                else:
+                    engine_request = build_request(*build)
                 # From here on the request is known by the worker's own id only.
                 stream = self._engine.submit(engine_request)
             except RadixfairError as error:
@@ -165,6 +171,15 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             cache_hit_rate=snapshot.cache_hit_rate,
             client_service=state.client_service,
         )
+
+
+def _prompt_chars(prompt: generation_pb2.Prompt) -> int:
+    kind = prompt.WhichOneof("kind")
+    if kind == "text":
+        return len(prompt.text)
+    if kind == "chat":
+        return sum(len(m.content) for m in prompt.chat.messages)
+    return 0
 
 
 def _set_request_attributes(span: trace.Span, request: Request, caller_id: str, model_name: str) -> None:
