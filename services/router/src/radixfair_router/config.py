@@ -42,6 +42,9 @@ class PolicyConfig:
     # Output tokens are charged to the ledger in batches of this many, so a
     # long stream is charged while it runs, not only when it ends.
     output_charge_batch_tokens: int = 16
+    # Output tokens of running streams are booked to the ledger together, every
+    # this many seconds (one pipelined round trip), not per message.
+    output_charge_interval_s: float = 0.05
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,14 @@ class LedgerConfig:
     redis_timeout_s: float = 1.0
     # While degraded, how often to try Redis again.
     reconnect_interval_s: float = 0.5
+    # Pings in a row that must succeed before a degraded router trusts Redis again.
+    reconnect_stable_checks: int = 3
+    # Connections to Redis; calls beyond that wait up to redis_pool_wait_s for one.
+    redis_max_connections: int = 64
+    redis_pool_wait_s: float = 10.0
+    # This router's requests in flight live in Redis under a lease renewed while it
+    # runs; a router dead for this long has them taken back by any other router.
+    router_lease_ttl_s: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -96,6 +107,9 @@ class ForwardConfig:
     stream_idle_timeout_s: float = 120.0
     # With no healthy worker, how long a request waits for one to appear.
     wait_for_worker_s: float = 2.0
+    # Prompts larger than this (UTF-8 bytes of text or chat, or 4 bytes a token id)
+    # are refused before tokenizing; tokenizing runs off the event loop.
+    max_prompt_bytes: int = 1 << 20
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,19 @@ journal as increments (reconcile) before switching back. A call that failed
 in flight (a timeout: Redis may have run it) is not journaled but repeated
 with its op id, which the scripts make idempotent, so nothing is booked twice. The "memory" store
 is the local store alone, for a single router, and only when configured.
+
+Three rules keep a healthy Redis from ever looking down, and a returning one
+from flapping: the connection pool is bounded and callers wait for a
+connection instead of failing (``redis_max_connections``); a call that meets
+a connection broken by a Redis restart is retried once on a fresh one (safe:
+every script is idempotent by op id); and a degraded ledger goes back to
+Redis only after ``reconnect_stable_checks`` pings in a row, dropping every
+pooled connection first.
+
+Each router replica holds a lease in Redis, renewed while it runs, and
+counts its requests in flight under its own key. When a replica dies (kill
+-9) its lease lapses and any live replica takes its share back, so no client
+stays in flight or VTC-active for good.
 """
 
 from __future__ import annotations
@@ -20,6 +33,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 
 import redis.asyncio as aioredis
+from redis.asyncio.connection import BlockingConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -44,21 +58,60 @@ _UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError, asyncio.Timeou
 class RedisLedgerStore:
     """The ledger in Redis; every method is one atomic script call (or a read)."""
 
-    def __init__(self, client: aioredis.Redis, key_prefix: str, quantum: float) -> None:
+    def __init__(
+        self, client: aioredis.Redis, key_prefix: str, quantum: float, replica_id: str | None = None
+    ) -> None:
         self._redis = client
         self._prefix = key_prefix
         self._quantum = quantum
+        # Unique per process: a restarted router is a new replica, and the dead one's share lapses.
+        self.replica_id = replica_id or uuid.uuid4().hex[:16]
         self._admit = client.register_script(ledger_scripts.ADMIT)
         self._charge = client.register_script(ledger_scripts.CHARGE)
         self._apply = client.register_script(ledger_scripts.APPLY)
+        self._reclaim = client.register_script(ledger_scripts.RECLAIM)
+        self._renew = client.register_script(ledger_scripts.RENEW)
 
     def _keys(self, client_id: str, op_id: str = "") -> list[str]:
         p = self._prefix
         keys = [f"{p}:client:{client_id}", f"{p}:deficit:{client_id}", f"{p}:vtc:active", f"{p}:clients"]
-        return [*keys, f"{p}:op:{op_id}"] if op_id else keys
+        return [*keys, f"{p}:op:{op_id}", f"{p}:inflight:{self.replica_id}"] if op_id else keys
 
     async def ping(self) -> None:
         await self._redis.ping()
+
+    async def drop_connections(self) -> None:
+        """Closes every pooled connection: after a Redis restart they are all broken."""
+        await self._redis.connection_pool.disconnect()
+
+    async def renew_lease(self, ttl_s: float) -> None:
+        p = self._prefix
+        ttl_ms = max(1, round(ttl_s * 1000))
+        await self._renew(
+            keys=[f"{p}:lease:{self.replica_id}", f"{p}:routers"], args=[self.replica_id, ttl_ms]
+        )
+
+    async def reclaim_dead_replicas(self) -> list[str]:
+        """Takes back the requests in flight of every replica whose lease lapsed; returns their ids."""
+        p = self._prefix
+        replicas = sorted(_text(r) for r in await self._redis.smembers(f"{p}:routers"))
+        reclaimed = []
+        for replica in replicas:
+            if replica == self.replica_id:
+                continue
+            keys = [f"{p}:inflight:{replica}", f"{p}:lease:{replica}", f"{p}:routers", f"{p}:vtc:active"]
+            if await self._redis.exists(keys[1]):
+                continue
+            await self._reclaim(keys=keys, args=[replica, p])
+            reclaimed.append(replica)
+        return reclaimed
+
+    async def release_lease(self) -> None:
+        """A clean shutdown hands its share back at once rather than after the lease's TTL."""
+        p = self._prefix
+        await self._redis.delete(f"{p}:lease:{self.replica_id}")
+        keys = [f"{p}:inflight:{self.replica_id}", f"{p}:lease:{self.replica_id}", f"{p}:routers"]
+        await self._reclaim(keys=[*keys, f"{p}:vtc:active"], args=[self.replica_id, p])
 
     async def admit(
         self,
@@ -80,12 +133,16 @@ class RedisLedgerStore:
         )
 
     async def charge(self, charge: Charge, op_id: str) -> float:
-        args = [
-            charge.client_id, charge.weight, self._quantum, charge.worker_id, charge.service,
-            charge.prompt_tokens, charge.cached_tokens, charge.completion_tokens, 1 if charge.finished else 0,
-            charge.requests,
-        ]  # fmt: skip
+        args = _charge_args(charge, self._quantum)
         return float(await self._charge(keys=self._keys(charge.client_id, op_id), args=args))
+
+    async def charge_many(self, charges: Sequence[Charge], op_ids: Sequence[str]) -> None:
+        """Several charges in one pipelined round trip (each still its own atomic script)."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for charge, op_id in zip(charges, op_ids):
+                keys = self._keys(charge.client_id, op_id)
+                await self._charge(keys=keys, args=_charge_args(charge, self._quantum), client=pipe)
+            await pipe.execute()
 
     async def apply(self, client_id: str, entry: JournalEntry, op_id: str) -> None:
         args: list[str | float | int] = [client_id, entry.weight, self._quantum, len(entry.counters)]
@@ -129,16 +186,28 @@ class Ledger:
         self._config = config
         self._redis: RedisLedgerStore | None = None
         if config.store == "redis":
-            client = aioredis.Redis.from_url(
+            pool = BlockingConnectionPool.from_url(
                 config.redis_url,
+                max_connections=config.redis_max_connections,
+                timeout=config.redis_pool_wait_s,
                 socket_timeout=config.redis_timeout_s,
                 socket_connect_timeout=config.redis_timeout_s,
                 retry_on_timeout=False,
+                # One retry on a fresh connection: a pooled one may have died with a Redis
+                # restart. Safe, since a repeated script with the same op id changes nothing.
+                retry_on_error=[RedisConnectionError],
             )
+            client = aioredis.Redis(connection_pool=pool)
             self._redis = RedisLedgerStore(client, config.key_prefix, quantum)
         self._local = LocalLedgerStore(quantum, journal=self._redis is not None)
         self._degraded = False
+        # How many times this ledger left Redis for local state (a metric, and the bench's count).
+        self.degraded_transitions = 0
         self._reconnect_task: asyncio.Task[None] | None = None
+        self._lease_task: asyncio.Task[None] | None = None
+        # Stops the lease task. Not Task.cancel(): redis-py can swallow a cancellation that lands
+        # inside a call, and the task would then sleep on and never end.
+        self._stop_lease = asyncio.Event()
         # Calls that failed in flight: Redis may or may not have run them, so
         # they are repeated with the same op id (a no-op if they did run).
         self._uncertain: list[Callable[[], Awaitable[object]]] = []
@@ -148,9 +217,20 @@ class Ledger:
         """True when the state lives in Redis and Redis is reachable now."""
         return self._redis is not None and not self._degraded
 
+    @property
+    def replica_id(self) -> str:
+        """This router's id in Redis (its lease and in-flight counts); empty without Redis."""
+        return self._redis.replica_id if self._redis is not None else ""
+
+    def start(self) -> None:
+        """Starts renewing this replica's lease (and reclaiming dead replicas'); idempotent."""
+        if self._redis is not None and self._lease_task is None:
+            self._lease_task = asyncio.get_running_loop().create_task(self._keep_lease())
+
     async def admit(
         self, client_id: str, weight: float, mode: str, candidates: Sequence[AdmitCandidate], fallback: str
     ) -> Admission:
+        self.start()
         if self.shared:
             assert self._redis is not None
             op_id = uuid.uuid4().hex
@@ -176,6 +256,25 @@ class Ledger:
                 return self._local.charge(charge, journal=False)
         return self._local.charge(charge)
 
+    async def charge_many(self, charges: Sequence[Charge]) -> None:
+        """Books several charges in one round trip (the router's batched output charges)."""
+        if not charges:
+            return
+        if self.shared:
+            assert self._redis is not None
+            op_ids = [uuid.uuid4().hex for _ in charges]
+            try:
+                await self._redis.charge_many(charges, op_ids)
+                return
+            except _UNREACHABLE as error:
+                self._enter_degraded(error)
+                for charge, op_id in zip(charges, op_ids):
+                    self._uncertain.append(functools.partial(self._redis.charge, charge, op_id))
+                    self._local.charge(charge, journal=False)
+                return
+        for charge in charges:
+            self._local.charge(charge)
+
     async def snapshot(self) -> list[ClientLedger]:
         """Every client's record: Redis' when shared, this router's local view when degraded."""
         if self.shared:
@@ -198,6 +297,9 @@ class Ledger:
 
     async def close(self) -> None:
         """Stops reconnecting; a degraded ledger first tries once to hand its state to Redis."""
+        self._stop_lease.set()
+        if self._lease_task is not None:
+            await asyncio.gather(self._lease_task, return_exceptions=True)
         if self._reconnect_task is not None:
             self._reconnect_task.cancel()
             await asyncio.gather(self._reconnect_task, return_exceptions=True)
@@ -208,12 +310,35 @@ class Ledger:
                     await self._replay_journal()
                 except _UNREACHABLE as error:
                     log.error("shutting down degraded; local ledger changes not saved to Redis: %s", error)
+            try:
+                await self._redis.release_lease()
+            except _UNREACHABLE as error:
+                log.warning("could not release this router's lease (it lapses by itself): %s", error)
             await self._redis.close()
+
+    async def _keep_lease(self) -> None:
+        """Renews this replica's lease while it lives, and reclaims the in-flight share of dead ones."""
+        assert self._redis is not None
+        ttl = self._config.router_lease_ttl_s
+        while not self._stop_lease.is_set():
+            if self.shared:
+                try:
+                    await self._redis.renew_lease(ttl)
+                    for replica in await self._redis.reclaim_dead_replicas():
+                        log.warning("router replica %s stopped renewing its lease; its requests in flight "
+                                    "are taken back", replica)  # fmt: skip
+                except _UNREACHABLE as error:
+                    self._enter_degraded(error)
+            try:
+                await asyncio.wait_for(self._stop_lease.wait(), ttl / 3)
+            except TimeoutError:
+                pass
 
     def _enter_degraded(self, error: BaseException) -> None:
         if self._degraded:
             return
         self._degraded = True
+        self.degraded_transitions += 1
         log.warning(
             "shared state store unreachable (%s: %s); routing on local state until it returns",
             type(error).__name__, error,
@@ -222,13 +347,21 @@ class Ledger:
 
     async def _reconnect(self) -> None:
         assert self._redis is not None
+        stable = 0
         while True:
             await asyncio.sleep(self._config.reconnect_interval_s)
             try:
+                if stable == 0:
+                    await self._redis.drop_connections()  # broken by the outage, every one of them
                 await self._redis.ping()
+                stable += 1
+                # Hysteresis: a Redis that answers once while restarting is not back yet.
+                if stable < self._config.reconnect_stable_checks:
+                    continue
                 await self._repeat_uncertain()
                 replayed = await self._replay_journal()
             except _UNREACHABLE:
+                stable = 0
                 continue
             # No await between the journal running dry and this flip, so no
             # local change can slip in unreplayed.
@@ -259,6 +392,14 @@ class Ledger:
                         self._uncertain.append(functools.partial(self._redis.apply, cid, rest, rest.op_id))
                     raise
                 clients.add(client_id)
+
+
+def _charge_args(charge: Charge, quantum: float) -> list[str | float | int]:
+    return [
+        charge.client_id, charge.weight, quantum, charge.worker_id, charge.service,
+        charge.prompt_tokens, charge.cached_tokens, charge.completion_tokens, 1 if charge.finished else 0,
+        charge.requests,
+    ]  # fmt: skip
 
 
 def _text(value: bytes | str) -> str:

@@ -13,6 +13,11 @@ Keys of one client (KEYS in every script):
                             with the same id (after a timeout left it unknown
                             whether Redis ran it) returns that result and
                             changes nothing, so no charge is booked twice.
+  6. <prefix>:inflight:<r>  hash: client id -> requests in flight through router
+                            replica r. A client's ``inflight`` is the sum of these
+                            over live replicas; a replica whose lease expired (it
+                            died) has its share taken back by RECLAIM, so a kill -9
+                            leaves no client active for good.
 Numbers go back to Python as strings: Redis would truncate Lua floats to integers.
 """
 
@@ -97,6 +102,7 @@ end
 if #updates > 0 then redis.call('HSET', KEYS[2], unpack(updates)) end
 vtc = vtc + cost / weight
 redis.call('HSET', KEYS[1], 'vtc', tostring(vtc), 'inflight', tostring(inflight))
+redis.call('HINCRBY', KEYS[6], cid, 1)
 redis.call('HINCRBYFLOAT', KEYS[1], 'requests', 1)
 redis.call('HINCRBYFLOAT', KEYS[1], 'service', cost)
 redis.call('ZADD', KEYS[3], vtc, cid)
@@ -124,9 +130,12 @@ redis.call('HINCRBYFLOAT', KEYS[1], 'cached_tokens', ARGV[7])
 redis.call('HINCRBYFLOAT', KEYS[1], 'completion_tokens', ARGV[8])
 redis.call('HINCRBYFLOAT', KEYS[1], 'requests', ARGV[10])
 local inflight = tonumber(redis.call('HGET', KEYS[1], 'inflight') or '0')
-if ARGV[9] == '1' then
+-- Only a request this replica still holds ends here: one whose admission Redis lost
+-- (restarted empty) or another replica reclaimed (this one's lease lapsed) is not
+-- counted off twice.
+if ARGV[9] == '1' and tonumber(redis.call('HGET', KEYS[6], cid) or '0') > 0 then
+  if redis.call('HINCRBY', KEYS[6], cid, -1) <= 0 then redis.call('HDEL', KEYS[6], cid) end
   inflight = tonumber(redis.call('HINCRBYFLOAT', KEYS[1], 'inflight', -1))
-  -- Below zero only when Redis lost the admission (restarted empty): not a real count.
   if inflight < 0 then inflight = 0; redis.call('HSET', KEYS[1], 'inflight', 0) end
 end
 if inflight > 0 then redis.call('ZADD', KEYS[3], vtc, cid) else redis.call('ZREM', KEYS[3], cid) end
@@ -143,7 +152,16 @@ redis.call('SADD', KEYS[4], cid)
 redis.call('HSET', KEYS[1], 'weight', ARGV[2])
 local n = tonumber(ARGV[4])
 for i = 1, n do
-  redis.call('HINCRBYFLOAT', KEYS[1], ARGV[4 + 2 * i - 1], ARGV[4 + 2 * i])
+  local name, delta = ARGV[4 + 2 * i - 1], tonumber(ARGV[4 + 2 * i])
+  if name == 'inflight' then
+    -- As in CHARGE: requests end only against what this replica still holds.
+    local mine = tonumber(redis.call('HGET', KEYS[6], cid) or '0')
+    if mine + delta < 0 then delta = -mine end
+    if delta ~= 0 then
+      if redis.call('HINCRBY', KEYS[6], cid, delta) <= 0 then redis.call('HDEL', KEYS[6], cid) end
+    end
+  end
+  if delta ~= 0 then redis.call('HINCRBYFLOAT', KEYS[1], name, delta) end
 end
 local base = 5 + 2 * n
 local m = tonumber(ARGV[base])
@@ -160,3 +178,33 @@ local vtc = tonumber(redis.call('HGET', KEYS[1], 'vtc') or '0')
 if inflight > 0 then redis.call('ZADD', KEYS[3], vtc, cid) else redis.call('ZREM', KEYS[3], cid) end
 """
 APPLY = _once(_APPLY, "1")
+
+# Takes back the requests in flight of a replica whose lease expired (the router died).
+# KEYS: 1. <prefix>:inflight:<r>, 2. <prefix>:lease:<r>, 3. <prefix>:routers, 4. <prefix>:vtc:active.
+# ARGV: replica id, key prefix. Client keys are derived from the prefix inside the script
+# (one Redis, not a cluster), since which clients a dead replica held is only known here.
+# Returns the number of clients whose count it lowered; 0 and no change if the lease is live.
+RECLAIM = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+local held = redis.call('HGETALL', KEYS[1])
+local touched = 0
+for i = 1, #held, 2 do
+  local cid, n = held[i], tonumber(held[i + 1])
+  local key = ARGV[2] .. ':client:' .. cid
+  local inflight = tonumber(redis.call('HGET', key, 'inflight') or '0') - n
+  if inflight < 0 then inflight = 0 end
+  redis.call('HSET', key, 'inflight', tostring(inflight))
+  if inflight <= 0 then redis.call('ZREM', KEYS[4], cid) end
+  touched = touched + 1
+end
+redis.call('DEL', KEYS[1])
+redis.call('SREM', KEYS[3], ARGV[1])
+return touched
+"""
+
+# Renews a replica's lease. KEYS: 1. <prefix>:lease:<r>, 2. <prefix>:routers. ARGV: replica id, ttl ms.
+RENEW = """
+redis.call('SET', KEYS[1], '1', 'PX', ARGV[2])
+redis.call('SADD', KEYS[2], ARGV[1])
+return 1
+"""
