@@ -53,7 +53,8 @@ def test_up_serves_generate_and_status_then_stops_every_child(tiny_model_dir, tm
             timeout=60,
         )
         status = subprocess.run(
-            [*CLI, "status", "--router", router, "--api-key", "eve-key"],
+            # A tenant's status shows its own row (issue 12.4): dana asks about dana.
+            [*CLI, "status", "--router", router, "--api-key", "dana-key"],
             capture_output=True,
             text=True,
             timeout=60,

@@ -1,10 +1,14 @@
-"""API keys: who is calling, and with what fair-share weight.
+"""API keys and worker registration tokens: who is calling, in which role, with what weight.
 
 The key in ``authorization: Bearer <key>`` is the only thing that decides a
-caller's client id, so a caller cannot claim another tenant's identity. Keys
-are compared by their SHA-256 digest with a constant-time compare; the
-configuration may hold either the key itself or its digest
-(``sha256:<hex>``), so a deployed config need not contain secrets.
+caller's client id, so a caller cannot claim another tenant's identity. A
+key marked ``operator`` may also read every tenant's state. Workers that
+register themselves with a router prove it with a registration token, an
+identity of its own: never a tenant's key, and without one configured no
+caller can register a worker. Secrets are compared by their SHA-256 digest
+with a constant-time compare; the configuration may hold either the secret
+itself or its digest (``sha256:<hex>``), so a deployed config need not
+contain secrets.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from radixfair.errors import UnauthenticatedError
+from radixfair.errors import PermissionDeniedError, UnauthenticatedError
 
 AUTHORIZATION_HEADER = "authorization"
 _BEARER = "bearer "
@@ -24,11 +28,16 @@ _DIGEST_PREFIX = "sha256:"
 
 @dataclass(frozen=True)
 class ApiKeyConfig:
-    """One key: the secret (or ``sha256:<hex>`` of it), its client id and weight."""
+    """One key: the secret (or ``sha256:<hex>`` of it), its client id and weight.
+
+    ``operator``: the key may read every tenant's usage and the workers'
+    addresses (GetStatus); a tenant's key sees only its own state.
+    """
 
     key: str
     client_id: str
     weight: float = 1.0
+    operator: bool = False
 
 
 @dataclass(frozen=True)
@@ -42,6 +51,7 @@ class Principal:
 
     client_id: str
     weight: float
+    operator: bool = False
 
 
 def key_digest(key: str) -> str:
@@ -65,7 +75,7 @@ class ApiKeyAuthenticator:
             known = self._weights.get(entry.client_id)
             if known is not None and known != entry.weight:
                 raise ValueError(f"client {entry.client_id!r} has keys with different weights")
-            self._by_digest[digest] = Principal(entry.client_id, entry.weight)
+            self._by_digest[digest] = Principal(entry.client_id, entry.weight, bool(entry.operator))
             self._weights[entry.client_id] = entry.weight
 
     def client_weights(self) -> dict[str, float]:
@@ -91,16 +101,39 @@ def bearer_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
         raise UnauthenticatedError("missing 'authorization: Bearer <api key>' metadata")
     if len(values) > 1:
         raise UnauthenticatedError("more than one authorization header")
-    value = values[0].decode() if isinstance(values[0], bytes) else values[0]
+    value = values[0]
+    if not isinstance(value, str):
+        raise UnauthenticatedError("authorization metadata must be text, 'Bearer <api key>'")
     if not value.lower().startswith(_BEARER) or not value[len(_BEARER) :].strip():
         raise UnauthenticatedError("authorization metadata must be 'Bearer <api key>'")
     return value[len(_BEARER) :].strip()
 
 
-def check_shared_token(metadata: Iterable[tuple[str, str | bytes]] | None, expected: str) -> None:
-    """Raises UnauthenticatedError unless the call carries ``Bearer <expected>``; "" accepts any call."""
-    if expected and not hmac.compare_digest(bearer_token(metadata).encode(), expected.encode()):
-        raise UnauthenticatedError("invalid worker registration token")
+class RegistrationAuthenticator:
+    """Checks the token a worker sends with RegisterWorker.
+
+    ``token`` is the secret or ``sha256:<hex>`` of it. Empty means registration
+    is off: every call is refused, so a router whose config says nothing about
+    registration serves only its statically listed workers. The token must not
+    be any tenant's API key, so no tenant can register a worker.
+    """
+
+    def __init__(self, token: str, tenant_keys: AuthConfig) -> None:
+        self._digest = _stored_digest(token) if token else ""
+        if self._digest and any(_stored_digest(k.key) == self._digest for k in tenant_keys.api_keys):
+            raise ValueError("the worker registration token must not be a tenant's API key")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._digest)
+
+    def check(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> None:
+        if not self._digest:
+            raise PermissionDeniedError(
+                "worker registration is off on this router: no registry.registration_token is configured"
+            )
+        if not hmac.compare_digest(key_digest(bearer_token(metadata)), self._digest):
+            raise UnauthenticatedError("invalid worker registration token")
 
 
 def bearer_metadata(api_key: str) -> list[tuple[str, str]]:
@@ -120,7 +153,12 @@ def parse_api_keys(entries: Sequence[dict[str, object]]) -> AuthConfig:
     """AuthConfig from plain mappings (CLI flags, tests)."""
     return AuthConfig(
         api_keys=tuple(
-            ApiKeyConfig(str(e["key"]), str(e["client_id"]), float(e.get("weight", 1.0)))  # type: ignore[arg-type]
+            ApiKeyConfig(
+                str(e["key"]),
+                str(e["client_id"]),
+                float(e.get("weight", 1.0)),  # type: ignore[arg-type]
+                operator=bool(e.get("operator", False)),
+            )
             for e in entries
         )
     )

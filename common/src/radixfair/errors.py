@@ -23,6 +23,14 @@ class UnauthenticatedError(RadixfairError):
     code = grpc.StatusCode.UNAUTHENTICATED
 
 
+class PermissionDeniedError(RadixfairError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class AlreadyExistsError(RadixfairError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
 class NoWorkerAvailableError(RadixfairError):
     code = grpc.StatusCode.UNAVAILABLE
 

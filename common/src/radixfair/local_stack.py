@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -138,6 +139,8 @@ class LocalStack:
         self._children: list[_Child] = []
         self._supervisor = Supervisor(config.restart)
         self.address = f"127.0.0.1:{config.router_port}"
+        # The workers' own identity for RegisterWorker, made per stack; never a tenant's key.
+        self._registration_token = secrets.token_urlsafe(32)
         self.redis_url = config.redis_url
 
     def check(self) -> None:
@@ -238,12 +241,14 @@ class LocalStack:
                     {"key": k.key, "client_id": k.client_id, "weight": k.weight} for k in cfg.api_keys
                 ]
             },
+            "registry": {"registration_token": self._registration_token},
         }
         if cfg.router_config_file is not None:
             # The file decides policy and tuning; the launcher's own fields win as flags.
             del router_config["policy"]
             # Workers started here register themselves; nothing else is scraped on fixed ports.
-            router_config.update({"registry": {"workers": []}, "metrics_port": 0})
+            registry = {"workers": [], "registration_token": self._registration_token}
+            router_config.update({"registry": registry, "metrics_port": 0})
             args = ["--config", str(cfg.router_config_file), *_set_args(_flatten(router_config))]
         else:
             cfg.run_dir.mkdir(parents=True, exist_ok=True)
@@ -266,6 +271,7 @@ class LocalStack:
             "port": port,
             "worker_id": f"worker-{index}",
             "router_address": self.address,
+            "router_token": self._registration_token,
             # N workers on one host cannot share a fixed metrics port.
             "metrics_port": 0,
             **cfg.worker_settings,

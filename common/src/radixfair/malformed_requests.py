@@ -8,6 +8,7 @@ INVALID_ARGUMENT and the parser's message.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -47,6 +48,10 @@ def _wrap_unary(behavior):
 
 
 def _wrap_stream(behavior):
+    if not inspect.isasyncgenfunction(behavior):
+        # A handler that writes with context.write (grpc.health.v1 Watch) is a coroutine, not a generator.
+        return _wrap_unary(behavior)
+
     async def handle(request, context):
         if isinstance(request, _Malformed):
             await _reject(context, request)

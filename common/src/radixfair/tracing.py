@@ -55,8 +55,10 @@ def inject_metadata(metadata: list[tuple[str, str]] | None = None) -> list[tuple
 
 
 def extract_context(metadata: Iterable[tuple[str, str | bytes]] | None) -> otel_context.Context:
-    """The remote parent context carried in incoming gRPC metadata."""
-    carrier: Mapping[str, str] = {
-        key: value.decode() if isinstance(value, bytes) else value for key, value in (metadata or ())
-    }
+    """The remote parent context carried in incoming gRPC metadata.
+
+    W3C trace context travels in text headers; binary (``-bin``) headers hold
+    arbitrary bytes that are never trace context, so they are skipped, not decoded.
+    """
+    carrier: Mapping[str, str] = {key: value for key, value in (metadata or ()) if isinstance(value, str)}
     return _PROPAGATOR.extract(carrier)

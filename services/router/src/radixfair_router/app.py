@@ -11,7 +11,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter
 from prometheus_client import CollectorRegistry
 
-from radixfair.auth import ApiKeyAuthenticator
+from radixfair.auth import ApiKeyAuthenticator, RegistrationAuthenticator
 from radixfair.grpc_health import add_health_and_reflection, set_serving
 from radixfair.listening import bind_grpc_port, build_grpc_server
 from radixfair.malformed_requests import MalformedRequestInterceptor
@@ -57,6 +57,7 @@ class RunningRouter:
 async def start_router(config: RouterConfig, span_exporter: SpanExporter | None = None) -> RunningRouter:
     encoder = PromptEncoder(config.tokenizer_dir)
     authenticator = ApiKeyAuthenticator(config.auth)
+    registration = RegistrationAuthenticator(config.registry.registration_token, config.auth)
     tracer, provider = build_tracer(config.tracing, span_exporter)
     metrics = RouterMetrics(CollectorRegistry())
     metrics.quantum.set(config.policy.quantum)
@@ -84,7 +85,7 @@ async def start_router(config: RouterConfig, span_exporter: SpanExporter | None 
         config.model_name,
         tracer,
         metrics,
-        registration_token=config.registry.registration_token,
+        registration,
     )
     router_pb2_grpc.add_RouterServiceServicer_to_server(servicer, server)
     health = add_health_and_reflection(server, [SERVICE_NAME])

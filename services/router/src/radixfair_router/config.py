@@ -68,8 +68,10 @@ class RegistryConfig:
     workers: tuple[StaticWorker, ...] = ()
     # A registered worker that does not heartbeat within this leaves rotation.
     heartbeat_ttl_s: float = 6.0
-    # Workers must send "authorization: Bearer <token>" with RegisterWorker; empty
-    # accepts any caller, which is only safe where only workers reach the router's port.
+    # Workers that register themselves (RegisterWorker) must send
+    # "authorization: Bearer <token>"; the token (or "sha256:<hex>" of it) is the
+    # workers' own identity and must not be a tenant's API key. Empty turns
+    # registration off: only the workers listed above are used.
     registration_token: str = ""
     health_check_interval_s: float = 0.5
     health_check_timeout_s: float = 1.0

@@ -322,17 +322,22 @@ class RequestRouter:
         """Final booking of one forwarded stream: remaining output, input correction, tokens."""
         costs = self._config.costs
         client = principal.client_id
-        if outcome == "retry":
-            # Nobody served it: take the admission back; the next attempt admits again.
+        if outcome == "retry" or _rejected_before_output(outcome, book):
+            # Nobody served it (retry) or the worker refused it before any token (e.g. a prompt
+            # longer than its context): take the admission back; a retry admits again.
             charge = Charge(
                 client, principal.weight, decision.worker_id, -decision.charged, finished=True, requests=-1
             )
+            if outcome == "error":
+                self._metrics.requests.labels(client, "failed").inc()
         else:
             service = costs.output_token_weight * book.uncharged_tokens
+            # The ledger books what this router sent and streamed, never the worker's claims: the prompt
+            # is the tokens forwarded, output the tokens relayed; only the cache credit comes from the
+            # worker, clamped to the prompt (issue 12, point 2).
             prompt, cached = len(request.token_ids), 0
             if book.result is not None:
-                prompt = book.result.usage.prompt_tokens or prompt
-                cached = book.result.usage.cached_tokens
+                cached = min(max(book.result.usage.cached_tokens, 0), prompt)
                 service += input_cost(prompt, cached, costs) - decision.charged
             charge = Charge(
                 client,
@@ -362,6 +367,11 @@ class RequestRouter:
         """Waits for pending bookings (shutdown, tests)."""
         if self._settling:
             await asyncio.gather(*list(self._settling), return_exceptions=True)
+
+
+def _rejected_before_output(outcome: str, book: _StreamBook) -> bool:
+    """The worker answered with an error before any token or result flowed: it served nothing."""
+    return outcome == "error" and book.tokens_sent == 0 and book.result is None
 
 
 def _worker_request(request: ValidatedRequest, principal: Principal) -> worker_pb2.GenerateRequest:

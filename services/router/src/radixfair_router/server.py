@@ -1,21 +1,24 @@
 """gRPC adapter of the router: authenticates, validates, and calls into RequestRouter.
 
-No routing logic lives here. Every failure leaves as a status with a
-message through the one mapping in radixfair.errors; anything unexpected is
-logged and answered INTERNAL, and the router keeps serving.
+Three identities call it: tenants (API keys) generate and read their own
+state; operators (API keys marked operator) also read every tenant's state
+and the workers' addresses; workers register with the registration token,
+never with a tenant's key. No routing logic lives here. Every failure
+leaves as a status with a message through the one mapping in
+radixfair.errors; anything unexpected is logged and answered INTERNAL, and
+the router keeps serving.
 """
 
 from __future__ import annotations
 
 import logging
-import uuid
 
 import grpc
 from opentelemetry import trace
 from opentelemetry.trace import Tracer
 
-from radixfair.auth import ApiKeyAuthenticator, check_shared_token
-from radixfair.errors import InvalidRequestError, RadixfairError
+from radixfair.auth import ApiKeyAuthenticator, Principal, RegistrationAuthenticator
+from radixfair.errors import InvalidRequestError, NotFoundError, RadixfairError
 from radixfair.tokenization import PromptEncoder
 from radixfair.tracing import extract_context
 from radixfair.v1 import router_pb2, router_pb2_grpc
@@ -23,7 +26,7 @@ from radixfair_router.ledger import Ledger
 from radixfair_router.request_router import RequestRouter
 from radixfair_router.request_validation import validate_request
 from radixfair_router.router_metrics import RouterMetrics
-from radixfair_router.worker_registry import WorkerRegistry
+from radixfair_router.worker_registry import WorkerEndpoint, WorkerRegistry
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +44,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         model_name: str,
         tracer: Tracer,
         metrics: RouterMetrics,
-        registration_token: str = "",
+        registration: RegistrationAuthenticator,
     ) -> None:
         self._router = router
         self._registry = registry
@@ -51,7 +54,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self._model_name = model_name
         self._tracer = tracer
         self._metrics = metrics
-        self._registration_token = registration_token
+        self._registration = registration
 
     async def Generate(self, request, context: grpc.aio.ServicerContext):
         parent = extract_context(context.invocation_metadata())
@@ -65,8 +68,11 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         try:
             principal = self._auth.authenticate_metadata(context.invocation_metadata())
             span.set_attribute("radixfair.client_id", principal.client_id)
-            validated = validate_request(request, self._encoder, self._model_name, uuid.uuid4().hex)
+            validated = validate_request(request, self._encoder, self._model_name)
+            self._check_model_served(validated.model)
             span.set_attribute("radixfair.request_id", validated.request_id)
+            if validated.label:
+                span.set_attribute("radixfair.request_label", validated.label)
             span.set_attribute("gen_ai.usage.input_tokens", len(validated.token_ids))
             async for message in self._router.generate(validated, principal, span):
                 yield message
@@ -82,11 +88,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
 
     async def RegisterWorker(self, request, context: grpc.aio.ServicerContext):
         try:
-            check_shared_token(context.invocation_metadata(), self._registration_token)
-            if not request.worker_id.strip() or not request.address.strip():
-                raise InvalidRequestError("worker_id and address are required")
-            if ":" not in request.address:
-                raise InvalidRequestError(f"address must be host:port, got {request.address!r}")
+            self._registration.check(context.invocation_metadata())
+            _check_registration(request)
             ttl = self._registry.register(request.worker_id, request.address, request.model)
         except RadixfairError as error:
             await context.abort(error.code, str(error))
@@ -94,21 +97,14 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
 
     async def GetStatus(self, request, context: grpc.aio.ServicerContext):
         try:
-            self._auth.authenticate_metadata(context.invocation_metadata())
+            principal = self._auth.authenticate_metadata(context.invocation_metadata())
         except RadixfairError as error:
             await context.abort(error.code, str(error))
-        workers = [
-            router_pb2.WorkerStatus(
-                worker_id=w.worker_id,
-                address=w.address,
-                model=w.model,
-                healthy=w.healthy,
-                last_report=w.last_report,
-            )
-            for w in self._registry.all()
-        ]
+        workers = [_worker_status(w, principal) for w in self._registry.all()]
         weights = self._auth.client_weights()
         records = {r.client_id: r for r in await self._ledger.snapshot()}
+        # A tenant sees its own usage only: another tenant's volume is that tenant's business.
+        visible = set(weights) | set(records) if principal.operator else {principal.client_id}
         clients = [
             router_pb2.ClientStatus(
                 client_id=cid,
@@ -116,7 +112,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 service=records[cid].service if cid in records else 0.0,
                 requests=records[cid].requests if cid in records else 0,
             )
-            for cid in sorted(set(weights) | set(records))
+            for cid in sorted(visible)
         ]
         self._metrics.shared_state.set(1 if self._ledger.shared else 0)
         return router_pb2.GetStatusResponse(
@@ -125,3 +121,40 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             clients=clients,
             shared_state_connected=self._ledger.shared,
         )
+
+    def _check_model_served(self, model: str) -> None:
+        """A model no known worker serves is answered at once, not after waiting for a worker."""
+        served = self._registry.served_models()
+        if model and served is not None and model not in served:
+            raise NotFoundError(f"no worker serves model {model!r}; served here: {', '.join(sorted(served))}")
+
+
+# Bounds on what a registration may claim (the id shows up in metrics labels and logs).
+_MAX_WORKER_ID_CHARS = 128
+_MAX_ADDRESS_CHARS = 256
+
+
+def _check_registration(request: router_pb2.RegisterWorkerRequest) -> None:
+    worker_id, address = request.worker_id, request.address
+    if not worker_id.strip() or not address.strip():
+        raise InvalidRequestError("worker_id and address are required")
+    if len(worker_id) > _MAX_WORKER_ID_CHARS or not worker_id.isprintable():
+        raise InvalidRequestError(
+            f"worker_id must be printable and at most {_MAX_WORKER_ID_CHARS} characters"
+        )
+    host, _, port = address.rpartition(":")
+    if len(address) > _MAX_ADDRESS_CHARS or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InvalidRequestError(f"address must be host:port, got {address[:_MAX_ADDRESS_CHARS]!r}")
+
+
+def _worker_status(worker: WorkerEndpoint, principal: Principal) -> router_pb2.WorkerStatus:
+    """An operator sees where each worker is and what it caches; a tenant sees only id, model and health."""
+    if not principal.operator:
+        return router_pb2.WorkerStatus(worker_id=worker.worker_id, model=worker.model, healthy=worker.healthy)
+    return router_pb2.WorkerStatus(
+        worker_id=worker.worker_id,
+        address=worker.address,
+        model=worker.model,
+        healthy=worker.healthy,
+        last_report=worker.last_report,
+    )

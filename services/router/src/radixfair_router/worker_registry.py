@@ -1,7 +1,10 @@
 """Which workers exist, which are healthy, and how loaded each one is.
 
 Workers come from the static list in the config or register themselves
-with RegisterWorker heartbeats, which expire after a TTL. A monitor task
+with RegisterWorker heartbeats, which expire after a TTL. A registration
+never takes a worker over: a statically listed id cannot be registered at
+another address, and a registered id moves to another address only after
+its heartbeats have lapsed for a TTL. A monitor task
 checks every worker through grpc.health.v1 and polls its LoadReport on a
 short interval; a worker that fails ``unhealthy_after_failures`` checks in a
 row, or fails a forwarded call, leaves rotation at once and comes back when
@@ -20,6 +23,7 @@ from dataclasses import dataclass, field
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from radixfair.errors import AlreadyExistsError
 from radixfair.v1 import worker_pb2, worker_pb2_grpc
 from radixfair_router.config import RegistryConfig
 
@@ -87,10 +91,25 @@ class WorkerRegistry:
         self._workers.clear()
 
     def register(self, worker_id: str, address: str, model: str) -> float:
-        """Adds or refreshes a heartbeating worker; returns the TTL in seconds."""
+        """Adds or refreshes a heartbeating worker; returns the TTL in seconds.
+
+        Raises AlreadyExistsError when the id belongs to a static worker or to a
+        live registration at another address.
+        """
         ttl = self._config.heartbeat_ttl_s
         worker = self._workers.get(worker_id)
         if worker is not None and worker.address != address:
+            if worker.static:
+                raise AlreadyExistsError(
+                    f"worker id {worker_id!r} is listed in this router's config at another address; "
+                    "a registration cannot replace it"
+                )
+            left = (worker.expires_at or 0.0) - time.monotonic()
+            if left >= 0:
+                raise AlreadyExistsError(
+                    f"worker id {worker_id!r} is registered at another address and still heartbeating; "
+                    f"it can move once that registration lapses (within {ttl:.0f}s of its last heartbeat)"
+                )
             self._remove(worker_id)
             worker = None
         if worker is None:
@@ -105,6 +124,16 @@ class WorkerRegistry:
 
     def healthy(self, model: str = "") -> list[WorkerEndpoint]:
         return [w for w in self.all() if w.healthy and (not model or not w.model or w.model == model)]
+
+    def served_models(self) -> frozenset[str] | None:
+        """The models the known workers serve; None while any worker's model is unknown (or none is known).
+
+        A worker listed without a model learns it from its first load report.
+        """
+        models = frozenset(w.model for w in self._workers.values())
+        if not models or "" in models:
+            return None
+        return models
 
     def get(self, worker_id: str) -> WorkerEndpoint | None:
         return self._workers.get(worker_id)
