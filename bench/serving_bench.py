@@ -88,7 +88,7 @@ QUICK = {
     "prefix_len": 128,
     "suffix_len": 16,
     "new_tokens": 16,
-    "min_requests": 4,
+    "min_requests": 8,
     "warmup_requests": 2,
     "torch_threads": 1,
     "tag": "cpu_quick",
@@ -162,7 +162,7 @@ def cell_seed(path: str, workload: str, concurrency: int, warmup: bool = False) 
         1_000_000 * (1 + PATHS.index(path))
         + 1000 * (1 + WORKLOADS.index(workload))
         + concurrency
-        + (500 if warmup else 0)
+        + (100_000 if warmup else 0)  # above any concurrency
     )
 
 
@@ -337,7 +337,7 @@ def build_in_process_engine(settings: dict[str, object]) -> object:
     return build_engine(config.engine, resolve_model_dir(config.model, Path(config.cache_dir))).engine
 
 
-def run_cell_in_process(engine: object, specs: list[RequestSpec]) -> list[RequestRecord]:
+def run_cell_in_process(engine: object, specs: list[RequestSpec], tenants: int) -> list[RequestRecord]:
     """Closed loop like the gRPC clients: each client submits its next request when one finishes."""
     from radixfair_worker.request import Request, SamplingConfig
 
@@ -347,7 +347,7 @@ def run_cell_in_process(engine: object, specs: list[RequestSpec]) -> list[Reques
     def submit(client: int) -> None:
         spec = queues[client].pop()
         sampling = SamplingConfig(max_tokens=spec.max_tokens, ignore_eos=True)
-        request = Request(spec.request_id, f"tenant-{client}", list(spec.prompt), sampling)
+        request = Request(spec.request_id, f"tenant-{client % tenants}", list(spec.prompt), sampling)
         live[id(request)] = (client, RequestRecord(spec.request_id, time.monotonic()))
         engine.submit(request)  # type: ignore[attr-defined]
 
@@ -427,6 +427,43 @@ def add_ratios(rows: list[dict[str, object]]) -> None:
         row["vs_in_process"] = row["out_tok_s"] / reference if reference and row["out_tok_s"] else None
 
 
+DERIVED_COLUMNS = [
+    "path",
+    "concurrency",
+    "shared_vs_unique_tok_s",
+    "router_added_ttft_p50_ms",
+    "router_added_itl_mean_ms",
+    "router_vs_worker_tok_s",
+]
+
+
+def derived_rows(rows: list[dict[str, object]]) -> list[dict[str, object]]:
+    """What issue 11's targets compare: shared prefix against unique, and the router against the worker."""
+    cell = {(r["path"], r["workload"], r["concurrency"]): r for r in rows}
+    out = []
+    for path, workload, concurrency in cell:
+        if workload != "unique":
+            continue
+        unique, shared = cell[(path, "unique", concurrency)], cell.get((path, "shared_prefix", concurrency))
+        row: dict[str, object] = {"path": path, "concurrency": concurrency}
+        row["shared_vs_unique_tok_s"] = _ratio(shared and shared["out_tok_s"], unique["out_tok_s"])
+        worker = cell.get(("worker", "unique", concurrency))
+        if path == "router" and worker is not None:
+            row["router_added_ttft_p50_ms"] = _difference(unique["ttft_p50_ms"], worker["ttft_p50_ms"])
+            row["router_added_itl_mean_ms"] = _difference(unique["itl_mean_ms"], worker["itl_mean_ms"])
+            row["router_vs_worker_tok_s"] = _ratio(unique["out_tok_s"], worker["out_tok_s"])
+        out.append(row)
+    return out
+
+
+def _ratio(a: object, b: object) -> float | None:
+    return a / b if isinstance(a, float) and isinstance(b, float) and b else None
+
+
+def _difference(a: object, b: object) -> float | None:
+    return a - b if isinstance(a, float) and isinstance(b, float) else None
+
+
 def write_report(args: argparse.Namespace, rows: list[dict[str, object]], meta: dict[str, object]) -> Path:
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -434,7 +471,11 @@ def write_report(args: argparse.Namespace, rows: list[dict[str, object]], meta: 
     command = shlex.join([Path(sys.executable).name, *sys.argv])
     name = f"serving_{args.tag}"
     (out_dir / f"{name}.json").write_text(
-        json.dumps({**env, "command": command, **meta, "rows": rows}, indent=2, default=str)
+        json.dumps(
+            {**env, "command": command, **meta, "rows": rows, "derived": derived_rows(rows)},
+            indent=2,
+            default=str,
+        )
     )
     machine = env["machine"]
     versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v)  # type: ignore[union-attr]
@@ -448,6 +489,11 @@ def write_report(args: argparse.Namespace, rows: list[dict[str, object]], meta: 
         f"`{command}`",
         "",
         markdown_table(rows, COLUMNS),
+        "",
+        "Unique-prompt cells against each other: shared_prefix over unique tokens/s per path, and what the",
+        "router adds to the worker path (TTFT p50, mean inter-token time, tokens/s ratio):",
+        "",
+        markdown_table(derived_rows(rows), DERIVED_COLUMNS),
         "",
         str(meta["notes"]),
     ]
@@ -667,10 +713,12 @@ def run_in_process(args: argparse.Namespace, settings: dict[str, object], result
     engine = build_in_process_engine(settings)
     for workload in args.workloads:
         warm = cell_requests(args, workload, args.warmup_requests, cell_seed("in_process", workload, 0, True))
-        run_cell_in_process(engine, warm)
+        run_cell_in_process(engine, warm, args.tenants)
         for concurrency in args.concurrency:
             specs = cell_requests(args, workload, concurrency, cell_seed("in_process", workload, concurrency))
-            results.add("in_process", workload, concurrency, run_cell_in_process(engine, specs), None)
+            results.add(
+                "in_process", workload, concurrency, run_cell_in_process(engine, specs, args.tenants), None
+            )
 
 
 async def run_grpc_path(
