@@ -23,7 +23,7 @@ throughout.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import combinations
 from pathlib import Path
 
@@ -173,17 +173,25 @@ def workloads(draw) -> Workload:
         max_running=draw(st.integers(1, 3)),
         # 12 pages of 8 tokens is tight for three long requests: the engine preempts.
         num_pages=draw(st.sampled_from([12, 64])),
-        # The late client goes idle between its arrivals, so every idle rule is exercised.
-        idle_deficit=draw(st.sampled_from(["lift", "cap", "reset"])),
-        # The per-request wait rule picks which of a client's requests fills its place.
-        max_overtakes=draw(st.sampled_from([0, 2, 8])),
+        # The property test below draws the rule (dlpm_rules); this draw keeps the search for an
+        # unfair case drawing the workloads it always drew.
+        idle_deficit=draw(st.sampled_from(["cap", "reset"])),
     )
 
 
+# Drawn apart from ``workloads`` so that the search for an unfair case below sees the same
+# workloads as before these rules existed: the late client goes idle between its arrivals, so
+# every idle rule is exercised, and the per-request wait rule picks which of a client's
+# requests fills its place.
+dlpm_rules = st.fixed_dictionaries(
+    {"idle_deficit": st.sampled_from(["lift", "cap", "reset"]), "max_overtakes": st.sampled_from([0, 2, 8])}
+)
+
+
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(workload=workloads())
-def test_dlpm_service_gap_between_backlogged_clients_stays_within_the_bound(tiny_model_dir, workload):
-    for pair in run_and_measure(workload, tiny_model_dir, "dlpm"):
+@given(workload=workloads(), rules=dlpm_rules)
+def test_dlpm_service_gap_between_backlogged_clients_stays_within_the_bound(tiny_model_dir, workload, rules):
+    for pair in run_and_measure(replace(workload, **rules), tiny_model_dir, "dlpm"):
         assert pair.gap <= pair.bound, pair
 
 

@@ -21,16 +21,20 @@ class DeficitLedger:
       debt waits behind every credited client of a round that is long over.
     - ``reset``: one quantum, debt forgiven, as if new. A client can shed
       debt by idling between requests.
-    - ``lift`` (the default; VTC's rule in deficit terms): the refills it
-      missed while idle are applied as they would have been had it waited
-      (each only while ``q_i <= 0``), and the result is lowered to the most
-      credit any backlogged client has, weight-normalised:
-      ``q_i <= weight_i · max_j q_j / weight_j``. VTC lifts a returning
-      client's counter to the smallest active counter; a deficit is a
-      counter seen from the current round, so the largest normalised deficit
-      is that smallest counter. The client is served as soon as the most
-      underserved active client would be, and never before it: idling banks
-      nothing. New clients start the same way, from one quantum.
+    - ``lift`` (the default; VTC's rule in deficit terms): the refills the
+      client missed since it last had a request waiting (idle, or only
+      running: a refill reaches waiting clients only, so a client whose
+      one long request runs at its fair rate falls behind the round) are
+      applied as they would have been had it waited, each only while
+      ``q_i <= 0``; the result is then lowered to the most credit any
+      backlogged client has, weight-normalised:
+      ``q_i <= weight_i · max_j q_j / weight_j``. VTC lifts a client that
+      becomes backlogged to the smallest counter among the backlogged; a
+      deficit is a counter seen from the current round, so the largest
+      normalised deficit is that smallest counter. The client is served as
+      soon as the most underserved backlogged client would be, and never
+      before it: idling banks nothing. New clients start the same way, from
+      one quantum.
 
     Every rule keeps ``q_i <= Q · weight_i``, and applies only when a client
     becomes backlogged, so DLPM's bound between continuously backlogged
@@ -46,8 +50,8 @@ class DeficitLedger:
         self._idle_rule = idle_rule
         self._deficits: dict[str, float] = {}
         self._weights: dict[str, float] = {}
-        # Clients idle now, with the refill count when they went idle.
-        self._idle_since: dict[str, int] = {}
+        # Clients with nothing waiting, with the refill count when their queue last emptied.
+        self._drained_since: dict[str, int] = {}
         self.refills = 0
 
     def set_weight(self, client: str, weight: float) -> None:
@@ -74,16 +78,19 @@ class DeficitLedger:
         quantum = self.quantum * self._weights[client]
         forgive = self._idle_rule == "reset"
         self._deficits[client] = quantum if forgive else min(self._deficits[client], quantum)
-        self._idle_since[client] = self.refills
+
+    def on_drained(self, client: str) -> None:
+        """``client`` has no request waiting any more (it may still have some running)."""
+        self._drained_since.setdefault(client, self.refills)
 
     def on_backlogged(self, client: str, others_backlogged: Iterable[str], is_new: bool) -> None:
-        """``client`` (after ``set_weight``) has its first waiting request after being idle or unseen."""
-        idle_since = self._idle_since.pop(client, None)
-        if self._idle_rule != "lift" or (idle_since is None and not is_new):
+        """``client`` (after ``set_weight``) has a waiting request again, or for the first time."""
+        drained_since = self._drained_since.pop(client, None)
+        if self._idle_rule != "lift" or (drained_since is None and not is_new):
             return
         weight, q = self._weights[client], self._deficits[client]
         step = self.quantum * weight
-        missed = 0 if idle_since is None else self.refills - idle_since
+        missed = 0 if drained_since is None else self.refills - drained_since
         if q <= 0 and missed:
             q += step * min(missed, int(-q // step) + 1)
         others = [self._deficits[c] / self._weights[c] for c in others_backlogged if c != client]

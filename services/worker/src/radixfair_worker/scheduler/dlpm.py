@@ -20,9 +20,9 @@ Rules (see /work/shared/reference/dlpm.md):
      still wait, every waiting client (all then have ``q_i <= 0``) gets
      ``q_i += Q · weight_i``; then walk again.
   5. A client that goes idle (nothing waiting, nothing running) is capped at
-     ``Q · weight_i``. What it starts with when it is backlogged again is
-     ``idle_deficit`` (``DeficitLedger``): by default VTC's lift, in deficit
-     terms. Every rule keeps ``q_i <= Q · weight_i``.
+     ``Q · weight_i``. What a client starts with when it has a waiting request
+     again is ``idle_deficit`` (``DeficitLedger``): by default VTC's lift, in
+     deficit terms. Every rule keeps ``q_i <= Q · weight_i``.
 
 Fairness bound. Let ``C_i`` be client i's cumulative charge (rule 3) and
 ``s_i = C_i / weight_i``. Take an interval in which clients A and B both have
@@ -140,6 +140,8 @@ class DLPMPolicy:
     def on_finished(self, request: Request) -> None:
         self._activity.finished(request)
         self._overtakes.left(request)
+        if not self._activity.has_waiting(request.client_id):
+            self._ledger.on_drained(request.client_id)
         if self._activity.is_idle(request.client_id):
             self._ledger.on_idle(request.client_id)
 
@@ -166,6 +168,8 @@ class DLPMPolicy:
                     return admitted, True, spent
                 waiting.discard(chosen)
                 self._activity.admitted(chosen)
+                if not self._activity.has_waiting(client):
+                    self._ledger.on_drained(client)
                 self._overtakes.admitted(chosen)
                 self._ledger.charge(client, self._meter.charge_admission(chosen))
                 admitted.append(chosen)
