@@ -456,6 +456,17 @@ def derived_rows(rows: list[dict[str, object]]) -> list[dict[str, object]]:
     return out
 
 
+def _source_differs_from_commit() -> bool | None:
+    """Whether this script has changes not in the commit the report names (None: no git here)."""
+    try:
+        diff = subprocess.run(
+            ["git", "diff", "--quiet", "HEAD", "--", Path(__file__).name], cwd=Path(__file__).parent
+        )
+    except OSError:
+        return None
+    return {0: False, 1: True}.get(diff.returncode)
+
+
 def _ratio(a: object, b: object) -> float | None:
     return a / b if isinstance(a, float) and isinstance(b, float) and b else None
 
@@ -469,6 +480,7 @@ def write_report(args: argparse.Namespace, rows: list[dict[str, object]], meta: 
     out_dir.mkdir(parents=True, exist_ok=True)
     env = environment(("torch", "grpcio", "protobuf", "triton", "transformers", "redis"))
     command = shlex.join([Path(sys.executable).name, *sys.argv])
+    env["bench_source_differs_from_commit"] = _source_differs_from_commit()
     name = f"serving_{args.tag}"
     (out_dir / f"{name}.json").write_text(
         json.dumps(
