@@ -26,11 +26,12 @@ async def serve(config: DistillerConfig, ready: asyncio.Event | None = None) -> 
     metrics = DistillerMetrics(CollectorRegistry())
     serve_metrics(metrics.registry, config.metrics_port)
     runner = JobRunner(config, metrics)
-    runner.start()
     server = build_grpc_server([MalformedRequestInterceptor()])
     distiller_pb2_grpc.add_DistillerServiceServicer_to_server(DistillerServicer(runner), server)
     health = add_health_and_reflection(server, [SERVICE_NAME])
+    # Bound before the runner starts, so a taken port fails before any job is resumed.
     port = bind_grpc_port(server, config.host, config.port)
+    runner.start()
     await server.start()
     await set_serving(health, [SERVICE_NAME], True)
     log.info(
