@@ -110,3 +110,27 @@ def test_a_child_that_fails_to_start_is_retried_with_a_longer_backoff():
         assert child.alive()
     finally:
         child.stop()
+
+
+def test_a_killed_redis_comes_back_on_its_port_with_its_data():
+    """`up`'s own Redis is supervised too: the router reconnects to the same ledger."""
+    import redis
+
+    from radixfair.local_stack import SupervisedRedis
+    from radixfair.redis_launcher import RedisLaunchConfig, RedisServer
+
+    now = [0.0]
+    supervisor = Supervisor(POLICY, clock=lambda: now[0])
+    server = RedisServer(RedisLaunchConfig(persistent=True)).start()
+    try:
+        redis.Redis.from_url(server.url).set("ledger", "kept")
+        supervisor.watch(SupervisedRedis("redis", server))
+        server._process.kill()  # noqa: SLF001 - a crash, as kill -9 would be
+        server._process.wait()  # noqa: SLF001
+        supervisor.check()
+        now[0] += POLICY.first_backoff_s
+        supervisor.check()
+        assert server.running
+        assert redis.Redis.from_url(server.url).get("ledger") == b"kept"
+    finally:
+        server.stop()

@@ -114,7 +114,9 @@ class _Child:
 
 
 @dataclass
-class _RedisChild:
+class SupervisedRedis:
+    """The stack's own redis-server as a supervised child."""
+
     name: str
     server: RedisServer
 
@@ -182,7 +184,7 @@ class LocalStack:
             self.stop()
             raise
         if self._redis is not None:
-            self._supervisor.watch(_RedisChild("redis", self._redis))
+            self._supervisor.watch(SupervisedRedis("redis", self._redis))
         for child in self._children:
             self._supervisor.watch(child)
 
