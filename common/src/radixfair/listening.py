@@ -32,14 +32,25 @@ def build_grpc_server(interceptors: Sequence[grpc.aio.ServerInterceptor] = ()) -
     return grpc.aio.server(interceptors=list(interceptors), options=SERVER_OPTIONS)
 
 
-def bind_grpc_port(server: grpc.aio.Server, host: str, port: int, what: str = "gRPC") -> int:
-    """Binds ``host:port`` (insecure) and returns the bound port; PortInUseError when it is taken."""
+def bind_grpc_port(
+    server: grpc.aio.Server,
+    host: str,
+    port: int,
+    what: str = "gRPC",
+    credentials: grpc.ServerCredentials | None = None,
+) -> int:
+    """Binds ``host:port`` (TLS with ``credentials``) and returns the bound port.
+
+    PortInUseError when the port is taken, ListenError when it cannot be bound for another reason.
+    """
     # Checked with a plain socket first, so the common case gets the OS's reason in one line
     # rather than gRPC's generic bind failure; gRPC's own refusal (port reuse is off) still
     # covers a port taken between the check and the bind.
     ensure_port_free(host, port, what)
     address = f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
     try:
+        if credentials is not None:
+            return server.add_secure_port(address, credentials)
         return server.add_insecure_port(address)
     except RuntimeError as error:
         raise PortInUseError(f"cannot listen for {what} on {address}: {error}") from error
