@@ -62,7 +62,9 @@ class SimRouter:
         self.cache_view = CacheView(tree or ApproxTreeConfig())
         self.costs = costs
         self.inflight = dict.fromkeys(self.worker_ids, 0)
-        self._batch = max(1, charge_batch_tokens or policy.output_charge_batch_tokens)
+        # The router books output every policy.output_charge_interval_s of wall time; in virtual
+        # time, every this many tokens of a request stands in for that interval.
+        self._batch = max(1, charge_batch_tokens or 16)
         self._decisions: dict[str, RoutingDecision] = {}
         self._uncharged: dict[str, int] = {}
         self.reasons: dict[str, int] = {}

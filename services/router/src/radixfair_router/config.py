@@ -39,9 +39,6 @@ class PolicyConfig:
     # global_vtc: requests in flight per healthy worker from this router;
     # beyond that they wait and are released in VTC order. 0 disables the gate.
     vtc_slots_per_worker: int = 4
-    # Output tokens are charged to the ledger in batches of this many, so a
-    # long stream is charged while it runs, not only when it ends.
-    output_charge_batch_tokens: int = 16
     # Output tokens of running streams are booked to the ledger together, every
     # this many seconds (one pipelined round trip), not per message.
     output_charge_interval_s: float = 0.05

@@ -4,12 +4,18 @@ The flow of one request:
 1. estimate each healthy worker's prefix match (CacheView) and load (registry);
 2. the policy picks a worker and admits the request into the ledger;
 3. forward to that worker with the trace context in the call metadata;
-4. stream deltas back, charging output tokens in batches; on the result,
-   correct the input charge to the tokens the worker actually computed.
+4. stream deltas back as they come, each message relayed as parsed (the
+   worker's and the router's response messages share one wire format, so
+   the worker's reply is read as the router's type and passed on unchanged);
+   output tokens are booked in batches by LiveStreams, not per message;
+   on the result, correct the input charge to the tokens the worker
+   actually computed.
 A worker that fails before its first token is taken out of rotation (if it
 is unreachable), its admission is refunded, and the request goes to another
 worker. After tokens have flowed, the caller gets UNAVAILABLE: a stream
-cannot be resumed elsewhere without repeating text. Every wait is bounded.
+cannot be resumed elsewhere without repeating text. Every wait is bounded:
+LiveStreams stops a stream that goes silent on a worker that left rotation
+(retried, if no token flowed) or for longer than the idle limit.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import grpc
@@ -34,6 +40,7 @@ from radixfair_router.cache_view import CacheView
 from radixfair_router.config import RouterConfig
 from radixfair_router.ledger import Ledger
 from radixfair_router.ledger_state import Charge
+from radixfair_router.live_streams import LiveStreamLimits, LiveStreams, StreamBook
 from radixfair_router.policies import RoutingDecision, RoutingPolicy, RoutingRequest, WorkerState
 from radixfair_router.policies.base import input_cost
 from radixfair_router.request_validation import ValidatedRequest
@@ -72,15 +79,10 @@ class _RetryableError(Exception):
     worker_broken: bool
 
 
-@dataclass
-class _StreamBook:
-    """What one forwarded stream has delivered and booked so far."""
-
-    tokens_sent: int = 0
-    uncharged_tokens: int = 0
-    first_token_at: float | None = None
-    last_token_at: float | None = None
-    result: generation_pb2.GenerationResult | None = None
+# The worker's Generate, read as the router's response type: the two messages share one wire
+# format (tests/router/test_stream_relay.py holds them equal), so a reply is relayed as parsed.
+_WORKER_GENERATE = "/radixfair.v1.WorkerService/Generate"
+_RelayCall = Callable[..., grpc.aio.UnaryStreamCall]
 
 
 class RequestRouter:
@@ -102,6 +104,14 @@ class RequestRouter:
         self._tracer = tracer
         self._metrics = metrics
         self._settling: set[asyncio.Task[None]] = set()
+        limits = LiveStreamLimits(
+            charge_interval_s=config.policy.output_charge_interval_s,
+            idle_timeout_s=config.forward.stream_idle_timeout_s,
+            unhealthy_silence_s=config.registry.health_check_timeout_s,
+            output_token_weight=config.costs.output_token_weight,
+        )
+        self._live = LiveStreams(ledger, limits, lambda client, service: self._charged(client, service))
+        self._relay_calls: dict[grpc.aio.Channel, _RelayCall] = {}
         self._gate: VtcAdmissionGate | None = None
         slots = config.policy.vtc_slots_per_worker
         if policy.name == "global_vtc" and slots > 0:
@@ -135,7 +145,7 @@ class RequestRouter:
             endpoint, decision = await self._route(request, principal, parent, excluded, last_failure)
             if attempt:
                 self._metrics.retries.inc()
-            book = _StreamBook()
+            book = StreamBook(principal.client_id, principal.weight, endpoint)
             try:
                 async for message in self._forward(
                     endpoint, decision, request, principal, parent, book, arrival
@@ -199,7 +209,7 @@ class RequestRouter:
         request: ValidatedRequest,
         principal: Principal,
         parent: Span,
-        book: _StreamBook,
+        book: StreamBook,
         arrival: float,
     ) -> AsyncIterator[router_pb2.RouterServiceGenerateResponse]:
         span = self._tracer.start_span(
@@ -212,15 +222,15 @@ class RequestRouter:
             metadata = inject_metadata([])
         finally:
             otel_context.detach(token)
-        call = endpoint.stub.Generate(_worker_request(request, principal), metadata=metadata)
+        call = self._relay_call(endpoint)(_worker_request(request, principal), metadata=metadata)
+        book.call = call
+        self._live.open(book)
         endpoint.inflight += 1
         endpoint.dispatched_since_report += 1
         self._metrics.inflight.labels(endpoint.worker_id).set(endpoint.inflight)
         outcome = "incomplete"
         try:
-            async for message in self._relay(call, endpoint, book, arrival):
-                if message.HasField("delta") and book.uncharged_tokens >= self._batch_tokens():
-                    await self._charge_output(decision, principal, book)
+            async for message in self._relay(call, book, arrival):
                 yield message
             outcome = "ok"
         except _RetryableError as failure:
@@ -232,6 +242,7 @@ class RequestRouter:
             span.set_status(trace.Status(trace.StatusCode.ERROR, str(error)))
             raise
         finally:
+            self._live.close(book)
             if not call.done():
                 call.cancel()  # the caller went away or the stream failed: stop the worker's work
             endpoint.inflight -= 1
@@ -242,67 +253,78 @@ class RequestRouter:
             self._settle_later(decision, request, principal, book, outcome)
 
     async def _relay(
-        self, call: grpc.aio.UnaryStreamCall, endpoint: WorkerEndpoint, book: _StreamBook, arrival: float
+        self, call: grpc.aio.UnaryStreamCall, book: StreamBook, arrival: float
     ) -> AsyncIterator[router_pb2.RouterServiceGenerateResponse]:
-        idle = self._config.forward.stream_idle_timeout_s
+        """The per-message path: a read, a few counters, and the message passed on as it came."""
+        ttft, inter_token = self._metrics.ttft, self._metrics.inter_token
         while True:
             try:
-                message = await asyncio.wait_for(call.read(), idle)
-            except TimeoutError:
-                self._fail(endpoint, book, grpc.StatusCode.DEADLINE_EXCEEDED, f"no output for {idle:.0f}s")
+                message = await call.read()
+            except asyncio.CancelledError:
+                # LiveStreams cancelled the call (a silent stream); not the caller leaving.
+                if book.stopped is None or _being_cancelled():
+                    raise
+                self._fail(book, *book.stopped)
             except grpc.aio.AioRpcError as error:
+                if book.stopped is not None:
+                    self._fail(book, *book.stopped)
                 if error.code() in _RETRYABLE:
-                    self._fail(endpoint, book, error.code(), error.details() or "")
+                    self._fail(book, error.code(), error.details() or "")
                 raise PassThroughError(error.code(), error.details() or error.code().name) from error
             if message is grpc.aio.EOF:
-                self._fail(endpoint, book, grpc.StatusCode.UNAVAILABLE, "stream ended without a result")
-            if message.HasField("delta"):
-                now = time.monotonic()
+                self._fail(
+                    book, *(book.stopped or (grpc.StatusCode.UNAVAILABLE, "stream ended without a result"))
+                )
+            now = time.monotonic()
+            book.last_activity = now
+            kind = message.WhichOneof("event")
+            if kind == "delta":
                 count = len(message.delta.token_ids)
                 if count:
                     if book.first_token_at is None:
                         book.first_token_at = now
-                        self._metrics.ttft.observe(now - arrival)
+                        ttft.observe(now - arrival)
                     else:
-                        self._metrics.inter_token.observe(now - (book.last_token_at or now))
+                        inter_token.observe(now - book.last_token_at)  # type: ignore[operator]
                     book.last_token_at = now
-                book.tokens_sent += count
-                book.uncharged_tokens += count
-                yield router_pb2.RouterServiceGenerateResponse(delta=message.delta)
-            elif message.HasField("result"):
+                    book.tokens_sent += count
+                    book.uncharged_tokens += count
+                yield message
+            elif kind == "result":
                 book.result = message.result
-                yield router_pb2.RouterServiceGenerateResponse(result=message.result)
+                yield message
                 return
 
-    def _fail(self, endpoint: WorkerEndpoint, book: _StreamBook, code: grpc.StatusCode, message: str) -> None:
+    def _fail(self, book: StreamBook, code: grpc.StatusCode, message: str) -> None:
         if book.tokens_sent == 0 and book.result is None:
             raise _RetryableError(code, message, worker_broken=code in _WORKER_BROKEN)
         raise WorkerFailedError(
-            f"worker {endpoint.worker_id} failed after {book.tokens_sent} token(s) were streamed "
+            f"worker {book.endpoint.worker_id} failed after {book.tokens_sent} token(s) were streamed "
             f"({code.name}: {message}); the stream cannot be resumed, retry the request"
         )
 
-    def _batch_tokens(self) -> int:
-        return max(1, self._config.policy.output_charge_batch_tokens)
-
-    async def _charge_output(
-        self, decision: RoutingDecision, principal: Principal, book: _StreamBook
-    ) -> None:
-        tokens, book.uncharged_tokens = book.uncharged_tokens, 0
-        service = self._config.costs.output_token_weight * tokens
-        await self._ledger.charge(
-            Charge(
-                principal.client_id, principal.weight, decision.worker_id, service, completion_tokens=tokens
+    def _relay_call(self, endpoint: WorkerEndpoint) -> _RelayCall:
+        """The worker's Generate on this endpoint's channel, replying in the router's message type."""
+        call = self._relay_calls.get(endpoint.channel)
+        if call is None:
+            if len(self._relay_calls) > 4 * len(self._registry.all()) + 16:
+                self._relay_calls.clear()  # channels of workers long gone
+            call = self._relay_calls[endpoint.channel] = endpoint.channel.unary_stream(
+                _WORKER_GENERATE,
+                request_serializer=worker_pb2.GenerateRequest.SerializeToString,
+                response_deserializer=router_pb2.RouterServiceGenerateResponse.FromString,
             )
-        )
-        self._metrics.client_service.labels(principal.client_id).inc(service)
+        return call
+
+    def _charged(self, client_id: str, service: float) -> None:
+        self._metrics.client_service.labels(client_id).inc(service)
 
     def _settle_later(
         self,
         decision: RoutingDecision,
         request: ValidatedRequest,
         principal: Principal,
-        book: _StreamBook,
+        book: StreamBook,
         outcome: str,
     ) -> None:
         task = asyncio.get_running_loop().create_task(
@@ -316,7 +338,7 @@ class RequestRouter:
         decision: RoutingDecision,
         request: ValidatedRequest,
         principal: Principal,
-        book: _StreamBook,
+        book: StreamBook,
         outcome: str,
     ) -> None:
         """Final booking of one forwarded stream: remaining output, input correction, tokens."""
@@ -364,14 +386,20 @@ class RequestRouter:
         self._metrics.client_service.labels(client).inc(max(charge.service, 0.0))
 
     async def drain(self) -> None:
-        """Waits for pending bookings (shutdown, tests)."""
+        """Books batched output and waits for pending bookings (shutdown, tests)."""
+        await self._live.drain()
         if self._settling:
             await asyncio.gather(*list(self._settling), return_exceptions=True)
 
 
-def _rejected_before_output(outcome: str, book: _StreamBook) -> bool:
+def _rejected_before_output(outcome: str, book: StreamBook) -> bool:
     """The worker answered with an error before any token or result flowed: it served nothing."""
     return outcome == "error" and book.tokens_sent == 0 and book.result is None
+
+
+def _being_cancelled() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _worker_request(request: ValidatedRequest, principal: Principal) -> worker_pb2.GenerateRequest:
@@ -405,7 +433,7 @@ def _set_decision_attributes(span: Span, decision: RoutingDecision, prompt_token
     span.set_attribute("radixfair.routing.charged", decision.charged)
 
 
-def _set_usage_attributes(span: Span, book: _StreamBook) -> None:
+def _set_usage_attributes(span: Span, book: StreamBook) -> None:
     span.set_attribute("gen_ai.usage.output_tokens", book.tokens_sent)
     if book.result is not None:
         span.set_attribute("gen_ai.usage.input_tokens", book.result.usage.prompt_tokens)

@@ -1,0 +1,152 @@
+"""The streams this router is relaying now: their output, booked in batches, and their liveness.
+
+Relaying one message must cost microseconds, so nothing per message touches
+Redis or a timer. A stream only counts its tokens in its ``StreamBook``. One
+task per router wakes every ``output_charge_interval_s`` and
+
+- books every stream's uncharged output tokens, merged per (client, worker),
+  in one pipelined ledger call;
+- stops a stream whose worker left rotation while the stream was silent (a
+  frozen or unreachable worker: its stream would otherwise hang until the
+  caller's deadline), and a stream silent for ``stream_idle_timeout_s``.
+  A stream still sending tokens from a worker marked unhealthy (a draining
+  worker says NOT_SERVING) runs on. Stopping cancels the worker call and
+  records why; the relay turns that into a retry (no token yet) or UNAVAILABLE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import grpc
+
+from radixfair.v1 import generation_pb2
+from radixfair_router.ledger import Ledger
+from radixfair_router.ledger_state import Charge
+from radixfair_router.worker_registry import WorkerEndpoint
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class StreamBook:
+    """What one forwarded stream has delivered and booked so far."""
+
+    client_id: str
+    weight: float
+    endpoint: WorkerEndpoint
+    tokens_sent: int = 0
+    # Output tokens relayed but not yet booked in the ledger.
+    uncharged_tokens: int = 0
+    first_token_at: float | None = None
+    last_token_at: float | None = None
+    # Monotonic time of the last message from the worker (or of the call's start).
+    last_activity: float = field(default_factory=time.monotonic)
+    result: generation_pb2.GenerationResult | None = None
+    call: grpc.aio.UnaryStreamCall | None = None
+    # Set when this router stopped the stream: the status and message the relay reports.
+    stopped: tuple[grpc.StatusCode, str] | None = None
+
+
+@dataclass(frozen=True)
+class LiveStreamLimits:
+    charge_interval_s: float
+    idle_timeout_s: float
+    # A stream of a worker out of rotation is stopped once it has been silent this long.
+    unhealthy_silence_s: float
+    output_token_weight: float
+
+
+class LiveStreams:
+    """Every stream being relayed, with the one task that books their output and watches them."""
+
+    def __init__(
+        self, ledger: Ledger, limits: LiveStreamLimits, on_charged: Callable[[str, float], None]
+    ) -> None:
+        self._ledger = ledger
+        self._limits = limits
+        self._on_charged = on_charged
+        self._books: set[StreamBook] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+
+    def __len__(self) -> int:
+        return len(self._books)
+
+    def open(self, book: StreamBook) -> None:
+        self._books.add(book)
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def close(self, book: StreamBook) -> None:
+        """The stream ended: its remaining uncharged tokens are the caller's to book (at settle)."""
+        self._books.discard(book)
+
+    async def flush(self) -> None:
+        """Books every stream's uncharged output now."""
+        merged: dict[tuple[str, float, str], int] = {}
+        for book in self._books:
+            tokens = book.uncharged_tokens
+            if tokens:
+                book.uncharged_tokens = 0
+                key = (book.client_id, book.weight, book.endpoint.worker_id)
+                merged[key] = merged.get(key, 0) + tokens
+        if not merged:
+            return
+        weight_out = self._limits.output_token_weight
+        charges = [
+            Charge(client, weight, worker, weight_out * tokens, completion_tokens=tokens)
+            for (client, weight, worker), tokens in merged.items()
+        ]
+        await self._ledger.charge_many(charges)
+        for charge in charges:
+            self._on_charged(charge.client_id, charge.service)
+
+    def check(self, now: float) -> None:
+        """Stops the streams that can no longer make progress."""
+        limits = self._limits
+        for book in self._books:
+            if book.stopped is not None or book.call is None:
+                continue
+            silent = now - book.last_activity
+            if silent >= limits.idle_timeout_s:
+                self._stop(book, grpc.StatusCode.DEADLINE_EXCEEDED, f"no output for {silent:.0f}s")
+            elif not book.endpoint.healthy and silent >= limits.unhealthy_silence_s:
+                self._stop(
+                    book,
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"worker {book.endpoint.worker_id} left rotation (unreachable or not serving) "
+                    f"and its stream was silent for {silent:.1f}s",
+                )
+
+    async def drain(self) -> None:
+        """Books what is pending now; with no stream open, also ends the task (it restarts with the
+        next stream), so a stopped router leaves no task behind."""
+        if not self._books and self._task is not None:
+            self._stopping.set()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+            self._stopping.clear()
+        await self.flush()
+
+    def _stop(self, book: StreamBook, code: grpc.StatusCode, message: str) -> None:
+        book.stopped = (code, message)
+        assert book.call is not None
+        book.call.cancel()
+
+    async def _run(self) -> None:
+        interval = self._limits.charge_interval_s
+        while not self._stopping.is_set():
+            try:
+                await asyncio.wait_for(self._stopping.wait(), interval)
+            except TimeoutError:
+                pass
+            self.check(time.monotonic())
+            try:
+                await self.flush()
+            except Exception:  # a booking bug must be seen, but must not stop the watch
+                log.exception("could not book batched output charges")
