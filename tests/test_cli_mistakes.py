@@ -55,6 +55,16 @@ def test_up_with_a_misspelt_config_field_names_the_closest(tmp_path):
     assert "unknown field(s) ['schedular'] (did you mean 'scheduler'?)" in line, line
 
 
+def test_worker_with_a_misspelt_scheduling_policy_exits_with_one_line_before_loading_anything():
+    # No model at this path: the policy is checked first, so the model is never looked for.
+    settings = ["model=/nonexistent/model", f"port={free_port()}", "engine.scheduler.policy=dlmp"]
+    args = [arg for item in settings for arg in ("--set", item)]
+    line = _one_line_error(_run([sys.executable, "-m", "radixfair_worker", *args]))
+    assert line.startswith(
+        "radixfair-worker: error: unknown scheduling policy 'dlmp'; did you mean 'dlpm'?"
+    ), line
+
+
 @pytest.mark.parametrize(
     ("settings", "expected"),
     [

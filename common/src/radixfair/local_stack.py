@@ -340,13 +340,12 @@ def _check_router_config(args: list[str]) -> None:
 def _check_worker_config(path: Path | None, settings: dict[str, object]) -> None:
     """Loads a worker's config as radixfair-worker will, and builds its scheduling policy (torch-free)."""
     from radixfair_worker.config import WorkerConfig
-    from radixfair_worker.scheduler.registry import POLICIES, build_policy
+    from radixfair_worker.scheduler.registry import build_policy
 
-    scheduler = load_config(WorkerConfig, path, overrides=settings).engine.scheduler
-    if scheduler.policy not in POLICIES:
-        raise ConfigError(unknown_choice("scheduling policy", scheduler.policy, POLICIES))
     try:
-        build_policy(scheduler)
+        build_policy(load_config(WorkerConfig, path, overrides=settings).engine.scheduler)
+    except ConfigError:
+        raise
     except ValueError as error:
         raise ConfigError(f"worker engine.scheduler: {error}") from None
 

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import sys
 
-from radixfair.service_process import config_from_command_line, run_service
+from radixfair.service_process import config_from_command_line, exit_with_error, run_service
 from radixfair_worker.app import serve
 from radixfair_worker.config import WorkerConfig
+from radixfair_worker.scheduler.registry import build_policy
 
 
 def main(argv: list[str] | None = None) -> None:
     config = config_from_command_line(WorkerConfig, "radixfair-worker", "deploy/config/worker.yaml", argv)
+    try:  # torch-free and before the engine process starts: a bad policy is one line, at once
+        build_policy(config.engine.scheduler)
+    except ValueError as error:
+        exit_with_error("radixfair-worker", error)
     sys.exit(run_service("radixfair-worker", serve, config))
 
 

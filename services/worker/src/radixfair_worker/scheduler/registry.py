@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from radixfair.config_loading import unknown_choice
 from radixfair_worker.config import SchedulerConfig
 from radixfair_worker.scheduler.base import SchedulingPolicy
 from radixfair_worker.scheduler.dlpm import DLPMPolicy
@@ -31,7 +32,7 @@ def build_policy(config: SchedulerConfig, clock: Callable[[], float] = time.mono
     """
     factory = POLICIES.get(config.policy)
     if factory is None:
-        raise ValueError(f"unknown scheduling policy {config.policy!r}; choose one of {', '.join(POLICIES)}")
+        raise ValueError(unknown_choice("scheduling policy", config.policy, POLICIES))
     validate_scheduler_config(config)
     if factory is LPMAgingPolicy:
         return LPMAgingPolicy(config, clock=clock)
