@@ -37,7 +37,9 @@ def test_up_with_a_misspelt_routing_policy_names_the_closest_before_starting(tmp
     run_dir = tmp_path / "run"
     result = _run([*CLI, "up", "--policy", "d2lmp", "--run-dir", str(run_dir)])
     line = _one_line_error(result)
-    assert line.startswith("radixfair: error: unknown routing policy 'd2lmp'; did you mean 'd2lpm'?"), line
+    assert line.startswith(
+        "radixfair: error: router config: unknown routing policy 'd2lmp'; did you mean 'd2lpm'?"
+    ), line
     assert not list(run_dir.glob("*.log"))  # nothing was started
 
 

@@ -35,7 +35,9 @@ def load_config(
     path: Path | None = None,
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
+    where: str | None = None,
 ) -> T:
+    """``where`` names the config in errors; by default the file's path."""
     data: dict[str, Any] = {}
     if path is not None:
         loaded = yaml.safe_load(Path(path).read_text()) or {}
@@ -47,7 +49,7 @@ def load_config(
             _set_path(data, key[len(ENV_PREFIX) :].lower().split("__"), yaml.safe_load(value))
     for dotted, value in (overrides or {}).items():
         _set_path(data, dotted.split("."), value)
-    return build(cls, data, where=str(path or "config"))
+    return build(cls, data, where=where or str(path or "config"))
 
 
 def unknown_choice(kind: str, value: object, choices: Iterable[str]) -> str:

@@ -34,7 +34,7 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from radixfair.auth import ApiKeyConfig, bearer_metadata
-from radixfair.config_loading import ConfigError, load_config, unknown_choice
+from radixfair.config_loading import ConfigError, load_config
 from radixfair.listening import ListenError, ensure_port_free
 from radixfair.redis_launcher import RedisLaunchConfig, RedisServer, free_loopback_port
 from radixfair.supervisor import RestartPolicy, Supervisor
@@ -151,7 +151,9 @@ class LocalStack:
             ensure_port_free("127.0.0.1", self._config.router_port, "the router")
             # Placeholders for what exists only once started: the model directory and Redis.
             placeholder_redis = self.redis_url or "redis://127.0.0.1:6379/0"
-            _check_router_config(self._router_config_args(Path("model"), placeholder_redis))
+            args = self._router_config_args(Path("model"), placeholder_redis)
+            # A file the launcher wrote is no name to show the user; theirs is.
+            _check_router_config(args, None if self._config.router_config_file else "router config")
             _check_worker_config(self._config.worker_config_file, self._worker_settings(0, 0))
         except (ConfigError, ListenError, OSError) as error:
             raise StackStartError(str(error)) from None
@@ -321,20 +323,14 @@ def _start_failure(child: _Child) -> StackStartError:
     )
 
 
-def _check_router_config(args: list[str]) -> None:
+def _check_router_config(args: list[str], where: str | None) -> None:
     """Loads the router's config from ``args`` as radixfair-router will; ConfigError if it would refuse it."""
     # Imported here: this package must not depend on a service's at import time, and the
     # router package is torch-free, so `up` can check its config in this process.
-    from radixfair_router.config import POLICIES, RouterConfig
+    from radixfair_router.config import RouterConfig
 
     path, overrides = _read_config_args(args)
-    name = overrides.get("policy.name")
-    if name is None and path is not None:
-        loaded = yaml.safe_load(path.read_text()) or {}
-        name = (loaded.get("policy") or {}).get("name") if isinstance(loaded, dict) else None
-    if name is not None and name not in POLICIES:
-        raise ConfigError(unknown_choice("routing policy", name, POLICIES))
-    load_config(RouterConfig, path, overrides=overrides)
+    load_config(RouterConfig, path, overrides=overrides, where=where)
 
 
 def _check_worker_config(path: Path | None, settings: dict[str, object]) -> None:
@@ -343,7 +339,8 @@ def _check_worker_config(path: Path | None, settings: dict[str, object]) -> None
     from radixfair_worker.scheduler.registry import build_policy
 
     try:
-        build_policy(load_config(WorkerConfig, path, overrides=settings).engine.scheduler)
+        config = load_config(WorkerConfig, path, overrides=settings, where=None if path else "worker config")
+        build_policy(config.engine.scheduler)
     except ConfigError:
         raise
     except ValueError as error:

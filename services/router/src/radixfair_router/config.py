@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from radixfair.auth import AuthConfig
+from radixfair.config_loading import unknown_choice
 from radixfair.tracing import TracingConfig
 
 POLICIES = ("round_robin", "least_load", "cache_aware", "global_vtc", "d2lpm")
@@ -135,7 +136,7 @@ class RouterConfig:
 
     def __post_init__(self) -> None:
         if self.policy.name not in POLICIES:
-            raise ValueError(f"unknown routing policy {self.policy.name!r}; use one of {list(POLICIES)}")
+            raise ValueError(unknown_choice("routing policy", self.policy.name, POLICIES))
         if self.ledger.store not in ("redis", "memory"):
             raise ValueError(f"ledger.store must be 'redis' or 'memory', not {self.ledger.store!r}")
         if self.ledger.store == "redis" and not self.ledger.redis_url:
