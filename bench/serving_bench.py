@@ -14,15 +14,17 @@ Paths, each on the same shapes and the same engine settings:
 - ``worker``: ``WorkerService.Generate`` straight to the worker process;
 - ``router``: ``RouterService.Generate`` through a router process with a real redis-server ledger.
 
-The stack is started as real processes through ``radixfair.local_stack`` (``python -m radixfair_worker``
-and ``python -m radixfair_router`` with ``--set`` flags), so only entry points and the gRPC contract
-are relied on. Prompts differ per path and cell, so no cell hits a prefix cached by another.
+Workers are started as ``python -m radixfair_worker --set ...``; Redis and the router (``python -m
+radixfair_router``) through ``radixfair.local_stack``, the router listing the workers statically. So
+only entry points, config keys and the gRPC contract are relied on (the in-process path also uses the
+worker's ``build_engine`` and ``Engine.submit/step``). Prompts differ per path and cell, so no cell hits
+a prefix cached by another; the paths run in turn within each cell, so load drift hits all alike.
 
 Reported per cell: output tokens/s and requests/s over the cell's wall time, TTFT p50/p99 and
 inter-token p99 seen by the client (a message carrying k tokens counts as k gaps of gap/k; the raw
 message gap p99 is in the JSON), the prompt cache hit rate (cached / prompt tokens, from each result's
 usage), and for the router the degraded-mode transitions (GetStatus.shared_state_connected polled
-every 0.25 s: a degraded spell lasts at least the ledger's reconnect interval, 0.5 s) plus the
+every 0.25 s: a degraded spell lasts at least the ledger's reconnect interval, 0.5 s by default) and the
 router log's "shared state store unreachable" warnings as a cross-check.
 
     .venv/bin/python bench/serving_bench.py --quick                      # CPU, ~3 min on 2 cores
@@ -38,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -48,7 +51,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -629,23 +632,35 @@ def _is_serving(address: str) -> bool:
 # ---- the run ----------------------------------------------------------------------------------
 
 
-def run_served_paths(
-    args: argparse.Namespace, settings: dict[str, object], logs: Path, results: Results
-) -> None:
-    """Worker processes first (the worker path uses the first), then Redis + a router in front of them.
+@dataclass
+class Paths:
+    """What each path's cells run against."""
 
-    The router lists the workers statically, as deploy/config/router.yaml does, so both paths are
-    served by the same worker processes; it starts only after the worker path, so it polls no
-    worker while that path is measured.
+    engine: object | None = None
+    worker: Target | None = None
+    router: Target | None = None
+    router_log: Path | None = None
+
+
+@contextlib.contextmanager
+def started_paths(args: argparse.Namespace, settings: dict[str, object], logs: Path) -> Iterator[Paths]:
+    """The in-process engine, then the worker processes, then Redis + a router in front of them.
+
+    The router lists the workers statically, as deploy/config/router.yaml does, so the worker path
+    (straight to the first worker) and the router path are served by the same worker processes.
+    Everything is stopped on the way out, the router first.
     """
     keys = tuple(f"serving-bench-key-{i}" for i in range(args.tenants))
-    workers: list[WorkerProcess] = []
-    try:
-        for index in range(args.workers):
+    paths = Paths()
+    with contextlib.ExitStack() as running:
+        if "in_process" in args.paths:
+            paths.engine = build_in_process_engine(settings)
+        workers: list[WorkerProcess] = []
+        for index in range(args.workers if {"worker", "router"} & set(args.paths) else 0):
             workers.append(WorkerProcess(settings, f"worker-{index}", logs, STARTUP_TIMEOUT_S))
+            running.callback(workers[-1].stop)
         if "worker" in args.paths:
-            target = Target("worker", workers[0].address, keys, args.request_timeout_s)
-            asyncio.run(run_grpc_path(args, target, results))
+            paths.worker = Target("worker", workers[0].address, keys, args.request_timeout_s)
         if "router" in args.paths:
             static = [{"worker_id": w.worker_id, "address": w.address} for w in workers]
             stack = LocalStack(
@@ -661,15 +676,11 @@ def run_served_paths(
                 )
             )
             stack.start()
-            try:
-                wait_for_healthy_workers(stack.address, keys[0], len(workers))
-                target = Target("router", stack.address, keys, args.request_timeout_s)
-                asyncio.run(run_grpc_path(args, target, results, logs / "stack" / "router.log"))
-            finally:
-                stack.stop()
-    finally:
-        for worker in workers:
-            worker.stop()
+            running.callback(stack.stop)
+            wait_for_healthy_workers(stack.address, keys[0], len(workers))
+            paths.router = Target("router", stack.address, keys, args.request_timeout_s)
+            paths.router_log = logs / "stack" / "router.log"
+        yield paths
 
 
 def wait_for_healthy_workers(address: str, key: str, count: int) -> None:
@@ -687,6 +698,59 @@ def wait_for_healthy_workers(address: str, key: str, count: int) -> None:
                 pass
             time.sleep(0.3)
     raise RuntimeError(f"the router at {address} did not see {count} healthy worker(s)")
+
+
+async def run_all(args: argparse.Namespace, paths: Paths, results: Results) -> None:
+    """Warm-up of every path, then every cell, the paths in turn within each workload and concurrency.
+
+    Interleaved so that load drift on a shared machine hits every path alike.
+    """
+    for workload in args.workloads:
+        for path in args.paths:
+            await run_cell(args, paths, path, workload, args.warmup_requests, None)
+    for workload in args.workloads:
+        for concurrency in args.concurrency:
+            for path in args.paths:
+                await run_cell(args, paths, path, workload, concurrency, results)
+
+
+async def run_cell(
+    args: argparse.Namespace,
+    paths: Paths,
+    path: str,
+    workload: str,
+    concurrency: int,
+    results: Results | None,
+) -> None:
+    """One cell; ``results`` None is a warm-up (its own prompts, nothing recorded)."""
+    seed = cell_seed(path, workload, concurrency, warmup=results is None)
+    specs = cell_requests(args, workload, concurrency, seed)
+    procs = args.client_procs if concurrency > 16 else 1
+    degraded = None
+    if path == "in_process":
+        records = run_cell_in_process(paths.engine, specs, args.tenants)
+    elif path == "worker":
+        assert paths.worker is not None
+        records = await run_cell_grpc(paths.worker, specs, procs)
+    else:
+        assert paths.router is not None and paths.router_log is not None
+        watch, stop = DegradedWatch(paths.router.address, paths.router.keys[0]), asyncio.Event()
+        warnings_before = _count_warnings(paths.router_log)
+        poller = asyncio.create_task(watch.run(stop))
+        try:
+            records = await run_cell_grpc(paths.router, specs, procs)
+        finally:
+            stop.set()
+            await poller
+        degraded = {
+            "transitions": watch.transitions,
+            "log_warnings": _count_warnings(paths.router_log) - warnings_before,
+            "connected_at_end": watch.connected_at_end,
+            "status_polls": watch.polls,
+            "status_poll_errors": watch.poll_errors,
+        }
+    if results is not None:
+        results.add(path, workload, concurrency, records, degraded)
 
 
 class Results:
@@ -719,51 +783,6 @@ class Results:
             Path(self._args.raw).write_text(json.dumps(self.raw))
         meta = {**self._meta, "total_wall_s": time.monotonic() - self._started}
         return write_report(self._args, self.rows, meta)
-
-
-def run_in_process(args: argparse.Namespace, settings: dict[str, object], results: Results) -> None:
-    engine = build_in_process_engine(settings)
-    for workload in args.workloads:
-        warm = cell_requests(args, workload, args.warmup_requests, cell_seed("in_process", workload, 0, True))
-        run_cell_in_process(engine, warm, args.tenants)
-        for concurrency in args.concurrency:
-            specs = cell_requests(args, workload, concurrency, cell_seed("in_process", workload, concurrency))
-            results.add(
-                "in_process", workload, concurrency, run_cell_in_process(engine, specs, args.tenants), None
-            )
-
-
-async def run_grpc_path(
-    args: argparse.Namespace, target: Target, results: Results, router_log: Path | None = None
-) -> None:
-    """Every workload and concurrency of one path; a router path also watches for degraded mode."""
-    for workload in args.workloads:
-        warm = cell_requests(args, workload, args.warmup_requests, cell_seed(target.path, workload, 0, True))
-        await run_cell_grpc(target, warm, 1)
-        for concurrency in args.concurrency:
-            specs = cell_requests(args, workload, concurrency, cell_seed(target.path, workload, concurrency))
-            procs = args.client_procs if concurrency > 16 else 1
-            if router_log is None:
-                results.add(
-                    target.path, workload, concurrency, await run_cell_grpc(target, specs, procs), None
-                )
-                continue
-            watch, stop = DegradedWatch(target.address, target.keys[0]), asyncio.Event()
-            warnings_before = _count_warnings(router_log)
-            poller = asyncio.create_task(watch.run(stop))
-            try:
-                records = await run_cell_grpc(target, specs, procs)
-            finally:
-                stop.set()
-                await poller
-            degraded = {
-                "transitions": watch.transitions,
-                "log_warnings": _count_warnings(router_log) - warnings_before,
-                "connected_at_end": watch.connected_at_end,
-                "status_polls": watch.polls,
-                "status_poll_errors": watch.poll_errors,
-            }
-            results.add(target.path, workload, concurrency, records, degraded)
 
 
 def _count_warnings(log_path: Path) -> int:
@@ -832,13 +851,10 @@ def main(argv: Sequence[str] | None = None) -> Path:
             "notes": notes(args),
         },
     )
+    logs = Path(args.logs_dir) if args.logs_dir else work_dir / "logs"
     try:
-        if "in_process" in args.paths:
-            run_in_process(args, settings, results)
-            _free_device_memory(args.device)
-        logs = Path(args.logs_dir) if args.logs_dir else work_dir / "logs"
-        if set(args.paths) & {"worker", "router"}:
-            run_served_paths(args, settings, logs, results)
+        with started_paths(args, settings, logs) as paths:
+            asyncio.run(run_all(args, paths, results))
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
     path = results.write()
@@ -861,20 +877,12 @@ def notes(args: argparse.Namespace) -> str:
             "vs_in_process: out_tok_s over the in-process engine's on the same workload and concurrency.",
             "degraded_transitions: the router's flips into degraded mode, seen by polling GetStatus every",
             f"{STATUS_POLL_S} s (the JSON also counts the router log's warnings). The worker path talks to",
-            f"the first of {args.workers} worker process(es) before any router runs; the router path goes",
-            "through a router (real redis-server ledger) that lists those workers statically.",
+            f"the first of {args.workers} worker process(es); the router path goes through a router (real",
+            "redis-server ledger) that lists those workers statically and polls their load throughout, as",
+            "in service. Cells run interleaved (each workload and concurrency: every path in turn), so load",
+            "drift on a shared machine hits all paths alike.",
         ]
     )
-
-
-def _free_device_memory(device: str) -> None:
-    import gc
-
-    gc.collect()
-    if device.startswith("cuda"):
-        import torch
-
-        torch.cuda.empty_cache()
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
