@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from radixfair_router.config import CostConfig, LedgerConfig, PolicyConfig
 from radixfair_router.ledger import Ledger
@@ -80,7 +82,8 @@ def test_global_vtc_takes_the_least_loaded_worker_and_books_the_counter():
 
 def test_d2lpm_sends_a_hot_prefix_to_its_worker_until_the_quantum_is_spent_then_next_best():
     # Each request costs 60 uncached tokens on w1 (40 cached), 100 elsewhere; Q = 150.
-    states = [w("w1", match=40), w("w2", match=20), w("w3")]
+    # Both matches are above the cache threshold (0.3 of the prompt).
+    states = [w("w1", match=40), w("w2", match=35), w("w3")]
     decisions = route_all("d2lpm", [req(prompt=100)] * 4, [states] * 4, quantum=150)
     assert [(d.worker_id, d.reason) for d in decisions] == [
         ("w1", "longest_match"),  # q[w1]: 150 -> 90
@@ -103,8 +106,8 @@ def test_d2lpm_falls_back_to_the_least_loaded_worker_when_no_eligible_one_has_cr
     states = [w("w1", load=0), w("w2", load=30, match=100), w("w3", load=20)]
     decisions = route_all("d2lpm", [req(prompt=100)] * 3, [states] * 3, quantum=150)
     assert [(d.worker_id, d.reason) for d in decisions] == [
-        ("w1", "next_best_match"),
-        ("w1", "next_best_match"),  # 50 -> -50
+        ("w1", "no_useful_match"),
+        ("w1", "no_useful_match"),  # 50 -> -50
         ("w1", "least_load"),  # spent, and no eligible worker has credit
     ]
     assert decisions[2].deficit == pytest.approx(-150) and decisions[2].refills == 0
@@ -115,7 +118,7 @@ def test_d2lpm_refills_once_every_candidate_is_spent_and_returns_to_the_best_mat
     decisions = route_all("d2lpm", [req(prompt=110)] * 3, [states] * 3, quantum=100)
     # w1: 100 -> 0 (cost 100); w2: 100 -> -10; none positive: refill -> w1 100, w2 90 -> w1.
     assert [d.worker_id for d in decisions] == ["w1", "w2", "w1"]
-    assert (decisions[1].reason, decisions[2].refills) == ("next_best_match", 1)
+    assert (decisions[1].reason, decisions[2].refills) == ("no_useful_match", 1)
 
 
 def test_d2lpm_deficits_are_per_client():
@@ -132,3 +135,36 @@ def test_d2lpm_weight_scales_the_credit_on_the_hot_worker():
     heavy = route_all("d2lpm", [req("c", 100, 2.0)] * 3, [states] * 3, quantum=150)
     assert [d.worker_id for d in light] == ["w1", "w1", "w2"]
     assert [d.worker_id for d in heavy] == ["w1", "w1", "w1"]
+
+
+def test_d2lpm_an_idle_worker_beats_a_trivial_prefix_match():
+    # w1 holds 4 tokens of a 100-token prompt (a chat template's first tokens): below the
+    # cache threshold that is no locality, so the idle worker takes the request.
+    states = [w("w1", load=1, match=4), w("w2", load=0)]
+    [decision] = route_all("d2lpm", [req(prompt=100)], [states], cache_threshold=0.3)
+    assert (decision.worker_id, decision.reason) == ("w2", "no_useful_match")
+    # The charge is still the real one on the worker chosen: the whole prompt, uncached.
+    assert decision.charged == pytest.approx(100)
+
+
+def test_d2lpm_keeps_a_long_shared_prefix_sticky_against_an_idle_worker():
+    states = [w("w1", load=3, match=70), w("w2", load=0)]
+    [decision] = route_all("d2lpm", [req(prompt=100)], [states], cache_threshold=0.3)
+    assert (decision.worker_id, decision.reason, decision.charged) == ("w1", "longest_match", 30)
+
+
+@given(
+    prompt=st.integers(1, 400),
+    specs=st.lists(st.tuples(st.integers(0, 6), st.integers(0, 400)), min_size=2, max_size=5),
+)
+def test_d2lpm_never_prefers_a_busier_worker_for_a_match_below_the_cache_threshold(prompt, specs):
+    """With fresh credit everywhere and loads under the balance threshold, the choice is the
+    longest useful match if there is one, else a least-loaded worker."""
+    states = [w(f"w{i}", load=load, match=min(match, prompt)) for i, (load, match) in enumerate(specs)]
+    [decision] = route_all("d2lpm", [req(prompt=prompt)], [states], cache_threshold=0.3)
+    chosen = next(s for s in states if s.worker_id == decision.worker_id)
+    useful = [s for s in states if s.prefix_match >= max(0.3 * prompt, 1)]
+    if useful:
+        assert chosen.prefix_match == max(s.prefix_match for s in useful)
+    else:
+        assert chosen.load == min(s.load for s in states)

@@ -105,6 +105,9 @@ class ForwardConfig:
     max_attempts: int = 3
     # A stream that sends nothing for this long is failed, so no call hangs.
     stream_idle_timeout_s: float = 120.0
+    # A stream of a worker out of rotation (frozen, unreachable) is ended once it has been
+    # silent this long; a worker that is merely slow to answer health checks keeps streaming.
+    unhealthy_stream_silence_s: float = 5.0
     # With no healthy worker, how long a request waits for one to appear.
     wait_for_worker_s: float = 2.0
     # Prompts larger than this (UTF-8 bytes of text or chat, or 4 bytes a token id)

@@ -46,7 +46,8 @@ class RoutingDecision:
     worker_id: str
     policy: str
     # Why this worker: "longest_match", "next_best_match", "least_load",
-    # "round_robin", "smallest_cache", "balance".
+    # "round_robin", "smallest_cache", "balance", "no_useful_match" (d2lpm: no match above
+    # the cache threshold, so the least loaded worker with credit).
     reason: str
     prefix_match: int
     # Input cost charged to the ledger at routing (corrected when usage is known).

@@ -4,7 +4,9 @@ Per (client i, worker w) the ledger keeps a deficit ``q[i][w]``; per worker
 the router knows a load and an estimated prefix match for this prompt.
 
 1. Candidates are the healthy workers, ordered by longest prefix match
-   (ties: lower load, then id). A worker is *eligible* when its load is under
+   (ties: lower load, then id). A match shorter than ``cache_threshold`` of
+   the prompt counts as no match for the order: such workers rank with the
+   cold ones, by load, then id. A worker is *eligible* when its load is under
    the balance threshold: not (load - min_load > balance_abs_threshold and
    load > balance_rel_threshold * min_load).
 2. Refill: if no candidate has ``q[i][w] > 0``, every candidate with
@@ -37,6 +39,15 @@ line here):
   lands on fallbacks still spends and refills like any other.
 - Load is requests queued plus running, as the worker reports and as the
   router itself has dispatched since the last report.
+- Trivial matches are no locality. Read literally, "longest match first"
+  sends every prompt to a worker that holds only the chat template's first
+  tokens while an idle worker waits: with 2 workers and 3 light clients the
+  README's demo sent all 9 requests to one worker. Like the SGLang router's
+  cache threshold (0.3 of the prompt by default), a match below
+  ``cache_threshold`` of the prompt does not rank a worker ahead of a less
+  loaded one. A client's own long shared prefix (a system prompt, a
+  document) is far above it and stays sticky. Its cost still counts the
+  cached tokens, so the charge is the real one.
 """
 
 from __future__ import annotations
@@ -68,38 +79,39 @@ class D2lpmPolicy:
         """Candidates in match order (ties: lower load, then id), each marked eligible (load under
         the threshold) with its input cost.
 
-        This runs for every worker on every request. Most workers match nothing of a prompt, so
-        they share one cost and are ordered by a C-level key; only the few with a match pay for
-        the full one.
+        This runs for every worker on every request. Most workers match nothing useful of a
+        prompt, so they are ordered by a C-level key and share one cost when they match nothing.
         """
         cfg, costs, prompt = self._config, self._costs, request.prompt_tokens
         min_load = min(w.load for w in workers)
         abs_limit, rel_limit = min_load + cfg.balance_abs_threshold, cfg.balance_rel_threshold * min_load
+        # A match below the cache threshold ranks with the cold workers (at least one token, so
+        # a cold worker is never "matched").
+        useful = max(cfg.cache_threshold * prompt, 1)
         matched = sorted(
-            (w for w in workers if w.prefix_match), key=lambda w: (-w.prefix_match, w.load, w.worker_id)
+            (w for w in workers if w.prefix_match >= useful),
+            key=lambda w: (-w.prefix_match, w.load, w.worker_id),
         )
-        unmatched = sorted((w for w in workers if not w.prefix_match), key=LOAD_THEN_ID)
-        ranked = [
+        rest = sorted((w for w in workers if w.prefix_match < useful), key=LOAD_THEN_ID)
+        cold_cost = input_cost(prompt, 0, costs)
+        return [
             AdmitCandidate(
                 w.worker_id,
                 not (w.load > abs_limit and w.load > rel_limit),
-                input_cost(prompt, w.prefix_match, costs),
+                input_cost(prompt, w.prefix_match, costs) if w.prefix_match else cold_cost,
             )
-            for w in matched
+            for w in (*matched, *rest)
         ]
-        cold_cost = input_cost(prompt, 0, costs)
-        ranked += [
-            AdmitCandidate(w.worker_id, not (w.load > abs_limit and w.load > rel_limit), cold_cost)
-            for w in unmatched
-        ]
-        return ranked
 
     async def route(self, request: RoutingRequest, workers: Sequence[WorkerState]) -> RoutingDecision:
         ranked = self.rank(request, workers)
         fallback = least_loaded(workers).worker_id
         admission = await self._ledger.admit(request.client_id, request.weight, "d2lpm", ranked, fallback)
+        match = next(w.prefix_match for w in workers if w.worker_id == admission.worker_id)
         if admission.by_fallback:
             reason = "least_load"
+        elif match < self._config.cache_threshold * request.prompt_tokens:
+            reason = "no_useful_match"  # the least loaded worker with credit
         elif admission.worker_id == ranked[0].worker_id:
             reason = "longest_match"
         else:
@@ -108,7 +120,7 @@ class D2lpmPolicy:
             worker_id=admission.worker_id,
             policy=self.name,
             reason=reason,
-            prefix_match=next(w.prefix_match for w in workers if w.worker_id == admission.worker_id),
+            prefix_match=match,
             charged=admission.charged,
             deficit=admission.deficit,
             refills=admission.refills,
