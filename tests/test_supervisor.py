@@ -8,8 +8,12 @@ test, so no test waits for a backoff to pass.
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -134,3 +138,32 @@ def test_a_killed_redis_comes_back_on_its_port_with_its_data():
         assert redis.Redis.from_url(server.url).get("ledger") == b"kept"
     finally:
         server.stop()
+
+
+def _gone(pid: int) -> bool:
+    """No such process, or only its zombie left (nothing runs)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_a_stack_child_stops_when_the_launcher_is_killed_outright(tmp_path):
+    """`up` killed with SIGKILL cannot stop its children itself; they are told to stop (no orphans)."""
+    script = (
+        "import sys, time; from pathlib import Path; from radixfair.local_stack import _Child; "
+        "child = _Child('sleeper', [sys.executable, '-c', 'import time; time.sleep(600)'], "
+        f"Path({str(tmp_path / 'sleeper.log')!r})); print(child.process.pid, flush=True); time.sleep(600)"
+    )
+    launcher = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    child_pid = int(launcher.stdout.readline())
+    try:
+        os.kill(launcher.pid, signal.SIGKILL)
+        launcher.wait()
+        deadline = time.monotonic() + 60  # a safety limit: the loop ends as soon as the child is gone
+        while not _gone(child_pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _gone(child_pid), "the child outlived its launcher"
+    finally:
+        if not _gone(child_pid):
+            os.kill(child_pid, signal.SIGKILL)

@@ -176,7 +176,9 @@ def _up(args: argparse.Namespace) -> int:
         worker_config_file=args.worker_config,
     )
     stack = LocalStack(config)
-    # Ctrl-C while starting raises KeyboardInterrupt: start() stops what it started, main() says so.
+    # Ctrl-C or SIGTERM while starting raise KeyboardInterrupt: start() stops what it started
+    # (the children run in their own sessions, so nothing else would), and main() says so.
+    signal.signal(signal.SIGTERM, _interrupt)
     stack.start()
     stopping = {"now": False}
 
@@ -197,6 +199,10 @@ def _up(args: argparse.Namespace) -> int:
         return 0
     finally:
         stack.stop()
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _generate(args: argparse.Namespace) -> int:

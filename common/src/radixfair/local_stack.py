@@ -101,6 +101,8 @@ class _Child:
                 # Its own process group: a terminal's Ctrl-C reaches `up`, which stops the children in
                 # order, rather than every child at once (which the supervisor would see as crashes).
                 start_new_session=True,
+                # And if `up` itself is killed outright, the child is told to stop too.
+                preexec_fn=_stop_with_parent,
             )
         log.info("started %s (pid %d), log %s", self.name, self.process.pid, self.log_path)
 
@@ -314,6 +316,15 @@ class LocalStack:
                     pass
             time.sleep(0.3)
         raise StackStartError(f"workers did not all register with the router; logs in {self._config.run_dir}")
+
+
+def _stop_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the parent dies (Linux; elsewhere nothing)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def _start_failure(child: _Child) -> StackStartError:
