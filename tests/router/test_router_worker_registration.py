@@ -15,12 +15,16 @@ from dataclasses import dataclass, field, replace
 
 import grpc
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from support.router_stack import client_for, router_config, running_router, wait_until, worker_id
 
 from radixfair.auth import AuthConfig, RegistrationAuthenticator, bearer_metadata, key_digest
+from radixfair.errors import AlreadyExistsError
 from radixfair.grpc_health import add_health_and_reflection, set_serving
 from radixfair.v1 import generation_pb2, router_pb2, router_pb2_grpc, worker_pb2, worker_pb2_grpc
-from radixfair_router.config import RegistryConfig
+from radixfair_router.config import RegistryConfig, StaticWorker
+from radixfair_router.worker_registry import WorkerRegistry
 
 TOKEN = "worker-join-token-for-tests"
 WORKER_SERVICE = worker_pb2.DESCRIPTOR.services_by_name["WorkerService"].full_name
@@ -191,3 +195,33 @@ def test_static_registry_answers_are_unchanged_for_a_worker_that_also_heartbeats
 
     same, static = asyncio.run(scenario())
     assert same is None and static == [True, True]
+
+
+_ids = st.sampled_from(["static-a", "static-b", "w1", "w2", "w3"])
+_addresses = st.sampled_from([f"127.0.0.1:{port}" for port in (1, 2, 3, 4)])
+
+
+@settings(max_examples=40)
+@given(st.lists(st.tuples(_ids, _addresses), max_size=12))
+def test_no_sequence_of_registrations_moves_a_static_or_live_worker(registrations):
+    """Whatever is registered in whatever order, each id keeps the first address it had."""
+    static = (StaticWorker("static-a", "127.0.0.1:1"), StaticWorker("static-b", "127.0.0.1:2"))
+
+    async def scenario():
+        registry = WorkerRegistry(RegistryConfig(workers=static, heartbeat_ttl_s=3600.0))
+        registry.start()
+        first = {w.worker_id: w.address for w in static}
+        try:
+            for wid, address in registrations:
+                try:
+                    registry.register(wid, address, "")
+                    accepted = True
+                except AlreadyExistsError:
+                    accepted = False
+                first.setdefault(wid, address)
+                assert accepted == (first[wid] == address), (wid, address)
+                assert {w.worker_id: w.address for w in registry.all()} == first
+        finally:
+            await registry.stop()
+
+    asyncio.run(scenario())
