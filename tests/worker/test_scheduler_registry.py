@@ -20,11 +20,11 @@ def test_build_policy_builds_each_named_policy(name):
 def test_build_policy_hands_its_clock_to_the_aging_policy():
     doc = list(range(100, 116))
     cache = cache_holding(doc)
-    old_cold = request("old-cold", "a", [1, 2, 3], arrival=0.0)
-    new_hot = request("new-hot", "b", doc + [1], arrival=990.0)
 
     def order_at(now: float) -> list[str]:
         policy = build_policy(SchedulerConfig(policy="lpm_aging", lpm_aging_rate=1.0), clock=lambda: now)
+        old_cold = request("old-cold", "a", [1, 2, 3], arrival=0.0)
+        new_hot = request("new-hot", "b", doc + [1], arrival=990.0)
         for r in (old_cold, new_hot):
             policy.on_arrival(r)
         return [r.request_id for r in policy.pick_next([old_cold, new_hot], cache, CountingBudget(cache, 2))]

@@ -117,15 +117,16 @@ class DLPMPolicy:
             self._ledger.on_backlogged(client, self._activity.waiting_clients(), is_new)
         self._activity.arrived(request)
         self._overtakes.joined(request)
+        self._queue.joined(request)
 
     def pick_next(
         self, waiting: Sequence[Request], cache: PrefixMatcher, budget: AdmissionBudget
     ) -> list[Request]:
         order = _Replay(request for _, request in self._queue.ordered(waiting, cache))
-        waiting_now = set(waiting)
         admitted: list[Request] = []
+        taken: set[Request] = set()
         while True:
-            passed, budget_full, spent = self._walk(order, waiting_now, budget)
+            passed, budget_full, spent = self._walk(order, taken, budget)
             admitted += passed
             if budget_full or not spent:
                 break
@@ -140,6 +141,7 @@ class DLPMPolicy:
     def on_finished(self, request: Request) -> None:
         self._activity.finished(request)
         self._overtakes.left(request)
+        self._queue.left(request)
         if not self._activity.has_waiting(request.client_id):
             self._ledger.on_drained(request.client_id)
         if self._activity.is_idle(request.client_id):
@@ -149,24 +151,28 @@ class DLPMPolicy:
         return self._meter.client_service()
 
     def _walk(
-        self, order: Iterable[Request], waiting: set[Request], budget: AdmissionBudget
+        self, order: Iterable[Request], taken: set[Request], budget: AdmissionBudget
     ) -> tuple[list[Request], bool, set[str]]:
-        """One pass over the requests still in ``waiting``.
+        """One pass over the requests not yet ``taken`` (admitted this step; it adds to it).
 
-        Returns those admitted (and drops them from ``waiting``), whether the
-        budget refused one, and the clients skipped for want of credit.
+        Returns those admitted, whether the budget refused one, and the
+        clients skipped for want of credit.
         """
         admitted, spent = [], set()
+
+        def still_waiting(request: Request) -> bool:
+            return request in self._queue and request not in taken
+
         for request in order:
             client = request.client_id
-            while request in waiting:
+            while request not in taken:
                 if not self._ledger.has_credit(client):
                     spent.add(client)
                     break
-                chosen = self._overtakes.due(client, waiting) or request
+                chosen = self._overtakes.due(client, still_waiting) or request
                 if not budget.try_admit(chosen):
                     return admitted, True, spent
-                waiting.discard(chosen)
+                taken.add(chosen)
                 self._activity.admitted(chosen)
                 if not self._activity.has_waiting(client):
                     self._ledger.on_drained(client)

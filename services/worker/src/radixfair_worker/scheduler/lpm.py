@@ -29,5 +29,11 @@ class LPMPolicy(OrderedPolicy):
     def order(self, waiting: Sequence[Request], cache: PrefixMatcher) -> Iterator[Request]:
         return (request for _, request in self._queue.ordered(waiting, cache))
 
+    def on_arrival(self, request: Request) -> None:
+        self._queue.joined(request)
+
+    def on_finished(self, request: Request) -> None:
+        self._queue.left(request)
+
     def admitted(self, requests: list[Request]) -> None:
         self._queue.admitted(requests)

@@ -40,5 +40,11 @@ class LPMAgingPolicy(OrderedPolicy):
         ranked.sort(key=lambda pair: (-pair[0], pair[1].arrival_time))
         return [request for _, request in ranked]
 
+    def on_arrival(self, request: Request) -> None:
+        self._queue.joined(request)
+
+    def on_finished(self, request: Request) -> None:
+        self._queue.left(request)
+
     def admitted(self, requests: list[Request]) -> None:
         self._queue.admitted(requests)

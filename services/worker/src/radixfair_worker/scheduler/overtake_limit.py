@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Container
+from collections.abc import Callable
 
 from radixfair_worker.request import Request
 
@@ -38,16 +38,16 @@ class OvertakeLimit:
         self.left(request)
         self._admissions[request.client_id] = self._admissions.get(request.client_id, 0) + 1
 
-    def due(self, client: str, waiting: Container[Request]) -> Request | None:
+    def due(self, client: str, is_waiting: Callable[[Request], bool]) -> Request | None:
         """The client's longest-waiting request if it has been passed over ``max_overtakes`` times.
 
-        Entries not in ``waiting`` are stale (the engine dropped a request
+        Entries not ``is_waiting`` are stale (the engine dropped a request
         without telling the policy) and are forgotten.
         """
         queue = self._joined.get(client)
         while queue:
             head, joined_at = next(iter(queue.items()))
-            if head not in waiting:
+            if not is_waiting(head):
                 del queue[head]
                 continue
             return head if self._admissions.get(client, 0) - joined_at >= self.max_overtakes else None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 
-from radixfair_worker.request import Request
+from radixfair_worker.request import Request, RequestStatus
 from radixfair_worker.scheduler.base import PrefixMatcher
 from radixfair_worker.scheduler.waiting_tree import WaitingTree, prefix_order
 
@@ -17,35 +17,57 @@ def arrival_order(waiting: Sequence[Request]) -> list[Request]:
 class PrefixMatchQueue:
     """The waiting queue in longest-prefix-match order, ties by arrival, at any depth.
 
-    Keeps a ``WaitingTree`` in step with the ``waiting`` list it is handed
-    each step (a set difference: requests that joined are added, those that
-    left are dropped), so it needs no callbacks and cannot drift from the
-    engine's queue. A policy tells it which requests it admitted, because an
-    admitted request can be preempted and back in the queue, with more
-    ``fill_ids``, before the next step's difference would notice it left.
+    Follows the queue through the policy callbacks (``joined`` on arrival,
+    ``left`` on a finish or cancel, ``admitted`` after each step), so a step
+    costs no pass over the whole queue. Should the ``waiting`` list it is
+    handed ever differ in length from what the callbacks said, it rebuilds
+    its view from that list (set differences): the engine's queue is the
+    truth. Requests no longer WAITING are never listed.
     """
 
     def __init__(self) -> None:
+        self._members: dict[Request, None] = {}  # join order
         self._tree: WaitingTree | None = None
+
+    def __contains__(self, request: Request) -> bool:
+        return request in self._members
+
+    def joined(self, request: Request) -> None:
+        """``request`` entered the queue, new or back after a preemption (with more ``fill_ids``)."""
+        self._members.pop(request, None)
+        self._members[request] = None
+        if self._tree is not None:
+            self._tree.add(request)
+
+    def left(self, request: Request) -> None:
+        self._members.pop(request, None)
+        if self._tree is not None:
+            self._tree.discard(request)
+
+    def admitted(self, requests: Iterable[Request]) -> None:
+        for request in requests:
+            self.left(request)
 
     def ordered(self, waiting: Sequence[Request], cache: PrefixMatcher) -> Iterator[tuple[int, Request]]:
         """``(cached prefix length, request)`` pairs, longest first; lazy, so stopping early is cheap."""
-        tree = self._sync(waiting, cache.page_size)
-        return prefix_order(tree.groups(cache.root), tree.joined)
+        if len(waiting) != len(self._members):
+            self._resync(waiting)
+        if self._tree is None or self._tree.page_size != cache.page_size:
+            self._tree = WaitingTree(cache.page_size)
+            for request in self._members:
+                self._tree.add(request)
+        tree = self._tree
+        return (
+            (length, request)
+            for length, request in prefix_order(tree.groups(cache.root), tree.joined)
+            if request.status is RequestStatus.WAITING
+        )
 
-    def admitted(self, requests: Iterable[Request]) -> None:
-        if self._tree is not None:
-            for request in requests:
-                self._tree.discard(request)
-
-    def _sync(self, waiting: Sequence[Request], page_size: int) -> WaitingTree:
-        if self._tree is None or self._tree.page_size != page_size:
-            self._tree = WaitingTree(page_size)
-        tree, current = self._tree, set(waiting)
-        if current != tree.requests():
-            for gone in [r for r in tree.requests() if r not in current]:
-                tree.discard(gone)
-            for request in waiting:
-                if request not in tree:
-                    tree.add(request)
-        return tree
+    def _resync(self, waiting: Sequence[Request]) -> None:
+        current = set(waiting)
+        for gone in self._members.keys() - current:
+            self.left(gone)
+        joined = current - self._members.keys()
+        # In queue order, so that equal arrival times keep the order the engine queued them in.
+        for request in [r for r in waiting if r in joined]:
+            self.joined(request)

@@ -18,10 +18,13 @@ requests are only listed when the admission walk reaches their group.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator, Sequence
+import operator
+from collections.abc import Iterator, Sequence
 from typing import Protocol
 
 from radixfair_worker.request import Request
+
+_ARRIVAL = operator.attrgetter("arrival_time")
 
 
 class CacheNode(Protocol):
@@ -66,9 +69,6 @@ class WaitingTree:
 
     def __contains__(self, request: Request) -> bool:
         return request in self._where
-
-    def requests(self) -> Iterable[Request]:
-        return self._where.keys()
 
     def add(self, request: Request) -> None:
         """Adds ``request`` under its current ``fill_ids``; re-adding moves it there."""
@@ -116,7 +116,11 @@ class WaitingTree:
         while stack:
             node, depth, cnode, cpos = stack.pop()
             if cpos == len(cnode.tokens):
-                keys = node.children.keys() & cnode.children.keys()
+                # Look the smaller side's keys up in the other: a root with thousands of waiting
+                # prompts the cache does not hold costs as much as the cache's few children.
+                mine, theirs = node.children, cnode.children
+                small, large = (mine, theirs) if len(mine) <= len(theirs) else (theirs, mine)
+                keys = {key for key in small if key in large}
             else:
                 next_page = tuple(cnode.tokens[cpos : cpos + p])
                 keys = {next_page} if next_page in node.children else set()
@@ -168,7 +172,9 @@ def prefix_order(
         while i < len(groups) and groups[i][0] == length:
             level.extend(groups[i][1].requests())
             i += 1
-        level.sort(key=lambda r: (r.arrival_time, joined[r]))
+        # Two stable sorts with C-level keys: by join order, then by arrival.
+        level.sort(key=joined.__getitem__)
+        level.sort(key=_ARRIVAL)
         for request in level:
             yield length, request
 
