@@ -14,7 +14,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from support.router_stack import client_for, router_config, running_router
 
 from radixfair.auth import bearer_metadata
-from radixfair.v1 import generation_pb2, router_pb2, router_pb2_grpc, worker_pb2
+from radixfair.v1 import generation_pb2, router_pb2, router_pb2_grpc, worker_pb2, worker_pb2_grpc
 from radixfair_router.server import SERVICE_NAME
 
 WORKER_SERVICE = worker_pb2.DESCRIPTOR.services_by_name["WorkerService"].full_name
@@ -139,9 +139,21 @@ def test_binary_metadata_with_any_bytes_gets_a_clean_status_on_every_rpc(two_wor
                     await stub.GetStatus(router_pb2.GetStatusRequest(), metadata=(binary,), timeout=10)
                 except grpc.aio.AioRpcError as error:
                     status = error
-            return anonymous, served, status
+            # The worker reads trace context from the same metadata.
+            async with grpc.aio.insecure_channel(two_workers[0].address) as channel:
+                direct = worker_pb2.GenerateRequest(
+                    client_id="direct",
+                    prompt=generation_pb2.Prompt(token_ids=generation_pb2.TokenIds(ids=[7, 8, 9])),
+                    sampling=generation_pb2.SamplingParams(max_tokens=2, ignore_eos=True),
+                )
+                calls = worker_pb2_grpc.WorkerServiceStub(channel).Generate(
+                    direct, metadata=(binary,), timeout=30
+                )
+                worker = [m async for m in calls]
+            return anonymous, served, status, worker
 
-    anonymous, served, status = asyncio.run(scenario())
+    anonymous, served, status, worker = asyncio.run(scenario())
+    assert worker[-1].result.usage.completion_tokens == 2
     for error in (anonymous, status):
         assert error.code() == grpc.StatusCode.UNAUTHENTICATED
         assert "authorization" in error.details() and "Error" not in error.details()
