@@ -51,7 +51,9 @@ class PromptEncoder:
         return self._tokenizer.get_vocab_size(with_added_tokens=True)
 
     def encode_text(self, text: str) -> list[int]:
-        return self._tokenizer.encode(text, add_special_tokens=False).ids
+        # encode_batch, not encode: it releases the GIL while it works (encode holds it for the
+        # whole call, seconds for a 1 MB text), so a caller's thread pool keeps its event loop free.
+        return self._tokenizer.encode_batch([text], add_special_tokens=False)[0].ids
 
     def render_chat(self, turns: list[ChatTurn]) -> str:
         if self._template is None:

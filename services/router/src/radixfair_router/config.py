@@ -36,6 +36,7 @@ class PolicyConfig:
     balance_rel_threshold: float = 1.5
     # cache_aware: below this fraction of the prompt matched, pick the worker
     # with the smallest approximate cache instead of the longest match.
+    # d2lpm: a match below it ranks a worker with the cold ones, by load.
     cache_threshold: float = 0.3
     # global_vtc: requests in flight per healthy worker from this router;
     # beyond that they wait and are released in VTC order. 0 disables the gate.
@@ -110,8 +111,8 @@ class ForwardConfig:
     unhealthy_stream_silence_s: float = 5.0
     # With no healthy worker, how long a request waits for one to appear.
     wait_for_worker_s: float = 2.0
-    # Prompts larger than this (UTF-8 bytes of text or chat, or 4 bytes a token id)
-    # are refused before tokenizing; tokenizing runs off the event loop.
+    # Prompts whose message is larger than this (serialized bytes: text, chat turns or
+    # token ids) are refused before tokenizing; tokenizing runs off the event loop.
     max_prompt_bytes: int = 1 << 20
 
 

@@ -122,6 +122,10 @@ class RequestRouter:
     def policy_name(self) -> str:
         return self._policy.name
 
+    @property
+    def max_prompt_bytes(self) -> int:
+        return self._config.forward.max_prompt_bytes
+
     async def generate(
         self, request: ValidatedRequest, principal: Principal, parent: Span
     ) -> AsyncIterator[router_pb2.RouterServiceGenerateResponse]:

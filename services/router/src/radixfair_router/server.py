@@ -23,8 +23,8 @@ from radixfair.tokenization import PromptEncoder
 from radixfair.tracing import extract_context
 from radixfair.v1 import router_pb2, router_pb2_grpc
 from radixfair_router.ledger import Ledger
+from radixfair_router.prompt_encoding import validate_off_loop
 from radixfair_router.request_router import RequestRouter
-from radixfair_router.request_validation import validate_request
 from radixfair_router.router_metrics import RouterMetrics
 from radixfair_router.worker_registry import WorkerEndpoint, WorkerRegistry
 
@@ -68,7 +68,9 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         try:
             principal = self._auth.authenticate_metadata(context.invocation_metadata())
             span.set_attribute("radixfair.client_id", principal.client_id)
-            validated = validate_request(request, self._encoder, self._model_name)
+            validated = await validate_off_loop(
+                request, self._encoder, self._model_name, self._router.max_prompt_bytes
+            )
             self._check_model_served(validated.model)
             span.set_attribute("radixfair.request_id", validated.request_id)
             if validated.label:
