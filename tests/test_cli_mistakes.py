@@ -68,6 +68,21 @@ def test_worker_with_a_misspelt_scheduling_policy_exits_with_one_line_before_loa
 
 
 @pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--workers", "-1"], "workers must be 0 or more, got -1"),
+        (["--port", "70000"], "the router port must be 1-65535, got 70000"),
+        (["--api-key", "ann=key:heavy"], "--api-key wants CLIENT=KEY[:WEIGHT]"),
+        (["--router-set", "policy.quantum"], "settings are KEY=VALUE"),
+    ],
+)
+def test_up_with_a_bad_flag_exits_with_one_line(flags, expected, tmp_path):
+    line = _one_line_error(_run([*CLI, "up", *flags, "--run-dir", str(tmp_path)]))
+    assert line.startswith("radixfair: error:") and expected in line, line
+    assert not list(tmp_path.glob("*.log"))
+
+
+@pytest.mark.parametrize(
     ("settings", "expected"),
     [
         (["policy.name=d2lmp"], "unknown routing policy 'd2lmp'"),

@@ -68,6 +68,12 @@ class LocalStackConfig:
     startup_timeout_s: float = 900.0
     restart: RestartPolicy = field(default_factory=RestartPolicy)
 
+    def __post_init__(self) -> None:
+        if self.workers < 0:
+            raise ConfigError(f"workers must be 0 or more, got {self.workers}")
+        if not 0 < self.router_port < 65536:
+            raise ConfigError(f"the router port must be 1-65535, got {self.router_port}")
+
 
 class StackStartError(RuntimeError):
     """The stack could not start; the message is one line naming the child and its own error."""
