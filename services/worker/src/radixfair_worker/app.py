@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import logging
+import signal
 import socket
 from pathlib import Path
 
@@ -35,6 +37,8 @@ async def serve(
     config: WorkerConfig, span_exporter: SpanExporter | None = None, ready: asyncio.Event | None = None
 ) -> None:
     """Runs until SIGINT/SIGTERM (or task cancellation)."""
+    # `kill -USR1` dumps every thread's stack to the log: how a stuck worker is diagnosed.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     model_dir = await asyncio.to_thread(resolve_model_dir, config.model, Path(config.cache_dir))
     model_name = config.model_name or model_dir.name
     worker_id = config.worker_id or f"{socket.gethostname()}:{config.port}"

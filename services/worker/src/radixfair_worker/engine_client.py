@@ -41,6 +41,9 @@ from radixfair_worker.worker_metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 
+# Batches read per wake of the event loop before the streams' consumers run again.
+MAX_BATCHES_PER_WAKE = 4
+
 
 class EngineClient:
     """Runs the engine in its own process and streams each request's output back."""
@@ -155,8 +158,11 @@ class EngineClient:
     def _on_readable(self) -> None:
         assert self._outputs is not None
         try:
-            while self._outputs.poll():
+            # A bounded drain: under a fast engine, streams' consumers must get their turn too.
+            for _ in range(MAX_BATCHES_PER_WAKE):
                 self._deliver(self._outputs.recv())
+                if not self._outputs.poll():
+                    break
         except (EOFError, OSError):
             exit_code = self._process.exitcode if self._process is not None else None
             log.error("engine process exited (exit code %s); failing its requests", exit_code)

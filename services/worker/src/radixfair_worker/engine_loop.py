@@ -13,6 +13,7 @@ outlives the worker.
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import queue
 import signal
@@ -51,6 +52,8 @@ def run_engine_process(spec: EngineSpec, commands: Connection, outputs: Connecti
     """Entry point of the engine process (multiprocessing, spawn context)."""
     # Ctrl-C reaches the whole process group; the front decides when the engine stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # `kill -USR1` dumps every thread's stack to the log: how a stuck engine is diagnosed.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         # Imported here: the front imports this module for the entry point and never needs torch.
