@@ -68,10 +68,6 @@ class EngineClient:
         # Set when the engine process is gone; the server then reports NOT_SERVING.
         self.lost = asyncio.Event()
 
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
-
     async def start(self) -> None:
         """Starts the engine process and waits until its engine is built."""
         context = multiprocessing.get_context("spawn")
