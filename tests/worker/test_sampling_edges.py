@@ -290,3 +290,15 @@ def test_the_worker_answers_any_sampling_params_with_a_result_or_invalid_argumen
         generation_pb2.FINISH_REASON_LENGTH,
     )
     assert text == result.text
+
+
+def test_the_stream_keeps_held_back_text_when_a_stop_id_ends_it(worker_stub, stack):
+    # The case at the edge: a long stop string holds text back when a stop id (like EOS) ends it.
+    reference = greedy(PROMPT, 10, uuid.uuid4().hex, ignore_eos=True)
+    run_to_completion(stack.engine, [reference])
+    params = generation_pb2.SamplingParams(stop=["@" * 20], stop_token_ids=[reference.output_ids[6]])
+
+    text, result = stream(worker_stub, params)
+
+    assert result.finish_reason == generation_pb2.FINISH_REASON_STOP
+    assert result.text and text == result.text
