@@ -20,10 +20,11 @@ needs every token known (preemption, aborts) first finishes the step in
 flight; a batch with rows sampled by CPU generators is read back at once.
 
 A failure that belongs to one request (its row could not be sampled, its
-tokens could not be detokenized) fails that request alone: it is finished
-with FinishReason.ERROR, its pages are freed, its StepOutput carries the
-error, and the rest of the batch carries on. Only a failure of the batch
-itself (the forward pass) escapes ``step``.
+tokens could not be detokenized, its chunk fails the forward pass even on
+its own) fails that request alone: it is finished with FinishReason.ERROR,
+its pages are freed, its StepOutput carries the error, and the rest of the
+batch carries on. Only a failure no single request reproduces escapes
+``step``.
 
 The engine is single-threaded; ``submit`` and ``abort`` are the only calls
 that may come from other threads, and they only enqueue.
