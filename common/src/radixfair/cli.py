@@ -42,6 +42,7 @@ from radixfair.distill_client import submit_and_watch
 from radixfair.local_stack import PACKAGED_MODEL, LocalStack, LocalStackConfig, StackStartError
 from radixfair.redis_launcher import RedisLaunchError
 from radixfair.service_process import INTERRUPTED_EXIT, USAGE_EXIT, HelpFormatter, parse_settings
+from radixfair.tls import add_client_tls_arguments, client_tls_from_arguments
 from radixfair.tokenization import ChatTurn
 
 DEMO_KEYS = (
@@ -147,6 +148,7 @@ def _parser() -> argparse.ArgumentParser:
         sub = add_command(name, helptext)
         sub.add_argument("--router", default="127.0.0.1:50051", help="router host:port")
         sub.add_argument("--api-key", required=True, help="a tenant's API key")
+        add_client_tls_arguments(sub)
         sub.set_defaults(run=run)
         if name == "generate":
             sub.add_argument("prompt", help="the prompt text")
@@ -208,7 +210,8 @@ def _interrupt(*_: object) -> None:
 def _generate(args: argparse.Namespace) -> int:
     async def run() -> int:
         prompt = [ChatTurn("user", args.prompt)] if args.chat else args.prompt
-        async with RouterClient(ClientConfig(args.router, args.api_key)) as client:
+        config = ClientConfig(args.router, args.api_key, tls=client_tls_from_arguments(args))
+        async with RouterClient(config) as client:
             async for message in client.stream(
                 prompt, max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed
             ):
@@ -230,7 +233,8 @@ def _generate(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     async def run() -> int:
-        async with RouterClient(ClientConfig(args.router, args.api_key)) as client:
+        config = ClientConfig(args.router, args.api_key, tls=client_tls_from_arguments(args))
+        async with RouterClient(config) as client:
             status = await client.status()
         shared = "connected" if status.shared_state_connected else "DOWN"
         print(f"policy: {status.policy}   shared state: {shared}")

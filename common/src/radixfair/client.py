@@ -22,6 +22,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Tracer
 
 from radixfair.auth import bearer_metadata
+from radixfair.tls import TlsConfig, open_aio_channel
 from radixfair.tokenization import ChatTurn
 from radixfair.tracing import inject_metadata
 from radixfair.v1 import generation_pb2, router_pb2, router_pb2_grpc
@@ -38,6 +39,9 @@ class ClientConfig:
     retry_backoff_s: float = 0.2
     # Deadline of one whole generation; None means no deadline.
     timeout_s: float | None = None
+    # TLS to the router: ca_file (the CA the router's certificate chains to) and, for a router
+    # that requires client certificates, cert_file and key_file. Off: plaintext.
+    tls: TlsConfig = field(default_factory=TlsConfig)
 
 
 @dataclass
@@ -55,7 +59,7 @@ class RouterClient:
     def __init__(self, config: ClientConfig, tracer: Tracer | None = None) -> None:
         self._config = config
         self._tracer = tracer
-        self._channel = grpc.aio.insecure_channel(config.address)
+        self._channel = open_aio_channel(config.address, config.tls, "client tls")
         self._stub = router_pb2_grpc.RouterServiceStub(self._channel)
 
     @classmethod

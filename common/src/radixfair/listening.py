@@ -53,6 +53,11 @@ def bind_grpc_port(
             return server.add_secure_port(address, credentials)
         return server.add_insecure_port(address)
     except RuntimeError as error:
+        if credentials is not None:  # the port was free: gRPC refused the certificate and key
+            raise ListenError(
+                f"cannot serve TLS for {what} on {address}: the certificate or key was refused "
+                "(is the key the certificate's own?)"
+            ) from None
         raise PortInUseError(f"cannot listen for {what} on {address}: {error}") from error
 
 

@@ -17,6 +17,7 @@ from radixfair.listening import bind_grpc_port, build_grpc_server
 from radixfair.malformed_requests import MalformedRequestInterceptor
 from radixfair.metrics import serve_metrics
 from radixfair.service_process import wait_for_shutdown_signal
+from radixfair.tls import ChannelSecurity, describe, server_credentials
 from radixfair.tokenization import PromptEncoder
 from radixfair.tracing import build_tracer
 from radixfair.v1 import router_pb2_grpc, worker_pb2
@@ -55,6 +56,9 @@ class RunningRouter:
 
 
 async def start_router(config: RouterConfig, span_exporter: SpanExporter | None = None) -> RunningRouter:
+    # Certificates first: a missing file is one start-up line before anything else starts.
+    credentials = server_credentials(config.tls, "tls")
+    worker_security = ChannelSecurity.load(config.registry.tls, "registry.tls")
     encoder = PromptEncoder(config.tokenizer_dir)
     authenticator = ApiKeyAuthenticator(config.auth)
     registration = RegistrationAuthenticator(config.registry.registration_token, config.auth)
@@ -70,7 +74,9 @@ async def start_router(config: RouterConfig, span_exporter: SpanExporter | None 
         metrics.queue_depth.labels(worker_id).set(report.queue_length)
         metrics.worker_cache_hit_rate.labels(worker_id).set(report.cache_hit_rate)
 
-    registry = WorkerRegistry(config.registry, on_report=on_report, on_removed=cache_view.remove_worker)
+    registry = WorkerRegistry(
+        config.registry, on_report=on_report, on_removed=cache_view.remove_worker, security=worker_security
+    )
     ledger = Ledger(config.ledger, config.policy.quantum)
     policy = build_policy(config.policy, config.costs, ledger)
     router = RequestRouter(config, registry, cache_view, policy, ledger, tracer, metrics)
@@ -89,11 +95,14 @@ async def start_router(config: RouterConfig, span_exporter: SpanExporter | None 
     )
     router_pb2_grpc.add_RouterServiceServicer_to_server(servicer, server)
     health = add_health_and_reflection(server, [SERVICE_NAME])
-    port = bind_grpc_port(server, config.host, config.port)
+    port = bind_grpc_port(server, config.host, config.port, credentials=credentials)
     registry.start()
     await server.start()
     await set_serving(health, [SERVICE_NAME], True)
-    log.info("router serving on %s:%d with policy %s", config.host, port, policy.name)
+    log.info(
+        "router serving on %s:%d (%s) with policy %s; workers over %s",
+        config.host, port, describe(config.tls), policy.name, describe(config.registry.tls),
+    )  # fmt: skip
     return RunningRouter(port, server, registry, ledger, router, cache_view, metrics, provider)
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from radixfair.auth import AuthConfig
 from radixfair.config_loading import unknown_choice
+from radixfair.tls import TlsConfig
 from radixfair.tracing import TracingConfig
 
 POLICIES = ("round_robin", "least_load", "cache_aware", "global_vtc", "d2lpm")
@@ -77,6 +78,10 @@ class RegistryConfig:
     # Consecutive failed checks before a worker leaves rotation.
     unhealthy_after_failures: int = 2
     load_report_interval_s: float = 0.5
+    # TLS of the router's channels to workers: ca_file is the CA the workers' certificates
+    # chain to; cert_file and key_file are the router's client certificate, for workers that
+    # require one. A worker address must be a name its certificate holds (or set server_name).
+    tls: TlsConfig = field(default_factory=TlsConfig)
 
 
 @dataclass(frozen=True)
@@ -129,6 +134,9 @@ class RouterConfig:
     model_name: str = ""
     router_id: str = ""
     metrics_port: int = 0
+    # TLS of the router's gRPC port (callers): cert_file and key_file; with ca_file and
+    # require_client_cert, callers must present a certificate signed by that CA (mutual TLS).
+    tls: TlsConfig = field(default_factory=TlsConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     costs: CostConfig = field(default_factory=CostConfig)
     tree: ApproxTreeConfig = field(default_factory=ApproxTreeConfig)

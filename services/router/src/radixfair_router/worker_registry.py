@@ -24,6 +24,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from radixfair.errors import AlreadyExistsError
+from radixfair.tls import ChannelSecurity
 from radixfair.v1 import worker_pb2, worker_pb2_grpc
 from radixfair_router.config import RegistryConfig
 
@@ -69,8 +70,12 @@ class WorkerRegistry:
         config: RegistryConfig,
         on_report: ReportListener | None = None,
         on_removed: RemovalListener | None = None,
+        security: ChannelSecurity | None = None,
     ) -> None:
         self._config = config
+        # Loaded once, at start-up (from config.tls unless given): a bad certificate file is a
+        # start-up error, not a failed registration.
+        self._security = security or ChannelSecurity.load(config.tls, "registry.tls")
         self._workers: dict[str, WorkerEndpoint] = {}
         self._on_report = on_report
         self._on_removed = on_removed
@@ -160,7 +165,7 @@ class WorkerRegistry:
                 pass
 
     def _add(self, worker_id: str, address: str, model: str, static: bool) -> WorkerEndpoint:
-        channel = grpc.aio.insecure_channel(address)
+        channel = self._security.aio_channel(address)
         worker = WorkerEndpoint(
             worker_id=worker_id,
             address=address,

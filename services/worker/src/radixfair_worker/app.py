@@ -20,6 +20,7 @@ from radixfair.listening import bind_grpc_port, build_grpc_server
 from radixfair.malformed_requests import MalformedRequestInterceptor
 from radixfair.metrics import serve_metrics
 from radixfair.service_process import wait_for_shutdown_signal
+from radixfair.tls import open_aio_channel, server_credentials
 from radixfair.tokenization import PromptEncoder
 from radixfair.tracing import build_tracer
 from radixfair.v1 import router_pb2, router_pb2_grpc, worker_pb2_grpc
@@ -70,7 +71,7 @@ async def _serve_grpc(
     server = build_grpc_server([MalformedRequestInterceptor()])
     worker_pb2_grpc.add_WorkerServiceServicer_to_server(servicer, server)
     health = add_health_and_reflection(server, [SERVICE_NAME])
-    port = bind_grpc_port(server, config.host, config.port)
+    port = bind_grpc_port(server, config.host, config.port, credentials=server_credentials(config.tls))
     await server.start()
     await set_serving(health, [SERVICE_NAME], True)
     log.info("worker %s serving %s on %s:%d", worker_id, model_name, config.host, port)
@@ -100,7 +101,7 @@ async def _not_serving_when_lost(engine: EngineClient, health: HealthServicer) -
 
 async def _register_forever(config: WorkerConfig, worker_id: str, address: str, model: str) -> None:
     """Heartbeats to the router; a router that is down is retried, never fatal."""
-    async with grpc.aio.insecure_channel(config.router_address) as channel:
+    async with open_aio_channel(config.router_address, config.router_tls, "router_tls") as channel:
         stub = router_pb2_grpc.RouterServiceStub(channel)
         request = router_pb2.RegisterWorkerRequest(worker_id=worker_id, address=address, model=model)
         metadata = bearer_metadata(config.router_token) if config.router_token else None

@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from radixfair.tls import TlsConfig
 from radixfair.tracing import TracingConfig
 
 
@@ -140,8 +141,13 @@ class WorkerConfig:
     # Where converted checkpoints are cached.
     cache_dir: Path = Path("~/.cache/radixfair/models")
     worker_id: str = ""
+    # Loopback by default: a worker is called only by routers, so a config for one host never
+    # opens it on every interface; containers and pods set their own network's address.
     host: str = "127.0.0.1"
     port: int = 50061
+    # TLS of the worker's gRPC port: cert_file and key_file; with ca_file and
+    # require_client_cert only callers with a certificate from that CA (the routers) get in.
+    tls: TlsConfig = field(default_factory=TlsConfig)
     # Address this worker advertises to the router; empty means host:port.
     advertise_address: str = ""
     # Router to register with and heartbeat to; empty means static listing.
@@ -150,6 +156,8 @@ class WorkerConfig:
     # Sent as "authorization: Bearer <token>" when registering; must match the
     # router's registry.registration_token.
     router_token: str = ""
+    # TLS of the registration channel to router_address (ca_file, optional client certificate).
+    router_tls: TlsConfig = field(default_factory=TlsConfig)
     # Prometheus /metrics port; 0 disables it.
     metrics_port: int = 0
     # CPU threads for torch's intra-op pool; 0 keeps torch's default (one per core).
