@@ -198,19 +198,28 @@ class EngineClient:
             raise EngineStoppedError("the worker's engine process is not running")
 
     def _send_commands(self) -> None:
-        """The sender thread: writes queued commands to the engine until STOP or a broken pipe."""
+        """The sender thread: writes queued commands to the engine until STOP or a broken pipe.
+
+        Whatever queued up while it waited for the GIL leaves as one message: under load the
+        event loop rarely releases the GIL, and a message per command would pay that wait each.
+        """
         assert self._commands is not None and self._loop is not None
         loop = self._loop
         while True:
-            command = self._outbox.get()
+            commands = [self._outbox.get()]
+            while commands[-1] is not STOP:
+                try:
+                    commands.append(self._outbox.get_nowait())
+                except queue.Empty:
+                    break
             try:
-                self._commands.send(command)
+                self._commands.send(commands)
             except OSError:  # the engine process is gone; the output pipe's EOF says so too
                 error = EngineStoppedError("the worker's engine process exited")
                 with contextlib.suppress(RuntimeError):  # the event loop has closed meanwhile
                     loop.call_soon_threadsafe(self._lose, error)
                 return
-            if command is STOP:
+            if commands[-1] is STOP:
                 return
 
     def _forget_pipe(self) -> None:

@@ -144,19 +144,20 @@ class EngineLoop:
     def _receive(self) -> None:
         while True:
             try:
-                command = self._commands.recv()
+                commands = self._commands.recv()
             except (EOFError, OSError):  # the front is gone
-                command = STOP
-            if command is STOP:
-                self._stopping.set()
-                self._wake.set()
-                return
-            if isinstance(command, SubmitRequest):
-                self._submit(command)
-            elif isinstance(command, AbortRequest):
-                self.engine.abort(command.request_id)
-            elif isinstance(command, ReportState):
-                self._state_wanted.set()
+                commands = [STOP]
+            for command in commands:
+                if command is STOP:
+                    self._stopping.set()
+                    self._wake.set()
+                    return
+                if isinstance(command, SubmitRequest):
+                    self._submit(command)
+                elif isinstance(command, AbortRequest):
+                    self.engine.abort(command.request_id)
+                elif isinstance(command, ReportState):
+                    self._state_wanted.set()
             self._wake.set()
 
     def _submit(self, command: SubmitRequest) -> None:

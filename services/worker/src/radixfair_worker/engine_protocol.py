@@ -1,7 +1,8 @@
 """The messages between a worker's serving front and its engine process.
 
-The front sends commands (submit, abort, report state, stop); the engine
-sends what each step produced as ONE ``StepBatch``: an update per request
+The front sends commands (submit, abort, report state, stop) in lists, one
+message for whatever queued up meanwhile; the engine sends what each step
+produced as ONE ``StepBatch``: an update per request
 that advanced, ended or was refused, and, when asked, its load state.
 Every request is named by the worker-internal id the front gave it, never
 by the caller's request id, so two callers that pick the same id can never
