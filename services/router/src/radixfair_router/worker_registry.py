@@ -30,6 +30,15 @@ from radixfair_router.config import RegistryConfig
 
 log = logging.getLogger(__name__)
 
+# gRPC's default reconnect backoff grows to 120 s: a restarted worker waited up to 17 s to be
+# seen again. Health checks fail fast on a channel in backoff, so a short cap is what makes
+# re-admission prompt (within about a second plus one check interval).
+_RECONNECT_OPTIONS = (
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+)
+
 ReportListener = Callable[[str, worker_pb2.LoadReport], None]
 RemovalListener = Callable[[str], None]
 
@@ -165,7 +174,7 @@ class WorkerRegistry:
                 pass
 
     def _add(self, worker_id: str, address: str, model: str, static: bool) -> WorkerEndpoint:
-        channel = self._security.aio_channel(address)
+        channel = self._security.aio_channel(address, options=_RECONNECT_OPTIONS)
         worker = WorkerEndpoint(
             worker_id=worker_id,
             address=address,
