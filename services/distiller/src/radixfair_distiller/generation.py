@@ -79,5 +79,10 @@ def _generate_batch(model, prompts, max_new_tokens, eos_token_id, pad_token_id, 
 def _pick(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
     if temperature <= 0.0:
         return logits.argmax(dim=-1)
-    probs = torch.softmax(logits / temperature, dim=-1)
+    # Shifted by each row's maximum first: raw logits over a tiny temperature overflow to inf, and
+    # softmax(inf) is NaN. Shifted, the best score is exactly 0, so any temperature > 0 is safe (a
+    # vanishing one becomes the argmax), as in the worker's sampler. In float64, because the
+    # recipe's temperature is a Python float: one below float32's range would round to 0 (0/0).
+    shifted = logits.double() - logits.double().amax(dim=-1, keepdim=True)
+    probs = torch.softmax(shifted / temperature, dim=-1)
     return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(logits.device)

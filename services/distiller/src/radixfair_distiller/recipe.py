@@ -8,6 +8,7 @@ RecipeError (INVALID_ARGUMENT) that names the offending field.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,7 +90,7 @@ class LossSpec:
     def __post_init__(self) -> None:
         _require(self.kind in LOSS_KINDS, f"kind must be one of {LOSS_KINDS}, got {self.kind!r}")
         _require(0.0 < self.beta < 1.0, "beta must be in (0, 1)")
-        _require(self.temperature > 0.0, "temperature must be > 0")
+        _require(0.0 < self.temperature < math.inf, "temperature must be > 0 and finite")
         _require(0.0 <= self.hard_label_weight <= 1.0, "hard_label_weight must be in [0, 1]")
         _require(self.chunk_tokens >= 1, "chunk_tokens must be >= 1")
 
@@ -107,7 +108,7 @@ class OnPolicySpec:
     def __post_init__(self) -> None:
         _require(0.0 <= self.fraction <= 1.0, "fraction must be in [0, 1]")
         _require(self.max_new_tokens >= 1, "max_new_tokens must be >= 1")
-        _require(self.temperature > 0.0, "temperature must be > 0")
+        _require(0.0 < self.temperature < math.inf, "temperature must be > 0 and finite")
 
 
 TRAINING_PRECISIONS = ("float32", "float64")
