@@ -121,6 +121,16 @@ def test_two_router_replicas_sit_behind_one_published_port(services: dict[str, A
     assert re.search(r"grpc_pass grpc://", balancer)
 
 
+def test_only_the_entry_points_publish_ports_and_no_worker_does(services: dict[str, Any]) -> None:
+    published = {name for name, service in services.items() if service.get("ports")}
+
+    # The router balancer, Jaeger's UI and (with --profile metrics) Prometheus; never a worker,
+    # which listens on every interface of its container for the routers on the compose network.
+    assert published <= {"router-lb", "jaeger", "prometheus"}
+    for name in ("worker-1", "worker-2", "worker-cpu-1", "worker-cpu-2"):
+        assert "ports" not in services[name] and "network_mode" not in services[name], name
+
+
 def test_gpu_workers_reserve_a_gpu_and_the_cpu_profile_needs_none(services: dict[str, Any]) -> None:
     for name in ("worker-1", "worker-2"):
         device = services[name]["deploy"]["resources"]["reservations"]["devices"][0]

@@ -34,7 +34,9 @@ VALUE_SETS = {
     "default": {},
     "production": production_values(),
     "cpu": {"worker": {"gpu": {"count": 0}}, "distiller": {"gpu": {"count": 0}}, **KEYS},
+    "tls": {"tls": {"enabled": True, "secretName": "radixfair-tls", "requireClientCert": True}, **KEYS},
 }
+HEALTH_CHECK_SCRIPT = "/opt/radixfair/grpc_health_check.py"
 
 
 @pytest.fixture(scope="module", params=sorted(VALUE_SETS))
@@ -53,7 +55,7 @@ def production() -> Rendered:
 
 
 @pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
-@pytest.mark.parametrize("values_name", ["default", "production"])
+@pytest.mark.parametrize("values_name", ["default", "production", "tls"])
 def test_chart_lints_clean(values_name: str, kube_version: str) -> None:
     report = lint_chart(VALUE_SETS[values_name], kube_version)
 
@@ -131,9 +133,17 @@ def test_router_and_worker_probe_through_grpc_health(
 ) -> None:
     spec = _container(rendered, kind, name, container)
     grpc_port = next(p["containerPort"] for p in spec["ports"] if p["name"] == "grpc")
+    tls_mount = next((m["mountPath"] for m in spec["volumeMounts"] if m["name"] == "tls"), None)
 
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert spec[probe]["grpc"]["port"] == grpc_port, probe
+        if tls_mount is None:
+            assert spec[probe]["grpc"]["port"] == grpc_port, probe
+        else:
+            # The kubelet's gRPC probe cannot speak TLS: the image's script checks with the
+            # mounted certificates (tests/deploy/test_container_scripts.py runs this command).
+            command = spec[probe]["exec"]["command"]
+            assert command[:3] == ["python", HEALTH_CHECK_SCRIPT, f"127.0.0.1:{grpc_port}"], probe
+            assert f"{tls_mount}/ca.crt" in command and f"{tls_mount}/tls.crt" in command, probe
 
 
 def test_worker_startup_probe_allows_minutes_to_load_the_model(rendered: Rendered) -> None:
@@ -236,7 +246,12 @@ def test_router_service_speaks_h2c(rendered: Rendered) -> None:
         p for p in rendered.named("Service", "radixfair-router")["spec"]["ports"] if p["name"] == "grpc"
     )
 
-    assert grpc["appProtocol"] == "kubernetes.io/h2c"
+    router = pod_template(rendered.named("Deployment", "radixfair-router"))
+    assert router is not None
+    if any(volume["name"] == "tls" for volume in router["spec"]["volumes"]):
+        assert "appProtocol" not in grpc  # TLS: the routers terminate it, no proxy sees h2c
+    else:
+        assert grpc["appProtocol"] == "kubernetes.io/h2c"
 
 
 def test_worker_service_is_headless_and_names_each_pod(rendered: Rendered) -> None:
@@ -408,6 +423,32 @@ def test_external_redis_without_a_url_is_refused_with_the_value_to_set() -> None
 
     with pytest.raises(helm.HelmError, match="redis.external.url"):
         render_chart({"redis": {"enabled": False}})
+
+
+def test_tls_without_a_secret_is_refused_with_the_value_to_set() -> None:
+    import helm_python as helm
+
+    with pytest.raises(helm.HelmError, match="tls.secretName"):
+        render_chart({"tls": {"enabled": True}})
+
+
+def test_tls_is_off_by_default_and_mounts_nothing(default: Rendered) -> None:
+    config_map = default.named("ConfigMap", "radixfair-config")["data"]
+
+    assert "cert_file" not in config_map["router.yaml"] and "cert_file" not in config_map["worker.yaml"]
+    for name, spec in default.pod_specs():
+        assert all(v["name"] != "tls" for v in spec["volumes"]), name
+
+
+def test_tls_mounts_the_secret_into_routers_and_workers_only() -> None:
+    rendered = render_chart(VALUE_SETS["tls"])
+
+    mounted = {
+        name for name, spec in rendered.pod_specs() if any(v["name"] == "tls" for v in spec["volumes"])
+    }
+
+    assert mounted == {"radixfair-router", "radixfair-worker"}
+    assert "radixfair-tls" in rendered.notes and "--ca-cert" in rendered.notes
 
 
 def test_api_keys_are_in_the_secret_never_the_config_map() -> None:

@@ -26,6 +26,7 @@ from deploy_support import (
 )
 
 from radixfair.config_loading import load_config
+from radixfair.service_process import parse_settings
 from radixfair_distiller.config import DistillerConfig
 from radixfair_router.config import RouterConfig
 from radixfair_worker.config import WorkerConfig
@@ -37,7 +38,9 @@ def test_example_configs_load_as_the_services_read_them() -> None:
     worker = load_config(WorkerConfig, CONFIG_DIR / "worker.yaml", env={})
     router = load_config(RouterConfig, CONFIG_DIR / "router.yaml", env={})
 
-    assert (worker.host, worker.port, worker.metrics_port) == ("0.0.0.0", 50061, 9461)
+    # The worker file binds loopback: run on a bare host (`radixfair up --worker-config`) it opens
+    # nothing to the network; compose and the chart give the containers their own address.
+    assert (worker.host, worker.port, worker.metrics_port) == ("127.0.0.1", 50061, 9461)
     assert (router.host, router.port, router.metrics_port) == ("0.0.0.0", 50051, 9451)
     assert router.tokenizer_dir == Path(worker.cache_dir) / worker.model
 
@@ -65,6 +68,12 @@ def _compose_env(service: dict[str, Any]) -> dict[str, str]:
     return {key: str(value) for key, value in (service.get("environment") or {}).items()}
 
 
+def _compose_overrides(service: dict[str, Any]) -> dict[str, object]:
+    """The ``--set KEY=VALUE`` flags of the service's command, as the service parses them."""
+    command = list(service.get("command") or [])
+    return parse_settings([command[i + 1] for i, arg in enumerate(command) if arg == "--set"])
+
+
 def _compose_config_file(service: dict[str, Any], target: str) -> Path:
     mount = next(v for v in service["volumes"] if v.split(":")[1] == target)
     return Path(mount.split(":")[0])
@@ -75,12 +84,18 @@ def test_compose_workers_config_loads(compose_services: dict[str, Any], name: st
     service = compose_services[name]
 
     config = load_config(
-        WorkerConfig, _compose_config_file(service, "/etc/radixfair/worker.yaml"), env=_compose_env(service)
+        WorkerConfig,
+        _compose_config_file(service, "/etc/radixfair/worker.yaml"),
+        env=_compose_env(service),
+        overrides=_compose_overrides(service),
     )
 
     if name != "model-init":
         assert config.tracing.exporter == "otlp"
         assert config.worker_id in ("worker-1", "worker-2")
+        # Every interface of the container: its address on the private compose network, which
+        # the routers call by name; the host reaches it only if a port is published (none is).
+        assert config.host == "0.0.0.0" and not service.get("ports")
 
 
 @pytest.mark.parametrize("name", ["router-1", "router-2"])
@@ -160,9 +175,11 @@ EXISTING_SECRETS = {
     },
     "radixfair-redis": {"redis-url": "rediss://:pw@redis.example.internal:6380/0"},
 }
+TLS_VALUES = {"enabled": True, "secretName": "radixfair-tls", "requireClientCert": True}
 VALUE_SETS = {
     "default": {"auth": {"apiKeys": [{"key": "k", "client_id": "alice", "weight": 1.5}]}},
     "production": production_values(),
+    "tls": {"auth": {"apiKeys": [{"key": "k", "client_id": "alice"}]}, "tls": TLS_VALUES},
 }
 
 
@@ -206,6 +223,42 @@ def test_chart_worker_config_loads_and_matches_the_router_list(values_name: str)
             "triton",
             "/models/SmolLM2-1.7B-Instruct",
         )
+
+
+@pytest.mark.parametrize("require_client_cert", [False, True])
+def test_chart_tls_configs_read_the_files_of_the_mounted_secret(require_client_cert: bool) -> None:
+    rendered = render_chart({"tls": {**TLS_VALUES, "requireClientCert": require_client_cert}})
+    config_map = rendered.named("ConfigMap", "radixfair-config")["data"]
+
+    router = _load(
+        RouterConfig, config_map["router.yaml"], {"RADIXFAIR_LEDGER__REDIS_URL": "redis://r:6379/0"}
+    )
+    worker = _load(WorkerConfig, config_map["worker.yaml"], {})
+
+    mount = _tls_mount(rendered, "Deployment", "radixfair-router")
+    assert _tls_mount(rendered, "StatefulSet", "radixfair-worker") == mount
+    secret_files = {f"{mount}/{key}": key for key in ("tls.crt", "tls.key", "ca.crt")}
+    # Callers of the router: its certificate, and client certificates only when asked for.
+    assert secret_files[router.tls.cert_file] == "tls.crt" and secret_files[router.tls.key_file] == "tls.key"
+    assert router.tls.require_client_cert is require_client_cert
+    assert (secret_files.get(router.tls.ca_file) == "ca.crt") is require_client_cert
+    # Router -> worker is always mutual: the worker admits only certificates from ca.crt, and
+    # the router presents its own.
+    assert worker.tls.require_client_cert and secret_files[worker.tls.ca_file] == "ca.crt"
+    assert secret_files[worker.tls.cert_file] == "tls.crt"
+    assert secret_files[router.registry.tls.ca_file] == "ca.crt"
+    assert secret_files[router.registry.tls.cert_file] == "tls.crt"
+
+
+def _tls_mount(rendered: Rendered, kind: str, name: str) -> str:
+    """Where the pod mounts the TLS Secret (read-only), checking the volume is that Secret."""
+    template = pod_template(rendered.named(kind, name))
+    assert template is not None
+    volume = next(v for v in template["spec"]["volumes"] if v["name"] == "tls")
+    assert volume["secret"]["secretName"] == TLS_VALUES["secretName"]
+    mount = next(m for m in template["spec"]["containers"][0]["volumeMounts"] if m["name"] == "tls")
+    assert mount["readOnly"] is True
+    return mount["mountPath"]
 
 
 def test_chart_service_links_cannot_leak_into_the_config() -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,24 +37,34 @@ class CertificateAuthority:
         )  # fmt: skip
         return cls(directory, cert, key)
 
-    def issue(self, name: str, server: bool) -> Identity:
-        """A leaf certificate: for a server on loopback (names 127.0.0.1 and localhost) or a client."""
+    def issue(
+        self, name: str, server: bool, names: Sequence[str] = ("127.0.0.1", "localhost"), both: bool = False
+    ) -> Identity:
+        """A leaf certificate: for a server holding ``names``, or a client; ``both`` allows either use."""
         cert, key, request = (self.directory / f"{name}.{ext}" for ext in ("crt", "key", "csr"))
         _openssl(
             "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
             "-keyout", key, "-out", request, "-subj", f"/CN={name}",
         )  # fmt: skip
         extensions = self.directory / f"{name}.ext"
-        usage = "serverAuth" if server else "clientAuth"
+        usage = "serverAuth,clientAuth" if both else "serverAuth" if server else "clientAuth"
         lines = ["basicConstraints=CA:FALSE", f"extendedKeyUsage={usage}"]
-        if server:
-            lines.append("subjectAltName=IP:127.0.0.1,DNS:localhost")
+        if server or both:
+            lines.append("subjectAltName=" + ",".join(_alt_name(n) for n in names))
         extensions.write_text("\n".join(lines) + "\n")
         _openssl(
             "x509", "-req", "-in", request, "-CA", self.cert, "-CAkey", self.key, "-CAcreateserial",
             "-out", cert, "-days", "2", "-extfile", extensions,
         )  # fmt: skip
         return Identity(cert, key)
+
+
+def _alt_name(name: str) -> str:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return f"DNS:{name}"
+    return f"IP:{name}"
 
 
 def _openssl(*args: object) -> None:

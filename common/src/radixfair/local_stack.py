@@ -280,6 +280,8 @@ class LocalStack:
         return {
             "model": cfg.model,
             "cache_dir": str(cfg.cache_dir),
+            # One host: workers listen on loopback only, whatever a base worker config says.
+            "host": "127.0.0.1",
             "port": port,
             "worker_id": f"worker-{index}",
             "router_address": self.address,

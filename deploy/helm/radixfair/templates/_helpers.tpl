@@ -184,3 +184,65 @@ fills (or checks) exactly the directory the services read. Call with (dict "ctx"
     - name: tmp
       mountPath: /tmp
 {{- end -}}
+
+{{/* Where the TLS Secret (tls.crt, tls.key, ca.crt) is mounted in router and worker pods. */}}
+{{- define "radixfair.tlsDir" -}}
+/etc/radixfair/tls
+{{- end -}}
+
+{{/* The TLS Secret's name; tls.enabled without one is refused with the value to set. */}}
+{{- define "radixfair.tlsSecret" -}}
+{{- required "tls.enabled needs tls.secretName: a Secret with tls.crt, tls.key and ca.crt (e.g. from cert-manager)" .Values.tls.secretName -}}
+{{- end -}}
+
+{{/*
+One grpc.health.v1 probe of a radixfair gRPC port. Plaintext: the kubelet's gRPC probe. TLS: the
+kubelet's probe cannot speak TLS, so the image's grpc_health_check.py runs with the mounted
+certificates, checking the name the certificate holds for this component.
+Call with (dict "ctx" $ "port" 50051 "serverName" "x.ns.svc" "period" 5 "failures" 2).
+*/}}
+{{- define "radixfair.grpcProbe" -}}
+{{- if .ctx.Values.tls.enabled }}
+{{- $dir := include "radixfair.tlsDir" .ctx }}
+exec:
+  command:
+    - python
+    - /opt/radixfair/grpc_health_check.py
+    - {{ printf "127.0.0.1:%d" (int .port) | quote }}
+    - --ca-cert
+    - {{ $dir }}/ca.crt
+    - --client-cert
+    - {{ $dir }}/tls.crt
+    - --client-key
+    - {{ $dir }}/tls.key
+    - --tls-server-name
+    - {{ .serverName }}
+# Starting Python and a TLS handshake take longer than the kubelet's 1 s default.
+timeoutSeconds: 5
+{{- else }}
+grpc:
+  port: {{ .port }}
+{{- end }}
+periodSeconds: {{ .period }}
+failureThreshold: {{ .failures }}
+{{- end -}}
+
+{{/* The TLS Secret as a volume of router and worker pods (nothing when TLS is off). */}}
+{{- define "radixfair.tlsVolume" -}}
+{{- if .Values.tls.enabled }}
+- name: tls
+  secret:
+    secretName: {{ include "radixfair.tlsSecret" . }}
+    # Readable by the pods' group (podSecurityContext.fsGroup) only.
+    defaultMode: 0440
+{{- end }}
+{{- end -}}
+
+{{/* Its mount. */}}
+{{- define "radixfair.tlsVolumeMount" -}}
+{{- if .Values.tls.enabled }}
+- name: tls
+  mountPath: {{ include "radixfair.tlsDir" . }}
+  readOnly: true
+{{- end }}
+{{- end -}}
