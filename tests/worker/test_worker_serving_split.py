@@ -213,3 +213,26 @@ def test_a_long_text_prompt_is_tokenized_off_the_event_loop_and_judged_like_any_
     assert "context" in caught.value.details()
     ids, text, result = collect(worker.address, fits)
     assert len(ids) == result.usage.completion_tokens == 3 and text == result.text
+
+
+def test_an_engine_that_cannot_start_is_said_in_one_line_and_the_worker_exits(tiny_model_dir):
+    import subprocess
+    import sys
+
+    from support.ports import free_port
+
+    args = [
+        "--set",
+        f"model={tiny_model_dir}",
+        "--set",
+        f"port={free_port()}",
+        "--set",
+        "engine.backend=nope",
+    ]
+    done = subprocess.run(
+        [sys.executable, "-m", "radixfair_worker", *args], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("radixfair-worker: error: engine failed to start") and "'nope'" in last

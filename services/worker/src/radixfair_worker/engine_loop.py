@@ -65,7 +65,9 @@ def run_engine_process(spec: EngineSpec, commands: Connection, outputs: Connecti
             torch.set_num_threads(spec.torch_threads)
         engine = build_engine(spec.engine, spec.model_dir).engine
     except Exception as error:
-        log.exception("engine failed to start")
+        # A config mistake is said in one line by the front (as run_service does); a bug keeps its traceback.
+        if not isinstance(error, (ValueError, OSError)):
+            log.exception("engine failed to start")
         outputs.send(EngineStartFailed(f"{type(error).__name__}: {error}"))
         return
     outputs.send(EngineReady(page_size=engine.page_size, max_context_tokens=engine.max_context_tokens))
