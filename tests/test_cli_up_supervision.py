@@ -81,3 +81,28 @@ def test_a_killed_worker_is_restarted_and_serves_and_ctrl_c_stops_everything(tin
     assert "Traceback" not in text
     pids = [*stack["pids"].values(), restarted_worker]
     assert not any(_alive(pid) for pid in pids)
+
+
+def test_ctrl_c_while_up_is_starting_stops_what_started_in_one_line(tiny_model_dir, tmp_path):
+    log = tmp_path / "up.log"
+    with log.open("wb") as out:
+        up = subprocess.Popen(
+            [*CLI, "up", "--workers", "1", "--model", str(tiny_model_dir), "--port", str(free_port()),
+             "--run-dir", str(tmp_path / "run")],
+            stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        # The router starts after the model's first worker serves: interrupt once it has started.
+        _wait_for(lambda: "started router" in log.read_text(), "router start", up, log)
+        up.send_signal(signal.SIGINT)
+        up.wait(timeout=120)
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+    text = log.read_text()
+    assert up.returncode == 130, text[-4000:]
+    assert text.strip().splitlines()[-1] == "radixfair: error: interrupted"
+    assert "Traceback" not in text and "serving on" not in text
+    pids = [int(pid) for pid in re.findall(r"started \S+ \(pid (\d+)\)", text)]
+    assert pids and not any(_alive(pid) for pid in pids)

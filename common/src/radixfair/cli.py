@@ -180,6 +180,8 @@ def _up(args: argparse.Namespace) -> int:
     stack = LocalStack(config)
     # Ctrl-C or SIGTERM while starting raise KeyboardInterrupt: start() stops what it started
     # (the children run in their own sessions, so nothing else would), and main() says so.
+    # Set explicitly: a shell starts background jobs with SIGINT ignored, which Python would keep.
+    signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     stack.start()
     stopping = {"now": False}
