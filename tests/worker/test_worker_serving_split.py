@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -216,19 +218,10 @@ def test_a_long_text_prompt_is_tokenized_off_the_event_loop_and_judged_like_any_
 
 
 def test_an_engine_that_cannot_start_is_said_in_one_line_and_the_worker_exits(tiny_model_dir):
-    import subprocess
-    import sys
-
     from support.ports import free_port
 
-    args = [
-        "--set",
-        f"model={tiny_model_dir}",
-        "--set",
-        f"port={free_port()}",
-        "--set",
-        "engine.backend=nope",
-    ]
+    settings = {"model": tiny_model_dir, "port": free_port(), "engine.backend": "nope"}
+    args = [arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")]
     done = subprocess.run(
         [sys.executable, "-m", "radixfair_worker", *args], capture_output=True, text=True, timeout=300
     )
