@@ -53,7 +53,6 @@ class EngineClient:
         self._metrics = metrics
         self._streams: dict[str, RequestStream] = {}
         self._ids = itertools.count()
-        self._state: PublishedState | None = None
         self._state_waiters: list[asyncio.Future[PublishedState]] = []
         self._process: multiprocessing.process.BaseProcess | None = None
         self._commands: Connection | None = None
@@ -185,7 +184,6 @@ class EngineClient:
         self._metrics.ttft.observe_many(first_token_delays)
         self._metrics.inter_token.observe_many(token_gaps)
         if batch.state is not None:
-            self._state = batch.state
             waiters, self._state_waiters = self._state_waiters, []
             for waiter in waiters:
                 if not waiter.done():
