@@ -112,6 +112,7 @@ class RequestRouter:
         )
         self._live = LiveStreams(ledger, limits, lambda client, service: self._charged(client, service))
         self._relay_calls: dict[grpc.aio.Channel, _RelayCall] = {}
+        metrics.degraded_transitions.set_function(lambda: ledger.degraded_transitions)
         self._gate: VtcAdmissionGate | None = None
         slots = config.policy.vtc_slots_per_worker
         if policy.name == "global_vtc" and slots > 0:

@@ -78,6 +78,11 @@ class RouterMetrics:
             registry=registry,
         )
         self.quantum = Gauge("radixfair_router_d2lpm_quantum", "D2LPM quantum Q", registry=registry)
+        self.degraded_transitions = Gauge(
+            "radixfair_router_shared_state_degraded_transitions",
+            "Times this router's ledger left Redis for local state (0 with a healthy Redis)",
+            registry=registry,
+        )
         self.shared_state = Gauge(
             "radixfair_router_shared_state_connected",
             "1 while the Redis ledger is reachable",
