@@ -76,7 +76,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 
 from radixfair_worker.config import SchedulerConfig
-from radixfair_worker.request import Request
+from radixfair_worker.request import Request, RequestStatus
 from radixfair_worker.scheduler.base import AdmissionBudget, PrefixMatcher
 from radixfair_worker.scheduler.client_activity import ClientActivity
 from radixfair_worker.scheduler.deficit_ledger import DeficitLedger
@@ -161,7 +161,7 @@ class DLPMPolicy:
         admitted, spent = [], set()
 
         def still_waiting(request: Request) -> bool:
-            return request in self._queue and request not in taken
+            return request.status is RequestStatus.WAITING and request in self._queue and request not in taken
 
         for request in order:
             client = request.client_id

@@ -13,6 +13,12 @@ matched by intersecting the two trees' child keys, so requests whose prompt
 the cache does not hold cost nothing in the walk. What comes out is a list of
 groups, each a subtree of waiting requests that share one match length;
 requests are only listed when the admission walk reaches their group.
+
+Cost of one step: the walk is O(cached pages on waiting paths + matched
+nodes), independent of how many waiting requests the cache does not hold;
+listing a match level is O(its size) in C-level sorts (by join order, then
+arrival). What is not bounded here: DLPM's walk still steps over a spent
+client's requests one by one.
 """
 
 from __future__ import annotations
