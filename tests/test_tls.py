@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -32,6 +33,8 @@ from radixfair.v1 import router_pb2, router_pb2_grpc
 from radixfair_router.config import RouterConfig
 
 API_KEY = "key-tls-tenant"
+# The workers' identity when registering: never a tenant's key.
+REGISTRATION_TOKEN = "registration-token-of-the-tls-workers"
 WORKER_ID = "worker-tls"
 WORKER_SETTINGS = {"engine.page_size": 4, "engine.num_pages": 256, "engine.max_batched_tokens": 128}
 
@@ -50,7 +53,9 @@ class Certificates:
 class TlsStack:
     certs: Certificates
     worker: ServiceProcess
+    # Serves TLS, lists the worker.
     tls_router: ServiceProcess
+    # Serves mutual TLS; the worker registered with it over mutual TLS.
     mtls_router: ServiceProcess
 
 
@@ -73,27 +78,47 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
 def stack(
     certs: Certificates, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[TlsStack]:
+    """One worker (mutual TLS) and two routers, started together on ports chosen up front.
+
+    The TLS router lists the worker; the mutual-TLS router lists none: the worker registers with
+    it over mutual TLS (router_tls), so its generations prove the registration hop too.
+    """
     logs = tmp_path_factory.mktemp("tls-logs")
-    started: list[ServiceProcess] = []
+    worker_port, tls_port, mtls_port = free_port(), free_port(), free_port()
+    worker_address = f"127.0.0.1:{worker_port}"
+    router_client = _client_tls(certs, certs.router_client)
+    worker_settings = {
+        "port": worker_port,
+        "model": str(tiny_model_dir),
+        "worker_id": WORKER_ID,
+        "tls": _serving_tls(certs, require_client_cert=True),
+        "router_address": f"127.0.0.1:{mtls_port}",
+        "router_token": REGISTRATION_TOKEN,
+        "router_tls": {
+            "ca_file": router_client.ca_file,
+            "cert_file": router_client.cert_file,
+            "key_file": router_client.key_file,
+        },
+        "heartbeat_seconds": 0.5,
+        **WORKER_SETTINGS,
+    }
+    tls_router = _router_settings(certs, tiny_model_dir, tls_port, require_client_cert=False)
+    tls_router["registry"]["workers"] = [{"worker_id": WORKER_ID, "address": worker_address}]
+    mtls_router = _router_settings(certs, tiny_model_dir, mtls_port, require_client_cert=True)
+    mtls_router["registry"]["registration_token"] = REGISTRATION_TOKEN
+    services = [
+        _spawn("radixfair_worker", worker_settings, logs),
+        _spawn("radixfair_router", tls_router, logs),
+        _spawn("radixfair_router", mtls_router, logs),
+    ]
     try:
-        worker_tls = _serving_tls(certs, require_client_cert=True)
-        worker = _start(
-            "radixfair_worker",
-            {"model": str(tiny_model_dir), "worker_id": WORKER_ID, "tls": worker_tls, **WORKER_SETTINGS},
-            _client_tls(certs, certs.router_client),
-            logs,
-        )
-        started.append(worker)
-        routers = []
-        for require_client_cert in (False, True):
-            config = _router_settings(certs, tiny_model_dir, worker.address, require_client_cert)
-            routers.append(_start("radixfair_router", config, _client_tls(certs, certs.tenant), logs))
-            started.append(routers[-1])
-        for router in routers:
+        _wait_serving(services[0], router_client)
+        for router in services[1:]:
+            _wait_serving(router, _client_tls(certs, certs.tenant))
             asyncio.run(_wait_until_worker_healthy(router.address, _client_tls(certs, certs.tenant)))
-        yield TlsStack(certs, worker, *routers)
+        yield TlsStack(certs, *services)
     finally:
-        for service in started:
+        for service in services:
             service.stop()
 
 
@@ -138,6 +163,15 @@ def test_mtls_router_serves_a_client_whose_certificate_its_ca_signed(stack: TlsS
 
     assert output.result is not None and output.result.worker_id == WORKER_ID
     assert output.result.usage.completion_tokens == 4
+
+
+def test_a_worker_registers_with_a_mutual_tls_router_over_mutual_tls(stack: TlsStack) -> None:
+    # The mutual-TLS router lists no worker: this one is known only through its registration.
+    status = asyncio.run(_status(stack.mtls_router.address, _client_tls(stack.certs, stack.certs.tenant)))
+
+    assert [(w.worker_id, w.address, w.healthy) for w in status.workers] == [
+        (WORKER_ID, stack.worker.address, True)
+    ]
 
 
 def test_the_worker_admits_only_callers_with_a_certificate_from_the_ca(stack: TlsStack) -> None:
@@ -252,16 +286,16 @@ def _client_tls(certs: Certificates, identity: Identity | None = None) -> TlsCon
 
 
 def _router_settings(
-    certs: Certificates, tokenizer_dir: Path, worker_address: str, require_client_cert: bool
-) -> dict[str, object]:
+    certs: Certificates, tokenizer_dir: Path, port: int, require_client_cert: bool
+) -> dict[str, Any]:
     router_client = _client_tls(certs, certs.router_client)
     return {
+        "port": port,
         "tokenizer_dir": str(tokenizer_dir),
         "ledger": {"store": "memory"},
         "auth": {"api_keys": [{"key": API_KEY, "client_id": "tenant", "operator": True}]},
         "tls": _serving_tls(certs, require_client_cert),
         "registry": {
-            "workers": [{"worker_id": WORKER_ID, "address": worker_address}],
             "health_check_interval_s": 0.2,
             "tls": {
                 "ca_file": router_client.ca_file,
@@ -273,11 +307,11 @@ def _router_settings(
     }
 
 
-def _start(module: str, settings: dict[str, object], probe: TlsConfig, logs: Path) -> ServiceProcess:
-    """Starts ``module`` from a config file on a free loopback port; waits until it serves over TLS."""
-    port = free_port()
+def _spawn(module: str, settings: dict[str, Any], logs: Path) -> ServiceProcess:
+    """Starts ``module`` on loopback from a config file holding ``settings`` (which name the port)."""
+    port = settings["port"]
     config = logs / f"{module}-{port}.yaml"
-    config.write_text(yaml.safe_dump({"host": "127.0.0.1", "port": port, **_nested(settings)}))
+    config.write_text(yaml.safe_dump({"host": "127.0.0.1", **_nested(settings)}))
     log_path = logs / f"{module}-{port}.log"
     process = subprocess.Popen(
         [sys.executable, "-m", module, "--config", str(config)],
@@ -285,16 +319,19 @@ def _start(module: str, settings: dict[str, object], probe: TlsConfig, logs: Pat
         stderr=subprocess.STDOUT,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
-    service = ServiceProcess(process, f"127.0.0.1:{port}", log_path)
+    return ServiceProcess(process, f"127.0.0.1:{port}", log_path)
+
+
+def _wait_serving(service: ServiceProcess, probe: TlsConfig) -> None:
+    """Until grpc.health.v1, asked over TLS with ``probe``, says SERVING."""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{module} exited with {process.returncode}:\n{service.log()[-4000:]}")
+        if service.process.poll() is not None:
+            raise RuntimeError(f"exited with {service.process.returncode}:\n{service.log()[-4000:]}")
         if _health(service.address, probe) == "SERVING":
-            return service
+            return
         time.sleep(0.2)
-    service.kill()
-    raise TimeoutError(f"{module} not serving on {service.address}:\n{service.log()[-4000:]}")
+    raise TimeoutError(f"not serving on {service.address}:\n{service.log()[-4000:]}")
 
 
 def _nested(settings: dict[str, object]) -> dict[str, object]:
@@ -316,6 +353,11 @@ def _health(address: str, tls: TlsConfig) -> str:
         except grpc.RpcError as error:
             return error.code().name
     return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+
+async def _status(address: str, tls: TlsConfig) -> router_pb2.GetStatusResponse:
+    async with RouterClient(ClientConfig(address, API_KEY, tls=tls)) as client:
+        return await client.status()
 
 
 async def _wait_until_worker_healthy(address: str, tls: TlsConfig) -> None:
