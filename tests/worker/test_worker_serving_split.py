@@ -229,3 +229,10 @@ def test_an_engine_that_cannot_start_is_said_in_one_line_and_the_worker_exits(ti
     assert "Traceback" not in done.stderr
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("radixfair-worker: error: engine failed to start") and "'nope'" in last
+
+
+def test_the_serving_front_never_imports_torch():
+    # Only the engine process holds the model; the front stays small and starts fast.
+    check = "import sys, radixfair_worker.__main__; assert 'torch' not in sys.modules, 'torch imported'"
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
