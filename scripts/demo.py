@@ -44,6 +44,17 @@ QUESTIONS = [
 ]
 WEIGHTS = {"acme-support": 1.0, "globex-tutor": 1.0, "initech-ops": 2.0}
 
+COLUMNS = """
+service   weighted tokens the ledger booked for the client: 1 per prompt token the worker computed
+          (prompt tokens served from its cache are free), 2 per output token. This is what fairness
+          counts.
+svc/wt    service divided by the client's weight: what D²LPM and VTC equalise between clients that
+          are all waiting. A weight-2 client may take twice the service of a weight-1 one before the
+          others go first; with light load, as here, every client gets what it asks for.
+hit %     share of the prompt tokens served from a worker's prefix cache.
+workers   requests served by each worker: a client's long system prompt keeps it on one worker
+          (locality), while a new prefix goes to the least loaded worker."""
+
 
 @dataclass
 class ClientTally:
@@ -95,8 +106,8 @@ def print_table(tallies: dict[str, ClientTally], status, wall_s: float) -> None:
     service = {c.client_id: c.service for c in status.clients}
     print()
     header = (
-        f"{'client':<14} {'weight':>6} {'reqs':>4} {'service':>8} {'prompt':>7} {'cached':>7} {'hit %':>6} "
-        f"{'output':>7} {'p50 TTFT ms':>12} {'p50 total ms':>13}  workers"
+        f"{'client':<14} {'weight':>6} {'reqs':>4} {'service':>8} {'svc/wt':>7} {'prompt':>7} {'cached':>7} "
+        f"{'hit %':>6} {'output':>7} {'p50 TTFT ms':>12} {'p50 total ms':>13}  workers"
     )
     print(header)
     print("-" * len(header))
@@ -105,9 +116,11 @@ def print_table(tallies: dict[str, ClientTally], status, wall_s: float) -> None:
         workers = ", ".join(f"{w}×{n}" for w, n in sorted(t.workers.items()))
         print(
             f"{name:<14} {WEIGHTS[name]:>6.1f} {t.requests:>4} {service.get(name, 0.0):>8.0f} "
+            f"{service.get(name, 0.0) / WEIGHTS[name]:>7.0f} "
             f"{t.prompt_tokens:>7} {t.cached_tokens:>7} {hit:>6.1f} {t.completion_tokens:>7} "
             f"{statistics.median(t.ttft_ms):>12.0f} {statistics.median(t.total_ms):>13.0f}  {workers}"
         )
+    print(COLUMNS)
     out = sum(t.completion_tokens for t in tallies.values())
     healthy = sum(w.healthy for w in status.workers)
     print(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 
+import pytest
 from support.router_stack import client_for, router_config, running_router, worker_id
 
 from radixfair.tokenization import ChatTurn
@@ -23,11 +24,15 @@ SYSTEMS = {
 QUESTIONS = ["Where do I start?", "What comes next?", "Give me one more tip."]
 
 
+@pytest.mark.parametrize("store", ["redis", "memory"])
 def test_two_workers_both_serve_three_light_clients_and_each_client_stays_on_its_worker(
-    two_workers, tiny_model_dir
+    two_workers, tiny_model_dir, redis_url, store
 ):
+    # With Redis, an admission is a round trip: the three clients' first requests arrive together
+    # and must still see each other's placements.
     async def scenario():
-        config = router_config(tiny_model_dir, two_workers, policy="d2lpm")
+        url = redis_url if store == "redis" else ""
+        config = router_config(tiny_model_dir, two_workers, url, policy="d2lpm")
         async with running_router(config) as running:
             placed: dict[str, list[str]] = defaultdict(list)
             clients = {name: client_for(running, name) for name in SYSTEMS}
@@ -35,7 +40,9 @@ def test_two_workers_both_serve_three_light_clients_and_each_client_stays_on_its
                 for question in QUESTIONS:
 
                     async def ask(name: str, question: str = question) -> None:
-                        turns = [ChatTurn("system", SYSTEMS[name]), ChatTurn("user", question)]
+                        # Prefixed by the store: the other case's cached prefixes match nothing here.
+                        system = f"[{store}] {SYSTEMS[name]}"
+                        turns = [ChatTurn("system", system), ChatTurn("user", question)]
                         output = await clients[name].generate(turns, max_tokens=2, ignore_eos=True)
                         placed[name].append(output.result.worker_id)
 

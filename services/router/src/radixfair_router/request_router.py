@@ -112,6 +112,7 @@ class RequestRouter:
         )
         self._live = LiveStreams(ledger, limits, lambda client, service: self._charged(client, service))
         self._relay_calls: dict[grpc.aio.Channel, _RelayCall] = {}
+        self._deciding = asyncio.Lock()
         metrics.degraded_transitions.set_function(lambda: ledger.degraded_transitions)
         self._gate: VtcAdmissionGate | None = None
         slots = config.policy.vtc_slots_per_worker
@@ -185,6 +186,23 @@ class RequestRouter:
                 raise _exhausted(len(excluded), last_failure)
             model = f" for model {request.model!r}" if request.model else ""
             raise NoWorkerAvailableError(f"no healthy worker{model} is available; try again shortly")
+        # One decision at a time per router: the ledger's admit is a Redis round trip, and requests
+        # arriving together would otherwise all see the same loads and tree (the demo's 3 clients
+        # all went to one worker). Each decision sees the ones before it as load and as prefixes.
+        async with self._deciding:
+            decision = await self._decide(request, principal, parent, workers)
+            endpoint = next(w for w in workers if w.worker_id == decision.worker_id)
+            self._cache_view.record_routed(request.token_ids, decision.worker_id)
+            endpoint.dispatched_since_report += 1
+        self._metrics.decisions.labels(decision.policy, decision.reason, decision.worker_id).inc()
+        if decision.refills:
+            self._metrics.refills.labels(principal.client_id).inc(decision.refills)
+        self._metrics.client_service.labels(principal.client_id).inc(max(decision.charged, 0.0))
+        return endpoint, decision
+
+    async def _decide(
+        self, request: ValidatedRequest, principal: Principal, parent: Span, workers: list[WorkerEndpoint]
+    ) -> RoutingDecision:
         matches = self._cache_view.estimate(request.token_ids, [w.worker_id for w in workers])
         states = [
             WorkerState(
@@ -199,13 +217,7 @@ class RequestRouter:
             _set_decision_attributes(span, decision, len(request.token_ids))
         finally:
             span.end()
-        self._cache_view.record_routed(request.token_ids, decision.worker_id)
-        self._metrics.decisions.labels(decision.policy, decision.reason, decision.worker_id).inc()
-        if decision.refills:
-            self._metrics.refills.labels(principal.client_id).inc(decision.refills)
-        self._metrics.client_service.labels(principal.client_id).inc(max(decision.charged, 0.0))
-        endpoint = next(w for w in workers if w.worker_id == decision.worker_id)
-        return endpoint, decision
+        return decision
 
     async def _forward(
         self,
@@ -231,7 +243,6 @@ class RequestRouter:
         book.call = call
         self._live.open(book)
         endpoint.inflight += 1
-        endpoint.dispatched_since_report += 1
         self._metrics.inflight.labels(endpoint.worker_id).set(endpoint.inflight)
         outcome = "incomplete"
         try:
