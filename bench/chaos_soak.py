@@ -1,0 +1,222 @@
+"""Chaos soak: the real stack on loopback under steady multi-tenant load while it is being broken.
+
+Redis, 3 workers (a tiny random Llama on the CPU) and 2 routers, all real processes (see
+bench/chaos/stack.py). Tenants stream Generate through both routers in turn; a hostile client
+sends one malformed or hostile request a second (bench/chaos/hostile.py); faults follow the
+schedule in bench/chaos/faults.py (kill -9 + restart a worker, SIGSTOP/SIGCONT a worker, restart
+Redis, kill -9 + restart a router). When the run ends, the load drains and the soak checks:
+
+- hung streams: no message for longer than the bound derived from the router's limits
+  (forward.stream_idle_timeout_s + the health checks' window to take a worker out of rotation
+  + 5 s slack) -- must be 0;
+- per client, output tokens received in stream deltas == the ledger's ``completion_tokens``
+  in Redis (the routers book exactly the tokens they relayed: no refund ever reduces that
+  field; a refund only returns an admission charge of *service* for a request that produced no
+  token) -- must match exactly;
+- KV pages leaked on each worker at idle: total - free - cached -- must be 0;
+- each fault's detection time by the router that was not faulted.
+
+    .venv/bin/python bench/chaos_soak.py --quick            # ~2.5 min on 2 cores, one fault cycle
+    .venv/bin/python bench/chaos_soak.py --duration 600     # the default: 10 min, 6 cycles
+
+Writes bench/results/chaos_soak.json (aggregates only) and chaos_soak.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import shlex
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.chaos.faults import FAULTS, FaultRecord, measure_detection, run_faults, schedule  # noqa: E402
+from bench.chaos.hostile import BAD_STATUSES, HostileClient  # noqa: E402
+from bench.chaos.load import LoadTally, tenant_loop  # noqa: E402
+from bench.chaos.observe import StatusMonitor, leaked_pages, ledger_tokens, matching_lines  # noqa: E402
+from bench.chaos.report import write_report  # noqa: E402
+from bench.chaos.stack import ChaosStack, StackConfig  # noqa: E402
+from bench.report import RESULTS_DIR  # noqa: E402
+from bench.serving_bench import prepare_model  # noqa: E402
+from radixfair.auth import ApiKeyConfig  # noqa: E402
+
+HOSTILE_ID = "hostile"
+# Health checks every 0.5 s, out of rotation after 2 failures, each waiting up to 1 s (router defaults).
+HEALTH_WINDOW_S = 2 * (0.5 + 1.0)
+HANG_SLACK_S = 5.0
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--duration", type=float, default=600.0, help="seconds of load (default 600)")
+    parser.add_argument("--quick", action="store_true", help="one fault cycle: --duration 110")
+    parser.add_argument("--tenants", type=int, default=3)
+    parser.add_argument("--streams-per-tenant", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--faults", nargs="*", choices=FAULTS, default=list(FAULTS), help="which faults to inject"
+    )
+    parser.add_argument("--out-dir", default=str(RESULTS_DIR))
+    parser.add_argument("--tag", default="chaos_soak")
+    parser.add_argument("--run-dir", default="", help="logs and configs (default: a temporary directory)")
+    parser.add_argument("--cache-dir", default="~/.cache/radixfair/models", help="where the tokenizer is")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.duration = 110.0
+    return args
+
+
+async def soak(args: argparse.Namespace, stack: ChaosStack) -> dict[str, object]:
+    cfg = stack.config
+    hang_bound_s = cfg.stream_idle_timeout_s + HEALTH_WINDOW_S + HANG_SLACK_S
+    routers = [r.address for r in stack.routers]
+    tally, hostile_tally = LoadTally(), LoadTally()
+    monitor = StatusMonitor(routers, cfg.operator_key.key)
+    stop_load, stop_monitor = asyncio.Event(), asyncio.Event()
+    hostile = HostileClient(routers, "chaos-hostile-key", HOSTILE_ID, args.seed)
+    records: list[FaultRecord] = []
+    t0 = time.monotonic()
+
+    async def hostile_loop() -> None:
+        pending: set[asyncio.Task[None]] = set()
+        while not stop_load.is_set():
+            task = asyncio.create_task(hostile.send_one(hostile_tally, hang_bound_s))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+            await asyncio.sleep(1.0)
+        await asyncio.gather(*pending)
+
+    monitor_task = asyncio.create_task(monitor.run(stop_monitor))
+    loads = [
+        asyncio.create_task(
+            tenant_loop(
+                routers, k.key, k.client_id, args.streams_per_tenant, stop_load, tally, hang_bound_s, i
+            )
+        )
+        for i, k in enumerate(cfg.tenant_keys)
+        if k.client_id != HOSTILE_ID
+    ]
+    loads.append(asyncio.create_task(hostile_loop()))
+    faults = asyncio.create_task(run_faults(stack, schedule(args.duration, args.faults), t0, records))
+    await asyncio.sleep(args.duration)
+    await faults  # a restart still under way finishes first
+    stop_load.set()
+    await asyncio.gather(*loads)
+    await hostile.close()
+    drained_s = round(time.monotonic() - t0 - args.duration, 1)
+    ledger = await settle_ledger(stack, monitor)
+    await asyncio.sleep(1.0)
+    stop_monitor.set()
+    await monitor_task
+    measure_detection(records, monitor, stack.routers[0].log_path)
+    pages = {w.name: await leaked_pages(w.address) for w in stack.workers}
+    return summarize(
+        args, stack, tally, hostile_tally, hostile, ledger, pages, records, hang_bound_s, drained_s
+    )
+
+
+async def settle_ledger(stack: ChaosStack, monitor: StatusMonitor, limit_s: float = 30.0) -> dict[str, int]:
+    """The ledger once both routers are connected to Redis and the totals stop moving."""
+    ids = [k.client_id for k in stack.config.tenant_keys] + ["anonymous"]
+    deadline = time.monotonic() + limit_s
+    previous: dict[str, int] | None = None
+    while True:
+        await asyncio.sleep(1.0)
+        latest = [s for s in monitor.samples[-4:] if s.answered]
+        connected = len(latest) >= 2 and all(s.connected for s in latest)
+        current = ledger_tokens(stack.redis.url, ids)
+        if (connected and current == previous) or time.monotonic() > deadline:
+            return current
+        previous = current
+
+
+def summarize(
+    args: argparse.Namespace,
+    stack: ChaosStack,
+    tally: LoadTally,
+    hostile_tally: LoadTally,
+    hostile: HostileClient,
+    ledger: dict[str, int],
+    pages: dict[str, dict[str, int]],
+    records: list[FaultRecord],
+    hang_bound_s: float,
+    drained_s: float,
+) -> dict[str, object]:
+    received = {
+        **tally.tokens,
+        HOSTILE_ID: hostile_tally.tokens[HOSTILE_ID],
+        "anonymous": hostile_tally.tokens["anonymous"],
+    }
+    clients = [
+        {
+            "client": cid,
+            "tokens_received": received.get(cid, 0),
+            "ledger_completion_tokens": ledger.get(cid, 0),
+        }
+        for cid in ledger
+    ]
+    for row in clients:
+        row["difference"] = row["ledger_completion_tokens"] - row["tokens_received"]  # type: ignore[operator]
+    bad_hostile = {k: v for k, v in hostile_tally.status.items() if k in BAD_STATUSES}
+    checks = {
+        "hung_streams_zero": tally.hung + hostile_tally.hung == 0,
+        "ledger_exact": all(r["difference"] == 0 for r in clients),
+        "no_leaked_pages": all(p["leaked_pages"] == 0 for p in pages.values()),
+        "hostile_answered_cleanly": not bad_hostile,
+    }
+    logs = [*stack.routers, *stack.workers]
+    evidence = {c.name: matching_lines(c.log_path, ("Traceback", "ERROR", "Exception")) for c in logs}
+    return {
+        "duration_s": args.duration,
+        "tenants": len(stack.config.tenant_keys) - 1,
+        "streams_per_tenant": args.streams_per_tenant,
+        "hang_bound_s": hang_bound_s,
+        "drain_s": drained_s,
+        "load": tally.as_dict(),
+        "hostile": {**hostile_tally.as_dict(), "kinds": dict(sorted(hostile.kinds.items()))},
+        "ledger": clients,
+        "kv_pages": pages,
+        "faults": [{k: v for k, v in vars(r).items() if k not in ("started", "ended")} for r in records],
+        "checks": checks,
+        "passed": all(checks.values()),
+        "log_evidence": {k: v for k, v in evidence.items() if v},
+    }
+
+
+def tenant_keys(count: int) -> tuple[ApiKeyConfig, ...]:
+    keys = [ApiKeyConfig(f"chaos-tenant-key-{i}", f"tenant-{i}", float(1 + i % 2)) for i in range(count)]
+    return (*keys, ApiKeyConfig("chaos-hostile-key", HOSTILE_ID, 1.0))
+
+
+def run(args: argparse.Namespace) -> dict[str, object]:
+    with contextlib.ExitStack() as cleanup:
+        run_dir = (
+            Path(args.run_dir) if args.run_dir else Path(cleanup.enter_context(tempfile.TemporaryDirectory()))
+        )
+        model_ns = argparse.Namespace(model_dir="", tokenizer_dir="", shape="tiny", cache_dir=args.cache_dir)
+        model_dir = prepare_model(model_ns, run_dir)
+        stack = ChaosStack(StackConfig(model_dir, run_dir / "logs", tenant_keys=tenant_keys(args.tenants)))
+        cleanup.callback(stack.stop)
+        stack.start()
+        return asyncio.run(soak(args, stack))
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, object]:
+    args = parse_args(argv)
+    command = shlex.join(["python", "bench/chaos_soak.py", *(sys.argv[1:] if argv is None else argv)])
+    result = run(args)
+    write_report(Path(args.out_dir), args.tag, command, result)
+    print(json.dumps({"passed": result["passed"], "checks": result["checks"]}))
+    return result
+
+
+if __name__ == "__main__":
+    main()
