@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.chaos.faults import FAULTS, FaultRecord, measure_detection, run_faults, schedule  # noqa: E402
 from bench.chaos.hostile import BAD_STATUSES, HostileClient  # noqa: E402
 from bench.chaos.load import LoadTally, tenant_loop  # noqa: E402
-from bench.chaos.observe import StatusMonitor, leaked_pages, ledger_tokens, matching_lines  # noqa: E402
+from bench.chaos.observe import StatusMonitor, error_summary, leaked_pages, ledger_tokens  # noqa: E402
 from bench.chaos.report import write_report  # noqa: E402
 from bench.chaos.stack import ChaosStack, StackConfig  # noqa: E402
 from bench.report import RESULTS_DIR  # noqa: E402
@@ -173,7 +173,7 @@ def summarize(
         "hostile_answered_cleanly": not bad_hostile,
     }
     logs = [*stack.routers, *stack.workers]
-    evidence = {c.name: matching_lines(c.log_path, ("Traceback", "ERROR", "Exception")) for c in logs}
+    evidence = {c.name: error_summary(c.log_path) for c in logs}
     return {
         "duration_s": args.duration,
         "tenants": len(stack.config.tenant_keys) - 1,
@@ -205,8 +205,10 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         model_dir = prepare_model(model_ns, run_dir)
         stack = ChaosStack(StackConfig(model_dir, run_dir / "logs", tenant_keys=tenant_keys(args.tenants)))
         cleanup.callback(stack.stop)
+        started = time.monotonic()
         stack.start()
-        return asyncio.run(soak(args, stack))
+        startup_s = round(time.monotonic() - started, 1)
+        return {"startup_s": startup_s, **asyncio.run(soak(args, stack))}
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, object]:

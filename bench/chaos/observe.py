@@ -126,9 +126,25 @@ def first_log_line_after(log_path: Path, since: float, needle: str) -> float | N
     return None
 
 
-def matching_lines(log_path: Path, needles: tuple[str, ...], limit: int = 5) -> list[str]:
+_EXCEPTION = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b")
+
+
+def error_summary(log_path: Path) -> dict[str, int]:
+    """How often each ERROR/CRITICAL message, and each exception a traceback ended with, was logged."""
     try:
         lines = log_path.read_text(errors="replace").splitlines()
     except OSError:
-        return []
-    return [line[:300] for line in lines if any(n in line for n in needles)][:limit]
+        return {}
+    counts: dict[str, int] = {}
+    for line in lines:
+        record = _STAMP.match(line)
+        text = line[record.end() :] if record else line
+        if record and (" ERROR " in line or " CRITICAL " in line):
+            key = text
+        elif not record and _EXCEPTION.match(line):
+            key = f"exception {line}"
+        else:
+            continue
+        key = re.sub(r"0x[0-9a-f]+", "0x..", key)[:240]
+        counts[key] = counts.get(key, 0) + 1
+    return counts

@@ -45,7 +45,8 @@ def write_report(out_dir: Path, tag: str, command: str, result: dict[str, object
         "",
         f"{result['duration_s']} s of load, {result['tenants']} tenants"
         f" x {result['streams_per_tenant']} streams"
-        f" through 2 routers, 3 workers, 1 Redis; hang bound {result['hang_bound_s']} s; drained in"
+        f" through 2 routers, 3 workers, 1 Redis; hang bound {result['hang_bound_s']} s; started in"
+        f" {result['startup_s']} s; drained in"
         f" {result['drain_s']} s. **All invariants hold: {result['passed']}**",
         "",
         markdown_table(checks, ["invariant", "holds"]),
@@ -89,9 +90,9 @@ def write_report(out_dir: Path, tag: str, command: str, result: dict[str, object
     ]
     evidence = result.get("log_evidence") or {}
     if evidence:
-        lines += ["## Error lines in the services' logs (first 5 each)", ""]
+        lines += ["## Errors in the services' logs (message or exception: times logged)", ""]
         for name, found in evidence.items():  # type: ignore[union-attr]
-            lines += [f"- {name}:", *[f"  - `{line}`" for line in found]]
+            lines += [f"- {name}:", *[f"  - {count} x `{text}`" for text, count in found.items()]]
         lines.append("")
     lines.append(NOTES)
     (out_dir / f"{tag}.md").write_text("\n".join(lines))
