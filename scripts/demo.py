@@ -95,15 +95,20 @@ async def drive(address: str, keys: dict[str, str], rounds: int, max_tokens: int
                     for name, system in CLIENTS.items()
                 )
             )
-        status = await clients[next(iter(CLIENTS))].status()
+        # A tenant's status shows only its own ledger record: ask as each client.
+        statuses = {name: await client.status() for name, client in clients.items()}
     finally:
         for client in clients.values():
             await client.close()
-    return tallies, status
+    return tallies, statuses
 
 
-def print_table(tallies: dict[str, ClientTally], status, wall_s: float) -> None:
-    service = {c.client_id: c.service for c in status.clients}
+def print_table(tallies: dict[str, ClientTally], statuses: dict, wall_s: float) -> None:
+    service = {
+        name: next((c.service for c in status.clients if c.client_id == name), 0.0)
+        for name, status in statuses.items()
+    }
+    status = next(iter(statuses.values()))
     print()
     header = (
         f"{'client':<14} {'weight':>6} {'reqs':>4} {'service':>8} {'svc/wt':>7} {'prompt':>7} {'cached':>7} "
@@ -160,8 +165,8 @@ def main() -> None:
     stack.start()
     try:
         start = time.monotonic()
-        tallies, status = asyncio.run(drive(stack.address, keys, args.rounds, args.max_tokens))
-        print_table(tallies, status, time.monotonic() - start)
+        tallies, statuses = asyncio.run(drive(stack.address, keys, args.rounds, args.max_tokens))
+        print_table(tallies, statuses, time.monotonic() - start)
     finally:
         stack.stop()
 
