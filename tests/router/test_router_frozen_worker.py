@@ -17,12 +17,18 @@ from support.router_stack import client_for, router_config, running_router, work
 # Far above health checks (0.2 s interval, 1 s timeout, 2 failures): a stream that ends before
 # this ended because the worker left rotation, not because it idled out.
 IDLE_LIMIT_S = 600.0
+# A stream of a worker out of rotation ends once silent this long (the default is larger, for
+# loaded machines whose workers miss health checks while busy).
+SILENCE_S = 3.0
 ENDS_WITHIN_S = 60.0
 
 
 def frozen_stack_config(tiny_model_dir, workers):
     config = router_config(tiny_model_dir, workers, policy="round_robin")
-    return replace(config, forward=replace(config.forward, stream_idle_timeout_s=IDLE_LIMIT_S))
+    forward = replace(
+        config.forward, stream_idle_timeout_s=IDLE_LIMIT_S, unhealthy_stream_silence_s=SILENCE_S
+    )
+    return replace(config, forward=forward)
 
 
 def test_a_stream_of_a_worker_frozen_mid_stream_ends_with_unavailable(spawn_workers, tiny_model_dir):

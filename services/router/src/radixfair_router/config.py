@@ -112,8 +112,9 @@ class ForwardConfig:
     # A stream that sends nothing for this long is failed, so no call hangs.
     stream_idle_timeout_s: float = 120.0
     # A stream of a worker out of rotation (frozen, unreachable) is ended once it has been
-    # silent this long; a worker that is merely slow to answer health checks keeps streaming.
-    unhealthy_stream_silence_s: float = 5.0
+    # silent this long. Health checks alone cannot tell a frozen worker from one too loaded to
+    # answer in time (its prefill may take seconds), so this is well above a slow first token.
+    unhealthy_stream_silence_s: float = 30.0
     # With no healthy worker, how long a request waits for one to appear.
     wait_for_worker_s: float = 2.0
     # Prompts whose message is larger than this (serialized bytes: text, chat turns or
