@@ -13,6 +13,8 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from radixfair.v1 import generation_pb2, worker_pb2, worker_pb2_grpc
 
@@ -236,3 +238,71 @@ def test_the_serving_front_never_imports_torch():
     check = "import sys, radixfair_worker.__main__; assert 'torch' not in sys.modules, 'torch imported'"
     done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+class CountingEncoder:
+    """The real tokenizer's PromptEncoder, counting how often the front asks its vocabulary size."""
+
+    def __init__(self, model_dir: Path) -> None:
+        from radixfair.tokenization import PromptEncoder
+
+        self._encoder = PromptEncoder(Path(model_dir))
+        self.vocab_size_reads = 0
+
+    @property
+    def vocab_size(self) -> int:
+        self.vocab_size_reads += 1
+        return self._encoder.vocab_size
+
+    def __getattr__(self, name: str):
+        return getattr(self._encoder, name)
+
+
+@pytest.fixture(scope="module")
+def vocab_size(tiny_model_dir) -> int:
+    from radixfair.tokenization import PromptEncoder
+
+    return PromptEncoder(Path(tiny_model_dir)).vocab_size
+
+
+@given(data=st.data())
+@settings(max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_a_token_id_prompt_is_taken_as_is_or_refused_naming_its_first_out_of_range_ids(
+    tiny_model_dir, vocab_size, data
+):
+    from radixfair.errors import InvalidRequestError
+    from radixfair_worker.request_builder import build_request
+
+    ids = data.draw(st.lists(st.integers(0, vocab_size + 3), min_size=1, max_size=1200))
+    message = token_request(ids, 4, "tenant")
+    bad = [t for t in ids if t >= vocab_size]
+    if bad:
+        with pytest.raises(InvalidRequestError) as caught:
+            build_request(message, CountingEncoder(tiny_model_dir), "m", 4096)
+        assert str(bad[:5]) in str(caught.value) and f"[0, {vocab_size})" in str(caught.value)
+    else:
+        assert build_request(message, CountingEncoder(tiny_model_dir), "m", 4096).prompt_ids == ids
+
+
+@pytest.mark.parametrize("length", [1, 1088])
+def test_the_front_asks_the_vocabulary_size_a_fixed_number_of_times_whatever_the_prompt_length(
+    tiny_model_dir, vocab_size, length
+):
+    # The serving profile (bench/serving_profile.py) found it asked once per prompt id, on the event loop.
+    from radixfair_worker.request_builder import build_request
+
+    encoder = CountingEncoder(tiny_model_dir)
+    build_request(token_request([vocab_size - 1] * length, 4, "tenant"), encoder, "m", 4096)
+    assert encoder.vocab_size_reads <= 2
+
+
+def test_a_long_token_prompt_with_one_id_past_the_vocabulary_is_refused_and_one_at_its_edge_served(
+    worker, vocab_size
+):
+    edge = [0] + [1000 + i for i in range(398)] + [vocab_size - 1]
+    with pytest.raises(grpc.RpcError) as caught:
+        collect(worker.address, token_request(edge[:-1] + [vocab_size], 2, "edgy"))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"[{vocab_size}]" in caught.value.details()
+    ids, _, result = collect(worker.address, token_request(edge, 2, "edgy"))
+    assert len(ids) == 2 and result.usage.prompt_tokens == len(edge)
