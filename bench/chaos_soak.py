@@ -43,7 +43,7 @@ from bench.chaos.observe import StatusMonitor, error_summary, leaked_pages, ledg
 from bench.chaos.report import write_report  # noqa: E402
 from bench.chaos.stack import ChaosStack, StackConfig  # noqa: E402
 from bench.report import RESULTS_DIR  # noqa: E402
-from bench.serving_bench import prepare_model  # noqa: E402
+from bench.serving_bench import parse_sets, prepare_model  # noqa: E402
 from radixfair.auth import ApiKeyConfig  # noqa: E402
 
 HOSTILE_ID = "hostile"
@@ -63,6 +63,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--faults", nargs="*", choices=FAULTS, default=list(FAULTS), help="which faults to inject"
+    )
+    parser.add_argument(
+        "--router-set", action="append", default=[], metavar="KEY=VALUE", help="extra router setting (dotted)"
     )
     parser.add_argument("--out-dir", default=str(RESULTS_DIR))
     parser.add_argument("--tag", default="chaos_soak")
@@ -191,6 +194,18 @@ def summarize(
     }
 
 
+def router_settings(extra: dict[str, object]) -> dict[str, object]:
+    """The stack's router settings with ``--router-set`` dotted keys merged in."""
+    settings = json.loads(json.dumps(StackConfig(Path(), Path()).router_settings))
+    for dotted, value in extra.items():
+        *parents, leaf = dotted.split(".")
+        node = settings
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return settings
+
+
 def tenant_keys(count: int) -> tuple[ApiKeyConfig, ...]:
     keys = [ApiKeyConfig(f"chaos-tenant-key-{i}", f"tenant-{i}", float(1 + i % 2)) for i in range(count)]
     return (*keys, ApiKeyConfig("chaos-hostile-key", HOSTILE_ID, 1.0))
@@ -203,7 +218,11 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         )
         model_ns = argparse.Namespace(model_dir="", tokenizer_dir="", shape="tiny", cache_dir=args.cache_dir)
         model_dir = prepare_model(model_ns, run_dir)
-        stack = ChaosStack(StackConfig(model_dir, run_dir / "logs", tenant_keys=tenant_keys(args.tenants)))
+        settings = router_settings(parse_sets(args.router_set))
+        config = StackConfig(
+            model_dir, run_dir / "logs", tenant_keys=tenant_keys(args.tenants), router_settings=settings
+        )
+        stack = ChaosStack(config)
         cleanup.callback(stack.stop)
         started = time.monotonic()
         stack.start()
