@@ -177,7 +177,16 @@ class ChaosStack:
             },
             # Static: every router lists every worker; registration stays off (no token).
             "registry": {"workers": [{"worker_id": w.name, "address": w.address} for w in self.workers]},
-            **cfg.router_settings,
+            "ledger": {"store": "redis", "redis_url": self.redis.url},
         }
-        config["ledger"] = {"store": "redis", "redis_url": self.redis.url, **config.get("ledger", {})}
+        _merge(config, cfg.router_settings)
         (cfg.run_dir / f"router-{index}.yaml").write_text(yaml.safe_dump(config))
+
+
+def _merge(base: dict[str, object], extra: dict[str, object]) -> None:
+    """Deep-merges ``extra`` into ``base`` (nested dicts merged, anything else replaced)."""
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)  # type: ignore[arg-type]
+        else:
+            base[key] = value
