@@ -75,6 +75,12 @@ class SchedulerConfig:
     # dlpm: a waiting request passed over this many times by requests of its own
     # client goes before them (the per-request wait bound in scheduler.dlpm).
     max_overtakes: int = 8
+    # lpm, lpm_aging, dlpm: a waiting request waits while a request already admitted (or still
+    # prefilling) will compute at least this many pages of its prefix that the cache lacks, and then
+    # matches them instead of computing them again (scheduler.in_batch_prefix); 0 disables. 2 pages
+    # (32 tokens at page_size 16, SGLang's in-batch threshold): one page is about a chat template's
+    # header, which unrelated requests share, and holding on it would serialise them a step apart.
+    in_batch_prefix_pages: int = 2
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,7 @@ from radixfair_worker.radix_cache import RadixCache
 from radixfair_worker.request import PLACEHOLDER_TOKEN, FinishReason, Request, RequestStatus
 from radixfair_worker.sampler import Sampler
 from radixfair_worker.scheduler.base import SchedulingPolicy
+from radixfair_worker.scheduler.in_batch_prefix import InBatchPrefixHold
 from radixfair_worker.text_stream import TextStream
 
 log = logging.getLogger(__name__)
@@ -473,6 +474,14 @@ class _StepBudget:
         self._engine = engine
         self.tokens_left = tokens_left
         self.chunks_admitted: dict[str, ScheduledChunk] = {}
+        # Leaders: running requests still prefilling (their pages reach the cache chunk by chunk).
+        prefilling = (r for r in engine.running if r.tokens_to_compute > 1)
+        self._hold = InBatchPrefixHold(
+            engine.cache, engine.config.scheduler.in_batch_prefix_pages, prefilling
+        )
+
+    def holds(self, request: Request) -> bool:
+        return self._hold.holds(request)
 
     def try_admit(self, request: Request) -> bool:
         engine = self._engine
@@ -483,4 +492,5 @@ class _StepBudget:
             return False
         self.tokens_left -= chunk.length
         self.chunks_admitted[request.request_id] = chunk
+        self._hold.lead(request)
         return True

@@ -46,6 +46,16 @@ class AdmissionBudget(Protocol):
         """
         ...
 
+    def holds(self, request: Request) -> bool:
+        """True while ``request`` should wait for a shared prefix another request is computing.
+
+        The in-batch prefix rule (``scheduler.in_batch_prefix``): prefix-ordering
+        policies skip a held request (they do not stop there, and do not charge
+        it); it becomes admissible by itself once the leader's pages are cached
+        or the leader leaves. Locality-blind policies (FCFS, VTC) ignore it.
+        """
+        ...
+
 
 class SchedulingPolicy(Protocol):
     name: str

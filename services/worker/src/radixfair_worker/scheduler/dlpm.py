@@ -24,6 +24,14 @@ Rules (see /work/shared/reference/dlpm.md):
      again is ``idle_deficit`` (``DeficitLedger``): by default VTC's lift, in
      deficit terms. Every rule keeps ``q_i <= Q · weight_i``.
 
+  6. In-batch prefix (``scheduler.in_batch_prefix``): a request the budget
+     *holds* (another request is computing >= threshold pages of its uncached
+     prefix) is passed over as if it were not queued: not admitted, not
+     charged, its client not counted as spent. If client i's due request
+     (rule 2) is held, i's place at that point is skipped, so the hold never
+     lets i's other requests overtake it. A hold ends when the leader's pages
+     are cached or the leader leaves the running batch: at most one prefill.
+
 Fairness bound. Let ``C_i`` be client i's cumulative charge (rule 3) and
 ``s_i = C_i / weight_i``. Take an interval in which clients A and B both have
 a waiting request at every instant, and weights do not change.
@@ -36,6 +44,8 @@ a waiting request at every instant, and weights do not change.
       admission (``<= w_in · L_i``, as cached_token_weight <= 1) plus the
       outputs of its requests running then: at most R_i requests of at most
       M_i tokens each. Refills only add. So ``D_i = w_in · L_i + w_out · M_i · R_i``.
+A held request counts as waiting only once the hold ends (rule 6): the
+intervals below are those in which A and B each have an admissible request.
 Therefore, for any such interval,
 
     |Δs_A - Δs_B| < 2·Q + D_A / weight_A + D_B / weight_B
@@ -56,7 +66,8 @@ requests for ever (SGLang #31954). With rule 2's K:
       its client passes r over once; after K, r is due, and from then on the
       client's place goes to its due request that joined first, which is r or
       one that joined before r. (A budget refusal of a due request ends the
-      step, so nothing overtakes it either.)
+      step, and a held due request skips its client's place (rule 6), so
+      nothing overtakes it either.)
   (e) So r is admitted within ``K + A_r`` admissions of its client, A_r being
       the client's requests waiting ahead of r when r joined.
   (f) In time: while r waits, client i is admitted at most ``n = K + A_r``
@@ -64,7 +75,9 @@ requests for ever (SGLang #31954). With rule 2's K:
       L_i + w_out · M_i``, and by the bound above every other continuously
       backlogged client j receives less than
       ``Δs_j < (n + R_i) · U_i / weight_i + 2·Q + D_i / weight_i + D_j / weight_j``.
-      The wait of r is bounded by the time the engine takes to serve that.
+      The wait of r is bounded by the time the engine takes to serve that,
+      plus, for each hold on r or on a due request of i ahead of it (rule 6),
+      one leader's prefill.
 K trades locality for the wait: K = 0 is arrival order inside each client, a
 large K is plain DLPM. A forced admission costs its own prefill, which it
 would pay whenever it ran; only how long the hot prefix must stay cached
@@ -166,10 +179,14 @@ class DLPMPolicy:
         for request in order:
             client = request.client_id
             while request not in taken:
+                if budget.holds(request):
+                    break  # parked for a leader's prefix: as if not queued (rule 6)
                 if not self._ledger.has_credit(client):
                     spent.add(client)
                     break
                 chosen = self._overtakes.due(client, still_waiting) or request
+                if chosen is not request and budget.holds(chosen):
+                    break  # the client's place is its due request's, which is parked: nobody overtakes it
                 if not budget.try_admit(chosen):
                     return admitted, True, spent
                 taken.add(chosen)

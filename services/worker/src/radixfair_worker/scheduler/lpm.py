@@ -21,6 +21,7 @@ class LPMPolicy(OrderedPolicy):
     """
 
     name = "lpm"
+    defers_to_shared_prefix = True
 
     def __init__(self, config: SchedulerConfig) -> None:
         super().__init__(config)

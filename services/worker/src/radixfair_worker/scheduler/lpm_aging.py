@@ -23,6 +23,7 @@ class LPMAgingPolicy(OrderedPolicy):
     """
 
     name = "lpm_aging"
+    defers_to_shared_prefix = True
 
     def __init__(self, config: SchedulerConfig, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(config)

@@ -21,6 +21,9 @@ class OrderedPolicy:
     """
 
     name = "ordered"
+    # Whether the walk skips requests the budget holds for an in-batch shared prefix
+    # (scheduler.in_batch_prefix). Prefix-ordering subclasses set it; FCFS keeps strict arrival order.
+    defers_to_shared_prefix = False
 
     def __init__(self, config: SchedulerConfig) -> None:
         self._meter = ServiceMeter(config)
@@ -39,6 +42,8 @@ class OrderedPolicy:
     ) -> list[Request]:
         admitted = []
         for request in self.order(waiting, cache):
+            if self.defers_to_shared_prefix and budget.holds(request):
+                continue  # waits for a leader's prefix; not refused, so the walk goes on
             if not budget.try_admit(request):
                 break
             self._meter.charge_admission(request)

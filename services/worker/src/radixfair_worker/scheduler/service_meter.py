@@ -33,6 +33,8 @@ def validate_scheduler_config(config: SchedulerConfig) -> None:
         raise ValueError(f"idle_deficit must be one of {', '.join(IDLE_RULES)}, got {config.idle_deficit!r}")
     if config.max_overtakes < 0:
         raise ValueError("max_overtakes must be >= 0")
+    if config.in_batch_prefix_pages < 0:
+        raise ValueError("in_batch_prefix_pages must be >= 0 (0 disables in-batch prefix holding)")
 
 
 class ServiceMeter:
