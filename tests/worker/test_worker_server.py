@@ -158,12 +158,13 @@ def test_malformed_bytes_get_a_clear_status(worker):
     assert result.usage.completion_tokens == 1
 
 
-def test_cancelling_a_stream_frees_its_pages(stub):
+def test_cancelling_a_stream_frees_its_pages_and_logs_no_error(worker, stub):
     before = stub.GetLoadReport(worker_pb2.GetLoadReportRequest()).report
     call = stub.Generate(text_request("A long story " * 10, max_tokens=400, ignore_eos=True), timeout=60)
     next(call), next(call)
     running = stub.GetLoadReport(worker_pb2.GetLoadReportRequest()).report
     assert running.running_requests == 1
+    logged_before = len(worker.log())
     call.cancel()
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
@@ -174,6 +175,9 @@ def test_cancelling_a_stream_frees_its_pages(stub):
     assert report.running_requests == 0 and report.running_tokens == 0
     # Pages of the cancelled request went back; only whole pages it cached stay in the tree.
     assert report.free_pages >= before.free_pages - (len("A long story " * 10) // 8 + 2)
+    # A hang-up is a normal end of a stream: no ERROR line, no traceback (issue 12, observability).
+    log = worker.log()[logged_before:]
+    assert "Traceback" not in log and " ERROR " not in log, log[-3000:]
 
 
 def test_load_report_digest_tells_a_router_what_is_cached(stub):

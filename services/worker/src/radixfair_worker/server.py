@@ -55,9 +55,11 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
 
     async def Generate(self, request, context: grpc.aio.ServicerContext):  # noqa: N802 (gRPC name)
         parent = extract_context(context.invocation_metadata())
-        with self._tracer.start_as_current_span(
-            "worker.generate", context=parent, kind=trace.SpanKind.SERVER
-        ) as span:
+        # Not start_as_current_span: this generator is closed (GeneratorExit) in another context
+        # when the caller hangs up, and detaching a context attached elsewhere logs an ERROR
+        # traceback per cancelled stream. The span is passed explicitly instead.
+        span = self._tracer.start_span("worker.generate", context=parent, kind=trace.SpanKind.SERVER)
+        try:
             try:
                 build = (request, self._encoder, self._model_name, self._engine.max_context_tokens)
                 if _prompt_chars(request.prompt) > OFF_LOOP_PROMPT_CHARS:
@@ -81,6 +83,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                     _record_outcome(self._tracer, span, engine_request, stream.outcome)
                 elif not stream.ended:
                     self._engine.abort(stream.request_id)
+        finally:
+            span.end()
 
     async def _stream(self, request: Request, stream: RequestStream, span: trace.Span, context):
         while True:
