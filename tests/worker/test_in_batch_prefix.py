@@ -131,6 +131,39 @@ def test_held_requests_go_on_when_the_leader_is_preempted(tiny_model_dir):
     assert decoding.finish_reason is FinishReason.LENGTH
 
 
+def test_dlpm_never_lets_a_request_overtake_its_clients_held_due_request(tiny_model_dir):
+    # max_overtakes=0: a client's oldest waiting request is always due, so its others never go first.
+    engine = build_engine(
+        EngineConfig(
+            num_pages=256,
+            page_size=PAGE,
+            max_batched_tokens=64,
+            max_running_requests=16,
+            scheduler=SchedulerConfig(policy="dlpm", max_overtakes=0),
+        ),
+        tiny_model_dir,
+    ).engine
+    (leader,) = shared_prefix_requests(1, client=lambda i: "client-b")
+    engine.submit(leader)
+    engine.step()  # the leader's first 64 tokens; its last 37 leave room for others next step
+    held = greedy(PREFIX + [8001, 8002], 4, "held", "client-a", ignore_eos=True)
+    later = greedy([9000 + i for i in range(20)], 4, "later", "client-a", ignore_eos=True)
+    engine.submit(held)
+    engine.submit(later)
+
+    admitted_at: dict[str, int] = {}
+    while engine.has_work():
+        engine.step()
+        for request in (held, later):
+            if request.times_admitted:
+                admitted_at.setdefault(request.request_id, engine.steps)
+
+    assert admitted_at["held"] <= admitted_at["later"]
+    assert admitted_at["held"] > 2  # it did wait for the leader's prefix
+    assert held.num_cached_tokens >= len(PREFIX)
+    assert later.finish_reason is FinishReason.LENGTH
+
+
 def test_the_threshold_must_not_be_negative(tiny_model_dir):
     with pytest.raises(ValueError, match="in_batch_prefix_pages"):
         build(tiny_model_dir, "dlpm", hold_pages=-1)
