@@ -74,7 +74,7 @@ def test_generate_streams_deltas_then_a_result_and_books_exactly_what_was_served
     # Prometheus sees the same request: outcome, tokens, latency histograms, per-client service.
     assert 'radixfair_router_requests_total{client="alice",outcome="ok"} 1.0' in metrics
     assert 'radixfair_router_tokens_total{client="alice",kind="completion"} 6.0' in metrics
-    assert "radixfair_router_time_to_first_token_seconds_count 1.0" in metrics
+    assert 'radixfair_router_time_to_first_token_seconds_count{client="alice"} 1.0' in metrics
     assert "radixfair_router_inter_token_seconds_count" in metrics
     assert f'radixfair_router_client_service_total{{client="alice"}} {expected}' in metrics
 

@@ -249,8 +249,8 @@ def test_prometheus_metrics_count_requests_tokens_and_latency(worker, stub):
             samples[name] = float(value)
     assert samples['radixfair_worker_requests_total{client="dave",finish_reason="length"}'] == 1
     assert samples['radixfair_worker_tokens_total{client="dave",kind="completion"}'] == 5
-    assert samples["radixfair_worker_time_to_first_token_seconds_count"] >= 1
-    assert samples["radixfair_worker_inter_token_latency_seconds_count"] >= 4
+    assert samples['radixfair_worker_time_to_first_token_seconds_count{client="dave"}'] >= 1
+    assert samples['radixfair_worker_inter_token_latency_seconds_count{client="dave"}'] >= 4
     assert samples['radixfair_worker_client_service{client="dave"}'] > 0
     assert "radixfair_worker_cache_hit_rate" in samples and "radixfair_worker_queue_depth" in samples
     # The default policy is DLPM: its deficits and quantum are exported.

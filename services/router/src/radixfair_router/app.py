@@ -63,7 +63,7 @@ async def start_router(config: RouterConfig, span_exporter: SpanExporter | None 
     authenticator = ApiKeyAuthenticator(config.auth)
     registration = RegistrationAuthenticator(config.registry.registration_token, config.auth)
     tracer, provider = build_tracer(config.tracing, span_exporter)
-    metrics = RouterMetrics(CollectorRegistry())
+    metrics = RouterMetrics(CollectorRegistry(), config.metrics.max_client_labels)
     metrics.quantum.set(config.policy.quantum)
     serve_metrics(metrics.registry, config.metrics_port)
 
@@ -80,6 +80,7 @@ async def start_router(config: RouterConfig, span_exporter: SpanExporter | None 
     ledger = Ledger(config.ledger, config.policy.quantum)
     policy = build_policy(config.policy, config.costs, ledger)
     router = RequestRouter(config, registry, cache_view, policy, ledger, tracer, metrics)
+    metrics.track(lambda: len(registry.healthy()), lambda: ledger.shared)
 
     server = build_grpc_server([MalformedRequestInterceptor()])
     servicer = RouterServicer(

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from radixfair.auth import AuthConfig
 from radixfair.config_loading import unknown_choice
+from radixfair.metrics import MetricsConfig
 from radixfair.tls import TlsConfig
 from radixfair.tracing import TracingConfig
 
@@ -135,6 +136,7 @@ class RouterConfig:
     model_name: str = ""
     router_id: str = ""
     metrics_port: int = 0
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     # TLS of the router's gRPC port (callers): cert_file and key_file; with ca_file and
     # require_client_cert, callers must present a certificate signed by that CA (mutual TLS).
     tls: TlsConfig = field(default_factory=TlsConfig)

@@ -272,7 +272,8 @@ class RequestRouter:
         self, call: grpc.aio.UnaryStreamCall, book: StreamBook, arrival: float
     ) -> AsyncIterator[router_pb2.RouterServiceGenerateResponse]:
         """The per-message path: a read, a few counters, and the message passed on as it came."""
-        ttft, inter_token = self._metrics.ttft, self._metrics.inter_token
+        client = self._metrics.client_labels.label(book.client_id)
+        ttft, inter_token = self._metrics.ttft.labels(client), self._metrics.inter_token.labels(client)
         while True:
             try:
                 message = await call.read()

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from radixfair.metrics import LATENCY_BUCKETS
+from radixfair.metrics import LATENCY_BUCKETS, REQUEST_DURATION_BUCKETS, ClientLabels
 
 
 class RouterMetrics:
     """Requests, tokens, latency, queue depth, cache hits and per-client service."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, max_client_labels: int = 64) -> None:
         self.registry = registry
+        # Bounds the client label of the latency histograms (metrics.max_client_labels).
+        self.client_labels = ClientLabels(max_client_labels)
         self.requests = Counter(
             "radixfair_router_requests",
             "Requests by client and outcome",
@@ -26,15 +30,38 @@ class RouterMetrics:
         )
         self.ttft = Histogram(
             "radixfair_router_time_to_first_token_seconds",
-            "From arrival at the router to the first token sent back",
+            "From arrival at the router to the first token sent back, by client",
+            ["client"],
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
         self.inter_token = Histogram(
             "radixfair_router_inter_token_seconds",
-            "Between consecutive token deltas of one stream",
+            "Between consecutive token deltas of one stream, by client",
+            ["client"],
             buckets=LATENCY_BUCKETS,
             registry=registry,
+        )
+        self.request_duration = Histogram(
+            "radixfair_router_request_duration_seconds",
+            "Generate call, from arrival to its last message, by outcome (ok, error, cancelled)",
+            ["outcome"],
+            buckets=REQUEST_DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.rejected = Counter(
+            "radixfair_router_rejected_requests",
+            "Requests answered with an error status, by reason (invalid_argument, no_worker, ...)",
+            ["reason"],
+            registry=registry,
+        )
+        self.cancelled = Counter(
+            "radixfair_router_cancelled_requests",
+            "Requests whose caller hung up before their result",
+            registry=registry,
+        )
+        self.healthy_workers = Gauge(
+            "radixfair_router_healthy_workers", "Workers in rotation (healthy)", registry=registry
         )
         self.decisions = Counter(
             "radixfair_router_routing_decisions",
@@ -88,3 +115,9 @@ class RouterMetrics:
             "1 while the Redis ledger is reachable",
             registry=registry,
         )
+
+    def track(self, healthy_workers: Callable[[], int], shared_state: Callable[[], bool]) -> None:
+        """State gauges read at every scrape, so they are current whenever they are seen
+        (the ledger's connection changes inside any call that touches Redis)."""
+        self.healthy_workers.set_function(lambda: float(healthy_workers()))
+        self.shared_state.set_function(lambda: 1.0 if shared_state() else 0.0)

@@ -12,6 +12,7 @@ the router keeps serving.
 from __future__ import annotations
 
 import logging
+import time
 
 import grpc
 from opentelemetry import trace
@@ -19,6 +20,7 @@ from opentelemetry.trace import Tracer
 
 from radixfair.auth import ApiKeyAuthenticator, Principal, RegistrationAuthenticator
 from radixfair.errors import InvalidRequestError, NotFoundError, RadixfairError
+from radixfair.metrics import rejection_reason
 from radixfair.tokenization import PromptEncoder
 from radixfair.tracing import extract_context
 from radixfair.v1 import router_pb2, router_pb2_grpc
@@ -57,6 +59,9 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self._registration = registration
 
     async def Generate(self, request, context: grpc.aio.ServicerContext):
+        started = time.monotonic()
+        # Until the call ends otherwise, it ends because the caller went away.
+        outcome = "cancelled"
         parent = extract_context(context.invocation_metadata())
         span = self._tracer.start_span("router.generate", context=parent, kind=trace.SpanKind.SERVER)
         span.set_attribute("gen_ai.operation.name", "text_completion")
@@ -78,15 +83,23 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             span.set_attribute("gen_ai.usage.input_tokens", len(validated.token_ids))
             async for message in self._router.generate(validated, principal, span):
                 yield message
+            outcome = "ok"
         except RadixfairError as error:
+            outcome = "error"
             span.set_status(trace.Status(trace.StatusCode.ERROR, str(error)))
+            self._metrics.rejected.labels(rejection_reason(error)).inc()
             await context.abort(error.code, str(error))
         except Exception as error:  # noqa: BLE001 - a bug in one request must not take the router down
+            outcome = "error"
             log.exception("Generate failed unexpectedly")
             span.set_status(trace.Status(trace.StatusCode.ERROR, repr(error)))
+            self._metrics.rejected.labels(rejection_reason(error)).inc()
             await context.abort(grpc.StatusCode.INTERNAL, f"router error: {type(error).__name__}")
         finally:
             span.end()
+            if outcome == "cancelled":
+                self._metrics.cancelled.inc()
+            self._metrics.request_duration.labels(outcome).observe(time.monotonic() - started)
 
     async def RegisterWorker(self, request, context: grpc.aio.ServicerContext):
         try:
@@ -116,7 +129,6 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             )
             for cid in sorted(visible)
         ]
-        self._metrics.shared_state.set(1 if self._ledger.shared else 0)
         return router_pb2.GetStatusResponse(
             policy=self._router.policy_name,
             workers=workers,

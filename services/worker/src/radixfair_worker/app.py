@@ -45,7 +45,7 @@ async def serve(
     worker_id = config.worker_id or f"{socket.gethostname()}:{config.port}"
     tracer, provider = build_tracer(config.tracing, span_exporter)
     registry = CollectorRegistry()
-    metrics = WorkerMetrics(registry)
+    metrics = WorkerMetrics(registry, config.metrics.max_client_labels)
     metrics.quantum.set(config.engine.scheduler.quantum)
     serve_metrics(registry, config.metrics_port)
 

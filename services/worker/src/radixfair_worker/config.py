@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from radixfair.metrics import MetricsConfig
 from radixfair.tls import TlsConfig
 from radixfair.tracing import TracingConfig
 
@@ -166,6 +167,7 @@ class WorkerConfig:
     router_tls: TlsConfig = field(default_factory=TlsConfig)
     # Prometheus /metrics port; 0 disables it.
     metrics_port: int = 0
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     # CPU threads for torch's intra-op pool; 0 keeps torch's default (one per core).
     # On a machine shared with other busy processes, fewer threads avoid spinning.
     torch_threads: int = 0

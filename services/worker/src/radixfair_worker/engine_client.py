@@ -129,7 +129,8 @@ class EngineClient:
         """
         self._check_running()
         request.request_id = f"r{next(self._ids)}"
-        stream = RequestStream(request.request_id, request.arrival_time)
+        client_row = self._metrics.client_labels.row(request.client_id)
+        stream = RequestStream(request.request_id, request.arrival_time, client_row)
         self._streams[request.request_id] = stream
         self._outbox.put(SubmitRequest(request))
         return stream
@@ -166,7 +167,9 @@ class EngineClient:
     def _deliver(self, batch: StepBatch) -> None:
         now = time.monotonic()
         first_token_delays: list[float] = []
+        first_token_rows: list[int] = []
         token_gaps: list[float] = []
+        gap_rows: list[int] = []
         streams = self._streams
         for request_id, token_ids, text, end in batch.updates:
             stream = streams.get(request_id)
@@ -175,14 +178,16 @@ class EngineClient:
             if token_ids:
                 if stream.last_token_time is None:
                     first_token_delays.append(now - stream.arrival_time)
+                    first_token_rows.append(stream.client_row)
                 else:
                     token_gaps.append(now - stream.last_token_time)
+                    gap_rows.append(stream.client_row)
                 stream.last_token_time = now
             stream.push(token_ids, text, end)
             if end is not None:
                 del streams[request_id]
-        self._metrics.ttft.observe_many(first_token_delays)
-        self._metrics.inter_token.observe_many(token_gaps)
+        self._metrics.ttft.observe_many(first_token_delays, first_token_rows)
+        self._metrics.inter_token.observe_many(token_gaps, gap_rows)
         if batch.state is not None:
             waiters, self._state_waiters = self._state_waiters, []
             for waiter in waiters:

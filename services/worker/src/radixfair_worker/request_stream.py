@@ -28,9 +28,11 @@ class StreamChunk:
 class RequestStream:
     """The front's view of one request, named by its worker-internal id."""
 
-    def __init__(self, request_id: str, arrival_time: float) -> None:
+    def __init__(self, request_id: str, arrival_time: float, client_row: int = 0) -> None:
         self.request_id = request_id
         self.arrival_time = arrival_time
+        # The client's row in the latency histograms (ClientLabels.row).
+        self.client_row = client_row
         # When the front received this request's latest token (inter-token latency).
         self.last_token_time: float | None = None
         self._token_ids: list[int] = []

@@ -11,6 +11,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Tracer
 
 from radixfair.errors import RadixfairError
+from radixfair.metrics import rejection_reason
 from radixfair.tokenization import PromptEncoder
 from radixfair.tracing import extract_context
 from radixfair.v1 import generation_pb2, worker_pb2, worker_pb2_grpc
@@ -54,6 +55,9 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         self._metrics = metrics
 
     async def Generate(self, request, context: grpc.aio.ServicerContext):  # noqa: N802 (gRPC name)
+        started = time.monotonic()
+        # Until the call ends otherwise, it ends because the caller went away.
+        outcome = "cancelled"
         parent = extract_context(context.invocation_metadata())
         # Not start_as_current_span: this generator is closed (GeneratorExit) in another context
         # when the caller hangs up, and detaching a context attached elsewhere logs an ERROR
@@ -71,7 +75,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                 stream = self._engine.submit(engine_request)
             except RadixfairError as error:
                 span.set_status(trace.Status(trace.StatusCode.ERROR, str(error)))
-                await context.abort(error.code, str(error))
+                outcome = "error"
+                await self._reject(context, error)
             _set_request_attributes(span, engine_request, request.request_id, self._model_name)
             try:
                 async for message in self._stream(engine_request, stream, span, context):
@@ -80,11 +85,25 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                 # Runs also when the caller hangs up right after the result (the generator is
                 # then closed at its last yield), so the trace is complete either way.
                 if stream.outcome is not None:
+                    outcome = "ok"
                     _record_outcome(self._tracer, span, engine_request, stream.outcome)
                 elif not stream.ended:
                     self._engine.abort(stream.request_id)
+                else:
+                    outcome = "error"
+        except Exception:
+            outcome = "error"  # a status was sent (an abort) or the handler failed
+            raise
         finally:
             span.end()
+            if outcome == "cancelled":
+                self._metrics.cancelled.inc()
+            self._metrics.request_duration.labels(outcome).observe(time.monotonic() - started)
+
+    async def _reject(self, context: grpc.aio.ServicerContext, error: RadixfairError) -> None:
+        """Ends the call with ``error``'s status: the one place Generate maps an error to a status."""
+        self._metrics.rejected.labels(rejection_reason(error)).inc()
+        await context.abort(error.code, str(error))
 
     async def _stream(self, request: Request, stream: RequestStream, span: trace.Span, context):
         while True:
@@ -96,7 +115,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                 )
             if isinstance(chunk.end, RadixfairError):
                 span.set_status(trace.Status(trace.StatusCode.ERROR, str(chunk.end)))
-                await context.abort(chunk.end.code, str(chunk.end))
+                await self._reject(context, chunk.end)
             if isinstance(chunk.end, RequestOutcome):
                 self._record_finish(request, chunk.end)
                 yield worker_pb2.GenerateResponse(result=self._result(request, chunk.end))
@@ -130,6 +149,10 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         self._metrics.tokens.labels(client, "prompt").inc(len(request.prompt_ids))
         self._metrics.tokens.labels(client, "cached").inc(outcome.cached_tokens)
         self._metrics.tokens.labels(client, "completion").inc(outcome.completion_tokens)
+        if outcome.admitted_time is not None:
+            self._metrics.queue_time.observe(max(outcome.admitted_time - request.arrival_time, 0.0))
+        if outcome.preemptions:
+            self._metrics.preemptions.inc(outcome.preemptions)
 
     async def GetLoadReport(self, request, context):  # noqa: N802
         return worker_pb2.GetLoadReportResponse(report=await self._load_report(context))
@@ -154,6 +177,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         self._metrics.queue_depth.set(snapshot.queue_length)
         self._metrics.running.set(snapshot.running_requests)
         self._metrics.free_pages.set(snapshot.free_pages)
+        self._metrics.total_pages.set(snapshot.total_pages)
+        self._metrics.cached_pages.set(snapshot.cached_pages)
         self._metrics.cache_hit_rate.set(snapshot.cache_hit_rate)
         for client, service in state.client_service.items():
             self._metrics.client_service.labels(client).set(service)
