@@ -147,3 +147,36 @@ def test_a_caller_hanging_up_mid_stream_is_counted_cancelled(worker, stub):
     assert sum(v for (name, _), v in after.samples.items() if name == REJECTED) == sum(
         v for (name, _), v in before.samples.items() if name == REJECTED
     )
+
+
+def test_a_full_queue_is_counted_as_a_queue_full_rejection(tiny_model_dir, start_worker):
+    from support.ports import free_port
+
+    metrics_port = free_port()
+    service = start_worker(
+        tiny_model_dir,
+        **{"engine.max_waiting_requests": 1, "engine.max_running_requests": 1, "metrics_port": metrics_port},
+    )
+    codes: list[grpc.StatusCode] = []
+
+    def call() -> None:
+        with grpc.insecure_channel(service.address) as channel:
+            request = token_request(list(range(100, 140)), "busy", max_tokens=60, ignore_eos=True)
+            try:
+                result_of(worker_pb2_grpc.WorkerServiceStub(channel), request)
+                codes.append(grpc.StatusCode.OK)
+            except grpc.RpcError as error:
+                codes.append(error.code())
+
+    threads = [threading.Thread(target=call) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    metrics = scrape(f"http://127.0.0.1:{metrics_port}/metrics")
+
+    refused = codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED)
+    assert refused > 0 and len(codes) == 6
+    assert metrics.value(REJECTED, reason="queue_full") == refused
+    assert metrics.value(DURATION, outcome="error") == refused
+    assert metrics.value(DURATION, outcome="ok") == codes.count(grpc.StatusCode.OK) == 6 - refused
