@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from radixfair_worker.request import Request
+from radixfair_worker.request import Request, RequestStatus
 from radixfair_worker.scheduler.base import PrefixMatcher
 from radixfair_worker.scheduler.waiting_tree import match_key
 
@@ -75,6 +75,8 @@ class InBatchPrefixHold:
     def _add_pending(self) -> None:
         p = self._page_size
         for leader in self._pending:
+            if leader.status is not RequestStatus.RUNNING:
+                continue  # preempted or finished earlier in this step: it computes nothing now
             # Every full page of its prompt ends up in the cache, the last one included.
             tokens = leader.prompt_ids
             level = self._trie
