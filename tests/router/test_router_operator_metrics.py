@@ -13,6 +13,7 @@ from support.router_stack import client_for, router_config, running_router, wait
 
 from radixfair.client import ClientConfig, RouterClient
 from radixfair.metrics import MetricsConfig
+from radixfair.redis_launcher import RedisLaunchConfig, RedisServer
 from radixfair_router.config import ForwardConfig, StaticWorker
 
 TTFT = "radixfair_router_time_to_first_token_seconds_count"
@@ -124,3 +125,31 @@ def test_a_caller_hanging_up_mid_stream_is_counted_cancelled(two_workers, tiny_m
     assert metrics.value(DURATION, outcome="cancelled") == 1
     assert metrics.value(DURATION, outcome="ok") == 0
     assert sum(v for (name, _), v in metrics.samples.items() if name == REJECTED) == 0
+
+
+def test_shared_state_connected_follows_redis_without_anyone_asking_for_status(two_workers, tiny_model_dir):
+    redis = RedisServer(RedisLaunchConfig(persistent=False)).start()
+    try:
+        config, url = metrics_config(router_config(tiny_model_dir, two_workers, redis.url))
+
+        async def scenario():
+            async with running_router(config) as running:
+                async with client_for(running, "alice") as client:
+                    await client.generate("before the outage", max_tokens=2, ignore_eos=True)
+                    await running.router.drain()
+                    before = await scrape_now(url)
+                    redis.stop_process()
+                    await client.generate("during the outage", max_tokens=2, ignore_eos=True)
+                    during = await scrape_now(url)
+                    redis.start()
+                    await client.generate("after the outage", max_tokens=2, ignore_eos=True)
+                    await wait_until(lambda: running.ledger.shared, "ledger reconnected", timeout_s=10)
+                    after = await scrape_now(url)
+            return before, during, after
+
+        before, during, after = asyncio.run(scenario())
+    finally:
+        redis.stop()
+    connected = "radixfair_router_shared_state_connected"
+    assert [s.value(connected) for s in (before, during, after)] == [1, 0, 1]
+    assert during.value("radixfair_router_shared_state_degraded_transitions") == 1
