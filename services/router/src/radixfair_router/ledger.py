@@ -218,6 +218,12 @@ class Ledger:
         return self._redis is not None and not self._degraded
 
     @property
+    def outlives_router(self) -> bool:
+        """True when the ledger is kept in Redis (degraded or not), so it survives this process:
+        what the router relays must be booked first, or a kill loses it."""
+        return self._redis is not None
+
+    @property
     def replica_id(self) -> str:
         """This router's id in Redis (its lease and in-flight counts); empty without Redis."""
         return self._redis.replica_id if self._redis is not None else ""

@@ -1,17 +1,28 @@
-"""The streams this router is relaying now: their output, booked in batches, and their liveness.
+"""The streams this router is relaying now: their output, booked in the ledger, and their liveness.
 
-Relaying one message must cost microseconds, so nothing per message touches
-Redis or a timer. A stream only counts its tokens in its ``StreamBook``. One
-task per router wakes every ``output_charge_interval_s`` and
+Output is booked in one of two ways, chosen by where the ledger lives:
 
-- books every stream's uncharged output tokens, merged per (client, worker),
-  in one pipelined ledger call;
-- stops a stream whose worker left rotation while the stream was silent (a
-  frozen or unreachable worker: its stream would otherwise hang until the
-  caller's deadline), and a stream silent for ``stream_idle_timeout_s``.
-  A stream still sending tokens from a worker marked unhealthy (a draining
-  worker says NOT_SERVING) runs on. Stopping cancels the worker call and
-  records why; the relay turns that into a retry (no token yet) or UNAVAILABLE.
+- Redis (the ledger outlives this process): write-ahead with group commit. A
+  message's tokens are booked *before* the message is relayed, so a router
+  killed at any instant has booked at least every token its clients received
+  (at most the one message per stream in the gap between booking and the
+  socket write is booked and not received). One booking task runs whenever
+  there is pending work, with no timer: it books every waiting stream's tokens,
+  merged per (client, worker), in one pipelined ledger call, and while that
+  batch is in flight new messages wait for the next one. Under load that is
+  one Redis round trip per batch, not per message. A degraded ledger books in
+  its local store the same way, so streams flow through a Redis outage.
+- In-process memory (the ledger dies with the process anyway): relaying a
+  message costs an addition; a timer task books every stream's uncharged
+  output every ``output_charge_interval_s`` and at settle.
+
+The timer task (every ``output_charge_interval_s``) also stops a stream whose
+worker left rotation while the stream was silent (a frozen or unreachable
+worker: its stream would otherwise hang until the caller's deadline), and a
+stream silent for ``stream_idle_timeout_s``. A stream still sending tokens
+from a worker marked unhealthy (a draining worker says NOT_SERVING) runs on.
+Stopping cancels the worker call and records why; the relay turns that into a
+retry (no token yet) or UNAVAILABLE.
 """
 
 from __future__ import annotations
@@ -40,8 +51,11 @@ class StreamBook:
     weight: float
     endpoint: WorkerEndpoint
     tokens_sent: int = 0
-    # Output tokens relayed but not yet booked in the ledger.
+    # Output tokens counted for relaying but not yet booked in the ledger.
     uncharged_tokens: int = 0
+    # Tokens of the message waiting for its write-ahead booking: not relayed (yet). A stream cut
+    # during that wait leaves them here, and its settle takes them back out of the ledger.
+    unrelayed_tokens: int = 0
     first_token_at: float | None = None
     last_token_at: float | None = None
     # Monotonic time of the last message from the worker (or of the call's start).
@@ -59,6 +73,8 @@ class LiveStreamLimits:
     # A stream of a worker out of rotation is stopped once it has been silent this long.
     unhealthy_silence_s: float
     output_token_weight: float
+    # Book each message's tokens before relaying it (a ledger that outlives this process).
+    write_ahead: bool = False
 
 
 class LiveStreams:
@@ -73,6 +89,14 @@ class LiveStreams:
         self._books: set[StreamBook] = set()
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+        # Write-ahead: callers waiting for the next batch, and the task that books it.
+        self._waiters: list[asyncio.Future[None]] = []
+        self._pending = asyncio.Event()
+        self._booker: asyncio.Task[None] | None = None
+
+    @property
+    def write_ahead(self) -> bool:
+        return self._limits.write_ahead
 
     def __len__(self) -> int:
         return len(self._books)
@@ -86,8 +110,34 @@ class LiveStreams:
         """The stream ended: its remaining uncharged tokens are the caller's to book (at settle)."""
         self._books.discard(book)
 
+    async def booked(self) -> None:
+        """Write-ahead: returns once every token counted so far (``uncharged_tokens`` of every open
+        stream) is in the ledger. Joins the batch after the one in flight, if any (group commit).
+        A caller cancelled while waiting leaves the batch to the others."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        self._pending.set()
+        if self._booker is None or self._booker.done():
+            self._booker = asyncio.get_running_loop().create_task(self._book_batches())
+        await waiter
+
+    async def _book_batches(self) -> None:
+        while True:
+            await self._pending.wait()
+            self._pending.clear()
+            waiters, self._waiters = self._waiters, []
+            if not waiters:  # asked to stop (drain with no stream open)
+                return
+            try:
+                await self.flush()
+            except Exception:  # a booking bug must be seen, but must not stop the streams
+                log.exception("could not book output charges")
+            for waiter in waiters:
+                if not waiter.done():  # its caller may have been cancelled
+                    waiter.set_result(None)
+
     async def flush(self) -> None:
-        """Books every stream's uncharged output now."""
+        """Books every stream's uncharged output now (write-ahead: only from the booking task)."""
         merged: dict[tuple[str, float, str], int] = {}
         for book in self._books:
             tokens = book.uncharged_tokens
@@ -124,14 +174,21 @@ class LiveStreams:
                 )
 
     async def drain(self) -> None:
-        """Books what is pending now; with no stream open, also ends the task (it restarts with the
+        """Books what is pending now; with no stream open, also ends the tasks (they restart with the
         next stream), so a stopped router leaves no task behind."""
         if not self._books and self._task is not None:
             self._stopping.set()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
             self._stopping.clear()
-        await self.flush()
+        if not self.write_ahead:
+            await self.flush()
+            return
+        await self.booked()
+        if not self._books and self._booker is not None:
+            self._pending.set()  # no waiter: the booking task ends
+            await asyncio.gather(self._booker, return_exceptions=True)
+            self._booker = None
 
     def _stop(self, book: StreamBook, code: grpc.StatusCode, message: str) -> None:
         book.stopped = (code, message)
@@ -144,6 +201,8 @@ class LiveStreams:
             # A plain sleep: wait_for on the stop event cost a task per tick (Python 3.11).
             await asyncio.sleep(interval)
             self.check(time.monotonic())
+            if self.write_ahead:
+                continue  # the booking task books, before each relay
             try:
                 await self.flush()
             except Exception:  # a booking bug must be seen, but must not stop the watch

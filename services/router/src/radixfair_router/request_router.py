@@ -7,7 +7,10 @@ The flow of one request:
 4. stream deltas back as they come, each message relayed as parsed (the
    worker's and the router's response messages share one wire format, so
    the worker's reply is read as the router's type and passed on unchanged);
-   output tokens are booked in batches by LiveStreams, not per message;
+   output tokens are booked by LiveStreams: with a Redis ledger each message
+   is booked before it is relayed (in a batch with every other stream's,
+   one round trip), so a killed router never under-charges; with the
+   in-process ledger in batches on a timer;
    on the result, correct the input charge to the tokens the worker
    actually computed.
 A worker that fails before its first token is taken out of rotation (if it
@@ -109,6 +112,7 @@ class RequestRouter:
             idle_timeout_s=config.forward.stream_idle_timeout_s,
             unhealthy_silence_s=config.forward.unhealthy_stream_silence_s,
             output_token_weight=config.costs.output_token_weight,
+            write_ahead=ledger.outlives_router,
         )
         self._live = LiveStreams(ledger, limits, lambda client, service: self._charged(client, service))
         self._relay_calls: dict[grpc.aio.Channel, _RelayCall] = {}
@@ -274,6 +278,8 @@ class RequestRouter:
         """The per-message path: a read, a few counters, and the message passed on as it came."""
         client = self._metrics.client_labels.label(book.client_id)
         ttft, inter_token = self._metrics.ttft.labels(client), self._metrics.inter_token.labels(client)
+        live = self._live
+        write_ahead = live.write_ahead
         while True:
             try:
                 message = await call.read()
@@ -304,8 +310,12 @@ class RequestRouter:
                     else:
                         inter_token.observe(now - book.last_token_at)  # type: ignore[operator]
                     book.last_token_at = now
-                    book.tokens_sent += count
                     book.uncharged_tokens += count
+                    if write_ahead:  # booked before the client can see it (a router kill loses none)
+                        book.unrelayed_tokens = count
+                        await live.booked()
+                        book.unrelayed_tokens = 0
+                    book.tokens_sent += count
                 yield message
             elif kind == "result":
                 book.result = message.result
@@ -370,7 +380,9 @@ class RequestRouter:
             if outcome == "error":
                 self._metrics.requests.labels(client, "failed").inc()
         else:
-            service = costs.output_token_weight * book.uncharged_tokens
+            # Negative when a write-ahead booking was made for a message the stream never relayed.
+            completion = book.uncharged_tokens - book.unrelayed_tokens
+            service = costs.output_token_weight * completion
             # The ledger books what this router sent and streamed, never the worker's claims: the prompt
             # is the tokens forwarded, output the tokens relayed; only the cache credit comes from the
             # worker, clamped to the prompt (issue 12, point 2).
@@ -385,7 +397,7 @@ class RequestRouter:
                 service,
                 prompt_tokens=prompt,
                 cached_tokens=cached,
-                completion_tokens=book.uncharged_tokens,
+                completion_tokens=completion,
                 finished=True,
             )
             self._metrics.tokens.labels(client, "prompt").inc(prompt)
@@ -395,7 +407,7 @@ class RequestRouter:
                 self._metrics.requests.labels(
                     client, "cancelled" if outcome == "incomplete" else "failed"
                 ).inc()
-        book.uncharged_tokens = 0
+        book.uncharged_tokens = book.unrelayed_tokens = 0
         try:
             await self._ledger.charge(charge)
         except Exception:  # a booking bug must be seen, but must not take the router down
