@@ -23,6 +23,7 @@ import redis
 from support.router_stack import client_for, router_config, running_router, wait_until
 
 from radixfair.client import ClientConfig, RouterClient
+from radixfair.redis_launcher import RedisLaunchConfig, RedisServer
 
 STREAMS = 3
 MESSAGES_BEFORE_FREEZE = 3
@@ -138,3 +139,42 @@ def test_a_router_killed_mid_stream_has_booked_every_output_token_its_clients_re
     assert codes == [grpc.StatusCode.UNAVAILABLE] * STREAMS
     assert all(count > 0 for count in received)
     assert completion_tokens(plain, "alice") == sum(received)
+
+
+def test_streams_flowing_when_redis_goes_away_finish_and_the_reconciled_ledger_books_what_they_sent(
+    two_workers, tiny_model_dir
+):
+    redis_server = RedisServer(RedisLaunchConfig(persistent=True)).start()
+    try:
+
+        async def scenario():
+            config = router_config(tiny_model_dir, two_workers, redis_server.url)
+            async with running_router(config) as running, client_for(running, "carol") as client:
+                received = [0] * STREAMS
+                results = []
+
+                async def read(index: int) -> None:
+                    async for message in client.stream(
+                        f"redis outage story {index}", max_tokens=40, ignore_eos=True
+                    ):
+                        received[index] += len(message.delta.token_ids)
+                        if message.HasField("result"):
+                            results.append(message.result)
+                        if received[index] and redis_server.running:
+                            redis_server.stop_process()  # mid-stream: bookings in flight fail over
+
+                # A bound, not a measurement: streams that stall on the lost Redis fail here, not hang.
+                await asyncio.wait_for(asyncio.gather(*(read(i) for i in range(STREAMS))), 120)
+                degraded = not running.ledger.shared
+                redis_server.start()
+                await running.router.drain()
+                await wait_until(lambda: running.ledger.shared, "ledger reconnected", timeout_s=10)
+                carol = next(r for r in await running.ledger.snapshot() if r.client_id == "carol")
+            return received, results, degraded, carol
+
+        received, results, degraded, carol = asyncio.run(scenario())
+    finally:
+        redis_server.stop()
+    assert degraded
+    assert [r.usage.completion_tokens for r in results] == [40] * STREAMS and received == [40] * STREAMS
+    assert carol.completion_tokens == sum(received) and carol.inflight == 0
