@@ -288,6 +288,10 @@ class LocalStack:
             "router_token": self._registration_token,
             # N workers on one host cannot share a fixed metrics port.
             "metrics_port": 0,
+            # N workers on one host share its cores: each takes its share of torch threads, since
+            # oversubscribed OpenMP threads spin against each other (on 2 cores, 2 workers at 2
+            # threads each made a 40-token answer take 35 s instead of 5 s).
+            "torch_threads": worker_torch_threads(os.cpu_count() or 1, max(self._config.workers, 1)),
             **cfg.worker_settings,
         }
 
@@ -398,3 +402,8 @@ def _is_serving(address: str) -> bool:
             return reply.status == health_pb2.HealthCheckResponse.SERVING
     except grpc.RpcError:
         return False
+
+
+def worker_torch_threads(cpus: int, workers: int) -> int:
+    """Torch intra-op threads for each of ``workers`` workers sharing ``cpus`` cores (at least 1)."""
+    return max(1, cpus // workers)
