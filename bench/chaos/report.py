@@ -12,8 +12,9 @@ How to read it. *Hung* is a stream with no message for longer than `hang_bound_s
 (forward.stream_idle_timeout_s + the health checks' window + 5 s slack); such a stream is cancelled
 by the client and counted. *Ledger* compares, per client, the output tokens the client received in
 stream deltas with the `completion_tokens` field of the client's hash in Redis: the routers add
-the tokens they relayed to it (batched every policy.output_charge_interval_s, and replayed from
-local state after a Redis outage); no refund touches it (a refund returns only the admission's
+each message's tokens before relaying it (one pipelined write for every stream's pending tokens,
+so a killed router leaves nothing unbooked; replayed from local state after a Redis outage); no
+refund touches it (a refund returns only the admission's
 service of a request that produced no token). `anonymous` is the hostile client's calls with no or
 a wrong key: nothing may be served or booked there. *Leaked pages* is total - free - cached on an
 idle worker, cached counted from the load report's page hashes (one per cached page). *Detected*
