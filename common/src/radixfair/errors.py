@@ -39,6 +39,19 @@ class WorkerFailedError(RadixfairError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+# Trailing metadata a worker sets when a failure belongs to one request, not to the worker: the router
+# returns it to the caller and neither retries the request elsewhere nor takes the worker out of
+# rotation (one bad request must not empty the pool).
+FAILURE_SCOPE_KEY = "radixfair-failure-scope"
+REQUEST_SCOPE = "request"
+
+
+class RequestFailedError(RadixfairError):
+    """This request failed inside an engine step (its own numerics or inputs); the worker is fine."""
+
+    code = grpc.StatusCode.INTERNAL
+
+
 class NotFoundError(RadixfairError):
     code = grpc.StatusCode.NOT_FOUND
 

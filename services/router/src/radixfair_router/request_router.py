@@ -35,7 +35,13 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, Tracer
 
 from radixfair.auth import Principal
-from radixfair.errors import NoWorkerAvailableError, RadixfairError, WorkerFailedError
+from radixfair.errors import (
+    FAILURE_SCOPE_KEY,
+    REQUEST_SCOPE,
+    NoWorkerAvailableError,
+    RadixfairError,
+    WorkerFailedError,
+)
 from radixfair.tracing import inject_metadata
 from radixfair.v1 import generation_pb2, router_pb2, worker_pb2
 from radixfair_router.admission_gate import VtcAdmissionGate
@@ -65,6 +71,13 @@ _RETRYABLE = frozenset(
 )
 # Of those, the ones that mean the worker itself is in trouble.
 _WORKER_BROKEN = _RETRYABLE - {grpc.StatusCode.RESOURCE_EXHAUSTED}
+
+
+def _request_scoped(error: grpc.aio.AioRpcError) -> bool:
+    """True when the worker says the failure is the request's own (see radixfair.errors.FAILURE_SCOPE_KEY)."""
+    return any(
+        key == FAILURE_SCOPE_KEY and value == REQUEST_SCOPE for key, value in error.trailing_metadata() or ()
+    )
 
 
 class PassThroughError(RadixfairError):
@@ -291,7 +304,7 @@ class RequestRouter:
             except grpc.aio.AioRpcError as error:
                 if book.stopped is not None:
                     self._fail(book, *book.stopped)
-                if error.code() in _RETRYABLE:
+                if error.code() in _RETRYABLE and not _request_scoped(error):
                     self._fail(book, error.code(), error.details() or "")
                 raise PassThroughError(error.code(), error.details() or error.code().name) from error
             if message is grpc.aio.EOF:

@@ -37,7 +37,7 @@ import queue
 import time
 from collections.abc import Callable
 
-from radixfair.errors import InvalidRequestError, QueueFullError, RadixfairError
+from radixfair.errors import InvalidRequestError, QueueFullError, RequestFailedError
 from radixfair.tokenization import IncrementalDetokenizer
 from radixfair_worker.config import EngineConfig
 from radixfair_worker.engine_outputs import ClientStats, LoadSnapshot, StepOutput
@@ -420,7 +420,7 @@ class Engine:
         """Finishes ``request`` alone after a failure that is its own; returns the output that says so."""
         log.error("request %s failed inside a step: %s", request.request_id, message)
         self._finish(request, FinishReason.ERROR)
-        return StepOutput(request, [], "", finished=True, error=RadixfairError(message))
+        return StepOutput(request, [], "", finished=True, error=RequestFailedError(message))
 
     def _preempt(self, request: Request) -> None:
         self._release(request)

@@ -10,7 +10,7 @@ import grpc
 from opentelemetry import trace
 from opentelemetry.trace import Tracer
 
-from radixfair.errors import RadixfairError
+from radixfair.errors import FAILURE_SCOPE_KEY, REQUEST_SCOPE, RadixfairError, RequestFailedError
 from radixfair.metrics import rejection_reason
 from radixfair.tokenization import PromptEncoder
 from radixfair.tracing import extract_context
@@ -103,7 +103,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
     async def _reject(self, context: grpc.aio.ServicerContext, error: RadixfairError) -> None:
         """Ends the call with ``error``'s status: the one place Generate maps an error to a status."""
         self._metrics.rejected.labels(rejection_reason(error)).inc()
-        await context.abort(error.code, str(error))
+        scope = ((FAILURE_SCOPE_KEY, REQUEST_SCOPE),) if isinstance(error, RequestFailedError) else ()
+        await context.abort(error.code, str(error), trailing_metadata=scope)
 
     async def _stream(self, request: Request, stream: RequestStream, span: trace.Span, context):
         while True:
