@@ -166,3 +166,30 @@ def test_a_router_killed_with_sigkill_leaves_no_client_in_flight(redis_url: str)
     assert before[0] is not None and float(before[0]) == 2 and before[1] is not None
     assert alice.inflight == 0 and alice.requests == 2
     assert bob.inflight == 1 and active == ["bob"]
+
+
+def test_a_redis_that_refuses_writes_loses_no_charge_and_gets_it_once_writes_work(redis_url: str):
+    """OOM under noeviction is an answer, not a lost connection: the charge is kept and replayed."""
+
+    async def scenario():
+        ledger = make_ledger(redis_url, reconnect_interval_s=0.05)
+        admin = redis.Redis.from_url(redis_url)
+        try:
+            await ledger.charge(Charge("oom", 1.0, "w1", 0.0, completion_tokens=2))
+            admin.config_set("maxmemory-policy", "noeviction")
+            admin.config_set("maxmemory", 1)
+            await ledger.charge(Charge("oom", 1.0, "w1", 0.0, completion_tokens=5))
+            refused_writes_degraded = not ledger.shared
+            admin.config_set("maxmemory", 0)
+            deadline = time.monotonic() + 20
+            while not ledger.shared and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            return refused_writes_degraded, ledger.shared, (await record(ledger, "oom")).completion_tokens
+        finally:
+            admin.config_set("maxmemory", 0)
+            admin.close()
+            await ledger.close()
+
+    degraded, back, completion = asyncio.run(scenario())
+    assert degraded and back
+    assert completion == 7

@@ -35,7 +35,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import redis.asyncio as aioredis
 from redis.asyncio.connection import BlockingConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError
 
 from radixfair_router import ledger_scripts
 from radixfair_router.config import LedgerConfig
@@ -52,7 +52,10 @@ from radixfair_router.ledger_state import (
 log = logging.getLogger(__name__)
 
 # Failures that mean "Redis is not there", as opposed to a bug in a script.
-_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError, asyncio.TimeoutError)
+# Every Redis failure, not only a lost connection: a Redis that answers but refuses writes (OOM under
+# noeviction, READONLY after a failover) must not drop a charge either. The ledger books locally,
+# journals, and replays once Redis takes writes again (scripts are idempotent by op id).
+_UNREACHABLE = (RedisError, OSError, asyncio.TimeoutError)
 
 
 class RedisLedgerStore:
