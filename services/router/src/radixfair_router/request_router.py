@@ -256,7 +256,16 @@ class RequestRouter:
             metadata = inject_metadata([])
         finally:
             otel_context.detach(token)
-        call = self._relay_call(endpoint)(_worker_request(request, principal), metadata=metadata)
+        try:
+            call = self._relay_call(endpoint)(_worker_request(request, principal), metadata=metadata)
+        except grpc.aio.UsageError as error:
+            # The worker left rotation (its channel closed) between the decision and here: nothing
+            # reached it, so the admission is settled as a retry and the request goes elsewhere.
+            span.end()
+            self._settle_later(decision, request, principal, book, "retry")
+            raise _RetryableError(
+                grpc.StatusCode.UNAVAILABLE, f"worker {endpoint.worker_id} left rotation: {error}", False
+            ) from error
         book.call = call
         self._live.open(book)
         endpoint.inflight += 1
