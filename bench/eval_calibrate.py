@@ -313,6 +313,7 @@ def main() -> None:
         columns,
         {"cost_model": used.__dict__, "scenario_model": model.__dict__, **raw},
         notes,
+        raw_meta_keys=list(raw),
     )
     print(markdown_table(rows, columns))
 

@@ -4,7 +4,10 @@
 
 FIGURE is one of: service_over_time, throughput_vs_fairness, p99_per_client,
 hit_rate_vs_workers, quantum_sweep, or all. Without --rerun the figure is
-drawn from bench/results/eval_<experiment>_<cost>.json; with --rerun every
+drawn from the records of bench/results/raw/eval_<experiment>_<cost>.json
+(the full records the experiment's script writes, git-ignored), or, where
+that file is absent, from the committed summary; the service-over-time
+figure needs the full records (or --rerun). With --rerun every
 run the figure needs is simulated again from the trace file its record
 names (bench/results/eval_traces/), with the record's policy settings, and
 the figure is drawn from those fresh records. Writes
@@ -27,7 +30,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.eval_runs import TRACES, cost_model, routing_settings, run, run_record  # noqa: E402
-from bench.report import RESULTS_DIR  # noqa: E402
+from bench.report import RAW_DIR, RESULTS_DIR  # noqa: E402
 from bench.workloads import load_trace  # noqa: E402
 
 POLICY_COLORS = {
@@ -47,8 +50,10 @@ POLICY_COLORS = {
 }
 
 
-def load_records(experiment: str, cost: str) -> list[dict[str, Any]]:
-    return json.loads((RESULTS_DIR / f"eval_{experiment}_{cost}.json").read_text())["rows"]
+def records_path(experiment: str, cost: str) -> Path:
+    """The full records (raw/, git-ignored) where they exist, else the committed summary."""
+    name = f"eval_{experiment}_{cost}.json"
+    return RAW_DIR / name if (RAW_DIR / name).exists() else RESULTS_DIR / name
 
 
 def rerun(records: list[dict[str, Any]], cost: str, meta: dict[str, Any]) -> list[dict[str, Any]]:
@@ -84,6 +89,11 @@ def service_over_time(records: list[dict[str, Any]], pattern: str, out: Path) ->
     runs = [r for r in records if r.get("pattern") == pattern]
     fig, axes = plt.subplots(1, len(runs), figsize=(3.2 * len(runs), 3.2), sharey=True, squeeze=False)
     for ax, record in zip(axes[0], runs):
+        if "service_series" not in record:
+            raise SystemExit(
+                "the service series are in bench/results/raw/ (git-ignored): run the experiment's "
+                "command from its results page first, or pass --rerun"
+            )
         series = record["service_series"]
         data = np.array(series["cumulative"])
         t = np.arange(data.shape[1]) * series["bin_s"]
@@ -237,7 +247,7 @@ def main() -> None:
     wanted = figures if args.figure == "all" else [args.figure]
 
     def records(experiment: str, keep=lambda record: True) -> list[dict[str, Any]]:
-        path = RESULTS_DIR / f"eval_{experiment}_{args.cost}.json"
+        path = records_path(experiment, args.cost)
         if not path.exists():
             return []
         data = json.loads(path.read_text())

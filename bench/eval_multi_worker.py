@@ -24,6 +24,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.eval_runs import (  # noqa: E402
     LOCAL_FOR_ROUTING,
+    RAW_RECORD_KEYS,
     ROUTING_POLICIES,
     ROUTING_VARIANTS,
     cost_model,
@@ -169,6 +170,7 @@ def main() -> None:
         columns,
         {"cost": args.cost, "cost_model": cost.__dict__, "args": vars(args)},
         notes,
+        raw_row_keys=RAW_RECORD_KEYS,
     )
 
 

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.eval_runs import cost_model, run, run_record  # noqa: E402
+from bench.eval_runs import RAW_RECORD_KEYS, cost_model, run, run_record  # noqa: E402
 from bench.eval_single_worker import evaluation_trace  # noqa: E402
 from bench.report import write_results  # noqa: E402
 
@@ -58,7 +58,12 @@ def main() -> None:
     ]
     notes = f"DLPM on the `{args.pattern}` single-worker trace `{path.name}`, cost model `{args.cost}`."
     write_results(
-        f"eval_quantum_sweep_{args.cost}", records, columns, {"cost": args.cost, "quantum": None}, notes
+        f"eval_quantum_sweep_{args.cost}",
+        records,
+        columns,
+        {"cost": args.cost, "quantum": None},
+        notes,
+        raw_row_keys=RAW_RECORD_KEYS,
     )
 
 

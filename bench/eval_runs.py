@@ -28,7 +28,10 @@ from bench.workloads.trace import Trace  # noqa: E402
 from radixfair_router.config import PolicyConfig  # noqa: E402
 from radixfair_worker.config import EngineConfig, SchedulerConfig  # noqa: E402
 
+# Saved traces are regenerated from their spec and seed on first use; git ignores them.
 TRACES = RESULTS_DIR / "eval_traces"
+# Record fields too bulky for the committed summary: they go to bench/results/raw/ (see report.py).
+RAW_RECORD_KEYS = ("service_series",)
 LOCAL_POLICIES = ("fcfs", "lpm", "lpm_aging", "vtc", "dlpm")
 ROUTING_POLICIES = ("round_robin", "least_load", "cache_aware", "global_vtc", "d2lpm")
 # The local scheduler each routing baseline runs with: SGLang-style workers (LPM) behind the

@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.eval_runs import (  # noqa: E402
     LOCAL_POLICIES,
     LOCAL_VARIANTS,
+    RAW_RECORD_KEYS,
     cost_model,
     run,
     run_record,
@@ -151,6 +152,7 @@ def main() -> None:
         columns,
         {"cost": args.cost, "cost_model": cost.__dict__, "load": args.load, "quantum": args.quantum},
         notes,
+        raw_row_keys=RAW_RECORD_KEYS,
     )
 
 
