@@ -24,6 +24,7 @@ from radixfair.v1 import router_pb2_grpc, worker_pb2
 from radixfair_router.cache_view import CacheView
 from radixfair_router.config import RouterConfig
 from radixfair_router.gc_tuning import tune_for_routing
+from radixfair_router.http_api import DispatchParts, OpenAiApi, RunningHttpApi, start_http_api
 from radixfair_router.ledger import Ledger
 from radixfair_router.policies import build_policy
 from radixfair_router.request_router import RequestRouter
@@ -46,8 +47,12 @@ class RunningRouter:
     cache_view: CacheView
     metrics: RouterMetrics
     provider: TracerProvider
+    # The OpenAI-compatible HTTP API; None while config.http_port is 0.
+    http: RunningHttpApi | None = None
 
     async def stop(self, grace_s: float = 2.0) -> None:
+        if self.http is not None:
+            await self.http.stop()
         await self.server.stop(grace=grace_s)
         await self.router.drain()
         await self.registry.stop()
@@ -97,6 +102,10 @@ async def start_router(config: RouterConfig, span_exporter: SpanExporter | None 
     router_pb2_grpc.add_RouterServiceServicer_to_server(servicer, server)
     health = add_health_and_reflection(server, [SERVICE_NAME])
     port = bind_grpc_port(server, config.host, config.port, credentials=credentials)
+    http = None
+    if config.http_port:
+        parts = DispatchParts(router, registry, authenticator, encoder, config.model_name, tracer, metrics)
+        http = await start_http_api(OpenAiApi(parts).app(), config.host, config.http_port, config.tls)
     registry.start()
     await server.start()
     await set_serving(health, [SERVICE_NAME], True)
@@ -104,7 +113,7 @@ async def start_router(config: RouterConfig, span_exporter: SpanExporter | None 
         "router serving on %s:%d (%s) with policy %s; workers over %s",
         config.host, port, describe(config.tls), policy.name, describe(config.registry.tls),
     )  # fmt: skip
-    return RunningRouter(port, server, registry, ledger, router, cache_view, metrics, provider)
+    return RunningRouter(port, server, registry, ledger, router, cache_view, metrics, provider, http)
 
 
 async def serve(config: RouterConfig, ready: asyncio.Event | None = None) -> None:

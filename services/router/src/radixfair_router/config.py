@@ -136,6 +136,9 @@ class RouterConfig:
     model_name: str = ""
     router_id: str = ""
     metrics_port: int = 0
+    # Port of the OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, /v1/models),
+    # on ``host``, next to the gRPC port and through the same dispatch path; 0 turns it off.
+    http_port: int = 0
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     # TLS of the router's gRPC port (callers): cert_file and key_file; with ca_file and
     # require_client_cert, callers must present a certificate signed by that CA (mutual TLS).

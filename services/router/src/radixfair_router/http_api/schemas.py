@@ -1,0 +1,166 @@
+"""Request bodies of the OpenAI-compatible endpoints, as pydantic models.
+
+Unknown fields are ignored, as OpenAI's own server does, so clients that send newer fields keep
+working. Fields that change what the reply means and that radixfair cannot honour (several
+choices, log-probabilities, tools, penalties...) are refused by name unless they hold the value
+that means "off": a client that asked for them must not get a reply that silently lacks them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from radixfair.errors import InvalidRequestError
+
+# Field -> the values that ask for nothing radixfair lacks. Any other value is refused by name.
+_UNSUPPORTED: dict[str, tuple[Any, ...]] = {
+    "n": (None, 1),
+    "best_of": (None, 1),
+    "logprobs": (None, False, 0),
+    "top_logprobs": (None, 0),
+    "echo": (None, False),
+    "suffix": (None, ""),
+    "logit_bias": (None, {}),
+    "presence_penalty": (None, 0, 0.0),
+    "frequency_penalty": (None, 0, 0.0),
+    "tools": (None, []),
+    "tool_choice": (None, "none"),
+    "functions": (None, []),
+    "function_call": (None, "none"),
+    "response_format": (None, {"type": "text"}),
+    "audio": (None,),
+    "modalities": (None, ["text"]),
+    "prediction": (None,),
+}
+
+# Chat roles a chat template renders; OpenAI's "developer" is its newer name for "system".
+_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    include_usage: bool = False
+
+
+class _Sampling(BaseModel):
+    """The fields both endpoints share."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = ""
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    # OpenAI's end-user id: a label for logs and traces here, never an identity (the key is).
+    user: str | None = None
+
+    @property
+    def token_budget(self) -> int | None:
+        return self.max_tokens
+
+    @property
+    def stop_strings(self) -> list[str]:
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+    @property
+    def include_usage(self) -> bool:
+        return self.stream_options is not None and self.stream_options.include_usage
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessageIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: str
+    content: str | list[TextPart] | None = None
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class ChatCompletionRequest(_Sampling):
+    messages: list[ChatMessageIn] = Field(min_length=1)
+    max_completion_tokens: int | None = None
+
+    @property
+    def token_budget(self) -> int | None:
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+    def turns(self) -> list[tuple[str, str]]:
+        """(role, text) per message, in the roles the chat template knows."""
+        turns = []
+        for index, message in enumerate(self.messages):
+            role = _ROLES.get(message.role)
+            if role is None:
+                raise InvalidRequestError(
+                    f"messages[{index}].role {message.role!r} is not supported; "
+                    f"use one of {', '.join(sorted(_ROLES))}"
+                )
+            turns.append((role, message.text()))
+        return turns
+
+
+class CompletionRequest(_Sampling):
+    # One prompt: a string, or a list holding one string (the SDK's shape for a single prompt).
+    prompt: str | list[str]
+
+    def prompt_text(self) -> str:
+        if isinstance(self.prompt, str):
+            return self.prompt
+        if len(self.prompt) != 1:
+            raise InvalidRequestError(
+                f"prompt: exactly one prompt per request is supported, got a list of {len(self.prompt)}"
+            )
+        return self.prompt[0]
+
+
+_Body = TypeVar("_Body", bound=_Sampling)
+
+
+def parse_body(model: type[_Body], body: Any) -> _Body:
+    """The request model of a decoded JSON body; InvalidRequestError naming the offending field."""
+    if not isinstance(body, dict):
+        raise InvalidRequestError(f"the request body must be a JSON object, got {type(body).__name__}")
+    _refuse_unsupported(body)
+    try:
+        return model.model_validate(body)
+    except ValidationError as error:
+        raise InvalidRequestError(_describe(error)) from None
+
+
+def _refuse_unsupported(body: dict[str, Any]) -> None:
+    for name, neutral in _UNSUPPORTED.items():
+        value = body.get(name)
+        # Compared with the type too: True == 1, but n=true is not a count.
+        if value is None or any(value == ok and type(value) is type(ok) for ok in neutral):
+            continue
+        allowed = [repr(ok) for ok in neutral if ok is not None]
+        also = f" or set it to {' or '.join(allowed)}" if allowed else ""
+        raise InvalidRequestError(f"{name}={value!r} is not supported by radixfair; leave {name} unset{also}")
+
+
+def _describe(error: ValidationError) -> str:
+    problems = []
+    for item in error.errors()[:3]:
+        where = ".".join(str(part) for part in item["loc"]) or "body"
+        problems.append(f"{where}: {item['msg']}")
+    return "; ".join(problems)
