@@ -1,11 +1,12 @@
-"""The router's decision path in virtual time: its real CacheView, policies and in-process ledger.
+"""The router's dispatch path in virtual time: its real DispatchCore, CacheView, policies and ledger.
 
-Per request, as ``request_router.RequestRouter`` does it: estimate every
-worker's prefix match from the approximate tree corrected by the workers'
-cache reports, build ``WorkerState``s, let the policy ``route`` (which admits
-into the ledger), record the route in the tree, and later charge output
-tokens in batches and settle the input charge to what the worker actually
-computed. Only the gRPC forwarding is left out. The ledger is the router's
+Per request, the simulator calls the same ``DispatchCore`` that
+``request_router.RequestRouter`` calls: ``decide`` (prefix estimates from the
+approximate tree corrected by the workers' cache reports, the policy's route,
+which admits into the ledger, the route recorded in the tree), output charged
+in batches, and ``settlement`` correcting the input charge to what the worker
+actually computed. Only the gRPC forwarding is left out, so booking cannot
+drift between production and evaluation. The ledger is the router's
 ``LocalLedgerStore`` through ``Ledger(store="memory")``, whose coroutines
 never suspend, so they are driven to completion synchronously here.
 
@@ -29,10 +30,9 @@ from typing import Any, TypeVar
 from radixfair_router.admission_gate import VtcAdmissionGate
 from radixfair_router.cache_view import CacheView
 from radixfair_router.config import ApproxTreeConfig, CostConfig, LedgerConfig, PolicyConfig
+from radixfair_router.dispatch_core import DispatchCore
 from radixfair_router.ledger import Ledger
-from radixfair_router.ledger_state import Charge
-from radixfair_router.policies import RoutingDecision, RoutingRequest, WorkerState, build_policy
-from radixfair_router.policies.base import input_cost
+from radixfair_router.policies import RoutingDecision, build_policy
 
 T = TypeVar("T")
 
@@ -62,6 +62,7 @@ class SimRouter:
         self.cache_view = CacheView(tree or ApproxTreeConfig())
         self.costs = costs
         self.inflight = dict.fromkeys(self.worker_ids, 0)
+        self.core = DispatchCore(self.policy, self.cache_view, self.ledger, costs, self._dispatched)
         # The router books output every policy.output_charge_interval_s of wall time; in virtual
         # time, every this many tokens of a request stands in for that interval.
         self._batch = max(1, charge_batch_tokens or 16)
@@ -119,15 +120,12 @@ class SimRouter:
             self._loop.run_until_complete(asyncio.sleep(0))
             self._loop.close()
 
+    def _dispatched(self, worker_id: str) -> None:
+        self.inflight[worker_id] += 1
+
     def route(self, client_id: str, weight: float, token_ids: list[int], now: float, request_id: str) -> str:
-        matches = self.cache_view.estimate(token_ids, self.worker_ids)
-        tree = self.cache_view.tree
-        states = [
-            WorkerState(w, self.inflight[w], matches[w], tree.worker_tokens(w)) for w in self.worker_ids
-        ]
-        decision = run_sync(self.policy.route(RoutingRequest(client_id, weight, len(token_ids)), states))
-        tree.insert(token_ids, decision.worker_id, now=now)
-        self.inflight[decision.worker_id] += 1
+        workers = [(w, self.inflight[w]) for w in self.worker_ids]
+        decision = run_sync(self.core.decide(client_id, weight, token_ids, workers, now=now))
         self.max_inflight = max(self.max_inflight, sum(self.inflight.values()))
         self._decisions[request_id] = decision
         self._uncharged[request_id] = 0
@@ -140,30 +138,16 @@ class SimRouter:
     def output(self, request_id: str, client_id: str, weight: float, tokens: int) -> None:
         pending = self._uncharged[request_id] + tokens
         if pending >= self._batch:
-            decision = self._decisions[request_id]
-            service = self.costs.output_token_weight * pending
-            run_sync(
-                self.ledger.charge(
-                    Charge(client_id, weight, decision.worker_id, service, completion_tokens=pending)
-                )
-            )
+            worker_id = self._decisions[request_id].worker_id
+            run_sync(self.core.book(self.core.output_charge(client_id, weight, worker_id, pending)))
             pending = 0
         self._uncharged[request_id] = pending
 
     def finished(self, request_id: str, client_id: str, weight: float, prompt: int, cached: int) -> None:
         decision = self._decisions.pop(request_id)
         pending = self._uncharged.pop(request_id)
-        service = self.costs.output_token_weight * pending + input_cost(prompt, cached, self.costs)
-        service -= decision.charged
-        charge = Charge(
-            client_id,
-            weight,
-            decision.worker_id,
-            service,
-            prompt_tokens=prompt,
-            cached_tokens=cached,
-            completion_tokens=pending,
-            finished=True,
+        charge = self.core.settlement(
+            decision, client_id, weight, prompt, served=True, completion_tokens=pending, cached_tokens=cached
         )
-        run_sync(self.ledger.charge(charge))
+        run_sync(self.core.book(charge))
         self.inflight[decision.worker_id] -= 1

@@ -56,8 +56,9 @@ class CacheView:
         self._reports.pop(worker_id, None)
         self._tree.remove_worker(worker_id)
 
-    def record_routed(self, tokens: Sequence[int], worker_id: str) -> None:
-        self._tree.insert(tokens, worker_id)
+    def record_routed(self, tokens: Sequence[int], worker_id: str, now: float | None = None) -> None:
+        """The router sent ``tokens`` to ``worker_id`` at ``now`` (None: monotonic time)."""
+        self._tree.insert(tokens, worker_id, now=now)
 
     def estimate(self, tokens: Sequence[int], worker_ids: Iterable[str]) -> dict[str, int]:
         """Leading tokens of ``tokens`` each worker is estimated to hold."""

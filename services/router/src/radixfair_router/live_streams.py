@@ -36,8 +36,8 @@ from dataclasses import dataclass, field
 import grpc
 
 from radixfair.v1 import generation_pb2
+from radixfair_router.dispatch_core import output_charge
 from radixfair_router.ledger import Ledger
-from radixfair_router.ledger_state import Charge
 from radixfair_router.worker_registry import WorkerEndpoint
 
 log = logging.getLogger(__name__)
@@ -149,7 +149,7 @@ class LiveStreams:
             return
         weight_out = self._limits.output_token_weight
         charges = [
-            Charge(client, weight, worker, weight_out * tokens, completion_tokens=tokens)
+            output_charge(client, weight, worker, tokens, weight_out)
             for (client, weight, worker), tokens in merged.items()
         ]
         await self._ledger.charge_many(charges)

@@ -1,8 +1,10 @@
 """Routes one validated request to a worker, streams its output back, and books its service.
 
+The route -> book -> settle rule is ``dispatch_core.DispatchCore``'s (the
+simulator calls the same one); this module is its gRPC transport.
 The flow of one request:
 1. estimate each healthy worker's prefix match (CacheView) and load (registry);
-2. the policy picks a worker and admits the request into the ledger;
+2. the policy picks a worker and admits the request into the ledger (DispatchCore.decide);
 3. forward to that worker with the trace context in the call metadata;
 4. stream deltas back as they come, each message relayed as parsed (the
    worker's and the router's response messages share one wire format, so
@@ -12,7 +14,7 @@ The flow of one request:
    one round trip), so a killed router never under-charges; with the
    in-process ledger in batches on a timer;
    on the result, correct the input charge to the tokens the worker
-   actually computed.
+   actually computed (DispatchCore.settlement).
 A worker that fails before its first token is taken out of rotation (if it
 is unreachable), its admission is refunded, and the request goes to another
 worker. After tokens have flowed, the caller gets UNAVAILABLE: a stream
@@ -47,11 +49,10 @@ from radixfair.v1 import generation_pb2, router_pb2, worker_pb2
 from radixfair_router.admission_gate import VtcAdmissionGate
 from radixfair_router.cache_view import CacheView
 from radixfair_router.config import RouterConfig
+from radixfair_router.dispatch_core import DispatchCore
 from radixfair_router.ledger import Ledger
-from radixfair_router.ledger_state import Charge
 from radixfair_router.live_streams import LiveStreamLimits, LiveStreams, StreamBook
-from radixfair_router.policies import RoutingDecision, RoutingPolicy, RoutingRequest, WorkerState
-from radixfair_router.policies.base import input_cost
+from radixfair_router.policies import RoutingDecision, RoutingPolicy
 from radixfair_router.request_validation import ValidatedRequest
 from radixfair_router.router_metrics import RouterMetrics
 from radixfair_router.worker_registry import WorkerEndpoint, WorkerRegistry
@@ -129,7 +130,7 @@ class RequestRouter:
         )
         self._live = LiveStreams(ledger, limits, lambda client, service: self._charged(client, service))
         self._relay_calls: dict[grpc.aio.Channel, _RelayCall] = {}
-        self._deciding = asyncio.Lock()
+        self.core = DispatchCore(policy, cache_view, ledger, config.costs, self._dispatched)
         metrics.degraded_transitions.set_function(lambda: ledger.degraded_transitions)
         self._gate: VtcAdmissionGate | None = None
         slots = config.policy.vtc_slots_per_worker
@@ -203,14 +204,8 @@ class RequestRouter:
                 raise _exhausted(len(excluded), last_failure)
             model = f" for model {request.model!r}" if request.model else ""
             raise NoWorkerAvailableError(f"no healthy worker{model} is available; try again shortly")
-        # One decision at a time per router: the ledger's admit is a Redis round trip, and requests
-        # arriving together would otherwise all see the same loads and tree (the demo's 3 clients
-        # all went to one worker). Each decision sees the ones before it as load and as prefixes.
-        async with self._deciding:
-            decision = await self._decide(request, principal, parent, workers)
-            endpoint = next(w for w in workers if w.worker_id == decision.worker_id)
-            self._cache_view.record_routed(request.token_ids, decision.worker_id)
-            endpoint.dispatched_since_report += 1
+        decision = await self._decide(request, principal, parent, workers)
+        endpoint = next(w for w in workers if w.worker_id == decision.worker_id)
         self._metrics.decisions.labels(decision.policy, decision.reason, decision.worker_id).inc()
         if decision.refills:
             self._metrics.refills.labels(principal.client_id).inc(decision.refills)
@@ -220,21 +215,24 @@ class RequestRouter:
     async def _decide(
         self, request: ValidatedRequest, principal: Principal, parent: Span, workers: list[WorkerEndpoint]
     ) -> RoutingDecision:
-        matches = self._cache_view.estimate(request.token_ids, [w.worker_id for w in workers])
-        states = [
-            WorkerState(
-                w.worker_id, w.load, matches[w.worker_id], self._cache_view.tree.worker_tokens(w.worker_id)
-            )
-            for w in workers
-        ]
-        routing_request = RoutingRequest(principal.client_id, principal.weight, len(request.token_ids))
+        """DispatchCore's decision (one at a time per router; the span includes waiting for its turn)."""
         span = self._tracer.start_span("router.route", context=trace.set_span_in_context(parent))
         try:
-            decision = await self._policy.route(routing_request, states)
+            decision = await self.core.decide(
+                principal.client_id,
+                principal.weight,
+                request.token_ids,
+                [(w.worker_id, w.load) for w in workers],
+            )
             _set_decision_attributes(span, decision, len(request.token_ids))
         finally:
             span.end()
         return decision
+
+    def _dispatched(self, worker_id: str) -> None:
+        endpoint = self._registry.get(worker_id)
+        if endpoint is not None:
+            endpoint.dispatched_since_report += 1
 
     async def _forward(
         self,
@@ -391,39 +389,26 @@ class RequestRouter:
         outcome: str,
     ) -> None:
         """Final booking of one forwarded stream: remaining output, input correction, tokens."""
-        costs = self._config.costs
         client = principal.client_id
-        if outcome == "retry" or _rejected_before_output(outcome, book):
-            # Nobody served it (retry) or the worker refused it before any token (e.g. a prompt
-            # longer than its context): take the admission back; a retry admits again.
-            charge = Charge(
-                client, principal.weight, decision.worker_id, -decision.charged, finished=True, requests=-1
-            )
+        served = not (outcome == "retry" or _rejected_before_output(outcome, book))
+        prompt = len(request.token_ids)
+        # Negative when a write-ahead booking was made for a message the stream never relayed.
+        completion = book.uncharged_tokens - book.unrelayed_tokens
+        charge = self.core.settlement(
+            decision,
+            client,
+            principal.weight,
+            prompt,
+            served=served,
+            completion_tokens=completion,
+            cached_tokens=book.result.usage.cached_tokens if book.result is not None else None,
+        )
+        if not served:
             if outcome == "error":
                 self._metrics.requests.labels(client, "failed").inc()
         else:
-            # Negative when a write-ahead booking was made for a message the stream never relayed.
-            completion = book.uncharged_tokens - book.unrelayed_tokens
-            service = costs.output_token_weight * completion
-            # The ledger books what this router sent and streamed, never the worker's claims: the prompt
-            # is the tokens forwarded, output the tokens relayed; only the cache credit comes from the
-            # worker, clamped to the prompt (issue 12, point 2).
-            prompt, cached = len(request.token_ids), 0
-            if book.result is not None:
-                cached = min(max(book.result.usage.cached_tokens, 0), prompt)
-                service += input_cost(prompt, cached, costs) - decision.charged
-            charge = Charge(
-                client,
-                principal.weight,
-                decision.worker_id,
-                service,
-                prompt_tokens=prompt,
-                cached_tokens=cached,
-                completion_tokens=completion,
-                finished=True,
-            )
             self._metrics.tokens.labels(client, "prompt").inc(prompt)
-            self._metrics.tokens.labels(client, "cached").inc(cached)
+            self._metrics.tokens.labels(client, "cached").inc(charge.cached_tokens)
             self._metrics.tokens.labels(client, "completion").inc(book.tokens_sent)
             if outcome != "ok":
                 self._metrics.requests.labels(
@@ -431,7 +416,7 @@ class RequestRouter:
                 ).inc()
         book.uncharged_tokens = book.unrelayed_tokens = 0
         try:
-            await self._ledger.charge(charge)
+            await self.core.book(charge)
         except Exception:  # a booking bug must be seen, but must not take the router down
             log.exception("could not book the service of request %s", request.request_id)
         self._metrics.client_service.labels(client).inc(max(charge.service, 0.0))
