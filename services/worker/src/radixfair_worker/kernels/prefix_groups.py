@@ -1,0 +1,169 @@
+"""Which sequences of a decode batch share a cached prefix, found from their page tables.
+
+The radix cache hands every request that matches a cached prefix the same physical
+pages for it, so two sequences whose page tables start with the same page ids share
+those tokens' K/V. Cascade decode attention (``cascade_decode_attention``) reads
+such a shared prefix once per group instead of once per sequence; this module
+finds the groups on the host, with numpy, from the batch's page tables.
+
+Only whole pages are shared, and never the page that holds a sequence's newest token
+(it is being written this step): a prefix that ends mid-page leaves that page to
+each sequence's own part.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class PrefixSharingConfig:
+    """When grouping pays: a group must save at least ``min_saved_tokens`` K/V reads per layer.
+
+    A group of n sequences sharing p tokens saves (n - 1) * p token reads; below the
+    threshold the extra launches cost more than the bytes saved, and a batch with no
+    group that pays runs the plain decode kernel. ``block_m`` is the query rows one
+    prefix program holds (sequences * query heads per KV head).
+    """
+
+    enabled: bool = True
+    min_group_size: int = 2
+    min_shared_pages: int = 1
+    min_saved_tokens: int = 4096
+    block_m: int = 64
+
+
+@dataclass(frozen=True)
+class PrefixGroups:
+    """A decode batch's shared-prefix groups, as the cascade kernel reads them (all int32).
+
+    Sequence b reads its first ``seq_prefix_len[b]`` tokens through its group (0: in no
+    group) and the rest, up to ``seq_lens[b]``, from its own pages. An item is one
+    program's slice of a group: up to ``block_m // gqa`` member sequences, listed in
+    ``members[item_member_start[i] : + item_member_count[i]]``, attending over the
+    first ``item_prefix_len[i]`` tokens of page-table row ``item_row[i]``. Items past
+    ``num_items`` have no members (fixed-size buffers under CUDA graphs).
+    """
+
+    seq_prefix_len: torch.Tensor  # [B]
+    item_row: torch.Tensor  # [I]
+    item_prefix_len: torch.Tensor  # [I]
+    item_member_start: torch.Tensor  # [I]
+    item_member_count: torch.Tensor  # [I]
+    members: torch.Tensor  # [B], grouped sequences first, then padding
+    num_items: int
+    max_prefix_len: int
+
+
+@dataclass(frozen=True)
+class HostGroups:
+    """The numpy arrays behind ``PrefixGroups`` (see there), before they go to the device."""
+
+    seq_prefix_len: np.ndarray
+    item_row: np.ndarray
+    item_prefix_len: np.ndarray
+    item_member_start: np.ndarray
+    item_member_count: np.ndarray
+    members: np.ndarray
+    num_items: int
+    max_prefix_len: int
+
+    def to_device(self, device: torch.device | str, capacity: int | None = None) -> PrefixGroups:
+        """Device tensors; item arrays padded with empty items to ``capacity`` (default: num_items)."""
+        items = self.num_items if capacity is None else capacity
+
+        def up(array: np.ndarray, length: int) -> torch.Tensor:
+            padded = np.zeros(length, dtype=np.int32)
+            padded[: len(array)] = array
+            return torch.from_numpy(padded).to(device)
+
+        return PrefixGroups(
+            seq_prefix_len=up(self.seq_prefix_len, len(self.seq_prefix_len)),
+            item_row=up(self.item_row, items),
+            item_prefix_len=up(self.item_prefix_len, items),
+            item_member_start=up(self.item_member_start, items),
+            item_member_count=up(self.item_member_count, items),
+            members=up(self.members, len(self.seq_prefix_len)),
+            num_items=self.num_items,
+            max_prefix_len=self.max_prefix_len,
+        )
+
+
+def find_prefix_groups(
+    page_table: np.ndarray, seq_lens: np.ndarray, page_size: int, gqa: int, config: PrefixSharingConfig
+) -> HostGroups | None:
+    """Groups of sequences sharing leading pages, or None when no group pays (see PrefixSharingConfig).
+
+    page_table [B, max_pages] and seq_lens [B] integer arrays (a row of length 0 is padding
+    and joins no group). Sequences are keyed by their first page; within a key, the shared
+    length of the k members with the longest common prefix with the first member is the
+    k-th longest, and k is chosen to save the most reads ((k - 1) * shared). Members left
+    out of that choice, like sequences of a key that does not pay, are in no group.
+    """
+    if not config.enabled:
+        return None
+    batch = len(seq_lens)
+    seq_lens = np.asarray(seq_lens[:batch], dtype=np.int64)
+    table = np.asarray(page_table[:batch])
+    # Whole pages strictly before the page holding the newest token (written this step).
+    whole_pages = np.maximum(seq_lens - 1, 0) // page_size
+    candidates = np.flatnonzero(whole_pages >= config.min_shared_pages)
+    if len(candidates) < config.min_group_size:
+        return None
+    keys, inverse = np.unique(table[candidates, 0], return_inverse=True)
+    per_item = max(1, config.block_m // gqa)
+    seq_prefix_len = np.zeros(batch, dtype=np.int32)
+    members: list[np.ndarray] = []
+    items: list[tuple[int, int, int, int]] = []  # row, prefix_len, member_start, member_count
+    member_total = 0
+    for key_index in range(len(keys)):
+        group = candidates[inverse == key_index]
+        if len(group) < config.min_group_size:
+            continue
+        chosen, shared_pages = _best_prefix(table, whole_pages, group)
+        shared = shared_pages * page_size
+        count = len(chosen)
+        if count < config.min_group_size or shared_pages < config.min_shared_pages:
+            continue
+        if (count - 1) * shared < config.min_saved_tokens:
+            continue
+        seq_prefix_len[chosen] = shared
+        members.append(chosen)
+        for first in range(0, count, per_item):
+            items.append((int(chosen[0]), shared, member_total + first, min(per_item, count - first)))
+        member_total += count
+    if not items:
+        return None
+    columns = np.array(items, dtype=np.int32).T
+    return HostGroups(
+        seq_prefix_len=seq_prefix_len,
+        item_row=columns[0],
+        item_prefix_len=columns[1],
+        item_member_start=columns[2],
+        item_member_count=columns[3],
+        members=np.concatenate(members).astype(np.int32),
+        num_items=len(items),
+        max_prefix_len=int(columns[1].max()),
+    )
+
+
+def _best_prefix(table: np.ndarray, whole_pages: np.ndarray, group: np.ndarray) -> tuple[np.ndarray, int]:
+    """The members (first member first) and whole pages they share that save the most reads."""
+    width = int(whole_pages[group].max())
+    first = group[0]
+    same = table[group, :width] == table[first, :width]
+    # Leading run of pages equal to the first member's, capped by each member's own whole pages.
+    run = np.where(same.all(axis=1), width, np.argmin(same, axis=1))
+    common = np.minimum(run, np.minimum(whole_pages[group], whole_pages[first]))
+    order = np.argsort(-common, kind="stable")
+    ranked = common[order]
+    # Taking the k members with the longest runs shares ranked[k - 1] pages and saves (k - 1) of them.
+    savings = np.arange(len(ranked)) * ranked
+    best = int(np.argmax(savings))
+    chosen = np.sort(group[order[: best + 1]])
+    if chosen[0] != first:  # the first member's own run is its whole length, so it ranks first
+        chosen = np.concatenate(([first], chosen[chosen != first]))
+    return chosen, int(ranked[best])

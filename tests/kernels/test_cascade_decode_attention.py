@@ -1,0 +1,166 @@
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+pytest.importorskip("triton")
+
+from radixfair_worker.kernels.accuracy import TOLERANCE, poisoned_like, relative_error  # noqa: E402
+from radixfair_worker.kernels.cascade_decode_attention import (  # noqa: E402
+    cascade_decode_attention,
+    cascade_decode_reference,
+    choose_prefix_splits,
+    reference_rows,
+)
+from radixfair_worker.kernels.decode_attention import paged_attention_reference  # noqa: E402
+from radixfair_worker.kernels.paged_fixtures import random_shared_prefix_context  # noqa: E402
+from radixfair_worker.kernels.prefix_groups import PrefixSharingConfig, find_prefix_groups  # noqa: E402
+
+Q_HEADS, KV_HEADS, HEAD_DIM, PAGE_SIZE = 6, 2, 16, 4  # 3 query heads per KV head: not a power of two
+BLOCK_M = 16  # 5 sequences per shared-part program, so a group of 7 is two ragged items
+EVERY_GROUP = PrefixSharingConfig(min_saved_tokens=1, block_m=BLOCK_M)
+
+# Group 0: 4 sequences sharing 13 tokens (3 whole pages; the prefix ends mid-page), ragged own parts.
+# Group 1: 7 sequences sharing 8 tokens (two items of 5 and 2). Group 2: a group of one (not grouped).
+# Then two sequences in no group and a padding row of length 0.
+SEQ_LENS = [14, 20, 31, 17] + [9, 12, 10, 25, 9, 16, 11] + [30] + [6, 22, 0]
+GROUP_OF = [0] * 4 + [1] * 7 + [2] + [-1, -1, -1]
+SHARED_TOKENS = [13, 8, 24]
+
+
+def shared_batch(dtype: torch.dtype):  # type: ignore[no-untyped-def]
+    ctx = random_shared_prefix_context(
+        SEQ_LENS, GROUP_OF, SHARED_TOKENS, KV_HEADS, HEAD_DIM, PAGE_SIZE, dtype
+    )
+    host = find_prefix_groups(
+        ctx.page_table.numpy(), np.array(SEQ_LENS), PAGE_SIZE, Q_HEADS // KV_HEADS, EVERY_GROUP
+    )
+    assert host is not None
+    return ctx, host, torch.randn(len(SEQ_LENS), Q_HEADS, HEAD_DIM, dtype=dtype)
+
+
+def plain_reference(q: torch.Tensor, ctx) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    return paged_attention_reference(
+        q.double(),
+        ctx.k_cache.double(),
+        ctx.v_cache.double(),
+        list(range(len(SEQ_LENS) + 1)),
+        SEQ_LENS,
+        ctx.page_table,
+        HEAD_DIM**-0.5,
+    )
+
+
+def test_groups_share_whole_pages_only_and_leave_groups_of_one_and_padding_alone() -> None:
+    ctx, host, _ = shared_batch(torch.float32)
+
+    shared = host.seq_prefix_len.tolist()
+
+    assert shared == [12] * 4 + [8] * 7 + [0] + [0, 0, 0]
+    assert sorted(host.item_member_count.tolist()) == [2, 4, 5]
+
+
+@pytest.mark.parametrize(
+    ("dtype", "num_splits", "prefix_splits"),
+    [(torch.float32, 1, 1), (torch.bfloat16, 1, 4), (torch.float32, 2, 2)],
+)
+def test_cascade_matches_plain_attention_in_fp64(
+    dtype: torch.dtype, num_splits: int, prefix_splits: int
+) -> None:
+    ctx, host, q = shared_batch(dtype)
+    groups = host.to_device("cpu", capacity=host.num_items + 2)  # two empty items, as in a graph
+    out = poisoned_like(q)
+
+    cascade_decode_attention(
+        q,
+        ctx.k_cache,
+        ctx.v_cache,
+        ctx.page_table,
+        ctx.seq_lens,
+        groups,
+        HEAD_DIM**-0.5,
+        out=out,
+        num_splits=num_splits,
+        prefix_splits=prefix_splits,
+        block_m=BLOCK_M,
+        block_n=8,
+    )
+
+    assert relative_error(out, plain_reference(q, ctx)) < TOLERANCE[dtype]
+    assert torch.equal(out[-1], torch.zeros_like(out[-1]))  # the padding row
+
+
+def test_the_torch_cascade_reference_is_plain_attention_when_pages_are_shared() -> None:
+    ctx, host, q = shared_batch(torch.float64)
+    seq_prefix_len, prefix_row = reference_rows(host.to_device("cpu"))
+
+    out = cascade_decode_reference(
+        q, ctx.k_cache, ctx.v_cache, ctx.page_table, SEQ_LENS, seq_prefix_len, prefix_row, HEAD_DIM**-0.5
+    )
+
+    # fp64 throughout: only rounding of O(ctx) terms separates the two orders of summation.
+    assert relative_error(out, plain_reference(q, ctx)) < 1e-12
+
+
+def test_small_groups_and_short_prefixes_fall_back_to_the_plain_kernel() -> None:
+    ctx, _, _ = shared_batch(torch.float32)
+    table, lens = ctx.page_table.numpy(), np.array(SEQ_LENS)
+
+    # The best group saves (7 - 1) * 8 = 48 token reads (group 0: 3 * 12 = 36).
+    assert find_prefix_groups(table, lens, PAGE_SIZE, 3, PrefixSharingConfig(min_saved_tokens=49)) is None
+    assert find_prefix_groups(table, lens, PAGE_SIZE, 3, PrefixSharingConfig(min_group_size=8)) is None
+    only_big = find_prefix_groups(
+        table, lens, PAGE_SIZE, 3, PrefixSharingConfig(min_saved_tokens=40, block_m=BLOCK_M)
+    )
+    assert only_big is not None and only_big.seq_prefix_len.tolist() == [0] * 4 + [8] * 7 + [0] * 4
+    assert find_prefix_groups(table, lens, PAGE_SIZE, 3, PrefixSharingConfig(enabled=False)) is None
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    data=st.data(),
+    page_size=st.sampled_from([1, 4, 16]),
+    block_m=st.sampled_from([4, 16, 64]),
+)
+def test_every_grouped_sequence_really_shares_its_items_pages(data, page_size: int, block_m: int) -> None:  # type: ignore[no-untyped-def]
+    # Page tables built from a few random prefixes: rows copy a random-length head of one of them.
+    heads = data.draw(st.lists(st.lists(st.integers(0, 5), min_size=1, max_size=6), min_size=1, max_size=3))
+    rows = data.draw(
+        st.lists(st.tuples(st.integers(0, len(heads) - 1), st.integers(0, 6)), min_size=1, max_size=12)
+    )
+    tables, lens = [], []
+    for b, (head, cut) in enumerate(rows):
+        pages = heads[head][: min(cut, len(heads[head]))] + [100 + 10 * b + i for i in range(3)]
+        tables.append(pages)
+        lens.append(data.draw(st.integers(0, len(pages) * page_size)))
+    width = max(map(len, tables))
+    table = np.array([t + [0] * (width - len(t)) for t in tables])
+    config = PrefixSharingConfig(min_saved_tokens=1, block_m=block_m)
+
+    host = find_prefix_groups(table, np.array(lens), page_size, 2, config)
+
+    if host is None:
+        return
+    per_item = max(1, block_m // 2)
+    seen: list[int] = []
+    for item in range(host.num_items):
+        start, count = host.item_member_start[item], host.item_member_count[item]
+        assert 1 <= count <= per_item
+        pages = host.item_prefix_len[item] // page_size
+        row = host.item_row[item]
+        for member in host.members[start : start + count]:
+            seen.append(int(member))
+            assert host.seq_prefix_len[member] == host.item_prefix_len[item] == pages * page_size
+            assert pages >= 1 and (table[member, :pages] == table[row, :pages]).all()
+            # Never the page that holds the newest token.
+            assert pages * page_size <= lens[member] - 1
+    assert sorted(seen) == sorted(set(seen))  # nobody is in two items
+    assert all(host.seq_prefix_len[b] == 0 for b in range(len(lens)) if b not in seen)
+
+
+def test_prefix_splits_cover_the_sms_once_and_keep_a_tile_each() -> None:
+    # 128 sequences, 3 query heads per KV head, 64 rows a program: 7 items x 3 KV heads = 21 programs.
+    assert choose_prefix_splits(num_items=7, num_kv_heads=3, max_prefix_len=4096, num_sms=132) == 8
+    assert choose_prefix_splits(num_items=7, num_kv_heads=3, max_prefix_len=256, num_sms=132) == 2
+    assert choose_prefix_splits(num_items=100, num_kv_heads=3, max_prefix_len=4096, num_sms=132) == 1
