@@ -67,14 +67,21 @@ def make_random_model(target: Path) -> Path:
 
 
 def make_engine(
-    model_dir: Path, backend: str, dtype: str, graphs: int, max_running: int = 128, overlap: bool = True
+    model_dir: Path,
+    backend: str,
+    dtype: str,
+    graphs: int,
+    max_running: int = 128,
+    overlap: bool = True,
+    eos_token_ids: frozenset[int] = frozenset({2}),
+    device: str = "cuda",
 ) -> Engine:
     config = EngineConfig(
         num_pages=4096,
         page_size=16,
         max_running_requests=max_running,
         max_batched_tokens=max(2048, max_running),
-        device="cuda",
+        device=device,
         dtype=dtype,
         backend=backend,
         cuda_graph_max_batch=graphs,
@@ -82,8 +89,8 @@ def make_engine(
         scheduler=SchedulerConfig(policy="fcfs"),
     )
     torch_dtype = getattr(torch, dtype)
-    model = load_model(model_dir, build_backend(backend), torch_dtype, "cuda")
-    kv = KVCache(model.config, config.num_pages + 1, config.page_size, torch_dtype, torch.device("cuda"))
+    model = load_model(model_dir, build_backend(backend), torch_dtype, device)
+    kv = KVCache(model.config, config.num_pages + 1, config.page_size, torch_dtype, torch.device(device))
     graph_runner = None
     if graphs:
         from radixfair_worker.cuda_graph_runner import DecodeGraphRunner, capture_sizes
@@ -92,7 +99,7 @@ def make_engine(
             model, kv, config.num_pages, 2048 // config.page_size, capture_sizes(min(graphs, max_running))
         )
     runner = ModelRunner(model, kv, config.num_pages, graph_runner)
-    return Engine(config, runner, build_policy(config.scheduler), frozenset({2}), 2048)
+    return Engine(config, runner, build_policy(config.scheduler), eos_token_ids, 2048)
 
 
 def prompts(count: int, length: int, seed: int) -> list[list[int]]:

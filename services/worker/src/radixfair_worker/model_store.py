@@ -61,12 +61,22 @@ def packaged_gguf_path() -> Path:
 
 
 def convert_packaged_gguf(target: Path) -> None:
-    """Dequantizes the GGUF through transformers and writes a safetensors directory."""
+    """Dequantizes the packaged GGUF through transformers and writes a safetensors directory."""
+    convert_gguf(packaged_gguf_path(), target)
+
+
+def convert_gguf(gguf: Path, target: Path) -> None:
+    """Dequantizes ``gguf`` to float32 and writes config.json, model.safetensors and tokenizer files.
+
+    Raises ModelNotFoundError when ``gguf`` does not exist. Needs the ``convert`` extra
+    (transformers + gguf).
+    """
     import torch
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = packaged_gguf_path()
+    if not gguf.exists():
+        raise ModelNotFoundError(f"{gguf} does not exist")
     log.info("converting %s into %s (one time)", gguf, target)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
