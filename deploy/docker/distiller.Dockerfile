@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1.7
 # radixfair distiller: the worker image's base, torch variant and install path, plus the distiller.
 #   docker build -f deploy/docker/distiller.Dockerfile --build-arg TORCH_VARIANT=cpu -t radixfair-distiller:0.1.0-cpu .
 # Its stages are the worker's (tests/deploy check that they stay identical but for the component),
@@ -19,9 +18,12 @@ COPY protos/ protos/
 COPY common/ common/
 COPY services/worker/ services/worker/
 COPY services/distiller/ services/distiller/
-RUN python -m venv /opt/venv \
+# build-inputs/apply.sh: an optional extra CA bundle and local CPU torch wheel, mounted for the
+# install only (see that script); without them the install uses the index and pip's own bundle.
+RUN --mount=type=bind,source=deploy/docker/build-inputs,target=/build-inputs \
+    python -m venv /opt/venv \
     && PYTHON=/opt/venv/bin/python TORCH_VARIANT="${TORCH_VARIANT}" TORCH_INDEX_URL="${TORCH_INDEX_URL}" \
-       bash scripts/install_service.sh distiller
+       bash /build-inputs/apply.sh bash scripts/install_service.sh distiller
 
 FROM ${PYTHON_IMAGE} AS distiller
 RUN groupadd --system --gid 10001 radixfair \

@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1.7
 # radixfair router: no torch, no model weights (only the tokenizer, from the model volume).
 #   docker build -f deploy/docker/router.Dockerfile -t radixfair-router:0.1.0 .
 # The install step is scripts/install_service.sh, the same script the README set-up runs.
@@ -14,8 +13,11 @@ COPY scripts/install_service.sh scripts/
 COPY protos/ protos/
 COPY common/ common/
 COPY services/router/ services/router/
-RUN python -m venv /opt/venv \
-    && PYTHON=/opt/venv/bin/python bash scripts/install_service.sh router
+# build-inputs/apply.sh: an optional extra CA bundle and local CPU torch wheel, mounted for the
+# install only (see that script); without them the install uses the index and pip's own bundle.
+RUN --mount=type=bind,source=deploy/docker/build-inputs,target=/build-inputs \
+    python -m venv /opt/venv \
+    && PYTHON=/opt/venv/bin/python bash /build-inputs/apply.sh bash scripts/install_service.sh router
 
 FROM ${PYTHON_IMAGE} AS router
 RUN groupadd --system --gid 10001 radixfair \

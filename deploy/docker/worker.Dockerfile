@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1.7
 # radixfair worker, in two variants from this one file:
 #   docker build -f deploy/docker/worker.Dockerfile --build-arg TORCH_VARIANT=cpu  -t radixfair-worker:0.1.0-cpu .
 #   docker build -f deploy/docker/worker.Dockerfile --build-arg TORCH_VARIANT=cuda -t radixfair-worker:0.1.0-cuda .
@@ -21,9 +20,12 @@ COPY scripts/install_service.sh scripts/
 COPY protos/ protos/
 COPY common/ common/
 COPY services/worker/ services/worker/
-RUN python -m venv /opt/venv \
+# build-inputs/apply.sh: an optional extra CA bundle and local CPU torch wheel, mounted for the
+# install only (see that script); without them the install uses the index and pip's own bundle.
+RUN --mount=type=bind,source=deploy/docker/build-inputs,target=/build-inputs \
+    python -m venv /opt/venv \
     && PYTHON=/opt/venv/bin/python TORCH_VARIANT="${TORCH_VARIANT}" TORCH_INDEX_URL="${TORCH_INDEX_URL}" \
-       bash scripts/install_service.sh worker
+       bash /build-inputs/apply.sh bash scripts/install_service.sh worker
 
 FROM ${PYTHON_IMAGE} AS worker
 RUN groupadd --system --gid 10001 radixfair \
