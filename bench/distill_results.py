@@ -144,10 +144,13 @@ def recipes(prefix: str, teacher: str, teacher_config: dict, budget: Budget, see
         f"decode_tokens: {budget.decode_tokens}}}\n"
     )
 
+    # Recipes name the budget in tokens; the budget table keeps steps, the unit its timings were taken in.
+    per_step = budget.batch_size * budget.seq_len
+
     def distill(hard_label_weight: float, on_policy: float) -> str:
         return (
-            f"distill:\n  steps: {budget.steps}\n  batch_size: {budget.batch_size}\n"
-            f"  learning_rate: {budget.learning_rate}\n  warmup_steps: {budget.warmup_steps}\n"
+            f"distill:\n  tokens: {budget.steps * per_step}\n  batch_size: {budget.batch_size}\n"
+            f"  learning_rate: {budget.learning_rate}\n  warmup_tokens: {budget.warmup_steps * per_step}\n"
             f"  checkpoint_every: {budget.checkpoint_every}\n  chat_fraction: 0.5\n"
             f"  loss: {{kind: forward_kl, temperature: 1.0, hard_label_weight: {hard_label_weight}}}\n"
             f"  on_policy: {{fraction: {on_policy}, max_new_tokens: 32}}\n"

@@ -23,7 +23,7 @@ def test_distill_shows_progress_and_prints_the_evaluation_table(tiny_model_dir, 
 name: cli-student
 teacher: {tiny_model_dir}
 prune: {{depth: {{keep_layers: 1}}, calibration_sequences: 2}}
-distill: {{steps: 3, batch_size: 2, checkpoint_every: 2}}
+distill: {{tokens: 288, batch_size: 2, checkpoint_every: 2}}  # 3 steps of 2 x 48
 data: {{seq_len: 48, text_max_files: 10, chat_prompts: 30, response_max_new_tokens: 6}}
 evaluate: {{text_sequences: 2, chat_prompts: 2, max_new_tokens: 4, decode_tokens: 4}}
 """

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from radixfair_distiller.recipe import RecipeError, parse_recipe, resolve_recipe
+from radixfair_distiller.recipe import DistillSpec, RecipeError, StepSchedule, parse_recipe, resolve_recipe
 
 
 def recipe_text(teacher, extra: str = "") -> str:
@@ -21,7 +23,8 @@ prune:
   depth: {keep_layers: 1, importance: ablation_kl}
   width: {intermediate_size: 96, num_attention_heads: 2, num_key_value_heads: 1}
 distill:
-  steps: 10
+  tokens: 100000
+  warmup_tokens: 5000
   learning_rate: 3e-4
   loss: {kind: jsd, beta: 0.3, temperature: 2, hard_label_weight: 0.1}
   on_policy: {fraction: 0.5}
@@ -42,14 +45,24 @@ quantize: [int8, fp8]
     [
         ("distill: {steps: 10, stepz: 3}", "unknown field(s) ['stepz']"),
         ("colour: blue", "unknown field(s) ['colour']"),
-        ("distill: {loss: {kind: kl}}", "recipe.distill.loss: kind must be one of"),
-        ("distill: {loss: {kind: jsd, beta: 1.5}}", "beta must be in (0, 1)"),
+        ("distill: {tokens: 10, loss: {kind: kl}}", "recipe.distill.loss: kind must be one of"),
+        ("distill: {tokens: 10, loss: {kind: jsd, beta: 1.5}}", "beta must be in (0, 1)"),
         ("distill: {steps: 0}", "recipe.distill: steps must be >= 1"),
         ("distill: {steps: ten}", "recipe.distill.steps: expected int"),
-        ("distill: {precision: bf16}", "recipe.distill: precision must be one of float32, float64"),
+        ("distill: {tokens: 0}", "recipe.distill: tokens must be >= 1"),
+        ("distill: {tokens: 1e6}", "recipe.distill.tokens: expected int"),
+        ("distill: {tokens: 100, warmup_tokens: 101}", "warmup_tokens must be in [0, tokens]"),
+        ("distill: {batch_size: 4}", "name the training budget: tokens: N"),
+        ("distill: {tokens: 1000, steps: 10}", "a budget is named in tokens or in steps, not both"),
+        ("distill: {tokens: 1000, warmup_steps: 1}", "a budget is named in tokens or in steps, not both"),
+        (
+            "distill: {tokens: 1000, precision: float16}",
+            "precision must be one of float32, float64, bfloat16",
+        ),
+        ("distill: {steps: 1, precision: bf16}", "recipe.distill: precision must be one of float32, float64"),
         ("quantize: [int4]", "unknown scheme 'int4'"),
         (
-            "distill: {loss: {hard_label_weight: 1.0}, on_policy: {fraction: 0.5}}",
+            "distill: {tokens: 10, loss: {hard_label_weight: 1.0}, on_policy: {fraction: 0.5}}",
             "on_policy needs the teacher",
         ),
         ("evaluate: {max_new_tokens: 100}", "evaluate.max_new_tokens must not exceed"),
@@ -117,3 +130,37 @@ def test_the_shipped_example_recipes_fit_the_packaged_teacher(smollm2_dir):
         recipe = parse_recipe(path.read_text())
         assert recipe.teacher == "smollm2-135m-instruct", path
         check_shapes(recipe, teacher)
+
+
+@given(
+    tokens=st.integers(1, 10**9),
+    warmup=st.floats(0.0, 1.0),
+    batch_size=st.integers(1, 64),
+    seq_len=st.integers(8, 4096),
+)
+def test_a_token_budget_is_the_fewest_whole_steps_that_cover_it(tokens, warmup, batch_size, seq_len):
+    spec = DistillSpec(tokens=tokens, warmup_tokens=int(warmup * tokens), batch_size=batch_size)
+
+    schedule = spec.schedule(seq_len)
+
+    assert schedule.tokens_per_step == batch_size * seq_len
+    assert schedule.total_tokens >= tokens > schedule.total_tokens - schedule.tokens_per_step
+    assert 0 <= schedule.warmup_steps <= schedule.total_steps
+    assert schedule.warmup_steps * schedule.tokens_per_step >= int(warmup * tokens)
+
+
+def test_an_old_step_budget_runs_as_it_did_whatever_the_sequence_length():
+    spec = DistillSpec(steps=40, warmup_steps=4, batch_size=8, checkpoint_every=10)
+
+    assert spec.schedule(128) == StepSchedule(40, 4, 10, 1024, spec.learning_rate)
+    assert spec.schedule(512).total_steps == 40
+
+
+def test_the_shipped_recipes_name_their_budget_in_tokens():
+    from pathlib import Path
+
+    recipes = sorted((Path(__file__).resolve().parents[2] / "services/distiller/recipes").glob("*.yaml"))
+    for path in recipes:
+        recipe = parse_recipe(path.read_text())
+        if recipe.distill is not None:
+            assert recipe.distill.tokens is not None and recipe.distill.steps is None, path

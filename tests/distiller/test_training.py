@@ -73,15 +73,20 @@ SPEC = DistillSpec(
     loss=LossSpec(kind="jsd", beta=0.4, hard_label_weight=0.1),
     on_policy=OnPolicySpec(fraction=0.4, max_new_tokens=6),
 )
+# The same 6 steps named as a token budget (2 x 64 = 128 tokens a step: 668 tokens round up to 6
+# steps, 200 warm-up tokens to 2), and again under bf16 mixed precision.
+TOKEN_SPEC = dataclasses.replace(SPEC, steps=None, warmup_steps=None, tokens=668, warmup_tokens=200)
+BF16_SPEC = dataclasses.replace(TOKEN_SPEC, precision="bfloat16")
 
 
+@pytest.mark.parametrize("spec", [SPEC, TOKEN_SPEC, BF16_SPEC], ids=["steps", "tokens", "tokens-bf16"])
 def test_a_resumed_run_ends_bitwise_equal_to_an_uninterrupted_one(
-    teacher, bundle, student_dir, tmp_path, tiny_model_dir
+    spec, teacher, bundle, student_dir, tmp_path, tiny_model_dir
 ):
     whole, whole_losses = distill(
-        load_llama(student_dir), teacher, bundle, run_for(SPEC, tmp_path / "a", tiny_model_dir), hooks()
+        load_llama(student_dir), teacher, bundle, run_for(spec, tmp_path / "a", tiny_model_dir), hooks()
     )
-    run = run_for(SPEC, tmp_path / "b", tiny_model_dir)
+    run = run_for(spec, tmp_path / "b", tiny_model_dir)
     with pytest.raises(JobCancelledError):
         distill(
             load_llama(student_dir), teacher, bundle, run, hooks(stop_after=3)
@@ -93,6 +98,7 @@ def test_a_resumed_run_ends_bitwise_equal_to_an_uninterrupted_one(
     assert any(e.on_policy for e in events if not isinstance(e, tuple))
     assert resumed_losses == whole_losses
     for name, tensor in whole.state_dict().items():
+        assert tensor.dtype == torch.float32  # bf16 mixed precision keeps fp32 master weights
         assert torch.equal(tensor, resumed.state_dict()[name]), name
 
 
@@ -131,11 +137,19 @@ def test_on_policy_batches_hold_the_students_own_sampled_answers(
 
 
 def test_learning_rate_warms_up_then_decays_to_a_tenth():
-    spec = DistillSpec(steps=100, learning_rate=1.0, warmup_steps=10)
-    assert learning_rate(spec, 0) == pytest.approx(0.1)
-    assert learning_rate(spec, 9) == pytest.approx(1.0)
-    assert learning_rate(spec, 55) == pytest.approx(0.55)
-    assert learning_rate(spec, 100) == pytest.approx(0.1)
+    schedule = DistillSpec(steps=100, learning_rate=1.0, warmup_steps=10).schedule(seq_len=64)
+    assert learning_rate(schedule, 0) == pytest.approx(0.1)
+    assert learning_rate(schedule, 9) == pytest.approx(1.0)
+    assert learning_rate(schedule, 55) == pytest.approx(0.55)
+    assert learning_rate(schedule, 100) == pytest.approx(0.1)
+
+
+def test_a_token_budget_warms_up_and_decays_over_the_same_steps_as_its_step_equivalent():
+    # batch 4 x seq_len 64 = 256 tokens a step: 25,600 tokens are 100 steps, 2,560 of warm-up are 10.
+    by_tokens = DistillSpec(tokens=25_600, warmup_tokens=2_560, batch_size=4, learning_rate=1.0)
+    by_steps = DistillSpec(steps=100, warmup_steps=10, batch_size=4, learning_rate=1.0)
+    for step in (0, 9, 10, 55, 99):
+        assert learning_rate(by_tokens.schedule(64), step) == learning_rate(by_steps.schedule(64), step)
 
 
 def test_checkpoint_directory_is_a_loadable_model(teacher, bundle, student_dir, tmp_path, tiny_model_dir):

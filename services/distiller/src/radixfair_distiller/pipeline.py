@@ -191,15 +191,16 @@ def _distill_stage(job_id, resolved, paths: JobPaths, teacher, bundle, device, r
             shutil.copytree(paths.initial, staging, dirs_exist_ok=True)
         return
     spec = recipe.distill
+    schedule = spec.schedule(recipe.data.seq_len)
     hooks = TrainingHooks(
         on_step=lambda r: _step_event(report, r),
         on_checkpoint=lambda step: report.event(
-            stage="distill", step=step, total_steps=spec.steps, message="checkpoint"
+            stage="distill", step=step, total_steps=schedule.total_steps, message="checkpoint"
         ),
         on_resume=lambda step: report.event(
             stage="distill",
             step=step,
-            total_steps=spec.steps,
+            total_steps=schedule.total_steps,
             message=f"resumed from checkpoint at step {step}",
         ),
         should_stop=report.should_stop,
@@ -216,7 +217,11 @@ def _distill_stage(job_id, resolved, paths: JobPaths, teacher, bundle, device, r
     )
     report.check()  # a stop requested during the last step: keep the checkpoint, do not finish
     details = _read_json(paths.details())
-    details["training"] = {"steps": spec.steps, "losses": [round(x, 5) for x in losses]}
+    details["training"] = {
+        "steps": schedule.total_steps,
+        "tokens": schedule.total_tokens,
+        "losses": [round(x, 5) for x in losses],
+    }
     _write_json(paths.details(), details)
     save_llama(student, paths.student, resolved.teacher_dir)
     shutil.rmtree(paths.checkpoint, ignore_errors=True)

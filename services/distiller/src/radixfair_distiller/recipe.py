@@ -111,44 +111,106 @@ class OnPolicySpec:
         _require(0.0 < self.temperature < math.inf, "temperature must be > 0 and finite")
 
 
-TRAINING_PRECISIONS = ("float32", "float64")
+# bfloat16: mixed precision. The student's weights, gradients and optimizer state stay fp32 (the
+# master copy); its forward and the LM-head products run under bf16 autocast, and the teacher scores
+# in bf16. float64 makes runs that sum in another order (N ranks against one process) agree to ~1e-16
+# relative, so they can be compared tightly. Published weights are fp32 whatever the precision.
+TRAINING_PRECISIONS = ("float32", "float64", "bfloat16")
+# What an old step-budget recipe is rewritten to; the message says how.
+_STEP_BUDGET_HELP = (
+    "a budget is named in tokens or in steps, not both: tokens: N trains ceil(N / (batch_size x "
+    "data.seq_len)) steps of batch_size x data.seq_len token positions each"
+)
+
+
+@dataclass(frozen=True)
+class StepSchedule:
+    """The budget in optimizer steps, once the sequence length is known (see DistillSpec.schedule)."""
+
+    total_steps: int
+    warmup_steps: int
+    checkpoint_every: int
+    tokens_per_step: int
+    peak_learning_rate: float
+
+    @property
+    def total_tokens(self) -> int:
+        return self.total_steps * self.tokens_per_step
 
 
 @dataclass(frozen=True)
 class DistillSpec:
-    steps: int = 100
+    """How the student is trained.
+
+    The budget is ``tokens``: token positions (batch_size x data.seq_len per optimizer step, chat
+    padding included) seen by the student, the unit Minitron and most distillation reports count
+    in, so budgets compare across batch shapes. It is rounded up to whole steps. ``warmup_tokens``
+    is the linear warm-up, in the same unit. Recipes written before token budgets name ``steps``
+    and ``warmup_steps`` instead; they still run as they did (one or the other, never both).
+    """
+
+    tokens: int | None = None
+    warmup_tokens: int | None = None
+    steps: int | None = None
+    warmup_steps: int | None = None
     batch_size: int = 8
     learning_rate: float = 3e-4
-    warmup_steps: int = 0
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     # Share of each offline batch drawn from teacher-written chat (the rest
     # is docstring text).
     chat_fraction: float = 0.5
-    # Steps between checkpoints; a restarted job resumes from the last one.
+    # Optimizer steps between checkpoints (crash granularity, not budget); a restarted job resumes
+    # from the last one.
     checkpoint_every: int = 50
     loss: LossSpec = field(default_factory=LossSpec)
     on_policy: OnPolicySpec = field(default_factory=OnPolicySpec)
-    # Parameter, gradient and optimizer-state dtype of the student (and of the teacher's scoring)
-    # during training. float64 makes runs that sum in another order (N ranks against one process)
-    # agree to ~1e-16 relative, so they can be compared tightly; published weights stay float32.
+    # Parameter, gradient and optimizer-state dtype of the student (see TRAINING_PRECISIONS).
     precision: str = "float32"
 
     def __post_init__(self) -> None:
-        _require(self.steps >= 1, "steps must be >= 1")
+        by_tokens = self.tokens is not None or self.warmup_tokens is not None
+        by_steps = self.steps is not None or self.warmup_steps is not None
+        _require(not (by_tokens and by_steps), _STEP_BUDGET_HELP)
+        _require(
+            self.tokens is not None or self.steps is not None,
+            "name the training budget: tokens: N (token positions seen by the student)",
+        )
+        if self.tokens is not None:
+            _require(self.tokens >= 1, "tokens must be >= 1")
+            _require(0 <= (self.warmup_tokens or 0) <= self.tokens, "warmup_tokens must be in [0, tokens]")
+        else:
+            assert self.steps is not None
+            _require(self.steps >= 1, "steps must be >= 1")
+            _require(0 <= (self.warmup_steps or 0) <= self.steps, "warmup_steps must be in [0, steps]")
         _require(
             self.precision in TRAINING_PRECISIONS,
             f"precision must be one of {', '.join(TRAINING_PRECISIONS)}, not {self.precision!r}",
         )
         _require(self.batch_size >= 1, "batch_size must be >= 1")
         _require(self.learning_rate > 0.0, "learning_rate must be > 0")
-        _require(0 <= self.warmup_steps <= self.steps, "warmup_steps must be in [0, steps]")
         _require(self.weight_decay >= 0.0, "weight_decay must be >= 0")
         _require(self.grad_clip >= 0.0, "grad_clip must be >= 0 (0 disables clipping)")
         _require(0.0 <= self.chat_fraction <= 1.0, "chat_fraction must be in [0, 1]")
         _require(self.checkpoint_every >= 1, "checkpoint_every must be >= 1")
         if self.on_policy.fraction > 0.0 and self.loss.hard_label_weight == 1.0:
             raise ValueError("on_policy needs the teacher, but loss.hard_label_weight 1.0 disables it")
+
+    def schedule(self, seq_len: int) -> StepSchedule:
+        """Steps, warm-up and checkpoints for sequences of ``seq_len`` tokens (a pure function)."""
+        per_step = self.batch_size * seq_len
+        if self.tokens is not None:
+            total = -(-self.tokens // per_step)
+            warmup = min(-(-(self.warmup_tokens or 0) // per_step), total)
+        else:
+            assert self.steps is not None
+            total, warmup = self.steps, self.warmup_steps or 0
+        return StepSchedule(total, warmup, self.checkpoint_every, per_step, self.learning_rate)
+
+    @property
+    def compute_dtype(self) -> str:
+        """The dtype the student's weights and optimizer state are kept in while training."""
+        return "float32" if self.precision == "bfloat16" else self.precision
 
 
 @dataclass(frozen=True)

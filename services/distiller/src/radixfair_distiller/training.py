@@ -13,6 +13,7 @@ the single-process run's, up to floating-point summation order.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import math
@@ -32,7 +33,7 @@ from radixfair_distiller.data.splits import TRAIN
 from radixfair_distiller.distributed import DistributedContext
 from radixfair_distiller.generation import generate
 from radixfair_distiller.losses import DistillLossConfig, fused_linear_distill_loss
-from radixfair_distiller.recipe import DistillSpec
+from radixfair_distiller.recipe import DistillSpec, StepSchedule
 
 
 class JobCancelledError(Exception):
@@ -89,10 +90,13 @@ def distill(
     if dist is not None and run.device.type == "cuda":
         torch.cuda.set_device(run.device)  # the current device is per thread; this may be a new one
     progress = Progress(step=0, losses=[])
-    dtype = getattr(torch, spec.precision)
-    if teacher is not None and teacher.dtype != dtype:
+    schedule = spec.schedule(run.seq_len)
+    dtype = getattr(torch, spec.compute_dtype)
+    # Under bf16 mixed precision the teacher only scores, so it runs in bf16 outright.
+    teacher_dtype = getattr(torch, spec.precision)
+    if teacher is not None and teacher.dtype != teacher_dtype:
         # A copy: the caller's teacher keeps its dtype for evaluation after training.
-        teacher = copy.deepcopy(teacher).to(dtype)
+        teacher = copy.deepcopy(teacher).to(teacher_dtype)
     if has_checkpoint(run.checkpoint_dir):
         student, optimizer_state, progress = load_checkpoint(run.checkpoint_dir, run.device, dtype)
         optimizer = _optimizer(student, spec)
@@ -110,7 +114,7 @@ def distill(
     losses = list(progress.losses)
     student.train()
     started, first_step = time.monotonic(), progress.step
-    for step in range(progress.step, spec.steps):
+    for step in range(progress.step, schedule.total_steps):
         stop = hooks.should_stop()
         if dist is not None:
             stop = dist.any(stop)  # every rank stops before the same step, or none does
@@ -127,14 +131,18 @@ def distill(
         # On-policy labels are the student's own samples: learning them as hard labels would
         # reinforce its mistakes, so those steps are pure distillation.
         config = loss_config if not on_policy else _without_hard_labels(loss_config)
-        loss = train_step(model, teacher, optimizer, batch.to(run.device), config, spec, step, dist)
+        loss = train_step(
+            model, teacher, optimizer, batch.to(run.device), config, spec, step, dist, run.seq_len
+        )
         losses.append(loss)
         done = step + 1
         now = time.monotonic()
-        eta = (now - started) / (done - first_step) * (spec.steps - done)
+        eta = (now - started) / (done - first_step) * (schedule.total_steps - done)
         tokens = batch.input_ids.numel()
-        hooks.on_step(StepReport(done, spec.steps, loss, eta, on_policy, tokens, now - step_started))
-        if done % spec.checkpoint_every == 0 and done < spec.steps:
+        hooks.on_step(
+            StepReport(done, schedule.total_steps, loss, eta, on_policy, tokens, now - step_started)
+        )
+        if done % schedule.checkpoint_every == 0 and done < schedule.total_steps:
             if dist is None or dist.is_main:
                 save_checkpoint(
                     run.checkpoint_dir, student, optimizer, Progress(done, losses), run.tokenizer_source
@@ -191,10 +199,12 @@ def train_step(
     spec: DistillSpec,
     step: int,
     dist: DistributedContext | None = None,
+    seq_len: int | None = None,
 ) -> float:
     """One optimizer step on the global ``batch`` (this rank's slice of it under torchrun); its mean loss."""
+    schedule = spec.schedule(seq_len if seq_len is not None else batch.input_ids.shape[1])
     for group in optimizer.param_groups:
-        group["lr"] = learning_rate(spec, step)
+        group["lr"] = learning_rate(schedule, step)
     weight = 1.0
     if dist is not None:
         shard = dist.shard(batch)
@@ -211,7 +221,8 @@ def train_step(
             teacher_hidden = teacher.model(input_ids=batch.input_ids, use_cache=False).last_hidden_state
             teacher_hidden = teacher_hidden.reshape(-1, teacher_hidden.shape[-1])
             teacher_head = teacher.lm_head.weight
-    loss = model(batch.input_ids, batch.labels, teacher_hidden, teacher_head, loss_config) * weight
+    with _autocast(spec, batch.input_ids.device):
+        loss = model(batch.input_ids, batch.labels, teacher_hidden, teacher_head, loss_config) * weight
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if spec.grad_clip > 0:
@@ -245,13 +256,21 @@ def on_policy_batch(student: LlamaForCausalLM, bundle: DataBundle, run: Training
     return TokenBatch(torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows]))
 
 
-def learning_rate(spec: DistillSpec, step: int) -> float:
+def learning_rate(schedule: StepSchedule, step: int) -> float:
     """Linear warm-up, then cosine decay to a tenth of the peak at the last step."""
-    if step < spec.warmup_steps:
-        return spec.learning_rate * (step + 1) / spec.warmup_steps
-    span = max(spec.steps - spec.warmup_steps, 1)
-    progress = (step - spec.warmup_steps) / span
-    return spec.learning_rate * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
+    peak = schedule.peak_learning_rate
+    if step < schedule.warmup_steps:
+        return peak * (step + 1) / schedule.warmup_steps
+    span = max(schedule.total_steps - schedule.warmup_steps, 1)
+    progress = (step - schedule.warmup_steps) / span
+    return peak * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+def _autocast(spec: DistillSpec, device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast for the student's forward and loss under bfloat16 precision; nothing otherwise."""
+    if spec.precision != "bfloat16":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
 def _optimizer(student: LlamaForCausalLM, spec: DistillSpec) -> torch.optim.Optimizer:
