@@ -10,7 +10,10 @@ ledger, in front of real engines (see bench/simulator/).
 
     .venv/bin/python bench/eval_multi_worker.py --cost cpu --workers 8 16 32 64 128 256
 
-Writes bench/results/eval_multi_worker_<cost>.{json,md}.
+Writes bench/results/eval_multi_worker_<cost><name>.{json,md}. A run of a subset
+of the routing policies without ``--name`` goes to bench/results/raw/partial/
+(git-ignored), so it never overwrites a tracked page; ``--out DIR`` writes
+there instead (and keeps its traces in DIR/eval_traces/).
 """
 
 from __future__ import annotations
@@ -27,11 +30,14 @@ from bench.eval_runs import (  # noqa: E402
     RAW_RECORD_KEYS,
     ROUTING_POLICIES,
     ROUTING_VARIANTS,
+    TRACES,
     cost_model,
+    output_dir,
     routing_settings,
     run,
     run_record,
     saved_trace,
+    traces_dir,
 )
 from bench.eval_single_worker import capacity  # noqa: E402
 from bench.report import write_results  # noqa: E402
@@ -49,8 +55,9 @@ def cluster_trace(
     clients_per_worker: int,
     pattern: str = "heavy_client",
     heavy_workers: float = HEAVY_WORKERS,
+    traces: Path = TRACES,
 ) -> tuple[Trace, Path]:
-    served, _ = capacity(pattern, cost_model(cost_name))
+    served, _ = capacity(pattern, cost_model(cost_name), traces)
     heavy = max(1, workers // 8)
     light = clients_per_worker * workers
     total = load * workers * served
@@ -71,10 +78,10 @@ def cluster_trace(
     name = f"{prefix}_{workers}w_{clients_per_worker}cpw_load{load:g}_{per_worker}rpw_{cost_name}"
     if heavy_workers != HEAVY_WORKERS:
         name += f"_heavy{heavy_workers:g}"
-    return saved_trace(name, spec)
+    return saved_trace(name, spec, 1, traces)
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -96,7 +103,13 @@ def main() -> None:
     )
     parser.add_argument("--name", default="")
     parser.add_argument("--pattern", default="heavy_client", choices=["heavy_client", "hot_prefix"])
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, default=None, help="results directory (default: see above)")
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
+    out = output_dir(args.out, bool(args.name) or set(ROUTING_POLICIES) <= set(args.policies))
     cost = cost_model(args.cost)
     records = []
     for workers in args.workers:
@@ -108,6 +121,7 @@ def main() -> None:
             args.clients_per_worker,
             args.pattern,
             args.heavy_workers,
+            traces_dir(args.out),
         )
         for routing in args.policies:
             local = LOCAL_FOR_ROUTING[routing]
@@ -171,6 +185,7 @@ def main() -> None:
         {"cost": args.cost, "cost_model": cost.__dict__, "args": vars(args)},
         notes,
         raw_row_keys=RAW_RECORD_KEYS,
+        results_dir=out,
     )
 
 

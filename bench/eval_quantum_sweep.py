@@ -16,12 +16,12 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.eval_runs import RAW_RECORD_KEYS, cost_model, run, run_record  # noqa: E402
+from bench.eval_runs import RAW_RECORD_KEYS, cost_model, output_dir, run, run_record, traces_dir  # noqa: E402
 from bench.eval_single_worker import evaluation_trace  # noqa: E402
 from bench.report import write_results  # noqa: E402
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -32,9 +32,14 @@ def main() -> None:
     parser.add_argument(
         "--quanta", nargs="*", type=float, default=[256, 1024, 2048, 4096, 8192, 16384, 65536, 262144]
     )
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, default=None, help="results directory (default bench/results/)")
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     cost = cost_model(args.cost)
-    trace, path, _ = evaluation_trace(args.pattern, args.cost, args.load, args.requests)
+    trace, path, _ = evaluation_trace(args.pattern, args.cost, args.load, args.requests, traces_dir(args.out))
     records = []
     for quantum in args.quanta:
         result, wall = run(trace, cost, "dlpm", quantum=quantum)
@@ -64,6 +69,7 @@ def main() -> None:
         {"cost": args.cost, "quantum": None},
         notes,
         raw_row_keys=RAW_RECORD_KEYS,
+        results_dir=output_dir(args.out, True),
     )
 
 

@@ -9,16 +9,16 @@ the records or re-simulated from the traces.
 
 from __future__ import annotations
 
+import hashlib
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.report import RESULTS_DIR  # noqa: E402
+from bench.report import RAW_DIR, RESULTS_DIR  # noqa: E402
 from bench.simulator.cost_model import StepCostModel  # noqa: E402
 from bench.simulator.metrics import per_client_latency, summarize  # noqa: E402
 from bench.simulator.simulation import SimConfig, SimResult, simulate  # noqa: E402
@@ -86,12 +86,36 @@ def engine_config(policy: str, quantum: float, num_pages: int, lpm_aging_rate: f
     )
 
 
-def saved_trace(name: str, spec: WorkloadSpec, seed: int = 1) -> tuple[Trace, Path]:
-    """The trace saved under ``name``, generated from ``spec`` the first time."""
-    path = TRACES / f"{name}.jsonl.gz"
+def trace_key(spec: WorkloadSpec, seed: int) -> str:
+    """A digest of every parameter that shapes the trace: the whole spec (each client's every field) and
+    the seed. Two runs share a saved trace only if they would have generated the same one."""
+    return hashlib.sha256(repr((spec, seed)).encode()).hexdigest()[:12]
+
+
+def saved_trace(name: str, spec: WorkloadSpec, seed: int = 1, traces: Path = TRACES) -> tuple[Trace, Path]:
+    """The trace of (``spec``, ``seed``), saved as ``<name>_<trace_key>`` under ``traces``, generated the
+    first time. ``name`` is for the reader; the key makes a changed parameter a different file."""
+    path = traces / f"{name}_{trace_key(spec, seed)}.jsonl.gz"
     if not path.exists():
-        save_trace(replace(generate_trace(spec, seed)), path)
+        save_trace(generate_trace(spec, seed), path)
     return load_trace(path), path
+
+
+def output_dir(out: Path | None, complete: bool) -> Path:
+    """Where a run's results go: ``out`` if given; the tracked bench/results/ for a complete run; a
+    partial run (a subset of the policies or patterns) to the git-ignored raw/partial/, so it can never
+    overwrite a tracked page with a subset."""
+    if out is not None:
+        return out
+    if complete:
+        return RESULTS_DIR
+    print(f"partial run: results go to {RAW_DIR / 'partial'} (git-ignored)", file=sys.stderr)
+    return RAW_DIR / "partial"
+
+
+def traces_dir(out: Path | None) -> Path:
+    """Saved traces: bench/results/eval_traces/, or eval_traces/ under an explicit ``--out``."""
+    return TRACES if out is None else out / "eval_traces"
 
 
 def run(

@@ -4,11 +4,14 @@ Each pattern is first piloted (LPM, everything arriving at once) to measure
 what one worker serves per second on it; the evaluated trace then offers
 ``--load`` times that, so clients stay backlogged and the policies differ in
 whom they serve and how much the cache helps. Traces are saved under
-bench/results/eval_traces/ and reused, so every policy replays the same one.
+bench/results/eval_traces/ (git-ignored), keyed by every parameter that shapes
+them, and reused, so every policy replays the same one.
 
     .venv/bin/python bench/eval_single_worker.py --cost cpu [--patterns shared_prefix ...]
 
-Writes bench/results/eval_single_worker_<cost>.{json,md}.
+Writes bench/results/eval_single_worker_<cost>.{json,md} when every pattern and
+policy runs; a subset goes to bench/results/raw/partial/; ``--out DIR`` writes
+there instead (and keeps its traces in DIR/eval_traces/).
 """
 
 from __future__ import annotations
@@ -23,10 +26,13 @@ from bench.eval_runs import (  # noqa: E402
     LOCAL_POLICIES,
     LOCAL_VARIANTS,
     RAW_RECORD_KEYS,
+    TRACES,
     cost_model,
+    output_dir,
     run,
     run_record,
     saved_trace,
+    traces_dir,
 )
 from bench.report import write_results  # noqa: E402
 from bench.simulator.cost_model import StepCostModel  # noqa: E402
@@ -67,13 +73,13 @@ def _params(pattern: str, rate: float, duration: float) -> dict[str, Any]:
     return params
 
 
-def capacity(pattern: str, cost: StepCostModel) -> tuple[float, float]:
+def capacity(pattern: str, cost: StepCostModel, traces: Path = TRACES) -> tuple[float, float]:
     """(requests per second one LPM worker serves on ``pattern``, offered requests/s per unit of rate)."""
     spec = build_pattern(pattern, _params(pattern, PILOT_RATE, 1.0))
     per_unit = _count(spec) / PILOT_RATE
     duration = PILOT_REQUESTS / (per_unit * PILOT_RATE)
     pilot, _ = saved_trace(
-        f"pilot_{pattern}", build_pattern(pattern, _params(pattern, PILOT_RATE, duration)), seed=99
+        f"pilot_{pattern}", build_pattern(pattern, _params(pattern, PILOT_RATE, duration)), 99, traces
     )
     result, _ = run(pilot, cost, "lpm")
     return len(result.recorder.finished) / result.makespan, per_unit
@@ -85,16 +91,18 @@ def _count(spec) -> float:
     return len(generate_trace(spec, 99).requests)
 
 
-def evaluation_trace(pattern: str, cost_name: str, load: float, requests: int) -> tuple[Trace, Path, float]:
-    served, per_unit = capacity(pattern, cost_model(cost_name))
+def evaluation_trace(
+    pattern: str, cost_name: str, load: float, requests: int, traces: Path = TRACES
+) -> tuple[Trace, Path, float]:
+    served, per_unit = capacity(pattern, cost_model(cost_name), traces)
     rate = load * served / per_unit
     duration = requests / (load * served)
     spec = build_pattern(pattern, _params(pattern, rate, duration))
-    trace, path = saved_trace(f"single_{pattern}_{cost_name}", spec)
+    trace, path = saved_trace(f"single_{pattern}_{cost_name}", spec, 1, traces)
     return trace, path, served
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -106,11 +114,20 @@ def main() -> None:
     parser.add_argument("--load", type=float, default=1.3)
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--quantum", type=float, default=8192.0)
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, default=None, help="results directory (default: see above)")
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
+    complete = set(PATTERNS) <= set(args.patterns) and set(LOCAL_POLICIES) <= set(args.policies)
+    out = output_dir(args.out, complete)
     cost = cost_model(args.cost)
     records = []
     for pattern in args.patterns:
-        trace, path, served = evaluation_trace(pattern, args.cost, args.load, args.requests)
+        trace, path, served = evaluation_trace(
+            pattern, args.cost, args.load, args.requests, traces_dir(args.out)
+        )
         for policy in args.policies:
             result, wall = run(trace, cost, policy, quantum=args.quantum)
             record = run_record(
@@ -153,6 +170,7 @@ def main() -> None:
         {"cost": args.cost, "cost_model": cost.__dict__, "load": args.load, "quantum": args.quantum},
         notes,
         raw_row_keys=RAW_RECORD_KEYS,
+        results_dir=out,
     )
 
 

@@ -102,7 +102,7 @@ def write_results(
         f" · GPU: {env['machine']['gpu'] or 'none'} · Python {env['python']} · "
         + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v),
         "",
-        f"Regenerate: `{command}`",
+        f"Regenerate (code at commit {env['git_commit'] or 'unknown'}): `{command}`",
         "",
     ]
     lines.append("| " + " | ".join(columns) + " |")

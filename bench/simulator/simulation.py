@@ -168,6 +168,11 @@ class Simulation:
         if self.router is None:
             self._submit(spec, request, self.workers[0], now)
         elif self.router.gate is not None:
+            # A request held in the router's gate is waiting in the system, and its client is
+            # backlogged: counted from here, as the policies count it once it reaches a worker (a
+            # request counted twice is counted once). Without this, under global VTC almost no
+            # client is ever seen backlogged and its Jain index and service gap say nothing.
+            self.recorder.became_waiting(request, now)
             self.router.hold(spec.request_id, spec.client_id, lambda: self._dispatch(spec, request))
         else:
             self._dispatch(spec, request)
@@ -184,6 +189,7 @@ class Simulation:
             worker.engine.submit(request)
         except InvalidRequestError:
             self.rejected.append(spec.request_id)
+            self.recorder.left(request, now)  # counted as waiting while it was held in the gate
             if self.router is not None:
                 self.router.finished(spec.request_id, spec.client_id, spec.weight, len(tokens), 0)
                 self.router.release(spec.request_id)
