@@ -1,0 +1,71 @@
+"""A real router serving its OpenAI-compatible HTTP API from its own thread, for synchronous HTTP clients.
+
+The router runs in an event loop of its own thread (as in its process), so the official ``openai``
+SDK and ``httpx`` call it with blocking calls from the test; ``call`` runs a coroutine on the
+router's loop to read its state (ledger, metrics) the way the router itself would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine, Iterator
+from concurrent.futures import Future
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+from radixfair_router.app import RunningRouter
+from support.ports import free_port
+from support.processes import ServiceProcess
+from support.router_stack import router_config, running_router
+
+T = TypeVar("T")
+# Bound on every wait here: start-up on a loaded 2-core machine, and a router's stop.
+WAIT_S = 120.0
+
+
+@dataclass
+class HttpRouter:
+    running: RunningRouter
+    loop: asyncio.AbstractEventLoop
+
+    @property
+    def base_url(self) -> str:
+        assert self.running.http is not None
+        return f"http://127.0.0.1:{self.running.http.port}/v1"
+
+    def call(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(WAIT_S)
+
+
+@contextmanager
+def http_router(tokenizer_dir: Path, workers: list[ServiceProcess], **config: Any) -> Iterator[HttpRouter]:
+    """A router with ``http_port`` set, in front of ``workers``, in-memory ledger unless redis_url given."""
+    redis_url = config.pop("redis_url", "")
+    base = replace(router_config(tokenizer_dir, workers, redis_url), http_port=free_port())
+    settings = replace(base, **config)
+    loop = asyncio.new_event_loop()
+    started: Future[RunningRouter] = Future()
+    stop = threading.Event()
+
+    async def serve() -> None:
+        try:
+            async with running_router(settings) as running:
+                started.set_result(running)
+                while not stop.is_set():
+                    await asyncio.sleep(0.05)
+        except BaseException as error:
+            if not started.done():
+                started.set_exception(error)
+            raise
+
+    thread = threading.Thread(target=lambda: loop.run_until_complete(serve()), name="router", daemon=True)
+    thread.start()
+    try:
+        yield HttpRouter(started.result(WAIT_S), loop)
+    finally:
+        stop.set()
+        thread.join(WAIT_S)
+        loop.close()
