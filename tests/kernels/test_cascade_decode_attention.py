@@ -69,7 +69,7 @@ def test_cascade_matches_plain_attention_in_fp64(
     dtype: torch.dtype, num_splits: int, prefix_splits: int
 ) -> None:
     ctx, host, q = shared_batch(dtype)
-    groups = host.to_device("cpu", capacity=host.num_items + 2)  # two empty items, as in a graph
+    groups = host.to_device(lambda t: t, capacity=host.num_items + 2)  # two empty items, as in a graph
     out = poisoned_like(q)
 
     cascade_decode_attention(
@@ -83,7 +83,6 @@ def test_cascade_matches_plain_attention_in_fp64(
         out=out,
         num_splits=num_splits,
         prefix_splits=prefix_splits,
-        block_m=BLOCK_M,
         block_n=8,
     )
 
@@ -93,7 +92,7 @@ def test_cascade_matches_plain_attention_in_fp64(
 
 def test_the_torch_cascade_reference_is_plain_attention_when_pages_are_shared() -> None:
     ctx, host, q = shared_batch(torch.float64)
-    seq_prefix_len, prefix_row = reference_rows(host.to_device("cpu"))
+    seq_prefix_len, prefix_row = reference_rows(host.to_device(lambda t: t))
 
     out = cascade_decode_reference(
         q, ctx.k_cache, ctx.v_cache, ctx.page_table, SEQ_LENS, seq_prefix_len, prefix_row, HEAD_DIM**-0.5

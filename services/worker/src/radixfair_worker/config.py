@@ -113,9 +113,19 @@ class EngineConfig:
     # the device's forward pass by running the bookkeeping one step behind: true, false, or
     # "auto" (on for cuda, off elsewhere: on the CPU nothing runs concurrently to hide).
     overlap_schedule: bool | str = "auto"
+    # Decode attention reads a prefix shared by a group of running sequences (the same leading
+    # pages) once per group instead of once per sequence (kernels.cascade_decode_attention), where
+    # a group saves enough reads to pay (kernels.prefix_groups); Triton backend only.
+    cascade_decode: bool = True
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    # The engine process exits after this many steps in a row fail for the whole batch (a failure
+    # no single request reproduces), so the worker reports NOT_SERVING instead of failing every
+    # request while it looks healthy; 0 never exits.
+    max_failed_steps_in_a_row: int = 5
 
     def __post_init__(self) -> None:
+        if self.max_failed_steps_in_a_row < 0:
+            raise ValueError("engine.max_failed_steps_in_a_row must be 0 (never exit) or positive")
         for name in ("page_size", "num_pages", "max_running_requests", "max_batched_tokens"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"engine.{name} must be positive")

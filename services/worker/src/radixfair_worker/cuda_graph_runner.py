@@ -7,6 +7,12 @@ decode step of n sequences copies its inputs into those buffers and replays
 the graph of the smallest captured size >= n. Padding rows have context
 length 0 (the attention kernel writes zeros for them) and store their K/V
 into a scratch page that no request owns.
+
+With prefix sharing on (and a backend that reads shared prefixes), each size is
+captured twice: with plain decode attention and with cascade attention over
+static group buffers. The groups change every step; the host finds them while
+staging, and replays the cascade graph only when some group pays. The cascade
+kernels' grids depend on buffer sizes only, so one graph serves any grouping.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from radixfair_worker.kernels.prefix_groups import PrefixGroups, PrefixSharingConfig, find_prefix_groups
 from radixfair_worker.model.backend import ForwardBatch
 from radixfair_worker.model.llama import KVCache, LlamaModel
 from radixfair_worker.model_runner import CarriedTokens, ScheduledChunk, gather_carried
@@ -36,6 +43,17 @@ class _Captured:
     logits: torch.Tensor
 
 
+# Static buffers of the prefix groups, one int32 entry per batch row (items never outnumber rows).
+_GROUP_BUFFERS = (
+    "seq_prefix_len",
+    "item_row",
+    "item_prefix_len",
+    "item_member_start",
+    "item_member_count",
+    "members",
+)
+
+
 class DecodeGraphRunner:
     """Captures ``model``'s decode forward for each of ``batch_sizes`` and replays it."""
 
@@ -46,8 +64,12 @@ class DecodeGraphRunner:
         scratch_page: int,
         max_pages_per_seq: int,
         batch_sizes: tuple[int, ...],
+        prefix_sharing: PrefixSharingConfig | None = None,
     ) -> None:
         self.model = model
+        sharing = prefix_sharing or PrefixSharingConfig()
+        self.prefix_sharing = sharing if sharing.enabled and model.backend.reads_shared_prefixes else None
+        self._gqa = model.config.num_attention_heads // model.config.num_key_value_heads
         self.kv_cache = kv_cache
         self.page_size = kv_cache.page_size
         self.batch_sizes = sorted(batch_sizes)
@@ -65,6 +87,10 @@ class DecodeGraphRunner:
         self._logits_indices = torch.arange(biggest, dtype=torch.int64, device=device)
         # Where a row's input id comes from when the previous step's token is carried (not graphed).
         self._gather_source = torch.zeros(biggest, dtype=torch.int64, device=device)
+        self._groups = {
+            name: torch.zeros(biggest, dtype=torch.int32, device=device) for name in _GROUP_BUFFERS
+        }
+        self._grouped = False  # whether the batch staged last has a group that pays
         # Pinned host staging, filled with numpy and copied up in one transfer per buffer. Two
         # sets, used in turn: with overlap scheduling the host stages step n+1 while step n's
         # non-blocking copies may not have run yet; by the time it stages n+2 the engine has
@@ -72,6 +98,7 @@ class DecodeGraphRunner:
         self._staging = [self._new_staging(), self._new_staging()]
         self._turn = 0
         self._graphs: dict[int, _Captured] = {}
+        self._cascade_graphs: dict[int, _Captured] = {}
         self._capture_all()
 
     def supports(self, chunks: list[ScheduledChunk]) -> bool:
@@ -92,7 +119,7 @@ class DecodeGraphRunner:
 
     def _replay(self, size: int) -> torch.Tensor:
         """Runs the captured graph of batch ``size`` over the static buffers; its logits [size, vocab]."""
-        captured = self._graphs[size]
+        captured = (self._cascade_graphs if self._grouped else self._graphs)[size]
         captured.graph.replay()
         return captured.logits
 
@@ -128,6 +155,22 @@ class DecodeGraphRunner:
         seq_lens[count:size] = 0
         slots[count:size] = self.scratch_slot
         positions[count:size] = 0
+        self._grouped = self._stage_groups(size, staging)
+
+    def _stage_groups(self, size: int, staging: dict[str, _Staged]) -> bool:
+        """Finds this batch's prefix groups and stages them; False when none pays (plain graph)."""
+        if self.prefix_sharing is None:
+            return False
+        table, seq_lens = staging["page_table"].array[:size], staging["seq_lens"].array[:size]
+        host = find_prefix_groups(table, seq_lens, self.page_size, self._gqa, self.prefix_sharing)
+        if host is None:
+            return False
+        for name in _GROUP_BUFFERS:
+            array = staging[name].array
+            values = getattr(host, name)
+            array[: len(values)] = values
+            array[len(values) : size] = 0  # empty items; members past the grouped ones are unread
+        return True
 
     def _new_staging(self) -> dict[str, _Staged]:
         buffers = {**self._device_buffers(), "gather_source": self._gather_source}
@@ -138,15 +181,31 @@ class DecodeGraphRunner:
         return staging
 
     def _device_buffers(self) -> dict[str, torch.Tensor]:
-        return {
+        buffers = {
             "input_ids": self._input_ids,
             "positions": self._positions,
             "seq_lens": self._seq_lens,
             "slots": self._slots,
             "page_table": self._page_table,
         }
+        return {**buffers, **self._groups} if self.prefix_sharing is not None else buffers
 
-    def _batch(self, size: int) -> ForwardBatch:
+    def _static_groups(self, size: int) -> PrefixGroups:
+        """Groups over the static buffers, with the capture's bounds as the launch-shape facts."""
+        assert self.prefix_sharing is not None
+        max_seq_len = self.max_pages * self.page_size
+        per_item = max(1, self.prefix_sharing.block_m // self._gqa)
+        buffers = {name: buffer[:size] for name, buffer in self._groups.items()}
+        return PrefixGroups(
+            **buffers,
+            # One group of the whole batch is the case worth sizing the shared part's splits for.
+            num_items=-(-size // per_item),
+            max_prefix_len=max_seq_len,
+            max_own_len=max_seq_len,
+            block_m=self.prefix_sharing.block_m,
+        )
+
+    def _batch(self, size: int, grouped: bool = False) -> ForwardBatch:
         max_seq_len = self.max_pages * self.page_size
         return ForwardBatch(
             input_ids=self._input_ids[:size],
@@ -160,6 +219,7 @@ class DecodeGraphRunner:
             max_seq_len=max_seq_len,
             query_lens_host=[1] * size,
             seq_lens_host=[max_seq_len] * size,
+            prefix_groups=self._static_groups(size) if grouped else None,
         )
 
     def _capture_all(self) -> None:
@@ -167,17 +227,22 @@ class DecodeGraphRunner:
         stream = torch.cuda.Stream()
         # Largest first, so smaller graphs reuse the largest one's memory pool.
         for size in reversed(self.batch_sizes):
-            batch = self._batch(size)
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                for _ in range(2):  # compile and autotune outside the capture
-                    self.model(batch, self.kv_cache)
-            torch.cuda.current_stream().wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
-                logits = self.model(batch, self.kv_cache)
-            self._graphs[size] = _Captured(graph, logits)
+            self._graphs[size] = self._capture(self._batch(size), pool, stream)
+            if self.prefix_sharing is not None:
+                # The group buffers are zero here: no sequence shares, every item is empty.
+                self._cascade_graphs[size] = self._capture(self._batch(size, grouped=True), pool, stream)
         torch.cuda.synchronize()
+
+    def _capture(self, batch: ForwardBatch, pool: tuple[int, int], stream: torch.cuda.Stream) -> _Captured:
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):  # compile and autotune outside the capture
+                self.model(batch, self.kv_cache)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=pool):
+            logits = self.model(batch, self.kv_cache)
+        return _Captured(graph, logits)
 
 
 def capture_sizes(limit: int) -> tuple[int, ...]:

@@ -10,6 +10,7 @@ import torch
 from radixfair.tokenization import PromptEncoder
 from radixfair_worker.config import EngineConfig, ModelConfig
 from radixfair_worker.engine import Engine
+from radixfair_worker.kernels.prefix_groups import PrefixSharingConfig
 from radixfair_worker.model.backend import KernelBackend
 from radixfair_worker.model.llama import KVCache
 from radixfair_worker.model.loader import load_model
@@ -53,6 +54,7 @@ def build_engine(config: EngineConfig, model_dir: Path) -> ServingStack:
         config.max_context_tokens or model_config.max_position_embeddings,
         model_config.max_position_embeddings,
     )
+    sharing = PrefixSharingConfig(enabled=config.cascade_decode)
     graphs = None
     if use_graphs:
         from radixfair_worker.cuda_graph_runner import DecodeGraphRunner, capture_sizes
@@ -63,10 +65,11 @@ def build_engine(config: EngineConfig, model_dir: Path) -> ServingStack:
             scratch_page=config.num_pages,
             max_pages_per_seq=-(-max_context // config.page_size),
             batch_sizes=capture_sizes(min(config.cuda_graph_max_batch, config.max_running_requests)),
+            prefix_sharing=sharing,
         )
     engine = Engine(
         config,
-        ModelRunner(model, kv_cache, config.num_pages, graphs),
+        ModelRunner(model, kv_cache, config.num_pages, graphs, sharing),
         build_policy(config.scheduler),
         eos_token_ids=frozenset(eos),
         max_context_tokens=max_context,

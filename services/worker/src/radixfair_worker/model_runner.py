@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
 import torch
 
+from radixfair_worker.kernels.prefix_groups import PrefixGroups, PrefixSharingConfig, find_prefix_groups
 from radixfair_worker.model.backend import ForwardBatch
 from radixfair_worker.model.llama import KVCache, LlamaModel
 from radixfair_worker.request import Request
@@ -78,7 +80,9 @@ class ModelRunner:
 
     ``num_pages`` is what requests may use; the KV cache may hold more (a
     scratch page for padded graph rows). Decode steps go to ``decode_graphs``
-    when given (CUDA graphs on the GPU), everything else runs eagerly.
+    when given (CUDA graphs on the GPU), everything else runs eagerly. An eager
+    decode batch carries the groups of sequences sharing leading pages
+    (``prefix_sharing``) when the backend reads a shared prefix once per group.
     """
 
     def __init__(
@@ -87,6 +91,7 @@ class ModelRunner:
         kv_cache: KVCache,
         num_pages: int,
         decode_graphs: DecodeReplayer | None = None,
+        prefix_sharing: PrefixSharingConfig | None = None,
     ) -> None:
         self.model = model
         self.kv_cache = kv_cache
@@ -94,6 +99,9 @@ class ModelRunner:
         self.page_size = kv_cache.page_size
         self._num_pages = num_pages
         self.decode_graphs = decode_graphs
+        sharing = prefix_sharing or PrefixSharingConfig()
+        self.prefix_sharing = sharing if model.backend.reads_shared_prefixes else None
+        self._gqa = model.config.num_attention_heads // model.config.num_key_value_heads
 
     @property
     def num_pages(self) -> int:
@@ -149,7 +157,16 @@ class ModelRunner:
             max_seq_len=max(seq_lens),
             query_lens_host=query_lens,
             seq_lens_host=seq_lens,
+            prefix_groups=self._prefix_groups(page_table, seq_lens) if max(query_lens) == 1 else None,
         )
+
+    def _prefix_groups(self, page_table: torch.Tensor, seq_lens: list[int]) -> PrefixGroups | None:
+        if self.prefix_sharing is None:
+            return None
+        host = find_prefix_groups(
+            page_table.numpy(), np.array(seq_lens), self.page_size, self._gqa, self.prefix_sharing
+        )
+        return None if host is None else host.to_device(self._upload)
 
     def _upload(self, host: torch.Tensor) -> torch.Tensor:
         """Host tensor to the model's device without waiting for the device to go idle.

@@ -321,7 +321,6 @@ def cascade_decode_attention(
     out: torch.Tensor | None = None,
     num_splits: int = 1,
     prefix_splits: int = 1,
-    block_m: int = 64,
     block_n: int = DEFAULT_BLOCK_N,
     num_warps: int = 4,
     prefix_num_warps: int = 4,
@@ -329,14 +328,15 @@ def cascade_decode_attention(
 ) -> torch.Tensor:
     """q [B, Hq, D] over paged K/V with shared prefixes read once per item -> [B, Hq, D].
 
-    ``num_splits`` (own part) and ``prefix_splits`` must be powers of two; ``block_m``
-    must be the one ``groups`` was built with (items hold at most block_m // gqa members).
+    ``num_splits`` (own part) and ``prefix_splits`` must be powers of two; the shared-part
+    programs hold ``groups.block_m`` query rows (items of at most block_m // gqa members).
     The shared-part grid is (Hkv, len(groups.item_row), prefix_splits): items past
     ``num_items`` are empty and cost one early-exiting program each.
     """
     batch, num_heads, head_dim = q.shape
     num_kv_heads, page_size = k_cache.shape[2], k_cache.shape[1]
-    _check(q, k_cache, v_cache, page_table, seq_lens, groups, num_splits, prefix_splits, block_m)
+    block_m = groups.block_m
+    _check(q, k_cache, v_cache, page_table, seq_lens, groups, num_splits, prefix_splits)
     out = output_buffer(out, q, tuple(q.shape))
     if batch == 0:
         return out
@@ -435,8 +435,8 @@ def _check(
     groups: PrefixGroups,
     num_splits: int,
     prefix_splits: int,
-    block_m: int,
 ) -> None:
+    block_m = groups.block_m
     if q.dim() != 3 or k_cache.dim() != 4 or v_cache.shape != k_cache.shape or k_cache.shape[3] != q.shape[2]:
         raise ValueError("decode attention wants q [B, Hq, D] and caches [num_pages, page_size, Hkv, D]")
     if q.shape[1] % k_cache.shape[2]:
@@ -450,8 +450,8 @@ def _check(
     for value in (num_splits, prefix_splits, block_m, q.shape[2]):
         if value < 1 or value & (value - 1):
             raise ValueError("num_splits, prefix_splits, block_m and head_dim must be powers of two")
-    if block_m < q.shape[1] // k_cache.shape[2]:
-        raise ValueError("block_m must hold at least one sequence's query heads per KV head")
+    if block_m < max(16, q.shape[1] // k_cache.shape[2]):
+        raise ValueError("block_m must be >= 16 (a tensor-core tile) and hold one sequence's query heads")
     check_last_dim_contiguous("q", q)
 
 

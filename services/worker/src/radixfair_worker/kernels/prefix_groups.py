@@ -13,6 +13,7 @@ each sequence's own part.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,8 +55,11 @@ class PrefixGroups:
     item_member_start: torch.Tensor  # [I]
     item_member_count: torch.Tensor  # [I]
     members: torch.Tensor  # [B], grouped sequences first, then padding
+    # Host facts for choosing the launch shape (under a graph: the capture's bounds).
     num_items: int
     max_prefix_len: int
+    max_own_len: int
+    block_m: int
 
 
 @dataclass(frozen=True)
@@ -70,15 +74,19 @@ class HostGroups:
     members: np.ndarray
     num_items: int
     max_prefix_len: int
+    max_own_len: int
+    block_m: int
 
-    def to_device(self, device: torch.device | str, capacity: int | None = None) -> PrefixGroups:
-        """Device tensors; item arrays padded with empty items to ``capacity`` (default: num_items)."""
+    def to_device(
+        self, upload: Callable[[torch.Tensor], torch.Tensor], capacity: int | None = None
+    ) -> PrefixGroups:
+        """Tensors moved by ``upload``; item arrays padded with empty items to ``capacity``."""
         items = self.num_items if capacity is None else capacity
 
         def up(array: np.ndarray, length: int) -> torch.Tensor:
             padded = np.zeros(length, dtype=np.int32)
             padded[: len(array)] = array
-            return torch.from_numpy(padded).to(device)
+            return upload(torch.from_numpy(padded))
 
         return PrefixGroups(
             seq_prefix_len=up(self.seq_prefix_len, len(self.seq_prefix_len)),
@@ -89,6 +97,8 @@ class HostGroups:
             members=up(self.members, len(self.seq_prefix_len)),
             num_items=self.num_items,
             max_prefix_len=self.max_prefix_len,
+            max_own_len=self.max_own_len,
+            block_m=self.block_m,
         )
 
 
@@ -147,6 +157,8 @@ def find_prefix_groups(
         members=np.concatenate(members).astype(np.int32),
         num_items=len(items),
         max_prefix_len=int(columns[1].max()),
+        max_own_len=int((seq_lens - seq_prefix_len).max()),
+        block_m=config.block_m,
     )
 
 

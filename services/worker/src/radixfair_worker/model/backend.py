@@ -9,9 +9,12 @@ anywhere; a GPU backend made of Triton kernels implements the same protocol.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
+
+if TYPE_CHECKING:
+    from radixfair_worker.kernels.prefix_groups import PrefixGroups
 
 
 @dataclass
@@ -35,6 +38,9 @@ class ForwardBatch:
     # Host copies, so the torch backend's per-sequence loop needs no device sync.
     query_lens_host: list[int]
     seq_lens_host: list[int]
+    # Decode only: sequences sharing leading pages, for a backend that reads a shared prefix once
+    # per group (``reads_shared_prefixes``); None when no group pays or the batch is not decode.
+    prefix_groups: PrefixGroups | None = None
     # Per-batch precomputations a backend derives once and reuses in every layer.
     backend_cache: dict[str, Any] = field(default_factory=dict)
 
@@ -49,6 +55,8 @@ class ForwardBatch:
 
 class KernelBackend(Protocol):
     name: str
+    # True when ``attention`` uses ``ForwardBatch.prefix_groups``; the runner finds groups only then.
+    reads_shared_prefixes: bool
 
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         """x [T, H] -> x / rms(x) * weight, reduced in fp32, output in x.dtype."""

@@ -12,6 +12,8 @@ from radixfair_worker.model.backend import ForwardBatch
 
 class TorchBackend:
     name = "torch"
+    # Its padded SDPA reads every sequence's context; grouping would only cost host time.
+    reads_shared_prefixes = False
 
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         x32 = x.float()

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import torch
 
+from radixfair_worker.kernels.cascade_decode_attention import cascade_decode_attention, choose_prefix_splits
 from radixfair_worker.kernels.decode_attention import choose_num_splits, paged_decode_attention
 from radixfair_worker.kernels.extend_attention import extend_attention
+from radixfair_worker.kernels.prefix_groups import PrefixGroups
 from radixfair_worker.kernels.rms_norm import add_rms_norm, rms_norm
 from radixfair_worker.kernels.rope import apply_rope, rope_and_write_kv
 from radixfair_worker.kernels.swiglu import silu_and_mul
@@ -27,6 +29,7 @@ class TritonBackend:
     """
 
     name = "triton"
+    reads_shared_prefixes = True
 
     def __init__(self, num_sms: int | None = None) -> None:
         if num_sms is None:
@@ -84,6 +87,9 @@ class TritonBackend:
         scale: float,
     ) -> torch.Tensor:
         if batch.is_decode_only and q.shape[0] == batch.num_sequences:
+            groups = batch.prefix_groups
+            if groups is not None:
+                return self._cascade_decode(q, k_cache, v_cache, batch, groups, scale)
             splits = choose_num_splits(batch.num_sequences, k_cache.shape[2], batch.max_seq_len, self.num_sms)
             return paged_decode_attention(
                 q, k_cache, v_cache, batch.page_table, batch.seq_lens, scale, num_splits=splits
@@ -97,4 +103,31 @@ class TritonBackend:
             batch.page_table,
             batch.max_query_len,
             scale,
+        )
+
+    def _cascade_decode(
+        self,
+        q: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        batch: ForwardBatch,
+        groups: PrefixGroups,
+        scale: float,
+    ) -> torch.Tensor:
+        """Decode with each group's shared prefix read once (kernels.cascade_decode_attention)."""
+        num_kv_heads = k_cache.shape[2]
+        own_splits = choose_num_splits(batch.num_sequences, num_kv_heads, groups.max_own_len, self.num_sms)
+        prefix_splits = choose_prefix_splits(
+            groups.num_items, num_kv_heads, groups.max_prefix_len, self.num_sms
+        )
+        return cascade_decode_attention(
+            q,
+            k_cache,
+            v_cache,
+            batch.page_table,
+            batch.seq_lens,
+            groups,
+            scale,
+            num_splits=own_splits,
+            prefix_splits=prefix_splits,
         )
