@@ -11,6 +11,11 @@ a prefix structure:
   the whole previous turn (prompt and answer) and add a new question, so the
   conversation grows its own prefix; a turn is released ``think_s`` after
   the previous turn finishes.
+- ``drift_every`` > 0: the shared prefix drifts, a new document every that
+  many requests (a system prompt that is edited, a corpus that rolls over).
+
+``pause`` = (a, b) keeps the client idle from a to b: the client that goes
+away and comes back.
 """
 
 from __future__ import annotations
@@ -38,14 +43,21 @@ class ClientSpec:
     start_s: float = 0.0
     # None: active until the workload's end.
     end_s: float | None = None
+    # A new document every this many requests (0: the documents do not drift).
+    drift_every: int = 0
+    # No arrivals in [pause[0], pause[1]); None: no pause.
+    pause: tuple[float, float] | None = None
 
 
 def client_requests(spec: ClientSpec, rng: np.random.Generator, duration_s: float) -> list[TraceRequest]:
     """Every request ``spec`` sends within its active window, conversations expanded into turns."""
     end = duration_s if spec.end_s is None else min(spec.end_s, duration_s)
     requests: list[TraceRequest] = []
-    for index, arrival in enumerate(spec.arrivals.times(rng, spec.start_s, end)):
-        head = _document(spec, rng)
+    times = spec.arrivals.times(rng, spec.start_s, end)
+    if spec.pause is not None:
+        times = [t for t in times if not spec.pause[0] <= t < spec.pause[1]]
+    for index, arrival in enumerate(times):
+        head = _document(spec, rng, index)
         if spec.turns is None:
             requests.append(_single(spec, rng, f"{spec.client_id}-r{index:05d}", arrival, head))
         else:
@@ -53,9 +65,11 @@ def client_requests(spec: ClientSpec, rng: np.random.Generator, duration_s: floa
     return requests
 
 
-def _document(spec: ClientSpec, rng: np.random.Generator) -> tuple[Segment, ...]:
+def _document(spec: ClientSpec, rng: np.random.Generator, index: int) -> tuple[Segment, ...]:
     if spec.shared_prefix_len <= 0:
         return ()
+    if spec.drift_every > 0:
+        return (Segment("text", f"{spec.client_id}/doc{index // spec.drift_every}", spec.shared_prefix_len),)
     doc = int(rng.integers(spec.num_documents)) if spec.num_documents > 1 else 0
     return (Segment("text", f"{spec.client_id}/doc{doc}", spec.shared_prefix_len),)
 
