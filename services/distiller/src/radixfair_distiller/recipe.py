@@ -222,6 +222,10 @@ class DataSpec:
     min_docstring_chars: int = 200
     # Shipped chat prompts used; 0 = all of them.
     chat_prompts: int = 0
+    # Prompts of the generated set added to them (data/prompt_templates.py; split by subject, and
+    # none about a subject the shipped held-out prompts mention), drawn by generated_prompts_seed.
+    generated_prompts: int = 0
+    generated_prompts_seed: int = 0
     # Length of the teacher's (greedy) responses.
     response_max_new_tokens: int = 64
 
@@ -230,6 +234,7 @@ class DataSpec:
         _require(self.text_max_files >= 0, "text_max_files must be >= 0")
         _require(self.min_docstring_chars >= 1, "min_docstring_chars must be >= 1")
         _require(self.chat_prompts >= 0, "chat_prompts must be >= 0")
+        _require(self.generated_prompts >= 0, "generated_prompts must be >= 0")
         _require(self.response_max_new_tokens >= 1, "response_max_new_tokens must be >= 1")
 
 

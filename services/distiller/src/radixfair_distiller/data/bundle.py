@@ -14,7 +14,13 @@ from safetensors.torch import load_file, save_file
 from transformers import LlamaForCausalLM
 
 from radixfair.tokenization import PromptEncoder
-from radixfair_distiller.data.chat import ChatExample, shipped_prompts, teacher_examples
+from radixfair_distiller.data.chat import (
+    Answerer,
+    ChatExample,
+    shipped_prompts,
+    teacher_examples,
+    templated_prompts,
+)
 from radixfair_distiller.data.docstrings import docstring_documents
 from radixfair_distiller.data.splits import SPLITS, split_of
 from radixfair_distiller.recipe import DataSpec
@@ -38,18 +44,31 @@ def prepare_data(
     teacher_hash: str,
     cache_dir: Path,
     on_progress: Callable[[int, int], None] | None = None,
+    answer: Answerer | None = None,
+    answer_batch: int = 8,
+    answer_tag: str = "",
 ) -> DataBundle:
-    """Builds (or reads from ``cache_dir``) the text streams and the teacher's chat answers."""
+    """Builds (or reads from ``cache_dir``) the text streams and the teacher's chat answers.
+
+    ``answer`` (see teacher_examples) lets the worker's engine write the answers, ``answer_batch``
+    prompts at a time.
+    """
     eos = encoder.eos_token_id if encoder.eos_token_id is not None else 0
     text = _text_streams(spec, encoder, eos, cache_dir)
+    prompts = shipped_prompts(spec.chat_prompts)
+    if spec.generated_prompts:
+        prompts += templated_prompts(spec.generated_prompts, spec.generated_prompts_seed)
     examples = teacher_examples(
         teacher,
         teacher_hash,
         encoder,
-        shipped_prompts(spec.chat_prompts),
+        prompts,
         spec.response_max_new_tokens,
         cache_dir,
         on_progress,
+        answer,
+        answer_batch,
+        answer_tag,
     )
     chat = {split: [e for e in examples if e.split == split] for split in SPLITS}
     return DataBundle(text=text, chat=chat, eos_token_id=eos, pad_token_id=eos)

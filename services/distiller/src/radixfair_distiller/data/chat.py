@@ -19,21 +19,27 @@ from pathlib import Path
 from transformers import LlamaForCausalLM
 
 from radixfair.tokenization import ChatTurn, PromptEncoder
+from radixfair_distiller.data.prompt_templates import generated_prompts
 from radixfair_distiller.data.splits import split_of
 from radixfair_distiller.generation import generate
 
 # Prompts answered per generation batch (and per append to the cache file).
 _BATCH = 8
+# (prompts as token ids, max_new_tokens, eos_token_id) -> the greedy new tokens of each prompt.
+Answerer = Callable[[list[list[int]], int, int | None], list[list[int]]]
 
 
 @dataclass(frozen=True)
 class ChatPrompt:
     id: str
     prompt: str
+    # The key the split is decided by; empty: the id. Generated prompts use their subject, so
+    # every wording of one subject lands in the same split (data/prompt_templates.py).
+    group: str = ""
 
     @property
     def split(self) -> str:
-        return split_of(f"chat::{self.id}")
+        return split_of(f"chat::{self.group or self.id}")
 
 
 @dataclass(frozen=True)
@@ -53,10 +59,21 @@ def shipped_prompts(limit: int = 0) -> list[ChatPrompt]:
     return prompts[:limit] if limit else prompts
 
 
+def templated_prompts(count: int, seed: int, avoid_shipped: bool = True) -> list[ChatPrompt]:
+    """``count`` prompts of the generated set (data/prompt_templates.py), shuffled by ``seed``.
+
+    With ``avoid_shipped`` none has a subject that any hand-written prompt mentions: the two sets
+    split by different keys, so a subject in both could be trained on in one and evaluated in the other.
+    """
+    avoid = [p.prompt for p in shipped_prompts()] if avoid_shipped else []
+    return [ChatPrompt(p.id, p.prompt, p.group) for p in generated_prompts(count, seed, avoid=avoid)]
+
+
 def prompt_set_hash(prompts: list[ChatPrompt]) -> str:
     digest = hashlib.sha256()
     for prompt in prompts:
-        digest.update(f"{prompt.id}\t{prompt.prompt}\n".encode())
+        group = f"\t{prompt.group}" if prompt.group else ""  # the shipped set's hash is unchanged
+        digest.update(f"{prompt.id}\t{prompt.prompt}{group}\n".encode())
     return digest.hexdigest()[:16]
 
 
@@ -68,30 +85,44 @@ def teacher_examples(
     max_new_tokens: int,
     cache_dir: Path,
     on_progress: Callable[[int, int], None] | None = None,
+    answer: Answerer | None = None,
+    batch: int = _BATCH,
+    answer_tag: str = "",
 ) -> list[ChatExample]:
-    """Every prompt with the teacher's greedy answer, read from the cache where already made."""
-    cache = (
-        cache_dir
-        / f"teacher-{teacher_hash[:16]}-prompts-{prompt_set_hash(prompts)}-new{max_new_tokens}.jsonl"
-    )
+    """Every prompt with the teacher's greedy answer, read from the cache where already made.
+
+    ``answer`` writes the answers instead of ``generation.generate`` (the worker's engine, see
+    data/engine_answers.py: the same greedy tokens, at serving speed); ``batch`` prompts are
+    answered between appends to the cache. ``answer_tag`` names the answerer in the cache file
+    (answers from a bf16 engine are not the fp32 ``generate``'s, and must not be mixed with them).
+    """
+    name = f"teacher-{teacher_hash[:16]}-prompts-{prompt_set_hash(prompts)}-new{max_new_tokens}{answer_tag}"
+    cache = cache_dir / f"{name}.jsonl"
     answers = _read_answers(cache)
     todo = [p for p in prompts if p.id not in answers]
     cache.parent.mkdir(parents=True, exist_ok=True)
     if cache.exists() and not cache.read_bytes().endswith(b"\n") and cache.stat().st_size:
         with cache.open("a") as handle:
             handle.write("\n")  # end a line a crash cut short, so the next record starts clean
-    for start in range(0, len(todo), _BATCH):
-        batch = todo[start : start + _BATCH]
-        prompt_ids = [encoder.encode_chat([ChatTurn("user", p.prompt)]) for p in batch]
-        outputs = generate(
-            teacher, prompt_ids, max_new_tokens, encoder.eos_token_id, pad_token_id=encoder.eos_token_id or 0
-        )
+    for start in range(0, len(todo), batch):
+        chunk = todo[start : start + batch]
+        prompt_ids = [encoder.encode_chat([ChatTurn("user", p.prompt)]) for p in chunk]
+        if answer is not None:
+            outputs = answer(prompt_ids, max_new_tokens, encoder.eos_token_id)
+        else:
+            outputs = generate(
+                teacher,
+                prompt_ids,
+                max_new_tokens,
+                encoder.eos_token_id,
+                pad_token_id=encoder.eos_token_id or 0,
+            )
         with cache.open("a") as handle:
-            for prompt, output in zip(batch, outputs):
+            for prompt, output in zip(chunk, outputs):
                 answers[prompt.id] = output
                 handle.write(json.dumps({"id": prompt.id, "response_ids": output}) + "\n")
         if on_progress is not None:
-            on_progress(len(prompts) - len(todo) + start + len(batch), len(prompts))
+            on_progress(len(prompts) - len(todo) + start + len(chunk), len(prompts))
     return [
         ChatExample(
             id=p.id,

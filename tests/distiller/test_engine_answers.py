@@ -1,0 +1,78 @@
+"""The teacher's answers written by the worker's engine are its greedy answers, token for token."""
+
+from __future__ import annotations
+
+import pytest
+
+from radixfair.tokenization import ChatTurn, PromptEncoder
+from radixfair_distiller.data.bundle import prepare_data
+from radixfair_distiller.data.chat import templated_prompts
+from radixfair_distiller.data.engine_answers import AnswerEngineConfig, EngineAnswerer
+from radixfair_distiller.data.splits import SPLITS
+from radixfair_distiller.generation import generate
+from radixfair_distiller.model_dir import content_hash, load_llama
+from radixfair_distiller.recipe import DataSpec
+
+NEW_TOKENS = 12
+
+
+@pytest.fixture(scope="module")
+def prompts(tiny_model_dir) -> list[list[int]]:
+    encoder = PromptEncoder(tiny_model_dir)
+    return [encoder.encode_chat([ChatTurn("user", p.prompt)]) for p in templated_prompts(24, seed=1)]
+
+
+def test_engine_answers_equal_greedy_generation_with_more_prompts_than_the_engine_runs_at_once(
+    tiny_model_dir, prompts
+):
+    teacher = load_llama(tiny_model_dir)
+    eos = PromptEncoder(tiny_model_dir).eos_token_id
+    # 4 running and 16 waiting at most: the 24 prompts queue, are admitted in turns and preempt.
+    config = AnswerEngineConfig(max_running_requests=4, num_pages=64, max_batched_tokens=256)
+    answerer = EngineAnswerer(tiny_model_dir, config)
+
+    answers = answerer.answer(prompts, NEW_TOKENS, eos)
+
+    expected = generate(teacher, prompts, NEW_TOKENS, eos, pad_token_id=eos or 0)
+    assert answers == expected
+    assert answerer.generated_tokens == sum(len(a) for a in expected)
+
+
+def test_an_answer_stops_after_the_end_of_sequence_token_it_includes(tiny_model_dir, prompts):
+    answerer = EngineAnswerer(tiny_model_dir, AnswerEngineConfig(max_running_requests=8, num_pages=64))
+    free_running = answerer.answer(prompts[:8], NEW_TOKENS, eos_token_id=None)
+    # Make the third token of the first answer the end-of-sequence token.
+    stop = free_running[0][2]
+
+    answers = answerer.answer(prompts[:8], NEW_TOKENS, eos_token_id=stop)
+
+    for free, stopped in zip(free_running, answers):
+        cut = free.index(stop) + 1 if stop in free else len(free)
+        assert stopped == free[:cut]
+    assert len(answers[0]) <= 3
+
+
+def test_data_prepared_through_the_engine_holds_generated_prompts_in_every_split(tiny_model_dir, tmp_path):
+    encoder = PromptEncoder(tiny_model_dir)
+    teacher = load_llama(tiny_model_dir)
+    spec = DataSpec(
+        seq_len=48, text_max_files=10, chat_prompts=10, generated_prompts=60, response_max_new_tokens=6
+    )
+    answerer = EngineAnswerer(tiny_model_dir, AnswerEngineConfig(max_running_requests=16, num_pages=128))
+
+    bundle = prepare_data(
+        spec,
+        encoder,
+        teacher,
+        content_hash(tiny_model_dir),
+        tmp_path,
+        answer=answerer.answer,
+        answer_batch=32,
+        answer_tag="-engine-fp32",
+    )
+
+    examples = [e for split in SPLITS for e in bundle.chat[split]]
+    assert len(examples) == 70
+    assert all(bundle.chat[split] for split in SPLITS)
+    assert all(1 <= len(e.response_ids) <= 6 for e in examples)
+    assert list(tmp_path.glob("teacher-*-engine-fp32.jsonl"))
