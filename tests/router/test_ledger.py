@@ -264,7 +264,7 @@ def test_a_call_that_timed_out_but_ran_is_not_booked_twice(redis_url: str):
     assert record.service == pytest.approx(10)
 
 
-def test_repeating_a_script_call_with_the_same_op_id_changes_nothing(redis_url: str):
+def test_repeating_a_script_call_with_the_same_sequence_number_changes_nothing(redis_url: str):
     import redis.asyncio as aioredis
 
     from radixfair_router.ledger import RedisLedgerStore
@@ -272,11 +272,15 @@ def test_repeating_a_script_call_with_the_same_op_id_changes_nothing(redis_url: 
     async def scenario():
         store = RedisLedgerStore(aioredis.Redis.from_url(redis_url), "t", quantum=Q)
         one = candidates(("w1", True, 30))
-        first = await store.admit("a", 1.0, "fixed", one, "w1", op_id="admit-1")
-        again = await store.admit("a", 1.0, "fixed", one, "w1", op_id="admit-1")
+        seq = store.issue()
+        first = await store.admit("a", 1.0, "fixed", one, "w1", seq)
+        again = await store.admit("a", 1.0, "fixed", one, "w1", seq)  # unsettled: a retry in doubt
+        store.settled(seq)
         charge = Charge("a", 1.0, "w1", 10, completion_tokens=5, finished=True)
-        q1 = await store.charge(charge, op_id="charge-1")
-        q2 = await store.charge(charge, op_id="charge-1")
+        seq = store.issue()
+        q1 = await store.charge(charge, seq)
+        store.settled(seq)
+        q2 = await store.charge(charge, seq)  # settled, then repeated: below the high-water mark
         [record] = await store.snapshot()
         await store.close()
         return first, again, q1, q2, record

@@ -7,14 +7,18 @@ carries on with a journaled local store, so no request fails for it; a
 background task keeps trying Redis and, when it answers again, replays the
 journal as increments (reconcile) before switching back. A call that failed
 in flight (a timeout: Redis may have run it) is not journaled but repeated
-with its op id, which the scripts make idempotent, so nothing is booked twice. The "memory" store
-is the local store alone, for a single router, and only when configured.
+with its sequence number, which the scripts make idempotent (a per-replica
+high-water mark, see ledger_scripts), so nothing is booked twice. A call is
+never given up half-way: a caller cancelled while its call is in flight
+leaves the call to finish (or to be repeated), so no number stays unsettled.
+The "memory" store is the local store alone, for a single router, and only
+when configured.
 
 Three rules keep a healthy Redis from ever looking down, and a returning one
 from flapping: the connection pool is bounded and callers wait for a
 connection instead of failing (``redis_max_connections``); a call that meets
 a connection broken by a Redis restart is retried once on a fresh one (safe:
-every script is idempotent by op id); and a degraded ledger goes back to
+every script is idempotent by sequence number); and a degraded ledger goes back to
 Redis only after ``reconnect_stable_checks`` pings in a row, dropping every
 pooled connection first.
 
@@ -31,6 +35,7 @@ import functools
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.connection import BlockingConnectionPool
@@ -54,8 +59,10 @@ log = logging.getLogger(__name__)
 # Failures that mean "Redis is not there", as opposed to a bug in a script.
 # Every Redis failure, not only a lost connection: a Redis that answers but refuses writes (OOM under
 # noeviction, READONLY after a failover) must not drop a charge either. The ledger books locally,
-# journals, and replays once Redis takes writes again (scripts are idempotent by op id).
+# journals, and replays once Redis takes writes again (scripts are idempotent by sequence number).
 _UNREACHABLE = (RedisError, OSError, asyncio.TimeoutError)
+
+T = TypeVar("T")
 
 
 class RedisLedgerStore:
@@ -74,11 +81,30 @@ class RedisLedgerStore:
         self._apply = client.register_script(ledger_scripts.APPLY)
         self._reclaim = client.register_script(ledger_scripts.RECLAIM)
         self._renew = client.register_script(ledger_scripts.RENEW)
+        # Sequence numbers of this replica's mutating calls (ledger_scripts, key 5): the last one
+        # issued, and those issued and not yet settled (acknowledged by Redis).
+        self._last_seq = 0
+        self._unsettled: set[int] = set()
 
-    def _keys(self, client_id: str, op_id: str = "") -> list[str]:
+    def issue(self) -> int:
+        """A new sequence number for one mutating call; unsettled until ``settled``."""
+        self._last_seq += 1
+        self._unsettled.add(self._last_seq)
+        return self._last_seq
+
+    def settled(self, seq: int) -> None:
+        """Redis ran the call numbered ``seq`` (or it will never be sent): it is never repeated."""
+        self._unsettled.discard(seq)
+
+    def _floor(self) -> int:
+        return min(self._unsettled, default=self._last_seq + 1)
+
+    def _keys(self, client_id: str, mutating: bool = False) -> list[str]:
         p = self._prefix
         keys = [f"{p}:client:{client_id}", f"{p}:deficit:{client_id}", f"{p}:vtc:active", f"{p}:clients"]
-        return [*keys, f"{p}:op:{op_id}", f"{p}:inflight:{self.replica_id}"] if op_id else keys
+        if mutating:
+            keys += [f"{p}:applied:{self.replica_id}", f"{p}:inflight:{self.replica_id}"]
+        return keys
 
     async def ping(self) -> None:
         await self._redis.ping()
@@ -123,38 +149,42 @@ class RedisLedgerStore:
         mode: str,
         candidates: Sequence[AdmitCandidate],
         fallback: str,
-        op_id: str,
-    ) -> Admission:
+        seq: int,
+    ) -> Admission | None:
+        """None: a repeat of an admission that ran, whose result Redis no longer keeps."""
         args: list[str | float | int] = [client_id, weight, self._quantum, mode, fallback, len(candidates)]
         for c in candidates:
             args += [c.worker_id, 1 if c.eligible else 0, c.cost]
-        chosen, q_after, refills, vtc, cost, by_fallback = await self._admit(
-            keys=self._keys(client_id, op_id), args=args
-        )
+        reply = await self._admit(keys=self._keys(client_id, True), args=[*args, seq, self._floor()])
+        if reply is None:
+            return None
+        chosen, q_after, refills, vtc, cost, by_fallback = reply
         return Admission(
             _text(chosen), float(q_after), int(refills), float(vtc), float(cost), by_fallback == 1
         )
 
-    async def charge(self, charge: Charge, op_id: str) -> float:
-        args = _charge_args(charge, self._quantum)
-        return float(await self._charge(keys=self._keys(charge.client_id, op_id), args=args))
+    async def charge(self, charge: Charge, seq: int) -> float:
+        args = [*_charge_args(charge, self._quantum), seq, self._floor()]
+        return float(await self._charge(keys=self._keys(charge.client_id, True), args=args))
 
-    async def charge_many(self, charges: Sequence[Charge], op_ids: Sequence[str]) -> None:
+    async def charge_many(self, charges: Sequence[Charge], seqs: Sequence[int]) -> None:
         """Several charges in one pipelined round trip (each still its own atomic script)."""
+        floor = self._floor()
         async with self._redis.pipeline(transaction=False) as pipe:
-            for charge, op_id in zip(charges, op_ids):
-                keys = self._keys(charge.client_id, op_id)
-                await self._charge(keys=keys, args=_charge_args(charge, self._quantum), client=pipe)
+            for charge, seq in zip(charges, seqs):
+                keys = self._keys(charge.client_id, True)
+                args = [*_charge_args(charge, self._quantum), seq, floor]
+                await self._charge(keys=keys, args=args, client=pipe)
             await pipe.execute()
 
-    async def apply(self, client_id: str, entry: JournalEntry, op_id: str) -> None:
+    async def apply(self, client_id: str, entry: JournalEntry, seq: int) -> None:
         args: list[str | float | int] = [client_id, entry.weight, self._quantum, len(entry.counters)]
         for name, delta in entry.counters.items():
             args += [name, delta]
         args.append(len(entry.deficits))
         for worker_id, delta in entry.deficits.items():
             args += [worker_id, delta]
-        await self._apply(keys=self._keys(client_id, op_id), args=args)
+        await self._apply(keys=self._keys(client_id, True), args=[*args, seq, self._floor()])
 
     async def snapshot(self) -> list[ClientLedger]:
         client_ids = sorted(_text(c) for c in await self._redis.smembers(f"{self._prefix}:clients"))
@@ -211,9 +241,9 @@ class Ledger:
         # Stops the lease task. Not Task.cancel(): redis-py can swallow a cancellation that lands
         # inside a call, and the task would then sleep on and never end.
         self._stop_lease = asyncio.Event()
-        # Calls that failed in flight: Redis may or may not have run them, so
-        # they are repeated with the same op id (a no-op if they did run).
-        self._uncertain: list[Callable[[], Awaitable[object]]] = []
+        # Calls that failed in flight: Redis may or may not have run them, so they are repeated
+        # with the same sequence numbers (a no-op if they did run), then settled.
+        self._uncertain: list[tuple[Callable[[], Awaitable[object]], tuple[int, ...]]] = []
 
     @property
     def shared(self) -> bool:
@@ -242,26 +272,26 @@ class Ledger:
         self.start()
         if self.shared:
             assert self._redis is not None
-            op_id = uuid.uuid4().hex
+            seq = self._redis.issue()
+            call = functools.partial(self._redis.admit, client_id, weight, mode, candidates, fallback, seq)
             try:
-                return await self._redis.admit(client_id, weight, mode, candidates, fallback, op_id)
-            except _UNREACHABLE as error:
-                self._enter_degraded(error)
-                self._uncertain.append(
-                    functools.partial(self._redis.admit, client_id, weight, mode, candidates, fallback, op_id)
-                )
+                admission = await self._settle_call(call, (seq,))
+            except _UNREACHABLE:
                 return self._local.admit(client_id, weight, mode, candidates, fallback, journal=False)
+            if admission is not None:
+                return admission
+            # Redis ran it under this number but its result is lost (see ledger_scripts): decide
+            # from local state, as for a call in doubt.
+            return self._local.admit(client_id, weight, mode, candidates, fallback, journal=False)
         return self._local.admit(client_id, weight, mode, candidates, fallback)
 
     async def charge(self, charge: Charge) -> float:
         if self.shared:
             assert self._redis is not None
-            op_id = uuid.uuid4().hex
+            seq = self._redis.issue()
             try:
-                return await self._redis.charge(charge, op_id)
-            except _UNREACHABLE as error:
-                self._enter_degraded(error)
-                self._uncertain.append(functools.partial(self._redis.charge, charge, op_id))
+                return await self._settle_call(functools.partial(self._redis.charge, charge, seq), (seq,))
+            except _UNREACHABLE:
                 return self._local.charge(charge, journal=False)
         return self._local.charge(charge)
 
@@ -271,18 +301,39 @@ class Ledger:
             return
         if self.shared:
             assert self._redis is not None
-            op_ids = [uuid.uuid4().hex for _ in charges]
+            seqs = tuple(self._redis.issue() for _ in charges)
             try:
-                await self._redis.charge_many(charges, op_ids)
+                await self._settle_call(functools.partial(self._redis.charge_many, charges, seqs), seqs)
                 return
-            except _UNREACHABLE as error:
-                self._enter_degraded(error)
-                for charge, op_id in zip(charges, op_ids):
-                    self._uncertain.append(functools.partial(self._redis.charge, charge, op_id))
+            except _UNREACHABLE:
+                for charge in charges:
                     self._local.charge(charge, journal=False)
                 return
         for charge in charges:
             self._local.charge(charge)
+
+    async def _settle_call(self, call: Callable[[], Awaitable[T]], seqs: tuple[int, ...]) -> T:
+        """Runs one numbered Redis call to its end even if the caller is cancelled meanwhile.
+
+        Success settles its numbers. A failure degrades the ledger and keeps the call to be repeated
+        under the same numbers, then raises for the caller's local fallback. A caller cancelled while
+        waiting does not cut the call: a number given up half-way would hold back the high-water mark.
+        """
+        task = asyncio.get_running_loop().create_task(self._numbered(call, seqs))
+        task.add_done_callback(_retrieve)
+        return await asyncio.shield(task)
+
+    async def _numbered(self, call: Callable[[], Awaitable[T]], seqs: tuple[int, ...]) -> T:
+        assert self._redis is not None
+        try:
+            result = await call()
+        except _UNREACHABLE as error:
+            self._enter_degraded(error)
+            self._uncertain.append((call, seqs))
+            raise
+        for seq in seqs:
+            self._redis.settled(seq)
+        return result
 
     async def snapshot(self) -> list[ClientLedger]:
         """Every client's record: Redis' when shared, this router's local view when degraded."""
@@ -380,9 +431,13 @@ class Ledger:
             return
 
     async def _repeat_uncertain(self) -> None:
+        assert self._redis is not None
         while self._uncertain:
-            await self._uncertain[0]()
+            call, seqs = self._uncertain[0]
+            await call()
             self._uncertain.pop(0)
+            for seq in seqs:
+                self._redis.settled(seq)
 
     async def _replay_journal(self) -> int:
         """Replays local increments; returns how many distinct clients they touched."""
@@ -393,13 +448,19 @@ class Ledger:
             if not journal:
                 return len(clients)
             for index, (client_id, entry) in enumerate(journal):
+                seq = self._redis.issue()
                 try:
-                    await self._redis.apply(client_id, entry, entry.op_id)
+                    await self._redis.apply(client_id, entry, seq)
                 except _UNREACHABLE:
-                    # This entry may have run: it and the rest are repeated under their own op ids.
-                    for cid, rest in journal[index:]:
-                        self._uncertain.append(functools.partial(self._redis.apply, cid, rest, rest.op_id))
+                    # This entry may have run: it is repeated under its number; the rest get theirs.
+                    self._uncertain.append(
+                        (functools.partial(self._redis.apply, client_id, entry, seq), (seq,))
+                    )
+                    for cid, rest in journal[index + 1 :]:
+                        n = self._redis.issue()
+                        self._uncertain.append((functools.partial(self._redis.apply, cid, rest, n), (n,)))
                     raise
+                self._redis.settled(seq)
                 clients.add(client_id)
 
 
@@ -409,6 +470,12 @@ def _charge_args(charge: Charge, quantum: float) -> list[str | float | int]:
         charge.prompt_tokens, charge.cached_tokens, charge.completion_tokens, 1 if charge.finished else 0,
         charge.requests,
     ]  # fmt: skip
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    """Marks a shielded call's failure as seen: its caller may have been cancelled and never read it."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _text(value: bytes | str) -> str:

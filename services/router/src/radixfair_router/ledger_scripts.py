@@ -9,10 +9,18 @@ Keys of one client (KEYS in every script):
   2. <prefix>:deficit:<id>  hash: worker id -> q[i][w]
   3. <prefix>:vtc:active    sorted set: clients with requests in flight, by VTC counter
   4. <prefix>:clients       set of every client id seen
-  5. <prefix>:op:<id>       this call's result, kept an hour: a call repeated
-                            with the same id (after a timeout left it unknown
-                            whether Redis ran it) returns that result and
-                            changes nothing, so no charge is booked twice.
+  5. <prefix>:applied:<r>  hash: which calls of router replica r Redis has run, so a
+                            call repeated with the same sequence number (after a
+                            timeout left it unknown whether Redis ran it, or a
+                            retry on a fresh connection) changes nothing and no
+                            charge is booked twice. Each replica numbers its calls
+                            1, 2, 3, ...; the hash holds a high-water mark 'hw'
+                            (every call up to it has run), the numbers above it
+                            that ran out of order ('s<n>', as many as the replica
+                            has calls in flight at once), and the last 64
+                            admissions' results ('r<n mod 64>'). One key per
+                            replica, however many calls: per-call keys reached
+                            millions an hour under group commit.
   6. <prefix>:inflight:<r>  hash: client id -> requests in flight through router
                             replica r. A client's ``inflight`` is the sum of these
                             over live replicas; a replica whose lease expired (it
@@ -21,17 +29,66 @@ Keys of one client (KEYS in every script):
 Numbers go back to Python as strings: Redis would truncate Lua floats to integers.
 """
 
+# Every mutating script ends its ARGV with (seq, floor): this call's sequence number, and the
+# replica's lowest number still unsettled (sent and not acknowledged, or not sent yet). Every
+# number below the floor is settled on the replica's side, so the mark may move up to it: a
+# number that never reached Redis (its caller gave it up) cannot hold the mark back, and a
+# Redis that lost the hash (restarted empty) starts again from the floor, not from 1.
 _ONCE = """
-local done = redis.call('GET', KEYS[5])
-if done then return cjson.decode(done) end
+local seq, floor = tonumber(ARGV[#ARGV - 1]), tonumber(ARGV[#ARGV])
+local hw = tonumber(redis.call('HGET', KEYS[5], 'hw') or '0')
+if floor - 1 > hw then
+  if floor - 1 - hw > 64 then
+    for _, field in ipairs(redis.call('HKEYS', KEYS[5])) do
+      if string.sub(field, 1, 1) == 's' and tonumber(string.sub(field, 2)) < floor then
+        redis.call('HDEL', KEYS[5], field)
+      end
+    end
+  else
+    for n = hw + 1, floor - 1 do redis.call('HDEL', KEYS[5], 's' .. n) end
+  end
+  hw = floor - 1
+end
+if seq <= hw or redis.call('HEXISTS', KEYS[5], 's' .. seq) == 1 then
+  local kept = redis.call('HGET', KEYS[5], 'r' .. (seq % 64))
+  if kept then
+    kept = cjson.decode(kept)
+    if kept[1] == seq then return kept[2] end
+  end
+  return LOST
+end
 """
 
+_MARK = """
+if seq == hw + 1 then
+  hw = seq
+  while redis.call('HEXISTS', KEYS[5], 's' .. (hw + 1)) == 1 do
+    hw = hw + 1
+    redis.call('HDEL', KEYS[5], 's' .. hw)
+  end
+else
+  redis.call('HSET', KEYS[5], 's' .. seq, '1')
+end
+redis.call('HSET', KEYS[5], 'hw', hw)
+redis.call('PEXPIRE', KEYS[5], 86400000)
+"""
 
-def _once(body: str, result: str) -> str:
-    """Wraps a script so a repeat with the same op key is a no-op returning the first result."""
+# Admission results kept for a repeat (a retry on a fresh connection needs the decision).
+_KEEP = "redis.call('HSET', KEYS[5], 'r' .. (seq % 64), cjson.encode({seq, result}))\n"
+
+
+def _once(body: str, result: str, lost: str, keep: bool = False) -> str:
+    """Wraps a script so a repeat of the same sequence number is a no-op.
+
+    A repeat returns the first result where it is still kept (admissions), else ``lost``.
+    """
     return (
-        _ONCE + body + f"local result = {result}\n"
-        "redis.call('SET', KEYS[5], cjson.encode(result), 'EX', 3600)\nreturn result\n"
+        _ONCE.replace("LOST", lost)
+        + body
+        + f"local result = {result}\n"
+        + (_KEEP if keep else "")
+        + _MARK
+        + "return result\n"
     )
 
 
@@ -107,7 +164,13 @@ redis.call('HINCRBYFLOAT', KEYS[1], 'requests', 1)
 redis.call('HINCRBYFLOAT', KEYS[1], 'service', cost)
 redis.call('ZADD', KEYS[3], vtc, cid)
 """
-ADMIT = _once(_ADMIT, "{chosen, tostring(q_after), refills, tostring(vtc), tostring(cost), by_fallback}")
+# A repeat whose result is no longer kept returns false (None in Python): it ran, its decision is lost.
+ADMIT = _once(
+    _ADMIT,
+    "{chosen, tostring(q_after), refills, tostring(vtc), tostring(cost), by_fallback}",
+    "false",
+    keep=True,
+)
 
 # ARGV: client, weight, quantum, worker, service, prompt, cached, completion, finished 0/1,
 # requests delta.
@@ -140,7 +203,12 @@ if ARGV[9] == '1' and tonumber(redis.call('HGET', KEYS[6], cid) or '0') > 0 then
 end
 if inflight > 0 then redis.call('ZADD', KEYS[3], vtc, cid) else redis.call('ZREM', KEYS[3], cid) end
 """
-CHARGE = _once(_CHARGE, "tostring(q)")
+# A repeat returns the deficit as it is now (callers use it for reporting only).
+CHARGE = _once(
+    _CHARGE,
+    "tostring(q)",
+    "tostring(redis.call('HGET', KEYS[2], ARGV[4]) or tonumber(ARGV[3]) * tonumber(ARGV[2]))",
+)
 
 # Replays a degraded router's journal for one client.
 # ARGV: client, weight, quantum, n counters, then (name, delta) pairs,
@@ -177,7 +245,7 @@ if inflight < 0 then inflight = 0; redis.call('HSET', KEYS[1], 'inflight', 0) en
 local vtc = tonumber(redis.call('HGET', KEYS[1], 'vtc') or '0')
 if inflight > 0 then redis.call('ZADD', KEYS[3], vtc, cid) else redis.call('ZREM', KEYS[3], cid) end
 """
-APPLY = _once(_APPLY, "1")
+APPLY = _once(_APPLY, "1", "1")
 
 # Takes back the requests in flight of a replica whose lease expired (the router died).
 # KEYS: 1. <prefix>:inflight:<r>, 2. <prefix>:lease:<r>, 3. <prefix>:routers, 4. <prefix>:vtc:active.

@@ -11,7 +11,6 @@ replayed into Redis as plain increments (its journal).
 from __future__ import annotations
 
 import heapq
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -104,8 +103,6 @@ class JournalEntry:
     weight: float
     counters: dict[str, float] = field(default_factory=dict)
     deficits: dict[str, float] = field(default_factory=dict)
-    # Makes the replay idempotent (see ledger_scripts).
-    op_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
 class LowestActiveCounter:
