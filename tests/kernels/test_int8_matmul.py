@@ -1,0 +1,71 @@
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from radixfair_worker.kernels.accuracy import TOLERANCE, poisoned_like, relative_error  # noqa: E402
+from radixfair_worker.kernels.int8_matmul import (  # noqa: E402
+    int8_weight_matmul,
+    int8_weight_matmul_reference,
+    tile_sizes,
+)
+from radixfair_worker.model.quantized_linear import dequantize_weight, quantize_weight  # noqa: E402
+
+
+def quantized(n: int, k: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return quantize_weight(torch.randn(n, k, generator=generator) * 0.05, "int8")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+# (M, N, K): a single decode row, ragged edges in every dimension, more rows than one tile.
+@pytest.mark.parametrize("shape", [(1, 64, 64), (3, 40, 200), (17, 96, 130), (40, 33, 72)])
+def test_int8_weight_matmul_matches_fp64_reference(dtype: torch.dtype, shape: tuple[int, int, int]) -> None:
+    m, n, k = shape
+    q, scale = quantized(n, k)
+    x = torch.randn(m, k, dtype=dtype)
+    out = poisoned_like(torch.empty(m, n, dtype=dtype))
+
+    int8_weight_matmul(x, q, scale, out=out, block_k=64)
+
+    assert relative_error(out, int8_weight_matmul_reference(x, q, scale)) < TOLERANCE[dtype]
+
+
+def test_int8_weight_matmul_equals_the_dequantized_linear_the_worker_computes() -> None:
+    q, scale = quantized(48, 96, seed=3)
+    x = torch.randn(5, 96)
+
+    out = int8_weight_matmul(x, q, scale)
+
+    expected = torch.nn.functional.linear(x.double(), dequantize_weight(q, scale).double())
+    assert relative_error(out, expected) < TOLERANCE[torch.float32]
+
+
+def test_a_strided_batch_of_rows_is_read_through_its_stride() -> None:
+    q, scale = quantized(32, 64)
+    wide = torch.randn(4, 128)
+    x = wide[:, :64]  # rows 128 apart, each contiguous
+
+    out = int8_weight_matmul(x, q, scale)
+
+    assert relative_error(out, int8_weight_matmul_reference(x, q, scale)) < TOLERANCE[torch.float32]
+
+
+@pytest.mark.parametrize(
+    ("x", "q", "scale", "message"),
+    [
+        (torch.randn(2, 8), torch.zeros(4, 8, dtype=torch.int16), torch.ones(4), "q must be int8"),
+        (torch.randn(2, 8), torch.zeros(4, 9, dtype=torch.int8), torch.ones(4), "shapes do not fit"),
+        (torch.randn(2, 8), torch.zeros(4, 8, dtype=torch.int8), torch.ones(5), "shapes do not fit"),
+        (torch.randn(8), torch.zeros(4, 8, dtype=torch.int8), torch.ones(4), "want x"),
+        (torch.randn(8, 2).T, torch.zeros(4, 8, dtype=torch.int8), torch.ones(4), "contiguous"),
+    ],
+)
+def test_bad_operands_are_refused_before_launch(x, q, scale, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        int8_weight_matmul(x, q, scale)
+
+
+def test_decode_batches_take_one_row_tile_and_narrow_outputs_narrow_tiles() -> None:
+    assert tile_sizes(1, 576) == (16, 32)
+    assert tile_sizes(128, 49152) == (64, 128)
