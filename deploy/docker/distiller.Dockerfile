@@ -8,8 +8,7 @@ ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
 FROM ${PYTHON_IMAGE} AS build
 ARG TORCH_VARIANT=cpu
 ARG TORCH_INDEX_URL=""
-ENV PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
 COPY constraints.txt ./
@@ -20,7 +19,10 @@ COPY services/worker/ services/worker/
 COPY services/distiller/ services/distiller/
 # build-inputs/apply.sh: an optional extra CA bundle and local CPU torch wheel, mounted for the
 # install only (see that script); without them the install uses the index and pip's own bundle.
+# pip's cache is a BuildKit cache mount, kept by the engine between builds and never in a layer:
+# a source change re-runs this step without downloading every wheel again.
 RUN --mount=type=bind,source=deploy/docker/build-inputs,target=/build-inputs \
+    --mount=type=cache,target=/root/.cache/pip,sharing=locked \
     python -m venv /opt/venv \
     && PYTHON=/opt/venv/bin/python TORCH_VARIANT="${TORCH_VARIANT}" TORCH_INDEX_URL="${TORCH_INDEX_URL}" \
        bash /build-inputs/apply.sh bash scripts/install_service.sh distiller
