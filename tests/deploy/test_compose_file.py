@@ -110,7 +110,10 @@ def test_two_router_replicas_sit_behind_one_published_port(services: dict[str, A
     published = {name: s["ports"] for name, s in services.items() if s.get("ports")}
     one, two = services["router-1"], services["router-2"]
 
-    assert published["router-lb"] == [{"published": 50051, "target": 50051}]
+    assert published["router-lb"] == [
+        {"published": 50051, "target": 50051},
+        {"published": 8000, "target": 8000},
+    ]
     assert "router-1" not in published and "router-2" not in published
     assert (
         one["image"] == two["image"] and one["volumes"] == two["volumes"] and one["command"] == two["command"]
