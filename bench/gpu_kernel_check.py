@@ -26,11 +26,22 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "services" / "worker" / "src"), str(ROOT / "common" / "src"), str(ROOT)]
 
-from radixfair_worker.kernels import decode_attention, extend_attention, rms_norm, rope, swiglu  # noqa: E402
+from radixfair_worker.kernels import (  # noqa: E402
+    cascade_decode_attention,
+    decode_attention,
+    extend_attention,
+    rms_norm,
+    rope,
+    swiglu,
+)
 from radixfair_worker.kernels import write_kv as write_kv_module  # noqa: E402
 from radixfair_worker.kernels.accuracy import TOLERANCE, poisoned_like, relative_error  # noqa: E402
 from radixfair_worker.kernels.interpreter_compat import index_scalars_with_item  # noqa: E402
-from radixfair_worker.kernels.paged_fixtures import random_paged_context  # noqa: E402
+from radixfair_worker.kernels.paged_fixtures import (  # noqa: E402
+    random_paged_context,
+    random_shared_prefix_context,
+)
+from radixfair_worker.kernels.prefix_groups import PrefixSharingConfig, find_prefix_groups  # noqa: E402
 
 HIDDEN, INTER, HEADS, KV_HEADS, HEAD_DIM, PAGE = 576, 1536, 9, 3, 64, 16
 EPS = 1e-5
@@ -205,6 +216,52 @@ def check_decode(dtype: torch.dtype, sizes: Sizes) -> None:
             record("decode_attention", dtype, f"{name}, splits={splits}", error)
 
 
+def check_cascade_decode(dtype: torch.dtype, sizes: Sizes) -> None:
+    """Cascade decode against fp64 plain attention: ragged groups (two items), a prefix ending
+    mid-page, a group of one, sequences in no group, padding rows; with and without own splits."""
+    top = sizes.max_context
+    big, small = top // 2 + 5, top // 4 + 3  # shared tokens: neither ends on a page boundary
+    seq_lens = [big + random.randint(1, top // 2) for _ in range(40)]  # group 0: 40 sequences
+    seq_lens += [small + random.randint(1, top // 4) for _ in range(5)]  # group 1
+    seq_lens += [big + 9, random.randint(1, top), random.randint(1, top), 0, 0]  # group of one, none, pads
+    group_of = [0] * 40 + [1] * 5 + [2, -1, -1, -1, -1]
+    ctx = random_shared_prefix_context(
+        seq_lens, group_of, [big, small, big], KV_HEADS, HEAD_DIM, PAGE, dtype, DEVICE
+    )
+    q = torch.randn(len(seq_lens), HEADS, HEAD_DIM, dtype=dtype, device=DEVICE)
+    ref = attention_reference(q, ctx, list(range(len(seq_lens) + 1)), seq_lens)
+    for block_m in (32, 64, 128):
+        sharing = PrefixSharingConfig(min_saved_tokens=1, block_m=block_m)
+        host = find_prefix_groups(
+            ctx.page_table.cpu().numpy(), torch.tensor(seq_lens).numpy(), PAGE, HEADS // KV_HEADS, sharing
+        )
+        if host is None:
+            record("cascade_decode", dtype, f"block_m={block_m}: no group found", float("inf"))
+            continue
+        groups = host.to_device(lambda t: t.to(DEVICE), capacity=len(seq_lens))
+        for splits, prefix_splits in ((1, 1), (1, 8), (4, 2)):
+            out = poisoned_like(q)
+            cascade_decode_attention.cascade_decode_attention(
+                q,
+                ctx.k_cache,
+                ctx.v_cache,
+                ctx.page_table,
+                ctx.seq_lens,
+                groups,
+                HEAD_DIM**-0.5,
+                out=out,
+                num_splits=splits,
+                prefix_splits=prefix_splits,
+                prefix_num_warps=8 if block_m == 128 else 4,
+            )
+            error = relative_error(out, ref)
+            if not bool((out[-2:] == 0).all()):
+                error = float("inf")
+            grouped = int((host.seq_prefix_len > 0).sum())
+            case = f"B={len(seq_lens)}, {grouped} grouped, block_m={block_m}, splits={splits}/{prefix_splits}"
+            record("cascade_decode", dtype, case, error)
+
+
 def check_extend(dtype: torch.dtype, sizes: Sizes) -> None:
     top = sizes.max_context
     # (context after the step, new tokens): fresh prompts, chunks resuming from cached
@@ -279,6 +336,7 @@ def main() -> int:
         check_rope,
         check_swiglu,
         check_decode,
+        check_cascade_decode,
         check_extend,
     ]
     checks.append(check_model)
