@@ -102,6 +102,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--quantum", type=float, default=4096.0, help="D2LPM quantum Q")
     up.add_argument("--port", type=int, default=50051, help="router port")
+    up.add_argument(
+        "--http-port", type=int, default=8000, help="router's OpenAI-compatible HTTP API port (0: off)"
+    )
     up.add_argument("--redis-url", default="", help="use this Redis instead of starting one")
     up.add_argument(
         "--api-key", action="append", default=[], metavar="CLIENT=KEY[:WEIGHT]", help="a tenant (repeatable)"
@@ -168,6 +171,7 @@ def _up(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir,
         workers=args.workers,
         router_port=args.port,
+        router_http_port=args.http_port,
         policy=args.policy,
         quantum=args.quantum,
         redis_url=args.redis_url,
@@ -196,7 +200,8 @@ def _up(args: argparse.Namespace) -> int:
         print(json.dumps(description, indent=2), flush=True)
         if args.ready_file is not None:
             args.ready_file.write_text(json.dumps(description))
-        print(f"serving on {stack.address}; Ctrl-C stops everything", flush=True)
+        http = f" and {stack.http_api} (OpenAI-compatible HTTP)" if stack.http_api else ""
+        print(f"serving on {stack.address} (gRPC){http}; Ctrl-C stops everything", flush=True)
         while not stopping["now"]:
             stack.supervise()
             time.sleep(0.5)

@@ -53,6 +53,8 @@ class LocalStackConfig:
     cache_dir: Path = DEFAULT_CACHE_DIR
     workers: int = 2
     router_port: int = 50051
+    # The router's OpenAI-compatible HTTP API; 0 turns it off.
+    router_http_port: int = 8000
     policy: str = "d2lpm"
     quantum: float = 4096.0
     # Empty: start a private redis-server on a free loopback port.
@@ -73,6 +75,11 @@ class LocalStackConfig:
             raise ConfigError(f"workers must be 0 or more, got {self.workers}")
         if not 0 < self.router_port < 65536:
             raise ConfigError(f"the router port must be 1-65535, got {self.router_port}")
+        if not 0 <= self.router_http_port < 65536 or self.router_http_port == self.router_port:
+            raise ConfigError(
+                f"the router's HTTP port must be 0 (off) or 1-65535 and not the gRPC port, "
+                f"got {self.router_http_port}"
+            )
 
 
 class StackStartError(RuntimeError):
@@ -157,6 +164,7 @@ class LocalStack:
         """Raises StackStartError for a configuration the children would refuse; starts nothing."""
         try:
             ensure_port_free("127.0.0.1", self._config.router_port, "the router")
+            ensure_port_free("127.0.0.1", self._config.router_http_port, "the router's HTTP API")
             # Placeholders for what exists only once started: the model directory and Redis.
             placeholder_redis = self.redis_url or "redis://127.0.0.1:6379/0"
             args = self._router_config_args(Path("model"), placeholder_redis)
@@ -202,9 +210,16 @@ class LocalStack:
         """Restarts any child that has exited (after its backoff); call it periodically once started."""
         self._supervisor.check()
 
+    @property
+    def http_api(self) -> str:
+        """Base URL of the router's OpenAI-compatible HTTP API; empty when it is off."""
+        port = self._config.router_http_port
+        return f"http://127.0.0.1:{port}/v1" if port else ""
+
     def describe(self) -> dict[str, object]:
         return {
             "router": self.address,
+            "http_api": self.http_api,
             "redis": self.redis_url,
             "policy": self._config.policy,
             "workers": self._config.workers,
@@ -245,6 +260,7 @@ class LocalStack:
         router_config = {
             "host": "127.0.0.1",
             "port": cfg.router_port,
+            "http_port": cfg.router_http_port,
             "tokenizer_dir": str(model_dir),
             "policy": {"name": cfg.policy, "quantum": cfg.quantum},
             "ledger": {"store": "redis", "redis_url": redis_url},
