@@ -109,6 +109,40 @@ def service_gap(result: SimResult) -> dict[str, Any]:
     }
 
 
+def cluster_gap_over_bound(result: SimResult) -> float:
+    """The worst tracked pair's service gap over D2LPM's cluster bound (docs/cluster-fairness.md).
+
+    With N workers, each running DLPM with quantum Q, the bound for clients A and B is the sum of
+    the single-worker bounds over the workers: ``N·(2Q + w_in·(L_A/w_A + L_B/w_B)) + w_out·(M_A·R_A/w_A
+    + M_B·R_B/w_B)``, R_i being the most of i's requests running at once anywhere in the cluster.
+    """
+    rec = result.recorder
+    s = result.config.engine.scheduler
+    n = result.config.num_workers
+    k = len(rec.tracked)
+    if k < 2:
+        return 0.0
+    longest: dict[str, int] = defaultdict(int)
+    most_out: dict[str, int] = defaultdict(int)
+    for r in result.trace.requests:
+        longest[r.client_id] = max(longest[r.client_id], r.prompt_tokens)
+        most_out[r.client_id] = max(most_out[r.client_id], r.max_tokens)
+
+    def part(client: str) -> tuple[float, float]:
+        w = rec.weights.get(client, 1.0)
+        running = max(1, rec.max_running.get(client, 1))
+        return s.input_token_weight * longest[client] / w, s.output_token_weight * most_out[
+            client
+        ] * running / w
+
+    parts = [part(c) for c in rec.tracked]
+    bounds = np.array(
+        [[n * (2 * s.quantum + a[0] + b[0]) + a[1] + b[1] for b in parts] for a in parts], dtype=float
+    )
+    ratio = np.where(np.eye(k, dtype=bool), 0.0, rec.gaps.worst / bounds)
+    return float(ratio.max())
+
+
 def summarize(result: SimResult) -> dict[str, Any]:
     rec = result.recorder
     finished = rec.finished
