@@ -108,3 +108,52 @@ def test_many_clients_scales_to_ten_thousand_clients():
     )
     assert len(trace.clients) > 9_000
     assert {r.weight for r in trace.requests} == {1.0, 2.0}
+
+
+def test_a_drifting_client_moves_to_a_new_document_every_drift_every_requests():
+    from bench.workloads.clients import ClientSpec
+    from bench.workloads.distributions import AllAtStart, Uniform
+    from bench.workloads.generate import WorkloadSpec
+
+    spec = ClientSpec("d", AllAtStart(25), Uniform(8, 8), Uniform(4, 4), shared_prefix_len=64, drift_every=10)
+    trace = generate_trace(WorkloadSpec("drift", 1.0, (spec,)), 1)
+    docs = [r.prompt[0].key for r in trace.requests]
+    assert docs == ["d/doc0"] * 10 + ["d/doc1"] * 10 + ["d/doc2"] * 5
+
+
+def test_a_paused_client_sends_nothing_inside_its_pause_and_resumes_after():
+    from bench.workloads.clients import ClientSpec
+    from bench.workloads.distributions import Uniform
+    from bench.workloads.generate import WorkloadSpec
+
+    spec = ClientSpec("r", Poisson(50.0), Uniform(8, 8), Uniform(4, 4), pause=(4.0, 7.0))
+    times = [r.arrival_s for r in generate_trace(WorkloadSpec("pause", 10.0, (spec,)), 2).requests]
+    assert not [t for t in times if 4.0 <= t < 7.0]
+    assert any(t < 4.0 for t in times) and any(t >= 7.0 for t in times)
+
+
+def test_random_mixtures_differ_by_seed_and_keep_light_clients_within_their_share():
+    from bench.workloads.mixtures import random_mixture
+
+    capacity = 20.0  # requests per second per worker
+    first, again, other = (random_mixture(s, 8, capacity, 20) for s in (5, 5, 6))
+    assert first == again and first.spec != other.spec
+    for mixture in (first, other):
+        spec = mixture.spec
+        total_weight = sum(c.weight for c in spec.clients if mixture.roles[c.client_id] != "flood")
+        total_weight += len(mixture.flooders())
+        trace = generate_trace(spec, 5)
+        sent = by_client(trace)
+        assert mixture.flooders() and set(mixture.within_share()) | set(mixture.flooders()) == set(
+            mixture.roles
+        )
+        for c in spec.clients:
+            share = capacity * 8 * c.weight / total_weight  # requests/s of an equal split
+            role = mixture.roles[c.client_id]
+            if role == "flood":
+                assert c.arrivals.rate >= 1.5 * capacity > share
+            elif role != "chat":  # chat: a conversation's turns follow its arrival
+                active = spec.duration_s - (c.pause[1] - c.pause[0] if c.pause else 0.0)
+                assert c.arrivals.rate * active / spec.duration_s <= 0.5 * share + 1e-9
+        assert {r.client_id for r in trace.requests} <= set(mixture.roles)
+        assert len(sent) >= len(mixture.flooders())
