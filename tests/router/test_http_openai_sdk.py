@@ -191,3 +191,13 @@ def test_a_model_no_worker_serves_is_not_found(api):
     with pytest.raises(openai.NotFoundError) as caught:
         sdk(api).completions.create(model="no-such-model", prompt="hi", max_tokens=1)
     assert "no-such-model" in caught.value.message
+
+
+def test_a_prompt_of_token_ids_is_served_as_those_tokens(api, model):
+    ids = [next(_unique) % 1000 + 3000 + i for i in range(9)]
+    reply = sdk(api).completions.create(
+        model=model, prompt=ids, max_tokens=3, temperature=0, extra_body={"ignore_eos": True}
+    )
+    assert reply.usage.prompt_tokens == 9
+    # ignore_eos (radixfair's extension, as vLLM's): exactly the budget, whatever the model samples.
+    assert (reply.usage.completion_tokens, reply.choices[0].finish_reason) == (3, "length")

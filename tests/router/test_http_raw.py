@@ -239,3 +239,17 @@ def test_a_full_worker_queue_is_a_429_with_retry_after(narrow, narrow_worker):
     assert reply.status_code == 429 and reply.headers["retry-after"] == "1"
     error = reply.json()["error"]
     assert error["type"] == "rate_limit_error" and "capacity" in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("prompt", "named"),
+    [
+        ([], "prompt is empty"),
+        ([1, 2**40], "token ids must be in"),
+        ([1, 10**6], "out of vocabulary range"),
+        (["one", "two"], "batch of 2"),
+    ],
+)
+def test_a_completion_prompt_radixfair_cannot_serve_is_a_400_naming_it(api, prompt, named):
+    reply = post(api, "/completions", {"prompt": prompt, "max_tokens": 1})
+    assert reply.status_code == 400 and named in reply.json()["error"]["message"], reply.text

@@ -60,6 +60,8 @@ class _Sampling(BaseModel):
     stream_options: StreamOptions | None = None
     # OpenAI's end-user id: a label for logs and traces here, never an identity (the key is).
     user: str | None = None
+    # radixfair's (and vLLM's) extension: keep generating past the end-of-sequence token (benchmarks).
+    ignore_eos: bool = False
 
     @property
     def token_budget(self) -> int | None:
@@ -120,17 +122,21 @@ class ChatCompletionRequest(_Sampling):
 
 
 class CompletionRequest(_Sampling):
-    # One prompt: a string, or a list holding one string (the SDK's shape for a single prompt).
-    prompt: str | list[str]
+    # One prompt: a string, its token ids, or a list holding one of those (OpenAI's batch shapes).
+    prompt: str | list[int] | list[str] | list[list[int]]
 
-    def prompt_text(self) -> str:
-        if isinstance(self.prompt, str):
-            return self.prompt
-        if len(self.prompt) != 1:
+    def single_prompt(self) -> str | list[int]:
+        """The text or token ids of the one prompt; a batch of several is refused by name."""
+        prompt = self.prompt
+        if not prompt:
+            raise InvalidRequestError("prompt is empty")
+        if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)):
+            return prompt  # type: ignore[return-value]
+        if len(prompt) != 1:
             raise InvalidRequestError(
-                f"prompt: exactly one prompt per request is supported, got a list of {len(self.prompt)}"
+                f"prompt: one prompt per request is supported, got a batch of {len(prompt)}"
             )
-        return self.prompt[0]
+        return prompt[0]  # type: ignore[return-value]
 
 
 _Body = TypeVar("_Body", bound=_Sampling)

@@ -30,6 +30,7 @@ def sampling_params(body: _Sampling, budget: int | None) -> generation_pb2.Sampl
     params = generation_pb2.SamplingParams(
         temperature=DEFAULT_TEMPERATURE if body.temperature is None else body.temperature,
         stop=body.stop_strings,
+        ignore_eos=body.ignore_eos,
     )
     if body.top_p is not None:
         params.top_p = body.top_p
@@ -61,9 +62,16 @@ def chat_request(body: ChatCompletionRequest) -> router_pb2.RouterServiceGenerat
 
 
 def completion_request(body: CompletionRequest) -> router_pb2.RouterServiceGenerateRequest:
+    single = body.single_prompt()
+    if isinstance(single, str):
+        prompt = generation_pb2.Prompt(text=single)
+    else:  # token ids: the router checks them against the vocabulary, as for a gRPC caller
+        if any(not 0 <= t <= _INT32_MAX for t in single):
+            raise InvalidRequestError(f"prompt token ids must be in [0, {_INT32_MAX}]")
+        prompt = generation_pb2.Prompt(token_ids=generation_pb2.TokenIds(ids=single))
     return router_pb2.RouterServiceGenerateRequest(
         request_id=body.user or "",
-        prompt=generation_pb2.Prompt(text=body.prompt_text()),
+        prompt=prompt,
         sampling=sampling_params(body, body.token_budget),
         model=body.model,
     )
