@@ -26,6 +26,15 @@ its pages are freed, its StepOutput carries the error, and the rest of the
 batch carries on. Only a failure no single request reproduces escapes
 ``step``.
 
+Binding requests to KV pages is ``page_binding`` (the block manager), and
+turning sampled ids into per-request outputs is ``output_processor``; this
+module decides what runs. Text is made here only for requests whose text
+decides when they stop (stop strings), exactly and in the step that reads
+the token, so a stop string costs no more than a stop token (with overlap,
+the one token already launched is dropped: never streamed, never counted);
+the serving front makes the text of every other request, off this step
+(``request_stream``).
+
 The engine is single-threaded; ``submit`` and ``abort`` are the only calls
 that may come from other threads, and they only enqueue.
 """
@@ -43,18 +52,23 @@ from radixfair_worker.config import EngineConfig
 from radixfair_worker.engine_outputs import ClientStats, LoadSnapshot, StepOutput
 from radixfair_worker.inflight import InFlightStep, SampledTokens
 from radixfair_worker.model_runner import ScheduledChunk, StepRunner
-from radixfair_worker.page_allocator import PageAllocator
-from radixfair_worker.radix_cache import RadixCache
+from radixfair_worker.output_processor import OutputProcessor
+from radixfair_worker.page_binding import PageBinder
 from radixfair_worker.request import PLACEHOLDER_TOKEN, FinishReason, Request, RequestStatus
 from radixfair_worker.sampler import Sampler
 from radixfair_worker.scheduler.base import SchedulingPolicy
 from radixfair_worker.scheduler.in_batch_prefix import InBatchPrefixHold
-from radixfair_worker.text_stream import TextStream
 
 log = logging.getLogger(__name__)
 
 
 class Engine:
+    """The continuous-batching loop (see the module docstring).
+
+    Pages are bound to requests by ``pages`` (the block manager: PageBinder), and sampled ids
+    become per-request outputs in ``output_processor`` (OutputProcessor); the engine decides what runs.
+    """
+
     def __init__(
         self,
         config: EngineConfig,
@@ -72,18 +86,19 @@ class Engine:
         self.runner = runner
         self.policy = policy
         self.page_size = runner.page_size
-        self.allocator = PageAllocator(runner.num_pages)
-        self.cache = RadixCache(self.allocator, self.page_size)
+        self.pages = PageBinder(runner.num_pages, self.page_size)
+        self.allocator = self.pages.allocator
+        self.cache = self.pages.cache
+        self.output_processor = OutputProcessor(eos_token_ids, max_context_tokens, detokenizer_factory, clock)
         self.sampler = Sampler()
         self.max_context_tokens = max_context_tokens
-        self._eos_token_ids = eos_token_ids
-        self._detokenizer_factory = detokenizer_factory
         self._clock = clock
         self.waiting: list[Request] = []
         self.running: list[Request] = []
         self._inbox: queue.SimpleQueue[Request] = queue.SimpleQueue()
         self._aborts: queue.SimpleQueue[str] = queue.SimpleQueue()
-        self._streams: dict[str, TextStream] = {}
+        # Aborts taken before their request arrived; kept for one step (see _take_inbox).
+        self._unmatched_aborts: list[str] = []
         self.client_stats: dict[str, ClientStats] = {}
         self.steps = 0
         # Tokens whose K/V the model computed (prefill chunks and decode inputs).
@@ -118,7 +133,7 @@ class Engine:
             raise InvalidRequestError(
                 f"prompt has {prompt_len} tokens; the context window holds {self.max_context_tokens}"
             )
-        pages_needed = -(-(prompt_len + 1) // self.page_size)
+        pages_needed = self.pages.pages_for(prompt_len + 1)
         if pages_needed > self.allocator.num_pages:
             raise InvalidRequestError(
                 f"prompt needs {pages_needed} KV pages; this worker has {self.allocator.num_pages}"
@@ -133,6 +148,7 @@ class Engine:
             or self.running
             or not self._inbox.empty()
             or not self._aborts.empty()
+            or self._unmatched_aborts
         )
 
     def step(self) -> list[StepOutput]:
@@ -188,7 +204,7 @@ class Engine:
         for chunk in chunks:
             # Pages this step completes whose ids are known: their K/V is written before any
             # later step reads them (same stream), so the next admission can share them now.
-            self._cache_computed_pages(chunk.request)
+            self.pages.cache_computed(chunk.request)
         for row, message in failures.items():
             # After the bookkeeping above, so finishing drops its placeholder like any other.
             self._outputs.append(self._fail(sampled[row].request, message))
@@ -228,7 +244,7 @@ class Engine:
             # extra token was discarded when it finished.
             if request.status is RequestStatus.RUNNING:
                 self._outputs.append(self._append_token(request, tokens[row]))
-                self._cache_computed_pages(request)
+                self.pages.cache_computed(request)
 
     def _schedule(self) -> list[ScheduledChunk]:
         budget = _StepBudget(self, self.config.max_batched_tokens)
@@ -247,7 +263,7 @@ class Engine:
         for request in list(self.running):
             if request.status is not RequestStatus.RUNNING or request.tokens_to_compute != 1:
                 continue
-            if self._length_reached(request, len(request.output_ids)):
+            if self.output_processor.length_reached(request, len(request.output_ids)):
                 # Its last token (a placeholder until the step in flight is read) is its final one.
                 continue
             if not self._ensure_pages(request, request.num_tokens):
@@ -271,10 +287,10 @@ class Engine:
 
         Returns False when ``request`` itself had to be preempted.
         """
-        missing = -(-num_tokens // self.page_size) - len(request.page_table)
+        missing = self.pages.missing_pages(request, num_tokens)
         while missing > 0:
-            if self._reserve_pages(missing):
-                request.page_table.extend(self.allocator.allocate(missing))
+            if self.pages.reserve(missing):
+                self.pages.extend(request, missing)
                 return True
             if self._in_flight is not None:
                 # Preemption recomputes fill_ids, so every id must be known; finishing the
@@ -289,103 +305,41 @@ class Engine:
                 return False
         return True
 
-    def _reserve_pages(self, count: int) -> bool:
-        """True when ``count`` pages are free, evicting unlocked cache leaves if needed."""
-        shortfall = count - self.allocator.num_free
-        if shortfall > 0:
-            self.cache.evict(shortfall)
-        return self.allocator.num_free >= count
-
     def admit(self, request: Request, tokens_left: int) -> ScheduledChunk | None:
         """Moves a waiting request into the batch with its cached prefix; None if it does not fit."""
-        fill = request.fill_ids
         assert not request.pending_tokens, "a waiting request has only known tokens"
-        # Match all but the last token: its logits are needed, so it is always computed.
-        match = self.cache.match_prefix(fill[:-1])
-        self.cache.lock(match.node)
-        needed = -(-len(fill) // self.page_size) - len(match.pages)
-        if not self._reserve_pages(needed):
-            self.cache.unlock(match.node)
+        cached = self.pages.bind_prefix(request)
+        if cached is None:
             return None
-        self.allocator.incref(match.pages)
-        request.page_table = match.pages + self.allocator.allocate(needed)
-        request.locked_node = match.node
-        request.num_computed_tokens = request.num_inserted_tokens = match.num_tokens
         if request.times_admitted == 0:
-            request.num_cached_tokens = match.num_tokens
+            request.num_cached_tokens = cached
             stats = self.client_stats.setdefault(request.client_id, ClientStats())
             stats.requests += 1
             stats.prompt_tokens += len(request.prompt_ids)
-            stats.cached_tokens += match.num_tokens
+            stats.cached_tokens += cached
             request.admitted_time = self._clock()
         request.times_admitted += 1
         request.status = RequestStatus.RUNNING
         self.waiting.remove(request)
         self.running.append(request)
-        return ScheduledChunk(request, match.num_tokens, min(tokens_left, len(fill) - match.num_tokens))
+        return ScheduledChunk(request, cached, min(tokens_left, request.num_tokens - cached))
 
     # -- after the forward pass ----------------------------------------------
 
     def _append_token(self, request: Request, token: int) -> StepOutput:
-        """Resolves the request's oldest placeholder to ``token`` and checks whether it stops there."""
-        index = len(request.output_ids) - request.pending_tokens
-        request.output_ids[index] = token
-        request.pending_tokens -= 1
-        if request.first_token_time is None:
-            request.first_token_time = self._clock()
+        """Gives the request its sampled ``token``, counts it, and finishes the request if it stops there."""
+        appended = self.output_processor.append(request, token)
         self.policy.on_output_tokens(request, 1)
         self.client_stats[request.client_id].completion_tokens += 1
-        sampling = request.sampling
-        stream = self._streams.get(request.request_id)
-        is_stop_token = token in sampling.stop_token_ids or (
-            not sampling.ignore_eos and token in self._eos_token_ids
-        )
-        delta, hit_stop_string = "", False
-        if stream is not None and not is_stop_token:
-            try:
-                delta, hit_stop_string = stream.push([token])
-            except Exception as error:  # this request's text alone is broken; the batch goes on
-                return self._fail(request, f"detokenizing token {token} failed: {error!r}")
-        reason = None
-        if is_stop_token or hit_stop_string:
-            reason = FinishReason.STOP
-        elif self._length_reached(request, index + 1):
-            reason = FinishReason.LENGTH
-        if reason is not None:
-            delta += self._finish(request, reason)
-        return StepOutput(request, [token], delta, finished=reason is not None)
-
-    def _length_reached(self, request: Request, num_output: int) -> bool:
-        """True when ``num_output`` generated tokens reach max_tokens or the context window."""
-        return (
-            num_output >= request.sampling.max_tokens
-            or len(request.prompt_ids) + num_output >= self.max_context_tokens
-        )
-
-    def _cache_computed_pages(self, request: Request) -> None:
-        """Inserts the request's newly completed full pages of known ids into the radix tree."""
-        computed = min(request.num_computed_tokens, request.num_known_tokens)
-        full = computed - computed % self.page_size
-        if full <= request.num_inserted_tokens:
-            return
-        match = self.cache.insert(request.fill_ids[:full], request.page_table[: full // self.page_size])
-        for index, page in enumerate(match.pages):
-            if request.page_table[index] != page:
-                # Another request cached the same tokens first: use its page, free ours.
-                self.allocator.incref([page])
-                self.allocator.decref([request.page_table[index]])
-                request.page_table[index] = page
-        self.cache.lock(match.node)
-        self.cache.unlock(request.locked_node)
-        request.locked_node = match.node
-        request.num_inserted_tokens = full
+        if appended.error is not None:
+            return self._fail(request, appended.error)
+        text = appended.text
+        if appended.finish is not None:
+            text += self._finish(request, appended.finish)
+        return StepOutput(request, [token], text, finished=appended.finish is not None)
 
     def _release(self, request: Request) -> None:
-        self._cache_computed_pages(request)
-        self.cache.unlock(request.locked_node)
-        self.allocator.decref(request.page_table)
-        request.page_table = []
-        request.locked_node = None
+        self.pages.release(request)
         self.running.remove(request)
 
     def _finish(self, request: Request, reason: FinishReason) -> str:
@@ -394,12 +348,8 @@ class Engine:
         Whatever the reason, text held back as a possible stop-string prefix is flushed here,
         so the concatenated deltas always equal ``request.final_text``.
         """
-        if request.pending_tokens:
-            # Stopped while its next token was already launched (overlap): drop that token and
-            # count its K/V as never computed, exactly as if the step had not run for it.
-            del request.output_ids[-request.pending_tokens :]
-            request.pending_tokens = 0
-            request.num_computed_tokens = min(request.num_computed_tokens, request.num_tokens - 1)
+        # Stopped while its next token was already launched (overlap): that token is dropped.
+        self.output_processor.drop_pending(request)
         if request.status is RequestStatus.RUNNING:
             self._release(request)
         elif request in self.waiting:
@@ -409,12 +359,7 @@ class Engine:
         request.finished_time = self._clock()
         self.policy.on_finished(request)
         self.sampler.forget(request.request_id)
-        stream = self._streams.pop(request.request_id, None)
-        if stream is None:
-            return ""
-        tail = stream.finish()
-        request.final_text = stream.text
-        return tail
+        return self.output_processor.close(request)
 
     def _fail(self, request: Request, message: str) -> StepOutput:
         """Finishes ``request`` alone after a failure that is its own; returns the output that says so."""
@@ -431,24 +376,34 @@ class Engine:
         self.policy.on_arrival(request)
 
     def _take_inbox(self) -> None:
+        """Takes the aborts, then the submits, then cancels what the aborts name.
+
+        Aborts are taken first: a submit queued before its abort (the receiving thread's order)
+        is then in the inbox already, whenever the thread ran. An abort whose request has not
+        arrived (a submit from another thread) waits one more step for it, then is dropped:
+        worker-internal ids are never reused, so a stale abort can never cancel another request.
+        """
+        carried, self._unmatched_aborts = self._unmatched_aborts, []
+        fresh = []
+        while not self._aborts.empty():
+            fresh.append(self._aborts.get())
         while not self._inbox.empty():
             request = self._inbox.get()
-            if self._detokenizer_factory is not None:
-                self._streams[request.request_id] = TextStream(
-                    self._detokenizer_factory(), request.sampling.stop_strings
-                )
+            self.output_processor.open(request)
             self.waiting.append(request)
             self.policy.on_arrival(request)
-        if not self._aborts.empty():
+        if not fresh and not carried:
+            return
+        by_id = {r.request_id: r for r in (*self.running, *self.waiting)}
+        if any(request_id in by_id for request_id in (*carried, *fresh)):
             # A cancelled request leaves with its known tokens only.
             self._drain()
-        while not self._aborts.empty():
-            request_id = self._aborts.get()
-            for request in (*self.running, *self.waiting):
-                if request.request_id == request_id:
-                    tail = self._finish(request, FinishReason.CANCELLED)
-                    self._outputs.append(StepOutput(request, [], tail, finished=True))
-                    break
+        for request_id in (*carried, *fresh):
+            request = by_id.get(request_id)
+            if request is not None and not request.is_finished:
+                tail = self._finish(request, FinishReason.CANCELLED)
+                self._outputs.append(StepOutput(request, [], tail, finished=True))
+        self._unmatched_aborts = [request_id for request_id in fresh if request_id not in by_id]
 
     # -- reporting -----------------------------------------------------------
 

@@ -87,6 +87,10 @@ class Request:
     finished_time: float | None = None
     # Generated text with any stop string cut off, set when the request finishes.
     final_text: str = ""
+    # Whether the engine detokenizes this request. The serving front takes the text of a request
+    # with no stop strings off the engine's step (the engine has no text decision to make for it),
+    # and its final_text then stays "".
+    text_in_engine: bool = True
 
     @property
     def fill_ids(self) -> list[int]:

@@ -1,0 +1,94 @@
+"""Binding requests to KV pages: the engine's block manager.
+
+A running request's ``page_table`` holds the pages backing its ``fill_ids``,
+one allocator reference per page, and ``locked_node`` pins the part of it
+the radix cache shares against eviction. This module is the only place
+those change: a request's cached prefix is bound at admission, its table
+grows as it decodes, its completed pages are inserted into the cache as
+their ids become known, and everything is let go when it leaves. Whom to
+preempt when pages run out is the engine's decision, not this module's.
+"""
+
+from __future__ import annotations
+
+from radixfair_worker.page_allocator import PageAllocator
+from radixfair_worker.radix_cache import RadixCache
+from radixfair_worker.request import Request
+
+
+class PageBinder:
+    """Moves KV pages between the pool, the radix cache and requests' page tables.
+
+    Invariant: every page is referenced once per request table it is in and once more if the
+    cache holds it, so ``allocator.num_free + cache.cached_pages == num_pages`` whenever no
+    request runs.
+    """
+
+    def __init__(self, num_pages: int, page_size: int) -> None:
+        self.page_size = page_size
+        self.allocator = PageAllocator(num_pages)
+        self.cache = RadixCache(self.allocator, page_size)
+
+    def pages_for(self, num_tokens: int) -> int:
+        return -(-num_tokens // self.page_size)
+
+    def missing_pages(self, request: Request, num_tokens: int) -> int:
+        """Pages ``request`` must add to hold ``num_tokens`` tokens."""
+        return self.pages_for(num_tokens) - len(request.page_table)
+
+    def reserve(self, count: int) -> bool:
+        """True when ``count`` pages are free, evicting unlocked cache leaves if needed."""
+        shortfall = count - self.allocator.num_free
+        if shortfall > 0:
+            self.cache.evict(shortfall)
+        return self.allocator.num_free >= count
+
+    def extend(self, request: Request, count: int) -> None:
+        """Appends ``count`` fresh pages to the request's table (``reserve`` them first)."""
+        request.page_table.extend(self.allocator.allocate(count))
+
+    def bind_prefix(self, request: Request) -> int | None:
+        """Gives a waiting request its cached prefix and fresh pages for the rest of its fill ids.
+
+        Returns the number of tokens the cache already holds (its K/V need no computing), or
+        None, with nothing changed, when the pages do not fit.
+        """
+        fill = request.fill_ids
+        # Match all but the last token: its logits are needed, so it is always computed.
+        match = self.cache.match_prefix(fill[:-1])
+        self.cache.lock(match.node)
+        needed = self.pages_for(len(fill)) - len(match.pages)
+        if not self.reserve(needed):
+            self.cache.unlock(match.node)
+            return None
+        self.allocator.incref(match.pages)
+        request.page_table = match.pages + self.allocator.allocate(needed)
+        request.locked_node = match.node
+        request.num_computed_tokens = request.num_inserted_tokens = match.num_tokens
+        return match.num_tokens
+
+    def cache_computed(self, request: Request) -> None:
+        """Inserts the request's newly completed full pages of known ids into the radix tree."""
+        computed = min(request.num_computed_tokens, request.num_known_tokens)
+        full = computed - computed % self.page_size
+        if full <= request.num_inserted_tokens:
+            return
+        match = self.cache.insert(request.fill_ids[:full], request.page_table[: full // self.page_size])
+        for index, page in enumerate(match.pages):
+            if request.page_table[index] != page:
+                # Another request cached the same tokens first: use its page, free ours.
+                self.allocator.incref([page])
+                self.allocator.decref([request.page_table[index]])
+                request.page_table[index] = page
+        self.cache.lock(match.node)
+        self.cache.unlock(request.locked_node)
+        request.locked_node = match.node
+        request.num_inserted_tokens = full
+
+    def release(self, request: Request) -> None:
+        """Caches what the request computed, then lets go of all its pages and its lock."""
+        self.cache_computed(request)
+        self.cache.unlock(request.locked_node)
+        self.allocator.decref(request.page_table)
+        request.page_table = []
+        request.locked_node = None
