@@ -306,3 +306,28 @@ def test_a_long_token_prompt_with_one_id_past_the_vocabulary_is_refused_and_one_
     assert f"[{vocab_size}]" in caught.value.details()
     ids, _, result = collect(worker.address, token_request(edge, 2, "edgy"))
     assert len(ids) == 2 and result.usage.prompt_tokens == len(edge)
+
+
+def test_text_made_by_the_front_equals_the_text_the_engine_makes(worker):
+    # No stop strings: the front detokenizes. A stop string that never appears keeps the text in the
+    # engine. Same greedy ids, so the two texts must be byte-identical, each equal to its result's.
+    prompt = [6100 + j for j in range(10)]
+    never = "@" * 20
+    front_ids, front_text, front_result = collect(worker.address, token_request(prompt, 16, "front"))
+    engine_ids, engine_text, engine_result = collect(
+        worker.address, token_request(prompt, 16, "engine", stop=[never])
+    )
+    assert front_ids == engine_ids and len(front_ids) == 16
+    assert front_text.encode() == engine_text.encode() == front_result.text.encode()
+    assert engine_result.text == engine_text
+
+    # Ended by a stop token id: its text is never output, wherever the text is made.
+    stop_id = front_ids[5]
+    stopped = [
+        collect(worker.address, token_request(prompt, 16, "front", stop_token_ids=[stop_id])),
+        collect(worker.address, token_request(prompt, 16, "engine", stop_token_ids=[stop_id], stop=[never])),
+    ]
+    (ids_a, text_a, result_a), (ids_b, text_b, result_b) = stopped
+    assert ids_a == ids_b == front_ids[: front_ids.index(stop_id) + 1]
+    assert result_a.finish_reason == result_b.finish_reason == generation_pb2.FINISH_REASON_STOP
+    assert text_a.encode() == text_b.encode() == result_a.text.encode() == result_b.text.encode()

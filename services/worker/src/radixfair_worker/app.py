@@ -52,6 +52,8 @@ async def serve(
     engine = EngineClient(EngineSpec(config.engine, model_dir, config.torch_threads), metrics)
     try:
         encoder, _ = await asyncio.gather(asyncio.to_thread(PromptEncoder, model_dir), engine.start())
+        if config.detokenize_in_front:
+            engine.detokenize_in_front(encoder.new_detokenizer)
         servicer = WorkerServicer(engine, encoder, worker_id, model_name, tracer, metrics)
         await _serve_grpc(config, servicer, engine, worker_id, model_name, ready)
     finally:

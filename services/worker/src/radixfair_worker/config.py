@@ -183,3 +183,7 @@ class WorkerConfig:
     torch_threads: int = 0
     engine: EngineConfig = field(default_factory=EngineConfig)
     tracing: TracingConfig = field(default_factory=lambda: TracingConfig(service_name="radixfair-worker"))
+    # The serving front detokenizes requests with no stop strings (their text decides nothing in
+    # the engine), so detokenizing costs the engine's step nothing for them; false keeps all text
+    # in the engine process.
+    detokenize_in_front: bool = True

@@ -2,9 +2,15 @@
 
 Starts the engine process (multiprocessing, spawn: no forked locks or CUDA
 state), gives every request a worker-internal id, sends submits and aborts,
-and routes each step's batch to the requests' streams from the event loop,
-which watches the pipe (no thread, no per-token callback). The caller's
+and routes each step's batch to the requests' streams on the event loop. A
+reader thread takes whole messages off the output pipe and hands each batch
+to the event loop: a message the engine has only half written (a large
+batch, or an engine stalled mid-write) blocks that thread, never the loop,
+so health checks and every other stream keep being served. The caller's
 request id never keys anything here: it is a label the server echoes.
+
+The text of a request with no stop strings is made here (RequestStream),
+not in the engine: detokenizing costs the engine's step nothing for it.
 
 When the engine process dies, every open stream and every later call fails
 with UNAVAILABLE and ``lost`` is set, so the server reports NOT_SERVING.
@@ -20,9 +26,11 @@ import multiprocessing
 import queue
 import threading
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 
 from radixfair.errors import EngineStoppedError
+from radixfair.tokenization import IncrementalDetokenizer
 from radixfair_worker.engine_loop import run_engine_process
 from radixfair_worker.engine_protocol import (
     STOP,
@@ -37,19 +45,24 @@ from radixfair_worker.engine_protocol import (
 )
 from radixfair_worker.request import Request
 from radixfair_worker.request_stream import RequestStream
+from radixfair_worker.text_stream import TextStream
 from radixfair_worker.worker_metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
-
-# Batches read per wake of the event loop before the streams' consumers run again.
-MAX_BATCHES_PER_WAKE = 4
 
 
 class EngineClient:
     """Runs the engine in its own process and streams each request's output back."""
 
-    def __init__(self, spec: EngineSpec, metrics: WorkerMetrics) -> None:
+    def __init__(
+        self,
+        spec: EngineSpec,
+        metrics: WorkerMetrics,
+        entry: Callable[[EngineSpec, Connection, Connection], None] = run_engine_process,
+    ) -> None:
+        """``entry`` is the engine process's entry point (a module-level function, as spawn needs)."""
         self._spec = spec
+        self._entry = entry
         self._metrics = metrics
         self._streams: dict[str, RequestStream] = {}
         self._ids = itertools.count()
@@ -60,8 +73,10 @@ class EngineClient:
         # pipe) never stalls the event loop, and long prompts are not pickled on it.
         self._outbox: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._sender: threading.Thread | None = None
+        self._reader: threading.Thread | None = None
         self._outputs: Connection | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._detokenizer_factory: Callable[[], IncrementalDetokenizer] | None = None
         self.page_size = 0
         self.max_context_tokens = 0
         # Set when the engine process is gone; the server then reports NOT_SERVING.
@@ -73,7 +88,7 @@ class EngineClient:
         command_reader, self._commands = context.Pipe(duplex=False)
         self._outputs, output_writer = context.Pipe(duplex=False)
         self._process = context.Process(
-            target=run_engine_process,
+            target=self._entry,
             args=(self._spec, command_reader, output_writer),
             name="radixfair-engine",
             daemon=True,
@@ -96,7 +111,8 @@ class EngineClient:
         self.page_size = ready.page_size
         self.max_context_tokens = ready.max_context_tokens
         self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(self._outputs.fileno(), self._on_readable)
+        self._reader = threading.Thread(target=self._read_batches, name="engine-batches", daemon=True)
+        self._reader.start()
         self._sender = threading.Thread(target=self._send_commands, name="engine-commands", daemon=True)
         self._sender.start()
         log.info("engine process %d ready", self._process.pid)
@@ -104,20 +120,32 @@ class EngineClient:
     async def stop(self) -> None:
         if self._process is None:
             return
-        self._forget_pipe()
+        self._lose(EngineStoppedError("the worker is shutting down"))
         self._outbox.put(STOP)  # ends the sender too; harmless when the engine is gone already
         await asyncio.to_thread(self._process.join, 10)
         if self._process.is_alive():
             log.warning("engine process did not stop; terminating it")
             self._process.terminate()
             await asyncio.to_thread(self._process.join, 5)
-        self._lose(EngineStoppedError("the worker is shutting down"))
-        if self._sender is not None:
-            await asyncio.to_thread(self._sender.join, 5)
+        # The engine's end of the output pipe is closed now, so the reader reads EOF and ends.
+        for thread in (self._sender, self._reader):
+            if thread is not None:
+                await asyncio.to_thread(thread.join, 5)
         for connection in (self._commands, self._outputs):
             if connection is not None:
                 connection.close()
         self._process = None
+
+    def detokenize_in_front(self, factory: Callable[[], IncrementalDetokenizer]) -> None:
+        """From now on, requests with no stop strings are detokenized here instead of in the engine."""
+        self._detokenizer_factory = factory
+
+    async def engine_exit_code(self, timeout_s: float) -> int | None:
+        """Waits up to ``timeout_s`` for the engine process to end; its exit code, None while it runs."""
+        if self._process is None:
+            return None
+        await asyncio.to_thread(self._process.join, timeout_s)
+        return self._process.exitcode
 
     # -- requests ---------------------------------------------------------------
 
@@ -130,7 +158,12 @@ class EngineClient:
         self._check_running()
         request.request_id = f"r{next(self._ids)}"
         client_row = self._metrics.client_labels.row(request.client_id)
-        stream = RequestStream(request.request_id, request.arrival_time, client_row)
+        text = None
+        if self._detokenizer_factory is not None and not request.sampling.stop_strings:
+            # No stop string can end it, so its text decides nothing in the engine.
+            request.text_in_engine = False
+            text = TextStream(self._detokenizer_factory(), ())
+        stream = RequestStream(request.request_id, request.arrival_time, client_row, text)
         self._streams[request.request_id] = stream
         self._outbox.put(SubmitRequest(request))
         return stream
@@ -151,20 +184,32 @@ class EngineClient:
 
     # -- batches from the engine ------------------------------------------------
 
-    def _on_readable(self) -> None:
-        assert self._outputs is not None
-        try:
-            # A bounded drain: under a fast engine, streams' consumers must get their turn too.
-            for _ in range(MAX_BATCHES_PER_WAKE):
-                self._deliver(self._outputs.recv())
-                if not self._outputs.poll():
-                    break
-        except (EOFError, OSError):
-            exit_code = self._process.exitcode if self._process is not None else None
-            log.error("engine process exited (exit code %s); failing its requests", exit_code)
-            self._lose(EngineStoppedError("the worker's engine process exited"))
+    def _read_batches(self) -> None:
+        """The reader thread: hands each whole message from the engine to the event loop, until EOF."""
+        assert self._outputs is not None and self._loop is not None
+        outputs, loop = self._outputs, self._loop
+        while True:
+            try:
+                batch = outputs.recv()
+            except (EOFError, OSError):
+                with contextlib.suppress(RuntimeError):  # the event loop has closed meanwhile
+                    loop.call_soon_threadsafe(self._on_engine_gone)
+                return
+            try:
+                loop.call_soon_threadsafe(self._deliver, batch)
+            except RuntimeError:  # the event loop has closed: nobody is left to deliver to
+                return
+
+    def _on_engine_gone(self) -> None:
+        if self.lost.is_set():  # stopped on purpose, or lost already
+            return
+        exit_code = self._process.exitcode if self._process is not None else None
+        log.error("engine process exited (exit code %s); failing its requests", exit_code)
+        self._lose(EngineStoppedError("the worker's engine process exited"))
 
     def _deliver(self, batch: StepBatch) -> None:
+        if self.lost.is_set():  # a batch read just before the loss was noticed
+            return
         now = time.monotonic()
         first_token_delays: list[float] = []
         first_token_rows: list[int] = []
@@ -183,9 +228,11 @@ class EngineClient:
                     token_gaps.append(now - stream.last_token_time)
                     gap_rows.append(stream.client_row)
                 stream.last_token_time = now
-            stream.push(token_ids, text, end)
-            if end is not None:
+            recorded = stream.push(token_ids, text, end)
+            if recorded is not None:
                 del streams[request_id]
+                if end is None:  # the stream failed here (its text); the engine still runs it
+                    self._outbox.put(AbortRequest(request_id))
         self._metrics.ttft.observe_many(first_token_delays, first_token_rows)
         self._metrics.inter_token.observe_many(token_gaps, gap_rows)
         if batch.state is not None:
@@ -225,16 +272,10 @@ class EngineClient:
             if commands[-1] is STOP:
                 return
 
-    def _forget_pipe(self) -> None:
-        if self._loop is not None and self._outputs is not None:
-            self._loop.remove_reader(self._outputs.fileno())
-            self._loop = None
-
     def _lose(self, error: EngineStoppedError) -> None:
         if self.lost.is_set():
             return
         self.lost.set()
-        self._forget_pipe()
         streams, self._streams = self._streams, {}
         for stream in streams.values():
             stream.fail(error)

@@ -8,7 +8,10 @@ its batch to a local queue. When the front reads more slowly than the engine
 steps, the sender coalesces the batches waiting for it into one message.
 
 A lost front (its pipe closed) stops the loop, so the engine process never
-outlives the worker.
+outlives the worker. An engine whose every step fails for the whole batch
+(``EngineConfig.max_failed_steps_in_a_row`` in a row) is broken, not busy:
+the process exits with EXIT_STEPS_FAILING, the front reads the closed pipe
+and reports NOT_SERVING, and its router takes it out of rotation.
 """
 
 from __future__ import annotations
@@ -17,8 +20,10 @@ import faulthandler
 import logging
 import queue
 import signal
+import sys
 import threading
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING
 
@@ -46,10 +51,21 @@ log = logging.getLogger(__name__)
 # The digest walks the whole radix tree, so it is refreshed at most this often.
 DIGEST_INTERVAL_S = 0.25
 DIGEST_LIMIT = 4096
+# The engine process's exit code after too many failed steps in a row.
+EXIT_STEPS_FAILING = 3
 
 
-def run_engine_process(spec: EngineSpec, commands: Connection, outputs: Connection) -> None:
-    """Entry point of the engine process (multiprocessing, spawn context)."""
+def run_engine_process(
+    spec: EngineSpec,
+    commands: Connection,
+    outputs: Connection,
+    after_build: Callable[[Engine], None] | None = None,
+) -> None:
+    """Entry point of the engine process (multiprocessing, spawn context).
+
+    ``after_build`` (a module-level function, so it pickles) sees the engine before it serves:
+    how a test puts a fault into a real engine process.
+    """
     # Ctrl-C reaches the whole process group; the front decides when the engine stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # `kill -USR1` dumps every thread's stack to the log: how a stuck engine is diagnosed.
@@ -70,8 +86,13 @@ def run_engine_process(spec: EngineSpec, commands: Connection, outputs: Connecti
             log.exception("engine failed to start")
         outputs.send(EngineStartFailed(f"{type(error).__name__}: {error}"))
         return
+    if after_build is not None:
+        after_build(engine)
     outputs.send(EngineReady(page_size=engine.page_size, max_context_tokens=engine.max_context_tokens))
-    EngineLoop(engine, commands, outputs).run()
+    loop = EngineLoop(engine, commands, outputs)
+    loop.run()
+    if loop.broken:
+        sys.exit(EXIT_STEPS_FAILING)
 
 
 class EngineLoop:
@@ -87,6 +108,9 @@ class EngineLoop:
         self._state_wanted = threading.Event()
         self._digest: list[int] = []
         self._digest_time = float("-inf")
+        self._failed_in_a_row = 0
+        # Set when the loop stopped because its steps kept failing for the whole batch.
+        self.broken = False
 
     def run(self) -> None:
         receiver = threading.Thread(target=self._receive, name="engine-commands", daemon=True)
@@ -110,12 +134,25 @@ class EngineLoop:
                 continue
             try:
                 updates = [_update(output) for output in engine.step()]
-            except Exception as error:  # a failed step must not kill the worker
+                if any(update.token_ids for update in updates):
+                    # Progress; a step that only cancelled the failed requests is none.
+                    self._failed_in_a_row = 0
+            except Exception as error:  # one failed step must not kill the worker
                 log.exception("engine step failed")
                 updates = self._fail_all(RadixfairError(f"engine step failed: {error}"))
+                self._count_failure()
             state = self._take_state() if self._state_wanted.is_set() else None
             if updates or state is not None:
                 self._outbox.put(StepBatch(updates, state))
+
+    def _count_failure(self) -> None:
+        """Stops the loop once ``max_failed_steps_in_a_row`` steps in a row failed for the whole batch."""
+        self._failed_in_a_row += 1
+        limit = self.engine.config.max_failed_steps_in_a_row
+        if limit and self._failed_in_a_row >= limit:
+            log.error("%d engine steps in a row failed; the engine process exits", self._failed_in_a_row)
+            self.broken = True
+            self._stopping.set()
 
     def _fail_all(self, error: RadixfairError) -> list[RequestUpdate]:
         """Ends every request the engine holds with ``error`` (their aborts free the pages)."""

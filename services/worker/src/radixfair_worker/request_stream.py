@@ -5,15 +5,24 @@ everything pending at once. While it keeps up, a take holds one step's
 token; when it falls behind the step rate, a take holds the tokens of every
 step since its last one, sent as one TokenDelta. Text deltas are only ever
 concatenated in order, so the streamed text is byte-identical either way.
+
+A request with no stop strings is detokenized here, not in the engine: its
+text decides nothing there, so it stays off the engine's step. The ids are
+pushed one at a time, exactly as the engine would push them, and the stop
+token (or EOS) that ends a request is never text, so the text is the one the
+engine would have made.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from dataclasses import dataclass
 
-from radixfair.errors import RadixfairError
+from radixfair.errors import RadixfairError, RequestFailedError
 from radixfair_worker.engine_protocol import RequestOutcome
+from radixfair_worker.request import FinishReason
+from radixfair_worker.text_stream import TextStream
 
 
 @dataclass(frozen=True)
@@ -28,8 +37,12 @@ class StreamChunk:
 class RequestStream:
     """The front's view of one request, named by its worker-internal id."""
 
-    def __init__(self, request_id: str, arrival_time: float, client_row: int = 0) -> None:
+    def __init__(
+        self, request_id: str, arrival_time: float, client_row: int = 0, text: TextStream | None = None
+    ) -> None:
+        """``text`` is the front's text stream, for a request the engine does not detokenize."""
         self.request_id = request_id
+        self._text = text
         self.arrival_time = arrival_time
         # The client's row in the latency histograms (ClientLabels.row).
         self.client_row = client_row
@@ -52,14 +65,40 @@ class RequestStream:
 
     def push(
         self, token_ids: list[int], text: str, end: RequestOutcome | RadixfairError | None = None
-    ) -> None:
+    ) -> RequestOutcome | RadixfairError | None:
+        """Appends one update; returns the end it recorded, if this update ended the stream.
+
+        A detokenizing failure here ends the stream with a RequestFailedError, although the
+        engine sent no end: the caller then aborts the request in the engine.
+        """
         if self._end is not None:
-            return  # nothing follows an end (a late update after a failure)
+            return None  # nothing follows an end (a late update after a failure)
+        if self._text is not None:
+            try:
+                text, end = self._detokenize(token_ids, end)
+            except Exception as error:  # this request's text alone is broken
+                self.fail(RequestFailedError(f"detokenizing its tokens failed: {error!r}"))
+                return self._end
         self._token_ids.extend(token_ids)
         if text:
             self._texts.append(text)
         self._end = end
         self._ready.set()
+        return end
+
+    def _detokenize(
+        self, token_ids: list[int], end: RequestOutcome | RadixfairError | None
+    ) -> tuple[str, RequestOutcome | RadixfairError | None]:
+        """The text of ``token_ids``, and ``end`` with the final text when they end the request."""
+        assert self._text is not None
+        stops_here = isinstance(end, RequestOutcome) and end.finish_reason is FinishReason.STOP
+        # With no stop strings a STOP finish is a stop token or EOS: the last id, never text.
+        ids = token_ids[:-1] if stops_here else token_ids
+        text = "".join([self._text.push([token])[0] for token in ids])
+        if isinstance(end, RequestOutcome):
+            text += self._text.finish()
+            end = dataclasses.replace(end, text=self._text.text)
+        return text, end
 
     def fail(self, error: RadixfairError) -> None:
         """Ends the stream with ``error``; tokens not taken yet are dropped."""
