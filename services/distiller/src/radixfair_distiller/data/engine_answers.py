@@ -10,6 +10,7 @@ at ``max_new_tokens``, and the engine's batching never changes a request's arith
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -57,6 +58,7 @@ class EngineAnswerer:
         self.config = config
         self.stack = build_engine(config.engine_config(), model_dir)
         self.generated_tokens = 0
+        self.seconds = 0.0  # spent inside ``answer``: tokens / seconds is the engine's rate
 
     def answer(
         self,
@@ -66,6 +68,7 @@ class EngineAnswerer:
         on_finished: Callable[[int], None] | None = None,
     ) -> list[list[int]]:
         """New tokens per prompt (the first ``eos_token_id`` included, then it stops), in order."""
+        started = time.monotonic()
         engine = self.stack.engine
         sampling = SamplingConfig(
             max_tokens=max_new_tokens,
@@ -96,4 +99,5 @@ class EngineAnswerer:
                     on_finished(finished)
         answers = [list(r.output_ids) for r in requests]
         self.generated_tokens += sum(len(a) for a in answers)
+        self.seconds += time.monotonic() - started
         return answers

