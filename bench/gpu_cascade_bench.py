@@ -25,6 +25,7 @@ Workload: 128 sequences sharing a 1,024-token prefix (and, separately, 4,096), e
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -63,7 +64,11 @@ from radixfair_worker.kernels.decode_attention import (  # noqa: E402
 )
 from radixfair_worker.kernels.interpreter_compat import index_scalars_with_item  # noqa: E402
 from radixfair_worker.kernels.paged_fixtures import random_shared_prefix_context  # noqa: E402
-from radixfair_worker.kernels.prefix_groups import PrefixSharingConfig, find_prefix_groups  # noqa: E402
+from radixfair_worker.kernels.prefix_groups import (  # noqa: E402
+    PrefixGroups,
+    PrefixSharingConfig,
+    find_prefix_groups,
+)
 from radixfair_worker.model.llama import KVCache  # noqa: E402
 from radixfair_worker.model.loader import load_model  # noqa: E402
 from radixfair_worker.model.triton_backend import TritonBackend  # noqa: E402
@@ -165,9 +170,14 @@ def attention_rows(shapes: Shapes, device: str, num_sms: int) -> list[dict[str, 
         contexts = _contexts(shapes, lens, [0] * shapes.batch, [prefix], device)
         plain_ms = _time_plain(shapes, contexts, num_sms, cuda)
         errors = _cascade_errors(shapes, prefix, device, num_sms)
-        for block_m, warps in ((64, 4), (32, 4), (64, 8), (128, 8)):
+        # The first variant is what the backend runs; the rest are a sweep for the next tuning step.
+        variants = [(64, 4, 1.0, True), (64, 4, 0.5, False), (64, 4, 2.0, False)]
+        variants += [(32, 4, 1.0, False), (64, 8, 1.0, False), (128, 8, 1.0, False)]
+        for block_m, warps, split_scale, with_own_part in variants:
             sharing = PrefixSharingConfig(block_m=block_m, min_saved_tokens=shapes.min_saved_tokens)
-            cascade_ms = _time_cascade(shapes, contexts, sharing, num_sms, warps, cuda)
+            timing = _time_cascade(
+                shapes, contexts, sharing, num_sms, warps, split_scale, with_own_part, cuda
+            )
             rows.append(
                 {
                     "prefix": prefix,
@@ -175,12 +185,14 @@ def attention_rows(shapes: Shapes, device: str, num_sms: int) -> list[dict[str, 
                     "batch": shapes.batch,
                     "block_m": block_m,
                     "prefix_warps": warps,
+                    "prefix_splits": timing["prefix_splits"],
                     "plain_us": 1e3 * plain_ms,
-                    "cascade_us": 1e3 * cascade_ms,
-                    "speedup": plain_ms / cascade_ms,
+                    "cascade_us": 1e3 * timing["ms"],
+                    "speedup": plain_ms / timing["ms"],
                     "own_only_plain_us": 1e3 * own_only_ms,
-                    "cascade_vs_own_only": cascade_ms / own_only_ms,
-                    **(errors if block_m == 64 and warps == 4 else {}),
+                    "cascade_vs_own_only": timing["ms"] / own_only_ms,
+                    **({"own_part_alone_us": 1e3 * timing["own_part_ms"]} if with_own_part else {}),
+                    **(errors if with_own_part else {}),
                 }
             )
             print(rows[-1], flush=True)
@@ -262,8 +274,16 @@ def _time_plain(shapes: Shapes, layers: _Layers, num_sms: int, cuda: bool) -> fl
 
 
 def _time_cascade(
-    shapes: Shapes, layers: _Layers, sharing: PrefixSharingConfig, num_sms: int, warps: int, cuda: bool
-) -> float:
+    shapes: Shapes,
+    layers: _Layers,
+    sharing: PrefixSharingConfig,
+    num_sms: int,
+    warps: int,
+    split_scale: float,
+    with_own_part: bool,
+    cuda: bool,
+) -> dict[str, float]:
+    """ms per call; with ``with_own_part`` also the own-part kernel alone (no shared launch)."""
     host = find_prefix_groups(
         layers.page_table.cpu().numpy(),
         np.array(layers.seq_lens_host),
@@ -276,25 +296,43 @@ def _time_cascade(
     groups = host.to_device(lambda t: t.to(device))
     own_splits = choose_num_splits(len(layers.seq_lens_host), shapes.kv_heads, groups.max_own_len, num_sms)
     prefix_splits = choose_prefix_splits(groups.num_items, shapes.kv_heads, groups.max_prefix_len, num_sms)
+    prefix_splits = max(1, int(prefix_splits * split_scale))
     scale = shapes.head_dim**-0.5
     outs = [torch.empty_like(q) for q in layers.q]
-    return _per_layer_ms(
-        layers,
-        lambda i: cascade_decode_attention(
-            layers.q[i],
-            layers.k[i],
-            layers.v[i],
-            layers.page_table,
-            layers.seq_lens,
+
+    def timed(used: PrefixGroups) -> float:
+        return _per_layer_ms(
+            layers,
+            lambda i: cascade_decode_attention(
+                layers.q[i],
+                layers.k[i],
+                layers.v[i],
+                layers.page_table,
+                layers.seq_lens,
+                used,
+                scale,
+                out=outs[i],
+                num_splits=own_splits,
+                prefix_splits=prefix_splits,
+                prefix_num_warps=warps,
+            ),
+            cuda,
+        )
+
+    result = {"ms": timed(groups), "prefix_splits": float(prefix_splits)}
+    if with_own_part:
+        # No items: the shared launch is skipped and the own part merges unwritten partials, a
+        # wrong output but the own part's true cost (the shared part's is the difference).
+        no_items = torch.zeros(0, dtype=torch.int32, device=device)
+        own_only = dataclasses.replace(
             groups,
-            scale,
-            out=outs[i],
-            num_splits=own_splits,
-            prefix_splits=prefix_splits,
-            prefix_num_warps=warps,
-        ),
-        cuda,
-    )
+            item_row=no_items,
+            item_prefix_len=no_items,
+            item_member_start=no_items,
+            item_member_count=no_items,
+        )
+        result["own_part_ms"] = timed(own_only)
+    return result
 
 
 def _cascade_errors(shapes: Shapes, prefix: int, device: str, num_sms: int) -> dict[str, float]:
@@ -526,8 +564,8 @@ def main() -> None:
     targets: dict[str, object] = {}
     for p in sorted({r["prefix"] for r in attention}):  # type: ignore[type-var]
         mine = [r for r in attention if r["prefix"] == p]
-        targets[f"attention_speedup_{p}"] = mine[0]["speedup"]  # the default tile (block_m 64, 4 warps)
-        targets[f"attention_speedup_{p}_best_tile"] = max(r["speedup"] for r in mine)  # type: ignore[type-var]
+        targets[f"attention_speedup_{p}"] = mine[0]["speedup"]  # the backend's choice
+        targets[f"attention_speedup_{p}_best_variant"] = max(r["speedup"] for r in mine)  # type: ignore[type-var]
     for row in steps:
         targets[f"step_vs_own_only_{row['prefix']}"] = row["cascade_vs_own_only"]
     notes = (

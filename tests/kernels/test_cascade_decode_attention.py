@@ -116,6 +116,18 @@ def test_small_groups_and_short_prefixes_fall_back_to_the_plain_kernel() -> None
     assert find_prefix_groups(table, lens, PAGE_SIZE, 3, PrefixSharingConfig(enabled=False)) is None
 
 
+def test_two_prefixes_behind_one_shared_first_page_are_two_groups() -> None:
+    # Rows 0-2 share pages [7, 8, 9], rows 3-5 share [7, 5, 6]: only page 7 is common to all.
+    table = np.array([[7, 8, 9, 10 + b] if b < 3 else [7, 5, 6, 10 + b] for b in range(6)])
+
+    host = find_prefix_groups(table, np.array([16] * 6), 4, 3, PrefixSharingConfig(min_saved_tokens=1))
+
+    assert host is not None
+    assert host.seq_prefix_len.tolist() == [12] * 6
+    assert sorted(host.item_member_count.tolist()) == [3, 3]
+    assert sorted(host.members.tolist()) == list(range(6))
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     data=st.data(),
