@@ -75,8 +75,10 @@ def make_engine(
     overlap: bool = True,
     eos_token_ids: frozenset[int] = frozenset({2}),
     device: str = "cuda",
+    **engine_fields: object,
 ) -> Engine:
     config = EngineConfig(
+        **engine_fields,
         num_pages=4096,
         page_size=16,
         max_running_requests=max_running,
@@ -185,8 +187,27 @@ def main() -> None:
     parser.add_argument("--prompt-len", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--out", type=Path, default=None, help="also copy results here (device $OUT)")
+    parser.add_argument(
+        "--ours-only",
+        action="store_true",
+        help="only the engine's own rows (overlap on, and off), for an A/B of two engine versions",
+    )
     args = parser.parse_args()
     model_dir = make_random_model(Path(tempfile.mkdtemp()) / "smollm2-135m-random")
+    if args.ours_only:
+        for cascade in (True, False):
+            fields = (
+                {"cascade_decode": cascade} if "cascade_decode" in EngineConfig.__dataclass_fields__ else {}
+            )
+            engine = make_engine(model_dir, "triton", "bfloat16", 128, **fields)
+            sync_engine = make_engine(model_dir, "triton", "bfloat16", 128, overlap=False, **fields)
+            for batch in args.batches:
+                ours = engine_throughput(engine, batch, args.prompt_len, args.new_tokens)
+                sync = engine_throughput(sync_engine, batch, args.prompt_len, args.new_tokens)
+                print({"batch": batch, **fields, "overlap": ours, "no_overlap": sync}, flush=True)
+            if not fields:
+                break
+        return
 
     correctness = check_correctness(model_dir)
     print("correctness", correctness, flush=True)
