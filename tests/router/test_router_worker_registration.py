@@ -175,6 +175,10 @@ def test_the_ledger_books_the_tokens_the_router_forwarded_not_the_usage_a_worker
 
     outputs, ledger = asyncio.run(scenario())
     assert [len(o.token_ids) for o in outputs] == [3, 3]
+    # The caller's usage is the router's own count too, never the forger's claim.
+    usage = [(o.result.usage.prompt_tokens, o.result.usage.cached_tokens, o.result.usage.completion_tokens)
+             for o in outputs]  # fmt: skip
+    assert usage == [(12, 12, 3), (12, 0, 3)]
     alice = ledger["alice"]
     assert (alice.requests, alice.inflight) == (2, 0)
     assert (alice.prompt_tokens, alice.cached_tokens, alice.completion_tokens) == (24, 12, 6)

@@ -50,6 +50,8 @@ class StreamBook:
     client_id: str
     weight: float
     endpoint: WorkerEndpoint
+    # Prompt tokens the router forwarded (the result's usage reports these, not the worker's claim).
+    prompt_tokens: int = 0
     tokens_sent: int = 0
     # Output tokens counted for relaying but not yet booked in the ledger.
     uncharged_tokens: int = 0
@@ -189,6 +191,17 @@ class LiveStreams:
             self._pending.set()  # no waiter: the booking task ends
             await asyncio.gather(self._booker, return_exceptions=True)
             self._booker = None
+
+    def worker_closing(self, endpoint: WorkerEndpoint, why: str) -> None:
+        """``endpoint``'s channel is about to close, which cancels its calls: each open stream there is
+        marked stopped first, so its relay retries it elsewhere (no token yet) or answers UNAVAILABLE,
+        instead of taking the cancellation for the caller hanging up."""
+        for book in self._books:
+            if book.endpoint is endpoint and book.stopped is None:
+                book.stopped = (
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"worker {endpoint.worker_id} left the pool ({why}) while streaming",
+                )
 
     def _stop(self, book: StreamBook, code: grpc.StatusCode, message: str) -> None:
         book.stopped = (code, message)

@@ -129,6 +129,7 @@ class RequestRouter:
             write_ahead=ledger.outlives_router,
         )
         self._live = LiveStreams(ledger, limits, lambda client, service: self._charged(client, service))
+        registry.add_closing_listener(self._live.worker_closing)
         self._relay_calls: dict[grpc.aio.Channel, _RelayCall] = {}
         self.core = DispatchCore(policy, cache_view, ledger, config.costs, self._dispatched)
         metrics.degraded_transitions.set_function(lambda: ledger.degraded_transitions)
@@ -169,7 +170,7 @@ class RequestRouter:
             endpoint, decision = await self._route(request, principal, parent, excluded, last_failure)
             if attempt:
                 self._metrics.retries.inc()
-            book = StreamBook(principal.client_id, principal.weight, endpoint)
+            book = StreamBook(principal.client_id, principal.weight, endpoint, len(request.token_ids))
             try:
                 async for message in self._forward(
                     endpoint, decision, request, principal, parent, book, arrival
@@ -266,6 +267,10 @@ class RequestRouter:
             ) from error
         book.call = call
         self._live.open(book)
+        if self._registry.get(endpoint.worker_id) is not endpoint:
+            # It left the pool after the decision, before this stream was open to hear of it: its
+            # channel is closing and will cancel the call.
+            self._live.worker_closing(endpoint, "removed while the request was being forwarded")
         endpoint.inflight += 1
         self._metrics.inflight.labels(endpoint.worker_id).set(endpoint.inflight)
         outcome = "incomplete"
@@ -338,6 +343,12 @@ class RequestRouter:
                     book.tokens_sent += count
                 yield message
             elif kind == "result":
+                # The caller's usage is what this router forwarded and relayed, as the ledger books it;
+                # only the cache credit is the worker's, clamped to the prompt (issue 12, point 2).
+                usage = message.result.usage
+                usage.cached_tokens = min(max(usage.cached_tokens, 0), book.prompt_tokens)
+                usage.prompt_tokens = book.prompt_tokens
+                usage.completion_tokens = book.tokens_sent
                 book.result = message.result
                 yield message
                 return

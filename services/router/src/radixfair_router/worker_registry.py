@@ -9,7 +9,10 @@ checks every worker through grpc.health.v1 and polls its LoadReport on a
 short interval; a worker that fails ``unhealthy_after_failures`` checks in a
 row, or fails a forwarded call, leaves rotation at once and comes back when
 its checks pass again. With the defaults a dead worker is out within about
-a second.
+a second. Before a worker's channel is closed (it left the pool, or the
+router stops), the closing listeners hear of it: closing the channel cancels
+every call on it, and the relay must know that it was not the caller who
+hung up (a stream with no token yet is retried elsewhere).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ _RECONNECT_OPTIONS = (
 
 ReportListener = Callable[[str, worker_pb2.LoadReport], None]
 RemovalListener = Callable[[str], None]
+ClosingListener = Callable[["WorkerEndpoint", str], None]
 
 
 @dataclass
@@ -90,6 +94,11 @@ class WorkerRegistry:
         self._on_removed = on_removed
         self._monitor: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
+        self._closing: list[ClosingListener] = []
+
+    def add_closing_listener(self, listener: ClosingListener) -> None:
+        """``listener(endpoint, why)`` runs before ``endpoint``'s channel is closed."""
+        self._closing.append(listener)
 
     def start(self) -> None:
         for static in self._config.workers:
@@ -101,6 +110,7 @@ class WorkerRegistry:
             self._monitor.cancel()
             await asyncio.gather(self._monitor, return_exceptions=True)
         for worker in list(self._workers.values()):
+            self._notify_closing(worker, "the router is stopping")
             await worker.channel.close()
         self._workers.clear()
 
@@ -124,7 +134,7 @@ class WorkerRegistry:
                     f"worker id {worker_id!r} is registered at another address and still heartbeating; "
                     f"it can move once that registration lapses (within {ttl:.0f}s of its last heartbeat)"
                 )
-            self._remove(worker_id)
+            self._remove(worker_id, "its registration lapsed and it registered at another address")
             worker = None
         if worker is None:
             worker = self._add(worker_id, address, model, static=False)
@@ -189,10 +199,11 @@ class WorkerRegistry:
         asyncio.get_running_loop().create_task(self._check(worker))
         return worker
 
-    def _remove(self, worker_id: str) -> None:
+    def _remove(self, worker_id: str, why: str) -> None:
         worker = self._workers.pop(worker_id, None)
         if worker is None:
             return
+        self._notify_closing(worker, why)
         asyncio.get_running_loop().create_task(worker.channel.close())
         if self._on_removed is not None:
             self._on_removed(worker_id)
@@ -203,7 +214,7 @@ class WorkerRegistry:
             for worker in list(self._workers.values()):
                 if worker.expires_at is not None and worker.expires_at < now:
                     log.warning("worker %s missed its heartbeats; dropped", worker.worker_id)
-                    self._remove(worker.worker_id)
+                    self._remove(worker.worker_id, "it missed its heartbeats")
             await asyncio.gather(*(self._check(w) for w in list(self._workers.values())))
             await asyncio.sleep(self._config.health_check_interval_s)
 
@@ -235,6 +246,13 @@ class WorkerRegistry:
         if worker.healthy and worker.failures >= self._config.unhealthy_after_failures:
             worker.healthy = False
             log.warning("worker %s out of rotation: %s", worker.worker_id, why)
+
+    def _notify_closing(self, worker: WorkerEndpoint, why: str) -> None:
+        for listener in self._closing:
+            try:
+                listener(worker, why)
+            except Exception:  # a listener's bug must not keep a dead worker's channel open
+                log.exception("closing listener failed for worker %s", worker.worker_id)
 
     def _record_report(self, worker: WorkerEndpoint, report: worker_pb2.LoadReport) -> None:
         worker.last_report = report
