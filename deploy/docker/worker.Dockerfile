@@ -16,17 +16,24 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 WORKDIR /src
 COPY constraints.txt ./
 COPY scripts/install_service.sh scripts/
-COPY protos/ protos/
-COPY common/ common/
-COPY services/worker/ services/worker/
 # build-inputs/apply.sh: an optional extra CA bundle and local CPU torch wheel, mounted for the
 # install only (see that script); without them the install uses the index and pip's own bundle.
 # pip's cache is a BuildKit cache mount, kept by the engine between builds and never in a layer:
 # a source change re-runs this step without downloading every wheel again.
+# torch first, in a layer of its own: it is most of the install, and a change to radixfair's
+# sources does not invalidate it (constraints.txt, the install script or the build inputs do).
 RUN --mount=type=bind,source=deploy/docker/build-inputs,target=/build-inputs \
     --mount=type=cache,target=/root/.cache/pip,sharing=locked \
     python -m venv /opt/venv \
     && PYTHON=/opt/venv/bin/python TORCH_VARIANT="${TORCH_VARIANT}" TORCH_INDEX_URL="${TORCH_INDEX_URL}" \
+       bash /build-inputs/apply.sh bash scripts/install_service.sh torch
+COPY protos/ protos/
+COPY common/ common/
+COPY services/worker/ services/worker/
+# Then radixfair itself, through the very command the README set-up runs.
+RUN --mount=type=bind,source=deploy/docker/build-inputs,target=/build-inputs \
+    --mount=type=cache,target=/root/.cache/pip,sharing=locked \
+    PYTHON=/opt/venv/bin/python TORCH_VARIANT="${TORCH_VARIANT}" TORCH_INDEX_URL="${TORCH_INDEX_URL}" \
        bash /build-inputs/apply.sh bash scripts/install_service.sh worker
 
 FROM ${PYTHON_IMAGE} AS worker
