@@ -154,6 +154,12 @@ def train(
     def on_step(report: StepReport) -> None:
         losses.append(report.loss)
         step_seconds.append(report.seconds)
+        if report.step % max(1, schedule.total_steps // 10) == 0:
+            print(
+                f"  step {report.step}/{schedule.total_steps} loss {report.loss:.4f} "
+                f"{schedule.tokens_per_step / max(report.seconds, 1e-9):,.0f} tok/s",
+                flush=True,
+            )
         if evaluate is not None and report.step in evaluate_at:
             before = time.monotonic()
             model = holder["student"]

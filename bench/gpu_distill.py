@@ -32,7 +32,7 @@ import gc
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -200,7 +200,6 @@ def main() -> None:
         if device.type == "cuda"
         else AnswerEngineConfig(max_running_requests=16, num_pages=512)
     )
-    answerer = EngineAnswerer(teacher_dir, engine_config)
     spec = DataSpec(
         seq_len=s.seq_len,
         text_max_files=s.text_max_files,
@@ -208,16 +207,17 @@ def main() -> None:
         generated_prompts=s.prompts,
         response_max_new_tokens=s.response_tokens,
     )
-    bundle = prepare_data(
-        spec,
-        encoder,
-        teacher,
-        content_hash(teacher_dir),
-        work / "data",
-        answer=answerer.answer,
-        answer_batch=8192,
-        answer_tag=f"-engine-{engine_config.dtype}",
-    )
+    try:
+        answerer = EngineAnswerer(teacher_dir, engine_config)
+        bundle = teacher_data(spec, encoder, teacher, teacher_dir, work, answerer, engine_config)
+    except Exception as error:  # noqa: BLE001 (the Triton engine failing must not cost the whole run)
+        if engine_config.backend != "triton":
+            raise
+        print(f"the Triton engine failed ({error!r}); answering with the torch backend", flush=True)
+        page.meta["engine_fallback"] = repr(error)
+        engine_config = replace(engine_config, backend="torch")
+        answerer = EngineAnswerer(teacher_dir, engine_config)
+        bundle = teacher_data(spec, encoder, teacher, teacher_dir, work, answerer, engine_config)
     phases["data_s"] = time.monotonic() - started
     page.meta["data"] = {
         "chat_examples": {split: len(bundle.chat[split]) for split in SPLITS},
@@ -288,17 +288,22 @@ def main() -> None:
     timed = probe.step_seconds[2:] or probe.step_seconds
     rate = per_step / statistics.median(timed)
     page.meta["throughput"] = {
-        "kd_bf16_tokens_per_s": rate,
+        "kd_tokens_per_s": rate,
+        "precision": probe_spec.precision,
         "step_seconds": probe.step_seconds,
         "tokens_per_step": per_step,
     }
     del probe
     free(device)
 
-    # Plan: the sweep takes sweep_share of what is left after reserving the final evaluations.
-    reserve = 4.0 * eval_cost + (8.0 if args.smoke else 20.0)
-    left = deadline.left() - reserve
-    sweep_tokens = max(per_step, int(args.sweep_share * left / len(SWEEP) * rate) // per_step * per_step)
+    # Plan: the sweep takes sweep_share of what is left after reserving the final evaluations (the
+    # student and its two quantized copies, ~2.6 teacher evaluations) and the learning-curve points
+    # (4 on half the evaluation split, without exact match); each sweep row is scored too (~0.4).
+    reserve = 2.6 * eval_cost + (8.0 if args.smoke else 20.0)
+    curve_cost = 1.6 * eval_cost
+    left = deadline.left() - reserve - curve_cost
+    sweep_train_s = max(args.sweep_share * left - 0.4 * eval_cost * len(SWEEP), 0.0)
+    sweep_tokens = max(per_step, int(sweep_train_s / len(SWEEP) * rate) // per_step * per_step)
     long_tokens = max(per_step, int((1 - args.sweep_share) * left * rate * 0.9) // per_step * per_step)
     cpu_fit = power_law_fit([t for t, _ in CPU_POINTS], [r - 1 for _, r in CPU_POINTS])
     page.meta["plan"] = {
@@ -358,7 +363,7 @@ def main() -> None:
 
     # 7. The long run on the best loss, with learning-curve points.
     name, loss, hard, on_policy = next(v for v in SWEEP if v[0] == best)
-    left = deadline.left() - reserve
+    left = deadline.left() - reserve - curve_cost
     long_tokens = max(per_step, int(left * rate * (0.95 if on_policy == 0 else 0.7)) // per_step * per_step)
     text, distill_spec = recipe("depth-kd-gpu", loss, hard, on_policy, long_tokens)
     total_steps = distill_spec.schedule(s.seq_len).total_steps
@@ -467,13 +472,13 @@ def sections(meta: dict, rows: list[dict]) -> str:
         base = meta["self_agreement_baseline"]
         out += ["", f"Top-1 agreement baseline: {base['value']:.4f}: {base['how']}"]
     if "throughput" in meta and "plan" in meta:
-        plan, rate = meta["plan"], meta["throughput"]["kd_bf16_tokens_per_s"]
+        plan, rate = meta["plan"], meta["throughput"]["kd_tokens_per_s"]
         pred = plan["predicted_from_cpu_points"]
         out += [
             "",
             "## Before training: throughput and the predicted curve",
             "",
-            f"KD training (bf16 autocast, fused chunked loss): {rate:,.0f} tokens/s "
+            f"KD training ({meta['throughput']['precision']}, fused chunked loss): {rate:,.0f} tokens/s "
             f"({meta['throughput']['tokens_per_step']} tokens a step). Planned: "
             f"{plan['sweep_tokens_each']:,} tokens per sweep variant, ~{plan['long_run_tokens']:,} for the "
             f"long run. {pred['fit']}: "
@@ -503,9 +508,9 @@ def sections(meta: dict, rows: list[dict]) -> str:
             "## What a larger budget would predict",
             "",
             f"Power law over the curve: perplexity x teacher - 1 = a t^-b with (a, b) = {e['ppl_fit_a_b']}, "
-            f"reaching 1.3x at {_tokens(e['tokens_for_ppl_1.3x'])} tokens; 1 - top-1 agreement = a t^-b with "
+            f"reaching 1.3x at {_tokens(e['tokens_for_ppl_1.3x'])}; 1 - top-1 agreement = a t^-b with "
             f"(a, b) = {e['agreement_fit_a_b']}, reaching 0.85 x baseline at "
-            f"{_tokens(e['tokens_for_top1_0.85_baseline'])} tokens (Minitron's reference: pruning + "
+            f"{_tokens(e['tokens_for_top1_0.85_baseline'])} (Minitron's reference: pruning + "
             f"distillation needs up to 40x fewer tokens than training from scratch). Steps done / planned "
             f"{e['steps']}, cut by the wall-time budget: {e['cut_by_deadline']}.",
         ]
@@ -531,7 +536,7 @@ def sections(meta: dict, rows: list[dict]) -> str:
 
 
 def _tokens(value: float | None) -> str:
-    return "no decreasing fit:" if value is None else f"~{value:,.0f}"
+    return "no point (no decreasing fit)" if value is None else f"~{value:,.0f} tokens"
 
 
 def row(name, split, loss, result, model, scores, teacher_scores, baseline, recipe_yaml=None) -> dict:
@@ -613,6 +618,19 @@ def teacher_directory(args, work: Path) -> tuple[Path, str]:
     if args.teacher_dir:
         return Path(args.teacher_dir), args.teacher_dir
     return convert_gguf(Path(args.gguf), work / "teacher"), "smollm2-135m-instruct"
+
+
+def teacher_data(spec, encoder, teacher, teacher_dir, work, answerer, engine_config):
+    return prepare_data(
+        spec,
+        encoder,
+        teacher,
+        content_hash(teacher_dir),
+        work / "data",
+        answer=answerer.answer,
+        answer_batch=8192,
+        answer_tag=f"-engine-{engine_config.dtype}",
+    )
 
 
 def free(device: torch.device) -> None:
