@@ -121,6 +121,10 @@ class ForwardConfig:
     # Prompts whose message is larger than this (serialized bytes: text, chat turns or
     # token ids) are refused before tokenizing; tokenizing runs off the event loop.
     max_prompt_bytes: int = 1 << 20
+    # Secret shared with the workers (their identity_secret): each forwarded request carries an
+    # HMAC of its tenant id, weight and request id, so a worker serves no caller posing as a
+    # tenant (radixfair.caller_identity). Empty: requests go unsigned.
+    identity_secret: str = ""
 
 
 @dataclass(frozen=True)

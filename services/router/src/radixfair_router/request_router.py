@@ -37,6 +37,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, Tracer
 
 from radixfair.auth import Principal
+from radixfair.caller_identity import IDENTITY_SIGNATURE_KEY, identity_signature
 from radixfair.errors import (
     FAILURE_SCOPE_KEY,
     REQUEST_SCOPE,
@@ -255,6 +256,10 @@ class RequestRouter:
             metadata = inject_metadata([])
         finally:
             otel_context.detach(token)
+        secret = self._config.forward.identity_secret
+        if secret:  # the worker serves only the identity this router vouches for
+            signature = identity_signature(secret, principal.client_id, principal.weight, request.request_id)
+            metadata.append((IDENTITY_SIGNATURE_KEY, signature))
         try:
             call = self._relay_call(endpoint)(_worker_request(request, principal), metadata=metadata)
         except grpc.aio.UsageError as error:

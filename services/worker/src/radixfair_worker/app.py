@@ -24,6 +24,7 @@ from radixfair.tls import open_aio_channel, server_credentials
 from radixfair.tokenization import PromptEncoder
 from radixfair.tracing import build_tracer
 from radixfair.v1 import router_pb2, router_pb2_grpc, worker_pb2_grpc
+from radixfair_worker.caller_identity_check import CallerIdentityInterceptor
 from radixfair_worker.config import WorkerConfig
 from radixfair_worker.engine_client import EngineClient
 from radixfair_worker.engine_protocol import EngineSpec
@@ -70,7 +71,10 @@ async def _serve_grpc(
     model_name: str,
     ready: asyncio.Event | None,
 ) -> None:
-    server = build_grpc_server([MalformedRequestInterceptor()])
+    interceptors: list[grpc.aio.ServerInterceptor] = [MalformedRequestInterceptor()]
+    if config.identity_secret:
+        interceptors.append(CallerIdentityInterceptor(config.identity_secret))
+    server = build_grpc_server(interceptors)
     worker_pb2_grpc.add_WorkerServiceServicer_to_server(servicer, server)
     health = add_health_and_reflection(server, [SERVICE_NAME])
     port = bind_grpc_port(server, config.host, config.port, credentials=server_credentials(config.tls))

@@ -187,3 +187,7 @@ class WorkerConfig:
     # the engine), so detokenizing costs the engine's step nothing for them; false keeps all text
     # in the engine process.
     detokenize_in_front: bool = True
+    # Secret shared with the routers (their forward.identity_secret): Generate then serves only
+    # requests whose tenant identity a router signed, others get UNAUTHENTICATED. Empty trusts
+    # every caller's client_id and weight (keep the port private, or require client certificates).
+    identity_secret: str = ""
