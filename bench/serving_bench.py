@@ -12,7 +12,9 @@ Paths, each on the same shapes and the same engine settings:
 - ``in_process``: the worker's own engine builder and config, driven by ``Engine.submit/step`` in this
   process (no gRPC): the ceiling the serving path is measured against;
 - ``worker``: ``WorkerService.Generate`` straight to the worker process;
-- ``router``: ``RouterService.Generate`` through a router process with a real redis-server ledger.
+- ``router``: ``RouterService.Generate`` through a router process with a real redis-server ledger;
+- ``http``: the same router's OpenAI-compatible HTTP API, streamed as server-sent events
+  (bench/serving_http_client.py): HTTP streaming against gRPC streaming, front door only.
 
 Workers are started as ``python -m radixfair_worker --set ...``; Redis and the router (``python -m
 radixfair_router``) through ``radixfair.local_stack``, the router listing the workers statically. So
@@ -69,7 +71,7 @@ from radixfair.local_stack import LocalStack, LocalStackConfig  # noqa: E402
 from radixfair.redis_launcher import free_loopback_port  # noqa: E402
 from radixfair.v1 import router_pb2, router_pb2_grpc, worker_pb2, worker_pb2_grpc  # noqa: E402
 
-PATHS = ("in_process", "worker", "router")
+PATHS = ("in_process", "worker", "router", "http")
 WORKLOADS = ("unique", "shared_prefix")
 SHAPES = {
     "smollm2-135m": SMOLLM2_135M_HF_CONFIG,
@@ -437,6 +439,8 @@ DERIVED_COLUMNS = [
     "router_added_ttft_p50_ms",
     "router_added_itl_mean_ms",
     "router_vs_worker_tok_s",
+    "http_vs_grpc_tok_s",
+    "http_added_ttft_p50_ms",
 ]
 
 
@@ -455,6 +459,10 @@ def derived_rows(rows: list[dict[str, object]]) -> list[dict[str, object]]:
             row["router_added_ttft_p50_ms"] = _difference(unique["ttft_p50_ms"], worker["ttft_p50_ms"])
             row["router_added_itl_mean_ms"] = _difference(unique["itl_mean_ms"], worker["itl_mean_ms"])
             row["router_vs_worker_tok_s"] = _ratio(unique["out_tok_s"], worker["out_tok_s"])
+        if path == "http":
+            from bench.serving_http_client import http_vs_grpc  # here: it imports this module
+
+            row.update(http_vs_grpc(unique, cell.get(("router", "unique", concurrency))))
         out.append(row)
     return out
 
@@ -640,6 +648,7 @@ class Paths:
     worker: Target | None = None
     router: Target | None = None
     router_log: Path | None = None
+    http: Target | None = None  # address: the router's HTTP API base URL
 
 
 @contextlib.contextmanager
@@ -656,12 +665,12 @@ def started_paths(args: argparse.Namespace, settings: dict[str, object], logs: P
         if "in_process" in args.paths:
             paths.engine = build_in_process_engine(settings)
         workers: list[WorkerProcess] = []
-        for index in range(args.workers if {"worker", "router"} & set(args.paths) else 0):
+        for index in range(args.workers if {"worker", "router", "http"} & set(args.paths) else 0):
             workers.append(WorkerProcess(settings, f"worker-{index}", logs, STARTUP_TIMEOUT_S))
             running.callback(workers[-1].stop)
         if "worker" in args.paths:
             paths.worker = Target("worker", workers[0].address, keys, args.request_timeout_s)
-        if "router" in args.paths:
+        if {"router", "http"} & set(args.paths):
             static = [{"worker_id": w.worker_id, "address": w.address} for w in workers]
             stack = LocalStack(
                 LocalStackConfig(
@@ -669,6 +678,7 @@ def started_paths(args: argparse.Namespace, settings: dict[str, object], logs: P
                     model=str(settings["model"]),
                     workers=0,
                     router_port=free_loopback_port(),
+                    router_http_port=free_loopback_port() if "http" in args.paths else 0,
                     policy=args.policy,
                     api_keys=tuple(ApiKeyConfig(k, f"tenant-{i}", 1.0) for i, k in enumerate(keys)),
                     router_settings={"registry.workers": static, **parse_sets(args.router_set)},
@@ -680,6 +690,7 @@ def started_paths(args: argparse.Namespace, settings: dict[str, object], logs: P
             wait_for_healthy_workers(stack.address, keys[0], len(workers))
             paths.router = Target("router", stack.address, keys, args.request_timeout_s)
             paths.router_log = logs / "stack" / "router.log"
+            paths.http = Target("http", stack.http_api, keys, args.request_timeout_s)
         yield paths
 
 
@@ -732,6 +743,11 @@ async def run_cell(
     elif path == "worker":
         assert paths.worker is not None
         records = await run_cell_grpc(paths.worker, specs, procs)
+    elif path == "http":
+        from bench.serving_http_client import run_cell_http  # here: it imports this module
+
+        assert paths.http is not None
+        records = await run_cell_http(paths.http, specs, procs)
     else:
         assert paths.router is not None and paths.router_log is not None
         watch, stop = DegradedWatch(paths.router.address, paths.router.keys[0]), asyncio.Event()
