@@ -49,8 +49,10 @@ def test_the_front_keeps_serving_while_the_engine_has_written_half_a_message(tmp
             while not (tmp_path / HALF_WRITTEN_MARKER).exists():
                 assert time.monotonic() < deadline, "the engine never wrote its first half"
                 await asyncio.sleep(0.01)  # the loop runs while the half message sits in the pipe
-            # One more pass of the loop: it has seen the pipe readable (a blocking read would stop here).
-            await asyncio.sleep(0)
+            # Passes of the loop that poll the pipe, now readable: a reader callback that blocks for
+            # the whole message (as the front once had) would stop the loop here.
+            for _ in range(3):
+                await asyncio.sleep(0)
             # A call made on the event loop now must reach the engine while its message is half
             # written: the engine only writes the rest once a command arrives (or after 60 s).
             stream = client.submit(new_request())
