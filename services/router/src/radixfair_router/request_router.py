@@ -52,6 +52,7 @@ from radixfair_router.cache_view import CacheView
 from radixfair_router.config import RouterConfig
 from radixfair_router.dispatch_core import DispatchCore
 from radixfair_router.ledger import Ledger
+from radixfair_router.ledger_state import Charge
 from radixfair_router.live_streams import LiveStreamLimits, LiveStreams, StreamBook
 from radixfair_router.policies import RoutingDecision, RoutingPolicy
 from radixfair_router.request_validation import ValidatedRequest
@@ -219,17 +220,41 @@ class RequestRouter:
     ) -> RoutingDecision:
         """DispatchCore's decision (one at a time per router; the span includes waiting for its turn)."""
         span = self._tracer.start_span("router.route", context=trace.set_span_in_context(parent))
+        loads = [(w.worker_id, w.load) for w in workers]
+        deciding = asyncio.ensure_future(
+            self.core.decide(principal.client_id, principal.weight, request.token_ids, loads)
+        )
         try:
-            decision = await self.core.decide(
-                principal.client_id,
-                principal.weight,
-                request.token_ids,
-                [(w.worker_id, w.load) for w in workers],
-            )
+            # Shielded: a caller hanging up during the admission (a Redis round trip) must not leave
+            # it booked and in flight with nobody to settle it; the decision finishes, then is undone.
+            decision = await asyncio.shield(deciding)
             _set_decision_attributes(span, decision, len(request.token_ids))
+        except asyncio.CancelledError:
+            deciding.add_done_callback(lambda done: self._undo_abandoned(done, request, principal))
+            raise
         finally:
             span.end()
         return decision
+
+    def _undo_abandoned(
+        self, done: asyncio.Future[RoutingDecision], request: ValidatedRequest, principal: Principal
+    ) -> None:
+        """The caller left while its request was being decided: nobody was served, so it is refunded."""
+        if done.cancelled() or done.exception() is not None:
+            return
+        decision = done.result()
+        charge = self.core.settlement(
+            decision, principal.client_id, principal.weight, len(request.token_ids), served=False
+        )
+        task = asyncio.get_running_loop().create_task(self._book_refund(charge, request.request_id))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def _book_refund(self, charge: Charge, request_id: str) -> None:
+        try:
+            await self.core.book(charge)
+        except Exception:  # a booking bug must be seen, but must not take the router down
+            log.exception("could not refund the admission of abandoned request %s", request_id)
 
     def _dispatched(self, worker_id: str) -> None:
         endpoint = self._registry.get(worker_id)
