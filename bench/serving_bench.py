@@ -54,7 +54,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import grpc
@@ -187,6 +187,11 @@ class Target:
     address: str
     keys: tuple[str, ...]  # API key of tenant i (router path)
     timeout_s: float
+    # Router replicas sharing one Redis ledger (--routers): client i talks to replica i mod n.
+    replicas: tuple[str, ...] = ()
+
+    def address_for(self, client: int) -> str:
+        return self.replicas[client % len(self.replicas)] if self.replicas else self.address
 
 
 async def stream_one(target: Target, stub: object, spec: RequestSpec) -> RequestRecord:
@@ -231,7 +236,7 @@ async def run_clients(
     )
     clients = by_client(specs)
     options = [("grpc.use_local_subchannel_pool", 1)]
-    channels = {c: grpc.aio.insecure_channel(target.address, options=options) for c in clients}
+    channels = {c: grpc.aio.insecure_channel(target.address_for(c), options=options) for c in clients}
     try:
         # Bounded: a wrong address would otherwise wait for a connection forever.
         await asyncio.wait_for(asyncio.gather(*(ch.channel_ready() for ch in channels.values())), 60)
@@ -672,23 +677,45 @@ def started_paths(args: argparse.Namespace, settings: dict[str, object], logs: P
             paths.worker = Target("worker", workers[0].address, keys, args.request_timeout_s)
         if {"router", "http"} & set(args.paths):
             static = [{"worker_id": w.worker_id, "address": w.address} for w in workers]
-            stack = LocalStack(
-                LocalStackConfig(
-                    run_dir=logs / "stack",
-                    model=str(settings["model"]),
-                    workers=0,
-                    router_port=free_loopback_port(),
-                    router_http_port=free_loopback_port() if "http" in args.paths else 0,
-                    policy=args.policy,
-                    api_keys=tuple(ApiKeyConfig(k, f"tenant-{i}", 1.0) for i, k in enumerate(keys)),
-                    router_settings={"registry.workers": static, **parse_sets(args.router_set)},
-                    startup_timeout_s=STARTUP_TIMEOUT_S,
-                )
+            stack_config = LocalStackConfig(
+                run_dir=logs / "stack",
+                model=str(settings["model"]),
+                workers=0,
+                router_port=free_loopback_port(),
+                router_http_port=free_loopback_port() if "http" in args.paths else 0,
+                policy=args.policy,
+                api_keys=tuple(ApiKeyConfig(k, f"tenant-{i}", 1.0) for i, k in enumerate(keys)),
+                router_settings={"registry.workers": static, **parse_sets(args.router_set)},
+                startup_timeout_s=STARTUP_TIMEOUT_S,
             )
+            stack = LocalStack(stack_config)
             stack.start()
             running.callback(stack.stop)
             wait_for_healthy_workers(stack.address, keys[0], len(workers))
-            paths.router = Target("router", stack.address, keys, args.request_timeout_s)
+            replicas = [stack.address]
+            for index in range(1, args.routers):
+                # Further router processes on the same Redis ledger and workers, as replicas behind
+                # a load balancer are: workers=0 starts only a router.
+                replica = LocalStack(
+                    replace(
+                        stack_config,
+                        run_dir=logs / f"stack-router-{index}",
+                        router_port=free_loopback_port(),
+                        router_http_port=0,
+                        redis_url=stack.redis_url,
+                    )
+                )
+                replica.start()
+                running.callback(replica.stop)
+                wait_for_healthy_workers(replica.address, keys[0], len(workers))
+                replicas.append(replica.address)
+            paths.router = Target(
+                "router",
+                stack.address,
+                keys,
+                args.request_timeout_s,
+                tuple(replicas) if args.routers > 1 else (),
+            )
             paths.router_log = logs / "stack" / "router.log"
             paths.http = Target("http", stack.http_api, keys, args.request_timeout_s)
         yield paths
@@ -838,6 +865,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-running", type=int, default=256)
     parser.add_argument("--torch-threads", type=int, default=0)
     parser.add_argument("--workers", type=int, default=1, help="worker processes (worker path: the first)")
+    parser.add_argument(
+        "--routers",
+        type=int,
+        default=1,
+        help="router processes on one Redis ledger; the router path's clients spread over them",
+    )
     parser.add_argument("--policy", default="d2lpm")
     parser.add_argument("--tenants", type=int, default=4, help="API keys the clients are spread over")
     parser.add_argument(
@@ -893,9 +926,9 @@ def notes(args: argparse.Namespace) -> str:
             "vs_in_process: out_tok_s over the in-process engine's on the same workload and concurrency.",
             "degraded_transitions: the router's flips into degraded mode, seen by polling GetStatus every",
             f"{STATUS_POLL_S} s (the JSON also counts the router log's warnings). The worker path talks to",
-            f"the first of {args.workers} worker process(es); the router path goes through a router (real",
-            "redis-server ledger) that lists those workers statically and polls their load throughout, as",
-            "in service. Cells run interleaved (each workload and concurrency: every path in turn), so load",
+            f"the first of {args.workers} worker process(es); the router path goes through {args.routers}",
+            "router process(es) on one real redis-server ledger (client i on replica i mod n), listing those",
+            "workers statically and polling their load throughout, as in service. Cells run interleaved (each workload and concurrency: every path in turn), so load",
             "drift on a shared machine hits all paths alike.",
         ]
     )
