@@ -4,6 +4,11 @@ A real engine (tiny random Llama, fp32, Triton kernels in the CPU interpreter): 
 request puts a 42-token prompt in the radix cache, then four requests extending it
 decode together, so their page tables share the prompt's whole pages and the runner
 groups them. Page size 4 leaves the shared prefix ending mid-page (42 = 10 pages + 2).
+
+The CUDA-graph path is run too, as tests/worker/test_decode_graph_staging.py runs it on
+the CPU: capture is skipped and a "replay" is an eager forward over the runner's static
+buffers, so the per-step host work (finding groups, staging them into the static group
+buffers, choosing the cascade graph) is the production code.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import torch
 pytest.importorskip("triton")
 
 from radixfair_worker.config import EngineConfig, SchedulerConfig  # noqa: E402
+from radixfair_worker.cuda_graph_runner import DecodeGraphRunner  # noqa: E402
 from radixfair_worker.engine import Engine  # noqa: E402
 from radixfair_worker.kernels.prefix_groups import PrefixSharingConfig  # noqa: E402
 from radixfair_worker.model.backend import ForwardBatch  # noqa: E402
@@ -42,14 +48,33 @@ class GroupCountingBackend(TritonBackend):
         return super().attention(q, k_cache, v_cache, batch, scale)
 
 
-def run_shared_prefix_batch(model_dir: Path, sharing: PrefixSharingConfig) -> tuple[list[list[int]], int]:
+class EagerReplayRunner(DecodeGraphRunner):
+    """A DecodeGraphRunner whose "replay" of the graph it would pick is an eager forward."""
+
+    grouped_replays = 0
+
+    def _capture_all(self) -> None:
+        pass
+
+    def _replay(self, size: int) -> torch.Tensor:
+        self.grouped_replays += self._grouped
+        return self.model(self._batch(size, grouped=self._grouped), self.kv_cache)
+
+
+def run_shared_prefix_batch(
+    model_dir: Path, sharing: PrefixSharingConfig, graphs: bool = False
+) -> tuple[list[list[int]], int]:
     config = EngineConfig(
         num_pages=NUM_PAGES, page_size=PAGE_SIZE, max_batched_tokens=256, scheduler=SchedulerConfig("fcfs")
     )
     backend = GroupCountingBackend()
     model = load_model(model_dir, backend, torch.float32, "cpu")
-    kv_cache = KVCache(model.config, NUM_PAGES, PAGE_SIZE, torch.float32, torch.device("cpu"))
-    runner = ModelRunner(model, kv_cache, NUM_PAGES, prefix_sharing=sharing)
+    # One page beyond the allocator's for padding rows, as engine_builder does.
+    kv_cache = KVCache(model.config, NUM_PAGES + 1, PAGE_SIZE, torch.float32, torch.device("cpu"))
+    replayer = None
+    if graphs:
+        replayer = EagerReplayRunner(model, kv_cache, NUM_PAGES, MAX_CONTEXT // PAGE_SIZE, (2, 8), sharing)
+    runner = ModelRunner(model, kv_cache, NUM_PAGES, replayer, sharing)
     engine = Engine(config, runner, build_policy(config.scheduler), frozenset(), MAX_CONTEXT)
     sampling = SamplingConfig(max_tokens=1, ignore_eos=True)
     warm = Request("warm", "a", SHARED, sampling)
@@ -65,16 +90,36 @@ def run_shared_prefix_batch(model_dir: Path, sharing: PrefixSharingConfig) -> tu
                 break
             engine.step()
         assert not engine.has_work()
+    if replayer is not None:
+        assert replayer.grouped_replays >= 3
     return [r.output_ids for r in followers], backend.grouped_calls
 
 
-def test_greedy_tokens_with_cascade_decode_equal_the_plain_kernel_in_fp32(tiny_model_dir: Path) -> None:
-    every_group = PrefixSharingConfig(min_saved_tokens=1, block_m=16)
+EVERY_GROUP = PrefixSharingConfig(min_saved_tokens=1, block_m=16)
 
-    plain, plain_grouped = run_shared_prefix_batch(tiny_model_dir, PrefixSharingConfig(enabled=False))
-    cascade, grouped = run_shared_prefix_batch(tiny_model_dir, every_group)
 
-    assert plain_grouped == 0
+@pytest.fixture(scope="module")
+def plain_tokens(tiny_model_dir: Path) -> list[list[int]]:
+    tokens, grouped = run_shared_prefix_batch(tiny_model_dir, PrefixSharingConfig(enabled=False))
+    assert grouped == 0
+    return tokens
+
+
+def test_greedy_tokens_with_cascade_decode_equal_the_plain_kernel_in_fp32(
+    tiny_model_dir: Path, plain_tokens: list[list[int]]
+) -> None:
+    cascade, grouped = run_shared_prefix_batch(tiny_model_dir, EVERY_GROUP)
+
     # Four decode steps after the followers' prefill, each with a group, in each of the 2 layers.
     assert grouped >= 2 * 3
-    assert cascade == plain
+    assert cascade == plain_tokens
+
+
+def test_the_decode_graph_runner_stages_groups_and_keeps_greedy_tokens_in_fp32(
+    tiny_model_dir: Path, plain_tokens: list[list[int]]
+) -> None:
+    staged, grouped = run_shared_prefix_batch(tiny_model_dir, EVERY_GROUP, graphs=True)
+
+    # Every decode step of the four followers replays the cascade graph of size 8 (4 padding rows).
+    assert grouped >= 2 * 3
+    assert staged == plain_tokens
