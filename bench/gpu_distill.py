@@ -326,6 +326,7 @@ def main() -> None:
     # running into the time kept for the long run (half its planned share) is cut, and its row says so.
     sweep_end = deadline.start + deadline.seconds - reserve - 0.5 * (1 - args.sweep_share) * left
     sweep_rows = []
+    sweep_rates: dict[str, float] = {}  # tokens/s each variant really trained at (on-policy is slower)
     for name, loss, hard, on_policy in SWEEP:
         text, distill_spec = recipe(f"sweep-{name.replace('+', '-')}", loss, hard, on_policy, sweep_tokens)
         result = train(
@@ -352,6 +353,7 @@ def main() -> None:
             text,
         )
         sweep_rows.append((name, hard, sweep_row))
+        sweep_rates[name] = result.tokens_done / result.seconds if result.seconds > 0 else rate
         page.rows.append(sweep_row)
         page.write()
         print(f"[{deadline.elapsed():.0f}s] {name}: {scores}", flush=True)
@@ -364,7 +366,8 @@ def main() -> None:
     # 7. The long run on the best loss, with learning-curve points.
     name, loss, hard, on_policy = next(v for v in SWEEP if v[0] == best)
     left = deadline.left() - reserve - curve_cost
-    long_tokens = max(per_step, int(left * rate * (0.95 if on_policy == 0 else 0.7)) // per_step * per_step)
+    long_rate = min(rate, sweep_rates.get(best, rate))
+    long_tokens = max(per_step, int(left * long_rate * 0.95) // per_step * per_step)
     text, distill_spec = recipe("depth-kd-gpu", loss, hard, on_policy, long_tokens)
     total_steps = distill_spec.schedule(s.seq_len).total_steps
     marks = sorted({max(1, total_steps // d) for d in (16, 8, 4, 2)} - {total_steps})
