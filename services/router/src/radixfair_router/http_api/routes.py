@@ -15,7 +15,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -110,7 +110,7 @@ class OpenAiApi:
             principal = generation.authenticate()
             body = parse_body(schema, await self._read_json(request))
             validated = await unless_client_leaves(request, generation.validate(to_request(body)))
-        except ClientGoneError:
+        except (ClientGoneError, ClientDisconnect):  # gone while sending its body, or while it was checked
             generation.abandon()
             return Response(status_code=_CLIENT_CLOSED)
         except Exception as error:
