@@ -16,17 +16,27 @@ from pathlib import Path
 
 import pytest
 
-from bench import eval_multi_worker, eval_quantum_sweep, eval_single_worker
+from bench import (
+    eval_dlpm_admission_cost,
+    eval_mixtures,
+    eval_multi_worker,
+    eval_quantum_sweep,
+    eval_single_worker,
+)
 from bench.eval_runs import output_dir, saved_trace, trace_key
 from bench.report import RAW_DIR, RESULTS_DIR
 from bench.workloads import build_pattern
 
 REPO = Path(__file__).resolve().parents[2]
+# Simulator scripts: deterministic, so a page's command run twice gives the same numbers.
 SCRIPTS = {
     "bench/eval_single_worker.py": eval_single_worker,
     "bench/eval_multi_worker.py": eval_multi_worker,
     "bench/eval_quantum_sweep.py": eval_quantum_sweep,
+    "bench/eval_mixtures.py": eval_mixtures,
 }
+# Scripts whose pages' commands are only parsed here (they time things).
+PARSED_ONLY = {"bench/eval_dlpm_admission_cost.py": eval_dlpm_admission_cost}
 COMMAND = re.compile(r"^Regenerate \(code at commit [^)]*\): `(?P<command>[^`]+)`$", re.M)
 # Scale arguments replaced for the small run; everything else is the page's own.
 SMALL = {
@@ -37,10 +47,12 @@ SMALL = {
     "--requests-per-worker": ["8"],
     "--clients-per-worker": ["2"],
     "--quanta": ["1024", "65536"],
+    "--seeds": ["1101"],
 }
 SMALL_POLICIES = {
     "bench/eval_single_worker.py": ["vtc", "dlpm"],
     "bench/eval_multi_worker.py": ["cache_aware", "global_vtc", "d2lpm"],
+    "bench/eval_mixtures.py": ["cache_aware", "d2lpm"],
 }
 
 
@@ -59,10 +71,13 @@ def test_every_evaluation_page_states_its_regenerating_command():
     assert pages and pages == set(page_commands())
 
 
-@pytest.mark.parametrize("page", [p for p, c in page_commands().items() if shlex.split(c)[1] in SCRIPTS])
+PARSERS = {**SCRIPTS, **PARSED_ONLY}
+
+
+@pytest.mark.parametrize("page", [p for p, c in page_commands().items() if shlex.split(c)[1] in PARSERS])
 def test_a_pages_command_is_one_its_script_accepts(page):
     argv = shlex.split(page_commands()[page])
-    SCRIPTS[argv[1]].build_parser().parse_args(argv[2:])
+    PARSERS[argv[1]].build_parser().parse_args(argv[2:])
 
 
 def shrink(argv: list[str]) -> list[str]:
@@ -82,9 +97,11 @@ def shrink(argv: list[str]) -> list[str]:
         i = j
     # A scale argument the page left at its default is shrunk too.
     accepted = {f for a in SCRIPTS[script].build_parser()._actions for f in a.option_strings}
-    for flag in ("--requests", "--workers", "--requests-per-worker", "--clients-per-worker"):
+    for flag in ("--requests", "--workers", "--requests-per-worker", "--clients-per-worker", "--seeds"):
         if flag in accepted and flag not in out:
             out += [flag, *SMALL[flag]]
+    if script in SMALL_POLICIES and "--policies" not in out:
+        out += ["--policies", *SMALL_POLICIES[script]]
     return [argv[0], script, *out]
 
 
@@ -110,8 +127,8 @@ def test_a_pages_command_at_small_scale_reproduces_its_own_numbers(script, tmp_p
     _, second = run_command(argv, tmp_path / "b", monkeypatch)
     assert first and len(first) == len(second)
     for a, b in zip(first, second):
-        a.pop("sim_wall_s")
-        b.pop("sim_wall_s")
+        a.pop("sim_wall_s", None)
+        b.pop("sim_wall_s", None)
         assert a == b
 
 
