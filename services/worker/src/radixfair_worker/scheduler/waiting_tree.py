@@ -187,17 +187,22 @@ def prefix_order(
 
 def _follow(tokens: list[int], cnode: CacheNode, cpos: int, p: int) -> tuple[int, CacheNode, int]:
     """How many leading tokens (whole pages) of ``tokens`` the cache holds from (cnode, cpos) on."""
-    matched = 0
-    while matched < len(tokens):
-        page = tokens[matched : matched + p]
+    matched, n = 0, len(tokens)
+    while matched < n:
         if cpos == len(cnode.tokens):
-            below = cnode.children.get(tuple(page))
+            below = cnode.children.get(tuple(tokens[matched : matched + p]))
             if below is None:
                 break
             cnode, cpos = below, 0
-        if cnode.tokens[cpos : cpos + p] != page:
-            break
-        matched, cpos = matched + p, cpos + p
+        # Both edges are whole pages: compare all the pages they still share in one C-level
+        # comparison; only where they differ, find the first differing page one page at a time.
+        span = min(n - matched, len(cnode.tokens) - cpos)
+        if tokens[matched : matched + span] == cnode.tokens[cpos : cpos + span]:
+            matched, cpos = matched + span, cpos + span
+            continue
+        while tokens[matched : matched + p] == cnode.tokens[cpos : cpos + p]:
+            matched, cpos = matched + p, cpos + p
+        break
     return matched, cnode, cpos
 
 
