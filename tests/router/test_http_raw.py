@@ -15,6 +15,7 @@ import time
 import grpc
 import httpx
 import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from support.http_router import http_router
 from support.metrics_scrape import scrape
 from support.ports import free_port
@@ -253,3 +254,22 @@ def test_a_full_worker_queue_is_a_429_with_retry_after(narrow, narrow_worker):
 def test_a_completion_prompt_radixfair_cannot_serve_is_a_400_naming_it(api, prompt, named):
     reply = post(api, "/completions", {"prompt": prompt, "max_tokens": 1})
     assert reply.status_code == 400 and named in reply.json()["error"]["message"], reply.text
+
+
+def test_an_http_request_is_traced_as_a_grpc_one_under_the_callers_traceparent(tiny_model_dir, two_workers):
+    spans = InMemorySpanExporter()
+    trace_id, parent_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    headers = {"traceparent": f"00-{trace_id}-{parent_id}-01"}
+    with http_router(tiny_model_dir, two_workers, span_exporter=spans) as router:
+        body = {"messages": [{"role": "user", "content": fresh_text()}], "max_tokens": 2, "ignore_eos": True}
+        assert post(router, "/chat/completions", body, headers=headers).status_code == 200
+        router.call(router.running.router.drain())
+    by_name = {s.name: s for s in spans.get_finished_spans()}
+    server, route, forward = by_name["router.generate"], by_name["router.route"], by_name["router.forward"]
+    assert server.parent.span_id == int(parent_id, 16)
+    assert {s.context.trace_id for s in (server, route, forward)} == {int(trace_id, 16)}
+    assert route.parent.span_id == forward.parent.span_id == server.context.span_id
+    assert server.attributes["gen_ai.operation.name"] == "chat"
+    assert server.attributes["radixfair.front_door"] == "http"
+    assert server.attributes["radixfair.client_id"] == "alice"
+    assert forward.attributes["gen_ai.usage.output_tokens"] == 2

@@ -16,6 +16,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+from opentelemetry.sdk.trace.export import SpanExporter
+
 from radixfair_router.app import RunningRouter
 from support.ports import free_port
 from support.processes import ServiceProcess
@@ -41,7 +43,12 @@ class HttpRouter:
 
 
 @contextmanager
-def http_router(tokenizer_dir: Path, workers: list[ServiceProcess], **config: Any) -> Iterator[HttpRouter]:
+def http_router(
+    tokenizer_dir: Path,
+    workers: list[ServiceProcess],
+    span_exporter: SpanExporter | None = None,
+    **config: Any,
+) -> Iterator[HttpRouter]:
     """A router with ``http_port`` set, in front of ``workers``, in-memory ledger unless redis_url given."""
     redis_url = config.pop("redis_url", "")
     base = replace(router_config(tokenizer_dir, workers, redis_url), http_port=free_port())
@@ -52,7 +59,7 @@ def http_router(tokenizer_dir: Path, workers: list[ServiceProcess], **config: An
 
     async def serve() -> None:
         try:
-            async with running_router(settings) as running:
+            async with running_router(settings, span_exporter) as running:
                 started.set_result(running)
                 while not stop.is_set():
                     await asyncio.sleep(0.05)
