@@ -178,7 +178,7 @@ def wait_until(condition, what: str) -> None:
 
 def long_stream(router, tenant, started: threading.Event, leave: threading.Event) -> None:
     """A completion of up to 900 tokens; reads its first events, then hangs up when ``leave`` is set."""
-    body = {"prompt": fresh_text(), "max_tokens": 900, "stream": True, "temperature": 1.0}
+    body = {"prompt": fresh_text(), "max_tokens": 900, "stream": True, "temperature": 1.0, "ignore_eos": True}
     headers = {**AUTH, "Authorization": f"Bearer {tenant[1]}"}
     with httpx.Client(timeout=120) as client:
         with client.stream("POST", f"{router.base_url}/completions", json=body, headers=headers) as reply:
