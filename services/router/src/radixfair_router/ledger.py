@@ -331,6 +331,11 @@ class Ledger:
             self._enter_degraded(error)
             self._uncertain.append((call, seqs))
             raise
+        except BaseException:
+            # Never repeated (a bug, or the loop shutting down): its numbers must not hold the mark back.
+            for seq in seqs:
+                self._redis.settled(seq)
+            raise
         for seq in seqs:
             self._redis.settled(seq)
         return result
