@@ -8,7 +8,9 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent import futures
 
+import grpc
 import openai
 import pytest
 from support.ports import free_port
@@ -62,3 +64,31 @@ def test_up_with_a_bad_or_taken_http_port_exits_with_one_line(taken, tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
     line = result.stderr.strip().splitlines()[-1]
     assert line.startswith("radixfair: error:") and expected in line, line
+
+
+@pytest.mark.parametrize("holder", ["plain socket", "gRPC server with port reuse"])
+def test_a_router_whose_http_port_is_taken_exits_with_one_line(holder, smollm2_dir):
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
+    with socket.socket() as plain:
+        if holder == "plain socket":
+            plain.bind(("0.0.0.0", 0))
+            plain.listen()
+            taken = plain.getsockname()[1]
+        else:  # gRPC's defaults turn SO_REUSEPORT on: a server that also did would bind beside it
+            taken = server.add_insecure_port("127.0.0.1:0")
+            server.start()
+        settings = {
+            "port": free_port(),
+            "http_port": taken,
+            "tokenizer_dir": smollm2_dir,
+            "ledger.store": "memory",
+        }
+        args = [arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")]
+        result = subprocess.run(
+            [sys.executable, "-m", "radixfair_router", *args], capture_output=True, text=True, timeout=240
+        )
+        server.stop(grace=None)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("radixfair-router: error:") and f"port {taken}" in line, line
+    assert "OpenAI-compatible HTTP API" in line and "already in use" in line, line
