@@ -227,7 +227,7 @@ class Ledger:
                 socket_connect_timeout=config.redis_timeout_s,
                 retry_on_timeout=False,
                 # One retry on a fresh connection: a pooled one may have died with a Redis
-                # restart. Safe, since a repeated script with the same op id changes nothing.
+                # restart. Safe, since a repeated script with the same sequence number changes nothing.
                 retry_on_error=[RedisConnectionError],
             )
             client = aioredis.Redis(connection_pool=pool)
