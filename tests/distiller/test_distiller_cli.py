@@ -24,7 +24,8 @@ name: cli-student
 teacher: {tiny_model_dir}
 prune: {{depth: {{keep_layers: 1}}, calibration_sequences: 2}}
 distill: {{tokens: 288, batch_size: 2, checkpoint_every: 2}}  # 3 steps of 2 x 48
-data: {{seq_len: 48, text_max_files: 10, chat_prompts: 30, response_max_new_tokens: 6}}
+data: {{seq_len: 48, text_max_files: 10, chat_prompts: 30, response_max_new_tokens: 6,
+       teacher_answers: engine}}
 evaluate: {{text_sequences: 2, chat_prompts: 2, max_new_tokens: 4, decode_tokens: 4}}
 """
     )

@@ -61,6 +61,7 @@ quantize: [int8, fp8]
         ),
         ("distill: {steps: 1, precision: bf16}", "recipe.distill: precision must be one of float32, float64"),
         ("quantize: [int4]", "unknown scheme 'int4'"),
+        ("data: {teacher_answers: vllm}", "teacher_answers must be one of generate, engine"),
         (
             "distill: {tokens: 10, loss: {hard_label_weight: 1.0}, on_policy: {fraction: 0.5}}",
             "on_policy needs the teacher",

@@ -35,6 +35,7 @@ from radixfair.tokenization import PromptEncoder
 from radixfair_distiller.artifacts import ArtifactStore, Manifest, describe
 from radixfair_distiller.data.batches import calibration_batches
 from radixfair_distiller.data.bundle import DataBundle, prepare_data
+from radixfair_distiller.data.engine_answers import answer_source
 from radixfair_distiller.distributed import DistributedContext
 from radixfair_distiller.evaluation import evaluate_model_dir
 from radixfair_distiller.model_dir import content_hash, is_model_dir, load_llama, save_llama, staging_dir
@@ -121,6 +122,7 @@ def run_pipeline(
     encoder = PromptEncoder(teacher_dir)
 
     report.event(stage="data", message="preparing docstring text and the teacher's chat answers")
+    source = answer_source(recipe.data.teacher_answers, teacher_dir, str(device))
     bundle = prepare_data(
         recipe.data,
         encoder,
@@ -128,6 +130,9 @@ def run_pipeline(
         teacher_hash,
         paths.cache_dir,
         on_progress=lambda done, total: _data_progress(report, done, total),
+        answer=source.answer,
+        answer_batch=source.batch,
+        answer_tag=source.tag,
     )
     report.check()
     _prune_stage(resolved, paths, teacher, bundle, report)
@@ -234,12 +239,16 @@ def train_on_follower(resolved: ResolvedRecipe, paths: JobPaths, dist: Distribut
     rank 0 stops it at the same step.
     """
     teacher = load_llama(resolved.teacher_dir, dist.device)
+    source = answer_source(resolved.recipe.data.teacher_answers, resolved.teacher_dir, str(dist.device))
     bundle = prepare_data(
         resolved.recipe.data,
         PromptEncoder(resolved.teacher_dir),
         teacher,
         _cached_content_hash(resolved.teacher_dir, paths.cache_dir),
         paths.cache_dir,
+        answer=source.answer,
+        answer_batch=source.batch,
+        answer_tag=source.tag,
     )
     quiet = TrainingHooks(
         on_step=lambda r: None,

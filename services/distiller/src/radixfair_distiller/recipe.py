@@ -23,6 +23,7 @@ from radixfair_worker.model_store import ModelNotFoundError, resolve_model_dir
 LOSS_KINDS = ("forward_kl", "reverse_kl", "jsd")
 QUANTIZATION_SCHEMES = ("int8", "fp8")
 DEPTH_IMPORTANCE = ("block_influence", "ablation_kl")
+TEACHER_ANSWERS = ("generate", "engine")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
@@ -228,6 +229,10 @@ class DataSpec:
     generated_prompts_seed: int = 0
     # Length of the teacher's (greedy) responses.
     response_max_new_tokens: int = 64
+    # Who writes them: "generate" (Hugging Face, 8 prompts at a time; fine for the shipped few
+    # hundred) or "engine" (the worker's engine: continuous batching, Triton + bf16 on a GPU; for
+    # tens of thousands of generated prompts). Cached separately: the two differ in rounding.
+    teacher_answers: str = "generate"
 
     def __post_init__(self) -> None:
         _require(self.seq_len >= 8, "seq_len must be >= 8")
@@ -236,6 +241,10 @@ class DataSpec:
         _require(self.chat_prompts >= 0, "chat_prompts must be >= 0")
         _require(self.generated_prompts >= 0, "generated_prompts must be >= 0")
         _require(self.response_max_new_tokens >= 1, "response_max_new_tokens must be >= 1")
+        _require(
+            self.teacher_answers in TEACHER_ANSWERS,
+            f"teacher_answers must be one of {', '.join(TEACHER_ANSWERS)}, not {self.teacher_answers!r}",
+        )
 
 
 @dataclass(frozen=True)

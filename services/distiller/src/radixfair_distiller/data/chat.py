@@ -104,9 +104,11 @@ def teacher_examples(
     if cache.exists() and not cache.read_bytes().endswith(b"\n") and cache.stat().st_size:
         with cache.open("a") as handle:
             handle.write("\n")  # end a line a crash cut short, so the next record starts clean
+    # Each prompt is rendered and tokenized once (tens of thousands take seconds each pass).
+    encoded = {p.id: tuple(encoder.encode_chat([ChatTurn("user", p.prompt)])) for p in prompts}
     for start in range(0, len(todo), batch):
         chunk = todo[start : start + batch]
-        prompt_ids = [encoder.encode_chat([ChatTurn("user", p.prompt)]) for p in chunk]
+        prompt_ids = [list(encoded[p.id]) for p in chunk]
         if answer is not None:
             outputs = answer(prompt_ids, max_new_tokens, encoder.eos_token_id)
         else:
@@ -127,7 +129,7 @@ def teacher_examples(
         ChatExample(
             id=p.id,
             split=p.split,
-            prompt_ids=tuple(encoder.encode_chat([ChatTurn("user", p.prompt)])),
+            prompt_ids=encoded[p.id],
             response_ids=tuple(answers[p.id]),
         )
         for p in prompts

@@ -101,3 +101,45 @@ class EngineAnswerer:
         self.generated_tokens += sum(len(a) for a in answers)
         self.seconds += time.monotonic() - started
         return answers
+
+
+@dataclass(frozen=True)
+class AnswerSource:
+    """What writes the teacher's answers for ``prepare_data``: its answer, batch and cache tag."""
+
+    answer: Callable[[list[list[int]], int, int | None], list[list[int]]] | None
+    batch: int
+    tag: str
+
+
+def answer_source(teacher_answers: str, teacher_dir: Path, device: str) -> AnswerSource:
+    """``generate`` (Hugging Face, 8 prompts at a time) or ``engine`` (the worker's engine, built lazily).
+
+    The engine runs Triton kernels in bf16 with CUDA graphs on a GPU and the torch backend in fp32
+    elsewhere; it is built only when an answer is missing from the cache, so a rank that reads a
+    cache rank 0 filled never allocates one.
+    """
+    if teacher_answers == "generate":
+        return AnswerSource(None, 8, "")
+    cuda = device.startswith("cuda")
+    config = (
+        AnswerEngineConfig(
+            device=device,
+            dtype="bfloat16",
+            backend="triton",
+            max_running_requests=256,
+            num_pages=16384,
+            max_batched_tokens=8192,
+            cuda_graph_max_batch=256,
+        )
+        if cuda
+        else AnswerEngineConfig(device=device)
+    )
+    built: list[EngineAnswerer] = []
+
+    def answer(prompts: list[list[int]], max_new_tokens: int, eos_token_id: int | None) -> list[list[int]]:
+        if not built:
+            built.append(EngineAnswerer(teacher_dir, config))
+        return built[0].answer(prompts, max_new_tokens, eos_token_id)
+
+    return AnswerSource(answer, 4096, f"-engine-{config.dtype}")
