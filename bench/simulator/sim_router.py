@@ -151,3 +151,11 @@ class SimRouter:
         )
         run_sync(self.core.book(charge))
         self.inflight[decision.worker_id] -= 1
+
+    def rejected(self, request_id: str, client_id: str, weight: float, prompt: int) -> None:
+        """The worker refused the request before any output: nobody served it, so it costs nothing
+        (issue 12, point 10), as the router settles it."""
+        decision = self._decisions.pop(request_id)
+        self._uncharged.pop(request_id)
+        run_sync(self.core.book(self.core.settlement(decision, client_id, weight, prompt, served=False)))
+        self.inflight[decision.worker_id] -= 1

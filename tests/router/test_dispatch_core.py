@@ -104,3 +104,12 @@ def test_the_server_and_the_simulator_hold_the_one_dispatch_core():
     assert [r.requests for r in before] == [1]
     source = Path(ROOT, "bench/simulator/sim_router.py").read_text()
     assert "input_cost" not in source and "Charge(" not in source  # booking is DispatchCore's alone
+
+
+def test_a_request_its_worker_refused_costs_nothing_in_the_simulator_as_in_the_router():
+    sim = SimRouter(POLICY, CostConfig(), ["w0", "w1"], TREE)
+    sim.route("a", 1.0, list(range(20)), 0.0, "r0")
+    sim.rejected("r0", "a", 1.0, 20)
+    [record] = run_sync(sim.ledger.snapshot())
+    assert (record.requests, record.inflight, record.service, record.prompt_tokens) == (0, 0, 0.0, 0)
+    assert sim.inflight == {"w0": 0, "w1": 0}
