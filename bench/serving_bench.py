@@ -13,8 +13,8 @@ Paths, each on the same shapes and the same engine settings:
   process (no gRPC): the ceiling the serving path is measured against;
 - ``worker``: ``WorkerService.Generate`` straight to the worker process;
 - ``router``: ``RouterService.Generate`` through a router process with a real redis-server ledger;
-- ``http``: the same router's OpenAI-compatible HTTP API, streamed as server-sent events
-  (bench/serving_http_client.py): HTTP streaming against gRPC streaming, front door only.
+- ``http`` (only with ``--paths ... http``): the same router's OpenAI-compatible HTTP API, streamed
+  as server-sent events (bench/serving_http_client.py): HTTP streaming against gRPC, front door only.
 
 Workers are started as ``python -m radixfair_worker --set ...``; Redis and the router (``python -m
 radixfair_router``) through ``radixfair.local_stack``, the router listing the workers statically. So
@@ -844,7 +844,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out-dir", default=str(RESULTS_DIR))
     parser.add_argument("--raw", default="", help="also write per-request records here (JSON)")
     parser.add_argument("--logs-dir", default="", help="keep the router's and workers' logs here")
-    parser.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS))
+    # http is asked for by name: it needs the router's HTTP stack and httpx where the bench runs.
+    parser.add_argument("--paths", nargs="+", choices=PATHS, default=[p for p in PATHS if p != "http"])
     parser.add_argument("--workloads", nargs="+", choices=WORKLOADS, default=list(WORKLOADS))
     parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 32, 128, 256, 512])
     parser.add_argument("--prompt-len", type=int, default=128)

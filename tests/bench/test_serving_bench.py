@@ -43,7 +43,7 @@ def test_serving_bench_smallest_run_completes_every_request_on_every_path(
     cells = [(r["path"], r["workload"], r["concurrency"]) for r in rows]
     expected = [
         (p, w, c)
-        for p in ("in_process", "worker", "router", "http")
+        for p in ("in_process", "worker", "router")
         for w in ("unique", "shared_prefix")
         for c in CONCURRENCY
     ]

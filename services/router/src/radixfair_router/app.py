@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import grpc
 from opentelemetry.sdk.trace import TracerProvider
@@ -24,13 +25,15 @@ from radixfair.v1 import router_pb2_grpc, worker_pb2
 from radixfair_router.cache_view import CacheView
 from radixfair_router.config import RouterConfig
 from radixfair_router.gc_tuning import tune_for_routing
-from radixfair_router.http_api import DispatchParts, OpenAiApi, RunningHttpApi, start_http_api
 from radixfair_router.ledger import Ledger
 from radixfair_router.policies import build_policy
 from radixfair_router.request_router import RequestRouter
 from radixfair_router.router_metrics import RouterMetrics
 from radixfair_router.server import SERVICE_NAME, RouterServicer
 from radixfair_router.worker_registry import WorkerRegistry
+
+if TYPE_CHECKING:
+    from radixfair_router.http_api import RunningHttpApi
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +107,9 @@ async def start_router(config: RouterConfig, span_exporter: SpanExporter | None 
     port = bind_grpc_port(server, config.host, config.port, credentials=credentials)
     http = None
     if config.http_port:
+        # Imported only when served: a router without the HTTP port needs none of the ASGI stack.
+        from radixfair_router.http_api import DispatchParts, OpenAiApi, start_http_api
+
         parts = DispatchParts(router, registry, authenticator, encoder, config.model_name, tracer, metrics)
         http = await start_http_api(OpenAiApi(parts).app(), config.host, config.http_port, config.tls)
     registry.start()

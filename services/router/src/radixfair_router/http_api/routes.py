@@ -8,6 +8,7 @@ translate; every decision is the router's.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -19,7 +20,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from radixfair.errors import InvalidRequestError, NotFoundError
+from radixfair.errors import InvalidRequestError, NotFoundError, RadixfairError
 from radixfair.v1 import generation_pb2, router_pb2
 from radixfair_router.http_api.dispatch import DispatchParts, Generation
 from radixfair_router.http_api.errors import HttpError, error_body, error_event, error_response
@@ -37,6 +38,8 @@ from radixfair_router.http_api.translation import (
     completion_request,
     finish_reason,
 )
+
+log = logging.getLogger(__name__)
 
 # Room for the JSON around a prompt of forward.max_prompt_bytes (escapes can double its text).
 _BODY_OVERHEAD_BYTES = 64 * 1024
@@ -114,6 +117,8 @@ class OpenAiApi:
             generation.abandon()
             return Response(status_code=_CLIENT_CLOSED)
         except Exception as error:
+            if not isinstance(error, RadixfairError):  # a bug here: seen in the log, answered 500
+                log.exception("HTTP request failed before reaching the router")
             generation.fail(error)
             return error_response(error)
         stream = generation.messages(validated, principal)
