@@ -47,10 +47,10 @@ SHAPES = (
     ("down_proj", HIDDEN, INTERMEDIATE, LAYERS),
     ("lm_head", VOCAB, HIDDEN, 1),
 )
-# Each tile compiles once per shape (~1 s): 9 tiles x 10 products keep the sweep near a minute.
+# Each tile compiles once per shape (~1 s); block_m 0 keeps the default for the batch.
 TILES = [
-    {"block_n": bn, "block_k": bk, "num_warps": 4, "num_stages": 3}
-    for bn, bk in itertools.product((32, 64, 128), (64, 128, 256))
+    {"block_m": bm, "block_n": bn, "block_k": bk, "num_warps": 4, "num_stages": 4}
+    for bm, bn, bk in itertools.product((0, 64), (16, 32, 64, 128), (64, 128))
 ]
 
 
@@ -86,6 +86,9 @@ def measure(name: str, n: int, k: int, m: int, sweep: bool) -> dict:
     if sweep:
         best = None
         for tile in TILES:
+            if tile["block_m"] and m <= 16:
+                continue  # one 16-row tile is the only sensible one for a decode row
+            tile = {**tile, "block_m": tile["block_m"] or None}
             try:
                 int8_weight_matmul(x, q, scale, out=out, **tile)
                 t = time_us(lambda tile=tile: int8_weight_matmul(x, q, scale, out=out, **tile))

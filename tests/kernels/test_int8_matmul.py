@@ -19,7 +19,8 @@ def quantized(n: int, k: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 # (M, N, K): a single decode row, ragged edges in every dimension, more rows than one tile.
-@pytest.mark.parametrize("shape", [(1, 64, 64), (3, 40, 200), (17, 96, 130), (40, 33, 72)])
+# K = 64 and 128 take the unmasked (EVEN_K) loop at block_k 64, the others the masked one.
+@pytest.mark.parametrize("shape", [(1, 64, 64), (3, 40, 200), (17, 96, 130), (40, 33, 72), (5, 24, 128)])
 def test_int8_weight_matmul_matches_fp64_reference(dtype: torch.dtype, shape: tuple[int, int, int]) -> None:
     m, n, k = shape
     q, scale = quantized(n, k)
@@ -66,6 +67,8 @@ def test_bad_operands_are_refused_before_launch(x, q, scale, message) -> None:
         int8_weight_matmul(x, q, scale)
 
 
-def test_decode_batches_take_one_row_tile_and_narrow_outputs_narrow_tiles() -> None:
-    assert tile_sizes(1, 576) == (16, 32)
-    assert tile_sizes(128, 49152) == (64, 128)
+def test_batches_up_to_128_rows_take_one_row_tile_and_narrow_outputs_narrow_tiles() -> None:
+    assert tile_sizes(1, 576) == (16, 16)
+    assert tile_sizes(1, 49152) == (16, 128)
+    assert tile_sizes(100, 3072) == (128, 32)
+    assert tile_sizes(300, 576)[0] == 128

@@ -44,6 +44,7 @@ def _int8_weight_matmul_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    EVEN_K: tl.constexpr,
     DOT_FP32: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -51,20 +52,19 @@ def _int8_weight_matmul_kernel(
     row_mask = rows < M
     col_mask = cols < N
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    x_rows = x_ptr + rows.to(tl.int64)[:, None] * x_stride
+    # The weight tile, transposed on the fly: [BLOCK_K, BLOCK_N] of q[cols, ks].
+    q_cols = q_ptr + cols.to(tl.int64)[None, :] * q_stride
     for k_start in range(0, K, BLOCK_K):
         ks = k_start + tl.arange(0, BLOCK_K)
-        k_mask = ks < K
-        x = tl.load(
-            x_ptr + rows.to(tl.int64)[:, None] * x_stride + ks[None, :],
-            mask=row_mask[:, None] & k_mask[None, :],
-            other=0.0,
-        )
-        # The weight tile, transposed on the fly: [BLOCK_K, BLOCK_N] of q[cols, ks].
-        q = tl.load(
-            q_ptr + cols.to(tl.int64)[None, :] * q_stride + ks[:, None],
-            mask=col_mask[None, :] & k_mask[:, None],
-            other=0,
-        )
+        if EVEN_K:
+            # K a multiple of BLOCK_K (SmolLM2's 576 and 1536 at 64): no K mask on the hot loop.
+            x = tl.load(x_rows + ks[None, :], mask=row_mask[:, None], other=0.0)
+            q = tl.load(q_cols + ks[:, None], mask=col_mask[None, :], other=0)
+        else:
+            k_mask = ks < K
+            x = tl.load(x_rows + ks[None, :], mask=row_mask[:, None] & k_mask[None, :], other=0.0)
+            q = tl.load(q_cols + ks[:, None], mask=col_mask[None, :] & k_mask[:, None], other=0)
         if DOT_FP32:
             # fp32 activations, and the CPU interpreter (whose bf16 dot is wrong, see _launch.interpreted).
             acc += tl.dot(x.to(tl.float32), q.to(tl.float32), input_precision="ieee")
@@ -84,9 +84,9 @@ def int8_weight_matmul(
     out: torch.Tensor | None = None,
     block_m: int | None = None,
     block_n: int | None = None,
-    block_k: int = 128,
+    block_k: int | None = None,
     num_warps: int = 4,
-    num_stages: int = 3,
+    num_stages: int = 4,
 ) -> torch.Tensor:
     """x [M, K] @ (q [N, K] int8 * scale [N])^T -> [M, N] in x.dtype (block sizes: see tile_sizes)."""
     if x.dim() != 2 or q.dim() != 2 or scale.dim() != 1:
@@ -109,6 +109,7 @@ def int8_weight_matmul(
         return out
     default_m, default_n = tile_sizes(m, n)
     block_m, block_n = block_m or default_m, block_n or default_n
+    block_k = block_k or (128 if k % 128 == 0 else 64)
     grid = (triton.cdiv(m, block_m), triton.cdiv(n, block_n))
     _int8_weight_matmul_kernel[grid](
         x,
@@ -124,6 +125,7 @@ def int8_weight_matmul(
         BLOCK_M=block_m,
         BLOCK_N=block_n,
         BLOCK_K=block_k,
+        EVEN_K=k % block_k == 0,
         DOT_FP32=x.dtype == torch.float32 or interpreted(x),
         num_warps=num_warps,
         num_stages=num_stages,
@@ -134,11 +136,17 @@ def int8_weight_matmul(
 def tile_sizes(m: int, n: int) -> tuple[int, int]:
     """(BLOCK_M, BLOCK_N) for a batch of ``m`` rows and ``n`` output channels.
 
-    Decode batches (m <= 16) take one 16-row tile; the width shrinks for narrow outputs so that
-    N / BLOCK_N programs still cover the GPU (576 / 32 = 18 tiles beat 576 / 128 = 5).
+    Up to 128 rows take one row tile, so each weight tile is read (and converted) once; the width
+    shrinks for narrow outputs so that N / BLOCK_N programs still cover the GPU. From the first H200
+    sweep (bench/results/gpu_int8_h200.md): 16-wide tiles won at batch 1 for N <= 960, 128-wide for
+    the 49,152-row LM head; at batch 128 the 64-row tiles were 0.68-0.83x of bf16 cuBLAS, hence one
+    128-row tile there (to be confirmed by the next sweep, which also tries block_m).
     """
-    block_m = 16 if m <= 16 else 32 if m <= 32 else 64
-    block_n = 32 if n <= 2048 else 64 if n <= 8192 else 128
+    block_m = max(16, min(128, triton.next_power_of_2(m)))
+    if m <= 16:
+        block_n = 16 if n <= 1024 else 32 if n <= 8192 else 128
+    else:
+        block_n = 32 if n <= 8192 else 64
     return block_m, block_n
 
 
