@@ -51,7 +51,7 @@ USER 10001:10001
 WORKDIR /home/radixfair
 # gRPC DistillerService. One-off jobs run `python -m radixfair_distiller.cli ... distill RECIPE` instead.
 EXPOSE 50071
-HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
+HEALTHCHECK --interval=10s --timeout=10s --start-period=180s --retries=3 \
     CMD ["python", "/opt/radixfair/grpc_health_check.py", "127.0.0.1:50071"]
 ENTRYPOINT ["radixfair-distiller"]
 CMD ["--config", "/etc/radixfair/distiller.yaml"]

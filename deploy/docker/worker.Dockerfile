@@ -56,7 +56,7 @@ WORKDIR /home/radixfair
 # gRPC WorkerService, Prometheus /metrics.
 EXPOSE 50061 9461
 # start-period covers loading the weights onto the device.
-HEALTHCHECK --interval=10s --timeout=5s --start-period=300s --retries=3 \
+HEALTHCHECK --interval=10s --timeout=10s --start-period=300s --retries=3 \
     CMD ["python", "/opt/radixfair/grpc_health_check.py", "127.0.0.1:50061"]
 ENTRYPOINT ["radixfair-worker"]
 CMD ["--config", "/etc/radixfair/worker.yaml"]
