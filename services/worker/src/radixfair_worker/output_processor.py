@@ -12,15 +12,14 @@ request's stream still owes, so the concatenated deltas always equal
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from radixfair.tokenization import IncrementalDetokenizer
 from radixfair_worker.request import FinishReason, Request
 from radixfair_worker.text_stream import TextStream
 
 
-@dataclass(frozen=True)
-class TokenOutcome:
+class TokenOutcome(NamedTuple):
     """What one appended token did: the text it released, and why the request stops there, if it does.
 
     ``error`` is set when this request's text alone could not be made (the engine fails it).
@@ -29,6 +28,10 @@ class TokenOutcome:
     text: str
     finish: FinishReason | None = None
     error: str | None = None
+
+
+# What most tokens do (no text made here, no stop): one shared value, nothing built per token.
+_CONTINUES = TokenOutcome("")
 
 
 class OutputProcessor:
@@ -83,7 +86,7 @@ class OutputProcessor:
             return TokenOutcome(text, FinishReason.STOP)
         if self.length_reached(request, index + 1):
             return TokenOutcome(text, FinishReason.LENGTH)
-        return TokenOutcome(text)
+        return TokenOutcome(text) if text else _CONTINUES
 
     def drop_pending(self, request: Request) -> None:
         """Drops tokens launched after the request stopped (overlap): as if no step ran for them.
