@@ -62,11 +62,12 @@ def test_groups_share_whole_pages_only_and_leave_groups_of_one_and_padding_alone
 
 
 @pytest.mark.parametrize(
-    ("dtype", "num_splits", "prefix_splits"),
-    [(torch.float32, 1, 1), (torch.bfloat16, 1, 4), (torch.float32, 2, 2)],
+    ("dtype", "num_splits", "prefix_splits", "concurrent"),
+    [(torch.float32, 1, 1, False), (torch.bfloat16, 1, 4, False), (torch.float32, 2, 2, False)]
+    + [(torch.float32, 1, 2, True), (torch.bfloat16, 2, 1, True)],
 )
 def test_cascade_matches_plain_attention_in_fp64(
-    dtype: torch.dtype, num_splits: int, prefix_splits: int
+    dtype: torch.dtype, num_splits: int, prefix_splits: int, concurrent: bool
 ) -> None:
     ctx, host, q = shared_batch(dtype)
     groups = host.to_device(lambda t: t, capacity=host.num_items + 2)  # two empty items, as in a graph
@@ -84,6 +85,7 @@ def test_cascade_matches_plain_attention_in_fp64(
         num_splits=num_splits,
         prefix_splits=prefix_splits,
         block_n=8,
+        concurrent=concurrent,
     )
 
     assert relative_error(out, plain_reference(q, ctx)) < TOLERANCE[dtype]

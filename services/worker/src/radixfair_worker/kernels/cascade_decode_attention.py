@@ -82,6 +82,87 @@ def _attend_tile_loop(
 
 
 @triton.jit
+def _shared_part(
+    q_ptr,
+    k_cache_ptr,
+    v_cache_ptr,
+    page_table_ptr,
+    item_row_ptr,
+    item_prefix_len_ptr,
+    item_member_start_ptr,
+    item_member_count_ptr,
+    members_ptr,
+    prefix_out_ptr,
+    prefix_lse_ptr,
+    q_stride_b,
+    q_stride_h,
+    page_table_stride,
+    scale_log2,
+    kv_head,
+    item,
+    split,
+    GROUP: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    NUM_KV_HEADS: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    PAGE_SIZE: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    NUM_SPLITS: tl.constexpr,
+    UPCAST_DOT: tl.constexpr,
+    IEEE_DOT: tl.constexpr,
+):
+    """One (KV head, item, split) of the shared part: its members' queries over one prefix range."""
+    count = tl.load(item_member_count_ptr + item)
+    if count > 0:  # an empty item (a CUDA-graph buffer slot) stores nothing
+        prefix_len = tl.load(item_prefix_len_ptr + item)
+        split_len = tl.cdiv(tl.cdiv(prefix_len, NUM_SPLITS), BLOCK_N) * BLOCK_N
+        start = split * split_len
+        end = tl.minimum(start + split_len, prefix_len)
+        # Row r is query head r % GROUP (of this KV head) of member r // GROUP.
+        rows = tl.arange(0, BLOCK_M)
+        member = rows // GROUP
+        valid = member < count
+        first = tl.load(item_member_start_ptr + item)
+        seq = tl.load(members_ptr + first + member, mask=valid, other=0).to(tl.int64)
+        heads = kv_head * GROUP + rows % GROUP
+        dims = tl.arange(0, HEAD_DIM)
+        q = tl.load(
+            q_ptr + seq[:, None] * q_stride_b + heads[:, None] * q_stride_h + dims[None, :],
+            mask=valid[:, None],
+            other=0.0,
+        )
+        row = tl.load(item_row_ptr + item).to(tl.int64)
+        acc, row_max, row_sum = _attend_tile_loop(
+            q,
+            k_cache_ptr,
+            v_cache_ptr,
+            page_table_ptr + row * page_table_stride,
+            start,
+            end,
+            kv_head,
+            scale_log2,
+            BLOCK_M,
+            NUM_KV_HEADS,
+            HEAD_DIM,
+            PAGE_SIZE,
+            BLOCK_N,
+            UPCAST_DOT,
+            IEEE_DOT,
+        )
+        # A split past the prefix's end stores lse -inf (weight 0 in the merge).
+        safe_sum = tl.where(row_sum > 0, row_sum, 1.0)
+        lse = tl.where(row_sum > 0, row_max + tl.log2(safe_sum), float("-inf"))
+        # Partials are [B, Hq, NUM_SPLITS, D] fp32 and their log2-sum-exp2 [B, Hq, NUM_SPLITS].
+        slot = (seq * (NUM_KV_HEADS * GROUP) + heads) * NUM_SPLITS + split
+        tl.store(prefix_lse_ptr + slot, lse, mask=valid)
+        tl.store(
+            prefix_out_ptr + slot[:, None] * HEAD_DIM + dims[None, :],
+            acc / safe_sum[:, None],
+            mask=valid[:, None],
+        )
+
+
+@triton.jit
 def _shared_prefix_kernel(
     q_ptr,
     k_cache_ptr,
@@ -108,41 +189,94 @@ def _shared_prefix_kernel(
     UPCAST_DOT: tl.constexpr,
     IEEE_DOT: tl.constexpr,
 ):
-    kv_head = tl.program_id(0)
     item = tl.program_id(1)
-    split = tl.program_id(2)
-    count = tl.load(item_member_count_ptr + item)
-    prefix_len = tl.load(item_prefix_len_ptr + item)
-    # An empty item (a CUDA-graph buffer slot with no members) runs no tile and stores nothing.
-    prefix_len = tl.where(count > 0, prefix_len, 0)
-    split_len = tl.cdiv(tl.cdiv(prefix_len, NUM_SPLITS), BLOCK_N) * BLOCK_N
-    start = split * split_len
-    end = tl.minimum(start + split_len, prefix_len)
+    # Under a graph most programs are empty slots (the grid is sized for the batch; H200 run of
+    # 2026-11-30: a step with cascade was slower than the attention alone predicted): leave first.
+    if tl.load(item_member_count_ptr + item) == 0:
+        return
+    _shared_part(
+        q_ptr,
+        k_cache_ptr,
+        v_cache_ptr,
+        page_table_ptr,
+        item_row_ptr,
+        item_prefix_len_ptr,
+        item_member_start_ptr,
+        item_member_count_ptr,
+        members_ptr,
+        prefix_out_ptr,
+        prefix_lse_ptr,
+        q_stride_b,
+        q_stride_h,
+        page_table_stride,
+        scale_log2,
+        tl.program_id(0),
+        item,
+        tl.program_id(2),
+        GROUP,
+        BLOCK_M,
+        NUM_KV_HEADS,
+        HEAD_DIM,
+        PAGE_SIZE,
+        BLOCK_N,
+        NUM_SPLITS,
+        UPCAST_DOT,
+        IEEE_DOT,
+    )
 
-    # Row r is query head r % GROUP (of this KV head) of member r // GROUP.
-    rows = tl.arange(0, BLOCK_M)
-    member = rows // GROUP
-    valid = member < count
-    first = tl.load(item_member_start_ptr + item)
-    seq = tl.load(members_ptr + first + member, mask=valid, other=0).to(tl.int64)
-    heads = kv_head * GROUP + rows % GROUP
+
+@triton.jit
+def _own_partial(
+    q_ptr,
+    k_cache_ptr,
+    v_cache_ptr,
+    page_table_ptr,
+    seq_lens_ptr,
+    seq_prefix_len_ptr,
+    own_out_ptr,
+    own_lse_ptr,
+    q_stride_b,
+    q_stride_h,
+    page_table_stride,
+    scale_log2,
+    kv_head,
+    seq,
+    split,
+    GROUP: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+    NUM_KV_HEADS: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    PAGE_SIZE: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    NUM_SPLITS: tl.constexpr,
+    UPCAST_DOT: tl.constexpr,
+    IEEE_DOT: tl.constexpr,
+):
+    """One (KV head, sequence, split) of the own part, stored as a partial for the merge kernel."""
+    seq_len = tl.load(seq_lens_ptr + seq)
+    own_start = tl.load(seq_prefix_len_ptr + seq)
+    split_len = tl.cdiv(tl.cdiv(seq_len - own_start, NUM_SPLITS), BLOCK_N) * BLOCK_N
+    start = own_start + split * split_len
+    end = tl.minimum(start + split_len, seq_len)
+    group = tl.arange(0, BLOCK_G)
+    heads = kv_head * GROUP + group
     dims = tl.arange(0, HEAD_DIM)
+    in_group = group < GROUP
     q = tl.load(
-        q_ptr + seq[:, None] * q_stride_b + heads[:, None] * q_stride_h + dims[None, :],
-        mask=valid[:, None],
+        q_ptr + seq * q_stride_b + heads[:, None] * q_stride_h + dims[None, :],
+        mask=in_group[:, None],
         other=0.0,
     )
-    row = tl.load(item_row_ptr + item).to(tl.int64)
     acc, row_max, row_sum = _attend_tile_loop(
         q,
         k_cache_ptr,
         v_cache_ptr,
-        page_table_ptr + row * page_table_stride,
+        page_table_ptr + seq.to(tl.int64) * page_table_stride,
         start,
         end,
         kv_head,
         scale_log2,
-        BLOCK_M,
+        BLOCK_G,
         NUM_KV_HEADS,
         HEAD_DIM,
         PAGE_SIZE,
@@ -150,17 +284,113 @@ def _shared_prefix_kernel(
         UPCAST_DOT,
         IEEE_DOT,
     )
-    # A split past the prefix's end stores lse -inf (weight 0 in the merge).
     safe_sum = tl.where(row_sum > 0, row_sum, 1.0)
     lse = tl.where(row_sum > 0, row_max + tl.log2(safe_sum), float("-inf"))
-    # Partials are [B, Hq, NUM_SPLITS, D] fp32 and their log2-sum-exp2 [B, Hq, NUM_SPLITS].
     slot = (seq * (NUM_KV_HEADS * GROUP) + heads) * NUM_SPLITS + split
-    tl.store(prefix_lse_ptr + slot, lse, mask=valid)
+    tl.store(own_lse_ptr + slot, lse, mask=in_group)
     tl.store(
-        prefix_out_ptr + slot[:, None] * HEAD_DIM + dims[None, :],
+        own_out_ptr + slot[:, None] * HEAD_DIM + dims[None, :],
         acc / safe_sum[:, None],
-        mask=valid[:, None],
+        mask=in_group[:, None],
     )
+
+
+@triton.jit
+def _both_parts_kernel(
+    q_ptr,
+    k_cache_ptr,
+    v_cache_ptr,
+    page_table_ptr,
+    seq_lens_ptr,
+    seq_prefix_len_ptr,
+    item_row_ptr,
+    item_prefix_len_ptr,
+    item_member_start_ptr,
+    item_member_count_ptr,
+    members_ptr,
+    own_out_ptr,
+    own_lse_ptr,
+    prefix_out_ptr,
+    prefix_lse_ptr,
+    q_stride_b,
+    q_stride_h,
+    page_table_stride,
+    scale_log2,
+    own_programs,
+    GROUP: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    NUM_KV_HEADS: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    PAGE_SIZE: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    OWN_SPLITS: tl.constexpr,
+    PREFIX_SPLITS: tl.constexpr,
+    UPCAST_DOT: tl.constexpr,
+    IEEE_DOT: tl.constexpr,
+):
+    # Both parts in one launch, so the shared part's short, latency-bound programs run beside the
+    # own part's instead of before them; the merge kernel then combines the partials.
+    kv_head = tl.program_id(0)
+    index = tl.program_id(1)
+    if index < own_programs:
+        _own_partial(
+            q_ptr,
+            k_cache_ptr,
+            v_cache_ptr,
+            page_table_ptr,
+            seq_lens_ptr,
+            seq_prefix_len_ptr,
+            own_out_ptr,
+            own_lse_ptr,
+            q_stride_b,
+            q_stride_h,
+            page_table_stride,
+            scale_log2,
+            kv_head,
+            index // OWN_SPLITS,
+            index % OWN_SPLITS,
+            GROUP,
+            BLOCK_G,
+            NUM_KV_HEADS,
+            HEAD_DIM,
+            PAGE_SIZE,
+            BLOCK_N,
+            OWN_SPLITS,
+            UPCAST_DOT,
+            IEEE_DOT,
+        )
+    else:
+        rest = index - own_programs
+        _shared_part(
+            q_ptr,
+            k_cache_ptr,
+            v_cache_ptr,
+            page_table_ptr,
+            item_row_ptr,
+            item_prefix_len_ptr,
+            item_member_start_ptr,
+            item_member_count_ptr,
+            members_ptr,
+            prefix_out_ptr,
+            prefix_lse_ptr,
+            q_stride_b,
+            q_stride_h,
+            page_table_stride,
+            scale_log2,
+            kv_head,
+            rest // PREFIX_SPLITS,
+            rest % PREFIX_SPLITS,
+            GROUP,
+            BLOCK_M,
+            NUM_KV_HEADS,
+            HEAD_DIM,
+            PAGE_SIZE,
+            BLOCK_N,
+            PREFIX_SPLITS,
+            UPCAST_DOT,
+            IEEE_DOT,
+        )
 
 
 @triton.jit
@@ -284,18 +514,20 @@ def _merge_parts_kernel(
     head = tl.program_id(1)
     base = seq * NUM_HEADS + head
     dims = tl.arange(0, HEAD_DIM)
-    own = tl.arange(0, OWN_SPLITS)
-    own_lse = tl.load(own_lse_ptr + base * OWN_SPLITS + own)
-    top = tl.max(own_lse, axis=0)
+    top = tl.load(own_lse_ptr + base * OWN_SPLITS)
+    for s in tl.static_range(1, OWN_SPLITS):
+        top = tl.maximum(top, tl.load(own_lse_ptr + base * OWN_SPLITS + s))
     shared = tl.load(seq_prefix_len_ptr + seq) > 0
     for s in tl.static_range(PREFIX_SPLITS):
         part = tl.load(prefix_lse_ptr + base * PREFIX_SPLITS + s, mask=shared, other=float("-inf"))
         top = tl.maximum(top, part)
     top = tl.where(top == float("-inf"), 0.0, top)
-    weights = tl.exp2(own_lse - top)
-    own_out = tl.load(own_out_ptr + (base * OWN_SPLITS + own)[:, None] * HEAD_DIM + dims[None, :])
-    merged = tl.sum(own_out * weights[:, None], axis=0)
-    total = tl.sum(weights, axis=0)
+    merged = tl.zeros([HEAD_DIM], tl.float32)
+    total = 0.0
+    for s in tl.static_range(OWN_SPLITS):
+        weight = tl.exp2(tl.load(own_lse_ptr + base * OWN_SPLITS + s) - top)
+        merged += tl.load(own_out_ptr + (base * OWN_SPLITS + s) * HEAD_DIM + dims) * weight
+        total += weight
     for s in tl.static_range(PREFIX_SPLITS):
         part = tl.load(prefix_lse_ptr + base * PREFIX_SPLITS + s, mask=shared, other=float("-inf"))
         weight = tl.exp2(part - top)
@@ -325,13 +557,15 @@ def cascade_decode_attention(
     num_warps: int = 4,
     prefix_num_warps: int = 4,
     num_stages: int = 2,
+    concurrent: bool = False,
 ) -> torch.Tensor:
     """q [B, Hq, D] over paged K/V with shared prefixes read once per item -> [B, Hq, D].
 
     ``num_splits`` (own part) and ``prefix_splits`` must be powers of two; the shared-part
     programs hold ``groups.block_m`` query rows (items of at most block_m // gqa members).
     The shared-part grid is (Hkv, len(groups.item_row), prefix_splits): items past
-    ``num_items`` are empty and cost one early-exiting program each.
+    ``num_items`` are empty and cost one early-exiting program each. ``concurrent`` runs
+    both parts in one launch (num_warps for both) and merges in a second.
     """
     batch, num_heads, head_dim = q.shape
     num_kv_heads, page_size = k_cache.shape[2], k_cache.shape[1]
@@ -354,6 +588,9 @@ def cascade_decode_attention(
         num_stages=num_stages,
     )
     capacity = groups.item_row.shape[0]
+    if concurrent:
+        return _both_parts(q, k_cache, v_cache, page_table, seq_lens, groups, scale, out, num_splits,
+                           prefix_splits, prefix_out, prefix_lse, num_warps, common)  # fmt: skip
     if capacity:
         _shared_prefix_kernel[(num_kv_heads, capacity, prefix_splits)](
             q,
@@ -423,6 +660,76 @@ def cascade_decode_attention(
             PREFIX_SPLITS=prefix_splits,
             num_warps=1,
         )
+    return out
+
+
+def _both_parts(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    page_table: torch.Tensor,
+    seq_lens: torch.Tensor,
+    groups: PrefixGroups,
+    scale: float,
+    out: torch.Tensor,
+    num_splits: int,
+    prefix_splits: int,
+    prefix_out: torch.Tensor,
+    prefix_lse: torch.Tensor,
+    num_warps: int,
+    common: dict[str, object],
+) -> torch.Tensor:
+    batch, num_heads, head_dim = q.shape
+    num_kv_heads = k_cache.shape[2]
+    gqa = num_heads // num_kv_heads
+    own_out = torch.empty((batch, num_heads, num_splits, head_dim), dtype=torch.float32, device=q.device)
+    own_lse = torch.empty((batch, num_heads, num_splits), dtype=torch.float32, device=q.device)
+    own_programs = batch * num_splits
+    shared_programs = groups.item_row.shape[0] * prefix_splits
+    _both_parts_kernel[(num_kv_heads, own_programs + shared_programs)](
+        q,
+        k_cache,
+        v_cache,
+        page_table,
+        seq_lens,
+        groups.seq_prefix_len,
+        groups.item_row,
+        groups.item_prefix_len,
+        groups.item_member_start,
+        groups.item_member_count,
+        groups.members,
+        own_out,
+        own_lse,
+        prefix_out,
+        prefix_lse,
+        q.stride(0),
+        q.stride(1),
+        page_table.stride(0),
+        scale * _LOG2E,
+        own_programs,
+        GROUP=gqa,
+        BLOCK_G=max(16, triton.next_power_of_2(gqa)),
+        BLOCK_M=groups.block_m,
+        OWN_SPLITS=num_splits,
+        PREFIX_SPLITS=prefix_splits,
+        num_warps=num_warps,
+        **common,
+    )
+    _merge_parts_kernel[(batch, num_heads)](
+        own_out,
+        own_lse,
+        prefix_out,
+        prefix_lse,
+        groups.seq_prefix_len,
+        out,
+        out.stride(0),
+        out.stride(1),
+        NUM_HEADS=num_heads,
+        HEAD_DIM=head_dim,
+        OWN_SPLITS=num_splits,
+        PREFIX_SPLITS=prefix_splits,
+        num_warps=1,
+    )
     return out
 
 
