@@ -158,6 +158,10 @@ class LocalStack:
         self.address = f"127.0.0.1:{config.router_port}"
         # The workers' own identity for RegisterWorker, made per stack; never a tenant's key.
         self._registration_token = secrets.token_urlsafe(32)
+        # Signs each forwarded request's tenant identity (router -> worker), so a process that can
+        # reach a worker's port cannot pose as a tenant; made per stack, like the token above.
+        self._identity_secret = secrets.token_urlsafe(32)
+        self._worker_addresses: list[str] = []
         self.redis_url = config.redis_url
 
     def check(self) -> None:
@@ -186,6 +190,7 @@ class LocalStack:
                 self.redis_url = self._redis.url
                 log.info("redis-server on %s", self.redis_url)
             worker_ports = [free_loopback_port() for _ in range(cfg.workers)]
+            self._worker_addresses = [f"127.0.0.1:{port}" for port in worker_ports]
             model_dir = self._model_dir()
             if model_dir is None:
                 # Let the first worker convert the packaged model before anything needs it.
@@ -226,6 +231,7 @@ class LocalStack:
             "clients": {k.client_id: {"api_key": k.key, "weight": k.weight} for k in self._config.api_keys},
             "logs": str(self._config.run_dir),
             "pids": {c.name: c.process.pid for c in self._children},
+            "worker_addresses": list(self._worker_addresses),
         }
 
     def first_exited(self) -> _Child | None:
@@ -270,6 +276,7 @@ class LocalStack:
                 ]
             },
             "registry": {"registration_token": self._registration_token},
+            "forward": {"identity_secret": self._identity_secret},
         }
         if cfg.router_config_file is not None:
             # The file decides policy and tuning; the launcher's own fields win as flags.
@@ -302,6 +309,7 @@ class LocalStack:
             "worker_id": f"worker-{index}",
             "router_address": self.address,
             "router_token": self._registration_token,
+            "identity_secret": self._identity_secret,
             # N workers on one host cannot share a fixed metrics port.
             "metrics_port": 0,
             # N workers on one host share its cores: each takes its share of torch threads, since
