@@ -12,11 +12,13 @@
 # 2. The device call (the whole run stays under ~9 minutes: the bench itself is cut at 470 s, and
 #    writes its results after every cell, so a cut run still returns what it measured):
 #      run(command="bash bench/gpu_serving_session.sh", carry=["bench/scratch/gpu_serving"], timeout_s=600)
-#    Results in $OUT: serving_<tag>.{json,md}, serving_bench.log, and the worker and router logs.
+#    Results in $OUT: serving_<tag>.{json,md}, serving_bench_<tag>.log, and the worker and router logs.
 #
 # MODEL_DIR=/path/to/converted/model runs the real model instead (tag gpu_h200_real); getting it there
 # takes ../shared/tools/gpu_model_parts.sh's two back-to-back runs plus a conversion, not done here.
-# TAG=... names the results; CONCURRENCY="1 32" narrows the sweep.
+# TAG=... names the results; CONCURRENCY="1 32" narrows the sweep; PATHS="in_process worker router http"
+# adds the HTTP API (after bench/gpu_http_session.sh --prepare); ROUTERS=4 runs 4 router replicas on
+# one Redis; WORKLOADS="unique" and BENCH_TIMEOUT_S=200 shorten a run. Several runs fit in one call.
 set -uo pipefail
 carry=bench/scratch/gpu_serving
 
@@ -62,11 +64,13 @@ if [ -n "${MODEL_DIR:-}" ]; then
 fi
 logs=/tmp/serving_logs
 # shellcheck disable=SC2086  # CONCURRENCY is a list of numbers
-timeout -s TERM 470 python3 bench/serving_bench.py "${model[@]}" \
-  --device cuda --dtype bfloat16 --backend triton \
-  --concurrency ${CONCURRENCY:-1 32 128 256} --workloads unique shared_prefix \
+# shellcheck disable=SC2086  # PATHS and WORKLOADS are lists of names
+timeout -s TERM "${BENCH_TIMEOUT_S:-470}" python3 bench/serving_bench.py "${model[@]}" \
+  --device cuda --dtype bfloat16 --backend triton --paths ${PATHS:-in_process worker router} \
+  --routers "${ROUTERS:-1}" --concurrency ${CONCURRENCY:-1 32 128 256} \
+  --workloads ${WORKLOADS:-unique shared_prefix} \
   --min-requests 8 --warmup-requests 16 --client-procs 4 \
-  --tag "$tag" --out-dir "$OUT" --logs-dir "$logs" 2>&1 | tee "$OUT/serving_bench.log" | grep -v '^{' | tail -40
+  --tag "$tag" --out-dir "$OUT" --logs-dir "$logs" 2>&1 | tee "$OUT/serving_bench_$tag.log" | grep -v '^{' | tail -40
 for log in "$logs/worker-0.log" "$logs/stack/router.log"; do
   [ -f "$log" ] && tail -c 4000000 "$log" > "$OUT/$(basename "$(dirname "$log")")_$(basename "$log")"
 done
