@@ -15,17 +15,22 @@ groups, each a subtree of waiting requests that share one match length;
 requests are only listed when the admission walk reaches their group.
 
 Cost of one step: the walk is O(cached pages on waiting paths + matched
-nodes), independent of how many waiting requests the cache does not hold;
-listing a match level is O(its size) in C-level sorts (by join order, then
-arrival). What is not bounded here: DLPM's walk still steps over a spent
-client's requests one by one.
+nodes), independent of how many waiting requests the cache does not hold.
+A group's requests in order (arrival, then join order) are listed once and
+kept on its node until a request joins or leaves that subtree, so a step
+re-lists only the groups that changed since the last one (typically the
+admitted request's and the new arrival's); a match level is then a lazy
+merge of its groups' lists, O(groups in the level) to start and O(log of
+that) per request taken. What is not bounded here: DLPM's walk still steps
+over a spent client's requests one by one.
 """
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import operator
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Protocol
 
 from radixfair_worker.request import Request
@@ -43,7 +48,7 @@ class CacheNode(Protocol):
 class _Node:
     """An edge of whole pages; ``requests`` end exactly here; ``size`` counts the subtree's requests."""
 
-    __slots__ = ("tokens", "children", "requests", "parent", "size")
+    __slots__ = ("tokens", "children", "requests", "parent", "size", "listing")
 
     def __init__(self, tokens: list[int], parent: _Node | None) -> None:
         self.tokens = tokens
@@ -51,6 +56,9 @@ class _Node:
         self.requests: dict[Request, None] = {}  # insertion-ordered set
         self.parent = parent
         self.size = 0
+        # The last listing of this subtree in order, less some children: (those children, list).
+        # Dropped whenever a request joins or leaves the subtree.
+        self.listing: tuple[frozenset[tuple[int, ...]], list[Request]] | None = None
 
 
 def match_key(request: Request, page_size: int) -> list[int]:
@@ -96,6 +104,7 @@ class WaitingTree:
         self.joined[request] = next(self._joins)
         while node is not None:
             node.size += 1
+            node.listing = None
             node = node.parent
 
     def discard(self, request: Request) -> None:
@@ -106,6 +115,7 @@ class WaitingTree:
         del node.requests[request]
         while node is not None:
             node.size -= 1
+            node.listing = None
             parent = node.parent
             if node.size == 0 and parent is not None:
                 del parent.children[tuple(node.tokens[: self.page_size])]
@@ -153,13 +163,22 @@ class _Group:
         self.node, self.excluded, self.page_size = node, excluded, page_size
         self.size = node.size - sum(node.children[k].size for k in excluded)
 
-    def requests(self) -> list[Request]:
+    def requests(self, joined: dict[Request, int]) -> list[Request]:
+        """The group's requests by arrival, then join order; kept on the node until its subtree
+        changes (never mutate the list returned)."""
+        kept = self.node.listing
+        if kept is not None and kept[0] == self.excluded:
+            return kept[1]
         found = list(self.node.requests)
         stack = [c for k, c in self.node.children.items() if k not in self.excluded]
         while stack:
             node = stack.pop()
             found.extend(node.requests)
             stack.extend(node.children.values())
+        # Two stable sorts with C-level keys: by join order, then by arrival.
+        found.sort(key=joined.__getitem__)
+        found.sort(key=_ARRIVAL)
+        self.node.listing = (self.excluded, found)
         return found
 
 
@@ -172,17 +191,40 @@ def prefix_order(
     the consumer gets there, so an admission walk that stops early never
     pays for the cold tail of a deep queue.
     """
+
+    def order(request: Request) -> tuple[float, int]:
+        return request.arrival_time, joined[request]
+
     i = 0
     while i < len(groups):
-        length, level = groups[i][0], []
+        length, lists = groups[i][0], []
         while i < len(groups) and groups[i][0] == length:
-            level.extend(groups[i][1].requests())
+            lists.append(groups[i][1].requests(joined))
             i += 1
-        # Two stable sorts with C-level keys: by join order, then by arrival.
-        level.sort(key=joined.__getitem__)
-        level.sort(key=_ARRIVAL)
-        for request in level:
-            yield length, request
+        yield from ((length, request) for request in _merged(lists, joined, order))
+
+
+# A level up to this many requests is merged by C-level sorts of the whole level; a larger one lazily.
+EAGER_LEVEL = 512
+
+
+def _merged(
+    lists: list[list[Request]], joined: dict[Request, int], order: Callable[[Request], tuple[float, int]]
+) -> Iterable[Request]:
+    """The requests of ``lists`` (each in (arrival, join) order) in that order.
+
+    Join indices are unique, so the order is total. A small level is concatenated and sorted with
+    C-level keys (two stable sorts: join order, then arrival); a large one is merged lazily, so a
+    walk that stops early pays O(lists) plus O(log lists) per request it reads, not O(level).
+    """
+    if len(lists) == 1:
+        return lists[0]
+    if sum(map(len, lists)) > EAGER_LEVEL:
+        return heapq.merge(*lists, key=order)
+    level = [request for part in lists for request in part]
+    level.sort(key=joined.__getitem__)
+    level.sort(key=_ARRIVAL)
+    return level
 
 
 def _follow(tokens: list[int], cnode: CacheNode, cpos: int, p: int) -> tuple[int, CacheNode, int]:
