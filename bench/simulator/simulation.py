@@ -191,7 +191,8 @@ class Simulation:
             self.rejected.append(spec.request_id)
             self.recorder.left(request, now)  # counted as waiting while it was held in the gate
             if self.router is not None:
-                self.router.finished(spec.request_id, spec.client_id, spec.weight, len(tokens), 0)
+                # Nobody served it: the router refunds its admission, as RequestRouter does.
+                self.router.rejected(spec.request_id, spec.client_id, spec.weight, len(tokens))
                 self.router.release(spec.request_id)
             self._release_dependents(spec.request_id, now)
             return

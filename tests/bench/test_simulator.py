@@ -202,3 +202,18 @@ def test_requests_held_in_global_vtcs_gate_count_as_waiting_so_its_fairness_metr
     assert summary["jain"] == summary["jain"]  # not NaN: some window had two backlogged clients
     assert summary["service_gap"] > 0
     assert sorted(summary["gap_pair"]) == ["heavy", "light"]
+
+
+def test_a_request_its_worker_refuses_costs_its_client_nothing_in_the_routers_ledger():
+    """A prompt longer than the context is refused at submit: the router settles it as nobody served."""
+    from bench.simulator.sim_router import run_sync  # the router's ledger needs redis-py
+
+    too_long = TraceRequest("long", "big", 1.0, 0.0, (Segment("text", "long", 9000),), 8)
+    fine = TraceRequest("ok", "small", 1.0, 0.0, (Segment("text", "ok", 64),), 8)
+    config = SimConfig(engine("dlpm"), COST, num_workers=2, routing=PolicyConfig(name="d2lpm"))
+    result = simulate(config, Trace("refused", 0, (too_long, fine)))
+    assert result.rejected == ["long"]
+    booked = {c.client_id: c.service for c in run_sync(result.router.ledger.snapshot())}
+    assert booked.get("big", 0.0) == 0.0
+    assert booked["small"] > 0
+    assert sum(result.router.inflight.values()) == 0
