@@ -70,7 +70,7 @@ timeout -s TERM "${BENCH_TIMEOUT_S:-470}" python3 bench/serving_bench.py "${mode
   --routers "${ROUTERS:-1}" --concurrency ${CONCURRENCY:-1 32 128 256} \
   --workloads ${WORKLOADS:-unique shared_prefix} \
   --min-requests 8 --warmup-requests 16 --client-procs 4 \
-  --tag "$tag" --out-dir "$OUT" --logs-dir "$logs" 2>&1 | tee "$OUT/serving_bench_$tag.log" | grep -v '^{' | tail -40
+  --tag "$tag" --out-dir "$OUT" --logs-dir "$logs" ${EXTRA:-} 2>&1 | tee "$OUT/serving_bench_$tag.log" | grep -v '^{' | tail -40
 for log in "$logs/worker-0.log" "$logs/stack/router.log"; do
   [ -f "$log" ] && tail -c 4000000 "$log" > "$OUT/$(basename "$(dirname "$log")")_$(basename "$log")"
 done
