@@ -449,6 +449,7 @@ class FollowerRun:
     ms_per_step: float  # decode steps after every follower's first token
     prefill_ms: float  # submit to every follower's first token (the cached prefix is not recomputed)
     grouped: int  # followers the runner's grouping puts in a group
+    grouping_us: float  # host time of one grouping of the followers (once per decode step)
 
 
 def run_followers(
@@ -473,7 +474,7 @@ def run_followers(
         engine.step()
     _sync(device)
     prefill_ms = 1e3 * (time.perf_counter() - prefill_start)
-    grouped = _grouped_sequences(engine, requests)
+    grouped, grouping_us = _grouped_sequences(engine, requests)
     launched = engine.steps
     start = time.perf_counter()
     while engine.has_work():
@@ -482,16 +483,24 @@ def run_followers(
     elapsed = time.perf_counter() - start
     steps = max(1, engine.steps - launched)
     return FollowerRun(
-        [r.output_ids for r in requests], 1e3 * elapsed / steps if timed else 0.0, prefill_ms, grouped
+        [r.output_ids for r in requests],
+        1e3 * elapsed / steps if timed else 0.0,
+        prefill_ms,
+        grouped,
+        grouping_us,
     )
 
 
-def _grouped_sequences(engine: Engine, requests: list[Request]) -> int:
-    """How many of the decoding followers the runner's grouping puts in a group (its own config)."""
+def _grouped_sequences(engine: Engine, requests: list[Request]) -> tuple[int, float]:
+    """Followers the runner's grouping puts in a group (its own config), and its host time in us.
+
+    The host time is the median of 50 groupings of the followers' page tables, as the graph runner
+    does once per decode step while staging.
+    """
     runner = engine.runner
     sharing = getattr(runner, "prefix_sharing", None)
     if sharing is None:
-        return 0
+        return 0, 0.0
     width = max(len(r.page_table) for r in requests)
     table = np.zeros((len(requests), width), dtype=np.int32)
     for row, request in enumerate(requests):
@@ -499,7 +508,12 @@ def _grouped_sequences(engine: Engine, requests: list[Request]) -> int:
     lens = np.array([r.num_tokens for r in requests])
     gqa = runner.model.config.num_attention_heads // runner.model.config.num_key_value_heads
     host = find_prefix_groups(table, lens, runner.page_size, gqa, sharing)
-    return 0 if host is None else int((host.seq_prefix_len > 0).sum())
+    times = []
+    for _ in range(50):
+        start = time.perf_counter()
+        find_prefix_groups(table, lens, runner.page_size, gqa, sharing)
+        times.append(1e6 * (time.perf_counter() - start))
+    return (0 if host is None else int((host.seq_prefix_len > 0).sum())), statistics.median(times)
 
 
 def _sync(device: str) -> None:
@@ -527,6 +541,7 @@ def step_rows(shapes: Shapes, model_dir: Path, device: str) -> list[dict[str, ob
             row[f"{name}_ms_step"] = run.ms_per_step
             if flag:
                 row["grouped_seqs"] = run.grouped
+                row["host_grouping_us"] = run.grouping_us
                 # Prefill of the followers' own tokens over the cached prefix (extend attention, not
                 # grouped), against the own-tokens-only batch's prefill: data for the extend path.
                 row["prefill_ms"] = run.prefill_ms

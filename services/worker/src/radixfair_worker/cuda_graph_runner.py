@@ -43,7 +43,7 @@ class _Captured:
     logits: torch.Tensor
 
 
-# Static buffers of the prefix groups, one int32 entry per batch row (items never outnumber rows).
+# Rows of the static group table: one int32 entry per batch row each (items never outnumber rows).
 _GROUP_BUFFERS = (
     "seq_prefix_len",
     "item_row",
@@ -87,9 +87,9 @@ class DecodeGraphRunner:
         self._logits_indices = torch.arange(biggest, dtype=torch.int64, device=device)
         # Where a row's input id comes from when the previous step's token is carried (not graphed).
         self._gather_source = torch.zeros(biggest, dtype=torch.int64, device=device)
-        self._groups = {
-            name: torch.zeros(biggest, dtype=torch.int32, device=device) for name in _GROUP_BUFFERS
-        }
+        # One table, so a grouped step uploads its groups in one copy (host time per step counts).
+        self._group_table = torch.zeros((len(_GROUP_BUFFERS), biggest), dtype=torch.int32, device=device)
+        self._groups = {name: self._group_table[row] for row, name in enumerate(_GROUP_BUFFERS)}
         self._grouped = False  # whether the batch staged last has a group that pays
         # Pinned host staging, filled with numpy and copied up in one transfer per buffer. Two
         # sets, used in turn: with overlap scheduling the host stages step n+1 while step n's
@@ -113,6 +113,8 @@ class DecodeGraphRunner:
         self._stage(chunks, size, staging)
         for name, buffer in self._device_buffers().items():
             buffer[:size].copy_(staging[name].tensor[:size], non_blocking=True)
+        if self._grouped:
+            self._group_table.copy_(staging["group_table"].tensor, non_blocking=True)
         if carry is not None:
             self._gather_carried(size, carry, staging["gather_source"])
         return self._replay(size)[:count]
@@ -165,15 +167,17 @@ class DecodeGraphRunner:
         host = find_prefix_groups(table, seq_lens, self.page_size, self._gqa, self.prefix_sharing)
         if host is None:
             return False
-        for name in _GROUP_BUFFERS:
-            array = staging[name].array
+        table_rows = staging["group_table"].array
+        for row, name in enumerate(_GROUP_BUFFERS):
             values = getattr(host, name)
-            array[: len(values)] = values
-            array[len(values) : size] = 0  # empty items; members past the grouped ones are unread
+            table_rows[row, : len(values)] = values
+            table_rows[row, len(values) : size] = 0  # empty items; members past the grouped ones are unread
         return True
 
     def _new_staging(self) -> dict[str, _Staged]:
         buffers = {**self._device_buffers(), "gather_source": self._gather_source}
+        if self.prefix_sharing is not None:
+            buffers["group_table"] = self._group_table
         staging = {}
         for name, buffer in buffers.items():
             tensor = torch.zeros(buffer.shape, dtype=buffer.dtype, pin_memory=buffer.is_cuda)
@@ -188,7 +192,7 @@ class DecodeGraphRunner:
             "slots": self._slots,
             "page_table": self._page_table,
         }
-        return {**buffers, **self._groups} if self.prefix_sharing is not None else buffers
+        return buffers
 
     def _static_groups(self, size: int) -> PrefixGroups:
         """Groups over the static buffers, with the capture's bounds as the launch-shape facts."""
