@@ -102,6 +102,18 @@ class OpenAiApi:
     async def metrics(self, request: Request) -> Response:
         return Response(generate_latest(self._parts.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    def _reply_model(self, asked: str) -> str:
+        """The model a reply names: the one asked for, else the one the healthy workers serve.
+
+        A request without ``model`` (and a router without ``model_name``, as ``radixfair up``
+        runs it) goes to any worker; OpenAI's replies always name a model, so name the only one
+        served. With several served and none asked for, which one answered is not known here.
+        """
+        if asked:
+            return asked
+        served = self._served()
+        return served[0] if len(served) == 1 else ""
+
     def _served(self) -> list[str]:
         return sorted({w.model for w in self._parts.registry.healthy() if w.model})
 
@@ -122,7 +134,7 @@ class OpenAiApi:
             generation.fail(error)
             return error_response(error)
         stream = generation.messages(validated, principal)
-        shape = ReplyShape(validated.request_id, int(time.time()), validated.model or body.model, chat)
+        shape = ReplyShape(validated.request_id, int(time.time()), self._reply_model(validated.model), chat)
         headers = {"x-request-id": validated.request_id}
         try:
             if body.stream:
@@ -152,6 +164,8 @@ class OpenAiApi:
             return json.loads(b"".join(chunks))
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise InvalidRequestError(f"request body is not valid JSON: {error}") from None
+        except RecursionError:  # arrays or objects nested deeper than the decoder's stack allows
+            raise InvalidRequestError("request body nests arrays or objects too deeply") from None
 
 
 async def _collect(

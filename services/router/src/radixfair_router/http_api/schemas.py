@@ -8,9 +8,10 @@ that means "off": a client that asked for them must not get a reply that silentl
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypeVar
+import re
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from radixfair.errors import InvalidRequestError
 
@@ -35,6 +36,24 @@ _UNSUPPORTED: dict[str, tuple[Any, ...]] = {
     "prediction": (None,),
 }
 
+
+def _whole_unicode(text: str) -> str:
+    # JSON lets a client write "\ud800", which decodes to a lone UTF-16 surrogate: no UTF-8 spells
+    # it, so the protobuf message (and the tokenizer) cannot carry it. Refused here, by field name.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        where = error.start
+        raise ValueError(f"holds a lone UTF-16 surrogate at character {where}, which is not text") from None
+    return text
+
+
+# Strict, as OpenAI's server is: "1" is not a number, "yes" not a boolean, true not a token id.
+Text = Annotated[str, Field(strict=True), AfterValidator(_whole_unicode)]
+Int = Annotated[int, Field(strict=True)]
+Float = Annotated[float, Field(strict=True)]
+Bool = Annotated[bool, Field(strict=True)]
+
 # Chat roles a chat template renders; OpenAI's "developer" is its newer name for "system".
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
@@ -42,7 +61,7 @@ _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant"
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    include_usage: bool = False
+    include_usage: Bool = False
 
 
 class _Sampling(BaseModel):
@@ -50,18 +69,18 @@ class _Sampling(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    model: str = ""
-    max_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    seed: int | None = None
-    stop: str | list[str] | None = None
-    stream: bool = False
+    model: Text = ""
+    max_tokens: Int | None = None
+    temperature: Float | None = None
+    top_p: Float | None = None
+    seed: Int | None = None
+    stop: Text | list[Text] | None = None
+    stream: Bool = False
     stream_options: StreamOptions | None = None
     # OpenAI's end-user id: a label for logs and traces here, never an identity (the key is).
-    user: str | None = None
+    user: Text | None = None
     # radixfair's (and vLLM's) extension: keep generating past the end-of-sequence token (benchmarks).
-    ignore_eos: bool = False
+    ignore_eos: Bool = False
 
     @property
     def token_budget(self) -> int | None:
@@ -82,14 +101,14 @@ class TextPart(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     type: Literal["text"]
-    text: str
+    text: Text
 
 
 class ChatMessageIn(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    role: str
-    content: str | list[TextPart] | None = None
+    role: Text
+    content: Text | list[TextPart] | None = None
 
     def text(self) -> str:
         if self.content is None:
@@ -101,7 +120,7 @@ class ChatMessageIn(BaseModel):
 
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessageIn] = Field(min_length=1)
-    max_completion_tokens: int | None = None
+    max_completion_tokens: Int | None = None
 
     @property
     def token_budget(self) -> int | None:
@@ -123,7 +142,7 @@ class ChatCompletionRequest(_Sampling):
 
 class CompletionRequest(_Sampling):
     # One prompt: a string, its token ids, or a list holding one of those (OpenAI's batch shapes).
-    prompt: str | list[int] | list[str] | list[list[int]]
+    prompt: Text | list[Int] | list[Text] | list[list[Int]]
 
     def single_prompt(self) -> str | list[int]:
         """The text or token ids of the one prompt; a batch of several is refused by name."""
@@ -167,6 +186,15 @@ def _refuse_unsupported(body: dict[str, Any]) -> None:
 def _describe(error: ValidationError) -> str:
     problems = []
     for item in error.errors()[:3]:
-        where = ".".join(str(part) for part in item["loc"]) or "body"
-        problems.append(f"{where}: {item['msg']}")
+        where = ".".join(_readable(str(part)) for part in item["loc"]) or "body"
+        problems.append(f"{where}: {item['msg'].removeprefix('Value error, ')}")
     return "; ".join(problems)
+
+
+def _readable(part: str) -> str:
+    # pydantic names a union member checked by a validator "function-after[_whole_unicode(), str]":
+    # the caller sent JSON, so the type it had to be ("str") is what tells them something.
+    return _VALIDATED_MEMBER.sub(r"\1", part)
+
+
+_VALIDATED_MEMBER = re.compile(r"function-after\[[^,\]]*, ([^\]]*)\]")
