@@ -405,7 +405,13 @@ def make_random_model(target: Path, overrides: dict[str, object]) -> Path:
 
 
 def make_engine(
-    model_dir: Path, dtype: str, device: str, cascade: bool, max_context: int, graph_sizes: tuple[int, ...]
+    model_dir: Path,
+    dtype: str,
+    device: str,
+    cascade: bool,
+    max_context: int,
+    graph_sizes: tuple[int, ...],
+    concurrent: bool = False,
 ) -> Engine:
     cuda = device == "cuda"
     config = EngineConfig(
@@ -424,7 +430,8 @@ def make_engine(
     model = load_model(model_dir, backend, torch_dtype, device)
     kv = KVCache(model.config, config.num_pages + 1, config.page_size, torch_dtype, torch.device(device))
     # The smoke run's few tiny sequences save few reads; let any group pay there.
-    sharing = PrefixSharingConfig(enabled=cascade, **({} if cuda else {"min_saved_tokens": 1, "block_m": 16}))
+    tiny = {} if cuda else {"min_saved_tokens": 1, "block_m": 16}
+    sharing = PrefixSharingConfig(enabled=cascade, concurrent_parts=concurrent, **tiny)
     graphs = None
     if cuda:
         from radixfair_worker.cuda_graph_runner import DecodeGraphRunner
@@ -526,20 +533,22 @@ def step_rows(shapes: Shapes, model_dir: Path, device: str) -> list[dict[str, ob
     max_context = max(shapes.prefixes) + shapes.own + shapes.new_tokens + 64
     own = token_ids(shapes.batch, shapes.own, seed=7)
     engines = {
-        flag: make_engine(model_dir, "bfloat16", device, flag, max_context, (shapes.batch,))
-        for flag in (True, False)
+        name: make_engine(
+            model_dir, "bfloat16", device, name != "plain", max_context, (shapes.batch,), concurrent
+        )
+        for name, concurrent in (("cascade", False), ("plain", False), ("concurrent", True))
     }
-    own_only = run_followers(engines[True], [], own, shapes.new_tokens, True, device)
+    own_only = run_followers(engines["cascade"], [], own, shapes.new_tokens, True, device)
     own_only_ms = own_only.ms_per_step
     for prefix_len in shapes.prefixes:
         prefix = token_ids(1, prefix_len, seed=prefix_len)[0]
         row: dict[str, object] = {"prefix": prefix_len, "own": shapes.own, "batch": shapes.batch}
-        for flag, name in ((True, "cascade"), (False, "plain")):
+        for seed, name in enumerate(("cascade", "plain", "concurrent")):
             # Fresh own tokens per run, so no follower finds another run's pages in the cache.
-            followers = token_ids(shapes.batch, shapes.own, seed=prefix_len + (1 if flag else 2))
-            run = run_followers(engines[flag], prefix, followers, shapes.new_tokens, True, device)
+            followers = token_ids(shapes.batch, shapes.own, seed=prefix_len + 1 + seed)
+            run = run_followers(engines[name], prefix, followers, shapes.new_tokens, True, device)
             row[f"{name}_ms_step"] = run.ms_per_step
-            if flag:
+            if name == "cascade":
                 row["grouped_seqs"] = run.grouped
                 row["host_grouping_us"] = run.grouping_us
                 # Prefill of the followers' own tokens over the cached prefix (extend attention, not
@@ -549,6 +558,7 @@ def step_rows(shapes: Shapes, model_dir: Path, device: str) -> list[dict[str, ob
         row["own_only_ms_step"] = own_only_ms
         row["step_cascade_vs_own_only"] = row["cascade_ms_step"] / own_only_ms  # type: ignore[operator]
         row["step_plain_vs_own_only"] = row["plain_ms_step"] / own_only_ms  # type: ignore[operator]
+        row["step_concurrent_vs_own_only"] = row["concurrent_ms_step"] / own_only_ms  # type: ignore[operator]
         rows.append(row)
         print(row, flush=True)
     return rows
@@ -622,8 +632,9 @@ def main() -> None:
         "rel_err_* = ||out - ref|| / ||ref|| against fp64 plain attention on 16 sequences with a prefix "
         "ending mid-page. Step rows: ms per engine decode step (bf16, Triton, CUDA graphs, overlap), "
         f"{shapes.new_tokens} new tokens after every follower's first; grouped_seqs = followers the "
-        "runner puts in a group; prefill_ms = submit to every follower's first token (own tokens over the "
-        "cached prefix: extend attention, not grouped) against own_only_prefill_ms. "
+        "runner puts in a group; concurrent = cascade with both parts in one launch and a merge launch "
+        "(PrefixSharingConfig.concurrent_parts); prefill_ms = submit to every follower's first token "
+        "(own tokens over the cached prefix: extend attention, not grouped) against own_only_prefill_ms. "
         "Targets: attention_speedup >= 5, step_vs_own_only <= 1.2. "
         f"Greedy (fp32, graphs, cascade on vs off): {json.dumps(greedy)}. Targets: {json.dumps(targets)}. "
         f"Failed sections: {json.dumps(failures) if failures else 'none'}. " + FLOOR_NOTE

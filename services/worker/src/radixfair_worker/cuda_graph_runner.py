@@ -207,6 +207,7 @@ class DecodeGraphRunner:
             max_prefix_len=max_seq_len,
             max_own_len=max_seq_len,
             block_m=self.prefix_sharing.block_m,
+            concurrent_parts=self.prefix_sharing.concurrent_parts,
         )
 
     def _batch(self, size: int, grouped: bool = False) -> ForwardBatch:

@@ -40,6 +40,9 @@ class PrefixSharingConfig:
     min_shared_pages: int = 1
     min_saved_tokens: int = 8192
     block_m: int = 64
+    # Both parts in one launch plus a merge launch, instead of the shared part, then the own part
+    # with the merge in its epilogue (kernels.cascade_decode_attention); off until measured.
+    concurrent_parts: bool = False
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,7 @@ class PrefixGroups:
     max_prefix_len: int
     max_own_len: int
     block_m: int
+    concurrent_parts: bool = False
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,7 @@ class HostGroups:
     max_prefix_len: int
     max_own_len: int
     block_m: int
+    concurrent_parts: bool = False
 
     def to_device(
         self, upload: Callable[[torch.Tensor], torch.Tensor], capacity: int | None = None
@@ -104,6 +109,7 @@ class HostGroups:
             max_prefix_len=self.max_prefix_len,
             max_own_len=self.max_own_len,
             block_m=self.block_m,
+            concurrent_parts=self.concurrent_parts,
         )
 
 
@@ -168,6 +174,7 @@ def find_prefix_groups(
         max_prefix_len=int(columns[1].max()),
         max_own_len=int((seq_lens - seq_prefix_len).max()),
         block_m=config.block_m,
+        concurrent_parts=config.concurrent_parts,
     )
 
 

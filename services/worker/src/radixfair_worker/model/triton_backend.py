@@ -130,4 +130,5 @@ class TritonBackend:
             scale,
             num_splits=own_splits,
             prefix_splits=prefix_splits,
+            concurrent=groups.concurrent_parts,
         )
