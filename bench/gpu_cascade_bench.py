@@ -101,7 +101,9 @@ class Shapes:
     greedy_followers: int
     greedy_prefix: int
     greedy_new_tokens: int
-    min_saved_tokens: int = PrefixSharingConfig().min_saved_tokens
+    # Below the worker's default (which groups only where the last H200 run saw a gain), so every
+    # case here, the 1,024-token prefix and the 16-follower greedy check included, runs cascade.
+    min_saved_tokens: int = 8192
 
 
 FULL = Shapes(
@@ -412,6 +414,7 @@ def make_engine(
     max_context: int,
     graph_sizes: tuple[int, ...],
     concurrent: bool = False,
+    min_saved_tokens: int = 8192,
 ) -> Engine:
     cuda = device == "cuda"
     config = EngineConfig(
@@ -430,8 +433,10 @@ def make_engine(
     model = load_model(model_dir, backend, torch_dtype, device)
     kv = KVCache(model.config, config.num_pages + 1, config.page_size, torch_dtype, torch.device(device))
     # The smoke run's few tiny sequences save few reads; let any group pay there.
-    tiny = {} if cuda else {"min_saved_tokens": 1, "block_m": 16}
-    sharing = PrefixSharingConfig(enabled=cascade, concurrent_parts=concurrent, **tiny)
+    tiny = {} if cuda else {"block_m": 16}
+    sharing = PrefixSharingConfig(
+        enabled=cascade, concurrent_parts=concurrent, min_saved_tokens=min_saved_tokens, **tiny
+    )
     graphs = None
     if cuda:
         from radixfair_worker.cuda_graph_runner import DecodeGraphRunner
@@ -534,7 +539,14 @@ def step_rows(shapes: Shapes, model_dir: Path, device: str) -> list[dict[str, ob
     own = token_ids(shapes.batch, shapes.own, seed=7)
     engines = {
         name: make_engine(
-            model_dir, "bfloat16", device, name != "plain", max_context, (shapes.batch,), concurrent
+            model_dir,
+            "bfloat16",
+            device,
+            name != "plain",
+            max_context,
+            (shapes.batch,),
+            concurrent,
+            shapes.min_saved_tokens,
         )
         for name, concurrent in (("cascade", False), ("plain", False), ("concurrent", True))
     }
@@ -571,7 +583,10 @@ def greedy_check(shapes: Shapes, model_dir: Path, device: str) -> dict[str, obje
     outputs = {}
     grouped = 0
     for flag in (True, False):
-        engine = make_engine(model_dir, "float32", device, flag, max_context, (shapes.greedy_followers,))
+        sizes = (shapes.greedy_followers,)
+        engine = make_engine(
+            model_dir, "float32", device, flag, max_context, sizes, min_saved_tokens=shapes.min_saved_tokens
+        )
         run = run_followers(engine, prefix, followers, shapes.greedy_new_tokens, False, device)
         outputs[flag] = run.outputs
         grouped = max(grouped, run.grouped)

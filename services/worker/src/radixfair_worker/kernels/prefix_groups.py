@@ -29,16 +29,18 @@ class PrefixSharingConfig:
 
     A group of n sequences sharing p tokens saves (n - 1) * p token reads; below the
     threshold the extra launches cost more than the bytes saved, and a batch with no
-    group that pays runs the plain decode kernel. The default: at SmolLM2-135M's 768 bytes
-    of K/V per token and layer, 8,192 tokens are 6.3 MB, ~1.6 us of HBM time on an H200,
-    about what the shared part's extra launch costs inside a CUDA graph. ``block_m`` is the query rows one
-    prefix program holds (sequences * query heads per KV head).
+    group that pays runs the plain decode kernel. The default is measured, not derived: on
+    the H200 (bench/results/gpu_cascade_h200.md, 2026-11-30, SmolLM2-135M shapes, batch 128)
+    the engine's decode step with cascade was faster than with the plain kernel for a
+    4,096-token shared prefix (520k tokens saved) and slower for 1,024 (130k saved), so
+    grouping starts between the two until a later run moves it. ``block_m`` is the query
+    rows one prefix program holds (sequences * query heads per KV head).
     """
 
     enabled: bool = True
     min_group_size: int = 2
     min_shared_pages: int = 1
-    min_saved_tokens: int = 8192
+    min_saved_tokens: int = 262_144
     block_m: int = 64
     # Both parts in one launch plus a merge launch, instead of the shared part, then the own part
     # with the merge in its epilogue (kernels.cascade_decode_attention); off until measured.
