@@ -2,7 +2,8 @@
 
 Found by using the HTTP API as a new user and then as an attacker (issue 16): JSON's "\\ud800"
 escapes (a lone surrogate no UTF-8 spells) reached the protobuf encoder and came back as 500s,
-a deeply nested body blew the JSON decoder's stack (500), lax coercion read "yes" as a boolean
+a deeply nested body blew the JSON decoder's stack (500), a refused field's value was echoed
+back whole (a megabyte in, a megabyte of error out), lax coercion read "yes" as a boolean
 and ``true`` as token id 1, and a reply to a request without ``model`` named no model.
 """
 
@@ -95,6 +96,14 @@ def test_a_body_nested_deeper_than_the_decoder_allows_is_a_400(api):
 def test_a_value_of_the_wrong_json_type_is_refused_not_coerced(api, field, value, named):
     body = {"prompt": "hi", "max_tokens": 1, field: value}
     assert_openai_400(post(api, "/completions", json.dumps(body).encode()), named)
+
+
+def test_a_refused_field_is_named_without_echoing_its_whole_value(api):
+    body = {"prompt": "hi", "max_tokens": 1, "logit_bias": {str(i): 1 for i in range(100_000)}}
+    reply = post(api, "/completions", json.dumps(body).encode())
+    assert_openai_400(reply, "logit_bias={'0': 1, '1': 1")
+    # The message repeats at most 80 characters of the value; the rest of the envelope is small.
+    assert len(reply.content) < 1024, len(reply.content)
 
 
 def test_an_integer_temperature_is_a_number_and_is_served(api):

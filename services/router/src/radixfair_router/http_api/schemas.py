@@ -54,6 +54,9 @@ Int = Annotated[int, Field(strict=True)]
 Float = Annotated[float, Field(strict=True)]
 Bool = Annotated[bool, Field(strict=True)]
 
+# The most characters of a refused value an error message repeats.
+_SHOWN_CHARS = 80
+
 # Chat roles a chat template renders; OpenAI's "developer" is its newer name for "system".
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
@@ -180,7 +183,15 @@ def _refuse_unsupported(body: dict[str, Any]) -> None:
             continue
         allowed = [repr(ok) for ok in neutral if ok is not None]
         also = f" or set it to {' or '.join(allowed)}" if allowed else ""
-        raise InvalidRequestError(f"{name}={value!r} is not supported by radixfair; leave {name} unset{also}")
+        raise InvalidRequestError(
+            f"{name}={_shown(value)} is not supported by radixfair; leave {name} unset{also}"
+        )
+
+
+def _shown(value: Any) -> str:
+    # The value echoed back is cut short: a body of up to megabytes must not come back as the error.
+    text = repr(value)
+    return text if len(text) <= _SHOWN_CHARS else f"{text[: _SHOWN_CHARS - 3]}..."
 
 
 def _describe(error: ValidationError) -> str:
