@@ -147,3 +147,20 @@ def test_any_json_in_any_field_is_answered_200_or_a_4xx_in_openai_shape_never_a_
     assert 400 <= reply.status_code < 500, reply.text
     error = reply.json()["error"]
     assert set(error) == {"message", "type", "param", "code"} and error["message"], error
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"prompt": "hi", "n": 2}, "n"),
+        ({"prompt": "hi", "max_tokens": "1"}, "max_tokens"),
+        ({"prompt": "hi", "stop": 5}, "stop"),
+        ({"max_tokens": 1}, "prompt"),
+        (b'{"prompt": ', None),
+    ],
+)
+def test_a_400_for_one_field_names_it_in_param_as_openai_does(api, body, param):
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    reply = post(api, "/completions", raw)
+    assert reply.status_code == 400, reply.text
+    assert reply.json()["error"]["param"] == param, reply.text

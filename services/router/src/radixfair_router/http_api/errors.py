@@ -63,7 +63,10 @@ def error_message(error: BaseException) -> str:
 def error_response(error: BaseException) -> JSONResponse:
     kind = http_error_of(error)
     headers = {"Retry-After": str(RETRY_AFTER_S)} if kind.status in (429, 503) else None
-    return JSONResponse(error_body(error_message(error), kind), status_code=kind.status, headers=headers)
+    # A refused body field (http_api.schemas.InvalidFieldError) names itself in ``param``.
+    param = getattr(error, "param", None) if isinstance(error, RadixfairError) else None
+    body = error_body(error_message(error), kind, param)
+    return JSONResponse(body, status_code=kind.status, headers=headers)
 
 
 def error_event(error: BaseException) -> str:

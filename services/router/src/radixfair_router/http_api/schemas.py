@@ -37,6 +37,14 @@ _UNSUPPORTED: dict[str, tuple[Any, ...]] = {
 }
 
 
+class InvalidFieldError(InvalidRequestError):
+    """A body field radixfair refuses; ``param`` names it, as OpenAI's error objects do."""
+
+    def __init__(self, message: str, param: str | None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
 def _whole_unicode(text: str) -> str:
     # JSON lets a client write "\ud800", which decodes to a lone UTF-16 surrogate: no UTF-8 spells
     # it, so the protobuf message (and the tokenizer) cannot carry it. Refused here, by field name.
@@ -172,7 +180,9 @@ def parse_body(model: type[_Body], body: Any) -> _Body:
     try:
         return model.model_validate(body)
     except ValidationError as error:
-        raise InvalidRequestError(_describe(error)) from None
+        where = error.errors()[0]["loc"] if error.error_count() else ()
+        param = where[0] if where and isinstance(where[0], str) else None
+        raise InvalidFieldError(_describe(error), param) from None
 
 
 def _refuse_unsupported(body: dict[str, Any]) -> None:
@@ -183,8 +193,8 @@ def _refuse_unsupported(body: dict[str, Any]) -> None:
             continue
         allowed = [repr(ok) for ok in neutral if ok is not None]
         also = f" or set it to {' or '.join(allowed)}" if allowed else ""
-        raise InvalidRequestError(
-            f"{name}={_shown(value)} is not supported by radixfair; leave {name} unset{also}"
+        raise InvalidFieldError(
+            f"{name}={_shown(value)} is not supported by radixfair; leave {name} unset{also}", name
         )
 
 
