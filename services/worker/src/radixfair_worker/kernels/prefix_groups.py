@@ -138,14 +138,25 @@ def find_prefix_groups(
     candidates = np.flatnonzero(whole_pages >= config.min_shared_pages)
     if len(candidates) < config.min_group_size:
         return None
-    keys, inverse = np.unique(table[candidates, 0], return_inverse=True)
+    # This runs on the host every decode step: a batch of unrelated prompts (every first page its
+    # own) must cost a few cheap numpy calls (np.unique with inverse costs several times a sort).
+    first_pages = np.sort(table[candidates, 0])
+    if config.min_group_size > 1 and not (first_pages[1:] == first_pages[:-1]).any():
+        return None
+    _, inverse = np.unique(table[candidates, 0], return_inverse=True)
+    counts = np.bincount(inverse)
+    if counts.max() < config.min_group_size:
+        return None
+    # Members of each key in ascending row order (a stable sort keeps candidates' order).
+    by_key = candidates[np.argsort(inverse, kind="stable")]
+    ends = np.cumsum(counts)
     per_item = max(1, config.block_m // gqa)
     seq_prefix_len = np.zeros(batch, dtype=np.int32)
     members: list[np.ndarray] = []
     items: list[tuple[int, int, int, int]] = []  # row, prefix_len, member_start, member_count
     member_total = 0
-    for key_index in range(len(keys)):
-        left = candidates[inverse == key_index]
+    for key_index in np.flatnonzero(counts >= config.min_group_size):
+        left = by_key[ends[key_index] - counts[key_index] : ends[key_index]]
         for _ in range(_ANCHORS_PER_KEY):
             if len(left) < config.min_group_size:
                 break
