@@ -929,8 +929,9 @@ def notes(args: argparse.Namespace) -> str:
             f"{STATUS_POLL_S} s (the JSON also counts the router log's warnings). The worker path talks to",
             f"the first of {args.workers} worker process(es); the router path goes through {args.routers}",
             "router process(es) on one real redis-server ledger (client i on replica i mod n), listing those",
-            "workers statically and polling their load throughout, as in service. Cells run interleaved (each workload and concurrency: every path in turn), so load",
-            "drift on a shared machine hits all paths alike.",
+            "workers statically and polling their load throughout, as in service. Cells run interleaved",
+            "(each workload and concurrency: every path in turn), so load drift on a shared machine hits",
+            "all paths alike.",
         ]
     )
 
