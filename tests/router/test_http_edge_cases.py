@@ -111,6 +111,21 @@ def test_an_integer_temperature_is_a_number_and_is_served(api):
     assert post(api, "/completions", json.dumps(body).encode()).status_code == 200
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "named"),
+    [
+        # JSON numbers are float64, the fields float32: the error names what the caller sent.
+        ("temperature", 3.5e38, "temperature is too large for a float32 field, got 3.5e+38"),
+        ("top_p", 1e-300, "top_p is too small for a float32 field (it would be 0), got 1e-300"),
+        ("stop", [""], "stop strings must not be empty"),
+        ("stop", [str(i) for i in range(17)], "stop takes at most 16 strings, got 17"),
+    ],
+)
+def test_an_out_of_range_value_is_named_as_the_caller_sent_it(api, field, value, named):
+    body = {"prompt": "hi", "max_tokens": 1, field: value}
+    assert_openai_400(post(api, "/completions", json.dumps(body).encode()), named)
+
+
 def test_a_reply_to_a_request_without_model_names_the_model_the_workers_serve(api):
     served = httpx.get(f"{api.base_url}/models", headers=AUTH, timeout=30).json()["data"]
     assert len(served) == 1  # both tiny workers serve the same model

@@ -64,8 +64,10 @@ def check_sampling(params: generation_pb2.SamplingParams, vocab_size: int | None
     if params.HasField("top_p") and not (0.0 < params.top_p <= 1.0):
         raise InvalidRequestError(f"top_p must be in (0, 1], got {params.top_p}")
     _check_stop_token_ids(params.stop_token_ids, vocab_size)
-    if len(params.stop) > MAX_STOP_STRINGS or any(not s for s in params.stop):
-        raise InvalidRequestError(f"stop takes at most {MAX_STOP_STRINGS} non-empty strings")
+    if len(params.stop) > MAX_STOP_STRINGS:
+        raise InvalidRequestError(f"stop takes at most {MAX_STOP_STRINGS} strings, got {len(params.stop)}")
+    if any(not s for s in params.stop):
+        raise InvalidRequestError("stop strings must not be empty")
     longest = max((len(s) for s in params.stop), default=0)
     if longest > MAX_STOP_STRING_CHARS:
         raise InvalidRequestError(

@@ -7,6 +7,8 @@ deltas become chunks, the result becomes the finish reason and the usage.
 
 from __future__ import annotations
 
+import math
+import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,14 +28,35 @@ _FINISH_REASONS = {
 }
 
 
+def _as_float32(name: str, value: float) -> float:
+    """``value`` as the float32 field will hold it; InvalidRequestError where that changes its meaning.
+
+    JSON numbers are float64 and the sampling fields float32: 3.5e38 would become inf and 1e-300 would
+    become 0, and the range check behind them would then name a value the caller never sent. NaN and
+    the infinities pass through unchanged, for that check to name.
+    """
+    if not math.isfinite(value):
+        return value
+    try:
+        held = struct.unpack("f", struct.pack("f", value))[0]
+    except OverflowError:
+        held = math.inf
+    if not math.isfinite(held):
+        raise InvalidRequestError(f"{name} is too large for a float32 field, got {value!r}")
+    if value != 0 and held == 0:
+        raise InvalidRequestError(f"{name} is too small for a float32 field (it would be 0), got {value!r}")
+    return held
+
+
 def sampling_params(body: _Sampling, budget: int | None) -> generation_pb2.SamplingParams:
+    temperature = DEFAULT_TEMPERATURE if body.temperature is None else body.temperature
     params = generation_pb2.SamplingParams(
-        temperature=DEFAULT_TEMPERATURE if body.temperature is None else body.temperature,
+        temperature=_as_float32("temperature", temperature),
         stop=body.stop_strings,
         ignore_eos=body.ignore_eos,
     )
     if body.top_p is not None:
-        params.top_p = body.top_p
+        params.top_p = _as_float32("top_p", body.top_p)
     if body.seed is not None:
         if not 0 <= body.seed < _UINT64:
             raise InvalidRequestError(f"seed must be an integer in [0, 2**64), got {body.seed}")
