@@ -1,0 +1,154 @@
+"""A docker-compose project of the repo's compose file, driven the way a user drives it.
+
+The engine and the local base image come from scripts/container_engine.sh; the public images that
+cannot be pulled here are replaced by deploy/local/compose.standins.yml. Every wait is a poll of a
+condition (a container's health, an answer) under a deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from deploy_support import COMPOSE_FILE, REPO
+
+ENGINE_SCRIPT = REPO / "scripts" / "container_engine.sh"
+STANDINS_FILE = REPO / "deploy" / "local" / "compose.standins.yml"
+BASE_IMAGE = "radixfair-local/python:3.11-bookworm"
+# scripts/container_engine.sh exits 3 when no engine can be installed here (not root, no apt-get).
+NO_ENGINE_HERE = 3
+
+T = TypeVar("T")
+
+
+def prepare_engine(timeout_s: float) -> dict[str, str]:
+    """Engine up, base image and build inputs ready; the environment compose must run with."""
+    env = {"BASE_IMAGE": BASE_IMAGE, **os.environ}
+    result = subprocess.run(
+        ["bash", str(ENGINE_SCRIPT), "engine", "base", "inputs", "cli-dir"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout_s,
+    )
+    if result.returncode == NO_ENGINE_HERE:
+        pytest.skip(f"no container engine can be installed here: {result.stderr.strip()}")
+    assert result.returncode == 0, f"container_engine.sh failed:\n{result.stderr}"
+    cli_dir = result.stdout.strip().splitlines()[-1]
+    # Compose builds through `docker build`, with BuildKit (the Dockerfiles' RUN --mount), using
+    # the first `docker` on PATH: the one container_engine.sh names.
+    return {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("COMPOSE_", "RADIXFAIR_", "DOCKER_"))
+    } | {
+        "PATH": f"{cli_dir}:{os.environ['PATH']}",
+        "DOCKER_BUILDKIT": "1",
+        "COMPOSE_DOCKER_CLI_BUILD": "1",
+    }
+
+
+def wait_for(what: str, check: Callable[[], T | None], timeout_s: float, poll_s: float = 1.0) -> T:
+    """Polls ``check`` until it returns a value that is not None; fails after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    last_error: Exception | None = None
+    while True:
+        try:
+            value = check()
+            if value is not None:
+                return value
+        except Exception as error:  # noqa: BLE001 - kept for the failure message
+            last_error = error
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout_s:.0f} s (last error: {last_error!r})")
+        time.sleep(poll_s)
+
+
+@dataclass(frozen=True)
+class ComposeProject:
+    """One compose project: its name, env file and the environment compose runs in."""
+
+    name: str
+    env_file: Path
+    env: dict[str, str]
+    profiles: tuple[str, ...] = ("cpu", "metrics")
+
+    def command(self) -> list[str]:
+        args = [
+            "docker-compose",
+            "--project-name",
+            self.name,
+            "--project-directory",
+            str(REPO),
+            "-f",
+            str(COMPOSE_FILE),
+            "-f",
+            str(STANDINS_FILE),
+            "--env-file",
+            str(self.env_file),
+        ]
+        for profile in self.profiles:
+            args += ["--profile", profile]
+        return args
+
+    def run(self, *args: str, timeout_s: float) -> str:
+        result = subprocess.run(
+            [*self.command(), *args], capture_output=True, text=True, env=self.env, timeout=timeout_s
+        )
+        assert result.returncode == 0, f"docker-compose {' '.join(args)} failed:\n{result.stderr[-4000:]}"
+        return result.stdout
+
+    def docker(self, *args: str, timeout_s: float = 60) -> str:
+        result = subprocess.run(
+            ["docker", *args], capture_output=True, text=True, env=self.env, timeout=timeout_s
+        )
+        assert result.returncode == 0, f"docker {' '.join(args)} failed:\n{result.stderr}"
+        return result.stdout
+
+    def container(self, service: str) -> str:
+        ids = self.run("ps", "-q", service, timeout_s=60).split()
+        assert len(ids) == 1, f"{service}: containers {ids}"
+        return ids[0]
+
+    def health(self, service: str) -> str:
+        state = json.loads(self.docker("inspect", "--format", "{{json .State}}", self.container(service)))
+        return state["Health"]["Status"] if "Health" in state else state["Status"]
+
+    def wait_healthy(self, services: Sequence[str], timeout_s: float) -> None:
+        def all_healthy() -> bool | None:
+            states = {service: self.health(service) for service in services}
+            return True if set(states.values()) == {"healthy"} else None
+
+        wait_for(f"{', '.join(services)} healthy", all_healthy, timeout_s, poll_s=2.0)
+
+    def purge(self) -> None:
+        """Removes whatever a run killed half-way left behind (even two networks of one name,
+        which `down` cannot resolve), by the project label compose puts on everything it makes."""
+        label = f"label=com.docker.compose.project={self.name}"
+        containers = self.docker("ps", "-aq", "--filter", label).split()
+        if containers:
+            self.docker("rm", "-f", "-v", *containers, timeout_s=120)
+        for kind in ("network", "volume"):
+            ids = self.docker(kind, "ls", "-q", "--filter", label).split()
+            if ids:
+                self.docker(kind, "rm", *ids)
+
+    def labelled(self, kind: str) -> list[str]:
+        """Names of the containers, volumes or networks compose made for this project."""
+        label = f"label=com.docker.compose.project={self.name}"
+        if kind == "container":
+            return self.docker("ps", "-a", "--filter", label, "--format", "{{.Names}}").split()
+        return self.docker(kind, "ls", "--filter", label, "--format", "{{.Name}}").split()
+
+
+def http_json(url: str, timeout_s: float = 10) -> Any:
+    with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310 - loopback only
+        return json.loads(response.read())
