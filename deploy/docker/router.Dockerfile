@@ -32,7 +32,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1
 USER 10001:10001
 WORKDIR /home/radixfair
-# gRPC RouterService, Prometheus /metrics.
+# gRPC RouterService, the OpenAI-compatible HTTP API, Prometheus /metrics.
 EXPOSE 50051 8000 9451
 HEALTHCHECK --interval=10s --timeout=10s --start-period=180s --retries=3 \
     CMD ["python", "/opt/radixfair/grpc_health_check.py", "127.0.0.1:50051"]
