@@ -62,7 +62,10 @@ def collect(stub, request, timeout=60):
 
 def test_generate_streams_deltas_then_a_result_with_usage(stub):
     deltas, result = collect(stub, text_request("Once upon a time", max_tokens=12, ignore_eos=True))
-    assert len(deltas) == 12
+    # A consumer that falls behind the step rate gets several tokens in one message (coalesced
+    # deltas, issue 11), so the count of messages depends on timing; the tokens do not.
+    assert 1 <= len(deltas) <= 12
+    assert sum(len(d.token_ids) for d in deltas) == 12
     assert result.finish_reason == generation_pb2.FINISH_REASON_LENGTH
     assert result.usage.completion_tokens == 12
     assert result.usage.prompt_tokens > 0

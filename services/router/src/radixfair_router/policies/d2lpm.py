@@ -6,7 +6,8 @@ the router knows a load and an estimated prefix match for this prompt.
 1. Candidates are the healthy workers, ordered by longest prefix match
    (ties: lower load, then id). A match shorter than ``cache_threshold`` of
    the prompt counts as no match for the order: such workers rank with the
-   cold ones, by load, then id. A worker is *eligible* when its load is under
+   cold ones, by load, then the smaller cache (tokens the router has sent
+   there), then id. A worker is *eligible* when its load is under
    the balance threshold: not (load - min_load > balance_abs_threshold and
    load > balance_rel_threshold * min_load).
 2. Refill: if no candidate has ``q[i][w] > 0``, every candidate with
@@ -58,7 +59,6 @@ from radixfair_router.config import CostConfig, PolicyConfig
 from radixfair_router.ledger import Ledger
 from radixfair_router.ledger_state import AdmitCandidate
 from radixfair_router.policies.base import (
-    LOAD_THEN_ID,
     RoutingDecision,
     RoutingRequest,
     WorkerState,
@@ -92,7 +92,12 @@ class D2lpmPolicy:
             (w for w in workers if w.prefix_match >= useful),
             key=lambda w: (-w.prefix_match, w.load, w.worker_id),
         )
-        rest = sorted((w for w in workers if w.prefix_match < useful), key=LOAD_THEN_ID)
+        # Cold workers by load, then the smaller cache (the SGLang router sends a cache miss to the
+        # worker with the smallest tree): unrelated clients arriving one after another on idle workers
+        # then spread instead of all taking the lowest id, and each keeps its prefix where it landed.
+        rest = sorted(
+            (w for w in workers if w.prefix_match < useful), key=lambda w: (w.load, w.cache_size, w.worker_id)
+        )
         cold_cost = input_cost(prompt, 0, costs)
         return [
             AdmitCandidate(
