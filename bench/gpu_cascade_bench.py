@@ -48,8 +48,8 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "services" / "worker" / "src"), str(ROOT / "common" / "src"), str(ROOT)]
 
+from bench.gpu_engine_bench import make_random_model  # noqa: E402
 from bench.report import markdown_table, write_results  # noqa: E402
-from bench.smollm2_shape import SMOLLM2_135M_HF_CONFIG  # noqa: E402
 from radixfair_worker.config import EngineConfig, SchedulerConfig  # noqa: E402
 from radixfair_worker.engine import Engine  # noqa: E402
 from radixfair_worker.kernels.accuracy import relative_error  # noqa: E402
@@ -83,7 +83,6 @@ FLOOR_NOTE = (
     "today's kernel reads the prefix once per sequence: 113 / 415 MB (28 / 104 us if from DRAM; the "
     "prefix is small enough to be re-read from L2). Arithmetic (0.34 / 1.2 GFLOP) is far under either."
 )
-EMBEDDING_STD = 0.5  # peaked next-token logits, as bench/gpu_engine_bench.py: greedy tests arithmetic
 
 
 @dataclass(frozen=True)
@@ -387,23 +386,6 @@ def _cascade_errors(shapes: Shapes, prefix: int, device: str, num_sms: int) -> d
 
 
 # ---- 2. and 3. the engine -----------------------------------------------------------------
-
-
-def make_random_model(target: Path, overrides: dict[str, object]) -> Path:
-    from safetensors.torch import save_file
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = {**SMOLLM2_135M_HF_CONFIG, **overrides}
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(**config))
-    with torch.no_grad():
-        embedding = model.get_input_embeddings().weight
-        embedding.mul_(EMBEDDING_STD / embedding.std())
-    state = {k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
-    target.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(target / "model.safetensors"), metadata={"format": "pt"})
-    (target / "config.json").write_text(json.dumps(config))
-    return target
 
 
 def make_engine(

@@ -50,19 +50,21 @@ SMOLLM2_135M = SMOLLM2_135M_HF_CONFIG
 EMBEDDING_STD = 0.5
 
 
-def make_random_model(target: Path) -> Path:
+def make_random_model(target: Path, overrides: dict[str, object] | None = None) -> Path:
+    """Random SmolLM2-135M-shaped weights (``overrides`` replace config fields) saved under ``target``."""
     from safetensors.torch import save_file
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    config = {**SMOLLM2_135M, **(overrides or {})}
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(**SMOLLM2_135M))
+    model = LlamaForCausalLM(LlamaConfig(**config))
     with torch.no_grad():
         embedding = model.get_input_embeddings().weight
         embedding.mul_(EMBEDDING_STD / embedding.std())
     state = {k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
     target.mkdir(parents=True, exist_ok=True)
     save_file(state, str(target / "model.safetensors"), metadata={"format": "pt"})
-    (target / "config.json").write_text(json.dumps(SMOLLM2_135M))
+    (target / "config.json").write_text(json.dumps(config))
     return target
 
 
