@@ -1,0 +1,176 @@
+"""Where a decode step's wall time goes: host staging, host bookkeeping, or waiting for the device.
+
+With overlap scheduling the host prepares step n+1 while the device runs step n,
+so a step costs max(host, device). This script says which one bounds the engine:
+it wraps the model runner's ``forward`` (host staging and the graph launch, which
+returns before the device finishes) and ``SampledTokens.wait`` (the host blocked
+on the device), and times every decode step of a batch. When ``wait`` is near
+zero the device idles between steps and host time is the step time.
+
+On the GPU (random SmolLM2-135M weights, bf16, Triton, CUDA graphs, overlap on)::
+
+    PYTHONPATH=common/src:services/worker/src python3 bench/engine_step_anatomy.py --batches 1 128
+
+Run it from an older commit's tree (the same file copied there) to compare versions in one call.
+On the CPU, ``--null-runner`` replaces the model with one that returns fixed logits at once, so
+the table is the engine's own host cost per step (what no kernel can hide).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from radixfair_worker import inflight  # noqa: E402
+from radixfair_worker.config import EngineConfig, SchedulerConfig  # noqa: E402
+from radixfair_worker.engine import Engine  # noqa: E402
+from radixfair_worker.request import Request, SamplingConfig  # noqa: E402
+from radixfair_worker.scheduler.registry import build_policy  # noqa: E402
+
+NULL_VOCAB = 512
+
+
+class NullRunner:
+    """A StepRunner whose forward costs nothing: every completed fill samples token 7."""
+
+    page_size = 16
+
+    def __init__(self) -> None:
+        self._logits: dict[int, torch.Tensor] = {}
+
+    @property
+    def num_pages(self) -> int:
+        return 8192
+
+    def forward(self, chunks, carry=None) -> torch.Tensor:  # noqa: ANN001 - the StepRunner protocol
+        rows = sum(1 for chunk in chunks if chunk.completes_fill)
+        logits = self._logits.get(rows)
+        if logits is None:
+            logits = torch.zeros(rows, NULL_VOCAB)
+            logits[:, 7] = 1.0
+            self._logits[rows] = logits
+        return logits
+
+
+class _Timer:
+    """Accumulates the wall time spent inside a wrapped callable."""
+
+    def __init__(self) -> None:
+        self.total = 0.0
+
+    def wrap(self, function):  # noqa: ANN001, ANN202
+        def timed(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self.total += time.perf_counter() - start
+
+        return timed
+
+
+def null_engine(max_running: int) -> Engine:
+    config = EngineConfig(
+        num_pages=8192,
+        page_size=16,
+        max_running_requests=max_running,
+        max_batched_tokens=max(2048, max_running),
+        device="cpu",
+        dtype="float32",
+        backend="torch",
+        overlap_schedule=True,
+        scheduler=SchedulerConfig(policy="fcfs"),
+    )
+    return Engine(config, NullRunner(), build_policy(config.scheduler), frozenset({2}), 4096)
+
+
+def anatomy(engine: Engine, batch: int, prompt_len: int, new_tokens: int, sync) -> dict[str, float]:  # noqa: ANN001
+    generator = torch.Generator().manual_seed(100 + batch)
+    requests = [
+        Request(
+            f"a{batch}-{i}-{time.monotonic_ns()}",
+            f"c{i % 4}",
+            torch.randint(100, 400, (prompt_len,), generator=generator).tolist(),
+            SamplingConfig(max_tokens=new_tokens, ignore_eos=True),
+        )
+        for i in range(batch)
+    ]
+    for request in requests:
+        engine.submit(request)
+    while engine.has_work() and any(r.tokens_to_compute > 1 or not r.output_ids for r in requests):
+        engine.step()
+    sync()
+    forward, wait = _Timer(), _Timer()
+    original_forward, original_wait = engine.runner.forward, inflight.SampledTokens.wait
+    engine.runner.forward = forward.wrap(original_forward)
+    inflight.SampledTokens.wait = wait.wrap(original_wait)
+    steps: list[float] = []
+    try:
+        start = time.perf_counter()
+        while engine.has_work():
+            before = time.perf_counter()
+            engine.step()
+            steps.append(time.perf_counter() - before)
+        sync()
+        elapsed = time.perf_counter() - start
+    finally:
+        engine.runner.forward = original_forward
+        inflight.SampledTokens.wait = original_wait
+    count = len(steps)
+    step_ms = 1e3 * elapsed / count
+    forward_ms = 1e3 * forward.total / count
+    wait_ms = 1e3 * wait.total / count
+    return {
+        "batch": batch,
+        "steps": count,
+        "ms_per_step": round(step_ms, 4),
+        "median_step_ms": round(1e3 * statistics.median(steps), 4),
+        "max_step_ms": round(1e3 * max(steps), 4),
+        "forward_host_ms": round(forward_ms, 4),
+        "wait_device_ms": round(wait_ms, 4),
+        "bookkeeping_host_ms": round(step_ms - forward_ms - wait_ms, 4),
+        "host_share": round((step_ms - wait_ms) / step_ms, 3),
+        "tok_per_s": round(batch * count / elapsed),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 32, 128])
+    parser.add_argument("--prompt-len", type=int, default=128)
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--null-runner", action="store_true", help="CPU: the engine's host cost alone")
+    parser.add_argument("--label", default="", help="a name for this tree (e.g. a commit) in the output")
+    args = parser.parse_args()
+    if args.null_runner:
+        torch.set_num_threads(1)
+        rows = [
+            anatomy(null_engine(batch), batch, args.prompt_len, args.new_tokens, lambda: None)
+            for batch in args.batches
+        ]
+    else:
+        from bench.gpu_engine_bench import make_engine, make_random_model
+
+        model_dir = make_random_model(Path(tempfile.mkdtemp()) / "smollm2-135m-random")
+        engine = make_engine(model_dir, "triton", "bfloat16", 128)
+        anatomy(engine, 128, args.prompt_len, 16, torch.cuda.synchronize)  # warm-up
+        rows = [
+            anatomy(engine, batch, args.prompt_len, args.new_tokens, torch.cuda.synchronize)
+            for batch in args.batches
+        ]
+    for row in rows:
+        print(json.dumps({"label": args.label, **row}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
