@@ -113,9 +113,13 @@ class ForwardConfig:
     # A stream that sends nothing for this long is failed, so no call hangs.
     stream_idle_timeout_s: float = 120.0
     # A stream of a worker out of rotation (frozen, unreachable) is ended once it has been
-    # silent this long. Health checks alone cannot tell a frozen worker from one too loaded to
-    # answer in time (its prefill may take seconds), so this is well above a slow first token.
-    unhealthy_stream_silence_s: float = 30.0
+    # silent this long. Unset (the default), it is what the health checks took to give up on
+    # the worker, registry.unhealthy_after_failures x registry.health_check_timeout_s (2 s with
+    # the defaults): a frozen worker has been silent at least that long when it leaves rotation,
+    # so its streams end then (or within one check timeout), while a worker that was merely slow
+    # to answer checks keeps every stream that sent anything in that time. See
+    # RouterConfig.unhealthy_stream_silence_s.
+    unhealthy_stream_silence_s: float | None = None
     # With no healthy worker, how long a request waits for one to appear.
     wait_for_worker_s: float = 2.0
     # Prompts whose message is larger than this (serialized bytes: text, chat turns or
@@ -156,6 +160,17 @@ class RouterConfig:
     auth: AuthConfig = field(default_factory=AuthConfig)
     tracing: TracingConfig = field(default_factory=lambda: TracingConfig(service_name="radixfair-router"))
 
+    @property
+    def unhealthy_stream_silence_s(self) -> float:
+        """Seconds a stream of a worker out of rotation may be silent before the router ends it.
+
+        forward.unhealthy_stream_silence_s when set; otherwise the time the health checks need to
+        declare an unresponsive worker out: unhealthy_after_failures checks that each timed out.
+        """
+        if self.forward.unhealthy_stream_silence_s is not None:
+            return self.forward.unhealthy_stream_silence_s
+        return self.registry.unhealthy_after_failures * self.registry.health_check_timeout_s
+
     def __post_init__(self) -> None:
         if self.policy.name not in POLICIES:
             raise ValueError(unknown_choice("routing policy", self.policy.name, POLICIES))
@@ -163,5 +178,10 @@ class RouterConfig:
             raise ValueError(f"ledger.store must be 'redis' or 'memory', not {self.ledger.store!r}")
         if self.ledger.store == "redis" and not self.ledger.redis_url:
             raise ValueError("ledger.store is 'redis' but ledger.redis_url is empty")
+        if self.unhealthy_stream_silence_s <= 0:
+            raise ValueError(
+                "forward.unhealthy_stream_silence_s must be positive (unset, it is "
+                "registry.unhealthy_after_failures x registry.health_check_timeout_s)"
+            )
         if self.policy.quantum <= 0:
             raise ValueError("policy.quantum must be positive")

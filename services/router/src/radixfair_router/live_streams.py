@@ -19,8 +19,12 @@ Output is booked in one of two ways, chosen by where the ledger lives:
 The timer task (every ``output_charge_interval_s``) also stops a stream whose
 worker left rotation while the stream was silent (a frozen or unreachable
 worker: its stream would otherwise hang until the caller's deadline), and a
-stream silent for ``stream_idle_timeout_s``. A stream still sending tokens
-from a worker marked unhealthy (a draining worker says NOT_SERVING) runs on.
+stream silent for ``stream_idle_timeout_s``. "Silent" for a worker out of
+rotation is ``RouterConfig.unhealthy_stream_silence_s``: by default as long as
+the health checks took to give up on the worker, so a frozen worker's streams
+end when it leaves rotation, or within one more check timeout. A stream still
+sending tokens from a worker marked unhealthy (a draining worker says
+NOT_SERVING) runs on.
 Stopping cancels the worker call and records why; the relay turns that into a
 retry (no token yet) or UNAVAILABLE.
 """

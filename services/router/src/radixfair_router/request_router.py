@@ -126,7 +126,7 @@ class RequestRouter:
         limits = LiveStreamLimits(
             charge_interval_s=config.policy.output_charge_interval_s,
             idle_timeout_s=config.forward.stream_idle_timeout_s,
-            unhealthy_silence_s=config.forward.unhealthy_stream_silence_s,
+            unhealthy_silence_s=config.unhealthy_stream_silence_s,
             output_token_weight=config.costs.output_token_weight,
             write_ahead=ledger.outlives_router,
         )
