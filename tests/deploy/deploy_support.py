@@ -120,6 +120,23 @@ def secret_data(rendered: Rendered, name: str) -> dict[str, str]:
     return {key: base64.b64decode(value).decode() for key, value in secret.get("data", {}).items()}
 
 
+MAKE_ENV = REPO / "deploy" / "compose" / "make-env.sh"
+
+
+def make_env_file(path: Path) -> Path:
+    """What the README has a user do first: deploy/compose/make-env.sh (.env.example plus
+    generated service secrets) into ``path``, which must not exist yet."""
+    assert not path.exists()
+    subprocess.run(["bash", str(MAKE_ENV), str(path)], check=True, capture_output=True, timeout=30)
+    return path
+
+
+def env_file_values(path: Path) -> dict[str, str]:
+    """NAME=value lines of an env file."""
+    lines = [line for line in path.read_text().splitlines() if line and not line.startswith("#")]
+    return dict(line.split("=", 1) for line in lines)
+
+
 def require_docker_compose() -> str:
     """Path of docker-compose; CI must have it (scripts/install_service.sh installs it)."""
     path = shutil.which("docker-compose")

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import yaml
-from deploy_support import COMPOSE_FILE, ENV_EXAMPLE, REPO, compose_config
+from deploy_support import COMPOSE_FILE, ENV_EXAMPLE, REPO, compose_config, env_file_values, make_env_file
 
 RADIXFAIR_SERVICES = (
     "router-1",
@@ -29,10 +29,8 @@ RADIXFAIR_SERVICES = (
 
 @pytest.fixture(scope="module")
 def env_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """What a user does first: copy .env.example to .env."""
-    path = tmp_path_factory.mktemp("compose") / ".env"
-    path.write_text(ENV_EXAMPLE.read_text())
-    return path
+    """What a user does first: deploy/compose/make-env.sh (.env.example plus generated secrets)."""
+    return make_env_file(tmp_path_factory.mktemp("compose") / ".env")
 
 
 @pytest.fixture(scope="module")
@@ -202,8 +200,62 @@ def test_no_secret_is_written_in_the_compose_file() -> None:
     assert "RADIXFAIR_AUTH__API_KEYS" not in text.replace("# The API keys (RADIXFAIR_AUTH__API_KEYS)", "")
     for name, service in raw["services"].items():
         environment = service.get("environment") or {}
-        for key in environment:
-            assert not re.search(r"KEY|SECRET|PASSWORD|TOKEN", key), f"{name}: {key} set inline"
+        for key, value in environment.items():
+            if re.search(r"KEY|SECRET|PASSWORD|TOKEN", key):
+                # Only a reference to .env that compose refuses to start without.
+                assert re.fullmatch(r"\$\{[A-Z_]+:\?[^}]+\}", str(value)), f"{name}: {key} set inline"
+
+
+def test_a_missing_service_secret_stops_compose_with_the_script_to_run(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text(ENV_EXAMPLE.read_text())
+
+    result = subprocess.run(
+        [
+            "docker-compose",
+            "--project-directory",
+            str(REPO),
+            "-f",
+            str(COMPOSE_FILE),
+            "--env-file",
+            str(env_file),
+            "config",
+        ],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "KEYS_ENV_FILE": str(env_file)},
+        timeout=60,
+    )
+
+    assert result.returncode != 0
+    assert "IDENTITY_SECRET is empty; run deploy/compose/make-env.sh" in result.stderr
+
+
+def test_make_env_generates_each_secret_once_and_keeps_it(tmp_path: Path) -> None:
+    env_file = make_env_file(tmp_path / ".env")
+    first = env_file_values(env_file)
+    other = env_file_values(make_env_file(tmp_path / "other.env"))
+
+    subprocess.run(["bash", str(REPO / "deploy/compose/make-env.sh"), str(env_file)], check=True)
+
+    for name in ("IDENTITY_SECRET", "REGISTRATION_TOKEN"):
+        assert re.fullmatch(r"[0-9a-f]{64}", first[name]), name
+        assert other[name] != first[name], f"{name} is not random"
+    assert env_file_values(env_file) == first
+    assert env_file.stat().st_mode & 0o077 == 0
+
+
+def test_routers_and_workers_share_the_identity_secret_of_the_env_file(
+    env_file: Path, services: dict[str, Any]
+) -> None:
+    secrets = env_file_values(env_file)
+
+    for router in ("router-1", "router-2"):
+        environment = services[router]["environment"]
+        assert environment["RADIXFAIR_FORWARD__IDENTITY_SECRET"] == secrets["IDENTITY_SECRET"]
+        assert environment["RADIXFAIR_REGISTRY__REGISTRATION_TOKEN"] == secrets["REGISTRATION_TOKEN"]
+    for worker in ("worker-1", "worker-2", "worker-cpu-1", "worker-cpu-2"):
+        assert services[worker]["environment"]["RADIXFAIR_IDENTITY_SECRET"] == secrets["IDENTITY_SECRET"]
 
 
 def test_routers_take_their_api_keys_from_the_env_file(services: dict[str, Any]) -> None:

@@ -14,6 +14,7 @@ changed.
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import pytest
 from compose_project import BASE_IMAGE, ComposeProject, http_json, prepare_engine, wait_for
+from deploy_support import MAKE_ENV
 from support.ports import free_port
 
 from radixfair.client import GenerationOutput, RouterClient
@@ -67,6 +69,8 @@ def write_env_file(path: Path, router_port: int, prometheus_port: int) -> None:
         f"JAEGER_UI_PORT={free_port()}\n"
         "REDIS_APPENDONLY=no\n"
     )
+    # The routers' and workers' shared secrets, as a user gets them.
+    subprocess.run(["bash", str(MAKE_ENV), str(path)], check=True, capture_output=True, timeout=30)
 
 
 @pytest.fixture(scope="module")

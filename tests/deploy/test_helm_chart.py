@@ -414,7 +414,8 @@ def test_external_redis_url_can_come_from_an_existing_secret(production: Rendere
         "name": "radixfair-redis",
         "key": "redis-url",
     }
-    # Keys and Redis URL both come from existing Secrets: the chart renders no Secret at all.
+    # Keys, Redis URL and the routers' and workers' shared secrets all come from existing Secrets:
+    # the chart renders no Secret at all.
     assert production.of_kind("Secret") == []
 
 
@@ -461,6 +462,78 @@ def test_api_keys_are_in_the_secret_never_the_config_map() -> None:
     assert "test-key" not in config_text
     assert "test-key" in secret_data(rendered, "radixfair-secrets")["RADIXFAIR_AUTH__API_KEYS"]
     assert router_env["RADIXFAIR_AUTH__API_KEYS"]["valueFrom"]["secretKeyRef"]["name"] == "radixfair-secrets"
+
+
+def _secret_refs(rendered: Rendered, kind: str, name: str, container: str) -> dict[str, tuple[str, str]]:
+    """{variable: (Secret name, key)} of a container's variables that come from a Secret."""
+    env = _container(rendered, kind, name, container)["env"]
+    return {
+        e["name"]: (e["valueFrom"]["secretKeyRef"]["name"], e["valueFrom"]["secretKeyRef"]["key"])
+        for e in env
+        if "secretKeyRef" in e.get("valueFrom", {})
+    }
+
+
+def _internal_refs(rendered: Rendered) -> dict[str, tuple[str, str]]:
+    router = _secret_refs(rendered, "Deployment", "radixfair-router", "router")
+    worker = _secret_refs(rendered, "StatefulSet", "radixfair-worker", "worker")
+    return {
+        "router identity": router["RADIXFAIR_FORWARD__IDENTITY_SECRET"],
+        "router registration": router["RADIXFAIR_REGISTRY__REGISTRATION_TOKEN"],
+        "worker identity": worker["RADIXFAIR_IDENTITY_SECRET"],
+    }
+
+
+@pytest.mark.parametrize("values_name", ["default", "cpu", "tls"])
+def test_routers_and_workers_share_an_identity_secret_the_chart_generates(values_name: str) -> None:
+    rendered = render_chart(VALUE_SETS[values_name])
+    refs = _internal_refs(rendered)
+    data = secret_data(rendered, "radixfair-secrets")
+
+    assert refs == {
+        "router identity": ("radixfair-secrets", "identity-secret"),
+        "router registration": ("radixfair-secrets", "registration-token"),
+        "worker identity": ("radixfair-secrets", "identity-secret"),
+    }
+    assert len(data["identity-secret"]) >= 32 and len(data["registration-token"]) >= 32
+    assert data["identity-secret"] != data["registration-token"]
+    # Generated per install, not a value written in the chart.
+    assert secret_data(render_chart(KEYS), "radixfair-secrets")["identity-secret"] != data["identity-secret"]
+    assert data["identity-secret"] not in str(rendered.named("ConfigMap", "radixfair-config")["data"])
+
+
+def test_given_internal_secrets_are_the_ones_wired() -> None:
+    internal = {"identitySecret": "i" * 40, "registrationToken": "r" * 40}
+    values = {"auth": {**KEYS["auth"], "internal": internal}}
+
+    data = secret_data(render_chart(values), "radixfair-secrets")
+
+    assert (data["identity-secret"], data["registration-token"]) == ("i" * 40, "r" * 40)
+
+
+def test_internal_secrets_can_come_from_an_existing_secret(production: Rendered) -> None:
+    rendered = render_chart({"auth": {**KEYS["auth"], "internal": {"existingSecret": "radixfair-internal"}}})
+
+    assert {name for name, _ in _internal_refs(rendered).values()} == {"radixfair-internal"}
+    assert "identity-secret" not in secret_data(rendered, "radixfair-secrets")
+    assert {name for name, _ in _internal_refs(production).values()} == {"radixfair-internal"}
+
+
+def test_a_new_identity_secret_rolls_routers_and_workers() -> None:
+    def checksums(secret: str) -> tuple[str, str]:
+        rendered = render_chart({"auth": {**KEYS["auth"], "internal": {"identitySecret": secret}}})
+        return tuple(  # type: ignore[return-value]
+            template["metadata"]["annotations"]["checksum/secret"]
+            for template in (
+                pod_template(rendered.named("Deployment", "radixfair-router")),
+                pod_template(rendered.named("StatefulSet", "radixfair-worker")),
+            )
+            if template is not None
+        )
+
+    first, second = checksums("a" * 40), checksums("b" * 40)
+
+    assert first[0] != second[0] and first[1] != second[1]
 
 
 def test_config_changes_roll_the_routers() -> None:

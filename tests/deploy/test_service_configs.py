@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 import yaml
 from deploy_support import (
-    ENV_EXAMPLE,
     REPO,
     Rendered,
     compose_config,
+    make_env_file,
     pod_template,
     production_values,
     render_chart,
@@ -59,8 +59,7 @@ def test_distiller_example_config_loads() -> None:
 
 @pytest.fixture(scope="module")
 def compose_services(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    env_file = tmp_path_factory.mktemp("compose-configs") / ".env"
-    env_file.write_text(ENV_EXAMPLE.read_text())
+    env_file = make_env_file(tmp_path_factory.mktemp("compose-configs") / ".env")
     return compose_config(env_file, ("cpu", "gpu"))["services"]
 
 
@@ -111,6 +110,24 @@ def test_compose_routers_config_loads_with_the_keys_from_the_env_file(
     assert {key.client_id for key in config.auth.api_keys} == {"alice", "bob"}
     assert config.ledger.redis_url == "redis://redis:6379/0"
     assert config.router_id == name
+    assert len(config.registry.registration_token) >= 32
+
+
+@pytest.mark.parametrize("worker", ["worker-1", "worker-2", "worker-cpu-1", "worker-cpu-2"])
+def test_compose_workers_check_the_identity_the_routers_sign(
+    compose_services: dict[str, Any], worker: str
+) -> None:
+    def loaded(kind: type, name: str, file: str) -> Any:
+        service = compose_services[name]
+        return load_config(kind, _compose_config_file(service, file), env=_compose_env(service))
+
+    secrets = {
+        loaded(RouterConfig, r, "/etc/radixfair/router.yaml").forward.identity_secret
+        for r in ("router-1", "router-2")
+    }
+
+    assert secrets == {loaded(WorkerConfig, worker, "/etc/radixfair/worker.yaml").identity_secret}
+    assert len(secrets.pop()) >= 32
 
 
 def test_compose_distiller_config_loads(compose_services: dict[str, Any]) -> None:
@@ -174,6 +191,7 @@ EXISTING_SECRETS = {
         "RADIXFAIR_AUTH__API_KEYS": '[{key: "sha256:' + "ab" * 32 + '", client_id: acme, weight: 2}]'
     },
     "radixfair-redis": {"redis-url": "rediss://:pw@redis.example.internal:6380/0"},
+    "radixfair-internal": {"identity-secret": "s" * 64, "registration-token": "t" * 64},
 }
 TLS_VALUES = {"enabled": True, "secretName": "radixfair-tls", "requireClientCert": True}
 VALUE_SETS = {
@@ -210,11 +228,20 @@ def test_chart_worker_config_loads_and_matches_the_router_list(values_name: str)
     config_map = rendered.named("ConfigMap", "radixfair-config")["data"]
     worker = _container(rendered, "StatefulSet", "radixfair-worker")
 
-    config = _load(WorkerConfig, config_map["worker.yaml"], _pod_env(rendered, worker, {}))
+    secrets = _secrets(rendered, EXISTING_SECRETS)
+    config = _load(WorkerConfig, config_map["worker.yaml"], _pod_env(rendered, worker, secrets))
+    routers = _load(
+        RouterConfig,
+        config_map["router.yaml"],
+        _pod_env(rendered, _container(rendered, "Deployment", "radixfair-router"), secrets),
+    )
 
     router = yaml.safe_load(config_map["router.yaml"])
     listed = router["registry"]["workers"][0]
     assert listed["worker_id"] == config.worker_id == "radixfair-worker-0"
+    # The routers sign each tenant's identity with the very secret the workers check.
+    assert len(config.identity_secret) >= 32
+    assert routers.forward.identity_secret == config.identity_secret
     assert listed["address"].endswith(f":{config.port}")
     assert config.port == next(p["containerPort"] for p in worker["ports"] if p["name"] == "grpc")
     if values_name == "production":

@@ -78,6 +78,32 @@ app.kubernetes.io/component: {{ .component }}
 {{- default (printf "%s-secrets" (include "radixfair.fullname" .)) .Values.auth.existingSecret -}}
 {{- end -}}
 
+{{/* Name of the Secret holding identity-secret and registration-token (auth.internal). */}}
+{{- define "radixfair.internalSecret" -}}
+{{- default (printf "%s-secrets" (include "radixfair.fullname" .)) .Values.auth.internal.existingSecret -}}
+{{- end -}}
+
+{{/*
+One generated secret of the chart's Secret, base64: the value given, else the one the installed
+Secret already holds (so an upgrade keeps what routers and workers share), else 48 random
+characters. Call with (dict "ctx" $ "key" "identity-secret" "value" .Values.auth.internal.x).
+*/}}
+{{- define "radixfair.generatedSecret" -}}
+{{- $name := printf "%s-secrets" (include "radixfair.fullname" .ctx) -}}
+{{- $installed := lookup "v1" "Secret" .ctx.Release.Namespace $name -}}
+{{- $kept := "" -}}
+{{- if $installed -}}
+{{- $kept = get (default dict $installed.data) .key -}}
+{{- end -}}
+{{- if .value -}}
+{{- .value | b64enc -}}
+{{- else if $kept -}}
+{{- $kept -}}
+{{- else -}}
+{{- randAlphaNum 48 | b64enc -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Secret and key holding the Redis URL. */}}
 {{- define "radixfair.redisSecret" -}}
 {{- if and (not .Values.redis.enabled) .Values.redis.external.existingSecret -}}
