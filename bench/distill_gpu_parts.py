@@ -19,8 +19,9 @@ import torch
 from radixfair_distiller.data.batches import eval_text_windows
 from radixfair_distiller.data.bundle import DataBundle
 from radixfair_distiller.data.chat import ChatExample
-from radixfair_distiller.evaluation import chat_agreement, perplexity
+from radixfair_distiller.evaluation import perplexity
 from radixfair_distiller.generation import generate
+from radixfair_distiller.losses.divergence import token_divergence
 from radixfair_distiller.model_dir import llama_config_dict, llama_from_state, llama_state
 from radixfair_distiller.recipe import DistillSpec
 from radixfair_distiller.training import JobCancelledError, StepReport, TrainingHooks, TrainingRun, distill
@@ -47,6 +48,21 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
         from radixfair_worker import model_store
 
         model_store.convert_gguf(gguf, target)
+    return target
+
+
+def random_smollm2_teacher(target: Path, tokenizer_source: Path) -> Path:
+    """Random weights in SmolLM2-135M's shape with its tokenizer: the stand-in when the real one is absent.
+
+    The weights are bench/gpu_engine_bench.py's random model (the GPU benches' shared one); the
+    numbers it gives measure the pipeline and the speeds, not distillation quality.
+    """
+    from bench.gpu_engine_bench import make_random_model
+    from radixfair_distiller.model_dir import copy_tokenizer
+
+    if not (target / "model.safetensors").exists():
+        make_random_model(target)
+        copy_tokenizer(tokenizer_source, target)
     return target
 
 
@@ -195,8 +211,13 @@ def eval_set(bundle: DataBundle, split: str, text_sequences: int, chat_prompts: 
 
 @torch.no_grad()
 def quality(model, teacher, data: EvalSet, with_exact_match: bool = True) -> dict[str, float]:
-    """Perplexity, KL(teacher || model), top-1 agreement with the fp32 teacher, greedy exact match."""
-    kl, agreement = chat_agreement(model, teacher, data.chat)
+    """Perplexity, KL(teacher || model), top-1 agreement with the fp32 teacher, greedy exact match.
+
+    The metrics of radixfair_distiller.evaluation, with the chat examples scored ``_CHAT_BATCH`` at a
+    time (right-padded: a causal model's real positions never see the padding) instead of one by
+    one, and the exact-match answers generated 64 prompts at a time.
+    """
+    kl, agreement = batched_chat_agreement(model, teacher, data.chat)
     out = {
         "perplexity": perplexity(model, data.text_windows),
         "kl_to_teacher": kl,
@@ -216,6 +237,30 @@ def quality(model, teacher, data: EvalSet, with_exact_match: bool = True) -> dic
     return out
 
 
+_CHAT_BATCH = 32
+
+
+@torch.no_grad()
+def batched_chat_agreement(model, teacher, examples: list[ChatExample]) -> tuple[float, float]:
+    """Mean KL(teacher || model) and top-1 agreement over the teacher's answer tokens (see evaluation)."""
+    kl_sum, agree, count = 0.0, 0, 0
+    for start in range(0, len(examples), _CHAT_BATCH):
+        chunk = examples[start : start + _CHAT_BATCH]
+        rows = [list(e.prompt_ids) + list(e.response_ids) for e in chunk]
+        width = max(len(r) for r in rows)
+        tokens = torch.tensor([r + [0] * (width - len(r)) for r in rows], device=model.device)
+        student = model(input_ids=tokens, use_cache=False).logits
+        reference = teacher(input_ids=tokens, use_cache=False).logits
+        for i, e in enumerate(chunk):
+            first, last = len(e.prompt_ids) - 1, len(rows[i]) - 1  # positions predicting the answer
+            s, r = student[i, first:last].float(), reference[i, first:last].float()
+            kl_sum += float(token_divergence(s, r, "forward_kl").sum())
+            agree += int((s.argmax(-1) == r.argmax(-1)).sum())
+            count += s.shape[0]
+        del student, reference
+    return kl_sum / max(count, 1), agree / max(count, 1)
+
+
 @torch.no_grad()
 def self_agreement(teacher, data: EvalSet) -> float:
     """The teacher's top-1 agreement with itself run in bf16 (the dtype it serves and wrote its data in).
@@ -227,16 +272,9 @@ def self_agreement(teacher, data: EvalSet) -> float:
     import copy
 
     half = copy.deepcopy(teacher).to(torch.bfloat16)
-    agree = count = 0
-    for example in data.chat:
-        tokens = torch.tensor([list(example.prompt_ids) + list(example.response_ids)], device=teacher.device)
-        first = len(example.prompt_ids) - 1
-        a = teacher(input_ids=tokens, use_cache=False).logits[0, first:-1].argmax(-1)
-        b = half(input_ids=tokens, use_cache=False).logits[0, first:-1].argmax(-1)
-        agree += int((a == b).sum())
-        count += a.numel()
+    _, agreement = batched_chat_agreement(half, teacher, data.chat)
     del half
-    return agree / max(count, 1)
+    return agreement
 
 
 def quantized_copy(model, scheme: str):

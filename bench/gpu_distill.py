@@ -1,27 +1,33 @@
-"""Issue 15 on one GPU, inside a wall-time budget: the real teacher, its own data, bf16 KD, the results page.
+"""Issue 15 on one GPU inside one wall-time budget: the teacher's own data, bf16 KD, the results page.
 
-Phases (each timed; every phase's results are written as soon as they exist, so a run cut short
-still leaves its page):
+Every phase has a cap taken from the command line, and the page (bench/distill_gpu_page.py) is
+rewritten after each phase, so a run cut short or failing late keeps what it measured:
 
-1. Teacher: the GGUF converted to a model directory (as the worker's model store does), loaded fp32.
-2. Data: the shipped prompts plus ``--prompts`` generated ones (data/prompt_templates.py, split by
-   subject), answered greedily by the teacher through the worker's engine (Triton kernels, bf16, CUDA
-   graphs on a GPU; torch on the CPU), plus the standard library's docstrings.
-3. The teacher's own figures, and its self-agreement baseline (see ``self_agreement``): the top-1
-   agreement target is 85% of that.
-4. The ~50% depth-pruned student (block influence on calibration data, as the distiller does).
-5. Throughput: a few bf16 KD steps (chunked fused LM-head loss); tokens/s, and from it the token
-   budgets this run can afford and the curve the CPU runs predict for them, written before training.
-6. Loss sweep at one small token budget: forward KL, reverse KL, JSD, forward KL with 25% on-policy
-   steps, and hard labels only (the no-teacher baseline at the same budget). Scored on the
-   calibration split, so choosing the loss never looks at the evaluation split.
-7. The rest of the budget on the best KD loss; learning-curve points along the way.
-8. Final scores on the evaluation split (and int8 / fp8 copies), a power-law fit of the curve and
-   the tokens it predicts the targets need.
+1. teacher: --teacher-dir (a converted model directory, e.g. /tmp/smollm2-real), else --gguf
+   (converted by the worker's model store), else random weights in SmolLM2-135M's shape with the
+   tokenizer of --tokenizer-dir (the page then says the quality figures mean nothing).
+2. data (cap --data-s seconds or --data-tokens answer tokens, whichever first): the hand-written
+   prompts, then the generated ones, answered greedily by the teacher through the worker's engine
+   (Triton, bf16, CUDA graphs on a GPU), plus standard-library docstrings. Answering stops taking
+   prompts when the cap is reached; the answers are the first prompts' (data/engine_answers.py).
+3. teacher: its scores, its int8 / fp8 copies, and the self-agreement baseline (85% of which is the
+   top-1 target; how it is computed is on the page).
+4. pruning: the ~50% depth student (block influence) and, with --width-share > 0, the ~50% width
+   student, both from the pruning's importance scores on calibration data.
+5. probe: a few bf16 KD steps; tokens/s.
+6. decode (cap --decode-s): each model's decode tokens/s at batch 1 and 128 through the worker's
+   engine (teacher, students, their int8 / fp8 checkpoints).
+7. plan: the token budgets the time left affords and the curve the CPU runs predict, printed and
+   written before any of it is spent.
+8. sweep: forward KL, reverse KL, JSD, forward KL with 25% on-policy steps, and hard labels only, at
+   one token budget (each capped in time); scored on the calibration split.
+9. depth student, then width student: the best KD loss, a token budget sized to finish inside its
+   time cap (the cap is a backstop), learning-curve points, final scores and int8 / fp8 copies.
+10. fits: a power law over each curve, the tokens it predicts the targets need, the targets.
 
-    # GPU (lead): PYTHONPATH=/tmp/site:common/src:services/worker/src:services/distiller/src \
-    #   python3 bench/gpu_distill.py --gguf /tmp/gpu_model/SmolLM2-135M-Instruct.Q4_1.gguf --budget-s 480
-    .venv/bin/python bench/gpu_distill.py --smoke          # CPU, tiny random teacher, ~3 minutes
+    # GPU (lead), see bench/gpu_distill_session.sh for the device calls:
+    python3 bench/gpu_distill.py --teacher-dir /tmp/smollm2-real --time-budget-s 540
+    .venv/bin/python bench/gpu_distill.py --smoke --time-budget-s 120   # CPU, tiny random teacher
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.distill_decode_speed import DecodeSpeedConfig, decode_speed  # noqa: E402
+from bench.distill_gpu_page import Page, row, targets  # noqa: E402
 from bench.distill_gpu_parts import (  # noqa: E402
     Deadline,
     EvalSet,
@@ -46,36 +54,45 @@ from bench.distill_gpu_parts import (  # noqa: E402
     power_law_fit,
     quality,
     quantized_copy,
+    random_smollm2_teacher,
     self_agreement,
     tiny_teacher,
     tokens_for_gap,
     train,
 )
 from bench.distill_results import student_shapes  # noqa: E402
-from bench.report import write_results  # noqa: E402
 from radixfair.tokenization import PromptEncoder  # noqa: E402
 from radixfair_distiller.data.batches import calibration_batches  # noqa: E402
 from radixfair_distiller.data.bundle import prepare_data  # noqa: E402
-from radixfair_distiller.data.engine_answers import AnswerEngineConfig, EngineAnswerer  # noqa: E402
+from radixfair_distiller.data.chat import shipped_prompts  # noqa: E402
+from radixfair_distiller.data.engine_answers import (  # noqa: E402
+    AnswerBudget,
+    AnswerEngineConfig,
+    EngineAnswerer,
+)
 from radixfair_distiller.data.splits import CALIBRATION, EVAL, SPLITS  # noqa: E402
-from radixfair_distiller.model_dir import content_hash, load_llama  # noqa: E402
+from radixfair_distiller.model_dir import content_hash, is_model_dir, load_llama, save_llama, weights_bytes  # noqa: E402
 from radixfair_distiller.pruning import prune  # noqa: E402
-from radixfair_distiller.recipe import DataSpec, DepthPruning, PruneSpec, parse_recipe  # noqa: E402
+from radixfair_distiller.quantize import quantize_model_dir  # noqa: E402
+from radixfair_distiller.recipe import DataSpec, DepthPruning, PruneSpec, WidthPruning, parse_recipe  # noqa: E402
 
 # The CPU runs' depth-kd points (bench/results/distill_results.md, _cpu_long.md, _cpu_320.md):
 # token positions trained, perplexity / the teacher's. They give the predicted curve before training.
 CPU_POINTS = ((40 * 8 * 128, 4.85), (160 * 8 * 128, 2.38), (320 * 8 * 128, 1.92))
-SWEEP = (
-    ("forward_kl", "forward_kl", 0.0, 0.0),
-    ("reverse_kl", "reverse_kl", 0.0, 0.0),
-    ("jsd", "jsd", 0.0, 0.0),
-    ("forward_kl+on_policy", "forward_kl", 0.0, 0.25),
-    ("hard_labels", "forward_kl", 1.0, 0.0),
-)
+# name -> (loss kind, hard-label weight, on-policy fraction)
+VARIANTS = {
+    "forward_kl": ("forward_kl", 0.0, 0.0),
+    "reverse_kl": ("reverse_kl", 0.0, 0.0),
+    "jsd": ("jsd", 0.0, 0.0),
+    "hard_labels": ("forward_kl", 1.0, 0.0),
+    "forward_kl+on_policy": ("forward_kl", 0.0, 0.25),
+}
 
 
 @dataclass(frozen=True)
 class Settings:
+    """Sizes of the data, batches and evaluation sets (GPU and --smoke defaults below)."""
+
     seq_len: int
     batch_size: int
     response_tokens: int
@@ -93,547 +110,577 @@ class Settings:
     shipped_prompts: int  # of the hand-written set; 0 = all 215
 
 
-GPU = Settings(256, 128, 128, 32768, 0, 4096, 6e-4, 8, 64, 256, 16, 128, 32, 64, 0)
+GPU = Settings(256, 128, 128, 32768, 400, 4096, 6e-4, 6, 48, 128, 16, 64, 32, 64, 0)
 SMOKE = Settings(64, 4, 8, 40, 20, 256, 1e-3, 3, 2, 4, 2, 4, 6, 4, 8)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Wall-time caps (seconds) and token caps of the phases, from the command line."""
+
+    total_s: float
+    data_s: float
+    data_tokens: int
+    decode_s: float
+    sweep_share: float
+    sweep_tokens: int | None
+    depth_tokens: int | None
+    width_share: float
+    variants: tuple[str, ...]
 
 
 def recipe_text(
     name: str,
     teacher: str,
     seed: int,
-    keep: int,
+    prune_yaml: str,
     s: Settings,
-    loss: str,
-    hard: float,
-    on_policy: float,
+    variant: str,
     tokens: int,
     precision: str,
+    prompts: int,
 ) -> str:
     """The distiller recipe of a row: ``radixfair distill`` on it trains the same student."""
+    loss, hard, on_policy = VARIANTS[variant]
     return (
         f"name: {name}\nteacher: {teacher}\nseed: {seed}\n"
-        f"prune:\n  depth: {{keep_layers: {keep}}}\n  calibration_sequences: {s.calibration_sequences}\n"
+        f"prune:\n  {prune_yaml}\n  calibration_sequences: {s.calibration_sequences}\n"
         f"distill:\n  tokens: {tokens}\n  warmup_tokens: {tokens // 50}\n  batch_size: {s.batch_size}\n"
         f"  learning_rate: {s.learning_rate}\n  precision: {precision}\n  checkpoint_every: 1000000\n"
         f"  chat_fraction: 0.5\n"
         f"  loss: {{kind: {loss}, hard_label_weight: {hard}, chunk_tokens: {s.chunk_tokens}}}\n"
         f"  on_policy: {{fraction: {on_policy}, max_new_tokens: 32}}\n"
         f"data: {{seq_len: {s.seq_len}, text_max_files: {s.text_max_files}, "
-        f"chat_prompts: {s.shipped_prompts}, generated_prompts: {s.prompts}, "
-        f"response_max_new_tokens: {s.response_tokens}}}\n"
+        f"chat_prompts: {s.shipped_prompts}, generated_prompts: {prompts}, "
+        f"response_max_new_tokens: {s.response_tokens}, teacher_answers: engine}}\n"
         f"evaluate: {{text_sequences: {s.eval_text}, chat_prompts: {s.eval_chat}, "
         f"max_new_tokens: {s.exact_match_tokens}}}\n"
     )
 
 
-class Page:
-    """The results being built; ``write`` rewrites both files (called after every phase)."""
+class Run:
+    """The state the phases share: teacher, data, students, measured rates and the page."""
 
-    def __init__(self, name: str, out: Path, meta: dict) -> None:
-        self.name, self.out, self.meta = name, out, meta
-        self.rows: list[dict] = []
-
-    def write(self, notes: str = "") -> None:
-        columns = [
-            "row",
-            "split",
-            "loss",
-            "tokens",
-            "steps",
-            "train_s",
-            "parameters",
-            "perplexity",
-            "ppl_x_teacher",
-            "top1_agreement",
-            "top1_vs_baseline",
-            "kl_to_teacher",
-            "exact_match",
-            "seed",
-        ]
-        notes = NOTES + "\n" + sections(self.meta, self.rows) if notes else sections(self.meta, self.rows)
-        for r in self.rows:
-            r.setdefault("seed", self.meta["seed"])
-        write_results(self.name, self.rows, columns, self.meta, notes, results_dir=self.out)
-
-
-def main() -> None:
-    args = parse_args()
-    deadline = Deadline(args.budget_s)
-    s = SMOKE if args.smoke else GPU
-    s = Settings(**{**asdict(s), **{k: v for k, v in vars(args).items() if k in asdict(s) and v is not None}})
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    torch.manual_seed(args.seed)
-    work = Path(args.work_dir)
-    page = Page(
-        args.name or ("distill_results_gpu_smoke" if args.smoke else "distill_results_gpu"),
-        Path(args.out),
-        {
-            "settings": asdict(s),
-            "seed": args.seed,
-            "budget_s": args.budget_s,
-            "device": str(device),
-            "phases": {},
-        },
-    )
-    phases = page.meta["phases"]
-
-    # 1. Teacher.
-    started = time.monotonic()
-    teacher_dir, teacher_name = teacher_directory(args, work)
-    teacher = load_llama(teacher_dir, device)
-    encoder = PromptEncoder(teacher_dir)
-    phases["teacher_s"] = time.monotonic() - started
-    page.meta["teacher"] = {"source": teacher_name, "layers": teacher.config.num_hidden_layers}
-
-    # 2. Data through the engine.
-    started = time.monotonic()
-    engine_config = (
-        AnswerEngineConfig(
-            device="cuda",
-            dtype="bfloat16",
-            backend="triton",
-            max_running_requests=256,
-            num_pages=16384,
-            max_batched_tokens=8192,
-            cuda_graph_max_batch=256,
+    def __init__(self, args: argparse.Namespace, s: Settings, budget: Budget) -> None:
+        self.args, self.s, self.budget = args, s, budget
+        self.deadline = Deadline(budget.total_s)
+        self.device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.work = Path(args.work_dir)
+        self.page = Page(
+            args.name or ("distill_results_gpu_smoke" if args.smoke else "distill_results_gpu"),
+            Path(args.out),
+            {
+                "settings": asdict(s),
+                "seed": args.seed,
+                "budget": asdict(budget),
+                "device": str(self.device),
+                "phases": {},
+            },
         )
-        if device.type == "cuda"
-        else AnswerEngineConfig(max_running_requests=16, num_pages=512)
-    )
-    spec = DataSpec(
-        seq_len=s.seq_len,
-        text_max_files=s.text_max_files,
-        chat_prompts=s.shipped_prompts,
-        generated_prompts=s.prompts,
-        response_max_new_tokens=s.response_tokens,
-    )
-    try:
-        answerer = EngineAnswerer(teacher_dir, engine_config)
-        bundle = teacher_data(spec, encoder, teacher, teacher_dir, work, answerer, engine_config)
-    except Exception as error:  # noqa: BLE001 (the Triton engine failing must not cost the whole run)
-        if engine_config.backend != "triton":
-            raise
-        print(f"the Triton engine failed ({error!r}); answering with the torch backend", flush=True)
-        page.meta["engine_fallback"] = repr(error)
-        engine_config = replace(engine_config, backend="torch")
-        answerer = EngineAnswerer(teacher_dir, engine_config)
-        bundle = teacher_data(spec, encoder, teacher, teacher_dir, work, answerer, engine_config)
-    phases["data_s"] = time.monotonic() - started
-    page.meta["data"] = {
-        "chat_examples": {split: len(bundle.chat[split]) for split in SPLITS},
-        "text_tokens": {split: int(bundle.text[split].numel()) for split in SPLITS},
-        "teacher_answer_tokens_generated": answerer.generated_tokens,
-        "engine": asdict(engine_config),
-        "engine_seconds": answerer.seconds,
-        "engine_tokens_per_s": answerer.generated_tokens / answerer.seconds if answerer.seconds else None,
-    }
-    del answerer
-    free(device)
-    page.write()
-    print(f"[{deadline.elapsed():.0f}s] data: {page.meta['data']}", flush=True)
+        self.meta = self.page.meta
+        self.students: dict[
+            str, tuple[torch.nn.Module, str, dict]
+        ] = {}  # kind -> (model, prune yaml, report)
+        self.decode: dict[str, dict[str, float]] = {}
+        self.sizes: dict[str, int] = {}
+        self.prompts_answered = 0
+        self.chosen = "forward_kl"
+        self.rates: dict[str, float] = {}
 
-    evaluation = eval_set(bundle, EVAL, s.eval_text, s.eval_chat, s.seq_len, s.exact_match_tokens)
-    selection = eval_set(bundle, CALIBRATION, s.select_text, s.select_chat, s.seq_len, s.exact_match_tokens)
+    def log(self, text: str) -> None:
+        print(f"[{self.deadline.elapsed():6.1f}s] {text}", flush=True)
 
-    # 3. Teacher figures and baseline.
-    started = time.monotonic()
-    teacher_eval = quality(teacher, teacher, evaluation)
-    eval_cost = time.monotonic() - started
-    baseline = self_agreement(teacher, evaluation)
-    page.meta["self_agreement_baseline"] = {
-        "value": baseline,
-        "how": "teacher-forced on the held-out answers, the share of tokens where the teacher run in bf16 "
-        "(the dtype it serves and wrote its data in) picks the fp32 teacher's argmax; against itself in one "
-        "dtype it is 1.0 by definition. Target: student top-1 agreement >= 0.85 x this.",
-    }
-    teacher_row = row("teacher", EVAL, None, None, teacher, teacher_eval, teacher_eval, baseline)
-    teacher_row["exact_match_note"] = "fp32 greedy vs its own bf16 engine answers"
-    page.rows.append(teacher_row)
-    for scheme in ("int8", "fp8"):
-        copy_eval = quality(quantized_copy(teacher, scheme), teacher, evaluation, with_exact_match=False)
-        page.rows.append(
-            row(f"teacher-{scheme}", EVAL, None, None, teacher, copy_eval, teacher_eval, baseline)
-        )
-    phases["teacher_eval_s"] = time.monotonic() - started
-    page.write()
-
-    # 4. Prune.
-    started = time.monotonic()
-    keep, _ = student_shapes(teacher.config.to_dict(), 0.5)
-    batches = calibration_batches(bundle, s.calibration_sequences, s.seq_len)
-    initial, report = prune(teacher, PruneSpec(depth=DepthPruning(keep_layers=keep)), batches)
-    phases["prune_s"] = time.monotonic() - started
-    page.meta["student"] = {"keep_layers": keep, "kept": report.kept_layers, "config": report.config}
-
-    def recipe(name: str, loss: str, hard: float, on_policy: float, tokens: int):
+    @property
+    def precision(self) -> str:
         # bf16 mixed precision on the GPU; fp32 on the CPU, which has no fast bf16 matmul.
-        precision = "bfloat16" if device.type == "cuda" else "float32"
-        text = recipe_text(name, teacher_name, args.seed, keep, s, loss, hard, on_policy, tokens, precision)
-        return text, parse_recipe(text).distill
+        return "bfloat16" if self.device.type == "cuda" else "float32"
 
-    # 5. Throughput probe.
-    per_step = s.batch_size * s.seq_len
-    _, probe_spec = recipe("probe", "forward_kl", 0.0, 0.0, s.probe_steps * per_step)
-    probe = train(
-        copy.deepcopy(initial),
-        teacher,
-        bundle,
-        probe_spec,
-        args.seed,
-        s.seq_len,
-        device,
-        work / "probe",
-        stop_at=time.monotonic() + max(deadline.left() * 0.1, 5),
-    )
-    timed = probe.step_seconds[2:] or probe.step_seconds
-    rate = per_step / statistics.median(timed)
-    page.meta["throughput"] = {
-        "kd_tokens_per_s": rate,
-        "precision": probe_spec.precision,
-        "step_seconds": probe.step_seconds,
-        "tokens_per_step": per_step,
-    }
-    del probe
-    free(device)
+    @property
+    def per_step(self) -> int:
+        return self.s.batch_size * self.s.seq_len
 
-    # Plan: the sweep takes sweep_share of what is left after reserving the final evaluations (the
-    # student and its two quantized copies, ~2.6 teacher evaluations) and the learning-curve points
-    # (4 on half the evaluation split, without exact match); each sweep row is scored too (~0.4).
-    reserve = 2.6 * eval_cost + (8.0 if args.smoke else 20.0)
-    curve_cost = 1.6 * eval_cost
-    left = deadline.left() - reserve - curve_cost
-    sweep_train_s = max(args.sweep_share * left - 0.4 * eval_cost * len(SWEEP), 0.0)
-    sweep_tokens = max(per_step, int(sweep_train_s / len(SWEEP) * rate) // per_step * per_step)
-    long_tokens = max(per_step, int((1 - args.sweep_share) * left * rate * 0.9) // per_step * per_step)
-    cpu_fit = power_law_fit([t for t, _ in CPU_POINTS], [r - 1 for _, r in CPU_POINTS])
-    page.meta["plan"] = {
-        "seconds_left_for_training": left,
-        "sweep_tokens_each": sweep_tokens,
-        "long_run_tokens": long_tokens,
-        "predicted_from_cpu_points": {
-            "fit": "perplexity / teacher - 1 = a * tokens^-b over the CPU depth-kd runs",
-            "a_b": cpu_fit,
-            "ppl_x_teacher_at_sweep": 1 + cpu_fit[0] * sweep_tokens ** -cpu_fit[1] if cpu_fit else None,
-            "ppl_x_teacher_at_long_run": 1 + cpu_fit[0] * long_tokens ** -cpu_fit[1] if cpu_fit else None,
-            "tokens_for_1.3x": tokens_for_gap(cpu_fit, 0.3),
-        },
-    }
-    page.write()
-    print(f"[{deadline.elapsed():.0f}s] throughput {rate:,.0f} tok/s; plan {page.meta['plan']}", flush=True)
+    def whole_steps(self, tokens: float) -> int:
+        return max(self.per_step, int(tokens) // self.per_step * self.per_step)
 
-    # 6. Sweep (scored on the calibration split).
-    # Every variant trains its whole token budget (the comparison is at one budget); only a variant
-    # running into the time kept for the long run (half its planned share) is cut, and its row says so.
-    sweep_end = deadline.start + deadline.seconds - reserve - 0.5 * (1 - args.sweep_share) * left
-    sweep_rows = []
-    sweep_rates: dict[str, float] = {}  # tokens/s each variant really trained at (on-policy is slower)
-    for name, loss, hard, on_policy in SWEEP:
-        text, distill_spec = recipe(f"sweep-{name.replace('+', '-')}", loss, hard, on_policy, sweep_tokens)
-        result = train(
-            copy.deepcopy(initial),
-            teacher if hard < 1.0 else None,
-            bundle,
-            distill_spec,
-            args.seed,
-            s.seq_len,
-            device,
-            work / name,
-            stop_at=sweep_end,
-        )
-        scores = quality(result.student, teacher, selection, with_exact_match=False)
-        sweep_row = row(
-            f"sweep: {name}",
-            CALIBRATION,
-            name,
-            result,
-            result.student,
-            scores,
-            quality_cache(page, selection, teacher),
-            baseline,
-            text,
-        )
-        sweep_rows.append((name, hard, sweep_row))
-        sweep_rates[name] = result.tokens_done / result.seconds if result.seconds > 0 else rate
-        page.rows.append(sweep_row)
-        page.write()
-        print(f"[{deadline.elapsed():.0f}s] {name}: {scores}", flush=True)
-        del result
-        free(device)
-    kd = [(n, r) for n, h, r in sweep_rows if h < 1.0]
-    best = max(kd, key=lambda item: (item[1]["top1_agreement"], -item[1]["kl_to_teacher"]))[0]
-    page.meta["chosen_loss"] = {"loss": best, "by": "highest top-1 agreement on the calibration split"}
+    # -- 1. teacher ---------------------------------------------------------------------------
+    def load_teacher(self) -> None:
+        args = self.args
+        random_weights = False
+        if args.smoke:
+            from radixfair_worker.model_store import PACKAGED_MODEL, resolve_model_dir
 
-    # 7. The long run on the best loss, with learning-curve points.
-    name, loss, hard, on_policy = next(v for v in SWEEP if v[0] == best)
-    left = deadline.left() - reserve - curve_cost
-    long_rate = min(rate, sweep_rates.get(best, rate))
-    long_tokens = max(per_step, int(left * long_rate * 0.95) // per_step * per_step)
-    text, distill_spec = recipe("depth-kd-gpu", loss, hard, on_policy, long_tokens)
-    total_steps = distill_spec.schedule(s.seq_len).total_steps
-    marks = sorted({max(1, total_steps // d) for d in (16, 8, 4, 2)} - {total_steps})
-    curve_set = EvalSet(
-        evaluation.text_windows[: max(1, len(evaluation.text_windows) // 2)],
-        evaluation.chat[: max(1, len(evaluation.chat) // 2)],
-        evaluation.max_new_tokens,
-        evaluation.eos_token_id,
-        evaluation.pad_token_id,
-    )
-    result = train(
-        copy.deepcopy(initial),
-        teacher,
-        bundle,
-        distill_spec,
-        args.seed,
-        s.seq_len,
-        device,
-        work / "long",
-        stop_at=deadline.start + deadline.seconds - reserve,
-        evaluate_at=set(marks),
-        evaluate=lambda m: quality(m, teacher, curve_set, with_exact_match=False),
-    )
-
-    # 8. Final scores, quantized copies, fits.
-    final = quality(result.student, teacher, evaluation)
-    page.rows.append(
-        row(
-            f"depth-kd ({best}), ~50%",
-            EVAL,
-            best,
-            result,
-            result.student,
-            final,
-            teacher_eval,
-            baseline,
-            text,
-        )
-    )
-    for scheme in ("int8", "fp8"):
-        scores = quality(quantized_copy(result.student, scheme), teacher, evaluation, with_exact_match=False)
-        page.rows.append(
-            row(
-                f"depth-kd ({best}) {scheme}",
-                EVAL,
-                best,
-                result,
-                result.student,
-                scores,
-                teacher_eval,
-                baseline,
+            tokenizer = resolve_model_dir(PACKAGED_MODEL, Path("~/.cache/radixfair/models").expanduser())
+            teacher_dir, name = (
+                tiny_teacher(self.work / "tiny-teacher", tokenizer),
+                "tiny random 4-layer Llama (--smoke)",
             )
-        )
-    curve = [{"tokens": p.tokens, "train_s": p.seconds, "loss": p.loss, **p.metrics} for p in result.curve]
-    curve.append(
-        {
-            "tokens": result.tokens_done,
-            "train_s": result.seconds,
-            "loss": result.losses[-1] if result.losses else None,
-            **{k: final[k] for k in ("perplexity", "kl_to_teacher", "top1_agreement")},
+        elif args.teacher_dir and is_model_dir(Path(args.teacher_dir)):
+            teacher_dir, name = Path(args.teacher_dir), "smollm2-135m-instruct"
+        elif args.gguf and Path(args.gguf).exists():
+            teacher_dir, name = convert_gguf(Path(args.gguf), self.work / "teacher"), "smollm2-135m-instruct"
+        else:
+            self.log(f"no teacher at --teacher-dir {args.teacher_dir} / --gguf {args.gguf}: RANDOM weights")
+            teacher_dir = random_smollm2_teacher(self.work / "random-teacher", Path(args.tokenizer_dir))
+            name, random_weights = "random weights in SmolLM2-135M's shape", True
+        self.teacher_dir, self.teacher_name = teacher_dir, name
+        self.teacher = load_llama(teacher_dir, self.device)
+        self.encoder = PromptEncoder(teacher_dir)
+        self.meta["teacher"] = {
+            "source": name,
+            "dir": str(teacher_dir),
+            "random": random_weights,
+            "layers": self.teacher.config.num_hidden_layers,
         }
-    )
-    ppl_fit = power_law_fit(
-        [c["tokens"] for c in curve], [c["perplexity"] / teacher_eval["perplexity"] - 1 for c in curve]
-    )
-    agree_fit = power_law_fit([c["tokens"] for c in curve], [1 - c["top1_agreement"] for c in curve])
-    page.meta["learning_curve"] = curve
-    page.meta["curve_note"] = (
-        "points before the last are on half the evaluation split, mid-schedule (LR not annealed)"
-    )
-    page.meta["extrapolation"] = {
-        "ppl_fit_a_b": ppl_fit,
-        "tokens_for_ppl_1.3x": tokens_for_gap(ppl_fit, 0.3),
-        "agreement_fit_a_b": agree_fit,
-        "tokens_for_top1_0.85_baseline": tokens_for_gap(agree_fit, 1 - 0.85 * baseline),
-        "cut_by_deadline": result.cut_by_deadline,
-        "steps": [result.steps_done, result.total_steps],
-    }
-    page.meta["targets"] = targets(page.rows, baseline)
-    phases["total_s"] = deadline.elapsed()
-    page.write(notes=NOTES)
-    print(f"[{deadline.elapsed():.0f}s] final {final}; targets {page.meta['targets']}", flush=True)
 
-
-NOTES = """
-Rows: `split` says which held-out data scored the row (sweep rows: calibration, so choosing the loss
-never sees the evaluation split). `tokens` is token positions trained (batch x seq_len a step,
-padding included), `train_s` the GPU seconds of training. Each row's recipe (in the JSON) reproduces
-it with `radixfair distill`, bar the wall-time cut noted in `extrapolation.cut_by_deadline`.
-Baseline of top-1 agreement: `self_agreement_baseline` in the JSON (how it is computed is stated
-there). Exact match: the student's fp32 greedy answer against the teacher's engine-written one,
-first `exact_match_tokens` tokens.
-"""
-
-
-def sections(meta: dict, rows: list[dict]) -> str:
-    """The page below the table: targets, plan and prediction, learning curve, extrapolation, data."""
-    out = []
-    if "targets" in meta:
-        out += ["", "## Targets", "", "| target | measured | met |", "|---|---|---|"]
-        out += [
-            f"| {t['target']} | {t['measured']} | {'yes' if t['met'] else 'NO'} |" for t in meta["targets"]
-        ]
-    if "self_agreement_baseline" in meta:
-        base = meta["self_agreement_baseline"]
-        out += ["", f"Top-1 agreement baseline: {base['value']:.4f}: {base['how']}"]
-    if "throughput" in meta and "plan" in meta:
-        plan, rate = meta["plan"], meta["throughput"]["kd_tokens_per_s"]
-        pred = plan["predicted_from_cpu_points"]
-        out += [
-            "",
-            "## Before training: throughput and the predicted curve",
-            "",
-            f"KD training ({meta['throughput']['precision']}, fused chunked loss): {rate:,.0f} tokens/s "
-            f"({meta['throughput']['tokens_per_step']} tokens a step). Planned: "
-            f"{plan['sweep_tokens_each']:,} tokens per sweep variant, ~{plan['long_run_tokens']:,} for the "
-            f"long run. {pred['fit']}: "
-            f"a, b = {pred['a_b']}; predicted perplexity x teacher "
-            f"{pred['ppl_x_teacher_at_sweep']:.2f} at the sweep budget, "
-            f"{pred['ppl_x_teacher_at_long_run']:.2f} at the long run; 1.3x predicted at "
-            f"{pred['tokens_for_1.3x']:,.0f} tokens.",
-        ]
-    if meta.get("learning_curve"):
-        out += [
-            "",
-            "## Learning curve of the long run (evaluation split)",
-            "",
-            "| tokens | train_s | loss | perplexity | top1_agreement | kl_to_teacher |",
-            "|---|---|---|---|---|---|",
-        ]
-        for c in meta["learning_curve"]:
-            out.append(
-                f"| {c['tokens']:,} | {c['train_s']:.1f} | {c['loss']:.4f} | {c['perplexity']:.2f} | "
-                f"{c['top1_agreement']:.4f} | {c['kl_to_teacher']:.4f} |"
+    # -- 2. data ------------------------------------------------------------------------------
+    def make_data(self) -> None:
+        s, b = self.s, self.budget
+        cuda = self.device.type == "cuda"
+        config = (
+            AnswerEngineConfig(
+                device="cuda",
+                dtype="bfloat16",
+                backend="triton",
+                max_running_requests=256,
+                num_pages=16384,
+                max_batched_tokens=8192,
+                cuda_graph_max_batch=256,
             )
-        out += ["", meta.get("curve_note", "")]
-    if "extrapolation" in meta:
-        e = meta["extrapolation"]
-        out += [
-            "",
-            "## What a larger budget would predict",
-            "",
-            f"Power law over the curve: perplexity x teacher - 1 = a t^-b with (a, b) = {e['ppl_fit_a_b']}, "
-            f"reaching 1.3x at {_tokens(e['tokens_for_ppl_1.3x'])}; 1 - top-1 agreement = a t^-b with "
-            f"(a, b) = {e['agreement_fit_a_b']}, reaching 0.85 x baseline at "
-            f"{_tokens(e['tokens_for_top1_0.85_baseline'])} (Minitron's reference: pruning + "
-            f"distillation needs up to 40x fewer tokens than training from scratch). Steps done / planned "
-            f"{e['steps']}, cut by the wall-time budget: {e['cut_by_deadline']}.",
-        ]
-    if "data" in meta:
-        d = meta["data"]
-        out += [
-            "",
-            f"Data: chat examples per split {d['chat_examples']}, docstring tokens per split "
-            f"{d['text_tokens']}; the teacher wrote {d['teacher_answer_tokens_generated']:,} answer tokens "
-            f"through the worker's engine at {d['engine_tokens_per_s'] or 0:,.0f} tokens/s.",
-        ]
-    final = next((r for r in rows if r.get("recipe") and not r["row"].startswith("sweep")), None)
-    if final:
-        out += [
-            "",
-            f"Recipe of `{final['row']}` (each row's is in the JSON):",
-            "",
-            "```yaml",
-            final["recipe"].strip(),
-            "```",
-        ]
-    return "\n".join(out)
+            if cuda
+            else AnswerEngineConfig(max_running_requests=16, num_pages=512)
+        )
+        spec = DataSpec(
+            seq_len=s.seq_len,
+            text_max_files=s.text_max_files,
+            chat_prompts=s.shipped_prompts,
+            generated_prompts=s.prompts,
+            response_max_new_tokens=s.response_tokens,
+            teacher_answers="engine",
+        )
+        stop_at = time.monotonic() + b.data_s
+        # The hand-written prompts (the held-out chat of every split) are answered whatever the cap.
+        budget = AnswerBudget(b.data_tokens, stop_at, min_prompts=len(shipped_prompts(s.shipped_prompts)))
 
+        def progress(answered: int, tokens: int, seconds: float) -> None:
+            self.log(
+                f"  data: {answered:,} answers, {tokens:,} tokens, {tokens / max(seconds, 1e-9):,.0f} tok/s"
+            )
 
-def _tokens(value: float | None) -> str:
-    return "no point (no decreasing fit)" if value is None else f"~{value:,.0f} tokens"
+        def answer_all(engine_config: AnswerEngineConfig):
+            answerer = EngineAnswerer(self.teacher_dir, engine_config, budget, progress, 5.0 if cuda else 2.0)
+            self.log(f"  engine built ({engine_config.backend}, {engine_config.dtype})")
+            bundle = prepare_data(
+                spec,
+                self.encoder,
+                self.teacher,
+                content_hash(self.teacher_dir),
+                self.work / "data",
+                answer=answerer.answer,
+                answer_batch=4096,
+                answer_tag=f"-engine-{engine_config.dtype}",
+            )
+            return answerer, bundle
 
+        try:
+            answerer, self.bundle = answer_all(config)
+        except Exception as error:  # noqa: BLE001 (the Triton engine failing must not cost the whole run)
+            if config.backend != "triton":
+                raise
+            self.log(f"the Triton engine failed ({error!r}); answering with the torch backend")
+            self.meta["engine_fallback"] = repr(error)
+            config = replace(config, backend="torch", cuda_graph_max_batch=0)
+            answerer, self.bundle = answer_all(config)
+        self.prompts_answered = sum(len(self.bundle.chat[split]) for split in SPLITS)
+        self.meta["data"] = {
+            "chat_examples": {split: len(self.bundle.chat[split]) for split in SPLITS},
+            "text_tokens": {split: int(self.bundle.text[split].numel()) for split in SPLITS},
+            "prompts_offered": len(shipped_prompts(s.shipped_prompts)) + s.prompts,
+            "prompts_answered": self.prompts_answered,
+            "budget_spent": answerer.budget_spent,
+            "teacher_answer_tokens_generated": answerer.generated_tokens,
+            "engine": asdict(config),
+            "engine_seconds": answerer.seconds,
+            "engine_tokens_per_s": answerer.generated_tokens / answerer.seconds if answerer.seconds else None,
+        }
+        del answerer
+        free(self.device)
+        self.evaluation = eval_set(
+            self.bundle, EVAL, s.eval_text, s.eval_chat, s.seq_len, s.exact_match_tokens
+        )
+        self.selection = eval_set(
+            self.bundle, CALIBRATION, s.select_text, s.select_chat, s.seq_len, s.exact_match_tokens
+        )
+        half = lambda items: items[: max(1, len(items) // 2)]  # noqa: E731
+        e = self.evaluation
+        self.curve_set = EvalSet(
+            half(e.text_windows), half(e.chat), e.max_new_tokens, e.eos_token_id, e.pad_token_id
+        )
+        self.log(f"data: {self.meta['data']}")
 
-def row(name, split, loss, result, model, scores, teacher_scores, baseline, recipe_yaml=None) -> dict:
-    out = {
-        "row": name,
-        "split": split,
-        "loss": loss,
-        "tokens": result.tokens_done if result else None,
-        "steps": f"{result.steps_done}/{result.total_steps}" if result else None,
-        "train_s": result.seconds if result else None,
-        "parameters": sum(p.numel() for p in {id(p): p for p in model.parameters()}.values()),
-        **scores,
-        "ppl_x_teacher": scores["perplexity"] / teacher_scores["perplexity"],
-        "top1_vs_baseline": scores["top1_agreement"] / baseline,
-    }
-    if recipe_yaml:
-        out["recipe"] = recipe_yaml
-    if result is not None and result.losses:
-        out["loss_first_last"] = [result.losses[0], result.losses[-1]]
-    return out
+    # -- 3. teacher scores --------------------------------------------------------------------
+    def score_teacher(self) -> None:
+        started = time.monotonic()
+        self.teacher_eval = quality(self.teacher, self.teacher, self.evaluation)
+        self.eval_cost = time.monotonic() - started
+        self.baseline = self_agreement(self.teacher, self.evaluation)
+        self.meta["self_agreement_baseline"] = {
+            "value": self.baseline,
+            "how": "teacher-forced on the held-out answers the teacher wrote, the share of answer tokens "
+            "where "
+            "the teacher run in bf16 (the dtype it serves and wrote its data in) picks the fp32 teacher's "
+            "argmax. Against itself in one dtype it is 1.0 by definition; this is what rounding alone "
+            "costs. Target: student top-1 agreement (against the fp32 teacher) >= 0.85 x this.",
+        }
+        self.meta["eval_seconds"] = self.eval_cost
+        params = count(self.teacher)
+        teacher_row = row(
+            "teacher", EVAL, None, None, params, self.teacher_eval, self.teacher_eval, self.baseline
+        )
+        teacher_row["exact_match_note"] = "fp32 greedy vs its own bf16 engine answers"
+        self.page.rows.append(teacher_row)
+        for scheme in ("int8", "fp8"):
+            scores = quality(
+                quantized_copy(self.teacher, scheme), self.teacher, self.evaluation, with_exact_match=False
+            )
+            self.page.rows.append(
+                row(f"teacher {scheme}", EVAL, None, None, params, scores, self.teacher_eval, self.baseline)
+            )
+        self.log(f"teacher {self.teacher_eval}, baseline {self.baseline:.4f}, eval {self.eval_cost:.1f}s")
 
+    # -- 4. pruning ---------------------------------------------------------------------------
+    def prune_students(self, kinds: tuple[str, ...]) -> None:
+        config = self.teacher.config.to_dict()
+        keep, width = student_shapes(config, 0.5)
+        batches = calibration_batches(self.bundle, self.s.calibration_sequences, self.s.seq_len)
+        for kind in kinds:
+            if kind == "depth":
+                spec, text = (
+                    PruneSpec(depth=DepthPruning(keep_layers=keep)),
+                    f"depth: {{keep_layers: {keep}}}",
+                )
+            else:
+                spec = PruneSpec(width=WidthPruning(**width))
+                text = "width: {" + ", ".join(f"{k}: {v}" for k, v in width.items()) + "}"
+            with self.page.phase(f"prune_{kind}", critical=kind == "depth"):
+                student, report = prune(self.teacher, spec, batches)
+                self.students[kind] = (
+                    student,
+                    text,
+                    {"kept_layers": report.kept_layers, "config": report.config},
+                )
+                self.meta.setdefault("students", {})[kind] = {
+                    "parameters": count(student),
+                    "kept_layers": report.kept_layers,
+                    "config": report.config,
+                    "layer_importance": report.layer_importance,
+                }
+                self.log(f"{kind} student: {count(student):,} parameters, {report.config}")
 
-def quality_cache(page: Page, selection: EvalSet, teacher) -> dict:
-    """The teacher's perplexity on the calibration windows (sweep rows' ratio denominator), once."""
-    if "teacher_calibration" not in page.meta:
-        page.meta["teacher_calibration"] = quality(teacher, teacher, selection, with_exact_match=False)
-    return page.meta["teacher_calibration"]
+    # -- 5. probe -----------------------------------------------------------------------------
+    def probe(self) -> None:
+        student, prune_yaml, _ = self.students["depth"]
+        spec = self.spec("probe", prune_yaml, "forward_kl", self.s.probe_steps * self.per_step)
+        result = train(
+            copy.deepcopy(student),
+            self.teacher,
+            self.bundle,
+            spec,
+            self.args.seed,
+            self.s.seq_len,
+            self.device,
+            self.work / "probe",
+            stop_at=time.monotonic() + max(0.08 * self.deadline.left(), 5.0),
+        )
+        timed = result.step_seconds[2:] or result.step_seconds
+        self.rate = self.per_step / statistics.median(timed)
+        self.meta["throughput"] = {
+            "kd_tokens_per_s": self.rate,
+            "precision": spec.precision,
+            "step_seconds": result.step_seconds,
+            "tokens_per_step": self.per_step,
+            "note": "the depth student, forward KL; the first two steps (warm-up) are left out of the median",
+        }
+        self.log(f"KD training: {self.rate:,.0f} tokens/s")
+        del result
+        free(self.device)
 
+    # -- 6. decode speed ----------------------------------------------------------------------
+    def decode_speeds(self) -> None:
+        cuda = self.device.type == "cuda"
+        config = DecodeSpeedConfig(
+            batches=(1, 128) if cuda else (1, 8),
+            prompt_len=128 if cuda else 16,
+            new_tokens=128 if cuda else 8,
+            device=str(self.device),
+        )
+        self.meta["decode_config"] = asdict(config)
+        models = self.work / "models"
+        dirs = {"teacher": self.teacher_dir}
+        for kind, (student, _, _) in self.students.items():
+            dirs[f"{kind} student"] = save_llama(student, models / kind, self.teacher_dir)
+        order = ["teacher", "depth student", "teacher int8", "depth student int8", "teacher fp8"]
+        order += ["depth student fp8", "width student", "width student int8", "width student fp8"]
+        stop_at = time.monotonic() + self.budget.decode_s
+        longest = 0.0
+        for name in order:
+            scheme = "int8" if name.endswith("int8") else "fp8" if name.endswith("fp8") else ""
+            base = name.removesuffix(" int8").removesuffix(" fp8")
+            if base not in dirs:
+                continue
+            if time.monotonic() + longest > stop_at:
+                self.meta.setdefault("decode_skipped", []).append(name)
+                continue
+            started = time.monotonic()
+            try:
+                path = dirs[base]
+                if scheme:
+                    path = quantize_model_dir(dirs[base], models / name.replace(" ", "-"), scheme)
+                self.sizes[name] = weights_bytes(path)
+                self.decode[name] = decode_speed(path, config)
+                self.log(f"decode {name}: {self.decode[name]}")
+            except Exception as error:  # noqa: BLE001 (one model failing must not cost the others)
+                self.meta.setdefault("errors", {})[f"decode {name}"] = repr(error)[-2000:]
+                self.log(f"decode {name} failed: {error!r}")
+            longest = max(longest, time.monotonic() - started)
+            self.meta["decode"] = self.decode
+            self.merge_decode()
+            self.page.write()
 
-def targets(rows: list[dict], baseline: float) -> list[dict]:
-    by = {r["row"]: r for r in rows}
-    final = next(r for r in rows if r["row"].startswith("depth-kd (") and r["row"].endswith("~50%"))
-    checks = [
-        (
-            "depth student perplexity <= 1.3x teacher",
-            f"{final['ppl_x_teacher']:.3f}x",
-            final["ppl_x_teacher"] <= 1.3,
-        ),
-        (
-            "depth student top-1 >= 0.85 x baseline",
-            f"{final['top1_vs_baseline']:.3f}",
-            final["top1_vs_baseline"] >= 0.85,
-        ),
-    ]
-    for scheme, limit in (("int8", 0.02), ("fp8", 0.03)):
-        for base in ("teacher", final["row"]):
-            quant = by.get(f"{base}-{scheme}") or by.get(f"{base.replace(', ~50%', '')} {scheme}")
-            if quant:
-                change = quant["perplexity"] / by[base]["perplexity"] - 1
-                checks.append(
-                    (
-                        f"{base} {scheme}: perplexity change < {limit:.0%}",
-                        f"{change:+.2%}",
-                        abs(change) < limit,
+    def merge_decode(self) -> None:
+        """Copies decode speed and size into the rows of the same model (rows may come later)."""
+        big = max(DecodeSpeedConfig().batches) if self.device.type == "cuda" else 8
+        for r in self.page.rows:
+            name = r["row"]
+            if name in self.decode:
+                r["decode_b1_tok_s"] = self.decode[name].get("b1_tok_s")
+                r["decode_b128_tok_s"] = self.decode[name].get(f"b{big}_tok_s")
+            if name in self.sizes:
+                r["size_mb"] = self.sizes[name] / 1e6
+
+    # -- 7. plan ------------------------------------------------------------------------------
+    def student_reserve(self) -> float:
+        """Seconds a student needs after training: final scores, two quantized copies, curve points."""
+        return 2.6 * self.eval_cost + 4 * 0.35 * self.eval_cost + (2.0 if self.args.smoke else 6.0)
+
+    def plan(self) -> None:
+        b = self.budget
+        kinds = [k for k in ("depth", "width") if k in self.students]
+        reserve = len(kinds) * self.student_reserve() + (2.0 if self.args.smoke else 8.0)
+        left = self.deadline.left() - reserve
+        variants = b.variants
+        sweep_s = b.sweep_share * left
+        cap_each = max(sweep_s / max(len(variants), 1) - 0.3 * self.eval_cost, 1.0)
+        sweep_tokens = self.whole_steps(self.rate * cap_each * 0.85)
+        if b.sweep_tokens:
+            sweep_tokens = min(sweep_tokens, self.whole_steps(b.sweep_tokens))
+        long_s = left - sweep_s
+        width_s = long_s * b.width_share if "width" in kinds else 0.0
+        depth_tokens = self.whole_steps(self.rate * (long_s - width_s) * 0.9)
+        if b.depth_tokens:
+            depth_tokens = min(depth_tokens, self.whole_steps(b.depth_tokens))
+        width_tokens = self.whole_steps(self.rate * width_s * 0.9) if width_s else 0
+        self.sweep_tokens, self.sweep_cap_each = sweep_tokens, cap_each
+        cpu_fit = power_law_fit([t for t, _ in CPU_POINTS], [r - 1 for _, r in CPU_POINTS])
+        at = {}
+        if cpu_fit:
+            for label, tokens in (
+                ("sweep", sweep_tokens),
+                ("depth", depth_tokens),
+                ("10x depth", 10 * depth_tokens),
+            ):
+                at[f"{label} ({tokens:,} tokens)"] = 1 + cpu_fit[0] * tokens ** -cpu_fit[1]
+        self.meta["plan"] = {
+            "seconds_left_for_training": left,
+            "reserved_after_training_s": reserve,
+            "sweep_tokens_each": sweep_tokens,
+            "sweep_cap_s_each": cap_each,
+            "depth_tokens": depth_tokens,
+            "width_tokens": width_tokens,
+            "predicted_seconds": {
+                "sweep": len(variants) * sweep_tokens / self.rate,
+                "depth": depth_tokens / self.rate,
+                "width": width_tokens / self.rate,
+            },
+            "predicted_from_cpu_points": {
+                "fit": "perplexity / teacher - 1 = a * tokens^-b over the CPU depth-kd runs",
+                "a_b": cpu_fit,
+                "ppl_x_teacher_at": at,
+                "tokens_for_1.3x": tokens_for_gap(cpu_fit, 0.3),
+            },
+        }
+        self.log(f"plan: {self.meta['plan']}")
+
+    def spec(self, name: str, prune_yaml: str, variant: str, tokens: int):
+        text = recipe_text(
+            name,
+            self.teacher_name,
+            self.args.seed,
+            prune_yaml,
+            self.s,
+            variant,
+            tokens,
+            self.precision,
+            self.prompts_answered,
+        )
+        return parse_recipe(text).distill
+
+    def recipe(self, name: str, prune_yaml: str, variant: str, tokens: int) -> str:
+        return recipe_text(
+            name,
+            self.teacher_name,
+            self.args.seed,
+            prune_yaml,
+            self.s,
+            variant,
+            tokens,
+            self.precision,
+            self.prompts_answered,
+        )
+
+    # -- 8. sweep -----------------------------------------------------------------------------
+    def sweep(self) -> None:
+        student, prune_yaml, _ = self.students["depth"]
+        teacher_calibration = quality(self.teacher, self.teacher, self.selection, with_exact_match=False)
+        self.meta["teacher_calibration"] = teacher_calibration
+        scored = {}
+        for variant in self.budget.variants:
+            with self.page.phase(f"sweep_{variant}"):
+                text = self.recipe(
+                    f"sweep-{variant.replace('+', '-')}", prune_yaml, variant, self.sweep_tokens
+                )
+                result = train(
+                    copy.deepcopy(student),
+                    self.teacher if VARIANTS[variant][1] < 1.0 else None,
+                    self.bundle,
+                    parse_recipe(text).distill,
+                    self.args.seed,
+                    self.s.seq_len,
+                    self.device,
+                    self.work / "sweep",
+                    stop_at=time.monotonic() + 1.5 * self.sweep_cap_each,
+                )
+                scores = quality(result.student, self.teacher, self.selection, with_exact_match=False)
+                self.page.rows.append(
+                    row(
+                        f"sweep: {variant}",
+                        CALIBRATION,
+                        variant,
+                        result,
+                        count(result.student),
+                        scores,
+                        teacher_calibration,
+                        self.baseline,
+                        text,
                     )
                 )
-    sweep = {r["row"]: r for r in rows if r["row"].startswith("sweep: ")}
-    hard = sweep.get("sweep: hard_labels")
-    if hard:
-        kd = max(
-            (r for k, r in sweep.items() if k != "sweep: hard_labels"), key=lambda r: r["top1_agreement"]
+                self.rates[variant] = result.tokens_done / result.seconds if result.seconds > 0 else self.rate
+                scored[variant] = scores
+                self.log(f"sweep {variant}: {scores} ({result.steps_done}/{result.total_steps} steps)")
+                del result
+                free(self.device)
+        kd = {v: sc for v, sc in scored.items() if VARIANTS[v][1] < 1.0}
+        if kd:
+            self.chosen = max(kd, key=lambda v: (kd[v]["top1_agreement"], -kd[v]["kl_to_teacher"]))
+        self.meta["chosen_loss"] = {
+            "loss": self.chosen,
+            "by": "highest top-1 agreement on the calibration split (forward_kl when no KD variant finished)",
+        }
+
+    # -- 9. the long runs ---------------------------------------------------------------------
+    def long_run(self, kind: str) -> None:
+        student, prune_yaml, info = self.students[kind]
+        kinds_after = [
+            k for k in ("width",) if k in self.students and kind == "depth" and self.budget.width_share > 0
+        ]
+        reserve = self.student_reserve() * (1 + len(kinds_after)) + (2.0 if self.args.smoke else 8.0)
+        left = self.deadline.left() - reserve
+        share = 1.0 - self.budget.width_share if kinds_after else 1.0
+        seconds = max(left * share, 0.0)
+        rate = min(self.rate, self.rates.get(self.chosen, self.rate))
+        tokens = self.whole_steps(rate * seconds * 0.92)
+        if kind == "depth" and self.budget.depth_tokens:
+            tokens = min(tokens, self.whole_steps(self.budget.depth_tokens))
+        text = self.recipe(f"{kind}-kd-gpu", prune_yaml, self.chosen, tokens)
+        spec = parse_recipe(text).distill
+        total_steps = spec.schedule(self.s.seq_len).total_steps
+        marks = sorted({max(1, total_steps // d) for d in (16, 8, 4, 2)} - {total_steps})
+        self.log(
+            f"{kind}: {tokens:,} tokens ({total_steps} steps, ~{tokens / rate:.0f}s predicted, "
+            f"cap {seconds:.0f}s)"
         )
-        checks.append(
-            (
-                "KD beats hard labels at the same budget (top-1, calibration split)",
-                f"{kd['top1_agreement']:.3f} vs {hard['top1_agreement']:.3f}",
-                kd["top1_agreement"] > hard["top1_agreement"],
+        result = train(
+            copy.deepcopy(student),
+            self.teacher,
+            self.bundle,
+            spec,
+            self.args.seed,
+            self.s.seq_len,
+            self.device,
+            self.work / kind,
+            stop_at=time.monotonic() + seconds,
+            evaluate_at=set(marks),
+            evaluate=lambda m: quality(m, self.teacher, self.curve_set, with_exact_match=False),
+        )
+        name = f"{kind} student"
+        final = quality(result.student, self.teacher, self.evaluation)
+        params = count(result.student)
+        final_row = row(
+            name, EVAL, self.chosen, result, params, final, self.teacher_eval, self.baseline, text
+        )
+        if kind == "depth" and info["kept_layers"]:
+            final_row["layers_kept_share"] = len(info["kept_layers"]) / self.teacher.config.num_hidden_layers
+        self.page.rows.append(final_row)
+        self.merge_decode()
+        self.page.write()
+        curve = [
+            {"tokens": p.tokens, "train_s": p.seconds, "loss": p.loss, **p.metrics} for p in result.curve
+        ]
+        curve.append(
+            {
+                "tokens": result.tokens_done,
+                "train_s": result.seconds,
+                "loss": result.losses[-1] if result.losses else float("nan"),
+                **{k: final[k] for k in ("perplexity", "kl_to_teacher", "top1_agreement")},
+            }
+        )
+        self.meta.setdefault("learning_curves", {})[kind] = curve
+        t0 = self.teacher_eval["perplexity"]
+        ppl_fit = power_law_fit([c["tokens"] for c in curve], [c["perplexity"] / t0 - 1 for c in curve])
+        agree_fit = power_law_fit([c["tokens"] for c in curve], [1 - c["top1_agreement"] for c in curve])
+        self.meta.setdefault("extrapolation", {})[kind] = {
+            "ppl_fit_a_b": ppl_fit,
+            "tokens_for_ppl_1.3x": tokens_for_gap(ppl_fit, 0.3),
+            "agreement_fit_a_b": agree_fit,
+            "tokens_for_top1_0.85_baseline": tokens_for_gap(agree_fit, 1 - 0.85 * self.baseline),
+            "kd_tokens_per_s": result.tokens_done / result.seconds if result.seconds > 0 else rate,
+            "cut_by_deadline": result.cut_by_deadline,
+            "steps": [result.steps_done, result.total_steps],
+        }
+        self.page.write()
+        for scheme in ("int8", "fp8"):
+            scores = quality(
+                quantized_copy(result.student, scheme), self.teacher, self.evaluation, with_exact_match=False
             )
-        )
-    return [{"target": t, "measured": m, "met": bool(ok)} for t, m, ok in checks]
+            self.page.rows.append(
+                row(
+                    f"{name} {scheme}",
+                    EVAL,
+                    self.chosen,
+                    result,
+                    params,
+                    scores,
+                    self.teacher_eval,
+                    self.baseline,
+                )
+            )
+            self.merge_decode()
+        self.log(f"{kind} final {final}")
+        del result
+        free(self.device)
 
 
-def teacher_directory(args, work: Path) -> tuple[Path, str]:
-    if args.smoke:
-        from radixfair_worker.model_store import PACKAGED_MODEL, resolve_model_dir
-
-        tokenizer = resolve_model_dir(PACKAGED_MODEL, Path("~/.cache/radixfair/models").expanduser())
-        return tiny_teacher(work / "tiny-teacher", tokenizer), "tiny random 4-layer Llama (--smoke)"
-    if args.teacher_dir:
-        return Path(args.teacher_dir), args.teacher_dir
-    return convert_gguf(Path(args.gguf), work / "teacher"), "smollm2-135m-instruct"
-
-
-def teacher_data(spec, encoder, teacher, teacher_dir, work, answerer, engine_config):
-    return prepare_data(
-        spec,
-        encoder,
-        teacher,
-        content_hash(teacher_dir),
-        work / "data",
-        answer=answerer.answer,
-        answer_batch=8192,
-        answer_tag=f"-engine-{engine_config.dtype}",
-    )
+def count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
 def free(device: torch.device) -> None:
@@ -642,18 +689,103 @@ def free(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
+def main() -> None:
+    args = parse_args()
+    s = SMOKE if args.smoke else GPU
+    s = Settings(**{**asdict(s), **{k: v for k, v in vars(args).items() if k in asdict(s) and v is not None}})
+    budget = budget_from(args)
+    torch.manual_seed(args.seed)
+    run = Run(args, s, budget)
+    page = run.page
+    with page.phase("teacher", critical=True):
+        run.load_teacher()
+    with page.phase("data", critical=True):
+        run.make_data()
+    with page.phase("teacher_eval", critical=True):
+        run.score_teacher()
+    run.prune_students(("depth", "width") if budget.width_share > 0 else ("depth",))
+    with page.phase("probe", critical=True):
+        run.probe()
+    with page.phase("decode"):
+        run.decode_speeds()
+    with page.phase("plan", critical=True):
+        run.plan()
+    run.sweep()
+    for kind in ("depth", "width"):
+        if kind in run.students:
+            with page.phase(f"train_{kind}"):
+                run.long_run(kind)
+    with page.phase("targets"):
+        run.merge_decode()
+        run.meta["targets"] = targets(page.rows, run.baseline)
+        run.meta["phases"]["total_s"] = round(run.deadline.elapsed(), 2)
+    run.log(f"done; targets {run.meta.get('targets')}")
+
+
+def budget_from(args: argparse.Namespace) -> Budget:
+    total = args.time_budget_s if args.time_budget_s is not None else (120.0 if args.smoke else 540.0)
+    variants = tuple(v.strip() for v in args.sweep.split(",") if v.strip())
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"--sweep: unknown variants {unknown}; choose from {list(VARIANTS)}")
+    return Budget(
+        total_s=total,
+        data_s=args.data_s if args.data_s is not None else (0.12 if args.smoke else 0.17) * total,
+        data_tokens=args.data_tokens if args.data_tokens is not None else (300 if args.smoke else 8_000_000),
+        decode_s=args.decode_s if args.decode_s is not None else (0.1 if args.smoke else 0.11) * total,
+        sweep_share=args.sweep_share,
+        sweep_tokens=args.sweep_tokens,
+        depth_tokens=args.depth_tokens,
+        width_share=args.width_share,
+        variants=variants,
+    )
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--gguf", help="the teacher's GGUF file (converted once into --work-dir)")
-    source.add_argument("--teacher-dir", help="a converted teacher model directory")
-    source.add_argument("--smoke", action="store_true", help="CPU check on a tiny random teacher")
-    parser.add_argument("--budget-s", type=float, default=None, help="wall-time budget of the whole run")
+    parser.add_argument("--teacher-dir", help="a converted teacher model directory (e.g. /tmp/smollm2-real)")
+    parser.add_argument("--gguf", help="the teacher's GGUF file, if --teacher-dir is absent")
     parser.add_argument(
-        "--sweep-share", type=float, default=0.35, help="share of training time for the sweep"
+        "--tokenizer-dir",
+        default=str(Path(__file__).resolve().parent / "scratch" / "gpu_distill" / "tokenizer"),
+        help="tokenizer of the random stand-in teacher when neither --teacher-dir nor --gguf exists",
     )
+    parser.add_argument("--smoke", action="store_true", help="CPU check on a tiny random teacher")
+    parser.add_argument(
+        "--time-budget-s",
+        "--budget-s",
+        dest="time_budget_s",
+        type=float,
+        default=None,
+        help="wall time of the whole run (default 540; 120 with --smoke)",
+    )
+    parser.add_argument(
+        "--data-s", type=float, default=None, help="cap of the data phase (default 17%% of the budget)"
+    )
+    parser.add_argument(
+        "--data-tokens", type=int, default=None, help="teacher answer tokens at most (default 8M)"
+    )
+    parser.add_argument(
+        "--decode-s", type=float, default=None, help="cap of the decode-speed phase (default 11%%)"
+    )
+    parser.add_argument(
+        "--sweep-share", type=float, default=0.3, help="share of the training time for the sweep"
+    )
+    parser.add_argument(
+        "--sweep-tokens", type=int, default=None, help="token budget of each sweep variant, at most"
+    )
+    parser.add_argument(
+        "--depth-tokens", type=int, default=None, help="token budget of the depth student, at most"
+    )
+    parser.add_argument(
+        "--width-share",
+        type=float,
+        default=0.35,
+        help="share of the long-run time for the width student (0: no width student)",
+    )
+    parser.add_argument("--sweep", default=",".join(VARIANTS), help="comma-separated sweep variants")
     parser.add_argument("--device", default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
@@ -661,13 +793,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--name", default=None, help="results file name (default distill_results_gpu[_smoke])"
     )
-    for name in ("prompts", "batch_size", "seq_len", "response_tokens", "chunk_tokens"):
-        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=None)
-    parser.add_argument("--learning-rate", type=float, default=None)
-    args = parser.parse_args()
-    if args.budget_s is None:
-        args.budget_s = 300.0 if args.smoke else 480.0
-    return args
+    # Every size of Settings can be set (defaults: GPU, or SMOKE with --smoke).
+    for name, value in asdict(GPU).items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=None)
+    return parser.parse_args()
 
 
 if __name__ == "__main__":

@@ -25,7 +25,8 @@ from radixfair_distiller.generation import generate
 
 # Prompts answered per generation batch (and per append to the cache file).
 _BATCH = 8
-# (prompts as token ids, max_new_tokens, eos_token_id) -> the greedy new tokens of each prompt.
+# (prompts as token ids, max_new_tokens, eos_token_id) -> the greedy new tokens of each prompt, or of
+# the first ones only when the answerer's budget ran out (data/engine_answers.py, AnswerBudget).
 Answerer = Callable[[list[list[int]], int, int | None], list[list[int]]]
 
 
@@ -95,6 +96,8 @@ def teacher_examples(
     data/engine_answers.py: the same greedy tokens, at serving speed); ``batch`` prompts are
     answered between appends to the cache. ``answer_tag`` names the answerer in the cache file
     (answers from a bf16 engine are not the fp32 ``generate``'s, and must not be mixed with them).
+    An ``answer`` that returns fewer answers than prompts has spent its budget: the examples are
+    then the prompts answered so far (cached ones included), in prompt order.
     """
     name = f"teacher-{teacher_hash[:16]}-prompts-{prompt_set_hash(prompts)}-new{max_new_tokens}{answer_tag}"
     cache = cache_dir / f"{name}.jsonl"
@@ -124,7 +127,9 @@ def teacher_examples(
                 answers[prompt.id] = output
                 handle.write(json.dumps({"id": prompt.id, "response_ids": output}) + "\n")
         if on_progress is not None:
-            on_progress(len(prompts) - len(todo) + start + len(chunk), len(prompts))
+            on_progress(len(prompts) - len(todo) + start + len(outputs), len(prompts))
+        if len(outputs) < len(chunk):
+            break  # the answerer's budget is spent
     return [
         ChatExample(
             id=p.id,
@@ -133,6 +138,7 @@ def teacher_examples(
             response_ids=tuple(answers[p.id]),
         )
         for p in prompts
+        if p.id in answers
     ]
 
 

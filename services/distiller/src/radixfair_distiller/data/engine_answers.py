@@ -51,14 +51,55 @@ class AnswerEngineConfig:
         )
 
 
-class EngineAnswerer:
-    """Greedy answers to batches of token prompts, from one engine kept for its whole life."""
+@dataclass(frozen=True)
+class AnswerBudget:
+    """When the answerer stops taking prompts: after ``max_tokens`` answer tokens or at ``stop_at``.
 
-    def __init__(self, model_dir: Path, config: AnswerEngineConfig) -> None:
+    ``stop_at`` is a ``time.monotonic()`` instant. Both are checked before each prompt is handed to
+    the engine; the prompts already in it are answered to the end (at most the engine's running
+    requests plus a quarter more, each at most ``max_new_tokens`` long), so the answers are always a
+    prefix of the prompts and the overshoot is one round of decoding. The first ``min_prompts`` prompts
+    are always answered (the hand-written held-out ones come first: a run whose set-up ate the time
+    still has prompts to evaluate on).
+    """
+
+    max_tokens: int | None = None
+    stop_at: float | None = None
+    min_prompts: int = 0
+
+    def spent(self, tokens: int, prompts_started: int) -> bool:
+        if prompts_started < self.min_prompts:
+            return False
+        if self.max_tokens is not None and tokens >= self.max_tokens:
+            return True
+        return self.stop_at is not None and time.monotonic() >= self.stop_at
+
+
+class EngineAnswerer:
+    """Greedy answers to batches of token prompts, from one engine kept for its whole life.
+
+    With a ``budget`` the answers may stop early (see AnswerBudget): ``answer`` then returns the
+    answers of a prefix of its prompts, and ``budget_spent`` turns true. ``on_progress(prompts
+    answered, answer tokens, seconds)`` is called about every ``progress_every_s`` seconds.
+    """
+
+    def __init__(
+        self,
+        model_dir: Path,
+        config: AnswerEngineConfig,
+        budget: AnswerBudget = AnswerBudget(),
+        on_progress: Callable[[int, int, float], None] | None = None,
+        progress_every_s: float = 10.0,
+    ) -> None:
         self.config = config
+        self.budget = budget
         self.stack = build_engine(config.engine_config(), model_dir)
         self.generated_tokens = 0
+        self.answered = 0
+        self.budget_spent = False
         self.seconds = 0.0  # spent inside ``answer``: tokens / seconds is the engine's rate
+        self._on_progress = on_progress
+        self._progress_every_s = progress_every_s
 
     def answer(
         self,
@@ -67,7 +108,10 @@ class EngineAnswerer:
         eos_token_id: int | None,
         on_finished: Callable[[int], None] | None = None,
     ) -> list[list[int]]:
-        """New tokens per prompt (the first ``eos_token_id`` included, then it stops), in order."""
+        """New tokens per prompt (the first ``eos_token_id`` included, then it stops), in order.
+
+        Fewer answers than prompts (those of the first ones) when the budget ran out.
+        """
         started = time.monotonic()
         engine = self.stack.engine
         sampling = SamplingConfig(
@@ -80,25 +124,38 @@ class EngineAnswerer:
         )
         requests = [Request(f"answer-{i}", "teacher", list(p), sampling) for i, p in enumerate(prompts)]
         backlog = deque(requests)
-        finished = 0
+        # Requests in the engine at once: every running slot and a quarter more waiting, so the
+        # engine never idles between rounds and a spent budget leaves little queued behind it.
+        in_engine_limit = self.config.max_running_requests + max(1, self.config.max_running_requests // 4)
+        submitted = finished = 0
+        tokens = self.generated_tokens
+        next_report = started + self._progress_every_s
         while backlog or engine.has_work():
-            # Keep the engine's waiting queue full; what does not fit waits here for a later step.
-            while backlog:
+            if backlog and self.budget.spent(tokens, self.answered + submitted):
+                self.budget_spent = True
+                backlog.clear()  # the prompts already in the engine are answered; no more start
+            while backlog and submitted - finished < in_engine_limit:
                 try:
                     engine.submit(backlog[0])
                 except QueueFullError:
                     break
                 backlog.popleft()
+                submitted += 1
             for output in engine.step():
                 if not output.finished:
                     continue
                 if output.error is not None:
                     raise RuntimeError(f"teacher answer {output.request.request_id} failed: {output.error}")
                 finished += 1
+                tokens += len(output.request.output_ids)
                 if on_finished is not None:
                     on_finished(finished)
-        answers = [list(r.output_ids) for r in requests]
+            if self._on_progress is not None and time.monotonic() >= next_report:
+                next_report += self._progress_every_s
+                self._on_progress(self.answered + finished, tokens, self.seconds + time.monotonic() - started)
+        answers = [list(r.output_ids) for r in requests[:submitted]]
         self.generated_tokens += sum(len(a) for a in answers)
+        self.answered += len(answers)
         self.seconds += time.monotonic() - started
         return answers
 

@@ -1,0 +1,101 @@
+"""Decode tokens/s of a model directory through the worker's own engine, as the worker serves it.
+
+The engine is assembled by ``radixfair_worker.engine_builder.build_engine`` (the worker's start-up
+path): Triton kernels, bf16 and CUDA graphs on a GPU; the torch backend in fp32 on a CPU. A quantized
+directory (int8 / fp8, see radixfair_worker.model.quantized_linear) runs quantized. ``batch``
+requests of random ``prompt_len``-token prompts are prefilled, then the decode steps that produce
+``new_tokens`` tokens each are timed (greedy, end-of-sequence ignored, so every request decodes the
+same number of tokens). Decode speed depends on the model's shape and format, not on its weights,
+so a student is timed as soon as it is pruned, before it is trained.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from radixfair_worker.config import EngineConfig, SchedulerConfig
+from radixfair_worker.engine_builder import build_engine
+from radixfair_worker.request import Request, SamplingConfig
+
+
+@dataclass(frozen=True)
+class DecodeSpeedConfig:
+    """Batch sizes timed, prompt and answer lengths (tokens), and the engine's device."""
+
+    batches: tuple[int, ...] = (1, 128)
+    prompt_len: int = 128
+    new_tokens: int = 128
+    device: str = "cuda"
+
+    def engine_config(self) -> EngineConfig:
+        cuda = self.device.startswith("cuda")
+        largest = max(self.batches)
+        pages_per_request = -(-(self.prompt_len + self.new_tokens + 1) // 16)
+        return EngineConfig(
+            page_size=16,
+            num_pages=largest * pages_per_request + 64,
+            max_running_requests=largest,
+            max_batched_tokens=max(2048, largest * self.prompt_len),
+            max_waiting_requests=largest,
+            device=self.device,
+            dtype="bfloat16" if cuda else "float32",
+            backend="triton" if cuda else "torch",
+            cuda_graph_max_batch=largest if cuda else 0,
+            scheduler=SchedulerConfig(policy="fcfs"),
+        )
+
+
+def decode_speed(model_dir: Path, config: DecodeSpeedConfig) -> dict[str, float]:
+    """``{"b1_tok_s": ..., "b1_ms_step": ..., "b128_tok_s": ...}`` for each batch size of ``config``."""
+    stack = build_engine(config.engine_config(), model_dir)
+    out: dict[str, float] = {}
+    try:
+        for batch in config.batches:
+            tok_s, ms = _timed_decode(stack.engine, batch, config, stack.model_config.vocab_size)
+            out[f"b{batch}_tok_s"], out[f"b{batch}_ms_step"] = tok_s, ms
+    finally:
+        del stack
+        gc.collect()
+        if config.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+    return out
+
+
+def _timed_decode(engine, batch: int, config: DecodeSpeedConfig, vocab: int) -> tuple[float, float]:
+    generator = torch.Generator().manual_seed(batch)
+    high = max(vocab - 1, 11)
+    sampling = SamplingConfig(max_tokens=config.new_tokens, temperature=0.0, ignore_eos=True)
+    requests = [
+        Request(
+            f"speed-{batch}-{i}",
+            "bench",
+            torch.randint(10, high, (config.prompt_len,), generator=generator).tolist(),
+            sampling,
+        )
+        for i in range(batch)
+    ]
+    for request in requests:
+        engine.submit(request)
+    # Prefill (and the first token) untimed: the rows below are decode steps only.
+    while any(r.tokens_to_compute > 1 for r in requests) and engine.has_work():
+        engine.step()
+    _sync(config.device)
+    already = sum(len(r.output_ids) for r in requests)
+    steps = engine.steps
+    started = time.perf_counter()
+    while engine.has_work():
+        engine.step()
+    _sync(config.device)
+    elapsed = time.perf_counter() - started
+    decoded = sum(len(r.output_ids) for r in requests) - already
+    return decoded / elapsed, 1e3 * elapsed / max(engine.steps - steps, 1)
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()

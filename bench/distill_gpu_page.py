@@ -1,0 +1,283 @@
+"""The results page of bench/gpu_distill.py: rows, the sections below the table, and the targets.
+
+The page is rewritten after every phase (``Page.write``), so a run cut short or failing late still
+leaves every figure it measured; a phase that failed is named under "Errors" with its last lines.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from bench.report import write_results
+
+COLUMNS = [
+    "row",
+    "split",
+    "loss",
+    "tokens",
+    "steps",
+    "train_s",
+    "parameters",
+    "size_mb",
+    "perplexity",
+    "ppl_x_teacher",
+    "top1_agreement",
+    "top1_vs_baseline",
+    "kl_to_teacher",
+    "exact_match",
+    "decode_b1_tok_s",
+    "decode_b128_tok_s",
+    "seed",
+]
+
+NOTES = """
+Rows: `split` says which held-out data scored the row (sweep rows: calibration, so choosing the loss
+never sees the evaluation split). `tokens` is token positions trained (batch x seq_len a step,
+padding included), `train_s` the GPU seconds of training. Each row's recipe (in the JSON) reproduces
+it with `radixfair distill`, bar a wall-time cut (`steps` done/planned shows one). int8 / fp8 rows:
+the same weights round-tripped through the worker's per-channel format (what QuantizedLinear
+computes with). `size_mb`: the checkpoint as the distiller writes it (fp32 for full precision; int8 /
+fp8 values plus fp32 scales). Decode columns: the worker's engine (build_engine: Triton, bf16, CUDA
+graphs; quantized checkpoints run quantized), 128-token random prompts, 128 greedy tokens a request,
+decode steps only; speed depends on shape and format only, so students are timed right after
+pruning. Exact match: the model's fp32 greedy answer against the teacher's engine-written one,
+first `exact_match_tokens` tokens.
+"""
+
+
+class Page:
+    """The results being built; ``write`` rewrites both files (called after every phase)."""
+
+    def __init__(self, name: str, out: Path, meta: dict) -> None:
+        self.name, self.out, self.meta = name, out, meta
+        self.rows: list[dict] = []
+
+    def write(self) -> None:
+        for r in self.rows:
+            r.setdefault("seed", self.meta["seed"])
+        notes = NOTES + "\n" + sections(self.meta, self.rows)
+        write_results(self.name, self.rows, COLUMNS, self.meta, notes, results_dir=self.out)
+
+    @contextmanager
+    def phase(self, name: str, critical: bool = False) -> Iterator[None]:
+        """Times a phase into ``meta["phases"]``; the page is written after it, whatever happens.
+
+        A failing phase is recorded under ``meta["errors"]``; only a ``critical`` one (nothing after it
+        can run without it) re-raises.
+        """
+        started = time.monotonic()
+        print(f"== {name}", flush=True)
+        try:
+            yield
+        except Exception as error:  # noqa: BLE001 (recorded; the later phases still run)
+            self.meta.setdefault("errors", {})[name] = traceback.format_exc(limit=6)[-3000:]
+            print(f"!! phase {name} failed: {error!r}", flush=True)
+            if critical:
+                raise
+        finally:
+            self.meta["phases"][name + "_s"] = round(time.monotonic() - started, 2)
+            self.write()
+
+
+def row(name, split, loss, result, parameters: int, scores, teacher_scores, baseline, recipe=None) -> dict:
+    out = {
+        "row": name,
+        "split": split,
+        "loss": loss,
+        "tokens": result.tokens_done if result else None,
+        "steps": f"{result.steps_done}/{result.total_steps}" if result else None,
+        "train_s": result.seconds if result else None,
+        "parameters": parameters,
+        **scores,
+        "ppl_x_teacher": scores["perplexity"] / teacher_scores["perplexity"],
+        "top1_vs_baseline": scores["top1_agreement"] / baseline,
+    }
+    if recipe:
+        out["recipe"] = recipe
+    if result is not None and result.losses:
+        out["loss_first_last"] = [result.losses[0], result.losses[-1]]
+    return out
+
+
+def sections(meta: dict, rows: list[dict]) -> str:
+    """Below the table: targets, baseline, plan and prediction, curves, extrapolation, data, errors."""
+    out = []
+    if meta.get("teacher", {}).get("random"):
+        out += ["", "**The teacher has RANDOM weights in this run: the quality figures mean nothing.**"]
+    if "targets" in meta:
+        out += ["", "## Targets", "", "| target | measured | met |", "|---|---|---|"]
+        out += [
+            f"| {t['target']} | {t['measured']} | {'yes' if t['met'] else 'NO'} |" for t in meta["targets"]
+        ]
+    if "self_agreement_baseline" in meta:
+        base = meta["self_agreement_baseline"]
+        out += ["", f"Top-1 agreement baseline: {base['value']:.4f}: {base['how']}"]
+    if "phases" in meta:
+        budget = meta.get("budget", {})
+        out += [
+            "",
+            "## Wall time per phase (s)",
+            "",
+            ", ".join(f"{k}: {v}" for k, v in meta["phases"].items())
+            + f" (budget: {budget.get('total_s')} s in all; caps: {budget})",
+        ]
+    if "throughput" in meta and "plan" in meta:
+        out += _plan(meta)
+    for kind, curve in meta.get("learning_curves", {}).items():
+        out += [
+            "",
+            f"## Learning curve: {kind} student (evaluation split)",
+            "",
+            "| tokens | train_s | loss | perplexity | top1_agreement | kl_to_teacher |",
+            "|---|---|---|---|---|---|",
+        ]
+        for c in curve:
+            out.append(
+                f"| {c['tokens']:,} | {c['train_s']:.1f} | {c['loss']:.4f} | {c['perplexity']:.3f} | "
+                f"{c['top1_agreement']:.4f} | {c['kl_to_teacher']:.4f} |"
+            )
+        out += ["", "Points before the last: half the evaluation split, mid-schedule (LR not annealed)."]
+    for kind, e in meta.get("extrapolation", {}).items():
+        out += [
+            "",
+            f"## What a larger budget would predict: {kind} student",
+            "",
+            f"Power law over the curve: perplexity x teacher - 1 = a t^-b with (a, b) = {e['ppl_fit_a_b']}, "
+            f"reaching 1.3x at {_tokens(e['tokens_for_ppl_1.3x'])}; 1 - top-1 agreement = a t^-b with "
+            f"(a, b) = {e['agreement_fit_a_b']}, reaching 0.85 x baseline at "
+            f"{_tokens(e['tokens_for_top1_0.85_baseline'])}; at this run's rate "
+            f"({e['kd_tokens_per_s']:,.0f} tokens/s) that is {_hours(e)} of one H200 (Minitron's reference: "
+            f"pruning + distillation needs up to 40x fewer tokens than training from scratch). Steps done / "
+            f"planned {e['steps']}, cut by the wall-time cap: {e['cut_by_deadline']}.",
+        ]
+    if "data" in meta:
+        d = meta["data"]
+        out += [
+            "",
+            f"Data: chat examples per split {d['chat_examples']}, docstring tokens per split "
+            f"{d['text_tokens']}; the teacher wrote {d['teacher_answer_tokens_generated']:,} answer tokens "
+            f"to {d['prompts_answered']:,} of {d['prompts_offered']:,} prompts through the worker's engine "
+            f"at "
+            f"{d['engine_tokens_per_s'] or 0:,.0f} tokens/s (budget spent: {d['budget_spent']}).",
+        ]
+    final = next((r for r in rows if r.get("recipe") and not r["row"].startswith("sweep")), None)
+    if final:
+        out += ["", f"Recipe of `{final['row']}` (each row's is in the JSON):", "", "```yaml"]
+        out += [final["recipe"].strip(), "```"]
+    if meta.get("errors"):
+        out += ["", "## Errors (the phase named failed; the rows above are what ran)", ""]
+        for name, text in meta["errors"].items():
+            out += [f"- `{name}`: `{text.strip().splitlines()[-1][:300]}`"]
+    return "\n".join(out)
+
+
+def _plan(meta: dict) -> list[str]:
+    plan, rate = meta["plan"], meta["throughput"]["kd_tokens_per_s"]
+    pred = plan["predicted_from_cpu_points"]
+    at = pred.get("ppl_x_teacher_at", {})
+    return [
+        "",
+        "## Before training: throughput and the predicted curve",
+        "",
+        f"KD training ({meta['throughput']['precision']}, fused chunked loss): {rate:,.0f} tokens/s "
+        f"({meta['throughput']['tokens_per_step']:,} tokens a step). Planned: {plan['sweep_tokens_each']:,} "
+        f"tokens per sweep variant (cap {plan['sweep_cap_s_each']:.0f} s each), "
+        f"{plan['depth_tokens']:,} for the depth student, {plan['width_tokens']:,} for the width student. "
+        f"{pred['fit']}: a, b = {pred['a_b']}; predicted perplexity x teacher: "
+        + ", ".join(f"{v:.2f} at {k}" for k, v in at.items())
+        + f"; 1.3x predicted at {_tokens(pred['tokens_for_1.3x'])}.",
+    ]
+
+
+def _tokens(value: float | None) -> str:
+    return "no point (no decreasing fit)" if value is None else f"~{value:,.0f} tokens"
+
+
+def _hours(e: dict) -> str:
+    needed = [t for t in (e["tokens_for_ppl_1.3x"], e["tokens_for_top1_0.85_baseline"]) if t is not None]
+    if not needed or not e["kd_tokens_per_s"]:
+        return "unknown"
+    return f"~{max(needed) / e['kd_tokens_per_s'] / 3600:.2f} h"
+
+
+def targets(rows: list[dict], baseline: float) -> list[dict]:
+    """Each target of issue 15 the rows can answer, measured and met or not."""
+    by = {r["row"]: r for r in rows}
+    checks = []
+    for kind in ("depth", "width"):
+        final = by.get(f"{kind} student")
+        if final is None:
+            continue
+        checks.append(
+            (
+                f"{kind} student perplexity <= 1.3x teacher",
+                f"{final['ppl_x_teacher']:.3f}x",
+                final["ppl_x_teacher"] <= 1.3,
+            )
+        )
+        checks.append(
+            (
+                f"{kind} student top-1 >= 0.85 x baseline",
+                f"{final['top1_vs_baseline']:.3f}",
+                final["top1_vs_baseline"] >= 0.85,
+            )
+        )
+    for scheme, limit in (("int8", 0.02), ("fp8", 0.03)):
+        for base in ("teacher", "depth student", "width student"):
+            quant = by.get(f"{base} {scheme}")
+            if quant and base in by:
+                change = quant["perplexity"] / by[base]["perplexity"] - 1
+                checks.append(
+                    (
+                        f"{base} {scheme}: perplexity change < {limit:.0%}",
+                        f"{change:+.2%}",
+                        abs(change) < limit,
+                    )
+                )
+                b1, base_b1 = quant.get("decode_b1_tok_s"), by[base].get("decode_b1_tok_s")
+                b128, base_b128 = quant.get("decode_b128_tok_s"), by[base].get("decode_b128_tok_s")
+                if b1 and base_b1:
+                    checks.append(
+                        (
+                            f"{base} {scheme}: faster than bf16 at batch 1",
+                            f"{b1 / base_b1:.2f}x",
+                            b1 > base_b1,
+                        )
+                    )
+                if b128 and base_b128:
+                    checks.append(
+                        (
+                            f"{base} {scheme}: no slower at batch 128",
+                            f"{b128 / base_b128:.2f}x",
+                            b128 >= 0.97 * base_b128,
+                        )
+                    )
+    teacher, depth = by.get("teacher"), by.get("depth student")
+    if teacher and depth and teacher.get("decode_b1_tok_s") and depth.get("decode_b1_tok_s"):
+        layers = depth.get("layers_kept_share")
+        speedup = depth["decode_b1_tok_s"] / teacher["decode_b1_tok_s"]
+        if layers:
+            checks.append(
+                (
+                    "depth student decodes faster in proportion to its layers (batch 1)",
+                    f"{speedup:.2f}x vs {1 / layers:.2f}x layers",
+                    speedup >= 0.8 / layers,
+                )
+            )
+    sweep = {r["row"]: r for r in rows if r["row"].startswith("sweep: ")}
+    hard = sweep.get("sweep: hard_labels")
+    kd_rows = [r for k, r in sweep.items() if k != "sweep: hard_labels"]
+    if hard and kd_rows:
+        kd = max(kd_rows, key=lambda r: r["top1_agreement"])
+        checks.append(
+            (
+                "KD beats hard labels at the same budget (top-1, calibration split)",
+                f"{kd['top1_agreement']:.3f} vs {hard['top1_agreement']:.3f}",
+                kd["top1_agreement"] > hard["top1_agreement"],
+            )
+        )
+    return [{"target": t, "measured": m, "met": bool(ok)} for t, m, ok in checks]
