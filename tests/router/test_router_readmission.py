@@ -1,50 +1,110 @@
-"""A worker restarted on its address is back in rotation promptly (issue 12 point 9, router side).
+"""A worker back on its address is readmitted within the reconnect backoff cap (issue 12, point 9).
 
-gRPC's default reconnect backoff grows towards 120 s while a worker is down, so a worker down for
-a while was seen again only after up to 17 s. The bound below is derived from the configured
-intervals (reconnect backoff cap 1 s, health checks every 0.2 s with a 1 s timeout), generously.
+gRPC's default reconnect backoff grows by 1.6x per failed connection attempt towards 120 s, and a
+health check on a channel in backoff fails at once without trying to connect, so a worker that
+came back after a long outage was seen again only after up to 17 s. The registry caps the backoff
+at ``RECONNECT_BACKOFF_CAP_S``.
+
+The test makes the backoff grow and then brings the worker back right after a failed attempt, so
+the next attempt is exactly one backoff away. A gate listens on the dead worker's port: it
+accepts each of the router's connection attempts and closes it (a failed handshake, which grows
+the backoff) and, from the ``ATTEMPTS``-th on, relays connections to a live worker. Nothing is
+timed: how long readmission took is counted in the registry's failed health checks after the
+gate opened. With the cap the next attempt comes within cap x 1.2 (gRPC's jitter), so at most
+ceil(cap x 1.2 / check interval) + 1 checks fail; without it the gap after ATTEMPTS failed
+attempts is at least 0.8 x 1.6^(ATTEMPTS - 1) s (5.2 s: 26 checks at the test's 0.2 s interval).
 """
 
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
+import math
 
-from support.processes import ServiceProcess, start_service
-from support.router_stack import WORKER_SETTINGS, router_config, running_router, wait_until, worker_id
+from support.router_stack import router_config, running_router, wait_until, worker_id
 
-BACK_WITHIN_S = 8.0
-# Long enough for the default backoff to have grown past a second (it then lands by luck).
-DOWN_FOR_S = 6.0
+from radixfair_router.worker_registry import RECONNECT_BACKOFF_CAP_S
 
-
-def restart_worker(model_dir: Path, log_dir: Path, port: int) -> ServiceProcess:
-    """A new worker process on the old one's port, with its id; returns once it serves."""
-    settings = {"model": str(model_dir), "port": port, "worker_id": f"worker-{port}", **WORKER_SETTINGS}
-    args = [arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")]
-    return start_service("radixfair_worker", args, f"127.0.0.1:{port}", log_dir / "restarted.log")
+ATTEMPTS = 5
+GRPC_BACKOFF_JITTER = 0.2
 
 
-def test_a_worker_restarted_after_a_long_outage_is_back_in_rotation_promptly(
-    spawn_workers, tiny_model_dir, tmp_path
+class PortGate:
+    """A TCP listener on ``port``: closes the first ``attempts`` connections, then relays to ``target``."""
+
+    def __init__(self, port: int, target_port: int, attempts: int, on_open) -> None:
+        self.port, self.target_port, self.attempts, self.on_open = port, target_port, attempts, on_open
+        self.refused = 0
+        self.server: asyncio.Server | None = None
+        self.pipes: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._connected, "127.0.0.1", self.port)
+
+    async def stop(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        for pipe in self.pipes:
+            pipe.cancel()
+        await asyncio.gather(*self.pipes, return_exceptions=True)
+
+    async def _connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.refused < self.attempts:
+            self.refused += 1
+            if self.refused == self.attempts:
+                self.on_open()  # the next connection is relayed
+            writer.close()
+            return
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        for source, sink in ((reader, up_writer), (up_reader, writer)):
+            task = asyncio.get_running_loop().create_task(self._pipe(source, sink))
+            self.pipes.add(task)
+            task.add_done_callback(self.pipes.discard)
+
+    @staticmethod
+    async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        try:
+            while data := await source.read(65536):
+                sink.write(data)
+                await sink.drain()
+        finally:
+            sink.close()
+
+
+def test_a_worker_back_after_its_backoff_grew_is_readmitted_within_the_backoff_cap(
+    spawn_workers, tiny_model_dir
 ):
-    [worker] = spawn_workers(1)
-    port = int(worker.address.rsplit(":", 1)[1])
-    restarted = []
+    down, standby = spawn_workers(2)
+    port = int(down.address.rsplit(":", 1)[1])
+    config = router_config(tiny_model_dir, [down])
+    interval = config.registry.health_check_interval_s
+    allowed = math.ceil(RECONNECT_BACKOFF_CAP_S * (1 + GRPC_BACKOFF_JITTER) / interval) + 1
 
     async def scenario():
-        async with running_router(router_config(tiny_model_dir, [worker])) as running:
-            worker.kill()
-            await wait_until(lambda: not running.registry.healthy(), "worker out of rotation")
-            await asyncio.sleep(DOWN_FOR_S)  # the outage; the channel keeps retrying meanwhile
-            # Returns once the new process answers its own health check on the same address.
-            restarted.append(await asyncio.to_thread(restart_worker, tiny_model_dir, tmp_path, port))
-            await wait_until(lambda: bool(running.registry.healthy()), "worker back", timeout_s=BACK_WITHIN_S)
-            return [w.worker_id for w in running.registry.healthy()]
+        async with running_router(config) as running:
+            endpoint = running.registry.get(worker_id(down))
+            failed_when_open: list[int] = []
+            down.kill()
+            gate = PortGate(
+                port,
+                int(standby.address.rsplit(":", 1)[1]),
+                ATTEMPTS,
+                lambda: failed_when_open.append(endpoint.failures),
+            )
+            await gate.start()
+            try:
+                await wait_until(lambda: failed_when_open, "the router's connection attempts", timeout_s=120)
+                assert not endpoint.healthy
+                last_failures = [endpoint.failures]
 
-    try:
-        healthy = asyncio.run(scenario())
-    finally:
-        for process in restarted:
-            process.stop()
-    assert healthy == [worker_id(worker)]
+                def readmitted() -> bool:
+                    if not endpoint.healthy:
+                        last_failures[0] = endpoint.failures
+                    return endpoint.healthy
+
+                await wait_until(readmitted, "worker readmitted", timeout_s=120)
+            finally:
+                await gate.stop()
+            return last_failures[0] - failed_when_open[0]
+
+    failed_after_open = asyncio.run(scenario())
+    assert failed_after_open <= allowed, (failed_after_open, allowed)

@@ -35,11 +35,13 @@ log = logging.getLogger(__name__)
 
 # gRPC's default reconnect backoff grows to 120 s: a restarted worker waited up to 17 s to be
 # seen again. Health checks fail fast on a channel in backoff, so a short cap is what makes
-# re-admission prompt (within about a second plus one check interval).
+# re-admission prompt: a worker back on its address is reconnected within the cap (x 1.2, gRPC's
+# jitter) and admitted by the next check.
+RECONNECT_BACKOFF_CAP_S = 1.0
 _RECONNECT_OPTIONS = (
     ("grpc.initial_reconnect_backoff_ms", 200),
     ("grpc.min_reconnect_backoff_ms", 200),
-    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.max_reconnect_backoff_ms", int(RECONNECT_BACKOFF_CAP_S * 1000)),
 )
 
 ReportListener = Callable[[str, worker_pb2.LoadReport], None]
