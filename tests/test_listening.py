@@ -62,7 +62,7 @@ def test_a_taken_metrics_port_is_refused_with_the_same_error():
         port = foreign.add_insecure_port("0.0.0.0:0")
         foreign.start()
         try:
-            serve_metrics(CollectorRegistry(), port)
+            serve_metrics(CollectorRegistry(), port, "127.0.0.1")
         finally:
             foreign.stop(grace=None)
 

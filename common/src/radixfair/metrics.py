@@ -33,10 +33,18 @@ class MetricsConfig:
     # clients share "other". Each value is a time series per bucket, so this bounds what a
     # Prometheus server stores however many API keys exist.
     max_client_labels: int = 64
+    # Address /metrics listens on. Empty (the default): the service's own ``host``, which is
+    # loopback unless the config names the pod's address or, in a container, 0.0.0.0; so a config
+    # meant for one host never serves metrics on every interface.
+    host: str = ""
 
     def __post_init__(self) -> None:
         if self.max_client_labels < 0:
             raise ValueError("metrics.max_client_labels must be >= 0")
+
+    def bind_host(self, service_host: str) -> str:
+        """The address /metrics listens on, for a service whose gRPC port is on ``service_host``."""
+        return self.host or service_host
 
 
 class ClientLabels:
@@ -100,8 +108,11 @@ def rejection_reason(error: BaseException) -> str:
     return error.code.name.lower()
 
 
-def serve_metrics(registry: CollectorRegistry, port: int, host: str = "0.0.0.0") -> None:
-    """Starts the /metrics HTTP endpoint in a daemon thread; port 0 disables it.
+def serve_metrics(registry: CollectorRegistry, port: int, host: str) -> None:
+    """Starts the /metrics HTTP endpoint on ``host``:``port`` in a daemon thread; port 0 disables it.
+
+    ``host`` has no default: each service passes the address its config names
+    (``MetricsConfig.bind_host``), never all interfaces by accident.
 
     A taken port raises radixfair.listening.PortInUseError, as a taken gRPC port does.
     """

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 async def serve(config: DistillerConfig, ready: asyncio.Event | None = None) -> None:
     """Runs until SIGINT/SIGTERM (or task cancellation); a running job is left resumable."""
     metrics = DistillerMetrics(CollectorRegistry())
-    serve_metrics(metrics.registry, config.metrics_port)
+    serve_metrics(metrics.registry, config.metrics_port, config.host)
     runner = JobRunner(config, metrics)
     server = build_grpc_server([MalformedRequestInterceptor()])
     distiller_pb2_grpc.add_DistillerServiceServicer_to_server(DistillerServicer(runner), server)

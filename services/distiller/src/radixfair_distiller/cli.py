@@ -121,7 +121,7 @@ async def distill_here(
 
     name = parse_recipe(recipe_text).name
     metrics = DistillerMetrics(CollectorRegistry())
-    serve_metrics(metrics.registry, config.metrics_port)
+    serve_metrics(metrics.registry, config.metrics_port, config.host)
     runner = JobRunner(config, metrics, dist)
     runner.start()
     try:

@@ -73,7 +73,7 @@ async def start_router(config: RouterConfig, span_exporter: SpanExporter | None 
     tracer, provider = build_tracer(config.tracing, span_exporter)
     metrics = RouterMetrics(CollectorRegistry(), config.metrics.max_client_labels)
     metrics.quantum.set(config.policy.quantum)
-    serve_metrics(metrics.registry, config.metrics_port)
+    serve_metrics(metrics.registry, config.metrics_port, config.metrics.bind_host(config.host))
 
     cache_view = CacheView(config.tree)
 

@@ -48,7 +48,7 @@ async def serve(
     registry = CollectorRegistry()
     metrics = WorkerMetrics(registry, config.metrics.max_client_labels)
     metrics.quantum.set(config.engine.scheduler.quantum)
-    serve_metrics(registry, config.metrics_port)
+    serve_metrics(registry, config.metrics_port, config.metrics.bind_host(config.host))
 
     engine = EngineClient(EngineSpec(config.engine, model_dir, config.torch_threads), metrics)
     try:
