@@ -40,6 +40,7 @@ from bench.smollm2_shape import SMOLLM2_135M_HF_CONFIG  # noqa: E402
 from radixfair_worker.config import EngineConfig, ModelConfig, SchedulerConfig  # noqa: E402
 from radixfair_worker.engine import Engine  # noqa: E402
 from radixfair_worker.engine_builder import build_backend  # noqa: E402
+from radixfair_worker.model.backend import KernelBackend  # noqa: E402
 from radixfair_worker.model.llama import KVCache  # noqa: E402
 from radixfair_worker.model.loader import load_model  # noqa: E402
 from radixfair_worker.model_runner import ModelRunner  # noqa: E402
@@ -77,6 +78,7 @@ def make_engine(
     overlap: bool = True,
     eos_token_ids: frozenset[int] = frozenset({2}),
     device: str = "cuda",
+    kernel_backend: KernelBackend | None = None,
     **engine_fields: object,
 ) -> Engine:
     config = EngineConfig(
@@ -93,7 +95,7 @@ def make_engine(
         scheduler=SchedulerConfig(policy="fcfs"),
     )
     torch_dtype = getattr(torch, dtype)
-    model = load_model(model_dir, build_backend(backend), torch_dtype, device)
+    model = load_model(model_dir, kernel_backend or build_backend(backend), torch_dtype, device)
     kv = KVCache(model.config, config.num_pages + 1, config.page_size, torch_dtype, torch.device(device))
     graph_runner = None
     if graphs:

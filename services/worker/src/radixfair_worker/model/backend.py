@@ -110,6 +110,54 @@ class KernelBackend(Protocol):
         """Stores k, v [T, Hkv, D] into caches [num_pages, page_size, Hkv, D] at the flat slots."""
         ...
 
+    # Fused forms. Each returns None when this backend does not fuse that call (the op is off, or
+    # the batch is too large for it); the model then runs the unfused operations above, which stay
+    # the reference. ``residual`` None means no residual add (the first layer); the returned sum
+    # is then x itself.
+
+    def norm_qkv_rope_write_kv(
+        self,
+        x: torch.Tensor,
+        residual: torch.Tensor | None,
+        norm_weight: torch.Tensor,
+        eps: float,
+        qkv_weight: torch.Tensor,
+        positions: torch.Tensor,
+        cos_sin: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        slot_mapping: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """add_rms_norm, the QKV projection and rope_and_write_kv: (q [T, Hq, D], x + residual)."""
+        ...
+
+    def norm_gate_up_silu(
+        self,
+        x: torch.Tensor,
+        residual: torch.Tensor | None,
+        norm_weight: torch.Tensor,
+        eps: float,
+        gate_up_weight: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """add_rms_norm, the gate/up projection and silu_and_mul: ([T, I], x + residual)."""
+        ...
+
+    def norm_lm_head(
+        self,
+        x: torch.Tensor,
+        residual: torch.Tensor,
+        norm_weight: torch.Tensor,
+        eps: float,
+        head_weight: torch.Tensor,
+        row_indices: torch.Tensor,
+    ) -> torch.Tensor | None:
+        """rms_norm((x + residual)[row_indices]) @ head^T, rounded to x.dtype, as [S, vocab] fp32."""
+        ...
+
+    def linear(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
+        """x [T, K] @ weight [N, K]^T, or None to leave it to F.linear."""
+        ...
+
     def attention(
         self,
         q: torch.Tensor,

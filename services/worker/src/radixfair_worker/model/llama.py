@@ -2,7 +2,9 @@
 
 q/k/v and gate/up are each one fused projection (the loader concatenates
 the Hugging Face tensors), so a layer runs four matrix products; every other
-operation goes through the KernelBackend seam.
+operation goes through the KernelBackend seam. A backend may also fuse a norm
+with the projection after it (and RoPE/K-V store or SwiGLU with that
+projection's output); where it declines (returns None) the unfused operations run.
 """
 
 from __future__ import annotations
@@ -46,21 +48,37 @@ class LlamaAttention(nn.Module):
 
     def forward(
         self,
-        x: torch.Tensor,
+        hidden: torch.Tensor,
+        residual: torch.Tensor | None,
+        norm_weight: torch.Tensor,
+        eps: float,
         batch: ForwardBatch,
         k_cache: torch.Tensor,
         v_cache: torch.Tensor,
         cos_sin: torch.Tensor,
         backend: KernelBackend,
-    ) -> torch.Tensor:
-        tokens = x.shape[0]
-        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = q.view(tokens, self.num_heads, self.head_dim)
-        k = k.view(tokens, self.num_kv_heads, self.head_dim)
-        v = v.view(tokens, self.num_kv_heads, self.head_dim)
-        q = backend.rope_and_write_kv(q, k, v, batch.positions, cos_sin, k_cache, v_cache, batch.slot_mapping)
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(attention output [T, hidden], the residual stream x + residual) from the layer's input."""
+        tokens = hidden.shape[0]
+        fused = None
+        if _plain(self.qkv_proj):
+            fused = backend.norm_qkv_rope_write_kv(
+                hidden, residual, norm_weight, eps, self.qkv_proj.weight,
+                batch.positions, cos_sin, k_cache, v_cache, batch.slot_mapping,
+            )  # fmt: skip
+        if fused is None:
+            normed, residual = _add_rms_norm(backend, hidden, residual, norm_weight, eps)
+            q, k, v = self.qkv_proj(normed).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+            q = q.view(tokens, self.num_heads, self.head_dim)
+            k = k.view(tokens, self.num_kv_heads, self.head_dim)
+            v = v.view(tokens, self.num_kv_heads, self.head_dim)
+            q = backend.rope_and_write_kv(
+                q, k, v, batch.positions, cos_sin, k_cache, v_cache, batch.slot_mapping
+            )
+        else:
+            q, residual = fused
         out = backend.attention(q, k_cache, v_cache, batch, self.scale)
-        return self.o_proj(out.reshape(tokens, self.num_heads * self.head_dim))
+        return _linear(backend, self.o_proj, out.reshape(tokens, self.num_heads * self.head_dim)), residual
 
 
 class LlamaMLP(nn.Module):
@@ -69,8 +87,24 @@ class LlamaMLP(nn.Module):
         self.gate_up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
 
-    def forward(self, x: torch.Tensor, backend: KernelBackend) -> torch.Tensor:
-        return self.down_proj(backend.silu_and_mul(self.gate_up_proj(x)))
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        residual: torch.Tensor,
+        norm_weight: torch.Tensor,
+        eps: float,
+        backend: KernelBackend,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(MLP output [T, hidden], the residual stream x + residual) from the attention output."""
+        fused = None
+        if _plain(self.gate_up_proj):
+            fused = backend.norm_gate_up_silu(hidden, residual, norm_weight, eps, self.gate_up_proj.weight)
+        if fused is None:
+            normed, residual = backend.add_rms_norm(hidden, residual, norm_weight, eps)
+            activated = backend.silu_and_mul(self.gate_up_proj(normed))
+        else:
+            activated, residual = fused
+        return _linear(backend, self.down_proj, activated), residual
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -106,23 +140,38 @@ class LlamaModel(nn.Module):
         hidden = self.embed_tokens(batch.input_ids)
         residual: torch.Tensor | None = None
         for index, layer in enumerate(self.layers):
-            if residual is None:
-                residual = hidden
-                normed = backend.rms_norm(hidden, layer.input_layernorm, layer.eps)
-            else:
-                normed, residual = backend.add_rms_norm(hidden, residual, layer.input_layernorm, layer.eps)
-            hidden = layer.self_attn(
-                normed, batch, kv_cache.k[index], kv_cache.v[index], self.cos_sin, backend
-            )
-            normed, residual = backend.add_rms_norm(
-                hidden, residual, layer.post_attention_layernorm, layer.eps
-            )
-            hidden = layer.mlp(normed, backend)
+            hidden, residual = layer.self_attn(
+                hidden, residual, layer.input_layernorm, layer.eps, batch,
+                kv_cache.k[index], kv_cache.v[index], self.cos_sin, backend,
+            )  # fmt: skip
+            hidden, residual = layer.mlp(hidden, residual, layer.post_attention_layernorm, layer.eps, backend)
         assert residual is not None
-        last = (hidden + residual)[batch.logits_indices]
-        normed = backend.rms_norm(last, self.norm, self.config.rms_norm_eps)
+        eps = self.config.rms_norm_eps
         head = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(normed, head).float()
+        logits = backend.norm_lm_head(hidden, residual, self.norm, eps, head, batch.logits_indices)
+        if logits is not None:
+            return logits
+        last = (hidden + residual)[batch.logits_indices]
+        return F.linear(backend.rms_norm(last, self.norm, eps), head).float()
+
+
+def _plain(projection: nn.Module) -> bool:
+    """A full-precision projection, whose weight a fused kernel can read (not a QuantizedLinear)."""
+    return type(projection) is nn.Linear
+
+
+def _add_rms_norm(
+    backend: KernelBackend, x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first layer has no residual yet: the stream starts as the embeddings themselves."""
+    if residual is None:
+        return backend.rms_norm(x, weight, eps), x
+    return backend.add_rms_norm(x, residual, weight, eps)
+
+
+def _linear(backend: KernelBackend, projection: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    out = backend.linear(x, projection.weight) if _plain(projection) else None
+    return projection(x) if out is None else out
 
 
 def rope_table(config: ModelConfig) -> torch.Tensor:

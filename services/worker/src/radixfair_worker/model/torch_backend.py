@@ -65,6 +65,19 @@ class TorchBackend:
         k_cache.view(-1, *k_cache.shape[2:])[slot_mapping] = k.to(k_cache.dtype)
         v_cache.view(-1, *v_cache.shape[2:])[slot_mapping] = v.to(v_cache.dtype)
 
+    # The reference runs every operation on its own: no fused forms.
+    def norm_qkv_rope_write_kv(self, *args: object) -> None:
+        return None
+
+    def norm_gate_up_silu(self, *args: object) -> None:
+        return None
+
+    def norm_lm_head(self, *args: object) -> None:
+        return None
+
+    def linear(self, x: torch.Tensor, weight: torch.Tensor) -> None:
+        return None
+
     def attention(
         self,
         q: torch.Tensor,

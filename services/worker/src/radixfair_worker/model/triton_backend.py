@@ -1,9 +1,10 @@
 """GPU kernel backend: the KernelBackend operations as our own Triton kernels.
 
-Matrix products stay in cuBLAS (the model calls ``F.linear``); everything else in
-a layer runs here. Besides the protocol's operations it offers
-``rope_and_write_kv``, one launch for RoPE plus the K/V page store, which the
-model can call instead of ``apply_rope`` followed by ``write_kv``.
+Matrix products stay in cuBLAS (the model calls ``F.linear``) unless a fusion in
+``StepFusionConfig`` is on: then a norm and the projection after it (with RoPE and the
+K/V store, or SwiGLU, on its output) run as one Triton kernel for batches of up to
+``max_rows`` tokens (model/step_fusion.py lists them). Everything else in a layer runs
+here, RoPE and the K/V page store as one launch (``rope_and_write_kv``).
 """
 
 from __future__ import annotations
@@ -13,12 +14,15 @@ import torch
 from radixfair_worker.kernels.cascade_decode_attention import cascade_decode_attention, choose_prefix_splits
 from radixfair_worker.kernels.decode_attention import choose_num_splits, paged_decode_attention
 from radixfair_worker.kernels.extend_attention import extend_attention
+from radixfair_worker.kernels.norm_matmul import norm_gate_up_silu, norm_matmul
+from radixfair_worker.kernels.norm_qkv_rope import norm_qkv_rope_write_kv
 from radixfair_worker.kernels.prefix_groups import PrefixGroups
 from radixfair_worker.kernels.rms_norm import add_rms_norm, rms_norm
 from radixfair_worker.kernels.rope import apply_rope, rope_and_write_kv
 from radixfair_worker.kernels.swiglu import silu_and_mul
 from radixfair_worker.kernels.write_kv import write_kv
 from radixfair_worker.model.backend import ForwardBatch
+from radixfair_worker.model.step_fusion import StepFusionConfig
 
 
 class TritonBackend:
@@ -26,17 +30,77 @@ class TritonBackend:
 
     ``num_sms`` sizes the decode split heuristic; it defaults to the current
     CUDA device's multiprocessor count (and to 1 on CPU, the interpreter's case).
+    ``fusions`` picks the cross-operation fusions (all off by default).
     """
 
     name = "triton"
     reads_shared_prefixes = True
 
-    def __init__(self, num_sms: int | None = None) -> None:
+    def __init__(self, num_sms: int | None = None, fusions: StepFusionConfig | None = None) -> None:
         if num_sms is None:
             num_sms = (
                 torch.cuda.get_device_properties().multi_processor_count if torch.cuda.is_available() else 1
             )
         self.num_sms = num_sms
+        self.fusions = fusions or StepFusionConfig()
+
+    def _fits(self, enabled: bool, x: torch.Tensor) -> bool:
+        return enabled and 0 < x.shape[0] <= self.fusions.max_rows
+
+    def norm_qkv_rope_write_kv(
+        self,
+        x: torch.Tensor,
+        residual: torch.Tensor | None,
+        norm_weight: torch.Tensor,
+        eps: float,
+        qkv_weight: torch.Tensor,
+        positions: torch.Tensor,
+        cos_sin: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        slot_mapping: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        # Two dot tiles of D/2 columns per head need D/2 >= 16.
+        if not self._fits(self.fusions.norm_into_qkv, x) or k_cache.shape[-1] < 32:
+            return None
+        return norm_qkv_rope_write_kv(
+            x, residual, norm_weight, eps, qkv_weight, positions, cos_sin, k_cache, v_cache, slot_mapping
+        )
+
+    def norm_gate_up_silu(
+        self,
+        x: torch.Tensor,
+        residual: torch.Tensor | None,
+        norm_weight: torch.Tensor,
+        eps: float,
+        gate_up_weight: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if not self._fits(self.fusions.norm_into_gate_up, x):
+            return None
+        return norm_gate_up_silu(x, residual, norm_weight, eps, gate_up_weight)
+
+    def norm_lm_head(
+        self,
+        x: torch.Tensor,
+        residual: torch.Tensor,
+        norm_weight: torch.Tensor,
+        eps: float,
+        head_weight: torch.Tensor,
+        row_indices: torch.Tensor,
+    ) -> torch.Tensor | None:
+        if not self._fits(self.fusions.norm_into_lm_head, row_indices):
+            return None
+        logits, _ = norm_matmul(
+            x, residual, norm_weight, eps, head_weight, row_indices=row_indices, out_dtype=torch.float32
+        )
+        return logits
+
+    def linear(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
+        fusions = self.fusions
+        if not self._fits(fusions.triton_small_matmul, x) or x.shape[0] > fusions.small_matmul_max_rows:
+            return None
+        out, _ = norm_matmul(x, None, None, 0.0, weight)
+        return out
 
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         return rms_norm(x, weight, eps)
