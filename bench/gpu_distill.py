@@ -276,7 +276,7 @@ class Run:
                 content_hash(self.teacher_dir),
                 self.work / "data",
                 answer=answerer.answer,
-                answer_batch=4096,
+                answer_batch=16384,
                 answer_tag=f"-engine-{engine_config.dtype}",
             )
             return answerer, bundle
@@ -480,6 +480,7 @@ class Run:
             depth_tokens = min(depth_tokens, self.whole_steps(b.depth_tokens))
         width_tokens = self.whole_steps(self.rate * width_s * 0.9) if width_s else 0
         self.sweep_tokens, self.sweep_cap_each = sweep_tokens, cap_each
+        self.sweep_end = time.monotonic() + sweep_s
         cpu_fit = power_law_fit([t for t, _ in CPU_POINTS], [r - 1 for _, r in CPU_POINTS])
         at = {}
         if cpu_fit:
@@ -543,7 +544,14 @@ class Run:
         teacher_calibration = quality(self.teacher, self.teacher, self.selection, with_exact_match=False)
         self.meta["teacher_calibration"] = teacher_calibration
         scored = {}
+        # A variant starts only if its predicted time (training at the probe's rate, then scoring)
+        # ends inside the sweep's share; the ones left out are named on the page.
+        predicted = self.sweep_tokens / self.rate + 0.3 * self.eval_cost
         for variant in self.budget.variants:
+            if time.monotonic() + predicted > self.sweep_end + 0.25 * predicted:
+                self.meta.setdefault("sweep_skipped", []).append(variant)
+                self.log(f"sweep {variant}: skipped (the sweep's time is spent)")
+                continue
             with self.page.phase(f"sweep_{variant}"):
                 text = self.recipe(
                     f"sweep-{variant.replace('+', '-')}", prune_yaml, variant, self.sweep_tokens
@@ -557,7 +565,9 @@ class Run:
                     self.s.seq_len,
                     self.device,
                     self.work / "sweep",
-                    stop_at=time.monotonic() + 1.5 * self.sweep_cap_each,
+                    stop_at=min(
+                        time.monotonic() + 1.5 * self.sweep_cap_each, self.sweep_end + self.sweep_cap_each
+                    ),
                 )
                 scores = quality(result.student, self.teacher, self.selection, with_exact_match=False)
                 self.page.rows.append(
@@ -589,6 +599,10 @@ class Run:
     # -- 9. the long runs ---------------------------------------------------------------------
     def long_run(self, kind: str) -> None:
         student, prune_yaml, info = self.students[kind]
+        if kind == "width" and self.deadline.left() < self.student_reserve() + 4 * self.per_step / self.rate:
+            self.meta["width_skipped"] = "no time left for four training steps and the evaluations"
+            self.log("width: skipped (no time left)")
+            return
         kinds_after = [
             k for k in ("width",) if k in self.students and kind == "depth" and self.budget.width_share > 0
         ]
