@@ -178,9 +178,8 @@ class Run:
             },
         )
         self.meta = self.page.meta
-        self.students: dict[
-            str, tuple[torch.nn.Module, str, dict]
-        ] = {}  # kind -> (model, prune yaml, report)
+        # kind ("depth", "width") -> (student, its prune recipe line, what pruning kept)
+        self.students: dict[str, tuple[torch.nn.Module, str, dict]] = {}
         self.decode: dict[str, dict[str, float]] = {}
         self.sizes: dict[str, int] = {}
         self.prompts_answered = 0

@@ -17,6 +17,9 @@
 # neither it nor the GGUF parts are there, the run goes on with random weights and its page says so.
 # Results in $OUT: distill_results_gpu.{json,md} (rewritten after every phase) and gpu_distill.log.
 set -uo pipefail
+# A carried path is found here or one level up (the lead may run from a snapshot directory, e.g.
+# .snap/, inside the carried working tree).
+carried() { for d in . ..; do [ -e "$d/$1" ] && { echo "$d/$1"; return; }; done; echo "$1"; }
 carry=bench/scratch/gpu_distill
 if [ "${1:-}" = "--prepare" ]; then
   mkdir -p "$carry/whl" "$carry/tokenizer"
@@ -33,9 +36,11 @@ fi
 OUT=${OUT:-bench/results}
 mkdir -p "$OUT"
 real=/tmp/smollm2-real
+carry=$(carried "$carry")
+model_parts=$(carried .gpu_model)
 case "${1:-}" in
   1)
-    mkdir -p /tmp/gpu_model && cp -r .gpu_model/. /tmp/gpu_model/ && ls -l /tmp/gpu_model
+    mkdir -p /tmp/gpu_model && cp -r "$model_parts"/. /tmp/gpu_model/ && ls -l /tmp/gpu_model
     exit 0
     ;;
   2) ;;
@@ -47,19 +52,19 @@ export PYTHONPATH="/tmp/site:$PWD/common/src:$PWD/services/worker/src:$PWD/servi
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 teacher=()
-if [ -f "$real/model.safetensors" ]; then
-  teacher=(--teacher-dir "$real")
-elif [ -f .gpu_model/part_01 ] && [ -f /tmp/gpu_model/part_00 ]; then
-  cp .gpu_model/part_01 /tmp/gpu_model/ && bash /tmp/gpu_model/gpu_model_parts.sh --join /tmp/gpu_model \
+if [ ! -f "$real/model.safetensors" ] && [ -f "$model_parts/part_01" ] && [ -f /tmp/gpu_model/part_00 ]; then
+  cp "$model_parts/part_01" /tmp/gpu_model/ && bash /tmp/gpu_model/gpu_model_parts.sh --join /tmp/gpu_model \
     && python3 -c "from pathlib import Path; from radixfair_worker.model_store import convert_gguf; \
-convert_gguf(Path('/tmp/gpu_model/SmolLM2-135M-Instruct.Q4_1.gguf'), Path('$real'))" 2>&1 | grep -v '%|' \
-    && teacher=(--teacher-dir "$real")
+convert_gguf(Path('/tmp/gpu_model/SmolLM2-135M-Instruct.Q4_1.gguf'), Path('$real'))" > "$OUT/convert.log" 2>&1
+  tail -c 600 "$OUT/convert.log"
 fi
+[ -f "$real/model.safetensors" ] && [ -f "$real/tokenizer.json" ] && teacher=(--teacher-dir "$real")
 [ ${#teacher[@]} -gt 0 ] || echo "NO REAL TEACHER: the run uses random weights (its page says so)" >&2
 # The script keeps to its own budget (every phase capped, the page written after each); the timeout
 # is a backstop that still leaves the page of the last finished phase. ~20 s go to imports.
 left=$(( 555 - SECONDS ))
 budget=${BUDGET_S:-$(( left - 45 ))}
-timeout -s TERM "$left" python3 bench/gpu_distill.py "${teacher[@]}" --time-budget-s "$budget" --out "$OUT" \
+timeout -s TERM "$left" python3 bench/gpu_distill.py ${teacher[@]+"${teacher[@]}"} --time-budget-s "$budget" \
+  --tokenizer-dir "$carry/tokenizer" --out "$OUT" \
   2>&1 | grep --line-buffered -v 'Loading weights' | tee "$OUT/gpu_distill.log"
 ls -l "$OUT"
