@@ -153,13 +153,23 @@ def test_d2lpm_keeps_a_long_shared_prefix_sticky_against_an_idle_worker():
     assert (decision.worker_id, decision.reason, decision.charged) == ("w1", "longest_match", 30)
 
 
+def test_d2lpm_sends_a_cold_prompt_to_the_smaller_cache_before_the_lighter_load():
+    """A flooder's many requests on one cached document make its worker the busiest by count but
+    leave its cache small; under the local DLPM a newcomer there competes with one client, not with
+    its requests. Cold prompts go to the smaller cache (as the SGLang router's miss rule), so light
+    clients do not all pile onto the one worker the flood has not reached (issue 13's traces)."""
+    states = [w("flooded", 7, cache=600), w("idle", 0, cache=9000), w("quiet", 1, cache=4000)]
+    [decision] = route_all("d2lpm", [req(prompt=100)], [states], balance_abs_threshold=8)
+    assert (decision.worker_id, decision.reason) == ("flooded", "no_useful_match")
+
+
 @given(
     prompt=st.integers(1, 400),
     specs=st.lists(st.tuples(st.integers(0, 6), st.integers(0, 400)), min_size=2, max_size=5),
 )
 def test_d2lpm_never_prefers_a_busier_worker_for_a_match_below_the_cache_threshold(prompt, specs):
-    """With fresh credit everywhere and loads under the balance threshold, the choice is the
-    longest useful match if there is one, else a least-loaded worker."""
+    """With fresh credit everywhere, loads under the balance threshold and equal caches, the choice
+    is the longest useful match if there is one, else a least-loaded worker."""
     states = [w(f"w{i}", load=load, match=min(match, prompt)) for i, (load, match) in enumerate(specs)]
     [decision] = route_all("d2lpm", [req(prompt=prompt)], [states], cache_threshold=0.3)
     chosen = next(s for s in states if s.worker_id == decision.worker_id)

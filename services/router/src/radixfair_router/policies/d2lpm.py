@@ -6,8 +6,8 @@ the router knows a load and an estimated prefix match for this prompt.
 1. Candidates are the healthy workers, ordered by longest prefix match
    (ties: lower load, then id). A match shorter than ``cache_threshold`` of
    the prompt counts as no match for the order: such workers rank with the
-   cold ones, by load, then the smaller cache (tokens the router has sent
-   there), then id. A worker is *eligible* when its load is under
+   cold ones, by the smaller cache (tokens the router has sent there), then
+   load, then id. A worker is *eligible* when its load is under
    the balance threshold: not (load - min_load > balance_abs_threshold and
    load > balance_rel_threshold * min_load).
 2. Refill: if no candidate has ``q[i][w] > 0``, every candidate with
@@ -92,11 +92,16 @@ class D2lpmPolicy:
             (w for w in workers if w.prefix_match >= useful),
             key=lambda w: (-w.prefix_match, w.load, w.worker_id),
         )
-        # Cold workers by load, then the smaller cache (the SGLang router sends a cache miss to the
-        # worker with the smallest tree): unrelated clients arriving one after another on idle workers
-        # then spread instead of all taking the lowest id, and each keeps its prefix where it landed.
+        # Cold workers by the smaller cache, then load, then id: the SGLang router's rule for a cache
+        # miss. Not load first: load counts requests, and a flooder's many requests on its cached
+        # document cost little and say nothing about how long a newcomer waits there, since the local
+        # DLPM serves clients, not requests, fairly. Ranked by load, every cold request of the light
+        # clients went to the one worker the flood had not yet filled, which then held their long
+        # uncached prompts while the flood had the rest (the traces of issue 13, dev seeds 1-5).
+        # The cache size counts the distinct prefixes a worker holds: new ones spread over the
+        # workers, and each client keeps its prefix where it landed.
         rest = sorted(
-            (w for w in workers if w.prefix_match < useful), key=lambda w: (w.load, w.cache_size, w.worker_id)
+            (w for w in workers if w.prefix_match < useful), key=lambda w: (w.cache_size, w.load, w.worker_id)
         )
         cold_cost = input_cost(prompt, 0, costs)
         return [
