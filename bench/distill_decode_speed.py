@@ -7,12 +7,20 @@ requests of random ``prompt_len``-token prompts are prefilled, then the decode s
 ``new_tokens`` tokens each are timed (greedy, end-of-sequence ignored, so every request decodes the
 same number of tokens). Decode speed depends on the model's shape and format, not on its weights,
 so a student is timed as soon as it is pruned, before it is trained.
+
+``int8_kernel=True`` times an int8 checkpoint with its decode-sized projections (<= 256 rows) run
+by the worker's Triton int8 kernel (kernels/int8_matmul.py: weight loaded as int8, dequantized in
+registers) instead of QuantizedLinear's dequantize-then-matmul. The worker does not wire that kernel
+in yet; the patch lives only inside this call (the class is restored on the way out), so the
+figure says what wiring it would give.
 """
 
 from __future__ import annotations
 
 import gc
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +28,7 @@ import torch
 
 from radixfair_worker.config import EngineConfig, SchedulerConfig
 from radixfair_worker.engine_builder import build_engine
+from radixfair_worker.model.quantized_linear import QuantizedLinear
 from radixfair_worker.request import Request, SamplingConfig
 
 
@@ -50,14 +59,16 @@ class DecodeSpeedConfig:
         )
 
 
-def decode_speed(model_dir: Path, config: DecodeSpeedConfig) -> dict[str, float]:
+def decode_speed(model_dir: Path, config: DecodeSpeedConfig, int8_kernel: bool = False) -> dict[str, float]:
     """``{"b1_tok_s": ..., "b1_ms_step": ..., "b128_tok_s": ...}`` for each batch size of ``config``."""
-    stack = build_engine(config.engine_config(), model_dir)
     out: dict[str, float] = {}
+    stack = None
     try:
-        for batch in config.batches:
-            tok_s, ms = _timed_decode(stack.engine, batch, config, stack.model_config.vocab_size)
-            out[f"b{batch}_tok_s"], out[f"b{batch}_ms_step"] = tok_s, ms
+        with triton_int8_projections() if int8_kernel else nullcontext():
+            stack = build_engine(config.engine_config(), model_dir)
+            for batch in config.batches:
+                tok_s, ms = _timed_decode(stack.engine, batch, config, stack.model_config.vocab_size)
+                out[f"b{batch}_tok_s"], out[f"b{batch}_ms_step"] = tok_s, ms
     finally:
         del stack
         gc.collect()
@@ -99,3 +110,26 @@ def _timed_decode(engine, batch: int, config: DecodeSpeedConfig, vocab: int) -> 
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
+
+
+@contextmanager
+def triton_int8_projections(max_rows: int = 256) -> Iterator[None]:
+    """Inside: int8 QuantizedLinear layers on a GPU multiply with kernels/int8_matmul.py up to ``max_rows``.
+
+    Larger inputs (prefill chunks) keep the worker's own path. The CUDA graphs captured inside keep
+    the kernel after the block ends, which is what the timing wants.
+    """
+    from radixfair_worker.kernels.int8_matmul import int8_weight_matmul
+
+    original = QuantizedLinear.forward
+
+    def forward(self: QuantizedLinear, x: torch.Tensor) -> torch.Tensor:
+        if self.scheme != "int8" or not x.is_cuda or x.dim() != 2 or x.shape[0] > max_rows:
+            return original(self, x)
+        return int8_weight_matmul(x.contiguous(), self.weight, self.weight_scale)
+
+    QuantizedLinear.forward = forward  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        QuantizedLinear.forward = original  # type: ignore[method-assign]

@@ -38,7 +38,9 @@ NOTES = """
 Rows: `split` says which held-out data scored the row (sweep rows: calibration, so choosing the loss
 never sees the evaluation split). `tokens` is token positions trained (batch x seq_len a step,
 padding included), `train_s` the GPU seconds of training. Each row's recipe (in the JSON) reproduces
-it with `radixfair distill`, bar a wall-time cut (`steps` done/planned shows one). int8 / fp8 rows:
+it with `radixfair distill`, bar a wall-time cut (`steps` done/planned shows one) and the data cap
+(the teacher answered the first `data.prompts_answered` prompts of the recipe's set, in the order
+they were offered; a recipe run answers them all). int8 / fp8 rows:
 the same weights round-tripped through the worker's per-channel format (what QuantizedLinear
 computes with). `size_mb`: the checkpoint as the distiller writes it (fp32 for full precision; int8 /
 fp8 values plus fp32 scales). Decode columns: the worker's engine (build_engine: Triton, bf16, CUDA
@@ -125,6 +127,8 @@ def sections(meta: dict, rows: list[dict]) -> str:
             ", ".join(f"{k}: {v}" for k, v in meta["phases"].items())
             + f" (budget: {budget.get('total_s')} s in all; caps: {budget})",
         ]
+    if meta.get("decode"):
+        out += _decode(meta)
     if "throughput" in meta and "plan" in meta:
         out += _plan(meta)
     for kind, curve in meta.get("learning_curves", {}).items():
@@ -175,6 +179,30 @@ def sections(meta: dict, rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def _decode(meta: dict) -> list[str]:
+    config = meta.get("decode_config", {})
+    batches = config.get("batches", [])
+    out = [
+        "",
+        "## Decode speed through the worker's engine",
+        "",
+        f"{config.get('prompt_len')}-token prompts, {config.get('new_tokens')} new tokens a request, decode "
+        "steps only. `(triton kernel)`: the int8 checkpoint with its projections run by "
+        "kernels/int8_matmul.py, patched in for this measurement only (the worker does not wire it yet).",
+        "",
+        "| model | " + " | ".join(f"batch {b} tok/s | ms/step" for b in batches) + " |",
+        "|---|" + "---|---|" * len(batches),
+    ]
+    for name, figures in meta["decode"].items():
+        cells = [
+            f"{figures.get(f'b{b}_tok_s', 0):,.0f} | {figures.get(f'b{b}_ms_step', 0):.2f}" for b in batches
+        ]
+        out.append(f"| {name} | " + " | ".join(cells) + " |")
+    if meta.get("decode_skipped"):
+        out += ["", f"Not timed (the decode phase's cap): {', '.join(meta['decode_skipped'])}."]
+    return out
+
+
 def _plan(meta: dict) -> list[str]:
     plan, rate = meta["plan"], meta["throughput"]["kd_tokens_per_s"]
     pred = plan["predicted_from_cpu_points"]
@@ -204,10 +232,19 @@ def _hours(e: dict) -> str:
     return f"~{max(needed) / e['kd_tokens_per_s'] / 3600:.2f} h"
 
 
-def targets(rows: list[dict], baseline: float) -> list[dict]:
-    """Each target of issue 15 the rows can answer, measured and met or not."""
+def targets(rows: list[dict], baseline: float, decode: dict | None = None) -> list[dict]:
+    """Each target of issue 15 the rows (and the decode figures) can answer, measured and met or not."""
     by = {r["row"]: r for r in rows}
     checks = []
+    for name, figures in (decode or {}).items():
+        base = name.removesuffix(" int8 (triton kernel)")
+        if base == name or base not in (decode or {}):
+            continue
+        for batch, rule in ((1, "faster than bf16"), (128, "no slower than bf16")):
+            new, old = figures.get(f"b{batch}_tok_s"), decode[base].get(f"b{batch}_tok_s")
+            if new and old:
+                ok = new > old if batch == 1 else new >= 0.97 * old
+                checks.append((f"{name}: {rule} at batch {batch}", f"{new / old:.2f}x", ok))
     for kind in ("depth", "width"):
         final = by.get(f"{kind} student")
         if final is None:

@@ -417,13 +417,20 @@ class Run:
         dirs = {"teacher": self.teacher_dir}
         for kind, (student, _, _) in self.students.items():
             dirs[f"{kind} student"] = save_llama(student, models / kind, self.teacher_dir)
-        order = ["teacher", "depth student", "teacher int8", "depth student int8", "teacher fp8"]
-        order += ["depth student fp8", "width student", "width student int8", "width student fp8"]
+        # Most telling first: the cap may leave the last ones out. "(triton kernel)": GPU only.
+        kernel = [" int8 (triton kernel)"] if self.device.type == "cuda" else []
+        order = [
+            f"{base}{suffix}" for base in ("teacher", "depth student") for suffix in ["", " int8", *kernel]
+        ]
+        order += ["teacher fp8", "depth student fp8"]
+        order += [f"width student{suffix}" for suffix in ("", " int8", *kernel, " fp8")]
         stop_at = time.monotonic() + self.budget.decode_s
         longest = 0.0
         for name in order:
-            scheme = "int8" if name.endswith("int8") else "fp8" if name.endswith("fp8") else ""
-            base = name.removesuffix(" int8").removesuffix(" fp8")
+            kernel = name.endswith(" (triton kernel)")
+            plain = name.removesuffix(" (triton kernel)")
+            scheme = "int8" if plain.endswith("int8") else "fp8" if plain.endswith("fp8") else ""
+            base = plain.removesuffix(" int8").removesuffix(" fp8")
             if base not in dirs:
                 continue
             if time.monotonic() + longest > stop_at:
@@ -433,9 +440,11 @@ class Run:
             try:
                 path = dirs[base]
                 if scheme:
-                    path = quantize_model_dir(dirs[base], models / name.replace(" ", "-"), scheme)
+                    path = models / plain.replace(" ", "-")
+                    if not is_model_dir(path):
+                        path = quantize_model_dir(dirs[base], path, scheme)
                 self.sizes[name] = weights_bytes(path)
-                self.decode[name] = decode_speed(path, config)
+                self.decode[name] = decode_speed(path, config, int8_kernel=kernel)
                 self.log(f"decode {name}: {self.decode[name]}")
             except Exception as error:  # noqa: BLE001 (one model failing must not cost the others)
                 self.meta.setdefault("errors", {})[f"decode {name}"] = repr(error)[-2000:]
@@ -520,7 +529,7 @@ class Run:
             variant,
             tokens,
             self.precision,
-            self.prompts_answered,
+            self.s.prompts,
         )
         return parse_recipe(text).distill
 
@@ -534,7 +543,7 @@ class Run:
             variant,
             tokens,
             self.precision,
-            self.prompts_answered,
+            self.s.prompts,
         )
 
     # -- 8. sweep -----------------------------------------------------------------------------
@@ -730,7 +739,7 @@ def main() -> None:
                 run.long_run(kind)
     with page.phase("targets"):
         run.merge_decode()
-        run.meta["targets"] = targets(page.rows, run.baseline)
+        run.meta["targets"] = targets(page.rows, run.baseline, run.decode)
         run.meta["phases"]["total_s"] = round(run.deadline.elapsed(), 2)
     run.log(f"done; targets {run.meta.get('targets')}")
 
@@ -745,7 +754,7 @@ def budget_from(args: argparse.Namespace) -> Budget:
         total_s=total,
         data_s=args.data_s if args.data_s is not None else (0.12 if args.smoke else 0.17) * total,
         data_tokens=args.data_tokens if args.data_tokens is not None else (300 if args.smoke else 8_000_000),
-        decode_s=args.decode_s if args.decode_s is not None else (0.1 if args.smoke else 0.11) * total,
+        decode_s=args.decode_s if args.decode_s is not None else (0.1 if args.smoke else 0.13) * total,
         sweep_share=args.sweep_share,
         sweep_tokens=args.sweep_tokens,
         depth_tokens=args.depth_tokens,
@@ -781,7 +790,7 @@ def parse_args() -> argparse.Namespace:
         "--data-tokens", type=int, default=None, help="teacher answer tokens at most (default 8M)"
     )
     parser.add_argument(
-        "--decode-s", type=float, default=None, help="cap of the decode-speed phase (default 11%%)"
+        "--decode-s", type=float, default=None, help="cap of the decode-speed phase (default 13%%)"
     )
     parser.add_argument(
         "--sweep-share", type=float, default=0.3, help="share of the training time for the sweep"
