@@ -6,9 +6,12 @@ sends one malformed or hostile request a second (bench/chaos/hostile.py); faults
 schedule in bench/chaos/faults.py (kill -9 + restart a worker, SIGSTOP/SIGCONT a worker, restart
 Redis, kill -9 + restart a router). When the run ends, the load drains and the soak checks:
 
-- hung streams: no message for longer than the bound derived from the router's limits
-  (forward.stream_idle_timeout_s + the health checks' window to take a worker out of rotation
-  + 5 s slack) -- must be 0;
+- hung streams: no message for longer than the bound derived from the router's settings (the
+  health checks' window to take a frozen worker out of rotation, unhealthy_after_failures x
+  (check interval + check timeout), + the silence after which a stream of a worker out of
+  rotation is ended, RouterConfig.unhealthy_stream_silence_s, + 10 s slack for a loaded
+  machine), far below the router's idle limit (forward.stream_idle_timeout_s, 120 s), so a
+  frozen worker's stream that only the idle limit would end counts as hung -- must be 0;
 - per client, output tokens received in stream deltas == the ledger's ``completion_tokens``
   in Redis (the routers book exactly the tokens they relayed: no refund ever reduces that
   field; a refund only returns an admission charge of *service* for a request that produced no
@@ -47,9 +50,17 @@ from bench.serving_bench import parse_sets, prepare_model  # noqa: E402
 from radixfair.auth import ApiKeyConfig  # noqa: E402
 
 HOSTILE_ID = "hostile"
-# Health checks every 0.5 s, out of rotation after 2 failures, each waiting up to 1 s (router defaults).
-HEALTH_WINDOW_S = 2 * (0.5 + 1.0)
-HANG_SLACK_S = 5.0
+HANG_SLACK_S = 10.0
+
+
+def hang_bound(cfg: StackConfig) -> float:
+    """Seconds of silence after which a stream counts as hung (see the module docstring)."""
+    router = cfg.router_config()
+    registry = router.registry
+    health_window_s = registry.unhealthy_after_failures * (
+        registry.health_check_interval_s + registry.health_check_timeout_s
+    )
+    return health_window_s + router.unhealthy_stream_silence_s + HANG_SLACK_S
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -79,7 +90,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 async def soak(args: argparse.Namespace, stack: ChaosStack) -> dict[str, object]:
     cfg = stack.config
-    hang_bound_s = cfg.stream_idle_timeout_s + HEALTH_WINDOW_S + HANG_SLACK_S
+    hang_bound_s = hang_bound(cfg)
     routers = [r.address for r in stack.routers]
     tally, hostile_tally = LoadTally(), LoadTally()
     monitor = StatusMonitor(routers, cfg.operator_key.key)
@@ -182,6 +193,7 @@ def summarize(
         "tenants": len(stack.config.tenant_keys) - 1,
         "streams_per_tenant": args.streams_per_tenant,
         "hang_bound_s": hang_bound_s,
+        "router_limits": router_limits(stack.config),
         "drain_s": drained_s,
         "load": tally.as_dict(),
         "hostile": {**hostile_tally.as_dict(), "kinds": dict(sorted(hostile.kinds.items()))},
@@ -191,6 +203,19 @@ def summarize(
         "checks": checks,
         "passed": all(checks.values()),
         "log_evidence": {k: v for k, v in evidence.items() if v},
+    }
+
+
+def router_limits(cfg: StackConfig) -> dict[str, float]:
+    """The routers' health-check and stream limits in this run (their defaults unless --router-set)."""
+    router = cfg.router_config()
+    registry = router.registry
+    return {
+        "health_check_interval_s": registry.health_check_interval_s,
+        "health_check_timeout_s": registry.health_check_timeout_s,
+        "unhealthy_after_failures": registry.unhealthy_after_failures,
+        "unhealthy_stream_silence_s": router.unhealthy_stream_silence_s,
+        "stream_idle_timeout_s": router.forward.stream_idle_timeout_s,
     }
 
 

@@ -9,7 +9,8 @@ from bench.report import environment, markdown_table
 
 NOTES = """\
 How to read it. *Hung* is a stream with no message for longer than `hang_bound_s`
-(forward.stream_idle_timeout_s + the health checks' window + 5 s slack); such a stream is cancelled
+(the health checks' window to take a frozen worker out + the router's silence bound for a stream of
+a worker out of rotation + 10 s slack, far below the router's 120 s idle limit); such a stream is cancelled
 by the client and counted. *Ledger* compares, per client, the output tokens the client received in
 stream deltas with the `completion_tokens` field of the client's hash in Redis: the routers add
 each message's tokens before relaying it (one pipelined write for every stream's pending tokens,
@@ -49,6 +50,8 @@ def write_report(out_dir: Path, tag: str, command: str, result: dict[str, object
         f" through 2 routers, 3 workers, 1 Redis; hang bound {result['hang_bound_s']} s; started in"
         f" {result['startup_s']} s; drained in"
         f" {result['drain_s']} s. **All invariants hold: {result['passed']}**",
+        "",
+        f"Router limits: {result['router_limits']}",
         "",
         markdown_table(checks, ["invariant", "holds"]),
         "",

@@ -20,7 +20,9 @@ import yaml
 
 from bench.serving_bench import _is_serving
 from radixfair.auth import ApiKeyConfig
+from radixfair.config_loading import build
 from radixfair.redis_launcher import RedisLaunchConfig, RedisServer, free_loopback_port
+from radixfair_router.config import RouterConfig
 
 STARTUP_TIMEOUT_S = 300.0
 
@@ -83,12 +85,11 @@ class StackConfig:
     routers: int = 2
     tenant_keys: tuple[ApiKeyConfig, ...] = ()
     operator_key: ApiKeyConfig = ApiKeyConfig("chaos-operator-key", "operator", 1.0, operator=True)
-    # Short limits so that a frozen worker's streams end within a soak's fault window.
+    # The router's own defaults for health checks and stream limits (a frozen worker's streams end
+    # when it leaves rotation, by the default silence bound); only the lease is shortened, so a
+    # killed router's replica state lapses within a soak's fault window.
     router_settings: dict[str, object] = field(
-        default_factory=lambda: {
-            "forward": {"stream_idle_timeout_s": 10.0, "unhealthy_stream_silence_s": 4.0},
-            "ledger": {"router_lease_ttl_s": 5.0},
-        }
+        default_factory=lambda: {"ledger": {"router_lease_ttl_s": 5.0}}
     )
     worker_settings: dict[str, object] = field(
         default_factory=lambda: {
@@ -102,9 +103,10 @@ class StackConfig:
         }
     )
 
-    @property
-    def stream_idle_timeout_s(self) -> float:
-        return float(self.router_settings["forward"]["stream_idle_timeout_s"])  # type: ignore[index]
+    def router_config(self) -> RouterConfig:
+        """The routers' settings as the router reads them (ledger aside), for the bounds they imply."""
+        settings = {**self.router_settings, "ledger": {"store": "memory"}}
+        return build(RouterConfig, settings, "chaos router settings")
 
 
 class ChaosStack:
