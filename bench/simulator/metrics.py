@@ -143,6 +143,43 @@ def cluster_gap_over_bound(result: SimResult) -> float:
     return float(ratio.max())
 
 
+def gate_gap_over_bound(result: SimResult) -> float:
+    """The worst tracked pair's service gap, over stretches where both have a request held in the
+    router's admission gate, divided by the late-binding bound (docs/cluster-fairness.md):
+
+        sum over i in {A, B} of (w_in·L_i + w_out·M_i·F_i + F_i·(w_in·L_i + w_out·b)) / w_i
+
+    F_i: the most requests of i in flight at once (dispatched, not finished), b: the router's output
+    booking batch (16 tokens here). The first two terms are VTC's argument on the ledger's counters;
+    the last is how far the service measured here (input at the worker's admission, output per
+    token) can stand from those counters (input booked at dispatch, output in batches), per request
+    in flight. 0 when no gate ran.
+    """
+    rec = result.recorder
+    router = result.router
+    s = result.config.engine.scheduler
+    k = len(rec.tracked)
+    if k < 2 or router is None or router.gate is None:
+        return 0.0
+    longest: dict[str, int] = defaultdict(int)
+    most_out: dict[str, int] = defaultdict(int)
+    for r in result.trace.requests:
+        longest[r.client_id] = max(longest[r.client_id], r.prompt_tokens)
+        most_out[r.client_id] = max(most_out[r.client_id], r.max_tokens)
+    batch = router.charge_batch_tokens
+
+    def part(client: str) -> float:
+        w_in, w_out = s.input_token_weight, s.output_token_weight
+        f = max(1, router.max_client_inflight.get(client, 1))
+        own = w_in * longest[client] + w_out * most_out[client] * f
+        return (own + f * (w_in * longest[client] + w_out * batch)) / rec.weights.get(client, 1.0)
+
+    parts = [part(c) for c in rec.tracked]
+    bounds = np.array([[a + b for b in parts] for a in parts], dtype=float)
+    ratio = np.where(np.eye(k, dtype=bool), 0.0, rec.gate_gaps.worst / bounds)
+    return float(ratio.max())
+
+
 def summarize(result: SimResult) -> dict[str, Any]:
     rec = result.recorder
     finished = rec.finished

@@ -141,6 +141,12 @@ class Recorder:
         self._tracked_service = np.zeros(len(self.tracked))
         self._tracked_backlogged = np.zeros(len(self.tracked), dtype=bool)
         self.gaps = PairGaps(self.tracked)
+        # The same gaps over the stretches where both clients have a request held in the router's
+        # admission gate: the premise of the late-binding bound (docs/cluster-fairness.md).
+        self.gate_gaps = PairGaps(self.tracked)
+        self._gate_count: dict[str, int] = {}
+        self._tracked_in_gate = np.zeros(len(self.tracked), dtype=bool)
+        self._gated = False
         self.end_time = 0.0
 
     # -- policy events -------------------------------------------------------
@@ -197,10 +203,20 @@ class Recorder:
             )
         )
 
+    def gate_changed(self, client: str, delta: int) -> None:
+        """A request of ``client`` entered (+1) or left (-1) the router's admission gate."""
+        self._gated = True
+        count = self._gate_count[client] = self._gate_count.get(client, 0) + delta
+        index = self._tracked_index.get(client)
+        if index is not None:
+            self._tracked_in_gate[index] = count > 0
+
     def sample(self) -> None:
         """After an engine step: update the pairwise gaps of the tracked clients."""
         if len(self.tracked) > 1:
             self.gaps.sample(self._tracked_service, self._tracked_backlogged)
+            if self._gated:
+                self.gate_gaps.sample(self._tracked_service, self._tracked_in_gate)
 
     def close(self, now: float) -> None:
         for client, since in list(self._backlog_since.items()):

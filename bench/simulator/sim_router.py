@@ -13,7 +13,8 @@ never suspend, so they are driven to completion synchronously here.
 Load is the router's count of its requests in flight on each worker
 (queued plus running), the same measure the router keeps per endpoint.
 
-Global VTC holds requests back in the router's ``VtcAdmissionGate`` (at most
+A policy that gates admission (``gates_admission``: global VTC, D2LPM with
+late binding) holds requests back in the router's ``VtcAdmissionGate`` (at most
 ``vtc_slots_per_worker`` per worker in flight, freed slots going to the
 lowest VTC counter). The gate is asyncio code, so the simulator runs it on
 an event loop of its own: a held request is a task waiting in the real gate,
@@ -65,7 +66,7 @@ class SimRouter:
         self.core = DispatchCore(self.policy, self.cache_view, self.ledger, costs, self._dispatched)
         # The router books output every policy.output_charge_interval_s of wall time; in virtual
         # time, every this many tokens of a request stands in for that interval.
-        self._batch = max(1, charge_batch_tokens or 16)
+        self._batch = self.charge_batch_tokens = max(1, charge_batch_tokens or 16)
         self._decisions: dict[str, RoutingDecision] = {}
         self._uncharged: dict[str, int] = {}
         self.reasons: dict[str, int] = {}
@@ -74,8 +75,12 @@ class SimRouter:
         self.gate: VtcAdmissionGate | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._done: dict[str, asyncio.Event] = {}
+        # Requests of each client dispatched and not yet finished, and the most at once (F_i of the
+        # late-binding bound, docs/cluster-fairness.md).
+        self.client_inflight: dict[str, int] = {}
+        self.max_client_inflight: dict[str, int] = {}
         slots = policy.vtc_slots_per_worker
-        if policy.name == "global_vtc" and slots > 0:
+        if self.policy.gates_admission and slots > 0:
             self._loop = asyncio.new_event_loop()
             self.gate = VtcAdmissionGate(self.ledger, lambda: slots * len(self.worker_ids))
 
@@ -129,6 +134,9 @@ class SimRouter:
         self.max_inflight = max(self.max_inflight, sum(self.inflight.values()))
         self._decisions[request_id] = decision
         self._uncharged[request_id] = 0
+        inflight = self.client_inflight[client_id] = self.client_inflight.get(client_id, 0) + 1
+        if inflight > self.max_client_inflight.get(client_id, 0):
+            self.max_client_inflight[client_id] = inflight
         self.reasons[decision.reason] = self.reasons.get(decision.reason, 0) + 1
         return decision.worker_id
 
@@ -151,6 +159,7 @@ class SimRouter:
         )
         run_sync(self.core.book(charge))
         self.inflight[decision.worker_id] -= 1
+        self.client_inflight[client_id] -= 1
 
     def rejected(self, request_id: str, client_id: str, weight: float, prompt: int) -> None:
         """The worker refused the request before any output: nobody served it, so it costs nothing
@@ -159,3 +168,4 @@ class SimRouter:
         self._uncharged.pop(request_id)
         run_sync(self.core.book(self.core.settlement(decision, client_id, weight, prompt, served=False)))
         self.inflight[decision.worker_id] -= 1
+        self.client_inflight[client_id] -= 1

@@ -173,9 +173,14 @@ class Simulation:
             # request counted twice is counted once). Without this, under global VTC almost no
             # client is ever seen backlogged and its Jain index and service gap say nothing.
             self.recorder.became_waiting(request, now)
-            self.router.hold(spec.request_id, spec.client_id, lambda: self._dispatch(spec, request))
+            self.recorder.gate_changed(spec.client_id, +1)
+            self.router.hold(spec.request_id, spec.client_id, lambda: self._leave_gate(spec, request))
         else:
             self._dispatch(spec, request)
+
+    def _leave_gate(self, spec: TraceRequest, request: Request) -> None:
+        self.recorder.gate_changed(spec.client_id, -1)
+        self._dispatch(spec, request)
 
     def _dispatch(self, spec: TraceRequest, request: Request) -> None:
         assert self.router is not None

@@ -11,7 +11,7 @@ from radixfair.metrics import MetricsConfig
 from radixfair.tls import TlsConfig
 from radixfair.tracing import TracingConfig
 
-POLICIES = ("round_robin", "least_load", "cache_aware", "global_vtc", "d2lpm")
+POLICIES = ("round_robin", "least_load", "cache_aware", "global_vtc", "d2lpm", "d2lpm_gated")
 
 
 @dataclass(frozen=True)
@@ -38,9 +38,9 @@ class PolicyConfig:
     balance_rel_threshold: float = 1.5
     # cache_aware: below this fraction of the prompt matched, pick the worker
     # with the smallest approximate cache instead of the longest match.
-    # d2lpm: a match below it ranks a worker with the cold ones, by load.
+    # d2lpm: a match below it ranks a worker with the cold ones (smaller cache, then load).
     cache_threshold: float = 0.3
-    # global_vtc: requests in flight per healthy worker from this router;
+    # global_vtc, d2lpm_gated: requests in flight per healthy worker from this router;
     # beyond that they wait and are released in VTC order. 0 disables the gate.
     vtc_slots_per_worker: int = 4
     # Output tokens of running streams are booked to the ledger together, every

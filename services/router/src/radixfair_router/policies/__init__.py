@@ -7,6 +7,7 @@ from radixfair_router.ledger import Ledger
 from radixfair_router.policies.base import RoutingDecision, RoutingPolicy, RoutingRequest, WorkerState
 from radixfair_router.policies.cache_aware import CacheAwarePolicy
 from radixfair_router.policies.d2lpm import D2lpmPolicy
+from radixfair_router.policies.d2lpm_gated import D2lpmGatedPolicy
 from radixfair_router.policies.global_vtc import GlobalVtcPolicy
 from radixfair_router.policies.least_load import LeastLoadPolicy
 from radixfair_router.policies.round_robin import RoundRobinPolicy
@@ -23,6 +24,8 @@ def build_policy(config: PolicyConfig, costs: CostConfig, ledger: Ledger) -> Rou
         return GlobalVtcPolicy(ledger, costs)
     if config.name == "d2lpm":
         return D2lpmPolicy(ledger, costs, config)
+    if config.name == "d2lpm_gated":
+        return D2lpmGatedPolicy(ledger, costs, config)
     raise ValueError(f"unknown routing policy {config.name!r}")
 
 

@@ -58,6 +58,10 @@ class RoutingDecision:
 
 class RoutingPolicy(Protocol):
     name: str
+    # The router holds requests in its admission gate (admission_gate.py) and releases each freed
+    # slot to the lowest VTC counter before the policy places it (global_vtc, d2lpm_gated). The
+    # router and the simulator both create the gate from this flag.
+    gates_admission: bool
 
     async def route(self, request: RoutingRequest, workers: Sequence[WorkerState]) -> RoutingDecision:
         """Picks one of ``workers`` (never empty) and admits the request into the ledger."""

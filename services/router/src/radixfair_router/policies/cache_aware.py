@@ -29,6 +29,7 @@ from radixfair_router.policies.base import (
 
 class CacheAwarePolicy:
     name = "cache_aware"
+    gates_admission = False
 
     def __init__(self, ledger: Ledger, costs: CostConfig, config: PolicyConfig) -> None:
         self._ledger = ledger

@@ -69,6 +69,7 @@ from radixfair_router.policies.base import (
 
 class D2lpmPolicy:
     name = "d2lpm"
+    gates_admission = False
 
     def __init__(self, ledger: Ledger, costs: CostConfig, config: PolicyConfig) -> None:
         self._ledger = ledger

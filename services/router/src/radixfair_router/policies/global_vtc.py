@@ -19,3 +19,4 @@ class GlobalVtcPolicy(LeastLoadPolicy):
     """Least-load placement; the VTC order lives in the ledger's counters and the admission gate."""
 
     name = "global_vtc"
+    gates_admission = True

@@ -17,6 +17,7 @@ from radixfair_router.policies.base import (
 
 class LeastLoadPolicy:
     name = "least_load"
+    gates_admission = False
 
     def __init__(self, ledger: Ledger, costs: CostConfig) -> None:
         self._ledger = ledger

@@ -11,6 +11,7 @@ from radixfair_router.policies.base import RoutingDecision, RoutingRequest, Work
 
 class RoundRobinPolicy:
     name = "round_robin"
+    gates_admission = False
 
     def __init__(self, ledger: Ledger, costs: CostConfig) -> None:
         self._ledger = ledger
