@@ -137,7 +137,7 @@ class RequestRouter:
         metrics.degraded_transitions.set_function(lambda: ledger.degraded_transitions)
         self._gate: VtcAdmissionGate | None = None
         slots = config.policy.vtc_slots_per_worker
-        if policy.name == "global_vtc" and slots > 0:
+        if policy.gates_admission and slots > 0:
             self._gate = VtcAdmissionGate(ledger, lambda: slots * len(registry.healthy()))
             metrics.queue_depth_router.set_function(lambda: self._gate.waiting if self._gate else 0)
 
