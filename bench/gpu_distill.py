@@ -424,14 +424,14 @@ class Run:
         for kind, (student, _, _) in self.students.items():
             dirs[f"{kind} student"] = save_llama(student, models / kind, self.teacher_dir)
         # Most telling first: the cap may leave the last ones out. "(triton kernel)": GPU only.
-        kernel = [" int8 (triton kernel)"] if self.device.type == "cuda" else []
+        patched = [" int8 (triton kernel)"] if self.device.type == "cuda" else []
         order = [
-            f"{base}{suffix}" for base in ("teacher", "depth student") for suffix in ["", " int8", *kernel]
+            f"{base}{suffix}" for base in ("teacher", "depth student") for suffix in ["", " int8", *patched]
         ]
         order += ["teacher fp8", "depth student fp8"]
-        order += [f"width student{suffix}" for suffix in ("", " int8", *kernel, " fp8")]
+        order += [f"width student{suffix}" for suffix in ("", " int8", *patched, " fp8")]
         stop_at = time.monotonic() + self.budget.decode_s
-        longest = 0.0
+        last = 0.0  # seconds the previous model took: the next one is assumed to take as long
         for name in order:
             kernel = name.endswith(" (triton kernel)")
             plain = name.removesuffix(" (triton kernel)")
@@ -439,7 +439,7 @@ class Run:
             base = plain.removesuffix(" int8").removesuffix(" fp8")
             if base not in dirs:
                 continue
-            if time.monotonic() + longest > stop_at:
+            if time.monotonic() + last > stop_at:
                 self.meta.setdefault("decode_skipped", []).append(name)
                 continue
             started = time.monotonic()
@@ -455,7 +455,7 @@ class Run:
             except Exception as error:  # noqa: BLE001 (one model failing must not cost the others)
                 self.meta.setdefault("errors", {})[f"decode {name}"] = repr(error)[-2000:]
                 self.log(f"decode {name} failed: {error!r}")
-            longest = max(longest, time.monotonic() - started)
+            last = time.monotonic() - started
             self.meta["decode"] = self.decode
             self.merge_decode()
             self.page.write()
@@ -474,7 +474,7 @@ class Run:
     # -- 7. plan ------------------------------------------------------------------------------
     def student_reserve(self) -> float:
         """Seconds a student needs after training: final scores, two quantized copies, curve points."""
-        return 2.6 * self.eval_cost + 4 * 0.35 * self.eval_cost + (2.0 if self.args.smoke else 6.0)
+        return (2.6 + 4 * 0.35) * self.eval_cost + (2.0 if self.args.smoke else 6.0)
 
     def plan(self) -> None:
         b = self.budget
@@ -650,7 +650,8 @@ class Run:
             self.s.seq_len,
             self.device,
             self.work / kind,
-            stop_at=time.monotonic() + seconds,
+            # The curve points' evaluations are reserved in student_reserve, not in ``seconds``.
+            stop_at=time.monotonic() + seconds + 4 * 0.35 * self.eval_cost,
             evaluate_at=set(marks),
             evaluate=lambda m: quality(m, self.teacher, self.curve_set, with_exact_match=False),
         )
