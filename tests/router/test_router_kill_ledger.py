@@ -41,7 +41,10 @@ _DOOMED_ROUTER = textwrap.dedent(
     async def main():
         redis_url, tokenizer_dir, worker_address, lease_ttl_s = sys.argv[1:5]
         config = router_config(Path(tokenizer_dir), [SimpleNamespace(address=worker_address)], redis_url,
-                               policy="round_robin", output_charge_interval_s=3600.0)
+                               policy="round_robin", output_charge_interval_s=3600.0,
+                # Each message booked just before it is relayed (no credit ahead), so the ledger
+                # equals what the clients got; the credit's bound is tests/router/test_output_credit.py.
+                output_book_ahead_tokens=0)
         config = replace(
             config,
             ledger=replace(config.ledger, router_lease_ttl_s=float(lease_ttl_s)),

@@ -46,6 +46,11 @@ class PolicyConfig:
     # Output tokens of running streams are booked to the ledger together, every
     # this many seconds (one pipelined round trip), not per message.
     output_charge_interval_s: float = 0.05
+    # With a Redis ledger each stream books this many output tokens ahead of relaying them
+    # (output_credit.py): a message the credit covers is relayed without a ledger round trip, and a
+    # router killed mid-stream has over-booked at most this much (plus one message) per stream.
+    # 0 books every message just before relaying it.
+    output_book_ahead_tokens: int = 16
 
 
 @dataclass(frozen=True)
@@ -185,3 +190,5 @@ class RouterConfig:
             )
         if self.policy.quantum <= 0:
             raise ValueError("policy.quantum must be positive")
+        if self.policy.output_book_ahead_tokens < 0:
+            raise ValueError("policy.output_book_ahead_tokens must be 0 or more")

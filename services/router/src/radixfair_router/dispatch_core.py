@@ -60,16 +60,25 @@ def settlement(
 ) -> Charge:
     """The final charge of one dispatched request.
 
-    ``served=False``: no worker served it (the router retries it elsewhere, or the worker refused it
-    before any output, e.g. a prompt longer than its context): the admission is taken back, and a retry
-    admits again. Otherwise ``completion_tokens`` is the output not yet booked (negative when a
-    write-ahead booking was made for a message never relayed) and ``cached_tokens`` the worker's cache
-    credit, None when no result arrived (the admission's estimate then stands).
+    ``completion_tokens`` is the output not yet booked (negative when output was booked ahead and
+    never relayed). ``served=False``: no worker served it (the router retries it elsewhere, or the
+    worker refused it before any output, e.g. a prompt longer than its context): the admission is taken
+    back with any output booked ahead, and a retry admits again. Otherwise ``cached_tokens`` is the
+    worker's cache credit, None when no result arrived (the admission's estimate then stands).
     """
     worker = decision.worker_id
-    if not served:
-        return Charge(client_id, weight, worker, -decision.charged, finished=True, requests=-1)
     service = costs.output_token_weight * completion_tokens
+    if not served:
+        # completion_tokens: output booked ahead for a stream that relayed none (negative), taken back.
+        return Charge(
+            client_id,
+            weight,
+            worker,
+            service - decision.charged,
+            completion_tokens=completion_tokens,
+            finished=True,
+            requests=-1,
+        )
     cached = 0
     if cached_tokens is not None:
         cached = min(max(cached_tokens, 0), prompt_tokens)

@@ -9,10 +9,11 @@ The flow of one request:
 4. stream deltas back as they come, each message relayed as parsed (the
    worker's and the router's response messages share one wire format, so
    the worker's reply is read as the router's type and passed on unchanged);
-   output tokens are booked by LiveStreams: with a Redis ledger each message
-   is booked before it is relayed (in a batch with every other stream's,
-   one round trip), so a killed router never under-charges; with the
-   in-process ledger in batches on a timer;
+   output tokens are booked by LiveStreams: with a Redis ledger every token
+   is booked before it is relayed (OutputCredit books a few tokens ahead,
+   in a batch with every other stream's, so a message rarely waits), so a
+   killed router never under-charges; with the in-process ledger in
+   batches on a timer;
    on the result, correct the input charge to the tokens the worker
    actually computed (DispatchCore.settlement).
 A worker that fails before its first token is taken out of rotation (if it
@@ -54,6 +55,7 @@ from radixfair_router.dispatch_core import DispatchCore
 from radixfair_router.ledger import Ledger
 from radixfair_router.ledger_state import Charge
 from radixfair_router.live_streams import LiveStreamLimits, LiveStreams, StreamBook
+from radixfair_router.output_credit import OutputCredit
 from radixfair_router.policies import RoutingDecision, RoutingPolicy
 from radixfair_router.request_validation import ValidatedRequest
 from radixfair_router.router_metrics import RouterMetrics
@@ -297,6 +299,7 @@ class RequestRouter:
             ) from error
         book.call = call
         self._live.open(book)
+        credit = self._output_credit(book, request)
         if self._registry.get(endpoint.worker_id) is not endpoint:
             # It left the pool after the decision, before this stream was open to hear of it: its
             # channel is closing and will cancel the call.
@@ -305,7 +308,7 @@ class RequestRouter:
         self._metrics.inflight.labels(endpoint.worker_id).set(endpoint.inflight)
         outcome = "incomplete"
         try:
-            async for message in self._relay(call, book, arrival):
+            async for message in self._relay(call, book, arrival, credit):
                 yield message
             outcome = "ok"
         except _RetryableError as failure:
@@ -327,14 +330,23 @@ class RequestRouter:
             # Settled in its own task: a cancelled caller must not cancel the booking.
             self._settle_later(decision, request, principal, book, outcome)
 
+    def _output_credit(self, book: StreamBook, request: ValidatedRequest) -> OutputCredit | None:
+        """With a ledger that outlives the router, the stream's booked-ahead output (None: the
+        in-process ledger books on a timer). Its first booking starts now, during the worker's prefill."""
+        if not self._live.write_ahead:
+            return None
+        sampling = request.sampling
+        limit = sampling.max_tokens if sampling.HasField("max_tokens") else None
+        credit = OutputCredit(self._live, book, self._config.policy.output_book_ahead_tokens, limit)
+        credit.start()
+        return credit
+
     async def _relay(
-        self, call: grpc.aio.UnaryStreamCall, book: StreamBook, arrival: float
+        self, call: grpc.aio.UnaryStreamCall, book: StreamBook, arrival: float, credit: OutputCredit | None
     ) -> AsyncIterator[router_pb2.RouterServiceGenerateResponse]:
         """The per-message path: a read, a few counters, and the message passed on as it came."""
         client = self._metrics.client_labels.label(book.client_id)
         ttft, inter_token = self._metrics.ttft.labels(client), self._metrics.inter_token.labels(client)
-        live = self._live
-        write_ahead = live.write_ahead
         while True:
             try:
                 message = await call.read()
@@ -365,12 +377,13 @@ class RequestRouter:
                     else:
                         inter_token.observe(now - book.last_token_at)  # type: ignore[operator]
                     book.last_token_at = now
-                    book.uncharged_tokens += count
-                    if write_ahead:  # booked before the client can see it (a router kill loses none)
-                        book.unrelayed_tokens = count
-                        await live.booked()
-                        book.unrelayed_tokens = 0
-                    book.tokens_sent += count
+                    if credit is None:
+                        book.uncharged_tokens += count
+                        book.tokens_sent += count
+                    else:  # booked before the client can see it (a router kill loses none)
+                        if not credit.covers(count):
+                            await credit.wait_for(count)
+                        credit.relayed(count)
                 yield message
             elif kind == "result":
                 # The caller's usage is what this router forwarded and relayed, as the ledger books it;
@@ -433,7 +446,7 @@ class RequestRouter:
         client = principal.client_id
         served = not (outcome == "retry" or _rejected_before_output(outcome, book))
         prompt = len(request.token_ids)
-        # Negative when a write-ahead booking was made for a message the stream never relayed.
+        # Negative when output was booked ahead (OutputCredit) and never relayed.
         completion = book.uncharged_tokens - book.unrelayed_tokens
         charge = self.core.settlement(
             decision,

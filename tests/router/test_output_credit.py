@@ -1,0 +1,131 @@
+"""Output booked ahead (OutputCredit): never a token relayed unbooked, a bounded excess, exact at the end.
+
+Driven through the real LiveStreams group commit and the real Ledger (its in-process store, the same
+booking code the degraded Redis ledger runs); the stream's messages are the only thing made up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+from grpc_health.v1 import health_pb2_grpc
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from radixfair.v1 import worker_pb2_grpc
+from radixfair_router.config import CostConfig, LedgerConfig
+from radixfair_router.dispatch_core import settlement
+from radixfair_router.ledger import Ledger
+from radixfair_router.live_streams import LiveStreamLimits, LiveStreams, StreamBook
+from radixfair_router.output_credit import OutputCredit
+from radixfair_router.policies import RoutingDecision
+from radixfair_router.worker_registry import WorkerEndpoint
+
+COSTS = CostConfig()
+LIMITS = LiveStreamLimits(
+    charge_interval_s=0.05,  # the watch task ends within one interval of a drain
+    idle_timeout_s=3600.0,
+    unhealthy_silence_s=3600.0,
+    output_token_weight=COSTS.output_token_weight,
+    write_ahead=True,
+)
+DECISION = RoutingDecision("w0", "d2lpm", "longest_match", 0, charged=0.0, deficit=0.0)
+
+
+async def _booked_completion(ledger: Ledger) -> int:
+    records = await ledger.snapshot()
+    return round(sum(r.completion_tokens for r in records if r.client_id == "alice"))
+
+
+async def _stream(
+    messages: list[int], ahead: int, limit: int | None, cut_at: int | None, cut_while_waiting: bool = True
+) -> tuple[list[tuple[int, int, int]], int, int]:
+    """Relays ``messages`` (token counts) as the router's relay does; ``cut_at``: the caller leaves
+    while that message waits for its booking. Returns (booked, relayed, message) at each relay, then
+    the relayed total and the ledger's completion tokens after the stream's settlement."""
+    ledger = Ledger(LedgerConfig(store="memory"), quantum=4096.0)
+    live = LiveStreams(ledger, LIMITS, lambda client, service: None)
+    channel = grpc.aio.insecure_channel("127.0.0.1:9")  # never dialled: no call is made on it
+    endpoint = WorkerEndpoint(
+        "w0", "127.0.0.1:9", "", True, channel, worker_pb2_grpc.WorkerServiceStub(channel),
+        health_pb2_grpc.HealthStub(channel),
+    )  # fmt: skip
+    book = StreamBook("alice", 1.0, endpoint, prompt_tokens=4)
+    live.open(book)
+    credit = OutputCredit(live, book, ahead, limit)
+    credit.start()
+    seen = []
+    try:
+        for index, count in enumerate(messages):
+            if index == cut_at:
+                # The caller leaves while this message waits for its booking, or once it is booked
+                # (before it is relayed): either way the message is never relayed.
+                waiting = asyncio.get_running_loop().create_task(credit.wait_for(count))
+                if cut_while_waiting:
+                    await asyncio.sleep(0)
+                    waiting.cancel()
+                await asyncio.gather(waiting, return_exceptions=True)
+                break
+            if not credit.covers(count):
+                await credit.wait_for(count)
+            seen.append((await _booked_completion(ledger), book.tokens_sent + count, count))
+            credit.relayed(count)
+        live.close(book)
+        await live.drain()
+        served = book.tokens_sent > 0
+        charge = settlement(
+            DECISION, "alice", 1.0, 4, COSTS, served=served,
+            completion_tokens=book.uncharged_tokens - book.unrelayed_tokens, cached_tokens=0,
+        )  # fmt: skip
+        await ledger.charge(charge)
+        return seen, book.tokens_sent, await _booked_completion(ledger)
+    finally:
+        await live.drain()
+        await channel.close()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    messages=st.lists(st.integers(1, 12), min_size=1, max_size=30),
+    ahead=st.integers(0, 24),
+    limited=st.booleans(),
+    cut=st.one_of(st.none(), st.integers(0, 3), st.integers(0, 29)),
+    cut_while_waiting=st.booleans(),
+)
+def test_every_relayed_token_is_booked_first_the_excess_is_bounded_and_the_end_is_exact(
+    messages, ahead, limited, cut, cut_while_waiting
+):
+    limit = sum(messages) if limited else None
+    seen, relayed, final = asyncio.run(_stream(messages, ahead, limit, cut, cut_while_waiting))
+    for booked, relayed_after, count in seen:
+        # Write-ahead: the message about to be relayed is already in the ledger ...
+        assert booked >= relayed_after
+        # ... and no more than the credit (plus that message) is booked ahead of it, nor past max_tokens.
+        assert booked <= relayed_after + ahead + count
+        if limit is not None:
+            assert booked <= max(limit, relayed_after)
+    # Settled: what the client was sent, exactly (nothing when nothing was sent: the booking ahead of
+    # a stream that never relayed is taken back with its admission).
+    assert final == relayed
+
+
+def test_a_stream_left_before_its_first_token_books_nothing_though_its_credit_was_booked():
+    seen, relayed, final = asyncio.run(_stream([2, 2], 16, None, cut_at=0, cut_while_waiting=False))
+    assert seen == [] and relayed == final == 0
+
+
+def test_with_no_credit_each_message_is_booked_just_before_it_is_relayed():
+    seen, relayed, final = asyncio.run(_stream([3, 1, 5], ahead=0, limit=None, cut_at=None))
+    assert [booked for booked, _, _ in seen] == [3, 4, 9]
+    assert relayed == final == 9
+
+
+def test_a_credit_of_sixteen_books_ahead_of_the_stream_and_tops_up_at_half():
+    seen, relayed, final = asyncio.run(_stream([1] * 20, ahead=16, limit=None, cut_at=None))
+    booked = [b for b, _, _ in seen]
+    # 16 booked before the first token is relayed, nothing more until fewer than 8 are left (after
+    # token 9: up to 9 + 16, in the background); token 17 cannot go out before that booking is in.
+    assert booked[:9] == [16] * 9
+    assert booked[16] >= 25
+    assert relayed == final == 20
