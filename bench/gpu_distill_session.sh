@@ -13,6 +13,8 @@
 # store), then the whole distillation inside BUDGET_S seconds (default: what is left of 555 s).
 #   run(command="bash bench/gpu_distill_session.sh 2",
 #       carry=[".gpu_model/part_01", "bench/scratch/gpu_distill"], timeout_s=600)
+# From a snapshot directory inside the carried tree, the same: "cd .snap && bash bench/gpu_distill_session.sh 2"
+# (carried paths are looked up here and one level up).
 # If /tmp/smollm2-real already exists (bench/gpu_real_session.sh check made it), call 2 uses it; if
 # neither it nor the GGUF parts are there, the run goes on with random weights and its page says so.
 # Results in $OUT: distill_results_gpu.{json,md} (rewritten after every phase) and gpu_distill.log.
