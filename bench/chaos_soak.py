@@ -17,7 +17,8 @@ Redis, kill -9 + restart a router). When the run ends, the load drains and the s
   field; a refund only returns an admission charge of *service* for a request that produced no
   token) -- must match exactly;
 - KV pages leaked on each worker at idle: total - free - cached -- must be 0;
-- each fault's detection time by the router that was not faulted.
+- each fault's detection time by the router that was not faulted;
+- no ERROR/CRITICAL record or traceback in any router's or worker's log.
 
     .venv/bin/python bench/chaos_soak.py --quick            # ~2.5 min on 2 cores, one fault cycle
     .venv/bin/python bench/chaos_soak.py --duration 600     # the default: 10 min, 6 cycles
@@ -180,14 +181,16 @@ def summarize(
     for row in clients:
         row["difference"] = row["ledger_completion_tokens"] - row["tokens_received"]  # type: ignore[operator]
     bad_hostile = {k: v for k, v in hostile_tally.status.items() if k in BAD_STATUSES}
+    logs = [*stack.routers, *stack.workers]
+    evidence = {c.name: error_summary(c.log_path) for c in logs}
     checks = {
         "hung_streams_zero": tally.hung + hostile_tally.hung == 0,
         "ledger_exact": all(r["difference"] == 0 for r in clients),
         "no_leaked_pages": all(p["leaked_pages"] == 0 for p in pages.values()),
         "hostile_answered_cleanly": not bad_hostile,
+        # Faults, hang-ups and hostile input are expected here: none may log an ERROR or a traceback.
+        "no_error_in_logs": not any(evidence.values()),
     }
-    logs = [*stack.routers, *stack.workers]
-    evidence = {c.name: error_summary(c.log_path) for c in logs}
     return {
         "duration_s": args.duration,
         "tenants": len(stack.config.tenant_keys) - 1,
@@ -241,6 +244,10 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         run_dir = (
             Path(args.run_dir) if args.run_dir else Path(cleanup.enter_context(tempfile.TemporaryDirectory()))
         )
+        if any((run_dir / "logs").glob("*.log")):
+            # Children append to their logs (a restart keeps its history), so an earlier run's
+            # errors would be read as this run's.
+            raise SystemExit(f"--run-dir {run_dir} holds an earlier run's logs; give a new directory")
         model_ns = argparse.Namespace(model_dir="", tokenizer_dir="", shape="tiny", cache_dir=args.cache_dir)
         model_dir = prepare_model(model_ns, run_dir)
         settings = router_settings(parse_sets(args.router_set))
