@@ -185,13 +185,17 @@ class Run:
         self.prompts_answered = 0
         self.chosen = "forward_kl"
         self.rates: dict[str, float] = {}
+        self.fp32_training = False
 
     def log(self, text: str) -> None:
         print(f"[{self.deadline.elapsed():6.1f}s] {text}", flush=True)
 
     @property
     def precision(self) -> str:
-        # bf16 mixed precision on the GPU; fp32 on the CPU, which has no fast bf16 matmul.
+        # bf16 mixed precision on the GPU; fp32 on the CPU, which has no fast bf16 matmul (and on the
+        # GPU too if bf16 training failed in the probe: slower, but the run still has its rows).
+        if self.fp32_training:
+            return "float32"
         return "bfloat16" if self.device.type == "cuda" else "float32"
 
     @property
@@ -738,8 +742,14 @@ def main() -> None:
     with page.phase("teacher_eval", critical=True):
         run.score_teacher()
     run.prune_students(("depth", "width") if budget.width_share > 0 else ("depth",))
-    with page.phase("probe", critical=True):
+    with page.phase("probe"):
         run.probe()
+    if "throughput" not in run.meta and run.precision == "bfloat16":
+        run.fp32_training = True  # the error is on the page; try once more in fp32
+        with page.phase("probe_fp32", critical=True):
+            run.probe()
+    if "throughput" not in run.meta:
+        raise SystemExit("the training probe failed (see the page's errors)")
     with page.phase("decode"):
         run.decode_speeds()
     with page.phase("plan", critical=True):
