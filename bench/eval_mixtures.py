@@ -10,6 +10,7 @@ flooders' p99, and of the hit rate; and per seed the ratio of cache-aware's
 within-share p99 to D2LPM's (above 1: D2LPM is better).
 
     .venv/bin/python bench/eval_mixtures.py --cost h100_7b_analytic --workers 4 16 64
+    .venv/bin/python bench/eval_mixtures.py --workers 4 --flood-load 4 --name _4w_flood4   # heavy flood
 
 Writes bench/results/eval_mixtures_<cost><name>.{json,md}; ``--out DIR`` writes there instead.
 """
@@ -44,13 +45,16 @@ from bench.workloads.mixtures import random_mixture  # noqa: E402
 # or its variants against these workloads (docs/evaluation.md, "Workloads not tuned on"). Do not
 # change them to make a result look better; add seeds instead and report all of them.
 SEEDS = (1101, 2203, 3307, 4409, 5501, 6607, 7703)
-POLICIES = ("cache_aware", "cache_aware_sglang", "d2lpm")
+POLICIES = ("cache_aware", "cache_aware_sglang", "d2lpm", "d2lpm_gated")
+# The baselines every policy is compared with on the same seed: our cache-aware router, and
+# cache-aware with the SGLang router's default thresholds.
+BASELINES = ("cache_aware", "cache_aware_sglang")
 
 
 def run_seed(
     seed: int, workers: int, policies: list[str], args: argparse.Namespace, served: float
 ) -> list[dict[str, Any]]:
-    mixture = random_mixture(seed, workers, served, args.requests_per_worker)
+    mixture = random_mixture(seed, workers, served, args.requests_per_worker, args.flood_load)
     trace, path = saved_trace(mixture.spec.name, mixture.spec, seed, traces_dir(args.out))
     cost = cost_model(args.cost)
     within, flood = set(mixture.within_share()), set(mixture.flooders())
@@ -92,37 +96,50 @@ def run_seed(
     return rows
 
 
-def aggregate(runs: list[dict[str, Any]], baseline: str = "cache_aware") -> list[dict[str, Any]]:
-    """Median and worst seed per (workers, policy); ratios against ``baseline`` on the same seed."""
+def ratios(mine: list[dict[str, Any]], base: dict[int, dict[str, Any]], prefix: str) -> dict[str, Any]:
+    """Per seed against the baseline run of the same seed: its within-share and flooder p99 over this
+    policy's (above 1: this policy is better) and this policy's hit rate over its; median and the
+    seed least favourable to this policy."""
+    paired = [(r, base[r["seed"]]) for r in mine if r["seed"] in base]
+    within = [b["within_p99"] / r["within_p99"] for r, b in paired]
+    flood = [b["flood_p99"] / r["flood_p99"] for r, b in paired]
+    hit = [r["hit_rate"] / max(b["hit_rate"], 1e-9) for r, b in paired]
+    if not paired:
+        return {}
+    return {
+        f"{prefix}_over_this_within_p99_median": float(np.median(within)),
+        f"{prefix}_over_this_within_p99_worst": min(within),
+        f"{prefix}_over_this_flood_p99_median": float(np.median(flood)),
+        f"hit_rate_vs_{prefix}_median": float(np.median(hit)),
+        f"hit_rate_vs_{prefix}_worst": min(hit),
+    }
+
+
+def aggregate(runs: list[dict[str, Any]], baselines: tuple[str, ...] = BASELINES) -> list[dict[str, Any]]:
+    """Median and worst seed per (workers, policy); ratios against each baseline on the same seed."""
     out = []
     for workers in dict.fromkeys(r["workers"] for r in runs):
         here = [r for r in runs if r["workers"] == workers]
-        base = {r["seed"]: r for r in here if r["routing"] == baseline}
         for routing in dict.fromkeys(r["routing"] for r in here):
             mine = [r for r in here if r["routing"] == routing]
             within = [r["within_p99"] for r in mine]
             flood = [r["flood_p99"] for r in mine]
             hit = [r["hit_rate"] for r in mine]
-            ratio = [base[r["seed"]]["within_p99"] / r["within_p99"] for r in mine if r["seed"] in base]
-            hit_ratio = [
-                r["hit_rate"] / max(base[r["seed"]]["hit_rate"], 1e-9) for r in mine if r["seed"] in base
-            ]
-            out.append(
-                {
-                    "workers": workers,
-                    "routing": routing,
-                    "seeds": len(mine),
-                    "within_p99_median": float(np.median(within)),
-                    "within_p99_worst": max(within),
-                    "flood_p99_median": float(np.median(flood)),
-                    "flood_p99_worst": max(flood),
-                    "hit_rate_median": float(np.median(hit)),
-                    "hit_rate_worst": min(hit),
-                    f"{baseline}_over_this_within_p99_median": float(np.median(ratio)) if ratio else None,
-                    f"{baseline}_over_this_within_p99_worst": min(ratio) if ratio else None,
-                    "hit_rate_vs_base_worst": min(hit_ratio) if hit_ratio else None,
-                }
-            )
+            row = {
+                "workers": workers,
+                "routing": routing,
+                "seeds": len(mine),
+                "within_p99_median": float(np.median(within)),
+                "within_p99_worst": max(within),
+                "flood_p99_median": float(np.median(flood)),
+                "flood_p99_worst": max(flood),
+                "hit_rate_median": float(np.median(hit)),
+                "hit_rate_worst": min(hit),
+            }
+            for baseline in baselines:
+                base = {r["seed"]: r for r in here if r["routing"] == baseline}
+                row.update(ratios(mine, base, baseline))
+            out.append(row)
     return out
 
 
@@ -137,6 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--policies", nargs="*", default=list(POLICIES), choices=[*ROUTING_POLICIES, *ROUTING_VARIANTS]
     )
     parser.add_argument("--requests-per-worker", type=int, default=30)
+    parser.add_argument(
+        "--flood-load",
+        type=float,
+        default=None,
+        help="heavy flood: scale the flooders to offer this many times the cluster's capacity in all",
+    )
     parser.add_argument("--name", default="")
     parser.add_argument("--out", type=Path, default=None, help="results directory (default bench/results/)")
     return parser
@@ -162,9 +185,12 @@ def main() -> None:
         "flood_p99_worst",
         "hit_rate_median",
         "hit_rate_worst",
-        "cache_aware_over_this_within_p99_median",
-        "cache_aware_over_this_within_p99_worst",
-        "hit_rate_vs_base_worst",
+        *(
+            f"{b}_over_this_{m}"
+            for b in BASELINES
+            for m in ("within_p99_median", "within_p99_worst", "flood_p99_median")
+        ),
+        *(f"hit_rate_vs_{b}_worst" for b in BASELINES),
     ]
     notes = " ".join(
         [
@@ -173,11 +199,15 @@ def main() -> None:
             f"cost model `{args.cost}`, simulated (real engines, real router policies).",
             "within_p99: p99 end-to-end latency (s) of all requests of the clients within their fair",
             "share (every client but the flooders), pooled; flood_p99 likewise for the flooders.",
-            "median/worst over seeds (worst: highest latency, lowest hit rate). cache_aware_over_this:",
-            "cache-aware's within_p99 over this policy's on the same seed (above 1: this policy is",
-            "better; _worst is the seed least favourable to it). hit_rate_vs_base_worst: the lowest",
-            "ratio of this policy's hit rate to cache-aware's on one seed. Per-seed runs are in the",
-            "JSON's `runs`.",
+            "median/worst over seeds (worst: highest latency, lowest hit rate). X_over_this: baseline",
+            "X's p99 over this policy's on the same seed (above 1: this policy is better; _worst is the",
+            "seed least favourable to it), X being cache_aware (ours) or cache_aware_sglang (the SGLang",
+            "router's default thresholds). hit_rate_vs_X_worst: the lowest ratio of this policy's hit",
+            "rate to X's on one seed. d2lpm_gated: D2LPM with late binding, 32 requests in flight per",
+            "worker. Per-seed runs are in the JSON's `runs`.",
+            f"Heavy flood: the flooders offer {args.flood_load:g}x the cluster's capacity in all."
+            if args.flood_load
+            else "",
         ]
     )
     write_results(

@@ -44,6 +44,7 @@ LOCAL_FOR_ROUTING = {
     "d2lpm": "dlpm",
     "cache_aware_sglang": "lpm",
     "d2lpm_reset": "dlpm_reset",
+    "d2lpm_gated": "dlpm",
 }
 # Local policy labels that are a policy with other SchedulerConfig settings: DLPM that forgives
 # an idle client's debt (idle_deficit "reset") instead of keeping it.
@@ -59,6 +60,10 @@ ROUTING_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
         {"balance_abs_threshold": 64, "balance_rel_threshold": 1.5, "cache_threshold": 0.3},
     ),
     "d2lpm_reset": ("d2lpm", {}),
+    # D2LPM with late binding: the gate lets as many requests per worker into flight as a worker
+    # runs at once (engine_config's 32), so batches stay full and the gate decides who fills a freed
+    # slot. The router's default (4, global VTC's) would cap each worker at 4 running requests.
+    "d2lpm_gated": ("d2lpm_gated", {"vtc_slots_per_worker": 32}),
 }
 
 

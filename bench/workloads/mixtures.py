@@ -51,7 +51,12 @@ class Mixture:
         return [c for c, role in self.roles.items() if role == "flood"]
 
 
-def random_mixture(seed: int, workers: int, capacity_rps: float, requests_per_worker: int) -> Mixture:
+def random_mixture(
+    seed: int, workers: int, capacity_rps: float, requests_per_worker: int, flood_load: float | None = None
+) -> Mixture:
+    """``flood_load``: if given, the flooders' rates are scaled after the draw so that together they
+    offer this many times the cluster's capacity (the heavy-flood pattern); the light clients, their
+    roles, rates and the trace's duration are those of the plain mixture of the same seed."""
     rng = np.random.default_rng([seed, workers, 7919])
     num_flood = int(rng.integers(1, max(1, workers // 8) + 1))
     num_light = int(workers * rng.integers(3, 13))
@@ -69,6 +74,11 @@ def random_mixture(seed: int, workers: int, capacity_rps: float, requests_per_wo
     flood_rps = np.maximum(flood_total * rng.dirichlet(4 * np.ones(num_flood)), 1.5 * capacity_rps)
     offered = float(flood_rps.sum() + light_rps.sum())
     duration = requests_per_worker * workers / offered
+    name = f"mixture_s{seed}_{workers}w"
+    if flood_load is not None:
+        flood_rps = flood_rps * (flood_load * cluster / float(flood_rps.sum()))
+        offered = float(flood_rps.sum() + light_rps.sum())
+        name += f"_flood{flood_load:g}"
     clients: list[ClientSpec] = []
     role_of: dict[str, str] = {}
     for i, rate in enumerate(flood_rps):
@@ -82,9 +92,7 @@ def random_mixture(seed: int, workers: int, capacity_rps: float, requests_per_wo
         name = f"{role}{i:04d}"
         role_of[name] = role
         clients.append(_light(name, role, float(weight), float(rate), duration, rng))
-    return Mixture(
-        WorkloadSpec(f"mixture_s{seed}_{workers}w", duration, tuple(clients)), role_of, offered / cluster
-    )
+    return Mixture(WorkloadSpec(name, duration, tuple(clients)), role_of, offered / cluster)
 
 
 def _light(
