@@ -61,7 +61,10 @@ class Page:
     def write(self) -> None:
         for r in self.rows:
             r.setdefault("seed", self.meta["seed"])
-        notes = NOTES + "\n" + sections(self.meta, self.rows)
+        try:
+            notes = NOTES + "\n" + sections(self.meta, self.rows)
+        except Exception as error:  # noqa: BLE001 (a rendering slip must not end the run; the JSON has it all)
+            notes = NOTES + f"\n(the sections below the table failed to render: {error!r})"
         write_results(self.name, self.rows, COLUMNS, self.meta, notes, results_dir=self.out)
 
     @contextmanager
