@@ -132,3 +132,23 @@ def test_bad_operands_are_refused_before_launch(change: dict, message: str) -> N
     p.update(change)
     with pytest.raises(ValueError, match=message):
         norm_qkv_rope_write_kv(**p, eps=EPS)
+
+
+def test_rows_of_x_and_the_residual_are_read_through_their_strides() -> None:
+    p = problem(6, 64, 2, 1, 32, torch.float32)
+    wide_x, wide_residual = torch.randn(6, 200), torch.randn(6, 130)
+    wide_x[:, 10:74], wide_residual[:, :64] = p["x"], p["residual"]
+    expected = norm_qkv_rope_reference(
+        p["x"].double(), p["residual"].double(), p["norm_weight"].double(), EPS,
+        p["qkv_weight"].double(), p["positions"], p["cos_sin"], 1,
+    )  # fmt: skip
+    p["x"], p["residual"] = wide_x[:, 10:74], wide_residual[:, :64]
+
+    q, summed = norm_qkv_rope_write_kv(**p, eps=EPS)
+
+    assert relative_error(q, expected[0]) < TOLERANCE[torch.float32]
+    assert (
+        relative_error(p["k_cache"].view(-1, 1, 32)[p["slot_mapping"]], expected[1])
+        < TOLERANCE[torch.float32]
+    )
+    assert relative_error(summed, expected[3]) < TOLERANCE[torch.float32]

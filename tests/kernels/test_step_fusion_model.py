@@ -116,3 +116,16 @@ def test_a_batch_above_max_rows_is_left_to_the_unfused_kernels() -> None:
 
     assert backend.linear(torch.randn(5, 64), weight) is None
     assert backend.linear(torch.randn(4, 64), weight) is not None
+
+
+def test_heads_narrower_than_two_dot_tiles_keep_the_unfused_qkv_path() -> None:
+    backend = TritonBackend(num_sms=1, fusions=StepFusionConfig.all_on())
+    x, cache = torch.randn(2, 64), torch.zeros(4, 4, 1, 16)
+    qkv = torch.randn(4 * 16, 64)
+
+    fused = backend.norm_qkv_rope_write_kv(
+        x, None, torch.ones(64), 1e-5, qkv, torch.zeros(2, dtype=torch.int64), torch.zeros(64, 16),
+        cache, cache.clone(), torch.zeros(2, dtype=torch.int64),
+    )  # fmt: skip
+
+    assert fused is None
