@@ -15,7 +15,8 @@ layer is 5 launches and the end 1:
 
 The fused kernels replace cuBLAS with our own Triton GEMM, so each is off by default until a GPU
 run (bench/gpu_step_fusion_bench.py) shows it pays. ``max_rows`` bounds the rows (tokens) a
-fused call takes: larger batches (prefill) keep cuBLAS and the separate kernels.
+fused call takes: larger batches (prefill) keep cuBLAS and the separate kernels. 128 is the
+largest batch the bench measures; raise it only with a measurement at the larger size.
 """
 
 from __future__ import annotations
@@ -29,14 +30,14 @@ class StepFusionConfig:
     norm_into_gate_up: bool = False
     norm_into_lm_head: bool = False
     triton_small_matmul: bool = False
-    max_rows: int = 256
+    max_rows: int = 128
     # cuBLAS is latency-bound only at the smallest batches; above this it keeps o_proj/down_proj.
-    small_matmul_max_rows: int = 256
+    small_matmul_max_rows: int = 128
 
     def __post_init__(self) -> None:
         if self.max_rows < 1 or self.small_matmul_max_rows < 1:
             raise ValueError(f"max_rows must be >= 1, got {self.max_rows}, {self.small_matmul_max_rows}")
 
     @classmethod
-    def all_on(cls, max_rows: int = 256) -> StepFusionConfig:
+    def all_on(cls, max_rows: int = 128) -> StepFusionConfig:
         return cls(True, True, True, True, max_rows, max_rows)
