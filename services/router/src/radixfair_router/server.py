@@ -1,4 +1,4 @@
-"""gRPC adapter of the router: authenticates, validates, and calls into RequestRouter.
+"""gRPC adapter of the router: Generate goes through front_door.Generation into RequestRouter.
 
 Three identities call it: tenants (API keys) generate and read their own
 state; operators (API keys marked operator) also read every tenant's state
@@ -11,21 +11,19 @@ the router keeps serving.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-import time
 
 import grpc
-from opentelemetry import trace
 from opentelemetry.trace import Tracer
 
 from radixfair.auth import ApiKeyAuthenticator, Principal, RegistrationAuthenticator
-from radixfair.errors import InvalidRequestError, NotFoundError, RadixfairError
-from radixfair.metrics import rejection_reason
+from radixfair.errors import InvalidRequestError, RadixfairError
 from radixfair.tokenization import PromptEncoder
-from radixfair.tracing import extract_context
 from radixfair.v1 import router_pb2, router_pb2_grpc
+from radixfair_router.front_door import DispatchParts, Generation
 from radixfair_router.ledger import Ledger
-from radixfair_router.prompt_encoding import validate_off_loop
 from radixfair_router.request_router import RequestRouter
 from radixfair_router.router_metrics import RouterMetrics
 from radixfair_router.worker_registry import WorkerEndpoint, WorkerRegistry
@@ -52,54 +50,31 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self._registry = registry
         self._ledger = ledger
         self._auth = authenticator
-        self._encoder = encoder
-        self._model_name = model_name
-        self._tracer = tracer
-        self._metrics = metrics
         self._registration = registration
+        self._parts = DispatchParts(router, registry, authenticator, encoder, model_name, tracer, metrics)
 
     async def Generate(self, request, context: grpc.aio.ServicerContext):
-        started = time.monotonic()
-        # Until the call ends otherwise, it ends because the caller went away.
-        outcome = "cancelled"
-        parent = extract_context(context.invocation_metadata())
-        span = self._tracer.start_span("router.generate", context=parent, kind=trace.SpanKind.SERVER)
-        span.set_attribute("gen_ai.operation.name", "text_completion")
-        span.set_attribute("gen_ai.system", "radixfair")
-        span.set_attribute("gen_ai.request.model", request.model or self._model_name)
-        if request.sampling.HasField("max_tokens"):
-            span.set_attribute("gen_ai.request.max_tokens", request.sampling.max_tokens)
-        span.set_attribute("gen_ai.request.temperature", request.sampling.temperature)
+        # The span, the metrics and the checks are front_door.Generation's, shared with the HTTP API;
+        # here only the gRPC side: metadata in, messages out, errors to status codes.
+        generation = Generation(self._parts, "text_completion", context.invocation_metadata())
+        generation.describe(request)
         try:
-            principal = self._auth.authenticate_metadata(context.invocation_metadata())
-            span.set_attribute("radixfair.client_id", principal.client_id)
-            validated = await validate_off_loop(
-                request, self._encoder, self._model_name, self._router.max_prompt_bytes
-            )
-            self._check_model_served(validated.model)
-            span.set_attribute("radixfair.request_id", validated.request_id)
-            if validated.label:
-                span.set_attribute("radixfair.request_label", validated.label)
-            span.set_attribute("gen_ai.usage.input_tokens", len(validated.token_ids))
-            async for message in self._router.generate(validated, principal, span):
-                yield message
-            outcome = "ok"
-        except RadixfairError as error:
-            outcome = "error"
-            span.set_status(trace.Status(trace.StatusCode.ERROR, str(error)))
-            self._metrics.rejected.labels(rejection_reason(error)).inc()
-            await context.abort(error.code, str(error))
+            principal = generation.authenticate()
+            validated = await generation.validate(request)
+        except asyncio.CancelledError:
+            generation.abandon()
+            raise
         except Exception as error:  # noqa: BLE001 - a bug in one request must not take the router down
-            outcome = "error"
-            log.exception("Generate failed unexpectedly")
-            span.set_status(trace.Status(trace.StatusCode.ERROR, repr(error)))
-            self._metrics.rejected.labels(rejection_reason(error)).inc()
-            await context.abort(grpc.StatusCode.INTERNAL, f"router error: {type(error).__name__}")
-        finally:
-            span.end()
-            if outcome == "cancelled":
-                self._metrics.cancelled.inc()
-            self._metrics.request_duration.labels(outcome).observe(time.monotonic() - started)
+            if not isinstance(error, RadixfairError):
+                log.exception("Generate failed unexpectedly")
+            generation.fail(error)
+            await _abort(context, error)
+        try:
+            async with contextlib.aclosing(generation.messages(validated, principal)) as messages:
+                async for message in messages:
+                    yield message
+        except Exception as error:  # noqa: BLE001 - recorded by the generation; here only its status
+            await _abort(context, error)
 
     async def RegisterWorker(self, request, context: grpc.aio.ServicerContext):
         try:
@@ -136,11 +111,12 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             shared_state_connected=self._ledger.shared,
         )
 
-    def _check_model_served(self, model: str) -> None:
-        """A model no known worker serves is answered at once, not after waiting for a worker."""
-        served = self._registry.served_models()
-        if model and served is not None and model not in served:
-            raise NotFoundError(f"no worker serves model {model!r}; served here: {', '.join(sorted(served))}")
+
+async def _abort(context: grpc.aio.ServicerContext, error: Exception) -> None:
+    """Ends the call with the error's status (typed errors: their own; anything else: INTERNAL)."""
+    if isinstance(error, RadixfairError):
+        await context.abort(error.code, str(error))
+    await context.abort(grpc.StatusCode.INTERNAL, f"router error: {type(error).__name__}")
 
 
 # Bounds on what a registration may claim (the id shows up in metrics labels and logs).

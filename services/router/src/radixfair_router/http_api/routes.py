@@ -22,7 +22,7 @@ from starlette.routing import Route
 
 from radixfair.errors import InvalidRequestError, NotFoundError, RadixfairError
 from radixfair.v1 import generation_pb2, router_pb2
-from radixfair_router.http_api.dispatch import DispatchParts, Generation
+from radixfair_router.front_door import DispatchParts, Generation
 from radixfair_router.http_api.errors import HttpError, error_body, error_event, error_response
 from radixfair_router.http_api.schemas import ChatCompletionRequest, CompletionRequest, _Sampling, parse_body
 from radixfair_router.http_api.streaming import (
@@ -120,7 +120,9 @@ class OpenAiApi:
     async def _generate(
         self, request: Request, schema: type[_Body], to_request: _ToRequest, chat: bool
     ) -> Response:
-        generation = Generation(self._parts, "chat" if chat else "text_completion", _headers(request))
+        generation = Generation(
+            self._parts, "chat" if chat else "text_completion", _headers(request), front_door="http"
+        )
         try:
             principal = generation.authenticate()
             body = parse_body(schema, await self._read_json(request))

@@ -1,16 +1,17 @@
-"""One HTTP generation through the router's one dispatch path, with the gRPC front door's bookkeeping.
+"""One generation request through the router, whichever front door it came in by (gRPC or HTTP).
 
-The request is authenticated by the same ApiKeyAuthenticator, validated by the same
-``validate_off_loop`` (size bound, then tokenizing off the event loop), checked against the served
-models, and handed to the same ``RequestRouter.generate`` that ``RouterServicer.Generate`` calls:
-routing, fairness, the ledger, retries and the worker call are all there, once. Around it this
-module keeps the span and the metrics exactly as the gRPC servicer does (``router.generate``
-span, rejected/cancelled counters, request duration), so a request counts the same whichever
-door it came in by.
+``RouterServicer.Generate`` and the HTTP API's routes both go through ``Generation``: the request
+is authenticated by the one ApiKeyAuthenticator, validated by ``validate_off_loop`` (size bound,
+then tokenizing off the event loop), checked against the served models, and handed to
+``RequestRouter.generate``, where routing, fairness, the ledger, retries and the worker call live.
+Around it ``Generation`` keeps the ``router.generate`` span and the request metrics (rejected by
+reason, cancelled, duration by outcome), so a request counts the same whichever door it came in
+by. A front door only reads its transport's input and maps errors to its own status codes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Iterable
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DispatchParts:
-    """What the HTTP front door shares with the gRPC servicer: one instance of each, made by app.py."""
+    """What every front door generates with: one instance of each, shared by gRPC and HTTP."""
 
     router: RequestRouter
     registry: WorkerRegistry
@@ -50,12 +51,19 @@ class DispatchParts:
 class Generation:
     """One request: ``authenticate`` and ``validate``, then ``messages`` streams the router's output.
 
-    A request refused before ``messages`` ends with ``fail`` (or ``abandon``). ``messages`` must
-    be consumed to its end or closed (``aclose``): closing it before the result cancels the
-    worker's call and settles the booking, as a gRPC caller's cancel does.
+    ``front_door`` ("http"; empty for gRPC, the router's own protocol) is recorded on the span. A
+    request refused before ``messages`` ends with ``fail`` (or ``abandon``). ``messages`` must be
+    consumed to its end or closed (``aclose``): closing it before the result cancels the worker's
+    call and settles the booking, as a gRPC caller's cancel does.
     """
 
-    def __init__(self, parts: DispatchParts, operation: str, headers: Iterable[tuple[str, str]]) -> None:
+    def __init__(
+        self,
+        parts: DispatchParts,
+        operation: str,
+        headers: Iterable[tuple[str, str | bytes]],
+        front_door: str = "",
+    ) -> None:
         self._parts = parts
         self._started = time.monotonic()
         self._headers = list(headers)
@@ -64,9 +72,22 @@ class Generation:
         )
         self._span.set_attribute("gen_ai.operation.name", operation)
         self._span.set_attribute("gen_ai.system", "radixfair")
-        self._span.set_attribute("radixfair.front_door", "http")
+        if front_door:
+            self._span.set_attribute("radixfair.front_door", front_door)
         self._ended = False
+        self._described = False
         self.validated: ValidatedRequest | None = None
+
+    def describe(self, request: router_pb2.RouterServiceGenerateRequest) -> None:
+        """Records what was asked for on the span (once; ``validate`` does it if not done before)."""
+        if self._described:
+            return
+        self._described = True
+        span = self._span
+        span.set_attribute("gen_ai.request.model", request.model or self._parts.model_name)
+        if request.sampling.HasField("max_tokens"):
+            span.set_attribute("gen_ai.request.max_tokens", request.sampling.max_tokens)
+        span.set_attribute("gen_ai.request.temperature", request.sampling.temperature)
 
     def authenticate(self) -> Principal:
         principal = self._parts.authenticator.authenticate_metadata(self._headers)
@@ -75,10 +96,7 @@ class Generation:
 
     async def validate(self, request: router_pb2.RouterServiceGenerateRequest) -> ValidatedRequest:
         parts, span = self._parts, self._span
-        span.set_attribute("gen_ai.request.model", request.model or parts.model_name)
-        if request.sampling.HasField("max_tokens"):
-            span.set_attribute("gen_ai.request.max_tokens", request.sampling.max_tokens)
-        span.set_attribute("gen_ai.request.temperature", request.sampling.temperature)
+        self.describe(request)
         validated = await validate_off_loop(
             request, parts.encoder, parts.model_name, parts.router.max_prompt_bytes
         )
@@ -96,13 +114,17 @@ class Generation:
         # Until it ends otherwise, it ends because the caller went away (closed this iterator).
         outcome = "cancelled"
         try:
-            async for message in self._parts.router.generate(validated, principal, self._span):
-                yield message
+            # Closed with this iterator: the worker call is cancelled and booked when the caller goes.
+            async with contextlib.aclosing(
+                self._parts.router.generate(validated, principal, self._span)
+            ) as out:
+                async for message in out:
+                    yield message
             outcome = "ok"
         except Exception as error:
             outcome = "error"
-            if not isinstance(error, RadixfairError):
-                log.exception("HTTP generation failed unexpectedly")
+            if not isinstance(error, RadixfairError):  # a bug: seen in the log, answered INTERNAL/500
+                log.exception("generation failed unexpectedly")
             self._record_failure(error)
             raise
         finally:
@@ -134,7 +156,7 @@ class Generation:
 
 
 def _check_model_served(registry: WorkerRegistry, model: str) -> None:
-    """As the gRPC servicer: a model no known worker serves is answered at once, with 404."""
+    """A model no known worker serves is answered at once (NOT_FOUND, 404), not after waiting."""
     served = registry.served_models()
     if model and served is not None and model not in served:
         raise NotFoundError(f"no worker serves model {model!r}; served here: {', '.join(sorted(served))}")
