@@ -6,6 +6,7 @@ leaves every figure it measured; a phase that failed is named under "Errors" wit
 
 from __future__ import annotations
 
+import math
 import time
 import traceback
 from collections.abc import Iterator
@@ -98,14 +99,18 @@ def row(name, split, loss, result, parameters: int, scores, teacher_scores, base
         "train_s": result.seconds if result else None,
         "parameters": parameters,
         **scores,
-        "ppl_x_teacher": scores["perplexity"] / teacher_scores["perplexity"],
-        "top1_vs_baseline": scores["top1_agreement"] / baseline,
+        "ppl_x_teacher": _ratio(scores["perplexity"], teacher_scores["perplexity"]),
+        "top1_vs_baseline": _ratio(scores["top1_agreement"], baseline),
     }
     if recipe:
         out["recipe"] = recipe
     if result is not None and result.losses:
         out["loss_first_last"] = [result.losses[0], result.losses[-1]]
     return out
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b else math.nan
 
 
 def sections(meta: dict, rows: list[dict]) -> str:

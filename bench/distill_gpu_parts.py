@@ -217,13 +217,14 @@ def quality(model, teacher, data: EvalSet, with_exact_match: bool = True) -> dic
     time (right-padded: a causal model's real positions never see the padding) instead of one by
     one, and the exact-match answers generated 64 prompts at a time.
     """
-    kl, agreement = batched_chat_agreement(model, teacher, data.chat)
+    # A split too small for a window or without chat scores NaN there instead of failing the run.
+    kl, agreement = batched_chat_agreement(model, teacher, data.chat) if data.chat else (math.nan, math.nan)
     out = {
-        "perplexity": perplexity(model, data.text_windows),
+        "perplexity": perplexity(model, data.text_windows) if data.text_windows else math.nan,
         "kl_to_teacher": kl,
         "top1_agreement": agreement,
     }
-    if with_exact_match:
+    if with_exact_match and data.chat:
         answers = generate(
             model,
             [list(e.prompt_ids) for e in data.chat],
@@ -271,6 +272,8 @@ def self_agreement(teacher, data: EvalSet) -> float:
     """
     import copy
 
+    if not data.chat:
+        return math.nan
     half = copy.deepcopy(teacher).to(torch.bfloat16)
     _, agreement = batched_chat_agreement(half, teacher, data.chat)
     del half

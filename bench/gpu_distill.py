@@ -754,7 +754,8 @@ def main() -> None:
         run.decode_speeds()
     with page.phase("plan", critical=True):
         run.plan()
-    run.sweep()
+    with page.phase("sweep"):
+        run.sweep()
     for kind in ("depth", "width"):
         if kind in run.students:
             with page.phase(f"train_{kind}"):
