@@ -53,8 +53,9 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import serving_bench  # noqa: E402
 from bench.report import RESULTS_DIR, environment, markdown_table, regenerating_command  # noqa: E402
+from radixfair.auth import bearer_metadata  # noqa: E402
 from radixfair.redis_launcher import RedisLaunchConfig, RedisServer, free_loopback_port  # noqa: E402
-from radixfair.v1 import router_pb2_grpc, worker_pb2_grpc  # noqa: E402
+from radixfair.v1 import router_pb2, router_pb2_grpc, worker_pb2_grpc  # noqa: E402
 
 API_KEY = "router-overhead-key"
 IDENTITY_SECRET = "router-overhead-identity"
@@ -134,13 +135,22 @@ def install_probes(probes: _Probes) -> None:
             yield message
 
     servicer.Generate = probed_generate
-    probes.around(server, "validate_off_loop", "validate")
+    # The front door's validation step: front_door.py (shared by gRPC and HTTP), or server.py before it.
+    try:
+        from radixfair_router import front_door as validating
+    except ImportError:
+        validating = server
+    probes.around(validating, "validate_off_loop", "validate")
     probes.around_sync(prompt_encoding, "validate_request", "tokenize")
     probes.around(registry_module.WorkerRegistry, "wait_for_healthy", "healthy")
     probes.around(dispatch_core.DispatchCore, "decide", "decide")
     probes.around_sync(cache_view_module.CacheView, "estimate", "estimate")
     probes.around(ledger.Ledger, "admit", "admit")
     probes.around(live_streams.LiveStreams, "booked", "booked")
+    with contextlib.suppress(ImportError):  # absent before the output was booked ahead
+        from radixfair_router import output_credit
+
+        probes.around(output_credit.OutputCredit, "wait_for", "credit_wait")
     relay_call = request_router.RequestRouter._relay_call
 
     def probed_relay_call(self, endpoint):  # noqa: ANN001
@@ -212,7 +222,23 @@ class RouterProcess:
             command = [sys.executable, "-m", "radixfair_router", "--config", str(config_path)]
         with (work / f"{name}.log").open("ab") as log_file:
             self._process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
-        serving_bench.wait_for_healthy_workers(self.address, API_KEY, 1)
+        deadline = time.monotonic() + 600.0
+        while not self._sees_healthy_worker():
+            if self._process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"router {name} did not start; see {work / (name + '.log')}")
+            time.sleep(0.3)
+
+    def _sees_healthy_worker(self) -> bool:
+        with grpc.insecure_channel(self.address) as channel:
+            stub = router_pb2_grpc.RouterServiceStub(channel)
+            try:
+                status = stub.GetStatus(
+                    router_pb2.GetStatusRequest(), metadata=bearer_metadata(API_KEY), timeout=5
+                )
+            except grpc.RpcError:
+                return False
+            return any(w.healthy for w in status.workers)
 
     def stop(self) -> None:
         if self._process.poll() is None:
@@ -310,9 +336,8 @@ TTFT_PHASES = [
     ("forward set-up (span, metadata, signature, message)", "decide:end", "call:start"),
     ("worker call created", "call:start", "call:end"),
     ("worker: hop + its own TTFT", "call:end", "worker_read"),
-    ("first message to booking", "worker_read", "booked:start"),
-    ("write-ahead booking of the first message (Redis)", "booked:start", "booked:end"),
-    ("relay to gRPC", "booked:end", "yield"),
+    ("first message waits for its write-ahead booking", "worker_read", "relay_ready"),
+    ("relay to gRPC", "relay_ready", "yield"),
     ("outbound hop (router -> client)", "yield", "client_first"),
 ]
 
@@ -339,26 +364,39 @@ def ttft_breakdown(
     per_request = _request_events(events)[-len(records) :]
     phases: dict[str, list[float]] = {name: [] for name, _, _ in TTFT_PHASES}
     residence: list[float] = []
-    booking: list[float] = []
+    bookings: list[int] = []
+    first_booking: list[float] = []
     for record, request_events in zip(records, per_request):
         times = {"client_start": record.start, "client_first": record.first}
         for name, at in request_events:
             times.setdefault(name, at)
+        read, first_yield = times.get("worker_read"), times.get("yield")
+        if read is not None and first_yield is not None:
+            # The relay goes on once the first message's tokens are booked: at once when the booking
+            # made ahead is in (OutputCredit), else when its booking lands (before it: always).
+            landed = [
+                at
+                for n, at in request_events
+                if n in ("booked:end", "credit_wait:end") and read <= at <= first_yield
+            ]
+            times["relay_ready"] = max(landed, default=read)
+        if times.get("booked:start") is not None and times.get("booked:end") is not None:
+            first_booking.append(1e3 * (times["booked:end"] - times["booked:start"]))
         for phase, start, end in TTFT_PHASES:
             if times.get(start) is not None and times.get(end) is not None:
                 phases[phase].append(1e3 * (times[end] - times[start]))
         reads = [at for n, at in request_events if n == "worker_read"]
         yields = [at for n, at in request_events if n == "yield"]
-        starts = [at for n, at in request_events if n == "booked:start"]
-        ends = [at for n, at in request_events if n == "booked:end"]
         residence += [1e3 * (y - r) for r, y in zip(reads[1:], yields[1:])]
-        booking += [1e3 * (e - s) for s, e in zip(starts[1:], ends[1:])]
+        bookings.append(sum(n == "booked:start" for n, _ in request_events))
     medians = {phase: float(np.median(values)) for phase, values in phases.items() if values}
     relay = {
+        "first_booking_p50_ms": float(np.median(first_booking)) if first_booking else None,
         "messages": len(residence),
         "residence_mean_ms": float(np.mean(residence)) if residence else None,
         "residence_p50_ms": float(np.median(residence)) if residence else None,
-        "booking_wait_mean_ms": float(np.mean(booking)) if booking else None,
+        # Ledger bookings per request (one per message before OutputCredit; background ones after).
+        "bookings_per_request": float(np.mean(bookings)) if bookings else None,
     }
     return medians, relay
 
@@ -438,7 +476,8 @@ def _markdown(payload: dict) -> str:
             "",
             markdown_table(rows, ["phase", "p50_ms"]),
             "",
-            "Later messages: " + ", ".join(f"{k} {_fmt(v)}" for k, v in breakdown["relay"].items()),
+            "First booking (ms, p50) and later messages (residence: read from the worker -> handed to "
+            "gRPC): " + ", ".join(f"{k} {_fmt(v)}" for k, v in breakdown["relay"].items()),
         ]
     lines += ["", NOTES, ""]
     return "\n".join(lines)
@@ -471,13 +510,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument("--torch-threads", type=int, default=1)
     parser.add_argument("--redis-modes", nargs="+", choices=("always", "no"), default=["always", "no"])
+    parser.add_argument("--logs-dir", default="", help="keep the processes' logs and configs here")
     parser.add_argument("--serve-router", nargs=2, metavar=("CONFIG", "EVENTS"), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
     args = parse_args(argv)
-    work = Path(tempfile.mkdtemp(prefix="radixfair-overhead-"))
+    work = Path(args.logs_dir) if args.logs_dir else Path(tempfile.mkdtemp(prefix="radixfair-overhead-"))
+    work.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     try:
         with started_stack(args, work) as (targets, routers):
@@ -485,7 +526,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
         # The routers wrote their probe events on the way out.
         path = report(args, records, routers, time.monotonic() - started)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if not args.logs_dir:
+            shutil.rmtree(work, ignore_errors=True)
     print(path.read_text())
     return path
 

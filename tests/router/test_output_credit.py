@@ -129,3 +129,37 @@ def test_a_credit_of_sixteen_books_ahead_of_the_stream_and_tops_up_at_half():
     assert booked[:9] == [16] * 9
     assert booked[16] >= 25
     assert relayed == final == 20
+
+
+def test_a_message_arriving_as_its_booking_lands_is_relayed_without_spinning_the_event_loop():
+    """The booking is done but its done-callback has not run yet when the message asks to be covered:
+    waiting must read the booking's own result, not loop on the callback's state (that loop never
+    yielded, so the callback never ran and the router froze; pytest's timeout ends it here)."""
+
+    async def scenario() -> tuple[bool, bool, int]:
+        ledger = Ledger(LedgerConfig(store="memory"), quantum=4096.0)
+        live = LiveStreams(ledger, LIMITS, lambda client, service: None)
+        channel = grpc.aio.insecure_channel("127.0.0.1:9")
+        endpoint = WorkerEndpoint(
+            "w0", "127.0.0.1:9", "", True, channel, worker_pb2_grpc.WorkerServiceStub(channel),
+            health_pb2_grpc.HealthStub(channel),
+        )  # fmt: skip
+        book = StreamBook("alice", 1.0, endpoint)
+        live.open(book)
+        credit = OutputCredit(live, book, 4, None)
+        credit.start()
+        booking = credit._booking
+        assert booking is not None
+        while not booking.done():  # wakes in the same loop pass that completes the booking
+            await asyncio.sleep(0)
+        stale = not credit.covers(2)  # its callback is still queued behind this task
+        await credit.wait_for(2)
+        covered = credit.covers(2)
+        credit.relayed(2)
+        live.close(book)
+        await live.drain()
+        await channel.close()
+        return stale, covered, await _booked_completion(ledger)
+
+    stale, covered, booked = asyncio.run(scenario())
+    assert stale and covered and booked == 4

@@ -62,9 +62,12 @@ class OutputCredit:
         needed = self._book.tokens_sent + count
         if needed > self._reserved:
             self._top_up(needed)
-        while self._covered < needed:
-            assert self._booking is not None
-            await asyncio.shield(self._booking)
+        # The latest booking covers everything reserved (>= needed). Its own result says so: the
+        # done callback may not have run yet, and waiting for it in a loop would spin the event loop.
+        booking, target = self._booking, self._reserved
+        assert booking is not None
+        await asyncio.shield(booking)
+        self._covered = max(self._covered, target)
 
     def relayed(self, count: int) -> None:
         """``count`` tokens go to the client now; tops the credit up when it runs low."""
