@@ -40,7 +40,7 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 from redis.asyncio.connection import BlockingConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from radixfair_router import ledger_scripts
 from radixfair_router.config import LedgerConfig
@@ -168,14 +168,30 @@ class RedisLedgerStore:
         return float(await self._charge(keys=self._keys(charge.client_id, True), args=args))
 
     async def charge_many(self, charges: Sequence[Charge], seqs: Sequence[int]) -> None:
-        """Several charges in one pipelined round trip (each still its own atomic script)."""
+        """Several charges in one pipelined round trip (each still its own atomic script).
+
+        One charge is one script call. A pipeline sends the scripts by hash alone: redis-py's script
+        objects would first ask Redis whether it has them (SCRIPT EXISTS), a second round trip per
+        batch. A Redis that lost its script cache (a restart) answers NOSCRIPT: the script is
+        loaded and the batch sent again, which changes nothing twice (idempotent by sequence number).
+        """
+        if len(charges) == 1:
+            await self.charge(charges[0], seqs[0])
+            return
         floor = self._floor()
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for charge, seq in zip(charges, seqs):
-                keys = self._keys(charge.client_id, True)
-                args = [*_charge_args(charge, self._quantum), seq, floor]
-                await self._charge(keys=keys, args=args, client=pipe)
-            await pipe.execute()
+        for attempt in range(2):
+            try:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for charge, seq in zip(charges, seqs):
+                        keys = self._keys(charge.client_id, True)
+                        args = [*_charge_args(charge, self._quantum), seq, floor]
+                        pipe.evalsha(self._charge.sha, len(keys), *keys, *args)
+                    await pipe.execute()
+                return
+            except NoScriptError:
+                if attempt:
+                    raise
+                await self._redis.script_load(ledger_scripts.CHARGE)
 
     async def apply(self, client_id: str, entry: JournalEntry, seq: int) -> None:
         args: list[str | float | int] = [client_id, entry.weight, self._quantum, len(entry.counters)]
