@@ -180,6 +180,11 @@ def sections(meta: dict, rows: list[dict]) -> str:
     if final:
         out += ["", f"Recipe of `{final['row']}` (each row's is in the JSON):", "", "```yaml"]
         out += [final["recipe"].strip(), "```"]
+    if meta.get("terminated"):
+        out += [
+            "",
+            f"**The run was stopped from outside ({meta['terminated']}); the rows are what finished.**",
+        ]
     if meta.get("errors"):
         out += ["", "## Errors (the phase named failed; the rows above are what ran)", ""]
         for name, text in meta["errors"].items():

@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
+import signal
 import statistics
 import sys
 import time
@@ -735,6 +736,13 @@ def main() -> None:
     torch.manual_seed(args.seed)
     run = Run(args, s, budget)
     page = run.page
+
+    def terminated(signum: int, frame: object) -> None:
+        # The backstop timeout's SIGTERM: leave through the phases' ``finally`` so the page is written.
+        run.meta["terminated"] = f"signal {signum} at {run.deadline.elapsed():.0f}s"
+        raise SystemExit(f"terminated by signal {signum}")
+
+    signal.signal(signal.SIGTERM, terminated)
     with page.phase("teacher", critical=True):
         run.load_teacher()
     with page.phase("data", critical=True):
