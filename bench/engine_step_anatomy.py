@@ -142,6 +142,16 @@ def anatomy(engine: Engine, batch: int, prompt_len: int, new_tokens: int, sync) 
     }
 
 
+def _tune_collector() -> bool:
+    """The engine process's collector settings (engine_loop); False in a tree from before them."""
+    try:
+        from radixfair.gc_tuning import tune_for_serving
+    except ImportError:
+        return False
+    tune_for_serving()
+    return True
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -150,8 +160,12 @@ def main() -> None:
     parser.add_argument("--prompt-len", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--null-runner", action="store_true", help="CPU: the engine's host cost alone")
+    parser.add_argument(
+        "--python-collector-defaults", action="store_true", help="keep CPython's gc thresholds (older trees)"
+    )
     parser.add_argument("--label", default="", help="a name for this tree (e.g. a commit) in the output")
     args = parser.parse_args()
+    tuned = not args.python_collector_defaults and _tune_collector()
     if args.null_runner:
         torch.set_num_threads(1)
         rows = [
@@ -169,7 +183,7 @@ def main() -> None:
             for batch in args.batches
         ]
     for row in rows:
-        print(json.dumps({"label": args.label, **row}), flush=True)
+        print(json.dumps({"label": args.label, "collector_tuned": tuned, **row}), flush=True)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.plain_torch_decoder import PlainDecoder  # noqa: E402
 from bench.report import markdown_table, write_results  # noqa: E402
 from bench.smollm2_shape import SMOLLM2_135M_HF_CONFIG  # noqa: E402
+from radixfair.gc_tuning import tune_for_serving  # noqa: E402
 from radixfair_worker.config import EngineConfig, ModelConfig, SchedulerConfig  # noqa: E402
 from radixfair_worker.engine import Engine  # noqa: E402
 from radixfair_worker.engine_builder import build_backend  # noqa: E402
@@ -198,6 +199,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     model_dir = make_random_model(Path(tempfile.mkdtemp()) / "smollm2-135m-random")
+    tune_for_serving()  # the engine process's collector settings (engine_loop)
     if args.ours_only:
         for cascade in (True, False):
             fields = (

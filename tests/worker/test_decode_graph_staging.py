@@ -30,15 +30,28 @@ NUM_PAGES, PAGE_SIZE, MAX_CONTEXT = 128, 8, 1024
 
 
 class EagerReplayRunner(DecodeGraphRunner):
-    """A DecodeGraphRunner whose "replay" is an eager forward over the same static buffers."""
+    """A DecodeGraphRunner whose "replay" is an eager forward over the same static buffers.
+
+    Each replay also checks what a graph would read against the requests themselves: every
+    row's pages in the static page table are its request's current page table.
+    """
 
     replays = 0
+    _chunks: list = []
 
     def _capture_all(self) -> None:
         pass
 
+    def forward(self, chunks, carry=None):  # noqa: ANN001, ANN201 - DecodeReplayer
+        self._chunks = list(chunks)
+        return super().forward(chunks, carry)
+
     def _replay(self, size: int) -> torch.Tensor:
         self.replays += 1
+        for row, chunk in enumerate(self._chunks):
+            pages = chunk.request.page_table
+            staged = self._page_table[row, : len(pages)].tolist()
+            assert staged == pages, f"row {row} ({chunk.request.request_id}) stages stale pages"
         # The torch backend sizes attention from host lengths; the Triton kernels read the device ones.
         lengths = self._seq_lens[:size].tolist()
         batch = dataclasses.replace(self._batch(size), seq_lens_host=lengths, max_seq_len=max(lengths))
@@ -87,4 +100,33 @@ def test_graph_runner_decode_steps_match_eager_engine_with_and_without_overlap(t
     for overlap in (False, True):
         engine, graphs = graph_engine(tiny_model_dir, overlap)
         assert run(engine, staggered_requests()) == expected, f"overlap={overlap}"
+        assert graphs.replays > 10
+
+
+def test_staged_page_tables_follow_a_page_swapped_for_a_cached_twin(tiny_model_dir):
+    """Two identical greedy requests write identical pages; when one inserts a page the other
+    cached first, its table takes the cached page and frees its own, which a later request then
+    reuses. A staged row that kept the freed page would read that request's K/V (the replay
+    checks every row against its request's table, and the tokens against the eager engine)."""
+
+    def requests() -> list[Request]:
+        twins = [greedy([21, 22, 23, 24, 25], 40, f"twin{i}", ignore_eos=True) for i in range(2)]
+        later = [greedy([30 + i] * 9, 30, f"later{i}", ignore_eos=True) for i in range(4)]
+        return twins + later
+
+    expected = run(make_stack(tiny_model_dir, num_pages=NUM_PAGES, page_size=PAGE_SIZE).engine, requests())
+    for overlap in (False, True):
+        engine, graphs = graph_engine(tiny_model_dir, overlap)
+        swaps = []
+        cache_computed = engine.pages.cache_computed
+
+        def watched(request: Request, cache_computed=cache_computed, swaps=swaps) -> None:
+            before = list(request.page_table)
+            cache_computed(request)
+            if request.page_table != before and len(request.page_table) == len(before):
+                swaps.append(request.request_id)
+
+        engine.pages.cache_computed = watched
+        assert run(engine, requests()) == expected, f"overlap={overlap}"
+        assert swaps, "no request's page was swapped for a cached twin: the case is not exercised"
         assert graphs.replays > 10

@@ -29,6 +29,16 @@ def write_pages(binder: PageBinder, request: Request, written: dict[int, tuple[i
             written[page] = tokens
 
 
+def only_grows(change, request: Request) -> None:  # noqa: ANN001
+    """Applies ``change`` to the request's table: the same list may only have grown; any other
+    change must come as a new list (the decode graphs' staging skips a row whose list and length
+    it has seen, so an edit in place would leave it reading a freed page)."""
+    table, before = request.page_table, list(request.page_table)
+    change(request)
+    if request.page_table is table:
+        assert table[: len(before)] == before, "a page table was edited in place"
+
+
 @given(
     prompts=st.lists(st.lists(st.integers(0, 2), min_size=1, max_size=9), min_size=1, max_size=8),
     growth=st.lists(st.integers(0, 4), min_size=8, max_size=8),
@@ -50,17 +60,17 @@ def test_bound_prefixes_hold_the_requests_tokens_and_every_page_comes_back(promp
         # Its whole fill is computed, then it decodes ``extra`` tokens, pages growing as needed.
         request.num_computed_tokens = request.num_tokens
         write_pages(binder, request, written)
-        binder.cache_computed(request)
+        only_grows(binder.cache_computed, request)
         for token in range(extra):
             missing = binder.missing_pages(request, request.num_tokens + 1)
             if missing > 0 and not binder.reserve(missing):
                 break
             if missing > 0:
-                binder.extend(request, missing)
+                only_grows(lambda r, count=missing: binder.extend(r, count), request)
             request.output_ids.append(token % 3)
             request.num_computed_tokens = request.num_tokens
             write_pages(binder, request, written)
-            binder.cache_computed(request)
+            only_grows(binder.cache_computed, request)
         running.append(request)
 
     for index in order:  # requests leave in any order

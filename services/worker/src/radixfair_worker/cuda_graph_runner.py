@@ -96,6 +96,8 @@ class DecodeGraphRunner:
         # non-blocking copies may not have run yet; by the time it stages n+2 the engine has
         # waited for step n, so two sets are enough.
         self._staging = [self._new_staging(), self._new_staging()]
+        # Per staging set and row: the page list (and its length) whose ids the row holds.
+        self._table_owners: list[list[tuple[list[int], int] | None]] = [[None] * biggest, [None] * biggest]
         self._turn = 0
         self._graphs: dict[int, _Captured] = {}
         self._cascade_graphs: dict[int, _Captured] = {}
@@ -108,9 +110,10 @@ class DecodeGraphRunner:
         """Logits [n, vocab] for n decode chunks; ``carry`` supplies inputs the host does not know yet."""
         count = len(chunks)
         size = self.batch_sizes[bisect.bisect_left(self.batch_sizes, count)]
-        staging = self._staging[self._turn]
+        turn = self._turn
         self._turn ^= 1
-        self._stage(chunks, size, staging)
+        staging = self._staging[turn]
+        self._stage(chunks, size, staging, self._table_owners[turn])
         for name, buffer in self._device_buffers().items():
             buffer[:size].copy_(staging[name].tensor[:size], non_blocking=True)
         if self._grouped:
@@ -128,29 +131,47 @@ class DecodeGraphRunner:
     def _gather_carried(self, size: int, carry: CarriedTokens, source: _Staged) -> None:
         """Overwrites the placeholder input ids with the previous step's tokens, on the device."""
         rows = source.array
-        rows[:size] = np.arange(size)
-        for row, carried_row in enumerate(carry.rows):
-            if carried_row >= 0:
-                rows[row] = size + carried_row
+        carried = np.asarray(carry.rows, dtype=np.int64)
+        count = len(carried)
+        identity = np.arange(size)
+        rows[:count] = np.where(carried >= 0, size + carried, identity[:count])
+        rows[count:size] = identity[count:]
         device_source = self._gather_source[:size]
         device_source.copy_(source.tensor[:size], non_blocking=True)
         ids = self._input_ids[:size]
         ids.copy_(gather_carried(ids, carry.tokens, device_source))
 
-    def _stage(self, chunks: list[ScheduledChunk], size: int, staging: dict[str, _Staged]) -> None:
+    def _stage(
+        self,
+        chunks: list[ScheduledChunk],
+        size: int,
+        staging: dict[str, _Staged],
+        table_owners: list[tuple[list[int], int] | None],
+    ) -> None:
+        """Writes the batch into pinned staging: per-row values as lists (one numpy conversion per
+        buffer, not one per element), and a page-table row only when it changed since this staging
+        set last held it (a row changes when its request does or gains a page, every page_size
+        steps): this is host time of every decode step, which at batch 128 bounds the step."""
         ids, positions, seq_lens = (staging[n].array for n in ("input_ids", "positions", "seq_lens"))
         slots, table = staging["slots"].array, staging["page_table"].array
         page_size = self.page_size
-        for row, chunk in enumerate(chunks):
-            request = chunk.request
-            position = chunk.start
-            ids[row] = request.output_ids[-1] if request.output_ids else request.prompt_ids[-1]
-            positions[row] = position
-            seq_lens[row] = position + 1
+        id_list, position_list, slot_list = [], [], []
+        for row, (request, position, _) in enumerate(chunks):
+            output_ids = request.output_ids
+            id_list.append(output_ids[-1] if output_ids else request.prompt_ids[-1])
+            position_list.append(position)
             pages = request.page_table
-            slots[row] = pages[position // page_size] * page_size + position % page_size
-            table[row, : len(pages)] = pages
+            slot_list.append(pages[position // page_size] * page_size + position % page_size)
+            owner = table_owners[row]
+            # Identity, not equality: PageBinder replaces a table it edits, so a held list only grows.
+            if owner is None or owner[0] is not pages or owner[1] != len(pages):
+                table[row, : len(pages)] = pages
+                table_owners[row] = (pages, len(pages))
         count = len(chunks)
+        ids[:count] = id_list
+        positions[:count] = position_list
+        seq_lens[:count] = positions[:count] + 1
+        slots[:count] = slot_list
         # A padding row may hold a stale placeholder (-1) from an earlier carried step; the
         # embedding lookup would fault on it.
         ids[count:size] = 0

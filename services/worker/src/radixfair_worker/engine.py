@@ -157,15 +157,13 @@ class Engine:
         Without overlap that is this step's batch; with overlap, the previous one.
         """
         self._take_inbox()
-        chunks = self._schedule()
-        overlap = self.overlap and not self.sampler.needs_host(
-            [c.request.sampling for c in chunks if c.completes_fill]
-        )
+        chunks, sampled = self._schedule()
+        overlap = self.overlap and not self.sampler.needs_host([c.request.sampling for c in sampled])
         # A batch with rows drawn from CPU generators is sampled on the host and read at once.
         # Its own rows' inputs are known (their previous step was read at once too); its
         # greedy rows take placeholder inputs from the step in flight as usual.
         if chunks:
-            launched = self._launch(chunks, overlap)
+            launched = self._launch(chunks, sampled, overlap)
             self._drain()
             self._in_flight = launched
             if not overlap:
@@ -175,12 +173,14 @@ class Engine:
         outputs, self._outputs = self._outputs, []
         return outputs
 
-    def _launch(self, chunks: list[ScheduledChunk], on_device: bool) -> InFlightStep | None:
+    def _launch(
+        self, chunks: list[ScheduledChunk], sampled: list[ScheduledChunk], on_device: bool
+    ) -> InFlightStep | None:
         """Runs the forward and the sampling of ``chunks``; with ``on_device`` nothing waits for them.
 
-        None when the forward failed and nothing of this step counts (see _isolate_forward_failure).
+        ``sampled`` are the chunks that complete their fill (one logits row each, in order). None
+        when the forward failed and nothing of this step counts (see _isolate_forward_failure).
         """
-        sampled = [c for c in chunks if c.completes_fill]
         carry = self._in_flight.carry_for(chunks) if self._in_flight is not None else None
         try:
             # Only overlap passes ``carry``, so runners without overlap support keep their signature.
@@ -195,16 +195,18 @@ class Engine:
             ids, configs = [c.request.request_id for c in sampled], [c.request.sampling for c in sampled]
             rows = self.sampler.sample(logits, ids, configs)
             tokens, failures = SampledTokens.known(rows.tokens), rows.failures
-        self.computed_tokens += sum(c.length for c in chunks)
-        for chunk in chunks:
-            chunk.request.num_computed_tokens += chunk.length
-        for chunk in sampled:
-            chunk.request.output_ids.append(PLACEHOLDER_TOKEN)
-            chunk.request.pending_tokens += 1
-        for chunk in chunks:
+        cache_computed = self.pages.cache_computed
+        computed = 0
+        for request, start, length in chunks:
+            computed += length
+            request.num_computed_tokens += length
+            if start + length == len(request.prompt_ids) + len(request.output_ids):  # sampled
+                request.output_ids.append(PLACEHOLDER_TOKEN)
+                request.pending_tokens += 1
             # Pages this step completes whose ids are known: their K/V is written before any
             # later step reads them (same stream), so the next admission can share them now.
-            self.pages.cache_computed(chunk.request)
+            cache_computed(request)
+        self.computed_tokens += computed
         for row, message in failures.items():
             # After the bookkeeping above, so finishing drops its placeholder like any other.
             self._outputs.append(self._fail(sampled[row].request, message))
@@ -238,45 +240,68 @@ class Engine:
         if step is None:
             return
         tokens = step.tokens.wait()
-        for row, chunk in enumerate(step.sampled):
+        outputs, append_token, cache_computed = self._outputs, self._append_token, self.pages.cache_computed
+        for chunk, token in zip(step.sampled, tokens):
             request = chunk.request
             # A request that stopped on its previous token was still in this batch; its
             # extra token was discarded when it finished.
             if request.status is RequestStatus.RUNNING:
-                self._outputs.append(self._append_token(request, tokens[row]))
-                self.pages.cache_computed(request)
+                outputs.append(append_token(request, token))
+                cache_computed(request)
 
-    def _schedule(self) -> list[ScheduledChunk]:
-        budget = _StepBudget(self, self.config.max_batched_tokens)
-        chunks = self._schedule_decodes(budget)
-        chunks += self._schedule_prefills(budget)
+    def _schedule(self) -> tuple[list[ScheduledChunk], list[ScheduledChunk]]:
+        """This step's chunks (decodes, prefill chunks, admissions), and those that sample a token."""
+        chunks, prefilling = self._schedule_decodes()
+        # A preemption while decodes were scheduled may have sent some back to waiting.
+        prefilling = [r for r in prefilling if r.status is RequestStatus.RUNNING]
+        budget = _StepBudget(self, self.config.max_batched_tokens - len(chunks), prefilling)
+        chunks += self._schedule_prefills(prefilling, budget)
         if self.waiting and budget.tokens_left > 0 and len(self.running) < self.config.max_running_requests:
             for request in self.policy.pick_next(list(self.waiting), self.cache, budget):
                 chunks.append(budget.chunks_admitted[request.request_id])
         # A drain for a preemption may have finished requests scheduled earlier in this step.
-        return [c for c in chunks if c.request.status is RequestStatus.RUNNING]
+        running = RequestStatus.RUNNING
+        chunks = [c for c in chunks if c.request.status is running]
+        sampled = [c for c in chunks if c.start + c.length == c.request.num_tokens]
+        return chunks, sampled
 
     # -- scheduling ----------------------------------------------------------
 
-    def _schedule_decodes(self, budget: _StepBudget) -> list[ScheduledChunk]:
-        chunks = []
+    def _schedule_decodes(self) -> tuple[list[ScheduledChunk], list[Request]]:
+        """A one-token chunk for every running request that decodes; also, those still prefilling.
+
+        The per-request work here runs for the whole batch every step, so it reads the request's
+        fields directly rather than through its derived properties.
+        """
+        chunks: list[ScheduledChunk] = []
+        prefilling: list[Request] = []
+        running, page_size = RequestStatus.RUNNING, self.page_size
+        length_reached = self.output_processor.length_reached
         for request in list(self.running):
-            if request.status is not RequestStatus.RUNNING or request.tokens_to_compute != 1:
+            if request.status is not running:
                 continue
-            if self.output_processor.length_reached(request, len(request.output_ids)):
+            num_output = len(request.output_ids)
+            num_tokens = len(request.prompt_ids) + num_output
+            to_compute = num_tokens - request.num_computed_tokens
+            if to_compute != 1:
+                if to_compute > 1:
+                    prefilling.append(request)
+                continue
+            if length_reached(request, num_output):
                 # Its last token (a placeholder until the step in flight is read) is its final one.
                 continue
-            if not self._ensure_pages(request, request.num_tokens):
+            if len(request.page_table) * page_size < num_tokens and not self._ensure_pages(
+                request, num_tokens
+            ):
                 continue
-            chunks.append(ScheduledChunk(request, request.num_computed_tokens, 1))
-            budget.tokens_left -= 1
-        return chunks
+            chunks.append(ScheduledChunk(request, num_tokens - 1, 1))
+        return chunks, prefilling
 
-    def _schedule_prefills(self, budget: _StepBudget) -> list[ScheduledChunk]:
+    def _schedule_prefills(self, prefilling: list[Request], budget: _StepBudget) -> list[ScheduledChunk]:
         chunks = []
-        for request in self.running:
-            if request.tokens_to_compute <= 1 or budget.tokens_left <= 0:
-                continue
+        for request in prefilling:
+            if budget.tokens_left <= 0:
+                break
             length = min(budget.tokens_left, request.tokens_to_compute)
             chunks.append(ScheduledChunk(request, request.num_computed_tokens, length))
             budget.tokens_left -= length
@@ -425,12 +450,12 @@ class Engine:
 class _StepBudget:
     """The AdmissionBudget a policy admits through during one step."""
 
-    def __init__(self, engine: Engine, tokens_left: int) -> None:
+    def __init__(self, engine: Engine, tokens_left: int, prefilling: list[Request]) -> None:
+        """``prefilling``: the running requests still prefilling, which lead the in-batch prefix hold
+        (their pages reach the cache chunk by chunk)."""
         self._engine = engine
         self.tokens_left = tokens_left
         self.chunks_admitted: dict[str, ScheduledChunk] = {}
-        # Leaders: running requests still prefilling (their pages reach the cache chunk by chunk).
-        prefilling = (r for r in engine.running if r.tokens_to_compute > 1)
         self._hold = InBatchPrefixHold(
             engine.cache, engine.config.scheduler.in_batch_prefix_pages, prefilling
         )

@@ -28,6 +28,7 @@ from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING
 
 from radixfair.errors import RadixfairError
+from radixfair.gc_tuning import tune_for_serving
 from radixfair_worker.engine_protocol import (
     STOP,
     AbortRequest,
@@ -88,6 +89,7 @@ def run_engine_process(
         return
     if after_build is not None:
         after_build(engine)
+    tune_for_serving()  # after the model and the graphs are built: they are what it freezes
     outputs.send(EngineReady(page_size=engine.page_size, max_context_tokens=engine.max_context_tokens))
     loop = EngineLoop(engine, commands, outputs)
     loop.run()

@@ -7,6 +7,10 @@ those change: a request's cached prefix is bound at admission, its table
 grows as it decodes, its completed pages are inserted into the cache as
 their ids become known, and everything is let go when it leaves. Whom to
 preempt when pages run out is the engine's decision, not this module's.
+
+A table list is only ever extended in place; any other change replaces the
+list, so holding the list and its length tells a reader (the decode graphs'
+staging) whether the ids it copied are still current.
 """
 
 from __future__ import annotations
@@ -69,17 +73,24 @@ class PageBinder:
 
     def cache_computed(self, request: Request) -> None:
         """Inserts the request's newly completed full pages of known ids into the radix tree."""
-        computed = min(request.num_computed_tokens, request.num_known_tokens)
-        full = computed - computed % self.page_size
-        if full <= request.num_inserted_tokens:
+        # Runs twice per running request per step: the common "no page completed" exit reads fields
+        # directly. num_inserted_tokens is always a whole number of pages.
+        known = len(request.prompt_ids) + len(request.output_ids) - request.pending_tokens
+        computed = min(request.num_computed_tokens, known)
+        if computed < request.num_inserted_tokens + self.page_size:
             return
+        full = computed - computed % self.page_size
         match = self.cache.insert(request.fill_ids[:full], request.page_table[: full // self.page_size])
         for index, page in enumerate(match.pages):
             if request.page_table[index] != page:
-                # Another request cached the same tokens first: use its page, free ours.
+                # Another request cached the same tokens first: use its page, free ours. The table
+                # is replaced, never edited in place: a list that changes identity only by growing
+                # is how the decode graphs' staging knows a row is unchanged.
                 self.allocator.incref([page])
                 self.allocator.decref([request.page_table[index]])
-                request.page_table[index] = page
+                table = list(request.page_table)
+                table[index] = page
+                request.page_table = table
         self.cache.lock(match.node)
         self.cache.unlock(request.locked_node)
         request.locked_node = match.node
