@@ -181,7 +181,7 @@ def test_any_tiling_of_a_ragged_problem_writes_every_output_once(
         ({"weight": torch.randn(8, 16, dtype=torch.float64)}, "dtype"),
         ({"norm_weight": torch.ones(15)}, "norm_weight"),
         ({"residual": torch.randn(3, 16), "norm_weight": None}, "only added in front of a norm"),
-        ({"residual": torch.randn(4, 16)}, "does not match"),
+        ({"residual": torch.randn(3, 16)}, "does not match"),
         ({"x": torch.randn(16, 4).T}, "contiguous"),
         ({"row_indices": torch.tensor([0], dtype=torch.int32)}, "int64"),
     ],
