@@ -68,7 +68,7 @@ from bench.smollm2_shape import SMOLLM2_135M_HF_CONFIG  # noqa: E402
 from radixfair.auth import ApiKeyConfig, bearer_metadata  # noqa: E402
 from radixfair.client import build_prompt, build_sampling  # noqa: E402
 from radixfair.local_stack import LocalStack, LocalStackConfig  # noqa: E402
-from radixfair.redis_launcher import free_loopback_port  # noqa: E402
+from radixfair.redis_launcher import RedisLaunchConfig, RedisServer, free_loopback_port  # noqa: E402
 from radixfair.v1 import router_pb2, router_pb2_grpc, worker_pb2, worker_pb2_grpc  # noqa: E402
 
 PATHS = ("in_process", "worker", "router", "http")
@@ -677,6 +677,13 @@ def started_paths(args: argparse.Namespace, settings: dict[str, object], logs: P
             paths.worker = Target("worker", workers[0].address, keys, args.request_timeout_s)
         if {"router", "http"} & set(args.paths):
             static = [{"worker_id": w.worker_id, "address": w.address} for w in workers]
+            redis_url = ""  # LocalStack's own: appendonly with appendfsync always
+            if args.redis_persistence == "none":
+                # As the shipped deployments run it (Helm and compose default to no persistence):
+                # an fsync per ledger write is a disk's latency, not the router's.
+                redis = RedisServer(RedisLaunchConfig(persistent=False)).start()
+                running.callback(redis.stop)
+                redis_url = redis.url
             stack_config = LocalStackConfig(
                 run_dir=logs / "stack",
                 model=str(settings["model"]),
@@ -687,6 +694,7 @@ def started_paths(args: argparse.Namespace, settings: dict[str, object], logs: P
                 api_keys=tuple(ApiKeyConfig(k, f"tenant-{i}", 1.0) for i, k in enumerate(keys)),
                 router_settings={"registry.workers": static, **parse_sets(args.router_set)},
                 startup_timeout_s=STARTUP_TIMEOUT_S,
+                redis_url=redis_url,
             )
             stack = LocalStack(stack_config)
             stack.start()
@@ -873,6 +881,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="router processes on one Redis ledger; the router path's clients spread over them",
     )
     parser.add_argument("--policy", default="d2lpm")
+    parser.add_argument(
+        "--redis-persistence",
+        choices=("none", "always"),
+        default="none",
+        help="the ledger's redis-server: none (the shipped deployments' default) or appendfsync always",
+    )
     parser.add_argument("--tenants", type=int, default=4, help="API keys the clients are spread over")
     parser.add_argument(
         "--client-procs", type=int, default=1, help="load-generator processes above 16 streams"
@@ -928,7 +942,8 @@ def notes(args: argparse.Namespace) -> str:
             "degraded_transitions: the router's flips into degraded mode, seen by polling GetStatus every",
             f"{STATUS_POLL_S} s (the JSON also counts the router log's warnings). The worker path talks to",
             f"the first of {args.workers} worker process(es); the router path goes through {args.routers}",
-            "router process(es) on one real redis-server ledger (client i on replica i mod n), listing those",
+            f"router process(es) on one real redis-server ledger (persistence: {args.redis_persistence};",
+            "client i on replica i mod n), listing those",
             "workers statically and polling their load throughout, as in service. Cells run interleaved",
             "(each workload and concurrency: every path in turn), so load drift on a shared machine hits",
             "all paths alike.",
