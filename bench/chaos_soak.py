@@ -15,7 +15,10 @@ Redis, kill -9 + restart a router). When the run ends, the load drains and the s
 - per client, output tokens received in stream deltas == the ledger's ``completion_tokens``
   in Redis (the routers book exactly the tokens they relayed: no refund ever reduces that
   field; a refund only returns an admission charge of *service* for a request that produced no
-  token) -- must match exactly;
+  token) -- must match exactly; and, separately, the difference is within what a killed router
+  may have booked ahead of the relay on the streams its kill cut (0 <= difference <= the
+  unreceived rest of those requests' max_tokens), which is what remains with
+  policy.output_book_ahead_tokens > 0;
 - KV pages leaked on each worker at idle: total - free - cached -- must be 0;
 - each fault's detection time by the router that was not faulted;
 - no ERROR/CRITICAL record or traceback in any router's or worker's log.
@@ -52,6 +55,8 @@ from radixfair.auth import ApiKeyConfig  # noqa: E402
 
 HOSTILE_ID = "hostile"
 HANG_SLACK_S = 10.0
+# A stream cut by a router kill fails as soon as its connection drops: within this of the kill.
+KILL_CUT_WINDOW_S = 2.0
 
 
 def hang_bound(cfg: StackConfig) -> float:
@@ -178,14 +183,22 @@ def summarize(
         }
         for cid in ledger
     ]
+    kill_bounds = router_kill_bounds(tally, records)
     for row in clients:
         row["difference"] = row["ledger_completion_tokens"] - row["tokens_received"]  # type: ignore[operator]
+        row["router_kill_bound"] = kill_bounds.get(str(row["client"]), 0)
     bad_hostile = {k: v for k, v in hostile_tally.status.items() if k in BAD_STATUSES}
     logs = [*stack.routers, *stack.workers]
     evidence = {c.name: error_summary(c.log_path) for c in logs}
     checks = {
         "hung_streams_zero": tally.hung + hostile_tally.hung == 0,
         "ledger_exact": all(r["difference"] == 0 for r in clients),
+        # Booked-ahead output (policy.output_book_ahead_tokens) of streams a router kill cut is booked
+        # and never relayed nor taken back: never below received, never above that bound.
+        "ledger_within_router_kill_bound": all(
+            0 <= r["difference"] <= r["router_kill_bound"]  # type: ignore[operator]
+            for r in clients
+        ),
         "no_leaked_pages": all(p["leaked_pages"] == 0 for p in pages.values()),
         "hostile_answered_cleanly": not bad_hostile,
         # Faults, hang-ups and hostile input are expected here: none may log an ERROR or a traceback.
@@ -209,6 +222,18 @@ def summarize(
     }
 
 
+def router_kill_bounds(tally: LoadTally, records: list[FaultRecord]) -> dict[str, int]:
+    """Per client, the most output a killed router may have booked and not relayed: for each stream
+    that failed on a router within KILL_CUT_WINDOW_S of its kill, the tokens its request allowed and
+    the client did not receive."""
+    kills = [(r.started, int(r.target.rsplit("-", 1)[1])) for r in records if r.fault == "kill -9 router"]
+    bounds: dict[str, int] = {}
+    for client, router, failed_at, unreceived in tally.failed_streams:
+        if any(index == router and 0 <= failed_at - at <= KILL_CUT_WINDOW_S for at, index in kills):
+            bounds[client] = bounds.get(client, 0) + unreceived
+    return bounds
+
+
 def router_limits(cfg: StackConfig) -> dict[str, float]:
     """The routers' health-check and stream limits in this run (their defaults unless --router-set)."""
     router = cfg.router_config()
@@ -219,6 +244,7 @@ def router_limits(cfg: StackConfig) -> dict[str, float]:
         "unhealthy_after_failures": registry.unhealthy_after_failures,
         "unhealthy_stream_silence_s": router.unhealthy_stream_silence_s,
         "stream_idle_timeout_s": router.forward.stream_idle_timeout_s,
+        "output_book_ahead_tokens": router.policy.output_book_ahead_tokens,
     }
 
 

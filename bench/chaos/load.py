@@ -33,6 +33,10 @@ class LoadTally:
     # Tokens received on streams that then failed (a worker or router died under them).
     cut_tokens: int = 0
     longest_silence_s: float = 0.0
+    # Streams that failed: (client id, router index, time.time() of the failure, output tokens the
+    # request allowed and the client did not receive). A router killed under a stream may have
+    # booked up to that many of them (booked ahead of the relay) and cannot settle them.
+    failed_streams: list[tuple[str, int, float, int]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -50,6 +54,8 @@ async def consume(
     client_id: str,
     tally: LoadTally,
     hang_bound_s: float,
+    router_index: int = -1,
+    max_tokens: int = 0,
 ) -> None:
     """Reads one stream to its end; counts delta tokens and the final status (OK or the error code)."""
     tally.sent[client_id] += 1
@@ -76,6 +82,8 @@ async def consume(
     except grpc.aio.AioRpcError as error:
         tally.status[error.code().name] += 1
         tally.cut_tokens += received
+        unreceived = max(max_tokens - received, 0)
+        tally.failed_streams.append((client_id, router_index, time.time(), unreceived))
 
 
 def random_request(rng: random.Random, label: str) -> router_pb2.RouterServiceGenerateRequest:
@@ -106,8 +114,9 @@ async def tenant_loop(
         turn = lane
         while not stop.is_set():
             request = random_request(rng, f"{client_id}-{lane}-{turn}")
-            call = stubs[turn % len(stubs)].Generate(request, metadata=bearer_metadata(key))
-            await consume(call, client_id, tally, hang_bound_s)
+            router = turn % len(stubs)
+            call = stubs[router].Generate(request, metadata=bearer_metadata(key))
+            await consume(call, client_id, tally, hang_bound_s, router, request.sampling.max_tokens)
             turn += 1
             await asyncio.sleep(0.05)  # a router that refuses at once must not spin the loop
 

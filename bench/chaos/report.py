@@ -75,7 +75,8 @@ def write_report(out_dir: Path, tag: str, command: str, result: dict[str, object
         "## Output tokens received vs the ledger",
         "",
         markdown_table(
-            result["ledger"], ["client", "tokens_received", "ledger_completion_tokens", "difference"]
+            result["ledger"],
+            ["client", "tokens_received", "ledger_completion_tokens", "difference", "router_kill_bound"],
         ),  # type: ignore[arg-type]
         "",
         "## KV pages at idle",
