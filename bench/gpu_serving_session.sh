@@ -19,6 +19,11 @@
 # TAG=... names the results; CONCURRENCY="1 32" narrows the sweep; PATHS="in_process worker router http"
 # adds the HTTP API (after bench/gpu_http_session.sh --prepare); ROUTERS=4 runs 4 router replicas on
 # one Redis; WORKLOADS="unique" and BENCH_TIMEOUT_S=200 shorten a run. Several runs fit in one call.
+# EXTRA="--min-requests 32" gives the 1-stream cells more requests (the router's added TTFT and
+# inter-token time per concurrency are in the second table); EXTRA="--redis-persistence always" puts
+# the old appendfsync-always Redis back. OVERHEAD=1 then also runs bench/router_overhead.py (one
+# stream, where the router's added time goes, phase by phase; OVERHEAD_TIMEOUT_S, default 240: with it,
+# BENCH_TIMEOUT_S=300 keeps the call under 600 s).
 set -uo pipefail
 carry=bench/scratch/gpu_serving
 
@@ -71,6 +76,13 @@ timeout -s TERM "${BENCH_TIMEOUT_S:-470}" python3 bench/serving_bench.py "${mode
   --workloads ${WORKLOADS:-unique shared_prefix} \
   --min-requests 8 --warmup-requests 16 --client-procs 4 \
   --tag "$tag" --out-dir "$OUT" --logs-dir "$logs" ${EXTRA:-} 2>&1 | tee "$OUT/serving_bench_$tag.log" | grep -v '^{' | tail -40
+if [ "${OVERHEAD:-0}" = 1 ]; then
+  # What the router adds to one stream, phase by phase (bench/router_overhead.py): worker-direct
+  # against router -> worker, with a probed router process, on the same model as above.
+  timeout -s TERM "${OVERHEAD_TIMEOUT_S:-240}" python3 bench/router_overhead.py --tag "${tag}_router_overhead" \
+    --out-dir "$OUT" --requests 64 --prompt-len 128 --new-tokens 128 --logs-dir /tmp/overhead_logs \
+    --serving-args "${model[*]} --device cuda --dtype bfloat16 --backend triton" 2>&1 | tail -60
+fi
 for log in "$logs/worker-0.log" "$logs/stack/router.log"; do
   [ -f "$log" ] && tail -c 4000000 "$log" > "$OUT/$(basename "$(dirname "$log")")_$(basename "$log")"
 done

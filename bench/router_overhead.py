@@ -25,6 +25,7 @@ router's residence time (read from the worker -> handed to gRPC) and its write-a
 
     .venv/bin/python bench/router_overhead.py                     # CPU, ~1-2 min
     .venv/bin/python bench/router_overhead.py --tag cpu_after     # a second run, e.g. after a change
+    OVERHEAD=1 bash bench/gpu_serving_session.sh                  # also on the GPU machine (see there)
 
 Writes ``<out-dir>/router_overhead_<tag>.{json,md}``.
 """
@@ -37,6 +38,7 @@ import contextlib
 import functools
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -262,7 +264,8 @@ def started_stack(
 ) -> Iterator[tuple[dict[str, str], list[RouterProcess]]]:
     bargs = serving_bench.parse_args(
         ["--quick", "--concurrency", "1", "--prompt-len", str(args.prompt_len),
-         "--new-tokens", str(args.new_tokens), "--torch-threads", str(args.torch_threads)]
+         "--new-tokens", str(args.new_tokens), "--torch-threads", str(args.torch_threads),
+         *shlex.split(args.serving_args)]
     )  # fmt: skip
     model_dir = serving_bench.prepare_model(bargs, work)
     settings = serving_bench.worker_settings(bargs, model_dir)
@@ -488,7 +491,8 @@ def _fmt(value: object) -> str:
 
 
 NOTES = (
-    "The worker: tiny random Llama (serving_bench's `tiny` shape), CPU, one process. Routers: D2LPM on a "
+    "The worker: one process, serving_bench's `--quick` preset (tiny random Llama, CPU) unless "
+    "`--serving-args` says otherwise (see the JSON's config). Routers: D2LPM on a "
     "real redis-server, the worker listed statically, identity signing on, as the serving bench's stack. "
     "`router` is `python -m radixfair_router` untouched; `router_probed` is the same code with timestamp "
     "probes around its phases (their own cost is a few microseconds per probe); `_nofsync`: Redis without "
@@ -510,6 +514,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument("--torch-threads", type=int, default=1)
     parser.add_argument("--redis-modes", nargs="+", choices=("always", "no"), default=["always", "no"])
+    parser.add_argument(
+        "--serving-args",
+        default="",
+        help="serving_bench flags for the worker, e.g. '--shape smollm2-135m --device cuda --dtype bfloat16 "
+        "--backend triton --tokenizer-dir DIR' (default: its --quick CPU preset)",
+    )
     parser.add_argument("--logs-dir", default="", help="keep the processes' logs and configs here")
     parser.add_argument("--serve-router", nargs=2, metavar=("CONFIG", "EVENTS"), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
