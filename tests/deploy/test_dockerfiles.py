@@ -1,5 +1,6 @@
-"""The Dockerfiles: hadolint-clean, multi-stage, non-root, pinned, health-checked, and installing
-through the very script the README set-up runs (scripts/install_service.sh)."""
+"""The images' Dockerfile (deploy/docker/radixfair.Dockerfile, one target per service): hadolint-clean,
+pinned, non-root, health-checked, its dependency layers built once and shared, and radixfair itself
+installed through the very script the README set-up runs (scripts/install_service.sh)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,11 @@ import pytest
 from deploy_support import REPO
 
 DOCKER_DIR = REPO / "deploy" / "docker"
+DOCKERFILE = DOCKER_DIR / "radixfair.Dockerfile"
+REQUIREMENTS = DOCKER_DIR / "third_party_requirements.py"
 SERVICES = ("router", "worker", "distiller")
+# The install steps see radixfair's sources only in these stages; the rest see the manifests.
+SOURCE_STAGES = set(SERVICES)
 
 
 @dataclass(frozen=True)
@@ -26,11 +31,12 @@ class Stage:
     instructions: tuple[tuple[str, str], ...]
 
 
-def parse_dockerfile(path: Path) -> tuple[dict[str, str], list[Stage]]:
-    """(global ARG defaults, stages) with continuation lines joined."""
+def parse_dockerfile(path: Path) -> tuple[dict[str, str], dict[str, Stage]]:
+    """(global ARG defaults, stages by name) with continuation lines joined."""
     text = re.sub(r"\\\n\s*", " ", path.read_text())
     args: dict[str, str] = {}
-    stages: list[Stage] = []
+    stages: dict[str, Stage] = {}
+    last = ""
     for line in text.splitlines():
         line = line.strip()
         if not line or line.startswith("#"):
@@ -39,28 +45,41 @@ def parse_dockerfile(path: Path) -> tuple[dict[str, str], list[Stage]]:
         keyword = keyword.upper()
         if keyword == "FROM":
             parts = rest.split()
-            stages.append(Stage(parts[0], parts[2] if len(parts) > 2 else "", ()))
+            last = parts[2] if len(parts) > 2 else f"stage{len(stages)}"
+            stages[last] = Stage(parts[0], last, ())
         elif not stages and keyword == "ARG":
             name, _, default = rest.partition("=")
             args[name] = default.strip('"')
         elif stages:
-            last = stages[-1]
-            stages[-1] = Stage(last.base, last.name, (*last.instructions, (keyword, rest)))
+            stage = stages[last]
+            stages[last] = Stage(stage.base, stage.name, (*stage.instructions, (keyword, rest)))
     return args, stages
 
 
-def dockerfile(service: str) -> Path:
-    return DOCKER_DIR / f"{service}.Dockerfile"
+ARGS, STAGES = parse_dockerfile(DOCKERFILE)
 
 
-def test_every_dockerfile_passes_hadolint() -> None:
-    files = sorted(DOCKER_DIR.glob("*.Dockerfile"))
+def chain(target: str) -> list[Stage]:
+    """The stages a target builds on, base first, ending with the target."""
+    stages = [STAGES[target]]
+    while stages[0].base in STAGES:
+        stages.insert(0, STAGES[stages[0].base])
+    return stages
+
+
+def instructions(target: str, keyword: str) -> list[str]:
+    """``keyword``'s arguments across a target's whole chain, in order."""
+    return [rest for stage in chain(target) for k, rest in stage.instructions if k == keyword]
+
+
+def test_the_dockerfiles_pass_hadolint() -> None:
+    files = [DOCKERFILE, REPO / "deploy" / "local" / "standins.Dockerfile"]
     hadolint = Path(sys.executable).with_name("hadolint")
     result = subprocess.run(
         [str(hadolint), "--format", "json", *map(str, files)], capture_output=True, text=True
     )
 
-    assert [f.name for f in files] == [f"{s}.Dockerfile" for s in sorted(SERVICES)]
+    assert sorted(p.name for p in DOCKER_DIR.glob("*.Dockerfile")) == ["radixfair.Dockerfile"]
     assert json.loads(result.stdout or "[]") == [], result.stdout
     assert result.returncode == 0
 
@@ -76,35 +95,70 @@ def test_hadolint_does_flag_a_bad_dockerfile(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("service", SERVICES)
-def test_image_is_multi_stage_on_a_pinned_base(service: str) -> None:
-    args, stages = parse_dockerfile(dockerfile(service))
-    base = args["PYTHON_IMAGE"]
+def test_each_image_builds_on_the_pinned_base_through_the_shared_runtime(service: str) -> None:
+    stages = chain(service)
 
-    assert len(stages) >= 2
-    assert all(stage.base == "${PYTHON_IMAGE}" for stage in stages)
-    assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm(@sha256:[0-9a-f]{64})?", base), base
-    # The final image copies the built virtualenv only; build tools and sources stay behind.
-    final = stages[-1]
-    copies = [rest for keyword, rest in final.instructions if keyword == "COPY"]
-    assert any(rest.startswith(f"--from={stages[0].name} /opt/venv") for rest in copies)
-    assert not any(re.search(r"\b(common|services|protos)/", rest) for rest in copies)
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm(@sha256:[0-9a-f]{64})?", ARGS["PYTHON_IMAGE"])
+    assert stages[0].base == "${PYTHON_IMAGE}" and stages[0].name == "runtime"
+    assert all(stage.base in STAGES for stage in stages[1:])
+
+
+def test_every_stage_builds_on_the_base_the_manifests_or_an_earlier_stage() -> None:
+    names = list(STAGES)
+    for index, stage in enumerate(STAGES.values()):
+        assert stage.base in ("${PYTHON_IMAGE}", "scratch") or stage.base in names[:index], stage.name
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_no_layer_holds_radixfairs_sources_or_a_copied_venv(service: str) -> None:
+    copies = instructions(service, "COPY")
+
+    assert not any(rest.startswith("--from") for rest in copies)
+    assert not any(re.search(r"\b(common|services|protos)/", rest) for rest in copies), copies
+    # Only the install steps of the targets mount the sources, for the install alone.
+    for stage in chain(service):
+        for keyword, rest in stage.instructions:
+            if keyword == "RUN" and "source=.," in rest:
+                assert stage.name in SOURCE_STAGES, stage.name
+
+
+def test_the_manifests_stage_holds_only_what_the_dependency_layers_read() -> None:
+    copied = [rest.split()[0] for k, rest in STAGES["manifests"].instructions if k == "COPY"]
+
+    assert STAGES["manifests"].base == "scratch"
+    assert sorted(copied) == sorted(
+        [
+            "constraints.txt",
+            "scripts/install_service.sh",
+            "deploy/docker/third_party_requirements.py",
+            "common/pyproject.toml",
+            *(f"services/{s}/pyproject.toml" for s in SERVICES),
+        ]
+    )
+
+
+@pytest.mark.parametrize("stage", ["router-deps", "worker-deps"])
+def test_dependency_layers_never_see_the_sources(stage: str) -> None:
+    runs = [rest for k, rest in STAGES[stage].instructions if k == "RUN"]
+
+    assert runs
+    for run in runs:
+        assert "from=manifests" in run and "source=.," not in run
 
 
 @pytest.mark.parametrize("service", SERVICES)
 def test_final_stage_runs_as_a_numeric_non_root_user(service: str) -> None:
-    _, stages = parse_dockerfile(dockerfile(service))
-    users = [rest for keyword, rest in stages[-1].instructions if keyword == "USER"]
+    users = instructions(service, "USER")
 
-    assert users, "no USER in the final stage"
+    assert users, "no USER"
     uid = users[-1].split(":")[0]
     assert uid.isdigit() and int(uid) != 0
 
 
 @pytest.mark.parametrize(("service", "port"), [("router", 50051), ("worker", 50061), ("distiller", 50071)])
 def test_image_health_checks_grpc_health_on_its_port(service: str, port: int) -> None:
-    _, stages = parse_dockerfile(dockerfile(service))
-    healthcheck = next(rest for keyword, rest in stages[-1].instructions if keyword == "HEALTHCHECK")
-    exposed = next(rest for keyword, rest in stages[-1].instructions if keyword == "EXPOSE").split()
+    healthcheck = instructions(service, "HEALTHCHECK")[-1]
+    exposed = instructions(service, "EXPOSE")[-1].split()
 
     assert f'"/opt/radixfair/grpc_health_check.py", "127.0.0.1:{port}"' in healthcheck
     assert str(port) in exposed
@@ -112,11 +166,8 @@ def test_image_health_checks_grpc_health_on_its_port(service: str, port: int) ->
 
 @pytest.mark.parametrize("service", SERVICES)
 def test_entrypoint_is_the_services_console_script(service: str) -> None:
-    _, stages = parse_dockerfile(dockerfile(service))
-    entrypoint = json.loads(
-        next(rest for keyword, rest in stages[-1].instructions if keyword == "ENTRYPOINT")
-    )
-    command = json.loads(next(rest for keyword, rest in stages[-1].instructions if keyword == "CMD"))
+    entrypoint = json.loads(instructions(service, "ENTRYPOINT")[-1])
+    command = json.loads(instructions(service, "CMD")[-1])
     scripts = tomllib.loads((REPO / "services" / service / "pyproject.toml").read_text())["project"][
         "scripts"
     ]
@@ -128,14 +179,13 @@ def test_entrypoint_is_the_services_console_script(service: str) -> None:
 
 @pytest.mark.parametrize("service", SERVICES)
 def test_install_step_is_the_setup_scripts_command_for_that_service(service: str) -> None:
-    _, stages = parse_dockerfile(dockerfile(service))
-    runs = [rest for keyword, rest in stages[0].instructions if keyword == "RUN"]
+    runs = [rest for k, rest in STAGES[service].instructions if k == "RUN"]
 
-    # The last step installs the service; an earlier one may install torch alone (a layer that a
-    # source change does not invalidate), through the same script.
-    assert re.search(rf"PYTHON=/opt/venv/bin/python .*bash scripts/install_service\.sh {service}$", runs[-1])
-    for run in runs[:-1]:
-        assert re.search(r"PYTHON=/opt/venv/bin/python .*bash scripts/install_service\.sh torch$", run), run
+    # The target's one install step installs the service, from the mounted sources.
+    assert len(runs) == 1
+    assert re.search(
+        rf"PYTHON=/opt/venv/bin/python .*bash /src/scripts/install_service\.sh {service}$", runs[0]
+    )
     setup = (REPO / "scripts" / "setup_env.sh").read_text()
     assert "bash scripts/install_service.sh --editable dev" in setup
     install = (REPO / "scripts" / "install_service.sh").read_text()
@@ -145,45 +195,55 @@ def test_install_step_is_the_setup_scripts_command_for_that_service(service: str
     assert f"install_{service}" in dev or service == "worker" and "install_distiller" in dev
 
 
-def test_router_image_copies_and_installs_nothing_with_torch() -> None:
-    _, stages = parse_dockerfile(dockerfile("router"))
-    sources = " ".join(
-        rest for stage in stages for keyword, rest in stage.instructions if keyword in ("COPY", "RUN")
-    )
+def test_the_router_image_installs_nothing_with_torch() -> None:
+    text = " ".join(rest for stage in chain("router") for _, rest in stage.instructions)
 
-    assert "services/worker" not in sources and "services/distiller" not in sources
-    instructions = [
-        line for line in dockerfile("router").read_text().splitlines() if not line.startswith("#")
-    ]
-    assert "torch" not in "\n".join(instructions).lower()
+    assert [s.name for s in chain("router")] == ["runtime", "router-deps", "router"]
+    assert "torch" not in text.lower() and "worker" not in text
 
 
 def test_worker_image_builds_a_cpu_and_a_cuda_variant() -> None:
-    _, stages = parse_dockerfile(dockerfile("worker"))
-    build_args = [rest for keyword, rest in stages[0].instructions if keyword == "ARG"]
+    runs = instructions("worker", "RUN")
 
-    assert "TORCH_VARIANT=cpu" in build_args
-    assert 'TORCH_VARIANT="${TORCH_VARIANT}"' in stages[0].instructions[-1][1]
-    install = (REPO / "scripts" / "install_service.sh").read_text()
-    assert re.search(r'cuda\) extras="convert,gpu"', install)
+    assert "TORCH_VARIANT=cpu" in [rest for k, rest in STAGES["worker-deps"].instructions if k == "ARG"]
+    torch = next(run for run in runs if "install_service.sh torch" in run)
+    assert 'TORCH_VARIANT="${TORCH_VARIANT}"' in torch
+    assert '--variant "${TORCH_VARIANT}"' in next(run for run in runs if "third_party_requirements" in run)
+    assert 'TORCH_VARIANT="${TORCH_VARIANT}"' in runs[-1]
 
 
-def test_distiller_image_is_the_worker_image_plus_the_distiller() -> None:
-    worker_args, worker = parse_dockerfile(dockerfile("worker"))
-    distiller_args, distiller = parse_dockerfile(dockerfile("distiller"))
+def test_the_distiller_image_is_the_worker_image_plus_the_distiller() -> None:
+    assert STAGES["distiller"].base == "worker"
+    assert [run for k, run in STAGES["distiller"].instructions if k == "RUN"][0].endswith(
+        "install_service.sh distiller"
+    )
 
-    def normalized(stage: Stage, service: str) -> list[tuple[str, str]]:
-        return [
-            (k, r.replace(f"install_service.sh {service}", "install_service.sh SERVICE"))
-            for k, r in stage.instructions
-            if not (k == "COPY" and r.startswith("services/distiller/"))
-            and k not in ("EXPOSE", "HEALTHCHECK", "ENTRYPOINT", "CMD")
-            and not (k == "RUN" and "mkdir -p" in r)
-        ]
 
-    assert distiller_args == worker_args
-    assert normalized(distiller[0], "distiller") == normalized(worker[0], "worker")
-    assert normalized(distiller[1], "distiller") == normalized(worker[1], "worker")
+def _requirements(*args: str) -> set[str]:
+    result = subprocess.run(
+        [sys.executable, str(REQUIREMENTS), *args], capture_output=True, text=True, check=True
+    )
+    return set(result.stdout.split())
+
+
+def test_the_dependency_layers_install_what_the_pyprojects_name_and_no_radixfair_package() -> None:
+    router = _requirements("router")
+    worker = _requirements("worker", "distiller")
+    cuda = _requirements("--variant", "cuda", "worker", "distiller")
+
+    common = tomllib.loads((REPO / "common" / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert set(common) <= router and set(common) <= worker
+    assert "redis>=5" in router and not any(r.startswith("torch") for r in router)
+    # The worker's GGUF-conversion extra always; triton (the gpu extra) only in the CUDA variant.
+    assert {"torch>=2.6", "transformers==5.23.0", "gguf==0.19.0"} <= worker
+    assert cuda - worker == {"triton>=3.3"}
+    assert not any(r.startswith("radixfair") for r in router | cuda)
+
+
+def test_the_wheelhouse_list_adds_what_building_the_packages_needs() -> None:
+    listed = _requirements("--build-requires", "router", "worker", "distiller")
+
+    assert {"setuptools>=69", "grpcio-tools==1.85.1"} <= listed
 
 
 def _dockerignore_includes(patterns: list[str], path: str) -> bool:
@@ -196,26 +256,37 @@ def _dockerignore_includes(patterns: list[str], path: str) -> bool:
     return included
 
 
-@pytest.mark.parametrize("service", SERVICES)
-def test_build_context_holds_what_the_dockerfile_copies_and_not_the_venv(service: str) -> None:
-    ignore = (DOCKER_DIR / f"{service}.Dockerfile.dockerignore").read_text().splitlines()
+def test_build_context_holds_what_the_dockerfile_reads_and_not_the_venv() -> None:
+    ignore = (DOCKER_DIR / "radixfair.Dockerfile.dockerignore").read_text().splitlines()
     patterns = [p.strip() for p in ignore if p.strip() and not p.startswith("#")]
-    _, stages = parse_dockerfile(dockerfile(service))
-    sources = [
+    copied = [
         source.rstrip("/")
-        for stage in stages
+        for stage in STAGES.values()
         for keyword, rest in stage.instructions
-        if keyword == "COPY" and not rest.startswith("--from")
+        if keyword == "COPY"
         for source in rest.split()[:-1]
     ]
+    # The install steps mount the sources and run scripts/install_service.sh on common and services.
+    mounted = [
+        "scripts/install_service.sh",
+        "protos",
+        "common",
+        "services",
+        "deploy/docker/build-inputs/apply.sh",
+    ]
 
-    for source in sources:
+    for source in copied + mounted:
         path = REPO / source
         assert path.exists(), source
         files = [path] if path.is_file() else [p for p in path.rglob("*.py") if "__pycache__" not in p.parts]
+        files += [path / "pyproject.toml"] if (path / "pyproject.toml").exists() else []
         for file in files[:50]:
             relative = str(file.relative_to(REPO))
-            if "egg-info" in relative or relative.endswith(("_pb2.py", "_pb2_grpc.py")):
+            if (
+                "egg-info" in relative
+                or "/build/" in relative
+                or relative.endswith(("_pb2.py", "_pb2_grpc.py"))
+            ):
                 continue
             assert _dockerignore_includes(patterns, relative), relative
     for excluded in (

@@ -41,6 +41,7 @@ def test_example_configs_load_as_the_services_read_them() -> None:
     # The worker file binds loopback: run on a bare host (`radixfair up --worker-config`) it opens
     # nothing to the network; compose and the chart give the containers their own address.
     assert (worker.host, worker.port, worker.metrics_port) == ("127.0.0.1", 50061, 9461)
+    assert worker.metrics.bind_host(worker.host) == "127.0.0.1"
     assert (router.host, router.port, router.metrics_port) == ("0.0.0.0", 50051, 9451)
     assert router.tokenizer_dir == Path(worker.cache_dir) / worker.model
 
@@ -95,6 +96,8 @@ def test_compose_workers_config_loads(compose_services: dict[str, Any], name: st
         # Every interface of the container: its address on the private compose network, which
         # the routers call by name; the host reaches it only if a port is published (none is).
         assert config.host == "0.0.0.0" and not service.get("ports")
+        # Prometheus scrapes /metrics from its own container, so it listens there too.
+        assert config.metrics.bind_host(config.host) == "0.0.0.0"
 
 
 @pytest.mark.parametrize("name", ["router-1", "router-2"])
@@ -239,6 +242,8 @@ def test_chart_worker_config_loads_and_matches_the_router_list(values_name: str)
     router = yaml.safe_load(config_map["router.yaml"])
     listed = router["registry"]["workers"][0]
     assert listed["worker_id"] == config.worker_id == "radixfair-worker-0"
+    # The pod's own network namespace: the routers and the scrapers reach both ports.
+    assert config.host == config.metrics.bind_host(config.host) == "0.0.0.0"
     # The routers sign each tenant's identity with the very secret the workers check.
     assert len(config.identity_secret) >= 32
     assert routers.forward.identity_secret == config.identity_secret
