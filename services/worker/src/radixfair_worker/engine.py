@@ -10,14 +10,15 @@ the pool (what it computed stays in the radix cache) and it waits to be
 recomputed.
 
 With overlap scheduling (``EngineConfig.overlap_schedule``) the host runs
-one step behind the device: ``step`` launches batch n (forward and argmax,
+one step behind the device: ``step`` launches batch n (forward and sampling,
 no host sync), then waits for batch n-1's sampled ids and does its
 bookkeeping (append, stop checks, detokenize, finish, cache pages) while
 the device computes n, and returns n-1's outputs. Until its id is known a
 sampled token is a placeholder in ``output_ids`` and the next step takes its
 input id from the previous step's sampled tensor on the device. Whatever
 needs every token known (preemption, aborts) first finishes the step in
-flight; a batch with rows sampled by CPU generators is read back at once.
+flight. Sampling (greedy, temperature, top-k, top-p, seeds) runs batched on
+the device (``sampler``), so sampled traffic keeps overlap on as well.
 
 A failure that belongs to one request (its row could not be sampled, its
 tokens could not be detokenized, its chunk fails the forward pass even on
@@ -55,7 +56,7 @@ from radixfair_worker.model_runner import ScheduledChunk, StepRunner
 from radixfair_worker.output_processor import OutputProcessor
 from radixfair_worker.page_binding import PageBinder
 from radixfair_worker.request import PLACEHOLDER_TOKEN, FinishReason, Request, RequestStatus
-from radixfair_worker.sampler import Sampler
+from radixfair_worker.sampler import FAILED_ROW_MESSAGE, Sampler
 from radixfair_worker.scheduler.base import SchedulingPolicy
 from radixfair_worker.scheduler.in_batch_prefix import InBatchPrefixHold
 
@@ -158,25 +159,19 @@ class Engine:
         """
         self._take_inbox()
         chunks, sampled = self._schedule()
-        overlap = self.overlap and not self.sampler.needs_host([c.request.sampling for c in sampled])
-        # A batch with rows drawn from CPU generators is sampled on the host and read at once.
-        # Its own rows' inputs are known (their previous step was read at once too); its
-        # greedy rows take placeholder inputs from the step in flight as usual.
         if chunks:
-            launched = self._launch(chunks, sampled, overlap)
+            launched = self._launch(chunks, sampled)
             self._drain()
             self._in_flight = launched
-            if not overlap:
+            if not self.overlap:
                 self._drain()
         else:
             self._drain()
         outputs, self._outputs = self._outputs, []
         return outputs
 
-    def _launch(
-        self, chunks: list[ScheduledChunk], sampled: list[ScheduledChunk], on_device: bool
-    ) -> InFlightStep | None:
-        """Runs the forward and the sampling of ``chunks``; with ``on_device`` nothing waits for them.
+    def _launch(self, chunks: list[ScheduledChunk], sampled: list[ScheduledChunk]) -> InFlightStep | None:
+        """Runs the forward and the sampling of ``chunks`` on the device; nothing here waits for them.
 
         ``sampled`` are the chunks that complete their fill (one logits row each, in order). None
         when the forward failed and nothing of this step counts (see _isolate_forward_failure).
@@ -188,13 +183,14 @@ class Engine:
         except Exception as error:
             self._isolate_forward_failure(chunks, error)
             return None
-        failures: dict[int, str] = {}
-        if on_device:
-            tokens = SampledTokens.copy_to_host(self.sampler.greedy_on_device(logits))
-        else:
-            ids, configs = [c.request.request_id for c in sampled], [c.request.sampling for c in sampled]
-            rows = self.sampler.sample(logits, ids, configs)
-            tokens, failures = SampledTokens.known(rows.tokens), rows.failures
+        # Each row draws its request's next token: index len(output_ids), before the placeholder.
+        rows = self.sampler.sample(
+            logits,
+            [c.request.request_id for c in sampled],
+            [c.request.sampling for c in sampled],
+            [len(c.request.output_ids) for c in sampled],
+        )
+        tokens, failures = SampledTokens.copy_to_host(rows.device, rows.host), rows.failures
         cache_computed = self.pages.cache_computed
         computed = 0
         for request, start, length in chunks:
@@ -246,6 +242,9 @@ class Engine:
             # A request that stopped on its previous token was still in this batch; its
             # extra token was discarded when it finished.
             if request.status is RequestStatus.RUNNING:
+                if token < 0:  # the device could not sample its row (see sampler.FAILED_TOKEN)
+                    outputs.append(self._fail(request, FAILED_ROW_MESSAGE))
+                    continue
                 outputs.append(append_token(request, token))
                 cache_computed(request)
 

@@ -1,6 +1,6 @@
 """A launched engine step whose sampled tokens the host has not read yet (overlap scheduling).
 
-With overlap on, ``Engine.step`` launches step n's forward and argmax, starts
+With overlap on, ``Engine.step`` launches step n's forward and sampling, starts
 copying the sampled ids to pinned host memory, and only then reads step
 n-1's ids, so the host's bookkeeping for n-1 and its scheduling of n+1 run
 while the device computes n. These classes hold what is needed to finish a
@@ -39,14 +39,20 @@ class SampledTokens:
         return cls(None, tokens)
 
     @classmethod
-    def copy_to_host(cls, tokens: torch.Tensor) -> SampledTokens:
-        """Starts a non-blocking copy of device ids [S] into pinned memory; ``wait`` finishes it."""
+    def copy_to_host(cls, tokens: torch.Tensor, reported: torch.Tensor | None = None) -> SampledTokens:
+        """Starts a non-blocking copy of ids [S] into pinned memory; ``wait`` finishes it.
+
+        ``tokens`` stay on the device as the next step's inputs; ``reported`` (same shape and
+        device, default ``tokens``) is what the host reads: the sampler marks rows it could not
+        sample there, while ``tokens`` keeps valid ids for them.
+        """
+        reported = tokens if reported is None else reported
         if tokens.device.type != "cuda":
-            return cls(tokens, tokens)
+            return cls(tokens, reported)
         if tokens.numel() == 0:  # a step of prefill chunks only: nothing to wait for
             return cls(tokens, [])
-        host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
-        host.copy_(tokens, non_blocking=True)
+        host = torch.empty(reported.shape, dtype=reported.dtype, pin_memory=True)
+        host.copy_(reported, non_blocking=True)
         ready = torch.cuda.Event()
         ready.record()
         return cls(tokens, host, ready)
