@@ -146,10 +146,25 @@ def check_correctness(model_dir: Path) -> dict[str, object]:
     }
 
 
-def engine_throughput(engine: Engine, batch: int, prompt_len: int, new_tokens: int) -> dict[str, float]:
+# The sampled row's parameters (issue #17.2): sampling on the device keeps overlap scheduling on.
+SAMPLED = {"temperature": 0.7, "top_p": 0.9}
+
+
+def engine_throughput(
+    engine: Engine, batch: int, prompt_len: int, new_tokens: int, sampling: dict[str, float] | None = None
+) -> dict[str, float]:
+    """Decode throughput of ``batch`` requests; greedy, or ``sampling`` (SamplingConfig fields, seed i)."""
     prompt_set = prompts(batch, prompt_len, seed=100 + batch)
+    tag = "s" if sampling else "b"
     requests = [
-        Request(f"b{batch}-{i}", f"c{i % 4}", p, SamplingConfig(max_tokens=new_tokens, ignore_eos=True))
+        Request(
+            f"{tag}{batch}-{i}",
+            f"c{i % 4}",
+            p,
+            SamplingConfig(
+                max_tokens=new_tokens, ignore_eos=True, **({**sampling, "seed": i} if sampling else {})
+            ),
+        )
         for i, p in enumerate(prompt_set)
     ]
     for request in requests:
@@ -197,10 +212,18 @@ def main() -> None:
         action="store_true",
         help="only the engine's own rows (overlap on, and off), for an A/B of two engine versions",
     )
+    parser.add_argument(
+        "--sampled-batches",
+        type=int,
+        nargs="*",
+        default=[128],
+        help=f"--ours-only: also a row sampling with {SAMPLED} at these batch sizes",
+    )
     args = parser.parse_args()
     model_dir = make_random_model(Path(tempfile.mkdtemp()) / "smollm2-135m-random")
     tune_for_serving()  # the engine process's collector settings (engine_loop)
     if args.ours_only:
+        ours_rows = []
         for cascade in (True, False):
             fields = (
                 {"cascade_decode": cascade} if "cascade_decode" in EngineConfig.__dataclass_fields__ else {}
@@ -208,11 +231,41 @@ def main() -> None:
             engine = make_engine(model_dir, "triton", "bfloat16", 128, **fields)
             sync_engine = make_engine(model_dir, "triton", "bfloat16", 128, overlap=False, **fields)
             for batch in args.batches:
-                ours = engine_throughput(engine, batch, args.prompt_len, args.new_tokens)
-                sync = engine_throughput(sync_engine, batch, args.prompt_len, args.new_tokens)
-                print({"batch": batch, **fields, "overlap": ours, "no_overlap": sync}, flush=True)
+                kinds = [("greedy", None)] + [("t0.7 p0.9", SAMPLED)] * (batch in args.sampled_batches)
+                for name, sampling in kinds:
+                    ours = engine_throughput(engine, batch, args.prompt_len, args.new_tokens, sampling)
+                    sync = engine_throughput(sync_engine, batch, args.prompt_len, args.new_tokens, sampling)
+                    print(
+                        {"batch": batch, "sampling": name, **fields, "overlap": ours, "no_overlap": sync},
+                        flush=True,
+                    )
+                    ours_rows.append(
+                        {
+                            "batch": batch,
+                            "sampling": name,
+                            **fields,
+                            "overlap_tok_s": ours["tok_per_s"],
+                            "overlap_ms_step": ours["ms_per_step"],
+                            "no_overlap_tok_s": sync["tok_per_s"],
+                            "no_overlap_ms_step": sync["ms_per_step"],
+                            "overlap_gain": ours["tok_per_s"] / sync["tok_per_s"],
+                        }
+                    )
             if not fields:
                 break
+        columns = list(ours_rows[0])
+        notes = (
+            f"--ours-only: random-weight SmolLM2-135M config, bf16, Triton kernels, CUDA-graph decode, "
+            f"{args.prompt_len}-token prompts, {args.new_tokens} new tokens, decode phase only. "
+            f"sampling 't0.7 p0.9' = temperature 0.7, top-p 0.9, seed = request index, sampled on the "
+            "device (overlap stays on); greedy = argmax."
+        )
+        path = write_results("gpu_engine_ours", ours_rows, columns, {}, notes)
+        print(markdown_table(ours_rows, columns))
+        if args.out:
+            args.out.mkdir(parents=True, exist_ok=True)
+            for suffix in (".md", ".json"):
+                (args.out / f"gpu_engine_ours{suffix}").write_text(path.with_suffix(suffix).read_text())
         return
 
     correctness = check_correctness(model_dir)
