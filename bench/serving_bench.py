@@ -36,6 +36,9 @@ router log's "shared state store unreachable" warnings as a cross-check.
 
 Writes ``<out-dir>/serving_<tag>.json`` (aggregates only) and ``serving_<tag>.md``; ``--raw FILE``
 also writes per-request records (not committed).
+
+This file is the orchestration (processes, cells, the CLI); the load is bench/serving_clients.py, the
+in-process ceiling bench/serving_in_process.py, the figures and report bench/serving_report.py.
 """
 
 from __future__ import annotations
@@ -44,9 +47,7 @@ import argparse
 import asyncio
 import contextlib
 import json
-import multiprocessing as mp
 import os
-import shlex
 import shutil
 import signal
 import subprocess
@@ -54,25 +55,39 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import grpc
-import numpy as np
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.report import RESULTS_DIR, environment, markdown_table  # noqa: E402
+from bench.report import RESULTS_DIR  # noqa: E402
+
+# The parts, re-exported: the profilers, the HTTP client and the GPU scripts use them through here.
+from bench.serving_clients import (  # noqa: E402, F401
+    PATHS,
+    STATUS_POLL_S,
+    WORKLOADS,
+    DegradedWatch,
+    RequestRecord,
+    RequestSpec,
+    Target,
+    by_client,
+    cell_requests,
+    cell_seed,
+    run_cell_grpc,
+    stream_one,
+)
+from bench.serving_in_process import build_in_process_engine, run_cell_in_process  # noqa: E402, F401
+from bench.serving_report import COLUMNS, add_ratios, summarize, write_report  # noqa: E402, F401
 from bench.smollm2_shape import SMOLLM2_135M_HF_CONFIG  # noqa: E402
 from radixfair.auth import ApiKeyConfig, bearer_metadata  # noqa: E402
-from radixfair.client import build_prompt, build_sampling  # noqa: E402
 from radixfair.local_stack import LocalStack, LocalStackConfig  # noqa: E402
 from radixfair.redis_launcher import RedisLaunchConfig, RedisServer, free_loopback_port  # noqa: E402
-from radixfair.v1 import router_pb2, router_pb2_grpc, worker_pb2, worker_pb2_grpc  # noqa: E402
+from radixfair.v1 import router_pb2, router_pb2_grpc  # noqa: E402
 
-PATHS = ("in_process", "worker", "router", "http")
-WORKLOADS = ("unique", "shared_prefix")
 SHAPES = {
     "smollm2-135m": SMOLLM2_135M_HF_CONFIG,
     # A 2-layer model of the same vocabulary: the CPU runs measure the serving path, not the math.
@@ -99,439 +114,7 @@ QUICK = {
     "tag": "cpu_quick",
 }
 DEGRADED_WARNING = "shared state store unreachable"
-STATUS_POLL_S = 0.25
 STARTUP_TIMEOUT_S = 600.0
-
-
-@dataclass(frozen=True)
-class RequestSpec:
-    request_id: str
-    client: int
-    prompt: list[int]
-    max_tokens: int
-
-
-@dataclass
-class RequestRecord:
-    """What one client saw of one request (times in time.monotonic seconds)."""
-
-    request_id: str
-    start: float
-    end: float = 0.0
-    first: float | None = None
-    tokens: int = 0
-    prompt_tokens: int = 0
-    cached_tokens: int = 0
-    ok: bool = False
-    error: str = ""
-    last: float | None = None
-    token_gaps: list[float] = field(default_factory=list)
-    message_gaps: list[float] = field(default_factory=list)
-
-    def on_tokens(self, count: int, now: float) -> None:
-        """A message (or engine step output) carrying ``count`` new tokens arrived at ``now``."""
-        if not count:
-            return
-        if self.last is None:
-            self.first = now
-        else:
-            self.message_gaps.append(now - self.last)
-            self.token_gaps.extend([(now - self.last) / count] * count)
-        self.tokens += count
-        self.last = now
-
-
-# ---- workloads --------------------------------------------------------------------------------
-
-
-def cell_requests(args: argparse.Namespace, workload: str, concurrency: int, seed: int) -> list[RequestSpec]:
-    """``rounds`` requests per client, each prompt unique past the (per-cell) shared prefix."""
-    rounds = max(1, -(-args.min_requests // concurrency))
-    rng = np.random.default_rng(seed)
-    prefix = rng.integers(1000, 40000, args.prefix_len).tolist() if workload == "shared_prefix" else []
-    unique_len = args.suffix_len if workload == "shared_prefix" else args.prompt_len
-    return [
-        RequestSpec(
-            f"s{seed}-c{client}-r{r}",
-            client,
-            prefix + rng.integers(1000, 40000, unique_len).tolist(),
-            args.new_tokens,
-        )
-        for r in range(rounds)
-        for client in range(concurrency)
-    ]
-
-
-def cell_seed(path: str, workload: str, concurrency: int, warmup: bool = False) -> int:
-    return (
-        1_000_000 * (1 + PATHS.index(path))
-        + 1000 * (1 + WORKLOADS.index(workload))
-        + concurrency
-        + (100_000 if warmup else 0)  # above any concurrency
-    )
-
-
-def by_client(specs: Sequence[RequestSpec]) -> dict[int, list[RequestSpec]]:
-    out: dict[int, list[RequestSpec]] = {}
-    for spec in specs:
-        out.setdefault(spec.client, []).append(spec)
-    return out
-
-
-# ---- clients over gRPC ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Target:
-    path: str  # "worker" or "router"
-    address: str
-    keys: tuple[str, ...]  # API key of tenant i (router path)
-    timeout_s: float
-    # Router replicas sharing one Redis ledger (--routers): client i talks to replica i mod n.
-    replicas: tuple[str, ...] = ()
-
-    def address_for(self, client: int) -> str:
-        return self.replicas[client % len(self.replicas)] if self.replicas else self.address
-
-
-async def stream_one(target: Target, stub: object, spec: RequestSpec) -> RequestRecord:
-    tenant = spec.client % len(target.keys)
-    prompt = build_prompt(spec.prompt)
-    sampling = build_sampling(max_tokens=spec.max_tokens, ignore_eos=True)
-    record = RequestRecord(spec.request_id, time.monotonic())
-    if target.path == "worker":
-        request = worker_pb2.GenerateRequest(
-            request_id=spec.request_id, client_id=f"tenant-{tenant}", prompt=prompt, sampling=sampling
-        )
-        call = stub.Generate(request, timeout=target.timeout_s)  # type: ignore[attr-defined]
-    else:
-        request = router_pb2.RouterServiceGenerateRequest(
-            request_id=spec.request_id, prompt=prompt, sampling=sampling
-        )
-        metadata = bearer_metadata(target.keys[tenant])
-        call = stub.Generate(request, metadata=metadata, timeout=target.timeout_s)  # type: ignore[attr-defined]
-    try:
-        async for message in call:
-            now = time.monotonic()
-            if message.HasField("delta"):
-                record.on_tokens(len(message.delta.token_ids), now)
-            elif message.HasField("result"):
-                usage = message.result.usage
-                record.prompt_tokens, record.cached_tokens = usage.prompt_tokens, usage.cached_tokens
-                record.ok = usage.completion_tokens == spec.max_tokens == record.tokens
-                if not record.ok:
-                    record.error = f"completion_tokens {usage.completion_tokens}, streamed {record.tokens}"
-    except grpc.aio.AioRpcError as error:
-        record.error = f"{error.code().name}: {error.details()}"
-    record.end = time.monotonic()
-    return record
-
-
-async def run_clients(
-    target: Target, specs: Sequence[RequestSpec], ready: object = None
-) -> list[RequestRecord]:
-    """One channel (own connection) and one stream at a time per client; all clients at once."""
-    stub_type = (
-        worker_pb2_grpc.WorkerServiceStub if target.path == "worker" else router_pb2_grpc.RouterServiceStub
-    )
-    clients = by_client(specs)
-    options = [("grpc.use_local_subchannel_pool", 1)]
-    channels = {c: grpc.aio.insecure_channel(target.address_for(c), options=options) for c in clients}
-    try:
-        # Bounded: a wrong address would otherwise wait for a connection forever.
-        await asyncio.wait_for(asyncio.gather(*(ch.channel_ready() for ch in channels.values())), 60)
-        if ready is not None:  # a multiprocessing barrier: start with the other client processes
-            await asyncio.to_thread(ready.wait, 300)  # type: ignore[attr-defined]
-
-        async def client(index: int) -> list[RequestRecord]:
-            stub = stub_type(channels[index])
-            return [await stream_one(target, stub, spec) for spec in clients[index]]
-
-        results = await asyncio.gather(*(client(c) for c in clients))
-    finally:
-        await asyncio.gather(*(ch.close() for ch in channels.values()))
-    return [r for records in results for r in records]
-
-
-def _client_process(target: Target, specs: list[RequestSpec], ready: object, results: object) -> None:
-    try:
-        records = asyncio.run(run_clients(target, specs, ready))
-        results.put(("ok", [asdict(r) for r in records]))  # type: ignore[attr-defined]
-    except BaseException as error:  # the parent must hear of it, or it would wait for this share
-        ready.abort()  # type: ignore[attr-defined]
-        results.put(("error", f"{type(error).__name__}: {error}"))  # type: ignore[attr-defined]
-        raise
-
-
-async def run_cell_grpc(target: Target, specs: list[RequestSpec], procs: int) -> list[RequestRecord]:
-    """Spreads the clients over ``procs`` processes so the load generator is not the bottleneck."""
-    clients = sorted(by_client(specs))
-    procs = max(1, min(procs, len(clients)))
-    if procs == 1:
-        return await run_clients(target, specs)
-    ctx = mp.get_context("spawn")  # the parent holds gRPC (and maybe CUDA) state: never fork it
-    ready, results = ctx.Barrier(procs), ctx.Queue()
-    shares = [{c for c in clients if c % procs == p} for p in range(procs)]
-    children = [
-        ctx.Process(
-            target=_client_process, args=(target, [s for s in specs if s.client in share], ready, results)
-        )
-        for share in shares
-    ]
-    for child in children:
-        child.start()
-    rounds = max(len(s) for s in by_client(specs).values())
-    try:
-        collected = [
-            await asyncio.to_thread(results.get, True, target.timeout_s * rounds + 120) for _ in children
-        ]
-    finally:
-        for child in children:
-            child.join(timeout=10)
-            if child.is_alive():
-                child.kill()
-    failures = [payload for kind, payload in collected if kind == "error"]
-    if failures:
-        raise RuntimeError(f"a client process failed: {failures[0]}")
-    return [RequestRecord(**r) for _, batch in collected for r in batch]
-
-
-class DegradedWatch:
-    """Counts the router's flips into degraded mode by polling GetStatus while a cell runs."""
-
-    def __init__(self, address: str, key: str) -> None:
-        self._address, self._key = address, key
-        self.transitions = 0
-        self.polls = 0
-        self.poll_errors = 0
-        self.connected_at_end: bool | None = None
-
-    async def run(self, stop: asyncio.Event) -> None:
-        async with grpc.aio.insecure_channel(self._address) as channel:
-            stub = router_pb2_grpc.RouterServiceStub(channel)
-            previous = True
-            while True:
-                try:
-                    status = await stub.GetStatus(
-                        router_pb2.GetStatusRequest(), metadata=bearer_metadata(self._key), timeout=5
-                    )
-                    self.polls += 1
-                    if previous and not status.shared_state_connected:
-                        self.transitions += 1
-                    previous = self.connected_at_end = status.shared_state_connected
-                except grpc.aio.AioRpcError:
-                    self.poll_errors += 1
-                if stop.is_set():
-                    return
-                try:
-                    await asyncio.wait_for(stop.wait(), STATUS_POLL_S)
-                except TimeoutError:
-                    pass
-
-
-# ---- the engine in-process --------------------------------------------------------------------
-
-
-def build_in_process_engine(settings: dict[str, object]) -> object:
-    """The worker's engine, built by the worker's builder from the worker's config and settings."""
-    import torch
-
-    from radixfair.config_loading import load_config
-    from radixfair_worker.config import WorkerConfig
-    from radixfair_worker.engine_builder import build_engine
-    from radixfair_worker.model_store import resolve_model_dir
-
-    config = load_config(WorkerConfig, env={}, overrides=settings)
-    if config.torch_threads:
-        torch.set_num_threads(config.torch_threads)
-    return build_engine(config.engine, resolve_model_dir(config.model, Path(config.cache_dir))).engine
-
-
-def run_cell_in_process(engine: object, specs: list[RequestSpec], tenants: int) -> list[RequestRecord]:
-    """Closed loop like the gRPC clients: each client submits its next request when one finishes."""
-    from radixfair_worker.request import Request, SamplingConfig
-
-    queues = {c: list(reversed(s)) for c, s in by_client(specs).items()}
-    live: dict[int, tuple[int, RequestRecord]] = {}
-
-    def submit(client: int) -> None:
-        spec = queues[client].pop()
-        sampling = SamplingConfig(max_tokens=spec.max_tokens, ignore_eos=True)
-        request = Request(spec.request_id, f"tenant-{client % tenants}", list(spec.prompt), sampling)
-        live[id(request)] = (client, RequestRecord(spec.request_id, time.monotonic()))
-        engine.submit(request)  # type: ignore[attr-defined]
-
-    for client in queues:
-        submit(client)
-    done: list[RequestRecord] = []
-    while engine.has_work():  # type: ignore[attr-defined]
-        outputs = engine.step()  # type: ignore[attr-defined]
-        now = time.monotonic()
-        for out in outputs:
-            client, record = live[id(out.request)]
-            record.on_tokens(len(out.new_token_ids), now)
-            if out.finished:
-                request = out.request
-                record.end = now
-                record.prompt_tokens = len(request.prompt_ids)
-                record.cached_tokens = request.num_cached_tokens
-                record.ok = record.tokens == len(request.output_ids) == request.sampling.max_tokens
-                done.append(record)
-                del live[id(request)]
-                if queues[client]:
-                    submit(client)
-    return done
-
-
-# ---- aggregation and report -------------------------------------------------------------------
-
-
-def summarize(records: Sequence[RequestRecord]) -> dict[str, object]:
-    ok = [r for r in records if r.ok]
-    wall = max(r.end for r in records) - min(r.start for r in records) if records else 0.0
-    ttft = [1e3 * (r.first - r.start) for r in ok if r.first is not None]
-    token_gaps = [1e3 * g for r in ok for g in r.token_gaps]
-    message_gaps = [1e3 * g for r in ok for g in r.message_gaps]
-    prompt = sum(r.prompt_tokens for r in ok)
-
-    def pct(values: list[float], q: float) -> float | None:
-        return float(np.percentile(values, q)) if values else None
-
-    return {
-        "requests": len(records),
-        "completed": len(ok),
-        "errors": sorted({r.error for r in records if r.error})[:5],
-        "output_tokens": sum(r.tokens for r in ok),
-        "wall_s": wall,
-        "out_tok_s": sum(r.tokens for r in ok) / wall if wall else None,
-        "req_s": len(ok) / wall if wall else None,
-        "ttft_p50_ms": pct(ttft, 50),
-        "ttft_p99_ms": pct(ttft, 99),
-        "itl_p99_ms": pct(token_gaps, 99),
-        "itl_mean_ms": float(np.mean(token_gaps)) if token_gaps else None,
-        "message_gap_p99_ms": pct(message_gaps, 99),
-        "cache_hit_rate": sum(r.cached_tokens for r in ok) / prompt if prompt else None,
-    }
-
-
-COLUMNS = [
-    "path",
-    "workload",
-    "concurrency",
-    "completed",
-    "out_tok_s",
-    "vs_in_process",
-    "req_s",
-    "ttft_p50_ms",
-    "ttft_p99_ms",
-    "itl_p99_ms",
-    "cache_hit_rate",
-    "degraded_transitions",
-]
-
-
-def add_ratios(rows: list[dict[str, object]]) -> None:
-    base = {(r["workload"], r["concurrency"]): r["out_tok_s"] for r in rows if r["path"] == "in_process"}
-    for row in rows:
-        reference = base.get((row["workload"], row["concurrency"]))
-        row["vs_in_process"] = row["out_tok_s"] / reference if reference and row["out_tok_s"] else None
-
-
-DERIVED_COLUMNS = [
-    "path",
-    "concurrency",
-    "shared_vs_unique_tok_s",
-    "router_added_ttft_p50_ms",
-    "router_added_itl_mean_ms",
-    "router_vs_worker_tok_s",
-    "http_vs_grpc_tok_s",
-    "http_added_ttft_p50_ms",
-]
-
-
-def derived_rows(rows: list[dict[str, object]]) -> list[dict[str, object]]:
-    """What issue 11's targets compare: shared prefix against unique, and the router against the worker."""
-    cell = {(r["path"], r["workload"], r["concurrency"]): r for r in rows}
-    out = []
-    for path, workload, concurrency in cell:
-        if workload != "unique":
-            continue
-        unique, shared = cell[(path, "unique", concurrency)], cell.get((path, "shared_prefix", concurrency))
-        row: dict[str, object] = {"path": path, "concurrency": concurrency}
-        row["shared_vs_unique_tok_s"] = _ratio(shared and shared["out_tok_s"], unique["out_tok_s"])
-        worker = cell.get(("worker", "unique", concurrency))
-        if path == "router" and worker is not None:
-            row["router_added_ttft_p50_ms"] = _difference(unique["ttft_p50_ms"], worker["ttft_p50_ms"])
-            row["router_added_itl_mean_ms"] = _difference(unique["itl_mean_ms"], worker["itl_mean_ms"])
-            row["router_vs_worker_tok_s"] = _ratio(unique["out_tok_s"], worker["out_tok_s"])
-        if path == "http":
-            from bench.serving_http_client import http_vs_grpc  # here: it imports this module
-
-            row.update(http_vs_grpc(unique, cell.get(("router", "unique", concurrency))))
-        out.append(row)
-    return out
-
-
-def _source_differs_from_commit() -> bool | None:
-    """Whether this script has changes not in the commit the report names (None: no git here)."""
-    try:
-        diff = subprocess.run(
-            ["git", "diff", "--quiet", "HEAD", "--", Path(__file__).name], cwd=Path(__file__).parent
-        )
-    except OSError:
-        return None
-    return {0: False, 1: True}.get(diff.returncode)
-
-
-def _ratio(a: object, b: object) -> float | None:
-    return a / b if isinstance(a, float) and isinstance(b, float) and b else None
-
-
-def _difference(a: object, b: object) -> float | None:
-    return a - b if isinstance(a, float) and isinstance(b, float) else None
-
-
-def write_report(args: argparse.Namespace, rows: list[dict[str, object]], meta: dict[str, object]) -> Path:
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    env = environment(("torch", "grpcio", "protobuf", "triton", "transformers", "redis"))
-    command = shlex.join([Path(sys.executable).name, *sys.argv])
-    env["bench_source_differs_from_commit"] = _source_differs_from_commit()
-    name = f"serving_{args.tag}"
-    (out_dir / f"{name}.json").write_text(
-        json.dumps(
-            {**env, "command": command, **meta, "rows": rows, "derived": derived_rows(rows)},
-            indent=2,
-            default=str,
-        )
-    )
-    machine = env["machine"]
-    versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v)  # type: ignore[union-attr]
-    lines = [
-        f"# {name}",
-        "",
-        f"{env['date']} · {machine['processor']} ({machine['cpus']} cpus,"  # type: ignore[index]
-        f" load {machine['load_average']}) · GPU: {machine['gpu'] or 'none'}"  # type: ignore[index]
-        f" · Python {env['python']} · {versions} · commit {env['git_commit']}",
-        "",
-        f"`{command}`",
-        "",
-        markdown_table(rows, COLUMNS),
-        "",
-        "Unique-prompt cells against each other: shared_prefix over unique tokens/s per path, and what the",
-        "router adds to the worker path (TTFT p50, mean inter-token time, tokens/s ratio):",
-        "",
-        markdown_table(derived_rows(rows), DERIVED_COLUMNS),
-        "",
-        str(meta["notes"]),
-    ]
-    failed = [r for r in rows if r["completed"] != r["requests"]]
-    if failed:
-        lines += ["", "Requests that did not complete (first errors of each cell):", ""]
-        lines += [f"- {r['path']}/{r['workload']}/{r['concurrency']}: {r['errors']}" for r in failed]
-    path = out_dir / f"{name}.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 # ---- setup ------------------------------------------------------------------------------------
@@ -779,7 +362,7 @@ async def run_cell(
         assert paths.worker is not None
         records = await run_cell_grpc(paths.worker, specs, procs)
     elif path == "http":
-        from bench.serving_http_client import run_cell_http  # here: it imports this module
+        from bench.serving_http_client import run_cell_http  # here: it needs httpx, only for the http path
 
         assert paths.http is not None
         records = await run_cell_http(paths.http, specs, procs)

@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 
-from bench.serving_bench import RequestRecord, RequestSpec, Target, by_client
+from bench.serving_clients import RequestRecord, RequestSpec, Target, by_client
 
 _DATA = "data: "
 

@@ -1,0 +1,256 @@
+"""The serving bench's load: request specs, what a client saw of each request, and the gRPC clients.
+
+Each of N concurrent clients (grpc.aio, one channel and one stream at a time per client) streams its
+requests back to back; above 16 streams the clients are spread over several processes so the load
+generator is not the bottleneck. ``DegradedWatch`` polls the router's GetStatus while a cell runs.
+Used by bench/serving_bench.py (orchestration), bench/serving_http_client.py and the profilers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing as mp
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from radixfair.auth import bearer_metadata  # noqa: E402
+from radixfair.client import build_prompt, build_sampling  # noqa: E402
+from radixfair.v1 import router_pb2, router_pb2_grpc, worker_pb2, worker_pb2_grpc  # noqa: E402
+
+PATHS = ("in_process", "worker", "router", "http")
+WORKLOADS = ("unique", "shared_prefix")
+STATUS_POLL_S = 0.25
+
+
+@dataclass(frozen=True)
+class RequestSpec:
+    request_id: str
+    client: int
+    prompt: list[int]
+    max_tokens: int
+
+
+@dataclass
+class RequestRecord:
+    """What one client saw of one request (times in time.monotonic seconds)."""
+
+    request_id: str
+    start: float
+    end: float = 0.0
+    first: float | None = None
+    tokens: int = 0
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    ok: bool = False
+    error: str = ""
+    last: float | None = None
+    token_gaps: list[float] = field(default_factory=list)
+    message_gaps: list[float] = field(default_factory=list)
+
+    def on_tokens(self, count: int, now: float) -> None:
+        """A message (or engine step output) carrying ``count`` new tokens arrived at ``now``."""
+        if not count:
+            return
+        if self.last is None:
+            self.first = now
+        else:
+            self.message_gaps.append(now - self.last)
+            self.token_gaps.extend([(now - self.last) / count] * count)
+        self.tokens += count
+        self.last = now
+
+
+# ---- workloads --------------------------------------------------------------------------------
+
+
+def cell_requests(args: argparse.Namespace, workload: str, concurrency: int, seed: int) -> list[RequestSpec]:
+    """``rounds`` requests per client, each prompt unique past the (per-cell) shared prefix."""
+    rounds = max(1, -(-args.min_requests // concurrency))
+    rng = np.random.default_rng(seed)
+    prefix = rng.integers(1000, 40000, args.prefix_len).tolist() if workload == "shared_prefix" else []
+    unique_len = args.suffix_len if workload == "shared_prefix" else args.prompt_len
+    return [
+        RequestSpec(
+            f"s{seed}-c{client}-r{r}",
+            client,
+            prefix + rng.integers(1000, 40000, unique_len).tolist(),
+            args.new_tokens,
+        )
+        for r in range(rounds)
+        for client in range(concurrency)
+    ]
+
+
+def cell_seed(path: str, workload: str, concurrency: int, warmup: bool = False) -> int:
+    return (
+        1_000_000 * (1 + PATHS.index(path))
+        + 1000 * (1 + WORKLOADS.index(workload))
+        + concurrency
+        + (100_000 if warmup else 0)  # above any concurrency
+    )
+
+
+def by_client(specs: Sequence[RequestSpec]) -> dict[int, list[RequestSpec]]:
+    out: dict[int, list[RequestSpec]] = {}
+    for spec in specs:
+        out.setdefault(spec.client, []).append(spec)
+    return out
+
+
+# ---- clients over gRPC ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    path: str  # "worker" or "router"
+    address: str
+    keys: tuple[str, ...]  # API key of tenant i (router path)
+    timeout_s: float
+    # Router replicas sharing one Redis ledger (--routers): client i talks to replica i mod n.
+    replicas: tuple[str, ...] = ()
+
+    def address_for(self, client: int) -> str:
+        return self.replicas[client % len(self.replicas)] if self.replicas else self.address
+
+
+async def stream_one(target: Target, stub: object, spec: RequestSpec) -> RequestRecord:
+    tenant = spec.client % len(target.keys)
+    prompt = build_prompt(spec.prompt)
+    sampling = build_sampling(max_tokens=spec.max_tokens, ignore_eos=True)
+    record = RequestRecord(spec.request_id, time.monotonic())
+    if target.path == "worker":
+        request = worker_pb2.GenerateRequest(
+            request_id=spec.request_id, client_id=f"tenant-{tenant}", prompt=prompt, sampling=sampling
+        )
+        call = stub.Generate(request, timeout=target.timeout_s)  # type: ignore[attr-defined]
+    else:
+        request = router_pb2.RouterServiceGenerateRequest(
+            request_id=spec.request_id, prompt=prompt, sampling=sampling
+        )
+        metadata = bearer_metadata(target.keys[tenant])
+        call = stub.Generate(request, metadata=metadata, timeout=target.timeout_s)  # type: ignore[attr-defined]
+    try:
+        async for message in call:
+            now = time.monotonic()
+            if message.HasField("delta"):
+                record.on_tokens(len(message.delta.token_ids), now)
+            elif message.HasField("result"):
+                usage = message.result.usage
+                record.prompt_tokens, record.cached_tokens = usage.prompt_tokens, usage.cached_tokens
+                record.ok = usage.completion_tokens == spec.max_tokens == record.tokens
+                if not record.ok:
+                    record.error = f"completion_tokens {usage.completion_tokens}, streamed {record.tokens}"
+    except grpc.aio.AioRpcError as error:
+        record.error = f"{error.code().name}: {error.details()}"
+    record.end = time.monotonic()
+    return record
+
+
+async def run_clients(
+    target: Target, specs: Sequence[RequestSpec], ready: object = None
+) -> list[RequestRecord]:
+    """One channel (own connection) and one stream at a time per client; all clients at once."""
+    stub_type = (
+        worker_pb2_grpc.WorkerServiceStub if target.path == "worker" else router_pb2_grpc.RouterServiceStub
+    )
+    clients = by_client(specs)
+    options = [("grpc.use_local_subchannel_pool", 1)]
+    channels = {c: grpc.aio.insecure_channel(target.address_for(c), options=options) for c in clients}
+    try:
+        # Bounded: a wrong address would otherwise wait for a connection forever.
+        await asyncio.wait_for(asyncio.gather(*(ch.channel_ready() for ch in channels.values())), 60)
+        if ready is not None:  # a multiprocessing barrier: start with the other client processes
+            await asyncio.to_thread(ready.wait, 300)  # type: ignore[attr-defined]
+
+        async def client(index: int) -> list[RequestRecord]:
+            stub = stub_type(channels[index])
+            return [await stream_one(target, stub, spec) for spec in clients[index]]
+
+        results = await asyncio.gather(*(client(c) for c in clients))
+    finally:
+        await asyncio.gather(*(ch.close() for ch in channels.values()))
+    return [r for records in results for r in records]
+
+
+def _client_process(target: Target, specs: list[RequestSpec], ready: object, results: object) -> None:
+    try:
+        records = asyncio.run(run_clients(target, specs, ready))
+        results.put(("ok", [asdict(r) for r in records]))  # type: ignore[attr-defined]
+    except BaseException as error:  # the parent must hear of it, or it would wait for this share
+        ready.abort()  # type: ignore[attr-defined]
+        results.put(("error", f"{type(error).__name__}: {error}"))  # type: ignore[attr-defined]
+        raise
+
+
+async def run_cell_grpc(target: Target, specs: list[RequestSpec], procs: int) -> list[RequestRecord]:
+    """Spreads the clients over ``procs`` processes so the load generator is not the bottleneck."""
+    clients = sorted(by_client(specs))
+    procs = max(1, min(procs, len(clients)))
+    if procs == 1:
+        return await run_clients(target, specs)
+    ctx = mp.get_context("spawn")  # the parent holds gRPC (and maybe CUDA) state: never fork it
+    ready, results = ctx.Barrier(procs), ctx.Queue()
+    shares = [{c for c in clients if c % procs == p} for p in range(procs)]
+    children = [
+        ctx.Process(
+            target=_client_process, args=(target, [s for s in specs if s.client in share], ready, results)
+        )
+        for share in shares
+    ]
+    for child in children:
+        child.start()
+    rounds = max(len(s) for s in by_client(specs).values())
+    try:
+        collected = [
+            await asyncio.to_thread(results.get, True, target.timeout_s * rounds + 120) for _ in children
+        ]
+    finally:
+        for child in children:
+            child.join(timeout=10)
+            if child.is_alive():
+                child.kill()
+    failures = [payload for kind, payload in collected if kind == "error"]
+    if failures:
+        raise RuntimeError(f"a client process failed: {failures[0]}")
+    return [RequestRecord(**r) for _, batch in collected for r in batch]
+
+
+class DegradedWatch:
+    """Counts the router's flips into degraded mode by polling GetStatus while a cell runs."""
+
+    def __init__(self, address: str, key: str) -> None:
+        self._address, self._key = address, key
+        self.transitions = 0
+        self.polls = 0
+        self.poll_errors = 0
+        self.connected_at_end: bool | None = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        async with grpc.aio.insecure_channel(self._address) as channel:
+            stub = router_pb2_grpc.RouterServiceStub(channel)
+            previous = True
+            while True:
+                try:
+                    status = await stub.GetStatus(
+                        router_pb2.GetStatusRequest(), metadata=bearer_metadata(self._key), timeout=5
+                    )
+                    self.polls += 1
+                    if previous and not status.shared_state_connected:
+                        self.transitions += 1
+                    previous = self.connected_at_end = status.shared_state_connected
+                except grpc.aio.AioRpcError:
+                    self.poll_errors += 1
+                if stop.is_set():
+                    return
+                try:
+                    await asyncio.wait_for(stop.wait(), STATUS_POLL_S)
+                except TimeoutError:
+                    pass

@@ -1,0 +1,61 @@
+"""The serving bench's ceiling: the worker's own engine driven in-process, closed loop, no gRPC."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.serving_clients import RequestRecord, RequestSpec, by_client  # noqa: E402
+
+
+def build_in_process_engine(settings: dict[str, object]) -> object:
+    """The worker's engine, built by the worker's builder from the worker's config and settings."""
+    import torch
+
+    from radixfair.config_loading import load_config
+    from radixfair_worker.config import WorkerConfig
+    from radixfair_worker.engine_builder import build_engine
+    from radixfair_worker.model_store import resolve_model_dir
+
+    config = load_config(WorkerConfig, env={}, overrides=settings)
+    if config.torch_threads:
+        torch.set_num_threads(config.torch_threads)
+    return build_engine(config.engine, resolve_model_dir(config.model, Path(config.cache_dir))).engine
+
+
+def run_cell_in_process(engine: object, specs: list[RequestSpec], tenants: int) -> list[RequestRecord]:
+    """Closed loop like the gRPC clients: each client submits its next request when one finishes."""
+    from radixfair_worker.request import Request, SamplingConfig
+
+    queues = {c: list(reversed(s)) for c, s in by_client(specs).items()}
+    live: dict[int, tuple[int, RequestRecord]] = {}
+
+    def submit(client: int) -> None:
+        spec = queues[client].pop()
+        sampling = SamplingConfig(max_tokens=spec.max_tokens, ignore_eos=True)
+        request = Request(spec.request_id, f"tenant-{client % tenants}", list(spec.prompt), sampling)
+        live[id(request)] = (client, RequestRecord(spec.request_id, time.monotonic()))
+        engine.submit(request)  # type: ignore[attr-defined]
+
+    for client in queues:
+        submit(client)
+    done: list[RequestRecord] = []
+    while engine.has_work():  # type: ignore[attr-defined]
+        outputs = engine.step()  # type: ignore[attr-defined]
+        now = time.monotonic()
+        for out in outputs:
+            client, record = live[id(out.request)]
+            record.on_tokens(len(out.new_token_ids), now)
+            if out.finished:
+                request = out.request
+                record.end = now
+                record.prompt_tokens = len(request.prompt_ids)
+                record.cached_tokens = request.num_cached_tokens
+                record.ok = record.tokens == len(request.output_ids) == request.sampling.max_tokens
+                done.append(record)
+                del live[id(request)]
+                if queues[client]:
+                    submit(client)
+    return done

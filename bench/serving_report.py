@@ -1,0 +1,165 @@
+"""The serving bench's aggregates and report: per-cell figures, ratios between paths, JSON + markdown."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.report import environment, markdown_table  # noqa: E402
+from bench.serving_clients import RequestRecord  # noqa: E402
+
+
+def summarize(records: Sequence[RequestRecord]) -> dict[str, object]:
+    ok = [r for r in records if r.ok]
+    wall = max(r.end for r in records) - min(r.start for r in records) if records else 0.0
+    ttft = [1e3 * (r.first - r.start) for r in ok if r.first is not None]
+    token_gaps = [1e3 * g for r in ok for g in r.token_gaps]
+    message_gaps = [1e3 * g for r in ok for g in r.message_gaps]
+    prompt = sum(r.prompt_tokens for r in ok)
+
+    def pct(values: list[float], q: float) -> float | None:
+        return float(np.percentile(values, q)) if values else None
+
+    return {
+        "requests": len(records),
+        "completed": len(ok),
+        "errors": sorted({r.error for r in records if r.error})[:5],
+        "output_tokens": sum(r.tokens for r in ok),
+        "wall_s": wall,
+        "out_tok_s": sum(r.tokens for r in ok) / wall if wall else None,
+        "req_s": len(ok) / wall if wall else None,
+        "ttft_p50_ms": pct(ttft, 50),
+        "ttft_p99_ms": pct(ttft, 99),
+        "itl_p99_ms": pct(token_gaps, 99),
+        "itl_mean_ms": float(np.mean(token_gaps)) if token_gaps else None,
+        "message_gap_p99_ms": pct(message_gaps, 99),
+        "cache_hit_rate": sum(r.cached_tokens for r in ok) / prompt if prompt else None,
+    }
+
+
+COLUMNS = [
+    "path",
+    "workload",
+    "concurrency",
+    "completed",
+    "out_tok_s",
+    "vs_in_process",
+    "req_s",
+    "ttft_p50_ms",
+    "ttft_p99_ms",
+    "itl_p99_ms",
+    "cache_hit_rate",
+    "degraded_transitions",
+]
+
+
+def add_ratios(rows: list[dict[str, object]]) -> None:
+    base = {(r["workload"], r["concurrency"]): r["out_tok_s"] for r in rows if r["path"] == "in_process"}
+    for row in rows:
+        reference = base.get((row["workload"], row["concurrency"]))
+        row["vs_in_process"] = row["out_tok_s"] / reference if reference and row["out_tok_s"] else None
+
+
+DERIVED_COLUMNS = [
+    "path",
+    "concurrency",
+    "shared_vs_unique_tok_s",
+    "router_added_ttft_p50_ms",
+    "router_added_itl_mean_ms",
+    "router_vs_worker_tok_s",
+    "http_vs_grpc_tok_s",
+    "http_added_ttft_p50_ms",
+]
+
+
+def derived_rows(rows: list[dict[str, object]]) -> list[dict[str, object]]:
+    """What issue 11's targets compare: shared prefix against unique, and the router against the worker."""
+    cell = {(r["path"], r["workload"], r["concurrency"]): r for r in rows}
+    out = []
+    for path, workload, concurrency in cell:
+        if workload != "unique":
+            continue
+        unique, shared = cell[(path, "unique", concurrency)], cell.get((path, "shared_prefix", concurrency))
+        row: dict[str, object] = {"path": path, "concurrency": concurrency}
+        row["shared_vs_unique_tok_s"] = _ratio(shared and shared["out_tok_s"], unique["out_tok_s"])
+        worker = cell.get(("worker", "unique", concurrency))
+        if path == "router" and worker is not None:
+            row["router_added_ttft_p50_ms"] = _difference(unique["ttft_p50_ms"], worker["ttft_p50_ms"])
+            row["router_added_itl_mean_ms"] = _difference(unique["itl_mean_ms"], worker["itl_mean_ms"])
+            row["router_vs_worker_tok_s"] = _ratio(unique["out_tok_s"], worker["out_tok_s"])
+        if path == "http":
+            from bench.serving_http_client import http_vs_grpc  # here: it needs httpx, only for the http path
+
+            row.update(http_vs_grpc(unique, cell.get(("router", "unique", concurrency))))
+        out.append(row)
+    return out
+
+
+def _source_differs_from_commit() -> bool | None:
+    """Whether this script has changes not in the commit the report names (None: no git here)."""
+    try:
+        diff = subprocess.run(
+            ["git", "diff", "--quiet", "HEAD", "--", Path(__file__).name], cwd=Path(__file__).parent
+        )
+    except OSError:
+        return None
+    return {0: False, 1: True}.get(diff.returncode)
+
+
+def _ratio(a: object, b: object) -> float | None:
+    return a / b if isinstance(a, float) and isinstance(b, float) and b else None
+
+
+def _difference(a: object, b: object) -> float | None:
+    return a - b if isinstance(a, float) and isinstance(b, float) else None
+
+
+def write_report(args: argparse.Namespace, rows: list[dict[str, object]], meta: dict[str, object]) -> Path:
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    env = environment(("torch", "grpcio", "protobuf", "triton", "transformers", "redis"))
+    command = shlex.join([Path(sys.executable).name, *sys.argv])
+    env["bench_source_differs_from_commit"] = _source_differs_from_commit()
+    name = f"serving_{args.tag}"
+    (out_dir / f"{name}.json").write_text(
+        json.dumps(
+            {**env, "command": command, **meta, "rows": rows, "derived": derived_rows(rows)},
+            indent=2,
+            default=str,
+        )
+    )
+    machine = env["machine"]
+    versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v)  # type: ignore[union-attr]
+    lines = [
+        f"# {name}",
+        "",
+        f"{env['date']} · {machine['processor']} ({machine['cpus']} cpus,"  # type: ignore[index]
+        f" load {machine['load_average']}) · GPU: {machine['gpu'] or 'none'}"  # type: ignore[index]
+        f" · Python {env['python']} · {versions} · commit {env['git_commit']}",
+        "",
+        f"`{command}`",
+        "",
+        markdown_table(rows, COLUMNS),
+        "",
+        "Unique-prompt cells against each other: shared_prefix over unique tokens/s per path, and what the",
+        "router adds to the worker path (TTFT p50, mean inter-token time, tokens/s ratio):",
+        "",
+        markdown_table(derived_rows(rows), DERIVED_COLUMNS),
+        "",
+        str(meta["notes"]),
+    ]
+    failed = [r for r in rows if r["completed"] != r["requests"]]
+    if failed:
+        lines += ["", "Requests that did not complete (first errors of each cell):", ""]
+        lines += [f"- {r['path']}/{r['workload']}/{r['concurrency']}: {r['errors']}" for r in failed]
+    path = out_dir / f"{name}.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
