@@ -74,11 +74,11 @@ def random_mixture(
     flood_rps = np.maximum(flood_total * rng.dirichlet(4 * np.ones(num_flood)), 1.5 * capacity_rps)
     offered = float(flood_rps.sum() + light_rps.sum())
     duration = requests_per_worker * workers / offered
-    name = f"mixture_s{seed}_{workers}w"
+    spec_name = f"mixture_s{seed}_{workers}w"
     if flood_load is not None:
         flood_rps = flood_rps * (flood_load * cluster / float(flood_rps.sum()))
         offered = float(flood_rps.sum() + light_rps.sum())
-        name += f"_flood{flood_load:g}"
+        spec_name += f"_flood{flood_load:g}"
     clients: list[ClientSpec] = []
     role_of: dict[str, str] = {}
     for i, rate in enumerate(flood_rps):
@@ -92,7 +92,7 @@ def random_mixture(
         name = f"{role}{i:04d}"
         role_of[name] = role
         clients.append(_light(name, role, float(weight), float(rate), duration, rng))
-    return Mixture(WorkloadSpec(name, duration, tuple(clients)), role_of, offered / cluster)
+    return Mixture(WorkloadSpec(spec_name, duration, tuple(clients)), role_of, offered / cluster)
 
 
 def _light(
