@@ -147,13 +147,15 @@ def gate_gap_over_bound(result: SimResult) -> float:
     """The worst tracked pair's service gap, over stretches where both have a request held in the
     router's admission gate, divided by the late-binding bound (docs/cluster-fairness.md):
 
-        sum over i in {A, B} of (w_in·L_i + w_out·M_i·F_i + F_i·(w_in·L_i + w_out·b)) / w_i
+        sum over i in {A, B} of (w_in·L_i·(1 + 2·F_i) + w_out·M_i·F_i + 2·F_i·(w_in·L_i + w_out·b)) / w_i
 
     F_i: the most requests of i in flight at once (dispatched, not finished), b: the router's output
-    booking batch (16 tokens here). The first two terms are VTC's argument on the ledger's counters;
-    the last is how far the service measured here (input at the worker's admission, output per
-    token) can stand from those counters (input booked at dispatch, output in batches), per request
-    in flight. 0 when no gate ran.
+    booking batch (16 tokens here). The first two terms are VTC's argument on the ledger's counters
+    (a release, the outputs of the requests in flight, and their input corrections, which move either
+    client's counter up or down); the last is how far
+    the service measured here (input at the worker's admission, output per token) can stand from
+    those counters (input booked at dispatch, output in batches), at each end of a stretch. 0 when
+    no gate ran.
     """
     rec = result.recorder
     router = result.router
@@ -171,8 +173,9 @@ def gate_gap_over_bound(result: SimResult) -> float:
     def part(client: str) -> float:
         w_in, w_out = s.input_token_weight, s.output_token_weight
         f = max(1, router.max_client_inflight.get(client, 1))
-        own = w_in * longest[client] + w_out * most_out[client] * f
-        return (own + f * (w_in * longest[client] + w_out * batch)) / rec.weights.get(client, 1.0)
+        counters = w_in * longest[client] * (1 + 2 * f) + w_out * most_out[client] * f
+        measured = 2 * f * (w_in * longest[client] + w_out * batch)
+        return (counters + measured) / rec.weights.get(client, 1.0)
 
     parts = [part(c) for c in rec.tracked]
     bounds = np.array([[a + b for b in parts] for a in parts], dtype=float)
