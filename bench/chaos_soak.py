@@ -184,6 +184,8 @@ def summarize(
         for cid in ledger
     ]
     kill_bounds = router_kill_bounds(tally, records)
+    for client, bound in router_kill_bounds(hostile_tally, records).items():
+        kill_bounds[client] = kill_bounds.get(client, 0) + bound
     for row in clients:
         row["difference"] = row["ledger_completion_tokens"] - row["tokens_received"]  # type: ignore[operator]
         row["router_kill_bound"] = kill_bounds.get(str(row["client"]), 0)

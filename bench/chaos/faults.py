@@ -100,17 +100,23 @@ def _record(records: list[FaultRecord], fault: str, target: str, at: float) -> F
     return record
 
 
+# A state router 0 shows this long after the target was back belongs to a later fault, not this one
+# (a Redis restart quicker than a status poll is never seen as a disconnection).
+DETECTION_HORIZON_S = 10.0
+
+
 def measure_detection(records: list[FaultRecord], monitor: StatusMonitor, router0_log: Path) -> None:
-    """Fills each record's detection and recovery times as router 0 saw them."""
+    """Fills each record's detection and recovery times as router 0 saw them (None: not seen)."""
     for r in records:
+        until = None if r.ended is None else r.ended + DETECTION_HORIZON_S
         if r.target.startswith("worker"):
             r.detected_by = "router-0 GetStatus: worker healthy=false"
-            r.detected_s = monitor.first_after(r.started, 0, lambda s, w=r.target: w not in s.healthy)
+            r.detected_s = monitor.first_after(r.started, 0, lambda s, w=r.target: w not in s.healthy, until)
             if r.ended is not None:
                 r.recovered_s = monitor.first_after(r.ended, 0, lambda s, w=r.target: w in s.healthy)
         elif r.target == "redis":
             r.detected_by = "router-0 GetStatus: shared_state_connected=false"
-            r.detected_s = monitor.first_after(r.started, 0, lambda s: not s.connected)
+            r.detected_s = monitor.first_after(r.started, 0, lambda s: not s.connected, until)
             if r.ended is not None:
                 r.recovered_s = monitor.first_after(r.ended, 0, lambda s: s.connected)
         else:

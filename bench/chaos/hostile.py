@@ -116,7 +116,12 @@ class HostileClient:
                 name = error.code().name
                 tally.status["HUNG" if name == "DEADLINE_EXCEEDED" else name] += 1
             return
-        await consume(stub.Generate(request, metadata=metadata), self.client_id, tally, hang_bound_s)
+        # Without max_tokens a stream may run to the context: no useful bound on what a killed
+        # router booked ahead for it, so the bound counts the whole context.
+        limit = request.sampling.max_tokens if request.sampling.HasField("max_tokens") else 1 << 20
+        router = self._channels.index(channel)
+        call = stub.Generate(request, metadata=metadata)
+        await consume(call, self.client_id, tally, hang_bound_s, router, max(limit, 0))
 
     async def close(self) -> None:
         for channel in self._channels:

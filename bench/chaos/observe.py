@@ -62,9 +62,14 @@ class StatusMonitor:
         healthy = frozenset(w.worker_id for w in reply.workers if w.healthy)
         self.samples.append(Sample(time.time(), index, True, reply.shared_state_connected, healthy))
 
-    def first_after(self, since: float, router: int, predicate: object) -> float | None:
-        """Seconds from ``since`` to the first answered sample of ``router`` matching ``predicate``."""
+    def first_after(
+        self, since: float, router: int, predicate: object, until: float | None = None
+    ) -> float | None:
+        """Seconds from ``since`` to the first answered sample of ``router`` matching ``predicate``
+        (taken before ``until``, when given); None if there is none."""
         for sample in self.samples:
+            if until is not None and sample.at > until:
+                return None
             if sample.at >= since and sample.router == router and sample.answered and predicate(sample):  # type: ignore[operator]
                 return round(sample.at - since, 2)
         return None
