@@ -228,8 +228,10 @@ def op_cases(setup: Setup, m: int) -> list[dict[str, object]]:
                     {}
                     if setup.smoke
                     else {
+                        "block_k=64": qkv_fused(block_k=64),
                         "block_k=128": qkv_fused(block_k=128),
-                        "block_m=64": qkv_fused(block_m=64),
+                        "part=16": qkv_fused(part=16),
+                        "part=32": qkv_fused(part=32),
                     }
                 ),
             },
@@ -244,8 +246,10 @@ def op_cases(setup: Setup, m: int) -> list[dict[str, object]]:
                     {}
                     if setup.smoke
                     else {
+                        "block_k=64": gate_up_fused(block_k=64),
                         "block_k=128": gate_up_fused(block_k=128),
-                        "block_n=64": gate_up_fused(block_n=64),
+                        "block_n=16": gate_up_fused(block_n=16),
+                        "block_n=32": gate_up_fused(block_n=32),
                     }
                 ),
             },
@@ -261,7 +265,7 @@ def op_cases(setup: Setup, m: int) -> list[dict[str, object]]:
                         {}
                         if setup.smoke
                         else {
-                            "block_k=128": small_matmul(name, a, block_k=128),
+                            "block_k=64": small_matmul(name, a, block_k=64),
                         }
                     ),
                 },
@@ -300,6 +304,9 @@ def lm_head_case(setup: Setup, m: int) -> dict[str, object]:
     variants = {"default": fused()}
     if not setup.smoke:
         variants["block_n=64"] = fused(block_n=64)
+        variants["block_k=128"] = fused(block_k=128)
+        if m > 64:
+            variants["block_m=128"] = fused(block_m=128)
     return {
         "op": "final add + gather + norm + LM head + fp32",
         "replaces": "add, index, rms_norm, cuBLAS, cast",

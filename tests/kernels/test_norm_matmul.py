@@ -207,6 +207,7 @@ def test_the_sum_may_not_overwrite_the_residual_other_programs_still_read() -> N
 
 def test_decode_batches_get_narrow_tiles_on_the_gpu_and_few_wide_ones_in_the_interpreter() -> None:
     assert tile_sizes(1, 960, on_cpu=False) == (16, 16)
+    assert tile_sizes(1, 3072, on_cpu=False) == (16, 16)
     assert tile_sizes(128, 1536, on_cpu=False) == (64, 32)
     assert tile_sizes(1, 49152, on_cpu=False) == (16, 128)
     assert tile_sizes(1, 49152, on_cpu=True) == (16, 16384)

@@ -152,3 +152,25 @@ def test_rows_of_x_and_the_residual_are_read_through_their_strides() -> None:
         < TOLERANCE[torch.float32]
     )
     assert relative_error(summed, expected[3]) < TOLERANCE[torch.float32]
+
+
+def test_heads_split_into_16_column_parts_match_fp64_reference() -> None:
+    # The GPU default for small batches: 64-wide heads as two programs of 16 columns per half.
+    p = problem(5, 128, 3, 1, 64, torch.float32)
+
+    q, _ = norm_qkv_rope_write_kv(**p, eps=EPS, part=16)
+
+    ref_q, ref_k, ref_v, _ = norm_qkv_rope_reference(
+        p["x"].double(), p["residual"].double(), p["norm_weight"].double(), EPS,
+        p["qkv_weight"].double(), p["positions"], p["cos_sin"], 1,
+    )  # fmt: skip
+    slots = p["slot_mapping"]
+    assert relative_error(q, ref_q) < TOLERANCE[torch.float32]
+    assert relative_error(p["k_cache"].view(-1, 1, 64)[slots], ref_k) < TOLERANCE[torch.float32]
+    assert relative_error(p["v_cache"].view(-1, 1, 64)[slots], ref_v) < TOLERANCE[torch.float32]
+
+
+def test_a_part_that_does_not_divide_the_half_head_is_refused() -> None:
+    p = problem(2, 64, 2, 1, 64, torch.float32)
+    with pytest.raises(ValueError, match="part"):
+        norm_qkv_rope_write_kv(**p, eps=EPS, part=24)

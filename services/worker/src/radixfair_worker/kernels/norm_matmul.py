@@ -11,17 +11,21 @@ Shapes and dtypes:
 
 Why: at decode the batch is 1 to a few hundred rows, so each norm, activation and projection is
 a separate launch of a few microseconds whose bytes would take a fraction of one. Here a program
-owning a BLOCK_M x BLOCK_N output tile first reduces its rows' mean square (one cheap pass over
-K, the rows are a few KB and stay in L1/L2), then walks K again and normalises each [BLOCK_M,
-BLOCK_K] input tile in registers right before ``tl.dot``. The normalised activations never
-reach memory. The programs of the first column block also write x + residual, which the next
-layer's residual stream needs.
+owning a BLOCK_M x BLOCK_N output tile walks K once: each [BLOCK_M, BLOCK_K] input tile is
+multiplied by the norm weight in registers right before ``tl.dot`` while the rows' sum of squares
+accumulates beside it, and the per-row 1/rms scales the accumulated product at the end
+(rms_norm(x) @ W^T = rstd * ((x * w) @ W^T)). The normalised activations never reach memory. The
+programs of the first column block also write x + residual, which the next layer's residual
+stream needs. (Version 1 reduced the rows first in a separate pass over K, then normalised in a
+second: on the H200 its dependent first pass made the kernel latency-bound, bench/results/
+gpu_step_fusion.md.)
 
-Rounding matches the unfused path (``rms_norm.add_rms_norm`` then ``F.linear``, then
-``swiglu.silu_and_mul``): the sum is rounded to the activation dtype, ``x * rstd`` is rounded
-before the weight multiply and the product rounded again; the GEMM accumulates in fp32 and its
-output is rounded to the activation dtype before any epilogue (SiLU), as the unfused kernels
-read a rounded tensor. fp32 dots use IEEE precision, never TF32.
+Rounding: the sum is rounded to the activation dtype as the unfused add rounds; the product's
+left operand is (x * w) rounded once (the unfused rms_norm rounds x * rstd, then the product with
+w: one rounding more, at a different point, so bf16 results differ from the unfused chain by about
+an ulp of the activations); the GEMM accumulates in fp32 and its output is rounded to the
+activation dtype before any epilogue (SiLU), as the unfused kernels read a rounded tensor. fp32
+dots use IEEE precision, never TF32.
 
 ``norm_gate_up_silu`` is the MLP's first half: the program computes the gate tile and the up tile
 of the same columns (rows ``n`` and ``I + n`` of the fused weight) and stores only
@@ -59,39 +63,26 @@ def _input_tile(
 
 
 @triton.jit
-def _row_rstd(
-    x_ptr, r_ptr, sum_ptr, src_rows, rows, row_mask, write_sum, K, x_stride, r_stride, sum_stride, eps,
-    HAS_RESIDUAL: tl.constexpr, WRITE_SUM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+def _weighted_tile(
+    x_ptr, r_ptr, norm_ptr, sum_ptr, src_rows, rows, row_mask, write_sum, ks, K, x_stride, r_stride,
+    sum_stride, NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr, WRITE_SUM: tl.constexpr,
     EVEN_K: tl.constexpr,
 ):  # fmt: skip
-    """1 / rms of each row of x (+ residual), [BLOCK_M] fp32; stores the sum where ``write_sum``."""
-    square_sum = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    for k_start in range(0, K, BLOCK_K):
-        ks = k_start + tl.arange(0, BLOCK_K)
-        x = _input_tile(x_ptr, r_ptr, src_rows, row_mask, ks, K, x_stride, r_stride, HAS_RESIDUAL, EVEN_K)
-        if WRITE_SUM:
-            mask = row_mask[:, None] & (ks < K)[None, :] & write_sum
-            tl.store(sum_ptr + rows[:, None] * sum_stride + ks[None, :], x, mask=mask)
-        x32 = x.to(tl.float32)
-        square_sum += tl.sum(x32 * x32, axis=1)
-    return tl.rsqrt(square_sum / K + eps)
-
-
-@triton.jit
-def _normed_tile(
-    x_ptr, r_ptr, norm_ptr, src_rows, row_mask, ks, K, x_stride, r_stride, rstd,
-    NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr, EVEN_K: tl.constexpr,
-):  # fmt: skip
-    """The matmul's left operand for K columns ``ks``: rms_norm(x + residual) rounded as rms_norm does."""
+    """(left operand for K columns ``ks``: (x + residual) * norm_weight rounded to x's dtype, and the
+    rows' sum of squares over these columns in fp32); stores x + residual where ``write_sum``."""
     x = _input_tile(x_ptr, r_ptr, src_rows, row_mask, ks, K, x_stride, r_stride, HAS_RESIDUAL, EVEN_K)
+    if WRITE_SUM:
+        mask = row_mask[:, None] & (ks < K)[None, :] & write_sum
+        tl.store(sum_ptr + rows[:, None] * sum_stride + ks[None, :], x, mask=mask)
+    x32 = x.to(tl.float32)
+    squares = tl.sum(x32 * x32, axis=1)
     if NORM:
         if EVEN_K:
             w = tl.load(norm_ptr + ks).to(tl.float32)
         else:
             w = tl.load(norm_ptr + ks, mask=ks < K, other=0.0).to(tl.float32)
-        scaled = (x.to(tl.float32) * rstd[:, None]).to(x.dtype).to(tl.float32)
-        x = (scaled * w[None, :]).to(x.dtype)
-    return x
+        x = (x32 * w[None, :]).to(x.dtype)
+    return x, squares
 
 
 @triton.jit
@@ -130,24 +121,25 @@ def _norm_matmul_kernel(
     rows = rows.to(tl.int64)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     col_mask = cols < N
-    rstd = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    if NORM:
-        rstd = _row_rstd(
-            x_ptr, r_ptr, sum_ptr, src_rows, rows, row_mask, pid_n == 0, K, x_stride, r_stride, sum_stride,
-            eps, HAS_RESIDUAL, WRITE_SUM, BLOCK_M, BLOCK_K, EVEN_K,
-        )  # fmt: skip
+    square_sum = tl.zeros((BLOCK_M,), dtype=tl.float32)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc_up = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k_start in range(0, K, BLOCK_K):
         ks = k_start + tl.arange(0, BLOCK_K)
-        a = _normed_tile(
-            x_ptr, r_ptr, norm_ptr, src_rows, row_mask, ks, K, x_stride, r_stride, rstd,
-            NORM, HAS_RESIDUAL, EVEN_K,
+        a, squares = _weighted_tile(
+            x_ptr, r_ptr, norm_ptr, sum_ptr, src_rows, rows, row_mask, pid_n == 0, ks, K, x_stride,
+            r_stride, sum_stride, NORM, HAS_RESIDUAL, WRITE_SUM, EVEN_K,
         )  # fmt: skip
+        square_sum += squares
         acc += _dot(a, _weight_tile(w_ptr, cols, col_mask, ks, K, w_stride, EVEN_K), DOT_FP32)
         if SWIGLU:
             up_tile = _weight_tile(w_ptr, cols + N, col_mask, ks, K, w_stride, EVEN_K)
             acc_up += _dot(a, up_tile, DOT_FP32)
+    if NORM:
+        # rms_norm(x) @ W^T = rstd * ((x * w) @ W^T): one pass over K, the row scale applied last.
+        rstd = tl.rsqrt(square_sum / K + eps)[:, None]
+        acc = acc * rstd
+        acc_up = acc_up * rstd
     act_dtype = x_ptr.dtype.element_ty
     if SWIGLU:
         # Round both halves as the unfused projection's output would be, then silu_and_mul's rounding.
@@ -166,14 +158,16 @@ def tile_sizes(m: int, n: int, on_cpu: bool) -> tuple[int, int]:
     On the GPU the weight's bytes set the time at decode sizes, so the tiles are narrow enough that
     N / BLOCK_N programs cover the SMs (the int8 GEMV's H200 sweep found 16-32 wide best for
     N <= 8,192 and 64-128 for the 49k-row LM head); up to 64 rows share one row tile. The CPU
-    interpreter pays per program, so it gets few wide tiles.
+    interpreter pays per program, so it gets few wide tiles. (The first H200 run of these kernels,
+    bench/results/gpu_step_fusion.md, found them latency-bound at batch 1: 16-wide tiles for
+    every N up to 4,096 give the gate/up product 96 programs instead of 48.)
     """
     block_m = max(16, min(64, triton.next_power_of_2(m)))
     if on_cpu:
         return block_m, max(16, min(16384, triton.next_power_of_2(n)))
     if n > 8192:
         return block_m, 128 if m <= 16 else 64
-    return block_m, 16 if (m <= 16 and n <= 1024) else 32
+    return block_m, 16 if (m <= 16 and n <= 4096) else 32
 
 
 def _check_operands(
@@ -209,13 +203,16 @@ def _launch(
     swiglu: bool,
     block_m: int | None,
     block_n: int | None,
-    block_k: int,
+    block_k: int | None,
     num_warps: int,
     num_stages: int,
 ) -> None:
     m, k = out.shape[0], x.shape[1]
     n = out.shape[1]
     on_cpu = interpreted(x)
+    # 128-wide K steps keep twice the weight bytes in flight: the first H200 sweep's best for the
+    # plain products at every batch and for the normed ones at batch 1, but not at batch 128.
+    block_k = block_k or (64 if on_cpu or (norm_weight is not None and m > 16) else 128)
     default_m, default_n = tile_sizes(m, n, on_cpu)
     block_m, block_n = block_m or default_m, block_n or default_n
     grid = (triton.cdiv(m, block_m), triton.cdiv(n, block_n))
@@ -255,7 +252,7 @@ def norm_matmul(
     summed_out: torch.Tensor | None = None,
     block_m: int | None = None,
     block_n: int | None = None,
-    block_k: int = 64,
+    block_k: int | None = None,
     num_warps: int = 4,
     num_stages: int = 3,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -297,7 +294,7 @@ def norm_gate_up_silu(
     summed_out: torch.Tensor | None = None,
     block_m: int | None = None,
     block_n: int | None = None,
-    block_k: int = 64,
+    block_k: int | None = None,
     num_warps: int = 4,
     num_stages: int = 3,
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -30,7 +30,7 @@ import triton
 import triton.language as tl
 
 from radixfair_worker.kernels._launch import check_last_dim_contiguous, interpreted, output_buffer
-from radixfair_worker.kernels.norm_matmul import _dot, _normed_tile, _row_rstd, _summed_buffer, _weight_tile
+from radixfair_worker.kernels.norm_matmul import _dot, _summed_buffer, _weight_tile, _weighted_tile
 from radixfair_worker.kernels.rope import rope_reference
 
 
@@ -41,31 +41,37 @@ def _norm_qkv_rope_kernel(
     M, K, x_stride, r_stride, w_stride, sum_stride, q_stride_t, q_stride_h, kv_stride_slot, kv_stride_h,
     eps,
     HAS_RESIDUAL: tl.constexpr, NUM_Q_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr,
-    HALF: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
-    DOT_FP32: tl.constexpr,
+    HALF: tl.constexpr, PART: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+    EVEN_K: tl.constexpr, DOT_FP32: tl.constexpr,
 ):  # fmt: skip
-    head = tl.program_id(1)
+    # Program (row block, head * HALF / PART + part) owns head columns part*PART + [0, PART) and
+    # their rotate-half partners HALF later: splitting a head in parts doubles the programs of a
+    # small batch (15 heads are 15 programs for one token; too few to pull the weight at speed).
+    head = tl.program_id(1) // (HALF // PART)
+    part = tl.program_id(1) % (HALF // PART)
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_mask = rows < M
     rows = rows.to(tl.int64)
-    rstd = _row_rstd(
-        x_ptr, r_ptr, sum_ptr, rows, rows, row_mask, head == 0, K, x_stride, r_stride, sum_stride, eps,
-        HAS_RESIDUAL, HAS_RESIDUAL, BLOCK_M, BLOCK_K, EVEN_K,
-    )  # fmt: skip
-    halves = tl.arange(0, HALF)
+    halves = part * PART + tl.arange(0, PART)
     first_rows = head * (2 * HALF) + halves
     all_rows = halves < HALF  # every weight row of the head is real; _weight_tile wants a mask
-    acc_first = tl.zeros((BLOCK_M, HALF), dtype=tl.float32)
-    acc_second = tl.zeros((BLOCK_M, HALF), dtype=tl.float32)
+    square_sum = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    acc_first = tl.zeros((BLOCK_M, PART), dtype=tl.float32)
+    acc_second = tl.zeros((BLOCK_M, PART), dtype=tl.float32)
     for k_start in range(0, K, BLOCK_K):
         ks = k_start + tl.arange(0, BLOCK_K)
-        a = _normed_tile(
-            x_ptr, r_ptr, norm_ptr, rows, row_mask, ks, K, x_stride, r_stride, rstd,
-            True, HAS_RESIDUAL, EVEN_K,
+        a, squares = _weighted_tile(
+            x_ptr, r_ptr, norm_ptr, sum_ptr, rows, rows, row_mask, tl.program_id(1) == 0, ks, K, x_stride,
+            r_stride, sum_stride, True, HAS_RESIDUAL, HAS_RESIDUAL, EVEN_K,
         )  # fmt: skip
+        square_sum += squares
         acc_first += _dot(a, _weight_tile(w_ptr, first_rows, all_rows, ks, K, w_stride, EVEN_K), DOT_FP32)
         second_tile = _weight_tile(w_ptr, first_rows + HALF, all_rows, ks, K, w_stride, EVEN_K)
         acc_second += _dot(a, second_tile, DOT_FP32)
+    # rms_norm(x) @ W^T = rstd * ((x * w) @ W^T), as in norm_matmul.
+    rstd = tl.rsqrt(square_sum / K + eps)[:, None]
+    acc_first = acc_first * rstd
+    acc_second = acc_second * rstd
     act_dtype = x_ptr.dtype.element_ty
     # The unfused path rotates the projection's rounded output.
     first = acc_first.to(act_dtype).to(tl.float32)
@@ -136,11 +142,17 @@ def norm_qkv_rope_write_kv(
     q_out: torch.Tensor | None = None,
     summed_out: torch.Tensor | None = None,
     block_m: int | None = None,
-    block_k: int = 64,
+    block_k: int | None = None,
+    part: int | None = None,
     num_warps: int = 4,
     num_stages: int = 3,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Returns (rotated q [T, Hq, D], x + residual [T, K]); rotated k and v land in the caches."""
+    """Returns (rotated q [T, Hq, D], x + residual [T, K]); rotated k and v land in the caches.
+
+    ``part``: head columns per program and half (a divisor of D/2, >= 16); default 16 for up to
+    16 tokens on the GPU, else D/2. ``block_k`` default: 128 for up to 16 tokens on the GPU (the
+    first H200 sweep's best there), else 64.
+    """
     if x.dim() != 2 or qkv_weight.dim() != 2 or qkv_weight.shape[1] != x.shape[1]:
         raise ValueError(
             f"want x [T, K] and qkv_weight [N, K], got {tuple(x.shape)}, {tuple(qkv_weight.shape)}"
@@ -160,9 +172,15 @@ def norm_qkv_rope_write_kv(
         return q, summed
     on_cpu = interpreted(x)
     block_m = block_m or max(16, min(64 if on_cpu else 32, triton.next_power_of_2(tokens)))
+    block_k = block_k or (128 if tokens <= 16 and not on_cpu else 64)
     k_slots = k_cache.view(-1, kv_heads, head_dim)
     v_slots = v_cache.view(-1, kv_heads, head_dim)
-    grid = (triton.cdiv(tokens, block_m), q_heads + 2 * kv_heads)
+    half = head_dim // 2
+    # Parts of 16 columns (tl.dot's narrowest) for small batches; whole halves for larger ones.
+    part = part or (16 if tokens <= 16 and not on_cpu else half)
+    if half % part or part < 16:
+        raise ValueError(f"part must divide head_dim / 2 = {half} and be >= 16, got {part}")
+    grid = (triton.cdiv(tokens, block_m), (q_heads + 2 * kv_heads) * (half // part))
     _norm_qkv_rope_kernel[grid](
         x, x if residual is None else residual, norm_weight.contiguous(), qkv_weight, summed, q,
         k_slots, v_slots, positions, slot_mapping, cos_sin,
@@ -170,7 +188,7 @@ def norm_qkv_rope_write_kv(
         qkv_weight.stride(0), summed.stride(0), q.stride(0), q.stride(1), k_slots.stride(0),
         k_slots.stride(1), eps,
         HAS_RESIDUAL=residual is not None, NUM_Q_HEADS=q_heads, NUM_KV_HEADS=kv_heads,
-        HALF=head_dim // 2, BLOCK_M=block_m, BLOCK_K=block_k, EVEN_K=k % block_k == 0,
+        HALF=half, PART=part, BLOCK_M=block_m, BLOCK_K=block_k, EVEN_K=k % block_k == 0,
         DOT_FP32=x.dtype == torch.float32 or on_cpu, num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
     return q, summed
