@@ -183,13 +183,8 @@ class Engine:
         except Exception as error:
             self._isolate_forward_failure(chunks, error)
             return None
-        # Each row draws its request's next token: index len(output_ids), before the placeholder.
-        rows = self.sampler.sample(
-            logits,
-            [c.request.request_id for c in sampled],
-            [c.request.sampling for c in sampled],
-            [len(c.request.output_ids) for c in sampled],
-        )
+        # Before the placeholders below: each row draws its request's token len(output_ids).
+        rows = self.sampler.sample_requests(logits, [c.request for c in sampled])
         tokens, failures = SampledTokens.copy_to_host(rows.device, rows.host), rows.failures
         cache_computed = self.pages.cache_computed
         computed = 0

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from radixfair_worker.request import SamplingConfig
+from radixfair_worker.request import Request, SamplingConfig
 
 # The id the host reads for a sampled row whose logits had no finite maximum (never a vocabulary id).
 FAILED_TOKEN = -2
@@ -113,6 +113,24 @@ class Sampler:
         device = torch.where(greedy, greedy_ids, sampled)
         host = torch.where(bad & ~greedy, torch.full_like(device, FAILED_TOKEN), device)
         return SampledRows(device, host, failures)
+
+    def sample_requests(self, logits: torch.Tensor, requests: list[Request]) -> SampledRows:
+        """``sample`` for one engine step: row r draws token len(output_ids) of ``requests[r]``.
+
+        An all-greedy step (the common case) costs one pass over the requests and one argmax.
+        """
+        for request in requests:
+            if request.sampling.temperature != 0.0:
+                break
+        else:
+            greedy_ids = logits.argmax(dim=-1)
+            return SampledRows(greedy_ids, greedy_ids)
+        return self.sample(
+            logits,
+            [r.request_id for r in requests],
+            [r.sampling for r in requests],
+            [len(r.output_ids) for r in requests],
+        )
 
     def forget(self, request_id: str) -> None:
         self._random_seeds.pop(request_id, None)
