@@ -145,10 +145,12 @@ class LiveStreams:
     async def flush(self) -> None:
         """Books every stream's uncharged output now (write-ahead: only from the booking task)."""
         merged: dict[tuple[str, float, str], int] = {}
+        taken: list[tuple[StreamBook, int]] = []
         for book in self._books:
             tokens = book.uncharged_tokens
             if tokens:
                 book.uncharged_tokens = 0
+                taken.append((book, tokens))
                 key = (book.client_id, book.weight, book.endpoint.worker_id)
                 merged[key] = merged.get(key, 0) + tokens
         if not merged:
@@ -158,7 +160,16 @@ class LiveStreams:
             output_charge(client, weight, worker, tokens, weight_out)
             for (client, weight, worker), tokens in merged.items()
         ]
-        await self._ledger.charge_many(charges)
+        try:
+            await self._ledger.charge_many(charges)
+        except Exception:
+            # Not booked (an unreachable Redis never lands here: the ledger degrades instead). The
+            # tokens go back to their streams, so the next batch or the stream's settlement books
+            # them and the ledger still ends equal to what was relayed. Not on cancellation: a
+            # numbered ledger call runs to its end even when its caller is cancelled.
+            for book, tokens in taken:
+                book.uncharged_tokens += tokens
+            raise
         for charge in charges:
             self._on_charged(charge.client_id, charge.service)
 
