@@ -13,7 +13,7 @@ import asyncio
 import multiprocessing as mp
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -180,9 +180,14 @@ async def run_clients(
     return [r for records in results for r in records]
 
 
-def _client_process(target: Target, specs: list[RequestSpec], ready: object, results: object) -> None:
+ClientRunner = Callable[[Target, Sequence[RequestSpec], object], Awaitable[list[RequestRecord]]]
+
+
+def _client_process(
+    run: ClientRunner, target: Target, specs: list[RequestSpec], ready: object, results: object
+) -> None:
     try:
-        records = asyncio.run(run_clients(target, specs, ready))
+        records = asyncio.run(run(target, specs, ready))
         results.put(("ok", [asdict(r) for r in records]))  # type: ignore[attr-defined]
     except BaseException as error:  # the parent must hear of it, or it would wait for this share
         ready.abort()  # type: ignore[attr-defined]
@@ -190,18 +195,25 @@ def _client_process(target: Target, specs: list[RequestSpec], ready: object, res
         raise
 
 
-async def run_cell_grpc(target: Target, specs: list[RequestSpec], procs: int) -> list[RequestRecord]:
-    """Spreads the clients over ``procs`` processes so the load generator is not the bottleneck."""
+async def run_cell(
+    target: Target, specs: list[RequestSpec], procs: int, run: ClientRunner
+) -> list[RequestRecord]:
+    """Spreads the clients over ``procs`` processes so the load generator is not the bottleneck.
+
+    ``run`` (a module-level function, so a spawned process can unpickle it) drives one share of the
+    clients over one transport; the shares start together behind a barrier.
+    """
     clients = sorted(by_client(specs))
     procs = max(1, min(procs, len(clients)))
     if procs == 1:
-        return await run_clients(target, specs)
+        return await run(target, specs, None)
     ctx = mp.get_context("spawn")  # the parent holds gRPC (and maybe CUDA) state: never fork it
     ready, results = ctx.Barrier(procs), ctx.Queue()
     shares = [{c for c in clients if c % procs == p} for p in range(procs)]
     children = [
         ctx.Process(
-            target=_client_process, args=(target, [s for s in specs if s.client in share], ready, results)
+            target=_client_process,
+            args=(run, target, [s for s in specs if s.client in share], ready, results),
         )
         for share in shares
     ]
@@ -221,6 +233,11 @@ async def run_cell_grpc(target: Target, specs: list[RequestSpec], procs: int) ->
     if failures:
         raise RuntimeError(f"a client process failed: {failures[0]}")
     return [RequestRecord(**r) for _, batch in collected for r in batch]
+
+
+async def run_cell_grpc(target: Target, specs: list[RequestSpec], procs: int) -> list[RequestRecord]:
+    """The gRPC clients of a cell, spread over ``procs`` processes (``run_cell``)."""
+    return await run_cell(target, specs, procs, run_clients)
 
 
 class DegradedWatch:

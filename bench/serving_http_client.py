@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import multiprocessing as mp
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
 from typing import Any
 
 import httpx
 
-from bench.serving_clients import RequestRecord, RequestSpec, Target, by_client
+from bench.serving_clients import RequestRecord, RequestSpec, Target, by_client, run_cell
 
 _DATA = "data: "
 
@@ -100,47 +98,9 @@ async def run_clients_http(
     return [r for records in results for r in records]
 
 
-def _client_process(target: Target, specs: list[RequestSpec], ready: object, results: object) -> None:
-    try:
-        records = asyncio.run(run_clients_http(target, specs, ready))
-        results.put(("ok", [asdict(r) for r in records]))  # type: ignore[attr-defined]
-    except BaseException as error:  # the parent must hear of it, or it would wait for this share
-        ready.abort()  # type: ignore[attr-defined]
-        results.put(("error", f"{type(error).__name__}: {error}"))  # type: ignore[attr-defined]
-        raise
-
-
 async def run_cell_http(target: Target, specs: list[RequestSpec], procs: int) -> list[RequestRecord]:
-    """As serving_bench.run_cell_grpc: the clients spread over ``procs`` spawned processes."""
-    clients = sorted(by_client(specs))
-    procs = max(1, min(procs, len(clients)))
-    if procs == 1:
-        return await run_clients_http(target, specs)
-    ctx = mp.get_context("spawn")
-    ready, results = ctx.Barrier(procs), ctx.Queue()
-    shares = [{c for c in clients if c % procs == p} for p in range(procs)]
-    children = [
-        ctx.Process(
-            target=_client_process, args=(target, [s for s in specs if s.client in share], ready, results)
-        )
-        for share in shares
-    ]
-    for child in children:
-        child.start()
-    rounds = max(len(s) for s in by_client(specs).values())
-    try:
-        collected = [
-            await asyncio.to_thread(results.get, True, target.timeout_s * rounds + 120) for _ in children
-        ]
-    finally:
-        for child in children:
-            child.join(timeout=10)
-            if child.is_alive():
-                child.kill()
-    failures = [payload for kind, payload in collected if kind == "error"]
-    if failures:
-        raise RuntimeError(f"a client process failed: {failures[0]}")
-    return [RequestRecord(**r) for _, batch in collected for r in batch]
+    """As serving_clients.run_cell_grpc: the clients spread over ``procs`` spawned processes."""
+    return await run_cell(target, specs, procs, run_clients_http)
 
 
 def http_vs_grpc(http: dict[str, Any], grpc_row: dict[str, Any] | None) -> dict[str, Any]:
