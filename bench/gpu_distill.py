@@ -531,18 +531,7 @@ class Run:
         self.log(f"plan: {self.meta['plan']}")
 
     def spec(self, name: str, prune_yaml: str, variant: str, tokens: int):
-        text = recipe_text(
-            name,
-            self.teacher_name,
-            self.args.seed,
-            prune_yaml,
-            self.s,
-            variant,
-            tokens,
-            self.precision,
-            self.s.prompts,
-        )
-        return parse_recipe(text).distill
+        return parse_recipe(self.recipe(name, prune_yaml, variant, tokens)).distill
 
     def recipe(self, name: str, prune_yaml: str, variant: str, tokens: int) -> str:
         return recipe_text(

@@ -243,13 +243,7 @@ class RouterProcess:
             return any(w.healthy for w in status.workers)
 
     def stop(self) -> None:
-        if self._process.poll() is None:
-            self._process.send_signal(signal.SIGTERM)
-            try:
-                self._process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait(timeout=10)
+        serving_bench.stop_process(self._process)
 
     def events(self) -> list[tuple[str, float]]:
         try:
