@@ -186,14 +186,14 @@ class Engine:
         # Before the placeholders below: each row draws its request's token len(output_ids).
         rows = self.sampler.sample_requests(logits, [c.request for c in sampled])
         tokens, failures = SampledTokens.copy_to_host(rows.device, rows.host), rows.failures
+        for chunk in sampled:
+            chunk.request.output_ids.append(PLACEHOLDER_TOKEN)
+            chunk.request.pending_tokens += 1
         cache_computed = self.pages.cache_computed
         computed = 0
-        for request, start, length in chunks:
+        for request, _, length in chunks:
             computed += length
             request.num_computed_tokens += length
-            if start + length == len(request.prompt_ids) + len(request.output_ids):  # sampled
-                request.output_ids.append(PLACEHOLDER_TOKEN)
-                request.pending_tokens += 1
             # Pages this step completes whose ids are known: their K/V is written before any
             # later step reads them (same stream), so the next admission can share them now.
             cache_computed(request)
