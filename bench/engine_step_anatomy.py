@@ -164,6 +164,7 @@ def main() -> None:
         "--python-collector-defaults", action="store_true", help="keep CPython's gc thresholds (older trees)"
     )
     parser.add_argument("--label", default="", help="a name for this tree (e.g. a commit) in the output")
+    parser.add_argument("--out-name", default="", help="also write bench/results/<name>.{json,md}")
     args = parser.parse_args()
     tuned = not args.python_collector_defaults and _tune_collector()
     if args.null_runner:
@@ -182,8 +183,14 @@ def main() -> None:
             anatomy(engine, batch, args.prompt_len, args.new_tokens, torch.cuda.synchronize)
             for batch in args.batches
         ]
+    rows = [{"label": args.label, "collector_tuned": tuned, **row} for row in rows]
     for row in rows:
-        print(json.dumps({"label": args.label, "collector_tuned": tuned, **row}), flush=True)
+        print(json.dumps(row), flush=True)
+    if args.out_name:
+        from bench.report import write_results
+
+        notes = "null runner (the engine's host cost alone)" if args.null_runner else "random SmolLM2-135M"
+        write_results(args.out_name, rows, list(rows[0]), {"args": vars(args)}, notes)
 
 
 if __name__ == "__main__":
