@@ -163,6 +163,17 @@ def main() -> None:
     parser.add_argument(
         "--python-collector-defaults", action="store_true", help="keep CPython's gc thresholds (older trees)"
     )
+    parser.add_argument(
+        "--model-dir",
+        type=Path,
+        default=None,
+        help="real weights (a model directory); default random weights",
+    )
+    parser.add_argument(
+        "--cold-first",
+        action="store_true",
+        help="also time the first batch before any warm-up (what a script with no warm-up measures)",
+    )
     parser.add_argument("--label", default="", help="a name for this tree (e.g. a commit) in the output")
     parser.add_argument("--out-name", default="", help="also write bench/results/<name>.{json,md}")
     args = parser.parse_args()
@@ -176,20 +187,38 @@ def main() -> None:
     else:
         from bench.gpu_engine_bench import make_engine, make_random_model
 
-        model_dir = make_random_model(Path(tempfile.mkdtemp()) / "smollm2-135m-random")
+        model_dir = args.model_dir or make_random_model(Path(tempfile.mkdtemp()) / "smollm2-135m-random")
         engine = make_engine(model_dir, "triton", "bfloat16", 128)
+        cold = []
+        if args.cold_first:
+            # Triton compiles (and the graph runner captures) on first use, inside the timed steps.
+            first = args.batches[-1]
+            cold = [
+                {
+                    **anatomy(engine, first, args.prompt_len, args.new_tokens, torch.cuda.synchronize),
+                    "cold": True,
+                }
+            ]
         anatomy(engine, 128, args.prompt_len, 16, torch.cuda.synchronize)  # warm-up
-        rows = [
+        rows = cold + [
             anatomy(engine, batch, args.prompt_len, args.new_tokens, torch.cuda.synchronize)
             for batch in args.batches
         ]
-    rows = [{"label": args.label, "collector_tuned": tuned, **row} for row in rows]
+    weights = "null" if args.null_runner else ("real" if args.model_dir else "random")
+    rows = [
+        {"label": args.label, "weights": weights, "cold": False, "collector_tuned": tuned, **row}
+        for row in rows
+    ]
     for row in rows:
         print(json.dumps(row), flush=True)
     if args.out_name:
         from bench.report import write_results
 
-        notes = "null runner (the engine's host cost alone)" if args.null_runner else "random SmolLM2-135M"
+        notes = {
+            "null": "null runner (the engine's host cost alone)",
+            "random": "random SmolLM2-135M",
+            "real": f"real weights from {args.model_dir}",
+        }[weights]
         write_results(args.out_name, rows, list(rows[0]), {"args": vars(args)}, notes)
 
 

@@ -31,13 +31,30 @@ case "${1:-}" in
     python3 bench/gpu_real_model_check.py --gguf /tmp/gpu_model/SmolLM2-135M-Instruct.Q4_1.gguf \
       --model-dir "$model_dir" --out "$OUT" 2>&1 | grep -v 'Loading weights' | tail -30
     ;;
+  anatomy)
+    # Call 2's alternative, or call 3: where a real-weight decode step goes, next to random weights on
+    # the same machine (bench/engine_step_anatomy.py; a cold first batch shows what no warm-up costs).
+    if [ ! -f "$model_dir/model.safetensors" ]; then
+      [ -f .gpu_model/part_01 ] && cp .gpu_model/part_01 /tmp/gpu_model/
+      bash /tmp/gpu_model/gpu_model_parts.sh --join /tmp/gpu_model
+      PYTHONPATH="/tmp/site:$PWD/common/src:$PWD/services/worker/src" python3 -c \
+        "from pathlib import Path; from radixfair_worker.model_store import convert_gguf; \
+convert_gguf(Path('/tmp/gpu_model/SmolLM2-135M-Instruct.Q4_1.gguf'), Path('$model_dir'))"
+    fi
+    export PYTHONPATH="/tmp/site:$PWD/common/src:$PWD/services/worker/src" PYTHONUNBUFFERED=1
+    python3 bench/engine_step_anatomy.py --batches 1 32 128 --cold-first --model-dir "$model_dir" \
+      --label real --out-name engine_step_anatomy_real_h200
+    python3 bench/engine_step_anatomy.py --batches 1 32 128 --cold-first --label random \
+      --out-name engine_step_anatomy_random_h200
+    mkdir -p "$OUT" && cp bench/results/engine_step_anatomy_re*_h200.* "$OUT"/ 2>/dev/null || true
+    ;;
   serve)
     [ -f "$model_dir/model.safetensors" ] || { echo "no $model_dir: the machine was given back; start again" >&2; exit 3; }
     MODEL_DIR=$model_dir TAG=${TAG:-gpu_h200_real} CONCURRENCY=${CONCURRENCY:-1 128 256} \
       bash bench/gpu_serving_session.sh
     ;;
   *)
-    echo "usage: $0 stash|check|serve (see the header)" >&2
+    echo "usage: $0 stash|check|anatomy|serve (see the header)" >&2
     exit 2
     ;;
 esac
