@@ -138,6 +138,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     distill.add_argument("recipe", type=Path, help="recipe YAML (services/distiller/recipes/)")
     distill.add_argument("--server", default="", help="submit to the distiller at HOST:PORT and watch it")
+    add_client_tls_arguments(distill)
     distill.add_argument("--config", type=Path, default=None, help="distiller config YAML (in-process run)")
     distill.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="distiller config field (in-process)"
@@ -265,7 +266,8 @@ def _distill(args: argparse.Namespace) -> int:
         print(f"error: no recipe file {args.recipe}", file=sys.stderr)
         return 2
     if args.server:
-        return asyncio.run(submit_and_watch(args.server, args.recipe.read_text(), sys.stdout, sys.stderr))
+        recipe, tls = args.recipe.read_text(), client_tls_from_arguments(args)
+        return asyncio.run(submit_and_watch(args.server, recipe, sys.stdout, sys.stderr, tls))
     # Imported here, and only for an in-process run: the distiller brings torch, this package must not.
     try:
         from radixfair_distiller import cli as distiller_cli

@@ -3,6 +3,8 @@
 ``radixfair distill --server HOST:PORT RECIPE`` and ``python -m
 radixfair_distiller.cli distill --server ...`` both land here; so does the
 progress bar and the evaluation table, which the in-process run prints too.
+With a ``TlsConfig`` (``--ca-cert`` and, for a distiller requiring mutual TLS,
+``--client-cert`` / ``--client-key``) the channel is TLS, as to a router.
 Nothing here needs torch.
 """
 
@@ -13,9 +15,12 @@ from typing import Protocol, TextIO
 
 import grpc
 
+from radixfair.tls import TlsConfig, open_aio_channel, open_channel
 from radixfair.v1 import distiller_pb2, distiller_pb2_grpc
 
 _BAR_WIDTH = 30
+# A listing is one small reply; a distiller that does not answer in this long is unreachable.
+_CALL_TIMEOUT_S = 60.0
 
 COLUMNS = (
     ("parameters", "params (M)", lambda v: f"{v / 1e6:.2f}"),
@@ -39,26 +44,31 @@ def evaluation_table(rows: list[tuple[str, Mapping[str, float]]]) -> str:
     return "\n".join(lines)
 
 
-async def submit_and_watch(address: str, recipe_text: str, out: TextIO, err: TextIO) -> int:
+async def submit_and_watch(
+    address: str, recipe_text: str, out: TextIO, err: TextIO, tls: TlsConfig | None = None
+) -> int:
     """Submits the recipe to the distiller at ``address``, shows its progress, prints the table.
 
     Returns 0 when the job succeeded, 1 when it ended otherwise, 2 when it was rejected.
     """
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with open_aio_channel(address, tls or TlsConfig(), "client tls") as channel:
         stub = distiller_pb2_grpc.DistillerServiceStub(channel)
         try:
             job_id = (await stub.SubmitJob(distiller_pb2.SubmitJobRequest(recipe_yaml=recipe_text))).job_id
         except grpc.aio.AioRpcError as error:
-            print(f"error: {error.code().name}: {error.details()}", file=err)
-            return 2
+            return _rpc_failed(error, err)
         print(f"job {job_id}", file=out)
         bar = ProgressBar(out)
         last = None
-        async for message in stub.WatchJob(distiller_pb2.WatchJobRequest(job_id=job_id)):
-            event = message.event
-            state = distiller_pb2.JobState.Name(event.state).removeprefix("JOB_STATE_").lower()
-            bar.show_event(state, event)
-            last = (state, event)
+        try:
+            async for message in stub.WatchJob(distiller_pb2.WatchJobRequest(job_id=job_id)):
+                event = message.event
+                state = distiller_pb2.JobState.Name(event.state).removeprefix("JOB_STATE_").lower()
+                bar.show_event(state, event)
+                last = (state, event)
+        except grpc.aio.AioRpcError as error:
+            bar.close()
+            return _rpc_failed(error, err)
         bar.close()
         if last is None or last[0] != "succeeded":
             print(
@@ -71,14 +81,26 @@ async def submit_and_watch(address: str, recipe_text: str, out: TextIO, err: Tex
         return 0
 
 
-def list_remote(address: str, out: TextIO) -> int:
-    """Prints the evaluation table of every artifact of the distiller at ``address``."""
-    with grpc.insecure_channel(address) as channel:
-        reply = distiller_pb2_grpc.DistillerServiceStub(channel).ListArtifacts(
-            distiller_pb2.ListArtifactsRequest()
-        )
+def list_remote(address: str, out: TextIO, err: TextIO, tls: TlsConfig | None = None) -> int:
+    """Prints the evaluation table of every artifact of the distiller at ``address``.
+
+    Returns 0, or 2 when the call failed (said in one line on ``err``).
+    """
+    with open_channel(address, tls or TlsConfig(), "client tls") as channel:
+        try:
+            reply = distiller_pb2_grpc.DistillerServiceStub(channel).ListArtifacts(
+                distiller_pb2.ListArtifactsRequest(), timeout=_CALL_TIMEOUT_S
+            )
+        except grpc.RpcError as error:
+            return _rpc_failed(error, err)  # type: ignore[arg-type]
     print(evaluation_table([(a.name, dict(a.metrics)) for a in reply.artifacts]), file=out)
     return 0
+
+
+def _rpc_failed(error: grpc.Call, err: TextIO) -> int:
+    """One line for a call the distiller refused or could not be reached for (TLS mismatch included)."""
+    print(f"error: {error.code().name}: {' '.join((error.details() or '').split())}", file=err)
+    return 2
 
 
 class JobProgress(Protocol):

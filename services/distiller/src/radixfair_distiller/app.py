@@ -12,6 +12,7 @@ from radixfair.listening import bind_grpc_port, build_grpc_server
 from radixfair.malformed_requests import MalformedRequestInterceptor
 from radixfair.metrics import serve_metrics
 from radixfair.service_process import wait_for_shutdown_signal
+from radixfair.tls import describe, server_credentials
 from radixfair.v1 import distiller_pb2_grpc
 from radixfair_distiller.config import DistillerConfig
 from radixfair_distiller.distiller_metrics import DistillerMetrics
@@ -23,6 +24,8 @@ log = logging.getLogger(__name__)
 
 async def serve(config: DistillerConfig, ready: asyncio.Event | None = None) -> None:
     """Runs until SIGINT/SIGTERM (or task cancellation); a running job is left resumable."""
+    # Certificates first: a missing or unusable file is one start-up line before anything starts.
+    credentials = server_credentials(config.tls, "tls")
     metrics = DistillerMetrics(CollectorRegistry())
     serve_metrics(metrics.registry, config.metrics_port, config.host)
     runner = JobRunner(config, metrics)
@@ -30,14 +33,15 @@ async def serve(config: DistillerConfig, ready: asyncio.Event | None = None) -> 
     distiller_pb2_grpc.add_DistillerServiceServicer_to_server(DistillerServicer(runner), server)
     health = add_health_and_reflection(server, [SERVICE_NAME])
     # Bound before the runner starts, so a taken port fails before any job is resumed.
-    port = bind_grpc_port(server, config.host, config.port)
+    port = bind_grpc_port(server, config.host, config.port, credentials=credentials)
     runner.start()
     await server.start()
     await set_serving(health, [SERVICE_NAME], True)
     log.info(
-        "distiller serving on %s:%d (device %s, work dir %s)",
+        "distiller serving on %s:%d (%s, device %s, work dir %s)",
         config.host,
         port,
+        describe(config.tls),
         runner.device,
         config.work_dir,
     )

@@ -3,7 +3,8 @@
 By default the job runs in this process (and, when interrupted, resumes the
 next time the same recipe is run with the same work dir). With
 ``--server HOST:PORT`` it is submitted to a running distiller and watched
-over gRPC instead. ``list`` prints the artifacts made so far.
+over gRPC instead (``--ca-cert`` for a distiller serving TLS; ``--client-cert`` and
+``--client-key`` when it requires mutual TLS). ``list`` prints the artifacts made so far.
 
 On several GPUs, launch it with torchrun; each process trains on its own GPU
 and rank 0 does the rest (see distributed.py):
@@ -28,6 +29,7 @@ from radixfair.errors import InvalidRequestError, RadixfairError
 from radixfair.listening import ListenError
 from radixfair.metrics import serve_metrics
 from radixfair.service_process import INTERRUPTED_EXIT, HelpFormatter, parse_settings
+from radixfair.tls import add_client_tls_arguments, client_tls_from_arguments
 from radixfair_distiller.config import DistillerConfig
 
 if TYPE_CHECKING:
@@ -49,18 +51,24 @@ def main(argv: list[str] | None = None) -> int:
     distill = commands.add_parser("distill", help="run a recipe", formatter_class=HelpFormatter)
     distill.add_argument("recipe", type=Path, help="recipe YAML (services/distiller/recipes/)")
     distill.add_argument("--server", help="submit to the distiller at HOST:PORT instead of running here")
+    add_client_tls_arguments(distill)
     listing = commands.add_parser("list", help="list artifacts", formatter_class=HelpFormatter)
     listing.add_argument("--server", help="ask the distiller at HOST:PORT")
+    add_client_tls_arguments(listing)
     args = parser.parse_args(argv)
     try:
         config = load_config(DistillerConfig, args.config, overrides=parse_settings(args.set))
+        # The flags of the caller's side of a TLS hop to --server (a distiller serving TLS).
+        tls = client_tls_from_arguments(args)
         if args.command == "list":
-            return list_remote(args.server, sys.stdout) if args.server else _list(config, sys.stdout)
+            if args.server:
+                return list_remote(args.server, sys.stdout, sys.stderr, tls)
+            return _list(config, sys.stdout)
         if not args.recipe.is_file():
             raise InvalidRequestError(f"no recipe file {args.recipe}")
         text = args.recipe.read_text()
         if args.server:
-            return asyncio.run(submit_and_watch(args.server, text, sys.stdout, sys.stderr))
+            return asyncio.run(submit_and_watch(args.server, text, sys.stdout, sys.stderr, tls))
         import torch
 
         from radixfair_distiller.distributed import TorchrunEnv

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from radixfair.tls import TlsConfig
 
 
 @dataclass(frozen=True)
@@ -12,6 +14,9 @@ class DistillerConfig:
 
     host: str = "127.0.0.1"
     port: int = 50071
+    # TLS of the gRPC port, as the router's and worker's ``tls``: cert_file and key_file; with
+    # ca_file and require_client_cert, callers must present a certificate from that CA (mutual TLS).
+    tls: TlsConfig = field(default_factory=TlsConfig)
     # Prometheus /metrics (jobs by state, stage, step, loss, tokens/s); 0 disables it.
     metrics_port: int = 0
     # Jobs (recipes, events, checkpoints), artifacts and the data cache live here.
