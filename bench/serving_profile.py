@@ -78,6 +78,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--rate", type=int, default=97, help="py-spy samples per second")
     parser.add_argument("--torch-threads", type=int, default=1)
+    # The GPU run (bench/gpu_serving_session.sh, PROFILE=1): the serving bench's model settings.
+    parser.add_argument("--shape", default="tiny", help="random-weight shape (serving_bench SHAPES)")
+    parser.add_argument("--tokenizer-dir", default="")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--backend", default="torch")
+    parser.add_argument("--py-spy", default="", help="the py-spy binary (default: next to this Python)")
     return parser.parse_args(argv)
 
 
@@ -85,7 +92,11 @@ def bench_args(args: argparse.Namespace) -> argparse.Namespace:
     """The serving bench's own arguments for the same shapes (its model, settings and prompts)."""
     return serving_bench.parse_args(
         [
-            "--shape", "tiny",
+            "--shape", args.shape,
+            *(["--tokenizer-dir", args.tokenizer_dir] if args.tokenizer_dir else []),
+            "--device", args.device,
+            "--dtype", args.dtype,
+            "--backend", args.backend,
             "--paths", *args.paths,
             "--workloads", *args.workloads,
             "--concurrency", str(args.concurrency),
@@ -200,10 +211,10 @@ def aggregate(raw: Path, roles: dict[int, str], attached: str) -> dict[str, dict
 class Sampler:
     """py-spy attached to the worker front (with its engine subprocess) and the router, for one cell."""
 
-    def __init__(self, processes: dict[str, int], out_dir: Path, name: str, rate: int) -> None:
+    def __init__(self, processes: dict[str, int], out_dir: Path, name: str, rate: int, spy: str = "") -> None:
         self.processes = processes
         self._spies: list[tuple[subprocess.Popen[bytes], Path, str]] = []
-        spy = str(Path(sys.executable).with_name("py-spy"))
+        spy = spy or str(Path(sys.executable).with_name("py-spy"))
         for role, subprocesses in (("front", True), ("router", False)):
             if role not in processes:
                 continue
@@ -253,8 +264,11 @@ async def profile_cell(
         bargs, workload, args.concurrency, serving_bench.cell_seed(path, workload, 7)
     )
     processes = find_processes()
-    sampler = Sampler(processes, spy_dir, f"{path}-{workload}", args.rate)
+    sampler = Sampler(processes, spy_dir, f"{path}-{workload}", args.rate, args.py_spy)
+    client_cpu = time.process_time()
     records = await serving_bench.run_cell_grpc(target, specs, 1)
+    # The clients run in this process: near wall_s here means the clients, not the service, set the pace.
+    client_cpu = time.process_time() - client_cpu
     cpu, outs = sampler.stop()
     summary = serving_bench.summarize(records)
     roles = {pid: role for role, pid in processes.items()}
@@ -290,6 +304,7 @@ async def profile_cell(
         "out_tok_s": summary["out_tok_s"],
         "wall_s": summary["wall_s"],
         "ttft_p50_ms": summary["ttft_p50_ms"],
+        "client_cpu_s": client_cpu,
         "submit_pickle_bytes": submit_pickle_bytes(workload, bargs),
         "processes": per_process,
     }
@@ -323,6 +338,18 @@ def write_report(args: argparse.Namespace, cells: list[dict[str, object]], meta:
     versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v)  # type: ignore[union-attr]
     summary_rows, probe_rows = [], []
     for cell in cells:
+        summary_rows.append(
+            {
+                "path": cell["path"],
+                "workload": cell["workload"],
+                "out_tok_s": cell["out_tok_s"],
+                "process": "clients (this process)",
+                "cpu_s": cell["client_cpu_s"],
+                "cpu_ms_per_request": 1e3 * float(cell["client_cpu_s"]) / max(1, int(cell["completed"])),  # type: ignore[arg-type]
+                "cpu_us_per_message": 1e6 * float(cell["client_cpu_s"]) / max(1, int(cell["messages"])),  # type: ignore[arg-type]
+                "samples": "",
+            }
+        )
         for role, p in cell["processes"].items():  # type: ignore[union-attr]
             summary_rows.append(
                 {
@@ -390,7 +417,9 @@ def write_report(args: argparse.Namespace, cells: list[dict[str, object]], meta:
 
 def notes(args: argparse.Namespace) -> str:
     return (
-        f"Tiny random Llama (serving_bench's `tiny` shape), CPU, torch_threads {args.torch_threads}. "
+        f"Random weights of serving_bench's `{args.shape}` shape, {args.device}/{args.dtype}/{args.backend}, "
+        f"torch_threads {args.torch_threads}. wall_s per cell is in the JSON; the clients' CPU row near it "
+        "means the clients set the pace. "
         f"{args.concurrency} concurrent streams, {args.rounds} request(s) each, "
         f"{args.new_tokens} new tokens, ignore_eos. unique = {args.prompt_len}-token prompts; "
         f"shared_prefix = one {args.prefix_len}-token prefix + {args.suffix_len} unique tokens. "
