@@ -9,8 +9,12 @@ and its logits row, whatever else shares the batch, and nothing in
 ``sample`` waits for the device (the engine keeps overlap scheduling on for
 sampled traffic too).
 
-A row that cannot be sampled fails its request alone. What the host can see
-(a temperature that is not > 0) is reported at once in
+Every row's probabilities are the softmax of its own (top-k masked) scores in
+vocabulary order, whether or not other rows filter, and top-k and top-p select
+without sorting the vocabulary (``nucleus``).
+
+A row that cannot be sampled fails its request alone, greedy or sampled. What
+the host can see (a temperature that is not > 0) is reported at once in
 ``SampledRows.failures``; what only the device can see (a logits row with no
 finite maximum: NaN or inf logits) is reported as the id FAILED_TOKEN in the
 ids the host reads, while the ids kept on the device (the next step's
@@ -24,9 +28,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from radixfair_worker.nucleus import keep_top_k, top_p_keep
 from radixfair_worker.request import Request, SamplingConfig
 
-# The id the host reads for a sampled row whose logits had no finite maximum (never a vocabulary id).
+# The id the host reads for a row whose logits had no finite maximum (never a vocabulary id).
 FAILED_TOKEN = -2
 FAILED_ROW_MESSAGE = "sampling failed: logits row has no finite maximum (NaN or infinite logits)"
 
@@ -86,7 +91,7 @@ class Sampler:
         """
         greedy_ids = logits.argmax(dim=-1)
         if all(config.greedy for config in configs):
-            return SampledRows(greedy_ids, greedy_ids)
+            return greedy_rows(logits, greedy_ids)
         failures: dict[int, str] = {}
         params = []
         indices = indices if indices is not None else [0] * len(configs)
@@ -104,14 +109,15 @@ class Sampler:
             top_k = config.top_k if 0 < config.top_k < logits.shape[-1] else 0
             # The device divides in float32: keep a temperature representable there and > 0.
             temperature = min(max(temperature, _FLOAT32_TINY), _FLOAT32_MAX)
-            params.append((seed & _MASK32, seed >> 32, index, temperature, top_k, config.top_p))
+            top_p = config.top_p if config.top_p < 1.0 else 1.0  # NaN (an engine caller's) keeps all
+            params.append((seed & _MASK32, seed >> 32, index, temperature, top_k, top_p))
         table = _upload(torch.tensor(params, dtype=torch.float64), logits.device)
-        any_top_k = any(p[_TOP_K] > 0 for p in params)
+        largest_k = max(p[_TOP_K] for p in params)
         any_top_p = any(p[_TOP_P] < 1.0 for p in params)
-        sampled, bad = sample_rows(logits, table, any_top_k or any_top_p)
+        sampled, bad = sample_rows(logits, table, largest_k, any_top_p)
         greedy = table[:, _TEMPERATURE] == 0
         device = torch.where(greedy, greedy_ids, sampled)
-        host = torch.where(bad & ~greedy, torch.full_like(device, FAILED_TOKEN), device)
+        host = torch.where(bad, FAILED_TOKEN, device)  # greedy rows too (argmax returns a NaN's index)
         return SampledRows(device, host, failures)
 
     def sample_requests(self, logits: torch.Tensor, requests: list[Request]) -> SampledRows:
@@ -123,8 +129,7 @@ class Sampler:
             if request.sampling.temperature != 0.0:
                 break
         else:
-            greedy_ids = logits.argmax(dim=-1)
-            return SampledRows(greedy_ids, greedy_ids)
+            return greedy_rows(logits, logits.argmax(dim=-1))
         return self.sample(
             logits,
             [r.request_id for r in requests],
@@ -142,15 +147,30 @@ class Sampler:
         return seed
 
 
+def greedy_rows(logits: torch.Tensor, ids: torch.Tensor) -> SampledRows:
+    """logits [S, V] fp32 and their argmax ids [S] -> SampledRows failing the rows with no finite maximum.
+
+    argmax treats NaN as the largest value, so a row's value at its argmax is finite exactly when
+    the row has a finite maximum (no NaN, no +inf, not all -inf): one gather, not another pass.
+    """
+    best = logits.gather(-1, ids[:, None]).squeeze(-1)
+    return SampledRows(ids, torch.where(torch.isfinite(best), ids, FAILED_TOKEN))
+
+
 def sample_rows(
-    logits: torch.Tensor, table: torch.Tensor, filtered: bool
+    logits: torch.Tensor, table: torch.Tensor, largest_k: int, any_top_p: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Draws one id per row from the tempered, top-k/top-p filtered distribution.
 
     logits [S, V] fp32; table [S, 6] float64 per-row (seed_lo, seed_hi, index, temperature, top_k,
-    top_p), temperature 0 on rows whose result is not used. ``filtered``: some row has top-k or
-    top-p (else the sort is skipped). Returns (ids [S] int64, bad [S] bool: the row's logits have
-    no finite maximum, its id is arbitrary but in range).
+    top_p), temperature 0 on rows whose result is not used, top_k in 0..V-1 (0: none), top_p
+    finite. ``largest_k``: the largest top_k (0 skips top-k); ``any_top_p``: some row's top_p is
+    < 1 (else top-p is skipped); both are known to the host, so nothing here waits for the device.
+    Returns (ids [S] int64, bad [S] bool: the row's logits have no finite maximum, its id is
+    arbitrary but in range).
+
+    Every row's probabilities are the softmax of its own scores in vocabulary order: a row that
+    neither row filter touches draws exactly what it draws in a batch where nothing filters.
     """
     temperature = table[:, _TEMPERATURE].to(torch.float32)
     temperature = torch.where(temperature > 0, temperature, torch.ones_like(temperature))
@@ -161,24 +181,14 @@ def sample_rows(
     scores = (logits - torch.where(torch.isfinite(best), best, torch.zeros_like(best))) / temperature[:, None]
     scores = torch.where(bad[:, None], torch.zeros_like(scores), scores)  # a bad row's id is discarded
     uniform = row_uniforms(table)
-    if not filtered:
-        return inverse_cdf(torch.softmax(scores, dim=-1), uniform), bad
-    sorted_scores, order = scores.sort(dim=-1, descending=True, stable=True)
-    top_k = table[:, _TOP_K].to(torch.int64)
-    kth = sorted_scores.gather(-1, (top_k - 1).clamp(min=0)[:, None])
-    # Ties with the k-th score stay, as a threshold on the score (not a count of positions).
-    keep_k = (top_k[:, None] == 0) | (sorted_scores >= kth)
-    probs = torch.softmax(sorted_scores.masked_fill(~keep_k, float("-inf")), dim=-1)
-    # Top-p: the smallest prefix of the sorted tokens whose mass reaches top_p; the first always stays.
-    mass_before = probs.to(torch.float64).cumsum(dim=-1) - probs.to(torch.float64)
-    top_p = table[:, _TOP_P][:, None]
-    outside = (mass_before >= top_p) & (top_p < 1.0)
-    outside[:, 0] = False
-    # Drawn in vocabulary order, not sorted order: logits that differ in the last bits between
-    # batches (other matmul shapes) may reorder near-equal tokens, which would move a sorted
-    # cumulative sum a long way, but move a vocabulary-order one by only those bits.
-    kept = torch.empty_like(probs).scatter_(-1, order, probs.masked_fill(outside, 0.0))
-    return inverse_cdf(kept, uniform), bad
+    if largest_k > 0:
+        scores = keep_top_k(scores, table[:, _TOP_K].to(torch.int64), largest_k)
+    probs = torch.softmax(scores, dim=-1)
+    if any_top_p:
+        top_p = table[:, _TOP_P]
+        keep = top_p_keep(scores, probs, top_p) | (top_p >= 1.0)[:, None]
+        probs = probs.masked_fill(~keep, 0.0)
+    return inverse_cdf(probs, uniform), bad
 
 
 def inverse_cdf(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
