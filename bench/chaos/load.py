@@ -34,9 +34,12 @@ class LoadTally:
     cut_tokens: int = 0
     longest_silence_s: float = 0.0
     # Streams that failed: (client id, router index, time.time() of the failure, output tokens the
-    # request allowed and the client did not receive). A router killed under a stream may have
-    # booked up to that many of them (booked ahead of the relay) and cannot settle them.
+    # request allowed and the client did not receive). A router killed under a stream has booked
+    # at most the one message it was relaying (booked before the relay) and cannot settle it.
     failed_streams: list[tuple[str, int, float, int]] = field(default_factory=list)
+    # The most tokens one delta message held (a worker coalesces a slow reader's steps into one):
+    # the size of "one message" in the router-kill bound.
+    largest_message_tokens: int = 0
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -73,8 +76,10 @@ async def consume(
             tally.longest_silence_s = max(tally.longest_silence_s, now - last)
             last = now
             if message.HasField("delta"):
-                tally.tokens[client_id] += len(message.delta.token_ids)
-                received += len(message.delta.token_ids)
+                count = len(message.delta.token_ids)
+                tally.tokens[client_id] += count
+                received += count
+                tally.largest_message_tokens = max(tally.largest_message_tokens, count)
     except TimeoutError:
         tally.hung += 1
         tally.status["HUNG"] += 1

@@ -12,11 +12,13 @@ How to read it. *Hung* is a stream with no message for longer than `hang_bound_s
 (the health checks' window to take a frozen worker out + the router's silence bound for a stream of
 a worker out of rotation + 10 s slack, far below the router's 120 s idle limit); such a stream is cancelled
 by the client and counted. *Ledger* compares, per client, the output tokens the client received in
-stream deltas with the `completion_tokens` field of the client's hash in Redis: the routers add
-each message's tokens before relaying it (one pipelined write for every stream's pending tokens,
+stream deltas with the `completion_tokens` field of the client's hash in Redis (*booked*): the routers
+add each message's tokens before relaying it (one pipelined write for every stream's pending tokens,
 so a killed router leaves nothing unbooked; replayed from local state after a Redis outage); no
-refund touches it (a refund returns only the admission's
-service of a request that produced no token). `anonymous` is the hostile client's calls with no or
+refund touches it (a refund returns only the admission's service of a request that produced no
+token). A router killed between a message's booking and its socket write leaves that message booked
+and never received: hence the bound of one message per stream a router kill cut (a stream that
+failed on the killed router within 2 s of its kill). `anonymous` is the hostile client's calls with no or
 a wrong key: nothing may be served or booked there. *Leaked pages* is total - free - cached on an
 idle worker, cached counted from the load report's page hashes (one per cached page). *Detected*
 is the time from the fault until router-0 (never faulted) showed it; *recovered* from the target
@@ -72,12 +74,25 @@ def write_report(out_dir: Path, tag: str, command: str, result: dict[str, object
         "",
         f"Hostile request kinds drawn: {hostile['kinds']}",  # type: ignore[index]
         "",
-        "## Output tokens received vs the ledger",
+        "## Output tokens received vs booked in the ledger",
+        "",
+        f"Rule (issue 12): booked - received is 0 for a client no router kill cut, else at most one"
+        f" message's tokens per stream a router kill cut; one message here is at most"
+        f" {result['largest_message_tokens']} tokens (the largest delta received in the run) and at most"
+        f" what the cut request had left of its max_tokens.",
         "",
         markdown_table(
-            result["ledger"],
-            ["client", "tokens_received", "ledger_completion_tokens", "difference", "router_kill_bound"],
-        ),  # type: ignore[arg-type]
+            result["ledger"],  # type: ignore[arg-type]
+            [
+                "client",
+                "tokens_received",
+                "tokens_booked",
+                "booked_minus_received",
+                "streams_cut_by_router_kills",
+                "bound",
+                "passed",
+            ],
+        ),
         "",
         "## KV pages at idle",
         "",

@@ -21,7 +21,9 @@ MODEL_CACHE = os.environ.get("MODEL_CACHE_FOR_TESTS", "~/.cache/radixfair/models
 
 
 @pytest.mark.timeout(900)
-def test_one_fault_of_each_kind_leaves_no_hung_stream_exact_ledger_and_no_leaked_page(tmp_path: Path) -> None:
+def test_one_fault_of_each_kind_leaves_no_hung_stream_a_bounded_ledger_and_no_leaked_page(
+    tmp_path: Path,
+) -> None:
     result = main(
         ["--duration", "60", "--out-dir", str(tmp_path / "out"), "--run-dir", str(tmp_path / "run"),
          "--cache-dir", MODEL_CACHE]
@@ -33,6 +35,7 @@ def test_one_fault_of_each_kind_leaves_no_hung_stream_exact_ledger_and_no_leaked
     assert result["load"]["completed"] > 0  # type: ignore[index]
     assert result["load"]["hung_streams"] == 0, result["load"]  # type: ignore[index]
     assert result["hostile"]["hung_streams"] == 0, result["hostile"]  # type: ignore[index]
-    assert all(row["difference"] == 0 for row in result["ledger"]), result["ledger"]  # type: ignore[union-attr]
+    # Issue 12's rule: exact for a client no router kill cut, else at most one message per cut stream.
+    assert all(row["passed"] for row in result["ledger"]), result["ledger"]  # type: ignore[union-attr]
     assert all(p["leaked_pages"] == 0 for p in result["kv_pages"].values()), result["kv_pages"]  # type: ignore[union-attr]
     assert result["checks"]["hostile_answered_cleanly"], result["hostile"]  # type: ignore[index]
