@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 
 from radixfair.tokenization import ChatTurn, PromptEncoder
@@ -36,6 +38,26 @@ def test_engine_answers_equal_greedy_generation_with_more_prompts_than_the_engin
     expected = generate(teacher, prompts, NEW_TOKENS, eos, pad_token_id=eos or 0)
     assert answers == expected
     assert answerer.generated_tokens == sum(len(a) for a in expected)
+
+
+def test_admission_in_waves_gives_the_same_answers_in_fewer_admission_rounds(tiny_model_dir, prompts):
+    every_slot = EngineAnswerer(tiny_model_dir, AnswerEngineConfig(max_running_requests=4, num_pages=64))
+    waves = EngineAnswerer(
+        tiny_model_dir, AnswerEngineConfig(max_running_requests=4, num_pages=64, refill_at=0.5)
+    )
+    # The token most answers hold stops them: answers of many lengths end at many different steps.
+    free_running = every_slot.answer(prompts, NEW_TOKENS, eos_token_id=None)
+    stop = Counter(t for a in free_running for t in set(a[:-1])).most_common(1)[0][0]
+    every_slot.refills = 0
+
+    expected = every_slot.answer(prompts, NEW_TOKENS, stop)
+    answers = waves.answer(prompts, NEW_TOKENS, stop)
+
+    assert answers == expected
+    assert len({len(a) for a in answers}) > 2
+    # A wave admits 4 - 2 = 2 prompts at least (4 the first time), so 24 prompts take at most 11 rounds;
+    # admitting whenever a slot frees takes about a round per step in which an answer ends (10 here).
+    assert waves.refills <= 11 and waves.refills < every_slot.refills
 
 
 def test_an_answer_stops_after_the_end_of_sequence_token_it_includes(tiny_model_dir, prompts):

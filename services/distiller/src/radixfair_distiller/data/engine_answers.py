@@ -34,6 +34,12 @@ class AnswerEngineConfig:
     page_size: int = 16
     max_batched_tokens: int = 4096
     cuda_graph_max_batch: int = 128
+    # Admission in waves: below 1.0, new prompts go in only once the unfinished requests in the engine
+    # have fallen to this share of max_running_requests, and then fill every running slot at once (no
+    # waiting queue). On a GPU only pure decode steps replay CUDA graphs; a prompt admitted whenever
+    # an answer ends (every step or two at batch 256) makes almost every step an eager mixed
+    # prefill + decode step. 1.0: admit whenever a slot frees, with a quarter more waiting.
+    refill_at: float = 1.0
 
     def engine_config(self) -> EngineConfig:
         return EngineConfig(
@@ -97,9 +103,20 @@ class EngineAnswerer:
         self.generated_tokens = 0
         self.answered = 0
         self.budget_spent = False
+        self.refills = 0  # rounds of admission (a wave each when config.refill_at < 1)
         self.seconds = 0.0  # spent inside ``answer``: tokens / seconds is the engine's rate
         self._on_progress = on_progress
         self._progress_every_s = progress_every_s
+
+    def _admission(self) -> tuple[int, int]:
+        """(most requests in the engine at once, the count at or below which prompts are admitted)."""
+        running = self.config.max_running_requests
+        if self.config.refill_at >= 1.0:
+            # Every running slot and a quarter more waiting, so the engine never idles between
+            # rounds and a spent budget leaves little queued behind it.
+            limit = running + max(1, running // 4)
+            return limit, limit - 1
+        return running, min(running - 1, int(self.config.refill_at * running))
 
     def answer(
         self,
@@ -124,9 +141,7 @@ class EngineAnswerer:
         )
         requests = [Request(f"answer-{i}", "teacher", list(p), sampling) for i, p in enumerate(prompts)]
         backlog = deque(requests)
-        # Requests in the engine at once: every running slot and a quarter more waiting, so the
-        # engine never idles between rounds and a spent budget leaves little queued behind it.
-        in_engine_limit = self.config.max_running_requests + max(1, self.config.max_running_requests // 4)
+        in_engine_limit, low_water = self._admission()
         submitted = finished = 0
         tokens = self.generated_tokens
         next_report = started + self._progress_every_s
@@ -134,13 +149,15 @@ class EngineAnswerer:
             if backlog and self.budget.spent(tokens, self.answered + submitted):
                 self.budget_spent = True
                 backlog.clear()  # the prompts already in the engine are answered; no more start
-            while backlog and submitted - finished < in_engine_limit:
-                try:
-                    engine.submit(backlog[0])
-                except QueueFullError:
-                    break
-                backlog.popleft()
-                submitted += 1
+            if backlog and submitted - finished <= low_water:
+                self.refills += 1
+                while backlog and submitted - finished < in_engine_limit:
+                    try:
+                        engine.submit(backlog[0])
+                    except QueueFullError:
+                        break
+                    backlog.popleft()
+                    submitted += 1
             for output in engine.step():
                 if not output.finished:
                     continue
@@ -188,6 +205,7 @@ def answer_source(teacher_answers: str, teacher_dir: Path, device: str) -> Answe
             num_pages=16384,
             max_batched_tokens=8192,
             cuda_graph_max_batch=256,
+            refill_at=0.5,
         )
         if cuda
         else AnswerEngineConfig(device=device)

@@ -95,13 +95,15 @@ def refit_weights(
 
 
 def _refit(weight: torch.Tensor, gram: torch.Tensor, kept: list[int]) -> torch.Tensor:
-    index = torch.tensor(kept)
+    # The Gram matrices are summed on the CPU in fp64 (collect_layer_stats) while the weights may be
+    # on a GPU: solve where the Gram is, and hand the result back on the weight's device.
+    index = torch.tensor(kept, device=gram.device)
     g_kk = gram[index][:, index]
     ridge = _RIDGE * float(g_kk.diagonal().mean().clamp(min=1e-12))
-    g_kk = g_kk + ridge * torch.eye(len(kept), dtype=gram.dtype)
-    rhs = weight.double() @ gram[:, index]  # [out, k]
+    g_kk = g_kk + ridge * torch.eye(len(kept), dtype=gram.dtype, device=gram.device)
+    rhs = weight.detach().to(gram.device, torch.float64) @ gram[:, index]  # [out, k]
     solved = torch.linalg.solve(g_kk, rhs.T).T  # W G[:, K] G[K, K]^-1 (G symmetric)
-    return solved.to(weight.dtype).contiguous()
+    return solved.to(weight.device, weight.dtype).contiguous()
 
 
 def shrink_width(
