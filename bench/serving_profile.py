@@ -27,6 +27,7 @@ import asyncio
 import json
 import os
 import pickle
+import resource
 import shlex
 import shutil
 import signal
@@ -76,7 +77,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--workloads", nargs="+", choices=serving_bench.WORKLOADS, default=list(serving_bench.WORKLOADS)
     )
-    parser.add_argument("--rate", type=int, default=97, help="py-spy samples per second")
+    parser.add_argument(
+        "--rate", type=int, default=97, help="py-spy samples per second; 0: CPU seconds per process only"
+    )
+    parser.add_argument(
+        "--client-procs", type=int, default=1, help="client processes (their CPU is counted once they exit)"
+    )
     parser.add_argument("--torch-threads", type=int, default=1)
     # The GPU run (bench/gpu_serving_session.sh, PROFILE=1): the serving bench's model settings.
     parser.add_argument("--shape", default="tiny", help="random-weight shape (serving_bench SHAPES)")
@@ -107,7 +113,7 @@ def bench_args(args: argparse.Namespace) -> argparse.Namespace:
             "--min-requests", str(args.concurrency * args.rounds),
             "--warmup-requests", "4",
             "--torch-threads", str(args.torch_threads),
-            "--client-procs", "1",
+            "--client-procs", str(args.client_procs),
         ]
     )  # fmt: skip
 
@@ -138,6 +144,11 @@ def _cmdline(pid: int) -> str:
 def _cpu_seconds(pid: int) -> float:
     fields = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_and_waited_children_cpu() -> float:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def find_processes() -> dict[str, int]:
@@ -216,14 +227,15 @@ class Sampler:
         self._spies: list[tuple[subprocess.Popen[bytes], Path, str]] = []
         spy = spy or str(Path(sys.executable).with_name("py-spy"))
         for role, subprocesses in (("front", True), ("router", False)):
-            if role not in processes:
+            if role not in processes or rate == 0:
                 continue
             out = out_dir / f"{name}-{role}.txt"
             command = [spy, "record", "--pid", str(processes[role]), "-r", str(rate), "--format", "raw"]
             command += ["-o", str(out), "--nonblocking"] + (["--subprocesses"] if subprocesses else [])
             spy_process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             self._spies.append((spy_process, out, role))
-        time.sleep(1.0)  # py-spy attaches before the cell starts
+        if self._spies:
+            time.sleep(1.0)  # py-spy attaches before the cell starts
         self._cpu_start = {role: _cpu_seconds(pid) for role, pid in processes.items()}
 
     def stop(self) -> tuple[dict[str, float], list[tuple[Path, str]]]:
@@ -265,10 +277,11 @@ async def profile_cell(
     )
     processes = find_processes()
     sampler = Sampler(processes, spy_dir, f"{path}-{workload}", args.rate, args.py_spy)
-    client_cpu = time.process_time()
-    records = await serving_bench.run_cell_grpc(target, specs, 1)
-    # The clients run in this process: near wall_s here means the clients, not the service, set the pace.
-    client_cpu = time.process_time() - client_cpu
+    client_cpu = _own_and_waited_children_cpu()
+    records = await serving_bench.run_cell_grpc(target, specs, args.client_procs)
+    # The clients' CPU (this process and the client processes, which have exited and been waited for by
+    # now; the py-spy processes have not): near wall_s x client_procs means the clients set the pace.
+    client_cpu = _own_and_waited_children_cpu() - client_cpu
     cpu, outs = sampler.stop()
     summary = serving_bench.summarize(records)
     roles = {pid: role for role, pid in processes.items()}
@@ -310,7 +323,13 @@ async def profile_cell(
     }
 
 
-async def run(args: argparse.Namespace, bargs: argparse.Namespace, paths: serving_bench.Paths, spy_dir: Path):
+async def run(
+    args: argparse.Namespace,
+    bargs: argparse.Namespace,
+    paths: serving_bench.Paths,
+    spy_dir: Path,
+    meta: dict[str, object],
+):
     for workload in args.workloads:
         for path in args.paths:
             await serving_bench.run_cell(bargs, paths, path, workload, bargs.warmup_requests, None)
@@ -319,6 +338,7 @@ async def run(args: argparse.Namespace, bargs: argparse.Namespace, paths: servin
         for path in args.paths:
             cells.append(await profile_cell(args, bargs, paths, path, workload, spy_dir))
             print(json.dumps({k: cells[-1][k] for k in ("path", "workload", "out_tok_s")}), file=sys.stderr)
+            write_report(args, cells, meta)  # a run cut short still leaves what it measured
     return cells
 
 
@@ -343,7 +363,7 @@ def write_report(args: argparse.Namespace, cells: list[dict[str, object]], meta:
                 "path": cell["path"],
                 "workload": cell["workload"],
                 "out_tok_s": cell["out_tok_s"],
-                "process": "clients (this process)",
+                "process": f"clients ({args.client_procs} proc)",
                 "cpu_s": cell["client_cpu_s"],
                 "cpu_ms_per_request": 1e3 * float(cell["client_cpu_s"]) / max(1, int(cell["completed"])),  # type: ignore[arg-type]
                 "cpu_us_per_message": 1e6 * float(cell["client_cpu_s"]) / max(1, int(cell["messages"])),  # type: ignore[arg-type]
@@ -418,7 +438,8 @@ def write_report(args: argparse.Namespace, cells: list[dict[str, object]], meta:
 def notes(args: argparse.Namespace) -> str:
     return (
         f"Random weights of serving_bench's `{args.shape}` shape, {args.device}/{args.dtype}/{args.backend}, "
-        f"torch_threads {args.torch_threads}. wall_s per cell is in the JSON; the clients' CPU row near it "
+        f"torch_threads {args.torch_threads}, {args.client_procs} client process(es). wall_s per cell is "
+        "in the JSON; the clients' CPU (their processes' start-up included) near wall_s x processes "
         "means the clients set the pace. "
         f"{args.concurrency} concurrent streams, {args.rounds} request(s) each, "
         f"{args.new_tokens} new tokens, ignore_eos. unique = {args.prompt_len}-token prompts; "
@@ -438,12 +459,16 @@ def main(argv: Sequence[str] | None = None) -> Path:
     try:
         model_dir = serving_bench.prepare_model(bargs, work_dir)
         settings = serving_bench.worker_settings(bargs, model_dir)
+        meta = {
+            "config": vars(args),
+            "worker_settings": {k: v for k, v in settings.items() if k != "model"},
+            "notes": notes(args),
+        }
         with serving_bench.started_paths(bargs, settings, work_dir / "logs") as paths:
-            cells = asyncio.run(run(args, bargs, paths, work_dir))
+            cells = asyncio.run(run(args, bargs, paths, work_dir, meta))
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
-    meta = {"config": vars(args), "worker_settings": {k: v for k, v in settings.items() if k != "model"}}
-    path = write_report(args, cells, {**meta, "notes": notes(args)})
+    path = write_report(args, cells, meta)
     print(path.read_text())
     return path
 
