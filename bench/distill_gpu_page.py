@@ -6,6 +6,7 @@ leaves every figure it measured; a phase that failed is named under "Errors" wit
 
 from __future__ import annotations
 
+import json
 import math
 import time
 import traceback
@@ -53,11 +54,24 @@ first `exact_match_tokens` tokens.
 
 
 class Page:
-    """The results being built; ``write`` rewrites both files (called after every phase)."""
+    """The results being built; ``write`` rewrites both files (called after every phase).
 
-    def __init__(self, name: str, out: Path, meta: dict) -> None:
+    With ``merge_into`` (an earlier call's page JSON), every write also writes that page with this
+    call's rows and sections added (bench/distill_gpu_merge.py), under the earlier page's name.
+    """
+
+    def __init__(self, name: str, out: Path, meta: dict, merge_into: Path | None = None) -> None:
         self.name, self.out, self.meta = name, out, meta
         self.rows: list[dict] = []
+        self.merge_into = merge_into
+        self.base_meta: dict | None = None
+        if merge_into is not None:
+            if merge_into.stem == name:
+                raise ValueError(f"the call's own page {name!r} would overwrite the page it merges into")
+            if merge_into.exists():
+                self.base_meta = json.loads(merge_into.read_text())
+            else:
+                print(f"!! {merge_into} not found: this call's page is written alone", flush=True)
 
     def write(self) -> None:
         for r in self.rows:
@@ -67,6 +81,15 @@ class Page:
         except Exception as error:  # noqa: BLE001 (a rendering slip must not end the run; the JSON has it all)
             notes = NOTES + f"\n(the sections below the table failed to render: {error!r})"
         write_results(self.name, self.rows, COLUMNS, self.meta, notes, results_dir=self.out)
+        if self.base_meta is not None and self.merge_into is not None:
+            from bench.distill_gpu_merge import call_name, write_merged
+
+            try:
+                part = json.loads((self.out / f"{self.name}.json").read_text())
+                base_name = self.merge_into.stem
+                write_merged(self.base_meta, part, call_name(self.name, base_name), base_name, self.out)
+            except Exception as error:  # noqa: BLE001 (the call's own page is written; merge again here)
+                print(f"!! merging into {self.merge_into} failed: {error!r}", flush=True)
 
     @contextmanager
     def phase(self, name: str, critical: bool = False) -> Iterator[None]:

