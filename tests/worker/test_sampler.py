@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -210,6 +211,26 @@ def test_a_row_with_no_finite_maximum_fails_alone_and_keeps_a_valid_id_on_the_de
     assert rows.tokens[0] == draw_one(logits[0], configs[0]) and rows.tokens[2] == draw_one(
         logits[2], configs[2]
     )
+
+
+@pytest.mark.parametrize("poison", [math.nan, math.inf, "all -inf"])
+@pytest.mark.parametrize("companions", ["greedy", "sampled"])
+def test_a_greedy_row_with_no_finite_maximum_fails_alone(poison, companions):
+    logits = torch.randn(3, VOCAB, generator=torch.Generator().manual_seed(2))
+    if poison == "all -inf":
+        logits[1] = -math.inf
+    else:
+        logits[1, 5] = poison
+    others = (
+        SamplingConfig(1) if companions == "greedy" else SamplingConfig(1, temperature=0.7, top_p=0.9, seed=3)
+    )
+    configs = [others, SamplingConfig(1), others]
+
+    rows = Sampler().sample(logits, ["a", "b", "c"], configs, [0, 0, 0])
+
+    assert rows.tokens[1] == FAILED_TOKEN and not rows.failures
+    assert 0 <= int(rows.device[1]) < VOCAB
+    assert [rows.tokens[0], rows.tokens[2]] == [draw_one(logits[0], others), draw_one(logits[2], others)]
 
 
 def test_an_unseeded_request_keeps_one_seed_until_forgotten():

@@ -3,8 +3,8 @@
 Sampling runs on the logits' device, so a step with temperature/top-p rows is
 launched without the host reading its ids: the request's newest token is
 still a placeholder when ``step`` returns. A row the device cannot sample
-(a logits row with NaN) fails its own request in the drain, and the batch
-around it carries on.
+(a logits row with NaN), greedy or sampled, fails its own request in the
+drain, and the batch around it carries on.
 """
 
 from __future__ import annotations
@@ -66,14 +66,16 @@ class PoisonedRows:
 
 
 @pytest.mark.parametrize("overlap", [False, True])
-def test_a_row_the_device_cannot_sample_fails_its_request_alone(tiny_model_dir, overlap):
+@pytest.mark.parametrize("temperature", [1.0, 0.0], ids=["sampled", "greedy"])
+def test_a_row_the_device_cannot_sample_fails_its_request_alone(tiny_model_dir, overlap, temperature):
     stack = make_stack(tiny_model_dir, num_pages=64, page_size=4, overlap_schedule=overlap)
     engine = stack.engine
     alone = greedy(BYSTANDER_PROMPT, 8, uuid.uuid4().hex, client="bystander", ignore_eos=True)
     run_to_completion(engine, [alone])
     engine.runner = PoisonedRows(engine.runner, {"poisoned"})
     bystander = greedy(BYSTANDER_PROMPT, 8, uuid.uuid4().hex, client="bystander", ignore_eos=True)
-    poisoned = greedy(PROMPT, 8, "poisoned", temperature=1.0, seed=5, ignore_eos=True)
+    # A greedy row too: argmax would return the NaN's index as if it were a token.
+    poisoned = greedy(PROMPT, 8, "poisoned", temperature=temperature, seed=5, ignore_eos=True)
     engine.submit(bystander)
     engine.step()  # the bystander is decoding (with overlap, its token still on the device)
     engine.submit(poisoned)

@@ -20,9 +20,11 @@ floor(p * 2**60). Integer sums do not depend on their order, so the histograms
 float64 prefix sums round instead, by at most ``vocab * 2**-53``, and
 truncation drops under ``vocab * 2**-60``. The kept sets can therefore
 differ only for a token whose mass ahead lies within ``vocab * 2**-52`` of
-top_p. When every probability is a multiple of 2**-60 and the float64 sums
-are exact (ties of equal scores, the common case of bf16 logits), there is
-no difference at all.
+top_p, or whose probability is below 2**-60: it counts no mass, so it is
+never the boundary, and beyond the boundary it is dropped where the sort may
+keep it (its share of a draw is under 2**-60). When every probability is a
+multiple of 2**-60 and the float64 sums are exact (as for ties of equal
+scores, common with bf16 logits), there is no difference at all.
 """
 
 from __future__ import annotations
