@@ -50,6 +50,11 @@ from radixfair_worker.worker_metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 
+# An engine that has not answered a state request for this long is stuck, not busy: the longest
+# CPU step seen was 35 s (SmolLM2-135M, a 400-token prefill on a 2-core box at load 14, two torch
+# threads; 12 s with one), and a GPU step takes milliseconds.
+STUCK_ENGINE_AFTER_S = 60.0
+
 
 class EngineClient:
     """Runs the engine in its own process and streams each request's output back."""
@@ -59,14 +64,19 @@ class EngineClient:
         spec: EngineSpec,
         metrics: WorkerMetrics,
         entry: Callable[[EngineSpec, Connection, Connection], None] = run_engine_process,
+        stuck_engine_after_s: float = STUCK_ENGINE_AFTER_S,
     ) -> None:
         """``entry`` is the engine process's entry point (a module-level function, as spawn needs)."""
         self._spec = spec
+        self._stuck_engine_after_s = stuck_engine_after_s
         self._entry = entry
         self._metrics = metrics
         self._streams: dict[str, RequestStream] = {}
         self._ids = itertools.count()
         self._state_waiters: list[asyncio.Future[PublishedState]] = []
+        # When the engine was asked for a state it has not published yet, and the last one it did.
+        self._state_asked_at: float | None = None
+        self._last_state: PublishedState | None = None
         self._process: multiprocessing.process.BaseProcess | None = None
         self._commands: Connection | None = None
         # Commands are pickled and written by a thread, so a slow or frozen engine process (a full
@@ -174,11 +184,24 @@ class EngineClient:
             self._outbox.put(AbortRequest(request_id))
 
     async def current_state(self) -> PublishedState:
-        """Load and cache state as of the engine's next step (or now, when it is idle)."""
+        """Load and cache state as of the engine's next step (or now, when it is idle).
+
+        While an earlier call still waits for that step, later calls get the state the engine
+        published last (one step old) at once: a load report must not wait behind the engine's
+        compute. A CPU step can take seconds (a prefill chunk on a busy box), and the routers
+        count a load report that misses their health-check timeout as a failed check, so they
+        took a worker that was only busy out of rotation. An ask the engine leaves unanswered for
+        ``stuck_engine_after_s`` means a stuck engine: calls wait again, and the routers' checks
+        of this worker fail.
+        """
         self._check_running()
-        waiter: asyncio.Future[PublishedState] = asyncio.get_running_loop().create_future()
-        if not self._state_waiters:
+        now = time.monotonic()
+        if self._state_asked_at is None:
+            self._state_asked_at = now
             self._outbox.put(ReportState())
+        elif self._last_state is not None and now - self._state_asked_at < self._stuck_engine_after_s:
+            return self._last_state
+        waiter: asyncio.Future[PublishedState] = asyncio.get_running_loop().create_future()
         self._state_waiters.append(waiter)
         return await waiter
 
@@ -236,6 +259,7 @@ class EngineClient:
         self._metrics.ttft.observe_many(first_token_delays, first_token_rows)
         self._metrics.inter_token.observe_many(token_gaps, gap_rows)
         if batch.state is not None:
+            self._last_state, self._state_asked_at = batch.state, None
             waiters, self._state_waiters = self._state_waiters, []
             for waiter in waiters:
                 if not waiter.done():
