@@ -25,10 +25,12 @@ near-ties.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -38,6 +40,7 @@ from bench.plain_torch_decoder import PlainDecoder  # noqa: E402
 from bench.report import markdown_table, write_results  # noqa: E402
 from bench.smollm2_shape import SMOLLM2_135M_HF_CONFIG  # noqa: E402
 from radixfair.gc_tuning import tune_for_serving  # noqa: E402
+from radixfair_worker import sampler as sampler_module  # noqa: E402
 from radixfair_worker.config import EngineConfig, ModelConfig, SchedulerConfig  # noqa: E402
 from radixfair_worker.engine import Engine  # noqa: E402
 from radixfair_worker.engine_builder import build_backend  # noqa: E402
@@ -150,6 +153,26 @@ def check_correctness(model_dir: Path) -> dict[str, object]:
 SAMPLED = {"temperature": 0.7, "top_p": 0.9}
 
 
+@contextlib.contextmanager
+def sort_based_sampling() -> Iterator[None]:
+    """The engine's sampler with the sort-based top-p of 6df3feb (tests/worker/sampler_reference.py).
+
+    For an A/B in one run: the engine's Sampler calls the module's ``sample_rows``, swapped here.
+    """
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from worker.sampler_reference import sample_rows_sorted
+
+    def sorted_rows(logits: torch.Tensor, table: torch.Tensor, largest_k: int, any_top_p: bool):
+        return sample_rows_sorted(logits, table, largest_k > 0 or any_top_p)
+
+    radix_rows = sampler_module.sample_rows
+    sampler_module.sample_rows = sorted_rows
+    try:
+        yield
+    finally:
+        sampler_module.sample_rows = radix_rows
+
+
 def engine_throughput(
     engine: Engine, batch: int, prompt_len: int, new_tokens: int, sampling: dict[str, float] | None = None
 ) -> dict[str, float]:
@@ -219,6 +242,11 @@ def main() -> None:
         default=[128],
         help=f"--ours-only: also a row sampling with {SAMPLED} at these batch sizes",
     )
+    parser.add_argument(
+        "--sort-top-p",
+        action="store_true",
+        help="--ours-only: each sampled row also with the sort-based top-p (6df3feb), for an A/B in one run",
+    )
     args = parser.parse_args()
     model_dir = make_random_model(Path(tempfile.mkdtemp()) / "smollm2-135m-random")
     tune_for_serving()  # the engine process's collector settings (engine_loop)
@@ -232,9 +260,13 @@ def main() -> None:
             sync_engine = make_engine(model_dir, "triton", "bfloat16", 128, overlap=False, **fields)
             for batch in args.batches:
                 kinds = [("greedy", None)] + [("t0.7 p0.9", SAMPLED)] * (batch in args.sampled_batches)
+                kinds += [("t0.7 p0.9 sort", SAMPLED)] * (batch in args.sampled_batches and args.sort_top_p)
                 for name, sampling in kinds:
-                    ours = engine_throughput(engine, batch, args.prompt_len, args.new_tokens, sampling)
-                    sync = engine_throughput(sync_engine, batch, args.prompt_len, args.new_tokens, sampling)
+                    with sort_based_sampling() if name.endswith("sort") else contextlib.nullcontext():
+                        ours = engine_throughput(engine, batch, args.prompt_len, args.new_tokens, sampling)
+                        sync = engine_throughput(
+                            sync_engine, batch, args.prompt_len, args.new_tokens, sampling
+                        )
                     print(
                         {"batch": batch, "sampling": name, **fields, "overlap": ours, "no_overlap": sync},
                         flush=True,
@@ -258,7 +290,8 @@ def main() -> None:
             f"--ours-only: random-weight SmolLM2-135M config, bf16, Triton kernels, CUDA-graph decode, "
             f"{args.prompt_len}-token prompts, {args.new_tokens} new tokens, decode phase only. "
             f"sampling 't0.7 p0.9' = temperature 0.7, top-p 0.9, seed = request index, sampled on the "
-            "device (overlap stays on); greedy = argmax."
+            "device (overlap stays on); greedy = argmax; '... sort' = the same with the sort-based top-p "
+            "of 6df3feb (--sort-top-p)."
         )
         path = write_results("gpu_engine_ours", ours_rows, columns, {}, notes)
         print(markdown_table(ours_rows, columns))
