@@ -158,6 +158,10 @@ def sections(meta: dict, rows: list[dict]) -> str:
             ", ".join(f"{k}: {v}" for k, v in meta["phases"].items())
             + f" (budget: {budget.get('total_s')} s in all; caps: {budget})",
         ]
+    if meta.get("torchrun"):
+        from bench.distill_gpu_merge import torchrun_section
+
+        out += ["", "## torchrun against one process"] + torchrun_section(meta["torchrun"])
     if meta.get("decode"):
         out += _decode(meta)
     if "throughput" in meta and "plan" in meta:
