@@ -26,6 +26,8 @@
 #          As the only call on that machine (no call 1 before it), it uses random weights in the
 #          teacher's shape and says so.
 # Carried paths are looked up here and one level up (the lead runs from a snapshot directory, .snap/).
+# EXTRA_ARGS (words) go to the phase's Python script last, e.g. EXTRA_ARGS="--smoke" for a CPU check of
+# this script's own steps; BUDGET_S overrides the script's time budget.
 # Results in $OUT: the pages (rewritten after every phase) and a log per phase.
 set -uo pipefail
 # A carried path is found here or one level up (the lead may run from a snapshot directory, e.g.
@@ -83,20 +85,20 @@ filter() { grep --line-buffered -v 'Loading weights' | tee "$OUT/$1.log"; }
 case "$phase" in
   2)
     timeout -s TERM "$left" python3 bench/gpu_distill.py ${teacher[@]+"${teacher[@]}"} --time-budget-s "$budget" \
-      --tokenizer-dir "$carry/tokenizer" --out "$OUT" 2>&1 | filter gpu_distill
+      --tokenizer-dir "$carry/tokenizer" --out "$OUT" ${EXTRA_ARGS:-} 2>&1 | filter gpu_distill
     ;;
   width)
     # Forward KL won the first call's sweep, so no sweep; the teacher's int8 / fp8 rows are on the page.
     timeout -s TERM "$left" python3 bench/gpu_distill.py ${teacher[@]+"${teacher[@]}"} --time-budget-s "$budget" \
       --tokenizer-dir "$carry/tokenizer" --out "$OUT" --students width --sweep "" --loss forward_kl \
       --no-teacher-quantized --text-max-files 0 --decode-s 40 --name distill_results_gpu_width \
-      --merge-into "$page" 2>&1 | filter gpu_distill_width
+      --merge-into "$page" ${EXTRA_ARGS:-} 2>&1 | filter gpu_distill_width
     ;;
   ddp)
     gpus=$(nvidia-smi -L | wc -l)
     timeout -s TERM "$left" python3 bench/gpu_distill_ddp.py ${teacher[@]+"${teacher[@]}"} --time-budget-s "$budget" \
       --tokenizer-dir "$carry/tokenizer" --out "$OUT" --nproc "$(( gpus < 2 ? gpus : 2 ))" \
-      --merge-into "$page" 2>&1 | filter gpu_distill_ddp
+      --merge-into "$page" ${EXTRA_ARGS:-} 2>&1 | filter gpu_distill_ddp
     ;;
 esac
 ls -l "$OUT"
