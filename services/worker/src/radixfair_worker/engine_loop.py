@@ -113,6 +113,10 @@ class EngineLoop:
         self._failed_in_a_row = 0
         # Set when the loop stopped because its steps kept failing for the whole batch.
         self.broken = False
+        # Idle waits that a command ended, and those that ran out their timer (the digest's refresh):
+        # work never waits for the timer, so a submit to an idle loop is always a wake-up.
+        self.idle_wakeups = 0
+        self.idle_timeouts = 0
 
     def run(self) -> None:
         receiver = threading.Thread(target=self._receive, name="engine-commands", daemon=True)
@@ -131,7 +135,10 @@ class EngineLoop:
             if not engine.has_work():
                 if self._state_wanted.is_set():
                     self._outbox.put(StepBatch(state=self._take_state()))
-                self._wake.wait(timeout=DIGEST_INTERVAL_S)
+                if self._wake.wait(timeout=DIGEST_INTERVAL_S):
+                    self.idle_wakeups += 1
+                else:
+                    self.idle_timeouts += 1
                 self._wake.clear()
                 continue
             try:

@@ -1,0 +1,54 @@
+"""The engine loop is woken by work, never by a timer: an idle loop answers a submit at once.
+
+The loop runs here on its own thread with a real tiny engine and real pipes, as the engine process
+runs it. Its idle wait's timer is set to an hour, so a loop that found work by polling would deliver
+nothing within the test's bound; the loop's own counters say how each idle wait ended.
+"""
+
+from __future__ import annotations
+
+import threading
+from multiprocessing import Pipe
+
+import pytest
+from worker.engine_harness import greedy, make_stack
+
+from radixfair_worker import engine_loop
+from radixfair_worker.engine_loop import EngineLoop
+from radixfair_worker.engine_protocol import STOP, ReportState, StepBatch, SubmitRequest
+
+WAIT_S = 60.0  # a hang guard only: the timer the loop must not rely on is an hour
+
+
+def _next_batch(outputs) -> StepBatch:  # noqa: ANN001
+    assert outputs.poll(WAIT_S), "the engine loop sent nothing"
+    return outputs.recv()
+
+
+def test_a_submit_to_an_idle_engine_loop_is_served_without_waiting_for_its_timer(
+    tiny_model_dir, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr(engine_loop, "DIGEST_INTERVAL_S", 3600.0)
+    engine = make_stack(tiny_model_dir).engine
+    commands_in, commands = Pipe(duplex=False)
+    outputs, outputs_out = Pipe(duplex=False)
+    loop = EngineLoop(engine, commands_in, outputs_out)
+    thread = threading.Thread(target=loop.run, daemon=True)
+    thread.start()
+    try:
+        # A state report answered while idle: the loop has run and has nothing to step.
+        commands.send([ReportState()])
+        assert _next_batch(outputs).state is not None
+        commands.send([SubmitRequest(greedy([5, 6, 7, 8], 3, "r0"))])
+        first = _next_batch(outputs)
+        while not any(update.token_ids for update in first.updates):
+            first = _next_batch(outputs)
+
+        assert [update.request_id for update in first.updates if update.token_ids] == ["r0"]
+        # Each idle wait ended because a command arrived; none ran out its timer.
+        assert loop.idle_timeouts == 0
+        assert loop.idle_wakeups >= 1
+    finally:
+        commands.send([STOP])
+        thread.join(WAIT_S)
+    assert not thread.is_alive()
