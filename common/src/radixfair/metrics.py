@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from radixfair.errors import (
     EngineStoppedError,
@@ -29,9 +30,9 @@ OTHER_CLIENTS = "other"
 class MetricsConfig:
     """Metrics settings shared by the services (``metrics.*`` in their config files)."""
 
-    # Clients that get their own value of the ``client`` label on latency histograms; later
-    # clients share "other". Each value is a time series per bucket, so this bounds what a
-    # Prometheus server stores however many API keys exist.
+    # Clients that get their own value of the ``client`` label, on every metric that has one;
+    # later clients share "other". Each value is a time series (per bucket, for histograms), so
+    # this bounds what a Prometheus server stores however many API keys exist.
     max_client_labels: int = 64
     # Address /metrics listens on. Empty (the default): the service's own ``host``, which is
     # loopback unless the config names the pod's address or, in a container, 0.0.0.0; so a config
@@ -81,6 +82,63 @@ class ClientLabels:
 
     def name(self, row: int) -> str:
         return OTHER_CLIENTS if row == self.limit else self._names[row]
+
+
+class PerClient:
+    """A Prometheus metric whose first label is the bounded ``client`` label.
+
+    Every per-client metric of a service is one of these, built on the service's one
+    ``ClientLabels``, so no call site can add a series per client id: ``labels(client_id, ...)``
+    maps the id to its own label or "other" first. ``kind`` is Counter, Gauge or Histogram;
+    ``labels`` are the label names after ``client``; ``options`` go to the metric (``buckets``).
+    """
+
+    def __init__(
+        self,
+        kind: type[Counter] | type[Gauge] | type[Histogram],
+        name: str,
+        documentation: str,
+        clients: ClientLabels,
+        registry: CollectorRegistry,
+        labels: Sequence[str] = (),
+        **options: object,
+    ) -> None:
+        self._metric = kind(name, documentation, ["client", *labels], registry=registry, **options)  # type: ignore[arg-type]
+        self._clients = clients
+
+    def labels(self, client_id: str, *rest: str):  # -> the metric's child
+        """The child of ``client_id``'s label (its id, or "other" beyond the bound) and ``rest``."""
+        return self._metric.labels(self._clients.label(client_id), *rest)
+
+
+class PerClientGauge(PerClient):
+    """A per-client gauge set from a whole per-client snapshot (``set_each``).
+
+    Clients folded into "other" share one series, so setting them one by one would leave the last
+    one's value; ``fold`` combines them instead (``sum`` for service, ``max`` for a counter).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        clients: ClientLabels,
+        registry: CollectorRegistry,
+        fold: Callable[[Iterable[float]], float] = sum,
+    ) -> None:
+        super().__init__(Gauge, name, documentation, clients, registry)
+        self._fold = fold
+
+    def set_each(self, values: Mapping[str, float]) -> None:
+        """Sets every client's series; the clients beyond the bound set "other" to their fold."""
+        folded: list[float] = []
+        for client_id, value in values.items():
+            if self._clients.label(client_id) == OTHER_CLIENTS:
+                folded.append(value)
+            else:
+                self.labels(client_id).set(value)
+        if folded:
+            self._metric.labels(OTHER_CLIENTS).set(self._fold(folded))
 
 
 # Errors whose status code alone does not say why (UNAVAILABLE covers several).

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from radixfair.metrics import LATENCY_BUCKETS, REQUEST_DURATION_BUCKETS, ClientLabels
+from radixfair.metrics import LATENCY_BUCKETS, REQUEST_DURATION_BUCKETS, ClientLabels, PerClient
 
 
 class RouterMetrics:
@@ -14,33 +14,40 @@ class RouterMetrics:
 
     def __init__(self, registry: CollectorRegistry, max_client_labels: int = 64) -> None:
         self.registry = registry
-        # Bounds the client label of the latency histograms (metrics.max_client_labels).
-        self.client_labels = ClientLabels(max_client_labels)
-        self.requests = Counter(
+        # Bounds the client label of every per-client metric below (metrics.max_client_labels):
+        # each is a PerClient, so no series is ever made per client id beyond the bound.
+        self.client_labels = clients = ClientLabels(max_client_labels)
+        self.requests = PerClient(
+            Counter,
             "radixfair_router_requests",
             "Requests by client and outcome",
-            ["client", "outcome"],
-            registry=registry,
+            clients,
+            registry,
+            ("outcome",),
         )
-        self.tokens = Counter(
+        self.tokens = PerClient(
+            Counter,
             "radixfair_router_tokens",
             "Tokens by client and kind (prompt, cached, completion)",
-            ["client", "kind"],
-            registry=registry,
+            clients,
+            registry,
+            ["kind"],
         )
-        self.ttft = Histogram(
+        self.ttft = PerClient(
+            Histogram,
             "radixfair_router_time_to_first_token_seconds",
             "From arrival at the router to the first token sent back, by client",
-            ["client"],
+            clients,
+            registry,
             buckets=LATENCY_BUCKETS,
-            registry=registry,
         )
-        self.inter_token = Histogram(
+        self.inter_token = PerClient(
+            Histogram,
             "radixfair_router_inter_token_seconds",
             "Between consecutive token deltas of one stream, by client",
-            ["client"],
+            clients,
+            registry,
             buckets=LATENCY_BUCKETS,
-            registry=registry,
         )
         self.request_duration = Histogram(
             "radixfair_router_request_duration_seconds",
@@ -74,14 +81,15 @@ class RouterMetrics:
             "Requests moved to another worker before their first token",
             registry=registry,
         )
-        self.refills = Counter(
-            "radixfair_router_d2lpm_refills", "D2LPM refill rounds by client", ["client"], registry=registry
+        self.refills = PerClient(
+            Counter, "radixfair_router_d2lpm_refills", "D2LPM refill rounds by client", clients, registry
         )
-        self.client_service = Counter(
+        self.client_service = PerClient(
+            Counter,
             "radixfair_router_client_service",
             "Weighted tokens of service booked by this router, by client",
-            ["client"],
-            registry=registry,
+            clients,
+            registry,
         )
         self.queue_depth = Gauge(
             "radixfair_router_worker_queue_depth",

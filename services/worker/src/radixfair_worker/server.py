@@ -181,12 +181,9 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         self._metrics.total_pages.set(snapshot.total_pages)
         self._metrics.cached_pages.set(snapshot.cached_pages)
         self._metrics.cache_hit_rate.set(snapshot.cache_hit_rate)
-        for client, service in state.client_service.items():
-            self._metrics.client_service.labels(client).set(service)
-        for client, deficit in state.deficits.items():
-            self._metrics.deficit.labels(client).set(deficit)
-        for client, counter in state.virtual_counters.items():
-            self._metrics.virtual_counter.labels(client).set(counter)
+        self._metrics.client_service.set_each(state.client_service)
+        self._metrics.deficit.set_each(state.deficits)
+        self._metrics.virtual_counter.set_each(state.virtual_counters)
         self._metrics.refills.set(state.refills)
         return worker_pb2.LoadReport(
             worker_id=self._worker_id,

@@ -10,7 +10,13 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
-from radixfair.metrics import LATENCY_BUCKETS, REQUEST_DURATION_BUCKETS, ClientLabels
+from radixfair.metrics import (
+    LATENCY_BUCKETS,
+    REQUEST_DURATION_BUCKETS,
+    ClientLabels,
+    PerClient,
+    PerClientGauge,
+)
 
 
 class BatchHistogram:
@@ -92,16 +98,20 @@ class WorkerMetrics:
 
     def __init__(self, registry: CollectorRegistry, max_client_labels: int = 64) -> None:
         self.registry = registry
-        # Bounds the client label of the latency histograms (metrics.max_client_labels).
-        self.client_labels = ClientLabels(max_client_labels)
-        self.requests = Counter(
-            "radixfair_worker_requests", "Finished requests", ["client", "finish_reason"], registry=registry
+        # Bounds the client label of every per-client metric below (metrics.max_client_labels):
+        # each is a PerClient (or a BatchHistogram on the same labels), so no series is ever made
+        # per client id beyond the bound.
+        self.client_labels = clients = ClientLabels(max_client_labels)
+        self.requests = PerClient(
+            Counter, "radixfair_worker_requests", "Finished requests", clients, registry, ["finish_reason"]
         )
-        self.tokens = Counter(
+        self.tokens = PerClient(
+            Counter,
             "radixfair_worker_tokens",
             "Tokens by kind: prompt, cached (prompt tokens served from cache), completion",
-            ["client", "kind"],
-            registry=registry,
+            clients,
+            registry,
+            ["kind"],
         )
         # Both measured where the serving front receives a step's batch from the engine.
         self.ttft = BatchHistogram(
@@ -162,8 +172,11 @@ class WorkerMetrics:
             "Prompt tokens served from cache / prompt tokens",
             registry=registry,
         )
-        self.deficit = Gauge(
-            "radixfair_worker_dlpm_deficit", "DLPM deficit per client", ["client"], registry=registry
+        self.deficit = PerClientGauge(
+            "radixfair_worker_dlpm_deficit",
+            "DLPM deficit per client (other: the sum over the clients beyond the label bound)",
+            clients,
+            registry,
         )
         self.quantum = Gauge("radixfair_worker_dlpm_quantum", "DLPM quantum Q", registry=registry)
         self.refills = Gauge(
@@ -171,12 +184,16 @@ class WorkerMetrics:
             "DLPM refills so far; many per admission mean Q is small",
             registry=registry,
         )
-        self.virtual_counter = Gauge(
-            "radixfair_worker_vtc_counter", "VTC virtual counter per client", ["client"], registry=registry
+        self.virtual_counter = PerClientGauge(
+            "radixfair_worker_vtc_counter",
+            "VTC virtual counter per client (other: the largest over the clients beyond the label bound)",
+            clients,
+            registry,
+            fold=max,
         )
-        self.client_service = Gauge(
+        self.client_service = PerClientGauge(
             "radixfair_worker_client_service",
-            "Weighted tokens served per client",
-            ["client"],
-            registry=registry,
+            "Weighted tokens served per client (other: the sum over the clients beyond the label bound)",
+            clients,
+            registry,
         )
