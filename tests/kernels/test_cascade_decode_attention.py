@@ -9,13 +9,15 @@ pytest.importorskip("triton")
 from radixfair_worker.kernels.accuracy import TOLERANCE, poisoned_like, relative_error  # noqa: E402
 from radixfair_worker.kernels.cascade_decode_attention import (  # noqa: E402
     cascade_decode_attention,
-    cascade_decode_reference,
     choose_prefix_splits,
-    reference_rows,
 )
-from radixfair_worker.kernels.decode_attention import paged_attention_reference  # noqa: E402
 from radixfair_worker.kernels.paged_fixtures import random_shared_prefix_context  # noqa: E402
 from radixfair_worker.kernels.prefix_groups import PrefixSharingConfig, find_prefix_groups  # noqa: E402
+from radixfair_worker.kernels.reference import (  # noqa: E402
+    cascade_decode_reference,
+    paged_attention_reference,
+    reference_rows,
+)
 
 Q_HEADS, KV_HEADS, HEAD_DIM, PAGE_SIZE = 6, 2, 16, 4  # 3 query heads per KV head: not a power of two
 BLOCK_M = 16  # 5 sequences per shared-part program, so a group of 7 is two ragged items

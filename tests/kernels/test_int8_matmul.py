@@ -6,9 +6,9 @@ pytest.importorskip("triton")
 from radixfair_worker.kernels.accuracy import TOLERANCE, poisoned_like, relative_error  # noqa: E402
 from radixfair_worker.kernels.int8_matmul import (  # noqa: E402
     int8_weight_matmul,
-    int8_weight_matmul_reference,
     tile_sizes,
 )
+from radixfair_worker.kernels.reference import int8_weight_matmul_reference  # noqa: E402
 from radixfair_worker.model.quantized_linear import dequantize_weight, quantize_weight  # noqa: E402
 
 

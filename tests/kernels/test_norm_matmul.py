@@ -16,11 +16,10 @@ pytest.importorskip("triton")
 from radixfair_worker.kernels.accuracy import TOLERANCE, poisoned_like, relative_error  # noqa: E402
 from radixfair_worker.kernels.norm_matmul import (  # noqa: E402
     norm_gate_up_silu,
-    norm_gate_up_silu_reference,
     norm_matmul,
-    norm_matmul_reference,
     tile_sizes,
 )
+from radixfair_worker.kernels.reference import norm_gate_up_silu_reference, norm_matmul_reference  # noqa: E402
 from radixfair_worker.kernels.rms_norm import add_rms_norm, rms_norm  # noqa: E402
 from radixfair_worker.kernels.swiglu import silu_and_mul  # noqa: E402
 

@@ -11,10 +11,8 @@ import torch.nn.functional as F
 pytest.importorskip("triton")
 
 from radixfair_worker.kernels.accuracy import TOLERANCE, poisoned_like, relative_error  # noqa: E402
-from radixfair_worker.kernels.norm_qkv_rope import (  # noqa: E402
-    norm_qkv_rope_reference,
-    norm_qkv_rope_write_kv,
-)
+from radixfair_worker.kernels.norm_qkv_rope import norm_qkv_rope_write_kv  # noqa: E402
+from radixfair_worker.kernels.reference import norm_qkv_rope_reference  # noqa: E402
 from radixfair_worker.kernels.rms_norm import add_rms_norm  # noqa: E402
 from radixfair_worker.kernels.rope import rope_and_write_kv  # noqa: E402
 

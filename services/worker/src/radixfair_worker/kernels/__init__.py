@@ -1,5 +1,6 @@
-"""Triton kernels for the GPU backend, one module per kernel, each with its torch reference.
+"""Triton kernels for the GPU backend, one module per kernel, laid out as ``registry.py`` lists them.
 
-Every launcher here also runs on CPU tensors under ``TRITON_INTERPRET=1`` (the CI path).
-Importing this package needs triton; the torch backend never imports it.
+``reference.py`` holds every kernel's torch reference (the torch backend runs them) and
+``registry.py`` pairs each launcher with it; neither imports triton. The kernel modules do:
+every launcher also runs on CPU tensors under ``TRITON_INTERPRET=1`` (the CI path).
 """

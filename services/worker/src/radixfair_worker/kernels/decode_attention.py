@@ -251,36 +251,3 @@ def choose_num_splits(
     while splits * 2 <= min(wanted, most, 64):
         splits *= 2
     return splits
-
-
-def paged_attention_reference(
-    q: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    query_start_loc: list[int],
-    seq_lens: list[int],
-    page_table: torch.Tensor,
-    scale: float,
-) -> torch.Tensor:
-    """Causal GQA over paged K/V for a ragged batch, in q's dtype (run it on fp64 for a tight reference).
-
-    Sequence b's queries are rows query_start_loc[b]:query_start_loc[b+1] of q [T, Hq, D],
-    the last positions of its context of seq_lens[b] tokens.
-    """
-    page_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
-    group = q.shape[1] // num_kv_heads
-    out = torch.zeros_like(q)
-    for b, seq_len in enumerate(seq_lens):
-        first, last = query_start_loc[b], query_start_loc[b + 1]
-        if seq_len == 0 or first == last:
-            continue
-        pages = page_table[b, : -(-seq_len // page_size)].long()
-        keys = k_cache[pages].flatten(0, 1)[:seq_len].repeat_interleave(group, dim=1)  # [S, Hq, D]
-        values = v_cache[pages].flatten(0, 1)[:seq_len].repeat_interleave(group, dim=1)
-        queries = q[first:last]
-        scores = torch.einsum("qhd,khd->hqk", queries, keys) * scale
-        query_pos = torch.arange(last - first, device=q.device)[:, None] + (seq_len - (last - first))
-        causal = torch.arange(seq_len, device=q.device)[None, :] <= query_pos
-        scores = scores.masked_fill(~causal, float("-inf"))
-        out[first:last] = torch.einsum("hqk,khd->qhd", scores.softmax(dim=-1), values)
-    return out

@@ -148,8 +148,3 @@ def tile_sizes(m: int, n: int) -> tuple[int, int]:
     else:
         block_n = 32 if n <= 8192 else 64
     return block_m, block_n
-
-
-def int8_weight_matmul_reference(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """The same product in fp64 from the same inputs: [M, N] float64."""
-    return (x.double() @ q.double().T) * scale.double()[None, :]

@@ -39,7 +39,6 @@ latency-bound (see bench/gpu_step_fusion_bench.py).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 
@@ -315,31 +314,3 @@ def norm_gate_up_silu(
         None, True, block_m, block_n, block_k, num_warps, num_stages,
     )  # fmt: skip
     return out, summed
-
-
-def norm_matmul_reference(
-    x: torch.Tensor,
-    residual: torch.Tensor | None,
-    norm_weight: torch.Tensor | None,
-    eps: float,
-    weight: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Plain torch in x's dtype (pass fp64 operands for the fp64 reference)."""
-    summed = x if residual is None else x + residual
-    if norm_weight is None:
-        return F.linear(summed, weight), summed
-    x32 = summed.float() if summed.dtype != torch.float64 else summed
-    scaled = (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(summed.dtype)
-    return F.linear(scaled * norm_weight, weight), summed
-
-
-def norm_gate_up_silu_reference(
-    x: torch.Tensor,
-    residual: torch.Tensor | None,
-    norm_weight: torch.Tensor,
-    eps: float,
-    weight: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    gate_up, summed = norm_matmul_reference(x, residual, norm_weight, eps, weight)
-    gate, up = gate_up.chunk(2, dim=-1)
-    return F.silu(gate) * up, summed

@@ -31,7 +31,6 @@ import triton.language as tl
 
 from radixfair_worker.kernels._launch import check_last_dim_contiguous, interpreted, output_buffer
 from radixfair_worker.kernels.norm_matmul import _dot, _summed_buffer, _weight_tile, _weighted_tile
-from radixfair_worker.kernels.rope import rope_reference
 
 
 @triton.jit
@@ -192,24 +191,3 @@ def norm_qkv_rope_write_kv(
         DOT_FP32=x.dtype == torch.float32 or on_cpu, num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
     return q, summed
-
-
-def norm_qkv_rope_reference(
-    x: torch.Tensor,
-    residual: torch.Tensor | None,
-    norm_weight: torch.Tensor,
-    eps: float,
-    qkv_weight: torch.Tensor,
-    positions: torch.Tensor,
-    cos_sin: torch.Tensor,
-    num_kv_heads: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(rotated q [T, Hq, D], rotated k [T, Hkv, D], v [T, Hkv, D], x + residual) in x's dtype."""
-    from radixfair_worker.kernels.norm_matmul import norm_matmul_reference
-
-    head_dim = cos_sin.shape[-1]
-    qkv, summed = norm_matmul_reference(x, residual, norm_weight, eps, qkv_weight)
-    heads = qkv.view(x.shape[0], -1, head_dim)
-    q_heads = heads.shape[1] - 2 * num_kv_heads
-    q, k, v = heads.split([q_heads, num_kv_heads, num_kv_heads], dim=1)
-    return rope_reference(q, positions, cos_sin), rope_reference(k, positions, cos_sin), v, summed

@@ -180,17 +180,3 @@ def add_rms_norm(
     normed, summed = _launch(x, residual, weight, eps, block_m, num_warps, out, summed_out)
     assert summed is not None
     return normed, summed
-
-
-def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """Plain torch, the same rounding steps as the kernel."""
-    x32 = x.float() if x.dtype != torch.float64 else x
-    normed = (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
-    return (normed * weight.to(normed.dtype)).to(x.dtype)
-
-
-def add_rms_norm_reference(
-    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    summed = x + residual
-    return rms_norm_reference(summed, weight, eps), summed

@@ -206,13 +206,3 @@ def rope_and_write_kv(
         WRITE_CACHE=True, num_warps=num_warps,
     )  # fmt: skip
     return q
-
-
-def rope_reference(x: torch.Tensor, positions: torch.Tensor, cos_sin: torch.Tensor) -> torch.Tensor:
-    """x [T, H, D] rotated out of place, in fp32 (fp64 for fp64 input), returned in x.dtype."""
-    half = x.shape[-1] // 2
-    table = cos_sin[positions].to(torch.float64 if x.dtype == torch.float64 else torch.float32)
-    cos, sin = table[:, None, :half], table[:, None, half:]
-    wide = x.to(table.dtype)
-    first, second = wide[..., :half], wide[..., half:]
-    return torch.cat([first * cos - second * sin, second * cos + first * sin], dim=-1).to(x.dtype)

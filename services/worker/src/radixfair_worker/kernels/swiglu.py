@@ -14,7 +14,6 @@ is three 512-wide chunks, so no lanes are masked at the model's shape.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 
@@ -81,8 +80,3 @@ def silu_and_mul(
         num_warps=num_warps,
     )
     return out
-
-
-def silu_and_mul_reference(gate_up: torch.Tensor) -> torch.Tensor:
-    gate, up = gate_up.chunk(2, dim=-1)
-    return F.silu(gate) * up

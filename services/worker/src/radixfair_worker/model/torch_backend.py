@@ -1,4 +1,4 @@
-"""Reference kernel backend in plain torch ops; runs on CPU and GPU."""
+"""Reference kernel backend in plain torch ops; runs on CPU and GPU, and needs no triton."""
 
 from __future__ import annotations
 
@@ -7,63 +7,25 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from radixfair_worker.kernels.registry import kernel
 from radixfair_worker.model.backend import ForwardBatch
 
 
 class TorchBackend:
+    """Implements ``KernelBackend`` with the kernels' torch references and one padded SDPA per step."""
+
     name = "torch"
     # Its padded SDPA reads every sequence's context; grouping would only cost host time.
     reads_shared_prefixes = False
 
-    def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-        x32 = x.float()
-        variance = x32.pow(2).mean(-1, keepdim=True)
-        return weight * (x32 * torch.rsqrt(variance + eps)).to(x.dtype)
-
-    def add_rms_norm(
-        self, x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        summed = x + residual
-        return self.rms_norm(summed, weight, eps), summed
-
-    def apply_rope(
-        self, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_sin: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        half = cos_sin.shape[-1] // 2
-        table = cos_sin[positions]
-        cos = torch.cat([table[:, :half], table[:, :half]], dim=-1).unsqueeze(1)
-        sin = torch.cat([table[:, half:], table[:, half:]], dim=-1).unsqueeze(1)
-        return _rotate(q, cos, sin), _rotate(k, cos, sin)
-
-    def rope_and_write_kv(
-        self,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        positions: torch.Tensor,
-        cos_sin: torch.Tensor,
-        k_cache: torch.Tensor,
-        v_cache: torch.Tensor,
-        slot_mapping: torch.Tensor,
-    ) -> torch.Tensor:
-        q, k = self.apply_rope(q, k, positions, cos_sin)
-        self.write_kv(k, v, k_cache, v_cache, slot_mapping)
-        return q
-
-    def silu_and_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
-        gate, up = gate_up.chunk(2, dim=-1)
-        return F.silu(gate) * up
-
-    def write_kv(
-        self,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        k_cache: torch.Tensor,
-        v_cache: torch.Tensor,
-        slot_mapping: torch.Tensor,
-    ) -> None:
-        k_cache.view(-1, *k_cache.shape[2:])[slot_mapping] = k.to(k_cache.dtype)
-        v_cache.view(-1, *v_cache.shape[2:])[slot_mapping] = v.to(v_cache.dtype)
+    # The plain operations are the kernels' torch references (kernels/registry.py pairs each
+    # Triton launcher with its reference), so this backend is the reference the kernels match.
+    rms_norm = staticmethod(kernel("rms_norm").reference)
+    add_rms_norm = staticmethod(kernel("add_rms_norm").reference)
+    apply_rope = staticmethod(kernel("apply_rope").reference)
+    rope_and_write_kv = staticmethod(kernel("rope_and_write_kv").reference)
+    silu_and_mul = staticmethod(kernel("silu_and_mul").reference)
+    write_kv = staticmethod(kernel("write_kv").reference)
 
     # The reference runs every operation on its own: no fused forms.
     def norm_qkv_rope_write_kv(self, *args: object) -> None:
@@ -141,9 +103,3 @@ class _AttentionPlan:
         query_pos = (seq_lens - query_lens)[:, None] + torch.arange(max_query, device=device)[None, :]
         mask = (positions[None, None, :] <= query_pos[:, :, None]) & valid[:, None, :]
         return cls(count, max_query, key_slots, query_rows, query_cols, mask[:, None])
-
-
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    rotated = torch.cat([-x2, x1], dim=-1)
-    return (x.float() * cos + rotated.float() * sin).to(x.dtype)

@@ -17,12 +17,13 @@ from radixfair_worker.kernels.extend_attention import extend_attention
 from radixfair_worker.kernels.norm_matmul import norm_gate_up_silu, norm_matmul
 from radixfair_worker.kernels.norm_qkv_rope import norm_qkv_rope_write_kv
 from radixfair_worker.kernels.prefix_groups import PrefixGroups
-from radixfair_worker.kernels.rms_norm import add_rms_norm, rms_norm
-from radixfair_worker.kernels.rope import apply_rope, rope_and_write_kv
-from radixfair_worker.kernels.swiglu import silu_and_mul
-from radixfair_worker.kernels.write_kv import write_kv
+from radixfair_worker.kernels.registry import kernel
 from radixfair_worker.model.backend import ForwardBatch
 from radixfair_worker.model.step_fusion import StepFusionConfig
+
+
+def _launcher(name: str) -> staticmethod:  # type: ignore[type-arg]
+    return staticmethod(kernel(name).launcher())
 
 
 class TritonBackend:
@@ -35,6 +36,15 @@ class TritonBackend:
 
     name = "triton"
     reads_shared_prefixes = True
+
+    # The plain operations are the kernels' launchers, as kernels/registry.py lists them.
+    rms_norm = _launcher("rms_norm")
+    add_rms_norm = _launcher("add_rms_norm")
+    apply_rope = _launcher("apply_rope")
+    # Rotates q in place and stores rotated k and v in the caches; returns q (k is left as it was).
+    rope_and_write_kv = _launcher("rope_and_write_kv")
+    silu_and_mul = _launcher("silu_and_mul")
+    write_kv = _launcher("write_kv")
 
     def __init__(self, num_sms: int | None = None, fusions: StepFusionConfig | None = None) -> None:
         if num_sms is None:
@@ -101,46 +111,6 @@ class TritonBackend:
             return None
         out, _ = norm_matmul(x, None, None, 0.0, weight)
         return out
-
-    def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-        return rms_norm(x, weight, eps)
-
-    def add_rms_norm(
-        self, x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        return add_rms_norm(x, residual, weight, eps)
-
-    def apply_rope(
-        self, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_sin: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        return apply_rope(q, k, positions, cos_sin)
-
-    def rope_and_write_kv(
-        self,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        positions: torch.Tensor,
-        cos_sin: torch.Tensor,
-        k_cache: torch.Tensor,
-        v_cache: torch.Tensor,
-        slot_mapping: torch.Tensor,
-    ) -> torch.Tensor:
-        """Rotates q in place and stores rotated k and v in the caches; returns q (k is left as it was)."""
-        return rope_and_write_kv(q, k, v, positions, cos_sin, k_cache, v_cache, slot_mapping)
-
-    def silu_and_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
-        return silu_and_mul(gate_up)
-
-    def write_kv(
-        self,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        k_cache: torch.Tensor,
-        v_cache: torch.Tensor,
-        slot_mapping: torch.Tensor,
-    ) -> None:
-        write_kv(k, v, k_cache, v_cache, slot_mapping)
 
     def attention(
         self,

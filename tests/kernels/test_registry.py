@@ -1,0 +1,64 @@
+"""The kernel registry is the one list of kernels: both backends and every per-kernel file follow it."""
+
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("triton")
+
+from radixfair_worker.kernels.registry import KERNELS, kernel, modules  # noqa: E402
+from radixfair_worker.model.backend import KernelBackend  # noqa: E402
+from radixfair_worker.model.torch_backend import TorchBackend  # noqa: E402
+from radixfair_worker.model.triton_backend import TritonBackend  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+KERNEL_DIR = ROOT / "services" / "worker" / "src" / "radixfair_worker" / "kernels"
+# The backends' plain operations; the fused ones (step_fusion) are methods that decide per call.
+BACKEND_OPS = [k.name for k in KERNELS if hasattr(KernelBackend, k.name) and not k.step_fusion]
+
+
+@pytest.mark.parametrize("name", BACKEND_OPS)
+def test_each_backend_op_runs_the_registry_launcher_or_its_reference(name: str) -> None:
+    entry = kernel(name)
+
+    assert getattr(TritonBackend, name) is entry.launcher()
+    assert getattr(TorchBackend, name) is entry.reference
+
+
+def test_every_backend_operation_is_a_registry_kernel_or_a_dispatching_method() -> None:
+    # attention picks decode, cascade or extend; linear and norm_lm_head choose a launcher per call.
+    dispatching = {"attention", "linear", "norm_lm_head", "norm_qkv_rope_write_kv", "norm_gate_up_silu"}
+    operations = {name for name in vars(KernelBackend) if not name.startswith("_")} - {"name"}
+    operations -= {"reads_shared_prefixes"}
+
+    assert operations - dispatching == set(BACKEND_OPS)
+    assert {"norm_qkv_rope_write_kv", "norm_gate_up_silu"} <= {k.name for k in KERNELS}
+
+
+@pytest.mark.parametrize("module", modules())
+def test_each_kernel_module_has_its_test_and_benchmark(module: str) -> None:
+    assert (KERNEL_DIR / f"{module}.py").is_file()
+    assert (ROOT / "tests" / "kernels" / f"test_{module}.py").is_file()
+    assert (ROOT / "bench" / "kernels" / f"{module}.py").is_file()
+
+
+def test_every_kernel_module_is_registered() -> None:
+    helpers = {"__init__", "_launch", "accuracy", "interpreter_compat", "paged_fixtures", "prefix_groups"}
+    helpers |= {"reference", "registry"}
+    on_disk = {path.stem for path in KERNEL_DIR.glob("*.py")} - helpers
+
+    assert on_disk == set(modules())
+
+
+def test_the_step_fusion_kernels_are_the_fused_modules() -> None:
+    assert modules(step_fusion=True) == ["norm_matmul", "norm_qkv_rope"]
+    assert {k.name for k in KERNELS if k.step_fusion} == {
+        "norm_matmul",
+        "norm_gate_up_silu",
+        "norm_qkv_rope_write_kv",
+    }
+
+
+def test_an_unknown_kernel_name_lists_the_known_ones() -> None:
+    with pytest.raises(KeyError, match="rms_norm"):
+        kernel("layer_norm")
