@@ -6,8 +6,9 @@
 # usage: scripts/container_engine.sh [STEP...]      (no step: all of them, in this order)
 #   engine   a Docker engine that answers: Debian's docker.io is installed (apt, root) when
 #            dockerd is missing, and dockerd is started in the background when none answers
-#   base     the base image the Dockerfiles build on, $BASE_IMAGE: Debian bookworm made with
-#            debootstrap --variant=minbase (Python 3.11, pip, venv) and `docker import`ed
+#   base     the base image the Dockerfiles build on, $BASE_IMAGE: Debian bookworm (with its
+#            updates and security suites) made by mmdebstrap --variant=minbase (Python 3.11,
+#            pip, venv; apt downloads in parallel) and streamed into `docker import`
 #   inputs   the optional build inputs in deploy/docker/build-inputs/: this machine's CA bundle
 #            (for pip behind a TLS-inspecting proxy) and a wheelhouse filled once by this
 #            machine's pip (its cache, indexes and the local CPU torch wheel, so the CPU image
@@ -28,11 +29,16 @@
 #   BASE_IMAGE   tag of the local base (default radixfair-local/python:3.11-bookworm)
 #   WHEELHOUSE   directory holding the torch CPU wheel (default: pip's configured find-links)
 #   EXTRA_CA_BUNDLE  CA bundle the builds trust (default /etc/ssl/certs/ca-certificates.crt)
-#   DEBIAN_MIRROR    mirror for debootstrap (default http://deb.debian.org/debian)
+#   DEBIAN_MIRROR    Debian mirror for mmdebstrap (default http://deb.debian.org/debian)
+#   DEBIAN_SECURITY_MIRROR  its security suite (default http://deb.debian.org/debian-security)
+#   APT_ARCHIVES     this machine's apt package cache, reused by mmdebstrap where the packages
+#                    match (default /var/cache/apt/archives)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BASE_IMAGE="${BASE_IMAGE:-radixfair-local/python:3.11-bookworm}"
 DEBIAN_MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+DEBIAN_SECURITY_MIRROR="${DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}"
+APT_ARCHIVES="${APT_ARCHIVES:-/var/cache/apt/archives}"
 EXTRA_CA_BUNDLE="${EXTRA_CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}"
 INPUTS="$ROOT/deploy/docker/build-inputs"
 DOCKERD_LOG="${DOCKERD_LOG:-/var/log/radixfair-dockerd.log}"
@@ -89,29 +95,39 @@ step_base() {
   if "$docker" image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
     return
   fi
-  command -v debootstrap >/dev/null || apt_install debootstrap
-  local rootfs
-  rootfs="$(mktemp -d /var/tmp/radixfair-base.XXXXXX)"
-  # shellcheck disable=SC2064  # expand now: the trap must remove this very directory
-  trap "umount '$rootfs/proc' '$rootfs/sys' 2>/dev/null || true; rm -rf --one-file-system '$rootfs'" EXIT
-  say "debootstrap bookworm (minbase + Python 3.11) into $rootfs"
-  debootstrap --variant=minbase --include=python3,python3-pip,python3-venv,python-is-python3,ca-certificates \
-    bookworm "$rootfs" "$DEBIAN_MIRROR" >"$rootfs.log" 2>&1 \
-    || { tail -20 "$rootfs.log" >&2; cannot "debootstrap failed"; }
-  rm -f "$rootfs.log"
-  rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
+  command -v mmdebstrap >/dev/null || apt_install mmdebstrap
+  # force-unsafe-io: dpkg skips its fsync per file, as in Debian's official container images
+  # (docker-apt-speedup); a crash mid-build loses only the build. It stays in the image, so the
+  # stand-ins' apt layer gets it too.
+  local args=(--variant=minbase --format=tar --dpkgopt=force-unsafe-io
+    --include=python3,python3-pip,python3-venv,python-is-python3,ca-certificates)
+  # Packages this machine's apt already holds (hard links, no copy) are used where their
+  # checksums match the index, so a Debian bookworm host downloads only what it lacks; mmdebstrap
+  # keeps files that were there before, so they are removed before the tarball is made.
+  if [ -d "$APT_ARCHIVES" ] && compgen -G "$APT_ARCHIVES/*.deb" >/dev/null; then
+    args+=(--setup-hook="mkdir -p \"\$1/var/cache/apt/archives\" && find '$APT_ARCHIVES' -maxdepth 1 -name '*.deb' -exec cp -l -t \"\$1/var/cache/apt/archives/\" {} + 2>/dev/null || true")
+    args+=(--customize-hook='find "$1/var/cache/apt/archives" -name "*.deb" -delete')
+  fi
+  say "mmdebstrap bookworm (minbase + Python 3.11) | docker import $BASE_IMAGE"
+  local log
+  log="$(mktemp)"
+  # The tarball goes straight into `docker import`: no tree on disk to remove afterwards.
   # An imported image has no environment at all; give it the PATH and locale of the python images.
-  tar -C "$rootfs" --numeric-owner --one-file-system -c . | "$docker" import \
-    --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
-    --change 'ENV LANG=C.UTF-8' \
-    --change 'CMD ["python3"]' \
-    - "$BASE_IMAGE" >/dev/null
+  if ! mmdebstrap "${args[@]}" bookworm - \
+    "deb $DEBIAN_MIRROR bookworm main" "deb $DEBIAN_MIRROR bookworm-updates main" \
+    "deb $DEBIAN_SECURITY_MIRROR bookworm-security main" 2>"$log" \
+    | "$docker" import \
+      --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+      --change 'ENV LANG=C.UTF-8' \
+      --change 'CMD ["python3"]' \
+      - "$BASE_IMAGE" >/dev/null; then
+    tail -20 "$log" >&2
+    rm -f "$log"
+    "$docker" image rm "$BASE_IMAGE" >/dev/null 2>&1 || true
+    cannot "mmdebstrap | docker import failed"
+  fi
+  rm -f "$log"
   say "base image $BASE_IMAGE ready"
-  # Removing the tree takes a minute on a slow disk and nothing waits for it: in the background,
-  # detached from this script's output (a caller reading it to the end would wait otherwise).
-  trap - EXIT
-  setsid nohup sh -c "umount '$rootfs/proc' '$rootfs/sys' 2>/dev/null; rm -rf --one-file-system '$rootfs'" \
-    >/dev/null 2>&1 </dev/null &
 }
 
 wheelhouse() {
@@ -128,7 +144,7 @@ wheelhouse_stamp() {
     "$ROOT/deploy/docker/third_party_requirements.py" | sha256sum | cut -d' ' -f1
 }
 
-# Step 1, on this machine (no base image needed, so it runs beside debootstrap): its own pip
+# Step 1, on this machine (no base image needed, so it runs beside mmdebstrap): its own pip
 # fetches the wheels from its cache, local indexes and find-links.
 host_wheels() {
   local wheels="$INPUTS/wheels" stamp requirements
@@ -230,10 +246,11 @@ steps=("$@")
 [ "${#steps[@]}" -gt 0 ] || steps=(engine base inputs wheels)
 inputs_pid=""
 for step in "${steps[@]}"; do
+  started=$SECONDS
   case "$step" in
     engine) step_engine ;;
     base)
-      # The base image (debootstrap) and the wheelhouse (this machine's pip) need nothing of each
+      # The base image (mmdebstrap) and the wheelhouse (this machine's pip) need nothing of each
       # other: when both are asked for, they are made at the same time.
       if [[ " ${steps[*]} " == *" inputs "* ]]; then
         step_inputs &
@@ -246,4 +263,6 @@ for step in "${steps[@]}"; do
     cli-dir) step_cli_dir ;;
     *) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | grep '^#' | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
   esac
+  # Where a cold set-up's time goes (bench/compose_cold_build.py reads these lines).
+  say "step $step took $((SECONDS - started)) s"
 done

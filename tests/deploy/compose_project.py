@@ -29,8 +29,10 @@ NO_ENGINE_HERE = 3
 T = TypeVar("T")
 
 
-def prepare_engine(timeout_s: float) -> dict[str, str]:
-    """Engine up, base image and build inputs ready; the environment compose must run with."""
+def prepare_engine(timeout_s: float, log: Path | None = None) -> dict[str, str]:
+    """Engine up, base image and build inputs ready; the environment compose must run with.
+
+    ``log`` gets the script's messages (each step's time among them)."""
     env = {"BASE_IMAGE": BASE_IMAGE, **os.environ}
     result = subprocess.run(
         ["bash", str(ENGINE_SCRIPT), "engine", "base", "inputs", "wheels", "cli-dir"],
@@ -39,6 +41,8 @@ def prepare_engine(timeout_s: float) -> dict[str, str]:
         env=env,
         timeout=timeout_s,
     )
+    if log is not None:
+        log.write_text(result.stderr)
     if result.returncode == NO_ENGINE_HERE:
         pytest.skip(f"no container engine can be installed here: {result.stderr.strip()}")
     assert result.returncode == 0, f"container_engine.sh failed:\n{result.stderr}"
