@@ -5,7 +5,9 @@
     radixfair status --api-key KEY
     radixfair distill RECIPE [--server HOST:PORT] [--config distiller.yaml] [--set KEY=VALUE]
 
-`up` starts Redis, a router and N workers and keeps serving until Ctrl-C.
+`up` starts Redis, a router and N workers and keeps serving until Ctrl-C;
+with --tls every hop is TLS, from a CA made for the stack (clients pass
+--ca-cert RUN_DIR/tls/ca.crt, which `up` prints).
 With no --api-key it makes three demo tenants (alice, bob, carol with weight
 2) and prints their keys; --ready-file writes the stack's addresses and keys
 as JSON once everything is healthy, for scripts that drive it.
@@ -120,6 +122,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--ready-file", type=Path, default=None, help="write addresses and keys here when ready")
     up.add_argument(
+        "--tls",
+        action="store_true",
+        help="TLS on every hop, from a CA made for this stack in RUN_DIR/tls (clients: --ca-cert its ca.crt)",
+    )
+    up.add_argument(
         "--router-config",
         type=Path,
         default=None,
@@ -181,6 +188,7 @@ def _up(args: argparse.Namespace) -> int:
         worker_settings=parse_settings(args.worker_set),
         router_config_file=args.router_config,
         worker_config_file=args.worker_config,
+        tls=args.tls,
     )
     stack = LocalStack(config)
     # Ctrl-C or SIGTERM while starting raise KeyboardInterrupt: start() stops what it started
@@ -203,6 +211,8 @@ def _up(args: argparse.Namespace) -> int:
             args.ready_file.write_text(json.dumps(description))
         http = f" and {stack.http_api} (OpenAI-compatible HTTP)" if stack.http_api else ""
         print(f"serving on {stack.address} (gRPC){http}; Ctrl-C stops everything", flush=True)
+        if stack.certificates is not None:
+            print(f"TLS on every hop; clients trust --ca-cert {stack.certificates.ca_file}", flush=True)
         while not stopping["now"]:
             stack.supervise()
             time.sleep(0.5)

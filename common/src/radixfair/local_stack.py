@@ -8,6 +8,12 @@ which register with the router and heartbeat. Ready means the router's
 health check says SERVING and its status lists every worker healthy.
 Stopping goes in reverse and never leaves a child behind.
 
+With ``tls``, every hop is TLS: a CA of the stack's own is made in the run dir
+(stack_certificates.py); the router and the workers serve with its server
+certificate, the workers require the router's client certificate (only the
+stack's router may call them), the workers register over TLS, and the stack's
+own health checks go over TLS too. A tenant connects with the CA file.
+
 Before anything starts, the configuration is checked as the children will
 read it (policy names, config fields, the router's port), so a mistake is one
 line at once rather than a child's traceback later. A child that exits while
@@ -26,7 +32,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import grpc
@@ -37,7 +43,9 @@ from radixfair.auth import ApiKeyConfig, bearer_metadata
 from radixfair.config_loading import ConfigError, load_config
 from radixfair.listening import ListenError, ensure_port_free
 from radixfair.redis_launcher import RedisLaunchConfig, RedisServer, free_loopback_port
+from radixfair.stack_certificates import StackCertificateError, StackCertificates
 from radixfair.supervisor import RestartPolicy, Supervisor
+from radixfair.tls import TlsConfig, open_channel
 from radixfair.v1 import router_pb2, router_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -69,6 +77,8 @@ class LocalStackConfig:
     worker_config_file: Path | None = None
     startup_timeout_s: float = 900.0
     restart: RestartPolicy = field(default_factory=RestartPolicy)
+    # TLS on every hop, with certificates made for this stack in run_dir/tls (see the module doc).
+    tls: bool = False
 
     def __post_init__(self) -> None:
         if self.workers < 0:
@@ -163,6 +173,10 @@ class LocalStack:
         self._identity_secret = secrets.token_urlsafe(32)
         self._worker_addresses: list[str] = []
         self.redis_url = config.redis_url
+        self.certificates = StackCertificates(config.run_dir / "tls") if config.tls else None
+        # How the stack reaches its own services (health checks, status): over TLS with the client
+        # certificate when TLS is on, since the workers require one.
+        self._probe = self.certificates.calling(True) if self.certificates is not None else TlsConfig()
 
     def check(self) -> None:
         """Raises StackStartError for a configuration the children would refuse; starts nothing."""
@@ -184,6 +198,12 @@ class LocalStack:
         cfg = self._config
         self.check()
         cfg.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.certificates is not None:
+            try:
+                self.certificates.create()
+            except (StackCertificateError, OSError) as error:
+                raise StackStartError(str(error)) from None
+            log.info("TLS on every hop; the stack's CA is %s", self.certificates.ca_file)
         try:
             if not self.redis_url:
                 self._redis = RedisServer(RedisLaunchConfig(persistent=True)).start()
@@ -219,7 +239,8 @@ class LocalStack:
     def http_api(self) -> str:
         """Base URL of the router's OpenAI-compatible HTTP API; empty when it is off."""
         port = self._config.router_http_port
-        return f"http://127.0.0.1:{port}/v1" if port else ""
+        scheme = "https" if self.certificates is not None else "http"
+        return f"{scheme}://127.0.0.1:{port}/v1" if port else ""
 
     def describe(self) -> dict[str, object]:
         return {
@@ -232,6 +253,8 @@ class LocalStack:
             "logs": str(self._config.run_dir),
             "pids": {c.name: c.process.pid for c in self._children},
             "worker_addresses": list(self._worker_addresses),
+            # The CA file a client trusts (radixfair generate --ca-cert); empty: plaintext.
+            "ca_file": str(self.certificates.ca_file) if self.certificates is not None else "",
         }
 
     def first_exited(self) -> _Child | None:
@@ -278,11 +301,15 @@ class LocalStack:
             "registry": {"registration_token": self._registration_token},
             "forward": {"identity_secret": self._identity_secret},
         }
+        if self.certificates is not None:
+            # Callers need the CA; the router presents its client certificate to the workers.
+            router_config["tls"] = asdict(self.certificates.serving())
+            router_config["registry"]["tls"] = asdict(self.certificates.calling(True))  # type: ignore[index]
         if cfg.router_config_file is not None:
             # The file decides policy and tuning; the launcher's own fields win as flags.
             del router_config["policy"]
             # Workers started here register themselves; nothing else is scraped on fixed ports.
-            registry = {"workers": [], "registration_token": self._registration_token}
+            registry = {**router_config["registry"], "workers": []}  # type: ignore[dict-item]
             router_config.update({"registry": registry, "metrics_port": 0})
             args = ["--config", str(cfg.router_config_file), *_set_args(_flatten(router_config))]
         else:
@@ -316,7 +343,19 @@ class LocalStack:
             # oversubscribed OpenMP threads spin against each other (on 2 cores, 2 workers at 2
             # threads each made a 40-token answer take 35 s instead of 5 s).
             "torch_threads": worker_torch_threads(os.cpu_count() or 1, max(self._config.workers, 1)),
+            **self._worker_tls_settings(),
             **cfg.worker_settings,
+        }
+
+    def _worker_tls_settings(self) -> dict[str, object]:
+        """A worker serves TLS to callers with the stack's client certificate and registers over TLS."""
+        if self.certificates is None:
+            return {}
+        serving = self.certificates.serving(require_client_cert=True)
+        registering = self.certificates.calling()
+        return {
+            **{f"tls.{key}": value for key, value in asdict(serving).items()},
+            **{f"router_tls.{key}": value for key, value in asdict(registering).items()},
         }
 
     def _spawn(self, name: str, module: str, args: list[str]) -> None:
@@ -328,7 +367,7 @@ class LocalStack:
         while time.monotonic() < deadline:
             if child.process.poll() is not None:
                 raise _start_failure(child)
-            if _is_serving(address):
+            if _is_serving(address, self._probe):
                 return
             time.sleep(0.2)
         raise StackStartError(f"{child.name} not serving on {address} in time; see {child.log_path}")
@@ -340,7 +379,7 @@ class LocalStack:
             exited = self.first_exited()
             if exited is not None:
                 raise _start_failure(exited)
-            with grpc.insecure_channel(self.address) as channel:
+            with open_channel(self.address, self._probe) as channel:
                 stub = router_pb2_grpc.RouterServiceStub(channel)
                 try:
                     status = stub.GetStatus(
@@ -419,9 +458,9 @@ def _set_args(settings: dict[str, object]) -> list[str]:
     return [arg for key, value in settings.items() for arg in ("--set", f"{key}={json.dumps(value)}")]
 
 
-def _is_serving(address: str) -> bool:
+def _is_serving(address: str, tls: TlsConfig) -> bool:
     try:
-        with grpc.insecure_channel(address) as channel:
+        with open_channel(address, tls) as channel:
             reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1.0)
             return reply.status == health_pb2.HealthCheckResponse.SERVING
     except grpc.RpcError:
