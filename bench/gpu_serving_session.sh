@@ -23,7 +23,11 @@
 # inter-token time per concurrency are in the second table); EXTRA="--redis-persistence always" puts
 # the old appendfsync-always Redis back. OVERHEAD=1 then also runs bench/router_overhead.py (one
 # stream, where the router's added time goes, phase by phase; OVERHEAD_TIMEOUT_S, default 240: with it,
-# BENCH_TIMEOUT_S=300 keeps the call under 600 s).
+# BENCH_TIMEOUT_S=300 keeps the call under 600 s) and bench/worker_overhead.py (the same split for the
+# worker's own path: front, pipes, engine process, against the in-process engine; WORKER_OVERHEAD_TIMEOUT_S,
+# default 150). OVERHEAD=worker runs only the latter; BENCH=0 skips the serving bench itself.
+# CELL_DURATION_S=10 makes every measured cell timed (serving_bench --cell-duration-s): each client
+# streams requests back to back for that long, tokens/s over the steady window (ramp and tail excluded).
 set -uo pipefail
 carry=bench/scratch/gpu_serving
 
@@ -70,12 +74,19 @@ fi
 logs=/tmp/serving_logs
 # shellcheck disable=SC2086  # CONCURRENCY is a list of numbers
 # shellcheck disable=SC2086  # PATHS and WORKLOADS are lists of names
-timeout -s TERM "${BENCH_TIMEOUT_S:-470}" python3 bench/serving_bench.py "${model[@]}" \
+[ "${BENCH:-1}" = 1 ] && timeout -s TERM "${BENCH_TIMEOUT_S:-470}" python3 bench/serving_bench.py "${model[@]}" \
   --device cuda --dtype bfloat16 --backend triton --paths ${PATHS:-in_process worker router} \
   --routers "${ROUTERS:-1}" --concurrency ${CONCURRENCY:-1 32 128 256} \
   --workloads ${WORKLOADS:-unique shared_prefix} \
   --min-requests 8 --warmup-requests 16 --client-procs 4 \
-  --tag "$tag" --out-dir "$OUT" --logs-dir "$logs" ${EXTRA:-} 2>&1 | tee "$OUT/serving_bench_$tag.log" | grep -v '^{' | tail -40
+  --tag "$tag" --out-dir "$OUT" --logs-dir "$logs" --cell-duration-s "${CELL_DURATION_S:-0}" ${EXTRA:-} 2>&1 | tee "$OUT/serving_bench_$tag.log" | grep -v '^{' | tail -40
+if [ "${OVERHEAD:-0}" = 1 ] || [ "${OVERHEAD:-0}" = worker ]; then
+  # Where the worker's own path (front, pipes, engine process) adds to one stream's TTFT.
+  timeout -s TERM "${WORKER_OVERHEAD_TIMEOUT_S:-150}" python3 bench/worker_overhead.py --tag "${tag}_worker_overhead" \
+    --out-dir "$OUT" --requests 64 --prompt-len 128 --new-tokens 128 --torch-threads 0 \
+    --logs-dir /tmp/worker_overhead_logs \
+    --serving-args "${model[*]} --device cuda --dtype bfloat16 --backend triton" 2>&1 | tail -45
+fi
 if [ "${OVERHEAD:-0}" = 1 ]; then
   # What the router adds to one stream, phase by phase (bench/router_overhead.py): worker-direct
   # against router -> worker, with a probed router process, on the same model as above.
@@ -83,7 +94,7 @@ if [ "${OVERHEAD:-0}" = 1 ]; then
     --out-dir "$OUT" --requests 64 --prompt-len 128 --new-tokens 128 --logs-dir /tmp/overhead_logs \
     --serving-args "${model[*]} --device cuda --dtype bfloat16 --backend triton" 2>&1 | tail -60
 fi
-for log in "$logs/worker-0.log" "$logs/stack/router.log"; do
+for log in "$logs/worker-0.log" "$logs/stack/router.log" /tmp/worker_overhead_logs/logs/worker-probed.log; do
   [ -f "$log" ] && tail -c 4000000 "$log" > "$OUT/$(basename "$(dirname "$log")")_$(basename "$log")"
 done
 ls -l "$OUT"

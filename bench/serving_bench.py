@@ -70,6 +70,7 @@ from bench.serving_clients import (  # noqa: E402, F401
     PATHS,
     STATUS_POLL_S,
     WORKLOADS,
+    ClosedLoop,
     DegradedWatch,
     RequestRecord,
     RequestSpec,
@@ -79,6 +80,7 @@ from bench.serving_clients import (  # noqa: E402, F401
     cell_seed,
     run_cell_grpc,
     stream_one,
+    timed_cell,
 )
 from bench.serving_in_process import build_in_process_engine, run_cell_in_process  # noqa: E402, F401
 from bench.serving_report import COLUMNS, add_ratios, summarize, write_report  # noqa: E402, F401
@@ -187,8 +189,14 @@ class WorkerProcess:
     """``python -m radixfair_worker`` with the bench's settings, started and stopped by the bench."""
 
     def __init__(
-        self, settings: dict[str, object], worker_id: str, logs: Path, startup_timeout_s: float
+        self,
+        settings: dict[str, object],
+        worker_id: str,
+        logs: Path,
+        startup_timeout_s: float,
+        entry: Sequence[str] = ("-m", "radixfair_worker"),
     ) -> None:
+        """``entry``: what follows the interpreter on the command line (a probed worker passes a script)."""
         port = free_loopback_port()
         self.address, self.worker_id = f"127.0.0.1:{port}", worker_id
         log_path = logs / f"{worker_id}.log"
@@ -197,7 +205,7 @@ class WorkerProcess:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("ab") as log_file:
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "radixfair_worker", *args], stdout=log_file, stderr=subprocess.STDOUT
+                [sys.executable, *entry, *args], stdout=log_file, stderr=subprocess.STDOUT
             )
         deadline = time.monotonic() + startup_timeout_s
         while not _is_serving(self.address):
@@ -356,28 +364,37 @@ async def run_cell(
     concurrency: int,
     results: Results | None,
 ) -> None:
-    """One cell; ``results`` None is a warm-up (its own prompts, nothing recorded)."""
+    """One cell; ``results`` None is a warm-up (its own prompts, nothing recorded).
+
+    With ``--cell-duration-s`` a measured cell is timed (serving_clients.ClosedLoop): every client
+    streams requests back to back for that long; a warm-up keeps its count of requests.
+    """
     seed = cell_seed(path, workload, concurrency, warmup=results is None)
-    specs = cell_requests(args, workload, concurrency, seed)
+    plan: ClosedLoop | None = None
+    if args.cell_duration_s and results is not None:
+        plan = timed_cell(args, workload, concurrency, seed)
+        specs = [plan.spec(client, 0) for client in range(concurrency)]
+    else:
+        specs = cell_requests(args, workload, concurrency, seed)
     procs = args.client_procs if concurrency > 16 else 1
     degraded = None
     if path == "in_process":
-        records = run_cell_in_process(paths.engine, specs, args.tenants)
+        records = run_cell_in_process(paths.engine, specs, args.tenants, plan)
     elif path == "worker":
         assert paths.worker is not None
-        records = await run_cell_grpc(paths.worker, specs, procs)
+        records = await run_cell_grpc(paths.worker, specs, procs, plan)
     elif path == "http":
         from bench.serving_http_client import run_cell_http  # here: it needs httpx, only for the http path
 
         assert paths.http is not None
-        records = await run_cell_http(paths.http, specs, procs)
+        records = await run_cell_http(paths.http, specs, procs, plan)
     else:
         assert paths.router is not None and paths.router_log is not None
         watch, stop = DegradedWatch(paths.router.address, paths.router.keys[0]), asyncio.Event()
         warnings_before = _count_warnings(paths.router_log)
         poller = asyncio.create_task(watch.run(stop))
         try:
-            records = await run_cell_grpc(paths.router, specs, procs)
+            records = await run_cell_grpc(paths.router, specs, procs, plan)
         finally:
             stop.set()
             await poller
@@ -407,7 +424,7 @@ class Results:
             "path": path,
             "workload": workload,
             "concurrency": concurrency,
-            **summarize(records),
+            **summarize(records, self._args.cell_duration_s),
             "degraded_transitions": degraded["transitions"] if degraded else None,
             "degraded": degraded,
         }
@@ -449,6 +466,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--suffix-len", type=int, default=64)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--min-requests", type=int, default=32, help="per cell; clients repeat to reach it")
+    parser.add_argument(
+        "--cell-duration-s",
+        type=float,
+        default=0.0,
+        help="timed cells: each client streams requests back to back for this long, and tokens/s, "
+        "requests/s and TTFT are taken over the steady window (every stream running, to the end of "
+        "the duration); 0: --min-requests per cell, over the cell's wall time",
+    )
     parser.add_argument("--warmup-requests", type=int, default=16, help="per path and workload, not measured")
     parser.add_argument("--model-dir", default="", help="a real model directory (default: random weights)")
     parser.add_argument("--shape", choices=sorted(SHAPES), default="smollm2-135m", help="random-weight shape")
@@ -517,14 +542,27 @@ def main(argv: Sequence[str] | None = None) -> Path:
 def notes(args: argparse.Namespace) -> str:
     model = args.model_dir or f"random weights, {args.shape} shape"
     rounds = {c: max(1, -(-args.min_requests // c)) for c in args.concurrency}
+    if args.cell_duration_s:
+        cells = [
+            "Each cell is timed: each of `concurrency` clients streams requests back to back for",
+            f"{args.cell_duration_s:g} s (closed loop, a new request as soon as its last one ends).",
+            "out_tok_s, req_s and TTFT over the steady window: from the moment every client has its",
+            "first token (ramp_s after the first request) to the end of the duration (window_s long),",
+            "so neither the ramp nor the tail's drain counts; out_tok_s_wall is over the whole cell.",
+        ]
+    else:
+        cells = [
+            "Each of `concurrency` clients streams its requests back to back (requests per client, by",
+            f"concurrency: {rounds}). out_tok_s and req_s over the cell's wall time, first request sent to",
+            "last result.",
+        ]
     return " ".join(
         [
             f"Model: {model}; {args.device}/{args.dtype}, {args.backend} kernels.",
             f"unique = {args.prompt_len}-token prompts; shared_prefix = one {args.prefix_len}-token prefix",
             f"per cell + {args.suffix_len} unique tokens; {args.new_tokens} new tokens each, ignore_eos.",
-            "Each of `concurrency` clients streams its requests back to back (requests per client, by",
-            f"concurrency: {rounds}). out_tok_s and req_s over the cell's wall time, first request sent to",
-            "last result. TTFT and inter-token time (itl: a message of k tokens counts as k gaps of gap/k)",
+            *cells,
+            "TTFT and inter-token time (itl: a message of k tokens counts as k gaps of gap/k)",
             "as the client sees them; in_process sees tokens when Engine.step returns them.",
             "vs_in_process: out_tok_s over the in-process engine's on the same workload and concurrency.",
             "degraded_transitions: the router's flips into degraded mode, seen by polling GetStatus every",

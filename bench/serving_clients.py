@@ -1,7 +1,8 @@
 """The serving bench's load: request specs, what a client saw of each request, and the gRPC clients.
 
 Each of N concurrent clients (grpc.aio, one channel and one stream at a time per client) streams its
-requests back to back; above 16 streams the clients are spread over several processes so the load
+requests back to back: its listed requests, or, in a timed cell (``ClosedLoop``), new ones until the
+cell's duration is up. Above 16 streams the clients are spread over several processes so the load
 generator is not the bottleneck. ``DegradedWatch`` polls the router's GetStatus while a cell runs.
 Used by bench/serving_bench.py (orchestration), bench/serving_http_client.py and the profilers.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import multiprocessing as mp
 import sys
 import time
@@ -54,11 +56,15 @@ class RequestRecord:
     last: float | None = None
     token_gaps: list[float] = field(default_factory=list)
     message_gaps: list[float] = field(default_factory=list)
+    client: int = -1
+    # (time, tokens) of each message: what a timed cell counts inside its steady window.
+    arrivals: list[tuple[float, int]] = field(default_factory=list)
 
     def on_tokens(self, count: int, now: float) -> None:
         """A message (or engine step output) carrying ``count`` new tokens arrived at ``now``."""
         if not count:
             return
+        self.arrivals.append((now, count))
         if self.last is None:
             self.first = now
         else:
@@ -87,6 +93,61 @@ def cell_requests(args: argparse.Namespace, workload: str, concurrency: int, see
         for r in range(rounds)
         for client in range(concurrency)
     ]
+
+
+@dataclass(frozen=True)
+class ClosedLoop:
+    """A timed cell: each client streams requests back to back until ``duration_s`` has passed.
+
+    Past its listed requests a client's next one is ``spec(client, round)``: the same workload (the
+    cell's shared prefix, fresh unique tokens drawn from the cell's seed, the client and the round),
+    so it is made wherever the client runs, with nothing shipped ahead.
+    """
+
+    duration_s: float
+    seed: int
+    prefix: tuple[int, ...]
+    unique_len: int
+    max_tokens: int
+
+    def spec(self, client: int, round_: int) -> RequestSpec:
+        rng = np.random.default_rng((self.seed, client, round_))
+        unique = rng.integers(1000, 40000, self.unique_len).tolist()
+        return RequestSpec(
+            f"s{self.seed}-c{client}-r{round_}", client, [*self.prefix, *unique], self.max_tokens
+        )
+
+
+def timed_cell(args: argparse.Namespace, workload: str, concurrency: int, seed: int) -> ClosedLoop:
+    """A cell of ``args.cell_duration_s`` seconds; each client's first request is ``spec(client, 0)``."""
+    rng = np.random.default_rng(seed)
+    prefix = rng.integers(1000, 40000, args.prefix_len).tolist() if workload == "shared_prefix" else []
+    unique_len = args.suffix_len if workload == "shared_prefix" else args.prompt_len
+    return ClosedLoop(args.cell_duration_s, seed, tuple(prefix), unique_len, args.new_tokens)
+
+
+async def client_loop(
+    client: int,
+    specs: Sequence[RequestSpec],
+    plan: ClosedLoop | None,
+    until: float | None,
+    send: Callable[[RequestSpec], Awaitable[RequestRecord]],
+) -> list[RequestRecord]:
+    """One client's requests, back to back: ``specs``, or (timed) new ones until ``until``."""
+    records: list[RequestRecord] = []
+    for round_ in itertools.count():
+        if plan is not None and until is not None:
+            if time.monotonic() >= until:
+                break
+            spec = specs[round_] if round_ < len(specs) else plan.spec(client, round_)
+        elif round_ < len(specs):
+            spec = specs[round_]
+        else:
+            break
+        record = await send(spec)
+        record.client = client
+        records.append(record)
+    return records
 
 
 def cell_seed(path: str, workload: str, concurrency: int, warmup: bool = False) -> int:
@@ -155,7 +216,7 @@ async def stream_one(target: Target, stub: object, spec: RequestSpec) -> Request
 
 
 async def run_clients(
-    target: Target, specs: Sequence[RequestSpec], ready: object = None
+    target: Target, specs: Sequence[RequestSpec], ready: object = None, plan: ClosedLoop | None = None
 ) -> list[RequestRecord]:
     """One channel (own connection) and one stream at a time per client; all clients at once."""
     stub_type = (
@@ -170,9 +231,13 @@ async def run_clients(
         if ready is not None:  # a multiprocessing barrier: start with the other client processes
             await asyncio.to_thread(ready.wait, 300)  # type: ignore[attr-defined]
 
+        until = time.monotonic() + plan.duration_s if plan is not None else None
+
         async def client(index: int) -> list[RequestRecord]:
             stub = stub_type(channels[index])
-            return [await stream_one(target, stub, spec) for spec in clients[index]]
+            return await client_loop(
+                index, clients[index], plan, until, lambda spec: stream_one(target, stub, spec)
+            )
 
         results = await asyncio.gather(*(client(c) for c in clients))
     finally:
@@ -180,14 +245,21 @@ async def run_clients(
     return [r for records in results for r in records]
 
 
-ClientRunner = Callable[[Target, Sequence[RequestSpec], object], Awaitable[list[RequestRecord]]]
+ClientRunner = Callable[
+    [Target, Sequence[RequestSpec], object, ClosedLoop | None], Awaitable[list[RequestRecord]]
+]
 
 
 def _client_process(
-    run: ClientRunner, target: Target, specs: list[RequestSpec], ready: object, results: object
+    run: ClientRunner,
+    target: Target,
+    specs: list[RequestSpec],
+    ready: object,
+    results: object,
+    plan: ClosedLoop | None,
 ) -> None:
     try:
-        records = asyncio.run(run(target, specs, ready))
+        records = asyncio.run(run(target, specs, ready, plan))
         results.put(("ok", [asdict(r) for r in records]))  # type: ignore[attr-defined]
     except BaseException as error:  # the parent must hear of it, or it would wait for this share
         ready.abort()  # type: ignore[attr-defined]
@@ -196,34 +268,38 @@ def _client_process(
 
 
 async def run_cell(
-    target: Target, specs: list[RequestSpec], procs: int, run: ClientRunner
+    target: Target,
+    specs: list[RequestSpec],
+    procs: int,
+    run: ClientRunner,
+    plan: ClosedLoop | None = None,
 ) -> list[RequestRecord]:
     """Spreads the clients over ``procs`` processes so the load generator is not the bottleneck.
 
     ``run`` (a module-level function, so a spawned process can unpickle it) drives one share of the
-    clients over one transport; the shares start together behind a barrier.
+    clients over one transport; the shares start together behind a barrier. ``plan``: a timed cell.
     """
     clients = sorted(by_client(specs))
     procs = max(1, min(procs, len(clients)))
     if procs == 1:
-        return await run(target, specs, None)
+        return await run(target, specs, None, plan)
     ctx = mp.get_context("spawn")  # the parent holds gRPC (and maybe CUDA) state: never fork it
     ready, results = ctx.Barrier(procs), ctx.Queue()
     shares = [{c for c in clients if c % procs == p} for p in range(procs)]
     children = [
         ctx.Process(
             target=_client_process,
-            args=(run, target, [s for s in specs if s.client in share], ready, results),
+            args=(run, target, [s for s in specs if s.client in share], ready, results, plan),
         )
         for share in shares
     ]
     for child in children:
         child.start()
     rounds = max(len(s) for s in by_client(specs).values())
+    # A timed cell's last requests start before its end and take at most a request's timeout.
+    wait_s = (plan.duration_s + target.timeout_s if plan else target.timeout_s * rounds) + 120
     try:
-        collected = [
-            await asyncio.to_thread(results.get, True, target.timeout_s * rounds + 120) for _ in children
-        ]
+        collected = [await asyncio.to_thread(results.get, True, wait_s) for _ in children]
     finally:
         for child in children:
             child.join(timeout=10)
@@ -235,9 +311,11 @@ async def run_cell(
     return [RequestRecord(**r) for _, batch in collected for r in batch]
 
 
-async def run_cell_grpc(target: Target, specs: list[RequestSpec], procs: int) -> list[RequestRecord]:
+async def run_cell_grpc(
+    target: Target, specs: list[RequestSpec], procs: int, plan: ClosedLoop | None = None
+) -> list[RequestRecord]:
     """The gRPC clients of a cell, spread over ``procs`` processes (``run_cell``)."""
-    return await run_cell(target, specs, procs, run_clients)
+    return await run_cell(target, specs, procs, run_clients, plan)
 
 
 class DegradedWatch:

@@ -21,7 +21,15 @@ from typing import Any
 
 import httpx
 
-from bench.serving_clients import RequestRecord, RequestSpec, Target, by_client, run_cell
+from bench.serving_clients import (
+    ClosedLoop,
+    RequestRecord,
+    RequestSpec,
+    Target,
+    by_client,
+    client_loop,
+    run_cell,
+)
 
 _DATA = "data: "
 
@@ -79,7 +87,7 @@ async def stream_one_http(target: Target, client: httpx.AsyncClient, spec: Reque
 
 
 async def run_clients_http(
-    target: Target, specs: Sequence[RequestSpec], ready: object = None
+    target: Target, specs: Sequence[RequestSpec], ready: object = None, plan: ClosedLoop | None = None
 ) -> list[RequestRecord]:
     """One connection and one stream at a time per client; all clients at once."""
     clients = by_client(specs)
@@ -89,8 +97,13 @@ async def run_clients_http(
         if ready is not None:  # a multiprocessing barrier: start with the other client processes
             await asyncio.to_thread(ready.wait, 300)  # type: ignore[attr-defined]
 
+        until = time.monotonic() + plan.duration_s if plan is not None else None
+
         async def client(index: int) -> list[RequestRecord]:
-            return [await stream_one_http(target, sessions[index], spec) for spec in clients[index]]
+            session = sessions[index]
+            return await client_loop(
+                index, clients[index], plan, until, lambda spec: stream_one_http(target, session, spec)
+            )
 
         results = await asyncio.gather(*(client(c) for c in clients))
     finally:
@@ -98,9 +111,11 @@ async def run_clients_http(
     return [r for records in results for r in records]
 
 
-async def run_cell_http(target: Target, specs: list[RequestSpec], procs: int) -> list[RequestRecord]:
+async def run_cell_http(
+    target: Target, specs: list[RequestSpec], procs: int, plan: ClosedLoop | None = None
+) -> list[RequestRecord]:
     """As serving_clients.run_cell_grpc: the clients spread over ``procs`` spawned processes."""
-    return await run_cell(target, specs, procs, run_clients_http)
+    return await run_cell(target, specs, procs, run_clients_http, plan)
 
 
 def http_vs_grpc(http: dict[str, Any], grpc_row: dict[str, Any] | None) -> dict[str, Any]:

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.serving_clients import RequestRecord, RequestSpec, by_client  # noqa: E402
+from bench.serving_clients import ClosedLoop, RequestRecord, RequestSpec, by_client  # noqa: E402
 
 
 def build_in_process_engine(settings: dict[str, object]) -> object:
@@ -25,19 +25,37 @@ def build_in_process_engine(settings: dict[str, object]) -> object:
     return build_engine(config.engine, resolve_model_dir(config.model, Path(config.cache_dir))).engine
 
 
-def run_cell_in_process(engine: object, specs: list[RequestSpec], tenants: int) -> list[RequestRecord]:
-    """Closed loop like the gRPC clients: each client submits its next request when one finishes."""
+def run_cell_in_process(
+    engine: object, specs: list[RequestSpec], tenants: int, plan: ClosedLoop | None = None
+) -> list[RequestRecord]:
+    """Closed loop like the gRPC clients: each client submits its next request when one finishes.
+
+    The next one is the client's next listed request, or in a timed cell (``plan``) a new one until
+    the cell's duration is up (serving_clients.client_loop's rule).
+    """
     from radixfair_worker.request import Request, SamplingConfig
 
     queues = {c: list(reversed(s)) for c, s in by_client(specs).items()}
+    rounds = dict.fromkeys(queues, 0)
     live: dict[int, tuple[int, RequestRecord]] = {}
+    until = time.monotonic() + plan.duration_s if plan is not None else None
 
     def submit(client: int) -> None:
-        spec = queues[client].pop()
+        if plan is not None:
+            spec = queues[client].pop() if queues[client] else plan.spec(client, rounds[client])
+        else:
+            spec = queues[client].pop()
+        rounds[client] += 1
         sampling = SamplingConfig(max_tokens=spec.max_tokens, ignore_eos=True)
         request = Request(spec.request_id, f"tenant-{client % tenants}", list(spec.prompt), sampling)
-        live[id(request)] = (client, RequestRecord(spec.request_id, time.monotonic()))
+        record = RequestRecord(spec.request_id, time.monotonic(), client=client)
+        live[id(request)] = (client, record)
         engine.submit(request)  # type: ignore[attr-defined]
+
+    def has_next(client: int) -> bool:
+        if until is not None:
+            return time.monotonic() < until
+        return bool(queues[client])
 
     for client in queues:
         submit(client)
@@ -56,6 +74,6 @@ def run_cell_in_process(engine: object, specs: list[RequestSpec], tenants: int) 
                 record.ok = record.tokens == len(request.output_ids) == request.sampling.max_tokens
                 done.append(record)
                 del live[id(request)]
-                if queues[client]:
+                if has_next(client):
                     submit(client)
     return done

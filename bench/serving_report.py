@@ -17,25 +17,73 @@ from bench.report import environment, markdown_table  # noqa: E402
 from bench.serving_clients import RequestRecord  # noqa: E402
 
 
-def summarize(records: Sequence[RequestRecord]) -> dict[str, object]:
+def steady_window(records: Sequence[RequestRecord], duration_s: float) -> tuple[float, float] | None:
+    """A timed cell's steady window: from every client streaming to the end of its duration.
+
+    It opens when the last client's first request has its first token (the ramp: connections,
+    the first prefills of every stream at once) and closes ``duration_s`` after the first request
+    was sent, when clients stop starting requests (the tail only drains what is left). None when
+    the ramp outlasted the cell.
+    """
+    if not records:
+        return None
+    start = min(r.start for r in records)
+    first_of_client: dict[int, RequestRecord] = {}
+    for record in records:
+        if record.client not in first_of_client or record.start < first_of_client[record.client].start:
+            first_of_client[record.client] = record
+    if any(r.first is None for r in first_of_client.values()):
+        return None
+    opens = max(r.first for r in first_of_client.values())  # type: ignore[type-var]
+    closes = start + duration_s
+    return (opens, closes) if opens < closes else None
+
+
+def summarize(records: Sequence[RequestRecord], duration_s: float = 0.0) -> dict[str, object]:
+    """A cell's figures; for a timed cell (``duration_s``) tokens/s, requests/s and TTFT come from its
+    steady window (``steady_window``), and the whole cell's wall-time tokens/s is kept apart."""
     ok = [r for r in records if r.ok]
     wall = max(r.end for r in records) - min(r.start for r in records) if records else 0.0
-    ttft = [1e3 * (r.first - r.start) for r in ok if r.first is not None]
+    window = steady_window(ok, duration_s) if duration_s else None
+    in_window = ok
+    if window is not None:
+        in_window = [r for r in ok if window[0] <= r.start <= window[1]]
+    ttft = [1e3 * (r.first - r.start) for r in in_window if r.first is not None]
     token_gaps = [1e3 * g for r in ok for g in r.token_gaps]
     message_gaps = [1e3 * g for r in ok for g in r.message_gaps]
+    if window is not None:  # the gaps that end inside the window
+        message_gaps, token_gaps = [], []
+        for r in ok:
+            for (before, _), (at, count) in zip(r.arrivals, r.arrivals[1:]):
+                if window[0] <= at <= window[1]:
+                    message_gaps.append(1e3 * (at - before))
+                    token_gaps += [1e3 * (at - before) / count] * count
     prompt = sum(r.prompt_tokens for r in ok)
 
     def pct(values: list[float], q: float) -> float | None:
         return float(np.percentile(values, q)) if values else None
 
+    out_tok_s = sum(r.tokens for r in ok) / wall if wall else None
+    req_s = len(ok) / wall if wall else None
+    timed: dict[str, object] = {}
+    if duration_s:
+        timed = {"out_tok_s_wall": out_tok_s, "window_s": None, "ramp_s": None}
+        out_tok_s = req_s = None
+        if window is not None:
+            span = window[1] - window[0]
+            tokens = sum(n for r in ok for at, n in r.arrivals if window[0] <= at <= window[1])
+            ended = sum(window[0] <= r.end <= window[1] for r in ok)
+            out_tok_s, req_s = tokens / span, ended / span
+            timed.update(window_s=span, ramp_s=window[0] - min(r.start for r in ok))
     return {
         "requests": len(records),
         "completed": len(ok),
         "errors": sorted({r.error for r in records if r.error})[:5],
         "output_tokens": sum(r.tokens for r in ok),
         "wall_s": wall,
-        "out_tok_s": sum(r.tokens for r in ok) / wall if wall else None,
-        "req_s": len(ok) / wall if wall else None,
+        "out_tok_s": out_tok_s,
+        "req_s": req_s,
+        **timed,
         "ttft_p50_ms": pct(ttft, 50),
         "ttft_p99_ms": pct(ttft, 99),
         "itl_p99_ms": pct(token_gaps, 99),
@@ -67,6 +115,9 @@ def add_ratios(rows: list[dict[str, object]]) -> None:
         reference = base.get((row["workload"], row["concurrency"]))
         row["vs_in_process"] = row["out_tok_s"] / reference if reference and row["out_tok_s"] else None
 
+
+# A timed cell's extra columns (serving_bench --cell-duration-s): wall-time tokens/s, window, ramp.
+TIMED_COLUMNS = ["out_tok_s_wall", "window_s", "ramp_s"]
 
 DERIVED_COLUMNS = [
     "path",
@@ -147,7 +198,7 @@ def write_report(args: argparse.Namespace, rows: list[dict[str, object]], meta: 
         "",
         f"`{command}`",
         "",
-        markdown_table(rows, COLUMNS),
+        markdown_table(rows, COLUMNS + (TIMED_COLUMNS if any("window_s" in r for r in rows) else [])),
         "",
         "Unique-prompt cells against each other: shared_prefix over unique tokens/s per path, and what the",
         "router adds to the worker path (TTFT p50, mean inter-token time, tokens/s ratio):",

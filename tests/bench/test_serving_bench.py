@@ -69,3 +69,48 @@ def test_serving_bench_smallest_run_completes_every_request_on_every_path(
     markdown = (tmp_path / "serving_test.md").read_text()
     assert "| path | workload | concurrency |" in markdown
     assert "serving_bench.py" in markdown
+
+
+def test_timed_cells_keep_every_client_streaming_until_the_duration_on_every_path(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    duration_s, concurrency = 2.0, 2
+    raw = tmp_path / "raw.json"
+    command = [
+        sys.executable,
+        str(ROOT / "bench" / "serving_bench.py"),
+        "--model-dir", str(tiny_model_dir),
+        "--concurrency", str(concurrency),
+        "--workloads", "unique",
+        "--prompt-len", "16",
+        "--new-tokens", str(NEW_TOKENS),
+        "--cell-duration-s", str(duration_s),
+        "--warmup-requests", "1",
+        "--tenants", "2",
+        "--torch-threads", "1",
+        "--tag", "timed",
+        "--out-dir", str(tmp_path),
+        "--raw", str(raw),
+    ]  # fmt: skip
+    run = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert run.returncode == 0, run.stderr[-3000:]
+
+    rows = json.loads((tmp_path / "serving_timed.json").read_text())["rows"]
+    assert sorted(r["path"] for r in rows) == ["in_process", "router", "worker"]
+    records = json.loads(raw.read_text())
+    for row in rows:
+        cell = records[f"{row['path']}/unique/{concurrency}"]
+        per_client = {c: [r for r in cell if r["client"] == c] for c in range(concurrency)}
+        # Closed loop: each client sent requests back to back, each new, all within the duration.
+        for client_records in per_client.values():
+            assert len(client_records) >= 2, row["path"]
+            starts = sorted(r["start"] for r in client_records)
+            assert starts[-1] - starts[0] < duration_s
+            ends = sorted(r["end"] for r in client_records)
+            assert all(later >= earlier for earlier, later in zip(ends, starts[1:]))
+        assert len({r["request_id"] for r in cell}) == len(cell)
+        assert row["requests"] == row["completed"] == len(cell) and row["errors"] == []
+        # The steady window opens once every client has its first token and ends with the duration.
+        assert 0 < row["ramp_s"] and 0 < row["window_s"] < duration_s
+        assert row["out_tok_s"] > 0 and row["out_tok_s_wall"] > 0
+    assert "| out_tok_s_wall | window_s | ramp_s |" in (tmp_path / "serving_timed.md").read_text()
