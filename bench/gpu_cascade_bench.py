@@ -57,11 +57,7 @@ from radixfair_worker.kernels.cascade_decode_attention import (  # noqa: E402
     cascade_decode_attention,
     choose_prefix_splits,
 )
-from radixfair_worker.kernels.decode_attention import (  # noqa: E402
-    choose_num_splits,
-    paged_attention_reference,
-    paged_decode_attention,
-)
+from radixfair_worker.kernels.decode_attention import choose_num_splits, paged_decode_attention  # noqa: E402
 from radixfair_worker.kernels.interpreter_compat import index_scalars_with_item  # noqa: E402
 from radixfair_worker.kernels.paged_fixtures import random_shared_prefix_context  # noqa: E402
 from radixfair_worker.kernels.prefix_groups import (  # noqa: E402
@@ -69,6 +65,7 @@ from radixfair_worker.kernels.prefix_groups import (  # noqa: E402
     PrefixSharingConfig,
     find_prefix_groups,
 )
+from radixfair_worker.kernels.reference import paged_attention_reference  # noqa: E402
 from radixfair_worker.model.llama import KVCache  # noqa: E402
 from radixfair_worker.model.loader import load_model  # noqa: E402
 from radixfair_worker.model.triton_backend import TritonBackend  # noqa: E402

@@ -8,12 +8,17 @@ tensor-core instructions are there. Launches are intercepted, not run: arguments
 are specialised the way Triton's JIT does (16-byte-aligned pointers and integers
 divisible by 16 get the divisibility hint, integers equal to 1 become constants).
 
-    .venv/bin/python bench/kernels_compile_report.py
+    .venv/bin/python bench/kernels_compile_report.py [LABEL ...]
+
+The launches are those of the registry's kernels (``kernels/registry.py``), each built by
+``launches`` in bench/kernels/<module>.py; the step-fusion kernels (off by default) have
+their own report, bench/step_fusion_compile_report.py.
 """
 
 from __future__ import annotations
 
 import collections
+import importlib
 import os
 import re
 import subprocess
@@ -28,10 +33,10 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from triton.runtime.jit import JITFunction
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "services", "worker", "src"))
+sys.path[:0] = [os.path.join(os.path.dirname(__file__), "..", "services", "worker", "src")]
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from radixfair_worker.kernels import decode_attention, extend_attention, rms_norm, rope, swiglu  # noqa: E402
-from radixfair_worker.kernels.paged_fixtures import random_paged_context  # noqa: E402
+from radixfair_worker.kernels.registry import modules  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
 BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
@@ -115,95 +120,49 @@ def capture(label: str, launch: Callable[[], object]) -> list[Report]:
         )
 
     # The tensors here are CPU ones, which the launchers take for the interpreter; compile the GPU path.
-    modules = (decode_attention, extend_attention)
-    saved = [module.interpreted for module in modules]
+    kernels = [importlib.import_module(f"radixfair_worker.kernels.{name}") for name in modules()]
+    kernels = [module for module in kernels if hasattr(module, "interpreted")]
+    saved = [module.interpreted for module in kernels]
     JITFunction.run = compile_instead  # type: ignore[method-assign]
-    for module in modules:
+    for module in kernels:
         module.interpreted = lambda tensor: False
     try:
         launch()
     finally:
         JITFunction.run = original  # type: ignore[method-assign]
-        for module, interpreted in zip(modules, saved):
+        for module, interpreted in zip(kernels, saved):
             module.interpreted = interpreted
     return reports
 
 
-def launches(tokens: int = 4096) -> list[tuple[str, Callable[[], object]]]:
-    """The backend's launches at SmolLM2-135M shapes, in bf16."""
-    bf16 = torch.bfloat16
-    hidden, inter, heads, kv_heads, head_dim = 576, 1536, 9, 3, 64
-    x = torch.randn(tokens, hidden, dtype=bf16)
-    weight = torch.randn(hidden, dtype=bf16)
-    qkv = torch.randn(tokens, (heads + 2 * kv_heads) * head_dim, dtype=bf16)
-    q, k, v = qkv.split([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], dim=-1)
-    q, k, v = (
-        q.view(tokens, heads, head_dim),
-        k.view(tokens, kv_heads, head_dim),
-        v.view(tokens, kv_heads, head_dim),
+def report_line(report: Report, width: int = 40) -> str:
+    return (
+        f"{report.name:{width}s} regs {report.registers:>4s} local {report.local_bytes:>4s} "
+        f"shared {report.shared:>6d}  {report.sass}"
     )
-    positions = torch.arange(tokens)
-    table = torch.randn(8192, head_dim)
-    k_cache = torch.randn(tokens // 16 + 1, 16, kv_heads, head_dim, dtype=bf16)
-    slots = torch.arange(tokens)
-    decode = random_paged_context([64] * 8, [1] * 8, kv_heads, head_dim, 16, bf16)
-    prefill = random_paged_context([64] * 4, [32] * 4, kv_heads, head_dim, 16, bf16)
-    q_decode = torch.randn(8, heads, head_dim, dtype=bf16)
-    q_prefill = torch.randn(128, heads, head_dim, dtype=bf16)
-    gate_up = torch.randn(tokens, 2 * inter, dtype=bf16)
-    return [
-        ("rms_norm", lambda: rms_norm.rms_norm(x, weight, 1e-5)),
-        ("add_rms_norm", lambda: rms_norm.add_rms_norm(x, x, weight, 1e-5)),
-        ("rope", lambda: rope.apply_rope(q, k, positions, table)),
-        (
-            "rope+kv",
-            lambda: rope.rope_and_write_kv(q, k, v, positions, table, k_cache, k_cache.clone(), slots),
-        ),
-        ("swiglu", lambda: swiglu.silu_and_mul(gate_up)),
-        (
-            "decode",
-            lambda: decode_attention.paged_decode_attention(
-                q_decode, decode.k_cache, decode.v_cache, decode.page_table, decode.seq_lens, 0.125
-            ),
-        ),
-        (
-            "decode/4",
-            lambda: decode_attention.paged_decode_attention(
-                q_decode,
-                decode.k_cache,
-                decode.v_cache,
-                decode.page_table,
-                decode.seq_lens,
-                0.125,
-                num_splits=4,
-            ),
-        ),
-        (
-            "extend",
-            lambda: extend_attention.extend_attention(
-                q_prefill,
-                prefill.k_cache,
-                prefill.v_cache,
-                prefill.query_start_loc,
-                prefill.seq_lens,
-                prefill.page_table,
-                32,
-                0.125,
-            ),
-        ),
-    ]
+
+
+def launches(step_fusion: bool, rows: int) -> list[tuple[str, Callable[[], object]]]:
+    """The backend's launches at ``rows`` tokens, SmolLM2-135M shapes, bf16, for the registry's
+    kernel modules (the step-fusion ones, or the others)."""
+    found: list[tuple[str, Callable[[], object]]] = []
+    for module in modules(step_fusion=step_fusion):
+        found += importlib.import_module(f"bench.kernels.{module}").launches(rows)
+    return found
 
 
 def main() -> None:
     only = set(sys.argv[1:])
-    for label, launch in launches():
+    for label, launch in launches(step_fusion=False, rows=4096):
         if only and label not in only:
             continue
-        for report in capture(label, launch):
-            print(
-                f"{report.name:40s} regs {report.registers:>4s} local {report.local_bytes:>4s} "
-                f"shared {report.shared:>6d}  {report.sass}"
-            )
+        try:
+            reports = capture(label, launch)
+        except Exception as error:  # report every failing launch, not only the first
+            print(f"{label:40s} FAILED: {type(error).__name__}: {str(error)[:400]}")
+            continue
+        for report in reports:
+            print(report_line(report))
 
 
 if __name__ == "__main__":
