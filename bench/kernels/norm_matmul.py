@@ -12,7 +12,7 @@ import torch
 
 from bench.kernels.harness import DEVICE, DTYPE, EPS, HIDDEN, INTER, VOCAB, Record, Sizes
 from radixfair_worker.kernels import norm_matmul
-from radixfair_worker.kernels.accuracy import relative_error
+from radixfair_worker.kernels.accuracy import TOLERANCE, relative_error
 from radixfair_worker.kernels.reference import norm_gate_up_silu_reference, norm_matmul_reference
 
 TIMED_BY = "bench/gpu_step_fusion_bench.py"
@@ -33,11 +33,30 @@ def check(dtype: torch.dtype, sizes: Sizes, record: Record) -> None:
             x.double(), residual.double(), norm_w.double(), EPS, gate_up_w.double()
         )
         error = max(relative_error(act, ref_act), relative_error(summed, ref_sum))
-        record("norm_gate_up_silu", dtype, f"M={m}", error)
+        record("norm_gate_up_silu", dtype, f"M={m}", error, gate_up_tolerance(x, residual, norm_w, gate_up_w))
         inner = torch.randn(m, INTER, dtype=dtype, device=DEVICE)
         out, _ = norm_matmul.norm_matmul(inner, None, None, 0.0, down_w)
         ref, _ = norm_matmul_reference(inner.double(), None, None, 0.0, down_w.double())
         record("norm_matmul (plain, down_proj)", dtype, f"M={m}", relative_error(out, ref))
+
+
+def gate_up_tolerance(
+    x: torch.Tensor, residual: torch.Tensor, norm_w: torch.Tensor, gate_up_w: torch.Tensor
+) -> float:
+    """The fused form rounds where the separate ops do (the sum, the norm, gate_up, silu, the
+    product). In bf16 the separate ops land ~5.6e-3 from the fp64 result, and the H200 measured the
+    fused kernel ~5.6e-3 from the separate ops (bench/results/gpu_step_fusion.md), so by the
+    triangle inequality it lies within about twice the separate ops' error of fp64: allowed 2.5x
+    that, never under ``TOLERANCE``. Triton's CPU interpreter truncates fp32 to bf16 instead of
+    rounding (tests/kernels/test_norm_matmul.py), which doubles the error there."""
+    if x.dtype == torch.float32:
+        return TOLERANCE[torch.float32]
+    separate, _ = norm_gate_up_silu_reference(x, residual, norm_w, EPS, gate_up_w)
+    exact, _ = norm_gate_up_silu_reference(
+        x.double(), residual.double(), norm_w.double(), EPS, gate_up_w.double()
+    )
+    truncating = 2.0 if x.device.type == "cpu" else 1.0
+    return max(TOLERANCE[x.dtype], 2.5 * truncating * relative_error(separate, exact))
 
 
 def launches(m: int) -> list[tuple[str, Callable[[], object]]]:
