@@ -53,7 +53,7 @@ def top_p_keep_sorted(scores: torch.Tensor, probs: torch.Tensor, top_p: torch.Te
     """
     order = scores.sort(dim=-1, descending=True, stable=True).indices
     sorted_probs = probs.gather(-1, order).to(torch.float64)
-    outside = sorted_probs.cumsum(dim=-1) - sorted_probs >= top_p[:, None]
+    outside = (sorted_probs.cumsum(dim=-1) - sorted_probs >= top_p[:, None]) & (top_p[:, None] < 1.0)
     outside[:, 0] = False
     return torch.empty_like(outside).scatter_(-1, order, ~outside)
 

@@ -10,9 +10,10 @@ Sorting 49,152 scores per row costs more than the rest of a decode step, so
 top-p finds each row's boundary by radix selection instead. Scores map to
 31-bit keys that order them; three rounds (11, 10 and 10 bits) each build a
 histogram of the mass over the next digit of the keys still in contention.
-The boundary key is then the largest key whose mass ahead is short of top_p,
-and a prefix sum over the tokens tied at it keeps them in id order. Nothing
-waits for the device, and no row's result depends on another row.
+The boundary key is the one at which the mass, summed in key order, first
+reaches top_p: every key below it stays, every key above it goes, and a
+prefix sum over the tokens tied at it keeps them in id order. Nothing waits
+for the device, and no row's result depends on another row.
 
 Masses are counted exactly in 60-bit fixed point: a probability p counts
 floor(p * 2**60). Integer sums do not depend on their order, so the histograms
@@ -21,8 +22,8 @@ float64 prefix sums round instead, by at most ``vocab * 2**-53``, and
 truncation drops under ``vocab * 2**-60``. The kept sets can therefore
 differ only for a token whose mass ahead lies within ``vocab * 2**-52`` of
 top_p, or whose probability is below 2**-60: it counts no mass, so it is
-never the boundary, and beyond the boundary it is dropped where the sort may
-keep it (its share of a draw is under 2**-60). When every probability is a
+never the boundary, and beyond the boundary it goes where the sort may keep
+it (its share of a draw is under 2**-60). When every probability is a
 multiple of 2**-60 and the float64 sums are exact (as for ties of equal
 scores, common with bf16 logits), there is no difference at all.
 """
@@ -61,31 +62,32 @@ def top_p_keep(scores: torch.Tensor, probs: torch.Tensor, top_p: torch.Tensor) -
     """The tokens top-p keeps in each row (see the module docstring for the rule).
 
     scores [S, V] fp32, each <= 0 or -inf (tempered, best shifted to 0); probs [S, V] fp32 >= 0,
-    ordered as the scores are (their softmax); top_p [S] float64 (<= 0 keeps only the first
-    token; rows whose result the caller ignores may hold anything finite). Returns keep [S, V]
-    bool.
+    ordered as the scores are (their softmax); top_p [S] float64 (>= 1 keeps every token, <= 0
+    only the first). Returns keep [S, V] bool.
     """
-    rows = scores.shape[0]
-    device = scores.device
+    rows, vocab = scores.shape
     key = score_keys(scores)
-    mass = (probs.to(torch.float64) * 2.0**MASS_BITS).to(torch.int64)
-    # A token stays while the mass ahead of it is < top_p, i.e. < budget in fixed point.
-    budget = (top_p * 2.0**MASS_BITS).ceil().clamp(min=1.0).to(torch.int64)[:, None]
-    boundary = torch.zeros(rows, 1, dtype=torch.int32, device=device)  # the key's digits chosen so far
-    ahead = torch.zeros(rows, 1, dtype=torch.int64, device=device)  # mass of keys below the chosen range
+    # Scaling by a power of two is exact in float32 (no overflow below 2**128); the cast truncates.
+    mass = (probs * 2.0**MASS_BITS).to(torch.int64)
+    # A token stays while the mass ahead of it is < budget. A row's total is under 2**61 (float32
+    # softmax rounding can make it exceed 1), so a budget of 2**62 is never reached: every token stays.
+    budget = torch.where(top_p < 1.0, (top_p * 2.0**MASS_BITS).ceil().clamp(min=1.0), 2.0**62)
+    budget = budget.to(torch.int64)[:, None]
+    boundary = torch.zeros(rows, 1, dtype=torch.int32, device=key.device)  # the key's digits so far
+    ahead = torch.zeros(rows, 1, dtype=torch.int64, device=key.device)  # mass of the keys below them
     for shift, width in _DIGITS:
-        boundary, ahead = _next_digit(key, mass, budget, boundary, ahead, shift, width)
+        boundary, ahead = _next_digit(key, mass, budget - ahead, boundary, ahead, shift, width)
     # Tokens tied at the boundary key stay in id order while the mass ahead of them is short.
     tied = key == boundary
-    tied_mass = mass * tied
-    ahead_in_tie = ahead + tied_mass.cumsum(dim=-1) - tied_mass
-    return (key < boundary) | (tied & (ahead_in_tie < budget))
+    tied_mass = torch.where(tied, mass, 0)
+    ahead_in_tie = tied_mass.cumsum(dim=-1) - tied_mass
+    return (key < boundary) | (tied & (ahead_in_tie < budget - ahead))
 
 
 def _next_digit(
     key: torch.Tensor,
     mass: torch.Tensor,
-    budget: torch.Tensor,
+    room: torch.Tensor,
     boundary: torch.Tensor,
     ahead: torch.Tensor,
     shift: int,
@@ -93,22 +95,23 @@ def _next_digit(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One radix round: the next ``width`` bits of each row's boundary key, and the mass ahead of them.
 
-    Among the keys whose higher digits equal ``boundary`` [S, 1] int32, picks the largest digit
-    holding some mass whose mass ahead (``ahead`` [S, 1] int64 plus the lower digits' mass) is
-    < ``budget``. One always qualifies: the range's first massive digit has only massless keys
-    before it, and the previous round chose the range for exactly that condition.
+    ``boundary`` [S, 1] int32: the digits above, chosen so far; ``ahead`` [S, 1] int64: the mass of
+    the keys below them; ``room`` [S, 1] int64: the budget left after ``ahead``. Among the keys
+    under ``boundary``, the digit chosen is the first at which their mass, summed in key order,
+    reaches ``room``: the previous rounds chose a range holding that crossing. A row whose total
+    mass never reaches its budget gets all-ones digits, a key above every score's: all stay.
     """
     rows, buckets = key.shape[0], 1 << width
-    high = key >> shift
-    in_range = (high >> width) == boundary
-    # One histogram row of buckets + 1 slots per row; the last slot takes the keys out of range.
-    slot = torch.where(in_range, high & (buckets - 1), buckets)
-    slot = slot + torch.arange(0, rows * (buckets + 1), buckets + 1, device=key.device)[:, None]
-    histogram = torch.zeros(rows * (buckets + 1), dtype=torch.int64, device=key.device)
+    # The digit relative to the range: < 0 below it, >= buckets above; clamped onto two spare slots.
+    digit = (key >> shift) - (boundary << width)
+    slot = (
+        digit.clamp_(-1, buckets)
+        + torch.arange(1, rows * (buckets + 2), buckets + 2, device=key.device)[:, None]
+    )
+    histogram = torch.zeros(rows * (buckets + 2), dtype=torch.int64, device=key.device)
     histogram.scatter_add_(0, slot.view(-1), mass.view(-1))
-    histogram = histogram.view(rows, buckets + 1)[:, :buckets]
-    ahead_of = ahead + histogram.cumsum(dim=-1) - histogram
-    open_digits = (ahead_of < budget) & (histogram > 0)
-    digits = torch.arange(buckets, device=key.device)
-    chosen = torch.where(open_digits, digits, -1).amax(dim=-1, keepdim=True)
-    return (boundary << width) | chosen.to(torch.int32), ahead_of.gather(-1, chosen)
+    histogram = histogram.view(rows, buckets + 2)[:, 1 : buckets + 1]
+    reached = histogram.cumsum(dim=-1)
+    chosen = torch.searchsorted(reached, room).clamp_(max=buckets - 1)
+    ahead = ahead + (reached - histogram).gather(-1, chosen)
+    return (boundary << width) | chosen.to(torch.int32), ahead

@@ -185,9 +185,7 @@ def sample_rows(
         scores = keep_top_k(scores, table[:, _TOP_K].to(torch.int64), largest_k)
     probs = torch.softmax(scores, dim=-1)
     if any_top_p:
-        top_p = table[:, _TOP_P]
-        keep = top_p_keep(scores, probs, top_p) | (top_p >= 1.0)[:, None]
-        probs = probs.masked_fill(~keep, 0.0)
+        probs = probs.masked_fill(~top_p_keep(scores, probs, table[:, _TOP_P]), 0.0)
     return inverse_cdf(probs, uniform), bad
 
 
