@@ -65,7 +65,7 @@ def top_p_keep(scores: torch.Tensor, probs: torch.Tensor, top_p: torch.Tensor) -
     ordered as the scores are (their softmax); top_p [S] float64 (>= 1 keeps every token, <= 0
     only the first). Returns keep [S, V] bool.
     """
-    rows, vocab = scores.shape
+    rows = scores.shape[0]
     key = score_keys(scores)
     # Scaling by a power of two is exact in float32 (no overflow below 2**128); the cast truncates.
     mass = (probs * 2.0**MASS_BITS).to(torch.int64)
