@@ -93,6 +93,10 @@ class FinishedRequest:
     cached_tokens: int
     output_tokens: int
     preemptions: int
+    # When the router placed it (after any wait in its admission gate; the arrival with one worker),
+    # and the routing policy's reason: where a request's latency went, gate, worker queue or service.
+    dispatched: float = 0.0
+    route: str = ""
 
 
 @dataclass
@@ -186,7 +190,9 @@ class Recorder:
 
     # -- simulator events ----------------------------------------------------
 
-    def request_finished(self, request: Request, worker: int) -> None:
+    def request_finished(
+        self, request: Request, worker: int, dispatched: float | None = None, route: str = ""
+    ) -> None:
         self.finished.append(
             FinishedRequest(
                 request.request_id,
@@ -200,6 +206,8 @@ class Recorder:
                 request.num_cached_tokens,
                 len(request.output_ids),
                 request.preemptions,
+                request.arrival_time if dispatched is None else dispatched,
+                route,
             )
         )
 

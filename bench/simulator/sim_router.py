@@ -140,6 +140,10 @@ class SimRouter:
         self.reasons[decision.reason] = self.reasons.get(decision.reason, 0) + 1
         return decision.worker_id
 
+    def decision(self, request_id: str) -> RoutingDecision:
+        """The routing decision of a request in flight (placed and not yet finished)."""
+        return self._decisions[request_id]
+
     def report(self, worker_id: str, page_size: int, hashes: list[int], now: float) -> None:
         self.cache_view.update_report(worker_id, page_size, hashes, received_at=now)
 

@@ -111,6 +111,8 @@ class Simulation:
         self._seq = itertools.count()
         self._dependents: dict[str, list[TraceRequest]] = defaultdict(list)
         self._worker_of: dict[str, SimWorker] = {}
+        # Per request in flight: when the router placed it, and why (the recorder keeps both).
+        self._routed: dict[str, tuple[float, str]] = {}
         self.steps = 0
         self.rejected: list[str] = []
         self._now = 0.0
@@ -186,6 +188,7 @@ class Simulation:
         assert self.router is not None
         now = self._now
         worker_id = self.router.route(spec.client_id, spec.weight, request.prompt_ids, now, spec.request_id)
+        self._routed[spec.request_id] = (now, self.router.decision(spec.request_id).reason)
         self._submit(spec, request, self.workers[int(worker_id[1:])], now)
 
     def _submit(self, spec: TraceRequest, request: Request, worker: SimWorker, now: float) -> None:
@@ -194,6 +197,7 @@ class Simulation:
             worker.engine.submit(request)
         except InvalidRequestError:
             self.rejected.append(spec.request_id)
+            self._routed.pop(spec.request_id, None)
             self.recorder.left(request, now)  # counted as waiting while it was held in the gate
             if self.router is not None:
                 # Nobody served it: the router refunds its admission, as RequestRouter does.
@@ -234,7 +238,8 @@ class Simulation:
             worker.scheduled = False
 
     def _finished(self, worker: SimWorker, request: Request, now: float) -> None:
-        self.recorder.request_finished(request, worker.index)
+        dispatched, route = self._routed.pop(request.request_id, (request.arrival_time, ""))
+        self.recorder.request_finished(request, worker.index, dispatched, route)
         worker.runner.forget(request.request_id)
         del self._worker_of[request.request_id]
         if self.router is not None:

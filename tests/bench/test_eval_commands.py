@@ -19,6 +19,7 @@ import pytest
 from bench import (
     eval_dlpm_admission_cost,
     eval_mixtures,
+    eval_mixtures_tail,
     eval_multi_worker,
     eval_quantum_sweep,
     eval_single_worker,
@@ -35,8 +36,12 @@ SCRIPTS = {
     "bench/eval_quantum_sweep.py": eval_quantum_sweep,
     "bench/eval_mixtures.py": eval_mixtures,
 }
-# Scripts whose pages' commands are only parsed here (they time things).
-PARSED_ONLY = {"bench/eval_dlpm_admission_cost.py": eval_dlpm_admission_cost}
+# Scripts whose pages' commands are only parsed here: they time things, or (the tail diagnostic) refuse
+# the fixed seed the small run uses.
+PARSED_ONLY = {
+    "bench/eval_dlpm_admission_cost.py": eval_dlpm_admission_cost,
+    "bench/eval_mixtures_tail.py": eval_mixtures_tail,
+}
 COMMAND = re.compile(r"^Regenerate \(code at commit [^)]*\): `(?P<command>[^`]+)`$", re.M)
 # Scale arguments replaced for the small run; everything else is the page's own.
 SMALL = {
