@@ -661,8 +661,9 @@ class Run:
             seconds = min(seconds, 1.2 * getattr(self, "width_cap_s", seconds))
         rate = min(self.rate, self.rates.get(self.chosen, self.rate))
         tokens = self.whole_steps(rate * seconds * 0.92)
-        if kind == "depth" and self.budget.depth_tokens:
-            tokens = min(tokens, self.whole_steps(self.budget.depth_tokens))
+        cap = {"depth": self.budget.depth_tokens, "width": self.budget.width_tokens}[kind]
+        if cap:
+            tokens = min(tokens, self.whole_steps(cap))
         text = self.recipe(f"{kind}-kd-gpu", prune_yaml, self.chosen, tokens)
         spec = parse_recipe(text).distill
         total_steps = spec.schedule(self.s.seq_len).total_steps
