@@ -35,9 +35,10 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
-from worker.sampler_reference import sample_rows_sorted  # noqa: E402
+from worker.sampler_reference import sample_rows_sorted, top_p_keep_sorted  # noqa: E402
 
 from bench.report import markdown_table, write_results  # noqa: E402
+from radixfair_worker.nucleus import keep_top_k, top_p_keep  # noqa: E402
 from radixfair_worker.sampler import sample_rows  # noqa: E402
 
 SETTINGS = {"t0.7 p0.9": (0.7, 0, 0.9), "t0.7 k50 p0.9": (0.7, 50, 0.9)}
@@ -127,8 +128,26 @@ def measure(batch: int, vocab: int, shape: str, setting: str, args: argparse.Nam
     else:
         row["graph_speedup"] = None
     row["agree"] = (tokens["sort"] == tokens["radix"]).double().mean().item()
+    row.update(kept_sets(logits, table, top_k))
     print(row, flush=True)
     return row
+
+
+def kept_sets(logits: torch.Tensor, table: torch.Tensor, top_k: int) -> dict[str, bool]:
+    """Whether the device's top-p kept set equals the CPU's (exact integer arithmetic: must) and the sort's.
+
+    The same tempered scores and probabilities feed all three, so only the selection is compared.
+    """
+    scores = (logits - logits.amax(dim=-1, keepdim=True)) / table[:, 3:4].float()
+    if top_k:
+        scores = keep_top_k(scores, table[:, 4].long(), top_k)
+    probs = torch.softmax(scores, dim=-1)
+    keep = top_p_keep(scores, probs, table[:, 5])
+    on_cpu = top_p_keep(scores.cpu(), probs.cpu(), table[:, 5].cpu())
+    return {
+        "keep_equals_cpu": torch.equal(keep.cpu(), on_cpu),
+        "keep_equals_sort": torch.equal(keep, top_p_keep_sorted(scores, probs, table[:, 5])),
+    }
 
 
 def main() -> None:
@@ -157,6 +176,8 @@ def main() -> None:
         "radix = radixfair_worker.sampler.sample_rows (top-p by radix selection, top-k by one topk). "
         "eager_ms: wall per call, back to back; host_ms: launch time per call; graph_ms: device time per "
         "call from a CUDA-graph replay. agree: share of rows drawing the same token on both paths. "
+        "keep_equals_cpu / keep_equals_sort: the device's top-p kept set, from the same probabilities, "
+        "equals the CPU's / the sort's (the tests say when the latter may differ: within rounding). "
         "flat = N(0,1) logits; peaked = N(0,4) rounded to bf16."
     )
     columns = list(rows[0])
