@@ -1,4 +1,5 @@
-"""radixfair.tracing: a service that exports nothing records nothing; one that exports records and chains.
+"""radixfair.tracing: a service that exports nothing records nothing and passes the caller's context on;
+one that exports records, exports and chains.
 
 Each service's tracer comes from ``build_tracer``; trace context crosses services only as gRPC
 metadata (``inject_metadata`` on one side, ``extract_context`` on the other), as it does in service.
@@ -35,15 +36,24 @@ def test_a_service_that_exports_nothing_records_no_span_even_under_a_sampled_cal
     provider.shutdown()
 
 
-def test_a_service_that_exports_nothing_still_passes_the_callers_trace_id_on():
+def test_a_service_that_exports_nothing_passes_the_callers_context_on_unchanged():
     tracer, provider = build_tracer(TracingConfig("router"))
     span = tracer.start_span("router.forward", context=extract_context(CALLER_METADATA))
 
     downstream = trace.get_current_span(extract_context(_metadata_from(span))).get_span_context()
 
-    assert downstream.trace_id == CALLER_TRACE_ID
-    # It recorded nothing, and says so: the next service does not sample on its account.
-    assert not downstream.trace_flags.sampled
+    # Transparent to the trace: the next service's spans hang off the caller's span, sampled as it said.
+    assert (downstream.trace_id, downstream.span_id) == (CALLER_TRACE_ID, CALLER_SPAN_ID)
+    assert downstream.trace_flags.sampled
+    provider.shutdown()
+
+
+def test_a_service_that_exports_nothing_starts_no_trace_of_its_own():
+    tracer, provider = build_tracer(TracingConfig("router"))
+    span = tracer.start_span("router.generate")
+
+    assert not span.get_span_context().is_valid
+    assert _metadata_from(span) == []
     provider.shutdown()
 
 
