@@ -63,12 +63,18 @@ def decode_speed(model_dir: Path, config: DecodeSpeedConfig, int8_kernel: bool =
     """``{"b1_tok_s": ..., "b1_ms_step": ..., "b128_tok_s": ...}`` for each batch size of ``config``."""
     out: dict[str, float] = {}
     stack = None
+    calls: dict[str, int] = {}
     try:
-        with triton_int8_projections() if int8_kernel else nullcontext():
+        with triton_int8_projections(calls) if int8_kernel else nullcontext():
             stack = build_engine(config.engine_config(), model_dir)
             for batch in config.batches:
                 tok_s, ms = _timed_decode(stack.engine, batch, config, stack.model_config.vocab_size)
                 out[f"b{batch}_tok_s"], out[f"b{batch}_ms_step"] = tok_s, ms
+        if int8_kernel:
+            # Python-side calls (graph capture and eager steps): whether every decode-sized
+            # projection really went through the kernel, which a slower-than-expected figure asks.
+            out["int8_kernel_calls"] = calls.get("kernel", 0)
+            out["int8_fallback_calls"] = calls.get("fallback", 0)
     finally:
         del stack
         gc.collect()
@@ -113,11 +119,12 @@ def _sync(device: str) -> None:
 
 
 @contextmanager
-def triton_int8_projections(max_rows: int = 256) -> Iterator[None]:
+def triton_int8_projections(calls: dict[str, int] | None = None, max_rows: int = 256) -> Iterator[None]:
     """Inside: int8 QuantizedLinear layers on a GPU multiply with kernels/int8_matmul.py up to ``max_rows``.
 
     Larger inputs (prefill chunks) keep the worker's own path. The CUDA graphs captured inside keep
-    the kernel after the block ends, which is what the timing wants.
+    the kernel after the block ends, which is what the timing wants. ``calls`` counts the calls of
+    each path ("kernel", and "fallback" for int8 inputs of <= ``max_rows`` rows that did not take it).
     """
     from radixfair_worker.kernels.int8_matmul import int8_weight_matmul
 
@@ -125,7 +132,15 @@ def triton_int8_projections(max_rows: int = 256) -> Iterator[None]:
 
     def forward(self: QuantizedLinear, x: torch.Tensor) -> torch.Tensor:
         if self.scheme != "int8" or not x.is_cuda or x.dim() != 2 or x.shape[0] > max_rows:
+            if (
+                calls is not None
+                and self.scheme == "int8"
+                and x.reshape(-1, x.shape[-1]).shape[0] <= max_rows
+            ):
+                calls["fallback"] = calls.get("fallback", 0) + 1
             return original(self, x)
+        if calls is not None:
+            calls["kernel"] = calls.get("kernel", 0) + 1
         return int8_weight_matmul(x.contiguous(), self.weight, self.weight_scale)
 
     QuantizedLinear.forward = forward  # type: ignore[method-assign]
