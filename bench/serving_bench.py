@@ -1,8 +1,10 @@
 """Serving throughput and latency: the engine in-process, the worker over gRPC, and router + Redis + worker.
 
 N concurrent streaming clients (grpc.aio, one stream and one connection per client, all at once) each
-send requests back to back (enough rounds for ``--min-requests`` per cell). Two workloads, both with
-``ignore_eos`` so every request generates exactly ``--new-tokens``:
+send requests back to back (enough rounds for ``--min-requests`` per cell; with ``--cell-duration-s D``
+instead for D seconds, a closed loop whose tokens/s, requests/s and TTFT are taken over the steady
+window from every client's first token to D, so neither the ramp nor the tail counts). Two workloads,
+both with ``ignore_eos`` so every request generates exactly ``--new-tokens``:
 
 - ``unique``: random ``--prompt-len``-token prompts, nothing shared;
 - ``shared_prefix``: one ``--prefix-len``-token prefix per cell plus ``--suffix-len`` unique tokens.
@@ -429,7 +431,8 @@ class Results:
             "degraded": degraded,
         }
         self.rows.append(row)
-        self.raw[f"{path}/{workload}/{concurrency}"] = [asdict(r) for r in records]
+        if self._args.raw:  # per-request records (a timed cell's run to ~10^6 message times): only if asked
+            self.raw[f"{path}/{workload}/{concurrency}"] = [asdict(r) for r in records]
         self.write()
         print(json.dumps({k: row.get(k) for k in COLUMNS}), file=sys.stderr, flush=True)
 
