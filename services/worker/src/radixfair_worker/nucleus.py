@@ -55,6 +55,8 @@ def score_keys(scores: torch.Tensor) -> torch.Tensor:
     A non-positive float's magnitude bits order it (-0.0 and 0.0 both map to 0, as they compare
     equal); -inf maps to 0x7F800000, above every finite key.
     """
+    if scores.dtype != torch.float32:
+        raise TypeError(f"score keys are float32 bit patterns, got {scores.dtype}")
     return scores.contiguous().view(torch.int32) & 0x7FFFFFFF
 
 

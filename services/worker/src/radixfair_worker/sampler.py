@@ -172,6 +172,7 @@ def sample_rows(
     Every row's probabilities are the softmax of its own scores in vocabulary order: a row that
     neither row filter touches draws exactly what it draws in a batch where nothing filters.
     """
+    logits = logits.float()  # a no-op for fp32; top-p reads the scores' float32 bits
     temperature = table[:, _TEMPERATURE].to(torch.float32)
     temperature = torch.where(temperature > 0, temperature, torch.ones_like(temperature))
     best = logits.amax(dim=-1, keepdim=True)  # NaN anywhere in the row propagates here
