@@ -159,6 +159,22 @@ def test_the_sampler_draws_the_sort_based_samplers_tokens(data):
         assert near_step or near_boundary, (row, ids[row], expected[row])
 
 
+def test_top_p_at_the_full_vocabulary_keeps_the_sorts_tokens():
+    rows, vocab = 6, 49152
+    logits = torch.cat([logits_of(kind, 2, vocab, 2.0, 8) for kind in ("spread", "bf16_ties", "few_values")])
+    scores = tempered(logits, 0.7)
+    probs = torch.softmax(scores, dim=-1)
+    top_p = torch.tensor([0.9, 0.5, 0.9, 0.99, 0.3, 0.95], dtype=torch.float64)
+
+    keep = top_p_keep(scores, probs, top_p)
+
+    expected = top_p_keep_sorted(scores, probs, top_p)
+    ahead = mass_ahead_sorted(scores, probs)
+    differ = (keep != expected) & (probs.double() >= 2.0**-60)
+    assert ((ahead - top_p[:, None]).abs()[differ] <= vocab * 2.0**-52).all()
+    assert keep.sum() > rows  # the boundaries lie inside the vocabulary, not at its first token
+
+
 def test_top_p_one_keeps_every_token_even_when_the_softmax_sums_past_one():
     scores = tempered(torch.randn(8, 49152, generator=torch.Generator().manual_seed(4)) * 3, 1.0)
     probs = torch.softmax(scores, dim=-1)
