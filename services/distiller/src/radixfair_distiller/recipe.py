@@ -161,6 +161,9 @@ class DistillSpec:
     # Share of each offline batch drawn from teacher-written chat (the rest
     # is docstring text).
     chat_fraction: float = 0.5
+    # Share of the text rows drawn from the standard library's code (data.code_text) instead of its
+    # docstrings: more distinct text for the teacher to score, as in its own pretraining mix.
+    code_fraction: float = 0.0
     # Optimizer steps between checkpoints (crash granularity, not budget); a restarted job resumes
     # from the last one.
     checkpoint_every: int = 50
@@ -193,6 +196,7 @@ class DistillSpec:
         _require(self.weight_decay >= 0.0, "weight_decay must be >= 0")
         _require(self.grad_clip >= 0.0, "grad_clip must be >= 0 (0 disables clipping)")
         _require(0.0 <= self.chat_fraction <= 1.0, "chat_fraction must be in [0, 1]")
+        _require(0.0 <= self.code_fraction <= 1.0, "code_fraction must be in [0, 1]")
         _require(self.checkpoint_every >= 1, "checkpoint_every must be >= 1")
         if self.on_policy.fraction > 0.0 and self.loss.hard_label_weight == 1.0:
             raise ValueError("on_policy needs the teacher, but loss.hard_label_weight 1.0 disables it")
@@ -233,6 +237,9 @@ class DataSpec:
     # hundred) or "engine" (the worker's engine: continuous batching, Triton + bf16 on a GPU; for
     # tens of thousands of generated prompts). Cached separately: the two differ in rounding.
     teacher_answers: str = "generate"
+    # Also the standard library's code, each file with its docstrings cut out, as a training-only
+    # text stream (files of the train split; distill.code_fraction says how much of it is drawn).
+    code_text: bool = False
 
     def __post_init__(self) -> None:
         _require(self.seq_len >= 8, "seq_len must be >= 8")
@@ -292,6 +299,10 @@ class Recipe:
                 f"quantize: unknown scheme {scheme!r}; use {QUANTIZATION_SCHEMES}",
             )
         _require(len(set(self.quantize)) == len(self.quantize), "quantize lists a scheme twice")
+        _require(
+            self.distill is None or self.distill.code_fraction == 0.0 or self.data.code_text,
+            "distill.code_fraction > 0 draws from the code stream: set data.code_text: true",
+        )
         _require(
             self.evaluate.max_new_tokens <= self.data.response_max_new_tokens,
             "evaluate.max_new_tokens must not exceed data.response_max_new_tokens "

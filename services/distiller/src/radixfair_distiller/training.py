@@ -127,7 +127,9 @@ def distill(
             # so the samples do not depend on the number of ranks.
             batch = on_policy_batch(student, bundle, run, step)
         else:
-            batch = training_batch(bundle, run.seq_len, spec.batch_size, spec.chat_fraction, run.seed, step)
+            batch = training_batch(
+                bundle, run.seq_len, spec.batch_size, spec.chat_fraction, run.seed, step, spec.code_fraction
+            )
         # On-policy labels are the student's own samples: learning them as hard labels would
         # reinforce its mistakes, so those steps are pure distillation.
         config = loss_config if not on_policy else _without_hard_labels(loss_config)

@@ -37,8 +37,15 @@ def step_rng(seed: int, step: int, purpose: str) -> random.Random:
 
 
 def training_batch(
-    bundle: DataBundle, seq_len: int, batch_size: int, chat_fraction: float, seed: int, step: int
+    bundle: DataBundle,
+    seq_len: int,
+    batch_size: int,
+    chat_fraction: float,
+    seed: int,
+    step: int,
+    code_fraction: float = 0.0,
 ) -> TokenBatch:
+    """Chat rows, then text rows; a text row is a code window with probability ``code_fraction``."""
     rng = step_rng(seed, step, "batch")
     chat = bundle.chat[TRAIN]
     chat_rows = round(batch_size * chat_fraction) if chat else 0
@@ -50,9 +57,12 @@ def training_batch(
                 "no training data: the text split is shorter than one sequence and there is no chat"
             )
     rows = [chat_row(rng.choice(chat), seq_len, bundle.pad_token_id) for _ in range(chat_rows)]
+    code = bundle.code if bundle.code is not None and len(bundle.code) > seq_len + 1 else None
     for _ in range(batch_size - chat_rows):
-        start = rng.randrange(0, len(stream) - seq_len - 1)
-        window = stream[start : start + seq_len + 1]
+        # The draw only happens with a code stream, so batches without one are what they always were.
+        source = code if code is not None and code_fraction > 0 and rng.random() < code_fraction else stream
+        start = rng.randrange(0, len(source) - seq_len - 1)
+        window = source[start : start + seq_len + 1]
         rows.append((window[:-1], window[1:]))
     return _stack(rows)
 

@@ -21,8 +21,8 @@ from radixfair_distiller.data.chat import (
     teacher_examples,
     templated_prompts,
 )
-from radixfair_distiller.data.docstrings import docstring_documents
-from radixfair_distiller.data.splits import SPLITS, split_of
+from radixfair_distiller.data.docstrings import code_documents, docstring_documents
+from radixfair_distiller.data.splits import SPLITS, TRAIN, split_of
 from radixfair_distiller.recipe import DataSpec
 
 
@@ -35,6 +35,8 @@ class DataBundle:
     chat: dict[str, list[ChatExample]]
     eos_token_id: int
     pad_token_id: int
+    # 1-D int64 token stream of the train split's standard-library code (DataSpec.code_text), or None.
+    code: torch.Tensor | None = None
 
 
 def prepare_data(
@@ -71,7 +73,27 @@ def prepare_data(
         answer_tag,
     )
     chat = {split: [e for e in examples if e.split == split] for split in SPLITS}
-    return DataBundle(text=text, chat=chat, eos_token_id=eos, pad_token_id=eos)
+    code = _code_stream(spec, encoder, eos, cache_dir) if spec.code_text else None
+    return DataBundle(text=text, chat=chat, eos_token_id=eos, pad_token_id=eos, code=code)
+
+
+def _code_stream(spec: DataSpec, encoder: PromptEncoder, eos: int, cache_dir: Path) -> torch.Tensor:
+    """The train split's code documents (split by file) joined by end-of-sequence; cached like the text."""
+    key = json.dumps(["code", sys.version_info[:2], spec.text_max_files, encoder.vocab_size, eos])
+    cache = cache_dir / f"code-{hashlib.sha256(key.encode()).hexdigest()[:16]}.safetensors"
+    if cache.exists():
+        return load_file(str(cache))["code"]
+    ids: list[int] = []
+    for document in code_documents(spec.text_max_files):
+        if split_of(document.key) == TRAIN:
+            ids.extend(encoder.encode_text(document.text))
+            ids.append(eos)
+    stream = torch.tensor(ids, dtype=torch.int64)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    partial = cache.with_suffix(".partial")
+    save_file({"code": stream}, str(partial))
+    partial.rename(cache)
+    return stream
 
 
 def _text_streams(

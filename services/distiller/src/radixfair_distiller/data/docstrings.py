@@ -50,6 +50,43 @@ def docstring_documents(max_files: int = 0, min_chars: int = 200, root: Path | N
     return documents
 
 
+def code_documents(max_files: int = 0, root: Path | None = None) -> list[Document]:
+    """Each standard-library file's source with every docstring cut out: its code and comments.
+
+    Cutting the docstrings keeps the docstring documents (and so the held-out ones) out of this text.
+    """
+    root = root or stdlib_root()
+    documents = []
+    for path in stdlib_files(root, max_files):
+        text = without_docstrings(path)
+        if text and text.strip():
+            documents.append(Document(f"code::{path.relative_to(root)}", text))
+    return documents
+
+
+def without_docstrings(path: Path) -> str | None:
+    """The file's text without the lines of its module, class and function docstrings (None: unparsable)."""
+    try:
+        source = path.read_text(encoding="utf-8")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tree = ast.parse(source)
+    except (SyntaxError, UnicodeDecodeError, ValueError):
+        return None
+    cut: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef) and node.body:
+            first = node.body[0]
+            if (
+                isinstance(first, ast.Expr)
+                and isinstance(first.value, ast.Constant)
+                and isinstance(first.value.value, str)
+            ):
+                cut.update(range(first.lineno, (first.end_lineno or first.lineno) + 1))
+    lines = source.splitlines(keepends=True)
+    return "".join(line for number, line in enumerate(lines, start=1) if number not in cut)
+
+
 def _docstrings(path: Path) -> list[tuple[str, str]]:
     try:
         with warnings.catch_warnings():
