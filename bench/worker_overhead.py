@@ -6,6 +6,10 @@ request at a time and the targets in turn (so load drift hits all alike):
 - ``in_process``: the worker's own engine in this process, ``Engine.submit`` then ``Engine.step`` until
   the request's first token comes back (serving_bench's in-process path at one stream);
 - ``worker``: ``python -m radixfair_worker`` as deployed, ``WorkerService.Generate`` over gRPC;
+- ``worker_switch_<ms>ms`` (with ``--switch-interval-s``): the same worker with the interpreter's GIL
+  switch interval (``sys.setswitchinterval``, 5 ms by default) set lower in both its processes: how
+  long a thread with a message to pass on (the engine's batch thread, the front's reader) waits for the
+  GIL while another thread of its process keeps running Python;
 - ``worker_probed``: the same worker code with timestamp probes around the phases of the path, in the
   front (the ``--serve-worker`` mode below) and in its engine process (a probed entry point, passed as
   ``EngineClient``'s ``entry``). Probes only take timestamps; no behaviour is changed.
@@ -176,6 +180,28 @@ def serve_probed_worker(events_dir: str, worker_argv: list[str]) -> None:
         (Path(events_dir) / "front.events.json").write_text(json.dumps(probes.events))
 
 
+def engine_entry_with_switch_interval(
+    interval_s: float, spec: object, commands: object, outputs: object
+) -> None:
+    """The engine process's entry point with the GIL switch interval set first."""
+    from radixfair_worker import engine_loop
+
+    sys.setswitchinterval(interval_s)
+    engine_loop.run_engine_process(spec, commands, outputs)  # type: ignore[arg-type]
+
+
+def serve_worker_with_switch_interval(interval_s: float, worker_argv: list[str]) -> None:
+    """The ``--serve-worker-switch`` mode: ``python -m radixfair_worker``, the switch interval set in
+    both its processes (the front here, the engine process through its entry point)."""
+    from radixfair_worker import __main__ as worker_main
+    from radixfair_worker import app, engine_client
+
+    sys.setswitchinterval(interval_s)
+    entry = functools.partial(engine_entry_with_switch_interval, interval_s)
+    app.EngineClient = functools.partial(engine_client.EngineClient, entry=entry)  # type: ignore[misc]
+    worker_main.main(worker_argv)
+
+
 # ---- orchestration ----------------------------------------------------------------------------
 
 
@@ -197,7 +223,18 @@ def started_stack(args: argparse.Namespace, work: Path) -> Iterator[tuple[object
             settings, "worker-probed", work / "logs", 600.0, entry=(__file__, "--serve-worker", str(work))
         )
         running.callback(probed.stop)
-        yield engine, {"worker": worker.address, "worker_probed": probed.address}
+        targets = {"worker": worker.address}
+        if args.switch_interval_s:
+            switched = serving_bench.WorkerProcess(
+                settings,
+                "worker-switch",
+                work / "logs",
+                600.0,
+                entry=(__file__, "--serve-worker-switch", str(args.switch_interval_s)),
+            )
+            running.callback(switched.stop)
+            targets[f"worker_switch_{args.switch_interval_s * 1e3:g}ms"] = switched.address
+        yield engine, {**targets, "worker_probed": probed.address}
 
 
 def in_process_one(engine: object, spec: serving_bench.RequestSpec) -> serving_bench.RequestRecord:
@@ -430,7 +467,9 @@ NOTES = (
     "Model and device: serving_bench's `--quick` preset (tiny random Llama, CPU) unless `--serving-args` "
     "says otherwise (see the JSON's config). `in_process` is the worker's engine driven by "
     "`Engine.submit/step` in the bench process (TTFT: submit to the step that returns the first token); "
-    "`worker` is `python -m radixfair_worker` untouched; `worker_probed` the same code with timestamp "
+    "`worker` is `python -m radixfair_worker` untouched; `worker_switch_*` the same with a shorter GIL "
+    "switch interval in its front and engine processes (CPython's default is 5 ms); `worker_probed` the "
+    "same code as `worker` with timestamp "
     "probes in its front and its engine process (a few microseconds each). Phases are consecutive, so "
     "they add up to the probed worker's TTFT; 'engine steps to the first token' is the part the "
     "in-process TTFT also contains (its step count is engine_steps_to_first_token_p50). "
@@ -451,6 +490,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument("--gap-s", type=float, default=0.02, help="pause after each request")
     parser.add_argument("--torch-threads", type=int, default=1)
+    parser.add_argument(
+        "--switch-interval-s",
+        type=float,
+        default=0.0005,
+        help="also a worker whose processes run with this GIL switch interval (0: not)",
+    )
     parser.add_argument(
         "--serving-args",
         default="",
@@ -482,6 +527,8 @@ if __name__ == "__main__":
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     if len(sys.argv) > 2 and sys.argv[1] == "--serve-worker":
         serve_probed_worker(sys.argv[2], sys.argv[3:])
+    elif len(sys.argv) > 2 and sys.argv[1] == "--serve-worker-switch":
+        serve_worker_with_switch_interval(float(sys.argv[2]), sys.argv[3:])
     else:
         signal.signal(signal.SIGTERM, serving_bench._exit_on_sigterm)
         main()
