@@ -103,7 +103,8 @@ def later_calls(meta: dict) -> list[str]:
             d = c["data"]
             out.append(
                 f"Data: chat examples per split {d.get('chat_examples')}, text tokens per split "
-                f"{d.get('text_tokens')}; the teacher wrote {d.get('teacher_answer_tokens_generated', 0):,} "
+                f"{d.get('text_tokens')}, stdlib code tokens (train) {d.get('code_tokens', 0):,}; "
+                f"the teacher wrote {d.get('teacher_answer_tokens_generated', 0):,} "
                 f"answer tokens to {d.get('prompts_answered', 0):,} of {d.get('prompts_offered', 0):,} "
                 f"prompts at {d.get('engine_tokens_per_s') or 0:,.0f} tokens/s ({d.get('admission_rounds')} "
                 f"admission rounds; engine {d.get('engine', {})})."

@@ -109,10 +109,11 @@ class Settings:
     exact_match_tokens: int
     calibration_sequences: int
     shipped_prompts: int  # of the hand-written set; 0 = all 215
+    code_fraction: float  # of the text rows, drawn from the stdlib's code (0: docstrings only)
 
 
-GPU = Settings(256, 128, 128, 32768, 400, 4096, 6e-4, 6, 48, 128, 16, 64, 32, 64, 0)
-SMOKE = Settings(64, 4, 8, 40, 20, 256, 1e-3, 3, 2, 4, 2, 4, 6, 4, 8)
+GPU = Settings(256, 128, 128, 32768, 400, 4096, 6e-4, 6, 48, 128, 16, 64, 32, 64, 0, 0.0)
+SMOKE = Settings(64, 4, 8, 40, 20, 256, 1e-3, 3, 2, 4, 2, 4, 6, 4, 8, 0.0)
 
 
 @dataclass(frozen=True)
@@ -145,17 +146,20 @@ def recipe_text(
 ) -> str:
     """The distiller recipe of a row: ``radixfair distill`` on it trains the same student."""
     loss, hard, on_policy = VARIANTS[variant]
+    # Only a run that draws code names it, so the earlier rows' recipes read as they did.
+    code_share = f"  code_fraction: {s.code_fraction}\n" if s.code_fraction else ""
+    code_data = ", code_text: true" if s.code_fraction else ""
     return (
         f"name: {name}\nteacher: {teacher}\nseed: {seed}\n"
         f"prune:\n  {prune_yaml}\n  calibration_sequences: {s.calibration_sequences}\n"
         f"distill:\n  tokens: {tokens}\n  warmup_tokens: {tokens // 50}\n  batch_size: {s.batch_size}\n"
         f"  learning_rate: {s.learning_rate}\n  precision: {precision}\n  checkpoint_every: 1000000\n"
-        f"  chat_fraction: 0.5\n"
+        f"  chat_fraction: 0.5\n{code_share}"
         f"  loss: {{kind: {loss}, hard_label_weight: {hard}, chunk_tokens: {s.chunk_tokens}}}\n"
         f"  on_policy: {{fraction: {on_policy}, max_new_tokens: 32}}\n"
         f"data: {{seq_len: {s.seq_len}, text_max_files: {s.text_max_files}, "
         f"chat_prompts: {s.shipped_prompts}, generated_prompts: {prompts}, "
-        f"response_max_new_tokens: {s.response_tokens}, teacher_answers: engine}}\n"
+        f"response_max_new_tokens: {s.response_tokens}, teacher_answers: engine{code_data}}}\n"
         f"evaluate: {{text_sequences: {s.eval_text}, chat_prompts: {s.eval_chat}, "
         f"max_new_tokens: {s.exact_match_tokens}}}\n"
     )
@@ -264,6 +268,7 @@ class Run:
             generated_prompts=s.prompts,
             response_max_new_tokens=s.response_tokens,
             teacher_answers="engine",
+            code_text=s.code_fraction > 0,
         )
         stop_at = time.monotonic() + b.data_s
         # The hand-written prompts (the held-out chat of every split) are answered whatever the cap.
@@ -302,6 +307,7 @@ class Run:
         self.meta["data"] = {
             "chat_examples": {split: len(self.bundle.chat[split]) for split in SPLITS},
             "text_tokens": {split: int(self.bundle.text[split].numel()) for split in SPLITS},
+            "code_tokens": int(self.bundle.code.numel()) if self.bundle.code is not None else 0,
             "prompts_offered": len(shipped_prompts(s.shipped_prompts)) + s.prompts,
             "prompts_answered": self.prompts_answered,
             "budget_spent": answerer.budget_spent,

@@ -15,7 +15,9 @@
 #          run(command="cd .snap && bash bench/gpu_distill_session.sh 2",
 #              carry=[".gpu_model/part_01", "bench/scratch/gpu_distill"], timeout_s=600)
 #   width  (<= 480 s) the width student alone: pruning's importance scores as start, forward KL, bf16,
-#          fused chunked loss, its own token budget, all stdlib docstrings as text; writes
+#          fused chunked loss, its own token budget; text: all stdlib docstrings, and half the text rows
+#          from the stdlib's code (docstrings cut out; more distinct tokens than 60 passes over the
+#          docstrings the first call made); writes
 #          distill_results_gpu_width.* and distill_results_gpu.* (the committed page with its rows added).
 #          run(command="cd .snap && bash bench/gpu_distill_session.sh width",
 #              carry=[".gpu_model/part_01", "bench/scratch/gpu_distill"], timeout_s=480)
@@ -91,7 +93,8 @@ case "$phase" in
     # Forward KL won the first call's sweep, so no sweep; the teacher's int8 / fp8 rows are on the page.
     timeout -s TERM "$left" python3 bench/gpu_distill.py ${teacher[@]+"${teacher[@]}"} --time-budget-s "$budget" \
       --tokenizer-dir "$carry/tokenizer" --out "$OUT" --students width --sweep "" --loss forward_kl \
-      --no-teacher-quantized --text-max-files 0 --decode-s 40 --name distill_results_gpu_width \
+      --no-teacher-quantized --text-max-files 0 --code-fraction 0.5 --decode-s 40 \
+      --name distill_results_gpu_width \
       --merge-into "$page" ${EXTRA_ARGS:-} 2>&1 | filter gpu_distill_width
     ;;
   ddp)

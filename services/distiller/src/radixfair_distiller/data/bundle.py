@@ -57,6 +57,8 @@ def prepare_data(
     """
     eos = encoder.eos_token_id if encoder.eos_token_id is not None else 0
     text = _text_streams(spec, encoder, eos, cache_dir)
+    # Before the answers: a caller that caps the answering by a deadline has the text already paid for.
+    code = _code_stream(spec, encoder, eos, cache_dir) if spec.code_text else None
     prompts = shipped_prompts(spec.chat_prompts)
     if spec.generated_prompts:
         prompts += templated_prompts(spec.generated_prompts, spec.generated_prompts_seed)
@@ -73,7 +75,6 @@ def prepare_data(
         answer_tag,
     )
     chat = {split: [e for e in examples if e.split == split] for split in SPLITS}
-    code = _code_stream(spec, encoder, eos, cache_dir) if spec.code_text else None
     return DataBundle(text=text, chat=chat, eos_token_id=eos, pad_token_id=eos, code=code)
 
 
