@@ -100,7 +100,10 @@ case "$phase" in
       --merge-into "$page" ${EXTRA_ARGS:-} 2>&1 | filter gpu_distill_width
     ;;
   ddp)
-    gpus=$(nvidia-smi -L | wc -l)
+    gpus=$(nvidia-smi -L 2>/dev/null | wc -l)
+    if [ "${gpus:-0}" -lt 2 ] && [[ "${EXTRA_ARGS:-}" != *--nproc* ]]; then
+      echo "ddp: $gpus GPU(s) here; it needs two (run it on the nvidia-h200-x2 kind)" >&2; exit 2
+    fi
     timeout -s TERM "$left" python3 bench/gpu_distill_ddp.py ${teacher[@]+"${teacher[@]}"} --time-budget-s "$budget" \
       --tokenizer-dir "$carry/tokenizer" --out "$OUT" --nproc "$(( gpus < 2 ? gpus : 2 ))" \
       --merge-into "$page" ${EXTRA_ARGS:-} 2>&1 | filter gpu_distill_ddp
