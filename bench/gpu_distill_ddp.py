@@ -206,9 +206,11 @@ def launch(args: list[str], seconds: float, log: Path) -> int:
         try:
             return process.wait(timeout=max(seconds, 1.0))
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
             return -9
+        finally:  # on the cap, or this process being stopped: no rank outlives the call
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
 
 
 def compare(single: dict, ranks: dict) -> dict:
@@ -244,6 +246,12 @@ def main() -> None:
         worker(Path(args.work_dir), args.worker, args.stop_at_unix)
         return
     started = time.monotonic()
+
+    def terminated(signum: int, frame: object) -> None:
+        # The session's backstop timeout: leave through the phases' finally (the page is written there).
+        raise SystemExit(f"terminated by signal {signum}")
+
+    signal.signal(signal.SIGTERM, terminated)
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     page = Page(
