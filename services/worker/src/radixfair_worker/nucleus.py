@@ -105,11 +105,11 @@ def _next_digit(
     """
     rows, buckets = key.shape[0], 1 << width
     # The digit relative to the range: < 0 below it, >= buckets above; clamped onto two spare slots.
-    digit = (key >> shift) - (boundary << width)
-    slot = (
-        digit.clamp_(-1, buckets)
-        + torch.arange(1, rows * (buckets + 2), buckets + 2, device=key.device)[:, None]
-    )
+    # The first round's range is every key (31 bits: the top digit is all of key >> shift).
+    digit = key >> shift
+    if shift + width < 31:
+        digit = (digit - (boundary << width)).clamp_(-1, buckets)
+    slot = digit + torch.arange(1, rows * (buckets + 2), buckets + 2, device=key.device)[:, None]
     histogram = torch.zeros(rows * (buckets + 2), dtype=torch.int64, device=key.device)
     histogram.scatter_add_(0, slot.view(-1), mass.view(-1))
     histogram = histogram.view(rows, buckets + 2)[:, 1 : buckets + 1]
