@@ -128,3 +128,64 @@ def test_reference_counts_and_allocation_stay_consistent(ops):
         free = list(allocator._free)
         assert len(free) == len(set(free)) and not set(free) & set(tree_pages + held)
         assert allocator.num_free + len(set(tree_pages + held)) == allocator.num_pages
+
+
+def unlocked_leaves(cache: RadixCache) -> list:
+    return [n for n in cache._iter_nodes() if n.is_leaf and n.lock_count == 0]
+
+
+@settings(max_examples=80, deadline=None)
+@given(operations)
+def test_each_eviction_takes_the_least_recently_used_unlocked_leaf(ops):
+    """The eviction heap (lazy, kept across calls) picks what a scan of the whole tree would pick."""
+    cache = cache_with(num_pages=48)
+    allocator = cache.allocator
+    holders: list[tuple[object, list[int]]] = []
+    for op, tokens, amount in ops:
+        tokens = tokens[: len(tokens) - len(tokens) % PAGE]
+        if op == "insert" and tokens and allocator.num_free >= len(tokens) // PAGE:
+            insert_fresh(cache, tokens)
+        elif op == "hold":  # also touches the path: its last access moves
+            match = cache.match_prefix(tokens)
+            cache.lock(match.node)
+            allocator.incref(match.pages)
+            holders.append((match.node, match.pages))
+        elif op == "release" and holders:
+            node, pages = holders.pop(amount % len(holders))
+            cache.unlock(node)
+            allocator.decref(pages)
+        elif op == "evict":
+            for _ in range(amount):
+                leaves = unlocked_leaves(cache)
+                oldest = min((n.last_access for n in leaves), default=None)
+                before = cache.cached_pages
+                freed = cache.evict(1)
+                if oldest is None:
+                    assert freed == 0
+                    continue
+                gone = [n for n in leaves if n.evicted]
+                assert len(gone) == 1 and gone[0].last_access == oldest
+                assert freed == len(gone[0].pages) == before - cache.cached_pages
+
+
+def test_eviction_work_does_not_grow_with_the_cache():
+    """A full cache is a serving worker's steady state: each page it adds comes from eviction.
+
+    The work of an eviction is bounded by the leaves it frees plus the entries made stale since
+    (touches, locks), never by the size of the tree: here 2,000 cached leaves, 300 touched, and
+    500 evictions of one page examine at most 500 + 300 heap entries, where a scan of the tree per
+    eviction examines 2,000 nodes each time.
+    """
+    leaves, touched, evictions = 2000, 300, 500
+    cache = cache_with(num_pages=leaves)
+    for i in range(leaves):
+        insert_fresh(cache, [i // 256, i % 256, 7, 7])
+    for i in range(0, 2 * touched, 2):
+        cache.match_prefix([i // 256, i % 256, 7, 7])
+    assert cache.eviction_entries_examined == 0
+    for _ in range(evictions):
+        assert cache.evict(1) == 1
+    assert cache.eviction_entries_examined <= evictions + touched
+    assert cache.cached_pages == leaves - evictions
+    # The touched leaves are the most recent: none of them went first.
+    assert all(cache.match_length([i // 256, i % 256, 7, 7]) == 4 for i in range(0, 2 * touched, 2))
