@@ -115,16 +115,17 @@ def shrink_width(
     """HF state dict and config.json dict with every layer cut to its plan (``replacements`` win)."""
     head_dim = _head_dim(config)
     out = dict(state)
+    device = next(iter(state.values())).device  # index where the weights are (a GPU teacher's too)
     for index, plan in enumerate(plans):
         prefix = f"model.layers.{index}"
-        channels = torch.tensor(plan.mlp_channels)
+        channels = torch.tensor(plan.mlp_channels, device=device)
         for name in ("gate_proj", "up_proj"):
             key = f"{prefix}.mlp.{name}.weight"
             out[key] = state[key][channels].contiguous()
         key = f"{prefix}.mlp.down_proj.weight"
         out[key] = state[key][:, channels].contiguous()
-        q_rows = _head_rows(plan.q_heads, head_dim)
-        kv_rows = _head_rows(plan.kv_groups, head_dim)
+        q_rows = _head_rows(plan.q_heads, head_dim).to(device)
+        kv_rows = _head_rows(plan.kv_groups, head_dim).to(device)
         out[f"{prefix}.self_attn.q_proj.weight"] = state[f"{prefix}.self_attn.q_proj.weight"][
             q_rows
         ].contiguous()
