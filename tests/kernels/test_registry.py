@@ -1,5 +1,7 @@
 """The kernel registry is the one list of kernels: both backends and every per-kernel file follow it."""
 
+import importlib
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,8 @@ from radixfair_worker.model.triton_backend import TritonBackend  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 KERNEL_DIR = ROOT / "services" / "worker" / "src" / "radixfair_worker" / "kernels"
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # bench/ is a package at the repository root, as in tests/bench
 # The backends' plain operations; the fused ones (step_fusion) are methods that decide per call.
 BACKEND_OPS = [k.name for k in KERNELS if hasattr(KernelBackend, k.name) and not k.step_fusion]
 
@@ -62,3 +66,14 @@ def test_the_step_fusion_kernels_are_the_fused_modules() -> None:
 def test_an_unknown_kernel_name_lists_the_known_ones() -> None:
     with pytest.raises(KeyError, match="rms_norm"):
         kernel("layer_norm")
+
+
+@pytest.mark.parametrize("module", modules())
+def test_each_kernel_benchmark_checks_compiles_and_is_timed_somewhere(module: str) -> None:
+    bench = importlib.import_module(f"bench.kernels.{module}")
+
+    assert callable(bench.check) and callable(bench.launches)
+    if hasattr(bench, "cases"):
+        assert bench.SIZES
+    else:
+        assert (ROOT / bench.TIMED_BY).is_file()
