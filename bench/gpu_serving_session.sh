@@ -25,7 +25,7 @@
 # stream, where the router's added time goes, phase by phase; OVERHEAD_TIMEOUT_S, default 240: with it,
 # BENCH_TIMEOUT_S=300 keeps the call under 600 s) and bench/worker_overhead.py (the same split for the
 # worker's own path: front, pipes, engine process, against the in-process engine; WORKER_OVERHEAD_TIMEOUT_S,
-# default 240). OVERHEAD=worker runs only the latter; BENCH=0 skips the serving bench itself.
+# default 300). OVERHEAD=worker runs only the latter; BENCH=0 skips the serving bench itself.
 # CELL_DURATION_S=10 makes every measured cell timed (serving_bench --cell-duration-s): each client
 # streams requests back to back for that long, tokens/s over the steady window (ramp and tail excluded).
 set -uo pipefail
@@ -82,7 +82,7 @@ logs=/tmp/serving_logs
   --tag "$tag" --out-dir "$OUT" --logs-dir "$logs" --cell-duration-s "${CELL_DURATION_S:-0}" ${EXTRA:-} 2>&1 | tee "$OUT/serving_bench_$tag.log" | grep -v '^{' | tail -40
 if [ "${OVERHEAD:-0}" = 1 ] || [ "${OVERHEAD:-0}" = worker ]; then
   # Where the worker's own path (front, pipes, engine process) adds to one stream's TTFT.
-  timeout -s TERM "${WORKER_OVERHEAD_TIMEOUT_S:-240}" python3 bench/worker_overhead.py --tag "${tag}_worker_overhead" \
+  timeout -s TERM "${WORKER_OVERHEAD_TIMEOUT_S:-300}" python3 bench/worker_overhead.py --tag "${tag}_worker_overhead" \
     --out-dir "$OUT" --requests 64 --prompt-len 128 --new-tokens 128 --torch-threads 0 \
     --logs-dir /tmp/worker_overhead_logs \
     --serving-args "${model[*]} --device cuda --dtype bfloat16 --backend triton" 2>&1 | tail -45
