@@ -60,6 +60,28 @@ def test_health_check_passes_on_a_serving_server(health_server: tuple[str, healt
     assert "SERVING" in result.stdout
 
 
+def test_a_plaintext_check_of_a_serving_server_runs_without_importing_grpc(
+    health_server: tuple[str, health.HealthServicer],
+) -> None:
+    # Importing grpc and radixfair is most of a check's CPU, which a busy box's containers could
+    # not afford every 10 s: the standard library's HTTP/2 request answers the common case.
+    address, servicer = health_server
+    servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    program = (
+        "import runpy, sys\n"
+        f"sys.argv = [{str(HEALTH_CHECK)!r}, {address!r}]\n"
+        "try:\n"
+        f"    runpy.run_path({str(HEALTH_CHECK)!r}, run_name='__main__')\n"
+        "except SystemExit as end:\n"
+        "    print('exit', end.code, 'grpc imported:', 'grpc' in sys.modules)\n"
+    )
+
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=30)
+
+    assert "SERVING" in result.stdout
+    assert "exit 0 grpc imported: False" in result.stdout, result.stdout + result.stderr
+
+
 def test_health_check_fails_on_a_server_that_is_not_serving(
     health_server: tuple[str, health.HealthServicer],
 ) -> None:
