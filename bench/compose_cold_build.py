@@ -121,6 +121,7 @@ def run(out_name: str, warm: bool) -> dict[str, object]:
     if not warm:
         subprocess.run(["bash", str(ENGINE_SCRIPT), "engine"], check=True, timeout=600)
         make_cold()
+    tested = versions()  # the commit the images are built from, before anyone commits meanwhile
     basetemp = Path(tempfile.mkdtemp(prefix="compose-cold-"))
     command = [
         str(REPO / ".venv" / "bin" / "pytest"),
@@ -152,7 +153,7 @@ def run(out_name: str, warm: bool) -> dict[str, object]:
         "what": f"{TEST}, {'warm' if warm else 'cold'}: where the time goes",
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{os.cpu_count()} CPU cores, {platform.node()}, shared with other sessions' work",
-        "versions": versions(),
+        "versions": tested,
         "command": f"nice -n 10 .venv/bin/python bench/compose_cold_build.py --out-name {out_name}"
         + (" --warm" if warm else ""),
         "cold": not warm,
