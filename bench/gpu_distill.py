@@ -27,6 +27,10 @@ rewritten after each phase, so a run cut short or failing late keeps what it mea
 
     # GPU (lead), see bench/gpu_distill_session.sh for the device calls:
     python3 bench/gpu_distill.py --teacher-dir /tmp/smollm2-real --time-budget-s 540
+    # A later call for one student, added to the committed page (session phase "width"):
+    python3 bench/gpu_distill.py --teacher-dir /tmp/smollm2-real --students width --sweep "" \
+        --no-teacher-quantized --text-max-files 0 --code-fraction 0.5 --name distill_results_gpu_width \
+        --merge-into bench/results/distill_results_gpu.json --time-budget-s 400
     .venv/bin/python bench/gpu_distill.py --smoke --time-budget-s 120   # CPU, tiny random teacher
 """
 
