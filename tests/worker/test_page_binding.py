@@ -82,3 +82,32 @@ def test_bound_prefixes_hold_the_requests_tokens_and_every_page_comes_back(promp
     binder.cache.evict(NUM_PAGES)
     assert allocator.num_free == NUM_PAGES
     assert all(allocator.refcount(page) == 0 for page in range(NUM_PAGES))
+
+
+def test_caching_a_decoded_page_costs_the_page_not_the_sequence():
+    """A running request caches each page as it completes. The walk that does it starts below the
+    node the request holds, so a page completed after a 4,096-token prompt compares about one page
+    of tokens, where a walk from the root compared the whole sequence every time."""
+    page, prompt_pages, decoded_pages = 16, 256, 32
+    binder = PageBinder(prompt_pages + decoded_pages + 4, page)
+    request = Request("r", "c", list(range(prompt_pages * page)), SamplingConfig(max_tokens=10_000))
+    assert binder.bind_prefix(request) == 0
+    request.num_computed_tokens = request.num_tokens
+    binder.cache_computed(request)  # the prompt's pages go into the tree
+    assert binder.cache.cached_pages == prompt_pages
+    before = binder.cache.tokens_compared
+    for step in range(decoded_pages * page):
+        if binder.missing_pages(request, request.num_tokens + 1):
+            assert binder.reserve(1)
+            binder.extend(request, 1)
+        request.output_ids.append(7 + step % 5)
+        request.num_computed_tokens = request.num_tokens
+        binder.cache_computed(request)
+    assert binder.cache.cached_pages == prompt_pages + decoded_pages
+    assert binder.cache.tokens_compared - before <= 2 * decoded_pages * page
+    # The tree holds exactly the request's tokens, page for page.
+    full = request.num_tokens - request.num_tokens % page
+    assert binder.cache.match_length(request.fill_ids[:full]) == full
+    assert binder.cache.match_prefix(request.fill_ids[:full]).pages == request.page_table[: full // page]
+    binder.release(request)
+    assert binder.allocator.num_free + binder.cache.cached_pages == binder.allocator.num_pages

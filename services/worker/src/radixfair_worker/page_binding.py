@@ -80,8 +80,16 @@ class PageBinder:
         if computed < request.num_inserted_tokens + self.page_size:
             return
         full = computed - computed % self.page_size
-        match = self.cache.insert(request.fill_ids[:full], request.page_table[: full // self.page_size])
-        for index, page in enumerate(match.pages):
+        # Only the pages completed since the last call: the tree already holds the rest, below the
+        # node this request keeps locked (walking from the root cost O(length) per completed page).
+        done = request.num_inserted_tokens
+        first_page = done // self.page_size
+        match = self.cache.insert_below(
+            request.locked_node,
+            request.token_slice(done, full),
+            request.page_table[first_page : full // self.page_size],
+        )
+        for index, page in enumerate(match.pages, start=first_page):
             if request.page_table[index] != page:
                 # Another request cached the same tokens first: use its page, free ours. The table
                 # is replaced, never edited in place: a list that changes identity only by growing

@@ -76,8 +76,9 @@ class RadixCache:
         # (last_access, tie-break, node) of eviction candidates, some stale (see the module docstring).
         self._candidates: list[tuple[int, int, RadixNode]] = []
         self._order = itertools.count()
-        # Heap entries examined by evict(): the work eviction did (a test bounds it).
+        # Work counters a test bounds: heap entries examined by evict(), tokens compared by walks.
         self.eviction_entries_examined = 0
+        self.tokens_compared = 0
 
     # -- queries ---------------------------------------------------------
 
@@ -106,9 +107,12 @@ class RadixCache:
 
     def match_prefix(self, token_ids: Sequence[int]) -> PrefixMatch:
         """The longest cached page-aligned prefix; splits an edge where the match ends inside it."""
-        node, matched, pages = self.root, 0, []
+        return self._match_below(self.root, token_ids, next(self._clock))
+
+    def _match_below(self, start: RadixNode, token_ids: Sequence[int], now: int) -> PrefixMatch:
+        """``match_prefix`` of ``token_ids`` read as continuing the prefix that ends at ``start``."""
+        node, matched, pages = start, 0, []
         usable = self._page_floor(len(token_ids))
-        now = next(self._clock)
         while matched < usable:
             child = node.children.get(self._page_key(token_ids, matched))
             if child is None:
@@ -141,9 +145,24 @@ class RadixCache:
         returned match lists them: the caller should swap its duplicate pages
         for those. The tree takes a reference on every page it newly holds.
         """
+        return self.insert_below(self.root, token_ids, pages)
+
+    def insert_below(self, start: RadixNode, token_ids: Sequence[int], pages: Sequence[int]) -> PrefixMatch:
+        """``insert`` of the prefix ending at ``start`` followed by ``token_ids``, walking only below it.
+
+        ``start`` must be in the tree (a node a caller holds locked stays in it, and a split keeps a
+        node's end where it was). The match returned covers ``token_ids`` alone. The prefix up to
+        ``start`` counts as used now, as a walk from the root would have marked it. A running request
+        caches its pages as they complete this way, at a cost in its new pages rather than its length.
+        """
         if len(token_ids) % self.page_size or len(pages) != len(token_ids) // self.page_size:
             raise ValueError("insert takes whole pages: len(pages) * page_size == len(token_ids)")
-        existing = self.match_prefix(token_ids)
+        now = next(self._clock)
+        ancestor = start
+        while ancestor is not self.root:
+            ancestor.last_access = now
+            ancestor = ancestor.parent  # type: ignore[assignment]
+        existing = self._match_below(start, token_ids, now)
         node = existing.node
         if existing.num_tokens < len(token_ids):
             start_page = existing.num_tokens // self.page_size
@@ -257,8 +276,11 @@ class RadixCache:
         return upper
 
     def _common_pages(self, edge: list[int], token_ids: Sequence[int], offset: int, usable: int) -> int:
+        limit = min(len(edge), usable - offset)  # a whole number of pages
+        self.tokens_compared += limit
+        if edge[:limit] == list(token_ids[offset : offset + limit]):  # the common case, in one compare
+            return limit // self.page_size
         pages = 0
-        limit = min(len(edge), usable - offset)
         p = self.page_size
         while pages * p < limit and edge[pages * p : (pages + 1) * p] == list(
             token_ids[offset + pages * p : offset + (pages + 1) * p]
