@@ -41,7 +41,7 @@ from radixfair_worker.kernels.registry import modules  # noqa: E402
 TARGET = GPUTarget("cuda", 90, 32)
 BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
 _DTYPES = {torch.bfloat16: "bf16", torch.float32: "fp32", torch.float16: "fp16", torch.int32: "i32"}
-_DTYPES[torch.int64] = "i64"
+_DTYPES.update({torch.int64: "i64", torch.int8: "i8"})
 
 
 @dataclass
