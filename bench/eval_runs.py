@@ -44,12 +44,15 @@ LOCAL_FOR_ROUTING = {
     "d2lpm": "dlpm",
     "cache_aware_sglang": "lpm",
     "d2lpm_reset": "dlpm_reset",
+    "d2lpm_cap": "dlpm_cap",
     "d2lpm_gated": "dlpm",
 }
 # Local policy labels that are a policy with other SchedulerConfig settings: DLPM that forgives
 # an idle client's debt (idle_deficit "reset") instead of keeping it.
 LOCAL_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "dlpm_reset": ("dlpm", {"idle_deficit": "reset"}),
+    # The rule before "lift" became the default (2026-11-29): a returning client keeps its debt, capped.
+    "dlpm_cap": ("dlpm", {"idle_deficit": "cap"}),
 }
 # Routing labels that are a router policy with other PolicyConfig settings. Our cache_aware
 # defaults to balance thresholds 8 / 1.5; the SGLang router ships 64 / 1.5 (cache threshold
@@ -60,6 +63,7 @@ ROUTING_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
         {"balance_abs_threshold": 64, "balance_rel_threshold": 1.5, "cache_threshold": 0.3},
     ),
     "d2lpm_reset": ("d2lpm", {}),
+    "d2lpm_cap": ("d2lpm", {}),
     # D2LPM with late binding: the gate lets as many requests per worker into flight as a worker
     # runs at once (engine_config's 32), so batches stay full and the gate decides who fills a freed
     # slot. The router's default (4, global VTC's) would cap each worker at 4 running requests.
