@@ -37,6 +37,10 @@ class PromptEncoder:
 
     def __init__(self, model_dir: Path) -> None:
         self._tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        # Special tokens: decode skips them, so they add no text.
+        self.silent_token_ids = frozenset(
+            i for i, token in self._tokenizer.get_added_tokens_decoder().items() if token.special
+        )
         config = json.loads((model_dir / "tokenizer_config.json").read_text())
         template_file = model_dir / "chat_template.jinja"
         template_text = template_file.read_text() if template_file.exists() else config.get("chat_template")
@@ -97,12 +101,24 @@ class IncrementalDetokenizer:
     def __init__(self, encoder: PromptEncoder) -> None:
         self._tokenizer = encoder._tokenizer
         self._stream = DecodeStream(skip_special_tokens=True)
+        # Ids that decode to nothing (special tokens, ids past the vocabulary) never reach the stream:
+        # DecodeStream keeps re-decoding a window that yields no text, so a run of them would cost
+        # quadratically in its length (a model repeating EOS under ignore_eos).
+        self._silent = encoder.silent_token_ids
+        self._vocab_size = encoder.vocab_size
         self.text = ""
 
     def push(self, token_ids: list[int]) -> str:
         pieces = []
-        step, tokenizer = self._stream.step, self._tokenizer
+        step, tokenizer, silent, vocab_size = (
+            self._stream.step,
+            self._tokenizer,
+            self._silent,
+            self._vocab_size,
+        )
         for token_id in token_ids:
+            if token_id in silent or not 0 <= token_id < vocab_size:
+                continue
             piece = step(tokenizer, token_id)
             if piece:
                 pieces.append(piece)
