@@ -117,7 +117,7 @@ class IncrementalDetokenizer:
             self._vocab_size,
         )
         for token_id in token_ids:
-            if token_id in silent or not 0 <= token_id < vocab_size:
+            if token_id in silent or token_id >= vocab_size:  # a negative id still fails in step
                 continue
             piece = step(tokenizer, token_id)
             if piece:
