@@ -14,7 +14,6 @@ Writes ``bench/results/detokenize_cost_<tag>.{json,md}``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ import numpy as np
 from tokenizers.decoders import DecodeStream
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.report import RESULTS_DIR, environment, markdown_table, regenerating_command  # noqa: E402
+from bench.report import RESULTS_DIR, write_results  # noqa: E402
 from radixfair.tokenization import PromptEncoder  # noqa: E402
 from radixfair_worker.model_store import PACKAGED_MODEL, resolve_model_dir  # noqa: E402
 
@@ -69,31 +68,17 @@ def main() -> Path:
     for name, ids in cases.items():
         costs, same = per_token_us(ids, encoder)
         rows += [{"ids": name, "decoder": k, "us_per_token": v, "same_text": same} for k, v in costs.items()]
-    payload = {"command": regenerating_command(), "environment": environment(("tokenizers",)), "rows": rows}
-    out = Path(args.out_dir) / f"detokenize_cost_{args.tag}.json"
-    out.write_text(json.dumps(payload, indent=1) + "\n")
-    env = payload["environment"]
-    md = out.with_suffix(".md")
-    md.write_text(
-        "\n".join(
-            [
-                f"# detokenize_cost_{args.tag}",
-                "",
-                f"{env['date']} · {env['machine']['processor']} ({env['machine']['cpus']} cpus, load "
-                f"{tuple(round(x, 2) for x in env['machine']['load_average'])}) · Python {env['python']} · "
-                + ", ".join(f"{k} {v}" for k, v in env["versions"].items())
-                + f" · commit {env['git_commit']}",
-                "",
-                f"`{payload['command']}`",
-                "",
-                markdown_table(rows, ["ids", "decoder", "us_per_token", "same_text"]),
-                "",
-                f"{args.tokens} ids pushed one at a time, as the front pushes a stream's tokens; median of 5 "
-                "rounds; same_text: both decoders' whole texts were equal in every round. On a shared "
-                "machine the absolute figures move with its load; the rows of a case run back to back.",
-                "",
-            ]
-        )
+    md = write_results(
+        f"detokenize_cost_{args.tag}",
+        rows,
+        ["ids", "decoder", "us_per_token", "same_text"],
+        {},
+        (
+            f"{args.tokens} ids pushed one at a time, as the front pushes a stream's tokens; median of 5 "
+            "rounds; same_text: both decoders' whole texts were equal in every round. On a shared "
+            "machine the absolute figures move with its load; the rows of a case run back to back."
+        ),
+        results_dir=Path(args.out_dir),
     )
     print(md.read_text())
     return md

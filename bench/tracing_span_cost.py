@@ -14,7 +14,6 @@ Writes ``bench/results/tracing_span_cost_<tag>.{json,md}``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.report import RESULTS_DIR, environment, markdown_table, regenerating_command  # noqa: E402
+from bench.report import RESULTS_DIR, write_results  # noqa: E402
 from radixfair.tracing import TracingConfig, build_tracer, extract_context, inject_metadata  # noqa: E402
 
 CALLER = [("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")]
@@ -65,36 +64,18 @@ def main() -> Path:
     for name, tracer in tracers.items():
         rows.append({"tracer": name, "us_per_span": span_us(tracer, args.spans)})
         exported.clear()
-    payload = {
-        "command": regenerating_command(),
-        "environment": environment(("opentelemetry-sdk",)),
-        "rows": rows,
-    }
-    out = Path(args.out_dir) / f"tracing_span_cost_{args.tag}.json"
-    out.write_text(json.dumps(payload, indent=1) + "\n")
-    env = payload["environment"]
-    md = out.with_suffix(".md")
-    md.write_text(
-        "\n".join(
-            [
-                f"# tracing_span_cost_{args.tag}",
-                "",
-                f"{env['date']} · {env['machine']['processor']} ({env['machine']['cpus']} cpus, load "
-                f"{tuple(round(x, 2) for x in env['machine']['load_average'])}) · Python {env['python']} · "
-                + ", ".join(f"{k} {v}" for k, v in env["versions"].items())
-                + f" · commit {env['git_commit']}",
-                "",
-                f"`{payload['command']}`",
-                "",
-                markdown_table(rows, ["tracer", "us_per_span"]),
-                "",
-                "One span as the router makes one on its TTFT path (remote parent, 8 attributes, current "
-                "while the trace context is injected, ended); median of 5 rounds of "
-                f"{args.spans} spans. On a shared machine the absolute figures move with its load; "
-                "the rows are measured back to back.",
-                "",
-            ]
-        )
+    md = write_results(
+        f"tracing_span_cost_{args.tag}",
+        rows,
+        ["tracer", "us_per_span"],
+        {},
+        (
+            "One span as the router makes one on its TTFT path (remote parent, 8 attributes, current "
+            "while the trace context is injected, ended); median of 5 rounds of "
+            f"{args.spans} spans. On a shared machine the absolute figures move with its load; "
+            "the rows are measured back to back."
+        ),
+        results_dir=Path(args.out_dir),
     )
     print(md.read_text())
     return md
