@@ -2,17 +2,38 @@
 
 The engine owns the waiting queue, the radix cache and memory; a policy only
 decides *which* waiting requests to admit next and keeps whatever fairness
-state it needs. A new policy is one new module implementing this protocol,
-registered in ``scheduler.registry``.
+state it needs, which it reports through ``fairness_state``. A new policy is
+one new module implementing this protocol, with the constructor
+``(config: SchedulerConfig, clock: Clock)``, and one line in
+``scheduler.registry`` (notes/extension_points.md).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from radixfair_worker.request import Request
 from radixfair_worker.scheduler.waiting_tree import CacheNode
+
+# Seconds on the clock request arrival times come from (time.monotonic, or a simulator's virtual clock).
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True)
+class FairnessState:
+    """What a policy's fairness rule holds per client, as the worker publishes it (load reports, metrics).
+
+    Empty for a policy that keeps none: FCFS and LPM order requests and hold no per-client state.
+    """
+
+    # DLPM's deficit q_i per client, in weighted tokens.
+    deficits: dict[str, float] = field(default_factory=dict)
+    # VTC's virtual counter per client (weight-normalised service).
+    virtual_counters: dict[str, float] = field(default_factory=dict)
+    # Deficit refills so far: many refills per admission mean the quantum is small for the load.
+    refills: int = 0
 
 
 class PrefixMatcher(Protocol):
@@ -58,6 +79,11 @@ class AdmissionBudget(Protocol):
 
 
 class SchedulingPolicy(Protocol):
+    """One local scheduling rule; built by ``scheduler.registry.build_policy`` as ``cls(config, clock)``.
+
+    ``clock`` is the one request arrival times come from; only policies that weigh waiting time read it.
+    """
+
     name: str
 
     def on_arrival(self, request: Request) -> None:
@@ -80,4 +106,8 @@ class SchedulingPolicy(Protocol):
 
     def client_service(self) -> dict[str, float]:
         """Weighted tokens of service each client has received so far."""
+        ...
+
+    def fairness_state(self) -> FairnessState:
+        """This policy's per-client fairness state now (a copy: the caller may keep it)."""
         ...

@@ -86,11 +86,12 @@ meanwhile changes. tests/worker/test_scheduler_dlpm_wait.py checks (d).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator, Sequence
 
 from radixfair_worker.config import SchedulerConfig
 from radixfair_worker.request import Request, RequestStatus
-from radixfair_worker.scheduler.base import AdmissionBudget, PrefixMatcher
+from radixfair_worker.scheduler.base import AdmissionBudget, Clock, FairnessState, PrefixMatcher
 from radixfair_worker.scheduler.client_activity import ClientActivity
 from radixfair_worker.scheduler.deficit_ledger import DeficitLedger
 from radixfair_worker.scheduler.overtake_limit import OvertakeLimit
@@ -103,7 +104,7 @@ class DLPMPolicy:
 
     name = "dlpm"
 
-    def __init__(self, config: SchedulerConfig) -> None:
+    def __init__(self, config: SchedulerConfig, clock: Clock = time.monotonic) -> None:
         self._meter = ServiceMeter(config)
         self._activity = ClientActivity()
         self._ledger = DeficitLedger(config.quantum, idle_rule=config.idle_deficit)
@@ -121,6 +122,9 @@ class DLPMPolicy:
 
     def deficits(self) -> dict[str, float]:
         return self._ledger.deficits()
+
+    def fairness_state(self) -> FairnessState:
+        return FairnessState(deficits=self.deficits(), refills=self.refill_count)
 
     def on_arrival(self, request: Request) -> None:
         client = request.client_id
