@@ -178,13 +178,14 @@ class EngineLoop:
             self._digest = engine.cache.digest(DIGEST_LIMIT)
             self._digest_time = now
         policy = engine.policy
+        fairness = policy.fairness_state()
         return PublishedState(
             snapshot=engine.load_snapshot(),
             digest=self._digest,
             client_service=policy.client_service(),
-            deficits=policy.deficits() if hasattr(policy, "deficits") else {},
-            virtual_counters=policy.counters() if hasattr(policy, "counters") else {},
-            refills=getattr(policy, "refill_count", 0),
+            deficits=fairness.deficits,
+            virtual_counters=fairness.virtual_counters,
+            refills=fairness.refills,
         )
 
     # -- the pipe threads ------------------------------------------------------

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 
 from radixfair_worker.config import SchedulerConfig
 from radixfair_worker.request import Request
-from radixfair_worker.scheduler.base import PrefixMatcher
+from radixfair_worker.scheduler.base import Clock, PrefixMatcher
 from radixfair_worker.scheduler.ordered import OrderedPolicy
 from radixfair_worker.scheduler.queue_order import PrefixMatchQueue
 
@@ -23,8 +24,8 @@ class LPMPolicy(OrderedPolicy):
     name = "lpm"
     defers_to_shared_prefix = True
 
-    def __init__(self, config: SchedulerConfig) -> None:
-        super().__init__(config)
+    def __init__(self, config: SchedulerConfig, clock: Clock = time.monotonic) -> None:
+        super().__init__(config, clock)
         self._queue = PrefixMatchQueue()
 
     def order(self, waiting: Sequence[Request], cache: PrefixMatcher) -> Iterator[Request]:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from radixfair_worker.config import SchedulerConfig
 from radixfair_worker.request import Request
-from radixfair_worker.scheduler.base import PrefixMatcher
+from radixfair_worker.scheduler.base import Clock, PrefixMatcher
 from radixfair_worker.scheduler.ordered import OrderedPolicy
 from radixfair_worker.scheduler.queue_order import PrefixMatchQueue
 
@@ -25,10 +25,9 @@ class LPMAgingPolicy(OrderedPolicy):
     name = "lpm_aging"
     defers_to_shared_prefix = True
 
-    def __init__(self, config: SchedulerConfig, clock: Callable[[], float] = time.monotonic) -> None:
-        super().__init__(config)
+    def __init__(self, config: SchedulerConfig, clock: Clock = time.monotonic) -> None:
+        super().__init__(config, clock)
         self._rate = config.lpm_aging_rate
-        self._clock = clock
         self._queue = PrefixMatchQueue()
 
     def order(self, waiting: Sequence[Request], cache: PrefixMatcher) -> list[Request]:

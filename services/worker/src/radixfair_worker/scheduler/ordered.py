@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 
 from radixfair_worker.config import SchedulerConfig
 from radixfair_worker.request import Request
-from radixfair_worker.scheduler.base import AdmissionBudget, PrefixMatcher
+from radixfair_worker.scheduler.base import AdmissionBudget, Clock, FairnessState, PrefixMatcher
 from radixfair_worker.scheduler.service_meter import ServiceMeter
 
 
@@ -17,7 +18,8 @@ class OrderedPolicy:
     that still fits) keeps the order a strict priority: otherwise a long
     prompt could be overtaken forever by short ones. It also spares the
     engine admission attempts that would evict cache pages for nothing.
-    Subclasses supply ``order``; they keep no fairness state.
+    Subclasses supply ``order``; they keep no fairness state. ``clock`` is
+    kept as ``self._clock`` for an order that weighs waiting time.
     """
 
     name = "ordered"
@@ -25,8 +27,9 @@ class OrderedPolicy:
     # (scheduler.in_batch_prefix). Prefix-ordering subclasses set it; FCFS keeps strict arrival order.
     defers_to_shared_prefix = False
 
-    def __init__(self, config: SchedulerConfig) -> None:
+    def __init__(self, config: SchedulerConfig, clock: Clock = time.monotonic) -> None:
         self._meter = ServiceMeter(config)
+        self._clock = clock
 
     def order(self, waiting: Sequence[Request], cache: PrefixMatcher) -> Iterable[Request]:
         raise NotImplementedError
@@ -59,3 +62,6 @@ class OrderedPolicy:
 
     def client_service(self) -> dict[str, float]:
         return self._meter.client_service()
+
+    def fairness_state(self) -> FairnessState:
+        return FairnessState()

@@ -1,4 +1,12 @@
-"""Builds the configured local scheduling policy by name."""
+"""The registry of local scheduling policies: every name a worker accepts, and the class it builds.
+
+Everything that lists local policies reads ``POLICIES`` (or ``names()``): ``build_policy`` here,
+the evaluation scripts (bench/eval_runs.py), and ``tests/worker/test_scheduler_registry.py``,
+which holds the config comments and the CLI help to the same names. Every class is built the same
+way, ``cls(config, clock)``: ``config`` is the worker's ``SchedulerConfig`` (one flat section, so a
+deployment switches policies by name alone), ``clock`` the one request arrival times come from.
+A new policy is its module, its test and one entry here (notes/extension_points.md).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +15,7 @@ from collections.abc import Callable
 
 from radixfair.config_loading import unknown_choice
 from radixfair_worker.config import SchedulerConfig
-from radixfair_worker.scheduler.base import SchedulingPolicy
+from radixfair_worker.scheduler.base import Clock, SchedulingPolicy
 from radixfair_worker.scheduler.dlpm import DLPMPolicy
 from radixfair_worker.scheduler.fcfs import FCFSPolicy
 from radixfair_worker.scheduler.lpm import LPMPolicy
@@ -15,16 +23,20 @@ from radixfair_worker.scheduler.lpm_aging import LPMAgingPolicy
 from radixfair_worker.scheduler.service_meter import validate_scheduler_config
 from radixfair_worker.scheduler.vtc import VTCPolicy
 
-POLICIES: dict[str, Callable[[SchedulerConfig], SchedulingPolicy]] = {
-    "fcfs": FCFSPolicy,
-    "lpm": LPMPolicy,
-    "lpm_aging": LPMAgingPolicy,
-    "vtc": VTCPolicy,
-    "dlpm": DLPMPolicy,
+PolicyFactory = Callable[[SchedulerConfig, Clock], SchedulingPolicy]
+
+# Name -> class, in the order help texts and evaluations list them. The name is the class's own.
+POLICIES: dict[str, PolicyFactory] = {
+    cls.name: cls for cls in (FCFSPolicy, LPMPolicy, LPMAgingPolicy, VTCPolicy, DLPMPolicy)
 }
 
 
-def build_policy(config: SchedulerConfig, clock: Callable[[], float] = time.monotonic) -> SchedulingPolicy:
+def names() -> tuple[str, ...]:
+    """Every local policy name, in registry order."""
+    return tuple(POLICIES)
+
+
+def build_policy(config: SchedulerConfig, clock: Clock = time.monotonic) -> SchedulingPolicy:
     """A fresh policy for ``config.policy``; ValueError for an unknown name or bad parameters.
 
     ``clock`` is the one request arrival times come from (a simulator passes its virtual clock);
@@ -34,6 +46,4 @@ def build_policy(config: SchedulerConfig, clock: Callable[[], float] = time.mono
     if factory is None:
         raise ValueError(unknown_choice("scheduling policy", config.policy, POLICIES))
     validate_scheduler_config(config)
-    if factory is LPMAgingPolicy:
-        return LPMAgingPolicy(config, clock=clock)
-    return factory(config)
+    return factory(config, clock)

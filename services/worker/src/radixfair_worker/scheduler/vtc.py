@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 from radixfair_worker.config import SchedulerConfig
 from radixfair_worker.request import Request
-from radixfair_worker.scheduler.base import AdmissionBudget, PrefixMatcher
+from radixfair_worker.scheduler.base import AdmissionBudget, Clock, FairnessState, PrefixMatcher
 from radixfair_worker.scheduler.client_activity import ClientActivity
 from radixfair_worker.scheduler.queue_order import arrival_order
 from radixfair_worker.scheduler.service_meter import ServiceMeter
@@ -28,7 +29,7 @@ class VTCPolicy:
 
     name = "vtc"
 
-    def __init__(self, config: SchedulerConfig) -> None:
+    def __init__(self, config: SchedulerConfig, clock: Clock = time.monotonic) -> None:
         self._meter = ServiceMeter(config)
         self._activity = ClientActivity()
         self._counters: dict[str, float] = {}
@@ -79,6 +80,9 @@ class VTCPolicy:
 
     def client_service(self) -> dict[str, float]:
         return self._meter.client_service()
+
+    def fairness_state(self) -> FairnessState:
+        return FairnessState(virtual_counters=self.counters())
 
     def _counter(self, client: str) -> float:
         return self._counters.get(client, self._last_served_counter)
