@@ -13,8 +13,8 @@ never suspend, so they are driven to completion synchronously here.
 Load is the router's count of its requests in flight on each worker
 (queued plus running), the same measure the router keeps per endpoint.
 
-A policy that gates admission (``gates_admission``: global VTC, D2LPM with
-late binding) holds requests back in the router's ``VtcAdmissionGate`` (at most
+A policy with an admission gate (its ``admission_gate`` hook: global VTC, D2LPM
+with late binding) holds requests back in the router's ``VtcAdmissionGate`` (at most
 ``vtc_slots_per_worker`` per worker in flight, freed slots going to the
 lowest VTC counter). The gate is asyncio code, so the simulator runs it on
 an event loop of its own: a held request is a task waiting in the real gate,
@@ -72,17 +72,15 @@ class SimRouter:
         self.reasons: dict[str, int] = {}
         # Most requests in flight on all workers at once (the gate's limit shows here).
         self.max_inflight = 0
-        self.gate: VtcAdmissionGate | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._done: dict[str, asyncio.Event] = {}
         # Requests of each client dispatched and not yet finished, and the most at once (F_i of the
         # late-binding bound, docs/cluster-fairness.md).
         self.client_inflight: dict[str, int] = {}
         self.max_client_inflight: dict[str, int] = {}
-        slots = policy.vtc_slots_per_worker
-        if self.policy.gates_admission and slots > 0:
+        self.gate: VtcAdmissionGate | None = self.policy.admission_gate(lambda: len(self.worker_ids))
+        if self.gate is not None:
             self._loop = asyncio.new_event_loop()
-            self.gate = VtcAdmissionGate(self.ledger, lambda: slots * len(self.worker_ids))
 
     # -- the admission gate (global VTC) -------------------------------------
 

@@ -11,8 +11,6 @@ from radixfair.metrics import MetricsConfig
 from radixfair.tls import TlsConfig
 from radixfair.tracing import TracingConfig
 
-POLICIES = ("round_robin", "least_load", "cache_aware", "global_vtc", "d2lpm", "d2lpm_gated")
-
 
 @dataclass(frozen=True)
 class CostConfig:
@@ -26,7 +24,13 @@ class CostConfig:
 
 @dataclass(frozen=True)
 class PolicyConfig:
-    # One of POLICIES.
+    """The routing policy by name (policies/registry.py) and its parameters; checks its own values.
+
+    The name is checked by RouterConfig and build_policy, which read the registry: the policies
+    import this module, so it cannot import them.
+    """
+
+    # One of the names in policies/registry.py.
     name: str = "d2lpm"
     # D2LPM quantum Q per (client, worker), in weighted tokens of service.
     quantum: float = 4096.0
@@ -54,6 +58,12 @@ class PolicyConfig:
     # deployment that trades a bounded over-charge on a crash for one Redis round trip less on
     # the first token sets it (16 covers a typical first message and its top-ups).
     output_book_ahead_tokens: int = 0
+
+    def __post_init__(self) -> None:
+        if self.quantum <= 0:
+            raise ValueError("policy.quantum must be positive")
+        if self.output_book_ahead_tokens < 0:
+            raise ValueError("policy.output_book_ahead_tokens must be 0 or more")
 
 
 @dataclass(frozen=True)
@@ -180,6 +190,9 @@ class RouterConfig:
         return self.registry.unhealthy_after_failures * self.registry.health_check_timeout_s
 
     def __post_init__(self) -> None:
+        # Imported here: the policies import this module (see PolicyConfig).
+        from radixfair_router.policies.registry import POLICIES
+
         if self.policy.name not in POLICIES:
             raise ValueError(unknown_choice("routing policy", self.policy.name, POLICIES))
         if self.ledger.store not in ("redis", "memory"):
@@ -191,7 +204,3 @@ class RouterConfig:
                 "forward.unhealthy_stream_silence_s must be positive (unset, it is "
                 "registry.unhealthy_after_failures x registry.health_check_timeout_s)"
             )
-        if self.policy.quantum <= 0:
-            raise ValueError("policy.quantum must be positive")
-        if self.policy.output_book_ahead_tokens < 0:
-            raise ValueError("policy.output_book_ahead_tokens must be 0 or more")

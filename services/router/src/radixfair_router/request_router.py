@@ -137,10 +137,8 @@ class RequestRouter:
         self._relay_calls: dict[grpc.aio.Channel, _RelayCall] = {}
         self.core = DispatchCore(policy, cache_view, ledger, config.costs, self._dispatched)
         metrics.degraded_transitions.set_function(lambda: ledger.degraded_transitions)
-        self._gate: VtcAdmissionGate | None = None
-        slots = config.policy.vtc_slots_per_worker
-        if policy.gates_admission and slots > 0:
-            self._gate = VtcAdmissionGate(ledger, lambda: slots * len(registry.healthy()))
+        self._gate: VtcAdmissionGate | None = policy.admission_gate(lambda: len(registry.healthy()))
+        if self._gate is not None:
             metrics.queue_depth_router.set_function(lambda: self._gate.waiting if self._gate else 0)
 
     @property

@@ -5,18 +5,30 @@ estimated prefix match, approximate cache size) and returns a decision.
 Every policy admits the request into the ledger, so per-client service,
 VTC counters and D2LPM deficits stay complete whichever policy runs, and a
 deployment can switch policies without losing fairness state.
+
+A policy owns its whole behaviour: where a request goes (``route``), the
+ledger rule its admission runs (``ledger_rule``), and whether requests wait
+in an admission gate before it places them (``admission_gate``); the router
+and the simulator ask it, never its name. Every policy is built the same way,
+``cls(config, costs, ledger)``, from ``policies.registry``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
-from typing import NamedTuple, Protocol
+from typing import ClassVar, Literal, NamedTuple, Protocol
 
-from radixfair_router.config import CostConfig
+from radixfair_router.admission_gate import VtcAdmissionGate
+from radixfair_router.config import CostConfig, PolicyConfig
 from radixfair_router.ledger import Ledger
 from radixfair_router.ledger_state import AdmitCandidate
+
+# The rules the ledger's admission runs (ledger_state.py and the Lua script in ledger_scripts.py):
+# "fixed" books the request on the worker the policy chose; "d2lpm" refills the client's
+# per-worker deficits and takes the first eligible candidate with credit (or the fallback).
+LedgerRule = Literal["fixed", "d2lpm"]
 
 
 class WorkerState(NamedTuple):
@@ -58,14 +70,47 @@ class RoutingDecision:
 
 class RoutingPolicy(Protocol):
     name: str
-    # The router holds requests in its admission gate (admission_gate.py) and releases each freed
-    # slot to the lowest VTC counter before the policy places it (global_vtc, d2lpm_gated). The
-    # router and the simulator both create the gate from this flag.
-    gates_admission: bool
+    # How the ledger admits this policy's requests (see LedgerRule).
+    ledger_rule: LedgerRule
+    # The worker scheduling policy this routing policy is meant to run over, and is evaluated with
+    # (bench/eval_runs.py): a name in the worker's scheduler registry.
+    local_policy: str
 
     async def route(self, request: RoutingRequest, workers: Sequence[WorkerState]) -> RoutingDecision:
         """Picks one of ``workers`` (never empty) and admits the request into the ledger."""
         ...
+
+    def admission_gate(self, healthy_workers: Callable[[], int]) -> VtcAdmissionGate | None:
+        """The gate requests wait in before ``route`` (the router and the simulator create it from
+        this), or None to route each request at once. ``healthy_workers`` counts the workers now."""
+        ...
+
+
+class PolicyBase:
+    """What routing policies share: the one constructor, no admission gate, the "fixed" ledger rule."""
+
+    name: ClassVar[str]
+    local_policy: ClassVar[str]
+    ledger_rule: ClassVar[LedgerRule] = "fixed"
+
+    def __init__(self, config: PolicyConfig, costs: CostConfig, ledger: Ledger) -> None:
+        self._config = config
+        self._costs = costs
+        self._ledger = ledger
+
+    def admission_gate(self, healthy_workers: Callable[[], int]) -> VtcAdmissionGate | None:
+        return None
+
+
+def vtc_admission_gate(
+    config: PolicyConfig, ledger: Ledger, healthy_workers: Callable[[], int]
+) -> VtcAdmissionGate | None:
+    """The VTC gate (admission_gate.py): ``vtc_slots_per_worker`` requests in flight per healthy
+    worker, each freed slot to the lowest counter; None when the slots are 0 (the gate is off)."""
+    slots = config.vtc_slots_per_worker
+    if slots <= 0:
+        return None
+    return VtcAdmissionGate(ledger, lambda: slots * healthy_workers())
 
 
 def input_cost(prompt_tokens: int, prefix_match: int, costs: CostConfig) -> float:

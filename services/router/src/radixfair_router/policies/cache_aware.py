@@ -15,9 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from radixfair_router.config import CostConfig, PolicyConfig
-from radixfair_router.ledger import Ledger
 from radixfair_router.policies.base import (
+    PolicyBase,
     RoutingDecision,
     RoutingRequest,
     WorkerState,
@@ -27,14 +26,9 @@ from radixfair_router.policies.base import (
 )
 
 
-class CacheAwarePolicy:
+class CacheAwarePolicy(PolicyBase):
     name = "cache_aware"
-    gates_admission = False
-
-    def __init__(self, ledger: Ledger, costs: CostConfig, config: PolicyConfig) -> None:
-        self._ledger = ledger
-        self._costs = costs
-        self._config = config
+    local_policy = "lpm"
 
     def choose(self, request: RoutingRequest, workers: Sequence[WorkerState]) -> tuple[WorkerState, str]:
         cfg = self._config

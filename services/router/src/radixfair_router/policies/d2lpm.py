@@ -55,10 +55,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from radixfair_router.config import CostConfig, PolicyConfig
-from radixfair_router.ledger import Ledger
 from radixfair_router.ledger_state import AdmitCandidate
 from radixfair_router.policies.base import (
+    PolicyBase,
     RoutingDecision,
     RoutingRequest,
     WorkerState,
@@ -67,14 +66,11 @@ from radixfair_router.policies.base import (
 )
 
 
-class D2lpmPolicy:
+class D2lpmPolicy(PolicyBase):
     name = "d2lpm"
-    gates_admission = False
-
-    def __init__(self, ledger: Ledger, costs: CostConfig, config: PolicyConfig) -> None:
-        self._ledger = ledger
-        self._costs = costs
-        self._config = config
+    local_policy = "dlpm"
+    # Steps 1-3 above run in the ledger's admission (one Lua script with Redis).
+    ledger_rule = "d2lpm"
 
     def rank(self, request: RoutingRequest, workers: Sequence[WorkerState]) -> list[AdmitCandidate]:
         """Candidates in match order (ties: lower load, then id), each marked eligible (load under
@@ -117,7 +113,9 @@ class D2lpmPolicy:
     async def route(self, request: RoutingRequest, workers: Sequence[WorkerState]) -> RoutingDecision:
         ranked = self.rank(request, workers)
         fallback = least_loaded(workers).worker_id
-        admission = await self._ledger.admit(request.client_id, request.weight, "d2lpm", ranked, fallback)
+        admission = await self._ledger.admit(
+            request.client_id, request.weight, self.ledger_rule, ranked, fallback
+        )
         match = next(w.prefix_match for w in workers if w.worker_id == admission.worker_id)
         if admission.by_fallback:
             reason = "least_load"

@@ -24,11 +24,17 @@ order has less to choose from, and every request takes the gate's hop.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from radixfair_router.admission_gate import VtcAdmissionGate
+from radixfair_router.policies.base import vtc_admission_gate
 from radixfair_router.policies.d2lpm import D2lpmPolicy
 
 
 class D2lpmGatedPolicy(D2lpmPolicy):
-    """D2LPM's placement behind the router's VTC gate; the flag makes the router create the gate."""
+    """D2LPM's placement behind the router's VTC gate, which this policy's admission hook creates."""
 
     name = "d2lpm_gated"
-    gates_admission = True
+
+    def admission_gate(self, healthy_workers: Callable[[], int]) -> VtcAdmissionGate | None:
+        return vtc_admission_gate(self._config, self._ledger, healthy_workers)

@@ -12,6 +12,10 @@ off (0 slots) it dispatches at once and the counters only record service.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from radixfair_router.admission_gate import VtcAdmissionGate
+from radixfair_router.policies.base import vtc_admission_gate
 from radixfair_router.policies.least_load import LeastLoadPolicy
 
 
@@ -19,4 +23,7 @@ class GlobalVtcPolicy(LeastLoadPolicy):
     """Least-load placement; the VTC order lives in the ledger's counters and the admission gate."""
 
     name = "global_vtc"
-    gates_admission = True
+    local_policy = "vtc"
+
+    def admission_gate(self, healthy_workers: Callable[[], int]) -> VtcAdmissionGate | None:
+        return vtc_admission_gate(self._config, self._ledger, healthy_workers)

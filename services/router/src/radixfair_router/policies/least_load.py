@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from radixfair_router.config import CostConfig
-from radixfair_router.ledger import Ledger
 from radixfair_router.policies.base import (
+    PolicyBase,
     RoutingDecision,
     RoutingRequest,
     WorkerState,
@@ -15,13 +14,9 @@ from radixfair_router.policies.base import (
 )
 
 
-class LeastLoadPolicy:
+class LeastLoadPolicy(PolicyBase):
     name = "least_load"
-    gates_admission = False
-
-    def __init__(self, ledger: Ledger, costs: CostConfig) -> None:
-        self._ledger = ledger
-        self._costs = costs
+    local_policy = "lpm"
 
     async def route(self, request: RoutingRequest, workers: Sequence[WorkerState]) -> RoutingDecision:
         worker = least_loaded(workers)

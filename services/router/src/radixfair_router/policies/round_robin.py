@@ -4,18 +4,23 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from radixfair_router.config import CostConfig
+from radixfair_router.config import CostConfig, PolicyConfig
 from radixfair_router.ledger import Ledger
-from radixfair_router.policies.base import RoutingDecision, RoutingRequest, WorkerState, admit_fixed
+from radixfair_router.policies.base import (
+    PolicyBase,
+    RoutingDecision,
+    RoutingRequest,
+    WorkerState,
+    admit_fixed,
+)
 
 
-class RoundRobinPolicy:
+class RoundRobinPolicy(PolicyBase):
     name = "round_robin"
-    gates_admission = False
+    local_policy = "lpm"
 
-    def __init__(self, ledger: Ledger, costs: CostConfig) -> None:
-        self._ledger = ledger
-        self._costs = costs
+    def __init__(self, config: PolicyConfig, costs: CostConfig, ledger: Ledger) -> None:
+        super().__init__(config, costs, ledger)
         self._turn = 0
 
     async def route(self, request: RoutingRequest, workers: Sequence[WorkerState]) -> RoutingDecision:
