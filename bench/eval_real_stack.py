@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.eval_runs import LOCAL_FOR_ROUTING, TRACES, cost_model, run  # noqa: E402
+from bench.eval_runs import LOCAL_FOR_ROUTING, ROUTING_POLICIES, TRACES, cost_model, run  # noqa: E402
 from bench.report import write_results  # noqa: E402
 from bench.workloads import build_pattern, generate_trace, load_trace, prompt_token_ids, save_trace  # noqa: E402
 from bench.workloads.trace import Trace, TraceRequest  # noqa: E402
@@ -110,9 +110,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--workers", nargs="*", type=int, default=[2])
-    parser.add_argument(
-        "--policies", nargs="*", default=["round_robin", "least_load", "cache_aware", "global_vtc", "d2lpm"]
-    )
+    parser.add_argument("--policies", nargs="*", default=list(ROUTING_POLICIES))
     parser.add_argument("--cost", default="cpu", help="cost model of the simulated comparison")
     args = parser.parse_args()
     if not TRACE.exists():

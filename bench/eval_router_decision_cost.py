@@ -39,7 +39,7 @@ from radixfair_router.config import ApproxTreeConfig, CostConfig, LedgerConfig, 
 from radixfair_router.gc_tuning import tune_for_routing  # noqa: E402
 from radixfair_router.ledger import Ledger  # noqa: E402
 from radixfair_router.ledger_state import Charge  # noqa: E402
-from radixfair_router.policies import RoutingRequest, WorkerState, build_policy  # noqa: E402
+from radixfair_router.policies import RoutingRequest, WorkerState, build_policy, registry  # noqa: E402
 
 PAGE = 16
 DIGEST_LIMIT = 4096
@@ -160,7 +160,7 @@ def main() -> None:
     parser.add_argument("--decisions", type=int, default=5000)
     parser.add_argument("--redis-decisions", type=int, default=3000)
     parser.add_argument("--stores", nargs="*", default=["memory", "redis"])
-    parser.add_argument("--policies", nargs="*", default=["d2lpm", "cache_aware", "global_vtc"])
+    parser.add_argument("--policies", nargs="*", default=list(registry.names()), choices=registry.names())
     args = parser.parse_args()
     rows = asyncio.run(run(args))
     columns = [

@@ -26,27 +26,16 @@ from bench.workloads import generate_trace, load_trace, save_trace  # noqa: E402
 from bench.workloads.generate import WorkloadSpec  # noqa: E402
 from bench.workloads.trace import Trace  # noqa: E402
 from radixfair_router.config import PolicyConfig  # noqa: E402
+from radixfair_router.policies import registry as routing_registry  # noqa: E402
 from radixfair_worker.config import EngineConfig, SchedulerConfig  # noqa: E402
+from radixfair_worker.scheduler import registry as scheduler_registry  # noqa: E402
 
 # Saved traces are regenerated from their spec and seed on first use; git ignores them.
 TRACES = RESULTS_DIR / "eval_traces"
 # Record fields too bulky for the committed summary: they go to bench/results/raw/ (see report.py).
 RAW_RECORD_KEYS = ("service_series",)
-LOCAL_POLICIES = ("fcfs", "lpm", "lpm_aging", "vtc", "dlpm")
-ROUTING_POLICIES = ("round_robin", "least_load", "cache_aware", "global_vtc", "d2lpm")
-# The local scheduler each routing baseline runs with: SGLang-style workers (LPM) behind the
-# cache-blind and cache-aware routers, VTC behind global VTC, DLPM behind D2LPM.
-LOCAL_FOR_ROUTING = {
-    "round_robin": "lpm",
-    "least_load": "lpm",
-    "cache_aware": "lpm",
-    "global_vtc": "vtc",
-    "d2lpm": "dlpm",
-    "cache_aware_sglang": "lpm",
-    "d2lpm_reset": "dlpm_reset",
-    "d2lpm_cap": "dlpm_cap",
-    "d2lpm_gated": "dlpm",
-}
+# Every registered local policy (scheduler/registry.py), in registry order.
+LOCAL_POLICIES = scheduler_registry.names()
 # Local policy labels that are a policy with other SchedulerConfig settings: DLPM that forgives
 # an idle client's debt (idle_deficit "reset") instead of keeping it.
 LOCAL_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -68,6 +57,21 @@ ROUTING_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     # runs at once (engine_config's 32), so batches stay full and the gate decides who fills a freed
     # slot. The router's default (4, global VTC's) would cap each worker at 4 running requests.
     "d2lpm_gated": ("d2lpm_gated", {"vtc_slots_per_worker": 32}),
+}
+# The routing baselines: every registered router policy (policies/registry.py) at its defaults, in
+# registry order; a policy whose evaluation needs other settings runs under its ROUTING_VARIANTS label.
+ROUTING_POLICIES = tuple(name for name in routing_registry.names() if name not in ROUTING_VARIANTS)
+# Variants whose workers run a local variant rather than the policy's own local_policy.
+_VARIANT_LOCAL = {"d2lpm_reset": "dlpm_reset", "d2lpm_cap": "dlpm_cap"}
+# The local scheduler each routing label runs with: the policy's own pairing (local_policy:
+# SGLang-style workers (LPM) behind the cache-blind and cache-aware routers, VTC behind global VTC,
+# DLPM behind D2LPM), or its variant's.
+LOCAL_FOR_ROUTING: dict[str, str] = {
+    **{name: cls.local_policy for name, cls in routing_registry.POLICIES.items()},
+    **{
+        label: _VARIANT_LOCAL.get(label, routing_registry.POLICIES[name].local_policy)
+        for label, (name, _) in ROUTING_VARIANTS.items()
+    },
 }
 
 
