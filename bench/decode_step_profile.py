@@ -23,7 +23,12 @@ import triton.testing
 from torch.profiler import ProfilerActivity, profile
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "services" / "worker" / "src"), str(ROOT / "common" / "src"), str(ROOT)]
+sys.path[:0] = [
+    str(ROOT / "services" / "worker" / "src"),
+    str(ROOT / "model_format" / "src"),
+    str(ROOT / "common" / "src"),
+    str(ROOT),
+]
 
 from bench.model_greedy import PAGE_SIZE, SMOLLM2_135M, _batch  # noqa: E402
 from bench.report import environment, markdown_table  # noqa: E402

@@ -24,7 +24,7 @@ from tokenizers.decoders import DecodeStream
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.report import RESULTS_DIR, write_results  # noqa: E402
 from radixfair.tokenization import PromptEncoder  # noqa: E402
-from radixfair_worker.model_store import PACKAGED_MODEL, resolve_model_dir  # noqa: E402
+from radixfair_model_format.model_store import PACKAGED_MODEL, resolve_model_dir  # noqa: E402
 
 
 def per_token_us(ids: list[int], encoder: PromptEncoder) -> tuple[dict[str, float], bool]:

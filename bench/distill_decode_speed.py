@@ -2,7 +2,7 @@
 
 The engine is assembled by ``radixfair_worker.engine_builder.build_engine`` (the worker's start-up
 path): Triton kernels, bf16 and CUDA graphs on a GPU; the torch backend in fp32 on a CPU. A quantized
-directory (int8 / fp8, see radixfair_worker.model.quantized_linear) runs quantized. ``batch``
+directory (int8 / fp8, see radixfair_model_format.quantized_checkpoint) runs quantized. ``batch``
 requests of random ``prompt_len``-token prompts are prefilled, then the decode steps that produce
 ``new_tokens`` tokens each are timed (greedy, end-of-sequence ignored, so every request decodes the
 same number of tokens). Decode speed depends on the model's shape and format, not on its weights,

@@ -25,7 +25,7 @@ from radixfair_distiller.losses.divergence import token_divergence
 from radixfair_distiller.model_dir import llama_config_dict, llama_from_state, llama_state
 from radixfair_distiller.recipe import DistillSpec
 from radixfair_distiller.training import JobCancelledError, StepReport, TrainingHooks, TrainingRun, distill
-from radixfair_worker.model.quantized_linear import dequantize_weight, is_quantizable, quantize_weight
+from radixfair_model_format.quantized_checkpoint import dequantize_weight, is_quantizable, quantize_weight
 
 
 class Deadline:
@@ -45,7 +45,7 @@ class Deadline:
 def convert_gguf(gguf: Path, target: Path) -> Path:
     """The teacher's model directory: ``gguf`` converted once by the worker's model store."""
     if not (target / "model.safetensors").exists():
-        from radixfair_worker import model_store
+        from radixfair_model_format import model_store
 
         model_store.convert_gguf(gguf, target)
     return target

@@ -260,7 +260,7 @@ async def main_async(args) -> None:
 
     from radixfair_distiller.config import DistillerConfig
     from radixfair_distiller.runner import JobRunner
-    from radixfair_worker.model_store import resolve_model_dir
+    from radixfair_model_format.model_store import resolve_model_dir
 
     torch.set_num_threads(args.threads)
     budget = BUDGETS[args.budget]

@@ -20,9 +20,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.report import markdown_table, write_results  # noqa: E402
+from radixfair_model_format.model_store import PACKAGED_MODEL, resolve_model_dir  # noqa: E402
 from radixfair_worker.config import EngineConfig, SchedulerConfig  # noqa: E402
 from radixfair_worker.engine_builder import build_engine  # noqa: E402
-from radixfair_worker.model_store import PACKAGED_MODEL, resolve_model_dir  # noqa: E402
 from radixfair_worker.request import Request, SamplingConfig  # noqa: E402
 
 PROMPT_TOKENS = 96

@@ -9,7 +9,8 @@ zero the device idles between steps and host time is the step time.
 
 On the GPU (random SmolLM2-135M weights, bf16, Triton, CUDA graphs, overlap on)::
 
-    PYTHONPATH=common/src:services/worker/src python3 bench/engine_step_anatomy.py --batches 1 128
+    PYTHONPATH=common/src:model_format/src:services/worker/src \\
+        python3 bench/engine_step_anatomy.py --batches 1 128
 
 Run it from an older commit's tree (the same file copied there) to compare versions in one call.
 On the CPU, ``--null-runner`` replaces the model with one that returns fixed logits at once, so

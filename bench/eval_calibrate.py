@@ -16,7 +16,7 @@ SmolLM2-135M's architecture (bf16, Triton kernels, CUDA graphs): step time
 depends on shapes, not on weight values.
 
     .venv/bin/python bench/eval_calibrate.py --device cpu
-    PYTHONPATH=common/src:services/worker/src python3 bench/eval_calibrate.py --device cuda
+    PYTHONPATH=common/src:model_format/src:services/worker/src python3 bench/eval_calibrate.py --device cuda
 
 Writes bench/results/eval_cost_model_<device>.json (the fitted model) and
 bench/results/eval_calibration_<device>.{json,md} (errors and raw samples).
@@ -43,13 +43,13 @@ from bench.simulator.timed_runner import ShapeRecordingRunner  # noqa: E402
 from bench.smollm2_shape import SMOLLM2_135M_HF_CONFIG  # noqa: E402
 from bench.workloads import build_pattern, generate_trace, load_trace, prompt_token_ids, save_trace  # noqa: E402
 from bench.workloads.trace import Trace  # noqa: E402
+from radixfair_model_format.model_store import PACKAGED_MODEL, resolve_model_dir  # noqa: E402
 from radixfair_worker.config import EngineConfig, SchedulerConfig  # noqa: E402
 from radixfair_worker.engine import Engine  # noqa: E402
 from radixfair_worker.engine_builder import build_backend  # noqa: E402
 from radixfair_worker.model.llama import KVCache  # noqa: E402
 from radixfair_worker.model.loader import load_model  # noqa: E402
 from radixfair_worker.model_runner import ModelRunner  # noqa: E402
-from radixfair_worker.model_store import PACKAGED_MODEL, resolve_model_dir  # noqa: E402
 from radixfair_worker.request import Request, SamplingConfig  # noqa: E402
 from radixfair_worker.scheduler.registry import build_policy  # noqa: E402
 

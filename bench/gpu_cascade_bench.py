@@ -46,7 +46,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "services" / "worker" / "src"), str(ROOT / "common" / "src"), str(ROOT)]
+sys.path[:0] = [
+    str(ROOT / "services" / "worker" / "src"),
+    str(ROOT / "model_format" / "src"),
+    str(ROOT / "common" / "src"),
+    str(ROOT),
+]
 
 from bench.gpu_engine_bench import make_random_model  # noqa: E402
 from bench.report import markdown_table, write_results  # noqa: E402

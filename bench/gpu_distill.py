@@ -222,7 +222,7 @@ class Run:
         args = self.args
         random_weights = False
         if args.smoke:
-            from radixfair_worker.model_store import PACKAGED_MODEL, resolve_model_dir
+            from radixfair_model_format.model_store import PACKAGED_MODEL, resolve_model_dir
 
             tokenizer = resolve_model_dir(PACKAGED_MODEL, Path("~/.cache/radixfair/models").expanduser())
             teacher_dir, name = (

@@ -43,7 +43,7 @@ if [ "${1:-}" = "--prepare" ]; then
     -d "$carry/whl" opentelemetry-api==1.45.2 opentelemetry-sdk==1.45.2 \
     opentelemetry-semantic-conventions==0.66b2 importlib-metadata==10.2.0
   # The tokenizer of the random stand-in teacher (used only when the real one is missing).
-  model=$("$py" -c 'from pathlib import Path; from radixfair_worker.model_store import PACKAGED_MODEL, resolve_model_dir as r; print(r(PACKAGED_MODEL, Path("~/.cache/radixfair/models").expanduser()))')
+  model=$("$py" -c 'from pathlib import Path; from radixfair_model_format.model_store import PACKAGED_MODEL, resolve_model_dir as r; print(r(PACKAGED_MODEL, Path("~/.cache/radixfair/models").expanduser()))')
   cp "$model"/tokenizer.json "$model"/tokenizer_config.json "$model"/chat_template.jinja "$carry/tokenizer/"
   du -sh "$carry"
   exit 0
@@ -66,13 +66,13 @@ case "$phase" in
 esac
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
   "$carry"/whl/*.whl || exit 1
-export PYTHONPATH="/tmp/site:$PWD/common/src:$PWD/services/worker/src:$PWD/services/distiller/src"
+export PYTHONPATH="/tmp/site:$PWD/common/src:$PWD/model_format/src:$PWD/services/worker/src:$PWD/services/distiller/src"
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 teacher=()
 if [ ! -f "$real/model.safetensors" ] && [ -f "$model_parts/part_01" ] && [ -f /tmp/gpu_model/part_00 ]; then
   cp "$model_parts/part_01" /tmp/gpu_model/ && bash /tmp/gpu_model/gpu_model_parts.sh --join /tmp/gpu_model \
-    && python3 -c "from pathlib import Path; from radixfair_worker.model_store import convert_gguf; \
+    && python3 -c "from pathlib import Path; from radixfair_model_format.model_store import convert_gguf; \
 convert_gguf(Path('/tmp/gpu_model/SmolLM2-135M-Instruct.Q4_1.gguf'), Path('$real'))" > "$OUT/convert.log" 2>&1
   tail -c 600 "$OUT/convert.log"
 fi

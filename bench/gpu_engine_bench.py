@@ -19,7 +19,7 @@ near-ties.
    transformers ``generate`` and a plain-PyTorch decoder (torch ops, static
    KV cache, SDPA) captured in a CUDA graph.
 
-    PYTHONPATH=common/src:services/worker/src python3 bench/gpu_engine_bench.py
+    PYTHONPATH=common/src:model_format/src:services/worker/src python3 bench/gpu_engine_bench.py
 """
 
 from __future__ import annotations
@@ -40,8 +40,9 @@ from bench.plain_torch_decoder import PlainDecoder  # noqa: E402
 from bench.report import markdown_table, write_results  # noqa: E402
 from bench.smollm2_shape import SMOLLM2_135M_HF_CONFIG  # noqa: E402
 from radixfair.gc_tuning import tune_for_serving  # noqa: E402
+from radixfair_model_format.model_config import ModelConfig  # noqa: E402
 from radixfair_worker import sampler as sampler_module  # noqa: E402
-from radixfair_worker.config import EngineConfig, ModelConfig, SchedulerConfig  # noqa: E402
+from radixfair_worker.config import EngineConfig, SchedulerConfig  # noqa: E402
 from radixfair_worker.engine import Engine  # noqa: E402
 from radixfair_worker.engine_builder import build_backend  # noqa: E402
 from radixfair_worker.model.backend import KernelBackend  # noqa: E402

@@ -46,7 +46,7 @@ if [ "${1:-}" = "--prepare" ]; then
     "redis==$(version redis)"
   cp common/src/radixfair/v1/*_pb2*.py "$carry/v1/"
   tokenizer=$("$py" -c 'from pathlib import Path
-from radixfair_worker.model_store import PACKAGED_MODEL, resolve_model_dir
+from radixfair_model_format.model_store import PACKAGED_MODEL, resolve_model_dir
 print(resolve_model_dir(PACKAGED_MODEL, Path("~/.cache/radixfair/models")))')
   cp "$tokenizer"/tokenizer* "$carry/tokenizer/"
   cp "$tokenizer"/chat_template* "$tokenizer"/special_tokens* "$carry/tokenizer/" 2>/dev/null || true
@@ -62,7 +62,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
   "$carry"/whl/*.whl || exit 1
 cp "$carry"/v1/*.py common/src/radixfair/v1/
 export PATH="$PWD/$carry/bin:$PATH" PYTHONUNBUFFERED=1
-export PYTHONPATH="/tmp/site:$PWD/common/src:$PWD/services/worker/src:$PWD/services/router/src"
+export PYTHONPATH="/tmp/site:$PWD/common/src:$PWD/model_format/src:$PWD/services/worker/src:$PWD/services/router/src"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 
 tag=${TAG:-gpu_h200_random}

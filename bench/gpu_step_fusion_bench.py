@@ -19,7 +19,8 @@ SmolLM2-135M shapes, bf16, random weights. Sections, each with its own table:
 5. ``engine``: the engine (CUDA graphs, overlap) decoding at batch 1 and 128, fusions off
    against on.
 
-    PYTHONPATH=common/src:services/worker/src python3 bench/gpu_step_fusion_bench.py [--out DIR]
+    PYTHONPATH=common/src:model_format/src:services/worker/src \\
+        python3 bench/gpu_step_fusion_bench.py [--out DIR]
 
 ``--sections ops,step`` runs a subset. ``--smoke`` runs every section's code path on the CPU
 (Triton interpreter, tiny shapes, one timed call each): a check that the script works, not a
@@ -38,7 +39,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "services" / "worker" / "src"), str(ROOT / "common" / "src"), str(ROOT)]
+sys.path[:0] = [
+    str(ROOT / "services" / "worker" / "src"),
+    str(ROOT / "model_format" / "src"),
+    str(ROOT / "common" / "src"),
+    str(ROOT),
+]
 if "--smoke" in sys.argv:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
@@ -46,7 +52,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from bench.report import markdown_table, write_results  # noqa: E402
-from radixfair_worker.config import ModelConfig  # noqa: E402
+from radixfair_model_format.model_config import ModelConfig  # noqa: E402
 from radixfair_worker.kernels.accuracy import relative_error  # noqa: E402
 from radixfair_worker.kernels.interpreter_compat import index_scalars_with_item  # noqa: E402
 from radixfair_worker.kernels.norm_matmul import norm_gate_up_silu, norm_matmul  # noqa: E402

@@ -10,7 +10,7 @@ import dataclasses
 
 import torch
 
-from radixfair_worker.config import ModelConfig
+from radixfair_model_format.model_config import ModelConfig
 from radixfair_worker.model.backend import ForwardBatch, KernelBackend
 from radixfair_worker.model.llama import KVCache, LlamaModel, rope_table
 from radixfair_worker.model.torch_backend import TorchBackend

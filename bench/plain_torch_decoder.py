@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from radixfair_worker.config import ModelConfig
+from radixfair_model_format.model_config import ModelConfig
 
 
 class PlainDecoder:

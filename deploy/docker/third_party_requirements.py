@@ -23,8 +23,13 @@ from pathlib import Path
 # (pyproject directory, extras) of each component, mirroring scripts/install_service.sh.
 PACKAGES = {
     "router": (("common", ()), ("services/router", ())),
-    "worker": (("common", ()), ("services/worker", ("convert",))),
-    "distiller": (("common", ()), ("services/worker", ("convert",)), ("services/distiller", ())),
+    "worker": (("common", ()), ("model_format", ()), ("services/worker", ("convert",))),
+    "distiller": (
+        ("common", ()),
+        ("model_format", ()),
+        ("services/worker", ("convert",)),
+        ("services/distiller", ()),
+    ),
 }
 GPU_EXTRA = "gpu"
 

@@ -132,6 +132,7 @@ def test_the_manifests_stage_holds_only_what_the_dependency_layers_read() -> Non
             "scripts/install_service.sh",
             "deploy/docker/third_party_requirements.py",
             "common/pyproject.toml",
+            "model_format/pyproject.toml",
             *(f"services/{s}/pyproject.toml" for s in SERVICES),
         ]
     )
@@ -271,6 +272,7 @@ def test_build_context_holds_what_the_dockerfile_reads_and_not_the_venv() -> Non
         "scripts/install_service.sh",
         "protos",
         "common",
+        "model_format",
         "services",
         "deploy/docker/build-inputs/apply.sh",
     ]

@@ -12,11 +12,8 @@ from worker.engine_harness import greedy, make_stack, run_to_completion
 
 from radixfair_distiller.model_dir import content_hash, load_llama, weights_bytes
 from radixfair_distiller.quantize import quantize_model_dir
-from radixfair_worker.model.quantized_linear import (
-    QuantizedLinear,
-    dequantize_weight,
-    quantize_weight,
-)
+from radixfair_model_format.quantized_checkpoint import dequantize_weight, quantize_weight
+from radixfair_worker.model.quantized_linear import QuantizedLinear
 
 
 def random_matrix(rows: int = 96, cols: int = 80, seed: int = 0) -> torch.Tensor:

@@ -122,7 +122,7 @@ def test_the_shipped_example_recipes_fit_the_packaged_teacher(smollm2_dir):
     from pathlib import Path
 
     from radixfair_distiller.recipe import check_shapes
-    from radixfair_worker.config import ModelConfig
+    from radixfair_model_format.model_config import ModelConfig
 
     recipes = sorted((Path(__file__).resolve().parents[2] / "services/distiller/recipes").glob("*.yaml"))
     assert len(recipes) >= 4

@@ -39,7 +39,7 @@ TOKENIZER_FILES = (
 
 
 def real_model_dir(cache_dir: Path) -> Path:
-    from radixfair_worker.model_store import PACKAGED_MODEL, resolve_model_dir
+    from radixfair_model_format.model_store import PACKAGED_MODEL, resolve_model_dir
 
     return resolve_model_dir(PACKAGED_MODEL, cache_dir)
 

@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from radixfair_worker.model.quantized_linear import CONFIG_KEY, SCALE_SUFFIX, dequantize_weight
+from radixfair_model_format.quantized_checkpoint import CONFIG_KEY, SCALE_SUFFIX, dequantize_weight
 
 TOKENIZER_FILES = (
     "tokenizer.json",

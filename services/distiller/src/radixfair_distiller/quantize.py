@@ -1,7 +1,7 @@
 """Writes a weight-only quantized copy of a model directory (int8 or fp8, per output channel).
 
-The format is the worker's (radixfair_worker.model.quantized_linear), so the
-worker loads the result with no other change.
+The format is radixfair_model_format.quantized_checkpoint, the one the worker
+reads, so the worker loads the result with no other change.
 """
 
 from __future__ import annotations
@@ -13,7 +13,12 @@ import torch
 from safetensors.torch import load_file
 
 from radixfair_distiller.model_dir import WEIGHTS_FILE, write_model_dir
-from radixfair_worker.model.quantized_linear import CONFIG_KEY, SCALE_SUFFIX, is_quantizable, quantize_weight
+from radixfair_model_format.quantized_checkpoint import (
+    CONFIG_KEY,
+    SCALE_SUFFIX,
+    is_quantizable,
+    quantize_weight,
+)
 
 
 def quantized_state(state: dict[str, torch.Tensor], scheme: str) -> dict[str, torch.Tensor]:

@@ -17,8 +17,8 @@ import yaml
 
 from radixfair.config_loading import ConfigError, build
 from radixfair.errors import InvalidRequestError
-from radixfair_worker.config import ModelConfig
-from radixfair_worker.model_store import ModelNotFoundError, resolve_model_dir
+from radixfair_model_format.model_config import ModelConfig
+from radixfair_model_format.model_store import ModelNotFoundError, resolve_model_dir
 
 LOSS_KINDS = ("forward_kl", "reverse_kl", "jsd")
 QUANTIZATION_SCHEMES = ("int8", "fp8")

@@ -24,11 +24,11 @@ from radixfair.tls import open_aio_channel, server_credentials
 from radixfair.tokenization import PromptEncoder
 from radixfair.tracing import build_tracer
 from radixfair.v1 import router_pb2, router_pb2_grpc, worker_pb2_grpc
+from radixfair_model_format.model_store import resolve_model_dir
 from radixfair_worker.caller_identity_check import CallerIdentityInterceptor
 from radixfair_worker.config import WorkerConfig
 from radixfair_worker.engine_client import EngineClient
 from radixfair_worker.engine_protocol import EngineSpec
-from radixfair_worker.model_store import resolve_model_dir
 from radixfair_worker.server import SERVICE_NAME, WorkerServicer
 from radixfair_worker.worker_metrics import WorkerMetrics
 

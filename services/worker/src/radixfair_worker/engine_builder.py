@@ -8,7 +8,8 @@ from pathlib import Path
 import torch
 
 from radixfair.tokenization import PromptEncoder
-from radixfair_worker.config import EngineConfig, ModelConfig
+from radixfair_model_format.model_config import ModelConfig
+from radixfair_worker.config import EngineConfig
 from radixfair_worker.engine import Engine
 from radixfair_worker.kernels.prefix_groups import PrefixSharingConfig
 from radixfair_worker.model.backend import KernelBackend

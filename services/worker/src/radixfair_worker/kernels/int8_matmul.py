@@ -3,8 +3,8 @@
 
 Shapes and dtypes:
   x       [M, K] bf16/fp16/fp32, last dimension contiguous (M = decode batch, 1 to a few hundred)
-  q       [N, K] int8, contiguous: the checkpoint's quantized weight (worker format, see
-          model/quantized_linear.py: symmetric, per output channel, values in [-127, 127])
+  q       [N, K] int8, contiguous: the checkpoint's quantized weight (format: see
+          radixfair_model_format.quantized_checkpoint: symmetric, per output channel, values in [-127, 127])
   scale   [N] fp32: the per-output-channel scale
   returns [M, N] in x.dtype
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from radixfair_worker.config import ModelConfig
+from radixfair_model_format.model_config import ModelConfig
 from radixfair_worker.model.backend import ForwardBatch, KernelBackend
 
 

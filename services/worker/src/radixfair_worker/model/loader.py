@@ -7,10 +7,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from radixfair_worker.config import ModelConfig
+from radixfair_model_format.model_config import ModelConfig
+from radixfair_model_format.quantized_checkpoint import read_scheme
 from radixfair_worker.model.backend import KernelBackend
 from radixfair_worker.model.llama import LlamaModel, rope_table
-from radixfair_worker.model.quantized_linear import prepare_quantized_model, read_scheme
+from radixfair_worker.model.quantized_linear import prepare_quantized_model
 
 _NORMS = ("input_layernorm", "post_attention_layernorm")
 _FUSED = {
