@@ -5,8 +5,10 @@ image included), empties the wheelhouse down to the local torch wheel (this mach
 apt cache stay, as on any kept machine), then runs tests/deploy/test_compose_stack.py once and
 reads its phases: scripts/container_engine.sh's steps (engine.log), the parallel image build, `up
 -d --build` (model-init and starting the stack), every service healthy, and the seven checks. The
-machine's load average is sampled every 10 s throughout, since this box is shared and the numbers
-mean little without it.
+machine's load average is sampled every 10 s throughout, since this box is shared and wall times
+mean little without it; each set-up phase's CPU seconds (the test's cpu.json: the engine's
+containers and build steps, its daemons, compose and the scripts) are the load-independent account
+of its work. Then the built images' layers (`docker history`).
 
 usage: nice -n 10 .venv/bin/python bench/compose_cold_build.py [--out-name NAME] [--warm]
   --warm  keeps the engine's images and cache (a second run: what a kept machine pays)
@@ -33,6 +35,15 @@ RESULTS = REPO / "bench" / "results"
 WHEELS = REPO / "deploy" / "docker" / "build-inputs" / "wheels"
 ENGINE_SCRIPT = REPO / "scripts" / "container_engine.sh"
 TEST = "tests/deploy/test_compose_stack.py"
+# The images the test builds (IMAGE_TAG=stack-test), the local base and the build inputs' image.
+IMAGES = (
+    "radixfair-local/python:3.11-bookworm",
+    "radixfair-local/build-inputs",
+    "radixfair-router:stack-test",
+    "radixfair-worker:stack-test-cpu",
+    "radixfair-distiller:stack-test-cpu",
+    "radixfair-local/redis:stack-test",
+)
 LOAD_SAMPLE_S = 10.0
 
 
@@ -105,6 +116,30 @@ def versions() -> dict[str, str]:
     }
 
 
+def layers(image: str) -> list[dict[str, object]]:
+    """The image's layers that hold bytes, base first: size in MB and the step that made it."""
+    try:
+        out = docker("history", "--no-trunc", "--format", "{{.Size}}\t{{.CreatedBy}}", image)
+    except RuntimeError:
+        return []
+    rows = []
+    for line in reversed(out.splitlines()):
+        size, _, created_by = line.partition("\t")
+        megabytes = size_mb(size)
+        if megabytes > 0:
+            step = re.sub(r"\s+", " ", created_by.replace("/bin/sh -c ", "")).strip() or "(imported)"
+            rows.append({"mb": round(megabytes, 1), "step": step[:160]})
+    return rows
+
+
+def size_mb(size: str) -> float:
+    """docker's human size ('865MB', '7.38kB', '0B', '1.2GB') in MB."""
+    match = re.fullmatch(r"([\d.]+)\s*([kMG]?B)", size.strip())
+    if match is None:
+        return 0.0
+    return float(match[1]) * {"B": 1e-6, "kB": 1e-3, "MB": 1.0, "GB": 1e3}[match[2]]
+
+
 def engine_steps(log: Path) -> dict[str, int]:
     """container_engine.sh's 'step NAME took N s' lines."""
     text = log.read_text() if log.exists() else ""
@@ -143,9 +178,11 @@ def run(out_name: str, warm: bool) -> dict[str, object]:
     run_dir = next(basetemp.glob("compose-stack*"), basetemp)
     phases_file = run_dir / "phases.json"
     phases = json.loads(phases_file.read_text()) if phases_file.exists() else {}
+    cpu_file = run_dir / "cpu.json"
+    cpu = json.loads(cpu_file.read_text()) if cpu_file.exists() else {}
     kept = RESULTS / f"{out_name}_logs"
     kept.mkdir(parents=True, exist_ok=True)
-    for name in ("engine.log", "build.log", "up.log", "phases.json"):
+    for name in ("engine.log", "build.log", "up.log", "phases.json", "cpu.json"):
         if (run_dir / name).exists():
             shutil.copy(run_dir / name, kept / name)
     (kept / "pytest.log").write_text(output[-20000:])
@@ -160,6 +197,8 @@ def run(out_name: str, warm: bool) -> dict[str, object]:
         "load_average_1min": load.summary(),
         "engine_script_steps_s": engine_steps(run_dir / "engine.log"),
         "phases_s": {name: round(seconds, 1) for name, seconds in phases.items()},
+        "phases_cpu_s": cpu,
+        "image_layers_mb": {image: layers(image) for image in IMAGES},
         "whole_test_s": round(total_s, 1),
         "tests": pytest_counts(output.strip()),
         "pytest_exit_code": result.returncode,
@@ -168,8 +207,21 @@ def run(out_name: str, warm: bool) -> dict[str, object]:
 
 def markdown(report: dict[str, object]) -> str:
     load = report["load_average_1min"]
-    rows = [f"| container_engine.sh step `{k}` | {v} |" for k, v in report["engine_script_steps_s"].items()]
-    rows += [f"| {k} | {v} |" for k, v in report["phases_s"].items()]
+    rows = [f"| container_engine.sh step `{k}` | {v} | |" for k, v in report["engine_script_steps_s"].items()]
+    cpu = report.get("phases_cpu_s", {})
+    rows += [
+        f"| {k} | {v} | {sum(cpu[k].values()):.0f} ({', '.join(f'{w} {s:.0f}' for w, s in cpu[k].items())}) |"
+        if k in cpu
+        else f"| {k} | {v} | |"
+        for k, v in report["phases_s"].items()
+    ]
+    layer_rows = [
+        f"| `{image}` | {sum(row['mb'] for row in rows_):.0f} | "
+        + "; ".join(f"{row['mb']:.0f} MB `{row['step'][:70]}`" for row in rows_ if row["mb"] >= 1)
+        + " |"
+        for image, rows_ in report.get("image_layers_mb", {}).items()
+        if rows_
+    ]
     tests = ", ".join(f"{n} {kind}" for kind, n in report["tests"].items())
     return "\n".join(
         [
@@ -180,10 +232,14 @@ def markdown(report: dict[str, object]) -> str:
             "Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()) + ".",
             f"Command: `{report['command']}`.",
             "",
-            "| phase | seconds |",
-            "|---|---:|",
+            "| phase | seconds | CPU seconds (where) |",
+            "|---|---:|---|",
             *rows,
-            f"| **whole test (set-up, 7 checks, tear-down)** | **{report['whole_test_s']}** |",
+            f"| **whole test (set-up, 7 checks, tear-down)** | **{report['whole_test_s']}** | |",
+            "",
+            "| image | MB | layers of 1 MB or more, base first |",
+            "|---|---:|---|",
+            *layer_rows,
             "",
             f"Tests: {tests} (pytest exit code {report['pytest_exit_code']}). "
             f"Logs: `bench/results/{report['out_name']}_logs/`.",

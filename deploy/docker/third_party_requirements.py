@@ -1,15 +1,25 @@
-"""Prints the third-party requirements of radixfair components, one per line, from their pyproject.toml.
+"""Prints what radixfair components install, one per line, from their pyproject.toml files.
 
-The images install these in layers of their own, before radixfair's sources are copied in, so a
-source change re-runs only radixfair's own install (scripts/install_service.sh); and
+The images install the third-party requirements in layers of their own, before radixfair's
+sources are seen, so a source change re-runs only radixfair's own install; and
 scripts/container_engine.sh fills its local wheelhouse with the same list. The pyproject files stay
-the one place that names the dependencies: radixfair's own packages are left out (the install
-script installs them from source), everything else is printed as written there.
+the one place that names the dependencies. PACKAGES below mirrors scripts/install_service.sh (which
+package directories, with which extras, each component installs; tests/deploy checks the two agree).
 
-usage: python third_party_requirements.py [--root DIR] [--variant cpu|cuda] [--build-requires] COMPONENT...
-  COMPONENT: router, worker or distiller (what scripts/install_service.sh installs for it,
-  with the worker's GGUF-conversion extra, and its gpu extra for --variant cuda);
-  --build-requires adds the packages' build-system requirements (the wheelhouse needs them).
+usage: python third_party_requirements.py [--root DIR] [--variant cpu|cuda] [--print WHAT]
+                                           [--build-requires] COMPONENT...
+  COMPONENT: common, router, worker or distiller (what scripts/install_service.sh installs for
+  it, with the worker's GGUF-conversion extra, and its gpu extra for --variant cuda);
+  --print third-party (default): the requirements that are not radixfair packages, as written;
+          build: the packages' build-system requirements;
+          own: radixfair's own packages by name, with their extras (`pip install` them from the
+               wheels the image builds once);
+          sources: the package directories under --root (what `pip wheel` builds);
+  --build-requires adds the build-system requirements to the third-party list (the wheelhouse
+  needs both).
+
+A new radixfair package (a directory with a pyproject.toml) is one more entry in PACKAGES for the
+components that install it, plus its pyproject in the Dockerfile's manifests stage.
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ from pathlib import Path
 
 # (pyproject directory, extras) of each component, mirroring scripts/install_service.sh.
 PACKAGES = {
+    "common": (("common", ()),),
     "router": (("common", ()), ("services/router", ())),
     "worker": (("common", ()), ("model_format", ()), ("services/worker", ("convert",))),
     "distiller": (
@@ -69,19 +80,48 @@ def build_requirements(root: Path, components: list[str]) -> list[str]:
     return sorted(requires)
 
 
+def own_requirements(root: Path, components: list[str], variant: str) -> list[str]:
+    """radixfair's own packages the components install, by project name with their extras."""
+    requirements: dict[str, list[str]] = {}
+    for component in components:
+        for directory, extras in PACKAGES[component]:
+            project = tomllib.loads((root / directory / "pyproject.toml").read_text())["project"]
+            chosen = list(extras)
+            if variant == "cuda" and GPU_EXTRA in project.get("optional-dependencies", {}):
+                chosen.append(GPU_EXTRA)
+            merged = requirements.setdefault(project["name"], [])
+            merged.extend(e for e in chosen if e not in merged)
+    return [f"{name}[{','.join(extras)}]" if extras else name for name, extras in requirements.items()]
+
+
+def source_directories(root: Path, components: list[str]) -> list[str]:
+    """The package directories the components install under ``root``, each once, in install order."""
+    return [
+        str(root / d) for d in dict.fromkeys(directory for c in components for directory, _ in PACKAGES[c])
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=Path(__file__).resolve().parents[2])
     parser.add_argument("--variant", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--print", dest="what", choices=("third-party", "build", "own", "sources"))
     parser.add_argument(
         "--build-requires", action="store_true", help="also print what building the packages needs"
     )
     parser.add_argument("components", nargs="+", choices=sorted(PACKAGES))
     args = parser.parse_args(argv)
-    requirements = third_party(args.root, args.components, args.variant)
-    if args.build_requires:
-        requirements += build_requirements(args.root, args.components)
-    print("\n".join(requirements))
+    if args.what == "build":
+        lines = build_requirements(args.root, args.components)
+    elif args.what == "own":
+        lines = own_requirements(args.root, args.components, args.variant)
+    elif args.what == "sources":
+        lines = source_directories(args.root, args.components)
+    else:
+        lines = third_party(args.root, args.components, args.variant)
+        if args.build_requires:
+            lines += build_requirements(args.root, args.components)
+    print("\n".join(lines))
     return 0
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import time
 import urllib.request
@@ -23,19 +24,54 @@ from deploy_support import COMPOSE_FILE, REPO
 ENGINE_SCRIPT = REPO / "scripts" / "container_engine.sh"
 STANDINS_FILE = REPO / "deploy" / "local" / "compose.standins.yml"
 BASE_IMAGE = "radixfair-local/python:3.11-bookworm"
+# The build inputs with the wheelhouse, as an image (container_engine.sh inputs-image): never sent
+# as build context.
+BUILD_INPUTS_IMAGE = "radixfair-local/build-inputs"
 # scripts/container_engine.sh exits 3 when no engine can be installed here (not root, no apt-get).
 NO_ENGINE_HERE = 3
 
 T = TypeVar("T")
+# The engine's containers and build steps, together (cgroup v1 with the cgroupfs driver, as here).
+DOCKER_CGROUP_CPU = Path("/sys/fs/cgroup/cpuacct/docker/cpuacct.usage")
+
+
+def cpu_seconds() -> dict[str, float]:
+    """CPU time used so far, by where it runs: the engine's containers and build steps (its cgroup,
+    when this machine has that file), the engine's own daemons (context transfers, layer commits),
+    and this process's finished children (compose, the docker CLI, container_engine.sh with
+    mmdebstrap). A load-independent account of a phase's work, on a machine shared with others."""
+    used: dict[str, float] = {}
+    if DOCKER_CGROUP_CPU.exists():
+        used["containers and build steps"] = int(DOCKER_CGROUP_CPU.read_text()) / 1e9
+    ticks = os.sysconf("SC_CLK_TCK")
+    daemons = 0.0
+    for name in ("dockerd", "containerd"):
+        pids = subprocess.run(["pgrep", "-x", name], capture_output=True, text=True).stdout.split()
+        for pid in pids:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            # utime and stime only: their reaped children (runc) are in the cgroup already.
+            daemons += (int(fields[11]) + int(fields[12])) / ticks
+    used["dockerd and containerd"] = daemons
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    used["compose, docker CLI, container_engine.sh"] = children.ru_utime + children.ru_stime
+    return used
+
+
+def cpu_used_since(before: dict[str, float]) -> dict[str, float]:
+    now = cpu_seconds()
+    return {key: round(now[key] - before.get(key, 0.0), 1) for key in now}
 
 
 def prepare_engine(timeout_s: float, log: Path | None = None) -> dict[str, str]:
     """Engine up, base image and build inputs ready; the environment compose must run with.
 
     ``log`` gets the script's messages (each step's time among them)."""
-    env = {"BASE_IMAGE": BASE_IMAGE, **os.environ}
+    env = {"BASE_IMAGE": BASE_IMAGE, "BUILD_INPUTS_IMAGE": BUILD_INPUTS_IMAGE, **os.environ}
     result = subprocess.run(
-        ["bash", str(ENGINE_SCRIPT), "engine", "base", "inputs", "wheels", "cli-dir"],
+        ["bash", str(ENGINE_SCRIPT), "engine", "base", "inputs", "wheels", "inputs-image", "cli-dir"],
         capture_output=True,
         text=True,
         env=env,

@@ -1,6 +1,7 @@
 """The images' Dockerfile (deploy/docker/radixfair.Dockerfile, one target per service): hadolint-clean,
-pinned, non-root, health-checked, its dependency layers built once and shared, and radixfair itself
-installed through the very script the README set-up runs (scripts/install_service.sh)."""
+pinned, non-root, health-checked, its dependency layers built once and shared, radixfair's own
+packages built into wheels once, and each image installing what scripts/install_service.sh (the
+README set-up's script) installs for its service."""
 
 from __future__ import annotations
 
@@ -19,9 +20,11 @@ from deploy_support import REPO
 DOCKER_DIR = REPO / "deploy" / "docker"
 DOCKERFILE = DOCKER_DIR / "radixfair.Dockerfile"
 REQUIREMENTS = DOCKER_DIR / "third_party_requirements.py"
+INSTALL_SCRIPT = REPO / "scripts" / "install_service.sh"
 SERVICES = ("router", "worker", "distiller")
-# The install steps see radixfair's sources only in these stages; the rest see the manifests.
-SOURCE_STAGES = set(SERVICES)
+# Only this stage sees radixfair's sources (it builds them into wheels); the rest see the manifests.
+SOURCE_STAGES = {"radixfair-wheels"}
+DEPENDENCY_STAGES = ("common-deps", "router-deps", "worker-deps")
 
 
 @dataclass(frozen=True)
@@ -103,10 +106,30 @@ def test_each_image_builds_on_the_pinned_base_through_the_shared_runtime(service
     assert all(stage.base in STAGES for stage in stages[1:])
 
 
-def test_every_stage_builds_on_the_base_the_manifests_or_an_earlier_stage() -> None:
+def test_every_stage_builds_on_the_base_scratch_or_an_earlier_stage() -> None:
     names = list(STAGES)
     for index, stage in enumerate(STAGES.values()):
-        assert stage.base in ("${PYTHON_IMAGE}", "scratch") or stage.base in names[:index], stage.name
+        # A build argument naming the base resolves, by default, to an earlier stage.
+        base = (
+            ARGS.get(stage.base.strip("${}"), stage.base) if stage.base != "${PYTHON_IMAGE}" else stage.base
+        )
+        assert base in ("${PYTHON_IMAGE}", "scratch") or base in names[:index], stage.name
+
+
+def test_the_build_inputs_come_from_the_context_unless_an_image_is_named() -> None:
+    copied = [rest for k, rest in STAGES["build-inputs-context"].instructions if k == "COPY"]
+
+    assert STAGES["build-inputs"].base == "${BUILD_INPUTS}"
+    assert ARGS["BUILD_INPUTS"] == "build-inputs-context"
+    assert copied == ["deploy/docker/build-inputs/ /build-inputs/"]
+    # Every install that reads them mounts that stage: none mounts the context's copy directly.
+    runs = [rest for stage in STAGES.values() for k, rest in stage.instructions if k == "RUN"]
+    assert not any("source=deploy/docker/build-inputs" in run for run in runs)
+    assert all(
+        "from=build-inputs,source=/build-inputs,target=/build-inputs" in run
+        for run in runs
+        if "/build-inputs/apply.sh" in run
+    )
 
 
 @pytest.mark.parametrize("service", SERVICES)
@@ -114,9 +137,9 @@ def test_no_layer_holds_radixfairs_sources_or_a_copied_venv(service: str) -> Non
     copies = instructions(service, "COPY")
 
     assert not any(rest.startswith("--from") for rest in copies)
-    assert not any(re.search(r"\b(common|services|protos)/", rest) for rest in copies), copies
-    # Only the install steps of the targets mount the sources, for the install alone.
-    for stage in chain(service):
+    assert not any(re.search(r"\b(common|services|protos|model_format)/", rest) for rest in copies), copies
+    # Only the wheel-building stage mounts the sources, for the build alone.
+    for stage in STAGES.values():
         for keyword, rest in stage.instructions:
             if keyword == "RUN" and "source=.," in rest:
                 assert stage.name in SOURCE_STAGES, stage.name
@@ -179,27 +202,71 @@ def test_entrypoint_is_the_services_console_script(service: str) -> None:
 
 
 @pytest.mark.parametrize("service", SERVICES)
-def test_install_step_is_the_setup_scripts_command_for_that_service(service: str) -> None:
+def test_the_service_installs_radixfairs_own_wheels_by_name_with_no_index(service: str) -> None:
     runs = [rest for k, rest in STAGES[service].instructions if k == "RUN"]
 
-    # The target's one install step installs the service, from the mounted sources.
+    # The target's one install step: the packages third_party_requirements.py names for the
+    # service, from the wheels built once, offline (their dependencies are in the layers below).
     assert len(runs) == 1
+    assert "from=radixfair-wheels,source=/radixfair-wheels" in runs[0]
     assert re.search(
-        rf"PYTHON=/opt/venv/bin/python .*bash /src/scripts/install_service\.sh {service}$", runs[0]
+        rf"third_party_requirements\.py --print own (--variant \S+ )?{service}\s+>/tmp/own.txt", runs[0]
     )
+    assert "pip install -q --no-cache-dir --no-index --find-links /radixfair-wheels" in runs[0]
+    assert "source=.," not in runs[0]
+
+
+def test_the_wheels_are_built_once_from_every_package_the_services_install() -> None:
+    runs = [rest for k, rest in STAGES["radixfair-wheels"].instructions if k == "RUN"]
+
+    assert STAGES["radixfair-wheels"].base == "common-deps"
+    # The build tools once, from the build inputs; then every package without isolated builds.
+    assert "--print build router worker distiller" in runs[0]
+    assert "--print sources router worker distiller" in runs[1]
+    assert "pip wheel -q --no-cache-dir --no-deps --no-build-isolation --no-index" in runs[1]
+    assert "-w /radixfair-wheels" in runs[1]
+
+
+def _install_script_directories(component: str, script: str) -> list[str]:
+    """The ./package directories scripts/install_service.sh installs for ``component``, in order."""
+    body = script[script.index(f"install_{component}() {{") :]
+    body = body[: body.index("\n}")]
+    found: list[str] = []
+    for match in re.finditer(r'"?\./([\w/]+)|\binstall_(\w+)\b', body.split("{", 1)[1]):
+        if match[1]:
+            found.append(match[1])
+        elif match[2] not in ("torch",):
+            found.extend(_install_script_directories(match[2], script))
+    return list(dict.fromkeys(found))
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_the_images_install_the_packages_the_setup_script_installs(service: str) -> None:
+    script = INSTALL_SCRIPT.read_text()
+    listed = [Path(d).as_posix() for d in _lines("--print", "sources", "--root", ".", service)]
+
+    # third_party_requirements.py's PACKAGES and install_service.sh name the same packages.
+    assert listed == _install_script_directories(service, script)
     setup = (REPO / "scripts" / "setup_env.sh").read_text()
     assert "bash scripts/install_service.sh --editable dev" in setup
-    install = (REPO / "scripts" / "install_service.sh").read_text()
-    dev = install[install.index("install_dev() {") :]
+    dev = script[script.index("install_dev() {") :]
     dev = dev[: dev.index("\n}")]
-    # dev installs every service: through the very function the image runs, or one that calls it.
+    # dev installs every service: through the very function, or one that calls it.
     assert f"install_{service}" in dev or service == "worker" and "install_distiller" in dev
+
+
+def test_the_worker_extras_match_the_setup_scripts() -> None:
+    script = INSTALL_SCRIPT.read_text()
+
+    assert 'local extras="convert"' in script and 'cuda) extras="convert,gpu"' in script
+    assert "radixfair-worker[convert]" in _lines("--print", "own", "worker")
+    assert "radixfair-worker[convert,gpu]" in _lines("--print", "own", "--variant", "cuda", "worker")
 
 
 def test_the_router_image_installs_nothing_with_torch() -> None:
     text = " ".join(rest for stage in chain("router") for _, rest in stage.instructions)
 
-    assert [s.name for s in chain("router")] == ["runtime", "router-deps", "router"]
+    assert [s.name for s in chain("router")] == ["runtime", "common-deps", "router-deps", "router"]
     assert "torch" not in text.lower() and "worker" not in text
 
 
@@ -209,22 +276,26 @@ def test_worker_image_builds_a_cpu_and_a_cuda_variant() -> None:
     assert "TORCH_VARIANT=cpu" in [rest for k, rest in STAGES["worker-deps"].instructions if k == "ARG"]
     torch = next(run for run in runs if "install_service.sh torch" in run)
     assert 'TORCH_VARIANT="${TORCH_VARIANT}"' in torch
-    assert '--variant "${TORCH_VARIANT}"' in next(run for run in runs if "third_party_requirements" in run)
-    assert 'TORCH_VARIANT="${TORCH_VARIANT}"' in runs[-1]
+    rest = next(run for run in runs if "third_party_requirements.py --variant" in run)
+    assert '--variant "${TORCH_VARIANT}" worker distiller' in rest
+    assert '--print own --variant "${TORCH_VARIANT}" worker' in runs[-1]
 
 
 def test_the_distiller_image_is_the_worker_image_plus_the_distiller() -> None:
     assert STAGES["distiller"].base == "worker"
-    assert [run for k, run in STAGES["distiller"].instructions if k == "RUN"][0].endswith(
-        "install_service.sh distiller"
+    run = [run for k, run in STAGES["distiller"].instructions if k == "RUN"][0]
+    assert '--print own --variant "${TORCH_VARIANT}" distiller' in run
+
+
+def _lines(*args: str) -> list[str]:
+    result = subprocess.run(
+        [sys.executable, str(REQUIREMENTS), *args], capture_output=True, text=True, check=True, cwd=REPO
     )
+    return result.stdout.split()
 
 
 def _requirements(*args: str) -> set[str]:
-    result = subprocess.run(
-        [sys.executable, str(REQUIREMENTS), *args], capture_output=True, text=True, check=True
-    )
-    return set(result.stdout.split())
+    return set(_lines(*args))
 
 
 def test_the_dependency_layers_install_what_the_pyprojects_name_and_no_radixfair_package() -> None:
@@ -245,6 +316,16 @@ def test_the_wheelhouse_list_adds_what_building_the_packages_needs() -> None:
     listed = _requirements("--build-requires", "router", "worker", "distiller")
 
     assert {"setuptools>=69", "grpcio-tools==1.85.1"} <= listed
+    assert _requirements("--print", "build", "router", "worker", "distiller") <= listed
+
+
+def test_the_shared_dependency_layer_is_what_every_service_needs() -> None:
+    common = _requirements("common")
+
+    for service in SERVICES:
+        assert common <= _requirements(service), service
+    assert not any(r.startswith(("torch", "redis", "transformers")) for r in common)
+    assert _lines("--print", "own", "router") == ["radixfair", "radixfair-router"]
 
 
 def _dockerignore_includes(patterns: list[str], path: str) -> bool:
@@ -296,5 +377,8 @@ def test_build_context_holds_what_the_dockerfile_reads_and_not_the_venv() -> Non
         ".git/HEAD",
         "common/src/radixfair/v1/worker_pb2.py",
         "models/x.safetensors",
+        # The wheelhouse reaches the builds as an image, never as context sent once per image.
+        "deploy/docker/build-inputs/wheels/torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl",
+        "deploy/docker/build-inputs/wheels/COMPLETE",
     ):
         assert not _dockerignore_includes(patterns, excluded), excluded
