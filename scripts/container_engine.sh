@@ -111,6 +111,14 @@ step_base() {
   # stand-ins' apt layer gets it too.
   local args=(--variant=minbase --format=tar --dpkgopt=force-unsafe-io
     --include=python3,python3-pip,python3-venv,python-is-python3,ca-certificates)
+  # Documentation, manual pages and translations are never read in a container: dpkg leaves them
+  # unpacked (less to write here and in every apt layer on top; the copyright files stay), as
+  # Debian's slim images do.
+  local path
+  for path in /usr/share/doc/ /usr/share/man/ /usr/share/info/ /usr/share/locale/; do
+    args+=("--dpkgopt=path-exclude=$path*")
+  done
+  args+=("--dpkgopt=path-include=/usr/share/doc/*/copyright")
   # Packages this machine's apt already holds (hard links, no copy) are used where their
   # checksums match the index, so a Debian bookworm host downloads only what it lacks; mmdebstrap
   # keeps files that were there before, so they are removed before the tarball is made.
