@@ -12,7 +12,6 @@ import asyncio
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,14 +20,13 @@ from typing import Any
 import grpc
 import pytest
 import yaml
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from support.certificates import CertificateAuthority, Identity
+from support.certificates import Identity, TestPki, tls_health, wait_serving_over_tls
 from support.ports import free_port
 from support.processes import ServiceProcess
 
 from radixfair.client import ClientConfig, RouterClient
 from radixfair.config_loading import ConfigError, load_config
-from radixfair.tls import TlsConfig, open_channel
+from radixfair.tls import TlsConfig
 from radixfair.v1 import router_pb2, router_pb2_grpc
 from radixfair_router.config import RouterConfig
 
@@ -41,12 +39,12 @@ WORKER_SETTINGS = {"engine.page_size": 4, "engine.num_pages": 256, "engine.max_b
 
 @dataclass(frozen=True)
 class Certificates:
-    ca: CertificateAuthority
-    server: Identity
+    pki: TestPki
+    # The router's client certificate, which the worker requires (from the same CA as the tenant's).
     router_client: Identity
-    tenant: Identity
-    stranger: Identity
-    stranger_ca: CertificateAuthority
+
+    def client_tls(self, identity: Identity | None = None) -> TlsConfig:
+        return self.pki.client_tls(identity)
 
 
 @dataclass(frozen=True)
@@ -61,17 +59,8 @@ class TlsStack:
 
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
-    root = tmp_path_factory.mktemp("certs")
-    ca = CertificateAuthority.create(root / "ca")
-    stranger_ca = CertificateAuthority.create(root / "stranger-ca", name="someone else's CA")
-    return Certificates(
-        ca=ca,
-        server=ca.issue("server", server=True),
-        router_client=ca.issue("router", server=False),
-        tenant=ca.issue("tenant", server=False),
-        stranger=stranger_ca.issue("stranger", server=False),
-        stranger_ca=stranger_ca,
-    )
+    pki = TestPki.create(tmp_path_factory.mktemp("certs"))
+    return Certificates(pki, pki.ca.issue("router", server=False))
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +75,7 @@ def stack(
     logs = tmp_path_factory.mktemp("tls-logs")
     worker_port, tls_port, mtls_port = free_port(), free_port(), free_port()
     worker_address = f"127.0.0.1:{worker_port}"
-    router_client = _client_tls(certs, certs.router_client)
+    router_client = certs.client_tls(certs.router_client)
     worker_settings = {
         "port": worker_port,
         "model": str(tiny_model_dir),
@@ -112,10 +101,10 @@ def stack(
         _spawn("radixfair_router", mtls_router, logs),
     ]
     try:
-        _wait_serving(services[0], router_client)
+        wait_serving_over_tls(services[0], router_client)
         for router in services[1:]:
-            _wait_serving(router, _client_tls(certs, certs.tenant))
-            asyncio.run(_wait_until_worker_healthy(router.address, _client_tls(certs, certs.tenant)))
+            wait_serving_over_tls(router, certs.client_tls(certs.pki.tenant))
+            asyncio.run(_wait_until_worker_healthy(router.address, certs.client_tls(certs.pki.tenant)))
         yield TlsStack(certs, *services)
     finally:
         for service in services:
@@ -123,7 +112,7 @@ def stack(
 
 
 def test_a_client_with_the_ca_streams_through_router_and_worker_over_tls(stack: TlsStack) -> None:
-    output = asyncio.run(_generate(stack.tls_router.address, _client_tls(stack.certs)))
+    output = asyncio.run(_generate(stack.tls_router.address, stack.certs.client_tls()))
 
     assert output.result is not None and output.result.worker_id == WORKER_ID
     assert output.result.usage.completion_tokens == 4 and len(output.token_ids) == 4
@@ -136,7 +125,7 @@ def test_a_plaintext_client_is_refused_by_a_tls_router(stack: TlsStack) -> None:
 
 
 def test_a_client_that_does_not_trust_the_routers_ca_is_refused(stack: TlsStack) -> None:
-    wrong_trust = TlsConfig(ca_file=str(stack.certs.stranger_ca.cert))
+    wrong_trust = TlsConfig(ca_file=str(stack.certs.pki.stranger_ca.cert))
 
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         asyncio.run(_generate(stack.tls_router.address, wrong_trust))
@@ -146,20 +135,20 @@ def test_a_client_that_does_not_trust_the_routers_ca_is_refused(stack: TlsStack)
 
 def test_mtls_router_refuses_a_client_without_a_certificate(stack: TlsStack) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as refused:
-        asyncio.run(_generate(stack.mtls_router.address, _client_tls(stack.certs)))
+        asyncio.run(_generate(stack.mtls_router.address, stack.certs.client_tls()))
 
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
 def test_mtls_router_refuses_a_certificate_another_ca_signed(stack: TlsStack) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as refused:
-        asyncio.run(_generate(stack.mtls_router.address, _client_tls(stack.certs, stack.certs.stranger)))
+        asyncio.run(_generate(stack.mtls_router.address, stack.certs.client_tls(stack.certs.pki.stranger)))
 
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
 def test_mtls_router_serves_a_client_whose_certificate_its_ca_signed(stack: TlsStack) -> None:
-    output = asyncio.run(_generate(stack.mtls_router.address, _client_tls(stack.certs, stack.certs.tenant)))
+    output = asyncio.run(_generate(stack.mtls_router.address, stack.certs.client_tls(stack.certs.pki.tenant)))
 
     assert output.result is not None and output.result.worker_id == WORKER_ID
     assert output.result.usage.completion_tokens == 4
@@ -167,7 +156,7 @@ def test_mtls_router_serves_a_client_whose_certificate_its_ca_signed(stack: TlsS
 
 def test_a_worker_registers_with_a_mutual_tls_router_over_mutual_tls(stack: TlsStack) -> None:
     # The mutual-TLS router lists no worker: this one is known only through its registration.
-    status = asyncio.run(_status(stack.mtls_router.address, _client_tls(stack.certs, stack.certs.tenant)))
+    status = asyncio.run(_status(stack.mtls_router.address, stack.certs.client_tls(stack.certs.pki.tenant)))
 
     assert [(w.worker_id, w.address, w.healthy) for w in status.workers] == [
         (WORKER_ID, stack.worker.address, True)
@@ -175,11 +164,11 @@ def test_a_worker_registers_with_a_mutual_tls_router_over_mutual_tls(stack: TlsS
 
 
 def test_the_worker_admits_only_callers_with_a_certificate_from_the_ca(stack: TlsStack) -> None:
-    without_certificate = _client_tls(stack.certs)
-    with_certificate = _client_tls(stack.certs, stack.certs.router_client)
+    without_certificate = stack.certs.client_tls()
+    with_certificate = stack.certs.client_tls(stack.certs.router_client)
 
-    assert _health(stack.worker.address, without_certificate) == "UNAVAILABLE"
-    assert _health(stack.worker.address, with_certificate) == "SERVING"
+    assert tls_health(stack.worker.address, without_certificate) == "UNAVAILABLE"
+    assert tls_health(stack.worker.address, with_certificate) == "SERVING"
 
 
 def test_cli_generates_over_mutual_tls(stack: TlsStack) -> None:
@@ -187,8 +176,9 @@ def test_cli_generates_over_mutual_tls(stack: TlsStack) -> None:
     done = subprocess.run(
         [
             sys.executable, "-m", "radixfair.cli", "generate", "--router", stack.mtls_router.address,
-            "--api-key", API_KEY, "--ca-cert", str(certs.ca.cert), "--client-cert", str(certs.tenant.cert),
-            "--client-key", str(certs.tenant.key), "--max-tokens", "3", "Hello",
+            "--api-key", API_KEY, "--ca-cert", str(certs.pki.ca.cert),
+            "--client-cert", str(certs.pki.tenant.cert), "--client-key", str(certs.pki.tenant.key),
+            "--max-tokens", "3", "Hello",
         ],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
@@ -222,7 +212,7 @@ def test_a_missing_certificate_file_is_one_start_up_line(
         "tokenizer_dir" if module == "radixfair_router" else "model": str(tiny_model_dir),
         "port": free_port(),
         "tls.cert_file": str(missing),
-        "tls.key_file": str(certs.server.key),
+        "tls.key_file": str(certs.pki.server.key),
         **({"ledger.store": "memory"} if module == "radixfair_router" else {}),
     }
 
@@ -241,8 +231,8 @@ def test_a_router_given_a_key_of_another_certificate_says_so_in_one_line(
         "tokenizer_dir": str(tiny_model_dir),
         "port": free_port(),
         "ledger.store": "memory",
-        "tls.cert_file": str(certs.server.cert),
-        "tls.key_file": str(certs.tenant.key),
+        "tls.cert_file": str(certs.pki.server.cert),
+        "tls.key_file": str(certs.pki.tenant.key),
     }
 
     done = _run_to_exit("radixfair_router", settings)
@@ -272,23 +262,17 @@ def test_incomplete_tls_settings_are_a_config_error(settings: dict[str, object],
 
 def _serving_tls(certs: Certificates, require_client_cert: bool) -> dict[str, object]:
     return {
-        "cert_file": str(certs.server.cert),
-        "key_file": str(certs.server.key),
-        "ca_file": str(certs.ca.cert) if require_client_cert else "",
+        "cert_file": str(certs.pki.server.cert),
+        "key_file": str(certs.pki.server.key),
+        "ca_file": str(certs.pki.ca.cert) if require_client_cert else "",
         "require_client_cert": require_client_cert,
     }
-
-
-def _client_tls(certs: Certificates, identity: Identity | None = None) -> TlsConfig:
-    if identity is None:
-        return TlsConfig(ca_file=str(certs.ca.cert))
-    return TlsConfig(ca_file=str(certs.ca.cert), cert_file=str(identity.cert), key_file=str(identity.key))
 
 
 def _router_settings(
     certs: Certificates, tokenizer_dir: Path, port: int, require_client_cert: bool
 ) -> dict[str, Any]:
-    router_client = _client_tls(certs, certs.router_client)
+    router_client = certs.client_tls(certs.router_client)
     return {
         "port": port,
         "tokenizer_dir": str(tokenizer_dir),
@@ -322,18 +306,6 @@ def _spawn(module: str, settings: dict[str, Any], logs: Path) -> ServiceProcess:
     return ServiceProcess(process, f"127.0.0.1:{port}", log_path)
 
 
-def _wait_serving(service: ServiceProcess, probe: TlsConfig) -> None:
-    """Until grpc.health.v1, asked over TLS with ``probe``, says SERVING."""
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if service.process.poll() is not None:
-            raise RuntimeError(f"exited with {service.process.returncode}:\n{service.log()[-4000:]}")
-        if _health(service.address, probe) == "SERVING":
-            return
-        time.sleep(0.2)
-    raise TimeoutError(f"not serving on {service.address}:\n{service.log()[-4000:]}")
-
-
 def _nested(settings: dict[str, object]) -> dict[str, object]:
     """{"engine.page_size": 4} -> {"engine": {"page_size": 4}}."""
     nested: dict[str, object] = {}
@@ -344,15 +316,6 @@ def _nested(settings: dict[str, object]) -> dict[str, object]:
             node = node.setdefault(part, {})  # type: ignore[assignment]
         node[leaf] = value
     return nested
-
-
-def _health(address: str, tls: TlsConfig) -> str:
-    with open_channel(address, tls) as channel:
-        try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2.0)
-        except grpc.RpcError as error:
-            return error.code().name
-    return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
 
 async def _status(address: str, tls: TlsConfig) -> router_pb2.GetStatusResponse:

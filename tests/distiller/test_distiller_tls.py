@@ -12,60 +12,41 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from support.certificates import CertificateAuthority, Identity
+from support.certificates import TestPki, tls_health, wait_serving_over_tls
 from support.ports import free_port
 from support.processes import ServiceProcess
 
-from radixfair.tls import TlsConfig, open_channel
+from radixfair.tls import TlsConfig
 
 TABLE_HEADER = "| model | params (M)"
 
 
 @dataclass(frozen=True)
-class Certificates:
-    ca: CertificateAuthority
-    server: Identity
-    tenant: Identity
-    stranger: Identity
-
-
-@dataclass(frozen=True)
 class Distillers:
-    certs: Certificates
+    certs: TestPki
     tls: ServiceProcess
     mtls: ServiceProcess
 
 
 @pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
-    root = tmp_path_factory.mktemp("certs")
-    ca = CertificateAuthority.create(root / "ca")
-    stranger_ca = CertificateAuthority.create(root / "stranger-ca", name="someone else's CA")
-    return Certificates(
-        ca=ca,
-        server=ca.issue("distiller", server=True),
-        tenant=ca.issue("tenant", server=False),
-        stranger=stranger_ca.issue("stranger", server=False),
-    )
+def certs(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
+    return TestPki.create(tmp_path_factory.mktemp("certs"), server_name="distiller")
 
 
 @pytest.fixture(scope="module")
-def distillers(certs: Certificates, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Distillers]:
+def distillers(certs: TestPki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Distillers]:
     root = tmp_path_factory.mktemp("distillers")
     serving = {"tls.cert_file": str(certs.server.cert), "tls.key_file": str(certs.server.key)}
     mutual = {**serving, "tls.ca_file": str(certs.ca.cert), "tls.require_client_cert": "true"}
     started = [_spawn(serving, root / "tls"), _spawn(mutual, root / "mtls")]
     try:
-        _wait_serving(started[0], _client_tls(certs))
-        _wait_serving(started[1], _client_tls(certs, certs.tenant))
+        wait_serving_over_tls(started[0], certs.client_tls())
+        wait_serving_over_tls(started[1], certs.client_tls(certs.tenant))
         yield Distillers(certs, *started)
     finally:
         for service in started:
@@ -73,11 +54,11 @@ def distillers(certs: Certificates, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 def test_a_client_with_the_ca_sees_the_distiller_serving_over_tls(distillers: Distillers) -> None:
-    assert _health(distillers.tls.address, _client_tls(distillers.certs)) == "SERVING"
+    assert tls_health(distillers.tls.address, distillers.certs.client_tls()) == "SERVING"
 
 
 def test_a_plaintext_client_is_refused_by_a_tls_distiller(distillers: Distillers) -> None:
-    assert _health(distillers.tls.address, TlsConfig()) == "UNAVAILABLE"
+    assert tls_health(distillers.tls.address, TlsConfig()) == "UNAVAILABLE"
 
 
 def test_the_distiller_cli_lists_artifacts_over_tls_with_the_ca_file(distillers: Distillers) -> None:
@@ -113,12 +94,12 @@ def test_radixfair_distill_submits_over_tls_and_gets_the_distillers_own_answer(
 
 
 def test_a_mutual_tls_distiller_refuses_a_client_without_a_certificate(distillers: Distillers) -> None:
-    assert _health(distillers.mtls.address, _client_tls(distillers.certs)) == "UNAVAILABLE"
+    assert tls_health(distillers.mtls.address, distillers.certs.client_tls()) == "UNAVAILABLE"
 
 
 def test_a_mutual_tls_distiller_refuses_a_certificate_another_ca_signed(distillers: Distillers) -> None:
     certs = distillers.certs
-    assert _health(distillers.mtls.address, _client_tls(certs, certs.stranger)) == "UNAVAILABLE"
+    assert tls_health(distillers.mtls.address, certs.client_tls(certs.stranger)) == "UNAVAILABLE"
 
 
 def test_the_distiller_cli_lists_artifacts_over_mutual_tls_with_its_certificate(
@@ -134,7 +115,7 @@ def test_the_distiller_cli_lists_artifacts_over_mutual_tls_with_its_certificate(
     assert done.stdout.startswith(TABLE_HEADER)
 
 
-def test_a_missing_certificate_file_is_one_start_up_line(certs: Certificates, tmp_path: Path) -> None:
+def test_a_missing_certificate_file_is_one_start_up_line(certs: TestPki, tmp_path: Path) -> None:
     missing = tmp_path / "absent.crt"
     settings = {"tls.cert_file": str(missing), "tls.key_file": str(certs.server.key)}
 
@@ -150,12 +131,6 @@ def test_a_missing_certificate_file_is_one_start_up_line(certs: Certificates, tm
 
 
 # ---- helpers ------------------------------------------------------------------
-
-
-def _client_tls(certs: Certificates, identity: Identity | None = None) -> TlsConfig:
-    if identity is None:
-        return TlsConfig(ca_file=str(certs.ca.cert))
-    return TlsConfig(ca_file=str(certs.ca.cert), cert_file=str(identity.cert), key_file=str(identity.key))
 
 
 def _set_args(settings: dict[str, str], work_dir: Path, port: int | None = None) -> list[str]:
@@ -175,27 +150,6 @@ def _spawn(settings: dict[str, str], work_dir: Path) -> ServiceProcess:
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     return ServiceProcess(process, f"127.0.0.1:{port}", log_path)
-
-
-def _wait_serving(service: ServiceProcess, probe: TlsConfig) -> None:
-    """Until grpc.health.v1, asked over TLS with ``probe``, says SERVING."""
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if service.process.poll() is not None:
-            raise RuntimeError(f"exited with {service.process.returncode}:\n{service.log()[-4000:]}")
-        if _health(service.address, probe) == "SERVING":
-            return
-        time.sleep(0.2)
-    raise TimeoutError(f"not serving on {service.address}:\n{service.log()[-4000:]}")
-
-
-def _health(address: str, tls: TlsConfig) -> str:
-    with open_channel(address, tls) as channel:
-        try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2.0)
-        except grpc.RpcError as error:
-            return error.code().name
-    return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
 
 def _distiller_cli(*args: str) -> subprocess.CompletedProcess[str]:

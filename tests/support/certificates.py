@@ -1,71 +1,74 @@
-"""Certificates a test makes for itself: a CA, server and client certificates signed by it (openssl CLI)."""
+"""Certificates a test makes for itself, with the product's own maker (radixfair.stack_certificates),
+and the TLS probes the TLS tests share: a test PKI of one CA and a stranger's, a grpc.health.v1 check
+over TLS, and a wait until a service answers SERVING over TLS."""
 
 from __future__ import annotations
 
-import ipaddress
-import subprocess
-from collections.abc import Sequence
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from radixfair.stack_certificates import CertificateAuthority, Identity
+from radixfair.tls import TlsConfig, open_channel
+from support.processes import ServiceProcess
+
+__all__ = ["CertificateAuthority", "Identity", "TestPki", "tls_health", "wait_serving_over_tls"]
+
 
 @dataclass(frozen=True)
-class Identity:
-    """A PEM certificate and its key."""
+class TestPki:
+    """A CA that signs a server certificate (loopback names) and a tenant's client certificate, and a
+    second CA, a stranger's, that signs another client certificate nobody here trusts."""
 
-    cert: Path
-    key: Path
+    __test__ = False  # a helper, not a test class
 
-
-@dataclass(frozen=True)
-class CertificateAuthority:
-    """A self-signed CA in ``directory``; ``issue`` signs certificates with it."""
-
-    directory: Path
-    cert: Path
-    key: Path
+    ca: CertificateAuthority
+    server: Identity
+    tenant: Identity
+    stranger: Identity
+    stranger_ca: CertificateAuthority
 
     @classmethod
-    def create(cls, directory: Path, name: str = "radixfair test CA") -> CertificateAuthority:
-        directory.mkdir(parents=True, exist_ok=True)
-        cert, key = directory / "ca.crt", directory / "ca.key"
-        _openssl(
-            "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-            "-keyout", key, "-out", cert, "-days", "2", "-subj", f"/CN={name}",
-            "-addext", "basicConstraints=critical,CA:TRUE",
-            "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-        )  # fmt: skip
-        return cls(directory, cert, key)
+    def create(cls, root: Path, server_name: str = "server") -> TestPki:
+        ca = CertificateAuthority.create(root / "ca")
+        stranger_ca = CertificateAuthority.create(root / "stranger-ca", name="someone else's CA")
+        return cls(
+            ca=ca,
+            server=ca.issue(server_name, server=True),
+            tenant=ca.issue("tenant", server=False),
+            stranger=stranger_ca.issue("stranger", server=False),
+            stranger_ca=stranger_ca,
+        )
 
-    def issue(
-        self, name: str, server: bool, names: Sequence[str] = ("127.0.0.1", "localhost"), both: bool = False
-    ) -> Identity:
-        """A leaf certificate: for a server holding ``names``, or a client; ``both`` allows either use."""
-        cert, key, request = (self.directory / f"{name}.{ext}" for ext in ("crt", "key", "csr"))
-        _openssl(
-            "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-            "-keyout", key, "-out", request, "-subj", f"/CN={name}",
-        )  # fmt: skip
-        extensions = self.directory / f"{name}.ext"
-        usage = "serverAuth,clientAuth" if both else "serverAuth" if server else "clientAuth"
-        lines = ["basicConstraints=CA:FALSE", f"extendedKeyUsage={usage}"]
-        if server or both:
-            lines.append("subjectAltName=" + ",".join(_alt_name(n) for n in names))
-        extensions.write_text("\n".join(lines) + "\n")
-        _openssl(
-            "x509", "-req", "-in", request, "-CA", self.cert, "-CAkey", self.key, "-CAcreateserial",
-            "-out", cert, "-days", "2", "-extfile", extensions,
-        )  # fmt: skip
-        return Identity(cert, key)
+    def client_tls(self, identity: Identity | None = None) -> TlsConfig:
+        """A caller that trusts the CA and, with ``identity``, presents that certificate."""
+        if identity is None:
+            return TlsConfig(ca_file=str(self.ca.cert))
+        return TlsConfig(ca_file=str(self.ca.cert), cert_file=str(identity.cert), key_file=str(identity.key))
 
 
-def _alt_name(name: str) -> str:
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return f"DNS:{name}"
-    return f"IP:{name}"
+def tls_health(address: str, tls: TlsConfig, timeout: float = 2.0) -> str:
+    """grpc.health.v1 Check over ``tls``: the serving status's name, or the refusing status code's."""
+    with open_channel(address, tls) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=timeout
+            )
+        except grpc.RpcError as error:
+            return error.code().name
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
 
-def _openssl(*args: object) -> None:
-    subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True)
+def wait_serving_over_tls(service: ServiceProcess, probe: TlsConfig, timeout: float = 120.0) -> None:
+    """Until ``service``, asked over ``probe``, says SERVING."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if service.process.poll() is not None:
+            raise RuntimeError(f"exited with {service.process.returncode}:\n{service.log()[-4000:]}")
+        if tls_health(service.address, probe) == "SERVING":
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"not serving on {service.address}:\n{service.log()[-4000:]}")

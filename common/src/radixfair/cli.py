@@ -7,7 +7,9 @@
 
 `up` starts Redis, a router and N workers and keeps serving until Ctrl-C;
 with --tls every hop is TLS, from a CA made for the stack (clients pass
---ca-cert RUN_DIR/tls/ca.crt, which `up` prints).
+--ca-cert RUN_DIR/tls/ca.crt, which `up` prints); with --tls --client-certs the
+router also requires a client certificate, and `up` makes one for you
+(--client-cert RUN_DIR/tls/client.crt --client-key RUN_DIR/tls/client.key).
 With no --api-key it makes three demo tenants (alice, bob, carol with weight
 2) and prints their keys; --ready-file writes the stack's addresses and keys
 as JSON once everything is healthy, for scripts that drive it.
@@ -44,7 +46,7 @@ from radixfair.distill_client import submit_and_watch
 from radixfair.local_stack import PACKAGED_MODEL, LocalStack, LocalStackConfig, StackStartError
 from radixfair.redis_launcher import RedisLaunchError
 from radixfair.service_process import INTERRUPTED_EXIT, USAGE_EXIT, HelpFormatter, parse_settings
-from radixfair.tls import add_client_tls_arguments, client_tls_from_arguments
+from radixfair.tls import add_client_tls_arguments, client_tls_from_arguments, refusal_hint
 from radixfair.tokenization import ChatTurn
 
 DEMO_KEYS = (
@@ -67,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()  # here, where a closed pipe is caught, not at interpreter exit
         return status
     except grpc.aio.AioRpcError as error:
-        return _fail(f"{error.code().name}: {error.details()}", 1)
+        return _fail(f"{error.code().name}: {error.details()}{_tls_hint(args, error)}", 1)
     except (StackStartError, ConfigError, RedisLaunchError) as error:
         return _fail(str(error), USAGE_EXIT)
     except KeyboardInterrupt:
@@ -77,6 +79,14 @@ def main(argv: list[str] | None = None) -> int:
         # does not fail again on the way out, and leave quietly, as `head`'s writers do.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return BROKEN_PIPE_EXIT
+
+
+def _tls_hint(args: argparse.Namespace, error: grpc.aio.AioRpcError) -> str:
+    """A parenthesised hint for a call that looks refused at the TLS handshake; empty otherwise."""
+    if not hasattr(args, "ca_cert"):
+        return ""
+    hint = refusal_hint(client_tls_from_arguments(args), error.code(), error.details() or "")
+    return f" ({hint})" if hint else ""
 
 
 def _fail(message: str, status: int, newline: bool = False) -> int:
@@ -125,6 +135,11 @@ def _parser() -> argparse.ArgumentParser:
         "--tls",
         action="store_true",
         help="TLS on every hop, from a CA made for this stack in RUN_DIR/tls (clients: --ca-cert its ca.crt)",
+    )
+    up.add_argument(
+        "--client-certs",
+        action="store_true",
+        help="with --tls: the router requires a client certificate; one is made in RUN_DIR/tls/client.crt",
     )
     up.add_argument(
         "--router-config",
@@ -189,6 +204,7 @@ def _up(args: argparse.Namespace) -> int:
         router_config_file=args.router_config,
         worker_config_file=args.worker_config,
         tls=args.tls,
+        tls_client_certificates=args.client_certs,
     )
     stack = LocalStack(config)
     # Ctrl-C or SIGTERM while starting raise KeyboardInterrupt: start() stops what it started
@@ -213,6 +229,12 @@ def _up(args: argparse.Namespace) -> int:
         print(f"serving on {stack.address} (gRPC){http}; Ctrl-C stops everything", flush=True)
         if stack.certificates is not None:
             print(f"TLS on every hop; clients trust --ca-cert {stack.certificates.ca_file}", flush=True)
+        if description["client_cert"]:
+            print(
+                f"the router requires a client certificate: --client-cert {description['client_cert']} "
+                f"--client-key {description['client_key']}",
+                flush=True,
+            )
         while not stopping["now"]:
             stack.supervise()
             time.sleep(0.5)

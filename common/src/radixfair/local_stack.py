@@ -12,7 +12,10 @@ With ``tls``, every hop is TLS: a CA of the stack's own is made in the run dir
 (stack_certificates.py); the router and the workers serve with its server
 certificate, the workers require the router's client certificate (only the
 stack's router may call them), the workers register over TLS, and the stack's
-own health checks go over TLS too. A tenant connects with the CA file.
+own health checks go over TLS too. A tenant connects with the CA file. With
+``tls_client_certificates`` the router requires a client certificate from every
+caller (mutual TLS on client -> router too) and the stack makes one for the user,
+from a clients' CA that the workers do not trust.
 
 Before anything starts, the configuration is checked as the children will
 read it (policy names, config fields, the router's port), so a mistake is one
@@ -79,6 +82,8 @@ class LocalStackConfig:
     restart: RestartPolicy = field(default_factory=RestartPolicy)
     # TLS on every hop, with certificates made for this stack in run_dir/tls (see the module doc).
     tls: bool = False
+    # With tls: the router requires client certificates; the stack makes one in run_dir/tls.
+    tls_client_certificates: bool = False
 
     def __post_init__(self) -> None:
         if self.workers < 0:
@@ -90,6 +95,8 @@ class LocalStackConfig:
                 f"the router's HTTP port must be 0 (off) or 1-65535 and not the gRPC port, "
                 f"got {self.router_http_port}"
             )
+        if self.tls_client_certificates and not self.tls:
+            raise ConfigError("client certificates (--client-certs) need TLS (--tls)")
 
 
 class StackStartError(RuntimeError):
@@ -173,7 +180,9 @@ class LocalStack:
         self._identity_secret = secrets.token_urlsafe(32)
         self._worker_addresses: list[str] = []
         self.redis_url = config.redis_url
-        self.certificates = StackCertificates(config.run_dir / "tls") if config.tls else None
+        self.certificates = (
+            StackCertificates(config.run_dir / "tls", config.tls_client_certificates) if config.tls else None
+        )
         # How the stack reaches its own services (health checks, status): over TLS with the client
         # certificate when TLS is on, since the workers require one.
         self._probe = self.certificates.calling(True) if self.certificates is not None else TlsConfig()
@@ -255,7 +264,15 @@ class LocalStack:
             "worker_addresses": list(self._worker_addresses),
             # The CA file a client trusts (radixfair generate --ca-cert); empty: plaintext.
             "ca_file": str(self.certificates.ca_file) if self.certificates is not None else "",
+            # The client certificate and key the router requires (--client-cert/--client-key); empty: none.
+            **self._client_certificate(),
         }
+
+    def _client_certificate(self) -> dict[str, str]:
+        if self.certificates is None or not self.certificates.client_certificates:
+            return {"client_cert": "", "client_key": ""}
+        identity = self.certificates.client_identity
+        return {"client_cert": str(identity.cert), "client_key": str(identity.key)}
 
     def first_exited(self) -> _Child | None:
         return next((c for c in self._children if c.process.poll() is not None), None)
@@ -302,7 +319,8 @@ class LocalStack:
             "forward": {"identity_secret": self._identity_secret},
         }
         if self.certificates is not None:
-            # Callers need the CA; the router presents its client certificate to the workers.
+            # Callers need the CA (and, with client certificates, one of their own); the router
+            # presents the stack's internal client certificate to the workers.
             router_config["tls"] = asdict(self.certificates.serving())
             router_config["registry"]["tls"] = asdict(self.certificates.calling(True))  # type: ignore[index]
         if cfg.router_config_file is not None:
@@ -348,11 +366,12 @@ class LocalStack:
         }
 
     def _worker_tls_settings(self) -> dict[str, object]:
-        """A worker serves TLS to callers with the stack's client certificate and registers over TLS."""
+        """A worker serves TLS to callers with the stack's internal client certificate and registers over
+        TLS, presenting that certificate (a router requiring client certificates asks for one)."""
         if self.certificates is None:
             return {}
-        serving = self.certificates.serving(require_client_cert=True)
-        registering = self.certificates.calling()
+        serving = self.certificates.serving_internal()
+        registering = self.certificates.calling(with_client_certificate=True)
         return {
             **{f"tls.{key}": value for key, value in asdict(serving).items()},
             **{f"router_tls.{key}": value for key, value in asdict(registering).items()},

@@ -158,6 +158,35 @@ def _read(path: str, field: str) -> bytes:
         raise TlsError(f"{field} {path}: cannot read ({error.strerror or error})") from None
 
 
+# What gRPC's C core says when the server ended the connection during or right after the handshake
+# (a TLS port refusing plaintext or a missing or untrusted client certificate all read the same to
+# the caller: the server cannot send a status before the handshake is done), and when this side
+# refused the server's certificate.
+_SERVER_CLOSED = "Socket closed"
+_SERVER_UNTRUSTED = "CERTIFICATE_VERIFY_FAILED"
+
+
+def refusal_hint(tls: TlsConfig, code: grpc.StatusCode, details: str) -> str:
+    """For an UNAVAILABLE that looks like a TLS refusal, what this caller's TLS settings may lack.
+
+    Empty otherwise. A hint, not a diagnosis: the caller cannot see why the server closed.
+    """
+    if code != grpc.StatusCode.UNAVAILABLE:
+        return ""
+    if _SERVER_UNTRUSTED in details:
+        return "the server's certificate does not chain to --ca-cert"
+    if _SERVER_CLOSED not in details:
+        return ""
+    if not tls.enabled:
+        return "the server closed the connection: if it serves TLS, pass --ca-cert"
+    if not tls.cert_file:
+        return (
+            "the server closed the TLS connection: if it requires a client certificate, "
+            "pass --client-cert and --client-key"
+        )
+    return "the server closed the TLS connection: it may not trust --client-cert's CA"
+
+
 def add_client_tls_arguments(parser: argparse.ArgumentParser) -> None:
     """--ca-cert, --client-cert, --client-key and --tls-server-name: the caller's side of a TLS hop."""
     parser.add_argument(
