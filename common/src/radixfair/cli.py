@@ -110,7 +110,8 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--policy",
         default="d2lpm",
-        help="routing policy: round_robin, least_load, cache_aware, global_vtc, d2lpm",
+        # The router's policies/registry.py names (tests/bench/test_policy_names.py holds this to it).
+        help="routing policy: round_robin, least_load, cache_aware, global_vtc, d2lpm, d2lpm_gated",
     )
     up.add_argument("--quantum", type=float, default=4096.0, help="D2LPM quantum Q")
     up.add_argument("--port", type=int, default=50051, help="router port")
