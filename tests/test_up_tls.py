@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import ssl
 import stat
 import subprocess
@@ -188,6 +189,15 @@ def test_the_worker_admits_only_the_stacks_internal_certificate_not_the_users(st
     assert tls_health(stack.worker, internal) == "SERVING"
 
 
+def test_every_port_of_the_stack_listens_on_loopback_only(stack: TlsUpStack) -> None:
+    # 127.0.0.2 is loopback too: a socket bound to all interfaces (or 127.0.0.0/8) would accept it.
+    ports = [int(address.rsplit(":", 1)[1]) for address in (stack.router, stack.worker)]
+    ports.append(stack.http_port)
+
+    assert [_accepts("127.0.0.2", port) for port in ports] == [False] * 3
+    assert [_accepts("127.0.0.1", port) for port in ports] == [True] * 3
+
+
 def test_up_tls_without_client_certs_serves_a_client_with_the_ca_file_alone(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
@@ -226,3 +236,11 @@ def _cli_generate(stack: TlsUpStack, *tls_flags: str) -> subprocess.CompletedPro
          "--chat", "--max-tokens", "3", "Hello over TLS"],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
+
+
+def _accepts(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=5):
+            return True
+    except ConnectionRefusedError:
+        return False
