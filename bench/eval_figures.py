@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -33,21 +34,25 @@ from bench.eval_runs import TRACES, cost_model, routing_settings, run, run_recor
 from bench.report import RAW_DIR, RESULTS_DIR  # noqa: E402
 from bench.workloads import load_trace  # noqa: E402
 
-POLICY_COLORS = {
-    "fcfs": "tab:gray",
-    "lpm": "tab:orange",
-    "lpm_aging": "tab:brown",
-    "vtc": "tab:blue",
-    "dlpm": "tab:green",
-    "round_robin": "tab:gray",
-    "least_load": "tab:purple",
-    "cache_aware": "tab:orange",
-    "global_vtc": "tab:blue",
-    "d2lpm": "tab:green",
-    "cache_aware_sglang": "tab:red",
-    "d2lpm_reset": "tab:olive",
-    "dlpm_reset": "tab:olive",
-}
+# A policy with no colour of its own here (one just added to a registry) draws in cyan.
+POLICY_COLORS: defaultdict[str, str] = defaultdict(
+    lambda: "tab:cyan",
+    {
+        "fcfs": "tab:gray",
+        "lpm": "tab:orange",
+        "lpm_aging": "tab:brown",
+        "vtc": "tab:blue",
+        "dlpm": "tab:green",
+        "round_robin": "tab:gray",
+        "least_load": "tab:purple",
+        "cache_aware": "tab:orange",
+        "global_vtc": "tab:blue",
+        "d2lpm": "tab:green",
+        "cache_aware_sglang": "tab:red",
+        "d2lpm_reset": "tab:olive",
+        "dlpm_reset": "tab:olive",
+    },
+)
 
 
 def records_path(experiment: str, cost: str) -> Path:
