@@ -23,7 +23,13 @@ the write-ahead booking of the first message, the relay to gRPC, and the outboun
 client). The worker's own part is compared with the worker-direct TTFT. Per later message: the
 router's residence time (read from the worker -> handed to gRPC) and its write-ahead booking wait.
 
-    .venv/bin/python bench/router_overhead.py                     # CPU, ~1-2 min
+Then, with ``--streams N``, what one router process costs per relayed message: N clients stream
+requests back to back for ``--stream-seconds``, worker-direct and through the plain router in turn,
+and the router's CPU seconds over the cell (from /proc) are divided by the tokens and messages the
+clients received; ``--profile`` adds one router cell with py-spy attached and a table of where the
+router's samples fall.
+
+    .venv/bin/python bench/router_overhead.py                     # CPU, ~2-3 min
     .venv/bin/python bench/router_overhead.py --tag cpu_after     # a second run, e.g. after a change
     OVERHEAD=1 bash bench/gpu_serving_session.sh                  # also on the GPU machine (see there)
 
@@ -35,17 +41,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import functools
-import json
 import os
-import shlex
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -54,61 +56,40 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import serving_bench  # noqa: E402
-from bench.report import RESULTS_DIR, environment, markdown_table, regenerating_command  # noqa: E402
+from bench.overhead_probe import (  # noqa: E402
+    LATENCY_COLUMNS,
+    Events,
+    Probes,
+    add_common_args,
+    drive_in_turn,
+    fmt,
+    latency_rows,
+    medians,
+    phase_table,
+    read_events,
+    request_phases,
+    run_in_work_dir,
+    split_by_request,
+    worker_bench_args,
+    write_page,
+)
+from bench.report import markdown_table  # noqa: E402
 from radixfair.auth import bearer_metadata  # noqa: E402
 from radixfair.redis_launcher import RedisLaunchConfig, RedisServer, free_loopback_port  # noqa: E402
 from radixfair.v1 import router_pb2, router_pb2_grpc, worker_pb2_grpc  # noqa: E402
 
 API_KEY = "router-overhead-key"
 IDENTITY_SECRET = "router-overhead-identity"
+PACKAGES = ("grpcio", "protobuf", "redis", "torch")
 
 
 # ---- the probed router (child process) --------------------------------------------------------
 
 
-class _Probes:
-    """Timestamps of named events, in order; at one stream the requests do not overlap."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[str, float]] = []
-
-    def mark(self, name: str) -> None:
-        self.events.append((name, time.monotonic()))
-
-    def around(self, owner: object, attribute: str, name: str) -> None:
-        """Marks ``name:start`` / ``name:end`` around an async method or function of ``owner``."""
-        original = getattr(owner, attribute)
-        mark = self.mark
-
-        @functools.wraps(original)
-        async def wrapped(*args: object, **kwargs: object) -> object:
-            mark(f"{name}:start")
-            try:
-                return await original(*args, **kwargs)
-            finally:
-                mark(f"{name}:end")
-
-        setattr(owner, attribute, wrapped)
-
-    def around_sync(self, owner: object, attribute: str, name: str) -> None:
-        original = getattr(owner, attribute)
-        mark = self.mark
-
-        @functools.wraps(original)
-        def wrapped(*args: object, **kwargs: object) -> object:
-            mark(f"{name}:start")
-            try:
-                return original(*args, **kwargs)
-            finally:
-                mark(f"{name}:end")
-
-        setattr(owner, attribute, wrapped)
-
-
 class _ReadProbe:
     """A worker call whose ``read`` marks when each message came in; everything else passes through."""
 
-    def __init__(self, call: grpc.aio.UnaryStreamCall, probes: _Probes) -> None:
+    def __init__(self, call: grpc.aio.UnaryStreamCall, probes: Probes) -> None:
         self._call, self._probes = call, probes
 
     async def read(self) -> object:
@@ -120,7 +101,7 @@ class _ReadProbe:
         return getattr(self._call, name)
 
 
-def install_probes(probes: _Probes) -> None:
+def install_probes(probes: Probes) -> None:
     """Wraps the router's phases with timestamps (the router's code itself is not changed)."""
     from radixfair_router import cache_view as cache_view_module
     from radixfair_router import dispatch_core, ledger, live_streams, prompt_encoding, request_router, server
@@ -149,6 +130,8 @@ def install_probes(probes: _Probes) -> None:
     probes.around_sync(cache_view_module.CacheView, "estimate", "estimate")
     probes.around(ledger.Ledger, "admit", "admit")
     probes.around(live_streams.LiveStreams, "booked", "booked")
+    # Each batch of the group commit (every stream's pending output in one ledger call).
+    probes.around(live_streams.LiveStreams, "flush", "ledger_batch")
     with contextlib.suppress(ImportError):  # absent before the output was booked ahead
         from radixfair_router import output_credit
 
@@ -176,7 +159,7 @@ def serve_probed_router(config_path: str, events_path: str) -> None:
     from radixfair_router.config import RouterConfig
     from radixfair_router.gc_tuning import tune_for_routing
 
-    probes = _Probes()
+    probes = Probes()
     install_probes(probes)
     config = config_from_command_line(RouterConfig, "router_overhead", "", ["--config", config_path])
 
@@ -189,7 +172,7 @@ def serve_probed_router(config_path: str, events_path: str) -> None:
             await running.stop()
 
     asyncio.run(serve())
-    Path(events_path).write_text(json.dumps(probes.events))
+    probes.write(events_path)
 
 
 # ---- orchestration ----------------------------------------------------------------------------
@@ -224,6 +207,7 @@ class RouterProcess:
             command = [sys.executable, "-m", "radixfair_router", "--config", str(config_path)]
         with (work / f"{name}.log").open("ab") as log_file:
             self._process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
+        self.pid = self._process.pid
         deadline = time.monotonic() + 600.0
         while not self._sees_healthy_worker():
             if self._process.poll() is not None or time.monotonic() > deadline:
@@ -245,28 +229,31 @@ class RouterProcess:
     def stop(self) -> None:
         serving_bench.stop_process(self._process)
 
-    def events(self) -> list[tuple[str, float]]:
-        try:
-            return [tuple(e) for e in json.loads(self.events_path.read_text())]
-        except OSError:
-            return []
+
+@dataclass
+class Stack:
+    """The running processes: the worker's address and pid, and the routers."""
+
+    worker: serving_bench.WorkerProcess
+    routers: list[RouterProcess]
+
+    def targets(self) -> dict[str, str]:
+        return {"worker": self.worker.address, **{r.name: r.address for r in self.routers}}
+
+    def pid(self, name: str) -> int:
+        if name == "worker":
+            return self.worker._process.pid
+        return next(r.pid for r in self.routers if r.name == name)
 
 
 @contextlib.contextmanager
-def started_stack(
-    args: argparse.Namespace, work: Path
-) -> Iterator[tuple[dict[str, str], list[RouterProcess]]]:
-    bargs = serving_bench.parse_args(
-        ["--quick", "--concurrency", "1", "--prompt-len", str(args.prompt_len),
-         "--new-tokens", str(args.new_tokens), "--torch-threads", str(args.torch_threads),
-         *shlex.split(args.serving_args)]
-    )  # fmt: skip
+def started_stack(args: argparse.Namespace, work: Path) -> Iterator[Stack]:
+    bargs = worker_bench_args(args, max(1, args.streams), max(args.new_tokens, args.stream_new_tokens))
     model_dir = serving_bench.prepare_model(bargs, work)
     settings = serving_bench.worker_settings(bargs, model_dir)
     with contextlib.ExitStack() as running:
         worker = serving_bench.WorkerProcess(settings, "worker-0", work / "logs", 600.0)
         running.callback(worker.stop)
-        targets = {"worker": worker.address}
         routers: list[RouterProcess] = []
         for mode in args.redis_modes:
             redis = RedisServer(RedisLaunchConfig(persistent=mode == "always")).start()
@@ -278,14 +265,17 @@ def started_stack(
                 router = RouterProcess(kind + suffix, work, model_dir, redis.url, worker.address, probed)
                 running.callback(router.stop)
                 routers.append(router)
-                targets[router.name] = router.address
-        yield targets, routers
+        yield Stack(worker, routers)
+
+
+def _target(name: str, address: str) -> serving_bench.Target:
+    return serving_bench.Target("worker" if name == "worker" else "router", address, (API_KEY,), 120.0)
 
 
 async def drive(
     args: argparse.Namespace, targets: dict[str, str]
 ) -> dict[str, list[serving_bench.RequestRecord]]:
-    """``--warmup`` then ``--requests`` requests per target, one at a time, the targets in turn."""
+    """One stream: ``--warmup`` then ``--requests`` requests per target, the targets in turn."""
     channels = {name: grpc.aio.insecure_channel(address) for name, address in targets.items()}
     stubs = {
         name: (worker_pb2_grpc.WorkerServiceStub if name == "worker" else router_pb2_grpc.RouterServiceStub)(
@@ -293,25 +283,116 @@ async def drive(
         )
         for name, channel in channels.items()
     }
-    records: dict[str, list[serving_bench.RequestRecord]] = {name: [] for name in targets}
-    rng = np.random.default_rng(0)
+
+    async def send(name: str, spec: serving_bench.RequestSpec) -> serving_bench.RequestRecord:
+        return await serving_bench.stream_one(_target(name, targets[name]), stubs[name], spec)
+
     try:
-        for index in range(args.warmup + args.requests):
-            for name in targets:
-                target = serving_bench.Target(
-                    "worker" if name == "worker" else "router", targets[name], (API_KEY,), 60.0
-                )
-                spec = serving_bench.RequestSpec(
-                    f"{name}-{index}", 0, rng.integers(1000, 40000, args.prompt_len).tolist(), args.new_tokens
-                )
-                record = await serving_bench.stream_one(target, stubs[name], spec)
-                if not record.ok:
-                    raise RuntimeError(f"{name}: request {spec.request_id} failed: {record.error}")
-                if index >= args.warmup:
-                    records[name].append(record)
+        return await drive_in_turn(list(targets), send, args)
     finally:
         await asyncio.gather(*(ch.close() for ch in channels.values()))
-    return records
+
+
+# ---- many streams: what one router process costs per message ----------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` (all its threads) so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def stream_cell(
+    args: argparse.Namespace, stack: Stack, name: str, seed: int, profile: Path | None = None
+) -> dict[str, object]:
+    """``--streams`` clients streaming back to back for ``--stream-seconds`` through ``name``.
+
+    Reports what the clients received and the CPU the router (and the worker) spent meanwhile: the
+    router's CPU per output token and per relayed message is its relay cost, whatever the machine's
+    load does to the wall-clock figures. ``profile``: py-spy samples the router meanwhile (raw stacks).
+    """
+    plan = serving_bench.ClosedLoop(args.stream_seconds, seed, (), args.prompt_len, args.stream_new_tokens)
+    specs = [plan.spec(client, 0) for client in range(args.streams)]
+    pids = {"worker": stack.pid("worker"), **({} if name == "worker" else {"router": stack.pid(name)})}
+    spy = None
+    if profile is not None:
+        spy = subprocess.Popen(
+            [str(Path(sys.executable).with_name("py-spy")), "record", "--format", "raw", "--rate", "200",
+             "--nonblocking", "--pid", str(pids["router"]), "--output", str(profile)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+    before = {role: cpu_seconds(pid) for role, pid in pids.items()}
+    records = await serving_bench.run_cell_grpc(_target(name, stack.targets()[name]), specs, 1, plan)
+    cpu = {role: cpu_seconds(pid) - before[role] for role, pid in pids.items()}
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)  # py-spy writes its samples on SIGINT
+        spy.wait(timeout=60)
+    failed = [r for r in records if not r.ok]
+    if failed:
+        raise RuntimeError(f"{name}: {len(failed)} stream request(s) failed, e.g. {failed[0].error}")
+    tokens = sum(r.tokens for r in records)
+    messages = sum(len(r.arrivals) for r in records)
+    wall = max(r.end for r in records) - min(r.start for r in records)
+    row: dict[str, object] = {
+        "target": name,
+        "streams": args.streams,
+        "requests": len(records),
+        "out_tok_s": tokens / wall,
+        "messages_s": messages / wall,
+        "tokens_per_message": tokens / messages,
+        "worker_cpu_us_per_token": 1e6 * cpu["worker"] / tokens,
+    }
+    if "router" in cpu:
+        row |= {
+            "router_cpu_cores": cpu["router"] / wall,
+            "router_cpu_us_per_token": 1e6 * cpu["router"] / tokens,
+            "router_cpu_us_per_message": 1e6 * cpu["router"] / messages,
+            # What one router process relays per second of its own CPU: a ceiling of one core.
+            "router_tokens_per_cpu_s": tokens / cpu["router"],
+            "router_messages_per_cpu_s": messages / cpu["router"],
+        }
+    return row
+
+
+async def stream_cells(args: argparse.Namespace, stack: Stack, work: Path) -> tuple[list[dict], list[dict]]:
+    """``--stream-rounds`` rounds of the worker-direct and plain-router cells, in turn; then, with
+    ``--profile``, one more router cell with py-spy attached (its figures are not in the rows)."""
+    # The plain router (the probed one when --redis-modes has no plain one).
+    router = next((r.name for r in stack.routers if r.name == "router"), stack.routers[0].name)
+    rows = []
+    for round_ in range(args.stream_rounds):
+        for name in ("worker", router):
+            rows.append(await stream_cell(args, stack, name, 1000 * round_ + len(rows)))
+    profile: list[dict] = []
+    if args.profile:
+        path = work / "router.pyspy.txt"
+        await stream_cell(args, stack, router, 999_999, path)
+        profile = summarize_profile(path)
+    return rows, profile
+
+
+def summarize_profile(path: Path, top: int = 25) -> list[dict]:
+    """py-spy's raw stacks (``frame;frame;... count``) as the share of samples each function is on
+    (inclusive) and at the top of (self), the event loop's idle wait left out of neither."""
+    inclusive: dict[str, int] = {}
+    own: dict[str, int] = {}
+    total = 0
+    with contextlib.suppress(OSError):
+        for line in path.read_text().splitlines():
+            stack, _, count_text = line.rpartition(" ")
+            if not stack or not count_text.isdigit():
+                continue
+            count = int(count_text)
+            frames = [f.strip() for f in stack.split(";")[1:]]  # the first is the thread
+            total += count
+            for frame in set(frames):
+                inclusive[frame] = inclusive.get(frame, 0) + count
+            if frames:
+                own[frames[-1]] = own.get(frames[-1], 0) + count
+    if not total:
+        return []
+    ranked = sorted(inclusive, key=lambda f: -inclusive[f])[:top]
+    return [{"function": f, "inclusive": inclusive[f] / total, "self": own.get(f, 0) / total} for f in ranked]
 
 
 # ---- analysis ---------------------------------------------------------------------------------
@@ -339,35 +420,21 @@ TTFT_PHASES = [
 ]
 
 
-def _request_events(events: list[tuple[str, float]]) -> list[list[tuple[str, float]]]:
-    """The events of each request, split at each servicer entry (requests are sequential)."""
-    out: list[list[tuple[str, float]]] = []
-    for name, at in events:
-        if name == "enter":
-            out.append([])
-        if out:
-            out[-1].append((name, at))
-    return out
-
-
-def _first(events: list[tuple[str, float]], name: str, after: float = -1.0) -> float | None:
-    return next((at for n, at in events if n == name and at >= after), None)
-
-
 def ttft_breakdown(
-    records: list[serving_bench.RequestRecord], events: list[tuple[str, float]]
-) -> tuple[dict[str, float], dict[str, float]]:
+    records: list[serving_bench.RequestRecord], events: Events
+) -> tuple[dict[str, float], dict[str, object]]:
     """Median of each phase over the measured requests (ms), and per-message relay figures (ms)."""
-    per_request = _request_events(events)[-len(records) :]
+    per_request = split_by_request(events)[-len(records) :]
     phases: dict[str, list[float]] = {name: [] for name, _, _ in TTFT_PHASES}
     residence: list[float] = []
     bookings: list[int] = []
     first_booking: list[float] = []
     for record, request_events in zip(records, per_request):
-        times = {"client_start": record.start, "client_first": record.first}
-        for name, at in request_events:
-            times.setdefault(name, at)
-        read, first_yield = times.get("worker_read"), times.get("yield")
+        known = {"client_start": record.start}
+        if record.first is not None:
+            known["client_first"] = record.first
+        read = next((at for n, at in request_events if n == "worker_read"), None)
+        first_yield = next((at for n, at in request_events if n == "yield"), None)
         if read is not None and first_yield is not None:
             # The relay goes on once the first message's tokens are booked: at once when the booking
             # made ahead is in (OutputCredit), else when its booking lands (before it: always).
@@ -376,112 +443,86 @@ def ttft_breakdown(
                 for n, at in request_events
                 if n in ("booked:end", "credit_wait:end") and read <= at <= first_yield
             ]
-            times["relay_ready"] = max(landed, default=read)
-        if times.get("booked:start") is not None and times.get("booked:end") is not None:
-            first_booking.append(1e3 * (times["booked:end"] - times["booked:start"]))
-        for phase, start, end in TTFT_PHASES:
-            if times.get(start) is not None and times.get(end) is not None:
-                phases[phase].append(1e3 * (times[end] - times[start]))
+            known["relay_ready"] = max(landed, default=read)
+        lengths, _ = request_phases(TTFT_PHASES, request_events, known)
+        for phase, value in lengths.items():
+            phases[phase].append(value)
+        booked_start = next((at for n, at in request_events if n == "ledger_batch:start"), None)
+        booked_end = next((at for n, at in request_events if n == "ledger_batch:end"), None)
+        if booked_start is not None and booked_end is not None:
+            first_booking.append(1e3 * (booked_end - booked_start))
         reads = [at for n, at in request_events if n == "worker_read"]
         yields = [at for n, at in request_events if n == "yield"]
         residence += [1e3 * (y - r) for r, y in zip(reads[1:], yields[1:])]
-        bookings.append(sum(n == "booked:start" for n, _ in request_events))
-    medians = {phase: float(np.median(values)) for phase, values in phases.items() if values}
+        bookings.append(sum(n == "ledger_batch:start" for n, _ in request_events))
     relay = {
         "first_booking_p50_ms": float(np.median(first_booking)) if first_booking else None,
         "messages": len(residence),
         "residence_mean_ms": float(np.mean(residence)) if residence else None,
         "residence_p50_ms": float(np.median(residence)) if residence else None,
-        # Ledger bookings per request (one per message before OutputCredit; background ones after).
-        "bookings_per_request": float(np.mean(bookings)) if bookings else None,
+        # Group-commit batches (ledger calls) per request, at one stream.
+        "ledger_batches_per_request": float(np.mean(bookings)) if bookings else None,
     }
-    return medians, relay
+    return medians(phases), relay
 
 
-def latency(records: list[serving_bench.RequestRecord]) -> dict[str, float]:
-    ttft = [1e3 * (r.first - r.start) for r in records if r.first is not None]
-    gaps = [1e3 * g for r in records for g in r.token_gaps]
-    return {
-        "ttft_p50_ms": float(np.median(ttft)),
-        "ttft_mean_ms": float(np.mean(ttft)),
-        "itl_mean_ms": float(np.mean(gaps)),
-        "itl_p50_ms": float(np.median(gaps)),
-    }
+STREAM_COLUMNS = [
+    "target", "streams", "requests", "out_tok_s", "messages_s", "tokens_per_message",
+    "router_cpu_cores", "router_cpu_us_per_token", "router_cpu_us_per_message",
+    "router_messages_per_cpu_s", "worker_cpu_us_per_token",
+]  # fmt: skip
 
 
-def report(args: argparse.Namespace, records: dict, routers: list[RouterProcess], wall_s: float) -> Path:
-    summary = {name: latency(rs) for name, rs in records.items()}
-    base = summary["worker"]
-    rows = []
-    for name, figures in summary.items():
-        rows.append(
-            {
-                "target": name,
-                **figures,
-                "added_ttft_p50_ms": figures["ttft_p50_ms"] - base["ttft_p50_ms"],
-                "added_itl_mean_ms": figures["itl_mean_ms"] - base["itl_mean_ms"],
-            }
-        )
+def report(
+    args: argparse.Namespace,
+    records: dict,
+    stack: Stack,
+    stream_rows: list[dict],
+    profile: list[dict],
+    one_stream_end: float,
+    wall_s: float,
+) -> Path:
+    rows = latency_rows(records, "worker")
     breakdowns = {}
-    for router in routers:
-        events = router.events()
+    for router in stack.routers:
+        # The one-stream requests' events (a probed router may also have served the stream cells).
+        events = [e for e in read_events(router.events_path) if e[1] <= one_stream_end]
         if events:
             phases, relay = ttft_breakdown(records[router.name], events)
             breakdowns[router.name] = {"phases_p50_ms": phases, "relay": relay}
-    payload = {
-        "command": regenerating_command(),
-        "environment": environment(("grpcio", "protobuf", "redis", "torch")),
-        "config": {k: v for k, v in vars(args).items() if k not in ("out_dir", "serve_router")},
-        "wall_s": wall_s,
-        "rows": rows,
-        "breakdowns": breakdowns,
-    }
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    json_path = out_dir / f"router_overhead_{args.tag}.json"
-    json_path.write_text(json.dumps(payload, indent=1) + "\n")
-    md_path = json_path.with_suffix(".md")
-    md_path.write_text(_markdown(payload))
-    return md_path
-
-
-def _markdown(payload: dict) -> str:
-    env = payload["environment"]
-    lines = [
-        f"# router_overhead_{payload['config']['tag']}",
-        "",
-        f"{env['date']} · {env['machine']['processor']} ({env['machine']['cpus']} cpus, load "
-        f"{tuple(round(x, 2) for x in env['machine']['load_average'])}) · Python {env['python']} · "
-        + ", ".join(f"{k} {v}" for k, v in env["versions"].items())
-        + f" · commit {env['git_commit']}",
-        "",
-        f"`{payload['command']}`",
-        "",
-        "One stream, requests one at a time, the targets in turn (medians over the measured requests):",
-        "",
-        markdown_table(
-            payload["rows"],
-            ["target", "ttft_p50_ms", "added_ttft_p50_ms", "itl_mean_ms", "added_itl_mean_ms"],
-        ),
+    sections = [
+        "One stream, requests one at a time, the targets in turn (medians over the measured requests):\n\n"
+        + markdown_table(rows, LATENCY_COLUMNS)
     ]
-    for name, breakdown in payload["breakdowns"].items():
-        phases = breakdown["phases_p50_ms"]
-        rows = [{"phase": phase, "p50_ms": value} for phase, value in phases.items()]
-        lines += [
-            "",
-            f"## {name}: where the time to first token goes (p50 of each phase, ms)",
-            "",
-            markdown_table(rows, ["phase", "p50_ms"]),
-            "",
-            "First booking (ms, p50) and later messages (residence: read from the worker -> handed to "
-            "gRPC): " + ", ".join(f"{k} {_fmt(v)}" for k, v in breakdown["relay"].items()),
-        ]
-    lines += ["", NOTES, ""]
-    return "\n".join(lines)
-
-
-def _fmt(value: object) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
+    if stream_rows:
+        sections.append(
+            f"{args.streams} streams, each streaming requests of {args.prompt_len} prompt and "
+            f"{args.stream_new_tokens} new tokens back to back for {args.stream_seconds:g} s, worker-direct "
+            "and through the plain router in turn; CPU seconds of each process over the cell "
+            "(/proc/PID/stat):\n\n" + markdown_table(stream_rows, STREAM_COLUMNS)
+        )
+    for name, breakdown in breakdowns.items():
+        sections.append(
+            f"## {name}: where the time to first token goes (p50 of each phase, ms)\n\n"
+            + phase_table(breakdown["phases_p50_ms"])
+            + "\n\nFirst booking (ms, p50) and later messages (residence: read from the worker -> handed "
+            "to gRPC): " + ", ".join(f"{k} {fmt(v)}" for k, v in breakdown["relay"].items())
+        )
+    if profile:
+        sections.append(
+            "## Profile of the plain router at the streams' load (py-spy, share of samples)\n\n"
+            + markdown_table(profile, ["function", "inclusive", "self"])
+        )
+    payload = {"wall_s": wall_s, "rows": rows, "stream_rows": stream_rows, "breakdowns": breakdowns}
+    payload["profile"] = profile
+    return write_page(
+        f"router_overhead_{args.tag}",
+        args,
+        ("grpcio", "protobuf", "redis", "torch"),
+        payload,
+        sections,
+        NOTES,
+    )
 
 
 NOTES = (
@@ -492,7 +533,8 @@ NOTES = (
     "probes around its phases (their own cost is a few microseconds per probe); `_nofsync`: Redis without "
     "persistence (the serving bench's Redis runs `appendfsync always`). Phases are consecutive, so they "
     "add up to the probed router's TTFT; 'worker: hop + its own TTFT' is the part the worker-direct TTFT "
-    "also contains."
+    "also contains. In the streams table, messages are what the clients received; "
+    "router_messages_per_cpu_s is the relay's capacity per core of one router process."
 )
 
 
@@ -500,40 +542,30 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--tag", default="cpu")
-    parser.add_argument("--out-dir", default=str(RESULTS_DIR))
-    parser.add_argument("--requests", type=int, default=40, help="measured requests per target")
-    parser.add_argument("--warmup", type=int, default=5, help="requests per target before measuring")
-    parser.add_argument("--prompt-len", type=int, default=32)
-    parser.add_argument("--new-tokens", type=int, default=16)
-    parser.add_argument("--torch-threads", type=int, default=1)
+    add_common_args(parser, "worker")
     parser.add_argument("--redis-modes", nargs="+", choices=("always", "no"), default=["always", "no"])
-    parser.add_argument(
-        "--serving-args",
-        default="",
-        help="serving_bench flags for the worker, e.g. '--shape smollm2-135m --device cuda --dtype bfloat16 "
-        "--backend triton --tokenizer-dir DIR' (default: its --quick CPU preset)",
-    )
-    parser.add_argument("--logs-dir", default="", help="keep the processes' logs and configs here")
+    parser.add_argument("--streams", type=int, default=32, help="streams of the many-stream cells (0: none)")
+    parser.add_argument("--stream-seconds", type=float, default=8.0)
+    parser.add_argument("--stream-new-tokens", type=int, default=64)
+    parser.add_argument("--stream-rounds", type=int, default=2, help="worker and router cells, in turn")
+    parser.add_argument("--profile", action="store_true", help="one more router cell under py-spy")
     parser.add_argument("--serve-router", nargs=2, metavar=("CONFIG", "EVENTS"), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
     args = parse_args(argv)
-    work = Path(args.logs_dir) if args.logs_dir else Path(tempfile.mkdtemp(prefix="radixfair-overhead-"))
-    work.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    try:
-        with started_stack(args, work) as (targets, routers):
-            records = asyncio.run(drive(args, targets))
+
+    def run(work: Path) -> Path:
+        with started_stack(args, work) as stack:
+            records = asyncio.run(drive(args, stack.targets()))
+            one_stream_end = time.monotonic()
+            stream_rows, profile = asyncio.run(stream_cells(args, stack, work)) if args.streams else ([], [])
         # The routers wrote their probe events on the way out.
-        path = report(args, records, routers, time.monotonic() - started)
-    finally:
-        if not args.logs_dir:
-            shutil.rmtree(work, ignore_errors=True)
-    print(path.read_text())
-    return path
+        return report(args, records, stack, stream_rows, profile, one_stream_end, time.monotonic() - started)
+
+    return run_in_work_dir(args, "radixfair-overhead-", run)
 
 
 if __name__ == "__main__":

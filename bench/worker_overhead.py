@@ -36,13 +36,9 @@ import argparse
 import asyncio
 import contextlib
 import functools
-import json
 import os
-import shlex
-import shutil
 import signal
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -53,8 +49,24 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import serving_bench  # noqa: E402
-from bench.report import RESULTS_DIR, environment, markdown_table, regenerating_command  # noqa: E402
-from bench.router_overhead import _Probes  # noqa: E402
+from bench.overhead_probe import (  # noqa: E402
+    LATENCY_COLUMNS,
+    Events,
+    Probes,
+    add_common_args,
+    drive_in_turn,
+    fmt,
+    latency_rows,
+    medians,
+    phase_table,
+    read_events,
+    request_phases,
+    run_in_work_dir,
+    split_by_request,
+    worker_bench_args,
+    write_page,
+)
+from bench.report import markdown_table  # noqa: E402
 from radixfair.v1 import worker_pb2_grpc  # noqa: E402
 
 # ---- probes: the front (the --serve-worker process) ------------------------------------------
@@ -63,7 +75,7 @@ from radixfair.v1 import worker_pb2_grpc  # noqa: E402
 class _ConnectionProbe:
     """A pipe end whose ``send`` / ``recv`` are marked; everything else passes through."""
 
-    def __init__(self, connection: object, probes: _Probes, name: str) -> None:
+    def __init__(self, connection: object, probes: Probes, name: str) -> None:
         self._connection, self._probes, self._name = connection, probes, name
 
     def send(self, obj: object) -> None:
@@ -80,7 +92,7 @@ class _ConnectionProbe:
         return getattr(self._connection, name)
 
 
-def install_front_probes(probes: _Probes) -> None:
+def install_front_probes(probes: Probes) -> None:
     """Wraps the serving front's phases with timestamps (the worker's code itself is not changed)."""
     from radixfair_worker import engine_client, request_stream, server
 
@@ -120,7 +132,7 @@ def install_front_probes(probes: _Probes) -> None:
 class _MarkedEvent(threading.Event):
     """The engine loop's wake-up event; marks each wait, and whether it ended by its timeout."""
 
-    def __init__(self, probes: _Probes) -> None:
+    def __init__(self, probes: Probes) -> None:
         super().__init__()
         self._probes = probes
 
@@ -134,7 +146,7 @@ def probed_engine_entry(events_path: str, spec: object, commands: object, output
     """The engine process's entry point with probes; writes its events to ``events_path`` on exit."""
     from radixfair_worker import engine, engine_loop
 
-    probes = _Probes()
+    probes = Probes()
     mark = probes.mark
     step = engine.Engine.step
 
@@ -162,7 +174,7 @@ def probed_engine_entry(events_path: str, spec: object, commands: object, output
             _ConnectionProbe(outputs, probes, "engine"),  # type: ignore[arg-type]
         )
     finally:
-        Path(events_path).write_text(json.dumps(probes.events))
+        probes.write(events_path)
 
 
 def serve_probed_worker(events_dir: str, worker_argv: list[str]) -> None:
@@ -170,14 +182,14 @@ def serve_probed_worker(events_dir: str, worker_argv: list[str]) -> None:
     from radixfair_worker import __main__ as worker_main
     from radixfair_worker import app, engine_client
 
-    probes = _Probes()
+    probes = Probes()
     install_front_probes(probes)
     entry = functools.partial(probed_engine_entry, str(Path(events_dir) / "engine.events.json"))
     app.EngineClient = functools.partial(engine_client.EngineClient, entry=entry)  # type: ignore[misc]
     try:
         worker_main.main(worker_argv)
     finally:
-        (Path(events_dir) / "front.events.json").write_text(json.dumps(probes.events))
+        probes.write(Path(events_dir) / "front.events.json")
 
 
 def engine_entry_with_switch_interval(
@@ -208,11 +220,7 @@ def serve_worker_with_switch_interval(interval_s: float, worker_argv: list[str])
 @contextlib.contextmanager
 def started_stack(args: argparse.Namespace, work: Path) -> Iterator[tuple[object, dict[str, str]]]:
     """The in-process engine, a plain worker and a probed worker, on the same settings."""
-    bargs = serving_bench.parse_args(
-        ["--quick", "--concurrency", "1", "--prompt-len", str(args.prompt_len),
-         "--new-tokens", str(args.new_tokens), "--torch-threads", str(args.torch_threads),
-         *shlex.split(args.serving_args)]
-    )  # fmt: skip
+    bargs = worker_bench_args(args)
     model_dir = serving_bench.prepare_model(bargs, work)
     settings = serving_bench.worker_settings(bargs, model_dir)
     with contextlib.ExitStack() as running:
@@ -260,27 +268,21 @@ async def drive(
     """``--warmup`` then ``--requests`` requests per target, one at a time, the targets in turn."""
     channels = {name: grpc.aio.insecure_channel(address) for name, address in targets.items()}
     stubs = {name: worker_pb2_grpc.WorkerServiceStub(channel) for name, channel in channels.items()}
-    records: dict[str, list[serving_bench.RequestRecord]] = {"in_process": [], **{n: [] for n in targets}}
-    rng = np.random.default_rng(0)
+
+    async def send(name: str, spec: serving_bench.RequestSpec) -> serving_bench.RequestRecord:
+        if name == "in_process":
+            return in_process_one(engine, spec)
+        target = serving_bench.Target("worker", targets[name], ("",), 60.0)
+        return await serving_bench.stream_one(target, stubs[name], spec)
+
+    async def between() -> None:
+        # Lets both workers' engine loops fall idle between requests, as between a client's turns.
+        await asyncio.sleep(args.gap_s)
+
     try:
-        for index in range(args.warmup + args.requests):
-            for name in records:
-                prompt = rng.integers(1000, 40000, args.prompt_len).tolist()
-                spec = serving_bench.RequestSpec(f"{name}-{index}", 0, prompt, args.new_tokens)
-                if name == "in_process":
-                    record = in_process_one(engine, spec)
-                else:
-                    target = serving_bench.Target("worker", targets[name], ("",), 60.0)
-                    record = await serving_bench.stream_one(target, stubs[name], spec)
-                if not record.ok:
-                    raise RuntimeError(f"{name}: request {spec.request_id} failed: {record.error}")
-                if index >= args.warmup:
-                    records[name].append(record)
-                # Lets both workers' engine loops fall idle between requests, as between a client's turns.
-                await asyncio.sleep(args.gap_s)
+        return await drive_in_turn(["in_process", *targets], send, args, between)
     finally:
         await asyncio.gather(*(ch.close() for ch in channels.values()))
-    return records
 
 
 # ---- analysis ---------------------------------------------------------------------------------
@@ -308,47 +310,22 @@ TTFT_PHASES = [
 # reader has the message before the writer gets the GIL back. How late it gets it is reported apart.
 
 
-def _request_events(events: list[tuple[str, float]]) -> list[list[tuple[str, float]]]:
-    """The merged events of each request, split at each servicer entry (requests are sequential)."""
-    out: list[list[tuple[str, float]]] = []
-    for name, at in sorted(events, key=lambda e: e[1]):
-        if name == "enter":
-            out.append([])
-        if out:
-            out[-1].append((name, at))
-    return out
-
-
 def ttft_breakdown(
-    records: list[serving_bench.RequestRecord], events: list[tuple[str, float]]
-) -> tuple[dict[str, float], dict[str, float]]:
+    records: list[serving_bench.RequestRecord], events: Events
+) -> tuple[dict[str, float], dict[str, float | None]]:
     """Median of each phase over the measured requests (ms), and counts of the engine's steps and waits."""
-    per_request = _request_events(events)[-len(records) :]
+    per_request = split_by_request(events)[-len(records) :]
     phases: dict[str, list[float]] = {name: [] for name, _, _ in TTFT_PHASES}
     steps, timeouts, wakes = [], [], []
     # How long after the reader had its message each writer got the GIL back from its write (ms).
     late: dict[str, list[float]] = {"cmd_send:end": [], "engine_send:end": []}
     for record, request_events in zip(records, per_request):
-        times: dict[str, float] = {"client_start": record.start}
+        known = {"client_start": record.start}
         if record.first is not None:
-            times["client_first"] = record.first
-        # Phases are consecutive: each event is the first of its name after the previous phase's end.
-        cursor = record.start
-        for phase, start, end in TTFT_PHASES:
-            begin = times.get(start)
-            if begin is None:
-                begin = next((at for n, at in request_events if n == start and at >= cursor), None)
-                if begin is None:
-                    continue
-                times[start] = begin
-            stop = times.get(end)
-            if stop is None:
-                stop = next((at for n, at in request_events if n == end and at >= begin), None)
-                if stop is None:
-                    continue
-                times[end] = stop
-            phases[phase].append(1e3 * (stop - begin))
-            cursor = stop
+            known["client_first"] = record.first
+        lengths, times = request_phases(TTFT_PHASES, request_events, known)
+        for phase, value in lengths.items():
+            phases[phase].append(value)
         for writer_end, (writer_start, read) in zip(
             late, (("cmd_send:start", "engine_recv"), ("engine_send:start", "reader_recv"))
         ):
@@ -364,7 +341,6 @@ def ttft_breakdown(
         in_window = [n for n, at in request_events if window[0] <= at <= window[1]]
         timeouts.append(in_window.count("idle_timeout"))
         wakes.append(in_window.count("idle_woken"))
-    medians = {phase: float(np.median(values)) for phase, values in phases.items() if values}
     counts = {
         "engine_steps_to_first_token_p50": float(np.median(steps)) if steps else None,
         "idle_waits_ended_by_timeout_per_request": float(np.mean(timeouts)) if timeouts else None,
@@ -376,91 +352,25 @@ def ttft_breakdown(
         if late["engine_send:end"]
         else None,
     }
-    return medians, counts
-
-
-def latency(records: list[serving_bench.RequestRecord]) -> dict[str, float]:
-    ttft = [1e3 * (r.first - r.start) for r in records if r.first is not None]
-    gaps = [1e3 * g for r in records for g in r.token_gaps]
-    return {
-        "ttft_p50_ms": float(np.median(ttft)),
-        "ttft_p90_ms": float(np.percentile(ttft, 90)),
-        "itl_mean_ms": float(np.mean(gaps)),
-        "itl_p50_ms": float(np.median(gaps)),
-    }
+    return medians(phases), counts
 
 
 def report(args: argparse.Namespace, records: dict, work: Path, wall_s: float) -> Path:
-    summary = {name: latency(rs) for name, rs in records.items()}
-    base = summary["in_process"]
-    rows = [
-        {
-            "target": name,
-            **figures,
-            "added_ttft_p50_ms": figures["ttft_p50_ms"] - base["ttft_p50_ms"],
-            "added_itl_mean_ms": figures["itl_mean_ms"] - base["itl_mean_ms"],
-        }
-        for name, figures in summary.items()
-    ]
-    events: list[tuple[str, float]] = []
-    for part in ("front", "engine"):
-        with contextlib.suppress(OSError):
-            events += [tuple(e) for e in json.loads((work / f"{part}.events.json").read_text())]
+    rows = latency_rows(records, "in_process")
+    events = read_events(work / "front.events.json", work / "engine.events.json")
     phases, counts = ttft_breakdown(records["worker_probed"], events) if events else ({}, {})
-    payload = {
-        "command": regenerating_command(),
-        "environment": environment(("grpcio", "protobuf", "torch")),
-        "config": {k: v for k, v in vars(args).items() if k not in ("out_dir", "serve_worker")},
-        "wall_s": wall_s,
-        "rows": rows,
-        "phases_p50_ms": phases,
-        "counts": counts,
-    }
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    json_path = out_dir / f"worker_overhead_{args.tag}.json"
-    json_path.write_text(json.dumps(payload, indent=1) + "\n")
-    md_path = json_path.with_suffix(".md")
-    md_path.write_text(_markdown(payload))
-    return md_path
-
-
-def _markdown(payload: dict) -> str:
-    env = payload["environment"]
-    rows = [{"phase": phase, "p50_ms": value} for phase, value in payload["phases_p50_ms"].items()]
-    return "\n".join(
-        [
-            f"# worker_overhead_{payload['config']['tag']}",
-            "",
-            f"{env['date']} · {env['machine']['processor']} ({env['machine']['cpus']} cpus, load "
-            f"{tuple(round(x, 2) for x in env['machine']['load_average'])}) · Python {env['python']} · "
-            + ", ".join(f"{k} {v}" for k, v in env["versions"].items())
-            + f" · commit {env['git_commit']}",
-            "",
-            f"`{payload['command']}`",
-            "",
-            "One stream, requests one at a time, the targets in turn (medians over the measured requests):",
-            "",
-            markdown_table(
-                payload["rows"],
-                ["target", "ttft_p50_ms", "ttft_p90_ms", "added_ttft_p50_ms", "itl_mean_ms"]
-                + ["added_itl_mean_ms"],
-            ),
-            "",
-            "## worker_probed: where the time to first token goes (p50 of each phase, ms)",
-            "",
-            markdown_table(rows, ["phase", "p50_ms"]),
-            "",
-            ", ".join(f"{k} {_fmt(v)}" for k, v in payload["counts"].items()),
-            "",
-            NOTES,
-            "",
-        ]
+    sections = [
+        "One stream, requests one at a time, the targets in turn (medians over the measured requests):\n\n"
+        + markdown_table(rows, LATENCY_COLUMNS),
+        "## worker_probed: where the time to first token goes (p50 of each phase, ms)\n\n"
+        + phase_table(phases)
+        + "\n\n"
+        + ", ".join(f"{k} {fmt(v)}" for k, v in counts.items()),
+    ]
+    payload = {"wall_s": wall_s, "rows": rows, "phases_p50_ms": phases, "counts": counts}
+    return write_page(
+        f"worker_overhead_{args.tag}", args, ("grpcio", "protobuf", "torch"), payload, sections, NOTES
     )
-
-
-def _fmt(value: object) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
 NOTES = (
@@ -482,45 +392,28 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--tag", default="cpu")
-    parser.add_argument("--out-dir", default=str(RESULTS_DIR))
-    parser.add_argument("--requests", type=int, default=40, help="measured requests per target")
-    parser.add_argument("--warmup", type=int, default=5, help="requests per target before measuring")
-    parser.add_argument("--prompt-len", type=int, default=32)
-    parser.add_argument("--new-tokens", type=int, default=16)
+    add_common_args(parser, "engine")
     parser.add_argument("--gap-s", type=float, default=0.02, help="pause after each request")
-    parser.add_argument("--torch-threads", type=int, default=1)
     parser.add_argument(
         "--switch-interval-s",
         type=float,
         default=0.0005,
         help="also a worker whose processes run with this GIL switch interval (0: not)",
     )
-    parser.add_argument(
-        "--serving-args",
-        default="",
-        help="serving_bench flags for the engine, e.g. '--shape smollm2-135m --device cuda --dtype bfloat16 "
-        "--backend triton --tokenizer-dir DIR' (default: its --quick CPU preset)",
-    )
-    parser.add_argument("--logs-dir", default="", help="keep the processes' logs and events here")
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
     args = parse_args(argv)
-    work = Path(args.logs_dir) if args.logs_dir else Path(tempfile.mkdtemp(prefix="radixfair-worker-ovh-"))
-    work.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    try:
+
+    def run(work: Path) -> Path:
         with started_stack(args, work) as (engine, targets):
             records = asyncio.run(drive(args, engine, targets))
         # The probed worker's processes wrote their events on the way out.
-        path = report(args, records, work, time.monotonic() - started)
-    finally:
-        if not args.logs_dir:
-            shutil.rmtree(work, ignore_errors=True)
-    print(path.read_text())
-    return path
+        return report(args, records, work, time.monotonic() - started)
+
+    return run_in_work_dir(args, "radixfair-worker-ovh-", run)
 
 
 if __name__ == "__main__":
