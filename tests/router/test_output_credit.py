@@ -163,3 +163,29 @@ def test_a_message_arriving_as_its_booking_lands_is_relayed_without_spinning_the
 
     stale, covered, booked = asyncio.run(scenario())
     assert stale and covered and booked == 4
+
+
+def test_with_no_credit_the_first_token_is_booked_while_the_worker_computes_it():
+    async def scenario() -> tuple[bool, int]:
+        ledger = Ledger(LedgerConfig(store="memory"), quantum=4096.0)
+        live = LiveStreams(ledger, LIMITS, lambda client, service: None)
+        channel = grpc.aio.insecure_channel("127.0.0.1:9")  # never dialled
+        endpoint = WorkerEndpoint(
+            "w0", "127.0.0.1:9", "", True, channel, worker_pb2_grpc.WorkerServiceStub(channel),
+            health_pb2_grpc.HealthStub(channel),
+        )  # fmt: skip
+        book = StreamBook("alice", 1.0, endpoint, prompt_tokens=4)
+        live.open(book)
+        credit = OutputCredit(live, book, 0, None)
+        try:
+            credit.start()
+            await live.booked()  # the booking started with the call has landed (the worker's prefill)
+            return credit.covers(1), await _booked_completion(ledger)
+        finally:
+            live.close(book)
+            await live.drain()
+            await channel.close()
+
+    covers_first, booked = asyncio.run(scenario())
+    # A first message of one token goes out with no ledger round trip of its own, and only it is booked.
+    assert covers_first and booked == 1

@@ -95,8 +95,9 @@ class LiveStreams:
         self._books: set[StreamBook] = set()
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
-        # Write-ahead: callers waiting for the next batch, and the task that books it.
-        self._waiters: list[asyncio.Future[None]] = []
+        # Write-ahead: the next batch's future (shared by every caller waiting for it), and the task
+        # that books the batches.
+        self._next: asyncio.Future[None] | None = None
         self._pending = asyncio.Event()
         self._booker: asyncio.Task[None] | None = None
 
@@ -118,29 +119,34 @@ class LiveStreams:
 
     async def booked(self) -> None:
         """Write-ahead: returns once every token counted so far (``uncharged_tokens`` of every open
-        stream) is in the ledger. Joins the batch after the one in flight, if any (group commit).
-        A caller cancelled while waiting leaves the batch to the others."""
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        self._pending.set()
-        if self._booker is None or self._booker.done():
-            self._booker = asyncio.get_running_loop().create_task(self._book_batches())
-        await waiter
+        stream) is in the ledger. A caller cancelled while waiting leaves the batch to the others."""
+        await asyncio.shield(self.next_batch())
+
+    def next_batch(self) -> asyncio.Future[None]:
+        """Write-ahead: the future of the batch that books every token counted so far; it joins the
+        batch after the one in flight, if any (group commit). One future per batch, shared by all its
+        waiters: a waiter awaits it shielded, so leaving does not cancel it for the others."""
+        batch = self._next
+        if batch is None:
+            batch = self._next = asyncio.get_running_loop().create_future()
+            self._pending.set()
+            if self._booker is None or self._booker.done():
+                self._booker = asyncio.get_running_loop().create_task(self._book_batches())
+        return batch
 
     async def _book_batches(self) -> None:
         while True:
             await self._pending.wait()
             self._pending.clear()
-            waiters, self._waiters = self._waiters, []
-            if not waiters:  # asked to stop (drain with no stream open)
+            batch, self._next = self._next, None
+            if batch is None:  # asked to stop (drain with no stream open)
                 return
             try:
                 await self.flush()
             except Exception:  # a booking bug must be seen, but must not stop the streams
                 log.exception("could not book output charges")
-            for waiter in waiters:
-                if not waiter.done():  # its caller may have been cancelled
-                    waiter.set_result(None)
+            if not batch.done():
+                batch.set_result(None)
 
     async def flush(self) -> None:
         """Books every stream's uncharged output now (write-ahead: only from the booking task)."""

@@ -24,6 +24,7 @@ to reserved - relayed at every await).
 from __future__ import annotations
 
 import asyncio
+import functools
 
 from radixfair_router.live_streams import LiveStreams, StreamBook
 
@@ -43,11 +44,14 @@ class OutputCredit:
         self._reserved = 0
         # Of those, the ones a finished booking has put in the ledger.
         self._covered = 0
-        self._booking: asyncio.Task[None] | None = None
+        self._booking: asyncio.Future[None] | None = None
 
     def start(self) -> None:
-        """Books the first ``ahead`` tokens in the background (the worker is computing the first)."""
-        self._top_up(0)
+        """Books the first tokens in the background while the worker computes them: ``ahead``, and at
+        least the first token, so a first message of one token is relayed without waiting for the
+        ledger (with ``ahead=0`` a router killed before that message over-books by that one token,
+        within the one message per cut stream DECISIONS #12 allows)."""
+        self._top_up(0, at_least=1)
 
     def covers(self, count: int) -> bool:
         """True when the next ``count`` tokens are already in the ledger: relay without waiting."""
@@ -77,9 +81,10 @@ class OutputCredit:
         if self._reserved - book.tokens_sent < (self._ahead + 1) // 2:
             self._top_up(book.tokens_sent)
 
-    def _top_up(self, needed: int) -> None:
-        """Reserves up to ``needed + ahead`` tokens (within the limit) and starts booking them."""
-        target = needed + self._ahead
+    def _top_up(self, needed: int, at_least: int = 0) -> None:
+        """Reserves up to ``needed + ahead`` tokens (at least ``at_least``, within the limit) and books
+        them with the next batch of LiveStreams' group commit."""
+        target = max(needed + self._ahead, at_least)
         if self._limit is not None:
             target = max(needed, min(target, self._limit))
         extra = target - self._reserved
@@ -89,11 +94,11 @@ class OutputCredit:
         self._reserved = target
         book.uncharged_tokens += extra
         book.unrelayed_tokens = target - book.tokens_sent
-        booking = asyncio.get_running_loop().create_task(self._live.booked())
-        # LiveStreams books in order: once this booking is done, every token reserved so far is in.
-        booking.add_done_callback(lambda done: self._booked(done, target))
+        # LiveStreams books in order: once this batch is in, every token reserved so far is.
+        booking = self._live.next_batch()
+        booking.add_done_callback(functools.partial(self._booked, target))
         self._booking = booking
 
-    def _booked(self, done: asyncio.Task[None], target: int) -> None:
+    def _booked(self, target: int, done: asyncio.Future[None]) -> None:
         if not done.cancelled() and done.exception() is None:
             self._covered = max(self._covered, target)

@@ -9,11 +9,13 @@ The flow of one request:
 4. stream deltas back as they come, each message relayed as parsed (the
    worker's and the router's response messages share one wire format, so
    the worker's reply is read as the router's type and passed on unchanged);
-   output tokens are booked by LiveStreams: with a Redis ledger every token
-   is booked before it is relayed (OutputCredit books a few tokens ahead,
-   in a batch with every other stream's, so a message rarely waits), so a
-   killed router never under-charges; with the in-process ledger in
-   batches on a timer;
+   the call is read in its own task (WorkerStream), so the messages that
+   arrive while one waits for its booking or for the client go out as one,
+   text byte-identical; output tokens are booked by LiveStreams: with a
+   Redis ledger every token is booked before it is relayed (OutputCredit,
+   in a batch with every other stream's; the first token is booked during
+   the worker's prefill), so a killed router never under-charges; with the
+   in-process ledger in batches on a timer;
    on the result, correct the input charge to the tokens the worker
    actually computed (DispatchCore.settlement).
 A worker that fails before its first token is taken out of rotation (if it
@@ -60,6 +62,7 @@ from radixfair_router.policies import RoutingDecision, RoutingPolicy
 from radixfair_router.request_validation import ValidatedRequest
 from radixfair_router.router_metrics import RouterMetrics
 from radixfair_router.worker_registry import WorkerEndpoint, WorkerRegistry
+from radixfair_router.worker_stream import CallCancelledError, StreamEndedError, WorkerStream
 
 log = logging.getLogger(__name__)
 
@@ -342,57 +345,64 @@ class RequestRouter:
     async def _relay(
         self, call: grpc.aio.UnaryStreamCall, book: StreamBook, arrival: float, credit: OutputCredit | None
     ) -> AsyncIterator[router_pb2.RouterServiceGenerateResponse]:
-        """The per-message path: a read, a few counters, and the message passed on as it came."""
+        """The per-message path: what the worker sent since the last relay, booked, then passed on.
+
+        The worker's call is read in its own task (WorkerStream): while a message waits for its
+        booking or for the client, later ones gather, and go out as one message with one booking.
+        """
         client = self._metrics.client_labels.label(book.client_id)
         ttft, inter_token = self._metrics.ttft.labels(client), self._metrics.inter_token.labels(client)
-        while True:
-            try:
-                message = await call.read()
-            except asyncio.CancelledError:
-                # LiveStreams cancelled the call (a silent stream); not the caller leaving.
-                if book.stopped is None or _being_cancelled():
-                    raise
-                self._fail(book, *book.stopped)
-            except grpc.aio.AioRpcError as error:
-                if book.stopped is not None:
-                    self._fail(book, *book.stopped)
-                if error.code() in _RETRYABLE and not _request_scoped(error):
-                    self._fail(book, error.code(), error.details() or "")
-                raise PassThroughError(error.code(), error.details() or error.code().name) from error
-            if message is grpc.aio.EOF:
-                self._fail(
-                    book, *(book.stopped or (grpc.StatusCode.UNAVAILABLE, "stream ended without a result"))
-                )
-            now = time.monotonic()
-            book.last_activity = now
-            kind = message.WhichOneof("event")
-            if kind == "delta":
-                count = len(message.delta.token_ids)
-                if count:
-                    if book.first_token_at is None:
-                        book.first_token_at = now
-                        ttft.observe(now - arrival)
-                    else:
-                        inter_token.observe(now - book.last_token_at)  # type: ignore[operator]
-                    book.last_token_at = now
-                    if credit is None:
-                        book.uncharged_tokens += count
-                        book.tokens_sent += count
-                    else:  # booked before the client can see it (a router kill loses none)
-                        if not credit.covers(count):
-                            await credit.wait_for(count)
-                        credit.relayed(count)
-                yield message
-            elif kind == "result":
-                # The caller's usage is what this router forwarded and relayed, as the ledger books it;
-                # only the cache credit is the worker's, clamped to the prompt (issue 12, point 2).
-                usage = message.result.usage
-                usage.cached_tokens = min(max(usage.cached_tokens, 0), book.prompt_tokens)
-                usage.prompt_tokens = book.prompt_tokens
-                usage.completion_tokens = book.tokens_sent
-                book.result = message.result
-                yield message
-                return
+        stream = WorkerStream(call, book)
+        try:
+            while True:
+                try:
+                    delta, result = await stream.take()
+                except CallCancelledError:
+                    # LiveStreams (or the worker leaving the pool) cancelled the call: not the caller.
+                    self._fail(
+                        book, *(book.stopped or (grpc.StatusCode.UNAVAILABLE, "worker call cancelled"))
+                    )
+                except StreamEndedError:
+                    self._fail(
+                        book,
+                        *(book.stopped or (grpc.StatusCode.UNAVAILABLE, "stream ended without a result")),
+                    )
+                except grpc.aio.AioRpcError as error:
+                    if book.stopped is not None:
+                        self._fail(book, *book.stopped)
+                    if error.code() in _RETRYABLE and not _request_scoped(error):
+                        self._fail(book, error.code(), error.details() or "")
+                    raise PassThroughError(error.code(), error.details() or error.code().name) from error
+                if delta is not None:
+                    count = len(delta.delta.token_ids)
+                    if count:
+                        now = time.monotonic()
+                        if book.first_token_at is None:
+                            book.first_token_at = now
+                            ttft.observe(now - arrival)
+                        else:
+                            inter_token.observe(now - book.last_token_at)  # type: ignore[operator]
+                        book.last_token_at = now
+                        if credit is None:
+                            book.uncharged_tokens += count
+                            book.tokens_sent += count
+                        else:  # booked before the client can see it (a router kill loses none)
+                            if not credit.covers(count):
+                                await credit.wait_for(count)
+                            credit.relayed(count)
+                    yield delta
+                if result is not None:
+                    # The caller's usage is what this router forwarded and relayed, as the ledger books
+                    # it; only the cache credit is the worker's, clamped to the prompt (issue 12, point 2).
+                    usage = result.result.usage
+                    usage.cached_tokens = min(max(usage.cached_tokens, 0), book.prompt_tokens)
+                    usage.prompt_tokens = book.prompt_tokens
+                    usage.completion_tokens = book.tokens_sent
+                    book.result = result.result
+                    yield result
+                    return
+        finally:
+            stream.close()
 
     def _fail(self, book: StreamBook, code: grpc.StatusCode, message: str) -> None:
         if book.tokens_sent == 0 and book.result is None:
@@ -483,11 +493,6 @@ class RequestRouter:
 def _rejected_before_output(outcome: str, book: StreamBook) -> bool:
     """The worker answered with an error before any token or result flowed: it served nothing."""
     return outcome == "error" and book.tokens_sent == 0 and book.result is None
-
-
-def _being_cancelled() -> bool:
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
 
 
 def _worker_request(request: ValidatedRequest, principal: Principal) -> worker_pb2.GenerateRequest:
