@@ -1,9 +1,10 @@
-"""Every place that lists policy names lists the registries' names, in the registries' order.
+"""The two policy registries are the one home of the names; nothing else keeps a list that goes stale.
 
-The two registries (the worker's scheduler/registry.py, the router's policies/registry.py) are the
-one home of the names. Code reads them; text that cannot import them (YAML comments, the CLI help of
-the torch-free shared package, a dataclass comment) is held to them here, so a policy added to a
-registry and not to these fails this test.
+The worker's scheduler/registry.py and the router's policies/registry.py. Code reads them (the
+evaluation lists, each router policy's pairing with a worker policy). Text that cannot import them
+either points to its registry instead of listing names (the deploy config comments, the config
+fields' comments) or, the CLI help of the torch-free shared package, lists exactly the registry's
+names in its order: a policy added to a registry and not there fails here.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import pytest
 
 from bench import eval_runs
 from radixfair.cli import _parser
+from radixfair_router.config import PolicyConfig
 from radixfair_router.policies import registry as routing_registry
 from radixfair_worker.config import SchedulerConfig
 from radixfair_worker.scheduler import registry as scheduler_registry
@@ -63,10 +65,16 @@ def test_deploy_config_comments_point_to_their_registry_instead_of_listing_names
     assert not set(registry.names()) & set(re.findall(r"[a-z0-9_]+", comment)), comment
 
 
-def test_the_scheduler_config_comment_lists_the_scheduler_registry():
-    source = inspect.getsource(SchedulerConfig)
-    comment = next(line for line in source.splitlines() if "One of:" in line)
-    assert listed(comment.strip().lstrip("# ")) == WORKER_NAMES
+@pytest.mark.parametrize(
+    ("config", "field", "registry"),
+    [(SchedulerConfig, "policy", scheduler_registry), (PolicyConfig, "name", routing_registry)],
+)
+def test_the_config_fields_that_take_a_name_point_to_their_registry(config, field, registry):
+    lines = inspect.getsource(config).splitlines()
+    index = next(i for i, line in enumerate(lines) if line.strip().startswith(f"{field}: str"))
+    comment = lines[index - 1].strip()
+    assert comment.startswith("#") and "/".join(registry.__name__.split(".")[1:]) + ".py" in comment, comment
+    assert not set(registry.names()) & set(re.findall(r"[a-z0-9_]+", comment)), comment
 
 
 def test_the_cli_policy_help_lists_the_routing_registry():

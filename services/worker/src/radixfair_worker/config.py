@@ -8,13 +8,20 @@ from pathlib import Path
 from radixfair.metrics import MetricsConfig
 from radixfair.tls import TlsConfig
 from radixfair.tracing import TracingConfig
+from radixfair_worker.scheduler.deficit_ledger import IDLE_RULES
 
 
 @dataclass(frozen=True)
 class SchedulerConfig:
-    """Which local policy orders the waiting queue, and its parameters."""
+    """Which local policy orders the waiting queue, and its parameters; checks its own values.
 
-    # One of: fcfs, lpm, lpm_aging, vtc, dlpm (see scheduler.registry).
+    One flat section for every policy, so a deployment switches policies by name alone; each
+    field's comment says which policies read it. The name is checked by
+    ``scheduler.registry.build_policy``, which reads the registry (the policies import this
+    module, so it cannot import them).
+    """
+
+    # A name in scheduler/registry.py (build_policy refuses another, listing the names).
     policy: str = "dlpm"
     # DLPM quantum Q, in weighted tokens of service.
     quantum: float = 1024.0
@@ -40,6 +47,24 @@ class SchedulerConfig:
     # (32 tokens at page_size 16, SGLang's in-batch threshold): one page is about a chat template's
     # header, which unrelated requests share, and holding on it would serialise them a step apart.
     in_batch_prefix_pages: int = 2
+
+    def __post_init__(self) -> None:
+        if self.input_token_weight < 0 or self.output_token_weight < 0:
+            raise ValueError("input_token_weight and output_token_weight must be >= 0")
+        if not 0.0 <= self.cached_token_weight <= 1.0:
+            raise ValueError("cached_token_weight is a fraction of input_token_weight: 0 <= it <= 1")
+        if self.quantum <= 0:
+            raise ValueError("quantum must be > 0")
+        if self.lpm_aging_rate < 0:
+            raise ValueError("lpm_aging_rate must be >= 0")
+        if self.idle_deficit not in IDLE_RULES:
+            raise ValueError(
+                f"idle_deficit must be one of {', '.join(IDLE_RULES)}, got {self.idle_deficit!r}"
+            )
+        if self.max_overtakes < 0:
+            raise ValueError("max_overtakes must be >= 0")
+        if self.in_batch_prefix_pages < 0:
+            raise ValueError("in_batch_prefix_pages must be >= 0 (0 disables in-batch prefix holding)")
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,6 @@ from radixfair_worker.scheduler.dlpm import DLPMPolicy
 from radixfair_worker.scheduler.fcfs import FCFSPolicy
 from radixfair_worker.scheduler.lpm import LPMPolicy
 from radixfair_worker.scheduler.lpm_aging import LPMAgingPolicy
-from radixfair_worker.scheduler.service_meter import validate_scheduler_config
 from radixfair_worker.scheduler.vtc import VTCPolicy
 
 PolicyFactory = Callable[[SchedulerConfig, Clock], SchedulingPolicy]
@@ -37,13 +36,13 @@ def names() -> tuple[str, ...]:
 
 
 def build_policy(config: SchedulerConfig, clock: Clock = time.monotonic) -> SchedulingPolicy:
-    """A fresh policy for ``config.policy``; ValueError for an unknown name or bad parameters.
+    """A fresh policy for ``config.policy``; ValueError naming the choices for an unknown name.
 
     ``clock`` is the one request arrival times come from (a simulator passes its virtual clock);
-    only policies that weigh waiting time read it.
+    only policies that weigh waiting time read it. The parameters were checked when ``config``
+    was built (``SchedulerConfig.__post_init__``).
     """
     factory = POLICIES.get(config.policy)
     if factory is None:
         raise ValueError(unknown_choice("scheduling policy", config.policy, POLICIES))
-    validate_scheduler_config(config)
     return factory(config, clock)

@@ -16,25 +16,6 @@ from collections import defaultdict
 
 from radixfair_worker.config import SchedulerConfig
 from radixfair_worker.request import Request
-from radixfair_worker.scheduler.deficit_ledger import IDLE_RULES
-
-
-def validate_scheduler_config(config: SchedulerConfig) -> None:
-    """Raises ValueError for weights or a quantum no policy can work with."""
-    if config.input_token_weight < 0 or config.output_token_weight < 0:
-        raise ValueError("input_token_weight and output_token_weight must be >= 0")
-    if not 0.0 <= config.cached_token_weight <= 1.0:
-        raise ValueError("cached_token_weight is a fraction of input_token_weight: 0 <= it <= 1")
-    if config.quantum <= 0:
-        raise ValueError("quantum must be > 0")
-    if config.lpm_aging_rate < 0:
-        raise ValueError("lpm_aging_rate must be >= 0")
-    if config.idle_deficit not in IDLE_RULES:
-        raise ValueError(f"idle_deficit must be one of {', '.join(IDLE_RULES)}, got {config.idle_deficit!r}")
-    if config.max_overtakes < 0:
-        raise ValueError("max_overtakes must be >= 0")
-    if config.in_batch_prefix_pages < 0:
-        raise ValueError("in_batch_prefix_pages must be >= 0 (0 disables in-batch prefix holding)")
 
 
 class ServiceMeter:
