@@ -1,4 +1,4 @@
-"""What DLPM gives a client that has a waiting request again: VTC's lift, in deficit terms.
+"""What DLPM gives a client that has a waiting request again: VTC's lift in deficit terms, for debt only.
 
 The returning-client cases run the real policies (DLPM under each idle rule,
 and VTC) in a small step loop against a real radix cache: each step admits
@@ -79,10 +79,10 @@ def returning_client(policy_name: str, idle: str, return_step: int, slots: int =
     raise AssertionError("the returning client was never admitted")
 
 
-# The stated bound. With lift, a client that has a waiting request again gets at most the credit of
-# the most underserved backlogged client, and, when its debt is older than the refills it missed,
-# at least some: then no refill happens until it is admitted, so each other backlogged client j is
-# admitted at most its credit (<= Q·w_j) plus one request's overrun (U) while it waits.
+# The stated bound. With lift, a client in debt that has a waiting request again is credited the
+# refills it missed, up to the credit of the most underserved backlogged client; when its debt is older
+# than the refills it missed, it gets some: then no refill happens until it is admitted, so each other
+# backlogged client j is admitted at most its credit (<= Q·w_j) plus one request's overrun (U) while it waits.
 LIFT_BOUND = 2 * (Q * 1.0 + U)
 RETURN_STEPS = (330, 345, 360, 375)  # after c's long request ended (about step 300), at several phases
 
@@ -115,7 +115,10 @@ def spend(policy: DLPMPolicy, client: str, weight: float, tokens: int, arrival: 
     assert policy.pick_next([r], cache, CountingBudget(cache, 1)) == [r]
 
 
-def test_lift_gives_a_returning_client_no_more_credit_than_the_most_underserved_backlogged_one():
+def test_lift_never_takes_away_the_credit_a_client_kept_when_it_went_idle():
+    # An earlier lift also lowered kept credit to the most underserved backlogged client's. Under D2LPM a
+    # light client's queue empties after nearly every admission, so that cut its credit on every return
+    # (tests/bench/test_simulator_dlpm_idle.py shows what it cost).
     policy = DLPMPolicy(config())
     cache = cache_holding()
     first = request("c0", "c", list(range(1, 11)), 0.0, weight=2.0)
@@ -128,7 +131,27 @@ def test_lift_gives_a_returning_client_no_more_credit_than_the_most_underserved_
 
     policy.on_arrival(request("c1", "c", [7, 7, 7], 3.0, weight=2.0))
 
-    assert policy.deficits()["c"] == 2.0 * 14  # not 118: idling banked nothing
+    assert policy.deficits()["c"] == 118  # what "cap" keeps; idling added nothing to it
+
+
+def test_lift_credits_missed_refills_only_up_to_the_most_underserved_backlogged_client():
+    policy = DLPMPolicy(config())
+    cache = cache_holding()
+    spend(policy, "c", 1.0, 200, 0.0)  # c: 64 - 200 = -136, running, nothing waiting
+    for i in range(3):  # a and b: 64 - 80 = -16, then a refill and 80 more each time: -48
+        pair = [request(f"{client}{i}", client, list(range(1, 81)), 1.0 + i) for client in ("a", "b")]
+        for r in pair:
+            policy.on_arrival(r)
+        policy.pick_next(pair, cache, CountingBudget(cache, 2))
+    spend(policy, "a", 1.0, 10, 5.0)  # a third refill: a at 16, then 16 - 10 = 6
+    policy.on_arrival(request("a9", "a", [9, 9], 6.0))  # a backlogged with 6; b has nothing waiting
+
+    policy.on_arrival(request("c1", "c", [7, 7], 10.0))
+
+    # c missed 3 refills: -136 + 3·64 = 56 had it waited, more than a, the most underserved backlogged
+    # client, has. What the lift adds stops level with a.
+    assert policy.refill_count == 3
+    assert policy.deficits()["c"] == 6
 
 
 def test_lift_credits_the_refills_a_client_missed_while_it_had_nothing_waiting():
@@ -152,11 +175,12 @@ def test_lift_credits_the_refills_a_client_missed_while_it_had_nothing_waiting()
     assert deficits == {"lift": -136 + 2 * Q, "cap": -136}
 
 
-def test_lift_starts_a_new_client_level_with_the_most_underserved_backlogged_one():
-    policy = DLPMPolicy(config())
-    spend(policy, "a", 1.0, 40, 0.0)  # a: 64 - 40 = 24
-    policy.on_arrival(request("a1", "a", [9, 9], 1.0))
+def test_a_new_client_starts_with_one_quantum_under_every_rule():
+    for rule in ("lift", "cap", "reset"):
+        policy = DLPMPolicy(config(idle=rule))
+        spend(policy, "a", 1.0, 40, 0.0)  # a: 64 - 40 = 24
+        policy.on_arrival(request("a1", "a", [9, 9], 1.0))
 
-    policy.on_arrival(request("n0", "new", [8, 8], 2.0, weight=3.0))
+        policy.on_arrival(request("n0", "new", [8, 8], 2.0, weight=3.0))
 
-    assert policy.deficits()["new"] == 3.0 * 24  # not 3·64: a fresh client id banks nothing either
+        assert policy.deficits()["new"] == 3.0 * Q, rule  # one quantum: nothing banked, nothing taken

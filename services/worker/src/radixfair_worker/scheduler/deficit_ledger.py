@@ -21,21 +21,33 @@ class DeficitLedger:
       debt waits behind every credited client of a round that is long over.
     - ``reset``: one quantum, debt forgiven, as if new. A client can shed
       debt by idling between requests.
-    - ``lift`` (the default; VTC's rule in deficit terms): the refills the
-      client missed since it last had a request waiting (idle, or only
-      running: a refill reaches waiting clients only, so a client whose
-      one long request runs at its fair rate falls behind the round) are
-      applied as they would have been had it waited, each only while
-      ``q_i <= 0``; the result is then lowered to the most credit any
-      backlogged client has, weight-normalised:
-      ``q_i <= weight_i · max_j q_j / weight_j``. VTC lifts a client that
-      becomes backlogged to the smallest counter among the backlogged; a
-      deficit is a counter seen from the current round, so the largest
-      normalised deficit is that smallest counter. The client is served as
-      soon as the most underserved backlogged client would be, and never
-      before it: idling banks nothing. New clients start the same way, from
-      one quantum.
-
+    - ``lift`` (the default; VTC's lift, applied to debt only): a client
+      in debt (``q_i <= 0``) is credited the refills it missed since it
+      last had a request waiting (idle, or only running: a refill reaches
+      waiting clients only, so a client whose one long request runs at its
+      fair rate falls behind the round), each only while ``q_i <= 0``, as
+      they would have been had it waited. What the lift adds stops at the
+      most credit any backlogged client has, weight-normalised
+      (``weight_i · max_j q_j / weight_j``; VTC lifts a client that becomes
+      backlogged to the smallest counter among the backlogged, and the
+      largest normalised deficit is that smallest counter), so the refills
+      it missed make it level with the most underserved client, never
+      ahead of it. The lift never takes credit away: a client keeps the
+      deficit it has (capped at the quantum when it went idle, as under
+      ``cap``), and a new client starts with one quantum. Kept credit puts
+      it at most one quantum ahead of the most underserved backlogged
+      client, which the bound's 2Q term allows. An earlier form also
+      lowered *that* credit to the most underserved backlogged client's.
+      Under D2LPM a light client's queue empties after nearly every
+      admission, and on a worker whose KV memory is full the backlogged
+      clients' credit is whatever is left of their round, so every return
+      cut the light client's credit to one request's worth and its next
+      requests waited for the next refill, which comes only once every
+      credited waiting request has got memory: the 200-request flood's
+      light clients were 1.4-1.7x slower than under ``cap``
+      (docs/evaluation.md, "Several workers").
+      Idling still banks nothing: credit only comes from refills a client
+      would have had while waiting, and never exceeds one quantum.
     Every rule keeps ``q_i <= Q · weight_i``, and applies only when a client
     becomes backlogged, so DLPM's bound between continuously backlogged
     clients (``dlpm`` module docstring) holds under each.
@@ -83,18 +95,22 @@ class DeficitLedger:
         """``client`` has no request waiting any more (it may still have some running)."""
         self._drained_since.setdefault(client, self.refills)
 
-    def on_backlogged(self, client: str, others_backlogged: Iterable[str], is_new: bool) -> None:
+    def on_backlogged(self, client: str, others_backlogged: Iterable[str]) -> None:
         """``client`` (after ``set_weight``) has a waiting request again, or for the first time."""
         drained_since = self._drained_since.pop(client, None)
-        if self._idle_rule != "lift" or (drained_since is None and not is_new):
+        kept = self._deficits[client]
+        if self._idle_rule != "lift" or drained_since is None or kept > 0:
             return
-        weight, q = self._weights[client], self._deficits[client]
-        step = self.quantum * weight
-        missed = 0 if drained_since is None else self.refills - drained_since
-        if q <= 0 and missed:
-            q += step * min(missed, int(-q // step) + 1)
+        missed = self.refills - drained_since
+        if not missed:
+            return
+        step = self.quantum * self._weights[client]
+        lifted = kept + step * min(missed, int(-kept // step) + 1)
+        weight = self._weights[client]
         others = [self._deficits[c] / self._weights[c] for c in others_backlogged if c != client]
-        self._deficits[client] = min(q, weight * max(others)) if others else q
+        if others:
+            lifted = min(lifted, weight * max(others))
+        self._deficits[client] = max(kept, lifted)
 
     def deficits(self) -> dict[str, float]:
         return dict(self._deficits)

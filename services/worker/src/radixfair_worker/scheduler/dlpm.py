@@ -22,7 +22,8 @@ Rules (see /work/shared/reference/dlpm.md):
   5. A client that goes idle (nothing waiting, nothing running) is capped at
      ``Q · weight_i``. What a client starts with when it has a waiting request
      again is ``idle_deficit`` (``DeficitLedger``): by default VTC's lift, in
-     deficit terms. Every rule keeps ``q_i <= Q · weight_i``.
+     deficit terms, applied to debt only (it never takes credit away). Every
+     rule keeps ``q_i <= Q · weight_i``.
 
   6. In-batch prefix (``scheduler.in_batch_prefix``): a request the budget
      *holds* (another request is computing >= threshold pages of its uncached
@@ -128,10 +129,9 @@ class DLPMPolicy:
 
     def on_arrival(self, request: Request) -> None:
         client = request.client_id
-        is_new = client not in self._ledger.deficits()
         self._ledger.set_weight(client, request.weight)
         if not self._activity.has_waiting(client):
-            self._ledger.on_backlogged(client, self._activity.waiting_clients(), is_new)
+            self._ledger.on_backlogged(client, self._activity.waiting_clients())
         self._activity.arrived(request)
         self._overtakes.joined(request)
         self._queue.joined(request)
