@@ -1,7 +1,7 @@
 """d2lpm_gated through the real router: the gate holds a flood back and releases a late client first.
 
 The same scenario as global VTC's gate test, under D2LPM with late binding: the policy's
-``gates_admission`` flag is what makes the router create the gate (docs/cluster-fairness.md).
+``admission_gate`` hook is what gives the router the gate (docs/cluster-fairness.md).
 """
 
 from __future__ import annotations
