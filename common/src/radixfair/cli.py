@@ -103,6 +103,9 @@ def _parser() -> argparse.ArgumentParser:
 
     up = add_command("up", "launch Redis, a router and N workers locally and keep serving")
     up.add_argument("--workers", type=int, default=2, help="worker processes")
+    up.add_argument(
+        "--routers", type=int, default=1, help="router processes sharing --port and one Redis ledger"
+    )
     up.add_argument("--model", default=PACKAGED_MODEL, help="model directory or the packaged model name")
     up.add_argument(
         "--cache-dir", type=Path, default=Path("~/.cache/radixfair/models"), help="converted model cache"
@@ -194,6 +197,7 @@ def _up(args: argparse.Namespace) -> int:
         model=args.model,
         cache_dir=args.cache_dir,
         workers=args.workers,
+        routers=args.routers,
         router_port=args.port,
         router_http_port=args.http_port,
         policy=args.policy,

@@ -4,7 +4,10 @@ gRPC turns SO_REUSEPORT on by default, so a second server on a port that is
 already served binds anyway and the kernel splits connections between the
 two: a worker of one stack answers for another's. Every service builds its
 gRPC server here, with port reuse off, and binds through ``bind_grpc_port``,
-so a taken port is a start-up error (``PortInUseError``) instead.
+so a taken port is a start-up error (``PortInUseError``) instead. The one
+exception is asked for by name (``share_port``): router processes of one host
+that serve one address together (``radixfair up --routers N``), the kernel
+spreading connections over them; only processes that all ask may share.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import grpc
 
 # Options every radixfair gRPC server is built with.
 SERVER_OPTIONS: tuple[tuple[str, int], ...] = (("grpc.so_reuseport", 0),)
+# A server that shares its port with its siblings (SO_REUSEPORT: each connection goes to one of them).
+SHARED_PORT_OPTIONS: tuple[tuple[str, int], ...] = (("grpc.so_reuseport", 1),)
 
 
 class ListenError(Exception):
@@ -27,9 +32,12 @@ class PortInUseError(ListenError):
     """The port is already bound by another process."""
 
 
-def build_grpc_server(interceptors: Sequence[grpc.aio.ServerInterceptor] = ()) -> grpc.aio.Server:
-    """A grpc.aio server with radixfair's standard options (no port sharing)."""
-    return grpc.aio.server(interceptors=list(interceptors), options=SERVER_OPTIONS)
+def build_grpc_server(
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (), share_port: bool = False
+) -> grpc.aio.Server:
+    """A grpc.aio server with radixfair's standard options (no port sharing unless ``share_port``)."""
+    options = SHARED_PORT_OPTIONS if share_port else SERVER_OPTIONS
+    return grpc.aio.server(interceptors=list(interceptors), options=options)
 
 
 def bind_grpc_port(
@@ -38,15 +46,18 @@ def bind_grpc_port(
     port: int,
     what: str = "gRPC",
     credentials: grpc.ServerCredentials | None = None,
+    share_port: bool = False,
 ) -> int:
     """Binds ``host:port`` (TLS with ``credentials``) and returns the bound port.
 
     PortInUseError when the port is taken, ListenError when it cannot be bound for another reason.
+    ``share_port`` (a server built with it): the port may already be served by siblings that share it.
     """
     # Checked with a plain socket first, so the common case gets the OS's reason in one line
     # rather than gRPC's generic bind failure; gRPC's own refusal (port reuse is off) still
     # covers a port taken between the check and the bind.
-    ensure_port_free(host, port, what)
+    if not share_port:
+        ensure_port_free(host, port, what)
     address = f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
     try:
         if credentials is not None:

@@ -54,6 +54,8 @@ from radixfair.v1 import router_pb2, router_pb2_grpc
 log = logging.getLogger(__name__)
 
 PACKAGED_MODEL = "smollm2-135m-instruct"
+# What a router logs once it serves (radixfair_router.app): how `up` knows a router sharing the port is up.
+ROUTER_SERVING = "router serving on"
 DEFAULT_CACHE_DIR = Path("~/.cache/radixfair/models")
 
 
@@ -63,6 +65,9 @@ class LocalStackConfig:
     model: str = PACKAGED_MODEL
     cache_dir: Path = DEFAULT_CACHE_DIR
     workers: int = 2
+    # Router processes serving router_port together (SO_REUSEPORT) on one Redis ledger; the first
+    # also serves the HTTP API.
+    routers: int = 1
     router_port: int = 50051
     # The router's OpenAI-compatible HTTP API; 0 turns it off.
     router_http_port: int = 8000
@@ -88,6 +93,8 @@ class LocalStackConfig:
     def __post_init__(self) -> None:
         if self.workers < 0:
             raise ConfigError(f"workers must be 0 or more, got {self.workers}")
+        if self.routers < 1:
+            raise ConfigError(f"routers must be 1 or more, got {self.routers}")
         if not 0 < self.router_port < 65536:
             raise ConfigError(f"the router port must be 1-65535, got {self.router_port}")
         if not 0 <= self.router_http_port < 65536 or self.router_http_port == self.router_port:
@@ -228,6 +235,10 @@ class LocalStack:
                 model_dir = cfg.cache_dir.expanduser() / cfg.model
             self._start_router(model_dir)
             self._wait_for_health(self._children[-1], self.address)
+            for index in range(1, cfg.routers):
+                # The port answers already (the first router): each further one is ready once it says so.
+                self._start_router(model_dir, index)
+                self._wait_for_log(self._children[-1], ROUTER_SERVING)
             for index, port in enumerate(worker_ports):
                 if not any(c.name == f"worker-{index}" for c in self._children):
                     self._start_worker(index, port)
@@ -258,6 +269,7 @@ class LocalStack:
             "redis": self.redis_url,
             "policy": self._config.policy,
             "workers": self._config.workers,
+            "routers": self._config.routers,
             "clients": {k.client_id: {"api_key": k.key, "weight": k.weight} for k in self._config.api_keys},
             "logs": str(self._config.run_dir),
             "pids": {c.name: c.process.pid for c in self._children},
@@ -297,16 +309,18 @@ class LocalStack:
         candidate = Path(self._config.model).expanduser()
         return candidate if candidate.is_dir() else None
 
-    def _start_router(self, model_dir: Path) -> None:
-        self._spawn("router", "radixfair_router", self._router_config_args(model_dir, self.redis_url))
+    def _start_router(self, model_dir: Path, index: int = 0) -> None:
+        args = self._router_config_args(model_dir, self.redis_url, index)
+        self._spawn(f"router-{index}" if index else "router", "radixfair_router", args)
 
-    def _router_config_args(self, model_dir: Path, redis_url: str) -> list[str]:
-        """The router's command-line arguments: a config file, or the base file plus --set flags."""
+    def _router_config_args(self, model_dir: Path, redis_url: str, index: int = 0) -> list[str]:
+        """Router ``index``'s command-line arguments: a config file, or the base file plus --set flags."""
         cfg = self._config
-        router_config = {
+        router_config: dict[str, object] = {
             "host": "127.0.0.1",
             "port": cfg.router_port,
-            "http_port": cfg.router_http_port,
+            # One HTTP port on the host: the first router serves it.
+            "http_port": 0 if index else cfg.router_http_port,
             "tokenizer_dir": str(model_dir),
             "policy": {"name": cfg.policy, "quantum": cfg.quantum},
             "ledger": {"store": "redis", "redis_url": redis_url},
@@ -318,6 +332,13 @@ class LocalStack:
             "registry": {"registration_token": self._registration_token},
             "forward": {"identity_secret": self._identity_secret},
         }
+        if cfg.routers > 1:
+            # A worker registers and heartbeats over one connection, so with one router process; every
+            # router lists the stack's workers instead and health-checks them itself.
+            router_config["share_port"] = True
+            router_config["registry"]["workers"] = [  # type: ignore[index]
+                {"worker_id": f"worker-{i}", "address": a} for i, a in enumerate(self._worker_addresses)
+            ]
         if self.certificates is not None:
             # Callers need the CA (and, with client certificates, one of their own); the router
             # presents the stack's internal client certificate to the workers.
@@ -326,13 +347,14 @@ class LocalStack:
         if cfg.router_config_file is not None:
             # The file decides policy and tuning; the launcher's own fields win as flags.
             del router_config["policy"]
-            # Workers started here register themselves; nothing else is scraped on fixed ports.
-            registry = {**router_config["registry"], "workers": []}  # type: ignore[dict-item]
+            # Workers started here register themselves (and are listed with several routers); nothing
+            # else is scraped on fixed ports.
+            registry = {"workers": [], **router_config["registry"]}  # type: ignore[dict-item]
             router_config.update({"registry": registry, "metrics_port": 0})
             args = ["--config", str(cfg.router_config_file), *_set_args(_flatten(router_config))]
         else:
             cfg.run_dir.mkdir(parents=True, exist_ok=True)
-            path = cfg.run_dir / "router.yaml"
+            path = cfg.run_dir / (f"router-{index}.yaml" if index else "router.yaml")
             path.write_text(yaml.safe_dump(router_config))
             args = ["--config", str(path)]
         return [*args, *_set_args(cfg.router_settings)]
@@ -391,23 +413,41 @@ class LocalStack:
             time.sleep(0.2)
         raise StackStartError(f"{child.name} not serving on {address} in time; see {child.log_path}")
 
+    def _wait_for_log(self, child: _Child, marker: str) -> None:
+        deadline = time.monotonic() + self._config.startup_timeout_s
+        while time.monotonic() < deadline:
+            if child.process.poll() is not None:
+                raise _start_failure(child)
+            if marker in child.log_path.read_text(errors="replace"):
+                return
+            time.sleep(0.2)
+        raise StackStartError(f"{child.name} did not start serving in time; see {child.log_path}")
+
+    def _sees_workers(self) -> bool:
+        """Whether the router answering a new connection lists every worker healthy."""
+        key = self._config.api_keys[0].key
+        with open_channel(
+            self.address, self._probe, options=[("grpc.use_local_subchannel_pool", 1)]
+        ) as channel:
+            stub = router_pb2_grpc.RouterServiceStub(channel)
+            try:
+                status = stub.GetStatus(
+                    router_pb2.GetStatusRequest(), metadata=bearer_metadata(key), timeout=2
+                )
+            except grpc.RpcError:
+                return False
+            return sum(w.healthy for w in status.workers) >= self._config.workers
+
     def _wait_for_workers(self) -> None:
         deadline = time.monotonic() + self._config.startup_timeout_s
-        key = self._config.api_keys[0].key
         while time.monotonic() < deadline:
             exited = self.first_exited()
             if exited is not None:
                 raise _start_failure(exited)
-            with open_channel(self.address, self._probe) as channel:
-                stub = router_pb2_grpc.RouterServiceStub(channel)
-                try:
-                    status = stub.GetStatus(
-                        router_pb2.GetStatusRequest(), metadata=bearer_metadata(key), timeout=2
-                    )
-                    if sum(w.healthy for w in status.workers) >= self._config.workers:
-                        return
-                except grpc.RpcError:
-                    pass
+            # Each probe on its own connection, so with several routers the kernel spreads the probes
+            # over them: every one must see every worker.
+            if all(self._sees_workers() for _ in range(4 * self._config.routers - 3)):
+                return
             time.sleep(0.3)
         raise StackStartError(f"workers did not all register with the router; logs in {self._config.run_dir}")
 

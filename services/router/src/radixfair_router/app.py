@@ -90,7 +90,7 @@ async def start_router(config: RouterConfig, span_exporter: SpanExporter | None 
     router = RequestRouter(config, registry, cache_view, policy, ledger, tracer, metrics)
     metrics.track(lambda: len(registry.healthy()), lambda: ledger.shared)
 
-    server = build_grpc_server([MalformedRequestInterceptor()])
+    server = build_grpc_server([MalformedRequestInterceptor()], share_port=config.share_port)
     servicer = RouterServicer(
         router,
         registry,
@@ -104,7 +104,9 @@ async def start_router(config: RouterConfig, span_exporter: SpanExporter | None 
     )
     router_pb2_grpc.add_RouterServiceServicer_to_server(servicer, server)
     health = add_health_and_reflection(server, [SERVICE_NAME])
-    port = bind_grpc_port(server, config.host, config.port, credentials=credentials)
+    port = bind_grpc_port(
+        server, config.host, config.port, credentials=credentials, share_port=config.share_port
+    )
     http = None
     if config.http_port:
         # Imported only when served: a router without the HTTP port needs none of the ASGI stack.

@@ -165,6 +165,8 @@ class RouterConfig:
     # Port of the OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, /v1/models),
     # on ``host``, next to the gRPC port and through the same dispatch path; 0 turns it off.
     http_port: int = 0
+    # Serve ``port`` together with the other router processes of this host that ask too (SO_REUSEPORT).
+    share_port: bool = False
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     # TLS of the router's gRPC port (callers): cert_file and key_file; with ca_file and
     # require_client_cert, callers must present a certificate signed by that CA (mutual TLS).
