@@ -68,6 +68,35 @@ class SchedulerConfig:
 
 
 @dataclass(frozen=True)
+class PrefillBatchingConfig:
+    """When new requests are held back from a decode-only step (see ``prefill_batching``).
+
+    A decode-only step replays a CUDA graph; a step with a prefill runs eagerly, several times
+    slower on a small model. Holding arrivals back a few steps lets one eager step prefill them
+    together.
+    """
+
+    # true, false, or "auto": on where decode steps replay CUDA graphs (cuda with
+    # cuda_graph_max_batch > 0), off elsewhere (on the CPU every step is eager alike).
+    enabled: bool | str = "auto"
+    # A waiting request is held back for at most this many steps; 0 never holds back.
+    max_wait_steps: int = 8
+    # The hold also ends once the waiting requests number at least this fraction of the decoding
+    # ones (rounded up, so a small batch admits its first arrival at once).
+    waiting_ratio: float = 0.125
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.enabled, bool) and self.enabled != "auto":
+            raise ValueError(
+                f"engine.prefill_batching.enabled must be true, false or 'auto', got {self.enabled!r}"
+            )
+        if self.max_wait_steps < 0:
+            raise ValueError("engine.prefill_batching.max_wait_steps must be 0 (never hold) or positive")
+        if not 0 < self.waiting_ratio <= 1:
+            raise ValueError("engine.prefill_batching.waiting_ratio must be in (0, 1]")
+
+
+@dataclass(frozen=True)
 class EngineConfig:
     """Batching and memory limits of the engine loop."""
 
@@ -100,6 +129,8 @@ class EngineConfig:
     # pages) once per group instead of once per sequence (kernels.cascade_decode_attention), where
     # a group saves enough reads to pay (kernels.prefix_groups); Triton backend only.
     cascade_decode: bool = True
+    # Holding new requests back from decode-only steps so their prefills run together.
+    prefill_batching: PrefillBatchingConfig = field(default_factory=PrefillBatchingConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     # The engine process exits after this many steps in a row fail for the whole batch (a failure
     # no single request reproduces), so the worker reports NOT_SERVING instead of failing every
@@ -119,6 +150,13 @@ class EngineConfig:
             raise ValueError(
                 f"engine.overlap_schedule must be true, false or 'auto', got {self.overlap_schedule!r}"
             )
+
+    @property
+    def decode_graph_rows(self) -> int:
+        """The most decode rows a step replays as a captured CUDA graph; 0 without graphs."""
+        if not self.device.startswith("cuda") or self.cuda_graph_max_batch <= 0:
+            return 0
+        return min(self.cuda_graph_max_batch, self.max_running_requests)
 
     @property
     def overlap_enabled(self) -> bool:

@@ -55,6 +55,7 @@ from radixfair_worker.inflight import InFlightStep, SampledTokens
 from radixfair_worker.model_runner import ScheduledChunk, StepRunner
 from radixfair_worker.output_processor import OutputProcessor
 from radixfair_worker.page_binding import PageBinder
+from radixfair_worker.prefill_batching import AdmissionHold
 from radixfair_worker.request import PLACEHOLDER_TOKEN, FinishReason, Request, RequestStatus
 from radixfair_worker.sampler import FAILED_ROW_MESSAGE, Sampler
 from radixfair_worker.scheduler.base import SchedulingPolicy
@@ -105,6 +106,10 @@ class Engine:
         # Tokens whose K/V the model computed (prefill chunks and decode inputs).
         self.computed_tokens = 0
         self.overlap = config.overlap_enabled
+        graph_rows = config.decode_graph_rows
+        self._admission_hold = AdmissionHold.for_engine(
+            config.prefill_batching, graph_rows > 0, graph_rows or config.max_running_requests
+        )
         # The launched step whose sampled ids are not read yet (overlap only), and the outputs
         # of steps finished during the current ``step`` call.
         self._in_flight: InFlightStep | None = None
@@ -250,7 +255,12 @@ class Engine:
         prefilling = [r for r in prefilling if r.status is RequestStatus.RUNNING]
         budget = _StepBudget(self, self.config.max_batched_tokens - len(chunks), prefilling)
         chunks += self._schedule_prefills(prefilling, budget)
-        if self.waiting and budget.tokens_left > 0 and len(self.running) < self.config.max_running_requests:
+        if (
+            self.waiting
+            and budget.tokens_left > 0
+            and len(self.running) < self.config.max_running_requests
+            and not self._holds_back_admission(chunks)
+        ):
             for request in self.policy.pick_next(list(self.waiting), self.cache, budget):
                 chunks.append(budget.chunks_admitted[request.request_id])
         # A drain for a preemption may have finished requests scheduled earlier in this step.
@@ -260,6 +270,11 @@ class Engine:
         return chunks, sampled
 
     # -- scheduling ----------------------------------------------------------
+
+    def _holds_back_admission(self, chunks: list[ScheduledChunk]) -> bool:
+        """Whether waiting requests stay out of this decode-only step (see prefill_batching)."""
+        hold = self._admission_hold
+        return hold is not None and hold.holds_back([c.length for c in chunks], self.waiting, self.steps)
 
     def _schedule_decodes(self) -> tuple[list[ScheduledChunk], list[Request]]:
         """A one-token chunk for every running request that decodes; also, those still prefilling.
@@ -391,6 +406,7 @@ class Engine:
         request.num_computed_tokens = request.num_inserted_tokens = 0
         request.status = RequestStatus.WAITING
         request.preemptions += 1
+        request.queued_step = self.steps
         self.waiting.insert(0, request)
         self.policy.on_arrival(request)
 
@@ -409,6 +425,7 @@ class Engine:
         while not self._inbox.empty():
             request = self._inbox.get()
             self.output_processor.open(request)
+            request.queued_step = self.steps
             self.waiting.append(request)
             self.policy.on_arrival(request)
         if not fresh and not carried:

@@ -45,7 +45,7 @@ def build_engine(config: EngineConfig, model_dir: Path) -> ServingStack:
     model = load_model(model_dir, build_backend(config.backend), dtype, config.device)
     model_config = model.config
     device = torch.device(config.device)
-    use_graphs = device.type == "cuda" and config.cuda_graph_max_batch > 0
+    use_graphs = device.type == "cuda" and config.decode_graph_rows > 0
     # One page beyond the allocator's: padded graph rows write their K/V there.
     kv_pages = config.num_pages + (1 if use_graphs else 0)
     kv_cache = KVCache(model_config, kv_pages, config.page_size, dtype, device)
@@ -65,7 +65,7 @@ def build_engine(config: EngineConfig, model_dir: Path) -> ServingStack:
             kv_cache,
             scratch_page=config.num_pages,
             max_pages_per_seq=-(-max_context // config.page_size),
-            batch_sizes=capture_sizes(min(config.cuda_graph_max_batch, config.max_running_requests)),
+            batch_sizes=capture_sizes(config.decode_graph_rows),
             prefix_sharing=sharing,
         )
     engine = Engine(

@@ -80,6 +80,8 @@ class Request:
     num_inserted_tokens: int = 0
     # Trailing placeholders in output_ids (0, 1, or 2 while a step is both launched and resolving).
     pending_tokens: int = 0
+    # The engine step at which it last joined the waiting queue (arrival or preemption).
+    queued_step: int = 0
     times_admitted: int = 0
     preemptions: int = 0
     admitted_time: float | None = None
