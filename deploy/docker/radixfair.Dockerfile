@@ -90,10 +90,12 @@ RUN --mount=type=bind,from=manifests,source=/manifests,target=/manifests \
     && bash /build-inputs/apply.sh python -m pip install -q -c /manifests/constraints.txt -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 # The sources are mounted for the build, never copied into a layer (rw: the build writes beside them).
+# SOURCE_DATE_EPOCH: the wheels' file times are fixed, so a rebuild of unchanged sources makes
+# the same bytes and the images' install steps on top stay cached.
 RUN --mount=type=bind,source=.,target=/src,rw \
     python /src/deploy/docker/third_party_requirements.py --print sources router worker distiller \
        >/tmp/sources.txt \
-    && xargs python -m pip wheel -q --no-cache-dir --no-deps --no-build-isolation --no-index \
+    && SOURCE_DATE_EPOCH=315532800 xargs python -m pip wheel -q --no-cache-dir --no-deps --no-build-isolation --no-index \
        -w /radixfair-wheels </tmp/sources.txt \
     && rm /tmp/sources.txt
 
