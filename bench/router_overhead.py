@@ -42,6 +42,8 @@ import argparse
 import asyncio
 import contextlib
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -303,7 +305,12 @@ def cpu_seconds(pid: int) -> float:
 
 
 async def stream_cell(
-    args: argparse.Namespace, stack: Stack, name: str, seed: int, profile: Path | None = None
+    args: argparse.Namespace,
+    stack: Stack,
+    name: str,
+    seed: int,
+    idle_cores: float = 0.0,
+    profile: Path | None = None,
 ) -> dict[str, object]:
     """``--streams`` clients streaming back to back for ``--stream-seconds`` through ``name``.
 
@@ -316,9 +323,10 @@ async def stream_cell(
     pids = {"worker": stack.pid("worker"), **({} if name == "worker" else {"router": stack.pid(name)})}
     spy = None
     if profile is not None:
+        py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
         spy = subprocess.Popen(
-            [str(Path(sys.executable).with_name("py-spy")), "record", "--format", "raw", "--rate", "200",
-             "--nonblocking", "--pid", str(pids["router"]), "--output", str(profile)],
+            [py_spy, "record", "--format", "raw", "--rate", "200", "--nonblocking",
+             "--pid", str(pids["router"]), "--output", str(profile)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
     before = {role: cpu_seconds(pid) for role, pid in pids.items()}
@@ -347,6 +355,9 @@ async def stream_cell(
             "router_cpu_cores": cpu["router"] / wall,
             "router_cpu_us_per_token": 1e6 * cpu["router"] / tokens,
             "router_cpu_us_per_message": 1e6 * cpu["router"] / messages,
+            # Less what the router spends idle over as long (its background work).
+            "router_idle_cores": idle_cores,
+            "router_net_cpu_us_per_message": 1e6 * (cpu["router"] - idle_cores * wall) / messages,
             # What one router process relays per second of its own CPU: a ceiling of one core.
             "router_tokens_per_cpu_s": tokens / cpu["router"],
             "router_messages_per_cpu_s": messages / cpu["router"],
@@ -354,45 +365,60 @@ async def stream_cell(
     return row
 
 
-async def stream_cells(args: argparse.Namespace, stack: Stack, work: Path) -> tuple[list[dict], list[dict]]:
+async def stream_cells(
+    args: argparse.Namespace, stack: Stack, work: Path
+) -> tuple[list[dict], dict[str, list[dict]]]:
     """``--stream-rounds`` rounds of the worker-direct and plain-router cells, in turn; then, with
     ``--profile``, one more router cell with py-spy attached (its figures are not in the rows)."""
     # The plain router (the probed one when --redis-modes has no plain one).
     router = next((r.name for r in stack.routers if r.name == "router"), stack.routers[0].name)
+    # What the router spends with nothing to relay (health checks, load reports, the ledger lease),
+    # so the per-message figures can be read net of it.
+    before = cpu_seconds(stack.pid(router))
+    await asyncio.sleep(args.stream_seconds)
+    idle_cores = (cpu_seconds(stack.pid(router)) - before) / args.stream_seconds
     rows = []
     for round_ in range(args.stream_rounds):
         for name in ("worker", router):
-            rows.append(await stream_cell(args, stack, name, 1000 * round_ + len(rows)))
-    profile: list[dict] = []
+            rows.append(await stream_cell(args, stack, name, 1000 * round_ + len(rows), idle_cores))
+    profile: dict[str, list[dict]] = {}
     if args.profile:
         path = work / "router.pyspy.txt"
-        await stream_cell(args, stack, router, 999_999, path)
+        await stream_cell(args, stack, router, 999_999, idle_cores, path)
         profile = summarize_profile(path)
     return rows, profile
 
 
-def summarize_profile(path: Path, top: int = 25) -> list[dict]:
-    """py-spy's raw stacks (``frame;frame;... count``) as the share of samples each function is on
-    (inclusive) and at the top of (self), the event loop's idle wait left out of neither."""
+def summarize_profile(path: Path, top: int = 12) -> dict[str, list[dict]]:
+    """py-spy's raw stacks (``thread;frame;...;frame count``) as two tables of shares of samples:
+    the functions most often at the top of the stack (``self``: gRPC's Cython core shows as the
+    event loop's ``Handle._run``, as py-spy sees no native frames), and the router's own functions
+    by the share of samples they are on (``inclusive``)."""
     inclusive: dict[str, int] = {}
     own: dict[str, int] = {}
     total = 0
     with contextlib.suppress(OSError):
         for line in path.read_text().splitlines():
             stack, _, count_text = line.rpartition(" ")
-            if not stack or not count_text.isdigit():
+            # The first is the thread; a function counts once whatever line it was on.
+            frames = [re.sub(r":\d+\)$", ")", f.strip()) for f in stack.split(";")[1:]]
+            if not frames or not count_text.isdigit():
                 continue
             count = int(count_text)
-            frames = [f.strip() for f in stack.split(";")[1:]]  # the first is the thread
             total += count
             for frame in set(frames):
                 inclusive[frame] = inclusive.get(frame, 0) + count
-            if frames:
-                own[frames[-1]] = own.get(frames[-1], 0) + count
+            own[frames[-1]] = own.get(frames[-1], 0) + count
     if not total:
-        return []
-    ranked = sorted(inclusive, key=lambda f: -inclusive[f])[:top]
-    return [{"function": f, "inclusive": inclusive[f] / total, "self": own.get(f, 0) / total} for f in ranked]
+        return {"self": [], "router_inclusive": []}
+    by_self = sorted(own, key=lambda f: -own[f])[:top]
+    ours = [f for f in inclusive if "radixfair_router/" in f and "__main__" not in f]
+    by_inclusive = sorted(ours, key=lambda f: -inclusive[f])[:top]
+
+    def row(frame: str) -> dict:
+        return {"function": frame, "self": own.get(frame, 0) / total, "inclusive": inclusive[frame] / total}
+
+    return {"self": [row(f) for f in by_self], "router_inclusive": [row(f) for f in by_inclusive]}
 
 
 # ---- analysis ---------------------------------------------------------------------------------
@@ -451,9 +477,7 @@ def ttft_breakdown(
         booked_end = next((at for n, at in request_events if n == "ledger_batch:end"), None)
         if booked_start is not None and booked_end is not None:
             first_booking.append(1e3 * (booked_end - booked_start))
-        reads = [at for n, at in request_events if n == "worker_read"]
-        yields = [at for n, at in request_events if n == "yield"]
-        residence += [1e3 * (y - r) for r, y in zip(reads[1:], yields[1:])]
+        residence += _residence_after_first(request_events)
         bookings.append(sum(n == "ledger_batch:start" for n, _ in request_events))
     relay = {
         "first_booking_p50_ms": float(np.median(first_booking)) if first_booking else None,
@@ -466,10 +490,26 @@ def ttft_breakdown(
     return medians(phases), relay
 
 
+def _residence_after_first(events: Events) -> list[float]:
+    """How long each worker message after the first stayed in the router (ms): from its read to the
+    relay that carried it (several reads go out in one relay when the relay coalesced them)."""
+    waiting: list[float] = []
+    out: list[float] = []
+    seen_first = False
+    for name, at in events:
+        if name == "worker_read":
+            waiting.append(at)
+        elif name == "yield" and waiting:
+            if seen_first:
+                out += [1e3 * (at - read) for read in waiting]
+            seen_first, waiting = True, []
+    return out
+
+
 STREAM_COLUMNS = [
     "target", "streams", "requests", "out_tok_s", "messages_s", "tokens_per_message",
-    "router_cpu_cores", "router_cpu_us_per_token", "router_cpu_us_per_message",
-    "router_messages_per_cpu_s", "worker_cpu_us_per_token",
+    "router_cpu_cores", "router_idle_cores", "router_cpu_us_per_token", "router_cpu_us_per_message",
+    "router_net_cpu_us_per_message", "router_messages_per_cpu_s", "worker_cpu_us_per_token",
 ]  # fmt: skip
 
 
@@ -478,7 +518,7 @@ def report(
     records: dict,
     stack: Stack,
     stream_rows: list[dict],
-    profile: list[dict],
+    profile: dict[str, list[dict]],
     one_stream_end: float,
     wall_s: float,
 ) -> Path:
@@ -511,7 +551,11 @@ def report(
     if profile:
         sections.append(
             "## Profile of the plain router at the streams' load (py-spy, share of samples)\n\n"
-            + markdown_table(profile, ["function", "inclusive", "self"])
+            "Most often at the top of the stack (`Handle._run` self: gRPC's Cython core, run from the "
+            "event loop's callbacks; `Thread.run`: gRPC's poller thread; `select`: idle):\n\n"
+            + markdown_table(profile["self"], ["function", "self", "inclusive"])
+            + "\n\nThe router's own functions, by the share of samples they are on:\n\n"
+            + markdown_table(profile["router_inclusive"], ["function", "inclusive", "self"])
         )
     payload = {"wall_s": wall_s, "rows": rows, "stream_rows": stream_rows, "breakdowns": breakdowns}
     payload["profile"] = profile
@@ -544,7 +588,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     add_common_args(parser, "worker")
     parser.add_argument("--redis-modes", nargs="+", choices=("always", "no"), default=["always", "no"])
-    parser.add_argument("--streams", type=int, default=32, help="streams of the many-stream cells (0: none)")
+    parser.add_argument("--streams", type=int, default=0, help="streams of the many-stream cells (0: none)")
     parser.add_argument("--stream-seconds", type=float, default=8.0)
     parser.add_argument("--stream-new-tokens", type=int, default=64)
     parser.add_argument("--stream-rounds", type=int, default=2, help="worker and router cells, in turn")
@@ -561,7 +605,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
         with started_stack(args, work) as stack:
             records = asyncio.run(drive(args, stack.targets()))
             one_stream_end = time.monotonic()
-            stream_rows, profile = asyncio.run(stream_cells(args, stack, work)) if args.streams else ([], [])
+            stream_rows, profile = asyncio.run(stream_cells(args, stack, work)) if args.streams else ([], {})
         # The routers wrote their probe events on the way out.
         return report(args, records, stack, stream_rows, profile, one_stream_end, time.monotonic() - started)
 
