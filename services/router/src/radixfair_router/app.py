@@ -117,6 +117,7 @@ async def start_router(config: RouterConfig, span_exporter: SpanExporter | None 
     registry.start()
     await server.start()
     await set_serving(health, [SERVICE_NAME], True)
+    # `radixfair up --routers N` waits for this line (radixfair.local_stack.ROUTER_SERVING).
     log.info(
         "router serving on %s:%d (%s) with policy %s; workers over %s",
         config.host, port, describe(config.tls), policy.name, describe(config.registry.tls),
