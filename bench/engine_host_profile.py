@@ -36,7 +36,7 @@ from bench.serving_bench import parse_args, prepare_model, worker_settings  # no
 from bench.serving_clients import timed_cell  # noqa: E402
 from bench.serving_in_process import build_in_process_engine, run_cell_in_process  # noqa: E402
 
-TOP_FUNCTIONS = 14
+TOP_FUNCTIONS = 24
 
 
 class CountingRunner:
@@ -108,7 +108,7 @@ def _trim(report: str) -> list[str]:
     """The table lines of a pstats report, each path cut to what follows site-packages or src/."""
     lines = []
     for line in report.splitlines():
-        if "(" in line and line.strip()[:1].isdigit():
+        if line.strip()[:1].isdigit():
             lines.append(re.sub(r"\S*/(site-packages|src|bench)/", "", line.strip()))
     return lines
 

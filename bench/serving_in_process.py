@@ -48,6 +48,9 @@ def run_cell_in_process(
         rounds[client] += 1
         sampling = SamplingConfig(max_tokens=spec.max_tokens, ignore_eos=True)
         request = Request(spec.request_id, f"tenant-{client % tenants}", list(spec.prompt), sampling)
+        # As in the worker: the engine makes no text for a request without stop strings (the serving
+        # front does, in its own process), so this is the engine the worker runs, nothing more.
+        request.text_in_engine = False
         record = RequestRecord(spec.request_id, time.monotonic(), client=client)
         live[id(request)] = (client, record)
         engine.submit(request)  # type: ignore[attr-defined]
