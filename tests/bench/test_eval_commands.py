@@ -22,6 +22,7 @@ from bench import (
     eval_mixtures_tail,
     eval_multi_worker,
     eval_quantum_sweep,
+    eval_returning_client,
     eval_single_worker,
 )
 from bench.eval_runs import output_dir, saved_trace, trace_key
@@ -35,6 +36,7 @@ SCRIPTS = {
     "bench/eval_multi_worker.py": eval_multi_worker,
     "bench/eval_quantum_sweep.py": eval_quantum_sweep,
     "bench/eval_mixtures.py": eval_mixtures,
+    "bench/eval_returning_client.py": eval_returning_client,
 }
 # Scripts whose pages' commands are only parsed here: they time things, or (the tail diagnostic) refuse
 # the fixed seed the small run uses.
@@ -58,6 +60,7 @@ SMALL_POLICIES = {
     "bench/eval_single_worker.py": ["vtc", "dlpm"],
     "bench/eval_multi_worker.py": ["cache_aware", "global_vtc", "d2lpm"],
     "bench/eval_mixtures.py": ["cache_aware", "d2lpm"],
+    "bench/eval_returning_client.py": ["vtc", "dlpm"],
 }
 
 
