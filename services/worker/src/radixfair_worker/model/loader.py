@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
+from torch.overrides import TorchFunctionMode
 
 from radixfair_model_format.model_config import ModelConfig
 from radixfair_model_format.quantized_checkpoint import read_scheme
@@ -25,7 +26,7 @@ def load_model(model_dir: Path, backend: KernelBackend, dtype: torch.dtype, devi
     state: dict[str, torch.Tensor] = {}
     for path in sorted(model_dir.glob("*.safetensors")):
         state.update(load_file(str(path)))
-    with torch.device("meta"):
+    with _WithoutRandomInit():
         model = LlamaModel(config, backend)
     scheme = read_scheme(model_dir / "config.json")
     if scheme is None:
@@ -33,11 +34,27 @@ def load_model(model_dir: Path, backend: KernelBackend, dtype: torch.dtype, devi
     else:
         module_state = prepare_quantized_model(model, state, config, scheme, to_module_state)
     model.load_state_dict(module_state, strict=True, assign=True)
-    model.cos_sin = rope_table(config)  # built on "meta" above; the real table replaces it
     model = model.to(device=device, dtype=dtype).eval()
     # RoPE angles stay fp32 whatever the weights' dtype.
     model.cos_sin = rope_table(config).to(device)
     return model
+
+
+class _WithoutRandomInit(TorchFunctionMode):
+    """Skips nn.init's random fills: load_state_dict(assign=True) replaces every parameter they fill.
+
+    The module is built on the CPU with uninitialised (untouched, so unpaged) storage, not on "meta":
+    any op on a meta tensor runs through torch._refs, whose first call imports torch._dynamo, about
+    2.5 s of CPU at every engine start that nothing else in the engine needs.
+    """
+
+    _FILLS = frozenset({torch.nn.init.normal_, torch.nn.init.uniform_, torch.nn.init.kaiming_uniform_})
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in self._FILLS:
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **kwargs)
 
 
 def to_module_state(state: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
