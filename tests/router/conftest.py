@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from support.processes import ServiceProcess
+from support.processes import ServiceProcess, stop_all
 from support.router_stack import start_worker_process
 
 
@@ -24,8 +24,7 @@ def two_workers(
 ) -> Iterator[list[ServiceProcess]]:
     workers = start_workers(tiny_model_dir, tmp_path_factory.mktemp("workers"), 2)
     yield workers
-    for worker in workers:
-        worker.stop()
+    stop_all(workers)
 
 
 @pytest.fixture
@@ -39,5 +38,4 @@ def spawn_workers(tiny_model_dir: Path, tmp_path: Path) -> Iterator[Callable[...
         return workers
 
     yield spawn
-    for worker in started:
-        worker.stop()
+    stop_all(started)

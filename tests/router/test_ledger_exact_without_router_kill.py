@@ -15,7 +15,7 @@ from collections import Counter
 from contextlib import AsyncExitStack
 
 import grpc
-from support.router_stack import client_for, router_config, running_router, wait_until
+from support.router_stack import client_for, router_config, running_router, wait_until, worker_id
 
 # Long enough that every stream is still decoding when the worker is killed.
 LONG_STREAM_TOKENS = 80
@@ -23,9 +23,11 @@ SHORT_STREAM_TOKENS = 5
 
 
 def test_the_ledger_books_exactly_the_tokens_each_client_received_when_no_router_is_killed(
-    spawn_workers, tiny_model_dir, redis_url
+    spawn_workers, two_workers, tiny_model_dir, redis_url
 ):
-    workers = spawn_workers(2)
+    # The killed worker is the test's own; the other is one of the session's (never killed).
+    [victim], survivor = spawn_workers(1), two_workers[0]
+    workers = [victim, survivor]
 
     async def scenario():
         config = router_config(tiny_model_dir, workers, redis_url, policy="round_robin")
@@ -54,18 +56,22 @@ def test_the_ledger_books_exactly_the_tokens_each_client_received_when_no_router
                 except grpc.aio.AioRpcError as error:
                     outcomes[error.code().name] += 1
 
-            await asyncio.gather(
-                *(stream(cid, f"short {cid} {n}", SHORT_STREAM_TOKENS) for cid in clients for n in range(2))
-            )
+            shorts = [
+                stream(cid, f"ledger short {cid} {n}", SHORT_STREAM_TOKENS)
+                for cid in clients
+                for n in range(2)
+            ]
+            await asyncio.gather(*shorts)
             flowing["streams"] = 0
             long = [
-                asyncio.create_task(stream(cid, f"long {cid} {n}", LONG_STREAM_TOKENS))
+                asyncio.create_task(stream(cid, f"ledger long {cid} {n}", LONG_STREAM_TOKENS))
                 for cid in ("alice", "bob")
                 for n in range(2)
             ]
             await wait_until(lambda: flowing["streams"] == len(long), "every long stream flowing")
-            victim = next(w for w in running.registry.all() if w.inflight)
-            next(w for w in workers if w.address == victim.address).kill()
+            # Round robin alternates, so the victim holds half the long streams, all mid-way.
+            assert running.registry.get(worker_id(victim)).inflight == len(long) // 2
+            victim.kill()
             await asyncio.gather(*long)
             await running.router.drain()
             await wait_until(lambda: running.ledger.shared, "the ledger on Redis")

@@ -46,11 +46,12 @@ def test_a_worker_dying_mid_stream_gives_unavailable_and_leaves_rotation_within_
 
 
 def test_a_worker_failing_before_the_first_token_is_retried_on_another(
-    spawn_workers, tiny_model_dir, redis_url
+    spawn_workers, two_workers, tiny_model_dir, redis_url
 ):
-    # One worker refuses everything with RESOURCE_EXHAUSTED (a queue of zero), the other serves.
+    # One worker refuses everything with RESOURCE_EXHAUSTED (a queue of zero), the other serves
+    # (one of the session's workers: this test never stops it).
     [full] = spawn_workers(1, **{"engine.max_waiting_requests": 0})
-    [good] = spawn_workers(1)
+    good = two_workers[0]
 
     async def scenario():
         config = router_config(tiny_model_dir, [full, good], redis_url, policy="round_robin")
@@ -72,9 +73,10 @@ def test_a_worker_failing_before_the_first_token_is_retried_on_another(
 
 
 def test_a_killed_worker_that_still_looked_healthy_is_retried_without_the_caller_noticing(
-    spawn_workers, tiny_model_dir
+    spawn_workers, two_workers, tiny_model_dir
 ):
-    workers = spawn_workers(2)
+    # Only the killed worker is the test's own; the one that serves is one of the session's.
+    workers = [*spawn_workers(1), two_workers[0]]
 
     async def scenario():
         config = router_config(tiny_model_dir, workers, policy="round_robin")

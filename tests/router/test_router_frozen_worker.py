@@ -95,9 +95,10 @@ def test_a_stream_of_a_worker_frozen_mid_stream_ends_with_unavailable_when_it_le
 
 
 def test_a_request_stuck_on_a_frozen_worker_before_its_first_token_is_retried_elsewhere(
-    spawn_workers, tiny_model_dir
+    spawn_workers, two_workers, tiny_model_dir
 ):
-    workers = spawn_workers(2)
+    # Only the frozen worker is the test's own; the one that serves is one of the session's.
+    workers = [*spawn_workers(1), two_workers[0]]
     frozen = workers[0]
 
     async def scenario():

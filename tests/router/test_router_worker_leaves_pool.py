@@ -54,9 +54,10 @@ async def heartbeat(port: int, worker_id: str, address: str) -> None:
 
 
 def test_a_worker_leaving_the_pool_retries_its_unstarted_stream_and_fails_its_started_one(
-    spawn_workers, tiny_model_dir
+    spawn_workers, two_workers, tiny_model_dir
 ):
-    leaving, staying = spawn_workers(2)
+    # The frozen worker is the test's own; the one staying is one of the session's (never frozen).
+    [leaving], staying = spawn_workers(1), two_workers[0]
     frozen: list[bool] = []
 
     def freeze() -> None:

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,13 +23,7 @@ class ServiceProcess:
     metrics_url: str = ""
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
+        stop_all([self])
 
     def kill(self) -> None:
         if self.process.poll() is None:
@@ -37,6 +32,19 @@ class ServiceProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def stop_all(services: Sequence[ServiceProcess]) -> None:
+    """SIGTERM to every service first, then waits for each: they shut down side by side, not in turn."""
+    running = [service for service in services if service.process.poll() is None]
+    for service in running:
+        service.process.send_signal(signal.SIGTERM)
+    for service in running:
+        try:
+            service.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            service.process.kill()
+            service.process.wait(timeout=5)
 
 
 def start_service(
