@@ -10,6 +10,11 @@ import shutil
 # module is first imported, which may be by any test: so it is set here, first.
 if shutil.which("nvidia-smi") is None:
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# One intra-op thread for torch here and in every process a test starts (workers, distillers, `up`
+# stacks inherit it; an explicit torch_threads setting still wins). The tiny models' ops are too small
+# to split, and an idle OpenMP thread spins for the core others need: on the busy 2-core dev box the
+# same 600 tiny-model decode steps took 24 s of CPU with torch's default 2 threads and 1.8 s with one.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -17,7 +22,7 @@ import pytest
 from hypothesis import settings
 from support.models import make_tiny_model_dir, real_model_dir
 from support.ports import free_port
-from support.processes import ServiceProcess, start_service
+from support.processes import ServiceProcess, start_service, stop_all
 
 # Tests check behaviour, never time: a shared 2-core CI box must not fail a
 # property test because one example ran slowly.
@@ -56,8 +61,7 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
         return service
 
     yield start
-    for service in started:
-        service.stop()
+    stop_all(started)
 
 
 # ---- router block (owner: router session) -----------------------------------

@@ -11,6 +11,7 @@ workers (DLPM, which reports deficits, and VTC, which reports virtual counters).
 from __future__ import annotations
 
 import asyncio
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -115,7 +116,18 @@ async def _serve_every_client_and_scrape(
                     for n in range(requests):
                         await client.generate(f"{cid} asks {n}", max_tokens=3, ignore_eos=True)
             await running.router.drain()
-        # The workers' per-client gauges are set when a load report is made (the routers ask often).
-        await asyncio.sleep(1.5)
+        # The workers' per-client gauges are set when a load report is made (the routers ask often):
+        # scraped once each shows the BOUND + 1 labels every client served gives it, not after a fixed sleep.
         urls = [f"http://127.0.0.1:{port}/metrics" for port in [*router_ports, *worker_metrics]]
+        gauges = {urls[2]: "radixfair_worker_dlpm_deficit", urls[3]: "radixfair_worker_vtc_counter"}
+        for url, gauge in gauges.items():
+            await _wait_for_labels(url, gauge, BOUND + 1)
         return [await asyncio.to_thread(scrape, url) for url in urls]
+
+
+async def _wait_for_labels(url: str, name: str, count: int, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while len((await asyncio.to_thread(scrape, url)).label_values(name, "client")) < count:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url}: fewer than {count} client labels on {name} after {timeout_s} s")
+        await asyncio.sleep(0.05)
