@@ -74,6 +74,10 @@ def test_worker_with_a_misspelt_scheduling_policy_exits_with_one_line_before_loa
         (["--port", "70000"], "the router port must be 1-65535, got 70000"),
         (["--api-key", "ann=key:heavy"], "--api-key wants CLIENT=KEY[:WEIGHT]"),
         (["--router-set", "policy.quantum"], "settings are KEY=VALUE"),
+        # Keys that parse but the router would refuse: found by AuthConfig itself, before anything starts.
+        (["--api-key", "ann=key:nan"], "client 'ann': weight must be a positive number"),
+        (["--api-key", "ann=same", "--api-key", "bob=same"], "api key for client 'bob' is listed twice"),
+        (["--api-key", "ann=k1", "--api-key", "ann=k2:2"], "client 'ann' has keys with different weights"),
     ],
 )
 def test_up_with_a_bad_flag_exits_with_one_line(flags, expected, tmp_path):

@@ -42,7 +42,30 @@ class ApiKeyConfig:
 
 @dataclass(frozen=True)
 class AuthConfig:
+    """Every tenant key a router accepts; checked whole when built, so a mistake is found when the
+    config is loaded (by the router, or by ``radixfair up`` before it starts anything), not later.
+
+    Raises ValueError for an empty key or client id, a weight that is not a positive finite number,
+    a key listed twice (compared by digest, so a secret and its ``sha256:`` form collide) or one
+    client with keys of different weights.
+    """
+
     api_keys: tuple[ApiKeyConfig, ...] = ()
+
+    def __post_init__(self) -> None:
+        digests: set[str] = set()
+        weights: dict[str, float] = {}
+        for entry in self.api_keys:
+            if not entry.key or not entry.client_id:
+                raise ValueError("every api key needs a non-empty key and client_id")
+            if not math.isfinite(entry.weight) or entry.weight <= 0:
+                raise ValueError(f"client {entry.client_id!r}: weight must be a positive number")
+            digest = _stored_digest(entry.key)
+            if digest in digests:
+                raise ValueError(f"api key for client {entry.client_id!r} is listed twice")
+            if weights.setdefault(entry.client_id, entry.weight) != entry.weight:
+                raise ValueError(f"client {entry.client_id!r} has keys with different weights")
+            digests.add(digest)
 
 
 @dataclass(frozen=True)
@@ -64,17 +87,9 @@ class ApiKeyAuthenticator:
     def __init__(self, config: AuthConfig) -> None:
         self._by_digest: dict[str, Principal] = {}
         self._weights: dict[str, float] = {}
+        # AuthConfig checked every entry when it was built.
         for entry in config.api_keys:
-            if not entry.key or not entry.client_id:
-                raise ValueError("every api key needs a non-empty key and client_id")
-            if not math.isfinite(entry.weight) or entry.weight <= 0:
-                raise ValueError(f"client {entry.client_id!r}: weight must be a positive number")
             digest = _stored_digest(entry.key)
-            if digest in self._by_digest:
-                raise ValueError(f"api key for client {entry.client_id!r} is listed twice")
-            known = self._weights.get(entry.client_id)
-            if known is not None and known != entry.weight:
-                raise ValueError(f"client {entry.client_id!r} has keys with different weights")
             self._by_digest[digest] = Principal(entry.client_id, entry.weight, bool(entry.operator))
             self._weights[entry.client_id] = entry.weight
 
