@@ -27,6 +27,7 @@ from dataclasses import dataclass, replace
 from itertools import combinations
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, Phase, find, given, settings
 from hypothesis import strategies as st
 
@@ -188,10 +189,77 @@ dlpm_rules = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# Derandomized: a random search found the counterexample below (a real violation, present since
+# before the sixth wave), so an unseeded search would fail CI at random until it is fixed; the known
+# case is pinned as a strict xfail instead, and XPASSes (fails) once the rule or the bound is fixed.
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 @given(workload=workloads(), rules=dlpm_rules)
 def test_dlpm_service_gap_between_backlogged_clients_stays_within_the_bound(tiny_model_dir, workload, rules):
     for pair in run_and_measure(replace(workload, **rules), tiny_model_dir, "dlpm"):
+        assert pair.gap <= pair.bound, pair
+
+
+def three_clients_on_a_tight_cache() -> Workload:
+    """The search's counterexample: weights 4 / 2 / 1, a shared 16-token system prefix and a 40-token
+    prefix per client, one running request, 12 pages (clients 1 and 2 lose their own prefix from the
+    cache between their requests; no preemption). Clients 1 and 2 differ by 215.5 against a bound of 174."""
+    system = tuple(range(2000, 2016))
+    suffixes = {
+        "client0": [
+            (462, 3, 512, 151, 468, 406, 814),
+            (392, 638, 929),
+            (753, 642, 56, 405, 285, 268, 393, 492, 618, 185),
+            (309, 9, 567, 343),
+            (820,),
+            (791,),
+            (470, 343, 225, 4, 260, 452, 479, 274, 384),
+            (41, 362),
+        ],
+        "client1": [
+            (236, 46, 581, 391, 67, 523),
+            (530, 926, 234, 743, 128),
+            (103, 40, 517, 5, 809, 108, 57, 74, 204, 393, 168, 76, 930, 424, 177, 597),
+            (15,),
+            (238, 448, 159, 521, 507, 226, 350, 234, 124, 362),
+            (438, 782, 607, 421, 999, 228, 308, 7, 821, 271, 196, 506, 517, 764, 189),
+            (266, 8, 273),
+        ],
+        "client2": [
+            (440, 233, 100, 190, 267, 221, 159, 320, 589),
+            (187, 551, 501, 417, 48, 338, 101, 159),
+            (379, 90, 129, 89, 192, 336, 3, 851),
+            (41, 252, 216, 678, 304, 225, 177, 26, 452, 120, 496, 511, 114, 47),
+            (852, 3, 220, 262, 198, 982, 805, 658, 474, 165, 719, 312, 491, 113, 104),
+            (418, 568, 512, 761, 797, 153, 18, 59, 4, 816, 43, 184, 485, 291, 400, 443),
+            (397, 475),
+            (386, 884, 155, 3),
+        ],
+    }
+    max_tokens = {
+        "client0": (5, 2, 6, 1, 2, 1, 5, 4),
+        "client1": (6, 3, 5, 1, 2, 2, 2),
+        "client2": (1, 6, 3, 4, 1, 6, 2, 1),
+    }
+    weights = {"client0": 4.0, "client1": 2.0, "client2": 1.0}
+    jobs = []
+    for c, client in enumerate(suffixes):
+        prefix = system + tuple(range(3000 + 100 * c, 3040 + 100 * c))
+        for suffix, tokens in zip(suffixes[client], max_tokens[client], strict=True):
+            jobs.append(Job(client, weights[client], prefix + suffix, tokens, 0))
+    return Workload(
+        jobs=tuple(jobs),
+        quantum=24.0,
+        cached_token_weight=0.0,
+        max_running=1,
+        num_pages=12,
+        idle_deficit="lift",
+        max_overtakes=0,
+    )
+
+
+@pytest.mark.xfail(strict=True, reason="open finding: DLPM exceeds its bound here (notes/OPEN_FINDINGS.md)")
+def test_dlpm_bound_on_three_clients_on_a_tight_cache(tiny_model_dir):
+    for pair in run_and_measure(three_clients_on_a_tight_cache(), tiny_model_dir, "dlpm"):
         assert pair.gap <= pair.bound, pair
 
 
