@@ -5,4 +5,5 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 bash scripts/setup_env.sh
 .venv/bin/ruff check .
-.venv/bin/python -m pytest "$@"
+# The slowest tests, in every CI log: where the suite's time budget goes.
+.venv/bin/python -m pytest --durations=25 "$@"
