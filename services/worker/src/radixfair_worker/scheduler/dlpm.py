@@ -27,8 +27,9 @@ Rules (see /work/shared/reference/dlpm.md):
 
   6. In-batch prefix (``scheduler.in_batch_prefix``): a request the budget
      *holds* (another request is computing >= threshold pages of its uncached
-     prefix) is passed over as if it were not queued: not admitted, not
-     charged, its client not counted as spent. If client i's due request
+     prefix) is passed over: not admitted, not charged. Its client is still
+     backlogged, so one without credit counts as spent and gets rule 4's
+     refills like every other waiting client. If client i's due request
      (rule 2) is held, i's place at that point is skipped, so the hold never
      lets i's other requests overtake it. A hold ends when the leader's pages
      are cached or the leader leaves the running batch: at most one prefill.
@@ -184,7 +185,12 @@ class DLPMPolicy:
             client = request.client_id
             while request not in taken:
                 if budget.holds(request):
-                    break  # parked for a leader's prefix: as if not queued (rule 6)
+                    # Parked for a leader's prefix (rule 6): not admitted, not charged. Its client is
+                    # still backlogged, so when spent it takes the refills the others get meanwhile;
+                    # parking it out of them lost it a quantum per refill for good.
+                    if not self._ledger.has_credit(client):
+                        spent.add(client)
+                    break
                 if not self._ledger.has_credit(client):
                     spent.add(client)
                     break
