@@ -56,6 +56,17 @@ DIGEST_LIMIT = 4096
 EXIT_STEPS_FAILING = 3
 
 
+def _tell_front(outputs: Connection, message: object) -> bool:
+    """Sends ``message``; False when the front is gone (stopped while the engine was being built):
+    then the engine has no one to serve and ends quietly, as the loop does when the front goes."""
+    try:
+        outputs.send(message)
+    except OSError:  # BrokenPipeError: the front closed its end
+        log.info("the serving front is gone; the engine process ends")
+        return False
+    return True
+
+
 def run_engine_process(
     spec: EngineSpec,
     commands: Connection,
@@ -85,12 +96,13 @@ def run_engine_process(
         # A config mistake is said in one line by the front (as run_service does); a bug keeps its traceback.
         if not isinstance(error, (ValueError, OSError)):
             log.exception("engine failed to start")
-        outputs.send(EngineStartFailed(f"{type(error).__name__}: {error}"))
+        _tell_front(outputs, EngineStartFailed(f"{type(error).__name__}: {error}"))
         return
     if after_build is not None:
         after_build(engine)
     tune_for_serving()  # after the model and the graphs are built: they are what it freezes
-    outputs.send(EngineReady(page_size=engine.page_size, max_context_tokens=engine.max_context_tokens))
+    if not _tell_front(outputs, EngineReady(engine.page_size, engine.max_context_tokens)):
+        return
     loop = EngineLoop(engine, commands, outputs)
     loop.run()
     if loop.broken:
