@@ -113,14 +113,16 @@ def bearer_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
     """The secret of a call's single ``authorization: Bearer <secret>`` metadata entry."""
     values = [v for k, v in (metadata or ()) if k.lower() == AUTHORIZATION_HEADER]
     if not values:
-        raise UnauthenticatedError("missing 'authorization: Bearer <api key>' metadata")
+        raise UnauthenticatedError(
+            "missing 'authorization: Bearer <api key>' (gRPC metadata, or an HTTP header)"
+        )
     if len(values) > 1:
         raise UnauthenticatedError("more than one authorization header")
     value = values[0]
     if not isinstance(value, str):
-        raise UnauthenticatedError("authorization metadata must be text, 'Bearer <api key>'")
+        raise UnauthenticatedError("authorization must be text, 'Bearer <api key>'")
     if not value.lower().startswith(_BEARER) or not value[len(_BEARER) :].strip():
-        raise UnauthenticatedError("authorization metadata must be 'Bearer <api key>'")
+        raise UnauthenticatedError("authorization must be 'Bearer <api key>'")
     return value[len(_BEARER) :].strip()
 
 
