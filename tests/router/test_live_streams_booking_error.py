@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import asyncio
 
-import grpc
-from grpc_health.v1 import health_pb2_grpc
+from support.unused_endpoint import unused_endpoint
 
-from radixfair.v1 import worker_pb2_grpc
 from radixfair_router.config import CostConfig, LedgerConfig
 from radixfair_router.ledger import Ledger
 from radixfair_router.live_streams import LiveStreamLimits, LiveStreams, StreamBook
-from radixfair_router.worker_registry import WorkerEndpoint
 
 LIMITS = LiveStreamLimits(
     charge_interval_s=0.05,
@@ -49,11 +46,7 @@ def test_a_failed_batch_is_booked_by_the_next_one():
     async def scenario() -> tuple[int, int]:
         ledger = FirstBatchFails(LedgerConfig(store="memory"), quantum=4096.0)
         live = LiveStreams(ledger, LIMITS, lambda client, service: None)
-        channel = grpc.aio.insecure_channel("127.0.0.1:9")  # never dialled
-        endpoint = WorkerEndpoint(
-            "w0", "127.0.0.1:9", "", True, channel, worker_pb2_grpc.WorkerServiceStub(channel),
-            health_pb2_grpc.HealthStub(channel),
-        )  # fmt: skip
+        channel, endpoint = unused_endpoint()
         books = [StreamBook(client, 1.0, endpoint, prompt_tokens=4) for client in ("alice", "bob")]
         for book in books:
             live.open(book)

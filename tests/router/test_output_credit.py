@@ -8,19 +8,16 @@ from __future__ import annotations
 
 import asyncio
 
-import grpc
-from grpc_health.v1 import health_pb2_grpc
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.unused_endpoint import unused_endpoint
 
-from radixfair.v1 import worker_pb2_grpc
 from radixfair_router.config import CostConfig, LedgerConfig
 from radixfair_router.dispatch_core import settlement
 from radixfair_router.ledger import Ledger
 from radixfair_router.live_streams import LiveStreamLimits, LiveStreams, StreamBook
 from radixfair_router.output_credit import OutputCredit
 from radixfair_router.policies import RoutingDecision
-from radixfair_router.worker_registry import WorkerEndpoint
 
 COSTS = CostConfig()
 LIMITS = LiveStreamLimits(
@@ -46,11 +43,7 @@ async def _stream(
     the relayed total and the ledger's completion tokens after the stream's settlement."""
     ledger = Ledger(LedgerConfig(store="memory"), quantum=4096.0)
     live = LiveStreams(ledger, LIMITS, lambda client, service: None)
-    channel = grpc.aio.insecure_channel("127.0.0.1:9")  # never dialled: no call is made on it
-    endpoint = WorkerEndpoint(
-        "w0", "127.0.0.1:9", "", True, channel, worker_pb2_grpc.WorkerServiceStub(channel),
-        health_pb2_grpc.HealthStub(channel),
-    )  # fmt: skip
+    channel, endpoint = unused_endpoint()
     book = StreamBook("alice", 1.0, endpoint, prompt_tokens=4)
     live.open(book)
     credit = OutputCredit(live, book, ahead, limit)
@@ -139,11 +132,7 @@ def test_a_message_arriving_as_its_booking_lands_is_relayed_without_spinning_the
     async def scenario() -> tuple[bool, bool, int]:
         ledger = Ledger(LedgerConfig(store="memory"), quantum=4096.0)
         live = LiveStreams(ledger, LIMITS, lambda client, service: None)
-        channel = grpc.aio.insecure_channel("127.0.0.1:9")
-        endpoint = WorkerEndpoint(
-            "w0", "127.0.0.1:9", "", True, channel, worker_pb2_grpc.WorkerServiceStub(channel),
-            health_pb2_grpc.HealthStub(channel),
-        )  # fmt: skip
+        channel, endpoint = unused_endpoint()
         book = StreamBook("alice", 1.0, endpoint)
         live.open(book)
         credit = OutputCredit(live, book, 4, None)
@@ -169,11 +158,7 @@ def test_with_no_credit_the_first_token_is_booked_while_the_worker_computes_it()
     async def scenario() -> tuple[bool, int]:
         ledger = Ledger(LedgerConfig(store="memory"), quantum=4096.0)
         live = LiveStreams(ledger, LIMITS, lambda client, service: None)
-        channel = grpc.aio.insecure_channel("127.0.0.1:9")  # never dialled
-        endpoint = WorkerEndpoint(
-            "w0", "127.0.0.1:9", "", True, channel, worker_pb2_grpc.WorkerServiceStub(channel),
-            health_pb2_grpc.HealthStub(channel),
-        )  # fmt: skip
+        channel, endpoint = unused_endpoint()
         book = StreamBook("alice", 1.0, endpoint, prompt_tokens=4)
         live.open(book)
         credit = OutputCredit(live, book, 0, None)
