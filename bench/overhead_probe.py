@@ -152,19 +152,23 @@ def request_phases(
     times = dict(known)
     lengths: dict[str, float] = {}
     cursor = min(times.values(), default=float("-inf"))
+
+    def at_or_after(name: str, earliest: float) -> float | None:
+        """The time of ``name``: known, or its first event at or after ``earliest`` (then known)."""
+        if name not in times:
+            found = next((at for n, at in events if n == name and at >= earliest), None)
+            if found is None:
+                return None
+            times[name] = found
+        return times[name]
+
     for phase, start, end in phases:
-        begin = times.get(start)
+        begin = at_or_after(start, cursor)
         if begin is None:
-            begin = next((at for n, at in events if n == start and at >= cursor), None)
-            if begin is None:
-                continue
-            times[start] = begin
-        stop = times.get(end)
+            continue
+        stop = at_or_after(end, begin)
         if stop is None:
-            stop = next((at for n, at in events if n == end and at >= begin), None)
-            if stop is None:
-                continue
-            times[end] = stop
+            continue
         lengths[phase] = 1e3 * (stop - begin)
         cursor = stop
     return lengths, times
