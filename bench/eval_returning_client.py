@@ -31,7 +31,7 @@ from bench.eval_single_worker import capacity  # noqa: E402
 from bench.report import write_results  # noqa: E402
 from bench.workloads.clients import ClientSpec  # noqa: E402
 from bench.workloads.distributions import Constant, Poisson, Uniform  # noqa: E402
-from bench.workloads.generate import WorkloadSpec  # noqa: E402
+from bench.workloads.spec import WorkloadSpec  # noqa: E402
 
 POLICIES = ("vtc", "dlpm", "dlpm_cap", "dlpm_reset")
 RETURNING = "returning"

@@ -23,7 +23,7 @@ from bench.simulator.cost_model import StepCostModel  # noqa: E402
 from bench.simulator.metrics import per_client_latency, summarize  # noqa: E402
 from bench.simulator.simulation import SimConfig, SimResult, simulate  # noqa: E402
 from bench.workloads import generate_trace, load_trace, save_trace  # noqa: E402
-from bench.workloads.generate import WorkloadSpec  # noqa: E402
+from bench.workloads.spec import WorkloadSpec  # noqa: E402
 from bench.workloads.trace import Trace  # noqa: E402
 from radixfair_router.config import PolicyConfig  # noqa: E402
 from radixfair_router.policies import registry as routing_registry  # noqa: E402

@@ -1,7 +1,8 @@
 """Multi-client workload traces for the DLPM evaluation: specs, patterns, JSONL traces, token ids."""
 
-from bench.workloads.generate import WorkloadSpec, generate_trace
+from bench.workloads.generate import generate_trace
 from bench.workloads.patterns import PATTERNS, build_pattern
+from bench.workloads.spec import WorkloadSpec
 from bench.workloads.tokens import answer_tokens, prompt_token_ids
 from bench.workloads.trace import Segment, Trace, TraceRequest, load_trace, save_trace
 

@@ -10,21 +10,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bench.workloads.clients import ClientSpec, client_requests
+from bench.workloads.clients import client_requests
+from bench.workloads.patterns import PATTERNS, build_pattern
+from bench.workloads.spec import WorkloadSpec
 from bench.workloads.trace import Trace, iter_by_arrival, save_trace
-
-
-@dataclass(frozen=True)
-class WorkloadSpec:
-    name: str
-    duration_s: float
-    clients: tuple[ClientSpec, ...]
 
 
 def generate_trace(spec: WorkloadSpec, seed: int) -> Trace:
@@ -55,8 +49,6 @@ def describe(value: Any) -> Any:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from bench.workloads.patterns import PATTERNS, build_pattern
-
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -31,7 +31,7 @@ import numpy as np
 
 from bench.workloads.clients import ClientSpec
 from bench.workloads.distributions import LogNormal, Poisson, Uniform
-from bench.workloads.generate import WorkloadSpec
+from bench.workloads.spec import WorkloadSpec
 
 LIGHT_ROLES = ("shared", "unique", "drift", "returning", "chat")
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from bench.workloads.clients import ClientSpec
 from bench.workloads.distributions import Bursty, LogNormal, OnOff, Poisson, Uniform
-from bench.workloads.generate import WorkloadSpec
+from bench.workloads.spec import WorkloadSpec
 
 
 def shared_prefix(

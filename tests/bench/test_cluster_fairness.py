@@ -29,7 +29,7 @@ from bench.simulator.simulation import SimConfig, simulate
 from bench.workloads import build_pattern, generate_trace
 from bench.workloads.clients import ClientSpec
 from bench.workloads.distributions import AllAtStart, Poisson, Uniform
-from bench.workloads.generate import WorkloadSpec
+from bench.workloads.spec import WorkloadSpec
 from radixfair_router.config import PolicyConfig
 from radixfair_worker.config import EngineConfig, SchedulerConfig
 

@@ -21,7 +21,7 @@ from bench.simulator.simulation import SimConfig, simulate
 from bench.workloads import generate_trace
 from bench.workloads.clients import ClientSpec
 from bench.workloads.distributions import AllAtStart, Uniform
-from bench.workloads.generate import WorkloadSpec
+from bench.workloads.spec import WorkloadSpec
 from radixfair_router.config import PolicyConfig
 from radixfair_worker.config import EngineConfig, SchedulerConfig
 

@@ -113,7 +113,7 @@ def test_many_clients_scales_to_ten_thousand_clients():
 def test_a_drifting_client_moves_to_a_new_document_every_drift_every_requests():
     from bench.workloads.clients import ClientSpec
     from bench.workloads.distributions import AllAtStart, Uniform
-    from bench.workloads.generate import WorkloadSpec
+    from bench.workloads.spec import WorkloadSpec
 
     spec = ClientSpec("d", AllAtStart(25), Uniform(8, 8), Uniform(4, 4), shared_prefix_len=64, drift_every=10)
     trace = generate_trace(WorkloadSpec("drift", 1.0, (spec,)), 1)
@@ -124,7 +124,7 @@ def test_a_drifting_client_moves_to_a_new_document_every_drift_every_requests():
 def test_a_paused_client_sends_nothing_inside_its_pause_and_resumes_after():
     from bench.workloads.clients import ClientSpec
     from bench.workloads.distributions import Uniform
-    from bench.workloads.generate import WorkloadSpec
+    from bench.workloads.spec import WorkloadSpec
 
     spec = ClientSpec("r", Poisson(50.0), Uniform(8, 8), Uniform(4, 4), pause=(4.0, 7.0))
     times = [r.arrival_s for r in generate_trace(WorkloadSpec("pause", 10.0, (spec,)), 2).requests]
