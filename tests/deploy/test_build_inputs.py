@@ -98,8 +98,12 @@ def test_standins_replace_only_the_public_images(standins_config: dict) -> None:
     assert standins == {"redis", "router-lb", "prometheus"}
     for name in standins:
         assert standins_config[name]["build"]["args"]["BASE_IMAGE"] == "radixfair-local/python:3.11-bookworm"
-    # The radixfair images are the repo's own Dockerfiles, built on the local base.
-    for name in ("router-1", "worker-cpu-1", "distiller", "model-init"):
+    # The radixfair images are the repo's own Dockerfiles, built on the local base; the CPU workers
+    # run the image model-init builds (one build of it).
+    for name in ("worker-cpu-1", "worker-cpu-2"):
+        assert "build" not in standins_config[name], name
+        assert standins_config[name]["image"] == standins_config["model-init"]["image"], name
+    for name in ("router-1", "distiller", "model-init"):
         assert service_dockerfile(standins_config, name).startswith("deploy/docker/"), name
         assert (
             standins_config[name]["build"]["args"]["PYTHON_IMAGE"] == "radixfair-local/python:3.11-bookworm"

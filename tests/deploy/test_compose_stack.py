@@ -124,6 +124,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     phases["up to every service healthy"] = time.monotonic() - started
     cpu["up to every service healthy"] = cpu_used_since(cpu_before)
     (run_dir / "phases.json").write_text(json.dumps(phases, indent=1))
+    # When each container started and its last health checks (when it turned healthy), for
+    # reading the start-up's critical path; never asserted.
+    (run_dir / "health.txt").write_text(project.started_and_checked())
     (run_dir / "cpu.json").write_text(json.dumps(cpu, indent=1))
     yield Stack(project, f"127.0.0.1:{router_port}", f"http://127.0.0.1:{prometheus_port}")
     # Every service's log, for a failure's post-mortem (pytest keeps the last runs' tmp dirs).
