@@ -30,7 +30,7 @@ sys.path[:0] = [
     str(ROOT),
 ]
 
-from bench.model_greedy import PAGE_SIZE, SMOLLM2_135M, _batch  # noqa: E402
+from bench.kernels.model_greedy import PAGE_SIZE, SMOLLM2_135M, _batch  # noqa: E402
 from bench.report import environment, markdown_table  # noqa: E402
 from radixfair_worker.model.llama import KVCache, LlamaModel, rope_table  # noqa: E402
 from radixfair_worker.model.triton_backend import TritonBackend  # noqa: E402

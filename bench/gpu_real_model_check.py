@@ -34,7 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.gpu_engine_bench import engine_throughput, make_engine  # noqa: E402
-from bench.model_greedy import PAGE_SIZE, _batch  # noqa: E402
+from bench.kernels.model_greedy import PAGE_SIZE, _batch  # noqa: E402
 from bench.report import markdown_table, write_results  # noqa: E402
 from radixfair.tokenization import ChatTurn, PromptEncoder  # noqa: E402
 from radixfair_model_format.model_config import ModelConfig  # noqa: E402

@@ -12,7 +12,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH=/tmp/site:common/src:model_format/src:services/worker/src PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 # 1. Correctness at real shapes and bf16 (overlap on and off must give the same greedy tokens).
-python3 bench/gpu_kernel_check.py --out "$OUT" 2>&1 | tee "$OUT/gpu_kernel_check.log" | tail -5
+python3 bench/kernels/gpu_kernel_check.py --out "$OUT" 2>&1 | tee "$OUT/gpu_kernel_check.log" | tail -5
 # 2. End to end: overlap on/off against the plain CUDA-graph decoder and HF generate.
 python3 bench/gpu_engine_bench.py --out "$OUT" 2>&1 | tail -25
 # 3. Where a decode step's GPU time goes now.

@@ -1,6 +1,6 @@
 """Cascade decode attention (kernels/cascade_decode_attention.py): GPU check and compile launches.
 
-Its timing against plain decode lives in bench/gpu_cascade_bench.py (whole decode steps with
+Its timing against plain decode lives in bench/kernels/gpu_cascade_bench.py (whole decode steps with
 shared prefixes), which this layout leaves where it is.
 """
 
@@ -18,7 +18,7 @@ from radixfair_worker.kernels.accuracy import poisoned_like, relative_error
 from radixfair_worker.kernels.paged_fixtures import random_shared_prefix_context
 from radixfair_worker.kernels.prefix_groups import PrefixSharingConfig, find_prefix_groups
 
-TIMED_BY = "bench/gpu_cascade_bench.py"
+TIMED_BY = "bench/kernels/gpu_cascade_bench.py"
 
 
 def check(dtype: torch.dtype, sizes: Sizes, record: Record) -> None:

@@ -4,13 +4,13 @@ A kernel's file in bench/kernels/ (named as its module in the worker's kernels/,
 ``kernels/registry.py`` lists) provides up to four functions over this harness:
 
 - ``SIZES`` and ``cases(size) -> list[Case]``: the timed implementations at each size (ours,
-  torch eager, torch.compile, Liger where it has the op), run by bench/kernels_bench.py; a
+  torch eager, torch.compile, Liger where it has the op), run by bench/kernels/kernels_bench.py; a
   module whose timing lives in its own GPU script names it in ``TIMED_BY`` instead.
 - ``sweep(sweeper)``: our kernel over its block-size options (``kernels_bench --sweep``).
 - ``check(dtype, sizes, record)``: correctness against the fp64 reference, for
-  bench/gpu_kernel_check.py (poisoned outputs, ``kernels.accuracy``).
+  bench/kernels/gpu_kernel_check.py (poisoned outputs, ``kernels.accuracy``).
 - ``launches(rows) -> list[(label, launch)]``: the launches the backend makes at ``rows`` tokens,
-  compiled for sm_90 by bench/kernels_compile_report.py (or step_fusion_compile_report.py).
+  compiled for sm_90 by bench/kernels/kernels_compile_report.py (or step_fusion_compile_report.py).
 """
 
 from __future__ import annotations

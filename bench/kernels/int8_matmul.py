@@ -1,6 +1,6 @@
 """The int8-weight matmul (kernels/int8_matmul.py): GPU check and compile launches.
 
-Its timing per projection against bf16 cuBLAS lives in bench/gpu_int8_bench.py, which this
+Its timing per projection against bf16 cuBLAS lives in bench/kernels/gpu_int8_bench.py, which this
 layout leaves where it is.
 """
 
@@ -16,7 +16,7 @@ from radixfair_worker.kernels import int8_matmul
 from radixfair_worker.kernels.accuracy import TOLERANCE, poisoned_like, relative_error
 from radixfair_worker.kernels.reference import int8_weight_matmul_reference
 
-TIMED_BY = "bench/gpu_int8_bench.py"
+TIMED_BY = "bench/kernels/gpu_int8_bench.py"
 
 
 def check(dtype: torch.dtype, sizes: Sizes, record: Record) -> None:

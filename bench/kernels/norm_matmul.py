@@ -1,7 +1,7 @@
 """The step-fusion norm + matmul kernels (kernels/norm_matmul.py): GPU check and compile launches.
 
 Off by default (model/step_fusion.py). Their timing against cuBLAS and the separate kernels
-lives in bench/gpu_step_fusion_bench.py, which this layout leaves where it is.
+lives in bench/kernels/gpu_step_fusion_bench.py, which this layout leaves where it is.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from radixfair_worker.kernels import norm_matmul
 from radixfair_worker.kernels.accuracy import TOLERANCE, relative_error
 from radixfair_worker.kernels.reference import norm_gate_up_silu_reference, norm_matmul_reference
 
-TIMED_BY = "bench/gpu_step_fusion_bench.py"
+TIMED_BY = "bench/kernels/gpu_step_fusion_bench.py"
 ROWS = (1, 128)  # the decode batches a fused call takes (StepFusionConfig.max_rows)
 
 

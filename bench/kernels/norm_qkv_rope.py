@@ -1,7 +1,7 @@
 """The step-fusion norm + QKV + RoPE + K/V store kernel (kernels/norm_qkv_rope.py): check and launches.
 
 Off by default (model/step_fusion.py). Its timing against cuBLAS and the separate kernels
-lives in bench/gpu_step_fusion_bench.py, which this layout leaves where it is.
+lives in bench/kernels/gpu_step_fusion_bench.py, which this layout leaves where it is.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from radixfair_worker.kernels import norm_qkv_rope
 from radixfair_worker.kernels.accuracy import poisoned_like, relative_error
 from radixfair_worker.kernels.reference import norm_qkv_rope_reference
 
-TIMED_BY = "bench/gpu_step_fusion_bench.py"
+TIMED_BY = "bench/kernels/gpu_step_fusion_bench.py"
 ROWS = (1, 128)  # the decode batches a fused call takes (StepFusionConfig.max_rows)
 QKV_ROWS = (HEADS + 2 * KV_HEADS) * HEAD_DIM
 

@@ -4,7 +4,7 @@
 same operations split in two functions: a stable descending sort of each row's scores, top-k as a
 threshold on the k-th sorted score, a softmax over the sorted scores, top-p
 from their float64 prefix sums, and the draw in vocabulary order. The tests
-check the new path against it; bench/sampler_bench.py times the two.
+check the new path against it; bench/kernels/sampler_bench.py times the two.
 """
 
 from __future__ import annotations

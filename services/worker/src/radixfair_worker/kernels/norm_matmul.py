@@ -33,7 +33,7 @@ silu(gate) * up, so the [M, 2I] projection output is never written either.
 
 ``norm_matmul`` with ``norm_weight=None`` is a plain small-M matmul (x @ weight^T): the Triton
 GEMV path for projections with no norm in front (o_proj, down_proj), used where cuBLAS is
-latency-bound (see bench/gpu_step_fusion_bench.py).
+latency-bound (see bench/kernels/gpu_step_fusion_bench.py).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The torch reference of every kernel: what each op computes, in plain torch, with no triton.
 
 One home per op's semantics. ``TorchBackend`` runs these functions as its operations (so the
-reference is what the CPU engine serves), the kernel tests and ``bench/gpu_kernel_check.py``
+reference is what the CPU engine serves), the kernel tests and ``bench/kernels/gpu_kernel_check.py``
 judge each Triton launcher against them in fp64 (``kernels.accuracy``), and
 ``kernels/registry.py`` pairs each launcher with its reference here.
 

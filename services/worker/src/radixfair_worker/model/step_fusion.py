@@ -14,7 +14,7 @@ layer is 5 launches and the end 1:
   cuBLAS (no launch saved; only pays where cuBLAS is latency-bound).
 
 The fused kernels replace cuBLAS with our own Triton GEMM, so each is off by default until a GPU
-run (bench/gpu_step_fusion_bench.py) shows it pays. ``max_rows`` bounds the rows (tokens) a
+run (bench/kernels/gpu_step_fusion_bench.py) shows it pays. ``max_rows`` bounds the rows (tokens) a
 fused call takes: larger batches (prefill) keep cuBLAS and the separate kernels. 128 is the
 largest batch the bench measures; raise it only with a measurement at the larger size.
 """

@@ -1,13 +1,13 @@
 """Compiles the step-fusion kernels for sm_90 on this machine (no GPU) and reports their resources.
 
-The same local compile as bench/kernels_compile_report.py (launches intercepted, not run), for
+The same local compile as bench/kernels/kernels_compile_report.py (launches intercepted, not run), for
 the registry's step-fusion kernels (kernels/norm_matmul.py, kernels/norm_qkv_rope.py) at SmolLM2-135M
-shapes, decode batches 1 and 128, default tiles and the variants bench/gpu_step_fusion_bench.py times
+shapes, decode batches 1 and 128, default tiles and the variants bench/kernels/gpu_step_fusion_bench.py times
 (``launches`` in bench/kernels/<module>.py).
 It proves each variant compiles for the H200 before device time is spent, and shows registers,
 spills (local bytes) and whether the products use the tensor cores (HMMA).
 
-    .venv/bin/python bench/step_fusion_compile_report.py
+    .venv/bin/python bench/kernels/step_fusion_compile_report.py
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from __future__ import annotations
 import os
 import sys
 
-sys.path[:0] = [os.path.join(os.path.dirname(__file__), "..", "services", "worker", "src")]
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path[:0] = [os.path.join(os.path.dirname(__file__), "..", "..", "services", "worker", "src")]
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
-from bench.kernels_compile_report import capture, launches, report_line  # noqa: E402
+from bench.kernels.kernels_compile_report import capture, launches, report_line  # noqa: E402
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ launch cost is not counted: these are the kernels' own times, and at batch 1 the
 its decode step as a graph too. Each Triton result is first checked against the fp64 reference.
 A decode-step estimate sums one token's 30 layers of projections (the LM head separately).
 
-    PYTHONPATH=common/src:services/worker/src python3 bench/gpu_int8_bench.py --out bench/results
+    PYTHONPATH=common/src:services/worker/src python3 bench/kernels/gpu_int8_bench.py --out bench/results
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import torch.nn.functional as F
 import triton
 import triton.testing
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from bench.report import write_results  # noqa: E402
 from radixfair_model_format.quantized_checkpoint import quantize_weight  # noqa: E402
 from radixfair_worker.kernels.accuracy import TOLERANCE, relative_error  # noqa: E402
@@ -107,7 +107,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "results"))
     parser.add_argument("--name", default="gpu_int8_h200")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 128])
     parser.add_argument("--no-sweep", action="store_true", help="default tiles only")

@@ -19,7 +19,7 @@ Logits: ``flat`` = N(0, 1) (random weights: top-p 0.9 keeps most of the
 vocabulary), ``peaked`` = N(0, 4) rounded to bf16 (a trained model's shape,
 ties included: a small nucleus).
 
-    PYTHONPATH=common/src:services/worker/src python3 bench/sampler_bench.py --batches 1 32 128
+    PYTHONPATH=common/src:services/worker/src python3 bench/kernels/sampler_bench.py --batches 1 32 128
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 from worker.sampler_reference import sample_rows_sorted, top_p_keep_sorted  # noqa: E402

@@ -8,11 +8,11 @@ tensor-core instructions are there. Launches are intercepted, not run: arguments
 are specialised the way Triton's JIT does (16-byte-aligned pointers and integers
 divisible by 16 get the divisibility hint, integers equal to 1 become constants).
 
-    .venv/bin/python bench/kernels_compile_report.py [LABEL ...]
+    .venv/bin/python bench/kernels/kernels_compile_report.py [LABEL ...]
 
 The launches are those of the registry's kernels (``kernels/registry.py``), each built by
 ``launches`` in bench/kernels/<module>.py; the step-fusion kernels (off by default) have
-their own report, bench/step_fusion_compile_report.py.
+their own report, bench/kernels/step_fusion_compile_report.py.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from triton.runtime.jit import JITFunction
 
-sys.path[:0] = [os.path.join(os.path.dirname(__file__), "..", "services", "worker", "src")]
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path[:0] = [os.path.join(os.path.dirname(__file__), "..", "..", "services", "worker", "src")]
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
 from radixfair_worker.kernels.registry import modules  # noqa: E402
 

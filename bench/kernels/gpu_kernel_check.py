@@ -8,7 +8,7 @@ The kernels are those of the registry (``kernels/registry.py``); each one's case
 loop on the GPU with TritonBackend and with TorchBackend, same random weights: fp32 must
 agree token for token.
 
-    python3 bench/gpu_kernel_check.py [--out DIR] [--small]
+    python3 bench/kernels/gpu_kernel_check.py [--out DIR] [--small]
 
 Prints one row per case and exits 1 if any case fails.
 """
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "services" / "worker" / "src"), str(ROOT / "common" / "src"), str(ROOT)]
 
 from bench.kernels.harness import SMALL, CheckRows, Row, Sizes  # noqa: E402
@@ -53,7 +53,7 @@ def check_model(dtype: torch.dtype, sizes: Sizes, rows: list[Row]) -> None:
     if dtype != torch.bfloat16:
         return  # one pass covers both dtypes
     try:
-        from bench.model_greedy import argmax_agreement
+        from bench.kernels.model_greedy import argmax_agreement
     except ImportError as error:  # the model's own imports need the worker's dependencies
         rows.append({"kernel": "model argmax", "dtype": "", "case": f"skipped: {error}", "ok": True})
         return

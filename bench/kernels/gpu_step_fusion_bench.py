@@ -20,7 +20,7 @@ SmolLM2-135M shapes, bf16, random weights. Sections, each with its own table:
    against on.
 
     PYTHONPATH=common/src:model_format/src:services/worker/src \\
-        python3 bench/gpu_step_fusion_bench.py [--out DIR]
+        python3 bench/kernels/gpu_step_fusion_bench.py [--out DIR]
 
 ``--sections ops,step`` runs a subset. ``--smoke`` runs every section's code path on the CPU
 (Triton interpreter, tiny shapes, one timed call each): a check that the script works, not a
@@ -38,7 +38,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [
     str(ROOT / "services" / "worker" / "src"),
     str(ROOT / "model_format" / "src"),
@@ -111,7 +111,7 @@ class Setup:
 
 
 def smollm2() -> ModelConfig:
-    from bench.model_greedy import SMOLLM2_135M
+    from bench.kernels.model_greedy import SMOLLM2_135M
 
     return SMOLLM2_135M
 
@@ -362,7 +362,7 @@ def run_norm(setup: Setup, copy_tbs: float) -> list[dict[str, object]]:
         x = torch.randn(4, 64, dtype=DTYPE)
         ms = setup.time_ms(lambda: add_rms_norm(x, x.clone(), torch.ones(64, dtype=DTYPE), EPS))
         return [{"tokens": 4, "impl": "ours (smoke: interpreter, one call)", "best us": 1e3 * ms}]
-    from bench.kernels_bench import norm_ab
+    from bench.kernels.kernels_bench import norm_ab
 
     rows = []
     for tokens in (65536,):
@@ -398,7 +398,7 @@ def kernels_per_step(setup: Setup, forward: Callable[[], torch.Tensor]) -> int |
 
 
 def run_step(setup: Setup) -> list[dict[str, object]]:
-    from bench.model_greedy import _batch
+    from bench.kernels.model_greedy import _batch
 
     model = random_model(setup, DTYPE)
     rows = []
@@ -439,7 +439,7 @@ def run_step(setup: Setup) -> list[dict[str, object]]:
 
 def fp32_greedy_check(setup: Setup) -> dict[str, object]:
     """The Triton backend with every fusion on against the torch backend, fp32, own greedy tokens."""
-    from bench.model_greedy import _run
+    from bench.kernels.model_greedy import _run
 
     model = random_model(setup, torch.float32)
     generator = torch.Generator().manual_seed(5)
@@ -459,7 +459,7 @@ def fp32_greedy_check(setup: Setup) -> dict[str, object]:
 def run_attention(setup: Setup, copy_tbs: float) -> list[dict[str, object]]:
     if setup.smoke:
         return [{"note": "needs the GPU (bench/kernels_bench.decode_case)"}]
-    from bench.kernels_bench import decode_case, run_case
+    from bench.kernels.kernels_bench import decode_case, run_case
 
     case = decode_case(batch=128, context=1024, rotate=4)
     case.impls = {name: fn for name, fn in case.impls.items() if name.startswith("ours")}
@@ -469,7 +469,7 @@ def run_attention(setup: Setup, copy_tbs: float) -> list[dict[str, object]]:
 def copy_bandwidth(setup: Setup) -> float | None:
     if setup.smoke:
         return None
-    from bench.kernels_bench import copy_bandwidth as measured
+    from bench.kernels.kernels_bench import copy_bandwidth as measured
 
     return measured()
 

@@ -13,7 +13,7 @@ Achieved bandwidth counts the fewest bytes the operation must move (each input
 read once, each output written once) over the do_bench time, and is compared
 with a measured device-to-device copy (bytes read plus bytes written).
 
-    python3 bench/kernels_bench.py [--out DIR] [--sweep]
+    python3 bench/kernels/kernels_bench.py [--out DIR] [--sweep]
 
 ``--sweep`` also times our kernels over their block-size options and prints
 the best; the defaults in the kernel modules come from such a sweep.
@@ -33,7 +33,7 @@ from types import ModuleType
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "services" / "worker" / "src"), str(ROOT)]
 
 from bench.kernels.decode_attention import decode_case  # noqa: E402,F401  (gpu_step_fusion_bench)

@@ -18,8 +18,8 @@ Workload: 128 sequences sharing a 1,024-token prefix (and, separately, 4,096), e
 3. Greedy tokens of the engine in fp32 with cascade on equal those with it off (16 followers
    of the 1,024-token prefix, CUDA graphs on).
 
-    python3 bench/gpu_cascade_bench.py [--out DIR]          # on the GPU: writes gpu_cascade_h200.*
-    python3 bench/gpu_cascade_bench.py --smoke              # CPU interpreter, tiny shapes, ~minutes
+    python3 bench/kernels/gpu_cascade_bench.py [--out DIR]          # on the GPU: writes gpu_cascade_h200.*
+    python3 bench/kernels/gpu_cascade_bench.py --smoke              # CPU interpreter, tiny shapes, ~minutes
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ if "--smoke" in sys.argv and shutil.which("nvidia-smi") is None:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [
     str(ROOT / "services" / "worker" / "src"),
     str(ROOT / "model_format" / "src"),
