@@ -1,4 +1,4 @@
-"""bench/distill_decode_speed.py: plain and quantized checkpoints decode through the worker engine."""
+"""bench/distill/distill_decode_speed.py: plain and quantized checkpoints decode through the worker engine."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from radixfair_distiller.quantize import quantize_model_dir
 
 # bench/ is a directory of scripts, not an installed package (and "bench" names tests/bench under
 # pytest): load the module by its path.
-_PATH = Path(__file__).resolve().parents[2] / "bench" / "distill_decode_speed.py"
+_PATH = Path(__file__).resolve().parents[2] / "bench" / "distill" / "distill_decode_speed.py"
 _SPEC = importlib.util.spec_from_file_location("distill_decode_speed", _PATH)
 assert _SPEC is not None and _SPEC.loader is not None
 speed = importlib.util.module_from_spec(_SPEC)

@@ -1,4 +1,4 @@
-"""One results page from several GPU calls (bench/distill_gpu_merge.py): rows side by side, merges repeat."""
+"""One page from several GPU calls (bench/distill/distill_gpu_merge.py): rows side by side, merges repeat."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 # bench/ (a package at the repository root, not installed) comes before tests/bench's namespace.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from bench.distill_gpu_merge import FIRST_CALL, call_name, merged, write_merged  # noqa: E402
+from bench.distill.distill_gpu_merge import FIRST_CALL, call_name, merged, write_merged  # noqa: E402
 
 
 def page(rows: list[dict], **meta) -> dict:

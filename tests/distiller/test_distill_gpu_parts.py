@@ -1,4 +1,4 @@
-"""The learning-curve arithmetic of bench/gpu_distill.py: the power-law fit and its extrapolation."""
+"""The learning-curve arithmetic of bench/distill/gpu_distill.py: the power-law fit and its extrapolation."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 # bench/ is a directory of scripts at the repository root, not an installed package (and "bench"
 # names tests/bench under pytest): load the module by its path.
-_PATH = Path(__file__).resolve().parents[2] / "bench" / "distill_gpu_parts.py"
+_PATH = Path(__file__).resolve().parents[2] / "bench" / "distill" / "distill_gpu_parts.py"
 _SPEC = importlib.util.spec_from_file_location("distill_gpu_parts", _PATH)
 assert _SPEC is not None and _SPEC.loader is not None
 parts = importlib.util.module_from_spec(_SPEC)

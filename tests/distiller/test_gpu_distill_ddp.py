@@ -1,4 +1,4 @@
-"""bench/gpu_distill_ddp.py's verdict: torchrun's loss curve against one process's, within rounding or not."""
+"""bench/distill/gpu_distill_ddp.py's verdict: torchrun's loss curve vs one process's, within rounding?"""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 # bench/ (a package at the repository root, not installed) comes before tests/bench's namespace.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from bench.gpu_distill_ddp import compare, within_noise  # noqa: E402
+from bench.distill.gpu_distill_ddp import compare, within_noise  # noqa: E402
 
 # A falling curve whose consecutive steps differ by ~0.05 (other rows each step).
 SINGLE = [3.0 - 0.01 * i + (0.05 if i % 2 else -0.05) for i in range(40)]

@@ -1,4 +1,4 @@
-"""The results page of bench/gpu_distill.py: rows, the sections below the table, and the targets.
+"""The results page of bench/distill/gpu_distill.py: rows, the sections below the table, and the targets.
 
 The page is rewritten after every phase (``Page.write``), so a run cut short or failing late still
 leaves every figure it measured; a phase that failed is named under "Errors" with its last lines.
@@ -57,7 +57,7 @@ class Page:
     """The results being built; ``write`` rewrites both files (called after every phase).
 
     With ``merge_into`` (an earlier call's page JSON), every write also writes that page with this
-    call's rows and sections added (bench/distill_gpu_merge.py), under the earlier page's name.
+    call's rows and sections added (bench/distill/distill_gpu_merge.py), under the earlier page's name.
     """
 
     def __init__(self, name: str, out: Path, meta: dict, merge_into: Path | None = None) -> None:
@@ -82,7 +82,7 @@ class Page:
             notes = NOTES + f"\n(the sections below the table failed to render: {error!r})"
         write_results(self.name, self.rows, COLUMNS, self.meta, notes, results_dir=self.out)
         if self.base_meta is not None and self.merge_into is not None:
-            from bench.distill_gpu_merge import call_name, write_merged
+            from bench.distill.distill_gpu_merge import call_name, write_merged
 
             try:
                 part = json.loads((self.out / f"{self.name}.json").read_text())
@@ -159,7 +159,7 @@ def sections(meta: dict, rows: list[dict]) -> str:
             + f" (budget: {budget.get('total_s')} s in all; caps: {budget})",
         ]
     if meta.get("torchrun"):
-        from bench.distill_gpu_merge import torchrun_section
+        from bench.distill.distill_gpu_merge import torchrun_section
 
         out += ["", "## torchrun against one process"] + torchrun_section(meta["torchrun"])
     if meta.get("decode"):

@@ -10,10 +10,10 @@ the page shows both curves, their largest difference, and the difference the ari
 Set-up (teacher, data, pruning) happens once here, in this process; the two runs are subprocesses
 (``--worker``), each with its own time cap, so a hung rank costs its run, not the page.
 
-    # GPU, 2-GPU host (lead): bash bench/gpu_distill_session.sh ddp   (see there for the call)
-    python3 bench/gpu_distill_ddp.py --teacher-dir /tmp/smollm2-real --nproc 2 --time-budget-s 330
+    # GPU, 2-GPU host (lead): bash bench/distill/gpu_distill_session.sh ddp   (see there for the call)
+    python3 bench/distill/gpu_distill_ddp.py --teacher-dir /tmp/smollm2-real --nproc 2 --time-budget-s 330
     # CPU, gloo, tiny random teacher:
-    .venv/bin/python bench/gpu_distill_ddp.py --teacher-dir TINY --device cpu --nproc 2 --steps 4 \\
+    .venv/bin/python bench/distill/gpu_distill_ddp.py --teacher-dir TINY --device cpu --nproc 2 --steps 4 \\
         --batch-size 4 --seq-len 32 --text-max-files 10 --out /tmp/ddp
 """
 
@@ -33,8 +33,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.distill_gpu_page import Page  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from bench.distill.distill_gpu_page import Page  # noqa: E402
 
 EXPECTED_NOISE = (
     "every rank runs the forward and backward of its rows under bf16 autocast, so each rank's weight "
@@ -73,8 +73,8 @@ class RunSpec:
 # -- set-up, once ----------------------------------------------------------------------------------
 def prepare(args: argparse.Namespace, work: Path) -> tuple[RunSpec, dict]:
     """Teacher, text data and the depth-pruned student, saved for both runs; and what they are."""
-    from bench.distill_gpu_parts import random_smollm2_teacher
-    from bench.distill_results import student_shapes
+    from bench.distill.distill_gpu_parts import random_smollm2_teacher
+    from bench.distill.distill_results import student_shapes
     from radixfair.tokenization import PromptEncoder
     from radixfair_distiller.data.batches import calibration_batches
     from radixfair_distiller.model_dir import is_model_dir, load_llama, save_llama
@@ -321,7 +321,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--teacher-dir", default=None, help="the converted teacher (else random weights)")
     parser.add_argument(
         "--tokenizer-dir",
-        default=str(Path(__file__).resolve().parent / "scratch" / "gpu_distill" / "tokenizer"),
+        default=str(Path(__file__).resolve().parents[1] / "scratch" / "gpu_distill" / "tokenizer"),
         help="tokenizer of the random stand-in teacher",
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -336,7 +336,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--time-budget-s", type=float, default=330.0)
     parser.add_argument("--work-dir", default="/tmp/gpu_distill_ddp")
-    parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "results"))
     parser.add_argument("--name", default="distill_torchrun_gpu")
     parser.add_argument("--merge-into", default=None, help="a page JSON to add the comparison to")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)

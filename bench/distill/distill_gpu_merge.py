@@ -8,7 +8,7 @@ read against the teacher of its own call), and each call's date, commit, command
 figures go under ``calls``. Merging a call again replaces what that call added before.
 
     # Here, after a call's files came back (the device call already writes the merged page too):
-    .venv/bin/python bench/distill_gpu_merge.py bench/results/distill_results_gpu.json \\
+    .venv/bin/python bench/distill/distill_gpu_merge.py bench/results/distill_results_gpu.json \\
         <files_at>/distill_results_gpu_width.json --out bench/results
 """
 
@@ -20,8 +20,8 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.distill_gpu_page import COLUMNS, NOTES, sections, targets  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from bench.distill.distill_gpu_page import COLUMNS, NOTES, sections, targets  # noqa: E402
 from bench.report import write_results  # noqa: E402
 
 # What write_results puts at the top of a page's JSON: the call's own, not the merged page's.

@@ -7,7 +7,7 @@ before the call, with the inputs (hidden states, heads, labels) already
 allocated. Also records wall time of one call (one run; the machine is
 shared, so times are indicative only).
 
-    .venv/bin/python bench/distill_fused_loss_memory.py [--tokens 256 1024 2048] [--chunk 256]
+    .venv/bin/python bench/distill/distill_fused_loss_memory.py [--tokens 256 1024 2048] [--chunk 256]
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from bench.report import markdown_table, write_results  # noqa: E402
 
 HIDDEN = 576

@@ -1,4 +1,4 @@
-"""The pieces bench/gpu_distill.py is made of: teacher set-up, data, timed training runs, evaluation, fits.
+"""The pieces of bench/distill/gpu_distill.py: teacher set-up, data, timed training runs, evaluation, fits.
 
 Everything here calls the distiller's own modules (pruning, the training loop with the fused loss,
 the evaluation metrics, the engine-written teacher answers), so a row of the results is what a

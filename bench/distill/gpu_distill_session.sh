@@ -1,29 +1,29 @@
 #!/usr/bin/env bash
-# Issue 15 on the H200s (bench/gpu_distill.py, bench/gpu_distill_ddp.py), with the real teacher. The
+# Issue 15 on the H200s (bench/distill/gpu_distill.py, bench/distill/gpu_distill_ddp.py), with the real teacher. The
 # teacher's GGUF travels in two parts (../shared/tools/gpu_model_parts.sh), so every phase that needs
 # it follows call 1 back to back (the machine must still be warm; it is given back ~30 s after a call).
 #
 # Here, once:  bash ../shared/tools/gpu_model_parts.sh        (writes .gpu_model/, ignored by git)
-#              bash bench/gpu_distill_session.sh --prepare    (bench/scratch/gpu_distill: wheels, tokenizer)
+#              bash bench/distill/gpu_distill_session.sh --prepare    (bench/scratch/gpu_distill: wheels, tokenizer)
 # Call 1 (seconds): part_00 of the GGUF to /tmp/gpu_model.
-#   run(command="cd .snap && bash bench/gpu_distill_session.sh 1",
+#   run(command="cd .snap && bash bench/distill/gpu_distill_session.sh 1",
 #       carry=[".gpu_model/part_00", ".gpu_model/sha256", ".gpu_model/whl", ".gpu_model/gpu_model_parts.sh"],
 #       timeout_s=120)
 # Then, at once, one of (each joins the GGUF and converts it to /tmp/smollm2-real, the worker's model
 # store, unless that exists already; without the parts it runs on random weights and its page says so):
 #   2      (<= 9.5 min) the first call: data, sweep, the depth student (and the width one if time is left).
-#          run(command="cd .snap && bash bench/gpu_distill_session.sh 2",
+#          run(command="cd .snap && bash bench/distill/gpu_distill_session.sh 2",
 #              carry=[".gpu_model/part_01", "bench/scratch/gpu_distill"], timeout_s=600)
 #   width  (<= 480 s) the width student alone: pruning's importance scores as start, forward KL, bf16,
 #          fused chunked loss, its own token budget; text: all stdlib docstrings, and half the text rows
 #          from the stdlib's code (docstrings cut out; more distinct tokens than 60 passes over the
 #          docstrings the first call made); writes
 #          distill_results_gpu_width.* and distill_results_gpu.* (the committed page with its rows added).
-#          run(command="cd .snap && bash bench/gpu_distill_session.sh width",
+#          run(command="cd .snap && bash bench/distill/gpu_distill_session.sh width",
 #              carry=[".gpu_model/part_01", "bench/scratch/gpu_distill"], timeout_s=480)
 #   ddp    (<= 400 s, kind nvidia-h200-x2) torchrun on 2 GPUs (NCCL) against 1 GPU, same seed, data and
 #          global batch; writes distill_torchrun_gpu.* and distill_results_gpu.* with the two curves added.
-#          run(command="cd .snap && bash bench/gpu_distill_session.sh ddp",
+#          run(command="cd .snap && bash bench/distill/gpu_distill_session.sh ddp",
 #              carry=[".gpu_model/part_01", "bench/scratch/gpu_distill"], kind="nvidia-h200-x2", timeout_s=400)
 #          As the only call on that machine (no call 1 before it), it uses random weights in the
 #          teacher's shape and says so.
@@ -86,14 +86,14 @@ page=bench/results/distill_results_gpu.json  # the committed page the later call
 filter() { grep --line-buffered -v 'Loading weights' | tee "$OUT/$1.log"; }
 case "$phase" in
   2)
-    timeout -s TERM "$left" python3 bench/gpu_distill.py ${teacher[@]+"${teacher[@]}"} --time-budget-s "$budget" \
+    timeout -s TERM "$left" python3 bench/distill/gpu_distill.py ${teacher[@]+"${teacher[@]}"} --time-budget-s "$budget" \
       --tokenizer-dir "$carry/tokenizer" --out "$OUT" ${EXTRA_ARGS:-} 2>&1 | filter gpu_distill
     ;;
   width)
     # Forward KL won the first call's sweep, so no sweep; the teacher's int8 / fp8 rows are on the page.
     # Data gets 95 s (the first call: 17% = 81 s), since the text and code streams are built inside it
     # and the first call's student saw its ~0.46M distinct tokens ~75 times (train KL 0.16, held-out 0.96).
-    timeout -s TERM "$left" python3 bench/gpu_distill.py ${teacher[@]+"${teacher[@]}"} --time-budget-s "$budget" \
+    timeout -s TERM "$left" python3 bench/distill/gpu_distill.py ${teacher[@]+"${teacher[@]}"} --time-budget-s "$budget" \
       --tokenizer-dir "$carry/tokenizer" --out "$OUT" --students width --sweep "" --loss forward_kl \
       --no-teacher-quantized --text-max-files 0 --code-fraction 0.5 --data-s 95 --decode-s 40 \
       --name distill_results_gpu_width \
@@ -104,7 +104,7 @@ case "$phase" in
     if [ "${gpus:-0}" -lt 2 ] && [[ "${EXTRA_ARGS:-}" != *--nproc* ]]; then
       echo "ddp: $gpus GPU(s) here; it needs two (run it on the nvidia-h200-x2 kind)" >&2; exit 2
     fi
-    timeout -s TERM "$left" python3 bench/gpu_distill_ddp.py ${teacher[@]+"${teacher[@]}"} --time-budget-s "$budget" \
+    timeout -s TERM "$left" python3 bench/distill/gpu_distill_ddp.py ${teacher[@]+"${teacher[@]}"} --time-budget-s "$budget" \
       --tokenizer-dir "$carry/tokenizer" --out "$OUT" --nproc "$(( gpus < 2 ? gpus : 2 ))" \
       --merge-into "$page" ${EXTRA_ARGS:-} 2>&1 | filter gpu_distill_ddp
     ;;

@@ -15,8 +15,8 @@ Budgets (``--budget``; single fields can be overridden by flags):
 - cpu-hour: what fits in about an hour on a 2-core CPU (from measured step times, see BUDGETS);
 - gpu:      a larger run for one GPU.
 
-    .venv/bin/python bench/distill_results.py --budget smoke
-    .venv/bin/python bench/distill_results.py --budget cpu-hour [--steps 150] [--threads 2]
+    .venv/bin/python bench/distill/distill_results.py --budget smoke
+    .venv/bin/python bench/distill/distill_results.py --budget cpu-hour [--steps 150] [--threads 2]
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from bench.report import markdown_table, write_results  # noqa: E402
 
 
@@ -386,7 +386,7 @@ def main() -> None:
         parser.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name, type=kind, default=None)
     args = parser.parse_args()
     if args.work_dir is None:
-        args.work_dir = Path(__file__).resolve().parent / "scratch" / f"distill-{args.budget}"
+        args.work_dir = Path(__file__).resolve().parents[1] / "scratch" / f"distill-{args.budget}"
     started = time.monotonic()
     asyncio.run(main_async(args))
     if not args.print_recipes:

@@ -1,6 +1,6 @@
 """Issue 15 on one GPU inside one wall-time budget: the teacher's own data, bf16 KD, the results page.
 
-Every phase has a cap taken from the command line, and the page (bench/distill_gpu_page.py) is
+Every phase has a cap taken from the command line, and the page (bench/distill/distill_gpu_page.py) is
 rewritten after each phase, so a run cut short or failing late keeps what it measured:
 
 1. teacher: --teacher-dir (a converted model directory, e.g. /tmp/smollm2-real), else --gguf
@@ -25,13 +25,13 @@ rewritten after each phase, so a run cut short or failing late keeps what it mea
    time cap (the cap is a backstop), learning-curve points, final scores and int8 / fp8 copies.
 10. fits: a power law over each curve, the tokens it predicts the targets need, the targets.
 
-    # GPU (lead), see bench/gpu_distill_session.sh for the device calls:
-    python3 bench/gpu_distill.py --teacher-dir /tmp/smollm2-real --time-budget-s 540
+    # GPU (lead), see bench/distill/gpu_distill_session.sh for the device calls:
+    python3 bench/distill/gpu_distill.py --teacher-dir /tmp/smollm2-real --time-budget-s 540
     # A later call for one student, added to the committed page (session phase "width"):
-    python3 bench/gpu_distill.py --teacher-dir /tmp/smollm2-real --students width --sweep "" \
+    python3 bench/distill/gpu_distill.py --teacher-dir /tmp/smollm2-real --students width --sweep "" \
         --no-teacher-quantized --text-max-files 0 --code-fraction 0.5 --name distill_results_gpu_width \
         --merge-into bench/results/distill_results_gpu.json --time-budget-s 400
-    .venv/bin/python bench/gpu_distill.py --smoke --time-budget-s 120   # CPU, tiny random teacher
+    .venv/bin/python bench/distill/gpu_distill.py --smoke --time-budget-s 120   # CPU, tiny random teacher
 """
 
 from __future__ import annotations
@@ -48,10 +48,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.distill_decode_speed import DecodeSpeedConfig, decode_speed  # noqa: E402
-from bench.distill_gpu_page import Page, row, targets  # noqa: E402
-from bench.distill_gpu_parts import (  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from bench.distill.distill_decode_speed import DecodeSpeedConfig, decode_speed  # noqa: E402
+from bench.distill.distill_gpu_page import Page, row, targets  # noqa: E402
+from bench.distill.distill_gpu_parts import (  # noqa: E402
     Deadline,
     EvalSet,
     convert_gguf,
@@ -65,7 +65,7 @@ from bench.distill_gpu_parts import (  # noqa: E402
     tokens_for_gap,
     train,
 )
-from bench.distill_results import student_shapes  # noqa: E402
+from bench.distill.distill_results import student_shapes  # noqa: E402
 from radixfair.tokenization import PromptEncoder  # noqa: E402
 from radixfair_distiller.data.batches import calibration_batches  # noqa: E402
 from radixfair_distiller.data.bundle import prepare_data  # noqa: E402
@@ -847,7 +847,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--gguf", help="the teacher's GGUF file, if --teacher-dir is absent")
     parser.add_argument(
         "--tokenizer-dir",
-        default=str(Path(__file__).resolve().parent / "scratch" / "gpu_distill" / "tokenizer"),
+        default=str(Path(__file__).resolve().parents[1] / "scratch" / "gpu_distill" / "tokenizer"),
         help="tokenizer of the random stand-in teacher when neither --teacher-dir nor --gguf exists",
     )
     parser.add_argument("--smoke", action="store_true", help="CPU check on a tiny random teacher")
@@ -915,7 +915,7 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--device", default=None)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "results"))
     parser.add_argument("--work-dir", default="/tmp/gpu_distill")
     parser.add_argument(
         "--name", default=None, help="results file name (default distill_results_gpu[_smoke])"
