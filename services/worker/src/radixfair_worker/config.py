@@ -41,6 +41,9 @@ class SchedulerConfig:
     # dlpm: a waiting request passed over this many times by requests of its own
     # client goes before them (the per-request wait bound in scheduler.dlpm).
     max_overtakes: int = 8
+    # dlpm: a waiting client with credit passed by this many admissions of other clients' requests
+    # has its oldest request admitted before the prefix-match order (rule 7 in scheduler.dlpm).
+    max_client_passes: int = 8
     # lpm, lpm_aging, dlpm: a waiting request waits while a request already admitted (or still
     # prefilling) will compute at least this many pages of its prefix that the cache lacks, and then
     # matches them instead of computing them again (scheduler.in_batch_prefix); 0 disables. 2 pages
@@ -63,6 +66,8 @@ class SchedulerConfig:
             )
         if self.max_overtakes < 0:
             raise ValueError("max_overtakes must be >= 0")
+        if self.max_client_passes < 0:
+            raise ValueError("max_client_passes must be >= 0")
         if self.in_batch_prefix_pages < 0:
             raise ValueError("in_batch_prefix_pages must be >= 0 (0 disables in-batch prefix holding)")
 

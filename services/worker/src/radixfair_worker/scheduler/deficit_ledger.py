@@ -75,6 +75,10 @@ class DeficitLedger:
     def has_credit(self, client: str) -> bool:
         return self._deficits[client] > 0
 
+    def normalised(self, client: str) -> float:
+        """``q_i / weight_i``: the larger, the more underserved (VTC's smaller counter)."""
+        return self._deficits[client] / self._weights[client]
+
     def charge(self, client: str, amount: float) -> None:
         self._deficits[client] -= amount
 

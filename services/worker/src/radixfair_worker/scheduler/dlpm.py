@@ -89,12 +89,13 @@ meanwhile changes. tests/worker/test_scheduler_dlpm_wait.py checks (d).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from radixfair_worker.config import SchedulerConfig
 from radixfair_worker.request import Request, RequestStatus
 from radixfair_worker.scheduler.base import AdmissionBudget, Clock, FairnessState, PrefixMatcher
 from radixfair_worker.scheduler.client_activity import ClientActivity
+from radixfair_worker.scheduler.client_passes import ClientPassLimit, Turns
 from radixfair_worker.scheduler.deficit_ledger import DeficitLedger
 from radixfair_worker.scheduler.overtake_limit import OvertakeLimit
 from radixfair_worker.scheduler.queue_order import PrefixMatchQueue
@@ -111,6 +112,7 @@ class DLPMPolicy:
         self._activity = ClientActivity()
         self._ledger = DeficitLedger(config.quantum, idle_rule=config.idle_deficit)
         self._overtakes = OvertakeLimit(config.max_overtakes)
+        self._passes = ClientPassLimit(config.max_client_passes)
         self._queue = PrefixMatchQueue()
 
     @property
@@ -133,6 +135,7 @@ class DLPMPolicy:
         self._ledger.set_weight(client, request.weight)
         if not self._activity.has_waiting(client):
             self._ledger.on_backlogged(client, self._activity.waiting_clients())
+            self._passes.restart(client)
         self._activity.arrived(request)
         self._overtakes.joined(request)
         self._queue.joined(request)
@@ -141,15 +144,20 @@ class DLPMPolicy:
         self, waiting: Sequence[Request], cache: PrefixMatcher, budget: AdmissionBudget
     ) -> list[Request]:
         order = _Replay(request for _, request in self._queue.ordered(waiting, cache))
+        credited = [c for c in self._activity.waiting_clients() if self._ledger.has_credit(c)]
+        turns = self._passes.turns(credited, self._ledger.normalised)
         admitted: list[Request] = []
         taken: set[Request] = set()
         while True:
-            passed, budget_full, spent = self._walk(order, taken, budget)
+            passed, budget_full, spent = self._walk(order, taken, budget, turns)
             admitted += passed
             if budget_full or not spent:
                 break
             if not passed:
                 self._ledger.refill(spent)
+                for client in spent:
+                    if self._ledger.has_credit(client):
+                        turns.restarted(client)
         self._queue.admitted(admitted)
         return admitted
 
@@ -169,12 +177,13 @@ class DLPMPolicy:
         return self._meter.client_service()
 
     def _walk(
-        self, order: Iterable[Request], taken: set[Request], budget: AdmissionBudget
+        self, order: Iterable[Request], taken: set[Request], budget: AdmissionBudget, turns: Turns
     ) -> tuple[list[Request], bool, set[str]]:
         """One pass over the requests not yet ``taken`` (admitted this step; it adds to it).
 
-        Returns those admitted, whether the budget refused one, and the
-        clients skipped for want of credit.
+        Due clients' turns (rule 7) go before each request of the pass, and after its last.
+        Returns those admitted, whether the budget refused one, and the clients skipped for want
+        of credit.
         """
         admitted, spent = [], set()
 
@@ -184,6 +193,10 @@ class DLPMPolicy:
         for request in order:
             client = request.client_id
             while request not in taken:
+                if not self._take_turns(turns, taken, budget, still_waiting, admitted):
+                    return admitted, True, spent
+                if request in taken:
+                    break
                 if budget.holds(request):
                     # Parked for a leader's prefix (rule 6): not admitted, not charged. Its client is
                     # still backlogged, so when spent it takes the refills the others get meanwhile;
@@ -199,14 +212,51 @@ class DLPMPolicy:
                     break  # the client's place is its due request's, which is parked: nobody overtakes it
                 if not budget.try_admit(chosen):
                     return admitted, True, spent
-                taken.add(chosen)
-                self._activity.admitted(chosen)
-                if not self._activity.has_waiting(client):
-                    self._ledger.on_drained(client)
-                self._overtakes.admitted(chosen)
-                self._ledger.charge(client, self._meter.charge_admission(chosen))
+                self._admitted(chosen, taken, turns)
                 admitted.append(chosen)
+        if not self._take_turns(turns, taken, budget, still_waiting, admitted):
+            return admitted, True, spent
         return admitted, False, spent
+
+    def _take_turns(
+        self,
+        turns: Turns,
+        taken: set[Request],
+        budget: AdmissionBudget,
+        still_waiting: Callable[[Request], bool],
+        admitted: list[Request],
+    ) -> bool:
+        """Rule 7: admits one request of each due client, in turn order (``ClientPassLimit``).
+
+        The request is the one rule 2 gives the client's place: its due request, else its
+        longest-waiting one. Returns False if the budget refused one: the step ends there, so nothing
+        overtakes a due client's request while it waits for room, as under VTC's order.
+        """
+        while (client := turns.next_due()) is not None:
+            chosen = None
+            if self._ledger.has_credit(client):
+                chosen = self._overtakes.due(client, still_waiting) or self._overtakes.head(
+                    client, still_waiting
+                )
+            if chosen is None or budget.holds(chosen):
+                turns.skip(client)  # spent, nothing waiting, or parked for a leader's prefix (rule 6)
+                continue
+            if not budget.try_admit(chosen):
+                return False
+            self._admitted(chosen, taken, turns)
+            admitted.append(chosen)
+        return True
+
+    def _admitted(self, request: Request, taken: set[Request], turns: Turns) -> None:
+        """The bookkeeping of one admission (rule 3's charge), in a turn or in prefix order."""
+        client = request.client_id
+        taken.add(request)
+        self._activity.admitted(request)
+        if not self._activity.has_waiting(client):
+            self._ledger.on_drained(client)
+        self._overtakes.admitted(request)
+        turns.admitted(client)
+        self._ledger.charge(client, self._meter.charge_admission(request))
 
 
 class _Replay:

@@ -44,11 +44,18 @@ class OvertakeLimit:
         Entries not ``is_waiting`` are stale (the engine dropped a request
         without telling the policy) and are forgotten.
         """
+        head = self.head(client, is_waiting)
+        if head is None:
+            return None
+        passed = self._admissions.get(client, 0) - self._joined[client][head]
+        return head if passed >= self.max_overtakes else None
+
+    def head(self, client: str, is_waiting: Callable[[Request], bool]) -> Request | None:
+        """The client's waiting request that joined first (stale entries forgotten, as in ``due``)."""
         queue = self._joined.get(client)
         while queue:
-            head, joined_at = next(iter(queue.items()))
-            if not is_waiting(head):
-                del queue[head]
-                continue
-            return head if self._admissions.get(client, 0) - joined_at >= self.max_overtakes else None
+            head = next(iter(queue))
+            if is_waiting(head):
+                return head
+            del queue[head]
         return None
