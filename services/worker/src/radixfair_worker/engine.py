@@ -194,14 +194,16 @@ class Engine:
         for chunk in sampled:
             chunk.request.output_ids.append(PLACEHOLDER_TOKEN)
             chunk.request.pending_tokens += 1
-        cache_computed = self.pages.cache_computed
+        cache_computed, page_size = self.pages.cache_computed, self.page_size
         computed = 0
         for request, _, length in chunks:
             computed += length
             request.num_computed_tokens += length
             # Pages this step completes whose ids are known: their K/V is written before any
             # later step reads them (same stream), so the next admission can share them now.
-            cache_computed(request)
+            # (The test is cache_computed's own first exit, without a call per row per step.)
+            if request.num_computed_tokens - request.num_inserted_tokens >= page_size:
+                cache_computed(request)
         self.computed_tokens += computed
         for row, message in failures.items():
             # After the bookkeeping above, so finishing drops its placeholder like any other.
@@ -237,16 +239,18 @@ class Engine:
             return
         tokens = step.tokens.wait()
         outputs, append_token, cache_computed = self._outputs, self._append_token, self.pages.cache_computed
+        running, page_size = RequestStatus.RUNNING, self.page_size
         for chunk, token in zip(step.sampled, tokens):
             request = chunk.request
             # A request that stopped on its previous token was still in this batch; its
             # extra token was discarded when it finished.
-            if request.status is RequestStatus.RUNNING:
+            if request.status is running:
                 if token < 0:  # the device could not sample its row (see sampler.FAILED_TOKEN)
                     outputs.append(self._fail(request, FAILED_ROW_MESSAGE))
                     continue
                 outputs.append(append_token(request, token))
-                cache_computed(request)
+                if request.num_computed_tokens - request.num_inserted_tokens >= page_size:
+                    cache_computed(request)
 
     def _schedule(self) -> tuple[list[ScheduledChunk], list[ScheduledChunk]]:
         """This step's chunks (decodes, prefill chunks, admissions), and those that sample a token."""
@@ -266,7 +270,9 @@ class Engine:
         # A drain for a preemption may have finished requests scheduled earlier in this step.
         running = RequestStatus.RUNNING
         chunks = [c for c in chunks if c.request.status is running]
-        sampled = [c for c in chunks if c.start + c.length == c.request.num_tokens]
+        sampled = [
+            c for c in chunks if c.start + c.length == len(c.request.prompt_ids) + len(c.request.output_ids)
+        ]
         return chunks, sampled
 
     # -- scheduling ----------------------------------------------------------
@@ -285,7 +291,6 @@ class Engine:
         chunks: list[ScheduledChunk] = []
         prefilling: list[Request] = []
         running, page_size = RequestStatus.RUNNING, self.page_size
-        length_reached = self.output_processor.length_reached
         for request in list(self.running):
             if request.status is not running:
                 continue
@@ -296,7 +301,7 @@ class Engine:
                 if to_compute > 1:
                     prefilling.append(request)
                 continue
-            if length_reached(request, num_output):
+            if num_output >= request.output_limit:  # OutputProcessor.length_reached, inlined
                 # Its last token (a placeholder until the step in flight is read) is its final one.
                 continue
             if len(request.page_table) * page_size < num_tokens and not self._ensure_pages(

@@ -51,40 +51,42 @@ class OutputProcessor:
         self._streams: dict[str, TextStream] = {}
 
     def open(self, request: Request) -> None:
-        """Starts the request's text stream (when the engine makes its text at all)."""
+        """Takes a new request: sets its stop rules, and starts its text stream (when the engine makes
+        its text at all)."""
+        sampling = request.sampling
+        request.output_limit = min(sampling.max_tokens, self.max_context_tokens - len(request.prompt_ids))
+        stop_ids = frozenset(sampling.stop_token_ids)
+        request.stop_token_set = stop_ids if sampling.ignore_eos else stop_ids | self._eos_token_ids
         if self._detokenizer_factory is not None and request.text_in_engine:
-            self._streams[request.request_id] = TextStream(
-                self._detokenizer_factory(), request.sampling.stop_strings
-            )
+            self._streams[request.request_id] = TextStream(self._detokenizer_factory(), sampling.stop_strings)
 
-    def length_reached(self, request: Request, num_output: int) -> bool:
+    @staticmethod
+    def length_reached(request: Request, num_output: int) -> bool:
         """True when ``num_output`` generated tokens reach max_tokens or the context window."""
-        return (
-            num_output >= request.sampling.max_tokens
-            or len(request.prompt_ids) + num_output >= self.max_context_tokens
-        )
+        return num_output >= request.output_limit
 
     def append(self, request: Request, token: int) -> TokenOutcome:
         """Resolves the request's oldest placeholder to ``token``; says whether the request stops there."""
-        index = len(request.output_ids) - request.pending_tokens
+        # Runs for every running request every step: fields are read once, and requests whose text
+        # the front makes skip the stream lookup.
+        pending = request.pending_tokens
+        index = len(request.output_ids) - pending
         request.output_ids[index] = token
-        request.pending_tokens -= 1
+        request.pending_tokens = pending - 1
         if request.first_token_time is None:
             request.first_token_time = self._clock()
-        sampling = request.sampling
-        is_stop_token = token in sampling.stop_token_ids or (
-            not sampling.ignore_eos and token in self._eos_token_ids
-        )
-        stream = self._streams.get(request.request_id)
+        is_stop_token = token in request.stop_token_set
         text, hit_stop_string = "", False
-        if stream is not None and not is_stop_token:
-            try:
-                text, hit_stop_string = stream.push([token])
-            except Exception as error:  # this request's text alone is broken; the batch goes on
-                return TokenOutcome("", error=f"detokenizing token {token} failed: {error!r}")
+        if self._streams and not is_stop_token:
+            stream = self._streams.get(request.request_id)
+            if stream is not None:
+                try:
+                    text, hit_stop_string = stream.push([token])
+                except Exception as error:  # this request's text alone is broken; the batch goes on
+                    return TokenOutcome("", error=f"detokenizing token {token} failed: {error!r}")
         if is_stop_token or hit_stop_string:
             return TokenOutcome(text, FinishReason.STOP)
-        if self.length_reached(request, index + 1):
+        if index + 1 >= request.output_limit:
             return TokenOutcome(text, FinishReason.LENGTH)
         return TokenOutcome(text) if text else _CONTINUES
 

@@ -93,6 +93,11 @@ class Request:
     # with no stop strings off the engine's step (the engine has no text decision to make for it),
     # and its final_text then stays "".
     text_in_engine: bool = True
+    # Read for every running request every step, so set once when the engine takes the request
+    # (OutputProcessor.open) instead of derived per token: the most tokens it may generate
+    # (max_tokens, or what the context window leaves after the prompt), and the ids that stop it.
+    output_limit: int = 0
+    stop_token_set: frozenset[int] = frozenset()
 
     @property
     def fill_ids(self) -> list[int]:
