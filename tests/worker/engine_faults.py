@@ -60,7 +60,7 @@ def engine_writing_a_batch_in_two_halves(spec: EngineSpec, commands: Connection,
     (text "released"), or whether the front stayed silent until the wait ran out ("timed out").
     """
     outputs.send(EngineReady(page_size=16, max_context_tokens=4096))
-    batch = StepBatch([RequestUpdate("r0", HALF_WRITTEN_TOKENS, HALF_WRITTEN_TEXT)])
+    batch = StepBatch.of([RequestUpdate(0, HALF_WRITTEN_TOKENS, HALF_WRITTEN_TEXT)])
     data = bytes(ForkingPickler.dumps(batch))
     message = struct.pack("!i", len(data)) + data  # multiprocessing's framing: length, then the pickle
     half = len(message) // 2
@@ -70,7 +70,7 @@ def engine_writing_a_batch_in_two_halves(spec: EngineSpec, commands: Connection,
     os.write(outputs.fileno(), message[half:])
     text = "released" if released else "timed out"
     end = RequestOutcome(FinishReason.STOP, 0, len(HALF_WRITTEN_TOKENS), 0, None, None, None, text)
-    outputs.send(StepBatch([RequestUpdate("r0", [], "", end)]))
+    outputs.send(StepBatch.of([RequestUpdate(0, [], "", end)]))
     while True:  # serve until the front stops us
         try:
             if STOP in commands.recv():

@@ -41,10 +41,10 @@ def test_a_submit_to_an_idle_engine_loop_is_served_without_waiting_for_its_timer
         assert _next_batch(outputs).state is not None
         commands.send([SubmitRequest(greedy([5, 6, 7, 8], 3, "r0"))])
         first = _next_batch(outputs)
-        while not any(update.token_ids for update in first.updates):
+        while not first.token_ids:
             first = _next_batch(outputs)
 
-        assert [update.request_id for update in first.updates if update.token_ids] == ["r0"]
+        assert [update.key for update in first.rows() if update.token_ids] == [0]
         # Each idle wait ended because a command arrived; none ran out its timer.
         assert loop.idle_timeouts == 0
         assert loop.idle_wakeups >= 1

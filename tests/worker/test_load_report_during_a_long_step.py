@@ -62,7 +62,7 @@ def engine_with_a_long_second_step(spec: EngineSpec, commands: Connection, outpu
                 if time.monotonic() > deadline:
                     return  # the front never released the step: the test has failed already
                 time.sleep(0.02)
-            outputs.send(StepBatch([], published(asked)))
+            outputs.send(StepBatch(state=published(asked)))
 
 
 def start_client(model_dir: Path, **options: float) -> EngineClient:

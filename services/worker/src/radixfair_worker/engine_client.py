@@ -40,8 +40,11 @@ from radixfair_worker.engine_protocol import (
     EngineStartFailed,
     PublishedState,
     ReportState,
+    RequestEnd,
     StepBatch,
     SubmitRequest,
+    request_key,
+    worker_request_id,
 )
 from radixfair_worker.request import Request
 from radixfair_worker.request_stream import RequestStream
@@ -71,7 +74,8 @@ class EngineClient:
         self._stuck_engine_after_s = stuck_engine_after_s
         self._entry = entry
         self._metrics = metrics
-        self._streams: dict[str, RequestStream] = {}
+        # Keyed by the int key each request's rows carry (engine_protocol.worker_request_id).
+        self._streams: dict[int, RequestStream] = {}
         self._ids = itertools.count()
         self._state_waiters: list[asyncio.Future[PublishedState]] = []
         # When the engine was asked for a state it has not published yet, and the last one it did.
@@ -166,7 +170,8 @@ class EngineClient:
         stream's end, so validation stays in one place: ``Engine.submit``.
         """
         self._check_running()
-        request.request_id = f"r{next(self._ids)}"
+        key = next(self._ids)
+        request.request_id = worker_request_id(key)
         client_row = self._metrics.client_labels.row(request.client_id)
         text = None
         if self._detokenizer_factory is not None and not request.sampling.stop_strings:
@@ -174,13 +179,13 @@ class EngineClient:
             request.text_in_engine = False
             text = TextStream(self._detokenizer_factory(), ())
         stream = RequestStream(request.request_id, request.arrival_time, client_row, text)
-        self._streams[request.request_id] = stream
+        self._streams[key] = stream
         self._outbox.put(SubmitRequest(request))
         return stream
 
     def abort(self, request_id: str) -> None:
         """Cancels the request with this worker-internal id; its pages return to the pool."""
-        if self._streams.pop(request_id, None) is not None and not self.lost.is_set():
+        if self._streams.pop(request_key(request_id), None) is not None and not self.lost.is_set():
             self._outbox.put(AbortRequest(request_id))
 
     async def current_state(self) -> PublishedState:
@@ -231,36 +236,32 @@ class EngineClient:
         self._lose(EngineStoppedError("the worker's engine process exited"))
 
     def _deliver(self, batch: StepBatch) -> None:
+        """Fans a batch out to its requests' streams, in row order.
+
+        Runs of rows with one token and no end (nearly all of them) take ``_deliver_tokens``;
+        a row that ends its request, or carries another token count, takes ``_deliver_row``.
+        """
         if self.lost.is_set():  # a batch read just before the loss was noticed
             return
-        now = time.monotonic()
-        first_token_delays: list[float] = []
-        first_token_rows: list[int] = []
-        token_gaps: list[float] = []
-        gap_rows: list[int] = []
-        streams = self._streams
-        for request_id, token_ids, text, end in batch.updates:
-            stream = streams.get(request_id)
-            if stream is None:  # aborted meanwhile
-                continue
-            if token_ids:
-                if stream.last_token_time is None:
-                    first_token_delays.append(now - stream.arrival_time)
-                    first_token_rows.append(stream.client_row)
-                else:
-                    token_gaps.append(now - stream.last_token_time)
-                    gap_rows.append(stream.client_row)
-                stream.last_token_time = now
-            recorded = stream.push(token_ids, text, end)
-            if recorded is not None:
-                del streams[request_id]
-                if end is None:  # the stream failed here (its text); the engine still runs it
-                    self._outbox.put(AbortRequest(request_id))
-        if first_token_delays or token_gaps:
+        latencies = _Latencies(time.monotonic())
+        texts = batch.texts
+        if batch.counts is None:
+            start = 0
+            for row, end in (*batch.ends, (len(batch.keys), None)):
+                keys, tokens = batch.keys[start:row], batch.token_ids[start:row]
+                self._deliver_tokens(keys, tokens, texts[start:row] if texts else None, latencies)
+                if end is not None:
+                    text = texts[row] if texts else ""
+                    self._deliver_row(batch.keys[row], batch.token_ids[row : row + 1], text, end, latencies)
+                start = row + 1
+        else:
+            for key, token_ids, text, end in batch.rows():
+                self._deliver_row(key, token_ids, text, end, latencies)
+        if latencies.first_token_delays or latencies.token_gaps:
             # After the handlers this batch woke (their wake-ups are queued already): the histograms'
             # update (numpy, ~0.1 ms) is then never between a token and its message.
             assert self._loop is not None
-            self._loop.call_soon(self._observe, first_token_delays, first_token_rows, token_gaps, gap_rows)
+            self._loop.call_soon(self._observe, latencies)
         if batch.state is not None:
             self._last_state, self._state_asked_at = batch.state, None
             waiters, self._state_waiters = self._state_waiters, []
@@ -268,11 +269,47 @@ class EngineClient:
                 if not waiter.done():
                     waiter.set_result(batch.state)
 
-    def _observe(
-        self, first_token_delays: list[float], first_rows: list[int], gaps: list[float], gap_rows: list[int]
+    def _deliver_tokens(
+        self, keys: list[int], tokens: list[int], texts: list[str] | None, latencies: _Latencies
     ) -> None:
-        self._metrics.ttft.observe_many(first_token_delays, first_rows)
-        self._metrics.inter_token.observe_many(gaps, gap_rows)
+        """One token per row, no ends: the decode step's rows, with the least work per row."""
+        streams, now = self._streams, latencies.now
+        first_delays, first_rows = latencies.first_token_delays, latencies.first_token_rows
+        gaps, gap_rows = latencies.token_gaps, latencies.gap_rows
+        for key, token, text in zip(keys, tokens, texts or itertools.repeat("")):
+            stream = streams.get(key)
+            if stream is None:  # aborted meanwhile
+                continue
+            last = stream.last_token_time
+            if last is None:
+                first_delays.append(now - stream.arrival_time)
+                first_rows.append(stream.client_row)
+            else:
+                gaps.append(now - last)
+                gap_rows.append(stream.client_row)
+            stream.last_token_time = now
+            if stream.push_token(token, text) is not None:  # its text failed here
+                del streams[key]
+                self._outbox.put(AbortRequest(stream.request_id))
+
+    def _deliver_row(
+        self, key: int, token_ids: list[int], text: str, end: RequestEnd | None, latencies: _Latencies
+    ) -> None:
+        """Any row: any token count, text and end."""
+        stream = self._streams.get(key)
+        if stream is None:  # aborted meanwhile
+            return
+        if token_ids:
+            latencies.add(stream)
+        recorded = stream.push(token_ids, text, end)
+        if recorded is not None:
+            del self._streams[key]
+            if end is None:  # the stream failed here (its text); the engine still runs it
+                self._outbox.put(AbortRequest(stream.request_id))
+
+    def _observe(self, latencies: _Latencies) -> None:
+        self._metrics.ttft.observe_many(latencies.first_token_delays, latencies.first_token_rows)
+        self._metrics.inter_token.observe_many(latencies.token_gaps, latencies.gap_rows)
 
     # -- losing the engine --------------------------------------------------------
 
@@ -316,3 +353,26 @@ class EngineClient:
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_exception(error)
+
+
+class _Latencies:
+    """The first-token delays and inter-token gaps one batch's delivery saw, with their client rows."""
+
+    __slots__ = ("now", "first_token_delays", "first_token_rows", "token_gaps", "gap_rows")
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+        self.first_token_delays: list[float] = []
+        self.first_token_rows: list[int] = []
+        self.token_gaps: list[float] = []
+        self.gap_rows: list[int] = []
+
+    def add(self, stream: RequestStream) -> None:
+        """Counts a token that reached ``stream`` now."""
+        if stream.last_token_time is None:
+            self.first_token_delays.append(self.now - stream.arrival_time)
+            self.first_token_rows.append(stream.client_row)
+        else:
+            self.token_gaps.append(self.now - stream.last_token_time)
+            self.gap_rows.append(stream.client_row)
+        stream.last_token_time = self.now

@@ -37,10 +37,11 @@ from radixfair_worker.engine_protocol import (
     EngineStartFailed,
     PublishedState,
     ReportState,
+    RequestEnd,
     RequestOutcome,
-    RequestUpdate,
     StepBatch,
     SubmitRequest,
+    request_key,
 )
 
 if TYPE_CHECKING:
@@ -123,6 +124,9 @@ class EngineLoop:
         self._digest: list[int] = []
         self._digest_time = float("-inf")
         self._failed_in_a_row = 0
+        # The wire key of each request the engine holds (worker-internal id -> key), set at submit
+        # and dropped with the row that ends the request; read once per row, so no id is parsed then.
+        self._keys: dict[str, int] = {}
         # Set when the loop stopped because its steps kept failing for the whole batch.
         self.broken = False
         # Idle waits that a command ended, and those that ran out their timer (the digest's refresh):
@@ -154,17 +158,51 @@ class EngineLoop:
                 self._wake.clear()
                 continue
             try:
-                updates = [_update(output) for output in engine.step()]
-                if any(update.token_ids for update in updates):
+                batch = self._batch_of(engine.step())
+                if batch.token_ids:
                     # Progress; a step that only cancelled the failed requests is none.
                     self._failed_in_a_row = 0
             except Exception as error:  # one failed step must not kill the worker
                 log.exception("engine step failed")
-                updates = self._fail_all(RadixfairError(f"engine step failed: {error}"))
+                batch = self._fail_all(RadixfairError(f"engine step failed: {error}"))
                 self._count_failure()
-            state = self._take_state() if self._state_wanted.is_set() else None
-            if updates or state is not None:
-                self._outbox.put(StepBatch(updates, state))
+            if self._state_wanted.is_set():
+                batch.state = self._take_state()
+            if batch.keys or batch.state is not None:
+                self._outbox.put(batch)
+
+    def _batch_of(self, outputs: list[StepOutput]) -> StepBatch:
+        """The step's outputs as one columnar batch; no Request object crosses the pipe.
+
+        A row with one token, no text and no end (nearly every row of a decode step) costs two
+        appends; any other row takes ``StepBatch.add``. A row of a request that has ended already
+        (failed with its whole step, its cancellation still draining) is left out: nothing follows
+        an end.
+        """
+        batch = StepBatch()
+        keys, tokens, key_of = batch.keys, batch.token_ids, self._keys.get
+        for output in outputs:
+            ids, text = output.new_token_ids, output.text_delta
+            if output.finished or text or len(ids) != 1:
+                self._add_row(batch, output)
+                continue
+            key = key_of(output.request.request_id)
+            if key is None:
+                continue
+            keys.append(key)
+            tokens.append(ids[0])
+            if batch.counts is not None:
+                batch.counts.append(1)
+            if batch.texts is not None:
+                batch.texts.append("")
+        return batch
+
+    def _add_row(self, batch: StepBatch, output: StepOutput) -> None:
+        """Appends any row; the request's key is dropped with the row that ends it."""
+        request_id = output.request.request_id
+        key = self._keys.pop(request_id, None) if output.finished else self._keys.get(request_id)
+        if key is not None:
+            batch.add(key, output.new_token_ids, output.text_delta, _end(output))
 
     def _count_failure(self) -> None:
         """Stops the loop once ``max_failed_steps_in_a_row`` steps in a row failed for the whole batch."""
@@ -175,12 +213,16 @@ class EngineLoop:
             self.broken = True
             self._stopping.set()
 
-    def _fail_all(self, error: RadixfairError) -> list[RequestUpdate]:
+    def _fail_all(self, error: RadixfairError) -> StepBatch:
         """Ends every request the engine holds with ``error`` (their aborts free the pages)."""
         ids = [request.request_id for request in (*self.engine.running, *self.engine.waiting)]
+        batch = StepBatch()
         for request_id in ids:
             self.engine.abort(request_id)
-        return [RequestUpdate(request_id, [], "", error) for request_id in ids]
+            key = self._keys.pop(request_id, None)
+            if key is not None:
+                batch.add(key, [], "", error)
+        return batch
 
     def _take_state(self) -> PublishedState:
         self._state_wanted.clear()
@@ -223,11 +265,17 @@ class EngineLoop:
 
     def _submit(self, command: SubmitRequest) -> None:
         request = command.request
+        key = request_key(request.request_id)
+        # Before the submit: the stepping thread may take the request at once.
+        self._keys[request.request_id] = key
         try:
             self.engine.submit(request)
         except Exception as error:
+            del self._keys[request.request_id]
             refusal = error if isinstance(error, RadixfairError) else RadixfairError(str(error))
-            self._outbox.put(StepBatch([RequestUpdate(request.request_id, [], "", refusal)]))
+            batch = StepBatch()
+            batch.add(key, [], "", refusal)
+            self._outbox.put(batch)
 
     def _send(self) -> None:
         while True:
@@ -257,11 +305,10 @@ class EngineLoop:
             return False
 
 
-def _update(output: StepOutput) -> RequestUpdate:
-    """The front's part of a step output: no Request object crosses the pipe."""
-    end: RequestOutcome | RadixfairError | None = None
+def _end(output: StepOutput) -> RequestEnd | None:
+    """How the output's request ended, if it did."""
     if output.error is not None:  # this request alone failed inside the step
-        end = output.error
-    elif output.finished:
-        end = RequestOutcome.of(output.request)
-    return RequestUpdate(output.request.request_id, output.new_token_ids, output.text_delta, end)
+        return output.error
+    if output.finished:
+        return RequestOutcome.of(output.request)
+    return None

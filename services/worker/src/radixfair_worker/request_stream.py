@@ -86,6 +86,26 @@ class RequestStream:
         self._ready.set()
         return end
 
+    def push_token(self, token: int, text: str = "") -> RadixfairError | None:
+        """Appends one token that does not end the request (``push([token], text)``, less work).
+
+        Returns the error that ended the stream if its text failed here (as ``push`` does).
+        """
+        if self._end is not None:
+            return None
+        if self._text is not None:
+            try:
+                text = self._text.push([token])[0]
+            except Exception as error:  # this request's text alone is broken
+                failure = RequestFailedError(f"detokenizing its tokens failed: {error!r}")
+                self.fail(failure)
+                return failure
+        self._token_ids.append(token)
+        if text:
+            self._texts.append(text)
+        self._ready.set()
+        return None
+
     def _detokenize(
         self, token_ids: list[int], end: RequestOutcome | RadixfairError | None
     ) -> tuple[str, RequestOutcome | RadixfairError | None]:
