@@ -7,13 +7,24 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from safetensors.torch import load_file, save_file
 from worker.engine_harness import greedy, make_stack, run_to_completion
 
 from radixfair_distiller.model_dir import content_hash, load_llama, weights_bytes
 from radixfair_distiller.quantize import quantize_model_dir
-from radixfair_model_format.quantized_checkpoint import dequantize_weight, quantize_weight
+from radixfair_model_format.quantized_checkpoint import (
+    CONFIG_KEY,
+    FORMAT_VERSION,
+    dequantize_weight,
+    quantize_weight,
+)
+from radixfair_worker.model.loader import load_model
 from radixfair_worker.model.quantized_linear import QuantizedLinear
+from radixfair_worker.model.torch_backend import TorchBackend
+
+EMBEDDING = "model.embed_tokens.weight"
 
 
 def random_matrix(rows: int = 96, cols: int = 80, seed: int = 0) -> torch.Tensor:
@@ -58,8 +69,10 @@ def test_quantized_linear_equals_a_linear_layer_with_the_dequantized_weight(sche
     layer.weight.copy_(q.view(layer.weight.dtype))
     layer.weight_scale.copy_(scale)
     layer = layer.to(torch.float32)  # as the loader does; must not touch the codes
-    x = torch.randn(5, weight.shape[1])
-    torch.testing.assert_close(layer(x), F.linear(x, dequantize_weight(q, scale)), rtol=1e-5, atol=1e-5)
+    x = torch.randn(5, weight.shape[1], generator=torch.Generator().manual_seed(3))
+    expected = F.linear(x, dequantize_weight(q, scale))
+    # fp32 sums in two orders ((x @ q^T) * s against x @ (q * s)^T): rounding scales with the output's size.
+    torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
 
 
 @pytest.mark.parametrize("scheme", ["int8", "fp8"])
@@ -98,3 +111,69 @@ def test_worker_engine_on_a_quantized_checkpoint_generates_what_the_dequantized_
             pad_token_id=0,
         )
     assert request.output_ids == out[0, len(prompt) :].tolist()
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), width=st.sampled_from([256, 576, 1536]))
+def test_int8_rows_carry_under_half_the_error_of_e4m3_rows_on_gaussian_weights(seed, width):
+    # The format's reason for an int8 embedding in fp8 checkpoints: e4m3's error is relative (rms
+    # ~2.6% of each weight, whatever the scale); int8's is half a step of max|row| / 127, and max|row|
+    # of n Gaussian weights is ~3-4 sigma, so its rms is ~0.6-0.9% of sigma.
+    generator = torch.Generator().manual_seed(seed)
+    weight = torch.randn(64, width, generator=generator) * torch.logspace(-2, 0, 64)[:, None]
+
+    def rms_error(scheme: str) -> float:
+        q, scale = quantize_weight(weight, scheme)
+        return float(((dequantize_weight(q, scale) - weight) / weight.std(dim=1, keepdim=True)).pow(2).mean())
+
+    int8, fp8 = rms_error("int8") ** 0.5, rms_error("fp8") ** 0.5
+    assert int8 < 0.011 and fp8 > 0.02
+    assert int8 < 0.5 * fp8
+
+
+def test_an_fp8_checkpoint_stores_projections_in_e4m3_and_the_embedding_in_int8(tiny_model_dir, tmp_path):
+    target = quantize_model_dir(tiny_model_dir, tmp_path / "fp8", "fp8")
+    state = load_file(str(target / "model.safetensors"))
+    section = json.loads((target / "config.json").read_text())[CONFIG_KEY]
+    assert section["format_version"] == FORMAT_VERSION == 2
+    assert section["scheme"] == "fp8" and section["embedding_scheme"] == "int8"
+    assert state["model.layers.0.mlp.down_proj.weight"].dtype == torch.float8_e4m3fn
+    assert state["model.layers.1.self_attn.q_proj.weight"].dtype == torch.float8_e4m3fn
+    assert state[EMBEDDING].dtype == torch.int8
+    # The embedding's error is int8's: at most half a step of each vocabulary row's scale.
+    original = load_file(str(tiny_model_dir / "model.safetensors"))[EMBEDDING]
+    scale = state[EMBEDDING + "_scale"]
+    error = (dequantize_weight(state[EMBEDDING], scale) - original).abs()
+    assert (error <= scale[:, None] / 2 * (1 + 1e-5)).all()
+
+
+def version_1_fp8_checkpoint(source, target):
+    """What the format's first version wrote: the embedding in e4m3 too, no format_version key."""
+    target = quantize_model_dir(source, target, "fp8")
+    state = load_file(str(target / "model.safetensors"))
+    original = load_file(str(source / "model.safetensors"))[EMBEDDING]
+    state[EMBEDDING], state[EMBEDDING + "_scale"] = quantize_weight(original, "fp8")
+    save_file(state, str(target / "model.safetensors"))
+    config = json.loads((target / "config.json").read_text())
+    config[CONFIG_KEY] = {"scheme": "fp8", "granularity": "per_output_channel"}
+    (target / "config.json").write_text(json.dumps(config))
+    return target, original
+
+
+def test_a_version_1_fp8_checkpoint_still_loads_in_the_worker_and_the_distiller(tiny_model_dir, tmp_path):
+    target, original = version_1_fp8_checkpoint(tiny_model_dir, tmp_path / "v1")
+    expected = dequantize_weight(*quantize_weight(original, "fp8"))
+    model = load_model(target, TorchBackend(), torch.float32, "cpu")
+    torch.testing.assert_close(model.embed_tokens.weight, expected, rtol=0, atol=0)
+    torch.testing.assert_close(load_llama(target).model.embed_tokens.weight, expected, rtol=0, atol=0)
+
+
+def test_a_newer_format_version_is_refused_by_name_in_the_worker_and_the_distiller(tiny_model_dir, tmp_path):
+    target = quantize_model_dir(tiny_model_dir, tmp_path / "v3", "int8")
+    config = json.loads((target / "config.json").read_text())
+    config[CONFIG_KEY]["format_version"] = 3
+    (target / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="format_version 3"):
+        load_model(target, TorchBackend(), torch.float32, "cpu")
+    with pytest.raises(ValueError, match="format_version 3"):
+        load_llama(target)

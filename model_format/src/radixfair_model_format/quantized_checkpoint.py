@@ -2,7 +2,8 @@
 
 config.json carries
 
-    "radixfair_quantization": {"scheme": "int8" | "fp8", "granularity": "per_output_channel"}
+    "radixfair_quantization": {"scheme": "int8" | "fp8", "granularity": "per_output_channel",
+                               "format_version": 2, "embedding_scheme": "int8"}
 
 and the safetensors file holds, for each quantized matrix ``X.weight``
 [out, in], the quantized values (int8, or float8_e4m3fn) and a sibling
@@ -11,8 +12,23 @@ and the safetensors file holds, for each quantized matrix ``X.weight``
 - int8: symmetric, scale = max|row| / 127, q = round(w / scale) in [-127, 127].
 - fp8:  scale = max|row| / 448 (e4m3's largest finite value), q = fp8(w / scale).
 
-Every decoder-layer projection is quantized, and so is the token embedding
-(per vocabulary row, which is also the LM head's output channel when tied).
+Every decoder-layer projection is quantized in the checkpoint's scheme. The
+token embedding (and an untied LM head) is quantized per vocabulary row, and
+in format version 2 always as int8, whatever the scheme: the values' dtype on
+disk says how a matrix is encoded, and dequantization is q * scale for both.
+
+Why int8 for the embedding in an fp8 checkpoint: e4m3 keeps 3 mantissa bits,
+so its rounding error is relative, up to 2^-4 of each weight (rms ~2.6% over
+a row), and finer scales (per group) do not shrink it. int8's error is
+absolute, half a step of max|row| / 127; for a row of n roughly Gaussian
+weights max|row| ~ 3.3 sigma at n = 576, so its rms is ~0.75% of sigma,
+about 3.5x below e4m3's. The tied embedding is also the LM head, whose error
+lands on every logit: on SmolLM2-135M it alone costs +3.5% perplexity in
+e4m3 and ~+0.1% in int8 (notes/DECISIONS.md, #15). The worker dequantizes the
+embedding at load either way (a lookup table), so serving speed is unchanged.
+
+Version 1 (no "format_version" key) stored the embedding in the scheme too; it
+still reads, since every reader decodes by the stored dtype.
 RMSNorm weights stay in full precision.
 """
 
@@ -25,6 +41,11 @@ import torch
 
 CONFIG_KEY = "radixfair_quantization"
 SCHEMES = ("int8", "fp8")
+FORMAT_VERSION = 2
+# The versions this code reads; a newer writer's checkpoint is refused with a clear message.
+READABLE_VERSIONS = (1, 2)
+EMBEDDING_SCHEME = "int8"
+_CODE_DTYPES = {"int8": torch.int8, "fp8": torch.float8_e4m3fn}
 SCALE_SUFFIX = "_scale"
 INT8_MAX = 127.0
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
@@ -55,17 +76,45 @@ def dequantize_weight(
     q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:
     """(q [out, in] int8/float8_e4m3fn, scale [out]) -> [out, in] ``dtype``."""
+    if q.dtype not in _CODE_DTYPES.values():
+        raise ValueError(f"quantized values must be int8 or float8_e4m3fn, got {q.dtype}")
     return (q.to(torch.float32) * scale.to(torch.float32)[:, None]).to(dtype)
 
 
+def tensor_scheme(name: str, scheme: str) -> str:
+    """How the writer encodes matrix ``name`` in a ``scheme`` checkpoint (embeddings: always int8)."""
+    return EMBEDDING_SCHEME if name in EMBEDDING_WEIGHTS else scheme
+
+
+def config_section(scheme: str) -> dict:
+    """The config.json section a writer of this version stores for ``scheme``."""
+    if scheme not in SCHEMES:
+        raise ValueError(f"unknown quantization scheme {scheme!r}; use one of {SCHEMES}")
+    return {
+        "scheme": scheme,
+        "granularity": "per_output_channel",
+        "format_version": FORMAT_VERSION,
+        "embedding_scheme": EMBEDDING_SCHEME,
+    }
+
+
 def read_scheme(config_path: Path) -> str | None:
-    """The checkpoint's scheme, or None for a full-precision checkpoint."""
+    """The checkpoint's scheme, or None for a full-precision checkpoint.
+
+    Raises ValueError for an unknown scheme or a format version this code cannot read.
+    """
     section = json.loads(config_path.read_text()).get(CONFIG_KEY)
     if section is None:
         return None
     scheme = section.get("scheme")
     if scheme not in SCHEMES:
         raise ValueError(f"{config_path}: {CONFIG_KEY}.scheme {scheme!r} is not one of {SCHEMES}")
+    version = section.get("format_version", 1)
+    if version not in READABLE_VERSIONS:
+        raise ValueError(
+            f"{config_path}: {CONFIG_KEY}.format_version {version!r} is not one this code reads "
+            f"{READABLE_VERSIONS} (written by a newer radixfair?)"
+        )
     return scheme
 
 

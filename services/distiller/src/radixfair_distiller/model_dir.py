@@ -20,7 +20,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from radixfair_model_format.quantized_checkpoint import CONFIG_KEY, SCALE_SUFFIX, dequantize_weight
+from radixfair_model_format.quantized_checkpoint import (
+    CONFIG_KEY,
+    SCALE_SUFFIX,
+    dequantize_weight,
+    read_scheme,
+)
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -38,6 +43,7 @@ def load_llama(
 ) -> LlamaForCausalLM:
     """The checkpoint as a ``dtype`` LlamaForCausalLM in eval mode (quantized ones dequantized)."""
     raw = json.loads((model_dir / "config.json").read_text())
+    read_scheme(model_dir / "config.json")  # an unknown scheme or format version fails here, named
     state = dequantized_state(load_file(str(model_dir / WEIGHTS_FILE)))
     try:
         return llama_from_state(state, raw, device, dtype)

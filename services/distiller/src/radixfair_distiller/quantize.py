@@ -1,5 +1,7 @@
 """Writes a weight-only quantized copy of a model directory (int8 or fp8, per output channel).
 
+The embedding is int8 in both schemes (the format's version 2; why: its module docstring).
+
 The format is radixfair_model_format.quantized_checkpoint, the one the worker
 reads, so the worker loads the result with no other change.
 """
@@ -16,8 +18,10 @@ from radixfair_distiller.model_dir import WEIGHTS_FILE, write_model_dir
 from radixfair_model_format.quantized_checkpoint import (
     CONFIG_KEY,
     SCALE_SUFFIX,
+    config_section,
     is_quantizable,
     quantize_weight,
+    tensor_scheme,
 )
 
 
@@ -26,7 +30,7 @@ def quantized_state(state: dict[str, torch.Tensor], scheme: str) -> dict[str, to
     out: dict[str, torch.Tensor] = {}
     for name, tensor in state.items():
         if is_quantizable(name, tensor):
-            out[name], out[name + SCALE_SUFFIX] = quantize_weight(tensor, scheme)
+            out[name], out[name + SCALE_SUFFIX] = quantize_weight(tensor, tensor_scheme(name, scheme))
         else:
             out[name] = tensor.contiguous()
     return out
@@ -37,5 +41,5 @@ def quantize_model_dir(source: Path, target: Path, scheme: str) -> Path:
     if CONFIG_KEY in config:
         raise ValueError(f"{source} is already quantized ({config[CONFIG_KEY]})")
     state = quantized_state(load_file(str(source / WEIGHTS_FILE)), scheme)
-    config[CONFIG_KEY] = {"scheme": scheme, "granularity": "per_output_channel"}
+    config[CONFIG_KEY] = config_section(scheme)
     return write_model_dir(target, state, config, tokenizer_source=source)
