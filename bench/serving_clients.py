@@ -59,6 +59,11 @@ class RequestRecord:
     client: int = -1
     # (time, tokens) of each message: what a timed cell counts inside its steady window.
     arrivals: list[tuple[float, int]] = field(default_factory=list)
+    # The serving side's own figures (ms): from the request's arrival in the worker to its admission
+    # into a batch, and to its first token on the engine's host (GenerationResult.timings); what the
+    # client's TTFT adds beyond them is the path back to the client.
+    worker_queue_ms: float | None = None
+    worker_ttft_ms: float | None = None
 
     def on_tokens(self, count: int, now: float) -> None:
         """A message (or engine step output) carrying ``count`` new tokens arrived at ``now``."""
@@ -206,6 +211,9 @@ async def stream_one(target: Target, stub: object, spec: RequestSpec) -> Request
             elif message.HasField("result"):
                 usage = message.result.usage
                 record.prompt_tokens, record.cached_tokens = usage.prompt_tokens, usage.cached_tokens
+                timings = message.result.timings
+                record.worker_queue_ms = timings.queue_ms
+                record.worker_ttft_ms = timings.time_to_first_token_ms
                 record.ok = usage.completion_tokens == spec.max_tokens == record.tokens
                 if not record.ok:
                     record.error = f"completion_tokens {usage.completion_tokens}, streamed {record.tokens}"

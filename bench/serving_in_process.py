@@ -46,12 +46,14 @@ def run_cell_in_process(
         else:
             spec = queues[client].pop()
         rounds[client] += 1
+        # Before the Request, whose arrival stamp the worker-side TTFT starts from (as a client's
+        # send precedes the worker's arrival).
+        record = RequestRecord(spec.request_id, time.monotonic(), client=client)
         sampling = SamplingConfig(max_tokens=spec.max_tokens, ignore_eos=True)
         request = Request(spec.request_id, f"tenant-{client % tenants}", list(spec.prompt), sampling)
         # As in the worker: the engine makes no text for a request without stop strings (the serving
         # front does, in its own process), so this is the engine the worker runs, nothing more.
         request.text_in_engine = False
-        record = RequestRecord(spec.request_id, time.monotonic(), client=client)
         live[id(request)] = (client, record)
         engine.submit(request)  # type: ignore[attr-defined]
 
@@ -74,6 +76,9 @@ def run_cell_in_process(
                 record.end = now
                 record.prompt_tokens = len(request.prompt_ids)
                 record.cached_tokens = request.num_cached_tokens
+                if request.admitted_time is not None and request.first_token_time is not None:
+                    record.worker_queue_ms = 1e3 * (request.admitted_time - request.arrival_time)
+                    record.worker_ttft_ms = 1e3 * (request.first_token_time - request.arrival_time)
                 record.ok = record.tokens == len(request.output_ids) == request.sampling.max_tokens
                 done.append(record)
                 del live[id(request)]

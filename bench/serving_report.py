@@ -49,6 +49,8 @@ def summarize(records: Sequence[RequestRecord], duration_s: float = 0.0) -> dict
     if window is not None:
         in_window = [r for r in ok if window[0] <= r.start <= window[1]]
     ttft = [1e3 * (r.first - r.start) for r in in_window if r.first is not None]
+    worker_ttft = [r.worker_ttft_ms for r in in_window if r.worker_ttft_ms is not None]
+    worker_queue = [r.worker_queue_ms for r in in_window if r.worker_queue_ms is not None]
     token_gaps = [1e3 * g for r in ok for g in r.token_gaps]
     message_gaps = [1e3 * g for r in ok for g in r.message_gaps]
     if window is not None:  # the gaps that end inside the window
@@ -86,6 +88,9 @@ def summarize(records: Sequence[RequestRecord], duration_s: float = 0.0) -> dict
         **timed,
         "ttft_p50_ms": pct(ttft, 50),
         "ttft_p99_ms": pct(ttft, 99),
+        "worker_ttft_p50_ms": pct(worker_ttft, 50),
+        "worker_ttft_p99_ms": pct(worker_ttft, 99),
+        "worker_queue_p99_ms": pct(worker_queue, 99),
         "itl_p99_ms": pct(token_gaps, 99),
         "itl_mean_ms": float(np.mean(token_gaps)) if token_gaps else None,
         "message_gap_p99_ms": pct(message_gaps, 99),
@@ -103,6 +108,8 @@ COLUMNS = [
     "req_s",
     "ttft_p50_ms",
     "ttft_p99_ms",
+    "worker_ttft_p99_ms",
+    "worker_queue_p99_ms",
     "itl_p99_ms",
     "cache_hit_rate",
     "degraded_transitions",

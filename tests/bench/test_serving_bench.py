@@ -54,6 +54,10 @@ def test_serving_bench_smallest_run_completes_every_request_on_every_path(
         assert row["errors"] == [], row
         assert row["output_tokens"] == requests * NEW_TOKENS
         assert row["out_tok_s"] > 0 and row["ttft_p50_ms"] is not None and row["itl_p99_ms"] is not None
+        # The worker's own TTFT (its result's timings) is a part of what the client waited, on one
+        # monotonic clock, request by request; so is each percentile. Queueing is a part of it.
+        assert 0.0 <= row["worker_queue_p99_ms"] <= row["worker_ttft_p99_ms"] <= row["ttft_p99_ms"], row
+        assert 0.0 < row["worker_ttft_p50_ms"] <= row["ttft_p50_ms"], row
         # Prompts are random past the shared prefix: only the shared-prefix workload can hit the cache,
         # and with a request after the first one on the same prefix it does.
         if row["workload"] == "unique":
