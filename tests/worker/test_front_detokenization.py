@@ -81,3 +81,19 @@ def test_a_request_whose_text_fails_on_the_front_ends_with_a_request_scoped_erro
     first = stream.take_pending()
     assert first is not None and first.end is recorded and first.token_ids == []
     assert stream.push([3], "", OUTCOME) is None  # nothing follows an end
+
+
+@given(data=st.data())
+def test_a_text_stream_without_stop_strings_streams_every_character_as_soon_as_it_is_whole(
+    encoder, token_choices, data
+):
+    token_ids = data.draw(st.lists(st.sampled_from(token_choices) | st.integers(0, encoder.vocab_size - 1)))
+    cuts = sorted(data.draw(st.sets(st.integers(0, len(token_ids))), label="cuts"))
+    groups = [token_ids[a:b] for a, b in zip([0, *cuts], [*cuts, len(token_ids)])]
+    stream, reference = TextStream(encoder.new_detokenizer(), ()), encoder.new_detokenizer()
+
+    deltas = [stream.push(group) for group in groups]
+
+    # Nothing is held back: each push streams what the detokenizer made of it, and no stop is found.
+    assert deltas == [(reference.push(group), False) for group in groups]
+    assert stream.finish() == "" and stream.text == reference.text == "".join(d for d, _ in deltas)

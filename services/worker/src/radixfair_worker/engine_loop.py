@@ -181,20 +181,22 @@ class EngineLoop:
         """
         batch = StepBatch()
         keys, tokens, key_of = batch.keys, batch.token_ids, self._keys.get
+        # While True, no row so far has needed counts or texts: a plain row is then two appends.
+        plain = True
         for output in outputs:
-            ids, text = output.new_token_ids, output.text_delta
-            if output.finished or text or len(ids) != 1:
+            ids = output.new_token_ids
+            if output.finished or output.text_delta or len(ids) != 1:
                 self._add_row(batch, output)
+                plain = batch.counts is None and batch.texts is None
                 continue
             key = key_of(output.request.request_id)
             if key is None:
                 continue
-            keys.append(key)
-            tokens.append(ids[0])
-            if batch.counts is not None:
-                batch.counts.append(1)
-            if batch.texts is not None:
-                batch.texts.append("")
+            if plain:
+                keys.append(key)
+                tokens.append(ids[0])
+            else:
+                batch.add(key, ids)
         return batch
 
     def _add_row(self, batch: StepBatch, output: StepOutput) -> None:

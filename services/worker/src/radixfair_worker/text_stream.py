@@ -28,6 +28,12 @@ class TextStream:
         When a stop string is reached the stream is finished: ``final_text`` is the text before it
         and the delta brings the stream up to exactly that.
         """
+        if not self._stops:
+            # Nothing is held back, so the delta is what the detokenizer adds: the serving front
+            # pushes every token of every stream without stop strings through here.
+            delta = self._detokenizer.push(token_ids)
+            self._emitted += len(delta)
+            return delta, False
         self._detokenizer.push(token_ids)
         text = self._detokenizer.text
         # Every stop string that could newly appear starts at or after what was emitted (the
