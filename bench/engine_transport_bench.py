@@ -5,8 +5,8 @@ pipe; the serving front reads, unpickles and fans them out to the requests' stre
 and a 1.3-2 ms GPU step, each microsecond per row costs the engine a quarter of a millisecond a
 step. This times both formats in one run on the same outputs, interleaved and repeated:
 
-- ``per_row``: the format of commit 3e0b6e8, one RequestUpdate NamedTuple per row (a frozen copy
-  of its ``_update`` and ``_deliver`` lives here, as the baseline);
+- ``per_row``: the path of commit 3e0b6e8, one RequestUpdate NamedTuple per row (a frozen copy
+  of its ``_update``, ``_deliver`` and stop-less ``TextStream.push`` lives here, as the baseline);
 - ``columnar``: the current one, a StepBatch of parallel lists built by ``EngineLoop._batch_of``
   and fanned out by ``EngineClient._deliver``.
 
@@ -112,6 +112,20 @@ def per_row_deliver(client: EngineClient, streams: dict[str, RequestStream], bat
         client._loop.call_soon(lambda: None)  # the old code scheduled the histograms' update here
 
 
+class PerRowTextStream(TextStream):
+    """TextStream.push as of 3e0b6e8: a stream without stop strings took the stop-string path too."""
+
+    def push(self, token_ids: list[int]) -> tuple[str, bool]:
+        self._detokenizer.push(token_ids)
+        text = self._detokenizer.text
+        starts = [text.find(stop, max(0, self._emitted - len(stop))) for stop in self._stops]
+        found = [at for at in starts if at >= 0]
+        if found:
+            self.final_text = text[: min(found)]
+            return self.finish(), True
+        return self._emit_upto(len(text) - self._holdback), False
+
+
 # -- one step's outputs and the two paths ----------------------------------------------------
 
 
@@ -133,8 +147,9 @@ class Step:
         ]
 
 
-def make_stream(request: Request, text: PromptEncoder | None) -> RequestStream:
-    detokenizing = TextStream(text.new_detokenizer(), ()) if text else None
+def make_stream(request: Request, text: PromptEncoder | None, variant: str) -> RequestStream:
+    text_stream = PerRowTextStream if variant == "per_row" else TextStream
+    detokenizing = text_stream(text.new_detokenizer(), ()) if text else None
     stream = RequestStream(request.request_id, 0.0, text=detokenizing)
     stream.last_token_time = 0.0  # past its first token: every row is an inter-token gap
     return stream
@@ -148,13 +163,13 @@ def run_steps(variant: str, step: Step, steps: int, text: PromptEncoder | None) 
     client._loop = loop
     engine_loop = EngineLoop(None, reader, writer)  # type: ignore[arg-type]  # only _batch_of runs
     engine_s, front_s, size = [], [], 0
-    streams = {request_key(r.request_id): make_stream(r, text) for r in step.requests}
+    streams = {request_key(r.request_id): make_stream(r, text, variant) for r in step.requests}
     keys = {r.request_id: request_key(r.request_id) for r in step.requests}
     try:
         for _ in range(steps):
             # Renewed outside the timing: the streams and keys the previous step's ends took.
             for request in step.ending:
-                streams[request_key(request.request_id)] = make_stream(request, text)
+                streams[request_key(request.request_id)] = make_stream(request, text, variant)
             for stream in streams.values():
                 stream.take_pending()
             engine_loop._keys.update(keys)
@@ -261,7 +276,8 @@ def main() -> Path:
             "pickling runs on the engine process's sender thread, which takes the GIL from the stepping "
             "thread for as long); front = read + unpickle + fan out to the streams. text_made_in front: "
             "every stream detokenizes its tokens on the front (the worker's default without stop "
-            "strings). per_row is a frozen copy of the format at commit 3e0b6e8. A shared 2-core machine "
+            "strings). per_row is a frozen copy of the path at commit 3e0b6e8 (its format, fan-out and "
+            "stop-less TextStream.push). A shared 2-core machine "
             "moves absolute figures with its load; the interleaving keeps the comparison fair."
         ),
         results_dir=Path(args.out_dir),
