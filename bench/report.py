@@ -195,6 +195,12 @@ def _gpu_name() -> str | None:
 
 
 def _git_commit() -> str | None:
+    # A tree made by `git archive` (how code reaches the GPU machine) has no history of its own, and
+    # `git rev-parse` there answers for whatever repository encloses it: git wrote the archived
+    # commit into this file instead (export-subst in .gitattributes).
+    archived = (Path(__file__).parent / "ARCHIVE_COMMIT").read_text().strip()
+    if not archived.startswith("$Format"):
+        return archived
     try:
         return subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],
