@@ -20,7 +20,7 @@ Every light client offers at most half its equal share (the cluster's
 ``capacity_rps`` x workers x its weight over the sum of weights), so it is
 **within its fair share** by construction; ``roles`` says which clients those
 are. ``capacity_rps`` is what one worker serves per second on 2,048-token
-document requests (the heavy-client pilot of bench/eval_single_worker.py).
+document requests (the heavy-client pilot of bench/eval/eval_single_worker.py).
 """
 
 from __future__ import annotations

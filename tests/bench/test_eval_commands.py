@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import (
+from bench.eval import (
     eval_dlpm_admission_cost,
     eval_mixtures,
     eval_mixtures_tail,
@@ -25,24 +25,24 @@ from bench import (
     eval_returning_client,
     eval_single_worker,
 )
-from bench.eval_runs import output_dir, saved_trace, trace_key
+from bench.eval.eval_runs import output_dir, saved_trace, trace_key
 from bench.report import RAW_DIR, RESULTS_DIR
 from bench.workloads import build_pattern
 
 REPO = Path(__file__).resolve().parents[2]
 # Simulator scripts: deterministic, so a page's command run twice gives the same numbers.
 SCRIPTS = {
-    "bench/eval_single_worker.py": eval_single_worker,
-    "bench/eval_multi_worker.py": eval_multi_worker,
-    "bench/eval_quantum_sweep.py": eval_quantum_sweep,
-    "bench/eval_mixtures.py": eval_mixtures,
-    "bench/eval_returning_client.py": eval_returning_client,
+    "bench/eval/eval_single_worker.py": eval_single_worker,
+    "bench/eval/eval_multi_worker.py": eval_multi_worker,
+    "bench/eval/eval_quantum_sweep.py": eval_quantum_sweep,
+    "bench/eval/eval_mixtures.py": eval_mixtures,
+    "bench/eval/eval_returning_client.py": eval_returning_client,
 }
 # Scripts whose pages' commands are only parsed here: they time things, or (the tail diagnostic) refuse
 # the fixed seed the small run uses.
 PARSED_ONLY = {
-    "bench/eval_dlpm_admission_cost.py": eval_dlpm_admission_cost,
-    "bench/eval_mixtures_tail.py": eval_mixtures_tail,
+    "bench/eval/eval_dlpm_admission_cost.py": eval_dlpm_admission_cost,
+    "bench/eval/eval_mixtures_tail.py": eval_mixtures_tail,
 }
 COMMAND = re.compile(r"^Regenerate \(code at commit [^)]*\): `(?P<command>[^`]+)`$", re.M)
 # Scale arguments replaced for the small run; everything else is the page's own.
@@ -57,10 +57,10 @@ SMALL = {
     "--seeds": ["1101"],
 }
 SMALL_POLICIES = {
-    "bench/eval_single_worker.py": ["vtc", "dlpm"],
-    "bench/eval_multi_worker.py": ["cache_aware", "global_vtc", "d2lpm"],
-    "bench/eval_mixtures.py": ["cache_aware", "d2lpm"],
-    "bench/eval_returning_client.py": ["vtc", "dlpm"],
+    "bench/eval/eval_single_worker.py": ["vtc", "dlpm"],
+    "bench/eval/eval_multi_worker.py": ["cache_aware", "global_vtc", "d2lpm"],
+    "bench/eval/eval_mixtures.py": ["cache_aware", "d2lpm"],
+    "bench/eval/eval_returning_client.py": ["vtc", "dlpm"],
 }
 
 
@@ -99,7 +99,7 @@ def shrink(argv: list[str]) -> list[str]:
         values = args[i + 1 : j]
         if flag == "--policies":
             values = SMALL_POLICIES[script]
-        elif flag in SMALL and not (flag == "--patterns" and script != "bench/eval_single_worker.py"):
+        elif flag in SMALL and not (flag == "--patterns" and script != "bench/eval/eval_single_worker.py"):
             values = SMALL[flag]
         out += [flag, *values]
         i = j

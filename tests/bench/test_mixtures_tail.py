@@ -1,4 +1,4 @@
-"""The tail diagnostic of issue 13 (bench/eval_mixtures_tail.py): where a request's latency went.
+"""The tail diagnostic of issue 13 (bench/eval/eval_mixtures_tail.py): where a request's latency went.
 
 The simulator records when the router placed each request and why; a request's end-to-end latency
 is then gate (arrival to placement) + queue (placement to admission) + service (admission to its
@@ -13,9 +13,9 @@ import sys
 
 import pytest
 
-from bench import eval_mixtures_tail
-from bench.eval_mixtures import SEEDS
-from bench.eval_mixtures_tail import tail_split
+from bench.eval import eval_mixtures_tail
+from bench.eval.eval_mixtures import SEEDS
+from bench.eval.eval_mixtures_tail import tail_split
 from bench.simulator.cost_model import StepCostModel
 from bench.simulator.simulation import SimConfig, simulate
 from bench.workloads import generate_trace

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import eval_runs
+from bench.eval import eval_runs
 from radixfair.cli import _parser
 from radixfair_router.config import PolicyConfig
 from radixfair_router.policies import registry as routing_registry

@@ -73,7 +73,7 @@ class RoutingPolicy(Protocol):
     # How the ledger admits this policy's requests (see LedgerRule).
     ledger_rule: LedgerRule
     # The worker scheduling policy this routing policy is meant to run over, and is evaluated with
-    # (bench/eval_runs.py): a name in the worker's scheduler registry.
+    # (bench/eval/eval_runs.py): a name in the worker's scheduler registry.
     local_policy: str
 
     async def route(self, request: RoutingRequest, workers: Sequence[WorkerState]) -> RoutingDecision:

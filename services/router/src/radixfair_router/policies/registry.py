@@ -1,7 +1,7 @@
 """The registry of routing policies: every name a router accepts, and the class it builds.
 
 Everything that lists routing policies reads ``POLICIES`` (or ``names()``): the router's config
-check (``RouterConfig``), ``build_policy`` here, the evaluation scripts (bench/eval_runs.py and
+check (``RouterConfig``), ``build_policy`` here, the evaluation scripts (bench/eval/eval_runs.py and
 the eval_* defaults), and ``tests/test_extension_point_names.py``, which holds the deploy config
 comments and the CLI help to the same names. Every class is built the same way,
 ``cls(config, costs, ledger)``, and carries its whole behaviour (base.RoutingPolicy): the

@@ -1,7 +1,7 @@
 """The registry of local scheduling policies: every name a worker accepts, and the class it builds.
 
 Everything that lists local policies reads ``POLICIES`` (or ``names()``): ``build_policy`` here,
-the evaluation scripts (bench/eval_runs.py), and ``tests/worker/test_scheduler_registry.py``,
+the evaluation scripts (bench/eval/eval_runs.py), and ``tests/worker/test_scheduler_registry.py``,
 which holds the config comments and the CLI help to the same names. Every class is built the same
 way, ``cls(config, clock)``: ``config`` is the worker's ``SchedulerConfig`` (one flat section, so a
 deployment switches policies by name alone), ``clock`` the one request arrival times come from.

@@ -9,7 +9,7 @@ reported. The same trace then runs in the simulator under the same routing
 policy, so placement and hit rate can be compared (latency cannot on this
 shared CPU: see docs/evaluation.md).
 
-    .venv/bin/python bench/eval_real_stack.py --workers 2 --policies cache_aware d2lpm
+    .venv/bin/python bench/eval/eval_real_stack.py --workers 2 --policies cache_aware d2lpm
 
 Writes bench/results/eval_real_stack.{json,md}. Budget: the default trace is
 12 requests of 16 output tokens, a few minutes on two cores.
@@ -29,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.eval_runs import LOCAL_FOR_ROUTING, ROUTING_POLICIES, TRACES, cost_model, run  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from bench.eval.eval_runs import LOCAL_FOR_ROUTING, ROUTING_POLICIES, TRACES, cost_model, run  # noqa: E402
 from bench.report import write_results  # noqa: E402
 from bench.workloads import build_pattern, generate_trace, load_trace, prompt_token_ids, save_trace  # noqa: E402
 from bench.workloads.trace import Trace, TraceRequest  # noqa: E402

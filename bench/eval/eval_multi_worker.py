@@ -8,7 +8,7 @@ piloted as in eval_single_worker.py). Every routing policy replays the same
 saved trace through the router's real policy, cache view and in-process
 ledger, in front of real engines (see bench/simulator/).
 
-    .venv/bin/python bench/eval_multi_worker.py --cost cpu --workers 8 16 32 64 128 256
+    .venv/bin/python bench/eval/eval_multi_worker.py --cost cpu --workers 8 16 32 64 128 256
 
 Writes bench/results/eval_multi_worker_<cost><name>.{json,md}. A run of a subset
 of the routing policies without ``--name`` goes to bench/results/raw/partial/
@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.eval_runs import (  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from bench.eval.eval_runs import (  # noqa: E402
     LOCAL_FOR_ROUTING,
     RAW_RECORD_KEYS,
     ROUTING_POLICIES,
@@ -39,7 +39,7 @@ from bench.eval_runs import (  # noqa: E402
     saved_trace,
     traces_dir,
 )
-from bench.eval_single_worker import capacity  # noqa: E402
+from bench.eval.eval_single_worker import capacity  # noqa: E402
 from bench.report import write_results  # noqa: E402
 from bench.workloads import build_pattern  # noqa: E402
 from bench.workloads.trace import Trace  # noqa: E402

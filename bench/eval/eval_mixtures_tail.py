@@ -8,10 +8,10 @@ in the worker's queue (placement to admission) and service (admission to the las
 Also: the tail's hit fraction, output length, arrival time and the routing reasons.
 
 This is the diagnostic of issue 13 (docs/evaluation.md, "Workloads not tuned on"). It runs
-on development seeds only: the fixed seeds of bench/eval_mixtures.py are refused, so that
+on development seeds only: the fixed seeds of bench/eval/eval_mixtures.py are refused, so that
 nothing is ever tuned against them.
 
-    .venv/bin/python bench/eval_mixtures_tail.py --workers 16 --requests-per-worker 30 --flood-load 4 \
+    .venv/bin/python bench/eval/eval_mixtures_tail.py --workers 16 --requests-per-worker 30 --flood-load 4 \
         --seeds 1 2 3 --name _16w_flood4_dev
 
 Writes bench/results/eval_mixtures_tail_<cost><name>.{json,md}; ``--out DIR`` writes there instead.
@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.eval_mixtures import SEEDS  # noqa: E402
-from bench.eval_runs import (  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from bench.eval.eval_mixtures import SEEDS  # noqa: E402
+from bench.eval.eval_runs import (  # noqa: E402
     LOCAL_FOR_ROUTING,
     ROUTING_POLICIES,
     ROUTING_VARIANTS,
@@ -40,7 +40,7 @@ from bench.eval_runs import (  # noqa: E402
     saved_trace,
     traces_dir,
 )
-from bench.eval_single_worker import capacity  # noqa: E402
+from bench.eval.eval_single_worker import capacity  # noqa: E402
 from bench.report import write_results  # noqa: E402
 from bench.simulator.metrics import percentile  # noqa: E402
 from bench.simulator.recorder import FinishedRequest  # noqa: E402

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from bench.report import RAW_DIR, RESULTS_DIR  # noqa: E402
 from bench.simulator.cost_model import StepCostModel  # noqa: E402
 from bench.simulator.metrics import per_client_latency, summarize  # noqa: E402
@@ -45,7 +45,7 @@ LOCAL_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     # DLPM without rule 7 (credited clients' turns, scheduler/client_passes.py): prefix order alone.
     "dlpm_no_turns": ("dlpm", {"max_client_passes": 10**9}),
     "dlpm_p16": ("dlpm", {"max_client_passes": 16}),
-    "dlpm_p2": ("dlpm", {"max_client_passes": 2}),
+    "dlpm_p0": ("dlpm", {"max_client_passes": 0}),
     "dlpm_p32": ("dlpm", {"max_client_passes": 32}),
 }
 # Routing labels that are a router policy with other PolicyConfig settings. Our cache_aware

@@ -13,7 +13,7 @@ timed, the previous one finishes (untimed), so every timed decision takes
 the path of a client returning from idle, VTC's lift included. The garbage
 collector runs with the router process's settings (radixfair_router/gc_tuning.py).
 
-    .venv/bin/python bench/eval_router_decision_cost.py [--clients 10000] [--workers 64]
+    .venv/bin/python bench/eval/eval_router_decision_cost.py [--clients 10000] [--workers 64]
 
 Writes bench/results/eval_router_decision_cost.{json,md}. Targets (issue 7):
 p99 <= 200 us in process and <= 2 ms with Redis.
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from bench.report import write_results  # noqa: E402
 from radixfair.prefix_hash import page_hashes  # noqa: E402
 from radixfair.redis_launcher import RedisServer  # noqa: E402

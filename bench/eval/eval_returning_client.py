@@ -10,7 +10,7 @@ request after it is back, its TTFT, and over the ``--window`` seconds after
 its return its service over its weighted share of the worker's (weight 2 of
 8; above 1 means more than its share). Seeds are eval_mixtures.py's fixed ones.
 
-    .venv/bin/python bench/eval_returning_client.py
+    .venv/bin/python bench/eval/eval_returning_client.py
 
 Writes bench/results/eval_returning_client_<cost><name>.{json,md}; ``--out DIR`` writes there instead.
 """
@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.eval_mixtures import SEEDS  # noqa: E402
-from bench.eval_runs import cost_model, output_dir, run, saved_trace, traces_dir  # noqa: E402
-from bench.eval_single_worker import capacity  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from bench.eval.eval_mixtures import SEEDS  # noqa: E402
+from bench.eval.eval_runs import cost_model, output_dir, run, saved_trace, traces_dir  # noqa: E402
+from bench.eval.eval_single_worker import capacity  # noqa: E402
 from bench.report import write_results  # noqa: E402
 from bench.workloads.clients import ClientSpec  # noqa: E402
 from bench.workloads.distributions import Constant, Poisson, Uniform  # noqa: E402

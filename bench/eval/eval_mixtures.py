@@ -9,8 +9,8 @@ latency of the within-share clients (all their requests pooled), of the
 flooders' p99, and of the hit rate; and per seed the ratio of cache-aware's
 within-share p99 to D2LPM's (above 1: D2LPM is better).
 
-    .venv/bin/python bench/eval_mixtures.py --cost h100_7b_analytic --workers 4 16 64
-    .venv/bin/python bench/eval_mixtures.py --workers 4 --flood-load 4 --name _4w_flood4   # heavy flood
+    .venv/bin/python bench/eval/eval_mixtures.py --cost h100_7b_analytic --workers 4 16 64
+    .venv/bin/python bench/eval/eval_mixtures.py --workers 4 --flood-load 4 --name _4w_flood4   # heavy flood
 
 Writes bench/results/eval_mixtures_<cost><name>.{json,md}; ``--out DIR`` writes there instead.
 """
@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.eval_runs import (  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from bench.eval.eval_runs import (  # noqa: E402
     LOCAL_FOR_ROUTING,
     ROUTING_POLICIES,
     ROUTING_VARIANTS,
@@ -36,7 +36,7 @@ from bench.eval_runs import (  # noqa: E402
     saved_trace,
     traces_dir,
 )
-from bench.eval_single_worker import capacity  # noqa: E402
+from bench.eval.eval_single_worker import capacity  # noqa: E402
 from bench.report import write_results  # noqa: E402
 from bench.simulator.metrics import percentile, summarize  # noqa: E402
 from bench.workloads.mixtures import random_mixture  # noqa: E402

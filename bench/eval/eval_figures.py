@@ -1,6 +1,6 @@
 """The evaluation's figures, from the saved run records, or re-simulated from the saved traces.
 
-    .venv/bin/python bench/eval_figures.py FIGURE [--cost cpu] [--rerun]
+    .venv/bin/python bench/eval/eval_figures.py FIGURE [--cost cpu] [--rerun]
 
 FIGURE is one of: service_over_time, throughput_vs_fairness, p99_per_client,
 hit_rate_vs_workers, quantum_sweep, or all. Without --rerun the figure is
@@ -29,8 +29,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.eval_runs import TRACES, cost_model, routing_settings, run, run_record  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from bench.eval.eval_runs import TRACES, cost_model, routing_settings, run, run_record  # noqa: E402
 from bench.report import RAW_DIR, RESULTS_DIR  # noqa: E402
 from bench.workloads import load_trace  # noqa: E402
 

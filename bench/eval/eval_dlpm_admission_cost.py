@@ -9,7 +9,7 @@ depth (each admitted request finishes and a new one arrives, outside the
 timed call). The cache is a real ``RadixCache`` holding half the clients'
 documents; requests are a client's document plus a unique question.
 
-    .venv/bin/python bench/eval_dlpm_admission_cost.py [--depths 128 1000 10000] [--admissions 2000]
+    .venv/bin/python bench/eval/eval_dlpm_admission_cost.py [--depths 128 1000 10000] [--admissions 2000]
 
 Writes bench/results/eval_dlpm_admission_cost.{json,md}; ``--out DIR`` writes there instead.
 """
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from bench.report import RESULTS_DIR, write_results  # noqa: E402
 from radixfair_worker.config import SchedulerConfig  # noqa: E402
 from radixfair_worker.page_allocator import PageAllocator  # noqa: E402

@@ -7,7 +7,7 @@ whom they serve and how much the cache helps. Traces are saved under
 bench/results/eval_traces/ (git-ignored), keyed by every parameter that shapes
 them, and reused, so every policy replays the same one.
 
-    .venv/bin/python bench/eval_single_worker.py --cost cpu [--patterns shared_prefix ...]
+    .venv/bin/python bench/eval/eval_single_worker.py --cost cpu [--patterns shared_prefix ...]
 
 Writes bench/results/eval_single_worker_<cost>.{json,md} when every pattern and
 policy runs; a subset goes to bench/results/raw/partial/; ``--out DIR`` writes
@@ -21,8 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.eval_runs import (  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from bench.eval.eval_runs import (  # noqa: E402
     LOCAL_POLICIES,
     LOCAL_VARIANTS,
     RAW_RECORD_KEYS,

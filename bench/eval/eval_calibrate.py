@@ -15,8 +15,9 @@ GPU machine the checkpoint does not travel, so it runs random weights in
 SmolLM2-135M's architecture (bf16, Triton kernels, CUDA graphs): step time
 depends on shapes, not on weight values.
 
-    .venv/bin/python bench/eval_calibrate.py --device cpu
-    PYTHONPATH=common/src:model_format/src:services/worker/src python3 bench/eval_calibrate.py --device cuda
+    .venv/bin/python bench/eval/eval_calibrate.py --device cpu
+    PYTHONPATH=common/src:model_format/src:services/worker/src \\
+        python3 bench/eval/eval_calibrate.py --device cuda
 
 Writes bench/results/eval_cost_model_<device>.json (the fitted model) and
 bench/results/eval_calibration_<device>.{json,md} (errors and raw samples).
@@ -35,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from bench.report import RESULTS_DIR, markdown_table, write_results  # noqa: E402
 from bench.simulator.cost_model import StepShape, fit, relative_errors  # noqa: E402
 from bench.simulator.simulation import SimConfig, simulate  # noqa: E402

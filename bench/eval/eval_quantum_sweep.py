@@ -4,7 +4,7 @@ Q trades fairness (small Q: the bound 2Q + ... is tight) for locality (large
 Q: a client's cached requests run back to back). Replays the single-worker
 trace of ``--pattern`` (made by eval_single_worker.py) under DLPM for each Q.
 
-    .venv/bin/python bench/eval_quantum_sweep.py --cost cpu
+    .venv/bin/python bench/eval/eval_quantum_sweep.py --cost cpu
 
 Writes bench/results/eval_quantum_sweep_<cost>.{json,md}.
 """
@@ -15,9 +15,9 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.eval_runs import RAW_RECORD_KEYS, cost_model, output_dir, run, run_record, traces_dir  # noqa: E402
-from bench.eval_single_worker import evaluation_trace  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from bench.eval.eval_runs import RAW_RECORD_KEYS, cost_model, output_dir, run, run_record, traces_dir  # noqa: E402
+from bench.eval.eval_single_worker import evaluation_trace  # noqa: E402
 from bench.report import write_results  # noqa: E402
 
 
