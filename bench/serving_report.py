@@ -133,13 +133,19 @@ DERIVED_COLUMNS = [
     "router_added_ttft_p50_ms",
     "router_added_itl_mean_ms",
     "router_vs_worker_tok_s",
+    "router_vs_summed_in_process_tok_s",
     "http_vs_grpc_tok_s",
     "http_added_ttft_p50_ms",
 ]
 
 
-def derived_rows(rows: list[dict[str, object]]) -> list[dict[str, object]]:
-    """What issue 11's targets compare: shared prefix against unique, and the router against the worker."""
+def derived_rows(rows: list[dict[str, object]], workers: int = 1) -> list[dict[str, object]]:
+    """What issue 11's targets compare: shared prefix against unique, and the router against the worker.
+
+    With ``workers`` > 1 the router spreads ``concurrency`` streams over that many workers, so it is
+    also set against that many in-process engines each serving concurrency / workers streams (the
+    in-process cell at that concurrency, times ``workers``), when the run has that cell.
+    """
     cell = {(r["path"], r["workload"], r["concurrency"]): r for r in rows}
     out = []
     for path, workload, concurrency in cell:
@@ -153,6 +159,10 @@ def derived_rows(rows: list[dict[str, object]]) -> list[dict[str, object]]:
             row["router_added_ttft_p50_ms"] = _difference(unique["ttft_p50_ms"], worker["ttft_p50_ms"])
             row["router_added_itl_mean_ms"] = _difference(unique["itl_mean_ms"], worker["itl_mean_ms"])
             row["router_vs_worker_tok_s"] = _ratio(unique["out_tok_s"], worker["out_tok_s"])
+        share = cell.get(("in_process", "unique", concurrency // workers))
+        if path == "router" and workers > 1 and concurrency % workers == 0 and share is not None:
+            summed = workers * share["out_tok_s"] if isinstance(share["out_tok_s"], float) else None
+            row["router_vs_summed_in_process_tok_s"] = _ratio(unique["out_tok_s"], summed)
         if path == "http":
             from bench.serving_http_client import http_vs_grpc  # here: it needs httpx, only for the http path
 
@@ -189,7 +199,7 @@ def write_report(args: argparse.Namespace, rows: list[dict[str, object]], meta: 
     name = f"serving_{args.tag}"
     (out_dir / f"{name}.json").write_text(
         json.dumps(
-            {**env, "command": command, **meta, "rows": rows, "derived": derived_rows(rows)},
+            {**env, "command": command, **meta, "rows": rows, "derived": derived_rows(rows, args.workers)},
             indent=2,
             default=str,
         )
@@ -208,9 +218,10 @@ def write_report(args: argparse.Namespace, rows: list[dict[str, object]], meta: 
         markdown_table(rows, COLUMNS + (TIMED_COLUMNS if any("window_s" in r for r in rows) else [])),
         "",
         "Unique-prompt cells against each other: shared_prefix over unique tokens/s per path, and what the",
-        "router adds to the worker path (TTFT p50, mean inter-token time, tokens/s ratio):",
+        "router adds to the worker path (TTFT p50, mean inter-token time, tokens/s ratio); with several",
+        "workers, the router against as many in-process engines each at its share of the streams:",
         "",
-        markdown_table(derived_rows(rows), DERIVED_COLUMNS),
+        markdown_table(derived_rows(rows, args.workers), DERIVED_COLUMNS),
         "",
         str(meta["notes"]),
     ]

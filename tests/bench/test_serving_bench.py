@@ -118,3 +118,24 @@ def test_timed_cells_keep_every_client_streaming_until_the_duration_on_every_pat
         assert 0 < row["ramp_s"] and 0 < row["window_s"] < duration_s
         assert row["out_tok_s"] > 0 and row["out_tok_s_wall"] > 0
     assert "| out_tok_s_wall | window_s | ramp_s |" in (tmp_path / "serving_timed.md").read_text()
+
+
+def test_router_over_n_workers_is_set_against_n_in_process_engines_at_their_share() -> None:
+    from bench.serving_report import derived_rows
+
+    def row(path: str, concurrency: int, tok_s: float) -> dict[str, object]:
+        return {"path": path, "workload": "unique", "concurrency": concurrency, "out_tok_s": tok_s,
+                "ttft_p50_ms": 1.0, "itl_mean_ms": 1.0}  # fmt: skip
+
+    rows = [row("in_process", 4, 100.0), row("in_process", 8, 150.0), row("worker", 8, 140.0)]
+    rows.append(row("router", 8, 180.0))
+    by_path = {r["path"]: r for r in derived_rows(rows, workers=2) if r["concurrency"] == 8}
+    # Two engines at 4 streams each make 200 tokens/s together; the router's 8 streams made 180.
+    assert by_path["router"]["router_vs_summed_in_process_tok_s"] == 0.9
+    assert by_path["router"]["router_vs_worker_tok_s"] == 180.0 / 140.0
+    assert "router_vs_summed_in_process_tok_s" not in by_path["in_process"]
+    # One worker: nothing to sum; an odd split has no in-process cell to stand for a worker's share.
+    assert "router_vs_summed_in_process_tok_s" not in next(
+        r for r in derived_rows(rows) if r["path"] == "router" and r["concurrency"] == 8
+    )
+    assert all("router_vs_summed_in_process_tok_s" not in r for r in derived_rows(rows, workers=3))
