@@ -57,6 +57,7 @@ class Workload:
     num_pages: int
     idle_deficit: str = "cap"
     max_overtakes: int = 8
+    max_client_passes: int = 8
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,7 @@ def run_and_measure(workload: Workload, model_dir: Path, policy: str) -> list[Pa
         cached_token_weight=workload.cached_token_weight,
         idle_deficit=workload.idle_deficit,
         max_overtakes=workload.max_overtakes,
+        max_client_passes=workload.max_client_passes,
     )
     config = EngineConfig(
         page_size=PAGE,
@@ -181,10 +183,14 @@ def workloads(draw) -> Workload:
 
 # Drawn apart from ``workloads`` so that the search for an unfair case below sees the same
 # workloads as before these rules existed: the late client goes idle between its arrivals, so
-# every idle rule is exercised, and the per-request wait rule picks which of a client's
-# requests fills its place.
+# every idle rule is exercised, the per-request wait rule picks which of a client's
+# requests fills its place, and a returning client's turn (rule 7) reorders admissions.
 dlpm_rules = st.fixed_dictionaries(
-    {"idle_deficit": st.sampled_from(["lift", "cap", "reset"]), "max_overtakes": st.sampled_from([0, 2, 8])}
+    {
+        "idle_deficit": st.sampled_from(["lift", "cap", "reset"]),
+        "max_overtakes": st.sampled_from([0, 2, 8]),
+        "max_client_passes": st.sampled_from([0, 2, 8]),
+    }
 )
 
 

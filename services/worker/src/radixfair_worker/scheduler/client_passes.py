@@ -1,4 +1,4 @@
-"""How many admissions of other clients may pass a waiting client that has credit: DLPM's rule 7."""
+"""How many admissions of other clients may pass a client back with credit: DLPM's rule 7."""
 
 from __future__ import annotations
 
@@ -7,22 +7,28 @@ from collections.abc import Callable, Iterable
 
 
 class ClientPassLimit:
-    """Per client, the admission count its passes are counted from; which clients are due, in turn order.
+    """Clients whose turn is pending, with the admission count their passes are counted from.
 
-    Client i is *passed* by every admission of another client's request. Its
-    count starts over (``restart``) when it becomes backlogged, when a refill
-    gives it credit, and when one of its requests is admitted; while it has a
-    waiting request and credit nothing else restarts it, so its passes are at
-    least the admissions of others since it last had both. After
-    ``max_passes`` passes it is *due*: DLPM admits one of its requests before
-    the next request in prefix-match order (``DLPMPolicy``).
+    A client's turn becomes pending when it has a waiting request again
+    after having none (``returned``): it was idle, or its queue had emptied.
+    It ends when any request of the client is admitted. A pending client is
+    *passed* by every admission of another client's request; its count
+    starts over when it returns and when a refill gives it credit, so while
+    it has credit its passes are at least the admissions of others since it
+    last had credit. After ``max_passes`` passes it is *due*: DLPM admits its
+    request before the next one in prefix-match order (``DLPMPolicy``).
+
+    Only a returning client takes a turn, once per return. A client that
+    stays backlogged (a flood on its own cached document) is served in prefix
+    order alone: turns for clients whose documents were evicted, one request
+    each in rotation, would evict the next document each time (a cyclic
+    access pattern that LRU serves with no hits at all).
 
     Due clients take turns in the order they became due: the smaller the
     count their passes started at, the earlier; ties by the larger
-    weight-normalised credit (VTC's smallest counter first). A turn restarts
-    the client at the current count, behind every client already due, so
-    between becoming due and its turn a client sees at most one admission of
-    each other client.
+    weight-normalised credit (VTC's smallest counter first). So between
+    becoming due and its turn a client sees at most one admission of each
+    other pending client.
     """
 
     def __init__(self, max_passes: int) -> None:
@@ -30,34 +36,42 @@ class ClientPassLimit:
             raise ValueError("max_client_passes must be >= 0")
         self.max_passes = max_passes
         self._admissions = 0
-        self._started: dict[str, int] = {}
+        self._pending: dict[str, int] = {}  # client -> the admission count its passes start at
 
-    def restart(self, client: str) -> None:
-        self._started[client] = self._admissions
+    def returned(self, client: str) -> None:
+        """``client`` has a waiting request again after having none: its turn is pending."""
+        self._pending[client] = self._admissions
 
     def admitted(self, client: str) -> None:
         self._admissions += 1
-        self._started[client] = self._admissions
+        self._pending.pop(client, None)
+
+    def is_pending(self, client: str) -> bool:
+        return client in self._pending
 
     def passes(self, client: str) -> int:
-        return self._admissions - self._started.setdefault(client, self._admissions)
+        return self._admissions - self._pending[client]
 
     def turns(self, clients: Iterable[str], credit: Callable[[str], float]) -> Turns:
-        """The turn order of one step over ``clients`` (those with a waiting request and credit).
+        """The turn order of one step over the pending ones among ``clients`` (waiting, with credit).
 
         ``credit`` is a client's weight-normalised deficit."""
-        for client in clients:
-            self._started.setdefault(client, self._admissions)
-        ordered = sorted(clients, key=lambda c: (self._started[c], -credit(c), c))
+        pending = [c for c in clients if c in self._pending]
+        ordered = sorted(pending, key=lambda c: (self._pending[c], -credit(c), c))
         return Turns(self, deque(ordered))
+
+    def credited(self, client: str) -> None:
+        """A refill gave ``client`` credit: a pending turn's passes start over."""
+        if client in self._pending:
+            self._pending[client] = self._admissions
 
 
 class Turns:
-    """The clients of one step in turn order; the first is due once it has been passed ``max_passes`` times.
+    """The pending clients of one step in turn order; the first is due once passed ``max_passes`` times.
 
-    The order stays sorted by the count passes started at: an admitted client
-    restarts at the current count, the largest, and goes to the back
-    (``admitted``), as does one a refill gives credit (``restarted``).
+    The order stays sorted by the count passes started at: a client a refill
+    gives credit starts over at the current count, the largest, and goes to
+    the back (``credited``); an admitted client leaves (``admitted``).
     """
 
     def __init__(self, limit: ClientPassLimit, order: deque[str]) -> None:
@@ -77,13 +91,14 @@ class Turns:
     def admitted(self, client: str) -> None:
         """One of ``client``'s requests was admitted (in its turn or in prefix order)."""
         self._limit.admitted(client)
-        if client in self._order:
+        if self._order and self._order[0] == client:
+            self._order.popleft()
+        elif client in self._order:
             self._order.remove(client)
-        self._order.append(client)
 
-    def restarted(self, client: str) -> None:
-        """A refill gave ``client`` credit: its passes start over, behind every other client."""
-        self._limit.restart(client)
+    def credited(self, client: str) -> None:
+        self._limit.credited(client)
         if client in self._order:
             self._order.remove(client)
-        self._order.append(client)
+        if self._limit.is_pending(client):
+            self._order.append(client)

@@ -135,7 +135,7 @@ class DLPMPolicy:
         self._ledger.set_weight(client, request.weight)
         if not self._activity.has_waiting(client):
             self._ledger.on_backlogged(client, self._activity.waiting_clients())
-            self._passes.restart(client)
+            self._passes.returned(client)
         self._activity.arrived(request)
         self._overtakes.joined(request)
         self._queue.joined(request)
@@ -157,7 +157,7 @@ class DLPMPolicy:
                 self._ledger.refill(spent)
                 for client in spent:
                     if self._ledger.has_credit(client):
-                        turns.restarted(client)
+                        turns.credited(client)
         self._queue.admitted(admitted)
         return admitted
 

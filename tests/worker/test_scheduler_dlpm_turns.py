@@ -1,0 +1,228 @@
+"""DLPM's rule 7: a client back with credit is passed by at most P + (n - 1) admissions of others.
+
+The bound (derived in radixfair_worker.scheduler.dlpm, (g)): a client that has
+a waiting request again after having none, and has credit, has one of its
+requests admitted before more than ``max_client_passes`` (P) + (n - 1)
+requests of other clients are admitted, n being the number of clients;
+periods in which its request is held for a leader's prefix (rule 6) are not
+counted, so these engines hold nothing (``in_batch_prefix_pages=0``). VTC
+lifts such a client to the smallest counter, so it goes first there: DLPM's
+wait is VTC's plus at most P + (n - 1) admissions.
+
+Runs go through the real engine on a tiny random Llama; the policy is
+wrapped in a recorder that logs joins, each step's deficits before it picks,
+and admissions, in the order they happen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from radixfair_worker.config import EngineConfig, SchedulerConfig
+from radixfair_worker.engine import Engine
+from radixfair_worker.engine_builder import build_engine
+from radixfair_worker.request import Request, SamplingConfig
+
+PAGE = 16
+DOC = list(range(3000, 3048))  # 3 pages: the busy client's cached prefix
+P = 8  # the default max_client_passes
+NO_TURNS = 10**9  # rule 7 off: prefix order alone, DLPM as it was before the rule
+
+
+class RecordingPolicy:
+    """The engine's real policy, logging joins, each pick's deficits, and admissions, in order."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.log: list[tuple[str, object]] = []
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def on_arrival(self, request: Request) -> None:
+        self.log.append(("join", request))
+        self.inner.on_arrival(request)
+
+    def pick_next(self, waiting, cache, budget):
+        self.log.append(("pick", dict(self.inner.fairness_state().deficits)))
+        admitted = self.inner.pick_next(waiting, cache, budget)
+        self.log += [("admit", r) for r in admitted]
+        return admitted
+
+    def on_finished(self, request: Request) -> None:
+        self.log.append(("leave", request))
+        self.inner.on_finished(request)
+
+
+def passes_before_return_admitted(log: list[tuple[str, object]]) -> dict[str, int]:
+    """Per client, the most admissions of other clients' requests between a step that began with the
+    client back (a waiting request again after none) and with credit, and its next admission. A step
+    that begins with it spent ends the count; the next one with credit starts it again."""
+    waiting: dict[str, set[Request]] = {}
+    back: set[str] = set()  # returned and not yet admitted
+    counting: dict[str, int] = {}
+    worst: dict[str, int] = {}
+    for kind, item in log:
+        if kind == "join":
+            client = item.client_id
+            if not waiting.get(client):
+                back.add(client)
+            waiting.setdefault(client, set()).add(item)
+        elif kind == "pick":
+            for client in back:
+                if item.get(client, 1.0) > 0:  # VTC keeps no deficits: its clients count from the return
+                    counting.setdefault(client, 0)
+                else:
+                    counting.pop(client, None)
+        elif kind == "admit":
+            client = item.client_id
+            waiting[client].discard(item)
+            for other in counting:
+                if other != client:
+                    counting[other] += 1
+            if client in counting:
+                worst[client] = max(worst.get(client, 0), counting.pop(client))
+            back.discard(client)
+        else:
+            waiting.get(item.client_id, set()).discard(item)
+    for client, count in counting.items():  # still waiting at the end
+        worst[client] = max(worst.get(client, 0), count)
+    return worst
+
+
+def engine_with(
+    model_dir: Path, policy: str, max_client_passes: int = P, **engine: int
+) -> tuple[Engine, RecordingPolicy]:
+    scheduler = SchedulerConfig(
+        policy=policy, quantum=4096.0, max_client_passes=max_client_passes, in_batch_prefix_pages=0
+    )
+    settings = {"page_size": PAGE, "num_pages": 64, "max_batched_tokens": 256, **engine}
+    built = build_engine(EngineConfig(scheduler=scheduler, **settings), model_dir).engine
+    built.policy = recorder = RecordingPolicy(built.policy)
+    return built, recorder
+
+
+def greedy(
+    request_id: str, client: str, prompt: list[int], max_tokens: int = 4, weight: float = 1.0
+) -> Request:
+    return Request(
+        request_id, client, prompt, SamplingConfig(max_tokens=max_tokens, ignore_eos=True), weight=weight
+    )
+
+
+def busy_loop_and_a_return(model_dir: Path, policy: str, max_client_passes: int = P) -> RecordingPolicy:
+    """Client "busy" keeps 4 requests on its cached document waiting at every step; client "back"
+    (weight 2) sends one request, idles, and returns with a cold one at step 10. A quantum of 4,096
+    lasts the busy client ~70 cached requests: DLPM's prefix order alone makes "back" wait for that."""
+    engine, recorder = engine_with(model_dir, policy, max_client_passes, max_running_requests=2)
+    warm = greedy("warm", "busy", DOC + [1])
+    engine.submit(warm)
+    engine.submit(greedy("first", "back", list(range(7000, 7020)), weight=2.0))
+    while engine.has_work():
+        engine.step()
+    busy = [greedy(f"busy{i}", "busy", DOC + [5000 + i]) for i in range(4)]
+    for request in busy:
+        engine.submit(request)
+    cold = greedy("cold", "back", list(range(8000, 8030)), weight=2.0)
+    for step in range(60):
+        if step == 10:
+            engine.submit(cold)
+        engine.step()
+        for i, request in enumerate(busy):
+            if request.is_finished:  # a closed loop: 4 busy requests outstanding at every step
+                busy[i] = greedy(f"busy{step}-{i}", "busy", DOC + [6000 + 7 * step + i])
+                engine.submit(busy[i])
+    assert cold.times_admitted == 1 or policy == "dlpm" and max_client_passes == NO_TURNS
+    return recorder
+
+
+def test_prefix_order_alone_keeps_a_returning_client_behind_every_cached_request(tiny_model_dir):
+    recorder = busy_loop_and_a_return(tiny_model_dir, "dlpm", max_client_passes=NO_TURNS)
+
+    assert passes_before_return_admitted(recorder.log)["back"] > P + 1
+
+
+def test_a_returning_client_is_passed_at_most_p_plus_n_minus_1_times(tiny_model_dir):
+    recorder = busy_loop_and_a_return(tiny_model_dir, "dlpm")
+
+    assert passes_before_return_admitted(recorder.log)["back"] <= P + 1
+
+
+def test_a_returning_client_waits_at_most_p_plus_n_minus_1_admissions_longer_than_under_vtc(tiny_model_dir):
+    under_vtc = passes_before_return_admitted(busy_loop_and_a_return(tiny_model_dir, "vtc").log)["back"]
+    under_dlpm = passes_before_return_admitted(busy_loop_and_a_return(tiny_model_dir, "dlpm").log)["back"]
+
+    assert under_dlpm <= under_vtc + P + 1
+
+
+@dataclass(frozen=True)
+class Job:
+    client: str
+    weight: float
+    prompt: tuple[int, ...]
+    max_tokens: int
+    arrival_step: int
+
+
+@st.composite
+def workloads(draw) -> tuple[list[Job], int, int, int]:
+    """2-4 clients; each sends bursts (requests on its own prefix or cold ones) with idle gaps between."""
+    jobs = []
+    for c in range(draw(st.integers(2, 4))):
+        prefix = tuple(range(1000 + 100 * c, 1000 + 100 * c + draw(st.sampled_from([16, 32, 48]))))
+        weight = draw(st.sampled_from([1.0, 2.0]))
+        step = draw(st.integers(0, 6))
+        for _ in range(draw(st.integers(1, 4))):  # bursts
+            for j in range(draw(st.integers(1, 5))):
+                hot = draw(st.booleans())
+                suffix = tuple(draw(st.lists(st.integers(3, 999), min_size=1, max_size=12)))
+                cold = tuple(range(5000 + 50 * j, 5008 + 50 * j))
+                prompt = (prefix if hot else cold) + suffix
+                jobs.append(Job(f"client{c}", weight, prompt, draw(st.integers(1, 6)), step))
+            step += draw(st.integers(1, 20))
+    # 8 pages of 16 tokens is tight for three requests: the engine preempts, and requests re-join.
+    limits = (draw(st.sampled_from([0, 2, 8])), draw(st.integers(1, 3)), draw(st.sampled_from([8, 64])))
+    return jobs, *limits
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(workload=workloads(), quantum=st.sampled_from([16.0, 64.0, 1024.0]))
+def test_no_returning_client_with_credit_is_passed_more_than_p_plus_n_minus_1_times(
+    tiny_model_dir, workload, quantum
+):
+    jobs, max_client_passes, max_running, num_pages = workload
+    scheduler = SchedulerConfig(
+        policy="dlpm", quantum=quantum, max_client_passes=max_client_passes, in_batch_prefix_pages=0
+    )
+    config = EngineConfig(
+        page_size=PAGE,
+        num_pages=num_pages,
+        max_running_requests=max_running,
+        max_batched_tokens=256,
+        scheduler=scheduler,
+    )
+    engine = build_engine(config, tiny_model_dir).engine
+    engine.policy = recorder = RecordingPolicy(engine.policy)
+    requests = [
+        greedy(f"r{i}", job.client, list(job.prompt), job.max_tokens, job.weight)
+        for i, job in enumerate(jobs)
+    ]
+    step = 0
+    while engine.has_work() or step <= max(job.arrival_step for job in jobs):
+        for job, request in zip(jobs, requests):
+            if job.arrival_step == step:
+                engine.submit(request)
+        engine.step()
+        step += 1
+        assert step < 3_000, "engine made no progress"
+
+    clients = {job.client for job in jobs}
+    assert all(r.is_finished for r in requests)
+    assert (
+        max(passes_before_return_admitted(recorder.log).values(), default=0)
+        <= max_client_passes + len(clients) - 1
+    )
