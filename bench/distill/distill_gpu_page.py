@@ -44,7 +44,9 @@ it with `radixfair distill`, bar a wall-time cut (`steps` done/planned shows one
 (the teacher answered the first `data.prompts_answered` prompts of the recipe's set, in the order
 they were offered; a recipe run answers them all). int8 / fp8 rows:
 the same weights round-tripped through the worker's per-channel format (what QuantizedLinear
-computes with). `size_mb`: the checkpoint as the distiller writes it (fp32 for full precision; int8 /
+computes with); rows from calls after the format's version 2 have the embedding (the tied LM head)
+in int8 in fp8 checkpoints too, and `fp8 (format v1)` is the same student with an e4m3 embedding.
+`size_mb`: the checkpoint as the distiller writes it (fp32 for full precision; int8 /
 fp8 values plus fp32 scales). Decode columns: the worker's engine (build_engine: Triton, bf16, CUDA
 graphs; quantized checkpoints run quantized), 128-token random prompts, 128 greedy tokens a request,
 decode steps only; speed depends on shape and format only, so students are timed right after

@@ -22,10 +22,16 @@ from radixfair_distiller.data.chat import ChatExample
 from radixfair_distiller.evaluation import perplexity
 from radixfair_distiller.generation import generate
 from radixfair_distiller.losses.divergence import token_divergence
-from radixfair_distiller.model_dir import llama_config_dict, llama_from_state, llama_state
+from radixfair_distiller.model_dir import dequantized_state, llama_config_dict, llama_from_state, llama_state
+from radixfair_distiller.quantize import quantized_state
 from radixfair_distiller.recipe import DistillSpec
 from radixfair_distiller.training import JobCancelledError, StepReport, TrainingHooks, TrainingRun, distill
-from radixfair_model_format.quantized_checkpoint import dequantize_weight, is_quantizable, quantize_weight
+from radixfair_model_format.quantized_checkpoint import (
+    FORMAT_VERSION,
+    SCALE_SUFFIX,
+    is_quantizable,
+    quantize_weight,
+)
 
 
 class Deadline:
@@ -280,14 +286,20 @@ def self_agreement(teacher, data: EvalSet) -> float:
     return agreement
 
 
-def quantized_copy(model, scheme: str):
-    """The model with every projection and the embedding round-tripped through ``scheme`` (as served)."""
+def quantized_copy(model, scheme: str, format_version: int = FORMAT_VERSION):
+    """The model round-tripped through the distiller's writer in ``scheme`` (the numbers the worker serves).
+
+    ``format_version=1`` is the format's first layout (the embedding in ``scheme`` too), kept to show
+    on one student what version 2's int8 embedding changes.
+    """
     state = llama_state(model)
-    for name, tensor in state.items():
-        if is_quantizable(name, tensor):
-            q, scale = quantize_weight(tensor, scheme)
-            state[name] = dequantize_weight(q, scale)
-    return llama_from_state(state, llama_config_dict(model.config), model.device)
+    if format_version == 1:
+        for name, tensor in list(state.items()):
+            if is_quantizable(name, tensor):
+                state[name], state[name + SCALE_SUFFIX] = quantize_weight(tensor, scheme)
+    else:
+        state = quantized_state(state, scheme)
+    return llama_from_state(dequantized_state(state), llama_config_dict(model.config), model.device)
 
 
 def power_law_fit(tokens: list[float], gaps: list[float]) -> tuple[float, float] | None:

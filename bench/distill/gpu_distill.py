@@ -75,7 +75,7 @@ from radixfair_distiller.data.engine_answers import (  # noqa: E402
     AnswerEngineConfig,
     EngineAnswerer,
 )
-from radixfair_distiller.data.splits import CALIBRATION, EVAL, SPLITS  # noqa: E402
+from radixfair_distiller.data.splits import CALIBRATION, EVAL, SPLITS, TRAIN  # noqa: E402
 from radixfair_distiller.model_dir import content_hash, is_model_dir, load_llama, save_llama, weights_bytes  # noqa: E402
 from radixfair_distiller.pruning import prune  # noqa: E402
 from radixfair_distiller.quantize import quantize_model_dir  # noqa: E402
@@ -507,8 +507,8 @@ class Run:
 
     # -- 7. plan ------------------------------------------------------------------------------
     def student_reserve(self) -> float:
-        """Seconds a student needs after training: final scores, two quantized copies, curve points."""
-        return (2.6 + 4 * 0.35) * self.eval_cost + (2.0 if self.args.smoke else 6.0)
+        """Seconds a student needs after training: final and train-data scores, 3 quantized copies, curve."""
+        return (4.6 + 4 * 0.35) * self.eval_cost + (2.0 if self.args.smoke else 6.0)
 
     def plan(self) -> None:
         b = self.budget
@@ -705,6 +705,23 @@ class Run:
         if kind == "depth" and info["kept_layers"]:
             final_row["layers_kept_share"] = len(info["kept_layers"]) / self.teacher.config.num_hidden_layers
         self.page.rows.append(final_row)
+        # The same scores on training data (first windows and chat examples of the train split): a wide
+        # gap to the evaluation split says more distinct data is the lever, a narrow one more tokens.
+        seen = eval_set(self.bundle, TRAIN, self.s.eval_text, self.s.eval_chat, self.s.seq_len, 0)
+        teacher_seen = quality(self.teacher, self.teacher, seen, with_exact_match=False)
+        seen_scores = quality(result.student, self.teacher, seen, with_exact_match=False)
+        self.page.rows.append(
+            row(
+                f"{name} on train data",
+                TRAIN,
+                self.chosen,
+                result,
+                params,
+                seen_scores,
+                teacher_seen,
+                self.baseline,
+            )
+        )
         self.merge_decode()
         self.page.write()
         curve = [
@@ -732,13 +749,18 @@ class Run:
             "steps": [result.steps_done, result.total_steps],
         }
         self.page.write()
-        for scheme in ("int8", "fp8"):
+        # Format version 2 (the writer's); the fp8 copy in version 1's layout (an e4m3 embedding) too,
+        # so the page shows what the int8 embedding changes on this student.
+        for scheme, version, label in (("int8", 2, "int8"), ("fp8", 2, "fp8"), ("fp8", 1, "fp8 (format v1)")):
             scores = quality(
-                quantized_copy(result.student, scheme), self.teacher, self.evaluation, with_exact_match=False
+                quantized_copy(result.student, scheme, version),
+                self.teacher,
+                self.evaluation,
+                with_exact_match=False,
             )
             self.page.rows.append(
                 row(
-                    f"{name} {scheme}",
+                    f"{name} {label}",
                     EVAL,
                     self.chosen,
                     result,

@@ -21,6 +21,14 @@
 #          distill_results_gpu_width.* and distill_results_gpu.* (the committed page with its rows added).
 #          run(command="cd .snap && bash bench/distill/gpu_distill_session.sh width",
 #              carry=[".gpu_model/part_01", "bench/scratch/gpu_distill"], timeout_s=480)
+#   width_long (<= 560 s) the width student again with the whole call for it and the quantized format's
+#          version 2 (fp8: the embedding in int8): no decode timing (the width call's page has it), 110 s
+#          of teacher answers (~2.4M tokens, 1.4x the width call's), ~36M training tokens; scores int8,
+#          fp8 and fp8 in version 1's layout on the same student, and the student on training data (the
+#          train / held-out gap). Replaces the width call's rows on the merged page (its own page stays);
+#          writes distill_results_gpu_width_long.* and distill_results_gpu.*. Prediction: notes/DECISIONS.md.
+#          run(command="cd .snap && bash bench/distill/gpu_distill_session.sh width_long",
+#              carry=[".gpu_model/part_01", "bench/scratch/gpu_distill"], timeout_s=560)
 #   ddp    (<= 400 s, kind nvidia-h200-x2) torchrun on 2 GPUs (NCCL) against 1 GPU, same seed, data and
 #          global batch; writes distill_torchrun_gpu.* and distill_results_gpu.* with the two curves added.
 #          run(command="cd .snap && bash bench/distill/gpu_distill_session.sh ddp",
@@ -61,8 +69,9 @@ case "$phase" in
     ;;
   2) limit=555 ;;
   width) limit=475 ;;
+  width_long) limit=555 ;;
   ddp) limit=395 ;;
-  *) echo "usage: $0 --prepare | 1 | 2 | width | ddp" >&2; exit 2 ;;
+  *) echo "usage: $0 --prepare | 1 | 2 | width | width_long | ddp" >&2; exit 2 ;;
 esac
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
   "$carry"/whl/*.whl || exit 1
@@ -98,6 +107,14 @@ case "$phase" in
       --no-teacher-quantized --text-max-files 0 --code-fraction 0.5 --data-s 95 --decode-s 40 \
       --name distill_results_gpu_width \
       --merge-into "$page" ${EXTRA_ARGS:-} 2>&1 | filter gpu_distill_width
+    ;;
+  width_long)
+    # Same data mix and loss as width; the time the width call spent timing decode goes to training.
+    timeout -s TERM "$left" python3 bench/distill/gpu_distill.py ${teacher[@]+"${teacher[@]}"} --time-budget-s "$budget" \
+      --tokenizer-dir "$carry/tokenizer" --out "$OUT" --students width --sweep "" --loss forward_kl \
+      --no-teacher-quantized --text-max-files 0 --code-fraction 0.5 --data-s 110 --decode-s 0 \
+      --name distill_results_gpu_width_long \
+      --merge-into "$page" ${EXTRA_ARGS:-} 2>&1 | filter gpu_distill_width_long
     ;;
   ddp)
     gpus=$(nvidia-smi -L 2>/dev/null | wc -l)
