@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -42,3 +43,29 @@ def test_too_few_points_or_a_flat_curve_predict_nothing():
     assert rising is not None and rising[1] < 0
     assert tokens_for_gap(rising, 0.3) is None  # a gap that grows with tokens never reaches the target
     assert math.isfinite(tokens_for_gap((1.0, 0.5), 0.01))
+
+
+@pytest.mark.parametrize("scheme", ["int8", "fp8"])
+def test_the_pages_quantized_rows_score_the_weights_the_distillers_writer_stores(
+    tiny_model_dir, tmp_path, scheme
+):
+    from radixfair_distiller.model_dir import load_llama
+    from radixfair_distiller.quantize import quantize_model_dir
+
+    model = load_llama(tiny_model_dir)
+    scored = parts.quantized_copy(model, scheme).state_dict()
+    stored = load_llama(quantize_model_dir(tiny_model_dir, tmp_path / scheme, scheme)).state_dict()
+    assert scored.keys() == stored.keys()
+    for name in scored:
+        assert torch.equal(scored[name], stored[name]), name
+
+
+def test_the_format_v1_fp8_row_differs_from_v2_only_in_the_embedding(tiny_model_dir):
+    from radixfair_distiller.model_dir import load_llama
+
+    model = load_llama(tiny_model_dir)
+    v1 = parts.quantized_copy(model, "fp8", format_version=1).state_dict()
+    v2 = parts.quantized_copy(model, "fp8").state_dict()
+    differ = {name for name in v1 if not torch.equal(v1[name], v2[name])}
+    assert differ <= {"model.embed_tokens.weight", "lm_head.weight"}
+    assert "model.embed_tokens.weight" in differ
