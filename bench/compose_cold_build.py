@@ -190,7 +190,15 @@ def run(out_name: str, warm: bool, fresh_base: bool) -> dict[str, object]:
     cpu = json.loads(cpu_file.read_text()) if cpu_file.exists() else {}
     kept = RESULTS / f"{out_name}_logs"
     kept.mkdir(parents=True, exist_ok=True)
-    for name in ("engine.log", "build.log", "up.log", "phases.json", "cpu.json", "compose.log", "health.txt"):
+    for name in (
+        "engine.log",
+        "build.log",
+        "up.log",
+        "phases.json",
+        "cpu.json",
+        "health.txt",
+        "model-init.log",
+    ):
         if (run_dir / name).exists():
             shutil.copy(run_dir / name, kept / name)
     (kept / "pytest.log").write_text(output[-20000:])

@@ -127,6 +127,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     # When each container started and its last health checks (when it turned healthy), for
     # reading the start-up's critical path; never asserted.
     (run_dir / "health.txt").write_text(project.started_and_checked())
+    # model-init's own log (it has finished): the one-time conversion is on every service's path.
+    (run_dir / "model-init.log").write_text(
+        project.run("logs", "--no-color", "--timestamps", "model-init", timeout_s=60)
+    )
     (run_dir / "cpu.json").write_text(json.dumps(cpu, indent=1))
     yield Stack(project, f"127.0.0.1:{router_port}", f"http://127.0.0.1:{prometheus_port}")
     # Every service's log, for a failure's post-mortem (pytest keeps the last runs' tmp dirs).
