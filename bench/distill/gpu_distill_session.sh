@@ -23,8 +23,9 @@
 #              carry=[".gpu_model/part_01", "bench/scratch/gpu_distill"], timeout_s=480)
 #   width_long (<= 560 s) the width student again with the whole call for it and the quantized format's
 #          version 2 (fp8: the embedding in int8): no decode timing (the width call's page has it), 110 s
-#          of teacher answers (~2.4M tokens, 1.4x the width call's), ~36M training tokens; scores int8,
-#          fp8 and fp8 in version 1's layout on the same student, and the student on training data (the
+#          of teacher answers (~2.4M tokens, 1.4x the width call's), ~37M training tokens; scores int8,
+#          fp8 and fp8 in version 1's layout on the same student, the teacher's int8 / fp8 in version 2
+#          (rows "teacher int8 (width_long)" on the merged page), and the student on training data (the
 #          train / held-out gap). Replaces the width call's rows on the merged page (its own page stays);
 #          writes distill_results_gpu_width_long.* and distill_results_gpu.*. Prediction: notes/DECISIONS.md.
 #          run(command="cd .snap && bash bench/distill/gpu_distill_session.sh width_long",
@@ -32,9 +33,9 @@
 #   ddp    (<= 400 s, kind nvidia-h200-x2) torchrun on 2 GPUs (NCCL) against 1 GPU, same seed, data and
 #          global batch; writes distill_torchrun_gpu.* and distill_results_gpu.* with the two curves added.
 #          run(command="cd .snap && bash bench/distill/gpu_distill_session.sh ddp",
-#              carry=[".gpu_model/part_01", "bench/scratch/gpu_distill"], kind="nvidia-h200-x2", timeout_s=400)
-#          As the only call on that machine (no call 1 before it), it uses random weights in the
-#          teacher's shape and says so.
+#              carry=["bench/scratch/gpu_distill"], kind="nvidia-h200-x2", timeout_s=400)
+#          As the only call on that machine (no call 1 before it; the two GGUF parts exceed one call's
+#          64 MiB carry), it uses random weights in the teacher's shape and says so.
 # Carried paths are looked up here and one level up (the lead runs from a snapshot directory, .snap/).
 # EXTRA_ARGS (words) go to the phase's Python script last, e.g. EXTRA_ARGS="--smoke" for a CPU check of
 # this script's own steps; BUDGET_S overrides the script's time budget.
@@ -109,10 +110,11 @@ case "$phase" in
       --merge-into "$page" ${EXTRA_ARGS:-} 2>&1 | filter gpu_distill_width
     ;;
   width_long)
-    # Same data mix and loss as width; the time the width call spent timing decode goes to training.
+    # Same data mix and loss as width; the time the width call spent timing decode goes to training,
+    # bar ~5 s for the teacher's int8 / fp8 copies in the format's version 2.
     timeout -s TERM "$left" python3 bench/distill/gpu_distill.py ${teacher[@]+"${teacher[@]}"} --time-budget-s "$budget" \
       --tokenizer-dir "$carry/tokenizer" --out "$OUT" --students width --sweep "" --loss forward_kl \
-      --no-teacher-quantized --text-max-files 0 --code-fraction 0.5 --data-s 110 --decode-s 0 \
+      --text-max-files 0 --code-fraction 0.5 --data-s 110 --decode-s 0 \
       --name distill_results_gpu_width_long \
       --merge-into "$page" ${EXTRA_ARGS:-} 2>&1 | filter gpu_distill_width_long
     ;;
