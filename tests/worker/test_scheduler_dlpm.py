@@ -11,17 +11,21 @@ from radixfair_worker.scheduler.registry import build_policy
 
 DOC = list(range(100, 116))  # 16 tokens = 4 pages of 4
 Q = 10.0
+NO_TURNS = 10**9
 
 
 def config(**overrides) -> SchedulerConfig:
     # "cap" starts every new client at one quantum, which these mechanics tests count on;
-    # the default "lift" rule has its own tests in test_scheduler_dlpm_idle.py.
+    # the default "lift" rule has its own tests in test_scheduler_dlpm_idle.py. Rule 7 (a returning
+    # client's turn) is off here, since every client in these queues has just returned; its tests
+    # below turn it on.
     settings = {
         "policy": "dlpm",
         "quantum": Q,
         "input_token_weight": 1.0,
         "output_token_weight": 2.0,
         "idle_deficit": "cap",
+        "max_client_passes": NO_TURNS,
     }
     return SchedulerConfig(**{**settings, **overrides})
 
@@ -48,6 +52,50 @@ def test_dlpm_follows_lpm_order_while_clients_have_credit():
     admitted = policy.pick_next(queue, cache, CountingBudget(cache, limit=10))
 
     assert ids(admitted) == ["hot", "cold"]
+
+
+def test_a_returning_clients_cold_request_takes_its_turn_before_the_hot_ones():
+    cache = cache_holding(DOC)
+    policy = DLPMPolicy(config(quantum=1000.0, max_client_passes=0))  # VTC's order for a return
+    queue = arrive(
+        policy,
+        request("hot1", "b", DOC + [1], arrival=0.0),
+        request("hot2", "b", DOC + [2], arrival=1.0),
+        request("cold", "a", [1, 2, 3], arrival=2.0),
+    )
+
+    admitted = policy.pick_next(queue, cache, CountingBudget(cache, limit=10))
+
+    assert ids(admitted) == ["cold", "hot1", "hot2"]
+
+
+def test_a_returning_request_mostly_cached_keeps_its_place_in_prefix_order():
+    cache = cache_holding(DOC)
+    policy = DLPMPolicy(config(quantum=1000.0, max_client_passes=0))
+    queue = arrive(
+        policy,
+        request("hot", "b", DOC + [1] * 8, arrival=0.0),  # 16 of 25 tokens cached
+        request("warm", "a", DOC[:8] + [7] * 6, arrival=1.0),  # 8 of 15 cached: at least half
+    )
+
+    admitted = policy.pick_next(queue, cache, CountingBudget(cache, limit=10))
+
+    assert ids(admitted) == ["hot", "warm"]
+
+
+def test_a_returning_client_takes_one_turn_per_return():
+    cache = cache_holding(DOC)
+    policy = DLPMPolicy(config(quantum=1000.0, max_client_passes=0))
+    queue = arrive(
+        policy,
+        request("hot1", "b", DOC + [1], arrival=0.0),
+        request("cold1", "a", [1, 2, 3], arrival=1.0),
+        request("cold2", "a", [4, 5, 6], arrival=2.0),
+    )
+
+    admitted = policy.pick_next(queue, cache, CountingBudget(cache, limit=2))
+
+    assert ids(admitted) == ["cold1", "hot1"]  # cold2 is not a return: a's queue never emptied
 
 
 def test_dlpm_skips_a_spent_client_and_keeps_walking():

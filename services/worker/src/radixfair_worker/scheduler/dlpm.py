@@ -34,6 +34,29 @@ Rules (see /work/shared/reference/dlpm.md):
      lets i's other requests overtake it. A hold ends when the leader's pages
      are cached or the leader leaves the running batch: at most one prefill.
 
+  7. A returning client's turn (``ClientPassLimit``; ours, from VTC's lift:
+     VTC puts a client that has a waiting request again at the smallest
+     counter, so it goes first). When client i has a waiting request again
+     after having none, its turn is pending until one of its requests is
+     admitted. Once a pending client with credit has been passed by
+     ``max_client_passes`` (P, default 0) admissions of other clients, it is
+     due: before each request the walk visits, due clients with credit each
+     get one request admitted (the one rule 2 gives their place), in the
+     order they became due, ties by the larger ``q_i / weight_i``. A budget
+     refusal of a due client's request ends the step, as a refusal does in
+     VTC's order; a held one (rule 6) waits for the hold. A request with at
+     least half its prompt cached takes no turn: prefix order already puts it
+     among the hot requests, and turns for such requests would turn a
+     closed-loop shared-prefix workload, where every request is a return,
+     into arrival order. Only a returning
+     client takes a turn, once per return: a client that stays backlogged on
+     an evicted document is served by prefix order and its credit alone, since
+     turns rotating over clients whose documents no longer fit evict the next
+     document each time (on the returning-client trace: hit rate 0.93 -> 0.72).
+     Its document was evicted while it was idle, so without the turn its
+     request matches nothing and walks behind every cached request of the
+     credited clients: the bound's 2Q term in time (docs/evaluation.md).
+
 Fairness bound. Let ``C_i`` be client i's cumulative charge (rule 3) and
 ``s_i = C_i / weight_i``. Take an interval in which clients A and B both have
 a waiting request at every instant, and weights do not change.
@@ -48,6 +71,10 @@ a waiting request at every instant, and weights do not change.
       M_i tokens each. Refills only add. So ``D_i = w_in · L_i + w_out · M_i · R_i``.
 A held request counts as waiting only once the hold ends (rule 6): the
 intervals below are those in which A and B each have an admissible request.
+Steps (a)-(c) use only that a client is admitted only with credit and that
+a refill comes only when a whole pass admits nothing; neither depends on the
+order in which credited clients are admitted, so rule 7's turns, which only
+reorder admissions of credited clients, leave the bound as it is.
 Therefore, for any such interval,
 
     |Δs_A - Δs_B| < 2·Q + D_A / weight_A + D_B / weight_B
@@ -80,6 +107,30 @@ requests for ever (SGLang #31954). With rule 2's K:
       The wait of r is bounded by the time the engine takes to serve that,
       plus, for each hold on r or on a due request of i ahead of it (rule 6),
       one leader's prefill.
+Returning-client bound (rule 7).
+  (g) Let client i have a waiting request again after none, with credit, and
+      keep credit and a waiting request that is not held and has less than
+      half its prompt cached (a cached one is among the first in prefix order). Its passes are
+      counted from its return, or from the refill that gave it credit, so at
+      most P admissions of other clients come before it is due. The walk
+      checks for due clients before every admission, so from then on only
+      turns of clients due before it (or due with it and more credit) come
+      first, one admission each: a turn ends a client's pending state, so
+      none is counted twice. Hence at most ``P + (n - 1)`` requests of other
+      clients are admitted before one of i's, n being the number of clients.
+  (h) Against VTC: VTC lifts i to the smallest counter among the backlogged,
+      so it is admitted first, or after the clients tied with it (at most
+      n - 1). Under DLPM i waits at most ``P + (n - 1)`` more admissions of
+      others than under VTC, and, as under VTC, for room for its own request:
+      a refused turn ends the step. P = 0 (the default) is VTC's order for a
+      returning client's first request; a larger P lets that many cache-hot
+      admissions pass it first.
+  (i) Idling banks nothing: the turn gives order, not credit. The client is
+      charged for what the turn admits (rule 3), a spent client takes no turn,
+      and its deficit on return is the idle rule's (rule 5), at most one
+      quantum. A client that returns on every request gets one request ahead
+      per return, as VTC's lift gives it, and is held to its share by its
+      credit. tests/worker/test_scheduler_dlpm_turns.py checks (g) and (h).
 K trades locality for the wait: K = 0 is arrival order inside each client, a
 large K is plain DLPM. A forced admission costs its own prefill, which it
 would pay whenever it ran; only how long the hot prefix must stay cached
@@ -149,7 +200,7 @@ class DLPMPolicy:
         admitted: list[Request] = []
         taken: set[Request] = set()
         while True:
-            passed, budget_full, spent = self._walk(order, taken, budget, turns)
+            passed, budget_full, spent = self._walk(order, taken, budget, turns, cache)
             admitted += passed
             if budget_full or not spent:
                 break
@@ -177,7 +228,12 @@ class DLPMPolicy:
         return self._meter.client_service()
 
     def _walk(
-        self, order: Iterable[Request], taken: set[Request], budget: AdmissionBudget, turns: Turns
+        self,
+        order: Iterable[Request],
+        taken: set[Request],
+        budget: AdmissionBudget,
+        turns: Turns,
+        cache: PrefixMatcher,
     ) -> tuple[list[Request], bool, set[str]]:
         """One pass over the requests not yet ``taken`` (admitted this step; it adds to it).
 
@@ -193,7 +249,7 @@ class DLPMPolicy:
         for request in order:
             client = request.client_id
             while request not in taken:
-                if not self._take_turns(turns, taken, budget, still_waiting, admitted):
+                if not self._take_turns(turns, taken, budget, cache, still_waiting, admitted):
                     return admitted, True, spent
                 if request in taken:
                     break
@@ -214,7 +270,7 @@ class DLPMPolicy:
                     return admitted, True, spent
                 self._admitted(chosen, taken, turns)
                 admitted.append(chosen)
-        if not self._take_turns(turns, taken, budget, still_waiting, admitted):
+        if not self._take_turns(turns, taken, budget, cache, still_waiting, admitted):
             return admitted, True, spent
         return admitted, False, spent
 
@@ -223,6 +279,7 @@ class DLPMPolicy:
         turns: Turns,
         taken: set[Request],
         budget: AdmissionBudget,
+        cache: PrefixMatcher,
         still_waiting: Callable[[Request], bool],
         admitted: list[Request],
     ) -> bool:
@@ -238,8 +295,10 @@ class DLPMPolicy:
                 chosen = self._overtakes.due(client, still_waiting) or self._overtakes.head(
                     client, still_waiting
                 )
-            if chosen is None or budget.holds(chosen):
-                turns.skip(client)  # spent, nothing waiting, or parked for a leader's prefix (rule 6)
+            if chosen is None or budget.holds(chosen) or _mostly_cached(chosen, cache):
+                # Spent, nothing waiting, parked for a leader's prefix (rule 6), or cached enough that
+                # prefix order already puts it among the hot requests: no turn this step.
+                turns.skip(client)
                 continue
             if not budget.try_admit(chosen):
                 return False
@@ -257,6 +316,12 @@ class DLPMPolicy:
         self._overtakes.admitted(request)
         turns.admitted(client)
         self._ledger.charge(client, self._meter.charge_admission(request))
+
+
+def _mostly_cached(request: Request, cache: PrefixMatcher) -> bool:
+    """At least half of what ``request`` would compute is cached: prefix order does not postpone it."""
+    fill = request.fill_ids
+    return 2 * cache.match_length(fill[:-1]) >= len(fill)
 
 
 class _Replay:
