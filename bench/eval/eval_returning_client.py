@@ -33,7 +33,7 @@ from bench.workloads.clients import ClientSpec  # noqa: E402
 from bench.workloads.distributions import Constant, Poisson, Uniform  # noqa: E402
 from bench.workloads.spec import WorkloadSpec  # noqa: E402
 
-POLICIES = ("vtc", "dlpm", "dlpm_cap", "dlpm_reset")
+POLICIES = ("vtc", "dlpm", "dlpm_no_turns", "dlpm_p8", "dlpm_cap", "dlpm_reset")
 RETURNING = "returning"
 
 
@@ -53,6 +53,13 @@ def measure(result, pause_to: float, window: float) -> dict[str, Any]:
         (f for f in finished if f.client_id == RETURNING and f.arrival >= pause_to), key=lambda f: f.arrival
     )
     first = back[0]
+    # Requests it sent before the pause and still had waiting when it came back: then it did not
+    # return from idle, and its first request after the pause queues behind its own.
+    backlog = sum(
+        1
+        for f in finished
+        if f.client_id == RETURNING and f.arrival < pause_to and f.admitted > first.arrival
+    )
     service = result.recorder.service
     lo, hi = int(pause_to / service.bin_s), int((pause_to + window) / service.bin_s)
     per_client = {c: service.values[row, lo:hi].sum() for c, row in service.index.items()}
@@ -61,6 +68,7 @@ def measure(result, pause_to: float, window: float) -> dict[str, Any]:
     total = sum(per_client.values())
     return {
         "first_wait_s": first.admitted - first.arrival,
+        "waiting_at_return": backlog,
         "first_ttft_s": first.first_token - first.arrival,
         "share_after_return": per_client.get(RETURNING, 0.0) / (share * total) if total else float("nan"),
         "busy_e2e_p99": float(
@@ -112,6 +120,7 @@ def main() -> None:
     for policy in args.policies:
         mine = [r for r in runs if r["policy"] == policy]
         waits = [r["first_wait_s"] for r in mine]
+        idle = [r["first_wait_s"] for r in mine if not r["waiting_at_return"]]
         shares = [r["share_after_return"] for r in mine]
         rows.append(
             {
@@ -119,6 +128,9 @@ def main() -> None:
                 "seeds": len(mine),
                 "first_wait_median_s": float(np.median(waits)),
                 "first_wait_worst_s": max(waits),
+                "seeds_idle_at_return": len(idle),
+                "first_wait_idle_median_s": float(np.median(idle)) if idle else float("nan"),
+                "first_wait_idle_worst_s": max(idle, default=float("nan")),
                 "share_median": float(np.median(shares)),
                 "share_worst": min(shares),
                 "busy_e2e_p99_median_s": float(np.median([r["busy_e2e_p99"] for r in mine])),
@@ -130,7 +142,11 @@ def main() -> None:
         f"[{args.pause_from}, {args.pause_to}) s. first_wait: release to admission of its first request "
         f"after it is back; share: its service over its weighted share (2/8) of all service in the "
         f"{args.window} s after its return. median/worst over seeds {args.seeds} (worst: longest wait, "
-        "smallest share). dlpm is the default idle rule (lift); dlpm_cap and dlpm_reset the others. "
+        "smallest share). _idle columns: only the seeds on which it had nothing waiting when it came "
+        "back (on the others its earlier requests were still queued, so it did not return from idle). "
+        "dlpm is the default (idle rule lift, rule 7 with max_client_passes 0); dlpm_no_turns has no "
+        "rule 7 (prefix order alone), dlpm_p8 lets 8 admissions pass first; dlpm_cap and dlpm_reset "
+        "the other idle rules. "
         "Per-seed runs are in the JSON's `runs`."
     )
     write_results(

@@ -42,11 +42,10 @@ LOCAL_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "dlpm_reset": ("dlpm", {"idle_deficit": "reset"}),
     # The rule before "lift" became the default (2026-11-29): a returning client keeps its debt, capped.
     "dlpm_cap": ("dlpm", {"idle_deficit": "cap"}),
-    # DLPM without rule 7 (credited clients' turns, scheduler/client_passes.py): prefix order alone.
+    # DLPM without rule 7 (a returning client's turn, scheduler/client_passes.py): prefix order alone,
+    # and with a locality allowance of 8 cached admissions before the turn (the default is 0).
     "dlpm_no_turns": ("dlpm", {"max_client_passes": 10**9}),
-    "dlpm_p16": ("dlpm", {"max_client_passes": 16}),
-    "dlpm_p0": ("dlpm", {"max_client_passes": 0}),
-    "dlpm_p32": ("dlpm", {"max_client_passes": 32}),
+    "dlpm_p8": ("dlpm", {"max_client_passes": 8}),
 }
 # Routing labels that are a router policy with other PolicyConfig settings. Our cache_aware
 # defaults to balance thresholds 8 / 1.5; the SGLang router ships 64 / 1.5 (cache threshold
