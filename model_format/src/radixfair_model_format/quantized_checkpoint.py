@@ -45,7 +45,7 @@ FORMAT_VERSION = 2
 # The versions this code reads; a newer writer's checkpoint is refused with a clear message.
 READABLE_VERSIONS = (1, 2)
 EMBEDDING_SCHEME = "int8"
-_CODE_DTYPES = {"int8": torch.int8, "fp8": torch.float8_e4m3fn}
+_CODE_DTYPES = (torch.int8, torch.float8_e4m3fn)  # how a stored matrix may be encoded
 SCALE_SUFFIX = "_scale"
 INT8_MAX = 127.0
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
@@ -76,7 +76,7 @@ def dequantize_weight(
     q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:
     """(q [out, in] int8/float8_e4m3fn, scale [out]) -> [out, in] ``dtype``."""
-    if q.dtype not in _CODE_DTYPES.values():
+    if q.dtype not in _CODE_DTYPES:
         raise ValueError(f"quantized values must be int8 or float8_e4m3fn, got {q.dtype}")
     return (q.to(torch.float32) * scale.to(torch.float32)[:, None]).to(dtype)
 
