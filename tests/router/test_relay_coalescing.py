@@ -3,16 +3,19 @@
 Read from a real worker process's Generate, as the router's relay reads it (the worker's reply parsed
 as the router's message type): a relay that keeps up gets each worker message as it came; one that
 fell behind gets everything pending as one delta. Either way the streamed text is the worker's text.
+Through a router with a stream interval, what comes after the first token is gathered the same way,
+and the ledger books every token streamed.
 """
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import grpc
 from hypothesis import given
 from hypothesis import strategies as st
-from support.router_stack import wait_until
+from support.router_stack import client_for, router_config, running_router, wait_until
 
 from radixfair.client import build_prompt, build_sampling
 from radixfair.v1 import generation_pb2, router_pb2, worker_pb2
@@ -88,3 +91,27 @@ def test_coalesced_deltas_concatenate_ids_and_text_in_order(parts):
     assert one.delta.text == "".join(text for _, text in parts)
     # Byte-identical on the wire too: the text's UTF-8 bytes are the parts' bytes, in order.
     assert one.delta.text.encode() == b"".join(text.encode() for _, text in parts)
+
+
+def test_a_stream_interval_gathers_what_comes_after_the_first_token_and_books_every_token(
+    two_workers, tiny_model_dir, redis_url
+):
+    # An interval longer than the whole generation: the first token goes out as it comes, everything
+    # after it is held until the result arrives, which ends the hold at once (a hold that waited for
+    # its interval would outlast the wait_for below by an hour).
+    async def scenario():
+        config = router_config(tiny_model_dir, two_workers[:1], redis_url, policy="round_robin")
+        config = replace(config, forward=replace(config.forward, stream_interval_s=3600.0))
+        async with running_router(config) as running, client_for(running, "alice") as client:
+            stream = client.stream("stream interval test", max_tokens=NEW_TOKENS, ignore_eos=True)
+            messages = [message async for message in stream]
+            await running.router.drain()
+            return messages, await running.ledger.snapshot()
+
+    messages, ledger = asyncio.run(asyncio.wait_for(scenario(), timeout=120))
+    deltas = [m.delta for m in messages if m.HasField("delta")]
+    result = messages[-1].result
+    assert len(deltas) == 2
+    assert sum(len(d.token_ids) for d in deltas) == NEW_TOKENS == result.usage.completion_tokens
+    assert "".join(d.text for d in deltas) == result.text and result.text
+    assert {r.client_id: r.completion_tokens for r in ledger} == {"alice": NEW_TOKENS}

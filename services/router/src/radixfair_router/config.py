@@ -147,6 +147,17 @@ class ForwardConfig:
     # HMAC of its tenant id, weight and request id, so a worker serves no caller posing as a
     # tenant (radixfair.caller_identity). Empty: requests go unsigned.
     identity_secret: str = ""
+    # At most one message per stream per this many seconds after the first token: what the worker
+    # sends in between goes out as one message (coalesced, text byte-identical), booked once. Each
+    # relayed message costs the router two gRPC operations (the worker's read, the client's write);
+    # a stream whose deltas are gathered over two decode steps costs one write per two tokens
+    # (bench/results/router_relay_cpu_*.md). The first token and the result are never held. 0 (the
+    # default): every worker message is relayed as soon as it is booked.
+    stream_interval_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.stream_interval_s < 0:
+            raise ValueError("forward.stream_interval_s must be 0 or more")
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,8 @@ The flow of one request:
    the worker's reply is read as the router's type and passed on unchanged);
    the call is read in its own task (WorkerStream), so the messages that
    arrive while one waits for its booking or for the client go out as one,
-   text byte-identical; output tokens are booked by LiveStreams: with a
+   text byte-identical (with forward.stream_interval_s, at most one message
+   per interval after the first token); output tokens are booked by LiveStreams: with a
    Redis ledger every token is booked before it is relayed (OutputCredit,
    in a batch with every other stream's; the first token is booked during
    the worker's prefill), so a killed router never under-charges; with the
@@ -152,14 +153,20 @@ class RequestRouter:
     def max_prompt_bytes(self) -> int:
         return self._config.forward.max_prompt_bytes
 
-    async def generate(
+    def generate(
         self, request: ValidatedRequest, principal: Principal, parent: Span
     ) -> AsyncIterator[router_pb2.RouterServiceGenerateResponse]:
+        """The request's messages. Without an admission gate, ``_generate`` itself: every message
+        passes through each generator between the worker and the client, so none is added for nothing."""
         arrival = time.monotonic()
         if self._gate is None:
-            async for message in self._generate(request, principal, parent, arrival):
-                yield message
-            return
+            return self._generate(request, principal, parent, arrival)
+        return self._gated(request, principal, parent, arrival)
+
+    async def _gated(
+        self, request: ValidatedRequest, principal: Principal, parent: Span, arrival: float
+    ) -> AsyncIterator[router_pb2.RouterServiceGenerateResponse]:
+        assert self._gate is not None
         span = self._tracer.start_span("router.queue", context=trace.set_span_in_context(parent))
         async with self._gate.slot(principal.client_id):
             span.end()
@@ -353,9 +360,13 @@ class RequestRouter:
         client = self._metrics.client_labels.label(book.client_id)
         ttft, inter_token = self._metrics.ttft.labels(client), self._metrics.inter_token.labels(client)
         stream = WorkerStream(call, book)
+        interval = self._config.forward.stream_interval_s
         try:
             while True:
                 try:
+                    if interval and book.last_token_at is not None:
+                        # One message per interval: what comes meanwhile goes out with the next.
+                        await stream.hold(book.last_token_at + interval - time.monotonic())
                     delta, result = await stream.take()
                 except CallCancelledError:
                     # LiveStreams (or the worker leaving the pool) cancelled the call: not the caller.

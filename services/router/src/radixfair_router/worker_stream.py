@@ -8,7 +8,10 @@ sends, and ``take`` hands the relay everything that arrived since its last take 
 deltas' token ids and texts concatenated in order, so the text the client reads is byte-identical to
 relaying each message (tests/router/test_relay_coalescing.py), and the relay books the batch once.
 
-A stream that keeps up gets each worker message as it came (the same object, no copy). What is held
+A stream that keeps up gets each worker message as it came (the same object, no copy). With a stream
+interval (``ForwardConfig.stream_interval_s``) the relay ``hold``s the stream after each message, so
+what the worker sends meanwhile goes out as one: a relayed message costs the router a gRPC write (and
+a write-ahead booking) whatever it carries. What is held
 here is one request's output, bounded by its ``max_tokens``, as the worker's own stream holds it.
 """
 
@@ -45,7 +48,11 @@ class WorkerStream:
         self._result: Response | None = None
         self._end: BaseException | None = None
         self._wake: asyncio.Future[None] | None = None
-        self._task = asyncio.get_running_loop().create_task(self._read())
+        # While the relay holds the stream (``hold``), a delta does not wake it; the result does.
+        self._holding = False
+        # Kept: asking asyncio for the running loop is a getpid() system call each time.
+        self._loop = asyncio.get_running_loop()
+        self._task = self._loop.create_task(self._read())
 
     async def take(self) -> tuple[Response | None, Response | None]:
         """(delta, result): the deltas pending since the last take as one message (None if none),
@@ -53,7 +60,7 @@ class WorkerStream:
         while not self._deltas and self._result is None:
             if self._end is not None:
                 raise self._end
-            self._wake = asyncio.get_running_loop().create_future()
+            self._wake = self._loop.create_future()
             try:
                 await self._wake
             finally:
@@ -61,6 +68,21 @@ class WorkerStream:
         deltas, self._deltas = self._deltas, []
         result, self._result = self._result, None
         return (coalesce(deltas) if deltas else None), result
+
+    async def hold(self, seconds: float) -> None:
+        """Lets deltas gather for up to ``seconds`` (the relay's stream interval); returns at once when
+        the result or the call's end is here, or comes meanwhile, so neither waits for the interval."""
+        if seconds <= 0 or self._result is not None or self._end is not None:
+            return
+        self._holding = True
+        self._wake = self._loop.create_future()
+        timer = self._loop.call_later(seconds, self._wake_taker)
+        try:
+            await self._wake
+        finally:
+            timer.cancel()
+            self._wake = None
+            self._holding = False
 
     @property
     def complete(self) -> bool:
@@ -84,7 +106,8 @@ class WorkerStream:
                     self._wake_taker()
                     return
                 self._deltas.append(message)
-                self._wake_taker()
+                if not self._holding:
+                    self._wake_taker()
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
