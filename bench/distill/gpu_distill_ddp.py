@@ -141,6 +141,8 @@ def worker(work: Path, out_name: str, stop_at_unix: float) -> None:
     env = TorchrunEnv.from_env(os.environ)
     ctx = start_distributed(env, spec.device, 120.0, 300.0) if env else None
     device = ctx.device if ctx else torch.device(spec.device)
+    if device.type == "cuda" and device.index is None:  # the one-process run: set_device needs an index
+        device = torch.device("cuda", 0)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     torch.manual_seed(spec.seed)
