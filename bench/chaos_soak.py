@@ -50,8 +50,8 @@ from bench.chaos.load import LoadTally, tenant_loop  # noqa: E402
 from bench.chaos.observe import StatusMonitor, error_summary, leaked_pages, ledger_tokens  # noqa: E402
 from bench.chaos.report import write_report  # noqa: E402
 from bench.chaos.stack import ChaosStack, StackConfig  # noqa: E402
+from bench.engine.serving_bench import parse_sets, prepare_model  # noqa: E402
 from bench.report import RESULTS_DIR  # noqa: E402
-from bench.serving_bench import parse_sets, prepare_model  # noqa: E402
 from radixfair.auth import ApiKeyConfig  # noqa: E402
 
 HOSTILE_ID = "hostile"

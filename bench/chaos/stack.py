@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from bench.serving_bench import _is_serving
+from bench.engine.serving_bench import _is_serving
 from radixfair.auth import ApiKeyConfig
 from radixfair.config_loading import build
 from radixfair.redis_launcher import RedisLaunchConfig, RedisServer, free_loopback_port

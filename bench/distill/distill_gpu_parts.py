@@ -60,10 +60,10 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
 def random_smollm2_teacher(target: Path, tokenizer_source: Path) -> Path:
     """Random weights in SmolLM2-135M's shape with its tokenizer: the stand-in when the real one is absent.
 
-    The weights are bench/gpu_engine_bench.py's random model (the GPU benches' shared one); the
+    The weights are bench/engine/gpu_engine_bench.py's random model (the GPU benches' shared one); the
     numbers it gives measure the pipeline and the speeds, not distillation quality.
     """
-    from bench.gpu_engine_bench import make_random_model
+    from bench.engine.gpu_engine_bench import make_random_model
     from radixfair_distiller.model_dir import copy_tokenizer
 
     if not (target / "model.safetensors").exists():

@@ -2,7 +2,7 @@
 cannot reach, with router code variants side by side.
 
 A real worker on the shared 2-core CPU streams a few hundred messages a second, so what
-``bench/router_overhead.py --streams`` measures there is mostly the router waking up for each message.
+``bench/engine/router_overhead.py --streams`` measures there is mostly the router waking up for each message.
 On the GPU host a router relays thousands a second (256 streams x ~200 decode steps/s). Here a
 *paced worker* stands in for the engine: a real ``grpc.aio`` ``WorkerService`` (health, load reports,
 ``Generate``) in its own process that streams ``max_tokens`` one-token deltas per request, one every

@@ -53,7 +53,7 @@ sys.path[:0] = [
     str(ROOT),
 ]
 
-from bench.gpu_engine_bench import make_random_model  # noqa: E402
+from bench.engine.gpu_engine_bench import make_random_model  # noqa: E402
 from bench.report import markdown_table, write_results  # noqa: E402
 from radixfair_worker.config import EngineConfig, SchedulerConfig  # noqa: E402
 from radixfair_worker.engine import Engine  # noqa: E402

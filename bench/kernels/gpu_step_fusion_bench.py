@@ -478,7 +478,7 @@ def copy_bandwidth(setup: Setup) -> float | None:
 
 
 def run_engine(setup: Setup, new_tokens: int) -> list[dict[str, object]]:
-    from bench.gpu_engine_bench import (
+    from bench.engine.gpu_engine_bench import (
         engine_throughput,
         greedy_outputs,
         make_engine,

@@ -110,7 +110,7 @@ def argmax_agreement(steps: int, layers: int = 30, seed: int = 0) -> list[Agreem
     config = dataclasses.replace(SMOLLM2_135M, num_hidden_layers=layers)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = LlamaModel(config, TorchBackend()).to(device=device, dtype=torch.float32).eval()
-    # A wider initialisation than training's 0.02 (as bench/gpu_engine_bench.py uses) makes the
+    # A wider initialisation than training's 0.02 (as bench/engine/gpu_engine_bench.py uses) makes the
     # next-token logits peaked, so the comparison tests arithmetic rather than near-ties.
     with torch.no_grad():
         for parameter in model.parameters():

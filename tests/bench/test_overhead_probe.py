@@ -1,11 +1,11 @@
-"""bench/overhead_probe.py: how the overhead scripts cut a request's probe events into phases."""
+"""bench/engine/overhead_probe.py: how the overhead scripts cut a request's probe events into phases."""
 
 from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bench.overhead_probe import request_phases, split_by_request
+from bench.engine.overhead_probe import request_phases, split_by_request
 
 PHASES = [
     ("hop", "sent", "enter"),

@@ -1,4 +1,4 @@
-"""bench/serving_bench.py end to end at its smallest: every path on loopback, every request completes."""
+"""bench/engine/serving_bench.py end to end at its smallest: every path on loopback, every request done."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def test_serving_bench_smallest_run_completes_every_request_on_every_path(
 ) -> None:
     command = [
         sys.executable,
-        str(ROOT / "bench" / "serving_bench.py"),
+        str(ROOT / "bench" / "engine" / "serving_bench.py"),
         "--model-dir", str(tiny_model_dir),
         "--concurrency", *map(str, CONCURRENCY),
         "--prompt-len", "16",
@@ -82,7 +82,7 @@ def test_timed_cells_keep_every_client_streaming_until_the_duration_on_every_pat
     raw = tmp_path / "raw.json"
     command = [
         sys.executable,
-        str(ROOT / "bench" / "serving_bench.py"),
+        str(ROOT / "bench" / "engine" / "serving_bench.py"),
         "--model-dir", str(tiny_model_dir),
         "--concurrency", str(concurrency),
         "--workloads", "unique",
@@ -121,7 +121,7 @@ def test_timed_cells_keep_every_client_streaming_until_the_duration_on_every_pat
 
 
 def test_router_over_n_workers_is_set_against_n_in_process_engines_at_their_share() -> None:
-    from bench.serving_report import derived_rows
+    from bench.engine.serving_report import derived_rows
 
     def row(path: str, concurrency: int, tok_s: float) -> dict[str, object]:
         return {"path": path, "workload": "unique", "concurrency": concurrency, "out_tok_s": tok_s,

@@ -1,4 +1,4 @@
-"""bench/serving_bench.py's http path at its smallest: the router's cells again over its OpenAI API."""
+"""bench/engine/serving_bench.py's http path at its smallest: the router's cells again over its OpenAI API."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ CONCURRENCY = (1, 3)
 
 def test_the_http_path_completes_every_request_beside_the_grpc_router_path(tiny_model_dir, tmp_path):
     command = [
-        sys.executable, str(ROOT / "bench" / "serving_bench.py"),
+        sys.executable, str(ROOT / "bench" / "engine" / "serving_bench.py"),
         "--model-dir", str(tiny_model_dir), "--paths", "router", "http",
         "--concurrency", *map(str, CONCURRENCY), "--prompt-len", "16", "--prefix-len", "32",
         "--suffix-len", "8", "--new-tokens", str(NEW_TOKENS), "--min-requests", "3",

@@ -288,7 +288,8 @@ def test_a_token_id_prompt_is_taken_as_is_or_refused_naming_its_first_out_of_ran
 def test_the_front_asks_the_vocabulary_size_a_fixed_number_of_times_whatever_the_prompt_length(
     tiny_model_dir, vocab_size, length
 ):
-    # The serving profile (bench/serving_profile.py) found it asked once per prompt id, on the event loop.
+    # The serving profile (bench/engine/serving_profile.py) found it asked once per prompt id, on the
+    # event loop.
     from radixfair_worker.request_builder import build_request
 
     encoder = CountingEncoder(tiny_model_dir)

@@ -8,7 +8,7 @@ allocations, so every few decisions or every step, and an older generation's
 collection walks everything start-up built (a model's modules, the tokenizer):
 those pauses were most of the router's decision-time p99
 (bench/eval/eval_router_decision_cost.py: 0.41 ms against 0.20 ms with this tuning)
-and the engine's longest host steps (bench/engine_step_anatomy.py).
+and the engine's longest host steps (bench/engine/engine_step_anatomy.py).
 
 Freezing moves everything alive after start-up out of the collector's view for
 good; the larger young threshold makes collections rarer. Nothing on either hot

@@ -6,7 +6,7 @@ tokens each, submitted at once. "shared" prompts start with one common
 steady state of a tenant with a fixed system prompt); "distinct" prompts
 share nothing. HF generate runs the same prompts as one left-padded batch.
 
-    .venv/bin/python bench/engine_cpu_bench.py [--batch-sizes 1 8 32] [--new-tokens 32]
+    .venv/bin/python bench/engine/engine_cpu_bench.py [--batch-sizes 1 8 32] [--new-tokens 32]
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from bench.report import markdown_table, write_results  # noqa: E402
 from radixfair_model_format.model_store import PACKAGED_MODEL, resolve_model_dir  # noqa: E402
 from radixfair_worker.config import EngineConfig, SchedulerConfig  # noqa: E402

@@ -7,7 +7,7 @@ runs under torch.profiler to split that time by kernel. Comparing the graph time
 engine's measured time per step (bench/results/gpu_engine.md) separates GPU work from
 the engine's own per-step CPU work.
 
-    python3 bench/decode_step_profile.py [--out DIR]
+    python3 bench/engine/decode_step_profile.py [--out DIR]
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 import triton.testing
 from torch.profiler import ProfilerActivity, profile
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [
     str(ROOT / "services" / "worker" / "src"),
     str(ROOT / "model_format" / "src"),

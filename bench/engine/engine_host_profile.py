@@ -15,7 +15,7 @@ Each row splits the profiled cell's wall time into:
 With overlap on, a step costs max(host, device): when ``wait_device_s`` is small against the wall,
 the host bounds the engine. The top functions by own time name the host work.
 
-    python3 bench/engine_host_profile.py --shape smollm2-135m --device cuda --dtype bfloat16 \\
+    python3 bench/engine/engine_host_profile.py --shape smollm2-135m --device cuda --dtype bfloat16 \\
         --backend triton --concurrency 256 --workloads unique shared_prefix --cell-duration-s 6
 """
 
@@ -30,11 +30,11 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from bench.engine.serving_bench import parse_args, prepare_model, worker_settings  # noqa: E402
+from bench.engine.serving_clients import timed_cell  # noqa: E402
+from bench.engine.serving_in_process import build_in_process_engine, run_cell_in_process  # noqa: E402
 from bench.report import RESULTS_DIR, regenerating_command, write_results  # noqa: E402
-from bench.serving_bench import parse_args, prepare_model, worker_settings  # noqa: E402
-from bench.serving_clients import timed_cell  # noqa: E402
-from bench.serving_in_process import build_in_process_engine, run_cell_in_process  # noqa: E402
 
 TOP_FUNCTIONS = 24
 
@@ -90,7 +90,7 @@ def run_cell(engine: object, args, workload: str, concurrency: int, profile: boo
 
 
 def _run(engine: object, plan, concurrency: int) -> list:  # noqa: ANN001
-    from bench.serving_clients import RequestSpec
+    from bench.engine.serving_clients import RequestSpec
 
     specs: list[RequestSpec] = [plan.spec(client, 0) for client in range(concurrency)]
     return run_cell_in_process(engine, specs, concurrency, plan)

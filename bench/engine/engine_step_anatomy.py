@@ -10,7 +10,7 @@ zero the device idles between steps and host time is the step time.
 On the GPU (random SmolLM2-135M weights, bf16, Triton, CUDA graphs, overlap on)::
 
     PYTHONPATH=common/src:model_format/src:services/worker/src \\
-        python3 bench/engine_step_anatomy.py --batches 1 128
+        python3 bench/engine/engine_step_anatomy.py --batches 1 128
 
 Run it from an older commit's tree (the same file copied there) to compare versions in one call.
 On the CPU, ``--null-runner`` replaces the model with one that returns fixed logits at once, so
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from radixfair_worker import inflight  # noqa: E402
 from radixfair_worker.config import EngineConfig, SchedulerConfig  # noqa: E402
 from radixfair_worker.engine import Engine  # noqa: E402
@@ -186,7 +186,7 @@ def main() -> None:
             for batch in args.batches
         ]
     else:
-        from bench.gpu_engine_bench import make_engine, make_random_model
+        from bench.engine.gpu_engine_bench import make_engine, make_random_model
 
         model_dir = args.model_dir or make_random_model(Path(tempfile.mkdtemp()) / "smollm2-135m-random")
         engine = make_engine(model_dir, "triton", "bfloat16", 128)

@@ -19,7 +19,7 @@ near-ties.
    transformers ``generate`` and a plain-PyTorch decoder (torch ops, static
    KV cache, SDPA) captured in a CUDA graph.
 
-    PYTHONPATH=common/src:model_format/src:services/worker/src python3 bench/gpu_engine_bench.py
+    PYTHONPATH=common/src:model_format/src:services/worker/src python3 bench/engine/gpu_engine_bench.py
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.plain_torch_decoder import PlainDecoder  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from bench.engine.plain_torch_decoder import PlainDecoder  # noqa: E402
 from bench.report import markdown_table, write_results  # noqa: E402
 from bench.smollm2_shape import SMOLLM2_135M_HF_CONFIG  # noqa: E402
 from radixfair.gc_tuning import tune_for_serving  # noqa: E402
@@ -161,7 +161,7 @@ def sort_based_sampling() -> Iterator[None]:
 
     For an A/B in one run: the engine's Sampler calls the module's ``sample_rows``, swapped here.
     """
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
     from worker.sampler_reference import sample_rows_sorted
 
     def sorted_rows(logits: torch.Tensor, table: torch.Tensor, largest_k: int, any_top_p: bool):
@@ -364,7 +364,8 @@ def main() -> None:
         "kernels, CUDA-graph decode and overlap scheduling; no_overlap = the same engine with "
         "overlap_schedule=false (host bookkeeping between steps); torch_backend_eager = same engine, "
         "torch reference ops, no graphs; "
-        "plain_cudagraph = bench/plain_torch_decoder.py; hf_generate = transformers generate (whole call "
+        "plain_cudagraph = bench/engine/plain_torch_decoder.py; "
+        "hf_generate = transformers generate (whole call "
         f"incl. prefill). Correctness: {json.dumps(correctness)}."
     )
     path = write_results("gpu_engine", rows, columns, {"correctness": correctness}, notes)

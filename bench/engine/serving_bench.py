@@ -16,7 +16,7 @@ Paths, each on the same shapes and the same engine settings:
 - ``worker``: ``WorkerService.Generate`` straight to the worker process;
 - ``router``: ``RouterService.Generate`` through a router process with a real redis-server ledger;
 - ``http`` (only with ``--paths ... http``): the same router's OpenAI-compatible HTTP API, streamed
-  as server-sent events (bench/serving_http_client.py): HTTP streaming against gRPC, front door only.
+  as server-sent events (bench/engine/serving_http_client.py): HTTP streaming against gRPC, front door only.
 
 Workers are started as ``python -m radixfair_worker --set ...``; Redis and the router (``python -m
 radixfair_router``) through ``radixfair.local_stack``, the router listing the workers statically. So
@@ -31,16 +31,16 @@ usage), and for the router the degraded-mode transitions (GetStatus.shared_state
 every 0.25 s: a degraded spell lasts at least the ledger's reconnect interval, 0.5 s by default) and the
 router log's "shared state store unreachable" warnings as a cross-check.
 
-    .venv/bin/python bench/serving_bench.py --quick                      # CPU, ~3 min on 2 cores
-    python3 bench/serving_bench.py --shape smollm2-135m --device cuda --dtype bfloat16 \\
+    .venv/bin/python bench/engine/serving_bench.py --quick                      # CPU, ~3 min on 2 cores
+    python3 bench/engine/serving_bench.py --shape smollm2-135m --device cuda --dtype bfloat16 \\
         --backend triton --tokenizer-dir DIR --concurrency 1 32 128 256   # GPU, random weights
-    python3 bench/serving_bench.py --model-dir /path/to/smollm2 ...       # a real model
+    python3 bench/engine/serving_bench.py --model-dir /path/to/smollm2 ...       # a real model
 
 Writes ``<out-dir>/serving_<tag>.json`` (aggregates only) and ``serving_<tag>.md``; ``--raw FILE``
 also writes per-request records (not committed).
 
-This file is the orchestration (processes, cells, the CLI); the load is bench/serving_clients.py, the
-in-process ceiling bench/serving_in_process.py, the figures and report bench/serving_report.py.
+This file is the orchestration (processes, cells, the CLI); the load is bench/engine/serving_clients.py, the
+in-process ceiling bench/engine/serving_in_process.py, the figures and report bench/engine/serving_report.py.
 """
 
 from __future__ import annotations
@@ -64,11 +64,9 @@ import grpc
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.report import RESULTS_DIR  # noqa: E402
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 # The parts, re-exported: the profilers, the HTTP client and the GPU scripts use them through here.
-from bench.serving_clients import (  # noqa: E402, F401
+from bench.engine.serving_clients import (  # noqa: E402, F401
     PATHS,
     STATUS_POLL_S,
     WORKLOADS,
@@ -84,8 +82,9 @@ from bench.serving_clients import (  # noqa: E402, F401
     stream_one,
     timed_cell,
 )
-from bench.serving_in_process import build_in_process_engine, run_cell_in_process  # noqa: E402, F401
-from bench.serving_report import COLUMNS, add_ratios, summarize, write_report  # noqa: E402, F401
+from bench.engine.serving_in_process import build_in_process_engine, run_cell_in_process  # noqa: E402, F401
+from bench.engine.serving_report import COLUMNS, add_ratios, summarize, write_report  # noqa: E402, F401
+from bench.report import RESULTS_DIR  # noqa: E402
 from bench.smollm2_shape import SMOLLM2_135M_HF_CONFIG  # noqa: E402
 from radixfair.auth import ApiKeyConfig, bearer_metadata  # noqa: E402
 from radixfair.local_stack import LocalStack, LocalStackConfig  # noqa: E402
@@ -389,7 +388,9 @@ async def run_cell(
         assert paths.worker is not None
         records = await run_cell_grpc(paths.worker, specs, procs, plan)
     elif path == "http":
-        from bench.serving_http_client import run_cell_http  # here: it needs httpx, only for the http path
+        from bench.engine.serving_http_client import (
+            run_cell_http,  # here: it needs httpx, only for the http path
+        )
 
         assert paths.http is not None
         records = await run_cell_http(paths.http, specs, procs, plan)

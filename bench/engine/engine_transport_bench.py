@@ -17,7 +17,7 @@ streams and keys are renewed between steps, outside the timing. ``--front-text``
 fan-out with every stream detokenized on the front (the worker's default for requests without
 stop strings), with the packaged tokenizer.
 
-    .venv/bin/python bench/engine_transport_bench.py            # about a minute
+    .venv/bin/python bench/engine/engine_transport_bench.py            # about a minute
 
 Writes ``bench/results/engine_transport_<tag>.{json,md}``.
 """
@@ -34,7 +34,7 @@ from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
 from typing import NamedTuple
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from prometheus_client import CollectorRegistry  # noqa: E402
 
 from bench.report import RESULTS_DIR, write_results  # noqa: E402

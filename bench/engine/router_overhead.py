@@ -1,6 +1,6 @@
 """What the router adds to one stream's latency, phase by phase: worker-direct against router -> worker.
 
-One worker process (tiny random Llama, as ``bench/serving_bench.py --quick``), one redis-server and
+One worker process (tiny random Llama, as ``bench/engine/serving_bench.py --quick``), one redis-server and
 router processes in front of it, all on loopback. One client sends requests one at a time, in turn to
 each target, so load drift hits all alike:
 
@@ -29,9 +29,9 @@ and the router's CPU seconds over the cell (from /proc) are divided by the token
 clients received; ``--profile`` adds one router cell with py-spy attached and a table of where the
 router's samples fall.
 
-    .venv/bin/python bench/router_overhead.py                     # CPU, ~2-3 min
-    .venv/bin/python bench/router_overhead.py --tag cpu_after     # a second run, e.g. after a change
-    OVERHEAD=1 bash bench/gpu_serving_session.sh                  # also on the GPU machine (see there)
+    .venv/bin/python bench/engine/router_overhead.py                     # CPU, ~2-3 min
+    .venv/bin/python bench/engine/router_overhead.py --tag cpu_after     # a second run, e.g. after a change
+    OVERHEAD=1 bash bench/engine/gpu_serving_session.sh                  # also on the GPU machine (see there)
 
 Writes ``<out-dir>/router_overhead_<tag>.{json,md}``.
 """
@@ -56,9 +56,9 @@ import grpc
 import numpy as np
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench import serving_bench  # noqa: E402
-from bench.overhead_probe import (  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from bench.engine import serving_bench  # noqa: E402
+from bench.engine.overhead_probe import (  # noqa: E402
     LATENCY_COLUMNS,
     Events,
     Probes,

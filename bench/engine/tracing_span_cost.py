@@ -6,7 +6,7 @@ metadata, ended. ``build_tracer`` with exporter ``none`` (the no-op tracer: what
 default) against a recording provider with no processor (what ``none`` built before) and against the
 in-memory exporter (recording and exporting, as with an exporter configured).
 
-    .venv/bin/python bench/tracing_span_cost.py            # a few seconds
+    .venv/bin/python bench/engine/tracing_span_cost.py            # a few seconds
 
 Writes ``bench/results/tracing_span_cost_<tag>.{json,md}``.
 """
@@ -22,7 +22,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from bench.report import RESULTS_DIR, write_results  # noqa: E402
 from radixfair.tracing import TracingConfig, build_tracer, extract_context, inject_metadata  # noqa: E402
 

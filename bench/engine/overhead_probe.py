@@ -1,4 +1,4 @@
-"""The probe harness behind bench/router_overhead.py and bench/worker_overhead.py.
+"""The probe harness behind bench/engine/router_overhead.py and bench/engine/worker_overhead.py.
 
 Both scripts put timestamp probes around the phases of a service's serving path (in a child process
 that runs the service's own code, probes only), send one-stream requests to each target in turn, and
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench import serving_bench
+from bench.engine import serving_bench
 from bench.report import RESULTS_DIR, environment, markdown_table, regenerating_command
 
 Events = list[tuple[str, float]]

@@ -1,4 +1,4 @@
-"""The ``http`` path of bench/serving_bench.py: the same cells, streamed over the router's OpenAI API.
+"""The ``http`` path of bench/engine/serving_bench.py: the same cells, streamed over the router's OpenAI API.
 
 Each client is one ``httpx.AsyncClient`` (its own HTTP/1.1 connection) sending its requests back to
 back to ``POST /v1/completions`` with the cell's token-id prompt, ``stream``, ``ignore_eos`` and
@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from bench.serving_clients import (
+from bench.engine.serving_clients import (
     ClosedLoop,
     RequestRecord,
     RequestSpec,

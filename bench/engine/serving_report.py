@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from bench.engine.serving_clients import RequestRecord  # noqa: E402
 from bench.report import environment, markdown_table  # noqa: E402
-from bench.serving_clients import RequestRecord  # noqa: E402
 
 
 def steady_window(records: Sequence[RequestRecord], duration_s: float) -> tuple[float, float] | None:
@@ -164,7 +164,9 @@ def derived_rows(rows: list[dict[str, object]], workers: int = 1) -> list[dict[s
             summed = workers * share["out_tok_s"] if isinstance(share["out_tok_s"], float) else None
             row["router_vs_summed_in_process_tok_s"] = _ratio(unique["out_tok_s"], summed)
         if path == "http":
-            from bench.serving_http_client import http_vs_grpc  # here: it needs httpx, only for the http path
+            from bench.engine.serving_http_client import (
+                http_vs_grpc,  # here: it needs httpx, only for the http path
+            )
 
             row.update(http_vs_grpc(unique, cell.get(("router", "unique", concurrency))))
         out.append(row)

@@ -6,7 +6,7 @@ At 256 streams that is 256 pushes per engine step in one Python process. Measure
 tokenizers library's own incremental decoder (``tokenizers.decoders.DecodeStream``, one Rust call per
 token) on the same ids, with the texts compared.
 
-    .venv/bin/python bench/detokenize_cost.py            # a few seconds
+    .venv/bin/python bench/engine/detokenize_cost.py            # a few seconds
 
 Writes ``bench/results/detokenize_cost_<tag>.{json,md}``.
 """
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers.decoders import DecodeStream
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from bench.report import RESULTS_DIR, write_results  # noqa: E402
 from radixfair.tokenization import PromptEncoder  # noqa: E402
 from radixfair_model_format.model_store import PACKAGED_MODEL, resolve_model_dir  # noqa: E402

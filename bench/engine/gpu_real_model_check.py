@@ -12,12 +12,13 @@ Issue 14, part 3. With the real weights (the packaged Q4_1 GGUF, dequantized to 
    forcing keeps one near-tie flip from changing every later comparison, which is why
    free-running greedy equality is the wrong yardstick in bf16.
 3. One end-to-end decode throughput row of the engine on the real weights (bf16, batch 128,
-   128-token prompts, 128 new tokens, ``ignore_eos``), as bench/gpu_engine_bench.py measures
+   128-token prompts, 128 new tokens, ``ignore_eos``), as bench/engine/gpu_engine_bench.py measures
    its random-weight rows.
 
 On the GPU machine, after ../shared/tools/gpu_model_parts.sh's runs joined the GGUF:
     PYTHONPATH=/tmp/site:common/src:model_format/src:services/worker/src \\
-        python3 bench/gpu_real_model_check.py --gguf /tmp/gpu_model/SmolLM2-135M-Instruct.Q4_1.gguf --out $OUT
+        python3 bench/engine/gpu_real_model_check.py --gguf /tmp/gpu_model/SmolLM2-135M-Instruct.Q4_1.gguf \\
+        --out $OUT
 Writes bench/results/gpu_real_model_h200.{json,md}.
 """
 
@@ -32,8 +33,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.gpu_engine_bench import engine_throughput, make_engine  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from bench.engine.gpu_engine_bench import engine_throughput, make_engine  # noqa: E402
 from bench.kernels.model_greedy import PAGE_SIZE, _batch  # noqa: E402
 from bench.report import markdown_table, write_results  # noqa: E402
 from radixfair.tokenization import ChatTurn, PromptEncoder  # noqa: E402

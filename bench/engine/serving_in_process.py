@@ -6,8 +6,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.serving_clients import ClosedLoop, RequestRecord, RequestSpec, by_client  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from bench.engine.serving_clients import ClosedLoop, RequestRecord, RequestSpec, by_client  # noqa: E402
 
 
 def build_in_process_engine(settings: dict[str, object]) -> object:

@@ -24,8 +24,8 @@ path measures), the engine's batch thread waking and writing the batch, the fron
 event loop delivering it to the stream, the handler taking it and the outbound hop. Also counted: the
 engine loop's idle waits that ended by timeout rather than by a wake-up while a request was in flight.
 
-    .venv/bin/python bench/worker_overhead.py                     # CPU, ~1 min
-    OVERHEAD=1 bash bench/gpu_serving_session.sh                  # also on the GPU machine (see there)
+    .venv/bin/python bench/engine/worker_overhead.py                     # CPU, ~1 min
+    OVERHEAD=1 bash bench/engine/gpu_serving_session.sh                  # also on the GPU machine (see there)
 
 Writes ``<out-dir>/worker_overhead_<tag>.{json,md}``.
 """
@@ -47,9 +47,9 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench import serving_bench  # noqa: E402
-from bench.overhead_probe import (  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from bench.engine import serving_bench  # noqa: E402
+from bench.engine.overhead_probe import (  # noqa: E402
     LATENCY_COLUMNS,
     Events,
     Probes,

@@ -4,7 +4,7 @@ Each of N concurrent clients (grpc.aio, one channel and one stream at a time per
 requests back to back: its listed requests, or, in a timed cell (``ClosedLoop``), new ones until the
 cell's duration is up. Above 16 streams the clients are spread over several processes so the load
 generator is not the bottleneck. ``DegradedWatch`` polls the router's GetStatus while a cell runs.
-Used by bench/serving_bench.py (orchestration), bench/serving_http_client.py and the profilers.
+Used by bench/engine/serving_bench.py (orchestration), bench/engine/serving_http_client.py and the profilers.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from radixfair.auth import bearer_metadata  # noqa: E402
 from radixfair.client import build_prompt, build_sampling  # noqa: E402
 from radixfair.v1 import router_pb2, router_pb2_grpc, worker_pb2, worker_pb2_grpc  # noqa: E402

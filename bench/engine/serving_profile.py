@@ -1,6 +1,6 @@
 """Where the serving path's time goes: a sampling profile of the worker front, the engine and the router.
 
-Starts the same stack as ``bench/serving_bench.py`` (its helpers, not a copy: tiny random Llama, a
+Starts the same stack as ``bench/engine/serving_bench.py`` (its helpers, not a copy: tiny random Llama, a
 ``python -m radixfair_worker`` process, Redis + a router listing it), warms each path up, then for each
 workload (``unique`` short prompts; ``shared_prefix``: one long prefix + a short suffix) and each path
 (``worker`` direct, ``router`` in front) drives ``--concurrency`` streams while ``py-spy`` samples the
@@ -13,8 +13,8 @@ whose cost can scale with the prompt length (pickling across the engine pipe, to
 radix matching, the cache digest, load reports). Also the pickled size of one submit command per
 workload, which the front's sender thread writes and the engine's receiver thread unpickles.
 
-    .venv/bin/python bench/serving_profile.py                 # CPU, ~2-4 min on 2 shared cores
-    .venv/bin/python bench/serving_profile.py --tag cpu_after # a second run, e.g. after a change
+    .venv/bin/python bench/engine/serving_profile.py                 # CPU, ~2-4 min on 2 shared cores
+    .venv/bin/python bench/engine/serving_profile.py --tag cpu_after # a second run, e.g. after a change
 
 Writes ``bench/results/serving_profile_<tag>.{json,md}`` (aggregates only). Needs ``py-spy`` in the venv
 (``pip install py-spy``) and permission to attach to one's own child processes (ptrace).
@@ -39,8 +39,8 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench import serving_bench  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from bench.engine import serving_bench  # noqa: E402
 from bench.report import RESULTS_DIR, environment, markdown_table  # noqa: E402
 
 # Substrings of a py-spy frame ("function (file:line)") whose cumulative share is reported per process.
@@ -84,7 +84,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--client-procs", type=int, default=1, help="client processes (their CPU is counted once they exit)"
     )
     parser.add_argument("--torch-threads", type=int, default=1)
-    # The GPU run (bench/gpu_serving_session.sh, PROFILE=1): the serving bench's model settings.
+    # The GPU run (bench/engine/gpu_serving_session.sh, PROFILE=1): the serving bench's model settings.
     parser.add_argument("--shape", default="tiny", help="random-weight shape (serving_bench SHAPES)")
     parser.add_argument("--tokenizer-dir", default="")
     parser.add_argument("--device", default="cpu")

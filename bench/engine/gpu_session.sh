@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The pending GPU measurements of issue 4, in one device call (device time is scarce: one start).
 #
-#   device run, carry [".whl"], command: bash bench/gpu_session.sh
+#   device run, carry [".whl"], command: bash bench/engine/gpu_session.sh
 #
 # .whl holds the wheels the GPU machine lacks (opentelemetry api/sdk/semconv, liger-kernel); see
 # /work/.library/device/README.md for how they were fetched. Results land in $OUT (8 files at most).
@@ -14,6 +14,6 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 # 1. Correctness at real shapes and bf16 (overlap on and off must give the same greedy tokens).
 python3 bench/kernels/gpu_kernel_check.py --out "$OUT" 2>&1 | tee "$OUT/gpu_kernel_check.log" | tail -5
 # 2. End to end: overlap on/off against the plain CUDA-graph decoder and HF generate.
-python3 bench/gpu_engine_bench.py --out "$OUT" 2>&1 | tail -25
+python3 bench/engine/gpu_engine_bench.py --out "$OUT" 2>&1 | tail -25
 # 3. Where a decode step's GPU time goes now.
-python3 bench/decode_step_profile.py --out "$OUT" --commit "$commit" 2>&1 | tail -20
+python3 bench/engine/decode_step_profile.py --out "$OUT" --commit "$commit" 2>&1 | tail -20
