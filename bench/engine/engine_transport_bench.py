@@ -17,7 +17,13 @@ streams and keys are renewed between steps, outside the timing. ``--front-text``
 fan-out with every stream detokenized on the front (the worker's default for requests without
 stop strings), with the packaged tokenizer.
 
-    .venv/bin/python bench/engine/engine_transport_bench.py            # about a minute
+Threaded mode (always run): in the engine process the stepping thread builds the batch and the
+sender thread pickles and writes it, taking the GIL from the stepping thread. A stepping thread
+runs a stand-in step (``--host-work`` iterations of pure Python) and builds each batch, beside
+the engine loop's real sender thread and a reader process; its step time over the stand-in's
+alone is what the transport costs the step, at the default switch interval (5 ms) and at 0.5 ms.
+
+    .venv/bin/python bench/engine/engine_transport_bench.py            # about two minutes
 
 Writes ``bench/results/engine_transport_<tag>.{json,md}``.
 """
@@ -28,8 +34,11 @@ import argparse
 import asyncio
 import statistics
 import sys
+import threading
 import time
-from multiprocessing import Pipe
+from collections.abc import Callable
+from multiprocessing import Pipe, get_context
+from multiprocessing.connection import Connection
 from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
 from typing import NamedTuple
@@ -72,6 +81,11 @@ class PerRowBatch:
     def __init__(self, updates: list[PerRowUpdate], state: PublishedState | None = None) -> None:
         self.updates = updates
         self.state = state
+
+    def merge(self, later: PerRowBatch) -> None:
+        self.updates.extend(later.updates)
+        if later.state is not None:
+            self.state = later.state
 
 
 def per_row_update(output: StepOutput) -> PerRowUpdate:
@@ -199,6 +213,104 @@ def run_steps(variant: str, step: Step, steps: int, text: PromptEncoder | None) 
     return engine_s, front_s, size
 
 
+def drain(reader: Connection, writer: Connection) -> None:
+    """The front's reader, in its own process: takes every message off the pipe until EOF."""
+    writer.close()
+    while True:
+        try:
+            reader.recv_bytes()
+        except EOFError:
+            return
+
+
+def busy_python(iterations: int) -> int:
+    """Stands in for a step's host work: pure Python, holding the GIL throughout."""
+    total = 0
+    for i in range(iterations):
+        total += i
+    return total
+
+
+def run_threaded(variant: str, step: Step, steps: int, host_work: int, switch_s: float) -> list[float]:
+    """Seconds of each step of a stepping thread that builds its batch and hands it to the real sender
+    thread (EngineLoop._send: it coalesces, pickles and writes while holding the GIL it takes from
+    the stepping thread), with a reader process on the pipe's other end."""
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(switch_s)
+    reader, writer = Pipe(duplex=False)
+    front = get_context("fork").Process(target=drain, args=(reader, writer))
+    front.start()
+    reader.close()
+    engine_loop = EngineLoop(None, None, writer)  # type: ignore[arg-type]  # only the sender runs
+    sender = threading.Thread(target=engine_loop._send)
+    sender.start()
+    keys = {r.request_id: request_key(r.request_id) for r in step.requests}
+    seconds = []
+    try:
+        for _ in range(steps):
+            started = time.perf_counter()
+            busy_python(host_work)
+            if variant == "per_row":
+                batch: object = PerRowBatch([per_row_update(o) for o in step.outputs])
+            else:
+                engine_loop._keys.update(keys)
+                batch = engine_loop._batch_of(step.outputs)
+            engine_loop._outbox.put(batch)  # type: ignore[arg-type]
+            seconds.append(time.perf_counter() - started)
+    finally:
+        engine_loop._outbox.put(None)
+        sender.join()
+        writer.close()
+        front.join()
+        sys.setswitchinterval(previous)
+    return seconds
+
+
+def threaded_rows(args: argparse.Namespace, step: Step) -> list[dict[str, object]]:
+    """The stepping thread's step time with the sender thread beside it, per format and switch interval."""
+    alone = statistics.median(_timed(busy_python, args.host_work) for _ in range(50)) * 1e6
+    cells: dict[tuple[str, float], list[float]] = {}
+    for repeat in range(args.repeats):
+        for variant in ("per_row", "columnar") if repeat % 2 == 0 else ("columnar", "per_row"):
+            for switch_s in (0.005, 0.0005):
+                seconds = run_threaded(variant, step, args.steps, args.host_work, switch_s)
+                cells.setdefault((variant, switch_s), []).append(statistics.median(seconds))
+    return [
+        {
+            "format": variant,
+            "switch_interval_ms": switch_s * 1e3,
+            "host_work_alone_us": round(alone, 1),
+            "step_us": round(statistics.median(values) * 1e6, 1),
+            "added_us_per_step": round(statistics.median(values) * 1e6 - alone, 1),
+            "repeats_us": [round(v * 1e6, 1) for v in values],
+        }
+        for (variant, switch_s), values in cells.items()
+    ]
+
+
+def threaded_table(rows: list[dict[str, object]]) -> str:
+    lines = [
+        "Threaded: a stepping thread doing a stand-in step (pure Python holding the GIL) then building "
+        "its batch, beside the engine loop's real sender thread (coalesce, pickle, write) and a reader "
+        "process; the stepping thread's median step, median of the repeats:",
+        "",
+        "| format | switch_interval_ms | host_work_alone_us | step_us | added_us_per_step |",
+        "|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['format']} | {row['switch_interval_ms']:g} | {row['host_work_alone_us']:,} "
+            f"| {row['step_us']:,} | {row['added_us_per_step']:,} |"
+        )
+    return "\n".join(lines)
+
+
+def _timed(function: Callable[[int], object], argument: int) -> float:
+    started = time.perf_counter()
+    function(argument)
+    return time.perf_counter() - started
+
+
 def main() -> Path:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -209,9 +321,13 @@ def main() -> Path:
     parser.add_argument("--steps", type=int, default=200, help="steps per repetition")
     parser.add_argument("--repeats", type=int, default=9, help="interleaved repetitions of each variant")
     parser.add_argument("--front-text", action="store_true", help="also time front detokenization")
+    parser.add_argument(
+        "--host-work", type=int, default=20000, help="loop iterations of the threaded mode's stand-in step"
+    )
     parser.add_argument("--out-dir", default=str(RESULTS_DIR))
     args = parser.parse_args()
     step = Step(args.rows, args.ends)
+    threaded = threaded_rows(args, step)
     encoders: dict[str, PromptEncoder | None] = {"engine": None}
     if args.front_text:
         model_dir = resolve_model_dir(PACKAGED_MODEL, Path("~/.cache/radixfair/models").expanduser())
@@ -267,7 +383,13 @@ def main() -> Path:
             "front_vs_per_row",
             "message_bytes",
         ],
-        {"rows": args.rows, "ends_per_step": args.ends, "steps": args.steps, "repeats": args.repeats},
+        {
+            "rows": args.rows,
+            "ends_per_step": args.ends,
+            "steps": args.steps,
+            "repeats": args.repeats,
+            "threaded": threaded,
+        },
         (
             f"One {args.rows}-row decode step ({args.ends} rows end their request), {args.steps} steps per "
             f"repetition, {args.repeats} repetitions with the formats interleaved in alternating order; a "
@@ -278,7 +400,8 @@ def main() -> Path:
             "every stream detokenizes its tokens on the front (the worker's default without stop "
             "strings). per_row is a frozen copy of the path at commit 3e0b6e8 (its format, fan-out and "
             "stop-less TextStream.push). A shared 2-core machine "
-            "moves absolute figures with its load; the interleaving keeps the comparison fair."
+            "moves absolute figures with its load; the interleaving keeps the comparison fair.\n\n"
+            + threaded_table(threaded)
         ),
         results_dir=Path(args.out_dir),
     )
