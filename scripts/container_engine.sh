@@ -113,7 +113,6 @@ step_base() {
   if "$docker" image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
     return
   fi
-  command -v mmdebstrap >/dev/null || apt_install mmdebstrap
   # force-unsafe-io: dpkg skips its fsync per file, as in Debian's official container images
   # (docker-apt-speedup); a crash mid-build loses only the build. It stays in the image, so the
   # stand-ins' apt layer gets it too.
@@ -146,10 +145,15 @@ step_base() {
   fi
   if [ -n "$kept" ]; then
     say "importing the kept base tarball $tarball"
-    import_base "$docker" <"$tarball" || cannot "docker import of $tarball failed"
-    say "base image $BASE_IMAGE ready"
-    return
+    if import_base "$docker" <"$tarball"; then
+      say "base image $BASE_IMAGE ready"
+      return
+    fi
+    # A damaged tarball is made again, not trusted twice.
+    say "docker import of $tarball failed; making the base again"
+    rm -f "$tarball"
   fi
+  command -v mmdebstrap >/dev/null || apt_install mmdebstrap
   say "mmdebstrap bookworm (minbase + Python 3.11) | docker import $BASE_IMAGE"
   local log keep=/dev/null
   log="$(mktemp)"
