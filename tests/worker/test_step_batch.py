@@ -7,13 +7,16 @@ they are cut into steps and coalesced, and through the pickle that crosses the p
 - ``StepBatch.rows`` reads back exactly the rows appended, in order;
 - the engine loop's batch of a step's real StepOutputs is the old per-row update of each;
 - the front's fan-out leaves every stream exactly what pushing the rows one by one (the old
-  ``_deliver``) leaves, and asks the engine to abort the same requests.
+  ``_deliver``) leaves, and asks the engine to abort the same requests;
+- through a real engine loop, a finished, an aborted, a refused and an engine-detokenized request
+  each end once with all their tokens, and the loop keeps no key of an ended request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import pickle
+import threading
 from multiprocessing import Pipe
 
 import pytest
@@ -22,18 +25,20 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from worker.engine_harness import greedy, make_stack
 
-from radixfair.errors import QueueFullError, RadixfairError, RequestFailedError
+from radixfair.errors import InvalidRequestError, QueueFullError, RadixfairError, RequestFailedError
 from radixfair.tokenization import PromptEncoder
 from radixfair_worker.config import EngineConfig
 from radixfair_worker.engine_client import EngineClient
 from radixfair_worker.engine_loop import EngineLoop
 from radixfair_worker.engine_outputs import StepOutput
 from radixfair_worker.engine_protocol import (
+    STOP,
     AbortRequest,
     EngineSpec,
     RequestOutcome,
     RequestUpdate,
     StepBatch,
+    SubmitRequest,
     worker_request_id,
 )
 from radixfair_worker.request import FinishReason
@@ -205,3 +210,52 @@ def test_the_engine_loops_batch_of_a_step_is_the_old_per_row_update_of_each_outp
             ended.add(key)
     assert same_rows(list(batch.rows()), expected)
     assert set(engine_loop._keys.values()) == set(KEYS) - ended
+
+
+def test_through_a_real_engine_loop_every_request_ends_once_with_all_its_tokens_and_no_key_is_left(
+    tiny_model_dir,
+):
+    engine = make_stack(tiny_model_dir).engine
+    commands_in, commands = Pipe(duplex=False)
+    outputs, outputs_out = Pipe(duplex=False)
+    loop = EngineLoop(engine, commands_in, outputs_out)
+    thread = threading.Thread(target=loop.run, daemon=True)
+    thread.start()
+    requests = {
+        0: greedy([5, 6, 7, 8], 6, worker_request_id(0), ignore_eos=True),
+        1: greedy([9, 10, 11], 400, worker_request_id(1), ignore_eos=True),  # aborted below
+        2: greedy([], 4, worker_request_id(2)),  # refused at submit: an empty prompt
+        3: greedy([5, 6, 7, 8], 8, worker_request_id(3), ignore_eos=True, stop_strings=("@@@@",)),
+    }
+    tokens: dict[int, list[int]] = {key: [] for key in requests}
+    texts: dict[int, str] = {key: "" for key in requests}
+    ends: dict[int, list[object]] = {key: [] for key in requests}
+    try:
+        commands.send([SubmitRequest(request) for request in requests.values()])
+        aborted = False
+        while sum(map(len, ends.values())) < len(requests):
+            assert outputs.poll(120), "the engine loop sent nothing"
+            for key, token_ids, text, end in outputs.recv().rows():
+                tokens[key] += token_ids
+                texts[key] += text
+                if end is not None:
+                    ends[key].append(end)
+            if tokens[1] and not aborted:
+                commands.send([AbortRequest(worker_request_id(1))])
+                aborted = True
+    finally:
+        commands.send([STOP])
+        thread.join(120)
+
+    assert all(len(request_ends) == 1 for request_ends in ends.values())
+    (refusal,) = ends[2]
+    assert isinstance(refusal, InvalidRequestError) and tokens[2] == []
+    (cancelled,) = ends[1]
+    assert cancelled.finish_reason is FinishReason.CANCELLED and 0 < len(tokens[1]) < 400
+    for key in (0, 1, 3):
+        (outcome,) = ends[key]
+        assert outcome.completion_tokens == len(tokens[key])
+    assert ends[0][0].finish_reason is FinishReason.LENGTH and len(tokens[0]) == 6
+    # Text made in the engine (a stop string asks for it) reaches the front whole.
+    assert texts[3] == ends[3][0].text
+    assert loop._keys == {}
