@@ -32,10 +32,12 @@
 #              carry=[".gpu_model/part_01", "bench/scratch/gpu_distill"], timeout_s=560)
 #   ddp    (<= 400 s, kind nvidia-h200-x2) torchrun on 2 GPUs (NCCL) against 1 GPU, same seed, data and
 #          global batch; writes distill_torchrun_gpu.* and distill_results_gpu.* with the two curves added.
+#          With the real teacher: call 1 with kind="nvidia-h200-x2", then at once
 #          run(command="cd .snap && bash bench/distill/gpu_distill_session.sh ddp",
-#              carry=["bench/scratch/gpu_distill"], kind="nvidia-h200-x2", timeout_s=400)
-#          As the only call on that machine (no call 1 before it; the two GGUF parts exceed one call's
-#          64 MiB carry), it uses random weights in the teacher's shape and says so.
+#              carry=[".gpu_model/part_01", "bench/scratch/gpu_distill"], kind="nvidia-h200-x2", timeout_s=400)
+#          Without call 1 (or part_01) it uses random weights in the teacher's shape and says so; the
+#          KD loss of a student pruned from a random teacher is ~1e-9, so that comparison shows only
+#          that NCCL runs (2026-11-30: its curves differed by spikes of ~2 on a ~0 loss).
 # Carried paths are looked up here and one level up (the lead runs from a snapshot directory, .snap/).
 # EXTRA_ARGS (words) go to the phase's Python script last, e.g. EXTRA_ARGS="--smoke" for a CPU check of
 # this script's own steps; BUDGET_S overrides the script's time budget.
