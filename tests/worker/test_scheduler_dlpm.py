@@ -54,33 +54,41 @@ def test_dlpm_follows_lpm_order_while_clients_have_credit():
     assert ids(admitted) == ["hot", "cold"]
 
 
+def returned_after_a_hot_backlog(policy: DLPMPolicy, cache, late):
+    """Client b has two hot requests waiting, one admitted (so b's turn is over); then ``late`` of client a
+    arrives: a has returned. Returns the next step's admissions."""
+    queue = arrive(
+        policy, request("hot1", "b", DOC + [1], arrival=0.0), request("hot2", "b", DOC + [2], arrival=1.0)
+    )
+    assert ids(policy.pick_next(queue, cache, CountingBudget(cache, limit=1))) == ["hot1"]
+    return policy.pick_next([queue[1], *arrive(policy, late)], cache, CountingBudget(cache, limit=10))
+
+
 def test_a_returning_clients_cold_request_takes_its_turn_before_the_hot_ones():
     cache = cache_holding(DOC)
     policy = DLPMPolicy(config(quantum=1000.0, max_client_passes=0))  # VTC's order for a return
-    queue = arrive(
-        policy,
-        request("hot1", "b", DOC + [1], arrival=0.0),
-        request("hot2", "b", DOC + [2], arrival=1.0),
-        request("cold", "a", [1, 2, 3], arrival=2.0),
-    )
 
-    admitted = policy.pick_next(queue, cache, CountingBudget(cache, limit=10))
+    admitted = returned_after_a_hot_backlog(policy, cache, request("cold", "a", [1, 2, 3], arrival=2.0))
 
-    assert ids(admitted) == ["cold", "hot1", "hot2"]
+    assert ids(admitted) == ["cold", "hot2"]
 
 
-def test_a_returning_request_mostly_cached_keeps_its_place_in_prefix_order():
+def test_a_returning_clients_cached_request_takes_its_turn_before_older_equally_hot_ones():
     cache = cache_holding(DOC)
     policy = DLPMPolicy(config(quantum=1000.0, max_client_passes=0))
-    queue = arrive(
-        policy,
-        request("hot", "b", DOC + [1] * 8, arrival=0.0),  # 16 of 25 tokens cached
-        request("warm", "a", DOC[:8] + [7] * 6, arrival=1.0),  # 8 of 15 cached: at least half
-    )
 
-    admitted = policy.pick_next(queue, cache, CountingBudget(cache, limit=10))
+    admitted = returned_after_a_hot_backlog(policy, cache, request("warm", "a", DOC + [7], arrival=2.0))
 
-    assert ids(admitted) == ["hot", "warm"]
+    assert ids(admitted) == ["warm", "hot2"]  # prefix order alone: a tie, broken by arrival
+
+
+def test_without_turns_the_returning_request_waits_in_prefix_order():
+    cache = cache_holding(DOC)
+    policy = DLPMPolicy(config(quantum=1000.0))
+
+    admitted = returned_after_a_hot_backlog(policy, cache, request("cold", "a", [1, 2, 3], arrival=2.0))
+
+    assert ids(admitted) == ["hot2", "cold"]
 
 
 def test_a_returning_client_takes_one_turn_per_return():

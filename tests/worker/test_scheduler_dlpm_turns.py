@@ -39,33 +39,18 @@ class RecordingPolicy:
     def __init__(self, inner) -> None:
         self.inner = inner
         self.log: list[tuple[str, object]] = []
-        self.joined: dict[Request, None] = {}  # every request that joined, in (last) join order
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
     def on_arrival(self, request: Request) -> None:
         self.log.append(("join", request))
-        self.joined.pop(request, None)
-        self.joined[request] = None
         self.inner.on_arrival(request)
 
     def pick_next(self, waiting, cache, budget):
-        # Per client, its deficit, or None where its longest-waiting request has at least half its
-        # prompt cached (rule 7 gives such a request no turn: prefix order puts it among the hot ones).
+        # VTC keeps no deficits: its clients count from the return.
         deficits = self.inner.fairness_state().deficits
-        heads: dict[str, Request] = {}
-        in_queue = set(waiting)
-        for request in self.joined:  # join order: a preempted request joins again at the end
-            if request in in_queue:
-                heads.setdefault(request.client_id, request)
-        state = {
-            client: None
-            if 2 * cache.match_length(head.fill_ids[:-1]) >= len(head.fill_ids)
-            # VTC keeps no deficits: its clients count from the return
-            else deficits.get(client, 1.0)
-            for client, head in heads.items()
-        }
+        state = {request.client_id: deficits.get(request.client_id, 1.0) for request in waiting}
         self.log.append(("pick", state))
         admitted = self.inner.pick_next(waiting, cache, budget)
         self.log += [("admit", r) for r in admitted]
@@ -78,9 +63,8 @@ class RecordingPolicy:
 
 def passes_before_return_admitted(log: list[tuple[str, object]]) -> dict[str, int]:
     """Per client, the most admissions of other clients' requests between a step that began with the
-    client back (a waiting request again after none), with credit and a mostly uncached request, and
-    its next admission. A step that begins otherwise ends the count; the next one that begins so starts
-    it again."""
+    client back (a waiting request again after none) and with credit, and its next admission. A step
+    that begins with it spent ends the count; the next one with credit starts it again."""
     waiting: dict[str, set[Request]] = {}
     back: set[str] = set()  # returned and not yet admitted
     counting: dict[str, int] = {}
@@ -93,8 +77,7 @@ def passes_before_return_admitted(log: list[tuple[str, object]]) -> dict[str, in
             waiting.setdefault(client, set()).add(item)
         elif kind == "pick":
             for client in back:
-                credit = item.get(client)
-                if credit is not None and credit > 0:
+                if item.get(client, 0.0) > 0:
                     counting.setdefault(client, 0)
                 else:
                     counting.pop(client, None)

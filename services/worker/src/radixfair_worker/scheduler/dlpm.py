@@ -44,11 +44,10 @@ Rules (see /work/shared/reference/dlpm.md):
      get one request admitted (the one rule 2 gives their place), in the
      order they became due, ties by the larger ``q_i / weight_i``. A budget
      refusal of a due client's request ends the step, as a refusal does in
-     VTC's order; a held one (rule 6) waits for the hold. A request with at
-     least half its prompt cached takes no turn: prefix order already puts it
-     among the hot requests, and turns for such requests would turn a
-     closed-loop shared-prefix workload, where every request is a return,
-     into arrival order. Only a returning
+     VTC's order; a held one (rule 6) waits for the hold. A cached returning
+     request takes its turn too: among equally hot requests prefix order
+     is arrival order, so behind a deep hot queue it would wait for the
+     others' credit as a cold one does. Only a returning
      client takes a turn, once per return: a client that stays backlogged on
      an evicted document is served by prefix order and its credit alone, since
      turns rotating over clients whose documents no longer fit evict the next
@@ -109,8 +108,7 @@ requests for ever (SGLang #31954). With rule 2's K:
       one leader's prefill.
 Returning-client bound (rule 7).
   (g) Let client i have a waiting request again after none, with credit, and
-      keep credit and a waiting request that is not held and has less than
-      half its prompt cached (a cached one is among the first in prefix order). Its passes are
+      keep credit and a waiting request that is not held. Its passes are
       counted from its return, or from the refill that gave it credit, so at
       most P admissions of other clients come before it is due. The walk
       checks for due clients before every admission, so from then on only
@@ -200,7 +198,7 @@ class DLPMPolicy:
         admitted: list[Request] = []
         taken: set[Request] = set()
         while True:
-            passed, budget_full, spent = self._walk(order, taken, budget, turns, cache)
+            passed, budget_full, spent = self._walk(order, taken, budget, turns)
             admitted += passed
             if budget_full or not spent:
                 break
@@ -233,7 +231,6 @@ class DLPMPolicy:
         taken: set[Request],
         budget: AdmissionBudget,
         turns: Turns,
-        cache: PrefixMatcher,
     ) -> tuple[list[Request], bool, set[str]]:
         """One pass over the requests not yet ``taken`` (admitted this step; it adds to it).
 
@@ -249,7 +246,7 @@ class DLPMPolicy:
         for request in order:
             client = request.client_id
             while request not in taken:
-                if not self._take_turns(turns, taken, budget, cache, still_waiting, admitted):
+                if not self._take_turns(turns, taken, budget, still_waiting, admitted):
                     return admitted, True, spent
                 if request in taken:
                     break
@@ -270,7 +267,7 @@ class DLPMPolicy:
                     return admitted, True, spent
                 self._admitted(chosen, taken, turns)
                 admitted.append(chosen)
-        if not self._take_turns(turns, taken, budget, cache, still_waiting, admitted):
+        if not self._take_turns(turns, taken, budget, still_waiting, admitted):
             return admitted, True, spent
         return admitted, False, spent
 
@@ -279,7 +276,6 @@ class DLPMPolicy:
         turns: Turns,
         taken: set[Request],
         budget: AdmissionBudget,
-        cache: PrefixMatcher,
         still_waiting: Callable[[Request], bool],
         admitted: list[Request],
     ) -> bool:
@@ -295,10 +291,8 @@ class DLPMPolicy:
                 chosen = self._overtakes.due(client, still_waiting) or self._overtakes.head(
                     client, still_waiting
                 )
-            if chosen is None or budget.holds(chosen) or _mostly_cached(chosen, cache):
-                # Spent, nothing waiting, parked for a leader's prefix (rule 6), or cached enough that
-                # prefix order already puts it among the hot requests: no turn this step.
-                turns.skip(client)
+            if chosen is None or budget.holds(chosen):
+                turns.skip(client)  # spent, nothing waiting, or parked for a leader's prefix (rule 6)
                 continue
             if not budget.try_admit(chosen):
                 return False
@@ -316,12 +310,6 @@ class DLPMPolicy:
         self._overtakes.admitted(request)
         turns.admitted(client)
         self._ledger.charge(client, self._meter.charge_admission(request))
-
-
-def _mostly_cached(request: Request, cache: PrefixMatcher) -> bool:
-    """At least half of what ``request`` would compute is cached: prefix order does not postpone it."""
-    fill = request.fill_ids
-    return 2 * cache.match_length(fill[:-1]) >= len(fill)
 
 
 class _Replay:
