@@ -35,14 +35,17 @@ from bench.engine.serving_bench import parse_args, prepare_model, worker_setting
 from bench.engine.serving_clients import timed_cell  # noqa: E402
 from bench.engine.serving_in_process import build_in_process_engine, run_cell_in_process  # noqa: E402
 from bench.report import RESULTS_DIR, regenerating_command, write_results  # noqa: E402
+from radixfair_worker.model_runner import SamplingRunner  # noqa: E402
 
 TOP_FUNCTIONS = 24
 
 
-class CountingRunner:
-    """The engine's own runner; counts the forward passes with a prefill chunk (eager on the GPU)."""
+class CountingRunner(SamplingRunner):
+    """The engine's own runner (and its sampler); counts the forward passes with a prefill chunk
+    (eager on the GPU)."""
 
     def __init__(self, runner: object) -> None:
+        super().__init__(runner.sampler)  # type: ignore[attr-defined]
         self.runner = runner
         self.page_size = runner.page_size  # type: ignore[attr-defined]
         self.num_pages = runner.num_pages  # type: ignore[attr-defined]

@@ -33,18 +33,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from radixfair_worker import inflight  # noqa: E402
 from radixfair_worker.config import EngineConfig, SchedulerConfig  # noqa: E402
 from radixfair_worker.engine import Engine  # noqa: E402
+from radixfair_worker.model_runner import SamplingRunner  # noqa: E402
 from radixfair_worker.request import Request, SamplingConfig  # noqa: E402
 from radixfair_worker.scheduler.registry import build_policy  # noqa: E402
 
 NULL_VOCAB = 512
 
 
-class NullRunner:
+class NullRunner(SamplingRunner):
     """A StepRunner whose forward costs nothing: every completed fill samples token 7."""
 
     page_size = 16
 
     def __init__(self) -> None:
+        super().__init__()
         self._logits: dict[int, torch.Tensor] = {}
 
     @property

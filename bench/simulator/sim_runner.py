@@ -15,7 +15,7 @@ import torch
 
 from bench.simulator.cost_model import StepCostModel
 from bench.workloads.tokens import ANSWER_VOCAB, answer_tokens
-from radixfair_worker.model_runner import ScheduledChunk
+from radixfair_worker.model_runner import SamplingRunner, ScheduledChunk
 
 
 class VirtualClock:
@@ -28,10 +28,11 @@ class VirtualClock:
         return self.now
 
 
-class SimulatedRunner:
+class SimulatedRunner(SamplingRunner):
     """StepRunner with ``page_size`` x ``num_pages`` tokens of simulated KV memory."""
 
     def __init__(self, page_size: int, num_pages: int, cost: StepCostModel, clock: VirtualClock) -> None:
+        super().__init__()
         self.page_size = page_size
         self._num_pages = num_pages
         self._cost = cost
@@ -46,6 +47,7 @@ class SimulatedRunner:
         return self._num_pages
 
     def forget(self, request_id: str) -> None:
+        super().forget(request_id)
         self._answers.pop(request_id, None)
 
     def forward(self, chunks: list[ScheduledChunk]) -> torch.Tensor:

@@ -240,7 +240,6 @@ class Simulation:
     def _finished(self, worker: SimWorker, request: Request, now: float) -> None:
         dispatched, route = self._routed.pop(request.request_id, (request.arrival_time, ""))
         self.recorder.request_finished(request, worker.index, dispatched, route)
-        worker.runner.forget(request.request_id)
         del self._worker_of[request.request_id]
         if self.router is not None:
             self.router.finished(

@@ -5,13 +5,15 @@ from __future__ import annotations
 import torch
 
 from bench.simulator.cost_model import StepShape
-from radixfair_worker.model_runner import ScheduledChunk, StepRunner
+from radixfair_worker.model_runner import SamplingRunner, ScheduledChunk
 
 
-class ShapeRecordingRunner:
-    """Delegates to ``inner``; ``last_shape`` is the batch of the latest forward (None if none ran)."""
+class ShapeRecordingRunner(SamplingRunner):
+    """Delegates to ``inner`` (a SamplingRunner; its sampler too); ``last_shape`` is the batch of the
+    latest forward (None if none ran)."""
 
-    def __init__(self, inner: StepRunner) -> None:
+    def __init__(self, inner: SamplingRunner) -> None:
+        super().__init__(inner.sampler)
         self.inner = inner
         self.page_size = inner.page_size
         self.last_shape: StepShape | None = None

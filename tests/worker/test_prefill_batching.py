@@ -15,6 +15,7 @@ from worker.engine_harness import greedy, make_stack
 
 from radixfair_worker.config import EngineConfig, PrefillBatchingConfig
 from radixfair_worker.engine import Engine
+from radixfair_worker.model_runner import SamplingRunner
 from radixfair_worker.request import Request, RequestStatus
 
 MAX_WAIT = 4
@@ -31,10 +32,12 @@ def prompt(seed: int, length: int = 6) -> list[int]:
     return [(seed * 131 + 7 * i) % 2000 + 100 for i in range(length)]
 
 
-class EagerCount:
-    """The engine's own model runner, counting the forward passes with a prefill chunk (eager on a GPU)."""
+class EagerCount(SamplingRunner):
+    """The engine's own model runner (and its sampler), counting the forward passes with a prefill
+    chunk (eager on a GPU)."""
 
     def __init__(self, runner) -> None:
+        super().__init__(runner.sampler)
         self.runner = runner
         self.eager = 0
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 from worker.engine_harness import greedy, make_stack, run_to_completion
 
-from radixfair_worker.model_runner import CarriedTokens, ScheduledChunk
+from radixfair_worker.model_runner import CarriedTokens, SamplingRunner, ScheduledChunk
 from radixfair_worker.request import FinishReason
 
 PROMPT = [101, 202, 303, 404, 505, 606]
@@ -40,7 +40,30 @@ def test_a_sampled_step_stays_in_flight_under_overlap(tiny_model_dir):
     assert -1 not in sampled.output_ids
 
 
-class PoisonedRows:
+def test_the_model_runner_owns_the_seeds_of_unseeded_requests_until_they_finish(tiny_model_dir):
+    """The runner samples (issue 17.2): an unseeded sampled request draws from a seed the runner's
+    sampler keeps while it runs, and the engine has it forgotten when the request ends, however."""
+    engine = make_stack(tiny_model_dir, num_pages=64, page_size=4, overlap_schedule=True).engine
+    seeds = engine.runner.sampler._random_seeds
+    finishing = greedy(PROMPT, 3, "finishing", temperature=0.9, ignore_eos=True)
+    aborted = greedy(BYSTANDER_PROMPT, 50, "aborted", temperature=0.9, ignore_eos=True)
+    for request in (finishing, aborted):
+        engine.submit(request)
+    engine.step()
+    engine.step()
+    assert {"finishing", "aborted"} <= set(seeds)
+    for _ in range(20):
+        if finishing.is_finished:
+            break
+        engine.step()
+    assert finishing.is_finished and not aborted.is_finished
+    assert "finishing" not in seeds and "aborted" in seeds
+    engine.abort("aborted")
+    run_to_completion(engine, [])
+    assert aborted.finish_reason is FinishReason.CANCELLED and not seeds
+
+
+class PoisonedRows(SamplingRunner):
     """The real model runner, with the logits rows of the named requests set to NaN.
 
     Stands in for a model whose output for one sequence is broken (which random weights do not
@@ -48,6 +71,7 @@ class PoisonedRows:
     """
 
     def __init__(self, runner, poisoned: set[str]) -> None:
+        super().__init__(runner.sampler)
         self._runner = runner
         self._poisoned = poisoned
         self.page_size = runner.page_size

@@ -57,7 +57,7 @@ from radixfair_worker.output_processor import OutputProcessor
 from radixfair_worker.page_binding import PageBinder
 from radixfair_worker.prefill_batching import AdmissionHold
 from radixfair_worker.request import PLACEHOLDER_TOKEN, FinishReason, Request, RequestStatus
-from radixfair_worker.sampler import FAILED_ROW_MESSAGE, Sampler
+from radixfair_worker.sampler import FAILED_ROW_MESSAGE
 from radixfair_worker.scheduler.base import SchedulingPolicy
 from radixfair_worker.scheduler.in_batch_prefix import InBatchPrefixHold
 
@@ -81,9 +81,9 @@ class Engine:
         detokenizer_factory: Callable[[], IncrementalDetokenizer] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """``runner`` is anything with ``page_size``, ``num_pages`` and ``forward(chunks) -> logits``:
-        the model runner, or a simulator's cost model. ``clock`` stamps request timings (a simulator
-        passes its virtual clock)."""
+        """``runner`` is a StepRunner (``page_size``, ``num_pages``, ``run(chunks, sampled) -> sampled
+        ids``, ``forget``): the model runner, or a simulator's cost model; it owns the sampler.
+        ``clock`` stamps request timings (a simulator passes its virtual clock)."""
         self.config = config
         self.runner = runner
         self.policy = policy
@@ -92,7 +92,6 @@ class Engine:
         self.allocator = self.pages.allocator
         self.cache = self.pages.cache
         self.output_processor = OutputProcessor(eos_token_ids, max_context_tokens, detokenizer_factory, clock)
-        self.sampler = Sampler()
         self.max_context_tokens = max_context_tokens
         self._clock = clock
         self.waiting: list[Request] = []
@@ -183,13 +182,11 @@ class Engine:
         """
         carry = self._in_flight.carry_for(chunks) if self._in_flight is not None else None
         try:
-            # Only overlap passes ``carry``, so runners without overlap support keep their signature.
-            logits = self.runner.forward(chunks) if carry is None else self.runner.forward(chunks, carry)
+            # Before the placeholders below: each row draws its request's token len(output_ids).
+            rows = self.runner.run(chunks, [c.request for c in sampled], carry)
         except Exception as error:
             self._isolate_forward_failure(chunks, error)
             return None
-        # Before the placeholders below: each row draws its request's token len(output_ids).
-        rows = self.sampler.sample_requests(logits, [c.request for c in sampled])
         tokens, failures = SampledTokens.copy_to_host(rows.device, rows.host), rows.failures
         for chunk in sampled:
             chunk.request.output_ids.append(PLACEHOLDER_TOKEN)
@@ -397,7 +394,7 @@ class Engine:
         request.finish_reason = reason
         request.finished_time = self._clock()
         self.policy.on_finished(request)
-        self.sampler.forget(request.request_id)
+        self.runner.forget(request.request_id)
         return self.output_processor.close(request)
 
     def _fail(self, request: Request, message: str) -> StepOutput:

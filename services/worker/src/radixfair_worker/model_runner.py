@@ -1,4 +1,4 @@
-"""Turns one step's scheduled chunks into a ForwardBatch and runs the model."""
+"""Turns one step's scheduled chunks into a ForwardBatch, runs the model and samples its next tokens."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from radixfair_worker.kernels.prefix_groups import PrefixGroups, PrefixSharingCo
 from radixfair_worker.model.backend import ForwardBatch
 from radixfair_worker.model.llama import KVCache, LlamaModel
 from radixfair_worker.request import Request
+from radixfair_worker.sampler import SampledRows, Sampler
 
 
 class ScheduledChunk(NamedTuple):
@@ -58,8 +59,9 @@ def gather_carried(input_ids: torch.Tensor, carried: torch.Tensor, source: torch
 class StepRunner(Protocol):
     """What the engine needs from whatever computes a step: the model, or a simulator's cost model.
 
-    ``carry`` is only passed with overlap scheduling on; runners used without it
-    (the simulator's) never see one.
+    The runner owns the sampler (as nano-vllm's and SGLang's model runners do): ``run`` returns
+    the step's sampled ids, still on the device, not its logits. ``carry`` is only passed with
+    overlap scheduling on; runners used without it (the simulator's) never see one.
     """
 
     page_size: int
@@ -71,6 +73,42 @@ class StepRunner(Protocol):
         """Logits [S, vocab], one row per chunk that completes its fill, in chunk order."""
         ...
 
+    def run(
+        self, chunks: list[ScheduledChunk], sampled: list[Request], carry: CarriedTokens | None = None
+    ) -> SampledRows:
+        """The step: ``forward``, then one token per row drawn for ``sampled`` (the requests of the
+        chunks that complete their fill, in order): row r is token len(output_ids) of sampled[r]."""
+        ...
+
+    def forget(self, request_id: str) -> None:
+        """Drops what the runner keeps for a finished request (its sampling seed)."""
+        ...
+
+
+class SamplingRunner:
+    """The sampling half of a StepRunner, for a runner whose ``forward`` gives logits.
+
+    Subclasses provide ``forward``; ``sampler`` (batched on the device, per-request seeds that do
+    not depend on the batch's composition: sampler.Sampler) is the runner's own. A runner that
+    wraps another (a test's fault injection) shares the wrapped one's sampler, so seeds carry over.
+    """
+
+    def __init__(self, sampler: Sampler | None = None) -> None:
+        self.sampler = sampler or Sampler()
+
+    def forward(self, chunks: list[ScheduledChunk], carry: CarriedTokens | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def run(
+        self, chunks: list[ScheduledChunk], sampled: list[Request], carry: CarriedTokens | None = None
+    ) -> SampledRows:
+        # Only overlap passes ``carry``, so runners without overlap support keep their signature.
+        logits = self.forward(chunks) if carry is None else self.forward(chunks, carry)
+        return self.sampler.sample_requests(logits, sampled)
+
+    def forget(self, request_id: str) -> None:
+        self.sampler.forget(request_id)
+
 
 class DecodeReplayer(Protocol):
     def supports(self, chunks: list[ScheduledChunk]) -> bool: ...
@@ -78,8 +116,8 @@ class DecodeReplayer(Protocol):
     def forward(self, chunks: list[ScheduledChunk], carry: CarriedTokens | None = None) -> torch.Tensor: ...
 
 
-class ModelRunner:
-    """Owns the model and its KV pages; runs one forward pass per engine step.
+class ModelRunner(SamplingRunner):
+    """Owns the model, its KV pages and the sampler; runs one forward pass per engine step.
 
     ``num_pages`` is what requests may use; the KV cache may hold more (a
     scratch page for padded graph rows). Decode steps go to ``decode_graphs``
@@ -96,6 +134,7 @@ class ModelRunner:
         decode_graphs: DecodeReplayer | None = None,
         prefix_sharing: PrefixSharingConfig | None = None,
     ) -> None:
+        super().__init__()
         self.model = model
         self.kv_cache = kv_cache
         self.device = kv_cache.k.device
