@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from radixfair.config_loading import ConfigError, load_config
+from radixfair.config_loading import ConfigError, by_name, load_config
 from radixfair_worker.config import WorkerConfig
 
 
@@ -36,3 +36,18 @@ def test_a_partial_nested_section_keeps_the_other_defaults():
 def test_bad_settings_are_rejected_with_the_field_named(overrides, fragment):
     with pytest.raises(ConfigError, match=fragment):
         load_config(WorkerConfig, env={}, overrides=overrides)
+
+
+def test_a_registry_table_refuses_two_classes_of_one_name_naming_both():
+    class First:
+        name = "fcfs"
+
+    class Second:
+        name = "fcfs"
+
+    class Other:
+        name = "lpm"
+
+    assert by_name("scheduling policy", (First, Other)) == {"fcfs": First, "lpm": Other}
+    with pytest.raises(ValueError, match=r"two scheduling policy classes are named 'fcfs': First, Second"):
+        by_name("scheduling policy", (First, Other, Second))

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import yaml
 
 T = TypeVar("T")
+N = TypeVar("N", bound=type)
 
 ENV_PREFIX = "RADIXFAIR_"
 
@@ -58,6 +59,21 @@ def unknown_choice(kind: str, value: object, choices: Iterable[str]) -> str:
     close = difflib.get_close_matches(str(value), options, n=1, cutoff=0.6)
     hint = f"; did you mean {close[0]!r}?" if close else ""
     return f"unknown {kind} {value!r}{hint} (choose from: {', '.join(options)})"
+
+
+def by_name(kind: str, classes: Iterable[N]) -> dict[str, N]:
+    """A registry's table, ``cls.name -> cls`` in the given order; ValueError on a name used twice.
+
+    Without the check a second class with an existing name would silently replace the first.
+    """
+    table: dict[str, N] = {}
+    for cls in classes:
+        name = cls.name  # type: ignore[attr-defined]
+        if name in table:
+            both = f"{table[name].__name__}, {cls.__name__}"
+            raise ValueError(f"two {kind} classes are named {name!r}: {both}")
+        table[name] = cls
+    return table
 
 
 def build(cls: type[T], data: Mapping[str, Any], where: str = "config") -> T:

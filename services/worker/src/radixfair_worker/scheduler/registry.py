@@ -1,7 +1,7 @@
 """The registry of local scheduling policies: every name a worker accepts, and the class it builds.
 
 Everything that lists local policies reads ``POLICIES`` (or ``names()``): ``build_policy`` here,
-the evaluation scripts (bench/eval/eval_runs.py), and ``tests/worker/test_scheduler_registry.py``,
+the evaluation scripts (bench/eval/eval_runs.py), and ``tests/bench/test_policy_names.py``,
 which holds the config comments and the CLI help to the same names. Every class is built the same
 way, ``cls(config, clock)``: ``config`` is the worker's ``SchedulerConfig`` (one flat section, so a
 deployment switches policies by name alone), ``clock`` the one request arrival times come from.
@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from radixfair.config_loading import unknown_choice
+from radixfair.config_loading import by_name, unknown_choice
 from radixfair_worker.config import SchedulerConfig
 from radixfair_worker.scheduler.base import Clock, SchedulingPolicy
 from radixfair_worker.scheduler.dlpm import DLPMPolicy
@@ -25,9 +25,9 @@ from radixfair_worker.scheduler.vtc import VTCPolicy
 PolicyFactory = Callable[[SchedulerConfig, Clock], SchedulingPolicy]
 
 # Name -> class, in the order help texts and evaluations list them. The name is the class's own.
-POLICIES: dict[str, PolicyFactory] = {
-    cls.name: cls for cls in (FCFSPolicy, LPMPolicy, LPMAgingPolicy, VTCPolicy, DLPMPolicy)
-}
+POLICIES: dict[str, PolicyFactory] = by_name(
+    "scheduling policy", (FCFSPolicy, LPMPolicy, LPMAgingPolicy, VTCPolicy, DLPMPolicy)
+)
 
 
 def names() -> tuple[str, ...]:
