@@ -8,7 +8,8 @@ import pytest
 
 pytest.importorskip("triton")
 
-from radixfair_worker.kernels.registry import KERNELS, kernel, modules  # noqa: E402
+from radixfair_worker.kernels import reference  # noqa: E402
+from radixfair_worker.kernels.registry import KERNELS, Kernel, distinct_names, kernel, modules  # noqa: E402
 from radixfair_worker.model.backend import KernelBackend  # noqa: E402
 from radixfair_worker.model.torch_backend import TorchBackend  # noqa: E402
 from radixfair_worker.model.triton_backend import TritonBackend  # noqa: E402
@@ -77,3 +78,12 @@ def test_each_kernel_benchmark_checks_compiles_and_is_timed_somewhere(module: st
         assert bench.SIZES
     else:
         assert (ROOT / bench.TIMED_BY).is_file()
+
+
+def test_the_table_refuses_two_kernels_of_one_name_naming_both_modules() -> None:
+    first = Kernel("rms_norm", "rms_norm", reference.rms_norm_reference)
+    second = Kernel("rms_norm", "norm_matmul", reference.norm_matmul_reference)
+
+    with pytest.raises(ValueError, match="two kernels are named 'rms_norm'.*'rms_norm'.*'norm_matmul'"):
+        distinct_names((first, second))
+    assert distinct_names(KERNELS) is KERNELS

@@ -43,20 +43,40 @@ class Kernel:
         return getattr(importlib.import_module(f"{__package__}.{self.module}"), self.name)
 
 
-KERNELS: tuple[Kernel, ...] = (
-    Kernel("rms_norm", "rms_norm", reference.rms_norm_reference),
-    Kernel("add_rms_norm", "rms_norm", reference.add_rms_norm_reference),
-    Kernel("apply_rope", "rope", reference.apply_rope_reference),
-    Kernel("rope_and_write_kv", "rope", reference.rope_and_write_kv_reference),
-    Kernel("write_kv", "write_kv", reference.write_kv_reference),
-    Kernel("silu_and_mul", "swiglu", reference.silu_and_mul_reference),
-    Kernel("paged_decode_attention", "decode_attention", reference.paged_attention_reference),
-    Kernel("cascade_decode_attention", "cascade_decode_attention", reference.cascade_decode_reference),
-    Kernel("extend_attention", "extend_attention", reference.paged_attention_reference),
-    Kernel("int8_weight_matmul", "int8_matmul", reference.int8_weight_matmul_reference),
-    Kernel("norm_matmul", "norm_matmul", reference.norm_matmul_reference, step_fusion=True),
-    Kernel("norm_gate_up_silu", "norm_matmul", reference.norm_gate_up_silu_reference, step_fusion=True),
-    Kernel("norm_qkv_rope_write_kv", "norm_qkv_rope", reference.norm_qkv_rope_reference, step_fusion=True),
+def distinct_names(entries: tuple[Kernel, ...]) -> tuple[Kernel, ...]:
+    """``entries`` unchanged; ValueError when two share a name.
+
+    ``kernel()`` returns the first match, so without the check a second entry of one name would be
+    silently unreachable while every per-kernel test still passed.
+    """
+    seen: dict[str, Kernel] = {}
+    for entry in entries:
+        first = seen.setdefault(entry.name, entry)
+        if first is not entry:
+            raise ValueError(
+                f"two kernels are named {entry.name!r}: in modules {first.module!r} and {entry.module!r}"
+            )
+    return entries
+
+
+KERNELS: tuple[Kernel, ...] = distinct_names(
+    (
+        Kernel("rms_norm", "rms_norm", reference.rms_norm_reference),
+        Kernel("add_rms_norm", "rms_norm", reference.add_rms_norm_reference),
+        Kernel("apply_rope", "rope", reference.apply_rope_reference),
+        Kernel("rope_and_write_kv", "rope", reference.rope_and_write_kv_reference),
+        Kernel("write_kv", "write_kv", reference.write_kv_reference),
+        Kernel("silu_and_mul", "swiglu", reference.silu_and_mul_reference),
+        Kernel("paged_decode_attention", "decode_attention", reference.paged_attention_reference),
+        Kernel("cascade_decode_attention", "cascade_decode_attention", reference.cascade_decode_reference),
+        Kernel("extend_attention", "extend_attention", reference.paged_attention_reference),
+        Kernel("int8_weight_matmul", "int8_matmul", reference.int8_weight_matmul_reference),
+        Kernel("norm_matmul", "norm_matmul", reference.norm_matmul_reference, step_fusion=True),
+        Kernel("norm_gate_up_silu", "norm_matmul", reference.norm_gate_up_silu_reference, step_fusion=True),
+        Kernel(
+            "norm_qkv_rope_write_kv", "norm_qkv_rope", reference.norm_qkv_rope_reference, step_fusion=True
+        ),
+    )
 )
 
 
