@@ -33,7 +33,7 @@ from bench.workloads.clients import ClientSpec  # noqa: E402
 from bench.workloads.distributions import Constant, Poisson, Uniform  # noqa: E402
 from bench.workloads.spec import WorkloadSpec  # noqa: E402
 
-POLICIES = ("vtc", "dlpm", "dlpm_no_turns", "dlpm_p8", "dlpm_cap", "dlpm_reset")
+POLICIES = ("vtc", "dlpm", "dlpm_turns", "dlpm_turns_p8", "dlpm_cap", "dlpm_reset")
 RETURNING = "returning"
 
 
@@ -144,9 +144,9 @@ def main() -> None:
         f"{args.window} s after its return. median/worst over seeds {args.seeds} (worst: longest wait, "
         "smallest share). _idle columns: only the seeds on which it had nothing waiting when it came "
         "back (on the others its earlier requests were still queued, so it did not return from idle). "
-        "dlpm is the default (idle rule lift, rule 7 with max_client_passes 0); dlpm_no_turns has no "
-        "rule 7 (prefix order alone), dlpm_p8 lets 8 admissions pass first; dlpm_cap and dlpm_reset "
-        "the other idle rules. "
+        "dlpm is the default (idle rule lift, rule 7 off); dlpm_turns has rule 7 on (a returning client's "
+        "turn, max_client_passes 0), dlpm_turns_p8 with 8 admissions before the turn; dlpm_cap and "
+        "dlpm_reset the other idle rules. "
         "Per-seed runs are in the JSON's `runs`."
     )
     write_results(

@@ -42,10 +42,10 @@ LOCAL_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "dlpm_reset": ("dlpm", {"idle_deficit": "reset"}),
     # The rule before "lift" became the default (2026-11-29): a returning client keeps its debt, capped.
     "dlpm_cap": ("dlpm", {"idle_deficit": "cap"}),
-    # DLPM without rule 7 (a returning client's turn, scheduler/client_passes.py): prefix order alone,
-    # and with a locality allowance of 8 cached admissions before the turn (the default is 0).
-    "dlpm_no_turns": ("dlpm", {"max_client_passes": 10**9}),
-    "dlpm_p8": ("dlpm", {"max_client_passes": 8}),
+    # DLPM with rule 7 (a returning client's turn, scheduler/client_passes.py; off by default), and with
+    # a locality allowance of 8 admissions before the turn.
+    "dlpm_turns": ("dlpm", {"returning_turns": True}),
+    "dlpm_turns_p8": ("dlpm", {"returning_turns": True, "max_client_passes": 8}),
 }
 # Routing labels that are a router policy with other PolicyConfig settings. Our cache_aware
 # defaults to balance thresholds 8 / 1.5; the SGLang router ships 64 / 1.5 (cache threshold
@@ -57,6 +57,7 @@ ROUTING_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     ),
     "d2lpm_reset": ("d2lpm", {}),
     "d2lpm_cap": ("d2lpm", {}),
+    "d2lpm_turns": ("d2lpm", {}),
     # D2LPM with late binding: the gate lets as many requests per worker into flight as a worker
     # runs at once (engine_config's 32), so batches stay full and the gate decides who fills a freed
     # slot. The router's default (4, global VTC's) would cap each worker at 4 running requests.
@@ -66,7 +67,11 @@ ROUTING_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
 # registry order; a policy whose evaluation needs other settings runs under its ROUTING_VARIANTS label.
 ROUTING_POLICIES = tuple(name for name in routing_registry.names() if name not in ROUTING_VARIANTS)
 # Variants whose workers run a local variant rather than the policy's own local_policy.
-_VARIANT_LOCAL = {"d2lpm_reset": "dlpm_reset", "d2lpm_cap": "dlpm_cap"}
+_VARIANT_LOCAL = {
+    "d2lpm_reset": "dlpm_reset",
+    "d2lpm_cap": "dlpm_cap",
+    "d2lpm_turns": "dlpm_turns",
+}
 # The local scheduler each routing label runs with: the policy's own pairing (local_policy:
 # SGLang-style workers (LPM) behind the cache-blind and cache-aware routers, VTC behind global VTC,
 # DLPM behind D2LPM), or its variant's.

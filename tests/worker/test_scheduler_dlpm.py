@@ -11,21 +11,18 @@ from radixfair_worker.scheduler.registry import build_policy
 
 DOC = list(range(100, 116))  # 16 tokens = 4 pages of 4
 Q = 10.0
-NO_TURNS = 10**9
 
 
 def config(**overrides) -> SchedulerConfig:
     # "cap" starts every new client at one quantum, which these mechanics tests count on;
     # the default "lift" rule has its own tests in test_scheduler_dlpm_idle.py. Rule 7 (a returning
-    # client's turn) is off here, since every client in these queues has just returned; its tests
-    # below turn it on.
+    # client's turn) is off by default; its tests below turn it on.
     settings = {
         "policy": "dlpm",
         "quantum": Q,
         "input_token_weight": 1.0,
         "output_token_weight": 2.0,
         "idle_deficit": "cap",
-        "max_client_passes": NO_TURNS,
     }
     return SchedulerConfig(**{**settings, **overrides})
 
@@ -66,7 +63,9 @@ def returned_after_a_hot_backlog(policy: DLPMPolicy, cache, late):
 
 def test_a_returning_clients_cold_request_takes_its_turn_before_the_hot_ones():
     cache = cache_holding(DOC)
-    policy = DLPMPolicy(config(quantum=1000.0, max_client_passes=0))  # VTC's order for a return
+    policy = DLPMPolicy(
+        config(quantum=1000.0, returning_turns=True, max_client_passes=0)
+    )  # VTC's order for a return
 
     admitted = returned_after_a_hot_backlog(policy, cache, request("cold", "a", [1, 2, 3], arrival=2.0))
 
@@ -75,7 +74,7 @@ def test_a_returning_clients_cold_request_takes_its_turn_before_the_hot_ones():
 
 def test_a_returning_clients_cached_request_takes_its_turn_before_older_equally_hot_ones():
     cache = cache_holding(DOC)
-    policy = DLPMPolicy(config(quantum=1000.0, max_client_passes=0))
+    policy = DLPMPolicy(config(quantum=1000.0, returning_turns=True, max_client_passes=0))
 
     admitted = returned_after_a_hot_backlog(policy, cache, request("warm", "a", DOC + [7], arrival=2.0))
 
@@ -93,7 +92,7 @@ def test_without_turns_the_returning_request_waits_in_prefix_order():
 
 def test_a_returning_client_takes_one_turn_per_return():
     cache = cache_holding(DOC)
-    policy = DLPMPolicy(config(quantum=1000.0, max_client_passes=0))
+    policy = DLPMPolicy(config(quantum=1000.0, returning_turns=True, max_client_passes=0))
     queue = arrive(
         policy,
         request("hot1", "b", DOC + [1], arrival=0.0),

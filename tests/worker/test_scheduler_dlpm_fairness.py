@@ -57,6 +57,7 @@ class Workload:
     num_pages: int
     idle_deficit: str = "cap"
     max_overtakes: int = 8
+    returning_turns: bool = False
     max_client_passes: int = 8
 
 
@@ -96,6 +97,7 @@ def run_and_measure(workload: Workload, model_dir: Path, policy: str) -> list[Pa
         cached_token_weight=workload.cached_token_weight,
         idle_deficit=workload.idle_deficit,
         max_overtakes=workload.max_overtakes,
+        returning_turns=workload.returning_turns,
         max_client_passes=workload.max_client_passes,
     )
     config = EngineConfig(
@@ -189,6 +191,7 @@ dlpm_rules = st.fixed_dictionaries(
     {
         "idle_deficit": st.sampled_from(["lift", "cap", "reset"]),
         "max_overtakes": st.sampled_from([0, 2, 8]),
+        "returning_turns": st.booleans(),
         "max_client_passes": st.sampled_from([0, 2, 8]),
     }
 )

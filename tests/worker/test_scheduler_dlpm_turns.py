@@ -1,7 +1,8 @@
 """DLPM's rule 7: a client back with credit is passed by at most P + (n - 1) admissions of others.
 
-The bound (derived in radixfair_worker.scheduler.dlpm, (g)): a client that has
-a waiting request again after having none, and has credit, has one of its
+The bound (derived in radixfair_worker.scheduler.dlpm, (g)): with rule 7 on
+(``returning_turns``), a client that has a request again after being idle,
+and has credit, has one of its
 requests admitted before more than ``max_client_passes`` (P) + (n - 1)
 requests of other clients are admitted, n being the number of clients;
 periods in which its request is held for a leader's prefix (rule 6) are not
@@ -30,7 +31,6 @@ from radixfair_worker.request import Request, SamplingConfig
 PAGE = 16
 DOC = list(range(3000, 3048))  # 3 pages: the busy client's cached prefix
 P = 8  # a locality allowance (the default is 0): eight cached admissions may pass a returning client
-NO_TURNS = 10**9  # rule 7 off: prefix order alone, DLPM as it was before the rule
 
 
 class RecordingPolicy:
@@ -63,16 +63,19 @@ class RecordingPolicy:
 
 def passes_before_return_admitted(log: list[tuple[str, object]]) -> dict[str, int]:
     """Per client, the most admissions of other clients' requests between a step that began with the
-    client back (a waiting request again after none) and with credit, and its next admission. A step
-    that begins with it spent ends the count; the next one with credit starts it again."""
+    client back (a request again after being idle: nothing waiting, nothing running) and with credit,
+    and its next admission. A step that begins with it spent ends the count; the next one with credit
+    starts it again."""
     waiting: dict[str, set[Request]] = {}
+    running: dict[str, set[Request]] = {}
     back: set[str] = set()  # returned and not yet admitted
     counting: dict[str, int] = {}
     worst: dict[str, int] = {}
     for kind, item in log:
         if kind == "join":
             client = item.client_id
-            if not waiting.get(client):
+            running.get(client, set()).discard(item)  # a preempted request joins again
+            if not waiting.get(client) and not running.get(client):
                 back.add(client)
             waiting.setdefault(client, set()).add(item)
         elif kind == "pick":
@@ -84,6 +87,7 @@ def passes_before_return_admitted(log: list[tuple[str, object]]) -> dict[str, in
         elif kind == "admit":
             client = item.client_id
             waiting[client].discard(item)
+            running.setdefault(client, set()).add(item)
             for other in counting:
                 if other != client:
                     counting[other] += 1
@@ -92,16 +96,21 @@ def passes_before_return_admitted(log: list[tuple[str, object]]) -> dict[str, in
             back.discard(client)
         else:
             waiting.get(item.client_id, set()).discard(item)
+            running.get(item.client_id, set()).discard(item)
     for client, count in counting.items():  # still waiting at the end
         worst[client] = max(worst.get(client, 0), count)
     return worst
 
 
 def engine_with(
-    model_dir: Path, policy: str, max_client_passes: int = P, **engine: int
+    model_dir: Path, policy: str, turns: bool = True, **engine: int
 ) -> tuple[Engine, RecordingPolicy]:
     scheduler = SchedulerConfig(
-        policy=policy, quantum=4096.0, max_client_passes=max_client_passes, in_batch_prefix_pages=0
+        policy=policy,
+        quantum=4096.0,
+        returning_turns=turns,
+        max_client_passes=P,
+        in_batch_prefix_pages=0,
     )
     settings = {"page_size": PAGE, "num_pages": 64, "max_batched_tokens": 256, **engine}
     built = build_engine(EngineConfig(scheduler=scheduler, **settings), model_dir).engine
@@ -117,11 +126,11 @@ def greedy(
     )
 
 
-def busy_loop_and_a_return(model_dir: Path, policy: str, max_client_passes: int = P) -> RecordingPolicy:
+def busy_loop_and_a_return(model_dir: Path, policy: str, turns: bool = True) -> RecordingPolicy:
     """Client "busy" keeps 4 requests on its cached document waiting at every step; client "back"
     (weight 2) sends one request, idles, and returns with a cold one at step 10. A quantum of 4,096
     lasts the busy client ~70 cached requests: DLPM's prefix order alone makes "back" wait for that."""
-    engine, recorder = engine_with(model_dir, policy, max_client_passes, max_running_requests=2)
+    engine, recorder = engine_with(model_dir, policy, turns, max_running_requests=2)
     warm = greedy("warm", "busy", DOC + [1])
     engine.submit(warm)
     engine.submit(greedy("first", "back", list(range(7000, 7020)), weight=2.0))
@@ -139,12 +148,12 @@ def busy_loop_and_a_return(model_dir: Path, policy: str, max_client_passes: int 
             if request.is_finished:  # a closed loop: 4 busy requests outstanding at every step
                 busy[i] = greedy(f"busy{step}-{i}", "busy", DOC + [6000 + 7 * step + i])
                 engine.submit(busy[i])
-    assert cold.times_admitted == 1 or policy == "dlpm" and max_client_passes == NO_TURNS
+    assert cold.times_admitted == 1 or not turns
     return recorder
 
 
 def test_prefix_order_alone_keeps_a_returning_client_behind_every_cached_request(tiny_model_dir):
-    recorder = busy_loop_and_a_return(tiny_model_dir, "dlpm", max_client_passes=NO_TURNS)
+    recorder = busy_loop_and_a_return(tiny_model_dir, "dlpm", turns=False)
 
     assert passes_before_return_admitted(recorder.log)["back"] > P + 1
 
@@ -199,7 +208,11 @@ def test_no_returning_client_with_credit_is_passed_more_than_p_plus_n_minus_1_ti
 ):
     jobs, max_client_passes, max_running, num_pages = workload
     scheduler = SchedulerConfig(
-        policy="dlpm", quantum=quantum, max_client_passes=max_client_passes, in_batch_prefix_pages=0
+        policy="dlpm",
+        quantum=quantum,
+        returning_turns=True,
+        max_client_passes=max_client_passes,
+        in_batch_prefix_pages=0,
     )
     config = EngineConfig(
         page_size=PAGE,

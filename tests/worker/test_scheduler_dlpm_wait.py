@@ -74,12 +74,8 @@ def overtakes(log: list[tuple[str, Request]]) -> dict[Request, int]:
     return worst
 
 
-def dlpm_engine(
-    model_dir: Path, max_overtakes: int, max_client_passes: int = 0, **engine: int
-) -> tuple[Engine, RecordingPolicy]:
-    scheduler = SchedulerConfig(
-        policy="dlpm", max_overtakes=max_overtakes, max_client_passes=max_client_passes
-    )
+def dlpm_engine(model_dir: Path, max_overtakes: int, **engine: int) -> tuple[Engine, RecordingPolicy]:
+    scheduler = SchedulerConfig(policy="dlpm", max_overtakes=max_overtakes)
     settings = {"page_size": PAGE, "num_pages": 64, "max_batched_tokens": 256, **engine}
     built = build_engine(EngineConfig(scheduler=scheduler, **settings), model_dir).engine
     built.policy = recorder = RecordingPolicy(built.policy)
@@ -91,13 +87,13 @@ def greedy(request_id: str, client: str, prompt: list[int], max_tokens: int = 4)
 
 
 def hot_loop_with_one_cold(
-    model_dir: Path, max_overtakes: int, steps: int, max_client_passes: int = 0
+    model_dir: Path, max_overtakes: int, steps: int
 ) -> tuple[Request, RecordingPolicy]:
     """Issue 12's case: one client keeps 4 requests on a cached prefix waiting, and has one cold request.
 
     ``max_running_requests=2``; the prefix is cached by a first request run alone.
     """
-    engine, recorder = dlpm_engine(model_dir, max_overtakes, max_client_passes, max_running_requests=2)
+    engine, recorder = dlpm_engine(model_dir, max_overtakes, max_running_requests=2)
     warm = greedy("warm", "a", DOC + [1])
     engine.submit(warm)
     while engine.has_work():
@@ -117,17 +113,15 @@ def hot_loop_with_one_cold(
 
 
 def test_plain_lpm_order_inside_a_client_starves_its_cold_request(tiny_model_dir):
-    # A K larger than any run, and no returning-client turn (rule 7: "a" returns with the cold request
-    # first): DLPM as it was before both bounds. The measurement sees the starvation.
-    cold, recorder = hot_loop_with_one_cold(tiny_model_dir, 10**9, STEPS, max_client_passes=10**9)
+    # A K larger than any run: DLPM as it was before the bound. The measurement sees the starvation.
+    cold, recorder = hot_loop_with_one_cold(tiny_model_dir, max_overtakes=10**9, steps=STEPS)
 
     assert cold.times_admitted == 0
     assert overtakes(recorder.log)[cold] > K
 
 
 def test_a_cold_request_behind_its_own_clients_hot_ones_is_admitted_within_k_overtakes(tiny_model_dir):
-    # Rule 7 off, so that K alone admits it (a's turn on its return would admit it at once).
-    cold, recorder = hot_loop_with_one_cold(tiny_model_dir, K, STEPS, max_client_passes=10**9)
+    cold, recorder = hot_loop_with_one_cold(tiny_model_dir, max_overtakes=K, steps=STEPS)
 
     assert cold.times_admitted == 1
     assert overtakes(recorder.log)[cold] <= K

@@ -41,9 +41,10 @@ class SchedulerConfig:
     # dlpm: a waiting request passed over this many times by requests of its own
     # client goes before them (the per-request wait bound in scheduler.dlpm).
     max_overtakes: int = 8
-    # dlpm: a client that has a waiting request again after none, with credit, passed by this many
-    # admissions of other clients' requests, has a request admitted before the prefix-match order
-    # (rule 7 in scheduler.dlpm; 0 is VTC's order for a returning client's first request).
+    # dlpm: rule 7 (scheduler.dlpm), off by default: a client back from idle, with credit, passed by
+    # max_client_passes admissions of other clients' requests, has a request admitted before the
+    # prefix-match order (0 is VTC's order for a returning client's first request).
+    returning_turns: bool = False
     max_client_passes: int = 0
     # lpm, lpm_aging, dlpm: a waiting request waits while a request already admitted (or still
     # prefilling) will compute at least this many pages of its prefix that the cache lacks, and then

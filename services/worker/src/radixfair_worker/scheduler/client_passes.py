@@ -10,7 +10,7 @@ class ClientPassLimit:
     """Clients whose turn is pending, with the admission count their passes are counted from.
 
     A client's turn becomes pending when it has a waiting request again
-    after having none (``returned``): it was idle, or its queue had emptied.
+    after being idle, nothing waiting and nothing running (``returned``).
     It ends when any request of the client is admitted. A pending client is
     *passed* by every admission of another client's request; its count
     starts over when it returns and when a refill gives it credit, so while
@@ -39,7 +39,7 @@ class ClientPassLimit:
         self._pending: dict[str, int] = {}  # client -> the admission count its passes start at
 
     def returned(self, client: str) -> None:
-        """``client`` has a waiting request again after having none: its turn is pending."""
+        """``client`` has a waiting request again after being idle: its turn is pending."""
         self._pending[client] = self._admissions
 
     def admitted(self, client: str) -> None:

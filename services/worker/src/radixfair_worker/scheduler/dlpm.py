@@ -36,9 +36,11 @@ Rules (see /work/shared/reference/dlpm.md):
 
   7. A returning client's turn (``ClientPassLimit``; ours, from VTC's lift:
      VTC puts a client that has a waiting request again at the smallest
-     counter, so it goes first). When client i has a waiting request again
-     after having none, its turn is pending until one of its requests is
-     admitted. Once a pending client with credit has been passed by
+     counter, so it goes first). Off by default (``returning_turns``): on one
+     worker it cost 9% of throughput on the shared-prefix patterns
+     (docs/evaluation.md, "Returning clients"). When client i, idle (nothing
+     waiting, nothing running), has a request again, its turn is pending
+     until one of its requests is admitted. Once a pending client with credit has been passed by
      ``max_client_passes`` (P, default 0) admissions of other clients, it is
      due: before each request the walk visits, due clients with credit each
      get one request admitted (the one rule 2 gives their place), in the
@@ -107,7 +109,7 @@ requests for ever (SGLang #31954). With rule 2's K:
       plus, for each hold on r or on a due request of i ahead of it (rule 6),
       one leader's prefill.
 Returning-client bound (rule 7).
-  (g) Let client i have a waiting request again after none, with credit, and
+  (g) Let client i, idle, have a waiting request again, with credit, and
       keep credit and a waiting request that is not held. Its passes are
       counted from its return, or from the refill that gave it credit, so at
       most P admissions of other clients come before it is due. The walk
@@ -162,6 +164,7 @@ class DLPMPolicy:
         self._ledger = DeficitLedger(config.quantum, idle_rule=config.idle_deficit)
         self._overtakes = OvertakeLimit(config.max_overtakes)
         self._passes = ClientPassLimit(config.max_client_passes)
+        self._returning_turns = config.returning_turns
         self._queue = PrefixMatchQueue()
 
     @property
@@ -182,9 +185,10 @@ class DLPMPolicy:
     def on_arrival(self, request: Request) -> None:
         client = request.client_id
         self._ledger.set_weight(client, request.weight)
+        if self._returning_turns and self._activity.is_idle(client):
+            self._passes.returned(client)
         if not self._activity.has_waiting(client):
             self._ledger.on_backlogged(client, self._activity.waiting_clients())
-            self._passes.returned(client)
         self._activity.arrived(request)
         self._overtakes.joined(request)
         self._queue.joined(request)
