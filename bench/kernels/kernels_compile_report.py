@@ -8,7 +8,7 @@ tensor-core instructions are there. Launches are intercepted, not run: arguments
 are specialised the way Triton's JIT does (16-byte-aligned pointers and integers
 divisible by 16 get the divisibility hint, integers equal to 1 become constants).
 
-    .venv/bin/python bench/kernels/kernels_compile_report.py [LABEL ...]
+    .venv/bin/python bench/kernels/kernels_compile_report.py [--rows N] [--list] [LABEL ...]
 
 The launches are those of the registry's kernels (``kernels/registry.py``), each built by
 ``launches`` in bench/kernels/<module>.py; the step-fusion kernels (off by default) have
@@ -17,6 +17,7 @@ their own report, bench/kernels/step_fusion_compile_report.py.
 
 from __future__ import annotations
 
+import argparse
 import collections
 import importlib
 import os
@@ -151,9 +152,31 @@ def launches(step_fusion: bool, rows: int) -> list[tuple[str, Callable[[], objec
     return found
 
 
-def main() -> None:
-    only = set(sys.argv[1:])
-    for label, launch in launches(step_fusion=False, rows=4096):
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Compile each registry kernel's launches for sm_90 (no GPU) and print registers, "
+        "spills, shared memory and the SASS load/store/tensor-core mix."
+    )
+    parser.add_argument(
+        "labels", nargs="*", metavar="LABEL", help="report only these launches (default: all); see --list"
+    )
+    parser.add_argument("--rows", type=int, default=4096, help="tokens per launch (default: 4096)")
+    parser.add_argument("--list", action="store_true", help="print the launch labels and exit")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    found = launches(step_fusion=False, rows=args.rows)
+    known = [label for label, _ in found]
+    if args.list:
+        print("\n".join(known))
+        return
+    unknown = sorted(set(args.labels) - set(known))
+    if unknown:
+        sys.exit(f"unknown launch label(s) {unknown}; known: {', '.join(known)}")
+    only = set(args.labels)
+    for label, launch in found:
         if only and label not in only:
             continue
         try:
