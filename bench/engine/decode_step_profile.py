@@ -31,7 +31,7 @@ sys.path[:0] = [
 ]
 
 from bench.kernels.model_greedy import PAGE_SIZE, SMOLLM2_135M, _batch  # noqa: E402
-from bench.report import environment, markdown_table  # noqa: E402
+from bench.report import environment, markdown_table, regenerating_command  # noqa: E402
 from radixfair_worker.model.llama import KVCache, LlamaModel, rope_table  # noqa: E402
 from radixfair_worker.model.triton_backend import TritonBackend  # noqa: E402
 
@@ -123,15 +123,18 @@ def main() -> None:
             )
     env = environment(("torch", "triton"))
     env["git_commit"] = args.commit or env["git_commit"]
+    command = regenerating_command()
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "decode_step_profile.json").write_text(
-        json.dumps({**env, "results": results}, indent=2, default=str)
+        json.dumps({**env, "command": command, "results": results}, indent=2, default=str)
     )
     lines = [
         "# decode_step_profile",
         "",
         f"{env['date']} · {torch.cuda.get_device_name()} · torch {torch.__version__}"
         f" · commit {env['git_commit']}",
+        "",
+        f"Regenerate (code at commit {env['git_commit'] or 'unknown'}): `{command}`",
         "",
         f"One bf16 decode step of random-weight SmolLM2-135M (TritonBackend), every sequence with"
         f" {args.context} cached tokens. `graph`: CUDA-graph replay median; `eager`: launched from Python;"

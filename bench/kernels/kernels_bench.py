@@ -39,7 +39,7 @@ sys.path[:0] = [str(ROOT / "services" / "worker" / "src"), str(ROOT)]
 from bench.kernels.decode_attention import decode_case  # noqa: E402,F401  (gpu_step_fusion_bench)
 from bench.kernels.harness import Row, SweepRows, copy_bandwidth, run_case  # noqa: E402,F401
 from bench.kernels.rms_norm import norm_ab  # noqa: E402
-from bench.report import environment, markdown_table  # noqa: E402
+from bench.report import environment, markdown_table, regenerating_command  # noqa: E402
 from radixfair_worker.kernels.registry import modules  # noqa: E402
 
 
@@ -121,6 +121,7 @@ def write(
     env["git_commit"] = commit or env["git_commit"]
     meta = {
         **env,
+        "command": regenerating_command(),
         "gpu": {"name": props.name, "sms": props.multi_processor_count},  # type: ignore[attr-defined]
         "copy_TBps": copy_tbs,
         "dtype": "bfloat16",
@@ -190,6 +191,14 @@ def targets(meta: dict) -> list[dict[str, object]]:  # type: ignore[type-arg]
     return verdicts
 
 
+def regenerate_line(meta: dict) -> list[str]:  # type: ignore[type-arg]
+    """The header's Regenerate line and a blank, or nothing for a kernels.json written before it kept one."""
+    if "command" not in meta:
+        return []
+    note = meta.get("command_note") or f"code at commit {meta['git_commit'] or 'unknown'}"
+    return [f"Regenerate ({note}): `{meta['command']}`", ""]
+
+
 def render_markdown(meta: dict) -> str:  # type: ignore[type-arg]
     columns = ["kernel", "size", "impl", "us", "us (2nd)", "graph_us", "TB/s", "% copy", "graph % copy"]
     columns.append("rel err vs torch")
@@ -201,6 +210,7 @@ def render_markdown(meta: dict) -> str:  # type: ignore[type-arg]
         + ", ".join(f"{k} {v}" for k, v in meta["versions"].items() if v)
         + f" · bf16 · measured copy bandwidth {meta['copy_TBps']:.2f} TB/s · commit {meta['git_commit']}",
         "",
+        *regenerate_line(meta),
         "`us`: triton.testing.do_bench median, L2 flushed, launch included; `us (2nd)`: the same timed "
         "again (run-to-run spread). `graph_us`: CUDA-graph replay median (GPU time only; decode rotates four "
         "K/V sets so replays read DRAM). `% copy`: fewest bytes the op must move over `us`, against the copy "
