@@ -94,7 +94,7 @@ class SamplingRunner:
     """
 
     def __init__(self, sampler: Sampler | None = None) -> None:
-        self.sampler = sampler or Sampler()
+        self.sampler = sampler if sampler is not None else Sampler()
 
     def forward(self, chunks: list[ScheduledChunk], carry: CarriedTokens | None = None) -> torch.Tensor:
         raise NotImplementedError
