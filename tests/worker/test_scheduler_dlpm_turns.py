@@ -22,6 +22,7 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from worker.policy_recorder import RecordingPolicy
 
 from radixfair_worker.config import EngineConfig, SchedulerConfig
 from radixfair_worker.engine import Engine
@@ -31,34 +32,6 @@ from radixfair_worker.request import Request, SamplingConfig
 PAGE = 16
 DOC = list(range(3000, 3048))  # 3 pages: the busy client's cached prefix
 P = 8  # a locality allowance (the default is 0): eight cached admissions may pass a returning client
-
-
-class RecordingPolicy:
-    """The engine's real policy, logging joins, each pick's deficits, and admissions, in order."""
-
-    def __init__(self, inner) -> None:
-        self.inner = inner
-        self.log: list[tuple[str, object]] = []
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def on_arrival(self, request: Request) -> None:
-        self.log.append(("join", request))
-        self.inner.on_arrival(request)
-
-    def pick_next(self, waiting, cache, budget):
-        # VTC keeps no deficits: its clients count from the return.
-        deficits = self.inner.fairness_state().deficits
-        state = {request.client_id: deficits.get(request.client_id, 1.0) for request in waiting}
-        self.log.append(("pick", state))
-        admitted = self.inner.pick_next(waiting, cache, budget)
-        self.log += [("admit", r) for r in admitted]
-        return admitted
-
-    def on_finished(self, request: Request) -> None:
-        self.log.append(("leave", request))
-        self.inner.on_finished(request)
 
 
 def passes_before_return_admitted(log: list[tuple[str, object]]) -> dict[str, int]:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from worker.policy_recorder import RecordingPolicy
 
 from radixfair_worker.config import EngineConfig, SchedulerConfig
 from radixfair_worker.engine import Engine
@@ -30,31 +31,7 @@ K = 8  # the default max_overtakes
 STEPS = 60
 
 
-class RecordingPolicy:
-    """The engine's real policy, with a log of joins and admissions in the order they happen."""
-
-    def __init__(self, inner) -> None:
-        self.inner = inner
-        self.log: list[tuple[str, Request]] = []
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def on_arrival(self, request: Request) -> None:
-        self.log.append(("join", request))
-        self.inner.on_arrival(request)
-
-    def pick_next(self, waiting, cache, budget):
-        admitted = self.inner.pick_next(waiting, cache, budget)
-        self.log += [("admit", r) for r in admitted]
-        return admitted
-
-    def on_finished(self, request: Request) -> None:
-        self.log.append(("leave", request))
-        self.inner.on_finished(request)
-
-
-def overtakes(log: list[tuple[str, Request]]) -> dict[Request, int]:
+def overtakes(log: list[tuple[str, object]]) -> dict[Request, int]:
     """Per request, the most same-client requests that joined after it and were admitted while it waited."""
     joined: dict[Request, int] = {}
     passed: dict[Request, int] = {}
@@ -67,7 +44,7 @@ def overtakes(log: list[tuple[str, Request]]) -> dict[Request, int]:
             for other in passed:
                 if other.client_id == request.client_id and joined[request] > joined[other]:
                     passed[other] += 1
-        else:
+        elif kind == "leave":
             passed.pop(request, None)
     for request, count in passed.items():  # still waiting at the end
         worst[request] = max(worst.get(request, 0), count)
