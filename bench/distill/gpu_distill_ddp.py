@@ -132,7 +132,7 @@ def text_bundle(encoder, seq_len: int, text_max_files: int, data_dir: Path):
 # -- one run (a subprocess; under torchrun, every rank) -------------------------------------------
 def worker(work: Path, out_name: str, stop_at_unix: float) -> None:
     from radixfair.tokenization import PromptEncoder
-    from radixfair_distiller.distributed import TorchrunEnv, start_distributed, stop_distributed
+    from radixfair_distiller.distributed import TorchrunEnv, rank_device, start_distributed, stop_distributed
     from radixfair_distiller.model_dir import load_llama
     from radixfair_distiller.recipe import DistillSpec, LossSpec
     from radixfair_distiller.training import JobCancelledError, TrainingHooks, TrainingRun, distill
@@ -140,9 +140,8 @@ def worker(work: Path, out_name: str, stop_at_unix: float) -> None:
     spec = RunSpec(**json.loads((work / "spec.json").read_text()))
     env = TorchrunEnv.from_env(os.environ)
     ctx = start_distributed(env, spec.device, 120.0, 300.0) if env else None
-    device = ctx.device if ctx else torch.device(spec.device)
-    if device.type == "cuda" and device.index is None:  # the one-process run: set_device needs an index
-        device = torch.device("cuda", 0)
+    # The one-process run takes its device as rank 0 would (set_device refuses a bare "cuda").
+    device = ctx.device if ctx else rank_device(spec.device, 0)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     torch.manual_seed(spec.seed)
