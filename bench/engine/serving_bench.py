@@ -66,6 +66,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 # The parts, re-exported: the profilers, the HTTP client and the GPU scripts use them through here.
+from bench.engine.process_cpu import CellCpu  # noqa: E402
 from bench.engine.serving_clients import (  # noqa: E402, F401
     PATHS,
     STATUS_POLL_S,
@@ -382,6 +383,8 @@ async def run_cell(
         specs = cell_requests(args, workload, concurrency, seed)
     procs = args.client_procs if concurrency > 16 else 1
     degraded = None
+    cpu = CellCpu()
+    cpu.start()
     if path == "in_process":
         records = run_cell_in_process(paths.engine, specs, args.tenants, plan)
     elif path == "worker":
@@ -411,8 +414,9 @@ async def run_cell(
             "status_polls": watch.polls,
             "status_poll_errors": watch.poll_errors,
         }
+    cores = cpu.stop()
     if results is not None:
-        results.add(path, workload, concurrency, records, degraded)
+        results.add(path, workload, concurrency, records, degraded, cores)
 
 
 class Results:
@@ -424,7 +428,13 @@ class Results:
         self.raw: dict[str, list[dict[str, object]]] = {}
 
     def add(
-        self, path: str, workload: str, concurrency: int, records: list[RequestRecord], degraded: dict | None
+        self,
+        path: str,
+        workload: str,
+        concurrency: int,
+        records: list[RequestRecord],
+        degraded: dict | None,
+        cores: dict[str, float | None],
     ) -> None:
         row: dict[str, object] = {
             "path": path,
@@ -433,6 +443,7 @@ class Results:
             **summarize(records, self._args.cell_duration_s),
             "degraded_transitions": degraded["transitions"] if degraded else None,
             "degraded": degraded,
+            **cores,
         }
         self.rows.append(row)
         if self._args.raw:  # per-request records (a timed cell's run to ~10^6 message times): only if asked

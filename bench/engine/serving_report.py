@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from bench.engine.process_cpu import ROLES  # noqa: E402
 from bench.engine.serving_clients import RequestRecord  # noqa: E402
 from bench.report import environment, markdown_table  # noqa: E402
 
@@ -123,6 +124,8 @@ def add_ratios(rows: list[dict[str, object]]) -> None:
         row["vs_in_process"] = row["out_tok_s"] / reference if reference and row["out_tok_s"] else None
 
 
+CPU_COLUMNS = ["path", "workload", "concurrency", *(f"{role}_cores" for role in ROLES)]
+
 # A timed cell's extra columns (serving_bench --cell-duration-s): wall-time tokens/s, window, ramp.
 TIMED_COLUMNS = ["out_tok_s_wall", "window_s", "ramp_s"]
 
@@ -224,6 +227,12 @@ def write_report(args: argparse.Namespace, rows: list[dict[str, object]], meta: 
         "workers, the router against as many in-process engines each at its share of the streams:",
         "",
         markdown_table(derived_rows(rows, args.workers), DERIVED_COLUMNS),
+        "",
+        "Where the cores went in each cell (bench/engine/process_cpu.py): CPU seconds of each role's",
+        "processes over the cell's wall time; router and worker sum all their processes (the worker's",
+        "engine process included), bench is this process and the load generators it reaped:",
+        "",
+        markdown_table(rows, CPU_COLUMNS),
         "",
         str(meta["notes"]),
     ]

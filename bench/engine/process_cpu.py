@@ -1,0 +1,105 @@
+"""CPU time of the serving stack's processes over a cell, by role, from /proc: where the cores go.
+
+A throughput ceiling on the serving path is a process that runs out of CPU (a router relaying per
+message, a worker front, the engine's host loop) or a resource they wait on. Counting each role's
+CPU seconds over a cell, divided by the cell's wall time, says which: a role near a whole core per
+process is the limit (Python runs one thread at a time), one well below is waiting.
+
+Roles are the bench's direct children, by command line (``radixfair_router``, ``radixfair_worker``,
+``redis-server``; anything else: ``clients``), each with all its descendants (the worker's engine
+process is the worker's child). The bench's own process and the children it has reaped (load
+generators, which exit with their cell) are ``bench``: ``resource.getrusage``, since the CPU of an
+exited process is no longer in /proc.
+
+Linux only; elsewhere ``sample`` returns nothing and the columns stay empty.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from collections import defaultdict
+from pathlib import Path
+
+PROC = Path("/proc")
+ROLES = ("router", "worker", "redis", "clients", "bench")
+_ROLE_NEEDLES = (("radixfair_router", "router"), ("radixfair_worker", "worker"), ("redis-server", "redis"))
+_TICK_S = 1.0 / os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 0.01
+
+
+def _stat(pid: int) -> tuple[int, float] | None:
+    """(parent pid, CPU seconds) of a live process; None if it is gone."""
+    try:
+        raw = (PROC / str(pid) / "stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after its closing one.
+    fields = raw[raw.rindex(")") + 2 :].split()
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) * _TICK_S
+
+
+def _role(pid: int) -> str:
+    try:
+        cmdline = (PROC / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return "clients"
+    for needle, role in _ROLE_NEEDLES:
+        if needle in cmdline:
+            return role
+    return "clients"
+
+
+def children_cpu(root: int) -> dict[int, tuple[str, float]]:
+    """Per direct child of ``root``: (role, CPU seconds so far of it and all its descendants)."""
+    parent: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    for entry in PROC.iterdir():
+        if entry.name.isdigit():
+            stat = _stat(int(entry.name))
+            if stat is not None:
+                parent[int(entry.name)], cpu[int(entry.name)] = stat
+    trees: dict[int, tuple[str, float]] = {}
+    for pid, seconds in cpu.items():
+        top = pid
+        while parent.get(top, 0) not in (root, 0) and top != root:
+            top = parent[top]
+        if top == root or parent.get(top) != root:
+            continue  # not below root (or root itself)
+        role, total = trees.get(top) or (_role(top), 0.0)
+        trees[top] = (role, total + seconds)
+    return trees
+
+
+def sample(root: int | None = None) -> dict[str, float]:
+    """CPU seconds so far per role among ``root``'s descendants (default: this process), plus ``bench``
+    (this process and its reaped children)."""
+    if not PROC.is_dir():
+        return {}
+    totals: dict[str, float] = defaultdict(float)
+    for role, seconds in children_cpu(os.getpid() if root is None else root).values():
+        totals[role] += seconds
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
+    totals["bench"] = own.ru_utime + own.ru_stime + reaped.ru_utime + reaped.ru_stime
+    return dict(totals)
+
+
+class CellCpu:
+    """Cores used per role between ``start`` and ``stop``: CPU seconds over wall seconds."""
+
+    def __init__(self) -> None:
+        self._before: dict[str, float] = {}
+        self._started = 0.0
+
+    def start(self) -> None:
+        self._before, self._started = sample(), time.monotonic()
+
+    def stop(self) -> dict[str, float | None]:
+        after, wall = sample(), time.monotonic() - self._started
+        if not after or wall <= 0:
+            return {f"{role}_cores": None for role in ROLES}
+        return {
+            f"{role}_cores": round((after.get(role, 0.0) - self._before.get(role, 0.0)) / wall, 3)
+            for role in ROLES
+        }
