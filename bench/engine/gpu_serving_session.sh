@@ -26,6 +26,8 @@
 # BENCH_TIMEOUT_S=300 keeps the call under 600 s) and bench/engine/worker_overhead.py (the same split for the
 # worker's own path: front, pipes, engine process, against the in-process engine; WORKER_OVERHEAD_TIMEOUT_S,
 # default 300). OVERHEAD=worker runs only the latter; BENCH=0 skips the serving bench itself.
+# PROFILE=1 then runs bench/engine/serving_profile.py on the GPU (PROFILE_CONCURRENCY, default 256;
+# PROFILE_PATHS, default "worker router"; PROFILE_TIMEOUT_S, default 300); BENCH=0 skips the bench.
 # CELL_DURATION_S=10 makes every measured cell timed (serving_bench --cell-duration-s): each client
 # streams requests back to back for that long, tokens/s over the steady window (ramp and tail excluded).
 set -uo pipefail
@@ -93,6 +95,14 @@ if [ "${OVERHEAD:-0}" = 1 ]; then
   timeout -s TERM "${OVERHEAD_TIMEOUT_S:-240}" python3 bench/engine/router_overhead.py --tag "${tag}_router_overhead" \
     --out-dir "$OUT" --requests 64 --prompt-len 128 --new-tokens 128 --logs-dir /tmp/overhead_logs \
     --serving-args "${model[*]} --device cuda --dtype bfloat16 --backend triton" 2>&1 | tail -60
+fi
+if [ "${PROFILE:-0}" = 1 ]; then
+  # Where the worker's and router's CPU goes on the GPU (bench/engine/serving_profile.py: py-spy on the
+  # worker front, its engine process and the router), PROFILE_CONCURRENCY streams, both workloads.
+  timeout -s TERM "${PROFILE_TIMEOUT_S:-300}" python3 bench/engine/serving_profile.py --tag "${tag}_profile" \
+    --out-dir "$OUT" --concurrency "${PROFILE_CONCURRENCY:-256}" --rounds 2 --prompt-len 128 --new-tokens 128 \
+    --paths ${PROFILE_PATHS:-worker router} --client-procs 4 --torch-threads 0 --py-spy /tmp/site/bin/py-spy \
+    "${model[@]}" --device cuda --dtype bfloat16 --backend triton 2>&1 | tail -80
 fi
 for log in "$logs/worker-0.log" "$logs/stack/router.log" /tmp/worker_overhead_logs/logs/worker-probed.log; do
   [ -f "$log" ] && tail -c 4000000 "$log" > "$OUT/$(basename "$(dirname "$log")")_$(basename "$log")"
