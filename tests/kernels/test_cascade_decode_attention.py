@@ -6,6 +6,7 @@ from hypothesis import strategies as st
 
 pytest.importorskip("triton")
 
+from radixfair_worker.kernels import prefix_groups  # noqa: E402
 from radixfair_worker.kernels.accuracy import TOLERANCE, poisoned_like, relative_error  # noqa: E402
 from radixfair_worker.kernels.cascade_decode_attention import (  # noqa: E402
     cascade_decode_attention,
@@ -179,3 +180,64 @@ def test_prefix_splits_cover_the_sms_once_and_keep_a_tile_each() -> None:
     assert choose_prefix_splits(num_items=7, num_kv_heads=3, max_prefix_len=4096, num_sms=132) == 8
     assert choose_prefix_splits(num_items=7, num_kv_heads=3, max_prefix_len=256, num_sms=132) == 2
     assert choose_prefix_splits(num_items=100, num_kv_heads=3, max_prefix_len=4096, num_sms=132) == 1
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data(), page_size=st.sampled_from([1, 4]), min_saved=st.integers(1, 400))
+def test_skipping_anchors_that_cannot_pay_finds_the_groups_trying_every_anchor_finds(  # type: ignore[no-untyped-def]
+    data, page_size: int, min_saved: int
+) -> None:
+    # Nested prefixes, as a radix cache hands them out: a row walks a random path in a small tree
+    # (each node its own page id), so families share heads, sub-families more, and suffixes are own.
+    ids: dict[tuple[int, ...], int] = {}
+    tables, lens = [], []
+    for _ in range(data.draw(st.integers(2, 16))):
+        # Two choices per level: deep shared runs are common, so a later anchor often pays where the
+        # first one does not (the case the skipping must not lose).
+        path = data.draw(st.lists(st.integers(0, 1), min_size=2, max_size=8))
+        pages = [ids.setdefault(tuple(path[: i + 1]), len(ids) + 1) for i in range(len(path))]
+        tables.append(pages)
+        # Mostly near the full length, so the long shared runs count (the newest page is never shared).
+        lens.append(max(0, len(pages) * page_size - data.draw(st.integers(0, 2 * page_size))))
+    width = max(map(len, tables))
+    table = np.array([t + [0] * (width - len(t)) for t in tables])
+    config = PrefixSharingConfig(min_saved_tokens=min_saved, block_m=4)
+
+    pruned = find_prefix_groups(table, np.array(lens), page_size, 2, config)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(prefix_groups, "_may_share_more", lambda *_: True)  # every anchor tried, as before
+        exhaustive = find_prefix_groups(table, np.array(lens), page_size, 2, config)
+
+    assert (pruned is None) == (exhaustive is None)
+    if pruned is not None and exhaustive is not None:
+        for field in ("seq_prefix_len", "item_row", "item_prefix_len", "members", "item_member_count"):
+            assert getattr(pruned, field).tolist() == getattr(exhaustive, field).tolist()
+
+
+def test_one_shared_system_prompt_that_does_not_pay_is_ranked_once() -> None:
+    # 64 rows behind one 8-page prompt, each with its own 2 pages: 63 * 8 * 4 = 2,016 tokens saved.
+    table = np.array([[1 + p for p in range(8)] + [100 + 2 * b, 101 + 2 * b] for b in range(64)])
+    lens = np.full(64, 10 * 4)
+    calls = []
+    ranked = prefix_groups._best_prefix
+
+    def counting(*args):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        return ranked(*args)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(prefix_groups, "_best_prefix", counting)
+        assert find_prefix_groups(table, lens, 4, 2, PrefixSharingConfig(min_saved_tokens=2_017)) is None
+        assert len(calls) == 1
+        assert find_prefix_groups(table, lens, 4, 2, PrefixSharingConfig(min_saved_tokens=2_016)) is not None
+
+
+def test_a_later_anchor_that_pays_is_still_tried_after_the_first_does_not() -> None:
+    # Row 0 shares only page 1 with the rest (4 rows * 1 page saved); rows 1-4 share 5 pages (15 saved).
+    table = np.array([[1, 2, 90, 0, 0, 0], *[[1, 3, 4, 5, 6, 10 + b] for b in range(4)]])
+    lens = np.array([3, 6, 6, 6, 6])
+
+    host = find_prefix_groups(table, lens, 1, 2, PrefixSharingConfig(min_saved_tokens=10))
+
+    assert host is not None
+    assert host.seq_prefix_len.tolist() == [0, 5, 5, 5, 5]

@@ -160,11 +160,13 @@ def find_prefix_groups(
         for _ in range(_ANCHORS_PER_KEY):
             if len(left) < config.min_group_size:
                 break
-            chosen, shared_pages = _best_prefix(table, whole_pages, left)
+            chosen, shared_pages, runs = _best_prefix(table, whole_pages, left)
             shared = shared_pages * page_size
             count = len(chosen)
             pays = count >= config.min_group_size and shared_pages >= config.min_shared_pages
             if not pays or (count - 1) * shared < config.min_saved_tokens:
+                if not _may_share_more(table, whole_pages, left[1:], runs[1:]):
+                    break  # no other anchor can do better (see _may_share_more)
                 left = left[1:]  # this anchor shares too little with anyone
                 continue
             left = left[~np.isin(left, chosen)]
@@ -191,8 +193,11 @@ def find_prefix_groups(
     )
 
 
-def _best_prefix(table: np.ndarray, whole_pages: np.ndarray, group: np.ndarray) -> tuple[np.ndarray, int]:
-    """The members (first member first) and whole pages they share that save the most reads."""
+def _best_prefix(
+    table: np.ndarray, whole_pages: np.ndarray, group: np.ndarray
+) -> tuple[np.ndarray, int, np.ndarray]:
+    """The members (first member first) and whole pages they share that save the most reads, and
+    each member's shared whole pages with the first (in ``group``'s order)."""
     width = int(whole_pages[group].max())
     first = group[0]
     same = table[group, :width] == table[first, :width]
@@ -207,4 +212,26 @@ def _best_prefix(table: np.ndarray, whole_pages: np.ndarray, group: np.ndarray) 
     chosen = np.sort(group[order[: best + 1]])
     if chosen[0] != first:  # the first member's own run is its whole length, so it ranks first
         chosen = np.concatenate(([first], chosen[chosen != first]))
-    return chosen, int(ranked[best])
+    return chosen, int(ranked[best]), common
+
+
+def _may_share_more(table: np.ndarray, whole_pages: np.ndarray, rest: np.ndarray, runs: np.ndarray) -> bool:
+    """Whether another anchor among ``rest`` could save more reads than the one whose ``runs`` (each
+    member's shared whole pages with it) were just ranked.
+
+    Prefixes nest: two members x, y of rest share min(runs[x], runs[y]) pages when those differ, and
+    at least that many when they are equal. Another anchor a therefore shares no more with any
+    member than the ranked anchor does, unless a and the member share pages beyond their common
+    run, which needs both to hold a further whole page and the same page id right after the run.
+    With no two such members agreeing on that page, every other anchor's savings are bounded by
+    the ranked one's, which did not pay: the rest of the key is skipped. This keeps a batch behind
+    one shared system prompt (every suffix its own) to one compare per step instead of one per
+    anchor tried.
+    """
+    extendable = whole_pages[rest] > runs
+    if np.count_nonzero(extendable) < 2:
+        return False
+    at = runs[extendable].astype(np.int64)
+    next_page = table[rest[extendable], at].astype(np.int64)
+    keys = np.sort((at << 32) | (next_page & 0xFFFFFFFF))
+    return bool((keys[1:] == keys[:-1]).any())
