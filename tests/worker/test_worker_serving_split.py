@@ -243,10 +243,8 @@ def test_the_serving_front_never_imports_torch():
 class CountingEncoder:
     """The real tokenizer's PromptEncoder, counting how often the front asks its vocabulary size."""
 
-    def __init__(self, model_dir: Path) -> None:
-        from radixfair.tokenization import PromptEncoder
-
-        self._encoder = PromptEncoder(Path(model_dir))
+    def __init__(self, encoder) -> None:
+        self._encoder = encoder
         self.vocab_size_reads = 0
 
     @property
@@ -259,16 +257,23 @@ class CountingEncoder:
 
 
 @pytest.fixture(scope="module")
-def vocab_size(tiny_model_dir) -> int:
+def prompt_encoder(tiny_model_dir):
+    """One real PromptEncoder for the module: reading tokenizer.json costs a second per load, and a
+    request never changes it, so each CountingEncoder wraps this one with a count of its own."""
     from radixfair.tokenization import PromptEncoder
 
-    return PromptEncoder(Path(tiny_model_dir)).vocab_size
+    return PromptEncoder(Path(tiny_model_dir))
+
+
+@pytest.fixture(scope="module")
+def vocab_size(prompt_encoder) -> int:
+    return prompt_encoder.vocab_size
 
 
 @given(data=st.data())
 @settings(max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_a_token_id_prompt_is_taken_as_is_or_refused_naming_its_first_out_of_range_ids(
-    tiny_model_dir, vocab_size, data
+    prompt_encoder, vocab_size, data
 ):
     from radixfair.errors import InvalidRequestError
     from radixfair_worker.request_builder import build_request
@@ -278,21 +283,21 @@ def test_a_token_id_prompt_is_taken_as_is_or_refused_naming_its_first_out_of_ran
     bad = [t for t in ids if t >= vocab_size]
     if bad:
         with pytest.raises(InvalidRequestError) as caught:
-            build_request(message, CountingEncoder(tiny_model_dir), "m", 4096)
+            build_request(message, CountingEncoder(prompt_encoder), "m", 4096)
         assert str(bad[:5]) in str(caught.value) and f"[0, {vocab_size})" in str(caught.value)
     else:
-        assert build_request(message, CountingEncoder(tiny_model_dir), "m", 4096).prompt_ids == ids
+        assert build_request(message, CountingEncoder(prompt_encoder), "m", 4096).prompt_ids == ids
 
 
 @pytest.mark.parametrize("length", [1, 1088])
 def test_the_front_asks_the_vocabulary_size_a_fixed_number_of_times_whatever_the_prompt_length(
-    tiny_model_dir, vocab_size, length
+    prompt_encoder, vocab_size, length
 ):
     # The serving profile (bench/engine/serving_profile.py) found it asked once per prompt id, on the
     # event loop.
     from radixfair_worker.request_builder import build_request
 
-    encoder = CountingEncoder(tiny_model_dir)
+    encoder = CountingEncoder(prompt_encoder)
     build_request(token_request([vocab_size - 1] * length, 4, "tenant"), encoder, "m", 4096)
     assert encoder.vocab_size_reads <= 2
 
