@@ -181,7 +181,7 @@ def test_prometheus_scrapes_every_service(stack: Stack) -> None:
         health = {t["labels"]["instance"]: t["health"] for t in targets}
         return health if set(health) == SCRAPED and set(health.values()) == {"up"} else None
 
-    # Scrapes every 15 s (deploy/compose/prometheus.yml): a few rounds at most.
+    # Scrapes every 2 s here (deploy/local/compose.standins.yml; 15 s in deploy/compose/prometheus.yml).
     assert set(wait_for("every target scraped and up", scraped, timeout_s=120)) == SCRAPED
 
 
