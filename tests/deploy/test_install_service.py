@@ -5,6 +5,11 @@ dev`); the images install one service, non-editable, into a fresh virtualenv.
 This builds that fresh router environment once, then checks what the image
 promises: no torch, the generated stubs, and an entry point that serves
 grpc.health.v1 from the same config file and env compose gives a router.
+
+pip resolves the install with no index, against wheels packed from the
+third-party packages .venv already holds (installed_wheelhouse): the same
+pinned versions, without most of a minute of index pages and downloads. A
+requirement outside that set fails the install rather than passing unseen.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from pathlib import Path
 
 import pytest
 from deploy_support import ENV_EXAMPLE, REPO
+from installed_wheelhouse import fill_wheelhouse, project_requirements
 from support.ports import free_port
 
 INSTALL = REPO / "scripts" / "install_service.sh"
@@ -36,11 +42,20 @@ def _clean_env(**extra: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def router_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh virtualenv with `install_service.sh router`, the router Dockerfile's RUN step."""
-    venv = tmp_path_factory.mktemp("router-image") / "venv"
+    root = tmp_path_factory.mktemp("router-image")
+    venv, wheelhouse = root / "venv", root / "wheelhouse"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    requirements, own = project_requirements(REPO / "common", REPO / "services" / "router")
+    fill_wheelhouse(wheelhouse, requirements, own, REPO / "constraints.txt")
+    env = _clean_env(
+        PYTHON=str(venv / "bin" / "python"),
+        PIP_DISABLE_PIP_VERSION_CHECK="1",
+        PIP_NO_INDEX="1",
+        PIP_FIND_LINKS=str(wheelhouse),
+    )
     result = subprocess.run(
         ["bash", str(INSTALL), "router"],
-        env=_clean_env(PYTHON=str(venv / "bin" / "python"), PIP_DISABLE_PIP_VERSION_CHECK="1"),
+        env=env,
         capture_output=True,
         text=True,
         timeout=600,
