@@ -1,4 +1,8 @@
-"""bench/engine/serving_bench.py end to end at its smallest: every path on loopback, every request done."""
+"""bench/engine/serving_bench.py end to end at its smallest: every path on loopback, every request done.
+
+The count-based run serves every path, the http one included, from one start-up of the bench (its
+in-process engine, worker and router are most of its time); each test reads its own part of it.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +11,25 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 NEW_TOKENS = 4
 CONCURRENCY = (1, 2)
+# Concurrency 1 repeats its client's requests to reach it (two rounds); concurrency 2 runs one round.
 MIN_REQUESTS = 2
+GRPC_PATHS = ("in_process", "worker", "router")
 
 
-def test_serving_bench_smallest_run_completes_every_request_on_every_path(
-    tiny_model_dir: Path, tmp_path: Path
-) -> None:
+@pytest.fixture(scope="module")
+def smallest_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The out-dir of one count-based run of every path: serving_test.{json,md}."""
+    out_dir = tmp_path_factory.mktemp("serving-smallest")
     command = [
         sys.executable,
         str(ROOT / "bench" / "engine" / "serving_bench.py"),
         "--model-dir", str(tiny_model_dir),
+        "--paths", *GRPC_PATHS, "http",
         "--concurrency", *map(str, CONCURRENCY),
         "--prompt-len", "16",
         "--prefix-len", "32",
@@ -30,24 +40,24 @@ def test_serving_bench_smallest_run_completes_every_request_on_every_path(
         "--tenants", "2",
         "--torch-threads", "1",
         "--tag", "test",
-        "--out-dir", str(tmp_path),
+        "--out-dir", str(out_dir),
     ]  # fmt: skip
     run = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert run.returncode == 0, run.stderr[-3000:]
+    return out_dir
 
-    report = json.loads((tmp_path / "serving_test.json").read_text())
+
+def test_serving_bench_smallest_run_completes_every_request_on_every_path(smallest_run: Path) -> None:
+    report = json.loads((smallest_run / "serving_test.json").read_text())
     for key in ("date", "machine", "python", "versions", "git_commit", "command", "config", "notes"):
         assert key in report, key
     assert {"torch", "grpcio"} <= set(report["versions"])
-    rows = report["rows"]
-    cells = [(r["path"], r["workload"], r["concurrency"]) for r in rows]
+    cells = [(r["path"], r["workload"], r["concurrency"]) for r in report["rows"]]
     expected = [
-        (p, w, c)
-        for p in ("in_process", "worker", "router")
-        for w in ("unique", "shared_prefix")
-        for c in CONCURRENCY
+        (p, w, c) for p in (*GRPC_PATHS, "http") for w in ("unique", "shared_prefix") for c in CONCURRENCY
     ]
     assert sorted(cells) == sorted(expected)
+    rows = [r for r in report["rows"] if r["path"] in GRPC_PATHS]  # http's own: the test below
     for row in rows:
         requests = max(1, -(-MIN_REQUESTS // row["concurrency"])) * row["concurrency"]
         assert row["requests"] == row["completed"] == requests, row
@@ -70,7 +80,7 @@ def test_serving_bench_smallest_run_completes_every_request_on_every_path(
             assert row["degraded"] is None
         assert "_records" not in row and "token_gaps" not in row  # aggregates only
 
-    markdown = (tmp_path / "serving_test.md").read_text()
+    markdown = (smallest_run / "serving_test.md").read_text()
     assert "| path | workload | concurrency |" in markdown
     assert "serving_bench.py" in markdown
 
@@ -139,3 +149,24 @@ def test_router_over_n_workers_is_set_against_n_in_process_engines_at_their_shar
         r for r in derived_rows(rows) if r["path"] == "router" and r["concurrency"] == 8
     )
     assert all("router_vs_summed_in_process_tok_s" not in r for r in derived_rows(rows, workers=3))
+
+
+def test_the_http_path_completes_every_request_beside_the_grpc_router_path(smallest_run: Path) -> None:
+    """The router's cells again over its OpenAI API, in the same run as the gRPC router path."""
+    report = json.loads((smallest_run / "serving_test.json").read_text())
+    rows = {(r["path"], r["workload"], r["concurrency"]): r for r in report["rows"] if r["path"] == "http"}
+    assert sorted(rows) == sorted(("http", w, c) for w in ("unique", "shared_prefix") for c in CONCURRENCY)
+    for (_, workload, concurrency), row in rows.items():
+        # Each client repeats its requests until the cell has --min-requests.
+        assert row["requests"] == row["completed"] == -(-MIN_REQUESTS // concurrency) * concurrency, row
+        assert row["errors"] == [] and row["output_tokens"] == row["completed"] * NEW_TOKENS, row
+        assert row["ttft_p50_ms"] is not None and row["out_tok_s"] > 0
+        assert "_records" not in row and "token_gaps" not in row  # aggregates only
+        if workload == "unique":  # the usage chunk's cached_tokens, as on gRPC
+            assert row["cache_hit_rate"] == 0.0, row
+        elif concurrency == 1:
+            assert row["cache_hit_rate"] > 0.0, row
+    derived = {(d["path"], d["concurrency"]): d for d in report["derived"]}
+    for concurrency in CONCURRENCY:
+        assert derived[("http", concurrency)]["http_vs_grpc_tok_s"] > 0
+    assert "http_vs_grpc_tok_s" in (smallest_run / "serving_test.md").read_text()
