@@ -200,11 +200,16 @@ class WorkerProcess:
         logs: Path,
         startup_timeout_s: float,
         entry: Sequence[str] = ("-m", "radixfair_worker"),
+        wait: bool = True,
     ) -> None:
-        """``entry``: what follows the interpreter on the command line (a probed worker passes a script)."""
+        """``entry``: what follows the interpreter on the command line (a probed worker passes a script).
+
+        ``wait`` False: returns once started; ``wait_until_serving`` then waits for it to serve.
+        """
         port = free_loopback_port()
         self.address, self.worker_id = f"127.0.0.1:{port}", worker_id
         log_path = logs / f"{worker_id}.log"
+        self._log_path, self._startup_timeout_s = log_path, startup_timeout_s
         flags = {**settings, "port": port, "worker_id": worker_id, "metrics_port": 0}
         args = [arg for key, value in flags.items() for arg in ("--set", f"{key}={json.dumps(value)}")]
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -212,11 +217,16 @@ class WorkerProcess:
             self._process = subprocess.Popen(
                 [sys.executable, *entry, *args], stdout=log_file, stderr=subprocess.STDOUT
             )
-        deadline = time.monotonic() + startup_timeout_s
+        self._started = time.monotonic()
+        if wait:
+            self.wait_until_serving()
+
+    def wait_until_serving(self) -> None:
+        deadline = self._started + self._startup_timeout_s
         while not _is_serving(self.address):
             if self._process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError(f"worker did not start serving on {self.address}; see {log_path}")
+                raise RuntimeError(f"worker did not start serving on {self.address}; see {self._log_path}")
             time.sleep(0.3)
 
     def stop(self) -> None:
@@ -259,7 +269,10 @@ class Paths:
 
 @contextlib.contextmanager
 def started_paths(args: argparse.Namespace, settings: dict[str, object], logs: Path) -> Iterator[Paths]:
-    """The in-process engine, then the worker processes, then Redis + a router in front of them.
+    """The worker processes and the in-process engine, then Redis + a router in front of the workers.
+
+    The workers start first and boot while the in-process engine is built (all of them at once:
+    their start-up is most of a small run's time); none is measured before every path is up.
 
     The router lists the workers statically, as deploy/config/router.yaml does, so the worker path
     (straight to the first worker) and the router path are served by the same worker processes.
@@ -268,12 +281,14 @@ def started_paths(args: argparse.Namespace, settings: dict[str, object], logs: P
     keys = tuple(f"serving-bench-key-{i}" for i in range(args.tenants))
     paths = Paths()
     with contextlib.ExitStack() as running:
-        if "in_process" in args.paths:
-            paths.engine = build_in_process_engine(settings)
         workers: list[WorkerProcess] = []
         for index in range(args.workers if {"worker", "router", "http"} & set(args.paths) else 0):
-            workers.append(WorkerProcess(settings, f"worker-{index}", logs, STARTUP_TIMEOUT_S))
+            workers.append(WorkerProcess(settings, f"worker-{index}", logs, STARTUP_TIMEOUT_S, wait=False))
             running.callback(workers[-1].stop)
+        if "in_process" in args.paths:
+            paths.engine = build_in_process_engine(settings)
+        for worker in workers:
+            worker.wait_until_serving()
         if "worker" in args.paths:
             paths.worker = Target("worker", workers[0].address, keys, args.request_timeout_s)
         if {"router", "http"} & set(args.paths):
