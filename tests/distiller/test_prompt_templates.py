@@ -56,11 +56,12 @@ def test_no_generated_prompt_is_about_a_subject_a_shipped_prompt_mentions():
     held_out = [p.prompt.lower() for p in shipped_prompts()]
     prompts = templated_prompts(50_000, seed=0)
 
-    for prompt in prompts:
-        kind, _, subject = prompt.group.partition("::")
+    # Every prompt of a group shares its subject, so checking each group once checks every prompt.
+    for group in {p.group for p in prompts}:
+        kind, _, subject = group.partition("::")
         if kind != "problem":
             core = subject.lower().removeprefix("the ").removeprefix("a ").removeprefix("an ")
-            assert not any(core in text for text in held_out), (subject, prompt.prompt)
+            assert not any(core in text for text in held_out), subject
     shipped = {p.prompt for p in shipped_prompts()}
     assert not shipped & {p.prompt for p in prompts}
 

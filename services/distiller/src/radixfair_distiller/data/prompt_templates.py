@@ -15,6 +15,7 @@ each other either.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import random
@@ -403,13 +404,20 @@ class TemplatedPrompt:
 
 def all_templated_prompts() -> list[TemplatedPrompt]:
     """Every audience x template x subject x style combination, in a fixed order (no word problems)."""
+    return list(_templated_pool())
+
+
+# Built once per process: the pool is a constant of this module (immutable prompts in a tuple), and
+# hashing its 40,000 texts costs half a second, which every generated_prompts call would pay again.
+@functools.cache
+def _templated_pool() -> tuple[TemplatedPrompt, ...]:
     out = []
     for kind, subjects in SUBJECTS.items():
         combinations = itertools.product(subjects, TEMPLATES[kind], STYLES, AUDIENCES)
         for subject, template, style, audience in combinations:
             text = audience + template.format(s=subject) + style
             out.append(TemplatedPrompt(_prompt_id(text), text, f"{kind}::{subject}"))
-    return out
+    return tuple(out)
 
 
 def word_problems(count: int, seed: int) -> list[TemplatedPrompt]:
@@ -434,7 +442,10 @@ def generated_prompts(
     (case-insensitively) in one of the ``avoid`` texts is left out.
     """
     avoided = [text.lower() for text in avoid]
-    templated = [p for p in all_templated_prompts() if not _mentioned(p.group, avoided)]
+    pool = _templated_pool()
+    # Decided once per subject (a few hundred), not once per prompt (tens of thousands).
+    mentioned = {group for group in {p.group for p in pool} if _mentioned(group, avoided)}
+    templated = [p for p in pool if p.group not in mentioned]
     rng = random.Random(f"generated-prompts:{seed}")
     rng.shuffle(templated)
     problems = word_problems(round(count * word_problem_share), seed)
