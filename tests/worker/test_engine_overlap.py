@@ -9,6 +9,7 @@ before preemption, aborts and host-sampled rows.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
@@ -77,11 +78,20 @@ def assert_no_page_leaks(engine: Engine) -> None:
     assert engine.allocator.num_free == total
 
 
-def reference_tokens(model_dir, prompt: list[int], max_tokens: int) -> Request:
-    stack = make_stack(model_dir)
-    request = greedy(prompt, max_tokens, "reference", ignore_eos=True)
-    run_to_completion(stack.engine, [request])
-    return request
+@pytest.fixture(scope="module")
+def reference_tokens(tiny_model_dir) -> Callable[[list[int], int], Request]:
+    """Greedy, no-overlap runs of single prompts on one engine for the module: building an engine reads
+    the tokenizer (a quarter second of CPU each), and a finished request leaves nothing but cached pages.
+    No two reference prompts share a whole 16-token page, so every reference is computed from scratch."""
+    engine = make_stack(tiny_model_dir).engine
+
+    def run(prompt: list[int], max_tokens: int) -> Request:
+        request = greedy(prompt, max_tokens, "reference", ignore_eos=True)
+        run_to_completion(engine, [request])
+        assert request.num_cached_tokens == 0
+        return request
+
+    return run
 
 
 def test_overlap_setting_is_validated_and_auto_means_cuda_only():
@@ -134,8 +144,8 @@ def mixed_scenario(model_dir, stop_at: int, stop_text: str, overlap: bool) -> tu
     return engine, [by_token, chunked, one, by_string, three, sharer]
 
 
-def test_mixed_staggered_batch_is_identical_with_and_without_overlap(tiny_model_dir):
-    reference = reference_tokens(tiny_model_dir, [100, 200, 300, 400], 20)
+def test_mixed_staggered_batch_is_identical_with_and_without_overlap(tiny_model_dir, reference_tokens):
+    reference = reference_tokens([100, 200, 300, 400], 20)
     stop_at = reference.output_ids[6]
     stop_text = reference.final_text[len(reference.final_text) // 2 :][:3]
     assert stop_text.strip(), "reference text too short to pick a stop string"
@@ -154,9 +164,9 @@ def test_mixed_staggered_batch_is_identical_with_and_without_overlap(tiny_model_
         assert_no_page_leaks(engine)
 
 
-def test_token_computed_after_a_stop_is_discarded_and_never_cached(tiny_model_dir):
+def test_token_computed_after_a_stop_is_discarded_and_never_cached(tiny_model_dir, reference_tokens):
     prompt = [100, 200, 300, 400, 500]
-    reference = reference_tokens(tiny_model_dir, prompt, 20)
+    reference = reference_tokens(prompt, 20)
     # A stop whose token fills a page: the next step (already launched with overlap) computes
     # that token's K/V, which completes the page; it must not reach the cache.
     stop_index = next(k for k in (2, 10, 18) if reference.output_ids.index(reference.output_ids[k]) == k)
@@ -178,8 +188,8 @@ def test_token_computed_after_a_stop_is_discarded_and_never_cached(tiny_model_di
     assert follow_up.num_cached_tokens == sync_follow_up.num_cached_tokens == len(stopped.fill_ids) - 8
 
 
-def test_abort_mid_flight_keeps_only_known_tokens_and_frees_pages(tiny_model_dir):
-    reference = reference_tokens(tiny_model_dir, list(range(100, 150)), 40)
+def test_abort_mid_flight_keeps_only_known_tokens_and_frees_pages(tiny_model_dir, reference_tokens):
+    reference = reference_tokens(list(range(100, 150)), 40)
     engine = make_stack(tiny_model_dir, num_pages=32, page_size=8, overlap_schedule=True).engine
     doomed = greedy(list(range(100, 150)), 40, "doomed", ignore_eos=True)
     bystander = greedy(list(range(100, 150)), 12, "bystander", ignore_eos=True)
@@ -192,9 +202,9 @@ def test_abort_mid_flight_keeps_only_known_tokens_and_frees_pages(tiny_model_dir
     assert_no_page_leaks(engine)
 
 
-def test_preempted_requests_finish_with_the_same_tokens_under_overlap(tiny_model_dir):
+def test_preempted_requests_finish_with_the_same_tokens_under_overlap(tiny_model_dir, reference_tokens):
     prompts = [[(7 * i + j) % 4000 + 50 for j in range(40 + 9 * i)] for i in range(4)]
-    expected = [reference_tokens(tiny_model_dir, p, 48).output_ids for p in prompts]
+    expected = [reference_tokens(p, 48).output_ids for p in prompts]
     # 20 pages of 8 tokens cannot hold four 40-90 token prompts growing by 48 tokens each.
     engine = make_stack(
         tiny_model_dir, num_pages=20, page_size=8, max_batched_tokens=256, overlap_schedule=True
@@ -208,7 +218,7 @@ def test_preempted_requests_finish_with_the_same_tokens_under_overlap(tiny_model
     assert_no_page_leaks(engine)
 
 
-def test_seeded_sampling_joining_overlapped_greedy_batch_is_reproducible(tiny_model_dir):
+def test_seeded_sampling_joining_overlapped_greedy_batch_is_reproducible(tiny_model_dir, reference_tokens):
     def run(overlap: bool, others: int) -> list[list[int]]:
         engine = make_stack(tiny_model_dir, overlap_schedule=overlap).engine
         greedy_ones = [greedy([30 + i] * (4 + i), 24, f"greedy{i}", ignore_eos=True) for i in range(2)]
@@ -220,7 +230,7 @@ def test_seeded_sampling_joining_overlapped_greedy_batch_is_reproducible(tiny_mo
 
     baseline = run(overlap=False, others=0)
     # The seeded request really sampled (a greedy fallback would pass the comparisons below).
-    assert baseline[0] != reference_tokens(tiny_model_dir, [5, 6, 7, 8], 8).output_ids
+    assert baseline[0] != reference_tokens([5, 6, 7, 8], 8).output_ids
     assert run(overlap=True, others=0) == baseline
     assert run(overlap=True, others=2) == baseline
 
