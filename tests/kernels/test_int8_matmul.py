@@ -67,8 +67,12 @@ def test_bad_operands_are_refused_before_launch(x, q, scale, message) -> None:
         int8_weight_matmul(x, q, scale)
 
 
-def test_batches_up_to_128_rows_take_one_row_tile_and_narrow_outputs_narrow_tiles() -> None:
+def test_tiles_are_the_h200_sweeps_fastest_per_batch_and_width() -> None:
+    # bench/results/gpu_int8_h200.json, best_tile: one 16-row tile at batch 1, 64-row tiles at 128.
     assert tile_sizes(1, 576) == (16, 16)
+    assert tile_sizes(1, 3072) == (16, 32)
     assert tile_sizes(1, 49152) == (16, 128)
-    assert tile_sizes(100, 3072) == (128, 32)
-    assert tile_sizes(300, 576)[0] == 128
+    assert tile_sizes(128, 960) == (64, 16)
+    assert tile_sizes(128, 3072) == (64, 64)
+    assert tile_sizes(128, 49152) == (128, 128)
+    assert tile_sizes(20, 576) == (32, 16)

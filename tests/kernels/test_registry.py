@@ -31,8 +31,10 @@ def test_each_backend_op_runs_the_registry_launcher_or_its_reference(name: str) 
 
 
 def test_every_backend_operation_is_a_registry_kernel_or_a_dispatching_method() -> None:
-    # attention picks decode, cascade or extend; linear and norm_lm_head choose a launcher per call.
+    # attention picks decode, cascade or extend; linear and norm_lm_head choose a launcher per call;
+    # quantized_linear picks the int8 or fp8 launcher (or none, above its row limit).
     dispatching = {"attention", "linear", "norm_lm_head", "norm_qkv_rope_write_kv", "norm_gate_up_silu"}
+    dispatching |= {"quantized_linear"}
     operations = {name for name in vars(KernelBackend) if not name.startswith("_")} - {"name"}
     operations -= {"reads_shared_prefixes"}
 

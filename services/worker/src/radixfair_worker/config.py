@@ -125,6 +125,10 @@ class EngineConfig:
     dtype: str = "float32"
     # Kernel backend: "torch" (reference, runs anywhere) or "triton" (GPU).
     backend: str = "torch"
+    # Triton backend, quantized (int8/fp8) checkpoints: products of up to this many rows run the
+    # weight-only Triton kernel, larger ones dequantize for cuBLAS; 0 dequantizes always
+    # (model/quantized_linear.QuantizedKernelConfig says where 128 comes from).
+    quantized_triton_max_rows: int = 128
     # On CUDA, replay decode steps of up to this many requests as captured
     # graphs; 0 disables graphs.
     cuda_graph_max_batch: int = 128
@@ -147,6 +151,8 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.max_failed_steps_in_a_row < 0:
             raise ValueError("engine.max_failed_steps_in_a_row must be 0 (never exit) or positive")
+        if self.quantized_triton_max_rows < 0:
+            raise ValueError("engine.quantized_triton_max_rows must be 0 (always dequantize) or positive")
         for name in ("page_size", "num_pages", "max_running_requests", "max_batched_tokens"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"engine.{name} must be positive")

@@ -15,6 +15,7 @@ from radixfair_worker.kernels.prefix_groups import PrefixSharingConfig
 from radixfair_worker.model.backend import KernelBackend
 from radixfair_worker.model.llama import KVCache
 from radixfair_worker.model.loader import load_model
+from radixfair_worker.model.quantized_linear import QuantizedKernelConfig
 from radixfair_worker.model.torch_backend import TorchBackend
 from radixfair_worker.model_runner import ModelRunner
 from radixfair_worker.scheduler.registry import build_policy
@@ -30,19 +31,20 @@ class ServingStack:
     model_dir: Path
 
 
-def build_backend(name: str) -> KernelBackend:
+def build_backend(name: str, quantized: QuantizedKernelConfig | None = None) -> KernelBackend:
     if name == "torch":
         return TorchBackend()
     if name == "triton":
         from radixfair_worker.model.triton_backend import TritonBackend
 
-        return TritonBackend()
+        return TritonBackend(quantized=quantized)
     raise ValueError(f"unknown kernel backend {name!r}; use 'torch' or 'triton'")
 
 
 def build_engine(config: EngineConfig, model_dir: Path) -> ServingStack:
     dtype = getattr(torch, config.dtype)
-    model = load_model(model_dir, build_backend(config.backend), dtype, config.device)
+    quantized = QuantizedKernelConfig(triton_max_rows=config.quantized_triton_max_rows)
+    model = load_model(model_dir, build_backend(config.backend, quantized), dtype, config.device)
     model_config = model.config
     device = torch.device(config.device)
     use_graphs = device.type == "cuda" and config.decode_graph_rows > 0

@@ -1,17 +1,22 @@
 # ruff: noqa: N803  (Triton's convention: compile-time tl.constexpr parameters are UPPER_CASE)
-"""Weight-only int8 matmul for decode-sized batches: y = x @ (q * scale[:, None])^T.
+"""Weight-only int8 / fp8 matmul for decode-sized batches: y = x @ (q * scale[:, None])^T.
 
 Shapes and dtypes:
   x       [M, K] bf16/fp16/fp32, last dimension contiguous (M = decode batch, 1 to a few hundred)
-  q       [N, K] int8, contiguous: the checkpoint's quantized weight (format: see
-          radixfair_model_format.quantized_checkpoint: symmetric, per output channel, values in [-127, 127])
+  q       [N, K], contiguous: the checkpoint's quantized weight (format: see
+          radixfair_model_format.quantized_checkpoint), either
+          - int8 (``int8_weight_matmul``): symmetric, per output channel, values in [-127, 127], or
+          - fp8 e4m3 codes held as uint8 (``fp8_weight_matmul``): the bytes of a float8_e4m3fn tensor,
+            as the worker's QuantizedLinear keeps them (a uint8 view survives Module.to(dtype))
   scale   [N] fp32: the per-output-channel scale
   returns [M, N] in x.dtype
 
-At decode a projection is bound by reading its weight, and int8 halves those bytes against bf16.
-The weight tile is loaded as int8 and converted to the activation dtype in registers, so no
-dequantized copy of the weight ever exists in memory; the tile product accumulates in fp32 on the
-tensor cores, and the per-channel scale is applied once to the accumulated output column
+At decode a projection is bound by reading its weight, and 8-bit codes halve those bytes against
+bf16. The weight tile is loaded as 8-bit codes and converted to the activation dtype in registers
+(fp8: bitcast to e4m3, then converted), so no dequantized copy of the weight ever exists in
+memory; both conversions are exact (|q| <= 127 is exact in bf16/fp16, and every finite e4m3
+value is a bf16 and an fp16 value). The tile product accumulates in fp32 on the tensor cores,
+and the per-channel scale is applied once to the accumulated output column
 (x @ (q * s)^T == (x @ q^T) * s), then the result is rounded to x.dtype.
 
 Each program owns a BLOCK_M x BLOCK_N output tile and walks K in BLOCK_K steps. ``tl.dot`` needs
@@ -30,7 +35,7 @@ from radixfair_worker.kernels._launch import check_last_dim_contiguous, interpre
 
 
 @triton.jit
-def _int8_weight_matmul_kernel(
+def _weight_only_matmul_kernel(
     x_ptr,
     q_ptr,
     scale_ptr,
@@ -46,6 +51,7 @@ def _int8_weight_matmul_kernel(
     BLOCK_K: tl.constexpr,
     EVEN_K: tl.constexpr,
     DOT_FP32: tl.constexpr,
+    FP8_CODES: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -65,11 +71,14 @@ def _int8_weight_matmul_kernel(
             k_mask = ks < K
             x = tl.load(x_rows + ks[None, :], mask=row_mask[:, None] & k_mask[None, :], other=0.0)
             q = tl.load(q_cols + ks[:, None], mask=col_mask[None, :] & k_mask[:, None], other=0)
+        if FP8_CODES:
+            # uint8 bytes -> e4m3 values (code 0, the masked fill, is +0.0).
+            q = q.to(tl.float8e4nv, bitcast=True)
         if DOT_FP32:
             # fp32 activations, and the CPU interpreter (whose bf16 dot is wrong, see _launch.interpreted).
             acc += tl.dot(x.to(tl.float32), q.to(tl.float32), input_precision="ieee")
         else:
-            # |q| <= 127 is exact in bf16 and fp16: the conversion loses nothing.
+            # int8 and e4m3 values are exact in bf16 and fp16: the conversion loses nothing.
             acc += tl.dot(x, q.to(x.dtype))
     scale = tl.load(scale_ptr + cols, mask=col_mask, other=0.0)
     acc = acc * scale[None, :]
@@ -89,13 +98,49 @@ def int8_weight_matmul(
     num_stages: int = 4,
 ) -> torch.Tensor:
     """x [M, K] @ (q [N, K] int8 * scale [N])^T -> [M, N] in x.dtype (block sizes: see tile_sizes)."""
+    if q.dtype != torch.int8:
+        raise ValueError(f"q must be int8, got {q.dtype}")
+    return _weight_only_matmul(x, q, scale, out, (block_m, block_n, block_k), num_warps, num_stages, False)
+
+
+def fp8_weight_matmul(
+    x: torch.Tensor,
+    q: torch.Tensor,
+    scale: torch.Tensor,
+    out: torch.Tensor | None = None,
+    block_m: int | None = None,
+    block_n: int | None = None,
+    block_k: int | None = None,
+    num_warps: int = 4,
+    num_stages: int = 4,
+) -> torch.Tensor:
+    """x [M, K] @ (e4m3(q [N, K] uint8 codes) * scale [N])^T -> [M, N] in x.dtype.
+
+    ``q`` is a float8_e4m3fn tensor's bytes (``weight.view(torch.uint8)``); a float8_e4m3fn
+    tensor itself is taken too and read through such a view.
+    """
+    if q.dtype == torch.float8_e4m3fn:
+        q = q.view(torch.uint8)
+    if q.dtype != torch.uint8:
+        raise ValueError(f"q must be fp8 e4m3 codes as uint8 (or float8_e4m3fn), got {q.dtype}")
+    return _weight_only_matmul(x, q, scale, out, (block_m, block_n, block_k), num_warps, num_stages, True)
+
+
+def _weight_only_matmul(
+    x: torch.Tensor,
+    q: torch.Tensor,
+    scale: torch.Tensor,
+    out: torch.Tensor | None,
+    blocks: tuple[int | None, int | None, int | None],
+    num_warps: int,
+    num_stages: int,
+    fp8_codes: bool,
+) -> torch.Tensor:
     if x.dim() != 2 or q.dim() != 2 or scale.dim() != 1:
         raise ValueError(
             f"want x [M, K], q [N, K], scale [N]; got {tuple(x.shape)}, {tuple(q.shape)}, "
             f"{tuple(scale.shape)}"
         )
-    if q.dtype != torch.int8:
-        raise ValueError(f"q must be int8, got {q.dtype}")
     if x.shape[1] != q.shape[1] or scale.shape[0] != q.shape[0]:
         raise ValueError(
             f"shapes do not fit: x {tuple(x.shape)}, q {tuple(q.shape)}, scale {tuple(scale.shape)}"
@@ -108,12 +153,13 @@ def int8_weight_matmul(
     if m == 0:
         return out
     default_m, default_n = tile_sizes(m, n)
-    block_m, block_n = block_m or default_m, block_n or default_n
-    block_k = block_k or (128 if k % 128 == 0 else 64)
+    block_m, block_n = blocks[0] or default_m, blocks[1] or default_n
+    block_k = blocks[2] or default_block_k(n)
     grid = (triton.cdiv(m, block_m), triton.cdiv(n, block_n))
-    _int8_weight_matmul_kernel[grid](
+    _weight_only_matmul_kernel[grid](
         x,
         q,
+        # A no-op for the fp32 scales QuantizedLinear keeps (no copy, so nothing new under a CUDA graph).
         scale.to(torch.float32).contiguous(),
         out,
         m,
@@ -127,6 +173,7 @@ def int8_weight_matmul(
         BLOCK_K=block_k,
         EVEN_K=k % block_k == 0,
         DOT_FP32=x.dtype == torch.float32 or interpreted(x),
+        FP8_CODES=fp8_codes,
         num_warps=num_warps,
         num_stages=num_stages,
     )
@@ -136,15 +183,21 @@ def int8_weight_matmul(
 def tile_sizes(m: int, n: int) -> tuple[int, int]:
     """(BLOCK_M, BLOCK_N) for a batch of ``m`` rows and ``n`` output channels.
 
-    Up to 128 rows take one row tile, so each weight tile is read (and converted) once; the width
-    shrinks for narrow outputs so that N / BLOCK_N programs still cover the GPU. From the first H200
-    sweep (bench/results/gpu_int8_h200.md): 16-wide tiles won at batch 1 for N <= 960, 128-wide for
-    the 49,152-row LM head; at batch 128 the 64-row tiles were 0.68-0.83x of bf16 cuBLAS, hence one
-    128-row tile there (to be confirmed by the next sweep, which also tries block_m).
+    The fastest tiles of the H200 sweep (bench/results/gpu_int8_h200.json, ``best_tile``, SmolLM2's
+    projections): at batch 1 one 16-row tile, 16 wide for N <= 960 (so N / 16 programs still pull
+    the weight at full bandwidth), 32 for the 3,072-wide gate/up and 128 for the 49,152-row LM head;
+    at batch 128 two 64-row tiles (twice the programs of one 128-row tile: 3.8-6.9 us against
+    5.8-9.9 us), 16 wide for N <= 960 and 64 for gate/up, and the LM head 128 x 128. Batches between
+    17 and 127 rows were not swept: they take the batch-128 widths with one tile of up to 64 rows.
     """
-    block_m = max(16, min(128, triton.next_power_of_2(m)))
     if m <= 16:
-        block_n = 16 if n <= 1024 else 32 if n <= 8192 else 128
-    else:
-        block_n = 32 if n <= 8192 else 64
-    return block_m, block_n
+        return 16, 16 if n <= 1024 else 32 if n <= 8192 else 128
+    if n > 8192:
+        return min(128, triton.next_power_of_2(m)), 128
+    return min(64, triton.next_power_of_2(m)), 16 if n <= 1024 else 64
+
+
+def default_block_k(n: int) -> int:
+    """BLOCK_K: 128 won at every projection in the H200 sweep (K = 576 takes a masked last step), 64
+    for the LM head."""
+    return 64 if n > 8192 else 128

@@ -199,6 +199,12 @@ def int8_weight_matmul_reference(x: torch.Tensor, q: torch.Tensor, scale: torch.
     return (x.double() @ q.double().T) * scale.double()[None, :]
 
 
+def fp8_weight_matmul_reference(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """x [M, K] @ (e4m3(q [N, K] uint8 codes, or float8_e4m3fn) * scale [N])^T in fp64: [M, N] float64."""
+    values = q.view(torch.float8_e4m3fn) if q.dtype == torch.uint8 else q
+    return (x.double() @ values.double().T) * scale.double()[None, :]
+
+
 def norm_matmul_reference(
     x: torch.Tensor,
     residual: torch.Tensor | None,

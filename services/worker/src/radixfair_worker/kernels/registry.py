@@ -71,6 +71,7 @@ KERNELS: tuple[Kernel, ...] = distinct_names(
         Kernel("cascade_decode_attention", "cascade_decode_attention", reference.cascade_decode_reference),
         Kernel("extend_attention", "extend_attention", reference.paged_attention_reference),
         Kernel("int8_weight_matmul", "int8_matmul", reference.int8_weight_matmul_reference),
+        Kernel("fp8_weight_matmul", "int8_matmul", reference.fp8_weight_matmul_reference),
         Kernel("norm_matmul", "norm_matmul", reference.norm_matmul_reference, step_fusion=True),
         Kernel("norm_gate_up_silu", "norm_matmul", reference.norm_gate_up_silu_reference, step_fusion=True),
         Kernel(

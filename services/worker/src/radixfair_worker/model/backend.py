@@ -158,6 +158,15 @@ class KernelBackend(Protocol):
         """x [T, K] @ weight [N, K]^T, or None to leave it to F.linear."""
         ...
 
+    def quantized_linear(
+        self, x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, scheme: str
+    ) -> torch.Tensor | None:
+        """x [T, K] @ (codes [N, K] * scale [N] fp32)^T in x.dtype, or None to leave it to QuantizedLinear.
+
+        ``codes`` are int8 (scheme "int8") or fp8 e4m3 bytes as uint8 (scheme "fp8").
+        """
+        ...
+
     def attention(
         self,
         q: torch.Tensor,

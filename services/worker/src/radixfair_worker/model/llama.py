@@ -68,7 +68,8 @@ class LlamaAttention(nn.Module):
             )  # fmt: skip
         if fused is None:
             normed, residual = _add_rms_norm(backend, hidden, residual, norm_weight, eps)
-            q, k, v = self.qkv_proj(normed).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+            qkv = _project(backend, self.qkv_proj, normed)
+            q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
             q = q.view(tokens, self.num_heads, self.head_dim)
             k = k.view(tokens, self.num_kv_heads, self.head_dim)
             v = v.view(tokens, self.num_kv_heads, self.head_dim)
@@ -101,7 +102,7 @@ class LlamaMLP(nn.Module):
             fused = backend.norm_gate_up_silu(hidden, residual, norm_weight, eps, self.gate_up_proj.weight)
         if fused is None:
             normed, residual = backend.add_rms_norm(hidden, residual, norm_weight, eps)
-            activated = backend.silu_and_mul(self.gate_up_proj(normed))
+            activated = backend.silu_and_mul(_project(backend, self.gate_up_proj, normed))
         else:
             activated, residual = fused
         return _linear(backend, self.down_proj, activated), residual
@@ -170,7 +171,18 @@ def _add_rms_norm(
 
 
 def _linear(backend: KernelBackend, projection: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    out = backend.linear(x, projection.weight) if _plain(projection) else None
+    """o_proj and down_proj: a plain projection may take the backend's small-M matmul."""
+    if not _plain(projection):
+        return _project(backend, projection, x)
+    out = backend.linear(x, projection.weight)
+    return projection(x) if out is None else out
+
+
+def _project(backend: KernelBackend, projection: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A quantized projection through the backend's kernel where it takes it; else the module itself."""
+    out = None
+    if not _plain(projection):
+        out = backend.quantized_linear(x, projection.weight, projection.weight_scale, projection.scheme)
     return projection(x) if out is None else out
 
 

@@ -6,6 +6,10 @@ radixfair_model_format.quantized_checkpoint, which the distiller writes with.
 Projections become ``QuantizedLinear``: the weight stays
 quantized in memory and the per-channel scale is applied to the matmul
 output (x @ (q * s)^T == (x @ q^T) * s), so no dequantized copy is kept.
+``QuantizedLinear.forward`` is the reference path (it converts the whole weight
+to the activation dtype per call); a kernel backend may compute the product
+from the codes instead (``KernelBackend.quantized_linear``: the Triton backend's
+weight-only kernel, for up to ``QuantizedKernelConfig.triton_max_rows`` rows).
 The embedding is dequantized once at load (it is a lookup table and the LM
 head, and LlamaModel reads it as a plain tensor).
 """
@@ -13,6 +17,7 @@ head, and LlamaModel reads it as a plain tensor).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -26,11 +31,39 @@ from radixfair_model_format.quantized_checkpoint import (
 )
 
 
+@dataclass(frozen=True)
+class QuantizedKernelConfig:
+    """Which quantized products the Triton backend computes with its weight-only kernel.
+
+    ``triton_max_rows``: a product of up to this many rows (tokens) runs
+    kernels/int8_matmul.py (int8, or fp8 codes); a larger one (a prefill chunk) runs
+    QuantizedLinear's dequantize-then-cuBLAS path. 0 sends every product there.
+
+    Why 128, from the H200 sweep at SmolLM2-135M's projections (bench/results/gpu_int8_h200.md):
+    at 1 row the kernel takes 2.7-4.2 us against bf16 cuBLAS's 3.1-4.7 (1.08-1.31x faster) and
+    the dequantizing path's 8.2-10.5; at 128 rows the kernel (64-row tiles) takes 3.8-6.9 us,
+    slower than bf16 cuBLAS (3.1-4.4), but a quantized checkpoint has no bf16 weight to hand it,
+    and the dequantizing path takes 9.6-12.6 us there, so the kernel is still the fastest correct
+    path at 128 rows. Above 128 nothing was measured; the dequantizing path's extra cost is one
+    conversion of the weight per call, whatever the rows, while the kernel's tiles were tuned for
+    decode batches, so prefill chunks keep cuBLAS. 128 is also the largest decode batch the worker
+    captures as a CUDA graph (EngineConfig.cuda_graph_max_batch), so every decode step is in range.
+    bench/kernels/gpu_quantized_decode_bench.py sweeps the rows to move this line.
+    """
+
+    triton_max_rows: int = 128
+
+    def __post_init__(self) -> None:
+        if self.triton_max_rows < 0:
+            raise ValueError(f"triton_max_rows must be >= 0, got {self.triton_max_rows}")
+
+
 class QuantizedLinear(nn.Module):
     """y = (x @ q^T) * scale, for x [T, in] in the model dtype; q [out, in], scale [out].
 
     fp8 values are held as a uint8 view: Module.to(dtype) converts every
     floating-point buffer, and it must not turn the fp8 codes into floats.
+    The scales stay fp32 through Module.to(dtype) too (see ``_apply``).
     """
 
     def __init__(self, in_features: int, out_features: int, scheme: str) -> None:
@@ -47,6 +80,14 @@ class QuantizedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q = self.weight if self.scheme == "int8" else self.weight.view(torch.float8_e4m3fn)
         return F.linear(x, q.to(x.dtype)) * self.weight_scale.to(x.dtype)
+
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+        # Module.to(bfloat16) would round each channel's scale to bf16 (up to 2^-8 relative error per
+        # output channel, as large as int8's own rounding); the scales follow the weight's device only.
+        scale = self.weight_scale
+        super()._apply(fn, recurse)
+        self.weight_scale = scale.to(device=self.weight.device, dtype=torch.float32)
+        return self
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, scheme={self.scheme}"

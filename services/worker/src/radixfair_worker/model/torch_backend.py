@@ -40,6 +40,10 @@ class TorchBackend:
     def linear(self, x: torch.Tensor, weight: torch.Tensor) -> None:
         return None
 
+    # QuantizedLinear's own dequantizing forward is the reference.
+    def quantized_linear(self, *args: object) -> None:
+        return None
+
     def attention(
         self,
         q: torch.Tensor,

@@ -14,11 +14,13 @@ import torch
 from radixfair_worker.kernels.cascade_decode_attention import cascade_decode_attention, choose_prefix_splits
 from radixfair_worker.kernels.decode_attention import choose_num_splits, paged_decode_attention
 from radixfair_worker.kernels.extend_attention import extend_attention
+from radixfair_worker.kernels.int8_matmul import fp8_weight_matmul, int8_weight_matmul
 from radixfair_worker.kernels.norm_matmul import norm_gate_up_silu, norm_matmul
 from radixfair_worker.kernels.norm_qkv_rope import norm_qkv_rope_write_kv
 from radixfair_worker.kernels.prefix_groups import PrefixGroups
 from radixfair_worker.kernels.registry import kernel
 from radixfair_worker.model.backend import ForwardBatch
+from radixfair_worker.model.quantized_linear import QuantizedKernelConfig
 from radixfair_worker.model.step_fusion import StepFusionConfig
 
 
@@ -31,7 +33,8 @@ class TritonBackend:
 
     ``num_sms`` sizes the decode split heuristic; it defaults to the current
     CUDA device's multiprocessor count (and to 1 on CPU, the interpreter's case).
-    ``fusions`` picks the cross-operation fusions (all off by default).
+    ``fusions`` picks the cross-operation fusions (all off by default); ``quantized`` which
+    products of a quantized checkpoint run the weight-only int8/fp8 kernel.
     """
 
     name = "triton"
@@ -46,13 +49,19 @@ class TritonBackend:
     silu_and_mul = _launcher("silu_and_mul")
     write_kv = _launcher("write_kv")
 
-    def __init__(self, num_sms: int | None = None, fusions: StepFusionConfig | None = None) -> None:
+    def __init__(
+        self,
+        num_sms: int | None = None,
+        fusions: StepFusionConfig | None = None,
+        quantized: QuantizedKernelConfig | None = None,
+    ) -> None:
         if num_sms is None:
             num_sms = (
                 torch.cuda.get_device_properties().multi_processor_count if torch.cuda.is_available() else 1
             )
         self.num_sms = num_sms
         self.fusions = fusions or StepFusionConfig()
+        self.quantized = quantized or QuantizedKernelConfig()
 
     def _fits(self, enabled: bool, x: torch.Tensor) -> bool:
         return enabled and 0 < x.shape[0] <= self.fusions.max_rows
@@ -111,6 +120,15 @@ class TritonBackend:
             return None
         out, _ = norm_matmul(x, None, None, 0.0, weight)
         return out
+
+    def quantized_linear(
+        self, x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, scheme: str
+    ) -> torch.Tensor | None:
+        # Shapes only: no host sync, and under a CUDA graph the choice is fixed per captured size.
+        if not 0 < x.shape[0] <= self.quantized.triton_max_rows:
+            return None
+        matmul = int8_weight_matmul if scheme == "int8" else fp8_weight_matmul
+        return matmul(x, codes, scale)
 
     def attention(
         self,
