@@ -60,12 +60,18 @@ def hooks(stop_after: int | None = None, events: list | None = None) -> Training
     )
 
 
-def run_for(spec, tmp_path, tiny_model_dir, seed=0):
-    return TrainingRun(spec, seed, 64, tmp_path / "checkpoint", tiny_model_dir, torch.device("cpu"))
+def run_for(spec, tmp_path, tiny_model_dir, seed=0, seq_len=64):
+    return TrainingRun(spec, seed, seq_len, tmp_path / "checkpoint", tiny_model_dir, torch.device("cpu"))
 
 
+# The resume runs' rows: the chat prompts are 35 to 44 tokens, so 48 positions still hold a prompt and
+# the first answer tokens it learns, and a step costs 3/4 of one at 64 (the 49,152-word LM head
+# dominates; under bf16 on a CPU a step is seconds).
+RESUME_SEQ_LEN = 48
+# 4 steps, a checkpoint at 2: an interrupted run loses step 3 and resumes at 2, and with seed 0 and
+# fraction 0.4 step 4 is on-policy, so the resumed steps include a sampled batch.
 SPEC = DistillSpec(
-    steps=6,
+    steps=4,
     batch_size=2,
     learning_rate=1e-3,
     warmup_steps=2,
@@ -73,9 +79,9 @@ SPEC = DistillSpec(
     loss=LossSpec(kind="jsd", beta=0.4, hard_label_weight=0.1),
     on_policy=OnPolicySpec(fraction=0.4, max_new_tokens=6),
 )
-# The same 6 steps named as a token budget (2 x 64 = 128 tokens a step: 668 tokens round up to 6
-# steps, 200 warm-up tokens to 2), and again under bf16 mixed precision.
-TOKEN_SPEC = dataclasses.replace(SPEC, steps=None, warmup_steps=None, tokens=668, warmup_tokens=200)
+# The same 4 steps named as a token budget (2 x 48 = 96 tokens a step: 380 tokens round up to 4
+# steps, 150 warm-up tokens to 2), and again under bf16 mixed precision.
+TOKEN_SPEC = dataclasses.replace(SPEC, steps=None, warmup_steps=None, tokens=380, warmup_tokens=150)
 BF16_SPEC = dataclasses.replace(TOKEN_SPEC, precision="bfloat16")
 
 
@@ -83,10 +89,9 @@ BF16_SPEC = dataclasses.replace(TOKEN_SPEC, precision="bfloat16")
 def test_a_resumed_run_ends_bitwise_equal_to_an_uninterrupted_one(
     spec, teacher, bundle, student_dir, tmp_path, tiny_model_dir
 ):
-    whole, whole_losses = distill(
-        load_llama(student_dir), teacher, bundle, run_for(spec, tmp_path / "a", tiny_model_dir), hooks()
-    )
-    run = run_for(spec, tmp_path / "b", tiny_model_dir)
+    whole_run = run_for(spec, tmp_path / "a", tiny_model_dir, seq_len=RESUME_SEQ_LEN)
+    whole, whole_losses = distill(load_llama(student_dir), teacher, bundle, whole_run, hooks())
+    run = run_for(spec, tmp_path / "b", tiny_model_dir, seq_len=RESUME_SEQ_LEN)
     with pytest.raises(JobCancelledError):
         distill(
             load_llama(student_dir), teacher, bundle, run, hooks(stop_after=3)
@@ -94,7 +99,7 @@ def test_a_resumed_run_ends_bitwise_equal_to_an_uninterrupted_one(
     events: list = []
     resumed, resumed_losses = distill(load_llama(student_dir), teacher, bundle, run, hooks(events=events))
     assert events[0] == ("resumed", 2)
-    assert [e.step for e in events if not isinstance(e, tuple)] == [3, 4, 5, 6]
+    assert [e.step for e in events if not isinstance(e, tuple)] == [3, 4]
     assert any(e.on_policy for e in events if not isinstance(e, tuple))
     assert resumed_losses == whole_losses
     for name, tensor in whole.state_dict().items():
