@@ -1,8 +1,8 @@
 """A docker-compose project of the repo's compose file, driven the way a user drives it.
 
 The engine and the local base image come from scripts/container_engine.sh; the public images that
-cannot be pulled here are replaced by deploy/local/compose.standins.yml. Every wait is a poll of a
-condition (a container's health, an answer) under a deadline.
+cannot be pulled here are replaced by deploy/local/compose.standins.yml. Every wait is bounded by a
+deadline: on containers' health, woken by the engine's health events; on an answer, a poll.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import select
 import subprocess
 import time
 import urllib.request
@@ -32,6 +33,8 @@ BUILD_INPUTS_IMAGE = "radixfair-local/build-inputs"
 NO_ENGINE_HERE = 3
 
 T = TypeVar("T")
+# wait_healthy looks again this often without a health event.
+HEALTH_RECHECK_S = 10.0
 # The engine's containers and build steps, together (cgroup v1 with the cgroupfs driver, as here).
 DOCKER_CGROUP_CPU = Path("/sys/fs/cgroup/cpuacct/docker/cpuacct.usage")
 
@@ -210,13 +213,35 @@ class ComposeProject:
         return self.docker("inspect", "--format", template, *ids) if ids else ""
 
     def wait_healthy(self, services: Sequence[str], timeout_s: float) -> None:
-        """Until each service has exactly one container and it is healthy."""
+        """Until each service has exactly one container and it is healthy.
 
-        def all_healthy() -> dict[str, list[str]] | None:
-            states = self.health()
-            return states if all(states.get(service) == ["healthy"] for service in services) else None
-
-        wait_for(f"{', '.join(services)} healthy", all_healthy, timeout_s, poll_s=2.0)
+        Woken by the engine's health events for the project's containers (a change of health is
+        seen at once, and nothing is asked in between), with a look every ``HEALTH_RECHECK_S``
+        as well for what sends no health event (a container that exits)."""
+        events = subprocess.Popen(
+            ["docker", "events", "--filter", "type=container", "--filter", "event=health_status"]
+            + ["--filter", f"label=com.docker.compose.project={self.name}", "--format", "{{.ID}}"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=self.env,
+        )
+        assert events.stdout is not None
+        deadline = time.monotonic() + timeout_s
+        try:
+            # Asked after the event stream is started: a change it missed while it connected is
+            # seen at the next look.
+            while any((states := self.health()).get(service) != ["healthy"] for service in services):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(
+                        f"{', '.join(services)} healthy: not within {timeout_s:.0f} s ({states})"
+                    )
+                ready, _, _ = select.select([events.stdout], [], [], min(remaining, HEALTH_RECHECK_S))
+                if ready:
+                    os.read(events.stdout.fileno(), 65536)
+        finally:
+            events.kill()
+            events.wait()
 
     def purge(self) -> None:
         """Removes whatever a run killed half-way left behind (even two networks of one name,
