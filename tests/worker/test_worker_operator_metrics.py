@@ -149,14 +149,9 @@ def test_a_caller_hanging_up_mid_stream_is_counted_cancelled(worker, stub):
     )
 
 
-def test_a_full_queue_is_counted_as_a_queue_full_rejection(tiny_model_dir, start_worker):
-    from support.ports import free_port
-
-    metrics_port = free_port()
-    service = start_worker(
-        tiny_model_dir,
-        **{"engine.max_waiting_requests": 1, "engine.max_running_requests": 1, "metrics_port": metrics_port},
-    )
+def test_a_full_queue_is_counted_as_a_queue_full_rejection(one_slot_worker):
+    service = one_slot_worker
+    before = scrape(service.metrics_url)
     codes: list[grpc.StatusCode] = []
 
     def call() -> None:
@@ -173,10 +168,13 @@ def test_a_full_queue_is_counted_as_a_queue_full_rejection(tiny_model_dir, start
         thread.start()
     for thread in threads:
         thread.join(timeout=300)
-    metrics = scrape(f"http://127.0.0.1:{metrics_port}/metrics")
+    after = scrape(service.metrics_url)
+
+    def counted(name: str, **labels: str) -> float:
+        return after.value(name, **labels) - before.value(name, **labels)
 
     refused = codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED)
     assert refused > 0 and len(codes) == 6
-    assert metrics.value(REJECTED, reason="queue_full") == refused
-    assert metrics.value(DURATION, outcome="error") == refused
-    assert metrics.value(DURATION, outcome="ok") == codes.count(grpc.StatusCode.OK) == 6 - refused
+    assert counted(REJECTED, reason="queue_full") == refused
+    assert counted(DURATION, outcome="error") == refused
+    assert counted(DURATION, outcome="ok") == codes.count(grpc.StatusCode.OK) == 6 - refused

@@ -211,10 +211,8 @@ def test_health_and_reflection_are_served(worker):
     assert {"radixfair.v1.WorkerService", "grpc.health.v1.Health"} <= names
 
 
-def test_full_queue_gets_resource_exhausted(tiny_model_dir, start_worker):
-    service = start_worker(
-        tiny_model_dir, **{"engine.max_waiting_requests": 1, "engine.max_running_requests": 1}
-    )
+def test_full_queue_gets_resource_exhausted(one_slot_worker):
+    service = one_slot_worker
     codes: list[grpc.StatusCode] = []
     completed: list[int] = []
 
