@@ -1,20 +1,24 @@
 """Training under torchrun: 2 CPU processes on gloo train the student a single process trains.
 
-Every run goes through the real CLI entry: `python -m torch.distributed.run
+Every torchrun job goes through the real CLI entry: `python -m torch.distributed.run
 --nproc_per_node 2 -m radixfair_distiller.cli distill RECIPE` (what torchrun
-does) and `python -m radixfair_distiller.cli distill RECIPE`. Each launch
-runs in its own process group with a deadline, and the ranks' collectives
-time out after a minute, so a hung rank fails the test instead of hanging it.
+does). The one-process reference runs the same job through the JobRunner the
+CLI drives, in this process (a third process importing torch would cost more
+than its training). Each launch runs in its own process group with a deadline,
+and the ranks' collectives time out after a minute, so a hung rank fails the
+test instead of hanging it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,12 +29,16 @@ from radixfair_distiller.config import DistillerConfig
 from radixfair_distiller.runner import JobRunner
 
 DEADLINE_S = 300
-STEPS = 6
+# 4 steps with a checkpoint every 2: the resumed job restarts at step 2, and with seed 7 and fraction 0.4
+# step 3 is on-policy, so both runs train through a sampled batch.
+STEPS = 4
 
 
 def recipe_text(teacher: Path) -> str:
     # batch 4 over 2 ranks: 2 rows each; on-policy steps and the JSD + hard-label mix both run.
-    # float64: see assert_same_weights for why an fp32 comparison cannot be tight.
+    # float64: see assert_same_weights for why an fp32 comparison cannot be tight. seq_len 48: the chat
+    # prompts are 35 to 44 tokens, so a chat row still learns answer tokens, and an on-policy row its
+    # 4 sampled ones; a float64 step over the 49,152-word LM head costs in proportion to its positions.
     return f"""
 name: ddp-student
 teacher: {teacher}
@@ -45,7 +53,7 @@ distill:
   checkpoint_every: 2
   loss: {{kind: jsd, beta: 0.3, hard_label_weight: 0.2}}
   on_policy: {{fraction: 0.4, max_new_tokens: 4}}
-data: {{seq_len: 80, text_max_files: 10, chat_prompts: 30, response_max_new_tokens: 6}}
+data: {{seq_len: 48, text_max_files: 10, chat_prompts: 30, response_max_new_tokens: 6}}
 evaluate: {{text_sequences: 1, chat_prompts: 1, max_new_tokens: 2, decode_tokens: 2}}
 """
 
@@ -111,8 +119,8 @@ def job_events(work_dir: Path) -> list[dict]:
 # through the tied LM head) can therefore move by anything up to +-lr in either run: in fp32 that is
 # 1.5e-5 apart for 3 of 3.1M elements, with identical losses, and no elementwise fp32 tolerance both
 # holds and still catches a wrong update. In fp64 (u = 1.1e-16) the same worst case is
-# lr * n * u * sum|terms| / eps ~ 2e-3 * 1e3 * 1.1e-16 * 1 / 1e-8 = 2e-8 per step, 1.2e-7 over 6 steps,
-# so FP64_NOISE leaves 8x headroom. The published weights are fp32: each run rounds to its nearest
+# lr * n * u * sum|terms| / eps ~ 2e-3 * 1e3 * 1.1e-16 * 1 / 1e-8 = 2e-8 per step, 8e-8 over 4 steps,
+# so FP64_NOISE leaves 12x headroom. The published weights are fp32: each run rounds to its nearest
 # fp32 value, so they may also differ by one fp32 ulp, at most 2**-23 * |w|. A real fault (a rank on
 # the wrong rows, a gradient not averaged, a step skipped) moves weights by ~lr = 2e-3.
 FP64_NOISE = 1e-6
@@ -134,11 +142,14 @@ def recipe(tiny_model_dir, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def runs(recipe, tmp_path_factory) -> dict[str, Path]:
-    """The same recipe run by one process and by torchrun with 2 processes (side by side)."""
+    """The same recipe run by one process (this one) and by torchrun with 2 processes, side by side."""
     single, double = tmp_path_factory.mktemp("single"), tmp_path_factory.mktemp("torchrun")
-    processes = {single: launch(cli_args(single, recipe)), double: torchrun(double, recipe)}
-    outputs = {work_dir: finish(process) for work_dir, process in processes.items()}
-    (double / "output.txt").write_text(outputs[double])
+    process = torchrun(double, recipe)
+    try:
+        run_here(single, recipe.read_text())
+    finally:
+        output = finish(process)
+    (double / "output.txt").write_text(output)
     return {"single": single, "torchrun": double}
 
 
@@ -173,6 +184,8 @@ def test_a_torchrun_job_resumes_every_rank_from_the_single_process_checkpoint(
     runs, recipe, tiny_model_dir, tmp_path
 ):
     work_dir = tmp_path / "work"
+    # The one-process run's data cache (tokenized text, the teacher's answers): the same recipe's data.
+    shutil.copytree(runs["single"] / "cache", work_dir / "cache")
     interrupt_after_first_checkpoint(work_dir, recipe.read_text())
     output = finish(torchrun(work_dir, recipe))
     assert "resuming job" in output
@@ -182,8 +195,8 @@ def test_a_torchrun_job_resumes_every_rank_from_the_single_process_checkpoint(
     assert_same_weights(student_weights(work_dir), student_weights(runs["single"]))
 
 
-def interrupt_after_first_checkpoint(work_dir: Path, text: str) -> None:
-    """Runs the job in this process and shuts the runner down at its first checkpoint (resumable)."""
+def run_in_process(work_dir: Path, text: str, until: Callable[[list], bool]) -> JobRunner:
+    """Runs the job on a JobRunner in this process until ``until(events)``, then stops the runner."""
     config = DistillerConfig(**{k: v for k, v in settings(work_dir).items() if k != "torch_threads"})
     runner = JobRunner(config)
     runner.start()
@@ -191,10 +204,32 @@ def interrupt_after_first_checkpoint(work_dir: Path, text: str) -> None:
         job_id = runner.submit(text).job_id
         log = runner.events(job_id)
         deadline = time.monotonic() + DEADLINE_S
-        while not any(e.message == "checkpoint" for e in log.since(0)):
-            assert log.last is None or not log.last.state.is_terminal, log.last
-            assert time.monotonic() < deadline, "no checkpoint"
+        while not until(log.since(0)):
+            assert time.monotonic() < deadline, f"job did not get there in {DEADLINE_S}s: {log.last}"
             time.sleep(0.05)
     finally:
         runner.stop(timeout=120)
-    assert not runner.get(job_id).state.is_terminal
+    return runner
+
+
+def run_here(work_dir: Path, text: str) -> None:
+    """Runs the job to its end in this process; it must succeed."""
+
+    def ended(events: list) -> bool:
+        return bool(events) and events[-1].state.is_terminal
+
+    runner = run_in_process(work_dir, text, ended)
+    (record,) = runner.store.all()
+    assert record.state.value == "succeeded", runner.events(record.job_id).last
+
+
+def interrupt_after_first_checkpoint(work_dir: Path, text: str) -> None:
+    """Runs the job in this process and shuts the runner down at its first checkpoint (resumable)."""
+
+    def checkpointed(events: list) -> bool:
+        assert not events or not events[-1].state.is_terminal, events[-1]
+        return any(e.message == "checkpoint" for e in events)
+
+    runner = run_in_process(work_dir, text, checkpointed)
+    (record,) = runner.store.all()
+    assert not record.state.is_terminal
