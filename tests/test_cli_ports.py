@@ -86,7 +86,7 @@ def test_up_on_a_taken_router_port_says_so_before_starting_anything(taken_port, 
     run_dir = tmp_path / "run"
     result = subprocess.run(
         [sys.executable, "-m", "radixfair.cli", "up", "--model", str(tiny_model_dir),
-         "--port", str(taken_port), "--run-dir", str(run_dir)],
+         "--port", str(taken_port), "--http-port", str(free_port()), "--run-dir", str(run_dir)],
         capture_output=True, text=True, timeout=EXIT_WAIT_S,
     )  # fmt: skip
     _assert_one_line_error(result, "radixfair: error:", f"port {taken_port}", "already in use")

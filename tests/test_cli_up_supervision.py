@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from support.ports import free_port
 
 CLI = [sys.executable, "-m", "radixfair.cli"]
@@ -42,6 +44,16 @@ def _wait_for(condition, what: str, up: subprocess.Popen, log: Path) -> None:
         time.sleep(0.3)
 
 
+def _serving(address: str) -> bool:
+    """grpc.health.v1 says SERVING: checked here, so no client process competes with a booting worker."""
+    try:
+        with grpc.insecure_channel(address) as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
+            return reply.status == health_pb2.HealthCheckResponse.SERVING
+    except grpc.RpcError:
+        return False
+
+
 def _generate(router: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*CLI, "generate", "--router", router, "--api-key", "kim-key", "Hello", "--max-tokens", "3"],
@@ -54,8 +66,8 @@ def test_a_killed_worker_is_restarted_and_serves_and_ctrl_c_stops_everything(tin
     with log.open("wb") as out:
         up = subprocess.Popen(
             [*CLI, "up", "--workers", "1", "--model", str(tiny_model_dir), "--port", str(free_port()),
-             "--policy", "least_load", "--api-key", "kim=kim-key", "--run-dir", str(tmp_path / "run"),
-             "--ready-file", str(ready)],
+             "--http-port", str(free_port()), "--policy", "least_load", "--api-key", "kim=kim-key",
+             "--run-dir", str(tmp_path / "run"), "--ready-file", str(ready)],
             stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
     try:
@@ -65,6 +77,8 @@ def test_a_killed_worker_is_restarted_and_serves_and_ctrl_c_stops_everything(tin
 
         os.kill(first_worker, signal.SIGKILL)
         _wait_for(lambda: "worker-0 restarted" in log.read_text(), "restart of worker-0", up, log)
+        # The restarted worker boots on the same address; a generation is tried once it serves.
+        _wait_for(lambda: _serving(stack["worker_addresses"][0]), "restarted worker serving", up, log)
         _wait_for(lambda: _generate(stack["router"]).returncode == 0, "generation after restart", up, log)
         started = re.findall(r"started worker-0 \(pid (\d+)\)", log.read_text())
         restarted_worker = int(started[-1])
@@ -88,7 +102,7 @@ def test_ctrl_c_while_up_is_starting_stops_what_started_in_one_line(tiny_model_d
     with log.open("wb") as out:
         up = subprocess.Popen(
             [*CLI, "up", "--workers", "1", "--model", str(tiny_model_dir), "--port", str(free_port()),
-             "--run-dir", str(tmp_path / "run")],
+             "--http-port", str(free_port()), "--run-dir", str(tmp_path / "run")],
             stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
     try:

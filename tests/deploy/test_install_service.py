@@ -44,9 +44,13 @@ def router_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh virtualenv with `install_service.sh router`, the router Dockerfile's RUN step."""
     root = tmp_path_factory.mktemp("router-image")
     venv, wheelhouse = root / "venv", root / "wheelhouse"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    requirements, own = project_requirements(REPO / "common", REPO / "services" / "router")
-    fill_wheelhouse(wheelhouse, requirements, own, REPO / "constraints.txt")
+    # The virtualenv (its pip) is made while the wheelhouse is packed: neither needs the other.
+    making_venv = subprocess.Popen([sys.executable, "-m", "venv", str(venv)])
+    try:
+        requirements, own = project_requirements(REPO / "common", REPO / "services" / "router")
+        fill_wheelhouse(wheelhouse, requirements, own, REPO / "constraints.txt")
+    finally:
+        assert making_venv.wait(timeout=600) == 0
     env = _clean_env(
         PYTHON=str(venv / "bin" / "python"),
         PIP_DISABLE_PIP_VERSION_CHECK="1",
