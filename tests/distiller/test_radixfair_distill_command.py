@@ -3,7 +3,10 @@
 The shared CLI runs a recipe in its own process through the distiller
 package, or submits it to a running distiller with --server (which must work
 without torch); the distiller serves /metrics on its metrics port, read here
-over HTTP while a job trains and after jobs end.
+over HTTP while a job trains and after jobs end. The in-process run calls the
+CLI's ``main`` in the test process (torch is loaded here already; a process
+of its own would import it again for nothing); the calls that must not import
+torch or the distiller run as processes with that module blocked.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import pytest
 from support.ports import free_port
 from support.processes import ServiceProcess, start_service
 
+from radixfair.cli import main as radixfair_main
 from radixfair.v1 import distiller_pb2, distiller_pb2_grpc
 
 BATCH, SEQ_LEN, STEPS = 2, 48, 3
@@ -72,13 +76,17 @@ def distiller(tmp_path_factory):
     service.stop()
 
 
-def test_radixfair_distill_runs_the_recipe_in_process(tiny_model_dir, tmp_path):
+def test_radixfair_distill_runs_the_recipe_in_process(tiny_model_dir, tmp_path, capsys):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(recipe_text(tiny_model_dir, "here-student"))
-    done = radixfair("distill", str(recipe), "--set", f"work_dir={tmp_path / 'work'}", "--set", "device=cpu")
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert f"] {STEPS}/{STEPS} loss " in done.stdout
-    table = done.stdout[done.stdout.index("| model |") :].splitlines()
+    capsys.readouterr()
+    code = radixfair_main(
+        ["distill", str(recipe), "--set", f"work_dir={tmp_path / 'work'}", "--set", "device=cpu"]
+    )
+    stdout, stderr = capsys.readouterr()
+    assert code == 0, stderr[-3000:]
+    assert f"] {STEPS}/{STEPS} loss " in stdout
+    table = stdout[stdout.index("| model |") :].splitlines()
     assert table[3].startswith("| here-student |")
     assert (tmp_path / "work" / "artifacts" / "here-student" / "manifest.json").exists()
 
