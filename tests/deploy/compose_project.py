@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-import yaml
 from deploy_support import COMPOSE_FILE, REPO
 
 ENGINE_SCRIPT = REPO / "scripts" / "container_engine.sh"
@@ -174,15 +173,6 @@ class ComposeProject:
         )
         assert result.returncode == 0, f"docker {' '.join(args)} failed:\n{result.stderr}"
         return result.stdout
-
-    def missing_images(self) -> list[str]:
-        """Tags of the images the project builds that the engine does not hold yet."""
-        services = yaml.safe_load(self.run("config", timeout_s=60))["services"].values()
-        # compose 1.29's `config` lists the services of every profile, active or not.
-        active = [s for s in services if set(s.get("profiles", self.profiles)) & set(self.profiles)]
-        built = sorted({service["image"] for service in active if "build" in service})
-        held = self.docker("image", "ls", "--format", "{{.Repository}}:{{.Tag}}").split()
-        return [image for image in built if image not in held and f"docker.io/{image}" not in held]
 
     def health(self) -> dict[str, list[str]]:
         """{service: the health (or, without a health check, the state) of each of its containers}.
