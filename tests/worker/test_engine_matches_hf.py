@@ -87,9 +87,13 @@ def test_request_with_cached_prefix_matches_hf(smollm2_dir, hf_greedy, prompts):
 
 def test_chunked_prefill_gives_the_same_tokens(smollm2_dir, hf_greedy, prompts):
     stack = make_stack(smollm2_dir, max_batched_tokens=8, max_running_requests=8)
-    requests = [greedy(p, NEW_TOKENS, f"chunked-{i}", ignore_eos=True) for i, p in enumerate(prompts)]
+    # Half the new tokens: what chunking can break is the prompt's K/V, which every decoded token reads;
+    # the first prompt done decodes beside the others' chunks all the same, and the greedy continuation
+    # of a prompt is the start of its longer one.
+    new_tokens = NEW_TOKENS // 2
+    requests = [greedy(p, new_tokens, f"chunked-{i}", ignore_eos=True) for i, p in enumerate(prompts)]
     run_to_completion(stack.engine, requests)
     # Every prompt is longer than one chunk, so each was prefilled over several steps.
     assert min(len(p) for p in prompts) > 8
     for prompt, request in zip(prompts, requests):
-        assert request.output_ids == hf_greedy(prompt), request.request_id
+        assert request.output_ids == hf_greedy(prompt)[:new_tokens], request.request_id
