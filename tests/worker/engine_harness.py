@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
+from radixfair.tokenization import PromptEncoder
 from radixfair_worker.config import EngineConfig, SchedulerConfig
 from radixfair_worker.engine import Engine
 from radixfair_worker.engine_builder import ServingStack, build_engine
 from radixfair_worker.request import Request, SamplingConfig
 
 
+@functools.cache
+def prompt_encoder(model_dir: Path) -> PromptEncoder:
+    """One PromptEncoder per model for the whole test run: the hundreds of engines the tests build
+    would each read tokenizer.json (~0.2 s of CPU) otherwise. Encoding keeps no state between calls."""
+    return PromptEncoder(model_dir)
+
+
 def make_stack(model_dir: Path, policy: str = "fcfs", **engine: object) -> ServingStack:
     settings = {"num_pages": 256, "page_size": 16, "max_batched_tokens": 256, **engine}
-    return build_engine(EngineConfig(scheduler=SchedulerConfig(policy=policy), **settings), model_dir)
+    config = EngineConfig(scheduler=SchedulerConfig(policy=policy), **settings)
+    return build_engine(config, model_dir, prompt_encoder(model_dir))
 
 
 def greedy(prompt: list[int], max_tokens: int, request_id: str, client: str = "client-a", **kw) -> Request:

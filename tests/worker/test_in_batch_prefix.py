@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from worker.engine_harness import greedy, run_to_completion
+from worker.engine_harness import greedy, prompt_encoder, run_to_completion
 
 from radixfair_worker.config import EngineConfig, SchedulerConfig
 from radixfair_worker.engine_builder import build_engine
@@ -18,7 +18,9 @@ PREFIX_POLICIES = ["lpm", "lpm_aging", "dlpm"]
 def build(model_dir, policy: str, hold_pages: int = 2, **engine: object):
     settings = {"num_pages": 256, "page_size": PAGE, "max_batched_tokens": 256, **engine}
     scheduler = SchedulerConfig(policy=policy, in_batch_prefix_pages=hold_pages)
-    return build_engine(EngineConfig(scheduler=scheduler, **settings), model_dir).engine
+    return build_engine(
+        EngineConfig(scheduler=scheduler, **settings), model_dir, prompt_encoder(model_dir)
+    ).engine
 
 
 def shared_prefix_requests(count: int, prefix: list[int] = PREFIX, client=lambda i: "client-a"):

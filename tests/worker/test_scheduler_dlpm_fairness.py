@@ -29,6 +29,7 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, Phase, find, given, settings
 from hypothesis import strategies as st
+from worker.engine_harness import prompt_encoder
 
 from radixfair_worker.config import EngineConfig, SchedulerConfig
 from radixfair_worker.engine_builder import build_engine
@@ -107,7 +108,7 @@ def run_and_measure(workload: Workload, model_dir: Path, policy: str) -> list[Pa
         max_batched_tokens=MAX_BATCHED_TOKENS,
         scheduler=scheduler,
     )
-    engine = build_engine(config, model_dir).engine
+    engine = build_engine(config, model_dir, prompt_encoder(model_dir)).engine
     requests = [
         Request(
             f"r{i}",

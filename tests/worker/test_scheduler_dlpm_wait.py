@@ -17,6 +17,7 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from worker.engine_harness import prompt_encoder
 from worker.policy_recorder import RecordingPolicy
 
 from radixfair_worker.config import EngineConfig, SchedulerConfig
@@ -54,7 +55,9 @@ def overtakes(log: list[tuple[str, object]]) -> dict[Request, int]:
 def dlpm_engine(model_dir: Path, max_overtakes: int, **engine: int) -> tuple[Engine, RecordingPolicy]:
     scheduler = SchedulerConfig(policy="dlpm", max_overtakes=max_overtakes)
     settings = {"page_size": PAGE, "num_pages": 64, "max_batched_tokens": 256, **engine}
-    built = build_engine(EngineConfig(scheduler=scheduler, **settings), model_dir).engine
+    built = build_engine(
+        EngineConfig(scheduler=scheduler, **settings), model_dir, prompt_encoder(model_dir)
+    ).engine
     built.policy = recorder = RecordingPolicy(built.policy)
     return built, recorder
 
