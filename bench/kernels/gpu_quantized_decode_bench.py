@@ -21,9 +21,11 @@ On CUDA a second table times one product per SmolLM2 projection and row count (1
 of CUDA-graph replays): bf16 cuBLAS, the int8 and fp8 kernels, and the dequantizing path, to place
 the row limit (model/quantized_linear.QuantizedKernelConfig) on measurements.
 
-The lead's device call (one, ~4-6 minutes; the GPU image has torch, triton, numpy, safetensors,
-tokenizers, jinja2, yaml; it lacks grpcio and opentelemetry, which the worker package imports, so
-the carried wheels go in first; the tokenizer is SmolLM2's, carried too):
+The lead's device call (one; estimated 4-6 minutes, not yet run there; the engine rows are written
+before the kernel table, so a cut run keeps them). The GPU image has torch, triton, numpy,
+safetensors, and tokenizers, yaml and jinja2 (transformers' and torch's dependencies); it lacks
+grpcio and opentelemetry, which the worker package imports, so the carried wheels go in first; the
+tokenizer is SmolLM2's, carried too:
 
     run(carry=["bench/scratch/gpu_serving"], timeout_s=600, command="python3 -m pip install -q
       --no-index --no-deps --no-compile --target /tmp/site bench/scratch/gpu_serving/whl/*.whl &&
