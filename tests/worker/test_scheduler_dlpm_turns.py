@@ -1,7 +1,8 @@
 """DLPM's rule 7: a client back with credit is passed by at most P + (n - 1) admissions of others.
 
 The bound (derived in radixfair_worker.scheduler.dlpm, (g)): with rule 7 on
-(``returning_turns``), a client that has a request again after being idle,
+(``returning_turns``), ungated (``turns_only_when_behind=False``; the gated form is
+tested in test_scheduler_dlpm_turns_behind.py), a client that has a request again after being idle,
 and has credit, has one of its
 requests admitted before more than ``max_client_passes`` (P) + (n - 1)
 requests of other clients are admitted, n being the number of clients;
@@ -76,13 +77,15 @@ def passes_before_return_admitted(log: list[tuple[str, object]]) -> dict[str, in
 
 
 def engine_with(
-    model_dir: Path, policy: str, turns: bool = True, **engine: int
+    model_dir: Path, policy: str, turns: bool = True, behind_only: bool = False, **engine: int
 ) -> tuple[Engine, RecordingPolicy]:
+    """The ungated form by default (a turn for every client back from idle): the bound tested here."""
     scheduler = SchedulerConfig(
         policy=policy,
         quantum=4096.0,
         returning_turns=turns,
         max_client_passes=P,
+        turns_only_when_behind=behind_only,
         in_batch_prefix_pages=0,
     )
     settings = {"page_size": PAGE, "num_pages": 64, "max_batched_tokens": 256, **engine}
@@ -99,11 +102,13 @@ def greedy(
     )
 
 
-def busy_loop_and_a_return(model_dir: Path, policy: str, turns: bool = True) -> RecordingPolicy:
+def busy_loop_and_a_return(
+    model_dir: Path, policy: str, turns: bool = True, behind_only: bool = False
+) -> RecordingPolicy:
     """Client "busy" keeps 4 requests on its cached document waiting at every step; client "back"
     (weight 2) sends one request, idles, and returns with a cold one at step 10. A quantum of 4,096
     lasts the busy client ~70 cached requests: DLPM's prefix order alone makes "back" wait for that."""
-    engine, recorder = engine_with(model_dir, policy, turns, max_running_requests=2)
+    engine, recorder = engine_with(model_dir, policy, turns, behind_only, max_running_requests=2)
     warm = greedy("warm", "busy", DOC + [1])
     engine.submit(warm)
     engine.submit(greedy("first", "back", list(range(7000, 7020)), weight=2.0))
@@ -121,7 +126,7 @@ def busy_loop_and_a_return(model_dir: Path, policy: str, turns: bool = True) -> 
             if request.is_finished:  # a closed loop: 4 busy requests outstanding at every step
                 busy[i] = greedy(f"busy{step}-{i}", "busy", DOC + [6000 + 7 * step + i])
                 engine.submit(busy[i])
-    assert cold.times_admitted == 1 or not turns
+    assert cold.times_admitted == 1 or not turns or behind_only  # gated, "back" is level: no turn
     return recorder
 
 
@@ -185,6 +190,7 @@ def test_no_returning_client_with_credit_is_passed_more_than_p_plus_n_minus_1_ti
         quantum=quantum,
         returning_turns=True,
         max_client_passes=max_client_passes,
+        turns_only_when_behind=False,
         in_batch_prefix_pages=0,
     )
     config = EngineConfig(

@@ -41,11 +41,15 @@ class SchedulerConfig:
     # dlpm: a waiting request passed over this many times by requests of its own
     # client goes before them (the per-request wait bound in scheduler.dlpm).
     max_overtakes: int = 8
-    # dlpm: rule 7 (scheduler.dlpm), off by default: a client back from idle, with credit, passed by
+    # dlpm: rule 7 (scheduler.dlpm), off by default: a returning client with credit, passed by
     # max_client_passes admissions of other clients' requests, has a request admitted before the
     # prefix-match order (0 is VTC's order for a returning client's first request).
     returning_turns: bool = False
     max_client_passes: int = 0
+    # dlpm, rule 7's gate (opt-in, bench/results/eval_returning_turns_*.md): a client returns (becomes
+    # backlogged) with a turn only if its VTC counter, lifted as VTC lifts it, is below the mean of
+    # the backlogged clients'. False is the earlier form: a turn for every client back from idle.
+    turns_only_when_behind: bool = False
     # lpm, lpm_aging, dlpm: a waiting request waits while a request already admitted (or still
     # prefilling) will compute at least this many pages of its prefix that the cache lacks, and then
     # matches them instead of computing them again (scheduler.in_batch_prefix); 0 disables. 2 pages

@@ -102,3 +102,30 @@ class Turns:
             self._order.remove(client)
         if self._limit.is_pending(client):
             self._order.append(client)
+
+
+class ServiceStanding:
+    """VTC's virtual counters, with its lift, kept for rule 7's gate (``turns_only_when_behind``).
+
+    A client's counter grows by each charge divided by its weight (rule 3's charges). When it becomes
+    backlogged (a request arrives with none of its own waiting) it is lifted to the smallest counter
+    among the other backlogged clients, or, with none backlogged, to the counter of the client charged
+    last, as in VTC, so idling banks nothing. It is then *behind* if other clients are backlogged and
+    its counter is below the mean of theirs: it has received less, weight for weight, than they have
+    on average, so it is below its share of what the backlogged clients got.
+    """
+
+    def __init__(self) -> None:
+        self._counters: dict[str, float] = {}
+        self._last_charged = 0.0
+
+    def charged(self, client: str, normalised: float) -> None:
+        self._last_charged = self._counters[client] = self._counters.get(client, 0.0) + normalised
+
+    def backlogged(self, client: str, others: Iterable[str]) -> bool:
+        """``client`` has a waiting request again (``others``: the backlogged clients); lifts it and
+        returns whether it is behind them."""
+        counters = [self._counters.get(other, 0.0) for other in others if other != client]
+        floor = min(counters) if counters else self._last_charged
+        mine = self._counters[client] = max(self._counters.get(client, 0.0), floor)
+        return bool(counters) and mine < sum(counters) / len(counters)

@@ -36,27 +36,38 @@ Rules (see /work/shared/reference/dlpm.md):
 
   7. A returning client's turn (``ClientPassLimit``; ours, from VTC's lift:
      VTC puts a client that has a waiting request again at the smallest
-     counter, so it goes first). Off by default (``returning_turns``): on one
-     worker it cost 9% of throughput on the shared-prefix patterns
-     (docs/evaluation.md, "Returning clients"). When client i, idle (nothing
-     waiting, nothing running), has a request again, its turn is pending
-     until one of its requests is admitted. Once a pending client with credit has been passed by
-     ``max_client_passes`` (P, default 0) admissions of other clients, it is
-     due: before each request the walk visits, due clients with credit each
-     get one request admitted (the one rule 2 gives their place), in the
-     order they became due, ties by the larger ``q_i / weight_i``. A budget
-     refusal of a due client's request ends the step, as a refusal does in
-     VTC's order; a held one (rule 6) waits for the hold. A cached returning
-     request takes its turn too: among equally hot requests prefix order
-     is arrival order, so behind a deep hot queue it would wait for the
-     others' credit as a cold one does. Only a returning
-     client takes a turn, once per return: a client that stays backlogged on
-     an evicted document is served by prefix order and its credit alone, since
-     turns rotating over clients whose documents no longer fit evict the next
-     document each time (on the returning-client trace: hit rate 0.93 -> 0.72).
-     Its document was evicted while it was idle, so without the turn its
-     request matches nothing and walks behind every cached request of the
-     credited clients: the bound's 2Q term in time (docs/evaluation.md).
+     counter, so it goes first). Off by default (``returning_turns``).
+     Trigger and gate (``turns_only_when_behind``, opt-in too): when client
+     i becomes backlogged (a request arrives with none of i's waiting: VTC's
+     lift trigger), ``ServiceStanding`` lifts i's VTC counter (its cumulative
+     charge over its weight) to the smallest among the backlogged clients,
+     and i's turn is pending only if its counter is then *below the mean* of
+     the other backlogged clients': i has had less than its share of what they
+     got. A client at or above that mean is served by prefix order and its
+     credit alone (the fairness bound), so no turn evicts a hot prefix for a
+     client that is not behind. Ungated (the earlier form, the default), the trigger is
+     "was idle" (nothing waiting, nothing running), for every such client;
+     on one worker it cost 9% of throughput on the shared-prefix pattern
+     (docs/evaluation.md, "Returning clients"): its turns admitted cold
+     2,048-token requests that evicted hot documents, and a refused turn ends
+     the step, so batches drained while it waited for memory
+     (bench/results/eval_returning_turns_*.md). A pending turn ends when one
+     of i's requests is admitted. Once a pending client with credit has been
+     passed by ``max_client_passes`` (P, default 0) admissions of other
+     clients, it is due: before each request the walk visits, due clients
+     with credit each get one request admitted (the one rule 2 gives their
+     place), in the order they became due, ties by the larger
+     ``q_i / weight_i``. A budget refusal of a due client's request ends the
+     step, as a refusal does in VTC's order; a held one (rule 6) waits for
+     the hold. A cached returning request takes its turn too: among equally
+     hot requests prefix order is arrival order. Only a returning client
+     takes a turn, once per return: a client that stays backlogged on an
+     evicted document is served by prefix order and its credit alone, since
+     turns rotating over clients whose documents no longer fit evict the
+     next document each time (on the returning-client trace: hit rate 0.93
+     -> 0.72). Without the turn, a returning client whose document was
+     evicted while it was idle matches nothing and walks behind every cached
+     request of the credited clients: the bound's 2Q term in time.
 
 Fairness bound. Let ``C_i`` be client i's cumulative charge (rule 3) and
 ``s_i = C_i / weight_i``. Take an interval in which clients A and B both have
@@ -109,28 +120,39 @@ requests for ever (SGLang #31954). With rule 2's K:
       plus, for each hold on r or on a due request of i ahead of it (rule 6),
       one leader's prefill.
 Returning-client bound (rule 7).
-  (g) Let client i, idle, have a waiting request again, with credit, and
-      keep credit and a waiting request that is not held. Its passes are
-      counted from its return, or from the refill that gave it credit, so at
-      most P admissions of other clients come before it is due. The walk
-      checks for due clients before every admission, so from then on only
-      turns of clients due before it (or due with it and more credit) come
-      first, one admission each: a turn ends a client's pending state, so
-      none is counted twice. Hence at most ``P + (n - 1)`` requests of other
-      clients are admitted before one of i's, n being the number of clients.
+  (g) Let client i become backlogged with its turn pending (gated: behind
+      the backlogged clients' mean lifted VTC counter; ungated: back from
+      idle), and keep credit and a waiting request that is not held. Its
+      passes are counted from its return, or from the refill that gave it
+      credit, so at most P admissions of other clients come before it is
+      due. The walk checks for due clients before every admission, so from
+      then on only turns of clients due before it (or due with it and more
+      credit) come first, one admission each: a turn ends a client's pending
+      state, so none is counted twice. Hence at most ``P + (n - 1)`` requests
+      of other clients are admitted before one of i's, n being the number of
+      clients. The gate only decides *whether* a turn is pending, never how
+      it is taken, so (g) holds for every pending client either way.
   (h) Against VTC: VTC lifts i to the smallest counter among the backlogged,
       so it is admitted first, or after the clients tied with it (at most
-      n - 1). Under DLPM i waits at most ``P + (n - 1)`` more admissions of
-      others than under VTC, and, as under VTC, for room for its own request:
-      a refused turn ends the step. P = 0 (the default) is VTC's order for a
-      returning client's first request; a larger P lets that many cache-hot
-      admissions pass it first.
+      n - 1). For a client that returns behind (and, ungated, for every
+      client back from idle), DLPM makes it wait at most ``P + (n - 1)``
+      more admissions of others than VTC, and, as under VTC, for room for its
+      own request: a refused turn ends the step. A client that returns at or
+      above the mean takes no turn: it has received at least the backlogged
+      clients' average, weight for weight, and its wait is DLPM's, bounded
+      through the fairness bound (its credit against the others' 2Q), not by
+      VTC's order. P = 0 (the default) is VTC's order for a returning client's
+      first request; a larger P lets that many cache-hot admissions pass it
+      first.
   (i) Idling banks nothing: the turn gives order, not credit. The client is
       charged for what the turn admits (rule 3), a spent client takes no turn,
       and its deficit on return is the idle rule's (rule 5), at most one
-      quantum. A client that returns on every request gets one request ahead
-      per return, as VTC's lift gives it, and is held to its share by its
-      credit. tests/worker/test_scheduler_dlpm_turns.py checks (g) and (h).
+      quantum. The gate's counters are lifted as VTC's are, so idling does not
+      make a client behind either. A client that returns on every request
+      gets at most one request ahead per return, as VTC's lift gives it, and
+      is held to its share by its credit. tests/worker/test_scheduler_dlpm_turns.py
+      checks (g) and (h) ungated, tests/worker/test_scheduler_dlpm_turns_behind.py
+      gated.
 K trades locality for the wait: K = 0 is arrival order inside each client, a
 large K is plain DLPM. A forced admission costs its own prefill, which it
 would pay whenever it ran; only how long the hot prefix must stay cached
@@ -146,7 +168,7 @@ from radixfair_worker.config import SchedulerConfig
 from radixfair_worker.request import Request, RequestStatus
 from radixfair_worker.scheduler.base import AdmissionBudget, Clock, FairnessState, PrefixMatcher
 from radixfair_worker.scheduler.client_activity import ClientActivity
-from radixfair_worker.scheduler.client_passes import ClientPassLimit, Turns
+from radixfair_worker.scheduler.client_passes import ClientPassLimit, ServiceStanding, Turns
 from radixfair_worker.scheduler.deficit_ledger import DeficitLedger
 from radixfair_worker.scheduler.overtake_limit import OvertakeLimit
 from radixfair_worker.scheduler.queue_order import PrefixMatchQueue
@@ -165,6 +187,8 @@ class DLPMPolicy:
         self._overtakes = OvertakeLimit(config.max_overtakes)
         self._passes = ClientPassLimit(config.max_client_passes)
         self._returning_turns = config.returning_turns
+        self._turns_only_when_behind = config.turns_only_when_behind
+        self._standing = ServiceStanding()
         self._queue = PrefixMatchQueue()
 
     @property
@@ -185,9 +209,9 @@ class DLPMPolicy:
     def on_arrival(self, request: Request) -> None:
         client = request.client_id
         self._ledger.set_weight(client, request.weight)
-        if self._returning_turns and self._activity.is_idle(client):
-            self._passes.returned(client)
         if not self._activity.has_waiting(client):
+            if self._turn_trigger(client) and self._returning_turns:  # the trigger lifts the counter
+                self._passes.returned(client)
             self._ledger.on_backlogged(client, self._activity.waiting_clients())
         self._activity.arrived(request)
         self._overtakes.joined(request)
@@ -215,7 +239,7 @@ class DLPMPolicy:
         return admitted
 
     def on_output_tokens(self, request: Request, count: int) -> None:
-        self._ledger.charge(request.client_id, self._meter.charge_output(request, count))
+        self._charge(request, self._meter.charge_output(request, count))
 
     def on_finished(self, request: Request) -> None:
         self._activity.finished(request)
@@ -228,6 +252,16 @@ class DLPMPolicy:
 
     def client_service(self) -> dict[str, float]:
         return self._meter.client_service()
+
+    def _turn_trigger(self, client: str) -> bool:
+        """Rule 7: does ``client``, becoming backlogged, have a turn pending?
+
+        Gated (``turns_only_when_behind``): if its lifted VTC counter is below the mean of the other
+        backlogged clients'. Ungated (the earlier form): if it was idle. The counters are lifted either
+        way, so switching the gate never finds a client that banked order by idling.
+        """
+        behind = self._standing.backlogged(client, self._activity.waiting_clients())
+        return behind if self._turns_only_when_behind else self._activity.is_idle(client)
 
     def _walk(
         self,
@@ -313,7 +347,11 @@ class DLPMPolicy:
             self._ledger.on_drained(client)
         self._overtakes.admitted(request)
         turns.admitted(client)
-        self._ledger.charge(client, self._meter.charge_admission(request))
+        self._charge(request, self._meter.charge_admission(request))
+
+    def _charge(self, request: Request, amount: float) -> None:
+        self._ledger.charge(request.client_id, amount)
+        self._standing.charged(request.client_id, amount / request.weight)
 
 
 class _Replay:
