@@ -8,6 +8,10 @@
 # Device: run(command='COMMITS="41ca89d 8f2f608" bash bench/engine/gpu_engine_bisect.sh',
 #             carry=["bench/scratch/bisect"], timeout_s=600)   (~28 s a commit at --batches 1 128)
 # Each commit's page lands in $OUT/<commit>/gpu_engine_ours.{json,md}; the tables print as they come.
+# SERVING=1 runs instead the serving bench's in-process engine on both workloads at 256 streams (timed
+# 8 s cells; pages $OUT/<commit>/serving_bisect_r<round>.{json,md}), ROUNDS times over the commits in
+# turn (default 2), for an engine change on the shared-prefix workload; prepare with SERVING=1 too
+# (it also takes every gpu_serving wheel and the tokenizer).
 set -uo pipefail
 scratch=bench/scratch/bisect
 : "${COMMITS:?name the commits: COMMITS=\"a b ...\"}"
@@ -15,6 +19,10 @@ if [ "${1:-}" = "--prepare" ]; then
   set -e
   rm -rf "$scratch" && mkdir -p "$scratch/whl"
   cp bench/scratch/gpu_serving/whl/opentelemetry* bench/scratch/gpu_serving/whl/typing_ext* "$scratch/whl/"
+  if [ "${SERVING:-0}" = 1 ]; then
+    cp bench/scratch/gpu_serving/whl/*.whl "$scratch/whl/"
+    cp -r bench/scratch/gpu_serving/tokenizer "$scratch/tokenizer"
+  fi
   for commit in $COMMITS; do
     mkdir -p "$scratch/$commit"
     # model_format/ exists from b99c001 on; older trees archive without it.
@@ -29,6 +37,21 @@ if [ "${1:-}" = "--prepare" ]; then
 fi
 python3 -m pip install -q --no-index --no-deps --target /tmp/site "$scratch"/whl/*.whl || exit 1
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm --format=csv,noheader
+if [ "${SERVING:-0}" = 1 ]; then
+  tokenizer="$PWD/$scratch/tokenizer"
+  for round in $(seq 1 "${ROUNDS:-2}"); do
+    for commit in $COMMITS; do
+      echo "=== $commit round $round"
+      mkdir -p "$OUT/$commit"
+      (cd "$scratch/$commit" && PYTHONPATH=/tmp/site:common/src:model_format/src:services/worker/src:services/router/src \
+         PYTHONUNBUFFERED=1 timeout 200 python3 bench/engine/serving_bench.py --shape smollm2-135m \
+         --tokenizer-dir "$tokenizer" --device cuda --dtype bfloat16 --backend triton --paths in_process \
+         --workloads shared_prefix unique --concurrency 256 --cell-duration-s 8 --warmup-requests 16 \
+         --tag "bisect_r$round" --out-dir "$OUT/$commit" 2>&1 | grep -E "^\| in_process" | tail -4)
+    done
+  done
+  exit 0
+fi
 for commit in $COMMITS; do
   echo "=== $commit"
   mkdir -p "$OUT/$commit"
