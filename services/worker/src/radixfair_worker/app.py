@@ -97,6 +97,7 @@ async def _serve_grpc(
         engine_watch.cancel()
         if heartbeat is not None:
             heartbeat.cancel()
+        servicer.end_watches()
         await server.stop(grace=5)
 
 

@@ -53,6 +53,14 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         self._model_name = model_name
         self._tracer = tracer
         self._metrics = metrics
+        # Set when the worker shuts down: load-report watches end then (status OK), so the server's
+        # grace period waits only for generations; a watch never ends by itself and held it to the
+        # whole grace on every stop (a compose `down` killed workers at Docker's 10 s for it).
+        self._closing = asyncio.Event()
+
+    def end_watches(self) -> None:
+        """Ends every WatchLoadReport stream after its current report, and any opened later at once."""
+        self._closing.set()
 
     async def Generate(self, request, context: grpc.aio.ServicerContext):  # noqa: N802 (gRPC name)
         started = time.monotonic()
@@ -162,9 +170,12 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         if request.interval_ms < 0:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "interval_ms must be >= 0")
         interval = (request.interval_ms or 500) / 1000
-        while True:
+        while not self._closing.is_set():
             yield worker_pb2.WatchLoadReportResponse(report=await self._load_report(context))
-            await asyncio.sleep(interval)
+            try:
+                await asyncio.wait_for(self._closing.wait(), interval)
+            except TimeoutError:
+                pass
 
     async def _load_report(self, context: grpc.aio.ServicerContext) -> worker_pb2.LoadReport:
         try:
