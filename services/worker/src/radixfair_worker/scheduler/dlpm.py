@@ -45,13 +45,17 @@ Rules (see /work/shared/reference/dlpm.md):
      the other backlogged clients': i has had less than its share of what they
      got. A client at or above that mean is served by prefix order and its
      credit alone (the fairness bound), so no turn evicts a hot prefix for a
-     client that is not behind. Ungated (the earlier form, the default), the trigger is
-     "was idle" (nothing waiting, nothing running), for every such client;
-     on one worker it cost 9% of throughput on the shared-prefix pattern
-     (docs/evaluation.md, "Returning clients"): its turns admitted cold
-     2,048-token requests that evicted hot documents, and a refused turn ends
-     the step, so batches drained while it waited for memory
-     (bench/results/eval_returning_turns_*.md). A pending turn ends when one
+     client that is not behind. With one other client backlogged (or all at
+     one counter) the lift puts i at the mean: nobody is ahead of it, and it
+     takes no turn. Ungated (the earlier form, the default when on), the
+     trigger is "was idle" (nothing waiting, nothing running), for every such
+     client. Measured on one worker, 10 seeds
+     (bench/results/eval_returning_turns_*.md): ungated costs 8.6% of
+     throughput on the shared-prefix pattern (median seed), gated 3.6%; on
+     the heavy-client flood 7.9% and 3.5%. Where it goes: turns admit cold
+     2,048-token requests that evict hot documents, and a refused turn ends
+     the step, so the batch drains (to ~5-10 running) while the turn waits
+     for a document's pages to unlock. A pending turn ends when one
      of i's requests is admitted. Once a pending client with credit has been
      passed by ``max_client_passes`` (P, default 0) admissions of other
      clients, it is due: before each request the walk visits, due clients
