@@ -16,24 +16,25 @@ from radixfair.tls import describe, server_credentials
 from radixfair.v1 import distiller_pb2_grpc
 from radixfair_distiller.config import DistillerConfig
 from radixfair_distiller.distiller_metrics import DistillerMetrics
-from radixfair_distiller.runner import JobRunner
-from radixfair_distiller.server import SERVICE_NAME, DistillerServicer
 
 log = logging.getLogger(__name__)
 
 
 async def serve(config: DistillerConfig, ready: asyncio.Event | None = None) -> None:
     """Runs until SIGINT/SIGTERM (or task cancellation); a running job is left resumable."""
-    # Certificates first: a missing or unusable file is one start-up line before anything starts.
+    # Certificates first, then the ports: a missing file or a taken port is one start-up line before
+    # anything starts, and before torch is imported (seconds) with the runner.
     credentials = server_credentials(config.tls, "tls")
     metrics = DistillerMetrics(CollectorRegistry())
     serve_metrics(metrics.registry, config.metrics_port, config.host)
-    runner = JobRunner(config, metrics)
     server = build_grpc_server([MalformedRequestInterceptor()])
+    port = bind_grpc_port(server, config.host, config.port, credentials=credentials)
+    from radixfair_distiller.runner import JobRunner
+    from radixfair_distiller.server import SERVICE_NAME, DistillerServicer
+
+    runner = JobRunner(config, metrics)
     distiller_pb2_grpc.add_DistillerServiceServicer_to_server(DistillerServicer(runner), server)
     health = add_health_and_reflection(server, [SERVICE_NAME])
-    # Bound before the runner starts, so a taken port fails before any job is resumed.
-    port = bind_grpc_port(server, config.host, config.port, credentials=credentials)
     runner.start()
     await server.start()
     await set_serving(health, [SERVICE_NAME], True)

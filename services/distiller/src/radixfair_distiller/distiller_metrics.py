@@ -10,14 +10,19 @@ from __future__ import annotations
 
 from collections import Counter as Tally
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Enum, Gauge
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from radixfair_distiller.events import JobState
-from radixfair_distiller.job_store import JobStore
-from radixfair_distiller.training import StepReport
+
+if (
+    TYPE_CHECKING
+):  # annotations only: training brings torch, which the service imports after binding its ports
+    from radixfair_distiller.job_store import JobStore
+    from radixfair_distiller.training import StepReport
 
 IDLE = "idle"
 # The pipeline's stages, in order (pipeline.py), and idle when no job runs.
