@@ -2,12 +2,12 @@
 
 Writes what the worker, the router and transformers read: model.safetensors (float32, in
 transformers' Llama names), config.json, tokenizer.json, tokenizer_config.json and
-chat_template.jinja. It reads the file with gguf_file's reader, so it needs no transformers and
-takes seconds where transformers' GGUF loader takes minutes on a slow core (it parses the
-file's metadata three times and rebuilds its tensor-name table per tensor). The output matches
+chat_template.jinja. It reads the file through gguf_file (the gguf package's reader), so it needs
+no transformers and takes seconds where transformers' GGUF loader takes minutes on a slow core (it
+parses the file's metadata three times and rebuilds its tensor-name table per tensor). The output matches
 transformers' (tests/worker/test_gguf_conversion.py compares them).
 
-Anything else (another architecture or tokenizer, an unsupported tensor type) raises
+Anything else (another architecture or tokenizer, a tensor type the package cannot dequantize) raises
 UnsupportedGGUFError; model_store then converts through transformers.
 """
 

@@ -65,8 +65,9 @@ def packaged_gguf_path() -> Path:
 def convert_packaged_gguf(target: Path) -> None:
     """Dequantizes the packaged GGUF and writes a safetensors directory.
 
-    Through our own reader (gguf_conversion: seconds, no transformers), which makes the same
-    tensors and tokenizer as transformers' loader; transformers only for a file it cannot read."""
+    Through the gguf package's reader and our Llama mapping (gguf_conversion: seconds, no
+    transformers), which makes the same tensors and tokenizer as transformers' loader; transformers
+    only for a file that mapping does not cover."""
     from radixfair_model_format.gguf_conversion import write_llama_model_dir
     from radixfair_model_format.gguf_file import UnsupportedGGUFError
 
