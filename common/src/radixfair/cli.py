@@ -35,6 +35,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import grpc
@@ -42,7 +43,7 @@ import yaml
 
 from radixfair.auth import ApiKeyConfig
 from radixfair.client import ClientConfig, RouterClient
-from radixfair.config_loading import ConfigError
+from radixfair.config_loading import ENV_PREFIX, ConfigError
 from radixfair.distill_client import submit_and_watch
 from radixfair.local_stack import (
     PACKAGED_MODEL,
@@ -227,15 +228,20 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _worker_device(args: argparse.Namespace) -> str:
-    """The device ``up``'s workers run on: --worker-set engine.device=..., else the worker config file's
-    (the launcher checks the file itself before anything starts; here a broken one only reads as cpu)."""
+def _worker_device(args: argparse.Namespace, env: Mapping[str, str]) -> str:
+    """The device ``up``'s workers run on, with the workers' own precedence (config_loading):
+    --worker-set engine.device=..., else RADIXFAIR_ENGINE__DEVICE in ``env`` (the workers inherit it),
+    else the worker config file's (the launcher checks the file itself before anything starts; here a
+    broken one only reads as cpu)."""
     device = parse_settings(args.worker_set).get("engine.device")
+    if device is None and f"{ENV_PREFIX}ENGINE__DEVICE" in env:
+        device = env[f"{ENV_PREFIX}ENGINE__DEVICE"]
     if device is None and args.worker_config is not None:
         try:
             engine = (yaml.safe_load(args.worker_config.read_text()) or {}).get("engine") or {}
             device = engine.get("device") if isinstance(engine, dict) else None
-        except (OSError, yaml.YAMLError, AttributeError):
+        # ValueError: a file that is not UTF-8 text (UnicodeDecodeError).
+        except (OSError, ValueError, yaml.YAMLError, AttributeError):
             device = None
     return str(device or "cpu")
 
@@ -248,7 +254,12 @@ def _up(args: argparse.Namespace) -> int:
         model=args.model,
         cache_dir=args.cache_dir,
         workers=args.workers,
-        routers=args.routers or default_router_processes(os.cpu_count() or 1, _worker_device(args)),
+        routers=(
+            # 0 or less is passed on, for LocalStackConfig to refuse: only an absent flag takes the default.
+            args.routers
+            if args.routers is not None
+            else default_router_processes(os.cpu_count() or 1, _worker_device(args, os.environ))
+        ),
         router_port=args.port,
         router_http_port=args.http_port,
         policy=args.policy,
