@@ -183,9 +183,15 @@ def test_prefix_splits_cover_the_sms_once_and_keep_a_tile_each() -> None:
 
 
 @settings(max_examples=150, deadline=None)
-@given(data=st.data(), page_size=st.sampled_from([1, 4]), min_saved=st.integers(1, 400))
+@given(
+    data=st.data(),
+    page_size=st.sampled_from([1, 4]),
+    min_saved=st.integers(1, 400),
+    min_group_size=st.integers(2, 3),
+    min_shared_pages=st.integers(1, 2),
+)
 def test_skipping_anchors_that_cannot_pay_finds_the_groups_trying_every_anchor_finds(  # type: ignore[no-untyped-def]
-    data, page_size: int, min_saved: int
+    data, page_size: int, min_saved: int, min_group_size: int, min_shared_pages: int
 ) -> None:
     # Nested prefixes, as a radix cache hands them out: a row walks a random path in a small tree
     # (each node its own page id), so families share heads, sub-families more, and suffixes are own.
@@ -201,7 +207,12 @@ def test_skipping_anchors_that_cannot_pay_finds_the_groups_trying_every_anchor_f
         lens.append(max(0, len(pages) * page_size - data.draw(st.integers(0, 2 * page_size))))
     width = max(map(len, tables))
     table = np.array([t + [0] * (width - len(t)) for t in tables])
-    config = PrefixSharingConfig(min_saved_tokens=min_saved, block_m=4)
+    config = PrefixSharingConfig(
+        min_saved_tokens=min_saved,
+        block_m=4,
+        min_group_size=min_group_size,
+        min_shared_pages=min_shared_pages,
+    )
 
     pruned = find_prefix_groups(table, np.array(lens), page_size, 2, config)
     with pytest.MonkeyPatch.context() as patch:
@@ -241,3 +252,22 @@ def test_a_later_anchor_that_pays_is_still_tried_after_the_first_does_not() -> N
 
     assert host is not None
     assert host.seq_prefix_len.tolist() == [0, 5, 5, 5, 5]
+
+
+def test_a_first_anchor_whose_best_group_is_too_small_does_not_end_the_key() -> None:
+    # Row 0 shares 10 pages with row 1 and 1 page with rows 2-4, each of which goes its own way after
+    # page 1. Its best (rows 0, 1: 10 pages saved) is one member short of min_group_size 3, so it does
+    # not pay though it saves enough; row 1 as anchor then groups rows 1-4 on page 1 (3 pages saved).
+    table = np.array(
+        [
+            list(range(1, 13)),
+            [*range(1, 11), 99, 98],
+            *[[1, 50 + b, *range(60 + 10 * b, 70 + 10 * b)] for b in range(3)],
+        ]
+    )
+    config = PrefixSharingConfig(min_group_size=3, min_saved_tokens=3)
+
+    host = find_prefix_groups(table, np.full(5, 12), 1, 2, config)
+
+    assert host is not None
+    assert host.seq_prefix_len.tolist() == [0, 1, 1, 1, 1]

@@ -164,8 +164,14 @@ def find_prefix_groups(
             shared = shared_pages * page_size
             count = len(chosen)
             pays = count >= config.min_group_size and shared_pages >= config.min_shared_pages
-            if not pays or (count - 1) * shared < config.min_saved_tokens:
-                if not _may_share_more(table, whole_pages, left[1:], runs[1:]):
+            saved = (count - 1) * shared
+            if not pays or saved < config.min_saved_tokens:
+                # The skip's bound is on reads saved: sound only when this anchor fell short of those.
+                # Its best may instead have been too small a group (min_group_size > 2), where another
+                # anchor's best, saving less, is a larger group that pays.
+                if saved < config.min_saved_tokens and not _may_share_more(
+                    table, whole_pages, left[1:], runs[1:]
+                ):
                     break  # no other anchor can do better (see _may_share_more)
                 left = left[1:]  # this anchor shares too little with anyone
                 continue
@@ -224,9 +230,10 @@ def _may_share_more(table: np.ndarray, whole_pages: np.ndarray, rest: np.ndarray
     member than the ranked anchor does, unless a and the member share pages beyond their common
     run, which needs both to hold a further whole page and the same page id right after the run.
     With no two such members agreeing on that page, every other anchor's savings are bounded by
-    the ranked one's, which did not pay: the rest of the key is skipped. This keeps a batch behind
-    one shared system prompt (every suffix its own) to one compare per step instead of one per
-    anchor tried.
+    the ranked one's: when those fell short of ``min_saved_tokens``, the rest of the key is skipped
+    (the caller asks only then: a bound on savings says nothing about a group too small to pay).
+    This keeps a batch behind one shared system prompt (every suffix its own) to one compare per
+    step instead of one per anchor tried.
     """
     extendable = whole_pages[rest] > runs
     if np.count_nonzero(extendable) < 2:
