@@ -35,6 +35,15 @@ def test_a_file_that_is_not_gguf_is_refused(tmp_path: Path) -> None:
         GGUFFile(path)
 
 
+def test_a_gguf_cut_short_in_its_header_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "model.gguf"
+    with packaged_gguf_path().open("rb") as packaged:
+        path.write_bytes(packaged.read(1000))  # magic and version, then the metadata stops
+
+    with pytest.raises(UnsupportedGGUFError, match="not a readable GGUF file"):
+        GGUFFile(path)
+
+
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory: pytest.TempPathFactory) -> Path:
     target = tmp_path_factory.mktemp("converted")

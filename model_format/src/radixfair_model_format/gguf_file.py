@@ -40,7 +40,8 @@ class GGUFFile:
     def __init__(self, path: Path) -> None:
         try:
             self._reader = GGUFReader(path)
-        except (ValueError, OSError) as error:  # the package's word for a bad magic or version
+        # ValueError: a bad magic or version, or tensor data cut short; IndexError: a header cut short.
+        except (ValueError, IndexError, OSError) as error:
             raise UnsupportedGGUFError(f"{path} is not a readable GGUF file: {error}") from error
         self.metadata: dict[str, Any] = {
             key: field.contents() for key, field in self._reader.fields.items() if not key.startswith("GGUF.")
