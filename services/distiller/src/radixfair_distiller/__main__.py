@@ -12,12 +12,8 @@ def main(argv: list[str] | None = None) -> None:
     config = config_from_command_line(
         DistillerConfig, "radixfair-distiller", "deploy/config/distiller.yaml", argv
     )
-    if config.torch_threads:
-        import torch
-
-        torch.set_num_threads(config.torch_threads)
-    # Imported once the command line is good: the service brings torch, which --help and a
-    # mistake in the flags should not wait for.
+    # Imported once the command line is good; the service imports torch (and sets its threads) only
+    # once its ports are bound, which --help, a mistake in the flags or a taken port should not wait for.
     from radixfair_distiller.app import serve
 
     sys.exit(run_service("radixfair-distiller", serve, config))

@@ -29,9 +29,13 @@ async def serve(config: DistillerConfig, ready: asyncio.Event | None = None) -> 
     serve_metrics(metrics.registry, config.metrics_port, config.host)
     server = build_grpc_server([MalformedRequestInterceptor()])
     port = bind_grpc_port(server, config.host, config.port, credentials=credentials)
+    import torch
+
     from radixfair_distiller.runner import JobRunner
     from radixfair_distiller.server import SERVICE_NAME, DistillerServicer
 
+    if config.torch_threads:
+        torch.set_num_threads(config.torch_threads)
     runner = JobRunner(config, metrics)
     distiller_pb2_grpc.add_DistillerServiceServicer_to_server(DistillerServicer(runner), server)
     health = add_health_and_reflection(server, [SERVICE_NAME])

@@ -18,9 +18,8 @@ from prometheus_client.registry import Collector
 
 from radixfair_distiller.events import JobState
 
-if (
-    TYPE_CHECKING
-):  # annotations only: training brings torch, which the service imports after binding its ports
+# Annotations only: training brings torch, which the service imports after binding its ports.
+if TYPE_CHECKING:
     from radixfair_distiller.job_store import JobStore
     from radixfair_distiller.training import StepReport
 
