@@ -6,10 +6,11 @@ CPU seconds over a cell, divided by the cell's wall time, says which: a role nea
 process is the limit (Python runs one thread at a time), one well below is waiting.
 
 Roles are the bench's direct children, by command line (``radixfair_router``, ``radixfair_worker``,
-``redis-server``; anything else: ``clients``), each with all its descendants (the worker's engine
-process is the worker's child). The bench's own process and the children it has reaped (load
-generators, which exit with their cell) are ``bench``: ``resource.getrusage``, since the CPU of an
-exited process is no longer in /proc.
+``redis-server``; anything else still running: ``other``, e.g. multiprocessing's resource tracker),
+each with all its descendants (the worker's engine process is the worker's child). The bench's own
+process and the children it has reaped are ``bench``: ``resource.getrusage``, since the CPU of an
+exited process is no longer in /proc. The load generators are spawned and joined within their cell,
+so their CPU is in ``bench`` (as is a server that died mid-cell, whose own role then reads low).
 
 Linux only; elsewhere ``sample`` returns nothing and the columns stay empty.
 """
@@ -23,7 +24,7 @@ from collections import defaultdict
 from pathlib import Path
 
 PROC = Path("/proc")
-ROLES = ("router", "worker", "redis", "clients", "bench")
+ROLES = ("router", "worker", "redis", "other", "bench")
 _ROLE_NEEDLES = (("radixfair_router", "router"), ("radixfair_worker", "worker"), ("redis-server", "redis"))
 _TICK_S = 1.0 / os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 0.01
 
@@ -43,11 +44,11 @@ def _role(pid: int) -> str:
     try:
         cmdline = (PROC / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
-        return "clients"
+        return "other"
     for needle, role in _ROLE_NEEDLES:
         if needle in cmdline:
             return role
-    return "clients"
+    return "other"
 
 
 def children_cpu(root: int) -> dict[int, tuple[str, float]]:

@@ -530,10 +530,10 @@ def default_router_processes(cpus: int, worker_device: str) -> int:
     """Router processes for ``radixfair up`` when ``--routers`` is not given.
 
     A router relays every message of every stream in one Python thread, so one process relays at
-    most about a core's worth: ~20k output tokens/s at 256 streams on the H200 host (8 processes used
-    3.8 cores at 81k tok/s, bench/results/serving_gpu_h200_s8_routers8.md). A GPU worker decodes
-    ~90k tok/s there, which one router caps at ~28k, so GPU workers get up to 8 routers, half the
-    cores at most; a CPU worker's few thousand tokens/s need one, and its cores are the engine's.
+    most about a core's worth: ~20-28k output tokens/s at 256 streams on the H200 host (8 processes
+    used 3.8 cores at 81k tok/s, bench/results/serving_gpu_h200_s8_routers8.md; one alone peaked at
+    ~28k). A GPU worker decodes ~90k tok/s there, so GPU workers get up to 8 routers, half the cores
+    at most; a CPU worker's few thousand tokens/s need one, and its cores are the engine's.
     """
     if not worker_device.startswith("cuda"):
         return 1
