@@ -10,14 +10,8 @@
 # CPU_ONLY=1 or OVERHEAD_ONLY=1 runs one half.
 set -uo pipefail
 carry=bench/scratch/gpu_serving
-[ -d "$carry/whl" ] || { echo "no $carry: run 'bash bench/engine/gpu_serving_session.sh --prepare'" >&2; exit 2; }
-OUT=${OUT:-bench/results}
-mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-  "$carry"/whl/*.whl || exit 1
-cp "$carry"/v1/*.py common/src/radixfair/v1/
-export PATH="$PWD/$carry/bin:$PATH" PYTHONUNBUFFERED=1
-export PYTHONPATH="/tmp/site:$PWD/common/src:$PWD/model_format/src:$PWD/services/worker/src:$PWD/services/router/src"
+# shellcheck source=bench/engine/gpu_env.sh
+source bench/engine/gpu_env.sh
 if [ "${OVERHEAD_ONLY:-0}" != 1 ]; then
   timeout -s TERM "${CPU_TIMEOUT_S:-300}" python3 bench/engine/serving_bench.py --shape smollm2-135m \
     --tokenizer-dir "$carry/tokenizer" --device cpu --dtype float32 --backend torch --torch-threads 4 \

@@ -34,14 +34,8 @@ if [ "${1:-}" = "--prepare" ]; then
   exit 0
 fi
 
-[ -d "$carry/whl" ] || { echo "no $carry: run both --prepare steps here and carry $carry" >&2; exit 2; }
-OUT=${OUT:-bench/results}
-mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-  "$carry"/whl/*.whl || exit 1
-cp "$carry"/v1/*.py common/src/radixfair/v1/
-export PATH="$PWD/$carry/bin:$PATH" PYTHONUNBUFFERED=1
-export PYTHONPATH="/tmp/site:$PWD/common/src:$PWD/model_format/src:$PWD/services/worker/src:$PWD/services/router/src"
+# shellcheck source=bench/engine/gpu_env.sh
+source bench/engine/gpu_env.sh
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 
 tag=${TAG:-gpu_h200_http_vs_grpc}

@@ -1,0 +1,13 @@
+# Sourced (not run) by the GPU session scripts on the GPU machine, from the repository root, with
+# $carry set to the carried folder (bench/scratch/gpu_serving, filled by gpu_serving_session.sh
+# --prepare): installs the carried wheels the GPU image lacks into /tmp/site, puts the generated stubs
+# in place, and exports PATH (redis-server), PYTHONPATH (every package's src) and OUT (default
+# bench/results). Exits the sourcing script with 2 when the carry is missing, 1 when a wheel fails.
+[ -d "$carry/whl" ] || { echo "no $carry: run 'bash bench/engine/gpu_serving_session.sh --prepare' here and carry $carry" >&2; exit 2; }
+export OUT=${OUT:-bench/results}
+mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+  "$carry"/whl/*.whl || exit 1
+cp "$carry"/v1/*.py common/src/radixfair/v1/
+export PATH="$PWD/$carry/bin:$PATH" PYTHONUNBUFFERED=1
+export PYTHONPATH="/tmp/site:$PWD/common/src:$PWD/model_format/src:$PWD/services/worker/src:$PWD/services/router/src"
