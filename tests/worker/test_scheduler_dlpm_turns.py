@@ -23,6 +23,7 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from worker.engine_harness import prompt_encoder
 from worker.policy_recorder import RecordingPolicy
 
 from radixfair_worker.config import EngineConfig, SchedulerConfig
@@ -184,13 +185,28 @@ def workloads(draw) -> tuple[list[Job], int, int, int]:
 def test_no_returning_client_with_credit_is_passed_more_than_p_plus_n_minus_1_times(
     tiny_model_dir, workload, quantum
 ):
+    jobs, max_client_passes = workload[0], workload[1]
+    recorder, requests = run_jobs(tiny_model_dir, workload, quantum, RecordingPolicy, behind=False)
+
+    clients = {job.client for job in jobs}
+    assert all(r.is_finished for r in requests)
+    assert (
+        max(passes_before_return_admitted(recorder.log).values(), default=0)
+        <= max_client_passes + len(clients) - 1
+    )
+
+
+def run_jobs(model_dir, workload, quantum, recorder_class, *, behind: bool):
+    """Runs a drawn ``workload`` (jobs, P, max running, pages; each job submitted at its arrival step) on
+    a DLPM engine with rule 7 on (gated by ``behind``: ``turns_only_when_behind``), its policy wrapped in
+    ``recorder_class``, to the end; returns the recorder and the requests."""
     jobs, max_client_passes, max_running, num_pages = workload
     scheduler = SchedulerConfig(
         policy="dlpm",
         quantum=quantum,
         returning_turns=True,
         max_client_passes=max_client_passes,
-        turns_only_when_behind=False,
+        turns_only_when_behind=behind,
         in_batch_prefix_pages=0,
     )
     config = EngineConfig(
@@ -200,8 +216,8 @@ def test_no_returning_client_with_credit_is_passed_more_than_p_plus_n_minus_1_ti
         max_batched_tokens=256,
         scheduler=scheduler,
     )
-    engine = build_engine(config, tiny_model_dir).engine
-    engine.policy = recorder = RecordingPolicy(engine.policy)
+    engine = build_engine(config, model_dir, prompt_encoder(model_dir)).engine
+    engine.policy = recorder = recorder_class(engine.policy)
     requests = [
         greedy(f"r{i}", job.client, list(job.prompt), job.max_tokens, job.weight)
         for i, job in enumerate(jobs)
@@ -214,10 +230,4 @@ def test_no_returning_client_with_credit_is_passed_more_than_p_plus_n_minus_1_ti
         engine.step()
         step += 1
         assert step < 3_000, "engine made no progress"
-
-    clients = {job.client for job in jobs}
-    assert all(r.is_finished for r in requests)
-    assert (
-        max(passes_before_return_admitted(recorder.log).values(), default=0)
-        <= max_client_passes + len(clients) - 1
-    )
+    return recorder, requests

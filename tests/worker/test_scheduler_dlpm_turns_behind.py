@@ -24,18 +24,16 @@ from hypothesis import strategies as st
 from worker.policy_recorder import RecordingPolicy
 from worker.test_scheduler_dlpm_turns import (
     DOC,
-    PAGE,
     Job,
     P,
     busy_loop_and_a_return,
     engine_with,
     greedy,
     passes_before_return_admitted,
+    run_jobs,
     workloads,
 )
 
-from radixfair_worker.config import EngineConfig, SchedulerConfig
-from radixfair_worker.engine_builder import build_engine
 from radixfair_worker.request import Request
 
 # Counters are sums of floats in two orders (the policy's increments, this test's totals): a return this
@@ -139,36 +137,8 @@ def busy_and_returning(draw) -> tuple[list[Job], int, int, int]:
 def test_no_client_returning_behind_with_credit_is_passed_more_than_p_plus_n_minus_1_times(
     tiny_model_dir, workload, quantum
 ):
-    jobs, max_client_passes, max_running, num_pages = workload
-    scheduler = SchedulerConfig(
-        policy="dlpm",
-        quantum=quantum,
-        returning_turns=True,
-        max_client_passes=max_client_passes,
-        turns_only_when_behind=True,
-        in_batch_prefix_pages=0,
-    )
-    config = EngineConfig(
-        page_size=PAGE,
-        num_pages=num_pages,
-        max_running_requests=max_running,
-        max_batched_tokens=256,
-        scheduler=scheduler,
-    )
-    engine = build_engine(config, tiny_model_dir).engine
-    engine.policy = recorder = ServiceRecordingPolicy(engine.policy)
-    requests = [
-        greedy(f"r{i}", job.client, list(job.prompt), job.max_tokens, job.weight)
-        for i, job in enumerate(jobs)
-    ]
-    step = 0
-    while engine.has_work() or step <= max(job.arrival_step for job in jobs):
-        for job, request in zip(jobs, requests):
-            if job.arrival_step == step:
-                engine.submit(request)
-        engine.step()
-        step += 1
-        assert step < 3_000, "engine made no progress"
+    jobs, max_client_passes = workload[0], workload[1]
+    recorder, requests = run_jobs(tiny_model_dir, workload, quantum, ServiceRecordingPolicy, behind=True)
 
     weights = {job.client: job.weight for job in jobs}
     assert all(r.is_finished for r in requests)
