@@ -98,6 +98,19 @@ class Request:
     # (max_tokens, or what the context window leaves after the prompt), and the ids that stop it.
     output_limit: int = 0
     stop_token_set: frozenset[int] = frozenset()
+    # The prompt's full pages as tuples (page size, pages), made once on first use
+    # (``prompt_pages``): the in-batch prefix hold walks them for every waiting request every step.
+    _prompt_pages: tuple[int, tuple[tuple[int, ...], ...]] | None = field(default=None, repr=False)
+
+    def prompt_pages(self, page_size: int) -> tuple[tuple[int, ...], ...]:
+        """The prompt's full pages, each a tuple of ``page_size`` token ids (the prompt never changes)."""
+        cached = self._prompt_pages
+        if cached is None or cached[0] != page_size:
+            ids = self.prompt_ids
+            whole = len(ids) - len(ids) % page_size
+            cached = (page_size, tuple(tuple(ids[i : i + page_size]) for i in range(0, whole, page_size)))
+            self._prompt_pages = cached
+        return cached[1]
 
     @property
     def fill_ids(self) -> list[int]:

@@ -60,16 +60,21 @@ class InBatchPrefixHold:
         self._add_pending()
         if not self._trie:
             return False
-        key, p = match_key(request, self._page_size), self._page_size
+        p = self._page_size
+        if request.output_ids:  # preempted: its key runs into its output
+            key = match_key(request, p)
+            pages = [tuple(key[i : i + p]) for i in range(0, len(key), p)]
+        else:  # match_key of a fresh request: its prompt's full pages but the one holding the last token
+            pages = request.prompt_pages(p)[: (len(request.prompt_ids) - 1) // p]
         shared, level = 0, self._trie
-        while (shared + 1) * p <= len(key):
-            below = level.get(tuple(key[shared * p : (shared + 1) * p]))
+        for page in pages:
+            below = level.get(page)
             if below is None:
                 break
             shared, level = shared + 1, below
         if shared < self._threshold:
             return False
-        cached = self._cache.match_length(key[: shared * p]) // p
+        cached = self._cache.match_length(request.token_slice(0, shared * p)) // p
         return shared - cached >= self._threshold
 
     def _add_pending(self) -> None:
@@ -78,8 +83,7 @@ class InBatchPrefixHold:
             if leader.status is not RequestStatus.RUNNING:
                 continue  # preempted or finished earlier in this step: it computes nothing now
             # Every full page of its prompt ends up in the cache, the last one included.
-            tokens = leader.prompt_ids
             level = self._trie
-            for start in range(0, len(tokens) - len(tokens) % p, p):
-                level = level.setdefault(tuple(tokens[start : start + p]), {})
+            for page in leader.prompt_pages(p):
+                level = level.setdefault(page, {})
         self._pending.clear()
