@@ -9,6 +9,8 @@ config against the GGUF's metadata, and its tokenizer by behaviour.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -133,3 +135,23 @@ VOCABULARY_TEXT = st.text(
 @given(text=VOCABULARY_TEXT)
 def test_the_tokenizer_round_trips_any_text(encoder: PromptEncoder, text: str) -> None:
     assert encoder.decode(encoder.encode_text(text)) == text
+
+
+def test_without_the_gguf_package_the_conversion_is_one_clear_error(tmp_path: Path) -> None:
+    # A worker installed without its `convert` extra: gguf cannot be imported (None in sys.modules is
+    # how Python marks a module as unimportable). The error is a ModelNotFoundError (an OSError: the
+    # services print it as one start-up line) naming the package and the extra, and nothing is written.
+    script = (
+        "import sys; sys.modules['gguf'] = None\n"
+        "from pathlib import Path\n"
+        "from radixfair_model_format.model_store import ModelNotFoundError, convert_packaged_gguf\n"
+        "try:\n"
+        f"    convert_packaged_gguf(Path({str(tmp_path / 'model')!r}))\n"
+        "except ModelNotFoundError as error:\n"
+        "    print('refused:', error)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+
+    assert result.returncode == 0, result.stderr
+    assert "refused:" in result.stdout and "'gguf'" in result.stdout and "convert" in result.stdout
+    assert not (tmp_path / "model").exists()

@@ -68,8 +68,15 @@ def convert_packaged_gguf(target: Path) -> None:
     Through the gguf package's reader and our Llama mapping (gguf_conversion: seconds, no
     transformers), which makes the same tensors and tokenizer as transformers' loader; transformers
     only for a file that mapping does not cover."""
-    from radixfair_model_format.gguf_conversion import write_llama_model_dir
-    from radixfair_model_format.gguf_file import UnsupportedGGUFError
+    try:
+        from radixfair_model_format.gguf_conversion import write_llama_model_dir
+        from radixfair_model_format.gguf_file import UnsupportedGGUFError
+    except ModuleNotFoundError as error:  # an OSError is one start-up line, an ImportError a traceback
+        raise ModelNotFoundError(
+            f"the packaged model is not converted yet, and converting it needs the {error.name!r} package: "
+            "install the worker with its `convert` extra (pip install 'radixfair-worker[convert]'), "
+            "or point `model` at a converted model directory"
+        ) from error
 
     gguf = packaged_gguf_path()
     log.info("converting %s into %s (one time)", gguf, target)
