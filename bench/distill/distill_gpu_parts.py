@@ -23,7 +23,6 @@ from radixfair_distiller.evaluation import perplexity
 from radixfair_distiller.generation import generate
 from radixfair_distiller.losses.divergence import token_divergence
 from radixfair_distiller.model_dir import dequantized_state, llama_config_dict, llama_from_state, llama_state
-from radixfair_distiller.quantize import quantized_state
 from radixfair_distiller.recipe import DistillSpec
 from radixfair_distiller.training import JobCancelledError, StepReport, TrainingHooks, TrainingRun, distill
 from radixfair_model_format.quantized_checkpoint import (
@@ -31,6 +30,7 @@ from radixfair_model_format.quantized_checkpoint import (
     SCALE_SUFFIX,
     is_quantizable,
     quantize_weight,
+    quantized_state,
 )
 
 

@@ -66,11 +66,9 @@ from bench.report import markdown_table, write_results  # noqa: E402
 from bench.smollm2_shape import SMOLLM2_135M_HF_CONFIG  # noqa: E402
 from radixfair_model_format.quantized_checkpoint import (  # noqa: E402
     CONFIG_KEY,
-    SCALE_SUFFIX,
     config_section,
-    is_quantizable,
     quantize_weight,
-    tensor_scheme,
+    quantized_state,
 )
 from radixfair_worker.config import EngineConfig, SchedulerConfig  # noqa: E402
 from radixfair_worker.engine import Engine  # noqa: E402
@@ -123,18 +121,6 @@ def random_state(config: dict) -> dict[str, torch.Tensor]:
     return state
 
 
-def quantized(state: dict[str, torch.Tensor], scheme: str) -> dict[str, torch.Tensor]:
-    """The distiller's quantized checkpoint (radixfair_distiller.quantize.quantized_state), rebuilt
-    from the format's own functions: that module imports transformers, which this bench does not need."""
-    out: dict[str, torch.Tensor] = {}
-    for name, tensor in state.items():
-        if is_quantizable(name, tensor):
-            out[name], out[name + SCALE_SUFFIX] = quantize_weight(tensor, tensor_scheme(name, scheme))
-        else:
-            out[name] = tensor.contiguous()
-    return out
-
-
 def write_checkpoint(target: Path, state: dict[str, torch.Tensor], config: dict, tokenizer_dir: Path) -> Path:
     target.mkdir(parents=True, exist_ok=True)
     save_file(state, str(target / "model.safetensors"), metadata={"format": "pt"})
@@ -150,7 +136,7 @@ def checkpoints(root: Path, config: dict, tokenizer_dir: Path) -> dict[str, Path
     dirs = {"bf16": write_checkpoint(root / "bf16", state, config, tokenizer_dir)}
     for scheme in ("int8", "fp8"):
         section = {**config, CONFIG_KEY: config_section(scheme)}
-        dirs[scheme] = write_checkpoint(root / scheme, quantized(state, scheme), section, tokenizer_dir)
+        dirs[scheme] = write_checkpoint(root / scheme, quantized_state(state, scheme), section, tokenizer_dir)
     return dirs
 
 

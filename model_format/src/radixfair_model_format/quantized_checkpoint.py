@@ -121,3 +121,15 @@ def read_scheme(config_path: Path) -> str | None:
 def is_quantizable(name: str, tensor: torch.Tensor) -> bool:
     """Projection matrices and embeddings; not norms."""
     return tensor.dim() == 2 and (name.endswith("_proj.weight") or name in EMBEDDING_WEIGHTS)
+
+
+def quantized_state(state: dict[str, torch.Tensor], scheme: str) -> dict[str, torch.Tensor]:
+    """A checkpoint's state with every projection and embedding quantized (``quantize_weight``), each
+    with its ``_scale``; norms as they were. What the distiller writes and the quantized bench serves."""
+    out: dict[str, torch.Tensor] = {}
+    for name, tensor in state.items():
+        if is_quantizable(name, tensor):
+            out[name], out[name + SCALE_SUFFIX] = quantize_weight(tensor, tensor_scheme(name, scheme))
+        else:
+            out[name] = tensor.contiguous()
+    return out

@@ -11,29 +11,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
 from safetensors.torch import load_file
 
 from radixfair_distiller.model_dir import WEIGHTS_FILE, write_model_dir
-from radixfair_model_format.quantized_checkpoint import (
-    CONFIG_KEY,
-    SCALE_SUFFIX,
-    config_section,
-    is_quantizable,
-    quantize_weight,
-    tensor_scheme,
-)
-
-
-def quantized_state(state: dict[str, torch.Tensor], scheme: str) -> dict[str, torch.Tensor]:
-    """Every projection and embedding quantized, with its ``_scale``; norms as they were."""
-    out: dict[str, torch.Tensor] = {}
-    for name, tensor in state.items():
-        if is_quantizable(name, tensor):
-            out[name], out[name + SCALE_SUFFIX] = quantize_weight(tensor, tensor_scheme(name, scheme))
-        else:
-            out[name] = tensor.contiguous()
-    return out
+from radixfair_model_format.quantized_checkpoint import CONFIG_KEY, config_section, quantized_state
 
 
 def quantize_model_dir(source: Path, target: Path, scheme: str) -> Path:
