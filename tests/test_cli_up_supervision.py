@@ -16,9 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from support.ports import free_port
+from support.processes import is_serving
 
 CLI = [sys.executable, "-m", "radixfair.cli"]
 # Safety limits only: each wait ends as soon as its condition holds.
@@ -42,16 +41,6 @@ def _wait_for(condition, what: str, up: subprocess.Popen, log: Path) -> None:
         )
         assert time.monotonic() < deadline, f"no {what}:\n{log.read_text()[-4000:]}"
         time.sleep(0.3)
-
-
-def _serving(address: str) -> bool:
-    """grpc.health.v1 says SERVING: checked here, so no client process competes with a booting worker."""
-    try:
-        with grpc.insecure_channel(address) as channel:
-            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
-            return reply.status == health_pb2.HealthCheckResponse.SERVING
-    except grpc.RpcError:
-        return False
 
 
 def _generate(router: str) -> subprocess.CompletedProcess[str]:
@@ -78,7 +67,7 @@ def test_a_killed_worker_is_restarted_and_serves_and_ctrl_c_stops_everything(tin
         os.kill(first_worker, signal.SIGKILL)
         _wait_for(lambda: "worker-0 restarted" in log.read_text(), "restart of worker-0", up, log)
         # The restarted worker boots on the same address; a generation is tried once it serves.
-        _wait_for(lambda: _serving(stack["worker_addresses"][0]), "restarted worker serving", up, log)
+        _wait_for(lambda: is_serving(stack["worker_addresses"][0]), "restarted worker serving", up, log)
         _wait_for(lambda: _generate(stack["router"]).returncode == 0, "generation after restart", up, log)
         started = re.findall(r"started worker-0 \(pid (\d+)\)", log.read_text())
         restarted_worker = int(started[-1])
