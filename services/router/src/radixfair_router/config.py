@@ -154,6 +154,12 @@ class ForwardConfig:
     # (bench/results/router_relay_cpu_*.md). The first token and the result are never held. 0 (the
     # default): every worker message is relayed as soon as it is booked.
     stream_interval_s: float = 0.0
+    # Start the worker call on the worker the admission will most likely choose while the
+    # admission's Redis round trip runs (admission_forecast.py), so the round trip (~1 ms) leaves the
+    # time to first token. The admission still decides: nothing is relayed before it, and a call on
+    # a worker it did not choose is cancelled (radixfair_router_dispatch_ahead{outcome="miss"}).
+    # With the in-process ledger the admission is local and this has no effect.
+    dispatch_ahead: bool = True
 
     def __post_init__(self) -> None:
         if self.stream_interval_s < 0:

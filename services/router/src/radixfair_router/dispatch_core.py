@@ -34,7 +34,7 @@ from radixfair_router.config import CostConfig
 from radixfair_router.ledger import Ledger
 from radixfair_router.ledger_state import Charge
 from radixfair_router.policies import RoutingDecision, RoutingPolicy, RoutingRequest, WorkerState
-from radixfair_router.policies.base import input_cost
+from radixfair_router.policies.base import DispatchAhead, input_cost
 
 # (worker id, load): a candidate worker and its requests queued or running, as the caller counts them.
 WorkerLoad = tuple[str, int]
@@ -125,11 +125,13 @@ class DispatchCore:
         token_ids: Sequence[int],
         workers: Sequence[WorkerLoad],
         now: float | None = None,
+        ahead: DispatchAhead | None = None,
     ) -> RoutingDecision:
         """Picks one of ``workers`` (never empty) and admits the request into the ledger.
 
         ``now`` is the time the route is recorded at in the tree (the simulator's virtual clock;
-        None: monotonic time).
+        None: monotonic time). ``ahead`` is told the admission's likely worker before its Redis round
+        trip (policies.base.DispatchAhead); the returned decision is what counts.
         """
         async with self._deciding:
             view = self.cache_view
@@ -140,7 +142,7 @@ class DispatchCore:
                 for worker_id, load in workers
             ]
             request = RoutingRequest(client_id, weight, len(token_ids))
-            decision = await self.policy.route(request, states)
+            decision = await self.policy.route(request, states, ahead)
             view.record_routed(token_ids, decision.worker_id, now)
             self._on_dispatch(decision.worker_id)
         return decision

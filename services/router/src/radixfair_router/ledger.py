@@ -43,6 +43,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 
 from radixfair_router import ledger_scripts
+from radixfair_router.admission_forecast import AdmissionForecast
 from radixfair_router.config import LedgerConfig
 from radixfair_router.ledger_state import (
     Admission,
@@ -167,8 +168,9 @@ class RedisLedgerStore:
         args = [*_charge_args(charge, self._quantum), seq, self._floor()]
         return float(await self._charge(keys=self._keys(charge.client_id, True), args=args))
 
-    async def charge_many(self, charges: Sequence[Charge], seqs: Sequence[int]) -> None:
-        """Several charges in one pipelined round trip (each still its own atomic script).
+    async def charge_many(self, charges: Sequence[Charge], seqs: Sequence[int]) -> list[float]:
+        """Several charges in one pipelined round trip (each still its own atomic script); each
+        charged worker's deficit after its charge, in order.
 
         One charge is one script call. A pipeline sends the scripts by hash alone: redis-py's script
         objects would first ask Redis whether it has them (SCRIPT EXISTS), a second round trip per
@@ -176,8 +178,7 @@ class RedisLedgerStore:
         loaded and the batch sent again, which changes nothing twice (idempotent by sequence number).
         """
         if len(charges) == 1:
-            await self.charge(charges[0], seqs[0])
-            return
+            return [await self.charge(charges[0], seqs[0])]
         floor = self._floor()
         for attempt in range(2):
             try:
@@ -186,12 +187,12 @@ class RedisLedgerStore:
                         keys = self._keys(charge.client_id, True)
                         args = [*_charge_args(charge, self._quantum), seq, floor]
                         pipe.evalsha(self._charge.sha, len(keys), *keys, *args)
-                    await pipe.execute()
-                return
+                    return [float(deficit) for deficit in await pipe.execute()]
             except NoScriptError:
                 if attempt:
                     raise
                 await self._redis.script_load(ledger_scripts.CHARGE)
+        raise AssertionError("unreachable: the second attempt returns or raises")
 
     async def apply(self, client_id: str, entry: JournalEntry, seq: int) -> None:
         args: list[str | float | int] = [client_id, entry.weight, self._quantum, len(entry.counters)]
@@ -249,6 +250,7 @@ class Ledger:
             client = aioredis.Redis(connection_pool=pool)
             self._redis = RedisLedgerStore(client, config.key_prefix, quantum)
         self._local = LocalLedgerStore(quantum, journal=self._redis is not None)
+        self._forecast = AdmissionForecast(quantum)
         self._degraded = False
         # How many times this ledger left Redis for local state (a metric, and the bench's count).
         self.degraded_transitions = 0
@@ -283,11 +285,25 @@ class Ledger:
             self._lease_task = asyncio.get_running_loop().create_task(self._keep_lease())
 
     async def admit(
-        self, client_id: str, weight: float, mode: str, candidates: Sequence[AdmitCandidate], fallback: str
+        self,
+        client_id: str,
+        weight: float,
+        mode: str,
+        candidates: Sequence[AdmitCandidate],
+        fallback: str,
+        ahead: Callable[[str], None] | None = None,
     ) -> Admission:
+        """Admits one request (see ledger_scripts.ADMIT for the rule) and returns the chosen worker.
+
+        ``ahead``, when given, is called with the worker the admission will most likely choose
+        (admission_forecast.py) just before a Redis round trip starts, so the caller can start on it
+        meanwhile; the returned admission is the decision. Not called when the admission is local.
+        """
         self.start()
         if self.shared:
             assert self._redis is not None
+            if ahead is not None:
+                ahead(self._forecast.choose(client_id, weight, mode, candidates, fallback))
             seq = self._redis.issue()
             call = functools.partial(self._redis.admit, client_id, weight, mode, candidates, fallback, seq)
             try:
@@ -295,6 +311,7 @@ class Ledger:
             except _UNREACHABLE:
                 return self._local.admit(client_id, weight, mode, candidates, fallback, journal=False)
             if admission is not None:
+                self._forecast.admitted(client_id, weight, mode, candidates, admission)
                 return admission
             # Redis ran it under this number but its result is lost (see ledger_scripts): decide
             # from local state, as for a call in doubt.
@@ -306,9 +323,11 @@ class Ledger:
             assert self._redis is not None
             seq = self._redis.issue()
             try:
-                return await self._settle_call(functools.partial(self._redis.charge, charge, seq), (seq,))
+                deficit = await self._settle_call(functools.partial(self._redis.charge, charge, seq), (seq,))
             except _UNREACHABLE:
                 return self._local.charge(charge, journal=False)
+            self._forecast.note(charge.client_id, charge.worker_id, deficit)
+            return deficit
         return self._local.charge(charge)
 
     async def charge_many(self, charges: Sequence[Charge]) -> None:
@@ -319,12 +338,16 @@ class Ledger:
             assert self._redis is not None
             seqs = tuple(self._redis.issue() for _ in charges)
             try:
-                await self._settle_call(functools.partial(self._redis.charge_many, charges, seqs), seqs)
-                return
+                deficits = await self._settle_call(
+                    functools.partial(self._redis.charge_many, charges, seqs), seqs
+                )
             except _UNREACHABLE:
                 for charge in charges:
                     self._local.charge(charge, journal=False)
                 return
+            for charge, deficit in zip(charges, deficits):
+                self._forecast.note(charge.client_id, charge.worker_id, deficit)
+            return
         for charge in charges:
             self._local.charge(charge)
 

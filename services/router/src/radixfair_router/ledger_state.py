@@ -11,7 +11,7 @@ replayed into Redis as plain increments (its journal).
 from __future__ import annotations
 
 import heapq
-from collections.abc import Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -208,12 +208,9 @@ class LocalLedgerStore:
         refills = 0
         chosen = None
         if mode == "d2lpm":
-            while refills < MAX_REFILL_ROUNDS and not any(deficits[c.worker_id] > 0 for c in candidates):
-                refills += 1
-                for c in candidates:
-                    if deficits[c.worker_id] <= 0:
-                        self._incr_deficit(client_id, state, c.worker_id, credit)
-            chosen = next((c.worker_id for c in candidates if c.eligible and deficits[c.worker_id] > 0), None)
+            chosen, refills = d2lpm_choice(
+                deficits, candidates, lambda worker: self._incr_deficit(client_id, state, worker, credit)
+            )
         by_fallback = chosen is None
         chosen = fallback if chosen is None else chosen
         cost = next((c.cost for c in candidates if c.worker_id == chosen), 0.0)
@@ -296,6 +293,28 @@ class LocalLedgerStore:
         if self._journal is not None and self._recording:
             entry = self._journal[client_id]
             entry.deficits[worker_id] = entry.deficits.get(worker_id, 0.0) + delta
+
+
+def d2lpm_choice(
+    deficits: MutableMapping[str, float],
+    candidates: Sequence[AdmitCandidate],
+    refill: Callable[[str], None],
+) -> tuple[str | None, int]:
+    """D2LPM's pass over one client's per-worker deficits: (chosen worker or None, refill rounds).
+
+    While no candidate has credit (``q[i][w] > 0``), ``refill(w)`` adds one quantum to each candidate
+    with none (it must change ``deficits``); then the first eligible candidate with credit is chosen,
+    None when there is none (the caller's fallback). Every candidate must be in ``deficits``. The Lua
+    admission (ledger_scripts.ADMIT) runs the same rule; the local store and the router's forecast
+    of an admission (admission_forecast.py) both call this one.
+    """
+    refills = 0
+    while refills < MAX_REFILL_ROUNDS and not any(deficits[c.worker_id] > 0 for c in candidates):
+        refills += 1
+        for c in candidates:
+            if deficits[c.worker_id] <= 0:
+                refill(c.worker_id)
+    return next((c.worker_id for c in candidates if c.eligible and deficits[c.worker_id] > 0), None), refills
 
 
 def lifted_counter(vtc: float, inflight: float, lowest_active: float | None) -> float:

@@ -5,7 +5,9 @@ simulator calls the same one); this module is its gRPC transport.
 The flow of one request:
 1. estimate each healthy worker's prefix match (CacheView) and load (registry);
 2. the policy picks a worker and admits the request into the ledger (DispatchCore.decide);
-3. forward to that worker with the trace context in the call metadata;
+3. forward to that worker with the trace context in the call metadata (with
+   ``forward.dispatch_ahead``, the call starts during step 2 on the worker the
+   admission will most likely choose, and is cancelled if it chooses another);
 4. stream deltas back as they come, each message relayed as parsed (the
    worker's and the router's response messages share one wire format, so
    the worker's reply is read as the router's type and passed on unchanged);
@@ -110,6 +112,21 @@ _WORKER_GENERATE = "/radixfair.v1.WorkerService/Generate"
 _RelayCall = Callable[..., grpc.aio.UnaryStreamCall]
 
 
+@dataclass(frozen=True)
+class _StartedCall:
+    """A worker call under way, and the span that covers it."""
+
+    endpoint: WorkerEndpoint
+    span: Span
+    call: grpc.aio.UnaryStreamCall
+
+    def abandon(self, why: str) -> None:
+        """Stops a call that will not be relayed (a dispatch ahead the admission overruled)."""
+        self.call.cancel()
+        self.span.set_attribute("radixfair.abandoned", why)
+        self.span.end()
+
+
 class RequestRouter:
     def __init__(
         self,
@@ -179,13 +196,15 @@ class RequestRouter:
         excluded: set[str] = set()
         last_failure: _RetryableError | None = None
         for attempt in range(self._config.forward.max_attempts):
-            endpoint, decision = await self._route(request, principal, parent, excluded, last_failure)
+            endpoint, decision, started = await self._route(
+                request, principal, parent, excluded, last_failure
+            )
             if attempt:
                 self._metrics.retries.inc()
             book = StreamBook(principal.client_id, principal.weight, endpoint, len(request.token_ids))
             try:
                 async for message in self._forward(
-                    endpoint, decision, request, principal, parent, book, arrival
+                    endpoint, decision, request, principal, parent, book, arrival, started
                 ):
                     yield message
                 self._metrics.requests.labels(principal.client_id, "ok").inc()
@@ -209,7 +228,7 @@ class RequestRouter:
         parent: Span,
         excluded: set[str],
         last_failure: _RetryableError | None,
-    ) -> tuple[WorkerEndpoint, RoutingDecision]:
+    ) -> tuple[WorkerEndpoint, RoutingDecision, _StartedCall | None]:
         healthy = await self._registry.wait_for_healthy(request.model, self._config.forward.wait_for_worker_s)
         workers = [w for w in healthy if w.worker_id not in excluded]
         if not workers:
@@ -217,34 +236,62 @@ class RequestRouter:
                 raise _exhausted(len(excluded), last_failure)
             model = f" for model {request.model!r}" if request.model else ""
             raise NoWorkerAvailableError(f"no healthy worker{model} is available; try again shortly")
-        decision = await self._decide(request, principal, parent, workers)
+        decision, started = await self._decide(request, principal, parent, workers)
         endpoint = next(w for w in workers if w.worker_id == decision.worker_id)
         self._metrics.decisions.labels(decision.policy, decision.reason, decision.worker_id).inc()
         if decision.refills:
             self._metrics.refills.labels(principal.client_id).inc(decision.refills)
         self._metrics.client_service.labels(principal.client_id).inc(max(decision.charged, 0.0))
-        return endpoint, decision
+        return endpoint, decision, started
 
     async def _decide(
         self, request: ValidatedRequest, principal: Principal, parent: Span, workers: list[WorkerEndpoint]
-    ) -> RoutingDecision:
-        """DispatchCore's decision (one at a time per router; the span includes waiting for its turn)."""
+    ) -> tuple[RoutingDecision, _StartedCall | None]:
+        """DispatchCore's decision (one at a time per router; the span includes waiting for its turn),
+        and the worker call already started on the decided worker, if any.
+
+        With ``forward.dispatch_ahead`` the call starts on the worker the admission will most likely
+        choose (admission_forecast.py) while the admission's Redis round trip runs. Nothing of it is
+        relayed before the decision; a call on a worker the admission did not choose is cancelled.
+        """
         span = self._tracer.start_span("router.route", context=trace.set_span_in_context(parent))
         loads = [(w.worker_id, w.load) for w in workers]
+        early: list[_StartedCall] = []
+
+        def dispatch_ahead(worker_id: str) -> None:
+            endpoint = next((w for w in workers if w.worker_id == worker_id), None)
+            if endpoint is None:
+                return
+            try:
+                early.append(self._start_call(endpoint, request, principal, parent))
+            except grpc.aio.UsageError:
+                pass  # its channel just closed: the decision's own call finds out
+
+        ahead = dispatch_ahead if self._config.forward.dispatch_ahead else None
         deciding = asyncio.ensure_future(
-            self.core.decide(principal.client_id, principal.weight, request.token_ids, loads)
+            self.core.decide(principal.client_id, principal.weight, request.token_ids, loads, ahead=ahead)
         )
         try:
             # Shielded: a caller hanging up during the admission (a Redis round trip) must not leave
             # it booked and in flight with nobody to settle it; the decision finishes, then is undone.
             decision = await asyncio.shield(deciding)
             _set_decision_attributes(span, decision, len(request.token_ids))
-        except asyncio.CancelledError:
-            deciding.add_done_callback(lambda done: self._undo_abandoned(done, request, principal))
+        except BaseException as error:
+            for started in early:
+                started.abandon("the request failed or left before its admission")
+            if isinstance(error, asyncio.CancelledError):
+                deciding.add_done_callback(lambda done: self._undo_abandoned(done, request, principal))
             raise
         finally:
             span.end()
-        return decision
+        started = early[0] if early else None
+        if started is not None:
+            hit = started.endpoint.worker_id == decision.worker_id
+            self._metrics.dispatch_ahead.labels("hit" if hit else "miss").inc()
+            if not hit:
+                started.abandon(f"the admission chose worker {decision.worker_id}")
+                started = None
+        return decision, started
 
     def _undo_abandoned(
         self, done: asyncio.Future[RoutingDecision], request: ValidatedRequest, principal: Principal
@@ -280,31 +327,19 @@ class RequestRouter:
         parent: Span,
         book: StreamBook,
         arrival: float,
+        started: _StartedCall | None = None,
     ) -> AsyncIterator[router_pb2.RouterServiceGenerateResponse]:
-        span = self._tracer.start_span(
-            "router.forward", context=trace.set_span_in_context(parent), kind=trace.SpanKind.CLIENT
-        )
-        span.set_attribute("server.address", endpoint.address)
-        span.set_attribute("radixfair.worker_id", endpoint.worker_id)
-        token = otel_context.attach(trace.set_span_in_context(span))
-        try:
-            metadata = inject_metadata([])
-        finally:
-            otel_context.detach(token)
-        secret = self._config.forward.identity_secret
-        if secret:  # the worker serves only the identity this router vouches for
-            signature = identity_signature(secret, principal.client_id, principal.weight, request.request_id)
-            metadata.append((IDENTITY_SIGNATURE_KEY, signature))
-        try:
-            call = self._relay_call(endpoint)(_worker_request(request, principal), metadata=metadata)
-        except grpc.aio.UsageError as error:
-            # The worker left rotation (its channel closed) between the decision and here: nothing
-            # reached it, so the admission is settled as a retry and the request goes elsewhere.
-            span.end()
-            self._settle_later(decision, request, principal, book, "retry")
-            raise _RetryableError(
-                grpc.StatusCode.UNAVAILABLE, f"worker {endpoint.worker_id} left rotation: {error}", False
-            ) from error
+        if started is None:
+            try:
+                started = self._start_call(endpoint, request, principal, parent)
+            except grpc.aio.UsageError as error:
+                # The worker left rotation (its channel closed) between the decision and here: nothing
+                # reached it, so the admission is settled as a retry and the request goes elsewhere.
+                self._settle_later(decision, request, principal, book, "retry")
+                raise _RetryableError(
+                    grpc.StatusCode.UNAVAILABLE, f"worker {endpoint.worker_id} left rotation: {error}", False
+                ) from error
+        span, call = started.span, started.call
         book.call = call
         self._live.open(book)
         credit = self._output_credit(book, request)
@@ -337,6 +372,34 @@ class RequestRouter:
             span.end()
             # Settled in its own task: a cancelled caller must not cancel the booking.
             self._settle_later(decision, request, principal, book, outcome)
+
+    def _start_call(
+        self, endpoint: WorkerEndpoint, request: ValidatedRequest, principal: Principal, parent: Span
+    ) -> _StartedCall:
+        """The worker's Generate for this request, started, under its forward span.
+
+        Raises grpc.aio.UsageError when the endpoint's channel is closed (the worker left rotation).
+        """
+        span = self._tracer.start_span(
+            "router.forward", context=trace.set_span_in_context(parent), kind=trace.SpanKind.CLIENT
+        )
+        span.set_attribute("server.address", endpoint.address)
+        span.set_attribute("radixfair.worker_id", endpoint.worker_id)
+        token = otel_context.attach(trace.set_span_in_context(span))
+        try:
+            metadata = inject_metadata([])
+        finally:
+            otel_context.detach(token)
+        secret = self._config.forward.identity_secret
+        if secret:  # the worker serves only the identity this router vouches for
+            signature = identity_signature(secret, principal.client_id, principal.weight, request.request_id)
+            metadata.append((IDENTITY_SIGNATURE_KEY, signature))
+        try:
+            call = self._relay_call(endpoint)(_worker_request(request, principal), metadata=metadata)
+        except grpc.aio.UsageError:
+            span.end()
+            raise
+        return _StartedCall(endpoint, span, call)
 
     def _output_credit(self, book: StreamBook, request: ValidatedRequest) -> OutputCredit | None:
         """With a ledger that outlives the router, the stream's booked-ahead output (None: the

@@ -76,6 +76,13 @@ class RouterMetrics:
             ["policy", "reason", "worker"],
             registry=registry,
         )
+        self.dispatch_ahead = Counter(
+            "radixfair_router_dispatch_ahead",
+            "Worker calls started before their admission returned, by outcome: hit (the admission chose"
+            " that worker) or miss (it chose another; the call was cancelled)",
+            ["outcome"],
+            registry=registry,
+        )
         self.retries = Counter(
             "radixfair_router_retries",
             "Requests moved to another worker before their first token",

@@ -30,6 +30,10 @@ from radixfair_router.ledger_state import AdmitCandidate
 # per-worker deficits and takes the first eligible candidate with credit (or the fallback).
 LedgerRule = Literal["fixed", "d2lpm"]
 
+# Called with the worker a route's admission will most likely choose, before the admission's Redis
+# round trip (Ledger.admit's ``ahead``): the router starts the worker call meanwhile.
+DispatchAhead = Callable[[str], None]
+
 
 class WorkerState(NamedTuple):
     """One candidate worker as the router sees it at routing time.
@@ -76,8 +80,11 @@ class RoutingPolicy(Protocol):
     # (bench/eval/eval_runs.py): a name in the worker's scheduler registry.
     local_policy: str
 
-    async def route(self, request: RoutingRequest, workers: Sequence[WorkerState]) -> RoutingDecision:
-        """Picks one of ``workers`` (never empty) and admits the request into the ledger."""
+    async def route(
+        self, request: RoutingRequest, workers: Sequence[WorkerState], ahead: DispatchAhead | None = None
+    ) -> RoutingDecision:
+        """Picks one of ``workers`` (never empty) and admits the request into the ledger, passing
+        ``ahead`` to ``Ledger.admit``."""
         ...
 
     def admission_gate(self, healthy_workers: Callable[[], int]) -> VtcAdmissionGate | None:
@@ -141,11 +148,14 @@ async def admit_fixed(
     worker: WorkerState,
     policy: str,
     reason: str,
+    ahead: DispatchAhead | None = None,
 ) -> RoutingDecision:
     """Books a request the policy already placed: its input cost on the chosen worker."""
     cost = input_cost(request.prompt_tokens, worker.prefix_match, costs)
     candidate = [AdmitCandidate(worker.worker_id, True, cost)]
-    admission = await ledger.admit(request.client_id, request.weight, "fixed", candidate, worker.worker_id)
+    admission = await ledger.admit(
+        request.client_id, request.weight, "fixed", candidate, worker.worker_id, ahead
+    )
     return RoutingDecision(
         worker_id=worker.worker_id,
         policy=policy,

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from radixfair_router.policies.base import (
+    DispatchAhead,
     PolicyBase,
     RoutingDecision,
     RoutingRequest,
@@ -39,6 +40,8 @@ class CacheAwarePolicy(PolicyBase):
             return best, "longest_match"
         return min(workers, key=lambda w: (w.cache_size, w.load, w.worker_id)), "smallest_cache"
 
-    async def route(self, request: RoutingRequest, workers: Sequence[WorkerState]) -> RoutingDecision:
+    async def route(
+        self, request: RoutingRequest, workers: Sequence[WorkerState], ahead: DispatchAhead | None = None
+    ) -> RoutingDecision:
         worker, reason = self.choose(request, workers)
-        return await admit_fixed(self._ledger, self._costs, request, worker, self.name, reason)
+        return await admit_fixed(self._ledger, self._costs, request, worker, self.name, reason, ahead)

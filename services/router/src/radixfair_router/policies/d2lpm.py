@@ -57,6 +57,7 @@ from collections.abc import Sequence
 
 from radixfair_router.ledger_state import AdmitCandidate
 from radixfair_router.policies.base import (
+    DispatchAhead,
     PolicyBase,
     RoutingDecision,
     RoutingRequest,
@@ -110,11 +111,13 @@ class D2lpmPolicy(PolicyBase):
             for w in (*matched, *rest)
         ]
 
-    async def route(self, request: RoutingRequest, workers: Sequence[WorkerState]) -> RoutingDecision:
+    async def route(
+        self, request: RoutingRequest, workers: Sequence[WorkerState], ahead: DispatchAhead | None = None
+    ) -> RoutingDecision:
         ranked = self.rank(request, workers)
         fallback = least_loaded(workers).worker_id
         admission = await self._ledger.admit(
-            request.client_id, request.weight, self.ledger_rule, ranked, fallback
+            request.client_id, request.weight, self.ledger_rule, ranked, fallback, ahead
         )
         match = next(w.prefix_match for w in workers if w.worker_id == admission.worker_id)
         if admission.by_fallback:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from radixfair_router.policies.base import (
+    DispatchAhead,
     PolicyBase,
     RoutingDecision,
     RoutingRequest,
@@ -18,6 +19,8 @@ class LeastLoadPolicy(PolicyBase):
     name = "least_load"
     local_policy = "lpm"
 
-    async def route(self, request: RoutingRequest, workers: Sequence[WorkerState]) -> RoutingDecision:
+    async def route(
+        self, request: RoutingRequest, workers: Sequence[WorkerState], ahead: DispatchAhead | None = None
+    ) -> RoutingDecision:
         worker = least_loaded(workers)
-        return await admit_fixed(self._ledger, self._costs, request, worker, self.name, "least_load")
+        return await admit_fixed(self._ledger, self._costs, request, worker, self.name, "least_load", ahead)

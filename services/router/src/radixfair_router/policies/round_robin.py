@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from radixfair_router.config import CostConfig, PolicyConfig
 from radixfair_router.ledger import Ledger
 from radixfair_router.policies.base import (
+    DispatchAhead,
     PolicyBase,
     RoutingDecision,
     RoutingRequest,
@@ -23,8 +24,10 @@ class RoundRobinPolicy(PolicyBase):
         super().__init__(config, costs, ledger)
         self._turn = 0
 
-    async def route(self, request: RoutingRequest, workers: Sequence[WorkerState]) -> RoutingDecision:
+    async def route(
+        self, request: RoutingRequest, workers: Sequence[WorkerState], ahead: DispatchAhead | None = None
+    ) -> RoutingDecision:
         ordered = sorted(workers, key=lambda w: w.worker_id)
         worker = ordered[self._turn % len(ordered)]
         self._turn += 1
-        return await admit_fixed(self._ledger, self._costs, request, worker, self.name, "round_robin")
+        return await admit_fixed(self._ledger, self._costs, request, worker, self.name, "round_robin", ahead)
