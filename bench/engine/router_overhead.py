@@ -7,8 +7,11 @@ each target, so load drift hits all alike:
 - ``worker``: ``WorkerService.Generate`` straight to the worker (the baseline);
 - ``router``: ``python -m radixfair_router`` as deployed, on a redis-server started as the serving
   bench's ``LocalStack`` starts it (``appendfsync always``: every write is on disk before Redis replies);
+- ``router_no_ahead`` (with ``--no-ahead-target``): the same router with ``forward.dispatch_ahead``
+  off, so its worker call starts after the admission's Redis round trip instead of during it;
 - ``router_probed``: the same router code in a child of this script with probes around its phases
-  (the ``--serve-router`` mode below: timestamps only, no behaviour changed), same Redis;
+  (the ``--serve-router`` mode below: timestamps only), same Redis, dispatch ahead off so that its
+  phases stay consecutive;
 - ``router_probed_nofsync`` (with ``--redis-modes always no``): the probed router on a Redis without
   persistence, to see what the disk costs the admission and the write-ahead booking.
 
@@ -184,7 +187,14 @@ class RouterProcess:
     """A router child (plain or probed) on its own port, in front of the bench's worker."""
 
     def __init__(
-        self, name: str, work: Path, model_dir: Path, redis_url: str, worker: str, probed: bool
+        self,
+        name: str,
+        work: Path,
+        model_dir: Path,
+        redis_url: str,
+        worker: str,
+        probed: bool,
+        dispatch_ahead: bool = True,
     ) -> None:
         self.name = name
         self.port = free_loopback_port()
@@ -199,7 +209,7 @@ class RouterProcess:
             "ledger": {"store": "redis", "redis_url": redis_url, "key_prefix": f"overhead-{name}"},
             "auth": {"api_keys": [{"key": API_KEY, "client_id": "tenant-0", "weight": 1.0}]},
             "registry": {"workers": [{"worker_id": "worker-0", "address": worker}]},
-            "forward": {"identity_secret": IDENTITY_SECRET},
+            "forward": {"identity_secret": IDENTITY_SECRET, "dispatch_ahead": dispatch_ahead},
         }
         config_path = work / f"{name}.yaml"
         config_path.write_text(yaml.safe_dump(config))
@@ -261,10 +271,16 @@ def started_stack(args: argparse.Namespace, work: Path) -> Iterator[Stack]:
             redis = RedisServer(RedisLaunchConfig(persistent=mode == "always")).start()
             running.callback(redis.stop)
             suffix = "" if mode == "always" else "_nofsync"
-            kinds = [("router", False), ("router_probed", True)] if mode == "always" else []
-            kinds = kinds or [("router_probed", True)]
-            for kind, probed in kinds:
-                router = RouterProcess(kind + suffix, work, model_dir, redis.url, worker.address, probed)
+            # The probed routers start their worker call after the admission (dispatch ahead off), so
+            # their phases stay consecutive; `router` runs the defaults, `router_no_ahead` without it.
+            kinds = [("router", False, True), ("router_probed", True, False)] if mode == "always" else []
+            if mode == "always" and args.no_ahead_target:
+                kinds.insert(1, ("router_no_ahead", False, False))
+            kinds = kinds or [("router_probed", True, False)]
+            for kind, probed, ahead in kinds:
+                router = RouterProcess(
+                    kind + suffix, work, model_dir, redis.url, worker.address, probed, dispatch_ahead=ahead
+                )
                 running.callback(router.stop)
                 routers.append(router)
         yield Stack(worker, routers)
@@ -573,8 +589,9 @@ NOTES = (
     "The worker: one process, serving_bench's `--quick` preset (tiny random Llama, CPU) unless "
     "`--serving-args` says otherwise (see the JSON's config). Routers: D2LPM on a "
     "real redis-server, the worker listed statically, identity signing on, as the serving bench's stack. "
-    "`router` is `python -m radixfair_router` untouched; `router_probed` is the same code with timestamp "
-    "probes around its phases (their own cost is a few microseconds per probe); `_nofsync`: Redis without "
+    "`router` is `python -m radixfair_router` untouched (defaults: dispatch ahead on); `router_no_ahead` the "
+    "same with forward.dispatch_ahead off; `router_probed` is the same code with dispatch ahead off (so its "
+    "phases stay consecutive) and timestamp probes around its phases (their own cost is a few microseconds per probe); `_nofsync`: Redis without "
     "persistence (the serving bench's Redis runs `appendfsync always`). Phases are consecutive, so they "
     "add up to the probed router's TTFT; 'worker: hop + its own TTFT' is the part the worker-direct TTFT "
     "also contains. In the streams table, messages are what the clients received; "
@@ -593,6 +610,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--stream-new-tokens", type=int, default=64)
     parser.add_argument("--stream-rounds", type=int, default=2, help="worker and router cells, in turn")
     parser.add_argument("--profile", action="store_true", help="one more router cell under py-spy")
+    parser.add_argument(
+        "--no-ahead-target",
+        action="store_true",
+        help="one more plain router with forward.dispatch_ahead off (its worker call after the admission)",
+    )
     parser.add_argument("--serve-router", nargs=2, metavar=("CONFIG", "EVENTS"), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
