@@ -7,7 +7,8 @@
 #    (bench/engine/router_overhead.py, tag gpu_h200_router_overhead_now).
 # Prepare as for gpu_serving_session.sh (bash bench/engine/gpu_serving_session.sh --prepare), then:
 #   run(command="bash bench/engine/gpu_host_cpu_session.sh", carry=["bench/scratch/gpu_serving"], timeout_s=600)
-# CPU_ONLY=1 or OVERHEAD_ONLY=1 runs one half.
+# CPU_ONLY=1 or OVERHEAD_ONLY=1 runs one half; OVERHEAD_TAG and OVERHEAD_EXTRA (e.g. --no-ahead-target)
+# set the second half's tag and extra flags.
 set -uo pipefail
 carry=bench/scratch/gpu_serving
 # shellcheck source=bench/engine/gpu_env.sh
@@ -21,8 +22,8 @@ if [ "${OVERHEAD_ONLY:-0}" != 1 ]; then
 fi
 if [ "${CPU_ONLY:-0}" != 1 ]; then
   timeout -s TERM "${OVERHEAD_TIMEOUT_S:-240}" python3 bench/engine/router_overhead.py \
-    --tag gpu_h200_router_overhead_now --out-dir "$OUT" --requests 48 --prompt-len 128 --new-tokens 128 \
-    --logs-dir /tmp/overhead_logs --redis-modes always no \
+    --tag "${OVERHEAD_TAG:-gpu_h200_router_overhead_now}" --out-dir "$OUT" --requests 48 --prompt-len 128 \
+    --new-tokens 128 --logs-dir /tmp/overhead_logs --redis-modes always no ${OVERHEAD_EXTRA:-} \
     --serving-args "--shape smollm2-135m --tokenizer-dir $carry/tokenizer --device cuda --dtype bfloat16 --backend triton" \
     2>&1 | tail -60
 fi
