@@ -22,7 +22,7 @@ if [ "${OVERHEAD_ONLY:-0}" != 1 ]; then
 fi
 if [ "${CPU_ONLY:-0}" != 1 ]; then
   timeout -s TERM "${OVERHEAD_TIMEOUT_S:-240}" python3 bench/engine/router_overhead.py \
-    --tag "${OVERHEAD_TAG:-gpu_h200_router_overhead_now}" --out-dir "$OUT" --requests 48 --prompt-len 128 \
+    --tag "${OVERHEAD_TAG:-gpu_h200_router_overhead_now}" --out-dir "$OUT" --requests "${OVERHEAD_REQUESTS:-48}" --prompt-len 128 \
     --new-tokens 128 --logs-dir /tmp/overhead_logs --redis-modes always no ${OVERHEAD_EXTRA:-} \
     --serving-args "--shape smollm2-135m --tokenizer-dir $carry/tokenizer --device cuda --dtype bfloat16 --backend triton" \
     2>&1 | tail -60
