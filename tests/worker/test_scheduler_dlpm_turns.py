@@ -36,24 +36,53 @@ DOC = list(range(3000, 3048))  # 3 pages: the busy client's cached prefix
 P = 8  # a locality allowance (the default is 0): eight cached admissions may pass a returning client
 
 
+class OrderedRecordingPolicy(RecordingPolicy):
+    """RecordingPolicy that logs each ("admit", request) as the budget accepts it, and ("refused", request)
+    for each budget refusal, in the order they happen within a pick."""
+
+    def pick_next(self, waiting, cache, budget):
+        deficits = self.inner.fairness_state().deficits
+        self.log.append(("pick", {r.client_id: deficits.get(r.client_id, 1.0) for r in waiting}))
+        return self.inner.pick_next(waiting, cache, _LoggedBudget(budget, self.log))
+
+
+class _LoggedBudget:
+    def __init__(self, budget, log: list[tuple[str, object]]) -> None:
+        self._budget = budget
+        self._log = log
+
+    def holds(self, request: Request) -> bool:
+        return self._budget.holds(request)
+
+    def try_admit(self, request: Request) -> bool:
+        admitted = self._budget.try_admit(request)
+        self._log.append(("admit" if admitted else "refused", request))
+        return admitted
+
+
 def passes_before_return_admitted(log: list[tuple[str, object]]) -> dict[str, int]:
     """Per client, the most admissions of other clients' requests between a step that began with the
     client back (a request again after being idle: nothing waiting, nothing running) and with credit,
     and its next admission. A step that begins with it spent ends the count; the next one with credit
-    starts it again."""
+    starts it again. Admissions after a budget refusal in the same step are a turn's wait for room
+    (bounded in time, (g') in scheduler.dlpm), not passes: they are not counted."""
     waiting: dict[str, set[Request]] = {}
     running: dict[str, set[Request]] = {}
     back: set[str] = set()  # returned and not yet admitted
     counting: dict[str, int] = {}
     worst: dict[str, int] = {}
+    after_refusal = False
     for kind, item in log:
-        if kind == "join":
+        if kind == "refused":
+            after_refusal = True
+        elif kind == "join":
             client = item.client_id
             running.get(client, set()).discard(item)  # a preempted request joins again
             if not waiting.get(client) and not running.get(client):
                 back.add(client)
             waiting.setdefault(client, set()).add(item)
         elif kind == "pick":
+            after_refusal = False
             for client in back:
                 if item.get(client, 0.0) > 0:
                     counting.setdefault(client, 0)
@@ -64,7 +93,7 @@ def passes_before_return_admitted(log: list[tuple[str, object]]) -> dict[str, in
             waiting[client].discard(item)
             running.setdefault(client, set()).add(item)
             for other in counting:
-                if other != client:
+                if other != client and not after_refusal:
                     counting[other] += 1
             if client in counting:
                 worst[client] = max(worst.get(client, 0), counting.pop(client))
@@ -186,7 +215,7 @@ def test_no_returning_client_with_credit_is_passed_more_than_p_plus_n_minus_1_ti
     tiny_model_dir, workload, quantum
 ):
     jobs, max_client_passes = workload[0], workload[1]
-    recorder, requests = run_jobs(tiny_model_dir, workload, quantum, RecordingPolicy, behind=False)
+    recorder, requests = run_jobs(tiny_model_dir, workload, quantum, OrderedRecordingPolicy, behind=False)
 
     clients = {job.client for job in jobs}
     assert all(r.is_finished for r in requests)

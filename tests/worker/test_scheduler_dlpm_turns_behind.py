@@ -25,6 +25,7 @@ from worker.policy_recorder import RecordingPolicy
 from worker.test_scheduler_dlpm_turns import (
     DOC,
     Job,
+    OrderedRecordingPolicy,
     P,
     busy_loop_and_a_return,
     engine_with,
@@ -41,8 +42,8 @@ from radixfair_worker.request import Request
 TIE = 1e-6
 
 
-class ServiceRecordingPolicy(RecordingPolicy):
-    """RecordingPolicy that also logs ("service", {client: raw service}) just before each join, and
+class ServiceRecordingPolicy(OrderedRecordingPolicy):
+    """OrderedRecordingPolicy that also logs ("service", {client: raw service}) just before each join, and
     ("output", request) for each charge of generated tokens."""
 
     def on_arrival(self, request: Request) -> None:
@@ -64,6 +65,7 @@ def passes_after_returns_behind(log: list[tuple[str, object]], weights: dict[str
     back: set[str] = set()
     counting: dict[str, int] = {}
     worst: dict[str, int] = {}
+    after_refusal = False  # admissions after a refusal in a step are a wait for room, not passes
 
     def counter(client: str) -> float:
         return service.get(client, 0.0) / weights[client] + lift.get(client, 0.0)
@@ -80,7 +82,10 @@ def passes_after_returns_behind(log: list[tuple[str, object]], weights: dict[str
                 if others and counter(client) < sum(others) / len(others) - TIE:
                     back.add(client)
             waiting.setdefault(client, set()).add(item)
+        elif kind == "refused":
+            after_refusal = True
         elif kind == "pick":
+            after_refusal = False
             for client in back:
                 if item.get(client, 0.0) > 0:
                     counting.setdefault(client, 0)
@@ -90,7 +95,7 @@ def passes_after_returns_behind(log: list[tuple[str, object]], weights: dict[str
             client = last_charged = item.client_id
             waiting[client].discard(item)
             for other in counting:
-                if other != client:
+                if other != client and not after_refusal:
                     counting[other] += 1
             if client in counting:
                 worst[client] = max(worst.get(client, 0), counting.pop(client))

@@ -39,5 +39,16 @@ class ClientActivity:
     def is_idle(self, client_id: str) -> bool:
         return not self._waiting.get(client_id) and not self._running.get(client_id)
 
+    def running(self, client_id: str) -> int:
+        """How many of ``client_id``'s requests are running."""
+        return len(self._running.get(client_id, ()))
+
+    def waiting(self, client_id: str) -> int:
+        """How many of ``client_id``'s requests are waiting."""
+        return len(self._waiting.get(client_id, ()))
+
+    def running_clients(self) -> set[str]:
+        return {client for client, ids in self._running.items() if ids}
+
     def waiting_clients(self) -> set[str]:
         return {client for client, ids in self._waiting.items() if ids}

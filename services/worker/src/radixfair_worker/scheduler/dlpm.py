@@ -50,20 +50,29 @@ Rules (see /work/shared/reference/dlpm.md):
      takes no turn. Ungated (the earlier form, the default when on), the
      trigger is "was idle" (nothing waiting, nothing running), for every such
      client. Measured on one worker, 10 seeds
-     (bench/results/eval_returning_turns_*.md): ungated costs 8.6% of
-     throughput on the shared-prefix pattern (median seed), gated 3.6%; on
-     the heavy-client flood 7.9% and 3.5%. Where it goes: turns admit cold
-     2,048-token requests that evict hot documents, and a refused turn ends
-     the step, so the batch drains (to ~5-10 running) while the turn waits
-     for a document's pages to unlock. A pending turn ends when one
+     (bench/results/eval_returning_turns_*.md, median / worst seed): gated
+     1.6% / 3.4% of throughput on the shared-prefix pattern, 1.7% / 3.5% on
+     the heavy-client flood (3.6% / 4.6% and 3.5% / 6.1% before the wait
+     for room below). Where it went: turns admit cold 2,048-token requests
+     that evict hot documents, and a refused turn ended the step, so the
+     batch drained (to ~5-12 running) while the turn waited for a
+     document's pages to unlock. A pending turn ends when one
      of i's requests is admitted. Once a pending client with credit has been
      passed by ``max_client_passes`` (P, default 0) admissions of other
      clients, it is due: before each request the walk visits, due clients
      with credit each get one request admitted (the one rule 2 gives their
      place), in the order they became due, ties by the larger
-     ``q_i / weight_i``. A budget refusal of a due client's request ends the
-     step, as a refusal does in VTC's order; a held one (rule 6) waits for
-     the hold. A cached returning request takes its turn too: among equally
+     ``q_i / weight_i``. A held due request (rule 6) waits for the hold.
+     Wait for room (``RoomForTurns``): at the first budget refusal of a due
+     client's turn, one other client with requests running is *drained*
+     for it: the one with the fewest requests waiting (its prefix is the one
+     fewest queued requests would use), then the fewest running. Until the
+     turn is taken, the drained client and the turn's client have nothing
+     admitted, no other turn is tried in that step, and prefix order goes on
+     with requests of the others whose prompt the cache holds at least half
+     of; the step counts as cut short by the budget, so it makes no refill.
+     Once the drained client has nothing running, a refusal ends the step,
+     as a refusal does in VTC's order. A cached returning request takes its turn too: among equally
      hot requests prefix order is arrival order. Only a returning client
      takes a turn, once per return: a client that stays backlogged on an
      evicted document is served by prefix order and its credit alone, since
@@ -88,9 +97,13 @@ a waiting request at every instant, and weights do not change.
 A held request counts as waiting only once the hold ends (rule 6): the
 intervals below are those in which A and B each have an admissible request.
 Steps (a)-(c) use only that a client is admitted only with credit and that
-a refill comes only when a whole pass admits nothing; neither depends on the
-order in which credited clients are admitted, so rule 7's turns, which only
-reorder admissions of credited clients, leave the bound as it is.
+a refill comes only when a whole pass admits nothing, not cut short; neither
+depends on the order in which credited clients are admitted, so rule 7's
+turns, which only reorder admissions of credited clients, leave the bound as
+it is. Its wait for room skips the turn's and the drained client's requests
+(and colder ones) whatever their credit, but a step with such a wait counts
+as cut short by the budget and makes no refill, so no client with credit
+misses a refill the others get.
 Therefore, for any such interval,
 
     |Δs_A - Δs_B| < 2·Q + D_A / weight_A + D_B / weight_B
@@ -132,16 +145,28 @@ Returning-client bound (rule 7).
       due. The walk checks for due clients before every admission, so from
       then on only turns of clients due before it (or due with it and more
       credit) come first, one admission each: a turn ends a client's pending
-      state, so none is counted twice. Hence at most ``P + (n - 1)`` requests
-      of other clients are admitted before one of i's, n being the number of
-      clients. The gate only decides *whether* a turn is pending, never how
-      it is taken, so (g) holds for every pending client either way.
+      state, so none is counted twice. Admissions in a step after a due
+      turn's refusal (the wait for room) are not counted here; they are
+      bounded in time below. Hence, those aside, at most ``P + (n - 1)``
+      requests of other clients are admitted before one of i's, n being the
+      number of clients. The gate only decides *whether* a turn is pending,
+      never how it is taken, so (g) holds for every pending client either way.
+  (g') The wait for room is bounded: a drained client has none of its
+      requests admitted while the turn it is drained for is due and refused,
+      so it has nothing running once each request it had running at the
+      first refusal has finished or been preempted: at most
+      ``ceil(L / max_batched_tokens) + M`` steps, L and M the longest prompt
+      and max_tokens. Each turn has one drain, and a due client waits behind
+      at most the drains of the turns due before it and its own, at most n.
+      After its drain a refused turn ends the step, as before.
   (h) Against VTC: VTC lifts i to the smallest counter among the backlogged,
       so it is admitted first, or after the clients tied with it (at most
       n - 1). For a client that returns behind (and, ungated, for every
       client back from idle), DLPM makes it wait at most ``P + (n - 1)``
-      more admissions of others than VTC, and, as under VTC, for room for its
-      own request: a refused turn ends the step. A client that returns at or
+      more admissions of others than VTC, at most n drains (g'), and, as
+      under VTC, for room for its own request: after its drain a refused
+      turn ends the step. (VTC's order has no drain: its refusal ends the
+      step at once, so its batch runs down while the head waits for room.) A client that returns at or
       above the mean takes no turn: it has received at least the backlogged
       clients' average, weight for weight, and its wait is DLPM's, bounded
       through the fairness bound (its credit against the others' 2Q), not by
@@ -172,7 +197,7 @@ from radixfair_worker.config import SchedulerConfig
 from radixfair_worker.request import Request, RequestStatus
 from radixfair_worker.scheduler.base import AdmissionBudget, Clock, FairnessState, PrefixMatcher
 from radixfair_worker.scheduler.client_activity import ClientActivity
-from radixfair_worker.scheduler.client_passes import ClientPassLimit, ServiceStanding, Turns
+from radixfair_worker.scheduler.client_passes import ClientPassLimit, RoomForTurns, ServiceStanding, Turns
 from radixfair_worker.scheduler.deficit_ledger import DeficitLedger
 from radixfair_worker.scheduler.overtake_limit import OvertakeLimit
 from radixfair_worker.scheduler.queue_order import PrefixMatchQueue
@@ -193,6 +218,7 @@ class DLPMPolicy:
         self._returning_turns = config.returning_turns
         self._turns_only_when_behind = config.turns_only_when_behind
         self._standing = ServiceStanding()
+        self._room = RoomForTurns()
         self._queue = PrefixMatchQueue()
 
     @property
@@ -230,7 +256,7 @@ class DLPMPolicy:
         admitted: list[Request] = []
         taken: set[Request] = set()
         while True:
-            passed, budget_full, spent = self._walk(order, taken, budget, turns)
+            passed, budget_full, spent = self._walk(order, taken, budget, turns, cache)
             admitted += passed
             if budget_full or not spent:
                 break
@@ -273,14 +299,18 @@ class DLPMPolicy:
         taken: set[Request],
         budget: AdmissionBudget,
         turns: Turns,
+        cache: PrefixMatcher,
     ) -> tuple[list[Request], bool, set[str]]:
         """One pass over the requests not yet ``taken`` (admitted this step; it adds to it).
 
-        Due clients' turns (rule 7) go before each request of the pass, and after its last.
-        Returns those admitted, whether the budget refused one, and the clients skipped for want
-        of credit.
+        Due clients' turns (rule 7) go before each request of the pass, and after its last. A turn the
+        budget refuses ends the pass, or, while the client drained for it still runs requests
+        (``RoomForTurns``), leaves the rest of the pass to the requests ``_room_while_waiting`` lets
+        through, and takes no more turns. Returns those admitted, whether the budget refused one (or a
+        turn waits for room), and the clients skipped for want of credit.
         """
         admitted, spent = [], set()
+        allowed: Callable[[Request], bool] | None = None  # set while a refused turn waits for room
 
         def still_waiting(request: Request) -> bool:
             return request.status is RequestStatus.WAITING and request in self._queue and request not in taken
@@ -288,10 +318,14 @@ class DLPMPolicy:
         for request in order:
             client = request.client_id
             while request not in taken:
-                if not self._take_turns(turns, taken, budget, still_waiting, admitted):
-                    return admitted, True, spent
-                if request in taken:
-                    break
+                if allowed is None:
+                    refused = self._take_turns(turns, taken, budget, still_waiting, admitted)
+                    if refused is not None:
+                        allowed = self._room_while_waiting(refused, cache)
+                        if allowed is None:
+                            return admitted, True, spent
+                    if request in taken:
+                        break
                 if budget.holds(request):
                     # Parked for a leader's prefix (rule 6): not admitted, not charged. Its client is
                     # still backlogged, so when spent it takes the refills the others get meanwhile;
@@ -305,13 +339,35 @@ class DLPMPolicy:
                 chosen = self._overtakes.due(client, still_waiting) or request
                 if chosen is not request and budget.holds(chosen):
                     break  # the client's place is its due request's, which is parked: nobody overtakes it
+                if allowed is not None and not allowed(chosen):
+                    break
                 if not budget.try_admit(chosen):
                     return admitted, True, spent
                 self._admitted(chosen, taken, turns)
                 admitted.append(chosen)
-        if not self._take_turns(turns, taken, budget, still_waiting, admitted):
-            return admitted, True, spent
-        return admitted, False, spent
+        if allowed is None and self._take_turns(turns, taken, budget, still_waiting, admitted) is None:
+            return admitted, False, spent
+        return admitted, True, spent
+
+    def _room_while_waiting(self, refused: str, cache: PrefixMatcher) -> Callable[[Request], bool] | None:
+        """Which requests prefix order may admit while ``refused``'s turn waits for room; None: none.
+
+        None of the turn's client's or the drained client's (``RoomForTurns``); of the others only
+        requests the cache holds at least half of, which add little to the pages in use (a colder
+        one would compete with the turn for the pages the drain frees).
+        """
+        activity = self._activity
+        drained = self._room.refused(refused, activity.running, activity.waiting, activity.running_clients())
+        if drained is None:
+            return None
+
+        def allowed(request: Request) -> bool:
+            client = request.client_id
+            if client in (refused, drained):
+                return False
+            return 2 * cache.match_length(request.prompt_ids) >= len(request.prompt_ids)
+
+        return allowed
 
     def _take_turns(
         self,
@@ -320,12 +376,14 @@ class DLPMPolicy:
         budget: AdmissionBudget,
         still_waiting: Callable[[Request], bool],
         admitted: list[Request],
-    ) -> bool:
+    ) -> str | None:
         """Rule 7: admits one request of each due client, in turn order (``ClientPassLimit``).
 
         The request is the one rule 2 gives the client's place: its due request, else its
-        longest-waiting one. Returns False if the budget refused one: the step ends there, so nothing
-        overtakes a due client's request while it waits for room, as under VTC's order.
+        longest-waiting one. Returns the client whose request the budget refused, if one was: nothing
+        overtakes a due client's request while it waits for room but what ``_room_while_waiting``
+        lets through, and at most until the client drained for it has drained (then, as under VTC's
+        order, the refusal ends the step). None when every due client took its turn or was skipped.
         """
         while (client := turns.next_due()) is not None:
             chosen = None
@@ -337,10 +395,10 @@ class DLPMPolicy:
                 turns.skip(client)  # spent, nothing waiting, or parked for a leader's prefix (rule 6)
                 continue
             if not budget.try_admit(chosen):
-                return False
+                return client
             self._admitted(chosen, taken, turns)
             admitted.append(chosen)
-        return True
+        return None
 
     def _admitted(self, request: Request, taken: set[Request], turns: Turns) -> None:
         """The bookkeeping of one admission (rule 3's charge), in a turn or in prefix order."""
@@ -351,6 +409,7 @@ class DLPMPolicy:
             self._ledger.on_drained(client)
         self._overtakes.admitted(request)
         turns.admitted(client)
+        self._room.admitted(client)
         self._charge(request, self._meter.charge_admission(request))
 
     def _charge(self, request: Request, amount: float) -> None:
