@@ -66,14 +66,21 @@ class AdmissionForecast:
         mode: str,
         candidates: Sequence[AdmitCandidate],
         fallback: str,
-    ) -> str:
-        """The worker ``Ledger.admit`` with these arguments would choose on the last-known deficits."""
+    ) -> str | None:
+        """The worker ``Ledger.admit`` with these arguments would choose on the last-known deficits,
+        or None where the forecast is near a boundary that a charge this router has not read back
+        could move: a refill, the fallback, or a chosen worker left without credit by this request's
+        own cost. A miss costs a cancelled call, so the router only dispatches ahead on a firm forecast.
+        """
         if mode != "d2lpm":
             return fallback
         credit = self._quantum * weight
         deficits = self._deficits_of(self._deficits.get(client_id, {}), credit, candidates)
-        chosen, _ = d2lpm_choice(deficits, candidates, _refill_by(deficits, credit))
-        return fallback if chosen is None else chosen
+        chosen, refills = d2lpm_choice(deficits, candidates, _refill_by(deficits, credit))
+        if chosen is None or refills:
+            return None
+        cost = next(c.cost for c in candidates if c.worker_id == chosen)
+        return chosen if deficits[chosen] > cost else None
 
     def _known(self, client_id: str) -> dict[str, float]:
         known = self._deficits.get(client_id)

@@ -297,13 +297,19 @@ class Ledger:
 
         ``ahead``, when given, is called with the worker the admission will most likely choose
         (admission_forecast.py) just before a Redis round trip starts, so the caller can start on it
-        meanwhile; the returned admission is the decision. Not called when the admission is local.
+        meanwhile; the returned admission is the decision. Not called when the admission is local,
+        nor when the forecast is not firm (near a refill or the end of the worker's credit).
         """
         self.start()
         if self.shared:
             assert self._redis is not None
-            if ahead is not None:
-                ahead(self._forecast.choose(client_id, weight, mode, candidates, fallback))
+            forecast = (
+                None
+                if ahead is None
+                else self._forecast.choose(client_id, weight, mode, candidates, fallback)
+            )
+            if forecast is not None:
+                ahead(forecast)
             seq = self._redis.issue()
             call = functools.partial(self._redis.admit, client_id, weight, mode, candidates, fallback, seq)
             try:
