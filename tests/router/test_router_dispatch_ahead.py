@@ -106,14 +106,17 @@ async def _scenario(workers, urls: dict[str, str], tiny_model_dir: Path, redis_u
         ahead = {o: counted("radixfair_router_dispatch_ahead_total", {"outcome": o}) for o in ("hit", "miss")}
         ledger = await router_a.ledger.snapshot()
 
-    def idle() -> bool:
-        return all(_busy(url) == 0 for url in urls.values())
+        # The workers' gauges move with the load reports the routers watch: wait while they run.
+        def idle() -> bool:
+            return all(_busy(url) == 0 for url in urls.values())
 
-    await wait_until(idle, "both workers idle")
-    finished = {
-        worker: scrape(url).value("radixfair_worker_requests_total", client="alice", finish_reason="length")
-        for worker, url in urls.items()
-    }
+        await wait_until(idle, "both workers idle")
+        finished = {
+            worker: scrape(url).value(
+                "radixfair_worker_requests_total", client="alice", finish_reason="length"
+            )
+            for worker, url in urls.items()
+        }
     return results, missed, ahead, ledger, finished
 
 
