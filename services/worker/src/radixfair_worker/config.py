@@ -144,6 +144,10 @@ class EngineConfig:
     # pages) once per group instead of once per sequence (kernels.cascade_decode_attention), where
     # a group saves enough reads to pay (kernels.prefix_groups); Triton backend only.
     cascade_decode: bool = True
+    # K/V token reads per layer a group must save before its batch takes the cascade kernel
+    # (kernels.prefix_groups.PrefixSharingConfig.min_saved_tokens, where the measurement behind the
+    # default is).
+    cascade_min_saved_tokens: int = 262_144
     # Holding new requests back from decode-only steps so their prefills run together.
     prefill_batching: PrefillBatchingConfig = field(default_factory=PrefillBatchingConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
@@ -155,6 +159,8 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.max_failed_steps_in_a_row < 0:
             raise ValueError("engine.max_failed_steps_in_a_row must be 0 (never exit) or positive")
+        if self.cascade_min_saved_tokens < 0:
+            raise ValueError("engine.cascade_min_saved_tokens must be 0 or more")
         if self.quantized_triton_max_rows < 0:
             raise ValueError("engine.quantized_triton_max_rows must be 0 (always dequantize) or positive")
         for name in ("page_size", "num_pages", "max_running_requests", "max_batched_tokens"):

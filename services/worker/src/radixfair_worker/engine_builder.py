@@ -59,7 +59,9 @@ def build_engine(config: EngineConfig, model_dir: Path, encoder: PromptEncoder |
         config.max_context_tokens or model_config.max_position_embeddings,
         model_config.max_position_embeddings,
     )
-    sharing = PrefixSharingConfig(enabled=config.cascade_decode)
+    sharing = PrefixSharingConfig(
+        enabled=config.cascade_decode, min_saved_tokens=config.cascade_min_saved_tokens
+    )
     graphs = None
     if use_graphs:
         from radixfair_worker.cuda_graph_runner import DecodeGraphRunner, capture_sizes
