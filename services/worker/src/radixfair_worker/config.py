@@ -228,6 +228,10 @@ class WorkerConfig:
     # CPU threads for torch's intra-op pool; 0 keeps torch's default (one per core).
     # On a machine shared with other busy processes, fewer threads avoid spinning.
     torch_threads: int = 0
+    # The engine process's GIL switch interval (sys.setswitchinterval), seconds; 0 keeps Python's
+    # 5 ms. Its pipe threads (submits in, step batches out) take the GIL from the engine loop at
+    # most this often, and wait up to this long for it.
+    engine_switch_interval_s: float = 0.0
     engine: EngineConfig = field(default_factory=EngineConfig)
     tracing: TracingConfig = field(default_factory=lambda: TracingConfig(service_name="radixfair-worker"))
     # The serving front detokenizes requests with no stop strings (their text decides nothing in
@@ -238,3 +242,7 @@ class WorkerConfig:
     # requests whose tenant identity a router signed, others get UNAUTHENTICATED. Empty trusts
     # every caller's client_id and weight (keep the port private, or require client certificates).
     identity_secret: str = ""
+
+    def __post_init__(self) -> None:
+        if self.engine_switch_interval_s < 0:
+            raise ValueError("engine_switch_interval_s must be 0 (Python's default) or more")

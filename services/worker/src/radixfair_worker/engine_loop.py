@@ -92,6 +92,8 @@ def run_engine_process(
 
         if spec.torch_threads:
             torch.set_num_threads(spec.torch_threads)
+        if spec.switch_interval_s > 0:
+            sys.setswitchinterval(spec.switch_interval_s)
         engine = build_engine(spec.engine, spec.model_dir).engine
     except Exception as error:
         # A config mistake is said in one line by the front (as run_service does); a bug keeps its traceback.

@@ -38,6 +38,8 @@ class EngineSpec:
     model_dir: Path
     # CPU threads for torch's intra-op pool; 0 keeps torch's default.
     torch_threads: int = 0
+    # sys.setswitchinterval of the engine process, seconds; 0 keeps Python's default.
+    switch_interval_s: float = 0.0
 
 
 # -- front -> engine ------------------------------------------------------
