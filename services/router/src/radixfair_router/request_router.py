@@ -257,10 +257,13 @@ class RequestRouter:
         span = self._tracer.start_span("router.route", context=trace.set_span_in_context(parent))
         loads = [(w.worker_id, w.load) for w in workers]
         early: list[_StartedCall] = []
+        # Set when the caller leaves (or the decision fails) before the admission called ahead: the
+        # decision runs on in its own task (waiting for its turn first), and must not start a call then.
+        left = False
 
         def dispatch_ahead(worker_id: str) -> None:
             endpoint = next((w for w in workers if w.worker_id == worker_id), None)
-            if endpoint is None:
+            if endpoint is None or left:
                 return
             try:
                 early.append(self._start_call(endpoint, request, principal, parent))
@@ -277,6 +280,7 @@ class RequestRouter:
             decision = await asyncio.shield(deciding)
             _set_decision_attributes(span, decision, len(request.token_ids))
         except BaseException as error:
+            left = True
             for started in early:
                 started.abandon("the request failed or left before its admission")
             if isinstance(error, asyncio.CancelledError):
