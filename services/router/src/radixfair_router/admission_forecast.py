@@ -27,16 +27,26 @@ from radixfair_router.ledger_state import Admission, AdmitCandidate, d2lpm_choic
 class AdmissionForecast:
     """Last-known D2LPM deficits per (client, worker), and the admission they predict.
 
-    Holds the ``max_clients`` clients seen most recently (least recently seen dropped first), so
-    memory stays bounded with any number of clients; a dropped client's pairs read as new again.
+    Holds the ``max_clients`` clients seen most recently (least recently seen dropped first), and for
+    each at most ``max_workers`` workers (past that, those of its latest admission), so memory stays
+    bounded with any number of clients and any churn of worker ids (a restarted pod comes back under
+    a new id); a dropped pair reads as new again, which can only cost a cancelled call.
     """
 
-    def __init__(self, quantum: float, max_clients: int = 4096) -> None:
-        if max_clients < 1:
-            raise ValueError(f"max_clients must be at least 1, got {max_clients}")
+    def __init__(self, quantum: float, max_clients: int = 4096, max_workers: int = 512) -> None:
+        if max_clients < 1 or max_workers < 1:
+            raise ValueError(
+                f"max_clients and max_workers must be at least 1, got {max_clients}, {max_workers}"
+            )
         self._quantum = quantum
         self._max_clients = max_clients
+        self._max_workers = max_workers
         self._deficits: OrderedDict[str, dict[str, float]] = OrderedDict()
+
+    @property
+    def pairs(self) -> int:
+        """How many (client, worker) deficits it holds."""
+        return sum(len(known) for known in self._deficits.values())
 
     def note(self, client_id: str, worker_id: str, deficit: float) -> None:
         """``q[client][worker]`` as the ledger returned it after a charge."""
@@ -57,6 +67,10 @@ class AdmissionForecast:
             deficits = self._deficits_of(known, self._quantum * weight, candidates)
             d2lpm_choice(deficits, candidates, _refill_by(deficits, self._quantum * weight))
             known.update(deficits)
+        if len(known) > self._max_workers:  # workers long gone: keep this admission's
+            kept = {c.worker_id: known[c.worker_id] for c in candidates if c.worker_id in known}
+            known.clear()
+            known.update(kept)
         known[admission.worker_id] = admission.deficit
 
     def choose(
