@@ -185,10 +185,14 @@ class RequestRouter:
     ) -> AsyncIterator[router_pb2.RouterServiceGenerateResponse]:
         assert self._gate is not None
         span = self._tracer.start_span("router.queue", context=trace.set_span_in_context(parent))
-        async with self._gate.slot(principal.client_id):
-            span.end()
-            async for message in self._generate(request, principal, parent, arrival):
-                yield message
+        try:
+            async with self._gate.slot(principal.client_id):
+                span.end()
+                async for message in self._generate(request, principal, parent, arrival):
+                    yield message
+        finally:
+            if span.is_recording():  # the caller left while waiting in the gate
+                span.end()
 
     async def _generate(
         self, request: ValidatedRequest, principal: Principal, parent: Span, arrival: float
