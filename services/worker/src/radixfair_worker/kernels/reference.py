@@ -2,8 +2,9 @@
 
 One home per op's semantics. ``TorchBackend`` runs these functions as its operations (so the
 reference is what the CPU engine serves), the kernel tests and ``bench/kernels/gpu_kernel_check.py``
-judge each Triton launcher against them in fp64 (``kernels.accuracy``), and
-``kernels/registry.py`` pairs each launcher with its reference here.
+judge each Triton launcher against them in fp64 (``kernels.accuracy``). Each reference declares the
+launcher(s) it judges with ``@reference_of``, and ``kernels/registry.py`` builds its table from
+those declarations, so a new kernel's reference and its registry entry are one edit, here.
 
 Each function follows the rounding steps its kernel takes (Hugging Face Llama's order), and
 keeps fp64 inputs in fp64 so that a test can ask for a tight reference from the same inputs.
@@ -12,7 +13,9 @@ Shapes and dtypes are those of the kernel of the same name (see its module's doc
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -20,12 +23,43 @@ import torch.nn.functional as F
 if TYPE_CHECKING:
     from radixfair_worker.kernels.prefix_groups import PrefixGroups
 
+Reference = TypeVar("Reference", bound=Callable[..., object])
+# The attribute a declared reference carries: its LauncherTags, top decorator first.
+LAUNCHER_TAGS = "__kernel_launchers__"
+
+
+@dataclass(frozen=True)
+class LauncherTag:
+    """A Triton launcher a reference judges: ``name`` in ``kernels/<module>.py``; ``step_fusion``
+    marks a cross-operation fusion (see ``registry.Kernel``)."""
+
+    name: str
+    module: str
+    step_fusion: bool = False
+
+
+def reference_of(
+    name: str, module: str | None = None, *, step_fusion: bool = False
+) -> Callable[[Reference], Reference]:
+    """Declares the decorated function the reference of launcher ``name`` in ``kernels/<module>.py``
+    (``module`` defaults to ``name``). The function is returned unchanged, carrying the tag;
+    one reference may judge several launchers (stacked declarations, read top-down). The tag is set
+    once, at definition, on the function itself: there is no table to append to here."""
+
+    def declare(reference: Reference) -> Reference:
+        tag = LauncherTag(name, module or name, step_fusion)
+        setattr(reference, LAUNCHER_TAGS, (tag, *getattr(reference, LAUNCHER_TAGS, ())))
+        return reference
+
+    return declare
+
 
 def _reduce_dtype(x: torch.Tensor) -> torch.dtype:
     """fp32 for the model's dtypes, fp64 when a test asks for the fp64 reference."""
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
+@reference_of("rms_norm")
 def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """x [T, H] -> x / rms(x) * weight: the mean square reduced in fp32, ``x * rstd`` rounded to
     x.dtype, then multiplied by the weight (in the promoted dtype of the two)."""
@@ -34,6 +68,7 @@ def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tor
     return weight * normed
 
 
+@reference_of("add_rms_norm", "rms_norm")
 def add_rms_norm_reference(
     x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,6 +100,7 @@ def rope_reference(x: torch.Tensor, positions: torch.Tensor, cos_sin: torch.Tens
     return _rotate_half(x, cos, sin)
 
 
+@reference_of("apply_rope", "rope")
 def apply_rope_reference(
     q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_sin: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,6 +109,7 @@ def apply_rope_reference(
     return _rotate_half(q, cos, sin), _rotate_half(k, cos, sin)
 
 
+@reference_of("write_kv")
 def write_kv_reference(
     k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor
 ) -> None:
@@ -81,6 +118,7 @@ def write_kv_reference(
     v_cache.view(-1, *v_cache.shape[2:])[slot_mapping] = v.to(v_cache.dtype)
 
 
+@reference_of("rope_and_write_kv", "rope")
 def rope_and_write_kv_reference(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -97,12 +135,15 @@ def rope_and_write_kv_reference(
     return q
 
 
+@reference_of("silu_and_mul", "swiglu")
 def silu_and_mul_reference(gate_up: torch.Tensor) -> torch.Tensor:
     """gate_up [T, 2I] (gate first) -> silu(gate) * up, [T, I]."""
     gate, up = gate_up.chunk(2, dim=-1)
     return F.silu(gate) * up
 
 
+@reference_of("paged_decode_attention", "decode_attention")
+@reference_of("extend_attention")
 def paged_attention_reference(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -138,6 +179,7 @@ def paged_attention_reference(
     return out
 
 
+@reference_of("cascade_decode_attention")
 def cascade_decode_reference(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -194,17 +236,20 @@ def reference_rows(groups: PrefixGroups) -> tuple[list[int], list[int]]:
     return seq_prefix_len, prefix_row
 
 
+@reference_of("int8_weight_matmul", "int8_matmul")
 def int8_weight_matmul_reference(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """x [M, K] @ (q [N, K] int8 * scale [N])^T in fp64 from the same inputs: [M, N] float64."""
     return (x.double() @ q.double().T) * scale.double()[None, :]
 
 
+@reference_of("fp8_weight_matmul", "int8_matmul")
 def fp8_weight_matmul_reference(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """x [M, K] @ (e4m3(q [N, K] uint8 codes, or float8_e4m3fn) * scale [N])^T in fp64: [M, N] float64."""
     values = q.view(torch.float8_e4m3fn) if q.dtype == torch.uint8 else q
     return (x.double() @ values.double().T) * scale.double()[None, :]
 
 
+@reference_of("norm_matmul", step_fusion=True)
 def norm_matmul_reference(
     x: torch.Tensor,
     residual: torch.Tensor | None,
@@ -222,6 +267,7 @@ def norm_matmul_reference(
     return F.linear(rms_norm_reference(summed, norm_weight, eps), weight), summed
 
 
+@reference_of("norm_gate_up_silu", "norm_matmul", step_fusion=True)
 def norm_gate_up_silu_reference(
     x: torch.Tensor,
     residual: torch.Tensor | None,
@@ -234,6 +280,7 @@ def norm_gate_up_silu_reference(
     return silu_and_mul_reference(gate_up), summed
 
 
+@reference_of("norm_qkv_rope_write_kv", "norm_qkv_rope", step_fusion=True)
 def norm_qkv_rope_reference(
     x: torch.Tensor,
     residual: torch.Tensor | None,

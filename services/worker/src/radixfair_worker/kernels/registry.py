@@ -3,10 +3,12 @@
 Everything that lists kernels reads this table: ``TritonBackend`` takes its plain operations
 from it (the launchers) and ``TorchBackend`` its own (the references), the GPU kernel check
 and the compile reports iterate over its modules, and ``tests/kernels/test_registry.py`` holds
-each module to its test and benchmark files. A new kernel is three new files and two edits
-(notes/kernels.md, "Adding a kernel"): ``kernels/<module>.py`` (the kernel and its launcher),
-``tests/kernels/test_<module>.py``, ``bench/kernels/<module>.py``, its reference in
-``kernels/reference.py`` and one entry here.
+each module to its test and benchmark files. The table is built from the declarations in
+``kernels/reference.py``: each reference names the launcher(s) it judges (``@reference_of``),
+so the pairing is written once, beside the op's semantics. A new kernel is three new files and
+one edit (notes/kernels.md, "Adding a kernel"): ``kernels/<module>.py`` (the kernel and its
+launcher), ``tests/kernels/test_<module>.py``, ``bench/kernels/<module>.py``, and its declared
+reference in ``kernels/reference.py``.
 
 This module imports no triton: a launcher's module is imported only when ``launcher()`` is
 called, so the torch backend and a CPU-only install can read the table.
@@ -15,8 +17,10 @@ called, so the torch backend and a CPU-only install can read the table.
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
 from radixfair_worker.kernels import reference
@@ -59,26 +63,18 @@ def distinct_names(entries: tuple[Kernel, ...]) -> tuple[Kernel, ...]:
     return entries
 
 
-KERNELS: tuple[Kernel, ...] = distinct_names(
-    (
-        Kernel("rms_norm", "rms_norm", reference.rms_norm_reference),
-        Kernel("add_rms_norm", "rms_norm", reference.add_rms_norm_reference),
-        Kernel("apply_rope", "rope", reference.apply_rope_reference),
-        Kernel("rope_and_write_kv", "rope", reference.rope_and_write_kv_reference),
-        Kernel("write_kv", "write_kv", reference.write_kv_reference),
-        Kernel("silu_and_mul", "swiglu", reference.silu_and_mul_reference),
-        Kernel("paged_decode_attention", "decode_attention", reference.paged_attention_reference),
-        Kernel("cascade_decode_attention", "cascade_decode_attention", reference.cascade_decode_reference),
-        Kernel("extend_attention", "extend_attention", reference.paged_attention_reference),
-        Kernel("int8_weight_matmul", "int8_matmul", reference.int8_weight_matmul_reference),
-        Kernel("fp8_weight_matmul", "int8_matmul", reference.fp8_weight_matmul_reference),
-        Kernel("norm_matmul", "norm_matmul", reference.norm_matmul_reference, step_fusion=True),
-        Kernel("norm_gate_up_silu", "norm_matmul", reference.norm_gate_up_silu_reference, step_fusion=True),
-        Kernel(
-            "norm_qkv_rope_write_kv", "norm_qkv_rope", reference.norm_qkv_rope_reference, step_fusion=True
-        ),
+def declared_kernels(namespace: ModuleType) -> tuple[Kernel, ...]:
+    """One ``Kernel`` per ``@reference_of`` declaration among ``namespace``'s functions, in
+    definition order (a function's stacked declarations top-down)."""
+    return tuple(
+        Kernel(tag.name, tag.module, function, tag.step_fusion)
+        for function in vars(namespace).values()
+        if inspect.isfunction(function)
+        for tag in getattr(function, reference.LAUNCHER_TAGS, ())
     )
-)
+
+
+KERNELS: tuple[Kernel, ...] = distinct_names(declared_kernels(reference))
 
 
 def kernel(name: str) -> Kernel:

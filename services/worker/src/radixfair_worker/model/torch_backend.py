@@ -18,7 +18,7 @@ class TorchBackend:
     # Its padded SDPA reads every sequence's context; grouping would only cost host time.
     reads_shared_prefixes = False
 
-    # The plain operations are the kernels' torch references (kernels/registry.py pairs each
+    # The plain operations are the kernels' torch references (kernels/registry.py's table pairs each
     # Triton launcher with its reference), so this backend is the reference the kernels match.
     rms_norm = staticmethod(kernel("rms_norm").reference)
     add_rms_norm = staticmethod(kernel("add_rms_norm").reference)
