@@ -9,8 +9,8 @@ import pytest
 
 pytest.importorskip("triton")
 
-from radixfair_worker.kernels import reference  # noqa: E402
-from radixfair_worker.kernels.registry import (  # noqa: E402
+from radixfair_engine.kernels import reference  # noqa: E402
+from radixfair_engine.kernels.registry import (  # noqa: E402
     KERNELS,
     Kernel,
     declared_kernels,
@@ -18,12 +18,12 @@ from radixfair_worker.kernels.registry import (  # noqa: E402
     kernel,
     modules,
 )
-from radixfair_worker.model.backend import KernelBackend  # noqa: E402
-from radixfair_worker.model.torch_backend import TorchBackend  # noqa: E402
-from radixfair_worker.model.triton_backend import TritonBackend  # noqa: E402
+from radixfair_engine.model.backend import KernelBackend  # noqa: E402
+from radixfair_engine.model.torch_backend import TorchBackend  # noqa: E402
+from radixfair_engine.model.triton_backend import TritonBackend  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-KERNEL_DIR = ROOT / "services" / "worker" / "src" / "radixfair_worker" / "kernels"
+KERNEL_DIR = ROOT / "engine" / "src" / "radixfair_engine" / "kernels"
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # bench/ is a package at the repository root, as in tests/bench
 # The backends' plain operations; the fused ones (step_fusion) are methods that decide per call.
