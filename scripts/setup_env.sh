@@ -12,7 +12,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 VPY="$ROOT/.venv/bin/python"
 STAMP=.venv/.radixfair-installed
-HASH="$(cat constraints.txt requirements-dev.txt scripts/install_service.sh common/pyproject.toml common/setup.py model_format/pyproject.toml services/*/pyproject.toml $(find protos -name '*.proto' | sort) | sha256sum | cut -d' ' -f1)"
+HASH="$(cat constraints.txt requirements-dev.txt scripts/install_service.sh common/pyproject.toml common/setup.py model_format/pyproject.toml engine/pyproject.toml services/*/pyproject.toml $(find protos -name '*.proto' | sort) | sha256sum | cut -d' ' -f1)"
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$HASH" ]; then
   # A system tool outside .venv: checked on every run, installed only when missing.
   PYTHON="$VPY" bash scripts/install_service.sh docker-compose

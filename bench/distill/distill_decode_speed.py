@@ -1,6 +1,6 @@
 """Decode tokens/s of a model directory through the worker's own engine, as the worker serves it.
 
-The engine is assembled by ``radixfair_worker.engine_builder.build_engine`` (the worker's start-up
+The engine is assembled by ``radixfair_engine.engine_builder.build_engine`` (the worker's start-up
 path): Triton kernels, bf16 and CUDA graphs on a GPU; the torch backend in fp32 on a CPU. A quantized
 directory (int8 / fp8, see radixfair_model_format.quantized_checkpoint) runs quantized. ``batch``
 requests of random ``prompt_len``-token prompts are prefilled, then the decode steps that produce
@@ -26,10 +26,10 @@ from pathlib import Path
 
 import torch
 
-from radixfair_worker.config import EngineConfig, SchedulerConfig
-from radixfair_worker.engine_builder import build_engine
-from radixfair_worker.model.quantized_linear import QuantizedLinear
-from radixfair_worker.request import Request, SamplingConfig
+from radixfair_engine.config import EngineConfig, SchedulerConfig
+from radixfair_engine.engine_builder import build_engine
+from radixfair_engine.model.quantized_linear import QuantizedLinear
+from radixfair_engine.request import Request, SamplingConfig
 
 
 @dataclass(frozen=True)
@@ -126,7 +126,7 @@ def triton_int8_projections(calls: dict[str, int] | None = None, max_rows: int =
     the kernel after the block ends, which is what the timing wants. ``calls`` counts the calls of
     each path ("kernel", and "fallback" for int8 inputs of <= ``max_rows`` rows that did not take it).
     """
-    from radixfair_worker.kernels.int8_matmul import int8_weight_matmul
+    from radixfair_engine.kernels.int8_matmul import int8_weight_matmul
 
     original = QuantizedLinear.forward
 

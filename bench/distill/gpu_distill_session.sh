@@ -78,7 +78,7 @@ case "$phase" in
 esac
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
   "$carry"/whl/*.whl || exit 1
-export PYTHONPATH="/tmp/site:$PWD/common/src:$PWD/model_format/src:$PWD/services/worker/src:$PWD/services/distiller/src"
+export PYTHONPATH="/tmp/site:$PWD/common/src:$PWD/model_format/src:$PWD/engine/src:$PWD/services/worker/src:$PWD/services/distiller/src"
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 teacher=()

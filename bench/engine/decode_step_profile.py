@@ -24,16 +24,16 @@ from torch.profiler import ProfilerActivity, profile
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [
-    str(ROOT / "services" / "worker" / "src"),
     str(ROOT / "model_format" / "src"),
+    str(ROOT / "engine" / "src"),
     str(ROOT / "common" / "src"),
     str(ROOT),
 ]
 
 from bench.kernels.model_greedy import PAGE_SIZE, SMOLLM2_135M, _batch  # noqa: E402
 from bench.report import environment, markdown_table, regenerating_command  # noqa: E402
-from radixfair_worker.model.llama import KVCache, LlamaModel, rope_table  # noqa: E402
-from radixfair_worker.model.triton_backend import TritonBackend  # noqa: E402
+from radixfair_engine.model.llama import KVCache, LlamaModel, rope_table  # noqa: E402
+from radixfair_engine.model.triton_backend import TritonBackend  # noqa: E402
 
 
 def kernel_group(name: str) -> str:

@@ -20,10 +20,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from bench.report import markdown_table, write_results  # noqa: E402
+from radixfair_engine.config import EngineConfig, SchedulerConfig  # noqa: E402
+from radixfair_engine.engine_builder import build_engine  # noqa: E402
+from radixfair_engine.request import Request, SamplingConfig  # noqa: E402
 from radixfair_model_format.model_store import PACKAGED_MODEL, resolve_model_dir  # noqa: E402
-from radixfair_worker.config import EngineConfig, SchedulerConfig  # noqa: E402
-from radixfair_worker.engine_builder import build_engine  # noqa: E402
-from radixfair_worker.request import Request, SamplingConfig  # noqa: E402
 
 PROMPT_TOKENS = 96
 SHARED_TOKENS = 64

@@ -35,7 +35,7 @@ from bench.engine.serving_bench import parse_args, prepare_model, worker_setting
 from bench.engine.serving_clients import timed_cell  # noqa: E402
 from bench.engine.serving_in_process import build_in_process_engine, run_cell_in_process  # noqa: E402
 from bench.report import RESULTS_DIR, regenerating_command, write_results  # noqa: E402
-from radixfair_worker.model_runner import SamplingRunner  # noqa: E402
+from radixfair_engine.model_runner import SamplingRunner  # noqa: E402
 
 TOP_FUNCTIONS = 24
 

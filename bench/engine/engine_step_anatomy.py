@@ -9,7 +9,7 @@ zero the device idles between steps and host time is the step time.
 
 On the GPU (random SmolLM2-135M weights, bf16, Triton, CUDA graphs, overlap on)::
 
-    PYTHONPATH=common/src:model_format/src:services/worker/src \\
+    PYTHONPATH=common/src:model_format/src:engine/src:services/worker/src \\
         python3 bench/engine/engine_step_anatomy.py --batches 1 128
 
 Run it from an older commit's tree (the same file copied there) to compare versions in one call.
@@ -30,12 +30,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from radixfair_worker import inflight  # noqa: E402
-from radixfair_worker.config import EngineConfig, SchedulerConfig  # noqa: E402
-from radixfair_worker.engine import Engine  # noqa: E402
-from radixfair_worker.model_runner import SamplingRunner  # noqa: E402
-from radixfair_worker.request import Request, SamplingConfig  # noqa: E402
-from radixfair_worker.scheduler.registry import build_policy  # noqa: E402
+from radixfair_engine import inflight  # noqa: E402
+from radixfair_engine.config import EngineConfig, SchedulerConfig  # noqa: E402
+from radixfair_engine.engine import Engine  # noqa: E402
+from radixfair_engine.model_runner import SamplingRunner  # noqa: E402
+from radixfair_engine.request import Request, SamplingConfig  # noqa: E402
+from radixfair_engine.scheduler.registry import build_policy  # noqa: E402
 
 NULL_VOCAB = 512
 

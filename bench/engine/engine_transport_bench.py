@@ -49,11 +49,13 @@ from prometheus_client import CollectorRegistry  # noqa: E402
 from bench.report import RESULTS_DIR, write_results  # noqa: E402
 from radixfair.errors import RadixfairError  # noqa: E402
 from radixfair.tokenization import PromptEncoder  # noqa: E402
+from radixfair_engine.config import EngineConfig  # noqa: E402
+from radixfair_engine.engine_outputs import StepOutput  # noqa: E402
+from radixfair_engine.request import FinishReason, Request, SamplingConfig  # noqa: E402
+from radixfair_engine.text_stream import TextStream  # noqa: E402
 from radixfair_model_format.model_store import PACKAGED_MODEL, resolve_model_dir  # noqa: E402
-from radixfair_worker.config import EngineConfig  # noqa: E402
 from radixfair_worker.engine_client import EngineClient  # noqa: E402
 from radixfair_worker.engine_loop import EngineLoop  # noqa: E402
-from radixfair_worker.engine_outputs import StepOutput  # noqa: E402
 from radixfair_worker.engine_protocol import (  # noqa: E402
     AbortRequest,
     EngineSpec,
@@ -62,9 +64,7 @@ from radixfair_worker.engine_protocol import (  # noqa: E402
     request_key,
     worker_request_id,
 )
-from radixfair_worker.request import FinishReason, Request, SamplingConfig  # noqa: E402
 from radixfair_worker.request_stream import RequestStream  # noqa: E402
-from radixfair_worker.text_stream import TextStream  # noqa: E402
 from radixfair_worker.worker_metrics import WorkerMetrics  # noqa: E402
 
 # -- the baseline: the per-row format as of commit 3e0b6e8 (a frozen copy, for comparison only) --

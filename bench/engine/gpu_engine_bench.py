@@ -19,7 +19,8 @@ near-ties.
    transformers ``generate`` and a plain-PyTorch decoder (torch ops, static
    KV cache, SDPA) captured in a CUDA graph.
 
-    PYTHONPATH=common/src:model_format/src:services/worker/src python3 bench/engine/gpu_engine_bench.py
+    PYTHONPATH=common/src:model_format/src:engine/src:services/worker/src \\
+        python3 bench/engine/gpu_engine_bench.py
 """
 
 from __future__ import annotations
@@ -41,17 +42,17 @@ from bench.engine.plain_torch_decoder import PlainDecoder  # noqa: E402
 from bench.report import markdown_table, write_results  # noqa: E402
 from bench.smollm2_shape import SMOLLM2_135M_HF_CONFIG  # noqa: E402
 from radixfair.gc_tuning import tune_for_serving  # noqa: E402
+from radixfair_engine import sampler as sampler_module  # noqa: E402
+from radixfair_engine.config import EngineConfig, SchedulerConfig  # noqa: E402
+from radixfair_engine.engine import Engine  # noqa: E402
+from radixfair_engine.engine_builder import build_backend  # noqa: E402
+from radixfair_engine.model.backend import KernelBackend  # noqa: E402
+from radixfair_engine.model.llama import KVCache  # noqa: E402
+from radixfair_engine.model.loader import load_model  # noqa: E402
+from radixfair_engine.model_runner import ModelRunner  # noqa: E402
+from radixfair_engine.request import Request, SamplingConfig  # noqa: E402
+from radixfair_engine.scheduler.registry import build_policy  # noqa: E402
 from radixfair_model_format.model_config import ModelConfig  # noqa: E402
-from radixfair_worker import sampler as sampler_module  # noqa: E402
-from radixfair_worker.config import EngineConfig, SchedulerConfig  # noqa: E402
-from radixfair_worker.engine import Engine  # noqa: E402
-from radixfair_worker.engine_builder import build_backend  # noqa: E402
-from radixfair_worker.model.backend import KernelBackend  # noqa: E402
-from radixfair_worker.model.llama import KVCache  # noqa: E402
-from radixfair_worker.model.loader import load_model  # noqa: E402
-from radixfair_worker.model_runner import ModelRunner  # noqa: E402
-from radixfair_worker.request import Request, SamplingConfig  # noqa: E402
-from radixfair_worker.scheduler.registry import build_policy  # noqa: E402
 
 SMOLLM2_135M = SMOLLM2_135M_HF_CONFIG
 EMBEDDING_STD = 0.5
@@ -105,7 +106,7 @@ def make_engine(
     kv = KVCache(model.config, config.num_pages + 1, config.page_size, torch_dtype, torch.device(device))
     graph_runner = None
     if graphs:
-        from radixfair_worker.cuda_graph_runner import DecodeGraphRunner, capture_sizes
+        from radixfair_engine.cuda_graph_runner import DecodeGraphRunner, capture_sizes
 
         graph_runner = DecodeGraphRunner(
             model, kv, config.num_pages, 2048 // config.page_size, capture_sizes(min(graphs, max_running))

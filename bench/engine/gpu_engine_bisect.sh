@@ -28,6 +28,8 @@ if [ "${1:-}" = "--prepare" ]; then
     # model_format/ exists from b99c001 on; older trees archive without it.
     paths=(common/src services/worker/src bench)
     git cat-file -e "$commit:model_format/src" 2>/dev/null && paths+=(model_format/src)
+    # engine/ (radixfair_engine) exists from the engine-package split on.
+    git cat-file -e "$commit:engine/src" 2>/dev/null && paths+=(engine/src)
     git archive "$commit" "${paths[@]}" | tar -x -C "$scratch/$commit"
     rm -rf "$scratch/$commit/bench/results" "$scratch/$commit/bench/scratch"
     cp common/src/radixfair/v1/*_pb2*.py "$scratch/$commit/common/src/radixfair/v1/"
@@ -43,7 +45,7 @@ if [ "${SERVING:-0}" = 1 ]; then
     for commit in $COMMITS; do
       echo "=== $commit round $round"
       mkdir -p "$OUT/$commit"
-      (cd "$scratch/$commit" && PYTHONPATH=/tmp/site:common/src:model_format/src:services/worker/src:services/router/src \
+      (cd "$scratch/$commit" && PYTHONPATH=/tmp/site:common/src:model_format/src:engine/src:services/worker/src:services/router/src \
          PYTHONUNBUFFERED=1 timeout 200 python3 bench/engine/serving_bench.py --shape smollm2-135m \
          --tokenizer-dir "$tokenizer" --device cuda --dtype bfloat16 --backend triton --paths in_process \
          --workloads shared_prefix unique --concurrency 256 --cell-duration-s 8 --warmup-requests 16 \
@@ -58,7 +60,7 @@ for commit in $COMMITS; do
   # The bench's own path differs by commit (bench/ before the move, bench/engine/ after).
   script=bench/engine/gpu_engine_bench.py
   [ -f "$scratch/$commit/$script" ] || script=bench/gpu_engine_bench.py
-  (cd "$scratch/$commit" && PYTHONPATH=/tmp/site:common/src:model_format/src:services/worker/src PYTHONUNBUFFERED=1 \
+  (cd "$scratch/$commit" && PYTHONPATH=/tmp/site:common/src:model_format/src:engine/src:services/worker/src PYTHONUNBUFFERED=1 \
      timeout 150 python3 "$script" --ours-only --batches ${BATCHES:-1 128} --out "$OUT/$commit" 2>&1 \
      | grep -E "^\|" | tail -8)
 done

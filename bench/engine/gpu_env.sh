@@ -10,4 +10,4 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
   "$carry"/whl/*.whl || exit 1
 cp "$carry"/v1/*.py common/src/radixfair/v1/
 export PATH="$PWD/$carry/bin:$PATH" PYTHONUNBUFFERED=1
-export PYTHONPATH="/tmp/site:$PWD/common/src:$PWD/model_format/src:$PWD/services/worker/src:$PWD/services/router/src"
+export PYTHONPATH="/tmp/site:$PWD/common/src:$PWD/model_format/src:$PWD/engine/src:$PWD/services/worker/src:$PWD/services/router/src"

@@ -16,7 +16,7 @@ Issue 14, part 3. With the real weights (the packaged Q4_1 GGUF, dequantized to 
    its random-weight rows.
 
 On the GPU machine, after ../shared/tools/gpu_model_parts.sh's runs joined the GGUF:
-    PYTHONPATH=/tmp/site:common/src:model_format/src:services/worker/src \\
+    PYTHONPATH=/tmp/site:common/src:model_format/src:engine/src:services/worker/src \\
         python3 bench/engine/gpu_real_model_check.py --gguf /tmp/gpu_model/SmolLM2-135M-Instruct.Q4_1.gguf \\
         --out $OUT
 Writes bench/results/gpu_real_model_h200.{json,md}.
@@ -38,12 +38,12 @@ from bench.engine.gpu_engine_bench import engine_throughput, make_engine  # noqa
 from bench.kernels.model_greedy import PAGE_SIZE, _batch  # noqa: E402
 from bench.report import markdown_table, write_results  # noqa: E402
 from radixfair.tokenization import ChatTurn, PromptEncoder  # noqa: E402
+from radixfair_engine.engine_builder import build_backend  # noqa: E402
+from radixfair_engine.model.llama import KVCache  # noqa: E402
+from radixfair_engine.model.loader import load_model  # noqa: E402
+from radixfair_engine.request import Request, SamplingConfig  # noqa: E402
 from radixfair_model_format.model_config import ModelConfig  # noqa: E402
 from radixfair_model_format.model_store import convert_gguf  # noqa: E402
-from radixfair_worker.engine_builder import build_backend  # noqa: E402
-from radixfair_worker.model.llama import KVCache  # noqa: E402
-from radixfair_worker.model.loader import load_model  # noqa: E402
-from radixfair_worker.request import Request, SamplingConfig  # noqa: E402
 
 # The demo's three system prompts and questions (scripts/demo.py), plus general chat turns.
 SYSTEMS = (

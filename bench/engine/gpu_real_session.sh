@@ -26,7 +26,7 @@ case "${1:-}" in
   check)
     cp .gpu_model/part_01 /tmp/gpu_model/
     bash /tmp/gpu_model/gpu_model_parts.sh --join /tmp/gpu_model
-    export PYTHONPATH="/tmp/site:$PWD/common/src:$PWD/model_format/src:$PWD/services/worker/src" PYTHONUNBUFFERED=1
+    export PYTHONPATH="/tmp/site:$PWD/common/src:$PWD/model_format/src:$PWD/engine/src:$PWD/services/worker/src" PYTHONUNBUFFERED=1
     # The generated stubs are not needed here: the check imports no service code.
     python3 bench/engine/gpu_real_model_check.py --gguf /tmp/gpu_model/SmolLM2-135M-Instruct.Q4_1.gguf \
       --model-dir "$model_dir" --out "$OUT" 2>&1 | grep -v 'Loading weights' | tail -30
@@ -37,11 +37,11 @@ case "${1:-}" in
     if [ ! -f "$model_dir/model.safetensors" ]; then
       [ -f .gpu_model/part_01 ] && cp .gpu_model/part_01 /tmp/gpu_model/
       bash /tmp/gpu_model/gpu_model_parts.sh --join /tmp/gpu_model
-      PYTHONPATH="/tmp/site:$PWD/common/src:$PWD/model_format/src:$PWD/services/worker/src" python3 -c \
+      PYTHONPATH="/tmp/site:$PWD/common/src:$PWD/model_format/src:$PWD/engine/src:$PWD/services/worker/src" python3 -c \
         "from pathlib import Path; from radixfair_model_format.model_store import convert_gguf; \
 convert_gguf(Path('/tmp/gpu_model/SmolLM2-135M-Instruct.Q4_1.gguf'), Path('$model_dir'))"
     fi
-    export PYTHONPATH="/tmp/site:$PWD/common/src:$PWD/model_format/src:$PWD/services/worker/src" PYTHONUNBUFFERED=1
+    export PYTHONPATH="/tmp/site:$PWD/common/src:$PWD/model_format/src:$PWD/engine/src:$PWD/services/worker/src" PYTHONUNBUFFERED=1
     python3 bench/engine/engine_step_anatomy.py --batches 1 32 128 --cold-first --model-dir "$model_dir" \
       --label real --out-name engine_step_anatomy_real_h200
     python3 bench/engine/engine_step_anatomy.py --batches 1 32 128 --cold-first --label random \

@@ -9,7 +9,7 @@ set -uo pipefail
 OUT=${OUT:-bench/results}
 commit=${COMMIT:-unknown}
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:common/src:model_format/src:services/worker/src PYTHONUNBUFFERED=1
+export PYTHONPATH=/tmp/site:common/src:model_format/src:engine/src:services/worker/src PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 # 1. Correctness at real shapes and bf16 (overlap on and off must give the same greedy tokens).
 python3 bench/kernels/gpu_kernel_check.py --out "$OUT" 2>&1 | tee "$OUT/gpu_kernel_check.log" | tail -5

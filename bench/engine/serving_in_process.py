@@ -16,9 +16,9 @@ def build_in_process_engine(settings: dict[str, object]) -> object:
 
     from radixfair.config_loading import load_config
     from radixfair.gc_tuning import tune_for_serving
+    from radixfair_engine.engine_builder import build_engine
     from radixfair_model_format.model_store import resolve_model_dir
     from radixfair_worker.config import WorkerConfig
-    from radixfair_worker.engine_builder import build_engine
 
     config = load_config(WorkerConfig, env={}, overrides=settings)
     if config.torch_threads:
@@ -39,7 +39,7 @@ def run_cell_in_process(
     The next one is the client's next listed request, or in a timed cell (``plan``) a new one until
     the cell's duration is up (serving_clients.client_loop's rule).
     """
-    from radixfair_worker.request import Request, SamplingConfig
+    from radixfair_engine.request import Request, SamplingConfig
 
     queues = {c: list(reversed(s)) for c, s in by_client(specs).items()}
     rounds = dict.fromkeys(queues, 0)

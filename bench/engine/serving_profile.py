@@ -254,8 +254,8 @@ class Sampler:
 
 def submit_pickle_bytes(workload: str, bargs: argparse.Namespace) -> int:
     """Bytes of one pickled submit command (a list of one), as the front's sender writes it."""
+    from radixfair_engine.request import Request, SamplingConfig
     from radixfair_worker.engine_protocol import SubmitRequest
-    from radixfair_worker.request import Request, SamplingConfig
 
     spec = serving_bench.cell_requests(bargs, workload, 1, 7)[0]
     request = Request("r0", "tenant-0", list(spec.prompt), SamplingConfig(max_tokens=spec.max_tokens))

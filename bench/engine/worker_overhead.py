@@ -144,7 +144,8 @@ class _MarkedEvent(threading.Event):
 
 def probed_engine_entry(events_path: str, spec: object, commands: object, outputs: object) -> None:
     """The engine process's entry point with probes; writes its events to ``events_path`` on exit."""
-    from radixfair_worker import engine, engine_loop
+    from radixfair_engine import engine
+    from radixfair_worker import engine_loop
 
     probes = Probes()
     mark = probes.mark
@@ -247,7 +248,7 @@ def started_stack(args: argparse.Namespace, work: Path) -> Iterator[tuple[object
 
 def in_process_one(engine: object, spec: serving_bench.RequestSpec) -> serving_bench.RequestRecord:
     """One request through ``Engine.submit/step`` alone, as serving_bench's in-process path sees it."""
-    from radixfair_worker.request import Request, SamplingConfig
+    from radixfair_engine.request import Request, SamplingConfig
 
     sampling = SamplingConfig(max_tokens=spec.max_tokens, ignore_eos=True)
     request = Request(spec.request_id, "tenant-0", list(spec.prompt), sampling)

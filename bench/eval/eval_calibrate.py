@@ -16,7 +16,7 @@ SmolLM2-135M's architecture (bf16, Triton kernels, CUDA graphs): step time
 depends on shapes, not on weight values.
 
     .venv/bin/python bench/eval/eval_calibrate.py --device cpu
-    PYTHONPATH=common/src:model_format/src:services/worker/src \\
+    PYTHONPATH=common/src:model_format/src:engine/src:services/worker/src \\
         python3 bench/eval/eval_calibrate.py --device cuda
 
 Writes bench/results/eval_cost_model_<device>.json (the fitted model) and
@@ -44,15 +44,15 @@ from bench.simulator.timed_runner import ShapeRecordingRunner  # noqa: E402
 from bench.smollm2_shape import SMOLLM2_135M_HF_CONFIG  # noqa: E402
 from bench.workloads import build_pattern, generate_trace, load_trace, prompt_token_ids, save_trace  # noqa: E402
 from bench.workloads.trace import Trace  # noqa: E402
+from radixfair_engine.config import EngineConfig, SchedulerConfig  # noqa: E402
+from radixfair_engine.engine import Engine  # noqa: E402
+from radixfair_engine.engine_builder import build_backend  # noqa: E402
+from radixfair_engine.model.llama import KVCache  # noqa: E402
+from radixfair_engine.model.loader import load_model  # noqa: E402
+from radixfair_engine.model_runner import ModelRunner  # noqa: E402
+from radixfair_engine.request import Request, SamplingConfig  # noqa: E402
+from radixfair_engine.scheduler.registry import build_policy  # noqa: E402
 from radixfair_model_format.model_store import PACKAGED_MODEL, resolve_model_dir  # noqa: E402
-from radixfair_worker.config import EngineConfig, SchedulerConfig  # noqa: E402
-from radixfair_worker.engine import Engine  # noqa: E402
-from radixfair_worker.engine_builder import build_backend  # noqa: E402
-from radixfair_worker.model.llama import KVCache  # noqa: E402
-from radixfair_worker.model.loader import load_model  # noqa: E402
-from radixfair_worker.model_runner import ModelRunner  # noqa: E402
-from radixfair_worker.request import Request, SamplingConfig  # noqa: E402
-from radixfair_worker.scheduler.registry import build_policy  # noqa: E402
 
 TRACES = RESULTS_DIR / "eval_traces"
 MAX_CONTEXT = 4096
@@ -114,7 +114,7 @@ def build(config: EngineConfig, model_dir: Path) -> tuple[Engine, ShapeRecording
     kv = KVCache(model.config, config.num_pages + (1 if use_graphs else 0), config.page_size, dtype, device)
     graphs = None
     if use_graphs:
-        from radixfair_worker.cuda_graph_runner import DecodeGraphRunner, capture_sizes
+        from radixfair_engine.cuda_graph_runner import DecodeGraphRunner, capture_sizes
 
         graphs = DecodeGraphRunner(
             model,

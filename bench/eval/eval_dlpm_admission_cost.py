@@ -25,11 +25,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from bench.report import RESULTS_DIR, write_results  # noqa: E402
-from radixfair_worker.config import SchedulerConfig  # noqa: E402
-from radixfair_worker.page_allocator import PageAllocator  # noqa: E402
-from radixfair_worker.radix_cache import RadixCache  # noqa: E402
-from radixfair_worker.request import Request, RequestStatus, SamplingConfig  # noqa: E402
-from radixfair_worker.scheduler.registry import build_policy  # noqa: E402
+from radixfair_engine.config import SchedulerConfig  # noqa: E402
+from radixfair_engine.page_allocator import PageAllocator  # noqa: E402
+from radixfair_engine.radix_cache import RadixCache  # noqa: E402
+from radixfair_engine.request import Request, RequestStatus, SamplingConfig  # noqa: E402
+from radixfair_engine.scheduler.registry import build_policy  # noqa: E402
 
 PAGE = 16
 OUTPUT_TOKENS = 8

@@ -25,10 +25,10 @@ from bench.simulator.simulation import SimConfig, SimResult, simulate  # noqa: E
 from bench.workloads import generate_trace, load_trace, save_trace  # noqa: E402
 from bench.workloads.spec import WorkloadSpec  # noqa: E402
 from bench.workloads.trace import Trace  # noqa: E402
+from radixfair_engine.config import EngineConfig, SchedulerConfig  # noqa: E402
+from radixfair_engine.scheduler import registry as scheduler_registry  # noqa: E402
 from radixfair_router.config import PolicyConfig  # noqa: E402
 from radixfair_router.policies import registry as routing_registry  # noqa: E402
-from radixfair_worker.config import EngineConfig, SchedulerConfig  # noqa: E402
-from radixfair_worker.scheduler import registry as scheduler_registry  # noqa: E402
 
 # Saved traces are regenerated from their spec and seed on first use; git ignores them.
 TRACES = RESULTS_DIR / "eval_traces"

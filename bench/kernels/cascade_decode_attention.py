@@ -13,10 +13,10 @@ import torch
 
 from bench.kernels.decode_attention import attention_reference
 from bench.kernels.harness import DEVICE, DTYPE, HEAD_DIM, HEADS, KV_HEADS, PAGE, Record, Sizes
-from radixfair_worker.kernels import cascade_decode_attention
-from radixfair_worker.kernels.accuracy import poisoned_like, relative_error
-from radixfair_worker.kernels.paged_fixtures import random_shared_prefix_context
-from radixfair_worker.kernels.prefix_groups import PrefixSharingConfig, find_prefix_groups
+from radixfair_engine.kernels import cascade_decode_attention
+from radixfair_engine.kernels.accuracy import poisoned_like, relative_error
+from radixfair_engine.kernels.paged_fixtures import random_shared_prefix_context
+from radixfair_engine.kernels.prefix_groups import PrefixSharingConfig, find_prefix_groups
 
 TIMED_BY = "bench/kernels/gpu_cascade_bench.py"
 

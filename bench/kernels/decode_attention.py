@@ -23,10 +23,10 @@ from bench.kernels.harness import (
     compiled,
     forward_batch,
 )
-from radixfair_worker.kernels import decode_attention
-from radixfair_worker.kernels.accuracy import poisoned_like, relative_error
-from radixfair_worker.kernels.paged_fixtures import random_paged_context
-from radixfair_worker.kernels.reference import paged_attention_reference
+from radixfair_engine.kernels import decode_attention
+from radixfair_engine.kernels.accuracy import poisoned_like, relative_error
+from radixfair_engine.kernels.paged_fixtures import random_paged_context
+from radixfair_engine.kernels.reference import paged_attention_reference
 
 SIZES = ((128, 1024),)  # (batch, context): a decode step of 128 sequences
 

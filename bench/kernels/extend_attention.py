@@ -23,9 +23,9 @@ from bench.kernels.harness import (
     SweepRows,
     forward_batch,
 )
-from radixfair_worker.kernels import extend_attention
-from radixfair_worker.kernels.accuracy import poisoned_like, relative_error
-from radixfair_worker.kernels.paged_fixtures import random_paged_context
+from radixfair_engine.kernels import extend_attention
+from radixfair_engine.kernels.accuracy import poisoned_like, relative_error
+from radixfair_engine.kernels.paged_fixtures import random_paged_context
 
 # (sequences, cached prefix, new tokens): chunks resuming from a cache, and fresh long prompts.
 SIZES = ((8, 512, 512), (64, 0, 1024))

@@ -47,36 +47,36 @@ import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [
-    str(ROOT / "services" / "worker" / "src"),
     str(ROOT / "model_format" / "src"),
+    str(ROOT / "engine" / "src"),
     str(ROOT / "common" / "src"),
     str(ROOT),
 ]
 
 from bench.engine.gpu_engine_bench import make_random_model  # noqa: E402
 from bench.report import markdown_table, write_results  # noqa: E402
-from radixfair_worker.config import EngineConfig, SchedulerConfig  # noqa: E402
-from radixfair_worker.engine import Engine  # noqa: E402
-from radixfair_worker.kernels.accuracy import relative_error  # noqa: E402
-from radixfair_worker.kernels.cascade_decode_attention import (  # noqa: E402
+from radixfair_engine.config import EngineConfig, SchedulerConfig  # noqa: E402
+from radixfair_engine.engine import Engine  # noqa: E402
+from radixfair_engine.kernels.accuracy import relative_error  # noqa: E402
+from radixfair_engine.kernels.cascade_decode_attention import (  # noqa: E402
     cascade_decode_attention,
     choose_prefix_splits,
 )
-from radixfair_worker.kernels.decode_attention import choose_num_splits, paged_decode_attention  # noqa: E402
-from radixfair_worker.kernels.interpreter_compat import index_scalars_with_item  # noqa: E402
-from radixfair_worker.kernels.paged_fixtures import random_shared_prefix_context  # noqa: E402
-from radixfair_worker.kernels.prefix_groups import (  # noqa: E402
+from radixfair_engine.kernels.decode_attention import choose_num_splits, paged_decode_attention  # noqa: E402
+from radixfair_engine.kernels.interpreter_compat import index_scalars_with_item  # noqa: E402
+from radixfair_engine.kernels.paged_fixtures import random_shared_prefix_context  # noqa: E402
+from radixfair_engine.kernels.prefix_groups import (  # noqa: E402
     PrefixGroups,
     PrefixSharingConfig,
     find_prefix_groups,
 )
-from radixfair_worker.kernels.reference import paged_attention_reference  # noqa: E402
-from radixfair_worker.model.llama import KVCache  # noqa: E402
-from radixfair_worker.model.loader import load_model  # noqa: E402
-from radixfair_worker.model.triton_backend import TritonBackend  # noqa: E402
-from radixfair_worker.model_runner import ModelRunner  # noqa: E402
-from radixfair_worker.request import Request, SamplingConfig  # noqa: E402
-from radixfair_worker.scheduler.registry import build_policy  # noqa: E402
+from radixfair_engine.kernels.reference import paged_attention_reference  # noqa: E402
+from radixfair_engine.model.llama import KVCache  # noqa: E402
+from radixfair_engine.model.loader import load_model  # noqa: E402
+from radixfair_engine.model.triton_backend import TritonBackend  # noqa: E402
+from radixfair_engine.model_runner import ModelRunner  # noqa: E402
+from radixfair_engine.request import Request, SamplingConfig  # noqa: E402
+from radixfair_engine.scheduler.registry import build_policy  # noqa: E402
 
 # The two numbers (METHOD.md), for prefix 1,024 / 4,096 at batch 128, SmolLM2 shapes, bf16, per layer.
 FLOOR_NOTE = (
@@ -423,7 +423,7 @@ def make_engine(
     )
     graphs = None
     if cuda:
-        from radixfair_worker.cuda_graph_runner import DecodeGraphRunner
+        from radixfair_engine.cuda_graph_runner import DecodeGraphRunner
 
         # Only the batch sizes this run decodes: capturing all of capture_sizes(128) twice would
         # take longer than the measurements.

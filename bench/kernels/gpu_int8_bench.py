@@ -31,10 +31,10 @@ import triton.testing
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from bench.report import write_results  # noqa: E402
+from radixfair_engine.kernels.accuracy import TOLERANCE, relative_error  # noqa: E402
+from radixfair_engine.kernels.int8_matmul import int8_weight_matmul  # noqa: E402
+from radixfair_engine.kernels.reference import int8_weight_matmul_reference  # noqa: E402
 from radixfair_model_format.quantized_checkpoint import quantize_weight  # noqa: E402
-from radixfair_worker.kernels.accuracy import TOLERANCE, relative_error  # noqa: E402
-from radixfair_worker.kernels.int8_matmul import int8_weight_matmul  # noqa: E402
-from radixfair_worker.kernels.reference import int8_weight_matmul_reference  # noqa: E402
 
 HIDDEN, HEADS, KV_HEADS, HEAD_DIM, INTERMEDIATE, VOCAB, LAYERS = 576, 9, 3, 64, 1536, 49152, 30
 # (name, N out, K in, how many per decoded token)

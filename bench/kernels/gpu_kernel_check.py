@@ -25,11 +25,11 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(ROOT / "services" / "worker" / "src"), str(ROOT / "common" / "src"), str(ROOT)]
+sys.path[:0] = [str(ROOT / "engine" / "src"), str(ROOT / "common" / "src"), str(ROOT)]
 
 from bench.kernels.harness import SMALL, CheckRows, Row, Sizes  # noqa: E402
-from radixfair_worker.kernels.interpreter_compat import index_scalars_with_item  # noqa: E402
-from radixfair_worker.kernels.registry import modules  # noqa: E402
+from radixfair_engine.kernels.interpreter_compat import index_scalars_with_item  # noqa: E402
+from radixfair_engine.kernels.registry import modules  # noqa: E402
 
 
 def check_kernels(dtype: torch.dtype, sizes: Sizes, checks: CheckRows) -> None:

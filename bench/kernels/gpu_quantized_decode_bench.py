@@ -29,7 +29,7 @@ tokenizer is SmolLM2's, carried too:
 
     run(carry=["bench/scratch/gpu_serving"], timeout_s=600, command="python3 -m pip install -q
       --no-index --no-deps --no-compile --target /tmp/site bench/scratch/gpu_serving/whl/*.whl &&
-      PYTHONPATH=/tmp/site:common/src:model_format/src:services/worker/src python3
+      PYTHONPATH=/tmp/site:common/src:model_format/src:engine/src:services/worker/src python3
       bench/kernels/gpu_quantized_decode_bench.py --tokenizer-dir bench/scratch/gpu_serving/tokenizer
       --out $OUT")
 
@@ -54,7 +54,7 @@ from pathlib import Path
 # triton is first imported (as tests/kernels/conftest.py does).
 if "--quick" in sys.argv:
     os.environ.setdefault("TRITON_INTERPRET", "1")
-    from radixfair_worker.kernels.interpreter_compat import index_scalars_with_item
+    from radixfair_engine.kernels.interpreter_compat import index_scalars_with_item
 
     index_scalars_with_item()
 
@@ -64,16 +64,16 @@ from safetensors.torch import save_file  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from bench.report import markdown_table, write_results  # noqa: E402
 from bench.smollm2_shape import SMOLLM2_135M_HF_CONFIG  # noqa: E402
+from radixfair_engine.config import EngineConfig, SchedulerConfig  # noqa: E402
+from radixfair_engine.engine import Engine  # noqa: E402
+from radixfair_engine.engine_builder import build_engine  # noqa: E402
+from radixfair_engine.request import FinishReason, Request, SamplingConfig  # noqa: E402
 from radixfair_model_format.quantized_checkpoint import (  # noqa: E402
     CONFIG_KEY,
     config_section,
     quantize_weight,
     quantized_state,
 )
-from radixfair_worker.config import EngineConfig, SchedulerConfig  # noqa: E402
-from radixfair_worker.engine import Engine  # noqa: E402
-from radixfair_worker.engine_builder import build_engine  # noqa: E402
-from radixfair_worker.request import FinishReason, Request, SamplingConfig  # noqa: E402
 
 EMBEDDING_STD = 0.5  # peaked next-token logits, so greedy agreement tests arithmetic, not near-ties
 LAYER_STD = 0.02
@@ -258,7 +258,7 @@ def engine_rows(dirs: dict[str, Path], args: argparse.Namespace, vocab: int) -> 
 
 def kernel_rows(config: dict) -> list[dict[str, object]]:
     """One product per projection and row count: bf16 cuBLAS, the kernels, the dequantizing path."""
-    from radixfair_worker.model.quantized_linear import QuantizedLinear
+    from radixfair_engine.model.quantized_linear import QuantizedLinear
 
     hidden, inter = config["hidden_size"], config["intermediate_size"]
     q_out = config["num_attention_heads"] * config["head_dim"]
@@ -288,7 +288,7 @@ def kernel_rows(config: dict) -> list[dict[str, object]]:
 def product_times(m: int, w16: torch.Tensor, i8: torch.nn.Module, f8: torch.nn.Module) -> dict[str, float]:
     import triton.testing
 
-    from radixfair_worker.kernels.int8_matmul import fp8_weight_matmul, int8_weight_matmul
+    from radixfair_engine.kernels.int8_matmul import fp8_weight_matmul, int8_weight_matmul
 
     n, k = w16.shape
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)

@@ -19,7 +19,7 @@ SmolLM2-135M shapes, bf16, random weights. Sections, each with its own table:
 5. ``engine``: the engine (CUDA graphs, overlap) decoding at batch 1 and 128, fusions off
    against on.
 
-    PYTHONPATH=common/src:model_format/src:services/worker/src \\
+    PYTHONPATH=common/src:model_format/src:engine/src:services/worker/src \\
         python3 bench/kernels/gpu_step_fusion_bench.py [--out DIR]
 
 ``--sections ops,step`` runs a subset. ``--smoke`` runs every section's code path on the CPU
@@ -40,8 +40,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [
-    str(ROOT / "services" / "worker" / "src"),
     str(ROOT / "model_format" / "src"),
+    str(ROOT / "engine" / "src"),
     str(ROOT / "common" / "src"),
     str(ROOT),
 ]
@@ -52,19 +52,19 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from bench.report import markdown_table, write_results  # noqa: E402
+from radixfair_engine.kernels.accuracy import relative_error  # noqa: E402
+from radixfair_engine.kernels.interpreter_compat import index_scalars_with_item  # noqa: E402
+from radixfair_engine.kernels.norm_matmul import norm_gate_up_silu, norm_matmul  # noqa: E402
+from radixfair_engine.kernels.norm_qkv_rope import norm_qkv_rope_write_kv  # noqa: E402
+from radixfair_engine.kernels.rms_norm import add_rms_norm, rms_norm  # noqa: E402
+from radixfair_engine.kernels.rope import rope_and_write_kv  # noqa: E402
+from radixfair_engine.kernels.swiglu import silu_and_mul  # noqa: E402
+from radixfair_engine.model.backend import ForwardBatch  # noqa: E402
+from radixfair_engine.model.llama import KVCache, LlamaModel, rope_table  # noqa: E402
+from radixfair_engine.model.step_fusion import StepFusionConfig  # noqa: E402
+from radixfair_engine.model.torch_backend import TorchBackend  # noqa: E402
+from radixfair_engine.model.triton_backend import TritonBackend  # noqa: E402
 from radixfair_model_format.model_config import ModelConfig  # noqa: E402
-from radixfair_worker.kernels.accuracy import relative_error  # noqa: E402
-from radixfair_worker.kernels.interpreter_compat import index_scalars_with_item  # noqa: E402
-from radixfair_worker.kernels.norm_matmul import norm_gate_up_silu, norm_matmul  # noqa: E402
-from radixfair_worker.kernels.norm_qkv_rope import norm_qkv_rope_write_kv  # noqa: E402
-from radixfair_worker.kernels.rms_norm import add_rms_norm, rms_norm  # noqa: E402
-from radixfair_worker.kernels.rope import rope_and_write_kv  # noqa: E402
-from radixfair_worker.kernels.swiglu import silu_and_mul  # noqa: E402
-from radixfair_worker.model.backend import ForwardBatch  # noqa: E402
-from radixfair_worker.model.llama import KVCache, LlamaModel, rope_table  # noqa: E402
-from radixfair_worker.model.step_fusion import StepFusionConfig  # noqa: E402
-from radixfair_worker.model.torch_backend import TorchBackend  # noqa: E402
-from radixfair_worker.model.triton_backend import TritonBackend  # noqa: E402
 
 EPS = 1e-5
 DTYPE = torch.bfloat16

@@ -24,13 +24,13 @@ import torch
 import triton.testing
 
 ROOT = Path(__file__).resolve().parents[2]
-for _path in (ROOT / "services" / "worker" / "src", ROOT / "common" / "src", ROOT):
+for _path in (ROOT / "engine" / "src", ROOT / "common" / "src", ROOT):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-from radixfair_worker.kernels.accuracy import TOLERANCE  # noqa: E402
-from radixfair_worker.model.backend import ForwardBatch  # noqa: E402
-from radixfair_worker.model.torch_backend import TorchBackend  # noqa: E402
+from radixfair_engine.kernels.accuracy import TOLERANCE  # noqa: E402
+from radixfair_engine.model.backend import ForwardBatch  # noqa: E402
+from radixfair_engine.model.torch_backend import TorchBackend  # noqa: E402
 
 HIDDEN, INTER, HEADS, KV_HEADS, HEAD_DIM, PAGE = 576, 1536, 9, 3, 64, 16
 VOCAB = 49152
@@ -183,7 +183,7 @@ def time_impl(fn: Callable[[], object]) -> tuple[float, float, float | None]:
 
 def run_case(case: Case, copy_tbs: float) -> list[Row]:
     """Runs each implementation once (compared with torch eager's output), then times it."""
-    from radixfair_worker.kernels.accuracy import relative_error
+    from radixfair_engine.kernels.accuracy import relative_error
 
     rows = []
     reference = None

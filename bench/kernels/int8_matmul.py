@@ -11,10 +11,10 @@ from collections.abc import Callable
 import torch
 
 from bench.kernels.harness import DEVICE, DTYPE, HIDDEN, INTER, Record, Sizes
+from radixfair_engine.kernels import int8_matmul
+from radixfair_engine.kernels.accuracy import TOLERANCE, poisoned_like, relative_error
+from radixfair_engine.kernels.reference import fp8_weight_matmul_reference, int8_weight_matmul_reference
 from radixfair_model_format.quantized_checkpoint import quantize_weight
-from radixfair_worker.kernels import int8_matmul
-from radixfair_worker.kernels.accuracy import TOLERANCE, poisoned_like, relative_error
-from radixfair_worker.kernels.reference import fp8_weight_matmul_reference, int8_weight_matmul_reference
 
 TIMED_BY = "bench/kernels/gpu_int8_bench.py"
 

@@ -34,13 +34,13 @@ from types import ModuleType
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(ROOT / "services" / "worker" / "src"), str(ROOT)]
+sys.path[:0] = [str(ROOT / "engine" / "src"), str(ROOT)]
 
 from bench.kernels.decode_attention import decode_case  # noqa: E402,F401  (gpu_step_fusion_bench)
 from bench.kernels.harness import Row, SweepRows, copy_bandwidth, run_case  # noqa: E402,F401
 from bench.kernels.rms_norm import norm_ab  # noqa: E402
 from bench.report import environment, markdown_table, regenerating_command  # noqa: E402
-from radixfair_worker.kernels.registry import modules  # noqa: E402
+from radixfair_engine.kernels.registry import modules  # noqa: E402
 
 
 def kernel_benches() -> list[ModuleType]:

@@ -34,10 +34,10 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from triton.runtime.jit import JITFunction
 
-sys.path[:0] = [os.path.join(os.path.dirname(__file__), "..", "..", "services", "worker", "src")]
+sys.path[:0] = [os.path.join(os.path.dirname(__file__), "..", "..", "engine", "src")]
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
-from radixfair_worker.kernels.registry import modules  # noqa: E402
+from radixfair_engine.kernels.registry import modules  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
 BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
@@ -121,7 +121,7 @@ def capture(label: str, launch: Callable[[], object]) -> list[Report]:
         )
 
     # The tensors here are CPU ones, which the launchers take for the interpreter; compile the GPU path.
-    kernels = [importlib.import_module(f"radixfair_worker.kernels.{name}") for name in modules()]
+    kernels = [importlib.import_module(f"radixfair_engine.kernels.{name}") for name in modules()]
     kernels = [module for module in kernels if hasattr(module, "interpreted")]
     saved = [module.interpreted for module in kernels]
     JITFunction.run = compile_instead  # type: ignore[method-assign]

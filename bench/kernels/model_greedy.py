@@ -10,11 +10,11 @@ import dataclasses
 
 import torch
 
+from radixfair_engine.model.backend import ForwardBatch, KernelBackend
+from radixfair_engine.model.llama import KVCache, LlamaModel, rope_table
+from radixfair_engine.model.torch_backend import TorchBackend
+from radixfair_engine.model.triton_backend import TritonBackend
 from radixfair_model_format.model_config import ModelConfig
-from radixfair_worker.model.backend import ForwardBatch, KernelBackend
-from radixfair_worker.model.llama import KVCache, LlamaModel, rope_table
-from radixfair_worker.model.torch_backend import TorchBackend
-from radixfair_worker.model.triton_backend import TritonBackend
 
 SMOLLM2_135M = ModelConfig(
     vocab_size=49152,

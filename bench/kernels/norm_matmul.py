@@ -11,9 +11,9 @@ from collections.abc import Callable
 import torch
 
 from bench.kernels.harness import DEVICE, DTYPE, EPS, HIDDEN, INTER, VOCAB, Record, Sizes
-from radixfair_worker.kernels import norm_matmul
-from radixfair_worker.kernels.accuracy import TOLERANCE, relative_error
-from radixfair_worker.kernels.reference import norm_gate_up_silu_reference, norm_matmul_reference
+from radixfair_engine.kernels import norm_matmul
+from radixfair_engine.kernels.accuracy import TOLERANCE, relative_error
+from radixfair_engine.kernels.reference import norm_gate_up_silu_reference, norm_matmul_reference
 
 TIMED_BY = "bench/kernels/gpu_step_fusion_bench.py"
 ROWS = (1, 128)  # the decode batches a fused call takes (StepFusionConfig.max_rows)

@@ -23,9 +23,9 @@ from bench.kernels.harness import (
     Sizes,
     rope_table,
 )
-from radixfair_worker.kernels import norm_qkv_rope
-from radixfair_worker.kernels.accuracy import poisoned_like, relative_error
-from radixfair_worker.kernels.reference import norm_qkv_rope_reference
+from radixfair_engine.kernels import norm_qkv_rope
+from radixfair_engine.kernels.accuracy import poisoned_like, relative_error
+from radixfair_engine.kernels.reference import norm_qkv_rope_reference
 
 TIMED_BY = "bench/kernels/gpu_step_fusion_bench.py"
 ROWS = (1, 128)  # the decode batches a fused call takes (StepFusionConfig.max_rows)

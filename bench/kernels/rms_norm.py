@@ -21,9 +21,9 @@ from bench.kernels.harness import (
     compiled,
     try_liger,
 )
-from radixfair_worker.kernels import rms_norm
-from radixfair_worker.kernels.accuracy import poisoned_like, relative_error
-from radixfair_worker.kernels.reference import add_rms_norm_reference, rms_norm_reference
+from radixfair_engine.kernels import rms_norm
+from radixfair_engine.kernels.accuracy import poisoned_like, relative_error
+from radixfair_engine.kernels.reference import add_rms_norm_reference, rms_norm_reference
 
 SIZES = (4096, 65536)  # tokens: L2-resident, and DRAM-bound
 

@@ -23,9 +23,9 @@ from bench.kernels.harness import (
     rope_table,
     try_liger,
 )
-from radixfair_worker.kernels import rope, write_kv
-from radixfair_worker.kernels.accuracy import relative_error
-from radixfair_worker.kernels.reference import rope_reference
+from radixfair_engine.kernels import rope, write_kv
+from radixfair_engine.kernels.accuracy import relative_error
+from radixfair_engine.kernels.reference import rope_reference
 
 SIZES = (4096, 65536)  # tokens: L2-resident, and DRAM-bound
 

@@ -38,8 +38,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 from worker.sampler_reference import sample_rows_sorted, top_p_keep_sorted  # noqa: E402
 
 from bench.report import markdown_table, write_results  # noqa: E402
-from radixfair_worker.nucleus import keep_top_k, top_p_keep  # noqa: E402
-from radixfair_worker.sampler import sample_rows  # noqa: E402
+from radixfair_engine.nucleus import keep_top_k, top_p_keep  # noqa: E402
+from radixfair_engine.sampler import sample_rows  # noqa: E402
 
 SETTINGS = {"t0.7 p0.9": (0.7, 0, 0.9), "t0.7 k50 p0.9": (0.7, 50, 0.9)}
 
@@ -173,7 +173,7 @@ def main() -> None:
     notes = (
         f"One sampling call of [batch, {args.vocab}] fp32 logits on {args.device}, {args.iters} calls per "
         "figure after a warm-up. sort = the sort-based path of 6df3feb (tests/worker/sampler_reference.py); "
-        "radix = radixfair_worker.sampler.sample_rows (top-p by radix selection, top-k by one topk). "
+        "radix = radixfair_engine.sampler.sample_rows (top-p by radix selection, top-k by one topk). "
         "eager_ms: wall per call, back to back; host_ms: launch time per call; graph_ms: device time per "
         "call from a CUDA-graph replay. agree: share of rows drawing the same token on both paths. "
         "keep_equals_cpu / keep_equals_sort: the device's top-p kept set, from the same probabilities, "

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import sys
 
-sys.path[:0] = [os.path.join(os.path.dirname(__file__), "..", "..", "services", "worker", "src")]
+sys.path[:0] = [os.path.join(os.path.dirname(__file__), "..", "..", "engine", "src")]
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
 from bench.kernels.kernels_compile_report import capture, launches, report_line  # noqa: E402

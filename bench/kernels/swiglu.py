@@ -19,9 +19,9 @@ from bench.kernels.harness import (
     compiled,
     try_liger,
 )
-from radixfair_worker.kernels import swiglu
-from radixfair_worker.kernels.accuracy import poisoned_like, relative_error
-from radixfair_worker.kernels.reference import silu_and_mul_reference
+from radixfair_engine.kernels import swiglu
+from radixfair_engine.kernels.accuracy import poisoned_like, relative_error
+from radixfair_engine.kernels.reference import silu_and_mul_reference
 
 SIZES = (4096, 65536)  # tokens: L2-resident, and DRAM-bound
 

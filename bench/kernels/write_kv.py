@@ -20,7 +20,7 @@ from bench.kernels.harness import (
     compiled,
     qkv_views,
 )
-from radixfair_worker.kernels import write_kv
+from radixfair_engine.kernels import write_kv
 
 SIZES = (4096, 65536)  # tokens: L2-resident, and DRAM-bound
 

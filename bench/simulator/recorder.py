@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from radixfair_worker.config import SchedulerConfig
-from radixfair_worker.request import Request
-from radixfair_worker.scheduler.base import AdmissionBudget, PrefixMatcher, SchedulingPolicy
-from radixfair_worker.scheduler.service_meter import ServiceMeter
+from radixfair_engine.config import SchedulerConfig
+from radixfair_engine.request import Request
+from radixfair_engine.scheduler.base import AdmissionBudget, PrefixMatcher, SchedulingPolicy
+from radixfair_engine.scheduler.service_meter import ServiceMeter
 
 
 class BinnedSeries:

@@ -15,7 +15,7 @@ import torch
 
 from bench.simulator.cost_model import StepCostModel
 from bench.workloads.tokens import ANSWER_VOCAB, answer_tokens
-from radixfair_worker.model_runner import SamplingRunner, ScheduledChunk
+from radixfair_engine.model_runner import SamplingRunner, ScheduledChunk
 
 
 class VirtualClock:

@@ -27,12 +27,12 @@ from bench.simulator.sim_runner import SimulatedRunner, VirtualClock
 from bench.workloads.tokens import prompt_token_ids
 from bench.workloads.trace import Trace, TraceRequest
 from radixfair.errors import InvalidRequestError
+from radixfair_engine.config import EngineConfig
+from radixfair_engine.engine import Engine
+from radixfair_engine.request import Request, SamplingConfig
+from radixfair_engine.scheduler.registry import build_policy
 from radixfair_router.config import ApproxTreeConfig, CostConfig, PolicyConfig
-from radixfair_worker.config import EngineConfig
-from radixfair_worker.engine import Engine
 from radixfair_worker.engine_loop import DIGEST_LIMIT
-from radixfair_worker.request import Request, SamplingConfig
-from radixfair_worker.scheduler.registry import build_policy
 
 if TYPE_CHECKING:
     from bench.simulator.sim_router import SimRouter

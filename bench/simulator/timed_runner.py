@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from bench.simulator.cost_model import StepShape
-from radixfair_worker.model_runner import SamplingRunner, ScheduledChunk
+from radixfair_engine.model_runner import SamplingRunner, ScheduledChunk
 
 
 class ShapeRecordingRunner(SamplingRunner):

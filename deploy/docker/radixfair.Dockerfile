@@ -51,6 +51,7 @@ COPY scripts/install_service.sh /manifests/scripts/
 COPY deploy/docker/third_party_requirements.py /manifests/deploy/docker/
 COPY common/pyproject.toml /manifests/common/
 COPY model_format/pyproject.toml /manifests/model_format/
+COPY engine/pyproject.toml /manifests/engine/
 COPY services/router/pyproject.toml /manifests/services/router/
 COPY services/worker/pyproject.toml /manifests/services/worker/
 COPY services/distiller/pyproject.toml /manifests/services/distiller/

@@ -34,10 +34,11 @@ from pathlib import Path
 PACKAGES = {
     "common": (("common", ()),),
     "router": (("common", ()), ("services/router", ())),
-    "worker": (("common", ()), ("model_format", ()), ("services/worker", ("convert",))),
+    "worker": (("common", ()), ("model_format", ()), ("engine", ()), ("services/worker", ("convert",))),
     "distiller": (
         ("common", ()),
         ("model_format", ()),
+        ("engine", ()),
         ("services/worker", ("convert",)),
         ("services/distiller", ()),
     ),

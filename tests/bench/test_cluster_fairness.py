@@ -30,8 +30,8 @@ from bench.workloads import build_pattern, generate_trace
 from bench.workloads.clients import ClientSpec
 from bench.workloads.distributions import AllAtStart, Poisson, Uniform
 from bench.workloads.spec import WorkloadSpec
+from radixfair_engine.config import EngineConfig, SchedulerConfig
 from radixfair_router.config import PolicyConfig
-from radixfair_worker.config import EngineConfig, SchedulerConfig
 
 COST = StepCostModel(fixed_s=0.01, prefill_step_s=0.0, per_seq_s=1e-4, per_token_s=2e-4, per_attention_s=1e-8)
 

@@ -17,10 +17,10 @@ import pytest
 
 from bench.eval import eval_runs
 from radixfair.cli import _parser
+from radixfair_engine.config import SchedulerConfig
+from radixfair_engine.scheduler import registry as scheduler_registry
 from radixfair_router.config import PolicyConfig
 from radixfair_router.policies import registry as routing_registry
-from radixfair_worker.config import SchedulerConfig
-from radixfair_worker.scheduler import registry as scheduler_registry
 
 REPO = Path(__file__).resolve().parents[2]
 WORKER_NAMES = scheduler_registry.names()

@@ -14,9 +14,9 @@ from bench.workloads.clients import ClientSpec
 from bench.workloads.distributions import AllAtStart, Constant, Poisson, Uniform
 from bench.workloads.spec import WorkloadSpec
 from bench.workloads.trace import Segment, Trace, TraceRequest
+from radixfair_engine.config import EngineConfig, SchedulerConfig
+from radixfair_engine.engine import Engine
 from radixfair_router.config import PolicyConfig
-from radixfair_worker.config import EngineConfig, SchedulerConfig
-from radixfair_worker.engine import Engine
 
 COST = StepCostModel(fixed_s=0.01, prefill_step_s=0.0, per_seq_s=1e-4, per_token_s=2e-4, per_attention_s=1e-8)
 

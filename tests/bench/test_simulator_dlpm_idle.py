@@ -13,7 +13,7 @@ from __future__ import annotations
 from bench.simulator.cost_model import StepCostModel
 from bench.simulator.simulation import SimConfig, simulate
 from bench.workloads.trace import Segment, Trace, TraceRequest
-from radixfair_worker.config import EngineConfig, SchedulerConfig
+from radixfair_engine.config import EngineConfig, SchedulerConfig
 
 COST = StepCostModel(fixed_s=0.01, prefill_step_s=0.0, per_seq_s=1e-4, per_token_s=2e-4, per_attention_s=1e-8)
 Q = 2048.0

@@ -137,7 +137,8 @@ def test_no_layer_holds_radixfairs_sources_or_a_copied_venv(service: str) -> Non
     copies = instructions(service, "COPY")
 
     assert not any(rest.startswith("--from") for rest in copies)
-    assert not any(re.search(r"\b(common|services|protos|model_format)/", rest) for rest in copies), copies
+    sources = r"\b(common|services|protos|model_format|engine)/"
+    assert not any(re.search(sources, rest) for rest in copies), copies
     # Only the wheel-building stage mounts the sources, for the build alone.
     for stage in STAGES.values():
         for keyword, rest in stage.instructions:
@@ -156,6 +157,7 @@ def test_the_manifests_stage_holds_only_what_the_dependency_layers_read() -> Non
             "deploy/docker/third_party_requirements.py",
             "common/pyproject.toml",
             "model_format/pyproject.toml",
+            "engine/pyproject.toml",
             *(f"services/{s}/pyproject.toml" for s in SERVICES),
         ]
     )
@@ -261,6 +263,9 @@ def test_the_worker_extras_match_the_setup_scripts() -> None:
     assert 'local extras="convert"' in script and 'cuda) extras="convert,gpu"' in script
     assert "radixfair-worker[convert]" in _lines("--print", "own", "worker")
     assert "radixfair-worker[convert,gpu]" in _lines("--print", "own", "--variant", "cuda", "worker")
+    # The worker's gpu extra is the engine's (triton for its kernels); the cuda image installs both.
+    assert "radixfair-engine[gpu]" in _lines("--print", "own", "--variant", "cuda", "worker")
+    assert "radixfair-engine" in _lines("--print", "own", "worker")
 
 
 def test_the_router_image_installs_nothing_with_torch() -> None:
@@ -354,6 +359,7 @@ def test_build_context_holds_what_the_dockerfile_reads_and_not_the_venv() -> Non
         "protos",
         "common",
         "model_format",
+        "engine",
         "services",
         "deploy/docker/build-inputs/apply.sh",
     ]

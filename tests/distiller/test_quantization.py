@@ -14,15 +14,15 @@ from worker.engine_harness import greedy, make_stack, run_to_completion
 
 from radixfair_distiller.model_dir import content_hash, load_llama, weights_bytes
 from radixfair_distiller.quantize import quantize_model_dir
+from radixfair_engine.model.loader import load_model
+from radixfair_engine.model.quantized_linear import QuantizedLinear
+from radixfair_engine.model.torch_backend import TorchBackend
 from radixfair_model_format.quantized_checkpoint import (
     CONFIG_KEY,
     FORMAT_VERSION,
     dequantize_weight,
     quantize_weight,
 )
-from radixfair_worker.model.loader import load_model
-from radixfair_worker.model.quantized_linear import QuantizedLinear
-from radixfair_worker.model.torch_backend import TorchBackend
 
 EMBEDDING = "model.embed_tokens.weight"
 

@@ -8,6 +8,6 @@ import os
 
 os.environ["TRITON_INTERPRET"] = "1"
 
-from radixfair_worker.kernels.interpreter_compat import index_scalars_with_item  # noqa: E402
+from radixfair_engine.kernels.interpreter_compat import index_scalars_with_item  # noqa: E402
 
 index_scalars_with_item()

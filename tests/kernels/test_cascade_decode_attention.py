@@ -6,15 +6,15 @@ from hypothesis import strategies as st
 
 pytest.importorskip("triton")
 
-from radixfair_worker.kernels import prefix_groups  # noqa: E402
-from radixfair_worker.kernels.accuracy import TOLERANCE, poisoned_like, relative_error  # noqa: E402
-from radixfair_worker.kernels.cascade_decode_attention import (  # noqa: E402
+from radixfair_engine.kernels import prefix_groups  # noqa: E402
+from radixfair_engine.kernels.accuracy import TOLERANCE, poisoned_like, relative_error  # noqa: E402
+from radixfair_engine.kernels.cascade_decode_attention import (  # noqa: E402
     cascade_decode_attention,
     choose_prefix_splits,
 )
-from radixfair_worker.kernels.paged_fixtures import random_shared_prefix_context  # noqa: E402
-from radixfair_worker.kernels.prefix_groups import PrefixSharingConfig, find_prefix_groups  # noqa: E402
-from radixfair_worker.kernels.reference import (  # noqa: E402
+from radixfair_engine.kernels.paged_fixtures import random_shared_prefix_context  # noqa: E402
+from radixfair_engine.kernels.prefix_groups import PrefixSharingConfig, find_prefix_groups  # noqa: E402
+from radixfair_engine.kernels.reference import (  # noqa: E402
     cascade_decode_reference,
     paged_attention_reference,
     reference_rows,

@@ -20,17 +20,17 @@ import torch
 
 pytest.importorskip("triton")
 
-from radixfair_worker.config import EngineConfig, SchedulerConfig  # noqa: E402
-from radixfair_worker.cuda_graph_runner import DecodeGraphRunner  # noqa: E402
-from radixfair_worker.engine import Engine  # noqa: E402
-from radixfair_worker.kernels.prefix_groups import PrefixSharingConfig  # noqa: E402
-from radixfair_worker.model.backend import ForwardBatch  # noqa: E402
-from radixfair_worker.model.llama import KVCache  # noqa: E402
-from radixfair_worker.model.loader import load_model  # noqa: E402
-from radixfair_worker.model.triton_backend import TritonBackend  # noqa: E402
-from radixfair_worker.model_runner import ModelRunner  # noqa: E402
-from radixfair_worker.request import Request, SamplingConfig  # noqa: E402
-from radixfair_worker.scheduler.registry import build_policy  # noqa: E402
+from radixfair_engine.config import EngineConfig, SchedulerConfig  # noqa: E402
+from radixfair_engine.cuda_graph_runner import DecodeGraphRunner  # noqa: E402
+from radixfair_engine.engine import Engine  # noqa: E402
+from radixfair_engine.kernels.prefix_groups import PrefixSharingConfig  # noqa: E402
+from radixfair_engine.model.backend import ForwardBatch  # noqa: E402
+from radixfair_engine.model.llama import KVCache  # noqa: E402
+from radixfair_engine.model.loader import load_model  # noqa: E402
+from radixfair_engine.model.triton_backend import TritonBackend  # noqa: E402
+from radixfair_engine.model_runner import ModelRunner  # noqa: E402
+from radixfair_engine.request import Request, SamplingConfig  # noqa: E402
+from radixfair_engine.scheduler.registry import build_policy  # noqa: E402
 
 NUM_PAGES, PAGE_SIZE, MAX_CONTEXT = 96, 4, 256
 SHARED = [(7 * i) % 400 + 20 for i in range(42)]

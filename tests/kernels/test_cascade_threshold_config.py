@@ -9,15 +9,13 @@ import pytest
 
 pytest.importorskip("triton")
 
-from radixfair.config_loading import ConfigError, load_config  # noqa: E402
-from radixfair_worker.config import WorkerConfig  # noqa: E402
-from radixfair_worker.engine_builder import build_engine  # noqa: E402
+from radixfair_engine.config import EngineConfig  # noqa: E402
+from radixfair_engine.engine_builder import build_engine  # noqa: E402
 
 
 def test_the_configured_threshold_is_the_runners_and_a_negative_one_is_refused(tiny_model_dir: Path):
-    settings = {"model": str(tiny_model_dir), "engine.backend": "triton", "engine.num_pages": 16}
-    config = load_config(WorkerConfig, env={}, overrides={**settings, "engine.cascade_min_saved_tokens": 96})
-    runner = build_engine(config.engine, tiny_model_dir).engine.runner
+    config = EngineConfig(backend="triton", num_pages=16, cascade_min_saved_tokens=96)
+    runner = build_engine(config, tiny_model_dir).engine.runner
     assert runner.prefix_sharing is not None and runner.prefix_sharing.min_saved_tokens == 96
-    with pytest.raises(ConfigError, match="cascade_min_saved_tokens"):
-        load_config(WorkerConfig, env={}, overrides={**settings, "engine.cascade_min_saved_tokens": -1})
+    with pytest.raises(ValueError, match="cascade_min_saved_tokens"):
+        EngineConfig(cascade_min_saved_tokens=-1)

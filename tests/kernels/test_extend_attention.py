@@ -3,10 +3,10 @@ import torch
 
 pytest.importorskip("triton")
 
-from radixfair_worker.kernels.accuracy import TOLERANCE, poisoned_like, relative_error  # noqa: E402
-from radixfair_worker.kernels.extend_attention import extend_attention  # noqa: E402
-from radixfair_worker.kernels.paged_fixtures import random_paged_context  # noqa: E402
-from radixfair_worker.kernels.reference import paged_attention_reference  # noqa: E402
+from radixfair_engine.kernels.accuracy import TOLERANCE, poisoned_like, relative_error  # noqa: E402
+from radixfair_engine.kernels.extend_attention import extend_attention  # noqa: E402
+from radixfair_engine.kernels.paged_fixtures import random_paged_context  # noqa: E402
+from radixfair_engine.kernels.reference import paged_attention_reference  # noqa: E402
 
 Q_HEADS, KV_HEADS, HEAD_DIM, PAGE_SIZE = 6, 2, 16, 4
 

@@ -3,13 +3,13 @@ import torch
 
 pytest.importorskip("triton")
 
-from radixfair_model_format.quantized_checkpoint import dequantize_weight, quantize_weight  # noqa: E402
-from radixfair_worker.kernels.accuracy import TOLERANCE, poisoned_like, relative_error  # noqa: E402
-from radixfair_worker.kernels.int8_matmul import (  # noqa: E402
+from radixfair_engine.kernels.accuracy import TOLERANCE, poisoned_like, relative_error  # noqa: E402
+from radixfair_engine.kernels.int8_matmul import (  # noqa: E402
     int8_weight_matmul,
     tile_sizes,
 )
-from radixfair_worker.kernels.reference import int8_weight_matmul_reference  # noqa: E402
+from radixfair_engine.kernels.reference import int8_weight_matmul_reference  # noqa: E402
+from radixfair_model_format.quantized_checkpoint import dequantize_weight, quantize_weight  # noqa: E402
 
 
 def quantized(n: int, k: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

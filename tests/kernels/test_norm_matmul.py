@@ -13,15 +13,15 @@ from hypothesis import strategies as st
 
 pytest.importorskip("triton")
 
-from radixfair_worker.kernels.accuracy import TOLERANCE, poisoned_like, relative_error  # noqa: E402
-from radixfair_worker.kernels.norm_matmul import (  # noqa: E402
+from radixfair_engine.kernels.accuracy import TOLERANCE, poisoned_like, relative_error  # noqa: E402
+from radixfair_engine.kernels.norm_matmul import (  # noqa: E402
     norm_gate_up_silu,
     norm_matmul,
     tile_sizes,
 )
-from radixfair_worker.kernels.reference import norm_gate_up_silu_reference, norm_matmul_reference  # noqa: E402
-from radixfair_worker.kernels.rms_norm import add_rms_norm, rms_norm  # noqa: E402
-from radixfair_worker.kernels.swiglu import silu_and_mul  # noqa: E402
+from radixfair_engine.kernels.reference import norm_gate_up_silu_reference, norm_matmul_reference  # noqa: E402
+from radixfair_engine.kernels.rms_norm import add_rms_norm, rms_norm  # noqa: E402
+from radixfair_engine.kernels.swiglu import silu_and_mul  # noqa: E402
 
 EPS = 1e-5
 # bf16 against the same roundings done by separate ops. Triton 3.6's interpreter converts fp32 to

@@ -10,11 +10,11 @@ import torch.nn.functional as F
 
 pytest.importorskip("triton")
 
-from radixfair_worker.kernels.accuracy import TOLERANCE, poisoned_like, relative_error  # noqa: E402
-from radixfair_worker.kernels.norm_qkv_rope import norm_qkv_rope_write_kv  # noqa: E402
-from radixfair_worker.kernels.reference import norm_qkv_rope_reference  # noqa: E402
-from radixfair_worker.kernels.rms_norm import add_rms_norm  # noqa: E402
-from radixfair_worker.kernels.rope import rope_and_write_kv  # noqa: E402
+from radixfair_engine.kernels.accuracy import TOLERANCE, poisoned_like, relative_error  # noqa: E402
+from radixfair_engine.kernels.norm_qkv_rope import norm_qkv_rope_write_kv  # noqa: E402
+from radixfair_engine.kernels.reference import norm_qkv_rope_reference  # noqa: E402
+from radixfair_engine.kernels.rms_norm import add_rms_norm  # noqa: E402
+from radixfair_engine.kernels.rope import rope_and_write_kv  # noqa: E402
 
 EPS = 1e-5
 PAGE_SIZE, NUM_PAGES = 4, 8

@@ -20,6 +20,9 @@ pytest.importorskip("triton")
 from support.models import make_tiny_model_dir  # noqa: E402
 from test_step_fusion_model import greedy_tokens  # noqa: E402
 
+from radixfair_engine.model.quantized_linear import QuantizedKernelConfig  # noqa: E402
+from radixfair_engine.model.torch_backend import TorchBackend  # noqa: E402
+from radixfair_engine.model.triton_backend import TritonBackend  # noqa: E402
 from radixfair_model_format.quantized_checkpoint import (  # noqa: E402
     CONFIG_KEY,
     SCALE_SUFFIX,
@@ -28,9 +31,6 @@ from radixfair_model_format.quantized_checkpoint import (  # noqa: E402
     quantize_weight,
     tensor_scheme,
 )
-from radixfair_worker.model.quantized_linear import QuantizedKernelConfig  # noqa: E402
-from radixfair_worker.model.torch_backend import TorchBackend  # noqa: E402
-from radixfair_worker.model.triton_backend import TritonBackend  # noqa: E402
 
 
 class KernelCountingBackend(TritonBackend):

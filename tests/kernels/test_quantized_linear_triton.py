@@ -12,10 +12,10 @@ import torch
 
 pytest.importorskip("triton")
 
+from radixfair_engine.config import EngineConfig  # noqa: E402
+from radixfair_engine.model.quantized_linear import QuantizedKernelConfig, QuantizedLinear  # noqa: E402
+from radixfair_engine.model.triton_backend import TritonBackend  # noqa: E402
 from radixfair_model_format.quantized_checkpoint import quantize_weight  # noqa: E402
-from radixfair_worker.config import EngineConfig  # noqa: E402
-from radixfair_worker.model.quantized_linear import QuantizedKernelConfig, QuantizedLinear  # noqa: E402
-from radixfair_worker.model.triton_backend import TritonBackend  # noqa: E402
 
 UNIT_ROUNDOFF = {torch.float32: 2.0**-24, torch.bfloat16: 2.0**-8}
 

@@ -2,20 +2,28 @@
 
 import importlib
 import sys
+import types
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("triton")
 
-from radixfair_worker.kernels import reference  # noqa: E402
-from radixfair_worker.kernels.registry import KERNELS, Kernel, distinct_names, kernel, modules  # noqa: E402
-from radixfair_worker.model.backend import KernelBackend  # noqa: E402
-from radixfair_worker.model.torch_backend import TorchBackend  # noqa: E402
-from radixfair_worker.model.triton_backend import TritonBackend  # noqa: E402
+from radixfair_engine.kernels import reference  # noqa: E402
+from radixfair_engine.kernels.registry import (  # noqa: E402
+    KERNELS,
+    Kernel,
+    declared_kernels,
+    distinct_names,
+    kernel,
+    modules,
+)
+from radixfair_engine.model.backend import KernelBackend  # noqa: E402
+from radixfair_engine.model.torch_backend import TorchBackend  # noqa: E402
+from radixfair_engine.model.triton_backend import TritonBackend  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-KERNEL_DIR = ROOT / "services" / "worker" / "src" / "radixfair_worker" / "kernels"
+KERNEL_DIR = ROOT / "engine" / "src" / "radixfair_engine" / "kernels"
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # bench/ is a package at the repository root, as in tests/bench
 # The backends' plain operations; the fused ones (step_fusion) are methods that decide per call.
@@ -89,3 +97,31 @@ def test_the_table_refuses_two_kernels_of_one_name_naming_both_modules() -> None
     with pytest.raises(ValueError, match="two kernels are named 'rms_norm'.*'rms_norm'.*'norm_matmul'"):
         distinct_names((first, second))
     assert distinct_names(KERNELS) is KERNELS
+
+
+def test_the_table_is_the_references_declarations_in_definition_order() -> None:
+    @reference.reference_of("first_launcher", "shared_module")
+    @reference.reference_of("second_launcher", "shared_module", step_fusion=True)
+    def shared(x: object) -> object:
+        return x
+
+    @reference.reference_of("third")
+    def third(x: object) -> object:
+        return x
+
+    def undeclared(x: object) -> object:
+        return x
+
+    namespace = types.ModuleType("references")
+    namespace.shared, namespace.undeclared, namespace.third = shared, undeclared, third
+
+    assert declared_kernels(namespace) == (
+        Kernel("first_launcher", "shared_module", shared),
+        Kernel("second_launcher", "shared_module", shared, step_fusion=True),
+        Kernel("third", "third", third),
+    )
+
+
+def test_one_reference_judges_both_paged_attention_launchers() -> None:
+    assert kernel("paged_decode_attention").reference is reference.paged_attention_reference
+    assert kernel("extend_attention").reference is reference.paged_attention_reference

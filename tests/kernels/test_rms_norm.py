@@ -3,9 +3,9 @@ import torch
 
 pytest.importorskip("triton")
 
-from radixfair_worker.kernels.accuracy import TOLERANCE, poisoned_like, relative_error  # noqa: E402
-from radixfair_worker.kernels.reference import add_rms_norm_reference, rms_norm_reference  # noqa: E402
-from radixfair_worker.kernels.rms_norm import add_rms_norm, rms_norm  # noqa: E402
+from radixfair_engine.kernels.accuracy import TOLERANCE, poisoned_like, relative_error  # noqa: E402
+from radixfair_engine.kernels.reference import add_rms_norm_reference, rms_norm_reference  # noqa: E402
+from radixfair_engine.kernels.rms_norm import add_rms_norm, rms_norm  # noqa: E402
 
 DTYPES = [torch.float32, torch.bfloat16]
 # One token; a full power-of-two row; 96 = 64 + 32 (head + tail); 40 = 32 + 8 padded to 16; SmolLM2's 576.

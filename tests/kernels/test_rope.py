@@ -3,9 +3,9 @@ import torch
 
 pytest.importorskip("triton")
 
-from radixfair_worker.kernels.accuracy import TOLERANCE, relative_error  # noqa: E402
-from radixfair_worker.kernels.reference import rope_reference  # noqa: E402
-from radixfair_worker.kernels.rope import apply_rope, rope_and_write_kv  # noqa: E402
+from radixfair_engine.kernels.accuracy import TOLERANCE, relative_error  # noqa: E402
+from radixfair_engine.kernels.reference import rope_reference  # noqa: E402
+from radixfair_engine.kernels.rope import apply_rope, rope_and_write_kv  # noqa: E402
 
 DTYPES = [torch.float32, torch.bfloat16]
 Q_HEADS, KV_HEADS, HEAD_DIM = 6, 2, 16

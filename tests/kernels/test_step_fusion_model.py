@@ -17,18 +17,18 @@ pytest.importorskip("triton")
 
 from support.models import make_tiny_model_dir  # noqa: E402
 
-from radixfair_worker.config import EngineConfig, SchedulerConfig  # noqa: E402
-from radixfair_worker.engine import Engine  # noqa: E402
-from radixfair_worker.kernels.prefix_groups import PrefixSharingConfig  # noqa: E402
-from radixfair_worker.model.backend import KernelBackend  # noqa: E402
-from radixfair_worker.model.llama import KVCache  # noqa: E402
-from radixfair_worker.model.loader import load_model  # noqa: E402
-from radixfair_worker.model.step_fusion import StepFusionConfig  # noqa: E402
-from radixfair_worker.model.torch_backend import TorchBackend  # noqa: E402
-from radixfair_worker.model.triton_backend import TritonBackend  # noqa: E402
-from radixfair_worker.model_runner import ModelRunner  # noqa: E402
-from radixfair_worker.request import Request, SamplingConfig  # noqa: E402
-from radixfair_worker.scheduler.registry import build_policy  # noqa: E402
+from radixfair_engine.config import EngineConfig, SchedulerConfig  # noqa: E402
+from radixfair_engine.engine import Engine  # noqa: E402
+from radixfair_engine.kernels.prefix_groups import PrefixSharingConfig  # noqa: E402
+from radixfair_engine.model.backend import KernelBackend  # noqa: E402
+from radixfair_engine.model.llama import KVCache  # noqa: E402
+from radixfair_engine.model.loader import load_model  # noqa: E402
+from radixfair_engine.model.step_fusion import StepFusionConfig  # noqa: E402
+from radixfair_engine.model.torch_backend import TorchBackend  # noqa: E402
+from radixfair_engine.model.triton_backend import TritonBackend  # noqa: E402
+from radixfair_engine.model_runner import ModelRunner  # noqa: E402
+from radixfair_engine.request import Request, SamplingConfig  # noqa: E402
+from radixfair_engine.scheduler.registry import build_policy  # noqa: E402
 
 NUM_PAGES, PAGE_SIZE, MAX_CONTEXT = 64, 4, 128
 PROMPTS = [[5 + (11 * i) % 300 for i in range(length)] for length in (23, 6, 14)]

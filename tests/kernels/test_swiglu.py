@@ -3,9 +3,9 @@ import torch
 
 pytest.importorskip("triton")
 
-from radixfair_worker.kernels.accuracy import TOLERANCE, poisoned_like, relative_error  # noqa: E402
-from radixfair_worker.kernels.reference import silu_and_mul_reference  # noqa: E402
-from radixfair_worker.kernels.swiglu import silu_and_mul  # noqa: E402
+from radixfair_engine.kernels.accuracy import TOLERANCE, poisoned_like, relative_error  # noqa: E402
+from radixfair_engine.kernels.reference import silu_and_mul_reference  # noqa: E402
+from radixfair_engine.kernels.swiglu import silu_and_mul  # noqa: E402
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -3,7 +3,7 @@ import torch
 
 pytest.importorskip("triton")
 
-from radixfair_worker.kernels.write_kv import write_kv  # noqa: E402
+from radixfair_engine.kernels.write_kv import write_kv  # noqa: E402
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

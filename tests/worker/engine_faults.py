@@ -12,7 +12,8 @@ from multiprocessing.connection import Connection
 from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
 
-from radixfair_worker.engine import Engine
+from radixfair_engine.engine import Engine
+from radixfair_engine.request import FinishReason, Request
 from radixfair_worker.engine_loop import run_engine_process
 from radixfair_worker.engine_protocol import (
     STOP,
@@ -22,7 +23,6 @@ from radixfair_worker.engine_protocol import (
     RequestUpdate,
     StepBatch,
 )
-from radixfair_worker.request import FinishReason, Request
 
 # The batch written in two halves: large enough to span several reads, small enough for the pipe buffer.
 HALF_WRITTEN_TOKENS = list(range(3000))

@@ -6,10 +6,10 @@ import functools
 from pathlib import Path
 
 from radixfair.tokenization import PromptEncoder
-from radixfair_worker.config import EngineConfig, SchedulerConfig
-from radixfair_worker.engine import Engine
-from radixfair_worker.engine_builder import ServingStack, build_engine
-from radixfair_worker.request import Request, SamplingConfig
+from radixfair_engine.config import EngineConfig, SchedulerConfig
+from radixfair_engine.engine import Engine
+from radixfair_engine.engine_builder import ServingStack, build_engine
+from radixfair_engine.request import Request, SamplingConfig
 
 
 @functools.cache

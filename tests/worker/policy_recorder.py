@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from radixfair_worker.request import Request
+from radixfair_engine.request import Request
 
 
 class RecordingPolicy:

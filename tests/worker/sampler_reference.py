@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from radixfair_worker.sampler import inverse_cdf, row_uniforms
+from radixfair_engine.sampler import inverse_cdf, row_uniforms
 
 _TEMPERATURE, _TOP_K, _TOP_P = 3, 4, 5
 

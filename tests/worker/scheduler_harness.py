@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from radixfair_worker.page_allocator import PageAllocator
-from radixfair_worker.radix_cache import RadixCache
-from radixfair_worker.request import Request, RequestStatus, SamplingConfig
+from radixfair_engine.page_allocator import PageAllocator
+from radixfair_engine.radix_cache import RadixCache
+from radixfair_engine.request import Request, RequestStatus, SamplingConfig
 
 PAGE = 4
 

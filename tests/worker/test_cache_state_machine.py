@@ -24,9 +24,9 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from radixfair.prefix_hash import chain_hash
-from radixfair_worker.page_binding import PageBinder
-from radixfair_worker.radix_cache import RadixNode
-from radixfair_worker.request import PLACEHOLDER_TOKEN, Request, SamplingConfig
+from radixfair_engine.page_binding import PageBinder
+from radixfair_engine.radix_cache import RadixNode
+from radixfair_engine.request import PLACEHOLDER_TOKEN, Request, SamplingConfig
 
 PAGE_SIZE = 2
 NUM_PAGES = 14

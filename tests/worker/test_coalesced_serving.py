@@ -11,8 +11,8 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from radixfair.errors import EngineStoppedError
 from radixfair.tokenization import PromptEncoder
+from radixfair_engine.request import FinishReason
 from radixfair_worker.engine_protocol import RequestOutcome
-from radixfair_worker.request import FinishReason
 from radixfair_worker.request_stream import RequestStream
 from radixfair_worker.worker_metrics import BatchHistogram
 

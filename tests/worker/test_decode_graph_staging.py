@@ -16,15 +16,15 @@ from pathlib import Path
 import torch
 from worker.engine_harness import greedy, make_stack
 
-from radixfair_worker.config import EngineConfig, SchedulerConfig
-from radixfair_worker.cuda_graph_runner import DecodeGraphRunner
-from radixfair_worker.engine import Engine
-from radixfair_worker.model.llama import KVCache
-from radixfair_worker.model.loader import load_model
-from radixfair_worker.model.torch_backend import TorchBackend
-from radixfair_worker.model_runner import ModelRunner
-from radixfair_worker.request import Request
-from radixfair_worker.scheduler.registry import build_policy
+from radixfair_engine.config import EngineConfig, SchedulerConfig
+from radixfair_engine.cuda_graph_runner import DecodeGraphRunner
+from radixfair_engine.engine import Engine
+from radixfair_engine.model.llama import KVCache
+from radixfair_engine.model.loader import load_model
+from radixfair_engine.model.torch_backend import TorchBackend
+from radixfair_engine.model_runner import ModelRunner
+from radixfair_engine.request import Request
+from radixfair_engine.scheduler.registry import build_policy
 
 NUM_PAGES, PAGE_SIZE, MAX_CONTEXT = 128, 8, 1024
 

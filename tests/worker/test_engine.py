@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from worker.engine_harness import greedy, make_stack, run_to_completion
 
-from radixfair_worker.request import FinishReason, RequestStatus
+from radixfair_engine.request import FinishReason, RequestStatus
 
 
 def solo_output(model_dir, prompt, max_tokens, **engine):

@@ -11,7 +11,7 @@ import threading
 
 from worker.engine_harness import greedy, make_stack
 
-from radixfair_worker.request import FinishReason
+from radixfair_engine.request import FinishReason
 
 MAX_TOKENS = 64
 

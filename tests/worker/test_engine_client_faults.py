@@ -22,11 +22,11 @@ from worker.engine_faults import (
 )
 
 from radixfair.errors import EngineStoppedError, RadixfairError
-from radixfair_worker.config import EngineConfig
+from radixfair_engine.config import EngineConfig
+from radixfair_engine.request import Request, SamplingConfig
 from radixfair_worker.engine_client import EngineClient
 from radixfair_worker.engine_loop import EXIT_STEPS_FAILING
 from radixfair_worker.engine_protocol import EngineSpec, RequestOutcome
-from radixfair_worker.request import Request, SamplingConfig
 from radixfair_worker.worker_metrics import WorkerMetrics
 
 WAIT_S = 120  # generous: a spawned process imports torch and builds a model on a loaded machine

@@ -16,9 +16,9 @@ import pytest
 from worker.engine_harness import greedy, make_stack, run_to_completion
 
 from radixfair.tokenization import ChatTurn
-from radixfair_worker.config import EngineConfig
-from radixfair_worker.engine import Engine
-from radixfair_worker.request import PLACEHOLDER_TOKEN, FinishReason, Request
+from radixfair_engine.config import EngineConfig
+from radixfair_engine.engine import Engine
+from radixfair_engine.request import PLACEHOLDER_TOKEN, FinishReason, Request
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ SCRIPT = textwrap.dedent(
     """
     import multiprocessing as mp, sys
     from pathlib import Path
-    from radixfair_worker.config import EngineConfig
+    from radixfair_engine.config import EngineConfig
     from radixfair_worker.engine_loop import run_engine_process
     from radixfair_worker.engine_protocol import EngineSpec
 

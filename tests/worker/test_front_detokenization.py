@@ -16,10 +16,10 @@ from hypothesis import strategies as st
 
 from radixfair.errors import RequestFailedError
 from radixfair.tokenization import PromptEncoder
+from radixfair_engine.request import FinishReason
+from radixfair_engine.text_stream import TextStream
 from radixfair_worker.engine_protocol import RequestOutcome
-from radixfair_worker.request import FinishReason
 from radixfair_worker.request_stream import RequestStream
-from radixfair_worker.text_stream import TextStream
 
 # Multi-byte characters split over byte-level tokens: an incomplete character is held back.
 _AWKWARD_TEXT = "naïve café 世界 🙂🚀 Ωμέγα — ok\n\tdone"

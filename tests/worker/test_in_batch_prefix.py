@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from worker.engine_harness import greedy, prompt_encoder, run_to_completion
 
-from radixfair_worker.config import EngineConfig, SchedulerConfig
-from radixfair_worker.engine_builder import build_engine
-from radixfair_worker.request import FinishReason, RequestStatus
+from radixfair_engine.config import EngineConfig, SchedulerConfig
+from radixfair_engine.engine_builder import build_engine
+from radixfair_engine.request import FinishReason, RequestStatus
 
 PAGE = 16
 PREFIX_PAGES = 6

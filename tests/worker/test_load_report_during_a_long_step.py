@@ -16,9 +16,9 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from radixfair_worker.config import EngineConfig
+from radixfair_engine.config import EngineConfig
+from radixfair_engine.engine_outputs import LoadSnapshot
 from radixfair_worker.engine_client import EngineClient
-from radixfair_worker.engine_outputs import LoadSnapshot
 from radixfair_worker.engine_protocol import (
     STOP,
     EngineReady,

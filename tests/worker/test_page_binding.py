@@ -11,8 +11,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from radixfair_worker.page_binding import PageBinder
-from radixfair_worker.request import Request, SamplingConfig
+from radixfair_engine.page_binding import PageBinder
+from radixfair_engine.request import Request, SamplingConfig
 
 PAGE_SIZE = 2
 NUM_PAGES = 24

@@ -13,10 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from worker.engine_harness import greedy, make_stack
 
-from radixfair_worker.config import EngineConfig, PrefillBatchingConfig
-from radixfair_worker.engine import Engine
-from radixfair_worker.model_runner import SamplingRunner
-from radixfair_worker.request import Request, RequestStatus
+from radixfair_engine.config import EngineConfig, PrefillBatchingConfig
+from radixfair_engine.engine import Engine
+from radixfair_engine.model_runner import SamplingRunner
+from radixfair_engine.request import Request, RequestStatus
 
 MAX_WAIT = 4
 RATIO = 0.25

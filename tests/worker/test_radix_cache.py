@@ -7,8 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from radixfair.prefix_hash import matched_prefix_tokens
-from radixfair_worker.page_allocator import OutOfPagesError, PageAllocator
-from radixfair_worker.radix_cache import RadixCache
+from radixfair_engine.page_allocator import OutOfPagesError, PageAllocator
+from radixfair_engine.radix_cache import RadixCache
 
 PAGE = 4
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from radixfair_worker.request import Request, SamplingConfig
-from radixfair_worker.scheduler.waiting_tree import match_key
+from radixfair_engine.request import Request, SamplingConfig
+from radixfair_engine.scheduler.waiting_tree import match_key
 
 
 @given(prompt=st.lists(st.integers(0, 50), min_size=1, max_size=70), page_size=st.sampled_from([1, 4, 16]))

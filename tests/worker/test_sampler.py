@@ -16,8 +16,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from radixfair_worker.request import SamplingConfig
-from radixfair_worker.sampler import FAILED_TOKEN, Sampler, mix32, row_uniforms, tempered_probs
+from radixfair_engine.request import SamplingConfig
+from radixfair_engine.sampler import FAILED_TOKEN, Sampler, mix32, row_uniforms, tempered_probs
 
 VOCAB = 64
 SEED = st.integers(0, 2**64 - 1)

@@ -17,8 +17,8 @@ import pytest
 import torch
 from worker.engine_harness import greedy, make_stack, run_to_completion
 
-from radixfair_worker.model_runner import CarriedTokens, SamplingRunner, ScheduledChunk
-from radixfair_worker.request import FinishReason
+from radixfair_engine.model_runner import CarriedTokens, SamplingRunner, ScheduledChunk
+from radixfair_engine.request import FinishReason
 
 PROMPT = [101, 202, 303, 404, 505, 606]
 BYSTANDER_PROMPT = [7, 8, 9, 10, 11]

@@ -28,9 +28,9 @@ from worker.sampler_reference import (
     top_p_keep_sorted,
 )
 
-from radixfair_worker.nucleus import keep_top_k, top_p_keep
-from radixfair_worker.request import SamplingConfig
-from radixfair_worker.sampler import Sampler, inverse_cdf, row_uniforms, sample_rows
+from radixfair_engine.nucleus import keep_top_k, top_p_keep
+from radixfair_engine.request import SamplingConfig
+from radixfair_engine.sampler import Sampler, inverse_cdf, row_uniforms, sample_rows
 
 KINDS = ["spread", "bf16_ties", "few_values", "near_ties", "masked"]
 

@@ -22,10 +22,10 @@ from worker.engine_harness import greedy, make_stack, run_to_completion
 from radixfair.errors import InvalidRequestError
 from radixfair.request_checks import MAX_STOP_STRING_CHARS, MAX_STOP_TOKEN_IDS
 from radixfair.v1 import generation_pb2, worker_pb2, worker_pb2_grpc
-from radixfair_worker.engine import Engine
-from radixfair_worker.request import FinishReason, Request, SamplingConfig
+from radixfair_engine.engine import Engine
+from radixfair_engine.request import FinishReason, Request, SamplingConfig
+from radixfair_engine.sampler import Sampler, tempered_probs
 from radixfair_worker.request_builder import build_request
-from radixfair_worker.sampler import Sampler, tempered_probs
 
 PROMPT = [101, 202, 303, 404, 505, 606]
 BYSTANDER_PROMPT = [7, 8, 9, 10, 11]

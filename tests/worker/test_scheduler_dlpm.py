@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from scheduler_harness import CountingBudget, cache_holding, finish, preempt, request
 
-from radixfair_worker.config import SchedulerConfig
-from radixfair_worker.scheduler.dlpm import DLPMPolicy
-from radixfair_worker.scheduler.registry import build_policy
+from radixfair_engine.config import SchedulerConfig
+from radixfair_engine.scheduler.dlpm import DLPMPolicy
+from radixfair_engine.scheduler.registry import build_policy
 
 DOC = list(range(100, 116))  # 16 tokens = 4 pages of 4
 Q = 10.0

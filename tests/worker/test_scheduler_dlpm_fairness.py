@@ -1,6 +1,6 @@
 """DLPM's fairness bound, measured through the real engine on a tiny random Llama.
 
-The bound (derived in radixfair_worker.scheduler.dlpm): over any interval in
+The bound (derived in radixfair_engine.scheduler.dlpm): over any interval in
 which clients A and B both have a request waiting, their weight-normalised
 service differs by less than
 
@@ -31,9 +31,9 @@ from hypothesis import HealthCheck, Phase, find, given, settings
 from hypothesis import strategies as st
 from worker.engine_harness import prompt_encoder
 
-from radixfair_worker.config import EngineConfig, SchedulerConfig
-from radixfair_worker.engine_builder import build_engine
-from radixfair_worker.request import Request, SamplingConfig
+from radixfair_engine.config import EngineConfig, SchedulerConfig
+from radixfair_engine.engine_builder import build_engine
+from radixfair_engine.request import Request, SamplingConfig
 
 W_IN, W_OUT = 1.0, 2.0
 PAGE = 8

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 from scheduler_harness import CountingBudget, cache_holding, finish, request
 
-from radixfair_worker.config import SchedulerConfig
-from radixfair_worker.scheduler.dlpm import DLPMPolicy
-from radixfair_worker.scheduler.registry import build_policy
+from radixfair_engine.config import SchedulerConfig
+from radixfair_engine.scheduler.dlpm import DLPMPolicy
+from radixfair_engine.scheduler.registry import build_policy
 
 Q = 64.0
 W_IN, W_OUT = 1.0, 2.0

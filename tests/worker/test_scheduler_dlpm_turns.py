@@ -1,6 +1,6 @@
 """DLPM's rule 7: a client back with credit is passed by at most P + (n - 1) admissions of others.
 
-The bound (derived in radixfair_worker.scheduler.dlpm, (g)): with rule 7 on
+The bound (derived in radixfair_engine.scheduler.dlpm, (g)): with rule 7 on
 (``returning_turns``), ungated (``turns_only_when_behind=False``; the gated form is
 tested in test_scheduler_dlpm_turns_behind.py), a client that has a request again after being idle,
 and has credit, has one of its
@@ -26,10 +26,10 @@ from hypothesis import strategies as st
 from worker.engine_harness import prompt_encoder
 from worker.policy_recorder import RecordingPolicy
 
-from radixfair_worker.config import EngineConfig, SchedulerConfig
-from radixfair_worker.engine import Engine
-from radixfair_worker.engine_builder import build_engine
-from radixfair_worker.request import Request, SamplingConfig
+from radixfair_engine.config import EngineConfig, SchedulerConfig
+from radixfair_engine.engine import Engine
+from radixfair_engine.engine_builder import build_engine
+from radixfair_engine.request import Request, SamplingConfig
 
 PAGE = 16
 DOC = list(range(3000, 3048))  # 3 pages: the busy client's cached prefix

@@ -1,6 +1,6 @@
 """DLPM's rule 7, gated: a client that returns behind is passed by at most P + (n - 1) admissions of others.
 
-The gate (``turns_only_when_behind``, radixfair_worker.scheduler.dlpm rule 7):
+The gate (``turns_only_when_behind``, radixfair_engine.scheduler.dlpm rule 7):
 when a client becomes backlogged (a request arrives with none of its own
 waiting), its VTC counter (cumulative charge over its weight) is lifted to
 the smallest counter among the other backlogged clients, or, with none, to
@@ -35,7 +35,7 @@ from worker.test_scheduler_dlpm_turns import (
     workloads,
 )
 
-from radixfair_worker.request import Request
+from radixfair_engine.request import Request
 
 # Counters are sums of floats in two orders (the policy's increments, this test's totals): a return this
 # close to the mean is left out of the check rather than decided by rounding.

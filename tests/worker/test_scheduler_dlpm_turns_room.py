@@ -1,6 +1,6 @@
 """DLPM's rule 7, a turn's wait for room: a refused turn drains one client, not the whole batch.
 
-(radixfair_worker.scheduler.dlpm, rule 7 and (g')): when the budget refuses a due turn, the running
+(radixfair_engine.scheduler.dlpm, rule 7 and (g')): when the budget refuses a due turn, the running
 client with the fewest requests waiting is drained for it: none of its requests (nor the turn's
 client's) is admitted until the turn is taken, while prefix order goes on with the others' mostly
 cached requests; once the drained client has nothing running, a refusal ends the step as before.
@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from worker.test_scheduler_dlpm_turns import PAGE, OrderedRecordingPolicy, greedy
 
-from radixfair_worker.config import EngineConfig, SchedulerConfig
-from radixfair_worker.engine_builder import build_engine
+from radixfair_engine.config import EngineConfig, SchedulerConfig
+from radixfair_engine.engine_builder import build_engine
 
 HOT = list(range(3000, 3048))  # 3 pages
 LONG = list(range(4000, 4048))

@@ -1,6 +1,6 @@
 """DLPM's per-request wait bound, through the real engine on a tiny random Llama.
 
-The bound (derived in radixfair_worker.scheduler.dlpm, rule (d)): a waiting
+The bound (derived in radixfair_engine.scheduler.dlpm, rule (d)): a waiting
 request is overtaken by at most ``max_overtakes`` (K) requests of its own
 client that joined the waiting queue after it (arrival, or return after a
 preemption). Without it, LPM order lets a client's cache-hot requests starve
@@ -20,10 +20,10 @@ from hypothesis import strategies as st
 from worker.engine_harness import prompt_encoder
 from worker.policy_recorder import RecordingPolicy
 
-from radixfair_worker.config import EngineConfig, SchedulerConfig
-from radixfair_worker.engine import Engine
-from radixfair_worker.engine_builder import build_engine
-from radixfair_worker.request import Request, SamplingConfig
+from radixfair_engine.config import EngineConfig, SchedulerConfig
+from radixfair_engine.engine import Engine
+from radixfair_engine.engine_builder import build_engine
+from radixfair_engine.request import Request, SamplingConfig
 
 PAGE = 16
 DOC = list(range(3000, 3048))  # 3 pages: the cached prefix

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from scheduler_harness import CountingBudget, cache_holding, request
 
-from radixfair_worker.config import SchedulerConfig
-from radixfair_worker.scheduler.fcfs import FCFSPolicy
-from radixfair_worker.scheduler.lpm import LPMPolicy
-from radixfair_worker.scheduler.lpm_aging import LPMAgingPolicy
+from radixfair_engine.config import SchedulerConfig
+from radixfair_engine.scheduler.fcfs import FCFSPolicy
+from radixfair_engine.scheduler.lpm import LPMPolicy
+from radixfair_engine.scheduler.lpm_aging import LPMAgingPolicy
 
 DOC = list(range(100, 116))  # 16 tokens = 4 pages
 SYSTEM = list(range(200, 208))  # 8 tokens = 2 pages

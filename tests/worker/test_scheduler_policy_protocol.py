@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from scheduler_harness import CountingBudget, cache_holding, request
 
-from radixfair_worker.config import SchedulerConfig
-from radixfair_worker.scheduler.base import FairnessState
-from radixfair_worker.scheduler.registry import POLICIES, build_policy, names
+from radixfair_engine.config import SchedulerConfig
+from radixfair_engine.scheduler.base import FairnessState
+from radixfair_engine.scheduler.registry import POLICIES, build_policy, names
 
 FIXED_CLOCK = 42.0
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from scheduler_harness import CountingBudget, cache_holding, request
 
-from radixfair_worker.config import SchedulerConfig
-from radixfair_worker.scheduler.registry import build_policy
+from radixfair_engine.config import SchedulerConfig
+from radixfair_engine.scheduler.registry import build_policy
 
 
 @pytest.mark.parametrize("name", ["fcfs", "lpm", "lpm_aging", "vtc", "dlpm"])

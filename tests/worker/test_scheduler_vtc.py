@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from scheduler_harness import CountingBudget, cache_holding, finish, preempt, request
 
-from radixfair_worker.config import SchedulerConfig
-from radixfair_worker.scheduler.vtc import VTCPolicy
+from radixfair_engine.config import SchedulerConfig
+from radixfair_engine.scheduler.vtc import VTCPolicy
 
 CONFIG = SchedulerConfig(policy="vtc", input_token_weight=1.0, output_token_weight=2.0)
 

@@ -6,9 +6,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scheduler_harness import PAGE, CountingBudget, cache_holding, request
 
-from radixfair_worker.config import SchedulerConfig
-from radixfair_worker.scheduler.dlpm import DLPMPolicy
-from radixfair_worker.scheduler.queue_order import PrefixMatchQueue
+from radixfair_engine.config import SchedulerConfig
+from radixfair_engine.scheduler.dlpm import DLPMPolicy
+from radixfair_engine.scheduler.queue_order import PrefixMatchQueue
 
 # Tokens from a small alphabet over few pages, so prompts and cached prefixes share pages often.
 DOC = list(range(100, 116))

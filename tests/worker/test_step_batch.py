@@ -27,10 +27,12 @@ from worker.engine_harness import greedy, make_stack
 
 from radixfair.errors import InvalidRequestError, QueueFullError, RadixfairError, RequestFailedError
 from radixfair.tokenization import PromptEncoder
-from radixfair_worker.config import EngineConfig
+from radixfair_engine.config import EngineConfig
+from radixfair_engine.engine_outputs import StepOutput
+from radixfair_engine.request import FinishReason
+from radixfair_engine.text_stream import TextStream
 from radixfair_worker.engine_client import EngineClient
 from radixfair_worker.engine_loop import EngineLoop
-from radixfair_worker.engine_outputs import StepOutput
 from radixfair_worker.engine_protocol import (
     STOP,
     AbortRequest,
@@ -41,9 +43,7 @@ from radixfair_worker.engine_protocol import (
     SubmitRequest,
     worker_request_id,
 )
-from radixfair_worker.request import FinishReason
 from radixfair_worker.request_stream import RequestStream
-from radixfair_worker.text_stream import TextStream
 from radixfair_worker.worker_metrics import WorkerMetrics
 
 KEYS = range(6)

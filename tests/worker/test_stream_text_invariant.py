@@ -15,8 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from worker.engine_harness import greedy, make_stack, run_to_completion
 
-from radixfair_worker.engine import Engine
-from radixfair_worker.request import FinishReason, Request, SamplingConfig
+from radixfair_engine.engine import Engine
+from radixfair_engine.request import FinishReason, Request, SamplingConfig
 
 PROMPT = [100, 200, 300, 400]
 MAX_TOKENS = 12

@@ -480,8 +480,8 @@ def _check_router_config(args: list[str], where: str | None) -> None:
 
 def _check_worker_config(path: Path | None, settings: dict[str, object]) -> None:
     """Loads a worker's config as radixfair-worker will, and builds its scheduling policy (torch-free)."""
+    from radixfair_engine.scheduler.registry import build_policy
     from radixfair_worker.config import WorkerConfig
-    from radixfair_worker.scheduler.registry import build_policy
 
     try:
         config = load_config(WorkerConfig, path, overrides=settings, where=None if path else "worker config")

@@ -7,7 +7,7 @@
 - exact_match: share of held-out prompts where the model's greedy answer is
   token for token the teacher's (up to evaluate.max_new_tokens);
 - parameters, size_bytes: of the directory's weights;
-- decode_tokens_per_second: one request decoding on the worker's own engine
+- decode_tokens_per_second: one request decoding on the engine the worker serves (radixfair_engine)
   (the CPU worker, as served; quantized checkpoints run quantized).
 
 Quantized directories are evaluated through their dequantized weights,
@@ -128,9 +128,9 @@ def exact_match(model: LlamaForCausalLM, examples, max_new_tokens: int, bundle: 
 
 def decode_tokens_per_second(model_dir: Path, tokens: int) -> float:
     """Decode rate of one request on the worker engine (fp32, torch backend, CPU)."""
-    from radixfair_worker.config import EngineConfig
-    from radixfair_worker.engine_builder import build_engine
-    from radixfair_worker.request import Request, SamplingConfig
+    from radixfair_engine.config import EngineConfig
+    from radixfair_engine.engine_builder import build_engine
+    from radixfair_engine.request import Request, SamplingConfig
 
     stack = build_engine(EngineConfig(num_pages=64, page_size=16, max_batched_tokens=256), model_dir)
     prompt = stack.encoder.encode_text("The standard library documents every public function")

@@ -1,1 +1,1 @@
-"""radixfair worker: the serving engine of one model replica."""
+"""radixfair worker: serves one model replica (the radixfair engine) over gRPC."""

@@ -6,9 +6,9 @@ import sys
 
 from radixfair.service_process import config_from_command_line, exit_with_error, run_service
 from radixfair.tls import TlsError, channel_credentials, server_credentials
+from radixfair_engine.scheduler.registry import build_policy
 from radixfair_worker.app import serve
 from radixfair_worker.config import WorkerConfig
-from radixfair_worker.scheduler.registry import build_policy
 
 
 def main(argv: list[str] | None = None) -> None:

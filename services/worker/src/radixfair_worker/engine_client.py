@@ -31,6 +31,8 @@ from multiprocessing.connection import Connection
 
 from radixfair.errors import EngineStoppedError
 from radixfair.tokenization import IncrementalDetokenizer
+from radixfair_engine.request import Request
+from radixfair_engine.text_stream import TextStream
 from radixfair_worker.engine_loop import run_engine_process
 from radixfair_worker.engine_protocol import (
     STOP,
@@ -46,9 +48,7 @@ from radixfair_worker.engine_protocol import (
     request_key,
     worker_request_id,
 )
-from radixfair_worker.request import Request
 from radixfair_worker.request_stream import RequestStream
-from radixfair_worker.text_stream import TextStream
 from radixfair_worker.worker_metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)

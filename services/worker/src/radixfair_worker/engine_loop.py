@@ -45,8 +45,8 @@ from radixfair_worker.engine_protocol import (
 )
 
 if TYPE_CHECKING:
-    from radixfair_worker.engine import Engine
-    from radixfair_worker.engine_outputs import StepOutput
+    from radixfair_engine.engine import Engine
+    from radixfair_engine.engine_outputs import StepOutput
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def run_engine_process(
         # Imported here: the front imports this module for the entry point and never needs torch.
         import torch
 
-        from radixfair_worker.engine_builder import build_engine
+        from radixfair_engine.engine_builder import build_engine
 
         if spec.torch_threads:
             torch.set_num_threads(spec.torch_threads)

@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import NamedTuple
 
 from radixfair.errors import RadixfairError
-from radixfair_worker.config import EngineConfig
-from radixfair_worker.engine_outputs import LoadSnapshot
-from radixfair_worker.request import FinishReason, Request
+from radixfair_engine.config import EngineConfig
+from radixfair_engine.engine_outputs import LoadSnapshot
+from radixfair_engine.request import FinishReason, Request
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from radixfair.errors import InvalidRequestError
 from radixfair.request_checks import check_sampling, encode_prompt
 from radixfair.tokenization import PromptEncoder
 from radixfair.v1 import generation_pb2, worker_pb2
-from radixfair_worker.request import Request, SamplingConfig
+from radixfair_engine.request import Request, SamplingConfig
 
 # Without an explicit max_tokens a request may not run away with the worker.
 DEFAULT_MAX_TOKENS = 256

@@ -20,9 +20,9 @@ import dataclasses
 from dataclasses import dataclass
 
 from radixfair.errors import RadixfairError, RequestFailedError
+from radixfair_engine.request import FinishReason
+from radixfair_engine.text_stream import TextStream
 from radixfair_worker.engine_protocol import RequestOutcome
-from radixfair_worker.request import FinishReason
-from radixfair_worker.text_stream import TextStream
 
 
 @dataclass(frozen=True)

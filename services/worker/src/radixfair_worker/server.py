@@ -15,9 +15,9 @@ from radixfair.metrics import rejection_reason
 from radixfair.tokenization import PromptEncoder
 from radixfair.tracing import extract_context
 from radixfair.v1 import generation_pb2, worker_pb2, worker_pb2_grpc
+from radixfair_engine.request import FinishReason, Request
 from radixfair_worker.engine_client import EngineClient
 from radixfair_worker.engine_protocol import PublishedState, RequestOutcome
-from radixfair_worker.request import FinishReason, Request
 from radixfair_worker.request_builder import build_request
 from radixfair_worker.request_stream import RequestStream
 from radixfair_worker.worker_metrics import WorkerMetrics

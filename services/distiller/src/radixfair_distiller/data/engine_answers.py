@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from radixfair.errors import QueueFullError
-from radixfair_worker.config import EngineConfig, SchedulerConfig
-from radixfair_worker.engine_builder import build_engine
-from radixfair_worker.request import Request, SamplingConfig
+from radixfair_engine.config import EngineConfig, SchedulerConfig
+from radixfair_engine.engine_builder import build_engine
+from radixfair_engine.request import Request, SamplingConfig
 
 
 @dataclass(frozen=True)

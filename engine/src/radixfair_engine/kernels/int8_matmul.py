@@ -1,0 +1,203 @@
+# ruff: noqa: N803  (Triton's convention: compile-time tl.constexpr parameters are UPPER_CASE)
+"""Weight-only int8 / fp8 matmul for decode-sized batches: y = x @ (q * scale[:, None])^T.
+
+Shapes and dtypes:
+  x       [M, K] bf16/fp16/fp32, last dimension contiguous (M = decode batch, 1 to a few hundred)
+  q       [N, K], contiguous: the checkpoint's quantized weight (format: see
+          radixfair_model_format.quantized_checkpoint), either
+          - int8 (``int8_weight_matmul``): symmetric, per output channel, values in [-127, 127], or
+          - fp8 e4m3 codes held as uint8 (``fp8_weight_matmul``): the bytes of a float8_e4m3fn tensor,
+            as the worker's QuantizedLinear keeps them (a uint8 view survives Module.to(dtype))
+  scale   [N] fp32: the per-output-channel scale
+  returns [M, N] in x.dtype
+
+At decode a projection is bound by reading its weight, and 8-bit codes halve those bytes against
+bf16. The weight tile is loaded as 8-bit codes and converted to the activation dtype in registers
+(fp8: bitcast to e4m3, then converted), so no dequantized copy of the weight ever exists in
+memory; both conversions are exact (|q| <= 127 is exact in bf16/fp16, and every finite e4m3
+value is a bf16 and an fp16 value). The tile product accumulates in fp32 on the tensor cores,
+and the per-channel scale is applied once to the accumulated output column
+(x @ (q * s)^T == (x @ q^T) * s), then the result is rounded to x.dtype.
+
+Each program owns a BLOCK_M x BLOCK_N output tile and walks K in BLOCK_K steps. ``tl.dot`` needs
+at least 16 rows, so a batch of 1 pads to 16 rows in registers (free: the weight bytes, not the
+arithmetic, set the time). Small N (SmolLM2's 576-wide projections) gets narrow tiles so that
+enough programs run to pull the weights at full bandwidth.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from radixfair_engine.kernels._launch import check_last_dim_contiguous, interpreted, output_buffer
+
+
+@triton.jit
+def _weight_only_matmul_kernel(
+    x_ptr,
+    q_ptr,
+    scale_ptr,
+    out_ptr,
+    M,
+    N,
+    K,
+    x_stride,
+    q_stride,
+    out_stride,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    EVEN_K: tl.constexpr,
+    DOT_FP32: tl.constexpr,
+    FP8_CODES: tl.constexpr,
+):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_mask = rows < M
+    col_mask = cols < N
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    x_rows = x_ptr + rows.to(tl.int64)[:, None] * x_stride
+    # The weight tile, transposed on the fly: [BLOCK_K, BLOCK_N] of q[cols, ks].
+    q_cols = q_ptr + cols.to(tl.int64)[None, :] * q_stride
+    for k_start in range(0, K, BLOCK_K):
+        ks = k_start + tl.arange(0, BLOCK_K)
+        if EVEN_K:
+            # K a multiple of BLOCK_K (SmolLM2's 1536 at 128, 576 at 64): no K mask on the hot loop.
+            x = tl.load(x_rows + ks[None, :], mask=row_mask[:, None], other=0.0)
+            q = tl.load(q_cols + ks[:, None], mask=col_mask[None, :], other=0)
+        else:
+            k_mask = ks < K
+            x = tl.load(x_rows + ks[None, :], mask=row_mask[:, None] & k_mask[None, :], other=0.0)
+            q = tl.load(q_cols + ks[:, None], mask=col_mask[None, :] & k_mask[:, None], other=0)
+        if FP8_CODES:
+            # uint8 bytes -> e4m3 values (code 0, the masked fill, is +0.0).
+            q = q.to(tl.float8e4nv, bitcast=True)
+        if DOT_FP32:
+            # fp32 activations, and the CPU interpreter (whose bf16 dot is wrong, see _launch.interpreted).
+            acc += tl.dot(x.to(tl.float32), q.to(tl.float32), input_precision="ieee")
+        else:
+            # int8 and e4m3 values are exact in bf16 and fp16: the conversion loses nothing.
+            acc += tl.dot(x, q.to(x.dtype))
+    scale = tl.load(scale_ptr + cols, mask=col_mask, other=0.0)
+    acc = acc * scale[None, :]
+    out_ptrs = out_ptr + rows.to(tl.int64)[:, None] * out_stride + cols[None, :]
+    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=row_mask[:, None] & col_mask[None, :])
+
+
+def int8_weight_matmul(
+    x: torch.Tensor,
+    q: torch.Tensor,
+    scale: torch.Tensor,
+    out: torch.Tensor | None = None,
+    block_m: int | None = None,
+    block_n: int | None = None,
+    block_k: int | None = None,
+    num_warps: int = 4,
+    num_stages: int = 4,
+) -> torch.Tensor:
+    """x [M, K] @ (q [N, K] int8 * scale [N])^T -> [M, N] in x.dtype (block sizes: see tile_sizes)."""
+    if q.dtype != torch.int8:
+        raise ValueError(f"q must be int8, got {q.dtype}")
+    return _weight_only_matmul(x, q, scale, out, (block_m, block_n, block_k), num_warps, num_stages, False)
+
+
+def fp8_weight_matmul(
+    x: torch.Tensor,
+    q: torch.Tensor,
+    scale: torch.Tensor,
+    out: torch.Tensor | None = None,
+    block_m: int | None = None,
+    block_n: int | None = None,
+    block_k: int | None = None,
+    num_warps: int = 4,
+    num_stages: int = 4,
+) -> torch.Tensor:
+    """x [M, K] @ (e4m3(q [N, K] uint8 codes) * scale [N])^T -> [M, N] in x.dtype.
+
+    ``q`` is a float8_e4m3fn tensor's bytes (``weight.view(torch.uint8)``); a float8_e4m3fn
+    tensor itself is taken too and read through such a view.
+    """
+    if q.dtype == torch.float8_e4m3fn:
+        q = q.view(torch.uint8)
+    if q.dtype != torch.uint8:
+        raise ValueError(f"q must be fp8 e4m3 codes as uint8 (or float8_e4m3fn), got {q.dtype}")
+    return _weight_only_matmul(x, q, scale, out, (block_m, block_n, block_k), num_warps, num_stages, True)
+
+
+def _weight_only_matmul(
+    x: torch.Tensor,
+    q: torch.Tensor,
+    scale: torch.Tensor,
+    out: torch.Tensor | None,
+    blocks: tuple[int | None, int | None, int | None],
+    num_warps: int,
+    num_stages: int,
+    fp8_codes: bool,
+) -> torch.Tensor:
+    if x.dim() != 2 or q.dim() != 2 or scale.dim() != 1:
+        raise ValueError(
+            f"want x [M, K], q [N, K], scale [N]; got {tuple(x.shape)}, {tuple(q.shape)}, "
+            f"{tuple(scale.shape)}"
+        )
+    if x.shape[1] != q.shape[1] or scale.shape[0] != q.shape[0]:
+        raise ValueError(
+            f"shapes do not fit: x {tuple(x.shape)}, q {tuple(q.shape)}, scale {tuple(scale.shape)}"
+        )
+    check_last_dim_contiguous("x", x)
+    check_last_dim_contiguous("q", q)
+    m, k = x.shape
+    n = q.shape[0]
+    out = output_buffer(out, x, (m, n))
+    if m == 0:
+        return out
+    default_m, default_n = tile_sizes(m, n)
+    block_m, block_n = blocks[0] or default_m, blocks[1] or default_n
+    block_k = blocks[2] or default_block_k(n)
+    grid = (triton.cdiv(m, block_m), triton.cdiv(n, block_n))
+    _weight_only_matmul_kernel[grid](
+        x,
+        q,
+        # A no-op for the fp32 scales QuantizedLinear keeps (no copy, so nothing new under a CUDA graph).
+        scale.to(torch.float32).contiguous(),
+        out,
+        m,
+        n,
+        k,
+        x.stride(0),
+        q.stride(0),
+        out.stride(0),
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
+        BLOCK_K=block_k,
+        EVEN_K=k % block_k == 0,
+        DOT_FP32=x.dtype == torch.float32 or interpreted(x),
+        FP8_CODES=fp8_codes,
+        num_warps=num_warps,
+        num_stages=num_stages,
+    )
+    return out
+
+
+def tile_sizes(m: int, n: int) -> tuple[int, int]:
+    """(BLOCK_M, BLOCK_N) for a batch of ``m`` rows and ``n`` output channels.
+
+    The fastest tiles of the H200 sweep (bench/results/gpu_int8_h200.json, ``best_tile``, SmolLM2's
+    projections): at batch 1 one 16-row tile, 16 wide for N <= 960 (so N / 16 programs still pull
+    the weight at full bandwidth), 32 for the 3,072-wide gate/up and 128 for the 49,152-row LM head;
+    at batch 128 two 64-row tiles (twice the programs of one 128-row tile: 3.8-6.9 us against
+    5.8-9.9 us), 16 wide for N <= 960 and 64 for gate/up, and the LM head 128 x 128. Batches between
+    17 and 127 rows were not swept: they take the batch-128 widths with one tile of up to 64 rows.
+    """
+    if m <= 16:
+        return 16, 16 if n <= 1024 else 32 if n <= 8192 else 128
+    if n > 8192:
+        return min(128, triton.next_power_of_2(m)), 128
+    return min(64, triton.next_power_of_2(m)), 16 if n <= 1024 else 64
+
+
+def default_block_k(n: int) -> int:
+    """BLOCK_K: 128 won at every projection in the H200 sweep (K = 576 takes a masked last step), 64
+    for the LM head."""
+    return 64 if n > 8192 else 128
