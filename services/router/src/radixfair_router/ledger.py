@@ -311,11 +311,25 @@ class Ledger:
             if forecast is not None:
                 ahead(forecast)
             seq = self._redis.issue()
-            call = functools.partial(self._redis.admit, client_id, weight, mode, candidates, fallback, seq)
+            # Set when Redis did not answer and local state decided: the call is then repeated, and
+            # must leave Redis booking the worker that served the request (_book_in_doubt).
+            decided: list[Admission] = []
+            moves: list[int] = []
+
+            async def admit_in_redis() -> Admission | None:
+                assert self._redis is not None
+                if decided:
+                    await self._book_in_doubt(client_id, weight, decided[0], seq, moves)
+                    return None
+                return await self._redis.admit(client_id, weight, mode, candidates, fallback, seq)
+
             try:
-                admission = await self._settle_call(call, (seq,))
+                admission = await self._settle_call(admit_in_redis, (seq,))
             except _UNREACHABLE:
-                return self._local.admit(client_id, weight, mode, candidates, fallback, journal=False)
+                decided.append(
+                    self._local.admit(client_id, weight, mode, candidates, fallback, journal=False)
+                )
+                return decided[0]
             if admission is not None:
                 self._forecast.admitted(client_id, weight, mode, candidates, admission)
                 return admission
@@ -323,6 +337,29 @@ class Ledger:
             # from local state, as for a call in doubt.
             return self._local.admit(client_id, weight, mode, candidates, fallback, journal=False)
         return self._local.admit(client_id, weight, mode, candidates, fallback)
+
+    async def _book_in_doubt(
+        self, client_id: str, weight: float, local: Admission, seq: int, moves: list[int]
+    ) -> None:
+        """The repeat of admission ``seq``, which Redis did not answer and local state decided: Redis
+        ends up booking the worker that served the request, at the local admission's cost.
+
+        Not run yet, it runs as a "fixed" admission on that worker. Run already, with its result kept
+        (a paused or slow Redis runs it once it answers), D2LPM may have chosen another worker on
+        Redis' deficits: its booking moves, by two charges numbered once (``moves``), so a repeat of
+        this repeat moves nothing twice. A lost result (None) cannot be moved.
+        """
+        assert self._redis is not None
+        served = [AdmitCandidate(local.worker_id, True, local.charged)]
+        ran = await self._redis.admit(client_id, weight, "fixed", served, local.worker_id, seq)
+        if ran is None or ran.worker_id == local.worker_id:
+            return
+        if not moves:
+            moves += [self._redis.issue(), self._redis.issue()]
+        await self._redis.charge(Charge(client_id, weight, ran.worker_id, -ran.charged), moves[0])
+        await self._redis.charge(Charge(client_id, weight, local.worker_id, local.charged), moves[1])
+        for move in moves:
+            self._redis.settled(move)
 
     async def charge(self, charge: Charge) -> float:
         if self.shared:
