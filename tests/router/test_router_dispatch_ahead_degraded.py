@@ -1,0 +1,116 @@
+"""Dispatch ahead when Redis stops answering during the admission.
+
+The forecast names the worker where alice still has credit as this router last read it back, and the
+call starts there. Redis answers nothing (CLIENT PAUSE WRITE holds every script), so the admission
+times out and the ledger decides from local state, which knows none of alice's history: another
+worker. The early call is cancelled, the request is served whole by the worker the local admission
+chose, and once Redis is back the ledger holds the service on that worker, not on the forecast's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+from support.metrics_scrape import scrape
+from support.ports import free_port
+from support.router_stack import (
+    client_for,
+    router_config,
+    running_router,
+    start_worker_process,
+    wait_until,
+    worker_id,
+)
+
+from radixfair_router.config import CostConfig
+
+PREFIX = list(range(34_000, 34_048))
+QUANTUM = 100.0
+TOKENS = 32
+
+
+def test_an_admission_redis_never_answers_decides_locally_and_cancels_the_early_call(
+    tiny_model_dir: Path, tmp_path: Path, redis_url: str
+):
+    metrics_ports = [free_port(), free_port()]
+    with ThreadPoolExecutor(2) as pool:
+        workers = list(
+            pool.map(
+                lambda port: start_worker_process(tiny_model_dir, tmp_path, metrics_port=port), metrics_ports
+            )
+        )
+    try:
+        urls = {worker_id(w): f"http://127.0.0.1:{port}/metrics" for w, port in zip(workers, metrics_ports)}
+        first, second, ahead, record, finished = asyncio.run(
+            _scenario(workers, urls, tiny_model_dir, redis_url)
+        )
+    finally:
+        for worker in workers:
+            worker.stop()
+    # Alice's first request spent her credit on her first worker; the forecast then named the other.
+    other = next(w for w in urls if w != first.worker_id)
+    assert ahead == {"hit": 1.0, "miss": 1.0}
+    # The local admission knows no history: the longest match, her first worker, served all of it.
+    assert second.result.worker_id == first.worker_id
+    assert len(second.token_ids) == TOKENS
+    # The early call ran while the admission waited for Redis' timeout, so it may have finished on
+    # the other worker: a miss costs what the worker did during the admission, never the client's text.
+    assert finished[first.worker_id] == 2.0
+    # What Redis holds once it is back: both requests, served and booked on her first worker only.
+    costs = CostConfig()
+    served = [first, second.result]
+    assert record.requests == 2 and record.inflight == 0
+    assert record.deficits.get(other, QUANTUM) == QUANTUM
+    assert record.service == pytest.approx(
+        sum(
+            costs.input_token_weight * (r.usage.prompt_tokens - r.usage.cached_tokens)
+            + costs.output_token_weight * r.usage.completion_tokens
+            for r in served
+        )
+    )
+
+
+async def _scenario(workers, urls: dict[str, str], tiny_model_dir: Path, redis_url: str):
+    config = router_config(
+        tiny_model_dir, workers, redis_url, policy="d2lpm", quantum=QUANTUM, balance_abs_threshold=64
+    )
+    config = replace(config, ledger=replace(config.ledger, redis_timeout_s=0.5))
+    async with running_router(config) as running:
+        async with client_for(running, "alice") as alice:
+            first = (await alice.generate(PREFIX, max_tokens=TOKENS, ignore_eos=True)).result
+            await running.router.drain()
+            pauser = aioredis.Redis.from_url(redis_url)
+            await pauser.execute_command("CLIENT", "PAUSE", 60_000, "WRITE")
+            try:
+                second = await alice.generate(PREFIX + [34_900] * 8, max_tokens=TOKENS, ignore_eos=True)
+                assert not running.ledger.shared
+            finally:
+                await pauser.execute_command("CLIENT", "UNPAUSE")
+                await pauser.aclose()
+        await wait_until(lambda: running.ledger.shared, "the ledger back on Redis")
+        await running.router.drain()
+        counted = running.metrics.registry.get_sample_value
+        ahead = {o: counted("radixfair_router_dispatch_ahead_total", {"outcome": o}) for o in ("hit", "miss")}
+        (record,) = [r for r in await running.ledger.snapshot() if r.client_id == "alice"]
+
+        def idle() -> bool:
+            return all(_busy(url) == 0 for url in urls.values())
+
+        await wait_until(idle, "both workers idle")
+        finished = {
+            worker: scrape(url).value(
+                "radixfair_worker_requests_total", client="alice", finish_reason="length"
+            )
+            for worker, url in urls.items()
+        }
+    return first, second, ahead, record, finished
+
+
+def _busy(url: str) -> float:
+    metrics = scrape(url)
+    return metrics.value("radixfair_worker_running_requests") + metrics.value("radixfair_worker_queue_depth")
