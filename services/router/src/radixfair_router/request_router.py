@@ -121,7 +121,8 @@ class _StartedCall:
     call: grpc.aio.UnaryStreamCall
 
     def abandon(self, why: str) -> None:
-        """Stops a call that will not be relayed (a dispatch ahead the admission overruled)."""
+        """Stops a call dispatched ahead that will not be relayed (the admission chose another worker,
+        or the request failed or its caller left before the admission)."""
         self.call.cancel()
         self.span.set_attribute("radixfair.abandoned", why)
         self.span.end()
