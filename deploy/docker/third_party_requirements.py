@@ -8,8 +8,10 @@ package directories, with which extras, each component installs; tests/deploy ch
 
 usage: python third_party_requirements.py [--root DIR] [--variant cpu|cuda] [--print WHAT]
                                            [--build-requires] COMPONENT...
-  COMPONENT: common, router, worker or distiller (what scripts/install_service.sh installs for
-  it, with the worker's GGUF-conversion extra, and its gpu extra for --variant cuda);
+  COMPONENT: common, router, engine_stack, worker or distiller (what scripts/install_service.sh
+  installs for it: engine_stack is its install_engine_stack, what the worker and the distiller
+  both run on, the model format with its GGUF-conversion extra and the engine; every package's
+  gpu extra for --variant cuda);
   --print third-party (default): the requirements that are not radixfair packages, as written;
           build: the packages' build-system requirements;
           own: radixfair's own packages by name, with their extras (`pip install` them from the
@@ -31,17 +33,15 @@ import tomllib
 from pathlib import Path
 
 # (pyproject directory, extras) of each component, mirroring scripts/install_service.sh.
+# The model format's convert extra (gguf, transformers) converts the worker's packaged model and
+# the distiller's teacher; the distiller installs no worker.
+ENGINE_STACK = (("common", ()), ("model_format", ("convert",)), ("engine", ()))
 PACKAGES = {
     "common": (("common", ()),),
     "router": (("common", ()), ("services/router", ())),
-    "worker": (("common", ()), ("model_format", ()), ("engine", ()), ("services/worker", ("convert",))),
-    "distiller": (
-        ("common", ()),
-        ("model_format", ()),
-        ("engine", ()),
-        ("services/worker", ("convert",)),
-        ("services/distiller", ()),
-    ),
+    "engine_stack": ENGINE_STACK,
+    "worker": (*ENGINE_STACK, ("services/worker", ())),
+    "distiller": (*ENGINE_STACK, ("services/distiller", ())),
 }
 GPU_EXTRA = "gpu"
 

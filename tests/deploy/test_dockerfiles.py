@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 from deploy_support import REPO
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 DOCKER_DIR = REPO / "deploy" / "docker"
 DOCKERFILE = DOCKER_DIR / "radixfair.Dockerfile"
@@ -24,7 +26,7 @@ INSTALL_SCRIPT = REPO / "scripts" / "install_service.sh"
 SERVICES = ("router", "worker", "distiller")
 # Only this stage sees radixfair's sources (it builds them into wheels); the rest see the manifests.
 SOURCE_STAGES = {"radixfair-wheels"}
-DEPENDENCY_STAGES = ("common-deps", "router-deps", "worker-deps")
+DEPENDENCY_STAGES = ("common-deps", "router-deps", "engine-deps", "worker-deps", "distiller-deps")
 
 
 @dataclass(frozen=True)
@@ -163,7 +165,7 @@ def test_the_manifests_stage_holds_only_what_the_dependency_layers_read() -> Non
     )
 
 
-@pytest.mark.parametrize("stage", ["router-deps", "worker-deps"])
+@pytest.mark.parametrize("stage", DEPENDENCY_STAGES)
 def test_dependency_layers_never_see_the_sources(stage: str) -> None:
     runs = [rest for k, rest in STAGES[stage].instructions if k == "RUN"]
 
@@ -242,30 +244,87 @@ def _install_script_directories(component: str, script: str) -> list[str]:
     return list(dict.fromkeys(found))
 
 
-@pytest.mark.parametrize("service", SERVICES)
-def test_the_images_install_the_packages_the_setup_script_installs(service: str) -> None:
+@pytest.mark.parametrize("component", [*SERVICES, "engine_stack"])
+def test_the_images_install_the_packages_the_setup_script_installs(component: str) -> None:
     script = INSTALL_SCRIPT.read_text()
-    listed = [Path(d).as_posix() for d in _lines("--print", "sources", "--root", ".", service)]
+    listed = [Path(d).as_posix() for d in _lines("--print", "sources", "--root", ".", component)]
 
     # third_party_requirements.py's PACKAGES and install_service.sh name the same packages.
-    assert listed == _install_script_directories(service, script)
+    assert listed == _install_script_directories(component, script)
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_the_setup_installs_every_service(service: str) -> None:
+    script = INSTALL_SCRIPT.read_text()
     setup = (REPO / "scripts" / "setup_env.sh").read_text()
-    assert "bash scripts/install_service.sh --editable dev" in setup
     dev = script[script.index("install_dev() {") :]
     dev = dev[: dev.index("\n}")]
-    # dev installs every service: through the very function, or one that calls it.
-    assert f"install_{service}" in dev or service == "worker" and "install_distiller" in dev
+
+    assert "bash scripts/install_service.sh --editable dev" in setup
+    assert f"install_{service}" in dev
+
+
+def test_the_model_format_carries_the_conversion_extra_the_worker_and_distiller_install() -> None:
+    script = INSTALL_SCRIPT.read_text()
+    model_format = tomllib.loads((REPO / "model_format" / "pyproject.toml").read_text())["project"]
+    worker = tomllib.loads((REPO / "services" / "worker" / "pyproject.toml").read_text())["project"]
+
+    # The conversion's dependencies live where the conversion code does (model_format); the
+    # worker's `convert` extra is only that one, under the name it had.
+    assert {"gguf==0.19.0", "transformers==5.23.0"} <= set(model_format["optional-dependencies"]["convert"])
+    assert worker["optional-dependencies"]["convert"] == ["radixfair-model-format[convert]"]
+    assert 'pip_install "${EDITABLE[@]}" "./model_format[convert]"' in script
+    for service in ("worker", "distiller"):
+        assert "radixfair-model-format[convert]" in _lines("--print", "own", service), service
+        assert "radixfair-model-format[convert]" in _lines("--print", "own", "--variant", "cuda", service)
 
 
 def test_the_worker_extras_match_the_setup_scripts() -> None:
     script = INSTALL_SCRIPT.read_text()
 
-    assert 'local extras="convert"' in script and 'cuda) extras="convert,gpu"' in script
-    assert "radixfair-worker[convert]" in _lines("--print", "own", "worker")
-    assert "radixfair-worker[convert,gpu]" in _lines("--print", "own", "--variant", "cuda", "worker")
+    assert 'local extras=""' in script and 'cuda) extras="[gpu]"' in script
+    assert "radixfair-worker" in _lines("--print", "own", "worker")
+    assert "radixfair-worker[gpu]" in _lines("--print", "own", "--variant", "cuda", "worker")
     # The worker's gpu extra is the engine's (triton for its kernels); the cuda image installs both.
     assert "radixfair-engine[gpu]" in _lines("--print", "own", "--variant", "cuda", "worker")
     assert "radixfair-engine" in _lines("--print", "own", "worker")
+
+
+def _radixfair_closure(component: str) -> set[str]:
+    """The radixfair projects a component's image installs and every radixfair project their
+    pyprojects require, transitively, through the extras named on the way."""
+    projects = {}
+    for directory in _lines("--print", "sources", "router", "worker", "distiller"):
+        project = tomllib.loads((Path(directory) / "pyproject.toml").read_text())["project"]
+        projects[canonicalize_name(project["name"])] = project
+    pending = [Requirement(line) for line in _lines("--print", "own", "--variant", "cuda", component)]
+    walked: set[tuple[str, str]] = set()
+    while pending:
+        requirement = pending.pop()
+        name = canonicalize_name(requirement.name)
+        for extra in {"", *requirement.extras} - {e for n, e in walked if n == name}:
+            walked.add((name, extra))
+            project = projects[name]
+            named = project["optional-dependencies"][extra] if extra else project.get("dependencies", [])
+            pending += [r for r in map(Requirement, named) if canonicalize_name(r.name) in projects]
+    return {name for name, _ in walked}
+
+
+def test_the_distiller_installs_no_worker() -> None:
+    script = INSTALL_SCRIPT.read_text()
+
+    # Neither the setup script, nor the image's package list, nor any radixfair package the
+    # distiller's pyproject reaches names the worker: the distiller runs the engine in process.
+    assert "services/worker" not in _install_script_directories("distiller", script)
+    assert "radixfair-worker" not in " ".join(_lines("--print", "own", "--variant", "cuda", "distiller"))
+    assert _radixfair_closure("distiller") == {
+        "radixfair",
+        "radixfair-model-format",
+        "radixfair-engine",
+        "radixfair-distiller",
+    }
+    # The same walk does find the worker where it is installed.
+    assert "radixfair-worker" in _radixfair_closure("worker")
 
 
 def test_the_router_image_installs_nothing_with_torch() -> None:
@@ -275,21 +334,46 @@ def test_the_router_image_installs_nothing_with_torch() -> None:
     assert "torch" not in text.lower() and "worker" not in text
 
 
-def test_worker_image_builds_a_cpu_and_a_cuda_variant() -> None:
-    runs = instructions("worker", "RUN")
+@pytest.mark.parametrize("service", ["worker", "distiller"])
+def test_the_torch_images_build_a_cpu_and_a_cuda_variant(service: str) -> None:
+    runs = instructions(service, "RUN")
 
-    assert "TORCH_VARIANT=cpu" in [rest for k, rest in STAGES["worker-deps"].instructions if k == "ARG"]
+    for stage in ("engine-deps", f"{service}-deps", service):
+        assert "TORCH_VARIANT=cpu" in [rest for k, rest in STAGES[stage].instructions if k == "ARG"], stage
     torch = next(run for run in runs if "install_service.sh torch" in run)
     assert 'TORCH_VARIANT="${TORCH_VARIANT}"' in torch
-    rest = next(run for run in runs if "third_party_requirements.py --variant" in run)
-    assert '--variant "${TORCH_VARIANT}" worker distiller' in rest
-    assert '--print own --variant "${TORCH_VARIANT}" worker' in runs[-1]
+    layers = [run for run in runs if "third_party_requirements.py --variant" in run]
+    assert '--variant "${TORCH_VARIANT}" engine_stack' in layers[0]
+    assert f'--variant "${{TORCH_VARIANT}}" {service}' in layers[1]
+    assert f'--print own --variant "${{TORCH_VARIANT}}" {service}' in runs[-1]
 
 
-def test_the_distiller_image_is_the_worker_image_plus_the_distiller() -> None:
-    assert STAGES["distiller"].base == "worker"
-    run = [run for k, run in STAGES["distiller"].instructions if k == "RUN"][0]
-    assert '--print own --variant "${TORCH_VARIANT}" distiller' in run
+def test_the_worker_and_distiller_images_share_one_engine_layer_and_not_each_other() -> None:
+    torch_runs = [
+        stage.name
+        for stage in STAGES.values()
+        for k, rest in stage.instructions
+        if k == "RUN" and "install_service.sh torch" in rest
+    ]
+
+    # torch is installed in one stage both images build on, so BuildKit builds it once.
+    assert torch_runs == ["engine-deps"]
+    assert [s.name for s in chain("worker")] == [
+        "runtime",
+        "common-deps",
+        "engine-deps",
+        "worker-deps",
+        "worker",
+    ]
+    assert [s.name for s in chain("distiller")] == [
+        "runtime",
+        "common-deps",
+        "engine-deps",
+        "distiller-deps",
+        "distiller",
+    ]
+    distiller = " ".join(rest for stage in chain("distiller") for _, rest in stage.instructions)
+    assert "worker" not in distiller
 
 
 def _lines(*args: str) -> list[str]:
@@ -311,7 +395,7 @@ def test_the_dependency_layers_install_what_the_pyprojects_name_and_no_radixfair
     common = tomllib.loads((REPO / "common" / "pyproject.toml").read_text())["project"]["dependencies"]
     assert set(common) <= router and set(common) <= worker
     assert "redis>=5" in router and not any(r.startswith("torch") for r in router)
-    # The worker's GGUF-conversion extra always; triton (the gpu extra) only in the CUDA variant.
+    # The model format's GGUF-conversion extra always; triton (the gpu extra) only in the CUDA variant.
     assert {"torch>=2.6", "transformers==5.23.0", "gguf==0.19.0"} <= worker
     assert cuda - worker == {"triton>=3.3"}
     assert not any(r.startswith("radixfair") for r in router | cuda)

@@ -10,11 +10,16 @@ pip resolves the install with no index, against wheels packed from the
 third-party packages .venv already holds (installed_wheelhouse): the same
 pinned versions, without most of a minute of index pages and downloads. A
 requirement outside that set fails the install rather than passing unseen.
+
+The distiller's install is checked as pip's dry run of the script against .venv (everything is
+installed there already, so it resolves offline in seconds): what it would install, and what it
+finds satisfied, never includes the worker.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -156,3 +161,38 @@ def test_unknown_component_is_refused_with_the_list_of_components() -> None:
 
     assert result.returncode == 2
     assert "unknown component 'gateway'" in result.stderr and "router" in result.stderr
+
+
+def test_the_distiller_install_pulls_in_no_worker() -> None:
+    # `install_service.sh distiller` exactly as the distiller's set-up runs it, as a pip dry run
+    # (PIP_DRY_RUN) against this environment, offline. PIP_VERBOSE=1 cancels the script's -q, so
+    # pip names every package it would install and every requirement it finds satisfied, and whose
+    # requirement it is. PIP_NO_BUILD_ISOLATION=0 turns build isolation off (pip reads a "no-"
+    # option's variable inverted): the packages' metadata is built with .venv's setuptools.
+    env = _clean_env(
+        PYTHON=sys.executable,
+        PIP_DRY_RUN="1",
+        PIP_NO_INDEX="1",
+        PIP_NO_BUILD_ISOLATION="0",
+        PIP_VERBOSE="1",
+        PIP_DISABLE_PIP_VERSION_CHECK="1",
+    )
+
+    result = subprocess.run(
+        ["bash", str(INSTALL), "distiller"], env=env, capture_output=True, text=True, timeout=600
+    )
+
+    assert result.returncode == 0, result.stderr[-4000:]
+    output = result.stdout + result.stderr
+    would_install = {
+        name for line in re.findall(r"^Would install (.+)$", output, re.MULTILINE) for name in line.split()
+    }
+    assert would_install == {
+        "radixfair-0.1.0",
+        "radixfair-model-format-0.1.0",
+        "radixfair-engine-0.1.0",
+        "radixfair-distiller-0.1.0",
+    }, output[-4000:]
+    # The teacher's GGUF conversion comes with the model format's convert extra, not the worker's.
+    assert re.search(r"satisfied: gguf==\S+ .*\(from radixfair-model-format==", output), output[-4000:]
+    assert not re.search(r"radixfair[-_]worker|services/worker", output, re.IGNORECASE), output[-4000:]

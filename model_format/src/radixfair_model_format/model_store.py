@@ -74,7 +74,7 @@ def convert_packaged_gguf(target: Path) -> None:
     except ModuleNotFoundError as error:  # an OSError is one start-up line, an ImportError a traceback
         raise ModelNotFoundError(
             f"the packaged model is not converted yet, and converting it needs the {error.name!r} package: "
-            "install the worker with its `convert` extra (pip install 'radixfair-worker[convert]'), "
+            "install the model format's `convert` extra (pip install 'radixfair-model-format[convert]'), "
             "or point `model` at a converted model directory"
         ) from error
 
