@@ -311,8 +311,9 @@ class Ledger:
             if forecast is not None:
                 ahead(forecast)
             seq = self._redis.issue()
-            # Set when Redis did not answer and local state decided: the call is then repeated, and
-            # must leave Redis booking the worker that served the request (_book_in_doubt).
+            # Set when Redis did not answer and local state decided (before the call is kept to be
+            # repeated, so no repeat runs without it): the repeat must leave Redis booking the worker
+            # that served the request (_book_in_doubt).
             decided: list[Admission] = []
             moves: list[int] = []
 
@@ -321,14 +322,17 @@ class Ledger:
                 if decided:
                     await self._book_in_doubt(client_id, weight, decided[0], seq, moves)
                     return None
-                return await self._redis.admit(client_id, weight, mode, candidates, fallback, seq)
+                try:
+                    return await self._redis.admit(client_id, weight, mode, candidates, fallback, seq)
+                except _UNREACHABLE:
+                    decided.append(
+                        self._local.admit(client_id, weight, mode, candidates, fallback, journal=False)
+                    )
+                    raise
 
             try:
                 admission = await self._settle_call(admit_in_redis, (seq,))
             except _UNREACHABLE:
-                decided.append(
-                    self._local.admit(client_id, weight, mode, candidates, fallback, journal=False)
-                )
                 return decided[0]
             if admission is not None:
                 self._forecast.admitted(client_id, weight, mode, candidates, admission)
