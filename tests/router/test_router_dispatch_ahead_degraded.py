@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from support.metrics_scrape import scrape
 from support.ports import free_port
 from support.router_stack import (
@@ -46,8 +47,9 @@ def test_an_admission_redis_never_answers_decides_locally_and_cancels_the_early_
         )
     try:
         urls = {worker_id(w): f"http://127.0.0.1:{port}/metrics" for w, port in zip(workers, metrics_ports)}
+        spans = InMemorySpanExporter()
         first, second, ahead, record, finished = asyncio.run(
-            _scenario(workers, urls, tiny_model_dir, redis_url)
+            _scenario(workers, urls, tiny_model_dir, redis_url, spans)
         )
     finally:
         for worker in workers:
@@ -61,6 +63,11 @@ def test_an_admission_redis_never_answers_decides_locally_and_cancels_the_early_
     # The early call ran while the admission waited for Redis' timeout, so it may have finished on
     # the other worker: a miss costs what the worker did during the admission, never the client's text.
     assert finished[first.worker_id] == 2.0
+    # Three forward spans, all ended: the two served, and the early call, marked abandoned.
+    forwards = [s for s in spans.get_finished_spans() if s.name == "router.forward"]
+    abandoned = [s for s in forwards if "radixfair.abandoned" in s.attributes]
+    assert len(forwards) == 3
+    assert [s.attributes["radixfair.worker_id"] for s in abandoned] == [other]
     # What Redis holds once it is back: both requests, served and booked on her first worker only.
     costs = CostConfig()
     served = [first, second.result]
@@ -75,12 +82,12 @@ def test_an_admission_redis_never_answers_decides_locally_and_cancels_the_early_
     )
 
 
-async def _scenario(workers, urls: dict[str, str], tiny_model_dir: Path, redis_url: str):
+async def _scenario(workers, urls: dict[str, str], tiny_model_dir: Path, redis_url: str, spans):
     config = router_config(
         tiny_model_dir, workers, redis_url, policy="d2lpm", quantum=QUANTUM, balance_abs_threshold=64
     )
     config = replace(config, ledger=replace(config.ledger, redis_timeout_s=0.5))
-    async with running_router(config) as running:
+    async with running_router(config, spans) as running:
         async with client_for(running, "alice") as alice:
             first = (await alice.generate(PREFIX, max_tokens=TOKENS, ignore_eos=True)).result
             await running.router.drain()
