@@ -75,3 +75,11 @@ def test_the_distiller_runs_the_engine_package() -> None:
     # The walk above would pass on an empty tree; the distiller's engine answers do import the engine.
     assert "radixfair_engine" in imported_modules("distiller")
     assert "radixfair_model_format" in imported_modules("engine")
+
+
+def test_the_distiller_imports_no_other_service() -> None:
+    """The distiller is a client of the engine library, never of another service (issue 17.5)."""
+    imports = imported_modules("distiller")
+    others = [service for service in SERVICES if service != "radixfair_distiller"]
+    assert {service: imports[service] for service in others if service in imports} == {}
+    assert "radixfair_distiller" in imports  # the walk read the distiller's own sources
