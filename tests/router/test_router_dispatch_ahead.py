@@ -14,14 +14,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from support.metrics_scrape import scrape
+from support.dispatch_ahead_checks import dispatch_ahead_counts, finished_once_idle
 from support.ports import free_port
 from support.router_stack import (
     client_for,
     router_config,
     running_router,
     start_worker_process,
-    wait_until,
     worker_id,
 )
 
@@ -102,24 +101,8 @@ async def _scenario(workers, urls: dict[str, str], tiny_model_dir: Path, redis_u
             # worker has cached since: A's forecast names that worker, where alice has no credit left.
             missed = await via_a.generate(prompt(0) + [31_990] * 8, max_tokens=MISSED_TOKENS, ignore_eos=True)
         await asyncio.gather(router_a.router.drain(), router_b.router.drain())
-        counted = router_a.metrics.registry.get_sample_value
-        ahead = {o: counted("radixfair_router_dispatch_ahead_total", {"outcome": o}) for o in ("hit", "miss")}
+        ahead = dispatch_ahead_counts(router_a)
         ledger = await router_a.ledger.snapshot()
 
-        # The workers' gauges move with the load reports the routers watch: wait while they run.
-        def idle() -> bool:
-            return all(_busy(url) == 0 for url in urls.values())
-
-        await wait_until(idle, "both workers idle")
-        finished = {
-            worker: scrape(url).value(
-                "radixfair_worker_requests_total", client="alice", finish_reason="length"
-            )
-            for worker, url in urls.items()
-        }
+        finished = await finished_once_idle(urls, "alice")
     return results, missed, ahead, ledger, finished
-
-
-def _busy(url: str) -> float:
-    metrics = scrape(url)
-    return metrics.value("radixfair_worker_running_requests") + metrics.value("radixfair_worker_queue_depth")

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from support.metrics_scrape import scrape
+from support.dispatch_ahead_checks import dispatch_ahead_counts, finished_once_idle
 from support.ports import free_port
 from support.router_stack import (
     client_for,
@@ -101,23 +101,8 @@ async def _scenario(workers, urls: dict[str, str], tiny_model_dir: Path, redis_u
                 await pauser.aclose()
         await wait_until(lambda: running.ledger.shared, "the ledger back on Redis")
         await running.router.drain()
-        counted = running.metrics.registry.get_sample_value
-        ahead = {o: counted("radixfair_router_dispatch_ahead_total", {"outcome": o}) for o in ("hit", "miss")}
+        ahead = dispatch_ahead_counts(running)
         (record,) = [r for r in await running.ledger.snapshot() if r.client_id == "alice"]
 
-        def idle() -> bool:
-            return all(_busy(url) == 0 for url in urls.values())
-
-        await wait_until(idle, "both workers idle")
-        finished = {
-            worker: scrape(url).value(
-                "radixfair_worker_requests_total", client="alice", finish_reason="length"
-            )
-            for worker, url in urls.items()
-        }
+        finished = await finished_once_idle(urls, "alice")
     return first, second, ahead, record, finished
-
-
-def _busy(url: str) -> float:
-    metrics = scrape(url)
-    return metrics.value("radixfair_worker_running_requests") + metrics.value("radixfair_worker_queue_depth")
