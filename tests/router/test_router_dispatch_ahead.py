@@ -10,18 +10,15 @@ the ledger books exactly what was served.
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from support.dispatch_ahead_checks import dispatch_ahead_counts, finished_once_idle
-from support.ports import free_port
 from support.router_stack import (
     client_for,
+    metered_workers,
     router_config,
     running_router,
-    start_worker_process,
-    worker_id,
 )
 
 from radixfair_router.config import CostConfig
@@ -41,19 +38,8 @@ def prompt(n: int) -> list[int]:
 def test_a_wrong_forecast_is_cancelled_and_the_admission_decides(
     tiny_model_dir: Path, tmp_path: Path, redis_url: str
 ):
-    metrics_ports = [free_port(), free_port()]
-    with ThreadPoolExecutor(2) as pool:
-        workers = list(
-            pool.map(
-                lambda port: start_worker_process(tiny_model_dir, tmp_path, metrics_port=port), metrics_ports
-            )
-        )
-    try:
-        urls = {worker_id(w): f"http://127.0.0.1:{port}/metrics" for w, port in zip(workers, metrics_ports)}
+    with metered_workers(tiny_model_dir, tmp_path) as (workers, urls):
         outcome = asyncio.run(_scenario(workers, urls, tiny_model_dir, redis_url))
-    finally:
-        for worker in workers:
-            worker.stop()
     results, missed, ahead, ledger, finished = outcome
     first_worker = results[0].worker_id
     other = next(r.worker_id for r in results if r.worker_id != first_worker)

@@ -10,7 +10,6 @@ chose, and once Redis is back the ledger holds the service on that worker, not o
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,14 +17,12 @@ import pytest
 import redis.asyncio as aioredis
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from support.dispatch_ahead_checks import dispatch_ahead_counts, finished_once_idle
-from support.ports import free_port
 from support.router_stack import (
     client_for,
+    metered_workers,
     router_config,
     running_router,
-    start_worker_process,
     wait_until,
-    worker_id,
 )
 
 from radixfair_router.config import CostConfig
@@ -38,22 +35,11 @@ TOKENS = 32
 def test_an_admission_redis_never_answers_decides_locally_and_cancels_the_early_call(
     tiny_model_dir: Path, tmp_path: Path, redis_url: str
 ):
-    metrics_ports = [free_port(), free_port()]
-    with ThreadPoolExecutor(2) as pool:
-        workers = list(
-            pool.map(
-                lambda port: start_worker_process(tiny_model_dir, tmp_path, metrics_port=port), metrics_ports
-            )
-        )
-    try:
-        urls = {worker_id(w): f"http://127.0.0.1:{port}/metrics" for w, port in zip(workers, metrics_ports)}
+    with metered_workers(tiny_model_dir, tmp_path) as (workers, urls):
         spans = InMemorySpanExporter()
         first, second, ahead, record, finished = asyncio.run(
             _scenario(workers, urls, tiny_model_dir, redis_url, spans)
         )
-    finally:
-        for worker in workers:
-            worker.stop()
     # Alice's first request spent her credit on her first worker; the forecast then named the other.
     other = next(w for w in urls if w != first.worker_id)
     assert ahead == {"hit": 1.0, "miss": 1.0}

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -43,6 +44,23 @@ def start_worker_process(model_dir: Path, log_dir: Path, **overrides: object) ->
     }
     args = [arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")]
     return start_service("radixfair_worker", args, f"127.0.0.1:{port}", log_dir / f"worker-{port}.log")
+
+
+@contextmanager
+def metered_workers(
+    model_dir: Path, log_dir: Path, count: int = 2
+) -> Iterator[tuple[list[ServiceProcess], dict[str, str]]]:
+    """``count`` workers of this test's own, each with a /metrics endpoint: (workers, {worker id: url})."""
+    ports = [free_port() for _ in range(count)]
+    with ThreadPoolExecutor(count) as pool:
+        workers = list(
+            pool.map(lambda port: start_worker_process(model_dir, log_dir, metrics_port=port), ports)
+        )
+    try:
+        yield workers, {worker_id(w): f"http://127.0.0.1:{port}/metrics" for w, port in zip(workers, ports)}
+    finally:
+        for worker in workers:
+            worker.stop()
 
 
 def worker_id(worker: ServiceProcess) -> str:
