@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from radixfair.gc_tuning import tune_for_serving
 from radixfair_engine.config import EngineConfig, SchedulerConfig
 from radixfair_engine.engine_builder import build_engine
 from radixfair_engine.model.quantized_linear import QuantizedLinear
@@ -67,6 +68,8 @@ def decode_speed(model_dir: Path, config: DecodeSpeedConfig, int8_kernel: bool =
     try:
         with triton_int8_projections(calls) if int8_kernel else nullcontext():
             stack = build_engine(config.engine_config(), model_dir)
+            # The worker's engine process runs under these collector settings (engine_loop).
+            tune_for_serving()
             for batch in config.batches:
                 tok_s, ms = _timed_decode(stack.engine, batch, config, stack.model_config.vocab_size)
                 out[f"b{batch}_tok_s"], out[f"b{batch}_ms_step"] = tok_s, ms

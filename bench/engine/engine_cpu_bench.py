@@ -20,6 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from bench.report import markdown_table, write_results  # noqa: E402
+from radixfair.gc_tuning import tune_for_serving  # noqa: E402
 from radixfair_engine.config import EngineConfig, SchedulerConfig  # noqa: E402
 from radixfair_engine.engine_builder import build_engine  # noqa: E402
 from radixfair_engine.request import Request, SamplingConfig  # noqa: E402
@@ -51,6 +52,8 @@ def run_engine(model_dir: Path, prompts: list[list[int]], system: list[int], sha
         scheduler=SchedulerConfig(policy="dlpm"),
     )
     engine = build_engine(config, model_dir).engine
+    # The worker's engine process runs under these collector settings (engine_loop.run_engine_process).
+    tune_for_serving()
     # The warm-up request also loads weights into caches; for "distinct" it shares nothing.
     warm_prompt = system + [5, 6] if shared else list(range(500, 500 + SHARED_TOKENS + 2))
     warm = [Request("warm", "bench", warm_prompt, SamplingConfig(max_tokens=2, ignore_eos=True))]

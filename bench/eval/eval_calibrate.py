@@ -44,6 +44,7 @@ from bench.simulator.timed_runner import ShapeRecordingRunner  # noqa: E402
 from bench.smollm2_shape import SMOLLM2_135M_HF_CONFIG  # noqa: E402
 from bench.workloads import build_pattern, generate_trace, load_trace, prompt_token_ids, save_trace  # noqa: E402
 from bench.workloads.trace import Trace  # noqa: E402
+from radixfair.gc_tuning import tune_for_serving  # noqa: E402
 from radixfair_engine.config import EngineConfig, SchedulerConfig  # noqa: E402
 from radixfair_engine.engine import Engine  # noqa: E402
 from radixfair_engine.engine_builder import build_backend  # noqa: E402
@@ -125,6 +126,8 @@ def build(config: EngineConfig, model_dir: Path) -> tuple[Engine, ShapeRecording
         )
     recorder = ShapeRecordingRunner(ModelRunner(model, kv, config.num_pages, graphs))
     engine = Engine(config, recorder, build_policy(config.scheduler), frozenset(), MAX_CONTEXT)
+    # The worker's engine process runs under these collector settings (engine_loop.run_engine_process).
+    tune_for_serving()
     return engine, recorder
 
 

@@ -55,6 +55,7 @@ sys.path[:0] = [
 
 from bench.engine.gpu_engine_bench import make_random_model  # noqa: E402
 from bench.report import markdown_table, write_results  # noqa: E402
+from radixfair.gc_tuning import tune_for_serving  # noqa: E402
 from radixfair_engine.config import EngineConfig, SchedulerConfig  # noqa: E402
 from radixfair_engine.engine import Engine  # noqa: E402
 from radixfair_engine.kernels.accuracy import relative_error  # noqa: E402
@@ -431,7 +432,10 @@ def make_engine(
             model, kv, config.num_pages, -(-max_context // config.page_size), graph_sizes, sharing
         )
     runner = ModelRunner(model, kv, config.num_pages, graphs, sharing)
-    return Engine(config, runner, build_policy(config.scheduler), frozenset({2}), max_context)
+    engine = Engine(config, runner, build_policy(config.scheduler), frozenset({2}), max_context)
+    # The worker's engine process runs under these collector settings (engine_loop.run_engine_process).
+    tune_for_serving()
+    return engine
 
 
 def token_ids(count: int, length: int, seed: int) -> list[list[int]]:

@@ -64,6 +64,7 @@ from safetensors.torch import save_file  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from bench.report import markdown_table, write_results  # noqa: E402
 from bench.smollm2_shape import SMOLLM2_135M_HF_CONFIG  # noqa: E402
+from radixfair.gc_tuning import tune_for_serving  # noqa: E402
 from radixfair_engine.config import EngineConfig, SchedulerConfig  # noqa: E402
 from radixfair_engine.engine import Engine  # noqa: E402
 from radixfair_engine.engine_builder import build_engine  # noqa: E402
@@ -153,7 +154,10 @@ def make_engine(model_dir: Path, args: argparse.Namespace, max_rows: int) -> Eng
         quantized_triton_max_rows=max_rows,
         scheduler=SchedulerConfig(policy="fcfs"),
     )
-    return build_engine(config, model_dir).engine
+    engine = build_engine(config, model_dir).engine
+    # The worker's engine process runs under these collector settings (engine_loop.run_engine_process).
+    tune_for_serving()
+    return engine
 
 
 def prompt_ids(count: int, length: int, vocab: int, seed: int) -> list[list[int]]:
