@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from radixfair_engine.config import EngineConfig
+
 # Anchors tried per first page: each costs one vectorised compare of the key's page-table rows.
 _ANCHORS_PER_KEY = 8
 
@@ -40,7 +42,7 @@ class PrefixSharingConfig:
     enabled: bool = True
     min_group_size: int = 2
     min_shared_pages: int = 1
-    min_saved_tokens: int = 262_144
+    min_saved_tokens: int = EngineConfig.cascade_min_saved_tokens
     block_m: int = 64
     # Both parts in one launch plus a merge launch, instead of the shared part, then the own part
     # with the merge in its epilogue (kernels.cascade_decode_attention); off until measured.
