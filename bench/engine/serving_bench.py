@@ -56,7 +56,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -66,6 +66,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 # The parts, re-exported: the profilers, the HTTP client and the GPU scripts use them through here.
+from bench.engine.engine_occupancy import OccupancyProbe, engine_reader, worker_reader  # noqa: E402
 from bench.engine.process_cpu import CellCpu  # noqa: E402
 from bench.engine.serving_clients import (  # noqa: E402, F401
     PATHS,
@@ -265,6 +266,7 @@ class Paths:
     router: Target | None = None
     router_log: Path | None = None
     http: Target | None = None  # address: the router's HTTP API base URL
+    worker_addresses: tuple[str, ...] = ()
 
 
 @contextlib.contextmanager
@@ -289,6 +291,7 @@ def started_paths(args: argparse.Namespace, settings: dict[str, object], logs: P
             paths.engine = build_in_process_engine(settings)
         for worker in workers:
             worker.wait_until_serving()
+        paths.worker_addresses = tuple(w.address for w in workers)
         if "worker" in args.paths:
             paths.worker = Target("worker", workers[0].address, keys, args.request_timeout_s)
         if {"router", "http"} & set(args.paths):
@@ -400,6 +403,7 @@ async def run_cell(
     degraded = None
     cpu = CellCpu()
     cpu.start()
+    probe, close_probe = _occupancy_probe(paths, path)
     if path == "in_process":
         records = run_cell_in_process(paths.engine, specs, args.tenants, plan)
     elif path == "worker":
@@ -429,9 +433,18 @@ async def run_cell(
             "status_polls": watch.polls,
             "status_poll_errors": watch.poll_errors,
         }
-    cores = cpu.stop()
+    cores = {**cpu.stop(), **probe.stop()}
+    close_probe()
     if results is not None:
         results.add(path, workload, concurrency, records, degraded, cores)
+
+
+def _occupancy_probe(paths: Paths, path: str) -> tuple[OccupancyProbe, Callable[[], None]]:
+    """A started probe of the batch that serves ``path``'s cell, and what closes its channels."""
+    if path == "in_process":
+        return OccupancyProbe(engine_reader(paths.engine)).start(), lambda: None
+    read, close = worker_reader(paths.worker_addresses[:1] if path == "worker" else paths.worker_addresses)
+    return OccupancyProbe(read).start(), close
 
 
 class Results:

@@ -124,7 +124,14 @@ def add_ratios(rows: list[dict[str, object]]) -> None:
         row["vs_in_process"] = row["out_tok_s"] / reference if reference and row["out_tok_s"] else None
 
 
-CPU_COLUMNS = ["path", "workload", "concurrency", *(f"{role}_cores" for role in ROLES)]
+CPU_COLUMNS = [
+    "path",
+    "workload",
+    "concurrency",
+    *(f"{role}_cores" for role in ROLES),
+    "engine_running_mean",
+    "engine_waiting_mean",
+]
 
 # A timed cell's extra columns (serving_bench --cell-duration-s): wall-time tokens/s, window, ramp.
 TIMED_COLUMNS = ["out_tok_s_wall", "window_s", "ramp_s"]
@@ -231,7 +238,9 @@ def write_report(args: argparse.Namespace, rows: list[dict[str, object]], meta: 
         "Where the cores went in each cell (bench/engine/process_cpu.py): CPU seconds of each role's",
         "processes over the cell's wall time; router and worker sum all their processes (the worker's",
         "engine process included), bench is this process and the load generators it spawned and reaped",
-        "within the cell (other: any other child still running):",
+        "within the cell (other: any other child still running); engine_running_mean / _waiting_mean:",
+        "the requests in the serving engines' batch and queue, sampled every 0.1 s",
+        "(bench/engine/engine_occupancy.py):",
         "",
         markdown_table(rows, CPU_COLUMNS),
         "",

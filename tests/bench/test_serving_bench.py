@@ -127,6 +127,11 @@ def test_timed_cells_keep_every_client_streaming_until_the_duration_on_every_pat
         # The steady window opens once every client has its first token and ends with the duration.
         assert 0 < row["ramp_s"] and 0 < row["window_s"] < duration_s
         assert row["out_tok_s"] > 0 and row["out_tok_s_wall"] > 0
+        # The batch was sampled through the cell (every 0.1 s of 2 s, on each path's own engine): a
+        # closed loop of 2 clients holds at most 2 requests in the engine, and some at every sample
+        # but those that fell between a request's end and its client's next.
+        assert row["occupancy_samples"] >= 5 and row["occupancy_errors"] == 0, row
+        assert 0 < row["engine_running_mean"] + row["engine_waiting_mean"] <= concurrency, row
     assert "| out_tok_s_wall | window_s | ramp_s |" in (tmp_path / "serving_timed.md").read_text()
 
 
