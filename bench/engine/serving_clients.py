@@ -64,6 +64,9 @@ class RequestRecord:
     # client's TTFT adds beyond them is the path back to the client.
     worker_queue_ms: float | None = None
     worker_ttft_ms: float | None = None
+    # From its arrival in the worker to its end there: what the client's whole wait adds beyond it
+    # is the path between the client and the worker (both ways).
+    worker_total_ms: float | None = None
 
     def on_tokens(self, count: int, now: float) -> None:
         """A message (or engine step output) carrying ``count`` new tokens arrived at ``now``."""
@@ -214,6 +217,7 @@ async def stream_one(target: Target, stub: object, spec: RequestSpec) -> Request
                 timings = message.result.timings
                 record.worker_queue_ms = timings.queue_ms
                 record.worker_ttft_ms = timings.time_to_first_token_ms
+                record.worker_total_ms = timings.total_ms
                 record.ok = usage.completion_tokens == spec.max_tokens == record.tokens
                 if not record.ok:
                     record.error = f"completion_tokens {usage.completion_tokens}, streamed {record.tokens}"

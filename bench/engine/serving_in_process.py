@@ -85,6 +85,7 @@ def run_cell_in_process(
                 if request.admitted_time is not None and request.first_token_time is not None:
                     record.worker_queue_ms = 1e3 * (request.admitted_time - request.arrival_time)
                     record.worker_ttft_ms = 1e3 * (request.first_token_time - request.arrival_time)
+                    record.worker_total_ms = 1e3 * (request.finished_time - request.arrival_time)
                 record.ok = record.tokens == len(request.output_ids) == request.sampling.max_tokens
                 done.append(record)
                 del live[id(request)]

@@ -62,6 +62,7 @@ def summarize(records: Sequence[RequestRecord], duration_s: float = 0.0) -> dict
                     message_gaps.append(1e3 * (at - before))
                     token_gaps += [1e3 * (at - before) / count] * count
     prompt = sum(r.prompt_tokens for r in ok)
+    split = request_time_split(in_window, ok)
 
     def pct(values: list[float], q: float) -> float | None:
         return float(np.percentile(values, q)) if values else None
@@ -96,6 +97,40 @@ def summarize(records: Sequence[RequestRecord], duration_s: float = 0.0) -> dict
         "itl_mean_ms": float(np.mean(token_gaps)) if token_gaps else None,
         "message_gap_p99_ms": pct(message_gaps, 99),
         "cache_hit_rate": sum(r.cached_tokens for r in ok) / prompt if prompt else None,
+        **split,
+    }
+
+
+def request_time_split(in_window: Sequence[RequestRecord], ok: Sequence[RequestRecord]) -> dict[str, object]:
+    """Where a closed-loop client's time went, as means over ``in_window``'s requests (ms).
+
+    ``request_mean_ms``: a request from the client's send to its end as the client saw it;
+    ``worker_mean_ms``: the part between its arrival in the worker and its end there;
+    ``outside_worker_mean_ms``: the rest (the way in and the way back out, through any router);
+    ``client_gap_mean_ms``: from a request's end to its client's next send (over ``ok``, the cell's
+    completed requests). Throughput is the clients over the sum of the first and the last:
+    time outside the worker is time the batch runs one request short. ``tokens_per_message``: how
+    many tokens a streamed message carried on average (above 1: deltas were coalesced).
+    """
+    timed = [r for r in in_window if r.worker_total_ms is not None]
+    by_client: dict[int, list[RequestRecord]] = {}
+    for record in ok:
+        by_client.setdefault(record.client, []).append(record)
+    gaps = []
+    for records in by_client.values():
+        records.sort(key=lambda r: r.start)
+        gaps += [1e3 * (later.start - earlier.end) for earlier, later in zip(records, records[1:])]
+    messages = sum(len(r.arrivals) for r in ok)
+
+    def mean_of(values: list[float]) -> float | None:
+        return round(float(np.mean(values)), 2) if values else None
+
+    return {
+        "request_mean_ms": mean_of([1e3 * (r.end - r.start) for r in timed]),
+        "worker_mean_ms": mean_of([r.worker_total_ms for r in timed]),  # type: ignore[misc]
+        "outside_worker_mean_ms": mean_of([1e3 * (r.end - r.start) - r.worker_total_ms for r in timed]),  # type: ignore[operator]
+        "client_gap_mean_ms": mean_of(gaps),
+        "tokens_per_message": round(sum(r.tokens for r in ok) / messages, 3) if messages else None,
     }
 
 
@@ -131,6 +166,18 @@ CPU_COLUMNS = [
     *(f"{role}_cores" for role in ROLES),
     "engine_running_mean",
     "engine_waiting_mean",
+]
+
+# Where a request's time went (request_time_split).
+TIME_SPLIT_COLUMNS = [
+    "path",
+    "workload",
+    "concurrency",
+    "request_mean_ms",
+    "worker_mean_ms",
+    "outside_worker_mean_ms",
+    "client_gap_mean_ms",
+    "tokens_per_message",
 ]
 
 # A timed cell's extra columns (serving_bench --cell-duration-s): wall-time tokens/s, window, ramp.
@@ -243,6 +290,12 @@ def write_report(args: argparse.Namespace, rows: list[dict[str, object]], meta: 
         "(bench/engine/engine_occupancy.py):",
         "",
         markdown_table(rows, CPU_COLUMNS),
+        "",
+        "Where a request's time went, means in ms (serving_report.request_time_split): the client's",
+        "whole request, the part inside the worker (its arrival there to its end), the rest (the way in",
+        "and back out), the client's gap before its next request, and tokens per streamed message:",
+        "",
+        markdown_table(rows, TIME_SPLIT_COLUMNS),
         "",
         str(meta["notes"]),
     ]

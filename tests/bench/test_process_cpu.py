@@ -39,7 +39,7 @@ def test_a_roles_cores_count_its_process_and_its_descendants_by_their_own_clocks
     try:
         grandchild_cpu = float(child.stdout.readline())
         child_cpu = float(child.stdout.readline())
-        role, counted = process_cpu.children_cpu(os.getpid())[child.pid]
+        role, counted, below = process_cpu.children_cpu(os.getpid())[child.pid]
     finally:
         child.stdin.close()
         child.wait(timeout=30)
@@ -47,6 +47,8 @@ def test_a_roles_cores_count_its_process_and_its_descendants_by_their_own_clocks
     assert role == "worker"
     assert abs(counted - (child_cpu + grandchild_cpu)) <= 4 * tick
     assert counted >= 0.6 - 4 * tick  # both burned 0.3 s at least: the grandchild is not lost
+    # A worker's descendants (its engine process) are also counted apart: the grandchild alone.
+    assert abs(below - grandchild_cpu) <= 2 * tick
 
 
 def test_a_cell_reports_every_role_in_cores() -> None:

@@ -132,6 +132,11 @@ def test_timed_cells_keep_every_client_streaming_until_the_duration_on_every_pat
         # but those that fell between a request's end and its client's next.
         assert row["occupancy_samples"] >= 5 and row["occupancy_errors"] == 0, row
         assert 0 < row["engine_running_mean"] + row["engine_waiting_mean"] <= concurrency, row
+        # One monotonic clock: a client sends before the worker stamps the arrival and reads the end
+        # after the worker's, request by request, so the time outside the worker is never negative.
+        assert 0 < row["worker_mean_ms"] <= row["request_mean_ms"], row
+        assert row["outside_worker_mean_ms"] >= 0 and row["client_gap_mean_ms"] >= 0, row
+        assert row["tokens_per_message"] >= 1, row
     assert "| out_tok_s_wall | window_s | ramp_s |" in (tmp_path / "serving_timed.md").read_text()
 
 
