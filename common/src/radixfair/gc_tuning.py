@@ -1,4 +1,4 @@
-"""Garbage-collector settings for the serving processes (router, worker engine).
+"""Garbage-collector settings for the serving processes (router, worker front, worker engine).
 
 A serving loop allocates many short-lived containers per unit of work: the
 router a worker state and an admission candidate per worker per decision, the

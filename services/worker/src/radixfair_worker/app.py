@@ -15,6 +15,7 @@ from opentelemetry.sdk.trace.export import SpanExporter
 from prometheus_client import CollectorRegistry
 
 from radixfair.auth import bearer_metadata
+from radixfair.gc_tuning import tune_for_serving
 from radixfair.grpc_health import add_health_and_reflection, set_serving
 from radixfair.listening import bind_grpc_port, build_grpc_server
 from radixfair.malformed_requests import MalformedRequestInterceptor
@@ -92,6 +93,10 @@ async def _serve_grpc(
         heartbeat = asyncio.create_task(_register_forever(config, worker_id, address, model_name))
     if ready is not None:
         ready.set()
+    # The front allocates per token of every stream (deliveries, deltas, messages) and holds start-up's
+    # tokenizer, tracer and gRPC state: under CPython's default thresholds its collections ran every
+    # few hundred tokens and walked all of that (see radixfair.gc_tuning). Process-wide: once serving.
+    tune_for_serving()
     try:
         await wait_for_shutdown_signal()
     finally:
