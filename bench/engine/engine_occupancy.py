@@ -1,4 +1,4 @@
-"""How full the engine's batch is while a cell runs: running and waiting requests, sampled over time.
+"""How full the engine's batch is while a cell runs, and how its loop spent the cell.
 
 A closed-loop cell's throughput is (requests in the running batch) / (step time). When the worker
 path makes fewer tokens per second than the in-process engine at the same step speed, either its
@@ -9,11 +9,17 @@ Every path is read the same way: a thread samples ``(waiting, running)`` every `
 in-process engine by its list lengths, a worker by its GetLoadReport (``queue_length`` and
 ``running_requests``, as of the engine's last published state). With several workers the counts are
 summed over them.
+
+The engine loop's own counters (``StepStats``: steps, prefill steps, sampled rows, seconds inside
+steps and waiting on the device) are read at the cell's start and end, from the in-process engine or
+from each worker's Prometheus endpoint (``radixfair_worker_engine_*``, as fresh as the last load
+report, which the probe asks for every 0.1 s), and summed over the workers: ``loop_summary``.
 """
 
 from __future__ import annotations
 
 import threading
+import urllib.request
 from collections.abc import Callable, Sequence
 from statistics import mean
 
@@ -23,6 +29,51 @@ from radixfair.v1 import worker_pb2, worker_pb2_grpc
 
 Reader = Callable[[], tuple[int, int]]
 INTERVAL_S = 0.1
+STAT_FIELDS = ("steps", "prefill_steps", "sampled_rows", "step_s", "device_wait_s")
+_METRIC_OF = {
+    "steps": "radixfair_worker_engine_steps_total",
+    "prefill_steps": "radixfair_worker_engine_prefill_steps_total",
+    "sampled_rows": "radixfair_worker_engine_sampled_rows_total",
+    "step_s": "radixfair_worker_engine_step_seconds_total",
+    "device_wait_s": "radixfair_worker_engine_device_wait_seconds_total",
+}
+
+
+LOOP_COLUMNS = ("steps_per_s", "rows_per_step", "prefill_step_share", "step_ms", "device_wait_share")
+
+
+def engine_stats(engine: object) -> dict[str, float]:
+    """The in-process engine's StepStats so far."""
+    stats = engine.step_stats  # type: ignore[attr-defined]
+    return {name: float(getattr(stats, name)) for name in STAT_FIELDS}
+
+
+def scraped_stats(metrics_urls: Sequence[str]) -> dict[str, float]:
+    """The StepStats counters summed over the workers' Prometheus endpoints."""
+    totals = dict.fromkeys(STAT_FIELDS, 0.0)
+    wanted = {metric: name for name, metric in _METRIC_OF.items()}
+    for url in metrics_urls:
+        for line in urllib.request.urlopen(url, timeout=5).read().decode().splitlines():
+            metric, _, value = line.rpartition(" ")
+            if metric in wanted:
+                totals[wanted[metric]] += float(value)
+    return totals
+
+
+def loop_summary(before: dict[str, float], after: dict[str, float], wall_s: float) -> dict[str, float | None]:
+    """What the engine loop did between two reads: steps/s, mean rows a step, the share of steps with
+    a prefill, ms a step, and the share of the loop's step time spent waiting on the device."""
+    delta = {name: after[name] - before[name] for name in STAT_FIELDS}
+    steps = delta["steps"]
+    if steps <= 0 or wall_s <= 0:
+        return dict.fromkeys(LOOP_COLUMNS)
+    return {
+        "steps_per_s": round(steps / wall_s, 1),
+        "rows_per_step": round(delta["sampled_rows"] / steps, 1),
+        "prefill_step_share": round(delta["prefill_steps"] / steps, 3),
+        "step_ms": round(1e3 * delta["step_s"] / steps, 3),
+        "device_wait_share": round(delta["device_wait_s"] / delta["step_s"], 3) if delta["step_s"] else None,
+    }
 
 
 def engine_reader(engine: object) -> Reader:

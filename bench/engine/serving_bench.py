@@ -66,7 +66,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 # The parts, re-exported: the profilers, the HTTP client and the GPU scripts use them through here.
-from bench.engine.engine_occupancy import OccupancyProbe, engine_reader, worker_reader  # noqa: E402
+from bench.engine.engine_occupancy import (  # noqa: E402
+    OccupancyProbe,
+    engine_reader,
+    engine_stats,
+    loop_summary,
+    scraped_stats,
+    worker_reader,
+)
 from bench.engine.process_cpu import CellCpu  # noqa: E402
 from bench.engine.serving_clients import (  # noqa: E402, F401
     PATHS,
@@ -207,11 +214,13 @@ class WorkerProcess:
 
         ``wait`` False: returns once started; ``wait_until_serving`` then waits for it to serve.
         """
-        port = free_loopback_port()
+        port, metrics_port = free_loopback_port(), free_loopback_port()
         self.address, self.worker_id = f"127.0.0.1:{port}", worker_id
+        # Its engine loop's step counters are read from here (engine_occupancy.scraped_stats).
+        self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
         log_path = logs / f"{worker_id}.log"
         self._log_path, self._startup_timeout_s = log_path, startup_timeout_s
-        flags = {**settings, "port": port, "worker_id": worker_id, "metrics_port": 0}
+        flags = {**settings, "port": port, "worker_id": worker_id, "metrics_port": metrics_port}
         args = [arg for key, value in flags.items() for arg in ("--set", f"{key}={json.dumps(value)}")]
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("ab") as log_file:
@@ -267,6 +276,7 @@ class Paths:
     router_log: Path | None = None
     http: Target | None = None  # address: the router's HTTP API base URL
     worker_addresses: tuple[str, ...] = ()
+    worker_metrics_urls: tuple[str, ...] = ()
 
 
 @contextlib.contextmanager
@@ -292,6 +302,7 @@ def started_paths(args: argparse.Namespace, settings: dict[str, object], logs: P
         for worker in workers:
             worker.wait_until_serving()
         paths.worker_addresses = tuple(w.address for w in workers)
+        paths.worker_metrics_urls = tuple(w.metrics_url for w in workers)
         if "worker" in args.paths:
             paths.worker = Target("worker", workers[0].address, keys, args.request_timeout_s)
         if {"router", "http"} & set(args.paths):
@@ -404,6 +415,8 @@ async def run_cell(
     cpu = CellCpu()
     cpu.start()
     probe, close_probe = _occupancy_probe(paths, path)
+    read_loop = _loop_reader(paths, path)
+    loop_before, loop_started = read_loop(), time.monotonic()
     if path == "in_process":
         records = run_cell_in_process(paths.engine, specs, args.tenants, plan)
     elif path == "worker":
@@ -434,6 +447,7 @@ async def run_cell(
             "status_poll_errors": watch.poll_errors,
         }
     cores = {**cpu.stop(), **probe.stop()}
+    cores.update(loop_summary(loop_before, read_loop(), time.monotonic() - loop_started))
     close_probe()
     if results is not None:
         results.add(path, workload, concurrency, records, degraded, cores)
@@ -445,6 +459,14 @@ def _occupancy_probe(paths: Paths, path: str) -> tuple[OccupancyProbe, Callable[
         return OccupancyProbe(engine_reader(paths.engine)).start(), lambda: None
     read, close = worker_reader(paths.worker_addresses[:1] if path == "worker" else paths.worker_addresses)
     return OccupancyProbe(read).start(), close
+
+
+def _loop_reader(paths: Paths, path: str) -> Callable[[], dict[str, float]]:
+    """Reads the StepStats of the engine(s) serving ``path``'s cell."""
+    if path == "in_process":
+        return lambda: engine_stats(paths.engine)
+    urls = paths.worker_metrics_urls[:1] if path == "worker" else paths.worker_metrics_urls
+    return lambda: scraped_stats(urls)
 
 
 class Results:

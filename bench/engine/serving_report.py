@@ -166,6 +166,11 @@ CPU_COLUMNS = [
     *(f"{role}_cores" for role in ROLES),
     "engine_running_mean",
     "engine_waiting_mean",
+    "steps_per_s",
+    "rows_per_step",
+    "prefill_step_share",
+    "step_ms",
+    "device_wait_share",
 ]
 
 # Where a request's time went (request_time_split).
@@ -286,7 +291,9 @@ def write_report(args: argparse.Namespace, rows: list[dict[str, object]], meta: 
         "processes over the cell's wall time; router and worker sum all their processes (the worker's",
         "engine process included), bench is this process and the load generators it spawned and reaped",
         "within the cell (other: any other child still running); engine_running_mean / _waiting_mean:",
-        "the requests in the serving engines' batch and queue, sampled every 0.1 s",
+        "the requests in the serving engines' batch and queue, sampled every 0.1 s; steps_per_s to",
+        "device_wait_share: the engine loop over the cell (its StepStats: mean sampled rows a step, share",
+        "of steps with a prefill, ms inside a step, share of that spent waiting on the device)",
         "(bench/engine/engine_occupancy.py):",
         "",
         markdown_table(rows, CPU_COLUMNS),

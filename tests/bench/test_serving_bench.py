@@ -137,6 +137,11 @@ def test_timed_cells_keep_every_client_streaming_until_the_duration_on_every_pat
         assert 0 < row["worker_mean_ms"] <= row["request_mean_ms"], row
         assert row["outside_worker_mean_ms"] >= 0 and row["client_gap_mean_ms"] >= 0, row
         assert row["tokens_per_message"] >= 1, row
+        # The engine loop's counters over the cell: it stepped, each step sampled at most the
+        # clients' rows, and its device waits are a part of its step time.
+        assert row["steps_per_s"] > 0 and 0 < row["rows_per_step"] <= concurrency, row
+        assert 0 < row["prefill_step_share"] <= 1 and row["step_ms"] > 0, row
+        assert 0 <= row["device_wait_share"] <= 1, row
     assert "| out_tok_s_wall | window_s | ramp_s |" in (tmp_path / "serving_timed.md").read_text()
 
 

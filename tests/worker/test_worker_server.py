@@ -257,6 +257,19 @@ def test_prometheus_metrics_count_requests_tokens_and_latency(worker, stub):
     # The default policy is DLPM: its deficits and quantum are exported.
     assert 'radixfair_worker_dlpm_deficit{client="dave"}' in samples
     assert samples["radixfair_worker_dlpm_quantum"] == 1024
+    # The engine loop's step counters, as of the load report above: dave's 5 tokens took a prefill
+    # step and 4 decode steps at least (earlier tests' requests on this worker add to them).
+    steps, prefills = (
+        samples["radixfair_worker_engine_steps_total"],
+        samples["radixfair_worker_engine_prefill_steps_total"],
+    )
+    assert steps >= 5 and 1 <= prefills <= steps
+    assert samples["radixfair_worker_engine_sampled_rows_total"] >= 5
+    waited, stepping = (
+        samples["radixfair_worker_engine_device_wait_seconds_total"],
+        samples["radixfair_worker_engine_step_seconds_total"],
+    )
+    assert 0 <= waited <= stepping and stepping > 0
 
 
 def test_watch_load_report_pushes_reports_at_the_interval(stub):

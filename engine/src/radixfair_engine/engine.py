@@ -50,7 +50,7 @@ from collections.abc import Callable
 from radixfair.errors import InvalidRequestError, QueueFullError, RequestFailedError
 from radixfair.tokenization import IncrementalDetokenizer
 from radixfair_engine.config import EngineConfig
-from radixfair_engine.engine_outputs import ClientStats, LoadSnapshot, StepOutput
+from radixfair_engine.engine_outputs import ClientStats, LoadSnapshot, StepOutput, StepStats
 from radixfair_engine.inflight import InFlightStep, SampledTokens
 from radixfair_engine.model_runner import ScheduledChunk, StepRunner
 from radixfair_engine.output_processor import OutputProcessor
@@ -102,6 +102,7 @@ class Engine:
         self._unmatched_aborts: list[str] = []
         self.client_stats: dict[str, ClientStats] = {}
         self.steps = 0
+        self.step_stats = StepStats()
         # Tokens whose K/V the model computed (prefill chunks and decode inputs).
         self.computed_tokens = 0
         self.overlap = config.overlap_enabled
@@ -161,6 +162,7 @@ class Engine:
 
         Without overlap that is this step's batch; with overlap, the previous one.
         """
+        started = time.perf_counter()
         self._take_inbox()
         chunks, sampled = self._schedule()
         if chunks:
@@ -172,6 +174,7 @@ class Engine:
         else:
             self._drain()
         outputs, self._outputs = self._outputs, []
+        self.step_stats.step_s += time.perf_counter() - started
         return outputs
 
     def _launch(self, chunks: list[ScheduledChunk], sampled: list[ScheduledChunk]) -> InFlightStep | None:
@@ -202,6 +205,11 @@ class Engine:
             if request.num_computed_tokens - request.num_inserted_tokens >= page_size:
                 cache_computed(request)
         self.computed_tokens += computed
+        stats = self.step_stats
+        stats.steps += 1
+        stats.sampled_rows += len(sampled)
+        if computed != len(chunks):  # some chunk is longer than one token: a prefill
+            stats.prefill_steps += 1
         for row, message in failures.items():
             # After the bookkeeping above, so finishing drops its placeholder like any other.
             self._outputs.append(self._fail(sampled[row].request, message))
@@ -234,7 +242,9 @@ class Engine:
         step, self._in_flight = self._in_flight, None
         if step is None:
             return
+        waited = time.perf_counter()
         tokens = step.tokens.wait()
+        self.step_stats.device_wait_s += time.perf_counter() - waited
         outputs, append_token, cache_computed = self._outputs, self._append_token, self.pages.cache_computed
         running, page_size = RequestStatus.RUNNING, self.page_size
         for chunk, token in zip(step.sampled, tokens):
@@ -457,6 +467,7 @@ class Engine:
             cached_pages=self.cache.cached_pages,
             cache_hit_rate=cached / prompt if prompt else 0.0,
             client_stats={k: ClientStats(**vars(v)) for k, v in self.client_stats.items()},
+            step_stats=StepStats(**vars(self.step_stats)),
         )
 
 

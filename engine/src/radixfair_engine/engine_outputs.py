@@ -32,6 +32,24 @@ class ClientStats:
     completion_tokens: int = 0
 
 
+@dataclass
+class StepStats:
+    """What the engine loop did since it started: steps, their rows, and where their time went.
+
+    ``prefill_steps``: steps with a prefill chunk (run launch by launch; a decode-only step replays a
+    CUDA graph where the runner has them); ``sampled_rows``: tokens sampled, so ``sampled_rows /
+    steps`` is the mean batch; ``step_s``: wall seconds inside ``Engine.step``; ``device_wait_s``: the
+    part of it spent blocked on the device for sampled ids (the rest is host work). Seconds are
+    ``time.perf_counter`` intervals, whatever clock stamps the requests.
+    """
+
+    steps: int = 0
+    prefill_steps: int = 0
+    sampled_rows: int = 0
+    step_s: float = 0.0
+    device_wait_s: float = 0.0
+
+
 @dataclass(frozen=True)
 class LoadSnapshot:
     queue_length: int
@@ -42,3 +60,4 @@ class LoadSnapshot:
     cached_pages: int
     cache_hit_rate: float
     client_stats: dict[str, ClientStats] = field(default_factory=dict)
+    step_stats: StepStats = field(default_factory=StepStats)

@@ -192,6 +192,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         self._metrics.total_pages.set(snapshot.total_pages)
         self._metrics.cached_pages.set(snapshot.cached_pages)
         self._metrics.cache_hit_rate.set(snapshot.cache_hit_rate)
+        self._metrics.engine_steps.update(snapshot.step_stats)
         self._metrics.client_service.set_each(state.client_service)
         self._metrics.deficit.set_each(state.deficits)
         self._metrics.virtual_counter.set_each(state.virtual_counters)

@@ -7,7 +7,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
 from radixfair.metrics import (
@@ -17,6 +17,44 @@ from radixfair.metrics import (
     PerClient,
     PerClientGauge,
 )
+from radixfair_engine.engine_outputs import StepStats
+
+
+class EngineStepCounters:
+    """The engine loop's cumulative step counters (``StepStats``), as of its last published state.
+
+    The engine process keeps them; they reach the front with every load report, so a scrape
+    reads them as fresh as the last report (the routers ask several times a second). Rates over a
+    scrape interval give the steps per second, the mean batch (rows per step), the share of steps
+    that prefill, and the share of the loop's time spent waiting for the device.
+    """
+
+    _FAMILIES = (
+        ("radixfair_worker_engine_steps", "Engine steps launched", "steps"),
+        ("radixfair_worker_engine_prefill_steps", "Engine steps with a prefill chunk", "prefill_steps"),
+        ("radixfair_worker_engine_sampled_rows", "Tokens sampled by engine steps", "sampled_rows"),
+        ("radixfair_worker_engine_step_seconds", "Wall seconds of the engine loop inside steps", "step_s"),
+        (
+            "radixfair_worker_engine_device_wait_seconds",
+            "Seconds the engine loop waited on the device for sampled tokens",
+            "device_wait_s",
+        ),
+    )
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._stats = StepStats()
+        registry.register(self)
+
+    def update(self, stats: StepStats) -> None:
+        self._stats = stats
+
+    def describe(self) -> Iterator[CounterMetricFamily]:
+        return self.collect()
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        stats = self._stats
+        for name, documentation, field_name in self._FAMILIES:
+            yield CounterMetricFamily(name, documentation, value=getattr(stats, field_name))
 
 
 class BatchHistogram:
@@ -179,6 +217,7 @@ class WorkerMetrics:
             registry,
         )
         self.quantum = Gauge("radixfair_worker_dlpm_quantum", "DLPM quantum Q", registry=registry)
+        self.engine_steps = EngineStepCounters(registry)
         self.refills = Gauge(
             "radixfair_worker_dlpm_refills",
             "DLPM refills so far; many per admission mean Q is small",
