@@ -23,7 +23,9 @@ LONG = list(range(4000, 4048))
 LONG_TOKENS = 24
 
 
-def hot_long_and_a_cold_return(model_dir, num_pages: int, cold_pages: int = 7):
+def hot_long_and_a_cold_return(
+    model_dir, num_pages: int, cold_pages: int = 7, recorder_class=OrderedRecordingPolicy
+):
     """Returns the recorder's log and the step of each entry (-1: before the case starts)."""
     scheduler = SchedulerConfig(
         policy="dlpm", quantum=4096.0, returning_turns=True, max_client_passes=0, in_batch_prefix_pages=0
@@ -36,7 +38,7 @@ def hot_long_and_a_cold_return(model_dir, num_pages: int, cold_pages: int = 7):
         scheduler=scheduler,
     )
     engine = build_engine(config, model_dir).engine
-    engine.policy = recorder = OrderedRecordingPolicy(engine.policy)
+    engine.policy = recorder = recorder_class(engine.policy)
     engine.submit(greedy("first", "back", list(range(7000, 7020))))
     engine.submit(greedy("warm", "hot", HOT + [1]))
     while engine.has_work():

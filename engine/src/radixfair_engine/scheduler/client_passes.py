@@ -121,7 +121,8 @@ class RoomForTurns:
 
     Room (free pages plus unlocked cached ones, which ``PageBinder.reserve`` may evict) that appears
     while the turn waits is *held* for it, up to the pages the turn needs: other clients' admissions
-    may only take room beyond what is held (``allows``). Without the hold, the pages the drain and
+    may only take room beyond what is held (``hold``; ``DLPMPolicy`` checks each admission against
+    it while the turn waits). Without the hold, the pages the drain and
     finishing requests freed went to other clients' cached requests as soon as they appeared, and
     the turn waited for the next ones.
     """
