@@ -7,6 +7,7 @@ import faulthandler
 import logging
 import signal
 import socket
+import sys
 from pathlib import Path
 
 import grpc
@@ -42,6 +43,8 @@ async def serve(
     """Runs until SIGINT/SIGTERM (or task cancellation)."""
     # `kill -USR1` dumps every thread's stack to the log: how a stuck worker is diagnosed.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
+    if config.front_switch_interval_s > 0:
+        sys.setswitchinterval(config.front_switch_interval_s)
     model_dir = await asyncio.to_thread(resolve_model_dir, config.model, Path(config.cache_dir))
     model_name = config.model_name or model_dir.name
     worker_id = config.worker_id or f"{socket.gethostname()}:{config.port}"

@@ -51,6 +51,8 @@ class WorkerConfig:
     # 5 ms. Its pipe threads (submits in, step batches out) take the GIL from the engine loop at
     # most this often, and wait up to this long for it.
     engine_switch_interval_s: float = 0.0
+    # The same for the serving front's process (its event loop, batch reader and command sender).
+    front_switch_interval_s: float = 0.0
     engine: EngineConfig = field(default_factory=EngineConfig)
     tracing: TracingConfig = field(default_factory=lambda: TracingConfig(service_name="radixfair-worker"))
     # The serving front detokenizes requests with no stop strings (their text decides nothing in
@@ -65,3 +67,5 @@ class WorkerConfig:
     def __post_init__(self) -> None:
         if self.engine_switch_interval_s < 0:
             raise ValueError("engine_switch_interval_s must be 0 (Python's default) or more")
+        if self.front_switch_interval_s < 0:
+            raise ValueError("front_switch_interval_s must be 0 (Python's default) or more")
