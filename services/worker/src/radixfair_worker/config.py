@@ -48,9 +48,12 @@ class WorkerConfig:
     # On a machine shared with other busy processes, fewer threads avoid spinning.
     torch_threads: int = 0
     # The engine process's GIL switch interval (sys.setswitchinterval), seconds; 0 keeps Python's
-    # 5 ms. Its pipe threads (submits in, step batches out) take the GIL from the engine loop at
-    # most this often, and wait up to this long for it.
-    engine_switch_interval_s: float = 0.0
+    # 5 ms. The engine loop lets the GIL go at every device call that releases it; its pipe threads
+    # (submits in, step batches out) take it then, and the loop waits for it back until they block
+    # or this interval passes. 0.2 ms beat 5 ms in every round at 256 streams on the H200 (worker
+    # path, ms a step 3.35 / 4.78 against 3.58 / 5.12, unique / shared prefix, medians:
+    # bench/results/serving_gpu_h200_s10_switch_ab.md).
+    engine_switch_interval_s: float = 0.0002
     # The same for the serving front's process (its event loop, batch reader and command sender).
     front_switch_interval_s: float = 0.0
     engine: EngineConfig = field(default_factory=EngineConfig)
