@@ -11,14 +11,15 @@ in-process engine by its list lengths, a worker by its GetLoadReport (``queue_le
 summed over them.
 
 The engine loop's own counters (``StepStats``: steps, prefill steps, sampled rows, seconds inside
-steps and waiting on the device) are read at the cell's start and end, from the in-process engine or
-from each worker's Prometheus endpoint (``radixfair_worker_engine_*``, as fresh as the last load
-report, which the probe asks for every 0.1 s), and summed over the workers: ``loop_summary``.
+steps and waiting on the device) are sampled with them, from the in-process engine or from each
+worker's Prometheus endpoint (``radixfair_worker_engine_*``, as fresh as the load report just asked
+for), summed over the workers; ``OccupancyProbe.summary`` reduces both over a cell's steady window.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 import urllib.request
 from collections.abc import Callable, Sequence
 from statistics import mean
@@ -102,34 +103,59 @@ def worker_reader(addresses: Sequence[str]) -> tuple[Reader, Callable[[], None]]
 
 
 class OccupancyProbe:
-    """Samples a Reader every ``interval_s`` on a thread between ``start`` and ``stop``."""
+    """Samples the batch (``read``) and the loop's counters (``read_loop``) every ``interval_s`` on a
+    thread between ``start`` and ``stop``; ``summary`` then reduces the samples inside a time window.
 
-    def __init__(self, read: Reader, interval_s: float = INTERVAL_S) -> None:
-        self._read, self._interval_s = read, interval_s
+    The window matters: a closed-loop cell ramps up, then drains, then idles while the load
+    generators report back, and a mean over all of that reads the batch emptier and the loop slower
+    than they were while every client was streaming.
+    """
+
+    def __init__(
+        self, read: Reader, read_loop: Callable[[], dict[str, float]], interval_s: float = INTERVAL_S
+    ) -> None:
+        self._read, self._read_loop, self._interval_s = read, read_loop, interval_s
         self._stop = threading.Event()
-        self._samples: list[tuple[int, int]] = []
+        # (time.monotonic(), waiting, running, loop counters)
+        self._samples: list[tuple[float, int, int, dict[str, float]]] = []
         self._errors = 0
         self._thread = threading.Thread(target=self._run, name="occupancy-probe", daemon=True)
 
     def start(self) -> OccupancyProbe:
+        self._sample()
         self._thread.start()
         return self
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval_s):
-            try:
-                self._samples.append(self._read())
-            except grpc.RpcError:
-                self._errors += 1
+            self._sample()
 
-    def stop(self) -> dict[str, float | int | None]:
-        """Means over the samples: ``engine_waiting_mean``, ``engine_running_mean``, and their count."""
+    def _sample(self) -> None:
+        try:
+            waiting, running = self._read()
+            self._samples.append((time.monotonic(), waiting, running, self._read_loop()))
+        except (grpc.RpcError, OSError):
+            self._errors += 1
+
+    def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
+        self._sample()
+
+    def summary(self, window: tuple[float, float] | None) -> dict[str, float | int | None]:
+        """Means of the batch samples and the loop's rates between the first and last sample inside
+        ``window`` (``(start, end)`` in time.monotonic(); None: every sample)."""
         samples = self._samples
-        return {
-            "engine_waiting_mean": round(mean(w for w, _ in samples), 1) if samples else None,
-            "engine_running_mean": round(mean(r for _, r in samples), 1) if samples else None,
+        if window is not None:
+            samples = [s for s in samples if window[0] <= s[0] <= window[1]]
+        out: dict[str, float | int | None] = {
+            "engine_waiting_mean": round(mean(s[1] for s in samples), 1) if samples else None,
+            "engine_running_mean": round(mean(s[2] for s in samples), 1) if samples else None,
             "occupancy_samples": len(samples),
             "occupancy_errors": self._errors,
         }
+        if len(samples) >= 2:
+            out.update(loop_summary(samples[0][3], samples[-1][3], samples[-1][0] - samples[0][0]))
+        else:
+            out.update(dict.fromkeys(LOOP_COLUMNS))
+        return out

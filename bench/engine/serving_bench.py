@@ -70,7 +70,6 @@ from bench.engine.engine_occupancy import (  # noqa: E402
     OccupancyProbe,
     engine_reader,
     engine_stats,
-    loop_summary,
     scraped_stats,
     worker_reader,
 )
@@ -92,7 +91,13 @@ from bench.engine.serving_clients import (  # noqa: E402, F401
     timed_cell,
 )
 from bench.engine.serving_in_process import build_in_process_engine, run_cell_in_process  # noqa: E402, F401
-from bench.engine.serving_report import COLUMNS, add_ratios, summarize, write_report  # noqa: E402, F401
+from bench.engine.serving_report import (  # noqa: E402, F401
+    COLUMNS,
+    add_ratios,
+    steady_window,
+    summarize,
+    write_report,
+)
 from bench.report import RESULTS_DIR  # noqa: E402
 from bench.smollm2_shape import SMOLLM2_135M_HF_CONFIG  # noqa: E402
 from radixfair.auth import ApiKeyConfig, bearer_metadata  # noqa: E402
@@ -415,8 +420,6 @@ async def run_cell(
     cpu = CellCpu()
     cpu.start()
     probe, close_probe = _occupancy_probe(paths, path)
-    read_loop = _loop_reader(paths, path)
-    loop_before, loop_started = read_loop(), time.monotonic()
     if path == "in_process":
         records = run_cell_in_process(paths.engine, specs, args.tenants, plan)
     elif path == "worker":
@@ -446,19 +449,22 @@ async def run_cell(
             "status_polls": watch.polls,
             "status_poll_errors": watch.poll_errors,
         }
-    cores = {**cpu.stop(), **probe.stop()}
-    cores.update(loop_summary(loop_before, read_loop(), time.monotonic() - loop_started))
+    probe.stop()
     close_probe()
+    ok = [r for r in records if r.ok]
+    window = steady_window(ok, args.cell_duration_s) if plan is not None else None
+    cores = {**cpu.stop(), **probe.summary(window)}
     if results is not None:
         results.add(path, workload, concurrency, records, degraded, cores)
 
 
 def _occupancy_probe(paths: Paths, path: str) -> tuple[OccupancyProbe, Callable[[], None]]:
     """A started probe of the batch that serves ``path``'s cell, and what closes its channels."""
+    read_loop = _loop_reader(paths, path)
     if path == "in_process":
-        return OccupancyProbe(engine_reader(paths.engine)).start(), lambda: None
+        return OccupancyProbe(engine_reader(paths.engine), read_loop).start(), lambda: None
     read, close = worker_reader(paths.worker_addresses[:1] if path == "worker" else paths.worker_addresses)
-    return OccupancyProbe(read).start(), close
+    return OccupancyProbe(read, read_loop).start(), close
 
 
 def _loop_reader(paths: Paths, path: str) -> Callable[[], dict[str, float]]:
