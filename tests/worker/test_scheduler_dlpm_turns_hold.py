@@ -5,9 +5,7 @@ pages (what ``PageBinder.reserve`` may evict). From a due turn's first refusal, 
 the end of one step and the turn's refusal in the next joins the pages held for it, up to the pages it
 needs; another client's admission while the turn waits must leave at least the held room. Before the
 hold, the pages the drained client and finishing requests freed went to other clients' cached requests
-as they appeared, and the turn waited for the next ones. And a refused admission evicts nothing
-(``PageBinder.reserve``): emptying the cache for pages that cannot make up the shortfall took other
-clients' prefixes for nothing.
+as they appeared, and the turn waited for the next ones.
 
 The case is test_scheduler_dlpm_turns_room's (a hot client's closed loop of cached requests, a drained
 client, a cold return), on the real engine and a tiny random Llama; the recorder reads the room from the
@@ -19,8 +17,7 @@ from __future__ import annotations
 from worker.test_scheduler_dlpm_turns import OrderedRecordingPolicy
 from worker.test_scheduler_dlpm_turns_room import hot_long_and_a_cold_return
 
-from radixfair_engine.page_binding import PageBinder
-from radixfair_engine.request import Request, SamplingConfig
+from radixfair_engine.request import Request
 
 
 def room(cache) -> int:
@@ -89,23 +86,3 @@ def test_room_freed_while_a_turn_waits_is_held_for_it(tiny_model_dir):
     assert len(refusals) >= 2, "the case must make the cold return wait for room over several steps"
     assert any(kind == "admit" and item[0].request_id == "cold" for kind, item in log)
     assert room_left_below_the_hold(log) == []
-
-
-def test_a_request_that_cannot_fit_evicts_no_cached_prefix():
-    """A refused admission evicted cached pages before it found the pool short (547 pages over 280
-    refused turns on one seed of bench/eval/eval_returning_turns.py), taking other clients' prefixes."""
-    binder = PageBinder(8, 2)
-    cached = Request("cached", "a", [1, 2, 3, 4, 5, 6, 7], SamplingConfig(max_tokens=1))
-    assert binder.bind_prefix(cached) == 0
-    cached.num_computed_tokens = cached.num_tokens
-    binder.cache_computed(cached)
-    binder.release(cached)
-    assert binder.cache.cached_pages == 3 and binder.allocator.num_free == 5
-    too_long = Request("long", "b", list(range(100, 117)), SamplingConfig(max_tokens=1))  # 9 pages
-    assert binder.bind_prefix(too_long) is None
-    assert binder.cache.cached_pages == 3 and binder.allocator.num_free == 5
-    assert binder.cache.match_length([1, 2, 3, 4, 5, 6]) == 6
-    # One that fits once the cache makes room still evicts (a whole leaf: its 3 pages) to bind.
-    fits = Request("fits", "b", list(range(200, 213)), SamplingConfig(max_tokens=1))  # 7 pages
-    assert binder.bind_prefix(fits) == 0
-    assert binder.cache.cached_pages == 0 and binder.allocator.num_free == 1

@@ -41,18 +41,9 @@ class PageBinder:
         return self.pages_for(num_tokens) - len(request.page_table)
 
     def reserve(self, count: int) -> bool:
-        """True when ``count`` pages are free, evicting unlocked cache leaves if needed.
-
-        When even every unlocked cached page would not make up the shortfall, nothing is evicted and
-        the answer is False: a refused admission (or a decode step about to preempt) must not empty
-        the cache of prefixes other requests will match, for pages it cannot use. (Alone, this made
-        DLPM's rule 7 wait longer: the pages kept went to other clients' cached requests. Rule 7's
-        wait for room holds the room it gains for the waiting turn, scheduler.client_passes.)
-        """
+        """True when ``count`` pages are free, evicting unlocked cache leaves if needed."""
         shortfall = count - self.allocator.num_free
         if shortfall > 0:
-            if shortfall > self.cache.evictable_pages:
-                return False
             self.cache.evict(shortfall)
         return self.allocator.num_free >= count
 

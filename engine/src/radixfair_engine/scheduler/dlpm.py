@@ -74,7 +74,7 @@ Rules (see /work/shared/reference/dlpm.md):
      with requests of the others that leave the room *held* for the turn;
      the step counts as cut short by the budget, so it makes no refill.
      Room is free pages plus unlocked cached ones (what ``PageBinder.reserve``
-     may evict; a refused admission evicts nothing). The room gained from the
+     may evict). The room gained from the
      end of one step to the turn's refusal in the next joins the hold, which
      only grows, up to the pages the turn needs; another client's admission
      must leave at least the held room. So the pages the drain and finishing
