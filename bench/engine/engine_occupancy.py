@@ -30,6 +30,9 @@ from radixfair.v1 import worker_pb2, worker_pb2_grpc
 
 Reader = Callable[[], tuple[int, int]]
 INTERVAL_S = 0.1
+# A worker's loop counters are read every this many batch samples: its scrape renders every metric on
+# the serving front, so it is kept to twice a second; two reads inside a window are enough.
+WORKER_LOOP_EVERY = 5
 STAT_FIELDS = ("steps", "prefill_steps", "sampled_rows", "step_s", "device_wait_s")
 _METRIC_OF = {
     "steps": "radixfair_worker_engine_steps_total",
@@ -112,12 +115,18 @@ class OccupancyProbe:
     """
 
     def __init__(
-        self, read: Reader, read_loop: Callable[[], dict[str, float]], interval_s: float = INTERVAL_S
+        self,
+        read: Reader,
+        read_loop: Callable[[], dict[str, float]],
+        loop_every: int = 1,
+        interval_s: float = INTERVAL_S,
     ) -> None:
+        """``loop_every``: read the loop's counters with every this many batch samples."""
         self._read, self._read_loop, self._interval_s = read, read_loop, interval_s
+        self._loop_every = loop_every
         self._stop = threading.Event()
-        # (time.monotonic(), waiting, running, loop counters)
-        self._samples: list[tuple[float, int, int, dict[str, float]]] = []
+        # (time.monotonic(), waiting, running, loop counters or None between their reads)
+        self._samples: list[tuple[float, int, int, dict[str, float] | None]] = []
         self._errors = 0
         self._thread = threading.Thread(target=self._run, name="occupancy-probe", daemon=True)
 
@@ -130,17 +139,20 @@ class OccupancyProbe:
         while not self._stop.wait(self._interval_s):
             self._sample()
 
-    def _sample(self) -> None:
+    def _sample(self, with_loop: bool | None = None) -> None:
+        if with_loop is None:
+            with_loop = len(self._samples) % self._loop_every == 0
         try:
             waiting, running = self._read()
-            self._samples.append((time.monotonic(), waiting, running, self._read_loop()))
+            loop = self._read_loop() if with_loop else None
+            self._samples.append((time.monotonic(), waiting, running, loop))
         except (grpc.RpcError, OSError):
             self._errors += 1
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
-        self._sample()
+        self._sample(with_loop=True)
 
     def summary(self, window: tuple[float, float] | None) -> dict[str, float | int | None]:
         """Means of the batch samples and the loop's rates between the first and last sample inside
@@ -154,8 +166,10 @@ class OccupancyProbe:
             "occupancy_samples": len(samples),
             "occupancy_errors": self._errors,
         }
-        if len(samples) >= 2:
-            out.update(loop_summary(samples[0][3], samples[-1][3], samples[-1][0] - samples[0][0]))
+        reads = [(at, loop) for at, _, _, loop in samples if loop is not None]
+        if len(reads) >= 2:
+            (first_at, first), (last_at, last) = reads[0], reads[-1]
+            out.update(loop_summary(first, last, last_at - first_at))
         else:
             out.update(dict.fromkeys(LOOP_COLUMNS))
         return out

@@ -67,6 +67,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 # The parts, re-exported: the profilers, the HTTP client and the GPU scripts use them through here.
 from bench.engine.engine_occupancy import (  # noqa: E402
+    WORKER_LOOP_EVERY,
     OccupancyProbe,
     engine_reader,
     engine_stats,
@@ -464,7 +465,7 @@ def _occupancy_probe(paths: Paths, path: str) -> tuple[OccupancyProbe, Callable[
     if path == "in_process":
         return OccupancyProbe(engine_reader(paths.engine), read_loop).start(), lambda: None
     read, close = worker_reader(paths.worker_addresses[:1] if path == "worker" else paths.worker_addresses)
-    return OccupancyProbe(read, read_loop).start(), close
+    return OccupancyProbe(read, read_loop, WORKER_LOOP_EVERY).start(), close
 
 
 def _loop_reader(paths: Paths, path: str) -> Callable[[], dict[str, float]]:
