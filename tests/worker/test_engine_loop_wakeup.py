@@ -25,14 +25,15 @@ def _next_batch(outputs) -> StepBatch:  # noqa: ANN001
     return outputs.recv()
 
 
+@pytest.mark.parametrize("pipe_io", engine_loop.PIPE_IO_MODES)
 def test_a_submit_to_an_idle_engine_loop_is_served_without_waiting_for_its_timer(
-    tiny_model_dir, monkeypatch: pytest.MonkeyPatch
+    tiny_model_dir, monkeypatch: pytest.MonkeyPatch, pipe_io: str
 ):
     monkeypatch.setattr(engine_loop, "DIGEST_INTERVAL_S", 3600.0)
     engine = make_stack(tiny_model_dir).engine
     commands_in, commands = Pipe(duplex=False)
     outputs, outputs_out = Pipe(duplex=False)
-    loop = EngineLoop(engine, commands_in, outputs_out)
+    loop = EngineLoop(engine, commands_in, outputs_out, pipe_io)
     thread = threading.Thread(target=loop.run, daemon=True)
     thread.start()
     try:

@@ -32,7 +32,7 @@ from radixfair_engine.engine_outputs import StepOutput
 from radixfair_engine.request import FinishReason
 from radixfair_engine.text_stream import TextStream
 from radixfair_worker.engine_client import EngineClient
-from radixfair_worker.engine_loop import EngineLoop
+from radixfair_worker.engine_loop import PIPE_IO_MODES, EngineLoop
 from radixfair_worker.engine_protocol import (
     STOP,
     AbortRequest,
@@ -212,13 +212,14 @@ def test_the_engine_loops_batch_of_a_step_is_the_old_per_row_update_of_each_outp
     assert set(engine_loop._keys.values()) == set(KEYS) - ended
 
 
+@pytest.mark.parametrize("pipe_io", PIPE_IO_MODES)
 def test_through_a_real_engine_loop_every_request_ends_once_with_all_its_tokens_and_no_key_is_left(
-    tiny_model_dir,
+    tiny_model_dir, pipe_io: str
 ):
     engine = make_stack(tiny_model_dir).engine
     commands_in, commands = Pipe(duplex=False)
     outputs, outputs_out = Pipe(duplex=False)
-    loop = EngineLoop(engine, commands_in, outputs_out)
+    loop = EngineLoop(engine, commands_in, outputs_out, pipe_io)
     thread = threading.Thread(target=loop.run, daemon=True)
     thread.start()
     requests = {

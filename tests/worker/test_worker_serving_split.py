@@ -337,3 +337,35 @@ def test_text_made_by_the_front_equals_the_text_the_engine_makes(worker):
     assert ids_a == ids_b == front_ids[: front_ids.index(stop_id) + 1]
     assert result_a.finish_reason == result_b.finish_reason == generation_pb2.FINISH_REASON_STOP
     assert text_a.encode() == text_b.encode() == result_a.text.encode() == result_b.text.encode()
+
+
+def test_a_worker_whose_engine_loop_does_its_own_pipe_io_serves_what_the_threaded_one_does(
+    worker, tiny_model_dir, start_worker
+):
+    """``engine_pipe_io: inline`` (one thread in the engine process): concurrent streams get the same
+    tokens and text as from the default worker, and its engine process still ends with its front."""
+    inline = start_worker(tiny_model_dir, **{"engine.page_size": 8, "engine.max_context_tokens": 512,
+                                             "engine_pipe_io": "inline"})  # fmt: skip
+    requests = [token_request([300 + 7 * i + j for j in range(5 + i)], 12 + 5 * i, f"c{i}") for i in range(4)]
+
+    def served_by(address: str) -> list[tuple[list[int], str]]:
+        results: list[tuple[list[int], str]] = [([], "")] * len(requests)
+
+        def one(index: int) -> None:
+            ids, text, result = collect(address, requests[index])
+            assert result.usage.completion_tokens == len(ids)
+            results[index] = (ids, text)
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(len(requests))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        return results
+
+    expected = served_by(worker.address)
+    assert [len(ids) for ids, _ in expected] == [12 + 5 * i for i in range(4)]
+    assert served_by(inline.address) == expected
+    engine = engine_pid(inline.process.pid)
+    inline.kill()
+    wait_for(lambda: is_gone(engine), "the inline engine process to exit")

@@ -54,9 +54,14 @@ async def serve(
     metrics.quantum.set(config.engine.scheduler.quantum)
     serve_metrics(registry, config.metrics_port, config.metrics.bind_host(config.host))
 
-    engine = EngineClient(
-        EngineSpec(config.engine, model_dir, config.torch_threads, config.engine_switch_interval_s), metrics
+    spec = EngineSpec(
+        config.engine,
+        model_dir,
+        config.torch_threads,
+        config.engine_switch_interval_s,
+        config.engine_pipe_io,
     )
+    engine = EngineClient(spec, metrics)
     try:
         encoder, _ = await asyncio.gather(asyncio.to_thread(PromptEncoder, model_dir), engine.start())
         if config.detokenize_in_front:

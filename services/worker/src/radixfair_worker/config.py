@@ -56,6 +56,10 @@ class WorkerConfig:
     engine_switch_interval_s: float = 0.0002
     # The same for the serving front's process (its event loop, batch reader and command sender).
     front_switch_interval_s: float = 0.0
+    # How the engine process takes commands and sends step batches: "threads" (a receiving and a
+    # sending thread beside the engine loop) or "inline" (the loop alone, non-blocking pipe writes:
+    # no other thread ever holds the GIL the loop needs). "inline" is unmeasured on the GPU yet.
+    engine_pipe_io: str = "threads"
     engine: EngineConfig = field(default_factory=EngineConfig)
     tracing: TracingConfig = field(default_factory=lambda: TracingConfig(service_name="radixfair-worker"))
     # The serving front detokenizes requests with no stop strings (their text decides nothing in
@@ -72,3 +76,5 @@ class WorkerConfig:
             raise ValueError("engine_switch_interval_s must be 0 (Python's default) or more")
         if self.front_switch_interval_s < 0:
             raise ValueError("front_switch_interval_s must be 0 (Python's default) or more")
+        if self.engine_pipe_io not in ("threads", "inline"):
+            raise ValueError(f"engine_pipe_io must be 'threads' or 'inline', got {self.engine_pipe_io!r}")

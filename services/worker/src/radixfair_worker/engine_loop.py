@@ -7,6 +7,13 @@ engine, which is built for that), one sends batches, so a step only appends
 its batch to a local queue. When the front reads more slowly than the engine
 steps, the sender coalesces the batches waiting for it into one message.
 
+With ``EngineSpec.pipe_io`` "inline" the process runs one thread instead: the
+loop itself takes the commands waiting in the pipe before each step and writes
+each step's batch without blocking (``step_batch_writer``), so no other thread
+of the engine process ever holds the GIL the loop needs. The threads let the
+GIL go whenever the loop makes a device call that releases it, and the loop
+then waits for them (bench/results/serving_gpu_h200_s10_switch_ab.md).
+
 A lost front (its pipe closed) stops the loop, so the engine process never
 outlives the worker. An engine whose every step fails for the whole batch
 (``EngineConfig.max_failed_steps_in_a_row`` in a row) is broken, not busy:
@@ -19,6 +26,7 @@ from __future__ import annotations
 import faulthandler
 import logging
 import queue
+import select
 import signal
 import sys
 import threading
@@ -43,6 +51,7 @@ from radixfair_worker.engine_protocol import (
     SubmitRequest,
     request_key,
 )
+from radixfair_worker.step_batch_writer import StepBatchWriter
 
 if TYPE_CHECKING:
     from radixfair_engine.engine import Engine
@@ -106,17 +115,32 @@ def run_engine_process(
     tune_for_serving()  # after the model and the graphs are built: they are what it freezes
     if not _tell_front(outputs, EngineReady(engine.page_size, engine.max_context_tokens)):
         return
-    loop = EngineLoop(engine, commands, outputs)
+    loop = EngineLoop(engine, commands, outputs, spec.pipe_io)
     loop.run()
     if loop.broken:
         sys.exit(EXIT_STEPS_FAILING)
 
 
-class EngineLoop:
-    """Steps ``engine`` while it has work; commands in and batches out go through the two pipes."""
+# How the engine process moves commands in and batches out (EngineSpec.pipe_io).
+PIPE_IO_MODES = ("threads", "inline")
+# How long a stopping inline loop keeps writing what the pipe has not taken yet.
+FINAL_FLUSH_S = 10.0
 
-    def __init__(self, engine: Engine, commands: Connection, outputs: Connection) -> None:
+
+class EngineLoop:
+    """Steps ``engine`` while it has work; commands in and batches out go through the two pipes.
+
+    ``pipe_io``: "threads" (a receiving and a sending thread beside the loop) or "inline" (the loop
+    alone; see the module docstring).
+    """
+
+    def __init__(
+        self, engine: Engine, commands: Connection, outputs: Connection, pipe_io: str = "threads"
+    ) -> None:
+        if pipe_io not in PIPE_IO_MODES:
+            raise ValueError(f"pipe_io must be one of {PIPE_IO_MODES}, got {pipe_io!r}")
         self.engine = engine
+        self.pipe_io = pipe_io
         self._commands = commands
         self._outputs = outputs
         self._outbox: queue.SimpleQueue[StepBatch | None] = queue.SimpleQueue()
@@ -135,8 +159,14 @@ class EngineLoop:
         # work never waits for the timer, so a submit to an idle loop is always a wake-up.
         self.idle_wakeups = 0
         self.idle_timeouts = 0
+        # Where a batch made outside a step goes (a refused submit): the sender's queue, or the
+        # inline writer.
+        self._emit = self._outbox.put
 
     def run(self) -> None:
+        if self.pipe_io == "inline":
+            self._run_inline()
+            return
         receiver = threading.Thread(target=self._receive, name="engine-commands", daemon=True)
         sender = threading.Thread(target=self._send, name="engine-batches", daemon=True)
         receiver.start()
@@ -159,19 +189,66 @@ class EngineLoop:
                     self.idle_timeouts += 1
                 self._wake.clear()
                 continue
-            try:
-                batch = self._batch_of(engine.step())
-                if batch.token_ids:
-                    # Progress; a step that only cancelled the failed requests is none.
-                    self._failed_in_a_row = 0
-            except Exception as error:  # one failed step must not kill the worker
-                log.exception("engine step failed")
-                batch = self._fail_all(RadixfairError(f"engine step failed: {error}"))
-                self._count_failure()
-            if self._state_wanted.is_set():
-                batch.state = self._take_state()
+            batch = self._step()
             if batch.keys or batch.state is not None:
                 self._outbox.put(batch)
+
+    def _step(self) -> StepBatch:
+        """One engine step as a batch, with the state asked for; a failed step fails its requests."""
+        try:
+            batch = self._batch_of(self.engine.step())
+            if batch.token_ids:
+                # Progress; a step that only cancelled the failed requests is none.
+                self._failed_in_a_row = 0
+        except Exception as error:  # one failed step must not kill the worker
+            log.exception("engine step failed")
+            batch = self._fail_all(RadixfairError(f"engine step failed: {error}"))
+            self._count_failure()
+        if self._state_wanted.is_set():
+            batch.state = self._take_state()
+        return batch
+
+    def _run_inline(self) -> None:
+        """The loop alone: commands waiting in the pipe before each step, batches written unblocked."""
+        writer = StepBatchWriter(self._outputs)
+        self._emit = writer.offer
+        commands = self._commands.fileno()
+        engine = self.engine
+        try:
+            while not self._stopping.is_set():
+                self._take_commands()
+                if self._stopping.is_set():
+                    break
+                if engine.has_work():
+                    batch = self._step()
+                    if batch.keys or batch.state is not None:
+                        writer.offer(batch)
+                    else:
+                        writer.flush()
+                    continue
+                if self._state_wanted.is_set():
+                    writer.offer(StepBatch(state=self._take_state()))
+                    continue
+                blocked = [writer.fileno()] if writer.waiting else []
+                readable, writable, _ = select.select([commands], blocked, [], DIGEST_INTERVAL_S)
+                if readable:
+                    self.idle_wakeups += 1
+                elif not writable:
+                    self.idle_timeouts += 1
+                writer.flush()
+            writer.drain(FINAL_FLUSH_S)
+        except BrokenPipeError:  # the front is gone
+            log.info("the serving front is gone; the engine loop stops")
+            self._stopping.set()
+
+    def _take_commands(self) -> None:
+        """Handles every command message the pipe holds now (inline mode); EOF is a STOP."""
+        while not self._stopping.is_set() and self._commands.poll(0):
+            try:
+                commands = self._commands.recv()
+            except (EOFError, OSError):  # the front is gone
+                commands = [STOP]
+            self._handle(commands)
 
     def _batch_of(self, outputs: list[StepOutput]) -> StepBatch:
         """The step's outputs as one columnar batch; no Request object crosses the pipe.
@@ -249,23 +326,27 @@ class EngineLoop:
     # -- the pipe threads ------------------------------------------------------
 
     def _receive(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             try:
                 commands = self._commands.recv()
             except (EOFError, OSError):  # the front is gone
                 commands = [STOP]
-            for command in commands:
-                if command is STOP:
-                    self._stopping.set()
-                    self._wake.set()
-                    return
-                if isinstance(command, SubmitRequest):
-                    self._submit(command)
-                elif isinstance(command, AbortRequest):
-                    self.engine.abort(command.request_id)
-                elif isinstance(command, ReportState):
-                    self._state_wanted.set()
+            self._handle(commands)
             self._wake.set()
+
+    def _handle(self, commands: list[object]) -> None:
+        """One message's commands, in order; STOP stops the loop and ends the message."""
+        for command in commands:
+            if command is STOP:
+                self._stopping.set()
+                self._wake.set()
+                return
+            if isinstance(command, SubmitRequest):
+                self._submit(command)
+            elif isinstance(command, AbortRequest):
+                self.engine.abort(command.request_id)
+            elif isinstance(command, ReportState):
+                self._state_wanted.set()
 
     def _submit(self, command: SubmitRequest) -> None:
         request = command.request
@@ -279,7 +360,7 @@ class EngineLoop:
             refusal = error if isinstance(error, RadixfairError) else RadixfairError(str(error))
             batch = StepBatch()
             batch.add(key, [], "", refusal)
-            self._outbox.put(batch)
+            self._emit(batch)
 
     def _send(self) -> None:
         while True:

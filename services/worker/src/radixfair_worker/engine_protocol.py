@@ -40,6 +40,8 @@ class EngineSpec:
     torch_threads: int = 0
     # sys.setswitchinterval of the engine process, seconds; 0 keeps Python's default.
     switch_interval_s: float = 0.0
+    # How commands come in and batches go out: "threads" or "inline" (engine_loop.EngineLoop).
+    pipe_io: str = "threads"
 
 
 # -- front -> engine ------------------------------------------------------
