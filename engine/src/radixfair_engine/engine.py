@@ -50,6 +50,7 @@ from collections.abc import Callable
 from radixfair.errors import InvalidRequestError, QueueFullError, RequestFailedError
 from radixfair.tokenization import IncrementalDetokenizer
 from radixfair_engine.config import EngineConfig
+from radixfair_engine.decode_rows import DecodeRows
 from radixfair_engine.engine_outputs import ClientStats, LoadSnapshot, StepOutput, StepStats
 from radixfair_engine.inflight import InFlightStep, SampledTokens
 from radixfair_engine.model_runner import ScheduledChunk, StepRunner
@@ -96,6 +97,8 @@ class Engine:
         self._clock = clock
         self.waiting: list[Request] = []
         self.running: list[Request] = []
+        # The same requests in decode-row order: a request keeps its row while it runs.
+        self._decode_rows = DecodeRows()
         self._inbox: queue.SimpleQueue[Request] = queue.SimpleQueue()
         self._aborts: queue.SimpleQueue[str] = queue.SimpleQueue()
         # Aborts taken before their request arrived; kept for one step (see _take_inbox).
@@ -290,7 +293,9 @@ class Engine:
         return hold is not None and hold.holds_back([c.length for c in chunks], self.waiting, self.steps)
 
     def _schedule_decodes(self) -> tuple[list[ScheduledChunk], list[Request]]:
-        """A one-token chunk for every running request that decodes; also, those still prefilling.
+        """A one-token chunk for every running request that decodes, in decode-row order
+        (``decode_rows``: a request keeps its row while it runs); also, those still prefilling,
+        oldest first.
 
         The per-request work here runs for the whole batch every step, so it reads the request's
         fields directly rather than through its derived properties.
@@ -298,7 +303,8 @@ class Engine:
         chunks: list[ScheduledChunk] = []
         prefilling: list[Request] = []
         running, page_size = RequestStatus.RUNNING, self.page_size
-        for request in list(self.running):
+        rows = self._decode_rows
+        for request in rows.snapshot():
             if request.status is not running:
                 continue
             num_output = len(request.output_ids)
@@ -309,13 +315,17 @@ class Engine:
                     prefilling.append(request)
                 continue
             if num_output >= request.output_limit:  # OutputProcessor.length_reached, inlined
-                # Its last token (a placeholder until the step in flight is read) is its final one.
+                # Its last token (a placeholder until the step in flight is read) is its final one:
+                # it decodes no more, so its row goes to the last one now (see decode_rows).
+                rows.remove(request)
                 continue
             if len(request.page_table) * page_size < num_tokens and not self._ensure_pages(
                 request, num_tokens
             ):
                 continue
             chunks.append(ScheduledChunk(request, num_tokens - 1, 1))
+        if len(prefilling) > 1:
+            prefilling.sort(key=rows.admission_order)  # prefill chunks oldest first, as admitted
         return chunks, prefilling
 
     def _schedule_prefills(self, prefilling: list[Request], budget: _StepBudget) -> list[ScheduledChunk]:
@@ -368,6 +378,7 @@ class Engine:
         request.status = RequestStatus.RUNNING
         self.waiting.remove(request)
         self.running.append(request)
+        self._decode_rows.add(request)
         return ScheduledChunk(request, cached, min(tokens_left, request.num_tokens - cached))
 
     # -- after the forward pass ----------------------------------------------
@@ -387,6 +398,7 @@ class Engine:
     def _release(self, request: Request) -> None:
         self.pages.release(request)
         self.running.remove(request)
+        self._decode_rows.remove(request)
 
     def _finish(self, request: Request, reason: FinishReason) -> str:
         """Ends the request and frees its pages; returns the text its stream still owes.
