@@ -53,6 +53,9 @@ def cell_rows(runs: Sequence[tuple[str, Path]]) -> tuple[list[dict[str, object]]
     rounds: dict[str, int] = {}
     first: dict[str, object] = {}
     for variant, path in runs:
+        if not path.exists():  # a run that failed or was cut: its variant has a round fewer
+            print(f"no {path}: left out", file=sys.stderr)
+            continue
         report = json.loads(path.read_text())
         first = first or report
         rounds[variant] = rounds.get(variant, 0) + 1
