@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from typing import Protocol
-
-from radixfair_engine.request import Request
+from collections.abc import Callable, Iterable
 
 
 class ClientPassLimit:
@@ -109,8 +105,7 @@ class Turns:
 
 
 class RoomForTurns:
-    """Rule 7's wait for room: for each due turn the budget refused, the one client drained for it and
-    the pages held for it.
+    """Rule 7's wait for room: for each due turn the budget refused, the one client drained for it.
 
     A refused turn used to end the step, so the whole batch drained until some document's pages
     unlocked (on one worker: ~25 running down to ~5-12 for 0.1-0.4 s per cold turn). Instead, at a
@@ -118,18 +113,10 @@ class RoomForTurns:
     the turn is taken, so its running requests finish within their remaining lifetime and the prefix
     they lock becomes evictable, while prefix order goes on with the other clients. Once the chosen
     client has nothing running and the turn is still refused, the refusal ends the step as before.
-
-    Room (free pages plus unlocked cached ones, which ``PageBinder.reserve`` may evict) that appears
-    while the turn waits is *held* for it, up to the pages the turn needs: other clients' admissions
-    may only take room beyond what is held (``hold``; ``DLPMPolicy`` checks each admission against
-    it while the turn waits). Without the hold, the pages the drain and
-    finishing requests freed went to other clients' cached requests as soon as they appeared, and
-    the turn waited for the next ones.
     """
 
     def __init__(self) -> None:
         self._drained: dict[str, str | None] = {}
-        self._held: dict[str, _Hold] = {}
 
     def refused(
         self,
@@ -151,31 +138,8 @@ class RoomForTurns:
             return None
         return drained
 
-    def hold(self, client: str, room: int, need: int) -> int:
-        """``client``'s turn, needing ``need`` pages, was refused with ``room`` pages of room: the pages
-        held for it now, which other clients' admissions must leave as room. The room gained since the
-        end of the last step (``step_ended``) joins the hold, which only grows, up to ``need``; at the
-        first refusal nothing is held yet (the room there is what the turn was refused with)."""
-        hold = self._held.setdefault(client, _Hold(room))
-        hold.pages = max(hold.pages, min(need, hold.pages + max(0, room - hold.room_after_step)))
-        return hold.pages
-
-    def step_ended(self, room: int) -> None:
-        """The step's admissions are done, leaving ``room``: a later gain is counted from here."""
-        for hold in self._held.values():
-            hold.room_after_step = room
-
     def admitted(self, client: str) -> None:
         self._drained.pop(client, None)
-        self._held.pop(client, None)
-
-
-@dataclass
-class _Hold:
-    """The pages held for one waiting turn, and the room at the end of the last step."""
-
-    room_after_step: int
-    pages: int = 0
 
 
 class ServiceStanding:
@@ -203,37 +167,3 @@ class ServiceStanding:
         floor = min(counters) if counters else self._last_charged
         mine = self._counters[client] = max(self._counters.get(client, 0.0), floor)
         return bool(counters) and mine < sum(counters) / len(counters)
-
-
-class _Allocator(Protocol):
-    @property
-    def num_free(self) -> int: ...
-
-
-class PagePool(Protocol):
-    """The radix cache as rule 7's wait for room reads it: its pool's free pages and its evictable ones."""
-
-    page_size: int
-    allocator: _Allocator
-
-    @property
-    def evictable_pages(self) -> int: ...
-
-    def match_length(self, token_ids: Sequence[int]) -> int: ...
-
-
-class RoomView:
-    """Room in pages as ``PageBinder`` admits a request: free pages, plus unlocked cached pages that
-    ``PageBinder.reserve`` may evict, against the pages a waiting request must add."""
-
-    def __init__(self, pool: PagePool) -> None:
-        self._pool = pool
-
-    def room(self) -> int:
-        return self._pool.allocator.num_free + self._pool.evictable_pages
-
-    def pages_needed(self, request: Request) -> int:
-        """Pages ``PageBinder.bind_prefix`` takes for ``request`` now: its fill ids less the cached prefix
-        (all but the last token, whose logits are always computed)."""
-        fill, page = request.fill_ids, self._pool.page_size
-        return -(-len(fill) // page) - self._pool.match_length(fill[:-1]) // page

@@ -51,12 +51,12 @@ Rules (see /work/shared/reference/dlpm.md):
      trigger is "was idle" (nothing waiting, nothing running), for every such
      client. Measured on one worker, 10 seeds
      (bench/results/eval_returning_turns_*.md, median / worst seed): gated
-     1.9% / 5.5% of throughput on the shared-prefix pattern, 0.8% / 2.5% on
-     the heavy-client flood (1.6% / 3.4% and 1.7% / 3.5% before the hold
-     below; 3.6% / 4.6% and 3.5% / 6.1% before the wait for room); a change
-     of order that is not rule 7 (K 10 for 8) moves one seed by 4.1%, so
-     the worst seed measures the spread as much as the rule. Where it went:
-     turns admit cold 2,048-token requests that evict hot documents, and a refused turn ended the step, so the
+     1.6% / 3.4% of throughput on the shared-prefix pattern, 1.7% / 3.5% on
+     the heavy-client flood (3.6% / 4.6% and 3.5% / 6.1% before the wait
+     for room below). A change of order that is not rule 7 (rule 2's K at
+     10 for 8) moves one seed by 4.1%: the worst seed measures that spread
+     as much as the rule. Where it went: turns admit cold 2,048-token requests
+     that evict hot documents, and a refused turn ended the step, so the
      batch drained (to ~5-12 running) while the turn waited for a
      document's pages to unlock. A pending turn ends when one
      of i's requests is admitted. Once a pending client with credit has been
@@ -71,15 +71,8 @@ Rules (see /work/shared/reference/dlpm.md):
      fewest queued requests would use), then the fewest running. Until the
      turn is taken, the drained client and the turn's client have nothing
      admitted, no other turn is tried in that step, and prefix order goes on
-     with requests of the others that leave the room *held* for the turn;
-     the step counts as cut short by the budget, so it makes no refill.
-     Room is free pages plus unlocked cached ones (what ``PageBinder.reserve``
-     may evict). The room gained from the
-     end of one step to the turn's refusal in the next joins the hold, which
-     only grows, up to the pages the turn needs; another client's admission
-     must leave at least the held room. So the pages the drain and finishing
-     requests free go to the turn, not to other clients' cached requests
-     (before the hold they did, and the turn waited for the next ones).
+     with requests of the others whose prompt the cache holds at least half
+     of; the step counts as cut short by the budget, so it makes no refill.
      Once the drained client has nothing running, a refusal ends the step,
      as a refusal does in VTC's order. A cached returning request takes its turn too: among equally
      hot requests prefix order is arrival order. Only a returning client
@@ -110,7 +103,7 @@ a refill comes only when a whole pass admits nothing, not cut short; neither
 depends on the order in which credited clients are admitted, so rule 7's
 turns, which only reorder admissions of credited clients, leave the bound as
 it is. Its wait for room skips the turn's and the drained client's requests
-(and any that would take the room held for the turn) whatever their credit, but a step with such a wait counts
+(and colder ones) whatever their credit, but a step with such a wait counts
 as cut short by the budget and makes no refill, so no client with credit
 misses a refill the others get.
 Therefore, for any such interval,
@@ -167,9 +160,7 @@ Returning-client bound (rule 7).
       ``ceil(L / max_batched_tokens) + M`` steps, L and M the longest prompt
       and max_tokens. Each turn has one drain, and a due client waits behind
       at most the drains of the turns due before it and its own, at most n.
-      After its drain a refused turn ends the step, as before. The hold only
-      narrows which other requests are admitted meanwhile, so it leaves this
-      bound, and (a)'s refills, as they are.
+      After its drain a refused turn ends the step, as before.
   (h) Against VTC: VTC lifts i to the smallest counter among the backlogged,
       so it is admitted first, or after the clients tied with it (at most
       n - 1). For a client that returns behind (and, ungated, for every
@@ -203,20 +194,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import cast
 
 from radixfair_engine.config import SchedulerConfig
 from radixfair_engine.request import Request, RequestStatus
 from radixfair_engine.scheduler.base import AdmissionBudget, Clock, FairnessState, PrefixMatcher
 from radixfair_engine.scheduler.client_activity import ClientActivity
-from radixfair_engine.scheduler.client_passes import (
-    ClientPassLimit,
-    PagePool,
-    RoomForTurns,
-    RoomView,
-    ServiceStanding,
-    Turns,
-)
+from radixfair_engine.scheduler.client_passes import ClientPassLimit, RoomForTurns, ServiceStanding, Turns
 from radixfair_engine.scheduler.deficit_ledger import DeficitLedger
 from radixfair_engine.scheduler.overtake_limit import OvertakeLimit
 from radixfair_engine.scheduler.queue_order import PrefixMatchQueue
@@ -285,7 +268,6 @@ class DLPMPolicy:
                     if self._ledger.has_credit(client):
                         turns.credited(client)
         self._queue.admitted(admitted)
-        self._room.step_ended(_pool(cache).room())
         return admitted
 
     def on_output_tokens(self, request: Request, count: int) -> None:
@@ -369,24 +351,23 @@ class DLPMPolicy:
             return admitted, False, spent
         return admitted, True, spent
 
-    def _room_while_waiting(self, refused: Request, cache: PrefixMatcher) -> Callable[[Request], bool] | None:
-        """Which requests prefix order may admit while ``refused`` (a turn) waits for room; None: none.
+    def _room_while_waiting(self, refused: str, cache: PrefixMatcher) -> Callable[[Request], bool] | None:
+        """Which requests prefix order may admit while ``refused``'s turn waits for room; None: none.
 
         None of the turn's client's or the drained client's (``RoomForTurns``); of the others only
-        requests that leave the room held for the turn: the room gained since its first refusal is
-        the turn's, up to what it needs, so a page a drained or finished request frees is not taken
-        by another client's cached request before the turn can use it.
+        requests the cache holds at least half of, which add little to the pages in use (a colder
+        one would compete with the turn for the pages the drain frees).
         """
-        activity, client, pool = self._activity, refused.client_id, _pool(cache)
-        held = self._room.hold(client, pool.room(), pool.pages_needed(refused))
-        drained = self._room.refused(client, activity.running, activity.waiting, activity.running_clients())
+        activity = self._activity
+        drained = self._room.refused(refused, activity.running, activity.waiting, activity.running_clients())
         if drained is None:
             return None
 
         def allowed(request: Request) -> bool:
-            if request.client_id in (client, drained):
+            client = request.client_id
+            if client in (refused, drained):
                 return False
-            return pool.room() - pool.pages_needed(request) >= held
+            return 2 * cache.match_length(request.prompt_ids) >= len(request.prompt_ids)
 
         return allowed
 
@@ -397,11 +378,11 @@ class DLPMPolicy:
         budget: AdmissionBudget,
         still_waiting: Callable[[Request], bool],
         admitted: list[Request],
-    ) -> Request | None:
+    ) -> str | None:
         """Rule 7: admits one request of each due client, in turn order (``ClientPassLimit``).
 
         The request is the one rule 2 gives the client's place: its due request, else its
-        longest-waiting one. Returns the request the budget refused, if one was: nothing
+        longest-waiting one. Returns the client whose request the budget refused, if one was: nothing
         overtakes a due client's request while it waits for room but what ``_room_while_waiting``
         lets through, and at most until the client drained for it has drained (then, as under VTC's
         order, the refusal ends the step). None when every due client took its turn or was skipped.
@@ -416,7 +397,7 @@ class DLPMPolicy:
                 turns.skip(client)  # spent, nothing waiting, or parked for a leader's prefix (rule 6)
                 continue
             if not budget.try_admit(chosen):
-                return chosen
+                return client
             self._admitted(chosen, taken, turns)
             admitted.append(chosen)
         return None
@@ -436,11 +417,6 @@ class DLPMPolicy:
     def _charge(self, request: Request, amount: float) -> None:
         self._ledger.charge(request.client_id, amount)
         self._standing.charged(request.client_id, amount / request.weight)
-
-
-def _pool(cache: PrefixMatcher) -> RoomView:
-    """The engine's radix cache, read for rule 7's room (``PrefixMatcher`` says only how it matches)."""
-    return RoomView(cast(PagePool, cache))
 
 
 class _Replay:
