@@ -10,6 +10,11 @@ from radixfair.tls import TlsConfig
 from radixfair.tracing import TracingConfig
 from radixfair_engine.config import EngineConfig
 
+# The GIL switch intervals a config may set besides 0: CPython's resolution is 1 us, and a thread that
+# keeps the GIL for seconds would starve the others.
+MIN_SWITCH_INTERVAL_S = 1e-6
+MAX_SWITCH_INTERVAL_S = 1.0
+
 
 @dataclass(frozen=True)
 class WorkerConfig:
@@ -72,9 +77,14 @@ class WorkerConfig:
     identity_secret: str = ""
 
     def __post_init__(self) -> None:
-        if self.engine_switch_interval_s < 0:
-            raise ValueError("engine_switch_interval_s must be 0 (Python's default) or more")
-        if self.front_switch_interval_s < 0:
-            raise ValueError("front_switch_interval_s must be 0 (Python's default) or more")
+        for name in ("engine_switch_interval_s", "front_switch_interval_s"):
+            interval = getattr(self, name)
+            # CPython holds the interval in whole microseconds: under 1 us, infinite or past its range
+            # it becomes 0 (a switch at every check); NaN would pass a plain sign check unapplied.
+            if not (interval == 0 or MIN_SWITCH_INTERVAL_S <= interval <= MAX_SWITCH_INTERVAL_S):
+                raise ValueError(
+                    f"{name} must be 0 (Python's default) or {MIN_SWITCH_INTERVAL_S} to "
+                    f"{MAX_SWITCH_INTERVAL_S} seconds, got {interval}"
+                )
         if self.engine_pipe_io not in ("threads", "inline"):
             raise ValueError(f"engine_pipe_io must be 'threads' or 'inline', got {self.engine_pipe_io!r}")
