@@ -44,7 +44,7 @@ class SchedulerConfig:
     # max_client_passes admissions of other clients' requests, has a request admitted before the
     # prefix-match order (0 is VTC's order for a returning client's first request); a turn refused for
     # room drains one other client, not the batch. Off because, gated, it still costs 1.6% / 3.4% of
-    # DLPM's throughput on shared_prefix and 1.7% / 3.5% on heavy_client (median / worst seed,
+    # DLPM's throughput on shared_prefix and 1.7% / 3.9% on heavy_client (median / worst seed,
     # bench/results/eval_returning_turns_*.md) against a 2% line for both.
     returning_turns: bool = False
     max_client_passes: int = 0
