@@ -17,6 +17,9 @@ the host bounds the engine. The top functions by own time name the host work.
 
     python3 bench/engine/engine_host_profile.py --shape smollm2-135m --device cuda --dtype bfloat16 \\
         --backend triton --concurrency 256 --workloads unique shared_prefix --cell-duration-s 6
+
+``--null-runner`` swaps the model for one whose forward costs nothing and samples a fixed token
+(engine_step_anatomy.NullRunner): what is left is the engine's own host work per step, on any CPU.
 """
 
 from __future__ import annotations
@@ -117,10 +120,18 @@ def _trim(report: str) -> list[str]:
 
 
 def main() -> Path:
-    args = parse_args()
+    argv = sys.argv[1:]
+    args = parse_args([a for a in argv if a != "--null-runner"])  # serving_bench's flags, and this one
+    args.null_runner = "--null-runner" in argv
     work_dir = Path(tempfile.mkdtemp(prefix="radixfair-host-profile-"))
     settings = worker_settings(args, prepare_model(args, work_dir))
     engine = build_in_process_engine(settings)
+    if args.null_runner:
+        # The engine's own host cost alone: a runner whose forward costs nothing (any CPU).
+        from bench.engine.engine_step_anatomy import NullRunner
+
+        assert engine.runner.page_size == NullRunner.page_size  # type: ignore[attr-defined]
+        engine.runner = NullRunner()  # type: ignore[attr-defined]
     warm = timed_cell(args, "unique", min(args.concurrency), seed=1)
     _run(engine, type(warm)(2.0, warm.seed, warm.prefix, warm.unique_len, warm.max_tokens), 8)
     rows = []

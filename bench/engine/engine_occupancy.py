@@ -34,7 +34,11 @@ INTERVAL_S = 0.1
 # the serving front, so it is kept to twice a second; two reads inside a window are enough.
 WORKER_LOOP_EVERY = 5
 STAT_FIELDS = ("steps", "prefill_steps", "sampled_rows", "step_s", "device_wait_s")
+# The serving fronts' event-loop lag (radixfair.loop_lag), read beside the loop's counters.
+LAG_FIELDS = ("front_lag_s", "front_lag_samples")
 _METRIC_OF = {
+    "front_lag_s": "radixfair_worker_event_loop_lag_seconds_sum",
+    "front_lag_samples": "radixfair_worker_event_loop_lag_seconds_count",
     "steps": "radixfair_worker_engine_steps_total",
     "prefill_steps": "radixfair_worker_engine_prefill_steps_total",
     "sampled_rows": "radixfair_worker_engine_sampled_rows_total",
@@ -43,7 +47,14 @@ _METRIC_OF = {
 }
 
 
-LOOP_COLUMNS = ("steps_per_s", "rows_per_step", "prefill_step_share", "step_ms", "device_wait_share")
+LOOP_COLUMNS = (
+    "steps_per_s",
+    "rows_per_step",
+    "prefill_step_share",
+    "step_ms",
+    "device_wait_share",
+    "front_loop_lag_ms",
+)
 
 
 def engine_stats(engine: object) -> dict[str, float]:
@@ -53,8 +64,8 @@ def engine_stats(engine: object) -> dict[str, float]:
 
 
 def scraped_stats(metrics_urls: Sequence[str]) -> dict[str, float]:
-    """The StepStats counters summed over the workers' Prometheus endpoints."""
-    totals = dict.fromkeys(STAT_FIELDS, 0.0)
+    """The StepStats counters summed over the workers' Prometheus endpoints, and their fronts' loop lag."""
+    totals = dict.fromkeys((*STAT_FIELDS, *LAG_FIELDS), 0.0)
     wanted = {metric: name for name, metric in _METRIC_OF.items()}
     for url in metrics_urls:
         for line in urllib.request.urlopen(url, timeout=5).read().decode().splitlines():
@@ -67,7 +78,7 @@ def scraped_stats(metrics_urls: Sequence[str]) -> dict[str, float]:
 def loop_summary(before: dict[str, float], after: dict[str, float], wall_s: float) -> dict[str, float | None]:
     """What the engine loop did between two reads: steps/s, mean rows a step, the share of steps with
     a prefill, ms a step, and the share of the loop's step time spent waiting on the device."""
-    delta = {name: after[name] - before[name] for name in STAT_FIELDS}
+    delta = {name: after[name] - before.get(name, 0.0) for name in after}
     steps = delta["steps"]
     if steps <= 0 or wall_s <= 0:
         return dict.fromkeys(LOOP_COLUMNS)
@@ -77,6 +88,12 @@ def loop_summary(before: dict[str, float], after: dict[str, float], wall_s: floa
         "prefill_step_share": round(delta["prefill_steps"] / steps, 3),
         "step_ms": round(1e3 * delta["step_s"] / steps, 3),
         "device_wait_share": round(delta["device_wait_s"] / delta["step_s"], 3) if delta["step_s"] else None,
+        # Mean lag of the workers' serving fronts over the window (None in process: no front).
+        "front_loop_lag_ms": (
+            round(1e3 * delta["front_lag_s"] / delta["front_lag_samples"], 3)
+            if delta.get("front_lag_samples")
+            else None
+        ),
     }
 
 

@@ -171,6 +171,7 @@ CPU_COLUMNS = [
     "prefill_step_share",
     "step_ms",
     "device_wait_share",
+    "front_loop_lag_ms",
 ]
 
 # Where a request's time went (request_time_split).
@@ -293,7 +294,8 @@ def write_report(args: argparse.Namespace, rows: list[dict[str, object]], meta: 
         "within the cell (other: any other child still running); engine_running_mean / _waiting_mean:",
         "the requests in the serving engines' batch and queue, sampled every 0.1 s; steps_per_s to",
         "device_wait_share: the engine loop over the cell (its StepStats: mean sampled rows a step, share",
-        "of steps with a prefill, ms inside a step, share of that spent waiting on the device)",
+        "of steps with a prefill, ms inside a step, share of that spent waiting on the device);",
+        "front_loop_lag_ms: the worker fronts' mean event-loop lag (radixfair_worker_event_loop_lag_seconds)",
         "(bench/engine/engine_occupancy.py):",
         "",
         markdown_table(rows, CPU_COLUMNS),

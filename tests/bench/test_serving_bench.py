@@ -144,6 +144,11 @@ def test_timed_cells_keep_every_client_streaming_until_the_duration_on_every_pat
         assert row["steps_per_s"] > 0 and 0 < row["rows_per_step"] <= concurrency, row
         assert 0 < row["prefill_step_share"] <= 1 and row["step_ms"] > 0, row
         assert 0 <= row["device_wait_share"] <= 1, row
+        # The worker front's event-loop lag where there is a front; none in process.
+        if row["path"] == "in_process":
+            assert row["front_loop_lag_ms"] is None
+        else:
+            assert row["front_loop_lag_ms"] >= 0, row
     assert "| out_tok_s_wall | window_s | ramp_s |" in (tmp_path / "serving_timed.md").read_text()
 
 

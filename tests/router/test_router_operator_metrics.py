@@ -43,6 +43,8 @@ def test_served_requests_are_timed_end_to_end_and_latency_labels_stop_at_the_cli
             for client_id in ("alice", "bob", "carol"):
                 async with client_for(running, client_id) as client:
                     await client.generate(f"hello from {client_id}", max_tokens=3, ignore_eos=True)
+            # The loop-lag watcher samples every 50 ms: two of its intervals, whatever the requests took.
+            await asyncio.sleep(0.1)
             return await scrape_now(url)
 
     metrics = asyncio.run(scenario())
@@ -55,6 +57,7 @@ def test_served_requests_are_timed_end_to_end_and_latency_labels_stop_at_the_cli
     # Current without anyone calling GetStatus.
     assert metrics.value("radixfair_router_shared_state_connected") == 1
     assert metrics.value(REJECTED, reason="invalid_argument") == 0
+    assert metrics.value("radixfair_router_event_loop_lag_seconds_count") >= 1
 
 
 def test_rejected_requests_are_counted_by_reason(two_workers, tiny_model_dir):

@@ -270,6 +270,8 @@ def test_prometheus_metrics_count_requests_tokens_and_latency(worker, stub):
         samples["radixfair_worker_engine_step_seconds_total"],
     )
     assert 0 <= waited <= stepping and stepping > 0
+    # The front's event-loop lag, sampled every 50 ms since it started serving.
+    assert samples["radixfair_worker_event_loop_lag_seconds_count"] >= 1
 
 
 def test_watch_load_report_pushes_reports_at_the_interval(stub):

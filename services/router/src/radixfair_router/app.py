@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 from radixfair.auth import ApiKeyAuthenticator, RegistrationAuthenticator
 from radixfair.grpc_health import add_health_and_reflection, set_serving
 from radixfair.listening import bind_grpc_port, build_grpc_server
+from radixfair.loop_lag import watch_loop_lag
 from radixfair.malformed_requests import MalformedRequestInterceptor
 from radixfair.metrics import serve_metrics
 from radixfair.service_process import wait_for_shutdown_signal
@@ -52,8 +53,12 @@ class RunningRouter:
     provider: TracerProvider
     # The OpenAI-compatible HTTP API; None while config.http_port is 0.
     http: RunningHttpApi | None = None
+    # Observes the event loop's lag into metrics.loop_lag while the router runs.
+    loop_lag_watch: asyncio.Task[None] | None = None
 
     async def stop(self, grace_s: float = 2.0) -> None:
+        if self.loop_lag_watch is not None:
+            self.loop_lag_watch.cancel()
         if self.http is not None:
             await self.http.stop()
         await self.server.stop(grace=grace_s)
@@ -122,7 +127,8 @@ async def start_router(config: RouterConfig, span_exporter: SpanExporter | None 
         "router serving on %s:%d (%s) with policy %s; workers over %s",
         config.host, port, describe(config.tls), policy.name, describe(config.registry.tls),
     )  # fmt: skip
-    return RunningRouter(port, server, registry, ledger, router, cache_view, metrics, provider, http)
+    watch = asyncio.create_task(watch_loop_lag(metrics.loop_lag))
+    return RunningRouter(port, server, registry, ledger, router, cache_view, metrics, provider, http, watch)
 
 
 async def serve(config: RouterConfig, ready: asyncio.Event | None = None) -> None:

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from radixfair.loop_lag import loop_lag_histogram
 from radixfair.metrics import LATENCY_BUCKETS, REQUEST_DURATION_BUCKETS, ClientLabels, PerClient
 
 
@@ -62,6 +63,7 @@ class RouterMetrics:
             ["reason"],
             registry=registry,
         )
+        self.loop_lag = loop_lag_histogram("router", registry)
         self.cancelled = Counter(
             "radixfair_router_cancelled_requests",
             "Requests whose caller hung up before their result",

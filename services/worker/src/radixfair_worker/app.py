@@ -19,6 +19,7 @@ from radixfair.auth import bearer_metadata
 from radixfair.gc_tuning import tune_for_serving
 from radixfair.grpc_health import add_health_and_reflection, set_serving
 from radixfair.listening import bind_grpc_port, build_grpc_server
+from radixfair.loop_lag import watch_loop_lag
 from radixfair.malformed_requests import MalformedRequestInterceptor
 from radixfair.metrics import serve_metrics
 from radixfair.service_process import wait_for_shutdown_signal
@@ -67,7 +68,11 @@ async def serve(
         if config.detokenize_in_front:
             engine.detokenize_in_front(encoder.new_detokenizer)
         servicer = WorkerServicer(engine, encoder, worker_id, model_name, tracer, metrics)
-        await _serve_grpc(config, servicer, engine, worker_id, model_name, ready)
+        lag = asyncio.create_task(watch_loop_lag(metrics.loop_lag))
+        try:
+            await _serve_grpc(config, servicer, engine, worker_id, model_name, ready)
+        finally:
+            lag.cancel()
     finally:
         # Also when start-up failed half way: the engine process never outlives the worker.
         await engine.stop()

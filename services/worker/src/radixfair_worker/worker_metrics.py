@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
+from radixfair.loop_lag import loop_lag_histogram
 from radixfair.metrics import (
     LATENCY_BUCKETS,
     REQUEST_DURATION_BUCKETS,
@@ -217,6 +218,7 @@ class WorkerMetrics:
             registry,
         )
         self.quantum = Gauge("radixfair_worker_dlpm_quantum", "DLPM quantum Q", registry=registry)
+        self.loop_lag = loop_lag_histogram("worker", registry)
         self.engine_steps = EngineStepCounters(registry)
         self.refills = Gauge(
             "radixfair_worker_dlpm_refills",
