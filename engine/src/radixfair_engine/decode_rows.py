@@ -9,7 +9,7 @@ prompt's row is 68 pages long (shared prefixes make long rows). Here a request t
 row to the last one instead (swap-remove), so a step rewrites the rows of the requests that left
 and joined, not the whole batch.
 
-Admission order is kept beside the rows (``admitted_before``): prefill chunks are still scheduled
+Admission order is kept beside the rows (``admission_order``): prefill chunks are still scheduled
 oldest first.
 """
 
