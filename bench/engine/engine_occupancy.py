@@ -47,6 +47,9 @@ _METRIC_OF = {
 }
 
 
+# The serving processes whose cores are also read beside the loop's counters (process_cpu roles), so
+# their share of a core is known over the steady window, not only over the whole cell.
+STEADY_ROLES = ("router", "worker", "worker_engine")
 LOOP_COLUMNS = (
     "steps_per_s",
     "rows_per_step",
@@ -54,6 +57,7 @@ LOOP_COLUMNS = (
     "step_ms",
     "device_wait_share",
     "front_loop_lag_ms",
+    *(f"{role}_cores_steady" for role in STEADY_ROLES),
 )
 
 
@@ -94,6 +98,11 @@ def loop_summary(before: dict[str, float], after: dict[str, float], wall_s: floa
             if delta.get("front_lag_samples")
             else None
         ),
+        # CPU seconds of each serving role (read as "cpu_<role>") over the wall between the reads.
+        **{
+            f"{role}_cores_steady": round(delta[key] / wall_s, 3) if key in delta else None
+            for role, key in ((role, f"cpu_{role}") for role in STEADY_ROLES)
+        },
     }
 
 

@@ -67,6 +67,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 # The parts, re-exported: the profilers, the HTTP client and the GPU scripts use them through here.
 from bench.engine.engine_occupancy import (  # noqa: E402
+    STEADY_ROLES,
     WORKER_LOOP_EVERY,
     OccupancyProbe,
     engine_reader,
@@ -75,6 +76,7 @@ from bench.engine.engine_occupancy import (  # noqa: E402
     worker_reader,
 )
 from bench.engine.process_cpu import CellCpu  # noqa: E402
+from bench.engine.process_cpu import sample as process_cpu_sample  # noqa: E402
 from bench.engine.serving_clients import (  # noqa: E402, F401
     PATHS,
     STATUS_POLL_S,
@@ -469,11 +471,16 @@ def _occupancy_probe(paths: Paths, path: str) -> tuple[OccupancyProbe, Callable[
 
 
 def _loop_reader(paths: Paths, path: str) -> Callable[[], dict[str, float]]:
-    """Reads the StepStats of the engine(s) serving ``path``'s cell."""
+    """Reads the StepStats of the engine(s) serving ``path``'s cell, and the serving roles' CPU so far."""
     if path == "in_process":
         return lambda: engine_stats(paths.engine)
     urls = paths.worker_metrics_urls[:1] if path == "worker" else paths.worker_metrics_urls
-    return lambda: scraped_stats(urls)
+
+    def read() -> dict[str, float]:
+        cpu = process_cpu_sample()
+        return {**scraped_stats(urls), **{f"cpu_{role}": cpu.get(role, 0.0) for role in STEADY_ROLES}}
+
+    return read
 
 
 class Results:

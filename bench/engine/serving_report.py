@@ -172,6 +172,9 @@ CPU_COLUMNS = [
     "step_ms",
     "device_wait_share",
     "front_loop_lag_ms",
+    "worker_cores_steady",
+    "worker_engine_cores_steady",
+    "router_cores_steady",
 ]
 
 # Where a request's time went (request_time_split).
@@ -295,7 +298,9 @@ def write_report(args: argparse.Namespace, rows: list[dict[str, object]], meta: 
         "the requests in the serving engines' batch and queue, sampled every 0.1 s; steps_per_s to",
         "device_wait_share: the engine loop over the cell (its StepStats: mean sampled rows a step, share",
         "of steps with a prefill, ms inside a step, share of that spent waiting on the device);",
-        "front_loop_lag_ms: the worker fronts' mean event-loop lag (radixfair_worker_event_loop_lag_seconds)",
+        "front_loop_lag_ms: the worker fronts' mean event-loop lag (radixfair_*_event_loop_lag_seconds);",
+        "*_cores_steady: the serving processes' cores over the steady window (the *_cores columns before",
+        "them are over the whole cell, drain and report-back included)",
         "(bench/engine/engine_occupancy.py):",
         "",
         markdown_table(rows, CPU_COLUMNS),
