@@ -325,6 +325,9 @@ class Engine:
                 continue
             chunks.append(ScheduledChunk(request, num_tokens - 1, 1))
         if len(prefilling) > 1:
+            # A preemption for a later row may have sent one of them back to waiting (out of the
+            # rows, so it has no admission number): drop those first.
+            prefilling = [r for r in prefilling if r.status is running]
             prefilling.sort(key=rows.admission_order)  # prefill chunks oldest first, as admitted
         return chunks, prefilling
 
