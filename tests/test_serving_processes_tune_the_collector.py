@@ -17,6 +17,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+from support.ast_calls import called_names
+
 SERVICES = Path(__file__).resolve().parents[1] / "services"
 TUNERS = {"tune_for_serving", "tune_for_routing"}
 # Services whose process serves no stream (see the module docstring).
@@ -35,36 +37,25 @@ def _reached_calls(path: Path, name: str) -> set[str]:
     while todo:
         current = todo.pop()
         seen.add(current)
-        calls = _calls(functions[current])
+        calls = called_names(functions[current])
         reached |= calls
         todo += [c for c in calls if c in functions and c not in seen]
     return reached
-
-
-def _calls(node: ast.AST) -> set[str]:
-    names = set()
-    for call in ast.walk(node):
-        if isinstance(call, ast.Call):
-            func = call.func
-            names.add(func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", ""))
-    return names
 
 
 def test_every_serving_process_tunes_its_collector_once_serving() -> None:
     services = sorted(p.parent for p in SERVICES.glob("*/src/*/__main__.py"))
     checked, untuned = [], []
     for package in services:
-        if "run_service" not in _calls(ast.parse((package / "__main__.py").read_text())):
+        if "run_service" not in called_names(ast.parse((package / "__main__.py").read_text())):
             continue
         if package.name in NOT_ON_THE_REQUEST_PATH:
             continue
         checked.append(package.name)
         if not _reached_calls(package / "app.py", "serve") & TUNERS:
             untuned.append(f"{package.name}.app.serve")
-    if (
-        not _reached_calls(SERVICES / "worker/src/radixfair_worker/engine_loop.py", "run_engine_process")
-        & TUNERS
-    ):
+    engine_loop = SERVICES / "worker/src/radixfair_worker/engine_loop.py"
+    if not _reached_calls(engine_loop, "run_engine_process") & TUNERS:
         untuned.append("radixfair_worker.engine_loop.run_engine_process")
     assert checked == ["radixfair_router", "radixfair_worker"]  # the walk finds the serving processes
     assert untuned == []

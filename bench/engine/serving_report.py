@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from bench.engine.engine_occupancy import LOOP_COLUMNS  # noqa: E402
 from bench.engine.process_cpu import ROLES  # noqa: E402
 from bench.engine.serving_clients import RequestRecord  # noqa: E402
 from bench.report import environment, markdown_table  # noqa: E402
@@ -166,15 +167,7 @@ CPU_COLUMNS = [
     *(f"{role}_cores" for role in ROLES),
     "engine_running_mean",
     "engine_waiting_mean",
-    "steps_per_s",
-    "rows_per_step",
-    "prefill_step_share",
-    "step_ms",
-    "device_wait_share",
-    "front_loop_lag_ms",
-    "worker_cores_steady",
-    "worker_engine_cores_steady",
-    "router_cores_steady",
+    *LOOP_COLUMNS,
 ]
 
 # Where a request's time went (request_time_split).

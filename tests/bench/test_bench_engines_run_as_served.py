@@ -12,16 +12,9 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+from support.ast_calls import called_names
+
 BENCH = Path(__file__).resolve().parents[2] / "bench"
-
-
-def _called_names(tree: ast.AST) -> set[str]:
-    names = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Call):
-            func = node.func
-            names.add(func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", ""))
-    return names
 
 
 def test_every_bench_that_builds_an_engine_runs_it_as_served() -> None:
@@ -29,7 +22,7 @@ def test_every_bench_that_builds_an_engine_runs_it_as_served() -> None:
     for path in sorted(BENCH.rglob("*.py")):
         if {"scratch", "simulator"} & set(path.relative_to(BENCH).parts):
             continue
-        called = _called_names(ast.parse(path.read_text()))
+        called = called_names(ast.parse(path.read_text()))
         if called & {"build_engine", "Engine"}:
             builders.append(path.name)
             if not called & {"tune_for_serving", "build_in_process_engine"}:
