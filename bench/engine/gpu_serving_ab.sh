@@ -20,6 +20,10 @@
 set -uo pipefail
 carry=bench/scratch/gpu_serving
 here=$PWD
+# Run from a copy inside the repository (cd .snap): the carried folder is the repository's.
+if [ ! -d "$carry" ] && [ -d "../$carry" ]; then
+  mkdir -p bench/scratch && ln -sfn "$(cd "../$carry" && pwd)" "$carry"
+fi
 tag=${AB_TAG:?name the page: AB_TAG=...}
 runs=()
 for round in $(seq 1 "${ROUNDS:-2}"); do
@@ -44,4 +48,5 @@ python3 bench/engine/serving_ab_summary.py --name "$tag" --out-dir "$OUT" \
   --device-command "AB_TAG=$tag ROUNDS=${ROUNDS:-2} VARIANTS='$VARIANTS' bash bench/engine/gpu_serving_ab.sh" \
   "${runs[@]}"
 sed -n '/Per variant/,/Every run/p' "$OUT/$tag.md"
-find "$OUT" -maxdepth 1 -type f ! -name "$tag.json" ! -name "$tag.md" -delete
+# The runs' own files go only once the page holds them (the device returns 8 files at most).
+[ -f "$OUT/$tag.md" ] && find "$OUT" -maxdepth 1 -type f ! -name "$tag.json" ! -name "$tag.md" -delete
