@@ -16,6 +16,8 @@ import torch
 
 pytest.importorskip("triton")
 
+from kernels.rope_inputs import HEAD_DIM, KV_HEADS, MAX_POSITIONS, fused_qkv, rope_table  # noqa: E402
+
 from radixfair_engine.kernels.accuracy import TOLERANCE, relative_error  # noqa: E402
 from radixfair_engine.kernels.registry import KERNELS, kernel  # noqa: E402
 from radixfair_engine.kernels.rope import apply_rope, rope_and_write_kv  # noqa: E402
@@ -23,25 +25,7 @@ from radixfair_engine.kernels.write_kv import write_kv  # noqa: E402
 
 TESTS = Path(__file__).resolve().parent
 DTYPES = [torch.float32, torch.bfloat16]
-Q_HEADS, KV_HEADS, HEAD_DIM, MAX_POSITIONS = 6, 2, 16, 64
 NUM_PAGES, PAGE_SIZE = 5, 4
-
-
-def rope_table() -> torch.Tensor:
-    inv_freq = 1.0 / 10000.0 ** (torch.arange(0, HEAD_DIM, 2).float() / HEAD_DIM)
-    freqs = torch.outer(torch.arange(MAX_POSITIONS).float(), inv_freq)
-    return torch.cat([freqs.cos(), freqs.sin()], dim=-1)
-
-
-def fused_qkv(tokens: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """q, k, v as strided views into one projection, as the model makes them."""
-    qkv = torch.randn(tokens, (Q_HEADS + 2 * KV_HEADS) * HEAD_DIM, dtype=dtype)
-    q, k, v = qkv.split([Q_HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM], dim=-1)
-    return (
-        q.view(tokens, Q_HEADS, HEAD_DIM),
-        k.view(tokens, KV_HEADS, HEAD_DIM),
-        v.view(tokens, KV_HEADS, HEAD_DIM),
-    )
 
 
 def poisoned_caches(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:

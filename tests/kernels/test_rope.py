@@ -3,30 +3,13 @@ import torch
 
 pytest.importorskip("triton")
 
+from kernels.rope_inputs import HEAD_DIM, KV_HEADS, MAX_POSITIONS, fused_qkv, rope_table  # noqa: E402
+
 from radixfair_engine.kernels.accuracy import TOLERANCE, relative_error  # noqa: E402
 from radixfair_engine.kernels.reference import rope_reference  # noqa: E402
 from radixfair_engine.kernels.rope import apply_rope, rope_and_write_kv  # noqa: E402
 
 DTYPES = [torch.float32, torch.bfloat16]
-Q_HEADS, KV_HEADS, HEAD_DIM = 6, 2, 16
-MAX_POSITIONS = 64
-
-
-def rope_table(head_dim: int = HEAD_DIM, theta: float = 10000.0) -> torch.Tensor:
-    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2).float() / head_dim)
-    freqs = torch.outer(torch.arange(MAX_POSITIONS).float(), inv_freq)
-    return torch.cat([freqs.cos(), freqs.sin()], dim=-1)
-
-
-def fused_qkv(tokens: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """q, k, v as the model makes them: strided views into one [T, (Hq + 2 Hkv) * D] projection."""
-    qkv = torch.randn(tokens, (Q_HEADS + 2 * KV_HEADS) * HEAD_DIM, dtype=dtype)
-    q, k, v = qkv.split([Q_HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM], dim=-1)
-    return (
-        q.view(tokens, Q_HEADS, HEAD_DIM),
-        k.view(tokens, KV_HEADS, HEAD_DIM),
-        v.view(tokens, KV_HEADS, HEAD_DIM),
-    )
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
