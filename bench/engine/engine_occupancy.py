@@ -18,6 +18,7 @@ for), summed over the workers; ``OccupancyProbe.summary`` reduces both over a ce
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import urllib.request
@@ -26,6 +27,7 @@ from statistics import mean
 
 import grpc
 
+from bench.engine.process_cpu import thread_sched
 from radixfair.v1 import worker_pb2, worker_pb2_grpc
 
 Reader = Callable[[], tuple[int, int]]
@@ -58,13 +60,22 @@ LOOP_COLUMNS = (
     "device_wait_share",
     "front_loop_lag_ms",
     *(f"{role}_cores_steady" for role in STEADY_ROLES),
+    "loop_on_cpu_share",
+    "loop_runqueue_share",
 )
+# The engine loop thread's scheduler clock (process_cpu.thread_sched), read as these keys.
+SCHED_FIELDS = ("loop_on_cpu_s", "loop_runqueue_s")
 
 
-def engine_stats(engine: object) -> dict[str, float]:
-    """The in-process engine's StepStats so far."""
+def engine_stats(engine: object, loop_thread: int | None = None) -> dict[str, float]:
+    """The in-process engine's StepStats so far, and the scheduler clock of the thread stepping it
+    (``loop_thread``, a native thread id of this process; None: not read)."""
     stats = engine.step_stats  # type: ignore[attr-defined]
-    return {name: float(getattr(stats, name)) for name in STAT_FIELDS}
+    out = {name: float(getattr(stats, name)) for name in STAT_FIELDS}
+    sched = thread_sched(os.getpid(), loop_thread) if loop_thread is not None else None
+    if sched is not None:
+        out.update(zip(SCHED_FIELDS, sched))
+    return out
 
 
 def scraped_stats(metrics_urls: Sequence[str]) -> dict[str, float]:
@@ -102,6 +113,12 @@ def loop_summary(before: dict[str, float], after: dict[str, float], wall_s: floa
         **{
             f"{role}_cores_steady": round(delta[key] / wall_s, 3) if key in delta else None
             for role, key in ((role, f"cpu_{role}") for role in STEADY_ROLES)
+        },
+        # The engine loop thread (summed over the workers' engines): its share of the wall on a CPU,
+        # and runnable but waiting for one; the rest it was blocked (GIL, pipe, device, idle).
+        **{
+            column: round(delta[key] / wall_s, 3) if key in delta else None
+            for column, key in zip(("loop_on_cpu_share", "loop_runqueue_share"), SCHED_FIELDS)
         },
     }
 

@@ -12,6 +12,11 @@ process and the children it has reaped are ``bench``: ``resource.getrusage``, si
 exited process is no longer in /proc. The load generators are spawned and joined within their cell,
 so their CPU is in ``bench`` (as is a server that died mid-cell, whose own role then reads low).
 
+The engine loop's own thread is also read by the scheduler's clock (``loop_sched``: the thread's
+seconds on a CPU and runnable but waiting for one, /proc/<pid>/task/<tid>/schedstat): a loop that
+steps without pause but shows less than a core is either waiting for a CPU (run queue: other
+processes on its core) or blocked (the GIL, a lock, a pipe, the device), and the two differ here.
+
 Linux only; elsewhere ``sample`` returns nothing and the columns stay empty.
 """
 
@@ -38,6 +43,33 @@ def _stat(pid: int) -> tuple[int, float] | None:
     # The command name (field 2) may hold spaces and parentheses: split after its closing one.
     fields = raw[raw.rindex(")") + 2 :].split()
     return int(fields[1]), (int(fields[11]) + int(fields[12])) * _TICK_S
+
+
+def thread_sched(pid: int, tid: int | None = None) -> tuple[float, float] | None:
+    """(seconds on a CPU, seconds runnable but waiting for one) of thread ``tid`` (default: the
+    process's main thread) of process ``pid``; None if it is gone or the kernel keeps no schedstat."""
+    try:
+        task = PROC / str(pid) / "task" / str(pid if tid is None else tid)
+        fields = (task / "schedstat").read_text().split()
+    except OSError:
+        return None
+    return int(fields[0]) * 1e-9, int(fields[1]) * 1e-9
+
+
+def engine_loop_sched(root: int | None = None) -> tuple[float, float]:
+    """``thread_sched`` of the engine loop, summed over every worker's engine process below ``root``
+    (default: this process): the main thread of each process whose parent is a worker."""
+    root = os.getpid() if root is None else root
+    workers = {pid for pid, (role, _, _) in children_cpu(root).items() if role == "worker"}
+    on_cpu = waiting = 0.0
+    for entry in PROC.iterdir():
+        if entry.name.isdigit():
+            stat = _stat(int(entry.name))
+            if stat is not None and stat[0] in workers:
+                sched = thread_sched(int(entry.name))
+                if sched is not None:
+                    on_cpu, waiting = on_cpu + sched[0], waiting + sched[1]
+    return on_cpu, waiting
 
 
 def _role(pid: int) -> str:

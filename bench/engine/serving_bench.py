@@ -55,6 +55,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -67,6 +68,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 # The parts, re-exported: the profilers, the HTTP client and the GPU scripts use them through here.
 from bench.engine.engine_occupancy import (  # noqa: E402
+    SCHED_FIELDS,
     STEADY_ROLES,
     WORKER_LOOP_EVERY,
     OccupancyProbe,
@@ -75,7 +77,7 @@ from bench.engine.engine_occupancy import (  # noqa: E402
     scraped_stats,
     worker_reader,
 )
-from bench.engine.process_cpu import CellCpu  # noqa: E402
+from bench.engine.process_cpu import CellCpu, engine_loop_sched  # noqa: E402
 from bench.engine.process_cpu import sample as process_cpu_sample  # noqa: E402
 from bench.engine.serving_clients import (  # noqa: E402, F401
     PATHS,
@@ -473,12 +475,19 @@ def _occupancy_probe(paths: Paths, path: str) -> tuple[OccupancyProbe, Callable[
 def _loop_reader(paths: Paths, path: str) -> Callable[[], dict[str, float]]:
     """Reads the StepStats of the engine(s) serving ``path``'s cell, and the serving roles' CPU so far."""
     if path == "in_process":
-        return lambda: engine_stats(paths.engine)
+        # The cell steps the engine on this thread (run_cell_in_process); the probe reads from its own.
+        loop_thread = threading.get_native_id()
+        return lambda: engine_stats(paths.engine, loop_thread)
     urls = paths.worker_metrics_urls[:1] if path == "worker" else paths.worker_metrics_urls
 
     def read() -> dict[str, float]:
         cpu = process_cpu_sample()
-        return {**scraped_stats(urls), **{f"cpu_{role}": cpu.get(role, 0.0) for role in STEADY_ROLES}}
+        on_cpu, waiting = engine_loop_sched()
+        return {
+            **scraped_stats(urls),
+            **{f"cpu_{role}": cpu.get(role, 0.0) for role in STEADY_ROLES},
+            **dict(zip(SCHED_FIELDS, (on_cpu, waiting))),
+        }
 
     return read
 

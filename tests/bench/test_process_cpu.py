@@ -61,3 +61,21 @@ def test_a_cell_reports_every_role_in_cores() -> None:
     assert set(cores) == {f"{role}_cores" for role in process_cpu.ROLES}
     # This process burned 0.2 s of CPU in at least 0.2 s of wall time, on one thread: at most one core.
     assert 0.0 < cores["bench_cores"] <= 1.0 + 0.05
+
+
+def test_a_threads_scheduler_clock_counts_its_cpu_time_and_not_its_sleep() -> None:
+    wall, cpu = time.monotonic(), time.thread_time()
+    before = process_cpu.thread_sched(os.getpid())
+    assert before is not None, "this kernel keeps no schedstat"
+    while time.thread_time() - cpu < 0.2:
+        pass
+    time.sleep(0.3)
+    after = process_cpu.thread_sched(os.getpid())
+    cpu, wall = time.thread_time() - cpu, time.monotonic() - wall
+    assert after is not None
+    on_cpu, runqueue = after[0] - before[0], after[1] - before[1]
+    # The main thread's own clock, read by the kernel in ns: the burn counts (0.2 s at least), the
+    # 0.3 s sleep does not (on a CPU no longer than the thread's CPU time, which /proc's reads add to).
+    assert 0.2 - 0.001 <= on_cpu <= cpu + 0.001
+    # On a CPU and waiting for one are parts of the same wall time.
+    assert 0 <= runqueue and on_cpu + runqueue <= wall + 0.001

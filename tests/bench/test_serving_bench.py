@@ -152,6 +152,10 @@ def test_timed_cells_keep_every_client_streaming_until_the_duration_on_every_pat
             # Over the steady window the worker (front and engine) used some CPU, at most 2 cores
             # per process tree here (a front, an engine process; this box has few cores).
             assert 0 < row["worker_engine_cores_steady"] <= row["worker_cores_steady"], row
+        # The loop thread's scheduler clock over the steady window: it ran some of the time, and
+        # time on a CPU and in the run queue are parts of one wall (rounding: 3 decimals each).
+        on_cpu, runqueue = row["loop_on_cpu_share"], row["loop_runqueue_share"]
+        assert 0 < on_cpu and 0 <= runqueue and on_cpu + runqueue <= 1.002, row
     assert "| out_tok_s_wall | window_s | ramp_s |" in (tmp_path / "serving_timed.md").read_text()
 
 
