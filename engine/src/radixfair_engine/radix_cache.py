@@ -14,12 +14,23 @@ evicted since is stale and is re-checked when it surfaces (lazy deletion),
 and the heap is rebuilt when stale entries outnumber the nodes. An eviction
 then costs O(log n) per page freed, amortised, where a scan of the tree
 cost O(n) per call and made a full cache's decode steps ~15x slower.
+
+The digest a worker publishes for routers (page hashes, most recently used
+first) must not cost in proportion to the tree either: the engine process
+builds it every quarter second on the serving path, and sorting every node
+by last access took ~6.5% of that process on a busy host. The cache keeps a
+recency list of its nodes, least recently used first: touching a node moves
+it to the end, so the list stays sorted by last access, and a digest reads
+from the end until it has ``limit`` hashes. ``_touch``, ``_add_node`` and
+``_remove_leaf`` are the only writers of a node's access time and of the
+tree's membership, so no path can leave the list out of step with the tree.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -36,8 +47,14 @@ class RadixNode:
     parent: RadixNode | None
     children: dict[tuple[int, ...], RadixNode] = field(default_factory=dict)
     lock_count: int = 0
-    last_access: int = 0
+    # Clock tick of the last match or insert through this node. Written only by RadixCache._touch, which
+    # also moves the node in the cache's recency list (read through ``last_access``).
+    _last_access: int = 0
     evicted: bool = False
+
+    @property
+    def last_access(self) -> int:
+        return self._last_access
 
     @property
     def is_leaf(self) -> bool:
@@ -72,7 +89,9 @@ class RadixCache:
         self._clock = itertools.count(1)
         self._cached_pages = 0
         self._locked_pages = 0
-        self._nodes = 0
+        # Every node but the root, least recently used first (see the module docstring). An OrderedDict
+        # moves a node to the end in O(1) and is walked from the end without copying.
+        self._recency: OrderedDict[RadixNode, None] = OrderedDict()
         # (last_access, tie-break, node) of eviction candidates, some stale (see the module docstring).
         self._candidates: list[tuple[int, int, RadixNode]] = []
         self._order = itertools.count()
@@ -89,6 +108,11 @@ class RadixCache:
     @property
     def evictable_pages(self) -> int:
         return self._cached_pages - self._locked_pages
+
+    @property
+    def _nodes(self) -> int:
+        """Nodes in the tree, the root aside."""
+        return len(self._recency)
 
     def match_length(self, token_ids: Sequence[int]) -> int:
         """Leading tokens of ``token_ids`` held in whole cached pages; changes nothing."""
@@ -119,18 +143,24 @@ class RadixCache:
                 break
             same = self._common_pages(child.tokens, token_ids, matched, usable)
             if same * self.page_size < len(child.tokens):
-                child = self._split(child, same)
-            child.last_access = now
+                child = self._split(child, same, now)
+            else:
+                self._touch(child, now)
             pages.extend(child.pages)
             matched += len(child.tokens)
             node = child
         return PrefixMatch(num_tokens=matched, pages=pages, node=node)
 
     def digest(self, limit: int) -> list[int]:
-        """Chained page hashes of cached prefixes, most recently used first, at most ``limit``."""
-        nodes = sorted(self._iter_nodes(), key=lambda n: n.last_access, reverse=True)
+        """Chained page hashes of cached prefixes, most recently used first, at most ``limit``.
+
+        Nodes of equal last access come in either order; a node's own hashes in edge order. Cost:
+        O(limit), as every node holds at least one page, whatever the size of the tree.
+        """
         hashes: list[int] = []
-        for node in nodes:
+        if limit <= 0:
+            return hashes
+        for node in reversed(self._recency):
             hashes.extend(node.page_hashes)
             if len(hashes) >= limit:
                 return hashes[:limit]
@@ -160,7 +190,7 @@ class RadixCache:
         now = next(self._clock)
         ancestor = start
         while ancestor is not self.root:
-            ancestor.last_access = now
+            self._touch(ancestor, now)
             ancestor = ancestor.parent  # type: ignore[assignment]
         existing = self._match_below(start, token_ids, now)
         node = existing.node
@@ -172,17 +202,9 @@ class RadixCache:
             for i in range(0, len(new_tokens), self.page_size):
                 previous = chain_hash(previous, new_tokens[i : i + self.page_size])
                 hashes.append(previous)
-            child = RadixNode(
-                tokens=new_tokens,
-                pages=new_pages,
-                page_hashes=hashes,
-                parent=node,
-                last_access=next(self._clock),
-            )
-            node.children[self._page_key(new_tokens, 0)] = child
+            child = self._add_node(node, new_tokens, new_pages, hashes, next(self._clock))
             self.allocator.incref(new_pages)
             self._cached_pages += len(new_pages)
-            self._nodes += 1
             self._push_candidate(child)
             node = child
         return PrefixMatch(
@@ -221,14 +243,10 @@ class RadixCache:
             self.eviction_entries_examined += 1
             if leaf.evicted or not leaf.is_leaf or leaf.lock_count:
                 continue  # pushed again when it next becomes an unlocked leaf
-            if key != leaf.last_access:  # touched since it was pushed: back at its current place
+            if key != leaf._last_access:  # touched since it was pushed: back at its current place
                 self._push_candidate(leaf)
                 continue
-            parent = leaf.parent
-            assert parent is not None
-            del parent.children[self._page_key(leaf.tokens, 0)]
-            leaf.evicted = True
-            self._nodes -= 1
+            parent = self._remove_leaf(leaf)
             self.allocator.decref(leaf.pages)
             self._cached_pages -= len(leaf.pages)
             freed += len(leaf.pages)
@@ -243,31 +261,73 @@ class RadixCache:
             # touched since its push has only stale entries and must keep its place (O(heap),
             # amortised over the pushes since the last rebuild).
             current = {
-                id(candidate): (candidate.last_access, order, candidate)
+                id(candidate): (candidate._last_access, order, candidate)
                 for _, order, candidate in heap
                 if not candidate.evicted and candidate.is_leaf and not candidate.lock_count
             }
             heap[:] = current.values()
             heapq.heapify(heap)
-        heapq.heappush(heap, (node.last_access, next(self._order), node))
+        heapq.heappush(heap, (node._last_access, next(self._order), node))
+
+    # -- tree membership and access times: the only writers ---------------
+
+    def _touch(self, node: RadixNode, now: int) -> None:
+        """Marks ``node`` used at ``now``, the newest tick, and moves it to the recency list's end.
+
+        Every caller passes the tick its operation drew last, so the list stays sorted by last access.
+        """
+        node._last_access = now
+        self._recency.move_to_end(node)
+
+    def _add_node(
+        self,
+        parent: RadixNode,
+        tokens: list[int],
+        pages: list[int],
+        page_hashes: list[int],
+        now: int,
+        lock_count: int = 0,
+    ) -> RadixNode:
+        """A new node under ``parent`` (replacing any child with its first page), used at ``now``."""
+        node = RadixNode(
+            tokens=tokens,
+            pages=pages,
+            page_hashes=page_hashes,
+            parent=parent,
+            lock_count=lock_count,
+            _last_access=now,
+        )
+        parent.children[self._page_key(tokens, 0)] = node
+        self._recency[node] = None
+        return node
+
+    def _remove_leaf(self, leaf: RadixNode) -> RadixNode:
+        """Takes ``leaf`` out of the tree and the recency list; returns its parent."""
+        parent = leaf.parent
+        assert parent is not None and leaf.is_leaf
+        del parent.children[self._page_key(leaf.tokens, 0)]
+        del self._recency[leaf]
+        leaf.evicted = True
+        return parent
 
     # -- internals -------------------------------------------------------
 
-    def _split(self, node: RadixNode, keep_pages: int) -> RadixNode:
-        """Cuts ``node``'s edge after ``keep_pages`` pages; returns the new upper half."""
+    def _split(self, node: RadixNode, keep_pages: int, now: int) -> RadixNode:
+        """Cuts ``node``'s edge after ``keep_pages`` pages; returns the new upper half, used at ``now``.
+
+        The lower half keeps its access time and its place in the recency list.
+        """
         cut = keep_pages * self.page_size
         parent = node.parent
         assert parent is not None
-        upper = RadixNode(
-            tokens=node.tokens[:cut],
-            pages=node.pages[:keep_pages],
-            page_hashes=node.page_hashes[:keep_pages],
-            parent=parent,
+        upper = self._add_node(
+            parent,
+            node.tokens[:cut],
+            node.pages[:keep_pages],
+            node.page_hashes[:keep_pages],
+            now,
             lock_count=node.lock_count,
-            last_access=node.last_access,
         )
-        parent.children[self._page_key(upper.tokens, 0)] = upper
-        self._nodes += 1
         node.tokens = node.tokens[cut:]
         node.pages = node.pages[keep_pages:]
         node.page_hashes = node.page_hashes[keep_pages:]
