@@ -21,13 +21,17 @@ def quantized(n: int, k: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor
 # (M, N, K): a single decode row, ragged edges in every dimension, more rows than one tile.
 # K = 64 and 128 take the unmasked (EVEN_K) loop at block_k 64, the others the masked one.
 @pytest.mark.parametrize("shape", [(1, 64, 64), (3, 40, 200), (17, 96, 130), (40, 33, 72), (5, 24, 128)])
-def test_int8_weight_matmul_matches_fp64_reference(dtype: torch.dtype, shape: tuple[int, int, int]) -> None:
+# 0: the tile kernel for every row count; 64: the GEMV kernel for all of these.
+@pytest.mark.parametrize("gemv_max_rows", [0, 64])
+def test_int8_weight_matmul_matches_fp64_reference(
+    dtype: torch.dtype, shape: tuple[int, int, int], gemv_max_rows: int
+) -> None:
     m, n, k = shape
     q, scale = quantized(n, k)
     x = torch.randn(m, k, dtype=dtype)
     out = poisoned_like(torch.empty(m, n, dtype=dtype))
 
-    int8_weight_matmul(x, q, scale, out=out, block_k=64)
+    int8_weight_matmul(x, q, scale, out=out, block_k=64, gemv_max_rows=gemv_max_rows)
 
     assert relative_error(out, int8_weight_matmul_reference(x, q, scale)) < TOLERANCE[dtype]
 
@@ -60,6 +64,9 @@ def test_a_strided_batch_of_rows_is_read_through_its_stride() -> None:
         (torch.randn(2, 8), torch.zeros(4, 8, dtype=torch.int8), torch.ones(5), "shapes do not fit"),
         (torch.randn(8), torch.zeros(4, 8, dtype=torch.int8), torch.ones(4), "want x"),
         (torch.randn(8, 2).T, torch.zeros(4, 8, dtype=torch.int8), torch.ones(4), "contiguous"),
+        # Scales are checked, not converted: a conversion would be one more op per product and step.
+        (torch.randn(2, 8), torch.zeros(4, 8, dtype=torch.int8), torch.ones(4).bfloat16(), "fp32"),
+        (torch.randn(2, 8), torch.zeros(4, 8, dtype=torch.int8), torch.ones(8)[::2], "fp32"),
     ],
 )
 def test_bad_operands_are_refused_before_launch(x, q, scale, message) -> None:

@@ -135,6 +135,9 @@ class EngineConfig:
     # weight-only Triton kernel, larger ones dequantize for cuBLAS; 0 dequantizes always
     # (model/quantized_linear.QuantizedKernelConfig says where 128 comes from).
     quantized_triton_max_rows: int = 128
+    # Of those, products of up to this many rows take the kernel's GEMV form, the rest its tile
+    # form; 0 keeps the tile form (QuantizedKernelConfig.gemv_max_rows says why).
+    quantized_gemv_max_rows: int = 4
     # On CUDA, replay decode steps of up to this many requests as captured
     # graphs; 0 disables graphs.
     cuda_graph_max_batch: int = 128
@@ -165,6 +168,8 @@ class EngineConfig:
             raise ValueError("engine.cascade_min_saved_tokens must be 0 or more")
         if self.quantized_triton_max_rows < 0:
             raise ValueError("engine.quantized_triton_max_rows must be 0 (always dequantize) or positive")
+        if self.quantized_gemv_max_rows < 0:
+            raise ValueError("engine.quantized_gemv_max_rows must be 0 (tile kernel only) or positive")
         for name in ("page_size", "num_pages", "max_running_requests", "max_batched_tokens"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"engine.{name} must be positive")

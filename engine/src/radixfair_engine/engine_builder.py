@@ -45,7 +45,9 @@ def build_engine(config: EngineConfig, model_dir: Path, encoder: PromptEncoder |
     """The engine for ``model_dir`` under ``config``. ``encoder``: the model's PromptEncoder when the
     caller already holds one (reading tokenizer.json costs ~0.2 s of CPU); else it is read here."""
     dtype = getattr(torch, config.dtype)
-    quantized = QuantizedKernelConfig(triton_max_rows=config.quantized_triton_max_rows)
+    quantized = QuantizedKernelConfig(
+        triton_max_rows=config.quantized_triton_max_rows, gemv_max_rows=config.quantized_gemv_max_rows
+    )
     model = load_model(model_dir, build_backend(config.backend, quantized), dtype, config.device)
     model_config = model.config
     device = torch.device(config.device)

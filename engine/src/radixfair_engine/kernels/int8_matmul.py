@@ -19,13 +19,29 @@ value is a bf16 and an fp16 value). The tile product accumulates in fp32 on the 
 and the per-channel scale is applied once to the accumulated output column
 (x @ (q * s)^T == (x @ q^T) * s), then the result is rounded to x.dtype.
 
-Each program owns a BLOCK_M x BLOCK_N output tile and walks K in BLOCK_K steps. ``tl.dot`` needs
-at least 16 rows, so a batch of 1 pads to 16 rows in registers (free: the weight bytes, not the
-arithmetic, set the time). Small N (SmolLM2's 576-wide projections) gets narrow tiles so that
-enough programs run to pull the weights at full bandwidth.
+Two kernels, chosen by the row count (``gemv_max_rows``, from QuantizedKernelConfig):
+
+- the tile kernel: each program owns a BLOCK_M x BLOCK_N output tile and walks K in BLOCK_K steps
+  through ``tl.dot``. ``tl.dot`` needs at least 16 rows, so a batch of 1 pads to 16 rows in
+  registers. Small N (SmolLM2's 576-wide projections) gets narrow tiles so that enough programs run.
+- the GEMV kernel, for a handful of rows: one program per (BLOCK_N output channels, row), each
+  loading its channels' whole K (up to 2,048) in one step and reducing with ``tl.sum``, no
+  ``tl.dot``. Why a second kernel: in a decode step the weights come from DRAM (30 layers' weights
+  are 2-4x the L2), where a kernel's time is set by how many bytes it has in flight, not by its
+  arithmetic. The tile kernel at batch 1 runs N / 16 programs (36 for SmolLM2's o_proj and
+  down_proj, on 132 SMs), each streaming BLOCK_K-wide steps one after another; the GEMV kernel runs
+  N / 4 programs that each request all of their weight bytes at once. The H200 per-product table
+  that placed the tile kernel ahead of cuBLAS (2.7-4.2 us against 3.1-4.4) timed replays of one
+  weight, which then sits in the L2; the whole decode step did not get faster (1.03 against 1.02 ms)
+  although a quantized step issues no op but these kernels beyond the bf16 step's
+  (tests/kernels/test_int8_decode_step_ops.py), which leaves the kernel's time with cold weights.
+  The GEMV kernel's products are exact in fp32 (8-bit codes times bf16) and summed in fp32, so
+  both kernels give the same result up to the order of fp32 additions.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -86,6 +102,40 @@ def _weight_only_matmul_kernel(
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=row_mask[:, None] & col_mask[None, :])
 
 
+@triton.jit
+def _weight_only_gemv_kernel(
+    x_ptr,
+    q_ptr,
+    scale_ptr,
+    out_ptr,
+    N,
+    K,
+    x_stride,
+    q_stride,
+    out_stride,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    FP8_CODES: tl.constexpr,
+):
+    # Grid (cdiv(N, BLOCK_N), M): a row's programs re-read the weight the first row's pulled into L2.
+    row = tl.program_id(1).to(tl.int64)
+    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_mask = cols < N
+    q_rows = q_ptr + cols.to(tl.int64)[:, None] * q_stride
+    acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    for k_start in range(0, K, BLOCK_K):
+        ks = k_start + tl.arange(0, BLOCK_K)
+        k_mask = ks < K
+        x = tl.load(x_ptr + row * x_stride + ks, mask=k_mask, other=0.0).to(tl.float32)
+        q = tl.load(q_rows + ks[None, :], mask=col_mask[:, None] & k_mask[None, :], other=0)
+        if FP8_CODES:
+            q = q.to(tl.float8e4nv, bitcast=True)
+        acc += tl.sum(q.to(tl.float32) * x[None, :], axis=1)
+    scale = tl.load(scale_ptr + cols, mask=col_mask, other=0.0)
+    out = (acc * scale).to(out_ptr.dtype.element_ty)
+    tl.store(out_ptr + row * out_stride + cols, out, mask=col_mask)
+
+
 def int8_weight_matmul(
     x: torch.Tensor,
     q: torch.Tensor,
@@ -96,11 +146,17 @@ def int8_weight_matmul(
     block_k: int | None = None,
     num_warps: int = 4,
     num_stages: int = 4,
+    gemv_max_rows: int = 0,
 ) -> torch.Tensor:
-    """x [M, K] @ (q [N, K] int8 * scale [N])^T -> [M, N] in x.dtype (block sizes: see tile_sizes)."""
+    """x [M, K] @ (q [N, K] int8 * scale [N] fp32)^T -> [M, N] in x.dtype.
+
+    Up to ``gemv_max_rows`` rows take the GEMV kernel (block sizes: gemv_tile_sizes), more rows the
+    tile kernel (block sizes: tile_sizes; the block_* and num_* arguments apply to it only).
+    """
     if q.dtype != torch.int8:
         raise ValueError(f"q must be int8, got {q.dtype}")
-    return _weight_only_matmul(x, q, scale, out, (block_m, block_n, block_k), num_warps, num_stages, False)
+    tile = _Tile(block_m, block_n, block_k, num_warps, num_stages)
+    return _weight_only_matmul(x, q, scale, out, tile, gemv_max_rows, fp8_codes=False)
 
 
 def fp8_weight_matmul(
@@ -113,9 +169,11 @@ def fp8_weight_matmul(
     block_k: int | None = None,
     num_warps: int = 4,
     num_stages: int = 4,
+    gemv_max_rows: int = 0,
 ) -> torch.Tensor:
-    """x [M, K] @ (e4m3(q [N, K] uint8 codes) * scale [N])^T -> [M, N] in x.dtype.
+    """x [M, K] @ (e4m3(q [N, K] uint8 codes) * scale [N] fp32)^T -> [M, N] in x.dtype.
 
+    Kernel choice and block sizes as for ``int8_weight_matmul``.
     ``q`` is a float8_e4m3fn tensor's bytes (``weight.view(torch.uint8)``); a float8_e4m3fn
     tensor itself is taken too and read through such a view.
     """
@@ -123,7 +181,19 @@ def fp8_weight_matmul(
         q = q.view(torch.uint8)
     if q.dtype != torch.uint8:
         raise ValueError(f"q must be fp8 e4m3 codes as uint8 (or float8_e4m3fn), got {q.dtype}")
-    return _weight_only_matmul(x, q, scale, out, (block_m, block_n, block_k), num_warps, num_stages, True)
+    tile = _Tile(block_m, block_n, block_k, num_warps, num_stages)
+    return _weight_only_matmul(x, q, scale, out, tile, gemv_max_rows, fp8_codes=True)
+
+
+@dataclass(frozen=True)
+class _Tile:
+    """The tile kernel's launch shape; None block sizes take tile_sizes / default_block_k."""
+
+    block_m: int | None
+    block_n: int | None
+    block_k: int | None
+    num_warps: int
+    num_stages: int
 
 
 def _weight_only_matmul(
@@ -131,9 +201,8 @@ def _weight_only_matmul(
     q: torch.Tensor,
     scale: torch.Tensor,
     out: torch.Tensor | None,
-    blocks: tuple[int | None, int | None, int | None],
-    num_warps: int,
-    num_stages: int,
+    tile: _Tile,
+    gemv_max_rows: int,
     fp8_codes: bool,
 ) -> torch.Tensor:
     if x.dim() != 2 or q.dim() != 2 or scale.dim() != 1:
@@ -145,6 +214,10 @@ def _weight_only_matmul(
         raise ValueError(
             f"shapes do not fit: x {tuple(x.shape)}, q {tuple(q.shape)}, scale {tuple(scale.shape)}"
         )
+    # Checked, not converted: a conversion would be one more op per product in every decode step
+    # (QuantizedLinear keeps its scales fp32 through Module.to).
+    if scale.dtype != torch.float32 or scale.stride(0) != 1:
+        raise ValueError(f"scale must be contiguous fp32, got {scale.dtype} with stride {scale.stride()}")
     check_last_dim_contiguous("x", x)
     check_last_dim_contiguous("q", q)
     m, k = x.shape
@@ -152,15 +225,21 @@ def _weight_only_matmul(
     out = output_buffer(out, x, (m, n))
     if m == 0:
         return out
+    if m <= gemv_max_rows:
+        block_n, block_k = gemv_tile_sizes(n, k, on_cpu=interpreted(x))
+        _weight_only_gemv_kernel[(triton.cdiv(n, block_n), m)](
+            x, q, scale, out, n, k, x.stride(0), q.stride(0), out.stride(0),
+            BLOCK_N=block_n, BLOCK_K=block_k, FP8_CODES=fp8_codes, num_warps=4,
+        )  # fmt: skip
+        return out
     default_m, default_n = tile_sizes(m, n)
-    block_m, block_n = blocks[0] or default_m, blocks[1] or default_n
-    block_k = blocks[2] or default_block_k(n)
+    block_m, block_n = tile.block_m or default_m, tile.block_n or default_n
+    block_k = tile.block_k or default_block_k(n)
     grid = (triton.cdiv(m, block_m), triton.cdiv(n, block_n))
     _weight_only_matmul_kernel[grid](
         x,
         q,
-        # A no-op for the fp32 scales QuantizedLinear keeps (no copy, so nothing new under a CUDA graph).
-        scale.to(torch.float32).contiguous(),
+        scale,
         out,
         m,
         n,
@@ -174,10 +253,22 @@ def _weight_only_matmul(
         EVEN_K=k % block_k == 0,
         DOT_FP32=x.dtype == torch.float32 or interpreted(x),
         FP8_CODES=fp8_codes,
-        num_warps=num_warps,
-        num_stages=num_stages,
+        num_warps=tile.num_warps,
+        num_stages=tile.num_stages,
     )
     return out
+
+
+def gemv_tile_sizes(n: int, k: int, on_cpu: bool = False) -> tuple[int, int]:
+    """(BLOCK_N, BLOCK_K) of the GEMV kernel: 4 channels a program up to N = 1,024 (144 programs a row
+    for SmolLM2's 576-wide o_proj and down_proj), 8 above; the whole K in one step up to 2,048 (so
+    every weight byte a program needs is requested at once), 2,048-wide steps beyond. Not yet swept
+    on a GPU: bench/kernels/gpu_quantized_decode_bench.py times it against the tile kernel with the
+    weights in DRAM. In the CPU interpreter, whose cost is per program, up to 256 channels a program."""
+    block_k = min(2048, triton.next_power_of_2(k))
+    if on_cpu:
+        return min(256, triton.next_power_of_2(n)), block_k
+    return (4 if n <= 1024 else 8), block_k
 
 
 def tile_sizes(m: int, n: int) -> tuple[int, int]:

@@ -49,13 +49,22 @@ class QuantizedKernelConfig:
     decode batches, so prefill chunks keep cuBLAS. 128 is also the largest decode batch the worker
     captures as a CUDA graph (EngineConfig.cuda_graph_max_batch), so every decode step is in range.
     bench/kernels/gpu_quantized_decode_bench.py sweeps the rows to move this line.
+
+    ``gemv_max_rows``: of those, products of up to this many rows take the kernel's GEMV form
+    (every program requests its whole slice of the weight at once; kernels/int8_matmul.py says
+    why), the rest its tensor-core tile form; 0 keeps the tile form for every row count. 4 covers
+    batch 1 (the decode batch where halving the weight bytes should show) and the smallest CUDA-graph
+    sizes above it; it is a prediction until the bench's DRAM-resident product table confirms it.
     """
 
     triton_max_rows: int = 128
+    gemv_max_rows: int = 4
 
     def __post_init__(self) -> None:
         if self.triton_max_rows < 0:
             raise ValueError(f"triton_max_rows must be >= 0, got {self.triton_max_rows}")
+        if self.gemv_max_rows < 0:
+            raise ValueError(f"gemv_max_rows must be >= 0, got {self.gemv_max_rows}")
 
 
 class QuantizedLinear(nn.Module):
