@@ -6,6 +6,7 @@ Shapes and dtypes:
   k_cache, v_cache  [num_pages, page_size, Hkv, D] contiguous, q's dtype; Hq = G * Hkv
   page_table        [B, max_pages] int32, sequence b's context lives in pages page_table[b, :]
   seq_lens          [B] int32, context length including the new token (0 gives a zero row)
+  split_counters    [>= B * Hkv] int32, zero (optional; see below), left zero
   returns           [B, Hq, D] in q's dtype
 
 One program owns one (sequence, KV head, split): it loads the G query heads
@@ -13,8 +14,17 @@ that share the KV head as one [G padded to 16, D] tile, so each K/V tile is
 read from memory once for the whole group and both products run on the tensor
 cores. Long contexts are cut into ``num_splits`` ranges (flash-decoding) so
 that small batches still fill the GPU; the splits' partial results are merged
-by a second, tiny kernel. Split ranges are computed on the device from
-seq_lens, so one grid serves any lengths (what a captured CUDA graph needs).
+exactly (log-sum-exp). Split ranges are computed on the device from seq_lens,
+so one grid serves any lengths (what a captured CUDA graph needs).
+
+Two ways to merge. Without ``split_counters``, a second, tiny kernel merges
+(two launches). With them, one launch: every split program stores its partial,
+then counts itself in on its (sequence, KV head)'s counter with an acq_rel
+atomic, and the program that arrives last merges the group's partials and sets
+the counter back to zero, so the next launch (or graph replay) finds it zeroed.
+Split programs that find no keys arrive too. The counters must live as long as
+any CUDA graph that captured them and must not be shared by launches that can
+run at the same time (two streams).
 """
 
 from __future__ import annotations
@@ -52,6 +62,7 @@ def _decode_kernel(
     out_ptr,
     partial_out_ptr,
     partial_lse_ptr,
+    split_counters_ptr,
     q_stride_b,
     q_stride_h,
     out_stride_b,
@@ -65,6 +76,7 @@ def _decode_kernel(
     PAGE_SIZE: tl.constexpr,
     BLOCK_N: tl.constexpr,
     NUM_SPLITS: tl.constexpr,
+    MERGE_IN_KERNEL: tl.constexpr,
     UPCAST_DOT: tl.constexpr,
     IEEE_DOT: tl.constexpr,
 ):
@@ -120,6 +132,83 @@ def _decode_kernel(
         slot = (seq * NUM_KV_HEADS * GROUP + heads) * NUM_SPLITS + split
         tl.store(partial_lse_ptr + slot, lse, mask=group < GROUP)
         tl.store(partial_out_ptr + slot[:, None] * HEAD_DIM + dims[None, :], result, mask=group_mask)
+        if MERGE_IN_KERNEL:
+            _arrive_and_merge_last(
+                partial_out_ptr,
+                partial_lse_ptr,
+                split_counters_ptr + seq * NUM_KV_HEADS + kv_head,
+                out_ptr + seq * out_stride_b,
+                out_stride_h,
+                seq * NUM_KV_HEADS * GROUP + kv_head * GROUP,
+                kv_head * GROUP,
+                GROUP,
+                HEAD_DIM,
+                NUM_SPLITS,
+            )
+
+
+@triton.jit
+def _arrive_and_merge_last(
+    partial_out_ptr,
+    partial_lse_ptr,
+    counter_ptr,
+    seq_out_ptr,
+    out_stride_h,
+    first_row,
+    first_head,
+    GROUP: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    NUM_SPLITS: tl.constexpr,
+):
+    """Counts this split program in; the last of the NUM_SPLITS merges the GROUP heads' partials.
+
+    Ordering: the barrier puts every thread's partial stores before the (single-thread) atomic,
+    whose release publishes them at GPU scope; the last arrival's acquire (and the barrier Triton
+    puts after a scalar atomic to share its result) orders the merge's loads after all of them.
+    The merge loads bypass L1 (``.cg``), which a peer SM's stores never update.
+    """
+    tl.debug_barrier()
+    arrived = tl.atomic_add(counter_ptr, 1, sem="acq_rel")
+    if arrived == NUM_SPLITS - 1:
+        for g in range(GROUP):
+            _merge_head(
+                partial_out_ptr,
+                partial_lse_ptr,
+                (first_row + g) * NUM_SPLITS,
+                seq_out_ptr + (first_head + g) * out_stride_h,
+                HEAD_DIM,
+                NUM_SPLITS,
+                ".cg",
+            )
+        # Every split has arrived, so no program of this launch touches the counter again, and
+        # the next launch on the stream sees the zero.
+        tl.store(counter_ptr, 0)
+
+
+@triton.jit
+def _merge_head(
+    partial_out_ptr,
+    partial_lse_ptr,
+    base,
+    head_out_ptr,
+    HEAD_DIM: tl.constexpr,
+    NUM_SPLITS: tl.constexpr,
+    CACHE: tl.constexpr,
+):
+    """One head's NUM_SPLITS partials (rows base.. of the partial buffers) -> its output row."""
+    splits = tl.arange(0, NUM_SPLITS)
+    dims = tl.arange(0, HEAD_DIM)
+    lse = tl.load(partial_lse_ptr + base + splits, cache_modifier=CACHE)
+    top = tl.max(lse, axis=0)
+    # All splits empty only for a zero-length (padded) sequence: write zeros, not NaN.
+    top = tl.where(top == float("-inf"), 0.0, top)
+    weights = tl.exp2(lse - top)
+    partial = tl.load(
+        partial_out_ptr + (base + splits)[:, None] * HEAD_DIM + dims[None, :], cache_modifier=CACHE
+    )
+    total = tl.sum(weights, axis=0)
+    merged = tl.sum(partial * weights[:, None], axis=0) / tl.where(total > 0, total, 1.0)
+    tl.store(head_out_ptr + dims, merged.to(head_out_ptr.dtype.element_ty))
 
 
 @triton.jit
@@ -135,18 +224,15 @@ def _merge_splits_kernel(
 ):
     seq = tl.program_id(0)
     head = tl.program_id(1)
-    base = (seq * NUM_HEADS + head) * NUM_SPLITS
-    splits = tl.arange(0, NUM_SPLITS)
-    dims = tl.arange(0, HEAD_DIM)
-    lse = tl.load(partial_lse_ptr + base + splits)
-    top = tl.max(lse, axis=0)
-    # All splits empty only for a zero-length (padded) sequence: write zeros, not NaN.
-    top = tl.where(top == float("-inf"), 0.0, top)
-    weights = tl.exp2(lse - top)
-    partial = tl.load(partial_out_ptr + (base + splits)[:, None] * HEAD_DIM + dims[None, :])
-    total = tl.sum(weights, axis=0)
-    merged = tl.sum(partial * weights[:, None], axis=0) / tl.where(total > 0, total, 1.0)
-    tl.store(out_ptr + seq * out_stride_b + head * out_stride_h + dims, merged.to(out_ptr.dtype.element_ty))
+    _merge_head(
+        partial_out_ptr,
+        partial_lse_ptr,
+        (seq * NUM_HEADS + head) * NUM_SPLITS,
+        out_ptr + seq * out_stride_b + head * out_stride_h,
+        HEAD_DIM,
+        NUM_SPLITS,
+        "",
+    )
 
 
 def paged_decode_attention(
@@ -161,11 +247,18 @@ def paged_decode_attention(
     block_n: int = DEFAULT_BLOCK_N,
     num_warps: int = 4,
     num_stages: int = 2,
+    split_counters: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """q [B, Hq, D] over paged K/V -> [B, Hq, D]; ``num_splits`` must be a power of two."""
+    """q [B, Hq, D] over paged K/V -> [B, Hq, D]; ``num_splits`` must be a power of two.
+
+    ``split_counters`` (``new_split_counters``): with several splits, merge in the same launch
+    (the last split program of each sequence and KV head merges); without, a second kernel merges.
+    """
     batch, num_heads, head_dim = q.shape
     num_kv_heads, page_size = k_cache.shape[2], k_cache.shape[1]
     _check(q, k_cache, v_cache, page_table, seq_lens, num_splits)
+    if split_counters is not None:
+        _check_counters(split_counters, batch * num_kv_heads, q.device)
     out = output_buffer(out, q, tuple(q.shape))
     if batch == 0:
         return out
@@ -177,6 +270,7 @@ def paged_decode_attention(
         partial_lse = torch.empty((batch, num_heads, num_splits), dtype=torch.float32, device=q.device)
     else:
         partial_out = partial_lse = out  # unused
+    merge_in_kernel = num_splits > 1 and split_counters is not None
     _decode_kernel[(num_kv_heads, batch, num_splits)](
         q,
         k_cache,
@@ -186,6 +280,7 @@ def paged_decode_attention(
         out,
         partial_out,
         partial_lse,
+        split_counters if merge_in_kernel else seq_lens,  # unused without the in-kernel merge
         q.stride(0),
         q.stride(1),
         out.stride(0),
@@ -199,12 +294,13 @@ def paged_decode_attention(
         PAGE_SIZE=page_size,
         BLOCK_N=block_n,
         NUM_SPLITS=num_splits,
+        MERGE_IN_KERNEL=merge_in_kernel,
         UPCAST_DOT=interpreted(q),
         IEEE_DOT=q.dtype == torch.float32,
         num_warps=num_warps,
         num_stages=num_stages,
     )
-    if num_splits > 1:
+    if num_splits > 1 and not merge_in_kernel:
         _merge_splits_kernel[(batch, num_heads)](
             partial_out,
             partial_lse,
@@ -217,6 +313,15 @@ def paged_decode_attention(
             num_warps=1,
         )
     return out
+
+
+def new_split_counters(batch: int, num_kv_heads: int, device: torch.device | str) -> torch.Tensor:
+    """Zeroed arrival counters for one-launch split decode of up to ``batch`` sequences.
+
+    Allocate them once, outside any CUDA graph capture, and keep them alive as long as the
+    graphs that use them: every launch leaves them zero again, so they are never re-zeroed.
+    """
+    return torch.zeros(batch * num_kv_heads, dtype=torch.int32, device=device)
 
 
 def _check(
@@ -238,6 +343,13 @@ def _check(
     if num_splits < 1 or num_splits & (num_splits - 1) or q.shape[2] & (q.shape[2] - 1):
         raise ValueError("num_splits and head_dim must be powers of two")
     check_last_dim_contiguous("q", q)
+
+
+def _check_counters(counters: torch.Tensor, needed: int, device: torch.device) -> None:
+    if counters.dtype != torch.int32 or counters.device != device or not counters.is_contiguous():
+        raise ValueError(f"split_counters must be contiguous int32 on {device}, got {counters.dtype}")
+    if counters.numel() < needed:
+        raise ValueError(f"split_counters holds {counters.numel()} counters; B * Hkv = {needed} needed")
 
 
 def choose_num_splits(

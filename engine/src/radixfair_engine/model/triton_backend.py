@@ -12,7 +12,11 @@ from __future__ import annotations
 import torch
 
 from radixfair_engine.kernels.cascade_decode_attention import cascade_decode_attention, choose_prefix_splits
-from radixfair_engine.kernels.decode_attention import choose_num_splits, paged_decode_attention
+from radixfair_engine.kernels.decode_attention import (
+    choose_num_splits,
+    new_split_counters,
+    paged_decode_attention,
+)
 from radixfair_engine.kernels.extend_attention import extend_attention
 from radixfair_engine.kernels.int8_matmul import fp8_weight_matmul, int8_weight_matmul
 from radixfair_engine.kernels.norm_matmul import norm_gate_up_silu, norm_matmul
@@ -35,6 +39,9 @@ class TritonBackend:
     CUDA device's multiprocessor count (and to 1 on CPU, the interpreter's case).
     ``fusions`` picks the cross-operation fusions (all off by default); ``quantized`` which
     products of a quantized checkpoint run the weight-only int8/fp8 kernel.
+    ``one_launch_decode``: split decode attention merges its splits in the same launch (the
+    last split program merges, counted on arrival counters this backend holds); False keeps
+    the separate merge kernel (two launches a layer whenever the heuristic splits).
     """
 
     name = "triton"
@@ -54,6 +61,7 @@ class TritonBackend:
         num_sms: int | None = None,
         fusions: StepFusionConfig | None = None,
         quantized: QuantizedKernelConfig | None = None,
+        one_launch_decode: bool = True,
     ) -> None:
         if num_sms is None:
             num_sms = (
@@ -62,6 +70,10 @@ class TritonBackend:
         self.num_sms = num_sms
         self.fusions = fusions or StepFusionConfig()
         self.quantized = quantized or QuantizedKernelConfig()
+        self.one_launch_decode = one_launch_decode
+        # Per device, the largest counters so far; replaced ones stay alive, since a captured
+        # CUDA graph keeps their address (freed, the allocator could hand that memory out).
+        self._split_counters: dict[torch.device, list[torch.Tensor]] = {}
 
     def _fits(self, enabled: bool, x: torch.Tensor) -> bool:
         return enabled and 0 < x.shape[0] <= self.fusions.max_rows
@@ -143,8 +155,18 @@ class TritonBackend:
             if groups is not None:
                 return self._cascade_decode(q, k_cache, v_cache, batch, groups, scale)
             splits = choose_num_splits(batch.num_sequences, k_cache.shape[2], batch.max_seq_len, self.num_sms)
+            counters = None
+            if splits > 1 and self.one_launch_decode:
+                counters = self._counters(q.device, batch.num_sequences, k_cache.shape[2])
             return paged_decode_attention(
-                q, k_cache, v_cache, batch.page_table, batch.seq_lens, scale, num_splits=splits
+                q,
+                k_cache,
+                v_cache,
+                batch.page_table,
+                batch.seq_lens,
+                scale,
+                num_splits=splits,
+                split_counters=counters,
             )
         return extend_attention(
             q,
@@ -156,6 +178,21 @@ class TritonBackend:
             batch.max_query_len,
             scale,
         )
+
+    def _counters(self, device: torch.device, batch_size: int, num_kv_heads: int) -> torch.Tensor:
+        """Zeroed split-arrival counters for ``batch_size`` sequences, shared by every layer.
+
+        Layers (and graph replays) run one after another on one stream, and each launch leaves
+        the counters zero, so one set serves them all. They are allocated outside capture: the
+        graph runner runs each size eagerly, largest first, before it captures it. Splits (and
+        so counters) are only used while batch * Hkv < 2 * num_sms, so they stay small.
+        """
+        held = self._split_counters.setdefault(device, [])
+        if not held or held[-1].numel() < batch_size * num_kv_heads:
+            if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+                raise RuntimeError("split-decode counters must be allocated before CUDA graph capture")
+            held.append(new_split_counters(batch_size, num_kv_heads, device))
+        return held[-1]
 
     def _cascade_decode(
         self,
