@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 pytest.importorskip("triton")
 
+from radixfair_engine.config import EngineConfig  # noqa: E402
 from radixfair_engine.kernels.accuracy import TOLERANCE, poisoned_like, relative_error  # noqa: E402
 from radixfair_engine.kernels.int8_matmul import (  # noqa: E402
     fp8_weight_matmul,
@@ -24,6 +25,7 @@ from radixfair_engine.kernels.reference import (  # noqa: E402
     fp8_weight_matmul_reference,
     int8_weight_matmul_reference,
 )
+from radixfair_engine.model.quantized_linear import QuantizedKernelConfig  # noqa: E402
 from radixfair_model_format.quantized_checkpoint import quantize_weight  # noqa: E402
 
 MATMULS = {"int8": (int8_weight_matmul, int8_weight_matmul_reference)}
@@ -92,3 +94,13 @@ def test_gemv_tiles_cover_smollm2s_projections_in_enough_programs_and_one_k_step
     # The interpreter runs programs one after another: few, wide ones there.
     assert gemv_tile_sizes(576, 1536, on_cpu=True) == (256, 2048)
     assert gemv_tile_sizes(40, 96, on_cpu=True) == (64, 128)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("gemv_max_rows", -1), ("tile_max_block_m", 48), ("tile_max_block_m", 8)]
+)
+def test_kernel_choices_out_of_range_are_refused_at_the_config(field: str, value: int) -> None:
+    with pytest.raises(ValueError, match=field):
+        QuantizedKernelConfig(**{field: value})
+    with pytest.raises(ValueError, match=f"quantized_{field}"):
+        EngineConfig(**{f"quantized_{field}": value})

@@ -75,11 +75,31 @@ def test_bad_operands_are_refused_before_launch(x, q, scale, message) -> None:
 
 
 def test_tiles_are_the_h200_sweeps_fastest_per_batch_and_width() -> None:
-    # bench/results/gpu_int8_h200.json, best_tile: one 16-row tile at batch 1, 64-row tiles at 128.
+    # bench/results/gpu_int8_h200.json, best_tile: one 16-row tile at batch 1, 64-row tiles at 128
+    # among the 64- and 128-row tiles it tried (max_block_m 64 keeps those).
     assert tile_sizes(1, 576) == (16, 16)
     assert tile_sizes(1, 3072) == (16, 32)
     assert tile_sizes(1, 49152) == (16, 128)
-    assert tile_sizes(128, 960) == (64, 16)
-    assert tile_sizes(128, 3072) == (64, 64)
+    assert tile_sizes(128, 960, max_block_m=64) == (64, 16)
+    assert tile_sizes(128, 3072, max_block_m=64) == (64, 64)
     assert tile_sizes(128, 49152) == (128, 128)
     assert tile_sizes(20, 576) == (32, 16)
+
+
+def test_above_16_rows_the_default_tiles_are_32_rows_and_at_most_32_wide() -> None:
+    # 4x the programs of the batch-32 launch at batch 128 (tile_sizes says why; a prediction).
+    assert tile_sizes(128, 960) == (32, 16)
+    assert tile_sizes(128, 3072) == (32, 32)
+    assert tile_sizes(64, 576) == (32, 16)
+    assert tile_sizes(128, 576, max_block_m=16) == (16, 16)
+
+
+@pytest.mark.parametrize("max_block_m", [16, 32, 64])
+def test_every_row_tile_cap_gives_the_same_product(max_block_m: int) -> None:
+    q, scale = quantized(40, 72, seed=4)
+    x = torch.randn(70, 72)
+    out = poisoned_like(torch.empty(70, 40))
+
+    int8_weight_matmul(x, q, scale, out=out, max_block_m=max_block_m)
+
+    assert relative_error(out, int8_weight_matmul_reference(x, q, scale)) < TOLERANCE[torch.float32]

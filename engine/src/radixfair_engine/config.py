@@ -138,6 +138,9 @@ class EngineConfig:
     # Of those, products of up to this many rows take the kernel's GEMV form, the rest its tile
     # form; 0 keeps the tile form (QuantizedKernelConfig.gemv_max_rows says why).
     quantized_gemv_max_rows: int = 4
+    # The tile form's largest row tile above 16 rows: 16, 32, 64 (the tiles before #15's second
+    # pass) or 128 (kernels/int8_matmul.tile_sizes says why 32).
+    quantized_tile_max_block_m: int = 32
     # On CUDA, replay decode steps of up to this many requests as captured
     # graphs; 0 disables graphs.
     cuda_graph_max_batch: int = 128
@@ -170,6 +173,8 @@ class EngineConfig:
             raise ValueError("engine.quantized_triton_max_rows must be 0 (always dequantize) or positive")
         if self.quantized_gemv_max_rows < 0:
             raise ValueError("engine.quantized_gemv_max_rows must be 0 (tile kernel only) or positive")
+        if self.quantized_tile_max_block_m not in (16, 32, 64, 128):
+            raise ValueError("engine.quantized_tile_max_block_m must be 16, 32, 64 or 128")
         for name in ("page_size", "num_pages", "max_running_requests", "max_batched_tokens"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"engine.{name} must be positive")

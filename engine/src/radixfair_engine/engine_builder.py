@@ -46,7 +46,9 @@ def build_engine(config: EngineConfig, model_dir: Path, encoder: PromptEncoder |
     caller already holds one (reading tokenizer.json costs ~0.2 s of CPU); else it is read here."""
     dtype = getattr(torch, config.dtype)
     quantized = QuantizedKernelConfig(
-        triton_max_rows=config.quantized_triton_max_rows, gemv_max_rows=config.quantized_gemv_max_rows
+        triton_max_rows=config.quantized_triton_max_rows,
+        gemv_max_rows=config.quantized_gemv_max_rows,
+        tile_max_block_m=config.quantized_tile_max_block_m,
     )
     model = load_model(model_dir, build_backend(config.backend, quantized), dtype, config.device)
     model_config = model.config

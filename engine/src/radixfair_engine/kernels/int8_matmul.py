@@ -147,15 +147,17 @@ def int8_weight_matmul(
     num_warps: int = 4,
     num_stages: int = 4,
     gemv_max_rows: int = 0,
+    max_block_m: int = 32,
 ) -> torch.Tensor:
     """x [M, K] @ (q [N, K] int8 * scale [N] fp32)^T -> [M, N] in x.dtype.
 
     Up to ``gemv_max_rows`` rows take the GEMV kernel (block sizes: gemv_tile_sizes), more rows the
-    tile kernel (block sizes: tile_sizes; the block_* and num_* arguments apply to it only).
+    tile kernel (block sizes: tile_sizes, with ``max_block_m``; the block_* and num_* arguments
+    apply to it only).
     """
     if q.dtype != torch.int8:
         raise ValueError(f"q must be int8, got {q.dtype}")
-    tile = _Tile(block_m, block_n, block_k, num_warps, num_stages)
+    tile = _Tile(block_m, block_n, block_k, num_warps, num_stages, max_block_m)
     return _weight_only_matmul(x, q, scale, out, tile, gemv_max_rows, fp8_codes=False)
 
 
@@ -170,6 +172,7 @@ def fp8_weight_matmul(
     num_warps: int = 4,
     num_stages: int = 4,
     gemv_max_rows: int = 0,
+    max_block_m: int = 32,
 ) -> torch.Tensor:
     """x [M, K] @ (e4m3(q [N, K] uint8 codes) * scale [N] fp32)^T -> [M, N] in x.dtype.
 
@@ -181,7 +184,7 @@ def fp8_weight_matmul(
         q = q.view(torch.uint8)
     if q.dtype != torch.uint8:
         raise ValueError(f"q must be fp8 e4m3 codes as uint8 (or float8_e4m3fn), got {q.dtype}")
-    tile = _Tile(block_m, block_n, block_k, num_warps, num_stages)
+    tile = _Tile(block_m, block_n, block_k, num_warps, num_stages, max_block_m)
     return _weight_only_matmul(x, q, scale, out, tile, gemv_max_rows, fp8_codes=True)
 
 
@@ -194,6 +197,7 @@ class _Tile:
     block_k: int | None
     num_warps: int
     num_stages: int
+    max_block_m: int
 
 
 def _weight_only_matmul(
@@ -232,7 +236,7 @@ def _weight_only_matmul(
             BLOCK_N=block_n, BLOCK_K=block_k, FP8_CODES=fp8_codes, num_warps=4,
         )  # fmt: skip
         return out
-    default_m, default_n = tile_sizes(m, n)
+    default_m, default_n = tile_sizes(m, n, tile.max_block_m)
     block_m, block_n = tile.block_m or default_m, tile.block_n or default_n
     block_k = tile.block_k or default_block_k(n)
     grid = (triton.cdiv(m, block_m), triton.cdiv(n, block_n))
@@ -271,21 +275,26 @@ def gemv_tile_sizes(n: int, k: int, on_cpu: bool = False) -> tuple[int, int]:
     return (4 if n <= 1024 else 8), block_k
 
 
-def tile_sizes(m: int, n: int) -> tuple[int, int]:
+def tile_sizes(m: int, n: int, max_block_m: int = 32) -> tuple[int, int]:
     """(BLOCK_M, BLOCK_N) for a batch of ``m`` rows and ``n`` output channels.
 
     The fastest tiles of the H200 sweep (bench/results/gpu_int8_h200.json, ``best_tile``, SmolLM2's
     projections): at batch 1 one 16-row tile, 16 wide for N <= 960 (so N / 16 programs still pull
-    the weight at full bandwidth), 32 for the 3,072-wide gate/up and 128 for the 49,152-row LM head;
-    at batch 128 two 64-row tiles (twice the programs of one 128-row tile: 3.8-6.9 us against
-    5.8-9.9 us), 16 wide for N <= 960 and 64 for gate/up, and the LM head 128 x 128. Batches between
-    17 and 127 rows were not swept: they take the batch-128 widths with one tile of up to 64 rows.
+    the weight at full bandwidth), 32 for the 3,072-wide gate/up and 128 for the 49,152-row LM head.
+    Above 16 rows, tiles of at most ``max_block_m`` rows (QuantizedKernelConfig.tile_max_block_m),
+    16 wide for N <= 1,024 and, for gate/up, 32 wide under 64-row tiles, 64 wide with them; the LM
+    head 128 x 128. Why 32 rows by default: that sweep tried only 64- and 128-row tiles at batch 128,
+    and its best (64 x 16, 3.8-6.9 us) lost to cuBLAS (3.1-4.4), while a 32-row tile at batch 32 took
+    2.9-4.6 us (gpu_quantized_decode_h200.md): at 128 rows, 32-row tiles run 4x the programs of that
+    batch-32 launch, as many as 132 SMs take at once, against the 64-row tiles' 2x. A prediction
+    until bench/kernels/gpu_quantized_decode_bench.py's tile sweep times it; 64 restores the old tiles.
     """
     if m <= 16:
         return 16, 16 if n <= 1024 else 32 if n <= 8192 else 128
     if n > 8192:
         return min(128, triton.next_power_of_2(m)), 128
-    return min(64, triton.next_power_of_2(m)), 16 if n <= 1024 else 64
+    block_m = min(max_block_m, triton.next_power_of_2(m))
+    return block_m, 16 if n <= 1024 else 64 if max_block_m >= 64 else 32
 
 
 def default_block_k(n: int) -> int:

@@ -55,16 +55,22 @@ class QuantizedKernelConfig:
     why), the rest its tensor-core tile form; 0 keeps the tile form for every row count. 4 covers
     batch 1 (the decode batch where halving the weight bytes should show) and the smallest CUDA-graph
     sizes above it; it is a prediction until the bench's DRAM-resident product table confirms it.
+
+    ``tile_max_block_m``: the tile form's largest row tile above 16 rows (kernels/int8_matmul.tile_sizes
+    says why 32 is the default; 64 gives the tiles the worker used before). 16, 32, 64 or 128.
     """
 
     triton_max_rows: int = 128
     gemv_max_rows: int = 4
+    tile_max_block_m: int = 32
 
     def __post_init__(self) -> None:
         if self.triton_max_rows < 0:
             raise ValueError(f"triton_max_rows must be >= 0, got {self.triton_max_rows}")
         if self.gemv_max_rows < 0:
             raise ValueError(f"gemv_max_rows must be >= 0, got {self.gemv_max_rows}")
+        if self.tile_max_block_m not in (16, 32, 64, 128):
+            raise ValueError(f"tile_max_block_m must be 16, 32, 64 or 128, got {self.tile_max_block_m}")
 
 
 class QuantizedLinear(nn.Module):

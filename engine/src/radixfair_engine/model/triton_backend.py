@@ -140,7 +140,10 @@ class TritonBackend:
         if not 0 < x.shape[0] <= self.quantized.triton_max_rows:
             return None
         matmul = int8_weight_matmul if scheme == "int8" else fp8_weight_matmul
-        return matmul(x, codes, scale, gemv_max_rows=self.quantized.gemv_max_rows)
+        config = self.quantized
+        return matmul(
+            x, codes, scale, gemv_max_rows=config.gemv_max_rows, max_block_m=config.tile_max_block_m
+        )
 
     def attention(
         self,
