@@ -1,0 +1,208 @@
+"""What the radix cache's digest and its hot-path operations cost, before and after the recency list.
+
+The worker's engine loop publishes ``RadixCache.digest(4096)`` at most every 0.25 s, on the engine
+process's one thread (the serving path's bottleneck). The digest used to sort every node by last
+access; it now reads a recency list the cache keeps in step on every touch. That moves cost from
+the digest to every match and insert, so this script times both sides on the same cache shapes:
+
+- ``digest``: one ``digest(4096)`` call (median of repeats);
+- ``match``: ``match_prefix`` of a cached 1,088-token request (two nodes touched);
+- ``insert``: ``insert`` of a new 1,088-token request (the shared node touched, one leaf added);
+- ``insert_below``: one completed decode page cached below the node a request holds, and the lock
+  moved to it, as ``PageBinder.cache_computed`` does (every ancestor touched; eight per request);
+- ``evict``: ``evict(4)``, one 4-page leaf.
+
+The cache holds N requests of a 1,024-token shared prefix plus 64 unique tokens (page size 16, the
+serving bench's shared-prefix shape), so N + 1 nodes, a tenth of them touched again in random order.
+"before" is ``radix_cache.py`` at ``--baseline`` loaded from git, "after" is the working tree's; the
+two are timed interleaved, on the same shapes, in one process.
+
+    .venv/bin/python bench/engine/radix_digest_cost.py            # about a minute on 2 busy cores
+
+Writes ``bench/results/radix_digest_cost_<tag>.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib.util
+import random
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from bench.report import REPO_ROOT, RESULTS_DIR, write_results  # noqa: E402
+from radixfair_engine import radix_cache as radix_cache_now  # noqa: E402
+from radixfair_engine.page_allocator import PageAllocator  # noqa: E402
+
+PAGE = 16
+SHARED = 1024
+UNIQUE = 64
+DIGEST_LIMIT = 4096  # the worker's (services/worker/src/radixfair_worker/engine_loop.py)
+# The commit before the recency list: radix_cache.py there sorts every node per digest.
+BASELINE = "737a875aeb24487664e92ee6697e5454e7c5550a"
+SOURCE = "engine/src/radixfair_engine/radix_cache.py"
+
+
+def module_at(revision: str) -> ModuleType:
+    """``radix_cache`` as it was at ``revision``, imported under its own name."""
+    source = subprocess.run(
+        ["git", "show", f"{revision}:{SOURCE}"], cwd=REPO_ROOT, check=True, capture_output=True, text=True
+    ).stdout
+    name = f"radix_cache_at_{revision[:10]}"
+    spec = importlib.util.spec_from_loader(name, loader=None)
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    sys.modules[name] = module  # dataclasses look their module up while building RadixNode
+    exec(compile(source, f"{revision[:10]}:{SOURCE}", "exec"), module.__dict__)
+    return module
+
+
+class Shape:
+    """The token ids of a shared-prefix workload, the same for every implementation timed."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+        self.shared = [self.rng.randrange(1000, 50000) for _ in range(SHARED)]
+
+    def request(self) -> list[int]:
+        return self.shared + [self.rng.randrange(1000, 50000) for _ in range(UNIQUE)]
+
+    def page(self) -> list[int]:
+        return [self.rng.randrange(1000, 50000) for _ in range(PAGE)]
+
+
+def insert_fresh(cache, tokens: list[int]):  # noqa: ANN001, ANN201 - either implementation
+    pages = cache.allocator.allocate(len(tokens) // PAGE)
+    match = cache.insert(tokens, pages)
+    cache.allocator.decref(pages)
+    return match
+
+
+def filled_cache(module: ModuleType, requests: list[list[int]], touched: list[int], spare_pages: int):  # noqa: ANN201
+    pages = (SHARED + UNIQUE * len(requests)) // PAGE + spare_pages
+    cache = module.RadixCache(PageAllocator(pages), PAGE)
+    for tokens in requests:
+        insert_fresh(cache, tokens)
+    for index in touched:
+        cache.match_prefix(requests[index])
+    return cache
+
+
+def timed_us(action, count: int) -> float:  # noqa: ANN001
+    """Mean microseconds of ``action(i)`` over ``count`` calls."""
+    started = time.perf_counter_ns()
+    for i in range(count):
+        action(i)
+    return (time.perf_counter_ns() - started) / count / 1e3
+
+
+def measure(cache, requests: list[list[int]], extra: list[list[int]], pages: list[list[int]], repeats: int):  # noqa: ANN001, ANN201
+    """Per-operation microseconds on ``cache`` (which it changes: inserts ``extra``, evicts some)."""
+    gc.collect()
+    digest = statistics.median(timed_us(lambda _: cache.digest(DIGEST_LIMIT), 1) for _ in range(repeats))
+    hits = [requests[(i * 7919) % len(requests)] for i in range(len(extra))]
+    match = timed_us(lambda i: cache.match_prefix(hits[i]), len(hits))
+    insert = timed_us(lambda i: insert_fresh(cache, extra[i]), len(extra))
+    # Decode: a request holds its leaf and caches one completed page at a time below it, 8 pages each.
+    held = [cache.match_prefix(tokens).node for tokens in extra]
+    for node in held:
+        cache.lock(node)
+
+    def cache_one_page(i: int) -> None:
+        row = i % len(held)
+        page = cache.allocator.allocate(1)
+        match = cache.insert_below(held[row], pages[i], page)
+        cache.allocator.decref(page)
+        cache.lock(match.node)
+        cache.unlock(held[row])
+        held[row] = match.node
+
+    insert_below = timed_us(cache_one_page, len(pages))
+    for node in held:
+        cache.unlock(node)
+    evict = timed_us(lambda _: cache.evict(UNIQUE // PAGE), len(extra))
+    return {
+        "digest_us": digest,
+        "match_us": match,
+        "insert_us": insert,
+        "insert_below_us": insert_below,
+        "evict_us": evict,
+    }
+
+
+def main() -> Path:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--tag", default="cpu")
+    parser.add_argument("--nodes", type=int, nargs="+", default=[256, 5000, 20000])
+    parser.add_argument("--baseline", default=BASELINE, help="git revision of the 'before' radix_cache.py")
+    parser.add_argument("--ops", type=int, default=400, help="calls timed per hot-path operation")
+    parser.add_argument("--repeats", type=int, default=31, help="digest calls (the median is reported)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved before/after rounds per size")
+    parser.add_argument("--out-dir", default=str(RESULTS_DIR))
+    args = parser.parse_args()
+    implementations = {"before": module_at(args.baseline), "after": radix_cache_now}
+    rows = []
+    for nodes in args.nodes:
+        shape = Shape(seed=nodes)
+        requests = [shape.request() for _ in range(nodes)]
+        touched = random.Random(1).sample(range(nodes), nodes // 10)
+        extra = [shape.request() for _ in range(args.ops)]
+        pages = [shape.page() for _ in range(8 * args.ops)]
+        results: dict[str, list[dict[str, float]]] = {name: [] for name in implementations}
+        for _ in range(args.rounds):
+            for name, module in implementations.items():
+                cache = filled_cache(module, requests, touched, spare_pages=len(extra) * 5 + len(pages))
+                cached_nodes = cache._nodes
+                results[name].append(measure(cache, requests, extra, pages, args.repeats))
+                assert len(cache.digest(DIGEST_LIMIT)) == min(DIGEST_LIMIT, cache.cached_pages)
+                del cache
+        for name, runs in results.items():
+            row: dict[str, object] = {"cached_nodes": cached_nodes, "implementation": name}
+            for key in runs[0]:
+                row[key] = min(run[key] for run in runs)  # the least disturbed round
+            rows.append(row)
+        before, after = rows[-2], rows[-1]
+        after["digest_speedup"] = before["digest_us"] / after["digest_us"]  # type: ignore[operator]
+        for key in ("match_us", "insert_us", "insert_below_us", "evict_us"):
+            after[f"{key[:-3]}_added_us"] = after[key] - before[key]  # type: ignore[operator]
+        print(before, after, flush=True)
+    md = write_results(
+        f"radix_digest_cost_{args.tag}",
+        rows,
+        [
+            "cached_nodes",
+            "implementation",
+            "digest_us",
+            "digest_speedup",
+            "match_us",
+            "match_added_us",
+            "insert_us",
+            "insert_below_us",
+            "insert_below_added_us",
+            "evict_us",
+        ],
+        {"baseline": args.baseline, "ops": args.ops, "repeats": args.repeats, "rounds": args.rounds},
+        (
+            f"Microseconds per call; the least disturbed of {args.rounds} interleaved rounds, a fresh "
+            "cache each (min per column). "
+            f"digest: median of {args.repeats} digest({DIGEST_LIMIT}) calls. match / insert / evict: mean "
+            f"of {args.ops} calls; insert_below: mean of {8 * args.ops} one-page inserts below a held "
+            "node, lock moved (chains 2-9 nodes deep). before: radix_cache.py at the baseline commit "
+            "(digest sorts every node); after: the recency list (digest reads the newest nodes). On a "
+            "shared machine absolute figures move with its load; each size's rows ran interleaved."
+        ),
+        results_dir=Path(args.out_dir),
+    )
+    print(md.read_text())
+    return md
+
+
+if __name__ == "__main__":
+    main()
