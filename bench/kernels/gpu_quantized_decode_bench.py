@@ -10,18 +10,35 @@ CUDA-graph decode, overlap scheduling), and decodes ``--new-tokens`` tokens afte
 
 Rows (``path``):
 - ``bf16``: the unquantized checkpoint (cuBLAS projections);
-- ``triton``: a quantized checkpoint, products of up to ``EngineConfig.quantized_triton_max_rows``
-  (128) rows through the weight-only kernel (kernels/int8_matmul.py), as the worker runs it now;
-- ``dequantize``: the same checkpoint with ``quantized_triton_max_rows=0``, QuantizedLinear's
-  convert-the-whole-weight-per-call path (the worker before the kernel was wired).
-``agree_vs_dequant``: share of greedy tokens (8 prompts x 32 tokens on CUDA) where the triton row's engine
-picks the same token as the dequantize row's, the same checkpoint: a check of the kernel in place.
+- ``triton``: a quantized checkpoint as the worker runs it now: products of up to
+  ``EngineConfig.quantized_triton_max_rows`` (128) rows through kernels/int8_matmul.py, those of up
+  to ``quantized_gemv_max_rows`` (4) rows in its GEMV form, the rest in its tile form with row tiles
+  of up to ``quantized_tile_max_block_m`` (32) rows;
+- ``triton_prev``: the same kernels as the worker ran them before (``quantized_gemv_max_rows=0``,
+  ``quantized_tile_max_block_m=64``): at batch 1 the rows differ only by the GEMV form, at batch
+  128 only by the row tiles;
+- ``dequantize`` (``--with-dequantize``): ``quantized_triton_max_rows=0``, QuantizedLinear's
+  convert-the-whole-weight-per-call path.
+Every engine is built first and the runs are interleaved (one run of each engine per round), so a
+slow phase of the host lands on every row alike: earlier calls ran each engine's repeats back to
+back and the bf16 row at batch 128 read 72.7k and 43.8k tok/s in two calls.
+``graph_ms``: device time of one decode step alone, the median over replays of the engine's own
+captured CUDA graph for that batch (CUDA events; the inputs the last decode run staged, ~255-token
+contexts). It is the number the weight bytes can move; ``ms_step`` adds the host's share.
+``agree_vs_prev``: share of greedy tokens (8 prompts x 32 tokens on CUDA) where the triton row's engine
+picks the same token as the triton_prev row's, the same checkpoint: a check of the new launches in
+place. ``agree_vs_bf16``: the same against the bf16 engine (the 8-bit rounding, not a defect).
 
-On CUDA a second table times one product per SmolLM2 projection and row count (1 to 512; medians
-of CUDA-graph replays): bf16 cuBLAS, the int8 and fp8 kernels, and the dequantizing path, to place
-the row limit (model/quantized_linear.QuantizedKernelConfig) on measurements.
+On CUDA a second table times one product per SmolLM2 projection and row count with the weights in
+DRAM, as in a decode step: each timed CUDA graph runs the product over enough distinct copies of the
+weight (>= 120 MB of 8-bit codes, over twice the H200's 50 MB L2) and the time is per product. Columns:
+bf16 cuBLAS, and the int8 / fp8 kernel's tile and GEMV forms. (The earlier table timed replays of one
+weight, which then sits in the L2: there the tile form beat cuBLAS by 0.2-0.9 us a product, a gain the
+whole step did not show.) A third table (skip with ``--no-tile-sweep``) times the int8 tile form over
+eight launch shapes at 32 and 128 rows the same way, to place ``quantized_tile_max_block_m`` and the
+tile widths on DRAM-resident measurements.
 
-The lead's device call (one; estimated 4-6 minutes, not yet run there; the engine rows are written
+The lead's device call (one; estimated 5-8 minutes, not yet run there; the engine rows are written
 before the kernel table, so a cut run keeps them). The GPU image has torch, triton, numpy,
 safetensors, and tokenizers, yaml and jinja2 (transformers' and torch's dependencies); it lacks
 grpcio and opentelemetry, which the worker package imports, so the carried wheels go in first; the
@@ -88,7 +105,23 @@ TINY_SHAPE = {
     "head_dim": 16,
     "max_position_embeddings": 256,
 }
-ROW_COUNTS = (1, 16, 32, 64, 128, 256, 512)
+COLD_ROW_COUNTS = (1, 2, 4, 8, 16, 128)
+SWEEP_ROW_COUNTS = (32, 128)
+# (block_m, block_n, block_k, num_warps, num_stages).
+SWEEP_TILES = [
+    dict(zip(("block_m", "block_n", "block_k", "num_warps", "num_stages"), shape))
+    for shape in [
+        (64, 16, 128, 4, 4),  # the tiles before, N <= 1,024
+        (64, 64, 128, 4, 4),  # the tiles before, gate/up
+        (32, 16, 128, 4, 4),  # the default now, N <= 1,024
+        (32, 32, 128, 4, 4),  # the default now, gate/up
+        (16, 16, 128, 4, 4),
+        (16, 32, 128, 4, 4),
+        (32, 32, 64, 4, 3),
+        (64, 32, 64, 4, 4),
+    ]
+]
+COLD_CODE_BYTES = 120_000_000  # 8-bit weight bytes a timed graph cycles through: over 2x the H200's 50 MB L2
 _REQUEST_IDS = itertools.count()  # the engine keeps request ids apart; every run submits new ones
 
 
@@ -141,7 +174,9 @@ def checkpoints(root: Path, config: dict, tokenizer_dir: Path) -> dict[str, Path
     return dirs
 
 
-def make_engine(model_dir: Path, args: argparse.Namespace, max_rows: int) -> Engine:
+def make_engine(model_dir: Path, args: argparse.Namespace, kernels: tuple[int, int, int]) -> Engine:
+    """``kernels``: quantized_triton_max_rows, quantized_gemv_max_rows, quantized_tile_max_block_m."""
+    max_rows, gemv_rows, max_block_m = kernels
     config = EngineConfig(
         num_pages=args.num_pages,
         page_size=16,
@@ -152,6 +187,8 @@ def make_engine(model_dir: Path, args: argparse.Namespace, max_rows: int) -> Eng
         backend="triton",
         cuda_graph_max_batch=max(args.batches),
         quantized_triton_max_rows=max_rows,
+        quantized_gemv_max_rows=gemv_rows,
+        quantized_tile_max_block_m=max_block_m,
         scheduler=SchedulerConfig(policy="fcfs"),
     )
     engine = build_engine(config, model_dir).engine
@@ -219,95 +256,199 @@ def agreement(a: list[list[int]], b: list[list[int]]) -> float:
     return sum(x == y for x, y in pairs) / len(pairs)
 
 
+def variants(args: argparse.Namespace) -> list[tuple[str, str, tuple[int, int, int]]]:
+    """(checkpoint, path, make_engine's ``kernels``) of each engine."""
+    default = EngineConfig()
+    now = (default.quantized_triton_max_rows, default.quantized_gemv_max_rows)
+    rows = [("bf16", "bf16", (0, 0, 64))]
+    for scheme in ("int8", "fp8"):
+        rows.append((scheme, "triton", (*now, default.quantized_tile_max_block_m)))
+        rows.append((scheme, "triton_prev", (default.quantized_triton_max_rows, 0, 64)))
+        if args.with_dequantize:
+            rows.append((scheme, "dequantize", (0, 0, 64)))
+    return rows
+
+
+def graph_step_ms(engine: Engine, batch: int, replays: int = 200) -> float | None:
+    """Median device time of one replay of the engine's captured decode graph for ``batch`` rows."""
+    graphs = getattr(engine.runner, "decode_graphs", None)
+    if graphs is None or batch not in graphs._graphs:
+        return None
+    graph = graphs._graphs[batch].graph
+    for _ in range(10):
+        graph.replay()
+    times = []
+    for _ in range(replays):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return sorted(times)[len(times) // 2]
+
+
 def engine_rows(dirs: dict[str, Path], args: argparse.Namespace, vocab: int) -> list[dict[str, object]]:
-    variants = [("bf16", "bf16", 0), ("int8", "triton", 128), ("int8", "dequantize", 0)]
-    variants += [("fp8", "triton", 128), ("fp8", "dequantize", 0)]
-    rows: list[dict[str, object]] = []
+    engines: dict[tuple[str, str], Engine] = {}
+    build_s: dict[tuple[str, str], float] = {}
     tokens: dict[tuple[str, str], list[list[int]]] = {}
-    for checkpoint, path, max_rows in variants:
+    for checkpoint, path, kernels in variants(args):
         built = time.perf_counter()
-        engine = make_engine(dirs[checkpoint], args, max_rows)
-        build_s = time.perf_counter() - built
+        engine = make_engine(dirs[checkpoint], args, kernels)
+        build_s[checkpoint, path] = time.perf_counter() - built
         tokens[checkpoint, path] = greedy(engine, vocab, *args.greedy)
         decode_run(engine, args, 1, vocab)  # warm-up: allocator, first replays
-        for batch in args.batches:
-            runs = sorted(
-                (decode_run(engine, args, batch, vocab) for _ in range(args.repeats)),
-                key=lambda r: r["tok_s"],
-            )
-            median = runs[len(runs) // 2]
-            row: dict[str, object] = {
+        engines[checkpoint, path] = engine
+    runs: dict[tuple[str, str, int], list[dict[str, float]]] = {}
+    graph_ms: dict[tuple[str, str, int], float | None] = {}
+    # Rounds: one run of every engine at every batch, so the host's phases land on all alike.
+    for _ in range(args.repeats):
+        for (checkpoint, path), engine in engines.items():
+            for batch in args.batches:
+                run = decode_run(engine, args, batch, vocab)
+                runs.setdefault((checkpoint, path, batch), []).append(run)
+                if args.device.startswith("cuda") and (checkpoint, path, batch) not in graph_ms:
+                    graph_ms[checkpoint, path, batch] = graph_step_ms(engine, batch)
+                print(checkpoint, path, batch, run, flush=True)
+    rows: list[dict[str, object]] = []
+    for (checkpoint, path, batch), measured in runs.items():
+        ordered = sorted(measured, key=lambda r: r["tok_s"])
+        median = ordered[len(ordered) // 2]
+        rows.append(
+            {
                 "checkpoint": checkpoint,
                 "path": path,
                 "batch": batch,
                 "tok_s": median["tok_s"],
                 "ms_step": median["ms_step"],
-                "min_max_tok_s": f"{runs[0]['tok_s']:,.0f}-{runs[-1]['tok_s']:,.0f}",
+                "graph_ms": graph_ms.get((checkpoint, path, batch)),
+                "min_max_tok_s": f"{ordered[0]['tok_s']:,.0f}-{ordered[-1]['tok_s']:,.0f}",
                 "weights_MB": (dirs[checkpoint] / "model.safetensors").stat().st_size / 1e6,
-                "build_s": build_s,
+                "build_s": build_s[checkpoint, path],
             }
-            rows.append(row)
-            print(row, flush=True)
-        del engine
-        if args.device.startswith("cuda"):
-            torch.cuda.empty_cache()
+        )
     for row in rows:
         bf16 = next(r for r in rows if r["checkpoint"] == "bf16" and r["batch"] == row["batch"])
         row["vs_bf16"] = float(row["tok_s"]) / float(bf16["tok_s"])
+        if row["graph_ms"] is not None and bf16["graph_ms"] is not None:
+            row["graph_vs_bf16"] = float(bf16["graph_ms"]) / float(row["graph_ms"])
+        if row["checkpoint"] != "bf16":
+            key = (str(row["checkpoint"]), str(row["path"]))
+            row["agree_vs_bf16"] = agreement(tokens[key], tokens["bf16", "bf16"])
         if row["path"] == "triton":
-            key = str(row["checkpoint"])
-            row["agree_vs_dequant"] = agreement(tokens[key, "triton"], tokens[key, "dequantize"])
+            key = (str(row["checkpoint"]), "triton_prev")
+            row["agree_vs_prev"] = agreement(tokens[key[0], "triton"], tokens[key])
     return rows
 
 
 def kernel_rows(config: dict) -> list[dict[str, object]]:
-    """One product per projection and row count: bf16 cuBLAS, the kernels, the dequantizing path."""
-    from radixfair_engine.model.quantized_linear import QuantizedLinear
-
+    """One product per projection and row count, the weights in DRAM: bf16 cuBLAS, each kernel form."""
     hidden, inter = config["hidden_size"], config["intermediate_size"]
     q_out = config["num_attention_heads"] * config["head_dim"]
     qkv_out = q_out + 2 * config["num_key_value_heads"] * config["head_dim"]
     shapes = [("qkv_proj", qkv_out, hidden), ("o_proj", hidden, q_out)]
     shapes += [("gate_up_proj", 2 * inter, hidden), ("down_proj", hidden, inter)]
-
     rows: list[dict[str, object]] = []
     for name, n, k in shapes:
         torch.manual_seed(0)
-        weight = torch.randn(n, k, device="cuda") * LAYER_STD
-        layers = {}
-        for scheme in ("int8", "fp8"):
-            q, scale = quantize_weight(weight, scheme)
-            layer = QuantizedLinear(k, n, scheme).cuda()
-            layer.weight.copy_(q.view(layer.weight.dtype))
-            layer.weight_scale.copy_(scale)
-            layers[scheme] = layer.to(torch.bfloat16)
-        for m in ROW_COUNTS:
-            row = {"projection": name, "M": m, "N": n, "K": k}
-            row.update(product_times(m, weight.to(torch.bfloat16), layers["int8"], layers["fp8"]))
+        # Distinct copies, so a graph that runs one product per copy reads each from DRAM.
+        copies = max(30, -(-COLD_CODE_BYTES // (n * k)))
+        weights = [torch.randn(n, k, device="cuda") * LAYER_STD for _ in range(copies)]
+        w16 = [w.to(torch.bfloat16) for w in weights]
+        codes = {scheme: [quantize_weight(w, scheme) for w in weights] for scheme in ("int8", "fp8")}
+        codes["fp8"] = [(q.view(torch.uint8), s) for q, s in codes["fp8"]]
+        del weights
+        for m in COLD_ROW_COUNTS:
+            row: dict[str, object] = {"projection": name, "M": m, "N": n, "K": k, "copies": copies}
+            row.update(cold_product_times(m, w16, codes))
             rows.append(row)
             print(row, flush=True)
+        del w16, codes
+        torch.cuda.empty_cache()
     return rows
 
 
-def product_times(m: int, w16: torch.Tensor, i8: torch.nn.Module, f8: torch.nn.Module) -> dict[str, float]:
+def cold_product_times(
+    m: int, w16: list[torch.Tensor], codes: dict[str, list[tuple[torch.Tensor, torch.Tensor]]]
+) -> dict[str, float]:
     import triton.testing
 
     from radixfair_engine.kernels.int8_matmul import fp8_weight_matmul, int8_weight_matmul
 
-    n, k = w16.shape
+    n, k = w16[0].shape
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
     out = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
-    products = {
-        "bf16_us": lambda: torch.nn.functional.linear(x, w16),
-        "int8_kernel_us": lambda: int8_weight_matmul(x, i8.weight, i8.weight_scale, out=out),
-        "int8_dequant_us": lambda: i8(x),
-        "fp8_kernel_us": lambda: fp8_weight_matmul(x, f8.weight, f8.weight_scale, out=out),
-        "fp8_dequant_us": lambda: f8(x),
-    }
-    return {
-        column: 1e3 * triton.testing.do_bench_cudagraph(fn, rep=30, return_mode="median")
-        for column, fn in products.items()
-    }
+    matmuls = {"int8": int8_weight_matmul, "fp8": fp8_weight_matmul}
+
+    def quantized(scheme: str, gemv_rows: int):  # type: ignore[no-untyped-def]
+        def run() -> None:
+            for q, scale in codes[scheme]:
+                matmuls[scheme](x, q, scale, out=out, gemv_max_rows=gemv_rows)
+
+        return run
+
+    def bf16() -> None:
+        for w in w16:
+            torch.mm(x, w.t(), out=out)
+
+    products = {"bf16_us": bf16}
+    for scheme in ("int8", "fp8"):
+        products[f"{scheme}_tile_us"] = quantized(scheme, 0)
+        products[f"{scheme}_gemv_us"] = quantized(scheme, m)
+    times = {}
+    for column, fn in products.items():
+        fn()  # compiles outside the capture
+        torch.cuda.synchronize()
+        times[column] = 1e3 * triton.testing.do_bench_cudagraph(fn, rep=30, return_mode="median") / len(w16)
+    return times
+
+
+def tile_sweep_rows(config: dict) -> list[dict[str, object]]:
+    """The int8 tile form at the batch-128 and batch-32 row counts over a few launch shapes, weights in
+    DRAM: where it loses to cuBLAS (the earlier table's 1.2-1.6x at 128 rows), which tile would not."""
+    hidden, inter = config["hidden_size"], config["intermediate_size"]
+    q_out = config["num_attention_heads"] * config["head_dim"]
+    qkv_out = q_out + 2 * config["num_key_value_heads"] * config["head_dim"]
+    shapes = [("qkv_proj", qkv_out, hidden), ("o_proj", hidden, q_out)]
+    shapes += [("gate_up_proj", 2 * inter, hidden), ("down_proj", hidden, inter)]
+    rows: list[dict[str, object]] = []
+    for name, n, k in shapes:
+        torch.manual_seed(0)
+        copies = max(30, -(-COLD_CODE_BYTES // (n * k)))
+        codes = [quantize_weight(torch.randn(n, k, device="cuda") * LAYER_STD, "int8") for _ in range(copies)]
+        for m in SWEEP_ROW_COUNTS:
+            for tile in SWEEP_TILES:
+                us = cold_tile_us(codes, m, tile)
+                if us is not None:
+                    rows.append({"projection": name, "M": m, **tile, "int8_tile_us": us})
+                    print(rows[-1], flush=True)
+        del codes
+        torch.cuda.empty_cache()
+    return rows
+
+
+def cold_tile_us(
+    codes: list[tuple[torch.Tensor, torch.Tensor]], m: int, tile: dict[str, int]
+) -> float | None:
+    import triton.testing
+
+    from radixfair_engine.kernels.int8_matmul import int8_weight_matmul
+
+    n, k = codes[0][0].shape
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    out = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
+
+    def run() -> None:
+        for q, scale in codes:
+            int8_weight_matmul(x, q, scale, out=out, **tile)
+
+    try:
+        run()  # compiles outside the capture
+        torch.cuda.synchronize()
+        return 1e3 * triton.testing.do_bench_cudagraph(run, rep=30, return_mode="median") / len(codes)
+    except Exception as error:  # noqa: BLE001 (a tile that does not fit in shared memory)
+        print(f"M={m} {tile}: {error}", flush=True)
+        return None
 
 
 def parse_args() -> argparse.Namespace:
@@ -321,6 +462,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--new-tokens", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-kernels", action="store_true", help="skip the per-projection table")
+    parser.add_argument("--with-dequantize", action="store_true", help="add the dequantize-per-call rows")
+    parser.add_argument("--no-tile-sweep", action="store_true", help="skip the int8 tile-shape sweep")
     parser.add_argument("--name", default=None)
     parser.add_argument("--out", type=Path, default=None, help="results directory (default bench/results)")
     args = parser.parse_args()
@@ -351,17 +494,22 @@ def main() -> None:
     finally:
         shutil.rmtree(root, ignore_errors=True)
     columns = ["checkpoint", "path", "batch", "tok_s", "ms_step", "min_max_tok_s", "vs_bf16"]
-    columns += ["agree_vs_dequant", "weights_MB", "build_s"]
+    columns += ["graph_ms", "graph_vs_bf16", "agree_vs_prev", "agree_vs_bf16", "weights_MB", "build_s"]
     shape = "SmolLM2-135M" if args.device == "cuda" else f"tiny {TINY_SHAPE}"
     notes = (
         f"Random weights, {shape} shape; engine: Triton backend, {args.dtype}, device {args.device}, "
         f"CUDA-graph decode up to {max(args.batches)} rows (cuda), overlap scheduling (cuda); "
         f"{args.prompt_len}-token prompts, {args.new_tokens} new tokens, decode phase only; each row the "
-        f"median of {args.repeats} runs (min_max_tok_s: slowest and fastest). path: bf16 = unquantized "
-        "checkpoint; triton = quantized products of up to 128 rows through kernels/int8_matmul.py; "
-        "dequantize = quantized_triton_max_rows 0 (the whole weight converted per call). vs_bf16: "
-        "tokens/s over the bf16 row's at the same batch. agree_vs_dequant: greedy tokens "
-        f"equal to the dequantize row's on the same checkpoint ({args.greedy[0]} prompts x {args.greedy[1]})."
+        f"median of {args.repeats} runs, the engines' runs interleaved round by round (min_max_tok_s: "
+        "slowest and fastest). path: bf16 = unquantized checkpoint; triton = quantized products of up to "
+        "128 rows through kernels/int8_matmul.py, up to 4 rows in its GEMV form, row tiles of up to 32 "
+        "above; "
+        "triton_prev = tile form at every row count, row tiles up to 64 (the worker before); "
+        "dequantize = quantized_triton_max_rows 0. vs_bf16: tokens/s over the "
+        "bf16 row's at the same batch. graph_ms: device time of one decode step (median replay of the "
+        "engine's captured graph); graph_vs_bf16: bf16's graph_ms over this row's (above 1 = faster). "
+        f"agree_vs_prev / agree_vs_bf16: greedy tokens equal to the triton_prev / bf16 engine's "
+        f"({args.greedy[0]} prompts x {args.greedy[1]}; against bf16 a measure of the 8-bit rounding)."
     )
     if args.device == "cpu":
         notes += " CPU --quick: an end-to-end check of the bench and the wiring, not a speed measurement."
@@ -371,9 +519,24 @@ def main() -> None:
     if args.device == "cpu" or args.no_kernels:
         return
     kernels = kernel_rows(config)
-    notes += "\n\nOne product per projection (us, medians of CUDA-graph replays, bf16 activations):\n\n"
+    notes += (
+        "\n\nOne product per projection with its weight in DRAM (us per product: the median CUDA-graph "
+        "replay of one product over each of `copies` distinct weights, divided by copies; bf16 "
+        "activations). tile / gemv: kernels/int8_matmul.py's two forms, each at every row count.\n\n"
+    )
     notes += markdown_table(kernels, list(kernels[0]))
     write_results(args.name, rows, columns, {"kernel_rows": kernels}, notes, results_dir=args.out)
+    if args.no_tile_sweep:
+        return
+    sweep = tile_sweep_rows(config)
+    notes += (
+        "\n\nThe int8 tile form over launch shapes at 32 and 128 rows, weights in DRAM (us per product; "
+        "block_m 32 with block_n 16 (N <= 1,024) or 32 is the default now, 64 with 16 or 64 the one "
+        "before):\n\n"
+    )
+    notes += markdown_table(sweep, list(sweep[0]))
+    extra = {"kernel_rows": kernels, "tile_sweep_rows": sweep}
+    write_results(args.name, rows, columns, extra, notes, results_dir=args.out)
 
 
 if __name__ == "__main__":

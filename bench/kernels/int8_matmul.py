@@ -37,6 +37,17 @@ def check(dtype: torch.dtype, sizes: Sizes, record: Record) -> None:
         int8_matmul.fp8_weight_matmul(x, codes, fp8_scale, out=out)
         error = relative_error(out, fp8_weight_matmul_reference(x, codes, fp8_scale))
         record("fp8_weight_matmul", dtype, f"T={tokens}", error, TOLERANCE[torch.bfloat16])
+        if tokens > 4:
+            continue
+        # The GEMV form the worker takes at up to QuantizedKernelConfig.gemv_max_rows rows.
+        out = poisoned_like(out)
+        int8_matmul.int8_weight_matmul(x, q, scale, out=out, gemv_max_rows=tokens)
+        error = relative_error(out, int8_weight_matmul_reference(x, q, scale))
+        record("int8_weight_matmul", dtype, f"T={tokens} gemv", error, TOLERANCE[torch.bfloat16])
+        out = poisoned_like(out)
+        int8_matmul.fp8_weight_matmul(x, codes, fp8_scale, out=out, gemv_max_rows=tokens)
+        error = relative_error(out, fp8_weight_matmul_reference(x, codes, fp8_scale))
+        record("fp8_weight_matmul", dtype, f"T={tokens} gemv", error, TOLERANCE[torch.bfloat16])
 
 
 def launches(tokens: int) -> list[tuple[str, Callable[[], object]]]:
