@@ -90,6 +90,7 @@ def test_gemv_tiles_cover_smollm2s_projections_in_enough_programs_and_one_k_step
     assert gemv_tile_sizes(576, 1536) == (4, 2048)
     assert gemv_tile_sizes(960, 576) == (4, 1024)
     assert gemv_tile_sizes(3072, 576) == (8, 1024)
+    assert gemv_tile_sizes(3072, 1536) == (4, 2048)  # at most 8,192 codes a program
     assert gemv_tile_sizes(576, 8192) == (4, 2048)
     # The interpreter runs programs one after another: few, wide ones there.
     assert gemv_tile_sizes(576, 1536, on_cpu=True) == (256, 2048)

@@ -265,14 +265,15 @@ def _weight_only_matmul(
 
 def gemv_tile_sizes(n: int, k: int, on_cpu: bool = False) -> tuple[int, int]:
     """(BLOCK_N, BLOCK_K) of the GEMV kernel: 4 channels a program up to N = 1,024 (144 programs a row
-    for SmolLM2's 576-wide o_proj and down_proj), 8 above; the whole K in one step up to 2,048 (so
-    every weight byte a program needs is requested at once), 2,048-wide steps beyond. Not yet swept
-    on a GPU: bench/kernels/gpu_quantized_decode_bench.py times it against the tile kernel with the
+    for SmolLM2's 576-wide o_proj and down_proj), 8 above where K fits 1,024 (a program holds at most
+    8,192 codes: 64 a thread at 4 warps, no spills); the whole K in one step up to 2,048 (so every
+    weight byte a program needs is requested at once), 2,048-wide steps beyond. Not yet swept on a
+    GPU: bench/kernels/gpu_quantized_decode_bench.py times it against the tile kernel with the
     weights in DRAM. In the CPU interpreter, whose cost is per program, up to 256 channels a program."""
     block_k = min(2048, triton.next_power_of_2(k))
     if on_cpu:
         return min(256, triton.next_power_of_2(n)), block_k
-    return (4 if n <= 1024 else 8), block_k
+    return (8 if n > 1024 and block_k <= 1024 else 4), block_k
 
 
 def tile_sizes(m: int, n: int, max_block_m: int = 32) -> tuple[int, int]:
