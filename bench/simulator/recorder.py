@@ -176,8 +176,8 @@ class Recorder:
             self.max_running[client] = running
         self._book(client, request.weight, self._meter.charge_admission(request), now)
 
-    def output(self, request: Request, count: int, now: float) -> None:
-        self._book(request.client_id, request.weight, self._meter.charge_output(request, count), now)
+    def output(self, client_id: str, weight: float, count: int, now: float) -> None:
+        self._book(client_id, weight, self._meter.charge_output(client_id, count), now)
 
     def left(self, request: Request, now: float) -> None:
         rid, client = request.request_id, request.client_id
@@ -281,9 +281,9 @@ class ObservedPolicy:
             self._recorder.admitted(request, now)
         return admitted
 
-    def on_output_tokens(self, request: Request, count: int) -> None:
-        self.inner.on_output_tokens(request, count)
-        self._recorder.output(request, count, self._clock())
+    def on_output_tokens(self, client_id: str, weight: float, count: int) -> None:
+        self.inner.on_output_tokens(client_id, weight, count)
+        self._recorder.output(client_id, weight, count, self._clock())
 
     def on_finished(self, request: Request) -> None:
         self.inner.on_finished(request)

@@ -44,15 +44,15 @@ TIE = 1e-6
 
 class ServiceRecordingPolicy(OrderedRecordingPolicy):
     """OrderedRecordingPolicy that also logs ("service", {client: raw service}) just before each join, and
-    ("output", request) for each charge of generated tokens."""
+    ("output", client id) for each charge of generated tokens."""
 
     def on_arrival(self, request: Request) -> None:
         self.log.append(("service", self.inner.client_service()))
         super().on_arrival(request)
 
-    def on_output_tokens(self, request: Request, count: int) -> None:
-        self.log.append(("output", request))
-        self.inner.on_output_tokens(request, count)
+    def on_output_tokens(self, client_id: str, weight: float, count: int) -> None:
+        self.log.append(("output", client_id))
+        self.inner.on_output_tokens(client_id, weight, count)
 
 
 def passes_after_returns_behind(log: list[tuple[str, object]], weights: dict[str, float]) -> dict[str, int]:
@@ -101,7 +101,7 @@ def passes_after_returns_behind(log: list[tuple[str, object]], weights: dict[str
                 worst[client] = max(worst.get(client, 0), counting.pop(client))
             back.discard(client)
         elif kind == "output":
-            last_charged = item.client_id
+            last_charged = item
         else:
             waiting.get(item.client_id, set()).discard(item)
     for client, count in counting.items():  # still waiting at the end

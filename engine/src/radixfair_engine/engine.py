@@ -54,7 +54,7 @@ from radixfair_engine.decode_rows import DecodeRows
 from radixfair_engine.engine_outputs import ClientStats, LoadSnapshot, StepOutput, StepStats
 from radixfair_engine.inflight import InFlightStep, SampledTokens
 from radixfair_engine.model_runner import ScheduledChunk, StepRunner
-from radixfair_engine.output_processor import OutputProcessor
+from radixfair_engine.output_processor import OutputProcessor, TokenOutcome
 from radixfair_engine.page_binding import PageBinder
 from radixfair_engine.prefill_batching import AdmissionHold
 from radixfair_engine.request import PLACEHOLDER_TOKEN, FinishReason, Request, RequestStatus
@@ -248,19 +248,34 @@ class Engine:
         waited = time.perf_counter()
         tokens = step.tokens.wait()
         self.step_stats.device_wait_s += time.perf_counter() - waited
-        outputs, append_token, cache_computed = self._outputs, self._append_token, self.pages.cache_computed
+        outputs, cache_computed = self._outputs, self.pages.cache_computed
+        append = self.output_processor.append
         running, page_size = RequestStatus.RUNNING, self.page_size
+        # The tokens of rows that go on, counted per (client, weight) and charged in one call per
+        # client (_charge_outputs), before anything that reads the policy's state: a request's end.
+        counted: dict[tuple[str, float], int] = {}
         for chunk, token in zip(step.sampled, tokens):
             request = chunk.request
             # A request that stopped on its previous token was still in this batch; its
             # extra token was discarded when it finished.
-            if request.status is running:
-                if token < 0:  # the device could not sample its row (see sampler.FAILED_TOKEN)
-                    outputs.append(self._fail(request, FAILED_ROW_MESSAGE))
-                    continue
-                outputs.append(append_token(request, token))
-                if request.num_computed_tokens - request.num_inserted_tokens >= page_size:
-                    cache_computed(request)
+            if request.status is not running:
+                continue
+            if token < 0:  # the device could not sample its row (see sampler.FAILED_TOKEN)
+                self._charge_outputs(counted)
+                outputs.append(self._fail(request, FAILED_ROW_MESSAGE))
+                continue
+            appended = append(request, token)
+            if appended.finish is None and appended.error is None:
+                key = (request.client_id, request.weight)
+                # Popped and put back: the dict ends in the order of each key's last row.
+                counted[key] = counted.pop(key, 0) + 1
+                outputs.append(StepOutput(request, [token], appended.text, finished=False))
+            else:
+                self._charge_outputs(counted)
+                outputs.append(self._end_row(request, token, appended))
+            if request.num_computed_tokens - request.num_inserted_tokens >= page_size:
+                cache_computed(request)
+        self._charge_outputs(counted)
 
     def _schedule(self) -> tuple[list[ScheduledChunk], list[ScheduledChunk]]:
         """This step's chunks (decodes, prefill chunks, admissions), and those that sample a token."""
@@ -386,17 +401,29 @@ class Engine:
 
     # -- after the forward pass ----------------------------------------------
 
-    def _append_token(self, request: Request, token: int) -> StepOutput:
-        """Gives the request its sampled ``token``, counts it, and finishes the request if it stops there."""
-        appended = self.output_processor.append(request, token)
-        self.policy.on_output_tokens(request, 1)
+    def _charge_outputs(self, counted: dict[tuple[str, float], int]) -> None:
+        """Charges the counted output tokens, one call per (client, weight), and empties ``counted``.
+
+        Charges commute but for which client was charged last (rule 7's floor, ServiceStanding):
+        ``counted`` is in the order of each key's last row, so the last row's client goes last, as a
+        charge per row would have left it.
+        """
+        if not counted:
+            return
+        on_output_tokens, stats = self.policy.on_output_tokens, self.client_stats
+        for (client, weight), count in counted.items():
+            on_output_tokens(client, weight, count)
+            stats[client].completion_tokens += count
+        counted.clear()
+
+    def _end_row(self, request: Request, token: int, appended: TokenOutcome) -> StepOutput:
+        """The row of a request whose ``token`` ends it (a stop, its length, or its own failure)."""
+        self.policy.on_output_tokens(request.client_id, request.weight, 1)
         self.client_stats[request.client_id].completion_tokens += 1
         if appended.error is not None:
             return self._fail(request, appended.error)
-        text = appended.text
-        if appended.finish is not None:
-            text += self._finish(request, appended.finish)
-        return StepOutput(request, [token], text, finished=appended.finish is not None)
+        text = appended.text + self._finish(request, appended.finish)  # type: ignore[arg-type]
+        return StepOutput(request, [token], text, finished=True)
 
     def _release(self, request: Request) -> None:
         self.pages.release(request)

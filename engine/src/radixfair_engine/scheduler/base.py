@@ -96,8 +96,14 @@ class SchedulingPolicy(Protocol):
         """Admits requests through ``budget`` and returns those admitted, in order."""
         ...
 
-    def on_output_tokens(self, request: Request, count: int) -> None:
-        """``count`` tokens were generated for a running request."""
+    def on_output_tokens(self, client_id: str, weight: float, count: int) -> None:
+        """``count`` output tokens were generated for ``client_id``'s running requests of ``weight``.
+
+        The engine reports a step's tokens summed per (client, weight), not once per request: the
+        charge is per token and per client, so the sum moves every policy's state as the per-token
+        calls would, at a cost per client rather than per row (the accounting ran for every row of
+        every step).
+        """
         ...
 
     def on_finished(self, request: Request) -> None:

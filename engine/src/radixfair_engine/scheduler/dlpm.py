@@ -270,8 +270,10 @@ class DLPMPolicy:
         self._queue.admitted(admitted)
         return admitted
 
-    def on_output_tokens(self, request: Request, count: int) -> None:
-        self._charge(request, self._meter.charge_output(request, count))
+    def on_output_tokens(self, client_id: str, weight: float, count: int) -> None:
+        amount = self._meter.charge_output(client_id, count)
+        self._ledger.charge(client_id, amount)
+        self._standing.charged(client_id, amount / weight)
 
     def on_finished(self, request: Request) -> None:
         self._activity.finished(request)

@@ -54,8 +54,8 @@ class OrderedPolicy:
         self.admitted(admitted)
         return admitted
 
-    def on_output_tokens(self, request: Request, count: int) -> None:
-        self._meter.charge_output(request, count)
+    def on_output_tokens(self, client_id: str, weight: float, count: int) -> None:
+        self._meter.charge_output(client_id, count)
 
     def on_finished(self, request: Request) -> None:
         pass

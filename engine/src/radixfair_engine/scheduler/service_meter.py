@@ -43,9 +43,10 @@ class ServiceMeter:
         self._service[request.client_id] += self._w_in * computed
         return self._w_in * computed + self._w_cached * cached
 
-    def charge_output(self, request: Request, count: int) -> float:
+    def charge_output(self, client_id: str, count: int) -> float:
+        """Charge for ``count`` output tokens generated for ``client_id``."""
         charge = self._w_out * count
-        self._service[request.client_id] += charge
+        self._service[client_id] += charge
         return charge
 
     def client_service(self) -> dict[str, float]:

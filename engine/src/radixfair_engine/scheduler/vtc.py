@@ -67,13 +67,13 @@ class VTCPolicy:
             if not queues[client]:
                 del queues[client]
             self._activity.admitted(request)
-            self._charge(request, self._meter.charge_admission(request))
+            self._charge(client, request.weight, self._meter.charge_admission(request))
             self._last_served_counter = self._counters[client]
             admitted.append(request)
         return admitted
 
-    def on_output_tokens(self, request: Request, count: int) -> None:
-        self._charge(request, self._meter.charge_output(request, count))
+    def on_output_tokens(self, client_id: str, weight: float, count: int) -> None:
+        self._charge(client_id, weight, self._meter.charge_output(client_id, count))
 
     def on_finished(self, request: Request) -> None:
         self._activity.finished(request)
@@ -87,7 +87,6 @@ class VTCPolicy:
     def _counter(self, client: str) -> float:
         return self._counters.get(client, self._last_served_counter)
 
-    def _charge(self, request: Request, charge: float) -> None:
-        client = request.client_id
-        weight = self._weights.get(client, request.weight)
+    def _charge(self, client: str, request_weight: float, charge: float) -> None:
+        weight = self._weights.get(client, request_weight)
         self._counters[client] = self._counter(client) + charge / weight
