@@ -15,7 +15,7 @@ the digest to every match and insert, so this script times both sides on the sam
 The cache holds N requests of a 1,024-token shared prefix plus 64 unique tokens (page size 16, the
 serving bench's shared-prefix shape), so N + 1 nodes, a tenth of them touched again in random order.
 "before" is ``radix_cache.py`` at ``--baseline`` loaded from git, "after" is the working tree's; the
-two are timed interleaved, on the same shapes, in one process.
+two are timed interleaved block by block, on the same shapes, in one process.
 
     .venv/bin/python bench/engine/radix_digest_cost.py            # about a minute on 2 busy cores
 
@@ -93,46 +93,93 @@ def filled_cache(module: ModuleType, requests: list[list[int]], touched: list[in
     return cache
 
 
-def timed_us(action, count: int) -> float:  # noqa: ANN001
-    """Mean microseconds of ``action(i)`` over ``count`` calls."""
-    started = time.perf_counter_ns()
-    for i in range(count):
-        action(i)
-    return (time.perf_counter_ns() - started) / count / 1e3
+BLOCK = 20  # calls timed together
 
 
-def measure(cache, requests: list[list[int]], extra: list[list[int]], pages: list[list[int]], repeats: int):  # noqa: ANN001, ANN201
-    """Per-operation microseconds on ``cache`` (which it changes: inserts ``extra``, evicts some)."""
+def interleaved_us(actions: dict[str, object], count: int) -> dict[str, float]:
+    """Microseconds per call of each ``actions[name](i)``, i in range(count): its fastest block's mean.
+
+    Blocks of the implementations alternate (first one, then the other), so both see the same load;
+    on a shared 2-core machine one preemption moves a long run's mean by more than the difference
+    measured here, so the least disturbed block counts."""
+    best = dict.fromkeys(actions, float("inf"))
+    for number, first in enumerate(range(0, count, BLOCK)):
+        calls = range(first, min(first + BLOCK, count))
+        names = list(actions) if number % 2 == 0 else list(reversed(actions))
+        for name in names:
+            action = actions[name]
+            started = time.perf_counter_ns()
+            for i in calls:
+                action(i)  # type: ignore[operator]
+            best[name] = min(best[name], (time.perf_counter_ns() - started) / len(calls))
+    return {name: value / 1e3 for name, value in best.items()}
+
+
+def median_us(actions: dict[str, object], repeats: int) -> dict[str, float]:
+    """Median microseconds of one call of each action, calls alternating."""
+    samples: dict[str, list[float]] = {name: [] for name in actions}
+    for number in range(repeats):
+        for name in list(actions) if number % 2 == 0 else list(reversed(actions)):
+            started = time.perf_counter_ns()
+            actions[name](0)  # type: ignore[operator]
+            samples[name].append((time.perf_counter_ns() - started) / 1e3)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def measure(
+    caches: dict, requests: list[list[int]], extra: list[list[int]], pages: list[list[int]], repeats: int
+):  # noqa: ANN001, ANN201
+    """Per-operation microseconds of each cache, interleaved (the caches change: inserts, evictions)."""
     gc.collect()
-    digest = statistics.median(timed_us(lambda _: cache.digest(DIGEST_LIMIT), 1) for _ in range(repeats))
-    hits = [requests[(i * 7919) % len(requests)] for i in range(len(extra))]
-    match = timed_us(lambda i: cache.match_prefix(hits[i]), len(hits))
-    insert = timed_us(lambda i: insert_fresh(cache, extra[i]), len(extra))
-    # Decode: a request holds its leaf and caches one completed page at a time below it, 8 pages each.
-    held = [cache.match_prefix(tokens).node for tokens in extra]
-    for node in held:
-        cache.lock(node)
+    out: dict[str, dict[str, float]] = {name: {} for name in caches}
 
-    def cache_one_page(i: int) -> None:
-        row = i % len(held)
+    def record(key: str, values: dict[str, float]) -> None:
+        for name, value in values.items():
+            out[name][key] = value
+
+    digests = {n: lambda _, c=c: c.digest(DIGEST_LIMIT) for n, c in caches.items()}
+    # Alternating with the other implementation's digest, as the engine's other work between two
+    # digests would, leaves the CPU caches cold for each call; back to back, the walk is warm.
+    record("digest_us", median_us(digests, repeats))
+    record("digest_repeat_us", interleaved_us(digests, repeats))
+    hits = [requests[(i * 7919) % len(requests)] for i in range(len(extra))]
+    record(
+        "match_us",
+        interleaved_us({n: lambda i, c=c: c.match_prefix(hits[i]) for n, c in caches.items()}, len(hits)),
+    )
+    record(
+        "insert_us",
+        interleaved_us({n: lambda i, c=c: insert_fresh(c, extra[i]) for n, c in caches.items()}, len(extra)),
+    )
+    # Decode: a request holds its leaf and caches one completed page at a time below it, 8 pages each.
+    held = {name: [cache.match_prefix(tokens).node for tokens in extra] for name, cache in caches.items()}
+    for name, cache in caches.items():
+        for node in held[name]:
+            cache.lock(node)
+
+    def cache_one_page(cache, rows: list, i: int) -> None:  # noqa: ANN001
+        row = i % len(rows)
         page = cache.allocator.allocate(1)
-        match = cache.insert_below(held[row], pages[i], page)
+        match = cache.insert_below(rows[row], pages[i], page)
         cache.allocator.decref(page)
         cache.lock(match.node)
-        cache.unlock(held[row])
-        held[row] = match.node
+        cache.unlock(rows[row])
+        rows[row] = match.node
 
-    insert_below = timed_us(cache_one_page, len(pages))
-    for node in held:
-        cache.unlock(node)
-    evict = timed_us(lambda _: cache.evict(UNIQUE // PAGE), len(extra))
-    return {
-        "digest_us": digest,
-        "match_us": match,
-        "insert_us": insert,
-        "insert_below_us": insert_below,
-        "evict_us": evict,
-    }
+    record(
+        "insert_below_us",
+        interleaved_us(
+            {n: lambda i, c=c, r=held[n]: cache_one_page(c, r, i) for n, c in caches.items()}, len(pages)
+        ),
+    )
+    for name, cache in caches.items():
+        for node in held[name]:
+            cache.unlock(node)
+    record(
+        "evict_us",
+        interleaved_us({n: lambda _, c=c: c.evict(UNIQUE // PAGE) for n, c in caches.items()}, len(extra)),
+    )
+    return out
 
 
 def main() -> Path:
@@ -157,12 +204,14 @@ def main() -> Path:
         pages = [shape.page() for _ in range(8 * args.ops)]
         results: dict[str, list[dict[str, float]]] = {name: [] for name in implementations}
         for _ in range(args.rounds):
-            for name, module in implementations.items():
-                cache = filled_cache(module, requests, touched, spare_pages=len(extra) * 5 + len(pages))
-                cached_nodes = cache._nodes
-                results[name].append(measure(cache, requests, extra, pages, args.repeats))
+            spare = len(extra) * 5 + len(pages)
+            caches = {name: filled_cache(m, requests, touched, spare) for name, m in implementations.items()}
+            cached_nodes = caches["after"]._nodes
+            for name, values in measure(caches, requests, extra, pages, args.repeats).items():
+                results[name].append(values)
+            for cache in caches.values():
                 assert len(cache.digest(DIGEST_LIMIT)) == min(DIGEST_LIMIT, cache.cached_pages)
-                del cache
+            del caches
         for name, runs in results.items():
             row: dict[str, object] = {"cached_nodes": cached_nodes, "implementation": name}
             for key in runs[0]:
@@ -181,6 +230,7 @@ def main() -> Path:
             "implementation",
             "digest_us",
             "digest_speedup",
+            "digest_repeat_us",
             "match_us",
             "match_added_us",
             "insert_us",
@@ -190,13 +240,15 @@ def main() -> Path:
         ],
         {"baseline": args.baseline, "ops": args.ops, "repeats": args.repeats, "rounds": args.rounds},
         (
-            f"Microseconds per call; the least disturbed of {args.rounds} interleaved rounds, a fresh "
-            "cache each (min per column). "
-            f"digest: median of {args.repeats} digest({DIGEST_LIMIT}) calls. match / insert / evict: mean "
-            f"of {args.ops} calls; insert_below: mean of {8 * args.ops} one-page inserts below a held "
-            "node, lock moved (chains 2-9 nodes deep). before: radix_cache.py at the baseline commit "
-            "(digest sorts every node); after: the recency list (digest reads the newest nodes). On a "
-            "shared machine absolute figures move with its load; each size's rows ran interleaved."
+            f"Microseconds per call; the least disturbed of {args.rounds} rounds, fresh caches each "
+            "(min per column), the two implementations' calls alternating block by block. digest: "
+            f"median of {args.repeats} digest({DIGEST_LIMIT}) calls, each after the other "
+            "implementation's (cold CPU caches); digest_repeat: the same calls back to back. match / "
+            f"insert / evict: {args.ops} calls; insert_below: {8 * args.ops} one-page inserts below a "
+            "held node, lock moved (chains 2-10 nodes deep); each the fastest mean of blocks of "
+            f"{BLOCK} calls. before: radix_cache.py at the baseline commit (digest sorts every node); "
+            "after: the recency list (digest reads the newest nodes). *_added_us: after minus before. "
+            "On a shared machine absolute figures move with its load."
         ),
         results_dir=Path(args.out_dir),
     )
