@@ -153,7 +153,8 @@ def decode_batch(ctx: PagedContext, max_seq_len: int) -> ForwardBatch:
 
 def test_backend_merges_in_one_launch_on_counters_it_keeps_across_calls() -> None:
     # 64 SMs for 2 sequences x 2 KV heads: the heuristic splits the 2,048-key bound 8 ways.
-    one_launch, two_launch = TritonBackend(num_sms=64), TritonBackend(num_sms=64, one_launch_decode=False)
+    one_launch = TritonBackend(num_sms=64, one_launch_decode=True)
+    two_launch = TritonBackend(num_sms=64)
     q, ctx = decode_case([30, 3], q_heads=4, kv_heads=2, dtype=torch.float32)
     batch = decode_batch(ctx, max_seq_len=2048)
 

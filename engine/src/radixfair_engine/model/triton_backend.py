@@ -40,8 +40,10 @@ class TritonBackend:
     ``fusions`` picks the cross-operation fusions (all off by default); ``quantized`` which
     products of a quantized checkpoint run the weight-only int8/fp8 kernel.
     ``one_launch_decode``: split decode attention merges its splits in the same launch (the
-    last split program merges, counted on arrival counters this backend holds); False keeps
-    the separate merge kernel (two launches a layer whenever the heuristic splits).
+    last split program merges, counted on arrival counters this backend holds); False (the
+    default) keeps the separate merge kernel, two launches a layer whenever the heuristic
+    splits: on the H200 one launch was correct but slower, the whole batch-1 step 1.002 ms
+    against 0.953 (bench/results/gpu_decode_one_launch_h200.md).
     """
 
     name = "triton"
@@ -61,7 +63,7 @@ class TritonBackend:
         num_sms: int | None = None,
         fusions: StepFusionConfig | None = None,
         quantized: QuantizedKernelConfig | None = None,
-        one_launch_decode: bool = True,
+        one_launch_decode: bool = False,
     ) -> None:
         if num_sms is None:
             num_sms = (
