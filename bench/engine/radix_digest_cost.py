@@ -93,26 +93,26 @@ def filled_cache(module: ModuleType, requests: list[list[int]], touched: list[in
     return cache
 
 
-BLOCK = 20  # calls timed together
+BLOCK = 4  # calls timed together
 
 
 def interleaved_us(actions: dict[str, object], count: int) -> dict[str, float]:
-    """Microseconds per call of each ``actions[name](i)``, i in range(count): its fastest block's mean.
+    """Microseconds per call of each ``actions[name](i)``, i in range(count): the median block's mean.
 
-    Blocks of the implementations alternate (first one, then the other), so both see the same load;
-    on a shared 2-core machine one preemption moves a long run's mean by more than the difference
-    measured here, so the least disturbed block counts."""
-    best = dict.fromkeys(actions, float("inf"))
+    Small blocks of the implementations alternate (one first, then the other), so both see the same
+    load and the same state of the CPU caches; on a shared 2-core machine a long run's mean moves
+    with its neighbours' load by more than the difference measured here, and the median of many
+    short blocks does not."""
+    blocks: dict[str, list[float]] = {name: [] for name in actions}
     for number, first in enumerate(range(0, count, BLOCK)):
         calls = range(first, min(first + BLOCK, count))
-        names = list(actions) if number % 2 == 0 else list(reversed(actions))
-        for name in names:
+        for name in list(actions) if number % 2 == 0 else list(reversed(actions)):
             action = actions[name]
             started = time.perf_counter_ns()
             for i in calls:
                 action(i)  # type: ignore[operator]
-            best[name] = min(best[name], (time.perf_counter_ns() - started) / len(calls))
-    return {name: value / 1e3 for name, value in best.items()}
+            blocks[name].append((time.perf_counter_ns() - started) / len(calls) / 1e3)
+    return {name: statistics.median(values) for name, values in blocks.items()}
 
 
 def median_us(actions: dict[str, object], repeats: int) -> dict[str, float]:
@@ -182,6 +182,71 @@ def measure(
     return out
 
 
+# One digest interval (0.25 s) of decoding at the in-process engine's H200 rate, ~99k tokens/s:
+# 1,536 completed 16-token pages over 256 running requests, each finishing after 8 pages (128 new
+# tokens) and replaced by a newly admitted one.
+INTERVAL_PAGES = 1536
+ROWS = 256
+PAGES_PER_REQUEST = 8
+
+
+class Serving:
+    """One implementation's running requests during the interval measure."""
+
+    def __init__(self, cache, admissions: list[list[int]]) -> None:  # noqa: ANN001
+        self.cache, self.admissions = cache, admissions
+        self.rows = [self._admit() for _ in range(ROWS)]
+        self.counts = [0] * ROWS
+
+    def _admit(self):  # noqa: ANN202
+        match = insert_fresh(self.cache, self.admissions.pop())
+        self.cache.lock(match.node)
+        return match.node
+
+    def interval(self, pages: list[list[int]]) -> tuple[float, float]:
+        """Caches ``pages`` one per step-row as decoding completes them, then digests: (ms, digest us)."""
+        cache, rows, counts = self.cache, self.rows, self.counts
+        size = cache._nodes
+        started = time.perf_counter_ns()
+        for i, tokens in enumerate(pages):
+            row = i % ROWS
+            page = cache.allocator.allocate(1)
+            match = cache.insert_below(rows[row], tokens, page)
+            cache.allocator.decref(page)
+            cache.lock(match.node)
+            cache.unlock(rows[row])
+            rows[row] = match.node
+            counts[row] += 1
+            if counts[row] == PAGES_PER_REQUEST:
+                cache.unlock(rows[row])
+                rows[row], counts[row] = self._admit(), 0
+        digest_started = time.perf_counter_ns()
+        cache.digest(DIGEST_LIMIT)
+        ended = time.perf_counter_ns()
+        while cache._nodes > size and cache.evict(1):  # untimed: a full cache keeps its size
+            pass
+        return (ended - started) / 1e6, (ended - digest_started) / 1e3
+
+
+def measure_intervals(caches: dict, shape: Shape, intervals: int) -> dict[str, dict[str, float]]:  # noqa: ANN001
+    """Median interval time and digest time of each cache, implementations alternating."""
+    admissions = [shape.request() for _ in range(ROWS + intervals * INTERVAL_PAGES // PAGES_PER_REQUEST)]
+    pages = [[shape.page() for _ in range(INTERVAL_PAGES)] for _ in range(intervals)]
+    serving = {name: Serving(cache, list(admissions)) for name, cache in caches.items()}
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in caches}
+    for number in range(intervals):
+        gc.collect()
+        for name in list(serving) if number % 2 == 0 else list(reversed(serving)):
+            times[name].append(serving[name].interval(pages[number]))
+    return {
+        name: {
+            "interval_ms": statistics.median(t for t, _ in values),
+            "interval_digest_us": statistics.median(d for _, d in values),
+        }
+        for name, values in times.items()
+    }
+
+
 def main() -> Path:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -191,7 +256,8 @@ def main() -> Path:
     parser.add_argument("--baseline", default=BASELINE, help="git revision of the 'before' radix_cache.py")
     parser.add_argument("--ops", type=int, default=400, help="calls timed per hot-path operation")
     parser.add_argument("--repeats", type=int, default=31, help="digest calls (the median is reported)")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved before/after rounds per size")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per size, fresh caches each")
+    parser.add_argument("--intervals", type=int, default=4, help="digest intervals served per round")
     parser.add_argument("--out-dir", default=str(RESULTS_DIR))
     args = parser.parse_args()
     implementations = {"before": module_at(args.baseline), "after": radix_cache_now}
@@ -212,13 +278,19 @@ def main() -> Path:
             for cache in caches.values():
                 assert len(cache.digest(DIGEST_LIMIT)) == min(DIGEST_LIMIT, cache.cached_pages)
             del caches
+            spare = 2 * (ROWS * UNIQUE // PAGE + INTERVAL_PAGES * (1 + UNIQUE // PAGE // PAGES_PER_REQUEST))
+            caches = {name: filled_cache(m, requests, touched, spare) for name, m in implementations.items()}
+            for name, values in measure_intervals(caches, shape, args.intervals).items():
+                results[name][-1].update(values)
+            del caches
         for name, runs in results.items():
             row: dict[str, object] = {"cached_nodes": cached_nodes, "implementation": name}
             for key in runs[0]:
-                row[key] = min(run[key] for run in runs)  # the least disturbed round
+                row[key] = statistics.median(run[key] for run in runs)
             rows.append(row)
         before, after = rows[-2], rows[-1]
         after["digest_speedup"] = before["digest_us"] / after["digest_us"]  # type: ignore[operator]
+        after["interval_saved_ms"] = before["interval_ms"] - after["interval_ms"]  # type: ignore[operator]
         for key in ("match_us", "insert_us", "insert_below_us", "evict_us"):
             after[f"{key[:-3]}_added_us"] = after[key] - before[key]  # type: ignore[operator]
         print(before, after, flush=True)
@@ -237,18 +309,31 @@ def main() -> Path:
             "insert_below_us",
             "insert_below_added_us",
             "evict_us",
+            "interval_ms",
+            "interval_digest_us",
+            "interval_saved_ms",
         ],
-        {"baseline": args.baseline, "ops": args.ops, "repeats": args.repeats, "rounds": args.rounds},
+        {
+            "baseline": args.baseline,
+            "ops": args.ops,
+            "repeats": args.repeats,
+            "rounds": args.rounds,
+            "intervals": args.intervals,
+        },
         (
-            f"Microseconds per call; the least disturbed of {args.rounds} rounds, fresh caches each "
-            "(min per column), the two implementations' calls alternating block by block. digest: "
-            f"median of {args.repeats} digest({DIGEST_LIMIT}) calls, each after the other "
-            "implementation's (cold CPU caches); digest_repeat: the same calls back to back. match / "
+            f"Microseconds per call, median of {args.rounds} rounds (fresh caches each) of the median "
+            f"block of {BLOCK} calls, the two implementations' blocks alternating. digest: median of "
+            f"{args.repeats} digest({DIGEST_LIMIT}) calls, each after the other implementation's (cold "
+            "CPU caches, as after an engine step); digest_repeat: the same calls back to back. match / "
             f"insert / evict: {args.ops} calls; insert_below: {8 * args.ops} one-page inserts below a "
-            "held node, lock moved (chains 2-10 nodes deep); each the fastest mean of blocks of "
-            f"{BLOCK} calls. before: radix_cache.py at the baseline commit (digest sorts every node); "
-            "after: the recency list (digest reads the newest nodes). *_added_us: after minus before. "
-            "On a shared machine absolute figures move with its load."
+            "held node, lock moved (chains 2-10 nodes deep). before: radix_cache.py at the baseline "
+            "commit (digest sorts every node); after: the recency list (digest reads the newest "
+            "nodes). *_added_us: after minus before. interval: one digest interval of decoding at the "
+            f"in-process engine's H200 rate ({INTERVAL_PAGES} completed pages over {ROWS} running "
+            f"requests, one finishing and one admitted every {PAGES_PER_REQUEST} pages), then the "
+            f"digest: its whole time (median of {args.intervals} per round) and the digest's part, "
+            "which with the recency list includes bringing the list up to date with the interval's "
+            "touches. On a shared machine absolute figures move with its load."
         ),
         results_dir=Path(args.out_dir),
     )

@@ -55,6 +55,14 @@ def reference_digest(cache: RadixCache, limit: int, digest: list[int]) -> list[i
     return [h for node in ordered for h in node.page_hashes][: max(limit, 0)]
 
 
+def path_tokens(node: RadixNode) -> list[int]:
+    parts = []
+    while node.parent is not None:
+        parts.append(node.tokens)
+        node = node.parent
+    return [t for part in reversed(parts) for t in part]
+
+
 def whole_pages(tokens: list[int]) -> list[int]:
     return tokens[: len(tokens) - len(tokens) % PAGE]
 
@@ -108,6 +116,15 @@ class DigestMachine(RuleBasedStateMachine):
             self.cache.lock(match.node)
             self.held.append(match.node)
 
+    @rule(data=st.data(), repeats=st.integers(2, 60))
+    def match_repeatedly(self, data: st.DataObject, repeats: int) -> None:
+        """Hot paths matched over and over between two digests (many touches of the same nodes)."""
+        leaves = [n for n in tree_nodes(self.cache) if n.is_leaf]
+        node = data.draw(st.sampled_from(leaves)) if leaves and data.draw(st.booleans()) else None
+        tokens = path_tokens(node) if node is not None else data.draw(tokens_strategy)
+        for _ in range(repeats):
+            self.cache.match_prefix(tokens)
+
     @precondition(lambda self: self.held)
     @rule(data=st.data())
     def release(self, data: st.DataObject) -> None:
@@ -116,6 +133,13 @@ class DigestMachine(RuleBasedStateMachine):
 
     @rule(pages=st.integers(0, NUM_PAGES))
     def evict(self, pages: int) -> None:
+        self.cache.evict(pages)
+
+    @rule(tokens=tokens_strategy, pages=st.integers(1, NUM_PAGES))
+    def insert_then_evict(self, tokens: list[int], pages: int) -> None:
+        """Nodes added, touched and evicted again before any digest reads the recency list."""
+        self.insert(tokens)
+        self.match(tokens[:-1], hold=False)
         self.cache.evict(pages)
 
     @rule(tokens=tokens_strategy)
