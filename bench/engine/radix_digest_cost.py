@@ -291,12 +291,12 @@ def main() -> Path:
         before, after = rows[-2], rows[-1]
         after["digest_speedup"] = before["digest_us"] / after["digest_us"]  # type: ignore[operator]
         after["interval_saved_ms"] = before["interval_ms"] - after["interval_ms"]  # type: ignore[operator]
+        for key in ("match_us", "insert_us", "insert_below_us", "evict_us"):
+            after[f"{key[:-3]}_added_us"] = after[key] - before[key]  # type: ignore[operator]
         # The same interval from the per-call figures: the digest saved less the touches added.
         admissions = INTERVAL_PAGES // PAGES_PER_REQUEST
         added_us = INTERVAL_PAGES * after["insert_below_added_us"] + admissions * after["insert_added_us"]  # type: ignore[operator]
         after["model_saved_ms"] = (before["digest_us"] - after["digest_us"] - added_us) / 1e3  # type: ignore[operator]
-        for key in ("match_us", "insert_us", "insert_below_us", "evict_us"):
-            after[f"{key[:-3]}_added_us"] = after[key] - before[key]  # type: ignore[operator]
         print(before, after, flush=True)
     md = write_results(
         f"radix_digest_cost_{args.tag}",
