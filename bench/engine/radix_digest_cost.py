@@ -296,7 +296,8 @@ def main() -> Path:
         # The same interval from the per-call figures: the digest saved less the touches added.
         admissions = INTERVAL_PAGES // PAGES_PER_REQUEST
         added_us = INTERVAL_PAGES * after["insert_below_added_us"] + admissions * after["insert_added_us"]  # type: ignore[operator]
-        after["model_saved_ms"] = (before["digest_us"] - after["digest_us"] - added_us) / 1e3  # type: ignore[operator]
+        saved_us = before["interval_digest_us"] - after["interval_digest_us"]  # type: ignore[operator]
+        after["model_saved_ms"] = (saved_us - added_us) / 1e3
         print(before, after, flush=True)
     md = write_results(
         f"radix_digest_cost_{args.tag}",
@@ -337,9 +338,9 @@ def main() -> Path:
             f"in-process engine's H200 rate ({INTERVAL_PAGES} completed pages over {ROWS} running "
             f"requests, one finishing and one admitted every {PAGES_PER_REQUEST} pages), then the "
             f"digest: its whole time (median of {args.intervals} per round) and the digest's part (the "
-            "tree then holds the running requests' new nodes too). model_saved_ms: the same interval "
-            f"from the per-call columns (digest saved less {INTERVAL_PAGES} x insert_below_added and "
-            f"{INTERVAL_PAGES // PAGES_PER_REQUEST} x insert_added); whole intervals on a shared 2-core "
+            "tree then holds the running requests' new nodes too). model_saved_ms: the interval's "
+            f"digest saved less the per-call touches added ({INTERVAL_PAGES} x insert_below_added and "
+            f"{INTERVAL_PAGES // PAGES_PER_REQUEST} x insert_added), as whole intervals on a shared 2-core "
             "machine swing by tens of ms with the neighbours' load, the per-call medians much less."
         ),
         results_dir=Path(args.out_dir),
