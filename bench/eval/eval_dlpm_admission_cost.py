@@ -103,7 +103,7 @@ def measure(
             samples.append(elapsed / 1000)
         for r in admitted:
             waiting.remove(r)
-            policy.on_output_tokens(r.client_id, r.weight, OUTPUT_TOKENS)
+            policy.on_output_tokens({(r.client_id, r.weight): OUTPUT_TOKENS})
             r.status = RequestStatus.FINISHED
             policy.on_finished(r)
             fresh = work.request()

@@ -25,7 +25,7 @@ import numpy as np
 
 from radixfair_engine.config import SchedulerConfig
 from radixfair_engine.request import Request
-from radixfair_engine.scheduler.base import AdmissionBudget, PrefixMatcher, SchedulingPolicy
+from radixfair_engine.scheduler.base import AdmissionBudget, OutputCounts, PrefixMatcher, SchedulingPolicy
 from radixfair_engine.scheduler.service_meter import ServiceMeter
 
 
@@ -177,7 +177,7 @@ class Recorder:
         self._book(client, request.weight, self._meter.charge_admission(request), now)
 
     def output(self, client_id: str, weight: float, count: int, now: float) -> None:
-        self._book(client_id, weight, self._meter.charge_output(client_id, count), now)
+        self._book(client_id, weight, self._meter.charge_outputs({(client_id, weight): count}) * count, now)
 
     def left(self, request: Request, now: float) -> None:
         rid, client = request.request_id, request.client_id
@@ -281,9 +281,11 @@ class ObservedPolicy:
             self._recorder.admitted(request, now)
         return admitted
 
-    def on_output_tokens(self, client_id: str, weight: float, count: int) -> None:
-        self.inner.on_output_tokens(client_id, weight, count)
-        self._recorder.output(client_id, weight, count, self._clock())
+    def on_output_tokens(self, counts: OutputCounts) -> None:
+        self.inner.on_output_tokens(counts)
+        now = self._clock()
+        for (client, weight), count in counts.items():
+            self._recorder.output(client, weight, count, now)
 
     def on_finished(self, request: Request) -> None:
         self.inner.on_finished(request)

@@ -46,9 +46,10 @@ def test_a_submit_to_an_idle_engine_loop_is_served_without_waiting_for_its_timer
             first = _next_batch(outputs)
 
         assert [update.key for update in first.rows() if update.token_ids] == [0]
-        # Each idle wait ended because a command arrived; none ran out its timer.
+        # No idle wait ran out its timer. How many waits a command ended depends on the scheduling
+        # (on a loaded box both commands may be in the pipe before the loop first waits, and the
+        # inline loop takes them without waiting), so that count is not asserted.
         assert loop.idle_timeouts == 0
-        assert loop.idle_wakeups >= 1
     finally:
         commands.send([STOP])
         thread.join(WAIT_S)

@@ -35,10 +35,11 @@ class ChargeLog:
         self.stale: list[tuple[str, dict[str, int], dict[str, int]]] = []
         self._requests = requests
 
-    def on_output_tokens(self, client_id: str, weight: float, count: int) -> None:
-        self.log.append(("output", client_id, weight, count))
-        self.charged[client_id] += count
-        self.inner.on_output_tokens(client_id, weight, count)
+    def on_output_tokens(self, counts) -> None:  # noqa: ANN001 - OutputCounts
+        for (client_id, weight), count in counts.items():
+            self.log.append(("output", client_id, weight, count))
+            self.charged[client_id] += count
+        self.inner.on_output_tokens(counts)
 
     def on_finished(self, request: Request) -> None:
         self.log.append(("finished", request))

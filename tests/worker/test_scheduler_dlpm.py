@@ -143,8 +143,8 @@ def test_dlpm_charges_output_tokens_as_generated():
     (r,) = arrive(policy, request("r", "a", [1, 2, 3], arrival=0.0))
     policy.pick_next([r], cache, CountingBudget(cache, limit=1))
 
-    policy.on_output_tokens(r.client_id, r.weight, 1)
-    policy.on_output_tokens(r.client_id, r.weight, 1)
+    policy.on_output_tokens({(r.client_id, r.weight): 1})
+    policy.on_output_tokens({(r.client_id, r.weight): 1})
 
     assert policy.deficits()["a"] == 100 - 3 - 2 * 2
 
@@ -159,7 +159,7 @@ def test_dlpm_refills_every_waiting_spent_client_when_nothing_is_admissible():
         request("c0", "c", [3] * 25, arrival=2.0, weight=1.0),  # c: 10 - 25 = -15
     )
     policy.pick_next(first, cache, CountingBudget(cache, limit=3))
-    policy.on_output_tokens(first[1].client_id, first[1].weight, 5)  # b: 9 - 10 = -1
+    policy.on_output_tokens({(first[1].client_id, first[1].weight): 5})  # b: 9 - 10 = -1
     later = arrive(
         policy,
         request("a1", "a", [1, 2], arrival=3.0),
@@ -208,7 +208,7 @@ def test_dlpm_does_not_charge_input_again_after_preemption():
     policy = DLPMPolicy(config(quantum=100.0))
     (r,) = arrive(policy, request("r", "a", [1] * 6, arrival=0.0))
     policy.pick_next([r], cache, CountingBudget(cache, limit=1))
-    policy.on_output_tokens(r.client_id, r.weight, 1)
+    policy.on_output_tokens({(r.client_id, r.weight): 1})
     preempt(r)
     policy.on_arrival(r)
 

@@ -71,7 +71,7 @@ def returning_client(policy_name: str, idle: str, return_step: int, slots: int =
             others_cost += sum(W_IN * PROMPT + W_OUT * r.sampling.max_tokens for r in admitted)
         for r in list(running):
             r.output_ids.append(1)
-            policy.on_output_tokens(r.client_id, r.weight, 1)
+            policy.on_output_tokens({(r.client_id, r.weight): 1})
             if len(r.output_ids) == r.sampling.max_tokens:
                 running.remove(r)
                 finish(r)

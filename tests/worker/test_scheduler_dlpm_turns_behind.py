@@ -50,9 +50,10 @@ class ServiceRecordingPolicy(OrderedRecordingPolicy):
         self.log.append(("service", self.inner.client_service()))
         super().on_arrival(request)
 
-    def on_output_tokens(self, client_id: str, weight: float, count: int) -> None:
-        self.log.append(("output", client_id))
-        self.inner.on_output_tokens(client_id, weight, count)
+    def on_output_tokens(self, counts) -> None:  # noqa: ANN001 - OutputCounts
+        for client, _ in counts:
+            self.log.append(("output", client))
+        self.inner.on_output_tokens(counts)
 
 
 def passes_after_returns_behind(log: list[tuple[str, object]], weights: dict[str, float]) -> dict[str, int]:

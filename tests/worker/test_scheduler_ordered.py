@@ -125,8 +125,8 @@ def test_ordered_policies_report_raw_service_per_client():
     arrive(policy, [hot, cold])
     policy.pick_next([hot, cold], cache, CountingBudget(cache, limit=10))
 
-    policy.on_output_tokens(hot.client_id, hot.weight, 1)
-    policy.on_output_tokens(hot.client_id, hot.weight, 1)
-    policy.on_output_tokens(cold.client_id, cold.weight, 1)
+    policy.on_output_tokens({(hot.client_id, hot.weight): 1})
+    policy.on_output_tokens({(hot.client_id, hot.weight): 1})
+    policy.on_output_tokens({(cold.client_id, cold.weight): 1})
 
     assert policy.client_service() == {"a": 5 + 2 * 2, "b": 3 + 2 * 1}

@@ -35,7 +35,7 @@ def admit_one_each(name: str) -> object:
         policy.on_arrival(r)
     admitted = policy.pick_next(waiting, cache, CountingBudget(cache, 2))
     for r in admitted:
-        policy.on_output_tokens(r.client_id, r.weight, 3)
+        policy.on_output_tokens({(r.client_id, r.weight): 3})
     return policy
 
 
@@ -65,7 +65,7 @@ def test_a_fairness_state_is_a_copy_the_caller_may_keep():
     policy = admit_one_each("vtc")
     kept = policy.fairness_state()
     a2 = request("a2", "a", [1], 2.0)
-    policy.on_output_tokens(a2.client_id, a2.weight, 5)
+    policy.on_output_tokens({(a2.client_id, a2.weight): 5})
 
     assert kept.virtual_counters["a"] == 14.0
     assert policy.fairness_state().virtual_counters["a"] == 24.0

@@ -40,7 +40,7 @@ def test_vtc_serves_the_client_with_the_smaller_counter_first():
     for r in queue:
         policy.on_arrival(r)
     (a0,) = policy.pick_next(queue, cache, CountingBudget(cache, limit=1))
-    policy.on_output_tokens(a0.client_id, a0.weight, 5)  # a: 4 + 5·2 = 14
+    policy.on_output_tokens({(a0.client_id, a0.weight): 5})  # a: 4 + 5·2 = 14
     (b0,) = policy.pick_next(queue[1:], cache, CountingBudget(cache, limit=1))  # b: 4
 
     admitted = policy.pick_next([queue[1], queue[3]], cache, CountingBudget(cache, limit=1))
@@ -56,7 +56,7 @@ def test_vtc_lifts_a_returning_client_to_the_smallest_backlogged_counter():
     a_old = request("a-old", "a", [1] * 4, arrival=0.0)
     policy.on_arrival(a_old)
     policy.pick_next([a_old], cache, CountingBudget(cache, limit=1))
-    policy.on_output_tokens(a_old.client_id, a_old.weight, 1)  # a: 4 + 2 = 6
+    policy.on_output_tokens({(a_old.client_id, a_old.weight): 1})  # a: 4 + 2 = 6
     backlog = [request(f"a{i}", "a", [1, 2], arrival=1.0 + i) for i in range(2)]
     for r in backlog:
         policy.on_arrival(r)
@@ -103,12 +103,12 @@ def test_vtc_charges_no_input_again_after_preemption():
     r = request("r", "a", [1] * 6, arrival=0.0)
     policy.on_arrival(r)
     policy.pick_next([r], cache, CountingBudget(cache, limit=1))
-    policy.on_output_tokens(r.client_id, r.weight, 1)
+    policy.on_output_tokens({(r.client_id, r.weight): 1})
     preempt(r)
     policy.on_arrival(r)
 
     policy.pick_next([r], cache, CountingBudget(cache, limit=1))
-    policy.on_output_tokens(r.client_id, r.weight, 1)
+    policy.on_output_tokens({(r.client_id, r.weight): 1})
     finish(r)
     policy.on_finished(r)
 

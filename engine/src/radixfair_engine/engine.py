@@ -410,15 +410,15 @@ class Engine:
         """
         if not counted:
             return
-        on_output_tokens, stats = self.policy.on_output_tokens, self.client_stats
-        for (client, weight), count in counted.items():
-            on_output_tokens(client, weight, count)
+        self.policy.on_output_tokens(counted)
+        stats = self.client_stats
+        for (client, _), count in counted.items():
             stats[client].completion_tokens += count
         counted.clear()
 
     def _end_row(self, request: Request, token: int, appended: TokenOutcome) -> StepOutput:
         """The row of a request whose ``token`` ends it (a stop, its length, or its own failure)."""
-        self.policy.on_output_tokens(request.client_id, request.weight, 1)
+        self.policy.on_output_tokens({(request.client_id, request.weight): 1})
         self.client_stats[request.client_id].completion_tokens += 1
         if appended.error is not None:
             return self._fail(request, appended.error)

@@ -10,7 +10,7 @@ one new module implementing this protocol, with the constructor
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -19,6 +19,8 @@ from radixfair_engine.scheduler.waiting_tree import CacheNode
 
 # Seconds on the clock request arrival times come from (time.monotonic, or a simulator's virtual clock).
 Clock = Callable[[], float]
+# Output tokens per (client_id, request weight), as SchedulingPolicy.on_output_tokens takes them.
+OutputCounts = Mapping[tuple[str, float], int]
 
 
 @dataclass(frozen=True)
@@ -96,13 +98,14 @@ class SchedulingPolicy(Protocol):
         """Admits requests through ``budget`` and returns those admitted, in order."""
         ...
 
-    def on_output_tokens(self, client_id: str, weight: float, count: int) -> None:
-        """``count`` output tokens were generated for ``client_id``'s running requests of ``weight``.
+    def on_output_tokens(self, counts: OutputCounts) -> None:
+        """Output tokens generated for running requests: ``counts[(client_id, weight)]`` tokens for
+        the client's requests of that weight, keys in the order of each one's last token.
 
-        The engine reports a step's tokens summed per (client, weight), not once per request: the
-        charge is per token and per client, so the sum moves every policy's state as the per-token
-        calls would, at a cost per client rather than per row (the accounting ran for every row of
-        every step).
+        The engine reports a step's tokens summed this way, not once per request: the charge is
+        per token and per client, so the sums move every policy's state as per-token calls would,
+        at a cost per client rather than per row (the accounting ran for every row of every step).
+        ``counts`` is the caller's: read it during the call, do not keep it.
         """
         ...
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 
 class ClientPassLimit:
@@ -159,6 +159,13 @@ class ServiceStanding:
 
     def charged(self, client: str, normalised: float) -> None:
         self._last_charged = self._counters[client] = self._counters.get(client, 0.0) + normalised
+
+    def charged_tokens(self, counts: Mapping[tuple[str, float], int], per_token: float) -> None:
+        """``charged`` of ``per_token / weight`` for each token ``counts`` holds per (client, weight),
+        in its order (the last key's client is the one charged last)."""
+        counters = self._counters
+        for (client, weight), count in counts.items():
+            self._last_charged = counters[client] = counters.get(client, 0.0) + per_token * count / weight
 
     def backlogged(self, client: str, others: Iterable[str]) -> bool:
         """``client`` has a waiting request again (``others``: the backlogged clients); lifts it and

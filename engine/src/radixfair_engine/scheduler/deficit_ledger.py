@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 IDLE_RULES = ("lift", "cap", "reset")
 
@@ -81,6 +81,12 @@ class DeficitLedger:
 
     def charge(self, client: str, amount: float) -> None:
         self._deficits[client] -= amount
+
+    def charge_tokens(self, counts: Mapping[tuple[str, float], int], per_token: float) -> None:
+        """``charge`` of ``per_token`` for each token ``counts`` holds per (client, weight)."""
+        deficits = self._deficits
+        for (client, _), count in counts.items():
+            deficits[client] -= per_token * count
 
     def refill(self, waiting_clients: Iterable[str]) -> None:
         """Adds ``Q · weight_i`` to every given client whose deficit is spent (``q_i <= 0``)."""

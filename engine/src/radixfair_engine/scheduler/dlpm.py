@@ -197,7 +197,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from radixfair_engine.config import SchedulerConfig
 from radixfair_engine.request import Request, RequestStatus
-from radixfair_engine.scheduler.base import AdmissionBudget, Clock, FairnessState, PrefixMatcher
+from radixfair_engine.scheduler.base import AdmissionBudget, Clock, FairnessState, OutputCounts, PrefixMatcher
 from radixfair_engine.scheduler.client_activity import ClientActivity
 from radixfair_engine.scheduler.client_passes import ClientPassLimit, RoomForTurns, ServiceStanding, Turns
 from radixfair_engine.scheduler.deficit_ledger import DeficitLedger
@@ -270,10 +270,10 @@ class DLPMPolicy:
         self._queue.admitted(admitted)
         return admitted
 
-    def on_output_tokens(self, client_id: str, weight: float, count: int) -> None:
-        amount = self._meter.charge_output(client_id, count)
-        self._ledger.charge(client_id, amount)
-        self._standing.charged(client_id, amount / weight)
+    def on_output_tokens(self, counts: OutputCounts) -> None:
+        per_token = self._meter.charge_outputs(counts)
+        self._ledger.charge_tokens(counts, per_token)
+        self._standing.charged_tokens(counts, per_token)
 
     def on_finished(self, request: Request) -> None:
         self._activity.finished(request)

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 
 from radixfair_engine.config import SchedulerConfig
 from radixfair_engine.request import Request
-from radixfair_engine.scheduler.base import AdmissionBudget, Clock, FairnessState, PrefixMatcher
+from radixfair_engine.scheduler.base import AdmissionBudget, Clock, FairnessState, OutputCounts, PrefixMatcher
 from radixfair_engine.scheduler.service_meter import ServiceMeter
 
 
@@ -54,8 +54,8 @@ class OrderedPolicy:
         self.admitted(admitted)
         return admitted
 
-    def on_output_tokens(self, client_id: str, weight: float, count: int) -> None:
-        self._meter.charge_output(client_id, count)
+    def on_output_tokens(self, counts: OutputCounts) -> None:
+        self._meter.charge_outputs(counts)
 
     def on_finished(self, request: Request) -> None:
         pass

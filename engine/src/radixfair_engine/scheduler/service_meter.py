@@ -13,6 +13,7 @@ requests the engine chose to evict.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
 
 from radixfair_engine.config import SchedulerConfig
 from radixfair_engine.request import Request
@@ -43,11 +44,12 @@ class ServiceMeter:
         self._service[request.client_id] += self._w_in * computed
         return self._w_in * computed + self._w_cached * cached
 
-    def charge_output(self, client_id: str, count: int) -> float:
-        """Charge for ``count`` output tokens generated for ``client_id``."""
-        charge = self._w_out * count
-        self._service[client_id] += charge
-        return charge
+    def charge_outputs(self, counts: Mapping[tuple[str, float], int]) -> float:
+        """Books the output tokens ``counts`` holds per (client, weight); returns the charge per token."""
+        w_out, service = self._w_out, self._service
+        for (client, _), count in counts.items():
+            service[client] += w_out * count
+        return w_out
 
     def client_service(self) -> dict[str, float]:
         return dict(self._service)

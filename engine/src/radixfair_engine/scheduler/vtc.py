@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from radixfair_engine.config import SchedulerConfig
 from radixfair_engine.request import Request
-from radixfair_engine.scheduler.base import AdmissionBudget, Clock, FairnessState, PrefixMatcher
+from radixfair_engine.scheduler.base import AdmissionBudget, Clock, FairnessState, OutputCounts, PrefixMatcher
 from radixfair_engine.scheduler.client_activity import ClientActivity
 from radixfair_engine.scheduler.queue_order import arrival_order
 from radixfair_engine.scheduler.service_meter import ServiceMeter
@@ -72,8 +72,10 @@ class VTCPolicy:
             admitted.append(request)
         return admitted
 
-    def on_output_tokens(self, client_id: str, weight: float, count: int) -> None:
-        self._charge(client_id, weight, self._meter.charge_output(client_id, count))
+    def on_output_tokens(self, counts: OutputCounts) -> None:
+        per_token = self._meter.charge_outputs(counts)
+        for (client, weight), count in counts.items():
+            self._charge(client, weight, per_token * count)
 
     def on_finished(self, request: Request) -> None:
         self._activity.finished(request)
