@@ -341,15 +341,19 @@ def engine_rows(dirs: dict[str, Path], args: argparse.Namespace, vocab: int) -> 
     return rows
 
 
-def kernel_rows(config: dict) -> list[dict[str, object]]:
-    """One product per projection and row count, the weights in DRAM: bf16 cuBLAS, each kernel form."""
+def projection_shapes(config: dict) -> list[tuple[str, int, int]]:
+    """(name, N, K) of each of a layer's products in the model ``config`` describes."""
     hidden, inter = config["hidden_size"], config["intermediate_size"]
     q_out = config["num_attention_heads"] * config["head_dim"]
     qkv_out = q_out + 2 * config["num_key_value_heads"] * config["head_dim"]
-    shapes = [("qkv_proj", qkv_out, hidden), ("o_proj", hidden, q_out)]
-    shapes += [("gate_up_proj", 2 * inter, hidden), ("down_proj", hidden, inter)]
+    return [("qkv_proj", qkv_out, hidden), ("o_proj", hidden, q_out),
+            ("gate_up_proj", 2 * inter, hidden), ("down_proj", hidden, inter)]  # fmt: skip
+
+
+def kernel_rows(config: dict) -> list[dict[str, object]]:
+    """One product per projection and row count, the weights in DRAM: bf16 cuBLAS, each kernel form."""
     rows: list[dict[str, object]] = []
-    for name, n, k in shapes:
+    for name, n, k in projection_shapes(config):
         torch.manual_seed(0)
         # Distinct copies, so a graph that runs one product per copy reads each from DRAM.
         copies = max(30, -(-COLD_CODE_BYTES // (n * k)))
@@ -406,13 +410,8 @@ def cold_product_times(
 def tile_sweep_rows(config: dict) -> list[dict[str, object]]:
     """The int8 tile form at the batch-128 and batch-32 row counts over a few launch shapes, weights in
     DRAM: where it loses to cuBLAS (the earlier table's 1.2-1.6x at 128 rows), which tile would not."""
-    hidden, inter = config["hidden_size"], config["intermediate_size"]
-    q_out = config["num_attention_heads"] * config["head_dim"]
-    qkv_out = q_out + 2 * config["num_key_value_heads"] * config["head_dim"]
-    shapes = [("qkv_proj", qkv_out, hidden), ("o_proj", hidden, q_out)]
-    shapes += [("gate_up_proj", 2 * inter, hidden), ("down_proj", hidden, inter)]
     rows: list[dict[str, object]] = []
-    for name, n, k in shapes:
+    for name, n, k in projection_shapes(config):
         torch.manual_seed(0)
         copies = max(30, -(-COLD_CODE_BYTES // (n * k)))
         codes = [quantize_weight(torch.randn(n, k, device="cuda") * LAYER_STD, "int8") for _ in range(copies)]
