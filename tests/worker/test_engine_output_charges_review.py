@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scheduler_harness import CountingBudget, cache_holding
@@ -173,14 +172,6 @@ def test_every_policy_event_sees_what_charging_each_token_as_resolved_would(
             assert engine.client_stats[client].completion_tokens == tokens
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding: a summed charge (per_token * count / weight) is not the per-token sum for "
-    "weights such as 3.0 (1 + 2*3/3 = 3.0, 1 + three 2/3 = 2.9999999999999996), so two clients with equal "
-    "service, weight for weight, are no longer exactly tied when one's tokens came in one step and "
-    "the other's over several; VTC then admits the later arrival at what per-token charging kept "
-    "an exact tie (scheduler/vtc.py on_output_tokens, client_passes.py charged_tokens)",
-)
 def test_equal_service_stays_an_exact_tie_however_a_steps_tokens_were_grouped() -> None:
     cache = cache_holding()
     policy = VTCPolicy(SchedulerConfig(policy="vtc", input_token_weight=1.0, output_token_weight=2.0))

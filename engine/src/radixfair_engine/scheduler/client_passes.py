@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 
+from radixfair_engine.scheduler.charge_sums import add_repeatedly
+
 
 class ClientPassLimit:
     """Clients whose turn is pending, with the admission count their passes are counted from.
@@ -165,7 +167,8 @@ class ServiceStanding:
         in its order (the last key's client is the one charged last)."""
         counters = self._counters
         for (client, weight), count in counts.items():
-            self._last_charged = counters[client] = counters.get(client, 0.0) + per_token * count / weight
+            total = add_repeatedly(counters.get(client, 0.0), per_token / weight, count)
+            self._last_charged = counters[client] = total
 
     def backlogged(self, client: str, others: Iterable[str]) -> bool:
         """``client`` has a waiting request again (``others``: the backlogged clients); lifts it and

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+from radixfair_engine.scheduler.charge_sums import add_repeatedly
+
 IDLE_RULES = ("lift", "cap", "reset")
 
 
@@ -86,7 +88,7 @@ class DeficitLedger:
         """``charge`` of ``per_token`` for each token ``counts`` holds per (client, weight)."""
         deficits = self._deficits
         for (client, _), count in counts.items():
-            deficits[client] -= per_token * count
+            deficits[client] = add_repeatedly(deficits[client], -per_token, count)
 
     def refill(self, waiting_clients: Iterable[str]) -> None:
         """Adds ``Q · weight_i`` to every given client whose deficit is spent (``q_i <= 0``)."""

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 
 from radixfair_engine.config import SchedulerConfig
 from radixfair_engine.request import Request
+from radixfair_engine.scheduler.charge_sums import add_repeatedly
 
 
 class ServiceMeter:
@@ -48,7 +49,7 @@ class ServiceMeter:
         """Books the output tokens ``counts`` holds per (client, weight); returns the charge per token."""
         w_out, service = self._w_out, self._service
         for (client, _), count in counts.items():
-            service[client] += w_out * count
+            service[client] = add_repeatedly(service[client], w_out, count)
         return w_out
 
     def client_service(self) -> dict[str, float]:

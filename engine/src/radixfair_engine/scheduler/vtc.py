@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from radixfair_engine.config import SchedulerConfig
 from radixfair_engine.request import Request
 from radixfair_engine.scheduler.base import AdmissionBudget, Clock, FairnessState, OutputCounts, PrefixMatcher
+from radixfair_engine.scheduler.charge_sums import add_repeatedly
 from radixfair_engine.scheduler.client_activity import ClientActivity
 from radixfair_engine.scheduler.queue_order import arrival_order
 from radixfair_engine.scheduler.service_meter import ServiceMeter
@@ -74,8 +75,9 @@ class VTCPolicy:
 
     def on_output_tokens(self, counts: OutputCounts) -> None:
         per_token = self._meter.charge_outputs(counts)
-        for (client, weight), count in counts.items():
-            self._charge(client, weight, per_token * count)
+        for (client, request_weight), count in counts.items():
+            weight = self._weights.get(client, request_weight)
+            self._counters[client] = add_repeatedly(self._counter(client), per_token / weight, count)
 
     def on_finished(self, request: Request) -> None:
         self._activity.finished(request)
