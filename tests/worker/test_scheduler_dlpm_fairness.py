@@ -310,3 +310,36 @@ def test_the_random_workloads_expose_an_unfair_policy(tiny_model_dir):
         return any(p.gap > p.bound for p in run_and_measure(workload, tiny_model_dir, "lpm"))
 
     find(workloads(), lpm_breaks_the_bound, settings=budget)
+
+
+def two_clients_parked_with_credit() -> Workload:
+    """A random search's counterexample (2026-12-01): weights 2 / 1, a 16-token system prefix and a
+    40-token prefix per client, one running request, 12 pages. The weight-2 client's requests were
+    parked behind its own running leader's prefix while it had credit; the pass then admitted
+    nobody, so the spent weight-1 client was refilled until it had credit too, at every such step,
+    and the two were served one request each in turn: 174.5 weighted tokens apart against a bound
+    of 124.5."""
+    system = tuple(range(2000, 2016))
+    jobs = []
+    for client, weight, own, suffixes in (
+        (
+            "client0",
+            2.0,
+            3000,
+            [(1, 1), (3, 3), (1, 3), (1, 3), (4, 1), (1, 3), (1, 3), (3, 3), (4, 3), (13, 1)],
+        ),
+        ("client1", 1.0, 3100, [(1, 1), (1, 3), (6, 3), (9, 3), (9, 3), (3, 3), (6, 3), (2, 3), (6, 3)]),
+    ):
+        for length, max_tokens in suffixes:
+            jobs.append(
+                Job(client, weight, system + tuple(range(own, own + 40)) + (3,) * length, max_tokens, 0)
+            )
+    return Workload(tuple(jobs), quantum=8.0, cached_token_weight=0.0, max_running=1, num_pages=12)
+
+
+def test_a_client_parked_with_credit_stops_the_refills_until_it_is_served(tiny_model_dir):
+    for rules in ({"idle_deficit": "lift"}, {"idle_deficit": "cap"}, {"idle_deficit": "reset"}):
+        for pair in run_and_measure(
+            replace(two_clients_parked_with_credit(), **rules), tiny_model_dir, "dlpm"
+        ):
+            assert pair.gap <= pair.bound, (rules, pair)

@@ -29,7 +29,11 @@ Rules (see /work/shared/reference/dlpm.md):
      *holds* (another request is computing >= threshold pages of its uncached
      prefix) is passed over: not admitted, not charged. Its client is still
      backlogged, so one without credit counts as spent and gets rule 4's
-     refills like every other waiting client. If client i's due request
+     refills like every other waiting client, and one with credit stops
+     rule 4: no refill while a client with ``q_i > 0`` waits, parked or not
+     (refilling past it let the others' deficits catch up at every parked
+     step, and weights stopped counting: a hypothesis counterexample, weights
+     2 / 1 served 1:1). If client i's due request
      (rule 2) is held, i's place at that point is skipped, so the hold never
      lets i's other requests overtake it. A hold ends when the leader's pages
      are cached or the leader leaves the running batch: at most one prefill.
@@ -258,9 +262,12 @@ class DLPMPolicy:
         admitted: list[Request] = []
         taken: set[Request] = set()
         while True:
-            passed, budget_full, spent = self._walk(order, taken, budget, turns, cache)
+            passed, budget_full, spent, parked_with_credit = self._walk(order, taken, budget, turns, cache)
             admitted += passed
-            if budget_full or not spent:
+            # A client with credit whose requests are only parked (rule 6) is backlogged with
+            # deficit left: no refill while it waits, or every spent client would be refilled
+            # past it and weights would stop counting (each parked step became a refill).
+            if budget_full or not spent or parked_with_credit:
                 break
             if not passed:
                 self._ledger.refill(spent)
@@ -304,16 +311,18 @@ class DLPMPolicy:
         budget: AdmissionBudget,
         turns: Turns,
         cache: PrefixMatcher,
-    ) -> tuple[list[Request], bool, set[str]]:
+    ) -> tuple[list[Request], bool, set[str], bool]:
         """One pass over the requests not yet ``taken`` (admitted this step; it adds to it).
 
         Due clients' turns (rule 7) go before each request of the pass, and after its last. A turn the
         budget refuses ends the pass, or, while the client drained for it still runs requests
         (``RoomForTurns``), leaves the rest of the pass to the requests ``_room_while_waiting`` lets
         through, and takes no more turns. Returns those admitted, whether the budget refused one (or a
-        turn waits for room), and the clients skipped for want of credit.
+        turn waits for room), the clients skipped for want of credit, and whether a client with
+        credit was skipped only because its request is parked.
         """
         admitted, spent = [], set()
+        parked_with_credit = False
         allowed: Callable[[Request], bool] | None = None  # set while a refused turn waits for room
 
         def still_waiting(request: Request) -> bool:
@@ -327,14 +336,16 @@ class DLPMPolicy:
                     if refused is not None:
                         allowed = self._room_while_waiting(refused, cache)
                         if allowed is None:
-                            return admitted, True, spent
+                            return admitted, True, spent, parked_with_credit
                     if request in taken:
                         break
                 if budget.holds(request):
                     # Parked for a leader's prefix (rule 6): not admitted, not charged. Its client is
                     # still backlogged, so when spent it takes the refills the others get meanwhile;
                     # parking it out of them lost it a quantum per refill for good.
-                    if not self._ledger.has_credit(client):
+                    if self._ledger.has_credit(client):
+                        parked_with_credit = True
+                    else:
                         spent.add(client)
                     break
                 if not self._ledger.has_credit(client):
@@ -346,12 +357,12 @@ class DLPMPolicy:
                 if allowed is not None and not allowed(chosen):
                     break
                 if not budget.try_admit(chosen):
-                    return admitted, True, spent
+                    return admitted, True, spent, parked_with_credit
                 self._admitted(chosen, taken, turns)
                 admitted.append(chosen)
         if allowed is None and self._take_turns(turns, taken, budget, still_waiting, admitted) is None:
-            return admitted, False, spent
-        return admitted, True, spent
+            return admitted, False, spent, parked_with_credit
+        return admitted, True, spent, parked_with_credit
 
     def _room_while_waiting(self, refused: str, cache: PrefixMatcher) -> Callable[[Request], bool] | None:
         """Which requests prefix order may admit while ``refused``'s turn waits for room; None: none.
