@@ -264,12 +264,14 @@ class DLPMPolicy:
         while True:
             passed, budget_full, spent, parked_with_credit = self._walk(order, taken, budget, turns, cache)
             admitted += passed
-            # A client with credit whose requests are only parked (rule 6) is backlogged with
-            # deficit left: no refill while it waits, or every spent client would be refilled
-            # past it and weights would stop counting (each parked step became a refill).
-            if budget_full or not spent or parked_with_credit:
+            if budget_full or not spent:
                 break
             if not passed:
+                if parked_with_credit:
+                    # A client with credit whose requests are only parked (rule 6) is backlogged
+                    # with deficit left: no refill while it waits, or every spent client would be
+                    # refilled past it and weights would stop counting.
+                    break
                 self._ledger.refill(spent)
                 for client in spent:
                     if self._ledger.has_credit(client):
