@@ -252,7 +252,7 @@ class Engine:
         append = self.output_processor.append
         running, page_size = RequestStatus.RUNNING, self.page_size
         # The tokens of rows that go on, counted per (client, weight) and charged in one call per
-        # client (_charge_outputs), before anything that reads the policy's state: a request's end.
+        # policy call (_charge_outputs), before anything that reads the policy's state: a request's end.
         counted: dict[tuple[str, float], int] = {}
         for chunk, token in zip(step.sampled, tokens):
             request = chunk.request
@@ -402,7 +402,7 @@ class Engine:
     # -- after the forward pass ----------------------------------------------
 
     def _charge_outputs(self, counted: dict[tuple[str, float], int]) -> None:
-        """Charges the counted output tokens, one call per (client, weight), and empties ``counted``.
+        """Charges the counted output tokens (per (client, weight)) in one policy call; empties ``counted``.
 
         Charges commute but for which client was charged last (rule 7's floor, ServiceStanding):
         ``counted`` is in the order of each key's last row, so the last row's client goes last, as a
