@@ -251,8 +251,8 @@ class Engine:
         outputs, cache_computed = self._outputs, self.pages.cache_computed
         append = self.output_processor.append
         running, page_size = RequestStatus.RUNNING, self.page_size
-        # The tokens of rows that go on, counted per (client, weight) and charged in one call per
-        # policy call (_charge_outputs), before anything that reads the policy's state: a request's end.
+        # The tokens of rows that go on, counted per (client, weight) and charged in one policy call
+        # (_charge_outputs), before anything that reads the policy's state: a request's end.
         counted: dict[tuple[str, float], int] = {}
         for chunk, token in zip(step.sampled, tokens):
             request = chunk.request
