@@ -55,6 +55,7 @@ sys.path.insert(0, str(ROOT))
 from bench.report import markdown_table, write_results  # noqa: E402
 from radixfair_engine.kernels.accuracy import TOLERANCE, relative_error  # noqa: E402
 from radixfair_engine.kernels.decode_attention import (  # noqa: E402
+    DEFAULT_BLOCK_N,
     choose_num_splits,
     new_split_counters,
     paged_decode_attention,
@@ -126,8 +127,14 @@ def _random_case(
 
 
 def _launch(
-    q: torch.Tensor, ctx: PagedContext, splits: int, block_n: int, counters: torch.Tensor | None
+    q: torch.Tensor,
+    ctx: PagedContext,
+    splits: int,
+    block_n: int,
+    counters: torch.Tensor | None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
+    """Decode attention into ``out`` (default: a fresh NaN-filled tensor, so unwritten rows show)."""
     return paged_decode_attention(
         q,
         ctx.k_cache,
@@ -135,7 +142,7 @@ def _launch(
         ctx.page_table,
         ctx.seq_lens,
         q.shape[-1] ** -0.5,
-        out=torch.full_like(q, float("nan")),
+        out=torch.full_like(q, float("nan")) if out is None else out,
         num_splits=splits,
         block_n=block_n,
         split_counters=counters,
@@ -210,7 +217,7 @@ def check_graph_replays(batch: int, splits: int, replays: int, max_len: int) -> 
     out = torch.empty_like(q)
 
     def one_launch() -> None:
-        _attend(q, ctx, out, splits, counters)
+        _launch(q, ctx, splits, DEFAULT_BLOCK_N, counters, out)
 
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
@@ -283,22 +290,6 @@ def copy_tbs() -> float:
     return 2 * src.numel() * 2 / (float(ms) * 1e-3) / 1e12
 
 
-def _attend(
-    q: torch.Tensor, ctx: PagedContext, out: torch.Tensor, splits: int, counters: torch.Tensor | None
-) -> torch.Tensor:
-    return paged_decode_attention(
-        q,
-        ctx.k_cache,
-        ctx.v_cache,
-        ctx.page_table,
-        ctx.seq_lens,
-        q.shape[-1] ** -0.5,
-        out=out,
-        num_splits=splits,
-        split_counters=counters,
-    )
-
-
 def kernel_rows(num_sms: int) -> list[Row]:
     copy = copy_tbs()
     rows: list[Row] = []
@@ -326,7 +317,7 @@ def kernel_rows(num_sms: int) -> list[Row]:
             timed: dict[str, float] = {}
             for path, held in (("two_launch", None), ("one_launch", counters)):
                 calls = [
-                    functools.partial(_attend, q, ctx, out, splits, held)
+                    functools.partial(_launch, q, ctx, splits, DEFAULT_BLOCK_N, held, out)
                     for q, ctx, out in zip(qs, ctxs, outs)
                 ]
                 timed[path] = _graph_us_per_call(calls)
