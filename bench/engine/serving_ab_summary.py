@@ -32,9 +32,13 @@ CELL_COLUMNS = [
     "out_tok_s",
     "step_ms",
     "rows_per_step",
+    "prefill_step_share",
+    "device_wait_share",
+    "loop_on_cpu_share",
     "ttft_p99_ms",
     "worker_cores",
     "worker_engine_cores",
+    "router_cores",
 ]
 MEDIAN_COLUMNS = [
     "variant",
