@@ -67,7 +67,9 @@ async def serve(
         encoder, _ = await asyncio.gather(asyncio.to_thread(PromptEncoder, model_dir), engine.start())
         if config.detokenize_in_front:
             engine.detokenize_in_front(encoder.new_detokenizer)
-        servicer = WorkerServicer(engine, encoder, worker_id, model_name, tracer, metrics)
+        servicer = WorkerServicer(
+            engine, encoder, worker_id, model_name, tracer, metrics, identity_secret=config.identity_secret
+        )
         lag = asyncio.create_task(watch_loop_lag(metrics.loop_lag))
         try:
             await _serve_grpc(config, servicer, engine, worker_id, model_name, ready)

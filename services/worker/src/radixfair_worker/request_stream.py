@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from radixfair.errors import RadixfairError, RequestFailedError
@@ -53,6 +54,9 @@ class RequestStream:
         self._end: RequestOutcome | RadixfairError | None = None
         self._taken_end = False
         self._ready = asyncio.Event()
+        # GenerateMultiplexed's writer, told once per take that output is pending (``watch``).
+        self._on_pending: Callable[[RequestStream], None] | None = None
+        self._told = False
 
     @property
     def ended(self) -> bool:
@@ -84,6 +88,8 @@ class RequestStream:
             self._texts.append(text)
         self._end = end
         self._ready.set()
+        if self._on_pending is not None and not self._told:
+            self._tell()
         return end
 
     def push_token(self, token: int, text: str = "") -> RadixfairError | None:
@@ -104,6 +110,8 @@ class RequestStream:
         if text:
             self._texts.append(text)
         self._ready.set()
+        if self._on_pending is not None and not self._told:
+            self._tell()
         return None
 
     def _detokenize(
@@ -126,9 +134,25 @@ class RequestStream:
             self._token_ids, self._texts = [], []
             self._end = error
             self._ready.set()
+            if self._on_pending is not None and not self._told:
+                self._tell()
+
+    def watch(self, on_pending: Callable[[RequestStream], None]) -> None:
+        """Calls ``on_pending(self)`` when output is pending, once until the next ``take_pending``:
+        how one writer serves many streams (GenerateMultiplexed) without a task per stream. Called
+        at once if output is pending already."""
+        self._on_pending = on_pending
+        if self._token_ids or self._texts or (self._end is not None and not self._taken_end):
+            self._tell()
+
+    def _tell(self) -> None:
+        assert self._on_pending is not None
+        self._told = True
+        self._on_pending(self)
 
     def take_pending(self) -> StreamChunk | None:
         """Everything pushed since the last take, or None when nothing is."""
+        self._told = False
         if not self._token_ids and not self._texts and (self._end is None or self._taken_end):
             return None
         chunk = StreamChunk(self._token_ids, "".join(self._texts), None if self._taken_end else self._end)

@@ -7,6 +7,7 @@ import logging
 import time
 
 import grpc
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Tracer
 
@@ -18,6 +19,7 @@ from radixfair.v1 import generation_pb2, worker_pb2, worker_pb2_grpc
 from radixfair_engine.request import FinishReason, Request
 from radixfair_worker.engine_client import EngineClient
 from radixfair_worker.engine_protocol import PublishedState, RequestOutcome
+from radixfair_worker.multiplexed_call import MultiplexedCall
 from radixfair_worker.request_builder import build_request
 from radixfair_worker.request_stream import RequestStream
 from radixfair_worker.worker_metrics import WorkerMetrics
@@ -46,8 +48,12 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         model_name: str,
         tracer: Tracer,
         metrics: WorkerMetrics,
+        identity_secret: str = "",
     ) -> None:
+        """``identity_secret``: GenerateMultiplexed checks each start's signature with it (Generate's
+        calls are checked by CallerIdentityInterceptor); empty, every caller is trusted."""
         self._engine = engine
+        self._identity_secret = identity_secret
         self._encoder = encoder
         self._worker_id = worker_id
         self._model_name = model_name
@@ -66,26 +72,16 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         started = time.monotonic()
         # Until the call ends otherwise, it ends because the caller went away.
         outcome = "cancelled"
-        parent = extract_context(context.invocation_metadata())
         # Not start_as_current_span: this generator is closed (GeneratorExit) in another context
         # when the caller hangs up, and detaching a context attached elsewhere logs an ERROR
         # traceback per cancelled stream. The span is passed explicitly instead.
-        span = self._tracer.start_span("worker.generate", context=parent, kind=trace.SpanKind.SERVER)
+        span = self.start_span(extract_context(context.invocation_metadata()))
         try:
             try:
-                build = (request, self._encoder, self._model_name, self._engine.max_context_tokens)
-                if _prompt_chars(request.prompt) > OFF_LOOP_PROMPT_CHARS:
-                    # The tokenizer releases the GIL: a long text is encoded while others stream.
-                    engine_request = await asyncio.to_thread(build_request, *build)
-                else:
-                    engine_request = build_request(*build)
-                # From here on the request is known by the worker's own id only.
-                stream = self._engine.submit(engine_request)
+                engine_request, stream = await self.submit(request, span)
             except RadixfairError as error:
-                span.set_status(trace.Status(trace.StatusCode.ERROR, str(error)))
                 outcome = "error"
-                await self._reject(context, error)
-            _set_request_attributes(span, engine_request, request.request_id, self._model_name)
+                await self._reject(context, error, span)
             try:
                 async for message in self._stream(engine_request, stream, span, context):
                     yield message
@@ -94,7 +90,6 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                 # then closed at its last yield), so the trace is complete either way.
                 if stream.outcome is not None:
                     outcome = "ok"
-                    _record_outcome(self._tracer, span, engine_request, stream.outcome)
                 elif not stream.ended:
                     self._engine.abort(stream.request_id)
                 else:
@@ -103,14 +98,62 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             outcome = "error"  # a status was sent (an abort) or the handler failed
             raise
         finally:
-            span.end()
-            if outcome == "cancelled":
-                self._metrics.cancelled.inc()
-            self._metrics.request_duration.labels(outcome).observe(time.monotonic() - started)
+            self.request_ended(span, outcome, started)
 
-    async def _reject(self, context: grpc.aio.ServicerContext, error: RadixfairError) -> None:
-        """Ends the call with ``error``'s status: the one place Generate maps an error to a status."""
+    async def GenerateMultiplexed(self, request_iterator, context: grpc.aio.ServicerContext):  # noqa: N802
+        call = MultiplexedCall(self, self._engine, self._identity_secret)
+        async for message in call.serve(request_iterator):
+            yield message
+
+    # -- one request's life, shared by Generate and GenerateMultiplexed -------------------------
+
+    def start_span(self, parent: otel_context.Context) -> trace.Span:
+        """The request's server span, under the caller's trace context ``parent``."""
+        return self._tracer.start_span("worker.generate", context=parent, kind=trace.SpanKind.SERVER)
+
+    async def submit(
+        self, request: worker_pb2.GenerateRequest, span: trace.Span
+    ) -> tuple[Request, RequestStream]:
+        """Validates and translates ``request``, and submits it under a fresh worker-internal id.
+
+        Raises RadixfairError (its gRPC code says why) for a request the worker refuses at once.
+        """
+        build = (request, self._encoder, self._model_name, self._engine.max_context_tokens)
+        if _prompt_chars(request.prompt) > OFF_LOOP_PROMPT_CHARS:
+            # The tokenizer releases the GIL: a long text is encoded while others stream.
+            engine_request = await asyncio.to_thread(build_request, *build)
+        else:
+            engine_request = build_request(*build)
+        # From here on the request is known by the worker's own id only.
+        stream = self._engine.submit(engine_request)
+        _set_request_attributes(span, engine_request, request.request_id, self._model_name)
+        return engine_request, stream
+
+    def rejected(self, error: RadixfairError, span: trace.Span) -> None:
+        """Counts a request refused or failed with ``error`` (its status is the caller's to send)."""
+        span.set_status(trace.Status(trace.StatusCode.ERROR, str(error)))
         self._metrics.rejected.labels(rejection_reason(error)).inc()
+
+    def finished(
+        self, request: Request, outcome: RequestOutcome, span: trace.Span
+    ) -> generation_pb2.GenerationResult:
+        """Records a request that ran to its end; its result message."""
+        self._record_finish(request, outcome)
+        _record_outcome(self._tracer, span, request, outcome)
+        return self._result(request, outcome)
+
+    def request_ended(self, span: trace.Span, outcome: str, started: float) -> None:
+        """Closes a request's span and metrics; ``outcome`` is "ok", "error" or "cancelled"."""
+        span.end()
+        if outcome == "cancelled":
+            self._metrics.cancelled.inc()
+        self._metrics.request_duration.labels(outcome).observe(time.monotonic() - started)
+
+    async def _reject(
+        self, context: grpc.aio.ServicerContext, error: RadixfairError, span: trace.Span
+    ) -> None:
+        """Ends the call with ``error``'s status: the one place Generate maps an error to a status."""
+        self.rejected(error, span)
         scope = ((FAILURE_SCOPE_KEY, REQUEST_SCOPE),) if isinstance(error, RequestFailedError) else ()
         await context.abort(error.code, str(error), trailing_metadata=scope)
 
@@ -123,11 +166,9 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                     delta=generation_pb2.TokenDelta(token_ids=chunk.token_ids, text=chunk.text)
                 )
             if isinstance(chunk.end, RadixfairError):
-                span.set_status(trace.Status(trace.StatusCode.ERROR, str(chunk.end)))
-                await self._reject(context, chunk.end)
+                await self._reject(context, chunk.end, span)
             if isinstance(chunk.end, RequestOutcome):
-                self._record_finish(request, chunk.end)
-                yield worker_pb2.GenerateResponse(result=self._result(request, chunk.end))
+                yield worker_pb2.GenerateResponse(result=self.finished(request, chunk.end, span))
                 return
 
     def _result(self, request: Request, outcome: RequestOutcome) -> generation_pb2.GenerationResult:

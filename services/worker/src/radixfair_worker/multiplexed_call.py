@@ -1,0 +1,216 @@
+"""One GenerateMultiplexed call: many requests of one caller (a router) on one stream.
+
+Per request, a GenerateMultiplexed start is what a Generate call is: the same
+validation, identity check (per start, ``caller_identity_check.identity_problem``),
+worker-made request id, admission, stream and span (WorkerServicer's
+``submit`` / ``finished`` / ``rejected`` / ``request_ended``). What differs is the
+transport: the caller names each request by a tag it picks, which is only a
+label (the engine never sees it, so two tags can never share a stream), and
+every reply message carries the events of all requests with output pending.
+
+One writer (``serve``) sends: it waits until some request has output, takes
+everything pending of every such request (RequestStream.take_pending, as
+Generate's take: several steps' tokens when the transport was slow, the text
+byte-identical), and yields it as one message; gRPC resumes it once the
+transport took that message, so a slow caller gets fewer, larger messages.
+The caller then reads one message a step for all its requests instead of one
+per request, which is what the router's CPU goes to (bench/engine/router_relay_cpu.py).
+
+A request failing (refused, admission, a failed text, the engine gone) is an
+error event for its tag; the call goes on. A cancel, or the call ending,
+aborts the request's generation, which frees its KV pages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from opentelemetry import trace
+
+from radixfair.errors import InvalidRequestError, RadixfairError, RequestFailedError, UnauthenticatedError
+from radixfair.tracing import extract_context
+from radixfair.v1 import generation_pb2, worker_pb2
+from radixfair_engine.request import Request
+from radixfair_worker.caller_identity_check import identity_problem
+from radixfair_worker.engine_client import EngineClient
+from radixfair_worker.engine_protocol import RequestOutcome
+from radixfair_worker.request_stream import RequestStream
+
+if TYPE_CHECKING:
+    from radixfair_worker.server import WorkerServicer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class _Open:
+    """One request of the call, from its start until its end event (or its cancel)."""
+
+    tag: int
+    span: trace.Span
+    started: float
+    request: Request | None = None
+    stream: RequestStream | None = None
+    # Set when nothing more is sent for this tag (ended, cancelled, or its tag reused).
+    closed: bool = False
+    # Still being built off the event loop (a long text prompt): submitted when that is done.
+    building: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
+class MultiplexedCall:
+    """Serves one GenerateMultiplexed call; ``serve`` is its reply stream."""
+
+    def __init__(self, front: WorkerServicer, engine: EngineClient, identity_secret: str) -> None:
+        self._front = front
+        self._engine = engine
+        self._secret = identity_secret
+        self._open: dict[int, _Open] = {}
+        # Requests with output pending since the writer's last take, in the order it came.
+        self._ready: list[_Open] = []
+        # Events made outside a take (refused starts), sent with the next message.
+        self._events: list[worker_pb2.MultiplexedEvent] = []
+        self._wake = asyncio.Event()
+        self._requests_done = False
+
+    async def serve(
+        self, requests: AsyncIterator[worker_pb2.GenerateMultiplexedRequest]
+    ) -> AsyncIterator[worker_pb2.GenerateMultiplexedResponse]:
+        """The reply messages, until the caller has closed its side and every request ended, or
+        the call is cancelled (then every open request is aborted)."""
+        reader = asyncio.get_running_loop().create_task(self._read(requests))
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                if reader.done() and not reader.cancelled() and reader.exception() is not None:
+                    raise reader.exception()  # type: ignore[misc]
+                message = self._take_all()
+                if message.events:
+                    yield message
+                if self._requests_done and not self._open and not self._ready and not self._events:
+                    return
+        finally:
+            reader.cancel()
+            for entry in list(self._open.values()):
+                self._cancel(entry)
+
+    # -- the caller's commands -------------------------------------------------------------------
+
+    async def _read(self, requests: AsyncIterator[worker_pb2.GenerateMultiplexedRequest]) -> None:
+        try:
+            async for message in requests:
+                for start in message.starts:
+                    self._start(start)
+                for tag in message.cancel_tags:
+                    entry = self._open.get(tag)
+                    if entry is not None:
+                        self._cancel(entry)
+        finally:
+            self._requests_done = True
+            self._wake.set()
+
+    def _start(self, start: worker_pb2.MultiplexedStart) -> None:
+        tag = start.tag
+        span = self._front.start_span(extract_context(start.trace_context.items()))
+        entry = _Open(tag, span, time.monotonic())
+        reused = self._open.get(tag)
+        if reused is not None:
+            # The tag cannot tell the two apart any more: both end with this one error.
+            self._cancel(reused, outcome="error")
+            error = InvalidRequestError(f"tag {tag} is already in use by an open request on this call")
+            self._refuse(entry, error)
+            return
+        problem = identity_problem(self._secret, start.request, start.identity_signature)
+        if problem is not None:
+            self._refuse(entry, UnauthenticatedError(problem))
+            return
+        self._open[tag] = entry
+        entry.building = asyncio.get_running_loop().create_task(self._submit(entry, start.request))
+
+    async def _submit(self, entry: _Open, request: worker_pb2.GenerateRequest) -> None:
+        try:
+            entry.request, entry.stream = await self._front.submit(request, entry.span)
+        except RadixfairError as error:
+            if not entry.closed:
+                del self._open[entry.tag]
+                self._refuse(entry, error)
+            return
+        except asyncio.CancelledError:
+            return  # cancelled while building: nothing was submitted
+        finally:
+            entry.building = None
+        if entry.closed:  # cancelled while its prompt was being built
+            self._engine.abort(entry.stream.request_id)
+            return
+        entry.stream.watch(lambda _stream: self._mark_ready(entry))
+
+    def _cancel(self, entry: _Open, outcome: str = "cancelled") -> None:
+        """Aborts ``entry``'s generation (its pages return to the pool); nothing more is sent for it."""
+        entry.closed = True
+        if self._open.get(entry.tag) is entry:
+            del self._open[entry.tag]
+        if entry.building is not None:
+            entry.building.cancel()
+        elif entry.stream is not None and not entry.stream.ended:
+            self._engine.abort(entry.stream.request_id)
+        self._front.request_ended(entry.span, outcome, entry.started)
+
+    def _refuse(self, entry: _Open, error: RadixfairError) -> None:
+        entry.closed = True
+        self._front.rejected(error, entry.span)
+        self._events.append(_error_event(entry.tag, error))
+        self._front.request_ended(entry.span, "error", entry.started)
+        self._wake.set()
+
+    # -- the writer ------------------------------------------------------------------------------
+
+    def _mark_ready(self, entry: _Open) -> None:
+        self._ready.append(entry)
+        self._wake.set()
+
+    def _take_all(self) -> worker_pb2.GenerateMultiplexedResponse:
+        """One message with every pending event of every request."""
+        message = worker_pb2.GenerateMultiplexedResponse(events=self._events)
+        self._events = []
+        ready, self._ready = self._ready, []
+        events = message.events
+        for entry in ready:
+            if entry.closed:
+                continue
+            assert entry.stream is not None and entry.request is not None
+            chunk = entry.stream.take_pending()
+            if chunk is None:
+                continue
+            if chunk.token_ids:
+                events.add(
+                    tag=entry.tag, delta=generation_pb2.TokenDelta(token_ids=chunk.token_ids, text=chunk.text)
+                )
+            end = chunk.end
+            if end is None:
+                continue
+            entry.closed = True
+            del self._open[entry.tag]
+            if isinstance(end, RequestOutcome):
+                events.add(tag=entry.tag, result=self._front.finished(entry.request, end, entry.span))
+                self._front.request_ended(entry.span, "ok", entry.started)
+            else:
+                self._front.rejected(end, entry.span)
+                events.append(_error_event(entry.tag, end))
+                self._front.request_ended(entry.span, "error", entry.started)
+        return message
+
+
+def _error_event(tag: int, error: RadixfairError) -> worker_pb2.MultiplexedEvent:
+    return worker_pb2.MultiplexedEvent(
+        tag=tag,
+        error=worker_pb2.MultiplexedError(
+            code=error.code.value[0],
+            message=str(error),
+            request_scoped=isinstance(error, RequestFailedError),
+        ),
+    )
