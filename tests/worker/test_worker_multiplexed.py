@@ -4,6 +4,7 @@ own Generate call would be served, failing alone, and freeing its pages when can
 from __future__ import annotations
 
 import queue
+import signal
 import time
 from collections.abc import Iterator
 
@@ -242,3 +243,19 @@ def test_cancelling_one_request_or_the_whole_call_frees_its_pages(worker, stub, 
     assert report.free_pages >= before.free_pages - (len(LONG_PROMPT) // 8 + 2)
     log = worker.log()[logged_before:]
     assert "Traceback" not in log and " ERROR " not in log, log[-3000:]
+
+
+def test_a_stopping_worker_finishes_the_open_request_then_ends_the_call_with_ok(start_worker, tiny_model_dir):
+    worker = start_worker(tiny_model_dir, identity_secret=SECRET, **{"engine.page_size": 8})
+    with grpc.insecure_channel(worker.address) as channel:
+        mux = MuxCall(worker_pb2_grpc.WorkerServiceStub(channel))
+        mux.send(starts=[start(1, request("before the stop", "stop-1", max_tokens=40, ignore_eos=True))])
+        events = mux.events()
+        assert next(events).HasField("delta")
+        worker.process.send_signal(signal.SIGTERM)
+        # The running request runs to its result; then the call ends with status OK (the iterator
+        # ends instead of raising), not cancelled at the end of the worker's grace period.
+        rest = list(events)
+        assert rest[-1].tag == 1 and rest[-1].result.usage.completion_tokens == 40
+        assert mux.call.code() == grpc.StatusCode.OK
+    assert worker.process.wait(timeout=30) == 0

@@ -32,7 +32,13 @@ from typing import TYPE_CHECKING
 
 from opentelemetry import trace
 
-from radixfair.errors import InvalidRequestError, RadixfairError, RequestFailedError, UnauthenticatedError
+from radixfair.errors import (
+    EngineStoppedError,
+    InvalidRequestError,
+    RadixfairError,
+    RequestFailedError,
+    UnauthenticatedError,
+)
 from radixfair.tracing import extract_context
 from radixfair.v1 import generation_pb2, worker_pb2
 from radixfair_engine.request import Request
@@ -76,6 +82,14 @@ class MultiplexedCall:
         self._events: list[worker_pb2.MultiplexedEvent] = []
         self._wake = asyncio.Event()
         self._requests_done = False
+        # The worker is stopping: no new request, and the call ends once its open ones have.
+        self._shutting_down = False
+
+    def shut_down(self) -> None:
+        """Refuses later starts (UNAVAILABLE, so a router retries them elsewhere) and ends the call
+        once its open requests have: a worker's graceful stop then waits for generations only."""
+        self._shutting_down = True
+        self._wake.set()
 
     async def serve(
         self, requests: AsyncIterator[worker_pb2.GenerateMultiplexedRequest]
@@ -92,7 +106,8 @@ class MultiplexedCall:
                 message = self._take_all()
                 if message.events:
                     yield message
-                if self._requests_done and not self._open and not self._ready and not self._events:
+                finished = self._requests_done or self._shutting_down
+                if finished and not self._open and not self._ready and not self._events:
                     return
         finally:
             reader.cancel()
@@ -124,6 +139,9 @@ class MultiplexedCall:
             self._cancel(reused, outcome="error")
             error = InvalidRequestError(f"tag {tag} is already in use by an open request on this call")
             self._refuse(entry, error)
+            return
+        if self._shutting_down:
+            self._refuse(entry, EngineStoppedError("the worker is shutting down"))
             return
         problem = identity_problem(self._secret, start.request, start.identity_signature)
         if problem is not None:

@@ -63,10 +63,14 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         # grace period waits only for generations; a watch never ends by itself and held it to the
         # whole grace on every stop (a compose `down` killed workers at Docker's 10 s for it).
         self._closing = asyncio.Event()
+        self._multiplexed: set[MultiplexedCall] = set()
 
     def end_watches(self) -> None:
-        """Ends every WatchLoadReport stream after its current report, and any opened later at once."""
+        """Ends every WatchLoadReport stream after its current report, and any opened later at once;
+        GenerateMultiplexed calls take no new request and end once their open ones have."""
         self._closing.set()
+        for call in self._multiplexed:
+            call.shut_down()
 
     async def Generate(self, request, context: grpc.aio.ServicerContext):  # noqa: N802 (gRPC name)
         started = time.monotonic()
@@ -102,8 +106,14 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
 
     async def GenerateMultiplexed(self, request_iterator, context: grpc.aio.ServicerContext):  # noqa: N802
         call = MultiplexedCall(self, self._engine, self._identity_secret)
-        async for message in call.serve(request_iterator):
-            yield message
+        if self._closing.is_set():
+            call.shut_down()
+        self._multiplexed.add(call)
+        try:
+            async for message in call.serve(request_iterator):
+                yield message
+        finally:
+            self._multiplexed.discard(call)
 
     # -- one request's life, shared by Generate and GenerateMultiplexed -------------------------
 
