@@ -124,6 +124,10 @@ class LedgerConfig:
     router_lease_ttl_s: float = 10.0
 
 
+# The values of ForwardConfig.worker_transport.
+WORKER_TRANSPORTS = ("per_request", "multiplexed")
+
+
 @dataclass(frozen=True)
 class ForwardConfig:
     # Attempts on different workers when one fails before its first token.
@@ -160,10 +164,21 @@ class ForwardConfig:
     # a worker it did not choose is cancelled (radixfair_router_dispatch_ahead{outcome="miss"}).
     # With the in-process ledger the admission is local and this has no effect.
     dispatch_ahead: bool = True
+    # How requests reach a worker. "per_request" (the default): one Generate call each.
+    # "multiplexed": one GenerateMultiplexed call per worker carries all of this router's requests to
+    # it, and each worker message holds a step's output of all of them, so the router reads one
+    # message a step per worker instead of one per request (multiplexed_worker_call.py; the workers
+    # must serve GenerateMultiplexed). Retries, booking and stream limits are the same either way.
+    worker_transport: str = "per_request"
 
     def __post_init__(self) -> None:
         if self.stream_interval_s < 0:
             raise ValueError("forward.stream_interval_s must be 0 or more")
+        if self.worker_transport not in WORKER_TRANSPORTS:
+            raise ValueError(
+                f"forward.worker_transport must be one of {', '.join(WORKER_TRANSPORTS)}, "
+                f"not {self.worker_transport!r}"
+            )
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,7 @@ from radixfair_router.dispatch_core import DispatchCore
 from radixfair_router.ledger import Ledger
 from radixfair_router.ledger_state import Charge
 from radixfair_router.live_streams import LiveStreamLimits, LiveStreams, StreamBook
+from radixfair_router.multiplexed_worker_call import MultiplexedConnection, MultiplexedRequest
 from radixfair_router.output_credit import OutputCredit
 from radixfair_router.policies import RoutingDecision, RoutingPolicy
 from radixfair_router.request_validation import ValidatedRequest
@@ -112,13 +113,18 @@ _WORKER_GENERATE = "/radixfair.v1.WorkerService/Generate"
 _RelayCall = Callable[..., grpc.aio.UnaryStreamCall]
 
 
+# A request under way on a worker: its own Generate call, or its share of the endpoint's
+# GenerateMultiplexed call (forward.worker_transport); both offer cancel() and done().
+_WorkerCall = grpc.aio.UnaryStreamCall | MultiplexedRequest
+
+
 @dataclass(frozen=True)
 class _StartedCall:
     """A worker call under way, and the span that covers it."""
 
     endpoint: WorkerEndpoint
     span: Span
-    call: grpc.aio.UnaryStreamCall
+    call: _WorkerCall
 
     def abandon(self, why: str) -> None:
         """Stops a call dispatched ahead that will not be relayed (the admission chose another worker,
@@ -157,6 +163,11 @@ class RequestRouter:
         self._live = LiveStreams(ledger, limits, lambda client, service: self._charged(client, service))
         registry.add_closing_listener(self._live.worker_closing)
         self._relay_calls: dict[grpc.aio.Channel, _RelayCall] = {}
+        # forward.worker_transport "multiplexed": each endpoint's one call, closed when it leaves the
+        # pool (after LiveStreams heard of it, so its streams report why).
+        self._multiplexed = config.forward.worker_transport == "multiplexed"
+        self._connections: dict[grpc.aio.Channel, MultiplexedConnection] = {}
+        registry.add_closing_listener(self._close_connection)
         self.core = DispatchCore(policy, cache_view, ledger, config.costs, self._dispatched)
         metrics.degraded_transitions.set_function(lambda: ledger.degraded_transitions)
         self._gate: VtcAdmissionGate | None = policy.admission_gate(lambda: len(registry.healthy()))
@@ -400,15 +411,39 @@ class RequestRouter:
         finally:
             otel_context.detach(token)
         secret = self._config.forward.identity_secret
-        if secret:  # the worker serves only the identity this router vouches for
-            signature = identity_signature(secret, principal.client_id, principal.weight, request.request_id)
-            metadata.append((IDENTITY_SIGNATURE_KEY, signature))
+        # The worker serves only the identity this router vouches for.
+        signature = (
+            identity_signature(secret, principal.client_id, principal.weight, request.request_id)
+            if secret
+            else ""
+        )
+        call: _WorkerCall
         try:
-            call = self._relay_call(endpoint)(_worker_request(request, principal), metadata=metadata)
+            if self._multiplexed:
+                connection = self._connection(endpoint)
+                call = connection.start(_worker_request(request, principal), signature, dict(metadata))
+            else:
+                if signature:
+                    metadata.append((IDENTITY_SIGNATURE_KEY, signature))
+                call = self._relay_call(endpoint)(_worker_request(request, principal), metadata=metadata)
         except grpc.aio.UsageError:
             span.end()
             raise
         return _StartedCall(endpoint, span, call)
+
+    def _connection(self, endpoint: WorkerEndpoint) -> MultiplexedConnection:
+        """The endpoint's multiplexed connection (its call opens with its first request)."""
+        connection = self._connections.get(endpoint.channel)
+        if connection is None:
+            connection = self._connections[endpoint.channel] = MultiplexedConnection(
+                endpoint.channel, endpoint.worker_id
+            )
+        return connection
+
+    def _close_connection(self, endpoint: WorkerEndpoint, why: str) -> None:
+        connection = self._connections.pop(endpoint.channel, None)
+        if connection is not None:
+            connection.close()
 
     def _output_credit(self, book: StreamBook, request: ValidatedRequest) -> OutputCredit | None:
         """With a ledger that outlives the router, the stream's booked-ahead output (None: the
@@ -422,7 +457,7 @@ class RequestRouter:
         return credit
 
     async def _relay(
-        self, call: grpc.aio.UnaryStreamCall, book: StreamBook, arrival: float, credit: OutputCredit | None
+        self, call: _WorkerCall, book: StreamBook, arrival: float, credit: OutputCredit | None
     ) -> AsyncIterator[router_pb2.RouterServiceGenerateResponse]:
         """The per-message path: what the worker sent since the last relay, booked, then passed on.
 
@@ -431,7 +466,7 @@ class RequestRouter:
         """
         client = self._metrics.client_labels.label(book.client_id)
         ttft, inter_token = self._metrics.ttft.labels(client), self._metrics.inter_token.labels(client)
-        stream = WorkerStream(call, book)
+        stream = call.stream(book) if isinstance(call, MultiplexedRequest) else WorkerStream(call, book)
         interval = self._config.forward.stream_interval_s
         try:
             while True:

@@ -1,0 +1,286 @@
+"""All of this router's requests to one worker on one GenerateMultiplexed call (forward.worker_transport).
+
+With one Generate call per request, relaying a message costs the router a grpc.aio read from that
+request's call, and on the GPU host those reads were most of the ~410 us of CPU a relayed message
+took (notes/OPEN_FINDINGS.md, the eleventh wave). Here one call per worker endpoint carries every
+request: the worker sends each step's output of all of them in one message, so the router reads one
+message a step per worker, and hands each request its share.
+
+``MultiplexedConnection`` owns the call: it opens it with the first request, writes starts and
+cancels (what queued while a write was in flight goes out as one message), reads the worker's
+messages and hands each event to its request. ``MultiplexedRequest`` is one request on it, and offers
+what the relay uses of a per-request call: ``cancel``/``done`` (as grpc.aio's call) and
+``take``/``hold``/``complete``/``close`` (as WorkerStream), with the same ends: the worker's error for
+the request as a ``grpc.aio.AioRpcError`` with the status its own Generate call would have ended with,
+``CallCancelledError`` when this router cancelled it or closed the connection (the worker left the
+pool), and UNAVAILABLE for every open request when the shared call breaks (the worker was killed).
+So booking, retries and LiveStreams are one code path for both transports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import Callable
+
+import grpc
+
+from radixfair.errors import FAILURE_SCOPE_KEY, REQUEST_SCOPE
+from radixfair.v1 import router_pb2, worker_pb2
+from radixfair_router.live_streams import StreamBook
+from radixfair_router.worker_stream import CallCancelledError, coalesce
+
+log = logging.getLogger(__name__)
+
+Response = router_pb2.RouterServiceGenerateResponse
+_GENERATE_MULTIPLEXED = "/radixfair.v1.WorkerService/GenerateMultiplexed"
+_STATUS_BY_CODE = {status.value[0]: status for status in grpc.StatusCode}
+
+
+class MultiplexedRequest:
+    """One request on a MultiplexedConnection: the call and the stream the relay reads.
+
+    ``take`` returns (delta, result) as WorkerStream's does: the deltas that came since the last take
+    as one message (token ids and texts concatenated in order), and the result once it came; then it
+    raises the request's end, if it ended otherwise.
+    """
+
+    def __init__(self, connection: MultiplexedConnection, tag: int) -> None:
+        self._connection = connection
+        self.tag = tag
+        self._book: StreamBook | None = None
+        self._deltas: list[Response] = []
+        self._result: Response | None = None
+        self._end: BaseException | None = None
+        self._wake: asyncio.Future[None] | None = None
+        self._holding = False
+        # True once the worker will send nothing more for this request (its result or end came, or
+        # it was cancelled): grpc.aio's ``done``.
+        self._finished = False
+        self._loop = asyncio.get_running_loop()
+
+    # -- as a call -------------------------------------------------------------------------------
+
+    def cancel(self) -> bool:
+        """Stops the request: the worker aborts it (its KV pages return to the pool), and the relay
+        reads CallCancelledError. False when it had ended already."""
+        if self._finished:
+            return False
+        self._connection.cancel(self.tag)
+        self.end(CallCancelledError())
+        return True
+
+    def done(self) -> bool:
+        return self._finished
+
+    # -- as the relay's stream -------------------------------------------------------------------
+
+    def stream(self, book: StreamBook) -> MultiplexedRequest:
+        """This request as the relay's stream; each message from the worker refreshes
+        ``book.last_activity`` (what LiveStreams judges silence by)."""
+        self._book = book
+        return self
+
+    async def take(self) -> tuple[Response | None, Response | None]:
+        while not self._deltas and self._result is None:
+            if self._end is not None:
+                raise self._end
+            self._wake = self._loop.create_future()
+            try:
+                await self._wake
+            finally:
+                self._wake = None
+        deltas, self._deltas = self._deltas, []
+        result, self._result = self._result, None
+        return (coalesce(deltas) if deltas else None), result
+
+    async def hold(self, seconds: float) -> None:
+        """As WorkerStream.hold: deltas gather for up to ``seconds``; the result or the end wakes it."""
+        if seconds <= 0 or self._result is not None or self._end is not None:
+            return
+        self._holding = True
+        self._wake = self._loop.create_future()
+        timer = self._loop.call_later(seconds, self._wake_taker)
+        try:
+            await self._wake
+        finally:
+            timer.cancel()
+            self._wake = None
+            self._holding = False
+
+    @property
+    def complete(self) -> bool:
+        """True once everything the worker will send for this request is here."""
+        return self._finished
+
+    def close(self) -> None:
+        """The relay is done reading; a request still running is stopped by ``cancel`` (the relay's
+        caller does that, as it cancels a per-request call)."""
+
+    # -- from the connection ---------------------------------------------------------------------
+
+    def deliver(self, event: worker_pb2.MultiplexedEvent, now: float) -> bool:
+        """Takes one event from the worker; True when it ended the request."""
+        if self._book is not None:
+            self._book.last_activity = now
+        kind = event.WhichOneof("event")
+        if kind == "delta":
+            self._deltas.append(Response(delta=event.delta))
+            if not self._holding:
+                self._wake_taker()
+            return False
+        self._finished = True
+        if kind == "result":
+            self._result = Response(result=event.result)
+        else:
+            self._end = _worker_error(event.error)
+        self._wake_taker()
+        return True
+
+    def end(self, error: BaseException) -> None:
+        """Ends the request with ``error`` (read after what came before it)."""
+        if self._finished:
+            return
+        self._finished = True
+        self._end = error
+        self._wake_taker()
+
+    def _wake_taker(self) -> None:
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
+
+
+class MultiplexedConnection:
+    """One worker endpoint's GenerateMultiplexed call, opened with the first request (and again after
+    it broke), closed when the endpoint leaves the pool."""
+
+    def __init__(self, channel: grpc.aio.Channel, worker_id: str) -> None:
+        self._worker_id = worker_id
+        self._method = channel.stream_stream(
+            _GENERATE_MULTIPLEXED,
+            request_serializer=worker_pb2.GenerateMultiplexedRequest.SerializeToString,
+            response_deserializer=worker_pb2.GenerateMultiplexedResponse.FromString,
+        )
+        self._call: grpc.aio.StreamStreamCall | None = None
+        self._requests: dict[int, MultiplexedRequest] = {}
+        # Unique per connection, so also per call: a tag is never reused.
+        self._tags = itertools.count(1)
+        # What the writer sends next: starts and cancels queued while it was writing go out as one.
+        self._outgoing = worker_pb2.GenerateMultiplexedRequest()
+        self._send = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closed = False
+
+    def __len__(self) -> int:
+        """Requests open on the call."""
+        return len(self._requests)
+
+    def start(
+        self, request: worker_pb2.GenerateRequest, signature: str, trace_context: dict[str, str]
+    ) -> MultiplexedRequest:
+        """Sends ``request`` on the call (opening it if none is open); returns its handle.
+
+        Raises grpc.aio.UsageError when the connection or the channel is closed (the worker left
+        rotation): nothing reached the worker.
+        """
+        if self._closed:
+            raise grpc.aio.UsageError(f"the connection to worker {self._worker_id} is closed")
+        if self._call is None:
+            self._open()
+        tag = next(self._tags)
+        handle = self._requests[tag] = MultiplexedRequest(self, tag)
+        self._outgoing.starts.add(
+            tag=tag, request=request, identity_signature=signature, trace_context=trace_context
+        )
+        self._send.set()
+        return handle
+
+    def cancel(self, tag: int) -> None:
+        """Tells the worker to abort the request ``tag`` (nothing more is read for it)."""
+        if self._requests.pop(tag, None) is not None and self._call is not None:
+            self._outgoing.cancel_tags.append(tag)
+            self._send.set()
+
+    def close(self) -> None:
+        """Ends the call; each open request reads CallCancelledError (the relay then reports the
+        reason LiveStreams recorded when the endpoint left the pool)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._break(CallCancelledError)
+
+    def _open(self) -> None:
+        call = self._call = self._method()  # UsageError on a closed channel
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._write(call)), loop.create_task(self._read(call))]
+
+    async def _write(self, call: grpc.aio.StreamStreamCall) -> None:
+        send = self._send
+        while True:
+            await send.wait()
+            send.clear()
+            message, self._outgoing = self._outgoing, worker_pb2.GenerateMultiplexedRequest()
+            if not message.starts and not message.cancel_tags:
+                continue
+            try:
+                await call.write(message)
+            except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError):
+                return  # the call ended: the reader reads why and ends its requests
+
+    async def _read(self, call: grpc.aio.StreamStreamCall) -> None:
+        requests = self._requests
+        try:
+            while True:
+                message = await call.read()
+                if message is grpc.aio.EOF:
+                    self._lost(call, grpc.StatusCode.UNAVAILABLE, "the worker ended the call")
+                    return
+                now = time.monotonic()
+                for event in message.events:
+                    request = requests.get(event.tag)
+                    if request is not None and request.deliver(event, now):
+                        del requests[event.tag]
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # closed here
+            self._lost(call, grpc.StatusCode.CANCELLED, "the call was cancelled")
+        except grpc.aio.AioRpcError as error:
+            self._lost(call, error.code(), error.details() or "")
+
+    def _lost(self, call: grpc.aio.StreamStreamCall, code: grpc.StatusCode, details: str) -> None:
+        """The shared call broke: every request on it ends UNAVAILABLE (the relay retries one that
+        had no token yet); the next request opens a new call."""
+        if self._call is not call:
+            return
+        log.warning("multiplexed call to worker %s ended (%s: %s)", self._worker_id, code.name, details)
+        message = f"the multiplexed call to worker {self._worker_id} ended ({code.name}: {details})"
+        self._break(lambda: _aio_error(grpc.StatusCode.UNAVAILABLE, message, request_scoped=False))
+
+    def _break(self, end: Callable[[], BaseException]) -> None:
+        """Ends the call and every request on it with a fresh ``end()`` each."""
+        call, self._call = self._call, None
+        requests, self._requests = self._requests, {}
+        self._outgoing = worker_pb2.GenerateMultiplexedRequest()
+        for request in requests.values():
+            request.end(end())
+        if call is not None:
+            call.cancel()
+        tasks, self._tasks = self._tasks, []
+        current = asyncio.current_task()
+        for task in tasks:
+            if task is not current:
+                task.cancel()
+
+
+def _worker_error(error: worker_pb2.MultiplexedError) -> grpc.aio.AioRpcError:
+    status = _STATUS_BY_CODE.get(error.code, grpc.StatusCode.UNKNOWN)
+    return _aio_error(status, error.message, error.request_scoped)
+
+
+def _aio_error(code: grpc.StatusCode, details: str, request_scoped: bool) -> grpc.aio.AioRpcError:
+    """The error a per-request Generate call ending this way raises (trailer included)."""
+    trailer = grpc.aio.Metadata((FAILURE_SCOPE_KEY, REQUEST_SCOPE)) if request_scoped else grpc.aio.Metadata()
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), trailer, details)
