@@ -18,6 +18,9 @@ the host bounds the engine. The top functions by own time name the host work.
     python3 bench/engine/engine_host_profile.py --shape smollm2-135m --device cuda --dtype bfloat16 \\
         --backend triton --concurrency 256 --workloads unique shared_prefix --cell-duration-s 6
 
+``--stats-dir=DIR`` also writes each profiled cell's full ``pstats`` file there
+(``<workload>_<concurrency>.pstats``), to compare two cells function by function offline.
+
 ``--null-runner`` swaps the model for one whose forward costs nothing and samples a fixed token
 (engine_step_anatomy.NullRunner): what is left is the engine's own host work per step, on any CPU.
 """
@@ -87,6 +90,9 @@ def run_cell(engine: object, args, workload: str, concurrency: int, profile: boo
     }
     if profiler is not None:
         stats = pstats.Stats(profiler)
+        if args.stats_dir:
+            Path(args.stats_dir).mkdir(parents=True, exist_ok=True)
+            stats.dump_stats(str(Path(args.stats_dir) / f"{workload}_{concurrency}.pstats"))
         row["wait_device_s"] = round(_cumulative(stats, "inflight.py", "wait"), 3)
         row["forward_host_s"] = round(_cumulative(stats, "engine_host_profile.py", "forward"), 3)
         text = io.StringIO()
@@ -121,8 +127,10 @@ def _trim(report: str) -> list[str]:
 
 def main() -> Path:
     argv = sys.argv[1:]
-    args = parse_args([a for a in argv if a != "--null-runner"])  # serving_bench's flags, and this one
-    args.null_runner = "--null-runner" in argv
+    own = [a for a in argv if a == "--null-runner" or a.startswith("--stats-dir=")]
+    args = parse_args([a for a in argv if a not in own])  # serving_bench's flags, and these
+    args.null_runner = "--null-runner" in own
+    args.stats_dir = next((a.split("=", 1)[1] for a in own if a.startswith("--stats-dir=")), "")
     work_dir = Path(tempfile.mkdtemp(prefix="radixfair-host-profile-"))
     settings = worker_settings(args, prepare_model(args, work_dir))
     engine = build_in_process_engine(settings)
