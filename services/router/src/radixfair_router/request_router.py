@@ -5,7 +5,9 @@ simulator calls the same one); this module is its gRPC transport.
 The flow of one request:
 1. estimate each healthy worker's prefix match (CacheView) and load (registry);
 2. the policy picks a worker and admits the request into the ledger (DispatchCore.decide);
-3. forward to that worker with the trace context in the call metadata (with
+3. forward to that worker with the trace context in the call metadata: a Generate call of its own,
+   or (``forward.worker_transport: multiplexed``) a start on the one GenerateMultiplexed call this
+   router keeps to that worker (multiplexed_worker_call.py), read the same way from here on (with
    ``forward.dispatch_ahead``, the call starts during step 2 on the worker the
    admission will most likely choose, and is cancelled if it chooses another);
 4. stream deltas back as they come, each message relayed as parsed (the
@@ -461,8 +463,9 @@ class RequestRouter:
     ) -> AsyncIterator[router_pb2.RouterServiceGenerateResponse]:
         """The per-message path: what the worker sent since the last relay, booked, then passed on.
 
-        The worker's call is read in its own task (WorkerStream): while a message waits for its
-        booking or for the client, later ones gather, and go out as one message with one booking.
+        The worker's call is read in its own task (WorkerStream), or by its multiplexed connection's
+        (MultiplexedRequest, the same interface): while a message waits for its booking or for the
+        client, later ones gather, and go out as one message with one booking.
         """
         client = self._metrics.client_labels.label(book.client_id)
         ttft, inter_token = self._metrics.ttft.labels(client), self._metrics.inter_token.labels(client)
