@@ -5,21 +5,25 @@ A real worker on the shared 2-core CPU streams a few hundred messages a second, 
 ``bench/engine/router_overhead.py --streams`` measures there is mostly the router waking up for each message.
 On the GPU host a router relays thousands a second (256 streams x ~200 decode steps/s). Here a
 *paced worker* stands in for the engine: a real ``grpc.aio`` ``WorkerService`` (health, load reports,
-``Generate``) in its own process that streams ``max_tokens`` one-token deltas per request, one every
-``--pace-ms`` per stream, as a decode step would, then the result. The routers are
+``Generate``, ``GenerateMultiplexed``) in its own process that streams ``max_tokens`` one-token deltas
+per request, one a step, a step every ``--pace-ms`` for all running streams at once (as a decode step
+gives every running request its token), then the result. The routers are
 ``python -m radixfair_router`` as deployed (D2LPM, write-ahead booking on a real redis-server, identity
 signing), each with its own ledger key prefix on the one Redis; ``--router-src NAME=DIR`` runs one
 router per variant, the code of another checkout through ``PYTHONPATH`` (e.g. a ``git archive`` of the
 commit before a change), so before and after run in turn in the same session.
 
 Per cell (``--streams`` clients streaming back to back for ``--seconds``, the variants in turn, each
-``--rounds`` times; ``--stream-interval NAME=S`` sets a variant's ``forward.stream_interval_s``): the
+``--rounds`` times; ``--stream-interval NAME=S`` sets a variant's ``forward.stream_interval_s``,
+``--transport NAME=multiplexed`` its ``forward.worker_transport``): the
 clients' messages, tokens and requests, and the router's CPU seconds (user +
 sys, /proc/PID/stat) over the cell: per relayed message, per request, per token. CPU is what the
 machine's load does not distort the way it distorts wall time. ``--profile`` adds one cell per variant
 under ``py-spy record --native``, summarised by self and inclusive share.
 
     .venv/bin/python bench/engine/router_relay_cpu.py --router-src before=/tmp/before/services/router/src
+    .venv/bin/python bench/engine/router_relay_cpu.py --router-src per_request= --router-src multiplexed= \
+        --transport multiplexed=multiplexed
 
 Writes ``bench/results/router_relay_cpu_<tag>.{json,md}``.
 """
@@ -58,24 +62,99 @@ MODEL = "paced"
 # ---- the paced worker --------------------------------------------------------------------------
 
 
-class PacedWorker(worker_pb2_grpc.WorkerServiceServicer):
-    """Streams ``max_tokens`` one-token deltas, one every ``pace_s``, then the result."""
+class StepClock:
+    """Ticks every ``pace_s``, waking every waiting stream at once: what an engine step is to its
+    running requests (each gets its token in the same step), so the multiplexed transport can carry
+    a step's tokens of many streams in one message, as it does with a real worker."""
 
     def __init__(self, pace_s: float) -> None:
         self._pace_s = pace_s
+        self._waiters: list[asyncio.Future[None]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def tick(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        await waiter  # its own future: a stream cancelled here cancels nobody else's wait
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._pace_s)
+            waiters, self._waiters = self._waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+
+def _paced_result(request: worker_pb2.GenerateRequest, count: int) -> generation_pb2.GenerationResult:
+    usage = generation_pb2.Usage(prompt_tokens=len(request.prompt.token_ids.ids), completion_tokens=count)
+    return generation_pb2.GenerationResult(
+        finish_reason=generation_pb2.FINISH_REASON_LENGTH,
+        usage=usage,
+        worker_id="worker-0",
+        text="ab" * count,
+    )
+
+
+def _token_count(request: worker_pb2.GenerateRequest) -> int:
+    return request.sampling.max_tokens if request.sampling.HasField("max_tokens") else 16
+
+
+class PacedWorker(worker_pb2_grpc.WorkerServiceServicer):
+    """Streams ``max_tokens`` one-token deltas, one a step (a tick every ``pace_s``), then the result,
+    on Generate (a call per request) or GenerateMultiplexed (all of a router's requests on one call,
+    a message holding everything pending when the last one was written, as the worker's writer)."""
+
+    def __init__(self, pace_s: float) -> None:
+        self._clock = StepClock(pace_s)
 
     async def Generate(self, request, context) -> AsyncIterator[worker_pb2.GenerateResponse]:  # noqa: ANN001
-        count = request.sampling.max_tokens if request.sampling.HasField("max_tokens") else 16
+        count = _token_count(request)
         for i in range(count):
-            await asyncio.sleep(self._pace_s)
+            await self._clock.tick()
             yield worker_pb2.GenerateResponse(delta=generation_pb2.TokenDelta(token_ids=[100 + i], text="ab"))
-        usage = generation_pb2.Usage(prompt_tokens=len(request.prompt.token_ids.ids), completion_tokens=count)
-        yield worker_pb2.GenerateResponse(
-            result=generation_pb2.GenerationResult(
-                finish_reason=generation_pb2.FINISH_REASON_LENGTH, usage=usage, worker_id="worker-0",
-                text="ab" * count,
-            )
-        )  # fmt: skip
+        yield worker_pb2.GenerateResponse(result=_paced_result(request, count))
+
+    async def GenerateMultiplexed(self, request_iterator, context):  # noqa: ANN001, ANN201
+        pending: list[worker_pb2.MultiplexedEvent] = []
+        wake = asyncio.Event()
+        streams: dict[int, asyncio.Task[None]] = {}
+
+        async def stream(tag: int, request: worker_pb2.GenerateRequest) -> None:
+            count = _token_count(request)
+            for i in range(count):
+                await self._clock.tick()
+                delta = generation_pb2.TokenDelta(token_ids=[100 + i], text="ab")
+                pending.append(worker_pb2.MultiplexedEvent(tag=tag, delta=delta))
+                wake.set()
+            pending.append(worker_pb2.MultiplexedEvent(tag=tag, result=_paced_result(request, count)))
+            wake.set()
+            streams.pop(tag, None)
+
+        async def read() -> None:
+            loop = asyncio.get_running_loop()
+            async for message in request_iterator:
+                for start in message.starts:
+                    streams[start.tag] = loop.create_task(stream(start.tag, start.request))
+                for tag in message.cancel_tags:
+                    task = streams.pop(tag, None)
+                    if task is not None:
+                        task.cancel()
+
+        reader = asyncio.get_running_loop().create_task(read())
+        try:
+            while True:
+                await wake.wait()
+                wake.clear()
+                events = pending[:]
+                pending.clear()
+                yield worker_pb2.GenerateMultiplexedResponse(events=events)
+        finally:
+            reader.cancel()
+            for task in streams.values():
+                task.cancel()
 
     async def GetLoadReport(self, request, context) -> worker_pb2.GetLoadReportResponse:  # noqa: ANN001
         report = worker_pb2.LoadReport(worker_id="worker-0", model=MODEL, free_pages=1 << 20)
@@ -151,7 +230,11 @@ def started_stack(args: argparse.Namespace, work: Path) -> Iterator[tuple[int, d
         redis = RedisServer(RedisLaunchConfig(persistent=False)).start()
         running.callback(redis.stop)
         routers: dict[str, tuple[str, int]] = {}
-        intervals = {name: {"stream_interval_s": float(value)} for name, value in args.stream_interval}
+        forward: dict[str, dict[str, object]] = {name: {} for name, _ in args.router_src}
+        for name, value in args.stream_interval:
+            forward.setdefault(name, {})["stream_interval_s"] = float(value)
+        for name, value in args.transport:
+            forward.setdefault(name, {})["worker_transport"] = value
         for name, src in args.router_src:
             router_port = free_loopback_port()
             config = {
@@ -162,7 +245,7 @@ def started_stack(args: argparse.Namespace, work: Path) -> Iterator[tuple[int, d
                 "ledger": {"store": "redis", "redis_url": redis.url, "key_prefix": f"relay-{name}"},
                 "auth": {"api_keys": [{"key": API_KEY, "client_id": "tenant-0", "weight": 1.0}]},
                 "registry": {"workers": [{"worker_id": "worker-0", "address": f"127.0.0.1:{port}"}]},
-                "forward": {"identity_secret": IDENTITY_SECRET, **intervals.get(name, {})},
+                "forward": {"identity_secret": IDENTITY_SECRET, **forward.get(name, {})},
             }
             config_path = work / f"{name}.yaml"
             config_path.write_text(yaml.safe_dump(config))
@@ -239,6 +322,8 @@ async def cell(
 # Classes and functions of the router's own code whose inclusive share is listed apart.
 _OURS = {
     "WorkerStream",
+    "MultiplexedConnection",
+    "MultiplexedRequest",
     "RequestRouter",
     "LiveStreams",
     "OutputCredit",
@@ -345,6 +430,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--stream-interval", type=_variant, action="append", default=[], metavar="NAME=SECONDS",
         help="the variant's forward.stream_interval_s (routers of code that has it)",
     )  # fmt: skip
+    parser.add_argument(
+        "--transport", type=_variant, action="append", default=[], metavar="NAME=TRANSPORT",
+        help="the variant's forward.worker_transport, per_request or multiplexed (code that has it)",
+    )  # fmt: skip
     parser.add_argument("--streams", type=int, default=64)
     parser.add_argument("--pace-ms", type=float, default=20.0, help="between one stream's deltas")
     parser.add_argument("--prompt-len", type=int, default=128)
@@ -393,7 +482,11 @@ def main(argv: Sequence[str] | None = None) -> Path:
     ]  # fmt: skip
     notes = [
         f"{args.streams} streams, {args.prompt_len}-token prompts, {args.new_tokens} one-token deltas per "
-        f"request, one every {args.pace_ms} ms per stream (paced worker), {args.seconds} s per cell.",
+        f"request, a step every {args.pace_ms} ms giving each running stream its token (paced worker), "
+        f"{args.seconds} s per cell.",
+        "Variants' worker transport (forward.worker_transport): "
+        + ", ".join(f"{name}: {dict(args.transport).get(name, 'per_request')}" for name, _ in args.router_src)
+        + ".",
         "",
         "| variant | cells | cpu_us_per_message (median) | min | cpu_ms_per_request (median) | idle cores |",
         "|---|---|---|---|---|---|",
