@@ -26,9 +26,13 @@ from support.router_stack import (
     worker_id,
 )
 
-from radixfair.v1 import worker_pb2
+from radixfair.caller_identity import identity_signature
+from radixfair.v1 import generation_pb2, worker_pb2
 from radixfair_router.app import RunningRouter
 from radixfair_router.config import ForwardConfig, RouterConfig
+from radixfair_router.live_streams import StreamBook
+from radixfair_router.multiplexed_worker_call import MultiplexedConnection, MultiplexedRequest
+from radixfair_router.worker_stream import CallCancelledError
 
 T = TypeVar("T")
 SECRET = "mux-router-secret"
@@ -270,3 +274,67 @@ def test_the_worker_refuses_a_multiplexed_router_without_the_identity_secret(own
 
     error = asyncio.run(scenario())
     assert error.code() == grpc.StatusCode.UNAUTHENTICATED and "signed" in error.details()
+
+
+def signed_request(request_id: str, max_tokens: int) -> worker_pb2.GenerateRequest:
+    return worker_pb2.GenerateRequest(
+        request_id=request_id,
+        client_id="alice",
+        client_weight=1.0,
+        prompt=generation_pb2.Prompt(token_ids=generation_pb2.TokenIds(ids=[800, 801, 802, 803, 804])),
+        sampling=generation_pb2.SamplingParams(max_tokens=max_tokens, ignore_eos=True),
+    )
+
+
+def start_signed(connection: MultiplexedConnection, request_id: str, max_tokens: int) -> MultiplexedRequest:
+    request = signed_request(request_id, max_tokens)
+    signature = identity_signature(SECRET, "alice", 1.0, request_id)
+    return connection.start(request, signature, {})
+
+
+def test_a_request_read_after_the_worker_finished_gets_everything_as_one_delta(own_worker):
+    async def scenario():
+        async with grpc.aio.insecure_channel(own_worker.address) as channel:
+            connection = MultiplexedConnection(channel, "own")
+            stream = start_signed(connection, "behind-1", 24).stream(StreamBook("alice", 1.0, None, 0))  # type: ignore[arg-type]
+            await wait_until(lambda: stream.complete, "the request's result read")
+            delta, result = await stream.take()
+            connection.close()
+            return delta, result
+
+    delta, result = asyncio.run(scenario())
+    assert len(delta.delta.token_ids) == 24 == result.result.usage.completion_tokens
+    assert delta.delta.text == result.result.text
+
+
+async def read_to_end(request: MultiplexedRequest):
+    """The request's result, reading every delta before it; raises the request's end instead."""
+    while True:
+        _, result = await request.take()
+        if result is not None:
+            return result
+
+
+def test_cancelling_one_request_or_closing_the_connection_ends_them_as_a_cancelled_call_would(own_worker):
+    async def scenario():
+        async with grpc.aio.insecure_channel(own_worker.address) as channel:
+            connection = MultiplexedConnection(channel, "own")
+            cancelled = start_signed(connection, "cancel-1", 400)
+            finishing = start_signed(connection, "cancel-2", 6)
+            left_open = start_signed(connection, "cancel-3", 400)
+            await cancelled.take()
+            assert cancelled.cancel() and cancelled.done()
+            assert not cancelled.cancel()  # once
+            with pytest.raises(CallCancelledError):
+                await read_to_end(cancelled)
+            result = await read_to_end(finishing)
+            await left_open.take()
+            connection.close()  # as when the endpoint leaves the pool
+            with pytest.raises(CallCancelledError):
+                await read_to_end(left_open)
+            with pytest.raises(grpc.aio.UsageError):
+                start_signed(connection, "cancel-4", 2)
+            return result, len(connection)
+
+    result, still_open = asyncio.run(scenario())
+    assert result.result.usage.completion_tokens == 6 and still_open == 0
