@@ -163,9 +163,14 @@ class DecodeGraphRunner:
             pages = request.page_table
             slot_list.append(pages[position // page_size] * page_size + position % page_size)
             owner = table_owners[row]
-            # Identity, not equality: PageBinder replaces a table it edits, so a held list only grows.
-            if owner is None or owner[0] is not pages or owner[1] != len(pages):
+            # Identity, not equality: PageBinder replaces a table it edits, so a held list only grows,
+            # and only its new tail is written (a 1,088-token prompt's row is 68 pages; converting
+            # the whole list every time it gains one was most of this loop on shared prefixes).
+            if owner is None or owner[0] is not pages:
                 table[row, : len(pages)] = pages
+                table_owners[row] = (pages, len(pages))
+            elif owner[1] != len(pages):
+                table[row, owner[1] : len(pages)] = pages[owner[1] :]
                 table_owners[row] = (pages, len(pages))
         count = len(chunks)
         ids[:count] = id_list
