@@ -338,3 +338,29 @@ def test_cancelling_one_request_or_closing_the_connection_ends_them_as_a_cancell
 
     result, still_open = asyncio.run(scenario())
     assert result.result.usage.completion_tokens == 6 and still_open == 0
+
+
+def test_starts_larger_together_than_a_grpc_message_may_be_each_get_their_own_answer(own_worker):
+    # 12 starts of ~450 KB each (150,000 three-byte token ids): together past gRPC's 4 MiB receive
+    # limit, which would fail the whole call; split into messages, each is answered on its own (the
+    # worker refuses each prompt as longer than its context).
+    async def scenario():
+        async with grpc.aio.insecure_channel(own_worker.address) as channel:
+            connection = MultiplexedConnection(channel, "own")
+            requests = []
+            for n in range(12):
+                request = signed_request(f"big-{n}", 2)
+                request.prompt.token_ids.ids[:] = [40000 + n] * 150_000
+                requests.append(
+                    connection.start(request, identity_signature(SECRET, "alice", 1.0, f"big-{n}"), {})
+                )
+            errors = []
+            for request in requests:
+                with pytest.raises(grpc.aio.AioRpcError) as failure:
+                    await read_to_end(request)
+                errors.append(failure.value)
+            connection.close()
+            return errors
+
+    errors = asyncio.run(scenario())
+    assert {error.code() for error in errors} == {grpc.StatusCode.INVALID_ARGUMENT}, errors[0]

@@ -20,6 +20,7 @@ So booking, retries and LiveStreams are one code path for both transports.
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import logging
 import time
@@ -37,6 +38,10 @@ log = logging.getLogger(__name__)
 Response = router_pb2.RouterServiceGenerateResponse
 _GENERATE_MULTIPLEXED = "/radixfair.v1.WorkerService/GenerateMultiplexed"
 _STATUS_BY_CODE = {status.value[0]: status for status in grpc.StatusCode}
+# Starts are gathered into one message up to about this many bytes: a quarter of gRPC's default
+# 4 MiB receive limit, so a message of several starts never fails where each alone would pass (one
+# start larger than this goes alone, as its own Generate call would carry it).
+MESSAGE_BYTES = 1 << 20
 
 
 class MultiplexedRequest:
@@ -168,8 +173,11 @@ class MultiplexedConnection:
         self._requests: dict[int, MultiplexedRequest] = {}
         # Unique per connection, so also per call: a tag is never reused.
         self._tags = itertools.count(1)
-        # What the writer sends next: starts and cancels queued while it was writing go out as one.
+        # What the writer sends next: starts and cancels queued while it was writing go out as one
+        # (``_outgoing``, about ``_outgoing_bytes`` long), after any full messages in ``_queued``.
         self._outgoing = worker_pb2.GenerateMultiplexedRequest()
+        self._outgoing_bytes = 0
+        self._queued: collections.deque[worker_pb2.GenerateMultiplexedRequest] = collections.deque()
         self._send = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
@@ -192,6 +200,13 @@ class MultiplexedConnection:
             self._open()
         tag = next(self._tags)
         handle = self._requests[tag] = MultiplexedRequest(self, tag)
+        size = (
+            request.ByteSize() + len(signature) + 64 + sum(len(k) + len(v) for k, v in trace_context.items())
+        )
+        if self._outgoing_bytes and self._outgoing_bytes + size > MESSAGE_BYTES:
+            self._queued.append(self._outgoing)
+            self._outgoing, self._outgoing_bytes = worker_pb2.GenerateMultiplexedRequest(), 0
+        self._outgoing_bytes += size
         self._outgoing.starts.add(
             tag=tag, request=request, identity_signature=signature, trace_context=trace_context
         )
@@ -222,13 +237,16 @@ class MultiplexedConnection:
         while True:
             await send.wait()
             send.clear()
-            message, self._outgoing = self._outgoing, worker_pb2.GenerateMultiplexedRequest()
-            if not message.starts and not message.cancel_tags:
-                continue
-            try:
-                await call.write(message)
-            except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError):
-                return  # the call ended: the reader reads why and ends its requests
+            while self._queued or self._outgoing.starts or self._outgoing.cancel_tags:
+                if self._queued:
+                    message = self._queued.popleft()
+                else:
+                    message, self._outgoing = self._outgoing, worker_pb2.GenerateMultiplexedRequest()
+                    self._outgoing_bytes = 0
+                try:
+                    await call.write(message)
+                except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError):
+                    return  # the call ended: the reader reads why and ends its requests
 
     async def _read(self, call: grpc.aio.StreamStreamCall) -> None:
         requests = self._requests
@@ -264,7 +282,8 @@ class MultiplexedConnection:
         """Ends the call and every request on it with a fresh ``end()`` each."""
         call, self._call = self._call, None
         requests, self._requests = self._requests, {}
-        self._outgoing = worker_pb2.GenerateMultiplexedRequest()
+        self._outgoing, self._outgoing_bytes = worker_pb2.GenerateMultiplexedRequest(), 0
+        self._queued.clear()
         for request in requests.values():
             request.end(end())
         if call is not None:

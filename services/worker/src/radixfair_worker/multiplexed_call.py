@@ -52,6 +52,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# A reply message takes events until about this many bytes (an upper estimate: 4 bytes a character),
+# a quarter of gRPC's default 4 MiB receive limit; the rest go in the next one. Requests that all
+# fell far behind (a stalled caller) could otherwise make one message that the caller must refuse,
+# which would end the call for every request on it.
+MESSAGE_BYTES = 1 << 20
+
 
 @dataclass(eq=False)
 class _Open:
@@ -197,13 +203,19 @@ class MultiplexedCall:
         self._events = []
         ready, self._ready = self._ready, []
         events = message.events
-        for entry in ready:
+        budget = MESSAGE_BYTES
+        for index, entry in enumerate(ready):
+            if budget <= 0:
+                self._ready = ready[index:]  # the next message's
+                self._wake.set()
+                break
             if entry.closed:
                 continue
             assert entry.stream is not None and entry.request is not None
             chunk = entry.stream.take_pending()
             if chunk is None:
                 continue
+            budget -= 64 + 4 * len(chunk.text) + 10 * len(chunk.token_ids)
             if chunk.token_ids:
                 # Filled in place: building a TokenDelta and copying it in took ~1.7x as long.
                 delta = events.add(tag=entry.tag).delta
@@ -215,6 +227,7 @@ class MultiplexedCall:
             entry.closed = True
             del self._open[entry.tag]
             if isinstance(end, RequestOutcome):
+                budget -= 256 + 4 * len(end.text)
                 events.add(tag=entry.tag, result=self._front.finished(entry.request, end, entry.span))
                 self._front.request_ended(entry.span, "ok", entry.started)
             else:
