@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,18 +99,16 @@ class Request:
     # (max_tokens, or what the context window leaves after the prompt), and the ids that stop it.
     output_limit: int = 0
     stop_token_set: frozenset[int] = frozenset()
-    # The prompt's full pages as tuples (page size, pages), made once on first use
-    # (``prompt_pages``): the in-batch prefix hold walks them for every waiting request every step.
-    _prompt_pages: tuple[int, tuple[tuple[int, ...], ...]] | None = field(default=None, repr=False)
+    # The prompt's page chain (page size, chain), made once on first use (``prompt_page_chain``):
+    # the in-batch prefix hold reads it for waiting requests every step.
+    _prompt_chain: tuple[int, tuple[int, ...]] | None = field(default=None, repr=False)
 
-    def prompt_pages(self, page_size: int) -> tuple[tuple[int, ...], ...]:
-        """The prompt's full pages, each a tuple of ``page_size`` token ids (the prompt never changes)."""
-        cached = self._prompt_pages
+    def prompt_page_chain(self, page_size: int) -> tuple[int, ...]:
+        """``page_chain`` of the prompt (it never changes, so it is computed once)."""
+        cached = self._prompt_chain
         if cached is None or cached[0] != page_size:
-            ids = self.prompt_ids
-            whole = len(ids) - len(ids) % page_size
-            cached = (page_size, tuple(tuple(ids[i : i + page_size]) for i in range(0, whole, page_size)))
-            self._prompt_pages = cached
+            cached = (page_size, page_chain(self.prompt_ids, page_size))
+            self._prompt_chain = cached
         return cached[1]
 
     @property
@@ -142,3 +141,19 @@ class Request:
     @property
     def is_finished(self) -> bool:
         return self.status is RequestStatus.FINISHED
+
+
+def page_chain(token_ids: Sequence[int], page_size: int) -> tuple[int, ...]:
+    """One int per full page of ``token_ids``: entry k stands for the first k + 1 pages together.
+
+    Two sequences' entries k are equal exactly when their first k + 1 pages are (up to a 64-bit
+    hash collision), so how many leading pages two sequences share is a membership question, one
+    set lookup per page count instead of comparing pages. Python's int and tuple hashes are not
+    salted per process, so a chain is the same in every process.
+    """
+    chain: list[int] = []
+    link = 0
+    for start in range(0, len(token_ids) - len(token_ids) % page_size, page_size):
+        link = hash((link, tuple(token_ids[start : start + page_size])))
+        chain.append(link)
+    return tuple(chain)
