@@ -4,6 +4,12 @@
 # in place, and exports PATH (redis-server), PYTHONPATH (every package's src) and OUT (default
 # bench/results). Exits the sourcing script with 2 when the carry is missing, 1 when a wheel fails.
 [ -d "$carry/whl" ] || { echo "no $carry: run 'bash bench/engine/gpu_serving_session.sh --prepare' here and carry $carry" >&2; exit 2; }
+# Stubs generated from other protos than these would serve and call a different contract (a new RPC
+# answered UNIMPLEMENTED on the GPU machine while every test here passed): refuse them.
+if [ "$(cat protos/radixfair/v1/*.proto | sha256sum | cut -d' ' -f1)" != "$(cat "$carry/v1/PROTOS_SHA256" 2>/dev/null)" ]; then
+  echo "$carry/v1 was generated from other protos: run 'bash bench/engine/gpu_serving_session.sh --prepare' here" >&2
+  exit 2
+fi
 export OUT=${OUT:-bench/results}
 mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \

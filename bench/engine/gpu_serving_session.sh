@@ -47,6 +47,8 @@ if [ "${1:-}" = "--prepare" ]; then
     "opentelemetry-semantic-conventions==$(version opentelemetry-semantic-conventions)" \
     "redis==$(version redis)" py-spy
   cp common/src/radixfair/v1/*_pb2*.py "$carry/v1/"
+  # The stubs are built from protos/: gpu_env.sh refuses a carry whose protos have changed since.
+  cat protos/radixfair/v1/*.proto | sha256sum | cut -d' ' -f1 > "$carry/v1/PROTOS_SHA256"
   tokenizer=$("$py" -c 'from pathlib import Path
 from radixfair_model_format.model_store import PACKAGED_MODEL, resolve_model_dir
 print(resolve_model_dir(PACKAGED_MODEL, Path("~/.cache/radixfair/models")))')
