@@ -280,6 +280,7 @@ class Engine:
     def _schedule(self) -> tuple[list[ScheduledChunk], list[ScheduledChunk]]:
         """This step's chunks (decodes, prefill chunks, admissions), and those that sample a token."""
         chunks, prefilling = self._schedule_decodes()
+        decodes = len(chunks)
         # A preemption while decodes were scheduled may have sent some back to waiting.
         prefilling = [r for r in prefilling if r.status is RequestStatus.RUNNING]
         budget = _StepBudget(self, self.config.max_batched_tokens - len(chunks), prefilling)
@@ -294,9 +295,14 @@ class Engine:
                 chunks.append(budget.chunks_admitted[request.request_id])
         # A drain for a preemption may have finished requests scheduled earlier in this step.
         running = RequestStatus.RUNNING
-        chunks = [c for c in chunks if c.request.status is running]
-        sampled = [
-            c for c in chunks if c.start + c.length == len(c.request.prompt_ids) + len(c.request.output_ids)
+        # Every decode chunk samples (it ends at its request's last token, and nothing after
+        # _schedule_decodes changes a running request's length): only the chunks after them are
+        # checked, not every row every step.
+        sampled = [c for c in chunks[:decodes] if c.request.status is running]
+        rest = [c for c in chunks[decodes:] if c.request.status is running]
+        chunks = sampled + rest
+        sampled += [
+            c for c in rest if c.start + c.length == len(c.request.prompt_ids) + len(c.request.output_ids)
         ]
         return chunks, sampled
 

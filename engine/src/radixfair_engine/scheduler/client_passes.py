@@ -166,9 +166,12 @@ class ServiceStanding:
         """``charged`` of ``per_token / weight`` for each token ``counts`` holds per (client, weight),
         in its order (the last key's client is the one charged last)."""
         counters = self._counters
+        total = self._last_charged
         for (client, weight), count in counts.items():
-            total = add_repeatedly(counters.get(client, 0.0), per_token / weight, count)
-            self._last_charged = counters[client] = total
+            value = counters.get(client, 0.0)
+            step = per_token / weight
+            total = counters[client] = value + step if count == 1 else add_repeatedly(value, step, count)
+        self._last_charged = total
 
     def backlogged(self, client: str, others: Iterable[str]) -> bool:
         """``client`` has a waiting request again (``others``: the backlogged clients); lifts it and

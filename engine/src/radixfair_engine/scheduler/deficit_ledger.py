@@ -88,7 +88,8 @@ class DeficitLedger:
         """``charge`` of ``per_token`` for each token ``counts`` holds per (client, weight)."""
         deficits = self._deficits
         for (client, _), count in counts.items():
-            deficits[client] = add_repeatedly(deficits[client], -per_token, count)
+            value = deficits[client]
+            deficits[client] = value - per_token if count == 1 else add_repeatedly(value, -per_token, count)
 
     def refill(self, waiting_clients: Iterable[str]) -> None:
         """Adds ``Q · weight_i`` to every given client whose deficit is spent (``q_i <= 0``)."""

@@ -49,7 +49,9 @@ class ServiceMeter:
         """Books the output tokens ``counts`` holds per (client, weight); returns the charge per token."""
         w_out, service = self._w_out, self._service
         for (client, _), count in counts.items():
-            service[client] = add_repeatedly(service[client], w_out, count)
+            # One token a client a step is the common case: one addition, no call.
+            value = service[client]
+            service[client] = value + w_out if count == 1 else add_repeatedly(value, w_out, count)
         return w_out
 
     def client_service(self) -> dict[str, float]:
