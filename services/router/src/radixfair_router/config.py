@@ -167,8 +167,9 @@ class ForwardConfig:
     # How requests reach a worker. "per_request" (the default): one Generate call each.
     # "multiplexed": one GenerateMultiplexed call per worker carries all of this router's requests to
     # it, and each worker message holds a step's output of all of them, so the router reads one
-    # message a step per worker instead of one per request (multiplexed_worker_call.py; the workers
-    # must serve GenerateMultiplexed). Retries, booking and stream limits are the same either way.
+    # message a step per worker instead of one per request (multiplexed_worker_call.py; a worker that
+    # answers UNIMPLEMENTED, one not yet upgraded, is served per request). Retries, booking and stream
+    # limits are the same either way.
     worker_transport: str = "per_request"
 
     def __post_init__(self) -> None:

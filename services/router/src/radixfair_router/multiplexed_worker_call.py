@@ -15,6 +15,19 @@ the request as a ``grpc.aio.AioRpcError`` with the status its own Generate call 
 ``CallCancelledError`` when this router cancelled it or closed the connection (the worker left the
 pool), and UNAVAILABLE for every open request when the shared call breaks (the worker was killed).
 So booking, retries and LiveStreams are one code path for both transports.
+
+A call that ends before the worker sent anything on it failed at its open, and two rules keep such a
+worker cheap (a router upgraded before its workers, issue 11: 8 routers in front of a worker without
+GenerateMultiplexed used 6.9 cores and served nothing, each request opening a call that failed):
+- UNIMPLEMENTED at the open: the worker predates GenerateMultiplexed. ``serves_multiplexed`` turns
+  False for ``FALLBACK_RECHECK_S`` (the router sends that endpoint's requests as Generate calls; then
+  one call probes again, for a worker upgraded meanwhile), and the requests on the failed call end
+  with ``MultiplexedUnsupportedError``, which the router answers by sending them again (nothing
+  reached the worker). Logged at WARNING once per connection.
+- Any other end at the open (UNAVAILABLE, a refusal, a call the worker closes at once): the next open
+  waits ``reopen_delay(failures)`` (doubling, capped); a request started meanwhile ends at once with
+  UNAVAILABLE naming the worker, as a refused call would, without opening one. So calls opened on a
+  broken worker are bounded by that schedule, not by the requests.
 """
 
 from __future__ import annotations
@@ -42,6 +55,25 @@ _STATUS_BY_CODE = {status.value[0]: status for status in grpc.StatusCode}
 # 4 MiB receive limit, so a message of several starts never fails where each alone would pass (one
 # start larger than this goes alone, as its own Generate call would carry it).
 MESSAGE_BYTES = 1 << 20
+# After a call failed at its open (nothing came back on it), the next open waits REOPEN_BASE_S x 2^(n-1)
+# for the n-th such failure in a row, at most REOPEN_CAP_S. The first retry is quick (a worker that
+# restarted is back in a few hundred ms); the cap keeps a worker that stays broken to one open a few
+# seconds, whatever the request rate.
+REOPEN_BASE_S = 0.1
+REOPEN_CAP_S = 5.0
+# How long an endpoint that answered UNIMPLEMENTED is served per request before one call probes
+# GenerateMultiplexed again (a rolling upgrade reaches its workers within minutes).
+FALLBACK_RECHECK_S = 60.0
+
+
+def reopen_delay(failures: int) -> float:
+    """Seconds before the next open after ``failures`` (>= 1) calls in a row failed at their open."""
+    return min(REOPEN_BASE_S * 2.0 ** min(failures - 1, 32), REOPEN_CAP_S)
+
+
+class MultiplexedUnsupportedError(Exception):
+    """The request's worker does not implement GenerateMultiplexed (its call ended UNIMPLEMENTED at the
+    open): nothing of the request reached the worker, so it is sent again as a Generate call."""
 
 
 class MultiplexedRequest:
@@ -162,8 +194,12 @@ class MultiplexedConnection:
     """One worker endpoint's GenerateMultiplexed call, opened with the first request (and again after
     it broke), closed when the endpoint leaves the pool."""
 
-    def __init__(self, channel: grpc.aio.Channel, worker_id: str) -> None:
+    def __init__(
+        self, channel: grpc.aio.Channel, worker_id: str, on_fallback: Callable[[], None] | None = None
+    ) -> None:
+        """``on_fallback()`` runs each time the worker answers UNIMPLEMENTED at an open (a metric)."""
         self._worker_id = worker_id
+        self._on_fallback = on_fallback
         self._method = channel.stream_stream(
             _GENERATE_MULTIPLEXED,
             request_serializer=worker_pb2.GenerateMultiplexedRequest.SerializeToString,
@@ -181,10 +217,25 @@ class MultiplexedConnection:
         self._send = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
+        # Whether the worker sent anything on the current call: a call that ends without it failed
+        # at its open. Calls in a row that did so, when the next may open, and why the last ended.
+        self._answered = False
+        self._failed_opens = 0
+        self._reopen_at = 0.0
+        self._open_failure = ""
+        # Until when requests go as Generate calls (the worker answered UNIMPLEMENTED); warned once.
+        self._unsupported_until = 0.0
+        self._warned = False
+        # Calls opened (what a test bounds by the reopen schedule).
+        self.opens = 0
 
     def __len__(self) -> int:
         """Requests open on the call."""
         return len(self._requests)
+
+    def serves_multiplexed(self) -> bool:
+        """False while the worker is known not to implement GenerateMultiplexed: send Generate calls."""
+        return time.monotonic() >= self._unsupported_until
 
     def start(
         self, request: worker_pb2.GenerateRequest, signature: str, trace_context: dict[str, str]
@@ -192,14 +243,21 @@ class MultiplexedConnection:
         """Sends ``request`` on the call (opening it if none is open); returns its handle.
 
         Raises grpc.aio.UsageError when the connection or the channel is closed (the worker left
-        rotation): nothing reached the worker.
+        rotation): nothing reached the worker. While the next open must wait (the last calls failed
+        at their open), the handle is already ended UNAVAILABLE, with no call opened; while the
+        worker is known not to serve GenerateMultiplexed, with MultiplexedUnsupportedError.
         """
         if self._closed:
             raise grpc.aio.UsageError(f"the connection to worker {self._worker_id} is closed")
-        if self._call is None:
-            self._open()
         tag = next(self._tags)
-        handle = self._requests[tag] = MultiplexedRequest(self, tag)
+        handle = MultiplexedRequest(self, tag)
+        if self._call is None:
+            refusal = self._refusal()
+            if refusal is not None:
+                handle.end(refusal)
+                return handle
+            self._open()
+        self._requests[tag] = handle
         size = (
             request.ByteSize() + len(signature) + 64 + sum(len(k) + len(v) for k, v in trace_context.items())
         )
@@ -227,8 +285,24 @@ class MultiplexedConnection:
         self._closed = True
         self._break(CallCancelledError)
 
+    def _refusal(self) -> BaseException | None:
+        """Why no call may open now, as the request's end; None when one may."""
+        now = time.monotonic()
+        if now < self._unsupported_until:
+            return MultiplexedUnsupportedError(f"worker {self._worker_id} does not serve GenerateMultiplexed")
+        if now < self._reopen_at:
+            message = (
+                f"the multiplexed call to worker {self._worker_id} failed at its open "
+                f"{self._failed_opens} time(s) in a row ({self._open_failure}); next open in "
+                f"{self._reopen_at - now:.2f}s"
+            )
+            return _aio_error(grpc.StatusCode.UNAVAILABLE, message, request_scoped=False)
+        return None
+
     def _open(self) -> None:
         call = self._call = self._method()  # UsageError on a closed channel
+        self.opens += 1
+        self._answered = False
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._write(call)), loop.create_task(self._read(call))]
 
@@ -257,6 +331,8 @@ class MultiplexedConnection:
                     self._lost(call, grpc.StatusCode.UNAVAILABLE, "the worker ended the call")
                     return
                 now = time.monotonic()
+                if not self._answered:
+                    self._answered, self._failed_opens = True, 0
                 for event in message.events:
                     request = requests.get(event.tag)
                     if request is not None and request.deliver(event, now):
@@ -274,9 +350,34 @@ class MultiplexedConnection:
         had no token yet); the next request opens a new call."""
         if self._call is not call:
             return
+        if not self._answered and code == grpc.StatusCode.UNIMPLEMENTED:
+            self._fall_back(details)
+            return
         log.warning("multiplexed call to worker %s ended (%s: %s)", self._worker_id, code.name, details)
         message = f"the multiplexed call to worker {self._worker_id} ended ({code.name}: {details})"
+        if not self._answered:
+            self._failed_opens += 1
+            self._reopen_at = time.monotonic() + reopen_delay(self._failed_opens)
+            self._open_failure = f"{code.name}: {details}"
+            message = f"{message} at its open"
         self._break(lambda: _aio_error(grpc.StatusCode.UNAVAILABLE, message, request_scoped=False))
+
+    def _fall_back(self, details: str) -> None:
+        """The worker predates GenerateMultiplexed: Generate calls for a while, requests sent again."""
+        self._unsupported_until = time.monotonic() + FALLBACK_RECHECK_S
+        level = logging.INFO if self._warned else logging.WARNING
+        log.log(
+            level,
+            "worker %s does not implement GenerateMultiplexed (UNIMPLEMENTED: %s); its requests go as "
+            "Generate calls (forward.worker_transport falls back to per_request for it, and checks again "
+            "in %.0fs)",
+            self._worker_id, details, FALLBACK_RECHECK_S,
+        )  # fmt: skip
+        self._warned = True
+        if self._on_fallback is not None:
+            self._on_fallback()
+        message = f"worker {self._worker_id} does not implement GenerateMultiplexed ({details})"
+        self._break(lambda: MultiplexedUnsupportedError(message))
 
     def _break(self, end: Callable[[], BaseException]) -> None:
         """Ends the call and every request on it with a fresh ``end()`` each."""

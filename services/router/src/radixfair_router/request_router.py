@@ -62,7 +62,11 @@ from radixfair_router.dispatch_core import DispatchCore
 from radixfair_router.ledger import Ledger
 from radixfair_router.ledger_state import Charge
 from radixfair_router.live_streams import LiveStreamLimits, LiveStreams, StreamBook
-from radixfair_router.multiplexed_worker_call import MultiplexedConnection, MultiplexedRequest
+from radixfair_router.multiplexed_worker_call import (
+    MultiplexedConnection,
+    MultiplexedRequest,
+    MultiplexedUnsupportedError,
+)
 from radixfair_router.output_credit import OutputCredit
 from radixfair_router.policies import RoutingDecision, RoutingPolicy
 from radixfair_router.request_validation import ValidatedRequest
@@ -107,6 +111,9 @@ class _RetryableError(Exception):
     code: grpc.StatusCode
     message: str
     worker_broken: bool
+    # The worker does not serve GenerateMultiplexed: sent again (as a Generate call, to any worker,
+    # this one included), as no attempt; at most once per worker per request.
+    resend: bool = False
 
 
 # The worker's Generate, read as the router's response type: the two messages share one wire
@@ -212,8 +219,10 @@ class RequestRouter:
         self, request: ValidatedRequest, principal: Principal, parent: Span, arrival: float
     ) -> AsyncIterator[router_pb2.RouterServiceGenerateResponse]:
         excluded: set[str] = set()
+        resent: set[str] = set()
         last_failure: _RetryableError | None = None
-        for attempt in range(self._config.forward.max_attempts):
+        attempt = 0
+        while attempt < self._config.forward.max_attempts:
             endpoint, decision, started = await self._route(
                 request, principal, parent, excluded, last_failure
             )
@@ -228,6 +237,11 @@ class RequestRouter:
                 self._metrics.requests.labels(principal.client_id, "ok").inc()
                 return
             except _RetryableError as failure:
+                if failure.resend and endpoint.worker_id not in resent:
+                    # Nothing reached the worker and it still serves Generate: not the worker's failure.
+                    resent.add(endpoint.worker_id)
+                    continue
+                attempt += 1
                 last_failure = failure
                 excluded.add(endpoint.worker_id)
                 if failure.worker_broken:
@@ -421,8 +435,9 @@ class RequestRouter:
         )
         call: _WorkerCall
         try:
-            if self._multiplexed:
-                connection = self._connection(endpoint)
+            # A worker without GenerateMultiplexed (one not yet upgraded) is served per request.
+            connection = self._connection(endpoint) if self._multiplexed else None
+            if connection is not None and connection.serves_multiplexed():
                 call = connection.start(_worker_request(request, principal), signature, dict(metadata))
             else:
                 if signature:
@@ -437,8 +452,9 @@ class RequestRouter:
         """The endpoint's multiplexed connection (its call opens with its first request)."""
         connection = self._connections.get(endpoint.channel)
         if connection is None:
+            fallbacks = self._metrics.transport_fallbacks.labels(endpoint.worker_id)
             connection = self._connections[endpoint.channel] = MultiplexedConnection(
-                endpoint.channel, endpoint.worker_id
+                endpoint.channel, endpoint.worker_id, fallbacks.inc
             )
         return connection
 
@@ -478,6 +494,9 @@ class RequestRouter:
                         # One message per interval: what comes meanwhile goes out with the next.
                         await stream.hold(book.last_token_at + interval - time.monotonic())
                     delta, result = await stream.take()
+                except MultiplexedUnsupportedError as error:
+                    # The call ended at its open, so nothing of this request was streamed: send it again.
+                    raise _RetryableError(grpc.StatusCode.UNAVAILABLE, str(error), False, True) from error
                 except CallCancelledError:
                     # LiveStreams (or the worker leaving the pool) cancelled the call: not the caller.
                     self._fail(

@@ -90,6 +90,13 @@ class RouterMetrics:
             "Requests moved to another worker before their first token",
             registry=registry,
         )
+        self.transport_fallbacks = Counter(
+            "radixfair_router_worker_transport_fallbacks",
+            "Times a worker answered UNIMPLEMENTED to GenerateMultiplexed (forward.worker_transport:"
+            " multiplexed), so its requests went as Generate calls, by worker",
+            ["worker"],
+            registry=registry,
+        )
         self.refills = PerClient(
             Counter, "radixfair_router_d2lpm_refills", "D2LPM refill rounds by client", clients, registry
         )
