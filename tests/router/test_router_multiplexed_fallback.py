@@ -20,11 +20,13 @@ from typing import Any
 
 import grpc
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from support.router_stack import client_for, router_config, running_router, start_worker_process
 
 from radixfair_router.app import RunningRouter
 from radixfair_router.config import RouterConfig
-from radixfair_router.multiplexed_worker_call import reopen_delay
+from radixfair_router.multiplexed_worker_call import REOPEN_CAP_S, reopen_delay
 
 SECRET = "fallback-router-secret"
 MULTIPLEXED = "/radixfair.v1.WorkerService/GenerateMultiplexed"
@@ -244,3 +246,53 @@ def test_a_worker_whose_multiplexed_call_fails_at_its_open_costs_calls_by_the_ba
         assert f"worker {worker}" in error.details() and "multiplexed call" in error.details()
     assert 1 <= opens <= opens_allowed(elapsed), (opens, elapsed)
     assert opens < len(errors) // 4
+
+
+@given(failures=st.integers(1, 10_000))
+def test_the_reopen_delay_starts_short_doubles_and_is_capped(failures):
+    delay, after = reopen_delay(failures), reopen_delay(failures + 1)
+    assert reopen_delay(1) <= delay <= after <= min(2 * delay, REOPEN_CAP_S)
+
+
+def test_a_worker_that_accepts_the_call_again_is_served_on_one_call_after_the_backoff(
+    signed_worker, tiny_model_dir
+):
+    async def scenario():
+        refusing = True
+        async with grpc.aio.insecure_channel(signed_worker.address) as upstream:
+            relay = upstream.stream_stream(MULTIPLEXED)
+
+            async def sometimes(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+                if refusing:
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, "not yet")
+                async for reply in relay(requests, metadata=_passed_on(context)):
+                    yield reply
+
+            async with old_contract_worker(signed_worker.address, sometimes) as worker:
+                config = configured(tiny_model_dir, [worker.address], "multiplexed", wait_for_worker_s=0.5)
+                async with running_router(config) as running:
+                    refused = []
+                    for _ in range(3):
+                        with pytest.raises(grpc.aio.AioRpcError) as failure:
+                            await text_of(running, [600, 601, 602], max_tokens=2)
+                        refused.append(failure.value.code())
+                    refusing = False
+                    served = None
+                    for _ in range(200):  # until the backoff lets a call open (well under a second)
+                        try:
+                            served = await text_of(running, [600, 601, 602], max_tokens=2, ignore_eos=True)
+                            break
+                        except grpc.aio.AioRpcError:
+                            await asyncio.sleep(0.05)
+                    opens_before = worker.calls[MULTIPLEXED]
+                    after = [
+                        await text_of(running, [610 + n, 601, 602], max_tokens=3, ignore_eos=True)
+                        for n in range(5)
+                    ]
+                    return refused, served, after, worker.calls[MULTIPLEXED] - opens_before
+
+    refused, served, after, opens_after = asyncio.run(scenario())
+    assert refused == [grpc.StatusCode.UNAVAILABLE] * 3
+    assert served is not None and served[1].usage.completion_tokens == 2
+    assert all(result.usage.completion_tokens == 3 and text == result.text for text, result in after)
+    assert opens_after == 0  # the call that served stays open and carries every later request
