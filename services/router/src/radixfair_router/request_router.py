@@ -7,7 +7,8 @@ The flow of one request:
 2. the policy picks a worker and admits the request into the ledger (DispatchCore.decide);
 3. forward to that worker with the trace context in the call metadata: a Generate call of its own,
    or (``forward.worker_transport: multiplexed``) a start on the one GenerateMultiplexed call this
-   router keeps to that worker (multiplexed_worker_call.py), read the same way from here on (with
+   router keeps to that worker (multiplexed_worker_call.py; a worker that answers UNIMPLEMENTED gets
+   Generate calls, and the requests on its failed call are sent again), read the same way (with
    ``forward.dispatch_ahead``, the call starts during step 2 on the worker the
    admission will most likely choose, and is cancelled if it chooses another);
 4. stream deltas back as they come, each message relayed as parsed (the
