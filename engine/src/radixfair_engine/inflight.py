@@ -83,8 +83,22 @@ class InFlightStep:
         """
         if self.tokens.device is None:
             return None
-        row_of = {id(chunk.request): row for row, chunk in enumerate(self.sampled)}
-        rows = tuple(row_of[id(c.request)] if c.request.pending_tokens else -1 for c in chunks)
-        if all(row < 0 for row in rows):
-            return None
-        return CarriedTokens(self.tokens.device, rows)
+        sampled, count = self.sampled, len(self.sampled)
+        rows: list[int] = []
+        row_of: dict[int, int] | None = None
+        carries = False
+        for index, chunk in enumerate(chunks):
+            request = chunk.request
+            if not request.pending_tokens:
+                rows.append(-1)
+                continue
+            carries = True
+            # Decode rows keep their places from step to step (decode_rows), so a request is
+            # usually in the same row of the step before: looked up only where it is not.
+            if index < count and sampled[index].request is request:
+                rows.append(index)
+                continue
+            if row_of is None:
+                row_of = {id(c.request): row for row, c in enumerate(sampled)}
+            rows.append(row_of[id(request)])
+        return CarriedTokens(self.tokens.device, tuple(rows)) if carries else None
