@@ -7,6 +7,7 @@ import logging
 import time
 
 import grpc
+from google.protobuf.message import DecodeError
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Tracer
@@ -112,6 +113,11 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         try:
             async for message in call.serve(request_iterator):
                 yield message
+        except DecodeError as error:
+            # Bytes that do not parse reach the handler from the request stream (the
+            # MalformedRequestInterceptor covers only single-request methods): answered as Generate
+            # answers them, not as UNKNOWN with the parser's exception; serve aborted the open ones.
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {error}")
         finally:
             self._multiplexed.discard(call)
 
