@@ -330,6 +330,13 @@ class MultiplexedConnection:
                 if message is grpc.aio.EOF:
                     self._lost(call, grpc.StatusCode.UNAVAILABLE, "the worker ended the call")
                     return
+                if message is None:
+                    # grpc.aio's read of bytes that do not parse (it logs the parse error): this reader
+                    # serves every request on the call, so the call is broken, not this message skipped.
+                    self._lost(
+                        call, grpc.StatusCode.INTERNAL, "the worker sent a message that does not parse"
+                    )
+                    return
                 now = time.monotonic()
                 if not self._answered:
                     self._answered, self._failed_opens = True, 0
