@@ -100,6 +100,13 @@ class WorkerStream:
                 if message is grpc.aio.EOF:
                     self._finish(StreamEndedError())
                     return
+                if message is None:  # grpc.aio's read of bytes that do not parse: the call is broken
+                    details = "the worker sent a message that does not parse"
+                    metadata = grpc.aio.Metadata()
+                    self._finish(
+                        grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, metadata, metadata, details)
+                    )
+                    return
                 book.last_activity = time.monotonic()
                 if message.HasField("result"):
                     self._result = message
