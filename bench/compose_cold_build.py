@@ -188,7 +188,8 @@ def run(out_name: str, warm: bool, fresh_base: bool) -> dict[str, object]:
     phases = json.loads(phases_file.read_text()) if phases_file.exists() else {}
     cpu_file = run_dir / "cpu.json"
     cpu = json.loads(cpu_file.read_text()) if cpu_file.exists() else {}
-    kept = RESULTS / f"{out_name}_logs"
+    # Raw logs are regenerated, not committed (bench/results/raw/ is git-ignored).
+    kept = RESULTS / "raw" / f"{out_name}_logs"
     kept.mkdir(parents=True, exist_ok=True)
     for name in (
         "engine.log",
@@ -260,7 +261,7 @@ def markdown(report: dict[str, object]) -> str:
             *layer_rows,
             "",
             f"Tests: {tests} (pytest exit code {report['pytest_exit_code']}). "
-            f"Logs: `bench/results/{report['out_name']}_logs/`.",
+            f"Logs: `bench/results/raw/{report['out_name']}_logs/` (not committed).",
             "",
         ]
     )
