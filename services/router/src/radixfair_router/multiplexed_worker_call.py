@@ -44,7 +44,7 @@ import grpc
 from radixfair.errors import FAILURE_SCOPE_KEY, REQUEST_SCOPE
 from radixfair.v1 import router_pb2, worker_pb2
 from radixfair_router.live_streams import StreamBook
-from radixfair_router.worker_stream import CallCancelledError, coalesce
+from radixfair_router.worker_stream import CallCancelledError, PendingOutput
 
 log = logging.getLogger(__name__)
 
@@ -76,27 +76,18 @@ class MultiplexedUnsupportedError(Exception):
     open): nothing of the request reached the worker, so it is sent again as a Generate call."""
 
 
-class MultiplexedRequest:
-    """One request on a MultiplexedConnection: the call and the stream the relay reads.
-
-    ``take`` returns (delta, result) as WorkerStream's does: the deltas that came since the last take
-    as one message (token ids and texts concatenated in order), and the result once it came; then it
-    raises the request's end, if it ended otherwise.
-    """
+class MultiplexedRequest(PendingOutput):
+    """One request on a MultiplexedConnection: the call and the stream the relay reads (``take`` and
+    ``hold`` are PendingOutput's, as WorkerStream's are: one coalescing rule for both transports)."""
 
     def __init__(self, connection: MultiplexedConnection, tag: int) -> None:
+        super().__init__()
         self._connection = connection
         self.tag = tag
         self._book: StreamBook | None = None
-        self._deltas: list[Response] = []
-        self._result: Response | None = None
-        self._end: BaseException | None = None
-        self._wake: asyncio.Future[None] | None = None
-        self._holding = False
         # True once the worker will send nothing more for this request (its result or end came, or
         # it was cancelled): grpc.aio's ``done``.
         self._finished = False
-        self._loop = asyncio.get_running_loop()
 
     # -- as a call -------------------------------------------------------------------------------
 
@@ -119,33 +110,6 @@ class MultiplexedRequest:
         ``book.last_activity`` (what LiveStreams judges silence by)."""
         self._book = book
         return self
-
-    async def take(self) -> tuple[Response | None, Response | None]:
-        while not self._deltas and self._result is None:
-            if self._end is not None:
-                raise self._end
-            self._wake = self._loop.create_future()
-            try:
-                await self._wake
-            finally:
-                self._wake = None
-        deltas, self._deltas = self._deltas, []
-        result, self._result = self._result, None
-        return (coalesce(deltas) if deltas else None), result
-
-    async def hold(self, seconds: float) -> None:
-        """As WorkerStream.hold: deltas gather for up to ``seconds``; the result or the end wakes it."""
-        if seconds <= 0 or self._result is not None or self._end is not None:
-            return
-        self._holding = True
-        self._wake = self._loop.create_future()
-        timer = self._loop.call_later(seconds, self._wake_taker)
-        try:
-            await self._wake
-        finally:
-            timer.cancel()
-            self._wake = None
-            self._holding = False
 
     @property
     def complete(self) -> bool:
@@ -184,10 +148,6 @@ class MultiplexedRequest:
         self._finished = True
         self._end = error
         self._wake_taker()
-
-    def _wake_taker(self) -> None:
-        if self._wake is not None and not self._wake.done():
-            self._wake.set_result(None)
 
 
 class MultiplexedConnection:

@@ -36,14 +36,12 @@ class StreamEndedError(Exception):
     """The worker's stream ended without a result."""
 
 
-class WorkerStream:
-    """Reads a worker call in a task; ``take`` returns the next coalesced delta and the result, or
-    raises the call's end (``grpc.aio.AioRpcError``, ``CallCancelledError``, ``StreamEndedError``).
-    ``close`` stops the reading task (the caller cancels the call itself)."""
+class PendingOutput:
+    """One request's output from its worker, as the relay reads it: deltas gathered since the last
+    ``take`` (coalesced into one message), the result, or the end it raises. Filled by a transport:
+    WorkerStream (a Generate call per request) or a multiplexed call's request."""
 
-    def __init__(self, call: grpc.aio.UnaryStreamCall, book: StreamBook) -> None:
-        self._call = call
-        self._book = book
+    def __init__(self) -> None:
         self._deltas: list[Response] = []
         self._result: Response | None = None
         self._end: BaseException | None = None
@@ -52,7 +50,6 @@ class WorkerStream:
         self._holding = False
         # Kept: asking asyncio for the running loop is a getpid() system call each time.
         self._loop = asyncio.get_running_loop()
-        self._task = self._loop.create_task(self._read())
 
     async def take(self) -> tuple[Response | None, Response | None]:
         """(delta, result): the deltas pending since the last take as one message (None if none),
@@ -83,6 +80,22 @@ class WorkerStream:
             timer.cancel()
             self._wake = None
             self._holding = False
+
+    def _wake_taker(self) -> None:
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
+
+
+class WorkerStream(PendingOutput):
+    """Reads a worker call in a task; ``take`` returns the next coalesced delta and the result, or
+    raises the call's end (``grpc.aio.AioRpcError``, ``CallCancelledError``, ``StreamEndedError``).
+    ``close`` stops the reading task (the caller cancels the call itself)."""
+
+    def __init__(self, call: grpc.aio.UnaryStreamCall, book: StreamBook) -> None:
+        super().__init__()
+        self._call = call
+        self._book = book
+        self._task = self._loop.create_task(self._read())
 
     @property
     def complete(self) -> bool:
@@ -126,10 +139,6 @@ class WorkerStream:
     def _finish(self, end: BaseException) -> None:
         self._end = end
         self._wake_taker()
-
-    def _wake_taker(self) -> None:
-        if self._wake is not None and not self._wake.done():
-            self._wake.set_result(None)
 
 
 def coalesce(deltas: list[Response]) -> Response:
