@@ -22,7 +22,7 @@ import grpc
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from support.router_stack import client_for, router_config, running_router, start_worker_process
+from support.router_stack import router_config, running_router, start_worker_process, stream_text
 
 from radixfair_router.app import RunningRouter
 from radixfair_router.config import RouterConfig
@@ -97,6 +97,11 @@ async def old_contract_worker(upstream: str, multiplexed: MultiplexedHandler = N
             await server.stop(0)
 
 
+async def text_of(running: RunningRouter, prompt: list[int], **options: Any) -> tuple[str, Any]:
+    """One attempt only: a request the router sent again would hide a fallback that failed."""
+    return await stream_text(running, prompt, max_attempts=1, **options)
+
+
 @pytest.fixture(scope="module")
 def signed_worker(tiny_model_dir, tmp_path_factory):
     worker = start_worker_process(
@@ -116,17 +121,6 @@ def configured(tokenizer_dir, addresses: list[str], transport: str, **forward: A
         config,
         forward=replace(config.forward, worker_transport=transport, identity_secret=SECRET, **forward),
     )
-
-
-async def text_of(running: RunningRouter, prompt: list[int], **options: Any) -> tuple[str, Any]:
-    async with client_for(running, "carol", max_attempts=1) as client:
-        text, result = "", None
-        async for message in client.stream(prompt, **options):
-            if message.HasField("delta"):
-                text += message.delta.text
-            else:
-                result = message.result
-        return text, result
 
 
 PROMPTS = [[400 + 7 * n, 401, 402, 403 + n] for n in range(6)]
@@ -241,9 +235,15 @@ def test_a_worker_whose_multiplexed_call_fails_at_its_open_costs_calls_by_the_ba
 
     errors, opens, elapsed, worker = asyncio.run(scenario())
     assert len(errors) == clients * rounds
+    named = [e for e in errors if f"worker {worker}" in e.details() and "multiplexed call" in e.details()]
     for error in errors:
         assert error.code() == grpc.StatusCode.UNAVAILABLE
-        assert f"worker {worker}" in error.details() and "multiplexed call" in error.details()
+        # The failures also take the worker out of rotation for a while (its health); a request that
+        # arrives then is told no worker is available, as with any unhealthy pool. How many arrive then
+        # depends on the machine's load, so only the kinds of answer are asserted, and that the failed
+        # open reaches the client in words.
+        assert error in named or "no healthy worker" in error.details(), error.details()
+    assert named
     assert 1 <= opens <= opens_allowed(elapsed), (opens, elapsed)
     assert opens < len(errors) // 4
 

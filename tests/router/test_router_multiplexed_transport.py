@@ -7,11 +7,9 @@ must not depend on the transport: the same text, the same errors, the same retri
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections.abc import Coroutine, Iterator
-from concurrent.futures import Future
-from dataclasses import dataclass, replace
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any
 
 import grpc
 import pytest
@@ -22,21 +20,20 @@ from support.router_stack import (
     router_config,
     running_router,
     start_worker_process,
+    stream_text,
     wait_until,
     worker_id,
 )
+from support.router_thread import RoutersInThread, routers_in_thread
 
 from radixfair.caller_identity import identity_signature
 from radixfair.v1 import generation_pb2, worker_pb2
-from radixfair_router.app import RunningRouter
 from radixfair_router.config import ForwardConfig, RouterConfig
 from radixfair_router.live_streams import StreamBook
 from radixfair_router.multiplexed_worker_call import MultiplexedConnection, MultiplexedRequest
 from radixfair_router.worker_stream import CallCancelledError
 
-T = TypeVar("T")
 SECRET = "mux-router-secret"
-WAIT_S = 120.0
 
 
 def with_transport(config: RouterConfig, transport: str, **forward: Any) -> RouterConfig:
@@ -47,17 +44,6 @@ def test_the_transport_setting_is_validated():
     assert ForwardConfig(worker_transport="multiplexed").worker_transport == "multiplexed"
     with pytest.raises(ValueError, match="worker_transport"):
         ForwardConfig(worker_transport="carrier-pigeon")
-
-
-@dataclass
-class TwoRouters:
-    """A per_request and a multiplexed router in front of the same worker, in a loop of their own."""
-
-    routers: dict[str, RunningRouter]
-    loop: asyncio.AbstractEventLoop
-
-    def call(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(WAIT_S)
 
 
 @pytest.fixture(scope="module")
@@ -71,49 +57,14 @@ def own_worker(tiny_model_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def two_routers(tiny_model_dir, own_worker) -> Iterator[TwoRouters]:
+def two_routers(tiny_model_dir, own_worker) -> Iterator[RoutersInThread]:
     base = router_config(tiny_model_dir, [own_worker])
     configs = {
         transport: with_transport(base, transport, identity_secret=SECRET)
         for transport in ("per_request", "multiplexed")
     }
-    loop = asyncio.new_event_loop()
-    started: Future[dict[str, RunningRouter]] = Future()
-    stop = threading.Event()
-
-    async def serve() -> None:
-        try:
-            async with (
-                running_router(configs["per_request"]) as one,
-                running_router(configs["multiplexed"]) as two,
-            ):
-                started.set_result({"per_request": one, "multiplexed": two})
-                while not stop.is_set():
-                    await asyncio.sleep(0.05)
-        except BaseException as error:
-            if not started.done():
-                started.set_exception(error)
-            raise
-
-    thread = threading.Thread(target=lambda: loop.run_until_complete(serve()), name="routers", daemon=True)
-    thread.start()
-    try:
-        yield TwoRouters(started.result(WAIT_S), loop)
-    finally:
-        stop.set()
-        thread.join(WAIT_S)
-        loop.close()
-
-
-async def stream_text(running: RunningRouter, prompt: list[int], **options: Any) -> tuple[str, Any]:
-    async with client_for(running, "carol") as client:
-        text, result = "", None
-        async for message in client.stream(prompt, **options):
-            if message.HasField("delta"):
-                text += message.delta.text
-            else:
-                result = message.result
-        return text, result
+    with routers_in_thread(configs) as started:
+        yield started
 
 
 sampling = st.fixed_dictionaries(

@@ -8,9 +8,7 @@ router's loop to read its state (ledger, metrics) the way the router itself woul
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Coroutine, Iterator
-from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,11 +19,10 @@ from opentelemetry.sdk.trace.export import SpanExporter
 from radixfair_router.app import RunningRouter
 from support.ports import free_port
 from support.processes import ServiceProcess
-from support.router_stack import router_config, running_router
+from support.router_stack import router_config
+from support.router_thread import WAIT_S, routers_in_thread
 
 T = TypeVar("T")
-# Bound on every wait here: start-up on a loaded 2-core machine, and a router's stop.
-WAIT_S = 120.0
 
 
 @dataclass
@@ -53,26 +50,5 @@ def http_router(
     redis_url = config.pop("redis_url", "")
     base = replace(router_config(tokenizer_dir, workers, redis_url), http_port=free_port())
     settings = replace(base, **config)
-    loop = asyncio.new_event_loop()
-    started: Future[RunningRouter] = Future()
-    stop = threading.Event()
-
-    async def serve() -> None:
-        try:
-            async with running_router(settings, span_exporter) as running:
-                started.set_result(running)
-                while not stop.is_set():
-                    await asyncio.sleep(0.05)
-        except BaseException as error:
-            if not started.done():
-                started.set_exception(error)
-            raise
-
-    thread = threading.Thread(target=lambda: loop.run_until_complete(serve()), name="router", daemon=True)
-    thread.start()
-    try:
-        yield HttpRouter(started.result(WAIT_S), loop)
-    finally:
-        stop.set()
-        thread.join(WAIT_S)
-        loop.close()
+    with routers_in_thread({"router": settings}, span_exporter) as started:
+        yield HttpRouter(started.routers["router"], started.loop)

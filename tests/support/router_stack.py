@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from opentelemetry.sdk.trace.export import SpanExporter
 
@@ -106,6 +107,25 @@ async def running_router(
 def client_for(running: RunningRouter, client_id: str, **options: object) -> RouterClient:
     key = CLIENTS[client_id][0]
     return RouterClient(ClientConfig(f"127.0.0.1:{running.port}", key, **options))  # type: ignore[arg-type]
+
+
+async def stream_text(
+    running: RunningRouter,
+    prompt: list[int],
+    client_id: str = "carol",
+    max_attempts: int | None = None,
+    **options: Any,
+) -> tuple[str, Any]:
+    """The text a client streams for ``prompt`` (deltas concatenated) and the result message."""
+    config = {} if max_attempts is None else {"max_attempts": max_attempts}
+    async with client_for(running, client_id, **config) as client:
+        text, result = "", None
+        async for message in client.stream(prompt, **options):
+            if message.HasField("delta"):
+                text += message.delta.text
+            else:
+                result = message.result
+        return text, result
 
 
 async def wait_until(condition, what: str, timeout_s: float = 20.0) -> None:
