@@ -207,7 +207,8 @@ class Engine:
             # shared as soon as one request has prefilled it). Pages past the prompt wait for the
             # request's release (PageBinder.release caches everything computed, at a finish and a
             # preemption alike): no other prompt can match a running request's output, and
-            # caching them page by page was ~12% of a 256-row decode step's host time.
+            # caching them page by page cost a fifth of a 256-row decode step's host time
+            # (bench/results/engine_step_anatomy_null_dlpm_s12_*.md).
             inserted = request.num_inserted_tokens
             if request.num_computed_tokens - inserted >= page_size and inserted + page_size <= len(
                 request.prompt_ids
