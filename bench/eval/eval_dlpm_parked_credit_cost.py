@@ -38,6 +38,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
 SEEDS = (1101, 2203, 3307, 4409, 5501, 6607, 7703, 9001, 9002, 9003)  # eval_returning_turns' defaults
+# eval_single_worker's patterns, written out: this process imports no engine (each tree runs in a
+# process of its own), and eval_single_worker imports the simulator; a test holds the two equal.
 PATTERNS = (
     "shared_prefix",
     "shared_prefix_unequal",

@@ -63,3 +63,9 @@ def test_an_overlaid_file_is_the_one_from_the_named_commit(tmp_path):
     assert (tree / path).read_bytes() == old.stdout
     assert "parked_with_credit" not in old.stdout.decode()
     assert what.endswith(f"+dlpm.py@{script._short('5138e56^')}")
+
+
+def test_the_patterns_are_eval_single_workers() -> None:
+    from bench.eval import eval_single_worker
+
+    assert script.PATTERNS == eval_single_worker.PATTERNS
