@@ -20,21 +20,12 @@ LONG_PROMPT = "A long story " * 10
 
 @pytest.fixture(scope="module")
 def worker(tiny_model_dir, tmp_path_factory):
-    from support.ports import free_port
-    from support.processes import start_service
+    from support.router_stack import start_worker_process
 
-    port = free_port()
-    settings = {
-        "model": tiny_model_dir,
-        "port": port,
-        "worker_id": "w-mux",
-        "identity_secret": SECRET,
-        "engine.page_size": 8,
-        "engine.max_context_tokens": 512,
-    }
-    args = [arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")]
-    log = tmp_path_factory.mktemp("worker") / "worker.log"
-    service = start_service("radixfair_worker", args, f"127.0.0.1:{port}", log)
+    settings = {"engine.page_size": 8, "engine.max_context_tokens": 512}
+    service = start_worker_process(
+        tiny_model_dir, tmp_path_factory.mktemp("worker"), identity_secret=SECRET, **settings
+    )
     yield service
     service.stop()
 
