@@ -16,14 +16,17 @@ from radixfair.v1 import router_pb2, router_pb2_grpc
 from radixfair_router.config import RegistryConfig
 
 
+@pytest.mark.parametrize("transport", ["per_request", "multiplexed"])
 def test_a_worker_dying_mid_stream_gives_unavailable_and_leaves_rotation_within_seconds(
-    spawn_workers, tiny_model_dir
+    spawn_workers, tiny_model_dir, transport
 ):
     workers = spawn_workers(2)
     by_id = {worker_id(w): w for w in workers}
+    config = router_config(tiny_model_dir, workers, policy="round_robin")
+    config = replace(config, forward=replace(config.forward, worker_transport=transport))
 
     async def scenario():
-        async with running_router(router_config(tiny_model_dir, workers, policy="round_robin")) as running:
+        async with running_router(config) as running:
             async with client_for(running, "alice") as client:
                 stream = client.stream("a long story", max_tokens=900, ignore_eos=True)
                 received = 0

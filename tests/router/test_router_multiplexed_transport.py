@@ -162,34 +162,6 @@ def test_a_request_the_worker_refuses_fails_alone_while_others_on_the_call_finis
     assert isinstance(bad, grpc.aio.AioRpcError) and bad.code() == grpc.StatusCode.INVALID_ARGUMENT, bad
 
 
-def test_a_worker_killed_mid_stream_ends_its_streams_unavailable_and_the_next_request_is_served(
-    spawn_workers, tiny_model_dir
-):
-    workers = spawn_workers(2)
-    by_id = {worker_id(w): w for w in workers}
-    config = with_transport(router_config(tiny_model_dir, workers, policy="round_robin"), "multiplexed")
-
-    async def scenario():
-        async with running_router(config) as running:
-            async with client_for(running, "alice") as client:
-                received = 0
-                with pytest.raises(grpc.aio.AioRpcError) as failure:
-                    async for message in client.stream("a long story", max_tokens=900, ignore_eos=True):
-                        received += len(message.delta.token_ids)
-                        if received >= 2 and by_id:
-                            [victim] = [w for w in running.registry.all() if w.inflight]
-                            by_id.pop(victim.worker_id).kill()
-                            by_id.clear()
-                await wait_until(lambda: len(running.registry.healthy()) == 1, "dead worker out", timeout_s=5)
-                after = [await client.generate("next", max_tokens=2, ignore_eos=True) for _ in range(3)]
-            return failure.value, victim.worker_id, after
-
-    error, victim, after = asyncio.run(scenario())
-    assert error.code() == grpc.StatusCode.UNAVAILABLE
-    assert f"worker {victim} failed after" in error.details() and "retry the request" in error.details()
-    assert all(o.result.worker_id != victim and o.result.usage.completion_tokens == 2 for o in after)
-
-
 def test_a_killed_worker_that_still_looked_healthy_is_retried_before_the_first_token(
     spawn_workers, tiny_model_dir
 ):
