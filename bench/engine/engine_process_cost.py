@@ -201,11 +201,14 @@ def main() -> Path:
     parser.add_argument("--state-hz", type=float, default=20.0, help="state asks a second (0: none)")
     parser.add_argument("--variants", nargs="+", default=["in_process", "threads", "inline"])
     parser.add_argument("--tag", default="cpu")
+    parser.add_argument("--tokenizer-dir", default="", help="tokenizer files (default: the packaged model's)")
     parser.add_argument("--out-dir", default=None)
     args = parser.parse_args()
+    tokenizer = ["--tokenizer-dir", args.tokenizer_dir] if args.tokenizer_dir else []
     served = serving_args(["--shape", "tiny", "--device", "cpu", "--dtype", "float32", "--backend", "torch",
                            "--concurrency", str(args.concurrency), "--prompt-len", str(args.prompt_len),
-                           "--new-tokens", str(args.new_tokens), "--torch-threads", "1"])  # fmt: skip
+                           "--new-tokens", str(args.new_tokens), "--torch-threads", "1",
+                           *tokenizer])  # fmt: skip
     model_dir = prepare_model(served, Path(tempfile.mkdtemp(prefix="radixfair-process-cost-")))
     # The null runner's pages (NullRunner.num_pages): the engine's page pool must fit in them.
     settings = {**worker_settings(served, model_dir), "engine.num_pages": 8192}
