@@ -61,9 +61,9 @@ def start(
 class MuxCall:
     """One GenerateMultiplexed call: ``send`` queues a message, ``events`` reads the worker's."""
 
-    def __init__(self, stub: worker_pb2_grpc.WorkerServiceStub) -> None:
+    def __init__(self, stub: worker_pb2_grpc.WorkerServiceStub, timeout: float = 120) -> None:
         self._outgoing: queue.SimpleQueue[worker_pb2.GenerateMultiplexedRequest | None] = queue.SimpleQueue()
-        self.call = stub.GenerateMultiplexed(self._requests(), timeout=120)
+        self.call = stub.GenerateMultiplexed(self._requests(), timeout=timeout)
         self.messages = 0
 
     def _requests(self) -> Iterator[worker_pb2.GenerateMultiplexedRequest]:

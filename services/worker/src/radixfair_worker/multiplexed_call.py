@@ -159,13 +159,18 @@ class MultiplexedCall:
     async def _submit(self, entry: _Open, request: worker_pb2.GenerateRequest) -> None:
         try:
             entry.request, entry.stream = await self._front.submit(request, entry.span)
-        except RadixfairError as error:
+        except asyncio.CancelledError:
+            return  # cancelled while building: nothing was submitted
+        except Exception as error:
+            if not isinstance(error, RadixfairError):
+                # The front failed unexpectedly (submit already maps a failure of the request's own
+                # input): this task is all that would end the tag, so it ends it, the worker's failure.
+                log.exception("starting the request on tag %d failed unexpectedly", entry.tag)
+                error = RadixfairError(f"the worker failed to start this request ({type(error).__name__})")
             if not entry.closed:
                 del self._open[entry.tag]
                 self._refuse(entry, error)
             return
-        except asyncio.CancelledError:
-            return  # cancelled while building: nothing was submitted
         finally:
             entry.building = None
         if entry.closed:  # cancelled while its prompt was being built

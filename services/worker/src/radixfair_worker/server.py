@@ -132,14 +132,25 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
     ) -> tuple[Request, RequestStream]:
         """Validates and translates ``request``, and submits it under a fresh worker-internal id.
 
-        Raises RadixfairError (its gRPC code says why) for a request the worker refuses at once.
+        Raises RadixfairError (its gRPC code says why) for a request the worker refuses at once, and
+        RequestFailedError (scoped to the request) when building it failed unexpectedly.
         """
         build = (request, self._encoder, self._model_name, self._engine.max_context_tokens)
-        if _prompt_chars(request.prompt) > OFF_LOOP_PROMPT_CHARS:
-            # The tokenizer releases the GIL: a long text is encoded while others stream.
-            engine_request = await asyncio.to_thread(build_request, *build)
-        else:
-            engine_request = build_request(*build)
+        try:
+            if _prompt_chars(request.prompt) > OFF_LOOP_PROMPT_CHARS:
+                # The tokenizer releases the GIL: a long text is encoded while others stream.
+                engine_request = await asyncio.to_thread(build_request, *build)
+            else:
+                engine_request = build_request(*build)
+        except RadixfairError:
+            raise
+        except Exception as error:
+            # Something in this request's own input broke the build in a way nobody planned for (a
+            # chat template raising on its text): its failure alone, never UNKNOWN for the caller,
+            # which would take the worker out of rotation for one request (issue 12).
+            log.exception("building request %r failed unexpectedly", request.request_id[:200])
+            why = f"the worker could not build this request ({type(error).__name__}); its log says more"
+            raise RequestFailedError(why) from error
         # From here on the request is known by the worker's own id only.
         stream = self._engine.submit(engine_request)
         _set_request_attributes(span, engine_request, request.request_id, self._model_name)
