@@ -57,6 +57,9 @@ log = logging.getLogger(__name__)
 # fell far behind (a stalled caller) could otherwise make one message that the caller must refuse,
 # which would end the call for every request on it.
 MESSAGE_BYTES = 1 << 20
+# A refusal's message may repeat what the caller sent (a model name, say): cut to this many characters,
+# so that one error event stays far inside a reply message's budget.
+ERROR_MESSAGE_CHARS = 8192
 
 
 @dataclass(eq=False)
@@ -203,12 +206,21 @@ class MultiplexedCall:
         self._wake.set()
 
     def _take_all(self) -> worker_pb2.GenerateMultiplexedResponse:
-        """One message with every pending event of every request."""
-        message = worker_pb2.GenerateMultiplexedResponse(events=self._events)
-        self._events = []
-        ready, self._ready = self._ready, []
+        """One message with the pending events of every request, up to about MESSAGE_BYTES (the rest
+        go in the next one): refusals first, in the order they were made, then output."""
+        message = worker_pb2.GenerateMultiplexedResponse()
         events = message.events
         budget = MESSAGE_BYTES
+        refusals = 0
+        while refusals < len(self._events) and budget > 0:
+            budget -= 8 + self._events[refusals].ByteSize()
+            refusals += 1
+        events.extend(self._events[:refusals])
+        del self._events[:refusals]
+        if self._events:
+            self._wake.set()  # the next message's, before any output
+            return message
+        ready, self._ready = self._ready, []
         for index, entry in enumerate(ready):
             if budget <= 0:
                 self._ready = ready[index:]  # the next message's
@@ -237,17 +249,24 @@ class MultiplexedCall:
                 self._front.request_ended(entry.span, "ok", entry.started)
             else:
                 self._front.rejected(end, entry.span)
-                events.append(_error_event(entry.tag, end))
+                event = _error_event(entry.tag, end)
+                budget -= 8 + event.ByteSize()
+                events.append(event)
                 self._front.request_ended(entry.span, "error", entry.started)
         return message
 
 
 def _error_event(tag: int, error: RadixfairError) -> worker_pb2.MultiplexedEvent:
+    text = str(error)
+    if len(text) > ERROR_MESSAGE_CHARS:
+        text = (
+            f"{text[:ERROR_MESSAGE_CHARS]}... ({len(text) - ERROR_MESSAGE_CHARS} more characters truncated)"
+        )
     return worker_pb2.MultiplexedEvent(
         tag=tag,
         error=worker_pb2.MultiplexedError(
             code=error.code.value[0],
-            message=str(error),
+            message=text,
             request_scoped=isinstance(error, RequestFailedError),
         ),
     )
