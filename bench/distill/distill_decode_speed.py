@@ -12,16 +12,23 @@ so a student is timed as soon as it is pruned, before it is trained.
 by the worker's Triton int8 kernel (kernels/int8_matmul.py: weight loaded as int8, dequantized in
 registers) instead of QuantizedLinear's dequantize-then-matmul. The worker does not wire that kernel
 in yet; the patch lives only inside this call (the class is restored on the way out), so the
-figure says what wiring it would give.
+figure says what wiring it would give. (The worker has wired the kernel since, under
+``EngineConfig.quantized_triton_max_rows`` and its GEMV / tile settings, so the patch is no longer
+what the worker runs; ``interleaved_decode_speeds`` never applies it.)
+
+``interleaved_decode_speeds`` times several model directories on one machine in interleaved rounds
+(bench/distill/distill_teacher_decode.py: the teacher in bf16, int8 and fp8), for a host whose speed
+drifts between phases: every engine is built and warmed first, then each round runs every engine
+at every batch size once, so a slow phase lands on every model alike.
 """
 
 from __future__ import annotations
 
 import gc
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -30,7 +37,7 @@ from radixfair.gc_tuning import tune_for_serving
 from radixfair_engine.config import EngineConfig, SchedulerConfig
 from radixfair_engine.engine_builder import build_engine
 from radixfair_engine.model.quantized_linear import QuantizedLinear
-from radixfair_engine.request import Request, SamplingConfig
+from radixfair_engine.request import FinishReason, Request, SamplingConfig
 
 
 @dataclass(frozen=True)
@@ -86,13 +93,16 @@ def decode_speed(model_dir: Path, config: DecodeSpeedConfig, int8_kernel: bool =
     return out
 
 
-def _timed_decode(engine, batch: int, config: DecodeSpeedConfig, vocab: int) -> tuple[float, float]:
+def _timed_decode(
+    engine, batch: int, config: DecodeSpeedConfig, vocab: int, tag: str = ""
+) -> tuple[float, float]:
+    """(decode tokens/s, ms per step) of one batch; ``tag`` keeps request ids apart across runs."""
     generator = torch.Generator().manual_seed(batch)
     high = max(vocab - 1, 11)
     sampling = SamplingConfig(max_tokens=config.new_tokens, temperature=0.0, ignore_eos=True)
     requests = [
         Request(
-            f"speed-{batch}-{i}",
+            f"speed{tag}-{batch}-{i}",
             "bench",
             torch.randint(10, high, (config.prompt_len,), generator=generator).tolist(),
             sampling,
@@ -112,8 +122,85 @@ def _timed_decode(engine, batch: int, config: DecodeSpeedConfig, vocab: int) -> 
         engine.step()
     _sync(config.device)
     elapsed = time.perf_counter() - started
+    # A request cut short (rejected, out of pages) would make the rate describe less work.
+    short = [r.request_id for r in requests if r.finish_reason is not FinishReason.LENGTH]
+    if short:
+        raise RuntimeError(f"requests {short[:4]} did not decode their {config.new_tokens} tokens")
     decoded = sum(len(r.output_ids) for r in requests) - already
     return decoded / elapsed, 1e3 * elapsed / max(engine.steps - steps, 1)
+
+
+@dataclass(frozen=True)
+class DecodeRun:
+    """One timed decode phase: decode tokens/s, and milliseconds per engine step."""
+
+    tok_s: float
+    ms_step: float
+
+
+@dataclass(frozen=True)
+class InterleavedSpeeds:
+    """``runs[(name, batch)]``: the timed runs in round order. ``graph_ms[(name, batch)]``: device time of
+    one decode step (median replay of the engine's captured graph; CUDA only). ``build_s[name]``: seconds
+    to build the engine (load, Triton backend, graph capture)."""
+
+    runs: dict[tuple[str, int], list[DecodeRun]] = field(default_factory=dict)
+    graph_ms: dict[tuple[str, int], float | None] = field(default_factory=dict)
+    build_s: dict[str, float] = field(default_factory=dict)
+
+
+def interleaved_decode_speeds(
+    model_dirs: Mapping[str, Path],
+    config: DecodeSpeedConfig,
+    rounds: int,
+    log: Callable[[str], None] = print,
+) -> InterleavedSpeeds:
+    """Each of ``model_dirs`` (name -> directory) timed ``rounds`` times at every batch size, interleaved.
+
+    Every engine is built by the worker's start-up path and warmed first (one untimed run at each
+    batch size: Triton compiles, the allocator, first graph replays), then each round runs every
+    engine at every batch once, in ``model_dirs``' order. All engines stay alive together (a
+    SmolLM2-135M engine at batch 128 holds under 1 GB of KV cache).
+    """
+    if rounds < 1:
+        raise ValueError("rounds must be at least 1")
+    result = InterleavedSpeeds()
+    stacks = {}
+    try:
+        for name, path in model_dirs.items():
+            started = time.perf_counter()
+            stacks[name] = build_engine(config.engine_config(), path)
+            result.build_s[name] = time.perf_counter() - started
+            for batch in config.batches:
+                _timed_decode(
+                    stacks[name].engine, batch, config, stacks[name].model_config.vocab_size, "-warm"
+                )
+            log(f"{name}: built in {result.build_s[name]:.1f} s and warmed")
+        # The worker's engine process runs under these collector settings (engine_loop).
+        tune_for_serving()
+        for index in range(rounds):
+            for name, stack in stacks.items():
+                for batch in config.batches:
+                    run = DecodeRun(
+                        *_timed_decode(
+                            stack.engine, batch, config, stack.model_config.vocab_size, f"-{index}"
+                        )
+                    )
+                    result.runs.setdefault((name, batch), []).append(run)
+                    log(f"round {index} {name} batch {batch}: {run.tok_s:,.0f} tok/s, {run.ms_step:.3f} ms")
+        if config.device.startswith("cuda"):
+            # Imported here: that script's module reads sys.argv for its own CPU mode at import.
+            from bench.kernels.gpu_quantized_decode_bench import graph_step_ms
+
+            for name, stack in stacks.items():
+                for batch in config.batches:
+                    result.graph_ms[name, batch] = graph_step_ms(stack.engine, batch)
+    finally:
+        stacks.clear()
+        gc.collect()
+        if config.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+    return result
 
 
 def _sync(device: str) -> None:
