@@ -55,6 +55,10 @@ _STATUS_BY_CODE = {status.value[0]: status for status in grpc.StatusCode}
 # 4 MiB receive limit, so a message of several starts never fails where each alone would pass (one
 # start larger than this goes alone, as its own Generate call would carry it).
 MESSAGE_BYTES = 1 << 20
+# A start must fit a message the worker receives (gRPC's default limit, which workers keep), with room
+# for the message's framing: a larger one sent on the call would end it for every request on it, so it
+# ends alone, never sent.
+START_BYTES_LIMIT = (4 << 20) - 1024
 # After a call failed at its open (nothing came back on it), the next open waits REOPEN_BASE_S x 2^(n-1)
 # for the n-th such failure in a row, at most REOPEN_CAP_S. The first retry is quick (a worker that
 # restarted is back in a few hundred ms); the cap keeps a worker that stays broken to one open a few
@@ -203,14 +207,26 @@ class MultiplexedConnection:
         """Sends ``request`` on the call (opening it if none is open); returns its handle.
 
         Raises grpc.aio.UsageError when the connection or the channel is closed (the worker left
-        rotation): nothing reached the worker. While the next open must wait (the last calls failed
-        at their open), the handle is already ended UNAVAILABLE, with no call opened; while the
-        worker is known not to serve GenerateMultiplexed, with MultiplexedUnsupportedError.
+        rotation): nothing reached the worker. A start larger than a worker receives is ended at once
+        with INVALID_ARGUMENT (scoped to the request), never sent. While the next open must wait (the
+        last calls failed at their open), the handle is already ended UNAVAILABLE, with no call
+        opened; while the worker is known not to serve GenerateMultiplexed, with
+        MultiplexedUnsupportedError.
         """
         if self._closed:
             raise grpc.aio.UsageError(f"the connection to worker {self._worker_id} is closed")
         tag = next(self._tags)
         handle = MultiplexedRequest(self, tag)
+        size = (
+            request.ByteSize() + len(signature) + 64 + sum(len(k) + len(v) for k, v in trace_context.items())
+        )
+        if size > START_BYTES_LIMIT:
+            message = (
+                f"the request is about {size} bytes as sent to a worker, which receives messages of at "
+                f"most {START_BYTES_LIMIT + 1024} bytes; send a shorter prompt"
+            )
+            handle.end(_aio_error(grpc.StatusCode.INVALID_ARGUMENT, message, request_scoped=True))
+            return handle
         if self._call is None:
             refusal = self._refusal()
             if refusal is not None:
@@ -218,9 +234,6 @@ class MultiplexedConnection:
                 return handle
             self._open()
         self._requests[tag] = handle
-        size = (
-            request.ByteSize() + len(signature) + 64 + sum(len(k) + len(v) for k, v in trace_context.items())
-        )
         if self._outgoing_bytes and self._outgoing_bytes + size > MESSAGE_BYTES:
             self._queued.append(self._outgoing)
             self._outgoing, self._outgoing_bytes = worker_pb2.GenerateMultiplexedRequest(), 0

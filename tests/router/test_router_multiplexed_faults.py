@@ -1,0 +1,67 @@
+"""The router's multiplexed connection when one request, or the connection's own machinery, fails: exactly
+the requests it affects end with a clear status, none hangs, the other tenants' requests on the shared
+call go on where they can, the next request opens a fresh call, and no state is left behind (issue 12).
+
+A real worker process over loopback; the router side is a real MultiplexedConnection (or a real router).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+from router.test_router_multiplexed_transport import (
+    SECRET,
+    read_to_end,
+    signed_request,
+    start_signed,
+)
+from support.router_stack import start_worker_process
+
+from radixfair.caller_identity import identity_signature
+from radixfair.errors import FAILURE_SCOPE_KEY, REQUEST_SCOPE
+from radixfair_router.multiplexed_worker_call import MultiplexedConnection
+
+# Bounds a request's end in these tests: far above the seconds they take, far below the idle limit a
+# request left hanging would wait for.
+ENDS_WITHIN_S = 60.0
+
+
+@pytest.fixture(scope="module")
+def worker(tiny_model_dir, tmp_path_factory):
+    service = start_worker_process(
+        tiny_model_dir, tmp_path_factory.mktemp("mux-fault-worker"), identity_secret=SECRET
+    )
+    yield service
+    service.stop()
+
+
+def request_scoped(error: grpc.aio.AioRpcError) -> bool:
+    return (FAILURE_SCOPE_KEY, REQUEST_SCOPE) in tuple(error.trailing_metadata() or ())
+
+
+def test_a_start_larger_than_a_worker_receives_fails_alone_and_the_shared_call_goes_on(worker):
+    # ~4.5 MB of token ids: past gRPC's default 4 MiB receive limit on the worker, which would end the
+    # shared call (and every other tenant's request on it) if it were sent. Reachable where a deployment
+    # raises forward.max_prompt_bytes.
+    async def scenario():
+        async with grpc.aio.insecure_channel(worker.address) as channel:
+            connection = MultiplexedConnection(channel, "own")
+            neighbour = start_signed(connection, "big-neighbour", 40)
+            await neighbour.take()  # streaming on the call
+            big = signed_request("too-big", 2)
+            big.prompt.token_ids.ids[:] = [40000] * 1_500_000
+            too_big = connection.start(big, identity_signature(SECRET, "alice", 1.0, "too-big"), {})
+            with pytest.raises(grpc.aio.AioRpcError) as failure:
+                await asyncio.wait_for(read_to_end(too_big), ENDS_WITHIN_S)
+            result = await asyncio.wait_for(read_to_end(neighbour), ENDS_WITHIN_S)
+            opens, still_open = connection.opens, len(connection)
+            connection.close()
+            return failure.value, result, opens, still_open
+
+    error, result, opens, still_open = asyncio.run(scenario())
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and request_scoped(error), error
+    assert "4194304" in error.details()
+    assert result.result.usage.completion_tokens == 40
+    assert opens == 1 and still_open == 0
