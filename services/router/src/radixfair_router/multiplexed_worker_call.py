@@ -277,7 +277,19 @@ class MultiplexedConnection:
         self.opens += 1
         self._answered = False
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._write(call)), loop.create_task(self._read(call))]
+        writer, reader = loop.create_task(self._write(call)), loop.create_task(self._read(call))
+        writer.add_done_callback(lambda done: self._task_ended(call, done, "writer"))
+        reader.add_done_callback(lambda done: self._task_ended(call, done, "reader"))
+        self._tasks = [writer, reader]
+
+    def _task_ended(self, call: grpc.aio.StreamStreamCall, task: asyncio.Task[None], role: str) -> None:
+        """A reader or writer that died of an unexpected exception breaks its call: otherwise the call
+        would look open, with no request on it ever ending and new ones joining it."""
+        if task.cancelled() or task.exception() is None:
+            return
+        error = task.exception()
+        log.error("the %s of the multiplexed call to worker %s failed", role, self._worker_id, exc_info=error)
+        self._lost(call, grpc.StatusCode.INTERNAL, f"the router's {role} of the call failed ({error!r})")
 
     async def _write(self, call: grpc.aio.StreamStreamCall) -> None:
         send = self._send
