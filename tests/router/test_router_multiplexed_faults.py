@@ -8,6 +8,7 @@ A real worker process over loopback; the router side is a real MultiplexedConnec
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import grpc
 import pytest
@@ -16,11 +17,14 @@ from router.test_router_multiplexed_transport import (
     read_to_end,
     signed_request,
     start_signed,
+    with_transport,
 )
-from support.router_stack import start_worker_process
+from support.router_stack import router_config, running_router, start_worker_process, wait_until
 
+from radixfair.auth import bearer_metadata
 from radixfair.caller_identity import identity_signature
 from radixfair.errors import FAILURE_SCOPE_KEY, REQUEST_SCOPE
+from radixfair.v1 import router_pb2, router_pb2_grpc
 from radixfair_router.multiplexed_worker_call import MultiplexedConnection
 
 # Bounds a request's end in these tests: far above the seconds they take, far below the idle limit a
@@ -134,3 +138,29 @@ def test_an_unexpected_failure_in_the_calls_writer_ends_its_requests_and_the_nex
         assert "RuntimeError" in error.details(), error.details()
     assert after.result.usage.completion_tokens == 3
     assert opens == 2 and still_open == 0
+
+
+TOKEN = "join-token-for-the-connection-test"
+
+
+def test_an_endpoint_that_left_the_pool_gets_no_connection_and_leaves_no_entry(tiny_model_dir):
+    """A request decided for a worker that leaves the pool before its call starts asks for that
+    endpoint's connection after the close listener dropped it; a connection made then was kept for good
+    (one entry per such race). Here the request's ask comes after the removal, as in that race."""
+    config = with_transport(router_config(tiny_model_dir, [], policy="round_robin"), "multiplexed")
+    config = replace(config, registry=replace(config.registry, registration_token=TOKEN, heartbeat_ttl_s=1.0))
+
+    async def scenario():
+        async with running_router(config, healthy_workers=0) as running:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as router_channel:
+                stub = router_pb2_grpc.RouterServiceStub(router_channel)
+                join = router_pb2.RegisterWorkerRequest(worker_id="lapsing", address="127.0.0.1:9")
+                await stub.RegisterWorker(join, metadata=bearer_metadata(TOKEN))
+            endpoint = running.registry.get("lapsing")
+            await wait_until(lambda: running.registry.get("lapsing") is None, "the registration lapsed")
+            with pytest.raises(grpc.aio.UsageError):
+                running.router._connection(endpoint)
+            return dict(running.router._connections)
+
+    kept = asyncio.run(scenario())
+    assert kept == {}

@@ -450,9 +450,15 @@ class RequestRouter:
         return _StartedCall(endpoint, span, call)
 
     def _connection(self, endpoint: WorkerEndpoint) -> MultiplexedConnection:
-        """The endpoint's multiplexed connection (its call opens with its first request)."""
+        """The endpoint's multiplexed connection (its call opens with its first request).
+
+        Raises grpc.aio.UsageError when the endpoint has left the pool: its close listener has run,
+        so a connection made now would be kept for good (one entry per request that raced the removal).
+        """
         connection = self._connections.get(endpoint.channel)
         if connection is None:
+            if self._registry.get(endpoint.worker_id) is not endpoint:
+                raise grpc.aio.UsageError(f"worker {endpoint.worker_id} has left the pool")
             fallbacks = self._metrics.transport_fallbacks.labels(endpoint.worker_id)
             connection = self._connections[endpoint.channel] = MultiplexedConnection(
                 endpoint.channel, endpoint.worker_id, fallbacks.inc
