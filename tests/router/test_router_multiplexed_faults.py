@@ -71,63 +71,59 @@ def test_a_start_larger_than_a_worker_receives_fails_alone_and_the_shared_call_g
     assert opens == 1 and still_open == 0
 
 
-def test_an_unexpected_failure_in_the_calls_reader_ends_its_requests_and_the_next_opens_a_fresh_call(
-    worker,
-):
+def test_an_unexpected_failure_relaying_one_request_ends_it_alone_and_the_call_goes_on(worker):
     """No real fault reaches the reader's hand-over of an event (it copies protobuf messages), so one
     request's ``deliver`` is replaced on the real object to raise, as a bug there would."""
 
     async def scenario():
         async with grpc.aio.insecure_channel(worker.address) as channel:
             connection = MultiplexedConnection(channel, "own")
-            broken = start_signed(connection, "reader-broken", 40)
-            bystander = start_signed(connection, "reader-bystander", 400)
+            broken = start_signed(connection, "relay-broken", 400)
+            bystander = start_signed(connection, "relay-bystander", 40)
 
             def deliver(event, now):
                 raise RuntimeError("a bug in the hand-over")
 
             broken.deliver = deliver  # type: ignore[method-assign]
-            ends = []
-            for request in (broken, bystander):
-                with pytest.raises(grpc.aio.AioRpcError) as failure:
-                    await asyncio.wait_for(read_to_end(request), ENDS_WITHIN_S)
-                ends.append(failure.value)
-            after = await asyncio.wait_for(read_to_end(start_signed(connection, "reader-after", 3)), 60)
+            with pytest.raises(grpc.aio.AioRpcError) as failure:
+                await asyncio.wait_for(read_to_end(broken), ENDS_WITHIN_S)
+            result = await asyncio.wait_for(read_to_end(bystander), ENDS_WITHIN_S)
             opens, still_open = connection.opens, len(connection)
             connection.close()
-            return ends, after, opens, still_open
+            return failure.value, result, opens, still_open
 
-    ends, after, opens, still_open = asyncio.run(scenario())
-    for error in ends:
-        assert error.code() == grpc.StatusCode.UNAVAILABLE, error
-        assert "RuntimeError" in error.details(), error.details()
-    assert after.result.usage.completion_tokens == 3
-    assert opens == 2 and still_open == 0
+    error, result, opens, still_open = asyncio.run(scenario())
+    assert error.code() == grpc.StatusCode.INTERNAL and request_scoped(error), error
+    assert "RuntimeError" in error.details()
+    assert result.result.usage.completion_tokens == 40
+    assert opens == 1 and still_open == 0
 
 
-def test_an_unexpected_failure_in_the_calls_writer_ends_its_requests_and_the_next_opens_a_fresh_call(
-    worker,
+@pytest.mark.parametrize("task", ["reader", "writer"])
+def test_a_failure_in_the_calls_reader_or_writer_ends_its_requests_and_the_next_opens_a_fresh_call(
+    worker, task
 ):
-    """No real fault reaches the writer's ``call.write`` with an error other than the call's own end
-    (which it already handles), so the real call's ``write`` is replaced to raise, as a bug would."""
+    """No real fault reaches the call's ``read`` or ``write`` with an error other than the call's own
+    end (which both tasks already handle), so the real call's method is replaced to raise, as a bug
+    there would."""
 
     async def scenario():
         async with grpc.aio.insecure_channel(worker.address) as channel:
             connection = MultiplexedConnection(channel, "own")
-            bystander = start_signed(connection, "writer-bystander", 400)
+            bystander = start_signed(connection, f"{task}-bystander", 400)
             await bystander.take()  # the call is open and answered
 
-            async def write(message):
-                raise RuntimeError("a bug in the writer")
+            async def broken(*_):
+                raise RuntimeError(f"a bug in the {task}")
 
-            connection._call.write = write  # type: ignore[union-attr, method-assign]
-            broken = start_signed(connection, "writer-broken", 5)
+            setattr(connection._call, "read" if task == "reader" else "write", broken)
+            second = start_signed(connection, f"{task}-second", 5)
             ends = []
-            for request in (broken, bystander):
+            for request in (second, bystander):
                 with pytest.raises(grpc.aio.AioRpcError) as failure:
                     await asyncio.wait_for(read_to_end(request), ENDS_WITHIN_S)
                 ends.append(failure.value)
-            after = await asyncio.wait_for(read_to_end(start_signed(connection, "writer-after", 3)), 60)
+            after = await asyncio.wait_for(read_to_end(start_signed(connection, f"{task}-after", 3)), 60)
             opens, still_open = connection.opens, len(connection)
             connection.close()
             return ends, after, opens, still_open
@@ -135,7 +131,7 @@ def test_an_unexpected_failure_in_the_calls_writer_ends_its_requests_and_the_nex
     ends, after, opens, still_open = asyncio.run(scenario())
     for error in ends:
         assert error.code() == grpc.StatusCode.UNAVAILABLE, error
-        assert "RuntimeError" in error.details(), error.details()
+        assert f"a bug in the {task}" in error.details(), error.details()
     assert after.result.usage.completion_tokens == 3
     assert opens == 2 and still_open == 0
 

@@ -327,7 +327,14 @@ class MultiplexedConnection:
                     self._answered, self._failed_opens = True, 0
                 for event in message.events:
                     request = requests.get(event.tag)
-                    if request is not None and request.deliver(event, now):
+                    if request is None:
+                        continue
+                    try:
+                        ended = request.deliver(event, now)
+                    except Exception as error:  # this request's hand-over alone failed
+                        self._relay_failed(request, error)
+                        continue
+                    if ended:
                         del requests[event.tag]
         except asyncio.CancelledError:
             task = asyncio.current_task()
@@ -336,6 +343,14 @@ class MultiplexedConnection:
             self._lost(call, grpc.StatusCode.CANCELLED, "the call was cancelled")
         except grpc.aio.AioRpcError as error:
             self._lost(call, error.code(), error.details() or "")
+
+    def _relay_failed(self, request: MultiplexedRequest, error: Exception) -> None:
+        """Handing one event to ``request`` failed unexpectedly: that request ends INTERNAL (scoped to
+        it, so the worker stays in rotation) and the worker aborts it; the call's others go on."""
+        log.error("relaying request %d from worker %s failed", request.tag, self._worker_id, exc_info=error)
+        self.cancel(request.tag)
+        message = f"the router failed to relay this request's output ({error!r})"
+        request.end(_aio_error(grpc.StatusCode.INTERNAL, message, request_scoped=True))
 
     def _lost(self, call: grpc.aio.StreamStreamCall, code: grpc.StatusCode, details: str) -> None:
         """The shared call broke: every request on it ends UNAVAILABLE (the relay retries one that
