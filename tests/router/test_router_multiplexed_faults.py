@@ -1,8 +1,9 @@
-"""The router's multiplexed connection when one request, or the connection's own machinery, fails: exactly
-the requests it affects end with a clear status, none hangs, the other tenants' requests on the shared
-call go on where they can, the next request opens a fresh call, and no state is left behind (issue 12).
+"""The router's worker transports when one request, or the transport's own machinery, fails: exactly the
+requests it affects end with a clear status, none hangs, the other tenants' requests on a shared call go
+on where they can, the next request opens a fresh call, and no state is left behind (issue 12).
 
-A real worker process over loopback; the router side is a real MultiplexedConnection (or a real router).
+A real worker process over loopback; the router side is a real MultiplexedConnection or WorkerStream (or
+a real router).
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ from router.test_router_multiplexed_transport import (
 from support.router_stack import router_config, running_router, start_worker_process, wait_until
 
 from radixfair.auth import bearer_metadata
-from radixfair.caller_identity import identity_signature
+from radixfair.caller_identity import IDENTITY_SIGNATURE_KEY, identity_signature
 from radixfair.errors import FAILURE_SCOPE_KEY, REQUEST_SCOPE
-from radixfair.v1 import router_pb2, router_pb2_grpc
+from radixfair.v1 import router_pb2, router_pb2_grpc, worker_pb2
+from radixfair_router.live_streams import StreamBook
 from radixfair_router.multiplexed_worker_call import MultiplexedConnection
+from radixfair_router.worker_stream import WorkerStream
 
 # Bounds a request's end in these tests: far above the seconds they take, far below the idle limit a
 # request left hanging would wait for.
@@ -134,6 +137,41 @@ def test_a_failure_in_the_calls_reader_or_writer_ends_its_requests_and_the_next_
         assert f"a bug in the {task}" in error.details(), error.details()
     assert after.result.usage.completion_tokens == 3
     assert opens == 2 and still_open == 0
+
+
+def test_an_unexpected_failure_reading_a_per_request_call_ends_its_request_instead_of_leaving_it_hanging(
+    worker,
+):
+    """The per-request transport's reader (WorkerStream). No real fault reaches its ``call.read`` with
+    an error other than the call's own end, so the real call's ``read`` is replaced to raise."""
+
+    async def scenario():
+        async with grpc.aio.insecure_channel(worker.address) as channel:
+            generate = channel.unary_stream(
+                "/radixfair.v1.WorkerService/Generate",
+                request_serializer=worker_pb2.GenerateRequest.SerializeToString,
+                response_deserializer=router_pb2.RouterServiceGenerateResponse.FromString,
+            )
+            signature = identity_signature(SECRET, "alice", 1.0, "stream-broken")
+            call = generate(
+                signed_request("stream-broken", 5), metadata=((IDENTITY_SIGNATURE_KEY, signature),)
+            )
+
+            async def read():
+                raise RuntimeError("a bug in the reader")
+
+            call.read = read  # type: ignore[method-assign]
+            stream = WorkerStream(call, StreamBook("alice", 1.0, None, 0))  # type: ignore[arg-type]
+            with pytest.raises(grpc.aio.AioRpcError) as failure:
+                await asyncio.wait_for(stream.take(), ENDS_WITHIN_S)
+            complete = stream.complete
+            call.cancel()
+            return failure.value, complete
+
+    error, complete = asyncio.run(scenario())
+    assert error.code() == grpc.StatusCode.INTERNAL and request_scoped(error), error
+    assert "RuntimeError" in error.details()
+    assert complete
 
 
 TOKEN = "join-token-for-the-connection-test"

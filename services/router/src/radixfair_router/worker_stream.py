@@ -18,12 +18,16 @@ here is one request's output, bounded by its ``max_tokens``, as the worker's own
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import grpc
 
+from radixfair.errors import FAILURE_SCOPE_KEY, REQUEST_SCOPE
 from radixfair.v1 import router_pb2
 from radixfair_router.live_streams import StreamBook
+
+log = logging.getLogger(__name__)
 
 Response = router_pb2.RouterServiceGenerateResponse
 
@@ -135,6 +139,15 @@ class WorkerStream(PendingOutput):
             self._finish(CallCancelledError())
         except grpc.aio.AioRpcError as error:
             self._finish(error)
+        except Exception as error:
+            # Unexpected (a bug here): the request ends, scoped to it, rather than wait for the idle
+            # limit with nothing left to read its call; the relay's caller cancels the call.
+            log.error("reading the worker call of a request failed", exc_info=error)
+            details = f"the router failed to relay this request's output ({error!r})"
+            trailer = grpc.aio.Metadata((FAILURE_SCOPE_KEY, REQUEST_SCOPE))
+            self._finish(
+                grpc.aio.AioRpcError(grpc.StatusCode.INTERNAL, grpc.aio.Metadata(), trailer, details)
+            )
 
     def _finish(self, end: BaseException) -> None:
         self._end = end
