@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -51,49 +52,67 @@ POLICIES = ("cache_aware", "cache_aware_sglang", "d2lpm", "d2lpm_gated")
 BASELINES = ("cache_aware", "cache_aware_sglang")
 
 
-def run_seed(
-    seed: int, workers: int, policies: list[str], args: argparse.Namespace, served: float
-) -> list[dict[str, Any]]:
+def run_policy(
+    seed: int, workers: int, routing: str, args: argparse.Namespace, served: float
+) -> dict[str, Any]:
+    """One policy on one seed's trace (generated the first time, then read back)."""
     mixture = random_mixture(seed, workers, served, args.requests_per_worker, args.flood_load)
     trace, path = saved_trace(mixture.spec.name, mixture.spec, seed, traces_dir(args.out))
     cost = cost_model(args.cost)
     within, flood = set(mixture.within_share()), set(mixture.flooders())
-    rows = []
-    for routing in policies:
-        local = LOCAL_FOR_ROUTING[routing]
-        policy, overrides = routing_settings(routing)
-        result, wall = run(trace, cost, local, workers=workers, routing=policy, routing_overrides=overrides)
-        e2e = {"within": [], "flood": []}
-        for f in result.recorder.finished:
-            group = "within" if f.client_id in within else "flood" if f.client_id in flood else None
-            if group:
-                e2e[group].append(f.finished - f.arrival)
-        summary = summarize(result)
-        rows.append(
-            {
-                "seed": seed,
-                "workers": workers,
-                "routing": routing,
-                "local": local,
-                "clients": len(trace.clients),
-                "flooders": len(flood),
-                "requests": len(trace.requests),
-                "offered_load": mixture.offered_load,
-                "within_p99": percentile(e2e["within"], 99),
-                "within_p50": percentile(e2e["within"], 50),
-                "flood_p99": percentile(e2e["flood"], 99),
-                "hit_rate": summary["hit_rate"],
-                "throughput_tok_s": summary["throughput_tok_s"],
-                "trace": path.name,
-                "sim_wall_s": wall,
-            }
-        )
-        print(
-            f"seed {seed} {workers:3d}w {routing:18s} within_p99={rows[-1]['within_p99']:7.2f}s "
-            f"flood_p99={rows[-1]['flood_p99']:7.2f}s hit={summary['hit_rate']:.2f} wall={wall:5.1f}s",
-            file=sys.stderr,
-        )
-    return rows
+    local = LOCAL_FOR_ROUTING[routing]
+    policy, overrides = routing_settings(routing)
+    result, wall = run(trace, cost, local, workers=workers, routing=policy, routing_overrides=overrides)
+    e2e = {"within": [], "flood": []}
+    for f in result.recorder.finished:
+        group = "within" if f.client_id in within else "flood" if f.client_id in flood else None
+        if group:
+            e2e[group].append(f.finished - f.arrival)
+    summary = summarize(result)
+    row = {
+        "seed": seed,
+        "workers": workers,
+        "routing": routing,
+        "local": local,
+        "clients": len(trace.clients),
+        "flooders": len(flood),
+        "requests": len(trace.requests),
+        "offered_load": mixture.offered_load,
+        "within_p99": percentile(e2e["within"], 99),
+        "within_p50": percentile(e2e["within"], 50),
+        "flood_p99": percentile(e2e["flood"], 99),
+        "hit_rate": summary["hit_rate"],
+        "throughput_tok_s": summary["throughput_tok_s"],
+        "trace": path.name,
+        "sim_wall_s": wall,
+    }
+    print(
+        f"seed {seed} {workers:3d}w {routing:18s} within_p99={row['within_p99']:7.2f}s "
+        f"flood_p99={row['flood_p99']:7.2f}s hit={summary['hit_rate']:.2f} wall={wall:5.1f}s",
+        file=sys.stderr,
+    )
+    return row
+
+
+def run_all(args: argparse.Namespace, served: float) -> list[dict[str, Any]]:
+    """Every (workers, seed, policy) run, in that order. With ``--jobs`` above 1 they run in that many
+    processes (the simulator is single-threaded); each seed's trace is written first, once, so no two
+    processes write one file."""
+    jobs = [
+        (seed, workers, routing)
+        for workers in args.workers
+        for seed in args.seeds
+        for routing in args.policies
+    ]
+    for workers in args.workers:
+        for seed in args.seeds:
+            mixture = random_mixture(seed, workers, served, args.requests_per_worker, args.flood_load)
+            saved_trace(mixture.spec.name, mixture.spec, seed, traces_dir(args.out))
+    if args.jobs <= 1:
+        return [run_policy(*job, args, served) for job in jobs]
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        futures = [pool.submit(run_policy, *job, args, served) for job in jobs]
+        return [future.result() for future in futures]
 
 
 def ratios(mine: list[dict[str, Any]], base: dict[int, dict[str, Any]], prefix: str) -> dict[str, Any]:
@@ -160,6 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="heavy flood: scale the flooders to offer this many times the cluster's capacity in all",
     )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="processes to run the (seed, policy) runs in; results do not depend on it",
+    )
     parser.add_argument("--name", default="")
     parser.add_argument("--out", type=Path, default=None, help="results directory (default bench/results/)")
     return parser
@@ -170,10 +195,7 @@ def main() -> None:
     complete = bool(args.name) or (set(POLICIES) <= set(args.policies) and set(SEEDS) <= set(args.seeds))
     out = output_dir(args.out, complete)
     served, _ = capacity("heavy_client", cost_model(args.cost), traces_dir(args.out))
-    runs = []
-    for workers in args.workers:
-        for seed in args.seeds:
-            runs += run_seed(seed, workers, args.policies, args, served)
+    runs = run_all(args, served)
     rows = aggregate(runs)
     columns = [
         "workers",

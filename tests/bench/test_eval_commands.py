@@ -153,3 +153,10 @@ def test_a_trace_is_keyed_by_every_parameter_that_shapes_it(tmp_path):
 def test_a_partial_run_never_writes_to_the_tracked_results():
     assert output_dir(None, complete=False) == RAW_DIR / "partial"
     assert output_dir(None, complete=True) == RESULTS_DIR
+
+
+def test_mixtures_in_several_processes_give_the_rows_of_one(tmp_path, monkeypatch):
+    argv = shrink(shlex.split(first_page_of("bench/eval/eval_mixtures.py")))
+    _, serial = run_command([*argv, "--jobs", "1"], tmp_path / "serial", monkeypatch)
+    _, parallel = run_command([*argv, "--jobs", "2"], tmp_path / "parallel", monkeypatch)
+    assert serial == parallel and serial
