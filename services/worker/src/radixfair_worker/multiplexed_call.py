@@ -129,7 +129,10 @@ class MultiplexedCall:
         try:
             async for message in requests:
                 for start in message.starts:
-                    self._start(start)
+                    try:
+                        self._start(start)
+                    except Exception as error:  # this start alone: the call reads on
+                        self._start_failed(start.tag, error)
                 for tag in message.cancel_tags:
                     entry = self._open.get(tag)
                     if entry is not None:
@@ -158,6 +161,15 @@ class MultiplexedCall:
             return
         self._open[tag] = entry
         entry.building = asyncio.get_running_loop().create_task(self._submit(entry, start.request))
+
+    def _start_failed(self, tag: int, error: Exception) -> None:
+        """Starting the request on ``tag`` failed unexpectedly (before it reached the engine): its tag
+        ends with INTERNAL, scoped to it, since a failure on one start's path may be that start's own
+        (a router would otherwise take the worker out of rotation, and retry it on the next)."""
+        log.error("starting the request on tag %d failed unexpectedly", tag, exc_info=error)
+        failure = RequestFailedError(f"the worker failed to start this request ({type(error).__name__})")
+        self._events.append(_error_event(tag, failure))
+        self._wake.set()
 
     async def _submit(self, entry: _Open, request: worker_pb2.GenerateRequest) -> None:
         try:
@@ -228,32 +240,53 @@ class MultiplexedCall:
                 break
             if entry.closed:
                 continue
-            assert entry.stream is not None and entry.request is not None
-            chunk = entry.stream.take_pending()
-            if chunk is None:
-                continue
-            budget -= 64 + 4 * len(chunk.text) + 10 * len(chunk.token_ids)
-            if chunk.token_ids:
-                # Filled in place: building a TokenDelta and copying it in took ~1.7x as long.
-                delta = events.add(tag=entry.tag).delta
-                delta.token_ids.extend(chunk.token_ids)
-                delta.text = chunk.text
-            end = chunk.end
-            if end is None:
-                continue
-            entry.closed = True
-            del self._open[entry.tag]
-            if isinstance(end, RequestOutcome):
-                budget -= 256 + 4 * len(end.text)
-                events.add(tag=entry.tag, result=self._front.finished(entry.request, end, entry.span))
-                self._front.request_ended(entry.span, "ok", entry.started)
-            else:
-                self._front.rejected(end, entry.span)
-                event = _error_event(entry.tag, end)
-                budget -= 8 + event.ByteSize()
-                events.append(event)
-                self._front.request_ended(entry.span, "error", entry.started)
+            try:
+                budget -= self._take(entry, events)
+            except Exception as error:  # this request alone: the call's others go on
+                budget -= self._take_failed(entry, events, error)
         return message
+
+    def _take(self, entry: _Open, events) -> int:
+        """Adds ``entry``'s pending events to ``events``; about how many bytes they take."""
+        assert entry.stream is not None and entry.request is not None
+        chunk = entry.stream.take_pending()
+        if chunk is None:
+            return 0
+        size = 64 + 4 * len(chunk.text) + 10 * len(chunk.token_ids)
+        if chunk.token_ids:
+            # Filled in place: building a TokenDelta and copying it in took ~1.7x as long.
+            delta = events.add(tag=entry.tag).delta
+            delta.token_ids.extend(chunk.token_ids)
+            delta.text = chunk.text
+        end = chunk.end
+        if end is None:
+            return size
+        entry.closed = True
+        del self._open[entry.tag]
+        if isinstance(end, RequestOutcome):
+            events.add(tag=entry.tag, result=self._front.finished(entry.request, end, entry.span))
+            self._front.request_ended(entry.span, "ok", entry.started)
+            return size + 256 + 4 * len(end.text)
+        self._front.rejected(end, entry.span)
+        event = _error_event(entry.tag, end)
+        events.append(event)
+        self._front.request_ended(entry.span, "error", entry.started)
+        return size + 8 + event.ByteSize()
+
+    def _take_failed(self, entry: _Open, events, error: Exception) -> int:
+        """Taking ``entry``'s output failed unexpectedly: it ends with INTERNAL, scoped to it as in
+        ``_start_failed`` (after any delta already added), its generation is aborted, and nothing more
+        is sent for it."""
+        log.error("sending the output of the request on tag %d failed", entry.tag, exc_info=error)
+        if not entry.closed:
+            self._cancel(entry, outcome="error")
+        elif entry.stream is not None and not entry.stream.ended:
+            self._engine.abort(entry.stream.request_id)
+        event = _error_event(
+            entry.tag, RequestFailedError(f"the worker failed to send its output ({type(error).__name__})")
+        )
+        events.append(event)
+        return 8 + event.ByteSize()
 
 
 def _error_event(tag: int, error: RadixfairError) -> worker_pb2.MultiplexedEvent:
