@@ -190,7 +190,7 @@ def test_prefix_splits_cover_the_sms_once_and_keep_a_tile_each() -> None:
     min_group_size=st.integers(2, 3),
     min_shared_pages=st.integers(1, 2),
 )
-def test_skipping_anchors_that_cannot_pay_finds_the_groups_trying_every_anchor_finds(  # type: ignore[no-untyped-def]
+def test_skipping_keys_and_anchors_that_cannot_pay_finds_the_groups_trying_every_anchor_finds(  # type: ignore[no-untyped-def]
     data, page_size: int, min_saved: int, min_group_size: int, min_shared_pages: int
 ) -> None:
     # Nested prefixes, as a radix cache hands them out: a row walks a random path in a small tree
@@ -217,6 +217,7 @@ def test_skipping_anchors_that_cannot_pay_finds_the_groups_trying_every_anchor_f
     pruned = find_prefix_groups(table, np.array(lens), page_size, 2, config)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(prefix_groups, "_may_share_more", lambda *_: True)  # every anchor tried, as before
+        patch.setattr(prefix_groups, "_may_pay", lambda *_: True)  # every key ranked, as before
         exhaustive = find_prefix_groups(table, np.array(lens), page_size, 2, config)
 
     assert (pruned is None) == (exhaustive is None)
@@ -271,3 +272,28 @@ def test_a_first_anchor_whose_best_group_is_too_small_does_not_end_the_key() -> 
 
     assert host is not None
     assert host.seq_prefix_len.tolist() == [0, 1, 1, 1, 1]
+
+
+def test_a_batch_whose_largest_possible_group_saves_too_little_is_never_ranked() -> None:
+    # The engine's 1,024-token shared prefix at batch 128 (page 16): 127 * 68 whole pages * 16 =
+    # 138,176 tokens at most, under the default threshold (262,144): no sort, no compare.
+    prompt = list(range(1, 65))
+    table = np.array([prompt + [1_000 + 8 * b + p for p in range(8)] for b in range(128)])
+    lens = np.full(128, 1_024 + 64 + 5)
+    calls = []
+    ranked = prefix_groups._best_prefix
+
+    def counting(*args):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        return ranked(*args)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(prefix_groups, "_best_prefix", counting)
+        bound = 127 * ((1_024 + 64 + 4) // 16) * 16
+        assert find_prefix_groups(table, lens, 16, 3, PrefixSharingConfig(min_saved_tokens=bound + 1)) is None
+        assert not calls
+        assert (
+            find_prefix_groups(table, lens, 16, 3, PrefixSharingConfig(min_saved_tokens=127 * 1_024))
+            is not None
+        )
+        assert len(calls) == 1
