@@ -22,13 +22,17 @@ def fp8_codes(n: int, k: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor
 # (M, N, K): a single decode row, ragged edges in every dimension, more rows than one tile.
 # K = 64 and 128 take the unmasked (EVEN_K) loop at block_k 64, the others the masked one.
 @pytest.mark.parametrize("shape", [(1, 64, 64), (1, 40, 200), (3, 40, 200), (17, 96, 130), (40, 33, 72)])
-def test_fp8_weight_matmul_matches_fp64_reference(dtype: torch.dtype, shape: tuple[int, int, int]) -> None:
+# The weight tile addressed transposed, or loaded as stored and transposed in registers.
+@pytest.mark.parametrize("weight_rows", [False, True])
+def test_fp8_weight_matmul_matches_fp64_reference(
+    dtype: torch.dtype, shape: tuple[int, int, int], weight_rows: bool
+) -> None:
     m, n, k = shape
     q, scale = fp8_codes(n, k)
     x = torch.randn(m, k, dtype=dtype)
     out = poisoned_like(torch.empty(m, n, dtype=dtype))
 
-    fp8_weight_matmul(x, q, scale, out=out, block_k=64)
+    fp8_weight_matmul(x, q, scale, out=out, block_k=64, weight_rows=weight_rows)
 
     assert relative_error(out, fp8_weight_matmul_reference(x, q, scale)) < TOLERANCE[dtype]
 

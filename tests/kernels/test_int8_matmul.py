@@ -56,6 +56,21 @@ def test_a_strided_batch_of_rows_is_read_through_its_stride() -> None:
     assert relative_error(out, int8_weight_matmul_reference(x, q, scale)) < TOLERANCE[torch.float32]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(3, 40, 200), (17, 96, 130), (40, 33, 72), (5, 24, 128)])
+def test_the_weight_tile_loaded_as_stored_gives_the_same_product(
+    dtype: torch.dtype, shape: tuple[int, int, int]
+) -> None:
+    m, n, k = shape
+    q, scale = quantized(n, k, seed=5)
+    x = torch.randn(m, k, dtype=dtype)
+    out = poisoned_like(torch.empty(m, n, dtype=dtype))
+
+    int8_weight_matmul(x, q, scale, out=out, block_k=64, weight_rows=True)
+
+    assert relative_error(out, int8_weight_matmul_reference(x, q, scale)) < TOLERANCE[dtype]
+
+
 @pytest.mark.parametrize(
     ("x", "q", "scale", "message"),
     [

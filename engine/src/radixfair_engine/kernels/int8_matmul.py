@@ -68,6 +68,7 @@ def _weight_only_matmul_kernel(
     EVEN_K: tl.constexpr,
     DOT_FP32: tl.constexpr,
     FP8_CODES: tl.constexpr,
+    WEIGHT_ROWS: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -75,18 +76,27 @@ def _weight_only_matmul_kernel(
     col_mask = cols < N
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     x_rows = x_ptr + rows.to(tl.int64)[:, None] * x_stride
-    # The weight tile, transposed on the fly: [BLOCK_K, BLOCK_N] of q[cols, ks].
+    # The weight tile as the dot wants it, [BLOCK_K, BLOCK_N] of q[cols, ks]: addressed transposed, or
+    # (WEIGHT_ROWS) loaded [BLOCK_N, BLOCK_K] as stored and transposed in registers, which lays the
+    # loads out along K, the weight's contiguous dimension.
     q_cols = q_ptr + cols.to(tl.int64)[None, :] * q_stride
+    q_rows = q_ptr + cols.to(tl.int64)[:, None] * q_stride
     for k_start in range(0, K, BLOCK_K):
         ks = k_start + tl.arange(0, BLOCK_K)
         if EVEN_K:
             # K a multiple of BLOCK_K (SmolLM2's 1536 at 128, 576 at 64): no K mask on the hot loop.
             x = tl.load(x_rows + ks[None, :], mask=row_mask[:, None], other=0.0)
-            q = tl.load(q_cols + ks[:, None], mask=col_mask[None, :], other=0)
+            if WEIGHT_ROWS:
+                q = tl.trans(tl.load(q_rows + ks[None, :], mask=col_mask[:, None], other=0))
+            else:
+                q = tl.load(q_cols + ks[:, None], mask=col_mask[None, :], other=0)
         else:
             k_mask = ks < K
             x = tl.load(x_rows + ks[None, :], mask=row_mask[:, None] & k_mask[None, :], other=0.0)
-            q = tl.load(q_cols + ks[:, None], mask=col_mask[None, :] & k_mask[:, None], other=0)
+            if WEIGHT_ROWS:
+                q = tl.trans(tl.load(q_rows + ks[None, :], mask=col_mask[:, None] & k_mask[None, :], other=0))
+            else:
+                q = tl.load(q_cols + ks[:, None], mask=col_mask[None, :] & k_mask[:, None], other=0)
         if FP8_CODES:
             # uint8 bytes -> e4m3 values (code 0, the masked fill, is +0.0).
             q = q.to(tl.float8e4nv, bitcast=True)
@@ -148,16 +158,18 @@ def int8_weight_matmul(
     num_stages: int = 4,
     gemv_max_rows: int = 0,
     max_block_m: int = 32,
+    weight_rows: bool = False,
 ) -> torch.Tensor:
     """x [M, K] @ (q [N, K] int8 * scale [N] fp32)^T -> [M, N] in x.dtype.
 
     Up to ``gemv_max_rows`` rows take the GEMV kernel (block sizes: gemv_tile_sizes), more rows the
-    tile kernel (block sizes: tile_sizes, with ``max_block_m``; the block_* and num_* arguments
-    apply to it only).
+    tile kernel (block sizes: tile_sizes, with ``max_block_m``; the block_*, num_* and
+    ``weight_rows`` arguments apply to it only; ``weight_rows`` loads the weight tile as stored,
+    [BLOCK_N, BLOCK_K], and transposes it in registers).
     """
     if q.dtype != torch.int8:
         raise ValueError(f"q must be int8, got {q.dtype}")
-    tile = _Tile(block_m, block_n, block_k, num_warps, num_stages, max_block_m)
+    tile = _Tile(block_m, block_n, block_k, num_warps, num_stages, max_block_m, weight_rows)
     return _weight_only_matmul(x, q, scale, out, tile, gemv_max_rows, fp8_codes=False)
 
 
@@ -173,6 +185,7 @@ def fp8_weight_matmul(
     num_stages: int = 4,
     gemv_max_rows: int = 0,
     max_block_m: int = 32,
+    weight_rows: bool = False,
 ) -> torch.Tensor:
     """x [M, K] @ (e4m3(q [N, K] uint8 codes) * scale [N] fp32)^T -> [M, N] in x.dtype.
 
@@ -184,7 +197,7 @@ def fp8_weight_matmul(
         q = q.view(torch.uint8)
     if q.dtype != torch.uint8:
         raise ValueError(f"q must be fp8 e4m3 codes as uint8 (or float8_e4m3fn), got {q.dtype}")
-    tile = _Tile(block_m, block_n, block_k, num_warps, num_stages, max_block_m)
+    tile = _Tile(block_m, block_n, block_k, num_warps, num_stages, max_block_m, weight_rows)
     return _weight_only_matmul(x, q, scale, out, tile, gemv_max_rows, fp8_codes=True)
 
 
@@ -198,6 +211,7 @@ class _Tile:
     num_warps: int
     num_stages: int
     max_block_m: int
+    weight_rows: bool = False
 
 
 def _weight_only_matmul(
@@ -257,6 +271,7 @@ def _weight_only_matmul(
         EVEN_K=k % block_k == 0,
         DOT_FP32=x.dtype == torch.float32 or interpreted(x),
         FP8_CODES=fp8_codes,
+        WEIGHT_ROWS=tile.weight_rows,
         num_warps=tile.num_warps,
         num_stages=tile.num_stages,
     )
