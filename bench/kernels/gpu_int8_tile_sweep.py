@@ -9,9 +9,12 @@ every weight in DRAM as in a decode step (each timed graph cycles through distin
 the L2), next to torch.mm on the bf16 weight.
 
 Stage 1 times every shape of ``GRID`` in int8 with the weight addressed transposed; stage 2 times
-each projection's best ``--top`` shapes with ``weight_rows`` and all of them in fp8. Rows: us per
+each projection's best ``--top`` shapes with ``weight_rows`` and all of them in fp8, weight-only and
+with fp8 activations (``fp8_a8``: each row rounded to e4m3 under its own scale, so the product runs on
+the fp8 MMA). Rows: us per
 product (median CUDA-graph replay over the copies, divided by their count) and ``vs_bf16`` (bf16's
-time over this one, above 1 = faster). The summary gives per projection and scheme the default
+time over this one, above 1 = faster), and ``rel_err`` against the fp64 reference of what the row
+computes (kernels/reference.py). The summary gives per projection and scheme the default
 shape (kernels/int8_matmul.tile_sizes) and the fastest one.
 
 On the GPU machine (PYTHONPATH as bench/engine/gpu_env.sh sets it):
@@ -60,7 +63,13 @@ def timed_us(run) -> float | None:  # type: ignore[no-untyped-def]
 
 
 def sweep_projection(name: str, n: int, k: int, m: int, top: int) -> list[dict[str, object]]:
+    from radixfair_engine.kernels.accuracy import relative_error
     from radixfair_engine.kernels.int8_matmul import fp8_weight_matmul, int8_weight_matmul, tile_sizes
+    from radixfair_engine.kernels.reference import (
+        fp8_activation_matmul_reference,
+        fp8_weight_matmul_reference,
+        int8_weight_matmul_reference,
+    )
 
     torch.manual_seed(0)
     copies = max(30, -(-COLD_CODE_BYTES // (n * k)))
@@ -72,6 +81,7 @@ def sweep_projection(name: str, n: int, k: int, m: int, top: int) -> list[dict[s
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
     out = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
     matmuls = {"int8": int8_weight_matmul, "fp8": fp8_weight_matmul}
+    references = {"int8": int8_weight_matmul_reference, "fp8": fp8_weight_matmul_reference}
 
     def bf16() -> None:
         for w in w16:
@@ -81,9 +91,12 @@ def sweep_projection(name: str, n: int, k: int, m: int, top: int) -> list[dict[s
     default_m, default_n = tile_sizes(m, n)
 
     def row(scheme: str, shape: dict[str, int], weight_rows: bool) -> dict[str, object] | None:
+        matmul = matmuls[scheme.removesuffix("_a8")]
+        extra = {"fp8_activations": True} if scheme == "fp8_a8" else {}
+
         def run() -> None:
-            for q, scale in codes[scheme]:
-                matmuls[scheme](x, q, scale, out=out, weight_rows=weight_rows, **shape)
+            for q, scale in codes[scheme.removesuffix("_a8")]:
+                matmul(x, q, scale, out=out, weight_rows=weight_rows, **shape, **extra)
 
         us = timed_us(run)
         if us is None:
@@ -94,6 +107,11 @@ def sweep_projection(name: str, n: int, k: int, m: int, top: int) -> list[dict[s
         result = {"projection": name, "M": m, "N": n, "K": k, "scheme": scheme, **shape}
         result.update(weight_rows=weight_rows, default=default and not weight_rows, us=us, bf16_us=bf16_us)
         result["vs_bf16"] = bf16_us / us
+        # The product checked against its fp64 reference on the first copy (the GPU's own fp8 paths).
+        q, scale = codes[scheme.removesuffix("_a8")][0]
+        matmul(x, q, scale, out=out, weight_rows=weight_rows, **shape, **extra)
+        reference = fp8_activation_matmul_reference if scheme == "fp8_a8" else references[scheme]
+        result["rel_err"] = relative_error(out, reference(x, q, scale))
         print(result, flush=True)
         return result
 
@@ -108,10 +126,11 @@ def sweep_projection(name: str, n: int, k: int, m: int, top: int) -> list[dict[s
         "num_warps": 4,
         "num_stages": 4,
     }
-    for weight_rows in (False, True):
-        for shape in [default_shape, *shapes]:
-            if (r := row("fp8", shape, weight_rows)) is not None:
-                rows.append(r)
+    for scheme in ("fp8", "fp8_a8"):
+        for weight_rows in (False, True):
+            for shape in [default_shape, *shapes]:
+                if (r := row(scheme, shape, weight_rows)) is not None:
+                    rows.append(r)
     return rows  # the copies go with this frame; main empties the cache
 
 
@@ -132,6 +151,7 @@ def summary(rows: list[dict[str, object]]) -> list[dict[str, object]]:
                 "fastest_vs_bf16": fastest["vs_bf16"],
                 "fastest_shape": "{block_m}x{block_n} k{block_k} w{num_warps} s{num_stages}".format(**fastest)
                 + (" weight_rows" if fastest["weight_rows"] else ""),
+                "max_rel_err": max(r["rel_err"] for r in mine),
             }
         )
     return out
@@ -158,6 +178,7 @@ def main() -> None:
         "fastest_us",
         "fastest_vs_bf16",
         "fastest_shape",
+        "max_rel_err",
     ]
     for name, n, k in projection_shapes(SMOLLM2_135M_HF_CONFIG):
         if time.monotonic() - start > args.budget_s:
@@ -171,7 +192,9 @@ def main() -> None:
             "timed graph cycles through distinct copies, over twice the L2); us per product. default: "
             "kernels/int8_matmul.tile_sizes' shape with block_k 128, 4 warps, 4 stages. Stage 1: every "
             f"shape of the grid in int8 ({len(GRID)} shapes); stage 2: the {args.top} fastest with "
-            "weight_rows, and in fp8 with the default. Every timed row is in the JSON's `rows`."
+            "weight_rows, and in fp8 with the default, weight-only and with fp8 activations (fp8_a8, "
+            "W8A8 per-token). Every timed row, with its error against the fp64 reference, is in the "
+            "JSON's `rows`."
         )
         write_results(args.name, table, columns, {"rows": rows, "grid": GRID}, notes, results_dir=args.out)
         print(markdown_table(table, columns), flush=True)

@@ -7,7 +7,7 @@ pytest.importorskip("triton")
 
 from radixfair_engine.kernels.accuracy import TOLERANCE, poisoned_like, relative_error  # noqa: E402
 from radixfair_engine.kernels.int8_matmul import fp8_weight_matmul  # noqa: E402
-from radixfair_engine.kernels.reference import fp8_weight_matmul_reference  # noqa: E402
+from radixfair_engine.kernels.reference import fp8_activation_matmul_reference, fp8_weight_matmul_reference  # noqa: E402
 from radixfair_model_format.quantized_checkpoint import dequantize_weight, quantize_weight  # noqa: E402
 
 
@@ -81,3 +81,36 @@ def test_a_float8_tensor_is_read_through_its_bytes() -> None:
 def test_bad_operands_are_refused_before_launch(q, scale, message) -> None:
     with pytest.raises(ValueError, match=message):
         fp8_weight_matmul(torch.randn(2, 8), q, scale)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(1, 64, 64), (3, 40, 200), (17, 96, 130), (40, 33, 72)])
+@pytest.mark.parametrize("weight_rows", [False, True])
+def test_fp8_activations_match_the_per_token_w8a8_reference(
+    dtype: torch.dtype, shape: tuple[int, int, int], weight_rows: bool
+) -> None:
+    m, n, k = shape
+    q, scale = fp8_codes(n, k, seed=7)
+    x = torch.randn(m, k, dtype=dtype)
+    x[0] = 0.0  # a row of zeros keeps scale 1 and gives zeros
+    out = poisoned_like(torch.empty(m, n, dtype=dtype))
+
+    fp8_weight_matmul(x, q, scale, out=out, block_k=64, weight_rows=weight_rows, fp8_activations=True)
+
+    w8a8 = fp8_activation_matmul_reference(x, q, scale)
+    assert relative_error(out, w8a8) < TOLERANCE[dtype]
+    assert not out[0].any()
+    if m > 1:
+        # The activations really were rounded: e4m3 keeps 3 mantissa bits, so each element moves by up
+        # to 2^-4 of itself (about 0.036 rms), and a product by about that much against weight-only.
+        moved = relative_error(out[1:].double(), fp8_weight_matmul_reference(x[1:], q, scale))
+        assert 0.005 < moved < 0.1
+
+
+def test_fp8_activations_leave_the_gemv_rows_weight_only() -> None:
+    q, scale = fp8_codes(40, 96, seed=8)
+    x = torch.randn(3, 96)
+
+    out = fp8_weight_matmul(x, q, scale, gemv_max_rows=4, fp8_activations=True)
+
+    assert relative_error(out, fp8_weight_matmul_reference(x, q, scale)) < TOLERANCE[torch.float32]

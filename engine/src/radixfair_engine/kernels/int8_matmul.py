@@ -49,6 +49,19 @@ import triton.language as tl
 
 from radixfair_engine.kernels._launch import check_last_dim_contiguous, interpreted, output_buffer
 
+E4M3_MAX = tl.constexpr(448.0)  # float8_e4m3fn's largest finite value
+
+
+@triton.jit
+def _round_to_e4m3_mantissa(v):
+    """fp32 ``v`` rounded (to nearest, ties to even) to e4m3's 3 mantissa bits, on its bit pattern: a
+    carry runs into the exponent as it should, and the e4m3 conversion after it is exact. Triton's CPU
+    interpreter drops that carry when it rounds (127.7 -> 64), so the rounding is done here for every
+    backend alike; on the GPU the conversion would round the same way."""
+    bits = v.to(tl.int32, bitcast=True)
+    bits = bits + 0x7FFFF + ((bits >> 20) & 1)
+    return (bits & -0x100000).to(tl.float32, bitcast=True)
+
 
 @triton.jit
 def _weight_only_matmul_kernel(
@@ -69,6 +82,7 @@ def _weight_only_matmul_kernel(
     DOT_FP32: tl.constexpr,
     FP8_CODES: tl.constexpr,
     WEIGHT_ROWS: tl.constexpr,
+    FP8_ACTIVATIONS: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -76,6 +90,15 @@ def _weight_only_matmul_kernel(
     col_mask = cols < N
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     x_rows = x_ptr + rows.to(tl.int64)[:, None] * x_stride
+    if FP8_ACTIVATIONS:
+        # Per-row (per-token) scale: the row's largest magnitude maps to e4m3's largest finite value.
+        amax = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        for k_start in range(0, K, BLOCK_K):
+            ks = k_start + tl.arange(0, BLOCK_K)
+            x = tl.load(x_rows + ks[None, :], mask=row_mask[:, None] & (ks < K)[None, :], other=0.0)
+            amax = tl.maximum(amax, tl.max(tl.abs(x.to(tl.float32)), axis=1))
+        x_scale = tl.where(amax > 0.0, amax / E4M3_MAX, 1.0)
+        x_inverse = 1.0 / x_scale
     # The weight tile as the dot wants it, [BLOCK_K, BLOCK_N] of q[cols, ks]: addressed transposed, or
     # (WEIGHT_ROWS) loaded [BLOCK_N, BLOCK_K] as stored and transposed in registers, which lays the
     # loads out along K, the weight's contiguous dimension.
@@ -100,7 +123,15 @@ def _weight_only_matmul_kernel(
         if FP8_CODES:
             # uint8 bytes -> e4m3 values (code 0, the masked fill, is +0.0).
             q = q.to(tl.float8e4nv, bitcast=True)
-        if DOT_FP32:
+        if FP8_ACTIVATIONS:
+            # Both operands e4m3: the product runs on the fp8 MMA, accumulating in fp32.
+            x8 = _round_to_e4m3_mantissa(x.to(tl.float32) * x_inverse[:, None]).to(tl.float8e4nv)
+            if DOT_FP32:
+                # Every e4m3 value is exact in fp32: the interpreter computes the same products.
+                acc += tl.dot(x8.to(tl.float32), q.to(tl.float32), input_precision="ieee")
+            else:
+                acc += tl.dot(x8, q)
+        elif DOT_FP32:
             # fp32 activations, and the CPU interpreter (whose bf16 dot is wrong, see _launch.interpreted).
             acc += tl.dot(x.to(tl.float32), q.to(tl.float32), input_precision="ieee")
         else:
@@ -108,6 +139,8 @@ def _weight_only_matmul_kernel(
             acc += tl.dot(x, q.to(x.dtype))
     scale = tl.load(scale_ptr + cols, mask=col_mask, other=0.0)
     acc = acc * scale[None, :]
+    if FP8_ACTIVATIONS:
+        acc = acc * x_scale[:, None]
     out_ptrs = out_ptr + rows.to(tl.int64)[:, None] * out_stride + cols[None, :]
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=row_mask[:, None] & col_mask[None, :])
 
@@ -186,10 +219,15 @@ def fp8_weight_matmul(
     gemv_max_rows: int = 0,
     max_block_m: int = 32,
     weight_rows: bool = False,
+    fp8_activations: bool = False,
 ) -> torch.Tensor:
     """x [M, K] @ (e4m3(q [N, K] uint8 codes) * scale [N] fp32)^T -> [M, N] in x.dtype.
 
-    Kernel choice and block sizes as for ``int8_weight_matmul``.
+    Kernel choice and block sizes as for ``int8_weight_matmul``. ``fp8_activations`` (tile form only,
+    rows above ``gemv_max_rows``): each row of x is also rounded to e4m3 under its own scale (its
+    largest magnitude maps to 448, the per-token dynamic scaling of W8A8 fp8 serving), so the product
+    runs on the fp8 MMA; the result is then x's rounding away from the weight-only one (reference:
+    kernels.reference.fp8_activation_matmul_reference).
     ``q`` is a float8_e4m3fn tensor's bytes (``weight.view(torch.uint8)``); a float8_e4m3fn
     tensor itself is taken too and read through such a view.
     """
@@ -198,7 +236,9 @@ def fp8_weight_matmul(
     if q.dtype != torch.uint8:
         raise ValueError(f"q must be fp8 e4m3 codes as uint8 (or float8_e4m3fn), got {q.dtype}")
     tile = _Tile(block_m, block_n, block_k, num_warps, num_stages, max_block_m, weight_rows)
-    return _weight_only_matmul(x, q, scale, out, tile, gemv_max_rows, fp8_codes=True)
+    return _weight_only_matmul(
+        x, q, scale, out, tile, gemv_max_rows, fp8_codes=True, fp8_activations=fp8_activations
+    )
 
 
 @dataclass(frozen=True)
@@ -222,6 +262,7 @@ def _weight_only_matmul(
     tile: _Tile,
     gemv_max_rows: int,
     fp8_codes: bool,
+    fp8_activations: bool = False,
 ) -> torch.Tensor:
     if x.dim() != 2 or q.dim() != 2 or scale.dim() != 1:
         raise ValueError(
@@ -272,6 +313,7 @@ def _weight_only_matmul(
         DOT_FP32=x.dtype == torch.float32 or interpreted(x),
         FP8_CODES=fp8_codes,
         WEIGHT_ROWS=tile.weight_rows,
+        FP8_ACTIVATIONS=fp8_activations,
         num_warps=tile.num_warps,
         num_stages=tile.num_stages,
     )

@@ -249,6 +249,16 @@ def fp8_weight_matmul_reference(x: torch.Tensor, q: torch.Tensor, scale: torch.T
     return (x.double() @ values.double().T) * scale.double()[None, :]
 
 
+def fp8_activation_matmul_reference(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``fp8_weight_matmul_reference`` with each row of x first rounded to e4m3 under its own scale
+    (largest magnitude -> 448; an all-zero row keeps scale 1): W8A8 fp8 with per-token dynamic
+    activation scales. [M, N] float64."""
+    amax = x.float().abs().amax(dim=1, keepdim=True)
+    x_scale = torch.where(amax > 0, amax / 448.0, torch.ones_like(amax))
+    rounded = (x.float() / x_scale).to(torch.float8_e4m3fn).double() * x_scale.double()
+    return fp8_weight_matmul_reference(rounded, q, scale)
+
+
 @reference_of("norm_matmul", step_fusion=True)
 def norm_matmul_reference(
     x: torch.Tensor,
