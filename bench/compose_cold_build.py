@@ -26,6 +26,7 @@ import platform
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -33,6 +34,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from bench.report import git_commit  # noqa: E402
+
 RESULTS = REPO / "bench" / "results"
 WHEELS = REPO / "deploy" / "docker" / "build-inputs" / "wheels"
 ENGINE_SCRIPT = REPO / "scripts" / "container_engine.sh"
@@ -120,7 +124,7 @@ def versions() -> dict[str, str]:
         "docker_engine": docker("version", "--format", "{{.Server.Version}}").strip(),
         "docker_compose": first_line("docker-compose", "version", "--short"),
         "mmdebstrap": first_line("mmdebstrap", "--version"),
-        "commit": first_line("git", "-C", str(REPO), "rev-parse", "--short", "HEAD"),
+        "commit": git_commit(),
     }
 
 

@@ -46,7 +46,7 @@ def environment(packages: Sequence[str] = ("torch", "transformers", "triton")) -
         },
         "python": platform.python_version(),
         "versions": versions,
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
     }
 
 
@@ -194,20 +194,25 @@ def _gpu_name() -> str | None:
         return None
 
 
-def _git_commit() -> str | None:
+def git_commit() -> str | None:
     # A tree made by `git archive` (how code reaches the GPU machine) has no history of its own, and
     # `git rev-parse` there answers for whatever repository encloses it: git wrote the archived
     # commit into this file instead (export-subst in .gitattributes).
     archived = (Path(__file__).parent / "ARCHIVE_COMMIT").read_text().strip()
     if not archived.startswith("$Format"):
         return archived
-    try:
+
+    def git(*args: str) -> str:
         return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=Path(__file__).parent,
+            ["git", *args], capture_output=True, text=True, check=True, cwd=Path(__file__).parent
         ).stdout.strip()
+
+    try:
+        head = git("rev-parse", "--short", "HEAD")
+        # Tracked files that differ from HEAD: the code that ran is not HEAD's. The GPU machine's copy
+        # of the working tree keeps the repository metadata of the session's start, so there every
+        # later commit shows up as changes, and a page must not claim that older commit alone.
+        changed = git("status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.CalledProcessError):
         return None
+    return f"{head}+changes" if changed else head

@@ -8,6 +8,7 @@ bench/ARCHIVE_COMMIT (export-subst), and bench/report.py reads it first.
 from __future__ import annotations
 
 import io
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -27,7 +28,7 @@ def test_a_page_written_from_an_archive_names_the_archived_commit(tmp_path: Path
     # Inside another repository, as on the GPU machine: rev-parse there would name its HEAD.
     subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
     stamp = subprocess.run(
-        [sys.executable, "-c", "from bench.report import _git_commit; print(_git_commit())"],
+        [sys.executable, "-c", "from bench.report import git_commit; print(git_commit())"],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -38,10 +39,40 @@ def test_a_page_written_from_an_archive_names_the_archived_commit(tmp_path: Path
 
 def test_in_a_checkout_the_stamp_is_the_checkout_head() -> None:
     stamp = subprocess.run(
-        [sys.executable, "-c", "from bench.report import _git_commit; print(_git_commit())"],
+        [sys.executable, "-c", "from bench.report import git_commit; print(git_commit())"],
         cwd=ROOT,
         capture_output=True,
         text=True,
         check=True,
     ).stdout.strip()
-    assert stamp == git("rev-parse", "--short", "HEAD").decode().strip()
+    changed = git("status", "--porcelain", "--untracked-files=no").strip()
+    assert stamp == git("rev-parse", "--short", "HEAD").decode().strip() + ("+changes" if changed else "")
+
+
+def test_a_checkout_whose_tracked_files_differ_from_head_says_so(tmp_path: Path) -> None:
+    # As on the GPU machine: the working tree is newer than the repository metadata it came with.
+    (tmp_path / "bench").mkdir()
+    for name in ("__init__.py", "report.py", "ARCHIVE_COMMIT"):  # the files as they are, not HEAD's
+        shutil.copy(ROOT / "bench" / name, tmp_path / "bench" / name)
+    for args in (
+        ["init", "-q"],
+        ["add", "."],
+        ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c"],
+    ):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+    head = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=tmp_path, capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+    def stamp() -> str:
+        return subprocess.run(
+            [sys.executable, "-c", "from bench.report import git_commit; print(git_commit())"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+
+    assert stamp() == head
+    (tmp_path / "bench" / "__init__.py").write_text("# changed after the commit\n")
+    assert stamp() == f"{head}+changes"
