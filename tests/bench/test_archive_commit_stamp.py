@@ -21,30 +21,29 @@ def git(*args: str) -> bytes:
     return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, check=True).stdout
 
 
+def stamp_in(directory: Path) -> str:
+    """The commit stamp a page written from ``directory`` gets (bench.report imported from there)."""
+    return subprocess.run(
+        [sys.executable, "-c", "from bench.report import git_commit; print(git_commit())"],
+        cwd=directory,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+
+
 def test_a_page_written_from_an_archive_names_the_archived_commit(tmp_path: Path) -> None:
     archive = git("archive", "HEAD", "bench/__init__.py", "bench/report.py", "bench/ARCHIVE_COMMIT")
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(tmp_path, filter="data")
     # Inside another repository, as on the GPU machine: rev-parse there would name its HEAD.
     subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
-    stamp = subprocess.run(
-        [sys.executable, "-c", "from bench.report import git_commit; print(git_commit())"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
+    stamp = stamp_in(tmp_path)
     assert stamp == git("rev-parse", "--short", "HEAD").decode().strip()
 
 
 def test_in_a_checkout_the_stamp_is_the_checkout_head() -> None:
-    stamp = subprocess.run(
-        [sys.executable, "-c", "from bench.report import git_commit; print(git_commit())"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
+    stamp = stamp_in(ROOT)
     changed = git("status", "--porcelain", "--untracked-files=no").strip()
     assert stamp == git("rev-parse", "--short", "HEAD").decode().strip() + ("+changes" if changed else "")
 
@@ -64,15 +63,6 @@ def test_a_checkout_whose_tracked_files_differ_from_head_says_so(tmp_path: Path)
         ["git", "rev-parse", "--short", "HEAD"], cwd=tmp_path, capture_output=True, text=True, check=True
     ).stdout.strip()
 
-    def stamp() -> str:
-        return subprocess.run(
-            [sys.executable, "-c", "from bench.report import git_commit; print(git_commit())"],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-
-    assert stamp() == head
+    assert stamp_in(tmp_path) == head
     (tmp_path / "bench" / "__init__.py").write_text("# changed after the commit\n")
-    assert stamp() == f"{head}+changes"
+    assert stamp_in(tmp_path) == f"{head}+changes"

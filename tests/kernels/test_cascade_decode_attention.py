@@ -1,3 +1,6 @@
+import contextlib
+from collections.abc import Iterator
+
 import numpy as np
 import pytest
 import torch
@@ -226,11 +229,10 @@ def test_skipping_keys_and_anchors_that_cannot_pay_finds_the_groups_trying_every
             assert getattr(pruned, field).tolist() == getattr(exhaustive, field).tolist()
 
 
-def test_one_shared_system_prompt_that_does_not_pay_is_ranked_once() -> None:
-    # 64 rows behind one 8-page prompt, each with its own 2 pages: 63 * 8 * 4 = 2,016 tokens saved.
-    table = np.array([[1 + p for p in range(8)] + [100 + 2 * b, 101 + 2 * b] for b in range(64)])
-    lens = np.full(64, 10 * 4)
-    calls = []
+@contextlib.contextmanager
+def counting_rankings() -> Iterator[list[int]]:
+    """Counts the calls of prefix_groups._best_prefix (the ranking of one key's members) inside."""
+    calls: list[int] = []
     ranked = prefix_groups._best_prefix
 
     def counting(*args):  # type: ignore[no-untyped-def]
@@ -239,6 +241,14 @@ def test_one_shared_system_prompt_that_does_not_pay_is_ranked_once() -> None:
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(prefix_groups, "_best_prefix", counting)
+        yield calls
+
+
+def test_one_shared_system_prompt_that_does_not_pay_is_ranked_once() -> None:
+    # 64 rows behind one 8-page prompt, each with its own 2 pages: 63 * 8 * 4 = 2,016 tokens saved.
+    table = np.array([[1 + p for p in range(8)] + [100 + 2 * b, 101 + 2 * b] for b in range(64)])
+    lens = np.full(64, 10 * 4)
+    with counting_rankings() as calls:
         assert find_prefix_groups(table, lens, 4, 2, PrefixSharingConfig(min_saved_tokens=2_017)) is None
         assert len(calls) == 1
         assert find_prefix_groups(table, lens, 4, 2, PrefixSharingConfig(min_saved_tokens=2_016)) is not None
@@ -280,15 +290,7 @@ def test_a_batch_whose_largest_possible_group_saves_too_little_is_never_ranked()
     prompt = list(range(1, 65))
     table = np.array([prompt + [1_000 + 8 * b + p for p in range(8)] for b in range(128)])
     lens = np.full(128, 1_024 + 64 + 5)
-    calls = []
-    ranked = prefix_groups._best_prefix
-
-    def counting(*args):  # type: ignore[no-untyped-def]
-        calls.append(1)
-        return ranked(*args)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(prefix_groups, "_best_prefix", counting)
+    with counting_rankings() as calls:
         bound = 127 * ((1_024 + 64 + 4) // 16) * 16
         assert find_prefix_groups(table, lens, 16, 3, PrefixSharingConfig(min_saved_tokens=bound + 1)) is None
         assert not calls
