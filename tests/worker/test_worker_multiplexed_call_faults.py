@@ -117,3 +117,80 @@ def test_an_unexpected_failure_starting_one_request_ends_it_alone_and_the_call_g
     assert end.error.code == grpc.StatusCode.INTERNAL.value[0] and "RuntimeError" in end.error.message
     assert end.error.request_scoped
     assert by_tag[2][-1].result.usage.completion_tokens == 6
+
+
+def ends(events: list[worker_pb2.MultiplexedEvent]) -> list[worker_pb2.MultiplexedEvent]:
+    return [e for e in events if e.WhichOneof("event") != "delta"]
+
+
+def test_a_refusal_whose_bookkeeping_fails_still_ends_its_tag_once(tiny_model_dir):
+    def break_rejected(servicer: WorkerServicer) -> None:
+        def failing(error, span):
+            raise RuntimeError("a bug in recording a refusal")
+
+        servicer.rejected = failing  # type: ignore[method-assign]
+
+    by_tag = serve_with(
+        tiny_model_dir,
+        break_rejected,
+        [
+            start(1, request("a story", "refused-1", temperature=-1.0)),
+            start(2, request("a story", "refused-2", max_tokens=5, ignore_eos=True)),
+        ],
+    )
+    [end] = ends(by_tag[1])
+    assert end.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert ends(by_tag[2])[0].result.usage.completion_tokens == 5
+
+
+def test_every_request_is_recorded_as_ended_once_whatever_failed(tiny_model_dir):
+    outcomes: list[str] = []
+
+    def break_finishing_and_record_ends(servicer: WorkerServicer) -> None:
+        finished, request_ended = servicer.finished, servicer.request_ended
+
+        def failing(engine_request, outcome, span):
+            if engine_request.client_id == "mallory":
+                raise RuntimeError("a bug in finishing")
+            return finished(engine_request, outcome, span)
+
+        def recording(span, outcome, started):
+            outcomes.append(outcome)
+            return request_ended(span, outcome, started)
+
+        servicer.finished = failing  # type: ignore[method-assign]
+        servicer.request_ended = recording  # type: ignore[method-assign]
+
+    serve_with(
+        tiny_model_dir,
+        break_finishing_and_record_ends,
+        [
+            start(1, request("a story", "once-1", client="mallory", max_tokens=4, ignore_eos=True)),
+            start(2, request("a story", "once-2", max_tokens=4, ignore_eos=True)),
+        ],
+    )
+    assert sorted(outcomes) == ["error", "ok"]
+
+
+def test_a_failure_after_a_requests_end_event_sends_no_second_end(tiny_model_dir):
+    def break_recording_ok_ends(servicer: WorkerServicer) -> None:
+        request_ended = servicer.request_ended
+
+        def failing(span, outcome, started):
+            if outcome == "ok":
+                raise RuntimeError("a bug in recording an end")
+            return request_ended(span, outcome, started)
+
+        servicer.request_ended = failing  # type: ignore[method-assign]
+
+    by_tag = serve_with(
+        tiny_model_dir,
+        break_recording_ok_ends,
+        [
+            start(1, request("a story", "one-end-1", max_tokens=3, ignore_eos=True)),
+            start(2, request("a story", "one-end-2", max_tokens=6, ignore_eos=True)),
+        ],
+    )
+    for tag, tokens in ((1, 3), (2, 6)):
+        [end] = ends(by_tag[tag])
+        assert end.result.usage.completion_tokens == tokens

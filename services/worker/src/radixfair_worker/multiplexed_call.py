@@ -73,6 +73,10 @@ class _Open:
     stream: RequestStream | None = None
     # Set when nothing more is sent for this tag (ended, cancelled, or its tag reused).
     closed: bool = False
+    # Set once the tag's one end event (result or error) is queued: a tag never gets two.
+    ended: bool = False
+    # Set once the request's span and duration were recorded (WorkerServicer.request_ended).
+    span_ended: bool = False
     # Still being built off the event loop (a long text prompt): submitted when that is done.
     building: asyncio.Task[None] | None = field(default=None, repr=False)
 
@@ -121,7 +125,7 @@ class MultiplexedCall:
         finally:
             reader.cancel()
             for entry in list(self._open.values()):
-                self._cancel(entry)
+                self._cancel(entry)  # never raises: every open request's generation is aborted
 
     # -- the caller's commands -------------------------------------------------------------------
 
@@ -129,10 +133,7 @@ class MultiplexedCall:
         try:
             async for message in requests:
                 for start in message.starts:
-                    try:
-                        self._start(start)
-                    except Exception as error:  # this start alone: the call reads on
-                        self._start_failed(start.tag, error)
+                    self._start(start)
                 for tag in message.cancel_tags:
                     entry = self._open.get(tag)
                     if entry is not None:
@@ -142,9 +143,22 @@ class MultiplexedCall:
             self._wake.set()
 
     def _start(self, start: worker_pb2.MultiplexedStart) -> None:
-        tag = start.tag
-        span = self._front.start_span(extract_context(start.trace_context.items()))
-        entry = _Open(tag, span, time.monotonic())
+        """Starts one request; any unexpected failure on its way ends its tag alone (``_failed``)."""
+        try:
+            span = self._front.start_span(extract_context(start.trace_context.items()))
+        except Exception as error:  # no span, so no entry: the tag's end event alone
+            log.error("starting the request on tag %d failed unexpectedly", start.tag, exc_info=error)
+            self._events.append(_error_event(start.tag, _worker_failure("starting", error)))
+            self._wake.set()
+            return
+        entry = _Open(start.tag, span, time.monotonic())
+        try:
+            self._admit(entry, start)
+        except Exception as error:  # this start alone: the call reads on
+            self._failed(entry, error, "starting")
+
+    def _admit(self, entry: _Open, start: worker_pb2.MultiplexedStart) -> None:
+        tag = entry.tag
         reused = self._open.get(tag)
         if reused is not None:
             # The tag cannot tell the two apart any more: both end with this one error.
@@ -162,16 +176,13 @@ class MultiplexedCall:
         self._open[tag] = entry
         entry.building = asyncio.get_running_loop().create_task(self._submit(entry, start.request))
 
-    def _start_failed(self, tag: int, error: Exception) -> None:
-        """Starting the request on ``tag`` failed unexpectedly (before it reached the engine): its tag
-        ends with INTERNAL, scoped to it, since a failure on one start's path may be that start's own
-        (a router would otherwise take the worker out of rotation, and retry it on the next)."""
-        log.error("starting the request on tag %d failed unexpectedly", tag, exc_info=error)
-        failure = RequestFailedError(f"the worker failed to start this request ({type(error).__name__})")
-        self._events.append(_error_event(tag, failure))
-        self._wake.set()
-
     async def _submit(self, entry: _Open, request: worker_pb2.GenerateRequest) -> None:
+        try:
+            await self._submit_unguarded(entry, request)
+        except Exception as error:  # this task is all that would end the tag: it ends it
+            self._failed(entry, error, "starting")
+
+    async def _submit_unguarded(self, entry: _Open, request: worker_pb2.GenerateRequest) -> None:
         try:
             entry.request, entry.stream = await self._front.submit(request, entry.span)
         except asyncio.CancelledError:
@@ -194,22 +205,66 @@ class MultiplexedCall:
         entry.stream.watch(lambda _stream: self._mark_ready(entry))
 
     def _cancel(self, entry: _Open, outcome: str = "cancelled") -> None:
-        """Aborts ``entry``'s generation (its pages return to the pool); nothing more is sent for it."""
+        """Aborts ``entry``'s generation (its pages return to the pool); nothing more is sent for it.
+        Never raises: it runs for every open request when the call ends."""
+        self._close(entry)
+        self._end_span(entry, outcome)
+
+    def _close(self, entry: _Open) -> None:
+        """Nothing more is sent for ``entry`` and its generation is stopped (a failed abort is logged:
+        the engine frees a request whose caller is gone when it next fails to deliver)."""
         entry.closed = True
         if self._open.get(entry.tag) is entry:
             del self._open[entry.tag]
-        if entry.building is not None:
-            entry.building.cancel()
-        elif entry.stream is not None and not entry.stream.ended:
-            self._engine.abort(entry.stream.request_id)
-        self._front.request_ended(entry.span, outcome, entry.started)
+        building = entry.building
+        try:
+            if building is not None:
+                if building is not asyncio.current_task():
+                    building.cancel()
+            elif entry.stream is not None and not entry.stream.ended:
+                self._engine.abort(entry.stream.request_id)
+        except Exception:
+            log.exception("aborting the request on tag %d failed", entry.tag)
+
+    def _end_span(self, entry: _Open, outcome: str) -> None:
+        """Records the request's end once (span, duration, outcome); a failure there is logged only."""
+        if entry.span_ended:
+            return
+        entry.span_ended = True
+        try:
+            self._front.request_ended(entry.span, outcome, entry.started)
+        except Exception:
+            log.exception("recording the end of the request on tag %d failed", entry.tag)
+
+    def _end_with_error(self, entry: _Open, error: RadixfairError, events: list | None = None) -> int:
+        """Queues ``entry``'s one end event, an error (into ``events``, the message being built, or the
+        next one), unless it has one; records the rejection and the end. Bytes the event takes."""
+        size = 0
+        if not entry.ended:
+            entry.ended = True
+            event = _error_event(entry.tag, error)
+            (self._events if events is None else events).append(event)
+            size = 8 + event.ByteSize()
+            self._wake.set()
+        try:
+            self._front.rejected(error, entry.span)
+        except Exception:
+            log.exception("recording the refusal of the request on tag %d failed", entry.tag)
+        self._end_span(entry, "error")
+        return size
 
     def _refuse(self, entry: _Open, error: RadixfairError) -> None:
         entry.closed = True
-        self._front.rejected(error, entry.span)
-        self._events.append(_error_event(entry.tag, error))
-        self._front.request_ended(entry.span, "error", entry.started)
-        self._wake.set()
+        self._end_with_error(entry, error)
+
+    def _failed(self, entry: _Open, error: Exception, during: str, events: list | None = None) -> int:
+        """An unexpected failure on ``entry``'s path (``during``: "starting" or "sending the output of"):
+        that request alone ends, with INTERNAL scoped to it, since the failure may be its own
+        (a router would otherwise take the worker out of rotation and retry the request on the next);
+        its generation is aborted and the call goes on. Bytes its end event takes, if it got one."""
+        log.error("%s the request on tag %d failed unexpectedly", during, entry.tag, exc_info=error)
+        self._close(entry)
+        return self._end_with_error(entry, _worker_failure(during, error), events)
 
     # -- the writer ------------------------------------------------------------------------------
 
@@ -243,7 +298,7 @@ class MultiplexedCall:
             try:
                 budget -= self._take(entry, events)
             except Exception as error:  # this request alone: the call's others go on
-                budget -= self._take_failed(entry, events, error)
+                budget -= self._failed(entry, error, "sending the output of", events)
         return message
 
     def _take(self, entry: _Open, events) -> int:
@@ -265,28 +320,15 @@ class MultiplexedCall:
         del self._open[entry.tag]
         if isinstance(end, RequestOutcome):
             events.add(tag=entry.tag, result=self._front.finished(entry.request, end, entry.span))
-            self._front.request_ended(entry.span, "ok", entry.started)
+            entry.ended = True
+            self._end_span(entry, "ok")
             return size + 256 + 4 * len(end.text)
-        self._front.rejected(end, entry.span)
-        event = _error_event(entry.tag, end)
-        events.append(event)
-        self._front.request_ended(entry.span, "error", entry.started)
-        return size + 8 + event.ByteSize()
+        return size + self._end_with_error(entry, end, events)
 
-    def _take_failed(self, entry: _Open, events, error: Exception) -> int:
-        """Taking ``entry``'s output failed unexpectedly: it ends with INTERNAL, scoped to it as in
-        ``_start_failed`` (after any delta already added), its generation is aborted, and nothing more
-        is sent for it."""
-        log.error("sending the output of the request on tag %d failed", entry.tag, exc_info=error)
-        if not entry.closed:
-            self._cancel(entry, outcome="error")
-        elif entry.stream is not None and not entry.stream.ended:
-            self._engine.abort(entry.stream.request_id)
-        event = _error_event(
-            entry.tag, RequestFailedError(f"the worker failed to send its output ({type(error).__name__})")
-        )
-        events.append(event)
-        return 8 + event.ByteSize()
+
+def _worker_failure(during: str, error: Exception) -> RequestFailedError:
+    """The request-scoped INTERNAL end of a request whose path failed unexpectedly in the worker."""
+    return RequestFailedError(f"the worker failed {during} this request ({type(error).__name__})")
 
 
 def _error_event(tag: int, error: RadixfairError) -> worker_pb2.MultiplexedEvent:
