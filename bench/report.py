@@ -204,7 +204,12 @@ def git_commit() -> str | None:
 
     def git(*args: str) -> str:
         return subprocess.run(
-            ["git", *args], capture_output=True, text=True, check=True, cwd=Path(__file__).parent
+            # No optional locks: a stamp must never make someone's `git commit` meet index.lock.
+            ["git", "--no-optional-locks", *args],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).parent,
         ).stdout.strip()
 
     try:

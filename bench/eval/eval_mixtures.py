@@ -112,7 +112,11 @@ def run_all(args: argparse.Namespace, served: float) -> list[dict[str, Any]]:
         return [run_policy(*job, args, served) for job in jobs]
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         futures = [pool.submit(run_policy, *job, args, served) for job in jobs]
-        return [future.result() for future in futures]
+        try:
+            return [future.result() for future in futures]
+        except BaseException:
+            pool.shutdown(cancel_futures=True)  # a failed run is said now, not after every other one
+            raise
 
 
 def ratios(mine: list[dict[str, Any]], base: dict[int, dict[str, Any]], prefix: str) -> dict[str, Any]:

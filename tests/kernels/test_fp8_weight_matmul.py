@@ -114,3 +114,27 @@ def test_fp8_activations_leave_the_gemv_rows_weight_only() -> None:
     out = fp8_weight_matmul(x, q, scale, gemv_max_rows=4, fp8_activations=True)
 
     assert relative_error(out, fp8_weight_matmul_reference(x, q, scale)) < TOLERANCE[torch.float32]
+
+
+def test_fp8_activations_round_small_values_onto_e4m3s_subnormal_grid() -> None:
+    # Row max 448 (scale 1): the rest of the row is below 2^-6, where e4m3 holds multiples of 2^-9 only.
+    # Ties included (2.5 and 3.5 * 2^-9 round to even: 2 and 4), and values next to 2^-6.
+    small = torch.tensor(
+        [0.000977, 0.00488, 0.0087890634, -0.0087890634, 0.015, 2.5 / 512, 3.5 / 512, 0.0155]
+    )
+    x = torch.zeros(16, 64)
+    x[:, 0] = 448.0
+    x[:, 1 : 1 + len(small)] = small
+    # An identity weight on those columns: the output is the rounded activations themselves.
+    weight = torch.zeros(64, 64)
+    weight[torch.arange(64), torch.arange(64)] = 1.0
+    q, scale = quantize_weight(weight, "fp8")
+    q = q.view(torch.uint8)
+
+    out = fp8_weight_matmul(x, q, scale, fp8_activations=True)
+
+    assert relative_error(out, fp8_activation_matmul_reference(x, q, scale)) < TOLERANCE[torch.float32]
+    # The identity weight (codes times scales) is 1 up to fp32 rounding; neighbouring grid points
+    # differ by at least 2^-9 (over 12% of these values), so a relative 1e-6 tells them apart.
+    rounded = small.to(torch.float8_e4m3fn).float()
+    assert torch.allclose(out[:, 1 : 1 + len(small)], rounded.expand(16, -1), rtol=1e-6, atol=0)

@@ -53,14 +53,18 @@ E4M3_MAX = tl.constexpr(448.0)  # float8_e4m3fn's largest finite value
 
 
 @triton.jit
-def _round_to_e4m3_mantissa(v):
-    """fp32 ``v`` rounded (to nearest, ties to even) to e4m3's 3 mantissa bits, on its bit pattern: a
-    carry runs into the exponent as it should, and the e4m3 conversion after it is exact. Triton's CPU
-    interpreter drops that carry when it rounds (127.7 -> 64), so the rounding is done here for every
-    backend alike; on the GPU the conversion would round the same way."""
+def _round_to_e4m3(v):
+    """fp32 ``v`` (|v| <= 448) rounded to nearest, ties to even, onto e4m3's grid, still in fp32, so
+    the conversion after it is exact. Normal values keep 3 mantissa bits, rounded on the bit pattern
+    (a carry runs into the exponent as it should); below 2^-6, e4m3's subnormals are multiples of
+    2^-9, which adding and taking away 1.5 * 2^14 rounds to (the fp32 spacing there is 2^-9). Done
+    here for every backend: Triton's CPU interpreter drops the exponent carry when it converts
+    (127.7 -> 64) and truncates subnormals."""
     bits = v.to(tl.int32, bitcast=True)
     bits = bits + 0x7FFFF + ((bits >> 20) & 1)
-    return (bits & -0x100000).to(tl.float32, bitcast=True)
+    normal = (bits & -0x100000).to(tl.float32, bitcast=True)
+    subnormal = (v + 24576.0) - 24576.0
+    return tl.where(tl.abs(v) < 0.015625, subnormal, normal)
 
 
 @triton.jit
@@ -125,7 +129,7 @@ def _weight_only_matmul_kernel(
             q = q.to(tl.float8e4nv, bitcast=True)
         if FP8_ACTIVATIONS:
             # Both operands e4m3: the product runs on the fp8 MMA, accumulating in fp32.
-            x8 = _round_to_e4m3_mantissa(x.to(tl.float32) * x_inverse[:, None]).to(tl.float8e4nv)
+            x8 = _round_to_e4m3(x.to(tl.float32) * x_inverse[:, None]).to(tl.float8e4nv)
             if DOT_FP32:
                 # Every e4m3 value is exact in fp32: the interpreter computes the same products.
                 acc += tl.dot(x8.to(tl.float32), q.to(tl.float32), input_precision="ieee")

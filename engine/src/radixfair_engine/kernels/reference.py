@@ -255,7 +255,8 @@ def fp8_activation_matmul_reference(x: torch.Tensor, q: torch.Tensor, scale: tor
     activation scales. [M, N] float64."""
     amax = x.float().abs().amax(dim=1, keepdim=True)
     x_scale = torch.where(amax > 0, amax / 448.0, torch.ones_like(amax))
-    rounded = (x.float() / x_scale).to(torch.float8_e4m3fn).double() * x_scale.double()
+    # x times the scale's fp32 reciprocal, as the kernel computes it (not x / scale: a tie could differ).
+    rounded = (x.float() * (1.0 / x_scale)).to(torch.float8_e4m3fn).double() * x_scale.double()
     return fp8_weight_matmul_reference(rounded, q, scale)
 
 
