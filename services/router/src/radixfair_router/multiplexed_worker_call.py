@@ -68,6 +68,8 @@ REOPEN_CAP_S = 5.0
 # How long an endpoint that answered UNIMPLEMENTED is served per request before one call probes
 # GenerateMultiplexed again (a rolling upgrade reaches its workers within minutes).
 FALLBACK_RECHECK_S = 60.0
+# The longest the first write on a call waits for the worker's headers (see _write).
+OPEN_ANSWER_WAIT_S = 1.0
 
 
 def reopen_delay(failures: int) -> float:
@@ -292,6 +294,19 @@ class MultiplexedConnection:
         self._lost(call, grpc.StatusCode.INTERNAL, f"the router's {role} of the call failed ({error!r})")
 
     async def _write(self, call: grpc.aio.StreamStreamCall) -> None:
+        # No write before the worker answered the open: grpc.aio replaces the status of a call that
+        # ended while a write was in flight with a local INTERNAL ("Internal error from Core",
+        # grpc/grpc#36066), so an old worker's UNIMPLEMENTED would read as a broken worker. Workers
+        # send their headers at once; one that does not (or a proxy that holds them) gets the first
+        # write after OPEN_ANSWER_WAIT_S.
+        try:
+            await asyncio.wait_for(call.initial_metadata(), OPEN_ANSWER_WAIT_S)
+        except TimeoutError:
+            pass
+        except grpc.aio.AioRpcError:
+            return  # the call ended: the reader reads why
+        if call.done():
+            return
         send = self._send
         while True:
             await send.wait()

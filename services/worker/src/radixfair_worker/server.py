@@ -106,6 +106,9 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             self.request_ended(span, outcome, started)
 
     async def GenerateMultiplexed(self, request_iterator, context: grpc.aio.ServicerContext):  # noqa: N802
+        # Headers at once, before any start arrives: the router waits for them before its first write
+        # (multiplexed_worker_call: a write racing a server's early status loses that status).
+        await context.send_initial_metadata(())
         call = MultiplexedCall(self, self._engine, self._identity_secret)
         if self._closing.is_set():
             call.shut_down()
