@@ -54,6 +54,10 @@ pruning. Exact match: the model's fp32 greedy answer against the teacher's engin
 first `exact_match_tokens` tokens.
 """
 
+# The row-name suffix of a student trained on hard labels only (gpu_distill --loss hard_labels): the
+# same student and budget as the KD row it is judged against.
+HARD_LABELS_SUFFIX = " (hard labels)"
+
 
 class Page:
     """The results being built; ``write`` rewrites both files (called after every phase).
@@ -345,6 +349,17 @@ def targets(rows: list[dict], baseline: float, decode: dict | None = None) -> li
                     "depth student decodes faster in proportion to its layers (batch 1)",
                     f"{speedup:.2f}x vs {1 / layers:.2f}x layers",
                     speedup >= 0.8 / layers,
+                )
+            )
+    for kind in ("depth", "width"):
+        kd, hard = by.get(f"{kind} student"), by.get(f"{kind} student{HARD_LABELS_SUFFIX}")
+        if kd and hard:
+            checks.append(
+                (
+                    f"{kind} student: KD beats hard labels at the same budget (perplexity, top-1)",
+                    f"{kd['perplexity']:.1f} vs {hard['perplexity']:.1f}, "
+                    f"{kd['top1_agreement']:.3f} vs {hard['top1_agreement']:.3f}",
+                    kd["perplexity"] < hard["perplexity"] and kd["top1_agreement"] > hard["top1_agreement"],
                 )
             )
     sweep = {r["row"]: r for r in rows if r["row"].startswith("sweep: ")}

@@ -50,7 +50,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from bench.distill.distill_decode_speed import DecodeSpeedConfig, decode_speed  # noqa: E402
-from bench.distill.distill_gpu_page import Page, row, targets  # noqa: E402
+from bench.distill.distill_gpu_page import HARD_LABELS_SUFFIX, Page, row, targets  # noqa: E402
 from bench.distill.distill_gpu_parts import (  # noqa: E402
     Deadline,
     EvalSet,
@@ -696,7 +696,8 @@ class Run:
             evaluate_at=set(marks),
             evaluate=lambda m: quality(m, self.teacher, self.curve_set, with_exact_match=False),
         )
-        name = f"{kind} student"
+        # Hard labels name their own rows: the same student at the same budget, beside the KD one.
+        name = f"{kind} student" + (HARD_LABELS_SUFFIX if self.chosen == "hard_labels" else "")
         final = quality(result.student, self.teacher, self.evaluation)
         params = count(result.student)
         final_row = row(
@@ -844,8 +845,9 @@ def budget_from(args: argparse.Namespace) -> Budget:
         raise SystemExit(f"--students: a comma-separated subset of depth,width, not {args.students!r}")
     if args.width_share <= 0:
         students = tuple(k for k in students if k != "width") or students
-    if args.loss not in VARIANTS or VARIANTS[args.loss][1] >= 1.0:
-        raise SystemExit(f"--loss: one of the KD variants {[v for v in VARIANTS if VARIANTS[v][1] < 1]}")
+    if args.loss not in VARIANTS:
+        # hard_labels too: the same student at the same budget on plain labels, issue 15's comparison row.
+        raise SystemExit(f"--loss: one of {list(VARIANTS)}")
     return Budget(
         total_s=total,
         data_s=args.data_s if args.data_s is not None else (0.12 if args.smoke else 0.17) * total,

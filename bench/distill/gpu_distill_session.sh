@@ -30,6 +30,11 @@
 #          writes distill_results_gpu_width_long.* and distill_results_gpu.*. Prediction: notes/DECISIONS.md.
 #          run(command="cd .snap && bash bench/distill/gpu_distill_session.sh width_long",
 #              carry=[".gpu_model/part_01", "bench/scratch/gpu_distill"], timeout_s=560)
+#   hard_long (<= 560 s) width_long's student, data mix and token budget trained on hard labels only
+#          (issue 15's same-budget row); writes distill_results_gpu_hard_long.* and the merged page,
+#          whose targets then judge KD against it ("width student (hard labels)").
+#          run(command="cd .snap && bash bench/distill/gpu_distill_session.sh hard_long",
+#              carry=[".gpu_model/part_01", "bench/scratch/gpu_distill"], timeout_s=560)
 #   ddp    (<= 400 s, kind nvidia-h200-x2) torchrun on 2 GPUs (NCCL) against 1 GPU, same seed, data and
 #          global batch; writes distill_torchrun_gpu.* and distill_results_gpu.* with the two curves added.
 #          With the real teacher: call 1 with kind="nvidia-h200-x2", then at once
@@ -72,9 +77,9 @@ case "$phase" in
     ;;
   2) limit=555 ;;
   width) limit=475 ;;
-  width_long) limit=555 ;;
+  width_long|hard_long) limit=555 ;;
   ddp) limit=395 ;;
-  *) echo "usage: $0 --prepare | 1 | 2 | width | width_long | ddp" >&2; exit 2 ;;
+  *) echo "usage: $0 --prepare | 1 | 2 | width | width_long | hard_long | ddp" >&2; exit 2 ;;
 esac
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
   "$carry"/whl/*.whl || exit 1
@@ -119,6 +124,16 @@ case "$phase" in
       --text-max-files 0 --code-fraction 0.5 --data-s 110 --decode-s 0 \
       --name distill_results_gpu_width_long \
       --merge-into "$page" ${EXTRA_ARGS:-} 2>&1 | filter gpu_distill_width_long
+    ;;
+  hard_long)
+    # Issue 15's "the same student trained on hard labels only, at the same budget": width_long's
+    # student, data mix and token budget (36,012,032 tokens), the teacher's answers as plain labels.
+    # Its rows are "width student (hard labels)"; the page judges KD against them.
+    timeout -s TERM "$left" python3 bench/distill/gpu_distill.py ${teacher[@]+"${teacher[@]}"} --time-budget-s "$budget" \
+      --tokenizer-dir "$carry/tokenizer" --out "$OUT" --students width --sweep "" --loss hard_labels \
+      --no-teacher-quantized --text-max-files 0 --code-fraction 0.5 --data-s 110 --decode-s 0 \
+      --width-tokens 36012032 --name distill_results_gpu_hard_long \
+      --merge-into "$page" ${EXTRA_ARGS:-} 2>&1 | filter gpu_distill_hard_long
     ;;
   ddp)
     gpus=$(nvidia-smi -L 2>/dev/null | wc -l)
