@@ -217,7 +217,9 @@ def git_commit() -> str | None:
         # Tracked files that differ from HEAD: the code that ran is not HEAD's. The GPU machine's copy
         # of the working tree keeps the repository metadata of the session's start, so there every
         # later commit shows up as changes, and a page must not claim that older commit alone.
-        changed = git("status", "--porcelain", "--untracked-files=no")
+        # Pages under bench/results are what runs write, not code: a run that wrote one must not
+        # stamp the next page it writes as changed code.
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", ":(top,exclude)bench/results")
     except (OSError, subprocess.CalledProcessError):
         return None
     return f"{head}+changes" if changed else head
