@@ -7,10 +7,9 @@ the router knows a load and an estimated prefix match for this prompt.
    (ties: lower load, then id). A match shorter than ``cache_threshold`` of
    the prompt counts as no match for the order: such workers rank with the
    cold ones, by the smaller cache (tokens the router has sent there), then
-   load, then id. Every worker is *eligible* while the cluster's load is
-   balanced; when it is not (the SGLang router's test: max - min load >
-   balance_abs_threshold and max > balance_rel_threshold * min), only the
-   least loaded workers are.
+   load, then id. A worker is *eligible* when its load is under
+   the balance threshold: not (load - min_load > balance_abs_threshold and
+   load > balance_rel_threshold * min_load).
 2. Refill: if no candidate has ``q[i][w] > 0``, every candidate with
    ``q[i][w] <= 0`` gets ``+= Q * weight_i``, repeated until one has credit
    (DLPM's "a pass admits nothing: refill and repeat", per (client, worker)).
@@ -41,14 +40,6 @@ line here):
   lands on fallbacks still spends and refills like any other.
 - Load is requests queued plus running, as the worker reports and as the
   router itself has dispatched since the last report.
-- Balance is judged across the cluster, as the SGLang router and our cache-aware
-  baseline judge it, not per candidate. An earlier reading made a candidate
-  ineligible only when its own load was far above the least loaded one's, so a
-  client stayed on its matched worker while other workers idled. On randomised
-  mixtures with no flood that cost the within-share p99 up to 22% against
-  cache-aware routing (16 workers, development seeds 11-15, never the fixed
-  evaluation seeds); judged cluster-wide, the worst of those seeds came within
-  4% of it and the heavy-flood results moved by 2% or less (docs/evaluation.md).
 - Trivial matches are no locality. Read literally, "longest match first"
   sends every prompt to a worker that holds only the chat template's first
   tokens while an idle worker waits: with 2 workers and 3 light clients the
@@ -72,7 +63,6 @@ from radixfair_router.policies.base import (
     RoutingRequest,
     WorkerState,
     input_cost,
-    is_imbalanced,
     least_loaded,
 )
 
@@ -84,16 +74,15 @@ class D2lpmPolicy(PolicyBase):
     ledger_rule = "d2lpm"
 
     def rank(self, request: RoutingRequest, workers: Sequence[WorkerState]) -> list[AdmitCandidate]:
-        """Candidates in match order (ties: lower load, then id), each marked eligible (all while the
-        cluster is balanced, else the least loaded) with its input cost.
+        """Candidates in match order (ties: lower load, then id), each marked eligible (load under
+        the threshold) with its input cost.
 
         This runs for every worker on every request. Most workers match nothing useful of a
         prompt, so they are ordered by a C-level key and share one cost when they match nothing.
         """
         cfg, costs, prompt = self._config, self._costs, request.prompt_tokens
-        loads = [w.load for w in workers]
-        min_load = min(loads)
-        balanced = not is_imbalanced(loads, cfg.balance_abs_threshold, cfg.balance_rel_threshold)
+        min_load = min(w.load for w in workers)
+        abs_limit, rel_limit = min_load + cfg.balance_abs_threshold, cfg.balance_rel_threshold * min_load
         # A match below the cache threshold ranks with the cold workers (at least one token, so
         # a cold worker is never "matched").
         useful = max(cfg.cache_threshold * prompt, 1)
@@ -116,7 +105,7 @@ class D2lpmPolicy(PolicyBase):
         return [
             AdmitCandidate(
                 w.worker_id,
-                balanced or w.load == min_load,
+                not (w.load > abs_limit and w.load > rel_limit),
                 input_cost(prompt, w.prefix_match, costs) if w.prefix_match else cold_cost,
             )
             for w in (*matched, *rest)
