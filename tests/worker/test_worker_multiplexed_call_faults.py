@@ -68,17 +68,19 @@ def serve_with(
     return asyncio.run(asyncio.wait_for(scenario(), WAIT_S))
 
 
+def break_finishing_mallory(servicer: WorkerServicer) -> None:
+    """Building the result of a request of client "mallory" raises, as a bug there would."""
+    finished = servicer.finished
+
+    def failing(engine_request, outcome, span):
+        if engine_request.client_id == "mallory":
+            raise RuntimeError("a bug in finishing")
+        return finished(engine_request, outcome, span)
+
+    servicer.finished = failing  # type: ignore[method-assign]
+
+
 def test_an_unexpected_failure_finishing_one_request_ends_it_alone_and_the_call_goes_on(tiny_model_dir):
-    def break_finishing_mallory(servicer: WorkerServicer) -> None:
-        finished = servicer.finished
-
-        def failing(engine_request, outcome, span):
-            if engine_request.client_id == "mallory":
-                raise RuntimeError("a bug in finishing")
-            return finished(engine_request, outcome, span)
-
-        servicer.finished = failing  # type: ignore[method-assign]
-
     by_tag = serve_with(
         tiny_model_dir,
         break_finishing_mallory,
@@ -147,18 +149,13 @@ def test_every_request_is_recorded_as_ended_once_whatever_failed(tiny_model_dir)
     outcomes: list[str] = []
 
     def break_finishing_and_record_ends(servicer: WorkerServicer) -> None:
-        finished, request_ended = servicer.finished, servicer.request_ended
-
-        def failing(engine_request, outcome, span):
-            if engine_request.client_id == "mallory":
-                raise RuntimeError("a bug in finishing")
-            return finished(engine_request, outcome, span)
+        break_finishing_mallory(servicer)
+        request_ended = servicer.request_ended
 
         def recording(span, outcome, started):
             outcomes.append(outcome)
             return request_ended(span, outcome, started)
 
-        servicer.finished = failing  # type: ignore[method-assign]
         servicer.request_ended = recording  # type: ignore[method-assign]
 
     serve_with(
